@@ -1,0 +1,19 @@
+//! Generates the gRPC and topic payload types from `proto/`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "common.proto",
+        "userapi.proto",
+        "roomserver.proto",
+        "syncapi.proto",
+        "topics.proto",
+    ];
+    let paths: Vec<_> = files.iter().map(|f| dir.join(f)).collect();
+    for path in &paths {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(config, &paths, &[dir])?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Typed errors that cross service boundaries. In the polylith they travel
+//! inside the gRPC status details as a `common.ApiError`, so a caller gets
+//! back exactly the variant the service returned, never a bare string.
+
+use ganglion_base::MatrixError;
+use prost::Message;
+
+use crate::proto::common::{ApiError as WireError, ErrorKind};
+
+/// What a service API call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The thing asked about does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The caller may not do this (e.g. the auth rules rejected the event).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The request is malformed or names something invalid.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Wrong credentials or an unknown access token.
+    #[error("unknown or invalid access token")]
+    UnknownToken,
+    /// The user ID is taken.
+    #[error("user ID already taken")]
+    UserInUse,
+    /// The room alias is taken.
+    #[error("room alias already taken")]
+    RoomInUse,
+    /// The event or request is larger than allowed.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The room version is not one this server supports.
+    #[error("unsupported room version {0}")]
+    UnsupportedRoomVersion(String),
+    /// The service did not answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The service cannot be reached or is not ready (transient: retry).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The service failed (its database, its log).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+
+    fn to_wire(&self) -> WireError {
+        let (kind, message) = match self {
+            ApiError::NotFound(m) => (ErrorKind::NotFound, m.clone()),
+            ApiError::Forbidden(m) => (ErrorKind::Forbidden, m.clone()),
+            ApiError::InvalidInput(m) => (ErrorKind::InvalidInput, m.clone()),
+            ApiError::UnknownToken => (ErrorKind::UnknownToken, String::new()),
+            ApiError::UserInUse => (ErrorKind::UserInUse, String::new()),
+            ApiError::RoomInUse => (ErrorKind::RoomInUse, String::new()),
+            ApiError::TooLarge(m) => (ErrorKind::TooLarge, m.clone()),
+            ApiError::UnsupportedRoomVersion(m) => (ErrorKind::UnsupportedRoomVersion, m.clone()),
+            ApiError::Timeout => (ErrorKind::Timeout, String::new()),
+            ApiError::Unavailable(m) => (ErrorKind::Unavailable, m.clone()),
+            ApiError::Internal(m) => (ErrorKind::Internal, m.clone()),
+        };
+        WireError {
+            kind: kind as i32,
+            message,
+        }
+    }
+
+    pub(crate) fn from_wire(wire: WireError) -> Self {
+        let m = wire.message;
+        match ErrorKind::try_from(wire.kind).unwrap_or(ErrorKind::Unspecified) {
+            ErrorKind::NotFound => ApiError::NotFound(m),
+            ErrorKind::Forbidden => ApiError::Forbidden(m),
+            ErrorKind::InvalidInput => ApiError::InvalidInput(m),
+            ErrorKind::UnknownToken => ApiError::UnknownToken,
+            ErrorKind::UserInUse => ApiError::UserInUse,
+            ErrorKind::RoomInUse => ApiError::RoomInUse,
+            ErrorKind::TooLarge => ApiError::TooLarge(m),
+            ErrorKind::UnsupportedRoomVersion => ApiError::UnsupportedRoomVersion(m),
+            ErrorKind::Timeout => ApiError::Timeout,
+            ErrorKind::Unavailable => ApiError::Unavailable(m),
+            ErrorKind::Internal | ErrorKind::Conflict | ErrorKind::Unspecified => {
+                ApiError::Internal(m)
+            }
+        }
+    }
+
+    /// For the wire between replicas and in topic outcomes.
+    pub fn into_wire(self) -> WireError {
+        self.to_wire()
+    }
+
+    pub fn from_wire_error(wire: WireError) -> Self {
+        Self::from_wire(wire)
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        let code = match &error {
+            ApiError::NotFound(_) => tonic::Code::NotFound,
+            ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
+            ApiError::InvalidInput(_)
+            | ApiError::TooLarge(_)
+            | ApiError::UnsupportedRoomVersion(_) => tonic::Code::InvalidArgument,
+            ApiError::UnknownToken => tonic::Code::Unauthenticated,
+            ApiError::UserInUse | ApiError::RoomInUse => tonic::Code::AlreadyExists,
+            ApiError::Timeout => tonic::Code::DeadlineExceeded,
+            ApiError::Unavailable(_) => tonic::Code::Unavailable,
+            ApiError::Internal(_) => tonic::Code::Internal,
+        };
+        let details = error.to_wire().encode_to_vec();
+        tonic::Status::with_details(code, error.to_string(), details.into())
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        if let Ok(wire) = WireError::decode(status.details())
+            && wire.kind != ErrorKind::Unspecified as i32
+        {
+            return ApiError::from_wire(wire);
+        }
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                ApiError::Unavailable(status.message().to_owned())
+            }
+            tonic::Code::DeadlineExceeded => ApiError::Timeout,
+            _ => ApiError::Internal(status.message().to_owned()),
+        }
+    }
+}
+
+impl From<ApiError> for MatrixError {
+    fn from(error: ApiError) -> Self {
+        use http::StatusCode;
+        match error {
+            ApiError::NotFound(m) => MatrixError::not_found(m),
+            ApiError::Forbidden(m) => MatrixError::forbidden(m),
+            ApiError::InvalidInput(m) => MatrixError::invalid_param(m),
+            ApiError::UnknownToken => MatrixError::unknown_token(),
+            ApiError::UserInUse => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
+            }
+            ApiError::RoomInUse => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_ROOM_IN_USE",
+                "Room alias already taken",
+            ),
+            ApiError::TooLarge(m) => MatrixError::too_large(m),
+            ApiError::UnsupportedRoomVersion(v) => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                format!("Unsupported room version {v}"),
+            ),
+            ApiError::Timeout => MatrixError::unavailable("Timed out"),
+            ApiError::Unavailable(m) => MatrixError::unavailable(m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                MatrixError::unknown("Internal server error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_survives_grpc() {
+        let all = [
+            ApiError::NotFound("room".into()),
+            ApiError::Forbidden("auth".into()),
+            ApiError::InvalidInput("x".into()),
+            ApiError::UnknownToken,
+            ApiError::UserInUse,
+            ApiError::RoomInUse,
+            ApiError::TooLarge("big".into()),
+            ApiError::UnsupportedRoomVersion("99".into()),
+            ApiError::Timeout,
+            ApiError::Unavailable("down".into()),
+            ApiError::Internal("db".into()),
+        ];
+        for error in all {
+            let status: tonic::Status = error.clone().into();
+            assert_eq!(ApiError::from(status), error);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! gRPC plumbing: one macro declares a service API as a Rust trait together
+//! with its tonic client (polylith) and the adapter that serves any
+//! implementation over tonic. Trace context rides in the metadata; errors
+//! ride in the status details (see [`crate::error`]).
+
+use ganglion_base::metrics::GRPC_CALLS;
+use ganglion_base::telemetry;
+
+use crate::ApiError;
+
+/// A request carrying the current trace context.
+pub fn outgoing<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let mut headers = Vec::new();
+    telemetry::inject_into_headers(&mut headers);
+    for (key, value) in headers {
+        if let (Ok(key), Ok(value)) = (
+            key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            String::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().ok())
+                .ok_or(()),
+        ) {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    request
+}
+
+/// A span for a served call, continuing the caller's trace.
+pub fn incoming_span<T>(api: &'static str, method: &'static str, request: &tonic::Request<T>) -> tracing::Span {
+    let span = tracing::info_span!("grpc", api, method);
+    let headers = request.metadata().clone().into_headers();
+    telemetry::continue_from_http(&span, &headers);
+    span
+}
+
+/// Maps a client call's result and counts it.
+pub fn finish_client<T>(
+    api: &'static str,
+    method: &'static str,
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, ApiError> {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    GRPC_CALLS.with_label_values(&[api, method, "client", outcome]).inc();
+    result.map(tonic::Response::into_inner).map_err(ApiError::from)
+}
+
+/// Maps a served call's result and counts it.
+pub fn finish_server<T>(
+    api: &'static str,
+    method: &'static str,
+    result: Result<T, ApiError>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    GRPC_CALLS.with_label_values(&[api, method, "server", outcome]).inc();
+    result.map(tonic::Response::new).map_err(tonic::Status::from)
+}
+
+/// A channel to `address` that connects on first use and reconnects after failures.
+pub fn lazy_channel(address: &str) -> Result<tonic::transport::Channel, ApiError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .map_err(|e| ApiError::InvalidInput(format!("gRPC address {address}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Declares a service API: the trait, its tonic client and its tonic adapter.
+macro_rules! service_api {
+    (
+        $(#[$doc:meta])*
+        api $api:literal;
+        trait $Trait:ident;
+        client $Client:ident = $pb_client:ident;
+        adapter $Adapter:ident: $pb_trait:path, $pb_server:ident;
+        { $( $(#[$mdoc:meta])* fn $method:ident($Req:ty) -> $Resp:ty; )* }
+    ) => {
+        $(#[$doc])*
+        #[async_trait::async_trait]
+        pub trait $Trait: Send + Sync + 'static {
+            $( $(#[$mdoc])* async fn $method(&self, request: $Req) -> Result<$Resp, $crate::ApiError>; )*
+        }
+
+        /// The API reached over gRPC (the polylith).
+        #[derive(Clone)]
+        pub struct $Client {
+            inner: $pb_client<tonic::transport::Channel>,
+        }
+
+        impl $Client {
+            pub fn new(address: &str) -> Result<Self, $crate::ApiError> {
+                Ok(Self { inner: <$pb_client<tonic::transport::Channel>>::new($crate::grpc::lazy_channel(address)?) })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $Trait for $Client {
+            $(
+                async fn $method(&self, request: $Req) -> Result<$Resp, $crate::ApiError> {
+                    let result = self.inner.clone().$method($crate::grpc::outgoing(request)).await;
+                    $crate::grpc::finish_client($api, stringify!($method), result)
+                }
+            )*
+        }
+
+        /// Serves any implementation of the API over gRPC.
+        pub struct $Adapter(pub std::sync::Arc<dyn $Trait>);
+
+        impl $Adapter {
+            pub fn service(api: std::sync::Arc<dyn $Trait>) -> $pb_server<$Adapter> {
+                $pb_server::new($Adapter(api))
+                    .max_decoding_message_size(64 * 1024 * 1024)
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $pb_trait for $Adapter {
+            $(
+                async fn $method(&self, request: tonic::Request<$Req>) -> Result<tonic::Response<$Resp>, tonic::Status> {
+                    let span = $crate::grpc::incoming_span($api, stringify!($method), &request);
+                    let api = self.0.clone();
+                    let result = tracing::Instrument::instrument(
+                        async move { api.$method(request.into_inner()).await },
+                        span,
+                    ).await;
+                    $crate::grpc::finish_server($api, stringify!($method), result)
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use service_api;

@@ -1,0 +1,30 @@
+//! The roomserver's API: writes (answered once processed through the log)
+//! and queries about rooms.
+
+use crate::proto::roomserver as pb;
+use crate::proto::roomserver::roomserver_server::RoomserverServer;
+use crate::proto::roomserver::roomserver_client::RoomserverClient as PbClient;
+
+crate::grpc::service_api! {
+    /// The authority on rooms (owned by roomserver).
+    api "roomserver";
+    trait RoomserverApi;
+    client RoomserverClient = PbClient;
+    adapter RoomserverGrpc: pb::roomserver_server::Roomserver, RoomserverServer;
+    {
+        /// Completes, authorises and persists events; answers with their IDs
+        /// and the output position once they are in `roomserver.output`.
+        fn input(pb::InputRequest) -> pb::InputResponse;
+        /// Creates a room with its initial state.
+        fn create_room(pb::CreateRoomRequest) -> pb::InputResponse;
+        /// Between replicas: delivers the outcome of an input this replica accepted.
+        fn deliver_outcome(pb::Outcome) -> crate::proto::common::Empty;
+        fn query_room_version(pb::QueryRoomVersionRequest) -> pb::QueryRoomVersionResponse;
+        fn query_membership(pb::QueryMembershipRequest) -> pb::QueryMembershipResponse;
+        fn query_state_event(pb::QueryStateEventRequest) -> pb::QueryStateEventResponse;
+        fn resolve_alias(pb::ResolveAliasRequest) -> pb::ResolveAliasResponse;
+    }
+}
+
+/// What callers hold: the service itself (monolith) or a [`RoomserverClient`].
+pub type RoomserverHandle = std::sync::Arc<dyn RoomserverApi>;

@@ -1,0 +1,443 @@
+//! Configuration: built-in defaults, then a TOML file, then `GANGLION_*`
+//! environment variables (`__` separates nesting levels). Every option has
+//! its default here and nowhere else; unknown keys are rejected so a typo is
+//! an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The services Ganglion is made of, in the order they start.
+pub const SERVICES: [&str; 8] = [
+    "userapi",
+    "roomserver",
+    "syncapi",
+    "keyserver",
+    "federationapi",
+    "federationsender",
+    "mediaapi",
+    "clientapi",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Matrix server name: the part after the colon in user IDs.
+    pub server_name: String,
+    /// Where the monolith keeps its databases, signing key, TLS certificate
+    /// and embedded log. Created on first run.
+    pub data_dir: PathBuf,
+    pub client: ClientConfig,
+    pub federation: FederationConfig,
+    pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
+    /// One entry per service: its database and, in the polylith, its address.
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// The client-server API (`/_matrix/client`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Where the monolith (or the polylith's gateway) listens for clients.
+    pub listen: SocketAddr,
+    /// Request bodies larger than this are refused with 413 `M_TOO_LARGE`.
+    pub max_body_bytes: usize,
+    /// Whether `POST /register` creates accounts.
+    pub registration_enabled: bool,
+    /// Sustained login/register attempts allowed per client address per second.
+    pub rate_limit_per_second: f64,
+    /// Attempts a client address may make in a burst before being limited.
+    pub rate_limit_burst: u32,
+    /// How long a write waits for the sync service to reflect it before the
+    /// client is answered anyway.
+    pub read_your_writes_timeout_ms: u64,
+}
+
+/// The federation API (`/_matrix/federation`, `/_matrix/key`), served over TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain; a self-signed one is generated in `data_dir` when unset.
+    pub tls_certificate_path: Option<PathBuf>,
+    /// PEM private key matching `tls_certificate_path`.
+    pub tls_private_key_path: Option<PathBuf>,
+    /// Ed25519 signing key; generated in `data_dir` when unset.
+    pub signing_key_path: Option<PathBuf>,
+}
+
+/// Which log carries the topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// In-process and on local disk (the monolith's default).
+    Embedded,
+    /// Apache Kafka (the polylith's default).
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub backend: LogBackend,
+    /// Kafka bootstrap servers, comma separated.
+    pub kafka_brokers: String,
+    /// Replication factor for topics Ganglion creates in Kafka.
+    pub kafka_replication_factor: i32,
+    /// Prefix for every topic and consumer group name, so several
+    /// deployments can share one Kafka cluster.
+    pub topic_prefix: String,
+    /// Partitions of each topic Ganglion creates. Rooms and users are spread
+    /// over them; a service can run at most this many useful replicas.
+    pub partitions: u32,
+    /// Embedded log: directory; defaults to `<data_dir>/log`.
+    pub embedded_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `ganglion_roomserver=debug,info`.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`; unset: no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Database connection string: `postgres://...` or `sqlite://...`.
+    /// Unset: an SQLite file `<data_dir>/<service>.db`.
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections.
+    pub database_max_connections: Option<u32>,
+    /// Polylith: where this service's process listens (gRPC, its HTTP routes,
+    /// `/healthz`, `/readyz`, `/metrics`).
+    pub listen: Option<SocketAddr>,
+    /// Polylith: how the other services reach this one, e.g. `http://10.0.0.5:7771`.
+    /// Unset: `http://<listen>`.
+    pub address: Option<String>,
+    /// Polylith: a name unique to this replica (consumer groups of views use it).
+    /// Unset: derived from `listen`.
+    pub replica_id: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let services = SERVICES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let port = 7770 + i as u16;
+                (
+                    name.to_string(),
+                    ServiceConfig {
+                        database_url: None,
+                        database_max_connections: None,
+                        listen: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+                        address: None,
+                        replica_id: None,
+                    },
+                )
+            })
+            .collect();
+        Config {
+            server_name: "localhost".to_owned(),
+            data_dir: PathBuf::from("./ganglion-data"),
+            client: ClientConfig::default(),
+            federation: FederationConfig::default(),
+            log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            services,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            max_body_bytes: 1024 * 1024,
+            registration_enabled: true,
+            rate_limit_per_second: 0.5,
+            rate_limit_burst: 10,
+            read_your_writes_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8448)),
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+            signing_key_path: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            backend: LogBackend::Embedded,
+            kafka_brokers: "127.0.0.1:9092".to_owned(),
+            kafka_replication_factor: 1,
+            topic_prefix: String::new(),
+            partitions: 4,
+            embedded_dir: None,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".to_owned(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// Why a configuration could not be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a value is not what the option takes.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `GANGLION_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("GANGLION_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: cross-field rules and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if ruma::ServerName::parse(&self.server_name).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "server_name: {:?} is not a valid Matrix server name",
+                self.server_name
+            )));
+        }
+        if self.log.partitions == 0 || self.log.partitions > 1024 {
+            return Err(ConfigError::Invalid(
+                "log.partitions: must be between 1 and 1024".to_owned(),
+            ));
+        }
+        if self.client.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "client.max_body_bytes: must be at least 1024".to_owned(),
+            ));
+        }
+        if !(self.client.rate_limit_per_second > 0.0) {
+            return Err(ConfigError::Invalid(
+                "client.rate_limit_per_second: must be greater than 0".to_owned(),
+            ));
+        }
+        for name in self.services.keys() {
+            if !SERVICES.contains(&name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "services.{name}: unknown service (known: {})",
+                    SERVICES.join(", ")
+                )));
+            }
+        }
+        for (name, service) in &self.services {
+            if let Some(url) = &service.database_url
+                && !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite:"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "services.{name}.database_url: must start with postgres:// or sqlite:"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The section of `service`; defaults when the file has none.
+    pub fn service(&self, service: &str) -> ServiceConfig {
+        self.services.get(service).cloned().unwrap_or_default()
+    }
+
+    /// How other processes reach `service` over gRPC.
+    pub fn service_address(&self, service: &str) -> Option<String> {
+        let section = self.service(service);
+        section
+            .address
+            .or_else(|| section.listen.map(|addr| format!("http://{addr}")))
+    }
+
+    /// Where the embedded log keeps its files.
+    pub fn embedded_log_dir(&self) -> PathBuf {
+        self.log
+            .embedded_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("log"))
+    }
+
+    /// A topic's full name, with the deployment's prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.log.topic_prefix)
+    }
+
+    /// A commented TOML file with every option at its default.
+    pub fn example_toml() -> String {
+        let defaults = Config::default();
+        let body = toml::to_string_pretty(&defaults).unwrap_or_default();
+        let mut out = String::from(EXAMPLE_HEADER);
+        for line in body.lines() {
+            if let Some(doc) = option_doc(line) {
+                out.push_str("# ");
+                out.push_str(doc);
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        // Options without a default value do not appear in TOML; list them.
+        out.push_str(EXAMPLE_OPTIONAL);
+        out
+    }
+}
+
+const EXAMPLE_HEADER: &str = "\
+# Ganglion configuration. Every option is shown at its default.
+# Any option can also be set from the environment: GANGLION_<SECTION>__<KEY>,
+# e.g. GANGLION_CLIENT__LISTEN=0.0.0.0:8008 or
+# GANGLION_SERVICES__ROOMSERVER__DATABASE_URL=postgres://localhost/roomserver
+
+";
+
+const EXAMPLE_OPTIONAL: &str = "
+# Options with no default (uncomment to set):
+# [federation]
+# tls_certificate_path = \"/etc/ganglion/tls.crt\"   # self-signed in data_dir when unset
+# tls_private_key_path = \"/etc/ganglion/tls.key\"
+# signing_key_path = \"/etc/ganglion/signing.key\"   # generated in data_dir when unset
+# [log]
+# embedded_dir = \"/var/lib/ganglion/log\"            # default: <data_dir>/log
+# [telemetry]
+# otlp_endpoint = \"http://127.0.0.1:4317\"            # OTLP/gRPC trace export
+# [services.roomserver]                               # likewise for every service
+# database_url = \"postgres://ganglion@localhost/roomserver\"  # default: SQLite in data_dir
+# database_max_connections = 10
+# address = \"http://roomserver:7771\"                # default: http://<listen>
+# replica_id = \"syncapi-0\"                           # default: derived from listen
+";
+
+fn option_doc(line: &str) -> Option<&'static str> {
+    let key = line.split('=').next()?.trim();
+    Some(match key {
+        "server_name" => "The Matrix server name: the part after the colon in user IDs.",
+        "data_dir" => "Databases, signing key, TLS certificate and embedded log live here.",
+        "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
+        "registration_enabled" => "Whether POST /register creates accounts.",
+        "rate_limit_per_second" => "Login/register attempts per client address per second.",
+        "rate_limit_burst" => "Attempts allowed in a burst before M_LIMIT_EXCEEDED.",
+        "read_your_writes_timeout_ms" => {
+            "How long a write waits for /sync to reflect it before answering."
+        }
+        "backend" => "embedded (in-process, on disk) or kafka.",
+        "kafka_brokers" => "Kafka bootstrap servers, comma separated.",
+        "kafka_replication_factor" => "Replication factor of topics Ganglion creates.",
+        "topic_prefix" => "Prefix for topic and consumer group names.",
+        "partitions" => "Partitions per topic: the most useful replicas of a writer service.",
+        "log_format" => "pretty or json.",
+        "log_filter" => "A tracing filter such as info or ganglion_roomserver=debug,info.",
+        "listen" => "Address to listen on.",
+        _ => return None,
+    })
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    let mut parts = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.path.join("."))
+        };
+        parts.push(format!("{key}{}", e.kind));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_back_to_the_defaults() {
+        let example = Config::example_toml();
+        let parsed: Config = Figment::new()
+            .merge(Toml::string(&example))
+            .extract()
+            .expect("example parses");
+        assert_eq!(parsed.server_name, "localhost");
+        assert_eq!(parsed.client.listen, Config::default().client.listen);
+        assert_eq!(parsed.services.len(), SERVICES.len());
+        assert!(example.contains("# Request bodies larger than this"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[client]\nlisten_port = 3\n"))
+            .extract::<Config>()
+            .map_err(describe_figment_error)
+            .expect_err("unknown key rejected");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[log]\npartitions = \"many\"\n"))
+            .extract::<Config>()
+            .map_err(describe_figment_error)
+            .expect_err("bad value rejected");
+        assert!(err.contains("log.partitions"), "{err}");
+    }
+
+    #[test]
+    fn invalid_server_name_is_refused() {
+        let config = Config {
+            server_name: "not a name".into(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

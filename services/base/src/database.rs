@@ -1,0 +1,244 @@
+//! A database per service: SQLite by default (one file under the data
+//! directory), PostgreSQL by connection string. Queries are written once with
+//! `$n` placeholders, which both engines accept; DDL that differs between them
+//! is written twice in a [`Migration`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions};
+
+/// Which engine a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// One schema step of a service. Versions start at 1 and only grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub description: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+/// A service's database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub engine: Engine,
+}
+
+/// Why a database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The engine reported an error.
+    #[error("database error")]
+    Sqlx(#[from] sqlx::Error),
+    /// The database was migrated by a newer Ganglion; running older code on it could corrupt it.
+    #[error(
+        "the {service} database has schema version {found}, newer than the {known} this build knows: refusing to start"
+    )]
+    SchemaTooNew {
+        service: String,
+        found: i64,
+        known: i64,
+    },
+    /// The connection string is neither PostgreSQL nor SQLite.
+    #[error("unsupported database url for {0}")]
+    UnsupportedUrl(String),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory")]
+    Io(#[from] std::io::Error),
+}
+
+impl Database {
+    /// Opens `url`, or the SQLite file `<data_dir>/<service>.db` when `url` is
+    /// `None`, then brings the schema up to date with `migrations`.
+    pub async fn open(
+        service: &str,
+        url: Option<&str>,
+        data_dir: &Path,
+        max_connections: Option<u32>,
+        migrations: &[Migration],
+    ) -> Result<Database, DatabaseError> {
+        sqlx::any::install_default_drivers();
+        let url = match url {
+            Some(url) => url.to_owned(),
+            None => {
+                std::fs::create_dir_all(data_dir)?;
+                format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display())
+            }
+        };
+        let engine = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            return Err(DatabaseError::UnsupportedUrl(service.to_owned()));
+        };
+        let pool = match engine {
+            Engine::Sqlite => {
+                let any = AnyConnectOptions::from_str(&url)?
+                    .log_statements(tracing::log::LevelFilter::Trace);
+                // WAL with synchronous=NORMAL: a committed transaction survives a
+                // process crash (kill -9); only an OS crash can lose the last ones.
+                // The Any driver takes no SQLite options, so each connection sets them.
+                AnyPoolOptions::new()
+                    .max_connections(max_connections.unwrap_or(4))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                 PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                            )
+                            .execute(conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(any)
+                    .await?
+            }
+            Engine::Postgres => {
+                let any = AnyConnectOptions::from_str(&url)?
+                    .log_statements(tracing::log::LevelFilter::Trace);
+                AnyPoolOptions::new()
+                    .max_connections(max_connections.unwrap_or(10))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(any)
+                    .await?
+            }
+        };
+        let db = Database { pool, engine };
+        db.migrate(service, migrations).await?;
+        Ok(db)
+    }
+
+    /// Applies the migrations this database has not seen yet, each in its own
+    /// transaction; refuses a database whose schema is newer than `migrations`.
+    pub async fn migrate(
+        &self,
+        service: &str,
+        migrations: &[Migration],
+    ) -> Result<(), DatabaseError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS ganglion_schema (
+                version BIGINT PRIMARY KEY,
+                description TEXT NOT NULL
+            )",
+        )
+        .execute(&self.pool)
+        .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ganglion_schema")
+            .fetch_one(&self.pool)
+            .await?;
+        let current = current.unwrap_or(0);
+        let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+        if current > known {
+            return Err(DatabaseError::SchemaTooNew {
+                service: service.to_owned(),
+                found: current,
+                known,
+            });
+        }
+        for migration in migrations.iter().filter(|m| m.version > current) {
+            let mut tx = self.pool.begin().await?;
+            let sql = match self.engine {
+                Engine::Sqlite => migration.sqlite,
+                Engine::Postgres => migration.postgres,
+            };
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES ($1, $2)")
+                .bind(migration.version)
+                .bind(migration.description)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(service, version = migration.version, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[Migration] = &[Migration {
+        version: 1,
+        description: "things",
+        sqlite: "CREATE TABLE things (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL)",
+        postgres: "CREATE TABLE things (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)",
+    }];
+
+    async fn roundtrip(db: &Database) {
+        sqlx::query("INSERT INTO things (name) VALUES ($1)")
+            .bind("a")
+            .execute(&db.pool)
+            .await
+            .expect("insert");
+        let name: String = sqlx::query_scalar("SELECT name FROM things WHERE id = $1")
+            .bind(1_i64)
+            .fetch_one(&db.pool)
+            .await
+            .expect("select");
+        assert_eq!(name, "a");
+        assert!(db.ping().await);
+    }
+
+    async fn refuses_newer_schema(db: &Database) {
+        sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES (99, 'future')")
+            .execute(&db.pool)
+            .await
+            .expect("insert");
+        let err = db.migrate("test", MIGRATIONS).await.expect_err("newer refused");
+        assert!(matches!(err, DatabaseError::SchemaTooNew { found: 99, known: 1, .. }));
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open("test", None, dir.path(), None, MIGRATIONS)
+            .await
+            .expect("open");
+        assert_eq!(db.engine, Engine::Sqlite);
+        roundtrip(&db).await;
+        // Re-running migrations is a no-op.
+        db.migrate("test", MIGRATIONS).await.expect("idempotent");
+        refuses_newer_schema(&db).await;
+        db.close().await;
+        let reopened = Database::open("test", None, dir.path(), None, MIGRATIONS).await;
+        assert!(matches!(reopened, Err(DatabaseError::SchemaTooNew { .. })));
+    }
+
+    #[tokio::test]
+    async fn postgres_migrates_and_refuses_newer_schema() {
+        let url = crate::testing::scratch_postgres("base_migrate").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open("test", Some(&url), dir.path(), None, MIGRATIONS)
+            .await
+            .expect("open");
+        assert_eq!(db.engine, Engine::Postgres);
+        roundtrip(&db).await;
+        db.migrate("test", MIGRATIONS).await.expect("idempotent");
+        refuses_newer_schema(&db).await;
+        db.close().await;
+    }
+}

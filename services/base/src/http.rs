@@ -1,0 +1,156 @@
+//! HTTP plumbing shared by every service that serves HTTP: the Matrix JSON
+//! body extractor (`M_NOT_JSON` vs `M_BAD_JSON`), unknown-endpoint handling,
+//! body limits, request metrics and spans, and serving with a shutdown future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::matrix_error::MatrixError;
+use crate::metrics;
+
+/// A JSON request body. Not JSON → 400 `M_NOT_JSON`; JSON of the wrong shape
+/// → 400 `M_BAD_JSON`; an empty body is read as `{}` (several endpoints, such
+/// as `/logout`, allow it).
+pub struct MatrixJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for MatrixJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(e.status()))?;
+        parse_json(&bytes).map(MatrixJson)
+    }
+}
+
+fn body_error(status: StatusCode) -> MatrixError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        MatrixError::too_large("Request body too large")
+    } else {
+        MatrixError::not_json("Could not read the request body")
+    }
+}
+
+/// Parses a request body with the spec's two distinct errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    serde_json::from_value(value).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))
+}
+
+/// Turns a router into a Matrix one: unknown paths → 404 `M_UNRECOGNIZED`,
+/// wrong method → 405 `M_UNRECOGNIZED`, bodies over `max_body_bytes` → 413
+/// `M_TOO_LARGE`, CORS for web clients, one span and metrics per request.
+pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usize) -> Router {
+    router
+        .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
+        .fallback(|| async { MatrixError::unrecognized() })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            observe(service, req, next)
+        }))
+        .layer(tower_http::cors::CorsLayer::very_permissive())
+}
+
+async fn observe(service: &'static str, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("http", %method, path = %path, service, status = tracing::field::Empty);
+    crate::telemetry::continue_from_http(&span, req.headers());
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[service, method.as_str(), status.as_str()])
+        .inc();
+    metrics::HTTP_DURATION
+        .with_label_values(&[service, method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A JSON response with a status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `200 OK` with a JSON body.
+pub fn ok_json(body: serde_json::Value) -> Response {
+    json_response(StatusCode::OK, &body)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+impl From<std::convert::Infallible> for MatrixError {
+    fn from(value: std::convert::Infallible) -> Self {
+        match value {}
+    }
+}
+
+/// Convenience: a `Result` whose error renders as a Matrix error.
+pub type MatrixResult<T = Response> = Result<T, MatrixError>;
+
+/// Makes a plain `Response` usable as the success type of [`MatrixResult`].
+pub fn respond(body: serde_json::Value) -> MatrixResult {
+    Ok(ok_json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Body {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    #[test]
+    fn not_json_and_bad_json_differ() {
+        assert_eq!(parse_json::<Body>(b"{nope").unwrap_err().errcode, "M_NOT_JSON");
+        assert_eq!(
+            parse_json::<Body>(br#"{"n": "x"}"#).unwrap_err().errcode,
+            "M_BAD_JSON"
+        );
+        assert!(parse_json::<Body>(br#"{"n": 3}"#).is_ok());
+        assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
+    }
+}

@@ -1,0 +1,34 @@
+//! Test support shared by every service's storage tests: a scratch
+//! PostgreSQL database per test. CI provides PostgreSQL; a test that needs it
+//! fails loudly when it is missing rather than skipping.
+
+use sqlx::{AnyPool, AssertSqlSafe};
+
+/// The server storage tests use (`GANGLION_TEST_POSTGRES`, default local).
+pub fn postgres_server() -> String {
+    std::env::var("GANGLION_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Creates an empty database `ganglion_t_<name>_<pid>` and returns its URL.
+pub async fn scratch_postgres(name: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let server = postgres_server();
+    let admin = AnyPool::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL must be reachable (the test command starts it)");
+    let db: String = format!("ganglion_t_{name}_{}", std::process::id())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .expect("drop scratch database");
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .expect("create scratch database");
+    admin.close().await;
+    format!("{server}/{db}")
+}

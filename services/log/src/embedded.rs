@@ -1,0 +1,434 @@
+//! The embedded log: the monolith's log, in-process and durable on local disk.
+//!
+//! Layout under the log directory:
+//!
+//! ```text
+//! LOCK                              held (flock) while a process has the log open
+//! topics/<topic>/partitions         the partition count, written last on creation
+//! topics/<topic>/<partition>.log    append-only records (see `partition.rs`)
+//! groups/<group>.offsets            committed offsets, replaced atomically
+//! ```
+//!
+//! Appends go to the page cache with one `pwrite` and are then visible to
+//! consumers: they survive a crash of the process (even `kill -9`), not a power
+//! cut, unless [`EmbeddedConfig::fsync`] is on. A crash mid-append leaves a torn
+//! record at the end of a file; opening the log cuts it. Waiting consumers are
+//! woken through a `watch` channel per topic, so delivery takes microseconds
+//! and nothing polls.
+
+mod consumer;
+mod group;
+mod partition;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use self::consumer::EmbeddedConsumer;
+use self::group::Group;
+use self::partition::{PartitionFile, encode};
+use crate::{Consumer, Log, LogError, OutgoingRecord, Position, partition_for_key};
+
+/// How the embedded log trades speed for durability.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    /// Flush each append (and each commit) to disk before it is acknowledged
+    /// and delivered. Off by default: a record in the page cache already
+    /// survives a crash of the process, and a flush costs milliseconds on
+    /// most disks; turn it on when the host itself may lose power.
+    pub fsync: bool,
+}
+
+/// The embedded log. Cloning is cheap and shares the same open log.
+///
+/// Only one `EmbeddedLog` may have a directory open at a time (in this or any
+/// other process); it is released once this value, its clones and every
+/// consumer made from it are dropped.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    dir: PathBuf,
+    config: EmbeddedConfig,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+    /// Holds the directory's lock for as long as the log is open.
+    _lock: File,
+}
+
+pub(crate) struct Topic {
+    name: String,
+    partitions: Vec<Arc<PartitionFile>>,
+    /// Bumped after every append, to wake the topic's waiting consumers.
+    appended: watch::Sender<u64>,
+}
+
+impl Topic {
+    fn partition_count(&self) -> u32 {
+        // Partition counts come from a u32 (`ensure_topic`, the metadata file).
+        self.partitions.len() as u32
+    }
+}
+
+impl EmbeddedLog {
+    /// Opens (creating if needed) the log in `dir` with the default config.
+    ///
+    /// Opening reads every partition file once to rebuild its index (memory:
+    /// eight bytes per record) and cut torn tails, so it blocks for as long as
+    /// reading the log takes; call it at start-up, before serving.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, LogError> {
+        Self::open_with(dir, EmbeddedConfig::default())
+    }
+
+    /// Opens (creating if needed) the log in `dir`.
+    pub fn open_with(dir: impl Into<PathBuf>, config: EmbeddedConfig) -> Result<Self, LogError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join("topics"))?;
+        std::fs::create_dir_all(dir.join("groups"))?;
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(LogError::DirectoryInUse(dir));
+        }
+        let mut topics = HashMap::new();
+        for entry in std::fs::read_dir(dir.join("topics"))? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let meta = entry.path().join("partitions");
+            if validate_name(&name).is_err() || !meta.exists() {
+                // Not ours, or a creation that crashed before it finished
+                // (`ensure_topic` will complete it).
+                continue;
+            }
+            let text = std::fs::read_to_string(&meta)?;
+            let partitions = text.trim().parse::<u32>().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} holds no partition count", meta.display()),
+                )
+            })?;
+            let topic = open_topic(&entry.path(), &name, partitions, config.fsync)?;
+            topics.insert(name, Arc::new(topic));
+        }
+        Ok(EmbeddedLog {
+            shared: Arc::new(Shared {
+                dir,
+                config,
+                topics: RwLock::new(topics),
+                groups: Mutex::new(HashMap::new()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
+        self.shared
+            .topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_owned()))
+    }
+
+    fn group(&self, name: &str) -> Result<Arc<Group>, LogError> {
+        validate_name(name)?;
+        let mut groups = self.shared.groups.lock();
+        if let Some(group) = groups.get(name) {
+            return Ok(group.clone());
+        }
+        let path = self
+            .shared
+            .dir
+            .join("groups")
+            .join(format!("{name}.offsets"));
+        let group = Arc::new(Group::load(path, self.shared.config.fsync)?);
+        groups.insert(name.to_owned(), group.clone());
+        Ok(group)
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        validate_name(topic)?;
+        if partitions == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a topic needs at least one partition",
+            )
+            .into());
+        }
+        // Creation is rare: doing its file work under the lock keeps two
+        // concurrent callers from creating the topic twice.
+        let mut topics = self.shared.topics.write();
+        if topics.contains_key(topic) {
+            return Ok(());
+        }
+        let fsync = self.shared.config.fsync;
+        let dir = self.shared.dir.join("topics").join(topic);
+        std::fs::create_dir_all(&dir)?;
+        let opened = open_topic(&dir, topic, partitions, fsync)?;
+        // The partition count goes last: a topic is complete once it exists.
+        write_atomically(
+            &dir.join("partitions"),
+            format!("{partitions}\n").as_bytes(),
+            fsync,
+        )?;
+        if fsync {
+            sync_dir(&self.shared.dir.join("topics"))?;
+        }
+        topics.insert(topic.to_owned(), Arc::new(opened));
+        Ok(())
+    }
+
+    async fn produce(&self, topic: &str, record: OutgoingRecord) -> Result<Position, LogError> {
+        let topic = self.topic(topic)?;
+        let partition = partition_for_key(&record.key, topic.partition_count());
+        let frame = encode(&record, now_ms())?;
+        let file = topic
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| LogError::UnknownTopic(topic.name.clone()))?;
+        let fsync = self.shared.config.fsync;
+        // Writing to the page cache is a memory copy; handing it to a blocking
+        // thread would cost more than it saves. Only the flush goes there.
+        let offset = file.append(&frame, !fsync)?;
+        if fsync {
+            let flushing = file.clone();
+            tokio::task::spawn_blocking(move || flushing.sync())
+                .await
+                .map_err(|_| LogError::Closed)??;
+            file.publish(offset);
+        }
+        topic
+            .appended
+            .send_modify(|version| *version = version.wrapping_add(1));
+        Ok(Position { partition, offset })
+    }
+
+    async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError> {
+        let mut subscribed: Vec<Arc<Topic>> = Vec::new();
+        for name in topics {
+            let topic = self.topic(name)?;
+            if !subscribed.iter().any(|t| t.name == topic.name) {
+                subscribed.push(topic);
+            }
+        }
+        let group = self.group(group)?;
+        Ok(Box::new(EmbeddedConsumer::new(
+            self.shared.clone(),
+            group,
+            subscribed,
+        )))
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        let topic = self.topic(topic)?;
+        Ok(topic
+            .partitions
+            .iter()
+            .map(|partition| partition.high_watermark())
+            .collect())
+    }
+}
+
+fn open_topic(dir: &Path, name: &str, partitions: u32, fsync: bool) -> Result<Topic, LogError> {
+    let mut files = Vec::new();
+    for partition in 0..partitions {
+        let path = dir.join(format!("{partition}.log"));
+        let opened = PartitionFile::open(&path, name, partition, fsync)?;
+        if opened.truncated_bytes > 0 {
+            tracing::warn!(
+                topic = name,
+                partition,
+                bytes = opened.truncated_bytes,
+                "cut a torn tail from the log (a crash interrupted an append)"
+            );
+        }
+        files.push(Arc::new(opened.partition));
+    }
+    if fsync {
+        sync_dir(dir)?;
+    }
+    Ok(Topic {
+        name: name.to_owned(),
+        partitions: files,
+        appended: watch::Sender::new(0),
+    })
+}
+
+/// Kafka's rule for topic and group names, which also makes them safe file
+/// names; the embedded log enforces it so names that work here work on Kafka.
+fn validate_name(name: &str) -> Result<(), LogError> {
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(LogError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Replaces `path` with `contents` so a crash leaves either the old or the new
+/// file, never a mix: write a temporary file beside it, then rename.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], fsync: bool) -> Result<(), LogError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, contents)?;
+    if fsync {
+        File::open(&temporary)?.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    if fsync && let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (new files, renames) durable.
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kafkas_rule() {
+        for good in ["roomserver.output", "a", "A-b_c.9"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_opened_by_one_log_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path()).unwrap();
+        assert!(matches!(
+            EmbeddedLog::open(dir.path()),
+            Err(LogError::DirectoryInUse(_))
+        ));
+        log.ensure_topic("t", 1).await.unwrap();
+        let consumer = log.consumer("g", &["t"]).await.unwrap();
+        drop(log);
+        // The consumer still uses the log.
+        assert!(EmbeddedLog::open(dir.path()).is_err());
+        drop(consumer);
+        assert!(EmbeddedLog::open(dir.path()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_on_reopen_and_later_appends_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |payload: &str| OutgoingRecord {
+            key: b"!room:example.org".to_vec(),
+            headers: Vec::new(),
+            payload: payload.as_bytes().to_vec(),
+        };
+        {
+            let log = EmbeddedLog::open(dir.path()).unwrap();
+            log.ensure_topic("t", 1).await.unwrap();
+            for payload in ["one", "two", "three"] {
+                log.produce("t", record(payload)).await.unwrap();
+            }
+        }
+        let file = dir.path().join("topics/t/0.log");
+        let len = std::fs::metadata(&file).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+
+        let log = EmbeddedLog::open(dir.path()).unwrap();
+        assert_eq!(log.end_offsets("t").await.unwrap(), vec![2]);
+        let position = log.produce("t", record("four")).await.unwrap();
+        assert_eq!(
+            position,
+            Position {
+                partition: 0,
+                offset: 2
+            }
+        );
+        let mut consumer = log.consumer("g", &["t"]).await.unwrap();
+        let mut payloads = Vec::new();
+        for _ in 0..3 {
+            payloads.push(String::from_utf8(consumer.next().await.unwrap().payload).unwrap());
+        }
+        assert_eq!(payloads, ["one", "two", "four"]);
+    }
+
+    #[tokio::test]
+    async fn fsync_mode_delivers_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig { fsync: true };
+        {
+            let log = EmbeddedLog::open_with(dir.path(), config.clone()).unwrap();
+            log.ensure_topic("t", 2).await.unwrap();
+            log.produce("t", OutgoingRecord::default()).await.unwrap();
+            let mut consumer = log.consumer("g", &["t"]).await.unwrap();
+            let record = consumer.next().await.unwrap();
+            consumer.commit(&record).await.unwrap();
+        }
+        let log = EmbeddedLog::open_with(dir.path(), config).unwrap();
+        assert_eq!(log.end_offsets("t").await.unwrap(), vec![1, 0]);
+        let text = std::fs::read_to_string(dir.path().join("groups/g.offsets")).unwrap();
+        assert!(text.contains("t 0 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn unknown_topics_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path()).unwrap();
+        assert!(matches!(
+            log.produce("nope", OutgoingRecord::default()).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            log.consumer("g", &["nope"]).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            log.ensure_topic("../escape", 1).await,
+            Err(LogError::InvalidName(_))
+        ));
+        log.ensure_topic("t", 1).await.unwrap();
+        assert!(matches!(
+            log.consumer("a/b", &["t"]).await,
+            Err(LogError::InvalidName(_))
+        ));
+    }
+}

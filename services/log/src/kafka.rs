@@ -1,0 +1,341 @@
+//! The Kafka log: the polylith's log, on Apache Kafka (tansu in tests).
+//!
+//! librdkafka does the hard parts (reconnecting, retrying, rebalancing); this
+//! module chooses settings that give the log's semantics — idempotent
+//! `acks=all` production, manual commits after processing, cooperative
+//! rebalancing (the only strategy under which tansu recovers the partitions
+//! of a member that died) — and keeps the process alive through broker
+//! restarts: a producer that hits a fatal error is replaced, and a consumer
+//! retries transient errors inside `next()` instead of surfacing them.
+
+mod consumer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::util::Timeout;
+
+use self::consumer::KafkaConsumer;
+use crate::{Consumer, Log, LogError, OutgoingRecord, Position};
+
+/// How to reach the Kafka cluster and how the log's topics are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers.
+    pub brokers: String,
+    /// Names this process in broker logs and metrics.
+    pub client_id: String,
+    /// Replicas per partition for topics created by `ensure_topic`: 3 in
+    /// production so a broker can fail without losing acknowledged records,
+    /// 1 for a single test broker.
+    pub replication_factor: i32,
+    /// How often clients refresh topic metadata. Lower than librdkafka's
+    /// five minutes so recreated topics and new partitions are noticed soon.
+    pub metadata_refresh_interval_ms: u32,
+    /// How long a produce may keep retrying before it fails.
+    pub delivery_timeout_ms: u32,
+    /// Deadline for admin and metadata requests (topic creation, watermarks).
+    pub request_timeout_ms: u32,
+    /// Further librdkafka properties for every client (e.g. `security.protocol`,
+    /// `sasl.*`); applied last, so they override the settings above.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// A config for `brokers` with the defaults for everything else.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            ..KafkaConfig::default()
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "localhost:9092".to_owned(),
+            client_id: "ganglion".to_owned(),
+            replication_factor: 3,
+            metadata_refresh_interval_ms: 10_000,
+            delivery_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
+            properties: Vec::new(),
+        }
+    }
+}
+
+/// The log on a Kafka cluster.
+pub struct KafkaLog {
+    config: KafkaConfig,
+    /// Replaced as a whole when it hits a fatal error (an idempotent producer
+    /// never recovers from one by itself, e.g. "unknown producer ID" after the
+    /// brokers lost their state).
+    producer: RwLock<Arc<FutureProducer>>,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl KafkaLog {
+    /// Creates the clients. Nothing is sent to the brokers yet, so this
+    /// succeeds while they are unreachable; librdkafka connects when needed.
+    pub fn new(config: KafkaConfig) -> Result<Self, LogError> {
+        let producer = create_producer(&config)?;
+        let admin = client_config(&config, |_| {})
+            .create()
+            .map_err(kafka_error)?;
+        Ok(KafkaLog {
+            config,
+            producer: RwLock::new(Arc::new(producer)),
+            admin,
+        })
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        self.producer.read().clone()
+    }
+
+    /// Swaps in a new producer unless another task already replaced `broken`.
+    fn replace_producer(&self, broken: &Arc<FutureProducer>) -> Result<(), LogError> {
+        let old = {
+            let mut current = self.producer.write();
+            if !Arc::ptr_eq(&current, broken) {
+                return Ok(());
+            }
+            std::mem::replace(&mut *current, Arc::new(create_producer(&self.config)?))
+        };
+        tracing::warn!("replaced the Kafka producer after a fatal error");
+        old.purge(PurgeConfig::default().queue().inflight());
+        // Destroying a client joins its threads: keep that off the runtime.
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms.into())
+    }
+}
+
+#[async_trait]
+impl Log for KafkaLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        let partitions = i32::try_from(partitions)
+            .ok()
+            .filter(|count| *count > 0)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a topic needs between 1 and 2^31 - 1 partitions",
+                )
+            })?;
+        let new_topic = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let options = AdminOptions::new()
+            .request_timeout(Some(self.request_timeout()))
+            .operation_timeout(Some(self.request_timeout()));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(kafka_error)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Kafka(format!("creating topic {name}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn produce(&self, topic: &str, record: OutgoingRecord) -> Result<Position, LogError> {
+        let mut replaced = 0;
+        loop {
+            let producer = self.producer();
+            let headers = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |headers, (name, value)| {
+                    headers.insert(Header {
+                        key: name,
+                        value: Some(value.as_slice()),
+                    })
+                },
+            );
+            let outgoing = FutureRecord::to(topic)
+                .key(record.key.as_slice())
+                .payload(record.payload.as_slice())
+                .headers(headers);
+            let queue_timeout = Duration::from_millis(self.config.delivery_timeout_ms.into());
+            match producer.send(outgoing, Timeout::After(queue_timeout)).await {
+                Ok(delivery) => {
+                    return Ok(Position {
+                        partition: to_u32(delivery.partition)?,
+                        offset: to_u64(delivery.offset)?,
+                    });
+                }
+                // A record lost with a broken producer is sent again with a
+                // new one: at worst it is stored twice, which consumers
+                // tolerate, never lost.
+                Err((error, _)) if replaced < 3 && needs_new_producer(&producer, &error) => {
+                    replaced += 1;
+                    self.replace_producer(&producer)?;
+                }
+                Err((error, _)) => return Err(produce_error(topic, &record, error)),
+            }
+        }
+    }
+
+    async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError> {
+        let consumer: StreamConsumer = client_config(&self.config, |config| {
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                // The only strategy under which tansu hands a dead member's
+                // partitions to the survivors; it also moves fewer partitions.
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                // Notice a dead member in seconds, not the default 45 s.
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "2000");
+        })
+        .create()
+        .map_err(kafka_error)?;
+        rdkafka::consumer::Consumer::subscribe(&consumer, topics).map_err(kafka_error)?;
+        Ok(Box::new(KafkaConsumer::new(consumer)))
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        let producer = self.producer();
+        let topic = topic.to_owned();
+        let timeout = self.request_timeout();
+        // Metadata and watermark requests block until the broker answers.
+        tokio::task::spawn_blocking(move || {
+            let client = producer.client();
+            let metadata = client
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka_error)?;
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|found| found.name() == topic)
+                .ok_or_else(|| LogError::UnknownTopic(topic.clone()))?;
+            if let Some(error) = found.error() {
+                return Err(match RDKafkaErrorCode::from(error) {
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                        LogError::UnknownTopic(topic.clone())
+                    }
+                    code => LogError::Kafka(format!("metadata for {topic}: {code}")),
+                });
+            }
+            let mut partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
+            partitions.sort_unstable();
+            partitions
+                .into_iter()
+                .map(|partition| {
+                    let (_, high) = client
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map_err(kafka_error)?;
+                    to_u64(high)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+}
+
+/// The settings every client shares; `role` adds its own, and the operator's
+/// `properties` come last so they can override anything.
+fn client_config(config: &KafkaConfig, role: impl FnOnce(&mut ClientConfig)) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", &config.client_id)
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            config.metadata_refresh_interval_ms.to_string(),
+        )
+        // Topics exist because `ensure_topic` made them, as in the embedded
+        // log; a typo must fail rather than create a topic.
+        .set("allow.auto.create.topics", "false");
+    role(&mut client);
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
+    client_config(config, |client| {
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // CRC-32 of the key, empty key included: the same partition as
+            // the embedded log picks (`crate::partition_for_key`).
+            .set("partitioner", "consistent")
+            // Each hop of an event through the services waits for this.
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string());
+    })
+    .create()
+    .map_err(kafka_error)
+}
+
+/// Whether `error` means this producer can never deliver again.
+fn needs_new_producer(producer: &FutureProducer, error: &KafkaError) -> bool {
+    producer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::ProducerFenced
+            )
+        )
+}
+
+fn produce_error(topic: &str, record: &OutgoingRecord, error: KafkaError) -> LogError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => LogError::RecordTooLarge(
+            record.key.len()
+                + record.payload.len()
+                + record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len())
+                    .sum::<usize>(),
+        ),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            LogError::UnknownTopic(topic.to_owned())
+        }
+        _ => kafka_error(error),
+    }
+}
+
+pub(crate) fn kafka_error(error: KafkaError) -> LogError {
+    LogError::Kafka(error.to_string())
+}
+
+pub(crate) fn to_u32(value: i32) -> Result<u32, LogError> {
+    u32::try_from(value).map_err(|_| LogError::Kafka(format!("negative partition {value}")))
+}
+
+pub(crate) fn to_u64(value: i64) -> Result<u64, LogError> {
+    u64::try_from(value).map_err(|_| LogError::Kafka(format!("negative offset {value}")))
+}

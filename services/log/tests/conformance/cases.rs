@@ -1,0 +1,323 @@
+//! The semantics every producer and consumer of the log relies on
+//! (DESIGN.md §2), one function per promise, each run against both logs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ganglion_log::{Consumer, OutgoingRecord, Position, Record, partition_for_key};
+use tokio::sync::{mpsc, watch};
+
+use crate::fixture::{DEADLINE, Fixture, await_assignment, next};
+
+fn record(key: &str, payload: impl Into<String>) -> OutgoingRecord {
+    OutgoingRecord {
+        key: key.as_bytes().to_vec(),
+        headers: Vec::new(),
+        payload: payload.into().into_bytes(),
+    }
+}
+
+fn payload(record: &Record) -> String {
+    String::from_utf8(record.payload.clone()).unwrap()
+}
+
+/// Records with one key land on one partition, the same partition in both
+/// implementations, and come out in the order they went in.
+pub async fn order_is_kept_per_key(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("order");
+    log.ensure_topic(&topic, 4).await.unwrap();
+    let keys = [
+        "!a:example.org",
+        "!b:example.org",
+        "!c:example.org",
+        "@d:example.org",
+    ];
+    let mut positions = HashMap::new();
+    for i in 0..25 {
+        for key in keys {
+            let sent = format!("{key}/{i}");
+            let position = log.produce(&topic, record(key, &sent)).await.unwrap();
+            assert_eq!(position.partition, partition_for_key(key.as_bytes(), 4));
+            positions.insert(sent, position);
+        }
+    }
+
+    let mut consumer = log
+        .consumer(&fixture.name("group"), &[&topic])
+        .await
+        .unwrap();
+    let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for _ in 0..positions.len() {
+        let received = next(&mut consumer).await;
+        let text = payload(&received);
+        assert_eq!(Some(&received.position()), positions.get(&text), "{text}");
+        let (key, i) = text.split_once('/').unwrap();
+        assert_eq!(received.key, key.as_bytes());
+        seen.entry(key.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    for key in keys {
+        assert_eq!(seen[key], (0..25).collect::<Vec<_>>(), "order of {key}");
+    }
+}
+
+/// A consumer that restarts (with the log itself restarted) resumes after the
+/// last record it committed; what it read but did not commit comes again.
+pub async fn consumers_resume_at_the_committed_offset(fixture: &mut Fixture) {
+    let topic = fixture.name("resume");
+    let group = fixture.name("group");
+    {
+        let log = fixture.log();
+        log.ensure_topic(&topic, 2).await.unwrap();
+        for i in 0..10 {
+            log.produce(&topic, record("!room:example.org", i.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+        for i in 0..5 {
+            let received = next(&mut consumer).await;
+            assert_eq!(payload(&received), i.to_string());
+            consumer.commit(&received).await.unwrap();
+        }
+        // Read, then "crash" before committing.
+        assert_eq!(payload(&next(&mut consumer).await), "5");
+    }
+    fixture.restart().await;
+
+    let log = fixture.log();
+    log.produce(&topic, record("!room:example.org", "10"))
+        .await
+        .unwrap();
+    let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+    for i in 5..=10 {
+        let received = next(&mut consumer).await;
+        assert_eq!(payload(&received), i.to_string());
+        consumer.commit(&received).await.unwrap();
+    }
+    let partition = partition_for_key(b"!room:example.org", 2) as usize;
+    assert_eq!(log.end_offsets(&topic).await.unwrap()[partition], 11);
+}
+
+/// Two members of one group split the partitions between them; together
+/// they see every record exactly once, and their commits count for the group.
+pub async fn group_members_share_partitions(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("shared");
+    let group = fixture.name("group");
+    log.ensure_topic(&topic, 4).await.unwrap();
+    let mut first = log.consumer(&group, &[&topic]).await.unwrap();
+    let mut second = log.consumer(&group, &[&topic]).await.unwrap();
+    await_assignment(&mut [&mut first, &mut second], |assignments| {
+        let all: BTreeSet<_> = assignments.iter().flatten().collect();
+        assignments.iter().all(|a| !a.is_empty())
+            && all.len() == 4
+            && assignments.iter().map(Vec::len).sum::<usize>() == 4
+    })
+    .await;
+
+    let keys: Vec<String> = (0..40).map(|i| format!("@user{i}:example.org")).collect();
+    let used: BTreeSet<u32> = keys
+        .iter()
+        .map(|key| partition_for_key(key.as_bytes(), 4))
+        .collect();
+    assert_eq!(used.len(), 4, "the keys must cover every partition");
+    for key in &keys {
+        log.produce(&topic, record(key, key.clone())).await.unwrap();
+    }
+
+    let (received_tx, mut received) = mpsc::unbounded_channel();
+    let (stop, stopped) = watch::channel(false);
+    let members: Vec<_> = [first, second]
+        .into_iter()
+        .enumerate()
+        .map(|(member, consumer)| {
+            tokio::spawn(consume_until_stopped(
+                member,
+                consumer,
+                received_tx.clone(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    let mut by_member: [BTreeSet<String>; 2] = Default::default();
+    let mut total = 0;
+    while total < keys.len() {
+        let (member, text) = tokio::time::timeout(DEADLINE, received.recv())
+            .await
+            .expect("the members stopped receiving records")
+            .unwrap();
+        let fresh = !by_member.iter().any(|seen| seen.contains(&text));
+        assert!(fresh, "{text} was delivered twice");
+        by_member[member].insert(text);
+        total += 1;
+    }
+    stop.send(true).unwrap();
+    for (member, task) in members.into_iter().enumerate() {
+        let consumer = task.await.unwrap();
+        assert!(
+            !by_member[member].is_empty(),
+            "member {member} received nothing"
+        );
+        drop(consumer);
+    }
+
+    // Both members committed everything: a newcomer sees only new records.
+    let mut newcomer = log.consumer(&group, &[&topic]).await.unwrap();
+    log.produce(&topic, record("@late:example.org", "late"))
+        .await
+        .unwrap();
+    assert_eq!(payload(&next(&mut newcomer).await), "late");
+}
+
+/// Reads and commits records until told to stop, reporting each as
+/// (member, payload) and checking it came from a partition the member holds.
+async fn consume_until_stopped(
+    member: usize,
+    mut consumer: Box<dyn Consumer>,
+    received: mpsc::UnboundedSender<(usize, String)>,
+    mut stopped: watch::Receiver<bool>,
+) -> Box<dyn Consumer> {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return consumer,
+            record = consumer.next() => {
+                let record = record.unwrap();
+                let partition = (record.topic.clone(), record.partition);
+                assert!(
+                    consumer.assignment().contains(&partition),
+                    "got {partition:?}, not in {:?}",
+                    consumer.assignment()
+                );
+                consumer.commit(&record).await.unwrap();
+                let _ = received.send((member, payload(&record)));
+            }
+        }
+    }
+}
+
+/// A group that has never committed starts at the beginning of the log, no
+/// matter how far other groups got.
+pub async fn a_new_group_replays_from_the_start(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("replay");
+    log.ensure_topic(&topic, 2).await.unwrap();
+    let sent: BTreeSet<String> = (0..10).map(|i| format!("record {i}")).collect();
+    for (i, text) in sent.iter().enumerate() {
+        log.produce(&topic, record(&format!("key{i}"), text.clone()))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let mut consumer = log
+            .consumer(&fixture.name("group"), &[&topic])
+            .await
+            .unwrap();
+        let mut received = BTreeSet::new();
+        for _ in 0..sent.len() {
+            let record = next(&mut consumer).await;
+            consumer.commit(&record).await.unwrap();
+            received.insert(payload(&record));
+        }
+        assert_eq!(received, sent);
+    }
+}
+
+/// Headers (order, duplicates and empty values included), key, payload and
+/// timestamp reach the consumer as produced.
+pub async fn headers_travel_with_their_record(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("headers");
+    log.ensure_topic(&topic, 1).await.unwrap();
+    let sent = OutgoingRecord {
+        key: b"!room:example.org".to_vec(),
+        headers: vec![
+            (
+                "traceparent".to_owned(),
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec(),
+            ),
+            ("empty".to_owned(), Vec::new()),
+            ("twice".to_owned(), b"1".to_vec()),
+            ("twice".to_owned(), vec![0, 255, 7]),
+        ],
+        payload: br#"{"type":"m.room.message"}"#.to_vec(),
+    };
+    let before = now_ms();
+    let position = log.produce(&topic, sent.clone()).await.unwrap();
+    let mut consumer = log
+        .consumer(&fixture.name("group"), &[&topic])
+        .await
+        .unwrap();
+    let received = next(&mut consumer).await;
+    assert_eq!(received.position(), position);
+    assert_eq!(received.key, sent.key);
+    assert_eq!(received.headers, sent.headers);
+    assert_eq!(received.payload, sent.payload);
+    assert_eq!(received.header("twice"), Some(&b"1"[..]));
+    let skew = 60_000;
+    assert!(
+        (before - skew..now_ms() + skew).contains(&received.timestamp_ms),
+        "timestamp {} is not about now",
+        received.timestamp_ms
+    );
+}
+
+/// A consumer waiting for records is woken by an append, again and again.
+pub async fn a_waiting_consumer_wakes_on_append(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("wake");
+    log.ensure_topic(&topic, 1).await.unwrap();
+    let mut consumer = log
+        .consumer(&fixture.name("group"), &[&topic])
+        .await
+        .unwrap();
+    await_assignment(&mut [&mut consumer], |assignments| {
+        assignments[0].len() == 1
+    })
+    .await;
+    for i in 0..3 {
+        let waiting = tokio::spawn(async move {
+            let received = consumer.next().await.unwrap();
+            (consumer, received)
+        });
+        let position = log
+            .produce(&topic, record("!room:example.org", i.to_string()))
+            .await
+            .unwrap();
+        let (returned, received) = tokio::time::timeout(DEADLINE, waiting)
+            .await
+            .expect("the waiting consumer was not woken")
+            .unwrap();
+        consumer = returned;
+        assert_eq!(received.position(), position);
+        assert_eq!(payload(&received), i.to_string());
+    }
+}
+
+/// `end_offsets` counts each partition's records; `ensure_topic` leaves an
+/// existing topic as it is.
+pub async fn end_offsets_are_high_watermarks(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("watermarks");
+    log.ensure_topic(&topic, 3).await.unwrap();
+    log.ensure_topic(&topic, 3).await.unwrap();
+    log.ensure_topic(&topic, 5).await.unwrap();
+    assert_eq!(log.end_offsets(&topic).await.unwrap(), vec![0, 0, 0]);
+    let mut expected = vec![0; 3];
+    for i in 0..12 {
+        let key = format!("@u{i}:example.org");
+        let Position { partition, offset } = log.produce(&topic, record(&key, "x")).await.unwrap();
+        assert_eq!(offset, expected[partition as usize]);
+        expected[partition as usize] += 1;
+    }
+    assert_eq!(log.end_offsets(&topic).await.unwrap(), expected);
+}
+
+fn now_ms() -> i64 {
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(elapsed.as_millis()).unwrap()
+}

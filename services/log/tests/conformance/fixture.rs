@@ -1,0 +1,218 @@
+//! What a case runs against: a log, a way to restart it, unique names, and
+//! for Kafka a tansu broker started (and stopped) per test.
+
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ganglion_log::{Consumer, EmbeddedLog, KafkaConfig, KafkaLog, Log, Record};
+
+/// How long any single condition may take to come true. Generous: a member
+/// joining a tansu group gets its partitions about 3 s after subscribing.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs a case with an overall deadline, so a hang fails instead of stalling.
+pub async fn run(case: impl Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(180), case)
+        .await
+        .is_err()
+    {
+        panic!("the case did not finish within 180 s");
+    }
+}
+
+pub struct Fixture {
+    backend: Backend,
+    log: Option<Arc<dyn Log>>,
+}
+
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Kafka { config: KafkaConfig, _broker: Tansu },
+}
+
+impl Fixture {
+    pub fn embedded() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path()).unwrap();
+        Fixture {
+            backend: Backend::Embedded(dir),
+            log: Some(Arc::new(log)),
+        }
+    }
+
+    pub async fn kafka() -> Fixture {
+        let broker = Tansu::start().await;
+        let config = KafkaConfig {
+            client_id: "ganglion-log-conformance".to_owned(),
+            replication_factor: 1,
+            metadata_refresh_interval_ms: 1_000,
+            ..KafkaConfig::new(format!("127.0.0.1:{}", broker.port))
+        };
+        let log = KafkaLog::new(config.clone()).unwrap();
+        Fixture {
+            backend: Backend::Kafka {
+                config,
+                _broker: broker,
+            },
+            log: Some(Arc::new(log)),
+        }
+    }
+
+    pub fn log(&self) -> Arc<dyn Log> {
+        self.log.clone().unwrap()
+    }
+
+    /// Drops the log and opens it again, as a restarted process would: the
+    /// embedded log reopens its directory (proving its data is on disk), the
+    /// Kafka log connects anew. Drop every consumer first.
+    pub async fn restart(&mut self) {
+        let log = self.log.take().unwrap();
+        assert_eq!(
+            Arc::strong_count(&log),
+            1,
+            "the case still holds the log it wants to restart"
+        );
+        drop(log);
+        let reopened: Arc<dyn Log> = match &self.backend {
+            Backend::Embedded(dir) => Arc::new(EmbeddedLog::open(dir.path()).unwrap()),
+            Backend::Kafka { config, .. } => Arc::new(KafkaLog::new(config.clone()).unwrap()),
+        };
+        self.log = Some(reopened);
+    }
+
+    /// A topic or group name no other case (or run) uses.
+    pub fn name(&self, what: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// The next record, or a panic naming what was awaited.
+pub async fn next(consumer: &mut Box<dyn Consumer>) -> Record {
+    match tokio::time::timeout(DEADLINE, consumer.next()).await {
+        Ok(record) => record.unwrap(),
+        Err(_) => panic!("no record arrived within {DEADLINE:?}"),
+    }
+}
+
+/// Keeps `consumers` asking for records (none may arrive) until `settled`
+/// holds for their assignments: a Kafka member only learns its partitions
+/// while it polls, and an embedded member takes a partition over when the
+/// previous holder asks for its next record.
+pub async fn await_assignment(
+    consumers: &mut [&mut Box<dyn Consumer>],
+    settled: impl Fn(&[Vec<(String, u32)>]) -> bool,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let assignments: Vec<_> = consumers.iter().map(|c| c.assignment()).collect();
+        if settled(&assignments) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "assignments did not settle within {DEADLINE:?}: {assignments:?}"
+        );
+        for consumer in consumers.iter_mut() {
+            if let Ok(record) =
+                tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
+            {
+                panic!("got a record while none was produced: {record:?}");
+            }
+        }
+    }
+}
+
+/// A tansu broker on a free local port, stopped (SIGINT) when dropped.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    async fn start() -> Tansu {
+        let binary = find_tansu().unwrap_or_else(|| {
+            panic!(
+                "`tansu` is not installed (not on PATH, not in ~/.cargo/bin): the Kafka \
+                 conformance cases need a real broker. Install it with `cargo install --locked \
+                 tansu@0.6.0 --no-default-features --features dynostore`."
+            )
+        });
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log_path = std::env::temp_dir().join(format!("tansu-conformance-{port}.log"));
+        let mut child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
+        let deadline = Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "tansu exited ({status}) before listening; its log is at {}",
+                    log_path.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on port {port} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Tansu { child, port }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // tansu shuts down on SIGINT (it ignores SIGTERM for seconds); `kill`
+        // sends it without unsafe code here.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_tansu() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let in_cargo = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin"));
+    on_path
+        .into_iter()
+        .chain(in_cargo)
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file())
+}

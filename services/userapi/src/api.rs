@@ -1,0 +1,221 @@
+//! The `UsersApi` implementation: what clientapi (in-process or over gRPC)
+//! asks of accounts and devices.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use async_trait::async_trait;
+use ganglion_api::ApiError;
+use ganglion_api::proto::userapi as pb;
+use ganglion_api::users::UsersApi;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::UserApi;
+use crate::internal_events;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Tokens are random; only their SHA-256 is stored, so a database leak does
+/// not hand out sessions.
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+fn new_access_token() -> String {
+    format!(
+        "gt_{}",
+        random_string(
+            40,
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+        )
+    )
+}
+
+fn new_device_id() -> String {
+    random_string(10, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+}
+
+/// The characters the spec allows in a user ID's localpart.
+pub(crate) fn valid_localpart(localpart: &str) -> bool {
+    !localpart.is_empty()
+        && localpart.len() <= 200
+        && localpart
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+}
+
+async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::Internal(format!("hashing: {e}")))
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::Internal(format!("stored hash: {e}")))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+impl UserApi {
+    fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+
+    async fn new_session(
+        &self,
+        localpart: &str,
+        device_id: Option<String>,
+        display_name: Option<String>,
+    ) -> Result<pb::Session, ApiError> {
+        let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(new_device_id);
+        let access_token = new_access_token();
+        self.storage
+            .upsert_device(
+                localpart,
+                &device_id,
+                display_name.as_deref(),
+                &token_hash(&access_token),
+                now_ms(),
+            )
+            .await?;
+        Ok(pb::Session {
+            user_id: self.user_id(localpart),
+            device_id,
+            access_token,
+        })
+    }
+}
+
+#[async_trait]
+impl UsersApi for UserApi {
+    async fn register(&self, request: pb::RegisterRequest) -> Result<pb::Session, ApiError> {
+        if !valid_localpart(&request.localpart) {
+            return Err(ApiError::InvalidInput("invalid username".into()));
+        }
+        let password_hash = if request.password.is_empty() {
+            None
+        } else {
+            Some(hash_password(request.password).await?)
+        };
+        match self
+            .storage
+            .insert_account(&request.localpart, password_hash.as_deref(), request.admin, now_ms())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_unique_violation() => return Err(ApiError::UserInUse),
+            Err(e) => return Err(e.into()),
+        }
+        internal_events::ACCOUNTS_CREATED.inc();
+        tracing::info!(localpart = %request.localpart, "registered account");
+        if request.inhibit_login {
+            return Ok(pb::Session {
+                user_id: self.user_id(&request.localpart),
+                device_id: String::new(),
+                access_token: String::new(),
+            });
+        }
+        self.new_session(
+            &request.localpart,
+            request.device_id,
+            request.initial_device_display_name,
+        )
+        .await
+    }
+
+    async fn localpart_available(
+        &self,
+        request: pb::LocalpartAvailableRequest,
+    ) -> Result<pb::LocalpartAvailableResponse, ApiError> {
+        if !valid_localpart(&request.localpart) {
+            return Err(ApiError::InvalidInput("invalid username".into()));
+        }
+        let available = self.storage.account(&request.localpart).await?.is_none();
+        Ok(pb::LocalpartAvailableResponse { available })
+    }
+
+    async fn login_with_password(&self, request: pb::LoginRequest) -> Result<pb::Session, ApiError> {
+        let account = match self.storage.account(&request.localpart).await? {
+            Some(account) => account,
+            None => {
+                // Spend the same time as a wrong password so accounts cannot be probed.
+                let _ = hash_password(request.password).await;
+                return Err(ApiError::Forbidden("Invalid username or password".into()));
+            }
+        };
+        let Some(hash) = account.password_hash else {
+            return Err(ApiError::Forbidden("Invalid username or password".into()));
+        };
+        if !verify_password(request.password, hash).await? {
+            return Err(ApiError::Forbidden("Invalid username or password".into()));
+        }
+        internal_events::LOGINS.inc();
+        self.new_session(
+            &request.localpart,
+            request.device_id,
+            request.initial_device_display_name,
+        )
+        .await
+    }
+
+    async fn authenticate(&self, request: pb::AuthenticateRequest) -> Result<pb::Device, ApiError> {
+        let device = self
+            .storage
+            .device_by_token(&token_hash(&request.access_token))
+            .await?
+            .ok_or(ApiError::UnknownToken)?;
+        Ok(pb::Device {
+            user_id: self.user_id(&device.localpart),
+            device_id: device.device_id,
+            is_admin: device.is_admin,
+        })
+    }
+
+    async fn logout(&self, request: pb::LogoutRequest) -> Result<pb::LogoutResponse, ApiError> {
+        let removed = self
+            .storage
+            .delete_device_by_token(&token_hash(&request.access_token))
+            .await?;
+        if removed == 0 {
+            return Err(ApiError::UnknownToken);
+        }
+        Ok(pb::LogoutResponse {
+            devices_removed: removed as u32,
+        })
+    }
+
+    async fn logout_all(&self, request: pb::LogoutAllRequest) -> Result<pb::LogoutResponse, ApiError> {
+        let localpart = request
+            .user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.strip_suffix(&format!(":{}", self.server_name)))
+            .ok_or_else(|| ApiError::InvalidInput("not a local user".into()))?;
+        let removed = self.storage.delete_all_devices(localpart).await?;
+        Ok(pb::LogoutResponse {
+            devices_removed: removed as u32,
+        })
+    }
+}

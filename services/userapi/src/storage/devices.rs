@@ -1,0 +1,80 @@
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+
+pub(crate) struct DeviceRow {
+    pub(crate) localpart: String,
+    pub(crate) device_id: String,
+    pub(crate) is_admin: bool,
+}
+
+impl Storage {
+    /// Creates a device (or replaces the token of an existing one with the
+    /// same ID, as logging in again with a known `device_id` does).
+    pub(crate) async fn upsert_device(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        token_hash: &[u8],
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("DELETE FROM devices WHERE localpart = $1 AND device_id = $2")
+            .bind(localpart)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO devices (localpart, device_id, display_name, token_hash, created_ts)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .bind(display_name)
+        .bind(token_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn device_by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<DeviceRow>, StorageError> {
+        let row = sqlx::query(
+            "SELECT d.localpart, d.device_id, a.is_admin FROM devices d
+             JOIN accounts a ON a.localpart = d.localpart WHERE d.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(DeviceRow {
+                localpart: row.try_get(0)?,
+                device_id: row.try_get(1)?,
+                is_admin: row.try_get::<i64, _>(2)? != 0,
+            }),
+            None => None,
+        })
+    }
+
+    /// Removes the device holding this token; returns how many were removed.
+    pub(crate) async fn delete_device_by_token(&self, token_hash: &[u8]) -> Result<u64, StorageError> {
+        let result = sqlx::query("DELETE FROM devices WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    pub(crate) async fn delete_all_devices(&self, localpart: &str) -> Result<u64, StorageError> {
+        let result = sqlx::query("DELETE FROM devices WHERE localpart = $1")
+            .bind(localpart)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+}

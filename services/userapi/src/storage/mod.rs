@@ -1,0 +1,39 @@
+//! The userapi's tables: accounts and devices (with their access tokens).
+
+mod accounts;
+mod devices;
+mod migrations;
+
+pub(crate) use migrations::MIGRATIONS;
+
+use ganglion_base::Database;
+
+/// The userapi database with its queries, one group per table.
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) db: Database,
+}
+
+/// A storage failure; all are transient from the caller's point of view
+/// except a unique-key violation, which callers map to a Matrix error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageError {
+    /// The database reported an error.
+    #[error("database")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl StorageError {
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            StorageError::Sqlx(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            _ => false,
+        }
+    }
+}
+
+impl From<StorageError> for ganglion_api::ApiError {
+    fn from(error: StorageError) -> Self {
+        ganglion_api::ApiError::Internal(format!("userapi storage: {error:?}"))
+    }
+}
