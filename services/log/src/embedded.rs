@@ -6,7 +6,7 @@
 //! LOCK                              held (flock) while a process has the log open
 //! topics/<topic>/partitions         the partition count, written last on creation
 //! topics/<topic>/<partition>.log    append-only records (see `partition.rs`)
-//! groups/<group>.offsets            committed offsets, replaced atomically
+//! groups/<group>.offsets            committed offsets (see `offsets.rs`)
 //! ```
 //!
 //! Appends go to the page cache with one `pwrite` and are then visible to
@@ -18,6 +18,7 @@
 
 mod consumer;
 mod group;
+mod offsets;
 mod partition;
 
 use std::collections::HashMap;
@@ -405,8 +406,9 @@ mod tests {
         }
         let log = EmbeddedLog::open_with(dir.path(), config).unwrap();
         assert_eq!(log.end_offsets("t").await.unwrap(), vec![1, 0]);
-        let text = std::fs::read_to_string(dir.path().join("groups/g.offsets")).unwrap();
-        assert!(text.contains("t 0 1"), "{text}");
+        let mut consumer = log.consumer("g", &["t"]).await.unwrap();
+        log.produce("t", OutgoingRecord::default()).await.unwrap();
+        assert_eq!(consumer.next().await.unwrap().offset, 1);
     }
 
     #[tokio::test]

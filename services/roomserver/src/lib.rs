@@ -1,1 +1,130 @@
+//! roomserver: the authority on rooms.
+//!
+//! - Serves: the [`RoomserverApi`](ganglion_api::roomserver::RoomserverApi)
+//!   (`api.rs`): writes are appended to `roomserver.input` keyed by room and
+//!   answered once processed; queries read the database.
+//! - Consumes: `roomserver.input` as one consumer group (`consumers/input.rs`):
+//!   a room maps to one partition, so its events are processed by one replica
+//!   at a time, in order, without locks.
+//! - Produces: `roomserver.output`, every accepted event with its state change,
+//!   via an outbox written in the same transaction as the events.
+//! - Owns: rooms, events, current state, forward extremities, aliases.
+//!
+//! Events are built, signed and authorised in `events.rs` (pure logic).
 #![forbid(unsafe_code)]
+
+mod api;
+mod consumers;
+mod events;
+mod internal_events;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::roomserver::InputResponse;
+use ganglion_api::roomserver::RoomserverClient;
+use ganglion_api::topics::Topics;
+use ganglion_base::health::{DatabaseReady, Health};
+use ganglion_base::keys::SigningKey;
+use ganglion_base::{Config, Database};
+use ganglion_log::Log;
+use tokio::sync::{oneshot, watch};
+
+use storage::Storage;
+
+/// The roomserver service; implements `RoomserverApi`.
+pub struct RoomserverService {
+    storage: Storage,
+    log: Arc<dyn Log>,
+    topics: Topics,
+    server_name: String,
+    signing_key: Arc<SigningKey>,
+    /// How other replicas reach this one to deliver outcomes ("local" in a monolith).
+    reply_to: String,
+    /// Callers waiting for the outcome of an input this replica accepted.
+    pending: Mutex<HashMap<String, oneshot::Sender<Result<InputResponse, ApiError>>>>,
+    /// gRPC clients of other replicas, by address.
+    peers: Mutex<HashMap<String, RoomserverClient>>,
+    /// Serialises outbox publishing so output order follows commit order.
+    publish_lock: tokio::sync::Mutex<()>,
+}
+
+/// A started roomserver.
+pub struct Started {
+    pub api: Arc<RoomserverService>,
+    pub health: Health,
+}
+
+/// Why the roomserver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its database could not be opened or migrated.
+    #[error(transparent)]
+    Database(#[from] ganglion_base::DatabaseError),
+    /// The log could not be reached.
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
+}
+
+/// Opens the database, publishes any output left in the outbox by a crash,
+/// and joins the `roomserver.input` consumer group.
+pub async fn start(
+    config: &Config,
+    log: Arc<dyn Log>,
+    signing_key: Arc<SigningKey>,
+    reply_to: String,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Started, StartError> {
+    let section = config.service("roomserver");
+    let db = Database::open(
+        "roomserver",
+        section.database_url.as_deref(),
+        &config.data_dir,
+        section.database_max_connections,
+        storage::MIGRATIONS,
+    )
+    .await?;
+    let topics = Topics::new(&config.log.topic_prefix);
+    for topic in topics.all() {
+        log.ensure_topic(topic, config.log.partitions).await?;
+    }
+    let service = Arc::new(RoomserverService {
+        storage: Storage { db: db.clone() },
+        log: log.clone(),
+        topics: topics.clone(),
+        server_name: config.server_name.clone(),
+        signing_key,
+        reply_to,
+        pending: Mutex::new(HashMap::new()),
+        peers: Mutex::new(HashMap::new()),
+        publish_lock: tokio::sync::Mutex::new(()),
+    });
+    service.publish_outbox().await.map_err(|e| {
+        tracing::warn!(error = %e, "could not publish the outbox at start-up; will retry with the next input");
+        e
+    }).ok();
+    let consumer = ganglion_api::consume::spawn(
+        log,
+        &format!("{}roomserver", config.log.topic_prefix),
+        &[&topics.roomserver_input],
+        Arc::new(consumers::input::InputConsumer {
+            service: service.clone(),
+        }),
+        shutdown,
+    )
+    .await?;
+    let mut health = Health::default();
+    health.add(Arc::new(DatabaseReady {
+        service: "roomserver",
+        db,
+    }));
+    health.add(consumer);
+    Ok(Started {
+        api: service,
+        health,
+    })
+}

@@ -9,28 +9,22 @@
 //! records the old holder did not commit are delivered again: at-least-once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::write_atomically;
+use super::offsets::OffsetsJournal;
 use crate::LogError;
 
 /// A topic's partition, as groups refer to it.
 pub(crate) type PartitionId = (String, u32);
 
-/// First line of an offsets file, so a future format can be told apart.
-const OFFSETS_HEADER: &str = "ganglion-offsets 1";
-
 pub(crate) struct Group {
-    path: PathBuf,
-    fsync: bool,
     state: Mutex<GroupState>,
-    /// Serialises rewrites of the offsets file, so an older snapshot never
-    /// replaces a newer one. Taken before `state` whenever both are needed.
-    file: Mutex<()>,
+    /// Serialises writes of committed offsets, in the order they were made.
+    /// Taken before `state` whenever both are needed.
+    journal: Mutex<OffsetsJournal>,
     /// Bumped whenever membership changes or a partition is released, so
     /// members waiting for records look at their assignment again.
     changed: watch::Sender<u64>,
@@ -61,19 +55,13 @@ pub(crate) struct Handover {
 impl Group {
     /// Loads the group's committed offsets from `path` (none if absent).
     pub(crate) fn load(path: PathBuf, fsync: bool) -> Result<Group, LogError> {
-        let committed = match std::fs::read_to_string(&path) {
-            Ok(text) => parse_offsets(&text, &path)?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(error.into()),
-        };
+        let (journal, committed) = OffsetsJournal::open(path, fsync)?;
         Ok(Group {
-            path,
-            fsync,
             state: Mutex::new(GroupState {
                 committed,
                 ..GroupState::default()
             }),
-            file: Mutex::new(()),
+            journal: Mutex::new(journal),
             changed: watch::Sender::new(0),
         })
     }
@@ -148,7 +136,7 @@ impl Group {
         partition: PartitionId,
         next_offset: u64,
     ) -> Result<(), LogError> {
-        let _file = self.file.lock();
+        let mut journal = self.journal.lock();
         let snapshot = {
             let mut state = self.state.lock();
             if state.holders.get(&partition) != Some(&member) {
@@ -162,10 +150,13 @@ impl Group {
             if state.committed.get(&partition) == Some(&next_offset) {
                 return Ok(());
             }
-            state.committed.insert(partition, next_offset);
-            render_offsets(&state.committed)
+            state.committed.insert(partition.clone(), next_offset);
+            journal.wants_compaction().then(|| state.committed.clone())
         };
-        write_atomically(&self.path, snapshot.as_bytes(), self.fsync)
+        match snapshot {
+            Some(committed) => journal.compact(&committed),
+            None => journal.append(&partition, next_offset),
+        }
     }
 
     fn bump(&self) {
@@ -197,43 +188,10 @@ impl GroupState {
     }
 }
 
-/// One line per partition: `topic partition next_offset`.
-fn render_offsets(committed: &BTreeMap<PartitionId, u64>) -> String {
-    let mut text = format!("{OFFSETS_HEADER}\n");
-    for ((topic, partition), offset) in committed {
-        let _ = writeln!(text, "{topic} {partition} {offset}");
-    }
-    text
-}
-
-fn parse_offsets(text: &str, path: &Path) -> Result<BTreeMap<PartitionId, u64>, LogError> {
-    let invalid = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is not a ganglion offsets file", path.display()),
-        )
-    };
-    let mut lines = text.lines();
-    if lines.next() != Some(OFFSETS_HEADER) {
-        return Err(invalid().into());
-    }
-    let mut committed = BTreeMap::new();
-    for line in lines {
-        let mut fields = line.split(' ');
-        let (Some(topic), Some(partition), Some(offset), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Err(invalid().into());
-        };
-        let partition = partition.parse().map_err(|_| invalid())?;
-        let offset = offset.parse().map_err(|_| invalid())?;
-        committed.insert((topic.to_owned(), partition), offset);
-    }
-    Ok(committed)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn group(dir: &Path) -> Group {
@@ -283,16 +241,5 @@ mod tests {
             reloaded.hand_over(c).acquired,
             vec![(("t".to_owned(), 0), 5)]
         );
-    }
-
-    #[test]
-    fn offsets_file_format_is_stable() {
-        let mut committed = BTreeMap::new();
-        committed.insert(("roomserver.output".to_owned(), 2), 17);
-        committed.insert(("a".to_owned(), 0), 0);
-        let text = render_offsets(&committed);
-        assert_eq!(text, "ganglion-offsets 1\na 0 0\nroomserver.output 2 17\n");
-        assert_eq!(parse_offsets(&text, Path::new("x")).unwrap(), committed);
-        assert!(parse_offsets("garbage", Path::new("x")).is_err());
     }
 }

@@ -198,6 +198,55 @@ async fn consume_until_stopped(
     }
 }
 
+/// When a member leaves, another takes its partitions over from the last
+/// commit: what the leaver read without committing is delivered again, what
+/// the remaining member already read of its own partitions is not.
+pub async fn a_leavers_partitions_resume_at_its_last_commit(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("handover");
+    let group = fixture.name("group");
+    log.ensure_topic(&topic, 2).await.unwrap();
+    let mut stayer = log.consumer(&group, &[&topic]).await.unwrap();
+    let mut leaver = log.consumer(&group, &[&topic]).await.unwrap();
+    await_assignment(&mut [&mut stayer, &mut leaver], |assignments| {
+        assignments.iter().all(|a| a.len() == 1) && assignments[0] != assignments[1]
+    })
+    .await;
+    // One key per partition.
+    let key_for = |partition: u32| {
+        (0..)
+            .map(|i| format!("!room{i}:example.org"))
+            .find(|key| partition_for_key(key.as_bytes(), 2) == partition)
+            .unwrap()
+    };
+    let stayer_key = key_for(stayer.assignment()[0].1);
+    let leaver_key = key_for(leaver.assignment()[0].1);
+    for i in 0..4 {
+        for key in [&stayer_key, &leaver_key] {
+            log.produce(&topic, record(key, format!("{key}/{i}")))
+                .await
+                .unwrap();
+        }
+    }
+    for (consumer, key) in [(&mut stayer, &stayer_key), (&mut leaver, &leaver_key)] {
+        for i in 0..4 {
+            let received = next(consumer).await;
+            assert_eq!(payload(&received), format!("{key}/{i}"));
+            if i < 2 {
+                consumer.commit(&received).await.unwrap();
+            }
+        }
+    }
+    drop(leaver);
+
+    for i in 2..4 {
+        let received = next(&mut stayer).await;
+        assert_eq!(payload(&received), format!("{leaver_key}/{i}"));
+        stayer.commit(&received).await.unwrap();
+    }
+    assert_eq!(stayer.assignment().len(), 2);
+}
+
 /// A group that has never committed starts at the beginning of the log, no
 /// matter how far other groups got.
 pub async fn a_new_group_replays_from_the_start(fixture: &mut Fixture) {

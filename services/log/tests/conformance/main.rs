@@ -35,6 +35,7 @@ conformance!(
     order_is_kept_per_key,
     consumers_resume_at_the_committed_offset,
     group_members_share_partitions,
+    a_leavers_partitions_resume_at_its_last_commit,
     a_new_group_replays_from_the_start,
     headers_travel_with_their_record,
     a_waiting_consumer_wakes_on_append,

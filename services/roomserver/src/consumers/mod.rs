@@ -1,0 +1,2 @@
+//! What the roomserver consumes: one file per topic.
+pub(crate) mod input;

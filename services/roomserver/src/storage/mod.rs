@@ -1,0 +1,41 @@
+//! The roomserver's tables, one module per group: rooms and their events and
+//! state (`rooms`), aliases (`aliases`), and the input dedupe and output
+//! outbox that make processing exactly-once in effect (`outbox`).
+
+mod aliases;
+mod migrations;
+mod outbox;
+mod rooms;
+
+pub(crate) use migrations::MIGRATIONS;
+pub(crate) use rooms::AppendBatch;
+
+use ganglion_base::Database;
+
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) db: Database,
+}
+
+/// A storage failure (transient for the consumer: it retries).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageError {
+    /// The database reported an error.
+    #[error("database")]
+    Sqlx(#[from] sqlx::Error),
+    /// A stored event could not be read back.
+    #[error("corrupt stored event {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        matches!(self, StorageError::Sqlx(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+impl From<StorageError> for ganglion_api::ApiError {
+    fn from(error: StorageError) -> Self {
+        ganglion_api::ApiError::Internal(format!("roomserver storage: {error:?}"))
+    }
+}

@@ -1,0 +1,54 @@
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+
+/// An output record committed with its events but not yet confirmed in the log.
+pub(crate) struct OutboxRecord {
+    pub(crate) seq: i64,
+    pub(crate) room_id: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl Storage {
+    /// The event IDs a request produced, if it was already processed.
+    pub(crate) async fn processed_input(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(String, Vec<String>)>, StorageError> {
+        let row = sqlx::query("SELECT room_id, event_ids FROM processed_inputs WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => {
+                let ids: String = row.try_get(1)?;
+                Some((row.try_get(0)?, serde_json::from_str(&ids).unwrap_or_default()))
+            }
+            None => None,
+        })
+    }
+
+    /// Output records still to publish, oldest first.
+    pub(crate) async fn pending_outputs(&self) -> Result<Vec<OutboxRecord>, StorageError> {
+        let rows = sqlx::query("SELECT seq, room_id, payload FROM output_outbox ORDER BY seq")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(OutboxRecord {
+                    seq: row.try_get(0)?,
+                    room_id: row.try_get(1)?,
+                    payload: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn delete_output(&self, seq: i64) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM output_outbox WHERE seq = $1")
+            .bind(seq)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+}
