@@ -68,13 +68,24 @@ pub struct ConsumerHandle {
 impl ConsumerHandle {
     /// Records not yet consumed, per assigned (topic, partition).
     pub async fn lag(&self) -> Result<Vec<(String, u32, u64)>, String> {
-        let assignment = self.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+        let assignment = self
+            .assignment
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for topic in &self.topics {
-            let ends = self.log.end_offsets(topic).await.map_err(|e| e.to_string())?;
+            let ends = self
+                .log
+                .end_offsets(topic)
+                .await
+                .map_err(|e| e.to_string())?;
             for (partition, end) in ends.iter().enumerate() {
                 let partition = partition as u32;
-                if !assignment.iter().any(|(t, p)| t == topic && *p == partition) {
+                if !assignment
+                    .iter()
+                    .any(|(t, p)| t == topic && *p == partition)
+                {
                     continue;
                 }
                 let next = self.progress.next_offset(topic, partition);
@@ -152,7 +163,9 @@ pub async fn spawn(
             }
             commit_with_retries(&group, &mut *consumer, &record, &mut shutdown).await;
             progress.record(&record);
-            CONSUMED_RECORDS.with_label_values(&[group.as_str(), record.topic.as_str()]).inc();
+            CONSUMED_RECORDS
+                .with_label_values(&[group.as_str(), record.topic.as_str()])
+                .inc();
         }
         tracing::debug!(%group, "consumer stopped");
     });
@@ -162,7 +175,11 @@ pub async fn spawn(
             if let Ok(lag) = lag_handle.lag().await {
                 for (topic, partition, behind) in lag {
                     CONSUMER_LAG
-                        .with_label_values(&[lag_handle.group.as_str(), topic.as_str(), &partition.to_string()])
+                        .with_label_values(&[
+                            lag_handle.group.as_str(),
+                            topic.as_str(),
+                            &partition.to_string(),
+                        ])
                         .set(behind as i64);
                 }
             }
@@ -197,7 +214,9 @@ async fn handle_with_retries(
             Err(HandleError::Permanent(error)) => {
                 let _guard = span.enter();
                 tracing::error!(%error, "skipping a record that cannot be handled");
-                SKIPPED.with_label_values(&[group, record.topic.as_str()]).inc();
+                SKIPPED
+                    .with_label_values(&[group, record.topic.as_str()])
+                    .inc();
                 return true;
             }
             Err(HandleError::Transient(error)) => {

@@ -143,9 +143,11 @@ impl From<ApiError> for MatrixError {
             ApiError::Forbidden(m) => MatrixError::forbidden(m),
             ApiError::InvalidInput(m) => MatrixError::invalid_param(m),
             ApiError::UnknownToken => MatrixError::unknown_token(),
-            ApiError::UserInUse => {
-                MatrixError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
-            }
+            ApiError::UserInUse => MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_USER_IN_USE",
+                "User ID already taken",
+            ),
             ApiError::RoomInUse => MatrixError::new(
                 StatusCode::BAD_REQUEST,
                 "M_ROOM_IN_USE",

@@ -18,7 +18,10 @@ pub fn outgoing<T>(message: T) -> tonic::Request<T> {
             key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
             String::from_utf8(value)
                 .ok()
-                .and_then(|v| v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().ok())
+                .and_then(|v| {
+                    v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                        .ok()
+                })
                 .ok_or(()),
         ) {
             request.metadata_mut().insert(key, value);
@@ -28,7 +31,11 @@ pub fn outgoing<T>(message: T) -> tonic::Request<T> {
 }
 
 /// A span for a served call, continuing the caller's trace.
-pub fn incoming_span<T>(api: &'static str, method: &'static str, request: &tonic::Request<T>) -> tracing::Span {
+pub fn incoming_span<T>(
+    api: &'static str,
+    method: &'static str,
+    request: &tonic::Request<T>,
+) -> tracing::Span {
     let span = tracing::info_span!("grpc", api, method);
     let headers = request.metadata().clone().into_headers();
     telemetry::continue_from_http(&span, &headers);
@@ -42,8 +49,12 @@ pub fn finish_client<T>(
     result: Result<tonic::Response<T>, tonic::Status>,
 ) -> Result<T, ApiError> {
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    GRPC_CALLS.with_label_values(&[api, method, "client", outcome]).inc();
-    result.map(tonic::Response::into_inner).map_err(ApiError::from)
+    GRPC_CALLS
+        .with_label_values(&[api, method, "client", outcome])
+        .inc();
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(ApiError::from)
 }
 
 /// Maps a served call's result and counts it.
@@ -53,8 +64,12 @@ pub fn finish_server<T>(
     result: Result<T, ApiError>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    GRPC_CALLS.with_label_values(&[api, method, "server", outcome]).inc();
-    result.map(tonic::Response::new).map_err(tonic::Status::from)
+    GRPC_CALLS
+        .with_label_values(&[api, method, "server", outcome])
+        .inc();
+    result
+        .map(tonic::Response::new)
+        .map_err(tonic::Status::from)
 }
 
 /// A channel to `address` that connects on first use and reconnects after failures.

@@ -2,8 +2,8 @@
 //! and queries about rooms.
 
 use crate::proto::roomserver as pb;
-use crate::proto::roomserver::roomserver_server::RoomserverServer;
 use crate::proto::roomserver::roomserver_client::RoomserverClient as PbClient;
+use crate::proto::roomserver::roomserver_server::RoomserverServer;
 
 crate::grpc::service_api! {
     /// The authority on rooms (owned by roomserver).

@@ -1,8 +1,8 @@
 //! The syncapi's API: read-your-writes.
 
 use crate::proto::syncapi as pb;
-use crate::proto::syncapi::sync_server::SyncServer;
 use crate::proto::syncapi::sync_client::SyncClient as PbClient;
+use crate::proto::syncapi::sync_server::SyncServer;
 
 crate::grpc::service_api! {
     /// Lets writers wait until a write is visible to `/sync` (owned by syncapi).

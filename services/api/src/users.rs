@@ -1,8 +1,8 @@
 //! The userapi's API: accounts, devices and access tokens.
 
 use crate::proto::userapi as pb;
-use crate::proto::userapi::users_server::UsersServer;
 use crate::proto::userapi::users_client::UsersClient as PbClient;
+use crate::proto::userapi::users_server::UsersServer;
 
 crate::grpc::service_api! {
     /// Accounts, devices and access tokens (owned by userapi).
@@ -25,3 +25,34 @@ crate::grpc::service_api! {
 
 /// What callers hold: the service itself (monolith) or a [`UsersClient`].
 pub type UsersHandle = std::sync::Arc<dyn UsersApi>;
+
+/// The access token of a request: `Authorization: Bearer` or `?access_token=`.
+pub fn access_token(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION)
+        && let Ok(value) = value.to_str()
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "access_token")
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Resolves a request's access token to its device, with the spec's errors.
+pub async fn authenticate(
+    users: &UsersHandle,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<pb::Device, ganglion_base::MatrixError> {
+    let token =
+        access_token(headers, query).ok_or_else(ganglion_base::MatrixError::missing_token)?;
+    users
+        .authenticate(pb::AuthenticateRequest {
+            access_token: token,
+        })
+        .await
+        .map_err(ganglion_base::MatrixError::from)
+}

@@ -71,7 +71,10 @@ impl Database {
             Some(url) => url.to_owned(),
             None => {
                 std::fs::create_dir_all(data_dir)?;
-                format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display())
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    data_dir.join(format!("{service}.db")).display()
+                )
             }
         };
         let engine = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -208,8 +211,18 @@ pub(crate) mod tests {
             .execute(&db.pool)
             .await
             .expect("insert");
-        let err = db.migrate("test", MIGRATIONS).await.expect_err("newer refused");
-        assert!(matches!(err, DatabaseError::SchemaTooNew { found: 99, known: 1, .. }));
+        let err = db
+            .migrate("test", MIGRATIONS)
+            .await
+            .expect_err("newer refused");
+        assert!(matches!(
+            err,
+            DatabaseError::SchemaTooNew {
+                found: 99,
+                known: 1,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

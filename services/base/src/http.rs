@@ -55,7 +55,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     };
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-    serde_json::from_value(value).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))
 }
 
 /// Turns a router into a Matrix one: unknown paths → 404 `M_UNRECOGNIZED`,
@@ -75,7 +76,8 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
 async fn observe(service: &'static str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("http", %method, path = %path, service, status = tracing::field::Empty);
+    let span =
+        tracing::info_span!("http", %method, path = %path, service, status = tracing::field::Empty);
     crate::telemetry::continue_from_http(&span, req.headers());
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
@@ -145,12 +147,78 @@ mod tests {
 
     #[test]
     fn not_json_and_bad_json_differ() {
-        assert_eq!(parse_json::<Body>(b"{nope").unwrap_err().errcode, "M_NOT_JSON");
+        assert_eq!(
+            parse_json::<Body>(b"{nope").unwrap_err().errcode,
+            "M_NOT_JSON"
+        );
         assert_eq!(
             parse_json::<Body>(br#"{"n": "x"}"#).unwrap_err().errcode,
             "M_BAD_JSON"
         );
         assert!(parse_json::<Body>(br#"{"n": 3}"#).is_ok());
         assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
+    }
+}
+
+/// Serves `router` over TLS on `listener` (the federation port) until `shutdown`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: rustls::pki_types::pem::Error| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .map_err(invalid)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(invalid)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "federation accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await
+            else {
+                tracing::debug!(%peer, "TLS handshake failed");
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(
+                router.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            );
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(tls_stream),
+                        service,
+                    )
+                    .await;
+        });
     }
 }

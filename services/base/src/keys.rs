@@ -168,8 +168,16 @@ mod tests {
         assert_eq!(first.public_key_base64, second.public_key_base64);
         assert!(first.version.starts_with("a_"));
         let (cert, key) = load_or_generate_tls(&config).expect("tls");
-        assert!(std::fs::read_to_string(cert).expect("cert").contains("BEGIN CERTIFICATE"));
-        assert!(std::fs::read_to_string(key).expect("key").contains("PRIVATE KEY"));
+        assert!(
+            std::fs::read_to_string(cert)
+                .expect("cert")
+                .contains("BEGIN CERTIFICATE")
+        );
+        assert!(
+            std::fs::read_to_string(key)
+                .expect("key")
+                .contains("PRIVATE KEY")
+        );
     }
 
     #[test]

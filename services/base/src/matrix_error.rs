@@ -93,7 +93,13 @@ impl MatrixError {
 
 impl std::fmt::Display for MatrixError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.errcode, self.error)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.errcode,
+            self.error
+        )
     }
 }
 

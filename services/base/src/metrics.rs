@@ -11,7 +11,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 /// constants of this program, so a failure is a programming error caught by
 /// the tests below, not something input can cause.
 pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     let _ = prometheus::register(Box::new(metric.clone()));
     metric
 }
@@ -89,11 +90,19 @@ pub fn render() -> String {
 mod tests {
     #[test]
     fn shared_metrics_register_and_render() {
-        super::HTTP_REQUESTS.with_label_values(&["t", "GET", "200"]).inc();
-        super::HTTP_DURATION.with_label_values(&["t", "GET"]).observe(0.001);
-        super::CONSUMER_LAG.with_label_values(&["g", "t", "0"]).set(3);
+        super::HTTP_REQUESTS
+            .with_label_values(&["t", "GET", "200"])
+            .inc();
+        super::HTTP_DURATION
+            .with_label_values(&["t", "GET"])
+            .observe(0.001);
+        super::CONSUMER_LAG
+            .with_label_values(&["g", "t", "0"])
+            .set(3);
         super::CONSUMED_RECORDS.with_label_values(&["g", "t"]).inc();
-        super::GRPC_CALLS.with_label_values(&["a", "m", "client", "ok"]).inc();
+        super::GRPC_CALLS
+            .with_label_values(&["a", "m", "client", "ok"])
+            .inc();
         let text = super::render();
         for name in [
             "ganglion_http_requests_total",

@@ -21,10 +21,12 @@ pub async fn scratch_postgres(name: &str) -> String {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-        .execute(&admin)
-        .await
-        .expect("drop scratch database");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop scratch database");
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
         .execute(&admin)
         .await

@@ -1,1 +1,83 @@
+//! clientapi: the client-server API's write side (`/_matrix/client/*`).
+//!
+//! - Serves: discovery, registration and login, room creation, joins,
+//!   leaves, sending messages and state (`routes/`).
+//! - Calls: userapi (accounts, tokens), roomserver (every room write),
+//!   syncapi (waits until a write is visible before answering).
+//! - Produces: nothing yet (`edu.*` topics come with typing and receipts).
+//! - Owns: transaction IDs for idempotent sends (`storage.rs`).
 #![forbid(unsafe_code)]
+
+mod internal_events;
+mod rate_limit;
+mod routes;
+mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use ganglion_api::roomserver::RoomserverHandle;
+use ganglion_api::sync::SyncHandle;
+use ganglion_api::users::UsersHandle;
+use ganglion_base::health::{DatabaseReady, Health};
+use ganglion_base::{Config, Database, DatabaseError};
+
+/// What the clientapi's handlers share.
+pub(crate) struct ClientApi {
+    server_name: String,
+    registration_enabled: bool,
+    read_your_writes_timeout: Duration,
+    users: UsersHandle,
+    roomserver: RoomserverHandle,
+    sync: SyncHandle,
+    storage: storage::Storage,
+    rate_limiter: rate_limit::RateLimiter,
+}
+
+/// A started clientapi.
+pub struct Started {
+    /// The client API routes, ready to mount.
+    pub routes: Router,
+    pub health: Health,
+}
+
+/// Opens the transaction database and builds the routes.
+pub async fn start(
+    config: &Config,
+    users: UsersHandle,
+    roomserver: RoomserverHandle,
+    sync: SyncHandle,
+) -> Result<Started, DatabaseError> {
+    let section = config.service("clientapi");
+    let db = Database::open(
+        "clientapi",
+        section.database_url.as_deref(),
+        &config.data_dir,
+        section.database_max_connections,
+        storage::MIGRATIONS,
+    )
+    .await?;
+    let api = Arc::new(ClientApi {
+        server_name: config.server_name.clone(),
+        registration_enabled: config.client.registration_enabled,
+        read_your_writes_timeout: Duration::from_millis(config.client.read_your_writes_timeout_ms),
+        users,
+        roomserver,
+        sync,
+        storage: storage::Storage { db: db.clone() },
+        rate_limiter: rate_limit::RateLimiter::new(
+            config.client.rate_limit_per_second,
+            config.client.rate_limit_burst,
+        ),
+    });
+    let mut health = Health::default();
+    health.add(Arc::new(DatabaseReady {
+        service: "clientapi",
+        db,
+    }));
+    Ok(Started {
+        routes: routes::router(api),
+        health,
+    })
+}

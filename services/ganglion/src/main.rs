@@ -1,1 +1,119 @@
-fn main() {}
+//! `ganglion`: the one binary. Its first argument is the personality:
+//! `monolith` (the default) runs every service in one process; a service
+//! name runs that service alone (the polylith); `gateway` runs the HTTP edge.
+//! Wiring only: no Matrix logic lives here.
+
+mod operator;
+mod wiring;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ganglion",
+    version,
+    about = "A Matrix homeserver: one binary, monolith or polylith"
+)]
+struct Cli {
+    /// A TOML configuration file (optional: defaults and GANGLION_* variables otherwise).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every service in one process with the embedded log (the default).
+    Monolith,
+    /// The client API (polylith).
+    Clientapi,
+    /// The roomserver (polylith).
+    Roomserver,
+    /// The sync API (polylith).
+    Syncapi,
+    /// The user API (polylith).
+    Userapi,
+    /// The federation API (polylith).
+    Federationapi,
+    /// The federation sender (polylith).
+    Federationsender,
+    /// The key server (polylith).
+    Keyserver,
+    /// The media API (polylith).
+    Mediaapi,
+    /// The polylith's HTTP edge: routes each path to its service.
+    Gateway,
+    /// Prints a commented configuration file with every option at its default.
+    GenerateConfig,
+    /// Creates the signing key and the federation TLS certificate.
+    GenerateKeys,
+    /// Creates an account.
+    CreateAccount {
+        /// The localpart (or full user ID) of the new account.
+        user: String,
+        /// Make the account a server admin.
+        #[arg(long)]
+        admin: bool,
+        /// The password (default: the GANGLION_PASSWORD environment variable).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Loads and validates the configuration, then exits.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ganglion: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ganglion: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Monolith);
+    if let Command::GenerateConfig = command {
+        print!("{}", ganglion_base::Config::example_toml());
+        return Ok(());
+    }
+    let config = ganglion_base::Config::load(cli.config.as_deref())?;
+    match command {
+        Command::GenerateConfig => Ok(()),
+        Command::CheckConfig => {
+            println!("configuration ok (server_name {})", config.server_name);
+            Ok(())
+        }
+        Command::GenerateKeys => operator::generate_keys(&config),
+        Command::CreateAccount {
+            user,
+            admin,
+            password,
+        } => operator::create_account(&config, &user, admin, password).await,
+        Command::Monolith => wiring::monolith(config).await,
+        Command::Gateway => wiring::gateway(config).await,
+        Command::Clientapi => wiring::service(config, "clientapi").await,
+        Command::Roomserver => wiring::service(config, "roomserver").await,
+        Command::Syncapi => wiring::service(config, "syncapi").await,
+        Command::Userapi => wiring::service(config, "userapi").await,
+        Command::Federationapi => wiring::service(config, "federationapi").await,
+        Command::Federationsender => wiring::service(config, "federationsender").await,
+        Command::Keyserver => wiring::service(config, "keyserver").await,
+        Command::Mediaapi => wiring::service(config, "mediaapi").await,
+    }
+}

@@ -33,8 +33,8 @@ pub(crate) fn parse_object(bytes: &[u8]) -> Result<CanonicalJsonObject, ApiError
     if bytes.is_empty() {
         return Ok(CanonicalJsonObject::new());
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidInput(format!("content: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidInput(format!("content: {e}")))?;
     serde_json::from_value::<CanonicalJsonObject>(value)
         .map_err(|e| ApiError::InvalidInput(format!("content must be a JSON object: {e}")))
 }
@@ -85,13 +85,22 @@ impl RoomserverService {
 
     fn lock_pending(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, oneshot::Sender<Result<pb::InputResponse, ApiError>>>>
-    {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, oneshot::Sender<Result<pb::InputResponse, ApiError>>>,
+    > {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Hands an outcome to the waiting caller, here or on the accepting replica.
-    pub(crate) async fn deliver(&self, reply_to: &str, request_id: &str, outcome: Result<pb::InputResponse, ApiError>) {
+    pub(crate) async fn deliver(
+        &self,
+        reply_to: &str,
+        request_id: &str,
+        outcome: Result<pb::InputResponse, ApiError>,
+    ) {
         if reply_to == self.reply_to {
             if let Some(sender) = self.lock_pending().remove(request_id) {
                 let _ = sender.send(outcome);
@@ -173,11 +182,15 @@ impl RoomserverApi for RoomserverService {
         .await
     }
 
-    async fn create_room(&self, request: pb::CreateRoomRequest) -> Result<pb::InputResponse, ApiError> {
+    async fn create_room(
+        &self,
+        request: pb::CreateRoomRequest,
+    ) -> Result<pb::InputResponse, ApiError> {
         validate_templates(&request.initial_state)?;
         let extra = parse_object(&request.create_content_json)?;
         if let Some(alias) = &request.alias {
-            ruma::RoomAliasId::parse(alias).map_err(|e| ApiError::InvalidInput(format!("alias: {e}")))?;
+            ruma::RoomAliasId::parse(alias)
+                .map_err(|e| ApiError::InvalidInput(format!("alias: {e}")))?;
             if self.storage.resolve_alias(alias).await?.is_some() {
                 return Err(ApiError::RoomInUse);
             }
@@ -265,7 +278,10 @@ impl RoomserverApi for RoomserverService {
         })
     }
 
-    async fn resolve_alias(&self, request: pb::ResolveAliasRequest) -> Result<pb::ResolveAliasResponse, ApiError> {
+    async fn resolve_alias(
+        &self,
+        request: pb::ResolveAliasRequest,
+    ) -> Result<pb::ResolveAliasResponse, ApiError> {
         let room_id = self.storage.resolve_alias(&request.alias).await?;
         let servers = if room_id.is_some() {
             vec![self.server_name.clone()]

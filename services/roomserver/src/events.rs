@@ -8,7 +8,10 @@ use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::{EventIdFormatVersion, RoomVersionRules};
 use ruma::signatures::Ed25519KeyPair;
-use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UInt, UserId,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -100,8 +103,7 @@ impl Pdu {
     pub(crate) fn from_json(event_id: &str, json: &str) -> Result<Pdu, EventError> {
         let fields: PduFields =
             serde_json::from_str(json).map_err(|e| EventError::Invalid(e.to_string()))?;
-        let event_id =
-            EventId::parse(event_id).map_err(|e| EventError::Invalid(e.to_string()))?;
+        let event_id = EventId::parse(event_id).map_err(|e| EventError::Invalid(e.to_string()))?;
         Ok(Pdu {
             event_id,
             room_id: fields.room_id,
@@ -198,11 +200,16 @@ fn seal(
     rules: &RoomVersionRules,
     signer: &Signer<'_>,
 ) -> Result<(OwnedEventId, String), EventError> {
-    ruma::signatures::hash_and_sign_event(signer.server_name, signer.key, &mut object, &rules.redaction)
-        .map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => EventError::TooLarge,
-            other => EventError::Invalid(other.to_string()),
-        })?;
+    ruma::signatures::hash_and_sign_event(
+        signer.server_name,
+        signer.key,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => EventError::TooLarge,
+        other => EventError::Invalid(other.to_string()),
+    })?;
     let hash = ruma::signatures::reference_hash(&object, rules).map_err(|e| match e {
         ruma::signatures::JsonError::PduTooLarge => EventError::TooLarge,
         other => EventError::Invalid(other.to_string()),
@@ -211,7 +218,8 @@ fn seal(
     if json.len() > MAX_PDU_BYTES {
         return Err(EventError::TooLarge);
     }
-    let event_id = EventId::parse(format!("${hash}")).map_err(|e| EventError::Invalid(e.to_string()))?;
+    let event_id =
+        EventId::parse(format!("${hash}")).map_err(|e| EventError::Invalid(e.to_string()))?;
     Ok((event_id, json))
 }
 
@@ -227,23 +235,38 @@ pub(crate) fn build_create_event(
     let (version_id, rules) = rules_for(version)?;
     let creator_id = parse_user(creator)?;
     let mut content = extra_content;
-    content.insert("room_version".into(), CanonicalJsonValue::String(version_id.to_string()));
+    content.insert(
+        "room_version".into(),
+        CanonicalJsonValue::String(version_id.to_string()),
+    );
     if !rules.authorization.use_room_create_sender {
-        content.insert("creator".into(), CanonicalJsonValue::String(creator_id.to_string()));
+        content.insert(
+            "creator".into(),
+            CanonicalJsonValue::String(creator_id.to_string()),
+        );
     } else {
         content.remove("creator");
     }
     let mut object = CanonicalJsonObject::new();
     object.insert("type".into(), "m.room.create".into());
     object.insert("state_key".into(), "".into());
-    object.insert("sender".into(), CanonicalJsonValue::String(creator_id.to_string()));
+    object.insert(
+        "sender".into(),
+        CanonicalJsonValue::String(creator_id.to_string()),
+    );
     object.insert("content".into(), CanonicalJsonValue::Object(content));
-    object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::from(1_u8)));
+    object.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(ruma::Int::from(1_u8)),
+    );
     object.insert("origin_server_ts".into(), ts_value(now()));
     object.insert("prev_events".into(), CanonicalJsonValue::Array(vec![]));
     object.insert("auth_events".into(), CanonicalJsonValue::Array(vec![]));
     if rules.event_format.require_room_create_room_id {
-        object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_owned()));
+        object.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_owned()),
+        );
     }
     let (event_id, json) = seal(object, &rules, signer)?;
     let pdu = Pdu::from_json(event_id.as_str(), &json)?;
@@ -285,7 +308,9 @@ pub(crate) fn build_event(
     }
     let kind = TimelineEventType::from(template.event_type);
     if kind == TimelineEventType::RoomCreate {
-        return Err(EventError::Forbidden("a room has only one create event".into()));
+        return Err(EventError::Forbidden(
+            "a room has only one create event".into(),
+        ));
     }
     let content_raw = serde_json::value::to_raw_value(&template.content)
         .map_err(|e| EventError::Invalid(e.to_string()))?;
@@ -304,14 +329,32 @@ pub(crate) fn build_event(
         }
     }
     let mut object = CanonicalJsonObject::new();
-    object.insert("type".into(), CanonicalJsonValue::String(template.event_type.to_owned()));
+    object.insert(
+        "type".into(),
+        CanonicalJsonValue::String(template.event_type.to_owned()),
+    );
     if let Some(key) = template.state_key {
-        object.insert("state_key".into(), CanonicalJsonValue::String(key.to_owned()));
+        object.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(key.to_owned()),
+        );
     }
-    object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
-    object.insert("room_id".into(), CanonicalJsonValue::String(room.room_id.to_owned()));
-    object.insert("content".into(), CanonicalJsonValue::Object(template.content));
-    object.insert("depth".into(), CanonicalJsonValue::Integer(int(room.depth + 1)?));
+    object.insert(
+        "sender".into(),
+        CanonicalJsonValue::String(sender.to_string()),
+    );
+    object.insert(
+        "room_id".into(),
+        CanonicalJsonValue::String(room.room_id.to_owned()),
+    );
+    object.insert(
+        "content".into(),
+        CanonicalJsonValue::Object(template.content),
+    );
+    object.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(int(room.depth + 1)?),
+    );
     object.insert("origin_server_ts".into(), ts_value(now()));
     object.insert(
         "prev_events".into(),
@@ -324,16 +367,27 @@ pub(crate) fn build_event(
     );
     object.insert(
         "auth_events".into(),
-        CanonicalJsonValue::Array(auth_events.into_iter().map(CanonicalJsonValue::String).collect()),
+        CanonicalJsonValue::Array(
+            auth_events
+                .into_iter()
+                .map(CanonicalJsonValue::String)
+                .collect(),
+        ),
     );
     if let Some(redacts) = template.redacts {
         let redacts = EventId::parse(redacts).map_err(|e| EventError::Invalid(e.to_string()))?;
         if room.rules.redaction.content_field_redacts
             && let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content")
         {
-            content.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+            content.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
         }
-        object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+        object.insert(
+            "redacts".into(),
+            CanonicalJsonValue::String(redacts.to_string()),
+        );
     }
     let (event_id, json) = seal(object, room.rules, signer)?;
     let pdu = Pdu::from_json(event_id.as_str(), &json)?;
@@ -342,12 +396,18 @@ pub(crate) fn build_event(
 }
 
 /// Runs the auth rules for `pdu` against its auth events and `state`.
-pub(crate) fn authorise(rules: &RoomVersionRules, state: &StateMap, pdu: &Pdu) -> Result<(), EventError> {
+pub(crate) fn authorise(
+    rules: &RoomVersionRules,
+    state: &StateMap,
+    pdu: &Pdu,
+) -> Result<(), EventError> {
     let by_id: BTreeMap<&EventId, &Arc<Pdu>> =
         state.values().map(|p| (p.event_id.as_ref(), p)).collect();
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-        by_id.get(id).map(|p| p.as_ref().clone())
-    })
+    ruma::state_res::check_state_independent_auth_rules(
+        &rules.authorization,
+        pdu,
+        |id: &EventId| by_id.get(id).map(|p| p.as_ref().clone()),
+    )
     .map_err(EventError::Forbidden)?;
     ruma::state_res::check_state_dependent_auth_rules(
         &rules.authorization,
@@ -374,12 +434,29 @@ mod tests {
         serde_json::from_value(json).expect("object")
     }
 
-    fn room_with(version: &str) -> (OwnedRoomId, RoomVersionRules, StateMap, Vec<String>, i64, Ed25519KeyPair) {
+    fn room_with(
+        version: &str,
+    ) -> (
+        OwnedRoomId,
+        RoomVersionRules,
+        StateMap,
+        Vec<String>,
+        i64,
+        Ed25519KeyPair,
+    ) {
         let key = key();
-        let signer = Signer { server_name: "example.org", key: &key };
-        let (room_id, create) =
-            build_create_event(version, "@alice:example.org", CanonicalJsonObject::new(), "!r:example.org", &signer)
-                .expect("create");
+        let signer = Signer {
+            server_name: "example.org",
+            key: &key,
+        };
+        let (room_id, create) = build_create_event(
+            version,
+            "@alice:example.org",
+            CanonicalJsonObject::new(),
+            "!r:example.org",
+            &signer,
+        )
+        .expect("create");
         let (_, rules) = rules_for(version).expect("rules");
         let mut state = StateMap::new();
         let extremities = vec![create.event_id.to_string()];
@@ -396,8 +473,17 @@ mod tests {
         key: &Ed25519KeyPair,
         template: Template<'_>,
     ) -> Result<Pdu, EventError> {
-        let signer = Signer { server_name: "example.org", key };
-        let view = RoomView { room_id: room_id.as_str(), rules, state, forward_extremities: extremities, depth: *depth };
+        let signer = Signer {
+            server_name: "example.org",
+            key,
+        };
+        let view = RoomView {
+            room_id: room_id.as_str(),
+            rules,
+            state,
+            forward_extremities: extremities,
+            depth: *depth,
+        };
         let pdu = build_event(&view, template, &signer)?;
         if let Some(key) = &pdu.state_key {
             state.insert((pdu.kind.to_string(), key.clone()), Arc::new(pdu.clone()));
@@ -412,49 +498,95 @@ mod tests {
         for version in ["10", "11", "12"] {
             let (room_id, rules, mut state, mut ext, mut depth, key) = room_with(version);
             if version == "12" {
-                assert!(!room_id.as_str().contains(':'), "v12 room IDs have no server part");
+                assert!(
+                    !room_id.as_str().contains(':'),
+                    "v12 room IDs have no server part"
+                );
             }
-            let join = append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-                event_type: "m.room.member",
-                state_key: Some("@alice:example.org"),
-                sender: "@alice:example.org",
-                content: content(serde_json::json!({"membership": "join"})),
-                redacts: None,
-            })
+            let join = append(
+                &room_id,
+                &rules,
+                &mut state,
+                &mut ext,
+                &mut depth,
+                &key,
+                Template {
+                    event_type: "m.room.member",
+                    state_key: Some("@alice:example.org"),
+                    sender: "@alice:example.org",
+                    content: content(serde_json::json!({"membership": "join"})),
+                    redacts: None,
+                },
+            )
             .expect("creator joins");
             assert_eq!(join.depth, 2);
-            append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-                event_type: "m.room.join_rules",
-                state_key: Some(""),
-                sender: "@alice:example.org",
-                content: content(serde_json::json!({"join_rule": "invite"})),
-                redacts: None,
-            })
+            append(
+                &room_id,
+                &rules,
+                &mut state,
+                &mut ext,
+                &mut depth,
+                &key,
+                Template {
+                    event_type: "m.room.join_rules",
+                    state_key: Some(""),
+                    sender: "@alice:example.org",
+                    content: content(serde_json::json!({"join_rule": "invite"})),
+                    redacts: None,
+                },
+            )
             .expect("join rules");
-            let msg = append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-                event_type: "m.room.message",
-                state_key: None,
-                sender: "@alice:example.org",
-                content: content(serde_json::json!({"msgtype": "m.text", "body": "hi"})),
-                redacts: None,
-            })
+            let msg = append(
+                &room_id,
+                &rules,
+                &mut state,
+                &mut ext,
+                &mut depth,
+                &key,
+                Template {
+                    event_type: "m.room.message",
+                    state_key: None,
+                    sender: "@alice:example.org",
+                    content: content(serde_json::json!({"msgtype": "m.text", "body": "hi"})),
+                    redacts: None,
+                },
+            )
             .expect("message");
             assert!(msg.event_id.as_str().starts_with('$'));
-            let intruder = append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-                event_type: "m.room.member",
-                state_key: Some("@bob:example.org"),
-                sender: "@bob:example.org",
-                content: content(serde_json::json!({"membership": "join"})),
-                redacts: None,
-            });
-            assert!(matches!(intruder, Err(EventError::Forbidden(_))), "{version}: {intruder:?}");
-            let stranger = append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-                event_type: "m.room.message",
-                state_key: None,
-                sender: "@bob:example.org",
-                content: content(serde_json::json!({"body": "x"})),
-                redacts: None,
-            });
+            let intruder = append(
+                &room_id,
+                &rules,
+                &mut state,
+                &mut ext,
+                &mut depth,
+                &key,
+                Template {
+                    event_type: "m.room.member",
+                    state_key: Some("@bob:example.org"),
+                    sender: "@bob:example.org",
+                    content: content(serde_json::json!({"membership": "join"})),
+                    redacts: None,
+                },
+            );
+            assert!(
+                matches!(intruder, Err(EventError::Forbidden(_))),
+                "{version}: {intruder:?}"
+            );
+            let stranger = append(
+                &room_id,
+                &rules,
+                &mut state,
+                &mut ext,
+                &mut depth,
+                &key,
+                Template {
+                    event_type: "m.room.message",
+                    state_key: None,
+                    sender: "@bob:example.org",
+                    content: content(serde_json::json!({"body": "x"})),
+                    redacts: None,
+                },
+            );
             assert!(matches!(stranger, Err(EventError::Forbidden(_))));
         }
     }
@@ -462,28 +594,47 @@ mod tests {
     #[test]
     fn oversized_event_is_too_large() {
         let (room_id, rules, mut state, mut ext, mut depth, key) = room_with("10");
-        append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-            event_type: "m.room.member",
-            state_key: Some("@alice:example.org"),
-            sender: "@alice:example.org",
-            content: content(serde_json::json!({"membership": "join"})),
-            redacts: None,
-        })
+        append(
+            &room_id,
+            &rules,
+            &mut state,
+            &mut ext,
+            &mut depth,
+            &key,
+            Template {
+                event_type: "m.room.member",
+                state_key: Some("@alice:example.org"),
+                sender: "@alice:example.org",
+                content: content(serde_json::json!({"membership": "join"})),
+                redacts: None,
+            },
+        )
         .expect("join");
         let big = "x".repeat(70_000);
-        let result = append(&room_id, &rules, &mut state, &mut ext, &mut depth, &key, Template {
-            event_type: "m.room.message",
-            state_key: None,
-            sender: "@alice:example.org",
-            content: content(serde_json::json!({"body": big})),
-            redacts: None,
-        });
+        let result = append(
+            &room_id,
+            &rules,
+            &mut state,
+            &mut ext,
+            &mut depth,
+            &key,
+            Template {
+                event_type: "m.room.message",
+                state_key: None,
+                sender: "@alice:example.org",
+                content: content(serde_json::json!({"body": big})),
+                redacts: None,
+            },
+        );
         assert_eq!(result.err(), Some(EventError::TooLarge));
     }
 
     #[test]
     fn unknown_and_legacy_versions_are_refused() {
-        assert!(matches!(rules_for("99"), Err(EventError::UnsupportedRoomVersion(_))));
+        assert!(matches!(
+            rules_for("99"),
+            Err(EventError::UnsupportedRoomVersion(_))
+        ));
         assert!(rules_for("3").is_ok());
     }
 }

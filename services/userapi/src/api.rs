@@ -1,8 +1,8 @@
 //! The `UsersApi` implementation: what clientapi (in-process or over gRPC)
 //! asks of accounts and devices.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use async_trait::async_trait;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
@@ -51,9 +51,9 @@ fn new_device_id() -> String {
 pub(crate) fn valid_localpart(localpart: &str) -> bool {
     !localpart.is_empty()
         && localpart.len() <= 200
-        && localpart
-            .bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+        && localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
 }
 
 async fn hash_password(password: String) -> Result<String, ApiError> {
@@ -70,7 +70,8 @@ async fn hash_password(password: String) -> Result<String, ApiError> {
 
 async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::Internal(format!("stored hash: {e}")))?;
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| ApiError::Internal(format!("stored hash: {e}")))?;
         Ok(Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
@@ -90,7 +91,9 @@ impl UserApi {
         device_id: Option<String>,
         display_name: Option<String>,
     ) -> Result<pb::Session, ApiError> {
-        let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(new_device_id);
+        let device_id = device_id
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(new_device_id);
         let access_token = new_access_token();
         self.storage
             .upsert_device(
@@ -122,7 +125,12 @@ impl UsersApi for UserApi {
         };
         match self
             .storage
-            .insert_account(&request.localpart, password_hash.as_deref(), request.admin, now_ms())
+            .insert_account(
+                &request.localpart,
+                password_hash.as_deref(),
+                request.admin,
+                now_ms(),
+            )
             .await
         {
             Ok(()) => {}
@@ -157,7 +165,10 @@ impl UsersApi for UserApi {
         Ok(pb::LocalpartAvailableResponse { available })
     }
 
-    async fn login_with_password(&self, request: pb::LoginRequest) -> Result<pb::Session, ApiError> {
+    async fn login_with_password(
+        &self,
+        request: pb::LoginRequest,
+    ) -> Result<pb::Session, ApiError> {
         let account = match self.storage.account(&request.localpart).await? {
             Some(account) => account,
             None => {
@@ -207,7 +218,10 @@ impl UsersApi for UserApi {
         })
     }
 
-    async fn logout_all(&self, request: pb::LogoutAllRequest) -> Result<pb::LogoutResponse, ApiError> {
+    async fn logout_all(
+        &self,
+        request: pb::LogoutAllRequest,
+    ) -> Result<pb::LogoutResponse, ApiError> {
         let localpart = request
             .user_id
             .strip_prefix('@')

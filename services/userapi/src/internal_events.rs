@@ -7,10 +7,20 @@ use prometheus::IntCounter;
 
 /// Accounts created.
 pub(crate) static ACCOUNTS_CREATED: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter_vec("ganglion_userapi_accounts_created_total", "Accounts created", &[]).with_label_values::<&str>(&[])
+    counter_vec(
+        "ganglion_userapi_accounts_created_total",
+        "Accounts created",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
 });
 
 /// Successful password logins.
 pub(crate) static LOGINS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter_vec("ganglion_userapi_logins_total", "Successful password logins", &[]).with_label_values::<&str>(&[])
+    counter_vec(
+        "ganglion_userapi_logins_total",
+        "Successful password logins",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
 });

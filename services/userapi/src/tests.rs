@@ -12,7 +12,11 @@ async fn service(database_url: Option<String>) -> (crate::Started, tempfile::Tem
         ..Config::default()
     };
     if let Some(url) = database_url {
-        config.services.entry("userapi".into()).or_default().database_url = Some(url);
+        config
+            .services
+            .entry("userapi".into())
+            .or_default()
+            .database_url = Some(url);
     }
     (crate::start(&config).await.expect("start"), dir)
 }

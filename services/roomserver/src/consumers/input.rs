@@ -71,7 +71,9 @@ impl RecordHandler for InputConsumer {
                 event_ids,
                 output_position: None,
             };
-            service.deliver(&input.reply_to, &input.request_id, Ok(response)).await;
+            service
+                .deliver(&input.reply_to, &input.request_id, Ok(response))
+                .await;
             return Ok(());
         }
         let kind = match &input.kind {
@@ -84,7 +86,9 @@ impl RecordHandler for InputConsumer {
                     .publish_outbox()
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
-                EVENTS.with_label_values(&["accepted"]).inc_by(event_ids.len() as u64);
+                EVENTS
+                    .with_label_values(&["accepted"])
+                    .inc_by(event_ids.len() as u64);
                 Ok(pb::InputResponse {
                     room_id: input.room_id.clone(),
                     event_ids,
@@ -100,7 +104,9 @@ impl RecordHandler for InputConsumer {
                 return Err(HandleError::Transient(error.to_string()));
             }
         };
-        service.deliver(&input.reply_to, &input.request_id, outcome).await;
+        service
+            .deliver(&input.reply_to, &input.request_id, outcome)
+            .await;
         INPUT_DURATION
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
@@ -110,7 +116,10 @@ impl RecordHandler for InputConsumer {
 
 impl RoomserverService {
     /// Builds and persists the events of one input; returns their IDs.
-    async fn process(&self, input: &topic_pb::RoomserverInput) -> Result<Vec<String>, ProcessError> {
+    async fn process(
+        &self,
+        input: &topic_pb::RoomserverInput,
+    ) -> Result<Vec<String>, ProcessError> {
         let signer = Signer {
             server_name: &self.server_name,
             key: &self.signing_key.key_pair,
@@ -135,11 +144,20 @@ impl RoomserverService {
                 state.insert(("m.room.create".into(), String::new()), create.clone());
                 let mut built = vec![create];
                 for template in &new_room.initial_state {
-                    let pdu = build(&input.room_id, &rules, &state, &extremities, depth, template, &signer)?;
+                    let pdu = build(
+                        &input.room_id,
+                        &rules,
+                        &state,
+                        &extremities,
+                        depth,
+                        template,
+                        &signer,
+                    )?;
                     apply(&mut state, &mut extremities, &mut depth, &pdu);
                     built.push(pdu);
                 }
-                let outputs = self.outputs(&built, &new_room.room_version, &StateMap::new(), "", "");
+                let outputs =
+                    self.outputs(&built, &new_room.room_version, &StateMap::new(), "", "");
                 let batch = AppendBatch {
                     room_id: input.room_id.clone(),
                     new_room_version: Some(new_room.room_version.clone()),
@@ -167,7 +185,15 @@ impl RoomserverService {
                 let mut depth = room.depth;
                 let mut built = Vec::with_capacity(new_events.templates.len());
                 for template in &new_events.templates {
-                    let pdu = build(&input.room_id, &rules, &state, &extremities, depth, template, &signer)?;
+                    let pdu = build(
+                        &input.room_id,
+                        &rules,
+                        &state,
+                        &extremities,
+                        depth,
+                        template,
+                        &signer,
+                    )?;
                     apply(&mut state, &mut extremities, &mut depth, &pdu);
                     built.push(pdu);
                 }
@@ -225,15 +251,18 @@ impl RoomserverService {
                 }
                 encode(&topic_pb::RoomserverOutput {
                     version: PAYLOAD_VERSION,
-                    kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(topic_pb::NewRoomEvent {
-                        event_json: pdu.json.as_bytes().to_vec(),
-                        room_version: room_version.to_owned(),
-                        state_added: added,
-                        state_removed: removed,
-                        device_id: device_id.to_owned(),
-                        transaction_id: transaction_id.to_owned(),
-                        depth: pdu.depth,
-                    })),
+                    kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+                        topic_pb::NewRoomEvent {
+                            event_json: pdu.json.as_bytes().to_vec(),
+                            room_version: room_version.to_owned(),
+                            state_added: added,
+                            state_removed: removed,
+                            device_id: device_id.to_owned(),
+                            transaction_id: transaction_id.to_owned(),
+                            depth: pdu.depth,
+                            event_id: pdu.event_id.to_string(),
+                        },
+                    )),
                 })
             })
             .collect()
@@ -276,7 +305,10 @@ pub(crate) enum PublishError {
 }
 
 /// Reads the create event the API built, recomputing its ID from its content.
-fn create_event_from(json: &[u8], rules: &ruma::room_version_rules::RoomVersionRules) -> Result<Pdu, ProcessError> {
+fn create_event_from(
+    json: &[u8],
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<Pdu, ProcessError> {
     let object: CanonicalJsonObject = parse_object(json)?;
     let hash = ruma::signatures::reference_hash(&object, rules)
         .map_err(|e| ApiError::InvalidInput(format!("create event: {e}")))?;

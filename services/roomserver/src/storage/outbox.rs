@@ -15,14 +15,18 @@ impl Storage {
         &self,
         request_id: &str,
     ) -> Result<Option<(String, Vec<String>)>, StorageError> {
-        let row = sqlx::query("SELECT room_id, event_ids FROM processed_inputs WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT room_id, event_ids FROM processed_inputs WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(match row {
             Some(row) => {
                 let ids: String = row.try_get(1)?;
-                Some((row.try_get(0)?, serde_json::from_str(&ids).unwrap_or_default()))
+                Some((
+                    row.try_get(0)?,
+                    serde_json::from_str(&ids).unwrap_or_default(),
+                ))
             }
             None => None,
         })

@@ -53,19 +53,23 @@ impl Storage {
         for row in rows {
             let event_id: String = row.try_get(2)?;
             let json: String = row.try_get(3)?;
-            let pdu = Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
+            let pdu =
+                Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
             state.insert((row.try_get(0)?, row.try_get(1)?), Arc::new(pdu));
         }
         Ok(state)
     }
 
-    pub(crate) async fn forward_extremities(&self, room_nid: i64) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT event_id FROM forward_extremities WHERE room_nid = $1 ORDER BY event_id")
-                .bind(room_nid)
-                .fetch_all(&self.db.pool)
-                .await?,
+    pub(crate) async fn forward_extremities(
+        &self,
+        room_nid: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_id FROM forward_extremities WHERE room_nid = $1 ORDER BY event_id",
         )
+        .bind(room_nid)
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 
     /// One state event of a room's current state, as JSON.
@@ -149,12 +153,14 @@ impl Storage {
                 .await?;
         }
         let event_ids: Vec<&str> = batch.events.iter().map(|p| p.event_id.as_str()).collect();
-        sqlx::query("INSERT INTO processed_inputs (request_id, room_id, event_ids) VALUES ($1, $2, $3)")
-            .bind(&batch.request_id)
-            .bind(&batch.room_id)
-            .bind(serde_json::to_string(&event_ids).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO processed_inputs (request_id, room_id, event_ids) VALUES ($1, $2, $3)",
+        )
+        .bind(&batch.request_id)
+        .bind(&batch.room_id)
+        .bind(serde_json::to_string(&event_ids).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
         if let Some(alias) = &batch.alias {
             sqlx::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
                 .bind(alias)

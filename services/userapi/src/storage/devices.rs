@@ -62,7 +62,10 @@ impl Storage {
     }
 
     /// Removes the device holding this token; returns how many were removed.
-    pub(crate) async fn delete_device_by_token(&self, token_hash: &[u8]) -> Result<u64, StorageError> {
+    pub(crate) async fn delete_device_by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<u64, StorageError> {
         let result = sqlx::query("DELETE FROM devices WHERE token_hash = $1")
             .bind(token_hash)
             .execute(&self.db.pool)

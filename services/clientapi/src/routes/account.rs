@@ -1,0 +1,315 @@
+//! Registration (with the User-Interactive Auth shape), login, logout, whoami.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use ganglion_api::ApiError;
+use ganglion_api::proto::userapi as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, json_response, respond};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ClientApi;
+
+/// The client's address, for rate limiting.
+pub(crate) struct ClientIp(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    auth: Option<AuthData>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuthData {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[allow(dead_code)]
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RegisterQuery {
+    kind: Option<String>,
+}
+
+fn random_session() -> String {
+    let mut rng = rand::thread_rng();
+    (0..24)
+        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
+        .collect()
+}
+
+fn uia_challenge() -> axum::response::Response {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({
+            "flows": [{ "stages": ["m.login.dummy"] }],
+            "params": {},
+            "session": random_session(),
+        }),
+    )
+}
+
+fn invalid_username(message: &str) -> MatrixError {
+    MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", message)
+}
+
+pub(crate) async fn register(
+    State(api): State<Arc<ClientApi>>,
+    ClientIp(ip): ClientIp,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<RegisterBody>,
+) -> MatrixResult {
+    api.rate_limiter.check(ip)?;
+    let query: RegisterQuery = ganglion_base_query(&uri)?;
+    if query.kind.as_deref().is_some_and(|k| k != "user") {
+        return Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guest access is not enabled",
+        ));
+    }
+    if !api.registration_enabled {
+        return Err(MatrixError::forbidden("Registration is disabled"));
+    }
+    let localpart = match body.username.as_deref() {
+        Some(name) => {
+            let name = name.to_lowercase();
+            if !crate::routes::account::valid_localpart(&name) {
+                return Err(invalid_username("The desired username is not valid"));
+            }
+            name
+        }
+        None => format!("u{}", random_session().to_lowercase()),
+    };
+    // Check the name before asking for authentication, as clients expect.
+    let available = api
+        .users
+        .localpart_available(pb::LocalpartAvailableRequest {
+            localpart: localpart.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    if !available.available {
+        return Err(ApiError::UserInUse.into());
+    }
+    match body.auth.as_ref().and_then(|a| a.kind.as_deref()) {
+        Some("m.login.dummy") => {}
+        Some(_) => {
+            return Err(MatrixError::new(
+                StatusCode::UNAUTHORIZED,
+                "M_UNRECOGNIZED",
+                "Unsupported auth stage",
+            ));
+        }
+        None => return Ok(uia_challenge()),
+    }
+    let password = body.password.unwrap_or_default();
+    if password.is_empty() {
+        return Err(MatrixError::missing_param("password is required"));
+    }
+    let session = api
+        .users
+        .register(pb::RegisterRequest {
+            localpart,
+            password,
+            device_id: body.device_id,
+            initial_device_display_name: body.initial_device_display_name,
+            inhibit_login: body.inhibit_login,
+            admin: false,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let mut response = json!({ "user_id": session.user_id, "home_server": api.server_name });
+    if !body.inhibit_login {
+        response["access_token"] = json!(session.access_token);
+        response["device_id"] = json!(session.device_id);
+    }
+    respond(response)
+}
+
+pub(crate) fn valid_localpart(localpart: &str) -> bool {
+    !localpart.is_empty()
+        && localpart.len() <= 200
+        && localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
+}
+
+fn ganglion_base_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, MatrixError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| MatrixError::invalid_param(e.body_text()))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AvailableQuery {
+    username: Option<String>,
+}
+
+pub(crate) async fn available(
+    State(api): State<Arc<ClientApi>>,
+    ClientIp(ip): ClientIp,
+    uri: Uri,
+) -> MatrixResult {
+    api.rate_limiter.check(ip)?;
+    let query: AvailableQuery = ganglion_base_query(&uri)?;
+    let username = query
+        .username
+        .ok_or_else(|| MatrixError::missing_param("username is required"))?
+        .to_lowercase();
+    if !valid_localpart(&username) {
+        return Err(invalid_username("The desired username is not valid"));
+    }
+    let available = api
+        .users
+        .localpart_available(pb::LocalpartAvailableRequest {
+            localpart: username,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    if !available.available {
+        return Err(ApiError::UserInUse.into());
+    }
+    respond(json!({ "available": true }))
+}
+
+pub(crate) async fn login_flows() -> MatrixResult {
+    respond(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginBody {
+    #[serde(rename = "type")]
+    kind: String,
+    identifier: Option<Identifier>,
+    user: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Identifier {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<String>,
+}
+
+pub(crate) async fn login(
+    State(api): State<Arc<ClientApi>>,
+    ClientIp(ip): ClientIp,
+    MatrixJson(body): MatrixJson<LoginBody>,
+) -> MatrixResult {
+    api.rate_limiter.check(ip)?;
+    if body.kind != "m.login.password" {
+        return Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unknown login type",
+        ));
+    }
+    let user = match (&body.identifier, &body.user) {
+        (Some(identifier), _) if identifier.kind == "m.id.user" => identifier.user.clone(),
+        (Some(_), _) => {
+            return Err(MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Unsupported identifier type",
+            ));
+        }
+        (None, user) => user.clone(),
+    }
+    .ok_or_else(|| MatrixError::bad_json("user is required"))?;
+    let password = body
+        .password
+        .ok_or_else(|| MatrixError::bad_json("password is required"))?;
+    let localpart = match user.strip_prefix('@') {
+        Some(rest) => match rest.rsplit_once(':') {
+            Some((localpart, server)) if server == api.server_name => localpart.to_lowercase(),
+            _ => return Err(MatrixError::forbidden("Invalid username or password")),
+        },
+        None => user.to_lowercase(),
+    };
+    let session = api
+        .users
+        .login_with_password(pb::LoginRequest {
+            localpart,
+            password,
+            device_id: body.device_id,
+            initial_device_display_name: body.initial_device_display_name,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({
+        "user_id": session.user_id,
+        "access_token": session.access_token,
+        "device_id": session.device_id,
+        "home_server": api.server_name,
+    }))
+}
+
+pub(crate) async fn logout(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    api.authenticate(&headers, &uri).await?;
+    let token = ganglion_api::users::access_token(&headers, uri.query()).unwrap_or_default();
+    api.users
+        .logout(pb::LogoutRequest {
+            access_token: token,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+pub(crate) async fn logout_all(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    api.users
+        .logout_all(pb::LogoutAllRequest {
+            user_id: device.user_id,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({}))
+}
+
+pub(crate) async fn whoami(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    respond(json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": false }))
+}

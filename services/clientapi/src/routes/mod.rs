@@ -1,0 +1,105 @@
+//! The client API routes and what they share: authentication and the
+//! read-your-writes wait.
+
+mod account;
+mod discovery;
+mod rooms;
+mod send;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{HeaderMap, Uri};
+use axum::routing::{get, post, put};
+use ganglion_api::proto::common::LogPosition;
+use ganglion_api::proto::syncapi::WaitForPositionRequest;
+use ganglion_api::proto::userapi::Device;
+use ganglion_base::MatrixError;
+
+use crate::ClientApi;
+use crate::internal_events::READ_YOUR_WRITES_WAIT;
+
+pub(crate) fn router(api: Arc<ClientApi>) -> Router {
+    let mut router = Router::new()
+        .route("/_matrix/client/versions", get(discovery::versions))
+        .route("/.well-known/matrix/client", get(discovery::well_known));
+    // Both the current and the legacy prefix, as clients still use r0.
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        router = router
+            .route(&format!("{prefix}/register"), post(account::register))
+            .route(
+                &format!("{prefix}/register/available"),
+                get(account::available),
+            )
+            .route(
+                &format!("{prefix}/login"),
+                get(account::login_flows).post(account::login),
+            )
+            .route(&format!("{prefix}/logout"), post(account::logout))
+            .route(&format!("{prefix}/logout/all"), post(account::logout_all))
+            .route(&format!("{prefix}/account/whoami"), get(account::whoami))
+            .route(
+                &format!("{prefix}/capabilities"),
+                get(discovery::capabilities),
+            )
+            .route(&format!("{prefix}/createRoom"), post(rooms::create_room))
+            .route(
+                &format!("{prefix}/join/{{room_id_or_alias}}"),
+                post(rooms::join_by_id_or_alias),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/join"),
+                post(rooms::join),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/leave"),
+                post(rooms::leave),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}"),
+                put(send::send),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}"),
+                put(send::put_state_empty_key).get(send::get_state_empty_key),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"),
+                put(send::put_state).get(send::get_state),
+            );
+    }
+    router.with_state(api)
+}
+
+impl ClientApi {
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Device, MatrixError> {
+        ganglion_api::users::authenticate(&self.users, headers, uri.query()).await
+    }
+
+    /// Waits (bounded) until the syncapi has consumed `position`, so the
+    /// client's next `/sync` shows what it was just told succeeded.
+    pub(crate) async fn read_your_writes(&self, position: Option<LogPosition>) {
+        let Some(position) = position else { return };
+        let started = Instant::now();
+        let reached = self
+            .sync
+            .wait_for_position(WaitForPositionRequest {
+                position: Some(position),
+                timeout_ms: self.read_your_writes_timeout.as_millis() as u64,
+            })
+            .await
+            .map(|r| r.reached)
+            .unwrap_or(false);
+        READ_YOUR_WRITES_WAIT
+            .with_label_values(&[if reached { "yes" } else { "no" }])
+            .observe(started.elapsed().as_secs_f64());
+        if !reached {
+            tracing::warn!("sync did not reflect a write in time");
+        }
+    }
+}

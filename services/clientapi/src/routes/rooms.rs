@@ -1,0 +1,304 @@
+//! `POST /createRoom`, joins and leaves.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use ganglion_api::proto::roomserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::ClientApi;
+use crate::internal_events::ROOM_WRITES;
+
+/// The room version new rooms get unless the client asks for another: the
+/// one the specification currently recommends.
+pub(crate) const DEFAULT_ROOM_VERSION: &str = "10";
+
+#[derive(Deserialize)]
+pub(crate) struct CreateRoomBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<String>,
+    room_version: Option<String>,
+    creation_content: Option<Map<String, Value>>,
+    #[serde(default)]
+    initial_state: Vec<StateEventBody>,
+    preset: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+    power_level_content_override: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StateEventBody {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    state_key: String,
+    content: Map<String, Value>,
+}
+
+fn template(
+    event_type: &str,
+    state_key: Option<&str>,
+    sender: &str,
+    content: Value,
+) -> pb::EventTemplate {
+    pb::EventTemplate {
+        event_type: event_type.to_owned(),
+        state_key: state_key.map(str::to_owned),
+        sender: sender.to_owned(),
+        content_json: content.to_string().into_bytes(),
+        redacts: None,
+    }
+}
+
+pub(crate) async fn create_room(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<CreateRoomBody>,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let sender = device.user_id.as_str();
+    let version = body
+        .room_version
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
+    let rules = ruma::RoomVersionId::try_from(version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| {
+            MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                "Unsupported room version",
+            )
+        })?;
+    let preset = match body.preset.as_deref() {
+        Some(p @ ("private_chat" | "public_chat" | "trusted_private_chat")) => p.to_owned(),
+        Some(_) => return Err(MatrixError::bad_json("unknown preset")),
+        None if body.visibility.as_deref() == Some("public") => "public_chat".to_owned(),
+        None => "private_chat".to_owned(),
+    };
+    for invitee in &body.invite {
+        ruma::UserId::parse(invitee)
+            .map_err(|_| MatrixError::invalid_param("invalid user ID in invite"))?;
+    }
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            let alias = format!("#{name}:{}", api.server_name);
+            if name.is_empty()
+                || name.contains([':', '#', ' '])
+                || ruma::RoomAliasId::parse(&alias).is_err()
+            {
+                return Err(MatrixError::invalid_param("invalid room_alias_name"));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let creators_are_privileged = rules.authorization.explicitly_privilege_room_creators;
+    let mut users = Map::new();
+    if !creators_are_privileged {
+        users.insert(sender.to_owned(), json!(100));
+    }
+    if preset == "trusted_private_chat" {
+        for invitee in &body.invite {
+            users.insert(invitee.clone(), json!(100));
+        }
+    }
+    let mut power_levels = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.server_acl": 100, "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+        "notifications": { "room": 50 },
+    });
+    if let (Some(over), Some(object)) = (
+        &body.power_level_content_override,
+        power_levels.as_object_mut(),
+    ) {
+        for (key, value) in over {
+            object.insert(key.clone(), value.clone());
+        }
+    }
+    let (join_rule, guest_access) = match preset.as_str() {
+        "public_chat" => ("public", "forbidden"),
+        _ => ("invite", "can_join"),
+    };
+    let mut state = vec![
+        template(
+            "m.room.member",
+            Some(sender),
+            sender,
+            json!({ "membership": "join" }),
+        ),
+        template("m.room.power_levels", Some(""), sender, power_levels),
+    ];
+    if let Some(alias) = &alias {
+        state.push(template(
+            "m.room.canonical_alias",
+            Some(""),
+            sender,
+            json!({ "alias": alias }),
+        ));
+    }
+    state.push(template(
+        "m.room.join_rules",
+        Some(""),
+        sender,
+        json!({ "join_rule": join_rule }),
+    ));
+    state.push(template(
+        "m.room.history_visibility",
+        Some(""),
+        sender,
+        json!({ "history_visibility": "shared" }),
+    ));
+    state.push(template(
+        "m.room.guest_access",
+        Some(""),
+        sender,
+        json!({ "guest_access": guest_access }),
+    ));
+    for event in body.initial_state {
+        state.push(template(
+            &event.event_type,
+            Some(&event.state_key),
+            sender,
+            Value::Object(event.content),
+        ));
+    }
+    if let Some(name) = body.name {
+        state.push(template(
+            "m.room.name",
+            Some(""),
+            sender,
+            json!({ "name": name }),
+        ));
+    }
+    if let Some(topic) = body.topic {
+        state.push(template(
+            "m.room.topic",
+            Some(""),
+            sender,
+            json!({ "topic": topic }),
+        ));
+    }
+    for invitee in &body.invite {
+        let mut content = json!({ "membership": "invite" });
+        if body.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        state.push(template("m.room.member", Some(invitee), sender, content));
+    }
+    let mut creation_content = body.creation_content.unwrap_or_default();
+    creation_content.remove("room_version");
+    let result = api
+        .roomserver
+        .create_room(pb::CreateRoomRequest {
+            room_version: version,
+            creator: sender.to_owned(),
+            create_content_json: Value::Object(creation_content).to_string().into_bytes(),
+            initial_state: state,
+            alias: alias.clone(),
+        })
+        .await;
+    ROOM_WRITES
+        .with_label_values(&["create_room", if result.is_ok() { "ok" } else { "error" }])
+        .inc();
+    let response = result.map_err(MatrixError::from)?;
+    api.read_your_writes(response.output_position).await;
+    let mut body = json!({ "room_id": response.room_id });
+    if let Some(alias) = alias {
+        body["room_alias"] = json!(alias);
+    }
+    respond(body)
+}
+
+impl ClientApi {
+    /// Sends one membership event for the user.
+    async fn membership(&self, room_id: &str, user_id: &str, membership: &str) -> MatrixResult<()> {
+        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        let result = self
+            .roomserver
+            .input(pb::InputRequest {
+                room_id: room_id.to_owned(),
+                templates: vec![template(
+                    "m.room.member",
+                    Some(user_id),
+                    user_id,
+                    json!({ "membership": membership }),
+                )],
+                device_id: String::new(),
+                transaction_id: String::new(),
+            })
+            .await;
+        ROOM_WRITES
+            .with_label_values(&[membership, if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        let response = result.map_err(MatrixError::from)?;
+        self.read_your_writes(response.output_position).await;
+        Ok(())
+    }
+}
+
+pub(crate) async fn join(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    api.membership(&room_id, &device.user_id, "join").await?;
+    respond(json!({ "room_id": room_id }))
+}
+
+pub(crate) async fn join_by_id_or_alias(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id_or_alias): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let room_id = if room_id_or_alias.starts_with('#') {
+        ruma::RoomAliasId::parse(&room_id_or_alias)
+            .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
+        api.roomserver
+            .resolve_alias(pb::ResolveAliasRequest {
+                alias: room_id_or_alias,
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .room_id
+            .ok_or_else(|| MatrixError::not_found("Room alias not found"))?
+    } else {
+        room_id_or_alias
+    };
+    api.membership(&room_id, &device.user_id, "join").await?;
+    respond(json!({ "room_id": room_id }))
+}
+
+pub(crate) async fn leave(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    api.membership(&room_id, &device.user_id, "leave").await?;
+    respond(json!({}))
+}

@@ -1,0 +1,214 @@
+//! Sending messages (idempotent per device and transaction ID) and state.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_api::proto::roomserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, parse_json, respond};
+use serde_json::{Map, Value, json};
+
+use crate::ClientApi;
+use crate::internal_events::ROOM_WRITES;
+
+/// The spec's limit on a whole event; content alone over it can never fit.
+const MAX_EVENT_BYTES: usize = 65_536;
+
+fn content(body: &Bytes) -> Result<Map<String, Value>, MatrixError> {
+    if body.len() > MAX_EVENT_BYTES {
+        return Err(MatrixError::too_large("Event too large"));
+    }
+    parse_json::<Map<String, Value>>(body)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl ClientApi {
+    async fn send_event(
+        &self,
+        room_id: &str,
+        sender: &str,
+        event_type: &str,
+        state_key: Option<&str>,
+        content: Map<String, Value>,
+        device_id: &str,
+        txn_id: &str,
+    ) -> MatrixResult<String> {
+        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        if event_type.is_empty() || event_type.len() > 255 {
+            return Err(MatrixError::invalid_param("invalid event type"));
+        }
+        let result = self
+            .roomserver
+            .input(pb::InputRequest {
+                room_id: room_id.to_owned(),
+                templates: vec![pb::EventTemplate {
+                    event_type: event_type.to_owned(),
+                    state_key: state_key.map(str::to_owned),
+                    sender: sender.to_owned(),
+                    content_json: Value::Object(content).to_string().into_bytes(),
+                    redacts: None,
+                }],
+                device_id: device_id.to_owned(),
+                transaction_id: txn_id.to_owned(),
+            })
+            .await;
+        let kind = if state_key.is_some() { "state" } else { "send" };
+        ROOM_WRITES
+            .with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        let response = result.map_err(MatrixError::from)?;
+        self.read_your_writes(response.output_position).await;
+        response
+            .event_ids
+            .into_iter()
+            .next()
+            .ok_or_else(|| MatrixError::unknown("no event ID"))
+    }
+}
+
+pub(crate) async fn send(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let content = content(&body)?;
+    if let Some(event_id) = api
+        .storage
+        .transaction_event(&device.user_id, &device.device_id, &txn_id)
+        .await
+        .map_err(|e| MatrixError::unknown(format!("transactions: {e}")))?
+    {
+        return respond(json!({ "event_id": event_id }));
+    }
+    let event_id = api
+        .send_event(
+            &room_id,
+            &device.user_id,
+            &event_type,
+            None,
+            content,
+            &device.device_id,
+            &txn_id,
+        )
+        .await?;
+    api.storage
+        .record_transaction(
+            &device.user_id,
+            &device.device_id,
+            &txn_id,
+            &event_id,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| MatrixError::unknown(format!("transactions: {e}")))?;
+    respond(json!({ "event_id": event_id }))
+}
+
+async fn put_state_inner(
+    api: Arc<ClientApi>,
+    room_id: String,
+    event_type: String,
+    state_key: String,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let content = content(&body)?;
+    let event_id = api
+        .send_event(
+            &room_id,
+            &device.user_id,
+            &event_type,
+            Some(&state_key),
+            content,
+            &device.device_id,
+            "",
+        )
+        .await?;
+    respond(json!({ "event_id": event_id }))
+}
+
+pub(crate) async fn put_state(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_type, state_key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> MatrixResult {
+    put_state_inner(api, room_id, event_type, state_key, headers, uri, body).await
+}
+
+pub(crate) async fn put_state_empty_key(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_type)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> MatrixResult {
+    put_state_inner(api, room_id, event_type, String::new(), headers, uri, body).await
+}
+
+async fn get_state_inner(
+    api: Arc<ClientApi>,
+    room_id: String,
+    event_type: String,
+    state_key: String,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let membership = api
+        .roomserver
+        .query_membership(pb::QueryMembershipRequest {
+            room_id: room_id.clone(),
+            user_id: device.user_id,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    if membership.membership != "join" {
+        return Err(MatrixError::forbidden("You are not joined to this room"));
+    }
+    let event = api
+        .roomserver
+        .query_state_event(pb::QueryStateEventRequest {
+            room_id,
+            event_type,
+            state_key,
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .event_json
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    respond(event["content"].clone())
+}
+
+pub(crate) async fn get_state(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_type, state_key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    get_state_inner(api, room_id, event_type, state_key, headers, uri).await
+}
+
+pub(crate) async fn get_state_empty_key(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_type)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    get_state_inner(api, room_id, event_type, String::new(), headers, uri).await
+}

@@ -1,0 +1,118 @@
+//! `roomserver.output`: store each event and its state change, then wake
+//! waiting `/sync` requests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ganglion_api::consume::{HandleError, RecordHandler};
+use ganglion_api::proto::topics as topic_pb;
+use ganglion_api::topics::decode;
+use ganglion_log::Record;
+
+use crate::SyncService;
+use crate::internal_events::EVENTS_STORED;
+use crate::storage::NewEvent;
+
+pub(crate) struct OutputConsumer {
+    pub(crate) service: Arc<SyncService>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventFields<'a> {
+    #[serde(borrow)]
+    room_id: Option<&'a str>,
+    #[serde(borrow)]
+    event_id: Option<&'a str>,
+    #[serde(rename = "type", borrow)]
+    event_type: &'a str,
+    #[serde(borrow)]
+    state_key: Option<&'a str>,
+    #[serde(borrow)]
+    sender: &'a str,
+    #[serde(default)]
+    content: MembershipContent,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct MembershipContent {
+    membership: Option<String>,
+}
+
+#[async_trait]
+impl RecordHandler for OutputConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let output: topic_pb::RoomserverOutput =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) = output.kind else {
+            // A kind this version does not know: nothing for it to store.
+            self.advance(record);
+            return Ok(());
+        };
+        let json = std::str::from_utf8(&new.event_json)
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let fields: EventFields<'_> =
+            serde_json::from_str(json).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let room_id = match fields.room_id {
+            Some(room_id) => room_id.to_owned(),
+            // Version 12 create events carry no room_id: it is the record key.
+            None => String::from_utf8(record.key.clone())
+                .map_err(|e| HandleError::Permanent(e.to_string()))?,
+        };
+        let event_id = match fields.event_id {
+            // Room versions 1 and 2 carry the ID in the PDU.
+            Some(id) => id.to_owned(),
+            None => new.event_id.clone(),
+        };
+        if event_id.is_empty() {
+            return Err(HandleError::Permanent("event without ID".into()));
+        }
+        let entries = |list: &[topic_pb::StateEntry]| {
+            list.iter()
+                .map(|s| {
+                    (
+                        s.event_type.clone(),
+                        s.state_key.clone(),
+                        s.event_id.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let membership = if fields.event_type == "m.room.member" {
+            fields.content.membership.clone()
+        } else {
+            None
+        };
+        self.service
+            .storage
+            .apply_event(&NewEvent {
+                partition: record.partition,
+                offset: record.offset,
+                room_id: &room_id,
+                event_id: &event_id,
+                event_type: fields.event_type,
+                state_key: fields.state_key,
+                sender: fields.sender,
+                membership: membership.as_deref(),
+                json,
+                device_id: &new.device_id,
+                transaction_id: &new.transaction_id,
+                state_removed: entries(&new.state_removed),
+                state_added: entries(&new.state_added),
+            })
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        EVENTS_STORED.with_label_values::<&str>(&[]).inc();
+        self.advance(record);
+        Ok(())
+    }
+}
+
+impl OutputConsumer {
+    fn advance(&self, record: &Record) {
+        self.service.positions.send_modify(|positions| {
+            if let Some(slot) = positions.get_mut(record.partition as usize) {
+                *slot = (*slot).max(record.offset + 1);
+            }
+        });
+    }
+}

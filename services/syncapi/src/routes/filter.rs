@@ -1,0 +1,54 @@
+//! `POST /user/{userId}/filter` and `GET /user/{userId}/filter/{filterId}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use serde_json::json;
+
+use crate::SyncService;
+
+pub(crate) async fn create_filter(
+    State(service): State<Arc<SyncService>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(filter): MatrixJson<serde_json::Map<String, serde_json::Value>>,
+) -> MatrixResult {
+    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
+    if device.user_id != user_id {
+        return Err(MatrixError::forbidden(
+            "Cannot create filters for other users",
+        ));
+    }
+    crate::routes::sync::Filter::from_value(&serde_json::Value::Object(filter.clone()))?;
+    let id = service
+        .storage
+        .insert_filter(&user_id, &serde_json::Value::Object(filter).to_string())
+        .await?;
+    respond(json!({ "filter_id": id.to_string() }))
+}
+
+pub(crate) async fn get_filter(
+    State(service): State<Arc<SyncService>>,
+    Path((user_id, filter_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
+    if device.user_id != user_id {
+        return Err(MatrixError::forbidden("Cannot read filters of other users"));
+    }
+    let id: i64 = filter_id
+        .parse()
+        .map_err(|_| MatrixError::not_found("No such filter"))?;
+    let json = service
+        .storage
+        .filter(&user_id, id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("No such filter"))?;
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    respond(value)
+}

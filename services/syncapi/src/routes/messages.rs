@@ -1,0 +1,102 @@
+//! `GET /rooms/{roomId}/messages`: paginate a room's timeline from a token.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, respond};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::SyncService;
+use crate::routes::client_event::client_event;
+use crate::routes::sync::parse_query;
+use crate::sync_token::SyncToken;
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<u32>,
+    #[allow(dead_code)]
+    filter: Option<String>,
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+pub(crate) async fn messages(
+    State(service): State<Arc<SyncService>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
+    let query: MessagesQuery = parse_query(&uri)?;
+    let backwards = match query.dir.as_deref() {
+        Some("b") => true,
+        Some("f") => false,
+        Some(_) => return Err(MatrixError::invalid_param("dir must be b or f")),
+        None => return Err(MatrixError::missing_param("dir is required")),
+    };
+    let limit = query.limit.unwrap_or(10).clamp(1, 1000);
+    let parse = |text: &str| {
+        SyncToken::parse(text, service.partitions)
+            .map_err(|_| MatrixError::invalid_param("invalid pagination token"))
+    };
+    let current = SyncToken::new(service.positions.borrow().clone());
+    let from = match query.from.as_deref() {
+        Some(text) => parse(text)?,
+        None if backwards => current.clone(),
+        None => SyncToken::new(vec![0; service.partitions]),
+    };
+    let to = query.to.as_deref().map(parse).transpose()?;
+    let is_member = service
+        .storage
+        .memberships(&device.user_id)
+        .await?
+        .iter()
+        .any(|(room, membership, _)| {
+            room == &room_id && (membership == "join" || membership == "leave")
+        });
+    if !is_member {
+        return Err(MatrixError::forbidden("You are not a member of this room"));
+    }
+    let Some(partition) = service.storage.room_partition(&room_id).await? else {
+        return Err(MatrixError::forbidden("You are not a member of this room"));
+    };
+    let (events, end) = if backwards {
+        let lower = to.as_ref().map(|t| t.offset(partition)).unwrap_or(0);
+        let events = service
+            .storage
+            .room_events(&room_id, lower, from.offset(partition), limit, true)
+            .await?;
+        let end = (events.len() == limit as usize)
+            .then(|| events.last().map(|e| from.with(partition, e.offset)))
+            .flatten();
+        (events, end)
+    } else {
+        let upper = to
+            .as_ref()
+            .map(|t| t.offset(partition))
+            .unwrap_or(current.offset(partition));
+        let events = service
+            .storage
+            .room_events(&room_id, from.offset(partition), upper, limit, false)
+            .await?;
+        let end = (events.len() == limit as usize)
+            .then(|| events.last().map(|e| from.with(partition, e.offset + 1)))
+            .flatten();
+        (events, end)
+    };
+    let chunk: Vec<_> = events
+        .iter()
+        .map(|e| client_event(e, true, &device.device_id))
+        .collect();
+    let mut body = json!({ "start": from.to_string(), "chunk": chunk, "state": [] });
+    if let Some(end) = end {
+        body["end"] = json!(end.to_string());
+    }
+    respond(body)
+}

@@ -1,0 +1,32 @@
+//! The syncapi's own copy of what it serves: timeline events (lean: one row
+//! per event, positioned by its log offset), current state per room with
+//! memberships, the log positions consumed, and filters.
+
+mod events;
+mod filters;
+mod migrations;
+
+pub(crate) use events::{EventRow, NewEvent};
+pub(crate) use migrations::MIGRATIONS;
+
+use ganglion_base::Database;
+
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) db: Database,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageError {
+    /// The database reported an error.
+    #[error("database")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl From<StorageError> for ganglion_base::MatrixError {
+    fn from(error: StorageError) -> Self {
+        tracing::error!(?error, "syncapi storage");
+        ganglion_base::MatrixError::unknown("Internal server error")
+    }
+}
