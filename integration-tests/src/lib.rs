@@ -1,1 +1,6 @@
+//! Drives real `ganglion` processes over HTTP, as a client would: the
+//! fixtures shared by the integration tests and the load generator.
+#![forbid(unsafe_code)]
 
+pub mod client;
+pub mod process;

@@ -1,0 +1,6 @@
+//! End-to-end tests: real `ganglion` processes driven over HTTP.
+
+mod bad_input;
+mod conversation;
+mod monolith;
+mod polylith;

@@ -1,0 +1,46 @@
+//! The monolith: every service in one process, the embedded log, SQLite.
+
+use ganglion_integration_tests::process::Monolith;
+
+use crate::conversation::{first_conversation, history_forwards, history_via_prev_batch};
+
+#[tokio::test]
+async fn two_users_converse_and_paginate_back_to_creation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let (alice, bob, room_id) = first_conversation(&server.base_url, "").await;
+    let expected: Vec<String> = (0..3)
+        .flat_map(|r| [format!("alice says {r}"), format!("bob says {r}")])
+        .collect();
+    assert_eq!(history_via_prev_batch(&bob, &room_id).await, expected);
+    assert_eq!(history_forwards(&alice, &room_id).await, expected);
+}
+
+#[tokio::test]
+async fn kill9_mid_conversation_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Monolith::start(dir.path()).await;
+    let (alice, bob, room_id) = first_conversation(&server.base_url, "").await;
+    let mut expected: Vec<String> = (0..3)
+        .flat_map(|r| [format!("alice says {r}"), format!("bob says {r}")])
+        .collect();
+    // A burst of sends, then SIGKILL right after the last acknowledgement.
+    for i in 0..20 {
+        let text = format!("burst {i}");
+        let reply = alice.send_text(&room_id, &format!("burst{i}"), &text).await;
+        assert_eq!(reply.status, 200);
+        expected.push(text);
+    }
+    server.kill9_and_restart().await;
+    let after = "after restart".to_owned();
+    assert_eq!(bob.send_text(&room_id, "after", &after).await.status, 200);
+    expected.push(after);
+    let body = alice.sync(None, 0, 100).await;
+    let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert_eq!(
+        ganglion_integration_tests::client::message_bodies(timeline),
+        expected
+    );
+    assert_eq!(history_forwards(&bob, &room_id).await, expected);
+    assert_eq!(history_via_prev_batch(&bob, &room_id).await, expected);
+}
