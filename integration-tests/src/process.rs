@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// The `ganglion` binary next to the test binary (`target/<profile>/ganglion`).
 pub fn ganglion_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("GANGLION_BIN") {
+    if let Ok(path) = std::env::var("TEST_GANGLION_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().unwrap_or_default();

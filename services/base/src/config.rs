@@ -260,7 +260,7 @@ impl Config {
                 "client.max_body_bytes: must be at least 1024".to_owned(),
             ));
         }
-        if !(self.client.rate_limit_per_second > 0.0) {
+        if self.client.rate_limit_per_second.is_nan() || self.client.rate_limit_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "client.rate_limit_per_second: must be greater than 0".to_owned(),
             ));

@@ -135,31 +135,6 @@ pub fn respond(body: serde_json::Value) -> MatrixResult {
     Ok(ok_json(body).into_response())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(serde::Deserialize, Debug)]
-    struct Body {
-        #[allow(dead_code)]
-        n: u32,
-    }
-
-    #[test]
-    fn not_json_and_bad_json_differ() {
-        assert_eq!(
-            parse_json::<Body>(b"{nope").unwrap_err().errcode,
-            "M_NOT_JSON"
-        );
-        assert_eq!(
-            parse_json::<Body>(br#"{"n": "x"}"#).unwrap_err().errcode,
-            "M_BAD_JSON"
-        );
-        assert!(parse_json::<Body>(br#"{"n": 3}"#).is_ok());
-        assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
-    }
-}
-
 /// Serves `router` over TLS on `listener` (the federation port) until `shutdown`.
 pub async fn serve_tls(
     listener: TcpListener,
@@ -220,5 +195,30 @@ pub async fn serve_tls(
                     )
                     .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Body {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    #[test]
+    fn not_json_and_bad_json_differ() {
+        assert_eq!(
+            parse_json::<Body>(b"{nope").unwrap_err().errcode,
+            "M_NOT_JSON"
+        );
+        assert_eq!(
+            parse_json::<Body>(br#"{"n": "x"}"#).unwrap_err().errcode,
+            "M_BAD_JSON"
+        );
+        assert!(parse_json::<Body>(br#"{"n": 3}"#).is_ok());
+        assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
     }
 }

@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_json, respond};
 use serde_json::{Map, Value, json};
@@ -23,6 +24,21 @@ fn content(body: &Bytes) -> Result<Map<String, Value>, MatrixError> {
     parse_json::<Map<String, Value>>(body)
 }
 
+fn event_template(
+    device: &Device,
+    event_type: &str,
+    state_key: Option<&str>,
+    content: Map<String, Value>,
+) -> pb::EventTemplate {
+    pb::EventTemplate {
+        event_type: event_type.to_owned(),
+        state_key: state_key.map(str::to_owned),
+        sender: device.user_id.clone(),
+        content_json: Value::Object(content).to_string().into_bytes(),
+        redacts: None,
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -31,36 +47,32 @@ fn now_ms() -> i64 {
 }
 
 impl ClientApi {
+    /// Sends one event for `device`; `txn_id` is echoed to that device.
     async fn send_event(
         &self,
         room_id: &str,
-        sender: &str,
-        event_type: &str,
-        state_key: Option<&str>,
-        content: Map<String, Value>,
-        device_id: &str,
+        device: &Device,
+        template: pb::EventTemplate,
         txn_id: &str,
     ) -> MatrixResult<String> {
         ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
-        if event_type.is_empty() || event_type.len() > 255 {
+        if template.event_type.is_empty() || template.event_type.len() > 255 {
             return Err(MatrixError::invalid_param("invalid event type"));
         }
+        let kind = if template.state_key.is_some() {
+            "state"
+        } else {
+            "send"
+        };
         let result = self
             .roomserver
             .input(pb::InputRequest {
                 room_id: room_id.to_owned(),
-                templates: vec![pb::EventTemplate {
-                    event_type: event_type.to_owned(),
-                    state_key: state_key.map(str::to_owned),
-                    sender: sender.to_owned(),
-                    content_json: Value::Object(content).to_string().into_bytes(),
-                    redacts: None,
-                }],
-                device_id: device_id.to_owned(),
+                templates: vec![template],
+                device_id: device.device_id.clone(),
                 transaction_id: txn_id.to_owned(),
             })
             .await;
-        let kind = if state_key.is_some() { "state" } else { "send" };
         ROOM_WRITES
             .with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }])
             .inc();
@@ -94,11 +106,8 @@ pub(crate) async fn send(
     let event_id = api
         .send_event(
             &room_id,
-            &device.user_id,
-            &event_type,
-            None,
-            content,
-            &device.device_id,
+            &device,
+            event_template(&device, &event_type, None, content),
             &txn_id,
         )
         .await?;
@@ -129,11 +138,8 @@ async fn put_state_inner(
     let event_id = api
         .send_event(
             &room_id,
-            &device.user_id,
-            &event_type,
-            Some(&state_key),
-            content,
-            &device.device_id,
+            &device,
+            event_template(&device, &event_type, Some(&state_key), content),
             "",
         )
         .await?;

@@ -17,6 +17,11 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs a case with an overall deadline, so a hang fails instead of stalling.
 pub async fn run(case: impl Future<Output = ()>) {
+    // `RUST_LOG=rdkafka=debug` shows what the clients did, for failing cases.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     if tokio::time::timeout(Duration::from_secs(180), case)
         .await
         .is_err()
@@ -92,6 +97,7 @@ impl Fixture {
             "{what}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
+                + std::env::var("NAME_OFFSET").map_or(0, |v| v.parse::<u32>().unwrap())
         )
     }
 }

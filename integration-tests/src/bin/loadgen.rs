@@ -1,0 +1,125 @@
+//! Load generator: starts a monolith, has N clients send into one room while
+//! a listener long-polls `/sync`, and prints accepted events/s, send→sync
+//! delivery latency (p50/p99), start-up time and resident memory.
+//!
+//! `cargo run --release -p ganglion-integration-tests --bin loadgen -- [clients] [messages_per_client]`
+//! (`TEST_GANGLION_BIN` may point at a release build of `ganglion`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ganglion_integration_tests::client::Client;
+use ganglion_integration_tests::process::{Monolith, rss_kib};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(8);
+    let per_client: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let dir = tempfile::tempdir()?;
+
+    let started = Instant::now();
+    let server = Monolith::start(dir.path()).await;
+    let startup = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.process.pid().unwrap_or(0);
+    let idle_rss = rss_kib(pid).unwrap_or(0);
+
+    let owner = Client::register(&server.base_url, "owner", "pw").await;
+    let room_id = owner.create_room(json!({"preset": "public_chat"})).await;
+    let mut senders = Vec::new();
+    for i in 0..clients {
+        let client = Client::register(&server.base_url, &format!("sender{i}"), "pw").await;
+        anyhow::ensure!(client.join(&room_id).await.status == 200, "join failed");
+        senders.push(client);
+    }
+    let listener = owner.clone();
+    let mut since = listener.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let total = clients * per_client;
+    let room = room_id.clone();
+    let watcher = tokio::spawn(async move {
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        while seen.len() < total {
+            let body = listener.sync(Some(&since), 30_000, 1000).await;
+            let now = Instant::now();
+            for event in body["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(text) = event["content"]["body"].as_str() {
+                    seen.entry(text.to_owned()).or_insert(now);
+                }
+            }
+            since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+        }
+        seen
+    });
+
+    let load_started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, client) in senders.into_iter().enumerate() {
+        let room = room_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::with_capacity(per_client);
+            for n in 0..per_client {
+                let text = format!("m{i}-{n}");
+                let at = Instant::now();
+                let reply = client.send_text(&room, &format!("t{n}"), &text).await;
+                if reply.status == 200 {
+                    sent.push((text, at));
+                }
+            }
+            sent
+        }));
+    }
+    let mut sent_at = HashMap::new();
+    for task in tasks {
+        for (text, at) in task.await? {
+            sent_at.insert(text, at);
+        }
+    }
+    let send_elapsed = load_started.elapsed();
+    let seen = tokio::time::timeout(Duration::from_secs(120), watcher).await??;
+    let busy_rss = rss_kib(pid).unwrap_or(0);
+    let mut latencies: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(text, at)| {
+            seen.get(text)
+                .map(|s| s.duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!("monolith: {clients} clients x {per_client} messages into one room");
+    println!(
+        "  start-up to healthy        {:>8.1} ms",
+        startup.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  idle RSS                   {:>8.1} MB",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  RSS after load             {:>8.1} MB",
+        busy_rss as f64 / 1024.0
+    );
+    println!("  accepted                   {:>8} events", sent_at.len());
+    println!(
+        "  throughput                 {:>8.0} events/s",
+        sent_at.len() as f64 / send_elapsed.as_secs_f64()
+    );
+    println!("  send->sync latency p50     {:>8.2} ms", pct(0.50));
+    println!("  send->sync latency p99     {:>8.2} ms", pct(0.99));
+    Ok(())
+}
