@@ -164,6 +164,7 @@ pub async fn group_members_share_partitions(fixture: &mut Fixture) {
         drop(consumer);
     }
 
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // Both members committed everything: a newcomer sees only new records.
     let mut newcomer = log.consumer(&group, &[&topic]).await.unwrap();
     log.produce(&topic, record("@late:example.org", "late"))

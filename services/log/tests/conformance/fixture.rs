@@ -56,6 +56,11 @@ impl Fixture {
             client_id: "ganglion-log-conformance".to_owned(),
             replication_factor: 1,
             metadata_refresh_interval_ms: 1_000,
+            properties: if std::env::var("DEBUG_KAFKA").is_ok() {
+                vec![("debug".to_owned(), "cgrp".to_owned())]
+            } else {
+                vec![]
+            },
             ..KafkaConfig::new(format!("127.0.0.1:{}", broker.port))
         };
         let log = KafkaLog::new(config.clone()).unwrap();
@@ -169,9 +174,10 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_default())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
+            .stdout(std::fs::File::create(&log_path).unwrap())
+            .stderr(std::fs::File::create(log_path.with_extension("err")).unwrap())
             .spawn()
             .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
         let deadline = Instant::now() + DEADLINE;
