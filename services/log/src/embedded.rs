@@ -99,8 +99,10 @@ impl EmbeddedLog {
             .create(true)
             .truncate(false)
             .open(dir.join("LOCK"))?;
-        if lock.try_lock().is_err() {
-            return Err(LogError::DirectoryInUse(dir));
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(LogError::DirectoryInUse(dir)),
+            Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
         }
         let mut topics = HashMap::new();
         for entry in std::fs::read_dir(dir.join("topics"))? {

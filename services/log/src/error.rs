@@ -25,7 +25,7 @@ pub enum LogError {
     #[error("record of {0} bytes is too large")]
     RecordTooLarge(usize),
     /// Another `EmbeddedLog` (in this or another process) has the directory open.
-    #[error("log directory {0} is in use by another process")]
+    #[error("log directory {0} is already open")]
     DirectoryInUse(std::path::PathBuf),
     /// The log is shutting down.
     #[error("log closed")]

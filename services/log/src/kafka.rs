@@ -5,7 +5,7 @@
 //! `acks=all` production, manual commits after processing, cooperative
 //! rebalancing (the only strategy under which tansu recovers the partitions
 //! of a member that died) — and keeps the process alive through broker
-//! restarts: a producer that hits a fatal error is replaced, and a consumer
+//! restarts: a producer that stops delivering is replaced, and a consumer
 //! retries transient errors inside `next()` instead of surfacing them.
 
 mod consumer;
@@ -77,7 +77,7 @@ impl Default for KafkaConfig {
 /// The log on a Kafka cluster.
 pub struct KafkaLog {
     config: KafkaConfig,
-    /// Replaced as a whole when it hits a fatal error (an idempotent producer
+    /// Replaced as a whole when it stops delivering (an idempotent producer
     /// never recovers from one by itself, e.g. "unknown producer ID" after the
     /// brokers lost their state).
     producer: RwLock<Arc<FutureProducer>>,
@@ -104,17 +104,21 @@ impl KafkaLog {
     }
 
     /// Swaps in a new producer unless another task already replaced `broken`.
-    fn replace_producer(&self, broken: &Arc<FutureProducer>) -> Result<(), LogError> {
+    fn replace_producer(&self, broken: Arc<FutureProducer>) -> Result<(), LogError> {
         let old = {
             let mut current = self.producer.write();
-            if !Arc::ptr_eq(&current, broken) {
+            if !Arc::ptr_eq(&current, &broken) {
                 return Ok(());
             }
             std::mem::replace(&mut *current, Arc::new(create_producer(&self.config)?))
         };
-        tracing::warn!("replaced the Kafka producer after a fatal error");
+        drop(broken);
+        tracing::warn!("replaced the Kafka producer after it stopped delivering");
+        // Purged records fail at once; their callers retry with the new producer.
         old.purge(PurgeConfig::default().queue().inflight());
-        // Destroying a client joins its threads: keep that off the runtime.
+        // Destroying a client joins its threads: keep that off the runtime
+        // (unless a concurrent produce still holds the old one; after the
+        // purge, destroying it is quick anyway).
         tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
@@ -161,7 +165,7 @@ impl Log for KafkaLog {
     }
 
     async fn produce(&self, topic: &str, record: OutgoingRecord) -> Result<Position, LogError> {
-        let mut replaced = 0;
+        let mut retried = false;
         loop {
             let producer = self.producer();
             let headers = record.headers.iter().fold(
@@ -185,12 +189,17 @@ impl Log for KafkaLog {
                         offset: to_u64(delivery.offset)?,
                     });
                 }
-                // A record lost with a broken producer is sent again with a
+                // A record that failed with a broken producer (or was purged
+                // when another task replaced it) is sent once more with the
                 // new one: at worst it is stored twice, which consumers
                 // tolerate, never lost.
-                Err((error, _)) if replaced < 3 && needs_new_producer(&producer, &error) => {
-                    replaced += 1;
-                    self.replace_producer(&producer)?;
+                Err((error, _))
+                    if !retried
+                        && (needs_new_producer(&producer, &error)
+                            || !Arc::ptr_eq(&producer, &self.producer())) =>
+                {
+                    retried = true;
+                    self.replace_producer(producer)?;
                 }
                 Err((error, _)) => return Err(produce_error(topic, &record, error)),
             }
@@ -295,7 +304,13 @@ fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
     .map_err(kafka_error)
 }
 
-/// Whether `error` means this producer can never deliver again.
+/// Whether `error` means this producer may never deliver again.
+///
+/// A delivery timeout counts: when a broker forgets an idempotent producer
+/// (restarted without its state), librdkafka keeps bumping the producer's
+/// epoch and the broker keeps answering "unknown producer ID", so records
+/// time out forever; a new producer starts clean. If the brokers are merely
+/// unreachable, a new producer costs nothing more than the old one.
 fn needs_new_producer(producer: &FutureProducer, error: &KafkaError) -> bool {
     producer.client().fatal_error().is_some()
         || matches!(
@@ -306,6 +321,7 @@ fn needs_new_producer(producer: &FutureProducer, error: &KafkaError) -> bool {
                     | RDKafkaErrorCode::OutOfOrderSequenceNumber
                     | RDKafkaErrorCode::InvalidProducerEpoch
                     | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::MessageTimedOut
             )
         )
 }

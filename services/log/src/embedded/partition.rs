@@ -277,7 +277,8 @@ impl PartitionFile {
                 .unwrap_or(index.end);
             (at, end)
         };
-        let mut frame = vec![0; (end - at) as usize];
+        // A bad index yields a short frame, which decodes as corrupt.
+        let mut frame = vec![0; end.saturating_sub(at) as usize];
         self.file.read_exact_at(&mut frame, at)?;
         decode(
             &frame,

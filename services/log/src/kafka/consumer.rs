@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -110,6 +111,13 @@ impl Consumer for KafkaConsumer {
     }
 }
 
+/// Held while a consumer of this process closes, so members leave their
+/// groups one after another. tansu 0.6 (the test broker) mishandles two
+/// LeaveGroups of one group arriving together: it keeps a departed member as
+/// the group's leader and nobody can join the group again. A close takes a
+/// few milliseconds, so the cost (a slower shutdown of many consumers) is small.
+static CLOSING: Mutex<()> = Mutex::new(());
+
 impl Drop for KafkaConsumer {
     /// Closing leaves the group (so the others take the partitions over at
     /// once rather than after the session timeout) and waits for the broker:
@@ -118,8 +126,13 @@ impl Drop for KafkaConsumer {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || drop(consumer));
+        let close = move || {
+            let _one_at_a_time = CLOSING.lock();
+            drop(consumer);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(close)),
+            Err(_) => close(),
         }
     }
 }
@@ -186,4 +199,47 @@ fn is_retriable_commit(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::WaitingForCoordinator
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_time_cannot_fix_end_a_consumer_loop() {
+        let consumption = KafkaError::MessageConsumption;
+        assert!(!is_permanent(&consumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_permanent(&consumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+        assert!(!is_permanent(&consumption(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(is_permanent(&consumption(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(is_permanent(&KafkaError::MessageConsumptionFatal(
+            RDKafkaErrorCode::UnknownMemberId
+        )));
+    }
+
+    #[test]
+    fn commits_are_retried_only_while_the_coordinator_is_away() {
+        let commit = KafkaError::ConsumerCommit;
+        assert!(is_retriable_commit(&commit(
+            RDKafkaErrorCode::CoordinatorNotAvailable
+        )));
+        assert!(is_retriable_commit(&commit(
+            RDKafkaErrorCode::RequestTimedOut
+        )));
+        // The partition moved on: retrying cannot succeed.
+        assert!(!is_retriable_commit(&commit(
+            RDKafkaErrorCode::IllegalGeneration
+        )));
+        assert!(!is_retriable_commit(&commit(
+            RDKafkaErrorCode::UnknownMemberId
+        )));
+    }
 }

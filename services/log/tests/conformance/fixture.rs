@@ -37,7 +37,7 @@ pub struct Fixture {
 
 enum Backend {
     Embedded(tempfile::TempDir),
-    Kafka { config: KafkaConfig, _broker: Tansu },
+    Kafka { config: KafkaConfig, broker: Tansu },
 }
 
 impl Fixture {
@@ -56,19 +56,14 @@ impl Fixture {
             client_id: "ganglion-log-conformance".to_owned(),
             replication_factor: 1,
             metadata_refresh_interval_ms: 1_000,
-            properties: if std::env::var("DEBUG_KAFKA").is_ok() {
-                vec![("debug".to_owned(), "cgrp".to_owned())]
-            } else {
-                vec![]
-            },
+            // Long enough for a loaded test machine, short enough that a
+            // producer stuck after a broker restart is replaced soon.
+            delivery_timeout_ms: 10_000,
             ..KafkaConfig::new(format!("127.0.0.1:{}", broker.port))
         };
         let log = KafkaLog::new(config.clone()).unwrap();
         Fixture {
-            backend: Backend::Kafka {
-                config,
-                _broker: broker,
-            },
+            backend: Backend::Kafka { config, broker },
             log: Some(Arc::new(log)),
         }
     }
@@ -95,6 +90,31 @@ impl Fixture {
         self.log = Some(reopened);
     }
 
+    /// Stops the Kafka broker and starts an empty one on the same port, as a
+    /// broker that restarts and lost its state (tansu keeps it in memory).
+    pub async fn restart_broker(&mut self) {
+        let Backend::Kafka { broker, .. } = &mut self.backend else {
+            panic!("only the Kafka log has a broker");
+        };
+        let port = broker.port;
+        broker.stop();
+        *broker = Tansu::start_on(port).await;
+    }
+
+    /// Freezes (`true`) or thaws the Kafka broker: while frozen it accepts
+    /// no requests, as a broker behind a network partition.
+    pub fn freeze_broker(&mut self, frozen: bool) {
+        let Backend::Kafka { broker, .. } = &mut self.backend else {
+            panic!("only the Kafka log has a broker");
+        };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &broker.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// A topic or group name no other case (or run) uses.
     pub fn name(&self, what: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -102,7 +122,6 @@ impl Fixture {
             "{what}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-                + std::env::var("NAME_OFFSET").map_or(0, |v| v.parse::<u32>().unwrap())
         )
     }
 }
@@ -147,10 +166,21 @@ pub async fn await_assignment(
 pub struct Tansu {
     child: Child,
     pub port: u16,
+    /// tansu's stderr: kept when a case fails, removed otherwise.
+    log_path: PathBuf,
 }
 
 impl Tansu {
     async fn start() -> Tansu {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Tansu::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> Tansu {
         let binary = find_tansu().unwrap_or_else(|| {
             panic!(
                 "`tansu` is not installed (not on PATH, not in ~/.cargo/bin): the Kafka \
@@ -158,11 +188,6 @@ impl Tansu {
                  tansu@0.6.0 --no-default-features --features dynostore`."
             )
         });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log_path = std::env::temp_dir().join(format!("tansu-conformance-{port}.log"));
         let mut child = Command::new(&binary)
@@ -174,10 +199,9 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_default())
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log_path).unwrap())
-            .stderr(std::fs::File::create(log_path.with_extension("err")).unwrap())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
         let deadline = Instant::now() + DEADLINE;
@@ -194,26 +218,46 @@ impl Tansu {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Tansu { child, port }
+        Tansu {
+            child,
+            port,
+            log_path,
+        }
     }
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Tansu {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already stopped (and reaped: its pid may be reused)
+        }
         // tansu shuts down on SIGINT (it ignores SIGTERM for seconds); `kill`
         // sends it without unsafe code here.
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.forget_log();
+    }
+
+    fn forget_log(&self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
     }
 }
 
