@@ -216,3 +216,207 @@ impl Monolith {
         self.process = process;
     }
 }
+
+/// A tansu Kafka broker (in-memory storage) on a free port, stopped with SIGINT on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub brokers: String,
+}
+
+impl Tansu {
+    pub async fn start(log_dir: &Path) -> Tansu {
+        let binary = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+            .map(|dir| dir.join("tansu"))
+            .find(|p| p.exists())
+            .expect(
+                "tansu is not installed: run the test command (scripts/test.sh), which installs it",
+            );
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(log_dir.join("tansu.log")).expect("tansu log");
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Tansu {
+            child: Some(child),
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every service in its own process, talking gRPC and Kafka, each on its own
+/// PostgreSQL database, behind the gateway.
+pub struct Polylith {
+    pub base_url: String,
+    pub processes: Vec<Process>,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    _tansu: Tansu,
+}
+
+/// The services the polylith test runs, in start order.
+pub const POLYLITH_SERVICES: [&str; 4] = ["userapi", "roomserver", "syncapi", "clientapi"];
+
+impl Polylith {
+    /// `database_urls` gives each service of [`POLYLITH_SERVICES`] its database.
+    pub async fn start(dir: &Path, database_urls: &[(&str, String)]) -> Polylith {
+        let tansu = Tansu::start(dir).await;
+        let gateway_port = free_port();
+        let mut env = vec![
+            (
+                "GANGLION_DATA_DIR".to_owned(),
+                dir.join("data").display().to_string(),
+            ),
+            ("GANGLION_LOG__BACKEND".to_owned(), "kafka".to_owned()),
+            (
+                "GANGLION_LOG__KAFKA_BROKERS".to_owned(),
+                tansu.brokers.clone(),
+            ),
+            (
+                "GANGLION_CLIENT__LISTEN".to_owned(),
+                format!("127.0.0.1:{gateway_port}"),
+            ),
+            (
+                "GANGLION_FEDERATION__LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "GANGLION_CLIENT__RATE_LIMIT_PER_SECOND".to_owned(),
+                "1000".to_owned(),
+            ),
+            (
+                "GANGLION_CLIENT__RATE_LIMIT_BURST".to_owned(),
+                "1000".to_owned(),
+            ),
+            (
+                "GANGLION_TELEMETRY__LOG_FILTER".to_owned(),
+                "warn,ganglion=info".to_owned(),
+            ),
+        ];
+        for service in [
+            "userapi",
+            "roomserver",
+            "syncapi",
+            "clientapi",
+            "federationapi",
+            "federationsender",
+            "keyserver",
+            "mediaapi",
+        ] {
+            let upper = service.to_uppercase();
+            env.push((
+                format!("GANGLION_SERVICES__{upper}__LISTEN"),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+        }
+        for (service, url) in database_urls {
+            env.push((
+                format!(
+                    "GANGLION_SERVICES__{}__DATABASE_URL",
+                    service.to_uppercase()
+                ),
+                url.clone(),
+            ));
+        }
+        let mut polylith = Polylith {
+            base_url: format!("http://127.0.0.1:{gateway_port}"),
+            processes: Vec::new(),
+            env,
+            dir: dir.to_owned(),
+            _tansu: tansu,
+        };
+        for service in POLYLITH_SERVICES {
+            let process = polylith.spawn(service).await;
+            polylith.processes.push(process);
+        }
+        let gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
+        wait_healthy(
+            &format!("{}/healthz", polylith.base_url),
+            &gateway,
+            Duration::from_secs(30),
+        )
+        .await;
+        polylith.processes.push(gateway);
+        polylith
+    }
+
+    fn listen(&self, service: &str) -> String {
+        let key = format!("GANGLION_SERVICES__{}__LISTEN", service.to_uppercase());
+        self.env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    async fn spawn(&self, service: &str) -> Process {
+        let process = Process::spawn(service, &[service], &self.env, &self.dir);
+        wait_healthy(
+            &format!("http://{}/healthz", self.listen(service)),
+            &process,
+            Duration::from_secs(30),
+        )
+        .await;
+        process
+    }
+
+    /// SIGKILLs one service's process and starts it again.
+    pub async fn kill9_and_restart(&mut self, service: &str) {
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name == service)
+            .expect("service is running");
+        self.processes[index].kill9();
+        let process = self.spawn(service).await;
+        self.processes[index] = process;
+    }
+
+    /// The log tails of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

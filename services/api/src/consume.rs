@@ -127,9 +127,36 @@ pub async fn spawn(
     group: &str,
     topics: &[&str],
     handler: Arc<dyn RecordHandler>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<ConsumerHandle>, ganglion_log::LogError> {
-    let mut consumer = log.consumer(group, topics).await?;
+    let consumer = log.consumer(group, topics).await?;
+    Ok(run(log, group, topics, consumer, handler, shutdown))
+}
+
+/// Reads every partition of the topics from `starts` without a consumer
+/// group (see [`Log::reader`]) and runs `handler` on every record. For views
+/// whose handler stores the next position with its data; `name` labels
+/// metrics and logs.
+pub async fn spawn_reader(
+    log: Arc<dyn Log>,
+    name: &str,
+    starts: &[(&str, Vec<u64>)],
+    handler: Arc<dyn RecordHandler>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<ConsumerHandle>, ganglion_log::LogError> {
+    let consumer = log.reader(starts).await?;
+    let topics: Vec<&str> = starts.iter().map(|(topic, _)| *topic).collect();
+    Ok(run(log, name, &topics, consumer, handler, shutdown))
+}
+
+fn run(
+    log: Arc<dyn Log>,
+    group: &str,
+    topics: &[&str],
+    mut consumer: Box<dyn Consumer>,
+    handler: Arc<dyn RecordHandler>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Arc<ConsumerHandle> {
     let progress = Arc::new(ConsumerProgress::default());
     let assignment = Arc::new(Mutex::new(consumer.assignment()));
     let handle = Arc::new(ConsumerHandle {
@@ -189,7 +216,7 @@ pub async fn spawn(
             }
         }
     });
-    Ok(handle)
+    handle
 }
 
 /// Returns false when shutting down before the record was handled.

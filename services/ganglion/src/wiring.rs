@@ -269,9 +269,13 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         // Their work arrives with later issues; the process already serves health.
         _ => {}
     }
-    let router = http::matrix_router(http_routes, "client", config.client.max_body_bytes)
-        .merge(grpc.into_axum_router())
-        .merge(health.router());
+    // tonic's router brings a fallback of its own; ours (M_UNRECOGNIZED) replaces it.
+    let router = http::matrix_router(
+        grpc.into_axum_router().merge(http_routes),
+        name,
+        config.client.max_body_bytes,
+    )
+    .merge(health.router());
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -238,6 +238,23 @@ impl Log for EmbeddedLog {
         )))
     }
 
+    async fn reader(&self, starts: &[(&str, Vec<u64>)]) -> Result<Box<dyn Consumer>, LogError> {
+        let mut topics: Vec<Arc<Topic>> = Vec::new();
+        let mut offsets = Vec::new();
+        for (name, start) in starts {
+            let topic = self.topic(name)?;
+            if !topics.iter().any(|t| t.name == topic.name) {
+                topics.push(topic);
+                offsets.push(start.clone());
+            }
+        }
+        Ok(Box::new(EmbeddedConsumer::reader(
+            self.shared.clone(),
+            topics,
+            offsets,
+        )))
+    }
+
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
         let topic = self.topic(topic)?;
         Ok(topic

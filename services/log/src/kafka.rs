@@ -23,6 +23,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 
 use self::consumer::KafkaConsumer;
 use crate::{Consumer, Log, LogError, OutgoingRecord, Position};
@@ -225,6 +226,45 @@ impl Log for KafkaLog {
         .map_err(kafka_error)?;
         rdkafka::consumer::Consumer::subscribe(&consumer, topics).map_err(kafka_error)?;
         Ok(Box::new(KafkaConsumer::new(consumer)))
+    }
+
+    async fn reader(&self, starts: &[(&str, Vec<u64>)]) -> Result<Box<dyn Consumer>, LogError> {
+        let mut assignment = TopicPartitionList::new();
+        for (topic, start) in starts {
+            let partitions = self.end_offsets(topic).await?.len();
+            for partition in 0..partitions {
+                let offset = start.get(partition).copied().unwrap_or(0);
+                let offset = i64::try_from(offset)
+                    .map_err(|_| LogError::Kafka(format!("offset {offset} out of range")))?;
+                let partition = i32::try_from(partition)
+                    .map_err(|_| LogError::Kafka(format!("partition {partition} out of range")))?;
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Offset(offset))
+                    .map_err(kafka_error)?;
+            }
+        }
+        // librdkafka wants a group.id even for assign(); a unique one that is
+        // never joined or committed to keeps any broker-side group out of it.
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let group = format!(
+            "{}-reader-{}-{unique}",
+            self.config.client_id,
+            std::process::id()
+        );
+        let consumer: StreamConsumer = client_config(&self.config, |config| {
+            config
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false");
+        })
+        .create()
+        .map_err(kafka_error)?;
+        rdkafka::consumer::Consumer::assign(&consumer, &assignment).map_err(kafka_error)?;
+        Ok(Box::new(KafkaConsumer::reader(consumer)))
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {

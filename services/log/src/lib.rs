@@ -96,6 +96,14 @@ pub trait Log: Send + Sync + 'static {
     /// the partitions; a group with no committed offset starts at offset 0.
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError>;
 
+    /// Reads every partition of each topic from the given offsets (missing
+    /// ones start at 0), outside any consumer group. For views that keep
+    /// their positions in their own database, in the same transaction as the
+    /// data they derive from each record: they resume exactly after their
+    /// last committed transaction, and no group membership held by a broker
+    /// (or by a crashed predecessor) can hold them back. `commit` is a no-op.
+    async fn reader(&self, starts: &[(&str, Vec<u64>)]) -> Result<Box<dyn Consumer>, LogError>;
+
     /// For each partition of `topic`, the offset the next record will get
     /// (the high watermark). Used for lag metrics and readiness.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError>;

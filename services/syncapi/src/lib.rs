@@ -4,7 +4,8 @@
 //!   the [`SyncApi`](ganglion_api::sync::SyncApi) that lets writers wait
 //!   until a write is visible (`api.rs`).
 //! - Consumes: `roomserver.output` (`consumers/roomserver_output.rs`), every
-//!   partition, under a group of its own per replica: each replica is a view
+//!   partition from the positions stored in its own database (no consumer
+//!   group: positions commit with the data): each replica is a view
 //!   built from the log and can be dropped and rebuilt from it.
 //! - Owns: its copy of timelines and current state, consumed positions, filters.
 //!
@@ -94,16 +95,19 @@ pub async fn start(
             *slot = next;
         }
     }
+    let starts = [(topics.roomserver_output.as_str(), positions.clone())];
     let service = Arc::new(SyncService {
         storage,
         users,
         partitions,
         positions: watch::Sender::new(positions),
     });
-    let consumer = ganglion_api::consume::spawn(
+    // The view's positions are stored with its data, in one transaction per
+    // record, so it resumes exactly where it stopped: no consumer group.
+    let consumer = ganglion_api::consume::spawn_reader(
         log,
         &format!("{}syncapi-{replica_id}", config.log.topic_prefix),
-        &[&topics.roomserver_output],
+        &starts,
         Arc::new(consumers::roomserver_output::OutputConsumer {
             service: service.clone(),
         }),

@@ -15,12 +15,13 @@ use crate::{Consumer, LogError, Record};
 pub(crate) struct EmbeddedConsumer {
     /// Keeps the log (and its directory lock) alive while this member exists.
     _shared: Arc<Shared>,
-    group: Arc<Group>,
+    /// `None` for a reader: it holds every partition and commits nothing.
+    group: Option<Arc<Group>>,
     member: u64,
     topics: Vec<Arc<Topic>>,
     /// One per entry of `topics`: bumped on every append to that topic.
     appended: Vec<watch::Receiver<u64>>,
-    group_changed: watch::Receiver<u64>,
+    group_changed: Option<watch::Receiver<u64>>,
     /// The group version the current holdings were computed at.
     synced_version: Option<u64>,
     held: Vec<Cursor>,
@@ -49,10 +50,10 @@ impl EmbeddedConsumer {
             .iter()
             .map(|topic| topic.appended.subscribe())
             .collect();
-        let group_changed = group.subscribe();
+        let group_changed = Some(group.subscribe());
         EmbeddedConsumer {
             _shared: shared,
-            group,
+            group: Some(group),
             member,
             topics,
             appended,
@@ -63,9 +64,49 @@ impl EmbeddedConsumer {
         }
     }
 
+    /// A reader of every partition of `topics`, from `starts` (per topic,
+    /// per partition; missing entries start at 0).
+    pub(crate) fn reader(
+        shared: Arc<Shared>,
+        topics: Vec<Arc<Topic>>,
+        starts: Vec<Vec<u64>>,
+    ) -> Self {
+        let appended = topics
+            .iter()
+            .map(|topic| topic.appended.subscribe())
+            .collect();
+        let mut held = Vec::new();
+        for (index, topic) in topics.iter().enumerate() {
+            for partition in 0..topic.partition_count() {
+                let offset = starts
+                    .get(index)
+                    .and_then(|offsets| offsets.get(partition as usize))
+                    .copied()
+                    .unwrap_or(0);
+                held.push(Cursor {
+                    topic: index,
+                    partition,
+                    offset,
+                });
+            }
+        }
+        EmbeddedConsumer {
+            _shared: shared,
+            group: None,
+            member: 0,
+            topics,
+            appended,
+            group_changed: None,
+            synced_version: None,
+            held,
+            next_turn: 0,
+        }
+    }
+
     /// Applies the group's current assignment to `held`.
     fn sync_assignment(&mut self) {
-        let handover = self.group.hand_over(self.member);
+        let Some(group) = &self.group else { return };
+        let handover = group.hand_over(self.member);
         self.held.retain(|cursor| {
             let name = &self.topics[cursor.topic].name;
             !handover
@@ -113,7 +154,9 @@ impl EmbeddedConsumer {
             .iter_mut()
             .map(|receiver| Box::pin(receiver.changed()) as Change<'_>)
             .collect();
-        changes.push(Box::pin(self.group_changed.changed()));
+        if let Some(group_changed) = &mut self.group_changed {
+            changes.push(Box::pin(group_changed.changed()));
+        }
         let (result, _, _) = select_all(changes).await;
         result.map_err(|_| LogError::Closed)
     }
@@ -129,10 +172,12 @@ impl Consumer for EmbeddedConsumer {
             for receiver in &mut self.appended {
                 receiver.borrow_and_update();
             }
-            let version = *self.group_changed.borrow_and_update();
-            if self.synced_version != Some(version) {
-                self.synced_version = Some(version);
-                self.sync_assignment();
+            if let Some(group_changed) = &mut self.group_changed {
+                let version = *group_changed.borrow_and_update();
+                if self.synced_version != Some(version) {
+                    self.synced_version = Some(version);
+                    self.sync_assignment();
+                }
             }
             if let Some(record) = self.read_next()? {
                 return Ok(record);
@@ -142,7 +187,10 @@ impl Consumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, record: &Record) -> Result<(), LogError> {
-        self.group.commit(
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        group.commit(
             self.member,
             (record.topic.clone(), record.partition),
             record.offset.saturating_add(1),
@@ -164,6 +212,8 @@ impl Drop for EmbeddedConsumer {
     /// Leaving hands this member's partitions to the rest of the group, which
     /// resumes them at the committed offsets.
     fn drop(&mut self) {
-        self.group.leave(self.member);
+        if let Some(group) = &self.group {
+            group.leave(self.member);
+        }
     }
 }

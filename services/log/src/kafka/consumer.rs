@@ -23,12 +23,22 @@ const COMMIT_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) struct KafkaConsumer {
     /// `None` only while dropping. Shared with blocking tasks (commits).
     consumer: Option<Arc<StreamConsumer>>,
+    /// A reader has no group: its commits are no-ops.
+    in_group: bool,
 }
 
 impl KafkaConsumer {
     pub(crate) fn new(consumer: StreamConsumer) -> Self {
         KafkaConsumer {
             consumer: Some(Arc::new(consumer)),
+            in_group: true,
+        }
+    }
+
+    pub(crate) fn reader(consumer: StreamConsumer) -> Self {
+        KafkaConsumer {
+            consumer: Some(Arc::new(consumer)),
+            in_group: false,
         }
     }
 
@@ -59,6 +69,9 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn commit(&mut self, record: &Record) -> Result<(), LogError> {
+        if !self.in_group {
+            return Ok(());
+        }
         let partition = i32::try_from(record.partition)
             .map_err(|_| LogError::Kafka(format!("partition {} out of range", record.partition)))?;
         let next = i64::try_from(record.offset.saturating_add(1))

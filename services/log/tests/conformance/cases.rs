@@ -370,3 +370,59 @@ fn now_ms() -> i64 {
         .unwrap_or(Duration::ZERO);
     i64::try_from(elapsed.as_millis()).unwrap()
 }
+
+/// A reader takes every partition from the offsets it is given, with no
+/// group: two readers from different positions each see exactly their
+/// suffix of every partition, in order, and later appends wake them.
+pub async fn a_reader_starts_at_given_offsets(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("reader");
+    log.ensure_topic(&topic, 2).await.unwrap();
+    let mut positions: Vec<Position> = Vec::new();
+    for i in 0..10 {
+        let position = log
+            .produce(&topic, record(&format!("key{i}"), format!("record {i}")))
+            .await
+            .unwrap();
+        positions.push(position);
+    }
+    let ends = log.end_offsets(&topic).await.unwrap();
+    assert_eq!(ends.iter().sum::<u64>(), 10);
+    // From the start: everything.
+    let mut all = log.reader(&[(&topic, vec![0, 0])]).await.unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        let record = next(&mut all).await;
+        all.commit(&record).await.unwrap();
+        seen.insert(payload(&record));
+    }
+    assert_eq!(seen.len(), 10);
+    // From the middle of each partition: only what comes after.
+    let starts: Vec<u64> = ends.iter().map(|end| end / 2).collect();
+    let expected: BTreeSet<String> = positions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.offset >= starts[p.partition as usize])
+        .map(|(i, _)| format!("record {i}"))
+        .collect();
+    let mut suffix = log.reader(&[(&topic, starts.clone())]).await.unwrap();
+    let mut got = BTreeSet::new();
+    let mut last: HashMap<u32, u64> = HashMap::new();
+    for _ in 0..expected.len() {
+        let record = next(&mut suffix).await;
+        assert!(record.offset >= starts[record.partition as usize]);
+        if let Some(previous) = last.insert(record.partition, record.offset) {
+            assert!(record.offset > previous, "in order per partition");
+        }
+        got.insert(payload(&record));
+    }
+    assert_eq!(got, expected);
+    // A later append reaches a waiting reader.
+    log.produce(&topic, record("key-late", "late".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(payload(&next(&mut suffix).await), "late");
+    let mut all_partitions = suffix.assignment();
+    all_partitions.sort();
+    assert_eq!(all_partitions, vec![(topic.clone(), 0), (topic.clone(), 1)]);
+}

@@ -40,6 +40,7 @@ conformance!(
     headers_travel_with_their_record,
     a_waiting_consumer_wakes_on_append,
     end_offsets_are_high_watermarks,
+    a_reader_starts_at_given_offsets,
 );
 
 /// What only the Kafka log has to survive: its broker going away.
