@@ -121,5 +121,47 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  send->sync latency p50     {:>8.2} ms", pct(0.50));
     println!("  send->sync latency p99     {:>8.2} ms", pct(0.99));
+    // The server's own view: mean time per stage, from /metrics.
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await?
+        .text()
+        .await?;
+    let mean = |name: &str, filter: &str| -> Option<f64> {
+        let find = |suffix: &str| {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}_{suffix}")) && l.contains(filter))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let count = find("count");
+        (count > 0.0).then(|| find("sum") / count * 1000.0)
+    };
+    for (label, name, filter) in [
+        (
+            "server: PUT /send",
+            "ganglion_http_request_duration_seconds",
+            "method=\"PUT\"",
+        ),
+        (
+            "server: GET /sync",
+            "ganglion_http_request_duration_seconds",
+            "method=\"GET\"",
+        ),
+        (
+            "roomserver input record",
+            "ganglion_roomserver_input_duration_seconds",
+            "new_events",
+        ),
+        (
+            "read-your-writes wait",
+            "ganglion_clientapi_read_your_writes_wait_seconds",
+            "",
+        ),
+    ] {
+        if let Some(ms) = mean(name, filter) {
+            println!("  mean {label:<22} {ms:>7.3} ms");
+        }
+    }
     Ok(())
 }

@@ -31,18 +31,50 @@ where
     type Rejection = MatrixError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| body_error(e.status()))?;
+        let MatrixBody(bytes) = MatrixBody::from_request(req, state).await?;
         parse_json(&bytes).map(MatrixJson)
     }
 }
 
-fn body_error(status: StatusCode) -> MatrixError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        MatrixError::too_large("Request body too large")
-    } else {
-        MatrixError::not_json("Could not read the request body")
+/// The configured largest request body, set by [`matrix_router`].
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// How much of an oversized body is still read (and discarded) so the client
+/// gets its 413 instead of a connection reset while it is still sending.
+const DRAIN_FACTOR: usize = 16;
+
+/// A raw request body of at most the configured size, else 413 `M_TOO_LARGE`.
+pub struct MatrixBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for MatrixBody {
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        use futures::StreamExt;
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(1024 * 1024);
+        let mut stream = req.into_body().into_data_stream();
+        let mut body = Vec::new();
+        let mut total = 0_usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|_| MatrixError::not_json("Could not read the request body"))?;
+            total += chunk.len();
+            if total > limit.saturating_mul(DRAIN_FACTOR) {
+                break;
+            }
+            if total <= limit {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        if total > limit {
+            return Err(MatrixError::too_large("Request body too large"));
+        }
+        Ok(MatrixBody(Bytes::from(body)))
     }
 }
 
@@ -67,6 +99,7 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
         .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
         .fallback(|| async { MatrixError::unrecognized() })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .layer(axum::middleware::from_fn(move |req, next| {
             observe(service, req, next)
         }))

@@ -22,6 +22,7 @@ mod storage;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
 
 use ganglion_api::ApiError;
@@ -51,6 +52,12 @@ pub struct RoomserverService {
     peers: Mutex<HashMap<String, RoomserverClient>>,
     /// Serialises outbox publishing so output order follows commit order.
     publish_lock: tokio::sync::Mutex<()>,
+    /// Set when the outbox may hold outputs not yet in the log.
+    outbox_dirty: AtomicBool,
+    /// The highest outbox sequence number known to be in the log.
+    published_through: AtomicI64,
+    /// State and extremities of recently written rooms (see `consumers/input.rs`).
+    rooms: Mutex<HashMap<String, consumers::input::CachedRoom>>,
 }
 
 /// A started roomserver.
@@ -102,6 +109,9 @@ pub async fn start(
         pending: Mutex::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
         publish_lock: tokio::sync::Mutex::new(()),
+        outbox_dirty: AtomicBool::new(true),
+        published_through: AtomicI64::new(0),
+        rooms: Mutex::new(HashMap::new()),
     });
     service.publish_outbox().await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish the outbox at start-up; will retry with the next input");

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -91,7 +91,7 @@ pub(crate) async fn send(
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let content = content(&body)?;
@@ -151,7 +151,7 @@ pub(crate) async fn put_state(
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     put_state_inner(api, room_id, event_type, state_key, headers, uri, body).await
 }
@@ -161,7 +161,7 @@ pub(crate) async fn put_state_empty_key(
     Path((room_id, event_type)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     put_state_inner(api, room_id, event_type, String::new(), headers, uri, body).await
 }

@@ -2,6 +2,7 @@
 //! then publish them to `roomserver.output` and answer the caller.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -54,38 +55,30 @@ impl RecordHandler for InputConsumer {
         let input: topic_pb::RoomserverInput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         let service = &self.service;
-        // Outputs committed before a crash go out before anything newer.
-        service
-            .publish_outbox()
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
-        if let Some((room_id, event_ids)) = service
-            .storage
-            .processed_input(&input.request_id)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?
-        {
-            // A redelivery: the work is done; answer again without a position.
-            let response = pb::InputResponse {
-                room_id,
-                event_ids,
-                output_position: None,
-            };
+        // Outputs committed but not yet confirmed in the log (a crash or a
+        // failed produce) go out before anything newer.
+        if service.outbox_dirty.load(Ordering::Acquire) {
             service
-                .deliver(&input.reply_to, &input.request_id, Ok(response))
-                .await;
-            return Ok(());
+                .publish_outbox()
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            service.outbox_dirty.store(false, Ordering::Release);
         }
         let kind = match &input.kind {
             Some(topic_pb::roomserver_input::Kind::NewRoom(_)) => "new_room",
             _ => "new_events",
         };
         let outcome = match service.process(&input).await {
-            Ok(event_ids) => {
-                let position = service
-                    .publish_outbox()
-                    .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+            Ok(Processed::Done { event_ids, outputs }) => {
+                let position = match service.publish(&input.room_id, outputs).await {
+                    Ok(position) => position,
+                    Err(error) => {
+                        // Committed, not published: the retry publishes the
+                        // outbox and answers as for a redelivery.
+                        service.outbox_dirty.store(true, Ordering::Release);
+                        return Err(HandleError::Transient(error.to_string()));
+                    }
+                };
                 EVENTS
                     .with_label_values(&["accepted"])
                     .inc_by(event_ids.len() as u64);
@@ -93,6 +86,14 @@ impl RecordHandler for InputConsumer {
                     room_id: input.room_id.clone(),
                     event_ids,
                     output_position: position.map(|p| service.position(p)),
+                })
+            }
+            Ok(Processed::AlreadyDone { room_id, event_ids }) => {
+                // A redelivery: the work is done; answer again without a position.
+                Ok(pb::InputResponse {
+                    room_id,
+                    event_ids,
+                    output_position: None,
                 })
             }
             Err(ProcessError::Rejected(error)) => {
@@ -115,11 +116,8 @@ impl RecordHandler for InputConsumer {
 }
 
 impl RoomserverService {
-    /// Builds and persists the events of one input; returns their IDs.
-    async fn process(
-        &self,
-        input: &topic_pb::RoomserverInput,
-    ) -> Result<Vec<String>, ProcessError> {
+    /// Builds and persists the events of one input.
+    async fn process(&self, input: &topic_pb::RoomserverInput) -> Result<Processed, ProcessError> {
         let signer = Signer {
             server_name: &self.server_name,
             key: &self.signing_key.key_pair,
@@ -127,6 +125,11 @@ impl RoomserverService {
         match &input.kind {
             Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
                 if self.storage.room(&input.room_id).await?.is_some() {
+                    if let Some((room_id, event_ids)) =
+                        self.storage.processed_input(&input.request_id).await?
+                    {
+                        return Ok(Processed::AlreadyDone { room_id, event_ids });
+                    }
                     return Err(ApiError::RoomInUse.into());
                 }
                 if let Some(alias) = &new_room.alias
@@ -166,11 +169,22 @@ impl RoomserverService {
                     outputs,
                     alias: new_room.alias.clone(),
                 };
-                match self.storage.append(&batch).await {
-                    Err(e) if e.is_unique_violation() => return Err(ApiError::RoomInUse.into()),
-                    other => other?,
-                }
-                Ok(built.iter().map(|p| p.event_id.to_string()).collect())
+                let outputs = match self.append(&batch).await? {
+                    Appended::Done(outputs) => outputs,
+                    Appended::AlreadyDone(done) => return Ok(done),
+                    Appended::Conflict => return Err(ApiError::RoomInUse.into()),
+                };
+                self.remember_room(
+                    &input.room_id,
+                    &new_room.room_version,
+                    depth,
+                    state,
+                    extremities,
+                );
+                Ok(Processed::Done {
+                    event_ids: built.iter().map(|p| p.event_id.to_string()).collect(),
+                    outputs,
+                })
             }
             Some(topic_pb::roomserver_input::Kind::NewLocalEvents(new_events)) => {
                 let room = self
@@ -179,9 +193,14 @@ impl RoomserverService {
                     .await?
                     .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
                 let (_, rules) = events::rules_for(&room.room_version)?;
-                let before = self.storage.current_state(room.room_nid).await?;
+                let (before, mut extremities) = match self.cached_room(&input.room_id, room.depth) {
+                    Some(cached) => cached,
+                    None => (
+                        self.storage.current_state(room.room_nid).await?,
+                        self.storage.forward_extremities(room.room_nid).await?,
+                    ),
+                };
                 let mut state = before.clone();
-                let mut extremities = self.storage.forward_extremities(room.room_nid).await?;
                 let mut depth = room.depth;
                 let mut built = Vec::with_capacity(new_events.templates.len());
                 for template in &new_events.templates {
@@ -212,8 +231,24 @@ impl RoomserverService {
                     outputs,
                     alias: None,
                 };
-                self.storage.append(&batch).await?;
-                Ok(built.iter().map(|p| p.event_id.to_string()).collect())
+                let outputs = match self.append(&batch).await? {
+                    Appended::Done(outputs) => outputs,
+                    Appended::AlreadyDone(done) => return Ok(done),
+                    Appended::Conflict => {
+                        return Err(ApiError::Internal("conflicting event".into()).into());
+                    }
+                };
+                self.remember_room(
+                    &input.room_id,
+                    &room.room_version,
+                    depth,
+                    state,
+                    extremities,
+                );
+                Ok(Processed::Done {
+                    event_ids: built.iter().map(|p| p.event_id.to_string()).collect(),
+                    outputs,
+                })
             }
             None => Err(ApiError::InvalidInput("empty input".into()).into()),
         }
@@ -268,29 +303,156 @@ impl RoomserverService {
             .collect()
     }
 
-    /// Publishes committed outputs in commit order; returns the last position.
-    pub(crate) async fn publish_outbox(&self) -> Result<Option<Position>, PublishError> {
+    /// Persists a batch; a unique violation means either a redelivered
+    /// request (answered from what was stored) or a taken alias.
+    async fn append(&self, batch: &AppendBatch) -> Result<Appended, ProcessError> {
+        let published_through = self.published_through.load(Ordering::Acquire);
+        match self.storage.append(batch, published_through).await {
+            Ok(seqs) => Ok(Appended::Done(
+                seqs.into_iter()
+                    .zip(batch.outputs.iter().cloned())
+                    .collect(),
+            )),
+            Err(error) if error.is_unique_violation() => {
+                match self.storage.processed_input(&batch.request_id).await? {
+                    Some((room_id, event_ids)) => {
+                        Ok(Appended::AlreadyDone(Processed::AlreadyDone {
+                            room_id,
+                            event_ids,
+                        }))
+                    }
+                    None => Ok(Appended::Conflict),
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Publishes the outputs of a batch just committed, then clears them
+    /// from the outbox; returns the last position.
+    async fn publish(
+        &self,
+        room_id: &str,
+        outputs: Vec<(i64, Vec<u8>)>,
+    ) -> Result<Option<Position>, PublishError> {
         let _guard = self.publish_lock.lock().await;
         let mut last = None;
-        for pending in self.storage.pending_outputs().await? {
-            let mut headers = Vec::new();
-            ganglion_base::telemetry::inject_into_headers(&mut headers);
-            let position = self
-                .log
-                .produce(
-                    &self.topics.roomserver_output,
-                    OutgoingRecord {
-                        key: pending.room_id.into_bytes(),
-                        headers,
-                        payload: pending.payload,
-                    },
-                )
-                .await?;
-            self.storage.delete_output(pending.seq).await?;
-            last = Some(position);
+        let mut last_seq = None;
+        for (seq, payload) in outputs {
+            last = Some(self.produce_output(room_id, payload).await?);
+            last_seq = Some(seq);
+        }
+        if let Some(seq) = last_seq {
+            // Cleared by the next append's transaction: one commit fewer per
+            // record. A crash before then re-publishes these outputs, which
+            // consumers tolerate (they dedupe by event ID).
+            self.published_through.fetch_max(seq, Ordering::AcqRel);
         }
         Ok(last)
     }
+
+    /// Publishes whatever the outbox holds, oldest first (after a crash or a
+    /// failed produce).
+    pub(crate) async fn publish_outbox(&self) -> Result<Option<Position>, PublishError> {
+        let _guard = self.publish_lock.lock().await;
+        let mut last = None;
+        let published_through = self.published_through.load(Ordering::Acquire);
+        for pending in self.storage.pending_outputs().await? {
+            if pending.seq > published_through {
+                last = Some(
+                    self.produce_output(&pending.room_id, pending.payload)
+                        .await?,
+                );
+            }
+            self.storage.delete_outputs_through(pending.seq).await?;
+            self.published_through
+                .fetch_max(pending.seq, Ordering::AcqRel);
+        }
+        Ok(last)
+    }
+
+    async fn produce_output(
+        &self,
+        room_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<Position, PublishError> {
+        let mut headers = Vec::new();
+        ganglion_base::telemetry::inject_into_headers(&mut headers);
+        Ok(self
+            .log
+            .produce(
+                &self.topics.roomserver_output,
+                OutgoingRecord {
+                    key: room_id.as_bytes().to_vec(),
+                    headers,
+                    payload,
+                },
+            )
+            .await?)
+    }
+
+    /// The cached state and forward extremities of a room, if the cache is
+    /// at `depth` (the stored depth: another replica's append raises it).
+    fn cached_room(&self, room_id: &str, depth: i64) -> Option<(StateMap, Vec<String>)> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = rooms.get(room_id)?;
+        (cached.depth == depth).then(|| (cached.state.clone(), cached.extremities.clone()))
+    }
+
+    fn remember_room(
+        &self,
+        room_id: &str,
+        version: &str,
+        depth: i64,
+        state: StateMap,
+        extremities: Vec<String>,
+    ) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if rooms.len() >= ROOM_CACHE_ROOMS && !rooms.contains_key(room_id) {
+            // Crude but bounded: start over rather than track recency.
+            rooms.clear();
+        }
+        rooms.insert(
+            room_id.to_owned(),
+            CachedRoom {
+                depth,
+                state,
+                extremities,
+                _version: version.to_owned(),
+            },
+        );
+    }
+}
+
+/// How many rooms' state the roomserver keeps in memory.
+const ROOM_CACHE_ROOMS: usize = 1_000;
+
+/// What the roomserver remembers of a room between inputs.
+pub(crate) struct CachedRoom {
+    depth: i64,
+    state: StateMap,
+    extremities: Vec<String>,
+    _version: String,
+}
+
+/// The result of processing an input.
+enum Processed {
+    /// Newly persisted: the event IDs and the (outbox seq, payload) outputs to publish.
+    Done {
+        event_ids: Vec<String>,
+        outputs: Vec<(i64, Vec<u8>)>,
+    },
+    /// Persisted by an earlier delivery of the same record.
+    AlreadyDone {
+        room_id: String,
+        event_ids: Vec<String>,
+    },
+}
+
+enum Appended {
+    Done(Vec<(i64, Vec<u8>)>),
+    AlreadyDone(Processed),
+    Conflict,
 }
 
 /// Why publishing the outbox failed (always retried).

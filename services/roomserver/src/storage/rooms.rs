@@ -93,9 +93,20 @@ impl Storage {
 
     /// Persists a batch: the room (if new), its events, the state they set,
     /// the new forward extremity, the request as processed and the outputs
-    /// to publish. Returns nothing: publishing reads the outbox.
-    pub(crate) async fn append(&self, batch: &AppendBatch) -> Result<(), StorageError> {
+    /// to publish. Returns the outbox sequence numbers of the outputs.
+    /// Also clears the outbox up to `published_through` (already in the log).
+    pub(crate) async fn append(
+        &self,
+        batch: &AppendBatch,
+        published_through: i64,
+    ) -> Result<Vec<i64>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
+        if published_through > 0 {
+            sqlx::query("DELETE FROM output_outbox WHERE seq <= $1")
+                .bind(published_through)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(version) = &batch.new_room_version {
             sqlx::query("INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)")
                 .bind(&batch.room_id)
@@ -168,14 +179,18 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut seqs = Vec::with_capacity(batch.outputs.len());
         for payload in &batch.outputs {
-            sqlx::query("INSERT INTO output_outbox (room_id, payload) VALUES ($1, $2)")
-                .bind(&batch.room_id)
-                .bind(payload.as_slice())
-                .execute(&mut *tx)
-                .await?;
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO output_outbox (room_id, payload) VALUES ($1, $2) RETURNING seq",
+            )
+            .bind(&batch.room_id)
+            .bind(payload.as_slice())
+            .fetch_one(&mut *tx)
+            .await?;
+            seqs.push(seq);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(seqs)
     }
 }
