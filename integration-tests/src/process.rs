@@ -311,6 +311,11 @@ impl Polylith {
                 "GANGLION_LOG__KAFKA_BROKERS".to_owned(),
                 tansu.brokers.clone(),
             ),
+            // tansu holds each fetch for the whole wait: keep hops short.
+            (
+                "GANGLION_LOG__KAFKA_FETCH_WAIT_MAX_MS".to_owned(),
+                "2".to_owned(),
+            ),
             (
                 "GANGLION_CLIENT__LISTEN".to_owned(),
                 format!("127.0.0.1:{gateway_port}"),
@@ -379,7 +384,8 @@ impl Polylith {
         polylith
     }
 
-    fn listen(&self, service: &str) -> String {
+    /// Where `service` listens (gRPC, its routes, health and metrics).
+    pub fn listen(&self, service: &str) -> String {
         let key = format!("GANGLION_SERVICES__{}__LISTEN", service.to_uppercase());
         self.env
             .iter()

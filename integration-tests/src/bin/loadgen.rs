@@ -1,39 +1,58 @@
-//! Load generator: starts a monolith, has N clients send into one room while
-//! a listener long-polls `/sync`, and prints accepted events/s, send→sync
-//! delivery latency (p50/p99), start-up time and resident memory.
+//! Load generator: starts a monolith or a polylith, has N clients send into
+//! one room while a listener long-polls `/sync`, and prints accepted
+//! events/s, send→sync delivery latency (p50/p99), start-up time and
+//! resident memory (summed over the polylith's processes).
 //!
-//! `cargo run --release -p ganglion-integration-tests --bin loadgen -- [clients] [messages_per_client]`
-//! (`TEST_GANGLION_BIN` may point at a release build of `ganglion`).
+//! `loadgen [monolith|polylith] [clients] [messages_per_client]`
+//! (`TEST_GANGLION_BIN` may point at a release build of `ganglion`; the
+//! polylith needs tansu and PostgreSQL, as the test command provides).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::Client;
-use ganglion_integration_tests::process::{Monolith, rss_kib};
+use ganglion_integration_tests::process::{Monolith, POLYLITH_SERVICES, Polylith, rss_kib};
 use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(8);
-    let per_client: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let mode = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "monolith".to_owned());
+    let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
+    let per_client: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
     let dir = tempfile::tempdir()?;
 
     let started = Instant::now();
-    let server = Monolith::start(dir.path()).await;
+    let server = match mode.as_str() {
+        "monolith" => Deployment::Monolith(Monolith::start(dir.path()).await),
+        "polylith" => {
+            let mut urls = Vec::new();
+            for service in POLYLITH_SERVICES {
+                urls.push((
+                    service,
+                    ganglion_base::testing::scratch_postgres(&format!("loadgen_{service}")).await,
+                ));
+            }
+            Deployment::Polylith(Polylith::start(dir.path(), &urls).await)
+        }
+        other => anyhow::bail!("unknown mode {other}: monolith or polylith"),
+    };
     let startup = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = server.process.pid().unwrap_or(0);
-    let idle_rss = rss_kib(pid).unwrap_or(0);
+    let idle_rss = server.rss_kib();
 
-    let owner = Client::register(&server.base_url, "owner", "pw").await;
+    let owner = Client::register(server.base_url(), "owner", "pw").await;
     let room_id = owner.create_room(json!({"preset": "public_chat"})).await;
     let mut senders = Vec::new();
     for i in 0..clients {
-        let client = Client::register(&server.base_url, &format!("sender{i}"), "pw").await;
+        let client = Client::register(server.base_url(), &format!("sender{i}"), "pw").await;
         anyhow::ensure!(client.join(&room_id).await.status == 200, "join failed");
         senders.push(client);
     }
+    let registered_rss = server.rss_kib();
     let listener = owner.clone();
     let mut since = listener.sync(None, 0, 1).await["next_batch"]
         .as_str()
@@ -86,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let send_elapsed = load_started.elapsed();
     let seen = tokio::time::timeout(Duration::from_secs(120), watcher).await??;
-    let busy_rss = rss_kib(pid).unwrap_or(0);
+    let busy_rss = server.rss_kib();
     let mut latencies: Vec<f64> = sent_at
         .iter()
         .filter_map(|(text, at)| {
@@ -101,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    println!("monolith: {clients} clients x {per_client} messages into one room");
+    println!("{mode}: {clients} clients x {per_client} messages into one room");
     println!(
         "  start-up to healthy        {:>8.1} ms",
         startup.as_secs_f64() * 1000.0
@@ -109,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  idle RSS                   {:>8.1} MB",
         idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  RSS after registrations    {:>8.1} MB",
+        registered_rss as f64 / 1024.0
     );
     println!(
         "  RSS after load             {:>8.1} MB",
@@ -122,10 +145,10 @@ async fn main() -> anyhow::Result<()> {
     println!("  send->sync latency p50     {:>8.2} ms", pct(0.50));
     println!("  send->sync latency p99     {:>8.2} ms", pct(0.99));
     // The server's own view: mean time per stage, from /metrics.
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await?
-        .text()
-        .await?;
+    let mut metrics = String::new();
+    for url in server.metrics_urls() {
+        metrics.push_str(&reqwest::get(url).await?.text().await?);
+    }
     let mean = |name: &str, filter: &str| -> Option<f64> {
         let find = |suffix: &str| {
             metrics
@@ -164,4 +187,37 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+enum Deployment {
+    Monolith(Monolith),
+    Polylith(Polylith),
+}
+
+impl Deployment {
+    fn base_url(&self) -> &str {
+        match self {
+            Deployment::Monolith(m) => &m.base_url,
+            Deployment::Polylith(p) => &p.base_url,
+        }
+    }
+
+    /// Resident memory of every process of the deployment, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let pids: Vec<u32> = match self {
+            Deployment::Monolith(m) => m.process.pid().into_iter().collect(),
+            Deployment::Polylith(p) => p.processes.iter().filter_map(|p| p.pid()).collect(),
+        };
+        pids.into_iter().filter_map(rss_kib).sum()
+    }
+
+    fn metrics_urls(&self) -> Vec<String> {
+        match self {
+            Deployment::Monolith(m) => vec![format!("{}/metrics", m.base_url)],
+            Deployment::Polylith(p) => POLYLITH_SERVICES
+                .iter()
+                .map(|service| format!("http://{}/metrics", p.listen(service)))
+                .collect(),
+        }
+    }
 }

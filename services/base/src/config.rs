@@ -89,6 +89,10 @@ pub struct LogConfig {
     pub kafka_brokers: String,
     /// Replication factor for topics Ganglion creates in Kafka.
     pub kafka_replication_factor: i32,
+    /// Longest a Kafka fetch waits at the broker. Apache Kafka answers as soon
+    /// as records arrive, so this only bounds idle polling; a broker that holds
+    /// every fetch for the full wait (tansu, the test broker) adds it per hop.
+    pub kafka_fetch_wait_max_ms: u32,
     /// Prefix for every topic and consumer group name, so several
     /// deployments can share one Kafka cluster.
     pub topic_prefix: String,
@@ -196,6 +200,7 @@ impl Default for LogConfig {
             backend: LogBackend::Embedded,
             kafka_brokers: "127.0.0.1:9092".to_owned(),
             kafka_replication_factor: 1,
+            kafka_fetch_wait_max_ms: 100,
             topic_prefix: String::new(),
             partitions: 4,
             embedded_dir: None,
@@ -373,6 +378,9 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "backend" => "embedded (in-process, on disk) or kafka.",
         "kafka_brokers" => "Kafka bootstrap servers, comma separated.",
         "kafka_replication_factor" => "Replication factor of topics Ganglion creates.",
+        "kafka_fetch_wait_max_ms" => {
+            "Longest a Kafka fetch waits at the broker (idle polling bound)."
+        }
         "topic_prefix" => "Prefix for topic and consumer group names.",
         "partitions" => "Partitions per topic: the most useful replicas of a writer service.",
         "log_format" => "pretty or json.",

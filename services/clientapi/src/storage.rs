@@ -3,6 +3,9 @@
 
 use ganglion_base::{Database, Migration};
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "transaction ids",

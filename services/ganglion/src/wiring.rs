@@ -25,6 +25,7 @@ fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Log>> {
             let mut kafka = KafkaConfig::new(config.log.kafka_brokers.clone());
             kafka.client_id = format!("ganglion-{client_id}");
             kafka.replication_factor = config.log.kafka_replication_factor;
+            kafka.fetch_wait_max_ms = config.log.kafka_fetch_wait_max_ms;
             Arc::new(KafkaLog::new(kafka).context("connecting to Kafka")?)
         }
     })

@@ -42,6 +42,10 @@ pub struct KafkaConfig {
     /// How often clients refresh topic metadata. Lower than librdkafka's
     /// five minutes so recreated topics and new partitions are noticed soon.
     pub metadata_refresh_interval_ms: u32,
+    /// Longest a fetch waits at the broker for records: the latency floor of
+    /// a consumer on a broker that holds fetches for the whole wait (tansu
+    /// 0.6 does); Apache Kafka answers as soon as records arrive.
+    pub fetch_wait_max_ms: u32,
     /// How long a produce may keep retrying before it fails.
     pub delivery_timeout_ms: u32,
     /// Deadline for admin and metadata requests (topic creation, watermarks).
@@ -68,6 +72,7 @@ impl Default for KafkaConfig {
             client_id: "ganglion".to_owned(),
             replication_factor: 3,
             metadata_refresh_interval_ms: 10_000,
+            fetch_wait_max_ms: 100,
             delivery_timeout_ms: 30_000,
             request_timeout_ms: 10_000,
             properties: Vec::new(),
@@ -211,6 +216,10 @@ impl Log for KafkaLog {
         let consumer: StreamConsumer = client_config(&self.config, |config| {
             config
                 .set("group.id", group)
+                .set(
+                    "fetch.wait.max.ms",
+                    self.config.fetch_wait_max_ms.to_string(),
+                )
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
@@ -257,6 +266,10 @@ impl Log for KafkaLog {
         let consumer: StreamConsumer = client_config(&self.config, |config| {
             config
                 .set("group.id", &group)
+                .set(
+                    "fetch.wait.max.ms",
+                    self.config.fetch_wait_max_ms.to_string(),
+                )
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false");

@@ -1,8 +1,6 @@
 //! The `UsersApi` implementation: what clientapi (in-process or over gRPC)
 //! asks of accounts and devices.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use async_trait::async_trait;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
@@ -56,30 +54,6 @@ pub(crate) fn valid_localpart(localpart: &str) -> bool {
         )
 }
 
-async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(format!("hashing: {e}")))
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash)
-            .map_err(|e| ApiError::Internal(format!("stored hash: {e}")))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
 impl UserApi {
     fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
@@ -121,7 +95,7 @@ impl UsersApi for UserApi {
         let password_hash = if request.password.is_empty() {
             None
         } else {
-            Some(hash_password(request.password).await?)
+            Some(self.passwords.hash(request.password).await?)
         };
         match self
             .storage
@@ -173,14 +147,14 @@ impl UsersApi for UserApi {
             Some(account) => account,
             None => {
                 // Spend the same time as a wrong password so accounts cannot be probed.
-                let _ = hash_password(request.password).await;
+                let _ = self.passwords.hash(request.password).await;
                 return Err(ApiError::Forbidden("Invalid username or password".into()));
             }
         };
         let Some(hash) = account.password_hash else {
             return Err(ApiError::Forbidden("Invalid username or password".into()));
         };
-        if !verify_password(request.password, hash).await? {
+        if !self.passwords.verify(request.password, hash).await? {
             return Err(ApiError::Forbidden("Invalid username or password".into()));
         }
         internal_events::LOGINS.inc();

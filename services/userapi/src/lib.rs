@@ -9,6 +9,7 @@
 
 mod api;
 mod internal_events;
+mod passwords;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use storage::Storage;
 /// The userapi service; implements `UsersApi`.
 pub struct UserApi {
     storage: Storage,
+    passwords: passwords::Passwords,
     server_name: String,
 }
 
@@ -51,6 +53,7 @@ pub async fn start(config: &Config) -> Result<Started, DatabaseError> {
     Ok(Started {
         api: Arc::new(UserApi {
             storage: Storage { db },
+            passwords: passwords::Passwords::start()?,
             server_name: config.server_name.clone(),
         }),
         health,

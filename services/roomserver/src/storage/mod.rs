@@ -6,6 +6,8 @@ mod aliases;
 mod migrations;
 mod outbox;
 mod rooms;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use rooms::AppendBatch;

@@ -5,6 +5,8 @@
 mod events;
 mod filters;
 mod migrations;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use events::{EventRow, NewEvent};
 pub(crate) use migrations::MIGRATIONS;

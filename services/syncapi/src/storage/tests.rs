@@ -1,0 +1,418 @@
+//! The syncapi's tables against both database engines: one body per
+//! behaviour, run once on SQLite and once on a scratch PostgreSQL database.
+
+use super::{EventRow, MIGRATIONS, NewEvent, Storage};
+
+const ALICE: &str = "@alice:example.org";
+const BOB: &str = "@bob:example.org";
+const ROOM_A: &str = "!a:example.org";
+const ROOM_B: &str = "!b:example.org";
+
+async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = ganglion_base::Database::open(
+        "syncapi",
+        database_url.as_deref(),
+        dir.path(),
+        None,
+        MIGRATIONS,
+    )
+    .await
+    .expect("open database");
+    (Storage { db }, dir)
+}
+
+fn entry(event_type: &str, state_key: &str, event_id: &str) -> (String, String, String) {
+    (event_type.into(), state_key.into(), event_id.into())
+}
+
+/// A timeline event as the consumer would pass it; state entries are added
+/// by the caller.
+fn event<'a>(
+    partition: u32,
+    offset: u64,
+    room_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    state_key: Option<&'a str>,
+    json: &'a str,
+) -> NewEvent<'a> {
+    NewEvent {
+        partition,
+        offset,
+        room_id,
+        event_id,
+        event_type,
+        state_key,
+        sender: ALICE,
+        membership: None,
+        json,
+        device_id: "",
+        transaction_id: "",
+        state_removed: Vec::new(),
+        state_added: Vec::new(),
+    }
+}
+
+/// A state event that adds itself to current state.
+fn state<'a>(
+    partition: u32,
+    offset: u64,
+    room_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    state_key: &'a str,
+    json: &'a str,
+) -> NewEvent<'a> {
+    NewEvent {
+        state_added: vec![entry(event_type, state_key, event_id)],
+        ..event(
+            partition,
+            offset,
+            room_id,
+            event_id,
+            event_type,
+            Some(state_key),
+            json,
+        )
+    }
+}
+
+fn member<'a>(
+    partition: u32,
+    offset: u64,
+    room_id: &'a str,
+    event_id: &'a str,
+    membership: &'a str,
+    replaces: Option<&str>,
+) -> NewEvent<'a> {
+    NewEvent {
+        membership: Some(membership),
+        state_removed: replaces
+            .map(|old| entry("m.room.member", ALICE, old))
+            .into_iter()
+            .collect(),
+        ..state(
+            partition,
+            offset,
+            room_id,
+            event_id,
+            "m.room.member",
+            ALICE,
+            "{\"type\":\"m.room.member\"}",
+        )
+    }
+}
+
+fn offsets(rows: &[EventRow]) -> Vec<u64> {
+    rows.iter().map(|r| r.offset).collect()
+}
+
+fn event_ids(rows: &[EventRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.event_id.as_str()).collect()
+}
+
+async fn sorted_positions(storage: &Storage) -> Vec<(u32, u64)> {
+    let mut positions = storage.positions().await.expect("positions");
+    positions.sort_unstable();
+    positions
+}
+
+async fn sorted_memberships(storage: &Storage, user_id: &str) -> Vec<(String, String, u64)> {
+    let mut memberships = storage.memberships(user_id).await.expect("memberships");
+    memberships.sort_unstable();
+    memberships
+}
+
+/// Room A on partition 1: create, join, message, name, leave at offsets
+/// 10..=14. Room B on partition 0: create and join at offsets 5 and 6.
+async fn timeline(storage: &Storage) {
+    let events = [
+        state(1, 10, ROOM_A, "$create_a", "m.room.create", "", "{\"c\":1}"),
+        member(1, 11, ROOM_A, "$join_a", "join", None),
+        NewEvent {
+            device_id: "DEVICE",
+            transaction_id: "txn1",
+            ..event(
+                1,
+                12,
+                ROOM_A,
+                "$message",
+                "m.room.message",
+                None,
+                "{\"body\":\"hi\"}",
+            )
+        },
+        state(
+            1,
+            13,
+            ROOM_A,
+            "$name",
+            "m.room.name",
+            "",
+            "{\"name\":\"A\"}",
+        ),
+        member(1, 14, ROOM_A, "$leave_a", "leave", Some("$join_a")),
+        state(0, 5, ROOM_B, "$create_b", "m.room.create", "", "{\"c\":2}"),
+        member(0, 6, ROOM_B, "$join_b", "join", None),
+    ];
+    for event in &events {
+        storage.apply_event(event).await.expect("apply event");
+    }
+}
+
+async fn events_and_state(storage: Storage) {
+    assert_eq!(storage.positions().await.expect("positions"), vec![]);
+    assert_eq!(
+        storage.room_partition(ROOM_A).await.expect("partition"),
+        None
+    );
+    timeline(&storage).await;
+
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 7), (1, 15)]);
+    assert_eq!(
+        sorted_memberships(&storage, ALICE).await,
+        vec![
+            (ROOM_A.to_owned(), "leave".to_owned(), 14),
+            (ROOM_B.to_owned(), "join".to_owned(), 6),
+        ]
+    );
+    assert_eq!(sorted_memberships(&storage, BOB).await, vec![]);
+    assert_eq!(
+        storage.room_partition(ROOM_A).await.expect("partition"),
+        Some(1)
+    );
+    assert_eq!(
+        storage.room_partition(ROOM_B).await.expect("partition"),
+        Some(0)
+    );
+    assert_eq!(
+        storage
+            .room_partition("!unknown:example.org")
+            .await
+            .expect("partition"),
+        None
+    );
+
+    // Timelines: `from` inclusive, `to` exclusive, in either direction.
+    let all = storage
+        .room_events(ROOM_A, 0, u64::MAX, 100, false)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&all), vec![10, 11, 12, 13, 14]);
+    assert_eq!(
+        event_ids(&all),
+        vec!["$create_a", "$join_a", "$message", "$name", "$leave_a"]
+    );
+    let message = &all[2];
+    assert_eq!(message.event_type, "m.room.message");
+    assert_eq!(message.state_key, None);
+    assert_eq!(message.json, "{\"body\":\"hi\"}");
+    assert_eq!(message.device_id, "DEVICE");
+    assert_eq!(message.transaction_id, "txn1");
+    assert_eq!(all[3].state_key.as_deref(), Some(""));
+    assert_eq!(all[4].state_key.as_deref(), Some(ALICE));
+
+    let newest_first = storage
+        .room_events(ROOM_A, 0, u64::MAX, 100, true)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&newest_first), vec![14, 13, 12, 11, 10]);
+    let bounded = storage
+        .room_events(ROOM_A, 11, 14, 100, false)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&bounded), vec![11, 12, 13]);
+    let bounded_back = storage
+        .room_events(ROOM_A, 11, 14, 2, true)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&bounded_back), vec![13, 12]);
+    let bounded_forward = storage
+        .room_events(ROOM_A, 11, 14, 2, false)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&bounded_forward), vec![11, 12]);
+    assert_eq!(
+        offsets(
+            &storage
+                .room_events(ROOM_A, 12, 12, 100, false)
+                .await
+                .expect("events")
+        ),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        offsets(
+            &storage
+                .room_events(ROOM_B, 0, u64::MAX, 100, true)
+                .await
+                .expect("events")
+        ),
+        vec![6, 5]
+    );
+
+    // Current state: the leave replaced the join; the message is not state.
+    let room_state = storage.room_state(ROOM_A).await.expect("state");
+    assert_eq!(
+        event_ids(&room_state),
+        vec!["$create_a", "$name", "$leave_a"]
+    );
+    assert_eq!(offsets(&room_state), vec![10, 13, 14]);
+    assert_eq!(room_state[1].json, "{\"name\":\"A\"}");
+    assert_eq!(
+        event_ids(&storage.room_state(ROOM_B).await.expect("state")),
+        vec!["$create_b", "$join_b"]
+    );
+    assert_eq!(
+        storage
+            .room_state("!unknown:example.org")
+            .await
+            .expect("state")
+            .len(),
+        0
+    );
+
+    // A state change that removes an entry it does not hold leaves it alone.
+    storage
+        .apply_event(&NewEvent {
+            state_removed: vec![entry("m.room.name", "", "$not_the_name")],
+            ..event(1, 15, ROOM_A, "$stale", "m.room.message", None, "{}")
+        })
+        .await
+        .expect("apply event");
+    assert_eq!(
+        event_ids(&storage.room_state(ROOM_A).await.expect("state")),
+        vec!["$create_a", "$name", "$leave_a"]
+    );
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 7), (1, 16)]);
+}
+
+async fn redelivery_changes_nothing(storage: Storage) {
+    timeline(&storage).await;
+    let before_events = storage
+        .room_events(ROOM_A, 0, u64::MAX, 100, false)
+        .await
+        .expect("events");
+    let before_state = storage.room_state(ROOM_A).await.expect("state");
+
+    // The join again, at its own offset: the leave stays, positions stay.
+    storage
+        .apply_event(&member(1, 11, ROOM_A, "$join_a", "join", None))
+        .await
+        .expect("apply event twice");
+    // The join again, re-published later in the log (an outbox replayed
+    // after a crash): still no change, but the position moves past it.
+    storage
+        .apply_event(&member(1, 20, ROOM_A, "$join_a", "join", Some("$leave_a")))
+        .await
+        .expect("apply republished event");
+
+    let after_events = storage
+        .room_events(ROOM_A, 0, u64::MAX, 100, false)
+        .await
+        .expect("events");
+    assert_eq!(offsets(&after_events), offsets(&before_events));
+    assert_eq!(event_ids(&after_events), event_ids(&before_events));
+    let after_state = storage.room_state(ROOM_A).await.expect("state");
+    assert_eq!(event_ids(&after_state), event_ids(&before_state));
+    assert_eq!(
+        sorted_memberships(&storage, ALICE).await,
+        vec![
+            (ROOM_A.to_owned(), "leave".to_owned(), 14),
+            (ROOM_B.to_owned(), "join".to_owned(), 6),
+        ]
+    );
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 7), (1, 21)]);
+
+    // An older redelivery never moves a position back.
+    storage
+        .apply_event(&state(
+            0,
+            5,
+            ROOM_B,
+            "$create_b",
+            "m.room.create",
+            "",
+            "{\"c\":2}",
+        ))
+        .await
+        .expect("apply old event");
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 7), (1, 21)]);
+}
+
+async fn filters(storage: Storage) {
+    let json = "{\"room\":{\"timeline\":{\"limit\":5}}}";
+    let first = storage
+        .insert_filter(ALICE, json)
+        .await
+        .expect("insert filter");
+    let second = storage
+        .insert_filter(ALICE, "{\"presence\":{}}")
+        .await
+        .expect("insert filter");
+    assert_ne!(first, second);
+    assert_eq!(
+        storage
+            .filter(ALICE, first)
+            .await
+            .expect("filter")
+            .as_deref(),
+        Some(json)
+    );
+    assert_eq!(
+        storage
+            .filter(ALICE, second)
+            .await
+            .expect("filter")
+            .as_deref(),
+        Some("{\"presence\":{}}")
+    );
+    assert_eq!(storage.filter(BOB, first).await.expect("filter"), None);
+    assert_eq!(
+        storage
+            .filter(ALICE, first.max(second) + 1)
+            .await
+            .expect("filter"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn sqlite_events_and_state() {
+    let (storage, _dir) = open(None).await;
+    events_and_state(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_events_and_state() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage").await;
+    let (storage, _dir) = open(Some(url)).await;
+    events_and_state(storage).await;
+}
+
+#[tokio::test]
+async fn sqlite_redelivery_changes_nothing() {
+    let (storage, _dir) = open(None).await;
+    redelivery_changes_nothing(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_redelivery_changes_nothing() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage_redelivery").await;
+    let (storage, _dir) = open(Some(url)).await;
+    redelivery_changes_nothing(storage).await;
+}
+
+#[tokio::test]
+async fn sqlite_filters() {
+    let (storage, _dir) = open(None).await;
+    filters(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_filters() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage_filters").await;
+    let (storage, _dir) = open(Some(url)).await;
+    filters(storage).await;
+}
