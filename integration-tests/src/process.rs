@@ -150,15 +150,20 @@ pub struct Monolith {
 
 impl Monolith {
     pub async fn start(dir: &Path) -> Monolith {
-        let port = free_port();
-        let env = vec![
+        Self::start_with(dir, Self::default_env(dir)).await
+    }
+
+    /// The environment of a test monolith: its own data directory and
+    /// ports, rate limits out of the way, quiet logs.
+    pub fn default_env(dir: &Path) -> Vec<(String, String)> {
+        vec![
             (
                 "GANGLION_DATA_DIR".to_owned(),
                 dir.join("data").display().to_string(),
             ),
             (
                 "GANGLION_CLIENT__LISTEN".to_owned(),
-                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{}", free_port()),
             ),
             (
                 "GANGLION_FEDERATION__LISTEN".to_owned(),
@@ -176,8 +181,7 @@ impl Monolith {
                 "GANGLION_TELEMETRY__LOG_FILTER".to_owned(),
                 "warn,ganglion=info".to_owned(),
             ),
-        ];
-        Self::start_with(dir, env).await
+        ]
     }
 
     pub async fn start_with(dir: &Path, env: Vec<(String, String)>) -> Monolith {

@@ -4,3 +4,4 @@ mod bad_input;
 mod conversation;
 mod monolith;
 mod polylith;
+mod tracing;
