@@ -1,5 +1,6 @@
 //! End-to-end tests: real `ganglion` processes driven over HTTP.
 
+mod accounts_and_rooms;
 mod bad_input;
 mod conversation;
 mod monolith;

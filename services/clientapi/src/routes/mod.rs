@@ -64,6 +64,11 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}"),
                 put(send::put_state_empty_key).get(send::get_state_empty_key),
             )
+            // An empty state key arrives as a trailing slash.
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/"),
+                put(send::put_state_empty_key).get(send::get_state_empty_key),
+            )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"),
                 put(send::put_state).get(send::get_state),

@@ -1,0 +1,350 @@
+//! The rest of the first conversation's surface: accounts and discovery,
+//! room creation options, state, joins by alias, leaving, and the process
+//! endpoints (`/readyz`, `/metrics`).
+
+use ganglion_integration_tests::client::{Client, encode, request};
+use ganglion_integration_tests::process::Monolith;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn state_event<'a>(sync: &'a Value, room_id: &str, event_type: &str) -> Option<&'a Value> {
+    let room = &sync["rooms"]["join"][room_id];
+    room["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(room["timeline"]["events"].as_array().into_iter().flatten())
+        .filter(|e| e["type"] == event_type)
+        .last()
+}
+
+#[tokio::test]
+async fn accounts_login_logout_and_discovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{base}{p}");
+
+    let versions = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/versions"),
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        versions.body["versions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("v1.1")))
+    );
+    let well_known = request(
+        &http,
+        Method::GET,
+        &url("/.well-known/matrix/client"),
+        None,
+        None,
+    )
+    .await;
+    assert!(well_known.body["m.homeserver"]["base_url"].is_string());
+
+    let available = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/register/available?username=carol"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (available.status, available.body["available"].clone()),
+        (200, json!(true))
+    );
+    let carol = Client::register(base, "carol", "s3cret").await;
+    assert_eq!(carol.user_id, "@carol:localhost");
+    let taken = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/register/available?username=carol"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((taken.status, taken.errcode()), (400, "M_USER_IN_USE"));
+
+    let flows = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/login"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(flows.body["flows"][0]["type"], "m.login.password");
+    let login = |user: &str| {
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "s3cret"})
+            .to_string()
+            .into_bytes()
+    };
+    let by_localpart = request(
+        &http,
+        Method::POST,
+        &url("/_matrix/client/v3/login"),
+        None,
+        Some(login("carol")),
+    )
+    .await;
+    assert_eq!(by_localpart.status, 200, "{by_localpart:?}");
+    let by_user_id = request(
+        &http,
+        Method::POST,
+        &url("/_matrix/client/v3/login"),
+        None,
+        Some(login("@carol:localhost")),
+    )
+    .await;
+    assert_eq!(by_user_id.status, 200);
+    let token = by_localpart.body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let other = by_user_id.body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let whoami = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/account/whoami"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(whoami.body["user_id"], "@carol:localhost");
+    assert_eq!(whoami.body["device_id"], by_localpart.body["device_id"]);
+
+    // Logging out ends that session only; logout/all ends the rest.
+    let out = request(
+        &http,
+        Method::POST,
+        &url("/_matrix/client/v3/logout"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let gone = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/account/whoami"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(gone.errcode(), "M_UNKNOWN_TOKEN");
+    let still = request(
+        &http,
+        Method::GET,
+        &url("/_matrix/client/v3/account/whoami"),
+        Some(&other),
+        None,
+    )
+    .await;
+    assert_eq!(still.status, 200);
+    let all = request(
+        &http,
+        Method::POST,
+        &url("/_matrix/client/v3/logout/all"),
+        Some(&other),
+        None,
+    )
+    .await;
+    assert_eq!(all.status, 200);
+    for t in [&other, &carol.access_token] {
+        let r = request(
+            &http,
+            Method::GET,
+            &url("/_matrix/client/v3/account/whoami"),
+            Some(t),
+            None,
+        )
+        .await;
+        assert_eq!(r.errcode(), "M_UNKNOWN_TOKEN");
+    }
+
+    // The process endpoints.
+    let ready = http.get(url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "ganglion_http_requests_total",
+        "ganglion_http_request_duration_seconds",
+        "ganglion_userapi_accounts_created_total",
+        "ganglion_consumer_lag_records",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+}
+
+#[tokio::test]
+async fn room_options_state_aliases_and_leaving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let alice = Client::register(base, "alice", "pw").await;
+    let bob = Client::register(base, "bob", "pw").await;
+
+    // The default room version, initial state and a trusted private chat.
+    let trusted = alice
+        .create_room(json!({
+            "preset": "trusted_private_chat",
+            "invite": [bob.user_id],
+            "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        }))
+        .await;
+    let sync = alice.sync(None, 0, 50).await;
+    assert_eq!(
+        state_event(&sync, &trusted, "m.room.create").map(|e| e["content"]["room_version"].clone()),
+        Some(json!("10"))
+    );
+    assert_eq!(
+        state_event(&sync, &trusted, "m.room.join_rules")
+            .map(|e| e["content"]["join_rule"].clone()),
+        Some(json!("invite"))
+    );
+    let power = state_event(&sync, &trusted, "m.room.power_levels")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        power["content"]["users"][&bob.user_id], 100,
+        "trusted invitees are admins"
+    );
+    assert!(state_event(&sync, &trusted, "m.room.encryption").is_some());
+    // Bob was invited: he sees it, and may join.
+    let bob_sync = bob.sync(None, 0, 10).await;
+    assert!(
+        bob_sync["rooms"]["invite"][&trusted].is_object(),
+        "{bob_sync}"
+    );
+    assert_eq!(bob.join(&trusted).await.status, 200);
+
+    // Room version 12: the room ID is the create event's hash, no server part.
+    let v12 = alice
+        .create_room(json!({"room_version": "12", "preset": "public_chat"}))
+        .await;
+    assert!(v12.starts_with('!') && !v12.contains(':'), "{v12}");
+    assert_eq!(bob.join(&v12).await.status, 200);
+    assert_eq!(bob.send_text(&v12, "v12", "hello twelve").await.status, 200);
+    let unsupported = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({"room_version": "99"})),
+        )
+        .await;
+    assert_eq!(
+        (unsupported.status, unsupported.errcode()),
+        (400, "M_UNSUPPORTED_ROOM_VERSION")
+    );
+
+    // Aliases: join by alias; a taken alias is refused.
+    let public = alice
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby"}))
+        .await;
+    let again = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({"room_alias_name": "lobby"})),
+        )
+        .await;
+    assert_eq!((again.status, again.errcode()), (400, "M_ROOM_IN_USE"));
+    let joined = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode("#lobby:localhost")),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (joined.status, joined.body["room_id"].clone()),
+        (200, json!(public))
+    );
+    let missing = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode("#nowhere:localhost")),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((missing.status, missing.errcode()), (404, "M_NOT_FOUND"));
+
+    // State: alice (admin) sets the topic; bob (default level) may not.
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+        encode(&public)
+    );
+    let set = alice
+        .call(Method::PUT, &path, Some(json!({"topic": "tea"})))
+        .await;
+    assert_eq!(set.status, 200, "{set:?}");
+    assert!(
+        set.body["event_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with('$'))
+    );
+    let denied = bob
+        .call(Method::PUT, &path, Some(json!({"topic": "coffee"})))
+        .await;
+    assert_eq!((denied.status, denied.errcode()), (403, "M_FORBIDDEN"));
+    let read = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic",
+                encode(&public)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(read.body, json!({"topic": "tea"}));
+    let none = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.avatar",
+                encode(&public)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!((none.status, none.errcode()), (404, "M_NOT_FOUND"));
+
+    // Leaving: the room moves to "leave" in bob's next sync, and he can no longer send.
+    let since = bob.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let left = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&public)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(left.status, 200);
+    let after = bob.sync(Some(&since), 0, 10).await;
+    assert!(after["rooms"]["leave"][&public].is_object(), "{after}");
+    assert!(after["rooms"]["join"][&public].is_null());
+    let refused = bob.send_text(&public, "late", "still here?").await;
+    assert_eq!((refused.status, refused.errcode()), (403, "M_FORBIDDEN"));
+}
