@@ -303,6 +303,15 @@ pub const POLYLITH_SERVICES: [&str; 4] = ["userapi", "roomserver", "syncapi", "c
 impl Polylith {
     /// `database_urls` gives each service of [`POLYLITH_SERVICES`] its database.
     pub async fn start(dir: &Path, database_urls: &[(&str, String)]) -> Polylith {
+        Self::start_with(dir, database_urls, Vec::new()).await
+    }
+
+    /// As [`Polylith::start`], with further environment for every process.
+    pub async fn start_with(
+        dir: &Path,
+        database_urls: &[(&str, String)],
+        extra_env: Vec<(String, String)>,
+    ) -> Polylith {
         let tansu = Tansu::start(dir).await;
         let gateway_port = free_port();
         let mut env = vec![
@@ -357,6 +366,7 @@ impl Polylith {
                 format!("127.0.0.1:{}", free_port()),
             ));
         }
+        env.extend(extra_env);
         for (service, url) in database_urls {
             env.push((
                 format!(

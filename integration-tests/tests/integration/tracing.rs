@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::{Client, encode};
-use ganglion_integration_tests::process::{Monolith, free_port};
+use ganglion_integration_tests::process::{Monolith, POLYLITH_SERVICES, Polylith, free_port};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -49,32 +49,68 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
-#[tokio::test]
-async fn a_send_is_one_trace_from_client_to_sync() {
+fn start_collector() -> (Collector, Vec<(String, String)>) {
     let collector = Collector::default();
     let port = free_port();
     let server = tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(collector.clone()))
         .serve(([127, 0, 0, 1], port).into());
     tokio::spawn(server);
+    let env = vec![
+        (
+            "GANGLION_TELEMETRY__OTLP_ENDPOINT".into(),
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ];
+    (collector, env)
+}
 
+#[tokio::test]
+async fn a_send_is_one_trace_from_client_to_sync() {
+    let (collector, otlp_env) = start_collector();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = Monolith::default_env(dir.path());
-    env.push((
-        "GANGLION_TELEMETRY__OTLP_ENDPOINT".into(),
-        format!("http://127.0.0.1:{port}"),
-    ));
-    env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    env.extend(otlp_env);
     let monolith = Monolith::start_with(dir.path(), env).await;
-    let alice = Client::register(&monolith.base_url, "alice", "pw").await;
+    send_traced_and_follow(&collector, &monolith.base_url, false, &|| {
+        monolith.process.log_tail()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_is_one_trace_across_the_polylith() {
+    let (collector, otlp_env) = start_collector();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut urls = Vec::new();
+    for service in POLYLITH_SERVICES {
+        urls.push((
+            service,
+            ganglion_base::testing::scratch_postgres(&format!("trace_{service}")).await,
+        ));
+    }
+    let polylith = Polylith::start_with(dir.path(), &urls, otlp_env).await;
+    send_traced_and_follow(&collector, &polylith.base_url, true, &|| polylith.logs()).await;
+}
+
+/// Sends one message under a client-chosen trace and waits until the
+/// collector holds its whole journey: the HTTP request, (in the polylith) the
+/// gRPC call into the roomserver, and both consumers.
+async fn send_traced_and_follow(
+    collector: &Collector,
+    base_url: &str,
+    expect_grpc: bool,
+    logs: &dyn Fn() -> String,
+) {
+    let alice = Client::register(base_url, "alice", "pw").await;
     let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
 
     // The client starts the trace.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let url = format!(
-        "{}/_matrix/client/v3/rooms/{}/send/m.room.message/traced",
-        monolith.base_url,
+        "{base_url}/_matrix/client/v3/rooms/{}/send/m.room.message/traced",
         encode(&room_id)
     );
     let reply = alice
@@ -102,19 +138,26 @@ async fn a_send_is_one_trace_from_client_to_sync() {
         };
         let in_roomserver = groups.iter().any(|g| g == "roomserver");
         let in_syncapi = groups.iter().any(|g| g.starts_with("syncapi"));
-        let http = collector
-            .spans
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|s| s.trace_id == expected_trace && s.name == "http");
-        if in_roomserver && in_syncapi && http {
+        let (http, grpc) = {
+            let spans = collector.spans.lock().expect("lock");
+            let ours: Vec<&Span> = spans
+                .iter()
+                .filter(|s| s.trace_id == expected_trace)
+                .collect();
+            (
+                ours.iter().any(|s| s.name == "http"),
+                ours.iter().any(|s| {
+                    s.name == "grpc" && attribute(s, "method").as_deref() == Some("input")
+                }),
+            )
+        };
+        if in_roomserver && in_syncapi && http && (grpc || !expect_grpc) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "trace incomplete: http={http} consume groups={groups:?}\n{}",
-            monolith.process.log_tail()
+            "trace incomplete: http={http} grpc={grpc} consume groups={groups:?}\n{}",
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
