@@ -14,8 +14,7 @@ fn state_event<'a>(sync: &'a Value, room_id: &str, event_type: &str) -> Option<&
         .into_iter()
         .flatten()
         .chain(room["timeline"]["events"].as_array().into_iter().flatten())
-        .filter(|e| e["type"] == event_type)
-        .last()
+        .rfind(|e| e["type"] == event_type)
 }
 
 #[tokio::test]
