@@ -18,12 +18,30 @@ pub enum Engine {
 }
 
 /// One schema step of a service. Versions start at 1 and only grow.
+///
+/// The SQL is written once for both engines; the two column types they
+/// spell differently are tokens: `{serial}` (an auto-incrementing integer
+/// primary key) and `{bytes}` (a byte string). Everything else must be SQL
+/// both engines accept (booleans are stored as 0/1 `BIGINT`: the Any driver
+/// cannot read SQLite's `BOOLEAN`).
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,
     pub description: &'static str,
-    pub sqlite: &'static str,
-    pub postgres: &'static str,
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// The SQL for `engine`, tokens replaced.
+    pub fn sql_for(&self, engine: Engine) -> String {
+        let (serial, bytes) = match engine {
+            Engine::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+            Engine::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+        };
+        self.sql
+            .replace("{serial}", serial)
+            .replace("{bytes}", bytes)
+    }
 }
 
 /// A service's database.
@@ -151,11 +169,10 @@ impl Database {
         }
         for migration in migrations.iter().filter(|m| m.version > current) {
             let mut tx = self.pool.begin().await?;
-            let sql = match self.engine {
-                Engine::Sqlite => migration.sqlite,
-                Engine::Postgres => migration.postgres,
-            };
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            let sql = migration.sql_for(self.engine);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES ($1, $2)")
                 .bind(migration.version)
                 .bind(migration.description)
@@ -187,8 +204,7 @@ pub(crate) mod tests {
     const MIGRATIONS: &[Migration] = &[Migration {
         version: 1,
         description: "things",
-        sqlite: "CREATE TABLE things (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL)",
-        postgres: "CREATE TABLE things (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)",
+        sql: "CREATE TABLE things (id {serial}, name TEXT NOT NULL)",
     }];
 
     async fn roundtrip(db: &Database) {

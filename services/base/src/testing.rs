@@ -34,3 +34,24 @@ pub async fn scratch_postgres(name: &str) -> String {
     admin.close().await;
     format!("{server}/{db}")
 }
+
+/// A fresh database for a storage test of `service`: SQLite in a new
+/// temporary directory when `database_url` is `None`, else that URL (from
+/// [`scratch_postgres`]). Keep the directory alive as long as the database.
+pub async fn open_scratch(
+    service: &str,
+    migrations: &[crate::Migration],
+    database_url: Option<String>,
+) -> (crate::Database, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = crate::Database::open(
+        service,
+        database_url.as_deref(),
+        dir.path(),
+        None,
+        migrations,
+    )
+    .await
+    .expect("open the test database");
+    (db, dir)
+}

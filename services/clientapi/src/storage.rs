@@ -9,11 +9,7 @@ mod tests;
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "transaction ids",
-    sqlite: "CREATE TABLE transactions (
-        user_id TEXT NOT NULL, device_id TEXT NOT NULL, txn_id TEXT NOT NULL,
-        event_id TEXT NOT NULL, created_ts BIGINT NOT NULL,
-        PRIMARY KEY (user_id, device_id, txn_id))",
-    postgres: "CREATE TABLE transactions (
+    sql: "CREATE TABLE transactions (
         user_id TEXT NOT NULL, device_id TEXT NOT NULL, txn_id TEXT NOT NULL,
         event_id TEXT NOT NULL, created_ts BIGINT NOT NULL,
         PRIMARY KEY (user_id, device_id, txn_id))",

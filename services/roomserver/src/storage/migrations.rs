@@ -3,15 +3,15 @@ use ganglion_base::Migration;
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "rooms, events, current state, extremities, aliases, input dedupe, output outbox",
-    sqlite: "
+    sql: "
         CREATE TABLE rooms (
-            room_nid INTEGER PRIMARY KEY AUTOINCREMENT,
+            room_nid {serial},
             room_id TEXT NOT NULL UNIQUE,
             room_version TEXT NOT NULL,
             depth BIGINT NOT NULL
         );
         CREATE TABLE events (
-            event_nid INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_nid {serial},
             event_id TEXT NOT NULL UNIQUE,
             room_nid BIGINT NOT NULL REFERENCES rooms(room_nid),
             event_type TEXT NOT NULL,
@@ -41,52 +41,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             event_ids TEXT NOT NULL
         );
         CREATE TABLE output_outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq {serial},
             room_id TEXT NOT NULL,
-            payload BLOB NOT NULL
-        );
-    ",
-    postgres: "
-        CREATE TABLE rooms (
-            room_nid BIGSERIAL PRIMARY KEY,
-            room_id TEXT NOT NULL UNIQUE,
-            room_version TEXT NOT NULL,
-            depth BIGINT NOT NULL
-        );
-        CREATE TABLE events (
-            event_nid BIGSERIAL PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
-            room_nid BIGINT NOT NULL REFERENCES rooms(room_nid),
-            event_type TEXT NOT NULL,
-            state_key TEXT,
-            depth BIGINT NOT NULL,
-            json TEXT NOT NULL
-        );
-        CREATE TABLE current_state (
-            room_nid BIGINT NOT NULL,
-            event_type TEXT NOT NULL,
-            state_key TEXT NOT NULL,
-            event_nid BIGINT NOT NULL REFERENCES events(event_nid),
-            PRIMARY KEY (room_nid, event_type, state_key)
-        );
-        CREATE TABLE forward_extremities (
-            room_nid BIGINT NOT NULL,
-            event_id TEXT NOT NULL,
-            PRIMARY KEY (room_nid, event_id)
-        );
-        CREATE TABLE room_aliases (
-            alias TEXT PRIMARY KEY,
-            room_id TEXT NOT NULL
-        );
-        CREATE TABLE processed_inputs (
-            request_id TEXT PRIMARY KEY,
-            room_id TEXT NOT NULL,
-            event_ids TEXT NOT NULL
-        );
-        CREATE TABLE output_outbox (
-            seq BIGSERIAL PRIMARY KEY,
-            room_id TEXT NOT NULL,
-            payload BYTEA NOT NULL
+            payload {bytes} NOT NULL
         );
     ",
 }];

@@ -16,16 +16,8 @@ const ALICE: &str = "@alice:example.org";
 const VERSION: &str = "10";
 
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = ganglion_base::Database::open(
-        "roomserver",
-        database_url.as_deref(),
-        dir.path(),
-        None,
-        MIGRATIONS,
-    )
-    .await
-    .expect("open database");
+    let (db, dir) =
+        ganglion_base::testing::open_scratch("roomserver", MIGRATIONS, database_url).await;
     (Storage { db }, dir)
 }
 

@@ -3,9 +3,9 @@ use ganglion_base::Migration;
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "timeline events, current state, consumed positions, filters",
-    sqlite: "
+    sql: "
         CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {serial},
             log_partition BIGINT NOT NULL,
             log_offset BIGINT NOT NULL,
             room_id TEXT NOT NULL,
@@ -33,42 +33,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             next_offset BIGINT NOT NULL
         );
         CREATE TABLE filters (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            user_id TEXT NOT NULL,
-            json TEXT NOT NULL
-        );
-    ",
-    postgres: "
-        CREATE TABLE events (
-            id BIGSERIAL PRIMARY KEY,
-            log_partition BIGINT NOT NULL,
-            log_offset BIGINT NOT NULL,
-            room_id TEXT NOT NULL,
-            event_id TEXT NOT NULL UNIQUE,
-            event_type TEXT NOT NULL,
-            state_key TEXT,
-            sender TEXT NOT NULL,
-            json TEXT NOT NULL,
-            device_id TEXT NOT NULL,
-            transaction_id TEXT NOT NULL
-        );
-        CREATE INDEX events_room_position ON events (room_id, log_offset);
-        CREATE TABLE current_state (
-            room_id TEXT NOT NULL,
-            event_type TEXT NOT NULL,
-            state_key TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            membership TEXT,
-            log_offset BIGINT NOT NULL,
-            PRIMARY KEY (room_id, event_type, state_key)
-        );
-        CREATE INDEX current_state_members ON current_state (state_key, event_type);
-        CREATE TABLE positions (
-            log_partition BIGINT PRIMARY KEY,
-            next_offset BIGINT NOT NULL
-        );
-        CREATE TABLE filters (
-            id BIGSERIAL PRIMARY KEY,
+            id {serial},
             user_id TEXT NOT NULL,
             json TEXT NOT NULL
         );

@@ -9,16 +9,7 @@ const ROOM_A: &str = "!a:example.org";
 const ROOM_B: &str = "!b:example.org";
 
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = ganglion_base::Database::open(
-        "syncapi",
-        database_url.as_deref(),
-        dir.path(),
-        None,
-        MIGRATIONS,
-    )
-    .await
-    .expect("open database");
+    let (db, dir) = ganglion_base::testing::open_scratch("syncapi", MIGRATIONS, database_url).await;
     (Storage { db }, dir)
 }
 

@@ -3,7 +3,7 @@ use ganglion_base::Migration;
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "accounts and devices",
-    sqlite: "
+    sql: "
         CREATE TABLE accounts (
             localpart TEXT PRIMARY KEY,
             password_hash TEXT,
@@ -11,28 +11,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             created_ts BIGINT NOT NULL
         );
         CREATE TABLE devices (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {serial},
             localpart TEXT NOT NULL REFERENCES accounts(localpart),
             device_id TEXT NOT NULL,
             display_name TEXT,
-            token_hash BLOB NOT NULL UNIQUE,
-            created_ts BIGINT NOT NULL,
-            UNIQUE (localpart, device_id)
-        );
-    ",
-    postgres: "
-        CREATE TABLE accounts (
-            localpart TEXT PRIMARY KEY,
-            password_hash TEXT,
-            is_admin BIGINT NOT NULL DEFAULT 0,  -- 0/1: the Any driver has no SQLite BOOLEAN
-            created_ts BIGINT NOT NULL
-        );
-        CREATE TABLE devices (
-            id BIGSERIAL PRIMARY KEY,
-            localpart TEXT NOT NULL REFERENCES accounts(localpart),
-            device_id TEXT NOT NULL,
-            display_name TEXT,
-            token_hash BYTEA NOT NULL UNIQUE,
+            token_hash {bytes} NOT NULL UNIQUE,
             created_ts BIGINT NOT NULL,
             UNIQUE (localpart, device_id)
         );
