@@ -146,19 +146,13 @@ impl RoomserverService {
                 let create = Arc::new(create);
                 state.insert(("m.room.create".into(), String::new()), create.clone());
                 let mut built = vec![create];
-                for template in &new_room.initial_state {
-                    let pdu = build(
-                        &input.room_id,
-                        &rules,
-                        &state,
-                        &extremities,
-                        depth,
-                        template,
-                        &signer,
-                    )?;
-                    apply(&mut state, &mut extremities, &mut depth, &pdu);
-                    built.push(pdu);
-                }
+                built.extend(build_all(
+                    &input.room_id,
+                    &rules,
+                    (&mut state, &mut extremities, &mut depth),
+                    &new_room.initial_state,
+                    &signer,
+                )?);
                 let outputs =
                     self.outputs(&built, &new_room.room_version, &StateMap::new(), "", "");
                 let batch = AppendBatch {
@@ -202,20 +196,13 @@ impl RoomserverService {
                 };
                 let mut state = before.clone();
                 let mut depth = room.depth;
-                let mut built = Vec::with_capacity(new_events.templates.len());
-                for template in &new_events.templates {
-                    let pdu = build(
-                        &input.room_id,
-                        &rules,
-                        &state,
-                        &extremities,
-                        depth,
-                        template,
-                        &signer,
-                    )?;
-                    apply(&mut state, &mut extremities, &mut depth, &pdu);
-                    built.push(pdu);
-                }
+                let built = build_all(
+                    &input.room_id,
+                    &rules,
+                    (&mut state, &mut extremities, &mut depth),
+                    &new_events.templates,
+                    &signer,
+                )?;
                 let outputs = self.outputs(
                     &built,
                     &room.room_version,
@@ -507,6 +494,24 @@ fn build(
         signer,
     )?;
     Ok(Arc::new(pdu))
+}
+
+/// Builds `templates` in order on top of a room's head (state, forward
+/// extremities, depth), advancing the head past each event.
+fn build_all(
+    room_id: &str,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    (state, extremities, depth): (&mut StateMap, &mut Vec<String>, &mut i64),
+    templates: &[pb::EventTemplate],
+    signer: &Signer<'_>,
+) -> Result<Vec<Arc<Pdu>>, ProcessError> {
+    let mut built = Vec::with_capacity(templates.len());
+    for template in templates {
+        let pdu = build(room_id, rules, state, extremities, *depth, template, signer)?;
+        apply(state, extremities, depth, &pdu);
+        built.push(pdu);
+    }
+    Ok(built)
 }
 
 fn apply(state: &mut StateMap, extremities: &mut Vec<String>, depth: &mut i64, pdu: &Arc<Pdu>) {
