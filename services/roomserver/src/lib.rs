@@ -113,10 +113,14 @@ pub async fn start(
         published_through: AtomicI64::new(0),
         rooms: Mutex::new(HashMap::new()),
     });
-    service.publish_outbox().await.map_err(|e| {
-        tracing::warn!(error = %e, "could not publish the outbox at start-up; will retry with the next input");
-        e
-    }).ok();
+    // Outputs a crash left unpublished go out now; if that fails, the flag
+    // stays set and the next input retries before anything newer.
+    match service.publish_outbox().await {
+        Ok(_) => service
+            .outbox_dirty
+            .store(false, std::sync::atomic::Ordering::Release),
+        Err(error) => tracing::warn!(%error, "could not publish the outbox at start-up"),
+    }
     let consumer = ganglion_api::consume::spawn(
         log,
         &format!("{}roomserver", config.log.topic_prefix),

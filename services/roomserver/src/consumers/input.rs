@@ -145,7 +145,10 @@ impl RoomserverService {
                 let mut depth = create.depth;
                 let create = Arc::new(create);
                 state.insert(("m.room.create".into(), String::new()), create.clone());
-                let mut built = vec![create];
+                let mut built = vec![Built {
+                    pdu: create,
+                    replaced: None,
+                }];
                 built.extend(build_all(
                     &input.room_id,
                     &rules,
@@ -153,12 +156,11 @@ impl RoomserverService {
                     &new_room.initial_state,
                     &signer,
                 )?);
-                let outputs =
-                    self.outputs(&built, &new_room.room_version, &StateMap::new(), "", "");
+                let outputs = outputs(&built, &new_room.room_version, "", "");
                 let batch = AppendBatch {
                     room_id: input.room_id.clone(),
                     new_room_version: Some(new_room.room_version.clone()),
-                    events: built.clone(),
+                    events: built.iter().map(|b| b.pdu.clone()).collect(),
                     request_id: input.request_id.clone(),
                     outputs,
                     alias: new_room.alias.clone(),
@@ -168,15 +170,9 @@ impl RoomserverService {
                     Appended::AlreadyDone(done) => return Ok(done),
                     Appended::Conflict => return Err(ApiError::RoomInUse.into()),
                 };
-                self.remember_room(
-                    &input.room_id,
-                    &new_room.room_version,
-                    depth,
-                    state,
-                    extremities,
-                );
+                self.remember_room(&input.room_id, depth, state, extremities);
                 Ok(Processed::Done {
-                    event_ids: built.iter().map(|p| p.event_id.to_string()).collect(),
+                    event_ids: built.iter().map(|b| b.pdu.event_id.to_string()).collect(),
                     outputs,
                 })
             }
@@ -187,14 +183,14 @@ impl RoomserverService {
                     .await?
                     .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
                 let (_, rules) = events::rules_for(&room.room_version)?;
-                let (before, mut extremities) = match self.cached_room(&input.room_id, room.depth) {
-                    Some(cached) => cached,
-                    None => (
-                        self.storage.current_state(room.room_nid).await?,
-                        self.storage.forward_extremities(room.room_nid).await?,
-                    ),
-                };
-                let mut state = before.clone();
+                let (mut state, mut extremities) =
+                    match self.take_cached_room(&input.room_id, room.depth) {
+                        Some(cached) => cached,
+                        None => (
+                            self.storage.current_state(room.room_nid).await?,
+                            self.storage.forward_extremities(room.room_nid).await?,
+                        ),
+                    };
                 let mut depth = room.depth;
                 let built = build_all(
                     &input.room_id,
@@ -203,17 +199,16 @@ impl RoomserverService {
                     &new_events.templates,
                     &signer,
                 )?;
-                let outputs = self.outputs(
+                let outputs = outputs(
                     &built,
                     &room.room_version,
-                    &before,
                     &new_events.device_id,
                     &new_events.transaction_id,
                 );
                 let batch = AppendBatch {
                     room_id: input.room_id.clone(),
                     new_room_version: None,
-                    events: built.clone(),
+                    events: built.iter().map(|b| b.pdu.clone()).collect(),
                     request_id: input.request_id.clone(),
                     outputs,
                     alias: None,
@@ -225,69 +220,14 @@ impl RoomserverService {
                         return Err(ApiError::Internal("conflicting event".into()).into());
                     }
                 };
-                self.remember_room(
-                    &input.room_id,
-                    &room.room_version,
-                    depth,
-                    state,
-                    extremities,
-                );
+                self.remember_room(&input.room_id, depth, state, extremities);
                 Ok(Processed::Done {
-                    event_ids: built.iter().map(|p| p.event_id.to_string()).collect(),
+                    event_ids: built.iter().map(|b| b.pdu.event_id.to_string()).collect(),
                     outputs,
                 })
             }
             None => Err(ApiError::InvalidInput("empty input".into()).into()),
         }
-    }
-
-    /// One `roomserver.output` record per event, with the state it changed.
-    fn outputs(
-        &self,
-        events: &[Arc<Pdu>],
-        room_version: &str,
-        state_before: &StateMap,
-        device_id: &str,
-        transaction_id: &str,
-    ) -> Vec<Vec<u8>> {
-        let mut state = state_before.clone();
-        events
-            .iter()
-            .map(|pdu| {
-                let mut added = Vec::new();
-                let mut removed = Vec::new();
-                if let Some(state_key) = &pdu.state_key {
-                    let key = (pdu.kind.to_string(), state_key.clone());
-                    if let Some(previous) = state.insert(key, pdu.clone()) {
-                        removed.push(topic_pb::StateEntry {
-                            event_type: pdu.kind.to_string(),
-                            state_key: state_key.clone(),
-                            event_id: previous.event_id.to_string(),
-                        });
-                    }
-                    added.push(topic_pb::StateEntry {
-                        event_type: pdu.kind.to_string(),
-                        state_key: state_key.clone(),
-                        event_id: pdu.event_id.to_string(),
-                    });
-                }
-                encode(&topic_pb::RoomserverOutput {
-                    version: PAYLOAD_VERSION,
-                    kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
-                        topic_pb::NewRoomEvent {
-                            event_json: pdu.json.as_bytes().to_vec(),
-                            room_version: room_version.to_owned(),
-                            state_added: added,
-                            state_removed: removed,
-                            device_id: device_id.to_owned(),
-                            transaction_id: transaction_id.to_owned(),
-                            depth: pdu.depth,
-                            event_id: pdu.event_id.to_string(),
-                        },
-                    )),
-                })
-            })
-            .collect()
     }
 
     /// Persists a batch; a unique violation means either a redelivered
@@ -378,22 +318,17 @@ impl RoomserverService {
             .await?)
     }
 
-    /// The cached state and forward extremities of a room, if the cache is
-    /// at `depth` (the stored depth: another replica's append raises it).
-    fn cached_room(&self, room_id: &str, depth: i64) -> Option<(StateMap, Vec<String>)> {
-        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = rooms.get(room_id)?;
-        (cached.depth == depth).then(|| (cached.state.clone(), cached.extremities.clone()))
+    /// Takes the cached state and forward extremities of a room out of the
+    /// cache if it is at `depth` (the stored depth: another replica's append
+    /// raises it). Taken, not copied: the state of a large room is big, and
+    /// it goes back in once the input is persisted (or is reloaded if not).
+    fn take_cached_room(&self, room_id: &str, depth: i64) -> Option<(StateMap, Vec<String>)> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = rooms.remove(room_id)?;
+        (cached.depth == depth).then_some((cached.state, cached.extremities))
     }
 
-    fn remember_room(
-        &self,
-        room_id: &str,
-        version: &str,
-        depth: i64,
-        state: StateMap,
-        extremities: Vec<String>,
-    ) {
+    fn remember_room(&self, room_id: &str, depth: i64, state: StateMap, extremities: Vec<String>) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if rooms.len() >= ROOM_CACHE_ROOMS && !rooms.contains_key(room_id) {
             // Crude but bounded: start over rather than track recency.
@@ -405,7 +340,6 @@ impl RoomserverService {
                 depth,
                 state,
                 extremities,
-                _version: version.to_owned(),
             },
         );
     }
@@ -419,7 +353,6 @@ pub(crate) struct CachedRoom {
     depth: i64,
     state: StateMap,
     extremities: Vec<String>,
-    _version: String,
 }
 
 /// The result of processing an input.
@@ -504,20 +437,72 @@ fn build_all(
     (state, extremities, depth): (&mut StateMap, &mut Vec<String>, &mut i64),
     templates: &[pb::EventTemplate],
     signer: &Signer<'_>,
-) -> Result<Vec<Arc<Pdu>>, ProcessError> {
+) -> Result<Vec<Built>, ProcessError> {
     let mut built = Vec::with_capacity(templates.len());
     for template in templates {
         let pdu = build(room_id, rules, state, extremities, *depth, template, signer)?;
-        apply(state, extremities, depth, &pdu);
-        built.push(pdu);
+        let replaced = apply(state, extremities, depth, &pdu);
+        built.push(Built { pdu, replaced });
     }
     Ok(built)
 }
 
-fn apply(state: &mut StateMap, extremities: &mut Vec<String>, depth: &mut i64, pdu: &Arc<Pdu>) {
-    if let Some(state_key) = &pdu.state_key {
-        state.insert((pdu.kind.to_string(), state_key.clone()), pdu.clone());
-    }
+/// An event built on top of a room's head, with the state event it replaced.
+struct Built {
+    pdu: Arc<Pdu>,
+    replaced: Option<Arc<Pdu>>,
+}
+
+/// One `roomserver.output` record per event, with the state it changed.
+fn outputs(
+    built: &[Built],
+    room_version: &str,
+    device_id: &str,
+    transaction_id: &str,
+) -> Vec<Vec<u8>> {
+    built
+        .iter()
+        .map(|Built { pdu, replaced }| {
+            let entry = |event_id: String| topic_pb::StateEntry {
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone().unwrap_or_default(),
+                event_id,
+            };
+            let added = pdu
+                .state_key
+                .as_ref()
+                .map(|_| entry(pdu.event_id.to_string()));
+            let removed = replaced
+                .as_ref()
+                .map(|previous| entry(previous.event_id.to_string()));
+            encode(&topic_pb::RoomserverOutput {
+                version: PAYLOAD_VERSION,
+                kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+                    topic_pb::NewRoomEvent {
+                        event_json: pdu.json.as_bytes().to_vec(),
+                        room_version: room_version.to_owned(),
+                        state_added: added.into_iter().collect(),
+                        state_removed: removed.into_iter().collect(),
+                        device_id: device_id.to_owned(),
+                        transaction_id: transaction_id.to_owned(),
+                        depth: pdu.depth,
+                        event_id: pdu.event_id.to_string(),
+                    },
+                )),
+            })
+        })
+        .collect()
+}
+
+/// Advances a room's head past `pdu`; returns the state event it replaced.
+fn apply(
+    state: &mut StateMap,
+    extremities: &mut Vec<String>,
+    depth: &mut i64,
+    pdu: &Arc<Pdu>,
+) -> Option<Arc<Pdu>> {
     *extremities = vec![pdu.event_id.to_string()];
     *depth = pdu.depth;
+    let state_key = pdu.state_key.as_ref()?;
+    state.insert((pdu.kind.to_string(), state_key.clone()), pdu.clone())
 }

@@ -52,19 +52,14 @@ pub(crate) async fn messages(
         None => SyncToken::new(vec![0; service.partitions]),
     };
     let to = query.to.as_deref().map(parse).transpose()?;
-    let is_member = service
+    // Members and former members may read (history visibility comes later).
+    let partition = match service
         .storage
-        .memberships(&device.user_id)
+        .membership(&device.user_id, &room_id)
         .await?
-        .iter()
-        .any(|(room, membership, _)| {
-            room == &room_id && (membership == "join" || membership == "leave")
-        });
-    if !is_member {
-        return Err(MatrixError::forbidden("You are not a member of this room"));
-    }
-    let Some(partition) = service.storage.room_partition(&room_id).await? else {
-        return Err(MatrixError::forbidden("You are not a member of this room"));
+    {
+        Some(m) if m.membership == "join" || m.membership == "leave" => m.partition,
+        _ => return Err(MatrixError::forbidden("You are not a member of this room")),
     };
     let (events, end) = if backwards {
         let lower = to.as_ref().map(|t| t.offset(partition)).unwrap_or(0);

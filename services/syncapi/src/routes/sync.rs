@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
-use crate::storage::EventRow;
+use crate::storage::{EventRow, Membership};
 use crate::sync_token::SyncToken;
 
 /// The longest a client may ask `/sync` to wait.
@@ -165,11 +165,13 @@ async fn build(
     let mut join = Map::new();
     let mut leave = Map::new();
     let mut invite = Map::new();
-    for (room_id, membership, member_offset) in service.storage.memberships(&device.user_id).await?
+    for Membership {
+        room_id,
+        membership,
+        offset: member_offset,
+        partition,
+    } in service.storage.memberships(&device.user_id).await?
     {
-        let Some(partition) = service.storage.room_partition(&room_id).await? else {
-            continue;
-        };
         let from = since.map(|s| s.offset(partition)).unwrap_or(0);
         let to = current.offset(partition);
         if member_offset >= to {

@@ -8,7 +8,7 @@ mod migrations;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use events::{EventRow, NewEvent};
+pub(crate) use events::{EventRow, Membership, NewEvent};
 pub(crate) use migrations::MIGRATIONS;
 
 use ganglion_base::Database;

@@ -110,7 +110,13 @@ async fn sorted_positions(storage: &Storage) -> Vec<(u32, u64)> {
 }
 
 async fn sorted_memberships(storage: &Storage, user_id: &str) -> Vec<(String, String, u64)> {
-    let mut memberships = storage.memberships(user_id).await.expect("memberships");
+    let mut memberships: Vec<(String, String, u64)> = storage
+        .memberships(user_id)
+        .await
+        .expect("memberships")
+        .into_iter()
+        .map(|m| (m.room_id, m.membership, m.offset))
+        .collect();
     memberships.sort_unstable();
     memberships
 }
