@@ -56,3 +56,13 @@ pub async fn authenticate(
         .await
         .map_err(ganglion_base::MatrixError::from)
 }
+
+/// Whether `localpart` uses only the characters the spec allows in a new
+/// user ID's localpart (and is of a sane length).
+pub fn valid_localpart(localpart: &str) -> bool {
+    !localpart.is_empty()
+        && localpart.len() <= 200
+        && localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
+}

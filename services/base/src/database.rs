@@ -140,6 +140,24 @@ impl Database {
         Ok(db)
     }
 
+    /// Opens `service`'s database as configured (`services.<name>.database_url`
+    /// and `database_max_connections`; SQLite in `data_dir` by default).
+    pub async fn open_for_service(
+        config: &crate::Config,
+        service: &str,
+        migrations: &[Migration],
+    ) -> Result<Database, DatabaseError> {
+        let section = config.service(service);
+        Database::open(
+            service,
+            section.database_url.as_deref(),
+            &config.data_dir,
+            section.database_max_connections,
+            migrations,
+        )
+        .await
+    }
+
     /// Applies the migrations this database has not seen yet, each in its own
     /// transaction; refuses a database whose schema is newer than `migrations`.
     pub async fn migrate(

@@ -78,6 +78,13 @@ impl<S: Send + Sync> FromRequest<S> for MatrixBody {
     }
 }
 
+/// Parses a request's query string; a malformed one is 400 `M_INVALID_PARAM`.
+pub fn parse_query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, MatrixError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| MatrixError::invalid_param(e.body_text()))
+}
+
 /// Parses a request body with the spec's two distinct errors.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -49,15 +49,7 @@ pub async fn start(
     roomserver: RoomserverHandle,
     sync: SyncHandle,
 ) -> Result<Started, DatabaseError> {
-    let section = config.service("clientapi");
-    let db = Database::open(
-        "clientapi",
-        section.database_url.as_deref(),
-        &config.data_dir,
-        section.database_max_connections,
-        storage::MIGRATIONS,
-    )
-    .await?;
+    let db = Database::open_for_service(config, "clientapi", storage::MIGRATIONS).await?;
     let api = Arc::new(ClientApi {
         server_name: config.server_name.clone(),
         registration_enabled: config.client.registration_enabled,

@@ -86,15 +86,7 @@ pub async fn start(
     reply_to: String,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
-    let section = config.service("roomserver");
-    let db = Database::open(
-        "roomserver",
-        section.database_url.as_deref(),
-        &config.data_dir,
-        section.database_max_connections,
-        storage::MIGRATIONS,
-    )
-    .await?;
+    let db = Database::open_for_service(config, "roomserver", storage::MIGRATIONS).await?;
     let topics = Topics::new(&config.log.topic_prefix);
     for topic in topics.all() {
         log.ensure_topic(topic, config.log.partitions).await?;

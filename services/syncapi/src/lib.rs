@@ -71,15 +71,7 @@ pub async fn start(
     replica_id: &str,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
-    let section = config.service("syncapi");
-    let db = Database::open(
-        "syncapi",
-        section.database_url.as_deref(),
-        &config.data_dir,
-        section.database_max_connections,
-        storage::MIGRATIONS,
-    )
-    .await?;
+    let db = Database::open_for_service(config, "syncapi", storage::MIGRATIONS).await?;
     let storage = Storage { db: db.clone() };
     let topics = Topics::new(&config.log.topic_prefix);
     log.ensure_topic(&topics.roomserver_output, config.log.partitions)

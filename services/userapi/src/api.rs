@@ -11,13 +11,6 @@ use sha2::{Digest, Sha256};
 use crate::UserApi;
 use crate::internal_events;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Tokens are random; only their SHA-256 is stored, so a database leak does
 /// not hand out sessions.
 fn token_hash(token: &str) -> Vec<u8> {
@@ -45,15 +38,6 @@ fn new_device_id() -> String {
     random_string(10, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 }
 
-/// The characters the spec allows in a user ID's localpart.
-pub(crate) fn valid_localpart(localpart: &str) -> bool {
-    !localpart.is_empty()
-        && localpart.len() <= 200
-        && localpart.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        )
-}
-
 impl UserApi {
     fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
@@ -75,7 +59,7 @@ impl UserApi {
                 &device_id,
                 display_name.as_deref(),
                 &token_hash(&access_token),
-                now_ms(),
+                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
             )
             .await?;
         Ok(pb::Session {
@@ -89,7 +73,7 @@ impl UserApi {
 #[async_trait]
 impl UsersApi for UserApi {
     async fn register(&self, request: pb::RegisterRequest) -> Result<pb::Session, ApiError> {
-        if !valid_localpart(&request.localpart) {
+        if !ganglion_api::users::valid_localpart(&request.localpart) {
             return Err(ApiError::InvalidInput("invalid username".into()));
         }
         let password_hash = if request.password.is_empty() {
@@ -103,7 +87,7 @@ impl UsersApi for UserApi {
                 &request.localpart,
                 password_hash.as_deref(),
                 request.admin,
-                now_ms(),
+                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
             )
             .await
         {
@@ -132,7 +116,7 @@ impl UsersApi for UserApi {
         &self,
         request: pb::LocalpartAvailableRequest,
     ) -> Result<pb::LocalpartAvailableResponse, ApiError> {
-        if !valid_localpart(&request.localpart) {
+        if !ganglion_api::users::valid_localpart(&request.localpart) {
             return Err(ApiError::InvalidInput("invalid username".into()));
         }
         let available = self.storage.account(&request.localpart).await?.is_none();

@@ -36,15 +36,7 @@ pub struct Started {
 
 /// Opens the database (migrating it) and returns the service.
 pub async fn start(config: &Config) -> Result<Started, DatabaseError> {
-    let section = config.service("userapi");
-    let db = Database::open(
-        "userapi",
-        section.database_url.as_deref(),
-        &config.data_dir,
-        section.database_max_connections,
-        storage::MIGRATIONS,
-    )
-    .await?;
+    let db = Database::open_for_service(config, "userapi", storage::MIGRATIONS).await?;
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "userapi",

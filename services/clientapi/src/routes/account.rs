@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, json_response, respond};
+use ganglion_base::http::{MatrixJson, MatrixResult, json_response, parse_query, respond};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
@@ -86,7 +86,7 @@ pub(crate) async fn register(
     MatrixJson(body): MatrixJson<RegisterBody>,
 ) -> MatrixResult {
     api.rate_limiter.check(ip)?;
-    let query: RegisterQuery = ganglion_base_query(&uri)?;
+    let query: RegisterQuery = parse_query(&uri)?;
     if query.kind.as_deref().is_some_and(|k| k != "user") {
         return Err(MatrixError::new(
             StatusCode::FORBIDDEN,
@@ -100,7 +100,7 @@ pub(crate) async fn register(
     let localpart = match body.username.as_deref() {
         Some(name) => {
             let name = name.to_lowercase();
-            if !crate::routes::account::valid_localpart(&name) {
+            if !ganglion_api::users::valid_localpart(&name) {
                 return Err(invalid_username("The desired username is not valid"));
             }
             name
@@ -153,20 +153,6 @@ pub(crate) async fn register(
     respond(response)
 }
 
-pub(crate) fn valid_localpart(localpart: &str) -> bool {
-    !localpart.is_empty()
-        && localpart.len() <= 200
-        && localpart.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        )
-}
-
-fn ganglion_base_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, MatrixError> {
-    axum::extract::Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| MatrixError::invalid_param(e.body_text()))
-}
-
 #[derive(Deserialize)]
 pub(crate) struct AvailableQuery {
     username: Option<String>,
@@ -178,12 +164,12 @@ pub(crate) async fn available(
     uri: Uri,
 ) -> MatrixResult {
     api.rate_limiter.check(ip)?;
-    let query: AvailableQuery = ganglion_base_query(&uri)?;
+    let query: AvailableQuery = parse_query(&uri)?;
     let username = query
         .username
         .ok_or_else(|| MatrixError::missing_param("username is required"))?
         .to_lowercase();
-    if !valid_localpart(&username) {
+    if !ganglion_api::users::valid_localpart(&username) {
         return Err(invalid_username("The desired username is not valid"));
     }
     let available = api
@@ -279,8 +265,9 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    api.authenticate(&headers, &uri).await?;
-    let token = ganglion_api::users::access_token(&headers, uri.query()).unwrap_or_default();
+    // Logging out is the token's last lookup: an unknown token fails here.
+    let token = ganglion_api::users::access_token(&headers, uri.query())
+        .ok_or_else(MatrixError::missing_token)?;
     api.users
         .logout(pb::LogoutRequest {
             access_token: token,

@@ -39,13 +39,6 @@ fn event_template(
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl ClientApi {
     /// Sends one event for `device`; `txn_id` is echoed to that device.
     async fn send_event(
@@ -117,7 +110,7 @@ pub(crate) async fn send(
             &device.device_id,
             &txn_id,
             &event_id,
-            now_ms(),
+            ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
         )
         .await
         .map_err(|e| MatrixError::unknown(format!("transactions: {e}")))?;

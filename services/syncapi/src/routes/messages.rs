@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
-use crate::routes::sync::parse_query;
 use crate::sync_token::SyncToken;
+use ganglion_base::http::parse_query;
 
 #[derive(Deserialize)]
 struct MessagesQuery {

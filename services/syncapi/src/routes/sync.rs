@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, respond};
+use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
@@ -57,12 +57,6 @@ impl Filter {
             timeline_limit: limit.min(1000) as u32,
         })
     }
-}
-
-pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, MatrixError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| MatrixError::invalid_param(e.body_text()))
 }
 
 pub(crate) async fn sync(
