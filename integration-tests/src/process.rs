@@ -202,72 +202,6 @@ impl Monolith {
     }
 }
 
-/// A tansu Kafka broker (in-memory storage) on a free port, stopped with SIGINT on drop.
-pub struct Tansu {
-    child: Option<Child>,
-    pub brokers: String,
-}
-
-impl Tansu {
-    pub async fn start(log_dir: &Path) -> Tansu {
-        let binary = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
-            .map(|dir| dir.join("tansu"))
-            .find(|p| p.exists())
-            .expect(
-                "tansu is not installed: run the test command (scripts/test.sh), which installs it",
-            );
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(log_dir.join("tansu.log")).expect("tansu log");
-        let child = Command::new(binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tansu");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Tansu {
-            child: Some(child),
-            brokers: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-INT")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Every service in its own process, talking gRPC and Kafka, each on its own
 /// PostgreSQL database, behind the gateway.
 pub struct Polylith {
@@ -275,7 +209,7 @@ pub struct Polylith {
     pub processes: Vec<Process>,
     env: Vec<(String, String)>,
     dir: PathBuf,
-    _tansu: Tansu,
+    _tansu: ganglion_log::testing::Tansu,
 }
 
 /// The services the polylith test runs, in start order.
@@ -293,7 +227,7 @@ impl Polylith {
         database_urls: &[(&str, String)],
         extra_env: Vec<(String, String)>,
     ) -> Polylith {
-        let tansu = Tansu::start(dir).await;
+        let tansu = ganglion_log::testing::Tansu::start().await;
         let gateway_port = free_port();
         let mut env = vec![
             (
@@ -301,10 +235,7 @@ impl Polylith {
                 dir.join("data").display().to_string(),
             ),
             ("GANGLION_LOG__BACKEND".to_owned(), "kafka".to_owned()),
-            (
-                "GANGLION_LOG__KAFKA_BROKERS".to_owned(),
-                tansu.brokers.clone(),
-            ),
+            ("GANGLION_LOG__KAFKA_BROKERS".to_owned(), tansu.brokers()),
             // tansu holds each fetch for the whole wait: keep hops short.
             (
                 "GANGLION_LOG__KAFKA_FETCH_WAIT_MAX_MS".to_owned(),

@@ -17,6 +17,7 @@
 mod embedded;
 mod error;
 mod kafka;
+pub mod testing;
 
 use async_trait::async_trait;
 

@@ -2,13 +2,11 @@
 //! for Kafka a tansu broker started (and stopped) per test.
 
 use std::future::Future;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use ganglion_log::testing::Tansu;
 use ganglion_log::{Consumer, EmbeddedLog, KafkaConfig, KafkaLog, Log, Record};
 
 /// How long any single condition may take to come true. Generous: a member
@@ -104,15 +102,10 @@ impl Fixture {
     /// Freezes (`true`) or thaws the Kafka broker: while frozen it accepts
     /// no requests, as a broker behind a network partition.
     pub fn freeze_broker(&mut self, frozen: bool) {
-        let Backend::Kafka { broker, .. } = &mut self.backend else {
+        let Backend::Kafka { broker, .. } = &self.backend else {
             panic!("only the Kafka log has a broker");
         };
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .args([signal, &broker.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} failed");
+        broker.freeze(frozen);
     }
 
     /// A topic or group name no other case (or run) uses.
@@ -160,115 +153,4 @@ pub async fn await_assignment(
             }
         }
     }
-}
-
-/// A tansu broker on a free local port, stopped (SIGINT) when dropped.
-pub struct Tansu {
-    child: Child,
-    pub port: u16,
-    /// tansu's stderr: kept when a case fails, removed otherwise.
-    log_path: PathBuf,
-}
-
-impl Tansu {
-    async fn start() -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Tansu::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Tansu {
-        let binary = find_tansu().unwrap_or_else(|| {
-            panic!(
-                "`tansu` is not installed (not on PATH, not in ~/.cargo/bin): the Kafka \
-                 conformance cases need a real broker. Install it with `cargo install --locked \
-                 tansu@0.6.0 --no-default-features --features dynostore`."
-            )
-        });
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log_path = std::env::temp_dir().join(format!("tansu-conformance-{port}.log"));
-        let mut child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-        let deadline = Instant::now() + DEADLINE;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "tansu exited ({status}) before listening; its log is at {}",
-                    log_path.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on port {port} within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Tansu {
-            child,
-            port,
-            log_path,
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Tansu {
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return; // already stopped (and reaped: its pid may be reused)
-        }
-        // tansu shuts down on SIGINT (it ignores SIGTERM for seconds); `kill`
-        // sends it without unsafe code here.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !matches!(self.child.try_wait(), Ok(Some(_))) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.forget_log();
-    }
-
-    fn forget_log(&self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log_path);
-        }
-    }
-}
-
-fn find_tansu() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let in_cargo = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin"));
-    on_path
-        .into_iter()
-        .chain(in_cargo)
-        .map(|dir| dir.join("tansu"))
-        .find(|candidate| candidate.is_file())
 }
