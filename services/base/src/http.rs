@@ -161,12 +161,6 @@ pub async fn serve(
     .await
 }
 
-impl From<std::convert::Infallible> for MatrixError {
-    fn from(value: std::convert::Infallible) -> Self {
-        match value {}
-    }
-}
-
 /// Convenience: a `Result` whose error renders as a Matrix error.
 pub type MatrixResult<T = Response> = Result<T, MatrixError>;
 
