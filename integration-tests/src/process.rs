@@ -24,12 +24,23 @@ pub fn ganglion_binary() -> PathBuf {
     binary
 }
 
-/// A free loopback port.
+/// A free loopback port, never the same twice in this test process: tests
+/// run in parallel, and a port released by one check could otherwise be
+/// handed to two servers (one would fail to bind while the other answered
+/// its health checks).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped.
@@ -91,10 +102,21 @@ impl Drop for Process {
 }
 
 /// Waits until `url` answers 200, or panics with the process's log.
-pub async fn wait_healthy(url: &str, process: &Process, timeout: Duration) {
+pub async fn wait_healthy(url: &str, process: &mut Process, timeout: Duration) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        // A process that exited (e.g. could not bind) must not pass on
+        // another server's answers.
+        if let Some(child) = process.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "{} exited ({status}):\n{}",
+                process.name,
+                process.log_tail()
+            );
+        }
         if let Ok(response) = client.get(url).send().await
             && response.status().is_success()
         {
@@ -171,11 +193,11 @@ impl Monolith {
             .find(|(k, _)| k == "GANGLION_CLIENT__LISTEN")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        let process = Process::spawn("monolith", &["monolith"], &env, dir);
+        let mut process = Process::spawn("monolith", &["monolith"], &env, dir);
         let base_url = format!("http://{port}");
         wait_healthy(
             &format!("{base_url}/healthz"),
-            &process,
+            &mut process,
             Duration::from_secs(30),
         )
         .await;
@@ -191,10 +213,10 @@ impl Monolith {
     pub async fn kill9_and_restart(&mut self) {
         self.process.kill9();
         let env = self.env.clone();
-        let process = Process::spawn("monolith", &["monolith"], &env, &self.dir);
+        let mut process = Process::spawn("monolith", &["monolith"], &env, &self.dir);
         wait_healthy(
             &format!("{}/healthz", self.base_url),
-            &process,
+            &mut process,
             Duration::from_secs(30),
         )
         .await;
@@ -299,10 +321,10 @@ impl Polylith {
             let process = polylith.spawn(service).await;
             polylith.processes.push(process);
         }
-        let gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
+        let mut gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
         wait_healthy(
             &format!("{}/healthz", polylith.base_url),
-            &gateway,
+            &mut gateway,
             Duration::from_secs(30),
         )
         .await;
@@ -321,10 +343,10 @@ impl Polylith {
     }
 
     async fn spawn(&self, service: &str) -> Process {
-        let process = Process::spawn(service, &[service], &self.env, &self.dir);
+        let mut process = Process::spawn(service, &[service], &self.env, &self.dir);
         wait_healthy(
             &format!("http://{}/healthz", self.listen(service)),
-            &process,
+            &mut process,
             Duration::from_secs(30),
         )
         .await;
