@@ -23,6 +23,12 @@ crate::grpc::service_api! {
         fn query_membership(pb::QueryMembershipRequest) -> pb::QueryMembershipResponse;
         fn query_state_event(pb::QueryStateEventRequest) -> pb::QueryStateEventResponse;
         fn resolve_alias(pb::ResolveAliasRequest) -> pb::ResolveAliasResponse;
+        /// Checks and stores complete PDUs (federation, backfill, joins).
+        fn input_pdus(pb::InputPdusRequest) -> pb::InputPdusResponse;
+        fn query_state(pb::QueryStateRequest) -> pb::QueryStateResponse;
+        fn query_auth_chain(pb::QueryAuthChainRequest) -> pb::QueryAuthChainResponse;
+        fn query_events(pb::QueryEventsRequest) -> pb::QueryEventsResponse;
+        fn query_forward_extremities(pb::QueryForwardExtremitiesRequest) -> pb::QueryForwardExtremitiesResponse;
     }
 }
 

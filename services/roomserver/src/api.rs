@@ -17,6 +17,7 @@ use ruma::canonical_json::CanonicalJsonObject;
 use tokio::sync::oneshot;
 
 use crate::RoomserverService;
+use crate::consumers::input::Answer;
 use crate::events::{self, Signer};
 
 /// How long a caller waits for its input to be processed.
@@ -39,13 +40,61 @@ pub(crate) fn parse_object(bytes: &[u8]) -> Result<CanonicalJsonObject, ApiError
         .map_err(|e| ApiError::InvalidInput(format!("content must be a JSON object: {e}")))
 }
 
+impl Answer {
+    fn into_events(self) -> Result<pb::InputResponse, ApiError> {
+        match self {
+            Answer::Events(response) => Ok(response),
+            Answer::Pdus(_) => Err(ApiError::Internal("unexpected answer".into())),
+        }
+    }
+}
+
 impl RoomserverService {
+    /// The full auth chain of events (not including them), oldest first.
+    pub(crate) async fn auth_chain(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<std::sync::Arc<crate::events::Pdu>>, ApiError> {
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut chain = Vec::new();
+        let ids: Vec<&str> = event_ids.iter().map(String::as_str).collect();
+        let mut frontier: Vec<String> = self
+            .storage
+            .events_by_id(&ids)
+            .await?
+            .into_values()
+            .flat_map(|e| {
+                e.pdu
+                    .auth_events
+                    .iter()
+                    .map(|id| id.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        while !frontier.is_empty() {
+            frontier.retain(|id| seen.insert(id.clone()));
+            if frontier.is_empty() {
+                break;
+            }
+            let ids: Vec<&str> = frontier.iter().map(String::as_str).collect();
+            let found = self.storage.events_by_id(&ids).await?;
+            frontier = found
+                .values()
+                .flat_map(|e| e.pdu.auth_events.iter().map(|id| id.to_string()))
+                .filter(|id| !seen.contains(id))
+                .collect();
+            chain.extend(found.into_values().map(|e| e.pdu));
+        }
+        chain.sort_by(|a, b| a.depth.cmp(&b.depth).then(a.event_id.cmp(&b.event_id)));
+        Ok(chain)
+    }
+
     /// Appends an input record and waits for its outcome.
     async fn submit(
         &self,
         room_id: &str,
         kind: topic_pb::roomserver_input::Kind,
-    ) -> Result<pb::InputResponse, ApiError> {
+    ) -> Result<Answer, ApiError> {
         let request_id = random_id(24);
         let (sender, receiver) = oneshot::channel();
         self.lock_pending().insert(request_id.clone(), sender);
@@ -87,7 +136,7 @@ impl RoomserverService {
         &self,
     ) -> std::sync::MutexGuard<
         '_,
-        std::collections::HashMap<String, oneshot::Sender<Result<pb::InputResponse, ApiError>>>,
+        std::collections::HashMap<String, oneshot::Sender<Result<Answer, ApiError>>>,
     > {
         self.pending
             .lock()
@@ -99,7 +148,7 @@ impl RoomserverService {
         &self,
         reply_to: &str,
         request_id: &str,
-        outcome: Result<pb::InputResponse, ApiError>,
+        outcome: Result<Answer, ApiError>,
     ) {
         if reply_to == self.reply_to {
             if let Some(sender) = self.lock_pending().remove(request_id) {
@@ -124,7 +173,8 @@ impl RoomserverService {
             }
         };
         let result = match outcome {
-            Ok(accepted) => pb::outcome::Result::Accepted(accepted),
+            Ok(Answer::Events(accepted)) => pb::outcome::Result::Accepted(accepted),
+            Ok(Answer::Pdus(accepted)) => pb::outcome::Result::PdusAccepted(accepted),
             Err(error) => pb::outcome::Result::Rejected(error.into_wire()),
         };
         if let Err(error) = client
@@ -180,6 +230,7 @@ impl RoomserverApi for RoomserverService {
             }),
         )
         .await
+        .and_then(Answer::into_events)
     }
 
     async fn create_room(
@@ -217,11 +268,13 @@ impl RoomserverApi for RoomserverService {
             }),
         )
         .await
+        .and_then(Answer::into_events)
     }
 
     async fn deliver_outcome(&self, request: pb::Outcome) -> Result<Empty, ApiError> {
         let outcome = match request.result {
-            Some(pb::outcome::Result::Accepted(accepted)) => Ok(accepted),
+            Some(pb::outcome::Result::Accepted(accepted)) => Ok(Answer::Events(accepted)),
+            Some(pb::outcome::Result::PdusAccepted(accepted)) => Ok(Answer::Pdus(accepted)),
             Some(pb::outcome::Result::Rejected(error)) => Err(ApiError::from_wire_error(error)),
             None => Err(ApiError::Internal("empty outcome".into())),
         };
@@ -289,5 +342,132 @@ impl RoomserverApi for RoomserverService {
             vec![]
         };
         Ok(pb::ResolveAliasResponse { room_id, servers })
+    }
+
+    async fn input_pdus(
+        &self,
+        request: pb::InputPdusRequest,
+    ) -> Result<pb::InputPdusResponse, ApiError> {
+        ruma::RoomId::parse(&request.room_id)
+            .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
+        events::rules_for(&request.room_version)?;
+        if request.pdus.is_empty() {
+            return Err(ApiError::InvalidInput("no events".into()));
+        }
+        if let Some(pdu) = request
+            .pdus
+            .iter()
+            .find(|p| p.event_json.len() > events::MAX_PDU_BYTES)
+        {
+            return Err(ApiError::TooLarge(format!(
+                "a PDU of {} bytes exceeds 65536",
+                pdu.event_json.len()
+            )));
+        }
+        let room_id = request.room_id.clone();
+        match self
+            .submit(
+                &room_id,
+                topic_pb::roomserver_input::Kind::InputPdus(topic_pb::InputPdus {
+                    room_version: request.room_version,
+                    pdus: request.pdus,
+                }),
+            )
+            .await?
+        {
+            Answer::Pdus(response) => Ok(response),
+            Answer::Events(_) => Err(ApiError::Internal("unexpected answer".into())),
+        }
+    }
+
+    async fn query_state(
+        &self,
+        request: pb::QueryStateRequest,
+    ) -> Result<pb::QueryStateResponse, ApiError> {
+        let Some(room) = self.storage.room(&request.room_id).await? else {
+            return Ok(pb::QueryStateResponse::default());
+        };
+        let snapshot = if request.event_id.is_empty() {
+            room.snapshot_nid
+        } else {
+            let stored = self
+                .storage
+                .events_by_id(&[request.event_id.as_str()])
+                .await?;
+            let event = stored
+                .into_values()
+                .next()
+                .filter(|e| e.room_nid == room.room_nid)
+                .ok_or_else(|| ApiError::NotFound("unknown event".into()))?;
+            event
+                .state_before
+                .ok_or_else(|| ApiError::NotFound("no state is known at that event".into()))?
+        };
+        let state = if snapshot == 0 && request.event_id.is_empty() {
+            self.storage.legacy_current_state(room.room_nid).await?
+        } else {
+            self.storage.load_state(snapshot).await?.0
+        };
+        let mut events: Vec<_> = state.into_values().collect();
+        events.sort_by(|a, b| a.depth.cmp(&b.depth).then(a.event_id.cmp(&b.event_id)));
+        Ok(pb::QueryStateResponse {
+            room_exists: true,
+            room_version: room.room_version,
+            state_event_ids: events.iter().map(|e| e.event_id.to_string()).collect(),
+            state_events_json: events.iter().map(|e| e.json.as_bytes().to_vec()).collect(),
+        })
+    }
+
+    async fn query_auth_chain(
+        &self,
+        request: pb::QueryAuthChainRequest,
+    ) -> Result<pb::QueryAuthChainResponse, ApiError> {
+        let chain = self.auth_chain(&request.event_ids).await?;
+        Ok(pb::QueryAuthChainResponse {
+            event_ids: chain.iter().map(|e| e.event_id.to_string()).collect(),
+            events_json: chain.iter().map(|e| e.json.as_bytes().to_vec()).collect(),
+        })
+    }
+
+    async fn query_events(
+        &self,
+        request: pb::QueryEventsRequest,
+    ) -> Result<pb::QueryEventsResponse, ApiError> {
+        let ids: Vec<&str> = request.event_ids.iter().map(String::as_str).collect();
+        let stored = self.storage.events_by_id(&ids).await?;
+        let rooms = self
+            .storage
+            .room_ids(stored.values().map(|s| s.room_nid))
+            .await?;
+        let mut events = Vec::with_capacity(stored.len());
+        for id in &request.event_ids {
+            let Some(event) = ruma::EventId::parse(id).ok().and_then(|id| stored.get(&id)) else {
+                continue;
+            };
+            events.push(pb::StoredEvent {
+                event_id: id.clone(),
+                event_json: event.pdu.json.as_bytes().to_vec(),
+                room_id: rooms.get(&event.room_nid).cloned().unwrap_or_default(),
+                rejected: event.pdu.rejected,
+                outlier: event.outlier,
+                soft_failed: event.soft_failed,
+            });
+        }
+        Ok(pb::QueryEventsResponse { events })
+    }
+
+    async fn query_forward_extremities(
+        &self,
+        request: pb::QueryForwardExtremitiesRequest,
+    ) -> Result<pb::QueryForwardExtremitiesResponse, ApiError> {
+        let room = self
+            .storage
+            .room(&request.room_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
+        Ok(pb::QueryForwardExtremitiesResponse {
+            event_ids: self.storage.forward_extremities(room.room_nid).await?,
+            depth: room.depth,
+        })
     }
 }

@@ -8,25 +8,38 @@
 //!   at a time, in order, without locks.
 //! - Produces: `roomserver.output`, every accepted event with its state change,
 //!   via an outbox written in the same transaction as the events.
-//! - Owns: rooms, events, current state, forward extremities, aliases.
+//! - Owns: rooms, events (with the state before and after each, stored as
+//!   shared snapshots), current state, forward extremities, aliases,
+//!   redactions.
 //!
-//! Events are built, signed and authorised in `events.rs` (pure logic).
+//! Pure logic: events are built, signed and authorised in `events.rs`; forks
+//! are resolved in `resolution.rs`; states are cut into shared blocks in
+//! `state_blocks.rs`. Local events are appended in `local_events.rs`, PDUs
+//! from elsewhere go through the checks on receipt in `received_events.rs`;
+//! both work on a room's in-memory head (`head.rs`) and emit `outputs.rs`.
 #![forbid(unsafe_code)]
 
 mod api;
+#[doc(hidden)]
+pub mod benchmarks;
 mod consumers;
 mod events;
+mod head;
 mod internal_events;
+mod local_events;
+mod outputs;
+mod received_events;
+mod resolution;
+mod state_blocks;
 mod storage;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use ganglion_api::ApiError;
-use ganglion_api::proto::roomserver::InputResponse;
 use ganglion_api::roomserver::RoomserverClient;
 use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
@@ -47,17 +60,17 @@ pub struct RoomserverService {
     /// How other replicas reach this one to deliver outcomes ("local" in a monolith).
     reply_to: String,
     /// Callers waiting for the outcome of an input this replica accepted.
-    pending: Mutex<HashMap<String, oneshot::Sender<Result<InputResponse, ApiError>>>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<Result<consumers::input::Answer, ApiError>>>>,
     /// gRPC clients of other replicas, by address.
     peers: Mutex<HashMap<String, RoomserverClient>>,
     /// Serialises outbox publishing so output order follows commit order.
     publish_lock: tokio::sync::Mutex<()>,
     /// Set when the outbox may hold outputs not yet in the log.
     outbox_dirty: AtomicBool,
-    /// The highest outbox sequence number known to be in the log.
-    published_through: AtomicI64,
-    /// State and extremities of recently written rooms (see `consumers/input.rs`).
-    rooms: Mutex<HashMap<String, consumers::input::CachedRoom>>,
+    /// Outbox entries known to be in the log, cleared by the next write.
+    published: Mutex<Vec<i64>>,
+    /// The heads of rooms this replica wrote recently, by room NID (`head.rs`).
+    heads: Mutex<HashMap<i64, head::Head>>,
 }
 
 /// A started roomserver.
@@ -92,7 +105,7 @@ pub async fn start(
         log.ensure_topic(topic, config.log.partitions).await?;
     }
     let service = Arc::new(RoomserverService {
-        storage: Storage { db: db.clone() },
+        storage: Storage::new(db.clone()),
         log: log.clone(),
         topics: topics.clone(),
         server_name: config.server_name.clone(),
@@ -102,8 +115,8 @@ pub async fn start(
         peers: Mutex::new(HashMap::new()),
         publish_lock: tokio::sync::Mutex::new(()),
         outbox_dirty: AtomicBool::new(true),
-        published_through: AtomicI64::new(0),
-        rooms: Mutex::new(HashMap::new()),
+        published: Mutex::new(Vec::new()),
+        heads: Mutex::new(HashMap::new()),
     });
     // Outputs a crash left unpublished go out now; if that fails, the flag
     // stays set and the next input retries before anything newer.

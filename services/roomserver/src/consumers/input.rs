@@ -10,22 +10,21 @@ use ganglion_api::ApiError;
 use ganglion_api::consume::{HandleError, RecordHandler};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::topics as topic_pb;
-use ganglion_api::topics::{PAYLOAD_VERSION, decode, encode};
+use ganglion_api::topics::decode;
 use ganglion_log::{OutgoingRecord, Position, Record};
-use ruma::canonical_json::CanonicalJsonObject;
 
 use crate::RoomserverService;
-use crate::api::parse_object;
-use crate::events::{self, EventError, Pdu, RoomView, Signer, StateMap, Template};
+use crate::events::EventError;
+use crate::head::HeadError;
 use crate::internal_events::{EVENTS, INPUT_DURATION};
-use crate::storage::{AppendBatch, StorageError};
+use crate::storage::StorageError;
 
 pub(crate) struct InputConsumer {
     pub(crate) service: Arc<RoomserverService>,
 }
 
 /// Why an input was not accepted (the caller is told) or must be retried.
-enum ProcessError {
+pub(crate) enum ProcessError {
     Rejected(ApiError),
     Storage(StorageError),
 }
@@ -48,6 +47,47 @@ impl From<ApiError> for ProcessError {
     }
 }
 
+impl From<HeadError> for ProcessError {
+    fn from(error: HeadError) -> Self {
+        match error {
+            HeadError::Storage(e) => ProcessError::Storage(e),
+            HeadError::Event(e) => e.into(),
+        }
+    }
+}
+
+/// What the caller of an input is told.
+pub(crate) enum Answer {
+    Events(pb::InputResponse),
+    Pdus(pb::InputPdusResponse),
+}
+
+impl Answer {
+    fn set_position(&mut self, position: Option<ganglion_api::proto::common::LogPosition>) {
+        match self {
+            Answer::Events(r) => r.output_position = position,
+            Answer::Pdus(r) => r.output_position = position,
+        }
+    }
+    fn accepted(&self) -> u64 {
+        match self {
+            Answer::Events(r) => r.event_ids.len() as u64,
+            Answer::Pdus(r) => r
+                .outcomes
+                .iter()
+                .filter(|o| o.outcome == "accepted")
+                .count() as u64,
+        }
+    }
+}
+
+/// The result of processing an input: the answer, and the (outbox seq,
+/// payload) outputs to publish (none for a redelivered input).
+pub(crate) struct Processed {
+    pub(crate) answer: Answer,
+    pub(crate) outputs: Vec<(i64, Vec<u8>)>,
+}
+
 #[async_trait]
 impl RecordHandler for InputConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
@@ -64,37 +104,43 @@ impl RecordHandler for InputConsumer {
                 .map_err(|e| HandleError::Transient(e.to_string()))?;
             service.outbox_dirty.store(false, Ordering::Release);
         }
-        let kind = match &input.kind {
-            Some(topic_pb::roomserver_input::Kind::NewRoom(_)) => "new_room",
-            _ => "new_events",
+        let (kind, processed) = match &input.kind {
+            Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
+                ("new_room", service.new_room(&input, new_room).await)
+            }
+            Some(topic_pb::roomserver_input::Kind::NewLocalEvents(new_events)) => (
+                "new_events",
+                service.new_local_events(&input, new_events).await,
+            ),
+            Some(topic_pb::roomserver_input::Kind::InputPdus(pdus)) => {
+                ("pdus", service.input_pdus_record(&input, pdus).await)
+            }
+            None => (
+                "empty",
+                Err(ApiError::InvalidInput("empty input".into()).into()),
+            ),
         };
-        let outcome = match service.process(&input).await {
-            Ok(Processed::Done { event_ids, outputs }) => {
-                let position = match service.publish(&input.room_id, outputs).await {
-                    Ok(position) => position,
-                    Err(error) => {
-                        // Committed, not published: the retry publishes the
-                        // outbox and answers as for a redelivery.
-                        service.outbox_dirty.store(true, Ordering::Release);
-                        return Err(HandleError::Transient(error.to_string()));
-                    }
-                };
+        let outcome = match processed {
+            Ok(Processed {
+                mut answer,
+                outputs,
+            }) => {
+                if !outputs.is_empty() {
+                    let position = match service.publish(&input.room_id, outputs).await {
+                        Ok(position) => position,
+                        Err(error) => {
+                            // Committed, not published: the retry publishes the
+                            // outbox and answers as for a redelivery.
+                            service.outbox_dirty.store(true, Ordering::Release);
+                            return Err(HandleError::Transient(error.to_string()));
+                        }
+                    };
+                    answer.set_position(position.map(|p| service.position(p)));
+                }
                 EVENTS
                     .with_label_values(&["accepted"])
-                    .inc_by(event_ids.len() as u64);
-                Ok(pb::InputResponse {
-                    room_id: input.room_id.clone(),
-                    event_ids,
-                    output_position: position.map(|p| service.position(p)),
-                })
-            }
-            Ok(Processed::AlreadyDone { room_id, event_ids }) => {
-                // A redelivery: the work is done; answer again without a position.
-                Ok(pb::InputResponse {
-                    room_id,
-                    event_ids,
-                    output_position: None,
-                })
+                    .inc_by(answer.accepted());
+                Ok(answer)
             }
             Err(ProcessError::Rejected(error)) => {
                 EVENTS.with_label_values(&["rejected"]).inc();
@@ -116,147 +162,8 @@ impl RecordHandler for InputConsumer {
 }
 
 impl RoomserverService {
-    /// Builds and persists the events of one input.
-    async fn process(&self, input: &topic_pb::RoomserverInput) -> Result<Processed, ProcessError> {
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: &self.signing_key.key_pair,
-        };
-        match &input.kind {
-            Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
-                if self.storage.room(&input.room_id).await?.is_some() {
-                    if let Some((room_id, event_ids)) =
-                        self.storage.processed_input(&input.request_id).await?
-                    {
-                        return Ok(Processed::AlreadyDone { room_id, event_ids });
-                    }
-                    return Err(ApiError::RoomInUse.into());
-                }
-                if let Some(alias) = &new_room.alias
-                    && self.storage.resolve_alias(alias).await?.is_some()
-                {
-                    return Err(ApiError::RoomInUse.into());
-                }
-                let (_, rules) = events::rules_for(&new_room.room_version)?;
-                let create = create_event_from(&new_room.create_event_json, &rules)?;
-                events::check_create(&rules, &create)?;
-                let mut state = StateMap::new();
-                let mut extremities = vec![create.event_id.to_string()];
-                let mut depth = create.depth;
-                let create = Arc::new(create);
-                state.insert(("m.room.create".into(), String::new()), create.clone());
-                let mut built = vec![Built {
-                    pdu: create,
-                    replaced: None,
-                }];
-                built.extend(build_all(
-                    &input.room_id,
-                    &rules,
-                    (&mut state, &mut extremities, &mut depth),
-                    &new_room.initial_state,
-                    &signer,
-                )?);
-                let outputs = outputs(&built, &new_room.room_version, "", "");
-                let batch = AppendBatch {
-                    room_id: input.room_id.clone(),
-                    new_room_version: Some(new_room.room_version.clone()),
-                    events: built.iter().map(|b| b.pdu.clone()).collect(),
-                    request_id: input.request_id.clone(),
-                    outputs,
-                    alias: new_room.alias.clone(),
-                };
-                let outputs = match self.append(&batch).await? {
-                    Appended::Done(outputs) => outputs,
-                    Appended::AlreadyDone(done) => return Ok(done),
-                    Appended::Conflict => return Err(ApiError::RoomInUse.into()),
-                };
-                self.remember_room(&input.room_id, depth, state, extremities);
-                Ok(Processed::Done {
-                    event_ids: built.iter().map(|b| b.pdu.event_id.to_string()).collect(),
-                    outputs,
-                })
-            }
-            Some(topic_pb::roomserver_input::Kind::NewLocalEvents(new_events)) => {
-                let room = self
-                    .storage
-                    .room(&input.room_id)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
-                let (_, rules) = events::rules_for(&room.room_version)?;
-                let (mut state, mut extremities) =
-                    match self.take_cached_room(&input.room_id, room.depth) {
-                        Some(cached) => cached,
-                        None => (
-                            self.storage.current_state(room.room_nid).await?,
-                            self.storage.forward_extremities(room.room_nid).await?,
-                        ),
-                    };
-                let mut depth = room.depth;
-                let built = build_all(
-                    &input.room_id,
-                    &rules,
-                    (&mut state, &mut extremities, &mut depth),
-                    &new_events.templates,
-                    &signer,
-                )?;
-                let outputs = outputs(
-                    &built,
-                    &room.room_version,
-                    &new_events.device_id,
-                    &new_events.transaction_id,
-                );
-                let batch = AppendBatch {
-                    room_id: input.room_id.clone(),
-                    new_room_version: None,
-                    events: built.iter().map(|b| b.pdu.clone()).collect(),
-                    request_id: input.request_id.clone(),
-                    outputs,
-                    alias: None,
-                };
-                let outputs = match self.append(&batch).await? {
-                    Appended::Done(outputs) => outputs,
-                    Appended::AlreadyDone(done) => return Ok(done),
-                    Appended::Conflict => {
-                        return Err(ApiError::Internal("conflicting event".into()).into());
-                    }
-                };
-                self.remember_room(&input.room_id, depth, state, extremities);
-                Ok(Processed::Done {
-                    event_ids: built.iter().map(|b| b.pdu.event_id.to_string()).collect(),
-                    outputs,
-                })
-            }
-            None => Err(ApiError::InvalidInput("empty input".into()).into()),
-        }
-    }
-
-    /// Persists a batch; a unique violation means either a redelivered
-    /// request (answered from what was stored) or a taken alias.
-    async fn append(&self, batch: &AppendBatch) -> Result<Appended, ProcessError> {
-        let published_through = self.published_through.load(Ordering::Acquire);
-        match self.storage.append(batch, published_through).await {
-            Ok(seqs) => Ok(Appended::Done(
-                seqs.into_iter()
-                    .zip(batch.outputs.iter().cloned())
-                    .collect(),
-            )),
-            Err(error) if error.is_unique_violation() => {
-                match self.storage.processed_input(&batch.request_id).await? {
-                    Some((room_id, event_ids)) => {
-                        Ok(Appended::AlreadyDone(Processed::AlreadyDone {
-                            room_id,
-                            event_ids,
-                        }))
-                    }
-                    None => Ok(Appended::Conflict),
-                }
-            }
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Publishes the outputs of a batch just committed, then clears them
-    /// from the outbox; returns the last position.
+    /// Publishes the outputs of a batch just committed; they are cleared
+    /// from the outbox by the next write. Returns the last position.
     async fn publish(
         &self,
         room_id: &str,
@@ -264,18 +171,18 @@ impl RoomserverService {
     ) -> Result<Option<Position>, PublishError> {
         let _guard = self.publish_lock.lock().await;
         let mut last = None;
-        let mut last_seq = None;
         for (seq, payload) in outputs {
             last = Some(self.produce_output(room_id, payload).await?);
-            last_seq = Some(seq);
-        }
-        if let Some(seq) = last_seq {
-            // Cleared by the next append's transaction: one commit fewer per
+            // Cleared by the next write's transaction: one commit fewer per
             // record. A crash before then re-publishes these outputs, which
             // consumers tolerate (they dedupe by event ID).
-            self.published_through.fetch_max(seq, Ordering::AcqRel);
+            self.lock_published().push(seq);
         }
         Ok(last)
+    }
+
+    pub(crate) fn lock_published(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes whatever the outbox holds, oldest first (after a crash or a
@@ -283,18 +190,17 @@ impl RoomserverService {
     pub(crate) async fn publish_outbox(&self) -> Result<Option<Position>, PublishError> {
         let _guard = self.publish_lock.lock().await;
         let mut last = None;
-        let published_through = self.published_through.load(Ordering::Acquire);
+        let published: Vec<i64> = self.lock_published().clone();
         for pending in self.storage.pending_outputs().await? {
-            if pending.seq > published_through {
+            if !published.contains(&pending.seq) {
                 last = Some(
                     self.produce_output(&pending.room_id, pending.payload)
                         .await?,
                 );
             }
-            self.storage.delete_outputs_through(pending.seq).await?;
-            self.published_through
-                .fetch_max(pending.seq, Ordering::AcqRel);
+            self.storage.delete_output(pending.seq).await?;
         }
+        self.lock_published().clear();
         Ok(last)
     }
 
@@ -317,62 +223,6 @@ impl RoomserverService {
             )
             .await?)
     }
-
-    /// Takes the cached state and forward extremities of a room out of the
-    /// cache if it is at `depth` (the stored depth: another replica's append
-    /// raises it). Taken, not copied: the state of a large room is big, and
-    /// it goes back in once the input is persisted (or is reloaded if not).
-    fn take_cached_room(&self, room_id: &str, depth: i64) -> Option<(StateMap, Vec<String>)> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = rooms.remove(room_id)?;
-        (cached.depth == depth).then_some((cached.state, cached.extremities))
-    }
-
-    fn remember_room(&self, room_id: &str, depth: i64, state: StateMap, extremities: Vec<String>) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if rooms.len() >= ROOM_CACHE_ROOMS && !rooms.contains_key(room_id) {
-            // Crude but bounded: start over rather than track recency.
-            rooms.clear();
-        }
-        rooms.insert(
-            room_id.to_owned(),
-            CachedRoom {
-                depth,
-                state,
-                extremities,
-            },
-        );
-    }
-}
-
-/// How many rooms' state the roomserver keeps in memory.
-const ROOM_CACHE_ROOMS: usize = 1_000;
-
-/// What the roomserver remembers of a room between inputs.
-pub(crate) struct CachedRoom {
-    depth: i64,
-    state: StateMap,
-    extremities: Vec<String>,
-}
-
-/// The result of processing an input.
-enum Processed {
-    /// Newly persisted: the event IDs and the (outbox seq, payload) outputs to publish.
-    Done {
-        event_ids: Vec<String>,
-        outputs: Vec<(i64, Vec<u8>)>,
-    },
-    /// Persisted by an earlier delivery of the same record.
-    AlreadyDone {
-        room_id: String,
-        event_ids: Vec<String>,
-    },
-}
-
-enum Appended {
-    Done(Vec<(i64, Vec<u8>)>),
-    AlreadyDone(Processed),
-    Conflict,
 }
 
 /// Why publishing the outbox failed (always retried).
@@ -384,125 +234,4 @@ pub(crate) enum PublishError {
     /// The log refused the record.
     #[error("roomserver.output")]
     Log(#[from] ganglion_log::LogError),
-}
-
-/// Reads the create event the API built, recomputing its ID from its content.
-fn create_event_from(
-    json: &[u8],
-    rules: &ruma::room_version_rules::RoomVersionRules,
-) -> Result<Pdu, ProcessError> {
-    let object: CanonicalJsonObject = parse_object(json)?;
-    let hash = ruma::signatures::reference_hash(&object, rules)
-        .map_err(|e| ApiError::InvalidInput(format!("create event: {e}")))?;
-    let text = std::str::from_utf8(json).map_err(|e| ApiError::InvalidInput(e.to_string()))?;
-    Ok(Pdu::from_json(&format!("${hash}"), text)?)
-}
-
-fn build(
-    room_id: &str,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-    state: &StateMap,
-    extremities: &[String],
-    depth: i64,
-    template: &pb::EventTemplate,
-    signer: &Signer<'_>,
-) -> Result<Arc<Pdu>, ProcessError> {
-    let view = RoomView {
-        room_id,
-        rules,
-        state,
-        forward_extremities: extremities,
-        depth,
-    };
-    let content = parse_object(&template.content_json)?;
-    let pdu = events::build_event(
-        &view,
-        Template {
-            event_type: &template.event_type,
-            state_key: template.state_key.as_deref(),
-            sender: &template.sender,
-            content,
-            redacts: template.redacts.as_deref(),
-        },
-        signer,
-    )?;
-    Ok(Arc::new(pdu))
-}
-
-/// Builds `templates` in order on top of a room's head (state, forward
-/// extremities, depth), advancing the head past each event.
-fn build_all(
-    room_id: &str,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-    (state, extremities, depth): (&mut StateMap, &mut Vec<String>, &mut i64),
-    templates: &[pb::EventTemplate],
-    signer: &Signer<'_>,
-) -> Result<Vec<Built>, ProcessError> {
-    let mut built = Vec::with_capacity(templates.len());
-    for template in templates {
-        let pdu = build(room_id, rules, state, extremities, *depth, template, signer)?;
-        let replaced = apply(state, extremities, depth, &pdu);
-        built.push(Built { pdu, replaced });
-    }
-    Ok(built)
-}
-
-/// An event built on top of a room's head, with the state event it replaced.
-struct Built {
-    pdu: Arc<Pdu>,
-    replaced: Option<Arc<Pdu>>,
-}
-
-/// One `roomserver.output` record per event, with the state it changed.
-fn outputs(
-    built: &[Built],
-    room_version: &str,
-    device_id: &str,
-    transaction_id: &str,
-) -> Vec<Vec<u8>> {
-    built
-        .iter()
-        .map(|Built { pdu, replaced }| {
-            let entry = |event_id: String| topic_pb::StateEntry {
-                event_type: pdu.kind.to_string(),
-                state_key: pdu.state_key.clone().unwrap_or_default(),
-                event_id,
-            };
-            let added = pdu
-                .state_key
-                .as_ref()
-                .map(|_| entry(pdu.event_id.to_string()));
-            let removed = replaced
-                .as_ref()
-                .map(|previous| entry(previous.event_id.to_string()));
-            encode(&topic_pb::RoomserverOutput {
-                version: PAYLOAD_VERSION,
-                kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
-                    topic_pb::NewRoomEvent {
-                        event_json: pdu.json.as_bytes().to_vec(),
-                        room_version: room_version.to_owned(),
-                        state_added: added.into_iter().collect(),
-                        state_removed: removed.into_iter().collect(),
-                        device_id: device_id.to_owned(),
-                        transaction_id: transaction_id.to_owned(),
-                        depth: pdu.depth,
-                        event_id: pdu.event_id.to_string(),
-                    },
-                )),
-            })
-        })
-        .collect()
-}
-
-/// Advances a room's head past `pdu`; returns the state event it replaced.
-fn apply(
-    state: &mut StateMap,
-    extremities: &mut Vec<String>,
-    depth: &mut i64,
-    pdu: &Arc<Pdu>,
-) -> Option<Arc<Pdu>> {
-    *extremities = vec![pdu.event_id.to_string()];
-    *depth = pdu.depth;
-    let state_key = pdu.state_key.as_ref()?;
-    state.insert((pdu.kind.to_string(), state_key.clone()), pdu.clone())
 }

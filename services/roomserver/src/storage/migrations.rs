@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "rooms, events, current state, extremities, aliases, input dedupe, output outbox",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rooms, events, current state, extremities, aliases, input dedupe, output outbox",
+        sql: "
         CREATE TABLE rooms (
             room_nid {serial},
             room_id TEXT NOT NULL UNIQUE,
@@ -46,4 +47,44 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             payload {bytes} NOT NULL
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "state snapshots of shared blocks, integer IDs for types and state keys, event flags",
+        sql: "
+            CREATE TABLE event_types (
+                event_type_nid {serial},
+                event_type TEXT NOT NULL UNIQUE
+            );
+            CREATE TABLE event_state_keys (
+                state_key_nid {serial},
+                state_key TEXT NOT NULL UNIQUE
+            );
+            CREATE TABLE state_blocks (
+                block_nid {serial},
+                hash {bytes} NOT NULL UNIQUE,
+                entries {bytes} NOT NULL
+            );
+            CREATE TABLE state_snapshots (
+                snapshot_nid {serial},
+                hash {bytes} NOT NULL UNIQUE,
+                block_nids {bytes} NOT NULL,
+                entry_count BIGINT NOT NULL
+            );
+            ALTER TABLE events ADD COLUMN state_before_nid BIGINT;
+            ALTER TABLE events ADD COLUMN state_after_nid BIGINT;
+            ALTER TABLE events ADD COLUMN rejected BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE events ADD COLUMN soft_failed BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE events ADD COLUMN outlier BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE events ADD COLUMN redacted_by TEXT;
+            CREATE INDEX events_room_depth ON events (room_nid, depth);
+            ALTER TABLE rooms ADD COLUMN state_snapshot_nid BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE rooms ADD COLUMN head_version BIGINT NOT NULL DEFAULT 0;
+            CREATE TABLE redactions (
+                redaction_event_id TEXT PRIMARY KEY,
+                redacts_event_id TEXT NOT NULL
+            );
+            CREATE INDEX redactions_redacts ON redactions (redacts_event_id);
+        ",
+    },
+];

@@ -1,22 +1,41 @@
 //! The roomserver's tables, one module per group: rooms and their events and
-//! state (`rooms`), aliases (`aliases`), and the input dedupe and output
+//! the events' states as shared snapshots (`state`), aliases (`aliases`), and the input dedupe and output
 //! outbox that make processing exactly-once in effect (`outbox`).
 
 mod aliases;
 mod migrations;
 mod outbox;
 mod rooms;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use migrations::MIGRATIONS;
-pub(crate) use rooms::AppendBatch;
+pub(crate) use rooms::{EventFlags, HeadUpdate, RoomRow, RoomWriter, StoredEvent};
+pub(crate) use state::NidState;
+
+use std::sync::{Arc, Mutex};
 
 use ganglion_base::Database;
+
+use crate::events::Pdu;
 
 #[derive(Clone)]
 pub(crate) struct Storage {
     pub(crate) db: Database,
+    caches: Arc<state::Caches>,
+    /// Events by NID (state events mostly: they are read again and again).
+    events: Arc<Mutex<state::Bounded<i64, Arc<Pdu>>>>,
+}
+
+impl Storage {
+    pub(crate) fn new(db: Database) -> Storage {
+        Storage {
+            db,
+            caches: Arc::default(),
+            events: Arc::new(Mutex::new(state::Bounded::new(200_000))),
+        }
+    }
 }
 
 /// A storage failure (transient for the consumer: it retries).

@@ -48,9 +48,9 @@ impl Storage {
             .collect()
     }
 
-    /// Clears every output up to and including `seq` (published in order).
-    pub(crate) async fn delete_outputs_through(&self, seq: i64) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM output_outbox WHERE seq <= $1")
+    /// Clears one published output.
+    pub(crate) async fn delete_output(&self, seq: i64) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM output_outbox WHERE seq = $1")
             .bind(seq)
             .execute(&self.db.pool)
             .await?;

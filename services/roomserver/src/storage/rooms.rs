@@ -1,7 +1,14 @@
+//! Rooms, their events (with the state before and after each), forward
+//! extremities and current state; written one input at a time through a
+//! [`RoomWriter`] transaction.
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::Row;
+use ruma::OwnedEventId;
+use sqlx::{Any, Row, Transaction};
 
+use super::state::{Learnt, NidState};
 use super::{Storage, StorageError};
 use crate::events::{Pdu, StateMap};
 
@@ -9,55 +16,102 @@ pub(crate) struct RoomRow {
     pub(crate) room_nid: i64,
     pub(crate) room_version: String,
     pub(crate) depth: i64,
+    /// The current state (0: none yet).
+    pub(crate) snapshot_nid: i64,
+    /// Grows with every write that moves the room's head; a replica's cached
+    /// head is valid only at the version it was cached at.
+    pub(crate) head_version: i64,
 }
 
-/// Everything one input record changes, written in one transaction.
-pub(crate) struct AppendBatch {
-    pub(crate) room_id: String,
-    /// Set when the batch creates the room.
-    pub(crate) new_room_version: Option<String>,
-    pub(crate) events: Vec<Arc<Pdu>>,
-    pub(crate) request_id: String,
-    /// Encoded `roomserver.output` records, one per event.
-    pub(crate) outputs: Vec<Vec<u8>>,
-    /// An alias to point at the room, in the same transaction.
-    pub(crate) alias: Option<String>,
+/// An event as stored, with what the roomserver decided about it.
+#[derive(Clone)]
+pub(crate) struct StoredEvent {
+    pub(crate) event_nid: i64,
+    pub(crate) room_nid: i64,
+    pub(crate) pdu: Arc<Pdu>,
+    /// The state before and after the event; `None` for outliers.
+    pub(crate) state_before: Option<i64>,
+    pub(crate) state_after: Option<i64>,
+    pub(crate) soft_failed: bool,
+    pub(crate) outlier: bool,
+}
+
+/// How an event is stored.
+pub(crate) struct EventFlags {
+    pub(crate) rejected: bool,
+    pub(crate) soft_failed: bool,
+    pub(crate) outlier: bool,
+}
+
+/// Where a room's head moves to.
+pub(crate) struct HeadUpdate {
+    pub(crate) snapshot_nid: i64,
+    pub(crate) depth: i64,
+    pub(crate) extremities: Vec<String>,
+    /// Current-state entries to set (`Some(event_id)`) or remove.
+    pub(crate) changes: Vec<(String, String, Option<String>)>,
+}
+
+const EVENT_COLUMNS: &str = "event_nid, room_nid, event_id, json, state_before_nid, state_after_nid, rejected, soft_failed, outlier";
+
+fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, StorageError> {
+    let event_id: String = row.try_get(2)?;
+    let json: String = row.try_get(3)?;
+    let mut pdu =
+        Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id.clone()))?;
+    pdu.rejected = row.try_get::<i64, _>(6)? != 0;
+    Ok(StoredEvent {
+        event_nid: row.try_get(0)?,
+        room_nid: row.try_get(1)?,
+        pdu: Arc::new(pdu),
+        state_before: row.try_get(4)?,
+        state_after: row.try_get(5)?,
+        soft_failed: row.try_get::<i64, _>(7)? != 0,
+        outlier: row.try_get::<i64, _>(8)? != 0,
+    })
 }
 
 impl Storage {
     pub(crate) async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StorageError> {
-        let row = sqlx::query("SELECT room_nid, room_version, depth FROM rooms WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT room_nid, room_version, depth, state_snapshot_nid, head_version
+             FROM rooms WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
         Ok(match row {
             Some(row) => Some(RoomRow {
                 room_nid: row.try_get(0)?,
                 room_version: row.try_get(1)?,
                 depth: row.try_get(2)?,
+                snapshot_nid: row.try_get(3)?,
+                head_version: row.try_get(4)?,
             }),
             None => None,
         })
     }
 
-    /// The room's current state with every event loaded.
-    pub(crate) async fn current_state(&self, room_nid: i64) -> Result<StateMap, StorageError> {
-        let rows = sqlx::query(
-            "SELECT s.event_type, s.state_key, e.event_id, e.json FROM current_state s
-             JOIN events e ON e.event_nid = s.event_nid WHERE s.room_nid = $1",
-        )
-        .bind(room_nid)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let mut state = StateMap::with_capacity(rows.len());
-        for row in rows {
-            let event_id: String = row.try_get(2)?;
-            let json: String = row.try_get(3)?;
-            let pdu =
-                Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
-            state.insert((row.try_get(0)?, row.try_get(1)?), Arc::new(pdu));
+    /// Room IDs by NID.
+    pub(crate) async fn room_ids(
+        &self,
+        nids: impl Iterator<Item = i64>,
+    ) -> Result<HashMap<i64, String>, StorageError> {
+        let mut nids: Vec<i64> = nids.collect();
+        nids.sort_unstable();
+        nids.dedup();
+        let mut found = HashMap::new();
+        for nid in nids {
+            if let Some(room_id) =
+                sqlx::query_scalar::<_, String>("SELECT room_id FROM rooms WHERE room_nid = $1")
+                    .bind(nid)
+                    .fetch_optional(&self.db.pool)
+                    .await?
+            {
+                found.insert(nid, room_id);
+            }
         }
-        Ok(state)
+        Ok(found)
     }
 
     pub(crate) async fn forward_extremities(
@@ -70,6 +124,107 @@ impl Storage {
         .bind(room_nid)
         .fetch_all(&self.db.pool)
         .await?)
+    }
+
+    /// Stored events by ID (those not stored are absent from the map).
+    pub(crate) async fn events_by_id(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<OwnedEventId, StoredEvent>, StorageError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(200) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql =
+                format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({placeholders})");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let stored = stored_from_row(&row)?;
+                found.insert(stored.pdu.event_id.clone(), stored);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stored events by NID.
+    pub(crate) async fn events_by_nid(
+        &self,
+        nids: &[i64],
+    ) -> Result<HashMap<i64, Arc<Pdu>>, StorageError> {
+        let mut found = HashMap::with_capacity(nids.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.lock_event_cache();
+            for nid in nids {
+                match cache.get(nid) {
+                    Some(pdu) => {
+                        found.insert(*nid, pdu);
+                    }
+                    None => missing.push(*nid),
+                }
+            }
+        }
+        for chunk in missing.chunks(500) {
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            // NIDs are integers we produced, never user input.
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_nid IN ({list})");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&self.db.pool)
+                .await?;
+            let mut cache = self.lock_event_cache();
+            for row in rows {
+                let stored = stored_from_row(&row)?;
+                cache.insert(stored.event_nid, stored.pdu.clone());
+                found.insert(stored.event_nid, stored.pdu);
+            }
+        }
+        Ok(found)
+    }
+
+    fn lock_event_cache(&self) -> std::sync::MutexGuard<'_, super::state::Bounded<i64, Arc<Pdu>>> {
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A snapshot as events, keyed by (type, state key), with its NIDs.
+    pub(crate) async fn load_state(
+        &self,
+        snapshot_nid: i64,
+    ) -> Result<(StateMap, NidState), StorageError> {
+        let nids = self.snapshot(snapshot_nid).await?;
+        let state = self.state_map(&nids).await?;
+        Ok((state, nids))
+    }
+
+    /// The events of a NID state.
+    pub(crate) async fn state_map(&self, nids: &NidState) -> Result<StateMap, StorageError> {
+        let type_nids: Vec<i64> = nids.entries.keys().map(|(t, _)| *t).collect();
+        let key_nids: Vec<i64> = nids.entries.keys().map(|(_, k)| *k).collect();
+        let event_nids: Vec<i64> = nids.entries.values().copied().collect();
+        let (types, keys) = self.names(&type_nids, &key_nids).await?;
+        let events = self.events_by_nid(&event_nids).await?;
+        let mut state = StateMap::with_capacity(nids.entries.len());
+        for ((kind, key), event) in &nids.entries {
+            let (Some(kind), Some(key), Some(event)) =
+                (types.get(kind), keys.get(key), events.get(event))
+            else {
+                return Err(StorageError::Corrupt(format!(
+                    "state entry {kind}/{key}/{event}"
+                )));
+            };
+            state.insert((kind.clone(), key.clone()), event.clone());
+        }
+        Ok(state)
     }
 
     /// One state event of a room's current state, as JSON.
@@ -91,106 +246,358 @@ impl Storage {
         .await?)
     }
 
-    /// Persists a batch: the room (if new), its events, the state they set,
-    /// the new forward extremity, the request as processed and the outputs
-    /// to publish. Returns the outbox sequence numbers of the outputs.
-    /// Also clears the outbox up to `published_through` (already in the log).
-    pub(crate) async fn append(
+    /// The current state of a room written before state snapshots existed
+    /// (schema version 1): read from the current-state table.
+    pub(crate) async fn legacy_current_state(
         &self,
-        batch: &AppendBatch,
-        published_through: i64,
-    ) -> Result<Vec<i64>, StorageError> {
-        let mut tx = self.db.pool.begin().await?;
-        if published_through > 0 {
-            sqlx::query("DELETE FROM output_outbox WHERE seq <= $1")
-                .bind(published_through)
-                .execute(&mut *tx)
-                .await?;
+        room_nid: i64,
+    ) -> Result<StateMap, StorageError> {
+        let rows = sqlx::query(
+            "SELECT s.event_type, s.state_key, e.event_id, e.json FROM current_state s
+             JOIN events e ON e.event_nid = s.event_nid WHERE s.room_nid = $1",
+        )
+        .bind(room_nid)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut state = StateMap::with_capacity(rows.len());
+        for row in rows {
+            let event_id: String = row.try_get(2)?;
+            let json: String = row.try_get(3)?;
+            let pdu =
+                Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
+            state.insert((row.try_get(0)?, row.try_get(1)?), Arc::new(pdu));
         }
-        if let Some(version) = &batch.new_room_version {
-            sqlx::query("INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)")
-                .bind(&batch.room_id)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+        Ok(state)
+    }
+
+    /// Opens the transaction that writes one input to a room, creating the
+    /// room first when `new_room_version` is set.
+    pub(crate) async fn begin_room_write(
+        &self,
+        room_id: &str,
+        new_room_version: Option<&str>,
+    ) -> Result<RoomWriter, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        if let Some(version) = new_room_version {
+            sqlx::query(
+                "INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)
+                 ON CONFLICT (room_id) DO NOTHING",
+            )
+            .bind(room_id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         }
         let room_nid: i64 = sqlx::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
-            .bind(&batch.room_id)
-            .fetch_one(&mut *tx)
+            .bind(room_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("no room {room_id}")))?;
+        Ok(RoomWriter {
+            storage: self.clone(),
+            tx,
+            room_nid,
+            room_id: room_id.to_owned(),
+            learnt: Learnt::default(),
+            event_nids: Vec::new(),
+            redacted: Vec::new(),
+        })
+    }
+}
+
+/// One input's writes to one room, in one transaction.
+pub(crate) struct RoomWriter {
+    storage: Storage,
+    tx: Transaction<'static, Any>,
+    pub(crate) room_nid: i64,
+    room_id: String,
+    learnt: Learnt,
+    /// Events written, cached once committed.
+    event_nids: Vec<(i64, Arc<Pdu>)>,
+    /// Events redacted, dropped from the cache once committed.
+    redacted: Vec<String>,
+}
+
+impl RoomWriter {
+    /// The (type NID, state key NID) of a state event, interned.
+    pub(crate) async fn state_key_nids(
+        &mut self,
+        pdu: &Pdu,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        let Some(key) = &pdu.state_key else {
+            return Ok(None);
+        };
+        let kind = self
+            .storage
+            .intern(&mut self.tx, &mut self.learnt, true, &pdu.kind.to_string())
             .await?;
-        let mut last: Option<&Arc<Pdu>> = None;
-        for pdu in &batch.events {
-            let event_nid: i64 = sqlx::query_scalar(
-                "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING event_nid",
-            )
-            .bind(pdu.event_id.as_str())
-            .bind(room_nid)
-            .bind(pdu.kind.to_string())
-            .bind(pdu.state_key.as_deref())
-            .bind(pdu.depth)
-            .bind(&*pdu.json)
-            .fetch_one(&mut *tx)
+        let key = self
+            .storage
+            .intern(&mut self.tx, &mut self.learnt, false, key)
             .await?;
-            if let Some(state_key) = &pdu.state_key {
-                sqlx::query(
-                    "INSERT INTO current_state (room_nid, event_type, state_key, event_nid)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
-                )
-                .bind(room_nid)
-                .bind(pdu.kind.to_string())
-                .bind(state_key)
-                .bind(event_nid)
-                .execute(&mut *tx)
-                .await?;
+        Ok(Some((kind, key)))
+    }
+
+    /// Stores `state` as a snapshot and returns its NID.
+    pub(crate) async fn snapshot(&mut self, state: &mut NidState) -> Result<i64, StorageError> {
+        self.storage
+            .write_snapshot(&mut self.tx, &mut self.learnt, state)
+            .await
+    }
+
+    /// A state given as events, as NIDs (every event must be stored, or
+    /// written earlier in this transaction).
+    pub(crate) async fn nid_state(&mut self, state: &StateMap) -> Result<NidState, StorageError> {
+        let mut nids = NidState::default();
+        let ids: Vec<&str> = state.values().map(|p| p.event_id.as_str()).collect();
+        let mut event_nids: HashMap<String, i64> = self
+            .event_nids
+            .iter()
+            .map(|(nid, pdu)| (pdu.event_id.to_string(), *nid))
+            .collect();
+        for chunk in ids.chunks(200) {
+            let missing: Vec<&str> = chunk
+                .iter()
+                .copied()
+                .filter(|id| !event_nids.contains_key(*id))
+                .collect();
+            if missing.is_empty() {
+                continue;
             }
-            last = Some(pdu);
+            let placeholders = (1..=missing.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT event_id, event_nid FROM events WHERE event_id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in &missing {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                event_nids.insert(row.try_get(0)?, row.try_get(1)?);
+            }
         }
-        if let Some(last) = last {
-            sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
-                .bind(room_nid)
-                .execute(&mut *tx)
-                .await?;
+        for pdu in state.values() {
+            let event_nid = *event_nids.get(pdu.event_id.as_str()).ok_or_else(|| {
+                StorageError::Corrupt(format!("state event {} not stored", pdu.event_id))
+            })?;
+            if let Some((kind, key)) = self.state_key_nids(pdu).await? {
+                nids.set(kind, key, event_nid);
+            }
+        }
+        Ok(nids)
+    }
+
+    /// Stores an event; returns its NID.
+    pub(crate) async fn insert_event(
+        &mut self,
+        pdu: &Arc<Pdu>,
+        flags: &EventFlags,
+        state_before: Option<i64>,
+        state_after: Option<i64>,
+    ) -> Result<i64, StorageError> {
+        let event_nid: i64 = sqlx::query_scalar(
+            "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json,
+                state_before_nid, state_after_nid, rejected, soft_failed, outlier)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING event_nid",
+        )
+        .bind(pdu.event_id.as_str())
+        .bind(self.room_nid)
+        .bind(pdu.kind.to_string())
+        .bind(pdu.state_key.as_deref())
+        .bind(pdu.depth)
+        .bind(&*pdu.json)
+        .bind(state_before)
+        .bind(state_after)
+        .bind(i64::from(flags.rejected))
+        .bind(i64::from(flags.soft_failed))
+        .bind(i64::from(flags.outlier))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        if !flags.rejected {
+            self.event_nids.push((event_nid, pdu.clone()));
+        }
+        Ok(event_nid)
+    }
+
+    /// The state after a state event, known once the event has its NID.
+    pub(crate) async fn set_state_after(
+        &mut self,
+        event_nid: i64,
+        state_after: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query("UPDATE events SET state_after_nid = $1 WHERE event_nid = $2")
+            .bind(state_after)
+            .bind(event_nid)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// An outlier that now has state (it was fetched before its place in the
+    /// DAG was known) takes the state given.
+    pub(crate) async fn de_outlier(
+        &mut self,
+        event_nid: i64,
+        state_before: i64,
+        state_after: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE events SET outlier = 0, state_before_nid = $1, state_after_nid = $2
+             WHERE event_nid = $3",
+        )
+        .bind(state_before)
+        .bind(state_after)
+        .bind(event_nid)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the room's head: current state, extremities, depth.
+    pub(crate) async fn set_head(&mut self, head: &HeadUpdate) -> Result<(), StorageError> {
+        for (kind, key, event_id) in &head.changes {
+            match event_id {
+                Some(event_id) => {
+                    sqlx::query(
+                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid)
+                         SELECT $1, $2, $3, event_nid FROM events WHERE event_id = $4
+                         ON CONFLICT (room_nid, event_type, state_key)
+                         DO UPDATE SET event_nid = excluded.event_nid",
+                    )
+                    .bind(self.room_nid)
+                    .bind(kind)
+                    .bind(key)
+                    .bind(event_id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM current_state
+                         WHERE room_nid = $1 AND event_type = $2 AND state_key = $3",
+                    )
+                    .bind(self.room_nid)
+                    .bind(kind)
+                    .bind(key)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
+            .bind(self.room_nid)
+            .execute(&mut *self.tx)
+            .await?;
+        for event_id in &head.extremities {
             sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
-                .bind(room_nid)
-                .bind(last.event_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE rooms SET depth = $1 WHERE room_nid = $2")
-                .bind(last.depth)
-                .bind(room_nid)
-                .execute(&mut *tx)
+                .bind(self.room_nid)
+                .bind(event_id)
+                .execute(&mut *self.tx)
                 .await?;
         }
-        let event_ids: Vec<&str> = batch.events.iter().map(|p| p.event_id.as_str()).collect();
+        sqlx::query(
+            "UPDATE rooms SET depth = $1, state_snapshot_nid = $2, head_version = head_version + 1
+             WHERE room_nid = $3",
+        )
+        .bind(head.depth)
+        .bind(head.snapshot_nid)
+        .bind(self.room_nid)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records an accepted redaction and keeps the redacted copy of its
+    /// target (when stored) in place of the original.
+    pub(crate) async fn redact(
+        &mut self,
+        redaction_event_id: &str,
+        redacts: &str,
+        redacted_json: Option<&str>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO redactions (redaction_event_id, redacts_event_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(redaction_event_id)
+        .bind(redacts)
+        .execute(&mut *self.tx)
+        .await?;
+        if let Some(json) = redacted_json {
+            sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
+                .bind(json)
+                .bind(redaction_event_id)
+                .bind(redacts)
+                .execute(&mut *self.tx)
+                .await?;
+            self.redacted.push(redacts.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Records the input as processed, adds an alias, queues the outputs,
+    /// clears outputs already in the log, and commits. Returns the outbox
+    /// sequence numbers of the outputs.
+    pub(crate) async fn commit(
+        mut self,
+        request_id: &str,
+        event_ids: &[String],
+        alias: Option<&str>,
+        outputs: &[Vec<u8>],
+        published: &[i64],
+    ) -> Result<Vec<i64>, StorageError> {
+        if !published.is_empty() {
+            let list = published
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            // Sequence numbers are integers we produced.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM output_outbox WHERE seq IN ({list})"
+            )))
+            .execute(&mut *self.tx)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO processed_inputs (request_id, room_id, event_ids) VALUES ($1, $2, $3)",
         )
-        .bind(&batch.request_id)
-        .bind(&batch.room_id)
-        .bind(serde_json::to_string(&event_ids).unwrap_or_default())
-        .execute(&mut *tx)
+        .bind(request_id)
+        .bind(&self.room_id)
+        .bind(serde_json::to_string(event_ids).unwrap_or_default())
+        .execute(&mut *self.tx)
         .await?;
-        if let Some(alias) = &batch.alias {
+        if let Some(alias) = alias {
             sqlx::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
                 .bind(alias)
-                .bind(&batch.room_id)
-                .execute(&mut *tx)
+                .bind(&self.room_id)
+                .execute(&mut *self.tx)
                 .await?;
         }
-        let mut seqs = Vec::with_capacity(batch.outputs.len());
-        for payload in &batch.outputs {
+        let mut seqs = Vec::with_capacity(outputs.len());
+        for payload in outputs {
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO output_outbox (room_id, payload) VALUES ($1, $2) RETURNING seq",
             )
-            .bind(&batch.room_id)
+            .bind(&self.room_id)
             .bind(payload.as_slice())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *self.tx)
             .await?;
             seqs.push(seq);
         }
-        tx.commit().await?;
+        self.tx.commit().await?;
+        self.storage.remember(self.learnt);
+        let mut cache = self.storage.lock_event_cache();
+        for (nid, pdu) in self.event_nids {
+            cache.insert(nid, pdu);
+        }
+        if !self.redacted.is_empty() {
+            let redacted = self.redacted;
+            cache.retain(|_, pdu| !redacted.iter().any(|id| id == pdu.event_id.as_str()));
+        }
         Ok(seqs)
     }
 }

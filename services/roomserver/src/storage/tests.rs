@@ -8,7 +8,7 @@ use ruma::canonical_json::CanonicalJsonObject;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::signatures::Ed25519KeyPair;
 
-use super::{AppendBatch, MIGRATIONS, Storage};
+use super::{EventFlags, HeadUpdate, MIGRATIONS, NidState, Storage};
 use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
 
 const SERVER: &str = "example.org";
@@ -18,7 +18,7 @@ const VERSION: &str = "10";
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     let (db, dir) =
         ganglion_base::testing::open_scratch("roomserver", MIGRATIONS, database_url).await;
-    (Storage { db }, dir)
+    (Storage::new(db), dir)
 }
 
 fn key() -> Ed25519KeyPair {
@@ -36,13 +36,11 @@ struct Room {
     room_id: String,
     rules: RoomVersionRules,
     state: StateMap,
-    extremities: Vec<String>,
-    depth: i64,
+    extremities: Vec<Arc<Pdu>>,
     key: Ed25519KeyPair,
 }
 
 impl Room {
-    /// A new room and its create event.
     fn create(room_id: &str) -> (Room, Arc<Pdu>) {
         let key = key();
         let (room_id, create) = events::build_create_event(
@@ -64,14 +62,12 @@ impl Room {
             room_id: room_id.to_string(),
             rules,
             state,
-            extremities: vec![create.event_id.to_string()],
-            depth: create.depth,
+            extremities: vec![create.clone()],
             key,
         };
         (room, create)
     }
 
-    /// Builds the next event and advances the in-memory room past it.
     fn next(
         &mut self,
         event_type: &str,
@@ -83,58 +79,50 @@ impl Room {
             rules: &self.rules,
             state: &self.state,
             forward_extremities: &self.extremities,
-            depth: self.depth,
         };
-        let pdu = events::build_event(
-            &view,
-            Template {
-                event_type,
-                state_key,
-                sender: ALICE,
-                content: content(body),
-                redacts: None,
-            },
-            &Signer {
-                server_name: SERVER,
-                key: &self.key,
-            },
-        )
-        .expect("event");
-        let pdu = Arc::new(pdu);
+        let pdu = Arc::new(
+            events::build_event(
+                &view,
+                Template {
+                    event_type,
+                    state_key,
+                    sender: ALICE,
+                    content: content(body),
+                    redacts: None,
+                },
+                &Signer {
+                    server_name: SERVER,
+                    key: &self.key,
+                },
+            )
+            .expect("event"),
+        );
         if let Some(key) = &pdu.state_key {
             self.state
                 .insert((pdu.kind.to_string(), key.clone()), pdu.clone());
         }
-        self.extremities = vec![pdu.event_id.to_string()];
-        self.depth = pdu.depth;
+        self.extremities = vec![pdu.clone()];
         pdu
     }
 }
 
-fn event_ids(state: &StateMap) -> BTreeMap<(String, String), String> {
+fn ids(state: &StateMap) -> BTreeMap<(String, String), String> {
     state
         .iter()
         .map(|(key, pdu)| (key.clone(), pdu.event_id.to_string()))
         .collect()
 }
 
-fn ids(events: &[Arc<Pdu>]) -> Vec<String> {
-    events.iter().map(|p| p.event_id.to_string()).collect()
-}
+const ACCEPTED: EventFlags = EventFlags {
+    rejected: false,
+    soft_failed: false,
+    outlier: false,
+};
 
-async fn pending(storage: &Storage) -> Vec<(i64, String, Vec<u8>)> {
-    storage
-        .pending_outputs()
-        .await
-        .expect("pending outputs")
-        .into_iter()
-        .map(|r| (r.seq, r.room_id, r.payload))
-        .collect()
-}
-
-async fn append_and_read_back(storage: Storage) {
+/// Writes events the way the consumer does: state before and after each,
+/// the head moved to the last, outputs queued, all in one transaction.
+async fn write_room(storage: &Storage) {
     let (mut room, create) = Room::create("!r:example.org");
-    let room_id = room.room_id.clone();
     let join = room.next(
         "m.room.member",
         Some(ALICE),
@@ -145,342 +133,252 @@ async fn append_and_read_back(storage: Storage) {
         Some(""),
         serde_json::json!({"name": "first"}),
     );
-    let message = room.next(
-        "m.room.message",
-        None,
-        serde_json::json!({"msgtype": "m.text", "body": "hi"}),
-    );
-    let created = vec![create.clone(), join.clone(), name.clone(), message.clone()];
-    let outputs: Vec<Vec<u8>> = (1..=4u8).map(|i| vec![i; 3]).collect();
+    let message = room.next("m.room.message", None, serde_json::json!({"body": "hi"}));
 
-    assert!(storage.room(&room_id).await.expect("room").is_none());
-    let seqs = storage
-        .append(
-            &AppendBatch {
-                room_id: room_id.clone(),
-                new_room_version: Some(VERSION.into()),
-                events: created.clone(),
-                request_id: "req-create".into(),
-                outputs: outputs.clone(),
-                alias: Some("#room:example.org".into()),
-            },
-            0,
+    let mut writer = storage
+        .begin_room_write(&room.room_id, Some(VERSION))
+        .await
+        .expect("begin");
+    let mut nids = NidState::default();
+    let mut afters = Vec::new();
+    for pdu in [&create, &join, &name, &message] {
+        let before = writer.snapshot(&mut nids).await.expect("snapshot");
+        match writer.state_key_nids(pdu).await.expect("nids") {
+            Some((kind, key)) => {
+                let nid = writer
+                    .insert_event(pdu, &ACCEPTED, Some(before), None)
+                    .await
+                    .expect("insert");
+                nids.set(kind, key, nid);
+                let after = writer.snapshot(&mut nids).await.expect("snapshot");
+                writer.set_state_after(nid, after).await.expect("after");
+                afters.push(after);
+            }
+            None => {
+                writer
+                    .insert_event(pdu, &ACCEPTED, Some(before), Some(before))
+                    .await
+                    .expect("insert");
+                afters.push(before);
+            }
+        }
+    }
+    let head_snapshot = writer.snapshot(&mut nids).await.expect("snapshot");
+    writer
+        .set_head(&HeadUpdate {
+            snapshot_nid: head_snapshot,
+            depth: message.depth,
+            extremities: vec![message.event_id.to_string()],
+            changes: room
+                .state
+                .iter()
+                .map(|((k, s), p)| (k.clone(), s.clone(), Some(p.event_id.to_string())))
+                .collect(),
+        })
+        .await
+        .expect("head");
+    let event_ids: Vec<String> = [&create, &join, &name, &message]
+        .iter()
+        .map(|p| p.event_id.to_string())
+        .collect();
+    let seqs = writer
+        .commit(
+            "req-1",
+            &event_ids,
+            Some("#r:example.org"),
+            &[b"out".to_vec()],
+            &[],
         )
         .await
-        .expect("append create batch");
-    assert_eq!(seqs.len(), 4);
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seqs ascend: {seqs:?}"
-    );
+        .expect("commit");
+    assert_eq!(seqs.len(), 1);
 
-    // The room, its state and its extremity, as the next input would load them.
+    // The message shares the name event's snapshot: no new rows for it.
+    assert_eq!(afters[2], afters[3]);
     let row = storage
-        .room(&room_id)
+        .room(&room.room_id)
         .await
         .expect("room")
-        .expect("room exists");
-    assert_eq!(row.room_version, VERSION);
+        .expect("exists");
+    assert_eq!(row.snapshot_nid, head_snapshot);
+    assert_eq!(row.head_version, 1);
     assert_eq!(row.depth, message.depth);
-    assert!(
-        storage
-            .room("!other:example.org")
-            .await
-            .expect("room")
-            .is_none()
-    );
-
-    let state = storage.current_state(row.room_nid).await.expect("state");
-    assert_eq!(event_ids(&state), event_ids(&room.state));
-    assert_eq!(state.len(), 3, "the message is not state");
-    let loaded_name = &state[&("m.room.name".to_owned(), String::new())];
-    assert_eq!(&*loaded_name.json, &*name.json);
-    assert_eq!(loaded_name.depth, name.depth);
-    assert_eq!(loaded_name.sender.as_str(), ALICE);
-
+    let (state, loaded) = storage.load_state(row.snapshot_nid).await.expect("state");
+    assert_eq!(ids(&state), ids(&room.state));
+    assert_eq!(loaded.entries, nids.entries);
     assert_eq!(
         storage
             .forward_extremities(row.room_nid)
             .await
-            .expect("extremities"),
+            .expect("ext"),
         vec![message.event_id.to_string()]
     );
+    // The state before the name event lacks the name; the state at
+    // each event reads back by event.
+    let stored = storage
+        .events_by_id(&[name.event_id.as_str(), message.event_id.as_str()])
+        .await
+        .expect("events");
+    let before_name = stored[&name.event_id].state_before.expect("has state");
+    let (state, _) = storage.load_state(before_name).await.expect("state");
+    assert_eq!(state.len(), 2);
+    assert!(!state.contains_key(&("m.room.name".to_owned(), String::new())));
+    assert!(!stored[&message.event_id].outlier);
     assert_eq!(
         storage
-            .state_event(&room_id, "m.room.member", ALICE)
+            .state_event(&room.room_id, "m.room.name", "")
             .await
             .expect("state event")
             .as_deref(),
-        Some(&*join.json)
+        Some(&*name.json)
     );
     assert_eq!(
         storage
-            .state_event(&room_id, "m.room.topic", "")
-            .await
-            .expect("state event"),
-        None
-    );
-    assert_eq!(
-        storage
-            .state_event(&room_id, "m.room.message", "")
-            .await
-            .expect("state event"),
-        None
-    );
-    assert_eq!(
-        storage
-            .resolve_alias("#room:example.org")
+            .resolve_alias("#r:example.org")
             .await
             .expect("alias")
             .as_deref(),
-        Some(room_id.as_str())
+        Some(room.room_id.as_str())
     );
     assert_eq!(
-        storage
-            .resolve_alias("#none:example.org")
-            .await
-            .expect("alias"),
-        None
+        storage.processed_input("req-1").await.expect("processed"),
+        Some((room.room_id.clone(), event_ids))
     );
+    // A fresh storage (another replica) reads the same state.
+    let other = Storage::new(storage.db.clone());
+    let (state, _) = other.load_state(row.snapshot_nid).await.expect("state");
+    assert_eq!(ids(&state), ids(&room.state));
+}
 
-    assert_eq!(
-        storage
-            .processed_input("req-create")
-            .await
-            .expect("processed"),
-        Some((room_id.clone(), ids(&created)))
-    );
-    assert_eq!(
-        storage
-            .processed_input("req-unknown")
-            .await
-            .expect("processed"),
-        None
-    );
-
-    let expected: Vec<(i64, String, Vec<u8>)> = seqs
-        .iter()
-        .zip(&outputs)
-        .map(|(seq, payload)| (*seq, room_id.clone(), payload.clone()))
-        .collect();
-    assert_eq!(pending(&storage).await, expected);
-
-    // The next batch replaces a state entry, moves the extremity and, as its
-    // outputs are committed, clears those already published.
-    let rename = room.next(
-        "m.room.name",
-        Some(""),
-        serde_json::json!({"name": "second"}),
-    );
-    let reply = room.next(
-        "m.room.message",
-        None,
-        serde_json::json!({"msgtype": "m.text", "body": "again"}),
-    );
-    let more = storage
-        .append(
-            &AppendBatch {
-                room_id: room_id.clone(),
-                new_room_version: None,
-                events: vec![rename.clone(), reply.clone()],
-                request_id: "req-send".into(),
-                outputs: vec![b"five".to_vec(), b"six".to_vec()],
-                alias: None,
-            },
-            seqs[1],
-        )
+/// A 10 000-member room: one membership change writes one block and one
+/// snapshot row; equal states share one snapshot.
+async fn big_room_shares_blocks(storage: &Storage) {
+    let (mut room, create) = Room::create("!big:example.org");
+    let mut writer = storage
+        .begin_room_write(&room.room_id, Some(VERSION))
         .await
-        .expect("append send batch");
-    assert_eq!(more.len(), 2);
+        .expect("begin");
+    let create_nid = writer
+        .insert_event(&create, &ACCEPTED, Some(0), None)
+        .await
+        .expect("create");
+    let (kind, key) = writer
+        .state_key_nids(&create)
+        .await
+        .expect("nids")
+        .expect("state");
+    let mut nids = NidState::default();
+    nids.set(kind, key, create_nid);
+    // Members as NIDs directly: the blocks do not care what the events are.
+    let member_type = {
+        let join = room.next(
+            "m.room.member",
+            Some(ALICE),
+            serde_json::json!({"membership": "join"}),
+        );
+        writer
+            .state_key_nids(&join)
+            .await
+            .expect("nids")
+            .expect("state")
+            .0
+    };
+    for member in 0..10_000i64 {
+        nids.set(member_type, 1_000_000 + member, 5_000_000 + member);
+    }
+    let first = writer.snapshot(&mut nids).await.expect("snapshot");
+    writer
+        .commit("req-big", &[], None, &[], &[])
+        .await
+        .expect("commit");
+    let (blocks_before, block_bytes_before, snapshots_before, _) =
+        storage.state_storage_size().await.expect("size");
+
+    let mut writer = storage
+        .begin_room_write(&room.room_id, None)
+        .await
+        .expect("begin");
+    nids.set(member_type, 1_000_000 + 42, 9_999_999);
+    let second = writer.snapshot(&mut nids).await.expect("snapshot");
+    // The same state again is the same snapshot.
+    let mut again = NidState {
+        entries: nids.entries.clone(),
+        snapshot_nid: None,
+    };
+    assert_eq!(writer.snapshot(&mut again).await.expect("snapshot"), second);
+    writer
+        .commit("req-big-2", &[], None, &[], &[])
+        .await
+        .expect("commit");
+    assert_ne!(first, second);
+    let (blocks_after, block_bytes_after, snapshots_after, _) =
+        storage.state_storage_size().await.expect("size");
+    assert_eq!(blocks_after - blocks_before, 1, "one block rewritten");
+    assert_eq!(snapshots_after - snapshots_before, 1, "one snapshot row");
     assert!(
-        more[0] > seqs[3] && more[1] > more[0],
-        "{seqs:?} then {more:?}"
+        block_bytes_after - block_bytes_before < 4_096,
+        "{} bytes",
+        block_bytes_after - block_bytes_before
     );
-    let after_second: Vec<(i64, String, Vec<u8>)> = expected[2..]
-        .iter()
-        .cloned()
-        .chain([
-            (more[0], room_id.clone(), b"five".to_vec()),
-            (more[1], room_id.clone(), b"six".to_vec()),
-        ])
-        .collect();
-    assert_eq!(pending(&storage).await, after_second);
-
-    let row = storage
-        .room(&room_id)
-        .await
-        .expect("room")
-        .expect("room exists");
-    assert_eq!(row.depth, reply.depth);
-    let state = storage.current_state(row.room_nid).await.expect("state");
-    assert_eq!(event_ids(&state), event_ids(&room.state));
-    assert_eq!(
-        state[&("m.room.name".to_owned(), String::new())].event_id,
-        rename.event_id
-    );
-    assert_eq!(
-        storage
-            .forward_extremities(row.room_nid)
-            .await
-            .expect("extremities"),
-        vec![reply.event_id.to_string()]
-    );
-    assert_eq!(
-        storage
-            .state_event(&room_id, "m.room.name", "")
-            .await
-            .expect("state event")
-            .as_deref(),
-        Some(&*rename.json)
-    );
-    assert_eq!(
-        storage
-            .processed_input("req-send")
-            .await
-            .expect("processed"),
-        Some((room_id.clone(), ids(&[rename.clone(), reply.clone()])))
-    );
-
-    // A redelivered request fails as a unique violation and changes nothing,
-    // not even the outbox rows it would have cleared.
-    let topic = room.next("m.room.topic", Some(""), serde_json::json!({"topic": "t"}));
-    let error = storage
-        .append(
-            &AppendBatch {
-                room_id: room_id.clone(),
-                new_room_version: None,
-                events: vec![topic.clone()],
-                request_id: "req-send".into(),
-                outputs: vec![b"seven".to_vec()],
-                alias: None,
-            },
-            more[1],
-        )
-        .await
-        .expect_err("same request ID twice");
-    assert!(error.is_unique_violation(), "{error:?}");
-    assert_eq!(pending(&storage).await, after_second);
-    assert_eq!(
-        storage
-            .state_event(&room_id, "m.room.topic", "")
-            .await
-            .expect("state event"),
-        None
-    );
-    assert_eq!(
-        storage
-            .forward_extremities(row.room_nid)
-            .await
-            .expect("extremities"),
-        vec![reply.event_id.to_string()]
-    );
-    assert_eq!(
-        storage
-            .processed_input("req-send")
-            .await
-            .expect("processed"),
-        Some((room_id.clone(), ids(&[rename, reply.clone()])))
-    );
-    assert_eq!(
-        storage
-            .room(&room_id)
-            .await
-            .expect("room")
-            .expect("room")
-            .depth,
-        reply.depth
-    );
-
-    // Publishing clears the outbox in order.
-    storage
-        .delete_outputs_through(seqs[3])
-        .await
-        .expect("delete outputs");
-    assert_eq!(pending(&storage).await, after_second[2..].to_vec());
-    storage
-        .delete_outputs_through(more[1])
-        .await
-        .expect("delete outputs");
-    assert_eq!(pending(&storage).await, vec![]);
+    let read = storage.snapshot(second).await.expect("read");
+    assert_eq!(read.entries, nids.entries);
 }
 
-async fn taken_alias_conflicts(storage: Storage) {
-    let (first, create) = Room::create("!first:example.org");
-    storage
-        .append(
-            &AppendBatch {
-                room_id: first.room_id.clone(),
-                new_room_version: Some(VERSION.into()),
-                events: vec![create],
-                request_id: "req-first".into(),
-                outputs: vec![b"first".to_vec()],
-                alias: Some("#taken:example.org".into()),
-            },
-            0,
-        )
-        .await
-        .expect("first room");
-
-    let (second, create) = Room::create("!second:example.org");
-    let error = storage
-        .append(
-            &AppendBatch {
-                room_id: second.room_id.clone(),
-                new_room_version: Some(VERSION.into()),
-                events: vec![create],
-                request_id: "req-second".into(),
-                outputs: vec![b"second".to_vec()],
-                alias: Some("#taken:example.org".into()),
-            },
-            0,
-        )
-        .await
-        .expect_err("alias already taken");
-    assert!(error.is_unique_violation(), "{error:?}");
-    // Not a redelivery: the consumer tells the two apart by this.
+/// A failed write leaves nothing behind, and its NIDs are not cached.
+async fn rolled_back_write_leaves_nothing(storage: &Storage) {
+    let (mut room, create) = Room::create("!gone:example.org");
+    room.next(
+        "m.room.member",
+        Some(ALICE),
+        serde_json::json!({"membership": "join"}),
+    );
+    let custom = room.next(
+        "org.example.never",
+        Some("never-key"),
+        serde_json::json!({}),
+    );
+    {
+        let mut writer = storage
+            .begin_room_write(&room.room_id, Some(VERSION))
+            .await
+            .expect("begin");
+        writer
+            .insert_event(&create, &ACCEPTED, Some(0), None)
+            .await
+            .expect("insert");
+        writer.state_key_nids(&custom).await.expect("nids");
+        // Dropped without commit.
+    }
+    assert!(storage.room(&room.room_id).await.expect("room").is_none());
+    assert!(
+        storage
+            .events_by_id(&[create.event_id.as_str()])
+            .await
+            .expect("events")
+            .is_empty()
+    );
     assert_eq!(
         storage
-            .processed_input("req-second")
+            .known_nid("org.example.never", "never-key")
             .await
-            .expect("processed"),
+            .expect("nid"),
         None
     );
-    assert!(storage.room(&second.room_id).await.expect("room").is_none());
-    assert_eq!(
-        storage
-            .resolve_alias("#taken:example.org")
-            .await
-            .expect("alias")
-            .as_deref(),
-        Some(first.room_id.as_str())
-    );
-    let outbox = pending(&storage).await;
-    assert_eq!(outbox.len(), 1);
-    assert_eq!(outbox[0].1, first.room_id);
 }
 
 #[tokio::test]
-async fn sqlite_append_and_read_back() {
+async fn sqlite_storage() {
     let (storage, _dir) = open(None).await;
-    append_and_read_back(storage).await;
+    write_room(&storage).await;
+    big_room_shares_blocks(&storage).await;
+    rolled_back_write_leaves_nothing(&storage).await;
 }
 
 #[tokio::test]
-async fn postgres_append_and_read_back() {
+async fn postgres_storage() {
     let url = ganglion_base::testing::scratch_postgres("rs_storage").await;
     let (storage, _dir) = open(Some(url)).await;
-    append_and_read_back(storage).await;
-}
-
-#[tokio::test]
-async fn sqlite_taken_alias_conflicts() {
-    let (storage, _dir) = open(None).await;
-    taken_alias_conflicts(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_taken_alias_conflicts() {
-    let url = ganglion_base::testing::scratch_postgres("rs_storage_alias").await;
-    let (storage, _dir) = open(Some(url)).await;
-    taken_alias_conflicts(storage).await;
+    write_room(&storage).await;
+    big_room_shares_blocks(&storage).await;
+    rolled_back_write_leaves_nothing(&storage).await;
 }

@@ -43,10 +43,35 @@ impl RecordHandler for OutputConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) = output.kind else {
-            // A kind this version does not know: nothing for it to store.
-            self.advance(record);
-            return Ok(());
+        let new = match output.kind {
+            Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) if !new.historical => new,
+            Some(topic_pb::roomserver_output::Kind::RedactedEvent(redacted)) => {
+                let json = std::str::from_utf8(&redacted.redacted_json)
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                self.service
+                    .storage
+                    .apply_redaction(
+                        record.partition,
+                        record.offset,
+                        &redacted.redacted_event_id,
+                        json,
+                    )
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.advance(record);
+                return Ok(());
+            }
+            // Backfilled history is served by /messages once federation
+            // backfills; kinds this version does not know: nothing to store.
+            _ => {
+                self.service
+                    .storage
+                    .advance_position(record.partition, record.offset)
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.advance(record);
+                return Ok(());
+            }
         };
         let json = std::str::from_utf8(&new.event_json)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
@@ -73,6 +98,7 @@ impl RecordHandler for OutputConsumer {
                         s.event_type.clone(),
                         s.state_key.clone(),
                         s.event_id.clone(),
+                        s.membership.clone(),
                     )
                 })
                 .collect::<Vec<_>>()

@@ -16,8 +16,9 @@ pub(crate) struct NewEvent<'a> {
     pub(crate) device_id: &'a str,
     pub(crate) transaction_id: &'a str,
     /// (type, state_key, event_id) entries the event removed from / added to current state.
-    pub(crate) state_removed: Vec<(String, String, String)>,
-    pub(crate) state_added: Vec<(String, String, String)>,
+    pub(crate) state_removed: Vec<(String, String, String, String)>,
+    /// (type, state key, event ID, membership or empty).
+    pub(crate) state_added: Vec<(String, String, String, String)>,
 }
 
 /// A user's membership of a room, as of the latest event consumed.
@@ -91,7 +92,7 @@ impl Storage {
         .rows_affected()
             == 1;
         if inserted {
-            for (event_type, state_key, event_id) in &event.state_removed {
+            for (event_type, state_key, event_id, _) in &event.state_removed {
                 sqlx::query(
                     "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND event_id = $4",
                 )
@@ -102,8 +103,12 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
-            for (event_type, state_key, event_id) in &event.state_added {
-                let membership = if event_id == event.event_id {
+            for (event_type, state_key, event_id, entry_membership) in &event.state_added {
+                // An entry state resolution brought back carries its own
+                // membership; older producers left it out for the event's own.
+                let membership = if !entry_membership.is_empty() {
+                    Some(entry_membership.as_str())
+                } else if event_id == event.event_id {
                     event.membership
                 } else {
                     None
@@ -124,16 +129,57 @@ impl Storage {
                 .await?;
             }
         }
+        Self::store_position(&mut tx, event.partition, event.offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the stored copy of a redacted event and advances the
+    /// consumed position, in one transaction.
+    pub(crate) async fn apply_redaction(
+        &self,
+        partition: u32,
+        offset: u64,
+        event_id: &str,
+        redacted_json: &str,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2")
+            .bind(redacted_json)
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::store_position(&mut tx, partition, offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Advances the consumed position past a record with nothing to store.
+    pub(crate) async fn advance_position(
+        &self,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        Self::store_position(&mut tx, partition, offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn store_position(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO positions (log_partition, next_offset) VALUES ($1, $2)
              ON CONFLICT (log_partition) DO UPDATE SET next_offset = excluded.next_offset
              WHERE positions.next_offset < excluded.next_offset",
         )
-        .bind(i64::from(event.partition))
-        .bind(event.offset as i64 + 1)
-        .execute(&mut *tx)
+        .bind(i64::from(partition))
+        .bind(offset as i64 + 1)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

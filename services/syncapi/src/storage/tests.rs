@@ -13,8 +13,13 @@ async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     (Storage { db }, dir)
 }
 
-fn entry(event_type: &str, state_key: &str, event_id: &str) -> (String, String, String) {
-    (event_type.into(), state_key.into(), event_id.into())
+fn entry(event_type: &str, state_key: &str, event_id: &str) -> (String, String, String, String) {
+    (
+        event_type.into(),
+        state_key.into(),
+        event_id.into(),
+        String::new(),
+    )
 }
 
 /// A timeline event as the consumer would pass it; state entries are added

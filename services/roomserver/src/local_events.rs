@@ -1,0 +1,392 @@
+//! Events local users send: a new room (its create event and initial state)
+//! and events built from templates on top of a room's head. Each input is
+//! one transaction: the events, the states before and after each, the new
+//! head, and the outputs.
+
+use std::sync::Arc;
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::topics as topic_pb;
+
+use crate::RoomserverService;
+use crate::api::parse_object;
+use crate::consumers::input::{Answer, ProcessError, Processed};
+use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
+use crate::head::{Head, StateDelta, extremities_after};
+use crate::outputs::{self, OutputContext};
+use crate::storage::{EventFlags, HeadUpdate, NidState, RoomWriter, StorageError};
+
+impl RoomserverService {
+    fn signer(&self) -> Signer<'_> {
+        Signer {
+            server_name: &self.server_name,
+            key: &self.signing_key.key_pair,
+        }
+    }
+
+    /// An earlier delivery of the same input, answered again.
+    async fn already_done(&self, request_id: &str) -> Result<Option<Processed>, ProcessError> {
+        Ok(self
+            .storage
+            .processed_input(request_id)
+            .await?
+            .map(|(room_id, event_ids)| Processed {
+                answer: Answer::Events(pb::InputResponse {
+                    room_id,
+                    event_ids,
+                    output_position: None,
+                }),
+                outputs: Vec::new(),
+            }))
+    }
+
+    pub(crate) async fn new_room(
+        &self,
+        input: &topic_pb::RoomserverInput,
+        new_room: &topic_pb::NewRoom,
+    ) -> Result<Processed, ProcessError> {
+        if let Some(done) = self.already_done(&input.request_id).await? {
+            return Ok(done);
+        }
+        if self.storage.room(&input.room_id).await?.is_some() {
+            return Err(ApiError::RoomInUse.into());
+        }
+        if let Some(alias) = &new_room.alias
+            && self.storage.resolve_alias(alias).await?.is_some()
+        {
+            return Err(ApiError::RoomInUse.into());
+        }
+        let (_, rules) = events::rules_for(&new_room.room_version)?;
+        let (create, redacted) = events::parse_received(&new_room.create_event_json, &rules)?;
+        if redacted {
+            return Err(ApiError::InvalidInput("create event hash mismatch".into()).into());
+        }
+        events::check_create(&rules, &create)?;
+        let mut head = Head {
+            room_nid: 0,
+            room_version: new_room.room_version.clone(),
+            rules,
+            head_version: 0,
+            state: StateMap::new(),
+            nids: Some(NidState::default()),
+            extremities: Vec::new(),
+            depth: 0,
+        };
+        let mut writer = self
+            .storage
+            .begin_room_write(&input.room_id, Some(&new_room.room_version))
+            .await?;
+        head.room_nid = writer.room_nid;
+        let context = OutputContext {
+            room_version: &new_room.room_version,
+            device_id: "",
+            transaction_id: "",
+        };
+        let mut outputs = Vec::new();
+        let mut event_ids = Vec::new();
+        let create = Arc::new(create);
+        self.append_local(
+            &mut writer,
+            &mut head,
+            create,
+            &context,
+            &mut outputs,
+            &mut event_ids,
+        )
+        .await?;
+        for template in &new_room.initial_state {
+            let pdu = self.build_on(&input.room_id, &head, template)?;
+            self.append_local(
+                &mut writer,
+                &mut head,
+                pdu,
+                &context,
+                &mut outputs,
+                &mut event_ids,
+            )
+            .await?;
+        }
+        self.finish_local(
+            writer,
+            head,
+            input,
+            &event_ids,
+            new_room.alias.as_deref(),
+            outputs,
+        )
+        .await
+    }
+
+    pub(crate) async fn new_local_events(
+        &self,
+        input: &topic_pb::RoomserverInput,
+        new_events: &topic_pb::NewLocalEvents,
+    ) -> Result<Processed, ProcessError> {
+        if let Some(done) = self.already_done(&input.request_id).await? {
+            return Ok(done);
+        }
+        let room = self
+            .storage
+            .room(&input.room_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
+        let mut head = self.take_head(&room).await?;
+        let context = OutputContext {
+            room_version: &room.room_version,
+            device_id: &new_events.device_id,
+            transaction_id: &new_events.transaction_id,
+        };
+        let result = async {
+            let mut writer = self.storage.begin_room_write(&input.room_id, None).await?;
+            let mut outputs = Vec::new();
+            let mut event_ids = Vec::new();
+            for template in &new_events.templates {
+                let pdu = self.build_on(&input.room_id, &head, template)?;
+                if let Some(redacts) = &pdu.redacts {
+                    self.check_redaction_power(&head, &pdu, redacts).await?;
+                }
+                self.append_local(
+                    &mut writer,
+                    &mut head,
+                    pdu,
+                    &context,
+                    &mut outputs,
+                    &mut event_ids,
+                )
+                .await?;
+            }
+            Ok::<_, ProcessError>((writer, outputs, event_ids))
+        }
+        .await;
+        match result {
+            Ok((writer, outputs, event_ids)) => {
+                self.finish_local(writer, head, input, &event_ids, None, outputs)
+                    .await
+            }
+            // The head was advanced in memory only: drop it, the next input
+            // reloads it from the database.
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Users may redact their own events; others' need the redact power.
+    async fn check_redaction_power(
+        &self,
+        head: &Head,
+        redaction: &Pdu,
+        redacts: &ruma::OwnedEventId,
+    ) -> Result<(), ProcessError> {
+        let stored = self.storage.events_by_id(&[redacts.as_str()]).await?;
+        let target_sender = stored.get(redacts).map(|s| s.pdu.sender.clone());
+        if target_sender.as_ref() == Some(&redaction.sender) {
+            return Ok(());
+        }
+        if events::power_of(&head.rules, &head.state, &redaction.sender)
+            >= events::power_needed(&head.state, "redact", 50)
+        {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden("you may only redact your own events".into()).into())
+    }
+
+    fn build_on(
+        &self,
+        room_id: &str,
+        head: &Head,
+        template: &pb::EventTemplate,
+    ) -> Result<Arc<Pdu>, ProcessError> {
+        let view = RoomView {
+            room_id,
+            rules: &head.rules,
+            state: &head.state,
+            forward_extremities: &head.extremities,
+        };
+        let content = parse_object(&template.content_json)?;
+        let pdu = events::build_event(
+            &view,
+            Template {
+                event_type: &template.event_type,
+                state_key: template.state_key.as_deref(),
+                sender: &template.sender,
+                content,
+                redacts: template.redacts.as_deref(),
+            },
+            &self.signer(),
+        )?;
+        Ok(Arc::new(pdu))
+    }
+
+    /// Writes a locally built event on top of the head and advances it.
+    async fn append_local(
+        &self,
+        writer: &mut RoomWriter,
+        head: &mut Head,
+        pdu: Arc<Pdu>,
+        context: &OutputContext<'_>,
+        outputs: &mut Vec<Vec<u8>>,
+        event_ids: &mut Vec<String>,
+    ) -> Result<(), ProcessError> {
+        let prev_extremities = head.extremity_ids();
+        let nids = match &mut head.nids {
+            Some(nids) => nids,
+            slot => slot.insert(writer.nid_state(&head.state).await?),
+        };
+        let before = writer.snapshot(nids).await?;
+        let flags = EventFlags {
+            rejected: false,
+            soft_failed: false,
+            outlier: false,
+        };
+        let mut delta: StateDelta = Vec::new();
+        if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {
+            let event_nid = writer
+                .insert_event(&pdu, &flags, Some(before), None)
+                .await?;
+            nids.set(kind, key, event_nid);
+            let after = writer.snapshot(nids).await?;
+            writer.set_state_after(event_nid, after).await?;
+            let state_key = (
+                pdu.kind.to_string(),
+                pdu.state_key.clone().unwrap_or_default(),
+            );
+            let replaced = head.state.insert(state_key.clone(), pdu.clone());
+            delta.push((state_key, Some(pdu.clone()), replaced));
+        } else {
+            writer
+                .insert_event(&pdu, &flags, Some(before), Some(before))
+                .await?;
+        }
+        head.extremities = extremities_after(&head.extremities, &pdu);
+        head.depth = head.depth.max(pdu.depth);
+        outputs.push(outputs::new_room_event(
+            &pdu,
+            context,
+            &delta,
+            &prev_extremities,
+            &head.extremity_ids(),
+            false,
+        ));
+        if let Some(redacts) = pdu.redacts.clone() {
+            self.apply_redaction(writer, head, &pdu, &redacts, outputs)
+                .await?;
+        }
+        event_ids.push(pdu.event_id.to_string());
+        Ok(())
+    }
+
+    /// Applies an accepted redaction to the stored copy of its target (in
+    /// the same room) and announces it.
+    pub(crate) async fn apply_redaction(
+        &self,
+        writer: &mut RoomWriter,
+        head: &mut Head,
+        redaction: &Pdu,
+        redacts: &ruma::OwnedEventId,
+        outputs: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProcessError> {
+        let stored = self.storage.events_by_id(&[redacts.as_str()]).await?;
+        let Some(target) = stored.get(redacts) else {
+            // Not here (yet): recorded, applied should the event arrive.
+            writer
+                .redact(redaction.event_id.as_str(), redacts.as_str(), None)
+                .await?;
+            return Ok(());
+        };
+        if target.room_nid != head.room_nid {
+            return Ok(());
+        }
+        let redacted = events::redact(&target.pdu, &head.rules)?;
+        writer
+            .redact(
+                redaction.event_id.as_str(),
+                redacts.as_str(),
+                Some(&redacted),
+            )
+            .await?;
+        let redacted_pdu = Arc::new(
+            Pdu::from_json(redacts.as_str(), &redacted)
+                .map_err(|_| StorageError::Corrupt(redacts.to_string()))?,
+        );
+        if let Some(key) = &target.pdu.state_key {
+            let state_key = (target.pdu.kind.to_string(), key.clone());
+            if head
+                .state
+                .get(&state_key)
+                .is_some_and(|current| current.event_id == *redacts)
+            {
+                head.state.insert(state_key, redacted_pdu);
+            }
+        }
+        outputs.push(outputs::redacted_event(
+            redacts.as_str(),
+            redaction.event_id.as_str(),
+            &redacted,
+        ));
+        Ok(())
+    }
+
+    /// Moves the stored head to the in-memory one, commits, and keeps the head.
+    async fn finish_local(
+        &self,
+        mut writer: RoomWriter,
+        mut head: Head,
+        input: &topic_pb::RoomserverInput,
+        event_ids: &[String],
+        alias: Option<&str>,
+        outputs: Vec<Vec<u8>>,
+    ) -> Result<Processed, ProcessError> {
+        let nids = match &mut head.nids {
+            Some(nids) => nids,
+            slot => slot.insert(writer.nid_state(&head.state).await?),
+        };
+        let snapshot_nid = writer.snapshot(nids).await?;
+        let changes = current_state_changes(&head.state, event_ids);
+        writer
+            .set_head(&HeadUpdate {
+                snapshot_nid,
+                depth: head.depth,
+                extremities: head.extremity_ids(),
+                changes,
+            })
+            .await?;
+        let published = self.lock_published().clone();
+        let seqs = match writer
+            .commit(&input.request_id, event_ids, alias, &outputs, &published)
+            .await
+        {
+            Ok(seqs) => seqs,
+            Err(error) if error.is_unique_violation() => {
+                return match self.already_done(&input.request_id).await? {
+                    Some(done) => Ok(done),
+                    None => Err(ApiError::RoomInUse.into()),
+                };
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.lock_published().retain(|seq| !published.contains(seq));
+        head.head_version += 1;
+        self.put_head(head);
+        Ok(Processed {
+            answer: Answer::Events(pb::InputResponse {
+                room_id: input.room_id.clone(),
+                event_ids: event_ids.to_vec(),
+                output_position: None,
+            }),
+            outputs: seqs.into_iter().zip(outputs).collect(),
+        })
+    }
+}
+
+/// The current-state rows to write after local events: each state event
+/// the batch added that is still in the head's state.
+fn current_state_changes(
+    state: &StateMap,
+    event_ids: &[String],
+) -> Vec<(String, String, Option<String>)> {
+    state
+        .iter()
+        .filter(|(_, pdu)| event_ids.iter().any(|id| id == pdu.event_id.as_str()))
+        .map(|((kind, key), pdu)| (kind.clone(), key.clone(), Some(pdu.event_id.to_string())))
+        .collect()
+}

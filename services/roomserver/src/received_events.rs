@@ -1,0 +1,612 @@
+//! Complete PDUs from elsewhere (federation, backfill, joins): the checks
+//! the spec performs on receipt of a PDU, in order, and what each outcome
+//! means for the room.
+//!
+//! 1. Format and size; the content hash (a mismatch redacts the event).
+//! 2. Auth against the event's own auth events: a failure stores it as
+//!    rejected (it never becomes state, an extremity, or visible).
+//! 3. Outliers stop here: stored without state.
+//! 4. The state before the event (resolved when its prev_events fork);
+//!    auth against that state: a failure stores it as rejected.
+//! 5. New events are checked against the current state too: a failure
+//!    soft-fails them (stored with state, but not an extremity, not sent).
+//! 6. Accepted new events move the room: forward extremities, current
+//!    state (resolved across the extremities), an output record.
+//!    Old (backfilled) events are announced as historical and move nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::topics as topic_pb;
+use ruma::OwnedEventId;
+
+use crate::RoomserverService;
+use crate::consumers::input::{Answer, ProcessError, Processed};
+use crate::events::{self, Pdu, StateMap};
+use crate::head::{Head, extremities_after, state_delta};
+use crate::outputs::{self, OutputContext};
+use crate::resolution::{self, EventsById};
+use crate::storage::{EventFlags, HeadUpdate, NidState, RoomWriter, StoredEvent};
+
+/// Resolutions over more state entries than this run on a blocking thread.
+const BLOCKING_RESOLUTION_ENTRIES: usize = 1_000;
+
+/// What happened to one PDU.
+struct Outcome {
+    event_id: String,
+    outcome: &'static str,
+    reason: String,
+}
+
+/// The work of one input record.
+struct Batch {
+    /// Events written in this transaction (not yet visible outside it).
+    written: HashMap<OwnedEventId, StoredEvent>,
+    outputs: Vec<Vec<u8>>,
+    /// Current-state rows to set or remove when the head moved.
+    changes: BTreeMap<(String, String), Option<String>>,
+    head_moved: bool,
+}
+
+impl RoomserverService {
+    pub(crate) async fn input_pdus_record(
+        &self,
+        input: &topic_pb::RoomserverInput,
+        pdus: &topic_pb::InputPdus,
+    ) -> Result<Processed, ProcessError> {
+        if let Some((_, event_ids)) = self.storage.processed_input(&input.request_id).await? {
+            return Ok(Processed {
+                answer: Answer::Pdus(pb::InputPdusResponse {
+                    outcomes: event_ids
+                        .into_iter()
+                        .map(|event_id| pb::PduOutcome {
+                            event_id,
+                            outcome: "duplicate".into(),
+                            reason: String::new(),
+                        })
+                        .collect(),
+                    output_position: None,
+                }),
+                outputs: Vec::new(),
+            });
+        }
+        let (_, rules) = events::rules_for(&pdus.room_version)?;
+        let room = self.storage.room(&input.room_id).await?;
+        if let Some(room) = &room
+            && room.room_version != pdus.room_version
+        {
+            return Err(ApiError::InvalidInput(format!(
+                "room {} has version {}, not {}",
+                input.room_id, room.room_version, pdus.room_version
+            ))
+            .into());
+        }
+        let mut writer = self
+            .storage
+            .begin_room_write(&input.room_id, Some(&pdus.room_version))
+            .await?;
+        let mut head = match &room {
+            Some(room) => self.take_head(room).await?,
+            None => Head {
+                room_nid: writer.room_nid,
+                room_version: pdus.room_version.clone(),
+                rules,
+                head_version: 0,
+                state: StateMap::new(),
+                nids: Some(NidState::default()),
+                extremities: Vec::new(),
+                depth: 0,
+            },
+        };
+        let mut batch = Batch {
+            written: HashMap::new(),
+            outputs: Vec::new(),
+            changes: BTreeMap::new(),
+            head_moved: false,
+        };
+        let mut outcomes = Vec::with_capacity(pdus.pdus.len());
+        for pdu in &pdus.pdus {
+            let outcome = self
+                .receive(&mut writer, &mut head, &mut batch, &input.room_id, pdu)
+                .await?;
+            if outcome.outcome != "accepted" && outcome.outcome != "outlier" {
+                tracing::info!(
+                    room_id = %input.room_id,
+                    event_id = %outcome.event_id,
+                    outcome = outcome.outcome,
+                    reason = %outcome.reason,
+                    "received event not accepted"
+                );
+            }
+            outcomes.push(outcome);
+        }
+        if batch.head_moved {
+            let nids = match &mut head.nids {
+                Some(nids) => nids,
+                slot => slot.insert(writer.nid_state(&head.state).await?),
+            };
+            let snapshot_nid = writer.snapshot(nids).await?;
+            writer
+                .set_head(&HeadUpdate {
+                    snapshot_nid,
+                    depth: head.depth,
+                    extremities: head.extremity_ids(),
+                    changes: batch
+                        .changes
+                        .into_iter()
+                        .map(|((kind, key), event)| (kind, key, event))
+                        .collect(),
+                })
+                .await?;
+            head.head_version += 1;
+        }
+        let event_ids: Vec<String> = outcomes.iter().map(|o| o.event_id.clone()).collect();
+        let published = self.lock_published().clone();
+        let seqs = writer
+            .commit(
+                &input.request_id,
+                &event_ids,
+                None,
+                &batch.outputs,
+                &published,
+            )
+            .await?;
+        self.lock_published().retain(|seq| !published.contains(seq));
+        self.put_head(head);
+        Ok(Processed {
+            answer: Answer::Pdus(pb::InputPdusResponse {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| pb::PduOutcome {
+                        event_id: o.event_id,
+                        outcome: o.outcome.into(),
+                        reason: o.reason,
+                    })
+                    .collect(),
+                output_position: None,
+            }),
+            outputs: seqs.into_iter().zip(batch.outputs).collect(),
+        })
+    }
+
+    /// Events by ID from this batch or the database.
+    async fn lookup(
+        &self,
+        batch: &Batch,
+        ids: &[&OwnedEventId],
+    ) -> Result<HashMap<OwnedEventId, StoredEvent>, ProcessError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match batch.written.get(*id) {
+                Some(stored) => {
+                    found.insert((*id).clone(), stored.clone());
+                }
+                None => missing.push(id.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            found.extend(self.storage.events_by_id(&missing).await?);
+        }
+        Ok(found)
+    }
+
+    /// The state after a stored event (not an outlier).
+    async fn state_after(
+        &self,
+        head: &Head,
+        event: &StoredEvent,
+    ) -> Result<Option<(StateMap, NidState)>, ProcessError> {
+        let Some(snapshot) = event.state_after else {
+            return Ok(None);
+        };
+        if let Some(nids) = &head.nids
+            && nids.snapshot_nid == Some(snapshot)
+        {
+            return Ok(Some((head.state.clone(), nids.clone())));
+        }
+        Ok(Some(self.storage.load_state(snapshot).await?))
+    }
+
+    /// Every event resolution may consult: the forks' state events and
+    /// their full auth chains.
+    async fn resolution_events(
+        &self,
+        batch: &Batch,
+        forks: &[&StateMap],
+    ) -> Result<EventsById, ProcessError> {
+        let mut events = EventsById::new();
+        for fork in forks {
+            for pdu in fork.values() {
+                events.insert(pdu.event_id.clone(), pdu.clone());
+            }
+        }
+        let mut frontier: HashSet<OwnedEventId> = events
+            .values()
+            .flat_map(|e| e.auth_events.iter().cloned())
+            .filter(|id| !events.contains_key(id))
+            .collect();
+        while !frontier.is_empty() {
+            let ids: Vec<&OwnedEventId> = frontier.iter().collect();
+            let loaded = self.lookup(batch, &ids).await?;
+            let mut next = HashSet::new();
+            for (id, stored) in loaded {
+                for auth in &stored.pdu.auth_events {
+                    if !events.contains_key(auth) && !frontier.contains(auth) {
+                        next.insert(auth.clone());
+                    }
+                }
+                events.insert(id, stored.pdu);
+            }
+            // Auth events we do not hold are skipped, as the spec allows.
+            frontier = next
+                .into_iter()
+                .filter(|id| !events.contains_key(id))
+                .collect();
+        }
+        Ok(events)
+    }
+
+    /// Resolves forks, on a blocking thread when they are large.
+    async fn resolve(
+        &self,
+        head: &Head,
+        batch: &Batch,
+        forks: Vec<StateMap>,
+    ) -> Result<StateMap, ProcessError> {
+        let refs: Vec<&StateMap> = forks.iter().collect();
+        let events = self.resolution_events(batch, &refs).await?;
+        let rules = head.rules.clone();
+        let size: usize = forks.iter().map(|f| f.len()).sum();
+        if size > BLOCKING_RESOLUTION_ENTRIES {
+            let resolved = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&StateMap> = forks.iter().collect();
+                resolution::resolve(&rules, &refs, &events)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("state resolution: {e}")))??;
+            Ok(resolved)
+        } else {
+            Ok(resolution::resolve(&rules, &refs, &events)?)
+        }
+    }
+
+    async fn receive(
+        &self,
+        writer: &mut RoomWriter,
+        head: &mut Head,
+        batch: &mut Batch,
+        room_id: &str,
+        input: &pb::InputPdu,
+    ) -> Result<Outcome, ProcessError> {
+        let kind = pb::input_pdu::Kind::try_from(input.kind).unwrap_or(pb::input_pdu::Kind::New);
+        let rejected = |event_id: &str, reason: String| Outcome {
+            event_id: event_id.to_owned(),
+            outcome: "rejected",
+            reason,
+        };
+        let (pdu, _hash_mismatch) = match events::parse_received(&input.event_json, &head.rules) {
+            Ok(parsed) => parsed,
+            Err(error) => return Ok(rejected("", error.to_string())),
+        };
+        let pdu = Arc::new(pdu);
+        let event_id = pdu.event_id.to_string();
+        let pdu_room = match &pdu.room_id {
+            Some(room) => room.to_string(),
+            // Version 12 create events carry no room ID: it is their own.
+            None => format!("!{}", &event_id[1..]),
+        };
+        if pdu_room != room_id {
+            return Ok(rejected(&event_id, format!("event belongs to {pdu_room}")));
+        }
+        let existing = self.lookup(batch, &[&pdu.event_id]).await?;
+        let existing = existing.get(&pdu.event_id);
+        if let Some(existing) = existing
+            && (!existing.outlier || kind == pb::input_pdu::Kind::Outlier)
+        {
+            return Ok(Outcome {
+                event_id,
+                outcome: "duplicate",
+                reason: String::new(),
+            });
+        }
+        let was_outlier = existing.map(|e| e.event_nid);
+
+        // Check 4: the event's own auth events.
+        let create_id = events::create_event_id(&head.rules, &pdu);
+        let auth_ids: Vec<&OwnedEventId> =
+            pdu.auth_events.iter().chain(create_id.as_ref()).collect();
+        let auth = self.lookup(batch, &auth_ids).await?;
+        if let Some(missing) = auth_ids.iter().find(|id| !auth.contains_key(**id)) {
+            return Ok(Outcome {
+                event_id,
+                outcome: "missing_auth_events",
+                reason: format!("auth event {missing} is not known"),
+            });
+        }
+        let auth: HashMap<OwnedEventId, Arc<Pdu>> = auth
+            .into_iter()
+            .map(|(id, stored)| (id, stored.pdu))
+            .collect();
+        if let Err(error) = events::authorise_by_auth_events(&head.rules, &pdu, &auth) {
+            self.store(
+                writer,
+                batch,
+                head,
+                &pdu,
+                kind == pb::input_pdu::Kind::Outlier,
+                true,
+                false,
+                None,
+            )
+            .await?;
+            return Ok(rejected(&event_id, error.to_string()));
+        }
+        if kind == pb::input_pdu::Kind::Outlier {
+            self.store(writer, batch, head, &pdu, true, false, false, None)
+                .await?;
+            return Ok(Outcome {
+                event_id,
+                outcome: "outlier",
+                reason: String::new(),
+            });
+        }
+
+        // Check 5: the state before the event.
+        let (state_before, mut nids_before) = if input.has_state_before {
+            let ids: Vec<OwnedEventId> = input
+                .state_before
+                .iter()
+                .filter_map(|id| ruma::EventId::parse(id).ok())
+                .collect();
+            let refs: Vec<&OwnedEventId> = ids.iter().collect();
+            let found = self.lookup(batch, &refs).await?;
+            if found.len() != ids.len() {
+                return Ok(Outcome {
+                    event_id,
+                    outcome: "missing_state",
+                    reason: "state_before names events not stored".into(),
+                });
+            }
+            let mut state = StateMap::new();
+            for stored in found.into_values() {
+                if let Some(key) = &stored.pdu.state_key {
+                    state.insert((stored.pdu.kind.to_string(), key.clone()), stored.pdu);
+                }
+            }
+            let nids = writer.nid_state(&state).await?;
+            (state, nids)
+        } else {
+            let prev_ids: Vec<&OwnedEventId> = pdu.prev_events.iter().collect();
+            let prevs = self.lookup(batch, &prev_ids).await?;
+            let mut forks = Vec::with_capacity(prevs.len());
+            for id in &pdu.prev_events {
+                let state = match prevs.get(id) {
+                    Some(prev) => self.state_after(head, prev).await?,
+                    None => None,
+                };
+                match state {
+                    Some(state) => forks.push(state),
+                    None => {
+                        return Ok(Outcome {
+                            event_id,
+                            outcome: "missing_prev_events",
+                            reason: format!("no state after prev event {id}"),
+                        });
+                    }
+                }
+            }
+            match forks.len() {
+                0 => (StateMap::new(), NidState::default()),
+                1 => forks.remove(0),
+                _ => {
+                    let maps: Vec<StateMap> = forks.into_iter().map(|(s, _)| s).collect();
+                    let resolved = self.resolve(head, batch, maps).await?;
+                    let nids = writer.nid_state(&resolved).await?;
+                    (resolved, nids)
+                }
+            }
+        };
+        if (pdu.kind.to_string() != "m.room.create" || !state_before.is_empty())
+            && let Err(error) = events::authorise_against_state(&head.rules, &state_before, &pdu)
+        {
+            let before = writer.snapshot(&mut nids_before).await?;
+            self.store(
+                writer,
+                batch,
+                head,
+                &pdu,
+                false,
+                true,
+                false,
+                Some((before, before)),
+            )
+            .await?;
+            return Ok(rejected(&event_id, error.to_string()));
+        }
+
+        // Check 6: soft failure against the current state (new events only).
+        let soft_failed = kind == pb::input_pdu::Kind::New
+            && !head.state.is_empty()
+            && events::authorise_against_state(&head.rules, &head.state, &pdu).is_err();
+
+        let before = writer.snapshot(&mut nids_before).await?;
+        let mut state_after = state_before;
+        let mut nids_after = nids_before;
+        let event_nid = match was_outlier {
+            Some(nid) => {
+                writer.de_outlier(nid, before, before).await?;
+                nid
+            }
+            None => {
+                self.store(
+                    writer,
+                    batch,
+                    head,
+                    &pdu,
+                    false,
+                    false,
+                    soft_failed,
+                    Some((before, before)),
+                )
+                .await?
+            }
+        };
+        if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {
+            nids_after.set(kind, key, event_nid);
+            let after = writer.snapshot(&mut nids_after).await?;
+            writer.set_state_after(event_nid, after).await?;
+            if let Some(stored) = batch.written.get_mut(&pdu.event_id) {
+                stored.state_after = Some(after);
+            }
+            state_after.insert(
+                (
+                    pdu.kind.to_string(),
+                    pdu.state_key.clone().unwrap_or_default(),
+                ),
+                pdu.clone(),
+            );
+        }
+        if soft_failed {
+            return Ok(Outcome {
+                event_id,
+                outcome: "soft_failed",
+                reason: "not allowed by the room's current state".into(),
+            });
+        }
+        let context = OutputContext {
+            room_version: &head.room_version,
+            device_id: "",
+            transaction_id: "",
+        };
+        let prev_extremities = head.extremity_ids();
+        if kind == pb::input_pdu::Kind::Old {
+            batch.outputs.push(outputs::new_room_event(
+                &pdu,
+                &context,
+                &Vec::new(),
+                &prev_extremities,
+                &prev_extremities,
+                true,
+            ));
+            return Ok(Outcome {
+                event_id,
+                outcome: "accepted",
+                reason: String::new(),
+            });
+        }
+
+        // The room moves forward.
+        let extremities = extremities_after(&head.extremities, &pdu);
+        let (new_state, new_nids) = if extremities.len() == 1 {
+            (state_after, nids_after)
+        } else {
+            let mut forks = vec![state_after];
+            let others: Vec<&OwnedEventId> = extremities
+                .iter()
+                .filter(|e| e.event_id != pdu.event_id)
+                .map(|e| &e.event_id)
+                .collect();
+            let stored = self.lookup(batch, &others).await?;
+            for other in stored.values() {
+                if let Some((state, _)) = self.state_after(head, other).await? {
+                    forks.push(state);
+                }
+            }
+            let resolved = self.resolve(head, batch, forks).await?;
+            let nids = writer.nid_state(&resolved).await?;
+            (resolved, nids)
+        };
+        let delta = state_delta(&head.state, &new_state);
+        for (key, added, _) in &delta {
+            batch
+                .changes
+                .insert(key.clone(), added.as_ref().map(|e| e.event_id.to_string()));
+        }
+        head.state = new_state;
+        head.nids = Some(new_nids);
+        head.extremities = extremities;
+        head.depth = head.depth.max(pdu.depth);
+        batch.head_moved = true;
+        batch.outputs.push(outputs::new_room_event(
+            &pdu,
+            &context,
+            &delta,
+            &prev_extremities,
+            &head.extremity_ids(),
+            false,
+        ));
+        if let Some(redacts) = pdu.redacts.clone()
+            && self.redaction_allowed(head, batch, &pdu, &redacts).await?
+        {
+            self.apply_redaction(writer, head, &pdu, &redacts, &mut batch.outputs)
+                .await?;
+        }
+        Ok(Outcome {
+            event_id,
+            outcome: "accepted",
+            reason: String::new(),
+        })
+    }
+
+    /// The spec's check when a redaction is applied (room versions 3+): the
+    /// redacting user has the redact power, or is on the server of the
+    /// event's sender.
+    async fn redaction_allowed(
+        &self,
+        head: &Head,
+        batch: &Batch,
+        redaction: &Pdu,
+        redacts: &OwnedEventId,
+    ) -> Result<bool, ProcessError> {
+        let target = self.lookup(batch, &[redacts]).await?;
+        let Some(target) = target.get(redacts) else {
+            return Ok(false);
+        };
+        Ok(
+            target.pdu.sender.server_name() == redaction.sender.server_name()
+                || events::power_of(&head.rules, &head.state, &redaction.sender)
+                    >= events::power_needed(&head.state, "redact", 50),
+        )
+    }
+
+    /// Writes a received event with its flags; returns its NID.
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &self,
+        writer: &mut RoomWriter,
+        batch: &mut Batch,
+        head: &Head,
+        pdu: &Arc<Pdu>,
+        outlier: bool,
+        rejected: bool,
+        soft_failed: bool,
+        state: Option<(i64, i64)>,
+    ) -> Result<i64, ProcessError> {
+        let flags = EventFlags {
+            rejected,
+            soft_failed,
+            outlier,
+        };
+        let event_nid = writer
+            .insert_event(pdu, &flags, state.map(|s| s.0), state.map(|s| s.1))
+            .await?;
+        let mut stored_pdu = (**pdu).clone();
+        stored_pdu.rejected = rejected;
+        batch.written.insert(
+            pdu.event_id.clone(),
+            StoredEvent {
+                event_nid,
+                room_nid: head.room_nid,
+                pdu: Arc::new(stored_pdu),
+                state_before: state.map(|s| s.0),
+                state_after: state.map(|s| s.1),
+                soft_failed,
+                outlier,
+            },
+        );
+        Ok(event_nid)
+    }
+}

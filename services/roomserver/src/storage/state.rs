@@ -1,0 +1,444 @@
+//! State snapshots: integer IDs for event types and state keys, shared
+//! content-addressed blocks (see `state_blocks.rs`), and the caches that make
+//! reading them cheap (blocks and snapshots never change once written).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlx::{Any, Row, Transaction};
+
+use super::{Storage, StorageError};
+use crate::state_blocks::{self, StateEntries};
+
+/// A bounded map that starts over when full: crude, but the hot entries come
+/// straight back and nothing grows without limit.
+pub(crate) struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Bounded<K, V> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            capacity,
+        }
+    }
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).cloned()
+    }
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
+        self.map.retain(keep);
+    }
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(key, value);
+    }
+}
+
+/// A decoded block: (type NID, state key NID, event NID), sorted.
+type BlockEntries = Arc<Vec<(i64, i64, i64)>>;
+
+/// Names ↔ NIDs for event types and state keys.
+#[derive(Default)]
+pub(crate) struct Names {
+    by_name: HashMap<String, i64>,
+    by_nid: HashMap<i64, String>,
+}
+
+/// What the roomserver's storage remembers between queries.
+pub(crate) struct Caches {
+    pub(crate) types: Mutex<Names>,
+    pub(crate) keys: Mutex<Names>,
+    blocks: Mutex<Bounded<i64, BlockEntries>>,
+    block_by_hash: Mutex<Bounded<Vec<u8>, i64>>,
+    snapshots: Mutex<Bounded<i64, Arc<Vec<i64>>>>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches {
+            types: Mutex::default(),
+            keys: Mutex::default(),
+            blocks: Mutex::new(Bounded::new(100_000)),
+            block_by_hash: Mutex::new(Bounded::new(100_000)),
+            snapshots: Mutex::new(Bounded::new(10_000)),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A state as NIDs, with the snapshot that stores it once written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NidState {
+    pub(crate) entries: StateEntries,
+    /// Set while `entries` is exactly what this snapshot holds.
+    pub(crate) snapshot_nid: Option<i64>,
+}
+
+impl NidState {
+    pub(crate) fn set(&mut self, kind: i64, key: i64, event: i64) {
+        if self.entries.insert((kind, key), event) != Some(event) {
+            self.snapshot_nid = None;
+        }
+    }
+}
+
+/// Cache entries learnt inside a transaction: remembered only once it commits.
+#[derive(Default)]
+pub(crate) struct Learnt {
+    types: Vec<(String, i64)>,
+    keys: Vec<(String, i64)>,
+    blocks: Vec<(Vec<u8>, i64)>,
+}
+
+impl Storage {
+    /// The entries of a snapshot (0 is the empty state).
+    pub(crate) async fn snapshot(&self, snapshot_nid: i64) -> Result<NidState, StorageError> {
+        let mut state = NidState {
+            entries: StateEntries::new(),
+            snapshot_nid: Some(snapshot_nid),
+        };
+        if snapshot_nid == 0 {
+            return Ok(state);
+        }
+        let cached = lock(&self.caches.snapshots).get(&snapshot_nid);
+        let blocks = match cached {
+            Some(blocks) => blocks,
+            None => {
+                let bytes: Vec<u8> = sqlx::query_scalar(
+                    "SELECT block_nids FROM state_snapshots WHERE snapshot_nid = $1",
+                )
+                .bind(snapshot_nid)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .ok_or_else(|| StorageError::Corrupt(format!("snapshot {snapshot_nid}")))?;
+                let blocks =
+                    Arc::new(state_blocks::decode_nids(&bytes).ok_or_else(|| {
+                        StorageError::Corrupt(format!("snapshot {snapshot_nid}"))
+                    })?);
+                lock(&self.caches.snapshots).insert(snapshot_nid, blocks.clone());
+                blocks
+            }
+        };
+        for &block_nid in blocks.iter() {
+            if block_nid == 0 {
+                continue;
+            }
+            let cached = lock(&self.caches.blocks).get(&block_nid);
+            let entries = match cached {
+                Some(entries) => entries,
+                None => {
+                    let bytes: Vec<u8> =
+                        sqlx::query_scalar("SELECT entries FROM state_blocks WHERE block_nid = $1")
+                            .bind(block_nid)
+                            .fetch_optional(&self.db.pool)
+                            .await?
+                            .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?;
+                    let entries = Arc::new(
+                        state_blocks::decode_entries(&bytes)
+                            .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?,
+                    );
+                    lock(&self.caches.blocks).insert(block_nid, entries.clone());
+                    entries
+                }
+            };
+            for &(kind, key, event) in entries.iter() {
+                state.entries.insert((kind, key), event);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The names of type and state key NIDs, loading those not cached.
+    pub(crate) async fn names(
+        &self,
+        type_nids: &[i64],
+        key_nids: &[i64],
+    ) -> Result<(HashMap<i64, String>, HashMap<i64, String>), StorageError> {
+        let types = self
+            .names_of(
+                &self.caches.types,
+                type_nids,
+                "event_types",
+                "event_type_nid",
+                "event_type",
+            )
+            .await?;
+        let keys = self
+            .names_of(
+                &self.caches.keys,
+                key_nids,
+                "event_state_keys",
+                "state_key_nid",
+                "state_key",
+            )
+            .await?;
+        Ok((types, keys))
+    }
+
+    async fn names_of(
+        &self,
+        cache: &Mutex<Names>,
+        nids: &[i64],
+        table: &str,
+        nid_column: &str,
+        name_column: &str,
+    ) -> Result<HashMap<i64, String>, StorageError> {
+        let mut found = HashMap::with_capacity(nids.len());
+        let mut missing = Vec::new();
+        {
+            let names = lock(cache);
+            for nid in nids {
+                match names.by_nid.get(nid) {
+                    Some(name) => {
+                        found.insert(*nid, name.clone());
+                    }
+                    None => missing.push(*nid),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(500) {
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            // NIDs are integers we produced, never user input.
+            let sql = format!(
+                "SELECT {nid_column}, {name_column} FROM {table} WHERE {nid_column} IN ({list})"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&self.db.pool)
+                .await?;
+            let mut names = lock(cache);
+            for row in rows {
+                let nid: i64 = row.try_get(0)?;
+                let name: String = row.try_get(1)?;
+                names.by_name.insert(name.clone(), nid);
+                names.by_nid.insert(nid, name.clone());
+                found.insert(nid, name);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The NIDs of event types and state keys that exist (no new ones).
+    #[cfg(test)]
+    pub(crate) async fn known_nid(
+        &self,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        let kind = self
+            .known_name(
+                &self.caches.types,
+                event_type,
+                "event_types",
+                "event_type_nid",
+                "event_type",
+            )
+            .await?;
+        let key = self
+            .known_name(
+                &self.caches.keys,
+                state_key,
+                "event_state_keys",
+                "state_key_nid",
+                "state_key",
+            )
+            .await?;
+        Ok(kind.zip(key))
+    }
+
+    #[cfg(test)]
+    async fn known_name(
+        &self,
+        cache: &Mutex<Names>,
+        name: &str,
+        table: &str,
+        nid_column: &str,
+        name_column: &str,
+    ) -> Result<Option<i64>, StorageError> {
+        if let Some(nid) = lock(cache).by_name.get(name) {
+            return Ok(Some(*nid));
+        }
+        let sql = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
+        let nid: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        if let Some(nid) = nid {
+            let mut names = lock(cache);
+            names.by_name.insert(name.to_owned(), nid);
+            names.by_nid.insert(nid, name.to_owned());
+        }
+        Ok(nid)
+    }
+
+    /// Remembers what a committed transaction learnt.
+    pub(crate) fn remember(&self, learnt: Learnt) {
+        {
+            let mut names = lock(&self.caches.types);
+            for (name, nid) in learnt.types {
+                names.by_nid.insert(nid, name.clone());
+                names.by_name.insert(name, nid);
+            }
+        }
+        {
+            let mut names = lock(&self.caches.keys);
+            for (name, nid) in learnt.keys {
+                names.by_nid.insert(nid, name.clone());
+                names.by_name.insert(name, nid);
+            }
+        }
+        let mut blocks = lock(&self.caches.block_by_hash);
+        for (hash, nid) in learnt.blocks {
+            blocks.insert(hash, nid);
+        }
+    }
+
+    /// Interns an event type or state key inside `tx`.
+    pub(crate) async fn intern(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        learnt: &mut Learnt,
+        is_type: bool,
+        name: &str,
+    ) -> Result<i64, StorageError> {
+        let (cache, table, nid_column, name_column) = if is_type {
+            (
+                &self.caches.types,
+                "event_types",
+                "event_type_nid",
+                "event_type",
+            )
+        } else {
+            (
+                &self.caches.keys,
+                "event_state_keys",
+                "state_key_nid",
+                "state_key",
+            )
+        };
+        if let Some(nid) = lock(cache).by_name.get(name) {
+            return Ok(*nid);
+        }
+        let list = if is_type { &learnt.types } else { &learnt.keys };
+        if let Some((_, nid)) = list.iter().find(|(n, _)| n == name) {
+            return Ok(*nid);
+        }
+        let insert =
+            format!("INSERT INTO {table} ({name_column}) VALUES ($1) ON CONFLICT DO NOTHING");
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+        let select = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
+        let nid: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?;
+        if is_type {
+            learnt.types.push((name.to_owned(), nid));
+        } else {
+            learnt.keys.push((name.to_owned(), nid));
+        }
+        Ok(nid)
+    }
+
+    /// Stores `state` as a snapshot (sharing every unchanged block) inside
+    /// `tx` and returns its NID; an equal snapshot is reused.
+    pub(crate) async fn write_snapshot(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        learnt: &mut Learnt,
+        state: &mut NidState,
+    ) -> Result<i64, StorageError> {
+        if let Some(nid) = state.snapshot_nid {
+            return Ok(nid);
+        }
+        if state.entries.is_empty() {
+            state.snapshot_nid = Some(0);
+            return Ok(0);
+        }
+        let mut block_nids = Vec::new();
+        for block in state_blocks::split(&state.entries) {
+            if block.is_empty() {
+                block_nids.push(0);
+                continue;
+            }
+            let hash = state_blocks::hash(&block);
+            let cached = lock(&self.caches.block_by_hash).get(&hash).or_else(|| {
+                learnt
+                    .blocks
+                    .iter()
+                    .find(|(h, _)| *h == hash)
+                    .map(|(_, n)| *n)
+            });
+            let nid = match cached {
+                Some(nid) => nid,
+                None => {
+                    sqlx::query(
+                        "INSERT INTO state_blocks (hash, entries) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(hash.as_slice())
+                    .bind(block.as_slice())
+                    .execute(&mut **tx)
+                    .await?;
+                    let nid: i64 =
+                        sqlx::query_scalar("SELECT block_nid FROM state_blocks WHERE hash = $1")
+                            .bind(hash.as_slice())
+                            .fetch_one(&mut **tx)
+                            .await?;
+                    learnt.blocks.push((hash, nid));
+                    nid
+                }
+            };
+            block_nids.push(nid);
+        }
+        let list = state_blocks::encode_nids(&block_nids);
+        let hash = state_blocks::hash(&list);
+        sqlx::query(
+            "INSERT INTO state_snapshots (hash, block_nids, entry_count) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(hash.as_slice())
+        .bind(list.as_slice())
+        .bind(state.entries.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+        let nid: i64 =
+            sqlx::query_scalar("SELECT snapshot_nid FROM state_snapshots WHERE hash = $1")
+                .bind(hash.as_slice())
+                .fetch_one(&mut **tx)
+                .await?;
+        state.snapshot_nid = Some(nid);
+        Ok(nid)
+    }
+
+    /// Bytes and rows the state tables hold (for the benchmark).
+    pub(crate) async fn state_storage_size(&self) -> Result<(i64, i64, i64, i64), StorageError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM state_blocks),
+                    (SELECT COALESCE(SUM(LENGTH(entries) + LENGTH(hash)), 0) FROM state_blocks),
+                    (SELECT COUNT(*) FROM state_snapshots),
+                    (SELECT COALESCE(SUM(LENGTH(block_nids) + LENGTH(hash)), 0) FROM state_snapshots)",
+        )
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        ))
+    }
+}
