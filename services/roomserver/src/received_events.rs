@@ -196,6 +196,7 @@ impl RoomserverService {
     /// The state after a stored event (not an outlier).
     async fn state_after(
         &self,
+        writer: &mut RoomWriter,
         head: &Head,
         event: &StoredEvent,
     ) -> Result<Option<(StateMap, NidState)>, ProcessError> {
@@ -207,7 +208,7 @@ impl RoomserverService {
         {
             return Ok(Some((head.state.clone(), nids.clone())));
         }
-        Ok(Some(self.storage.load_state(snapshot).await?))
+        Ok(Some(writer.load_state(snapshot).await?))
     }
 
     /// Every event resolution may consult: the forks' state events and
@@ -384,7 +385,7 @@ impl RoomserverService {
             let mut forks = Vec::with_capacity(prevs.len());
             for id in &pdu.prev_events {
                 let state = match prevs.get(id) {
-                    Some(prev) => self.state_after(head, prev).await?,
+                    Some(prev) => self.state_after(writer, head, prev).await?,
                     None => None,
                 };
                 match state {
@@ -511,7 +512,7 @@ impl RoomserverService {
                 .collect();
             let stored = self.lookup(batch, &others).await?;
             for other in stored.values() {
-                if let Some((state, _)) = self.state_after(head, other).await? {
+                if let Some((state, _)) = self.state_after(writer, head, other).await? {
                     forks.push(state);
                 }
             }

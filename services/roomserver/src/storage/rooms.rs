@@ -338,6 +338,73 @@ impl RoomWriter {
         Ok(Some((kind, key)))
     }
 
+    /// A snapshot as events, including what this transaction wrote.
+    pub(crate) async fn load_state(
+        &mut self,
+        snapshot_nid: i64,
+    ) -> Result<(StateMap, NidState), StorageError> {
+        let written = self
+            .learnt
+            .snapshots
+            .iter()
+            .find(|(nid, _)| *nid == snapshot_nid)
+            .map(|(_, entries)| entries.clone());
+        let nids = match written {
+            Some(entries) => NidState {
+                entries,
+                snapshot_nid: Some(snapshot_nid),
+            },
+            None => self.storage.snapshot(snapshot_nid).await?,
+        };
+        let mut kinds: HashMap<i64, String> = self
+            .learnt
+            .types
+            .iter()
+            .map(|(n, i)| (*i, n.clone()))
+            .collect();
+        let mut keys: HashMap<i64, String> = self
+            .learnt
+            .keys
+            .iter()
+            .map(|(n, i)| (*i, n.clone()))
+            .collect();
+        let mut events: HashMap<i64, Arc<Pdu>> = self.event_nids.iter().cloned().collect();
+        let missing_kinds: Vec<i64> = nids
+            .entries
+            .keys()
+            .map(|(t, _)| *t)
+            .filter(|t| !kinds.contains_key(t))
+            .collect();
+        let missing_keys: Vec<i64> = nids
+            .entries
+            .keys()
+            .map(|(_, k)| *k)
+            .filter(|k| !keys.contains_key(k))
+            .collect();
+        let missing_events: Vec<i64> = nids
+            .entries
+            .values()
+            .copied()
+            .filter(|e| !events.contains_key(e))
+            .collect();
+        let (more_kinds, more_keys) = self.storage.names(&missing_kinds, &missing_keys).await?;
+        kinds.extend(more_kinds);
+        keys.extend(more_keys);
+        events.extend(self.storage.events_by_nid(&missing_events).await?);
+        let mut state = StateMap::with_capacity(nids.entries.len());
+        for ((kind, key), event) in &nids.entries {
+            let (Some(kind), Some(key), Some(event)) =
+                (kinds.get(kind), keys.get(key), events.get(event))
+            else {
+                return Err(StorageError::Corrupt(format!(
+                    "state entry {kind}/{key}/{event}"
+                )));
+            };
+            state.insert((kind.clone(), key.clone()), event.clone());
+        }
+        Ok((state, nids))
+    }
+
     /// Stores `state` as a snapshot and returns its NID.
     pub(crate) async fn snapshot(&mut self, state: &mut NidState) -> Result<i64, StorageError> {
         self.storage

@@ -92,9 +92,11 @@ impl NidState {
 /// Cache entries learnt inside a transaction: remembered only once it commits.
 #[derive(Default)]
 pub(crate) struct Learnt {
-    types: Vec<(String, i64)>,
-    keys: Vec<(String, i64)>,
+    pub(crate) types: Vec<(String, i64)>,
+    pub(crate) keys: Vec<(String, i64)>,
     blocks: Vec<(Vec<u8>, i64)>,
+    /// Snapshots first written in this transaction (invisible outside it).
+    pub(crate) snapshots: Vec<(i64, StateEntries)>,
 }
 
 impl Storage {
@@ -406,7 +408,7 @@ impl Storage {
         }
         let list = state_blocks::encode_nids(&block_nids);
         let hash = state_blocks::hash(&list);
-        sqlx::query(
+        let created = sqlx::query(
             "INSERT INTO state_snapshots (hash, block_nids, entry_count) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )
@@ -414,12 +416,17 @@ impl Storage {
         .bind(list.as_slice())
         .bind(state.entries.len() as i64)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
         let nid: i64 =
             sqlx::query_scalar("SELECT snapshot_nid FROM state_snapshots WHERE hash = $1")
                 .bind(hash.as_slice())
                 .fetch_one(&mut **tx)
                 .await?;
+        if created {
+            learnt.snapshots.push((nid, state.entries.clone()));
+        }
         state.snapshot_nid = Some(nid);
         Ok(nid)
     }
