@@ -231,6 +231,8 @@ pub struct Polylith {
     pub processes: Vec<Process>,
     env: Vec<(String, String)>,
     dir: PathBuf,
+    /// Extra replicas: (process name, listen address).
+    replicas: Vec<(String, String)>,
     _tansu: ganglion_log::testing::Tansu,
 }
 
@@ -315,6 +317,7 @@ impl Polylith {
             processes: Vec::new(),
             env,
             dir: dir.to_owned(),
+            replicas: Vec::new(),
             _tansu: tansu,
         };
         for service in POLYLITH_SERVICES {
@@ -351,6 +354,53 @@ impl Polylith {
         )
         .await;
         process
+    }
+
+    /// Starts another replica of `service` (its own listen address, the same
+    /// database and consumer group); its process is named `<service>#<n>`.
+    pub async fn add_replica(&mut self, service: &str) -> String {
+        let n = self
+            .processes
+            .iter()
+            .filter(|p| p.name == service || p.name.starts_with(&format!("{service}#")))
+            .count()
+            + 1;
+        let name = format!("{service}#{n}");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let key = format!("GANGLION_SERVICES__{}__LISTEN", service.to_uppercase());
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .cloned()
+            .collect();
+        env.push((key, listen.clone()));
+        let mut process = Process::spawn(&name, &[service], &env, &self.dir);
+        wait_healthy(
+            &format!("http://{listen}/healthz"),
+            &mut process,
+            Duration::from_secs(30),
+        )
+        .await;
+        self.processes.push(process);
+        self.replicas.push((name.clone(), listen));
+        name
+    }
+
+    /// Where a replica started by [`Polylith::add_replica`] listens.
+    pub fn replica_listen(&self, name: &str) -> String {
+        self.replicas
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs a process for good.
+    pub fn kill9(&mut self, name: &str) {
+        if let Some(process) = self.processes.iter_mut().find(|p| p.name == name) {
+            process.kill9();
+        }
     }
 
     /// SIGKILLs one service's process and starts it again.

@@ -49,3 +49,98 @@ async fn polylith_conversation_and_syncapi_kill9() {
     assert_eq!(message_bodies(timeline), expected, "{}", server.logs());
     assert_eq!(history_forwards(&bob, &room_id).await, expected);
 }
+
+/// How many events a roomserver replica has accepted, from its metrics.
+async fn accepted_by(listen: &str) -> u64 {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("ganglion_roomserver_events_total{outcome=\"accepted\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Sends until the server answers 200, retrying with the same transaction
+/// ID as a client does; a retry must never double the message.
+async fn send_until_ok(
+    client: &ganglion_integration_tests::client::Client,
+    room_id: &str,
+    txn: &str,
+    text: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let reply = client.send_text(room_id, txn, text).await;
+        if reply.status == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text} never accepted: {reply:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(dir.path(), "rs2").await;
+    let second = server.add_replica("roomserver").await;
+    let alice = ganglion_integration_tests::client::Client::register(
+        &server.base_url,
+        "alice",
+        "wonderland",
+    )
+    .await;
+    // Enough rooms that both replicas own some of their partitions.
+    let mut rooms = Vec::new();
+    for i in 0..8 {
+        rooms.push(
+            alice
+                .create_room(
+                    serde_json::json!({"preset": "public_chat", "name": format!("room {i}")}),
+                )
+                .await,
+        );
+    }
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); rooms.len()];
+    for round in 0..3 {
+        for (i, room_id) in rooms.iter().enumerate() {
+            let text = format!("r{i} m{round}");
+            send_until_ok(&alice, room_id, &format!("a{i}-{round}"), &text).await;
+            expected[i].push(text);
+        }
+    }
+    let first_accepted = accepted_by(&server.listen("roomserver")).await;
+    let second_accepted = accepted_by(&server.replica_listen(&second)).await;
+    assert!(
+        first_accepted > 0 && second_accepted > 0,
+        "both replicas write: {first_accepted} and {second_accepted}\n{}",
+        server.logs()
+    );
+
+    // The second replica dies; its rooms move to the first. Messages sent
+    // meanwhile wait (or are retried) and land once each.
+    server.kill9(&second);
+    for round in 3..6 {
+        for (i, room_id) in rooms.iter().enumerate() {
+            let text = format!("r{i} m{round}");
+            send_until_ok(&alice, room_id, &format!("a{i}-{round}"), &text).await;
+            expected[i].push(text);
+        }
+    }
+    for (i, room_id) in rooms.iter().enumerate() {
+        assert_eq!(
+            history_forwards(&alice, room_id).await,
+            expected[i],
+            "room {i}\n{}",
+            server.logs()
+        );
+    }
+}

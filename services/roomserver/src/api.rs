@@ -93,9 +93,10 @@ impl RoomserverService {
     async fn submit(
         &self,
         room_id: &str,
+        request_id: Option<String>,
         kind: topic_pb::roomserver_input::Kind,
     ) -> Result<Answer, ApiError> {
-        let request_id = random_id(24);
+        let request_id = request_id.unwrap_or_else(|| random_id(24));
         let (sender, receiver) = oneshot::channel();
         self.lock_pending().insert(request_id.clone(), sender);
         let record = topic_pb::RoomserverInput {
@@ -221,8 +222,23 @@ impl RoomserverApi for RoomserverService {
         }
         validate_templates(&request.templates)?;
         let room_id = request.room_id.clone();
+        // A client retrying a send (same device, same transaction ID) names
+        // the same request: if the first attempt was processed after its
+        // caller gave up, the retry is answered with its events, not doubled.
+        let request_id = (!request.transaction_id.is_empty()).then(|| {
+            let sender = request
+                .templates
+                .first()
+                .map(|t| t.sender.as_str())
+                .unwrap_or_default();
+            format!(
+                "txn/{sender}/{}/{}",
+                request.device_id, request.transaction_id
+            )
+        });
         self.submit(
             &room_id,
+            request_id,
             topic_pb::roomserver_input::Kind::NewLocalEvents(topic_pb::NewLocalEvents {
                 templates: request.templates,
                 device_id: request.device_id,
@@ -260,6 +276,7 @@ impl RoomserverApi for RoomserverService {
         )?;
         self.submit(
             room_id.as_str(),
+            None,
             topic_pb::roomserver_input::Kind::NewRoom(topic_pb::NewRoom {
                 room_version: request.room_version,
                 create_event_json: create.json.as_bytes().to_vec(),
@@ -368,6 +385,7 @@ impl RoomserverApi for RoomserverService {
         match self
             .submit(
                 &room_id,
+                None,
                 topic_pb::roomserver_input::Kind::InputPdus(topic_pb::InputPdus {
                     room_version: request.room_version,
                     pdus: request.pdus,
