@@ -5,4 +5,5 @@ mod bad_input;
 mod conversation;
 mod monolith;
 mod polylith;
+mod room_apis;
 mod tracing;

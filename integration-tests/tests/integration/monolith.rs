@@ -44,3 +44,17 @@ async fn kill9_mid_conversation_loses_and_duplicates_nothing() {
     assert_eq!(history_forwards(&bob, &room_id).await, expected);
     assert_eq!(history_via_prev_batch(&bob, &room_id).await, expected);
 }
+
+#[tokio::test]
+async fn memberships_and_their_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::room_apis::memberships_and_their_refusals(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn aliases_directory_redactions_reports_upgrades() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::room_apis::aliases_directory_redactions_reports_upgrades(&server.base_url).await;
+}

@@ -125,6 +125,9 @@ async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
         server.logs()
     );
 
+    // The room APIs, with two writers sharing the rooms.
+    crate::room_apis::memberships_and_their_refusals(&server.base_url).await;
+
     // The second replica dies; its rooms move to the first. Messages sent
     // meanwhile wait (or are retried) and land once each.
     server.kill9(&second);
@@ -135,6 +138,7 @@ async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
             expected[i].push(text);
         }
     }
+    crate::room_apis::aliases_directory_redactions_reports_upgrades(&server.base_url).await;
     for (i, room_id) in rooms.iter().enumerate() {
         assert_eq!(
             history_forwards(&alice, room_id).await,

@@ -29,6 +29,15 @@ crate::grpc::service_api! {
         fn query_auth_chain(pb::QueryAuthChainRequest) -> pb::QueryAuthChainResponse;
         fn query_events(pb::QueryEventsRequest) -> pb::QueryEventsResponse;
         fn query_forward_extremities(pb::QueryForwardExtremitiesRequest) -> pb::QueryForwardExtremitiesResponse;
+        fn set_alias(pb::SetAliasRequest) -> crate::proto::common::Empty;
+        fn remove_alias(pb::RemoveAliasRequest) -> crate::proto::common::Empty;
+        fn room_aliases(pb::RoomAliasesRequest) -> pb::RoomAliasesResponse;
+        fn set_visibility(pb::SetVisibilityRequest) -> crate::proto::common::Empty;
+        fn get_visibility(pb::GetVisibilityRequest) -> pb::GetVisibilityResponse;
+        fn public_rooms(pb::PublicRoomsRequest) -> pb::PublicRoomsResponse;
+        fn report(pb::ReportRequest) -> crate::proto::common::Empty;
+        fn query_joined_rooms(pb::QueryJoinedRoomsRequest) -> pb::QueryJoinedRoomsResponse;
+        fn query_may_send_state(pb::QueryMaySendStateRequest) -> pb::QueryMaySendStateResponse;
     }
 }
 

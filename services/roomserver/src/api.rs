@@ -488,4 +488,83 @@ impl RoomserverApi for RoomserverService {
             depth: room.depth,
         })
     }
+
+    async fn set_alias(&self, request: pb::SetAliasRequest) -> Result<Empty, ApiError> {
+        self.set_alias_for(request).await?;
+        Ok(Empty {})
+    }
+
+    async fn remove_alias(&self, request: pb::RemoveAliasRequest) -> Result<Empty, ApiError> {
+        self.remove_alias_for(request).await?;
+        Ok(Empty {})
+    }
+
+    async fn room_aliases(
+        &self,
+        request: pb::RoomAliasesRequest,
+    ) -> Result<pb::RoomAliasesResponse, ApiError> {
+        Ok(pb::RoomAliasesResponse {
+            aliases: self.storage.aliases_of(&request.room_id).await?,
+        })
+    }
+
+    async fn set_visibility(&self, request: pb::SetVisibilityRequest) -> Result<Empty, ApiError> {
+        self.set_visibility_for(request).await?;
+        Ok(Empty {})
+    }
+
+    async fn get_visibility(
+        &self,
+        request: pb::GetVisibilityRequest,
+    ) -> Result<pb::GetVisibilityResponse, ApiError> {
+        if self.storage.room(&request.room_id).await?.is_none() {
+            return Ok(pb::GetVisibilityResponse::default());
+        }
+        Ok(pb::GetVisibilityResponse {
+            room_exists: true,
+            public: self.storage.is_published(&request.room_id).await?,
+        })
+    }
+
+    async fn public_rooms(
+        &self,
+        request: pb::PublicRoomsRequest,
+    ) -> Result<pb::PublicRoomsResponse, ApiError> {
+        self.public_rooms_page(request).await
+    }
+
+    async fn report(&self, request: pb::ReportRequest) -> Result<Empty, ApiError> {
+        self.report_for(request).await?;
+        Ok(Empty {})
+    }
+
+    async fn query_joined_rooms(
+        &self,
+        request: pb::QueryJoinedRoomsRequest,
+    ) -> Result<pb::QueryJoinedRoomsResponse, ApiError> {
+        Ok(pb::QueryJoinedRoomsResponse {
+            room_ids: self.storage.joined_rooms(&request.user_id).await?,
+        })
+    }
+
+    async fn query_may_send_state(
+        &self,
+        request: pb::QueryMaySendStateRequest,
+    ) -> Result<pb::QueryMaySendStateResponse, ApiError> {
+        let room = self
+            .storage
+            .room(&request.room_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
+        Ok(pb::QueryMaySendStateResponse {
+            allowed: self
+                .may_send_state(
+                    &request.room_id,
+                    &room.room_version,
+                    &request.user_id,
+                    &request.event_type,
+                )
+                .await?,
+        })
+    }
 }

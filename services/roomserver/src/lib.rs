@@ -23,6 +23,7 @@ mod api;
 #[doc(hidden)]
 pub mod benchmarks;
 mod consumers;
+mod directory;
 mod events;
 mod head;
 mod internal_events;
@@ -118,6 +119,9 @@ pub async fn start(
         published: Mutex::new(Vec::new()),
         heads: Mutex::new(HashMap::new()),
     });
+    if let Err(error) = service.storage.fill_memberships().await {
+        tracing::warn!(%error, "could not fill in memberships of older rows");
+    }
     // Outputs a crash left unpublished go out now; if that fails, the flag
     // stays set and the next input retries before anything newer.
     match service.publish_outbox().await {

@@ -15,7 +15,9 @@ use crate::consumers::input::{Answer, ProcessError, Processed};
 use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
 use crate::head::{Head, StateDelta, extremities_after};
 use crate::outputs::{self, OutputContext};
-use crate::storage::{EventFlags, HeadUpdate, NidState, RoomWriter, StorageError};
+use crate::storage::{
+    CurrentStateChange, EventFlags, HeadUpdate, NidState, RoomWriter, StorageError,
+};
 
 impl RoomserverService {
     fn signer(&self) -> Signer<'_> {
@@ -380,13 +382,10 @@ impl RoomserverService {
 
 /// The current-state rows to write after local events: each state event
 /// the batch added that is still in the head's state.
-fn current_state_changes(
-    state: &StateMap,
-    event_ids: &[String],
-) -> Vec<(String, String, Option<String>)> {
+fn current_state_changes(state: &StateMap, event_ids: &[String]) -> Vec<CurrentStateChange> {
     state
         .iter()
         .filter(|(_, pdu)| event_ids.iter().any(|id| id == pdu.event_id.as_str()))
-        .map(|((kind, key), pdu)| (kind.clone(), key.clone(), Some(pdu.event_id.to_string())))
+        .map(|((kind, key), pdu)| CurrentStateChange::set(kind, key, pdu))
         .collect()
 }

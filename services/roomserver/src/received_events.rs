@@ -28,7 +28,9 @@ use crate::events::{self, Pdu, StateMap};
 use crate::head::{Head, extremities_after, state_delta};
 use crate::outputs::{self, OutputContext};
 use crate::resolution::{self, EventsById};
-use crate::storage::{EventFlags, HeadUpdate, NidState, RoomWriter, StoredEvent};
+use crate::storage::{
+    CurrentStateChange, EventFlags, HeadUpdate, NidState, RoomWriter, StoredEvent,
+};
 
 /// Resolutions over more state entries than this run on a blocking thread.
 const BLOCKING_RESOLUTION_ENTRIES: usize = 1_000;
@@ -46,7 +48,7 @@ struct Batch {
     written: HashMap<OwnedEventId, StoredEvent>,
     outputs: Vec<Vec<u8>>,
     /// Current-state rows to set or remove when the head moved.
-    changes: BTreeMap<(String, String), Option<String>>,
+    changes: BTreeMap<(String, String), Option<Arc<Pdu>>>,
     head_moved: bool,
 }
 
@@ -136,7 +138,14 @@ impl RoomserverService {
                     changes: batch
                         .changes
                         .into_iter()
-                        .map(|((kind, key), event)| (kind, key, event))
+                        .map(|((kind, key), event)| match event {
+                            Some(event) => CurrentStateChange::set(&kind, &key, &event),
+                            None => CurrentStateChange {
+                                kind,
+                                state_key: key,
+                                event: None,
+                            },
+                        })
                         .collect(),
                 })
                 .await?;
@@ -522,9 +531,7 @@ impl RoomserverService {
         };
         let delta = state_delta(&head.state, &new_state);
         for (key, added, _) in &delta {
-            batch
-                .changes
-                .insert(key.clone(), added.as_ref().map(|e| e.event_id.to_string()));
+            batch.changes.insert(key.clone(), added.clone());
         }
         head.state = new_state;
         head.nids = Some(new_nids);

@@ -2,9 +2,13 @@
 //! read-your-writes wait.
 
 mod account;
+mod directory;
 mod discovery;
+mod reports;
+mod room_state;
 mod rooms;
 mod send;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,7 +50,7 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
             .route(&format!("{prefix}/createRoom"), post(rooms::create_room))
             .route(
                 &format!("{prefix}/join/{{room_id_or_alias}}"),
-                post(rooms::join_by_id_or_alias),
+                post(rooms::join),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/join"),
@@ -55,6 +59,64 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/leave"),
                 post(rooms::leave),
+            )
+            .route(
+                &format!("{prefix}/knock/{{room_id_or_alias}}"),
+                post(rooms::knock),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/{{action}}"),
+                post(rooms::moderate),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/redact/{{event_id}}/{{txn_id}}"),
+                put(send::redact),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/report/{{event_id}}"),
+                post(reports::report_event),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/report"),
+                post(reports::report_room),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/upgrade"),
+                post(upgrade::upgrade),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/state"),
+                get(room_state::state),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/members"),
+                get(room_state::members),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/joined_members"),
+                get(room_state::joined_members),
+            )
+            .route(
+                &format!("{prefix}/joined_rooms"),
+                get(room_state::joined_rooms),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/aliases"),
+                get(directory::room_aliases),
+            )
+            .route(
+                &format!("{prefix}/directory/room/{{alias}}"),
+                put(directory::put_alias)
+                    .get(directory::get_alias)
+                    .delete(directory::delete_alias),
+            )
+            .route(
+                &format!("{prefix}/directory/list/room/{{room_id}}"),
+                put(directory::put_visibility).get(directory::get_visibility),
+            )
+            .route(
+                &format!("{prefix}/publicRooms"),
+                get(directory::get_public_rooms).post(directory::post_public_rooms),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}"),

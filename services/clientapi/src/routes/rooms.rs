@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -230,19 +230,25 @@ pub(crate) async fn create_room(
 }
 
 impl ClientApi {
-    /// Sends one membership event for the user.
-    async fn membership(&self, room_id: &str, user_id: &str, membership: &str) -> MatrixResult<()> {
+    /// Sends one membership event: `sender` sets `target`'s membership.
+    pub(crate) async fn membership(
+        &self,
+        room_id: &str,
+        sender: &str,
+        target: &str,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> MatrixResult<String> {
         ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        let mut content = json!({ "membership": membership });
+        if let Some(reason) = reason {
+            content["reason"] = json!(reason);
+        }
         let result = self
             .roomserver
             .input(pb::InputRequest {
                 room_id: room_id.to_owned(),
-                templates: vec![template(
-                    "m.room.member",
-                    Some(user_id),
-                    user_id,
-                    json!({ "membership": membership }),
-                )],
+                templates: vec![template("m.room.member", Some(target), sender, content)],
                 device_id: String::new(),
                 transaction_id: String::new(),
             })
@@ -252,43 +258,86 @@ impl ClientApi {
             .inc();
         let response = result.map_err(MatrixError::from)?;
         self.read_your_writes(response.output_position).await;
-        Ok(())
+        Ok(response.event_ids.into_iter().next().unwrap_or_default())
+    }
+
+    /// A room ID, or the room an alias points to.
+    pub(crate) async fn room_id_of(&self, room_id_or_alias: &str) -> MatrixResult<String> {
+        if room_id_or_alias.starts_with('#') {
+            ruma::RoomAliasId::parse(room_id_or_alias)
+                .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
+            self.roomserver
+                .resolve_alias(pb::ResolveAliasRequest {
+                    alias: room_id_or_alias.to_owned(),
+                })
+                .await
+                .map_err(MatrixError::from)?
+                .room_id
+                .ok_or_else(|| MatrixError::not_found("Room alias not found"))
+        } else {
+            ruma::RoomId::parse(room_id_or_alias)
+                .map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+            Ok(room_id_or_alias.to_owned())
+        }
     }
 }
 
-pub(crate) async fn join(
-    State(api): State<Arc<ClientApi>>,
-    Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    api.membership(&room_id, &device.user_id, "join").await?;
-    respond(json!({ "room_id": room_id }))
+/// The optional body of join, leave and knock.
+#[derive(Deserialize, Default)]
+pub(crate) struct ReasonBody {
+    reason: Option<String>,
 }
 
-pub(crate) async fn join_by_id_or_alias(
+fn reason_of(body: &axum::body::Bytes) -> MatrixResult<Option<String>> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    Ok(ganglion_base::http::parse_json::<ReasonBody>(body)?.reason)
+}
+
+/// The user changes their own membership (join, knock, leave).
+async fn own_membership(
+    api: &ClientApi,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &axum::body::Bytes,
+    room_id_or_alias: &str,
+    membership: &str,
+) -> MatrixResult<String> {
+    let device = api.authenticate(headers, uri).await?;
+    let reason = reason_of(body)?;
+    let room_id = api.room_id_of(room_id_or_alias).await?;
+    api.membership(
+        &room_id,
+        &device.user_id,
+        &device.user_id,
+        membership,
+        reason.as_deref(),
+    )
+    .await?;
+    Ok(room_id)
+}
+
+/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`.
+pub(crate) async fn join(
     State(api): State<Arc<ClientApi>>,
     Path(room_id_or_alias): Path<String>,
     headers: HeaderMap,
     uri: Uri,
+    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    let room_id = if room_id_or_alias.starts_with('#') {
-        ruma::RoomAliasId::parse(&room_id_or_alias)
-            .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
-        api.roomserver
-            .resolve_alias(pb::ResolveAliasRequest {
-                alias: room_id_or_alias,
-            })
-            .await
-            .map_err(MatrixError::from)?
-            .room_id
-            .ok_or_else(|| MatrixError::not_found("Room alias not found"))?
-    } else {
-        room_id_or_alias
-    };
-    api.membership(&room_id, &device.user_id, "join").await?;
+    let room_id = own_membership(&api, &headers, &uri, &body, &room_id_or_alias, "join").await?;
+    respond(json!({ "room_id": room_id }))
+}
+
+pub(crate) async fn knock(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id_or_alias): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let room_id = own_membership(&api, &headers, &uri, &body, &room_id_or_alias, "knock").await?;
     respond(json!({ "room_id": room_id }))
 }
 
@@ -297,8 +346,71 @@ pub(crate) async fn leave(
     Path(room_id): Path<String>,
     headers: HeaderMap,
     uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    own_membership(&api, &headers, &uri, &body, &room_id, "leave").await?;
+    respond(json!({}))
+}
+
+/// The body of invite, kick, ban and unban.
+#[derive(Deserialize)]
+pub(crate) struct TargetBody {
+    user_id: String,
+    reason: Option<String>,
+}
+
+/// `POST /rooms/{roomId}/{invite,kick,ban,unban}`: one user changes
+/// another's membership; the auth rules decide, with two checks of the
+/// target's current membership so a kick never unbans and an unban never
+/// kicks.
+pub(crate) async fn moderate(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<TargetBody>,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    api.membership(&room_id, &device.user_id, "leave").await?;
+    ruma::UserId::parse(&body.user_id)
+        .map_err(|_| MatrixError::invalid_param("invalid user_id"))?;
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let membership = match action.as_str() {
+        "invite" => "invite",
+        "ban" => "ban",
+        "kick" | "unban" => "leave",
+        _ => return Err(MatrixError::unrecognized()),
+    };
+    if matches!(action.as_str(), "kick" | "unban") {
+        let current = api
+            .roomserver
+            .query_membership(pb::QueryMembershipRequest {
+                room_id: room_id.clone(),
+                user_id: body.user_id.clone(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        if !current.room_exists {
+            return Err(MatrixError::not_found("Unknown room"));
+        }
+        let fits = match action.as_str() {
+            "kick" => matches!(current.membership.as_str(), "join" | "invite" | "knock"),
+            _ => current.membership == "ban",
+        };
+        if !fits {
+            return Err(MatrixError::forbidden(format!(
+                "The user's membership is {:?}",
+                current.membership
+            )));
+        }
+    }
+    api.membership(
+        &room_id,
+        &device.user_id,
+        &body.user_id,
+        membership,
+        body.reason.as_deref(),
+    )
+    .await?;
     respond(json!({}))
 }

@@ -40,6 +40,78 @@ fn event_template(
 }
 
 impl ClientApi {
+    /// Sends an event once per device and transaction ID: a retry gets the
+    /// first attempt's event ID.
+    async fn send_once(
+        &self,
+        room_id: &str,
+        device: &Device,
+        template: pb::EventTemplate,
+        txn_id: &str,
+    ) -> MatrixResult<String> {
+        let transactions_failed = |e| MatrixError::unknown(format!("transactions: {e}"));
+        if let Some(event_id) = self
+            .storage
+            .transaction_event(&device.user_id, &device.device_id, txn_id)
+            .await
+            .map_err(transactions_failed)?
+        {
+            return Ok(event_id);
+        }
+        let event_id = self.send_event(room_id, device, template, txn_id).await?;
+        self.storage
+            .record_transaction(
+                &device.user_id,
+                &device.device_id,
+                txn_id,
+                &event_id,
+                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+            )
+            .await
+            .map_err(transactions_failed)?;
+        Ok(event_id)
+    }
+
+    /// Every alias an `m.room.canonical_alias` event names must be valid
+    /// (`M_INVALID_PARAM`) and point to this room (`M_BAD_ALIAS`).
+    async fn check_canonical_alias(
+        &self,
+        room_id: &str,
+        content: &Map<String, Value>,
+    ) -> MatrixResult<()> {
+        let mut aliases: Vec<&Value> = Vec::new();
+        if let Some(alias) = content.get("alias") {
+            aliases.push(alias);
+        }
+        match content.get("alt_aliases") {
+            Some(Value::Array(alt)) => aliases.extend(alt),
+            Some(_) => return Err(MatrixError::invalid_param("alt_aliases must be a list")),
+            None => {}
+        }
+        for alias in aliases {
+            let alias = alias
+                .as_str()
+                .ok_or_else(|| MatrixError::invalid_param("aliases must be strings"))?;
+            ruma::RoomAliasId::parse(alias)
+                .map_err(|_| MatrixError::invalid_param(format!("invalid alias {alias}")))?;
+            let resolved = self
+                .roomserver
+                .resolve_alias(pb::ResolveAliasRequest {
+                    alias: alias.to_owned(),
+                })
+                .await
+                .map_err(MatrixError::from)?;
+            if resolved.room_id.as_deref() != Some(room_id) {
+                return Err(MatrixError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "M_BAD_ALIAS",
+                    format!("{alias} does not point to this room"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one event for `device`; `txn_id` is echoed to that device.
     async fn send_event(
         &self,
@@ -88,32 +160,8 @@ pub(crate) async fn send(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let content = content(&body)?;
-    if let Some(event_id) = api
-        .storage
-        .transaction_event(&device.user_id, &device.device_id, &txn_id)
-        .await
-        .map_err(|e| MatrixError::unknown(format!("transactions: {e}")))?
-    {
-        return respond(json!({ "event_id": event_id }));
-    }
-    let event_id = api
-        .send_event(
-            &room_id,
-            &device,
-            event_template(&device, &event_type, None, content),
-            &txn_id,
-        )
-        .await?;
-    api.storage
-        .record_transaction(
-            &device.user_id,
-            &device.device_id,
-            &txn_id,
-            &event_id,
-            ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
-        )
-        .await
-        .map_err(|e| MatrixError::unknown(format!("transactions: {e}")))?;
+    let template = event_template(&device, &event_type, None, content);
+    let event_id = api.send_once(&room_id, &device, template, &txn_id).await?;
     respond(json!({ "event_id": event_id }))
 }
 
@@ -128,6 +176,9 @@ async fn put_state_inner(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let content = content(&body)?;
+    if event_type == "m.room.canonical_alias" {
+        api.check_canonical_alias(&room_id, &content).await?;
+    }
     let event_id = api
         .send_event(
             &room_id,
@@ -210,4 +261,35 @@ pub(crate) async fn get_state_empty_key(
     uri: Uri,
 ) -> MatrixResult {
     get_state_inner(api, room_id, event_type, String::new(), headers, uri).await
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RedactBody {
+    reason: Option<String>,
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: idempotent per device
+/// and transaction ID, like a send.
+pub(crate) async fn redact(
+    State(api): State<Arc<ClientApi>>,
+    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    ruma::EventId::parse(&event_id).map_err(|_| MatrixError::invalid_param("invalid event ID"))?;
+    let reason = if body.is_empty() {
+        None
+    } else {
+        parse_json::<RedactBody>(&body)?.reason
+    };
+    let mut content = Map::new();
+    if let Some(reason) = reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    let mut template = event_template(&device, "m.room.redaction", None, content);
+    template.redacts = Some(event_id);
+    let redaction_id = api.send_once(&room_id, &device, template, &txn_id).await?;
+    respond(json!({ "event_id": redaction_id }))
 }

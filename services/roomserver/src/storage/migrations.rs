@@ -87,4 +87,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX redactions_redacts ON redactions (redacts_event_id);
         ",
     },
+    Migration {
+        version: 3,
+        description: "alias creators, published rooms, reports, membership in current state",
+        sql: "
+            ALTER TABLE room_aliases ADD COLUMN creator TEXT NOT NULL DEFAULT '';
+            CREATE INDEX room_aliases_room ON room_aliases (room_id);
+            CREATE TABLE published_rooms (
+                room_id TEXT PRIMARY KEY
+            );
+            CREATE TABLE reports (
+                report_id {serial},
+                room_id TEXT NOT NULL,
+                event_id TEXT,
+                reporter TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                score BIGINT,
+                received_ts BIGINT NOT NULL
+            );
+            ALTER TABLE current_state ADD COLUMN membership TEXT;
+            CREATE INDEX current_state_by_key ON current_state (state_key, event_type);
+        ",
+    },
 ];

@@ -2,7 +2,7 @@
 //! the events' states as shared snapshots (`state`), aliases (`aliases`), and the input dedupe and output
 //! outbox that make processing exactly-once in effect (`outbox`).
 
-mod aliases;
+mod directory;
 mod migrations;
 mod outbox;
 mod rooms;
@@ -11,7 +11,9 @@ mod state;
 mod tests;
 
 pub(crate) use migrations::MIGRATIONS;
-pub(crate) use rooms::{EventFlags, HeadUpdate, RoomRow, RoomWriter, StoredEvent};
+pub(crate) use rooms::{
+    CurrentStateChange, EventFlags, HeadUpdate, RoomRow, RoomWriter, StoredEvent,
+};
 pub(crate) use state::NidState;
 
 use std::sync::{Arc, Mutex};

@@ -48,8 +48,28 @@ pub(crate) struct HeadUpdate {
     pub(crate) snapshot_nid: i64,
     pub(crate) depth: i64,
     pub(crate) extremities: Vec<String>,
-    /// Current-state entries to set (`Some(event_id)`) or remove.
-    pub(crate) changes: Vec<(String, String, Option<String>)>,
+    pub(crate) changes: Vec<CurrentStateChange>,
+}
+
+/// A current-state entry to set (with the event's membership, for member
+/// events) or, without an event, to remove.
+pub(crate) struct CurrentStateChange {
+    pub(crate) kind: String,
+    pub(crate) state_key: String,
+    pub(crate) event: Option<(String, Option<String>)>,
+}
+
+impl CurrentStateChange {
+    pub(crate) fn set(kind: &str, state_key: &str, event: &Pdu) -> Self {
+        let membership = (kind == "m.room.member")
+            .then(|| crate::events::membership_of(event))
+            .flatten();
+        CurrentStateChange {
+            kind: kind.to_owned(),
+            state_key: state_key.to_owned(),
+            event: Some((event.event_id.to_string(), membership)),
+        }
+    }
 }
 
 const EVENT_COLUMNS: &str = "event_nid, room_nid, event_id, json, state_before_nid, state_after_nid, rejected, soft_failed, outlier";
@@ -244,6 +264,34 @@ impl Storage {
         .bind(state_key)
         .fetch_optional(&self.db.pool)
         .await?)
+    }
+
+    /// Fills in the membership of current member events stored before the
+    /// column existed (schema version 3); idempotent, run at start-up.
+    pub(crate) async fn fill_memberships(&self) -> Result<(), StorageError> {
+        let rows = sqlx::query(
+            "SELECT s.room_nid, s.state_key, e.event_id, e.json FROM current_state s
+             JOIN events e ON e.event_nid = s.event_nid
+             WHERE s.event_type = 'm.room.member' AND s.membership IS NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        for row in rows {
+            let event_id: String = row.try_get(2)?;
+            let json: String = row.try_get(3)?;
+            let pdu =
+                Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
+            sqlx::query(
+                "UPDATE current_state SET membership = $1
+                 WHERE room_nid = $2 AND event_type = 'm.room.member' AND state_key = $3",
+            )
+            .bind(crate::events::membership_of(&pdu).unwrap_or_default())
+            .bind(row.try_get::<i64, _>(0)?)
+            .bind(row.try_get::<String, _>(1)?)
+            .execute(&self.db.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// The current state of a room written before state snapshots existed
@@ -525,19 +573,20 @@ impl RoomWriter {
 
     /// Moves the room's head: current state, extremities, depth.
     pub(crate) async fn set_head(&mut self, head: &HeadUpdate) -> Result<(), StorageError> {
-        for (kind, key, event_id) in &head.changes {
-            match event_id {
-                Some(event_id) => {
+        for change in &head.changes {
+            match &change.event {
+                Some((event_id, membership)) => {
                     sqlx::query(
-                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid)
-                         SELECT $1, $2, $3, event_nid FROM events WHERE event_id = $4
+                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid, membership)
+                         SELECT $1, $2, $3, event_nid, $5 FROM events WHERE event_id = $4
                          ON CONFLICT (room_nid, event_type, state_key)
-                         DO UPDATE SET event_nid = excluded.event_nid",
+                         DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership",
                     )
                     .bind(self.room_nid)
-                    .bind(kind)
-                    .bind(key)
+                    .bind(&change.kind)
+                    .bind(&change.state_key)
                     .bind(event_id)
+                    .bind(membership.as_deref())
                     .execute(&mut *self.tx)
                     .await?;
                 }
@@ -547,8 +596,8 @@ impl RoomWriter {
                          WHERE room_nid = $1 AND event_type = $2 AND state_key = $3",
                     )
                     .bind(self.room_nid)
-                    .bind(kind)
-                    .bind(key)
+                    .bind(&change.kind)
+                    .bind(&change.state_key)
                     .execute(&mut *self.tx)
                     .await?;
                 }

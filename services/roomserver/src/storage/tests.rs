@@ -172,7 +172,7 @@ async fn write_room(storage: &Storage) {
             changes: room
                 .state
                 .iter()
-                .map(|((k, s), p)| (k.clone(), s.clone(), Some(p.event_id.to_string())))
+                .map(|((k, s), p)| super::CurrentStateChange::set(k, s, p))
                 .collect(),
         })
         .await
@@ -366,10 +366,84 @@ async fn rolled_back_write_leaves_nothing(storage: &Storage) {
     );
 }
 
+/// Aliases, the published list and reports.
+async fn directory_tables(storage: &Storage) {
+    assert!(
+        storage
+            .add_alias("#a:example.org", "!r:example.org", ALICE)
+            .await
+            .expect("add")
+    );
+    assert!(
+        !storage
+            .add_alias("#a:example.org", "!other:example.org", ALICE)
+            .await
+            .expect("add")
+    );
+    assert_eq!(
+        storage.alias("#a:example.org").await.expect("alias"),
+        Some(("!r:example.org".to_owned(), ALICE.to_owned()))
+    );
+    assert_eq!(
+        storage.aliases_of("!r:example.org").await.expect("aliases"),
+        vec!["#a:example.org".to_owned(), "#r:example.org".to_owned()]
+    );
+    assert!(
+        storage
+            .remove_alias("#a:example.org")
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !storage
+            .remove_alias("#a:example.org")
+            .await
+            .expect("remove")
+    );
+    storage
+        .set_published("!r:example.org", true)
+        .await
+        .expect("publish");
+    storage
+        .set_published("!r:example.org", true)
+        .await
+        .expect("publish twice");
+    assert!(
+        storage
+            .is_published("!r:example.org")
+            .await
+            .expect("published")
+    );
+    // The room written by `write_room` has Alice joined.
+    assert_eq!(
+        storage.published_rooms().await.expect("list"),
+        vec![("!r:example.org".to_owned(), 1)]
+    );
+    storage
+        .set_published("!r:example.org", false)
+        .await
+        .expect("unpublish");
+    assert!(storage.published_rooms().await.expect("list").is_empty());
+    storage
+        .add_report("!r:example.org", Some("$e"), ALICE, "spam", Some(-100), 1)
+        .await
+        .expect("report");
+    assert_eq!(
+        storage.reports().await.expect("reports"),
+        vec![(
+            "!r:example.org".to_owned(),
+            Some("$e".to_owned()),
+            ALICE.to_owned(),
+            "spam".to_owned()
+        )]
+    );
+}
+
 #[tokio::test]
 async fn sqlite_storage() {
     let (storage, _dir) = open(None).await;
     write_room(&storage).await;
+    directory_tables(&storage).await;
     big_room_shares_blocks(&storage).await;
     rolled_back_write_leaves_nothing(&storage).await;
 }
@@ -379,6 +453,7 @@ async fn postgres_storage() {
     let url = ganglion_base::testing::scratch_postgres("rs_storage").await;
     let (storage, _dir) = open(Some(url)).await;
     write_room(&storage).await;
+    directory_tables(&storage).await;
     big_room_shares_blocks(&storage).await;
     rolled_back_write_leaves_nothing(&storage).await;
 }

@@ -1,0 +1,615 @@
+//! The room APIs as several users see them: every membership transition and
+//! its refusals, reading state and members, aliases, the room directory,
+//! redactions, reports and upgrades. Run against any deployment.
+
+use ganglion_integration_tests::client::{Client, Reply, encode, message_bodies};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn post(client: &Client, path: &str, body: Value) -> Reply {
+    client.call(Method::POST, path, Some(body)).await
+}
+
+async fn get(client: &Client, path: &str) -> Reply {
+    client.call(Method::GET, path, None).await
+}
+
+async fn put(client: &Client, path: &str, body: Value) -> Reply {
+    client.call(Method::PUT, path, Some(body)).await
+}
+
+fn room_path(room_id: &str, rest: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/{rest}", encode(room_id))
+}
+
+fn member_event<'a>(state: &'a Value, user: &str) -> Option<&'a Value> {
+    state
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+}
+
+async fn membership(reader: &Client, room_id: &str, user: &str) -> String {
+    let state = get(reader, &room_path(room_id, "state")).await;
+    assert_eq!(state.status, 200, "{state:?}");
+    member_event(&state.body, user)
+        .and_then(|e| e["content"]["membership"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn moderate(actor: &Client, room_id: &str, action: &str, target: &str) -> Reply {
+    post(
+        actor,
+        &room_path(room_id, action),
+        json!({"user_id": target, "reason": format!("{action} for testing")}),
+    )
+    .await
+}
+
+pub(crate) async fn memberships_and_their_refusals(base_url: &str) {
+    let alice = Client::register(base_url, "m_alice", "pw-alice-1").await;
+    let bob = Client::register(base_url, "m_bob", "pw-bob-1").await;
+    let carol = Client::register(base_url, "m_carol", "pw-carol-1").await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+
+    // Uninvited: refused. Invited: in.
+    let refused = bob.join(&room_id).await;
+    assert_eq!((refused.status, refused.errcode()), (403, "M_FORBIDDEN"));
+    assert_eq!(
+        moderate(&alice, &room_id, "invite", &bob.user_id)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(membership(&alice, &room_id, &bob.user_id).await, "invite");
+    let again = moderate(&alice, &room_id, "invite", &bob.user_id).await;
+    assert_eq!(
+        again.status, 200,
+        "inviting an invited user again: {again:?}"
+    );
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let joined_again = moderate(&alice, &room_id, "invite", &bob.user_id).await;
+    assert_eq!(
+        joined_again.errcode(),
+        "M_FORBIDDEN",
+        "a joined user cannot be invited"
+    );
+
+    // Bob (power 0) cannot kick, ban or invite-by-power; Alice can.
+    assert_eq!(
+        moderate(&bob, &room_id, "kick", &alice.user_id)
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(
+        moderate(&bob, &room_id, "ban", &alice.user_id)
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    let kicked = moderate(&alice, &room_id, "kick", &bob.user_id).await;
+    assert_eq!(kicked.status, 200, "{kicked:?}");
+    let state = get(&alice, &room_path(&room_id, "state")).await;
+    let event = member_event(&state.body, &bob.user_id).expect("bob's membership");
+    assert_eq!(event["content"]["membership"], "leave");
+    assert_eq!(event["content"]["reason"], "kick for testing");
+    assert_eq!(event["sender"], alice.user_id.as_str());
+    let twice = moderate(&alice, &room_id, "kick", &bob.user_id).await;
+    assert_eq!(
+        twice.errcode(),
+        "M_FORBIDDEN",
+        "kicking someone not in the room"
+    );
+
+    // Bob, kicked, reads the state as it was when he left, not after.
+    let rename = put(
+        &alice,
+        &room_path(&room_id, "state/m.room.name/"),
+        json!({"name": "later"}),
+    )
+    .await;
+    assert_eq!(rename.status, 200);
+    let seen = get(&bob, &room_path(&room_id, "state")).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    assert!(
+        seen.body
+            .as_array()
+            .is_some_and(|s| !s.iter().any(|e| e["type"] == "m.room.name"))
+    );
+    assert_eq!(
+        member_event(&seen.body, &bob.user_id).expect("leave")["content"]["membership"],
+        "leave"
+    );
+    // Carol, never in the room, reads nothing.
+    assert_eq!(
+        get(&carol, &room_path(&room_id, "state")).await.errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(
+        get(&carol, &room_path(&room_id, "members")).await.errcode(),
+        "M_FORBIDDEN"
+    );
+
+    // Bans hold until lifted, even for someone never in the room.
+    assert_eq!(
+        moderate(&alice, &room_id, "ban", &carol.user_id)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        moderate(&alice, &room_id, "invite", &carol.user_id)
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(carol.join(&room_id).await.errcode(), "M_FORBIDDEN");
+    let kick_banned = moderate(&alice, &room_id, "kick", &carol.user_id).await;
+    assert_eq!(kick_banned.errcode(), "M_FORBIDDEN", "a kick never unbans");
+    assert_eq!(
+        moderate(&alice, &room_id, "unban", &carol.user_id)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(membership(&alice, &room_id, &carol.user_id).await, "leave");
+    assert_eq!(
+        moderate(&alice, &room_id, "unban", &carol.user_id)
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(
+        carol.join(&room_id).await.errcode(),
+        "M_FORBIDDEN",
+        "still not invited"
+    );
+
+    // Knocking: only where the join rules allow it (room versions 7+).
+    let knock_path = format!("/_matrix/client/v3/knock/{}", encode(&room_id));
+    assert_eq!(
+        post(&carol, &knock_path, json!({})).await.errcode(),
+        "M_FORBIDDEN"
+    );
+    let rules = put(
+        &alice,
+        &room_path(&room_id, "state/m.room.join_rules/"),
+        json!({"join_rule": "knock"}),
+    )
+    .await;
+    assert_eq!(rules.status, 200);
+    let knocked = post(&carol, &knock_path, json!({"reason": "let me in"})).await;
+    assert_eq!(knocked.status, 200, "{knocked:?}");
+    assert_eq!(knocked.body["room_id"], room_id.as_str());
+    assert_eq!(membership(&alice, &room_id, &carol.user_id).await, "knock");
+    assert_eq!(
+        moderate(&alice, &room_id, "invite", &carol.user_id)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(carol.join(&room_id).await.status, 200);
+    let v6 = alice
+        .create_room(json!({"preset": "private_chat", "room_version": "6"}))
+        .await;
+    let rules = put(
+        &alice,
+        &room_path(&v6, "state/m.room.join_rules/"),
+        json!({"join_rule": "knock"}),
+    )
+    .await;
+    assert_eq!(rules.status, 200);
+    let v6_knock = format!("/_matrix/client/v3/knock/{}", encode(&v6));
+    let refused = post(&bob, &v6_knock, json!({})).await;
+    assert_eq!(
+        refused.errcode(),
+        "M_FORBIDDEN",
+        "no knocking before version 7: {refused:?}"
+    );
+
+    // Members, filtered; joined members; joined rooms.
+    let members = get(&alice, &room_path(&room_id, "members?not_membership=leave")).await;
+    let users: Vec<&str> = members.body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert!(users.contains(&alice.user_id.as_str()) && users.contains(&carol.user_id.as_str()));
+    assert!(!users.contains(&bob.user_id.as_str()));
+    let left = get(&alice, &room_path(&room_id, "members?membership=leave")).await;
+    assert_eq!(left.body["chunk"].as_array().map(Vec::len), Some(1));
+    let bad = get(&alice, &room_path(&room_id, "members?membership=dancing")).await;
+    assert_eq!(bad.errcode(), "M_INVALID_PARAM");
+    let joined = get(&alice, &room_path(&room_id, "joined_members")).await;
+    let joined = joined.body["joined"].as_object().expect("joined");
+    assert_eq!(joined.len(), 2);
+    assert!(joined.contains_key(&carol.user_id));
+    let rooms = get(&carol, "/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(rooms.body["joined_rooms"], json!([room_id]));
+    let bob_rooms = get(&bob, "/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(bob_rooms.body["joined_rooms"], json!([]));
+
+    // Leaving with a reason.
+    let leave = post(
+        &carol,
+        &room_path(&room_id, "leave"),
+        json!({"reason": "bye"}),
+    )
+    .await;
+    assert_eq!(leave.status, 200);
+    let state = get(&alice, &room_path(&room_id, "state")).await;
+    assert_eq!(
+        member_event(&state.body, &carol.user_id).expect("carol")["content"]["reason"],
+        "bye"
+    );
+
+    // Bad input changes nothing.
+    let bad_user = post(
+        &alice,
+        &room_path(&room_id, "invite"),
+        json!({"user_id": "not a user"}),
+    )
+    .await;
+    assert_eq!(bad_user.errcode(), "M_INVALID_PARAM");
+    let no_user = post(&alice, &room_path(&room_id, "ban"), json!({})).await;
+    assert_eq!(no_user.errcode(), "M_BAD_JSON");
+    let bad_room = post(
+        &alice,
+        &room_path("not-a-room", "invite"),
+        json!({"user_id": bob.user_id}),
+    )
+    .await;
+    assert_eq!(bad_room.errcode(), "M_INVALID_PARAM");
+}
+
+pub(crate) async fn aliases_directory_redactions_reports_upgrades(base_url: &str) {
+    let alice = Client::register(base_url, "d_alice", "pw-alice-2").await;
+    let bob = Client::register(base_url, "d_bob", "pw-bob-2").await;
+    let server = alice
+        .user_id
+        .split(':')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let room_id = alice
+        .create_room(json!({"preset": "public_chat", "name": "Garden party", "topic": "roses"}))
+        .await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let alias = format!("#garden:{server}");
+    let alias_path = format!("/_matrix/client/v3/directory/room/{}", encode(&alias));
+
+    // Aliases.
+    assert_eq!(
+        put(&alice, &alias_path, json!({"room_id": room_id}))
+            .await
+            .status,
+        200
+    );
+    let taken = put(&bob, &alias_path, json!({"room_id": room_id})).await;
+    assert_eq!(taken.status, 409, "{taken:?}");
+    let resolved = get(&bob, &alias_path).await;
+    assert_eq!(resolved.body["room_id"], room_id.as_str());
+    assert_eq!(resolved.body["servers"], json!([server]));
+    let listed = get(&bob, &room_path(&room_id, "aliases")).await;
+    assert_eq!(listed.body["aliases"], json!([alias]));
+    let outsider = Client::register(base_url, "d_eve", "pw-eve-2").await;
+    assert_eq!(
+        get(&outsider, &room_path(&room_id, "aliases"))
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    let remote = format!(
+        "/_matrix/client/v3/directory/room/{}",
+        encode("#x:elsewhere.example")
+    );
+    assert_eq!(
+        put(&alice, &remote, json!({"room_id": room_id}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    let invalid = format!("/_matrix/client/v3/directory/room/{}", encode("garden"));
+    assert_eq!(
+        put(&alice, &invalid, json!({"room_id": room_id}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    let bob_alias = format!(
+        "/_matrix/client/v3/directory/room/{}",
+        encode(&format!("#bobs:{server}"))
+    );
+    assert_eq!(
+        put(&bob, &bob_alias, json!({"room_id": room_id}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        outsider
+            .call(Method::DELETE, &bob_alias, None)
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    // Alice, an admin, may remove Bob's alias.
+    assert_eq!(
+        alice.call(Method::DELETE, &bob_alias, None).await.status,
+        200
+    );
+    assert_eq!(get(&alice, &bob_alias).await.errcode(), "M_NOT_FOUND");
+
+    // The canonical alias must point here.
+    let canonical = room_path(&room_id, "state/m.room.canonical_alias/");
+    let elsewhere = alice.create_room(json!({"preset": "private_chat"})).await;
+    let other_alias = format!("#elsewhere:{server}");
+    let other_path = format!("/_matrix/client/v3/directory/room/{}", encode(&other_alias));
+    assert_eq!(
+        put(&alice, &other_path, json!({"room_id": elsewhere}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put(&alice, &canonical, json!({"alias": other_alias}))
+            .await
+            .errcode(),
+        "M_BAD_ALIAS"
+    );
+    assert_eq!(
+        put(&alice, &canonical, json!({"alias": "nonsense"}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    assert_eq!(
+        put(
+            &alice,
+            &canonical,
+            json!({"alias": alias, "alt_aliases": [other_alias]})
+        )
+        .await
+        .errcode(),
+        "M_BAD_ALIAS"
+    );
+    assert_eq!(
+        put(&alice, &canonical, json!({"alias": alias}))
+            .await
+            .status,
+        200
+    );
+
+    // The directory.
+    let listing = format!(
+        "/_matrix/client/v3/directory/list/room/{}",
+        encode(&room_id)
+    );
+    assert_eq!(get(&bob, &listing).await.body["visibility"], "private");
+    assert_eq!(
+        put(&bob, &listing, json!({"visibility": "public"}))
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(
+        put(&alice, &listing, json!({"visibility": "sideways"}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    assert_eq!(
+        put(&alice, &listing, json!({"visibility": "public"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&bob, &listing).await.body["visibility"], "public");
+    let second = alice
+        .create_room(json!({"preset": "public_chat", "name": "Tea house"}))
+        .await;
+    let second_listing = format!("/_matrix/client/v3/directory/list/room/{}", encode(&second));
+    assert_eq!(
+        put(&alice, &second_listing, json!({"visibility": "public"}))
+            .await
+            .status,
+        200
+    );
+    let public = get(&outsider, "/_matrix/client/v3/publicRooms").await;
+    assert_eq!(public.status, 200, "{public:?}");
+    let chunk = public.body["chunk"].as_array().expect("chunk");
+    assert_eq!(chunk.len(), 2);
+    // Most members first.
+    assert_eq!(chunk[0]["room_id"], room_id.as_str());
+    assert_eq!(chunk[0]["name"], "Garden party");
+    assert_eq!(chunk[0]["topic"], "roses");
+    assert_eq!(chunk[0]["canonical_alias"], alias.as_str());
+    assert_eq!(chunk[0]["num_joined_members"], 2);
+    assert_eq!(chunk[0]["join_rule"], "public");
+    assert_eq!(chunk[0]["world_readable"], false);
+    let page = get(&outsider, "/_matrix/client/v3/publicRooms?limit=1").await;
+    assert_eq!(page.body["chunk"].as_array().map(Vec::len), Some(1));
+    let next = page.body["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let page2 = get(
+        &outsider,
+        &format!(
+            "/_matrix/client/v3/publicRooms?limit=1&since={}",
+            encode(&next)
+        ),
+    )
+    .await;
+    assert_eq!(page2.body["chunk"][0]["room_id"], second.as_str());
+    assert!(page2.body["prev_batch"].is_string());
+    let search = post(
+        &outsider,
+        "/_matrix/client/v3/publicRooms",
+        json!({"filter": {"generic_search_term": "TEA"}}),
+    )
+    .await;
+    assert_eq!(search.body["chunk"].as_array().map(Vec::len), Some(1));
+    assert_eq!(search.body["chunk"][0]["room_id"], second.as_str());
+    let typed = post(
+        &outsider,
+        "/_matrix/client/v3/publicRooms",
+        json!({"filter": {"room_types": ["m.space"]}}),
+    )
+    .await;
+    assert_eq!(typed.body["chunk"].as_array().map(Vec::len), Some(0));
+    let untyped = post(
+        &outsider,
+        "/_matrix/client/v3/publicRooms",
+        json!({"filter": {"room_types": [null]}}),
+    )
+    .await;
+    assert_eq!(untyped.body["chunk"].as_array().map(Vec::len), Some(2));
+    let bad_since = get(&outsider, "/_matrix/client/v3/publicRooms?since=garbage").await;
+    assert_eq!(bad_since.errcode(), "M_INVALID_PARAM");
+    let bad_limit = get(&outsider, "/_matrix/client/v3/publicRooms?limit=-3").await;
+    assert_eq!(bad_limit.errcode(), "M_INVALID_PARAM");
+
+    // Redactions: only one's own events without the redact power; the
+    // stored copy every reader sees is redacted.
+    let sent = alice.send_text(&room_id, "secret", "the secret").await;
+    let secret_id = sent.body["event_id"].as_str().expect("event id").to_owned();
+    let redact_path =
+        |txn: &str| room_path(&room_id, &format!("redact/{}/{txn}", encode(&secret_id)));
+    assert_eq!(
+        put(&bob, &redact_path("b1"), json!({})).await.errcode(),
+        "M_FORBIDDEN"
+    );
+    let redacted = put(&alice, &redact_path("a1"), json!({"reason": "oops"})).await;
+    assert_eq!(redacted.status, 200, "{redacted:?}");
+    let again = put(&alice, &redact_path("a1"), json!({"reason": "oops"})).await;
+    assert_eq!(
+        again.body["event_id"], redacted.body["event_id"],
+        "idempotent per transaction"
+    );
+    let history = bob.messages(&room_id, None, "b", 50).await;
+    assert!(!message_bodies(&history["chunk"]).contains(&"the secret".to_owned()));
+    let copy = history["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .find(|e| e["event_id"] == secret_id.as_str())
+        .expect("the redacted event is still in the timeline");
+    assert_eq!(copy["content"], json!({}));
+    let bad_event = put(
+        &alice,
+        &room_path(&room_id, "redact/not-an-event/x"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(bad_event.errcode(), "M_INVALID_PARAM");
+
+    // Reports.
+    let report = |event: &str| room_path(&room_id, &format!("report/{}", encode(event)));
+    assert_eq!(
+        post(
+            &bob,
+            &report(&secret_id),
+            json!({"reason": "spam", "score": -100})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        post(&bob, &report(&secret_id), json!({"score": 5}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    assert_eq!(
+        post(&bob, &report("$unknown"), json!({"reason": "?"}))
+            .await
+            .errcode(),
+        "M_NOT_FOUND"
+    );
+    assert_eq!(
+        post(&outsider, &report(&secret_id), json!({"reason": "?"}))
+            .await
+            .errcode(),
+        "M_NOT_FOUND"
+    );
+    assert_eq!(
+        post(
+            &bob,
+            &room_path(&room_id, "report"),
+            json!({"reason": "whole room"})
+        )
+        .await
+        .status,
+        200
+    );
+
+    // Upgrades.
+    let upgrade = room_path(&room_id, "upgrade");
+    assert_eq!(
+        post(&bob, &upgrade, json!({"new_version": "11"}))
+            .await
+            .errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(
+        post(&alice, &upgrade, json!({"new_version": "99"}))
+            .await
+            .errcode(),
+        "M_UNSUPPORTED_ROOM_VERSION"
+    );
+    let upgraded = post(&alice, &upgrade, json!({"new_version": "12"})).await;
+    assert_eq!(upgraded.status, 200, "{upgraded:?}");
+    let new_room = upgraded.body["replacement_room"]
+        .as_str()
+        .expect("replacement")
+        .to_owned();
+    let tombstone = get(&bob, &room_path(&room_id, "state/m.room.tombstone/")).await;
+    assert_eq!(tombstone.body["replacement_room"], new_room.as_str());
+    let new_state = get(&alice, &room_path(&new_room, "state")).await;
+    let find = |kind: &str| {
+        new_state
+            .body
+            .as_array()
+            .and_then(|s| s.iter().find(|e| e["type"] == kind))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        find("m.room.create")["content"]["predecessor"]["room_id"],
+        room_id.as_str()
+    );
+    assert_eq!(find("m.room.create")["content"]["room_version"], "12");
+    assert_eq!(find("m.room.name")["content"]["name"], "Garden party");
+    assert_eq!(find("m.room.topic")["content"]["topic"], "roses");
+    assert_eq!(find("m.room.join_rules")["content"]["join_rule"], "public");
+    assert_eq!(
+        find("m.room.canonical_alias")["content"]["alias"],
+        alias.as_str()
+    );
+    assert_eq!(
+        get(&bob, &alias_path).await.body["room_id"],
+        new_room.as_str(),
+        "the alias moved"
+    );
+    let new_listing = format!(
+        "/_matrix/client/v3/directory/list/room/{}",
+        encode(&new_room)
+    );
+    assert_eq!(get(&bob, &new_listing).await.body["visibility"], "public");
+    assert_eq!(get(&bob, &listing).await.body["visibility"], "private");
+    // The old room is for moderators now; Bob follows the tombstone.
+    assert_eq!(
+        bob.send_text(&room_id, "late", "hello?").await.errcode(),
+        "M_FORBIDDEN"
+    );
+    assert_eq!(bob.join(&new_room).await.status, 200);
+    assert_eq!(
+        bob.send_text(&new_room, "new", "hello again").await.status,
+        200
+    );
+}

@@ -1,0 +1,302 @@
+//! Room aliases (`/directory/room`), the published room list
+//! (`/directory/list/room`, `/publicRooms`) and a room's aliases.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use ganglion_api::ApiError;
+use ganglion_api::proto::roomserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ClientApi;
+
+fn local_alias(api: &ClientApi, alias: &str) -> MatrixResult<()> {
+    let parsed = ruma::RoomAliasId::parse(alias)
+        .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
+    if parsed.server_name().as_str() != api.server_name {
+        return Err(MatrixError::invalid_param(
+            "aliases on other servers cannot be managed here",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AliasBody {
+    room_id: String,
+}
+
+pub(crate) async fn put_alias(
+    State(api): State<Arc<ClientApi>>,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<AliasBody>,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    local_alias(&api, &alias)?;
+    ruma::RoomId::parse(&body.room_id)
+        .map_err(|_| MatrixError::invalid_param("invalid room_id"))?;
+    match api
+        .roomserver
+        .set_alias(pb::SetAliasRequest {
+            alias,
+            room_id: body.room_id,
+            user_id: device.user_id,
+        })
+        .await
+    {
+        Ok(_) => respond(json!({})),
+        Err(ApiError::RoomInUse) => Err(MatrixError::new(
+            StatusCode::CONFLICT,
+            "M_UNKNOWN",
+            "Room alias already exists",
+        )),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub(crate) async fn get_alias(
+    State(api): State<Arc<ClientApi>>,
+    Path(alias): Path<String>,
+) -> MatrixResult {
+    ruma::RoomAliasId::parse(&alias)
+        .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
+    let resolved = api
+        .roomserver
+        .resolve_alias(pb::ResolveAliasRequest { alias })
+        .await
+        .map_err(MatrixError::from)?;
+    match resolved.room_id {
+        Some(room_id) => respond(json!({ "room_id": room_id, "servers": resolved.servers })),
+        None => Err(MatrixError::not_found("Room alias not found")),
+    }
+}
+
+pub(crate) async fn delete_alias(
+    State(api): State<Arc<ClientApi>>,
+    Path(alias): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    local_alias(&api, &alias)?;
+    api.roomserver
+        .remove_alias(pb::RemoveAliasRequest {
+            alias,
+            user_id: device.user_id,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({}))
+}
+
+/// `GET /rooms/{roomId}/aliases`: for members, or anyone when the room's
+/// history is world-readable.
+pub(crate) async fn room_aliases(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    api.require_member_or_world_readable(&room_id, &device.user_id)
+        .await?;
+    let aliases = api
+        .roomserver
+        .room_aliases(pb::RoomAliasesRequest { room_id })
+        .await
+        .map_err(MatrixError::from)?
+        .aliases;
+    respond(json!({ "aliases": aliases }))
+}
+
+pub(crate) async fn get_visibility(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+) -> MatrixResult {
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let visibility = api
+        .roomserver
+        .get_visibility(pb::GetVisibilityRequest { room_id })
+        .await
+        .map_err(MatrixError::from)?;
+    if !visibility.room_exists {
+        return Err(MatrixError::not_found("Unknown room"));
+    }
+    respond(json!({ "visibility": if visibility.public { "public" } else { "private" } }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct VisibilityBody {
+    visibility: Option<String>,
+}
+
+pub(crate) async fn put_visibility(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<VisibilityBody>,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let public = match body.visibility.as_deref() {
+        Some("public") => true,
+        Some("private") | None => false,
+        Some(_) => {
+            return Err(MatrixError::invalid_param(
+                "visibility must be public or private",
+            ));
+        }
+    };
+    api.roomserver
+        .set_visibility(pb::SetVisibilityRequest {
+            room_id,
+            user_id: device.user_id,
+            public,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({}))
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct PublicRoomsQuery {
+    limit: Option<String>,
+    since: Option<String>,
+    server: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct PublicRoomsBody {
+    limit: Option<u32>,
+    since: Option<String>,
+    filter: Option<PublicRoomsFilter>,
+    #[serde(default)]
+    include_all_networks: bool,
+    third_party_instance_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct PublicRoomsFilter {
+    generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+}
+
+impl ClientApi {
+    async fn public_rooms_list(
+        &self,
+        server: Option<&str>,
+        limit: Option<u32>,
+        since: Option<String>,
+        filter: PublicRoomsFilter,
+    ) -> MatrixResult {
+        if let Some(server) = server
+            && server != self.server_name
+        {
+            return Err(MatrixError::not_found(
+                "Other servers' directories are reached over federation, which this server does not speak yet",
+            ));
+        }
+        let (filter_room_types, room_types) = match filter.room_types {
+            Some(types) => (
+                true,
+                types.into_iter().map(Option::unwrap_or_default).collect(),
+            ),
+            None => (false, Vec::new()),
+        };
+        let page = self
+            .roomserver
+            .public_rooms(pb::PublicRoomsRequest {
+                limit: limit.unwrap_or(0),
+                since: since.unwrap_or_default(),
+                search_term: filter.generic_search_term.unwrap_or_default(),
+                room_types,
+                filter_room_types,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let chunk: Vec<Value> = page
+            .chunk
+            .into_iter()
+            .map(|room| {
+                let mut entry = json!({
+                    "room_id": room.room_id,
+                    "num_joined_members": room.num_joined_members,
+                    "world_readable": room.world_readable,
+                    "guest_can_join": room.guest_can_join,
+                    "join_rule": room.join_rule,
+                });
+                for (key, value) in [
+                    ("name", room.name),
+                    ("topic", room.topic),
+                    ("canonical_alias", room.canonical_alias),
+                    ("avatar_url", room.avatar_url),
+                    ("room_type", room.room_type),
+                ] {
+                    if let Some(value) = value {
+                        entry[key] = json!(value);
+                    }
+                }
+                entry
+            })
+            .collect();
+        let mut body = json!({
+            "chunk": chunk,
+            "total_room_count_estimate": page.total_room_count_estimate,
+        });
+        if !page.next_batch.is_empty() {
+            body["next_batch"] = json!(page.next_batch);
+        }
+        if !page.prev_batch.is_empty() {
+            body["prev_batch"] = json!(page.prev_batch);
+        }
+        respond(body)
+    }
+}
+
+pub(crate) async fn get_public_rooms(State(api): State<Arc<ClientApi>>, uri: Uri) -> MatrixResult {
+    let query: PublicRoomsQuery = parse_query(&uri)?;
+    let limit = match query.limit.as_deref() {
+        Some(limit) => Some(
+            limit
+                .parse::<u32>()
+                .map_err(|_| MatrixError::invalid_param("limit must be a non-negative integer"))?,
+        ),
+        None => None,
+    };
+    api.public_rooms_list(
+        query.server.as_deref(),
+        limit,
+        query.since,
+        PublicRoomsFilter::default(),
+    )
+    .await
+}
+
+pub(crate) async fn post_public_rooms(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixJson(body): MatrixJson<PublicRoomsBody>,
+) -> MatrixResult {
+    api.authenticate(&headers, &uri).await?;
+    let query: PublicRoomsQuery = parse_query(&uri)?;
+    if body.include_all_networks && body.third_party_instance_id.is_some() {
+        return Err(MatrixError::invalid_param(
+            "include_all_networks and third_party_instance_id are exclusive",
+        ));
+    }
+    api.public_rooms_list(
+        query.server.as_deref(),
+        body.limit,
+        body.since,
+        body.filter.unwrap_or_default(),
+    )
+    .await
+}

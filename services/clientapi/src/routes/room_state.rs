@@ -1,0 +1,249 @@
+//! Reading a room's state: `/state`, `/members`, `/joined_members`, and
+//! `/joined_rooms`. Members read the current state; users who left read
+//! the state as it was when they left.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_api::proto::roomserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, parse_query, respond};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::ClientApi;
+
+impl ClientApi {
+    /// The current state (`event_id` empty) or the state before an event,
+    /// as (event ID, event); `None` when the room is unknown.
+    async fn state_events(
+        &self,
+        room_id: &str,
+        event_id: &str,
+    ) -> MatrixResult<Option<Vec<(String, Value)>>> {
+        let state = self
+            .roomserver
+            .query_state(pb::QueryStateRequest {
+                room_id: room_id.to_owned(),
+                event_id: event_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        if !state.room_exists {
+            return Ok(None);
+        }
+        Ok(Some(
+            state
+                .state_event_ids
+                .into_iter()
+                .zip(state.state_events_json)
+                .filter_map(|(id, json)| Some((id, serde_json::from_slice::<Value>(&json).ok()?)))
+                .collect(),
+        ))
+    }
+
+    /// The room state `user_id` may read: the current state while joined
+    /// (or when the history is world-readable), the state when they left
+    /// otherwise; `M_FORBIDDEN` if they were never in the room.
+    pub(crate) async fn readable_state(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> MatrixResult<Vec<Value>> {
+        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        let Some(events) = self.state_events(room_id, "").await? else {
+            return Err(MatrixError::forbidden("You are not in this room"));
+        };
+        let own = events
+            .iter()
+            .find(|(_, e)| e["type"] == "m.room.member" && e["state_key"] == user_id);
+        let membership = own
+            .map(|(_, e)| e["content"]["membership"].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let world_readable = events.iter().any(|(_, e)| {
+            e["type"] == "m.room.history_visibility"
+                && e["content"]["history_visibility"] == "world_readable"
+        });
+        if membership == "join" || world_readable {
+            return Ok(events
+                .into_iter()
+                .map(|(id, e)| client_event(id, e))
+                .collect());
+        }
+        let Some((leave_id, leave)) = own.filter(|_| matches!(membership, "leave" | "ban")) else {
+            return Err(MatrixError::forbidden("You are not in this room"));
+        };
+        let before = self
+            .state_events(room_id, leave_id)
+            .await?
+            .unwrap_or_default();
+        // Never joined (a rejected invite, a withdrawn knock): nothing to see.
+        let was_member = before.iter().any(|(_, e)| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == user_id
+                && e["content"]["membership"] == "join"
+        });
+        if !was_member {
+            return Err(MatrixError::forbidden("You are not in this room"));
+        }
+        let mut state: Vec<Value> = before
+            .into_iter()
+            .filter(|(_, e)| !(e["type"] == "m.room.member" && e["state_key"] == user_id))
+            .map(|(id, e)| client_event(id, e))
+            .collect();
+        state.push(client_event(leave_id.clone(), leave.clone()));
+        Ok(state)
+    }
+
+    /// Requires the user to be joined, or the room's history world-readable.
+    pub(crate) async fn require_member_or_world_readable(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> MatrixResult<()> {
+        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        let membership = self
+            .roomserver
+            .query_membership(pb::QueryMembershipRequest {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        if membership.membership == "join" {
+            return Ok(());
+        }
+        let visibility = self
+            .roomserver
+            .query_state_event(pb::QueryStateEventRequest {
+                room_id: room_id.to_owned(),
+                event_type: "m.room.history_visibility".into(),
+                state_key: String::new(),
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .event_json
+            .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+        if visibility.is_some_and(|e| e["content"]["history_visibility"] == "world_readable") {
+            return Ok(());
+        }
+        Err(MatrixError::forbidden("You are not in this room"))
+    }
+}
+
+/// A PDU as clients see it: the event ID included, federation fields out.
+pub(crate) fn client_event(event_id: String, mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        for field in [
+            "auth_events",
+            "prev_events",
+            "hashes",
+            "signatures",
+            "depth",
+            "origin",
+            "prev_state",
+            "membership",
+        ] {
+            object.remove(field);
+        }
+        object.insert("event_id".into(), json!(event_id));
+    }
+    event
+}
+
+pub(crate) async fn state(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    respond(Value::Array(
+        api.readable_state(&room_id, &device.user_id).await?,
+    ))
+}
+
+/// `at` (a sync token) is accepted and not yet honoured: members are those
+/// of the room's current state, or of the state when the reader left.
+#[derive(Deserialize, Default)]
+pub(crate) struct MembersQuery {
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+const MEMBERSHIPS: [&str; 5] = ["join", "invite", "knock", "leave", "ban"];
+
+pub(crate) async fn members(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let query: MembersQuery = parse_query(&uri)?;
+    for filter in [&query.membership, &query.not_membership]
+        .into_iter()
+        .flatten()
+    {
+        if !MEMBERSHIPS.contains(&filter.as_str()) {
+            return Err(MatrixError::invalid_param("unknown membership"));
+        }
+    }
+    let chunk: Vec<Value> = api
+        .readable_state(&room_id, &device.user_id)
+        .await?
+        .into_iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter(|e| {
+            let membership = e["content"]["membership"].as_str().unwrap_or_default();
+            query.membership.as_deref().is_none_or(|m| m == membership)
+                && query.not_membership.as_deref() != Some(membership)
+        })
+        .collect();
+    respond(json!({ "chunk": chunk }))
+}
+
+pub(crate) async fn joined_members(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let state = api.readable_state(&room_id, &device.user_id).await?;
+    let mut joined = Map::new();
+    for event in state {
+        if event["type"] == "m.room.member" && event["content"]["membership"] == "join" {
+            let user = event["state_key"].as_str().unwrap_or_default().to_owned();
+            let mut profile = Map::new();
+            for (field, key) in [
+                ("displayname", "display_name"),
+                ("avatar_url", "avatar_url"),
+            ] {
+                if let Some(value) = event["content"][field].as_str() {
+                    profile.insert(key.into(), json!(value));
+                }
+            }
+            joined.insert(user, Value::Object(profile));
+        }
+    }
+    respond(json!({ "joined": joined }))
+}
+
+pub(crate) async fn joined_rooms(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let rooms = api
+        .roomserver
+        .query_joined_rooms(pb::QueryJoinedRoomsRequest {
+            user_id: device.user_id,
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .room_ids;
+    respond(json!({ "joined_rooms": rooms }))
+}

@@ -1,0 +1,198 @@
+//! Aliases, the published-room list and reports: room metadata that is not
+//! room state.
+
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+
+impl Storage {
+    pub(crate) async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
+                .bind(alias)
+                .fetch_optional(&self.db.pool)
+                .await?,
+        )
+    }
+
+    /// The room and creator of an alias.
+    pub(crate) async fn alias(
+        &self,
+        alias: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Adds an alias; false when it is taken.
+    pub(crate) async fn add_alias(
+        &self,
+        alias: &str,
+        room_id: &str,
+        creator: &str,
+    ) -> Result<bool, StorageError> {
+        let inserted = sqlx::query(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)
+             ON CONFLICT (alias) DO NOTHING",
+        )
+        .bind(alias)
+        .bind(room_id)
+        .bind(creator)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    pub(crate) async fn remove_alias(&self, alias: &str) -> Result<bool, StorageError> {
+        Ok(sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    pub(crate) async fn aliases_of(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+                .bind(room_id)
+                .fetch_all(&self.db.pool)
+                .await?,
+        )
+    }
+
+    pub(crate) async fn set_published(
+        &self,
+        room_id: &str,
+        public: bool,
+    ) -> Result<(), StorageError> {
+        if public {
+            sqlx::query("INSERT INTO published_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(room_id)
+                .execute(&self.db.pool)
+                .await?;
+        } else {
+            sqlx::query("DELETE FROM published_rooms WHERE room_id = $1")
+                .bind(room_id)
+                .execute(&self.db.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn is_published(&self, room_id: &str) -> Result<bool, StorageError> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT room_id FROM published_rooms WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .is_some())
+    }
+
+    /// Published rooms with their joined member counts, most members first.
+    pub(crate) async fn published_rooms(&self) -> Result<Vec<(String, i64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT p.room_id,
+                    (SELECT COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+                     WHERE r.room_id = p.room_id AND s.event_type = 'm.room.member'
+                       AND s.membership = 'join') AS joined
+             FROM published_rooms p ORDER BY joined DESC, p.room_id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// The current state events of a room of the given types, as JSON.
+    pub(crate) async fn state_events_of_types(
+        &self,
+        room_id: &str,
+        types: &[&str],
+    ) -> Result<Vec<(String, String, String)>, StorageError> {
+        let mut out = Vec::new();
+        for kind in types {
+            let rows = sqlx::query(
+                "SELECT s.state_key, e.json FROM current_state s
+                 JOIN rooms r ON r.room_nid = s.room_nid
+                 JOIN events e ON e.event_nid = s.event_nid
+                 WHERE r.room_id = $1 AND s.event_type = $2",
+            )
+            .bind(room_id)
+            .bind(*kind)
+            .fetch_all(&self.db.pool)
+            .await?;
+            for row in rows {
+                out.push(((*kind).to_owned(), row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rooms whose current state has the user joined.
+    pub(crate) async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.room_id FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
+             ORDER BY r.room_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await?)
+    }
+
+    pub(crate) async fn add_report(
+        &self,
+        room_id: &str,
+        event_id: Option<&str>,
+        reporter: &str,
+        reason: &str,
+        score: Option<i64>,
+        received_ts: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO reports (room_id, event_id, reporter, reason, score, received_ts)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(room_id)
+        .bind(event_id)
+        .bind(reporter)
+        .bind(reason)
+        .bind(score)
+        .bind(received_ts)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Reports, newest first (for admins).
+    #[cfg(test)]
+    pub(crate) async fn reports(
+        &self,
+    ) -> Result<Vec<(String, Option<String>, String, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT room_id, event_id, reporter, reason FROM reports ORDER BY report_id DESC",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
+            })
+            .collect()
+    }
+}
