@@ -58,3 +58,17 @@ async fn aliases_directory_redactions_reports_upgrades() {
     let server = Monolith::start(dir.path()).await;
     crate::room_apis::aliases_directory_redactions_reports_upgrades(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn history_visibility_on_every_read_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::room_apis::history_visibility_on_every_read_path(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn relations_threads_and_bundles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::room_apis::relations_threads_and_bundles(&server.base_url).await;
+}

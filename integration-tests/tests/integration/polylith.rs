@@ -48,6 +48,9 @@ async fn polylith_conversation_and_syncapi_kill9() {
     let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
     assert_eq!(message_bodies(timeline), expected, "{}", server.logs());
     assert_eq!(history_forwards(&bob, &room_id).await, expected);
+    // The read side through the gateway: /event, /context, /relations.
+    crate::room_apis::history_visibility_on_every_read_path(&server.base_url).await;
+    crate::room_apis::relations_threads_and_bundles(&server.base_url).await;
 }
 
 /// How many events a roomserver replica has accepted, from its metrics.

@@ -613,3 +613,338 @@ pub(crate) async fn aliases_directory_redactions_reports_upgrades(base_url: &str
         200
     );
 }
+
+async fn send_event(client: &Client, room_id: &str, txn: &str, content: Value) -> String {
+    let reply = put(
+        client,
+        &room_path(room_id, &format!("send/m.room.message/{txn}")),
+        content,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn set_visibility(client: &Client, room_id: &str, visibility: &str) {
+    let reply = put(
+        client,
+        &room_path(room_id, "state/m.room.history_visibility/"),
+        json!({"history_visibility": visibility}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+/// Every message body `reader` can page back through.
+async fn readable_bodies(reader: &Client, room_id: &str) -> Vec<String> {
+    let page = reader.messages(room_id, None, "b", 100).await;
+    let mut bodies = message_bodies(&page["chunk"]);
+    bodies.reverse();
+    bodies
+}
+
+pub(crate) async fn history_visibility_on_every_read_path(base_url: &str) {
+    let alice = Client::register(base_url, "h_alice", "pw-alice-3").await;
+    let bob = Client::register(base_url, "h_bob", "pw-bob-3").await;
+    let carol = Client::register(base_url, "h_carol", "pw-carol-3").await;
+    let dave = Client::register(base_url, "h_dave", "pw-dave-3").await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+
+    send_event(&alice, &room_id, "m0", text("m0 shared")).await;
+    set_visibility(&alice, &room_id, "joined").await;
+    let m1 = send_event(&alice, &room_id, "m1", text("m1 joined-only")).await;
+    assert_eq!(
+        moderate(&alice, &room_id, "invite", &bob.user_id)
+            .await
+            .status,
+        200
+    );
+    send_event(&alice, &room_id, "m2", text("m2 while bob is invited")).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let m3 = send_event(&alice, &room_id, "m3", text("m3 bob is here")).await;
+
+    // /messages, /event, /context and /sync agree on what Bob may see.
+    assert_eq!(
+        readable_bodies(&bob, &room_id).await,
+        vec!["m0 shared", "m3 bob is here"]
+    );
+    let event = |id: &str| room_path(&room_id, &format!("event/{}", encode(id)));
+    assert_eq!(get(&bob, &event(&m1)).await.errcode(), "M_NOT_FOUND");
+    let seen = get(&bob, &event(&m3)).await;
+    assert_eq!(seen.body["content"]["body"], "m3 bob is here");
+    assert_eq!(seen.body["event_id"], m3.as_str());
+    let context = get(
+        &bob,
+        &room_path(&room_id, &format!("context/{}?limit=20", encode(&m3))),
+    )
+    .await;
+    assert_eq!(context.status, 200, "{context:?}");
+    let before = message_bodies(&context.body["events_before"]);
+    assert_eq!(before, vec!["m0 shared"], "context hides m1 and m2");
+    assert!(context.body["start"].is_string() && context.body["end"].is_string());
+    let sync = bob.sync(None, 0, 50).await;
+    let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert_eq!(
+        message_bodies(timeline),
+        vec!["m0 shared", "m3 bob is here"]
+    );
+
+    // `invited`: Carol sees what was sent once she was invited.
+    set_visibility(&alice, &room_id, "invited").await;
+    assert_eq!(
+        moderate(&alice, &room_id, "invite", &carol.user_id)
+            .await
+            .status,
+        200
+    );
+    send_event(&alice, &room_id, "m4", text("m4 carol is invited")).await;
+    assert_eq!(carol.join(&room_id).await.status, 200);
+    assert_eq!(
+        readable_bodies(&carol, &room_id).await,
+        vec!["m0 shared", "m4 carol is invited"]
+    );
+
+    // `world_readable`: anyone, member or not.
+    set_visibility(&alice, &room_id, "world_readable").await;
+    let m5 = send_event(&alice, &room_id, "m5", text("m5 for the world")).await;
+    assert_eq!(
+        get(&dave, &event(&m5)).await.body["content"]["body"],
+        "m5 for the world"
+    );
+    assert_eq!(get(&dave, &event(&m3)).await.errcode(), "M_NOT_FOUND");
+    assert_eq!(
+        readable_bodies(&dave, &room_id).await,
+        vec!["m5 for the world"]
+    );
+
+    // Bob leaves: what he saw stays his, later history only if world-readable.
+    assert_eq!(
+        post(&bob, &room_path(&room_id, "leave"), json!({}))
+            .await
+            .status,
+        200
+    );
+    send_event(&alice, &room_id, "m6", text("m6 world, bob gone")).await;
+    set_visibility(&alice, &room_id, "joined").await;
+    let m7 = send_event(&alice, &room_id, "m7", text("m7 members only")).await;
+    assert_eq!(get(&bob, &event(&m7)).await.errcode(), "M_NOT_FOUND");
+    assert_eq!(get(&bob, &event(&m3)).await.status, 200);
+    let bodies = readable_bodies(&bob, &room_id).await;
+    assert!(bodies.contains(&"m3 bob is here".to_owned()), "{bodies:?}");
+    assert!(
+        bodies.contains(&"m6 world, bob gone".to_owned()),
+        "{bodies:?}"
+    );
+    assert!(
+        !bodies.contains(&"m7 members only".to_owned()),
+        "{bodies:?}"
+    );
+    assert!(
+        !bodies.contains(&"m0 shared".to_owned()),
+        "shared history left with him: {bodies:?}"
+    );
+
+    // Someone never in a room that is not world-readable reads nothing.
+    let private = alice.create_room(json!({"preset": "private_chat"})).await;
+    let hidden = send_event(&alice, &private, "p0", text("private")).await;
+    let page = dave
+        .call(Method::GET, &room_path(&private, "messages?dir=b"), None)
+        .await;
+    assert_eq!(page.errcode(), "M_FORBIDDEN");
+    let path = room_path(&private, &format!("event/{}", encode(&hidden)));
+    assert_eq!(get(&dave, &path).await.errcode(), "M_NOT_FOUND");
+}
+
+pub(crate) async fn relations_threads_and_bundles(base_url: &str) {
+    let alice = Client::register(base_url, "r_alice", "pw-alice-4").await;
+    let bob = Client::register(base_url, "r_bob", "pw-bob-4").await;
+    let carol = Client::register(base_url, "r_carol", "pw-carol-4").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    assert_eq!(carol.join(&room_id).await.status, 200);
+    let root = send_event(
+        &alice,
+        &room_id,
+        "root",
+        json!({"msgtype": "m.text", "body": "root"}),
+    )
+    .await;
+    let thread = |body: &str| {
+        json!({"msgtype": "m.text", "body": body,
+               "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    };
+    let t1 = send_event(&bob, &room_id, "t1", thread("first reply")).await;
+    let t2 = send_event(&alice, &room_id, "t2", thread("second reply")).await;
+    let edit = send_event(
+        &alice,
+        &room_id,
+        "edit",
+        json!({"msgtype": "m.text", "body": "* root!", "m.new_content": {"msgtype": "m.text", "body": "root!"},
+               "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+    )
+    .await;
+    // An edit by someone else is not the edit.
+    send_event(
+        &bob,
+        &room_id,
+        "fake-edit",
+        json!({"msgtype": "m.text", "body": "* hijack", "m.new_content": {"body": "hijack"},
+               "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+    )
+    .await;
+    let reference = send_event(
+        &carol,
+        &room_id,
+        "ref",
+        json!({"msgtype": "m.text", "body": "see above",
+               "m.relates_to": {"rel_type": "m.reference", "event_id": root}}),
+    )
+    .await;
+
+    let relations = |rest: &str| {
+        format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}{rest}",
+            encode(&room_id),
+            encode(&root)
+        )
+    };
+    let all = get(&carol, &relations("")).await;
+    assert_eq!(all.status, 200, "{all:?}");
+    let ids: Vec<&str> = all.body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(ids[0], reference.as_str(), "newest first");
+    let threads = get(&carol, &relations("/m.thread")).await;
+    let ids: Vec<&str> = threads.body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![t2.as_str(), t1.as_str()]);
+    let typed = get(&carol, &relations("/m.thread/m.room.message?dir=f")).await;
+    let ids: Vec<&str> = typed.body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![t1.as_str(), t2.as_str()]);
+    let first = get(&carol, &relations("/m.thread?limit=1")).await;
+    let next = first.body["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let second = get(
+        &carol,
+        &relations(&format!("/m.thread?limit=1&from={}", encode(&next))),
+    )
+    .await;
+    assert_eq!(second.body["chunk"][0]["event_id"], t1.as_str());
+    assert!(second.body.get("next_batch").is_none(), "{second:?}");
+    assert_eq!(
+        get(&carol, &relations("?dir=sideways")).await.errcode(),
+        "M_INVALID_PARAM"
+    );
+    assert_eq!(
+        get(&carol, &relations("?from=nonsense")).await.errcode(),
+        "M_INVALID_PARAM"
+    );
+
+    // Bundled aggregations wherever the root is served.
+    let served = get(
+        &carol,
+        &room_path(&room_id, &format!("event/{}", encode(&root))),
+    )
+    .await;
+    let bundle = &served.body["unsigned"]["m.relations"];
+    assert_eq!(bundle["m.thread"]["count"], 2, "{bundle}");
+    assert_eq!(bundle["m.thread"]["latest_event"]["event_id"], t2.as_str());
+    assert_eq!(
+        bundle["m.thread"]["current_user_participated"], false,
+        "carol did not take part"
+    );
+    assert_eq!(bundle["m.replace"]["event_id"], edit.as_str());
+    assert_eq!(
+        bundle["m.reference"]["chunk"],
+        json!([{"event_id": reference}])
+    );
+    let as_bob = get(
+        &bob,
+        &room_path(&room_id, &format!("event/{}", encode(&root))),
+    )
+    .await;
+    assert_eq!(
+        as_bob.body["unsigned"]["m.relations"]["m.thread"]["current_user_participated"],
+        true
+    );
+    let page = carol.messages(&room_id, None, "b", 50).await;
+    let in_messages = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .expect("root");
+    assert_eq!(
+        in_messages["unsigned"]["m.relations"]["m.thread"]["count"],
+        2
+    );
+    let sync = carol.sync(None, 0, 50).await;
+    let in_sync = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .cloned()
+        .expect("root in sync");
+    assert_eq!(in_sync["unsigned"]["m.relations"]["m.thread"]["count"], 2);
+
+    // Threads of the room.
+    let list = format!("/_matrix/client/v1/rooms/{}/threads", encode(&room_id));
+    let roots = get(&carol, &list).await;
+    assert_eq!(
+        roots.body["chunk"].as_array().map(Vec::len),
+        Some(1),
+        "{roots:?}"
+    );
+    assert_eq!(roots.body["chunk"][0]["event_id"], root.as_str());
+    assert_eq!(
+        get(&carol, &format!("{list}?include=participated"))
+            .await
+            .body["chunk"],
+        json!([])
+    );
+    assert_eq!(
+        get(&bob, &format!("{list}?include=participated"))
+            .await
+            .body["chunk"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        get(&bob, &format!("{list}?include=everything"))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+
+    // A redacted reply no longer counts.
+    let redact = put(
+        &bob,
+        &room_path(&room_id, &format!("redact/{}/r1", encode(&t1))),
+        json!({}),
+    )
+    .await;
+    assert_eq!(redact.status, 200, "{redact:?}");
+    let threads = get(&carol, &relations("/m.thread")).await;
+    assert_eq!(threads.body["chunk"].as_array().map(Vec::len), Some(1));
+}

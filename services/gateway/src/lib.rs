@@ -29,12 +29,19 @@ fn is_sync_path(path: &str) -> bool {
     let Some(rest) = path
         .strip_prefix("/_matrix/client/v3/")
         .or_else(|| path.strip_prefix("/_matrix/client/r0/"))
+        .or_else(|| path.strip_prefix("/_matrix/client/v1/"))
     else {
         return false;
     };
-    rest == "sync"
-        || (rest.starts_with("rooms/") && rest.ends_with("/messages"))
-        || (rest.starts_with("user/") && rest.contains("/filter"))
+    let room_read = rest.strip_prefix("rooms/").is_some_and(|room| {
+        let mut parts = room.splitn(3, '/');
+        let _room_id = parts.next();
+        matches!(
+            parts.next(),
+            Some("messages" | "event" | "context" | "relations" | "threads")
+        )
+    });
+    rest == "sync" || room_read || (rest.starts_with("user/") && rest.contains("/filter"))
 }
 
 /// The gateway's router: every path is proxied.
@@ -123,6 +130,12 @@ mod tests {
             "/_matrix/client/v3/rooms/!a:b/messages"
         ));
         assert!(super::is_sync_path("/_matrix/client/r0/user/@a:b/filter"));
+        for read in ["event/$e", "context/$e", "relations/$e/m.thread", "threads"] {
+            assert!(super::is_sync_path(&format!(
+                "/_matrix/client/v1/rooms/!a:b/{read}"
+            )));
+        }
+        assert!(!super::is_sync_path("/_matrix/client/v3/rooms/!a:b/state"));
         assert!(!super::is_sync_path(
             "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"
         ));

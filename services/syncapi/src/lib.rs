@@ -18,6 +18,7 @@ mod internal_events;
 mod routes;
 mod storage;
 mod sync_token;
+mod visibility;
 
 use std::sync::Arc;
 

@@ -30,12 +30,22 @@ struct EventFields<'a> {
     #[serde(borrow)]
     sender: &'a str,
     #[serde(default)]
-    content: MembershipContent,
+    content: Content,
 }
 
+/// The parts of the content the view indexes.
 #[derive(serde::Deserialize, Default)]
-struct MembershipContent {
+struct Content {
+    #[serde(default)]
     membership: Option<String>,
+    #[serde(rename = "m.relates_to", default)]
+    relates_to: Option<RelatesTo>,
+}
+
+#[derive(serde::Deserialize)]
+struct RelatesTo {
+    event_id: Option<String>,
+    rel_type: Option<String>,
 }
 
 #[async_trait]
@@ -122,6 +132,11 @@ impl RecordHandler for OutputConsumer {
                 json,
                 device_id: &new.device_id,
                 transaction_id: &new.transaction_id,
+                relates_to: fields
+                    .content
+                    .relates_to
+                    .as_ref()
+                    .and_then(|r| Some((r.event_id.as_deref()?, r.rel_type.as_deref()?))),
                 state_removed: entries(&new.state_removed),
                 state_added: entries(&new.state_added),
             })

@@ -11,7 +11,10 @@ use serde_json::json;
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
+use crate::routes::relations::{bundle, reader_history, with_bundle};
+use crate::storage::EventRow;
 use crate::sync_token::SyncToken;
+use crate::visibility::Reader;
 use ganglion_base::http::parse_query;
 
 #[derive(Deserialize)]
@@ -52,14 +55,26 @@ pub(crate) async fn messages(
         None => SyncToken::new(vec![0; service.partitions]),
     };
     let to = query.to.as_deref().map(parse).transpose()?;
-    // Members and former members may read (history visibility comes later).
-    let partition = match service
-        .storage
-        .membership(&device.user_id, &room_id)
-        .await?
+    // Who may read what is decided event by event (history visibility);
+    // someone never in the room reads only world-readable rooms.
+    let history = reader_history(&service, &room_id, &device.user_id).await?;
+    let reader = Reader {
+        user_id: &device.user_id,
+        history: &history,
+    };
+    if history.is_empty()
+        && service
+            .storage
+            .current_history_visibility(&room_id)
+            .await?
+            .as_deref()
+            != Some("world_readable")
     {
-        Some(m) if m.membership == "join" || m.membership == "leave" => m.partition,
-        _ => return Err(MatrixError::forbidden("You are not a member of this room")),
+        return Err(MatrixError::forbidden("You are not a member of this room"));
+    }
+    let partition = match service.storage.room_partition(&room_id).await? {
+        Some(partition) => partition,
+        None => return Err(MatrixError::forbidden("You are not a member of this room")),
     };
     let (events, end) = if backwards {
         let lower = to.as_ref().map(|t| t.offset(partition)).unwrap_or(0);
@@ -85,9 +100,23 @@ pub(crate) async fn messages(
             .flatten();
         (events, end)
     };
-    let chunk: Vec<_> = events
+    let visible: Vec<&EventRow> = events.iter().filter(|e| reader.may_see(e)).collect();
+    let bundles = bundle(
+        &service,
+        &visible,
+        &device.user_id,
+        &device.device_id,
+        &|e| reader.may_see(e),
+    )
+    .await?;
+    let chunk: Vec<_> = visible
         .iter()
-        .map(|e| client_event(e, true, &device.device_id))
+        .map(|e| {
+            with_bundle(
+                client_event(e, true, &device.device_id),
+                bundles.get(&e.event_id),
+            )
+        })
         .collect();
     let mut body = json!({ "start": from.to_string(), "chunk": chunk, "state": [] });
     if let Some(end) = end {

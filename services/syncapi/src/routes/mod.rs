@@ -1,8 +1,10 @@
 //! The HTTP routes the syncapi serves (behind the gateway in the polylith).
 
 mod client_event;
+mod events;
 mod filter;
 mod messages;
+mod relations;
 mod sync;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use axum::routing::{get, post};
 use crate::SyncService;
 
 pub(crate) fn router(service: Arc<SyncService>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/_matrix/client/v3/sync", get(sync::sync))
         .route("/_matrix/client/r0/sync", get(sync::sync))
         .route(
@@ -40,5 +42,32 @@ pub(crate) fn router(service: Arc<SyncService>) -> Router {
             "/_matrix/client/r0/user/{user_id}/filter/{filter_id}",
             get(filter::get_filter),
         )
-        .with_state(service)
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}",
+            get(relations::relations),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}",
+            get(relations::relations_of_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::relations_of_type_and_event_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/threads",
+            get(relations::threads),
+        );
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        router = router
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/event/{{event_id}}"),
+                get(events::event),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/context/{{event_id}}"),
+                get(events::context),
+            );
+    }
+    router.with_state(service)
 }

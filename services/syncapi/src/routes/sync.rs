@@ -16,8 +16,10 @@ use tokio::time::Instant;
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
+use crate::routes::relations::{bundle, with_bundle};
 use crate::storage::{EventRow, Membership};
 use crate::sync_token::SyncToken;
+use crate::visibility::Reader;
 
 /// The longest a client may ask `/sync` to wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,14 +131,20 @@ pub(crate) async fn sync(
 struct Timeline {
     events: Vec<EventRow>,
     limited: bool,
+    /// The events in the client format, with bundled aggregations.
+    rendered: Vec<Value>,
 }
 
+/// The latest `limit` events of a window that the user may see: history
+/// visibility is checked unless the user is joined and the window was all
+/// sent under `shared` or `world_readable` visibility.
 async fn timeline(
     service: &SyncService,
+    device: &Device,
     room_id: &str,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
     limit: u32,
+    membership: &str,
 ) -> Result<Timeline, MatrixError> {
     let mut events = service
         .storage
@@ -145,7 +153,44 @@ async fn timeline(
     let limited = events.len() > limit as usize;
     events.truncate(limit as usize);
     events.reverse();
-    Ok(Timeline { events, limited })
+    let history = if Reader::sees_all(Some(membership), &events) {
+        None
+    } else {
+        let history = service
+            .storage
+            .membership_history(room_id, &device.user_id)
+            .await?;
+        let reader = Reader {
+            user_id: &device.user_id,
+            history: &history,
+        };
+        events.retain(|e| reader.may_see(e));
+        Some(history)
+    };
+    let history = history.unwrap_or_else(|| vec![(0, membership.to_owned())]);
+    let reader = Reader {
+        user_id: &device.user_id,
+        history: &history,
+    };
+    let refs: Vec<&EventRow> = events.iter().collect();
+    let bundles = bundle(service, &refs, &device.user_id, &device.device_id, &|e| {
+        reader.may_see(e)
+    })
+    .await?;
+    let rendered = events
+        .iter()
+        .map(|e| {
+            with_bundle(
+                client_event(e, false, &device.device_id),
+                bundles.get(&e.event_id),
+            )
+        })
+        .collect();
+    Ok(Timeline {
+        events,
+        limited,
+        rendered,
+    })
 }
 
 async fn build(
@@ -177,8 +222,15 @@ async fn build(
             "join" => {
                 let initial = since.is_none() || changed_membership || full_state;
                 let window_start = if since.is_none() { 0 } else { from };
-                let timeline =
-                    timeline(service, &room_id, window_start, to, filter.timeline_limit).await?;
+                let timeline = timeline(
+                    service,
+                    device,
+                    &room_id,
+                    (window_start, to),
+                    filter.timeline_limit,
+                    &membership,
+                )
+                .await?;
                 if !initial && timeline.events.is_empty() {
                     continue;
                 }
@@ -207,7 +259,7 @@ async fn build(
                     room_id,
                     json!({
                         "timeline": {
-                            "events": timeline.events.iter().map(|e| client_event(e, false, &device.device_id)).collect::<Vec<_>>(),
+                            "events": timeline.rendered,
                             "limited": timeline.limited,
                             "prev_batch": prev_batch.to_string(),
                         },
@@ -222,10 +274,11 @@ async fn build(
             "leave" | "ban" if changed_membership => {
                 let timeline = timeline(
                     service,
+                    device,
                     &room_id,
-                    from,
-                    member_offset + 1,
+                    (from, member_offset + 1),
                     filter.timeline_limit,
+                    &membership,
                 )
                 .await?;
                 let prev_batch = current.with(
@@ -236,7 +289,7 @@ async fn build(
                     room_id,
                     json!({
                         "timeline": {
-                            "events": timeline.events.iter().map(|e| client_event(e, false, &device.device_id)).collect::<Vec<_>>(),
+                            "events": timeline.rendered,
                             "limited": timeline.limited,
                             "prev_batch": prev_batch.to_string(),
                         },

@@ -15,6 +15,8 @@ pub(crate) struct NewEvent<'a> {
     pub(crate) json: &'a str,
     pub(crate) device_id: &'a str,
     pub(crate) transaction_id: &'a str,
+    /// `content["m.relates_to"]`: the parent event and the relation type.
+    pub(crate) relates_to: Option<(&'a str, &'a str)>,
     /// (type, state_key, event_id) entries the event removed from / added to current state.
     pub(crate) state_removed: Vec<(String, String, String, String)>,
     /// (type, state key, event ID, membership or empty).
@@ -44,6 +46,10 @@ fn membership_row(row: &sqlx::any::AnyRow) -> Result<Membership, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub(crate) struct EventRow {
     pub(crate) offset: u64,
+    pub(crate) room_id: String,
+    pub(crate) sender: String,
+    /// The room's history visibility when the event was sent.
+    pub(crate) history_visibility: String,
     pub(crate) event_id: String,
     pub(crate) event_type: String,
     pub(crate) state_key: Option<String>,
@@ -53,7 +59,8 @@ pub(crate) struct EventRow {
 }
 
 const EVENT_COLUMNS: &str =
-    "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id, e.transaction_id";
+    "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
+     e.transaction_id, e.room_id, e.sender, e.history_visibility";
 
 fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
@@ -64,6 +71,9 @@ fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
         json: row.try_get(4)?,
         device_id: row.try_get(5)?,
         transaction_id: row.try_get(6)?,
+        room_id: row.try_get(7)?,
+        sender: row.try_get(8)?,
+        history_visibility: row.try_get(9)?,
     })
 }
 
@@ -72,10 +82,29 @@ impl Storage {
     /// position, in one transaction. A redelivered event changes nothing.
     pub(crate) async fn apply_event(&self, event: &NewEvent<'_>) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
+        // The visibility in force when the event was sent: the room's, as
+        // this view holds it before the event is applied.
+        let visibility_json: Option<String> = sqlx::query_scalar(
+            "SELECT e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = $1 AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''",
+        )
+        .bind(event.room_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let history_visibility = visibility_json
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .and_then(|e| {
+                e["content"]["history_visibility"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".to_owned());
         let inserted = sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
-                                 sender, json, device_id, transaction_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING",
+                                 sender, json, device_id, transaction_id, history_visibility,
+                                 relates_to, rel_type)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(i64::from(event.partition))
         .bind(event.offset as i64)
@@ -87,6 +116,9 @@ impl Storage {
         .bind(event.json)
         .bind(event.device_id)
         .bind(event.transaction_id)
+        .bind(&history_visibility)
+        .bind(event.relates_to.map(|(parent, _)| parent))
+        .bind(event.relates_to.map(|(_, kind)| kind))
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -113,6 +145,20 @@ impl Storage {
                 } else {
                     None
                 };
+                if event_type == "m.room.member"
+                    && let Some(membership) = membership
+                {
+                    sqlx::query(
+                        "INSERT INTO membership_history (room_id, user_id, log_offset, membership)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.room_id)
+                    .bind(state_key)
+                    .bind(event.offset as i64)
+                    .bind(membership)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
                      VALUES ($1, $2, $3, $4, $5, $6)
@@ -144,11 +190,13 @@ impl Storage {
         redacted_json: &str,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("UPDATE events SET json = $1 WHERE event_id = $2")
-            .bind(redacted_json)
-            .bind(event_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE events SET json = $1, relates_to = NULL, rel_type = NULL WHERE event_id = $2",
+        )
+        .bind(redacted_json)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
         Self::store_position(&mut tx, partition, offset).await?;
         tx.commit().await?;
         Ok(())
@@ -212,29 +260,8 @@ impl Storage {
         Ok(rows.iter().map(membership_row).collect::<Result<_, _>>()?)
     }
 
-    /// The user's membership of one room, if any.
-    pub(crate) async fn membership(
-        &self,
-        user_id: &str,
-        room_id: &str,
-    ) -> Result<Option<Membership>, StorageError> {
-        let row = sqlx::query(
-            "SELECT s.room_id, s.membership, s.log_offset, e.log_partition
-             FROM current_state s JOIN events e ON e.event_id = s.event_id
-             WHERE s.room_id = $1 AND s.state_key = $2 AND s.event_type = 'm.room.member'
-               AND s.membership IS NOT NULL",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.as_ref().map(membership_row).transpose()?)
-    }
-
     /// The room's partition of `roomserver.output`, if any of its events was
-    /// seen. Serving reads the partition with the membership instead; the
-    /// storage tests use this to check where events were recorded.
-    #[cfg(test)]
+    /// seen (sync reads it with the membership instead).
     pub(crate) async fn room_partition(&self, room_id: &str) -> Result<Option<u32>, StorageError> {
         let partition: Option<i64> =
             sqlx::query_scalar("SELECT log_partition FROM events WHERE room_id = $1 LIMIT 1")
@@ -280,5 +307,154 @@ impl Storage {
             .fetch_all(&self.db.pool)
             .await?;
         Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The room's current `m.room.history_visibility`, if it has one.
+    pub(crate) async fn current_history_visibility(
+        &self,
+        room_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let mut connection = self.db.pool.acquire().await?;
+        Self::history_visibility_in(&mut connection, room_id).await
+    }
+
+    async fn history_visibility_in(
+        connection: &mut sqlx::AnyConnection,
+        room_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let json: Option<String> = sqlx::query_scalar(
+            "SELECT e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = $1 AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''",
+        )
+        .bind(room_id)
+        .fetch_optional(connection)
+        .await?;
+        Ok(json
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .and_then(|e| {
+                e["content"]["history_visibility"]
+                    .as_str()
+                    .map(str::to_owned)
+            }))
+    }
+
+    /// One event by ID.
+    pub(crate) async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.as_ref().map(event_row).transpose()?)
+    }
+
+    /// A user's memberships of a room over time: (offset of the event that
+    /// set it, membership), oldest first.
+    pub(crate) async fn membership_history(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT log_offset, membership FROM membership_history
+             WHERE room_id = $1 AND user_id = $2 ORDER BY log_offset",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get::<i64, _>(0)?.max(0) as u64, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Events relating to any of `parents`, oldest first, with their
+    /// relation type.
+    pub(crate) async fn children_of(
+        &self,
+        parents: &[&str],
+    ) -> Result<Vec<(String, String, EventRow)>, StorageError> {
+        let mut out = Vec::new();
+        for chunk in parents.chunks(100) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, e.relates_to, e.rel_type FROM events e
+                 WHERE e.relates_to IN ({placeholders}) ORDER BY e.log_offset"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for parent in chunk {
+                query = query.bind(*parent);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                out.push((row.try_get(10)?, row.try_get(11)?, event_row(&row)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of the events relating to `parent` between two offsets.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn relations(
+        &self,
+        parent: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: u64,
+        to: u64,
+        limit: u32,
+        backwards: bool,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let order = if backwards { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e
+             WHERE e.relates_to = $1 AND ($2 = '' OR e.rel_type = $2) AND ($3 = '' OR e.event_type = $3)
+               AND e.log_offset >= $4 AND e.log_offset < $5
+             ORDER BY e.log_offset {order} LIMIT $6"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(parent)
+            .bind(rel_type.unwrap_or_default())
+            .bind(event_type.unwrap_or_default())
+            .bind(from.min(i64::MAX as u64) as i64)
+            .bind(to.min(i64::MAX as u64) as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Thread roots of a room, most recently replied to first, whose latest
+    /// reply is before `before`: (root, latest reply offset). With
+    /// `participant`, only threads they started or replied to.
+    pub(crate) async fn thread_roots(
+        &self,
+        room_id: &str,
+        participant: Option<&str>,
+        before: u64,
+        limit: u32,
+    ) -> Result<Vec<(EventRow, u64)>, StorageError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, t.latest FROM events e JOIN (
+                SELECT relates_to, MAX(log_offset) AS latest FROM events
+                WHERE room_id = $1 AND rel_type = 'm.thread' GROUP BY relates_to
+             ) t ON t.relates_to = e.event_id
+             WHERE t.latest < $2 AND ($3 = '' OR e.sender = $3 OR EXISTS (
+                SELECT 1 FROM events r WHERE r.relates_to = e.event_id AND r.rel_type = 'm.thread'
+                  AND r.sender = $3))
+             ORDER BY t.latest DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(before.min(i64::MAX as u64) as i64)
+            .bind(participant.unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((event_row(row)?, row.try_get::<i64, _>(10)?.max(0) as u64)))
+            .collect()
     }
 }

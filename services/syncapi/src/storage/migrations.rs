@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "timeline events, current state, consumed positions, filters",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "timeline events, current state, consumed positions, filters",
+        sql: "
         CREATE TABLE events (
             id {serial},
             log_partition BIGINT NOT NULL,
@@ -38,4 +39,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             json TEXT NOT NULL
         );
     ",
-}];
+    },
+    // A view's schema change: drop what was built from the log and build it
+    // again from the start of roomserver.output (kept forever), so every
+    // event gets the new columns. Filters are user data, not from the log.
+    Migration {
+        version: 2,
+        description: "history visibility and relations per event, membership history; rebuilt from the log",
+        sql: "
+            DELETE FROM events;
+            DELETE FROM current_state;
+            DELETE FROM positions;
+            ALTER TABLE events ADD COLUMN history_visibility TEXT NOT NULL DEFAULT 'shared';
+            ALTER TABLE events ADD COLUMN relates_to TEXT;
+            ALTER TABLE events ADD COLUMN rel_type TEXT;
+            CREATE INDEX events_relations ON events (relates_to, log_offset);
+            CREATE TABLE membership_history (
+                room_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                membership TEXT NOT NULL,
+                PRIMARY KEY (room_id, user_id, log_offset)
+            );
+        ",
+    },
+];

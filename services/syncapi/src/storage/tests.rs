@@ -45,6 +45,7 @@ fn event<'a>(
         json,
         device_id: "",
         transaction_id: "",
+        relates_to: None,
         state_removed: Vec::new(),
         state_added: Vec::new(),
     }
@@ -135,6 +136,7 @@ async fn timeline(storage: &Storage) {
         NewEvent {
             device_id: "DEVICE",
             transaction_id: "txn1",
+            relates_to: None,
             ..event(
                 1,
                 12,

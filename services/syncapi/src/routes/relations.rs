@@ -1,0 +1,360 @@
+//! Relations between events: bundled aggregations in `unsigned.m.relations`
+//! (`m.thread`, `m.replace`, `m.reference`), `GET /relations`, and
+//! `GET /threads`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, parse_query, respond};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::SyncService;
+use crate::routes::client_event::client_event;
+use crate::storage::{EventRow, StorageError};
+use crate::visibility::Reader;
+
+/// How deep `recurse=true` follows relations of relations.
+const MAX_RECURSION_DEPTH: usize = 3;
+
+/// The bundled aggregations of `rows`: event ID → `unsigned.m.relations`.
+/// Only children `may_see` allows count.
+pub(crate) async fn bundle(
+    service: &SyncService,
+    rows: &[&EventRow],
+    user_id: &str,
+    device_id: &str,
+    may_see: &(dyn Fn(&EventRow) -> bool + Sync),
+) -> Result<HashMap<String, Value>, StorageError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let senders: HashMap<&str, &str> = rows
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.sender.as_str()))
+        .collect();
+    let mut bundles: HashMap<String, Value> = HashMap::new();
+    let mut threads: HashMap<String, (u64, Option<EventRow>, bool)> = HashMap::new();
+    for (parent, rel_type, child) in service.storage.children_of(&ids).await? {
+        if !may_see(&child) {
+            continue;
+        }
+        match rel_type.as_str() {
+            "m.thread" => {
+                let entry = threads.entry(parent.clone()).or_insert((0, None, false));
+                entry.0 += 1;
+                entry.2 |= child.sender == user_id;
+                entry.1 = Some(child);
+            }
+            "m.replace" if senders.get(parent.as_str()) == Some(&child.sender.as_str()) => {
+                let bundle = bundles.entry(parent).or_insert_with(|| json!({}));
+                bundle["m.replace"] = client_event(&child, true, device_id);
+            }
+            "m.reference" => {
+                let bundle = bundles.entry(parent).or_insert_with(|| json!({}));
+                let chunk = bundle["m.reference"]["chunk"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let mut chunk = chunk;
+                chunk.push(json!({ "event_id": child.event_id }));
+                bundle["m.reference"] = json!({ "chunk": chunk });
+            }
+            _ => {}
+        }
+    }
+    for (parent, (count, latest, participated)) in threads {
+        let root_sender = senders.get(parent.as_str()).copied();
+        let bundle = bundles.entry(parent).or_insert_with(|| json!({}));
+        bundle["m.thread"] = json!({
+            "latest_event": latest.map(|e| client_event(&e, true, device_id)),
+            "count": count,
+            "current_user_participated": participated || root_sender == Some(user_id),
+        });
+    }
+    Ok(bundles)
+}
+
+/// Puts a bundle into an event's `unsigned`.
+pub(crate) fn with_bundle(mut event: Value, bundle: Option<&Value>) -> Value {
+    if let Some(bundle) = bundle {
+        event["unsigned"]["m.relations"] = bundle.clone();
+    }
+    event
+}
+
+/// The user's membership history of the room, for a [`Reader`].
+pub(crate) async fn reader_history(
+    service: &SyncService,
+    room_id: &str,
+    user_id: &str,
+) -> MatrixResult<Vec<(u64, String)>> {
+    ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    Ok(service.storage.membership_history(room_id, user_id).await?)
+}
+
+#[derive(Deserialize, Default)]
+struct RelationsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+    dir: Option<String>,
+    recurse: Option<bool>,
+}
+
+/// A position in a room's partition: a relations token (`r<offset>`) or a
+/// sync or `/messages` token.
+fn position(service: &SyncService, token: &str, partition: u32) -> MatrixResult<u64> {
+    if let Some(offset) = token.strip_prefix('r') {
+        return offset
+            .parse()
+            .map_err(|_| MatrixError::invalid_param("invalid pagination token"));
+    }
+    crate::sync_token::SyncToken::parse(token, service.partitions)
+        .map(|t| t.offset(partition))
+        .map_err(|_| MatrixError::invalid_param("invalid pagination token"))
+}
+
+async fn relations_inner(
+    service: Arc<SyncService>,
+    room_id: String,
+    event_id: String,
+    rel_type: Option<String>,
+    event_type: Option<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
+    let query: RelationsQuery = parse_query(&uri)?;
+    let backwards = match query.dir.as_deref() {
+        Some("b") | None => true,
+        Some("f") => false,
+        Some(_) => return Err(MatrixError::invalid_param("dir must be b or f")),
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let history = reader_history(&service, &room_id, &device.user_id).await?;
+    let reader = Reader {
+        user_id: &device.user_id,
+        history: &history,
+    };
+    let parent = service
+        .storage
+        .event(&event_id)
+        .await?
+        .filter(|e| e.room_id == room_id && reader.may_see(e))
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let partition = service.storage.room_partition(&room_id).await?.unwrap_or(0);
+    let lower = |token: &Option<String>| token.as_deref().map(|t| position(&service, t, partition));
+    let (from, to) = (
+        lower(&query.from).transpose()?,
+        lower(&query.to).transpose()?,
+    );
+    let (low, high) = if backwards {
+        (to.unwrap_or(0), from.unwrap_or(u64::MAX))
+    } else {
+        (from.unwrap_or(0), to.unwrap_or(u64::MAX))
+    };
+    let recurse = query.recurse.unwrap_or(false);
+    let mut rows: Vec<EventRow> = if recurse {
+        // Relations of relations, a few levels deep, then one page of them.
+        let mut all = Vec::new();
+        let mut parents = vec![parent.event_id.clone()];
+        for _ in 0..MAX_RECURSION_DEPTH {
+            let refs: Vec<&str> = parents.iter().map(String::as_str).collect();
+            let children = service.storage.children_of(&refs).await?;
+            parents = children
+                .iter()
+                .map(|(_, _, c)| c.event_id.clone())
+                .collect();
+            all.extend(children.into_iter().filter_map(|(_, kind, child)| {
+                (rel_type.as_deref().is_none_or(|r| r == kind)
+                    && event_type.as_deref().is_none_or(|t| t == child.event_type))
+                .then_some(child)
+            }));
+            if parents.is_empty() {
+                break;
+            }
+        }
+        all.retain(|e| e.offset >= low && e.offset < high);
+        all.sort_by_key(|e| e.offset);
+        if backwards {
+            all.reverse();
+        }
+        all.truncate(limit as usize + 1);
+        all
+    } else {
+        service
+            .storage
+            .relations(
+                &parent.event_id,
+                rel_type.as_deref(),
+                event_type.as_deref(),
+                low,
+                high,
+                limit + 1,
+                backwards,
+            )
+            .await?
+    };
+    let next = (rows.len() > limit as usize).then(|| {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|e| if backwards { e.offset } else { e.offset + 1 })
+    });
+    let visible: Vec<&EventRow> = rows.iter().filter(|e| reader.may_see(e)).collect();
+    let bundles = bundle(
+        &service,
+        &visible,
+        &device.user_id,
+        &device.device_id,
+        &|e| reader.may_see(e),
+    )
+    .await?;
+    let chunk: Vec<Value> = visible
+        .iter()
+        .map(|e| {
+            with_bundle(
+                client_event(e, true, &device.device_id),
+                bundles.get(&e.event_id),
+            )
+        })
+        .collect();
+    let mut body = json!({ "chunk": chunk });
+    if let Some(Some(next)) = next {
+        body["next_batch"] = json!(format!("r{next}"));
+    }
+    if let Some(from) = &query.from {
+        body["prev_batch"] = json!(from);
+    }
+    if recurse {
+        body["recursion_depth"] = json!(MAX_RECURSION_DEPTH);
+    }
+    respond(body)
+}
+
+pub(crate) async fn relations(
+    State(service): State<Arc<SyncService>>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    relations_inner(service, room_id, event_id, None, None, headers, uri).await
+}
+
+pub(crate) async fn relations_of_type(
+    State(service): State<Arc<SyncService>>,
+    Path((room_id, event_id, rel_type)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    relations_inner(
+        service,
+        room_id,
+        event_id,
+        Some(rel_type),
+        None,
+        headers,
+        uri,
+    )
+    .await
+}
+
+pub(crate) async fn relations_of_type_and_event_type(
+    State(service): State<Arc<SyncService>>,
+    Path((room_id, event_id, rel_type, event_type)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    relations_inner(
+        service,
+        room_id,
+        event_id,
+        Some(rel_type),
+        Some(event_type),
+        headers,
+        uri,
+    )
+    .await
+}
+
+#[derive(Deserialize, Default)]
+struct ThreadsQuery {
+    include: Option<String>,
+    from: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /rooms/{roomId}/threads`: thread roots, latest reply first.
+pub(crate) async fn threads(
+    State(service): State<Arc<SyncService>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
+    let query: ThreadsQuery = parse_query(&uri)?;
+    let participated = match query.include.as_deref() {
+        Some("all") | None => false,
+        Some("participated") => true,
+        Some(_) => {
+            return Err(MatrixError::invalid_param(
+                "include must be all or participated",
+            ));
+        }
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let before = match query.from.as_deref() {
+        Some(token) => token
+            .strip_prefix('t')
+            .and_then(|o| o.parse::<u64>().ok())
+            .ok_or_else(|| MatrixError::invalid_param("invalid pagination token"))?,
+        None => u64::MAX,
+    };
+    let history = reader_history(&service, &room_id, &device.user_id).await?;
+    let reader = Reader {
+        user_id: &device.user_id,
+        history: &history,
+    };
+    let roots = service
+        .storage
+        .thread_roots(
+            &room_id,
+            participated.then_some(device.user_id.as_str()),
+            before,
+            limit + 1,
+        )
+        .await?;
+    let more = roots.len() > limit as usize;
+    let page: Vec<&(EventRow, u64)> = roots.iter().take(limit as usize).collect();
+    let visible: Vec<&EventRow> = page
+        .iter()
+        .map(|(e, _)| e)
+        .filter(|e| reader.may_see(e))
+        .collect();
+    let bundles = bundle(
+        &service,
+        &visible,
+        &device.user_id,
+        &device.device_id,
+        &|e| reader.may_see(e),
+    )
+    .await?;
+    let chunk: Vec<Value> = visible
+        .iter()
+        .map(|e| {
+            with_bundle(
+                client_event(e, true, &device.device_id),
+                bundles.get(&e.event_id),
+            )
+        })
+        .collect();
+    let mut body = json!({ "chunk": chunk });
+    if more && let Some((_, latest)) = page.last() {
+        body["next_batch"] = json!(format!("t{latest}"));
+    }
+    respond(body)
+}
