@@ -72,3 +72,10 @@ async fn relations_threads_and_bundles() {
     let server = Monolith::start(dir.path()).await;
     crate::room_apis::relations_threads_and_bundles(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn bad_room_input_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::room_apis::bad_room_input_changes_nothing(&server.base_url).await;
+}

@@ -948,3 +948,119 @@ pub(crate) async fn relations_threads_and_bundles(base_url: &str) {
     let threads = get(&carol, &relations("/m.thread")).await;
     assert_eq!(threads.body["chunk"].as_array().map(Vec::len), Some(1));
 }
+
+/// Bad room inputs get the spec's errors and store nothing.
+pub(crate) async fn bad_room_input_changes_nothing(base_url: &str) {
+    let alice = Client::register(base_url, "b_alice", "pw-alice-5").await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+    let before = readable_bodies(&alice, &room_id).await;
+    let send = |txn: &str| room_path(&room_id, &format!("send/m.room.message/{txn}"));
+    // Numbers that are not canonical JSON: floats, and integers past 2^53.
+    for (txn, content) in [
+        ("f1", json!({"body": "float", "n": 1.5})),
+        (
+            "f2",
+            json!({"body": "huge", "n": 9_007_199_254_740_992_u64}),
+        ),
+        ("f3", json!({"body": "nested", "deep": {"x": [0.25]}})),
+    ] {
+        let reply = put(&alice, &send(txn), content).await;
+        assert_eq!(
+            (reply.status, reply.errcode()),
+            (400, "M_BAD_JSON"),
+            "{txn}: {reply:?}"
+        );
+    }
+    let state = put(
+        &alice,
+        &room_path(&room_id, "state/org.example/"),
+        json!({"n": -1.0e3}),
+    )
+    .await;
+    assert_eq!(state.errcode(), "M_BAD_JSON");
+    let created = post(
+        &alice,
+        "/_matrix/client/v3/createRoom",
+        json!({"initial_state": [{"type": "org.example", "content": {"n": 0.5}}]}),
+    )
+    .await;
+    assert_eq!(created.errcode(), "M_BAD_JSON");
+    let created = post(
+        &alice,
+        "/_matrix/client/v3/createRoom",
+        json!({"visibility": "sideways"}),
+    )
+    .await;
+    assert_eq!(created.errcode(), "M_INVALID_PARAM");
+    // Invalid identifiers.
+    let bad_room = put(
+        &alice,
+        "/_matrix/client/v3/rooms/not-a-room/send/m.room.message/x",
+        json!({"body": "x"}),
+    )
+    .await;
+    assert_eq!(bad_room.errcode(), "M_INVALID_PARAM");
+    let bad_alias = post(
+        &alice,
+        &format!("/_matrix/client/v3/join/{}", encode("#no-server")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(bad_alias.errcode(), "M_INVALID_PARAM");
+    let unknown_alias = post(
+        &alice,
+        &format!("/_matrix/client/v3/join/{}", encode("#nobody:localhost")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(unknown_alias.errcode(), "M_NOT_FOUND");
+    let long_type = "t".repeat(256);
+    let reply = put(
+        &alice,
+        &room_path(&room_id, &format!("send/{long_type}/x")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.errcode(), "M_INVALID_PARAM");
+    // A member event whose state key is not a user ID; a state key naming
+    // another user.
+    let reply = put(
+        &alice,
+        &room_path(&room_id, "state/m.room.member/not-a-user"),
+        json!({"membership": "join"}),
+    )
+    .await;
+    assert_eq!(reply.errcode(), "M_INVALID_PARAM", "{reply:?}");
+    let reply = put(
+        &alice,
+        &room_path(
+            &room_id,
+            &format!("state/org.example/{}", encode("@someone:else")),
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.errcode(), "M_FORBIDDEN", "{reply:?}");
+    // Nothing of it reached the room.
+    assert_eq!(readable_bodies(&alice, &room_id).await, before);
+    let state = get(&alice, &room_path(&room_id, "state")).await;
+    assert!(
+        state
+            .body
+            .as_array()
+            .is_some_and(|s| !s.iter().any(|e| e["type"] == "org.example"))
+    );
+    // createRoom with visibility public lists the room.
+    let listed = post(
+        &alice,
+        "/_matrix/client/v3/createRoom",
+        json!({"visibility": "public", "name": "Listed"}),
+    )
+    .await;
+    let listed_id = listed.body["room_id"].as_str().expect("room").to_owned();
+    let listing = format!(
+        "/_matrix/client/v3/directory/list/room/{}",
+        encode(&listed_id)
+    );
+    assert_eq!(get(&alice, &listing).await.body["visibility"], "public");
+}

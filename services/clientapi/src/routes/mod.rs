@@ -139,6 +139,16 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
     router.with_state(api)
 }
 
+/// Event content must be canonical JSON: integers within ±(2^53 − 1), no
+/// floats; anything else is `M_BAD_JSON`.
+pub(crate) fn require_canonical(
+    content: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), MatrixError> {
+    serde_json::from_value::<ruma::CanonicalJsonObject>(serde_json::Value::Object(content.clone()))
+        .map(|_| ())
+        .map_err(|e| MatrixError::bad_json(format!("content is not canonical JSON: {e}")))
+}
+
 impl ClientApi {
     pub(crate) async fn authenticate(
         &self,

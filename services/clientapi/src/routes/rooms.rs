@@ -81,6 +81,15 @@ pub(crate) async fn create_room(
                 "Unsupported room version",
             )
         })?;
+    let publish = match body.visibility.as_deref() {
+        Some("public") => true,
+        Some("private") | None => false,
+        Some(_) => {
+            return Err(MatrixError::invalid_param(
+                "visibility must be public or private",
+            ));
+        }
+    };
     let preset = match body.preset.as_deref() {
         Some(p @ ("private_chat" | "public_chat" | "trusted_private_chat")) => p.to_owned(),
         Some(_) => return Err(MatrixError::bad_json("unknown preset")),
@@ -90,6 +99,15 @@ pub(crate) async fn create_room(
     for invitee in &body.invite {
         ruma::UserId::parse(invitee)
             .map_err(|_| MatrixError::invalid_param("invalid user ID in invite"))?;
+    }
+    for content in body
+        .initial_state
+        .iter()
+        .map(|e| &e.content)
+        .chain(body.creation_content.as_ref())
+        .chain(body.power_level_content_override.as_ref())
+    {
+        super::require_canonical(content)?;
     }
     let alias = match &body.room_alias_name {
         Some(name) => {
@@ -222,6 +240,16 @@ pub(crate) async fn create_room(
         .inc();
     let response = result.map_err(MatrixError::from)?;
     api.read_your_writes(response.output_position).await;
+    if publish {
+        api.roomserver
+            .set_visibility(pb::SetVisibilityRequest {
+                room_id: response.room_id.clone(),
+                user_id: sender.to_owned(),
+                public: true,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+    }
     let mut body = json!({ "room_id": response.room_id });
     if let Some(alias) = alias {
         body["room_alias"] = json!(alias);

@@ -21,7 +21,9 @@ fn content(body: &Bytes) -> Result<Map<String, Value>, MatrixError> {
     if body.len() > MAX_EVENT_BYTES {
         return Err(MatrixError::too_large("Event too large"));
     }
-    parse_json::<Map<String, Value>>(body)
+    let content = parse_json::<Map<String, Value>>(body)?;
+    super::require_canonical(&content)?;
+    Ok(content)
 }
 
 fn event_template(
@@ -178,6 +180,11 @@ async fn put_state_inner(
     let content = content(&body)?;
     if event_type == "m.room.canonical_alias" {
         api.check_canonical_alias(&room_id, &content).await?;
+    }
+    if event_type == "m.room.member" && ruma::UserId::parse(&state_key).is_err() {
+        return Err(MatrixError::invalid_param(
+            "the state key of a member event is a user ID",
+        ));
     }
     let event_id = api
         .send_event(
