@@ -79,3 +79,15 @@ async fn bad_room_input_changes_nothing() {
     let server = Monolith::start(dir.path()).await;
     crate::room_apis::bad_room_input_changes_nothing(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn guests_where_guest_access_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.push((
+        "GANGLION_CLIENT__GUEST_ACCESS_ENABLED".to_owned(),
+        "true".to_owned(),
+    ));
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::room_apis::guests_where_guest_access_allows(&server.base_url).await;
+}

@@ -1064,3 +1064,121 @@ pub(crate) async fn bad_room_input_changes_nothing(base_url: &str) {
     );
     assert_eq!(get(&alice, &listing).await.body["visibility"], "public");
 }
+
+/// Guests: registered without a password, joining only rooms whose guest
+/// access allows it, and doing only what the spec lets guests do.
+pub(crate) async fn guests_where_guest_access_allows(base_url: &str) {
+    let http = reqwest::Client::new();
+    let registered = ganglion_integration_tests::client::request(
+        &http,
+        Method::POST,
+        &format!("{base_url}/_matrix/client/v3/register?kind=guest"),
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(registered.status, 200, "{registered:?}");
+    let guest = Client {
+        base_url: base_url.to_owned(),
+        http: http.clone(),
+        user_id: registered.body["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        access_token: registered.body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        device_id: registered.body["device_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let whoami = get(&guest, "/_matrix/client/v3/account/whoami").await;
+    assert_eq!(whoami.body["is_guest"], true);
+    let odd = ganglion_integration_tests::client::request(
+        &http,
+        Method::POST,
+        &format!("{base_url}/_matrix/client/v3/register?kind=robot"),
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(odd.errcode(), "M_INVALID_PARAM");
+
+    let alice = Client::register(base_url, "g_alice", "pw-alice-6").await;
+    let forbidden = post(&guest, "/_matrix/client/v3/createRoom", json!({})).await;
+    assert_eq!(
+        (forbidden.status, forbidden.errcode()),
+        (403, "M_GUEST_ACCESS_FORBIDDEN")
+    );
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    let refused = guest.join(&room_id).await;
+    assert_eq!(
+        refused.errcode(),
+        "M_GUEST_ACCESS_FORBIDDEN",
+        "public_chat forbids guests"
+    );
+    let allow = put(
+        &alice,
+        &room_path(&room_id, "state/m.room.guest_access/"),
+        json!({"guest_access": "can_join"}),
+    )
+    .await;
+    assert_eq!(allow.status, 200);
+    assert_eq!(guest.join(&room_id).await.status, 200);
+    assert_eq!(
+        guest
+            .send_text(&room_id, "g1", "hello from a guest")
+            .await
+            .status,
+        200
+    );
+    let other = put(
+        &guest,
+        &room_path(&room_id, "send/org.example.custom/g2"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(other.errcode(), "M_GUEST_ACCESS_FORBIDDEN");
+    let state = put(
+        &guest,
+        &room_path(&room_id, "state/m.room.topic/"),
+        json!({"topic": "x"}),
+    )
+    .await;
+    assert_eq!(state.errcode(), "M_GUEST_ACCESS_FORBIDDEN");
+    assert_eq!(
+        moderate(&guest, &room_id, "invite", &alice.user_id)
+            .await
+            .errcode(),
+        "M_GUEST_ACCESS_FORBIDDEN"
+    );
+    assert!(
+        readable_bodies(&guest, &room_id)
+            .await
+            .contains(&"hello from a guest".to_owned())
+    );
+    assert_eq!(
+        get(&guest, &room_path(&room_id, "members")).await.status,
+        200
+    );
+    // Guest access withdrawn: a guest who leaves cannot come back.
+    assert_eq!(
+        post(&guest, &room_path(&room_id, "leave"), json!({}))
+            .await
+            .status,
+        200
+    );
+    let withdraw = put(
+        &alice,
+        &room_path(&room_id, "state/m.room.guest_access/"),
+        json!({"guest_access": "forbidden"}),
+    )
+    .await;
+    assert_eq!(withdraw.status, 200);
+    assert_eq!(
+        guest.join(&room_id).await.errcode(),
+        "M_GUEST_ACCESS_FORBIDDEN"
+    );
+}

@@ -49,6 +49,8 @@ pub struct ClientConfig {
     pub max_body_bytes: usize,
     /// Whether `POST /register` creates accounts.
     pub registration_enabled: bool,
+    /// Whether `POST /register?kind=guest` creates guest accounts.
+    pub guest_access_enabled: bool,
     /// Sustained login/register attempts allowed per client address per second.
     pub rate_limit_per_second: f64,
     /// Attempts a client address may make in a burst before being limited.
@@ -176,6 +178,7 @@ impl Default for ClientConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
             max_body_bytes: 1024 * 1024,
             registration_enabled: true,
+            guest_access_enabled: false,
             rate_limit_per_second: 0.5,
             rate_limit_burst: 10,
             read_your_writes_timeout_ms: 5_000,
@@ -370,6 +373,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "data_dir" => "Databases, signing key, TLS certificate and embedded log live here.",
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
         "registration_enabled" => "Whether POST /register creates accounts.",
+        "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",
         "rate_limit_per_second" => "Login/register attempts per client address per second.",
         "rate_limit_burst" => "Attempts allowed in a burst before M_LIMIT_EXCEEDED.",
         "read_your_writes_timeout_ms" => {

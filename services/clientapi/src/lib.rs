@@ -27,6 +27,7 @@ use ganglion_base::{Config, Database, DatabaseError};
 pub(crate) struct ClientApi {
     server_name: String,
     registration_enabled: bool,
+    guest_access_enabled: bool,
     read_your_writes_timeout: Duration,
     users: UsersHandle,
     roomserver: RoomserverHandle,
@@ -53,6 +54,7 @@ pub async fn start(
     let api = Arc::new(ClientApi {
         server_name: config.server_name.clone(),
         registration_enabled: config.client.registration_enabled,
+        guest_access_enabled: config.client.guest_access_enabled,
         read_your_writes_timeout: Duration::from_millis(config.client.read_your_writes_timeout_ms),
         users,
         roomserver,

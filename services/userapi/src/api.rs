@@ -86,7 +86,7 @@ impl UsersApi for UserApi {
             .insert_account(
                 &request.localpart,
                 password_hash.as_deref(),
-                request.admin,
+                (request.admin, request.guest),
                 ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
             )
             .await
@@ -160,6 +160,7 @@ impl UsersApi for UserApi {
             user_id: self.user_id(&device.localpart),
             device_id: device.device_id,
             is_admin: device.is_admin,
+            is_guest: device.is_guest,
         })
     }
 

@@ -87,12 +87,10 @@ pub(crate) async fn register(
 ) -> MatrixResult {
     api.rate_limiter.check(ip)?;
     let query: RegisterQuery = parse_query(&uri)?;
-    if query.kind.as_deref().is_some_and(|k| k != "user") {
-        return Err(MatrixError::new(
-            StatusCode::FORBIDDEN,
-            "M_GUEST_ACCESS_FORBIDDEN",
-            "Guest access is not enabled",
-        ));
+    match query.kind.as_deref() {
+        None | Some("user") => {}
+        Some("guest") => return register_guest(&api, body).await,
+        Some(_) => return Err(MatrixError::invalid_param("kind must be user or guest")),
     }
     if !api.registration_enabled {
         return Err(MatrixError::forbidden("Registration is disabled"));
@@ -142,6 +140,7 @@ pub(crate) async fn register(
             initial_device_display_name: body.initial_device_display_name,
             inhibit_login: body.inhibit_login,
             admin: false,
+            guest: false,
         })
         .await
         .map_err(MatrixError::from)?;
@@ -151,6 +150,37 @@ pub(crate) async fn register(
         response["device_id"] = json!(session.device_id);
     }
     respond(response)
+}
+
+/// `POST /register?kind=guest`: an account with a generated name and no
+/// password, which can do only what the spec lets guests do.
+async fn register_guest(api: &ClientApi, body: RegisterBody) -> MatrixResult {
+    if !api.guest_access_enabled {
+        return Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guest access is not enabled",
+        ));
+    }
+    let session = api
+        .users
+        .register(pb::RegisterRequest {
+            localpart: format!("guest-{}", random_session().to_lowercase()),
+            password: String::new(),
+            device_id: body.device_id,
+            initial_device_display_name: body.initial_device_display_name,
+            inhibit_login: false,
+            admin: false,
+            guest: true,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({
+        "user_id": session.user_id,
+        "home_server": api.server_name,
+        "access_token": session.access_token,
+        "device_id": session.device_id,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -298,5 +328,7 @@ pub(crate) async fn whoami(
     uri: Uri,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    respond(json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": false }))
+    respond(
+        json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": device.is_guest }),
+    )
 }

@@ -139,6 +139,34 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
     router.with_state(api)
 }
 
+/// What a guest may do here (the spec's list, as far as this service serves
+/// it): join and leave rooms, read their state and members, send messages,
+/// and the account basics. Sending state is refused by its handler (the
+/// same path reads it).
+fn guest_may(path: &str) -> bool {
+    let Some(rest) = path
+        .strip_prefix("/_matrix/client/v3/")
+        .or_else(|| path.strip_prefix("/_matrix/client/r0/"))
+    else {
+        return false;
+    };
+    if matches!(rest, "account/whoami" | "logout" | "publicRooms") || rest.starts_with("join/") {
+        return true;
+    }
+    let Some(room) = rest.strip_prefix("rooms/") else {
+        return false;
+    };
+    let mut parts = room.split('/');
+    let _room_id = parts.next();
+    matches!(
+        (parts.next(), parts.next()),
+        (
+            Some("join" | "leave" | "state" | "members" | "joined_members"),
+            _
+        ) | (Some("send"), Some("m.room.message"))
+    )
+}
+
 /// Event content must be canonical JSON: integers within ±(2^53 − 1), no
 /// floats; anything else is `M_BAD_JSON`.
 pub(crate) fn require_canonical(
@@ -155,7 +183,15 @@ impl ClientApi {
         headers: &HeaderMap,
         uri: &Uri,
     ) -> Result<Device, MatrixError> {
-        ganglion_api::users::authenticate(&self.users, headers, uri.query()).await
+        let device = ganglion_api::users::authenticate(&self.users, headers, uri.query()).await?;
+        if device.is_guest && !guest_may(uri.path()) {
+            return Err(MatrixError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "M_GUEST_ACCESS_FORBIDDEN",
+                "Guests may not do this",
+            ));
+        }
+        Ok(device)
     }
 
     /// Waits (bounded) until the syncapi has consumed `position`, so the

@@ -289,6 +289,29 @@ impl ClientApi {
         Ok(response.event_ids.into_iter().next().unwrap_or_default())
     }
 
+    /// Guests join only rooms whose `m.room.guest_access` is `can_join`.
+    async fn require_guest_access(&self, room_id: &str) -> MatrixResult<()> {
+        let guest_access = self
+            .roomserver
+            .query_state_event(pb::QueryStateEventRequest {
+                room_id: room_id.to_owned(),
+                event_type: "m.room.guest_access".into(),
+                state_key: String::new(),
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .event_json
+            .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+        if guest_access.is_some_and(|e| e["content"]["guest_access"] == "can_join") {
+            return Ok(());
+        }
+        Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guests may not join this room",
+        ))
+    }
+
     /// A room ID, or the room an alias points to.
     pub(crate) async fn room_id_of(&self, room_id_or_alias: &str) -> MatrixResult<String> {
         if room_id_or_alias.starts_with('#') {
@@ -335,6 +358,9 @@ async fn own_membership(
     let device = api.authenticate(headers, uri).await?;
     let reason = reason_of(body)?;
     let room_id = api.room_id_of(room_id_or_alias).await?;
+    if device.is_guest && membership == "join" {
+        api.require_guest_access(&room_id).await?;
+    }
     api.membership(
         &room_id,
         &device.user_id,

@@ -177,6 +177,13 @@ async fn put_state_inner(
     body: Bytes,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
+    if device.is_guest {
+        return Err(MatrixError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guests may not send state",
+        ));
+    }
     let content = content(&body)?;
     if event_type == "m.room.canonical_alias" {
         api.check_canonical_alias(&room_id, &content).await?;

@@ -12,15 +12,17 @@ impl Storage {
         &self,
         localpart: &str,
         password_hash: Option<&str>,
-        is_admin: bool,
+        (is_admin, is_guest): (bool, bool),
         now_ms: i64,
     ) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO accounts (localpart, password_hash, is_admin, created_ts) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO accounts (localpart, password_hash, is_admin, is_guest, created_ts)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(localpart)
         .bind(password_hash)
         .bind(i64::from(is_admin))
+        .bind(i64::from(is_guest))
         .bind(now_ms)
         .execute(&self.db.pool)
         .await?;

@@ -6,6 +6,7 @@ pub(crate) struct DeviceRow {
     pub(crate) localpart: String,
     pub(crate) device_id: String,
     pub(crate) is_admin: bool,
+    pub(crate) is_guest: bool,
 }
 
 impl Storage {
@@ -45,7 +46,7 @@ impl Storage {
         token_hash: &[u8],
     ) -> Result<Option<DeviceRow>, StorageError> {
         let row = sqlx::query(
-            "SELECT d.localpart, d.device_id, a.is_admin FROM devices d
+            "SELECT d.localpart, d.device_id, a.is_admin, a.is_guest FROM devices d
              JOIN accounts a ON a.localpart = d.localpart WHERE d.token_hash = $1",
         )
         .bind(token_hash)
@@ -56,6 +57,7 @@ impl Storage {
                 localpart: row.try_get(0)?,
                 device_id: row.try_get(1)?,
                 is_admin: row.try_get::<i64, _>(2)? != 0,
+                is_guest: row.try_get::<i64, _>(3)? != 0,
             }),
             None => None,
         })

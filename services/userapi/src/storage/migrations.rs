@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "accounts and devices",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "accounts and devices",
+        sql: "
         CREATE TABLE accounts (
             localpart TEXT PRIMARY KEY,
             password_hash TEXT,
@@ -20,4 +21,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             UNIQUE (localpart, device_id)
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "guest accounts",
+        sql: "ALTER TABLE accounts ADD COLUMN is_guest BIGINT NOT NULL DEFAULT 0;",
+    },
+];
