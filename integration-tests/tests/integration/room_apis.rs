@@ -246,6 +246,16 @@ pub(crate) async fn memberships_and_their_refusals(base_url: &str) {
         "bye"
     );
 
+    // Forgetting: only a room one has left; then its history is gone.
+    let forget_path = room_path(&room_id, "forget");
+    let still_in = post(&alice, &forget_path, json!({})).await;
+    assert_eq!((still_in.status, still_in.errcode()), (400, "M_UNKNOWN"));
+    let messages = room_path(&room_id, "messages?dir=b");
+    assert_eq!(bob.call(Method::GET, &messages, None).await.status, 200);
+    assert_eq!(post(&bob, &forget_path, json!({})).await.status, 200);
+    let gone = bob.call(Method::GET, &messages, None).await;
+    assert_eq!(gone.errcode(), "M_FORBIDDEN", "forgotten history: {gone:?}");
+
     // Bad input changes nothing.
     let bad_user = post(
         &alice,

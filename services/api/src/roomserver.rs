@@ -38,6 +38,7 @@ crate::grpc::service_api! {
         fn report(pb::ReportRequest) -> crate::proto::common::Empty;
         fn query_joined_rooms(pb::QueryJoinedRoomsRequest) -> pb::QueryJoinedRoomsResponse;
         fn query_may_send_state(pb::QueryMaySendStateRequest) -> pb::QueryMaySendStateResponse;
+        fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse;
     }
 }
 

@@ -538,6 +538,24 @@ impl RoomserverApi for RoomserverService {
         Ok(Empty {})
     }
 
+    async fn forget_room(
+        &self,
+        request: pb::ForgetRoomRequest,
+    ) -> Result<pb::InputResponse, ApiError> {
+        ruma::RoomId::parse(&request.room_id)
+            .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
+        let room_id = request.room_id.clone();
+        self.submit(
+            &room_id,
+            None,
+            topic_pb::roomserver_input::Kind::ForgetRoom(topic_pb::ForgetRoom {
+                user_id: request.user_id,
+            }),
+        )
+        .await
+        .and_then(Answer::into_events)
+    }
+
     async fn query_joined_rooms(
         &self,
         request: pb::QueryJoinedRoomsRequest,

@@ -172,6 +172,49 @@ impl RoomserverService {
         }
     }
 
+    /// A user who has left (or was banned from) a room forgets it: views
+    /// hear of it through `roomserver.output`, after the room's events.
+    pub(crate) async fn forget_room_record(
+        &self,
+        input: &topic_pb::RoomserverInput,
+        forget: &topic_pb::ForgetRoom,
+    ) -> Result<Processed, ProcessError> {
+        if let Some(done) = self.already_done(&input.request_id).await? {
+            return Ok(done);
+        }
+        if self.storage.room(&input.room_id).await?.is_none() {
+            return Err(ApiError::NotFound("unknown room".into()).into());
+        }
+        let membership = self
+            .storage
+            .state_event(&input.room_id, "m.room.member", &forget.user_id)
+            .await?
+            .and_then(|json| Pdu::from_json("$unknown", &json).ok())
+            .and_then(|pdu| events::membership_of(&pdu))
+            .unwrap_or_default();
+        if !matches!(membership.as_str(), "leave" | "ban") {
+            return Err(ApiError::InvalidInput(
+                "only a room you have left can be forgotten".into(),
+            )
+            .into());
+        }
+        let writer = self.storage.begin_room_write(&input.room_id, None).await?;
+        let outputs = vec![outputs::room_forgotten(&input.room_id, &forget.user_id)];
+        let published = self.lock_published().clone();
+        let seqs = writer
+            .commit(&input.request_id, &[], None, &outputs, &published)
+            .await?;
+        self.lock_published().retain(|seq| !published.contains(seq));
+        Ok(Processed {
+            answer: Answer::Events(pb::InputResponse {
+                room_id: input.room_id.clone(),
+                event_ids: Vec::new(),
+                output_position: None,
+            }),
+            outputs: seqs.into_iter().zip(outputs).collect(),
+        })
+    }
+
     /// Users may redact their own events; others' need the redact power.
     async fn check_redaction_power(
         &self,

@@ -72,3 +72,16 @@ pub(crate) fn redacted_event(redacted: &str, redaction: &str, redacted_json: &st
         )),
     })
 }
+
+/// A user forgot a room they had left.
+pub(crate) fn room_forgotten(room_id: &str, user_id: &str) -> Vec<u8> {
+    encode(&topic_pb::RoomserverOutput {
+        version: PAYLOAD_VERSION,
+        kind: Some(topic_pb::roomserver_output::Kind::RoomForgotten(
+            topic_pb::RoomForgotten {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            },
+        )),
+    })
+}

@@ -28,6 +28,7 @@ impl Reader<'_> {
     }
 
     /// Whether the user may see `event`:
+    /// - after forgetting the room, only world-readable history;
     /// - their own membership events, always;
     /// - anything sent while they were joined;
     /// - `world_readable`: anything;
@@ -35,6 +36,10 @@ impl Reader<'_> {
     /// - `invited`: also what was sent while they were invited;
     /// - `joined`: nothing more.
     pub(crate) fn may_see(&self, event: &EventRow) -> bool {
+        // A forgotten room keeps only what anyone may read.
+        if self.current() == Some("forgotten") {
+            return event.history_visibility == "world_readable";
+        }
         if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(self.user_id) {
             return true;
         }
@@ -134,6 +139,16 @@ mod tests {
         own.event_type = "m.room.member".into();
         own.state_key = Some("@eve:x".into());
         assert!(reader.may_see(&own));
+
+        // Bob forgets the room at 40: even what he saw while joined is gone.
+        let forgot = history(&[(20, "join"), (30, "leave"), (40, "forgotten")]);
+        let reader = Reader {
+            user_id: "@bob:x",
+            history: &forgot,
+        };
+        assert!(!reader.may_see(&event(25, "joined")));
+        assert!(!reader.may_see(&event(25, "shared")));
+        assert!(reader.may_see(&event(25, "world_readable")));
     }
 
     #[test]

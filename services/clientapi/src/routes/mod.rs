@@ -65,6 +65,10 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 post(rooms::knock),
             )
             .route(
+                &format!("{prefix}/rooms/{{room_id}}/forget"),
+                post(rooms::forget),
+            )
+            .route(
                 &format!("{prefix}/rooms/{{room_id}}/{{action}}"),
                 post(rooms::moderate),
             )

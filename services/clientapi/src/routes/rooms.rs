@@ -468,3 +468,33 @@ pub(crate) async fn moderate(
     .await?;
     respond(json!({}))
 }
+
+/// `POST /rooms/{roomId}/forget`: only once the user has left.
+pub(crate) async fn forget(
+    State(api): State<Arc<ClientApi>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let forgotten = api
+        .roomserver
+        .forget_room(pb::ForgetRoomRequest {
+            room_id,
+            user_id: device.user_id,
+        })
+        .await;
+    match forgotten {
+        Ok(response) => {
+            api.read_your_writes(response.output_position).await;
+            respond(json!({}))
+        }
+        Err(ganglion_api::ApiError::InvalidInput(message)) => Err(MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            message,
+        )),
+        Err(error) => Err(error.into()),
+    }
+}

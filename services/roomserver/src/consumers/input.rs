@@ -115,6 +115,9 @@ impl RecordHandler for InputConsumer {
             Some(topic_pb::roomserver_input::Kind::InputPdus(pdus)) => {
                 ("pdus", service.input_pdus_record(&input, pdus).await)
             }
+            Some(topic_pb::roomserver_input::Kind::ForgetRoom(forget)) => {
+                ("forget", service.forget_room_record(&input, forget).await)
+            }
             None => (
                 "empty",
                 Err(ApiError::InvalidInput("empty input".into()).into()),

@@ -71,6 +71,20 @@ impl RecordHandler for OutputConsumer {
                 self.advance(record);
                 return Ok(());
             }
+            Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {
+                self.service
+                    .storage
+                    .apply_forget(
+                        record.partition,
+                        record.offset,
+                        &forgotten.room_id,
+                        &forgotten.user_id,
+                    )
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.advance(record);
+                return Ok(());
+            }
             // Backfilled history is served by /messages once federation
             // backfills; kinds this version does not know: nothing to store.
             _ => {

@@ -62,7 +62,7 @@ pub(crate) async fn messages(
         user_id: &device.user_id,
         history: &history,
     };
-    if history.is_empty()
+    if matches!(reader.current(), None | Some("forgotten"))
         && service
             .storage
             .current_history_visibility(&room_id)

@@ -202,6 +202,30 @@ impl Storage {
         Ok(())
     }
 
+    /// Records that a user forgot a room (a membership of `forgotten` in
+    /// their history, until they are a member again).
+    pub(crate) async fn apply_forget(
+        &self,
+        partition: u32,
+        offset: u64,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO membership_history (room_id, user_id, log_offset, membership)
+             VALUES ($1, $2, $3, 'forgotten') ON CONFLICT DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(offset as i64)
+        .execute(&mut *tx)
+        .await?;
+        Self::store_position(&mut tx, partition, offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Advances the consumed position past a record with nothing to store.
     pub(crate) async fn advance_position(
         &self,
