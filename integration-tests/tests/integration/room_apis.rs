@@ -167,6 +167,11 @@ pub(crate) async fn memberships_and_their_refusals(base_url: &str) {
         "still not invited"
     );
 
+    let before_carol = alice.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
     // Knocking: only where the join rules allow it (room versions 7+).
     let knock_path = format!("/_matrix/client/v3/knock/{}", encode(&room_id));
     assert_eq!(
@@ -223,6 +228,28 @@ pub(crate) async fn memberships_and_their_refusals(base_url: &str) {
     assert_eq!(left.body["chunk"].as_array().map(Vec::len), Some(1));
     let bad = get(&alice, &room_path(&room_id, "members?membership=dancing")).await;
     assert_eq!(bad.errcode(), "M_INVALID_PARAM");
+    // Members at an earlier point of the timeline.
+    let then = get(
+        &alice,
+        &room_path(
+            &room_id,
+            &format!("members?membership=join&at={}", encode(&before_carol)),
+        ),
+    )
+    .await;
+    let then: Vec<&str> = then.body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(
+        then,
+        vec![alice.user_id.as_str()],
+        "carol had not joined yet"
+    );
+    let bad_at = get(&alice, &room_path(&room_id, "members?at=yesterday")).await;
+    assert_eq!(bad_at.errcode(), "M_INVALID_PARAM");
     let joined = get(&alice, &room_path(&room_id, "joined_members")).await;
     let joined = joined.body["joined"].as_object().expect("joined");
     assert_eq!(joined.len(), 2);
@@ -695,6 +722,19 @@ pub(crate) async fn history_visibility_on_every_read_path(base_url: &str) {
     assert_eq!(context.status, 200, "{context:?}");
     let before = message_bodies(&context.body["events_before"]);
     assert_eq!(before, vec!["m0 shared"], "context hides m1 and m2");
+    let context_state = context.body["state"].as_array().expect("state");
+    assert!(
+        context_state
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()),
+        "the state at m3 has bob"
+    );
+    assert!(
+        !context_state
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str()),
+        "carol joined after m3"
+    );
     assert!(context.body["start"].is_string() && context.body["end"].is_string());
     let sync = bob.sync(None, 0, 50).await;
     let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];

@@ -38,7 +38,7 @@ fn is_sync_path(path: &str) -> bool {
         let _room_id = parts.next();
         matches!(
             parts.next(),
-            Some("messages" | "event" | "context" | "relations" | "threads")
+            Some("messages" | "event" | "context" | "relations" | "threads" | "members")
         )
     });
     rest == "sync" || room_read || (rest.starts_with("user/") && rest.contains("/filter"))

@@ -93,10 +93,6 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 get(room_state::state),
             )
             .route(
-                &format!("{prefix}/rooms/{{room_id}}/members"),
-                get(room_state::members),
-            )
-            .route(
                 &format!("{prefix}/rooms/{{room_id}}/joined_members"),
                 get(room_state::joined_members),
             )

@@ -1,5 +1,5 @@
-//! Reading a room's state: `/state`, `/members`, `/joined_members`, and
-//! `/joined_rooms`. Members read the current state; users who left read
+//! Reading a room's state: `/state`, `/joined_members`, and `/joined_rooms`
+//! (`/members`, which takes a point in the timeline, is the syncapi's). Members read the current state; users who left read
 //! the state as it was when they left.
 
 use std::sync::Arc;
@@ -8,8 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, parse_query, respond};
-use serde::Deserialize;
+use ganglion_base::http::{MatrixResult, respond};
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -162,46 +161,6 @@ pub(crate) async fn state(
     respond(Value::Array(
         api.readable_state(&room_id, &device.user_id).await?,
     ))
-}
-
-/// `at` (a sync token) is accepted and not yet honoured: members are those
-/// of the room's current state, or of the state when the reader left.
-#[derive(Deserialize, Default)]
-pub(crate) struct MembersQuery {
-    membership: Option<String>,
-    not_membership: Option<String>,
-}
-
-const MEMBERSHIPS: [&str; 5] = ["join", "invite", "knock", "leave", "ban"];
-
-pub(crate) async fn members(
-    State(api): State<Arc<ClientApi>>,
-    Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    let query: MembersQuery = parse_query(&uri)?;
-    for filter in [&query.membership, &query.not_membership]
-        .into_iter()
-        .flatten()
-    {
-        if !MEMBERSHIPS.contains(&filter.as_str()) {
-            return Err(MatrixError::invalid_param("unknown membership"));
-        }
-    }
-    let chunk: Vec<Value> = api
-        .readable_state(&room_id, &device.user_id)
-        .await?
-        .into_iter()
-        .filter(|e| e["type"] == "m.room.member")
-        .filter(|e| {
-            let membership = e["content"]["membership"].as_str().unwrap_or_default();
-            query.membership.as_deref().is_none_or(|m| m == membership)
-                && query.not_membership.as_deref() != Some(membership)
-        })
-        .collect();
-    respond(json!({ "chunk": chunk }))
 }
 
 pub(crate) async fn joined_members(

@@ -115,20 +115,15 @@ pub(crate) async fn context(
             bundles.get(&e.event_id),
         )
     };
-    // The room's state as the reader may know it: now while they are in
-    // the room (or its history is world-readable), nothing otherwise.
-    let state: Vec<Value> =
-        if reader.current() == Some("join") || row.history_visibility == "world_readable" {
-            service
-                .storage
-                .room_state(&room_id)
-                .await?
-                .iter()
-                .map(|e| client_event(e, true, &device.device_id))
-                .collect()
-        } else {
-            Vec::new()
-        };
+    // The room's state at the last event returned.
+    let last = after.last().map(|e| e.offset).unwrap_or(row.offset);
+    let state: Vec<Value> = service
+        .storage
+        .state_at(&room_id, last + 1, None)
+        .await?
+        .iter()
+        .map(|e| client_event(e, true, &device.device_id))
+        .collect();
     respond(json!({
         "event": render(&row),
         "events_before": before.iter().map(render).collect::<Vec<_>>(),

@@ -3,6 +3,7 @@
 mod client_event;
 mod events;
 mod filter;
+mod members;
 mod messages;
 mod relations;
 mod sync;
@@ -67,6 +68,10 @@ pub(crate) fn router(service: Arc<SyncService>) -> Router {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/context/{{event_id}}"),
                 get(events::context),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/members"),
+                get(members::members),
             );
     }
     router.with_state(service)

@@ -125,6 +125,23 @@ impl Storage {
             == 1;
         if inserted {
             for (event_type, state_key, event_id, _) in &event.state_removed {
+                // A removal that no addition replaces is recorded as such.
+                if !event
+                    .state_added
+                    .iter()
+                    .any(|(t, k, _, _)| t == event_type && k == state_key)
+                {
+                    sqlx::query(
+                        "INSERT INTO state_history (room_id, event_type, state_key, log_offset)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.room_id)
+                    .bind(event_type)
+                    .bind(state_key)
+                    .bind(event.offset as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND event_id = $4",
                 )
@@ -145,20 +162,18 @@ impl Storage {
                 } else {
                     None
                 };
-                if event_type == "m.room.member"
-                    && let Some(membership) = membership
-                {
-                    sqlx::query(
-                        "INSERT INTO membership_history (room_id, user_id, log_offset, membership)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(event.room_id)
-                    .bind(state_key)
-                    .bind(event.offset as i64)
-                    .bind(membership)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                sqlx::query(
+                    "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(event.room_id)
+                .bind(event_type)
+                .bind(state_key)
+                .bind(event.offset as i64)
+                .bind(event_id)
+                .bind(membership)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
                      VALUES ($1, $2, $3, $4, $5, $6)
@@ -213,8 +228,8 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO membership_history (room_id, user_id, log_offset, membership)
-             VALUES ($1, $2, $3, 'forgotten') ON CONFLICT DO NOTHING",
+            "INSERT INTO forgotten_rooms (room_id, user_id, log_offset)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(room_id)
         .bind(user_id)
@@ -380,8 +395,13 @@ impl Storage {
         user_id: &str,
     ) -> Result<Vec<(u64, String)>, StorageError> {
         let rows = sqlx::query(
-            "SELECT log_offset, membership FROM membership_history
-             WHERE room_id = $1 AND user_id = $2 ORDER BY log_offset",
+            "SELECT log_offset, membership FROM state_history
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2
+               AND membership IS NOT NULL
+             UNION ALL
+             SELECT log_offset, 'forgotten' FROM forgotten_rooms
+             WHERE room_id = $1 AND user_id = $2
+             ORDER BY 1",
         )
         .bind(room_id)
         .bind(user_id)
@@ -390,6 +410,32 @@ impl Storage {
         rows.iter()
             .map(|row| Ok((row.try_get::<i64, _>(0)?.max(0) as u64, row.try_get(1)?)))
             .collect()
+    }
+
+    /// The room's state just before the record at `offset` (of `event_type`
+    /// only, when given), as this view recorded it.
+    pub(crate) async fn state_at(
+        &self,
+        room_id: &str,
+        offset: u64,
+        event_type: Option<&str>,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM state_history h JOIN events e ON e.event_id = h.event_id
+             WHERE h.room_id = $1 AND h.log_offset < $2 AND ($3 = '' OR h.event_type = $3)
+               AND h.log_offset = (
+                 SELECT MAX(l.log_offset) FROM state_history l
+                 WHERE l.room_id = h.room_id AND l.event_type = h.event_type
+                   AND l.state_key = h.state_key AND l.log_offset < $2)
+             ORDER BY e.log_offset"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(offset.min(i64::MAX as u64) as i64)
+            .bind(event_type.unwrap_or_default())
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
     }
 
     /// Events relating to any of `parents`, oldest first, with their

@@ -45,7 +45,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     // event gets the new columns. Filters are user data, not from the log.
     Migration {
         version: 2,
-        description: "history visibility and relations per event, membership history; rebuilt from the log",
+        description: "history visibility and relations per event, state history; rebuilt from the log",
         sql: "
             DELETE FROM events;
             DELETE FROM current_state;
@@ -54,11 +54,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE events ADD COLUMN relates_to TEXT;
             ALTER TABLE events ADD COLUMN rel_type TEXT;
             CREATE INDEX events_relations ON events (relates_to, log_offset);
-            CREATE TABLE membership_history (
+            CREATE TABLE state_history (
+                room_id TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                state_key TEXT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                event_id TEXT,
+                membership TEXT,
+                PRIMARY KEY (room_id, event_type, state_key, log_offset)
+            );
+            CREATE TABLE forgotten_rooms (
                 room_id TEXT NOT NULL,
                 user_id TEXT NOT NULL,
                 log_offset BIGINT NOT NULL,
-                membership TEXT NOT NULL,
                 PRIMARY KEY (room_id, user_id, log_offset)
             );
         ",
