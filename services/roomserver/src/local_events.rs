@@ -125,9 +125,9 @@ impl RoomserverService {
         input: &topic_pb::RoomserverInput,
         new_events: &topic_pb::NewLocalEvents,
     ) -> Result<Processed, ProcessError> {
-        if let Some(done) = self.already_done(&input.request_id).await? {
-            return Ok(done);
-        }
+        // A redelivered input is recognised when its commit meets the
+        // request already recorded (see `finish_local`): no lookup first on
+        // the hot path.
         let room = self
             .storage
             .room(&input.room_id)

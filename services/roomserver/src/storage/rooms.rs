@@ -665,18 +665,13 @@ impl RoomWriter {
         outputs: &[Vec<u8>],
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
-        if !published.is_empty() {
-            let list = published
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            // Sequence numbers are integers we produced.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM output_outbox WHERE seq IN ({list})"
-            )))
-            .execute(&mut *self.tx)
-            .await?;
+        // One fixed statement per entry (usually one): a statement whose
+        // text changes every time would defeat the prepared-statement cache.
+        for seq in published {
+            sqlx::query("DELETE FROM output_outbox WHERE seq = $1")
+                .bind(seq)
+                .execute(&mut *self.tx)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO processed_inputs (request_id, room_id, event_ids) VALUES ($1, $2, $3)",
