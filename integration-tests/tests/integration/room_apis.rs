@@ -122,6 +122,10 @@ pub(crate) async fn memberships_and_their_refusals(base_url: &str) {
         member_event(&seen.body, &bob.user_id).expect("leave")["content"]["membership"],
         "leave"
     );
+    let name = get(&bob, &room_path(&room_id, "state/m.room.name/")).await;
+    assert_eq!(name.errcode(), "M_NOT_FOUND", "named after he left");
+    let rules = get(&bob, &room_path(&room_id, "state/m.room.join_rules/")).await;
+    assert_eq!(rules.body["join_rule"], "invite");
     // Carol, never in the room, reads nothing.
     assert_eq!(
         get(&carol, &room_path(&room_id, "state")).await.errcode(),

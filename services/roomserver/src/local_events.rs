@@ -426,9 +426,10 @@ impl RoomserverService {
 /// The current-state rows to write after local events: each state event
 /// the batch added that is still in the head's state.
 fn current_state_changes(state: &StateMap, event_ids: &[String]) -> Vec<CurrentStateChange> {
+    let written: std::collections::HashSet<&str> = event_ids.iter().map(String::as_str).collect();
     state
         .iter()
-        .filter(|(_, pdu)| event_ids.iter().any(|id| id == pdu.event_id.as_str()))
+        .filter(|(_, pdu)| written.contains(pdu.event_id.as_str()))
         .map(|((kind, key), pdu)| CurrentStateChange::set(kind, key, pdu))
         .collect()
 }

@@ -224,6 +224,9 @@ pub(crate) async fn put_state_empty_key(
     put_state_inner(api, room_id, event_type, String::new(), headers, uri, body).await
 }
 
+/// One state event's content, from the state the reader may see: the
+/// current state for members (or a world-readable room), the state when
+/// they left for former members.
 async fn get_state_inner(
     api: Arc<ClientApi>,
     room_id: String,
@@ -233,28 +236,10 @@ async fn get_state_inner(
     uri: Uri,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    let membership = api
-        .roomserver
-        .query_membership(pb::QueryMembershipRequest {
-            room_id: room_id.clone(),
-            user_id: device.user_id,
-        })
-        .await
-        .map_err(MatrixError::from)?;
-    if membership.membership != "join" {
-        return Err(MatrixError::forbidden("You are not joined to this room"));
-    }
-    let event = api
-        .roomserver
-        .query_state_event(pb::QueryStateEventRequest {
-            room_id,
-            event_type,
-            state_key,
-        })
-        .await
-        .map_err(MatrixError::from)?
-        .event_json
-        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+    let state = api.readable_state(&room_id, &device.user_id).await?;
+    let event = state
+        .into_iter()
+        .find(|e| e["type"] == event_type.as_str() && e["state_key"] == state_key.as_str())
         .ok_or_else(|| MatrixError::not_found("Event not found"))?;
     respond(event["content"].clone())
 }
