@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
-use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
-use crate::routes::relations::{bundle, reader_history, with_bundle};
+use crate::routes::relations::{reader_history, render_visible, visible_event};
 use crate::storage::EventRow;
 use crate::sync_token::SyncToken;
 use crate::visibility::Reader;
@@ -29,24 +28,9 @@ pub(crate) async fn event(
         user_id: &device.user_id,
         history: &history,
     };
-    let row = service
-        .storage
-        .event(&event_id)
-        .await?
-        .filter(|e| e.room_id == room_id && reader.may_see(e))
-        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    let bundles = bundle(
-        &service,
-        &[&row],
-        &device.user_id,
-        &device.device_id,
-        &|e| reader.may_see(e),
-    )
-    .await?;
-    respond(with_bundle(
-        client_event(&row, true, &device.device_id),
-        bundles.get(&row.event_id),
-    ))
+    let row = visible_event(&service, &reader, &room_id, &event_id).await?;
+    let mut rendered = render_visible(&service, &reader, &device, [&row], true).await?;
+    respond(rendered.pop().unwrap_or_default())
 }
 
 #[derive(Deserialize, Default)]
@@ -68,29 +52,18 @@ pub(crate) async fn context(
         user_id: &device.user_id,
         history: &history,
     };
-    let row = service
-        .storage
-        .event(&event_id)
-        .await?
-        .filter(|e| e.room_id == room_id && reader.may_see(e))
-        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let row = visible_event(&service, &reader, &room_id, &event_id).await?;
     let partition = service.storage.room_partition(&room_id).await?.unwrap_or(0);
     let before_count = limit / 2;
     let after_count = limit - before_count;
     let before: Vec<EventRow> = service
         .storage
         .room_events(&room_id, 0, row.offset, before_count, true)
-        .await?
-        .into_iter()
-        .filter(|e| reader.may_see(e))
-        .collect();
+        .await?;
     let after: Vec<EventRow> = service
         .storage
         .room_events(&room_id, row.offset + 1, u64::MAX, after_count, false)
-        .await?
-        .into_iter()
-        .filter(|e| reader.may_see(e))
-        .collect();
+        .await?;
     let current = SyncToken::new(service.positions.borrow().clone());
     let start = current.with(
         partition,
@@ -100,21 +73,9 @@ pub(crate) async fn context(
         partition,
         after.last().map(|e| e.offset + 1).unwrap_or(row.offset + 1),
     );
-    let all: Vec<&EventRow> = before
-        .iter()
-        .chain(after.iter())
-        .chain(std::iter::once(&row))
-        .collect();
-    let bundles = bundle(&service, &all, &device.user_id, &device.device_id, &|e| {
-        reader.may_see(e)
-    })
-    .await?;
-    let render = |e: &EventRow| {
-        with_bundle(
-            client_event(e, true, &device.device_id),
-            bundles.get(&e.event_id),
-        )
-    };
+    let event = render_visible(&service, &reader, &device, [&row], true).await?;
+    let events_before = render_visible(&service, &reader, &device, &before, true).await?;
+    let events_after = render_visible(&service, &reader, &device, &after, true).await?;
     // The room's state at the last event returned.
     let last = after.last().map(|e| e.offset).unwrap_or(row.offset);
     let state: Vec<Value> = service
@@ -125,9 +86,9 @@ pub(crate) async fn context(
         .map(|e| client_event(e, true, &device.device_id))
         .collect();
     respond(json!({
-        "event": render(&row),
-        "events_before": before.iter().map(render).collect::<Vec<_>>(),
-        "events_after": after.iter().map(render).collect::<Vec<_>>(),
+        "event": event.into_iter().next().unwrap_or_default(),
+        "events_before": events_before,
+        "events_after": events_after,
         "start": start.to_string(),
         "end": end.to_string(),
         "state": state,

@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::SyncService;
-use crate::routes::client_event::client_event;
-use crate::routes::relations::{bundle, reader_history, with_bundle};
-use crate::storage::EventRow;
+use crate::routes::relations::{reader_history, render_visible};
 use crate::sync_token::SyncToken;
 use crate::visibility::Reader;
 use ganglion_base::http::parse_query;
@@ -100,24 +98,7 @@ pub(crate) async fn messages(
             .flatten();
         (events, end)
     };
-    let visible: Vec<&EventRow> = events.iter().filter(|e| reader.may_see(e)).collect();
-    let bundles = bundle(
-        &service,
-        &visible,
-        &device.user_id,
-        &device.device_id,
-        &|e| reader.may_see(e),
-    )
-    .await?;
-    let chunk: Vec<_> = visible
-        .iter()
-        .map(|e| {
-            with_bundle(
-                client_event(e, true, &device.device_id),
-                bundles.get(&e.event_id),
-            )
-        })
-        .collect();
+    let chunk = render_visible(&service, &reader, &device, &events, true).await?;
     let mut body = json!({ "start": from.to_string(), "chunk": chunk, "state": [] });
     if let Some(end) = end {
         body["end"] = json!(end.to_string());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
+use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -79,6 +80,50 @@ pub(crate) async fn bundle(
     Ok(bundles)
 }
 
+/// The events of `rows` the reader may see, in the client format with
+/// their bundled aggregations, in order.
+pub(crate) async fn render_visible(
+    service: &SyncService,
+    reader: &Reader<'_>,
+    device: &Device,
+    rows: impl IntoIterator<Item = &EventRow>,
+    with_room_id: bool,
+) -> Result<Vec<Value>, StorageError> {
+    let visible: Vec<&EventRow> = rows.into_iter().filter(|e| reader.may_see(e)).collect();
+    let bundles = bundle(
+        service,
+        &visible,
+        &device.user_id,
+        &device.device_id,
+        &|e| reader.may_see(e),
+    )
+    .await?;
+    Ok(visible
+        .iter()
+        .map(|e| {
+            with_bundle(
+                client_event(e, with_room_id, &device.device_id),
+                bundles.get(&e.event_id),
+            )
+        })
+        .collect())
+}
+
+/// An event of the room the reader may see, or `M_NOT_FOUND`.
+pub(crate) async fn visible_event(
+    service: &SyncService,
+    reader: &Reader<'_>,
+    room_id: &str,
+    event_id: &str,
+) -> MatrixResult<EventRow> {
+    service
+        .storage
+        .event(event_id)
+        .await?
+        .filter(|e| e.room_id == room_id && reader.may_see(e))
+        .ok_or_else(|| MatrixError::not_found("Event not found"))
+}
+
 /// Puts a bundle into an event's `unsigned`.
 pub(crate) fn with_bundle(mut event: Value, bundle: Option<&Value>) -> Value {
     if let Some(bundle) = bundle {
@@ -141,12 +186,7 @@ async fn relations_inner(
         user_id: &device.user_id,
         history: &history,
     };
-    let parent = service
-        .storage
-        .event(&event_id)
-        .await?
-        .filter(|e| e.room_id == room_id && reader.may_see(e))
-        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let parent = visible_event(&service, &reader, &room_id, &event_id).await?;
     let partition = service.storage.room_partition(&room_id).await?.unwrap_or(0);
     let lower = |token: &Option<String>| token.as_deref().map(|t| position(&service, t, partition));
     let (from, to) = (
@@ -205,24 +245,7 @@ async fn relations_inner(
         rows.last()
             .map(|e| if backwards { e.offset } else { e.offset + 1 })
     });
-    let visible: Vec<&EventRow> = rows.iter().filter(|e| reader.may_see(e)).collect();
-    let bundles = bundle(
-        &service,
-        &visible,
-        &device.user_id,
-        &device.device_id,
-        &|e| reader.may_see(e),
-    )
-    .await?;
-    let chunk: Vec<Value> = visible
-        .iter()
-        .map(|e| {
-            with_bundle(
-                client_event(e, true, &device.device_id),
-                bundles.get(&e.event_id),
-            )
-        })
-        .collect();
+    let chunk = render_visible(&service, &reader, &device, &rows, true).await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(Some(next)) = next {
         body["next_batch"] = json!(format!("r{next}"));
@@ -330,28 +353,14 @@ pub(crate) async fn threads(
         .await?;
     let more = roots.len() > limit as usize;
     let page: Vec<&(EventRow, u64)> = roots.iter().take(limit as usize).collect();
-    let visible: Vec<&EventRow> = page
-        .iter()
-        .map(|(e, _)| e)
-        .filter(|e| reader.may_see(e))
-        .collect();
-    let bundles = bundle(
+    let chunk = render_visible(
         &service,
-        &visible,
-        &device.user_id,
-        &device.device_id,
-        &|e| reader.may_see(e),
+        &reader,
+        &device,
+        page.iter().map(|(e, _)| e),
+        true,
     )
     .await?;
-    let chunk: Vec<Value> = visible
-        .iter()
-        .map(|e| {
-            with_bundle(
-                client_event(e, true, &device.device_id),
-                bundles.get(&e.event_id),
-            )
-        })
-        .collect();
     let mut body = json!({ "chunk": chunk });
     if more && let Some((_, latest)) = page.last() {
         body["next_batch"] = json!(format!("t{latest}"));
