@@ -95,6 +95,26 @@ impl ClientApi {
         Ok(state)
     }
 
+    /// The content of a current state event with an empty state key.
+    pub(crate) async fn state_content(
+        &self,
+        room_id: &str,
+        event_type: &str,
+    ) -> MatrixResult<Option<Value>> {
+        Ok(self
+            .roomserver
+            .query_state_event(pb::QueryStateEventRequest {
+                room_id: room_id.to_owned(),
+                event_type: event_type.to_owned(),
+                state_key: String::new(),
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .event_json
+            .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+            .map(|event| event["content"].clone()))
+    }
+
     /// Requires the user to be joined, or the room's history world-readable.
     pub(crate) async fn require_member_or_world_readable(
         &self,
@@ -114,17 +134,9 @@ impl ClientApi {
             return Ok(());
         }
         let visibility = self
-            .roomserver
-            .query_state_event(pb::QueryStateEventRequest {
-                room_id: room_id.to_owned(),
-                event_type: "m.room.history_visibility".into(),
-                state_key: String::new(),
-            })
-            .await
-            .map_err(MatrixError::from)?
-            .event_json
-            .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
-        if visibility.is_some_and(|e| e["content"]["history_visibility"] == "world_readable") {
+            .state_content(room_id, "m.room.history_visibility")
+            .await?;
+        if visibility.is_some_and(|c| c["history_visibility"] == "world_readable") {
             return Ok(());
         }
         Err(MatrixError::forbidden("You are not in this room"))

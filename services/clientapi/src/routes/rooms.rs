@@ -291,18 +291,8 @@ impl ClientApi {
 
     /// Guests join only rooms whose `m.room.guest_access` is `can_join`.
     async fn require_guest_access(&self, room_id: &str) -> MatrixResult<()> {
-        let guest_access = self
-            .roomserver
-            .query_state_event(pb::QueryStateEventRequest {
-                room_id: room_id.to_owned(),
-                event_type: "m.room.guest_access".into(),
-                state_key: String::new(),
-            })
-            .await
-            .map_err(MatrixError::from)?
-            .event_json
-            .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
-        if guest_access.is_some_and(|e| e["content"]["guest_access"] == "can_join") {
+        let guest_access = self.state_content(room_id, "m.room.guest_access").await?;
+        if guest_access.is_some_and(|c| c["guest_access"] == "can_join") {
             return Ok(());
         }
         Err(MatrixError::new(
