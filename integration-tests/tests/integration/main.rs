@@ -6,4 +6,5 @@ mod conversation;
 mod monolith;
 mod polylith;
 mod room_apis;
+mod sync_filters;
 mod tracing;

@@ -91,3 +91,10 @@ async fn guests_where_guest_access_allows() {
     let server = Monolith::start_with(dir.path(), env).await;
     crate::room_apis::guests_where_guest_access_allows(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn filters_shape_sync_and_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::sync_filters::filters_shape_sync_and_messages(&server.base_url).await;
+}

@@ -14,6 +14,7 @@
 
 mod api;
 mod consumers;
+mod filter;
 mod internal_events;
 mod routes;
 mod storage;

@@ -23,11 +23,9 @@ pub(crate) async fn create_filter(
             "Cannot create filters for other users",
         ));
     }
-    crate::routes::sync::Filter::from_value(&serde_json::Value::Object(filter.clone()))?;
-    let id = service
-        .storage
-        .insert_filter(&user_id, &serde_json::Value::Object(filter).to_string())
-        .await?;
+    let json = serde_json::Value::Object(filter).to_string();
+    crate::filter::SyncFilter::parse(&json).map_err(crate::routes::sync::filter_error)?;
+    let id = service.storage.insert_filter(&user_id, &json).await?;
     respond(json!({ "filter_id": id.to_string() }))
 }
 

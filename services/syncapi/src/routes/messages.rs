@@ -10,10 +10,16 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::SyncService;
+use crate::filter::{MAX_FILTER_BYTES, event_matches, lazy};
+use crate::routes::client_event::client_event;
 use crate::routes::relations::{reader_history, render_visible};
+use crate::storage::EventRow;
 use crate::sync_token::SyncToken;
 use crate::visibility::Reader;
 use ganglion_base::http::parse_query;
+use ruma::api::client::filter::RoomEventFilter;
+use serde_json::Value;
+use std::collections::HashSet;
 
 #[derive(Deserialize)]
 struct MessagesQuery {
@@ -21,10 +27,8 @@ struct MessagesQuery {
     to: Option<String>,
     dir: Option<String>,
     limit: Option<u32>,
-    #[allow(dead_code)]
+    /// A `RoomEventFilter` as JSON.
     filter: Option<String>,
-    #[allow(dead_code)]
-    access_token: Option<String>,
 }
 
 pub(crate) async fn messages(
@@ -35,6 +39,14 @@ pub(crate) async fn messages(
 ) -> MatrixResult {
     let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: MessagesQuery = parse_query(&uri)?;
+    let filter: RoomEventFilter = match query.filter.as_deref() {
+        None | Some("") => RoomEventFilter::default(),
+        Some(json) if json.len() > MAX_FILTER_BYTES => {
+            return Err(MatrixError::invalid_param("filter is too large"));
+        }
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| MatrixError::invalid_param(format!("invalid filter: {e}")))?,
+    };
     let backwards = match query.dir.as_deref() {
         Some("b") => true,
         Some("f") => false,
@@ -98,8 +110,27 @@ pub(crate) async fn messages(
             .flatten();
         (events, end)
     };
-    let chunk = render_visible(&service, &reader, &device, &events, true).await?;
-    let mut body = json!({ "start": from.to_string(), "chunk": chunk, "state": [] });
+    // The page keeps its length for the tokens; the filter thins it.
+    let matching: Vec<&EventRow> = events
+        .iter()
+        .filter(|e| event_matches(&filter, e))
+        .collect();
+    let chunk = render_visible(&service, &reader, &device, matching.iter().copied(), true).await?;
+    // Lazy-loading: the members who sent what the page shows.
+    let state: Vec<Value> = if lazy(&filter.lazy_load_options).is_some() {
+        let senders: HashSet<&str> = matching.iter().map(|e| e.sender.as_str()).collect();
+        service
+            .storage
+            .state_at(&room_id, u64::MAX, Some("m.room.member"))
+            .await?
+            .iter()
+            .filter(|e| e.state_key.as_deref().is_some_and(|u| senders.contains(u)))
+            .map(|e| client_event(e, true, &device.device_id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut body = json!({ "start": from.to_string(), "chunk": chunk, "state": state });
     if let Some(end) = end {
         body["end"] = json!(end.to_string());
     }

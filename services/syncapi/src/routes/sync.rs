@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::SyncService;
+use crate::filter::{FilterError, SyncFilter};
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{bundle, with_bundle};
 use crate::storage::{EventRow, Membership};
@@ -39,26 +40,33 @@ pub(crate) struct SyncQuery {
     access_token: Option<String>,
 }
 
-/// The parts of a filter this server applies.
-pub(crate) struct Filter {
-    pub(crate) timeline_limit: u32,
+/// The filter a `/sync` names: inline JSON, or the ID of a stored one.
+pub(crate) async fn resolve_filter(
+    service: &SyncService,
+    user_id: &str,
+    filter: Option<&str>,
+) -> Result<SyncFilter, MatrixError> {
+    match filter {
+        None | Some("") => Ok(SyncFilter::default()),
+        Some(inline) if inline.trim_start().starts_with('{') => {
+            SyncFilter::parse(inline).map_err(filter_error)
+        }
+        Some(id) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| MatrixError::invalid_param("unknown filter"))?;
+            let json = service
+                .storage
+                .filter(user_id, id)
+                .await?
+                .ok_or_else(|| MatrixError::invalid_param("unknown filter"))?;
+            SyncFilter::parse(&json).map_err(filter_error)
+        }
+    }
 }
 
-impl Filter {
-    pub(crate) fn from_value(value: &Value) -> Result<Filter, MatrixError> {
-        if !value.is_object() {
-            return Err(MatrixError::invalid_param("filter must be an object"));
-        }
-        let limit = match value.pointer("/room/timeline/limit") {
-            None | Some(Value::Null) => 10,
-            Some(v) => v.as_u64().filter(|l| *l >= 1).ok_or_else(|| {
-                MatrixError::invalid_param("timeline limit must be a positive integer")
-            })?,
-        };
-        Ok(Filter {
-            timeline_limit: limit.min(1000) as u32,
-        })
-    }
+pub(crate) fn filter_error(error: FilterError) -> MatrixError {
+    MatrixError::invalid_param(error.to_string())
 }
 
 pub(crate) async fn sync(
@@ -68,25 +76,7 @@ pub(crate) async fn sync(
 ) -> MatrixResult {
     let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: SyncQuery = parse_query(&uri)?;
-    let filter = match query.filter.as_deref() {
-        None | Some("") => Filter { timeline_limit: 10 },
-        Some(inline) if inline.trim_start().starts_with('{') => {
-            let value: Value = serde_json::from_str(inline)
-                .map_err(|_| MatrixError::invalid_param("filter is not JSON"))?;
-            Filter::from_value(&value)?
-        }
-        Some(id) => {
-            let id: i64 = id
-                .parse()
-                .map_err(|_| MatrixError::invalid_param("unknown filter"))?;
-            let json = service
-                .storage
-                .filter(&device.user_id, id)
-                .await?
-                .ok_or_else(|| MatrixError::invalid_param("unknown filter"))?;
-            Filter::from_value(&serde_json::from_str(&json).unwrap_or_default())?
-        }
-    };
+    let filter = resolve_filter(&service, &device.user_id, query.filter.as_deref()).await?;
     let since = match &query.since {
         Some(text) => Some(
             SyncToken::parse(text, service.partitions)
@@ -135,23 +125,39 @@ struct Timeline {
     rendered: Vec<Value>,
 }
 
-/// The latest `limit` events of a window that the user may see: history
-/// visibility is checked unless the user is joined and the window was all
-/// sent under `shared` or `world_readable` visibility.
+/// How many pages of a window `/sync` reads looking for events its filter
+/// lets through before it settles for fewer.
+const MAX_FILTERED_PAGES: usize = 8;
+
+/// The latest events of a window that the filter lets through and the
+/// user may see (history visibility is checked unless the user is joined
+/// and the window was all sent under `shared` or `world_readable`).
 async fn timeline(
     service: &SyncService,
     device: &Device,
     room_id: &str,
     (from, to): (u64, u64),
-    limit: u32,
+    filter: &SyncFilter,
     membership: &str,
 ) -> Result<Timeline, MatrixError> {
-    let mut events = service
-        .storage
-        .room_events(room_id, from, to, limit + 1, true)
-        .await?;
-    let limited = events.len() > limit as usize;
-    events.truncate(limit as usize);
+    let limit = filter.timeline_limit() as usize;
+    let mut events = Vec::new();
+    let mut upper = to;
+    let mut exhausted = false;
+    for _ in 0..MAX_FILTERED_PAGES {
+        let page = service
+            .storage
+            .room_events(room_id, from, upper, limit as u32 + 1, true)
+            .await?;
+        exhausted = page.len() <= limit;
+        upper = page.last().map(|e| e.offset).unwrap_or(from);
+        events.extend(page.into_iter().filter(|e| filter.timeline_matches(e)));
+        if events.len() > limit || exhausted {
+            break;
+        }
+    }
+    let limited = events.len() > limit || !exhausted;
+    events.truncate(limit);
     events.reverse();
     let history = if Reader::sees_all(Some(membership), &events) {
         None
@@ -180,9 +186,12 @@ async fn timeline(
     let rendered = events
         .iter()
         .map(|e| {
-            with_bundle(
-                client_event(e, false, &device.device_id),
-                bundles.get(&e.event_id),
+            filter.shape(
+                with_bundle(
+                    client_event(e, false, &device.device_id),
+                    bundles.get(&e.event_id),
+                ),
+                &e.json,
             )
         })
         .collect();
@@ -193,12 +202,44 @@ async fn timeline(
     })
 }
 
+/// The state to send with a timeline: what the state filter lets through,
+/// and with lazy-loading only the members who sent something in the
+/// timeline (and the user).
+fn room_state_for(
+    state: Vec<EventRow>,
+    timeline: &Timeline,
+    filter: &SyncFilter,
+    device: &Device,
+    below: u64,
+) -> Vec<Value> {
+    let in_timeline: HashSet<&str> = timeline
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let senders: HashSet<&str> = timeline.events.iter().map(|e| e.sender.as_str()).collect();
+    let lazy = filter.lazy_load_members().is_some();
+    state
+        .iter()
+        .filter(|e| e.offset < below && !in_timeline.contains(e.event_id.as_str()))
+        .filter(|e| filter.state_matches(e))
+        .filter(|e| {
+            !lazy
+                || e.event_type != "m.room.member"
+                || e.state_key
+                    .as_deref()
+                    .is_some_and(|user| senders.contains(user) || user == device.user_id)
+        })
+        .map(|e| filter.shape(client_event(e, false, &device.device_id), &e.json))
+        .collect()
+}
+
 async fn build(
     service: &SyncService,
     device: &Device,
     since: Option<&SyncToken>,
     current: &SyncToken,
-    filter: &Filter,
+    filter: &SyncFilter,
     full_state: bool,
 ) -> Result<(Value, bool), MatrixError> {
     let mut join = Map::new();
@@ -217,6 +258,9 @@ async fn build(
             // Not yet part of the position this response reflects.
             continue;
         }
+        if !filter.room_wanted(&room_id) {
+            continue;
+        }
         let changed_membership = since.is_some() && member_offset >= from;
         match membership.as_str() {
             "join" => {
@@ -227,27 +271,16 @@ async fn build(
                     device,
                     &room_id,
                     (window_start, to),
-                    filter.timeline_limit,
+                    filter,
                     &membership,
                 )
                 .await?;
                 if !initial && timeline.events.is_empty() {
                     continue;
                 }
-                let in_timeline: HashSet<&str> = timeline
-                    .events
-                    .iter()
-                    .map(|e| e.event_id.as_str())
-                    .collect();
                 let state: Vec<Value> = if initial {
-                    service
-                        .storage
-                        .room_state(&room_id)
-                        .await?
-                        .iter()
-                        .filter(|e| e.offset < to && !in_timeline.contains(e.event_id.as_str()))
-                        .map(|e| client_event(e, false, &device.device_id))
-                        .collect()
+                    let state = service.storage.room_state(&room_id).await?;
+                    room_state_for(state, &timeline, filter, device, to)
                 } else {
                     Vec::new()
                 };
@@ -271,16 +304,33 @@ async fn build(
                     }),
                 );
             }
-            "leave" | "ban" if changed_membership => {
+            // Rooms left since the last sync, and on an initial sync with
+            // `include_leave`, every room left.
+            "leave" | "ban"
+                if changed_membership || (since.is_none() && filter.include_leave()) =>
+            {
                 let timeline = timeline(
                     service,
                     device,
                     &room_id,
                     (from, member_offset + 1),
-                    filter.timeline_limit,
+                    filter,
                     &membership,
                 )
                 .await?;
+                if timeline.events.is_empty() && !changed_membership {
+                    // Forgotten, or nothing of it is visible any more.
+                    continue;
+                }
+                let state = if since.is_none() {
+                    let state = service
+                        .storage
+                        .state_at(&room_id, member_offset + 1, None)
+                        .await?;
+                    room_state_for(state, &timeline, filter, device, member_offset + 1)
+                } else {
+                    Vec::new()
+                };
                 let prev_batch = current.with(
                     partition,
                     timeline.events.first().map(|e| e.offset).unwrap_or(from),
@@ -293,7 +343,7 @@ async fn build(
                             "limited": timeline.limited,
                             "prev_batch": prev_batch.to_string(),
                         },
-                        "state": { "events": [] },
+                        "state": { "events": state },
                         "account_data": { "events": [] },
                     }),
                 );

@@ -1,0 +1,319 @@
+//! Filters (`/sync`, `/messages`): ruma's `FilterDefinition` read from the
+//! client's JSON, and the pure functions that apply it to stored events and
+//! to events in the client format.
+
+use ruma::api::client::filter::{
+    EventFormat, FilterDefinition, LazyLoadOptions, RoomEventFilter, UrlFilter,
+};
+use serde_json::{Map, Value};
+
+use crate::storage::EventRow;
+
+/// The timeline limit when a filter sets none.
+pub(crate) const DEFAULT_TIMELINE_LIMIT: u32 = 10;
+/// The largest timeline a filter may ask for.
+const MAX_TIMELINE_LIMIT: u32 = 1_000;
+/// The largest filter accepted, in bytes of JSON.
+pub(crate) const MAX_FILTER_BYTES: usize = 64 * 1024;
+
+/// Why a filter was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum FilterError {
+    #[error("filter is too large")]
+    TooLarge,
+    #[error("invalid filter: {0}")]
+    Invalid(String),
+}
+
+/// A filter definition as the server applies it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SyncFilter {
+    pub(crate) definition: FilterDefinition,
+}
+
+impl SyncFilter {
+    pub(crate) fn parse(json: &str) -> Result<SyncFilter, FilterError> {
+        if json.len() > MAX_FILTER_BYTES {
+            return Err(FilterError::TooLarge);
+        }
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| FilterError::Invalid(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    pub(crate) fn from_value(value: Value) -> Result<SyncFilter, FilterError> {
+        if !value.is_object() {
+            return Err(FilterError::Invalid("a filter is an object".into()));
+        }
+        if let Some(limit) = value.pointer("/room/timeline/limit")
+            && !limit.is_null()
+            && limit.as_u64().is_none_or(|l| l == 0)
+        {
+            return Err(FilterError::Invalid(
+                "the timeline limit is a positive integer".into(),
+            ));
+        }
+        let definition: FilterDefinition =
+            serde_json::from_value(value).map_err(|e| FilterError::Invalid(e.to_string()))?;
+        Ok(SyncFilter { definition })
+    }
+
+    pub(crate) fn timeline_limit(&self) -> u32 {
+        self.definition
+            .room
+            .timeline
+            .limit
+            .map(|l| u64::from(l).min(u64::from(MAX_TIMELINE_LIMIT)) as u32)
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .max(1)
+    }
+
+    /// Whether a room is wanted at all (`room.rooms`, `room.not_rooms`).
+    pub(crate) fn room_wanted(&self, room_id: &str) -> bool {
+        let room = &self.definition.room;
+        !room.not_rooms.iter().any(|r| r.as_str() == room_id)
+            && room
+                .rooms
+                .as_ref()
+                .is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == room_id))
+    }
+
+    pub(crate) fn include_leave(&self) -> bool {
+        self.definition.room.include_leave
+    }
+
+    pub(crate) fn timeline_matches(&self, event: &EventRow) -> bool {
+        event_matches(&self.definition.room.timeline, event)
+    }
+
+    pub(crate) fn state_matches(&self, event: &EventRow) -> bool {
+        event_matches(&self.definition.room.state, event)
+    }
+
+    /// Lazy-loading of members in `state`: `Some(include_redundant)`.
+    pub(crate) fn lazy_load_members(&self) -> Option<bool> {
+        lazy(&self.definition.room.state.lazy_load_options)
+    }
+
+    /// An event as the filter wants it: the federation format (the PDU as
+    /// stored) or the client format, cut down to `event_fields`.
+    pub(crate) fn shape(&self, client: Value, pdu_json: &str) -> Value {
+        let event = match self.definition.event_format {
+            EventFormat::Federation => serde_json::from_str(pdu_json).unwrap_or(client),
+            _ => client,
+        };
+        match &self.definition.event_fields {
+            Some(fields) => only_fields(&event, fields),
+            None => event,
+        }
+    }
+}
+
+/// Whether a `RoomEventFilter` lets an event through.
+pub(crate) fn event_matches(filter: &RoomEventFilter, event: &EventRow) -> bool {
+    if filter
+        .not_types
+        .iter()
+        .any(|t| type_matches(t, &event.event_type))
+    {
+        return false;
+    }
+    if let Some(types) = &filter.types
+        && !types.iter().any(|t| type_matches(t, &event.event_type))
+    {
+        return false;
+    }
+    if filter
+        .not_senders
+        .iter()
+        .any(|s| s.as_str() == event.sender)
+    {
+        return false;
+    }
+    if let Some(senders) = &filter.senders
+        && !senders.iter().any(|s| s.as_str() == event.sender)
+    {
+        return false;
+    }
+    if filter.not_rooms.iter().any(|r| r.as_str() == event.room_id) {
+        return false;
+    }
+    if let Some(rooms) = &filter.rooms
+        && !rooms.iter().any(|r| r.as_str() == event.room_id)
+    {
+        return false;
+    }
+    if let Some(url_filter) = &filter.url_filter {
+        let has_url = serde_json::from_str::<Value>(&event.json)
+            .is_ok_and(|pdu| pdu["content"].get("url").is_some());
+        let wanted = matches!(url_filter, UrlFilter::EventsWithUrl);
+        if has_url != wanted {
+            return false;
+        }
+    }
+    true
+}
+
+/// The lazy-loading of a `RoomEventFilter`: `Some(include_redundant)`.
+pub(crate) fn lazy(options: &LazyLoadOptions) -> Option<bool> {
+    match options {
+        LazyLoadOptions::Enabled {
+            include_redundant_members,
+        } => Some(*include_redundant_members),
+        _ => None,
+    }
+}
+
+/// A type pattern: exact, or a prefix ending in `*`.
+fn type_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+/// Splits an `event_fields` entry on dots, where `\.` is a literal dot.
+fn field_path(field: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next) => parts.last_mut().map(|p| p.push(next)).unwrap_or(()),
+                None => parts.last_mut().map(|p| p.push('\\')).unwrap_or(()),
+            },
+            '.' => parts.push(String::new()),
+            other => parts.last_mut().map(|p| p.push(other)).unwrap_or(()),
+        }
+    }
+    parts
+}
+
+/// Keeps only the listed fields of an event.
+fn only_fields(event: &Value, fields: &[String]) -> Value {
+    let mut out = Value::Object(Map::new());
+    for field in fields {
+        let path = field_path(field);
+        let mut source = event;
+        let mut found = true;
+        for key in &path {
+            match source.get(key) {
+                Some(next) => source = next,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if !found {
+            continue;
+        }
+        let mut target = &mut out;
+        for (i, key) in path.iter().enumerate() {
+            let Some(object) = target.as_object_mut() else {
+                break;
+            };
+            if i + 1 == path.len() {
+                object.insert(key.clone(), source.clone());
+                break;
+            }
+            target = object
+                .entry(key.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(event_type: &str, sender: &str, content: Value) -> EventRow {
+        EventRow {
+            offset: 1,
+            room_id: "!r:x".into(),
+            sender: sender.into(),
+            history_visibility: "shared".into(),
+            event_id: "$e".into(),
+            event_type: event_type.into(),
+            state_key: None,
+            json: json!({"type": event_type, "sender": sender, "content": content}).to_string(),
+            device_id: String::new(),
+            transaction_id: String::new(),
+        }
+    }
+
+    fn filter(value: Value) -> SyncFilter {
+        SyncFilter::from_value(value).expect("valid filter")
+    }
+
+    #[test]
+    fn types_senders_rooms_and_urls() {
+        let message = event("m.room.message", "@a:x", json!({"body": "hi"}));
+        let image = event("m.room.message", "@b:x", json!({"url": "mxc://x/y"}));
+        let topic = event("m.room.topic", "@a:x", json!({"topic": "t"}));
+        let f = filter(
+            json!({"room": {"timeline": {"types": ["m.room.*"], "not_types": ["m.room.topic"]}}}),
+        );
+        assert!(f.timeline_matches(&message));
+        assert!(!f.timeline_matches(&topic));
+        let f = filter(json!({"room": {"timeline": {"senders": ["@b:x"]}}}));
+        assert!(f.timeline_matches(&image) && !f.timeline_matches(&message));
+        let f = filter(json!({"room": {"timeline": {"not_senders": ["@b:x"]}}}));
+        assert!(!f.timeline_matches(&image) && f.timeline_matches(&message));
+        let f = filter(json!({"room": {"timeline": {"contains_url": true}}}));
+        assert!(f.timeline_matches(&image) && !f.timeline_matches(&message));
+        let f = filter(json!({"room": {"timeline": {"contains_url": false}}}));
+        assert!(!f.timeline_matches(&image) && f.timeline_matches(&message));
+        let f = filter(json!({"room": {"timeline": {"types": []}}}));
+        assert!(
+            !f.timeline_matches(&message),
+            "an empty list lets nothing through"
+        );
+        let f = filter(json!({"room": {"rooms": ["!r:x"], "not_rooms": ["!s:x"]}}));
+        assert!(f.room_wanted("!r:x") && !f.room_wanted("!s:x") && !f.room_wanted("!t:x"));
+    }
+
+    #[test]
+    fn limits_lazy_loading_and_event_fields() {
+        assert_eq!(
+            SyncFilter::default().timeline_limit(),
+            DEFAULT_TIMELINE_LIMIT
+        );
+        assert_eq!(
+            filter(json!({"room": {"timeline": {"limit": 5000}}})).timeline_limit(),
+            1000
+        );
+        assert!(SyncFilter::from_value(json!({"room": {"timeline": {"limit": 0}}})).is_err());
+        assert!(SyncFilter::from_value(json!({"room": {"timeline": {"limit": "ten"}}})).is_err());
+        assert!(SyncFilter::from_value(json!([1])).is_err());
+        assert_eq!(
+            SyncFilter::parse(&" ".repeat(MAX_FILTER_BYTES + 1)).err(),
+            Some(FilterError::TooLarge)
+        );
+        let lazy = filter(json!({"room": {"state": {"lazy_load_members": true}}}));
+        assert_eq!(lazy.lazy_load_members(), Some(false));
+        let redundant = filter(
+            json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}}}),
+        );
+        assert_eq!(redundant.lazy_load_members(), Some(true));
+        let fields =
+            filter(json!({"event_fields": ["type", "content.body", "content.m\\.relates_to"]}));
+        let shaped = fields.shape(
+            json!({"type": "m.room.message", "sender": "@a:x", "content": {"body": "hi", "msgtype": "m.text", "m.relates_to": {"x": 1}}}),
+            "{}",
+        );
+        assert_eq!(
+            shaped,
+            json!({"type": "m.room.message", "content": {"body": "hi", "m.relates_to": {"x": 1}}})
+        );
+        let federation = filter(json!({"event_format": "federation"}));
+        assert_eq!(
+            federation.shape(json!({"a": 1}), r#"{"depth": 3}"#),
+            json!({"depth": 3})
+        );
+    }
+}
