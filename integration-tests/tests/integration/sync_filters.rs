@@ -124,6 +124,11 @@ pub(crate) async fn filters_shape_sync_and_messages(base_url: &str) {
         members.contains(&bob.user_id),
         "without lazy-loading every member: {members:?}"
     );
+    // The room summary: counts and heroes (the other members).
+    let summary = &full["rooms"]["join"][&room_id]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 3, "{summary}");
+    assert_eq!(summary["m.invited_member_count"], 0);
+    assert_eq!(summary["m.heroes"], json!([alice.user_id, bob.user_id]));
     // A stored filter works like an inline one.
     let stored = bob
         .call(

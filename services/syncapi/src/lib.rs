@@ -18,6 +18,7 @@ mod filter;
 mod internal_events;
 mod routes;
 mod storage;
+mod summary;
 mod sync_token;
 mod visibility;
 

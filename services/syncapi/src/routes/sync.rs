@@ -288,6 +288,19 @@ async fn build(
                     partition,
                     timeline.events.first().map(|e| e.offset).unwrap_or(to),
                 );
+                // The summary, when it may have changed: on an initial
+                // sync, or when memberships are in the timeline.
+                let summary = if initial
+                    || timeline
+                        .events
+                        .iter()
+                        .any(|e| e.event_type == "m.room.member")
+                {
+                    let members = service.storage.members(&room_id).await?;
+                    crate::summary::summary(&members, &device.user_id)
+                } else {
+                    json!({})
+                };
                 join.insert(
                     room_id,
                     json!({
@@ -300,7 +313,7 @@ async fn build(
                         "ephemeral": { "events": [] },
                         "account_data": { "events": [] },
                         "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
-                        "summary": {},
+                        "summary": summary,
                     }),
                 );
             }

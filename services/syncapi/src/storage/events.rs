@@ -335,6 +335,29 @@ impl Storage {
         Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
     }
 
+    /// The room's members now: (user ID, membership, position).
+    pub(crate) async fn members(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<(String, String, u64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT state_key, membership, log_offset FROM current_state
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND membership IS NOT NULL",
+        )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get::<i64, _>(2)?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
     /// The room's current state events.
     pub(crate) async fn room_state(&self, room_id: &str) -> Result<Vec<EventRow>, StorageError> {
         let sql = format!(
