@@ -675,170 +675,66 @@ pub(crate) fn redact(pdu: &Pdu, rules: &RoomVersionRules) -> Result<String, Even
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::{ALICE, Dag};
 
-    fn key() -> Ed25519KeyPair {
-        let der = Ed25519KeyPair::generate();
-        Ed25519KeyPair::from_der(&der, "a_test".into()).expect("key")
-    }
-
-    fn content(json: serde_json::Value) -> CanonicalJsonObject {
-        serde_json::from_value(json).expect("object")
-    }
-
-    fn room_with(
-        version: &str,
-    ) -> (
-        OwnedRoomId,
-        RoomVersionRules,
-        StateMap,
-        Vec<Arc<Pdu>>,
-        i64,
-        Ed25519KeyPair,
-    ) {
-        let key = key();
-        let signer = Signer {
-            server_name: "example.org",
-            key: &key,
-        };
-        let (room_id, create) = build_create_event(
-            version,
-            "@alice:example.org",
-            CanonicalJsonObject::new(),
-            "!r:example.org",
-            &signer,
-        )
-        .expect("create");
-        let (_, rules) = rules_for(version).expect("rules");
-        let mut state = StateMap::new();
-        let create = Arc::new(create);
-        let extremities = vec![create.clone()];
-        state.insert(("m.room.create".into(), String::new()), create);
-        (room_id, rules, state, extremities, 1, key)
-    }
-
-    fn append(
-        room_id: &RoomId,
-        rules: &RoomVersionRules,
-        state: &mut StateMap,
-        extremities: &mut Vec<Arc<Pdu>>,
-        depth: &mut i64,
-        key: &Ed25519KeyPair,
-        template: Template<'_>,
-    ) -> Result<Pdu, EventError> {
-        let signer = Signer {
-            server_name: "example.org",
-            key,
-        };
-        let view = RoomView {
-            room_id: room_id.as_str(),
-            rules,
-            state,
-            forward_extremities: extremities,
-        };
-        let pdu = build_event(&view, template, &signer)?;
-        if let Some(key) = &pdu.state_key {
-            state.insert((pdu.kind.to_string(), key.clone()), Arc::new(pdu.clone()));
-        }
-        *extremities = vec![Arc::new(pdu.clone())];
-        *depth = pdu.depth;
-        Ok(pdu)
-    }
+    const BOB: &str = "@bob:example.org";
 
     #[test]
     fn creator_joins_and_others_cannot_speak_uninvited() {
-        for version in [
-            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
-        ] {
-            let (room_id, rules, mut state, mut ext, mut depth, key) = room_with(version);
+        for version in 1..=12 {
+            let version = version.to_string();
+            let (mut dag, mut tip) = Dag::empty(&version, "!r:example.org");
             if version == "12" {
                 assert!(
-                    !room_id.as_str().contains(':'),
+                    !dag.room_id.contains(':'),
                     "v12 room IDs have no server part"
                 );
             }
-            let join = append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.member",
-                    state_key: Some("@alice:example.org"),
-                    sender: "@alice:example.org",
-                    content: content(serde_json::json!({"membership": "join"})),
-                    redacts: None,
-                },
-            )
-            .expect("creator joins");
+            let join = dag
+                .append(
+                    &mut tip,
+                    ALICE,
+                    "m.room.member",
+                    Some(ALICE),
+                    serde_json::json!({"membership": "join"}),
+                )
+                .expect("creator joins");
             assert_eq!(join.depth, 2);
-            append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.join_rules",
-                    state_key: Some(""),
-                    sender: "@alice:example.org",
-                    content: content(serde_json::json!({"join_rule": "invite"})),
-                    redacts: None,
-                },
+            dag.append(
+                &mut tip,
+                ALICE,
+                "m.room.join_rules",
+                Some(""),
+                serde_json::json!({"join_rule": "invite"}),
             )
             .expect("join rules");
-            let msg = append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.message",
-                    state_key: None,
-                    sender: "@alice:example.org",
-                    content: content(serde_json::json!({"msgtype": "m.text", "body": "hi"})),
-                    redacts: None,
-                },
-            )
-            .expect("message");
+            let msg = dag
+                .append(
+                    &mut tip,
+                    ALICE,
+                    "m.room.message",
+                    None,
+                    serde_json::json!({"msgtype": "m.text", "body": "hi"}),
+                )
+                .expect("message");
             assert!(msg.event_id.as_str().starts_with('$'));
-            let intruder = append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.member",
-                    state_key: Some("@bob:example.org"),
-                    sender: "@bob:example.org",
-                    content: content(serde_json::json!({"membership": "join"})),
-                    redacts: None,
-                },
+            let intruder = dag.append(
+                &mut tip,
+                BOB,
+                "m.room.member",
+                Some(BOB),
+                serde_json::json!({"membership": "join"}),
             );
             assert!(
                 matches!(intruder, Err(EventError::Forbidden(_))),
                 "{version}: {intruder:?}"
             );
-            let stranger = append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.message",
-                    state_key: None,
-                    sender: "@bob:example.org",
-                    content: content(serde_json::json!({"body": "x"})),
-                    redacts: None,
-                },
+            let stranger = dag.append(
+                &mut tip,
+                BOB,
+                "m.room.message",
+                None,
+                serde_json::json!({"body": "x"}),
             );
             assert!(matches!(stranger, Err(EventError::Forbidden(_))));
         }
@@ -846,38 +742,22 @@ mod tests {
 
     #[test]
     fn oversized_event_is_too_large() {
-        let (room_id, rules, mut state, mut ext, mut depth, key) = room_with("10");
-        append(
-            &room_id,
-            &rules,
-            &mut state,
-            &mut ext,
-            &mut depth,
-            &key,
-            Template {
-                event_type: "m.room.member",
-                state_key: Some("@alice:example.org"),
-                sender: "@alice:example.org",
-                content: content(serde_json::json!({"membership": "join"})),
-                redacts: None,
-            },
+        let (mut dag, mut tip) = Dag::empty("10", "!r:example.org");
+        dag.append(
+            &mut tip,
+            ALICE,
+            "m.room.member",
+            Some(ALICE),
+            serde_json::json!({"membership": "join"}),
         )
         .expect("join");
         let big = "x".repeat(70_000);
-        let result = append(
-            &room_id,
-            &rules,
-            &mut state,
-            &mut ext,
-            &mut depth,
-            &key,
-            Template {
-                event_type: "m.room.message",
-                state_key: None,
-                sender: "@alice:example.org",
-                content: content(serde_json::json!({"body": big})),
-                redacts: None,
-            },
+        let result = dag.append(
+            &mut tip,
+            ALICE,
+            "m.room.message",
+            None,
+            serde_json::json!({"body": big}),
         );
         assert_eq!(result.err(), Some(EventError::TooLarge));
     }
@@ -897,23 +777,17 @@ mod tests {
     fn received_events_round_trip_in_every_version() {
         for version in 1..=12 {
             let version = version.to_string();
-            let (room_id, rules, mut state, mut ext, mut depth, key) = room_with(&version);
-            let join = append(
-                &room_id,
-                &rules,
-                &mut state,
-                &mut ext,
-                &mut depth,
-                &key,
-                Template {
-                    event_type: "m.room.member",
-                    state_key: Some("@alice:example.org"),
-                    sender: "@alice:example.org",
-                    content: content(serde_json::json!({"membership": "join"})),
-                    redacts: None,
-                },
-            )
-            .expect("join");
+            let (mut dag, mut tip) = Dag::empty(&version, "!r:example.org");
+            let rules = dag.rules.clone();
+            let join = dag
+                .append(
+                    &mut tip,
+                    ALICE,
+                    "m.room.member",
+                    Some(ALICE),
+                    serde_json::json!({"membership": "join"}),
+                )
+                .expect("join");
             if rules.event_id_format == EventIdFormatVersion::V1 {
                 assert!(
                     join.event_id.as_str().ends_with(":example.org"),

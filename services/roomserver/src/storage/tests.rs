@@ -4,15 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ruma::canonical_json::CanonicalJsonObject;
-use ruma::room_version_rules::RoomVersionRules;
-use ruma::signatures::Ed25519KeyPair;
-
 use super::{EventFlags, HeadUpdate, MIGRATIONS, NidState, Storage};
-use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
+use crate::events::{Pdu, StateMap};
+use crate::tests::{ALICE, Dag, Tip};
 
-const SERVER: &str = "example.org";
-const ALICE: &str = "@alice:example.org";
 const VERSION: &str = "10";
 
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
@@ -21,49 +16,22 @@ async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     (Storage::new(db), dir)
 }
 
-fn key() -> Ed25519KeyPair {
-    let der = Ed25519KeyPair::generate();
-    Ed25519KeyPair::from_der(&der, "a_test".into()).expect("key")
-}
-
-fn content(json: serde_json::Value) -> CanonicalJsonObject {
-    serde_json::from_value(json).expect("object")
-}
-
 /// A room built in memory the way the input consumer builds it: real,
-/// signed events, each on top of the state and extremity before it.
+/// signed events by Alice, each on top of the state and event before it.
 struct Room {
     room_id: String,
-    rules: RoomVersionRules,
-    state: StateMap,
-    extremities: Vec<Arc<Pdu>>,
-    key: Ed25519KeyPair,
+    dag: Dag,
+    tip: Tip,
 }
 
 impl Room {
     fn create(room_id: &str) -> (Room, Arc<Pdu>) {
-        let key = key();
-        let (room_id, create) = events::build_create_event(
-            VERSION,
-            ALICE,
-            CanonicalJsonObject::new(),
-            room_id,
-            &Signer {
-                server_name: SERVER,
-                key: &key,
-            },
-        )
-        .expect("create event");
-        let (_, rules) = events::rules_for(VERSION).expect("rules");
-        let create = Arc::new(create);
-        let mut state = StateMap::new();
-        state.insert(("m.room.create".into(), String::new()), create.clone());
+        let (dag, tip) = Dag::empty(VERSION, room_id);
+        let create = tip.last.clone();
         let room = Room {
-            room_id: room_id.to_string(),
-            rules,
-            state,
-            extremities: vec![create.clone()],
-            key,
+            room_id: dag.room_id.clone(),
+            dag,
+            tip,
         };
         (room, create)
     }
@@ -74,35 +42,9 @@ impl Room {
         state_key: Option<&str>,
         body: serde_json::Value,
     ) -> Arc<Pdu> {
-        let view = RoomView {
-            room_id: &self.room_id,
-            rules: &self.rules,
-            state: &self.state,
-            forward_extremities: &self.extremities,
-        };
-        let pdu = Arc::new(
-            events::build_event(
-                &view,
-                Template {
-                    event_type,
-                    state_key,
-                    sender: ALICE,
-                    content: content(body),
-                    redacts: None,
-                },
-                &Signer {
-                    server_name: SERVER,
-                    key: &self.key,
-                },
-            )
-            .expect("event"),
-        );
-        if let Some(key) = &pdu.state_key {
-            self.state
-                .insert((pdu.kind.to_string(), key.clone()), pdu.clone());
-        }
-        self.extremities = vec![pdu.clone()];
-        pdu
+        self.dag
+            .append(&mut self.tip, ALICE, event_type, state_key, body)
+            .expect("event")
     }
 }
 
@@ -170,6 +112,7 @@ async fn write_room(storage: &Storage) {
             depth: message.depth,
             extremities: vec![message.event_id.to_string()],
             changes: room
+                .tip
                 .state
                 .iter()
                 .map(|((k, s), p)| super::CurrentStateChange::set(k, s, p))
@@ -204,7 +147,7 @@ async fn write_room(storage: &Storage) {
     assert_eq!(row.head_version, 1);
     assert_eq!(row.depth, message.depth);
     let (state, loaded) = storage.load_state(row.snapshot_nid).await.expect("state");
-    assert_eq!(ids(&state), ids(&room.state));
+    assert_eq!(ids(&state), ids(&room.tip.state));
     assert_eq!(loaded.entries, nids.entries);
     assert_eq!(
         storage
@@ -247,7 +190,7 @@ async fn write_room(storage: &Storage) {
     // A fresh storage (another replica) reads the same state.
     let other = Storage::new(storage.db.clone());
     let (state, _) = other.load_state(row.snapshot_nid).await.expect("state");
-    assert_eq!(ids(&state), ids(&room.state));
+    assert_eq!(ids(&state), ids(&room.tip.state));
 }
 
 /// A 10 000-member room: one membership change writes one block and one

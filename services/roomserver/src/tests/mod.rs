@@ -29,18 +29,23 @@ pub(crate) struct Dag {
     pub(crate) order: Vec<Arc<Pdu>>,
 }
 
+/// The end of a linear history: its last event and the state after it.
+pub(crate) struct Tip {
+    pub(crate) last: Arc<Pdu>,
+    pub(crate) state: StateMap,
+}
+
 impl Dag {
-    /// A room of `version` where Alice (creator, 100) has invited and
-    /// joined Bob (50) and Carol (0). Returns the DAG, its last event and
-    /// the state after it.
-    pub(crate) fn new(version: &str) -> (Dag, Arc<Pdu>, StateMap) {
+    /// A room of `version` with only Alice's create event, and its tip.
+    /// `room_id` is used by versions whose room ID is not the create event's.
+    pub(crate) fn empty(version: &str, room_id: &str) -> (Dag, Tip) {
         let der = Ed25519KeyPair::generate();
         let key = Ed25519KeyPair::from_der(&der, "a_test".into()).expect("key");
         let (room_id, create) = events::build_create_event(
             version,
             ALICE,
             CanonicalJsonObject::new(),
-            "!dag:example.org",
+            room_id,
             &Signer {
                 server_name: "example.org",
                 key: &key,
@@ -49,8 +54,6 @@ impl Dag {
         .expect("create");
         let (_, rules) = events::rules_for(version).expect("rules");
         let create = Arc::new(create);
-        let steps_rules = rules.clone();
-        let rules_ref = &steps_rules;
         let mut dag = Dag {
             room_id: room_id.to_string(),
             rules,
@@ -61,7 +64,21 @@ impl Dag {
         dag.events.insert(create.event_id.clone(), create.clone());
         let mut state = StateMap::new();
         state.insert(("m.room.create".into(), String::new()), create.clone());
-        let mut last = create;
+        (
+            dag,
+            Tip {
+                last: create,
+                state,
+            },
+        )
+    }
+
+    /// A room of `version` where Alice (creator, 100) has invited and
+    /// joined Bob (50) and Carol (0). Returns the DAG, its last event and
+    /// the state after it.
+    pub(crate) fn new(version: &str) -> (Dag, Arc<Pdu>, StateMap) {
+        let (mut dag, mut tip) = Dag::empty(version, "!dag:example.org");
+        let power_levels = levels(&dag.rules, &[(ALICE, 100), (BOB, 50)]);
         let steps: Vec<(&str, &str, Option<&str>, serde_json::Value)> = vec![
             (
                 ALICE,
@@ -69,12 +86,7 @@ impl Dag {
                 Some(ALICE),
                 serde_json::json!({"membership": "join"}),
             ),
-            (
-                ALICE,
-                "m.room.power_levels",
-                Some(""),
-                levels(rules_ref, &[(ALICE, 100), (BOB, 50)]),
-            ),
+            (ALICE, "m.room.power_levels", Some(""), power_levels),
             (
                 ALICE,
                 "m.room.join_rules",
@@ -113,10 +125,25 @@ impl Dag {
             ),
         ];
         for (sender, kind, key, content) in steps {
-            last = dag.event(sender, kind, key, content, &[&last], &state);
-            state = after(&state, &last);
+            dag.append(&mut tip, sender, kind, key, content)
+                .unwrap_or_else(|e| panic!("{kind} by {sender}: {e}"));
         }
-        (dag, last, state)
+        (dag, tip.last, tip.state)
+    }
+
+    /// Builds an event on the tip of a linear history and moves the tip.
+    pub(crate) fn append(
+        &mut self,
+        tip: &mut Tip,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: serde_json::Value,
+    ) -> Result<Arc<Pdu>, events::EventError> {
+        let pdu = self.try_event(sender, kind, state_key, content, &[&tip.last], &tip.state)?;
+        tip.state = after(&tip.state, &pdu);
+        tip.last = pdu.clone();
+        Ok(pdu)
     }
 
     /// Builds (and authorises against `state`) an event following `prev`.
