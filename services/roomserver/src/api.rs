@@ -12,23 +12,16 @@ use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::roomserver::{RoomserverApi, RoomserverClient};
 use ganglion_api::topics::{PAYLOAD_VERSION, encode};
 use ganglion_log::OutgoingRecord;
-use rand::Rng;
+
 use ruma::canonical_json::CanonicalJsonObject;
 use tokio::sync::oneshot;
 
 use crate::RoomserverService;
 use crate::consumers::input::Answer;
-use crate::events::{self, Signer};
+use crate::events::{self, Signer, random_id};
 
 /// How long a caller waits for its input to be processed.
 const INPUT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn random_id(len: usize) -> String {
-    let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
-        .collect()
-}
 
 pub(crate) fn parse_object(bytes: &[u8]) -> Result<CanonicalJsonObject, ApiError> {
     if bytes.is_empty() {
@@ -323,12 +316,8 @@ impl RoomserverApi for RoomserverService {
             return Ok(pb::QueryMembershipResponse::default());
         }
         let membership = self
-            .storage
-            .state_event(&request.room_id, "m.room.member", &request.user_id)
-            .await?
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-            .and_then(|event| event["content"]["membership"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+            .current_membership(&request.room_id, &request.user_id)
+            .await?;
         Ok(pb::QueryMembershipResponse {
             room_exists: true,
             membership,

@@ -47,13 +47,16 @@ impl RoomserverService {
         Ok(events::power_of(&rules, &state, &user) >= needed)
     }
 
-    async fn current_membership(&self, room_id: &str, user_id: &str) -> Result<String, ApiError> {
+    /// A user's membership in the room's current state (empty: none).
+    pub(crate) async fn current_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<String, ApiError> {
         Ok(self
             .storage
-            .state_event(room_id, "m.room.member", user_id)
+            .membership(room_id, user_id)
             .await?
-            .and_then(|json| Pdu::from_json("$unknown", &json).ok())
-            .and_then(|pdu| events::membership_of(&pdu))
             .unwrap_or_default())
     }
 

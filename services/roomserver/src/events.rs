@@ -237,6 +237,20 @@ fn parse_user(sender: &str) -> Result<OwnedUserId, EventError> {
     UserId::parse(sender).map_err(|e| EventError::Invalid(format!("sender: {e}")))
 }
 
+/// A random alphanumeric string (request IDs, provisional room IDs, event
+/// IDs of room versions 1 and 2).
+pub(crate) fn random_id(len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| {
+            char::from(rand::Rng::sample(
+                &mut rng,
+                rand::distributions::Alphanumeric,
+            ))
+        })
+        .collect()
+}
+
 /// Hashes and signs `object`, then derives its event ID: a reference hash
 /// (room versions 3+) or a random ID with our server name, carried inside the
 /// event (versions 1 and 2).
@@ -245,18 +259,8 @@ fn seal(
     rules: &RoomVersionRules,
     signer: &Signer<'_>,
 ) -> Result<(OwnedEventId, String), EventError> {
-    let random_id = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
-        let mut rng = rand::thread_rng();
-        let local: String = (0..18)
-            .map(|_| {
-                char::from(rand::Rng::sample(
-                    &mut rng,
-                    rand::distributions::Alphanumeric,
-                ))
-            })
-            .collect();
-        format!("${local}:{}", signer.server_name)
-    });
+    let random_id = (rules.event_id_format == EventIdFormatVersion::V1)
+        .then(|| format!("${}:{}", random_id(18), signer.server_name));
     if let Some(id) = &random_id {
         object.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
     }

@@ -186,12 +186,8 @@ impl RoomserverService {
             return Err(ApiError::NotFound("unknown room".into()).into());
         }
         let membership = self
-            .storage
-            .state_event(&input.room_id, "m.room.member", &forget.user_id)
-            .await?
-            .and_then(|json| Pdu::from_json("$unknown", &json).ok())
-            .and_then(|pdu| events::membership_of(&pdu))
-            .unwrap_or_default();
+            .current_membership(&input.room_id, &forget.user_id)
+            .await?;
         if !matches!(membership.as_str(), "leave" | "ban") {
             return Err(ApiError::InvalidInput(
                 "only a room you have left can be forgotten".into(),

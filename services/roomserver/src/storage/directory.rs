@@ -138,6 +138,23 @@ impl Storage {
         Ok(out)
     }
 
+    /// A user's membership in a room's current state.
+    pub(crate) async fn membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.membership FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .flatten())
+    }
+
     /// Rooms whose current state has the user joined.
     pub(crate) async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
         Ok(sqlx::query_scalar(

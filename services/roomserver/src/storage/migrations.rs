@@ -107,6 +107,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
             ALTER TABLE current_state ADD COLUMN membership TEXT;
             CREATE INDEX current_state_by_key ON current_state (state_key, event_type);
+            CREATE TABLE backfills (
+                name TEXT PRIMARY KEY
+            );
         ",
     },
 ];

@@ -267,8 +267,17 @@ impl Storage {
     }
 
     /// Fills in the membership of current member events stored before the
-    /// column existed (schema version 3); idempotent, run at start-up.
+    /// column existed (schema version 3), once: a marker row records that
+    /// it ran, so later start-ups pay one lookup.
     pub(crate) async fn fill_memberships(&self) -> Result<(), StorageError> {
+        const DONE: &str = "current_state.membership";
+        let done: Option<String> = sqlx::query_scalar("SELECT name FROM backfills WHERE name = $1")
+            .bind(DONE)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        if done.is_some() {
+            return Ok(());
+        }
         let rows = sqlx::query(
             "SELECT s.room_nid, s.state_key, e.event_id, e.json FROM current_state s
              JOIN events e ON e.event_nid = s.event_nid
@@ -291,6 +300,10 @@ impl Storage {
             .execute(&self.db.pool)
             .await?;
         }
+        sqlx::query("INSERT INTO backfills (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(DONE)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
