@@ -40,7 +40,12 @@ impl ClientApi {
         }
         // Only rooms the reporter can read: otherwise the room (or event)
         // is, as far as they are concerned, not there.
-        if self.readable_state(&room_id, &user_id).await.is_err() {
+        let readable = self
+            .require_member_or_world_readable(&room_id, &user_id)
+            .await
+            .is_ok()
+            || self.readable_state(&room_id, &user_id).await.is_ok();
+        if !readable {
             return Err(MatrixError::not_found(if event_id.is_empty() {
                 "Unknown room"
             } else {

@@ -44,7 +44,8 @@ pub(crate) struct StateEventBody {
     content: Map<String, Value>,
 }
 
-fn template(
+/// An event for the roomserver to complete, sign and authorise.
+pub(crate) fn template(
     event_type: &str,
     state_key: Option<&str>,
     sender: &str,
@@ -329,7 +330,8 @@ pub(crate) struct ReasonBody {
     reason: Option<String>,
 }
 
-fn reason_of(body: &axum::body::Bytes) -> MatrixResult<Option<String>> {
+/// The optional `reason` of a possibly empty body.
+pub(crate) fn reason_of(body: &axum::body::Bytes) -> MatrixResult<Option<String>> {
     if body.is_empty() {
         return Ok(None);
     }

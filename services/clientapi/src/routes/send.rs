@@ -32,13 +32,12 @@ fn event_template(
     state_key: Option<&str>,
     content: Map<String, Value>,
 ) -> pb::EventTemplate {
-    pb::EventTemplate {
-        event_type: event_type.to_owned(),
-        state_key: state_key.map(str::to_owned),
-        sender: device.user_id.clone(),
-        content_json: Value::Object(content).to_string().into_bytes(),
-        redacts: None,
-    }
+    super::rooms::template(
+        event_type,
+        state_key,
+        &device.user_id,
+        Value::Object(content),
+    )
 }
 
 impl ClientApi {
@@ -236,6 +235,27 @@ async fn get_state_inner(
     uri: Uri,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
+    // Members (and anyone, in a world-readable room): one lookup.
+    if api
+        .require_member_or_world_readable(&room_id, &device.user_id)
+        .await
+        .is_ok()
+    {
+        let event = api
+            .roomserver
+            .query_state_event(pb::QueryStateEventRequest {
+                room_id,
+                event_type,
+                state_key,
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .event_json
+            .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+        return respond(event["content"].clone());
+    }
+    // Former members: the state when they left.
     let state = api.readable_state(&room_id, &device.user_id).await?;
     let event = state
         .into_iter()
@@ -262,11 +282,6 @@ pub(crate) async fn get_state_empty_key(
     get_state_inner(api, room_id, event_type, String::new(), headers, uri).await
 }
 
-#[derive(serde::Deserialize, Default)]
-struct RedactBody {
-    reason: Option<String>,
-}
-
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: idempotent per device
 /// and transaction ID, like a send.
 pub(crate) async fn redact(
@@ -278,11 +293,7 @@ pub(crate) async fn redact(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     ruma::EventId::parse(&event_id).map_err(|_| MatrixError::invalid_param("invalid event ID"))?;
-    let reason = if body.is_empty() {
-        None
-    } else {
-        parse_json::<RedactBody>(&body)?.reason
-    };
+    let reason = super::rooms::reason_of(&body)?;
     let mut content = Map::new();
     if let Some(reason) = reason {
         content.insert("reason".into(), json!(reason));

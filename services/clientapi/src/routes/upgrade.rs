@@ -12,6 +12,7 @@ use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::rooms::template;
 use crate::ClientApi;
 
 /// State copied into the replacement room (the spec's list, plus pins).
@@ -30,16 +31,6 @@ const COPIED_STATE: [&str; 9] = [
 #[derive(Deserialize)]
 pub(crate) struct UpgradeBody {
     new_version: String,
-}
-
-fn template(event_type: &str, state_key: &str, sender: &str, content: Value) -> pb::EventTemplate {
-    pb::EventTemplate {
-        event_type: event_type.to_owned(),
-        state_key: Some(state_key.to_owned()),
-        sender: sender.to_owned(),
-        content_json: content.to_string().into_bytes(),
-        redacts: None,
-    }
 }
 
 pub(crate) async fn upgrade(
@@ -113,14 +104,19 @@ pub(crate) async fn upgrade(
         None => {}
     }
     let mut initial_state = vec![
-        template("m.room.member", user, user, json!({ "membership": "join" })),
-        template("m.room.power_levels", "", user, levels),
+        template(
+            "m.room.member",
+            Some(user),
+            user,
+            json!({ "membership": "join" }),
+        ),
+        template("m.room.power_levels", Some(""), user, levels),
     ];
     for kind in COPIED_STATE {
         if let Some(content) = find(kind)
             && content.as_object().is_some_and(|c| !c.is_empty())
         {
-            initial_state.push(template(kind, "", user, content));
+            initial_state.push(template(kind, Some(""), user, content));
         }
     }
     let created = api
@@ -140,7 +136,7 @@ pub(crate) async fn upgrade(
     // The old room: a tombstone, then only moderators may speak or invite.
     let mut old_events = vec![template(
         "m.room.tombstone",
-        "",
+        Some(""),
         user,
         json!({ "body": "This room has been replaced", "replacement_room": new_room }),
     )];
@@ -152,7 +148,7 @@ pub(crate) async fn upgrade(
         {
             levels["events_default"] = json!(restricted);
             levels["invite"] = json!(restricted);
-            old_events.push(template("m.room.power_levels", "", user, levels));
+            old_events.push(template("m.room.power_levels", Some(""), user, levels));
         }
     }
     let old_canonical = find("m.room.canonical_alias");
@@ -160,7 +156,12 @@ pub(crate) async fn upgrade(
         .as_ref()
         .is_some_and(|c| c.get("alias").is_some() || c.get("alt_aliases").is_some())
     {
-        old_events.push(template("m.room.canonical_alias", "", user, json!({})));
+        old_events.push(template(
+            "m.room.canonical_alias",
+            Some(""),
+            user,
+            json!({}),
+        ));
     }
     let written = api
         .roomserver
@@ -208,7 +209,12 @@ pub(crate) async fn upgrade(
             .roomserver
             .input(pb::InputRequest {
                 room_id: new_room.clone(),
-                templates: vec![template("m.room.canonical_alias", "", user, canonical)],
+                templates: vec![template(
+                    "m.room.canonical_alias",
+                    Some(""),
+                    user,
+                    canonical,
+                )],
                 device_id: String::new(),
                 transaction_id: String::new(),
             })
