@@ -278,28 +278,34 @@ async fn build(
                 if !initial && timeline.events.is_empty() {
                     continue;
                 }
-                let state: Vec<Value> = if initial {
-                    let state = service.storage.room_state(&room_id).await?;
-                    room_state_for(state, &timeline, filter, device, to)
+                let (state, initial_summary) = if initial {
+                    let (state, members) =
+                        service.storage.room_state_with_members(&room_id).await?;
+                    (
+                        room_state_for(state, &timeline, filter, device, to),
+                        Some(crate::summary::summary(&members, &device.user_id)),
+                    )
                 } else {
-                    Vec::new()
+                    (Vec::new(), None)
                 };
                 let prev_batch = current.with(
                     partition,
                     timeline.events.first().map(|e| e.offset).unwrap_or(to),
                 );
-                // The summary, when it may have changed: on an initial
-                // sync, or when memberships are in the timeline.
-                let summary = if initial
-                    || timeline
+                // The summary, when it may have changed: on an initial sync
+                // (from the state just read), or when memberships are in
+                // the timeline.
+                let summary = match initial_summary {
+                    Some(summary) => summary,
+                    None if timeline
                         .events
                         .iter()
-                        .any(|e| e.event_type == "m.room.member")
-                {
-                    let members = service.storage.members(&room_id).await?;
-                    crate::summary::summary(&members, &device.user_id)
-                } else {
-                    json!({})
+                        .any(|e| e.event_type == "m.room.member") =>
+                    {
+                        let members = service.storage.members(&room_id).await?;
+                        crate::summary::summary(&members, &device.user_id)
+                    }
+                    None => json!({}),
                 };
                 join.insert(
                     room_id,
