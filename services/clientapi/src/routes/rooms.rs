@@ -44,6 +44,23 @@ pub(crate) struct StateEventBody {
     content: Map<String, Value>,
 }
 
+/// The rules of a room version this server supports, or
+/// `M_UNSUPPORTED_ROOM_VERSION`.
+pub(crate) fn room_version_rules(
+    version: &str,
+) -> MatrixResult<ruma::room_version_rules::RoomVersionRules> {
+    ruma::RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| {
+            MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                "Unsupported room version",
+            )
+        })
+}
+
 /// An event for the roomserver to complete, sign and authorise.
 pub(crate) fn template(
     event_type: &str,
@@ -72,16 +89,7 @@ pub(crate) async fn create_room(
         .room_version
         .clone()
         .unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_owned());
-    let rules = ruma::RoomVersionId::try_from(version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .ok_or_else(|| {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_UNSUPPORTED_ROOM_VERSION",
-                "Unsupported room version",
-            )
-        })?;
+    let rules = room_version_rules(&version)?;
     let publish = match body.visibility.as_deref() {
         Some("public") => true,
         Some("private") | None => false,

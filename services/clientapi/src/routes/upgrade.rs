@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rooms::template;
+use super::rooms::{room_version_rules, template};
 use crate::ClientApi;
 
 /// State copied into the replacement room (the spec's list, plus pins).
@@ -42,16 +42,7 @@ pub(crate) async fn upgrade(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let user = device.user_id.as_str();
-    let rules = ruma::RoomVersionId::try_from(body.new_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .ok_or_else(|| {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_UNSUPPORTED_ROOM_VERSION",
-                "Unsupported room version",
-            )
-        })?;
+    let rules = room_version_rules(&body.new_version)?;
     let state = api.readable_state(&room_id, user).await?;
     let joined = state.iter().any(|e| {
         e["type"] == "m.room.member"
