@@ -3,6 +3,7 @@
 mod accounts_and_rooms;
 mod bad_input;
 mod conversation;
+mod ephemeral;
 mod monolith;
 mod polylith;
 mod room_apis;

@@ -98,3 +98,35 @@ async fn filters_shape_sync_and_messages() {
     let server = Monolith::start(dir.path()).await;
     crate::sync_filters::filters_shape_sync_and_messages(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn typing_receipts_markers_account_data_presence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
+    crate::ephemeral::account_data_and_tags(&server.base_url).await;
+    crate::ephemeral::presence_and_quiet_long_polls(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn to_device_once_across_kill9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Monolith::start(dir.path()).await;
+    let (_alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
+    server.kill9_and_restart().await;
+    crate::ephemeral::to_device_after_restart(&bob, &since).await;
+}
+
+#[tokio::test]
+async fn presence_by_inactivity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    for (key, value) in [
+        ("GANGLION_CLIENT__PRESENCE_UNAVAILABLE_AFTER_MS", "1000"),
+        ("GANGLION_CLIENT__PRESENCE_OFFLINE_AFTER_MS", "3000"),
+    ] {
+        env.push((key.to_owned(), value.to_owned()));
+    }
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::ephemeral::presence_by_inactivity(&server.base_url).await;
+}

@@ -1,4 +1,4 @@
-//! The userapi's API: accounts, devices and access tokens.
+//! The userapi's API: accounts, devices, access tokens and account data.
 
 use crate::proto::userapi as pb;
 use crate::proto::userapi::users_client::UsersClient as PbClient;
@@ -20,6 +20,12 @@ crate::grpc::service_api! {
         fn authenticate(pb::AuthenticateRequest) -> pb::Device;
         fn logout(pb::LogoutRequest) -> pb::LogoutResponse;
         fn logout_all(pb::LogoutAllRequest) -> pb::LogoutResponse;
+        fn list_devices(pb::ListDevicesRequest) -> pb::ListDevicesResponse;
+        /// Stores account data and publishes it on `userapi.account_data`.
+        fn set_account_data(pb::SetAccountDataRequest) -> pb::AccountDataWritten;
+        fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;
+        /// Adds or removes one tag of a room's `m.tag`, atomically.
+        fn update_tag(pb::UpdateTagRequest) -> pb::AccountDataWritten;
     }
 }
 

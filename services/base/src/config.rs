@@ -58,6 +58,10 @@ pub struct ClientConfig {
     /// How long a write waits for the sync service to reflect it before the
     /// client is answered anyway.
     pub read_your_writes_timeout_ms: u64,
+    /// A user online who stops syncing for this long becomes unavailable.
+    pub presence_unavailable_after_ms: u64,
+    /// A user who stops syncing for this long becomes offline.
+    pub presence_offline_after_ms: u64,
 }
 
 /// The federation API (`/_matrix/federation`, `/_matrix/key`), served over TLS.
@@ -182,6 +186,8 @@ impl Default for ClientConfig {
             rate_limit_per_second: 0.5,
             rate_limit_burst: 10,
             read_your_writes_timeout_ms: 5_000,
+            presence_unavailable_after_ms: 60_000,
+            presence_offline_after_ms: 300_000,
         }
     }
 }
@@ -376,6 +382,8 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",
         "rate_limit_per_second" => "Login/register attempts per client address per second.",
         "rate_limit_burst" => "Attempts allowed in a burst before M_LIMIT_EXCEEDED.",
+        "presence_unavailable_after_ms" => "A user who stops syncing this long is unavailable.",
+        "presence_offline_after_ms" => "A user who stops syncing this long is offline.",
         "read_your_writes_timeout_ms" => {
             "How long a write waits for /sync to reflect it before answering."
         }

@@ -4,7 +4,9 @@
 //!   leaves, sending messages and state (`routes/`).
 //! - Calls: userapi (accounts, tokens), roomserver (every room write),
 //!   syncapi (waits until a write is visible before answering).
-//! - Produces: nothing yet (`edu.*` topics come with typing and receipts).
+//! - Produces: `edu.typing`, `edu.receipt` and `edu.to_device`
+//!   (`routes/ephemeral.rs`, `routes/to_device.rs`); account data goes
+//!   through the userapi, which publishes it.
 //! - Owns: transaction IDs for idempotent sends (`storage.rs`).
 #![forbid(unsafe_code)]
 
@@ -19,9 +21,11 @@ use std::time::Duration;
 use axum::Router;
 use ganglion_api::roomserver::RoomserverHandle;
 use ganglion_api::sync::SyncHandle;
+use ganglion_api::topics::Topics;
 use ganglion_api::users::UsersHandle;
 use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::{Config, Database, DatabaseError};
+use ganglion_log::Log;
 
 /// What the clientapi's handlers share.
 pub(crate) struct ClientApi {
@@ -32,6 +36,9 @@ pub(crate) struct ClientApi {
     users: UsersHandle,
     roomserver: RoomserverHandle,
     sync: SyncHandle,
+    log: Arc<dyn Log>,
+    topics: Topics,
+    typing_timers: routes::TypingTimers,
     storage: storage::Storage,
     rate_limiter: rate_limit::RateLimiter,
 }
@@ -43,14 +50,40 @@ pub struct Started {
     pub health: Health,
 }
 
+/// Why the clientapi could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
+}
+
+/// The other services the clientapi calls, and the log it writes to.
+pub struct Peers {
+    pub users: UsersHandle,
+    pub roomserver: RoomserverHandle,
+    pub sync: SyncHandle,
+    pub log: Arc<dyn Log>,
+}
+
 /// Opens the transaction database and builds the routes.
-pub async fn start(
-    config: &Config,
-    users: UsersHandle,
-    roomserver: RoomserverHandle,
-    sync: SyncHandle,
-) -> Result<Started, DatabaseError> {
+pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError> {
+    let Peers {
+        users,
+        roomserver,
+        sync,
+        log,
+    } = peers;
     let db = Database::open_for_service(config, "clientapi", storage::MIGRATIONS).await?;
+    let topics = Topics::new(&config.log.topic_prefix);
+    for topic in [
+        &topics.edu_typing,
+        &topics.edu_receipt,
+        &topics.edu_to_device,
+    ] {
+        log.ensure_topic(topic, config.log.partitions).await?;
+    }
     let api = Arc::new(ClientApi {
         server_name: config.server_name.clone(),
         registration_enabled: config.client.registration_enabled,
@@ -59,6 +92,9 @@ pub async fn start(
         users,
         roomserver,
         sync,
+        log,
+        topics,
+        typing_timers: routes::TypingTimers::default(),
         storage: storage::Storage { db: db.clone() },
         rate_limiter: rate_limit::RateLimiter::new(
             config.client.rate_limit_per_second,

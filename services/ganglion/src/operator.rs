@@ -41,7 +41,7 @@ pub(crate) async fn create_account(
     let password = password
         .or_else(|| std::env::var("GANGLION_PASSWORD").ok())
         .context("give --password or set GANGLION_PASSWORD")?;
-    let userapi = ganglion_userapi::start(config).await?;
+    let userapi = ganglion_userapi::start(config, None).await?;
     let session = userapi
         .api
         .register(RegisterRequest {

@@ -83,7 +83,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     let log = open_log(&config, "monolith")?;
     let (shutdown, shutdown_future) = shutdown_signal();
 
-    let userapi = ganglion_userapi::start(&config).await?;
+    let userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
     let users: UsersHandle = userapi.api.clone();
     let roomserver = ganglion_roomserver::start(
         &config,
@@ -103,7 +103,16 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let sync: SyncHandle = syncapi.api.clone();
-    let clientapi = ganglion_clientapi::start(&config, users, rooms, sync).await?;
+    let clientapi = ganglion_clientapi::start(
+        &config,
+        ganglion_clientapi::Peers {
+            users,
+            roomserver: rooms,
+            sync,
+            log: log.clone(),
+        },
+    )
+    .await?;
 
     let mut health = Health::default();
     health.extend(userapi.health);
@@ -200,7 +209,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     let mut http_routes = Router::new();
     match name {
         "userapi" => {
-            let started = ganglion_userapi::start(&config).await?;
+            let started = ganglion_userapi::start(&config, Some(open_log(&config, name)?)).await?;
             health.extend(started.health);
             grpc = grpc.add_service(UsersGrpc::service(started.api));
         }
@@ -245,8 +254,16 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     .service_address("syncapi")
                     .context("services.syncapi: no address")?,
             )?);
-            let started =
-                ganglion_clientapi::start(&config, users_client(&config)?, rooms, sync).await?;
+            let started = ganglion_clientapi::start(
+                &config,
+                ganglion_clientapi::Peers {
+                    users: users_client(&config)?,
+                    roomserver: rooms,
+                    sync,
+                    log: open_log(&config, name)?,
+                },
+            )
+            .await?;
             health.extend(started.health);
             http_routes = started.routes;
         }

@@ -24,7 +24,7 @@ struct Gateway {
     client: reqwest::Client,
 }
 
-/// Paths served by the syncapi (the read side).
+/// Paths served by the syncapi (the read side, and presence).
 fn is_sync_path(path: &str) -> bool {
     let Some(rest) = path
         .strip_prefix("/_matrix/client/v3/")
@@ -41,7 +41,11 @@ fn is_sync_path(path: &str) -> bool {
             Some("messages" | "event" | "context" | "relations" | "threads" | "members")
         )
     });
-    rest == "sync" || room_read || (rest.starts_with("user/") && rest.contains("/filter"))
+    let mut parts = rest.split('/');
+    let (first, _, third) = (parts.next(), parts.next(), parts.next());
+    let user_filter = first == Some("user") && third == Some("filter");
+    let presence = first == Some("presence") && third == Some("status");
+    rest == "sync" || room_read || user_filter || presence
 }
 
 /// The gateway's router: every path is proxied.
@@ -140,5 +144,14 @@ mod tests {
             "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"
         ));
         assert!(!super::is_sync_path("/_matrix/client/v3/login"));
+        assert!(super::is_sync_path(
+            "/_matrix/client/v3/presence/@a:b/status"
+        ));
+        assert!(!super::is_sync_path(
+            "/_matrix/client/v3/user/@a:b/rooms/!r:b/tags/filter"
+        ));
+        assert!(!super::is_sync_path(
+            "/_matrix/client/v3/user/@a:b/account_data/m.direct"
+        ));
     }
 }

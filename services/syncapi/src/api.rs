@@ -4,10 +4,55 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ganglion_api::ApiError;
+use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi as pb;
 use ganglion_api::sync::SyncApi;
 
 use crate::SyncService;
+use crate::sync_token::Stream;
+
+/// The longest a writer may ask to wait.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+impl SyncService {
+    /// Waits (at most `timeout`) until this replica has consumed
+    /// `position`; whether it did. An empty topic names `roomserver.output`.
+    pub(crate) async fn wait_for_consumed(
+        &self,
+        position: &LogPosition,
+        timeout: Duration,
+    ) -> Result<bool, ApiError> {
+        let stream = if position.topic.is_empty() {
+            Stream::Room
+        } else {
+            Stream::from_topic(&self.topics, &position.topic)
+                .ok_or_else(|| ApiError::InvalidInput("not a topic this service consumes".into()))?
+        };
+        let partition = position.partition as usize;
+        if partition >= self.partitions {
+            return Err(ApiError::InvalidInput("no such partition".into()));
+        }
+        let index = stream as usize * self.partitions + partition;
+        let mut receiver = self.positions.subscribe();
+        let wait = receiver
+            .wait_for(|positions| positions.get(index).copied().unwrap_or(0) > position.offset);
+        Ok(matches!(
+            tokio::time::timeout(timeout.min(MAX_WAIT), wait).await,
+            Ok(Ok(_))
+        ))
+    }
+
+    /// Read-your-writes for a record this service produced itself.
+    pub(crate) async fn wait_for(&self, position: &LogPosition) {
+        if !matches!(
+            self.wait_for_consumed(position, Duration::from_secs(5))
+                .await,
+            Ok(true)
+        ) {
+            tracing::warn!(topic = %position.topic, "sync did not reflect a write in time");
+        }
+    }
+}
 
 #[async_trait]
 impl SyncApi for SyncService {
@@ -18,15 +63,9 @@ impl SyncApi for SyncService {
         let position = request
             .position
             .ok_or_else(|| ApiError::InvalidInput("no position".into()))?;
-        let partition = position.partition as usize;
-        if partition >= self.partitions {
-            return Err(ApiError::InvalidInput("no such partition".into()));
-        }
-        let mut receiver = self.positions.subscribe();
-        let wait = receiver
-            .wait_for(|positions| positions.get(partition).copied().unwrap_or(0) > position.offset);
-        let timeout = Duration::from_millis(request.timeout_ms.min(60_000));
-        let reached = matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)));
+        let reached = self
+            .wait_for_consumed(&position, Duration::from_millis(request.timeout_ms))
+            .await?;
         Ok(pb::WaitForPositionResponse { reached })
     }
 }

@@ -90,6 +90,38 @@ impl SyncFilter {
         event_matches(&self.definition.room.state, event)
     }
 
+    /// Whether the presence of `sender` is wanted (`presence`).
+    pub(crate) fn presence_matches(&self, sender: &str) -> bool {
+        let f = &self.definition.presence;
+        kind_matches(
+            (f.types.as_deref(), &f.not_types),
+            (f.senders.as_deref(), &f.not_senders),
+            "m.presence",
+            Some(sender),
+        )
+    }
+
+    /// Whether global account data of a type is wanted (`account_data`).
+    pub(crate) fn account_data_matches(&self, data_type: &str) -> bool {
+        let f = &self.definition.account_data;
+        kind_matches(
+            (f.types.as_deref(), &f.not_types),
+            (f.senders.as_deref(), &f.not_senders),
+            data_type,
+            None,
+        )
+    }
+
+    /// Whether a room's ephemeral event of a type is wanted (`room.ephemeral`).
+    pub(crate) fn ephemeral_matches(&self, room_id: &str, event_type: &str) -> bool {
+        room_kind_matches(&self.definition.room.ephemeral, room_id, event_type)
+    }
+
+    /// Whether a room's account data of a type is wanted (`room.account_data`).
+    pub(crate) fn room_account_data_matches(&self, room_id: &str, data_type: &str) -> bool {
+        room_kind_matches(&self.definition.room.account_data, room_id, data_type)
+    }
+
     /// Lazy-loading of members in `state`: `Some(include_redundant)`.
     pub(crate) fn lazy_load_members(&self) -> Option<bool> {
         lazy(&self.definition.room.state.lazy_load_options)
@@ -107,6 +139,42 @@ impl SyncFilter {
             None => event,
         }
     }
+}
+
+/// Whether types and senders let an event of `event_type` from `sender`
+/// through (no sender: only the types count).
+fn kind_matches(
+    (types, not_types): (Option<&[String]>, &[String]),
+    (senders, not_senders): (Option<&[ruma::OwnedUserId]>, &[ruma::OwnedUserId]),
+    event_type: &str,
+    sender: Option<&str>,
+) -> bool {
+    if not_types.iter().any(|t| type_matches(t, event_type)) {
+        return false;
+    }
+    if let Some(types) = types
+        && !types.iter().any(|t| type_matches(t, event_type))
+    {
+        return false;
+    }
+    let Some(sender) = sender else { return true };
+    !not_senders.iter().any(|s| s.as_str() == sender)
+        && senders.is_none_or(|senders| senders.iter().any(|s| s.as_str() == sender))
+}
+
+/// A `RoomEventFilter` applied to a room's ephemeral event or account data.
+fn room_kind_matches(filter: &RoomEventFilter, room_id: &str, event_type: &str) -> bool {
+    !filter.not_rooms.iter().any(|r| r.as_str() == room_id)
+        && filter
+            .rooms
+            .as_ref()
+            .is_none_or(|rooms| rooms.iter().any(|r| r.as_str() == room_id))
+        && kind_matches(
+            (filter.types.as_deref(), &filter.not_types),
+            (None, &[]),
+            event_type,
+            None,
+        )
 }
 
 /// Whether a `RoomEventFilter` lets an event through.

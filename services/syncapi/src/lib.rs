@@ -3,19 +3,28 @@
 //! - Serves: `/sync`, `/rooms/{roomId}/messages`, filters (`routes/`), and
 //!   the [`SyncApi`](ganglion_api::sync::SyncApi) that lets writers wait
 //!   until a write is visible (`api.rs`).
-//! - Consumes: `roomserver.output` (`consumers/roomserver_output.rs`), every
-//!   partition from the positions stored in its own database (no consumer
-//!   group: positions commit with the data): each replica is a view
-//!   built from the log and can be dropped and rebuilt from it.
-//! - Owns: its copy of timelines and current state, consumed positions, filters.
+//! - Consumes: `roomserver.output` (`consumers/roomserver_output.rs`) and
+//!   the ephemeral and per-user topics `edu.typing`, `edu.receipt`,
+//!   `edu.presence`, `edu.to_device`, `userapi.account_data`
+//!   (`consumers/ephemeral.rs`), every partition from the positions stored
+//!   in its own database (no consumer group: positions commit with the
+//!   data): each replica is a view built from the log and can be dropped
+//!   and rebuilt from it.
+//! - Produces: `edu.presence`, when `/sync`'s `set_presence` or
+//!   `PUT /presence` changes a user's presence (`presence.rs`).
+//! - Owns: its copy of timelines and current state, the ephemeral streams,
+//!   consumed positions, filters.
 //!
-//! Sync tokens are log positions (`sync_token.rs`), valid on any replica.
+//! Sync tokens are log positions (`sync_token.rs`), valid on any replica;
+//! `notifier.rs` wakes a long-polling request only for its own user's news.
 #![forbid(unsafe_code)]
 
 mod api;
 mod consumers;
 mod filter;
 mod internal_events;
+mod notifier;
+mod presence;
 mod routes;
 mod storage;
 mod summary;
@@ -23,6 +32,7 @@ mod sync_token;
 mod visibility;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use ganglion_api::topics::Topics;
@@ -33,15 +43,40 @@ use ganglion_log::Log;
 use tokio::sync::watch;
 
 use storage::Storage;
+use sync_token::{Stream, SyncToken};
 
 /// The syncapi service; implements `SyncApi` and serves the sync routes.
 pub struct SyncService {
     storage: Storage,
     users: UsersHandle,
+    log: Arc<dyn Log>,
+    topics: Topics,
     partitions: usize,
-    /// The next offset to consume per partition; bumped after each commit,
-    /// which wakes long-polling `/sync` requests and position waiters.
+    /// The next offset to consume per stream and partition (stream-major,
+    /// as in tokens); bumped after each commit, which wakes position
+    /// waiters and requests catching up with a token.
     positions: watch::Sender<Vec<u64>>,
+    /// Wakes the long-polling requests a consumed record concerns.
+    notifier: notifier::Notifier,
+    /// Users this process saw syncing, for presence by inactivity.
+    presence: presence::Activity,
+}
+
+impl SyncService {
+    /// The position every response built now reflects.
+    pub(crate) fn current_token(&self) -> SyncToken {
+        SyncToken::new(self.positions.borrow().clone(), self.partitions)
+    }
+
+    /// Marks a record of `stream` as consumed (after its transaction committed).
+    fn advance(&self, stream: Stream, record: &ganglion_log::Record) {
+        let index = stream as usize * self.partitions + record.partition as usize;
+        self.positions.send_modify(|positions| {
+            if let Some(slot) = positions.get_mut(index) {
+                *slot = (*slot).max(record.offset + 1);
+            }
+        });
+    }
 }
 
 /// A started syncapi.
@@ -77,44 +112,77 @@ pub async fn start(
     let db = Database::open_for_service(config, "syncapi", storage::MIGRATIONS).await?;
     let storage = Storage { db: db.clone() };
     let topics = Topics::new(&config.log.topic_prefix);
-    log.ensure_topic(&topics.roomserver_output, config.log.partitions)
-        .await?;
+    for stream in Stream::ALL {
+        log.ensure_topic(stream.topic(&topics), config.log.partitions)
+            .await?;
+    }
     let partitions = config.log.partitions as usize;
-    let mut positions = vec![0_u64; partitions];
-    for (partition, next) in storage
-        .positions()
-        .await
-        .map_err(|e| StartError::Storage(format!("{e:?}")))?
-    {
-        if let Some(slot) = positions.get_mut(partition as usize) {
+    let storage_error = |e: storage::StorageError| StartError::Storage(format!("{e:?}"));
+    let mut positions = vec![0_u64; Stream::ALL.len() * partitions];
+    for (stream, partition, next) in storage.positions().await.map_err(storage_error)? {
+        let index = stream as usize * partitions + partition as usize;
+        if (partition as usize) < partitions
+            && let Some(slot) = positions.get_mut(index)
+        {
             *slot = next;
         }
     }
-    let starts = [(topics.roomserver_output.as_str(), positions.clone())];
+    let joined = storage.all_joined().await.map_err(storage_error)?;
     let service = Arc::new(SyncService {
         storage,
         users,
+        log: log.clone(),
+        topics: topics.clone(),
         partitions,
-        positions: watch::Sender::new(positions),
+        positions: watch::Sender::new(positions.clone()),
+        notifier: notifier::Notifier::new(joined),
+        presence: presence::Activity::new(
+            Duration::from_millis(config.client.presence_unavailable_after_ms),
+            Duration::from_millis(config.client.presence_offline_after_ms),
+        ),
     });
     // The view's positions are stored with its data, in one transaction per
     // record, so it resumes exactly where it stopped: no consumer group.
-    let consumer = ganglion_api::consume::spawn_reader(
-        log,
-        &format!("{}syncapi-{replica_id}", config.log.topic_prefix),
-        &starts,
-        Arc::new(consumers::roomserver_output::OutputConsumer {
-            service: service.clone(),
-        }),
-        shutdown,
-    )
-    .await?;
+    // One reader per topic, so a busy room stream never delays typing.
+    let mut consumers = Vec::new();
+    for (index, stream) in Stream::ALL.into_iter().enumerate() {
+        let starts = [(
+            stream.topic(&topics),
+            positions[index * partitions..(index + 1) * partitions].to_vec(),
+        )];
+        let handler: Arc<dyn ganglion_api::consume::RecordHandler> = match stream {
+            Stream::Room => Arc::new(consumers::roomserver_output::OutputConsumer {
+                service: service.clone(),
+            }),
+            _ => Arc::new(consumers::ephemeral::StreamConsumer {
+                service: service.clone(),
+                stream,
+            }),
+        };
+        consumers.push(
+            ganglion_api::consume::spawn_reader(
+                log.clone(),
+                &format!(
+                    "{}syncapi-{replica_id}-{}",
+                    config.log.topic_prefix,
+                    stream.name()
+                ),
+                &starts,
+                handler,
+                shutdown.clone(),
+            )
+            .await?,
+        );
+    }
+    presence::spawn_sweeper(service.clone(), shutdown);
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "syncapi",
         db,
     }));
-    health.add(consumer);
+    for consumer in consumers {
+        health.add(consumer);
+    }
     Ok(Started {
         routes: routes::router(service.clone()),
         api: service,

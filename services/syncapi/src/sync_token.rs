@@ -1,13 +1,79 @@
-//! Sync tokens are log positions: for each partition of `roomserver.output`,
-//! the offset of the next record the response does not yet reflect. Any
-//! syncapi replica can serve a token, because it names a place in the log
-//! rather than a counter private to one database. Format: `s<o0>_<o1>_...`.
+//! Sync tokens are log positions: for each stream (a consumed topic) and
+//! each of its partitions, the offset of the next record the response does
+//! not yet reflect. Any syncapi replica can serve a token, because it names
+//! a place in the log rather than a counter private to one database.
+//!
+//! Format: `s` then one group per stream in [`Stream::ALL`] order, groups
+//! separated by `.`, offsets within a group by `_`: `s4_0_9_1.0_0_2_0…`.
+//! A token with fewer groups (from a build that consumed fewer topics)
+//! reads the missing streams from their start.
 
 use std::fmt;
 
+use ganglion_api::topics::Topics;
+
+/// A topic the syncapi consumes, in the order its offsets appear in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Stream {
+    Room,
+    Typing,
+    Receipt,
+    Presence,
+    ToDevice,
+    AccountData,
+}
+
+impl Stream {
+    pub(crate) const ALL: [Stream; 6] = [
+        Stream::Room,
+        Stream::Typing,
+        Stream::Receipt,
+        Stream::Presence,
+        Stream::ToDevice,
+        Stream::AccountData,
+    ];
+
+    /// The name its positions are stored under.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Stream::Room => "room",
+            Stream::Typing => "typing",
+            Stream::Receipt => "receipt",
+            Stream::Presence => "presence",
+            Stream::ToDevice => "to_device",
+            Stream::AccountData => "account_data",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub(crate) fn topic(self, topics: &Topics) -> &str {
+        match self {
+            Stream::Room => &topics.roomserver_output,
+            Stream::Typing => &topics.edu_typing,
+            Stream::Receipt => &topics.edu_receipt,
+            Stream::Presence => &topics.edu_presence,
+            Stream::ToDevice => &topics.edu_to_device,
+            Stream::AccountData => &topics.userapi_account_data,
+        }
+    }
+
+    pub(crate) fn from_topic(topics: &Topics, topic: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.topic(topics) == topic)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct SyncToken {
-    pub(crate) offsets: Vec<u64>,
+    /// Stream-major: `offsets[stream * partitions + partition]`.
+    offsets: Vec<u64>,
+    partitions: usize,
 }
 
 /// A token that does not parse or does not fit this deployment's partitions.
@@ -16,42 +82,76 @@ pub(crate) struct SyncToken {
 pub(crate) struct InvalidToken;
 
 impl SyncToken {
-    pub(crate) fn new(offsets: Vec<u64>) -> Self {
-        SyncToken { offsets }
+    /// A token from a stream-major offsets vector of `Stream::ALL.len() * partitions`.
+    pub(crate) fn new(offsets: Vec<u64>, partitions: usize) -> Self {
+        SyncToken {
+            offsets,
+            partitions,
+        }
     }
 
     pub(crate) fn parse(text: &str, partitions: usize) -> Result<SyncToken, InvalidToken> {
         let body = text.strip_prefix('s').ok_or(InvalidToken)?;
-        let offsets = body
-            .split('_')
-            .map(|part| part.parse::<u64>().map_err(|_| InvalidToken))
-            .collect::<Result<Vec<_>, _>>()?;
-        if offsets.len() != partitions {
+        let groups: Vec<&str> = body.split('.').collect();
+        if groups.len() > Stream::ALL.len() || partitions == 0 {
             return Err(InvalidToken);
         }
-        Ok(SyncToken { offsets })
+        let mut offsets = vec![0; Stream::ALL.len() * partitions];
+        for (stream, group) in groups.iter().enumerate() {
+            let parsed = group
+                .split('_')
+                .map(|part| part.parse::<u64>().map_err(|_| InvalidToken))
+                .collect::<Result<Vec<_>, _>>()?;
+            if parsed.len() != partitions {
+                return Err(InvalidToken);
+            }
+            offsets[stream * partitions..(stream + 1) * partitions].copy_from_slice(&parsed);
+        }
+        Ok(SyncToken {
+            offsets,
+            partitions,
+        })
     }
 
+    /// The offset of a partition of `roomserver.output`.
     pub(crate) fn offset(&self, partition: u32) -> u64 {
-        self.offsets.get(partition as usize).copied().unwrap_or(0)
+        self.stream_offset(Stream::Room, partition)
     }
 
-    /// The same token with one partition's offset replaced.
+    pub(crate) fn stream_offset(&self, stream: Stream, partition: u32) -> u64 {
+        if partition as usize >= self.partitions {
+            return 0;
+        }
+        self.offsets
+            .get(stream.index() * self.partitions + partition as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The same token with one room partition's offset replaced.
     pub(crate) fn with(&self, partition: u32, offset: u64) -> SyncToken {
-        let mut offsets = self.offsets.clone();
-        if let Some(slot) = offsets.get_mut(partition as usize) {
+        self.with_stream(Stream::Room, partition, offset)
+    }
+
+    pub(crate) fn with_stream(&self, stream: Stream, partition: u32, offset: u64) -> SyncToken {
+        let mut token = self.clone();
+        if (partition as usize) < self.partitions
+            && let Some(slot) = token
+                .offsets
+                .get_mut(stream.index() * self.partitions + partition as usize)
+        {
             *slot = offset;
         }
-        SyncToken { offsets }
+        token
     }
 
-    /// Whether every partition of `self` is at or beyond `other`.
+    /// Whether every position of `self` is at or beyond `other`.
     pub(crate) fn covers(&self, other: &SyncToken) -> bool {
         other
             .offsets
             .iter()
             .enumerate()
-            .all(|(p, o)| self.offsets.get(p).copied().unwrap_or(0) >= *o)
+            .all(|(i, o)| self.offsets.get(i).copied().unwrap_or(0) >= *o)
     }
 }
 
@@ -60,7 +160,11 @@ impl fmt::Display for SyncToken {
         f.write_str("s")?;
         for (i, offset) in self.offsets.iter().enumerate() {
             if i > 0 {
-                f.write_str("_")?;
+                f.write_str(if i % self.partitions.max(1) == 0 {
+                    "."
+                } else {
+                    "_"
+                })?;
             }
             write!(f, "{offset}")?;
         }
@@ -74,15 +178,33 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let token = SyncToken::new(vec![3, 0, 17, 2]);
-        assert_eq!(token.to_string(), "s3_0_17_2");
-        assert_eq!(SyncToken::parse("s3_0_17_2", 4), Ok(token.clone()));
-        assert_eq!(SyncToken::parse("s3_0_17", 4), Err(InvalidToken));
-        assert_eq!(SyncToken::parse("x3_0_17_2", 4), Err(InvalidToken));
-        assert_eq!(SyncToken::parse("s3_-1_17_2", 4), Err(InvalidToken));
-        assert_eq!(SyncToken::parse("", 4), Err(InvalidToken));
-        assert_eq!(token.with(1, 9).to_string(), "s3_9_17_2");
-        assert!(token.with(1, 9).covers(&token));
-        assert!(!token.covers(&token.with(1, 9)));
+        let mut offsets = vec![0; Stream::ALL.len() * 2];
+        offsets[0] = 3;
+        offsets[1] = 17;
+        offsets[5] = 9;
+        let token = SyncToken::new(offsets, 2);
+        assert_eq!(token.to_string(), "s3_17.0_0.0_9.0_0.0_0.0_0");
+        assert_eq!(SyncToken::parse(&token.to_string(), 2), Ok(token.clone()));
+        assert_eq!(token.offset(1), 17);
+        assert_eq!(token.stream_offset(Stream::Receipt, 1), 9);
+        // A token of an older build: the missing streams read from the start.
+        let old = SyncToken::parse("s3_17", 2).expect("old token");
+        assert_eq!(old.offset(0), 3);
+        assert_eq!(old.stream_offset(Stream::Receipt, 1), 0);
+        assert!(token.covers(&old));
+        for bad in [
+            "s3_17_2",
+            "x3_17",
+            "s3_-1",
+            "",
+            "s",
+            "s3_17.1",
+            "s1_1.1_1.1_1.1_1.1_1.1_1.1_1",
+        ] {
+            assert_eq!(SyncToken::parse(bad, 2), Err(InvalidToken), "{bad}");
+        }
+        assert_eq!(token.with(1, 9).offset(1), 9);
+        assert!(token.with(1, 90).covers(&token));
+        assert!(!token.covers(&token.with_stream(Stream::ToDevice, 0, 4)));
     }
 }

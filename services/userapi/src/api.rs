@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::UserApi;
 use crate::internal_events;
+use crate::storage::Pending;
 
 /// Tokens are random; only their SHA-256 is stored, so a database leak does
 /// not hand out sessions.
@@ -39,7 +40,7 @@ fn new_device_id() -> String {
 }
 
 impl UserApi {
-    fn user_id(&self, localpart: &str) -> String {
+    pub(crate) fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
     }
 
@@ -190,5 +191,97 @@ impl UsersApi for UserApi {
         Ok(pb::LogoutResponse {
             devices_removed: removed as u32,
         })
+    }
+
+    async fn list_devices(
+        &self,
+        request: pb::ListDevicesRequest,
+    ) -> Result<pb::ListDevicesResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        Ok(pb::ListDevicesResponse {
+            device_ids: self.storage.device_ids(localpart).await?,
+        })
+    }
+
+    async fn set_account_data(
+        &self,
+        request: pb::SetAccountDataRequest,
+    ) -> Result<pb::AccountDataWritten, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        if request.data_type.is_empty() || request.data_type.len() > 255 {
+            return Err(ApiError::InvalidInput("invalid account data type".into()));
+        }
+        let content = object_json(&request.content_json)?;
+        let id = self
+            .storage
+            .set_account_data(localpart, &request.room_id, &request.data_type, &content)
+            .await?;
+        let position = self
+            .publish(&Pending {
+                id,
+                localpart: localpart.to_owned(),
+                room_id: request.room_id,
+                data_type: request.data_type,
+            })
+            .await?;
+        Ok(pb::AccountDataWritten {
+            position: Some(position),
+        })
+    }
+
+    async fn get_account_data(
+        &self,
+        request: pb::GetAccountDataRequest,
+    ) -> Result<pb::GetAccountDataResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let content = self
+            .storage
+            .account_data(localpart, &request.room_id, &request.data_type)
+            .await?;
+        Ok(pb::GetAccountDataResponse {
+            content_json: content.map(String::into_bytes),
+        })
+    }
+
+    async fn update_tag(
+        &self,
+        request: pb::UpdateTagRequest,
+    ) -> Result<pb::AccountDataWritten, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        if request.room_id.is_empty() || request.tag.is_empty() || request.tag.len() > 255 {
+            return Err(ApiError::InvalidInput("invalid room or tag".into()));
+        }
+        let content = match &request.content_json {
+            Some(json) => Some(
+                serde_json::from_str::<serde_json::Value>(&object_json(json)?)
+                    .map_err(|e| ApiError::InvalidInput(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let id = self
+            .storage
+            .update_tag(localpart, &request.room_id, &request.tag, content)
+            .await?;
+        let position = self
+            .publish(&Pending {
+                id,
+                localpart: localpart.to_owned(),
+                room_id: request.room_id,
+                data_type: "m.tag".to_owned(),
+            })
+            .await?;
+        Ok(pb::AccountDataWritten {
+            position: Some(position),
+        })
+    }
+}
+
+/// Content must be a JSON object; answers it as compact JSON.
+fn object_json(bytes: &[u8]) -> Result<String, ApiError> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value.to_string()),
+        _ => Err(ApiError::InvalidInput(
+            "content must be a JSON object".into(),
+        )),
     }
 }

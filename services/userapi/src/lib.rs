@@ -1,12 +1,14 @@
-//! userapi: accounts, devices and access tokens.
+//! userapi: accounts, devices, access tokens and account data.
 //!
 //! - Serves: the [`UsersApi`](ganglion_api::users::UsersApi) (login, token
-//!   lookup, registration, logout), in-process or over gRPC.
+//!   lookup, registration, logout, devices, account data and tags),
+//!   in-process or over gRPC.
 //! - Consumes: nothing yet (push rules over `roomserver.output` come later).
-//! - Produces: nothing yet (`userapi.account_data`, `userapi.profile` later).
-//! - Owns: its database (accounts, devices).
+//! - Produces: `userapi.account_data` (`account_data.rs`); `userapi.profile` later.
+//! - Owns: its database (accounts, devices, account data).
 #![forbid(unsafe_code)]
 
+mod account_data;
 mod api;
 mod internal_events;
 mod passwords;
@@ -16,8 +18,10 @@ mod tests;
 
 use std::sync::Arc;
 
+use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::{Config, Database, DatabaseError};
+use ganglion_log::Log;
 
 use storage::Storage;
 
@@ -26,6 +30,12 @@ pub struct UserApi {
     storage: Storage,
     passwords: passwords::Passwords,
     server_name: String,
+    /// Where account data is published; operator commands that only
+    /// create accounts run without one.
+    log: Option<Arc<dyn Log>>,
+    topics: Topics,
+    /// Serialises publishing account data (see `account_data.rs`).
+    publishing: tokio::sync::Mutex<()>,
 }
 
 /// A started userapi.
@@ -34,20 +44,49 @@ pub struct Started {
     pub health: Health,
 }
 
-/// Opens the database (migrating it) and returns the service.
-pub async fn start(config: &Config) -> Result<Started, DatabaseError> {
+/// Why the userapi could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
+    #[error("starting the password hasher")]
+    Io(#[from] std::io::Error),
+    #[error("publishing account data left from before: {0}")]
+    Publish(ganglion_api::ApiError),
+}
+
+/// Opens the database (migrating it), publishes account data a crash left
+/// unpublished, and returns the service. Without a log (operator
+/// commands), account data cannot be written.
+pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "userapi", storage::MIGRATIONS).await?;
+    let topics = Topics::new(&config.log.topic_prefix);
+    if let Some(log) = &log {
+        log.ensure_topic(&topics.userapi_account_data, config.log.partitions)
+            .await?;
+    }
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "userapi",
         db: db.clone(),
     }));
-    Ok(Started {
-        api: Arc::new(UserApi {
-            storage: Storage { db },
-            passwords: passwords::Passwords::start()?,
-            server_name: config.server_name.clone(),
-        }),
-        health,
-    })
+    let api = Arc::new(UserApi {
+        storage: Storage { db },
+        passwords: passwords::Passwords::start()?,
+        server_name: config.server_name.clone(),
+        log,
+        topics,
+        publishing: tokio::sync::Mutex::new(()),
+    });
+    let published = if api.log.is_some() {
+        api.publish_pending().await.map_err(StartError::Publish)?
+    } else {
+        0
+    };
+    if published > 0 {
+        tracing::info!(published, "published account data left from before");
+    }
+    Ok(Started { api, health })
 }

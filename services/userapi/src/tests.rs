@@ -18,7 +18,9 @@ async fn service(database_url: Option<String>) -> (crate::Started, tempfile::Tem
             .or_default()
             .database_url = Some(url);
     }
-    (crate::start(&config).await.expect("start"), dir)
+    let log =
+        std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
+    (crate::start(&config, Some(log)).await.expect("start"), dir)
 }
 
 async fn accounts_and_tokens(api: &dyn UsersApi) {
@@ -117,4 +119,140 @@ async fn postgres_accounts_and_tokens() {
     let url = ganglion_base::testing::scratch_postgres("userapi").await;
     let (started, _dir) = service(Some(url)).await;
     accounts_and_tokens(&*started.api).await;
+}
+
+/// Account data and tags: stored, read back, and each change published on
+/// `userapi.account_data` with the content as stored.
+async fn account_data_and_tags(started: &crate::Started) {
+    let api: &dyn UsersApi = &*started.api;
+    api.register(pb::RegisterRequest {
+        localpart: "bob".into(),
+        password: "secret".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("register");
+    let user_id = "@bob:localhost".to_owned();
+    let written = api
+        .set_account_data(pb::SetAccountDataRequest {
+            user_id: user_id.clone(),
+            room_id: String::new(),
+            data_type: "m.direct".into(),
+            content_json: br#"{"@a:b":["!r:b"]}"#.to_vec(),
+        })
+        .await
+        .expect("set");
+    let position = written.position.expect("position");
+    assert!(position.topic.ends_with("userapi.account_data"));
+    let read = api
+        .get_account_data(pb::GetAccountDataRequest {
+            user_id: user_id.clone(),
+            room_id: String::new(),
+            data_type: "m.direct".into(),
+        })
+        .await
+        .expect("get");
+    assert_eq!(
+        read.content_json.as_deref(),
+        Some(&br#"{"@a:b":["!r:b"]}"#[..])
+    );
+    for bad in [&b"[1]"[..], b"nope", b"\"1\""] {
+        assert!(matches!(
+            api.set_account_data(pb::SetAccountDataRequest {
+                user_id: user_id.clone(),
+                room_id: String::new(),
+                data_type: "x".into(),
+                content_json: bad.to_vec(),
+            })
+            .await,
+            Err(ApiError::InvalidInput(_))
+        ));
+    }
+    assert!(matches!(
+        api.set_account_data(pb::SetAccountDataRequest {
+            user_id: "@bob:elsewhere".into(),
+            room_id: String::new(),
+            data_type: "x".into(),
+            content_json: b"{}".to_vec(),
+        })
+        .await,
+        Err(ApiError::InvalidInput(_))
+    ));
+    for (tag, content) in [
+        ("m.favourite", Some(br#"{"order":0.5}"#.to_vec())),
+        ("u.work", Some(b"{}".to_vec())),
+        ("m.favourite", None),
+    ] {
+        api.update_tag(pb::UpdateTagRequest {
+            user_id: user_id.clone(),
+            room_id: "!room:localhost".into(),
+            tag: tag.into(),
+            content_json: content,
+        })
+        .await
+        .expect("tag");
+    }
+    let tags = api
+        .get_account_data(pb::GetAccountDataRequest {
+            user_id: user_id.clone(),
+            room_id: "!room:localhost".into(),
+            data_type: "m.tag".into(),
+        })
+        .await
+        .expect("get tags")
+        .content_json
+        .expect("tags");
+    assert_eq!(tags, br#"{"tags":{"u.work":{}}}"#.to_vec());
+
+    // The log holds every change, in order, with the content as stored.
+    let mut reader = started
+        .api
+        .log
+        .as_ref()
+        .expect("log")
+        .reader(&[(started.api.topics.userapi_account_data.as_str(), vec![])])
+        .await
+        .expect("reader");
+    let mut records = Vec::new();
+    while records.len() < 4 {
+        let record = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
+            .await
+            .expect("record in time")
+            .expect("record");
+        let update: ganglion_api::proto::topics::AccountDataUpdate =
+            ganglion_api::topics::decode(&record.payload).expect("decode");
+        assert_eq!(record.key, user_id.as_bytes());
+        records.push((
+            update.data_type,
+            String::from_utf8(update.content_json).expect("utf8"),
+        ));
+    }
+    assert_eq!(
+        records[0],
+        ("m.direct".to_owned(), r#"{"@a:b":["!r:b"]}"#.to_owned())
+    );
+    assert_eq!(records[3].0, "m.tag");
+    assert_eq!(records[3].1, r#"{"tags":{"u.work":{}}}"#);
+    assert!(
+        started
+            .api
+            .storage
+            .pending_account_data()
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_account_data_and_tags() {
+    let (started, _dir) = service(None).await;
+    account_data_and_tags(&started).await;
+}
+
+#[tokio::test]
+async fn postgres_account_data_and_tags() {
+    let url = ganglion_base::testing::scratch_postgres("userapi").await;
+    let (started, _dir) = service(Some(url)).await;
+    account_data_and_tags(&started).await;
 }

@@ -2,12 +2,15 @@
 //! read-your-writes wait.
 
 mod account;
+mod account_data;
 mod directory;
 mod discovery;
+mod ephemeral;
 mod reports;
 mod room_state;
 mod rooms;
 mod send;
+mod to_device;
 mod upgrade;
 
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use std::time::Instant;
 use axum::Router;
 use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, post, put};
+
+pub(crate) use ephemeral::TypingTimers;
 use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_api::proto::userapi::Device;
@@ -69,8 +74,40 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 post(rooms::forget),
             )
             .route(
+                &format!("{prefix}/rooms/{{room_id}}/read_markers"),
+                post(ephemeral::read_markers),
+            )
+            .route(
                 &format!("{prefix}/rooms/{{room_id}}/{{action}}"),
                 post(rooms::moderate),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/typing/{{user_id}}"),
+                put(ephemeral::typing),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/receipt/{{receipt_type}}/{{event_id}}"),
+                post(ephemeral::receipt),
+            )
+            .route(
+                &format!("{prefix}/sendToDevice/{{event_type}}/{{txn_id}}"),
+                put(to_device::send_to_device),
+            )
+            .route(
+                &format!("{prefix}/user/{{user_id}}/account_data/{{data_type}}"),
+                put(account_data::put_global).get(account_data::get_global),
+            )
+            .route(
+                &format!("{prefix}/user/{{user_id}}/rooms/{{room_id}}/account_data/{{data_type}}"),
+                put(account_data::put_room).get(account_data::get_room),
+            )
+            .route(
+                &format!("{prefix}/user/{{user_id}}/rooms/{{room_id}}/tags"),
+                get(account_data::get_tags),
+            )
+            .route(
+                &format!("{prefix}/user/{{user_id}}/rooms/{{room_id}}/tags/{{tag}}"),
+                put(account_data::put_tag).delete(account_data::delete_tag),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/redact/{{event_id}}/{{txn_id}}"),
@@ -150,7 +187,10 @@ fn guest_may(path: &str) -> bool {
     else {
         return false;
     };
-    if matches!(rest, "account/whoami" | "logout" | "publicRooms") || rest.starts_with("join/") {
+    if matches!(rest, "account/whoami" | "logout" | "publicRooms")
+        || rest.starts_with("join/")
+        || rest.starts_with("sendToDevice/")
+    {
         return true;
     }
     let Some(room) = rest.strip_prefix("rooms/") else {
@@ -161,7 +201,16 @@ fn guest_may(path: &str) -> bool {
     matches!(
         (parts.next(), parts.next()),
         (
-            Some("join" | "leave" | "state" | "members" | "joined_members"),
+            Some(
+                "join"
+                    | "leave"
+                    | "state"
+                    | "members"
+                    | "joined_members"
+                    | "typing"
+                    | "receipt"
+                    | "read_markers"
+            ),
             _
         ) | (Some("send"), Some("m.room.message"))
     )

@@ -1,2 +1,4 @@
-//! What the syncapi consumes: one file per topic.
+//! What the syncapi consumes: `roomserver.output` in its own file, the
+//! ephemeral and per-user topics in `ephemeral.rs`.
+pub(crate) mod ephemeral;
 pub(crate) mod roomserver_output;

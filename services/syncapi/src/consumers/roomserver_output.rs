@@ -12,6 +12,7 @@ use ganglion_log::Record;
 use crate::SyncService;
 use crate::internal_events::EVENTS_STORED;
 use crate::storage::NewEvent;
+use crate::sync_token::Stream;
 
 pub(crate) struct OutputConsumer {
     pub(crate) service: Arc<SyncService>,
@@ -68,7 +69,7 @@ impl RecordHandler for OutputConsumer {
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
-                self.advance(record);
+                self.service.advance(Stream::Room, record);
                 return Ok(());
             }
             Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {
@@ -82,7 +83,10 @@ impl RecordHandler for OutputConsumer {
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
-                self.advance(record);
+                self.service.advance(Stream::Room, record);
+                self.service
+                    .notifier
+                    .wake_users([forgotten.user_id.as_str()]);
                 return Ok(());
             }
             // Backfilled history is served by /messages once federation
@@ -90,10 +94,10 @@ impl RecordHandler for OutputConsumer {
             _ => {
                 self.service
                     .storage
-                    .advance_position(record.partition, record.offset)
+                    .advance_position(Stream::Room, record.partition, record.offset)
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
-                self.advance(record);
+                self.service.advance(Stream::Room, record);
                 return Ok(());
             }
         };
@@ -157,17 +161,10 @@ impl RecordHandler for OutputConsumer {
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         EVENTS_STORED.with_label_values::<&str>(&[]).inc();
-        self.advance(record);
+        self.service.advance(Stream::Room, record);
+        self.service
+            .notifier
+            .room_event(&room_id, fields.state_key.zip(membership.as_deref()));
         Ok(())
-    }
-}
-
-impl OutputConsumer {
-    fn advance(&self, record: &Record) {
-        self.service.positions.send_modify(|positions| {
-            if let Some(slot) = positions.get_mut(record.partition as usize) {
-                *slot = (*slot).max(record.offset + 1);
-            }
-        });
     }
 }

@@ -13,7 +13,6 @@ use crate::SyncService;
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{reader_history, render_visible, visible_event};
 use crate::storage::EventRow;
-use crate::sync_token::SyncToken;
 use crate::visibility::Reader;
 
 pub(crate) async fn event(
@@ -64,7 +63,7 @@ pub(crate) async fn context(
         .storage
         .room_events(&room_id, row.offset + 1, u64::MAX, after_count, false)
         .await?;
-    let current = SyncToken::new(service.positions.borrow().clone());
+    let current = service.current_token();
     let start = current.with(
         partition,
         before.last().map(|e| e.offset).unwrap_or(row.offset),

@@ -58,11 +58,14 @@ pub(crate) async fn messages(
         SyncToken::parse(text, service.partitions)
             .map_err(|_| MatrixError::invalid_param("invalid pagination token"))
     };
-    let current = SyncToken::new(service.positions.borrow().clone());
+    let current = service.current_token();
     let from = match query.from.as_deref() {
         Some(text) => parse(text)?,
         None if backwards => current.clone(),
-        None => SyncToken::new(vec![0; service.partitions]),
+        None => SyncToken::new(
+            vec![0; crate::sync_token::Stream::ALL.len() * service.partitions],
+            service.partitions,
+        ),
     };
     let to = query.to.as_deref().map(parse).transpose()?;
     // Who may read what is decided event by event (history visibility);

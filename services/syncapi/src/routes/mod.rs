@@ -7,6 +7,7 @@ mod members;
 mod messages;
 mod relations;
 mod sync;
+mod sync_streams;
 
 use std::sync::Arc;
 
@@ -72,6 +73,10 @@ pub(crate) fn router(service: Arc<SyncService>) -> Router {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/members"),
                 get(members::members),
+            )
+            .route(
+                &format!("{prefix}/presence/{{user_id}}/status"),
+                get(crate::presence::get_status).put(crate::presence::put_status),
             );
     }
     router.with_state(service)

@@ -18,8 +18,9 @@ use crate::SyncService;
 use crate::filter::{FilterError, SyncFilter};
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{bundle, with_bundle};
+use crate::routes::sync_streams;
 use crate::storage::{EventRow, Membership};
-use crate::sync_token::SyncToken;
+use crate::sync_token::{Stream, SyncToken};
 use crate::visibility::Reader;
 
 /// The longest a client may ask `/sync` to wait.
@@ -34,7 +35,6 @@ pub(crate) struct SyncQuery {
     filter: Option<String>,
     #[serde(default)]
     full_state: bool,
-    #[allow(dead_code)]
     set_presence: Option<String>,
     #[allow(dead_code)]
     access_token: Option<String>,
@@ -84,13 +84,19 @@ pub(crate) async fn sync(
         ),
         None => None,
     };
+    let _syncing =
+        crate::presence::syncing(&service, &device.user_id, query.set_presence.as_deref()).await?;
     let timeout = Duration::from_millis(query.timeout.unwrap_or(0)).min(MAX_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let mut positions = service.positions.subscribe();
+    // Subscribed before the first read: whatever is consumed for this user
+    // from here on wakes the request.
+    let mut wake = service.notifier.subscribe(&device.user_id);
     // A token from a replica further along: wait until this one has caught up.
     if let Some(since) = &since {
+        let mut positions = service.positions.subscribe();
         let catch_up = Instant::now() + CATCH_UP.max(timeout);
-        let caught_up = positions.wait_for(|p| SyncToken::new(p.clone()).covers(since));
+        let partitions = service.partitions;
+        let caught_up = positions.wait_for(|p| SyncToken::new(p.clone(), partitions).covers(since));
         if tokio::time::timeout_at(catch_up, caught_up).await.is_err() {
             return Err(MatrixError::unavailable(
                 "This server is catching up; try again",
@@ -98,7 +104,8 @@ pub(crate) async fn sync(
         }
     }
     loop {
-        let current = SyncToken::new(positions.borrow_and_update().clone());
+        wake.borrow_and_update();
+        let current = service.current_token();
         let (body, has_updates) = build(
             &service,
             &device,
@@ -111,7 +118,7 @@ pub(crate) async fn sync(
         if since.is_none() || has_updates || Instant::now() >= deadline {
             return respond(body);
         }
-        match tokio::time::timeout_at(deadline, positions.changed()).await {
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
             Ok(Ok(())) => continue,
             _ => return respond(body),
         }
@@ -245,6 +252,8 @@ async fn build(
     let mut join = Map::new();
     let mut leave = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
+    let mut streams = sync_streams::collect(service, device, since, current, filter).await?;
     for Membership {
         room_id,
         membership,
@@ -275,7 +284,13 @@ async fn build(
                     &membership,
                 )
                 .await?;
-                if !initial && timeline.events.is_empty() {
+                let ephemeral = streams.ephemeral(&room_id);
+                let account_data = streams.room_account_data(&room_id);
+                if !initial
+                    && timeline.events.is_empty()
+                    && ephemeral.is_empty()
+                    && account_data.is_empty()
+                {
                     continue;
                 }
                 let (state, initial_summary) = if initial {
@@ -316,8 +331,8 @@ async fn build(
                             "prev_batch": prev_batch.to_string(),
                         },
                         "state": { "events": state },
-                        "ephemeral": { "events": [] },
-                        "account_data": { "events": [] },
+                        "ephemeral": { "events": ephemeral },
+                        "account_data": { "events": account_data },
                         "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
                         "summary": summary,
                     }),
@@ -354,6 +369,7 @@ async fn build(
                     partition,
                     timeline.events.first().map(|e| e.offset).unwrap_or(from),
                 );
+                let account_data = streams.room_account_data(&room_id);
                 leave.insert(
                     room_id,
                     json!({
@@ -363,51 +379,74 @@ async fn build(
                             "prev_batch": prev_batch.to_string(),
                         },
                         "state": { "events": state },
-                        "account_data": { "events": [] },
+                        "account_data": { "events": account_data },
                     }),
                 );
             }
             "invite" if since.is_none() || changed_membership => {
-                let stripped: Vec<Value> = service
-                    .storage
-                    .room_state(&room_id)
-                    .await?
-                    .iter()
-                    .filter(|e| {
-                        matches!(
-                            e.event_type.as_str(),
-                            "m.room.create"
-                                | "m.room.name"
-                                | "m.room.join_rules"
-                                | "m.room.canonical_alias"
-                                | "m.room.avatar"
-                        ) || (e.event_type == "m.room.member"
-                            && e.state_key.as_deref() == Some(&device.user_id))
-                    })
-                    .map(|e| {
-                        let full = client_event(e, false, "");
-                        json!({
-                            "type": full["type"],
-                            "state_key": full["state_key"],
-                            "sender": full["sender"],
-                            "content": full["content"],
-                        })
-                    })
-                    .collect();
+                let stripped = stripped_state(service, &room_id, &device.user_id).await?;
                 invite.insert(room_id, json!({ "invite_state": { "events": stripped } }));
+            }
+            "knock" if since.is_none() || changed_membership => {
+                let stripped = stripped_state(service, &room_id, &device.user_id).await?;
+                knock.insert(room_id, json!({ "knock_state": { "events": stripped } }));
             }
             _ => {}
         }
     }
-    let has_updates = !(join.is_empty() && leave.is_empty() && invite.is_empty());
+    let has_updates = !(join.is_empty()
+        && leave.is_empty()
+        && invite.is_empty()
+        && knock.is_empty()
+        && !streams.has_global_updates());
+    let next_batch = match streams.to_device_next {
+        Some((partition, offset)) => current.with_stream(Stream::ToDevice, partition, offset),
+        None => current.clone(),
+    };
     let body = json!({
-        "next_batch": current.to_string(),
-        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
-        "account_data": { "events": [] },
-        "presence": { "events": [] },
-        "to_device": { "events": [] },
+        "next_batch": next_batch.to_string(),
+        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
+        "account_data": { "events": streams.account_data },
+        "presence": { "events": streams.presence },
+        "to_device": { "events": streams.to_device },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
     });
     Ok((body, has_updates))
+}
+
+/// The state an invited or knocking user sees of a room: the events the
+/// spec recommends, stripped to type, state key, sender and content.
+async fn stripped_state(
+    service: &SyncService,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Vec<Value>, MatrixError> {
+    Ok(service
+        .storage
+        .room_state(room_id)
+        .await?
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event_type.as_str(),
+                "m.room.create"
+                    | "m.room.name"
+                    | "m.room.topic"
+                    | "m.room.join_rules"
+                    | "m.room.canonical_alias"
+                    | "m.room.avatar"
+                    | "m.room.encryption"
+            ) || (e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user_id))
+        })
+        .map(|e| {
+            let full = client_event(e, false, "");
+            json!({
+                "type": full["type"],
+                "state_key": full["state_key"],
+                "sender": full["sender"],
+                "content": full["content"],
+            })
+        })
+        .collect())
 }

@@ -1,6 +1,7 @@
 use sqlx::Row;
 
 use super::{Storage, StorageError};
+use crate::sync_token::Stream;
 
 /// An event as consumed from `roomserver.output`.
 pub(crate) struct NewEvent<'a> {
@@ -190,7 +191,7 @@ impl Storage {
                 .await?;
             }
         }
-        Self::store_position(&mut tx, event.partition, event.offset).await?;
+        Self::store_position(&mut tx, Stream::Room, event.partition, event.offset).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -212,7 +213,7 @@ impl Storage {
         .bind(event_id)
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, partition, offset).await?;
+        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -236,53 +237,9 @@ impl Storage {
         .bind(offset as i64)
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, partition, offset).await?;
+        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Advances the consumed position past a record with nothing to store.
-    pub(crate) async fn advance_position(
-        &self,
-        partition: u32,
-        offset: u64,
-    ) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
-        Self::store_position(&mut tx, partition, offset).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn store_position(
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        partition: u32,
-        offset: u64,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO positions (log_partition, next_offset) VALUES ($1, $2)
-             ON CONFLICT (log_partition) DO UPDATE SET next_offset = excluded.next_offset
-             WHERE positions.next_offset < excluded.next_offset",
-        )
-        .bind(i64::from(partition))
-        .bind(offset as i64 + 1)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// The next offset to consume, per partition, as stored.
-    pub(crate) async fn positions(&self) -> Result<Vec<(u32, u64)>, StorageError> {
-        let rows = sqlx::query("SELECT log_partition, next_offset FROM positions")
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<i64, _>(0)?.max(0) as u32,
-                    row.try_get::<i64, _>(1)?.max(0) as u64,
-                ))
-            })
-            .collect()
     }
 
     /// The user's rooms, with the membership event's position and the
@@ -579,5 +536,17 @@ impl Storage {
         rows.iter()
             .map(|row| Ok((event_row(row)?, row.try_get::<i64, _>(10)?.max(0) as u64)))
             .collect()
+    }
+}
+
+impl Storage {
+    /// Every (room, user) joined, as consumed: the notifier's starting point.
+    pub(crate) async fn all_joined(&self) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT room_id, state_key FROM current_state
+             WHERE event_type = 'm.room.member' AND membership = 'join'",
+        )
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 }

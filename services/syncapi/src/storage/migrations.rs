@@ -71,4 +71,76 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // The per-user and ephemeral streams, each consumed from its own topic,
+    // and positions per (stream, partition).
+    Migration {
+        version: 3,
+        description: "positions per stream; typing, receipts, presence, to-device, account data",
+        sql: "
+            CREATE TABLE stream_positions (
+                stream TEXT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                next_offset BIGINT NOT NULL,
+                PRIMARY KEY (stream, log_partition)
+            );
+            INSERT INTO stream_positions (stream, log_partition, next_offset)
+                SELECT 'room', log_partition, next_offset FROM positions;
+            DROP TABLE positions;
+            CREATE TABLE typing (
+                room_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                PRIMARY KEY (room_id, user_id)
+            );
+            CREATE TABLE typing_changes (
+                room_id TEXT PRIMARY KEY,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL
+            );
+            CREATE TABLE receipts (
+                room_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                receipt_type TEXT NOT NULL,
+                thread_id TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                ts BIGINT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+            );
+            CREATE INDEX receipts_position ON receipts (room_id, log_offset);
+            CREATE TABLE presence (
+                user_id TEXT PRIMARY KEY,
+                presence TEXT NOT NULL,
+                status_msg TEXT,
+                last_active_ts BIGINT NOT NULL,
+                currently_active BIGINT NOT NULL,
+                automatic BIGINT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL
+            );
+            CREATE TABLE to_device (
+                id {serial},
+                user_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                content TEXT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                UNIQUE (user_id, device_id, message_id)
+            );
+            CREATE INDEX to_device_inbox ON to_device (user_id, device_id, log_offset);
+            CREATE TABLE account_data (
+                user_id TEXT NOT NULL,
+                room_id TEXT NOT NULL,
+                data_type TEXT NOT NULL,
+                content TEXT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                PRIMARY KEY (user_id, room_id, data_type)
+            );
+        ",
+    },
 ];

@@ -1,13 +1,18 @@
 //! The syncapi's own copy of what it serves: timeline events (lean: one row
 //! per event, positioned by its log offset), current state per room with
-//! memberships, the log positions consumed, and filters.
+//! memberships, the ephemeral and per-user streams (typing, receipts,
+//! presence, to-device, account data), the log positions consumed per
+//! stream, and filters.
 
+mod ephemeral;
 mod events;
 mod filters;
 mod migrations;
+mod positions;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use ephemeral::{At, PresenceRow};
 pub(crate) use events::{EventRow, Membership, NewEvent};
 pub(crate) use migrations::MIGRATIONS;
 

@@ -83,3 +83,15 @@ impl Storage {
         Ok(result.rows_affected())
     }
 }
+
+impl Storage {
+    /// The IDs of an account's devices.
+    pub(crate) async fn device_ids(&self, localpart: &str) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT device_id FROM devices WHERE localpart = $1 ORDER BY id")
+                .bind(localpart)
+                .fetch_all(&self.db.pool)
+                .await?,
+        )
+    }
+}

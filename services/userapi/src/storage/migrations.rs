@@ -27,4 +27,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "guest accounts",
         sql: "ALTER TABLE accounts ADD COLUMN is_guest BIGINT NOT NULL DEFAULT 0;",
     },
+    Migration {
+        version: 3,
+        description: "account data, and its outbox to userapi.account_data",
+        sql: "
+        CREATE TABLE account_data (
+            localpart TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            data_type TEXT NOT NULL,
+            content TEXT NOT NULL,
+            PRIMARY KEY (localpart, room_id, data_type)
+        );
+        CREATE TABLE account_data_outbox (
+            id {serial},
+            localpart TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            data_type TEXT NOT NULL
+        );
+    ",
+    },
 ];

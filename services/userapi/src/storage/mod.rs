@@ -1,9 +1,12 @@
-//! The userapi's tables: accounts and devices (with their access tokens).
+//! The userapi's tables: accounts, devices (with their access tokens) and
+//! account data (with its outbox to `userapi.account_data`).
 
+mod account_data;
 mod accounts;
 mod devices;
 mod migrations;
 
+pub(crate) use account_data::Pending;
 pub(crate) use migrations::MIGRATIONS;
 
 use ganglion_base::Database;

@@ -1,0 +1,220 @@
+//! Account data (global and per room) and room tags: kept by the userapi,
+//! which publishes every change on `userapi.account_data`; the answer
+//! waits until the syncapi has it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_api::proto::userapi::{self as user_pb, Device};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use serde_json::{Map, Value, json};
+
+use crate::ClientApi;
+
+/// Account data only the server writes.
+fn server_controlled(data_type: &str) -> bool {
+    matches!(data_type, "m.fully_read" | "m.push_rules")
+}
+
+/// `M_FORBIDDEN` unless the path names the requester.
+fn require_self(device: &Device, user_id: &str) -> Result<(), MatrixError> {
+    if device.user_id != user_id {
+        return Err(MatrixError::forbidden(
+            "You may only use your own account data",
+        ));
+    }
+    Ok(())
+}
+
+fn require_room_id(room_id: &str) -> Result<(), MatrixError> {
+    ruma::RoomId::parse(room_id)
+        .map(|_| ())
+        .map_err(|_| MatrixError::invalid_param("invalid room ID"))
+}
+
+impl ClientApi {
+    async fn put_account_data(
+        &self,
+        device: &Device,
+        room_id: &str,
+        data_type: &str,
+        body: &[u8],
+    ) -> MatrixResult {
+        if server_controlled(data_type) {
+            return Err(MatrixError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "M_BAD_JSON",
+                "This account data is controlled by the server",
+            ));
+        }
+        let content: Map<String, Value> = parse_json(body)?;
+        let written = self
+            .users
+            .set_account_data(user_pb::SetAccountDataRequest {
+                user_id: device.user_id.clone(),
+                room_id: room_id.to_owned(),
+                data_type: data_type.to_owned(),
+                content_json: Value::Object(content).to_string().into_bytes(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        self.read_your_writes(written.position).await;
+        respond(json!({}))
+    }
+
+    async fn get_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> MatrixResult {
+        let found = self
+            .users
+            .get_account_data(user_pb::GetAccountDataRequest {
+                user_id: user_id.to_owned(),
+                room_id: room_id.to_owned(),
+                data_type: data_type.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let content = found
+            .content_json
+            .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+            .ok_or_else(|| MatrixError::not_found("No account data of this type"))?;
+        respond(content)
+    }
+}
+
+pub(crate) async fn put_global(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, data_type)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    api.put_account_data(&device, "", &data_type, &body).await
+}
+
+pub(crate) async fn get_global(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, data_type)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    api.get_account_data(&user_id, "", &data_type).await
+}
+
+pub(crate) async fn put_room(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    require_room_id(&room_id)?;
+    api.put_account_data(&device, &room_id, &data_type, &body)
+        .await
+}
+
+pub(crate) async fn get_room(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    require_room_id(&room_id)?;
+    api.get_account_data(&user_id, &room_id, &data_type).await
+}
+
+/// `GET /user/{userId}/rooms/{roomId}/tags`.
+pub(crate) async fn get_tags(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, room_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    require_room_id(&room_id)?;
+    let found = api
+        .users
+        .get_account_data(user_pb::GetAccountDataRequest {
+            user_id,
+            room_id,
+            data_type: "m.tag".to_owned(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let tags = found
+        .content_json
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .and_then(|content| content.get("tags").cloned())
+        .unwrap_or_else(|| json!({}));
+    respond(json!({ "tags": tags }))
+}
+
+async fn update_tag(
+    api: &ClientApi,
+    device: &Device,
+    room_id: String,
+    tag: String,
+    content: Option<Map<String, Value>>,
+) -> MatrixResult {
+    require_room_id(&room_id)?;
+    if tag.is_empty() || tag.len() > 255 {
+        return Err(MatrixError::invalid_param("invalid tag"));
+    }
+    if let Some(order) = content.as_ref().and_then(|c| c.get("order"))
+        && !order.is_number()
+    {
+        return Err(MatrixError::bad_json("order is a number"));
+    }
+    let written = api
+        .users
+        .update_tag(user_pb::UpdateTagRequest {
+            user_id: device.user_id.clone(),
+            room_id,
+            tag,
+            content_json: content.map(|c| Value::Object(c).to_string().into_bytes()),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    api.read_your_writes(written.position).await;
+    respond(json!({}))
+}
+
+/// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`.
+pub(crate) async fn put_tag(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    let content: Map<String, Value> = parse_json(&body)?;
+    update_tag(&api, &device, room_id, tag, Some(content)).await
+}
+
+/// `DELETE /user/{userId}/rooms/{roomId}/tags/{tag}`.
+pub(crate) async fn delete_tag(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    require_self(&device, &user_id)?;
+    update_tag(&api, &device, room_id, tag, None).await
+}

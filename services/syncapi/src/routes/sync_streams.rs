@@ -1,0 +1,185 @@
+//! The parts of a `/sync` response that come from the ephemeral and
+//! per-user streams: typing and receipts per room (`ephemeral`), account
+//! data (global and per room), presence and to-device messages. Each is
+//! read once per response for all the user's rooms, and cut to the
+//! token window `[since, current)` of its stream.
+
+use std::collections::HashMap;
+
+use ganglion_api::proto::userapi::Device;
+use ganglion_base::MatrixError;
+use serde_json::{Map, Value, json};
+
+use crate::SyncService;
+use crate::filter::SyncFilter;
+use crate::presence::{now_ms, presence_event};
+use crate::storage::At;
+use crate::sync_token::{Stream, SyncToken};
+
+/// The most to-device messages one response carries; the rest wait for
+/// the next.
+const TO_DEVICE_LIMIT: u32 = 100;
+
+/// What the streams add to one response.
+#[derive(Default)]
+pub(crate) struct Streams {
+    /// Per joined room: `m.typing` and `m.receipt` events.
+    ephemeral: HashMap<String, Vec<Value>>,
+    /// Per room: account data events.
+    room_account_data: HashMap<String, Vec<Value>>,
+    pub(crate) account_data: Vec<Value>,
+    pub(crate) presence: Vec<Value>,
+    pub(crate) to_device: Vec<Value>,
+    /// Where the next response's to-device messages start, when this one
+    /// could not carry all of them: (partition, offset).
+    pub(crate) to_device_next: Option<(u32, u64)>,
+}
+
+impl Streams {
+    pub(crate) fn ephemeral(&mut self, room_id: &str) -> Vec<Value> {
+        self.ephemeral.remove(room_id).unwrap_or_default()
+    }
+
+    pub(crate) fn room_account_data(&mut self, room_id: &str) -> Vec<Value> {
+        self.room_account_data.remove(room_id).unwrap_or_default()
+    }
+
+    /// Whether anything outside the rooms changed.
+    pub(crate) fn has_global_updates(&self) -> bool {
+        !(self.account_data.is_empty() && self.presence.is_empty() && self.to_device.is_empty())
+    }
+}
+
+/// Whether a row written at `at` on `stream` falls in `[since, current)`.
+fn in_window(since: Option<&SyncToken>, current: &SyncToken, stream: Stream, at: At) -> bool {
+    at.offset < current.stream_offset(stream, at.partition)
+        && since.is_none_or(|s| at.offset >= s.stream_offset(stream, at.partition))
+}
+
+/// The lowest offset of `stream` over all partitions: a bound for queries
+/// that span partitions (rows are then cut exactly by [`in_window`]).
+fn lowest(since: Option<&SyncToken>, stream: Stream, partitions: usize) -> u64 {
+    since
+        .map(|s| {
+            (0..partitions as u32)
+                .map(|p| s.stream_offset(stream, p))
+                .min()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) async fn collect(
+    service: &SyncService,
+    device: &Device,
+    since: Option<&SyncToken>,
+    current: &SyncToken,
+    filter: &SyncFilter,
+) -> Result<Streams, MatrixError> {
+    let user_id = device.user_id.as_str();
+    let partitions = service.partitions;
+    let mut out = Streams::default();
+    let now = now_ms();
+
+    for room in service
+        .storage
+        .typing_for(user_id, lowest(since, Stream::Typing, partitions), now)
+        .await?
+    {
+        let wanted = if since.is_some() {
+            in_window(since, current, Stream::Typing, room.changed)
+        } else {
+            // An initial sync shows who types now.
+            !room.users.is_empty()
+        };
+        if wanted && filter.ephemeral_matches(&room.room_id, "m.typing") {
+            out.ephemeral.entry(room.room_id).or_default().push(json!({
+                "type": "m.typing",
+                "content": { "user_ids": room.users },
+            }));
+        }
+    }
+
+    let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
+    for receipt in service
+        .storage
+        .receipts_for(user_id, lowest(since, Stream::Receipt, partitions))
+        .await?
+    {
+        if !in_window(since, current, Stream::Receipt, receipt.at)
+            || !filter.ephemeral_matches(&receipt.room_id, "m.receipt")
+        {
+            continue;
+        }
+        let mut entry = json!({ "ts": receipt.ts });
+        if !receipt.thread_id.is_empty() {
+            entry["thread_id"] = json!(receipt.thread_id);
+        }
+        let content = receipts.entry(receipt.room_id).or_default();
+        let by_event = content.entry(receipt.event_id).or_insert_with(|| json!({}));
+        by_event[receipt.receipt_type.as_str()][receipt.user_id.as_str()] = entry;
+    }
+    for (room_id, content) in receipts {
+        out.ephemeral
+            .entry(room_id)
+            .or_default()
+            .push(json!({ "type": "m.receipt", "content": content }));
+    }
+
+    let own_partition = ganglion_log::partition_for_key(user_id.as_bytes(), partitions as u32);
+    let from = since
+        .map(|s| s.stream_offset(Stream::AccountData, own_partition))
+        .unwrap_or(0);
+    let to = current.stream_offset(Stream::AccountData, own_partition);
+    for row in service.storage.account_data_for(user_id, from, to).await? {
+        let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
+        let event = json!({ "type": row.data_type, "content": content });
+        if row.room_id.is_empty() {
+            if filter.account_data_matches(&row.data_type) {
+                out.account_data.push(event);
+            }
+        } else if filter.room_account_data_matches(&row.room_id, &row.data_type) {
+            out.room_account_data
+                .entry(row.room_id)
+                .or_default()
+                .push(event);
+        }
+    }
+
+    for row in service
+        .storage
+        .presence_for(user_id, lowest(since, Stream::Presence, partitions))
+        .await?
+    {
+        if in_window(since, current, Stream::Presence, row.at)
+            && filter.presence_matches(&row.user_id)
+        {
+            out.presence.push(presence_event(&row, now));
+        }
+    }
+
+    let acked = since
+        .map(|s| s.stream_offset(Stream::ToDevice, own_partition))
+        .unwrap_or(0);
+    let to = current.stream_offset(Stream::ToDevice, own_partition);
+    let messages = service
+        .storage
+        .to_device_inbox(user_id, &device.device_id, acked, to, TO_DEVICE_LIMIT)
+        .await?;
+    if messages.len() as u32 == TO_DEVICE_LIMIT
+        && let Some(last) = messages.last()
+    {
+        out.to_device_next = Some((own_partition, last.offset + 1));
+    }
+    out.to_device = messages
+        .into_iter()
+        .map(|m| {
+            json!({
+                "sender": m.sender,
+                "type": m.event_type,
+                "content": serde_json::from_str::<Value>(&m.content).unwrap_or_else(|_| json!({})),
+            })
+        })
+        .collect();
+    Ok(out)
+}

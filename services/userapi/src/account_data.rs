@@ -1,0 +1,64 @@
+//! Account data: stored here, then published on `userapi.account_data`
+//! (keyed by user ID) for the syncapi and other readers. A change is
+//! written with an outbox row in one transaction; the row goes once the
+//! record is on the log, and rows left by a crash are published at start.
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::common::LogPosition;
+use ganglion_api::proto::topics as topic_pb;
+use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+
+use crate::UserApi;
+use crate::storage::Pending;
+
+impl UserApi {
+    /// The localpart of a user of this server.
+    pub(crate) fn local_part<'a>(&self, user_id: &'a str) -> Result<&'a str, ApiError> {
+        user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.strip_suffix(&format!(":{}", self.server_name)))
+            .filter(|localpart| ganglion_api::users::valid_localpart(localpart))
+            .ok_or_else(|| ApiError::InvalidInput("not a local user".into()))
+    }
+
+    /// Publishes an outbox row with the content as stored now, then
+    /// removes the row. One publisher at a time, so the last record of a
+    /// key always carries its latest content.
+    pub(crate) async fn publish(&self, pending: &Pending) -> Result<LogPosition, ApiError> {
+        let log = self
+            .log
+            .as_ref()
+            .ok_or_else(|| ApiError::Unavailable("this process does not publish".into()))?;
+        let _one_at_a_time = self.publishing.lock().await;
+        let content = self
+            .storage
+            .account_data(&pending.localpart, &pending.room_id, &pending.data_type)
+            .await?
+            .unwrap_or_else(|| "{}".to_owned());
+        let user_id = self.user_id(&pending.localpart);
+        let position = produce(
+            &**log,
+            &self.topics.userapi_account_data,
+            &user_id,
+            &topic_pb::AccountDataUpdate {
+                version: PAYLOAD_VERSION,
+                user_id: user_id.clone(),
+                room_id: pending.room_id.clone(),
+                data_type: pending.data_type.clone(),
+                content_json: content.into_bytes(),
+            },
+        )
+        .await?;
+        self.storage.published(pending.id).await?;
+        Ok(position)
+    }
+
+    /// Publishes what a crash left in the outbox.
+    pub(crate) async fn publish_pending(&self) -> Result<usize, ApiError> {
+        let pending = self.storage.pending_account_data().await?;
+        for row in &pending {
+            self.publish(row).await?;
+        }
+        Ok(pending.len())
+    }
+}

@@ -1,0 +1,147 @@
+use serde_json::{Map, Value};
+
+use super::{Storage, StorageError};
+
+/// One piece of account data waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) id: i64,
+    pub(crate) localpart: String,
+    pub(crate) room_id: String,
+    pub(crate) data_type: String,
+}
+
+impl Storage {
+    /// Stores account data and, in the same transaction, an outbox row
+    /// that stays until the change is on the log.
+    pub(crate) async fn set_account_data(
+        &self,
+        localpart: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &str,
+    ) -> Result<i64, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        Self::write_account_data(&mut tx, localpart, room_id, data_type, content).await?;
+        let id = Self::enqueue(&mut tx, localpart, room_id, data_type).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn write_account_data(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        localpart: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO account_data (localpart, room_id, data_type, content) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (localpart, room_id, data_type) DO UPDATE SET content = excluded.content",
+        )
+        .bind(localpart)
+        .bind(room_id)
+        .bind(data_type)
+        .bind(content)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn enqueue(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        localpart: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO account_data_outbox (localpart, room_id, data_type) VALUES ($1, $2, $3)
+             RETURNING id",
+        )
+        .bind(localpart)
+        .bind(room_id)
+        .bind(data_type)
+        .fetch_one(&mut **tx)
+        .await?)
+    }
+
+    /// Adds (`Some`) or removes (`None`) one tag of a room's `m.tag`, in
+    /// one transaction with its outbox row.
+    pub(crate) async fn update_tag(
+        &self,
+        localpart: &str,
+        room_id: &str,
+        tag: &str,
+        content: Option<Value>,
+    ) -> Result<i64, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT content FROM account_data
+             WHERE localpart = $1 AND room_id = $2 AND data_type = 'm.tag'",
+        )
+        .bind(localpart)
+        .bind(room_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut tags: Map<String, Value> = current
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+            .unwrap_or_default();
+        match content {
+            Some(content) => {
+                tags.insert(tag.to_owned(), content);
+            }
+            None => {
+                tags.remove(tag);
+            }
+        }
+        let content = serde_json::json!({ "tags": tags }).to_string();
+        Self::write_account_data(&mut tx, localpart, room_id, "m.tag", &content).await?;
+        let id = Self::enqueue(&mut tx, localpart, room_id, "m.tag").await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn account_data(
+        &self,
+        localpart: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT content FROM account_data
+             WHERE localpart = $1 AND room_id = $2 AND data_type = $3",
+        )
+        .bind(localpart)
+        .bind(room_id)
+        .bind(data_type)
+        .fetch_optional(&self.db.pool)
+        .await?)
+    }
+
+    /// Outbox rows, oldest first.
+    pub(crate) async fn pending_account_data(&self) -> Result<Vec<Pending>, StorageError> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, localpart, room_id, data_type FROM account_data_outbox ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, localpart, room_id, data_type)| Pending {
+                id,
+                localpart,
+                room_id,
+                data_type,
+            })
+            .collect())
+    }
+
+    pub(crate) async fn published(&self, id: i64) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM account_data_outbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+}
