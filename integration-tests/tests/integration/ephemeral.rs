@@ -604,3 +604,95 @@ pub(crate) async fn presence_by_inactivity(base_url: &str) {
         "online"
     );
 }
+
+/// Notification and highlight counts from the default push rules, cleared
+/// by receipts, per thread when the filter asks.
+pub(crate) async fn notification_counts(base_url: &str) {
+    let alice = Client::register(base_url, "n_alice", "pw-alice-9").await;
+    let bob = Client::register(base_url, "n_bob", "pw-bob-9").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let room = encode(&room_id);
+    let first = event_id(&alice.send_text(&room_id, "n1", "hello").await);
+    // An intentional mention highlights.
+    let second = event_id(
+        &put(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n2"),
+            json!({"msgtype": "m.text", "body": "are you there n_bob?",
+                   "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await,
+    );
+    let _third = event_id(&alice.send_text(&room_id, "n3", "anyone").await);
+    let reply = put(
+        &alice,
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n4"),
+        json!({"msgtype": "m.text", "body": "in a thread",
+               "m.relates_to": {"rel_type": "m.thread", "event_id": first}}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let unread = |body: &Value| body["rooms"]["join"][&room_id]["unread_notifications"].clone();
+    let body = sync(&bob, None, 0).await;
+    assert_eq!(
+        unread(&body),
+        json!({"notification_count": 4, "highlight_count": 1})
+    );
+    // Alice's own messages never count for her.
+    assert_eq!(
+        unread(&sync(&alice, None, 0).await),
+        json!({"notification_count": 0, "highlight_count": 0})
+    );
+    // Per thread, when asked.
+    let filter =
+        encode(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
+    let threaded = bob
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/sync?filter={filter}"),
+            None,
+        )
+        .await
+        .body;
+    let joined = &threaded["rooms"]["join"][&room_id];
+    assert_eq!(
+        joined["unread_notifications"],
+        json!({"notification_count": 3, "highlight_count": 1})
+    );
+    assert_eq!(
+        joined["unread_thread_notifications"][&first],
+        json!({"notification_count": 1, "highlight_count": 0})
+    );
+    // A receipt in the main timeline reads up to its event there.
+    let reply = post(
+        &bob,
+        &format!(
+            "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
+            encode(&second)
+        ),
+        json!({"thread_id": "main"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        unread(&sync(&bob, None, 0).await),
+        json!({"notification_count": 2, "highlight_count": 0})
+    );
+    // An unthreaded private receipt for the latest event reads everything.
+    let latest = event_id(&alice.send_text(&room_id, "n5", "last").await);
+    let reply = post(
+        &bob,
+        &format!(
+            "/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{}",
+            encode(&latest)
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        unread(&sync(&bob, None, 0).await),
+        json!({"notification_count": 0, "highlight_count": 0})
+    );
+}

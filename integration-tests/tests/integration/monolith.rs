@@ -106,6 +106,7 @@ async fn typing_receipts_markers_account_data_presence() {
     crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
     crate::ephemeral::account_data_and_tags(&server.base_url).await;
     crate::ephemeral::presence_and_quiet_long_polls(&server.base_url).await;
+    crate::ephemeral::notification_counts(&server.base_url).await;
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ mod api;
 mod consumers;
 mod filter;
 mod internal_events;
+mod notifications;
 mod notifier;
 mod presence;
 mod routes;
@@ -48,6 +49,7 @@ use sync_token::{Stream, SyncToken};
 /// The syncapi service; implements `SyncApi` and serves the sync routes.
 pub struct SyncService {
     storage: Storage,
+    server_name: String,
     users: UsersHandle,
     log: Arc<dyn Log>,
     topics: Topics,
@@ -130,6 +132,7 @@ pub async fn start(
     let joined = storage.all_joined().await.map_err(storage_error)?;
     let service = Arc::new(SyncService {
         storage,
+        server_name: config.server_name.clone(),
         users,
         log: log.clone(),
         topics: topics.clone(),

@@ -49,6 +49,34 @@ struct RelatesTo {
     rel_type: Option<String>,
 }
 
+impl OutputConsumer {
+    /// The local users the event notifies: the room's joined members and
+    /// the target of an invite.
+    async fn notified(
+        &self,
+        room_id: &str,
+        json: &str,
+        state_key: Option<&str>,
+        membership: Option<&str>,
+    ) -> Result<crate::notifications::Notified, HandleError> {
+        let server_name = &self.service.server_name;
+        let (mut members, joined) = self
+            .service
+            .storage
+            .local_members(room_id, server_name)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        if membership == Some("invite")
+            && let Some(invitee) = state_key
+            && invitee.ends_with(&format!(":{server_name}"))
+            && !members.iter().any(|user| user == invitee)
+        {
+            members.push(invitee.to_owned());
+        }
+        Ok(crate::notifications::evaluate(json, room_id, joined, &members).await)
+    }
+}
+
 #[async_trait]
 impl RecordHandler for OutputConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
@@ -136,6 +164,16 @@ impl RecordHandler for OutputConsumer {
         } else {
             None
         };
+        let notified = self
+            .notified(&room_id, json, fields.state_key, membership.as_deref())
+            .await?;
+        let thread_id = match &fields.content.relates_to {
+            Some(RelatesTo {
+                event_id: Some(root),
+                rel_type: Some(kind),
+            }) if kind == "m.thread" => root.clone(),
+            _ => "main".to_owned(),
+        };
         self.service
             .storage
             .apply_event(&NewEvent {
@@ -157,6 +195,8 @@ impl RecordHandler for OutputConsumer {
                     .and_then(|r| Some((r.event_id.as_deref()?, r.rel_type.as_deref()?))),
                 state_removed: entries(&new.state_removed),
                 state_added: entries(&new.state_added),
+                notified: &notified,
+                thread_id: &thread_id,
             })
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;

@@ -254,6 +254,9 @@ async fn build(
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut streams = sync_streams::collect(service, device, since, current, filter).await?;
+    let mut counts =
+        crate::notifications::count(service.storage.notifications_for(&device.user_id).await?);
+    let per_thread = filter.definition.room.timeline.unread_thread_notifications;
     for Membership {
         room_id,
         membership,
@@ -322,9 +325,9 @@ async fn build(
                     }
                     None => json!({}),
                 };
-                join.insert(
-                    room_id,
-                    json!({
+                let room_counts = counts.remove(&room_id).unwrap_or_default();
+                let unread = |(notifications, highlights): (u64, u64)| json!({ "notification_count": notifications, "highlight_count": highlights });
+                let mut room = json!({
                         "timeline": {
                             "events": timeline.rendered,
                             "limited": timeline.limited,
@@ -333,10 +336,19 @@ async fn build(
                         "state": { "events": state },
                         "ephemeral": { "events": ephemeral },
                         "account_data": { "events": account_data },
-                        "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
+                        "unread_notifications":
+                            unread(if per_thread { room_counts.main } else { room_counts.total }),
                         "summary": summary,
-                    }),
-                );
+                });
+                if per_thread {
+                    room["unread_thread_notifications"] = room_counts
+                        .threads
+                        .into_iter()
+                        .map(|(root, n)| (root, unread(n)))
+                        .collect::<Map<String, Value>>()
+                        .into();
+                }
+                join.insert(room_id, room);
             }
             // Rooms left since the last sync, and on an initial sync with
             // `include_leave`, every room left.

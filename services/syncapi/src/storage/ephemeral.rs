@@ -190,6 +190,27 @@ impl Storage {
             _ => false,
         };
         if !older {
+            // What the receipt covers is read: an unthreaded receipt
+            // covers every thread, a threaded one its own.
+            if let Some((_, read_up_to)) = new {
+                let thread_clause = if edu.thread_id.is_empty() {
+                    ""
+                } else {
+                    " AND thread_id = $4"
+                };
+                let sql = format!(
+                    "DELETE FROM notifications
+                     WHERE user_id = $1 AND room_id = $2 AND log_offset <= $3{thread_clause}"
+                );
+                let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&edu.user_id)
+                    .bind(&edu.room_id)
+                    .bind(*read_up_to);
+                if !edu.thread_id.is_empty() {
+                    delete = delete.bind(&edu.thread_id);
+                }
+                delete.execute(&mut *tx).await?;
+            }
             sqlx::query(
                 "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts,
                                        log_partition, log_offset)

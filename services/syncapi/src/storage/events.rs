@@ -22,6 +22,10 @@ pub(crate) struct NewEvent<'a> {
     pub(crate) state_removed: Vec<(String, String, String, String)>,
     /// (type, state key, event ID, membership or empty).
     pub(crate) state_added: Vec<(String, String, String, String)>,
+    /// The local users the event notifies: (user, highlight).
+    pub(crate) notified: &'a [(String, bool)],
+    /// Its thread root, or `main`.
+    pub(crate) thread_id: &'a str,
 }
 
 /// A user's membership of a room, as of the latest event consumed.
@@ -125,6 +129,19 @@ impl Storage {
         .rows_affected()
             == 1;
         if inserted {
+            for (user_id, highlight) in event.notified {
+                sqlx::query(
+                    "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(event.room_id)
+                .bind(event.offset as i64)
+                .bind(event.thread_id)
+                .bind(i64::from(*highlight))
+                .execute(&mut *tx)
+                .await?;
+            }
             for (event_type, state_key, event_id, _) in &event.state_removed {
                 // A removal that no addition replaces is recorded as such.
                 if !event
@@ -548,5 +565,60 @@ impl Storage {
         )
         .fetch_all(&self.db.pool)
         .await?)
+    }
+}
+
+/// A notification the user has not read yet.
+#[derive(Debug, Clone)]
+pub(crate) struct NotificationRow {
+    pub(crate) room_id: String,
+    pub(crate) thread_id: String,
+    pub(crate) highlight: bool,
+}
+
+impl Storage {
+    /// The room's joined members of this server, and how many members
+    /// are joined in all.
+    pub(crate) async fn local_members(
+        &self,
+        room_id: &str,
+        server_name: &str,
+    ) -> Result<(Vec<String>, usize), StorageError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT state_key FROM current_state
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
+        )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let joined = rows.len();
+        let suffix = format!(":{server_name}");
+        let local = rows
+            .into_iter()
+            .map(|(user_id,)| user_id)
+            .filter(|user_id| user_id.ends_with(&suffix))
+            .collect();
+        Ok((local, joined))
+    }
+
+    /// The user's unread notifications, in every room.
+    pub(crate) async fn notifications_for(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<NotificationRow>, StorageError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT room_id, thread_id, highlight FROM notifications WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(room_id, thread_id, highlight)| NotificationRow {
+                room_id,
+                thread_id,
+                highlight: highlight != 0,
+            })
+            .collect())
     }
 }

@@ -75,7 +75,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     // and positions per (stream, partition).
     Migration {
         version: 3,
-        description: "positions per stream; typing, receipts, presence, to-device, account data",
+        description: "positions per stream; typing, receipts, presence, to-device, account data, notifications",
         sql: "
             CREATE TABLE stream_positions (
                 stream TEXT NOT NULL,
@@ -140,6 +140,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 log_partition BIGINT NOT NULL,
                 log_offset BIGINT NOT NULL,
                 PRIMARY KEY (user_id, room_id, data_type)
+            );
+            CREATE TABLE notifications (
+                user_id TEXT NOT NULL,
+                room_id TEXT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                thread_id TEXT NOT NULL,
+                highlight BIGINT NOT NULL,
+                PRIMARY KEY (user_id, room_id, log_offset)
             );
         ",
     },

@@ -13,7 +13,7 @@ mod positions;
 mod tests;
 
 pub(crate) use ephemeral::{At, PresenceRow};
-pub(crate) use events::{EventRow, Membership, NewEvent};
+pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow};
 pub(crate) use migrations::MIGRATIONS;
 
 use ganglion_base::Database;

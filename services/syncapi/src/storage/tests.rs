@@ -48,6 +48,8 @@ fn event<'a>(
         relates_to: None,
         state_removed: Vec::new(),
         state_added: Vec::new(),
+        notified: &[],
+        thread_id: "main",
     }
 }
 

@@ -1,0 +1,138 @@
+//! Notification and highlight counts. Each consumed event is run through
+//! the push rules of every local member it may notify (the spec's default
+//! ruleset until the push rules API exists); the ones that notify are
+//! stored per user, and a receipt removes what it covers. A response
+//! counts what is left, per room and, when asked, per thread.
+
+use std::collections::HashMap;
+
+use ruma::push::{PushConditionRoomCtx, Ruleset};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, OwnedUserId, UInt};
+use serde_json::Value;
+
+use crate::storage::NotificationRow;
+
+/// An event that notifies a user: (user, highlight).
+pub(crate) type Notified = Vec<(String, bool)>;
+
+/// Who among `members` (local users) the event notifies, and whether it
+/// highlights them. The spec's current default rules match intentional
+/// mentions (`m.mentions`), not display names, so none is looked up.
+pub(crate) async fn evaluate(
+    event_json: &str,
+    room_id: &str,
+    member_count: usize,
+    members: &[String],
+) -> Notified {
+    let (Ok(room_id), Ok(raw)) = (
+        OwnedRoomId::try_from(room_id),
+        serde_json::from_str::<Raw<Value>>(event_json),
+    ) else {
+        return Vec::new();
+    };
+    let count = UInt::try_from(member_count as u64).unwrap_or_default();
+    let mut notified = Vec::new();
+    for user_id in members {
+        let Ok(user) = OwnedUserId::try_from(user_id.as_str()) else {
+            continue;
+        };
+        let rules = Ruleset::server_default(&user);
+        let context =
+            PushConditionRoomCtx::new(room_id.clone(), count, user.clone(), String::new());
+        let actions = rules.get_actions(&raw, &context).await;
+        if actions.iter().any(|a| a.should_notify()) {
+            notified.push((user_id.clone(), actions.iter().any(|a| a.is_highlight())));
+        }
+    }
+    notified
+}
+
+/// Counts for one room: (notifications, highlights) overall, in the main
+/// timeline, and per thread.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) total: (u64, u64),
+    pub(crate) main: (u64, u64),
+    pub(crate) threads: HashMap<String, (u64, u64)>,
+}
+
+/// Counts per room from a user's unread notification rows.
+pub(crate) fn count(rows: Vec<NotificationRow>) -> HashMap<String, Counts> {
+    let mut rooms: HashMap<String, Counts> = HashMap::new();
+    for row in rows {
+        let counts = rooms.entry(row.room_id).or_default();
+        let add = |slot: &mut (u64, u64)| {
+            slot.0 += 1;
+            slot.1 += u64::from(row.highlight);
+        };
+        add(&mut counts.total);
+        if row.thread_id == "main" {
+            add(&mut counts.main);
+        } else {
+            add(counts.threads.entry(row.thread_id).or_default());
+        }
+    }
+    rooms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn default_rules_notify_and_highlight() {
+        let members = vec!["@alice:hs".to_owned(), "@bob:hs".to_owned()];
+        let message = |body: &str, mentions: &[&str]| {
+            serde_json::json!({
+                "type": "m.room.message", "sender": "@alice:hs", "room_id": "!r:hs",
+                "event_id": "$e", "origin_server_ts": 1,
+                "content": {"msgtype": "m.text", "body": body,
+                            "m.mentions": {"user_ids": mentions}},
+            })
+            .to_string()
+        };
+        // A message in a busy room notifies everyone but its sender.
+        assert_eq!(
+            evaluate(&message("hello", &[]), "!r:hs", 3, &members).await,
+            vec![("@bob:hs".to_owned(), false)]
+        );
+        // An intentional mention highlights.
+        assert_eq!(
+            evaluate(&message("hi Bob, look", &["@bob:hs"]), "!r:hs", 3, &members).await,
+            vec![("@bob:hs".to_owned(), true)]
+        );
+        // Notices do not notify.
+        let notice = serde_json::json!({
+            "type": "m.room.message", "sender": "@alice:hs", "room_id": "!r:hs",
+            "event_id": "$n", "origin_server_ts": 1,
+            "content": {"msgtype": "m.notice", "body": "bot says"},
+        })
+        .to_string();
+        assert_eq!(evaluate(&notice, "!r:hs", 3, &members).await, vec![]);
+    }
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_room_and_thread() {
+        let row = |room: &str, thread: &str, highlight: bool| NotificationRow {
+            room_id: room.to_owned(),
+            thread_id: thread.to_owned(),
+            highlight,
+        };
+        let counts = count(vec![
+            row("!a", "main", false),
+            row("!a", "main", true),
+            row("!a", "$root", true),
+            row("!b", "main", false),
+        ]);
+        let a = &counts["!a"];
+        assert_eq!((a.total, a.main), ((3, 2), (2, 1)));
+        assert_eq!(a.threads["$root"], (1, 1));
+        assert_eq!(counts["!b"].total, (1, 0));
+    }
+}
