@@ -359,6 +359,16 @@ impl Polylith {
     /// Starts another replica of `service` (its own listen address, the same
     /// database and consumer group); its process is named `<service>#<n>`.
     pub async fn add_replica(&mut self, service: &str) -> String {
+        self.add_replica_with(service, Vec::new()).await
+    }
+
+    /// As [`Polylith::add_replica`], with environment of its own (a view's
+    /// replica gets its own database this way).
+    pub async fn add_replica_with(
+        &mut self,
+        service: &str,
+        extra_env: Vec<(String, String)>,
+    ) -> String {
         let n = self
             .processes
             .iter()
@@ -371,10 +381,11 @@ impl Polylith {
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
-            .filter(|(k, _)| *k != key)
+            .filter(|(k, _)| *k != key && !extra_env.iter().any(|(extra, _)| extra == k))
             .cloned()
             .collect();
         env.push((key, listen.clone()));
+        env.extend(extra_env);
         let mut process = Process::spawn(&name, &[service], &env, &self.dir);
         wait_healthy(
             &format!("http://{listen}/healthz"),

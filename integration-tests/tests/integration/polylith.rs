@@ -151,3 +151,65 @@ async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
         );
     }
 }
+
+/// The ephemeral streams over Kafka, and sync tokens handed between two
+/// syncapi processes, each with its own database built from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(dir.path(), "eph").await;
+    crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
+    let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
+    let room_id = alice
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let since = crate::ephemeral::sync(&bob, Some(&since), 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // A second syncapi, empty, on its own database: it catches up from the
+    // log, then serves the token the first one issued.
+    let url = ganglion_base::testing::scratch_postgres("poly_eph_syncapi2").await;
+    let second = server
+        .add_replica_with(
+            "syncapi",
+            vec![("GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(), url)],
+        )
+        .await;
+    assert_eq!(
+        alice.send_text(&room_id, "h1", "handed over").await.status,
+        200
+    );
+    let on_second = ganglion_integration_tests::client::Client {
+        base_url: format!("http://{}", server.replica_listen(&second)),
+        ..bob.clone()
+    };
+    let body = crate::ephemeral::sync(&on_second, Some(&since), 10_000).await;
+    let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert_eq!(
+        message_bodies(timeline),
+        vec!["handed over"],
+        "{body}\n{}",
+        server.logs()
+    );
+    assert_eq!(
+        body["to_device"]["events"],
+        serde_json::json!([]),
+        "acknowledged before"
+    );
+    // And back: the second one's token on the first (through the gateway).
+    assert_eq!(
+        alice.send_text(&room_id, "h2", "and back").await.status,
+        200
+    );
+    let body = crate::ephemeral::sync(
+        &bob,
+        Some(body["next_batch"].as_str().unwrap_or_default()),
+        10_000,
+    )
+    .await;
+    let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert_eq!(message_bodies(timeline), vec!["and back"], "{body}");
+}
