@@ -158,6 +158,17 @@ impl Client {
         reply.body
     }
 
+    /// `/sync` with no filter, from `since`, long-polling up to `timeout_ms`.
+    pub async fn sync_all(&self, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", encode(since)));
+        }
+        let reply = self.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(reply.status, 200, "sync: {reply:?}");
+        reply.body
+    }
+
     pub async fn messages(
         &self,
         room_id: &str,

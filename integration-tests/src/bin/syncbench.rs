@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::client::Client;
 use ganglion_integration_tests::process::{Monolith, rss_kib};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -33,13 +32,7 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 }
 
 async fn sync_raw(client: &Client, since: Option<&str>, timeout_ms: u64) -> Value {
-    let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-    if let Some(since) = since {
-        path.push_str(&format!("&since={}", encode(since)));
-    }
-    let reply = client.call(Method::GET, &path, None).await;
-    assert_eq!(reply.status, 200, "sync: {reply:?}");
-    reply.body
+    client.sync_all(since, timeout_ms).await
 }
 
 fn next_batch(body: &Value) -> String {
@@ -116,9 +109,9 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..idle {
         let client = idlers[n % idle_users].clone();
         held.push(tokio::spawn(async move {
-            let since = next_batch(&sync_raw(&client, None, 0).await);
+            let mut since = next_batch(&sync_raw(&client, None, 0).await);
             loop {
-                sync_raw(&client, Some(&since), 30_000).await;
+                since = next_batch(&sync_raw(&client, Some(&since), 30_000).await);
             }
         }));
     }

@@ -10,13 +10,7 @@ use serde_json::{Value, json};
 
 /// `/sync` with no filter, from `since`.
 pub(crate) async fn sync(client: &Client, since: Option<&str>, timeout_ms: u64) -> Value {
-    let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-    if let Some(since) = since {
-        path.push_str(&format!("&since={}", encode(since)));
-    }
-    let reply = client.call(Method::GET, &path, None).await;
-    assert_eq!(reply.status, 200, "sync: {reply:?}");
-    reply.body
+    client.sync_all(since, timeout_ms).await
 }
 
 fn next_batch(body: &Value) -> String {

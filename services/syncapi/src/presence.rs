@@ -106,7 +106,12 @@ pub(crate) async fn syncing(
         });
         entry.in_flight += 1;
         entry.last = Instant::now();
-        entry.presence.clone()
+        let known = entry.presence.clone();
+        // Concurrent syncs of one user publish one change, not one each.
+        if let Some(wanted) = wanted {
+            entry.presence = wanted.to_owned();
+        }
+        known
     };
     let guard = Syncing {
         service: service.clone(),
@@ -203,7 +208,10 @@ pub(crate) fn spawn_sweeper(service: Arc<SyncService>, mut shutdown: watch::Rece
                     }
                     let quiet = entry.last.elapsed();
                     if quiet >= service.presence.offline_after {
-                        if entry.presence != "offline" {
+                        // Only a presence this process published or saw
+                        // goes offline; a user who synced as offline
+                        // never came online.
+                        if matches!(entry.presence.as_str(), "online" | "unavailable") {
                             changes.push((user.clone(), "offline"));
                         }
                         return false;

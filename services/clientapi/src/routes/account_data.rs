@@ -18,14 +18,22 @@ fn server_controlled(data_type: &str) -> bool {
     matches!(data_type, "m.fully_read" | "m.push_rules")
 }
 
-/// `M_FORBIDDEN` unless the path names the requester.
-fn require_self(device: &Device, user_id: &str) -> Result<(), MatrixError> {
-    if device.user_id != user_id {
-        return Err(MatrixError::forbidden(
-            "You may only use your own account data",
-        ));
+impl ClientApi {
+    /// The requester, who must be the user the path names.
+    async fn authenticate_as(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        user_id: &str,
+    ) -> Result<Device, MatrixError> {
+        let device = self.authenticate(headers, uri).await?;
+        if device.user_id != user_id {
+            return Err(MatrixError::forbidden(
+                "You may only use your own account data",
+            ));
+        }
+        Ok(device)
     }
-    Ok(())
 }
 
 fn require_room_id(room_id: &str) -> Result<(), MatrixError> {
@@ -94,8 +102,7 @@ pub(crate) async fn put_global(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
     api.put_account_data(&device, "", &data_type, &body).await
 }
 
@@ -105,8 +112,7 @@ pub(crate) async fn get_global(
     headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    api.authenticate_as(&headers, &uri, &user_id).await?;
     api.get_account_data(&user_id, "", &data_type).await
 }
 
@@ -117,8 +123,7 @@ pub(crate) async fn put_room(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
     require_room_id(&room_id)?;
     api.put_account_data(&device, &room_id, &data_type, &body)
         .await
@@ -130,8 +135,7 @@ pub(crate) async fn get_room(
     headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    api.authenticate_as(&headers, &uri, &user_id).await?;
     require_room_id(&room_id)?;
     api.get_account_data(&user_id, &room_id, &data_type).await
 }
@@ -143,8 +147,7 @@ pub(crate) async fn get_tags(
     headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    api.authenticate_as(&headers, &uri, &user_id).await?;
     require_room_id(&room_id)?;
     let found = api
         .users
@@ -201,8 +204,7 @@ pub(crate) async fn put_tag(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
     let content: Map<String, Value> = parse_json(&body)?;
     update_tag(&api, &device, room_id, tag, Some(content)).await
 }
@@ -214,7 +216,6 @@ pub(crate) async fn delete_tag(
     headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    require_self(&device, &user_id)?;
+    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
     update_tag(&api, &device, room_id, tag, None).await
 }

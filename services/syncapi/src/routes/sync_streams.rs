@@ -44,6 +44,11 @@ impl Streams {
         self.room_account_data.remove(room_id).unwrap_or_default()
     }
 
+    /// Whether the room has ephemeral events or account data to send.
+    pub(crate) fn has_room_updates(&self, room_id: &str) -> bool {
+        self.ephemeral.contains_key(room_id) || self.room_account_data.contains_key(room_id)
+    }
+
     /// Whether anything outside the rooms changed.
     pub(crate) fn has_global_updates(&self) -> bool {
         !(self.account_data.is_empty() && self.presence.is_empty() && self.to_device.is_empty())

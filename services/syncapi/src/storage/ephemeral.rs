@@ -85,6 +85,17 @@ fn i64_of(value: u64) -> i64 {
 }
 
 impl Storage {
+    /// Stores the record's position and commits its transaction.
+    async fn commit_at(
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        stream: Stream,
+        at: At,
+    ) -> Result<(), StorageError> {
+        Self::store_position(&mut tx, stream, at.partition, at.offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(crate) async fn apply_typing(
         &self,
         at: At,
@@ -118,9 +129,7 @@ impl Storage {
         .bind(i64_of(at.offset))
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, Stream::Typing, at.partition, at.offset).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_at(tx, Stream::Typing, at).await
     }
 
     /// Typing in the rooms `user_id` is joined to: every room whose typing
@@ -230,9 +239,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         }
-        Self::store_position(&mut tx, Stream::Receipt, at.partition, at.offset).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_at(tx, Stream::Receipt, at).await
     }
 
     /// Receipts in the rooms `user_id` is joined to, written at or after
@@ -295,9 +302,7 @@ impl Storage {
         .bind(i64::from(edu.automatic))
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, Stream::Presence, at.partition, at.offset).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_at(tx, Stream::Presence, at).await
     }
 
     pub(crate) async fn presence(
@@ -390,9 +395,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         }
-        Self::store_position(&mut tx, Stream::ToDevice, at.partition, at.offset).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_at(tx, Stream::ToDevice, at).await
     }
 
     /// Deletes what the device acknowledged (everything before `acked`),
@@ -460,9 +463,7 @@ impl Storage {
         .bind(i64_of(at.offset))
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, Stream::AccountData, at.partition, at.offset).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_at(tx, Stream::AccountData, at).await
     }
 
     /// The user's account data written in `[from, to)` of their partition.

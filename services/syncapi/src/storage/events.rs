@@ -622,3 +622,23 @@ impl Storage {
             .collect())
     }
 }
+
+impl Storage {
+    /// The rooms `user_id` is joined to that have events at or after `from`.
+    pub(crate) async fn joined_rooms_with_events_since(
+        &self,
+        user_id: &str,
+        from: u64,
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        let rooms: Vec<String> = sqlx::query_scalar(
+            "SELECT s.room_id FROM current_state s
+             WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
+               AND EXISTS (SELECT 1 FROM events e WHERE e.room_id = s.room_id AND e.log_offset >= $2)",
+        )
+        .bind(user_id)
+        .bind(from.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rooms.into_iter().collect())
+    }
+}

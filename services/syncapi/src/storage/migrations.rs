@@ -119,6 +119,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 log_partition BIGINT NOT NULL,
                 log_offset BIGINT NOT NULL
             );
+            CREATE INDEX presence_position ON presence (log_offset);
             CREATE TABLE to_device (
                 id {serial},
                 user_id TEXT NOT NULL,
