@@ -52,8 +52,17 @@ pub(crate) async fn first_conversation(base_url: &str, suffix: &str) -> (Client,
             let bob = bob.clone();
             let since = bob_since.clone();
             tokio::spawn(async move {
+                // Other news (alice coming online) may wake him first.
                 let started = Instant::now();
-                let body = bob.sync(Some(&since), 20_000, 10).await;
+                let mut body = bob.sync(Some(&since), 20_000, 10).await;
+                while body["rooms"]["join"]
+                    .as_object()
+                    .is_none_or(|j| j.is_empty())
+                    && started.elapsed() < Duration::from_secs(15)
+                {
+                    let since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+                    body = bob.sync(Some(&since), 20_000, 10).await;
+                }
                 (body, started.elapsed())
             })
         };
