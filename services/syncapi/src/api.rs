@@ -28,11 +28,9 @@ impl SyncService {
             Stream::from_topic(&self.topics, &position.topic)
                 .ok_or_else(|| ApiError::InvalidInput("not a topic this service consumes".into()))?
         };
-        let partition = position.partition as usize;
-        if partition >= self.partitions {
-            return Err(ApiError::InvalidInput("no such partition".into()));
-        }
-        let index = stream as usize * self.partitions + partition;
+        let index = stream
+            .slot(position.partition, self.partitions)
+            .ok_or_else(|| ApiError::InvalidInput("no such partition".into()))?;
         let mut receiver = self.positions.subscribe();
         let wait = receiver
             .wait_for(|positions| positions.get(index).copied().unwrap_or(0) > position.offset);

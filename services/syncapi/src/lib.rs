@@ -72,10 +72,12 @@ impl SyncService {
 
     /// Marks a record of `stream` as consumed (after its transaction committed).
     fn advance(&self, stream: Stream, record: &ganglion_log::Record) {
-        let index = stream as usize * self.partitions + record.partition as usize;
+        let Some(slot) = stream.slot(record.partition, self.partitions) else {
+            return;
+        };
         self.positions.send_modify(|positions| {
-            if let Some(slot) = positions.get_mut(index) {
-                *slot = (*slot).max(record.offset + 1);
+            if let Some(next) = positions.get_mut(slot) {
+                *next = (*next).max(record.offset + 1);
             }
         });
     }
@@ -122,9 +124,9 @@ pub async fn start(
     let storage_error = |e: storage::StorageError| StartError::Storage(format!("{e:?}"));
     let mut positions = vec![0_u64; Stream::ALL.len() * partitions];
     for (stream, partition, next) in storage.positions().await.map_err(storage_error)? {
-        let index = stream as usize * partitions + partition as usize;
-        if (partition as usize) < partitions
-            && let Some(slot) = positions.get_mut(index)
+        if let Some(slot) = stream
+            .slot(partition, partitions)
+            .and_then(|slot| positions.get_mut(slot))
         {
             *slot = next;
         }

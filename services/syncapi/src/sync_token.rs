@@ -67,6 +67,13 @@ impl Stream {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// Where a partition of this stream sits in a stream-major positions
+    /// vector (tokens, the service's consumed positions); `None` past the
+    /// deployment's partitions.
+    pub(crate) fn slot(self, partition: u32, partitions: usize) -> Option<usize> {
+        ((partition as usize) < partitions).then(|| self.index() * partitions + partition as usize)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -119,12 +126,18 @@ impl SyncToken {
     }
 
     pub(crate) fn stream_offset(&self, stream: Stream, partition: u32) -> u64 {
-        if partition as usize >= self.partitions {
-            return 0;
-        }
-        self.offsets
-            .get(stream.index() * self.partitions + partition as usize)
-            .copied()
+        stream
+            .slot(partition, self.partitions)
+            .and_then(|slot| self.offsets.get(slot).copied())
+            .unwrap_or(0)
+    }
+
+    /// The lowest offset of `stream` over its partitions: a bound for
+    /// queries that span partitions (rows are then cut per partition).
+    pub(crate) fn lowest(&self, stream: Stream) -> u64 {
+        (0..self.partitions as u32)
+            .map(|p| self.stream_offset(stream, p))
+            .min()
             .unwrap_or(0)
     }
 
@@ -135,10 +148,9 @@ impl SyncToken {
 
     pub(crate) fn with_stream(&self, stream: Stream, partition: u32, offset: u64) -> SyncToken {
         let mut token = self.clone();
-        if (partition as usize) < self.partitions
-            && let Some(slot) = token
-                .offsets
-                .get_mut(stream.index() * self.partitions + partition as usize)
+        if let Some(slot) = stream
+            .slot(partition, self.partitions)
+            .and_then(|slot| token.offsets.get_mut(slot))
         {
             *slot = offset;
         }

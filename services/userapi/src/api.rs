@@ -182,11 +182,7 @@ impl UsersApi for UserApi {
         &self,
         request: pb::LogoutAllRequest,
     ) -> Result<pb::LogoutResponse, ApiError> {
-        let localpart = request
-            .user_id
-            .strip_prefix('@')
-            .and_then(|rest| rest.strip_suffix(&format!(":{}", self.server_name)))
-            .ok_or_else(|| ApiError::InvalidInput("not a local user".into()))?;
+        let localpart = self.local_part(&request.user_id)?;
         let removed = self.storage.delete_all_devices(localpart).await?;
         Ok(pb::LogoutResponse {
             devices_removed: removed as u32,

@@ -59,16 +59,7 @@ fn now_ms() -> i64 {
 impl ClientApi {
     /// `M_FORBIDDEN` unless `user_id` is joined to the room.
     async fn require_joined(&self, room_id: &str, user_id: &str) -> Result<(), MatrixError> {
-        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
-        let membership = self
-            .roomserver
-            .query_membership(rs_pb::QueryMembershipRequest {
-                room_id: room_id.to_owned(),
-                user_id: user_id.to_owned(),
-            })
-            .await
-            .map_err(MatrixError::from)?;
-        if membership.membership != "join" {
+        if self.membership_of(room_id, user_id).await?.membership != "join" {
             return Err(MatrixError::forbidden("You are not in this room"));
         }
         Ok(())

@@ -115,22 +115,29 @@ impl ClientApi {
             .map(|event| event["content"].clone()))
     }
 
+    /// The user's membership of a room (`M_INVALID_PARAM` for a bad room ID).
+    pub(crate) async fn membership_of(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> MatrixResult<pb::QueryMembershipResponse> {
+        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+        self.roomserver
+            .query_membership(pb::QueryMembershipRequest {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)
+    }
+
     /// Requires the user to be joined, or the room's history world-readable.
     pub(crate) async fn require_member_or_world_readable(
         &self,
         room_id: &str,
         user_id: &str,
     ) -> MatrixResult<()> {
-        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
-        let membership = self
-            .roomserver
-            .query_membership(pb::QueryMembershipRequest {
-                room_id: room_id.to_owned(),
-                user_id: user_id.to_owned(),
-            })
-            .await
-            .map_err(MatrixError::from)?;
-        if membership.membership == "join" {
+        if self.membership_of(room_id, user_id).await?.membership == "join" {
             return Ok(());
         }
         let visibility = self

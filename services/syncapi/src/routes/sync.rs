@@ -262,13 +262,9 @@ async fn build(
     // its own window), read in one query instead of one per room.
     let active: std::collections::HashSet<String> = match since {
         Some(since) if !full_state => {
-            let lowest = (0..service.partitions as u32)
-                .map(|p| since.offset(p))
-                .min()
-                .unwrap_or(0);
             service
                 .storage
-                .joined_rooms_with_events_since(&device.user_id, lowest)
+                .joined_rooms_with_events_since(&device.user_id, since.lowest(Stream::Room))
                 .await?
         }
         _ => Default::default(),

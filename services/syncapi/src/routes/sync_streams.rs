@@ -61,17 +61,10 @@ fn in_window(since: Option<&SyncToken>, current: &SyncToken, stream: Stream, at:
         && since.is_none_or(|s| at.offset >= s.stream_offset(stream, at.partition))
 }
 
-/// The lowest offset of `stream` over all partitions: a bound for queries
-/// that span partitions (rows are then cut exactly by [`in_window`]).
-fn lowest(since: Option<&SyncToken>, stream: Stream, partitions: usize) -> u64 {
-    since
-        .map(|s| {
-            (0..partitions as u32)
-                .map(|p| s.stream_offset(stream, p))
-                .min()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+/// The lowest offset of `stream` in `since` (rows read from it are then
+/// cut exactly by [`in_window`]).
+fn lowest(since: Option<&SyncToken>, stream: Stream) -> u64 {
+    since.map(|s| s.lowest(stream)).unwrap_or(0)
 }
 
 pub(crate) async fn collect(
@@ -82,13 +75,12 @@ pub(crate) async fn collect(
     filter: &SyncFilter,
 ) -> Result<Streams, MatrixError> {
     let user_id = device.user_id.as_str();
-    let partitions = service.partitions;
     let mut out = Streams::default();
     let now = now_ms();
 
     for room in service
         .storage
-        .typing_for(user_id, lowest(since, Stream::Typing, partitions), now)
+        .typing_for(user_id, lowest(since, Stream::Typing), now)
         .await?
     {
         let wanted = if since.is_some() {
@@ -108,7 +100,7 @@ pub(crate) async fn collect(
     let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
     for receipt in service
         .storage
-        .receipts_for(user_id, lowest(since, Stream::Receipt, partitions))
+        .receipts_for(user_id, lowest(since, Stream::Receipt))
         .await?
     {
         if !in_window(since, current, Stream::Receipt, receipt.at)
@@ -131,7 +123,8 @@ pub(crate) async fn collect(
             .push(json!({ "type": "m.receipt", "content": content }));
     }
 
-    let own_partition = ganglion_log::partition_for_key(user_id.as_bytes(), partitions as u32);
+    let own_partition =
+        ganglion_log::partition_for_key(user_id.as_bytes(), service.partitions as u32);
     let from = since
         .map(|s| s.stream_offset(Stream::AccountData, own_partition))
         .unwrap_or(0);
@@ -153,7 +146,7 @@ pub(crate) async fn collect(
 
     for row in service
         .storage
-        .presence_for(user_id, lowest(since, Stream::Presence, partitions))
+        .presence_for(user_id, lowest(since, Stream::Presence))
         .await?
     {
         if in_window(since, current, Stream::Presence, row.at)
