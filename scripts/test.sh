@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine of the project's kind: installs
 # what the tests need (cmake and libcurl headers for rdkafka, the tansu Kafka
-# broker), starts PostgreSQL if it is stopped, builds the binary the
-# integration tests run, then runs every test.
+# broker, the matrix-nio and matrix-js-sdk client SDKs), starts PostgreSQL if
+# it is stopped, builds the binary the integration tests run, then runs every
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,13 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
   for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
 fi
+
+# The client SDKs the end-to-end tests drive: matrix-nio in a venv,
+# matrix-js-sdk from its lock file.
+sdk=integration-tests/sdk
+[ -x "$sdk/nio/.venv/bin/python" ] || python3 -m venv "$sdk/nio/.venv"
+"$sdk/nio/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$sdk/nio/requirements.txt"
+[ -d "$sdk/js/node_modules/matrix-js-sdk" ] || (cd "$sdk/js" && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo build -p ganglion
 cargo test --workspace -- --test-threads 2

@@ -690,3 +690,71 @@ pub(crate) async fn notification_counts(base_url: &str) {
         json!({"notification_count": 0, "highlight_count": 0})
     );
 }
+
+/// The push rules a client reads are the server-default ruleset the
+/// notification counts follow.
+pub(crate) async fn push_rules(base_url: &str) {
+    let alice = Client::register(base_url, "pr_alice", "pw-alice-pr").await;
+    let all = alice
+        .call(Method::GET, "/_matrix/client/v3/pushrules/", None)
+        .await;
+    assert_eq!(all.status, 200, "{all:?}");
+    let global = &all.body["global"];
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(global[kind].is_array(), "{kind}: {global}");
+    }
+    assert!(
+        global["override"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["rule_id"] == ".m.rule.master")),
+        "{global}"
+    );
+    let same = alice
+        .call(Method::GET, "/_matrix/client/v3/pushrules/global/", None)
+        .await;
+    assert_eq!(same.body, *global);
+    let rule = alice
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled",
+            None,
+        )
+        .await;
+    assert_eq!(rule.body, json!({"enabled": false}));
+    let actions = alice
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/underride/.m.rule.message/actions",
+            None,
+        )
+        .await;
+    assert_eq!(actions.body["actions"], json!(["notify"]), "{actions:?}");
+    let missing = alice
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/override/no.such.rule",
+            None,
+        )
+        .await;
+    assert_eq!((missing.status, missing.errcode()), (404, "M_NOT_FOUND"));
+    let bad_kind = alice
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/sideways/.m.rule.master",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (bad_kind.status, bad_kind.errcode()),
+        (400, "M_INVALID_PARAM")
+    );
+    let no_token = ganglion_integration_tests::client::request(
+        &alice.http,
+        Method::GET,
+        &format!("{base_url}/_matrix/client/v3/pushrules/"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(no_token.status, 401);
+}

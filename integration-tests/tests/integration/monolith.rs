@@ -107,6 +107,7 @@ async fn typing_receipts_markers_account_data_presence() {
     crate::ephemeral::account_data_and_tags(&server.base_url).await;
     crate::ephemeral::presence_and_quiet_long_polls(&server.base_url).await;
     crate::ephemeral::notification_counts(&server.base_url).await;
+    crate::ephemeral::push_rules(&server.base_url).await;
 }
 
 #[tokio::test]
@@ -130,4 +131,13 @@ async fn presence_by_inactivity() {
     }
     let server = Monolith::start_with(dir.path(), env).await;
     crate::ephemeral::presence_by_inactivity(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn simplified_sliding_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::sliding_sync::lists_windows_and_subscriptions(&server.base_url).await;
+    crate::sliding_sync::extensions(&server.base_url).await;
+    crate::sliding_sync::refusals(&server.base_url).await;
 }

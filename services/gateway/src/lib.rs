@@ -26,6 +26,9 @@ struct Gateway {
 
 /// Paths served by the syncapi (the read side, and presence).
 fn is_sync_path(path: &str) -> bool {
+    if path == "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync" {
+        return true;
+    }
     let Some(rest) = path
         .strip_prefix("/_matrix/client/v3/")
         .or_else(|| path.strip_prefix("/_matrix/client/r0/"))
@@ -134,6 +137,9 @@ mod tests {
             "/_matrix/client/v3/rooms/!a:b/messages"
         ));
         assert!(super::is_sync_path("/_matrix/client/r0/user/@a:b/filter"));
+        assert!(super::is_sync_path(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+        ));
         for read in ["event/$e", "context/$e", "relations/$e/m.thread", "threads"] {
             assert!(super::is_sync_path(&format!(
                 "/_matrix/client/v1/rooms/!a:b/{read}"

@@ -27,6 +27,7 @@ mod notifications;
 mod notifier;
 mod presence;
 mod routes;
+mod sliding;
 mod storage;
 mod summary;
 mod sync_token;

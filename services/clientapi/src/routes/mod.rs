@@ -6,6 +6,7 @@ mod account_data;
 mod directory;
 mod discovery;
 mod ephemeral;
+mod push_rules;
 mod reports;
 mod room_state;
 mod rooms;
@@ -92,6 +93,24 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
             .route(
                 &format!("{prefix}/sendToDevice/{{event_type}}/{{txn_id}}"),
                 put(to_device::send_to_device),
+            )
+            .route(&format!("{prefix}/pushrules/"), get(push_rules::all))
+            .route(&format!("{prefix}/pushrules"), get(push_rules::all))
+            .route(
+                &format!("{prefix}/pushrules/global/"),
+                get(push_rules::global),
+            )
+            .route(
+                &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}"),
+                get(push_rules::one),
+            )
+            .route(
+                &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/enabled"),
+                get(push_rules::enabled),
+            )
+            .route(
+                &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/actions"),
+                get(push_rules::actions),
             )
             .route(
                 &format!("{prefix}/user/{{user_id}}/account_data/{{data_type}}"),

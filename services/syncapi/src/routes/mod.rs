@@ -6,6 +6,7 @@ mod filter;
 mod members;
 mod messages;
 mod relations;
+mod sliding_sync;
 mod sync;
 mod sync_streams;
 
@@ -16,10 +17,14 @@ use axum::routing::{get, post};
 
 use crate::SyncService;
 
+/// Simplified sliding sync's endpoint (MSC4186, unstable prefix).
+const SLIDING_SYNC_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
 pub(crate) fn router(service: Arc<SyncService>) -> Router {
     let mut router = Router::new()
         .route("/_matrix/client/v3/sync", get(sync::sync))
         .route("/_matrix/client/r0/sync", get(sync::sync))
+        .route(SLIDING_SYNC_PATH, post(sliding_sync::sliding_sync))
         .route(
             "/_matrix/client/v3/rooms/{room_id}/messages",
             get(messages::messages),

@@ -24,7 +24,7 @@ use crate::sync_token::{Stream, SyncToken};
 use crate::visibility::Reader;
 
 /// The longest a client may ask `/sync` to wait.
-const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest a request waits for this replica to catch up with its token.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
@@ -91,17 +91,8 @@ pub(crate) async fn sync(
     // Subscribed before the first read: whatever is consumed for this user
     // from here on wakes the request.
     let mut wake = service.notifier.subscribe(&device.user_id);
-    // A token from a replica further along: wait until this one has caught up.
     if let Some(since) = &since {
-        let mut positions = service.positions.subscribe();
-        let catch_up = Instant::now() + CATCH_UP.max(timeout);
-        let partitions = service.partitions;
-        let caught_up = positions.wait_for(|p| SyncToken::new(p.clone(), partitions).covers(since));
-        if tokio::time::timeout_at(catch_up, caught_up).await.is_err() {
-            return Err(MatrixError::unavailable(
-                "This server is catching up; try again",
-            ));
-        }
+        catch_up(&service, since, timeout).await?;
     }
     loop {
         wake.borrow_and_update();
@@ -125,11 +116,41 @@ pub(crate) async fn sync(
     }
 }
 
-struct Timeline {
-    events: Vec<EventRow>,
-    limited: bool,
+/// A token from a replica further along: waits until this one has caught
+/// up with it (at most the request's timeout, and at least [`CATCH_UP`]).
+pub(crate) async fn catch_up(
+    service: &SyncService,
+    since: &SyncToken,
+    timeout: Duration,
+) -> Result<(), MatrixError> {
+    let mut positions = service.positions.subscribe();
+    let catch_up = Instant::now() + CATCH_UP.max(timeout);
+    let partitions = service.partitions;
+    let caught_up = positions.wait_for(|p| SyncToken::new(p.clone(), partitions).covers(since));
+    if tokio::time::timeout_at(catch_up, caught_up).await.is_err() {
+        return Err(MatrixError::unavailable(
+            "This server is catching up; try again",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) struct Timeline {
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) limited: bool,
     /// The events in the client format, with bundled aggregations.
-    rendered: Vec<Value>,
+    pub(crate) rendered: Vec<Value>,
+}
+
+/// A window's events chosen for a timeline, not yet rendered: rendering
+/// (with bundled aggregations) is done for many rooms at once.
+pub(crate) struct Chosen {
+    pub(crate) room_id: String,
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) limited: bool,
+    /// The user's membership history in the room, as far as visibility
+    /// needs it.
+    history: Vec<(u64, String)>,
 }
 
 /// How many pages of a window `/sync` reads looking for events its filter
@@ -139,23 +160,48 @@ const MAX_FILTERED_PAGES: usize = 8;
 /// The latest events of a window that the filter lets through and the
 /// user may see (history visibility is checked unless the user is joined
 /// and the window was all sent under `shared` or `world_readable`).
-async fn timeline(
+pub(crate) async fn timeline(
+    service: &SyncService,
+    device: &Device,
+    room_id: &str,
+    window: (u64, u64),
+    filter: &SyncFilter,
+    membership: &str,
+) -> Result<Timeline, MatrixError> {
+    let chosen = choose(service, device, room_id, window, filter, membership, None).await?;
+    let mut rendered = render(service, device, filter, vec![chosen]).await?;
+    Ok(rendered.pop().unwrap_or(Timeline {
+        events: Vec::new(),
+        limited: false,
+        rendered: Vec::new(),
+    }))
+}
+
+/// Chooses a window's timeline events. `first_page`: the window's newest
+/// `limit + 1` events when already read (batched over rooms).
+pub(crate) async fn choose(
     service: &SyncService,
     device: &Device,
     room_id: &str,
     (from, to): (u64, u64),
     filter: &SyncFilter,
     membership: &str,
-) -> Result<Timeline, MatrixError> {
+    mut first_page: Option<Vec<EventRow>>,
+) -> Result<Chosen, MatrixError> {
     let limit = filter.timeline_limit() as usize;
     let mut events = Vec::new();
     let mut upper = to;
     let mut exhausted = false;
     for _ in 0..MAX_FILTERED_PAGES {
-        let page = service
-            .storage
-            .room_events(room_id, from, upper, limit as u32 + 1, true)
-            .await?;
+        let page = match first_page.take() {
+            Some(page) => page.into_iter().filter(|e| e.offset >= from).collect(),
+            None => {
+                service
+                    .storage
+                    .room_events(room_id, from, upper, limit as u32 + 1, true)
+                    .await?
+            }
+        };
         exhausted = page.len() <= limit;
         upper = page.last().map(|e| e.offset).unwrap_or(from);
         events.extend(page.into_iter().filter(|e| filter.timeline_matches(e)));
@@ -167,7 +213,7 @@ async fn timeline(
     events.truncate(limit);
     events.reverse();
     let history = if Reader::sees_all(Some(membership), &events) {
-        None
+        vec![(0, membership.to_owned())]
     } else {
         let history = service
             .storage
@@ -178,35 +224,67 @@ async fn timeline(
             history: &history,
         };
         events.retain(|e| reader.may_see(e));
-        Some(history)
+        history
     };
-    let history = history.unwrap_or_else(|| vec![(0, membership.to_owned())]);
-    let reader = Reader {
-        user_id: &device.user_id,
-        history: &history,
-    };
-    let refs: Vec<&EventRow> = events.iter().collect();
-    let bundles = bundle(service, &refs, &device.user_id, &device.device_id, &|e| {
-        reader.may_see(e)
+    Ok(Chosen {
+        room_id: room_id.to_owned(),
+        events,
+        limited,
+        history,
     })
-    .await?;
-    let rendered = events
+}
+
+/// Renders chosen timelines in the client format, with the bundled
+/// aggregations of all of them read at once.
+pub(crate) async fn render(
+    service: &SyncService,
+    device: &Device,
+    filter: &SyncFilter,
+    chosen: Vec<Chosen>,
+) -> Result<Vec<Timeline>, MatrixError> {
+    let readers: std::collections::HashMap<&str, Reader<'_>> = chosen
         .iter()
-        .map(|e| {
-            filter.shape(
-                with_bundle(
-                    client_event(e, false, &device.device_id),
-                    bundles.get(&e.event_id),
-                ),
-                &e.json,
+        .map(|c| {
+            (
+                c.room_id.as_str(),
+                Reader {
+                    user_id: &device.user_id,
+                    history: &c.history,
+                },
             )
         })
         .collect();
-    Ok(Timeline {
-        events,
-        limited,
-        rendered,
+    let refs: Vec<&EventRow> = chosen.iter().flat_map(|c| c.events.iter()).collect();
+    let bundles = bundle(service, &refs, &device.user_id, &device.device_id, &|e| {
+        readers
+            .get(e.room_id.as_str())
+            .is_some_and(|reader| reader.may_see(e))
     })
+    .await?;
+    drop(readers);
+    Ok(chosen
+        .into_iter()
+        .map(|c| {
+            let rendered = c
+                .events
+                .iter()
+                .map(|e| {
+                    filter.shape(
+                        with_bundle(
+                            client_event(e, false, &device.device_id),
+                            bundles.get(&e.event_id),
+                        ),
+                        &e.json,
+                    )
+                })
+                .collect();
+            Timeline {
+                events: c.events,
+                limited: c.limited,
+                rendered,
+            }
+        })
+        .collect())
 }
 
 /// The state to send with a timeline: what the state filter lets through,
@@ -214,17 +292,13 @@ async fn timeline(
 /// timeline (and the user).
 fn room_state_for(
     state: Vec<EventRow>,
-    timeline: &Timeline,
+    timeline: &[EventRow],
     filter: &SyncFilter,
     device: &Device,
     below: u64,
 ) -> Vec<Value> {
-    let in_timeline: HashSet<&str> = timeline
-        .events
-        .iter()
-        .map(|e| e.event_id.as_str())
-        .collect();
-    let senders: HashSet<&str> = timeline.events.iter().map(|e| e.sender.as_str()).collect();
+    let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+    let senders: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
     let lazy = filter.lazy_load_members().is_some();
     state
         .iter()
@@ -269,12 +343,41 @@ async fn build(
         }
         _ => Default::default(),
     };
+    let memberships = service.storage.memberships(&device.user_id).await?;
+    // On an initial (or full-state) sync every joined room is sent: their
+    // latest events and their state are read for all of them at once.
+    let prefetched = since.is_none() || full_state;
+    let (mut pages, mut states) = if prefetched {
+        let joined: Vec<(&str, u64)> = memberships
+            .iter()
+            .filter(|m| {
+                m.membership == "join"
+                    && m.offset < current.offset(m.partition)
+                    && filter.room_wanted(&m.room_id)
+            })
+            .map(|m| (m.room_id.as_str(), current.offset(m.partition)))
+            .collect();
+        let ids: Vec<&str> = joined.iter().map(|(room_id, _)| *room_id).collect();
+        (
+            service
+                .storage
+                .latest_events_of(&joined, filter.timeline_limit() + 1)
+                .await?,
+            service.storage.room_states_with_members(&ids).await?,
+        )
+    } else {
+        Default::default()
+    };
+    // Joined rooms built but for their timelines' rendering, which reads
+    // the bundled aggregations of all of them at once.
+    let mut pending: Vec<(String, Value)> = Vec::new();
+    let mut chosen_timelines = Vec::new();
     for Membership {
         room_id,
         membership,
         offset: member_offset,
         partition,
-    } in service.storage.memberships(&device.user_id).await?
+    } in memberships
     {
         let from = since.map(|s| s.offset(partition)).unwrap_or(0);
         let to = current.offset(partition);
@@ -294,13 +397,15 @@ async fn build(
                     continue;
                 }
                 let window_start = if since.is_none() { 0 } else { from };
-                let timeline = timeline(
+                let first_page = prefetched.then(|| pages.remove(&room_id).unwrap_or_default());
+                let timeline = choose(
                     service,
                     device,
                     &room_id,
                     (window_start, to),
                     filter,
                     &membership,
+                    first_page,
                 )
                 .await?;
                 let ephemeral = streams.ephemeral(&room_id);
@@ -313,10 +418,12 @@ async fn build(
                     continue;
                 }
                 let (state, initial_summary) = if initial {
-                    let (state, members) =
-                        service.storage.room_state_with_members(&room_id).await?;
+                    let (state, members) = match states.remove(&room_id) {
+                        Some(read) => read,
+                        None => service.storage.room_state_with_members(&room_id).await?,
+                    };
                     (
-                        room_state_for(state, &timeline, filter, device, to),
+                        room_state_for(state, &timeline.events, filter, device, to),
                         Some(crate::summary::summary(&members, &device.user_id)),
                     )
                 } else {
@@ -345,7 +452,7 @@ async fn build(
                 let unread = |(notifications, highlights): (u64, u64)| json!({ "notification_count": notifications, "highlight_count": highlights });
                 let mut room = json!({
                         "timeline": {
-                            "events": timeline.rendered,
+                            "events": [],
                             "limited": timeline.limited,
                             "prev_batch": prev_batch.to_string(),
                         },
@@ -364,7 +471,8 @@ async fn build(
                         .collect::<Map<String, Value>>()
                         .into();
                 }
-                join.insert(room_id, room);
+                pending.push((room_id, room));
+                chosen_timelines.push(timeline);
             }
             // Rooms left since the last sync, and on an initial sync with
             // `include_leave`, every room left.
@@ -389,7 +497,7 @@ async fn build(
                         .storage
                         .state_at(&room_id, member_offset + 1, None)
                         .await?;
-                    room_state_for(state, &timeline, filter, device, member_offset + 1)
+                    room_state_for(state, &timeline.events, filter, device, member_offset + 1)
                 } else {
                     Vec::new()
                 };
@@ -422,6 +530,11 @@ async fn build(
             _ => {}
         }
     }
+    let rendered = render(service, device, filter, chosen_timelines).await?;
+    for ((room_id, mut room), timeline) in pending.into_iter().zip(rendered) {
+        room["timeline"]["events"] = timeline.rendered.into();
+        join.insert(room_id, room);
+    }
     let has_updates = !(join.is_empty()
         && leave.is_empty()
         && invite.is_empty()
@@ -445,7 +558,7 @@ async fn build(
 
 /// The state an invited or knocking user sees of a room: the events the
 /// spec recommends, stripped to type, state key, sender and content.
-async fn stripped_state(
+pub(crate) async fn stripped_state(
     service: &SyncService,
     room_id: &str,
     user_id: &str,

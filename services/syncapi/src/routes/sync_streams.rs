@@ -67,6 +67,7 @@ fn lowest(since: Option<&SyncToken>, stream: Stream) -> u64 {
     since.map(|s| s.lowest(stream)).unwrap_or(0)
 }
 
+/// Everything the streams add to a `/sync` response.
 pub(crate) async fn collect(
     service: &SyncService,
     device: &Device,
@@ -74,13 +75,35 @@ pub(crate) async fn collect(
     current: &SyncToken,
     filter: &SyncFilter,
 ) -> Result<Streams, MatrixError> {
-    let user_id = device.user_id.as_str();
     let mut out = Streams::default();
-    let now = now_ms();
+    ephemeral(&mut out, service, &device.user_id, since, current, filter).await?;
+    account_data(&mut out, service, &device.user_id, since, current, filter).await?;
+    presence(&mut out, service, &device.user_id, since, current, filter).await?;
+    let acked = since
+        .map(|s| s.stream_offset(Stream::ToDevice, own_partition(service, &device.user_id)))
+        .unwrap_or(0);
+    to_device(&mut out, service, device, acked, current).await?;
+    Ok(out)
+}
 
+/// The user's partition of the per-user topics (account data, to-device).
+pub(crate) fn own_partition(service: &SyncService, user_id: &str) -> u32 {
+    ganglion_log::partition_for_key(user_id.as_bytes(), service.partitions as u32)
+}
+
+/// Typing and receipts in the user's rooms: the changes in the window, or
+/// on an initial sync who types now and every receipt.
+pub(crate) async fn ephemeral(
+    out: &mut Streams,
+    service: &SyncService,
+    user_id: &str,
+    since: Option<&SyncToken>,
+    current: &SyncToken,
+    filter: &SyncFilter,
+) -> Result<(), MatrixError> {
     for room in service
         .storage
-        .typing_for(user_id, lowest(since, Stream::Typing), now)
+        .typing_for(user_id, lowest(since, Stream::Typing), now_ms())
         .await?
     {
         let wanted = if since.is_some() {
@@ -122,9 +145,19 @@ pub(crate) async fn collect(
             .or_default()
             .push(json!({ "type": "m.receipt", "content": content }));
     }
+    Ok(())
+}
 
-    let own_partition =
-        ganglion_log::partition_for_key(user_id.as_bytes(), service.partitions as u32);
+/// Global and per-room account data written in the window.
+pub(crate) async fn account_data(
+    out: &mut Streams,
+    service: &SyncService,
+    user_id: &str,
+    since: Option<&SyncToken>,
+    current: &SyncToken,
+    filter: &SyncFilter,
+) -> Result<(), MatrixError> {
+    let own_partition = own_partition(service, user_id);
     let from = since
         .map(|s| s.stream_offset(Stream::AccountData, own_partition))
         .unwrap_or(0);
@@ -143,7 +176,19 @@ pub(crate) async fn collect(
                 .push(event);
         }
     }
+    Ok(())
+}
 
+/// Presence changes of the users the user shares a room with.
+pub(crate) async fn presence(
+    out: &mut Streams,
+    service: &SyncService,
+    user_id: &str,
+    since: Option<&SyncToken>,
+    current: &SyncToken,
+    filter: &SyncFilter,
+) -> Result<(), MatrixError> {
+    let now = now_ms();
     for row in service
         .storage
         .presence_for(user_id, lowest(since, Stream::Presence))
@@ -155,14 +200,29 @@ pub(crate) async fn collect(
             out.presence.push(presence_event(&row, now));
         }
     }
+    Ok(())
+}
 
-    let acked = since
-        .map(|s| s.stream_offset(Stream::ToDevice, own_partition))
-        .unwrap_or(0);
+/// The device's to-device messages after `acked` (an offset of the user's
+/// partition, which the device acknowledged: those before it are deleted).
+pub(crate) async fn to_device(
+    out: &mut Streams,
+    service: &SyncService,
+    device: &Device,
+    acked: u64,
+    current: &SyncToken,
+) -> Result<(), MatrixError> {
+    let own_partition = own_partition(service, &device.user_id);
     let to = current.stream_offset(Stream::ToDevice, own_partition);
     let messages = service
         .storage
-        .to_device_inbox(user_id, &device.device_id, acked, to, TO_DEVICE_LIMIT)
+        .to_device_inbox(
+            &device.user_id,
+            &device.device_id,
+            acked,
+            to,
+            TO_DEVICE_LIMIT,
+        )
         .await?;
     if messages.len() as u32 == TO_DEVICE_LIMIT
         && let Some(last) = messages.last()
@@ -179,5 +239,5 @@ pub(crate) async fn collect(
             })
         })
         .collect();
-    Ok(out)
+    Ok(())
 }

@@ -47,6 +47,18 @@ fn membership_row(row: &sqlx::any::AnyRow) -> Result<Membership, sqlx::Error> {
     })
 }
 
+/// The event types that move a room up a sliding sync list (MSC4186's
+/// default bump types; the migration that added bumps lists them too).
+pub(crate) const BUMP_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
 /// An event as served.
 #[derive(Debug, Clone)]
 pub(crate) struct EventRow {
@@ -62,6 +74,10 @@ pub(crate) struct EventRow {
     pub(crate) device_id: String,
     pub(crate) transaction_id: String,
 }
+
+/// How many rooms one batched statement reads (well under the bind
+/// parameter limits of SQLite and PostgreSQL).
+const ROOMS_PER_STATEMENT: usize = 200;
 
 const EVENT_COLUMNS: &str =
     "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
@@ -129,6 +145,16 @@ impl Storage {
         .rows_affected()
             == 1;
         if inserted {
+            if BUMP_TYPES.contains(&event.event_type) {
+                sqlx::query(
+                    "INSERT INTO room_bumps (room_id, bump)
+                     SELECT room_id, id FROM events WHERE event_id = $1
+                     ON CONFLICT (room_id) DO UPDATE SET bump = excluded.bump",
+                )
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             for (user_id, highlight) in event.notified {
                 sqlx::query(
                     "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)
@@ -360,6 +386,88 @@ impl Storage {
             state.push(event);
         }
         Ok((state, members))
+    }
+
+    /// The latest events (at most `limit`, newest first) of each room below
+    /// its bound: one statement per chunk of rooms instead of one per room.
+    pub(crate) async fn latest_events_of(
+        &self,
+        rooms: &[(&str, u64)],
+        limit: u32,
+    ) -> Result<std::collections::HashMap<String, Vec<EventRow>>, StorageError> {
+        let mut out: std::collections::HashMap<String, Vec<EventRow>> = Default::default();
+        for chunk in rooms.chunks(ROOMS_PER_STATEMENT) {
+            let sql = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events e
+                         WHERE e.room_id = ${} AND e.log_offset < ${}
+                         ORDER BY e.log_offset DESC LIMIT ${}) AS q{i}",
+                        3 * i + 1,
+                        3 * i + 2,
+                        3 * i + 3
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (room_id, below) in chunk {
+                query = query
+                    .bind(*room_id)
+                    .bind((*below).min(i64::MAX as u64) as i64)
+                    .bind(i64::from(limit));
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let event = event_row(&row)?;
+                out.entry(event.room_id.clone()).or_default().push(event);
+            }
+        }
+        for events in out.values_mut() {
+            events.sort_by_key(|e| std::cmp::Reverse(e.offset));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::room_state_with_members`] for many rooms at once.
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn room_states_with_members(
+        &self,
+        rooms: &[&str],
+    ) -> Result<
+        std::collections::HashMap<String, (Vec<EventRow>, Vec<(String, String, u64)>)>,
+        StorageError,
+    > {
+        let mut out: std::collections::HashMap<
+            String,
+            (Vec<EventRow>, Vec<(String, String, u64)>),
+        > = Default::default();
+        for chunk in rooms.chunks(ROOMS_PER_STATEMENT) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, s.membership FROM current_state s
+                 JOIN events e ON e.event_id = s.event_id
+                 WHERE s.room_id IN ({placeholders}) ORDER BY e.log_offset"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for room_id in chunk {
+                query = query.bind(*room_id);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let event = event_row(&row)?;
+                let membership: Option<String> = row.try_get(10)?;
+                let (state, members) = out.entry(event.room_id.clone()).or_default();
+                if event.event_type == "m.room.member"
+                    && let (Some(user), Some(membership)) = (&event.state_key, membership)
+                {
+                    members.push((user.clone(), membership, event.offset));
+                }
+                state.push(event);
+            }
+        }
+        Ok(out)
     }
 
     /// The room's current state events.

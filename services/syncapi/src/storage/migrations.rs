@@ -152,4 +152,31 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Simplified sliding sync: each room's latest "bump" (the local row of
+    // its latest message-like event, comparable across rooms), computed for
+    // what is already stored, and the per-connection state (what each
+    // connection was sent), keyed by the `pos` it was answered with.
+    Migration {
+        version: 4,
+        description: "room bump stamps; sliding sync connections",
+        sql: "
+            CREATE TABLE room_bumps (
+                room_id TEXT PRIMARY KEY,
+                bump BIGINT NOT NULL
+            );
+            INSERT INTO room_bumps (room_id, bump)
+                SELECT room_id, MAX(id) FROM events
+                WHERE event_type IN ('m.room.create', 'm.room.message', 'm.room.encrypted',
+                                     'm.sticker', 'm.call.invite', 'm.poll.start', 'm.beacon_info')
+                GROUP BY room_id;
+            CREATE TABLE sliding_connections (
+                id {serial},
+                user_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                conn_id TEXT NOT NULL,
+                state TEXT NOT NULL
+            );
+            CREATE INDEX sliding_connections_by_conn ON sliding_connections (user_id, device_id, conn_id, id);
+        ",
+    },
 ];

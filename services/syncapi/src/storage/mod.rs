@@ -9,12 +9,14 @@ mod events;
 mod filters;
 mod migrations;
 mod positions;
+mod sliding;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use ephemeral::{At, PresenceRow};
 pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow};
 pub(crate) use migrations::MIGRATIONS;
+pub(crate) use sliding::SlidingRoom;
 
 use ganglion_base::Database;
 

@@ -1,0 +1,369 @@
+// matrix-js-sdk drives a Ganglion homeserver through one two-user conversation.
+//
+// Usage: node scenario.mjs <homeserver base URL>, e.g. http://127.0.0.1:18008
+//
+// Every assertion reads what the SDK's own sync machinery made of the server's
+// responses (Room, RoomMember, receipts, account data, notification counts,
+// timeline callbacks), not raw HTTP. Crypto is never initialised: the server
+// has no keys endpoints yet. The SDK's own logging is muted, except errors,
+// unless SDK_DEBUG=1.
+//
+// Steps 1-2 set up the room every later step needs, so a failure there stops
+// the run; steps 3-9 each run even if an earlier one failed, and the exit
+// status is 1 with a list of every failed step.
+
+import { randomBytes } from "node:crypto";
+import { isDeepStrictEqual } from "node:util";
+import * as sdk from "matrix-js-sdk";
+
+const WAIT_MS = 10_000; // deadline for any one condition to appear in a client's state
+const POLL_MS = 50; // how often a waiting step re-reads the client's state
+const SYNC_TIMEOUT_MS = 5_000; // long-poll timeout the sync loops ask the server for
+const OVERALL_MS = 60_000; // deadline for the whole scenario
+
+if (!process.env.SDK_DEBUG) {
+    // The SDK logs through console.* looked up at call time; keep its chatter
+    // out of the step log but let its errors through to stderr.
+    console.log = console.info = console.debug = console.trace = console.warn = () => {};
+    // The SDK logs this at error level for every newly joined room, whatever
+    // the server does (matrix-org/matrix-js-sdk#3781, #4808).
+    const error = console.error;
+    console.error = (...args) => {
+        if (!args.some((a) => String(a).includes("Got room state event for unknown room"))) error(...args);
+    };
+}
+
+class ScenarioFailed extends Error {}
+
+function say(message) {
+    process.stdout.write(`[js] ${message}\n`);
+}
+
+function check(condition, message) {
+    if (!condition) throw new ScenarioFailed(message);
+}
+
+/** Await an SDK call; turn a server error into a failure naming the request. */
+async function ok(promise, what) {
+    try {
+        return await promise;
+    } catch (err) {
+        const detail = err.httpStatus ? `${err.httpStatus} ${err.errcode ?? ""} ${err.message}` : String(err);
+        throw new ScenarioFailed(`${what} failed: ${detail}`);
+    }
+}
+
+/** One user: a logged-in client whose sync loop runs in the background. */
+class Peer {
+    constructor(baseUrl, login, password) {
+        this.userId = login.user_id;
+        this.password = password;
+        this.client = sdk.createClient({
+            baseUrl,
+            userId: login.user_id,
+            accessToken: login.access_token,
+            deviceId: login.device_id,
+        });
+        this.syncErrors = [];
+        this.messages = []; // { roomId, eventId, body } from RoomEvent.Timeline
+        this.client.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
+            if (state === sdk.SyncState.Error) this.syncErrors.push(String(data?.error ?? "unknown sync error"));
+        });
+        this.client.on(sdk.RoomEvent.Timeline, (event, room, toStart, _removed, data) => {
+            if (toStart || !data?.liveEvent || event.getType() !== "m.room.message") return;
+            this.messages.push({ roomId: room.roomId, eventId: event.getId(), body: event.getContent().body });
+        });
+    }
+
+    async start() {
+        await this.client.startClient({ initialSyncLimit: 20, pollTimeout: SYNC_TIMEOUT_MS });
+        await this.waitFor(() => this.client.isInitialSyncComplete(), "the initial sync");
+    }
+
+    /** Wait until predicate() is truthy in this client's state, or fail at the deadline. */
+    async waitFor(predicate, what) {
+        const deadline = Date.now() + WAIT_MS;
+        for (;;) {
+            const value = predicate();
+            if (value) return value;
+            if (this.syncErrors.length > 0) {
+                throw new ScenarioFailed(`${this.userId}'s sync failed while waiting for ${what}: ${this.syncErrors.at(-1)}`);
+            }
+            if (Date.now() > deadline) throw new ScenarioFailed(`${this.userId}: timed out waiting for ${what}`);
+            await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+        }
+    }
+
+    room(roomId) {
+        return this.client.getRoom(roomId);
+    }
+
+    stop() {
+        this.client.stopClient();
+    }
+}
+
+/** Register through user-interactive auth, driven by the SDK's InteractiveAuth. */
+async function register(baseUrl, localpart, password) {
+    const anonymous = sdk.createClient({ baseUrl });
+    const attempts = [];
+    const auth = new sdk.InteractiveAuth({
+        matrixClient: anonymous,
+        doRequest: (authDict) => {
+            attempts.push(authDict);
+            return anonymous.registerRequest({
+                username: localpart,
+                password,
+                initial_device_display_name: "js-scenario",
+                ...(authDict ? { auth: authDict } : {}),
+            });
+        },
+        stateUpdated: (stage, status) => {
+            if (status?.errcode) say(`  UIA stage ${stage} error: ${status.errcode} ${status.error}`);
+        },
+        requestEmailToken: () => Promise.reject(new Error("the server asked for an email stage")),
+    });
+    const response = await ok(auth.attemptAuth(), `register ${localpart}`);
+    // The SDK first asks without auth (401 with flows and a session), then
+    // completes the m.login.dummy stage in that session.
+    check(attempts.length === 2 && !attempts[0], `expected 2 register attempts, first without auth: ${JSON.stringify(attempts)}`);
+    check(attempts[1]?.type === "m.login.dummy" && attempts[1]?.session, `second attempt: ${JSON.stringify(attempts[1])}`);
+    check(response.user_id?.startsWith(`@${localpart}:`), `registered ${response.user_id}`);
+    check(response.access_token, "registration returned no access token");
+    return response.user_id;
+}
+
+async function login(baseUrl, userId, password) {
+    const anonymous = sdk.createClient({ baseUrl });
+    const response = await ok(
+        anonymous.loginRequest({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: userId },
+            password,
+            initial_device_display_name: "js-scenario",
+        }),
+        `login ${userId}`,
+    );
+    check(response.user_id === userId, `login returned ${response.user_id}`);
+    const peer = new Peer(baseUrl, response, password);
+    const whoami = await ok(peer.client.whoami(), "whoami");
+    check(whoami.user_id === userId, `whoami says ${whoami.user_id}`);
+    return peer;
+}
+
+function topicOf(room) {
+    return room.currentState.getStateEvents("m.room.topic", "")?.getContent().topic;
+}
+
+async function setup(baseUrl) {
+    const suffix = randomBytes(4).toString("hex");
+    const password = `correct horse ${suffix}`;
+
+    say("step 1: register alice and bob (UIA with m.login.dummy), then log in with m.login.password");
+    const aliceId = await register(baseUrl, `alice-${suffix}`, password);
+    const bobId = await register(baseUrl, `bob-${suffix}`, password);
+    say(`  registered ${aliceId} and ${bobId}`);
+    const alice = await login(baseUrl, aliceId, password);
+    const bob = await login(baseUrl, bobId, password);
+    say(`  both logged in (alice device ${alice.client.getDeviceId()}, bob device ${bob.client.getDeviceId()})`);
+    await alice.start();
+    await bob.start();
+    say("  both clients finished their initial sync");
+
+    say("step 2: alice creates a named room with a topic and invites bob; bob joins");
+    const name = `Ganglion js ${suffix}`;
+    const topic = "SDK scenario topic";
+    const { room_id: roomId } = await ok(alice.client.createRoom({ name, topic }), "createRoom");
+    say(`  created ${roomId}`);
+    await ok(alice.client.invite(roomId, bobId), "invite");
+    const invited = await bob.waitFor(
+        () => bob.room(roomId)?.getMyMembership() === sdk.KnownMembership.Invite && bob.room(roomId),
+        "the invite in bob's rooms",
+    );
+    const inviter = invited.getMember(bobId)?.events.member?.getSender();
+    check(inviter === aliceId, `invite shows inviter ${inviter}`);
+    say(`  bob's client shows membership invite from ${inviter} to ${JSON.stringify(invited.name)}`);
+    await ok(bob.client.joinRoom(roomId), "join");
+
+    for (const peer of [alice, bob]) {
+        const room = await peer.waitFor(() => {
+            const r = peer.room(roomId);
+            const joined = (u) => r?.getMember(u)?.membership === sdk.KnownMembership.Join;
+            return joined(aliceId) && joined(bobId) && r;
+        }, "alice and bob both joined");
+        check(room.getMyMembership() === sdk.KnownMembership.Join, `${peer.userId} membership ${room.getMyMembership()}`);
+        check(room.getJoinedMemberCount() === 2, `${peer.userId} sees ${room.getJoinedMemberCount()} joined`);
+        check(room.name === name, `${peer.userId} sees name ${JSON.stringify(room.name)}`);
+        check(topicOf(room) === topic, `${peer.userId} sees topic ${JSON.stringify(topicOf(room))}`);
+        say(`  ${peer.userId} sees both joined, name ${JSON.stringify(room.name)}, topic ${JSON.stringify(topicOf(room))}`);
+    }
+    return { alice, bob, roomId };
+}
+
+async function stepMessages({ alice, bob, roomId }, state) {
+    say("step 3: alice sends two text messages; bob's timeline callbacks receive them");
+    const bodies = ["hello bob", "second message"];
+    const eventIds = [];
+    for (const body of bodies) eventIds.push((await ok(alice.client.sendTextMessage(roomId, body), "send")).event_id);
+    await bob.waitFor(() => {
+        const seen = bob.messages.filter((m) => m.roomId === roomId).slice(-2);
+        return isDeepStrictEqual(seen.map((m) => [m.eventId, m.body]), eventIds.map((id, i) => [id, bodies[i]]));
+    }, "both messages in bob's timeline callbacks");
+    const live = bob.room(roomId).getLiveTimeline().getEvents().map((e) => e.getId());
+    check(eventIds.every((id) => live.includes(id)), "messages missing from bob's live timeline");
+    state.lastEvent = eventIds.at(-1);
+    say(`  bob received ${JSON.stringify(bodies)} in order (${eventIds.join(", ")})`);
+}
+
+function typingUsers(peer, roomId) {
+    return peer.room(roomId).getMembers().filter((m) => m.typing).map((m) => m.userId);
+}
+
+async function stepTyping({ alice, bob, roomId }) {
+    say("step 4: alice types (timeout 30 s), then stops; bob's room members' typing flags follow");
+    await ok(alice.client.sendTyping(roomId, true, 30_000), "typing on");
+    await bob.waitFor(() => typingUsers(bob, roomId).includes(alice.userId), "alice among typing users");
+    say(`  bob sees typing users ${JSON.stringify(typingUsers(bob, roomId))}`);
+    await ok(alice.client.sendTyping(roomId, false, 0), "typing off");
+    await bob.waitFor(() => typingUsers(bob, roomId).length === 0, "no typing users");
+    say("  bob sees typing users []");
+}
+
+function lastEvent(state) {
+    check(state.lastEvent, "no message from step 3 to refer to");
+    return state.lastEvent;
+}
+
+async function stepReceipt({ alice, bob, roomId }, state) {
+    say("step 5: bob sends an m.read receipt for alice's last message; alice's client sees it");
+    const eventId = lastEvent(state);
+    const event = bob.room(roomId).findEventById(eventId);
+    check(event, `bob's room has no event ${eventId}`);
+    await ok(bob.client.sendReadReceipt(event, sdk.ReceiptType.Read), "receipt");
+    // ignoreSynthesized: only a receipt that came from the server counts.
+    await alice.waitFor(
+        () => alice.room(roomId).getReadReceiptForUserId(bob.userId, true, sdk.ReceiptType.Read)?.eventId === eventId,
+        `bob's receipt on ${eventId}`,
+    );
+    const aliceEvent = alice.room(roomId).findEventById(eventId);
+    const readers = alice.room(roomId).getUsersReadUpTo(aliceEvent);
+    check(readers.includes(bob.userId), `getUsersReadUpTo gives ${JSON.stringify(readers)}`);
+    say(`  alice sees bob's m.read on ${eventId}; read up to it: ${JSON.stringify(readers)}`);
+}
+
+async function stepReadMarkers({ bob, roomId }, state) {
+    say("step 6: bob sets m.fully_read with setRoomReadMarkers; his room account data shows it");
+    const eventId = lastEvent(state);
+    await ok(bob.client.setRoomReadMarkers(roomId, eventId), "read_markers");
+    await bob.waitFor(
+        () => bob.room(roomId).getAccountData("m.fully_read")?.getContent().event_id === eventId,
+        "m.fully_read in bob's room account data",
+    );
+    say(`  bob's room account data m.fully_read = ${eventId}`);
+}
+
+async function stepAccountData({ alice, roomId }) {
+    say("step 7: global account data and a room tag round-trip through alice's sync");
+    const kind = "org.ganglion.sdk_scenario";
+    const content = { colour: "green", nonce: randomBytes(4).toString("hex") };
+    // setAccountData resolves only once the change came back through sync.
+    await ok(withDeadline(alice.client.setAccountData(kind, content), `${kind} echoed by sync`), "setAccountData");
+    check(isDeepStrictEqual(alice.client.getAccountData(kind)?.getContent(), content), `getAccountData gives ${JSON.stringify(alice.client.getAccountData(kind)?.getContent())}`);
+    say(`  alice's client holds ${kind} = ${JSON.stringify(content)}`);
+
+    await ok(alice.client.setRoomTag(roomId, "m.favourite", { order: 0.5 }), "setRoomTag");
+    await alice.waitFor(() => alice.room(roomId).tags["m.favourite"]?.order === 0.5, "m.favourite (order 0.5) in alice's room tags");
+    say(`  alice's room tags are ${JSON.stringify(alice.room(roomId).tags)}`);
+    await ok(alice.client.deleteRoomTag(roomId, "m.favourite"), "deleteRoomTag");
+    await alice.waitFor(() => !("m.favourite" in alice.room(roomId).tags), "m.favourite removed");
+    say(`  after deleting it alice's room tags are ${JSON.stringify(alice.room(roomId).tags)}`);
+}
+
+function withDeadline(promise, what) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new ScenarioFailed(`timed out waiting for ${what}`)), WAIT_MS);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+async function stepUnread({ alice, bob, roomId }) {
+    say("step 8: a message bob has not read counts as a notification until his receipt");
+    const { event_id: eventId } = await ok(alice.client.sendTextMessage(roomId, "are you there?"), "send");
+    const count = () => bob.room(roomId).getUnreadNotificationCount(sdk.NotificationCountType.Total);
+    await bob.waitFor(
+        () => bob.messages.some((m) => m.eventId === eventId) && count() > 0,
+        "the new message and a notification count > 0",
+    );
+    say(`  bob's room notification count (total) = ${count()}`);
+    await ok(bob.client.sendReadReceipt(bob.room(roomId).findEventById(eventId), sdk.ReceiptType.Read), "receipt");
+    await bob.waitFor(() => count() === 0, "notification count 0");
+    say("  after bob's receipt the notification count is 0");
+}
+
+async function stepLeave({ alice, bob, roomId }) {
+    say("step 9: bob leaves; alice sees his membership leave, bob's room moves to leave");
+    await ok(bob.client.leave(roomId), "leave");
+    await alice.waitFor(
+        () => alice.room(roomId).getMember(bob.userId)?.membership === sdk.KnownMembership.Leave,
+        "bob's membership leave in alice's room",
+    );
+    say(`  alice sees ${bob.userId} membership leave; joined count ${alice.room(roomId).getJoinedMemberCount()}`);
+    await bob.waitFor(() => bob.room(roomId)?.getMyMembership() === sdk.KnownMembership.Leave, "bob's own membership leave");
+    const joinedIds = bob.client.getRooms().filter((r) => r.getMyMembership() === sdk.KnownMembership.Join).map((r) => r.roomId);
+    check(!joinedIds.includes(roomId), "bob's client still lists the room as joined");
+    say("  bob's client shows his membership as leave and no longer lists the room as joined");
+}
+
+async function main(baseUrl) {
+    const started = Date.now();
+    say(`homeserver ${baseUrl}`);
+    let peers;
+    const failures = [];
+    try {
+        try {
+            peers = await setup(baseUrl);
+        } catch (err) {
+            say(`FAILED during setup: ${err.message}`);
+            return 1;
+        }
+        const state = {};
+        for (const step of [stepMessages, stepTyping, stepReceipt, stepReadMarkers, stepAccountData, stepUnread, stepLeave]) {
+            try {
+                await step(peers, state);
+            } catch (err) {
+                const message = err instanceof ScenarioFailed ? err.message : `unexpected ${err?.stack ?? err}`;
+                failures.push(`${step.name}: ${message}`);
+                say(`  FAILED: ${message}`);
+            }
+        }
+    } finally {
+        peers?.alice.stop();
+        peers?.bob.stop();
+    }
+    const elapsed = ((Date.now() - started) / 1000).toFixed(1);
+    if (failures.length > 0) {
+        say(`${failures.length} step(s) failed in ${elapsed} s:`);
+        for (const failure of failures) say(`  - ${failure}`);
+        return 1;
+    }
+    say(`all steps passed in ${elapsed} s`);
+    return 0;
+}
+
+if (process.argv.length !== 3) {
+    process.stderr.write("usage: node scenario.mjs <homeserver base URL>\n");
+    process.exit(2);
+}
+setTimeout(() => {
+    say(`FAILED: the scenario did not finish within ${OVERALL_MS / 1000} s`);
+    process.exit(1);
+}, OVERALL_MS).unref();
+// Exit explicitly: stopped clients may leave timers that would keep Node alive.
+main(process.argv[2].replace(/\/+$/, "")).then(
+    (code) => process.exit(code),
+    (err) => {
+        process.stderr.write(`[js] unexpected error: ${err?.stack ?? err}\n`);
+        process.exit(1);
+    },
+);
