@@ -159,6 +159,8 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = start(dir.path(), "eph").await;
     crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
+    // Simplified sliding sync through the gateway, its extensions fed over Kafka.
+    crate::sliding_sync::extensions(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice
         .create_room(serde_json::json!({"preset": "public_chat"}))

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
-use ruma::push::{PushConditionRoomCtx, Ruleset};
+use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent};
+use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
-use ruma::{OwnedRoomId, OwnedUserId, UInt};
+use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UInt};
 use serde_json::Value;
 
 use crate::storage::NotificationRow;
@@ -16,14 +17,41 @@ use crate::storage::NotificationRow;
 /// An event that notifies a user: (user, highlight).
 pub(crate) type Notified = Vec<(String, bool)>;
 
+/// The room's power levels as push rules see them (who may notify
+/// `@room`), from its `m.room.create` and `m.room.power_levels` events:
+/// the room version decides the rules, and from v12 the creators' power.
+pub(crate) fn power_levels_context(
+    create_json: Option<&str>,
+    power_levels_json: Option<&str>,
+) -> Option<PushConditionPowerLevelsCtx> {
+    let create: Value = serde_json::from_str(create_json?).ok()?;
+    let version = create["content"]["room_version"].as_str().unwrap_or("1");
+    let rules = RoomVersionId::try_from(version).ok()?.rules()?;
+    let mut creators = vec![OwnedUserId::try_from(create["sender"].as_str()?).ok()?];
+    creators.extend(
+        create["content"]["additional_creators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|user| OwnedUserId::try_from(user.as_str()?).ok()),
+    );
+    let content: Option<RoomPowerLevelsEventContent> = power_levels_json
+        .and_then(|json| serde_json::from_str::<Value>(json).ok())
+        .and_then(|event| serde_json::from_value(event["content"].clone()).ok());
+    let levels = RoomPowerLevels::new(content.into(), &rules.authorization, creators);
+    Some(levels.into())
+}
+
 /// Who among `members` (local users) the event notifies, and whether it
 /// highlights them. The spec's current default rules match intentional
-/// mentions (`m.mentions`), not display names, so none is looked up.
+/// mentions (`m.mentions`), not display names, so none is looked up;
+/// `power_levels` decides whether the sender may mention `@room`.
 pub(crate) async fn evaluate(
     event_json: &str,
     room_id: &str,
     member_count: usize,
     members: &[String],
+    power_levels: Option<PushConditionPowerLevelsCtx>,
 ) -> Notified {
     let (Ok(room_id), Ok(raw)) = (
         OwnedRoomId::try_from(room_id),
@@ -38,8 +66,9 @@ pub(crate) async fn evaluate(
             continue;
         };
         let rules = Ruleset::server_default(&user);
-        let context =
+        let mut context =
             PushConditionRoomCtx::new(room_id.clone(), count, user.clone(), String::new());
+        context.power_levels = power_levels.clone();
         let actions = rules.get_actions(&raw, &context).await;
         if actions.iter().any(|a| a.should_notify()) {
             notified.push((user_id.clone(), actions.iter().any(|a| a.is_highlight())));
@@ -94,12 +123,19 @@ mod tests {
         };
         // A message in a busy room notifies everyone but its sender.
         assert_eq!(
-            evaluate(&message("hello", &[]), "!r:hs", 3, &members).await,
+            evaluate(&message("hello", &[]), "!r:hs", 3, &members, None).await,
             vec![("@bob:hs".to_owned(), false)]
         );
         // An intentional mention highlights.
         assert_eq!(
-            evaluate(&message("hi Bob, look", &["@bob:hs"]), "!r:hs", 3, &members).await,
+            evaluate(
+                &message("hi Bob, look", &["@bob:hs"]),
+                "!r:hs",
+                3,
+                &members,
+                None
+            )
+            .await,
             vec![("@bob:hs".to_owned(), true)]
         );
         // Notices do not notify.
@@ -109,7 +145,47 @@ mod tests {
             "content": {"msgtype": "m.notice", "body": "bot says"},
         })
         .to_string();
-        assert_eq!(evaluate(&notice, "!r:hs", 3, &members).await, vec![]);
+        assert_eq!(evaluate(&notice, "!r:hs", 3, &members, None).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn room_mentions_need_the_power_to_notify_the_room() {
+        let members = vec!["@bob:hs".to_owned()];
+        let create = |version: &str| {
+            serde_json::json!({"type": "m.room.create", "sender": "@alice:hs", "state_key": "",
+                               "content": {"room_version": version}})
+            .to_string()
+        };
+        let levels = serde_json::json!({"type": "m.room.power_levels", "state_key": "",
+            "content": {"users": {"@alice:hs": 100}, "users_default": 0}})
+        .to_string();
+        let mention = |sender: &str| {
+            serde_json::json!({
+                "type": "m.room.message", "sender": sender, "room_id": "!r:hs",
+                "event_id": "$m", "origin_server_ts": 1,
+                "content": {"msgtype": "m.text", "body": "everyone!", "m.mentions": {"room": true}},
+            })
+            .to_string()
+        };
+        let context = power_levels_context(Some(&create("10")), Some(&levels));
+        assert!(context.is_some());
+        // The room's admin may: a highlight. Someone at level 0 may not.
+        assert_eq!(
+            evaluate(&mention("@alice:hs"), "!r:hs", 3, &members, context.clone()).await,
+            vec![("@bob:hs".to_owned(), true)]
+        );
+        let others = vec!["@alice:hs".to_owned()];
+        assert_eq!(
+            evaluate(&mention("@carol:hs"), "!r:hs", 3, &others, context).await,
+            vec![("@alice:hs".to_owned(), false)]
+        );
+        // In v12 the creator may, without a power levels event.
+        let v12 = power_levels_context(Some(&create("12")), None);
+        assert_eq!(
+            evaluate(&mention("@alice:hs"), "!r:hs", 3, &members, v12).await,
+            vec![("@bob:hs".to_owned(), true)]
+        );
+        assert!(power_levels_context(None, Some(&levels)).is_none());
     }
 }
 

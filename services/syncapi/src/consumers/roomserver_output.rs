@@ -73,7 +73,19 @@ impl OutputConsumer {
         {
             members.push(invitee.to_owned());
         }
-        Ok(crate::notifications::evaluate(json, room_id, joined, &members).await)
+        // Only an intentional mention of the room asks who may notify it.
+        let power_levels = if json.contains("\"m.mentions\"") {
+            let (create, levels) = self
+                .service
+                .storage
+                .create_and_power_levels(room_id)
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            crate::notifications::power_levels_context(create.as_deref(), levels.as_deref())
+        } else {
+            None
+        };
+        Ok(crate::notifications::evaluate(json, room_id, joined, &members, power_levels).await)
     }
 }
 

@@ -512,6 +512,28 @@ impl Storage {
             }))
     }
 
+    /// The JSON of the room's current `m.room.create` and
+    /// `m.room.power_levels` events, if held.
+    pub(crate) async fn create_and_power_levels(
+        &self,
+        room_id: &str,
+    ) -> Result<(Option<String>, Option<String>), StorageError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.event_type, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = $1 AND s.state_key = ''
+               AND s.event_type IN ('m.room.create', 'm.room.power_levels')",
+        )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let of = |event_type: &str| {
+            rows.iter()
+                .find(|(t, _)| t == event_type)
+                .map(|(_, json)| json.clone())
+        };
+        Ok((of("m.room.create"), of("m.room.power_levels")))
+    }
+
     /// One event by ID.
     pub(crate) async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
