@@ -2,6 +2,7 @@
 //! - initial `/sync` for a user in `rooms` rooms (p50/p99 over runs);
 //! - incremental `/sync` with nothing new, before and after the rooms'
 //!   history grew tenfold (its cost should not follow history length);
+//! - simplified sliding sync: the first window of 20 rooms, and a no-op;
 //! - send→sync wake-up latency (p50/p99) with `idle` idle long-polling
 //!   connections held open by other users.
 //!
@@ -10,9 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use ganglion_integration_tests::client::Client;
+use ganglion_integration_tests::client::{Client, encode};
 use ganglion_integration_tests::process::{Monolith, rss_kib};
 use serde_json::{Value, json};
+
+const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -84,6 +87,46 @@ async fn main() -> anyhow::Result<()> {
         "incremental sync, nothing new",
         timed_syncs(&alice, Some(&since), 50).await,
     );
+    // Simplified sliding sync: the first window of 20 rooms, then a no-op.
+    let sliding = |pos: Option<String>| {
+        let alice = alice.clone();
+        async move {
+            let path = match pos {
+                Some(pos) => format!("{SLIDING}?timeout=0&pos={}", encode(&pos)),
+                None => SLIDING.to_owned(),
+            };
+            let body = json!({"lists": {"all": {
+                "ranges": [[0, 19]], "timeline_limit": 1,
+                "required_state": [["m.room.name", ""], ["m.room.member", "$LAZY"]],
+            }}});
+            let started = Instant::now();
+            let reply = alice.call(reqwest::Method::POST, &path, Some(body)).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            (
+                started.elapsed(),
+                reply.body["pos"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let mut first = Vec::new();
+    let mut pos = String::new();
+    for _ in 0..10 {
+        let (took, at) = sliding(None).await;
+        first.push(took);
+        pos = at;
+    }
+    summary(
+        &format!("sliding sync, first window of 20 of {rooms} rooms"),
+        first,
+    );
+    let mut quiet = Vec::new();
+    for _ in 0..50 {
+        let (took, at) = sliding(Some(pos.clone())).await;
+        quiet.push(took);
+        pos = at;
+    }
+    summary("sliding sync, nothing new", quiet);
+
     // Ten times the history in the first rooms; the no-op sync should not care.
     let grow = rooms.min(50);
     for (i, room_id) in room_ids.iter().take(grow).enumerate() {
