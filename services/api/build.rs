@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "roomserver.proto",
         "syncapi.proto",
         "topics.proto",
+        "keyserver.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| dir.join(f)).collect();
     for path in &paths {

@@ -141,3 +141,10 @@ async fn simplified_sliding_sync() {
     crate::sliding_sync::extensions(&server.base_url).await;
     crate::sliding_sync::refusals(&server.base_url).await;
 }
+
+#[tokio::test]
+async fn e2ee_keys_upload_query_claim() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::e2ee_keys::upload_query_claim(&server.base_url).await;
+}

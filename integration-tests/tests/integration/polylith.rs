@@ -161,6 +161,8 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
     // Simplified sliding sync through the gateway, its extensions fed over Kafka.
     crate::sliding_sync::extensions(&server.base_url).await;
+    // Keys: clientapi and syncapi reach the keyserver over gRPC.
+    crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice
         .create_room(serde_json::json!({"preset": "public_chat"}))
@@ -188,7 +190,9 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
         base_url: format!("http://{}", server.replica_listen(&second)),
         ..bob.clone()
     };
-    let body = crate::ephemeral::sync(&on_second, Some(&since), 10_000).await;
+    // A long-poll may first wake for other news (presence the second
+    // replica is still catching up on): sync on until the room shows.
+    let body = sync_until_room(&on_second, &since, &room_id).await;
     let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
     assert_eq!(
         message_bodies(timeline),
@@ -206,12 +210,30 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
         alice.send_text(&room_id, "h2", "and back").await.status,
         200
     );
-    let body = crate::ephemeral::sync(
+    let body = sync_until_room(
         &bob,
-        Some(body["next_batch"].as_str().unwrap_or_default()),
-        10_000,
+        body["next_batch"].as_str().unwrap_or_default(),
+        &room_id,
     )
     .await;
     let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
     assert_eq!(message_bodies(timeline), vec!["and back"], "{body}");
+}
+
+/// Long-polls from `since` until a response carries the room (at most five
+/// responses); that response.
+async fn sync_until_room(
+    client: &ganglion_integration_tests::client::Client,
+    since: &str,
+    room_id: &str,
+) -> serde_json::Value {
+    let mut since = since.to_owned();
+    for _ in 0..5 {
+        let body = crate::ephemeral::sync(client, Some(&since), 10_000).await;
+        if body["rooms"]["join"].get(room_id).is_some() {
+            return body;
+        }
+        since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    panic!("{room_id} never came");
 }

@@ -8,6 +8,7 @@
 pub mod consume;
 mod error;
 pub(crate) mod grpc;
+pub mod keys;
 pub mod roomserver;
 pub mod sync;
 pub mod topics;
@@ -33,5 +34,8 @@ pub mod proto {
     }
     pub mod topics {
         tonic::include_proto!("ganglion.topics");
+    }
+    pub mod keyserver {
+        tonic::include_proto!("ganglion.keyserver");
     }
 }

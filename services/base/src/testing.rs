@@ -55,3 +55,25 @@ pub async fn open_scratch(
     .expect("open the test database");
     (db, dir)
 }
+
+/// The configuration of a service under test: its data in a new temporary
+/// directory, and its database there (SQLite) or at `database_url`. Keep
+/// the directory alive as long as the service.
+pub fn service_config(
+    service: &str,
+    database_url: Option<String>,
+) -> (crate::Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = crate::Config {
+        data_dir: dir.path().to_owned(),
+        ..crate::Config::default()
+    };
+    if let Some(url) = database_url {
+        config
+            .services
+            .entry(service.into())
+            .or_default()
+            .database_url = Some(url);
+    }
+    (config, dir)
+}

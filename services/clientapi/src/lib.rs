@@ -3,7 +3,8 @@
 //! - Serves: discovery, registration and login, room creation, joins,
 //!   leaves, sending messages and state (`routes/`).
 //! - Calls: userapi (accounts, tokens), roomserver (every room write),
-//!   syncapi (waits until a write is visible before answering).
+//!   syncapi (waits until a write is visible before answering), keyserver
+//!   (`/keys/*`, `routes/keys.rs`).
 //! - Produces: `edu.typing`, `edu.receipt` and `edu.to_device`
 //!   (`routes/ephemeral.rs`, `routes/to_device.rs`); account data goes
 //!   through the userapi, which publishes it.
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use ganglion_api::keys::KeysHandle;
 use ganglion_api::roomserver::RoomserverHandle;
 use ganglion_api::sync::SyncHandle;
 use ganglion_api::topics::Topics;
@@ -36,6 +38,7 @@ pub(crate) struct ClientApi {
     users: UsersHandle,
     roomserver: RoomserverHandle,
     sync: SyncHandle,
+    keys: KeysHandle,
     log: Arc<dyn Log>,
     topics: Topics,
     typing_timers: routes::TypingTimers,
@@ -64,6 +67,7 @@ pub struct Peers {
     pub users: UsersHandle,
     pub roomserver: RoomserverHandle,
     pub sync: SyncHandle,
+    pub keys: KeysHandle,
     pub log: Arc<dyn Log>,
 }
 
@@ -73,6 +77,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         users,
         roomserver,
         sync,
+        keys,
         log,
     } = peers;
     let db = Database::open_for_service(config, "clientapi", storage::MIGRATIONS).await?;
@@ -92,6 +97,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         users,
         roomserver,
         sync,
+        keys,
         log,
         topics,
         typing_timers: routes::TypingTimers::default(),

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::Router;
+use ganglion_api::keys::{KeysClient, KeysGrpc, KeysHandle};
 use ganglion_api::roomserver::{RoomserverClient, RoomserverGrpc, RoomserverHandle};
 use ganglion_api::sync::{SyncClient, SyncGrpc, SyncHandle};
 use ganglion_api::users::{UsersClient, UsersGrpc, UsersHandle};
@@ -85,6 +86,8 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
 
     let userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
     let users: UsersHandle = userapi.api.clone();
+    let keyserver = ganglion_keyserver::start(&config).await?;
+    let keys: KeysHandle = keyserver.api.clone();
     let roomserver = ganglion_roomserver::start(
         &config,
         log.clone(),
@@ -98,6 +101,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         &config,
         log.clone(),
         users.clone(),
+        keys.clone(),
         "monolith",
         shutdown.clone(),
     )
@@ -109,6 +113,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
             users,
             roomserver: rooms,
             sync,
+            keys,
             log: log.clone(),
         },
     )
@@ -116,6 +121,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
 
     let mut health = Health::default();
     health.extend(userapi.health);
+    health.extend(keyserver.health);
     health.extend(roomserver.health);
     health.extend(syncapi.health);
     health.extend(clientapi.health);
@@ -188,6 +194,13 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn keys_client(config: &Config) -> anyhow::Result<KeysHandle> {
+    let address = config
+        .service_address("keyserver")
+        .context("services.keyserver: no address")?;
+    Ok(Arc::new(KeysClient::new(&address)?))
+}
+
 fn users_client(config: &Config) -> anyhow::Result<UsersHandle> {
     let address = config
         .service_address("userapi")
@@ -213,6 +226,11 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             health.extend(started.health);
             grpc = grpc.add_service(UsersGrpc::service(started.api));
         }
+        "keyserver" => {
+            let started = ganglion_keyserver::start(&config).await?;
+            health.extend(started.health);
+            grpc = grpc.add_service(KeysGrpc::service(started.api));
+        }
         "roomserver" => {
             let log = open_log(&config, name)?;
             let signing_key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
@@ -235,6 +253,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 &config,
                 log,
                 users_client(&config)?,
+                keys_client(&config)?,
                 &replica,
                 shutdown.clone(),
             )
@@ -260,6 +279,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     users: users_client(&config)?,
                     roomserver: rooms,
                     sync,
+                    keys: keys_client(&config)?,
                     log: open_log(&config, name)?,
                 },
             )

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use ganglion_api::keys::KeysHandle;
 use ganglion_api::topics::Topics;
 use ganglion_api::users::UsersHandle;
 use ganglion_base::health::{DatabaseReady, Health};
@@ -52,6 +53,8 @@ pub struct SyncService {
     storage: Storage,
     server_name: String,
     users: UsersHandle,
+    /// One-time key counts and fallback keys for `/sync`.
+    keys: KeysHandle,
     log: Arc<dyn Log>,
     topics: Topics,
     partitions: usize,
@@ -111,6 +114,7 @@ pub async fn start(
     config: &Config,
     log: Arc<dyn Log>,
     users: UsersHandle,
+    keys: KeysHandle,
     replica_id: &str,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
@@ -137,6 +141,7 @@ pub async fn start(
         storage,
         server_name: config.server_name.clone(),
         users,
+        keys,
         log: log.clone(),
         topics: topics.clone(),
         partitions,

@@ -3,21 +3,9 @@
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_api::users::UsersApi;
-use ganglion_base::Config;
 
 async fn service(database_url: Option<String>) -> (crate::Started, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    if let Some(url) = database_url {
-        config
-            .services
-            .entry("userapi".into())
-            .or_default()
-            .database_url = Some(url);
-    }
+    let (config, dir) = ganglion_base::testing::service_config("userapi", database_url);
     let log =
         std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
     (crate::start(&config, Some(log)).await.expect("start"), dir)

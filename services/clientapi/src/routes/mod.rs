@@ -6,6 +6,7 @@ mod account_data;
 mod directory;
 mod discovery;
 mod ephemeral;
+mod keys;
 mod push_rules;
 mod reports;
 mod room_state;
@@ -94,6 +95,9 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 &format!("{prefix}/sendToDevice/{{event_type}}/{{txn_id}}"),
                 put(to_device::send_to_device),
             )
+            .route(&format!("{prefix}/keys/upload"), post(keys::upload))
+            .route(&format!("{prefix}/keys/query"), post(keys::query))
+            .route(&format!("{prefix}/keys/claim"), post(keys::claim))
             .route(&format!("{prefix}/pushrules/"), get(push_rules::all))
             .route(&format!("{prefix}/pushrules"), get(push_rules::all))
             .route(

@@ -583,9 +583,15 @@ async fn extensions(
     }
 
     if config.e2ee.enabled == Some(true) {
-        // The keyserver holds no device keys yet: nothing has changed and
-        // no one-time keys are held.
-        out.e2ee = response::E2EE::default();
+        // Device list changes need `keyserver.key_changes` (not yet): only
+        // the device's key counts.
+        let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
+        out.e2ee.device_one_time_keys_count = counts
+            .into_iter()
+            .map(|(algorithm, n)| (algorithm.as_str().into(), uint(n)))
+            .collect();
+        out.e2ee.device_unused_fallback_key_types =
+            fallback_types.map(|types| types.iter().map(|t| t.as_str().into()).collect());
     }
 
     if config.account_data.enabled == Some(true) {

@@ -544,15 +544,19 @@ async fn build(
         Some((partition, offset)) => current.with_stream(Stream::ToDevice, partition, offset),
         None => current.clone(),
     };
-    let body = json!({
+    let (key_counts, fallback_types) = sync_streams::key_counts(service, device).await;
+    let mut body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": streams.account_data },
         "presence": { "events": streams.presence },
         "to_device": { "events": streams.to_device },
         "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
+        "device_one_time_keys_count": key_counts,
     });
+    if let Some(types) = fallback_types {
+        body["device_unused_fallback_key_types"] = json!(types);
+    }
     Ok((body, has_updates))
 }
 

@@ -241,3 +241,26 @@ pub(crate) async fn to_device(
         .collect();
     Ok(())
 }
+
+/// The device's one-time key counts and unused fallback key algorithms,
+/// from the keyserver. When it cannot be reached: no counts and no
+/// fallback list (so clients do not conclude their fallback key was used).
+pub(crate) async fn key_counts(
+    service: &SyncService,
+    device: &Device,
+) -> (std::collections::BTreeMap<String, u64>, Option<Vec<String>>) {
+    let request = ganglion_api::proto::keyserver::CountsRequest {
+        user_id: device.user_id.clone(),
+        device_id: device.device_id.clone(),
+    };
+    match service.keys.counts(request).await {
+        Ok(counts) => (
+            counts.one_time_key_counts.into_iter().collect(),
+            Some(counts.unused_fallback_algorithms),
+        ),
+        Err(error) => {
+            tracing::warn!(?error, "keyserver: no key counts for this sync");
+            (Default::default(), None)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The keyserver's API: end-to-end encryption keys of local devices.
+
+use crate::proto::keyserver as pb;
+use crate::proto::keyserver::keys_client::KeysClient as PbClient;
+use crate::proto::keyserver::keys_server::KeysServer;
+
+crate::grpc::service_api! {
+    /// Device identity keys, one-time keys and fallback keys (owned by keyserver).
+    api "keys";
+    trait KeysApi;
+    client KeysClient = PbClient;
+    adapter KeysGrpc: pb::keys_server::Keys, KeysServer;
+    {
+        /// Stores a device's keys; answers with its one-time key counts.
+        fn upload(pb::UploadRequest) -> pb::KeyCounts;
+        fn query(pb::QueryRequest) -> pb::QueryResponse;
+        /// Takes one one-time key (else the fallback key) per device and algorithm.
+        fn claim(pb::ClaimRequest) -> pb::ClaimResponse;
+        /// A device's one-time key counts and unused fallback algorithms.
+        fn counts(pb::CountsRequest) -> pb::KeyCounts;
+    }
+}
+
+/// What callers hold: the service itself (monolith) or a [`KeysClient`].
+pub type KeysHandle = std::sync::Arc<dyn KeysApi>;

@@ -1,0 +1,138 @@
+//! The `KeysApi` implementation: what clientapi and the syncapi ask of keys.
+
+use async_trait::async_trait;
+use ganglion_api::ApiError;
+use ganglion_api::keys::KeysApi;
+use ganglion_api::proto::keyserver as pb;
+use serde_json::Value;
+
+use crate::KeyServer;
+use crate::storage::keys::{UploadError, UploadedKey};
+
+/// The most one-time or fallback keys one upload may carry.
+const MAX_KEYS_PER_UPLOAD: usize = 1_000;
+
+/// Reads a `one_time_keys` / `fallback_keys` object: key IDs are
+/// `algorithm:id`, values the key objects (or, for old clients, strings).
+fn keys_of(json: &[u8], what: &str) -> Result<Vec<UploadedKey>, ApiError> {
+    if json.is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: Value = serde_json::from_slice(json)
+        .map_err(|_| ApiError::InvalidInput(format!("{what} is not JSON")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::InvalidInput(format!("{what} must be an object")))?;
+    if object.len() > MAX_KEYS_PER_UPLOAD {
+        return Err(ApiError::TooLarge(format!("too many {what}")));
+    }
+    object
+        .iter()
+        .map(|(key_id, key)| {
+            let (algorithm, id) = key_id.split_once(':').unwrap_or_default();
+            if algorithm.is_empty() || id.is_empty() || !(key.is_object() || key.is_string()) {
+                return Err(ApiError::InvalidInput(format!(
+                    "{what}: invalid key {key_id}"
+                )));
+            }
+            Ok((key_id.clone(), algorithm.to_owned(), key.to_string()))
+        })
+        .collect()
+}
+
+/// Checks `device_keys`: an object naming this very device, with keys and
+/// algorithms.
+fn device_keys_of(json: &[u8], user_id: &str, device_id: &str) -> Result<String, ApiError> {
+    let value: Value = serde_json::from_slice(json)
+        .map_err(|_| ApiError::InvalidInput("device_keys is not JSON".into()))?;
+    if value["user_id"] != user_id || value["device_id"] != device_id {
+        return Err(ApiError::InvalidInput(
+            "device_keys must name the uploading user and device".into(),
+        ));
+    }
+    if !value["keys"].is_object() || !value["algorithms"].is_array() {
+        return Err(ApiError::InvalidInput(
+            "device_keys needs keys and algorithms".into(),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+impl KeyServer {
+    async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<pb::KeyCounts, ApiError> {
+        let (counts, unused) = self.storage.counts(user_id, device_id).await?;
+        Ok(pb::KeyCounts {
+            one_time_key_counts: counts.into_iter().collect(),
+            unused_fallback_algorithms: unused,
+        })
+    }
+}
+
+#[async_trait]
+impl KeysApi for KeyServer {
+    async fn upload(&self, request: pb::UploadRequest) -> Result<pb::KeyCounts, ApiError> {
+        let device_keys = request
+            .device_keys_json
+            .as_deref()
+            .map(|json| device_keys_of(json, &request.user_id, &request.device_id))
+            .transpose()?;
+        let one_time = keys_of(&request.one_time_keys_json, "one_time_keys")?;
+        let fallback = keys_of(&request.fallback_keys_json, "fallback_keys")?;
+        self.storage
+            .upload(
+                (&request.user_id, &request.device_id),
+                device_keys.as_deref(),
+                &one_time,
+                &fallback,
+            )
+            .await
+            .map_err(|e| match e {
+                UploadError::Conflict(_) => ApiError::InvalidInput(e.to_string()),
+                UploadError::Storage(e) => e.into(),
+            })?;
+        self.key_counts(&request.user_id, &request.device_id).await
+    }
+
+    async fn query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, ApiError> {
+        let mut response = pb::QueryResponse::default();
+        for (user_id, devices) in request.users {
+            let keys = self
+                .storage
+                .device_keys(&user_id, &devices.device_ids)
+                .await?;
+            response.device_keys.insert(
+                user_id,
+                pb::DeviceKeysJson {
+                    devices: keys
+                        .into_iter()
+                        .map(|(device, json)| (device, json.into_bytes()))
+                        .collect(),
+                },
+            );
+        }
+        Ok(response)
+    }
+
+    async fn claim(&self, request: pb::ClaimRequest) -> Result<pb::ClaimResponse, ApiError> {
+        let mut response = pb::ClaimResponse::default();
+        for one in request.claims {
+            if let Some((key_id, json)) = self
+                .storage
+                .claim(&one.user_id, &one.device_id, &one.algorithm)
+                .await?
+            {
+                response.keys.push(pb::ClaimedKey {
+                    user_id: one.user_id,
+                    device_id: one.device_id,
+                    key_id,
+                    key_json: json.into_bytes(),
+                });
+            }
+        }
+        Ok(response)
+    }
+
+    async fn counts(&self, request: pb::CountsRequest) -> Result<pb::KeyCounts, ApiError> {
+        self.key_counts(&request.user_id, &request.device_id).await
+    }
+}

@@ -1,0 +1,216 @@
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+
+/// A one-time or fallback key as uploaded: (key ID, algorithm, JSON).
+pub(crate) type UploadedKey = (String, String, String);
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UploadError {
+    /// A one-time key ID already holds a different key.
+    #[error("one-time key {0} already exists with different content")]
+    Conflict(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for UploadError {
+    fn from(error: sqlx::Error) -> Self {
+        UploadError::Storage(error.into())
+    }
+}
+
+/// Whether two key objects are the same JSON (whatever the key order).
+fn same_json(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+impl Storage {
+    /// Stores a device's uploaded keys in one transaction: its identity
+    /// keys (replacing any), new one-time keys (an ID uploaded again must
+    /// carry the same key), and one fallback key per algorithm (a new one
+    /// replaces the old and is unused).
+    pub(crate) async fn upload(
+        &self,
+        (user_id, device_id): (&str, &str),
+        device_keys: Option<&str>,
+        one_time_keys: &[UploadedKey],
+        fallback_keys: &[UploadedKey],
+    ) -> Result<(), UploadError> {
+        let mut tx = self.db.pool.begin().await?;
+        if let Some(json) = device_keys {
+            sqlx::query(
+                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (key_id, algorithm, json) in one_time_keys {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match existing {
+                Some(stored) if same_json(&stored, json) => {}
+                Some(_) => return Err(UploadError::Conflict(key_id.clone())),
+                None => {
+                    sqlx::query(
+                        "INSERT INTO one_time_keys (user_id, device_id, key_id, algorithm, key_json)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .bind(key_id)
+                    .bind(algorithm)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for (key_id, algorithm, json) in fallback_keys {
+            // The same key again keeps its `used` mark; another replaces it.
+            sqlx::query(
+                "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)
+                 VALUES ($1, $2, $3, $4, $5, 0)
+                 ON CONFLICT (user_id, device_id, algorithm) DO UPDATE
+                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0
+                 WHERE fallback_keys.key_id <> excluded.key_id",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(algorithm)
+            .bind(key_id)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's one-time key counts per algorithm, and the algorithms of
+    /// its unused fallback keys.
+    pub(crate) async fn counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<(BTreeMap<String, u64>, Vec<String>), StorageError> {
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT algorithm, COUNT(*) FROM one_time_keys
+             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let unused: Vec<String> = sqlx::query_scalar(
+            "SELECT algorithm FROM fallback_keys
+             WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok((
+            counts
+                .into_iter()
+                .map(|(algorithm, n)| (algorithm, n.max(0) as u64))
+                .collect(),
+            unused,
+        ))
+    }
+
+    /// The identity keys of a user's devices (all of them when `devices`
+    /// is empty): (device ID, JSON).
+    pub(crate) async fn device_keys(
+        &self,
+        user_id: &str,
+        devices: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT device_id, key_json FROM device_keys WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let device_id: String = row.try_get(0)?;
+            if devices.is_empty() || devices.contains(&device_id) {
+                out.push((device_id, row.try_get(1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes one of a device's one-time keys of `algorithm` (the lowest
+    /// ID), or when none is left marks its fallback key used and returns
+    /// that: (key ID, JSON).
+    pub(crate) async fn claim(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        // A concurrent claim may take the key chosen: choose again.
+        for _ in 0..3 {
+            let candidate: Option<String> = sqlx::query_scalar(
+                "SELECT key_id FROM one_time_keys
+                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+                 ORDER BY key_id LIMIT 1",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(algorithm)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            let Some(key_id) = candidate else {
+                break;
+            };
+            let taken: Option<String> = sqlx::query_scalar(
+                "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3
+                 RETURNING key_json",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(&key_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if let Some(json) = taken {
+                return Ok(Some((key_id, json)));
+            }
+        }
+        let fallback = sqlx::query(
+            "UPDATE fallback_keys SET used = 1
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+             RETURNING key_id, key_json",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(match fallback {
+            Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+            None => None,
+        })
+    }
+}

@@ -1,0 +1,32 @@
+use ganglion_base::Migration;
+
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "device keys, one-time keys, fallback keys",
+    sql: "
+        CREATE TABLE device_keys (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            PRIMARY KEY (user_id, device_id)
+        );
+        CREATE TABLE one_time_keys (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            PRIMARY KEY (user_id, device_id, key_id)
+        );
+        CREATE INDEX one_time_keys_by_algorithm ON one_time_keys (user_id, device_id, algorithm);
+        CREATE TABLE fallback_keys (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            used BIGINT NOT NULL,  -- 0/1: the Any driver has no SQLite BOOLEAN
+            PRIMARY KEY (user_id, device_id, algorithm)
+        );
+    ",
+}];
