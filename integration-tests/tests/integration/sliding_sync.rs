@@ -407,6 +407,21 @@ pub(crate) async fn refusals(base_url: &str) {
     let reply = sliding(&alice, Some(&pos(&a)), 0, &json!({ "conn_id": "two" })).await;
     assert_eq!((reply.status, reply.errcode()), (400, "M_UNKNOWN_POS"));
     ok(&alice, Some(&pos(&a)), 0, &json!({ "conn_id": "one" })).await;
+    // A bad to-device `since` on a new connection is refused before the
+    // connection's kept state is touched: its pos still answers.
+    let reply = sliding(
+        &alice,
+        None,
+        0,
+        &json!({ "conn_id": "one", "extensions": { "to_device": { "enabled": true, "since": "x" } } }),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.errcode()),
+        (400, "M_INVALID_PARAM"),
+        "{reply:?}"
+    );
+    ok(&alice, Some(&pos(&a)), 0, &json!({ "conn_id": "one" })).await;
 }
 
 async fn request_raw(client: &Client, body: &[u8]) -> Reply {

@@ -47,16 +47,31 @@ fn counts_json(counts: &pb::KeyCounts) -> Value {
     json!(counts.one_time_key_counts)
 }
 
-/// A remote server's entry in `failures`: without federation, none is reached.
-fn unreachable() -> Value {
-    json!({"status": 503, "message": "federation is not available yet"})
-}
+/// `failures` of a query or claim: server name → error.
+type Failures = Map<String, Value>;
 
-/// The server part of a user ID, or `M_INVALID_PARAM`.
-fn server_of(user_id: &str) -> Result<&str, MatrixError> {
-    ruma::UserId::parse(user_id)
-        .map_err(|_| MatrixError::invalid_param(format!("invalid user ID {user_id}")))?;
-    Ok(user_id.split_once(':').map(|(_, s)| s).unwrap_or_default())
+/// Splits a request's users into this server's and, for every other
+/// server, its entry in `failures` (without federation, none is reached).
+/// An invalid user ID is `M_INVALID_PARAM`.
+fn local_users<T>(
+    server_name: &str,
+    by_user: BTreeMap<String, T>,
+) -> Result<(Vec<(String, T)>, Failures), MatrixError> {
+    let mut local = Vec::new();
+    let mut failures = Map::new();
+    for (user_id, value) in by_user {
+        let user = ruma::UserId::parse(&user_id)
+            .map_err(|_| MatrixError::invalid_param(format!("invalid user ID {user_id}")))?;
+        if user.server_name() == server_name {
+            local.push((user_id, value));
+        } else {
+            failures.insert(
+                user.server_name().to_string(),
+                json!({"status": 503, "message": "federation is not available yet"}),
+            );
+        }
+    }
+    Ok((local, failures))
 }
 
 pub(crate) async fn upload(
@@ -100,21 +115,13 @@ pub(crate) async fn query(
     if body.device_keys.len() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
     }
-    let mut request = pb::QueryRequest::default();
-    let mut failures = Map::new();
-    for (user_id, devices) in body.device_keys {
-        let server = server_of(&user_id)?;
-        if server == api.server_name {
-            request.users.insert(
-                user_id,
-                pb::DeviceIds {
-                    device_ids: devices,
-                },
-            );
-        } else {
-            failures.insert(server.to_owned(), unreachable());
-        }
-    }
+    let (local, failures) = local_users(&api.server_name, body.device_keys)?;
+    let request = pb::QueryRequest {
+        users: local
+            .into_iter()
+            .map(|(user_id, device_ids)| (user_id, pb::DeviceIds { device_ids }))
+            .collect(),
+    };
     let response = api.keys.query(request).await?;
     let device_keys: Map<String, Value> = response
         .device_keys
@@ -141,14 +148,9 @@ pub(crate) async fn claim(
 ) -> MatrixResult {
     api.authenticate(&headers, &uri).await?;
     let body: ClaimBody = parse_json(&body)?;
+    let (local, failures) = local_users(&api.server_name, body.one_time_keys)?;
     let mut request = pb::ClaimRequest::default();
-    let mut failures = Map::new();
-    for (user_id, devices) in body.one_time_keys {
-        let server = server_of(&user_id)?;
-        if server != api.server_name {
-            failures.insert(server.to_owned(), unreachable());
-            continue;
-        }
+    for (user_id, devices) in local {
         for (device_id, algorithm) in devices {
             request.claims.push(pb::ClaimOne {
                 user_id: user_id.clone(),

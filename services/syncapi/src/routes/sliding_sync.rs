@@ -66,6 +66,14 @@ pub(crate) async fn sliding_sync(
     )
     .map_err(|e| MatrixError::bad_json(format!("invalid sliding sync request: {e}")))?;
     sliding::check_limits(&request)?;
+    // Every check before anything is written: bad input changes nothing.
+    let to_device_since = match &request.extensions.to_device.since {
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| MatrixError::invalid_param("invalid to_device since"))?,
+        ),
+        None => None,
+    };
     let conn_id = request.conn_id.clone().unwrap_or_default();
     let key = (
         device.user_id.as_str(),
@@ -114,13 +122,6 @@ pub(crate) async fn sliding_sync(
     if let Some(since) = &since {
         catch_up(&service, since, timeout).await?;
     }
-    let to_device_since = match &request.extensions.to_device.since {
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| MatrixError::invalid_param("invalid to_device since"))?,
-        ),
-        None => None,
-    };
     loop {
         wake.borrow_and_update();
         let current = service.current_token();
@@ -146,6 +147,10 @@ pub(crate) async fn sliding_sync(
             _ => service.storage.save_connection_state(key, &text).await?,
         };
         let mut response = answer.response;
+        if connection.extensions.e2ee.enabled == Some(true) {
+            // Read once per response, not per rebuild of a long-poll.
+            e2ee(&service, &device, &mut response.extensions.e2ee).await;
+        }
         response.pos = format!("{id}-{current}");
         response.txn_id = request.txn_id.clone();
         return into_http(response);
@@ -543,7 +548,20 @@ async fn joined_room(
     Ok(Some(out))
 }
 
-/// Fills the extensions the connection enabled; whether any has news.
+/// The `e2ee` extension: the device's key counts. Device list changes
+/// need `keyserver.key_changes` (not yet).
+async fn e2ee(service: &SyncService, device: &Device, out: &mut response::E2EE) {
+    let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
+    out.device_one_time_keys_count = counts
+        .into_iter()
+        .map(|(algorithm, n)| (algorithm.as_str().into(), uint(n)))
+        .collect();
+    out.device_unused_fallback_key_types =
+        fallback_types.map(|types| types.iter().map(|t| t.as_str().into()).collect());
+}
+
+/// Fills the extensions the connection enabled (but `e2ee`, added to the
+/// response sent); whether any has news.
 #[allow(clippy::too_many_arguments)]
 async fn extensions(
     service: &SyncService,
@@ -580,18 +598,6 @@ async fn extensions(
         to_device.next_batch = next.to_string();
         to_device.events = streams.to_device.iter().map(raw).collect();
         out.to_device = Some(to_device);
-    }
-
-    if config.e2ee.enabled == Some(true) {
-        // Device list changes need `keyserver.key_changes` (not yet): only
-        // the device's key counts.
-        let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
-        out.e2ee.device_one_time_keys_count = counts
-            .into_iter()
-            .map(|(algorithm, n)| (algorithm.as_str().into(), uint(n)))
-            .collect();
-        out.e2ee.device_unused_fallback_key_types =
-            fallback_types.map(|types| types.iter().map(|t| t.as_str().into()).collect());
     }
 
     if config.account_data.enabled == Some(true) {

@@ -106,13 +106,12 @@ pub(crate) async fn sync(
             query.full_state,
         )
         .await?;
-        if since.is_none() || has_updates || Instant::now() >= deadline {
-            return respond(body);
+        if !(since.is_none() || has_updates || Instant::now() >= deadline)
+            && let Ok(Ok(())) = tokio::time::timeout_at(deadline, wake.changed()).await
+        {
+            continue;
         }
-        match tokio::time::timeout_at(deadline, wake.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return respond(body),
-        }
+        return respond(with_key_counts(&service, &device, body).await);
     }
 }
 
@@ -544,20 +543,27 @@ async fn build(
         Some((partition, offset)) => current.with_stream(Stream::ToDevice, partition, offset),
         None => current.clone(),
     };
-    let (key_counts, fallback_types) = sync_streams::key_counts(service, device).await;
-    let mut body = json!({
+    let body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": streams.account_data },
         "presence": { "events": streams.presence },
         "to_device": { "events": streams.to_device },
         "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": key_counts,
     });
+    Ok((body, has_updates))
+}
+
+/// Adds the device's one-time key counts and fallback key types to the
+/// response about to be sent (read once per response, not per rebuild of a
+/// long-poll).
+async fn with_key_counts(service: &SyncService, device: &Device, mut body: Value) -> Value {
+    let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
+    body["device_one_time_keys_count"] = json!(counts);
     if let Some(types) = fallback_types {
         body["device_unused_fallback_key_types"] = json!(types);
     }
-    Ok((body, has_updates))
+    body
 }
 
 /// The state an invited or knocking user sees of a room: the events the

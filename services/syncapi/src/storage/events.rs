@@ -364,28 +364,11 @@ impl Storage {
         &self,
         room_id: &str,
     ) -> Result<(Vec<EventRow>, Vec<(String, String, u64)>), StorageError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS}, s.membership FROM current_state s
-             JOIN events e ON e.event_id = s.event_id
-             WHERE s.room_id = $1 ORDER BY e.log_offset"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(room_id)
-            .fetch_all(&self.db.pool)
-            .await?;
-        let mut state = Vec::with_capacity(rows.len());
-        let mut members = Vec::new();
-        for row in &rows {
-            let event = event_row(row)?;
-            let membership: Option<String> = row.try_get(10)?;
-            if event.event_type == "m.room.member"
-                && let (Some(user), Some(membership)) = (&event.state_key, membership)
-            {
-                members.push((user.clone(), membership, event.offset));
-            }
-            state.push(event);
-        }
-        Ok((state, members))
+        Ok(self
+            .room_states_with_members(&[room_id])
+            .await?
+            .remove(room_id)
+            .unwrap_or_default())
     }
 
     /// The latest events (at most `limit`, newest first) of each room below
