@@ -160,3 +160,255 @@ pub(crate) async fn upload_query_claim(base_url: &str) {
     .await;
     assert_eq!(no_token.status, 401);
 }
+
+/// The user IDs in one of a sync body's `device_lists` fields.
+fn listed(lists: &Value, field: &str) -> Vec<String> {
+    lists[field]
+        .as_array()
+        .map(|users| {
+            users
+                .iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Long-polls `/sync` from `since` until `wanted` holds for the response's
+/// `device_lists` (a poll may wake for other news first); returns that
+/// response's lists and its `next_batch`.
+async fn sync_until(
+    client: &Client,
+    since: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> (Value, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut since = since.to_owned();
+    loop {
+        let body = client.sync_all(Some(&since), 5_000).await;
+        let lists = body["device_lists"].clone();
+        let next = body["next_batch"].as_str().unwrap_or_default().to_owned();
+        if wanted(&lists) {
+            return (lists, next);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device lists never became as wanted; last: {lists}"
+        );
+        since = next;
+    }
+}
+
+async fn log_in(base_url: &str, client: &Client, password: &str) -> Client {
+    let reply = ganglion_integration_tests::client::request(
+        &client.http,
+        Method::POST,
+        &format!("{base_url}/_matrix/client/v3/login"),
+        None,
+        Some(
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": client.user_id }, "password": password })
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    Client {
+        access_token: reply.body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        device_id: reply.body["device_id"].as_str().unwrap_or_default().into(),
+        ..client.clone()
+    }
+}
+
+async fn upload_device_keys(client: &Client) {
+    let reply = client
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(json!({ "device_keys": device_keys(client) })),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+async fn key_changes(client: &Client, from: &str, to: &str) -> Value {
+    let reply = client
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/keys/changes?from={}&to={}",
+                ganglion_integration_tests::client::encode(from),
+                ganglion_integration_tests::client::encode(to)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
+/// `device_lists` and `/keys/changes`: a user hears of the device changes
+/// of the users they share a room with (new keys, a device logged out),
+/// of users who start sharing a room, and of those who stop sharing any;
+/// never of strangers. Sliding sync's `e2ee` extension carries the same.
+pub(crate) async fn device_lists(base_url: &str) {
+    let alice = Client::register(base_url, "dl_alice", "pw-dl-alice").await;
+    let bob = Client::register(base_url, "dl_bob", "pw-dl-bob").await;
+    let carol = Client::register(base_url, "dl_carol", "pw-dl-carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let start = alice.sync_all(None, 0).await;
+    assert!(
+        start["device_lists"]["changed"]
+            .as_array()
+            .is_none_or(|c| c.is_empty()),
+        "an initial sync lists no changes: {start}"
+    );
+    let t0 = start["next_batch"].as_str().unwrap_or_default().to_owned();
+    let sliding = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
+        )
+        .await;
+    assert_eq!(sliding.status, 200, "{sliding:?}");
+    let pos = sliding.body["pos"].as_str().unwrap_or_default().to_owned();
+
+    // Bob joins: alice starts sharing a room with him.
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let (_, t1) = sync_until(&alice, &t0, |l| listed(l, "changed").contains(&bob.user_id)).await;
+
+    // Bob's new device keys; carol, a stranger, uploads too.
+    upload_device_keys(&carol).await;
+    upload_device_keys(&bob).await;
+    let (lists, t2) =
+        sync_until(&alice, &t1, |l| listed(l, "changed").contains(&bob.user_id)).await;
+    assert!(
+        !listed(&lists, "changed").contains(&carol.user_id),
+        "{lists}"
+    );
+    // And bob hears of his own.
+    let bob_start = bob.sync_all(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let changes = key_changes(&alice, &t0, &t2).await;
+    assert!(
+        listed(&changes, "changed").contains(&bob.user_id),
+        "{changes}"
+    );
+    assert!(
+        !listed(&changes, "changed").contains(&carol.user_id),
+        "{changes}"
+    );
+    assert_eq!(listed(&changes, "left"), Vec::<String>::new());
+
+    // The same keys again change nothing.
+    upload_device_keys(&bob).await;
+    let quiet = alice.sync_all(Some(&t2), 0).await;
+    assert!(
+        !listed(&quiet["device_lists"], "changed").contains(&bob.user_id),
+        "{quiet}"
+    );
+
+    // Bob's second device uploads keys, then logs out: its keys go, and
+    // alice hears of it.
+    let bob2 = log_in(base_url, &bob, "pw-dl-bob").await;
+    upload_device_keys(&bob2).await;
+    let (_, t3) = sync_until(&alice, &t2, |l| listed(l, "changed").contains(&bob.user_id)).await;
+    let logout = bob2
+        .call(Method::POST, "/_matrix/client/v3/logout", Some(json!({})))
+        .await;
+    assert_eq!(logout.status, 200, "{logout:?}");
+    let (_, t4) = sync_until(&alice, &t3, |l| listed(l, "changed").contains(&bob.user_id)).await;
+    let query = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
+        )
+        .await;
+    let devices: Vec<&String> = query.body["device_keys"][&bob.user_id]
+        .as_object()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(devices, [&bob.device_id], "{query:?}");
+
+    // Sliding sync's e2ee extension saw bob too.
+    let sliding = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={}",
+                ganglion_integration_tests::client::encode(&pos)
+            ),
+            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
+        )
+        .await;
+    assert_eq!(sliding.status, 200, "{sliding:?}");
+    assert!(
+        listed(
+            &sliding.body["extensions"]["e2ee"]["device_lists"],
+            "changed"
+        )
+        .contains(&bob.user_id),
+        "{}",
+        sliding.body
+    );
+
+    // Bob leaves their only shared room: alice may stop tracking him.
+    let leave = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/leave",
+                ganglion_integration_tests::client::encode(&room_id)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(leave.status, 200, "{leave:?}");
+    let (lists, t5) = sync_until(&alice, &t4, |l| listed(l, "left").contains(&bob.user_id)).await;
+    assert!(!listed(&lists, "changed").contains(&bob.user_id), "{lists}");
+    // Bob, who left, hears alice is gone from his lists.
+    let (bob_lists, _) = sync_until(&bob, &bob_start, |l| {
+        listed(l, "left").contains(&alice.user_id)
+    })
+    .await;
+    assert!(
+        !listed(&bob_lists, "changed").contains(&alice.user_id),
+        "{bob_lists}"
+    );
+    // Once he is gone, his changes are none of alice's business.
+    let bob3 = log_in(base_url, &bob, "pw-dl-bob").await;
+    upload_device_keys(&bob3).await;
+    let after = alice.sync_all(Some(&t5), 0).await;
+    assert!(
+        !listed(&after["device_lists"], "changed").contains(&bob.user_id),
+        "{after}"
+    );
+
+    // Refusals.
+    for (path, code) in [
+        ("/_matrix/client/v3/keys/changes?to=s0", "M_MISSING_PARAM"),
+        (
+            "/_matrix/client/v3/keys/changes?from=nonsense&to=s0",
+            "M_INVALID_PARAM",
+        ),
+    ] {
+        let reply = alice.call(Method::GET, path, None).await;
+        assert_eq!((reply.status, reply.errcode()), (400, code), "{reply:?}");
+    }
+    let no_token = ganglion_integration_tests::client::request(
+        &alice.http,
+        Method::GET,
+        &format!("{base_url}/_matrix/client/v3/keys/changes?from={t0}&to={t5}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(no_token.status, 401);
+}

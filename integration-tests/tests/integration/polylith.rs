@@ -163,6 +163,7 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     crate::sliding_sync::extensions(&server.base_url).await;
     // Keys: clientapi and syncapi reach the keyserver over gRPC.
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
+    crate::e2ee_keys::device_lists(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice
         .create_room(serde_json::json!({"preset": "public_chat"}))

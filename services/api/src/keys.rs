@@ -18,6 +18,8 @@ crate::grpc::service_api! {
         fn claim(pb::ClaimRequest) -> pb::ClaimResponse;
         /// A device's one-time key counts and unused fallback algorithms.
         fn counts(pb::CountsRequest) -> pb::KeyCounts;
+        /// Removes logged-out devices' keys, announcing each change.
+        fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
     }
 }
 

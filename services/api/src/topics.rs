@@ -27,6 +27,8 @@ pub struct Topics {
     pub edu_to_device: String,
     /// Account data changes, keyed by user ID.
     pub userapi_account_data: String,
+    /// Changes of local devices' identity keys, keyed by user ID.
+    pub keyserver_key_changes: String,
 }
 
 impl Topics {
@@ -39,10 +41,11 @@ impl Topics {
             edu_presence: format!("{prefix}edu.presence"),
             edu_to_device: format!("{prefix}edu.to_device"),
             userapi_account_data: format!("{prefix}userapi.account_data"),
+            keyserver_key_changes: format!("{prefix}keyserver.key_changes"),
         }
     }
 
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.roomserver_input,
             &self.roomserver_output,
@@ -51,6 +54,7 @@ impl Topics {
             &self.edu_presence,
             &self.edu_to_device,
             &self.userapi_account_data,
+            &self.keyserver_key_changes,
         ]
     }
 }

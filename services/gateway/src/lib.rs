@@ -24,7 +24,7 @@ struct Gateway {
     client: reqwest::Client,
 }
 
-/// Paths served by the syncapi (the read side, and presence).
+/// Paths served by the syncapi (the read side, presence, key changes).
 fn is_sync_path(path: &str) -> bool {
     if path == "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync" {
         return true;
@@ -48,7 +48,7 @@ fn is_sync_path(path: &str) -> bool {
     let (first, _, third) = (parts.next(), parts.next(), parts.next());
     let user_filter = first == Some("user") && third == Some("filter");
     let presence = first == Some("presence") && third == Some("status");
-    rest == "sync" || room_read || user_filter || presence
+    rest == "sync" || rest == "keys/changes" || room_read || user_filter || presence
 }
 
 /// The gateway's router: every path is proxied.
@@ -150,6 +150,8 @@ mod tests {
             "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"
         ));
         assert!(!super::is_sync_path("/_matrix/client/v3/login"));
+        assert!(super::is_sync_path("/_matrix/client/v3/keys/changes"));
+        assert!(!super::is_sync_path("/_matrix/client/v3/keys/query"));
         assert!(super::is_sync_path(
             "/_matrix/client/v3/presence/@a:b/status"
         ));

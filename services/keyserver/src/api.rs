@@ -78,7 +78,8 @@ impl KeysApi for KeyServer {
             .transpose()?;
         let one_time = keys_of(&request.one_time_keys_json, "one_time_keys")?;
         let fallback = keys_of(&request.fallback_keys_json, "fallback_keys")?;
-        self.storage
+        let change = self
+            .storage
             .upload(
                 (&request.user_id, &request.device_id),
                 device_keys.as_deref(),
@@ -90,6 +91,11 @@ impl KeysApi for KeyServer {
                 UploadError::Conflict(_) => ApiError::InvalidInput(e.to_string()),
                 UploadError::Storage(e) => e.into(),
             })?;
+        // Stored with its outbox row: should publishing fail now, the
+        // change goes out when the keyserver next starts.
+        if let Some(change) = change {
+            self.publish(&[change]).await?;
+        }
         self.key_counts(&request.user_id, &request.device_id).await
     }
 
@@ -134,5 +140,20 @@ impl KeysApi for KeyServer {
 
     async fn counts(&self, request: pb::CountsRequest) -> Result<pb::KeyCounts, ApiError> {
         self.key_counts(&request.user_id, &request.device_id).await
+    }
+
+    async fn delete_devices(
+        &self,
+        request: pb::DeleteDevicesRequest,
+    ) -> Result<pb::DeleteDevicesResponse, ApiError> {
+        let devices = (!request.all_devices).then_some(request.device_ids.as_slice());
+        let changes = self
+            .storage
+            .delete_devices(&request.user_id, devices)
+            .await?;
+        self.publish(&changes).await?;
+        Ok(pb::DeleteDevicesResponse {
+            devices_removed: changes.len() as u32,
+        })
     }
 }

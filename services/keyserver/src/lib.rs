@@ -2,30 +2,39 @@
 //!
 //! - Serves: the [`KeysApi`](ganglion_api::keys::KeysApi): upload, query
 //!   and claim of device identity keys, one-time keys and fallback keys,
-//!   and each device's one-time key counts (for `/sync`), in-process or
-//!   over gRPC. clientapi serves `/keys/upload`, `/keys/query` and
-//!   `/keys/claim` with it; the syncapi reads the counts.
+//!   each device's one-time key counts (for `/sync`), and the removal of
+//!   logged-out devices' keys, in-process or over gRPC. clientapi serves
+//!   `/keys/upload`, `/keys/query` and `/keys/claim` with it; the syncapi
+//!   reads the counts.
 //! - Consumes: nothing yet (`federation.device_list_updates` with federation).
-//! - Produces: nothing yet (`keyserver.key_changes`, which feeds
-//!   `device_lists`, comes next).
-//! - Owns: its database (device keys, one-time keys, fallback keys).
+//! - Produces: `keyserver.key_changes` (`key_changes.rs`): every change of a
+//!   device's identity keys, which feeds `device_lists` and `/keys/changes`.
+//! - Owns: its database (device keys, one-time keys, fallback keys, the
+//!   outbox of key changes).
 #![forbid(unsafe_code)]
 
 mod api;
+mod key_changes;
 mod storage;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
+use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::{Config, Database, DatabaseError};
+use ganglion_log::Log;
 
 use storage::Storage;
 
 /// The keyserver service; implements `KeysApi`.
 pub struct KeyServer {
     storage: Storage,
+    log: Arc<dyn Log>,
+    topics: Topics,
+    /// Serialises publishing key changes (see `key_changes.rs`).
+    publishing: tokio::sync::Mutex<()>,
 }
 
 /// A started keyserver.
@@ -34,18 +43,38 @@ pub struct Started {
     pub health: Health,
 }
 
-/// Opens (and migrates) the keyserver's database.
-pub async fn start(config: &Config) -> Result<Started, DatabaseError> {
+/// Why the keyserver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
+    #[error("publishing key changes left from before: {0}")]
+    Publish(ganglion_api::ApiError),
+}
+
+/// Opens (and migrates) the keyserver's database and publishes the key
+/// changes a crash left unpublished.
+pub async fn start(config: &Config, log: Arc<dyn Log>) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "keyserver", storage::MIGRATIONS).await?;
+    let topics = Topics::new(&config.log.topic_prefix);
+    log.ensure_topic(&topics.keyserver_key_changes, config.log.partitions)
+        .await?;
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "keyserver",
         db: db.clone(),
     }));
-    Ok(Started {
-        api: Arc::new(KeyServer {
-            storage: Storage { db },
-        }),
-        health,
-    })
+    let api = Arc::new(KeyServer {
+        storage: Storage { db },
+        log,
+        topics,
+        publishing: tokio::sync::Mutex::new(()),
+    });
+    let published = api.publish_pending().await.map_err(StartError::Publish)?;
+    if published > 0 {
+        tracing::info!(published, "published key changes left from before");
+    }
+    Ok(Started { api, health })
 }

@@ -7,7 +7,9 @@ use serde_json::json;
 
 async fn service(database_url: Option<String>) -> (crate::Started, tempfile::TempDir) {
     let (config, dir) = ganglion_base::testing::service_config("keyserver", database_url);
-    (crate::start(&config).await.expect("start"), dir)
+    let log =
+        std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
+    (crate::start(&config, log).await.expect("start"), dir)
 }
 
 fn device_keys(user: &str, device: &str) -> Vec<u8> {
@@ -177,4 +179,115 @@ async fn postgres_upload_query_claim() {
     let url = ganglion_base::testing::scratch_postgres("keyserver").await;
     let (started, _dir) = service(Some(url)).await;
     upload_query_claim(&*started.api).await;
+}
+
+/// Uploading new identity keys, uploading the same again, and removing
+/// devices: each change (and only a change) is one record on
+/// `keyserver.key_changes`, keyed by user, with the keys as stored.
+async fn key_changes(started: &crate::Started) {
+    let api = &*started.api;
+    let upload = |device: &str| pb::UploadRequest {
+        user_id: "@a:hs".into(),
+        device_id: device.into(),
+        device_keys_json: Some(device_keys("@a:hs", device)),
+        ..Default::default()
+    };
+    api.upload(upload("D1")).await.expect("upload D1");
+    api.upload(upload("D1")).await.expect("the same keys again");
+    api.upload(upload("D2")).await.expect("upload D2");
+    api.upload(pb::UploadRequest {
+        one_time_keys_json: json!({ "signed_curve25519:1": signed_curve("k1") })
+            .to_string()
+            .into_bytes(),
+        device_keys_json: None,
+        ..upload("D2")
+    })
+    .await
+    .expect("one-time keys only");
+    let removed = api
+        .delete_devices(pb::DeleteDevicesRequest {
+            user_id: "@a:hs".into(),
+            device_ids: vec!["D1".into(), "UNKNOWN".into()],
+            all_devices: false,
+        })
+        .await
+        .expect("delete D1");
+    assert_eq!(removed.devices_removed, 1);
+    let query = api
+        .query(pb::QueryRequest {
+            users: [("@a:hs".to_owned(), pb::DeviceIds::default())]
+                .into_iter()
+                .collect(),
+        })
+        .await
+        .expect("query");
+    let devices: Vec<&String> = query.device_keys["@a:hs"].devices.keys().collect();
+    assert_eq!(devices, ["D2"]);
+    let all = api
+        .delete_devices(pb::DeleteDevicesRequest {
+            user_id: "@a:hs".into(),
+            all_devices: true,
+            ..Default::default()
+        })
+        .await
+        .expect("delete all");
+    assert_eq!(all.devices_removed, 1);
+    let counts = api
+        .counts(pb::CountsRequest {
+            user_id: "@a:hs".into(),
+            device_id: "D2".into(),
+        })
+        .await
+        .expect("counts");
+    assert!(counts.one_time_key_counts.is_empty(), "one-time keys gone");
+
+    let mut reader = api
+        .log
+        .reader(&[(api.topics.keyserver_key_changes.as_str(), vec![])])
+        .await
+        .expect("reader");
+    let mut changes = Vec::new();
+    while changes.len() < 4 {
+        let record = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
+            .await
+            .expect("record in time")
+            .expect("record");
+        assert_eq!(record.key, b"@a:hs");
+        let change: ganglion_api::proto::topics::DeviceKeyChange =
+            ganglion_api::topics::decode(&record.payload).expect("decode");
+        changes.push(change);
+    }
+    let seen: Vec<(&str, bool)> = changes
+        .iter()
+        .map(|c| (c.device_id.as_str(), c.deleted))
+        .collect();
+    assert_eq!(
+        seen,
+        [("D1", false), ("D2", false), ("D1", true), ("D2", true)]
+    );
+    assert!(changes.windows(2).all(|w| w[0].stream_id < w[1].stream_id));
+    assert_eq!(changes[0].device_keys_json, device_keys("@a:hs", "D1"));
+    assert!(changes[2].device_keys_json.is_empty());
+    let more = tokio::time::timeout(std::time::Duration::from_millis(200), reader.next()).await;
+    assert!(more.is_err(), "nothing else was published");
+    assert!(
+        api.storage
+            .pending_changes()
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_key_changes() {
+    let (started, _dir) = service(None).await;
+    key_changes(&started).await;
+}
+
+#[tokio::test]
+async fn postgres_key_changes() {
+    let url = ganglion_base::testing::scratch_postgres("keyserver_changes").await;
+    let (started, _dir) = service(Some(url)).await;
+    key_changes(&started).await;
 }

@@ -5,8 +5,8 @@
 //!   until a write is visible (`api.rs`).
 //! - Consumes: `roomserver.output` (`consumers/roomserver_output.rs`) and
 //!   the ephemeral and per-user topics `edu.typing`, `edu.receipt`,
-//!   `edu.presence`, `edu.to_device`, `userapi.account_data`
-//!   (`consumers/ephemeral.rs`), every partition from the positions stored
+//!   `edu.presence`, `edu.to_device`, `userapi.account_data`,
+//!   `keyserver.key_changes` (`consumers/ephemeral.rs`), every partition from the positions stored
 //!   in its own database (no consumer group: positions commit with the
 //!   data): each replica is a view built from the log and can be dropped
 //!   and rebuilt from it.
@@ -21,6 +21,7 @@
 
 mod api;
 mod consumers;
+mod device_lists;
 mod filter;
 mod internal_events;
 mod notifications;

@@ -21,16 +21,18 @@ pub(crate) enum Stream {
     Presence,
     ToDevice,
     AccountData,
+    KeyChanges,
 }
 
 impl Stream {
-    pub(crate) const ALL: [Stream; 6] = [
+    pub(crate) const ALL: [Stream; 7] = [
         Stream::Room,
         Stream::Typing,
         Stream::Receipt,
         Stream::Presence,
         Stream::ToDevice,
         Stream::AccountData,
+        Stream::KeyChanges,
     ];
 
     /// The name its positions are stored under.
@@ -42,6 +44,7 @@ impl Stream {
             Stream::Presence => "presence",
             Stream::ToDevice => "to_device",
             Stream::AccountData => "account_data",
+            Stream::KeyChanges => "key_changes",
         }
     }
 
@@ -57,6 +60,7 @@ impl Stream {
             Stream::Presence => &topics.edu_presence,
             Stream::ToDevice => &topics.edu_to_device,
             Stream::AccountData => &topics.userapi_account_data,
+            Stream::KeyChanges => &topics.keyserver_key_changes,
         }
     }
 
@@ -195,7 +199,7 @@ mod tests {
         offsets[1] = 17;
         offsets[5] = 9;
         let token = SyncToken::new(offsets, 2);
-        assert_eq!(token.to_string(), "s3_17.0_0.0_9.0_0.0_0.0_0");
+        assert_eq!(token.to_string(), "s3_17.0_0.0_9.0_0.0_0.0_0.0_0");
         assert_eq!(SyncToken::parse(&token.to_string(), 2), Ok(token.clone()));
         assert_eq!(token.offset(1), 17);
         assert_eq!(token.stream_offset(Stream::Receipt, 1), 9);
@@ -211,7 +215,7 @@ mod tests {
             "",
             "s",
             "s3_17.1",
-            "s1_1.1_1.1_1.1_1.1_1.1_1.1_1",
+            "s1_1.1_1.1_1.1_1.1_1.1_1.1_1.1_1",
         ] {
             assert_eq!(SyncToken::parse(bad, 2), Err(InvalidToken), "{bad}");
         }

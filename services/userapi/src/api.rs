@@ -166,15 +166,15 @@ impl UsersApi for UserApi {
     }
 
     async fn logout(&self, request: pb::LogoutRequest) -> Result<pb::LogoutResponse, ApiError> {
-        let removed = self
+        let (localpart, device_id) = self
             .storage
             .delete_device_by_token(&token_hash(&request.access_token))
-            .await?;
-        if removed == 0 {
-            return Err(ApiError::UnknownToken);
-        }
+            .await?
+            .ok_or(ApiError::UnknownToken)?;
         Ok(pb::LogoutResponse {
-            devices_removed: removed as u32,
+            devices_removed: 1,
+            user_id: self.user_id(&localpart),
+            device_id,
         })
     }
 
@@ -186,6 +186,8 @@ impl UsersApi for UserApi {
         let removed = self.storage.delete_all_devices(localpart).await?;
         Ok(pb::LogoutResponse {
             devices_removed: removed as u32,
+            user_id: request.user_id,
+            ..Default::default()
         })
     }
 

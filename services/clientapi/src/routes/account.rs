@@ -298,13 +298,34 @@ pub(crate) async fn logout(
     // Logging out is the token's last lookup: an unknown token fails here.
     let token = ganglion_api::users::access_token(&headers, uri.query())
         .ok_or_else(MatrixError::missing_token)?;
-    api.users
+    let removed = api
+        .users
         .logout(pb::LogoutRequest {
             access_token: token,
         })
         .await
         .map_err(MatrixError::from)?;
+    forget_device_keys(&api, &removed.user_id, vec![removed.device_id]).await;
     Ok(axum::Json(json!({})).into_response())
+}
+
+/// A logged-out device's end-to-end keys go with it, and the users who
+/// share a room with its owner hear of the change. The device is already
+/// gone, so a keyserver that cannot be reached is logged, not answered.
+async fn forget_device_keys(api: &ClientApi, user_id: &str, device_ids: Vec<String>) {
+    let all_devices = device_ids.is_empty();
+    let request = ganglion_api::proto::keyserver::DeleteDevicesRequest {
+        user_id: user_id.to_owned(),
+        device_ids,
+        all_devices,
+    };
+    if let Err(error) = api.keys.delete_devices(request).await {
+        tracing::warn!(
+            ?error,
+            user_id,
+            "keyserver: logged-out devices keep their keys"
+        );
+    }
 }
 
 pub(crate) async fn logout_all(
@@ -315,10 +336,11 @@ pub(crate) async fn logout_all(
     let device = api.authenticate(&headers, &uri).await?;
     api.users
         .logout_all(pb::LogoutAllRequest {
-            user_id: device.user_id,
+            user_id: device.user_id.clone(),
         })
         .await
         .map_err(MatrixError::from)?;
+    forget_device_keys(&api, &device.user_id, Vec::new()).await;
     respond(json!({}))
 }
 

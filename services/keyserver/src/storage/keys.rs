@@ -7,6 +7,15 @@ use super::{Storage, StorageError};
 /// A one-time or fallback key as uploaded: (key ID, algorithm, JSON).
 pub(crate) type UploadedKey = (String, String, String);
 
+/// A device key change waiting in the outbox for `keyserver.key_changes`;
+/// its ID is the change's stream ID.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingChange {
+    pub(crate) id: i64,
+    pub(crate) user_id: String,
+    pub(crate) device_id: String,
+}
+
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UploadError {
@@ -45,18 +54,31 @@ impl Storage {
         device_keys: Option<&str>,
         one_time_keys: &[UploadedKey],
         fallback_keys: &[UploadedKey],
-    ) -> Result<(), UploadError> {
+    ) -> Result<Option<PendingChange>, UploadError> {
         let mut tx = self.db.pool.begin().await?;
+        let mut change = None;
         if let Some(json) = device_keys {
-            sqlx::query(
-                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT key_json FROM device_keys WHERE user_id = $1 AND device_id = $2",
             )
             .bind(user_id)
             .bind(device_id)
-            .bind(json)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            // The same keys again (clients re-upload them) change nothing
+            // anyone needs to hear of.
+            if !stored.is_some_and(|stored| same_json(&stored, json)) {
+                sqlx::query(
+                    "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(json)
+                .execute(&mut *tx)
+                .await?;
+                change = Some(Self::enqueue_change(&mut tx, user_id, device_id).await?);
+            }
         }
         for (key_id, algorithm, json) in one_time_keys {
             let existing: Option<String> = sqlx::query_scalar(
@@ -103,6 +125,102 @@ impl Storage {
             .await?;
         }
         tx.commit().await?;
+        Ok(change)
+    }
+
+    /// An outbox row announcing that a device's keys changed.
+    async fn enqueue_change(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<PendingChange, sqlx::Error> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO key_changes_outbox (user_id, device_id) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(PendingChange {
+            id,
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+        })
+    }
+
+    /// Removes devices' identity, one-time and fallback keys (every device
+    /// of the user when `devices` is `None`), with an outbox row for each
+    /// device that had identity keys.
+    pub(crate) async fn delete_devices(
+        &self,
+        user_id: &str,
+        devices: Option<&[String]>,
+    ) -> Result<Vec<PendingChange>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let known: Vec<String> =
+            sqlx::query_scalar("SELECT device_id FROM device_keys WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut changes = Vec::new();
+        for device_id in known {
+            if devices.is_some_and(|devices| !devices.contains(&device_id)) {
+                continue;
+            }
+            sqlx::query("DELETE FROM device_keys WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(&device_id)
+                .execute(&mut *tx)
+                .await?;
+            changes.push(Self::enqueue_change(&mut tx, user_id, &device_id).await?);
+        }
+        for table in ["one_time_keys", "fallback_keys"] {
+            let sql = format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2");
+            let every = format!("DELETE FROM {table} WHERE user_id = $1");
+            match devices {
+                Some(devices) => {
+                    for device_id in devices {
+                        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                            .bind(user_id)
+                            .bind(device_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(every))
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    /// Outbox rows, oldest first.
+    pub(crate) async fn pending_changes(&self) -> Result<Vec<PendingChange>, StorageError> {
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, user_id, device_id FROM key_changes_outbox ORDER BY id")
+                .fetch_all(&self.db.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, user_id, device_id)| PendingChange {
+                id,
+                user_id,
+                device_id,
+            })
+            .collect())
+    }
+
+    /// An outbox row is on the log.
+    pub(crate) async fn change_published(&self, id: i64) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM key_changes_outbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 

@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "device keys, one-time keys, fallback keys",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "device keys, one-time keys, fallback keys",
+        sql: "
         CREATE TABLE device_keys (
             user_id TEXT NOT NULL,
             device_id TEXT NOT NULL,
@@ -29,4 +30,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (user_id, device_id, algorithm)
         );
     ",
-}];
+    },
+    // Device key changes wait here, written in the upload's transaction,
+    // until they are on keyserver.key_changes; the row ID is the change's
+    // stream ID.
+    Migration {
+        version: 2,
+        description: "outbox of device key changes to keyserver.key_changes",
+        sql: "
+            CREATE TABLE key_changes_outbox (
+                id {serial},
+                user_id TEXT NOT NULL,
+                device_id TEXT NOT NULL
+            );
+        ",
+    },
+];

@@ -1,5 +1,6 @@
 //! The ephemeral and per-user topics: `edu.typing`, `edu.receipt`,
-//! `edu.presence`, `edu.to_device` and `userapi.account_data`. Each record
+//! `edu.presence`, `edu.to_device`, `userapi.account_data` and
+//! `keyserver.key_changes`. Each record
 //! is stored with its position in one transaction, then wakes the users it
 //! concerns.
 
@@ -75,6 +76,16 @@ impl RecordHandler for StreamConsumer {
                     .map_err(transient)?;
                 self.service.advance(self.stream, record);
                 notifier.wake_users([update.user_id.as_str()]);
+            }
+            Stream::KeyChanges => {
+                let change: topic_pb::DeviceKeyChange =
+                    decode(&record.payload).map_err(permanent)?;
+                storage
+                    .apply_key_change(at, &change)
+                    .await
+                    .map_err(transient)?;
+                self.service.advance(self.stream, record);
+                notifier.co_members(&change.user_id);
             }
             Stream::Room => {
                 return Err(permanent("room events have their own consumer"));

@@ -3,6 +3,7 @@
 mod client_event;
 mod events;
 mod filter;
+mod key_changes;
 mod members;
 mod messages;
 mod relations;
@@ -78,6 +79,10 @@ pub(crate) fn router(service: Arc<SyncService>) -> Router {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/members"),
                 get(members::members),
+            )
+            .route(
+                &format!("{prefix}/keys/changes"),
+                get(key_changes::key_changes),
             )
             .route(
                 &format!("{prefix}/presence/{{user_id}}/status"),

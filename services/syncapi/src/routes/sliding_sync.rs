@@ -548,8 +548,8 @@ async fn joined_room(
     Ok(Some(out))
 }
 
-/// The `e2ee` extension: the device's key counts. Device list changes
-/// need `keyserver.key_changes` (not yet).
+/// The `e2ee` extension's key counts (its device lists come with the
+/// other extensions, as they are news that ends a long-poll).
 async fn e2ee(service: &SyncService, device: &Device, out: &mut response::E2EE) {
     let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
     out.device_one_time_keys_count = counts
@@ -629,6 +629,25 @@ async fn extensions(
             }
         }
         updated |= !out.account_data.is_empty();
+    }
+
+    // Device list changes come with the connection's news; the key counts
+    // are added to the response sent.
+    if config.e2ee.enabled == Some(true)
+        && let Some(since) = since
+    {
+        let memberships = service.storage.memberships(user_id).await?;
+        let lists =
+            crate::device_lists::between(service, user_id, &memberships, since, current).await?;
+        updated |= !lists.is_empty();
+        let users = |users: std::collections::BTreeSet<String>| {
+            users
+                .into_iter()
+                .filter_map(|user| ruma::OwnedUserId::try_from(user).ok())
+                .collect()
+        };
+        out.e2ee.device_lists.changed = users(lists.changed);
+        out.e2ee.device_lists.left = users(lists.left);
     }
 
     let receipts_on = config.receipts.enabled == Some(true);

@@ -343,6 +343,14 @@ async fn build(
         _ => Default::default(),
     };
     let memberships = service.storage.memberships(&device.user_id).await?;
+    // An initial sync has no device lists: the client fetches every list.
+    let device_lists = match since {
+        Some(since) => {
+            crate::device_lists::between(service, &device.user_id, &memberships, since, current)
+                .await?
+        }
+        None => Default::default(),
+    };
     // On an initial (or full-state) sync every joined room is sent: their
     // latest events and their state are read for all of them at once.
     let prefetched = since.is_none() || full_state;
@@ -538,7 +546,8 @@ async fn build(
         && leave.is_empty()
         && invite.is_empty()
         && knock.is_empty()
-        && !streams.has_global_updates());
+        && !streams.has_global_updates()
+        && device_lists.is_empty());
     let next_batch = match streams.to_device_next {
         Some((partition, offset)) => current.with_stream(Stream::ToDevice, partition, offset),
         None => current.clone(),
@@ -549,7 +558,7 @@ async fn build(
         "account_data": { "events": streams.account_data },
         "presence": { "events": streams.presence },
         "to_device": { "events": streams.to_device },
-        "device_lists": { "changed": [], "left": [] },
+        "device_lists": { "changed": device_lists.changed, "left": device_lists.left },
     });
     Ok((body, has_updates))
 }

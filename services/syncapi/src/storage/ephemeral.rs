@@ -17,7 +17,7 @@ pub(crate) struct At {
 }
 
 impl At {
-    fn from_row(
+    pub(super) fn from_row(
         row: &sqlx::any::AnyRow,
         partition: usize,
         offset: usize,
@@ -77,16 +77,16 @@ pub(crate) struct AccountDataRow {
 }
 
 /// The rooms `$1` is joined to, for joins against per-room rows.
-const JOINED: &str = "SELECT room_id FROM current_state
+pub(super) const JOINED: &str = "SELECT room_id FROM current_state
      WHERE event_type = 'm.room.member' AND state_key = $1 AND membership = 'join'";
 
-fn i64_of(value: u64) -> i64 {
+pub(super) fn i64_of(value: u64) -> i64 {
     value.min(i64::MAX as u64) as i64
 }
 
 impl Storage {
     /// Stores the record's position and commits its transaction.
-    async fn commit_at(
+    pub(super) async fn commit_at(
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
         stream: Stream,
         at: At,

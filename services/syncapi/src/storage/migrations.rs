@@ -179,4 +179,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX sliding_connections_by_conn ON sliding_connections (user_id, device_id, conn_id, id);
         ",
     },
+    // device_lists: each user's latest device key change (from
+    // keyserver.key_changes), and membership changes found by position.
+    Migration {
+        version: 5,
+        description: "device key changes; state history by position",
+        sql: "
+            CREATE TABLE device_key_changes (
+                user_id TEXT PRIMARY KEY,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL
+            );
+            CREATE INDEX device_key_changes_position ON device_key_changes (log_offset);
+            CREATE INDEX state_history_by_position ON state_history (room_id, event_type, log_offset);
+        ",
+    },
 ];

@@ -1,9 +1,10 @@
 //! The syncapi's own copy of what it serves: timeline events (lean: one row
 //! per event, positioned by its log offset), current state per room with
 //! memberships, the ephemeral and per-user streams (typing, receipts,
-//! presence, to-device, account data), the log positions consumed per
-//! stream, and filters.
+//! presence, to-device, account data), who changed device keys last when,
+//! the log positions consumed per stream, and filters.
 
+mod device_lists;
 mod ephemeral;
 mod events;
 mod filters;
@@ -13,6 +14,7 @@ mod sliding;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use device_lists::MemberChange;
 pub(crate) use ephemeral::{At, PresenceRow};
 pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow};
 pub(crate) use migrations::MIGRATIONS;

@@ -64,15 +64,17 @@ impl Storage {
     }
 
     /// Removes the device holding this token; returns how many were removed.
+    /// Removes the device a token belongs to: (localpart, device ID).
     pub(crate) async fn delete_device_by_token(
         &self,
         token_hash: &[u8],
-    ) -> Result<u64, StorageError> {
-        let result = sqlx::query("DELETE FROM devices WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(result.rows_affected())
+    ) -> Result<Option<(String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "DELETE FROM devices WHERE token_hash = $1 RETURNING localpart, device_id",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.db.pool)
+        .await?)
     }
 
     pub(crate) async fn delete_all_devices(&self, localpart: &str) -> Result<u64, StorageError> {

@@ -1,0 +1,51 @@
+//! Key changes: a change of a device's identity keys is written with an
+//! outbox row in the same transaction; the row goes once the change is on
+//! `keyserver.key_changes` (keyed by user ID), and rows a crash left are
+//! published at start. The record carries the keys as stored when it is
+//! published, so the last record of a device always tells its latest keys.
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::topics as topic_pb;
+use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+
+use crate::KeyServer;
+use crate::storage::keys::PendingChange;
+
+impl KeyServer {
+    /// Publishes outbox rows, oldest first, then removes them. One
+    /// publisher at a time, so records of a user keep the rows' order.
+    pub(crate) async fn publish(&self, changes: &[PendingChange]) -> Result<(), ApiError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        for change in changes {
+            let keys = self
+                .storage
+                .device_keys(&change.user_id, std::slice::from_ref(&change.device_id))
+                .await?
+                .pop()
+                .map(|(_, json)| json);
+            produce(
+                &*self.log,
+                &self.topics.keyserver_key_changes,
+                &change.user_id,
+                &topic_pb::DeviceKeyChange {
+                    version: PAYLOAD_VERSION,
+                    user_id: change.user_id.clone(),
+                    device_id: change.device_id.clone(),
+                    stream_id: change.id,
+                    deleted: keys.is_none(),
+                    device_keys_json: keys.map(String::into_bytes).unwrap_or_default(),
+                },
+            )
+            .await?;
+            self.storage.change_published(change.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes what a crash left in the outbox.
+    pub(crate) async fn publish_pending(&self) -> Result<usize, ApiError> {
+        let pending = self.storage.pending_changes().await?;
+        self.publish(&pending).await?;
+        Ok(pending.len())
+    }
+}
