@@ -540,6 +540,11 @@ pub(crate) async fn aliases_directory_redactions_reports_upgrades(base_url: &str
         .find(|e| e["event_id"] == secret_id.as_str())
         .expect("the redacted event is still in the timeline");
     assert_eq!(copy["content"], json!({}));
+    let because = &copy["unsigned"]["redacted_because"];
+    assert_eq!(because["event_id"], redacted.body["event_id"], "{copy}");
+    assert_eq!(because["type"], "m.room.redaction");
+    assert_eq!(because["content"]["reason"], "oops");
+    assert_eq!(because["sender"], alice.user_id.as_str());
     let bad_event = put(
         &alice,
         &room_path(&room_id, "redact/not-an-event/x"),

@@ -11,7 +11,7 @@ use ganglion_log::Record;
 
 use crate::SyncService;
 use crate::internal_events::EVENTS_STORED;
-use crate::storage::NewEvent;
+use crate::storage::{EventRow, NewEvent};
 use crate::sync_token::Stream;
 
 pub(crate) struct OutputConsumer {
@@ -99,13 +99,20 @@ impl RecordHandler for OutputConsumer {
             Some(topic_pb::roomserver_output::Kind::RedactedEvent(redacted)) => {
                 let json = std::str::from_utf8(&redacted.redacted_json)
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let redaction = self
+                    .service
+                    .storage
+                    .event(&redacted.redaction_event_id)
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                let json = with_redacted_because(json, redaction.as_ref());
                 self.service
                     .storage
                     .apply_redaction(
                         record.partition,
                         record.offset,
                         &redacted.redacted_event_id,
-                        json,
+                        &json,
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
@@ -219,4 +226,29 @@ impl RecordHandler for OutputConsumer {
             .room_event(&room_id, fields.state_key.zip(membership.as_deref()));
         Ok(())
     }
+}
+
+/// The redacted copy of an event, with the redaction that caused it in
+/// `unsigned.redacted_because` (as the PDU, with its event ID) for the
+/// client format to show.
+fn with_redacted_because(redacted_json: &str, redaction: Option<&EventRow>) -> String {
+    let (Some(redaction), Ok(serde_json::Value::Object(mut pdu))) = (
+        redaction,
+        serde_json::from_str::<serde_json::Value>(redacted_json),
+    ) else {
+        return redacted_json.to_owned();
+    };
+    let Ok(serde_json::Value::Object(mut because)) =
+        serde_json::from_str::<serde_json::Value>(&redaction.json)
+    else {
+        return redacted_json.to_owned();
+    };
+    because.insert("event_id".into(), redaction.event_id.clone().into());
+    let unsigned = pdu
+        .entry("unsigned")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(unsigned) = unsigned.as_object_mut() {
+        unsigned.insert("redacted_because".into(), because.into());
+    }
+    serde_json::Value::Object(pdu).to_string()
 }

@@ -286,9 +286,46 @@ pub(crate) async fn render(
         .collect())
 }
 
-/// The state to send with a timeline: what the state filter lets through,
-/// and with lazy-loading only the members who sent something in the
-/// timeline (and the user).
+/// Which state entries go with a timeline (before the state filter, which
+/// needs the events): those before the response's position and not in the
+/// timeline, and with lazy-loading only the members who sent something in
+/// the timeline (and the user).
+struct StateChoice<'a> {
+    in_timeline: HashSet<&'a str>,
+    senders: HashSet<&'a str>,
+    lazy: bool,
+    user_id: &'a str,
+    below: u64,
+}
+
+impl<'a> StateChoice<'a> {
+    fn new(timeline: &'a [EventRow], filter: &SyncFilter, user_id: &'a str, below: u64) -> Self {
+        StateChoice {
+            in_timeline: timeline.iter().map(|e| e.event_id.as_str()).collect(),
+            senders: timeline.iter().map(|e| e.sender.as_str()).collect(),
+            lazy: filter.lazy_load_members().is_some(),
+            user_id,
+            below,
+        }
+    }
+
+    fn wants(
+        &self,
+        event_type: &str,
+        state_key: Option<&str>,
+        event_id: &str,
+        offset: u64,
+    ) -> bool {
+        offset < self.below
+            && !self.in_timeline.contains(event_id)
+            && (!self.lazy
+                || event_type != "m.room.member"
+                || state_key
+                    .is_some_and(|user| self.senders.contains(user) || user == self.user_id))
+    }
+}
+
+/// The state to send with a timeline, from state events read whole.
 fn room_state_for(
     state: Vec<EventRow>,
     timeline: &[EventRow],
@@ -296,20 +333,11 @@ fn room_state_for(
     device: &Device,
     below: u64,
 ) -> Vec<Value> {
-    let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
-    let senders: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
-    let lazy = filter.lazy_load_members().is_some();
+    let choice = StateChoice::new(timeline, filter, &device.user_id, below);
     state
         .iter()
-        .filter(|e| e.offset < below && !in_timeline.contains(e.event_id.as_str()))
+        .filter(|e| choice.wants(&e.event_type, e.state_key.as_deref(), &e.event_id, e.offset))
         .filter(|e| filter.state_matches(e))
-        .filter(|e| {
-            !lazy
-                || e.event_type != "m.room.member"
-                || e.state_key
-                    .as_deref()
-                    .is_some_and(|user| senders.contains(user) || user == device.user_id)
-        })
         .map(|e| filter.shape(client_event(e, false, &device.device_id), &e.json))
         .collect()
 }
@@ -354,7 +382,7 @@ async fn build(
     // On an initial (or full-state) sync every joined room is sent: their
     // latest events and their state are read for all of them at once.
     let prefetched = since.is_none() || full_state;
-    let (mut pages, mut states) = if prefetched {
+    let (mut pages, mut state_refs) = if prefetched {
         let joined: Vec<(&str, u64)> = memberships
             .iter()
             .filter(|m| {
@@ -370,7 +398,7 @@ async fn build(
                 .storage
                 .latest_events_of(&joined, filter.timeline_limit() + 1)
                 .await?,
-            service.storage.room_states_with_members(&ids).await?,
+            service.storage.room_state_refs(&ids).await?,
         )
     } else {
         Default::default()
@@ -379,6 +407,9 @@ async fn build(
     // the bundled aggregations of all of them at once.
     let mut pending: Vec<(String, Value)> = Vec::new();
     let mut chosen_timelines = Vec::new();
+    // Per pending room, the state events to send (read whole, for all
+    // rooms at once, once the timelines are known).
+    let mut pending_state: Vec<Vec<String>> = Vec::new();
     for Membership {
         room_id,
         membership,
@@ -424,13 +455,33 @@ async fn build(
                 {
                     continue;
                 }
-                let (state, initial_summary) = if initial {
-                    let (state, members) = match states.remove(&room_id) {
-                        Some(read) => read,
-                        None => service.storage.room_state_with_members(&room_id).await?,
+                let (state_ids, initial_summary) = if initial {
+                    let refs = match state_refs.remove(&room_id) {
+                        Some(refs) => refs,
+                        None => service
+                            .storage
+                            .room_state_refs(&[room_id.as_str()])
+                            .await?
+                            .remove(&room_id)
+                            .unwrap_or_default(),
                     };
+                    let choice = StateChoice::new(&timeline.events, filter, &device.user_id, to);
+                    let members: Vec<(String, String, u64)> = refs
+                        .iter()
+                        .filter(|r| r.event_type == "m.room.member")
+                        .filter_map(|r| {
+                            Some((r.state_key.clone(), r.membership.clone()?, r.offset))
+                        })
+                        .collect();
+                    let ids = refs
+                        .into_iter()
+                        .filter(|r| {
+                            choice.wants(&r.event_type, Some(&r.state_key), &r.event_id, r.offset)
+                        })
+                        .map(|r| r.event_id)
+                        .collect();
                     (
-                        room_state_for(state, &timeline.events, filter, device, to),
+                        ids,
                         Some(crate::summary::summary(&members, &device.user_id)),
                     )
                 } else {
@@ -463,7 +514,7 @@ async fn build(
                             "limited": timeline.limited,
                             "prev_batch": prev_batch.to_string(),
                         },
-                        "state": { "events": state },
+                        "state": { "events": [] },
                         "ephemeral": { "events": ephemeral },
                         "account_data": { "events": account_data },
                         "unread_notifications":
@@ -480,6 +531,7 @@ async fn build(
                 }
                 pending.push((room_id, room));
                 chosen_timelines.push(timeline);
+                pending_state.push(state_ids);
             }
             // Rooms left since the last sync, and on an initial sync with
             // `include_leave`, every room left.
@@ -538,8 +590,25 @@ async fn build(
         }
     }
     let rendered = render(service, device, filter, chosen_timelines).await?;
-    for ((room_id, mut room), timeline) in pending.into_iter().zip(rendered) {
+    let wanted: Vec<&str> = pending_state.iter().flatten().map(String::as_str).collect();
+    let mut state_events: std::collections::HashMap<String, EventRow> = service
+        .storage
+        .events_by_id(&wanted)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+    for (((room_id, mut room), timeline), state_ids) in
+        pending.into_iter().zip(rendered).zip(pending_state)
+    {
         room["timeline"]["events"] = timeline.rendered.into();
+        room["state"]["events"] = state_ids
+            .iter()
+            .filter_map(|id| state_events.remove(id))
+            .filter(|e| filter.state_matches(e))
+            .map(|e| filter.shape(client_event(&e, false, &device.device_id), &e.json))
+            .collect::<Vec<_>>()
+            .into();
         join.insert(room_id, room);
     }
     let has_updates = !(join.is_empty()

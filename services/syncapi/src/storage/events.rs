@@ -75,6 +75,38 @@ pub(crate) struct EventRow {
     pub(crate) transaction_id: String,
 }
 
+/// A current state entry without its event: enough to decide whether the
+/// event is needed, and to count members.
+#[derive(Debug, Clone)]
+pub(crate) struct StateRef {
+    pub(crate) event_type: String,
+    pub(crate) state_key: String,
+    pub(crate) event_id: String,
+    pub(crate) membership: Option<String>,
+    /// Where the entry became current (in the room's partition).
+    pub(crate) offset: u64,
+}
+
+/// A statement `{head} ($1, ..., $N) {tail}` with N = [`ROOMS_PER_STATEMENT`]
+/// placeholders whatever the batch's size (see [`padded`]), so its text
+/// never changes and the statement cache keeps it.
+fn fixed_in_list(head: &str, tail: &str) -> String {
+    let placeholders = (1..=ROOMS_PER_STATEMENT)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{head} ({placeholders}) {tail}")
+}
+
+/// A batch of at most [`ROOMS_PER_STATEMENT`] values padded to exactly that
+/// many by repeating its last (an IN list does not mind repeats).
+fn padded<'a, 'b>(chunk: &'b [&'a str]) -> impl Iterator<Item = &'b &'a str> {
+    let last = chunk.last();
+    chunk
+        .iter()
+        .chain(std::iter::repeat_n(last, ROOMS_PER_STATEMENT - chunk.len()).flatten())
+}
+
 /// How many rooms one batched statement reads (well under the bind
 /// parameter limits of SQLite and PostgreSQL).
 const ROOMS_PER_STATEMENT: usize = 200;
@@ -448,6 +480,53 @@ impl Storage {
                     members.push((user.clone(), membership, event.offset));
                 }
                 state.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each room's current state as references (no event JSON, which an
+    /// initial sync mostly has in the timeline already), ordered by when
+    /// each entry became current.
+    pub(crate) async fn room_state_refs(
+        &self,
+        rooms: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<StateRef>>, StorageError> {
+        let mut out: std::collections::HashMap<String, Vec<StateRef>> = Default::default();
+        for chunk in rooms.chunks(ROOMS_PER_STATEMENT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(fixed_in_list(
+                "SELECT room_id, event_type, state_key, event_id, membership, log_offset
+                 FROM current_state WHERE room_id IN",
+                "ORDER BY log_offset",
+            )));
+            for room_id in padded(chunk) {
+                query = query.bind(*room_id);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let room_id: String = row.try_get(0)?;
+                out.entry(room_id).or_default().push(StateRef {
+                    event_type: row.try_get(1)?,
+                    state_key: row.try_get(2)?,
+                    event_id: row.try_get(3)?,
+                    membership: row.try_get(4)?,
+                    offset: row.try_get::<i64, _>(5)?.max(0) as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events by ID (those not stored are left out), in no given order.
+    pub(crate) async fn events_by_id(&self, ids: &[&str]) -> Result<Vec<EventRow>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let columns = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN");
+        for chunk in ids.chunks(ROOMS_PER_STATEMENT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(fixed_in_list(&columns, "")));
+            for id in padded(chunk) {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                out.push(event_row(&row)?);
             }
         }
         Ok(out)
