@@ -20,6 +20,29 @@ fn signed(key: &str) -> Value {
     json!({ "key": key, "signatures": { "@x:localhost": { "ed25519:X": "sig" } } })
 }
 
+/// A sliding sync request with the `e2ee` extension, from `pos`.
+async fn sliding_e2ee(
+    client: &Client,
+    pos: Option<&str>,
+) -> ganglion_integration_tests::client::Reply {
+    let mut path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync".to_owned();
+    if let Some(pos) = pos {
+        path.push_str(&format!(
+            "?pos={}",
+            ganglion_integration_tests::client::encode(pos)
+        ));
+    }
+    let reply = client
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply
+}
+
 async fn counts_in_sync(client: &Client) -> (Value, Value) {
     let body = client.sync_all(None, 0).await;
     (
@@ -90,14 +113,7 @@ pub(crate) async fn upload_query_claim(base_url: &str) {
     assert_eq!(counts["signed_curve25519"], 1);
 
     // Sliding sync's e2ee extension carries the same counts.
-    let sliding = alice
-        .call(
-            Method::POST,
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
-        )
-        .await;
-    assert_eq!(sliding.status, 200, "{sliding:?}");
+    let sliding = sliding_e2ee(&alice, None).await;
     let e2ee = &sliding.body["extensions"]["e2ee"];
     assert_eq!(
         e2ee["device_one_time_keys_count"]["signed_curve25519"], 1,
@@ -267,14 +283,7 @@ pub(crate) async fn device_lists(base_url: &str) {
         "an initial sync lists no changes: {start}"
     );
     let t0 = start["next_batch"].as_str().unwrap_or_default().to_owned();
-    let sliding = alice
-        .call(
-            Method::POST,
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
-        )
-        .await;
-    assert_eq!(sliding.status, 200, "{sliding:?}");
+    let sliding = sliding_e2ee(&alice, None).await;
     let pos = sliding.body["pos"].as_str().unwrap_or_default().to_owned();
 
     // Bob joins: alice starts sharing a room with him.
@@ -338,17 +347,7 @@ pub(crate) async fn device_lists(base_url: &str) {
     assert_eq!(devices, [&bob.device_id], "{query:?}");
 
     // Sliding sync's e2ee extension saw bob too.
-    let sliding = alice
-        .call(
-            Method::POST,
-            &format!(
-                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={}",
-                ganglion_integration_tests::client::encode(&pos)
-            ),
-            Some(json!({ "extensions": { "e2ee": { "enabled": true } } })),
-        )
-        .await;
-    assert_eq!(sliding.status, 200, "{sliding:?}");
+    let sliding = sliding_e2ee(&alice, Some(&pos)).await;
     assert!(
         listed(
             &sliding.body["extensions"]["e2ee"]["device_lists"],

@@ -169,6 +169,18 @@ pub fn respond(body: serde_json::Value) -> MatrixResult {
     Ok(ok_json(body).into_response())
 }
 
+/// `200 OK` with a typed body, serialised once (large bodies that carry
+/// events as JSON text skip building a tree).
+pub fn respond_with<T: serde::Serialize>(body: &T) -> MatrixResult {
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| MatrixError::unknown(format!("serialising the response: {e}")))?;
+    let mut response = Response::new(Body::from(bytes));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
 /// Serves `router` over TLS on `listener` (the federation port) until `shutdown`.
 pub async fn serve_tls(
     listener: TcpListener,

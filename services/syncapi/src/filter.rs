@@ -129,6 +129,14 @@ impl SyncFilter {
 
     /// An event as the filter wants it: the federation format (the PDU as
     /// stored) or the client format, cut down to `event_fields`.
+    /// Whether events leave in the client format as it is (no
+    /// `event_fields`, no federation format), so they can be written
+    /// straight from their stored text.
+    pub(crate) fn keeps_client_format(&self) -> bool {
+        self.definition.event_fields.is_none()
+            && !matches!(self.definition.event_format, EventFormat::Federation)
+    }
+
     pub(crate) fn shape(&self, client: Value, pdu_json: &str) -> Value {
         let event = match self.definition.event_format {
             EventFormat::Federation => serde_json::from_str(pdu_json).unwrap_or(client),

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::SyncService;
 use crate::filter::SyncFilter;
-use crate::routes::client_event::client_event;
+use crate::routes::client_event::client_event_raw;
 use crate::routes::sync::{MAX_TIMEOUT, catch_up, stripped_state, timeline};
 use crate::routes::sync_streams::{self, Streams};
 use crate::sliding::{self, Connection, RoomConfig, RoomSent};
@@ -362,7 +362,7 @@ async fn build(
         )
         .await?;
         let mut out = response::Room::default();
-        out.timeline = timeline.rendered.iter().map(raw).collect();
+        out.timeline = timeline.rendered.into_iter().map(Raw::from_json).collect();
         out.limited = timeline.limited;
         out.num_live = Some(uint(timeline.events.len() as u64));
         out.bump_stamp = Some(uint(room.bump_stamp));
@@ -529,10 +529,10 @@ async fn joined_room(
     }
     out.initial = initial.then_some(true);
     out.is_dm = Some(is_dm);
-    out.timeline = rendered.iter().map(raw).collect();
+    out.timeline = rendered.into_iter().map(Raw::from_json).collect();
     out.required_state = required
         .iter()
-        .map(|e| raw(&client_event(e, false, &device.device_id)))
+        .map(|e| Raw::from_json(client_event_raw(e, false, &device.device_id)))
         .collect();
     out.limited = limited;
     out.num_live = Some(uint(if initial { 0 } else { events.len() as u64 }));

@@ -9,14 +9,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, parse_query, respond};
-use serde::Deserialize;
+use ganglion_base::http::{MatrixResult, parse_query, respond_with};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::SyncService;
 use crate::filter::{FilterError, SyncFilter};
-use crate::routes::client_event::client_event;
+use crate::routes::client_event::{client_event, client_event_raw, to_raw};
 use crate::routes::relations::{bundle, with_bundle};
 use crate::routes::sync_streams;
 use crate::storage::{EventRow, Membership};
@@ -111,7 +112,7 @@ pub(crate) async fn sync(
         {
             continue;
         }
-        return respond(with_key_counts(&service, &device, body).await);
+        return respond_with(&with_key_counts(&service, &device, body).await);
     }
 }
 
@@ -138,7 +139,24 @@ pub(crate) struct Timeline {
     pub(crate) events: Vec<EventRow>,
     pub(crate) limited: bool,
     /// The events in the client format, with bundled aggregations.
-    pub(crate) rendered: Vec<Value>,
+    pub(crate) rendered: Vec<Box<RawValue>>,
+}
+
+/// An event as the filter wants it, with its bundled aggregations: written
+/// straight from the stored text when nothing changes it.
+pub(crate) fn render_event(
+    event: &EventRow,
+    filter: &SyncFilter,
+    bundle: Option<&Value>,
+    device_id: &str,
+) -> Box<RawValue> {
+    if bundle.is_none() && filter.keeps_client_format() {
+        return client_event_raw(event, false, device_id);
+    }
+    to_raw(&filter.shape(
+        with_bundle(client_event(event, false, device_id), bundle),
+        &event.json,
+    ))
 }
 
 /// A window's events chosen for a timeline, not yet rendered: rendering
@@ -267,15 +285,7 @@ pub(crate) async fn render(
             let rendered = c
                 .events
                 .iter()
-                .map(|e| {
-                    filter.shape(
-                        with_bundle(
-                            client_event(e, false, &device.device_id),
-                            bundles.get(&e.event_id),
-                        ),
-                        &e.json,
-                    )
-                })
+                .map(|e| render_event(e, filter, bundles.get(&e.event_id), &device.device_id))
                 .collect();
             Timeline {
                 events: c.events,
@@ -349,8 +359,8 @@ async fn build(
     current: &SyncToken,
     filter: &SyncFilter,
     full_state: bool,
-) -> Result<(Value, bool), MatrixError> {
-    let mut join = Map::new();
+) -> Result<(SyncResponse, bool), MatrixError> {
+    let mut join = std::collections::BTreeMap::new();
     let mut leave = Map::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
@@ -405,7 +415,7 @@ async fn build(
     };
     // Joined rooms built but for their timelines' rendering, which reads
     // the bundled aggregations of all of them at once.
-    let mut pending: Vec<(String, Value)> = Vec::new();
+    let mut pending: Vec<(String, JoinedRoom)> = Vec::new();
     let mut chosen_timelines = Vec::new();
     // Per pending room, the state events to send (read whole, for all
     // rooms at once, once the timelines are known).
@@ -508,27 +518,31 @@ async fn build(
                 };
                 let room_counts = counts.remove(&room_id).unwrap_or_default();
                 let unread = |(notifications, highlights): (u64, u64)| json!({ "notification_count": notifications, "highlight_count": highlights });
-                let mut room = json!({
-                        "timeline": {
-                            "events": [],
-                            "limited": timeline.limited,
-                            "prev_batch": prev_batch.to_string(),
-                        },
-                        "state": { "events": [] },
-                        "ephemeral": { "events": ephemeral },
-                        "account_data": { "events": account_data },
-                        "unread_notifications":
-                            unread(if per_thread { room_counts.main } else { room_counts.total }),
-                        "summary": summary,
-                });
-                if per_thread {
-                    room["unread_thread_notifications"] = room_counts
-                        .threads
-                        .into_iter()
-                        .map(|(root, n)| (root, unread(n)))
-                        .collect::<Map<String, Value>>()
-                        .into();
-                }
+                let room = JoinedRoom {
+                    timeline: TimelineOut {
+                        events: Vec::new(),
+                        limited: timeline.limited,
+                        prev_batch: prev_batch.to_string(),
+                    },
+                    state: Events { events: Vec::new() },
+                    ephemeral: Events { events: ephemeral },
+                    account_data: Events {
+                        events: account_data,
+                    },
+                    unread_notifications: unread(if per_thread {
+                        room_counts.main
+                    } else {
+                        room_counts.total
+                    }),
+                    unread_thread_notifications: per_thread.then(|| {
+                        room_counts
+                            .threads
+                            .into_iter()
+                            .map(|(root, n)| (root, unread(n)))
+                            .collect::<Map<String, Value>>()
+                    }),
+                    summary,
+                };
                 pending.push((room_id, room));
                 chosen_timelines.push(timeline);
                 pending_state.push(state_ids);
@@ -601,14 +615,13 @@ async fn build(
     for (((room_id, mut room), timeline), state_ids) in
         pending.into_iter().zip(rendered).zip(pending_state)
     {
-        room["timeline"]["events"] = timeline.rendered.into();
-        room["state"]["events"] = state_ids
+        room.timeline.events = timeline.rendered;
+        room.state.events = state_ids
             .iter()
             .filter_map(|id| state_events.remove(id))
             .filter(|e| filter.state_matches(e))
-            .map(|e| filter.shape(client_event(&e, false, &device.device_id), &e.json))
-            .collect::<Vec<_>>()
-            .into();
+            .map(|e| render_event(&e, filter, None, &device.device_id))
+            .collect();
         join.insert(room_id, room);
     }
     let has_updates = !(join.is_empty()
@@ -621,27 +634,98 @@ async fn build(
         Some((partition, offset)) => current.with_stream(Stream::ToDevice, partition, offset),
         None => current.clone(),
     };
-    let body = json!({
-        "next_batch": next_batch.to_string(),
-        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-        "account_data": { "events": streams.account_data },
-        "presence": { "events": streams.presence },
-        "to_device": { "events": streams.to_device },
-        "device_lists": { "changed": device_lists.changed, "left": device_lists.left },
-    });
+    let body = SyncResponse {
+        next_batch: next_batch.to_string(),
+        rooms: Rooms {
+            join,
+            invite,
+            leave,
+            knock,
+        },
+        account_data: Events {
+            events: streams.account_data,
+        },
+        presence: Events {
+            events: streams.presence,
+        },
+        to_device: Events {
+            events: streams.to_device,
+        },
+        device_lists: DeviceListsOut {
+            changed: device_lists.changed,
+            left: device_lists.left,
+        },
+        device_one_time_keys_count: Default::default(),
+        device_unused_fallback_key_types: None,
+    };
     Ok((body, has_updates))
 }
 
 /// Adds the device's one-time key counts and fallback key types to the
 /// response about to be sent (read once per response, not per rebuild of a
 /// long-poll).
-async fn with_key_counts(service: &SyncService, device: &Device, mut body: Value) -> Value {
+async fn with_key_counts(
+    service: &SyncService,
+    device: &Device,
+    mut body: SyncResponse,
+) -> SyncResponse {
     let (counts, fallback_types) = sync_streams::key_counts(service, device).await;
-    body["device_one_time_keys_count"] = json!(counts);
-    if let Some(types) = fallback_types {
-        body["device_unused_fallback_key_types"] = json!(types);
-    }
+    body.device_one_time_keys_count = counts;
+    body.device_unused_fallback_key_types = fallback_types;
     body
+}
+
+/// A `/sync` response. Joined rooms carry their events as JSON text
+/// (written straight from storage); the rest are trees.
+#[derive(Serialize)]
+struct SyncResponse {
+    next_batch: String,
+    rooms: Rooms,
+    account_data: Events<Value>,
+    presence: Events<Value>,
+    to_device: Events<Value>,
+    device_lists: DeviceListsOut,
+    device_one_time_keys_count: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_unused_fallback_key_types: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct Rooms {
+    join: std::collections::BTreeMap<String, JoinedRoom>,
+    invite: Map<String, Value>,
+    leave: Map<String, Value>,
+    knock: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct JoinedRoom {
+    timeline: TimelineOut,
+    state: Events<Box<RawValue>>,
+    ephemeral: Events<Value>,
+    account_data: Events<Value>,
+    unread_notifications: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unread_thread_notifications: Option<Map<String, Value>>,
+    summary: Value,
+}
+
+#[derive(Serialize)]
+struct TimelineOut {
+    events: Vec<Box<RawValue>>,
+    limited: bool,
+    prev_batch: String,
+}
+
+#[derive(Serialize)]
+struct Events<T> {
+    events: Vec<T>,
+}
+
+#[derive(Serialize)]
+struct DeviceListsOut {
+    changed: std::collections::BTreeSet<String>,
+    left: std::collections::BTreeSet<String>,
 }
 
 /// The state an invited or knocking user sees of a room: the events the

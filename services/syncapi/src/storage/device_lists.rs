@@ -5,7 +5,7 @@
 use ganglion_api::proto::topics as topic_pb;
 use sqlx::Row;
 
-use super::ephemeral::{JOINED, i64_of};
+use super::ephemeral::{JOINED, i64_of, self_or_co_member};
 use super::{At, Storage, StorageError};
 use crate::sync_token::Stream;
 
@@ -54,10 +54,8 @@ impl Storage {
     ) -> Result<Vec<(String, At)>, StorageError> {
         let sql = format!(
             "SELECT user_id, log_partition, log_offset FROM device_key_changes
-             WHERE log_offset >= $2 AND (user_id = $1 OR user_id IN (
-                 SELECT state_key FROM current_state
-                 WHERE event_type = 'm.room.member' AND membership = 'join'
-                   AND room_id IN ({JOINED})))"
+             WHERE log_offset >= $2 AND {}",
+            self_or_co_member("user_id")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)

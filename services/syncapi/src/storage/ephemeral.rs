@@ -80,6 +80,16 @@ pub(crate) struct AccountDataRow {
 pub(super) const JOINED: &str = "SELECT room_id FROM current_state
      WHERE event_type = 'm.room.member' AND state_key = $1 AND membership = 'join'";
 
+/// `column` names `$1` or someone who shares a joined room with `$1`.
+pub(super) fn self_or_co_member(column: &str) -> String {
+    format!(
+        "({column} = $1 OR {column} IN (
+             SELECT state_key FROM current_state
+             WHERE event_type = 'm.room.member' AND membership = 'join'
+               AND room_id IN ({JOINED})))"
+    )
+}
+
 pub(super) fn i64_of(value: u64) -> i64 {
     value.min(i64::MAX as u64) as i64
 }
@@ -334,10 +344,8 @@ impl Storage {
             "SELECT user_id, presence, status_msg, last_active_ts, currently_active,
                     log_partition, log_offset, automatic
              FROM presence
-             WHERE log_offset >= $2 AND (user_id = $1 OR user_id IN (
-                 SELECT state_key FROM current_state
-                 WHERE event_type = 'm.room.member' AND membership = 'join'
-                   AND room_id IN ({JOINED})))"
+             WHERE log_offset >= $2 AND {}",
+            self_or_co_member("user_id")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
