@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine of the project's kind: installs
 # what the tests need (cmake and libcurl headers for rdkafka, the tansu Kafka
-# broker, the matrix-nio and matrix-js-sdk client SDKs), starts PostgreSQL if
-# it is stopped, builds the binary the integration tests run, then runs every
-# test.
+# broker, the matrix-nio and matrix-js-sdk client SDKs, a Synapse to federate
+# with), starts PostgreSQL if it is stopped, builds the binary the integration
+# tests run, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,11 @@ sdk=integration-tests/sdk
 [ -x "$sdk/nio/.venv/bin/python" ] || python3 -m venv "$sdk/nio/.venv"
 "$sdk/nio/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$sdk/nio/requirements.txt"
 [ -d "$sdk/js/node_modules/matrix-js-sdk" ] || (cd "$sdk/js" && npm ci --no-audit --no-fund --loglevel=error)
+
+# The real Synapse the federation tests run against, in a venv of its own.
+synapse=integration-tests/synapse
+[ -x "$synapse/.venv/bin/python" ] || python3 -m venv "$synapse/.venv"
+"$synapse/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$synapse/requirements.txt"
 
 cargo build -p ganglion
 cargo test --workspace -- --test-threads 2

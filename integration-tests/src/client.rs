@@ -52,7 +52,18 @@ pub async fn request(
 impl Client {
     /// Registers through the User-Interactive Auth dummy flow.
     pub async fn register(base_url: &str, username: &str, password: &str) -> Client {
-        let http = reqwest::Client::new();
+        Self::register_with(reqwest::Client::new(), base_url, username, password).await
+    }
+
+    /// As [`Client::register`], through the given HTTP client (one that
+    /// trusts a test server's self-signed certificate, say), which the
+    /// returned client keeps using.
+    pub async fn register_with(
+        http: reqwest::Client,
+        base_url: &str,
+        username: &str,
+        password: &str,
+    ) -> Client {
         let url = format!("{base_url}/_matrix/client/v3/register");
         let first = request(
             &http,

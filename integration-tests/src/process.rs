@@ -237,8 +237,14 @@ pub struct Polylith {
 }
 
 /// The services the polylith test runs, in start order.
-pub const POLYLITH_SERVICES: [&str; 5] =
-    ["userapi", "keyserver", "roomserver", "syncapi", "clientapi"];
+pub const POLYLITH_SERVICES: [&str; 6] = [
+    "userapi",
+    "keyserver",
+    "roomserver",
+    "syncapi",
+    "federationapi",
+    "clientapi",
+];
 
 impl Polylith {
     /// `database_urls` gives each service of [`POLYLITH_SERVICES`] its database.

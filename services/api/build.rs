@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "syncapi.proto",
         "topics.proto",
         "keyserver.proto",
+        "federationapi.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| dir.join(f)).collect();
     for path in &paths {

@@ -7,6 +7,7 @@
 
 pub mod consume;
 mod error;
+pub mod federation;
 pub(crate) mod grpc;
 pub mod keys;
 pub mod roomserver;
@@ -37,5 +38,8 @@ pub mod proto {
     }
     pub mod keyserver {
         tonic::include_proto!("ganglion.keyserver");
+    }
+    pub mod federationapi {
+        tonic::include_proto!("ganglion.federationapi");
     }
 }

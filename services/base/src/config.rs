@@ -75,7 +75,48 @@ pub struct FederationConfig {
     pub tls_private_key_path: Option<PathBuf>,
     /// Ed25519 signing key; generated in `data_dir` when unset.
     pub signing_key_path: Option<PathBuf>,
+    /// Whether remote servers must present a certificate valid for their
+    /// name (turn off only for test networks of self-signed servers).
+    pub verify_certificates: bool,
+    /// Address ranges (CIDR) outbound federation never connects to: by
+    /// default loopback, private, link-local and other non-public ranges.
+    pub ip_range_denylist: Vec<String>,
+    /// Ranges allowed despite the deny list (e.g. `127.0.0.1/32` in tests).
+    pub ip_range_allowlist: Vec<String>,
+    /// Notary servers asked for a server's keys when it cannot be reached
+    /// directly (e.g. `matrix.org`); none by default.
+    pub trusted_key_servers: Vec<String>,
+    /// DNS servers (`ip:port`) for SRV lookups; the system's when empty.
+    pub dns_nameservers: Vec<String>,
+    /// How long one outbound federation request may take.
+    pub request_timeout_ms: u64,
 }
+
+/// The ranges outbound federation refuses unless allow-listed: loopback,
+/// private, shared, link-local, multicast, documentation and reserved
+/// networks (as Synapse's default blacklist).
+pub const DEFAULT_IP_RANGE_DENYLIST: [&str; 20] = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "0.0.0.0/8",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+];
 
 /// Which log carries the topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +240,15 @@ impl Default for FederationConfig {
             tls_certificate_path: None,
             tls_private_key_path: None,
             signing_key_path: None,
+            verify_certificates: true,
+            ip_range_denylist: DEFAULT_IP_RANGE_DENYLIST
+                .iter()
+                .map(|r| (*r).to_owned())
+                .collect(),
+            ip_range_allowlist: Vec::new(),
+            trusted_key_servers: Vec::new(),
+            dns_nameservers: Vec::new(),
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -398,6 +448,12 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "log_format" => "pretty or json.",
         "log_filter" => "A tracing filter such as info or ganglion_roomserver=debug,info.",
         "listen" => "Address to listen on.",
+        "verify_certificates" => "Whether remote servers' TLS certificates must be valid.",
+        "ip_range_denylist" => "CIDR ranges outbound federation never connects to.",
+        "ip_range_allowlist" => "CIDR ranges allowed despite the deny list.",
+        "trusted_key_servers" => "Notaries asked for server keys (e.g. \"matrix.org\").",
+        "dns_nameservers" => "DNS servers (ip:port) for SRV lookups; the system's when empty.",
+        "request_timeout_ms" => "How long one outbound federation request may take.",
         _ => return None,
     })
 }

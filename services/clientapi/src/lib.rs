@@ -4,7 +4,7 @@
 //!   leaves, sending messages and state (`routes/`).
 //! - Calls: userapi (accounts, tokens), roomserver (every room write),
 //!   syncapi (waits until a write is visible before answering), keyserver
-//!   (`/keys/*`, `routes/keys.rs`).
+//!   (`/keys/*`, `routes/keys.rs`), federationapi (remote aliases and keys).
 //! - Produces: `edu.typing`, `edu.receipt` and `edu.to_device`
 //!   (`routes/ephemeral.rs`, `routes/to_device.rs`); account data goes
 //!   through the userapi, which publishes it.
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use ganglion_api::federation::FederationHandle;
 use ganglion_api::keys::KeysHandle;
 use ganglion_api::roomserver::RoomserverHandle;
 use ganglion_api::sync::SyncHandle;
@@ -39,6 +40,7 @@ pub(crate) struct ClientApi {
     roomserver: RoomserverHandle,
     sync: SyncHandle,
     keys: KeysHandle,
+    federation: FederationHandle,
     log: Arc<dyn Log>,
     topics: Topics,
     typing_timers: routes::TypingTimers,
@@ -68,6 +70,8 @@ pub struct Peers {
     pub roomserver: RoomserverHandle,
     pub sync: SyncHandle,
     pub keys: KeysHandle,
+    /// Questions for remote servers (aliases, keys).
+    pub federation: FederationHandle,
     pub log: Arc<dyn Log>,
 }
 
@@ -78,6 +82,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         roomserver,
         sync,
         keys,
+        federation,
         log,
     } = peers;
     let db = Database::open_for_service(config, "clientapi", storage::MIGRATIONS).await?;
@@ -98,6 +103,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         roomserver,
         sync,
         keys,
+        federation,
         log,
         topics,
         typing_timers: routes::TypingTimers::default(),

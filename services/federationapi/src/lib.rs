@@ -1,20 +1,117 @@
 //! federationapi: the federation and key APIs (`/_matrix/federation/*`,
-//! `/_matrix/key/*`), served over TLS.
+//! `/_matrix/key/*`), served over TLS, and outbound federation queries.
 //!
-//! - Serves: the server's signing keys (`/_matrix/key/v2/server`, signed
-//!   with themselves) and `/_matrix/federation/v1/version`. Inbound and
-//!   outbound federation come with the federation issue.
-//! - Owns: nothing yet (fetched server keys will live in its database).
+//! - Serves: our signing key (`/_matrix/key/v2/server`), other servers'
+//!   keys as a notary (`/_matrix/key/v2/query`), `/version`, and, to
+//!   requests signed by their origin (`auth.rs`), `/query/directory` and
+//!   `/user/keys/query` and `/user/keys/claim` (`routes/`). Also the
+//!   [`FederationApi`](ganglion_api::federation::FederationApi), through
+//!   which clientapi asks remote servers about aliases and keys (`api.rs`).
+//! - Outbound: server discovery (`discovery.rs`) with an IP deny list,
+//!   requests signed with `X-Matrix` (`client.rs`), and remote servers'
+//!   keys fetched directly or through notaries (`key_ring.rs`).
+//! - Consumes, produces: nothing yet.
+//! - Owns: its database (remote servers' keys and key responses).
 #![forbid(unsafe_code)]
 
+mod api;
+mod auth;
+mod client;
+mod discovery;
+mod key_ring;
 mod routes;
+mod storage;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
 use axum::Router;
+use ganglion_api::keys::KeysHandle;
+use ganglion_api::roomserver::RoomserverHandle;
+use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::keys::SigningKey;
+use ganglion_base::{Config, Database, DatabaseError};
 
-/// The federation routes for `server_name`, signing with `key`.
-pub fn routes(server_name: &str, key: Arc<SigningKey>) -> Router {
-    routes::router(server_name.to_owned(), key)
+use client::FederationClient;
+use key_ring::{KeyRing, OwnKey};
+use storage::Storage;
+
+/// The federationapi service; implements `FederationApi` and serves the
+/// federation routes.
+pub struct FederationService {
+    server_name: String,
+    key: Arc<SigningKey>,
+    client: Arc<FederationClient>,
+    key_ring: KeyRing,
+    roomserver: RoomserverHandle,
+    keys: KeysHandle,
+    max_body_bytes: usize,
+}
+
+/// The services the federationapi asks on behalf of remote servers.
+pub struct Peers {
+    pub roomserver: RoomserverHandle,
+    pub keys: KeysHandle,
+}
+
+/// A started federationapi.
+pub struct Started {
+    pub api: Arc<FederationService>,
+    /// The federation and key routes, ready to mount.
+    pub routes: Router,
+    pub health: Health,
+}
+
+/// Why the federationapi could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("federation.ip_range_*: {0}")]
+    Ranges(#[from] discovery::BadRange),
+    #[error("the outbound HTTP client: {0}")]
+    Http(String),
+    #[error("server_name {0} is not a valid server name")]
+    ServerName(String),
+}
+
+/// Opens the database and builds the outbound client, signing as `key`.
+pub async fn start(
+    config: &Config,
+    key: Arc<SigningKey>,
+    peers: Peers,
+) -> Result<Started, StartError> {
+    let db = Database::open_for_service(config, "federationapi", storage::MIGRATIONS).await?;
+    let storage = Storage { db: db.clone() };
+    let client = Arc::new(FederationClient::new(config, key.clone())?);
+    let key_ring = KeyRing::new(
+        storage,
+        client.clone(),
+        config.federation.trusted_key_servers.clone(),
+        OwnKey {
+            server_name: config.server_name.clone(),
+            key_id: format!("ed25519:{}", key.version),
+            public_key: key.public_key_base64.clone(),
+        },
+    );
+    let service = Arc::new(FederationService {
+        server_name: config.server_name.clone(),
+        key,
+        client,
+        key_ring,
+        roomserver: peers.roomserver,
+        keys: peers.keys,
+        max_body_bytes: config.client.max_body_bytes,
+    });
+    let mut health = Health::default();
+    health.add(Arc::new(DatabaseReady {
+        service: "federationapi",
+        db,
+    }));
+    Ok(Started {
+        routes: routes::router(service.clone()),
+        api: service,
+        health,
+    })
 }

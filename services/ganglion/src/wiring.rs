@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::Router;
+use ganglion_api::federation::{FederationClient, FederationGrpc, FederationHandle};
 use ganglion_api::keys::{KeysClient, KeysGrpc, KeysHandle};
 use ganglion_api::roomserver::{RoomserverClient, RoomserverGrpc, RoomserverHandle};
 use ganglion_api::sync::{SyncClient, SyncGrpc, SyncHandle};
@@ -107,6 +108,16 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let sync: SyncHandle = syncapi.api.clone();
+    let federationapi = ganglion_federationapi::start(
+        &config,
+        signing_key.clone(),
+        ganglion_federationapi::Peers {
+            roomserver: rooms.clone(),
+            keys: keys.clone(),
+        },
+    )
+    .await?;
+    let federation: FederationHandle = federationapi.api.clone();
     let clientapi = ganglion_clientapi::start(
         &config,
         ganglion_clientapi::Peers {
@@ -114,6 +125,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
             roomserver: rooms,
             sync,
             keys,
+            federation,
             log: log.clone(),
         },
     )
@@ -125,6 +137,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     health.extend(roomserver.health);
     health.extend(syncapi.health);
     health.extend(clientapi.health);
+    health.extend(federationapi.health);
     let client_router = http::matrix_router(
         clientapi.routes.merge(syncapi.routes),
         "client",
@@ -132,7 +145,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .merge(health.router());
     let federation_router = http::matrix_router(
-        ganglion_federationapi::routes(&config.server_name, signing_key),
+        federationapi.routes,
         "federation",
         config.client.max_body_bytes,
     );
@@ -273,6 +286,11 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     .service_address("syncapi")
                     .context("services.syncapi: no address")?,
             )?);
+            let federation: FederationHandle = Arc::new(FederationClient::new(
+                &config
+                    .service_address("federationapi")
+                    .context("services.federationapi: no address")?,
+            )?);
             let started = ganglion_clientapi::start(
                 &config,
                 ganglion_clientapi::Peers {
@@ -280,6 +298,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     roomserver: rooms,
                     sync,
                     keys: keys_client(&config)?,
+                    federation,
                     log: open_log(&config, name)?,
                 },
             )
@@ -290,11 +309,27 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         "federationapi" => {
             let signing_key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
             let (cert, key) = ganglion_base::keys::load_or_generate_tls(&config)?;
-            let router = http::matrix_router(
-                ganglion_federationapi::routes(&config.server_name, signing_key),
-                "federation",
-                config.client.max_body_bytes,
-            );
+            let rooms: RoomserverHandle = Arc::new(RoomserverClient::new(
+                &config
+                    .service_address("roomserver")
+                    .context("services.roomserver: no address")?,
+            )?);
+            let started = ganglion_federationapi::start(
+                &config,
+                signing_key,
+                ganglion_federationapi::Peers {
+                    roomserver: rooms,
+                    keys: keys_client(&config)?,
+                },
+            )
+            .await?;
+            health.extend(started.health);
+            grpc = grpc.add_service(FederationGrpc::service(started.api));
+            // The gateway forwards federation paths here over plain HTTP;
+            // remote servers come in on the TLS listener.
+            http_routes = started.routes.clone();
+            let router =
+                http::matrix_router(started.routes, "federation", config.client.max_body_bytes);
             let listener = TcpListener::bind(config.federation.listen).await?;
             let mut receiver = shutdown.clone();
             tokio::spawn(async move {

@@ -64,8 +64,23 @@ pub(crate) async fn get_alias(
     State(api): State<Arc<ClientApi>>,
     Path(alias): Path<String>,
 ) -> MatrixResult {
-    ruma::RoomAliasId::parse(&alias)
+    let parsed = ruma::RoomAliasId::parse(&alias)
         .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
+    if parsed.server_name() != api.server_name.as_str() {
+        // Another server's alias: that server says.
+        let resolved = api
+            .federation
+            .query_directory(ganglion_api::proto::federationapi::QueryDirectoryRequest {
+                server_name: parsed.server_name().to_string(),
+                alias: alias.clone(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        return match resolved.room_id {
+            Some(room_id) => respond(json!({ "room_id": room_id, "servers": resolved.servers })),
+            None => Err(MatrixError::not_found("Room alias not found")),
+        };
+    }
     let resolved = api
         .roomserver
         .resolve_alias(pb::ResolveAliasRequest { alias })

@@ -1,6 +1,7 @@
 //! End-to-end encryption keys: `POST /keys/upload`, `/keys/query`,
 //! `/keys/claim`, kept by the keyserver. Keys of users on other servers
-//! need federation: until then their servers are listed in `failures`.
+//! are asked of their servers through the federationapi, every server at
+//! once; a server that does not answer in time is listed in `failures`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,16 +31,12 @@ struct UploadBody {
 #[derive(Deserialize)]
 struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    #[allow(dead_code)]
     timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
-    #[serde(default)]
-    #[allow(dead_code)]
     timeout: Option<u64>,
 }
 
@@ -50,28 +47,93 @@ fn counts_json(counts: &pb::KeyCounts) -> Value {
 /// `failures` of a query or claim: server name → error.
 type Failures = Map<String, Value>;
 
-/// Splits a request's users into this server's and, for every other
-/// server, its entry in `failures` (without federation, none is reached).
-/// An invalid user ID is `M_INVALID_PARAM`.
+/// A request's users, split into this server's and, per other server,
+/// theirs. An invalid user ID is `M_INVALID_PARAM`.
+#[allow(clippy::type_complexity)]
 fn local_users<T>(
     server_name: &str,
     by_user: BTreeMap<String, T>,
-) -> Result<(Vec<(String, T)>, Failures), MatrixError> {
+) -> Result<(Vec<(String, T)>, BTreeMap<String, BTreeMap<String, T>>), MatrixError> {
     let mut local = Vec::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<String, BTreeMap<String, T>> = BTreeMap::new();
     for (user_id, value) in by_user {
         let user = ruma::UserId::parse(&user_id)
             .map_err(|_| MatrixError::invalid_param(format!("invalid user ID {user_id}")))?;
         if user.server_name() == server_name {
             local.push((user_id, value));
         } else {
-            failures.insert(
-                user.server_name().to_string(),
-                json!({"status": 503, "message": "federation is not available yet"}),
-            );
+            remote
+                .entry(user.server_name().to_string())
+                .or_default()
+                .insert(user_id, value);
         }
     }
-    Ok((local, failures))
+    Ok((local, remote))
+}
+
+/// How long remote servers are waited for when the client does not say.
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+
+/// Asks every remote server at once (`body(server, users)` is the request
+/// body for one): the answers of those that answered in time, and a
+/// `failures` entry for each that did not.
+async fn ask_remote_servers<T>(
+    api: &ClientApi,
+    remote: BTreeMap<String, BTreeMap<String, T>>,
+    timeout_ms: Option<u64>,
+    claim: bool,
+    body: impl Fn(BTreeMap<String, T>) -> Value,
+) -> (Vec<(String, Value)>, Failures) {
+    let timeout = std::time::Duration::from_millis(
+        timeout_ms.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS).min(60_000),
+    );
+    let asks = remote.into_iter().map(|(server, users)| {
+        let request = ganglion_api::proto::federationapi::RemoteRequest {
+            server_name: server.clone(),
+            body_json: body(users).to_string().into_bytes(),
+        };
+        async move {
+            let asked = if claim {
+                api.federation.claim_keys(request)
+            } else {
+                api.federation.query_keys(request)
+            };
+            let answer = tokio::time::timeout(timeout, asked).await;
+            (server, answer)
+        }
+    });
+    let mut answers = Vec::new();
+    let mut failures = Map::new();
+    for (server, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(Ok(response)) => match serde_json::from_slice::<Value>(&response.body_json) {
+                Ok(json) => answers.push((server, json)),
+                Err(_) => {
+                    failures.insert(server, json!({"status": 502, "message": "not JSON"}));
+                }
+            },
+            Ok(Err(error)) => {
+                tracing::info!(server, ?error, "remote keys");
+                failures.insert(server, json!({"status": 503, "message": error.to_string()}));
+            }
+            Err(_) => {
+                failures.insert(server, json!({"status": 504, "message": "timed out"}));
+            }
+        }
+    }
+    (answers, failures)
+}
+
+/// Copies `field` of a remote answer into `into`, for the server's own
+/// users only (a server answers for nobody else).
+fn merge_remote(into: &mut Map<String, Value>, server: &str, answer: &Value, field: &str) {
+    for (user_id, devices) in answer[field].as_object().into_iter().flatten() {
+        if ruma::UserId::parse(user_id.as_str()).is_ok_and(|u| u.server_name() == server)
+            && devices.is_object()
+        {
+            into.insert(user_id.clone(), devices.clone());
+        }
+    }
 }
 
 pub(crate) async fn upload(
@@ -115,7 +177,15 @@ pub(crate) async fn query(
     if body.device_keys.len() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
     }
-    let (local, failures) = local_users(&api.server_name, body.device_keys)?;
+    let (local, remote) = local_users(&api.server_name, body.device_keys)?;
+    let (answers, failures) = ask_remote_servers(
+        &api,
+        remote,
+        body.timeout,
+        false,
+        |users| json!({ "device_keys": users }),
+    )
+    .await;
     let request = pb::QueryRequest {
         users: local
             .into_iter()
@@ -123,7 +193,7 @@ pub(crate) async fn query(
             .collect(),
     };
     let response = api.keys.query(request).await?;
-    let device_keys: Map<String, Value> = response
+    let mut device_keys: Map<String, Value> = response
         .device_keys
         .into_iter()
         .map(|(user_id, devices)| {
@@ -137,6 +207,9 @@ pub(crate) async fn query(
             (user_id, Value::Object(devices))
         })
         .collect();
+    for (server, answer) in &answers {
+        merge_remote(&mut device_keys, server, answer, "device_keys");
+    }
     respond(json!({ "device_keys": device_keys, "failures": failures }))
 }
 
@@ -148,7 +221,18 @@ pub(crate) async fn claim(
 ) -> MatrixResult {
     api.authenticate(&headers, &uri).await?;
     let body: ClaimBody = parse_json(&body)?;
-    let (local, failures) = local_users(&api.server_name, body.one_time_keys)?;
+    let (local, remote) = local_users(&api.server_name, body.one_time_keys)?;
+    if local.len() + remote.values().map(BTreeMap::len).sum::<usize>() > MAX_TARGETS {
+        return Err(MatrixError::invalid_param("too many users"));
+    }
+    let (answers, failures) = ask_remote_servers(
+        &api,
+        remote,
+        body.timeout,
+        true,
+        |users| json!({ "one_time_keys": users }),
+    )
+    .await;
     let mut request = pb::ClaimRequest::default();
     for (user_id, devices) in local {
         for (device_id, algorithm) in devices {
@@ -171,6 +255,9 @@ pub(crate) async fn claim(
         one_time_keys
             .entry(key.user_id)
             .or_insert_with(|| json!({}))[key.device_id.as_str()][key.key_id.as_str()] = value;
+    }
+    for (server, answer) in &answers {
+        merge_remote(&mut one_time_keys, server, answer, "one_time_keys");
     }
     respond(json!({ "one_time_keys": one_time_keys, "failures": failures }))
 }

@@ -1,23 +1,41 @@
-//! Federation HTTP routes.
+//! Federation HTTP routes: the key API (unauthenticated) and the
+//! federation API (every route but `/version` behind `auth.rs`).
 
 mod keys;
+mod query;
+mod user_keys;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
-use ganglion_base::keys::SigningKey;
+use axum::routing::{get, post};
 
-#[derive(Clone)]
-pub(crate) struct FederationState {
-    pub(crate) server_name: String,
-    pub(crate) key: Arc<SigningKey>,
-}
+use crate::FederationService;
 
-pub(crate) fn router(server_name: String, key: Arc<SigningKey>) -> Router {
+pub(crate) fn router(service: Arc<FederationService>) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(query::directory),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(user_keys::query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(user_keys::claim),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            crate::auth::authenticate,
+        ));
     Router::new()
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
+        .route("/_matrix/key/v2/query", post(keys::query_many))
+        .route("/_matrix/key/v2/query/{server_name}", get(keys::query_one))
         .route("/_matrix/federation/v1/version", get(keys::version))
-        .with_state(FederationState { server_name, key })
+        .merge(authenticated)
+        .with_state(service)
 }

@@ -1,0 +1,291 @@
+//! Federation foundations against a real Synapse, both ways: each server
+//! fetches the other's signing keys and checks the `X-Matrix` signature of
+//! every request; aliases and device keys are looked up across servers;
+//! we vouch for Synapse's keys as a notary; requests without a valid
+//! signature are refused with 401 `M_UNAUTHORIZED`.
+
+use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::process::{Monolith, free_port};
+use ganglion_integration_tests::synapse::Synapse;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A monolith named `localhost:<federation port>` that may reach servers
+/// on loopback with self-signed certificates (as Synapse in the tests).
+pub(crate) async fn federating_monolith(dir: &std::path::Path) -> (Monolith, String) {
+    let federation_port = free_port();
+    let server_name = format!("localhost:{federation_port}");
+    let mut env = Monolith::default_env(dir);
+    env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
+    env.extend([
+        ("GANGLION_SERVER_NAME".to_owned(), server_name.clone()),
+        (
+            "GANGLION_FEDERATION__LISTEN".to_owned(),
+            format!("127.0.0.1:{federation_port}"),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+    ]);
+    (Monolith::start_with(dir, env).await, server_name)
+}
+
+/// A client of a federation port (TLS, self-signed).
+fn federation_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client")
+}
+
+fn device_keys(client: &Client) -> Value {
+    let device = &client.device_id;
+    json!({
+        "user_id": client.user_id, "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{device}"): "9TVnY0k/SyjWN1UVdjLs4/XOPZw6GnS7u8cj1lRYZE0",
+            format!("ed25519:{device}"): "uC2KYDUE7N2KFxoFuAnQ+wuaWqsv9lvfTsfkdZjZsRE",
+        },
+        "signatures": { client.user_id.clone(): {
+            format!("ed25519:{device}"): "9H6jU0JYOb3oQGsnkr0l2RMVUOhxIHh2tfrctSMUJ3BCnYbYxxYJqwNMU6KG3h3ipgEWRNnPUyNShKqDw6dFCA"
+        } },
+    })
+}
+
+async fn upload_keys(client: &Client, with_one_time_key: bool) {
+    let mut body = json!({ "device_keys": device_keys(client) });
+    if with_one_time_key {
+        body["one_time_keys"] = json!({ "signed_curve25519:AAAAHQ": {
+            "key": "zKbLg+NrIjpnagy+pIY6uPL4ZwEG2v+8F9lmgsnlZzs",
+            "signatures": { client.user_id.clone(): {
+                format!("ed25519:{}", client.device_id): "IQeCEPb9HFk217cU9kw9EOiusC6kMIkoIRnbnfOh5Oc63S1ghgyjShBGpu34blQomoalCyXWyhaaT3MrLZYQAA"
+            } },
+        } });
+    }
+    let reply = client
+        .call(Method::POST, "/_matrix/client/v3/keys/upload", Some(body))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = federating_monolith(dir.path()).await;
+    let our_federation = format!(
+        "https://127.0.0.1:{}",
+        our_name
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or_default()
+    );
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-fed").await;
+    assert_eq!(alice.user_id, format!("@alice:{our_name}"));
+    let bob = synapse.register("bob", "pw-bob-fed").await;
+
+    // Synapse → us: bob's server resolves our alias, and so fetches our
+    // keys to check our answer's... and we check its request's signature.
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": "fed" }))
+        .await;
+    let our_alias = format!("#fed:{our_name}");
+    let looked_up = bob
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/directory/room/{}", encode(&our_alias)),
+            None,
+        )
+        .await;
+    assert_eq!(looked_up.status, 200, "{looked_up:?}\n{}", synapse.logs());
+    assert_eq!(looked_up.body["room_id"], room_id.as_str());
+    let unknown = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                encode(&format!("#nothing:{our_name}"))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // Us → Synapse: alice resolves bob's alias.
+    let their_room = bob
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": "syn" }))
+        .await;
+    let their_alias = format!("#syn:{}", synapse.server_name);
+    let looked_up = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/directory/room/{}", encode(&their_alias)),
+            None,
+        )
+        .await;
+    assert_eq!(looked_up.status, 200, "{looked_up:?}\n{}", synapse.logs());
+    assert_eq!(looked_up.body["room_id"], their_room.as_str());
+    assert!(
+        looked_up.body["servers"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!(synapse.server_name))),
+        "{looked_up:?}"
+    );
+    let missing = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                encode(&format!("#nothing:{}", synapse.server_name))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.errcode()),
+        (404, "M_NOT_FOUND"),
+        "{missing:?}"
+    );
+
+    // Device keys both ways, and a one-time key claimed across servers.
+    upload_keys(&alice, false).await;
+    upload_keys(&bob, true).await;
+    let query = bob
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { alice.user_id.clone(): [] } })),
+        )
+        .await;
+    assert_eq!(query.status, 200, "{query:?}");
+    assert_eq!(
+        query.body["device_keys"][&alice.user_id][&alice.device_id]["keys"],
+        device_keys(&alice)["keys"],
+        "{query:?}\n{}",
+        synapse.logs()
+    );
+    let query = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
+        )
+        .await;
+    assert_eq!(query.status, 200, "{query:?}");
+    assert_eq!(
+        query.body["device_keys"][&bob.user_id][&bob.device_id]["keys"],
+        device_keys(&bob)["keys"],
+        "{query:?}"
+    );
+    assert_eq!(query.body["failures"], json!({}), "{query:?}");
+    let claim = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Some(json!({ "one_time_keys": {
+                bob.user_id.clone(): { bob.device_id.clone(): "signed_curve25519" }
+            } })),
+        )
+        .await;
+    assert_eq!(claim.status, 200, "{claim:?}");
+    assert_eq!(
+        claim.body["one_time_keys"][&bob.user_id][&bob.device_id]["signed_curve25519:AAAAHQ"]["key"],
+        "zKbLg+NrIjpnagy+pIY6uPL4ZwEG2v+8F9lmgsnlZzs",
+        "{claim:?}"
+    );
+
+    // As a notary we vouch for Synapse's keys: its signature and ours.
+    let http = federation_http();
+    let notary: Value = http
+        .get(format!(
+            "{our_federation}/_matrix/key/v2/query/{}",
+            synapse.server_name
+        ))
+        .send()
+        .await
+        .expect("notary query")
+        .json()
+        .await
+        .expect("notary JSON");
+    let response = &notary["server_keys"][0];
+    assert_eq!(
+        response["server_name"],
+        synapse.server_name.as_str(),
+        "{notary}"
+    );
+    assert!(
+        response["signatures"][&synapse.server_name].is_object(),
+        "{notary}"
+    );
+    assert!(response["signatures"][&our_name].is_object(), "{notary}");
+    let own: Value = http
+        .post(format!("{our_federation}/_matrix/key/v2/query"))
+        .json(&json!({ "server_keys": { our_name.clone(): {} } }))
+        .send()
+        .await
+        .expect("notary query")
+        .json()
+        .await
+        .expect("notary JSON");
+    assert_eq!(
+        own["server_keys"][0]["server_name"],
+        our_name.as_str(),
+        "{own}"
+    );
+
+    // Requests without a valid signature are refused, whatever they ask.
+    let directory = format!(
+        "{our_federation}/_matrix/federation/v1/query/directory?room_alias={}",
+        encode(&our_alias)
+    );
+    let unsigned = http.get(&directory).send().await.expect("request");
+    assert_eq!(unsigned.status(), 401);
+    let body: Value = unsigned.json().await.expect("JSON");
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+    let forged = format!(
+        "X-Matrix origin=\"{}\",destination=\"{our_name}\",key=\"ed25519:a_test\",sig=\"dGhpcyBpcyBub3QgYSBzaWduYXR1cmUgYXQgYWxsLCBub3QgYXQgYWxsLCBubyBubyBubyBubw\"",
+        synapse.server_name
+    );
+    let wrong_destination = format!(
+        "X-Matrix origin=\"{}\",destination=\"elsewhere.example\",key=\"ed25519:a_test\",sig=\"dGhpcyBpcyBub3QgYSBzaWduYXR1cmUgYXQgYWxsLCBub3QgYXQgYWxsLCBubyBubyBubyBubw\"",
+        synapse.server_name
+    );
+    let unknown_key = format!(
+        "X-Matrix origin=\"{}\",destination=\"{our_name}\",key=\"ed25519:nope\",sig=\"dGhpcyBpcyBub3QgYSBzaWduYXR1cmUgYXQgYWxsLCBub3QgYXQgYWxsLCBubyBubyBubyBubw\"",
+        synapse.server_name
+    );
+    for header in [
+        forged,
+        wrong_destination,
+        unknown_key,
+        "X-Matrix nonsense".to_owned(),
+    ] {
+        let reply = http
+            .get(&directory)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(reply.status(), 401, "{header}");
+        let body: Value = reply.json().await.expect("JSON");
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{header}: {body}");
+    }
+    let forged_keys = http
+        .post(format!(
+            "{our_federation}/_matrix/federation/v1/user/keys/claim"
+        ))
+        .json(&json!({ "one_time_keys": {} }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(forged_keys.status(), 401);
+    drop(ours);
+}

@@ -1,0 +1,24 @@
+//! The federationapi's API: queries other services make of remote servers.
+
+use crate::proto::federationapi as pb;
+use crate::proto::federationapi::federation_client::FederationClient as PbClient;
+use crate::proto::federationapi::federation_server::FederationServer;
+
+crate::grpc::service_api! {
+    /// Outbound federation queries (owned by federationapi).
+    api "federation";
+    trait FederationApi;
+    client FederationClient = PbClient;
+    adapter FederationGrpc: pb::federation_server::Federation, FederationServer;
+    {
+        /// Asks a remote server which room its alias names.
+        fn query_directory(pb::QueryDirectoryRequest) -> pb::QueryDirectoryResponse;
+        /// Asks a remote server for its users' device keys.
+        fn query_keys(pb::RemoteRequest) -> pb::RemoteResponse;
+        /// Claims one-time keys of a remote server's devices.
+        fn claim_keys(pb::RemoteRequest) -> pb::RemoteResponse;
+    }
+}
+
+/// What callers hold: the service itself (monolith) or a [`FederationClient`].
+pub type FederationHandle = std::sync::Arc<dyn FederationApi>;

@@ -1,0 +1,85 @@
+//! The `FederationApi` implementation: what clientapi asks of remote servers.
+
+use async_trait::async_trait;
+use ganglion_api::ApiError;
+use ganglion_api::federation::FederationApi;
+use ganglion_api::proto::federationapi as pb;
+use serde_json::Value;
+
+use crate::FederationService;
+
+/// Percent-encodes a query value.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+impl FederationService {
+    /// Forwards a JSON body to `server`'s `path`; its JSON answer.
+    async fn forward(
+        &self,
+        request: pb::RemoteRequest,
+        path: &str,
+    ) -> Result<pb::RemoteResponse, ApiError> {
+        let body: Value = serde_json::from_slice(&request.body_json)
+            .map_err(|_| ApiError::InvalidInput("the request body is not JSON".into()))?;
+        let answer = self
+            .client
+            .send(&request.server_name, http::Method::POST, path, Some(&body))
+            .await?;
+        Ok(pb::RemoteResponse {
+            body_json: serde_json::to_vec(&answer)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        })
+    }
+}
+
+#[async_trait]
+impl FederationApi for FederationService {
+    async fn query_directory(
+        &self,
+        request: pb::QueryDirectoryRequest,
+    ) -> Result<pb::QueryDirectoryResponse, ApiError> {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            encode(&request.alias)
+        );
+        match self
+            .client
+            .send(&request.server_name, http::Method::GET, &path, None)
+            .await
+        {
+            Ok(answer) => Ok(pb::QueryDirectoryResponse {
+                room_id: answer["room_id"].as_str().map(str::to_owned),
+                servers: answer["servers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect(),
+            }),
+            Err(error) if error.errcode() == Some("M_NOT_FOUND") => {
+                Ok(pb::QueryDirectoryResponse::default())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn query_keys(&self, request: pb::RemoteRequest) -> Result<pb::RemoteResponse, ApiError> {
+        self.forward(request, "/_matrix/federation/v1/user/keys/query")
+            .await
+    }
+
+    async fn claim_keys(&self, request: pb::RemoteRequest) -> Result<pb::RemoteResponse, ApiError> {
+        self.forward(request, "/_matrix/federation/v1/user/keys/claim")
+            .await
+    }
+}

@@ -1,0 +1,115 @@
+//! `POST /user/keys/query` and `/user/keys/claim`: our users' device keys
+//! and one-time keys, for the servers of the users they talk to. Users of
+//! other servers are none of ours to answer for and are left out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use ganglion_api::proto::keyserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::FederationService;
+use crate::auth::Origin;
+
+/// The most users one request may name.
+const MAX_USERS: usize = 1_000;
+
+#[derive(Deserialize)]
+pub(crate) struct QueryBody {
+    device_keys: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ClaimBody {
+    one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl FederationService {
+    /// Whether `user_id` is a valid user ID of this server.
+    fn is_local_user(&self, user_id: &str) -> bool {
+        ruma::UserId::parse(user_id)
+            .is_ok_and(|user| user.server_name() == self.client.server_name())
+    }
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| json!({}))
+}
+
+pub(crate) async fn query(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    MatrixJson(body): MatrixJson<QueryBody>,
+) -> MatrixResult {
+    tracing::debug!(origin, users = body.device_keys.len(), "key query");
+    if body.device_keys.len() > MAX_USERS {
+        return Err(MatrixError::too_large("too many users"));
+    }
+    let users = body
+        .device_keys
+        .into_iter()
+        .filter(|(user, _)| service.is_local_user(user))
+        .map(|(user, device_ids)| (user, pb::DeviceIds { device_ids }))
+        .collect();
+    let answer = service
+        .keys
+        .query(pb::QueryRequest { users })
+        .await
+        .map_err(MatrixError::from)?;
+    let device_keys: Map<String, Value> = answer
+        .device_keys
+        .into_iter()
+        .map(|(user, devices)| {
+            let devices: Map<String, Value> = devices
+                .devices
+                .into_iter()
+                .map(|(device, json)| (device, json_of(&json)))
+                .collect();
+            (user, Value::Object(devices))
+        })
+        .collect();
+    respond(json!({ "device_keys": device_keys }))
+}
+
+pub(crate) async fn claim(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    MatrixJson(body): MatrixJson<ClaimBody>,
+) -> MatrixResult {
+    tracing::debug!(origin, users = body.one_time_keys.len(), "key claim");
+    if body.one_time_keys.len() > MAX_USERS {
+        return Err(MatrixError::too_large("too many users"));
+    }
+    let claims = body
+        .one_time_keys
+        .into_iter()
+        .filter(|(user, _)| service.is_local_user(user))
+        .flat_map(|(user_id, devices)| {
+            devices
+                .into_iter()
+                .map(move |(device_id, algorithm)| pb::ClaimOne {
+                    user_id: user_id.clone(),
+                    device_id,
+                    algorithm,
+                })
+        })
+        .collect();
+    let answer = service
+        .keys
+        .claim(pb::ClaimRequest { claims })
+        .await
+        .map_err(MatrixError::from)?;
+    let mut one_time_keys: Map<String, Value> = Map::new();
+    for key in answer.keys {
+        one_time_keys
+            .entry(key.user_id)
+            .or_insert_with(|| json!({}))[key.device_id.as_str()][key.key_id.as_str()] =
+            json_of(&key.key_json);
+    }
+    respond(json!({ "one_time_keys": one_time_keys }))
+}

@@ -1,0 +1,27 @@
+//! The federationapi's tables: remote servers' signing keys, as fetched
+//! (directly or through notaries) and verified, with their validity.
+
+mod migrations;
+pub(crate) mod server_keys;
+
+pub(crate) use migrations::MIGRATIONS;
+
+use ganglion_base::Database;
+
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) db: Database,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageError {
+    #[error("database")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl From<StorageError> for ganglion_api::ApiError {
+    fn from(error: StorageError) -> Self {
+        ganglion_api::ApiError::Internal(format!("federationapi storage: {error:?}"))
+    }
+}
