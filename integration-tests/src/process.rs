@@ -237,12 +237,13 @@ pub struct Polylith {
 }
 
 /// The services the polylith test runs, in start order.
-pub const POLYLITH_SERVICES: [&str; 6] = [
+pub const POLYLITH_SERVICES: [&str; 7] = [
     "userapi",
     "keyserver",
     "roomserver",
     "syncapi",
     "federationapi",
+    "federationsender",
     "clientapi",
 ];
 

@@ -6,6 +6,7 @@ mod conversation;
 mod e2ee_keys;
 mod ephemeral;
 mod federation_queries;
+mod federation_rooms;
 mod matrix_sdk_sliding;
 mod monolith;
 mod polylith;

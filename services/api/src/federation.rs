@@ -17,6 +17,8 @@ crate::grpc::service_api! {
         fn query_keys(pb::RemoteRequest) -> pb::RemoteResponse;
         /// Claims one-time keys of a remote server's devices.
         fn claim_keys(pb::RemoteRequest) -> pb::RemoteResponse;
+        /// Sends a transaction of PDUs and EDUs to a remote server.
+        fn send_transaction(pb::SendTransactionRequest) -> pb::RemoteResponse;
     }
 }
 

@@ -39,6 +39,8 @@ crate::grpc::service_api! {
         fn query_joined_rooms(pb::QueryJoinedRoomsRequest) -> pb::QueryJoinedRoomsResponse;
         fn query_may_send_state(pb::QueryMaySendStateRequest) -> pb::QueryMaySendStateResponse;
         fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse;
+        /// An unsigned event for a remote user (make_join and friends).
+        fn build_event(pb::BuildEventRequest) -> pb::BuildEventResponse;
     }
 }
 

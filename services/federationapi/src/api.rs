@@ -82,4 +82,34 @@ impl FederationApi for FederationService {
         self.forward(request, "/_matrix/federation/v1/user/keys/claim")
             .await
     }
+
+    async fn send_transaction(
+        &self,
+        request: pb::SendTransactionRequest,
+    ) -> Result<pb::RemoteResponse, ApiError> {
+        let parse = |items: &[Vec<u8>]| -> Result<Vec<Value>, ApiError> {
+            items
+                .iter()
+                .map(|json| {
+                    serde_json::from_slice(json)
+                        .map_err(|_| ApiError::InvalidInput("a PDU or EDU is not JSON".into()))
+                })
+                .collect()
+        };
+        let body = serde_json::json!({
+            "origin": self.server_name,
+            "origin_server_ts": crate::key_ring::now_ms(),
+            "pdus": parse(&request.pdus_json)?,
+            "edus": parse(&request.edus_json)?,
+        });
+        let path = format!("/_matrix/federation/v1/send/{}", encode(&request.txn_id));
+        let answer = self
+            .client
+            .send(&request.destination, http::Method::PUT, &path, Some(&body))
+            .await?;
+        Ok(pb::RemoteResponse {
+            body_json: serde_json::to_vec(&answer)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        })
+    }
 }

@@ -19,6 +19,7 @@ mod auth;
 mod client;
 mod discovery;
 mod key_ring;
+mod pdus;
 mod routes;
 mod storage;
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub struct FederationService {
     key: Arc<SigningKey>,
     client: Arc<FederationClient>,
     key_ring: KeyRing,
+    storage: Storage,
     roomserver: RoomserverHandle,
     keys: KeysHandle,
     max_body_bytes: usize,
@@ -86,7 +88,7 @@ pub async fn start(
     let storage = Storage { db: db.clone() };
     let client = Arc::new(FederationClient::new(config, key.clone())?);
     let key_ring = KeyRing::new(
-        storage,
+        storage.clone(),
         client.clone(),
         config.federation.trusted_key_servers.clone(),
         OwnKey {
@@ -100,6 +102,7 @@ pub async fn start(
         key,
         client,
         key_ring,
+        storage,
         roomserver: peers.roomserver,
         keys: peers.keys,
         max_body_bytes: config.client.max_body_bytes,

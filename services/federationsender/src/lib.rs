@@ -1,4 +1,89 @@
-//! federationsender: see DESIGN.md §1 for what it will own. It has no work in this
-//! build yet: `ganglion federationsender` runs its process shell (health and metrics)
-//! so deployments can already place it.
+//! federationsender: delivers our users' events to the other servers in
+//! their rooms.
+//!
+//! - Consumes: `roomserver.output` as a consumer group
+//!   (`consumers/roomserver_output.rs`): membership changes keep each
+//!   room's joined hosts; each event a local user sent is queued for every
+//!   server in the room.
+//! - Sends: per destination, one transaction of at most 50 PDUs in flight,
+//!   with exponential backoff (`queues.rs`), through the federationapi,
+//!   which signs and delivers it.
+//! - Owns: its database (joined hosts, per-destination queues, retry state).
+//!
+//! Not yet: EDUs (typing, receipts, presence, to-device, device lists) and
+//! spreading destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
+
+mod consumers;
+mod internal_events;
+mod queues;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use ganglion_api::federation::FederationHandle;
+use ganglion_api::topics::Topics;
+use ganglion_base::health::{DatabaseReady, Health};
+use ganglion_base::{Config, Database, DatabaseError};
+use ganglion_log::Log;
+use tokio::sync::watch;
+
+use storage::Storage;
+
+/// A started federationsender.
+pub struct Started {
+    pub health: Health,
+}
+
+/// Why the federationsender could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
+    #[error("reading the queues: {0}")]
+    Storage(String),
+}
+
+/// Opens the database, resumes the queues left from before, and joins the
+/// `roomserver.output` consumer group.
+pub async fn start(
+    config: &Config,
+    log: Arc<dyn Log>,
+    federation: FederationHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Started, StartError> {
+    let db = Database::open_for_service(config, "federationsender", storage::MIGRATIONS).await?;
+    let storage = Storage { db: db.clone() };
+    let topics = Topics::new(&config.log.topic_prefix);
+    log.ensure_topic(&topics.roomserver_output, config.log.partitions)
+        .await?;
+    let queues = queues::Queues::new(storage.clone(), federation, shutdown.clone());
+    let waiting = storage
+        .destinations_with_work()
+        .await
+        .map_err(|e| StartError::Storage(format!("{e:?}")))?;
+    queues.wake(&waiting);
+    let consumer = ganglion_api::consume::spawn(
+        log,
+        &format!("{}federationsender", config.log.topic_prefix),
+        &[topics.roomserver_output.as_str()],
+        Arc::new(consumers::roomserver_output::OutputConsumer {
+            storage,
+            queues,
+            server_name: config.server_name.clone(),
+        }),
+        shutdown,
+    )
+    .await?;
+    let mut health = Health::default();
+    health.add(Arc::new(DatabaseReady {
+        service: "federationsender",
+        db,
+    }));
+    health.add(consumer);
+    Ok(Started { health })
+}

@@ -118,6 +118,13 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let federation: FederationHandle = federationapi.api.clone();
+    let federationsender = ganglion_federationsender::start(
+        &config,
+        log.clone(),
+        federation.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let clientapi = ganglion_clientapi::start(
         &config,
         ganglion_clientapi::Peers {
@@ -138,6 +145,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     health.extend(syncapi.health);
     health.extend(clientapi.health);
     health.extend(federationapi.health);
+    health.extend(federationsender.health);
     let client_router = http::matrix_router(
         clientapi.routes.merge(syncapi.routes),
         "client",
@@ -339,7 +347,22 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 http::serve_tls(listener, router, &cert, &key, stop).await
             });
         }
-        // Their work arrives with later issues; the process already serves health.
+        "federationsender" => {
+            let federation: FederationHandle = Arc::new(FederationClient::new(
+                &config
+                    .service_address("federationapi")
+                    .context("services.federationapi: no address")?,
+            )?);
+            let started = ganglion_federationsender::start(
+                &config,
+                open_log(&config, name)?,
+                federation,
+                shutdown.clone(),
+            )
+            .await?;
+            health.extend(started.health);
+        }
+        // Its work arrives with a later issue; the process already serves health.
         _ => {}
     }
     // tonic's router brings a fallback of its own; ours (M_UNRECOGNIZED) replaces it.

@@ -545,6 +545,61 @@ impl RoomserverApi for RoomserverService {
         .and_then(Answer::into_events)
     }
 
+    async fn build_event(
+        &self,
+        request: pb::BuildEventRequest,
+    ) -> Result<pb::BuildEventResponse, ApiError> {
+        let room = self
+            .storage
+            .room(&request.room_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
+        if !request.supported_versions.is_empty()
+            && !request.supported_versions.contains(&room.room_version)
+        {
+            return Err(ApiError::UnsupportedRoomVersion(room.room_version));
+        }
+        let template = request
+            .template
+            .ok_or_else(|| ApiError::InvalidInput("no event template".into()))?;
+        let (_, rules) = events::rules_for(&room.room_version)?;
+        let state = if room.snapshot_nid == 0 {
+            self.storage.legacy_current_state(room.room_nid).await?
+        } else {
+            self.storage.load_state(room.snapshot_nid).await?.0
+        };
+        let extremity_ids = self.storage.forward_extremities(room.room_nid).await?;
+        let ids: Vec<&str> = extremity_ids.iter().map(String::as_str).collect();
+        let extremities: Vec<_> = self
+            .storage
+            .events_by_id(&ids)
+            .await?
+            .into_values()
+            .map(|e| e.pdu)
+            .collect();
+        let view = events::RoomView {
+            room_id: &request.room_id,
+            rules: &rules,
+            state: &state,
+            forward_extremities: &extremities,
+        };
+        let object = events::event_for_remote(
+            &view,
+            events::Template {
+                event_type: &template.event_type,
+                state_key: template.state_key.as_deref(),
+                sender: &template.sender,
+                content: parse_object(&template.content_json)?,
+                redacts: template.redacts.as_deref(),
+            },
+        )?;
+        Ok(pb::BuildEventResponse {
+            room_version: room.room_version,
+            event_json: serde_json::to_vec(&object)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        })
+    }
+
     async fn query_joined_rooms(
         &self,
         request: pb::QueryJoinedRoomsRequest,

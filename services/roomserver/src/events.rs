@@ -405,6 +405,34 @@ pub(crate) fn build_event(
     if sender.server_name().as_str() != signer.server_name {
         return Err(EventError::Invalid("sender is not a local user".into()));
     }
+    let object = event_object(room, template)?;
+    let (event_id, json) = seal(object, room.rules, signer)?;
+    let pdu = Pdu::from_json(event_id.as_str(), &json)?;
+    authorise(room.rules, room.state, &pdu)?;
+    Ok(pdu)
+}
+
+/// An event for another server's user to sign and send back (make_join,
+/// make_leave, make_knock): built on the room's current state as ours
+/// are, checked against the auth rules, but neither hashed nor signed.
+pub(crate) fn event_for_remote(
+    room: &RoomView<'_>,
+    template: Template<'_>,
+) -> Result<CanonicalJsonObject, EventError> {
+    let object = event_object(room, template)?;
+    let json = serde_json::to_string(&object).map_err(|e| EventError::Invalid(e.to_string()))?;
+    let provisional = Pdu::from_json("$provisional", &json)?;
+    authorise(room.rules, room.state, &provisional)?;
+    Ok(object)
+}
+
+/// An event's fields on top of the room's current state: auth events
+/// from the state, the newest forward extremities as prev events, depth.
+fn event_object(
+    room: &RoomView<'_>,
+    template: Template<'_>,
+) -> Result<CanonicalJsonObject, EventError> {
+    let sender = parse_user(template.sender)?;
     let kind = TimelineEventType::from(template.event_type);
     if kind == TimelineEventType::RoomCreate {
         return Err(EventError::Forbidden(
@@ -487,10 +515,7 @@ pub(crate) fn build_event(
             CanonicalJsonValue::String(redacts.to_string()),
         );
     }
-    let (event_id, json) = seal(object, room.rules, signer)?;
-    let pdu = Pdu::from_json(event_id.as_str(), &json)?;
-    authorise(room.rules, room.state, &pdu)?;
-    Ok(pdu)
+    Ok(object)
 }
 
 /// Runs the auth rules for a locally built `pdu`, whose auth events were

@@ -2,13 +2,15 @@
 //! federation API (every route but `/version` behind `auth.rs`).
 
 mod keys;
+mod membership;
 mod query;
+mod transactions;
 mod user_keys;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::FederationService;
 
@@ -25,6 +27,18 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
         .route(
             "/_matrix/federation/v1/user/keys/claim",
             post(user_keys::claim),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(transactions::send),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             service.clone(),

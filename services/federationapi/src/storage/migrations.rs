@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "remote servers' signing keys and the key responses that vouched for them",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "remote servers' signing keys and the key responses that vouched for them",
+        sql: "
         CREATE TABLE server_keys (
             server_name TEXT NOT NULL,
             key_id TEXT NOT NULL,
@@ -22,4 +23,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             valid_until_ts BIGINT NOT NULL
         );
     ",
-}];
+    },
+    // Inbound transactions by origin and ID, with the answer given: a
+    // retried transaction is answered the same and changes nothing.
+    Migration {
+        version: 2,
+        description: "inbound transactions",
+        sql: "
+            CREATE TABLE inbound_transactions (
+                origin TEXT NOT NULL,
+                txn_id TEXT NOT NULL,
+                answer_json TEXT NOT NULL,
+                received_ts BIGINT NOT NULL,
+                PRIMARY KEY (origin, txn_id)
+            );
+        ",
+    },
+];

@@ -1,8 +1,10 @@
 //! The federationapi's tables: remote servers' signing keys, as fetched
-//! (directly or through notaries) and verified, with their validity.
+//! (directly or through notaries) and verified, with their validity, and
+//! the inbound transactions answered.
 
 mod migrations;
 pub(crate) mod server_keys;
+mod transactions;
 
 pub(crate) use migrations::MIGRATIONS;
 
@@ -23,5 +25,12 @@ pub(crate) enum StorageError {
 impl From<StorageError> for ganglion_api::ApiError {
     fn from(error: StorageError) -> Self {
         ganglion_api::ApiError::Internal(format!("federationapi storage: {error:?}"))
+    }
+}
+
+impl From<StorageError> for ganglion_base::MatrixError {
+    fn from(error: StorageError) -> Self {
+        tracing::error!(?error, "federationapi storage");
+        ganglion_base::MatrixError::unknown("Internal server error")
     }
 }

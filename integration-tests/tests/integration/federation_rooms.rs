@@ -1,0 +1,142 @@
+//! Rooms across servers with a real Synapse: a Synapse user joins our room
+//! (make_join/send_join), and messages then flow both ways (our
+//! federationsender's transactions to Synapse, Synapse's to us).
+
+use std::time::Duration;
+
+use ganglion_integration_tests::client::{Client, encode, message_bodies};
+use ganglion_integration_tests::synapse::Synapse;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Long-polls `client`'s `/sync` until `room_id`'s timeline has shown a
+/// message with `body` (a poll may wake for other news first).
+pub(crate) async fn until_message(
+    client: &Client,
+    room_id: &str,
+    body: &str,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    loop {
+        let sync = client.sync(since.as_deref(), 5_000, 50).await;
+        let events = &sync["rooms"]["join"][room_id]["timeline"]["events"];
+        if message_bodies(events).iter().any(|b| b == body) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never saw {body:?} in {room_id}\n{}",
+            client.user_id,
+            logs()
+        );
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+/// Whether `user_id` is joined to `room_id` as `client` sees it.
+async fn members(client: &Client, room_id: &str) -> Vec<String> {
+    let reply = client
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/joined_members",
+                encode(room_id)
+            ),
+            None,
+        )
+        .await;
+    reply.body["joined"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || synapse.logs();
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-rooms").await;
+    let bob = synapse.register("bob", "pw-bob-rooms").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "name": "across" }))
+        .await;
+    alice.send_text(&room_id, "t1", "before bob").await;
+
+    // Bob joins through our server.
+    let join = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(&room_id),
+                encode(&our_name)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    assert_eq!(join.body["room_id"], room_id.as_str());
+    // Both servers now count both members.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ours_see = members(&alice, &room_id).await;
+        let theirs_see = members(&bob, &room_id).await;
+        if ours_see.contains(&bob.user_id) && theirs_see.contains(&alice.user_id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members: ours {ours_see:?}, theirs {theirs_see:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Synapse took the room's name from the state we sent with the join.
+    let name = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                encode(&room_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(name.body["name"], "across", "{name:?}");
+
+    // Ours → theirs, through the federationsender.
+    alice.send_text(&room_id, "t2", "hello synapse").await;
+    until_message(&bob, &room_id, "hello synapse", logs).await;
+    // Theirs → ours, through /send.
+    let sent = bob.send_text(&room_id, "b1", "hello ganglion").await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    until_message(&alice, &room_id, "hello ganglion", logs).await;
+    // A few more each way keep their order.
+    for i in 0..5 {
+        alice
+            .send_text(&room_id, &format!("a{i}"), &format!("from alice {i}"))
+            .await;
+    }
+    until_message(&bob, &room_id, "from alice 4", logs).await;
+    let history = bob.messages(&room_id, None, "b", 20).await;
+    let bodies: Vec<String> = message_bodies(&history["chunk"])
+        .into_iter()
+        .filter(|b| b.starts_with("from alice"))
+        .rev()
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..5)
+            .map(|i| format!("from alice {i}"))
+            .collect::<Vec<_>>(),
+        "{history}"
+    );
+    let _: &Value = &history;
+    drop(ours);
+}

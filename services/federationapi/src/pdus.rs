@@ -1,0 +1,139 @@
+//! Received PDUs: their event ID as their room version computes it, and
+//! the signatures of the servers that must have signed them, checked with
+//! keys valid when the event was sent. (The roomserver checks the content
+//! hash, redacting an event whose hash fails, and the auth rules.)
+
+use std::collections::BTreeMap;
+
+use ruma::canonical_json::CanonicalJsonObject;
+use ruma::room_version_rules::{EventIdFormatVersion, RoomVersionRules};
+use ruma::serde::Base64;
+use ruma::{CanonicalJsonValue, RoomVersionId};
+use serde_json::Value;
+
+use crate::key_ring::KeyRing;
+
+/// Why a PDU was refused before it reached the roomserver.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PduError {
+    #[error("not a PDU: {0}")]
+    Malformed(String),
+    #[error("unsupported room version {0}")]
+    RoomVersion(String),
+    #[error("signature check failed: {0}")]
+    Signature(String),
+}
+
+/// A PDU whose signatures were checked.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedPdu {
+    pub(crate) event_id: String,
+    pub(crate) object: CanonicalJsonObject,
+}
+
+impl CheckedPdu {
+    pub(crate) fn json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.object).unwrap_or_default()
+    }
+
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+        match self.object.get(name) {
+            Some(CanonicalJsonValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules, PduError> {
+    RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|id| id.rules())
+        .ok_or_else(|| PduError::RoomVersion(version.to_owned()))
+}
+
+/// The event ID of a PDU in a room of `rules`.
+pub(crate) fn event_id_of(
+    object: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<String, PduError> {
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        return match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => Ok(id.clone()),
+            _ => Err(PduError::Malformed("no event_id".into())),
+        };
+    }
+    ruma::signatures::reference_hash(object, rules)
+        .map(|hash| format!("${hash}"))
+        .map_err(|e| PduError::Malformed(e.to_string()))
+}
+
+/// Parses a PDU as canonical JSON (floats and out-of-range integers are
+/// not) and checks its signatures.
+pub(crate) async fn check(
+    key_ring: &KeyRing,
+    room_version: &str,
+    pdu: &Value,
+) -> Result<CheckedPdu, PduError> {
+    let rules = rules_for(room_version)?;
+    let object: CanonicalJsonObject = serde_json::from_value(pdu.clone())
+        .map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))?;
+    let event_id = event_id_of(&object, &rules)?;
+    let at_ms = match object.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
+        _ => return Err(PduError::Malformed("no origin_server_ts".into())),
+    };
+    let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") else {
+        return Err(PduError::Signature("unsigned".into()));
+    };
+    let mut map: BTreeMap<String, BTreeMap<String, Base64>> = BTreeMap::new();
+    for (server, keys) in signatures {
+        let CanonicalJsonValue::Object(keys) = keys else {
+            continue;
+        };
+        let key_ids: Vec<String> = keys.keys().cloned().collect();
+        let found = key_ring
+            .keys_for(server, &key_ids, at_ms)
+            .await
+            .map_err(|e| PduError::Signature(e.to_string()))?;
+        let set: BTreeMap<String, Base64> = found
+            .into_iter()
+            .filter_map(|(id, key)| Some((id, Base64::parse(&key).ok()?)))
+            .collect();
+        if !set.is_empty() {
+            map.insert(server.clone(), set);
+        }
+    }
+    ruma::signatures::verify_event(&map, &object, &rules)
+        .map_err(|e| PduError::Signature(e.to_string()))?;
+    Ok(CheckedPdu { event_id, object })
+}
+
+impl crate::FederationService {
+    /// Hands a checked PDU to the roomserver as a new event of the room;
+    /// the roomserver's outcome for it.
+    pub(crate) async fn input_new_pdu(
+        &self,
+        room_id: &str,
+        room_version: String,
+        pdu: &CheckedPdu,
+    ) -> Result<ganglion_api::proto::roomserver::PduOutcome, ganglion_api::ApiError> {
+        use ganglion_api::proto::roomserver as pb;
+        let response = self
+            .roomserver
+            .input_pdus(pb::InputPdusRequest {
+                room_id: room_id.to_owned(),
+                room_version,
+                pdus: vec![pb::InputPdu {
+                    kind: pb::input_pdu::Kind::New as i32,
+                    event_json: pdu.json_bytes(),
+                    ..Default::default()
+                }],
+            })
+            .await?;
+        response
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| ganglion_api::ApiError::Internal("no outcome for the PDU".into()))
+    }
+}

@@ -1,0 +1,173 @@
+//! Joining our rooms from other servers: `GET /make_join` builds the join
+//! event for the remote user to sign, `PUT /v2/send_join` takes it signed,
+//! has the roomserver accept it, and answers with the room's state before
+//! the join and its auth chain.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use ganglion_api::ApiError;
+use ganglion_api::proto::roomserver as pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use serde_json::{Value, json};
+
+use crate::FederationService;
+use crate::auth::Origin;
+use crate::pdus;
+
+/// The `ver` parameters of a make_join (versions 1 only when none).
+fn supported_versions(uri: &Uri) -> Vec<String> {
+    let versions: Vec<String> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("ver="))
+        .map(str::to_owned)
+        .collect();
+    if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    }
+}
+
+/// The user must belong to the server that asks for them.
+fn user_of_origin(user_id: &str, origin: &str) -> Result<(), MatrixError> {
+    let user =
+        ruma::UserId::parse(user_id).map_err(|_| MatrixError::invalid_param("invalid user ID"))?;
+    if user.server_name() != origin {
+        return Err(MatrixError::forbidden(
+            "the user is not of the requesting server",
+        ));
+    }
+    Ok(())
+}
+
+fn incompatible(version: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({
+            "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
+            "error": format!("the room's version {version} is not one the server supports"),
+            "room_version": version,
+        })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn make_join(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    uri: Uri,
+) -> MatrixResult {
+    user_of_origin(&user_id, &origin)?;
+    let built = service
+        .roomserver
+        .build_event(pb::BuildEventRequest {
+            room_id,
+            template: Some(pb::EventTemplate {
+                event_type: "m.room.member".into(),
+                state_key: Some(user_id.clone()),
+                sender: user_id,
+                content_json: br#"{"membership":"join"}"#.to_vec(),
+                redacts: None,
+            }),
+            supported_versions: supported_versions(&uri),
+        })
+        .await;
+    let built = match built {
+        Ok(built) => built,
+        Err(ApiError::UnsupportedRoomVersion(version)) => return Ok(incompatible(&version)),
+        Err(error) => return Err(error.into()),
+    };
+    let mut event: Value = serde_json::from_slice(&built.event_json)
+        .map_err(|e| MatrixError::unknown(e.to_string()))?;
+    event["origin"] = json!(service.server_name);
+    respond(json!({ "room_version": built.room_version, "event": event }))
+}
+
+pub(crate) async fn send_join(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    MatrixJson(pdu): MatrixJson<Value>,
+) -> MatrixResult {
+    let version = service
+        .roomserver
+        .query_room_version(pb::QueryRoomVersionRequest {
+            room_id: room_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .room_version;
+    let checked = pdus::check(&service.key_ring, &version, &pdu)
+        .await
+        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    if checked.event_id != event_id {
+        return Err(MatrixError::bad_json(
+            "the event ID does not match the event",
+        ));
+    }
+    let membership = pdu["content"]["membership"].as_str();
+    let sender = checked.field("sender").unwrap_or_default().to_owned();
+    if checked.field("type") != Some("m.room.member")
+        || checked.field("state_key") != Some(sender.as_str())
+        || membership != Some("join")
+        || checked.field("room_id").is_some_and(|r| r != room_id)
+    {
+        return Err(MatrixError::bad_json(
+            "not a join of its sender to this room",
+        ));
+    }
+    user_of_origin(&sender, &origin)?;
+    let outcome = service
+        .input_new_pdu(&room_id, version, &checked)
+        .await
+        .map_err(MatrixError::from)?;
+    if !matches!(outcome.outcome.as_str(), "accepted" | "duplicate") {
+        return Err(MatrixError::forbidden(format!(
+            "the join was refused: {}",
+            outcome.reason
+        )));
+    }
+    let state = service
+        .roomserver
+        .query_state(pb::QueryStateRequest {
+            room_id,
+            event_id: event_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let mut chain_of: BTreeSet<String> = state.state_event_ids.iter().cloned().collect();
+    for auth in pdu["auth_events"].as_array().into_iter().flatten() {
+        // Versions 1 and 2 name auth events as [id, hashes] pairs.
+        let id = auth.as_str().or_else(|| auth[0].as_str());
+        if let Some(id) = id {
+            chain_of.insert(id.to_owned());
+        }
+    }
+    let chain = service
+        .roomserver
+        .query_auth_chain(pb::QueryAuthChainRequest {
+            event_ids: chain_of.into_iter().collect(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let parse = |json: &Vec<u8>| serde_json::from_slice::<Value>(json).ok();
+    let state_events: Vec<Value> = state.state_events_json.iter().filter_map(parse).collect();
+    let auth_chain: Vec<Value> = chain.events_json.iter().filter_map(parse).collect();
+    respond(json!({
+        "origin": service.server_name,
+        "state": state_events,
+        "auth_chain": auth_chain,
+        "event": pdu,
+        "members_omitted": false,
+        "servers_in_room": [service.server_name],
+    }))
+}

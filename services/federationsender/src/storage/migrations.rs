@@ -1,0 +1,28 @@
+use ganglion_base::Migration;
+
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "joined hosts per room, PDU queues per destination, retry state",
+    sql: "
+        CREATE TABLE joined_hosts (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            server_name TEXT NOT NULL,
+            PRIMARY KEY (room_id, user_id)
+        );
+        CREATE INDEX joined_hosts_by_room ON joined_hosts (room_id, server_name);
+        CREATE TABLE queued_pdus (
+            id {serial},
+            destination TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            pdu_json TEXT NOT NULL,
+            UNIQUE (destination, event_id)
+        );
+        CREATE INDEX queued_pdus_by_destination ON queued_pdus (destination, id);
+        CREATE TABLE destinations (
+            server_name TEXT PRIMARY KEY,
+            failures BIGINT NOT NULL,
+            retry_at_ms BIGINT NOT NULL
+        );
+    ",
+}];

@@ -1,0 +1,176 @@
+use sqlx::Row;
+
+use super::{Storage, StorageError};
+
+/// A membership change of a room, as `roomserver.output` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberChange {
+    pub(crate) user_id: String,
+    /// `join` adds the user's server to the room; anything else removes the user.
+    pub(crate) joined: bool,
+}
+
+/// A PDU waiting for its destination.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedPdu {
+    pub(crate) id: i64,
+    pub(crate) json: String,
+}
+
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
+impl Storage {
+    /// Applies an event's membership changes to the room's joined hosts
+    /// and queues the event (when `pdu` is given: a local event) for every
+    /// server in the room before or after it, and `also`, but `own`. One
+    /// transaction; a redelivered event is queued once. Returns the
+    /// destinations it was queued for.
+    pub(crate) async fn apply_event(
+        &self,
+        room_id: &str,
+        changes: &[MemberChange],
+        pdu: Option<(&str, &str)>,
+        also: Option<&str>,
+        own: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let before: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for change in changes {
+            let Some(server) = server_of(&change.user_id) else {
+                continue;
+            };
+            if change.joined {
+                sqlx::query(
+                    "INSERT INTO joined_hosts (room_id, user_id, server_name) VALUES ($1, $2, $3)
+                     ON CONFLICT (room_id, user_id) DO NOTHING",
+                )
+                .bind(room_id)
+                .bind(&change.user_id)
+                .bind(server)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query("DELETE FROM joined_hosts WHERE room_id = $1 AND user_id = $2")
+                    .bind(room_id)
+                    .bind(&change.user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut destinations = Vec::new();
+        if let Some((event_id, json)) = pdu {
+            let after: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1",
+            )
+            .bind(room_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut all: Vec<String> = before.into_iter().chain(after).collect();
+            all.extend(also.map(str::to_owned));
+            all.sort();
+            all.dedup();
+            for destination in all.into_iter().filter(|d| d != own) {
+                sqlx::query(
+                    "INSERT INTO queued_pdus (destination, event_id, pdu_json) VALUES ($1, $2, $3)
+                     ON CONFLICT (destination, event_id) DO NOTHING",
+                )
+                .bind(&destination)
+                .bind(event_id)
+                .bind(json)
+                .execute(&mut *tx)
+                .await?;
+                destinations.push(destination);
+            }
+        }
+        tx.commit().await?;
+        Ok(destinations)
+    }
+
+    /// The oldest PDUs queued for a destination, at most `limit`.
+    pub(crate) async fn queued(
+        &self,
+        destination: &str,
+        limit: u32,
+    ) -> Result<Vec<QueuedPdu>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, pdu_json FROM queued_pdus WHERE destination = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(destination)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(QueuedPdu {
+                    id: row.try_get(0)?,
+                    json: row.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Removes PDUs the destination took, and clears its failures.
+    pub(crate) async fn delivered(
+        &self,
+        destination: &str,
+        up_to_id: i64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("DELETE FROM queued_pdus WHERE destination = $1 AND id <= $2")
+            .bind(destination)
+            .bind(up_to_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM destinations WHERE server_name = $1")
+            .bind(destination)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; the number of failures in a row.
+    pub(crate) async fn failed(
+        &self,
+        destination: &str,
+        retry_at_ms: i64,
+    ) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO destinations (server_name, failures, retry_at_ms) VALUES ($1, 1, $2)
+             ON CONFLICT (server_name) DO UPDATE
+             SET failures = destinations.failures + 1, retry_at_ms = excluded.retry_at_ms
+             RETURNING failures",
+        )
+        .bind(destination)
+        .bind(retry_at_ms)
+        .fetch_one(&self.db.pool)
+        .await?)
+    }
+
+    /// A destination's failures in a row and when to try again (ms).
+    pub(crate) async fn retry_state(&self, destination: &str) -> Result<(i64, i64), StorageError> {
+        Ok(
+            sqlx::query_as("SELECT failures, retry_at_ms FROM destinations WHERE server_name = $1")
+                .bind(destination)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .unwrap_or((0, 0)),
+        )
+    }
+
+    /// Destinations with PDUs waiting.
+    pub(crate) async fn destinations_with_work(&self) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT destination FROM queued_pdus")
+                .fetch_all(&self.db.pool)
+                .await?,
+        )
+    }
+}

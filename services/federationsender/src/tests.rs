@@ -1,0 +1,126 @@
+//! The federationsender's storage against both database engines.
+
+use crate::storage::{MemberChange, Storage};
+
+fn join(user: &str) -> MemberChange {
+    MemberChange {
+        user_id: user.into(),
+        joined: true,
+    }
+}
+
+fn leave(user: &str) -> MemberChange {
+    MemberChange {
+        user_id: user.into(),
+        joined: false,
+    }
+}
+
+async fn queues_follow_membership(database_url: Option<String>) {
+    let (db, _dir) = ganglion_base::testing::open_scratch(
+        "federationsender",
+        crate::storage::MIGRATIONS,
+        database_url,
+    )
+    .await;
+    let storage = Storage { db };
+    let own = "ours.example";
+    // Our user creates the room: nobody else to send to.
+    let sent = storage
+        .apply_event(
+            "!r",
+            &[join("@a:ours.example")],
+            Some(("$1", "{\"n\":1}")),
+            None,
+            own,
+        )
+        .await
+        .expect("apply");
+    assert!(sent.is_empty());
+    // A remote join (not ours to send), then our message goes to them.
+    storage
+        .apply_event("!r", &[join("@b:them.example")], None, None, own)
+        .await
+        .expect("apply");
+    let sent = storage
+        .apply_event("!r", &[], Some(("$2", "{\"n\":2}")), None, own)
+        .await
+        .expect("apply");
+    assert_eq!(sent, ["them.example"]);
+    // Redelivered: queued once.
+    storage
+        .apply_event("!r", &[], Some(("$2", "{\"n\":2}")), None, own)
+        .await
+        .expect("apply");
+    // An invite reaches the invitee's server though it is not in the room.
+    let sent = storage
+        .apply_event(
+            "!r",
+            &[leave("@c:third.example")],
+            Some(("$3", "{\"n\":3}")),
+            Some("third.example"),
+            own,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(sent, ["them.example", "third.example"]);
+    // A kick reaches the kicked user's server, then nothing more does.
+    let sent = storage
+        .apply_event(
+            "!r",
+            &[leave("@b:them.example")],
+            Some(("$4", "{\"n\":4}")),
+            Some("them.example"),
+            own,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(sent, ["them.example"]);
+    let sent = storage
+        .apply_event("!r", &[], Some(("$5", "{\"n\":5}")), None, own)
+        .await
+        .expect("apply");
+    assert!(sent.is_empty());
+
+    let queued = storage.queued("them.example", 50).await.expect("queued");
+    let bodies: Vec<&str> = queued.iter().map(|q| q.json.as_str()).collect();
+    assert_eq!(bodies, ["{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]);
+    assert_eq!(
+        storage.destinations_with_work().await.expect("work").len(),
+        2
+    );
+    // Failures count up; delivery clears them and the queue.
+    let until = storage.failed("them.example", 123).await.expect("failed");
+    assert_eq!(until, 1);
+    assert_eq!(
+        storage.failed("them.example", 456).await.expect("failed"),
+        2
+    );
+    assert_eq!(
+        storage.retry_state("them.example").await.expect("state"),
+        (2, 456)
+    );
+    storage
+        .delivered("them.example", queued[1].id)
+        .await
+        .expect("delivered");
+    let left = storage.queued("them.example", 50).await.expect("queued");
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        storage.retry_state("them.example").await.expect("state"),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_queues_follow_membership() {
+    queues_follow_membership(None).await;
+}
+
+#[tokio::test]
+async fn postgres_queues_follow_membership() {
+    queues_follow_membership(Some(
+        ganglion_base::testing::scratch_postgres("federationsender").await,
+    ))
+    .await;
+}
