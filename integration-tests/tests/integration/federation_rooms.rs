@@ -59,7 +59,13 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
     let synapse = Synapse::start(synapse_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || synapse.logs();
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-rooms").await;
     let bob = synapse.register("bob", "pw-bob-rooms").await;
@@ -138,5 +144,130 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
         "{history}"
     );
     let _: &Value = &history;
+    drop(ours);
+}
+
+/// The room's state events of one type in a sync response's joined room
+/// (from its `state` or its timeline).
+fn state_event(sync: &Value, room_id: &str, event_type: &str) -> Option<Value> {
+    let room = &sync["rooms"]["join"][room_id];
+    room["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(room["timeline"]["events"].as_array().into_iter().flatten())
+        .find(|e| e["type"] == event_type)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-out").await;
+    let bob = synapse.register("bob", "pw-bob-out").await;
+    // Synapse's default room version is 12 (room IDs without a server).
+    let room_id = bob
+        .create_room(json!({
+            "preset": "public_chat", "name": "theirs", "room_alias_name": "theirs",
+            "topic": "a Synapse room",
+        }))
+        .await;
+    bob.send_text(&room_id, "b0", "before alice").await;
+    let alias = format!("#theirs:{}", synapse.server_name);
+
+    let join = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(&alias)),
+            Some(json!({ "reason": "hello" })),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    assert_eq!(join.body["room_id"], room_id.as_str());
+
+    // Our initial sync has the room with the state the join brought along.
+    let sync = alice.sync(None, 0, 10).await;
+    assert!(
+        sync["rooms"]["join"][&room_id].is_object(),
+        "the room is joined: {sync}"
+    );
+    assert_eq!(
+        state_event(&sync, &room_id, "m.room.name").map(|e| e["content"]["name"].clone()),
+        Some(json!("theirs")),
+        "{sync}"
+    );
+    assert_eq!(
+        state_event(&sync, &room_id, "m.room.topic").map(|e| e["content"]["topic"].clone()),
+        Some(json!("a Synapse room")),
+        "{sync}"
+    );
+    let own_join = &sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .and_then(|events| {
+            events
+                .iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str())
+                .cloned()
+        });
+    assert_eq!(
+        own_join.as_ref().map(|e| e["content"]["reason"].clone()),
+        Some(json!("hello")),
+        "{sync}"
+    );
+    // Synapse counts alice in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !members(&bob, &room_id).await.contains(&alice.user_id) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(members(&alice, &room_id).await.contains(&bob.user_id));
+
+    // Messages both ways.
+    let sent = bob.send_text(&room_id, "b1", "welcome alice").await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    until_message(&alice, &room_id, "welcome alice", logs).await;
+    let sent = alice.send_text(&room_id, "a1", "thanks bob").await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    until_message(&bob, &room_id, "thanks bob", logs).await;
+
+    // An alias nobody has, and a room nobody can be asked about.
+    let missing = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                encode(&format!("#nothing:{}", synapse.server_name))
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.errcode()),
+        (404, "M_NOT_FOUND"),
+        "{missing:?}"
+    );
+    let nowhere = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode("!unknownroomid")),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (nowhere.status, nowhere.errcode()),
+        (404, "M_NOT_FOUND"),
+        "{nowhere:?}"
+    );
     drop(ours);
 }

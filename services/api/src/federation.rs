@@ -19,6 +19,8 @@ crate::grpc::service_api! {
         fn claim_keys(pb::RemoteRequest) -> pb::RemoteResponse;
         /// Sends a transaction of PDUs and EDUs to a remote server.
         fn send_transaction(pb::SendTransactionRequest) -> pb::RemoteResponse;
+        /// Joins a local user to a remote room.
+        fn join_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
     }
 }
 

@@ -85,6 +85,42 @@ pub fn parse_query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, Matr
         .map_err(|e| MatrixError::invalid_param(e.body_text()))
 }
 
+/// Every value of a query parameter that may repeat (`via`, `ver`),
+/// percent-decoded; values that do not decode to UTF-8 are left out.
+pub fn query_values(uri: &axum::http::Uri, key: &str) -> Vec<String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .filter_map(|(_, value)| percent_decode(value))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Parses a request body with the spec's two distinct errors.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -241,6 +277,21 @@ pub async fn serve_tls(
                     )
                     .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    #[test]
+    fn repeated_query_values_are_decoded() {
+        let uri: axum::http::Uri = "/x?via=a.example%3A8448&ver=1&via=b.example&ver=%zz&via="
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            super::query_values(&uri, "via"),
+            ["a.example:8448", "b.example", ""]
+        );
+        assert_eq!(super::query_values(&uri, "ver"), ["1"]);
     }
 }
 

@@ -112,4 +112,11 @@ impl FederationApi for FederationService {
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
         })
     }
+
+    async fn join_room(
+        &self,
+        request: pb::JoinRoomRequest,
+    ) -> Result<pb::JoinRoomResponse, ApiError> {
+        self.join_remote_room(request).await
+    }
 }

@@ -18,6 +18,7 @@ mod api;
 mod auth;
 mod client;
 mod discovery;
+mod joins;
 mod key_ring;
 mod pdus;
 mod routes;

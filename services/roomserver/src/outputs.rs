@@ -54,6 +54,25 @@ pub(crate) fn new_room_event(
                 prev_forward_extremities: prev_extremities.to_vec(),
                 forward_extremities: extremities.to_vec(),
                 historical,
+                outlier: false,
+            },
+        )),
+    })
+}
+
+/// A state event known only as an outlier, which an accepted event just
+/// made part of the room's current state: views need its content.
+pub(crate) fn outlier_event(pdu: &Pdu, room_version: &str) -> Vec<u8> {
+    encode(&topic_pb::RoomserverOutput {
+        version: PAYLOAD_VERSION,
+        kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+            topic_pb::NewRoomEvent {
+                event_json: pdu.json.as_bytes().to_vec(),
+                room_version: room_version.to_owned(),
+                depth: pdu.depth,
+                event_id: pdu.event_id.to_string(),
+                outlier: true,
+                ..Default::default()
             },
         )),
     })

@@ -533,6 +533,25 @@ impl RoomserverService {
         for (key, added, _) in &delta {
             batch.changes.insert(key.clone(), added.clone());
         }
+        // State that came as outliers (with a join to another server's
+        // room) was never announced: views get it before the event.
+        let added: Vec<&OwnedEventId> = delta
+            .iter()
+            .filter_map(|(_, added, _)| added.as_ref().map(|e| &e.event_id))
+            .filter(|id| **id != pdu.event_id)
+            .collect();
+        if !added.is_empty() {
+            let stored = self.lookup(batch, &added).await?;
+            for id in &added {
+                if let Some(event) = stored.get(*id)
+                    && event.outlier
+                {
+                    batch
+                        .outputs
+                        .push(outputs::outlier_event(&event.pdu, &head.room_version));
+                }
+            }
+        }
         head.state = new_state;
         head.nids = Some(new_nids);
         head.extremities = extremities;

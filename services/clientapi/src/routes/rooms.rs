@@ -312,6 +312,33 @@ impl ClientApi {
     }
 
     /// A room ID, or the room an alias points to.
+    /// A room ID, or an alias resolved here or by its server, with the
+    /// servers the alias's server says are in the room.
+    pub(crate) async fn room_and_servers(
+        &self,
+        room_id_or_alias: &str,
+    ) -> MatrixResult<(String, Vec<String>)> {
+        if let Ok(alias) = ruma::RoomAliasId::parse(room_id_or_alias)
+            && alias.server_name() != self.server_name.as_str()
+        {
+            let resolved = self
+                .federation
+                .query_directory(ganglion_api::proto::federationapi::QueryDirectoryRequest {
+                    server_name: alias.server_name().to_string(),
+                    alias: room_id_or_alias.to_owned(),
+                })
+                .await
+                .map_err(MatrixError::from)?;
+            let room_id = resolved
+                .room_id
+                .ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
+            let mut servers = resolved.servers;
+            servers.push(alias.server_name().to_string());
+            return Ok((room_id, servers));
+        }
+        Ok((self.room_id_of(room_id_or_alias).await?, Vec::new()))
+    }
+
     pub(crate) async fn room_id_of(&self, room_id_or_alias: &str) -> MatrixResult<String> {
         if room_id_or_alias.starts_with('#') {
             ruma::RoomAliasId::parse(room_id_or_alias)
@@ -372,7 +399,17 @@ async fn own_membership(
     Ok(room_id)
 }
 
-/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`.
+/// The `server_name` and `via` parameters of a join, in order.
+fn via_servers(uri: &Uri) -> Vec<String> {
+    let mut servers = ganglion_base::http::query_values(uri, "server_name");
+    servers.extend(ganglion_base::http::query_values(uri, "via"));
+    servers.retain(|s| ruma::ServerName::parse(s).is_ok());
+    servers
+}
+
+/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room
+/// this server is not in is joined through another server: those the
+/// request names, those the alias's server lists, the room ID's own.
 pub(crate) async fn join(
     State(api): State<Arc<ClientApi>>,
     Path(room_id_or_alias): Path<String>,
@@ -380,7 +417,60 @@ pub(crate) async fn join(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let room_id = own_membership(&api, &headers, &uri, &body, &room_id_or_alias, "join").await?;
+    let mut servers = via_servers(&uri);
+    let (room_id, alias_servers) = api.room_and_servers(&room_id_or_alias).await?;
+    let device = api.authenticate(&headers, &uri).await?;
+    let known = api
+        .roomserver
+        .query_membership(pb::QueryMembershipRequest {
+            room_id: room_id.clone(),
+            user_id: device.user_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .room_exists;
+    if !known {
+        if device.is_guest {
+            return Err(MatrixError::new(
+                StatusCode::FORBIDDEN,
+                "M_GUEST_ACCESS_FORBIDDEN",
+                "Guests may not join rooms on other servers",
+            ));
+        }
+        servers.extend(alias_servers);
+        if let Some(server) = ruma::RoomId::parse(&room_id)
+            .ok()
+            .and_then(|id| id.server_name().map(|s| s.to_string()))
+        {
+            servers.push(server);
+        }
+        servers.retain(|s| *s != api.server_name);
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| seen.insert(s.clone()));
+        if servers.is_empty() {
+            return Err(MatrixError::not_found(
+                "No known server to join the room through",
+            ));
+        }
+        let reason = reason_of(&body)?;
+        let content = match reason {
+            Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),
+            None => Vec::new(),
+        };
+        let joined = api
+            .federation
+            .join_room(ganglion_api::proto::federationapi::JoinRoomRequest {
+                room_id: room_id.clone(),
+                user_id: device.user_id.clone(),
+                servers,
+                content_json: content,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        api.read_your_writes(joined.output_position).await;
+        return respond(json!({ "room_id": room_id }));
+    }
+    let room_id = own_membership(&api, &headers, &uri, &body, &room_id, "join").await?;
     respond(json!({ "room_id": room_id }))
 }
 

@@ -20,15 +20,9 @@ use crate::FederationService;
 use crate::auth::Origin;
 use crate::pdus;
 
-/// The `ver` parameters of a make_join (versions 1 only when none).
+/// The `ver` parameters of a make_join (version 1 only when none).
 fn supported_versions(uri: &Uri) -> Vec<String> {
-    let versions: Vec<String> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("ver="))
-        .map(str::to_owned)
-        .collect();
+    let versions = ganglion_base::http::query_values(uri, "ver");
     if versions.is_empty() {
         vec!["1".to_owned()]
     } else {

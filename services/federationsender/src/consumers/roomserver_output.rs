@@ -35,7 +35,7 @@ impl RecordHandler for OutputConsumer {
         let Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) = output.kind else {
             return Ok(());
         };
-        if new.historical {
+        if new.historical || new.outlier {
             return Ok(());
         }
         let pdu: Value = serde_json::from_slice(&new.event_json)

@@ -166,6 +166,22 @@ impl RecordHandler for OutputConsumer {
         if event_id.is_empty() {
             return Err(HandleError::Permanent("event without ID".into()));
         }
+        if new.outlier {
+            // State another server's room brought along: kept to show the
+            // room's state, outside every timeline.
+            self.service
+                .storage
+                .apply_outlier(
+                    (record.partition, record.offset),
+                    (&room_id, &event_id),
+                    (fields.event_type, fields.state_key, fields.sender),
+                    json,
+                )
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            self.service.advance(Stream::Room, record);
+            return Ok(());
+        }
         let entries = |list: &[topic_pb::StateEntry]| {
             list.iter()
                 .map(|s| {

@@ -75,6 +75,10 @@ pub(crate) struct EventRow {
     pub(crate) transaction_id: String,
 }
 
+/// Where outlier state events are stored: below every timeline window
+/// (windows start at offset 0).
+pub(crate) const OUTLIER_OFFSET: i64 = -1;
+
 /// A current state entry without its event: enough to decide whether the
 /// event is needed, and to count members.
 #[derive(Debug, Clone)]
@@ -271,6 +275,38 @@ impl Storage {
         Ok(())
     }
 
+    /// Stores a state event known only as an outlier, at the position
+    /// [`OUTLIER_OFFSET`] that no timeline window reaches, and advances the
+    /// consumed position, in one transaction.
+    pub(crate) async fn apply_outlier(
+        &self,
+        (partition, offset): (u32, u64),
+        (room_id, event_id): (&str, &str),
+        (event_type, state_key, sender): (&str, Option<&str>, &str),
+        json: &str,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
+                                 sender, json, device_id, transaction_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(i64::from(partition))
+        .bind(OUTLIER_OFFSET)
+        .bind(room_id)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(state_key)
+        .bind(sender)
+        .bind(json)
+        .execute(&mut *tx)
+        .await?;
+        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Replaces the stored copy of a redacted event and advances the
     /// consumed position, in one transaction.
     pub(crate) async fn apply_redaction(
@@ -416,7 +452,7 @@ impl Storage {
                 .map(|i| {
                     format!(
                         "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events e
-                         WHERE e.room_id = ${} AND e.log_offset < ${}
+                         WHERE e.room_id = ${} AND e.log_offset >= 0 AND e.log_offset < ${}
                          ORDER BY e.log_offset DESC LIMIT ${}) AS q{i}",
                         3 * i + 1,
                         3 * i + 2,

@@ -1,0 +1,308 @@
+//! Joining a room this server is not in, through a server that is:
+//! `make_join` gives the join event to complete, we hash and sign it,
+//! `send_join` answers with the room's state and auth chain. Every event
+//! of those is checked (signatures by keys valid when sent); they go to
+//! the roomserver as outliers, in auth order, then the join as a new event
+//! with that state before it, and the roomserver takes the room.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ganglion_api::ApiError;
+use ganglion_api::proto::federationapi as fed_pb;
+use ganglion_api::proto::roomserver as pb;
+use ruma::CanonicalJsonValue;
+use ruma::canonical_json::CanonicalJsonObject;
+use ruma::room_version_rules::EventIdFormatVersion;
+use serde_json::Value;
+
+use crate::FederationService;
+use crate::pdus::{self, CheckedPdu};
+
+/// The room versions this server joins rooms of.
+const SUPPORTED_VERSIONS: [&str; 12] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
+
+/// Outliers handed to the roomserver per input record.
+const OUTLIERS_PER_INPUT: usize = 100;
+
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// The event IDs an event names in `field` (`auth_events`, `prev_events`):
+/// plain IDs, or `[id, hashes]` pairs in room versions 1 and 2.
+pub(crate) fn references(object: &CanonicalJsonObject, field: &str) -> Vec<String> {
+    let Some(CanonicalJsonValue::Array(items)) = object.get(field) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            CanonicalJsonValue::String(id) => Some(id.clone()),
+            CanonicalJsonValue::Array(pair) => match pair.first() {
+                Some(CanonicalJsonValue::String(id)) => Some(id.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Events ordered so each comes after the auth events it names (of those
+/// given), the create event first (room version 12 events do not name it:
+/// it is implied by the room ID); what a cycle would leave is appended as
+/// it came.
+pub(crate) fn auth_order(mut events: Vec<CheckedPdu>) -> Vec<CheckedPdu> {
+    events.sort_by_key(|e| e.field("type") != Some("m.room.create"));
+    let ids: HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let mut placed: HashSet<String> = HashSet::new();
+    let mut pending = events;
+    let mut ordered = Vec::with_capacity(pending.len());
+    loop {
+        let before = pending.len();
+        let (ready, rest): (Vec<CheckedPdu>, Vec<CheckedPdu>) =
+            pending.into_iter().partition(|event| {
+                references(&event.object, "auth_events")
+                    .iter()
+                    .all(|id| placed.contains(id) || !ids.contains(id))
+            });
+        for event in &ready {
+            placed.insert(event.event_id.clone());
+        }
+        ordered.extend(ready);
+        pending = rest;
+        if pending.is_empty() || pending.len() == before {
+            ordered.extend(pending);
+            return ordered;
+        }
+    }
+}
+
+impl FederationService {
+    pub(crate) async fn join_remote_room(
+        &self,
+        request: fed_pb::JoinRoomRequest,
+    ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
+        let mut last_error = ApiError::NotFound("no server to join the room through".into());
+        for server in request.servers.iter().filter(|s| **s != self.server_name) {
+            match self.join_via(server, &request).await {
+                Ok(joined) => return Ok(joined),
+                Err(error) => {
+                    tracing::info!(server, room_id = %request.room_id, ?error, "joining through a server failed");
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_via(
+        &self,
+        server: &str,
+        request: &fed_pb::JoinRoomRequest,
+    ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
+        let versions: Vec<String> = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            encode(&request.room_id),
+            encode(&request.user_id),
+            versions.join("&")
+        );
+        let template = self
+            .client
+            .send(server, http::Method::GET, &path, None)
+            .await?;
+        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
+        let rules = pdus::rules_for(&version)
+            .map_err(|e| ApiError::UnsupportedRoomVersion(e.to_string()))?;
+        let mut event = template["event"].clone();
+        if event["type"] != "m.room.member"
+            || event["state_key"] != request.user_id.as_str()
+            || event["sender"] != request.user_id.as_str()
+            || event["content"]["membership"] != "join"
+        {
+            return Err(ApiError::Unavailable(format!(
+                "{server} offered a join event that is not this user's"
+            )));
+        }
+        if !request.content_json.is_empty()
+            && let Ok(Value::Object(extra)) = serde_json::from_slice::<Value>(&request.content_json)
+            && let Some(content) = event["content"].as_object_mut()
+        {
+            for (key, value) in extra {
+                if key != "membership" {
+                    content.insert(key, value);
+                }
+            }
+        }
+        event["origin"] = Value::String(self.server_name.clone());
+        event["origin_server_ts"] = Value::from(crate::key_ring::now_ms());
+        if let Some(object) = event.as_object_mut() {
+            for key in ["signatures", "hashes", "unsigned"] {
+                object.remove(key);
+            }
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_value(event)
+            .map_err(|e| ApiError::Unavailable(format!("{server}: bad join template: {e}")))?;
+        if rules.event_id_format == EventIdFormatVersion::V1 {
+            object.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(format!(
+                    "${}:{}",
+                    ruma::TransactionId::new(),
+                    self.server_name
+                )),
+            );
+        }
+        ruma::signatures::hash_and_sign_event(
+            &self.server_name,
+            &self.key.key_pair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| ApiError::Internal(format!("signing the join: {e}")))?;
+        let event_id =
+            pdus::event_id_of(&object, &rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            encode(&request.room_id),
+            encode(&event_id)
+        );
+        let body = serde_json::to_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let answer = self
+            .client
+            .send(server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        // The resident server may have countersigned the join (restricted
+        // rooms): keep its copy when it is the same event.
+        let join = match answer.get("event") {
+            Some(theirs) => match pdus::check(&self.key_ring, &version, theirs).await {
+                Ok(checked) if checked.event_id == event_id => checked,
+                _ => CheckedPdu {
+                    event_id: event_id.clone(),
+                    object,
+                },
+            },
+            None => CheckedPdu {
+                event_id: event_id.clone(),
+                object,
+            },
+        };
+        let mut state_ids = Vec::new();
+        let mut events: BTreeMap<String, CheckedPdu> = BTreeMap::new();
+        for (list, is_state) in [("auth_chain", false), ("state", true)] {
+            for pdu in answer[list].as_array().into_iter().flatten() {
+                match pdus::check(&self.key_ring, &version, pdu).await {
+                    Ok(checked) => {
+                        if is_state {
+                            state_ids.push(checked.event_id.clone());
+                        }
+                        events.insert(checked.event_id.clone(), checked);
+                    }
+                    Err(error) => {
+                        tracing::info!(server, %error, "send_join: an event of the state or auth chain was dropped");
+                    }
+                }
+            }
+        }
+        if !events
+            .values()
+            .any(|e| e.field("type") == Some("m.room.create"))
+        {
+            return Err(ApiError::Unavailable(format!(
+                "{server}: the room's state came without its create event"
+            )));
+        }
+        let ordered = auth_order(events.into_values().collect());
+        for chunk in ordered.chunks(OUTLIERS_PER_INPUT) {
+            let stored = self
+                .roomserver
+                .input_pdus(pb::InputPdusRequest {
+                    room_id: request.room_id.clone(),
+                    room_version: version.clone(),
+                    pdus: chunk
+                        .iter()
+                        .map(|e| pb::InputPdu {
+                            kind: pb::input_pdu::Kind::Outlier as i32,
+                            event_json: e.json_bytes(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+                .await?;
+            for outcome in stored.outcomes.iter().filter(|o| o.outcome != "outlier") {
+                tracing::warn!(server, event_id = %outcome.event_id, outcome = %outcome.outcome, reason = %outcome.reason, "send_join: an event of the room's state was not stored");
+            }
+        }
+        let response = self
+            .roomserver
+            .input_pdus(pb::InputPdusRequest {
+                room_id: request.room_id.clone(),
+                room_version: version,
+                pdus: vec![pb::InputPdu {
+                    kind: pb::input_pdu::Kind::New as i32,
+                    event_json: join.json_bytes(),
+                    state_before: state_ids,
+                    has_state_before: true,
+                }],
+            })
+            .await?;
+        match response.outcomes.first() {
+            Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
+                Ok(fed_pb::JoinRoomResponse {
+                    event_id,
+                    output_position: response.output_position,
+                })
+            }
+            Some(o) => Err(ApiError::Forbidden(format!(
+                "the join was not accepted: {} {}",
+                o.outcome, o.reason
+            ))),
+            None => Err(ApiError::Internal("no outcome for the join".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(id: &str, kind: &str, auth: &[&str]) -> CheckedPdu {
+        CheckedPdu {
+            event_id: id.into(),
+            object: serde_json::from_value(json!({ "type": kind, "auth_events": auth }))
+                .expect("object"),
+        }
+    }
+
+    #[test]
+    fn auth_events_come_first_and_the_create_event_before_all() {
+        let ordered = auth_order(vec![
+            event("$msg", "m.room.message", &["$pl", "$join"]),
+            event("$pl", "m.room.power_levels", &["$join"]),
+            // Version 12: the creator's join names no auth event at all.
+            event("$join", "m.room.member", &[]),
+            event("$create", "m.room.create", &[]),
+            event("$other", "m.room.topic", &["$elsewhere"]),
+        ]);
+        let ids: Vec<&str> = ordered.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids[0], "$create");
+        let at = |id: &str| ids.iter().position(|i| *i == id).expect("placed");
+        assert!(at("$join") < at("$pl") && at("$pl") < at("$msg"));
+        assert_eq!(ids.len(), 5);
+    }
+}
