@@ -35,6 +35,38 @@ pub(crate) async fn until_message(
     }
 }
 
+/// Long-polls `client`'s `/sync` until `wanted` holds for a response.
+pub(crate) async fn until_sync(
+    client: &Client,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    loop {
+        let sync = client.sync(since.as_deref(), 5_000, 50).await;
+        if wanted(&sync) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never saw {what}\n{}",
+            client.user_id,
+            logs()
+        );
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+/// The room's ephemeral event of a type in a sync response.
+fn ephemeral<'a>(sync: &'a Value, room_id: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room_id]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
 /// Whether `user_id` is joined to `room_id` as `client` sees it.
 async fn members(client: &Client, room_id: &str) -> Vec<String> {
     let reply = client
@@ -143,7 +175,118 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
             .collect::<Vec<_>>(),
         "{history}"
     );
-    let _: &Value = &history;
+
+    // Typing both ways (EDUs in the transactions).
+    let typing = |client: &Client| {
+        let client = client.clone();
+        let room_id = room_id.clone();
+        async move {
+            let reply = client
+                .call(
+                    Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/typing/{}",
+                        encode(&room_id),
+                        encode(&client.user_id)
+                    ),
+                    Some(json!({ "typing": true, "timeout": 30000 })),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    typing(&bob).await;
+    until_sync(
+        &alice,
+        "bob typing",
+        |s| {
+            ephemeral(s, &room_id, "m.typing")
+                .is_some_and(|e| e["content"]["user_ids"] == json!([bob.user_id]))
+        },
+        logs,
+    )
+    .await;
+    typing(&alice).await;
+    until_sync(
+        &bob,
+        "alice typing",
+        |s| {
+            ephemeral(s, &room_id, "m.typing").is_some_and(|e| {
+                e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|u| u.contains(&json!(alice.user_id)))
+            })
+        },
+        logs,
+    )
+    .await;
+
+    // Read receipts both ways.
+    let receipt = |client: &Client, event_id: String| {
+        let client = client.clone();
+        let room_id = room_id.clone();
+        async move {
+            let reply = client
+                .call(
+                    Method::POST,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                        encode(&room_id),
+                        encode(&event_id)
+                    ),
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    let bobs_event = sent.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    receipt(&alice, bobs_event.clone()).await;
+    until_sync(
+        &bob,
+        "alice's receipt",
+        |s| {
+            ephemeral(s, &room_id, "m.receipt")
+                .is_some_and(|e| e["content"][&bobs_event]["m.read"][&alice.user_id].is_object())
+        },
+        logs,
+    )
+    .await;
+    let alices = alice.send_text(&room_id, "a9", "read me").await;
+    let alices_event = alices.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    until_message(&bob, &room_id, "read me", logs).await;
+    receipt(&bob, alices_event.clone()).await;
+    until_sync(
+        &alice,
+        "bob's receipt",
+        |s| {
+            ephemeral(s, &room_id, "m.receipt")
+                .is_some_and(|e| e["content"][&alices_event]["m.read"][&bob.user_id].is_object())
+        },
+        logs,
+    )
+    .await;
+
+    // Bob pages back past his join: Synapse backfills from us.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let history = bob.messages(&room_id, None, "b", 50).await;
+        if message_bodies(&history["chunk"]).contains(&"before bob".to_owned()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never saw the history before his join: {history}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(ours);
 }
 

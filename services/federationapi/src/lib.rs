@@ -10,7 +10,8 @@
 //! - Outbound: server discovery (`discovery.rs`) with an IP deny list,
 //!   requests signed with `X-Matrix` (`client.rs`), and remote servers'
 //!   keys fetched directly or through notaries (`key_ring.rs`).
-//! - Consumes, produces: nothing yet.
+//! - Produces: `edu.typing` and `edu.receipt`, from other servers'
+//!   transactions (`edus.rs`).
 //! - Owns: its database (remote servers' keys and key responses).
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod api;
 mod auth;
 mod client;
 mod discovery;
+mod edus;
 mod joins;
 mod key_ring;
 mod pdus;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use axum::Router;
 use ganglion_api::keys::KeysHandle;
 use ganglion_api::roomserver::RoomserverHandle;
+use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::keys::SigningKey;
 use ganglion_base::{Config, Database, DatabaseError};
@@ -50,6 +53,9 @@ pub struct FederationService {
     roomserver: RoomserverHandle,
     keys: KeysHandle,
     max_body_bytes: usize,
+    /// Where EDUs from other servers are published (`edu.*`).
+    log: Arc<dyn ganglion_log::Log>,
+    topics: Topics,
 }
 
 /// The services the federationapi asks on behalf of remote servers.
@@ -77,6 +83,8 @@ pub enum StartError {
     Http(String),
     #[error("server_name {0} is not a valid server name")]
     ServerName(String),
+    #[error("log")]
+    Log(#[from] ganglion_log::LogError),
 }
 
 /// Opens the database and builds the outbound client, signing as `key`.
@@ -84,8 +92,13 @@ pub async fn start(
     config: &Config,
     key: Arc<SigningKey>,
     peers: Peers,
+    log: Arc<dyn ganglion_log::Log>,
 ) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "federationapi", storage::MIGRATIONS).await?;
+    let topics = Topics::new(&config.log.topic_prefix);
+    for topic in [&topics.edu_typing, &topics.edu_receipt] {
+        log.ensure_topic(topic, config.log.partitions).await?;
+    }
     let storage = Storage { db: db.clone() };
     let client = Arc::new(FederationClient::new(config, key.clone())?);
     let key_ring = KeyRing::new(
@@ -107,6 +120,8 @@ pub async fn start(
         roomserver: peers.roomserver,
         keys: peers.keys,
         max_body_bytes: config.client.max_body_bytes,
+        log,
+        topics,
     });
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {

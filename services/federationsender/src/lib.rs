@@ -4,14 +4,16 @@
 //! - Consumes: `roomserver.output` as a consumer group
 //!   (`consumers/roomserver_output.rs`): membership changes keep each
 //!   room's joined hosts; each event a local user sent is queued for every
-//!   server in the room.
+//!   server in the room. `edu.typing` and `edu.receipt`
+//!   (`consumers/edus.rs`): local users' typing and public receipts are
+//!   queued as EDUs likewise.
 //! - Sends: per destination, one transaction of at most 50 PDUs in flight,
 //!   with exponential backoff (`queues.rs`), through the federationapi,
 //!   which signs and delivers it.
 //! - Owns: its database (joined hosts, per-destination queues, retry state).
 //!
-//! Not yet: EDUs (typing, receipts, presence, to-device, device lists) and
-//! spreading destinations over several replicas; run one replica.
+//! Not yet: presence, to-device and device list EDUs, and spreading
+//! destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
 
 mod consumers;
@@ -67,14 +69,31 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Storage(format!("{e:?}")))?;
     queues.wake(&waiting);
+    for topic in [&topics.edu_typing, &topics.edu_receipt] {
+        log.ensure_topic(topic, config.log.partitions).await?;
+    }
     let consumer = ganglion_api::consume::spawn(
-        log,
+        log.clone(),
         &format!("{}federationsender", config.log.topic_prefix),
         &[topics.roomserver_output.as_str()],
         Arc::new(consumers::roomserver_output::OutputConsumer {
+            storage: storage.clone(),
+            queues: queues.clone(),
+            server_name: config.server_name.clone(),
+        }),
+        shutdown.clone(),
+    )
+    .await?;
+    // EDUs in a group of their own, so typing never waits behind a busy room.
+    let edus = ganglion_api::consume::spawn(
+        log,
+        &format!("{}federationsender-edus", config.log.topic_prefix),
+        &[topics.edu_typing.as_str(), topics.edu_receipt.as_str()],
+        Arc::new(consumers::edus::EduConsumer {
             storage,
             queues,
             server_name: config.server_name.clone(),
+            topics: topics.clone(),
         }),
         shutdown,
     )
@@ -85,5 +104,6 @@ pub async fn start(
         db,
     }));
     health.add(consumer);
+    health.add(edus);
     Ok(Started { health })
 }

@@ -1,7 +1,8 @@
-//! One sender per destination: it sends the destination's queued PDUs in
-//! transactions of at most 50, one transaction in flight at a time, in the
-//! order queued. A transaction's ID is its first PDU's queue ID, so a
-//! retried transaction carries the same ID and is taken once. A failure
+//! One sender per destination: it sends the destination's queued PDUs and
+//! EDUs in transactions of at most 50 PDUs and 100 EDUs, one transaction in
+//! flight at a time, in the order queued. A transaction's ID names the
+//! queue entries it carries, so a retry of it carries the same ID and is
+//! taken once. A failure
 //! backs off exponentially (1 s doubling to at most an hour); the queue is
 //! in the database, so a restart resumes where it stopped.
 
@@ -15,8 +16,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::storage::Storage;
 
-/// The most PDUs one transaction carries (the spec's limit).
+/// The most PDUs and EDUs one transaction carries (the spec's limits).
 const PDUS_PER_TRANSACTION: u32 = 50;
+const EDUS_PER_TRANSACTION: u32 = 100;
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
 
@@ -92,38 +94,68 @@ impl Queues {
                     _ = shutdown.changed() => return,
                 }
             }
-            let batch = match self
+            let batch = self
                 .storage
                 .queued(&destination, PDUS_PER_TRANSACTION)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(error) => {
+                .await;
+            let edus = self
+                .storage
+                .queued_edus(&destination, EDUS_PER_TRANSACTION)
+                .await;
+            let (batch, edus) = match (batch, edus) {
+                (Ok(batch), Ok(edus)) => (batch, edus),
+                (Err(error), _) | (_, Err(error)) => {
                     tracing::warn!(destination, ?error, "federationsender: reading the queue");
                     tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS as u64)).await;
                     continue;
                 }
             };
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            if batch.is_empty() && edus.is_empty() {
                 tokio::select! {
                     _ = notify.notified() => continue,
                     _ = shutdown.changed() => return,
                 }
+            }
+            let span = |items: &[crate::storage::QueuedPdu]| {
+                items
+                    .first()
+                    .zip(items.last())
+                    .map(|(first, last)| (first.id, last.id))
             };
+            let (pdus_span, edus_span) = (span(&batch), span(&edus));
+            // Named after what it carries: a retry of the same batch has the
+            // same ID, a batch that grew meanwhile a new one.
+            let txn_id = format!(
+                "{}.{}",
+                pdus_span
+                    .map(|(a, b)| format!("{a}-{b}"))
+                    .unwrap_or_default(),
+                edus_span
+                    .map(|(a, b)| format!("{a}-{b}"))
+                    .unwrap_or_default()
+            );
             let request = pb::SendTransactionRequest {
                 destination: destination.clone(),
-                txn_id: first.id.to_string(),
+                txn_id,
                 pdus_json: batch.iter().map(|p| p.json.clone().into_bytes()).collect(),
-                edus_json: Vec::new(),
+                edus_json: edus.iter().map(|e| e.json.clone().into_bytes()).collect(),
             };
-            let (up_to, count) = (last.id, batch.len());
+            let count = batch.len() + edus.len();
             match self.federation.send_transaction(request).await {
                 Ok(_) => {
                     tracing::debug!(destination, count, "federationsender: transaction sent");
                     crate::internal_events::TRANSACTIONS_SENT
                         .with_label_values::<&str>(&[])
                         .inc();
-                    if let Err(error) = self.storage.delivered(&destination, up_to).await {
+                    if let Err(error) = self
+                        .storage
+                        .delivered(
+                            &destination,
+                            pdus_span.map(|(_, last)| last),
+                            edus_span.map(|(_, last)| last),
+                        )
+                        .await
+                    {
                         tracing::warn!(destination, ?error, "federationsender: clearing the queue");
                     }
                 }

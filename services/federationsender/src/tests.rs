@@ -101,7 +101,7 @@ async fn queues_follow_membership(database_url: Option<String>) {
         (2, 456)
     );
     storage
-        .delivered("them.example", queued[1].id)
+        .delivered("them.example", Some(queued[1].id), None)
         .await
         .expect("delivered");
     let left = storage.queued("them.example", 50).await.expect("queued");

@@ -115,6 +115,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
             roomserver: rooms.clone(),
             keys: keys.clone(),
         },
+        log.clone(),
     )
     .await?;
     let federation: FederationHandle = federationapi.api.clone();
@@ -329,6 +330,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     roomserver: rooms,
                     keys: keys_client(&config)?,
                 },
+                open_log(&config, name)?,
             )
             .await?;
             health.extend(started.health);

@@ -4,6 +4,7 @@
 mod keys;
 mod membership;
 mod query;
+mod room_events;
 mod transactions;
 mod user_keys;
 
@@ -39,6 +40,30 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
         .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(transactions::send),
+        )
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(room_events::event),
+        )
+        .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(room_events::state),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(room_events::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(room_events::event_auth),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(room_events::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(room_events::get_missing_events),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             service.clone(),

@@ -57,8 +57,9 @@ pub(crate) async fn send(
             results.insert(event_id, result);
         }
     }
-    // EDUs (typing, receipts, presence, device lists, to-device) are not
-    // taken yet; they are acknowledged like the PDUs.
+    // Typing and receipts are taken; presence, device lists and to-device
+    // not yet (they are acknowledged all the same).
+    service.take_edus(&origin, &transaction.edus).await;
     let answer = json!({ "pdus": results });
     service
         .storage

@@ -1,1 +1,2 @@
+pub(crate) mod edus;
 pub(crate) mod roomserver_output;

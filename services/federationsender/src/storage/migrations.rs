@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "joined hosts per room, PDU queues per destination, retry state",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "joined hosts per room, PDU queues per destination, retry state",
+        sql: "
         CREATE TABLE joined_hosts (
             room_id TEXT NOT NULL,
             user_id TEXT NOT NULL,
@@ -25,4 +26,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             retry_at_ms BIGINT NOT NULL
         );
     ",
-}];
+    },
+    // EDUs (typing, receipts) wait per destination beside the PDUs.
+    Migration {
+        version: 2,
+        description: "EDU queues per destination",
+        sql: "
+            CREATE TABLE queued_edus (
+                id {serial},
+                destination TEXT NOT NULL,
+                edu_json TEXT NOT NULL
+            );
+            CREATE INDEX queued_edus_by_destination ON queued_edus (destination, id);
+        ",
+    },
+];

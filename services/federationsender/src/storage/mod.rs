@@ -6,7 +6,7 @@ mod migrations;
 mod queues;
 
 pub(crate) use migrations::MIGRATIONS;
-pub(crate) use queues::MemberChange;
+pub(crate) use queues::{MemberChange, QueuedPdu};
 
 use ganglion_base::Database;
 

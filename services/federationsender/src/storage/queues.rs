@@ -10,7 +10,7 @@ pub(crate) struct MemberChange {
     pub(crate) joined: bool,
 }
 
-/// A PDU waiting for its destination.
+/// A PDU (or EDU) waiting for its destination.
 #[derive(Debug, Clone)]
 pub(crate) struct QueuedPdu {
     pub(crate) id: i64,
@@ -92,6 +92,57 @@ impl Storage {
         Ok(destinations)
     }
 
+    /// Queues an EDU of `room_id` for every other server in the room.
+    /// Returns the destinations.
+    pub(crate) async fn queue_edu(
+        &self,
+        room_id: &str,
+        edu_json: &str,
+        own: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let hosts: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1 AND server_name <> $2",
+        )
+        .bind(room_id)
+        .bind(own)
+        .fetch_all(&mut *tx)
+        .await?;
+        for destination in &hosts {
+            sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
+                .bind(destination)
+                .bind(edu_json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    /// The oldest EDUs queued for a destination, at most `limit`.
+    pub(crate) async fn queued_edus(
+        &self,
+        destination: &str,
+        limit: u32,
+    ) -> Result<Vec<QueuedPdu>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, edu_json FROM queued_edus WHERE destination = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(destination)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(QueuedPdu {
+                    id: row.try_get(0)?,
+                    json: row.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// The oldest PDUs queued for a destination, at most `limit`.
     pub(crate) async fn queued(
         &self,
@@ -116,18 +167,29 @@ impl Storage {
             .map_err(Into::into)
     }
 
-    /// Removes PDUs the destination took, and clears its failures.
+    /// Removes the PDUs and EDUs the destination took (up to those queue
+    /// IDs), and clears its failures.
     pub(crate) async fn delivered(
         &self,
         destination: &str,
-        up_to_id: i64,
+        pdus_up_to: Option<i64>,
+        edus_up_to: Option<i64>,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM queued_pdus WHERE destination = $1 AND id <= $2")
-            .bind(destination)
-            .bind(up_to_id)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(up_to) = pdus_up_to {
+            sqlx::query("DELETE FROM queued_pdus WHERE destination = $1 AND id <= $2")
+                .bind(destination)
+                .bind(up_to)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(up_to) = edus_up_to {
+            sqlx::query("DELETE FROM queued_edus WHERE destination = $1 AND id <= $2")
+                .bind(destination)
+                .bind(up_to)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM destinations WHERE server_name = $1")
             .bind(destination)
             .execute(&mut *tx)
@@ -167,10 +229,10 @@ impl Storage {
 
     /// Destinations with PDUs waiting.
     pub(crate) async fn destinations_with_work(&self) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT destination FROM queued_pdus")
-                .fetch_all(&self.db.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT destination FROM queued_pdus UNION SELECT destination FROM queued_edus",
         )
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 }
