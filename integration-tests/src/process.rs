@@ -209,6 +209,24 @@ impl Monolith {
         }
     }
 
+    /// Kills the process with SIGKILL (start it again with [`Monolith::restart`]).
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the process again on the same data and addresses.
+    pub async fn restart(&mut self) {
+        let env = self.env.clone();
+        let mut process = Process::spawn("monolith", &["monolith"], &env, &self.dir);
+        wait_healthy(
+            &format!("{}/healthz", self.base_url),
+            &mut process,
+            Duration::from_secs(30),
+        )
+        .await;
+        self.process = process;
+    }
+
     /// Kills the process with SIGKILL and starts it again on the same data.
     pub async fn kill9_and_restart(&mut self) {
         self.process.kill9();

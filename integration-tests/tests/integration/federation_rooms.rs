@@ -414,3 +414,65 @@ async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
     );
     drop(ours);
 }
+
+/// Our server goes down (SIGKILL) while the Synapse user goes on talking;
+/// once it is back and talks again, Synapse catches up with us, and the
+/// gap its latest event leaves is filled (`get_missing_events`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-back").await;
+    let bob = synapse.register("bob", "pw-bob-back").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(&room_id),
+                encode(&our_name)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", synapse.logs());
+    bob.send_text(&room_id, "b0", "while up").await;
+    until_message(&alice, &room_id, "while up", || synapse.logs()).await;
+
+    ours.kill9();
+    for i in 1..=3 {
+        let sent = bob
+            .send_text(&room_id, &format!("b{i}"), &format!("while down {i}"))
+            .await;
+        assert_eq!(sent.status, 200, "{sent:?}");
+    }
+    ours.restart().await;
+    alice.send_text(&room_id, "a1", "back again").await;
+    until_message(&bob, &room_id, "back again", || synapse.logs()).await;
+    for i in 1..=3 {
+        until_message(&alice, &room_id, &format!("while down {i}"), || {
+            format!(
+                "{}\n--- ours ---\n{}",
+                synapse.logs(),
+                ours.process.log_tail()
+            )
+        })
+        .await;
+    }
+    // In order, once each.
+    let history = alice.messages(&room_id, None, "b", 50).await;
+    let bodies: Vec<String> = message_bodies(&history["chunk"])
+        .into_iter()
+        .filter(|b| b.starts_with("while"))
+        .rev()
+        .collect();
+    assert_eq!(
+        bodies,
+        ["while up", "while down 1", "while down 2", "while down 3"],
+        "{history}"
+    );
+}

@@ -20,6 +20,7 @@ mod auth;
 mod client;
 mod discovery;
 mod edus;
+mod gaps;
 mod joins;
 mod key_ring;
 mod pdus;

@@ -52,7 +52,7 @@ pub(crate) async fn send(
     }
     let mut results = Map::new();
     for pdu in &transaction.pdus {
-        let (event_id, result) = receive_pdu(&service, pdu).await;
+        let (event_id, result) = receive_pdu(&service, &origin, pdu).await;
         if let Some(event_id) = event_id {
             results.insert(event_id, result);
         }
@@ -70,7 +70,11 @@ pub(crate) async fn send(
 
 /// One PDU of a transaction: its event ID (if it has one to report) and
 /// `{}` when taken, `{"error": …}` when not.
-async fn receive_pdu(service: &FederationService, pdu: &Value) -> (Option<String>, Value) {
+async fn receive_pdu(
+    service: &FederationService,
+    origin: &str,
+    pdu: &Value,
+) -> (Option<String>, Value) {
     let Some(room_id) = pdu["room_id"].as_str() else {
         return (None, json!({}));
     };
@@ -95,7 +99,10 @@ async fn receive_pdu(service: &FederationService, pdu: &Value) -> (Option<String
             return (event_id, json!({ "error": error.to_string() }));
         }
     };
-    let result = match service.input_new_pdu(room_id, version, &checked).await {
+    let result = match service
+        .input_filling_gaps(origin, room_id, &version, &checked)
+        .await
+    {
         Ok(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate" | "soft_failed") => {
             json!({})
         }
