@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod fake_server;
 pub mod process;
 pub mod synapse;

@@ -7,6 +7,7 @@ mod e2ee_keys;
 mod ephemeral;
 mod federation_queries;
 mod federation_rooms;
+mod federation_security;
 mod matrix_sdk_sliding;
 mod monolith;
 mod polylith;

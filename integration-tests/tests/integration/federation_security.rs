@@ -1,0 +1,308 @@
+//! A remote server we control joins our room over real TLS and
+//! signatures, then tries what a real one should not: a gap in the DAG
+//! (filled with `get_missing_events`), forged signatures, events the auth
+//! rules forbid, a transaction whose origin is not its signer, a replayed
+//! transaction ID, an oversized transaction. Each is refused with the
+//! spec's error, and nothing refused is ever seen by our users.
+
+use ganglion_integration_tests::client::{Client, encode, message_bodies};
+use ganglion_integration_tests::fake_server::FakeServer;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::federation_rooms::until_message;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A message from `sender` after `prev` (depth `depth`), in `room_id`.
+fn message(
+    room_id: &str,
+    sender: &str,
+    prev: &str,
+    auth: &[String],
+    depth: i64,
+    body: &str,
+) -> Value {
+    json!({
+        "type": "m.room.message", "room_id": room_id, "sender": sender,
+        "content": { "msgtype": "m.text", "body": body },
+        "prev_events": [prev], "auth_events": auth, "depth": depth,
+        "origin_server_ts": now_ms(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_server_fills_gaps_and_cannot_forge() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let base = format!(
+        "https://127.0.0.1:{}",
+        our_name
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or_default()
+    );
+    let logs = || ours.process.log_tail();
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-sec").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mallory = format!("@mallory:{}", fake.server_name);
+
+    // Mallory joins through make_join and send_join.
+    let (status, template) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+                encode(&room_id),
+                encode(&mallory)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{template}");
+    let version = template["room_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut join = template["event"].clone();
+    join["origin_server_ts"] = json!(now_ms());
+    let (join_id, join) = fake.sign_event(&version, join);
+    let (status, joined) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            &format!(
+                "/_matrix/federation/v2/send_join/{}/{}",
+                encode(&room_id),
+                encode(&join_id)
+            ),
+            Some(join.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{joined}\n{}", logs());
+    assert!(
+        joined["state"].as_array().is_some_and(|s| s.len() >= 5),
+        "{joined}"
+    );
+    // Mallory's events name the create event, the power levels and her
+    // join as auth events.
+    let state_id = |kind: &str| -> String {
+        joined["state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == kind)
+            .and_then(|e| {
+                let object: ruma::canonical_json::CanonicalJsonObject =
+                    serde_json::from_value(e.clone()).ok()?;
+                let rules = ruma::RoomVersionId::try_from(version.as_str())
+                    .ok()?
+                    .rules()?;
+                ruma::signatures::reference_hash(&object, &rules)
+                    .ok()
+                    .map(|h| format!("${h}"))
+            })
+            .unwrap_or_default()
+    };
+    let auth = vec![
+        state_id("m.room.create"),
+        state_id("m.room.power_levels"),
+        join_id.clone(),
+    ];
+    let depth = join["depth"].as_i64().unwrap_or(1);
+
+    let send = |txn: String, pdus: Vec<Value>| {
+        let fake = &fake;
+        let base = base.clone();
+        let our_name = our_name.clone();
+        async move {
+            let body =
+                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
+            fake.request(
+                &base,
+                &our_name,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    // A message, then three more of which only the last is sent: the
+    // first two are fetched with get_missing_events.
+    let (m0, pdu0) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &join_id, &auth, depth + 1, "m0"),
+    );
+    let (status, answer) = send("t0".into(), vec![pdu0]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&m0], json!({}), "{answer}");
+    until_message(&alice, &room_id, "m0", logs).await;
+    let (m1, _) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m0, &auth, depth + 2, "m1"),
+    );
+    let (m2, _) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m1, &auth, depth + 3, "m2"),
+    );
+    let (m3, pdu3) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m2, &auth, depth + 4, "m3"),
+    );
+    fake.set_missing(vec![m1, m2]);
+    let (status, answer) = send("t1".into(), vec![pdu3]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&m3], json!({}), "{answer}\n{}", logs());
+    until_message(&alice, &room_id, "m3", logs).await;
+    let history = alice.messages(&room_id, None, "b", 20).await;
+    let bodies: Vec<String> = message_bodies(&history["chunk"])
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3"], "{history}");
+
+    // A forged signature: refused, never seen.
+    let (_, mut forged) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m3, &auth, depth + 5, "forged"),
+    );
+    forged["content"]["body"] = json!("forged, changed after signing");
+    forged["signatures"][&fake.server_name] =
+        json!({ format!("ed25519:{}", "a_nokey"): "c2lnbmF0dXJl" });
+    let (status, answer) = send("t2".into(), vec![forged]).await;
+    assert_eq!(status, 200, "{answer}");
+    let results: Vec<&Value> = answer["pdus"]
+        .as_object()
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    assert!(results.iter().all(|r| r["error"].is_string()), "{answer}");
+
+    // Raising her own power level breaks the auth rules: rejected.
+    let (pl_id, power) = fake.sign_event(
+        &version,
+        json!({
+            "type": "m.room.power_levels", "state_key": "", "room_id": room_id, "sender": mallory,
+            "content": { "users": { mallory.clone(): 100 } },
+            "prev_events": [m3], "auth_events": auth, "depth": depth + 5,
+            "origin_server_ts": now_ms(),
+        }),
+    );
+    let (status, answer) = send("t3".into(), vec![power]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["pdus"][&pl_id]["error"].is_string(), "{answer}");
+    let levels = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                encode(&room_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(levels.body["users"].get(&mallory), None, "{levels:?}");
+
+    // A transaction ID again: answered as before, its new content ignored.
+    let (r1, replay) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m3, &auth, depth + 5, "replayed"),
+    );
+    let (status, again) = send("t0".into(), vec![replay]).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again["pdus"].get(&r1).is_none(), "{again}");
+
+    // The origin in the body must be the signer; at most 50 PDUs.
+    let body = json!({ "origin": "someone.else", "origin_server_ts": now_ms(), "pdus": [] });
+    let (status, answer) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t4",
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{answer}"
+    );
+    let many: Vec<Value> = (0..51)
+        .map(|i| {
+            message(
+                &room_id,
+                &mallory,
+                &m3,
+                &auth,
+                depth + 5,
+                &format!("flood {i}"),
+            )
+        })
+        .collect();
+    let (status, answer) = send("t5".into(), many).await;
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (413, Some("M_TOO_LARGE")),
+        "{answer}"
+    );
+
+    // A request signed for another destination, or by a key it lacks.
+    let path = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        encode(&room_id),
+        encode(&m3)
+    );
+    let elsewhere = fake.authorization("elsewhere.example", "GET", &path, None);
+    let (status, _) = fake
+        .request_with(&base, Method::GET, &path, None, &elsewhere)
+        .await;
+    assert_eq!(status, 401);
+    let (status, state) = fake
+        .request(&base, &our_name, Method::GET, &path, None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert!(
+        state["pdu_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.len() >= 5),
+        "{state}"
+    );
+
+    // Our users saw only what was allowed.
+    let sync = alice.sync(None, 0, 50).await;
+    let seen = message_bodies(&sync["rooms"]["join"][&room_id]["timeline"]["events"]);
+    assert!(
+        !seen
+            .iter()
+            .any(|b| b.contains("forged") || b == "replayed" || b.starts_with("flood")),
+        "{seen:?}"
+    );
+    // And our own messages reach the remote server.
+    alice.send_text(&room_id, "a1", "to mallory").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let delivered = fake.received().iter().any(|(_, body)| {
+            body["pdus"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|e| e["content"]["body"] == "to mallory"))
+        });
+        if delivered {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
