@@ -287,6 +287,21 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Bob leaves: our side sees it.
+    let leave = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(leave.status, 200, "{leave:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while members(&alice, &room_id).await.contains(&bob.user_id) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(ours);
 }
 
@@ -412,6 +427,21 @@ async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
         (404, "M_NOT_FOUND"),
         "{nowhere:?}"
     );
+
+    // Alice leaves their room: Synapse sees it.
+    let leave = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(leave.status, 200, "{leave:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while members(&bob, &room_id).await.contains(&alice.user_id) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(ours);
 }
 
