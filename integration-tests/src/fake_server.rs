@@ -19,8 +19,22 @@ use serde_json::{Value, json};
 
 use crate::process::free_port;
 
+/// A room the fake server hosts: its state (event IDs in the order
+/// created) and its latest event.
+#[derive(Default, Clone)]
+struct HostedRoom {
+    version: String,
+    state: Vec<String>,
+    create: String,
+    join_rules: String,
+    power_levels: String,
+    latest: String,
+    depth: i64,
+}
+
 #[derive(Default)]
 struct Held {
+    rooms: HashMap<String, HostedRoom>,
     /// Events by ID, served from `/event` and `get_missing_events`.
     events: HashMap<String, Value>,
     /// What `get_missing_events` answers with, oldest first.
@@ -109,7 +123,149 @@ async fn event(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct MakeJoinPath {
+    room_id: String,
+    user_id: String,
+}
+
+async fn make_join(
+    State(shared): State<Shared>,
+    UrlPath(path): UrlPath<MakeJoinPath>,
+) -> axum::Json<Value> {
+    let held = shared.held.lock().expect("held");
+    let room = held.rooms.get(&path.room_id).cloned().unwrap_or_default();
+    axum::Json(json!({
+        "room_version": room.version,
+        "event": {
+            "type": "m.room.member", "state_key": path.user_id, "sender": path.user_id,
+            "room_id": path.room_id, "content": { "membership": "join" },
+            "prev_events": [room.latest], "depth": room.depth + 1,
+            "auth_events": [room.create, room.join_rules, room.power_levels],
+            "origin_server_ts": now_ms(), "origin": shared.server_name,
+        },
+    }))
+}
+
+async fn send_join(
+    State(shared): State<Shared>,
+    UrlPath((room_id, _event_id)): UrlPath<(String, String)>,
+    axum::Json(event): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let held = shared.held.lock().expect("held");
+    let room = held.rooms.get(&room_id).cloned().unwrap_or_default();
+    let state: Vec<Value> = room
+        .state
+        .iter()
+        .filter_map(|id| held.events.get(id).cloned())
+        .collect();
+    axum::Json(json!({
+        "origin": shared.server_name, "state": state, "auth_chain": state.clone(), "event": event,
+    }))
+}
+
 impl FakeServer {
+    /// Hosts a public room (version 10) with `members` of the fake
+    /// server's users joined besides its creator: every event signed, the
+    /// membership a linear chain. Returns the room ID.
+    pub fn host_room(&self, members: usize) -> String {
+        let version = "10";
+        let room_id = format!(
+            "!hosted{}:{}",
+            self.held.lock().expect("held").rooms.len(),
+            self.server_name
+        );
+        let creator = format!("@creator:{}", self.server_name);
+        let mut depth = 0;
+        let mut prev: Option<String> = None;
+        let mut state = Vec::new();
+        let mut add = |this: &Self,
+                       kind: &str,
+                       key: &str,
+                       sender: &str,
+                       content: Value,
+                       auth: Vec<String>| {
+            depth += 1;
+            let (id, _) = this.sign_event(
+                version,
+                json!({
+                    "type": kind, "state_key": key, "sender": sender, "room_id": room_id,
+                    "content": content, "depth": depth, "origin_server_ts": now_ms(),
+                    "prev_events": prev.iter().collect::<Vec<_>>(), "auth_events": auth,
+                }),
+            );
+            prev = Some(id.clone());
+            state.push(id.clone());
+            id
+        };
+        let create = add(
+            self,
+            "m.room.create",
+            "",
+            &creator,
+            json!({ "creator": creator, "room_version": version }),
+            vec![],
+        );
+        let creator_join = add(
+            self,
+            "m.room.member",
+            &creator,
+            &creator,
+            json!({ "membership": "join" }),
+            vec![create.clone()],
+        );
+        let power_levels = add(
+            self,
+            "m.room.power_levels",
+            "",
+            &creator,
+            json!({ "users": { creator.clone(): 100 } }),
+            vec![create.clone(), creator_join.clone()],
+        );
+        let join_rules = add(
+            self,
+            "m.room.join_rules",
+            "",
+            &creator,
+            json!({ "join_rule": "public" }),
+            vec![create.clone(), creator_join.clone(), power_levels.clone()],
+        );
+        add(
+            self,
+            "m.room.name",
+            "",
+            &creator,
+            json!({ "name": format!("hosted, {members} members") }),
+            vec![create.clone(), creator_join.clone(), power_levels.clone()],
+        );
+        for i in 0..members {
+            let user = format!("@member{i}:{}", self.server_name);
+            add(
+                self,
+                "m.room.member",
+                &user,
+                &user,
+                json!({ "membership": "join" }),
+                vec![create.clone(), join_rules.clone(), power_levels.clone()],
+            );
+        }
+        let room = HostedRoom {
+            version: version.into(),
+            state,
+            create,
+            join_rules,
+            power_levels,
+            latest: prev.unwrap_or_default(),
+            depth,
+        };
+        self.held
+            .lock()
+            .expect("held")
+            .rooms
+            .insert(room_id.clone(), room);
+        room_id
+    }
+
     /// Starts on a free loopback port, named `localhost:<port>`.
     pub async fn start(dir: &Path) -> FakeServer {
         let port = free_port();
@@ -141,6 +297,14 @@ impl FakeServer {
                 post(missing_events),
             )
             .route("/_matrix/federation/v1/event/{event_id}", get(event))
+            .route(
+                "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+                get(make_join),
+            )
+            .route(
+                "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+                put(send_join),
+            )
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -271,6 +435,16 @@ impl FakeServer {
     /// What `get_missing_events` answers with from now on (held events).
     pub fn set_missing(&self, event_ids: Vec<String>) {
         self.held.lock().expect("held").missing = event_ids;
+    }
+
+    /// How many PDUs received so far `wanted` holds for.
+    pub fn count_received(&self, wanted: impl Fn(&Value) -> bool) -> usize {
+        let held = self.held.lock().expect("held");
+        held.received
+            .iter()
+            .flat_map(|(_, body)| body["pdus"].as_array().into_iter().flatten())
+            .filter(|pdu| wanted(pdu))
+            .count()
     }
 
     /// The transactions received so far.

@@ -187,6 +187,32 @@ impl Monolith {
         ]
     }
 
+    /// A monolith named `localhost:<federation port>` that may reach
+    /// servers on loopback with self-signed certificates (Synapse and the
+    /// fake server in the tests): (the monolith, its server name).
+    pub async fn federating(dir: &Path) -> (Monolith, String) {
+        let federation_port = free_port();
+        let server_name = format!("localhost:{federation_port}");
+        let mut env = Monolith::default_env(dir);
+        env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
+        env.extend([
+            ("GANGLION_SERVER_NAME".to_owned(), server_name.clone()),
+            (
+                "GANGLION_FEDERATION__LISTEN".to_owned(),
+                format!("127.0.0.1:{federation_port}"),
+            ),
+            (
+                "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+                "false".to_owned(),
+            ),
+            (
+                "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+                r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+            ),
+        ]);
+        (Monolith::start_with(dir, env).await, server_name)
+    }
+
     pub async fn start_with(dir: &Path, env: Vec<(String, String)>) -> Monolith {
         let port = env
             .iter()

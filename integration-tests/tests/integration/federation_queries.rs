@@ -5,34 +5,14 @@
 //! signature are refused with 401 `M_UNAUTHORIZED`.
 
 use ganglion_integration_tests::client::{Client, encode};
-use ganglion_integration_tests::process::{Monolith, free_port};
+use ganglion_integration_tests::process::Monolith;
 use ganglion_integration_tests::synapse::Synapse;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// A monolith named `localhost:<federation port>` that may reach servers
-/// on loopback with self-signed certificates (as Synapse in the tests).
+/// A monolith that federates over loopback (see [`Monolith::federating`]).
 pub(crate) async fn federating_monolith(dir: &std::path::Path) -> (Monolith, String) {
-    let federation_port = free_port();
-    let server_name = format!("localhost:{federation_port}");
-    let mut env = Monolith::default_env(dir);
-    env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
-    env.extend([
-        ("GANGLION_SERVER_NAME".to_owned(), server_name.clone()),
-        (
-            "GANGLION_FEDERATION__LISTEN".to_owned(),
-            format!("127.0.0.1:{federation_port}"),
-        ),
-        (
-            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
-            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
-        ),
-    ]);
-    (Monolith::start_with(dir, env).await, server_name)
+    Monolith::federating(dir).await
 }
 
 /// A client of a federation port (TLS, self-signed).

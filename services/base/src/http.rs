@@ -256,6 +256,9 @@ pub async fn serve_tls(
             },
             _ = &mut shutdown => return Ok(()),
         };
+        // Answers go out as soon as written (Nagle's algorithm would hold
+        // a response's last TLS record for the peer's delayed ACK).
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {

@@ -111,6 +111,7 @@ impl FederationService {
         server: &str,
         request: &fed_pb::JoinRoomRequest,
     ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
+        let started = std::time::Instant::now();
         let versions: Vec<String> = SUPPORTED_VERSIONS
             .iter()
             .map(|v| format!("ver={v}"))
@@ -186,6 +187,7 @@ impl FederationService {
             .client
             .send(server, http::Method::PUT, &path, Some(&body))
             .await?;
+        let answered_ms = started.elapsed().as_millis() as u64;
         // The resident server may have countersigned the join (restricted
         // rooms): keep its copy when it is the same event.
         let join = match answer.get("event") {
@@ -201,10 +203,23 @@ impl FederationService {
                 object,
             },
         };
+        // The state and the auth chain overlap: each event is checked once.
         let mut state_ids = Vec::new();
         let mut events: BTreeMap<String, CheckedPdu> = BTreeMap::new();
-        for (list, is_state) in [("auth_chain", false), ("state", true)] {
+        let mut refused: HashSet<String> = HashSet::new();
+        for (list, is_state) in [("state", true), ("auth_chain", false)] {
             for pdu in answer[list].as_array().into_iter().flatten() {
+                let Ok(event_id) = serde_json::from_value::<CanonicalJsonObject>(pdu.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|object| {
+                        pdus::event_id_of(&object, &rules).map_err(|e| e.to_string())
+                    })
+                else {
+                    continue;
+                };
+                if events.contains_key(&event_id) || refused.contains(&event_id) {
+                    continue;
+                }
                 match pdus::check(&self.key_ring, &version, pdu).await {
                     Ok(checked) => {
                         if is_state {
@@ -213,6 +228,7 @@ impl FederationService {
                         events.insert(checked.event_id.clone(), checked);
                     }
                     Err(error) => {
+                        refused.insert(event_id);
                         tracing::info!(server, %error, "send_join: an event of the state or auth chain was dropped");
                     }
                 }
@@ -226,6 +242,7 @@ impl FederationService {
                 "{server}: the room's state came without its create event"
             )));
         }
+        let checked_ms = started.elapsed().as_millis() as u64;
         let ordered = auth_order(events.into_values().collect());
         for chunk in ordered.chunks(OUTLIERS_PER_INPUT) {
             let stored = self
@@ -247,6 +264,7 @@ impl FederationService {
                 tracing::warn!(server, event_id = %outcome.event_id, outcome = %outcome.outcome, reason = %outcome.reason, "send_join: an event of the room's state was not stored");
             }
         }
+        let outliers_ms = started.elapsed().as_millis() as u64;
         let response = self
             .roomserver
             .input_pdus(pb::InputPdusRequest {
@@ -260,6 +278,16 @@ impl FederationService {
                 }],
             })
             .await?;
+        tracing::info!(
+            server,
+            room_id = %request.room_id,
+            events = ordered.len(),
+            answered_ms,
+            checked_ms,
+            outliers_ms,
+            joined_ms = started.elapsed().as_millis() as u64,
+            "joined a remote room"
+        );
         match response.outcomes.first() {
             Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
                 Ok(fed_pb::JoinRoomResponse {

@@ -36,7 +36,14 @@ pub(crate) struct KeyRing {
     client: Arc<FederationClient>,
     notaries: Vec<String>,
     own: OwnKey,
+    /// Servers' keys as last read from the database, for a short while:
+    /// a join checks thousands of events signed by the same few keys.
+    cache:
+        std::sync::Mutex<std::collections::HashMap<String, (Vec<StoredKey>, std::time::Instant)>>,
 }
+
+/// How long keys read from the database are used without reading again.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -138,7 +145,34 @@ impl KeyRing {
             client,
             notaries,
             own,
+            cache: Default::default(),
         }
+    }
+
+    /// A server's stored keys, from the cache while fresh.
+    async fn stored_keys(&self, server: &str) -> Result<Vec<StoredKey>, KeyError> {
+        if let Some((keys, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(keys.clone());
+        }
+        let keys = self.storage.server_keys(server).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.to_owned(), (keys.clone(), std::time::Instant::now()));
+        Ok(keys)
+    }
+
+    fn forget_cached(&self, server: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(server);
     }
 
     /// The keys `server` could sign with at `at_ms` among `key_ids`
@@ -162,14 +196,14 @@ impl KeyRing {
                 .map(|k| (k.key_id, k.public_key))
                 .collect()
         };
-        let found = held(self.storage.server_keys(server).await?);
+        let found = held(self.stored_keys(server).await?);
         if found.len() == key_ids.len() {
             return Ok(found);
         }
         if let Err(error) = self.fetch_direct(server).await {
             tracing::info!(server, %error, "fetching server keys directly failed");
         }
-        let found = held(self.storage.server_keys(server).await?);
+        let found = held(self.stored_keys(server).await?);
         if found.len() == key_ids.len() {
             return Ok(found);
         }
@@ -180,12 +214,12 @@ impl KeyRing {
             if let Err(error) = self.fetch_from_notary(notary, server).await {
                 tracing::info!(server, notary, %error, "fetching server keys from a notary failed");
             }
-            let found = held(self.storage.server_keys(server).await?);
+            let found = held(self.stored_keys(server).await?);
             if found.len() == key_ids.len() {
                 return Ok(found);
             }
         }
-        Ok(held(self.storage.server_keys(server).await?))
+        Ok(held(self.stored_keys(server).await?))
     }
 
     /// One key of `server` valid at `at_ms`, or why not.
@@ -255,6 +289,7 @@ impl KeyRing {
             .store_server_keys(server, &keys, &text, valid_until_ts)
             .await
             .map_err(|e| FederationError::BadResponse(server.to_owned(), e.to_string()))?;
+        self.forget_cached(server);
         Ok(())
     }
 
