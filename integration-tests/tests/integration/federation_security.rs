@@ -2,8 +2,9 @@
 //! signatures, then tries what a real one should not: a gap in the DAG
 //! (filled with `get_missing_events`), forged signatures, events the auth
 //! rules forbid, a transaction whose origin is not its signer, a replayed
-//! transaction ID, an oversized transaction. Each is refused with the
-//! spec's error, and nothing refused is ever seen by our users.
+//! transaction ID, an oversized transaction, talking in a room whose ACL
+//! bans it. Each is refused with the spec's error, and nothing refused is
+//! ever seen by our users.
 
 use ganglion_integration_tests::client::{Client, encode, message_bodies};
 use ganglion_integration_tests::fake_server::FakeServer;
@@ -290,6 +291,47 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
             .any(|b| b.contains("forged") || b == "replayed" || b.starts_with("flood")),
         "{seen:?}"
     );
+    // Once the room's ACL denies the server, nothing of it is heard.
+    let acl = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                encode(&room_id)
+            ),
+            Some(json!({ "allow": ["*"], "deny": ["localhost"], "allow_ip_literals": false })),
+        )
+        .await;
+    assert_eq!(acl.status, 200, "{acl:?}");
+    let (banned_id, banned) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &m3, &auth, depth + 6, "after the ACL"),
+    );
+    let (status, answer) = send("t6".into(), vec![banned]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["pdus"][&banned_id]["error"].is_string(), "{answer}");
+    let (status, refused) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+                encode(&room_id),
+                encode(&format!("@eve:{}", fake.server_name))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, refused["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{refused}"
+    );
+    let sync = alice.sync(None, 0, 50).await;
+    let seen = message_bodies(&sync["rooms"]["join"][&room_id]["timeline"]["events"]);
+    assert!(!seen.iter().any(|b| b == "after the ACL"), "{seen:?}");
+
     // And our own messages reach the remote server.
     alice.send_text(&room_id, "a1", "to mallory").await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

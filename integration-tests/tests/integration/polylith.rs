@@ -238,3 +238,64 @@ async fn sync_until_room(
     }
     panic!("{room_id} never came");
 }
+
+/// Federation with our side as a polylith: a Synapse user joins our room
+/// (make_join/send_join served by the federationapi process over TLS, the
+/// roomserver process taking the join over Kafka), and messages flow both
+/// ways (the federationsender process delivering ours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_federates_with_synapse() {
+    use ganglion_integration_tests::client::{Client, encode};
+    use ganglion_integration_tests::synapse::Synapse;
+    use serde_json::json;
+
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let federation_port = ganglion_integration_tests::process::free_port();
+    let our_name = format!("localhost:{federation_port}");
+    let mut urls = Vec::new();
+    for service in POLYLITH_SERVICES {
+        urls.push((
+            service,
+            ganglion_base::testing::scratch_postgres(&format!("poly_fed_{service}")).await,
+        ));
+    }
+    let env = vec![
+        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
+        (
+            "GANGLION_FEDERATION__LISTEN".to_owned(),
+            format!("127.0.0.1:{federation_port}"),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+    ];
+    let server = Polylith::start_with(dir.path(), &urls, env).await;
+    let logs = || format!("{}\n{}", synapse.logs(), server.logs());
+
+    let alice = Client::register(&server.base_url, "alice", "pw-alice-poly").await;
+    let bob = synapse.register("bob", "pw-bob-poly").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(&room_id),
+                encode(&our_name)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    alice.send_text(&room_id, "p1", "from the polylith").await;
+    crate::federation_rooms::until_message(&bob, &room_id, "from the polylith", logs).await;
+    bob.send_text(&room_id, "s1", "from synapse").await;
+    crate::federation_rooms::until_message(&alice, &room_id, "from synapse", logs).await;
+}

@@ -90,6 +90,13 @@ impl FederationService {
         let now = now_ms();
         for edu in edus {
             for record in records_of(origin, edu, now) {
+                let room_id = match &record {
+                    Published::Typing(typing) => &typing.room_id,
+                    Published::Receipt(receipt) => &receipt.room_id,
+                };
+                if !self.acl_allows(room_id, origin).await.unwrap_or(false) {
+                    continue;
+                }
                 let written = match &record {
                     Published::Typing(typing) => {
                         produce(&*self.log, &self.topics.edu_typing, &typing.room_id, typing).await

@@ -15,6 +15,7 @@
 //! - Owns: its database (remote servers' keys and key responses).
 #![forbid(unsafe_code)]
 
+mod acl;
 mod api;
 mod auth;
 mod client;

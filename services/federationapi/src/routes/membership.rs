@@ -61,6 +61,7 @@ pub(crate) async fn make_join(
     uri: Uri,
 ) -> MatrixResult {
     user_of_origin(&user_id, &origin)?;
+    service.require_acl(&room_id, &origin).await?;
     let built = service
         .roomserver
         .build_event(pb::BuildEventRequest {
@@ -92,6 +93,7 @@ pub(crate) async fn send_join(
     Path((room_id, event_id)): Path<(String, String)>,
     MatrixJson(pdu): MatrixJson<Value>,
 ) -> MatrixResult {
+    service.require_acl(&room_id, &origin).await?;
     let version = service
         .roomserver
         .query_room_version(pb::QueryRoomVersionRequest {

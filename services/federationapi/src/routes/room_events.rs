@@ -56,6 +56,7 @@ impl FederationService {
         if !in_room {
             return Err(MatrixError::forbidden("The server is not in the room"));
         }
+        self.require_acl(room_id, origin).await?;
         Ok(state)
     }
 

@@ -88,6 +88,17 @@ async fn receive_pdu(
         Ok(version) => version.room_version,
         Err(_) => return (None, json!({})),
     };
+    if !service.acl_allows(room_id, origin).await.unwrap_or(false) {
+        let event_id = pdus::rules_for(&version).ok().and_then(|rules| {
+            serde_json::from_value(pdu.clone())
+                .ok()
+                .and_then(|object| pdus::event_id_of(&object, &rules).ok())
+        });
+        return (
+            event_id,
+            json!({ "error": "the origin is banned from the room by its ACL" }),
+        );
+    }
     let checked = match pdus::check(&service.key_ring, &version, pdu).await {
         Ok(checked) => checked,
         Err(error) => {
