@@ -506,3 +506,74 @@ async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
         "{history}"
     );
 }
+
+/// Our user invites a Synapse user: Synapse countersigns the invite
+/// (`/v2/invite`), its user sees it and joins through us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_accepts_our_invite() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-inv").await;
+    let bob = synapse.register("bob", "pw-bob-inv").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "private_chat", "name": "invitation" }))
+        .await;
+    let invite = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+            Some(json!({ "user_id": bob.user_id, "reason": "come along" })),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
+    // Our side holds the invite as the room's state.
+    let member = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                encode(&room_id),
+                encode(&bob.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(member.body["membership"], "invite", "{member:?}");
+    // Synapse's user sees the invite, with the room's name.
+    until_sync(
+        &bob,
+        "the invite",
+        |s| {
+            s["rooms"]["invite"][&room_id]["invite_state"]["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events
+                        .iter()
+                        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "invitation")
+                })
+        },
+        logs,
+    )
+    .await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/join", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    alice.send_text(&room_id, "i1", "welcome in").await;
+    until_message(&bob, &room_id, "welcome in", logs).await;
+    drop(ours);
+}

@@ -21,6 +21,8 @@ crate::grpc::service_api! {
         fn send_transaction(pb::SendTransactionRequest) -> pb::RemoteResponse;
         /// Joins a local user to a remote room.
         fn join_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        /// Invites a remote user (their server countersigns the invite).
+        fn invite(pb::InviteRequest) -> pb::JoinRoomResponse;
     }
 }
 

@@ -119,4 +119,8 @@ impl FederationApi for FederationService {
     ) -> Result<pb::JoinRoomResponse, ApiError> {
         self.join_remote_room(request).await
     }
+
+    async fn invite(&self, request: pb::InviteRequest) -> Result<pb::JoinRoomResponse, ApiError> {
+        self.invite_remote_user(request).await
+    }
 }

@@ -22,6 +22,7 @@ mod client;
 mod discovery;
 mod edus;
 mod gaps;
+mod invites;
 mod joins;
 mod key_ring;
 mod pdus;

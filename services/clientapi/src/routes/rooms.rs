@@ -548,6 +548,18 @@ pub(crate) async fn moderate(
             )));
         }
     }
+    let remote = ruma::UserId::parse(&body.user_id)
+        .is_ok_and(|user| user.server_name() != api.server_name.as_str());
+    if membership == "invite" && remote {
+        api.invite_remote(
+            &room_id,
+            &device.user_id,
+            &body.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
+        return respond(json!({}));
+    }
     api.membership(
         &room_id,
         &device.user_id,
@@ -557,6 +569,84 @@ pub(crate) async fn moderate(
     )
     .await?;
     respond(json!({}))
+}
+
+/// The state an invitee of another server sees the room by: the events
+/// the spec recommends, stripped to type, state key, sender and content.
+const INVITE_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+impl ClientApi {
+    /// Invites a user of another server: the roomserver builds the invite,
+    /// the federationapi has the invitee's server countersign it, and the
+    /// roomserver takes it.
+    async fn invite_remote(
+        &self,
+        room_id: &str,
+        sender: &str,
+        target: &str,
+        reason: Option<&str>,
+    ) -> MatrixResult<()> {
+        let mut content = json!({ "membership": "invite" });
+        if let Some(reason) = reason {
+            content["reason"] = json!(reason);
+        }
+        let built = self
+            .roomserver
+            .build_event(pb::BuildEventRequest {
+                room_id: room_id.to_owned(),
+                template: Some(template("m.room.member", Some(target), sender, content)),
+                supported_versions: Vec::new(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let state = self
+            .roomserver
+            .query_state(pb::QueryStateRequest {
+                room_id: room_id.to_owned(),
+                event_id: String::new(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let stripped = state
+            .state_events_json
+            .iter()
+            .filter_map(|json| serde_json::from_slice::<Value>(json).ok())
+            .filter(|e| {
+                e["type"]
+                    .as_str()
+                    .is_some_and(|t| INVITE_STATE_TYPES.contains(&t))
+                    || (e["type"] == "m.room.member" && e["state_key"] == sender)
+            })
+            .map(|e| {
+                json!({
+                    "type": e["type"], "state_key": e["state_key"],
+                    "sender": e["sender"], "content": e["content"],
+                })
+                .to_string()
+                .into_bytes()
+            })
+            .collect();
+        let invited = self
+            .federation
+            .invite(ganglion_api::proto::federationapi::InviteRequest {
+                room_id: room_id.to_owned(),
+                room_version: built.room_version,
+                event_json: built.event_json,
+                invite_room_state_json: stripped,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        self.read_your_writes(invited.output_position).await;
+        Ok(())
+    }
 }
 
 /// `POST /rooms/{roomId}/forget`: only once the user has left.
