@@ -577,3 +577,65 @@ async fn a_synapse_user_accepts_our_invite() {
     until_message(&bob, &room_id, "welcome in", logs).await;
     drop(ours);
 }
+
+/// A Synapse user invites ours to a (version 12) room we are not in: our
+/// user sees the invite with the room's name and joins through the
+/// inviter's server, though the room ID names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_user_accepts_a_synapse_invite() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-acc").await;
+    let bob = synapse.register("bob", "pw-bob-acc").await;
+    let room_id = bob
+        .create_room(json!({ "preset": "private_chat", "name": "by invitation" }))
+        .await;
+    let invite = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+            Some(json!({ "user_id": alice.user_id })),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
+    until_sync(
+        &alice,
+        "the invite",
+        |s| {
+            s["rooms"]["invite"][&room_id]["invite_state"]["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "m.room.name" && e["content"]["name"] == "by invitation"
+                    }) && events.iter().any(|e| {
+                        e["type"] == "m.room.member"
+                            && e["state_key"] == alice.user_id.as_str()
+                            && e["content"]["membership"] == "invite"
+                    })
+                })
+        },
+        logs,
+    )
+    .await;
+    let join = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    bob.send_text(&room_id, "b1", "glad you came").await;
+    until_message(&alice, &room_id, "glad you came", logs).await;
+    drop(ours);
+}

@@ -313,7 +313,19 @@ impl RoomserverApi for RoomserverService {
         request: pb::QueryMembershipRequest,
     ) -> Result<pb::QueryMembershipResponse, ApiError> {
         if self.storage.room(&request.room_id).await?.is_none() {
-            return Ok(pb::QueryMembershipResponse::default());
+            let invited_by = self
+                .storage
+                .remote_inviter(&request.room_id, &request.user_id)
+                .await?;
+            return Ok(pb::QueryMembershipResponse {
+                room_exists: false,
+                membership: if invited_by.is_some() {
+                    "invite".into()
+                } else {
+                    String::new()
+                },
+                invited_by,
+            });
         }
         let membership = self
             .current_membership(&request.room_id, &request.user_id)
@@ -321,6 +333,7 @@ impl RoomserverApi for RoomserverService {
         Ok(pb::QueryMembershipResponse {
             room_exists: true,
             membership,
+            invited_by: None,
         })
     }
 
@@ -597,6 +610,73 @@ impl RoomserverApi for RoomserverService {
             room_version: room.room_version,
             event_json: serde_json::to_vec(&object)
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
+        })
+    }
+
+    async fn receive_invite(
+        &self,
+        request: pb::ReceiveInviteRequest,
+    ) -> Result<pb::InputResponse, ApiError> {
+        ruma::RoomId::parse(&request.room_id)
+            .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
+        if self.storage.room(&request.room_id).await?.is_some() {
+            // A room we are in: the invite is one of its events.
+            let response = self
+                .input_pdus(pb::InputPdusRequest {
+                    room_id: request.room_id.clone(),
+                    room_version: request.room_version,
+                    pdus: vec![pb::InputPdu {
+                        kind: pb::input_pdu::Kind::New as i32,
+                        event_json: request.event_json,
+                        ..Default::default()
+                    }],
+                })
+                .await?;
+            return match response.outcomes.first() {
+                Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
+                    Ok(pb::InputResponse {
+                        room_id: request.room_id,
+                        event_ids: vec![o.event_id.clone()],
+                        output_position: response.output_position,
+                    })
+                }
+                Some(o) => Err(ApiError::Forbidden(format!("{}: {}", o.outcome, o.reason))),
+                None => Err(ApiError::Internal("no outcome".into())),
+            };
+        }
+        let event: serde_json::Value = serde_json::from_slice(&request.event_json)
+            .map_err(|e| ApiError::InvalidInput(format!("the invite: {e}")))?;
+        let (Some(invitee), Some(sender)) = (event["state_key"].as_str(), event["sender"].as_str())
+        else {
+            return Err(ApiError::InvalidInput(
+                "the invite names no invitee or sender".into(),
+            ));
+        };
+        self.storage
+            .record_remote_invite(&request.room_id, invitee, &request.event_id, sender)
+            .await?;
+        let position = ganglion_api::topics::produce(
+            &*self.log,
+            &self.topics.roomserver_output,
+            &request.room_id,
+            &topic_pb::RoomserverOutput {
+                version: PAYLOAD_VERSION,
+                kind: Some(topic_pb::roomserver_output::Kind::InviteReceived(
+                    topic_pb::InviteReceived {
+                        room_id: request.room_id.clone(),
+                        room_version: request.room_version,
+                        event_id: request.event_id.clone(),
+                        event_json: request.event_json,
+                        invite_room_state_json: request.invite_room_state_json,
+                    },
+                )),
+            },
+        )
+        .await?;
+        Ok(pb::InputResponse {
+            room_id: request.room_id,
+            event_ids: vec![request.event_id],
+            output_position: Some(position),
         })
     }
 

@@ -420,16 +420,24 @@ pub(crate) async fn join(
     let mut servers = via_servers(&uri);
     let (room_id, alias_servers) = api.room_and_servers(&room_id_or_alias).await?;
     let device = api.authenticate(&headers, &uri).await?;
-    let known = api
+    let membership = api
         .roomserver
         .query_membership(pb::QueryMembershipRequest {
             room_id: room_id.clone(),
             user_id: device.user_id.clone(),
         })
         .await
-        .map_err(MatrixError::from)?
-        .room_exists;
-    if !known {
+        .map_err(MatrixError::from)?;
+    if !membership.room_exists {
+        // Invited from another server: through the inviter's server first.
+        if let Some(server) = membership
+            .invited_by
+            .as_deref()
+            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
+            .map(|inviter| inviter.server_name().to_string())
+        {
+            servers.insert(0, server);
+        }
         if device.is_guest {
             return Err(MatrixError::new(
                 StatusCode::FORBIDDEN,

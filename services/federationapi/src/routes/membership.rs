@@ -167,3 +167,78 @@ pub(crate) async fn send_join(
         "servers_in_room": [service.server_name],
     }))
 }
+
+#[derive(serde::Deserialize)]
+pub(crate) struct InviteBody {
+    room_version: String,
+    event: Value,
+    #[serde(default)]
+    invite_room_state: Vec<Value>,
+}
+
+/// `PUT /v2/invite`: another server invites one of our users. The invite
+/// must be its own user's, of our user, signed; we countersign it and the
+/// roomserver announces it to the invitee.
+pub(crate) async fn invite(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    MatrixJson(body): MatrixJson<InviteBody>,
+) -> MatrixResult {
+    let rules = match pdus::rules_for(&body.room_version) {
+        Ok(rules) => rules,
+        Err(_) => return Ok(incompatible(&body.room_version)),
+    };
+    let checked = pdus::check(&service.key_ring, &body.room_version, &body.event)
+        .await
+        .map_err(|e| MatrixError::forbidden(e.to_string()))?;
+    if checked.event_id != event_id {
+        return Err(MatrixError::bad_json(
+            "the event ID does not match the event",
+        ));
+    }
+    let invitee = checked.field("state_key").unwrap_or_default().to_owned();
+    let sender = checked.field("sender").unwrap_or_default().to_owned();
+    if checked.field("type") != Some("m.room.member")
+        || body.event["content"]["membership"] != "invite"
+        || checked.field("room_id").is_some_and(|r| r != room_id)
+    {
+        return Err(MatrixError::bad_json("not an invite to this room"));
+    }
+    user_of_origin(&sender, &origin)?;
+    if !ruma::UserId::parse(&invitee)
+        .is_ok_and(|user| user.server_name() == service.client.server_name())
+    {
+        return Err(MatrixError::forbidden(
+            "the invitee is not a user of this server",
+        ));
+    }
+    let mut object = checked.object;
+    ruma::signatures::hash_and_sign_event(
+        &service.server_name,
+        &service.key.key_pair,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| MatrixError::unknown(e.to_string()))?;
+    let event_json =
+        serde_json::to_vec(&object).map_err(|e| MatrixError::unknown(e.to_string()))?;
+    service
+        .roomserver
+        .receive_invite(pb::ReceiveInviteRequest {
+            room_id,
+            room_version: body.room_version,
+            event_json,
+            event_id,
+            invite_room_state_json: body
+                .invite_room_state
+                .iter()
+                .map(|e| e.to_string().into_bytes())
+                .collect(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(
+        json!({ "event": serde_json::to_value(&object).map_err(|e| MatrixError::unknown(e.to_string()))? }),
+    )
+}

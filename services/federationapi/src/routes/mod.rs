@@ -38,6 +38,10 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
             put(membership::send_join),
         )
         .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(membership::invite),
+        )
+        .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(transactions::send),
         )

@@ -6,6 +6,43 @@ use sqlx::Row;
 use super::{Storage, StorageError};
 
 impl Storage {
+    /// Records an invite from another server to a room we are not in.
+    pub(crate) async fn record_remote_invite(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        event_id: &str,
+        sender: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO remote_invites (room_id, user_id, event_id, sender) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (room_id, user_id) DO UPDATE
+             SET event_id = excluded.event_id, sender = excluded.sender",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(event_id)
+        .bind(sender)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Who invited `user_id` to a room we are not in, if anyone did.
+    pub(crate) async fn remote_inviter(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT sender FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.db.pool)
+        .await?)
+    }
+
     pub(crate) async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
         Ok(
             sqlx::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")

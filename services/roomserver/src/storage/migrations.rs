@@ -112,4 +112,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Invites from other servers to rooms this server is not in: who
+    // invited whom, so a join can go through the inviter's server.
+    Migration {
+        version: 4,
+        description: "invites from other servers to rooms we are not in",
+        sql: "
+            CREATE TABLE remote_invites (
+                room_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                sender TEXT NOT NULL,
+                PRIMARY KEY (room_id, user_id)
+            );
+        ",
+    },
 ];

@@ -119,6 +119,36 @@ impl RecordHandler for OutputConsumer {
                 self.service.advance(Stream::Room, record);
                 return Ok(());
             }
+            Some(topic_pb::roomserver_output::Kind::InviteReceived(invite)) => {
+                let json = std::str::from_utf8(&invite.event_json)
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let event: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let (Some(invitee), Some(sender)) =
+                    (event["state_key"].as_str(), event["sender"].as_str())
+                else {
+                    return Err(HandleError::Permanent("an invite without invitee".into()));
+                };
+                let stripped: Vec<serde_json::Value> = invite
+                    .invite_room_state_json
+                    .iter()
+                    .filter_map(|e| serde_json::from_slice(e).ok())
+                    .collect();
+                self.service
+                    .storage
+                    .apply_remote_invite(
+                        (record.partition, record.offset),
+                        (&invite.room_id, &invite.event_id),
+                        (invitee, sender),
+                        json,
+                        &serde_json::Value::from(stripped).to_string(),
+                    )
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.service.advance(Stream::Room, record);
+                self.service.notifier.wake_users([invitee]);
+                return Ok(());
+            }
             Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {
                 self.service
                     .storage

@@ -735,6 +735,27 @@ pub(crate) async fn stripped_state(
     room_id: &str,
     user_id: &str,
 ) -> Result<Vec<Value>, MatrixError> {
+    let mut from_inviter: Vec<Value> = match service.storage.invite_state(room_id, user_id).await? {
+        Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut held = stripped_held_state(service, room_id, user_id).await?;
+    if from_inviter.is_empty() {
+        return Ok(held);
+    }
+    // A room we are not in: what the inviter's server sent, with the invite.
+    held.retain(|e| e["type"] == "m.room.member");
+    from_inviter.retain(|e| !(e["type"] == "m.room.member" && e["state_key"] == user_id));
+    from_inviter.extend(held);
+    Ok(from_inviter)
+}
+
+/// [`stripped_state`] from the room's state as this server holds it.
+async fn stripped_held_state(
+    service: &SyncService,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Vec<Value>, MatrixError> {
     Ok(service
         .storage
         .room_state(room_id)

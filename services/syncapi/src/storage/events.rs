@@ -307,6 +307,86 @@ impl Storage {
         Ok(())
     }
 
+    /// An invite from another server to a room we are not in: the invite
+    /// (outside every timeline) becomes the invitee's membership, with the
+    /// stripped state it came with, and the position advances, in one
+    /// transaction.
+    pub(crate) async fn apply_remote_invite(
+        &self,
+        (partition, offset): (u32, u64),
+        (room_id, event_id): (&str, &str),
+        (invitee, sender): (&str, &str),
+        json: &str,
+        invite_state_json: &str,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
+                                 sender, json, device_id, transaction_id)
+             VALUES ($1, $2, $3, $4, 'm.room.member', $5, $6, $7, '', '')
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(i64::from(partition))
+        .bind(OUTLIER_OFFSET)
+        .bind(room_id)
+        .bind(event_id)
+        .bind(invitee)
+        .bind(sender)
+        .bind(json)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
+             VALUES ($1, 'm.room.member', $2, $3, 'invite', $4)
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE
+             SET event_id = excluded.event_id, membership = excluded.membership,
+                 log_offset = excluded.log_offset",
+        )
+        .bind(room_id)
+        .bind(invitee)
+        .bind(event_id)
+        .bind(offset as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)
+             VALUES ($1, 'm.room.member', $2, $3, $4, 'invite') ON CONFLICT DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(invitee)
+        .bind(offset as i64)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO invite_state (room_id, user_id, events_json) VALUES ($1, $2, $3)
+             ON CONFLICT (room_id, user_id) DO UPDATE SET events_json = excluded.events_json",
+        )
+        .bind(room_id)
+        .bind(invitee)
+        .bind(invite_state_json)
+        .execute(&mut *tx)
+        .await?;
+        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stripped state another server sent with its invite of `user_id`.
+    pub(crate) async fn invite_state(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT events_json FROM invite_state WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.db.pool)
+        .await?)
+    }
+
     /// Replaces the stored copy of a redacted event and advances the
     /// consumed position, in one transaction.
     pub(crate) async fn apply_redaction(

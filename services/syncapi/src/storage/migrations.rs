@@ -194,4 +194,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX state_history_by_position ON state_history (room_id, event_type, log_offset);
         ",
     },
+    // Invites from other servers to rooms we are not in: the stripped
+    // state their servers sent, shown with the invite.
+    Migration {
+        version: 6,
+        description: "invite state of invites from other servers",
+        sql: "
+            CREATE TABLE invite_state (
+                room_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                events_json TEXT NOT NULL,
+                PRIMARY KEY (room_id, user_id)
+            );
+        ",
+    },
 ];
