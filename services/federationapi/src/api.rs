@@ -7,20 +7,7 @@ use ganglion_api::proto::federationapi as pb;
 use serde_json::Value;
 
 use crate::FederationService;
-
-/// Percent-encodes a query value.
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
+use ganglion_base::http::percent_encode as encode;
 
 impl FederationService {
     /// Forwards a JSON body to `server`'s `path`; its JSON answer.

@@ -16,24 +16,12 @@ use serde_json::{Value, json};
 use crate::FederationService;
 use crate::joins::auth_order;
 use crate::pdus::{self, CheckedPdu};
+use ganglion_base::http::percent_encode as encode;
 
 /// The most events one `get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: usize = 50;
 /// The most state and auth chain events fetched for one gap.
 const MAX_STATE_EVENTS: usize = 5_000;
-
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
 
 impl FederationService {
     /// Takes a new PDU `origin` sent, filling a gap before it if need be.
@@ -178,22 +166,8 @@ impl FederationService {
                 Err(error) => tracing::info!(origin, id, %error, "a state event was refused"),
             }
         }
-        for chunk in auth_order(fetched).chunks(100) {
-            self.roomserver
-                .input_pdus(pb::InputPdusRequest {
-                    room_id: room_id.to_owned(),
-                    room_version: version.to_owned(),
-                    pdus: chunk
-                        .iter()
-                        .map(|e| pb::InputPdu {
-                            kind: pb::input_pdu::Kind::Outlier as i32,
-                            event_json: e.json_bytes(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                })
-                .await?;
-        }
+        self.input_outliers(room_id, version, &auth_order(fetched))
+            .await?;
         let response = self
             .roomserver
             .input_pdus(pb::InputPdusRequest {

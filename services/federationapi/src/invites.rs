@@ -12,19 +12,7 @@ use serde_json::{Value, json};
 
 use crate::FederationService;
 use crate::pdus;
-
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
+use ganglion_base::http::percent_encode as encode;
 
 impl FederationService {
     pub(crate) async fn invite_remote_user(
@@ -102,18 +90,6 @@ impl FederationService {
                 }],
             })
             .await?;
-        match outcome.outcomes.first() {
-            Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
-                Ok(fed_pb::JoinRoomResponse {
-                    event_id,
-                    output_position: outcome.output_position,
-                })
-            }
-            Some(o) => Err(ApiError::Forbidden(format!(
-                "the invite was not accepted: {} {}",
-                o.outcome, o.reason
-            ))),
-            None => Err(ApiError::Internal("no outcome for the invite".into())),
-        }
+        pdus::taken("invite", event_id, outcome)
     }
 }

@@ -17,27 +17,12 @@ use serde_json::Value;
 
 use crate::FederationService;
 use crate::pdus::{self, CheckedPdu};
+use ganglion_base::http::percent_encode as encode;
 
 /// The room versions this server joins rooms of.
 const SUPPORTED_VERSIONS: [&str; 12] = [
     "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
 ];
-
-/// Outliers handed to the roomserver per input record.
-const OUTLIERS_PER_INPUT: usize = 100;
-
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
 
 /// The event IDs an event names in `field` (`auth_events`, `prev_events`):
 /// plain IDs, or `[id, hashes]` pairs in room versions 1 and 2.
@@ -244,26 +229,8 @@ impl FederationService {
         }
         let checked_ms = started.elapsed().as_millis() as u64;
         let ordered = auth_order(events.into_values().collect());
-        for chunk in ordered.chunks(OUTLIERS_PER_INPUT) {
-            let stored = self
-                .roomserver
-                .input_pdus(pb::InputPdusRequest {
-                    room_id: request.room_id.clone(),
-                    room_version: version.clone(),
-                    pdus: chunk
-                        .iter()
-                        .map(|e| pb::InputPdu {
-                            kind: pb::input_pdu::Kind::Outlier as i32,
-                            event_json: e.json_bytes(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                })
-                .await?;
-            for outcome in stored.outcomes.iter().filter(|o| o.outcome != "outlier") {
-                tracing::warn!(server, event_id = %outcome.event_id, outcome = %outcome.outcome, reason = %outcome.reason, "send_join: an event of the room's state was not stored");
-            }
-        }
+        self.input_outliers(&request.room_id, &version, &ordered)
+            .await?;
         let outliers_ms = started.elapsed().as_millis() as u64;
         let response = self
             .roomserver
@@ -288,19 +255,7 @@ impl FederationService {
             joined_ms = started.elapsed().as_millis() as u64,
             "joined a remote room"
         );
-        match response.outcomes.first() {
-            Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
-                Ok(fed_pb::JoinRoomResponse {
-                    event_id,
-                    output_position: response.output_position,
-                })
-            }
-            Some(o) => Err(ApiError::Forbidden(format!(
-                "the join was not accepted: {} {}",
-                o.outcome, o.reason
-            ))),
-            None => Err(ApiError::Internal("no outcome for the join".into())),
-        }
+        pdus::taken("join", event_id, response)
     }
 }
 

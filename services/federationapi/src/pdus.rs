@@ -137,3 +137,64 @@ impl crate::FederationService {
             .ok_or_else(|| ganglion_api::ApiError::Internal("no outcome for the PDU".into()))
     }
 }
+
+impl crate::FederationService {
+    /// Hands checked events to the roomserver as outliers, in chunks (each
+    /// chunk one input record), in the order given (auth order).
+    pub(crate) async fn input_outliers(
+        &self,
+        room_id: &str,
+        room_version: &str,
+        events: &[CheckedPdu],
+    ) -> Result<(), ganglion_api::ApiError> {
+        use ganglion_api::proto::roomserver as pb;
+        for chunk in events.chunks(OUTLIERS_PER_INPUT) {
+            let stored = self
+                .roomserver
+                .input_pdus(pb::InputPdusRequest {
+                    room_id: room_id.to_owned(),
+                    room_version: room_version.to_owned(),
+                    pdus: chunk
+                        .iter()
+                        .map(|e| pb::InputPdu {
+                            kind: pb::input_pdu::Kind::Outlier as i32,
+                            event_json: e.json_bytes(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+                .await?;
+            for outcome in stored.outcomes.iter().filter(|o| o.outcome != "outlier") {
+                tracing::warn!(room_id, event_id = %outcome.event_id, outcome = %outcome.outcome, reason = %outcome.reason, "an outlier was not stored");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Outliers handed to the roomserver per input record.
+const OUTLIERS_PER_INPUT: usize = 100;
+
+/// The answer for an event of ours the roomserver was to take (a join, an
+/// invite): its ID and output position when taken, else why not.
+pub(crate) fn taken(
+    what: &str,
+    event_id: String,
+    response: ganglion_api::proto::roomserver::InputPdusResponse,
+) -> Result<ganglion_api::proto::federationapi::JoinRoomResponse, ganglion_api::ApiError> {
+    match response.outcomes.first() {
+        Some(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate") => {
+            Ok(ganglion_api::proto::federationapi::JoinRoomResponse {
+                event_id,
+                output_position: response.output_position,
+            })
+        }
+        Some(o) => Err(ganglion_api::ApiError::Forbidden(format!(
+            "the {what} was not accepted: {} {}",
+            o.outcome, o.reason
+        ))),
+        None => Err(ganglion_api::ApiError::Internal(format!(
+            "no outcome for the {what}"
+        ))),
+    }
+}

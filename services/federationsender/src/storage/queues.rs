@@ -125,22 +125,12 @@ impl Storage {
         destination: &str,
         limit: u32,
     ) -> Result<Vec<QueuedPdu>, StorageError> {
-        let rows = sqlx::query(
+        self.oldest(
             "SELECT id, edu_json FROM queued_edus WHERE destination = $1 ORDER BY id LIMIT $2",
+            destination,
+            limit,
         )
-        .bind(destination)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(QueuedPdu {
-                    id: row.try_get(0)?,
-                    json: row.try_get(1)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await
     }
 
     /// The oldest PDUs queued for a destination, at most `limit`.
@@ -149,13 +139,25 @@ impl Storage {
         destination: &str,
         limit: u32,
     ) -> Result<Vec<QueuedPdu>, StorageError> {
-        let rows = sqlx::query(
+        self.oldest(
             "SELECT id, pdu_json FROM queued_pdus WHERE destination = $1 ORDER BY id LIMIT $2",
+            destination,
+            limit,
         )
-        .bind(destination)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
-        .await?;
+        .await
+    }
+
+    async fn oldest(
+        &self,
+        sql: &'static str,
+        destination: &str,
+        limit: u32,
+    ) -> Result<Vec<QueuedPdu>, StorageError> {
+        let rows = sqlx::query(sql)
+            .bind(destination)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(QueuedPdu {
