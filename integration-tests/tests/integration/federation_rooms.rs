@@ -508,9 +508,11 @@ async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
 }
 
 /// Our user invites a Synapse user: Synapse countersigns the invite
-/// (`/v2/invite`), its user sees it and joins through us.
+/// (`/v2/invite`) and its user sees it; rejecting it goes through
+/// make_leave/send_leave (Synapse is not in the room); invited again, its
+/// user joins through us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_synapse_user_accepts_our_invite() {
+async fn a_synapse_user_rejects_then_accepts_our_invite() {
     let synapse_dir = tempfile::tempdir().expect("tempdir");
     let synapse = Synapse::start(synapse_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -528,43 +530,72 @@ async fn a_synapse_user_accepts_our_invite() {
     let room_id = alice
         .create_room(json!({ "preset": "private_chat", "name": "invitation" }))
         .await;
-    let invite = alice
+    let invite = || {
+        let alice = alice.clone();
+        let room_id = room_id.clone();
+        let bob_id = bob.user_id.clone();
+        async move {
+            let reply = alice
+                .call(
+                    Method::POST,
+                    &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+                    Some(json!({ "user_id": bob_id, "reason": "come along" })),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    let bobs_membership = || {
+        let alice = alice.clone();
+        let room_id = room_id.clone();
+        let bob_id = bob.user_id.clone();
+        async move {
+            alice
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                        encode(&room_id),
+                        encode(&bob_id)
+                    ),
+                    None,
+                )
+                .await
+                .body["membership"]
+                .clone()
+        }
+    };
+    let invited = |s: &Value| {
+        s["rooms"]["invite"][&room_id]["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "invitation")
+            })
+    };
+    invite().await;
+    assert_eq!(bobs_membership().await, "invite");
+    until_sync(&bob, "the invite", invited, logs).await;
+
+    // Bob rejects: his server asks ours to build the leave.
+    let reject = bob
         .call(
             Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
-            Some(json!({ "user_id": bob.user_id, "reason": "come along" })),
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
         )
         .await;
-    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
-    // Our side holds the invite as the room's state.
-    let member = alice
-        .call(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                encode(&room_id),
-                encode(&bob.user_id)
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(member.body["membership"], "invite", "{member:?}");
-    // Synapse's user sees the invite, with the room's name.
-    until_sync(
-        &bob,
-        "the invite",
-        |s| {
-            s["rooms"]["invite"][&room_id]["invite_state"]["events"]
-                .as_array()
-                .is_some_and(|events| {
-                    events
-                        .iter()
-                        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "invitation")
-                })
-        },
-        logs,
-    )
-    .await;
+    assert_eq!(reject.status, 200, "{reject:?}\n{}", logs());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while bobs_membership().await != "leave" {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Invited again, he joins.
+    invite().await;
+    until_sync(&bob, "the second invite", invited, logs).await;
     let join = bob
         .call(
             Method::POST,

@@ -1,7 +1,8 @@
-//! Joining our rooms from other servers: `GET /make_join` builds the join
-//! event for the remote user to sign, `PUT /v2/send_join` takes it signed,
-//! has the roomserver accept it, and answers with the room's state before
-//! the join and its auth chain.
+//! Memberships from other servers: `GET /make_join` (and `/make_leave`)
+//! builds the event for the remote user to sign; `PUT /v2/send_join` (and
+//! `/v2/send_leave`) takes it signed and has the roomserver accept it, a
+//! join answered with the room's state before it and its auth chain;
+//! `PUT /v2/invite` countersigns another server's invite of our user.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,14 +55,17 @@ fn incompatible(version: &str) -> Response {
         .into_response()
 }
 
-pub(crate) async fn make_join(
-    State(service): State<Arc<FederationService>>,
-    Extension(Origin(origin)): Extension<Origin>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    uri: Uri,
+/// The membership event `user_id` would send to change to `membership`,
+/// for the asking server to sign.
+async fn make_membership(
+    service: &FederationService,
+    origin: &str,
+    (room_id, user_id): (String, String),
+    membership: &str,
+    versions: Vec<String>,
 ) -> MatrixResult {
-    user_of_origin(&user_id, &origin)?;
-    service.require_acl(&room_id, &origin).await?;
+    user_of_origin(&user_id, origin)?;
+    service.require_acl(&room_id, origin).await?;
     let built = service
         .roomserver
         .build_event(pb::BuildEventRequest {
@@ -70,10 +74,10 @@ pub(crate) async fn make_join(
                 event_type: "m.room.member".into(),
                 state_key: Some(user_id.clone()),
                 sender: user_id,
-                content_json: br#"{"membership":"join"}"#.to_vec(),
+                content_json: json!({ "membership": membership }).to_string().into_bytes(),
                 redacts: None,
             }),
-            supported_versions: supported_versions(&uri),
+            supported_versions: versions,
         })
         .await;
     let built = match built {
@@ -87,22 +91,44 @@ pub(crate) async fn make_join(
     respond(json!({ "room_version": built.room_version, "event": event }))
 }
 
-pub(crate) async fn send_join(
+pub(crate) async fn make_join(
     State(service): State<Arc<FederationService>>,
     Extension(Origin(origin)): Extension<Origin>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    MatrixJson(pdu): MatrixJson<Value>,
+    Path(ids): Path<(String, String)>,
+    uri: Uri,
 ) -> MatrixResult {
-    service.require_acl(&room_id, &origin).await?;
+    make_membership(&service, &origin, ids, "join", supported_versions(&uri)).await
+}
+
+/// `GET /make_leave`: any version (the leaving server is in the room, or
+/// was invited to it).
+pub(crate) async fn make_leave(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path(ids): Path<(String, String)>,
+) -> MatrixResult {
+    make_membership(&service, &origin, ids, "leave", Vec::new()).await
+}
+
+/// Checks a signed membership event of `membership` its sender (of
+/// `origin`) sends about themself, and has the roomserver take it.
+async fn take_membership(
+    service: &FederationService,
+    origin: &str,
+    (room_id, event_id): (&str, &str),
+    membership: &str,
+    pdu: &Value,
+) -> Result<(), MatrixError> {
+    service.require_acl(room_id, origin).await?;
     let version = service
         .roomserver
         .query_room_version(pb::QueryRoomVersionRequest {
-            room_id: room_id.clone(),
+            room_id: room_id.to_owned(),
         })
         .await
         .map_err(MatrixError::from)?
         .room_version;
-    let checked = pdus::check(&service.key_ring, &version, &pdu)
+    let checked = pdus::check(&service.key_ring, &version, pdu)
         .await
         .map_err(|e| MatrixError::bad_json(e.to_string()))?;
     if checked.event_id != event_id {
@@ -110,28 +136,48 @@ pub(crate) async fn send_join(
             "the event ID does not match the event",
         ));
     }
-    let membership = pdu["content"]["membership"].as_str();
     let sender = checked.field("sender").unwrap_or_default().to_owned();
     if checked.field("type") != Some("m.room.member")
         || checked.field("state_key") != Some(sender.as_str())
-        || membership != Some("join")
+        || pdu["content"]["membership"].as_str() != Some(membership)
         || checked.field("room_id").is_some_and(|r| r != room_id)
     {
-        return Err(MatrixError::bad_json(
-            "not a join of its sender to this room",
-        ));
+        return Err(MatrixError::bad_json(format!(
+            "not a {membership} of its sender to this room"
+        )));
     }
-    user_of_origin(&sender, &origin)?;
+    user_of_origin(&sender, origin)?;
     let outcome = service
-        .input_new_pdu(&room_id, version, &checked)
+        .input_new_pdu(room_id, version, &checked)
         .await
         .map_err(MatrixError::from)?;
     if !matches!(outcome.outcome.as_str(), "accepted" | "duplicate") {
         return Err(MatrixError::forbidden(format!(
-            "the join was refused: {}",
+            "the {membership} was refused: {}",
             outcome.reason
         )));
     }
+    Ok(())
+}
+
+/// `PUT /v2/send_leave`: answered with an empty object.
+pub(crate) async fn send_leave(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    MatrixJson(pdu): MatrixJson<Value>,
+) -> MatrixResult {
+    take_membership(&service, &origin, (&room_id, &event_id), "leave", &pdu).await?;
+    respond(json!({}))
+}
+
+pub(crate) async fn send_join(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    MatrixJson(pdu): MatrixJson<Value>,
+) -> MatrixResult {
+    take_membership(&service, &origin, (&room_id, &event_id), "join", &pdu).await?;
     let state = service
         .roomserver
         .query_state(pb::QueryStateRequest {

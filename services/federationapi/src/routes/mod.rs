@@ -38,6 +38,14 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
             put(membership::send_join),
         )
         .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave),
+        )
+        .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(membership::invite),
         )
