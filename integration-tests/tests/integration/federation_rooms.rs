@@ -610,10 +610,11 @@ async fn a_synapse_user_rejects_then_accepts_our_invite() {
 }
 
 /// A Synapse user invites ours to a (version 12) room we are not in: our
-/// user sees the invite with the room's name and joins through the
-/// inviter's server, though the room ID names none.
+/// user sees the invite with the room's name, rejects it (make_leave and
+/// send_leave through the inviter's server), and, invited again, joins
+/// through the inviter's server, though the room ID names none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_user_accepts_a_synapse_invite() {
+async fn our_user_rejects_then_accepts_a_synapse_invite() {
     let synapse_dir = tempfile::tempdir().expect("tempdir");
     let synapse = Synapse::start(synapse_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -655,6 +656,57 @@ async fn our_user_accepts_a_synapse_invite() {
                     })
                 })
         },
+        logs,
+    )
+    .await;
+    // Alice rejects: the leave goes through bob's server, and the room
+    // leaves her invites.
+    let reject = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(reject.status, 200, "{reject:?}\n{}", logs());
+    let sync = alice.sync(None, 0, 10).await;
+    assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = bob
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    encode(&room_id),
+                    encode(&alice.user_id)
+                ),
+                None,
+            )
+            .await;
+        if state.body["membership"] == "leave" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{state:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Invited again, she joins.
+    let again = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+            Some(json!({ "user_id": alice.user_id })),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    until_sync(
+        &alice,
+        "the second invite",
+        |s| s["rooms"]["invite"][&room_id].is_object(),
         logs,
     )
     .await;

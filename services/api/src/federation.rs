@@ -23,6 +23,8 @@ crate::grpc::service_api! {
         fn join_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
         /// Invites a remote user (their server countersigns the invite).
         fn invite(pb::InviteRequest) -> pb::JoinRoomResponse;
+        /// Rejects a remote invite to a room we are not in.
+        fn reject_invite(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
     }
 }
 

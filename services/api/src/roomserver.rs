@@ -43,6 +43,8 @@ crate::grpc::service_api! {
         fn build_event(pb::BuildEventRequest) -> pb::BuildEventResponse;
         /// An invite from another server to one of our users.
         fn receive_invite(pb::ReceiveInviteRequest) -> pb::InputResponse;
+        /// One of our users rejected another server's invite.
+        fn reject_remote_invite(pb::RejectRemoteInviteRequest) -> pb::InputResponse;
     }
 }
 

@@ -110,4 +110,11 @@ impl FederationApi for FederationService {
     async fn invite(&self, request: pb::InviteRequest) -> Result<pb::JoinRoomResponse, ApiError> {
         self.invite_remote_user(request).await
     }
+
+    async fn reject_invite(
+        &self,
+        request: pb::JoinRoomRequest,
+    ) -> Result<pb::JoinRoomResponse, ApiError> {
+        self.reject_remote_invite(request).await
+    }
 }

@@ -97,80 +97,13 @@ impl FederationService {
         request: &fed_pb::JoinRoomRequest,
     ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
         let started = std::time::Instant::now();
-        let versions: Vec<String> = SUPPORTED_VERSIONS
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect();
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            encode(&request.room_id),
-            encode(&request.user_id),
-            versions.join("&")
-        );
-        let template = self
-            .client
-            .send(server, http::Method::GET, &path, None)
-            .await?;
-        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
-        let rules = pdus::rules_for(&version)
-            .map_err(|e| ApiError::UnsupportedRoomVersion(e.to_string()))?;
-        let mut event = template["event"].clone();
-        if event["type"] != "m.room.member"
-            || event["state_key"] != request.user_id.as_str()
-            || event["sender"] != request.user_id.as_str()
-            || event["content"]["membership"] != "join"
-        {
-            return Err(ApiError::Unavailable(format!(
-                "{server} offered a join event that is not this user's"
-            )));
-        }
-        if !request.content_json.is_empty()
-            && let Ok(Value::Object(extra)) = serde_json::from_slice::<Value>(&request.content_json)
-            && let Some(content) = event["content"].as_object_mut()
-        {
-            for (key, value) in extra {
-                if key != "membership" {
-                    content.insert(key, value);
-                }
-            }
-        }
-        event["origin"] = Value::String(self.server_name.clone());
-        event["origin_server_ts"] = Value::from(crate::key_ring::now_ms());
-        if let Some(object) = event.as_object_mut() {
-            for key in ["signatures", "hashes", "unsigned"] {
-                object.remove(key);
-            }
-        }
-        let mut object: CanonicalJsonObject = serde_json::from_value(event)
-            .map_err(|e| ApiError::Unavailable(format!("{server}: bad join template: {e}")))?;
-        if rules.event_id_format == EventIdFormatVersion::V1 {
-            object.insert(
-                "event_id".into(),
-                CanonicalJsonValue::String(format!(
-                    "${}:{}",
-                    ruma::TransactionId::new(),
-                    self.server_name
-                )),
-            );
-        }
-        ruma::signatures::hash_and_sign_event(
-            &self.server_name,
-            &self.key.key_pair,
-            &mut object,
-            &rules.redaction,
-        )
-        .map_err(|e| ApiError::Internal(format!("signing the join: {e}")))?;
-        let event_id =
-            pdus::event_id_of(&object, &rules).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            encode(&request.room_id),
-            encode(&event_id)
-        );
-        let body = serde_json::to_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let answer = self
-            .client
-            .send(server, http::Method::PUT, &path, Some(&body))
+        let (version, rules, event_id, object, answer) = self
+            .make_and_send(
+                server,
+                (&request.room_id, &request.user_id),
+                "join",
+                &request.content_json,
+            )
             .await?;
         let answered_ms = started.elapsed().as_millis() as u64;
         // The resident server may have countersigned the join (restricted
@@ -256,6 +189,148 @@ impl FederationService {
             "joined a remote room"
         );
         pdus::taken("join", event_id, response)
+    }
+
+    /// make_{membership} through `server`, the event completed, hashed and
+    /// signed, then send_{membership} v2: (room version, its rules, the
+    /// event's ID, the event, the answer).
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn make_and_send(
+        &self,
+        server: &str,
+        (room_id, user_id): (&str, &str),
+        membership: &str,
+        content_json: &[u8],
+    ) -> Result<
+        (
+            String,
+            ruma::room_version_rules::RoomVersionRules,
+            String,
+            CanonicalJsonObject,
+            Value,
+        ),
+        ApiError,
+    > {
+        let versions: Vec<String> = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
+            encode(room_id),
+            encode(user_id),
+            versions.join("&")
+        );
+        let template = self
+            .client
+            .send(server, http::Method::GET, &path, None)
+            .await?;
+        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
+        let rules = pdus::rules_for(&version)
+            .map_err(|e| ApiError::UnsupportedRoomVersion(e.to_string()))?;
+        let mut event = template["event"].clone();
+        if event["type"] != "m.room.member"
+            || event["state_key"] != user_id
+            || event["sender"] != user_id
+            || event["content"]["membership"] != membership
+        {
+            return Err(ApiError::Unavailable(format!(
+                "{server} offered a {membership} event that is not this user's"
+            )));
+        }
+        if !content_json.is_empty()
+            && let Ok(Value::Object(extra)) = serde_json::from_slice::<Value>(content_json)
+            && let Some(content) = event["content"].as_object_mut()
+        {
+            for (key, value) in extra {
+                if key != "membership" {
+                    content.insert(key, value);
+                }
+            }
+        }
+        event["origin"] = Value::String(self.server_name.clone());
+        event["origin_server_ts"] = Value::from(crate::key_ring::now_ms());
+        if let Some(object) = event.as_object_mut() {
+            for key in ["signatures", "hashes", "unsigned"] {
+                object.remove(key);
+            }
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_value(event).map_err(|e| {
+            ApiError::Unavailable(format!("{server}: bad {membership} template: {e}"))
+        })?;
+        if rules.event_id_format == EventIdFormatVersion::V1 {
+            object.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(format!(
+                    "${}:{}",
+                    ruma::TransactionId::new(),
+                    self.server_name
+                )),
+            );
+        }
+        ruma::signatures::hash_and_sign_event(
+            &self.server_name,
+            &self.key.key_pair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| ApiError::Internal(format!("signing the {membership}: {e}")))?;
+        let event_id =
+            pdus::event_id_of(&object, &rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let path = format!(
+            "/_matrix/federation/v2/send_{membership}/{}/{}",
+            encode(room_id),
+            encode(&event_id)
+        );
+        let body = serde_json::to_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let answer = self
+            .client
+            .send(server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        Ok((version, rules, event_id, object, answer))
+    }
+
+    /// Rejects another server's invite of a local user to a room we are
+    /// not in: make_leave and send_leave through `servers` (the
+    /// inviter's), then the roomserver announces it.
+    pub(crate) async fn reject_remote_invite(
+        &self,
+        request: fed_pb::JoinRoomRequest,
+    ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
+        let mut last_error = ApiError::NotFound("no server to leave the room through".into());
+        for server in request.servers.iter().filter(|s| **s != self.server_name) {
+            match self
+                .make_and_send(
+                    server,
+                    (&request.room_id, &request.user_id),
+                    "leave",
+                    &request.content_json,
+                )
+                .await
+            {
+                Ok((_, _, event_id, object, _)) => {
+                    let rejected = self
+                        .roomserver
+                        .reject_remote_invite(pb::RejectRemoteInviteRequest {
+                            room_id: request.room_id.clone(),
+                            user_id: request.user_id.clone(),
+                            event_id: event_id.clone(),
+                            event_json: serde_json::to_vec(&object)
+                                .map_err(|e| ApiError::Internal(e.to_string()))?,
+                        })
+                        .await?;
+                    return Ok(fed_pb::JoinRoomResponse {
+                        event_id,
+                        output_position: rejected.output_position,
+                    });
+                }
+                Err(error) => {
+                    tracing::info!(server, room_id = %request.room_id, ?error, "leaving through a server failed");
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
     }
 }
 

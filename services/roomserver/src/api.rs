@@ -680,6 +680,39 @@ impl RoomserverApi for RoomserverService {
         })
     }
 
+    async fn reject_remote_invite(
+        &self,
+        request: pb::RejectRemoteInviteRequest,
+    ) -> Result<pb::InputResponse, ApiError> {
+        ruma::RoomId::parse(&request.room_id)
+            .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
+        let position = ganglion_api::topics::produce(
+            &*self.log,
+            &self.topics.roomserver_output,
+            &request.room_id,
+            &topic_pb::RoomserverOutput {
+                version: PAYLOAD_VERSION,
+                kind: Some(topic_pb::roomserver_output::Kind::RemoteInviteRejected(
+                    topic_pb::RemoteInviteRejected {
+                        room_id: request.room_id.clone(),
+                        user_id: request.user_id.clone(),
+                        event_id: request.event_id.clone(),
+                        event_json: request.event_json,
+                    },
+                )),
+            },
+        )
+        .await?;
+        self.storage
+            .forget_remote_invite(&request.room_id, &request.user_id)
+            .await?;
+        Ok(pb::InputResponse {
+            room_id: request.room_id,
+            event_ids: vec![request.event_id],
+            output_position: Some(position),
+        })
+    }
+
     async fn query_joined_rooms(
         &self,
         request: pb::QueryJoinedRoomsRequest,

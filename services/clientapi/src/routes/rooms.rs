@@ -501,6 +501,41 @@ pub(crate) async fn leave(
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let device = api.authenticate(&headers, &uri).await?;
+    let membership = api
+        .roomserver
+        .query_membership(pb::QueryMembershipRequest {
+            room_id: room_id.clone(),
+            user_id: device.user_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    // Rejecting another server's invite to a room we are not in: the leave
+    // goes through the inviter's server.
+    if !membership.room_exists
+        && let Some(server) = membership
+            .invited_by
+            .as_deref()
+            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
+            .map(|inviter| inviter.server_name().to_string())
+    {
+        let content = match reason_of(&body)? {
+            Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),
+            None => Vec::new(),
+        };
+        let rejected = api
+            .federation
+            .reject_invite(ganglion_api::proto::federationapi::JoinRoomRequest {
+                room_id,
+                user_id: device.user_id,
+                servers: vec![server],
+                content_json: content,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        api.read_your_writes(rejected.output_position).await;
+        return respond(json!({}));
+    }
     own_membership(&api, &headers, &uri, &body, &room_id, "leave").await?;
     respond(json!({}))
 }

@@ -28,6 +28,20 @@ impl Storage {
         Ok(())
     }
 
+    /// Forgets an invite from another server (rejected).
+    pub(crate) async fn forget_remote_invite(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Who invited `user_id` to a room we are not in, if anyone did.
     pub(crate) async fn remote_inviter(
         &self,

@@ -136,17 +136,37 @@ impl RecordHandler for OutputConsumer {
                     .collect();
                 self.service
                     .storage
-                    .apply_remote_invite(
+                    .apply_remote_membership(
                         (record.partition, record.offset),
                         (&invite.room_id, &invite.event_id),
                         (invitee, sender),
                         json,
-                        &serde_json::Value::from(stripped).to_string(),
+                        Some(&serde_json::Value::from(stripped).to_string()),
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
                 self.service.advance(Stream::Room, record);
                 self.service.notifier.wake_users([invitee]);
+                return Ok(());
+            }
+            Some(topic_pb::roomserver_output::Kind::RemoteInviteRejected(rejected)) => {
+                let json = std::str::from_utf8(&rejected.event_json)
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                self.service
+                    .storage
+                    .apply_remote_membership(
+                        (record.partition, record.offset),
+                        (&rejected.room_id, &rejected.event_id),
+                        (&rejected.user_id, &rejected.user_id),
+                        json,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.service.advance(Stream::Room, record);
+                self.service
+                    .notifier
+                    .wake_users([rejected.user_id.as_str()]);
                 return Ok(());
             }
             Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {

@@ -307,18 +307,23 @@ impl Storage {
         Ok(())
     }
 
-    /// An invite from another server to a room we are not in: the invite
-    /// (outside every timeline) becomes the invitee's membership, with the
-    /// stripped state it came with, and the position advances, in one
-    /// transaction.
-    pub(crate) async fn apply_remote_invite(
+    /// A membership of one of our users in a room we are not in (another
+    /// server's invite, with the stripped state it came with; its
+    /// rejection, without): the event (outside every timeline) becomes the
+    /// user's membership, and the position advances, in one transaction.
+    pub(crate) async fn apply_remote_membership(
         &self,
         (partition, offset): (u32, u64),
         (room_id, event_id): (&str, &str),
         (invitee, sender): (&str, &str),
         json: &str,
-        invite_state_json: &str,
+        invite_state_json: Option<&str>,
     ) -> Result<(), StorageError> {
+        let membership = if invite_state_json.is_some() {
+            "invite"
+        } else {
+            "leave"
+        };
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
@@ -337,7 +342,7 @@ impl Storage {
         .await?;
         sqlx::query(
             "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
-             VALUES ($1, 'm.room.member', $2, $3, 'invite', $4)
+             VALUES ($1, 'm.room.member', $2, $3, $5, $4)
              ON CONFLICT (room_id, event_type, state_key) DO UPDATE
              SET event_id = excluded.event_id, membership = excluded.membership,
                  log_offset = excluded.log_offset",
@@ -346,27 +351,40 @@ impl Storage {
         .bind(invitee)
         .bind(event_id)
         .bind(offset as i64)
+        .bind(membership)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)
-             VALUES ($1, 'm.room.member', $2, $3, $4, 'invite') ON CONFLICT DO NOTHING",
+             VALUES ($1, 'm.room.member', $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(room_id)
         .bind(invitee)
         .bind(offset as i64)
         .bind(event_id)
+        .bind(membership)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO invite_state (room_id, user_id, events_json) VALUES ($1, $2, $3)
-             ON CONFLICT (room_id, user_id) DO UPDATE SET events_json = excluded.events_json",
-        )
-        .bind(room_id)
-        .bind(invitee)
-        .bind(invite_state_json)
-        .execute(&mut *tx)
-        .await?;
+        match invite_state_json {
+            Some(state) => {
+                sqlx::query(
+                    "INSERT INTO invite_state (room_id, user_id, events_json) VALUES ($1, $2, $3)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET events_json = excluded.events_json",
+                )
+                .bind(room_id)
+                .bind(invitee)
+                .bind(state)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM invite_state WHERE room_id = $1 AND user_id = $2")
+                    .bind(room_id)
+                    .bind(invitee)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
         tx.commit().await?;
         Ok(())
