@@ -722,3 +722,80 @@ async fn our_user_rejects_then_accepts_a_synapse_invite() {
     until_message(&alice, &room_id, "glad you came", logs).await;
     drop(ours);
 }
+
+/// A Synapse user knocks on our knockable room (make_knock, send_knock):
+/// our side sees the knock; invited, they join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_knocks_on_our_room() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-knock").await;
+    let bob = synapse.register("bob", "pw-bob-knock").await;
+    let room_id = alice
+        .create_room(json!({
+            "preset": "private_chat", "name": "knock first",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    let knock = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/knock/{}?server_name={}",
+                encode(&room_id),
+                encode(&our_name)
+            ),
+            Some(json!({ "reason": "let me in" })),
+        )
+        .await;
+    assert_eq!(knock.status, 200, "{knock:?}\n{}", logs());
+    let state = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                encode(&room_id),
+                encode(&bob.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(state.body["membership"], "knock", "{state:?}");
+    assert_eq!(state.body["reason"], "let me in", "{state:?}");
+    let invite = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+            Some(json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
+    until_sync(
+        &bob,
+        "the invite",
+        |s| s["rooms"]["invite"][&room_id].is_object(),
+        logs,
+    )
+    .await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/join", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    alice.send_text(&room_id, "k1", "come in").await;
+    until_message(&bob, &room_id, "come in", logs).await;
+    drop(ours);
+}

@@ -110,6 +110,59 @@ pub(crate) async fn make_leave(
     make_membership(&service, &origin, ids, "leave", Vec::new()).await
 }
 
+/// `GET /make_knock`: the knock for the remote user to sign (the room's
+/// version must know knocking, its join rule allow it).
+pub(crate) async fn make_knock(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path(ids): Path<(String, String)>,
+    uri: Uri,
+) -> MatrixResult {
+    make_membership(&service, &origin, ids, "knock", supported_versions(&uri)).await
+}
+
+/// `PUT /send_knock`: answered with the stripped state the knocker may
+/// see the room by.
+pub(crate) async fn send_knock(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    MatrixJson(pdu): MatrixJson<Value>,
+) -> MatrixResult {
+    take_membership(&service, &origin, (&room_id, &event_id), "knock", &pdu).await?;
+    let state = service
+        .roomserver
+        .query_state(pb::QueryStateRequest {
+            room_id,
+            event_id: String::new(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let stripped: Vec<Value> = state
+        .state_events_json
+        .iter()
+        .filter_map(|json| serde_json::from_slice::<Value>(json).ok())
+        .filter(|e| {
+            matches!(
+                e["type"].as_str(),
+                Some(
+                    "m.room.create"
+                        | "m.room.join_rules"
+                        | "m.room.name"
+                        | "m.room.canonical_alias"
+                        | "m.room.avatar"
+                        | "m.room.encryption"
+                        | "m.room.topic"
+                )
+            )
+        })
+        .map(|e| {
+            json!({ "type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"] })
+        })
+        .collect();
+    respond(json!({ "knock_room_state": stripped }))
+}
+
 /// Checks a signed membership event of `membership` its sender (of
 /// `origin`) sends about themself, and has the roomserver take it.
 async fn take_membership(
