@@ -60,21 +60,40 @@ pub(crate) fn new_room_event(
     })
 }
 
-/// A state event known only as an outlier, which an accepted event just
-/// made part of the room's current state: views need its content.
-pub(crate) fn outlier_event(pdu: &Pdu, room_version: &str) -> Vec<u8> {
+/// The most bytes of events one outlier batch carries (well under the
+/// log's record size limits).
+const OUTLIER_BATCH_BYTES: usize = 512 * 1024;
+
+/// State events known only as outliers, which an accepted event just made
+/// part of the room's current state: views need their content. As few
+/// records as the batch size allows.
+pub(crate) fn outlier_batches(pdus: &[&Pdu], room_version: &str) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let empty = || topic_pb::OutlierBatch {
+        room_version: room_version.to_owned(),
+        ..Default::default()
+    };
+    let mut batch = empty();
+    let mut bytes = 0;
+    for pdu in pdus {
+        if bytes + pdu.json.len() > OUTLIER_BATCH_BYTES && !batch.event_ids.is_empty() {
+            records.push(outlier_record(std::mem::replace(&mut batch, empty())));
+            bytes = 0;
+        }
+        bytes += pdu.json.len();
+        batch.event_ids.push(pdu.event_id.to_string());
+        batch.events_json.push(pdu.json.as_bytes().to_vec());
+    }
+    if !batch.event_ids.is_empty() {
+        records.push(outlier_record(batch));
+    }
+    records
+}
+
+fn outlier_record(batch: topic_pb::OutlierBatch) -> Vec<u8> {
     encode(&topic_pb::RoomserverOutput {
         version: PAYLOAD_VERSION,
-        kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
-            topic_pb::NewRoomEvent {
-                event_json: pdu.json.as_bytes().to_vec(),
-                room_version: room_version.to_owned(),
-                depth: pdu.depth,
-                event_id: pdu.event_id.to_string(),
-                outlier: true,
-                ..Default::default()
-            },
-        )),
+        kind: Some(topic_pb::roomserver_output::Kind::OutlierBatch(batch)),
     })
 }
 

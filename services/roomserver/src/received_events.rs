@@ -542,15 +542,15 @@ impl RoomserverService {
             .collect();
         if !added.is_empty() {
             let stored = self.lookup(batch, &added).await?;
-            for id in &added {
-                if let Some(event) = stored.get(*id)
-                    && event.outlier
-                {
-                    batch
-                        .outputs
-                        .push(outputs::outlier_event(&event.pdu, &head.room_version));
-                }
-            }
+            let outliers: Vec<&Pdu> = added
+                .iter()
+                .filter_map(|id| stored.get(*id))
+                .filter(|event| event.outlier)
+                .map(|event| event.pdu.as_ref())
+                .collect();
+            batch
+                .outputs
+                .extend(outputs::outlier_batches(&outliers, &head.room_version));
         }
         head.state = new_state;
         head.nids = Some(new_nids);

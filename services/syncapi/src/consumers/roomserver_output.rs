@@ -169,6 +169,31 @@ impl RecordHandler for OutputConsumer {
                     .wake_users([rejected.user_id.as_str()]);
                 return Ok(());
             }
+            Some(topic_pb::roomserver_output::Kind::OutlierBatch(batch)) => {
+                let room_id = String::from_utf8(record.key.clone())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let mut events = Vec::with_capacity(batch.event_ids.len());
+                for (event_id, json) in batch.event_ids.iter().zip(&batch.events_json) {
+                    let json = std::str::from_utf8(json)
+                        .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                    let fields: EventFields<'_> = serde_json::from_str(json)
+                        .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                    events.push((
+                        event_id.clone(),
+                        fields.event_type.to_owned(),
+                        fields.state_key.map(str::to_owned),
+                        fields.sender.to_owned(),
+                        json.to_owned(),
+                    ));
+                }
+                self.service
+                    .storage
+                    .apply_outliers((record.partition, record.offset), &room_id, &events)
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                self.service.advance(Stream::Room, record);
+                return Ok(());
+            }
             Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {
                 self.service
                     .storage
@@ -219,14 +244,16 @@ impl RecordHandler for OutputConsumer {
         if new.outlier {
             // State another server's room brought along: kept to show the
             // room's state, outside every timeline.
+            let event = (
+                event_id,
+                fields.event_type.to_owned(),
+                fields.state_key.map(str::to_owned),
+                fields.sender.to_owned(),
+                json.to_owned(),
+            );
             self.service
                 .storage
-                .apply_outlier(
-                    (record.partition, record.offset),
-                    (&room_id, &event_id),
-                    (fields.event_type, fields.state_key, fields.sender),
-                    json,
-                )
+                .apply_outliers((record.partition, record.offset), &room_id, &[event])
                 .await
                 .map_err(|e| HandleError::Transient(e.to_string()))?;
             self.service.advance(Stream::Room, record);

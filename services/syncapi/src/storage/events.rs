@@ -275,33 +275,35 @@ impl Storage {
         Ok(())
     }
 
-    /// Stores a state event known only as an outlier, at the position
+    /// Stores state events known only as outliers, at the position
     /// [`OUTLIER_OFFSET`] that no timeline window reaches, and advances the
-    /// consumed position, in one transaction.
-    pub(crate) async fn apply_outlier(
+    /// consumed position, in one transaction. Each event: (event ID, type,
+    /// state key, sender, JSON).
+    pub(crate) async fn apply_outliers(
         &self,
         (partition, offset): (u32, u64),
-        (room_id, event_id): (&str, &str),
-        (event_type, state_key, sender): (&str, Option<&str>, &str),
-        json: &str,
+        room_id: &str,
+        events: &[(String, String, Option<String>, String, String)],
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
-                                 sender, json, device_id, transaction_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(i64::from(partition))
-        .bind(OUTLIER_OFFSET)
-        .bind(room_id)
-        .bind(event_id)
-        .bind(event_type)
-        .bind(state_key)
-        .bind(sender)
-        .bind(json)
-        .execute(&mut *tx)
-        .await?;
+        for (event_id, event_type, state_key, sender, json) in events {
+            sqlx::query(
+                "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
+                                     sender, json, device_id, transaction_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(i64::from(partition))
+            .bind(OUTLIER_OFFSET)
+            .bind(room_id)
+            .bind(event_id)
+            .bind(event_type)
+            .bind(state_key.as_deref())
+            .bind(sender)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+        }
         Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
         tx.commit().await?;
         Ok(())
