@@ -799,3 +799,113 @@ async fn a_synapse_user_knocks_on_our_room() {
     until_message(&bob, &room_id, "come in", logs).await;
     drop(ours);
 }
+
+/// Ganglion with Ganglion: two monoliths, a user of each; one joins the
+/// other's room by alias, then messages, typing and a leave cross both
+/// ways; an invite from the second is accepted on the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ganglions_federate() {
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let (a, a_name) = crate::federation_queries::federating_monolith(dir_a.path()).await;
+    let (b, _b_name) = crate::federation_queries::federating_monolith(dir_b.path()).await;
+    let logs = || {
+        format!(
+            "--- a ---\n{}\n--- b ---\n{}",
+            a.process.log_tail(),
+            b.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&a.base_url, "alice", "pw-alice-gg").await;
+    let bob = Client::register(&b.base_url, "bob", "pw-bob-gg").await;
+    let room_id = alice
+        .create_room(
+            json!({ "preset": "public_chat", "name": "ganglions", "room_alias_name": "gg" }),
+        )
+        .await;
+    alice.send_text(&room_id, "a0", "hello from a").await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                encode(&format!("#gg:{a_name}"))
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    assert_eq!(join.body["room_id"], room_id.as_str());
+    bob.send_text(&room_id, "b1", "hello from b").await;
+    until_message(&alice, &room_id, "hello from b", logs).await;
+    alice.send_text(&room_id, "a1", "welcome, b").await;
+    until_message(&bob, &room_id, "welcome, b", logs).await;
+    let typing = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                encode(&room_id),
+                encode(&alice.user_id)
+            ),
+            Some(json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    assert_eq!(typing.status, 200, "{typing:?}");
+    until_sync(
+        &bob,
+        "alice typing",
+        |s| {
+            ephemeral(s, &room_id, "m.typing")
+                .is_some_and(|e| e["content"]["user_ids"] == json!([alice.user_id]))
+        },
+        logs,
+    )
+    .await;
+
+    // Bob's own room, and an invite alice accepts.
+    let bobs_room = bob
+        .create_room(json!({ "preset": "private_chat", "name": "bob's" }))
+        .await;
+    let invite = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&bobs_room)),
+            Some(json!({ "user_id": alice.user_id })),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
+    until_sync(
+        &alice,
+        "bob's invite",
+        |s| s["rooms"]["invite"][&bobs_room].is_object(),
+        logs,
+    )
+    .await;
+    let accept = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(&bobs_room)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(accept.status, 200, "{accept:?}\n{}", logs());
+    bob.send_text(&bobs_room, "b2", "in bob's room").await;
+    until_message(&alice, &bobs_room, "in bob's room", logs).await;
+
+    // Bob leaves alice's room: her side sees it.
+    let leave = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(leave.status, 200, "{leave:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while members(&alice, &room_id).await.contains(&bob.user_id) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
