@@ -332,6 +332,57 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
     let seen = message_bodies(&sync["rooms"]["join"][&room_id]["timeline"]["events"]);
     assert!(!seen.iter().any(|b| b == "after the ACL"), "{seen:?}");
 
+    // Our users' device lists, for the servers they talk to.
+    let device = &alice.device_id;
+    let keys = json!({
+        "user_id": alice.user_id, "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": { format!("ed25519:{device}"): "ed" },
+        "signatures": {},
+    });
+    let upload = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(json!({ "device_keys": keys })),
+        )
+        .await;
+    assert_eq!(upload.status, 200, "{upload:?}");
+    let (status, devices) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/user/devices/{}",
+                encode(&alice.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["user_id"], alice.user_id.as_str());
+    assert!(
+        devices["stream_id"].as_i64().is_some_and(|id| id > 0),
+        "{devices}"
+    );
+    assert_eq!(
+        devices["devices"][0]["device_id"],
+        device.as_str(),
+        "{devices}"
+    );
+    assert_eq!(devices["devices"][0]["keys"], keys, "{devices}");
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::GET,
+            &format!("/_matrix/federation/v1/user/devices/{}", encode(&mallory)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "not our user");
+
     // And our own messages reach the remote server.
     alice.send_text(&room_id, "a1", "to mallory").await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

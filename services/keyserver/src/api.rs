@@ -156,4 +156,19 @@ impl KeysApi for KeyServer {
             devices_removed: changes.len() as u32,
         })
     }
+
+    async fn user_devices(
+        &self,
+        request: pb::UserDevicesRequest,
+    ) -> Result<pb::UserDevicesResponse, ApiError> {
+        let stream_id = self.storage.device_list_stream(&request.user_id).await?;
+        let devices = self
+            .storage
+            .device_keys(&request.user_id, &[])
+            .await?
+            .into_iter()
+            .map(|(device, json)| (device, json.into_bytes()))
+            .collect();
+        Ok(pb::UserDevicesResponse { stream_id, devices })
+    }
 }

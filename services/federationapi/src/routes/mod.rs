@@ -30,6 +30,10 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
             post(user_keys::claim),
         )
         .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(user_keys::devices),
+        )
+        .route(
             "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
             get(membership::make_join),
         )

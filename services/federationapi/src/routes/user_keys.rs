@@ -113,3 +113,29 @@ pub(crate) async fn claim(
     }
     respond(json!({ "one_time_keys": one_time_keys }))
 }
+
+/// `GET /user/devices/{userId}`: one of our users' devices with their
+/// identity keys, and the device list's stream ID.
+pub(crate) async fn devices(
+    State(service): State<Arc<FederationService>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+) -> MatrixResult {
+    tracing::debug!(origin, user_id, "device list query");
+    if !service.is_local_user(&user_id) {
+        return Err(MatrixError::not_found("Not a user of this server"));
+    }
+    let answer = service
+        .keys
+        .user_devices(pb::UserDevicesRequest {
+            user_id: user_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    let devices: Vec<Value> = answer
+        .devices
+        .into_iter()
+        .map(|(device_id, json)| json!({ "device_id": device_id, "keys": json_of(&json) }))
+        .collect();
+    respond(json!({ "user_id": user_id, "stream_id": answer.stream_id, "devices": devices }))
+}

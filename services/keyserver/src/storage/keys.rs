@@ -141,6 +141,14 @@ impl Storage {
         .bind(device_id)
         .fetch_one(&mut **tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO device_list_streams (user_id, stream_id) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
+        )
+        .bind(user_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
         Ok(PendingChange {
             id,
             user_id: user_id.to_owned(),
@@ -197,6 +205,16 @@ impl Storage {
         }
         tx.commit().await?;
         Ok(changes)
+    }
+
+    /// A user's latest device list stream ID (0 when none changed yet).
+    pub(crate) async fn device_list_stream(&self, user_id: &str) -> Result<i64, StorageError> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT stream_id FROM device_list_streams WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(id.unwrap_or(0))
     }
 
     /// Outbox rows, oldest first.

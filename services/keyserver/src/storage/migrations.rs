@@ -45,4 +45,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Each user's latest device list stream ID (what /user/devices
+    // answers with; later updates carry higher ones).
+    Migration {
+        version: 3,
+        description: "device list stream IDs per user",
+        sql: "
+            CREATE TABLE device_list_streams (
+                user_id TEXT PRIMARY KEY,
+                stream_id BIGINT NOT NULL
+            );
+        ",
+    },
 ];
