@@ -348,6 +348,28 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         )
         .await;
     assert_eq!(upload.status, 200, "{upload:?}");
+    // The server in her room hears of the change.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let update = fake.received().into_iter().find_map(|(_, body)| {
+            body["edus"].as_array().and_then(|edus| {
+                edus.iter()
+                    .find(|e| {
+                        e["edu_type"] == "m.device_list_update"
+                            && e["content"]["user_id"] == alice.user_id.as_str()
+                    })
+                    .cloned()
+            })
+        });
+        if let Some(update) = update {
+            assert_eq!(update["content"]["device_id"], device.as_str(), "{update}");
+            assert_eq!(update["content"]["keys"], keys, "{update}");
+            assert_eq!(update["content"]["deleted"], false, "{update}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (status, devices) = fake
         .request(
             &base,

@@ -6,13 +6,14 @@
 //!   room's joined hosts; each event a local user sent is queued for every
 //!   server in the room. `edu.typing` and `edu.receipt`
 //!   (`consumers/edus.rs`): local users' typing and public receipts are
-//!   queued as EDUs likewise.
+//!   queued as EDUs likewise; `keyserver.key_changes`: local users'
+//!   device changes as `m.device_list_update` EDUs.
 //! - Sends: per destination, one transaction of at most 50 PDUs in flight,
 //!   with exponential backoff (`queues.rs`), through the federationapi,
 //!   which signs and delivers it.
 //! - Owns: its database (joined hosts, per-destination queues, retry state).
 //!
-//! Not yet: presence, to-device and device list EDUs, and spreading
+//! Not yet: presence and to-device EDUs, and spreading
 //! destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
 
@@ -69,7 +70,11 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Storage(format!("{e:?}")))?;
     queues.wake(&waiting);
-    for topic in [&topics.edu_typing, &topics.edu_receipt] {
+    for topic in [
+        &topics.edu_typing,
+        &topics.edu_receipt,
+        &topics.keyserver_key_changes,
+    ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
     let consumer = ganglion_api::consume::spawn(
@@ -88,7 +93,11 @@ pub async fn start(
     let edus = ganglion_api::consume::spawn(
         log,
         &format!("{}federationsender-edus", config.log.topic_prefix),
-        &[topics.edu_typing.as_str(), topics.edu_receipt.as_str()],
+        &[
+            topics.edu_typing.as_str(),
+            topics.edu_receipt.as_str(),
+            topics.keyserver_key_changes.as_str(),
+        ],
         Arc::new(consumers::edus::EduConsumer {
             storage,
             queues,

@@ -1,6 +1,8 @@
 //! `edu.typing` and `edu.receipt`: a local user's typing notice or public
 //! read receipt goes, as an EDU, to every other server in the room.
 //! Private receipts stay here; so do other servers' users' EDUs.
+//! `keyserver.key_changes`: a local user's device change goes, as an
+//! `m.device_list_update`, to every server sharing a room with them.
 
 use std::sync::Arc;
 
@@ -64,12 +66,50 @@ pub(crate) fn edu_of(
 #[async_trait]
 impl RecordHandler for EduConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        if record.topic == self.topics.keyserver_key_changes {
+            return self.device_list_update(record).await;
+        }
         let Some((room_id, edu)) = edu_of(&self.topics, &self.server_name, record)? else {
             return Ok(());
         };
         let destinations = self
             .storage
             .queue_edu(&room_id, &edu.to_string(), &self.server_name)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        self.queues.wake(&destinations);
+        Ok(())
+    }
+}
+
+impl EduConsumer {
+    /// A local user's device changed: an `m.device_list_update` for every
+    /// server sharing a room with them.
+    async fn device_list_update(&self, record: &Record) -> Result<(), HandleError> {
+        let change: topic_pb::DeviceKeyChange =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        if change.user_id.split_once(':').map(|(_, s)| s) != Some(self.server_name.as_str()) {
+            return Ok(());
+        }
+        let keys: Option<Value> = (!change.deleted)
+            .then(|| serde_json::from_slice(&change.device_keys_json).ok())
+            .flatten();
+        let edu = |prev: Option<i64>| {
+            let mut content = json!({
+                "user_id": change.user_id,
+                "device_id": change.device_id,
+                "stream_id": change.stream_id,
+                "prev_id": prev.into_iter().collect::<Vec<_>>(),
+                "deleted": change.deleted,
+            });
+            if let Some(keys) = &keys {
+                content["keys"] = keys.clone();
+            }
+            json!({ "edu_type": "m.device_list_update", "content": content }).to_string()
+        };
+        let destinations = self
+            .storage
+            .queue_device_list_update(&change.user_id, change.stream_id, edu, &self.server_name)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         self.queues.wake(&destinations);

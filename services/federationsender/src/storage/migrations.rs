@@ -40,4 +40,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX queued_edus_by_destination ON queued_edus (destination, id);
         ",
     },
+    // The last device list stream ID sent per local user (the next
+    // update's `prev_id`).
+    Migration {
+        version: 3,
+        description: "device list updates sent",
+        sql: "
+            CREATE TABLE device_list_sent (
+                user_id TEXT PRIMARY KEY,
+                stream_id BIGINT NOT NULL
+            );
+        ",
+    },
 ];

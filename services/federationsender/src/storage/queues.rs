@@ -119,6 +119,56 @@ impl Storage {
         Ok(hosts)
     }
 
+    /// Queues a device list update of a local user for every other server
+    /// sharing a room with them, with `prev_id` the update sent before
+    /// (none the first time). Returns the destinations.
+    pub(crate) async fn queue_device_list_update(
+        &self,
+        user_id: &str,
+        stream_id: i64,
+        edu: impl Fn(Option<i64>) -> String,
+        own: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let previous: Option<i64> =
+            sqlx::query_scalar("SELECT stream_id FROM device_list_sent WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if previous.is_some_and(|p| p >= stream_id) {
+            // Delivered again: already queued.
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let hosts: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT server_name FROM joined_hosts
+             WHERE server_name <> $2
+               AND room_id IN (SELECT room_id FROM joined_hosts WHERE user_id = $1)",
+        )
+        .bind(user_id)
+        .bind(own)
+        .fetch_all(&mut *tx)
+        .await?;
+        let json = edu(previous);
+        for destination in &hosts {
+            sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
+                .bind(destination)
+                .bind(&json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO device_list_sent (user_id, stream_id) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
+        )
+        .bind(user_id)
+        .bind(stream_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
     /// The oldest EDUs queued for a destination, at most `limit`.
     pub(crate) async fn queued_edus(
         &self,
