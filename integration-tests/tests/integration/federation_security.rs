@@ -332,6 +332,44 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
     let seen = message_bodies(&sync["rooms"]["join"][&room_id]["timeline"]["events"]);
     assert!(!seen.iter().any(|b| b == "after the ACL"), "{seen:?}");
 
+    // Mallory's server says her device changed: alice is told to fetch her
+    // device list again.
+    let before = alice.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = json!({
+        "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [],
+        "edus": [{ "edu_type": "m.device_list_update", "content": {
+            "user_id": mallory, "device_id": "MALLORYDEV", "stream_id": 7, "prev_id": [],
+            "deleted": false, "keys": { "user_id": mallory, "device_id": "MALLORYDEV" },
+        } }],
+    });
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t7",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut since = before;
+    loop {
+        let sync = alice.sync(Some(&since), 2_000, 1).await;
+        let changed = sync["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.contains(&json!(mallory)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+
     // Our users' device lists, for the servers they talk to.
     let device = &alice.device_id;
     let keys = json!({

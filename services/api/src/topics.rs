@@ -27,8 +27,11 @@ pub struct Topics {
     pub edu_to_device: String,
     /// Account data changes, keyed by user ID.
     pub userapi_account_data: String,
-    /// Changes of local devices' identity keys, keyed by user ID.
+    /// Changes of devices' identity keys (local ones, and remote ones the
+    /// keyserver heard of), keyed by user ID.
     pub keyserver_key_changes: String,
+    /// Other servers' device list updates, keyed by user ID.
+    pub federation_device_list_updates: String,
 }
 
 impl Topics {
@@ -42,10 +45,11 @@ impl Topics {
             edu_to_device: format!("{prefix}edu.to_device"),
             userapi_account_data: format!("{prefix}userapi.account_data"),
             keyserver_key_changes: format!("{prefix}keyserver.key_changes"),
+            federation_device_list_updates: format!("{prefix}federation.device_list_updates"),
         }
     }
 
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.roomserver_input,
             &self.roomserver_output,
@@ -55,6 +59,7 @@ impl Topics {
             &self.edu_to_device,
             &self.userapi_account_data,
             &self.keyserver_key_changes,
+            &self.federation_device_list_updates,
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! EDUs from other servers' transactions: typing notices and read
 //! receipts of their users (never of ours or a third server's) go on
-//! `edu.typing` and `edu.receipt`, as our own users' do, for the syncapi.
+//! `edu.typing` and `edu.receipt`, as our own users' do, for the syncapi;
+//! device list updates on `federation.device_list_updates`, for the
+//! keyserver.
 //! A remote typing notice lapses after 30 s unless renewed.
 
 use ganglion_api::proto::topics as topic_pb;
@@ -22,6 +24,7 @@ fn server_of(user_id: &str) -> Option<&str> {
 pub(crate) enum Published {
     Typing(topic_pb::TypingEdu),
     Receipt(topic_pb::ReceiptEdu),
+    DeviceList(topic_pb::DeviceKeyChange),
 }
 
 /// The records an EDU from `origin` stands for (none for kinds not taken
@@ -80,6 +83,29 @@ pub(crate) fn records_of(origin: &str, edu: &Value, now: i64) -> Vec<Published> 
             }
             out
         }
+        Some("m.device_list_update") => {
+            let (Some(user_id), Some(device_id)) =
+                (content["user_id"].as_str(), content["device_id"].as_str())
+            else {
+                return Vec::new();
+            };
+            if server_of(user_id) != Some(origin) {
+                return Vec::new();
+            }
+            let deleted = content["deleted"].as_bool().unwrap_or(false);
+            vec![Published::DeviceList(topic_pb::DeviceKeyChange {
+                version: PAYLOAD_VERSION,
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                stream_id: content["stream_id"].as_i64().unwrap_or(0),
+                deleted,
+                device_keys_json: if deleted {
+                    Vec::new()
+                } else {
+                    content["keys"].to_string().into_bytes()
+                },
+            })]
+        }
         _ => Vec::new(),
     }
 }
@@ -91,10 +117,13 @@ impl FederationService {
         for edu in edus {
             for record in records_of(origin, edu, now) {
                 let room_id = match &record {
-                    Published::Typing(typing) => &typing.room_id,
-                    Published::Receipt(receipt) => &receipt.room_id,
+                    Published::Typing(typing) => Some(&typing.room_id),
+                    Published::Receipt(receipt) => Some(&receipt.room_id),
+                    Published::DeviceList(_) => None,
                 };
-                if !self.acl_allows(room_id, origin).await.unwrap_or(false) {
+                if let Some(room_id) = room_id
+                    && !self.acl_allows(room_id, origin).await.unwrap_or(false)
+                {
                     continue;
                 }
                 let written = match &record {
@@ -107,6 +136,15 @@ impl FederationService {
                             &self.topics.edu_receipt,
                             &receipt.room_id,
                             receipt,
+                        )
+                        .await
+                    }
+                    Published::DeviceList(change) => {
+                        produce(
+                            &*self.log,
+                            &self.topics.federation_device_list_updates,
+                            &change.user_id,
+                            change,
                         )
                         .await
                     }

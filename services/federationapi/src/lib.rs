@@ -10,8 +10,9 @@
 //! - Outbound: server discovery (`discovery.rs`) with an IP deny list,
 //!   requests signed with `X-Matrix` (`client.rs`), and remote servers'
 //!   keys fetched directly or through notaries (`key_ring.rs`).
-//! - Produces: `edu.typing` and `edu.receipt`, from other servers'
-//!   transactions (`edus.rs`).
+//! - Produces: `edu.typing`, `edu.receipt` and
+//!   `federation.device_list_updates`, from other servers' transactions
+//!   (`edus.rs`).
 //! - Owns: its database (remote servers' keys and key responses).
 #![forbid(unsafe_code)]
 
@@ -99,7 +100,11 @@ pub async fn start(
 ) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "federationapi", storage::MIGRATIONS).await?;
     let topics = Topics::new(&config.log.topic_prefix);
-    for topic in [&topics.edu_typing, &topics.edu_receipt] {
+    for topic in [
+        &topics.edu_typing,
+        &topics.edu_receipt,
+        &topics.federation_device_list_updates,
+    ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
     let storage = Storage { db: db.clone() };

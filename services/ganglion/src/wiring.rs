@@ -87,7 +87,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
 
     let userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
     let users: UsersHandle = userapi.api.clone();
-    let keyserver = ganglion_keyserver::start(&config, log.clone()).await?;
+    let keyserver = ganglion_keyserver::start(&config, log.clone(), shutdown.clone()).await?;
     let keys: KeysHandle = keyserver.api.clone();
     let roomserver = ganglion_roomserver::start(
         &config,
@@ -249,7 +249,9 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             grpc = grpc.add_service(UsersGrpc::service(started.api));
         }
         "keyserver" => {
-            let started = ganglion_keyserver::start(&config, open_log(&config, name)?).await?;
+            let started =
+                ganglion_keyserver::start(&config, open_log(&config, name)?, shutdown.clone())
+                    .await?;
             health.extend(started.health);
             grpc = grpc.add_service(KeysGrpc::service(started.api));
         }

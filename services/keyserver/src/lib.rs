@@ -6,7 +6,8 @@
 //!   logged-out devices' keys, in-process or over gRPC. clientapi serves
 //!   `/keys/upload`, `/keys/query` and `/keys/claim` with it; the syncapi
 //!   reads the counts.
-//! - Consumes: nothing yet (`federation.device_list_updates` with federation).
+//! - Consumes: `federation.device_list_updates` (`consumers/`): other
+//!   servers' users' device changes, passed on to `keyserver.key_changes`.
 //! - Produces: `keyserver.key_changes` (`key_changes.rs`): every change of a
 //!   device's identity keys, which feeds `device_lists` and `/keys/changes`.
 //! - Owns: its database (device keys, one-time keys, fallback keys, the
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod consumers;
 mod key_changes;
 mod storage;
 #[cfg(test)]
@@ -31,6 +33,7 @@ use storage::Storage;
 /// The keyserver service; implements `KeysApi`.
 pub struct KeyServer {
     storage: Storage,
+    server_name: String,
     log: Arc<dyn Log>,
     topics: Topics,
     /// Serialises publishing key changes (see `key_changes.rs`).
@@ -56,11 +59,19 @@ pub enum StartError {
 
 /// Opens (and migrates) the keyserver's database and publishes the key
 /// changes a crash left unpublished.
-pub async fn start(config: &Config, log: Arc<dyn Log>) -> Result<Started, StartError> {
+pub async fn start(
+    config: &Config,
+    log: Arc<dyn Log>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "keyserver", storage::MIGRATIONS).await?;
     let topics = Topics::new(&config.log.topic_prefix);
-    log.ensure_topic(&topics.keyserver_key_changes, config.log.partitions)
-        .await?;
+    for topic in [
+        &topics.keyserver_key_changes,
+        &topics.federation_device_list_updates,
+    ] {
+        log.ensure_topic(topic, config.log.partitions).await?;
+    }
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "keyserver",
@@ -68,13 +79,23 @@ pub async fn start(config: &Config, log: Arc<dyn Log>) -> Result<Started, StartE
     }));
     let api = Arc::new(KeyServer {
         storage: Storage { db },
-        log,
-        topics,
+        server_name: config.server_name.clone(),
+        log: log.clone(),
+        topics: topics.clone(),
         publishing: tokio::sync::Mutex::new(()),
     });
     let published = api.publish_pending().await.map_err(StartError::Publish)?;
     if published > 0 {
         tracing::info!(published, "published key changes left from before");
     }
+    let updates = ganglion_api::consume::spawn(
+        log,
+        &format!("{}keyserver", config.log.topic_prefix),
+        &[topics.federation_device_list_updates.as_str()],
+        Arc::new(consumers::device_list_updates::DeviceListUpdates { keys: api.clone() }),
+        shutdown,
+    )
+    .await?;
+    health.add(updates);
     Ok(Started { api, health })
 }

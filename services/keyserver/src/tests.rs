@@ -9,7 +9,12 @@ async fn service(database_url: Option<String>) -> (crate::Started, tempfile::Tem
     let (config, dir) = ganglion_base::testing::service_config("keyserver", database_url);
     let log =
         std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
-    (crate::start(&config, log).await.expect("start"), dir)
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    std::mem::forget(_stop);
+    (
+        crate::start(&config, log, shutdown).await.expect("start"),
+        dir,
+    )
 }
 
 fn device_keys(user: &str, device: &str) -> Vec<u8> {

@@ -1,0 +1,1 @@
+pub(crate) mod device_list_updates;
