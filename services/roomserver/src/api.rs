@@ -655,29 +655,15 @@ impl RoomserverApi for RoomserverService {
         self.storage
             .record_remote_invite(&request.room_id, invitee, &request.event_id, sender)
             .await?;
-        let position = ganglion_api::topics::produce(
-            &*self.log,
-            &self.topics.roomserver_output,
-            &request.room_id,
-            &topic_pb::RoomserverOutput {
-                version: PAYLOAD_VERSION,
-                kind: Some(topic_pb::roomserver_output::Kind::InviteReceived(
-                    topic_pb::InviteReceived {
-                        room_id: request.room_id.clone(),
-                        room_version: request.room_version,
-                        event_id: request.event_id.clone(),
-                        event_json: request.event_json,
-                        invite_room_state_json: request.invite_room_state_json,
-                    },
-                )),
-            },
-        )
-        .await?;
-        Ok(pb::InputResponse {
-            room_id: request.room_id,
-            event_ids: vec![request.event_id],
-            output_position: Some(position),
-        })
+        let kind = topic_pb::roomserver_output::Kind::InviteReceived(topic_pb::InviteReceived {
+            room_id: request.room_id.clone(),
+            room_version: request.room_version,
+            event_id: request.event_id.clone(),
+            event_json: request.event_json,
+            invite_room_state_json: request.invite_room_state_json,
+        });
+        self.announce_out_of_room(request.room_id, request.event_id, kind)
+            .await
     }
 
     async fn reject_remote_invite(
@@ -686,31 +672,21 @@ impl RoomserverApi for RoomserverService {
     ) -> Result<pb::InputResponse, ApiError> {
         ruma::RoomId::parse(&request.room_id)
             .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
-        let position = ganglion_api::topics::produce(
-            &*self.log,
-            &self.topics.roomserver_output,
-            &request.room_id,
-            &topic_pb::RoomserverOutput {
-                version: PAYLOAD_VERSION,
-                kind: Some(topic_pb::roomserver_output::Kind::RemoteInviteRejected(
-                    topic_pb::RemoteInviteRejected {
-                        room_id: request.room_id.clone(),
-                        user_id: request.user_id.clone(),
-                        event_id: request.event_id.clone(),
-                        event_json: request.event_json,
-                    },
-                )),
+        let kind = topic_pb::roomserver_output::Kind::RemoteInviteRejected(
+            topic_pb::RemoteInviteRejected {
+                room_id: request.room_id.clone(),
+                user_id: request.user_id.clone(),
+                event_id: request.event_id.clone(),
+                event_json: request.event_json,
             },
-        )
-        .await?;
+        );
+        let announced = self
+            .announce_out_of_room(request.room_id.clone(), request.event_id, kind)
+            .await?;
         self.storage
             .forget_remote_invite(&request.room_id, &request.user_id)
             .await?;
-        Ok(pb::InputResponse {
-            room_id: request.room_id,
-            event_ids: vec![request.event_id],
-            output_position: Some(position),
-        })
+        Ok(announced)
     }
 
     async fn query_joined_rooms(
@@ -740,6 +716,34 @@ impl RoomserverApi for RoomserverService {
                     &request.event_type,
                 )
                 .await?,
+        })
+    }
+}
+
+impl RoomserverService {
+    /// Writes an output record about a room this server is not in (an
+    /// invite from another server, its rejection): there is no room
+    /// partition work to order it after, so it goes straight to the log.
+    async fn announce_out_of_room(
+        &self,
+        room_id: String,
+        event_id: String,
+        kind: topic_pb::roomserver_output::Kind,
+    ) -> Result<pb::InputResponse, ApiError> {
+        let position = ganglion_api::topics::produce(
+            &*self.log,
+            &self.topics.roomserver_output,
+            &room_id,
+            &topic_pb::RoomserverOutput {
+                version: PAYLOAD_VERSION,
+                kind: Some(kind),
+            },
+        )
+        .await?;
+        Ok(pb::InputResponse {
+            room_id,
+            event_ids: vec![event_id],
+            output_position: Some(position),
         })
     }
 }

@@ -312,6 +312,29 @@ impl ClientApi {
     }
 
     /// A room ID, or the room an alias points to.
+    /// Whether the roomserver holds the room, and, for a room it does not
+    /// hold, the server of whoever of another server invited `user_id`.
+    pub(crate) async fn room_here(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> MatrixResult<(bool, Option<String>)> {
+        let membership = self
+            .roomserver
+            .query_membership(pb::QueryMembershipRequest {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let inviter_server = membership
+            .invited_by
+            .as_deref()
+            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
+            .map(|inviter| inviter.server_name().to_string());
+        Ok((membership.room_exists, inviter_server))
+    }
+
     /// A room ID, or an alias resolved here or by its server, with the
     /// servers the alias's server says are in the room.
     pub(crate) async fn room_and_servers(
@@ -417,25 +440,13 @@ pub(crate) async fn join(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
     let mut servers = via_servers(&uri);
     let (room_id, alias_servers) = api.room_and_servers(&room_id_or_alias).await?;
-    let device = api.authenticate(&headers, &uri).await?;
-    let membership = api
-        .roomserver
-        .query_membership(pb::QueryMembershipRequest {
-            room_id: room_id.clone(),
-            user_id: device.user_id.clone(),
-        })
-        .await
-        .map_err(MatrixError::from)?;
-    if !membership.room_exists {
+    let (room_exists, inviter_server) = api.room_here(&room_id, &device.user_id).await?;
+    if !room_exists {
         // Invited from another server: through the inviter's server first.
-        if let Some(server) = membership
-            .invited_by
-            .as_deref()
-            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
-            .map(|inviter| inviter.server_name().to_string())
-        {
+        if let Some(server) = inviter_server {
             servers.insert(0, server);
         }
         if device.is_guest {
@@ -502,23 +513,9 @@ pub(crate) async fn leave(
 ) -> MatrixResult {
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let device = api.authenticate(&headers, &uri).await?;
-    let membership = api
-        .roomserver
-        .query_membership(pb::QueryMembershipRequest {
-            room_id: room_id.clone(),
-            user_id: device.user_id.clone(),
-        })
-        .await
-        .map_err(MatrixError::from)?;
     // Rejecting another server's invite to a room we are not in: the leave
     // goes through the inviter's server.
-    if !membership.room_exists
-        && let Some(server) = membership
-            .invited_by
-            .as_deref()
-            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
-            .map(|inviter| inviter.server_name().to_string())
-    {
+    if let (false, Some(server)) = api.room_here(&room_id, &device.user_id).await? {
         let content = match reason_of(&body)? {
             Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),
             None => Vec::new(),
