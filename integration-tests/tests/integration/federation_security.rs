@@ -370,6 +370,67 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
     }
 
+    // Presence both ways.
+    let body = json!({
+        "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [],
+        "edus": [{ "edu_type": "m.presence", "content": { "push": [{
+            "user_id": mallory, "presence": "online", "last_active_ago": 1000,
+            "currently_active": true, "status_msg": "plotting",
+        }] } }],
+    });
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t8",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sync = alice.sync(None, 0, 1).await;
+        let seen = sync["presence"]["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["sender"] == mallory.as_str() && e["content"]["status_msg"] == "plotting"
+            })
+        });
+        if seen {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let set = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/presence/{}/status",
+                encode(&alice.user_id)
+            ),
+            Some(json!({ "presence": "unavailable", "status_msg": "at lunch" })),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{set:?}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let heard = fake.received().iter().any(|(_, body)| {
+            body["edus"].as_array().is_some_and(|edus| {
+                edus.iter().any(|e| {
+                    e["edu_type"] == "m.presence"
+                        && e["content"]["push"][0]["user_id"] == alice.user_id.as_str()
+                        && e["content"]["push"][0]["status_msg"] == "at lunch"
+                })
+            })
+        });
+        if heard {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Our users' device lists, for the servers they talk to.
     let device = &alice.device_id;
     let keys = json!({

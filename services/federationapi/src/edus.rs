@@ -1,6 +1,7 @@
 //! EDUs from other servers' transactions: typing notices and read
 //! receipts of their users (never of ours or a third server's) go on
-//! `edu.typing` and `edu.receipt`, as our own users' do, for the syncapi;
+//! `edu.typing`, `edu.receipt` and `edu.presence`, as our own users' do,
+//! for the syncapi;
 //! device list updates on `federation.device_list_updates`, for the
 //! keyserver.
 //! A remote typing notice lapses after 30 s unless renewed.
@@ -25,6 +26,7 @@ pub(crate) enum Published {
     Typing(topic_pb::TypingEdu),
     Receipt(topic_pb::ReceiptEdu),
     DeviceList(topic_pb::DeviceKeyChange),
+    Presence(topic_pb::PresenceEdu),
 }
 
 /// The records an EDU from `origin` stands for (none for kinds not taken
@@ -83,6 +85,30 @@ pub(crate) fn records_of(origin: &str, edu: &Value, now: i64) -> Vec<Published> 
             }
             out
         }
+        Some("m.presence") => content["push"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let user_id = entry["user_id"].as_str()?;
+                if server_of(user_id) != Some(origin) {
+                    return None;
+                }
+                let presence = entry["presence"].as_str()?;
+                if !matches!(presence, "online" | "unavailable" | "offline") {
+                    return None;
+                }
+                Some(Published::Presence(topic_pb::PresenceEdu {
+                    version: PAYLOAD_VERSION,
+                    user_id: user_id.to_owned(),
+                    presence: presence.to_owned(),
+                    status_msg: entry["status_msg"].as_str().map(str::to_owned),
+                    last_active_ts: now - entry["last_active_ago"].as_i64().unwrap_or(0).max(0),
+                    currently_active: entry["currently_active"].as_bool().unwrap_or(false),
+                    automatic: false,
+                }))
+            })
+            .collect(),
         Some("m.device_list_update") => {
             let (Some(user_id), Some(device_id)) =
                 (content["user_id"].as_str(), content["device_id"].as_str())
@@ -119,7 +145,7 @@ impl FederationService {
                 let room_id = match &record {
                     Published::Typing(typing) => Some(&typing.room_id),
                     Published::Receipt(receipt) => Some(&receipt.room_id),
-                    Published::DeviceList(_) => None,
+                    Published::DeviceList(_) | Published::Presence(_) => None,
                 };
                 if let Some(room_id) = room_id
                     && !self.acl_allows(room_id, origin).await.unwrap_or(false)
@@ -136,6 +162,15 @@ impl FederationService {
                             &self.topics.edu_receipt,
                             &receipt.room_id,
                             receipt,
+                        )
+                        .await
+                    }
+                    Published::Presence(presence) => {
+                        produce(
+                            &*self.log,
+                            &self.topics.edu_presence,
+                            &presence.user_id,
+                            presence,
                         )
                         .await
                     }

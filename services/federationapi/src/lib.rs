@@ -10,7 +10,7 @@
 //! - Outbound: server discovery (`discovery.rs`) with an IP deny list,
 //!   requests signed with `X-Matrix` (`client.rs`), and remote servers'
 //!   keys fetched directly or through notaries (`key_ring.rs`).
-//! - Produces: `edu.typing`, `edu.receipt` and
+//! - Produces: `edu.typing`, `edu.receipt`, `edu.presence` and
 //!   `federation.device_list_updates`, from other servers' transactions
 //!   (`edus.rs`).
 //! - Owns: its database (remote servers' keys and key responses).
@@ -103,6 +103,7 @@ pub async fn start(
     for topic in [
         &topics.edu_typing,
         &topics.edu_receipt,
+        &topics.edu_presence,
         &topics.federation_device_list_updates,
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;

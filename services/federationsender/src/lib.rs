@@ -6,14 +6,15 @@
 //!   room's joined hosts; each event a local user sent is queued for every
 //!   server in the room. `edu.typing` and `edu.receipt`
 //!   (`consumers/edus.rs`): local users' typing and public receipts are
-//!   queued as EDUs likewise; `keyserver.key_changes`: local users'
-//!   device changes as `m.device_list_update` EDUs.
+//!   queued as EDUs likewise; `edu.presence` and `keyserver.key_changes`:
+//!   local users' presence and device changes as `m.presence` and
+//!   `m.device_list_update` EDUs.
 //! - Sends: per destination, one transaction of at most 50 PDUs in flight,
 //!   with exponential backoff (`queues.rs`), through the federationapi,
 //!   which signs and delivers it.
 //! - Owns: its database (joined hosts, per-destination queues, retry state).
 //!
-//! Not yet: presence and to-device EDUs, and spreading
+//! Not yet: to-device EDUs, and spreading
 //! destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
 
@@ -73,6 +74,7 @@ pub async fn start(
     for topic in [
         &topics.edu_typing,
         &topics.edu_receipt,
+        &topics.edu_presence,
         &topics.keyserver_key_changes,
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;
@@ -96,6 +98,7 @@ pub async fn start(
         &[
             topics.edu_typing.as_str(),
             topics.edu_receipt.as_str(),
+            topics.edu_presence.as_str(),
             topics.keyserver_key_changes.as_str(),
         ],
         Arc::new(consumers::edus::EduConsumer {

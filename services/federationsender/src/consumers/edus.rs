@@ -1,8 +1,9 @@
 //! `edu.typing` and `edu.receipt`: a local user's typing notice or public
 //! read receipt goes, as an EDU, to every other server in the room.
 //! Private receipts stay here; so do other servers' users' EDUs.
-//! `keyserver.key_changes`: a local user's device change goes, as an
-//! `m.device_list_update`, to every server sharing a room with them.
+//! `keyserver.key_changes` and `edu.presence`: a local user's device
+//! change or presence goes, as an `m.device_list_update` or `m.presence`,
+//! to every server sharing a room with them.
 
 use std::sync::Arc;
 
@@ -69,6 +70,9 @@ impl RecordHandler for EduConsumer {
         if record.topic == self.topics.keyserver_key_changes {
             return self.device_list_update(record).await;
         }
+        if record.topic == self.topics.edu_presence {
+            return self.presence(record).await;
+        }
         let Some((room_id, edu)) = edu_of(&self.topics, &self.server_name, record)? else {
             return Ok(());
         };
@@ -110,6 +114,36 @@ impl EduConsumer {
         let destinations = self
             .storage
             .queue_device_list_update(&change.user_id, change.stream_id, edu, &self.server_name)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        self.queues.wake(&destinations);
+        Ok(())
+    }
+}
+
+impl EduConsumer {
+    /// A local user's presence changed: an `m.presence` for every server
+    /// sharing a room with them.
+    async fn presence(&self, record: &Record) -> Result<(), HandleError> {
+        let presence: topic_pb::PresenceEdu =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        if presence.user_id.split_once(':').map(|(_, s)| s) != Some(self.server_name.as_str()) {
+            return Ok(());
+        }
+        let now = crate::queues::now_ms();
+        let mut entry = json!({
+            "user_id": presence.user_id,
+            "presence": presence.presence,
+            "last_active_ago": (now - presence.last_active_ts).max(0),
+            "currently_active": presence.currently_active,
+        });
+        if let Some(status) = &presence.status_msg {
+            entry["status_msg"] = json!(status);
+        }
+        let edu = json!({ "edu_type": "m.presence", "content": { "push": [entry] } });
+        let destinations = self
+            .storage
+            .queue_user_edu(&presence.user_id, &edu.to_string(), &self.server_name)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         self.queues.wake(&destinations);

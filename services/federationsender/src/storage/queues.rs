@@ -140,15 +140,7 @@ impl Storage {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let hosts: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT server_name FROM joined_hosts
-             WHERE server_name <> $2
-               AND room_id IN (SELECT room_id FROM joined_hosts WHERE user_id = $1)",
-        )
-        .bind(user_id)
-        .bind(own)
-        .fetch_all(&mut *tx)
-        .await?;
+        let hosts = Self::co_hosts(&mut tx, user_id, own).await?;
         let json = edu(previous);
         for destination in &hosts {
             sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
@@ -167,6 +159,44 @@ impl Storage {
         .await?;
         tx.commit().await?;
         Ok(hosts)
+    }
+
+    /// Queues an EDU about a local user (presence) for every other server
+    /// sharing a room with them. Returns the destinations.
+    pub(crate) async fn queue_user_edu(
+        &self,
+        user_id: &str,
+        edu_json: &str,
+        own: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let hosts = Self::co_hosts(&mut tx, user_id, own).await?;
+        for destination in &hosts {
+            sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
+                .bind(destination)
+                .bind(edu_json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    /// The servers (but `own`) in the rooms `user_id` is joined to.
+    async fn co_hosts(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        user_id: &str,
+        own: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT server_name FROM joined_hosts
+             WHERE server_name <> $2
+               AND room_id IN (SELECT room_id FROM joined_hosts WHERE user_id = $1)",
+        )
+        .bind(user_id)
+        .bind(own)
+        .fetch_all(&mut **tx)
+        .await?)
     }
 
     /// The oldest EDUs queued for a destination, at most `limit`.
