@@ -142,6 +142,31 @@ impl Synapse {
         out
     }
 
+    /// Starts it again (after [`Synapse::stop`]) on the same name, port,
+    /// keys and database; returns once its client API answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(name))
+                .expect("log file")
+        };
+        let began = Instant::now();
+        let child = Command::new(python())
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(self.dir.join("homeserver.yaml"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(open("stdout.log"))
+            .stderr(open("stderr.log"))
+            .spawn()
+            .expect("spawn synapse");
+        self.child = Some(child);
+        self.wait_ready(began).await;
+    }
+
     /// SIGTERM, a wait for it to exit, then SIGKILL if it has not.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

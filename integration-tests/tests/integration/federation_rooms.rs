@@ -909,3 +909,58 @@ async fn two_ganglions_federate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Synapse is stopped for a while: our federationsender backs off, and
+/// once Synapse is back delivers everything sent meanwhile, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_synapse_is_down_our_queue_waits_then_delivers_in_order() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let mut synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-down").await;
+    let bob = synapse.register("bob", "pw-bob-down").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(&room_id),
+                encode(&our_name)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", synapse.logs());
+    alice.send_text(&room_id, "u0", "while up").await;
+    until_message(&bob, &room_id, "while up", || synapse.logs()).await;
+
+    synapse.stop();
+    for i in 1..=5 {
+        let sent = alice
+            .send_text(&room_id, &format!("d{i}"), &format!("while down {i}"))
+            .await;
+        assert_eq!(sent.status, 200, "{sent:?}");
+    }
+    synapse.restart().await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+    until_message(&bob, &room_id, "while down 5", logs).await;
+    let history = bob.messages(&room_id, None, "b", 50).await;
+    let bodies: Vec<String> = message_bodies(&history["chunk"])
+        .into_iter()
+        .filter(|b| b.starts_with("while"))
+        .rev()
+        .collect();
+    let expected: Vec<String> = std::iter::once("while up".to_owned())
+        .chain((1..=5).map(|i| format!("while down {i}")))
+        .collect();
+    assert_eq!(bodies, expected, "{history}");
+}
