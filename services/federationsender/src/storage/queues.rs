@@ -36,11 +36,7 @@ impl Storage {
         own: &str,
     ) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let before: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1")
-                .bind(room_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let before = Self::room_hosts(&mut tx, room_id).await?;
         for change in changes {
             let Some(server) = server_of(&change.user_id) else {
                 continue;
@@ -65,12 +61,7 @@ impl Storage {
         }
         let mut destinations = Vec::new();
         if let Some((event_id, json)) = pdu {
-            let after: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1",
-            )
-            .bind(room_id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let after = Self::room_hosts(&mut tx, room_id).await?;
             let mut all: Vec<String> = before.into_iter().chain(after).collect();
             all.extend(also.map(str::to_owned));
             all.sort();
@@ -101,20 +92,9 @@ impl Storage {
         own: &str,
     ) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let hosts: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1 AND server_name <> $2",
-        )
-        .bind(room_id)
-        .bind(own)
-        .fetch_all(&mut *tx)
-        .await?;
-        for destination in &hosts {
-            sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
-                .bind(destination)
-                .bind(edu_json)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut hosts = Self::room_hosts(&mut tx, room_id).await?;
+        hosts.retain(|h| h != own);
+        Self::insert_edus(&mut tx, &hosts, edu_json).await?;
         tx.commit().await?;
         Ok(hosts)
     }
@@ -141,14 +121,7 @@ impl Storage {
             return Ok(Vec::new());
         }
         let hosts = Self::co_hosts(&mut tx, user_id, own).await?;
-        let json = edu(previous);
-        for destination in &hosts {
-            sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
-                .bind(destination)
-                .bind(&json)
-                .execute(&mut *tx)
-                .await?;
-        }
+        Self::insert_edus(&mut tx, &hosts, &edu(previous)).await?;
         sqlx::query(
             "INSERT INTO device_list_sent (user_id, stream_id) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
@@ -171,15 +144,38 @@ impl Storage {
     ) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         let hosts = Self::co_hosts(&mut tx, user_id, own).await?;
-        for destination in &hosts {
+        Self::insert_edus(&mut tx, &hosts, edu_json).await?;
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    /// The servers with a member joined to the room.
+    async fn room_hosts(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        room_id: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_all(&mut **tx)
+                .await?,
+        )
+    }
+
+    /// One EDU queued for each of `destinations`.
+    async fn insert_edus(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        destinations: &[String],
+        edu_json: &str,
+    ) -> Result<(), StorageError> {
+        for destination in destinations {
             sqlx::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
                 .bind(destination)
                 .bind(edu_json)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(hosts)
+        Ok(())
     }
 
     /// The servers (but `own`) in the rooms `user_id` is joined to.
