@@ -41,6 +41,8 @@ crate::grpc::service_api! {
         fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse;
         /// An unsigned event for a remote user (make_join and friends).
         fn build_event(pb::BuildEventRequest) -> pb::BuildEventResponse;
+        /// The users joined to a room now.
+        fn query_joined_members(pb::QueryJoinedMembersRequest) -> pb::QueryJoinedMembersResponse;
         /// An invite from another server to one of our users.
         fn receive_invite(pb::ReceiveInviteRequest) -> pb::InputResponse;
         /// One of our users rejected another server's invite.

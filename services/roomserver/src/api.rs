@@ -613,6 +613,19 @@ impl RoomserverApi for RoomserverService {
         })
     }
 
+    async fn query_joined_members(
+        &self,
+        request: pb::QueryJoinedMembersRequest,
+    ) -> Result<pb::QueryJoinedMembersResponse, ApiError> {
+        if self.storage.room(&request.room_id).await?.is_none() {
+            return Ok(pb::QueryJoinedMembersResponse::default());
+        }
+        Ok(pb::QueryJoinedMembersResponse {
+            room_exists: true,
+            user_ids: self.storage.joined_members(&request.room_id).await?,
+        })
+    }
+
     async fn receive_invite(
         &self,
         request: pb::ReceiveInviteRequest,

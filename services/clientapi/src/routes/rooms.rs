@@ -399,13 +399,11 @@ pub(crate) fn reason_of(body: &axum::body::Bytes) -> MatrixResult<Option<String>
 /// The user changes their own membership (join, knock, leave).
 async fn own_membership(
     api: &ClientApi,
-    headers: &HeaderMap,
-    uri: &Uri,
+    device: &ganglion_api::proto::userapi::Device,
     body: &axum::body::Bytes,
     room_id_or_alias: &str,
     membership: &str,
 ) -> MatrixResult<String> {
-    let device = api.authenticate(headers, uri).await?;
     let reason = reason_of(body)?;
     let room_id = api.room_id_of(room_id_or_alias).await?;
     if device.is_guest && membership == "join" {
@@ -489,7 +487,7 @@ pub(crate) async fn join(
         api.read_your_writes(joined.output_position).await;
         return respond(json!({ "room_id": room_id }));
     }
-    let room_id = own_membership(&api, &headers, &uri, &body, &room_id, "join").await?;
+    let room_id = own_membership(&api, &device, &body, &room_id, "join").await?;
     respond(json!({ "room_id": room_id }))
 }
 
@@ -500,7 +498,8 @@ pub(crate) async fn knock(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let room_id = own_membership(&api, &headers, &uri, &body, &room_id_or_alias, "knock").await?;
+    let device = api.authenticate(&headers, &uri).await?;
+    let room_id = own_membership(&api, &device, &body, &room_id_or_alias, "knock").await?;
     respond(json!({ "room_id": room_id }))
 }
 
@@ -533,7 +532,7 @@ pub(crate) async fn leave(
         api.read_your_writes(rejected.output_position).await;
         return respond(json!({}));
     }
-    own_membership(&api, &headers, &uri, &body, &room_id, "leave").await?;
+    own_membership(&api, &device, &body, &room_id, "leave").await?;
     respond(json!({}))
 }
 

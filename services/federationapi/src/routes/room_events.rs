@@ -29,35 +29,27 @@ fn server_of(user_id: &str) -> &str {
 }
 
 impl FederationService {
-    /// The room's current state, refusing servers without a joined member.
-    async fn state_for_member_server(
-        &self,
-        room_id: &str,
-        origin: &str,
-    ) -> Result<pb::QueryStateResponse, MatrixError> {
-        let state = self
+    /// Refuses servers without a member joined to the room (and servers
+    /// its ACL bans).
+    async fn require_server_in_room(&self, room_id: &str, origin: &str) -> Result<(), MatrixError> {
+        let members = self
             .roomserver
-            .query_state(pb::QueryStateRequest {
+            .query_joined_members(pb::QueryJoinedMembersRequest {
                 room_id: room_id.to_owned(),
-                event_id: String::new(),
             })
             .await
             .map_err(MatrixError::from)?;
-        if !state.room_exists {
+        if !members.room_exists {
             return Err(MatrixError::not_found("Unknown room"));
         }
-        let in_room = state.state_events_json.iter().any(|json| {
-            serde_json::from_slice::<Value>(json).is_ok_and(|e| {
-                e["type"] == "m.room.member"
-                    && e["content"]["membership"] == "join"
-                    && e["state_key"].as_str().map(server_of) == Some(origin)
-            })
-        });
-        if !in_room {
+        if !members
+            .user_ids
+            .iter()
+            .any(|user| server_of(user) == origin)
+        {
             return Err(MatrixError::forbidden("The server is not in the room"));
         }
-        self.require_acl(room_id, origin).await?;
-        Ok(state)
+        self.require_acl(room_id, origin).await
     }
 
     /// Stored events by ID (of `room_id` only, not rejected), as JSON.
@@ -158,7 +150,7 @@ pub(crate) async fn event(
         .find(|e| !e.rejected)
         .ok_or_else(|| MatrixError::not_found("Unknown event"))?;
     service
-        .state_for_member_server(&event.room_id, &origin)
+        .require_server_in_room(&event.room_id, &origin)
         .await?;
     let pdu: Value = serde_json::from_slice(&event.event_json)
         .map_err(|e| MatrixError::unknown(e.to_string()))?;
@@ -186,7 +178,7 @@ async fn state_at(
     let event_id = query
         .event_id
         .ok_or_else(|| MatrixError::missing_param("event_id is required"))?;
-    service.state_for_member_server(room_id, origin).await?;
+    service.require_server_in_room(room_id, origin).await?;
     let state = service
         .roomserver
         .query_state(pb::QueryStateRequest {
@@ -240,7 +232,7 @@ pub(crate) async fn event_auth(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
 ) -> MatrixResult {
-    service.state_for_member_server(&room_id, &origin).await?;
+    service.require_server_in_room(&room_id, &origin).await?;
     if service
         .events_of_room(&room_id, vec![event_id.clone()])
         .await?
@@ -277,7 +269,7 @@ pub(crate) async fn backfill(
         .transpose()?
         .unwrap_or(10)
         .clamp(1, MAX_EVENTS);
-    service.state_for_member_server(&room_id, &origin).await?;
+    service.require_server_in_room(&room_id, &origin).await?;
     let pdus = service
         .walk_back(&room_id, from, true, &HashSet::new(), limit, i64::MIN)
         .await?;
@@ -303,7 +295,7 @@ pub(crate) async fn get_missing_events(
     Path(room_id): Path<String>,
     MatrixJson(body): MatrixJson<MissingEvents>,
 ) -> MatrixResult {
-    service.state_for_member_server(&room_id, &origin).await?;
+    service.require_server_in_room(&room_id, &origin).await?;
     let limit = body.limit.unwrap_or(10).clamp(1, MAX_EVENTS);
     let stop_at: HashSet<String> = body.earliest_events.into_iter().collect();
     let latest: BTreeSet<String> = body.latest_events.into_iter().collect();

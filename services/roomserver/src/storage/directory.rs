@@ -206,6 +206,17 @@ impl Storage {
         .flatten())
     }
 
+    /// The users a room's current state has joined.
+    pub(crate) async fn joined_members(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.state_key FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'",
+        )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?)
+    }
+
     /// Rooms whose current state has the user joined.
     pub(crate) async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
         Ok(sqlx::query_scalar(
