@@ -347,3 +347,187 @@ async fn room_options_state_aliases_and_leaving() {
     let refused = bob.send_text(&public, "late", "still here?").await;
     assert_eq!((refused.status, refused.errcode()), (403, "M_FORBIDDEN"));
 }
+
+/// Profiles: a new user is named by their localpart, which their join
+/// carries; a new displayname or avatar reaches every room they are in as
+/// a new membership event; only one's own profile changes; bad input is
+/// refused and changes nothing.
+#[tokio::test]
+async fn profiles_are_kept_and_carried_into_rooms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let alice = Client::register(base, "alice", "pw").await;
+    let bob = Client::register(base, "bob", "pw").await;
+    let http = reqwest::Client::new();
+    let profile_url = |user: &str, field: &str| {
+        format!("{base}/_matrix/client/v3/profile/{}{field}", encode(user))
+    };
+    // Reading needs no token.
+    let fresh = request(
+        &http,
+        Method::GET,
+        &profile_url(&alice.user_id, ""),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (fresh.status, fresh.body.clone()),
+        (200, json!({ "displayname": "alice" }))
+    );
+
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob.join(&room_id).await;
+    assert_eq!(join.status, 200, "{join:?}");
+    let member = |who: &Client| {
+        let alice = alice.clone();
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            encode(&room_id),
+            encode(&who.user_id)
+        );
+        async move { alice.call(Method::GET, &path, None).await.body }
+    };
+    assert_eq!(member(&bob).await["displayname"], "bob");
+
+    let put = |client: &Client, user: &str, field: &str, body: Value| {
+        let client = client.clone();
+        let path = format!("/_matrix/client/v3/profile/{}/{field}", encode(user));
+        async move { client.call(Method::PUT, &path, Some(body)).await }
+    };
+    let renamed = put(
+        &bob,
+        &bob.user_id,
+        "displayname",
+        json!({ "displayname": "Bobby" }),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    // Read-your-writes: the room shows the new name at once.
+    assert_eq!(member(&bob).await["displayname"], "Bobby");
+    assert_eq!(member(&bob).await["membership"], "join");
+    let pictured = put(
+        &bob,
+        &bob.user_id,
+        "avatar_url",
+        json!({ "avatar_url": "mxc://localhost/bob" }),
+    )
+    .await;
+    assert_eq!(pictured.status, 200, "{pictured:?}");
+    let whole = request(
+        &http,
+        Method::GET,
+        &profile_url(&bob.user_id, ""),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        whole.body,
+        json!({ "displayname": "Bobby", "avatar_url": "mxc://localhost/bob" })
+    );
+    assert_eq!(member(&bob).await["avatar_url"], "mxc://localhost/bob");
+
+    // Refusals, none of which changes anything.
+    let others = put(
+        &alice,
+        &bob.user_id,
+        "displayname",
+        json!({ "displayname": "x" }),
+    )
+    .await;
+    assert_eq!(
+        (others.status, others.errcode()),
+        (403, "M_FORBIDDEN"),
+        "{others:?}"
+    );
+    let long = put(
+        &bob,
+        &bob.user_id,
+        "displayname",
+        json!({ "displayname": "b".repeat(300) }),
+    )
+    .await;
+    assert_eq!(long.status, 400, "{long:?}");
+    let not_mxc = put(
+        &bob,
+        &bob.user_id,
+        "avatar_url",
+        json!({ "avatar_url": "https://x/y" }),
+    )
+    .await;
+    assert_eq!(
+        (not_mxc.status, not_mxc.errcode()),
+        (400, "M_INVALID_PARAM"),
+        "{not_mxc:?}"
+    );
+    let not_string = put(
+        &bob,
+        &bob.user_id,
+        "displayname",
+        json!({ "displayname": 5 }),
+    )
+    .await;
+    assert_eq!(
+        (not_string.status, not_string.errcode()),
+        (400, "M_BAD_JSON"),
+        "{not_string:?}"
+    );
+    let unknown_field = put(&bob, &bob.user_id, "mood", json!({ "mood": "fine" })).await;
+    assert_eq!(unknown_field.status, 400, "{unknown_field:?}");
+    let anonymous = request(
+        &http,
+        Method::PUT,
+        &profile_url(&bob.user_id, "/displayname"),
+        None,
+        Some(br#"{"displayname":"anon"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(
+        (anonymous.status, anonymous.errcode()),
+        (401, "M_MISSING_TOKEN")
+    );
+    let after = request(
+        &http,
+        Method::GET,
+        &profile_url(&bob.user_id, "/displayname"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(after.body, json!({ "displayname": "Bobby" }));
+    let our_server = alice
+        .user_id
+        .split_once(':')
+        .map(|(_, s)| s)
+        .unwrap_or_default();
+    let nobody = request(
+        &http,
+        Method::GET,
+        &profile_url(&format!("@nobody:{our_server}"), ""),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((nobody.status, nobody.errcode()), (404, "M_NOT_FOUND"));
+    let bad_id = request(
+        &http,
+        Method::GET,
+        &profile_url("not-a-user", ""),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad_id.status, 400, "{bad_id:?}");
+    let unset = request(
+        &http,
+        Method::GET,
+        &profile_url(&alice.user_id, "/avatar_url"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(unset.status, 404, "{unset:?}");
+    drop(server);
+}

@@ -135,6 +135,90 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
         "{missing:?}"
     );
 
+    // Profiles both ways (`/query/profile`): a new user is named by their
+    // localpart; a change shows on the other server.
+    let set_name = |client: &Client, name: &str| {
+        let client = client.clone();
+        let name = name.to_owned();
+        async move {
+            let reply = client
+                .call(
+                    Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/profile/{}/displayname",
+                        encode(&client.user_id)
+                    ),
+                    Some(json!({ "displayname": name })),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    let profile = |client: &Client, user_id: &str, field: &str| {
+        let client = client.clone();
+        let path = format!("/_matrix/client/v3/profile/{}{field}", encode(user_id));
+        async move { client.call(Method::GET, &path, None).await }
+    };
+    let fresh = profile(&bob, &alice.user_id, "").await;
+    assert_eq!(fresh.status, 200, "{fresh:?}\n{}", synapse.logs());
+    assert_eq!(fresh.body["displayname"], "alice", "{fresh:?}");
+    set_name(&alice, "Alice of Ganglion").await;
+    let changed = profile(&bob, &alice.user_id, "/displayname").await;
+    assert_eq!(
+        changed.body,
+        json!({ "displayname": "Alice of Ganglion" }),
+        "{changed:?}"
+    );
+    set_name(&bob, "Bob of Synapse").await;
+    let theirs = profile(&alice, &bob.user_id, "").await;
+    assert_eq!(theirs.status, 200, "{theirs:?}");
+    assert_eq!(theirs.body["displayname"], "Bob of Synapse", "{theirs:?}");
+    let nobody = profile(&alice, &format!("@nobody:{}", synapse.server_name), "").await;
+    assert_eq!(
+        (nobody.status, nobody.errcode()),
+        (404, "M_NOT_FOUND"),
+        "{nobody:?}"
+    );
+    // Unset: Synapse answers `200 {}` (the spec allows that or a 404).
+    let no_avatar = profile(&bob, &alice.user_id, "/avatar_url").await;
+    assert!(
+        no_avatar.status == 200 && no_avatar.body == json!({}),
+        "{no_avatar:?}"
+    );
+
+    // Our public rooms, listed on Synapse (federation `/publicRooms`).
+    let published = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/directory/list/room/{}",
+                encode(&room_id)
+            ),
+            Some(json!({ "visibility": "public" })),
+        )
+        .await;
+    assert_eq!(published.status, 200, "{published:?}");
+    let listed = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                encode(&our_name)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{listed:?}\n{}", synapse.logs());
+    assert!(
+        listed.body["chunk"]
+            .as_array()
+            .is_some_and(|c| c
+                .iter()
+                .any(|r| r["room_id"] == room_id.as_str()
+                    && r["canonical_alias"] == our_alias.as_str())),
+        "{listed:?}"
+    );
+
     // Device keys both ways, and a one-time key claimed across servers.
     upload_keys(&alice, false).await;
     upload_keys(&bob, true).await;

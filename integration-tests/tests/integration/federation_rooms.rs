@@ -273,6 +273,73 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
     )
     .await;
 
+    // To-device messages both ways (m.direct_to_device EDUs): to one named
+    // device, and to all of a user's devices with `*`.
+    let to_device = |client: &Client, txn: &str, messages: Value| {
+        let client = client.clone();
+        let txn = txn.to_owned();
+        async move {
+            let reply = client
+                .call(
+                    Method::PUT,
+                    &format!("/_matrix/client/v3/sendToDevice/org.example.ping/{txn}"),
+                    Some(json!({ "messages": messages })),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    let saw_ping = |sender: String, n: i64| {
+        move |s: &Value| {
+            s["to_device"]["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "org.example.ping"
+                        && e["sender"] == sender.as_str()
+                        && e["content"]["n"] == n
+                })
+            })
+        }
+    };
+    to_device(
+        &alice,
+        "td1",
+        json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 1 } } }),
+    )
+    .await;
+    until_sync(
+        &bob,
+        "alice's to-device message",
+        saw_ping(alice.user_id.clone(), 1),
+        logs,
+    )
+    .await;
+    to_device(
+        &bob,
+        "td2",
+        json!({ alice.user_id.clone(): { "*": { "n": 2 } } }),
+    )
+    .await;
+    until_sync(
+        &alice,
+        "bob's to-device message",
+        saw_ping(bob.user_id.clone(), 2),
+        logs,
+    )
+    .await;
+    to_device(
+        &bob,
+        "td3",
+        json!({ alice.user_id.clone(): { alice.device_id.clone(): { "n": 3 } } }),
+    )
+    .await;
+    until_sync(
+        &alice,
+        "bob's second to-device message",
+        saw_ping(bob.user_id.clone(), 3),
+        logs,
+    )
+    .await;
+
     // Bob pages back past his join: Synapse backfills from us.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -797,6 +864,181 @@ async fn a_synapse_user_knocks_on_our_room() {
     assert_eq!(join.status, 200, "{join:?}\n{}", logs());
     alice.send_text(&room_id, "k1", "come in").await;
     until_message(&bob, &room_id, "come in", logs).await;
+    drop(ours);
+}
+
+/// Our user finds a Synapse room in Synapse's public directory (client
+/// `/publicRooms?server=`, federation `/publicRooms`), knocks on it
+/// (make_knock, send_knock through Synapse), sees the knock with the
+/// room's stripped state, is invited and joins. Then she creates a direct
+/// chat inviting the Synapse user at creation (`invite` in createRoom),
+/// which his server countersigns; he joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
+    let synapse_dir = tempfile::tempdir().expect("tempdir");
+    let synapse = Synapse::start(synapse_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let logs = || {
+        format!(
+            "{}\n--- ours ---\n{}",
+            synapse.logs(),
+            ours.process.log_tail()
+        )
+    };
+
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-theirknock").await;
+    let bob = synapse.register("bob", "pw-bob-theirknock").await;
+    let room_id = bob
+        .create_room(json!({
+            "visibility": "public", "name": "knock over there", "topic": "ring first",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+
+    // Synapse's directory, through ours.
+    let listed = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}&limit=10",
+                encode(&synapse.server_name)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{listed:?}\n{}", logs());
+    let entry = listed.body["chunk"]
+        .as_array()
+        .and_then(|chunk| chunk.iter().find(|r| r["room_id"] == room_id.as_str()))
+        .unwrap_or_else(|| panic!("not listed: {listed:?}"));
+    assert_eq!(entry["name"], "knock over there");
+    assert_eq!(entry["join_rule"], "knock");
+    let searched = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                encode(&synapse.server_name)
+            ),
+            Some(json!({ "filter": { "generic_search_term": "no such room anywhere" } })),
+        )
+        .await;
+    assert_eq!(searched.status, 200, "{searched:?}");
+    assert_eq!(searched.body["chunk"], json!([]), "{searched:?}");
+
+    // Alice knocks; the room is not here, so through Synapse.
+    let knock = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                encode(&room_id),
+                encode(&synapse.server_name)
+            ),
+            Some(json!({ "reason": "may I?" })),
+        )
+        .await;
+    assert_eq!(knock.status, 200, "{knock:?}\n{}", logs());
+    assert_eq!(knock.body["room_id"], room_id.as_str());
+    // Read-your-writes: her next sync shows the knock with the room's state.
+    let sync = alice.sync(None, 0, 10).await;
+    let knock_state = &sync["rooms"]["knock"][&room_id]["knock_state"]["events"];
+    let events = knock_state
+        .as_array()
+        .unwrap_or_else(|| panic!("no knock: {sync}"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "knock over there"),
+        "{knock_state}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == alice.user_id.as_str()
+            && e["content"]["membership"] == "knock"),
+        "{knock_state}"
+    );
+    let alices_membership = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                encode(&room_id),
+                encode(&alice.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        alices_membership.body["membership"], "knock",
+        "{alices_membership:?}"
+    );
+    assert_eq!(alices_membership.body["reason"], "may I?");
+
+    // Bob lets her in.
+    let invite = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room_id)),
+            Some(json!({ "user_id": alice.user_id })),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}\n{}", logs());
+    until_sync(
+        &alice,
+        "the invite after the knock",
+        |s| {
+            s["rooms"]["invite"][&room_id].is_object()
+                && s["rooms"]["knock"].get(&room_id).is_none()
+        },
+        logs,
+    )
+    .await;
+    let join = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    bob.send_text(&room_id, "k1", "you rang").await;
+    until_message(&alice, &room_id, "you rang", logs).await;
+
+    // A direct chat with bob invited at creation.
+    let dm = alice
+        .create_room(
+            json!({ "preset": "trusted_private_chat", "is_direct": true, "invite": [bob.user_id] }),
+        )
+        .await;
+    until_sync(
+        &bob,
+        "the invite of createRoom",
+        |s| {
+            s["rooms"]["invite"][&dm]["invite_state"]["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "m.room.member"
+                            && e["state_key"] == bob.user_id.as_str()
+                            && e["content"]["is_direct"] == true
+                    })
+                })
+        },
+        logs,
+    )
+    .await;
+    let join = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/join", encode(&dm)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    alice.send_text(&dm, "d1", "just us").await;
+    until_message(&bob, &dm, "just us", logs).await;
     drop(ours);
 }
 

@@ -25,6 +25,12 @@ crate::grpc::service_api! {
         fn invite(pb::InviteRequest) -> pb::JoinRoomResponse;
         /// Rejects a remote invite to a room we are not in.
         fn reject_invite(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        /// Knocks a local user on a remote room.
+        fn knock_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        /// Asks a remote server for its public rooms.
+        fn query_public_rooms(pb::RemoteRequest) -> pb::RemoteResponse;
+        /// Asks a remote user's server for their profile.
+        fn query_profile(pb::QueryProfileRequest) -> pb::RemoteResponse;
     }
 }
 

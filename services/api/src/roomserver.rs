@@ -45,10 +45,54 @@ crate::grpc::service_api! {
         fn query_joined_members(pb::QueryJoinedMembersRequest) -> pb::QueryJoinedMembersResponse;
         /// An invite from another server to one of our users.
         fn receive_invite(pb::ReceiveInviteRequest) -> pb::InputResponse;
-        /// One of our users rejected another server's invite.
-        fn reject_remote_invite(pb::RejectRemoteInviteRequest) -> pb::InputResponse;
+        /// One of our users rejected another server's invite, or knocked
+        /// on a room through another server.
+        fn remote_membership(pb::RemoteMembershipRequest) -> pb::InputResponse;
     }
 }
 
 /// What callers hold: the service itself (monolith) or a [`RoomserverClient`].
 pub type RoomserverHandle = std::sync::Arc<dyn RoomserverApi>;
+
+/// A page of the public room directory as the client and federation APIs
+/// spell it (`chunk`, `next_batch`, `prev_batch`,
+/// `total_room_count_estimate`).
+pub fn public_rooms_body(page: pb::PublicRoomsResponse) -> serde_json::Value {
+    use serde_json::json;
+    let chunk: Vec<serde_json::Value> = page
+        .chunk
+        .into_iter()
+        .map(|room| {
+            let mut entry = json!({
+                "room_id": room.room_id,
+                "num_joined_members": room.num_joined_members,
+                "world_readable": room.world_readable,
+                "guest_can_join": room.guest_can_join,
+                "join_rule": room.join_rule,
+            });
+            for (key, value) in [
+                ("name", room.name),
+                ("topic", room.topic),
+                ("canonical_alias", room.canonical_alias),
+                ("avatar_url", room.avatar_url),
+                ("room_type", room.room_type),
+            ] {
+                if let Some(value) = value {
+                    entry[key] = json!(value);
+                }
+            }
+            entry
+        })
+        .collect();
+    let mut body = json!({
+        "chunk": chunk,
+        "total_room_count_estimate": page.total_room_count_estimate,
+    });
+    if !page.next_batch.is_empty() {
+        body["next_batch"] = json!(page.next_batch);
+    }
+    if !page.prev_batch.is_empty() {
+        body["prev_batch"] = json!(page.prev_batch);
+    }
+    body
+}

@@ -26,6 +26,10 @@ crate::grpc::service_api! {
         fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;
         /// Adds or removes one tag of a room's `m.tag`, atomically.
         fn update_tag(pb::UpdateTagRequest) -> pb::AccountDataWritten;
+        /// A local user's displayname and avatar URL.
+        fn get_profile(pb::GetProfileRequest) -> pb::Profile;
+        /// Sets or removes one field of a local user's profile.
+        fn set_profile_field(pb::SetProfileFieldRequest) -> pb::Profile;
     }
 }
 

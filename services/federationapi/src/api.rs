@@ -115,6 +115,46 @@ impl FederationApi for FederationService {
         &self,
         request: pb::JoinRoomRequest,
     ) -> Result<pb::JoinRoomResponse, ApiError> {
-        self.reject_remote_invite(request).await
+        self.remote_membership(request, "leave").await
+    }
+
+    async fn knock_room(
+        &self,
+        request: pb::JoinRoomRequest,
+    ) -> Result<pb::JoinRoomResponse, ApiError> {
+        self.remote_membership(request, "knock").await
+    }
+
+    async fn query_profile(
+        &self,
+        request: pb::QueryProfileRequest,
+    ) -> Result<pb::RemoteResponse, ApiError> {
+        let server = ruma::UserId::parse(&request.user_id)
+            .map_err(|_| ApiError::InvalidInput("not a user ID".into()))?
+            .server_name()
+            .to_string();
+        let mut path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            encode(&request.user_id)
+        );
+        if !request.field.is_empty() {
+            path.push_str(&format!("&field={}", encode(&request.field)));
+        }
+        let answer = self
+            .client
+            .send(&server, http::Method::GET, &path, None)
+            .await?;
+        Ok(pb::RemoteResponse {
+            body_json: serde_json::to_vec(&answer)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        })
+    }
+
+    async fn query_public_rooms(
+        &self,
+        request: pb::RemoteRequest,
+    ) -> Result<pb::RemoteResponse, ApiError> {
+        self.forward(request, "/_matrix/federation/v1/publicRooms")
+            .await
     }
 }

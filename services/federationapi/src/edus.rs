@@ -3,7 +3,8 @@
 //! `edu.typing`, `edu.receipt` and `edu.presence`, as our own users' do,
 //! for the syncapi;
 //! device list updates on `federation.device_list_updates`, for the
-//! keyserver.
+//! keyserver; to-device messages for our users on `edu.to_device`, one
+//! record per recipient, `*` expanded to the recipient's devices.
 //! A remote typing notice lapses after 30 s unless renewed.
 
 use ganglion_api::proto::topics as topic_pb;
@@ -27,6 +28,8 @@ pub(crate) enum Published {
     Receipt(topic_pb::ReceiptEdu),
     DeviceList(topic_pb::DeviceKeyChange),
     Presence(topic_pb::PresenceEdu),
+    /// Devices may still be `*`.
+    ToDevice(topic_pb::ToDeviceEdu),
 }
 
 /// The records an EDU from `origin` stands for (none for kinds not taken
@@ -132,6 +135,51 @@ pub(crate) fn records_of(origin: &str, edu: &Value, now: i64) -> Vec<Published> 
                 },
             })]
         }
+        Some("m.direct_to_device") => {
+            let (Some(sender), Some(event_type), Some(message_id), Some(messages)) = (
+                content["sender"].as_str(),
+                content["type"].as_str(),
+                content["message_id"].as_str(),
+                content["messages"].as_object(),
+            ) else {
+                return Vec::new();
+            };
+            if server_of(sender) != Some(origin) || event_type.is_empty() {
+                return Vec::new();
+            }
+            // Our own ID for it: a repeat from the origin is dropped.
+            let message_id = {
+                use sha2::{Digest, Sha256};
+                format!(
+                    "{:x}",
+                    Sha256::digest(format!("{origin}\n{sender}\n{message_id}").as_bytes())
+                )
+            };
+            messages
+                .iter()
+                .filter_map(|(recipient, by_device)| {
+                    let messages: Vec<topic_pb::DeviceMessage> = by_device
+                        .as_object()?
+                        .iter()
+                        .filter(|(_, content)| content.is_object())
+                        .map(|(device_id, content)| topic_pb::DeviceMessage {
+                            device_id: device_id.clone(),
+                            content_json: content.to_string().into_bytes(),
+                        })
+                        .collect();
+                    (!messages.is_empty()).then(|| {
+                        Published::ToDevice(topic_pb::ToDeviceEdu {
+                            version: PAYLOAD_VERSION,
+                            sender: sender.to_owned(),
+                            recipient: recipient.clone(),
+                            event_type: event_type.to_owned(),
+                            message_id: message_id.clone(),
+                            messages,
+                        })
+                    })
+                })
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -145,7 +193,9 @@ impl FederationService {
                 let room_id = match &record {
                     Published::Typing(typing) => Some(&typing.room_id),
                     Published::Receipt(receipt) => Some(&receipt.room_id),
-                    Published::DeviceList(_) | Published::Presence(_) => None,
+                    Published::DeviceList(_) | Published::Presence(_) | Published::ToDevice(_) => {
+                        None
+                    }
                 };
                 if let Some(room_id) = room_id
                     && !self.acl_allows(room_id, origin).await.unwrap_or(false)
@@ -174,6 +224,18 @@ impl FederationService {
                         )
                         .await
                     }
+                    Published::ToDevice(message) => {
+                        let Some(message) = self.to_our_devices(message.clone()).await else {
+                            continue;
+                        };
+                        produce(
+                            &*self.log,
+                            &self.topics.edu_to_device,
+                            &message.recipient,
+                            &message,
+                        )
+                        .await
+                    }
                     Published::DeviceList(change) => {
                         produce(
                             &*self.log,
@@ -189,6 +251,39 @@ impl FederationService {
                 }
             }
         }
+    }
+}
+
+impl FederationService {
+    /// A to-device message for one of our users, with `*` expanded to
+    /// their devices; none if the recipient is not ours or has no device.
+    async fn to_our_devices(
+        &self,
+        mut message: topic_pb::ToDeviceEdu,
+    ) -> Option<topic_pb::ToDeviceEdu> {
+        if server_of(&message.recipient) != Some(self.server_name.as_str()) {
+            return None;
+        }
+        if let Some(all) = message.messages.iter().position(|m| m.device_id == "*") {
+            let content_json = message.messages.remove(all).content_json;
+            let devices = self
+                .users
+                .list_devices(ganglion_api::proto::userapi::ListDevicesRequest {
+                    user_id: message.recipient.clone(),
+                })
+                .await
+                .map_err(|error| tracing::warn!(?error, "a to-device message was not expanded"))
+                .ok()?;
+            message.messages = devices
+                .device_ids
+                .into_iter()
+                .map(|device_id| topic_pb::DeviceMessage {
+                    device_id,
+                    content_json: content_json.clone(),
+                })
+                .collect();
+        }
+        (!message.messages.is_empty()).then_some(message)
     }
 }
 
@@ -227,5 +322,43 @@ mod tests {
             ("$1", 5, "main")
         );
         assert!(records_of("them", &json!({ "edu_type": "m.presence" }), 0).is_empty());
+    }
+
+    #[test]
+    fn to_device_messages_of_the_origins_users_one_record_per_recipient() {
+        let edu = json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": "@s:them", "type": "m.room_key_request", "message_id": "m1",
+            "messages": {
+                "@a:us": { "DEV": { "k": 1 }, "*": { "k": 2 }, "BAD": "not an object" },
+                "@b:us": { "*": { "k": 3 } },
+                "@c:us": {},
+            } } });
+        let records = records_of("them", &edu, 0);
+        assert_eq!(records.len(), 2, "{records:?}");
+        let Published::ToDevice(first) = &records[0] else {
+            panic!("to-device")
+        };
+        assert_eq!(first.recipient, "@a:us");
+        assert_eq!(first.event_type, "m.room_key_request");
+        let mut devices: Vec<&str> = first
+            .messages
+            .iter()
+            .map(|m| m.device_id.as_str())
+            .collect();
+        devices.sort_unstable();
+        assert_eq!(devices, ["*", "DEV"]);
+        let Published::ToDevice(second) = &records[1] else {
+            panic!("to-device")
+        };
+        assert_eq!(first.message_id, second.message_id, "one send, one ID");
+        // The same ID again from the origin; another origin's is another.
+        let Published::ToDevice(again) = &records_of("them", &edu, 5)[0] else {
+            panic!("to-device")
+        };
+        assert_eq!(again.message_id, first.message_id);
+        assert!(records_of("elsewhere", &edu, 0).is_empty(), "not its user");
+        let mut no_type = edu.clone();
+        no_type["content"]["type"] = json!("");
+        assert!(records_of("them", &no_type, 0).is_empty());
     }
 }

@@ -277,8 +277,10 @@ impl FederationService {
         .map_err(|e| ApiError::Internal(format!("signing the {membership}: {e}")))?;
         let event_id =
             pdus::event_id_of(&object, &rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // send_knock has only a v1; join and leave have a v2.
+        let send_version = if membership == "knock" { "v1" } else { "v2" };
         let path = format!(
-            "/_matrix/federation/v2/send_{membership}/{}/{}",
+            "/_matrix/federation/{send_version}/send_{membership}/{}/{}",
             encode(room_id),
             encode(&event_id)
         );
@@ -290,42 +292,52 @@ impl FederationService {
         Ok((version, rules, event_id, object, answer))
     }
 
-    /// Rejects another server's invite of a local user to a room we are
-    /// not in: make_leave and send_leave through `servers` (the
-    /// inviter's), then the roomserver announces it.
-    pub(crate) async fn reject_remote_invite(
+    /// A local user's leave (rejecting another server's invite) or knock
+    /// on a room we are not in: make_{membership} and send_{membership}
+    /// through `servers`, then the roomserver announces it.
+    pub(crate) async fn remote_membership(
         &self,
         request: fed_pb::JoinRoomRequest,
+        membership: &str,
     ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
-        let mut last_error = ApiError::NotFound("no server to leave the room through".into());
+        let mut last_error = ApiError::NotFound(format!("no server to {membership} through"));
         for server in request.servers.iter().filter(|s| **s != self.server_name) {
             match self
                 .make_and_send(
                     server,
                     (&request.room_id, &request.user_id),
-                    "leave",
+                    membership,
                     &request.content_json,
                 )
                 .await
             {
-                Ok((_, _, event_id, object, _)) => {
-                    let rejected = self
+                Ok((_, _, event_id, object, answer)) => {
+                    let stripped_state_json = answer["knock_room_state"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e.is_object())
+                        .map(|e| e.to_string().into_bytes())
+                        .collect();
+                    let announced = self
                         .roomserver
-                        .reject_remote_invite(pb::RejectRemoteInviteRequest {
+                        .remote_membership(pb::RemoteMembershipRequest {
                             room_id: request.room_id.clone(),
                             user_id: request.user_id.clone(),
                             event_id: event_id.clone(),
                             event_json: serde_json::to_vec(&object)
                                 .map_err(|e| ApiError::Internal(e.to_string()))?,
+                            membership: membership.to_owned(),
+                            stripped_state_json,
                         })
                         .await?;
                     return Ok(fed_pb::JoinRoomResponse {
                         event_id,
-                        output_position: rejected.output_position,
+                        output_position: announced.output_position,
                     });
                 }
                 Err(error) => {
-                    tracing::info!(server, room_id = %request.room_id, ?error, "leaving through a server failed");
+                    tracing::info!(server, room_id = %request.room_id, ?error, membership, "a membership change through a server failed");
                     last_error = error;
                 }
             }

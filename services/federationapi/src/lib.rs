@@ -38,6 +38,7 @@ use axum::Router;
 use ganglion_api::keys::KeysHandle;
 use ganglion_api::roomserver::RoomserverHandle;
 use ganglion_api::topics::Topics;
+use ganglion_api::users::UsersHandle;
 use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::keys::SigningKey;
 use ganglion_base::{Config, Database, DatabaseError};
@@ -56,6 +57,7 @@ pub struct FederationService {
     storage: Storage,
     roomserver: RoomserverHandle,
     keys: KeysHandle,
+    users: UsersHandle,
     max_body_bytes: usize,
     /// Where EDUs from other servers are published (`edu.*`).
     log: Arc<dyn ganglion_log::Log>,
@@ -66,6 +68,8 @@ pub struct FederationService {
 pub struct Peers {
     pub roomserver: RoomserverHandle,
     pub keys: KeysHandle,
+    /// For the devices a to-device message to `*` reaches.
+    pub users: UsersHandle,
 }
 
 /// A started federationapi.
@@ -105,6 +109,7 @@ pub async fn start(
         &topics.edu_receipt,
         &topics.edu_presence,
         &topics.federation_device_list_updates,
+        &topics.edu_to_device,
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
@@ -128,6 +133,7 @@ pub async fn start(
         storage,
         roomserver: peers.roomserver,
         keys: peers.keys,
+        users: peers.users,
         max_body_bytes: config.client.max_body_bytes,
         log,
         topics,

@@ -8,14 +8,14 @@
 //!   (`consumers/edus.rs`): local users' typing and public receipts are
 //!   queued as EDUs likewise; `edu.presence` and `keyserver.key_changes`:
 //!   local users' presence and device changes as `m.presence` and
-//!   `m.device_list_update` EDUs.
+//!   `m.device_list_update` EDUs; `edu.to_device`: local users' messages
+//!   to remote users' devices as `m.direct_to_device` EDUs.
 //! - Sends: per destination, one transaction of at most 50 PDUs in flight,
 //!   with exponential backoff (`queues.rs`), through the federationapi,
 //!   which signs and delivers it.
 //! - Owns: its database (joined hosts, per-destination queues, retry state).
 //!
-//! Not yet: to-device EDUs, and spreading
-//! destinations over several replicas; run one replica.
+//! Not yet: spreading destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
 
 mod consumers;
@@ -76,6 +76,7 @@ pub async fn start(
         &topics.edu_receipt,
         &topics.edu_presence,
         &topics.keyserver_key_changes,
+        &topics.edu_to_device,
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
@@ -100,6 +101,7 @@ pub async fn start(
             topics.edu_receipt.as_str(),
             topics.edu_presence.as_str(),
             topics.keyserver_key_changes.as_str(),
+            topics.edu_to_device.as_str(),
         ],
         Arc::new(consumers::edus::EduConsumer {
             storage,

@@ -124,3 +124,43 @@ async fn postgres_queues_follow_membership() {
     ))
     .await;
 }
+
+#[test]
+fn to_device_messages_of_local_senders_go_to_the_recipients_server() {
+    use crate::consumers::edus::to_device_edu;
+    use ganglion_api::proto::topics as topic_pb;
+    let message = |sender: &str, recipient: &str| topic_pb::ToDeviceEdu {
+        version: 1,
+        sender: sender.into(),
+        recipient: recipient.into(),
+        event_type: "m.room.encrypted".into(),
+        message_id: "f".repeat(64),
+        messages: vec![
+            topic_pb::DeviceMessage {
+                device_id: "*".into(),
+                content_json: br#"{"a":1}"#.to_vec(),
+            },
+            topic_pb::DeviceMessage {
+                device_id: "D".into(),
+                content_json: br#"{"b":2}"#.to_vec(),
+            },
+        ],
+    };
+    let (destination, edu) =
+        to_device_edu("ours", &message("@s:ours", "@r:theirs")).expect("an EDU");
+    assert_eq!(destination, "theirs");
+    assert_eq!(edu["edu_type"], "m.direct_to_device");
+    let content = &edu["content"];
+    assert_eq!(content["sender"], "@s:ours");
+    assert_eq!(content["type"], "m.room.encrypted");
+    assert_eq!(content["messages"]["@r:theirs"]["*"]["a"], 1);
+    assert_eq!(content["messages"]["@r:theirs"]["D"]["b"], 2);
+    let id = content["message_id"].as_str().expect("message_id");
+    assert_eq!(id.chars().count(), 32, "the spec's maximum");
+    // Another recipient of the same send: another ID.
+    let (_, other) = to_device_edu("ours", &message("@s:ours", "@q:theirs")).expect("an EDU");
+    assert_ne!(other["content"]["message_id"], id);
+    // Not ours to send: a remote sender, or a local recipient.
+    assert!(to_device_edu("ours", &message("@s:theirs", "@r:other")).is_none());
+    assert!(to_device_edu("ours", &message("@s:ours", "@r:ours")).is_none());
+}

@@ -114,6 +114,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         ganglion_federationapi::Peers {
             roomserver: rooms.clone(),
             keys: keys.clone(),
+            users: users.clone(),
         },
         log.clone(),
     )
@@ -331,6 +332,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 ganglion_federationapi::Peers {
                     roomserver: rooms,
                     keys: keys_client(&config)?,
+                    users: users_client(&config)?,
                 },
                 open_log(&config, name)?,
             )

@@ -679,26 +679,36 @@ impl RoomserverApi for RoomserverService {
             .await
     }
 
-    async fn reject_remote_invite(
+    async fn remote_membership(
         &self,
-        request: pb::RejectRemoteInviteRequest,
+        request: pb::RemoteMembershipRequest,
     ) -> Result<pb::InputResponse, ApiError> {
         ruma::RoomId::parse(&request.room_id)
             .map_err(|e| ApiError::InvalidInput(format!("room ID: {e}")))?;
-        let kind = topic_pb::roomserver_output::Kind::RemoteInviteRejected(
-            topic_pb::RemoteInviteRejected {
+        if !matches!(request.membership.as_str(), "leave" | "knock") {
+            return Err(ApiError::InvalidInput(format!(
+                "a remote membership of {:?}",
+                request.membership
+            )));
+        }
+        let leave = request.membership == "leave";
+        let kind =
+            topic_pb::roomserver_output::Kind::RemoteMembership(topic_pb::RemoteMembership {
                 room_id: request.room_id.clone(),
                 user_id: request.user_id.clone(),
                 event_id: request.event_id.clone(),
                 event_json: request.event_json,
-            },
-        );
+                membership: request.membership,
+                stripped_state_json: request.stripped_state_json,
+            });
         let announced = self
             .announce_out_of_room(request.room_id.clone(), request.event_id, kind)
             .await?;
-        self.storage
-            .forget_remote_invite(&request.room_id, &request.user_id)
-            .await?;
+        if leave {
+            self.storage
+                .forget_remote_invite(&request.room_id, &request.user_id)
+                .await?;
+        }
         Ok(announced)
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::UserApi;
 use crate::internal_events;
-use crate::storage::Pending;
+use crate::storage::{Pending, ProfileField};
 
 /// Tokens are random; only their SHA-256 is stored, so a database leak does
 /// not hand out sessions.
@@ -199,6 +199,54 @@ impl UsersApi for UserApi {
         Ok(pb::ListDevicesResponse {
             device_ids: self.storage.device_ids(localpart).await?,
         })
+    }
+
+    async fn get_profile(&self, request: pb::GetProfileRequest) -> Result<pb::Profile, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let (displayname, avatar_url) = self
+            .storage
+            .profile(localpart)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+        Ok(pb::Profile {
+            displayname,
+            avatar_url,
+        })
+    }
+
+    async fn set_profile_field(
+        &self,
+        request: pb::SetProfileFieldRequest,
+    ) -> Result<pb::Profile, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        // Synapse's limits.
+        let (field, max_len) = match request.field.as_str() {
+            "displayname" => (ProfileField::Displayname, 256),
+            "avatar_url" => (ProfileField::AvatarUrl, 1000),
+            other => {
+                return Err(ApiError::InvalidInput(format!(
+                    "{other:?} is not a profile field here"
+                )));
+            }
+        };
+        let value = request.value.filter(|v| !v.is_empty());
+        if value.as_ref().is_some_and(|v| v.chars().count() > max_len) {
+            return Err(ApiError::InvalidInput(format!(
+                "{} is longer than {max_len} characters",
+                request.field
+            )));
+        }
+        if !self
+            .storage
+            .set_profile_field(localpart, field, value.as_deref())
+            .await?
+        {
+            return Err(ApiError::NotFound("no such user".into()));
+        }
+        self.get_profile(pb::GetProfileRequest {
+            user_id: request.user_id,
+        })
+        .await
     }
 
     async fn set_account_data(

@@ -94,6 +94,63 @@ async fn accounts_and_tokens(api: &dyn UsersApi) {
         .await,
         Err(ApiError::InvalidInput(_))
     ));
+
+    // Profiles: named by the localpart at first; fields set, checked and
+    // removed; no profile for a user who does not exist.
+    let profile = |user_id: &str| {
+        api.get_profile(pb::GetProfileRequest {
+            user_id: user_id.into(),
+        })
+    };
+    let set = |field: &str, value: Option<&str>| {
+        api.set_profile_field(pb::SetProfileFieldRequest {
+            user_id: "@alice:localhost".into(),
+            field: field.into(),
+            value: value.map(str::to_owned),
+        })
+    };
+    let fresh = profile("@alice:localhost").await.expect("profile");
+    assert_eq!(fresh.displayname.as_deref(), Some("alice"));
+    assert_eq!(fresh.avatar_url, None);
+    let named = set("displayname", Some("Alice A.")).await.expect("set");
+    assert_eq!(named.displayname.as_deref(), Some("Alice A."));
+    let pictured = set("avatar_url", Some("mxc://localhost/abc"))
+        .await
+        .expect("set");
+    assert_eq!(
+        (
+            pictured.displayname.as_deref(),
+            pictured.avatar_url.as_deref()
+        ),
+        (Some("Alice A."), Some("mxc://localhost/abc"))
+    );
+    let unnamed = set("displayname", None).await.expect("removed");
+    assert_eq!(unnamed.displayname, None);
+    assert!(matches!(
+        set("displayname", Some(&"x".repeat(257))).await,
+        Err(ApiError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        set("status", Some("busy")).await,
+        Err(ApiError::InvalidInput(_))
+    ));
+    assert_eq!(
+        profile("@alice:localhost")
+            .await
+            .expect("profile")
+            .avatar_url
+            .as_deref(),
+        Some("mxc://localhost/abc"),
+        "refused changes change nothing"
+    );
+    assert!(matches!(
+        profile("@nobody:localhost").await,
+        Err(ApiError::NotFound(_))
+    ));
+    assert!(matches!(
+        profile("@alice:elsewhere").await,
+        Err(ApiError::InvalidInput(_))
+    ));
 }
 
 #[tokio::test]

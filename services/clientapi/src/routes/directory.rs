@@ -214,9 +214,7 @@ impl ClientApi {
         if let Some(server) = server
             && server != self.server_name
         {
-            return Err(MatrixError::not_found(
-                "Other servers' directories are reached over federation, which this server does not speak yet",
-            ));
+            return self.remote_public_rooms(server, limit, since, filter).await;
         }
         let (filter_room_types, room_types) = match filter.room_types {
             Some(types) => (
@@ -236,42 +234,55 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        let chunk: Vec<Value> = page
-            .chunk
-            .into_iter()
-            .map(|room| {
-                let mut entry = json!({
-                    "room_id": room.room_id,
-                    "num_joined_members": room.num_joined_members,
-                    "world_readable": room.world_readable,
-                    "guest_can_join": room.guest_can_join,
-                    "join_rule": room.join_rule,
-                });
-                for (key, value) in [
-                    ("name", room.name),
-                    ("topic", room.topic),
-                    ("canonical_alias", room.canonical_alias),
-                    ("avatar_url", room.avatar_url),
-                    ("room_type", room.room_type),
-                ] {
-                    if let Some(value) = value {
-                        entry[key] = json!(value);
-                    }
-                }
-                entry
-            })
-            .collect();
-        let mut body = json!({
-            "chunk": chunk,
-            "total_room_count_estimate": page.total_room_count_estimate,
-        });
-        if !page.next_batch.is_empty() {
-            body["next_batch"] = json!(page.next_batch);
-        }
-        if !page.prev_batch.is_empty() {
-            body["prev_batch"] = json!(page.prev_batch);
-        }
+        let body = ganglion_api::roomserver::public_rooms_body(page);
         respond(body)
+    }
+}
+
+impl ClientApi {
+    /// Another server's directory, over federation (`POST /publicRooms`
+    /// there, which takes the filter too).
+    async fn remote_public_rooms(
+        &self,
+        server: &str,
+        limit: Option<u32>,
+        since: Option<String>,
+        filter: PublicRoomsFilter,
+    ) -> MatrixResult {
+        ruma::ServerName::parse(server)
+            .map_err(|_| MatrixError::invalid_param("server is not a server name"))?;
+        let mut body = json!({});
+        if let Some(limit) = limit {
+            body["limit"] = json!(limit);
+        }
+        if let Some(since) = since {
+            body["since"] = json!(since);
+        }
+        let mut remote_filter = json!({});
+        if let Some(term) = filter.generic_search_term {
+            remote_filter["generic_search_term"] = json!(term);
+        }
+        if let Some(types) = filter.room_types {
+            remote_filter["room_types"] = json!(types);
+        }
+        body["filter"] = remote_filter;
+        let answer = self
+            .federation
+            .query_public_rooms(ganglion_api::proto::federationapi::RemoteRequest {
+                server_name: server.to_owned(),
+                body_json: body.to_string().into_bytes(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let answer: Value = serde_json::from_slice(&answer.body_json).unwrap_or_default();
+        if !answer["chunk"].is_array() {
+            return Err(MatrixError::new(
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("{server} answered with no room list"),
+            ));
+        }
+        respond(answer)
     }
 }
 

@@ -7,6 +7,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod keys;
+mod profile;
 mod push_rules;
 mod reports;
 mod room_state;
@@ -55,6 +56,14 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 get(discovery::capabilities),
             )
             .route(&format!("{prefix}/createRoom"), post(rooms::create_room))
+            .route(
+                &format!("{prefix}/profile/{{user_id}}"),
+                get(profile::get_profile),
+            )
+            .route(
+                &format!("{prefix}/profile/{{user_id}}/{{field}}"),
+                get(profile::get_profile_field).put(profile::put_profile_field),
+            )
             .route(
                 &format!("{prefix}/join/{{room_id_or_alias}}"),
                 post(rooms::join),

@@ -225,12 +225,27 @@ pub(crate) async fn create_room(
             json!({ "topic": topic }),
         ));
     }
-    for invitee in &body.invite {
+    let invite_content = || {
         let mut content = json!({ "membership": "invite" });
         if body.is_direct {
             content["is_direct"] = json!(true);
         }
-        state.push(template("m.room.member", Some(invitee), sender, content));
+        content
+    };
+    // Local invitees are invited in the initial state; other servers'
+    // once the room exists, each countersigned by the invitee's server.
+    let (local_invitees, remote_invitees): (Vec<&String>, Vec<&String>) =
+        body.invite.iter().partition(|invitee| {
+            ruma::UserId::parse(invitee.as_str())
+                .is_ok_and(|user| user.server_name() == api.server_name.as_str())
+        });
+    for invitee in local_invitees {
+        state.push(template(
+            "m.room.member",
+            Some(invitee),
+            sender,
+            invite_content(),
+        ));
     }
     let mut creation_content = body.creation_content.unwrap_or_default();
     creation_content.remove("room_version");
@@ -259,6 +274,15 @@ pub(crate) async fn create_room(
             .await
             .map_err(MatrixError::from)?;
     }
+    for invitee in remote_invitees {
+        // As Synapse does: the room stands even if an invite fails.
+        if let Err(error) = api
+            .invite_remote(&response.room_id, sender, invitee, invite_content())
+            .await
+        {
+            tracing::warn!(%invitee, room_id = %response.room_id, ?error, "an invite to another server failed");
+        }
+    }
     let mut body = json!({ "room_id": response.room_id });
     if let Some(alias) = alias {
         body["room_alias"] = json!(alias);
@@ -280,6 +304,12 @@ impl ClientApi {
         let mut content = json!({ "membership": membership });
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
+        }
+        if membership == "join" && sender == target {
+            // As Synapse does: the joiner's profile rides on their join.
+            for (key, value) in self.own_profile(sender).await {
+                content[key] = value;
+            }
         }
         let result = self
             .roomserver
@@ -428,9 +458,71 @@ fn via_servers(uri: &Uri) -> Vec<String> {
     servers
 }
 
+/// A room this server is not in, to join or knock on through another
+/// server: the room ID, the servers to ask in order (an inviter's server,
+/// those the request names, those the alias's server lists, the room ID's
+/// own), and the membership's extra content. None (with the room ID):
+/// the room is here.
+async fn remote_room(
+    api: &ClientApi,
+    device: &ganglion_api::proto::userapi::Device,
+    room_id_or_alias: &str,
+    uri: &Uri,
+    body: &axum::body::Bytes,
+    membership: &str,
+) -> MatrixResult<(
+    String,
+    Option<ganglion_api::proto::federationapi::JoinRoomRequest>,
+)> {
+    let mut servers = via_servers(uri);
+    let (room_id, alias_servers) = api.room_and_servers(room_id_or_alias).await?;
+    let (room_exists, inviter_server) = api.room_here(&room_id, &device.user_id).await?;
+    if room_exists {
+        return Ok((room_id, None));
+    }
+    if let Some(server) = inviter_server {
+        servers.insert(0, server);
+    }
+    if device.is_guest {
+        return Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            format!("Guests may not {membership} rooms on other servers"),
+        ));
+    }
+    servers.extend(alias_servers);
+    if let Some(server) = ruma::RoomId::parse(&room_id)
+        .ok()
+        .and_then(|id| id.server_name().map(|s| s.to_string()))
+    {
+        servers.push(server);
+    }
+    servers.retain(|s| *s != api.server_name);
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
+    if servers.is_empty() {
+        return Err(MatrixError::not_found(format!(
+            "No known server to {membership} the room through"
+        )));
+    }
+    let mut content = api.own_profile(&device.user_id).await;
+    if let Some(reason) = reason_of(body)? {
+        content.insert("reason".into(), json!(reason));
+    }
+    let content_json = Value::Object(content).to_string().into_bytes();
+    Ok((
+        room_id.clone(),
+        Some(ganglion_api::proto::federationapi::JoinRoomRequest {
+            room_id,
+            user_id: device.user_id.clone(),
+            servers,
+            content_json,
+        }),
+    ))
+}
+
 /// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room
-/// this server is not in is joined through another server: those the
-/// request names, those the alias's server lists, the room ID's own.
+/// this server is not in is joined through another server.
 pub(crate) async fn join(
     State(api): State<Arc<ClientApi>>,
     Path(room_id_or_alias): Path<String>,
@@ -439,49 +531,12 @@ pub(crate) async fn join(
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    let mut servers = via_servers(&uri);
-    let (room_id, alias_servers) = api.room_and_servers(&room_id_or_alias).await?;
-    let (room_exists, inviter_server) = api.room_here(&room_id, &device.user_id).await?;
-    if !room_exists {
-        // Invited from another server: through the inviter's server first.
-        if let Some(server) = inviter_server {
-            servers.insert(0, server);
-        }
-        if device.is_guest {
-            return Err(MatrixError::new(
-                StatusCode::FORBIDDEN,
-                "M_GUEST_ACCESS_FORBIDDEN",
-                "Guests may not join rooms on other servers",
-            ));
-        }
-        servers.extend(alias_servers);
-        if let Some(server) = ruma::RoomId::parse(&room_id)
-            .ok()
-            .and_then(|id| id.server_name().map(|s| s.to_string()))
-        {
-            servers.push(server);
-        }
-        servers.retain(|s| *s != api.server_name);
-        let mut seen = std::collections::HashSet::new();
-        servers.retain(|s| seen.insert(s.clone()));
-        if servers.is_empty() {
-            return Err(MatrixError::not_found(
-                "No known server to join the room through",
-            ));
-        }
-        let reason = reason_of(&body)?;
-        let content = match reason {
-            Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),
-            None => Vec::new(),
-        };
+    let (room_id, remote) =
+        remote_room(&api, &device, &room_id_or_alias, &uri, &body, "join").await?;
+    if let Some(request) = remote {
         let joined = api
             .federation
-            .join_room(ganglion_api::proto::federationapi::JoinRoomRequest {
-                room_id: room_id.clone(),
-                user_id: device.user_id.clone(),
-                servers,
-                content_json: content,
-            })
+            .join_room(request)
             .await
             .map_err(MatrixError::from)?;
         api.read_your_writes(joined.output_position).await;
@@ -491,6 +546,8 @@ pub(crate) async fn join(
     respond(json!({ "room_id": room_id }))
 }
 
+/// `POST /knock/{roomIdOrAlias}`. A room this server is not in is knocked
+/// on through another server.
 pub(crate) async fn knock(
     State(api): State<Arc<ClientApi>>,
     Path(room_id_or_alias): Path<String>,
@@ -499,7 +556,18 @@ pub(crate) async fn knock(
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    let room_id = own_membership(&api, &device, &body, &room_id_or_alias, "knock").await?;
+    let (room_id, remote) =
+        remote_room(&api, &device, &room_id_or_alias, &uri, &body, "knock").await?;
+    if let Some(request) = remote {
+        let knocked = api
+            .federation
+            .knock_room(request)
+            .await
+            .map_err(MatrixError::from)?;
+        api.read_your_writes(knocked.output_position).await;
+        return respond(json!({ "room_id": room_id }));
+    }
+    let room_id = own_membership(&api, &device, &body, &room_id, "knock").await?;
     respond(json!({ "room_id": room_id }))
 }
 
@@ -590,13 +658,12 @@ pub(crate) async fn moderate(
     let remote = ruma::UserId::parse(&body.user_id)
         .is_ok_and(|user| user.server_name() != api.server_name.as_str());
     if membership == "invite" && remote {
-        api.invite_remote(
-            &room_id,
-            &device.user_id,
-            &body.user_id,
-            body.reason.as_deref(),
-        )
-        .await?;
+        let mut content = json!({ "membership": "invite" });
+        if let Some(reason) = &body.reason {
+            content["reason"] = json!(reason);
+        }
+        api.invite_remote(&room_id, &device.user_id, &body.user_id, content)
+            .await?;
         return respond(json!({}));
     }
     api.membership(
@@ -631,12 +698,8 @@ impl ClientApi {
         room_id: &str,
         sender: &str,
         target: &str,
-        reason: Option<&str>,
+        content: Value,
     ) -> MatrixResult<()> {
-        let mut content = json!({ "membership": "invite" });
-        if let Some(reason) = reason {
-            content["reason"] = json!(reason);
-        }
         let built = self
             .roomserver
             .build_event(pb::BuildEventRequest {

@@ -1,5 +1,6 @@
 //! `PUT /sendToDevice/{eventType}/{txnId}`: one `edu.to_device` record per
-//! local recipient, with `*` expanded to the recipient's devices. The
+//! recipient, with `*` expanded to a local recipient's devices (a remote
+//! recipient's server expands it; the federationsender takes those). The
 //! message ID derives from the sender's device and transaction, so a
 //! retried request is dropped by the reader instead of delivered twice.
 
@@ -45,16 +46,12 @@ pub(crate) async fn send_to_device(
     for (recipient, by_device) in body.messages {
         let user = ruma::UserId::parse(recipient.as_str())
             .map_err(|_| MatrixError::invalid_param(format!("invalid user ID {recipient}")))?;
-        if user.server_name().as_str() != api.server_name {
-            // Delivery to other servers comes with federation.
-            tracing::debug!(%recipient, "to-device message for a remote user not sent");
-            continue;
-        }
+        let local = user.server_name().as_str() == api.server_name;
         let mut messages = Vec::new();
         for (device_id, content) in by_device {
             super::require_canonical(&content)?;
             let content_json = Value::Object(content).to_string().into_bytes();
-            if device_id == "*" {
+            if device_id == "*" && local {
                 let devices = api
                     .users
                     .list_devices(user_pb::ListDevicesRequest {

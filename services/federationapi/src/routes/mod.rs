@@ -21,6 +21,11 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
             "/_matrix/federation/v1/query/directory",
             get(query::directory),
         )
+        .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(query::public_rooms_get).post(query::public_rooms_post),
+        )
         .route(
             "/_matrix/federation/v1/user/keys/query",
             post(user_keys::query),

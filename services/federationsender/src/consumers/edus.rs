@@ -4,6 +4,8 @@
 //! `keyserver.key_changes` and `edu.presence`: a local user's device
 //! change or presence goes, as an `m.device_list_update` or `m.presence`,
 //! to every server sharing a room with them.
+//! `edu.to_device`: a local user's message for a remote user's devices
+//! goes, as an `m.direct_to_device`, to that user's server.
 
 use std::sync::Arc;
 
@@ -72,6 +74,9 @@ impl RecordHandler for EduConsumer {
         }
         if record.topic == self.topics.edu_presence {
             return self.presence(record).await;
+        }
+        if record.topic == self.topics.edu_to_device {
+            return self.to_device(record).await;
         }
         let Some((room_id, edu)) = edu_of(&self.topics, &self.server_name, record)? else {
             return Ok(());
@@ -147,6 +152,60 @@ impl EduConsumer {
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         self.queues.wake(&destinations);
+        Ok(())
+    }
+}
+
+/// The `m.direct_to_device` EDU for a local user's message to a remote
+/// user, with its destination; none for anything else. The EDU's message
+/// ID (at most 32 characters, unique per sender's server) derives from the
+/// send's and the recipient, so a receiver that dedupes by it keeps one
+/// copy per recipient.
+pub(crate) fn to_device_edu(
+    server_name: &str,
+    edu: &topic_pb::ToDeviceEdu,
+) -> Option<(String, Value)> {
+    use sha2::{Digest, Sha256};
+    let server_of = |user_id: &str| user_id.split_once(':').map(|(_, s)| s.to_owned());
+    let destination = server_of(&edu.recipient)?;
+    if server_of(&edu.sender).as_deref() != Some(server_name)
+        || destination == server_name
+        || edu.messages.is_empty()
+    {
+        return None;
+    }
+    let mut devices = serde_json::Map::new();
+    for message in &edu.messages {
+        let content: Value = serde_json::from_slice(&message.content_json).ok()?;
+        devices.insert(message.device_id.clone(), content);
+    }
+    let digest = Sha256::digest(format!("{}\n{}", edu.message_id, edu.recipient).as_bytes());
+    let message_id: String = format!("{digest:x}").chars().take(32).collect();
+    let content = json!({
+        "sender": edu.sender,
+        "type": edu.event_type,
+        "message_id": message_id,
+        "messages": { edu.recipient.clone(): devices },
+    });
+    Some((
+        destination,
+        json!({ "edu_type": "m.direct_to_device", "content": content }),
+    ))
+}
+
+impl EduConsumer {
+    /// A local user's to-device message for a remote user.
+    async fn to_device(&self, record: &Record) -> Result<(), HandleError> {
+        let edu: topic_pb::ToDeviceEdu =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let Some((destination, edu)) = to_device_edu(&self.server_name, &edu) else {
+            return Ok(());
+        };
+        self.storage
+            .queue_edu_to(&destination, &edu.to_string())
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        self.queues.wake(&[destination]);
         Ok(())
     }
 }

@@ -149,6 +149,18 @@ impl Storage {
         Ok(hosts)
     }
 
+    /// Queues an EDU for one destination (a to-device message).
+    pub(crate) async fn queue_edu_to(
+        &self,
+        destination: &str,
+        edu_json: &str,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        Self::insert_edus(&mut tx, &[destination.to_owned()], edu_json).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The servers with a member joined to the room.
     async fn room_hosts(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,

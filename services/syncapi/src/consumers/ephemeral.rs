@@ -62,7 +62,13 @@ impl RecordHandler for StreamConsumer {
                 notifier.co_members(&edu.user_id);
             }
             Stream::ToDevice => {
-                let edu: topic_pb::ToDeviceEdu = decode(&record.payload).map_err(permanent)?;
+                let mut edu: topic_pb::ToDeviceEdu = decode(&record.payload).map_err(permanent)?;
+                if edu.recipient.split_once(':').map(|(_, s)| s)
+                    != Some(self.service.server_name.as_str())
+                {
+                    // For another server: the federationsender's.
+                    edu.messages.clear();
+                }
                 storage.apply_to_device(at, &edu).await.map_err(transient)?;
                 self.service.advance(self.stream, record);
                 notifier.wake_users([edu.recipient.as_str()]);

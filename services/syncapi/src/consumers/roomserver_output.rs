@@ -141,7 +141,10 @@ impl RecordHandler for OutputConsumer {
                         (&invite.room_id, &invite.event_id),
                         (invitee, sender),
                         json,
-                        Some(&serde_json::Value::from(stripped).to_string()),
+                        (
+                            "invite",
+                            Some(&serde_json::Value::from(stripped).to_string()),
+                        ),
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
@@ -149,24 +152,31 @@ impl RecordHandler for OutputConsumer {
                 self.service.notifier.wake_users([invitee]);
                 return Ok(());
             }
-            Some(topic_pb::roomserver_output::Kind::RemoteInviteRejected(rejected)) => {
-                let json = std::str::from_utf8(&rejected.event_json)
+            Some(topic_pb::roomserver_output::Kind::RemoteMembership(changed)) => {
+                let json = std::str::from_utf8(&changed.event_json)
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let stripped = (changed.membership == "knock").then(|| {
+                    let events: Vec<serde_json::Value> = changed
+                        .stripped_state_json
+                        .iter()
+                        .filter_map(|e| serde_json::from_slice(e).ok())
+                        .collect();
+                    serde_json::Value::from(events).to_string()
+                });
+                let membership = if stripped.is_some() { "knock" } else { "leave" };
                 self.service
                     .storage
                     .apply_remote_membership(
                         (record.partition, record.offset),
-                        (&rejected.room_id, &rejected.event_id),
-                        (&rejected.user_id, &rejected.user_id),
+                        (&changed.room_id, &changed.event_id),
+                        (&changed.user_id, &changed.user_id),
                         json,
-                        None,
+                        (membership, stripped.as_deref()),
                     )
                     .await
                     .map_err(|e| HandleError::Transient(e.to_string()))?;
                 self.service.advance(Stream::Room, record);
-                self.service
-                    .notifier
-                    .wake_users([rejected.user_id.as_str()]);
+                self.service.notifier.wake_users([changed.user_id.as_str()]);
                 return Ok(());
             }
             Some(topic_pb::roomserver_output::Kind::OutlierBatch(batch)) => {

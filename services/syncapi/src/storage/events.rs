@@ -310,22 +310,18 @@ impl Storage {
     }
 
     /// A membership of one of our users in a room we are not in (another
-    /// server's invite, with the stripped state it came with; its
-    /// rejection, without): the event (outside every timeline) becomes the
-    /// user's membership, and the position advances, in one transaction.
+    /// server's invite, or a knock, with the stripped state it came with;
+    /// a rejection, without): the event (outside every timeline) becomes
+    /// the user's membership, and the position advances, in one
+    /// transaction.
     pub(crate) async fn apply_remote_membership(
         &self,
         (partition, offset): (u32, u64),
         (room_id, event_id): (&str, &str),
         (invitee, sender): (&str, &str),
         json: &str,
-        invite_state_json: Option<&str>,
+        (membership, invite_state_json): (&str, Option<&str>),
     ) -> Result<(), StorageError> {
-        let membership = if invite_state_json.is_some() {
-            "invite"
-        } else {
-            "leave"
-        };
         let mut tx = self.db.pool.begin().await?;
         sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,

@@ -46,4 +46,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    // Profiles: a displayname and an avatar URL per account.
+    Migration {
+        version: 4,
+        description: "profiles",
+        sql: "
+        ALTER TABLE accounts ADD COLUMN displayname TEXT;
+        ALTER TABLE accounts ADD COLUMN avatar_url TEXT;
+    ",
+    },
 ];

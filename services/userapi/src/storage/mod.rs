@@ -7,6 +7,7 @@ mod devices;
 mod migrations;
 
 pub(crate) use account_data::Pending;
+pub(crate) use accounts::ProfileField;
 pub(crate) use migrations::MIGRATIONS;
 
 use ganglion_base::Database;

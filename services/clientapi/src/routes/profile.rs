@@ -1,0 +1,213 @@
+//! `GET /profile/{userId}`, `GET` and `PUT /profile/{userId}/{keyName}`:
+//! displaynames and avatar URLs. Our users' are the userapi's; other
+//! servers' are asked over federation (`/query/profile`). A change is
+//! carried into the user's membership in every room they are joined to,
+//! as Synapse does, so the other members see it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::userapi as user_pb;
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use serde_json::{Map, Value, json};
+
+use super::rooms::template;
+use crate::ClientApi;
+
+/// The profile fields this server keeps.
+const FIELDS: [&str; 2] = ["displayname", "avatar_url"];
+
+impl ClientApi {
+    /// A user's profile as the client API spells it: ours from the
+    /// userapi, another server's from that server.
+    async fn profile_of(
+        &self,
+        user_id: &str,
+        field: Option<&str>,
+    ) -> MatrixResult<Map<String, Value>> {
+        let user = ruma::UserId::parse(user_id)
+            .map_err(|_| MatrixError::invalid_param("invalid user ID"))?;
+        if user.server_name().as_str() != self.server_name {
+            let answer = self
+                .federation
+                .query_profile(ganglion_api::proto::federationapi::QueryProfileRequest {
+                    user_id: user_id.to_owned(),
+                    field: field.unwrap_or_default().to_owned(),
+                })
+                .await
+                .map_err(MatrixError::from)?;
+            let answer: Value = serde_json::from_slice(&answer.body_json).unwrap_or_default();
+            let mut profile = Map::new();
+            for key in FIELDS {
+                if let Some(value) = answer[key].as_str()
+                    && field.is_none_or(|f| f == key)
+                {
+                    profile.insert(key.into(), json!(value));
+                }
+            }
+            return Ok(profile);
+        }
+        let profile = self
+            .users
+            .get_profile(user_pb::GetProfileRequest {
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let mut profile = profile_map(profile);
+        if let Some(field) = field {
+            profile.retain(|key, _| key == field);
+        }
+        Ok(profile)
+    }
+
+    /// Our user's profile fields, for the content of their join.
+    pub(crate) async fn own_profile(&self, user_id: &str) -> Map<String, Value> {
+        match self
+            .users
+            .get_profile(user_pb::GetProfileRequest {
+                user_id: user_id.to_owned(),
+            })
+            .await
+        {
+            Ok(profile) => profile_map(profile),
+            Err(error) => {
+                tracing::warn!(user_id, ?error, "no profile for a membership");
+                Map::new()
+            }
+        }
+    }
+}
+
+fn profile_map(profile: user_pb::Profile) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (key, value) in [
+        ("displayname", profile.displayname),
+        ("avatar_url", profile.avatar_url),
+    ] {
+        if let Some(value) = value {
+            map.insert(key.into(), json!(value));
+        }
+    }
+    map
+}
+
+pub(crate) async fn get_profile(
+    State(api): State<Arc<ClientApi>>,
+    Path(user_id): Path<String>,
+) -> MatrixResult {
+    respond(Value::Object(api.profile_of(&user_id, None).await?))
+}
+
+pub(crate) async fn get_profile_field(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, field)): Path<(String, String)>,
+) -> MatrixResult {
+    if !FIELDS.contains(&field.as_str()) {
+        return Err(MatrixError::not_found("No such profile field"));
+    }
+    let profile = api.profile_of(&user_id, Some(&field)).await?;
+    if !profile.contains_key(&field) {
+        return Err(MatrixError::not_found("The profile field is not set"));
+    }
+    respond(Value::Object(profile))
+}
+
+pub(crate) async fn put_profile_field(
+    State(api): State<Arc<ClientApi>>,
+    Path((user_id, field)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    if device.user_id != user_id {
+        return Err(MatrixError::forbidden(
+            "You may only change your own profile",
+        ));
+    }
+    if !FIELDS.contains(&field.as_str()) {
+        return Err(MatrixError::invalid_param("No such profile field here"));
+    }
+    let body: Map<String, Value> = parse_json(&body)?;
+    let value = match body.get(&field) {
+        Some(Value::String(value)) => Some(value.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            return Err(MatrixError::bad_json(format!("{field} must be a string")));
+        }
+    };
+    if field == "avatar_url"
+        && let Some(url) = &value
+        && !url.is_empty()
+        && !url.starts_with("mxc://")
+    {
+        return Err(MatrixError::invalid_param(
+            "avatar_url must be an mxc:// URI",
+        ));
+    }
+    let profile = api
+        .users
+        .set_profile_field(user_pb::SetProfileFieldRequest {
+            user_id: user_id.clone(),
+            field,
+            value,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    api.carry_profile_into_rooms(&user_id, profile_map(profile))
+        .await;
+    respond(json!({}))
+}
+
+impl ClientApi {
+    /// A new join event with the new profile in each room the user is
+    /// joined to. A room that refuses it keeps the old one (logged).
+    async fn carry_profile_into_rooms(&self, user_id: &str, profile: Map<String, Value>) {
+        let rooms = match self
+            .roomserver
+            .query_joined_rooms(pb::QueryJoinedRoomsRequest {
+                user_id: user_id.to_owned(),
+            })
+            .await
+        {
+            Ok(rooms) => rooms.room_ids,
+            Err(error) => {
+                tracing::warn!(user_id, ?error, "the profile change reached no room");
+                return;
+            }
+        };
+        for room_id in rooms {
+            let mut content = profile.clone();
+            content.insert("membership".into(), json!("join"));
+            let result = self
+                .roomserver
+                .input(pb::InputRequest {
+                    room_id: room_id.clone(),
+                    templates: vec![template(
+                        "m.room.member",
+                        Some(user_id),
+                        user_id,
+                        Value::Object(content),
+                    )],
+                    device_id: String::new(),
+                    transaction_id: String::new(),
+                })
+                .await;
+            match result {
+                Ok(response) => self.read_your_writes(response.output_position).await,
+                Err(error) => {
+                    tracing::warn!(
+                        user_id,
+                        room_id,
+                        ?error,
+                        "the profile change was refused in a room"
+                    )
+                }
+            }
+        }
+    }
+}
