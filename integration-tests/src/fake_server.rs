@@ -383,6 +383,54 @@ impl FakeServer {
             .await
     }
 
+    /// `user_id` (of this server) joins a room of the server at
+    /// `base_url` (named `destination`): make_join, sign, send_join v2.
+    /// The room version, the join's ID and PDU, and send_join's answer.
+    pub async fn join_room(
+        &self,
+        (base_url, destination): (&str, &str),
+        room_id: &str,
+        user_id: &str,
+    ) -> (String, String, Value, Value) {
+        let encode = crate::client::encode;
+        let (status, template) = self
+            .request(
+                base_url,
+                destination,
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/make_join/{}/{}?ver=10&ver=11&ver=12",
+                    encode(room_id),
+                    encode(user_id)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "make_join: {template}");
+        let version = template["room_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut join = template["event"].clone();
+        join["origin_server_ts"] = serde_json::json!(now_ms());
+        let (join_id, join) = self.sign_event(&version, join);
+        let (status, joined) = self
+            .request(
+                base_url,
+                destination,
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    encode(room_id),
+                    encode(&join_id)
+                ),
+                Some(join.clone()),
+            )
+            .await;
+        assert_eq!(status, 200, "send_join: {joined}");
+        (version, join_id, join, joined)
+    }
+
     /// A request with the `Authorization` header given (forged ones too).
     pub async fn request_with(
         &self,

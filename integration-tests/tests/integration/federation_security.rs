@@ -57,41 +57,8 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
     let mallory = format!("@mallory:{}", fake.server_name);
 
     // Mallory joins through make_join and send_join.
-    let (status, template) = fake
-        .request(
-            &base,
-            &our_name,
-            Method::GET,
-            &format!(
-                "/_matrix/federation/v1/make_join/{}/{}?ver=10",
-                encode(&room_id),
-                encode(&mallory)
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{template}");
-    let version = template["room_version"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let mut join = template["event"].clone();
-    join["origin_server_ts"] = json!(now_ms());
-    let (join_id, join) = fake.sign_event(&version, join);
-    let (status, joined) = fake
-        .request(
-            &base,
-            &our_name,
-            Method::PUT,
-            &format!(
-                "/_matrix/federation/v2/send_join/{}/{}",
-                encode(&room_id),
-                encode(&join_id)
-            ),
-            Some(join.clone()),
-        )
-        .await;
-    assert_eq!(status, 200, "{joined}\n{}", logs());
+    let (version, join_id, join, joined) =
+        fake.join_room((&base, &our_name), &room_id, &mallory).await;
     assert!(
         joined["state"].as_array().is_some_and(|s| s.len() >= 5),
         "{joined}"

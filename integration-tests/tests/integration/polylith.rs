@@ -299,3 +299,126 @@ async fn polylith_federates_with_synapse() {
     bob.send_text(&room_id, "s1", "from synapse").await;
     crate::federation_rooms::until_message(&alice, &room_id, "from synapse", logs).await;
 }
+
+/// Two federationsender replicas share the destinations: eight remote
+/// servers (fakes in this process, real TLS and signatures) join a room;
+/// every message reaches each of them once, in order; both replicas
+/// deliver; one is SIGKILLed mid-conversation and the other takes its
+/// destinations over once their leases lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
+    use ganglion_integration_tests::client::Client;
+    use ganglion_integration_tests::fake_server::FakeServer;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let federation_port = ganglion_integration_tests::process::free_port();
+    let our_name = format!("localhost:{federation_port}");
+    let mut urls = Vec::new();
+    for service in POLYLITH_SERVICES {
+        urls.push((
+            service,
+            ganglion_base::testing::scratch_postgres(&format!("poly_fs2_{service}")).await,
+        ));
+    }
+    let env = vec![
+        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
+        (
+            "GANGLION_FEDERATION__LISTEN".to_owned(),
+            format!("127.0.0.1:{federation_port}"),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+        // A stopped replica's destinations move after about 4 s.
+        (
+            "GANGLION_FEDERATION__SENDER_LEASE_MS".to_owned(),
+            "4000".to_owned(),
+        ),
+    ];
+    let mut server = Polylith::start_with(dir.path(), &urls, env).await;
+    let second = server.add_replica("federationsender").await;
+    let base = format!("https://127.0.0.1:{federation_port}");
+
+    let alice = Client::register(&server.base_url, "alice", "pw-alice-fs2").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut fakes = Vec::new();
+    for i in 0..8 {
+        let fake_dir = tempfile::tempdir().expect("tempdir");
+        let fake = FakeServer::start(fake_dir.path()).await;
+        let user = format!("@remote{i}:{}", fake.server_name);
+        fake.join_room((&base, &our_name), &room_id, &user).await;
+        fakes.push((fake_dir, fake));
+    }
+    // Each fake's messages, deduplicated by transaction ID as a server
+    // does, in the order received.
+    let bodies = |fake: &FakeServer| -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        fake.received()
+            .into_iter()
+            .filter(|(txn, _)| seen.insert(txn.clone()))
+            .flat_map(|(_, body)| body["pdus"].as_array().cloned().unwrap_or_default())
+            .filter(|pdu| pdu["type"] == "m.room.message")
+            .filter_map(|pdu| pdu["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all_delivered = async |server: &Polylith, expected: &[String], what: &str| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if fakes.iter().all(|(_, fake)| bodies(fake) == expected) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {:?}\n{}",
+                fakes.iter().map(|(_, f)| bodies(f)).collect::<Vec<_>>(),
+                server.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let text = format!("to all {i}");
+        send_until_ok(&alice, &room_id, &format!("f{i}"), &text).await;
+        expected.push(text);
+    }
+    all_delivered(&server, &expected, "before the kill").await;
+    let first_sent = transactions_sent_by(&server.listen("federationsender")).await;
+    let second_sent = transactions_sent_by(&server.replica_listen(&second)).await;
+    assert!(
+        first_sent > 0 && second_sent > 0,
+        "both replicas deliver: {first_sent} and {second_sent}\n{}",
+        server.logs()
+    );
+
+    // The second replica dies; the first delivers its destinations too,
+    // each message once, in order.
+    server.kill9(&second);
+    for i in 10..20 {
+        let text = format!("to all {i}");
+        send_until_ok(&alice, &room_id, &format!("f{i}"), &text).await;
+        expected.push(text);
+    }
+    all_delivered(&server, &expected, "after the kill").await;
+}
+
+/// Transactions a federationsender replica delivered, from its metrics.
+async fn transactions_sent_by(listen: &str) -> u64 {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("ganglion_federationsender_transactions_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}

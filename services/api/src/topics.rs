@@ -32,6 +32,9 @@ pub struct Topics {
     pub keyserver_key_changes: String,
     /// Other servers' device list updates, keyed by user ID.
     pub federation_device_list_updates: String,
+    /// Destinations with queued work, keyed by destination; spreads
+    /// destinations over the federationsender's replicas.
+    pub federationsender_destinations: String,
 }
 
 impl Topics {
@@ -46,10 +49,11 @@ impl Topics {
             userapi_account_data: format!("{prefix}userapi.account_data"),
             keyserver_key_changes: format!("{prefix}keyserver.key_changes"),
             federation_device_list_updates: format!("{prefix}federation.device_list_updates"),
+            federationsender_destinations: format!("{prefix}federationsender.destinations"),
         }
     }
 
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.roomserver_input,
             &self.roomserver_output,
@@ -60,6 +64,7 @@ impl Topics {
             &self.userapi_account_data,
             &self.keyserver_key_changes,
             &self.federation_device_list_updates,
+            &self.federationsender_destinations,
         ]
     }
 }

@@ -90,6 +90,11 @@ pub struct FederationConfig {
     pub dns_nameservers: Vec<String>,
     /// How long one outbound federation request may take.
     pub request_timeout_ms: u64,
+    /// How long a federationsender replica keeps a destination without
+    /// renewing its lease (it renews before each transaction, so keep this
+    /// above `request_timeout_ms`); a stopped replica's destinations move
+    /// to another after about this long.
+    pub sender_lease_ms: u64,
 }
 
 /// The ranges outbound federation refuses unless allow-listed: loopback,
@@ -249,6 +254,7 @@ impl Default for FederationConfig {
             trusted_key_servers: Vec::new(),
             dns_nameservers: Vec::new(),
             request_timeout_ms: 30_000,
+            sender_lease_ms: 60_000,
         }
     }
 }
@@ -454,6 +460,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "trusted_key_servers" => "Notaries asked for server keys (e.g. \"matrix.org\").",
         "dns_nameservers" => "DNS servers (ip:port) for SRV lookups; the system's when empty.",
         "request_timeout_ms" => "How long one outbound federation request may take.",
+        "sender_lease_ms" => "How long a federationsender replica holds a destination unrenewed.",
         _ => return None,
     })
 }

@@ -13,9 +13,14 @@
 //! - Sends: per destination, one transaction of at most 50 PDUs in flight,
 //!   with exponential backoff (`queues.rs`), through the federationapi,
 //!   which signs and delivers it.
+//! - Scales out: replicas share the database and split the partitions of
+//!   `roomserver.output` (one consumer group); work for a destination is
+//!   announced on `federationsender.destinations`, keyed by destination,
+//!   whose partitions spread destinations over the replicas
+//!   (`consumers/destinations.rs`); a lease in the database keeps each
+//!   destination to one replica at a time.
 //! - Owns: its database (joined hosts, per-destination queues, retry state).
 //!
-//! Not yet: spreading destinations over several replicas; run one replica.
 #![forbid(unsafe_code)]
 
 mod consumers;
@@ -65,12 +70,33 @@ pub async fn start(
     let topics = Topics::new(&config.log.topic_prefix);
     log.ensure_topic(&topics.roomserver_output, config.log.partitions)
         .await?;
-    let queues = queues::Queues::new(storage.clone(), federation, shutdown.clone());
+    log.ensure_topic(&topics.federationsender_destinations, config.log.partitions)
+        .await?;
+    let queues = queues::Queues::new(
+        storage.clone(),
+        federation,
+        (log.clone(), topics.federationsender_destinations.clone()),
+        config.federation.sender_lease_ms,
+        shutdown.clone(),
+    );
+    // Whatever waits from before is announced at once, then every half
+    // lease what no replica holds.
     let waiting = storage
-        .destinations_with_work()
+        .unleased_destinations_with_work(queues::now_ms())
         .await
         .map_err(|e| StartError::Storage(format!("{e:?}")))?;
-    queues.wake(&waiting);
+    queues.announce(&waiting).await;
+    tokio::spawn(queues.clone().sweep());
+    let delivery = ganglion_api::consume::spawn(
+        log.clone(),
+        &format!("{}federationsender-destinations", config.log.topic_prefix),
+        &[topics.federationsender_destinations.as_str()],
+        Arc::new(consumers::destinations::DestinationConsumer {
+            queues: queues.clone(),
+        }),
+        shutdown.clone(),
+    )
+    .await?;
     for topic in [
         &topics.edu_typing,
         &topics.edu_receipt,
@@ -119,5 +145,6 @@ pub async fn start(
     }));
     health.add(consumer);
     health.add(edus);
+    health.add(delivery);
     Ok(Started { health })
 }

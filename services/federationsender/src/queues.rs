@@ -5,6 +5,13 @@
 //! taken once. A failure
 //! backs off exponentially (1 s doubling to at most an hour); the queue is
 //! in the database, so a restart resumes where it stopped.
+//!
+//! Replicas share the database. New work for a destination is announced
+//! on `federationsender.destinations` (keyed by destination), so the
+//! replica whose partition it is delivers it; it holds a lease on the
+//! destination while it does (renewed as it goes, given up when the queue
+//! is empty), and no other replica sends there meanwhile. A sweep announces
+//! work whose replica stopped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +19,12 @@ use std::time::Duration;
 
 use ganglion_api::federation::FederationHandle;
 use ganglion_api::proto::federationapi as pb;
+use ganglion_api::proto::topics as topic_pb;
+use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+use ganglion_log::Log;
 use tokio::sync::{Notify, watch};
 
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// The most PDUs and EDUs one transaction carries (the spec's limits).
 const PDUS_PER_TRANSACTION: u32 = 50;
@@ -40,7 +50,16 @@ pub(crate) fn backoff_ms(failures: i64) -> i64 {
 pub(crate) struct Queues {
     storage: Storage,
     federation: FederationHandle,
-    /// A running sender per destination, woken when PDUs are queued.
+    /// This replica, as destination leases name it.
+    owner: String,
+    /// How long a lease lasts unless renewed (renewed before each
+    /// transaction, and every third of it while a backoff is waited out).
+    lease_ms: i64,
+    /// Where destinations with new work are announced
+    /// (`federationsender.destinations`).
+    log: Arc<dyn Log>,
+    topic: String,
+    /// A sender per destination this replica was asked to deliver to.
     senders: Mutex<HashMap<String, Arc<Notify>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -49,17 +68,59 @@ impl Queues {
     pub(crate) fn new(
         storage: Storage,
         federation: FederationHandle,
+        (log, topic): (Arc<dyn Log>, String),
+        lease_ms: u64,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Queues> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         Arc::new(Queues {
             storage,
             federation,
+            owner: format!("{}-{started:x}", std::process::id()),
+            lease_ms: i64::try_from(lease_ms).unwrap_or(i64::MAX).max(1_000),
+            log,
+            topic,
             senders: Mutex::default(),
             shutdown,
         })
     }
 
-    /// Wakes (or starts) the senders of `destinations`.
+    /// Announces that `destinations` have work: each goes to the replica
+    /// whose partition of `federationsender.destinations` it falls in. One
+    /// that cannot be announced now is found by the sweep.
+    pub(crate) async fn announce(&self, destinations: &[String]) {
+        for destination in destinations {
+            let work = topic_pb::DestinationWork {
+                version: PAYLOAD_VERSION,
+                destination: destination.clone(),
+            };
+            if let Err(error) = produce(&*self.log, &self.topic, destination, &work).await {
+                tracing::warn!(destination, ?error, "federationsender: announcing work");
+            }
+        }
+    }
+
+    /// Every half lease: announces the destinations with work that no replica
+    /// holds (its replica died, or an announcement was lost).
+    pub(crate) async fn sweep(self: Arc<Self>) {
+        let every = Duration::from_millis((self.lease_ms / 2) as u64);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match self.storage.unleased_destinations_with_work(now_ms()).await {
+                Ok(waiting) => self.announce(&waiting).await,
+                Err(error) => tracing::warn!(?error, "federationsender: sweeping the queues"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Wakes (or starts) this replica's senders of `destinations`.
     pub(crate) fn wake(self: &Arc<Self>, destinations: &[String]) {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         for destination in destinations {
@@ -74,11 +135,70 @@ impl Queues {
         }
     }
 
+    /// Takes or renews this replica's lease on `destination`.
+    async fn lease(&self, destination: &str) -> bool {
+        let now = now_ms();
+        match self
+            .storage
+            .claim_lease(
+                destination,
+                &self.owner,
+                now,
+                now.saturating_add(self.lease_ms),
+            )
+            .await
+        {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(destination, ?error, "federationsender: taking a lease");
+                false
+            }
+        }
+    }
+
+    async fn release(&self, destination: &str) {
+        if let Err(error) = self.storage.release_lease(destination, &self.owner).await {
+            tracing::warn!(destination, ?error, "federationsender: releasing a lease");
+        }
+    }
+
+    /// The destination's next PDUs and EDUs.
+    async fn next_batch(
+        &self,
+        destination: &str,
+    ) -> Result<
+        (
+            Vec<crate::storage::QueuedPdu>,
+            Vec<crate::storage::QueuedPdu>,
+        ),
+        StorageError,
+    > {
+        let batch = self
+            .storage
+            .queued(destination, PDUS_PER_TRANSACTION)
+            .await?;
+        let edus = self
+            .storage
+            .queued_edus(destination, EDUS_PER_TRANSACTION)
+            .await?;
+        Ok((batch, edus))
+    }
+
+    /// Delivers the destination's queue while this replica holds its
+    /// lease; with nothing left, gives the lease up and waits for news.
+    /// Stops when another replica holds the lease (it sends what is queued).
     async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
         let mut shutdown = self.shutdown.clone();
-        loop {
+        'deliver: loop {
             if *shutdown.borrow() {
-                return;
+                break;
+            }
+            if !self.lease(&destination).await {
+                tracing::debug!(
+                    destination,
+                    "federationsender: another replica delivers here"
+                );
+                break;
             }
             let (failures, retry_at) = match self.storage.retry_state(&destination).await {
                 Ok(state) => state,
@@ -87,96 +207,123 @@ impl Queues {
                     (1, now_ms() + FIRST_BACKOFF_MS)
                 }
             };
-            let wait = retry_at - now_ms();
-            if failures > 0 && wait > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-                    _ = shutdown.changed() => return,
+            if failures > 0 {
+                // Wait out the backoff, keeping the lease.
+                loop {
+                    let wait = retry_at - now_ms();
+                    if wait <= 0 {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait.min(self.lease_ms / 3) as u64)) => {}
+                        _ = shutdown.changed() => break 'deliver,
+                    }
+                    if !self.lease(&destination).await {
+                        continue 'deliver;
+                    }
                 }
             }
-            let batch = self
-                .storage
-                .queued(&destination, PDUS_PER_TRANSACTION)
-                .await;
-            let edus = self
-                .storage
-                .queued_edus(&destination, EDUS_PER_TRANSACTION)
-                .await;
-            let (batch, edus) = match (batch, edus) {
-                (Ok(batch), Ok(edus)) => (batch, edus),
-                (Err(error), _) | (_, Err(error)) => {
+            let (batch, edus) = match self.next_batch(&destination).await {
+                Ok(next) => next,
+                Err(error) => {
                     tracing::warn!(destination, ?error, "federationsender: reading the queue");
                     tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS as u64)).await;
                     continue;
                 }
             };
             if batch.is_empty() && edus.is_empty() {
-                tokio::select! {
-                    _ = notify.notified() => continue,
-                    _ = shutdown.changed() => return,
+                self.release(&destination).await;
+                // Work queued while we held the lease may have been
+                // announced to us then and found it taken: look again.
+                if self
+                    .next_batch(&destination)
+                    .await
+                    .is_ok_and(|(pdus, edus)| pdus.is_empty() && edus.is_empty())
+                {
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                continue;
+            }
+            self.send_batch(&destination, failures, batch, edus).await;
+        }
+        self.release(&destination).await;
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if senders
+            .get(&destination)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify))
+        {
+            senders.remove(&destination);
+        }
+    }
+
+    /// One transaction; on success the queue entries it carried go, on
+    /// failure the destination backs off.
+    async fn send_batch(
+        &self,
+        destination: &str,
+        failures: i64,
+        batch: Vec<crate::storage::QueuedPdu>,
+        edus: Vec<crate::storage::QueuedPdu>,
+    ) {
+        let span = |items: &[crate::storage::QueuedPdu]| {
+            items
+                .first()
+                .zip(items.last())
+                .map(|(first, last)| (first.id, last.id))
+        };
+        let (pdus_span, edus_span) = (span(&batch), span(&edus));
+        // Named after what it carries: a retry of the same batch has the
+        // same ID, a batch that grew meanwhile a new one.
+        let txn_id = format!(
+            "{}.{}",
+            pdus_span
+                .map(|(a, b)| format!("{a}-{b}"))
+                .unwrap_or_default(),
+            edus_span
+                .map(|(a, b)| format!("{a}-{b}"))
+                .unwrap_or_default()
+        );
+        let request = pb::SendTransactionRequest {
+            destination: destination.to_owned(),
+            txn_id,
+            pdus_json: batch.iter().map(|p| p.json.clone().into_bytes()).collect(),
+            edus_json: edus.iter().map(|e| e.json.clone().into_bytes()).collect(),
+        };
+        let count = batch.len() + edus.len();
+        match self.federation.send_transaction(request).await {
+            Ok(_) => {
+                tracing::debug!(destination, count, "federationsender: transaction sent");
+                crate::internal_events::TRANSACTIONS_SENT
+                    .with_label_values::<&str>(&[])
+                    .inc();
+                if let Err(error) = self
+                    .storage
+                    .delivered(
+                        destination,
+                        pdus_span.map(|(_, last)| last),
+                        edus_span.map(|(_, last)| last),
+                    )
+                    .await
+                {
+                    tracing::warn!(destination, ?error, "federationsender: clearing the queue");
                 }
             }
-            let span = |items: &[crate::storage::QueuedPdu]| {
-                items
-                    .first()
-                    .zip(items.last())
-                    .map(|(first, last)| (first.id, last.id))
-            };
-            let (pdus_span, edus_span) = (span(&batch), span(&edus));
-            // Named after what it carries: a retry of the same batch has the
-            // same ID, a batch that grew meanwhile a new one.
-            let txn_id = format!(
-                "{}.{}",
-                pdus_span
-                    .map(|(a, b)| format!("{a}-{b}"))
-                    .unwrap_or_default(),
-                edus_span
-                    .map(|(a, b)| format!("{a}-{b}"))
-                    .unwrap_or_default()
-            );
-            let request = pb::SendTransactionRequest {
-                destination: destination.clone(),
-                txn_id,
-                pdus_json: batch.iter().map(|p| p.json.clone().into_bytes()).collect(),
-                edus_json: edus.iter().map(|e| e.json.clone().into_bytes()).collect(),
-            };
-            let count = batch.len() + edus.len();
-            match self.federation.send_transaction(request).await {
-                Ok(_) => {
-                    tracing::debug!(destination, count, "federationsender: transaction sent");
-                    crate::internal_events::TRANSACTIONS_SENT
-                        .with_label_values::<&str>(&[])
-                        .inc();
-                    if let Err(error) = self
-                        .storage
-                        .delivered(
-                            &destination,
-                            pdus_span.map(|(_, last)| last),
-                            edus_span.map(|(_, last)| last),
-                        )
-                        .await
-                    {
-                        tracing::warn!(destination, ?error, "federationsender: clearing the queue");
-                    }
-                }
-                Err(error) => {
-                    let delay = backoff_ms(failures + 1);
-                    tracing::info!(
-                        destination,
-                        ?error,
-                        delay_ms = delay,
-                        "federationsender: transaction failed, backing off"
-                    );
-                    crate::internal_events::TRANSACTIONS_FAILED
-                        .with_label_values::<&str>(&[])
-                        .inc();
-                    if let Err(error) = self.storage.failed(&destination, now_ms() + delay).await {
-                        tracing::warn!(
-                            destination,
-                            ?error,
-                            "federationsender: recording a failure"
-                        );
-                    }
+            Err(error) => {
+                let delay = backoff_ms(failures + 1);
+                tracing::info!(
+                    destination,
+                    ?error,
+                    delay_ms = delay,
+                    "federationsender: transaction failed, backing off"
+                );
+                crate::internal_events::TRANSACTIONS_FAILED
+                    .with_label_values::<&str>(&[])
+                    .inc();
+                if let Err(error) = self.storage.failed(destination, now_ms() + delay).await {
+                    tracing::warn!(destination, ?error, "federationsender: recording a failure");
                 }
             }
         }

@@ -86,9 +86,85 @@ async fn queues_follow_membership(database_url: Option<String>) {
     let bodies: Vec<&str> = queued.iter().map(|q| q.json.as_str()).collect();
     assert_eq!(bodies, ["{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]);
     assert_eq!(
-        storage.destinations_with_work().await.expect("work").len(),
+        storage
+            .unleased_destinations_with_work(0)
+            .await
+            .expect("work")
+            .len(),
         2
     );
+    // Leases: one replica at a time per destination; renewed by its
+    // holder, taken over once expired, free again once released. A leased
+    // destination is not swept.
+    assert!(
+        storage
+            .claim_lease("them.example", "a", 1_000, 61_000)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !storage
+            .claim_lease("them.example", "b", 2_000, 62_000)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        storage
+            .claim_lease("them.example", "a", 30_000, 90_000)
+            .await
+            .expect("renew")
+    );
+    assert_eq!(
+        storage
+            .unleased_destinations_with_work(40_000)
+            .await
+            .expect("work")
+            .len(),
+        1,
+        "them.example is held"
+    );
+    assert!(
+        !storage
+            .claim_lease("them.example", "b", 89_000, 149_000)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        storage
+            .claim_lease("them.example", "b", 91_000, 151_000)
+            .await
+            .expect("expired")
+    );
+    assert!(
+        !storage
+            .claim_lease("them.example", "a", 92_000, 152_000)
+            .await
+            .expect("lost")
+    );
+    storage
+        .release_lease("them.example", "a")
+        .await
+        .expect("not held: nothing");
+    assert!(
+        !storage
+            .claim_lease("them.example", "a", 93_000, 153_000)
+            .await
+            .expect("claim")
+    );
+    storage
+        .release_lease("them.example", "b")
+        .await
+        .expect("release");
+    assert!(
+        storage
+            .claim_lease("them.example", "a", 94_000, 154_000)
+            .await
+            .expect("free")
+    );
+    storage
+        .release_lease("them.example", "a")
+        .await
+        .expect("release");
     // Failures count up; delivery clears them and the queue.
     let until = storage.failed("them.example", 123).await.expect("failed");
     assert_eq!(until, 1);

@@ -86,7 +86,7 @@ impl RecordHandler for EduConsumer {
             .queue_edu(&room_id, &edu.to_string(), &self.server_name)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
-        self.queues.wake(&destinations);
+        self.queues.announce(&destinations).await;
         Ok(())
     }
 }
@@ -121,7 +121,7 @@ impl EduConsumer {
             .queue_device_list_update(&change.user_id, change.stream_id, edu, &self.server_name)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
-        self.queues.wake(&destinations);
+        self.queues.announce(&destinations).await;
         Ok(())
     }
 }
@@ -151,7 +151,7 @@ impl EduConsumer {
             .queue_user_edu(&presence.user_id, &edu.to_string(), &self.server_name)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
-        self.queues.wake(&destinations);
+        self.queues.announce(&destinations).await;
         Ok(())
     }
 }
@@ -205,7 +205,7 @@ impl EduConsumer {
             .queue_edu_to(&destination, &edu.to_string())
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
-        self.queues.wake(&[destination]);
+        self.queues.announce(&[destination]).await;
         Ok(())
     }
 }

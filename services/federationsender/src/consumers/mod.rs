@@ -1,2 +1,3 @@
+pub(crate) mod destinations;
 pub(crate) mod edus;
 pub(crate) mod roomserver_output;

@@ -82,7 +82,7 @@ impl RecordHandler for OutputConsumer {
             crate::internal_events::PDUS_QUEUED
                 .with_label_values::<&str>(&[])
                 .inc_by(destinations.len() as u64);
-            self.queues.wake(&destinations);
+            self.queues.announce(&destinations).await;
         }
         Ok(())
     }

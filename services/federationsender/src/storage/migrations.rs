@@ -52,4 +52,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Which replica delivers to a destination now, until when (renewed
+    // while it works; released when its queue is empty).
+    Migration {
+        version: 4,
+        description: "destination leases",
+        sql: "
+            CREATE TABLE destination_leases (
+                server_name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                expires_at_ms BIGINT NOT NULL
+            );
+        ",
+    },
 ];

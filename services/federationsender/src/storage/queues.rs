@@ -317,11 +317,60 @@ impl Storage {
         )
     }
 
-    /// Destinations with PDUs waiting.
-    pub(crate) async fn destinations_with_work(&self) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT destination FROM queued_pdus UNION SELECT destination FROM queued_edus",
+    /// Takes (or renews) the lease on delivering to `destination` for
+    /// `owner` until `until_ms`, unless another owner holds one that has not
+    /// expired at `now_ms`. Whether `owner` holds it now.
+    pub(crate) async fn claim_lease(
+        &self,
+        destination: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO destination_leases (server_name, owner, expires_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (server_name) DO UPDATE
+             SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms
+             WHERE destination_leases.owner = excluded.owner
+                OR destination_leases.expires_at_ms < $4",
         )
+        .bind(destination)
+        .bind(owner)
+        .bind(until_ms)
+        .bind(now_ms)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Gives the lease up (if `owner` holds it).
+    pub(crate) async fn release_lease(
+        &self,
+        destination: &str,
+        owner: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM destination_leases WHERE server_name = $1 AND owner = $2")
+            .bind(destination)
+            .bind(owner)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Destinations with work waiting that no replica holds a live lease
+    /// on at `now_ms` (their replica stopped, or never started on them).
+    pub(crate) async fn unleased_destinations_with_work(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT destination FROM (
+                 SELECT destination FROM queued_pdus UNION SELECT destination FROM queued_edus
+             ) AS waiting
+             WHERE destination NOT IN
+                 (SELECT server_name FROM destination_leases WHERE expires_at_ms >= $1)",
+        )
+        .bind(now_ms)
         .fetch_all(&self.db.pool)
         .await?)
     }
