@@ -182,7 +182,9 @@ impl Monolith {
             ),
             (
                 "GANGLION_TELEMETRY__LOG_FILTER".to_owned(),
-                "warn,ganglion=info".to_owned(),
+                // Another filter for a look inside (benchmarks, debugging).
+                std::env::var("TEST_GANGLION_LOG_FILTER")
+                    .unwrap_or_else(|_| "warn,ganglion=info".to_owned()),
             ),
         ]
     }

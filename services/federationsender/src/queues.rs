@@ -9,11 +9,15 @@
 //! Replicas share the database. New work for a destination is announced
 //! on `federationsender.destinations` (keyed by destination), so the
 //! replica whose partition it is delivers it; it holds a lease on the
-//! destination while it does (renewed as it goes, given up when the queue
-//! is empty), and no other replica sends there meanwhile. A sweep announces
-//! work whose replica stopped.
+//! destination while it does (renewed as it goes, given up after a third of
+//! a lease with nothing to send), and no other replica sends there
+//! meanwhile. While it holds the lease, news for the destination from its
+//! own consumers goes straight to it. A sweep announces work whose replica
+//! stopped. Right after partitions move, a destination may wait up to a
+//! third of a lease for its old holder to let go.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,8 +64,17 @@ pub(crate) struct Queues {
     log: Arc<dyn Log>,
     topic: String,
     /// A sender per destination this replica was asked to deliver to.
-    senders: Mutex<HashMap<String, Arc<Notify>>>,
+    senders: Mutex<HashMap<String, Arc<Sender>>>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// A destination's sender here: woken when work is queued; `holding`
+/// while it holds the destination's lease, when news for it need not go
+/// through the log.
+#[derive(Default)]
+struct Sender {
+    notify: Notify,
+    holding: AtomicBool,
 }
 
 impl Queues {
@@ -93,6 +106,17 @@ impl Queues {
     /// that cannot be announced now is found by the sweep.
     pub(crate) async fn announce(&self, destinations: &[String]) {
         for destination in destinations {
+            // Held here: this replica's sender takes it without the log.
+            if let Some(sender) = self
+                .senders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(destination)
+                && sender.holding.load(Ordering::SeqCst)
+            {
+                sender.notify.notify_one();
+                continue;
+            }
             let work = topic_pb::DestinationWork {
                 version: PAYLOAD_VERSION,
                 destination: destination.clone(),
@@ -125,11 +149,11 @@ impl Queues {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         for destination in destinations {
             match senders.get(destination) {
-                Some(notify) => notify.notify_one(),
+                Some(sender) => sender.notify.notify_one(),
                 None => {
-                    let notify = Arc::new(Notify::new());
-                    senders.insert(destination.clone(), notify.clone());
-                    tokio::spawn(self.clone().send_loop(destination.clone(), notify));
+                    let sender = Arc::new(Sender::default());
+                    senders.insert(destination.clone(), sender.clone());
+                    tokio::spawn(self.clone().send_loop(destination.clone(), sender));
                 }
             }
         }
@@ -185,20 +209,27 @@ impl Queues {
     }
 
     /// Delivers the destination's queue while this replica holds its
-    /// lease; with nothing left, gives the lease up and waits for news.
-    /// Stops when another replica holds the lease (it sends what is queued).
-    async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
+    /// lease (renewed every third of it); idle for a third of it, gives
+    /// the lease up and waits for news. Stops when another replica holds
+    /// the lease (it sends what is queued).
+    async fn send_loop(self: Arc<Self>, destination: String, sender: Arc<Sender>) {
         let mut shutdown = self.shutdown.clone();
+        let renew_every = self.lease_ms / 3;
+        let mut renewed_at = i64::MIN;
         'deliver: loop {
             if *shutdown.borrow() {
                 break;
             }
-            if !self.lease(&destination).await {
-                tracing::debug!(
-                    destination,
-                    "federationsender: another replica delivers here"
-                );
-                break;
+            if !sender.holding.load(Ordering::SeqCst) || now_ms() - renewed_at >= renew_every {
+                if !self.lease(&destination).await {
+                    tracing::debug!(
+                        destination,
+                        "federationsender: another replica delivers here"
+                    );
+                    break;
+                }
+                sender.holding.store(true, Ordering::SeqCst);
+                renewed_at = now_ms();
             }
             let (failures, retry_at) = match self.storage.retry_state(&destination).await {
                 Ok(state) => state,
@@ -215,12 +246,14 @@ impl Queues {
                         break;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(wait.min(self.lease_ms / 3) as u64)) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(wait.min(renew_every) as u64)) => {}
                         _ = shutdown.changed() => break 'deliver,
                     }
                     if !self.lease(&destination).await {
+                        sender.holding.store(false, Ordering::SeqCst);
                         continue 'deliver;
                     }
+                    renewed_at = now_ms();
                 }
             }
             let (batch, edus) = match self.next_batch(&destination).await {
@@ -231,29 +264,39 @@ impl Queues {
                     continue;
                 }
             };
-            if batch.is_empty() && edus.is_empty() {
-                self.release(&destination).await;
-                // Work queued while we held the lease may have been
-                // announced to us then and found it taken: look again.
-                if self
-                    .next_batch(&destination)
-                    .await
-                    .is_ok_and(|(pdus, edus)| pdus.is_empty() && edus.is_empty())
-                {
-                    tokio::select! {
-                        _ = notify.notified() => {}
-                        _ = shutdown.changed() => break,
-                    }
-                }
+            if !batch.is_empty() || !edus.is_empty() {
+                self.send_batch(&destination, failures, batch, edus).await;
                 continue;
             }
-            self.send_batch(&destination, failures, batch, edus).await;
+            // Idle: news comes straight to this sender while it holds the
+            // lease; after a third of a lease without any, let it go.
+            tokio::select! {
+                _ = sender.notify.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(renew_every as u64)) => {}
+                _ = shutdown.changed() => break,
+            }
+            sender.holding.store(false, Ordering::SeqCst);
+            self.release(&destination).await;
+            // Work queued just before the release may have been handed to
+            // this sender, or announced elsewhere and found the lease
+            // taken: look again before waiting.
+            if self
+                .next_batch(&destination)
+                .await
+                .is_ok_and(|(pdus, edus)| pdus.is_empty() && edus.is_empty())
+            {
+                tokio::select! {
+                    _ = sender.notify.notified() => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
         }
+        sender.holding.store(false, Ordering::SeqCst);
         self.release(&destination).await;
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         if senders
             .get(&destination)
-            .is_some_and(|n| Arc::ptr_eq(n, &notify))
+            .is_some_and(|s| Arc::ptr_eq(s, &sender))
         {
             senders.remove(&destination);
         }
