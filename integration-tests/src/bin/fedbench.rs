@@ -56,11 +56,10 @@ async fn main() -> anyhow::Result<()> {
             .await;
         let took = started.elapsed();
         anyhow::ensure!(join.status == 200, "join failed: {join:?}");
-        for line in ours
-            .process
-            .log_tail()
-            .lines()
-            .filter(|l| l.contains("joined a remote room"))
+        for line in
+            ours.process.log_tail().lines().filter(|l| {
+                l.contains("joined a remote room") || l.contains("checked a batch of PDUs")
+            })
         {
             println!("  {line}");
         }

@@ -97,7 +97,7 @@ impl FederationService {
         request: &fed_pb::JoinRoomRequest,
     ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
         let started = std::time::Instant::now();
-        let (version, rules, event_id, object, answer) = self
+        let (version, _rules, event_id, object, answer) = self
             .make_and_send(
                 server,
                 (&request.room_id, &request.user_id),
@@ -121,34 +121,42 @@ impl FederationService {
                 object,
             },
         };
-        // The state and the auth chain overlap: each event is checked once.
+        // The state and the auth chain overlap: each event is kept once.
+        let mut answer = answer;
+        let listed = |list: &mut Value| match list.take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
+        let state = listed(&mut answer["state"]);
+        let state_len = state.len();
+        let mut pdus = state;
+        // The auth chain repeats much of the state: a PDU seen already (the
+        // same hashes and signatures) is not checked twice.
+        let mut seen: HashSet<String> = pdus
+            .iter()
+            .map(|pdu| format!("{}{}", pdu["hashes"], pdu["signatures"]))
+            .collect();
+        pdus.extend(
+            listed(&mut answer["auth_chain"])
+                .into_iter()
+                .filter(|pdu| seen.insert(format!("{}{}", pdu["hashes"], pdu["signatures"]))),
+        );
+        let checked = pdus::check_many(&self.key_ring, &version, pdus)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{server}: send_join: {e}")))?;
         let mut state_ids = Vec::new();
+        let mut in_state = HashSet::new();
         let mut events: BTreeMap<String, CheckedPdu> = BTreeMap::new();
-        let mut refused: HashSet<String> = HashSet::new();
-        for (list, is_state) in [("state", true), ("auth_chain", false)] {
-            for pdu in answer[list].as_array().into_iter().flatten() {
-                let Ok(event_id) = serde_json::from_value::<CanonicalJsonObject>(pdu.clone())
-                    .map_err(|e| e.to_string())
-                    .and_then(|object| {
-                        pdus::event_id_of(&object, &rules).map_err(|e| e.to_string())
-                    })
-                else {
-                    continue;
-                };
-                if events.contains_key(&event_id) || refused.contains(&event_id) {
-                    continue;
+        for (i, result) in checked.into_iter().enumerate() {
+            match result {
+                Ok(checked) => {
+                    if i < state_len && in_state.insert(checked.event_id.clone()) {
+                        state_ids.push(checked.event_id.clone());
+                    }
+                    events.entry(checked.event_id.clone()).or_insert(checked);
                 }
-                match pdus::check(&self.key_ring, &version, pdu).await {
-                    Ok(checked) => {
-                        if is_state {
-                            state_ids.push(checked.event_id.clone());
-                        }
-                        events.insert(checked.event_id.clone(), checked);
-                    }
-                    Err(error) => {
-                        refused.insert(event_id);
-                        tracing::info!(server, %error, "send_join: an event of the state or auth chain was dropped");
-                    }
+                Err(error) => {
+                    tracing::info!(server, %error, "send_join: an event of the state or auth chain was dropped");
                 }
             }
         }

@@ -43,9 +43,16 @@ struct Outcome {
 }
 
 /// The work of one input record.
+/// A received PDU as parsed: the event, and whether its content hash
+/// failed (it is then kept redacted).
+type Parsed = Result<(Pdu, bool), events::EventError>;
+
 struct Batch {
     /// Events written in this transaction (not yet visible outside it).
     written: HashMap<OwnedEventId, StoredEvent>,
+    /// Auth events read from the database in this input: a join's
+    /// thousands of member events name the same few.
+    auth_read: HashMap<OwnedEventId, Arc<Pdu>>,
     outputs: Vec<Vec<u8>>,
     /// Current-state rows to set or remove when the head moved.
     changes: BTreeMap<(String, String), Option<Arc<Pdu>>>,
@@ -104,14 +111,33 @@ impl RoomserverService {
         };
         let mut batch = Batch {
             written: HashMap::new(),
+            auth_read: HashMap::new(),
             outputs: Vec::new(),
             changes: BTreeMap::new(),
             head_moved: false,
         };
+        // Every PDU parsed first, so one query tells which are stored.
+        let parsed: Vec<_> = pdus
+            .pdus
+            .iter()
+            .map(|pdu| events::parse_received(&pdu.event_json, &head.rules))
+            .collect();
+        let ids: Vec<&str> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|(pdu, _)| pdu.event_id.as_str())
+            .collect();
+        let stored_before = self.storage.events_by_id(&ids).await?;
         let mut outcomes = Vec::with_capacity(pdus.pdus.len());
-        for pdu in &pdus.pdus {
+        for (pdu, parsed) in pdus.pdus.iter().zip(parsed) {
             let outcome = self
-                .receive(&mut writer, &mut head, &mut batch, &input.room_id, pdu)
+                .receive(
+                    &mut writer,
+                    &mut head,
+                    &mut batch,
+                    (&input.room_id, pdu),
+                    (parsed, &stored_before),
+                )
                 .await?;
             if outcome.outcome != "accepted" && outcome.outcome != "outlier" {
                 tracing::info!(
@@ -202,6 +228,37 @@ impl RoomserverService {
         Ok(found)
     }
 
+    /// An event's auth events as far as known: written in this input, read
+    /// earlier in it, or read now (and kept for the rest of the input).
+    async fn auth_events(
+        &self,
+        batch: &mut Batch,
+        ids: &[&OwnedEventId],
+    ) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, ProcessError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match batch
+                .written
+                .get(*id)
+                .map(|stored| &stored.pdu)
+                .or_else(|| batch.auth_read.get(*id))
+            {
+                Some(pdu) => {
+                    found.insert((*id).clone(), pdu.clone());
+                }
+                None => missing.push(id.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            for (id, stored) in self.storage.events_by_id(&missing).await? {
+                batch.auth_read.insert(id.clone(), stored.pdu.clone());
+                found.insert(id, stored.pdu);
+            }
+        }
+        Ok(found)
+    }
+
     /// The state after a stored event (not an outlier).
     async fn state_after(
         &self,
@@ -288,8 +345,8 @@ impl RoomserverService {
         writer: &mut RoomWriter,
         head: &mut Head,
         batch: &mut Batch,
-        room_id: &str,
-        input: &pb::InputPdu,
+        (room_id, input): (&str, &pb::InputPdu),
+        (parsed, stored_before): (Parsed, &HashMap<OwnedEventId, StoredEvent>),
     ) -> Result<Outcome, ProcessError> {
         let kind = pb::input_pdu::Kind::try_from(input.kind).unwrap_or(pb::input_pdu::Kind::New);
         let rejected = |event_id: &str, reason: String| Outcome {
@@ -297,7 +354,7 @@ impl RoomserverService {
             outcome: "rejected",
             reason,
         };
-        let (pdu, _hash_mismatch) = match events::parse_received(&input.event_json, &head.rules) {
+        let (pdu, _hash_mismatch) = match parsed {
             Ok(parsed) => parsed,
             Err(error) => return Ok(rejected("", error.to_string())),
         };
@@ -311,8 +368,10 @@ impl RoomserverService {
         if pdu_room != room_id {
             return Ok(rejected(&event_id, format!("event belongs to {pdu_room}")));
         }
-        let existing = self.lookup(batch, &[&pdu.event_id]).await?;
-        let existing = existing.get(&pdu.event_id);
+        let existing = batch
+            .written
+            .get(&pdu.event_id)
+            .or_else(|| stored_before.get(&pdu.event_id));
         if let Some(existing) = existing
             && (!existing.outlier || kind == pb::input_pdu::Kind::Outlier)
         {
@@ -328,7 +387,7 @@ impl RoomserverService {
         let create_id = events::create_event_id(&head.rules, &pdu);
         let auth_ids: Vec<&OwnedEventId> =
             pdu.auth_events.iter().chain(create_id.as_ref()).collect();
-        let auth = self.lookup(batch, &auth_ids).await?;
+        let auth = self.auth_events(batch, &auth_ids).await?;
         if let Some(missing) = auth_ids.iter().find(|id| !auth.contains_key(**id)) {
             return Ok(Outcome {
                 event_id,
@@ -336,10 +395,6 @@ impl RoomserverService {
                 reason: format!("auth event {missing} is not known"),
             });
         }
-        let auth: HashMap<OwnedEventId, Arc<Pdu>> = auth
-            .into_iter()
-            .map(|(id, stored)| (id, stored.pdu))
-            .collect();
         if let Err(error) = events::authorise_by_auth_events(&head.rules, &pdu, &auth) {
             self.store(
                 writer,

@@ -79,6 +79,59 @@ pub(crate) struct EventRow {
 /// (windows start at offset 0).
 pub(crate) const OUTLIER_OFFSET: i64 = -1;
 
+/// A value bound into a many-row insert.
+pub(crate) enum Bound<'a> {
+    Int(i64),
+    Text(Option<&'a str>),
+}
+
+/// Rows per many-row statement (six values a row stays far below both
+/// engines' limits on bound values).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `{head} VALUES (…), (…) {tail}` for `rows` (all of one width), many rows
+/// to a statement: a join's thousands of state rows in tens of statements.
+pub(crate) async fn insert_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    head: &str,
+    tail: &str,
+    rows: &[Vec<Bound<'_>>],
+) -> Result<(), StorageError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * 40);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                if j > 0 {
+                    sql.push(',');
+                }
+                n += 1;
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            for value in row {
+                query = match value {
+                    Bound::Int(v) => query.bind(*v),
+                    Bound::Text(v) => query.bind(*v),
+                };
+            }
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// A current state entry without its event: enough to decide whether the
 /// event is needed, and to count members.
 #[derive(Debug, Clone)]
@@ -232,6 +285,9 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
+            // One row per (type, state key): a statement may not upsert a
+            // row twice.
+            let mut added = std::collections::HashMap::new();
             for (event_type, state_key, event_id, entry_membership) in &event.state_added {
                 // An entry state resolution brought back carries its own
                 // membership; older producers left it out for the event's own.
@@ -242,33 +298,53 @@ impl Storage {
                 } else {
                     None
                 };
-                sqlx::query(
-                    "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                )
-                .bind(event.room_id)
-                .bind(event_type)
-                .bind(state_key)
-                .bind(event.offset as i64)
-                .bind(event_id)
-                .bind(membership)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE
-                     SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
-                )
-                .bind(event.room_id)
-                .bind(event_type)
-                .bind(state_key)
-                .bind(event_id)
-                .bind(membership)
-                .bind(event.offset as i64)
-                .execute(&mut *tx)
-                .await?;
+                added.insert(
+                    (event_type.as_str(), state_key.as_str()),
+                    (event_id.as_str(), membership),
+                );
             }
+            let offset = event.offset as i64;
+            let history: Vec<Vec<Bound>> = added
+                .iter()
+                .map(|((event_type, state_key), (event_id, membership))| {
+                    vec![
+                        Bound::Text(Some(event.room_id)),
+                        Bound::Text(Some(event_type)),
+                        Bound::Text(Some(state_key)),
+                        Bound::Int(offset),
+                        Bound::Text(Some(event_id)),
+                        Bound::Text(*membership),
+                    ]
+                })
+                .collect();
+            insert_rows(
+                &mut tx,
+                "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)",
+                "ON CONFLICT DO NOTHING",
+                &history,
+            )
+            .await?;
+            let current: Vec<Vec<Bound>> = added
+                .iter()
+                .map(|((event_type, state_key), (event_id, membership))| {
+                    vec![
+                        Bound::Text(Some(event.room_id)),
+                        Bound::Text(Some(event_type)),
+                        Bound::Text(Some(state_key)),
+                        Bound::Text(Some(event_id)),
+                        Bound::Text(*membership),
+                        Bound::Int(offset),
+                    ]
+                })
+                .collect();
+            insert_rows(
+                &mut tx,
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
+                "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
+                 SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
+                &current,
+            )
+            .await?;
         }
         Self::store_position(&mut tx, Stream::Room, event.partition, event.offset).await?;
         tx.commit().await?;
@@ -286,24 +362,32 @@ impl Storage {
         events: &[(String, String, Option<String>, String, String)],
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        for (event_id, event_type, state_key, sender, json) in events {
-            sqlx::query(
-                "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
-                                     sender, json, device_id, transaction_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(i64::from(partition))
-            .bind(OUTLIER_OFFSET)
-            .bind(room_id)
-            .bind(event_id)
-            .bind(event_type)
-            .bind(state_key.as_deref())
-            .bind(sender)
-            .bind(json)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Many rows to a statement; a repeated ID is skipped (DO NOTHING).
+        let rows: Vec<Vec<Bound>> = events
+            .iter()
+            .map(|(event_id, event_type, state_key, sender, json)| {
+                vec![
+                    Bound::Int(i64::from(partition)),
+                    Bound::Int(OUTLIER_OFFSET),
+                    Bound::Text(Some(room_id)),
+                    Bound::Text(Some(event_id)),
+                    Bound::Text(Some(event_type)),
+                    Bound::Text(state_key.as_deref()),
+                    Bound::Text(Some(sender)),
+                    Bound::Text(Some(json)),
+                    Bound::Text(Some("")),
+                    Bound::Text(Some("")),
+                ]
+            })
+            .collect();
+        insert_rows(
+            &mut tx,
+            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
+                                 sender, json, device_id, transaction_id)",
+            "ON CONFLICT (event_id) DO NOTHING",
+            &rows,
+        )
+        .await?;
         Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
         tx.commit().await?;
         Ok(())
