@@ -72,11 +72,20 @@ pub async fn start(
         .await?;
     log.ensure_topic(&topics.federationsender_destinations, config.log.partitions)
         .await?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let listen = config
+        .service("federationsender")
+        .listen
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "monolith".to_owned());
+    let owner = format!("{host}/{listen}/{}", config.data_dir.display());
     let queues = queues::Queues::new(
         storage.clone(),
         federation,
         (log.clone(), topics.federationsender_destinations.clone()),
-        config.federation.sender_lease_ms,
+        (owner, config.federation.sender_lease_ms),
         shutdown.clone(),
     );
     // Whatever waits from before is announced at once, then every half

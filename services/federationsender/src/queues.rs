@@ -54,7 +54,9 @@ pub(crate) fn backoff_ms(failures: i64) -> i64 {
 pub(crate) struct Queues {
     storage: Storage,
     federation: FederationHandle,
-    /// This replica, as destination leases name it.
+    /// This replica, as destination leases name it: the same again when
+    /// it restarts (same host, address and data), so it takes its
+    /// destinations back at once.
     owner: String,
     /// How long a lease lasts unless renewed (renewed before each
     /// transaction, and every third of it while a backoff is waited out).
@@ -82,17 +84,13 @@ impl Queues {
         storage: Storage,
         federation: FederationHandle,
         (log, topic): (Arc<dyn Log>, String),
-        lease_ms: u64,
+        (owner, lease_ms): (String, u64),
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Queues> {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
         Arc::new(Queues {
             storage,
             federation,
-            owner: format!("{}-{started:x}", std::process::id()),
+            owner,
             lease_ms: i64::try_from(lease_ms).unwrap_or(i64::MAX).max(1_000),
             log,
             topic,
