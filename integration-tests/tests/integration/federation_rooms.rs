@@ -509,6 +509,55 @@ async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
         assert!(tokio::time::Instant::now() < deadline, "{}", logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // While she is out the room goes on; she joins again (through
+    // Synapse: our copy of the room is stale) and talks both ways.
+    bob.send_text(&room_id, "s9", "while alice was away").await;
+    let renamed = bob
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                encode(&room_id)
+            ),
+            Some(json!({ "name": "renamed while away" })),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let rejoin = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(rejoin.status, 200, "{rejoin:?}\n{}", logs());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !members(&bob, &room_id).await.contains(&alice.user_id) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The room's state as it is now, not as we last held it.
+    let name = alice
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                encode(&room_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        name.body["name"],
+        "renamed while away",
+        "{name:?}\n{}",
+        logs()
+    );
+    alice.send_text(&room_id, "a9", "back in").await;
+    until_message(&bob, &room_id, "back in", logs).await;
+    bob.send_text(&room_id, "s10", "welcome back").await;
+    until_message(&alice, &room_id, "welcome back", logs).await;
     drop(ours);
 }
 

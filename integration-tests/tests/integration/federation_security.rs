@@ -258,6 +258,51 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
             .any(|b| b.contains("forged") || b == "replayed" || b.starts_with("flood")),
         "{seen:?}"
     );
+    // Typing counts only in rooms the origin is in: one notice for a room
+    // of alice's that mallory's server is not in is dropped, the other
+    // (same transaction, after it) shown.
+    let private_room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let typing = |room: &str| {
+        json!({ "edu_type": "m.typing", "content": {
+            "room_id": room, "user_id": mallory, "typing": true } })
+    };
+    let body = json!({
+        "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [],
+        "edus": [typing(&private_room), typing(&room_id)],
+    });
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t7b",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let typing_in = |sync: &Value, room: &str| {
+        sync["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.typing"
+                        && e["content"]["user_ids"]
+                            .as_array()
+                            .is_some_and(|u| u.contains(&json!(mallory)))
+                })
+            })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sync = alice.sync(None, 0, 1).await;
+        if typing_in(&sync, &room_id) {
+            assert!(!typing_in(&sync, &private_room), "{sync}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Once the room's ACL denies the server, nothing of it is heard.
     let acl = alice
         .call(

@@ -42,6 +42,25 @@ impl FederationService {
         Ok(allows(acl.event_json.as_deref(), origin))
     }
 
+    /// Whether the room exists here and `origin` has a user joined to it.
+    pub(crate) async fn server_in_room(
+        &self,
+        room_id: &str,
+        origin: &str,
+    ) -> Result<(bool, bool), ApiError> {
+        let members = self
+            .roomserver
+            .query_joined_members(pb::QueryJoinedMembersRequest {
+                room_id: room_id.to_owned(),
+            })
+            .await?;
+        let joined = members
+            .user_ids
+            .iter()
+            .any(|user| user.split_once(':').map(|(_, s)| s) == Some(origin));
+        Ok((members.room_exists, joined))
+    }
+
     /// 403 `M_FORBIDDEN` unless the room's ACL lets `origin` take part.
     pub(crate) async fn require_acl(&self, room_id: &str, origin: &str) -> Result<(), MatrixError> {
         if self

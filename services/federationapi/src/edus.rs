@@ -5,6 +5,8 @@
 //! device list updates on `federation.device_list_updates`, for the
 //! keyserver; to-device messages for our users on `edu.to_device`, one
 //! record per recipient, `*` expanded to the recipient's devices.
+//! Typing notices and receipts count only from a server with a user
+//! joined to the room (and let in by its ACL).
 //! A remote typing notice lapses after 30 s unless renewed.
 
 use ganglion_api::proto::topics as topic_pb;
@@ -188,6 +190,9 @@ impl FederationService {
     /// Publishes what a transaction's EDUs stand for.
     pub(crate) async fn take_edus(&self, origin: &str, edus: &[Value]) {
         let now = now_ms();
+        // Per room, once a transaction: may `origin` speak there (a user
+        // of it joined, and the ACL letting it)?
+        let mut may_speak: std::collections::HashMap<String, bool> = Default::default();
         for edu in edus {
             for record in records_of(origin, edu, now) {
                 let room_id = match &record {
@@ -197,10 +202,24 @@ impl FederationService {
                         None
                     }
                 };
-                if let Some(room_id) = room_id
-                    && !self.acl_allows(room_id, origin).await.unwrap_or(false)
-                {
-                    continue;
+                if let Some(room_id) = room_id {
+                    let allowed = match may_speak.get(room_id) {
+                        Some(allowed) => *allowed,
+                        None => {
+                            let joined = self
+                                .server_in_room(room_id, origin)
+                                .await
+                                .is_ok_and(|(_, joined)| joined);
+                            let allowed =
+                                joined && self.acl_allows(room_id, origin).await.unwrap_or(false);
+                            may_speak.insert(room_id.clone(), allowed);
+                            allowed
+                        }
+                    };
+                    if !allowed {
+                        tracing::debug!(origin, room_id, "an EDU for a room its server is not in");
+                        continue;
+                    }
                 }
                 let written = match &record {
                     Published::Typing(typing) => {

@@ -477,8 +477,28 @@ async fn remote_room(
     let mut servers = via_servers(uri);
     let (room_id, alias_servers) = api.room_and_servers(room_id_or_alias).await?;
     let (room_exists, inviter_server) = api.room_here(&room_id, &device.user_id).await?;
+    // A room we know but have left (no user of ours joined, others still
+    // are) is joined again through the servers still in it: they hold its
+    // state now, we a stale copy.
+    let mut resident = Vec::new();
     if room_exists {
-        return Ok((room_id, None));
+        let joined = api
+            .roomserver
+            .query_joined_members(pb::QueryJoinedMembersRequest {
+                room_id: room_id.clone(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        let server_of = |user: &String| user.split_once(':').map(|(_, s)| s.to_owned());
+        if joined.user_ids.is_empty()
+            || joined
+                .user_ids
+                .iter()
+                .any(|u| server_of(u).as_deref() == Some(api.server_name.as_str()))
+        {
+            return Ok((room_id, None));
+        }
+        resident = joined.user_ids.iter().filter_map(server_of).collect();
     }
     if let Some(server) = inviter_server {
         servers.insert(0, server);
@@ -497,6 +517,7 @@ async fn remote_room(
     {
         servers.push(server);
     }
+    servers.extend(resident);
     servers.retain(|s| *s != api.server_name);
     let mut seen = std::collections::HashSet::new();
     servers.retain(|s| seen.insert(s.clone()));

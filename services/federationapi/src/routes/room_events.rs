@@ -24,29 +24,18 @@ use crate::key_ring::now_ms;
 /// The most events one backfill or get_missing_events answers with.
 const MAX_EVENTS: usize = 100;
 
-fn server_of(user_id: &str) -> &str {
-    user_id.split_once(':').map(|(_, s)| s).unwrap_or_default()
-}
-
 impl FederationService {
     /// Refuses servers without a member joined to the room (and servers
     /// its ACL bans).
     async fn require_server_in_room(&self, room_id: &str, origin: &str) -> Result<(), MatrixError> {
-        let members = self
-            .roomserver
-            .query_joined_members(pb::QueryJoinedMembersRequest {
-                room_id: room_id.to_owned(),
-            })
+        let (exists, joined) = self
+            .server_in_room(room_id, origin)
             .await
             .map_err(MatrixError::from)?;
-        if !members.room_exists {
+        if !exists {
             return Err(MatrixError::not_found("Unknown room"));
         }
-        if !members
-            .user_ids
-            .iter()
-            .any(|user| server_of(user) == origin)
-        {
+        if !joined {
             return Err(MatrixError::forbidden("The server is not in the room"));
         }
         self.require_acl(room_id, origin).await
