@@ -298,6 +298,41 @@ async fn polylith_federates_with_synapse() {
     crate::federation_rooms::until_message(&bob, &room_id, "from the polylith", logs).await;
     bob.send_text(&room_id, "s1", "from synapse").await;
     crate::federation_rooms::until_message(&alice, &room_id, "from synapse", logs).await;
+
+    // And ours joins theirs: the room's state arrives as outliers, on
+    // PostgreSQL, many rows to a statement.
+    let theirs = bob
+        .create_room(json!({ "preset": "public_chat", "name": "synapse side" }))
+        .await;
+    let join = alice
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(&theirs),
+                encode(&synapse.server_name)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    let name = alice
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                encode(&theirs)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(name.body["name"], "synapse side", "{name:?}\n{}", logs());
+    bob.send_text(&theirs, "s2", "in synapse's room").await;
+    crate::federation_rooms::until_message(&alice, &theirs, "in synapse's room", logs).await;
+    alice
+        .send_text(&theirs, "p2", "polylith in synapse's room")
+        .await;
+    crate::federation_rooms::until_message(&bob, &theirs, "polylith in synapse's room", logs).await;
 }
 
 /// Two federationsender replicas share the destinations: eight remote

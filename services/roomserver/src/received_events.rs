@@ -53,6 +53,8 @@ struct Batch {
     /// Auth events read from the database in this input: a join's
     /// thousands of member events name the same few.
     auth_read: HashMap<OwnedEventId, Arc<Pdu>>,
+    /// The stored events a PDU's given state named (a join's thousands).
+    state_read: HashMap<OwnedEventId, StoredEvent>,
     outputs: Vec<Vec<u8>>,
     /// Current-state rows to set or remove when the head moved.
     changes: BTreeMap<(String, String), Option<Arc<Pdu>>>,
@@ -112,6 +114,7 @@ impl RoomserverService {
         let mut batch = Batch {
             written: HashMap::new(),
             auth_read: HashMap::new(),
+            state_read: HashMap::new(),
             outputs: Vec::new(),
             changes: BTreeMap::new(),
             head_moved: false,
@@ -435,11 +438,21 @@ impl RoomserverService {
                     reason: "state_before names events not stored".into(),
                 });
             }
+            writer.know_nids(
+                found
+                    .iter()
+                    .map(|(id, stored)| (id.to_string(), stored.event_nid)),
+            );
             let mut state = StateMap::new();
-            for stored in found.into_values() {
+            for (id, stored) in found {
                 if let Some(key) = &stored.pdu.state_key {
-                    state.insert((stored.pdu.kind.to_string(), key.clone()), stored.pdu);
+                    state.insert(
+                        (stored.pdu.kind.to_string(), key.clone()),
+                        stored.pdu.clone(),
+                    );
                 }
+                // Announced as outliers below if they become current.
+                batch.state_read.insert(id, stored);
             }
             let nids = writer.nid_state(&state).await?;
             (state, nids)
@@ -596,7 +609,17 @@ impl RoomserverService {
             .filter(|id| **id != pdu.event_id)
             .collect();
         if !added.is_empty() {
-            let stored = self.lookup(batch, &added).await?;
+            let unread: Vec<&OwnedEventId> = added
+                .iter()
+                .copied()
+                .filter(|id| !batch.state_read.contains_key(*id))
+                .collect();
+            let mut stored = self.lookup(batch, &unread).await?;
+            for id in &added {
+                if let Some(read) = batch.state_read.get(*id) {
+                    stored.entry((*id).clone()).or_insert_with(|| read.clone());
+                }
+            }
             let outliers: Vec<&Pdu> = added
                 .iter()
                 .filter_map(|id| stored.get(*id))

@@ -361,6 +361,7 @@ impl Storage {
             room_id: room_id.to_owned(),
             learnt: Learnt::default(),
             event_nids: Vec::new(),
+            known_nids: HashMap::new(),
             redacted: Vec::new(),
         })
     }
@@ -375,11 +376,19 @@ pub(crate) struct RoomWriter {
     learnt: Learnt,
     /// Events written, cached once committed.
     event_nids: Vec<(i64, Arc<Pdu>)>,
+    /// NIDs of stored events read in this input (a join's state).
+    known_nids: HashMap<String, i64>,
     /// Events redacted, dropped from the cache once committed.
     redacted: Vec<String>,
 }
 
 impl RoomWriter {
+    /// Remembers the NIDs of stored events read in this input, so
+    /// [`RoomWriter::nid_state`] need not look them up again.
+    pub(crate) fn know_nids(&mut self, events: impl IntoIterator<Item = (String, i64)>) {
+        self.known_nids.extend(events);
+    }
+
     /// The (type NID, state key NID) of a state event, interned.
     pub(crate) async fn state_key_nids(
         &mut self,
@@ -483,6 +492,9 @@ impl RoomWriter {
             .iter()
             .map(|(nid, pdu)| (pdu.event_id.to_string(), *nid))
             .collect();
+        for (id, nid) in &self.known_nids {
+            event_nids.entry(id.clone()).or_insert(*nid);
+        }
         for chunk in ids.chunks(200) {
             let missing: Vec<&str> = chunk
                 .iter()
@@ -586,23 +598,42 @@ impl RoomWriter {
 
     /// Moves the room's head: current state, extremities, depth.
     pub(crate) async fn set_head(&mut self, head: &HeadUpdate) -> Result<(), StorageError> {
-        for change in &head.changes {
-            match &change.event {
-                Some((event_id, membership)) => {
-                    sqlx::query(
-                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid, membership)
-                         SELECT $1, $2, $3, event_nid, $5 FROM events WHERE event_id = $4
-                         ON CONFLICT (room_nid, event_type, state_key)
-                         DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership",
-                    )
-                    .bind(self.room_nid)
+        // Set entries many to a statement (a join sets thousands); each
+        // (type, state key) appears once, as an upsert requires.
+        let set: Vec<_> = head
+            .changes
+            .iter()
+            .filter_map(|change| change.event.as_ref().map(|event| (change, event)))
+            .collect();
+        for chunk in set.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = 2 + i * 4;
+                    format!("(${n},${},${},${})", n + 1, n + 2, n + 3)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO current_state (room_nid, event_type, state_key, event_nid, membership)
+                 SELECT $1, v.column1, v.column2, e.event_nid, v.column4
+                 FROM (VALUES {}) AS v JOIN events e ON e.event_id = v.column3
+                 WHERE true
+                 ON CONFLICT (room_nid, event_type, state_key)
+                 DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership",
+                rows.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
+            for (change, (event_id, membership)) in chunk {
+                query = query
                     .bind(&change.kind)
                     .bind(&change.state_key)
                     .bind(event_id)
-                    .bind(membership.as_deref())
-                    .execute(&mut *self.tx)
-                    .await?;
-                }
+                    .bind(membership.as_deref());
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        for change in &head.changes {
+            match &change.event {
+                Some(_) => {}
                 None => {
                     sqlx::query(
                         "DELETE FROM current_state
