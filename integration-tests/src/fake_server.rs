@@ -431,6 +431,118 @@ impl FakeServer {
         (version, join_id, join, joined)
     }
 
+    /// Joins `members` users of this server to another server's public
+    /// room: the first through make_join and send_join, the rest as join
+    /// events built here (each after the one before) and sent in
+    /// transactions of 50 PDUs, each once the one before was taken. Panics
+    /// on a refused PDU.
+    pub async fn fill_room(
+        &self,
+        (base_url, destination): (&str, &str),
+        room_id: &str,
+        members: usize,
+    ) {
+        let first = format!("@member0:{}", self.server_name);
+        let (version, mut prev, join, joined) = self
+            .join_room((base_url, destination), room_id, &first)
+            .await;
+        let rules = ruma::RoomVersionId::try_from(version.as_str())
+            .expect("version")
+            .rules()
+            .expect("rules");
+        let id_of = |event: &Value| -> String {
+            let object: CanonicalJsonObject =
+                serde_json::from_value(event.clone()).expect("object");
+            format!(
+                "${}",
+                ruma::signatures::reference_hash(&object, &rules).expect("hash")
+            )
+        };
+        let state_id = |kind: &str| -> Option<String> {
+            joined["state"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["type"] == kind)
+                .map(id_of)
+        };
+        // Version 12 names no create event among auth events.
+        let mut auth: Vec<String> = ["m.room.join_rules", "m.room.power_levels"]
+            .iter()
+            .filter_map(|kind| state_id(kind))
+            .collect();
+        if !rules.authorization.room_create_event_id_as_room_id {
+            auth.extend(state_id("m.room.create"));
+        }
+        let mut depth = join["depth"].as_i64().unwrap_or(1);
+        let mut pdus = Vec::new();
+        for i in 1..members {
+            let user = format!("@member{i}:{}", self.server_name);
+            depth += 1;
+            let (id, pdu) = self.sign_event(
+                &version,
+                serde_json::json!({
+                    "type": "m.room.member", "state_key": user, "sender": user,
+                    "room_id": room_id, "content": { "membership": "join" },
+                    "depth": depth, "origin_server_ts": now_ms(),
+                    "prev_events": [prev], "auth_events": auth,
+                }),
+            );
+            prev = id;
+            pdus.push(pdu);
+            if pdus.len() == 50 || i + 1 == members {
+                let body = serde_json::json!({
+                    "origin": self.server_name, "origin_server_ts": now_ms(),
+                    "pdus": std::mem::take(&mut pdus),
+                });
+                let (status, answer) = self
+                    .request(
+                        base_url,
+                        destination,
+                        reqwest::Method::PUT,
+                        &format!("/_matrix/federation/v1/send/fill{i}"),
+                        Some(body),
+                    )
+                    .await;
+                assert_eq!(status, 200, "send: {answer}");
+                let refused: Vec<&Value> = answer["pdus"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, result)| result.get("error").is_some())
+                    .map(|(_, result)| result)
+                    .collect();
+                assert!(refused.is_empty(), "refused: {refused:?}");
+                // The next transaction builds on this one: wait until the
+                // remote has taken it (Synapse takes PDUs in the
+                // background, and would otherwise miss their prev events).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                loop {
+                    let (status, _) = self
+                        .request(
+                            base_url,
+                            destination,
+                            reqwest::Method::GET,
+                            &format!(
+                                "/_matrix/federation/v1/event/{}",
+                                crate::client::encode(&prev)
+                            ),
+                            None,
+                        )
+                        .await;
+                    if status == 200 {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{destination} never took {prev}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
     /// A request with the `Authorization` header given (forged ones too).
     pub async fn request_with(
         &self,
