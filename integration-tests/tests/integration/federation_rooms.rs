@@ -976,6 +976,25 @@ async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
     assert_eq!(searched.status, 200, "{searched:?}");
     assert_eq!(searched.body["chunk"], json!([]), "{searched:?}");
 
+    // Asking another server's directory is for our users only.
+    let anonymous = ganglion_integration_tests::client::request(
+        &reqwest::Client::new(),
+        Method::GET,
+        &format!(
+            "{}/_matrix/client/v3/publicRooms?server={}",
+            ours.base_url,
+            encode(&synapse.server_name)
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (anonymous.status, anonymous.errcode()),
+        (401, "M_MISSING_TOKEN"),
+        "{anonymous:?}"
+    );
+
     // Alice knocks; the room is not here, so through Synapse.
     let knock = alice
         .call(

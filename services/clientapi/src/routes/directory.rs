@@ -286,8 +286,21 @@ impl ClientApi {
     }
 }
 
-pub(crate) async fn get_public_rooms(State(api): State<Arc<ClientApi>>, uri: Uri) -> MatrixResult {
+pub(crate) async fn get_public_rooms(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> MatrixResult {
     let query: PublicRoomsQuery = parse_query(&uri)?;
+    // Ours may be read by anyone; asking another server goes through us,
+    // so only for our users (as on Synapse).
+    if query
+        .server
+        .as_deref()
+        .is_some_and(|server| server != api.server_name)
+    {
+        api.authenticate(&headers, &uri).await?;
+    }
     let limit = match query.limit.as_deref() {
         Some(limit) => Some(
             limit
