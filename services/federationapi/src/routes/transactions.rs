@@ -4,6 +4,7 @@
 //! order sent. A transaction ID seen before from the same origin is
 //! answered as the first time and changes nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -51,14 +52,15 @@ pub(crate) async fn send(
         return respond(answer);
     }
     let mut results = Map::new();
+    // Each room's version and ACL verdict, asked once per transaction.
+    let mut rooms = HashMap::new();
     for pdu in &transaction.pdus {
-        let (event_id, result) = receive_pdu(&service, &origin, pdu).await;
+        let (event_id, result) = receive_pdu(&service, &origin, pdu, &mut rooms).await;
         if let Some(event_id) = event_id {
             results.insert(event_id, result);
         }
     }
-    // Typing and receipts are taken; presence, device lists and to-device
-    // not yet (they are acknowledged all the same).
+    // EDUs of kinds not taken are acknowledged all the same.
     service.take_edus(&origin, &transaction.edus).await;
     let answer = json!({ "pdus": results });
     service
@@ -74,21 +76,39 @@ async fn receive_pdu(
     service: &FederationService,
     origin: &str,
     pdu: &Value,
+    rooms: &mut HashMap<String, Option<(String, bool)>>,
 ) -> (Option<String>, Value) {
     let Some(room_id) = pdu["room_id"].as_str() else {
         return (None, json!({}));
     };
-    let version = match service
-        .roomserver
-        .query_room_version(pb::QueryRoomVersionRequest {
-            room_id: room_id.to_owned(),
-        })
-        .await
-    {
-        Ok(version) => version.room_version,
-        Err(_) => return (None, json!({})),
+    let room = match rooms.get(room_id) {
+        Some(room) => room.clone(),
+        None => {
+            let room = match service
+                .roomserver
+                .query_room_version(pb::QueryRoomVersionRequest {
+                    room_id: room_id.to_owned(),
+                })
+                .await
+            {
+                Ok(version) => Some((
+                    version.room_version,
+                    service.acl_allows(room_id, origin).await.unwrap_or(false),
+                )),
+                Err(_) => None,
+            };
+            rooms.insert(room_id.to_owned(), room.clone());
+            room
+        }
     };
-    if !service.acl_allows(room_id, origin).await.unwrap_or(false) {
+    let Some((version, acl_allows)) = room else {
+        return (None, json!({}));
+    };
+    // A new ACL counts from the next PDU on.
+    if pdu["type"] == "m.room.server_acl" {
+        rooms.remove(room_id);
+    }
+    if !acl_allows {
         let event_id = pdus::rules_for(&version).ok().and_then(|rules| {
             serde_json::from_value(pdu.clone())
                 .ok()
