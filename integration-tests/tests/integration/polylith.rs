@@ -6,6 +6,42 @@ use ganglion_integration_tests::process::{POLYLITH_SERVICES, Polylith};
 
 use crate::conversation::{first_conversation, history_forwards, history_via_prev_batch};
 
+/// A polylith named `localhost:<federation port>` that federates over
+/// loopback with self-signed certificates (Synapse, the fake servers), with
+/// `extra` environment: (the polylith, its server name).
+async fn federating(
+    dir: &std::path::Path,
+    name: &str,
+    extra: Vec<(String, String)>,
+) -> (Polylith, String) {
+    let federation_port = ganglion_integration_tests::process::free_port();
+    let our_name = format!("localhost:{federation_port}");
+    let mut urls = Vec::new();
+    for service in POLYLITH_SERVICES {
+        urls.push((
+            service,
+            ganglion_base::testing::scratch_postgres(&format!("poly_{name}_{service}")).await,
+        ));
+    }
+    let mut env = vec![
+        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
+        (
+            "GANGLION_FEDERATION__LISTEN".to_owned(),
+            format!("127.0.0.1:{federation_port}"),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+    ];
+    env.extend(extra);
+    (Polylith::start_with(dir, &urls, env).await, our_name)
+}
+
 async fn start(dir: &std::path::Path, name: &str) -> Polylith {
     let mut urls = Vec::new();
     for service in POLYLITH_SERVICES {
@@ -252,31 +288,7 @@ async fn polylith_federates_with_synapse() {
     let synapse_dir = tempfile::tempdir().expect("tempdir");
     let synapse = Synapse::start(synapse_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let federation_port = ganglion_integration_tests::process::free_port();
-    let our_name = format!("localhost:{federation_port}");
-    let mut urls = Vec::new();
-    for service in POLYLITH_SERVICES {
-        urls.push((
-            service,
-            ganglion_base::testing::scratch_postgres(&format!("poly_fed_{service}")).await,
-        ));
-    }
-    let env = vec![
-        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
-        (
-            "GANGLION_FEDERATION__LISTEN".to_owned(),
-            format!("127.0.0.1:{federation_port}"),
-        ),
-        (
-            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
-            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
-        ),
-    ];
-    let server = Polylith::start_with(dir.path(), &urls, env).await;
+    let (server, our_name) = federating(dir.path(), "fed", Vec::new()).await;
     let logs = || format!("{}\n{}", synapse.logs(), server.logs());
 
     let alice = Client::register(&server.base_url, "alice", "pw-alice-poly").await;
@@ -347,36 +359,16 @@ async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
     use serde_json::json;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let federation_port = ganglion_integration_tests::process::free_port();
-    let our_name = format!("localhost:{federation_port}");
-    let mut urls = Vec::new();
-    for service in POLYLITH_SERVICES {
-        urls.push((
-            service,
-            ganglion_base::testing::scratch_postgres(&format!("poly_fs2_{service}")).await,
-        ));
-    }
-    let env = vec![
-        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
-        (
-            "GANGLION_FEDERATION__LISTEN".to_owned(),
-            format!("127.0.0.1:{federation_port}"),
-        ),
-        (
-            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
-            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
-        ),
-        // A stopped replica's destinations move after about 4 s.
-        (
-            "GANGLION_FEDERATION__SENDER_LEASE_MS".to_owned(),
-            "4000".to_owned(),
-        ),
-    ];
-    let mut server = Polylith::start_with(dir.path(), &urls, env).await;
+    // A stopped replica's destinations move after about 4 s.
+    let lease = vec![(
+        "GANGLION_FEDERATION__SENDER_LEASE_MS".to_owned(),
+        "4000".to_owned(),
+    )];
+    let (mut server, our_name) = federating(dir.path(), "fs2", lease).await;
+    let federation_port = our_name
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
     let second = server.add_replica("federationsender").await;
     let base = format!("https://127.0.0.1:{federation_port}");
 

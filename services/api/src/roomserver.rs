@@ -54,6 +54,31 @@ crate::grpc::service_api! {
 /// What callers hold: the service itself (monolith) or a [`RoomserverClient`].
 pub type RoomserverHandle = std::sync::Arc<dyn RoomserverApi>;
 
+/// A request for a page of the public room directory from the client or
+/// federation API's parameters (`filter.room_types`: `None` in the list
+/// stands for rooms without a type).
+pub fn public_rooms_request(
+    limit: Option<u32>,
+    since: Option<String>,
+    search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+) -> pb::PublicRoomsRequest {
+    let (filter_room_types, room_types) = match room_types {
+        Some(types) => (
+            true,
+            types.into_iter().map(Option::unwrap_or_default).collect(),
+        ),
+        None => (false, Vec::new()),
+    };
+    pb::PublicRoomsRequest {
+        limit: limit.unwrap_or(0),
+        since: since.unwrap_or_default(),
+        search_term: search_term.unwrap_or_default(),
+        room_types,
+        filter_room_types,
+    }
+}
+
 /// A page of the public room directory as the client and federation APIs
 /// spell it (`chunk`, `next_batch`, `prev_batch`,
 /// `total_room_count_estimate`).

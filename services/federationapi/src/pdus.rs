@@ -75,37 +75,7 @@ pub(crate) async fn check(
     pdu: &Value,
 ) -> Result<CheckedPdu, PduError> {
     let rules = rules_for(room_version)?;
-    let object: CanonicalJsonObject = serde_json::from_value(pdu.clone())
-        .map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))?;
-    let event_id = event_id_of(&object, &rules)?;
-    let at_ms = match object.get("origin_server_ts") {
-        Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
-        _ => return Err(PduError::Malformed("no origin_server_ts".into())),
-    };
-    let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") else {
-        return Err(PduError::Signature("unsigned".into()));
-    };
-    let mut map: BTreeMap<String, BTreeMap<String, Base64>> = BTreeMap::new();
-    for (server, keys) in signatures {
-        let CanonicalJsonValue::Object(keys) = keys else {
-            continue;
-        };
-        let key_ids: Vec<String> = keys.keys().cloned().collect();
-        let found = key_ring
-            .keys_for(server, &key_ids, at_ms)
-            .await
-            .map_err(|e| PduError::Signature(e.to_string()))?;
-        let set: BTreeMap<String, Base64> = found
-            .into_iter()
-            .filter_map(|(id, key)| Some((id, Base64::parse(&key).ok()?)))
-            .collect();
-        if !set.is_empty() {
-            map.insert(server.clone(), set);
-        }
-    }
-    ruma::signatures::verify_event(&map, &object, &rules)
-        .map_err(|e| PduError::Signature(e.to_string()))?;
-    Ok(CheckedPdu { event_id, object })
+    verify(prepare(key_ring, pdu.clone()).await?, &rules)
 }
 
 /// A PDU parsed, with the keys of its signers, to be verified.

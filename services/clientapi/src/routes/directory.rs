@@ -216,22 +216,14 @@ impl ClientApi {
         {
             return self.remote_public_rooms(server, limit, since, filter).await;
         }
-        let (filter_room_types, room_types) = match filter.room_types {
-            Some(types) => (
-                true,
-                types.into_iter().map(Option::unwrap_or_default).collect(),
-            ),
-            None => (false, Vec::new()),
-        };
         let page = self
             .roomserver
-            .public_rooms(pb::PublicRoomsRequest {
-                limit: limit.unwrap_or(0),
-                since: since.unwrap_or_default(),
-                search_term: filter.generic_search_term.unwrap_or_default(),
-                room_types,
-                filter_room_types,
-            })
+            .public_rooms(ganglion_api::roomserver::public_rooms_request(
+                limit,
+                since,
+                filter.generic_search_term,
+                filter.room_types,
+            ))
             .await
             .map_err(MatrixError::from)?;
         let body = ganglion_api::roomserver::public_rooms_body(page);

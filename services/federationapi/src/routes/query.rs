@@ -139,22 +139,14 @@ async fn public_rooms(
         return respond(json!({ "chunk": [], "total_room_count_estimate": 0 }));
     }
     let filter = body.filter.unwrap_or_default();
-    let (filter_room_types, room_types) = match filter.room_types {
-        Some(types) => (
-            true,
-            types.into_iter().map(Option::unwrap_or_default).collect(),
-        ),
-        None => (false, Vec::new()),
-    };
     let page = service
         .roomserver
-        .public_rooms(pb::PublicRoomsRequest {
-            limit: body.limit.unwrap_or(0),
-            since: body.since.unwrap_or_default(),
-            search_term: filter.generic_search_term.unwrap_or_default(),
-            room_types,
-            filter_room_types,
-        })
+        .public_rooms(ganglion_api::roomserver::public_rooms_request(
+            body.limit,
+            body.since,
+            filter.generic_search_term,
+            filter.room_types,
+        ))
         .await
         .map_err(MatrixError::from)?;
     respond(ganglion_api::roomserver::public_rooms_body(page))
