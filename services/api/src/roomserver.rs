@@ -54,15 +54,46 @@ crate::grpc::service_api! {
 /// What callers hold: the service itself (monolith) or a [`RoomserverClient`].
 pub type RoomserverHandle = std::sync::Arc<dyn RoomserverApi>;
 
+/// The body of `POST /publicRooms`, as the client and federation APIs
+/// both spell it.
+#[derive(serde::Deserialize, Default)]
+pub struct PublicRoomsBody {
+    pub limit: Option<u32>,
+    pub since: Option<String>,
+    pub filter: Option<PublicRoomsFilter>,
+    #[serde(default)]
+    pub include_all_networks: bool,
+    pub third_party_instance_id: Option<String>,
+}
+
+/// `filter` of a public rooms request.
+#[derive(serde::Deserialize, Default)]
+pub struct PublicRoomsFilter {
+    pub generic_search_term: Option<String>,
+    /// `None` in the list stands for rooms without a type.
+    pub room_types: Option<Vec<Option<String>>>,
+}
+
+impl PublicRoomsBody {
+    /// Why the body is refused, if it is (the two network options exclude
+    /// each other).
+    pub fn refusal(&self) -> Option<&'static str> {
+        (self.include_all_networks && self.third_party_instance_id.is_some())
+            .then_some("include_all_networks and third_party_instance_id are exclusive")
+    }
+}
+
 /// A request for a page of the public room directory from the client or
-/// federation API's parameters (`filter.room_types`: `None` in the list
-/// stands for rooms without a type).
+/// federation API's parameters.
 pub fn public_rooms_request(
     limit: Option<u32>,
     since: Option<String>,
-    search_term: Option<String>,
-    room_types: Option<Vec<Option<String>>>,
+    filter: PublicRoomsFilter,
 ) -> pb::PublicRoomsRequest {
+    let PublicRoomsFilter {
+        generic_search_term: search_term,
+        room_types,
+    } = filter;
     let (filter_room_types, room_types) = match room_types {
         Some(types) => (
             true,

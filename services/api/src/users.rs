@@ -33,6 +33,12 @@ crate::grpc::service_api! {
     }
 }
 
+/// The server of a user ID (or of an alias, or a room ID that names
+/// one): what follows the first colon.
+pub fn server_of(id: &str) -> Option<&str> {
+    id.split_once(':').map(|(_, server)| server)
+}
+
 /// What callers hold: the service itself (monolith) or a [`UsersClient`].
 pub type UsersHandle = std::sync::Arc<dyn UsersApi>;
 

@@ -52,13 +52,11 @@ impl FederationService {
             .roomserver
             .query_joined_members(pb::QueryJoinedMembersRequest {
                 room_id: room_id.to_owned(),
+                server_name: origin.to_owned(),
+                limit: 1,
             })
             .await?;
-        let joined = members
-            .user_ids
-            .iter()
-            .any(|user| user.split_once(':').map(|(_, s)| s) == Some(origin));
-        Ok((members.room_exists, joined))
+        Ok((members.room_exists, !members.user_ids.is_empty()))
     }
 
     /// 403 `M_FORBIDDEN` unless the room's ACL lets `origin` take part.

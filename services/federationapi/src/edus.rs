@@ -11,6 +11,7 @@
 
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+use ganglion_api::users::server_of;
 use serde_json::Value;
 
 use crate::FederationService;
@@ -18,10 +19,6 @@ use crate::key_ring::now_ms;
 
 /// How long a remote typing notice holds (the spec's 30 seconds).
 const REMOTE_TYPING_MS: i64 = 30_000;
-
-fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, s)| s)
-}
 
 /// What an EDU becomes on our topics: (topic, key, record).
 #[derive(Debug, PartialEq)]

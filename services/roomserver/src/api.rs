@@ -622,7 +622,10 @@ impl RoomserverApi for RoomserverService {
         }
         Ok(pb::QueryJoinedMembersResponse {
             room_exists: true,
-            user_ids: self.storage.joined_members(&request.room_id).await?,
+            user_ids: self
+                .storage
+                .joined_members(&request.room_id, &request.server_name, request.limit)
+                .await?,
         })
     }
 

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use ganglion_api::ApiError;
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::roomserver::{PublicRoomsBody, PublicRoomsFilter};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -187,22 +188,6 @@ pub(crate) struct PublicRoomsQuery {
     server: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-pub(crate) struct PublicRoomsBody {
-    limit: Option<u32>,
-    since: Option<String>,
-    filter: Option<PublicRoomsFilter>,
-    #[serde(default)]
-    include_all_networks: bool,
-    third_party_instance_id: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct PublicRoomsFilter {
-    generic_search_term: Option<String>,
-    room_types: Option<Vec<Option<String>>>,
-}
-
 impl ClientApi {
     async fn public_rooms_list(
         &self,
@@ -219,10 +204,7 @@ impl ClientApi {
         let page = self
             .roomserver
             .public_rooms(ganglion_api::roomserver::public_rooms_request(
-                limit,
-                since,
-                filter.generic_search_term,
-                filter.room_types,
+                limit, since, filter,
             ))
             .await
             .map_err(MatrixError::from)?;
@@ -318,10 +300,8 @@ pub(crate) async fn post_public_rooms(
 ) -> MatrixResult {
     api.authenticate(&headers, &uri).await?;
     let query: PublicRoomsQuery = parse_query(&uri)?;
-    if body.include_all_networks && body.third_party_instance_id.is_some() {
-        return Err(MatrixError::invalid_param(
-            "include_all_networks and third_party_instance_id are exclusive",
-        ));
+    if let Some(refusal) = body.refusal() {
+        return Err(MatrixError::invalid_param(refusal));
     }
     api.public_rooms_list(
         query.server.as_deref(),

@@ -482,23 +482,31 @@ async fn remote_room(
     // state now, we a stale copy.
     let mut resident = Vec::new();
     if room_exists {
-        let joined = api
-            .roomserver
-            .query_joined_members(pb::QueryJoinedMembersRequest {
-                room_id: room_id.clone(),
-            })
+        let joined = |server_name: &str, limit: u32| {
+            api.roomserver
+                .query_joined_members(pb::QueryJoinedMembersRequest {
+                    room_id: room_id.clone(),
+                    server_name: server_name.to_owned(),
+                    limit,
+                })
+        };
+        // Whether one of ours is joined: the usual case, one row to read.
+        if !joined(&api.server_name, 1)
             .await
-            .map_err(MatrixError::from)?;
-        let server_of = |user: &String| user.split_once(':').map(|(_, s)| s.to_owned());
-        if joined.user_ids.is_empty()
-            || joined
-                .user_ids
-                .iter()
-                .any(|u| server_of(u).as_deref() == Some(api.server_name.as_str()))
+            .map_err(MatrixError::from)?
+            .user_ids
+            .is_empty()
         {
             return Ok((room_id, None));
         }
-        resident = joined.user_ids.iter().filter_map(server_of).collect();
+        let everyone = joined("", 0).await.map_err(MatrixError::from)?.user_ids;
+        if everyone.is_empty() {
+            return Ok((room_id, None));
+        }
+        resident = everyone
+            .iter()
+            .filter_map(|user| ganglion_api::users::server_of(user).map(str::to_owned))
+            .collect();
     }
     if let Some(server) = inviter_server {
         servers.insert(0, server);

@@ -8,6 +8,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::Uri;
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::roomserver::PublicRoomsBody;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, parse_query, respond};
 use serde::Deserialize;
@@ -54,22 +55,6 @@ pub(crate) struct PublicRoomsQuery {
     #[serde(default)]
     include_all_networks: Option<String>,
     third_party_instance_id: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct PublicRoomsBody {
-    limit: Option<u32>,
-    since: Option<String>,
-    filter: Option<PublicRoomsFilter>,
-    #[serde(default)]
-    include_all_networks: bool,
-    third_party_instance_id: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct PublicRoomsFilter {
-    generic_search_term: Option<String>,
-    room_types: Option<Vec<Option<String>>>,
 }
 
 pub(crate) async fn public_rooms_get(
@@ -130,10 +115,8 @@ async fn public_rooms(
     body: PublicRoomsBody,
 ) -> MatrixResult {
     tracing::debug!(origin, "public rooms query");
-    if body.include_all_networks && body.third_party_instance_id.is_some() {
-        return Err(MatrixError::invalid_param(
-            "include_all_networks and third_party_instance_id are exclusive",
-        ));
+    if let Some(refusal) = body.refusal() {
+        return Err(MatrixError::invalid_param(refusal));
     }
     if body.third_party_instance_id.is_some() {
         return respond(json!({ "chunk": [], "total_room_count_estimate": 0 }));
@@ -142,10 +125,7 @@ async fn public_rooms(
     let page = service
         .roomserver
         .public_rooms(ganglion_api::roomserver::public_rooms_request(
-            body.limit,
-            body.since,
-            filter.generic_search_term,
-            filter.room_types,
+            body.limit, body.since, filter,
         ))
         .await
         .map_err(MatrixError::from)?;

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use ganglion_api::consume::{HandleError, RecordHandler};
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::topics::{Topics, decode};
+use ganglion_api::users::server_of;
 use ganglion_log::Record;
 use serde_json::{Value, json};
 
@@ -32,7 +33,7 @@ pub(crate) fn edu_of(
     server_name: &str,
     record: &Record,
 ) -> Result<Option<(String, Value)>, HandleError> {
-    let local = |user_id: &str| user_id.split_once(':').map(|(_, s)| s) == Some(server_name);
+    let local = |user_id: &str| server_of(user_id) == Some(server_name);
     let permanent = |e: ganglion_api::ApiError| HandleError::Permanent(e.to_string());
     if record.topic == topics.edu_typing {
         let typing: topic_pb::TypingEdu = decode(&record.payload).map_err(permanent)?;
@@ -97,7 +98,7 @@ impl EduConsumer {
     async fn device_list_update(&self, record: &Record) -> Result<(), HandleError> {
         let change: topic_pb::DeviceKeyChange =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if change.user_id.split_once(':').map(|(_, s)| s) != Some(self.server_name.as_str()) {
+        if server_of(&change.user_id) != Some(self.server_name.as_str()) {
             return Ok(());
         }
         let keys: Option<Value> = (!change.deleted)
@@ -132,7 +133,7 @@ impl EduConsumer {
     async fn presence(&self, record: &Record) -> Result<(), HandleError> {
         let presence: topic_pb::PresenceEdu =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if presence.user_id.split_once(':').map(|(_, s)| s) != Some(self.server_name.as_str()) {
+        if server_of(&presence.user_id) != Some(self.server_name.as_str()) {
             return Ok(());
         }
         let now = crate::queues::now_ms();
@@ -166,9 +167,8 @@ pub(crate) fn to_device_edu(
     edu: &topic_pb::ToDeviceEdu,
 ) -> Option<(String, Value)> {
     use sha2::{Digest, Sha256};
-    let server_of = |user_id: &str| user_id.split_once(':').map(|(_, s)| s.to_owned());
-    let destination = server_of(&edu.recipient)?;
-    if server_of(&edu.sender).as_deref() != Some(server_name)
+    let destination = server_of(&edu.recipient)?.to_owned();
+    if server_of(&edu.sender) != Some(server_name)
         || destination == server_name
         || edu.messages.is_empty()
     {

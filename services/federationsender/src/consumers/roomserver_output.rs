@@ -16,15 +16,12 @@ use serde_json::Value;
 
 use crate::queues::Queues;
 use crate::storage::{MemberChange, Storage};
+use ganglion_api::users::server_of;
 
 pub(crate) struct OutputConsumer {
     pub(crate) storage: Storage,
     pub(crate) queues: Arc<Queues>,
     pub(crate) server_name: String,
-}
-
-fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, server)| server)
 }
 
 #[async_trait]

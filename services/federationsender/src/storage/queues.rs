@@ -1,5 +1,7 @@
 use sqlx::Row;
 
+use ganglion_api::users::server_of;
+
 use super::{Storage, StorageError};
 
 /// A membership change of a room, as `roomserver.output` reports it.
@@ -15,10 +17,6 @@ pub(crate) struct MemberChange {
 pub(crate) struct QueuedPdu {
     pub(crate) id: i64,
     pub(crate) json: String,
-}
-
-fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, server)| server)
 }
 
 impl Storage {

@@ -24,7 +24,7 @@ impl RecordHandler for DeviceListUpdates {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
         let change: topic_pb::DeviceKeyChange =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if change.user_id.split_once(':').map(|(_, s)| s) == Some(self.keys.server_name.as_str()) {
+        if ganglion_api::users::server_of(&change.user_id) == Some(self.keys.server_name.as_str()) {
             // Our users' changes are ours to announce, never another's.
             return Ok(());
         }

@@ -206,13 +206,27 @@ impl Storage {
         .flatten())
     }
 
-    /// The users a room's current state has joined.
-    pub(crate) async fn joined_members(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
+    /// Users joined to a room now, of `server_name` only unless empty
+    /// (server names hold no LIKE wildcards), at most `limit` (0: all).
+    pub(crate) async fn joined_members(
+        &self,
+        room_id: &str,
+        server_name: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT s.state_key FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
-             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'",
+             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'
+               AND ($2 = '' OR s.state_key LIKE '%:' || $2)
+             LIMIT $3",
         )
         .bind(room_id)
+        .bind(server_name)
+        .bind(if limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(limit)
+        })
         .fetch_all(&self.db.pool)
         .await?)
     }

@@ -63,7 +63,7 @@ impl RecordHandler for StreamConsumer {
             }
             Stream::ToDevice => {
                 let mut edu: topic_pb::ToDeviceEdu = decode(&record.payload).map_err(permanent)?;
-                if edu.recipient.split_once(':').map(|(_, s)| s)
+                if ganglion_api::users::server_of(&edu.recipient)
                     != Some(self.service.server_name.as_str())
                 {
                     // For another server: the federationsender's.
