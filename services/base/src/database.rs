@@ -289,3 +289,32 @@ pub(crate) mod tests {
         db.close().await;
     }
 }
+
+/// `($first,…),(…)`: `rows` rows of `width` numbered placeholders from
+/// `$first` on, for a statement that writes many rows at once.
+pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", first + row * width + column));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod value_rows_tests {
+    #[test]
+    fn numbered_rows() {
+        assert_eq!(super::value_rows(2, 2, 3), "($2,$3,$4),($5,$6,$7)");
+        assert_eq!(super::value_rows(1, 1, 1), "($1)");
+    }
+}

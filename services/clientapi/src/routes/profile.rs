@@ -180,6 +180,8 @@ impl ClientApi {
                 return;
             }
         };
+        // Read-your-writes: the last record of each partition covers the rest.
+        let mut last = std::collections::BTreeMap::new();
         for room_id in rooms {
             let mut content = profile.clone();
             content.insert("membership".into(), json!("join"));
@@ -198,7 +200,11 @@ impl ClientApi {
                 })
                 .await;
             match result {
-                Ok(response) => self.read_your_writes(response.output_position).await,
+                Ok(response) => {
+                    if let Some(position) = response.output_position {
+                        last.insert(position.partition, position);
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(
                         user_id,
@@ -208,6 +214,9 @@ impl ClientApi {
                     )
                 }
             }
+        }
+        for position in last.into_values() {
+            self.read_your_writes(Some(position)).await;
         }
     }
 }

@@ -606,12 +606,6 @@ impl RoomWriter {
             .filter_map(|change| change.event.as_ref().map(|event| (change, event)))
             .collect();
         for chunk in set.chunks(100) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let n = 2 + i * 4;
-                    format!("(${n},${},${},${})", n + 1, n + 2, n + 3)
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO current_state (room_nid, event_type, state_key, event_nid, membership)
                  SELECT $1, v.column1, v.column2, e.event_nid, v.column4
@@ -619,7 +613,7 @@ impl RoomWriter {
                  WHERE true
                  ON CONFLICT (room_nid, event_type, state_key)
                  DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership",
-                rows.join(",")
+                ganglion_base::database::value_rows(2, chunk.len(), 4)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
             for (change, (event_id, membership)) in chunk {

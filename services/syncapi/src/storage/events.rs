@@ -98,26 +98,11 @@ pub(crate) async fn insert_rows(
     rows: &[Vec<Bound<'_>>],
 ) -> Result<(), StorageError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * 40);
-        sql.push_str(head);
-        sql.push_str(" VALUES ");
-        let mut n = 0;
-        for (i, row) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for j in 0..row.len() {
-                if j > 0 {
-                    sql.push(',');
-                }
-                n += 1;
-                sql.push_str(&format!("${n}"));
-            }
-            sql.push(')');
-        }
-        sql.push(' ');
-        sql.push_str(tail);
+        let width = chunk.first().map_or(0, Vec::len);
+        let sql = format!(
+            "{head} VALUES {} {tail}",
+            ganglion_base::database::value_rows(1, chunk.len(), width)
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             for value in row {
