@@ -15,6 +15,40 @@ pub(crate) async fn federating_monolith(dir: &std::path::Path) -> (Monolith, Str
     Monolith::federating(dir).await
 }
 
+/// Two monoliths that federate with each other over loopback.
+pub(crate) struct GanglionPair {
+    pub(crate) a: Monolith,
+    pub(crate) a_name: String,
+    pub(crate) b: Monolith,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl GanglionPair {
+    pub(crate) async fn start() -> GanglionPair {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let (a, a_name) = federating_monolith(dirs[0].path()).await;
+        let (b, _) = federating_monolith(dirs[1].path()).await;
+        GanglionPair {
+            a,
+            a_name,
+            b,
+            _dirs: dirs,
+        }
+    }
+
+    /// Both servers' recent logs, for a failure's message.
+    pub(crate) fn logs(&self) -> String {
+        format!(
+            "--- a ---\n{}\n--- b ---\n{}",
+            self.a.process.log_tail(),
+            self.b.process.log_tail()
+        )
+    }
+}
+
 /// A client of a federation port (TLS, self-signed).
 fn federation_http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -1115,17 +1115,9 @@ async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
 /// ways; an invite from the second is accepted on the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ganglions_federate() {
-    let dir_a = tempfile::tempdir().expect("tempdir");
-    let dir_b = tempfile::tempdir().expect("tempdir");
-    let (a, a_name) = crate::federation_queries::federating_monolith(dir_a.path()).await;
-    let (b, _b_name) = crate::federation_queries::federating_monolith(dir_b.path()).await;
-    let logs = || {
-        format!(
-            "--- a ---\n{}\n--- b ---\n{}",
-            a.process.log_tail(),
-            b.process.log_tail()
-        )
-    };
+    let pair = crate::federation_queries::GanglionPair::start().await;
+    let (a, a_name, b) = (&pair.a, &pair.a_name, &pair.b);
+    let logs = || pair.logs();
 
     let alice = Client::register(&a.base_url, "alice", "pw-alice-gg").await;
     let bob = Client::register(&b.base_url, "bob", "pw-bob-gg").await;

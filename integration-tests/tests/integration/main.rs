@@ -5,6 +5,7 @@ mod bad_input;
 mod conversation;
 mod e2ee_keys;
 mod ephemeral;
+mod federation_history;
 mod federation_queries;
 mod federation_rooms;
 mod federation_security;

@@ -31,6 +31,8 @@ crate::grpc::service_api! {
         fn query_public_rooms(pb::RemoteRequest) -> pb::RemoteResponse;
         /// Asks a remote user's server for their profile.
         fn query_profile(pb::QueryProfileRequest) -> pb::RemoteResponse;
+        /// Fetches and takes history of a room from servers in it.
+        fn backfill(pb::BackfillRequest) -> pb::BackfillResponse;
     }
 }
 

@@ -150,6 +150,13 @@ impl FederationApi for FederationService {
         })
     }
 
+    async fn backfill(
+        &self,
+        request: pb::BackfillRequest,
+    ) -> Result<pb::BackfillResponse, ApiError> {
+        self.backfill_room(request).await
+    }
+
     async fn query_public_rooms(
         &self,
         request: pb::RemoteRequest,

@@ -46,8 +46,12 @@ impl FederationService {
         if outcome.outcome != "missing_prev_events" {
             return Ok(outcome);
         }
-        self.input_with_fetched_state(origin, room_id, version, pdu)
-            .await
+        self.input_with_fetched_state(origin, room_id, version, pdu, pb::input_pdu::Kind::New)
+            .await?
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("no outcome for the PDU".into()))
     }
 
     /// Asks `origin` for the events between our forward extremities and
@@ -99,14 +103,16 @@ impl FederationService {
     }
 
     /// Fetches the state before `pdu` from `origin` (what we lack of it and
-    /// its auth chain as outliers), then takes `pdu` with that state.
-    async fn input_with_fetched_state(
+    /// its auth chain as outliers), then takes `pdu` with that state, as a
+    /// new event or as history (`kind`).
+    pub(crate) async fn input_with_fetched_state(
         &self,
         origin: &str,
         room_id: &str,
         version: &str,
         pdu: &CheckedPdu,
-    ) -> Result<pb::PduOutcome, ApiError> {
+        kind: pb::input_pdu::Kind,
+    ) -> Result<pb::InputPdusResponse, ApiError> {
         let path = format!(
             "/_matrix/federation/v1/state_ids/{}?event_id={}",
             encode(room_id),
@@ -168,23 +174,17 @@ impl FederationService {
         }
         self.input_outliers(room_id, version, &auth_order(fetched))
             .await?;
-        let response = self
-            .roomserver
+        self.roomserver
             .input_pdus(pb::InputPdusRequest {
                 room_id: room_id.to_owned(),
                 room_version: version.to_owned(),
                 pdus: vec![pb::InputPdu {
-                    kind: pb::input_pdu::Kind::New as i32,
+                    kind: kind as i32,
                     event_json: pdu.json_bytes(),
                     state_before: state_ids,
                     has_state_before: true,
                 }],
             })
-            .await?;
-        response
-            .outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| ApiError::Internal("no outcome for the PDU".into()))
+            .await
     }
 }

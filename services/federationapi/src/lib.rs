@@ -9,7 +9,9 @@
 //!   which clientapi asks remote servers about aliases and keys (`api.rs`).
 //! - Outbound: server discovery (`discovery.rs`) with an IP deny list,
 //!   requests signed with `X-Matrix` (`client.rs`), and remote servers'
-//!   keys fetched directly or through notaries (`key_ring.rs`).
+//!   keys fetched directly or through notaries (`key_ring.rs`); joins
+//!   (`joins.rs`), gaps filled (`gaps.rs`) and history backfilled for the
+//!   syncapi (`backfill.rs`).
 //! - Produces: `edu.typing`, `edu.receipt`, `edu.presence` and
 //!   `federation.device_list_updates`, from other servers' transactions
 //!   (`edus.rs`).
@@ -19,6 +21,7 @@
 mod acl;
 mod api;
 mod auth;
+mod backfill;
 mod client;
 mod discovery;
 mod edus;

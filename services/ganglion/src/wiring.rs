@@ -98,16 +98,6 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let rooms: RoomserverHandle = roomserver.api.clone();
-    let syncapi = ganglion_syncapi::start(
-        &config,
-        log.clone(),
-        users.clone(),
-        keys.clone(),
-        "monolith",
-        shutdown.clone(),
-    )
-    .await?;
-    let sync: SyncHandle = syncapi.api.clone();
     let federationapi = ganglion_federationapi::start(
         &config,
         signing_key.clone(),
@@ -120,6 +110,17 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let federation: FederationHandle = federationapi.api.clone();
+    let syncapi = ganglion_syncapi::start(
+        &config,
+        log.clone(),
+        users.clone(),
+        keys.clone(),
+        federation.clone(),
+        "monolith",
+        shutdown.clone(),
+    )
+    .await?;
+    let sync: SyncHandle = syncapi.api.clone();
     let federationsender = ganglion_federationsender::start(
         &config,
         log.clone(),
@@ -224,6 +225,13 @@ fn keys_client(config: &Config) -> anyhow::Result<KeysHandle> {
     Ok(Arc::new(KeysClient::new(&address)?))
 }
 
+fn federation_client(config: &Config) -> anyhow::Result<FederationHandle> {
+    let address = config
+        .service_address("federationapi")
+        .context("services.federationapi: no address")?;
+    Ok(Arc::new(FederationClient::new(&address)?))
+}
+
 fn users_client(config: &Config) -> anyhow::Result<UsersHandle> {
     let address = config
         .service_address("userapi")
@@ -279,6 +287,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 log,
                 users_client(&config)?,
                 keys_client(&config)?,
+                federation_client(&config)?,
                 &replica,
                 shutdown.clone(),
             )
@@ -298,11 +307,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                     .service_address("syncapi")
                     .context("services.syncapi: no address")?,
             )?);
-            let federation: FederationHandle = Arc::new(FederationClient::new(
-                &config
-                    .service_address("federationapi")
-                    .context("services.federationapi: no address")?,
-            )?);
+            let federation = federation_client(&config)?;
             let started = ganglion_clientapi::start(
                 &config,
                 ganglion_clientapi::Peers {
@@ -354,11 +359,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             });
         }
         "federationsender" => {
-            let federation: FederationHandle = Arc::new(FederationClient::new(
-                &config
-                    .service_address("federationapi")
-                    .context("services.federationapi: no address")?,
-            )?);
+            let federation = federation_client(&config)?;
             let started = ganglion_federationsender::start(
                 &config,
                 open_log(&config, name)?,

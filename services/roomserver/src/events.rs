@@ -634,6 +634,14 @@ pub(crate) fn membership_of(pdu: &Pdu) -> Option<String> {
     content_value(pdu)["membership"].as_str().map(str::to_owned)
 }
 
+/// The history visibility a state sets (`None`: none set).
+pub(crate) fn history_visibility(state: &StateMap) -> Option<String> {
+    let event = state.get(&("m.room.history_visibility".to_owned(), String::new()))?;
+    content_value(event)["history_visibility"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn content_value(pdu: &Pdu) -> serde_json::Value {
     serde_json::from_str(pdu.content.get()).unwrap_or_default()
 }

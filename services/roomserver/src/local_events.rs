@@ -306,7 +306,7 @@ impl RoomserverService {
             &delta,
             &prev_extremities,
             &head.extremity_ids(),
-            false,
+            None,
         ));
         if let Some(redacts) = pdu.redacts.clone() {
             self.apply_redaction(writer, head, &pdu, &redacts, outputs)

@@ -14,14 +14,15 @@ pub(crate) struct OutputContext<'a> {
 }
 
 /// An accepted event, with the change it made to the room's current state
-/// and the forward extremities before and after it.
+/// and the forward extremities before and after it. History (backfilled)
+/// carries the history visibility before it instead (`historical`).
 pub(crate) fn new_room_event(
     pdu: &Pdu,
     context: &OutputContext<'_>,
     delta: &StateDelta,
     prev_extremities: &[String],
     extremities: &[String],
-    historical: bool,
+    historical: Option<&str>,
 ) -> Vec<u8> {
     let entry = |(kind, key): &(String, String), event: &Pdu| topic_pb::StateEntry {
         event_type: kind.clone(),
@@ -53,8 +54,9 @@ pub(crate) fn new_room_event(
                 event_id: pdu.event_id.to_string(),
                 prev_forward_extremities: prev_extremities.to_vec(),
                 forward_extremities: extremities.to_vec(),
-                historical,
+                historical: historical.is_some(),
                 outlier: false,
+                history_visibility_before: historical.unwrap_or_default().to_owned(),
             },
         )),
     })

@@ -510,12 +510,31 @@ impl RoomserverService {
             && !head.state.is_empty()
             && events::authorise_against_state(&head.rules, &head.state, &pdu).is_err();
 
+        // History is shown under the visibility in force when it was sent.
+        let visibility_before = if kind == pb::input_pdu::Kind::Old {
+            events::history_visibility(&state_before)
+        } else {
+            None
+        };
         let before = writer.snapshot(&mut nids_before).await?;
         let mut state_after = state_before;
         let mut nids_after = nids_before;
         let event_nid = match was_outlier {
             Some(nid) => {
                 writer.de_outlier(nid, before, before).await?;
+                // Later events of this input find it with its state.
+                batch.written.insert(
+                    pdu.event_id.clone(),
+                    StoredEvent {
+                        event_nid: nid,
+                        room_nid: head.room_nid,
+                        pdu: pdu.clone(),
+                        state_before: Some(before),
+                        state_after: Some(before),
+                        soft_failed: false,
+                        outlier: false,
+                    },
+                );
                 nid
             }
             None => {
@@ -567,7 +586,7 @@ impl RoomserverService {
                 &Vec::new(),
                 &prev_extremities,
                 &prev_extremities,
-                true,
+                Some(visibility_before.as_deref().unwrap_or_default()),
             ));
             return Ok(Outcome {
                 event_id,
@@ -641,7 +660,7 @@ impl RoomserverService {
             &delta,
             &prev_extremities,
             &head.extremity_ids(),
-            false,
+            None,
         ));
         if let Some(redacts) = pdu.redacts.clone()
             && self.redaction_allowed(head, batch, &pdu, &redacts).await?

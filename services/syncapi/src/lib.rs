@@ -12,6 +12,10 @@
 //!   and rebuilt from it.
 //! - Produces: `edu.presence`, when `/sync`'s `set_presence` or
 //!   `PUT /presence` changes a user's presence (`presence.rs`).
+//! - Asks: the federationapi to backfill a room's history when
+//!   `/messages` pages past the oldest event held (`routes/messages.rs`);
+//!   what it takes arrives as historical events in `roomserver.output`
+//!   and sits below every live position (`storage/history.rs`).
 //! - Owns: its copy of timelines and current state, the ephemeral streams,
 //!   consumed positions, filters.
 //!
@@ -38,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use ganglion_api::federation::FederationHandle;
 use ganglion_api::keys::KeysHandle;
 use ganglion_api::topics::Topics;
 use ganglion_api::users::UsersHandle;
@@ -56,6 +61,8 @@ pub struct SyncService {
     users: UsersHandle,
     /// One-time key counts and fallback keys for `/sync`.
     keys: KeysHandle,
+    /// Backfill, when `/messages` pages past the history held.
+    federation: FederationHandle,
     log: Arc<dyn Log>,
     topics: Topics,
     partitions: usize,
@@ -116,6 +123,7 @@ pub async fn start(
     log: Arc<dyn Log>,
     users: UsersHandle,
     keys: KeysHandle,
+    federation: FederationHandle,
     replica_id: &str,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
@@ -143,6 +151,7 @@ pub async fn start(
         server_name: config.server_name.clone(),
         users,
         keys,
+        federation,
         log: log.clone(),
         topics: topics.clone(),
         partitions,

@@ -311,6 +311,48 @@ async fn a_received_dag_is_checked_resolved_and_announced() {
             vec![merge.event_id.to_string()]
         );
 
+        // History that was an outlier, and history after it, in one
+        // input: the first is found with its state by the second.
+        let old_topic = dag.event(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            serde_json::json!({"topic": "long ago"}),
+            &[&base],
+            &state,
+        );
+        let outcomes = send(&running, &dag, version, vec![input(Outlier, &old_topic)]).await;
+        assert_eq!(
+            outcomes[old_topic.event_id.as_str()],
+            "outlier",
+            "v{version}"
+        );
+        let after_topic = dag.event(
+            CAROL,
+            "m.room.message",
+            None,
+            serde_json::json!({"body": "after the old topic"}),
+            &[&old_topic],
+            &state,
+        );
+        let outcomes = send(
+            &running,
+            &dag,
+            version,
+            vec![input(Old, &old_topic), input(Old, &after_topic)],
+        )
+        .await;
+        assert_eq!(
+            outcomes[old_topic.event_id.as_str()],
+            "accepted",
+            "v{version}"
+        );
+        assert_eq!(
+            outcomes[after_topic.event_id.as_str()],
+            "accepted",
+            "v{version}"
+        );
+
         // The state before an event can be asked for.
         let before_merge = running
             .service

@@ -11,7 +11,7 @@ use ganglion_log::Record;
 
 use crate::SyncService;
 use crate::internal_events::EVENTS_STORED;
-use crate::storage::{EventRow, NewEvent};
+use crate::storage::{EventRow, HistoryEvent, NewEvent};
 use crate::sync_token::Stream;
 
 pub(crate) struct OutputConsumer {
@@ -95,7 +95,7 @@ impl RecordHandler for OutputConsumer {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         let new = match output.kind {
-            Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) if !new.historical => new,
+            Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) => new,
             Some(topic_pb::roomserver_output::Kind::RedactedEvent(redacted)) => {
                 let json = std::str::from_utf8(&redacted.redacted_json)
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
@@ -221,8 +221,7 @@ impl RecordHandler for OutputConsumer {
                     .wake_users([forgotten.user_id.as_str()]);
                 return Ok(());
             }
-            // Backfilled history is served by /messages once federation
-            // backfills; kinds this version does not know: nothing to store.
+            // Kinds this version does not know: nothing to store.
             _ => {
                 self.service
                     .storage
@@ -250,6 +249,33 @@ impl RecordHandler for OutputConsumer {
         };
         if event_id.is_empty() {
             return Err(HandleError::Permanent("event without ID".into()));
+        }
+        let relates_to = fields
+            .content
+            .relates_to
+            .as_ref()
+            .and_then(|r| Some((r.event_id.as_deref()?, r.rel_type.as_deref()?)));
+        if new.historical {
+            // Backfilled: older than anything live, new to no one.
+            self.service
+                .storage
+                .apply_history(&HistoryEvent {
+                    partition: record.partition,
+                    offset: record.offset,
+                    room_id: &room_id,
+                    event_id: &event_id,
+                    event_type: fields.event_type,
+                    state_key: fields.state_key,
+                    sender: fields.sender,
+                    json,
+                    depth: new.depth,
+                    history_visibility: &new.history_visibility_before,
+                    relates_to,
+                })
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            self.service.advance(Stream::Room, record);
+            return Ok(());
         }
         if new.outlier {
             // State another server's room brought along: kept to show the
@@ -310,11 +336,7 @@ impl RecordHandler for OutputConsumer {
                 json,
                 device_id: &new.device_id,
                 transaction_id: &new.transaction_id,
-                relates_to: fields
-                    .content
-                    .relates_to
-                    .as_ref()
-                    .and_then(|r| Some((r.event_id.as_deref()?, r.rel_type.as_deref()?))),
+                relates_to,
                 state_removed: entries(&new.state_removed),
                 state_added: entries(&new.state_added),
                 notified: &notified,

@@ -14,7 +14,7 @@ use crate::filter::{MAX_FILTER_BYTES, event_matches, lazy};
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{reader_history, render_visible};
 use crate::storage::EventRow;
-use crate::sync_token::SyncToken;
+use crate::sync_token::{InvalidToken, SyncToken};
 use crate::visibility::Reader;
 use ganglion_base::http::parse_query;
 use ruma::api::client::filter::RoomEventFilter;
@@ -55,17 +55,17 @@ pub(crate) async fn messages(
     };
     let limit = query.limit.unwrap_or(10).clamp(1, 1000);
     let parse = |text: &str| {
-        SyncToken::parse(text, service.partitions)
+        PageToken::parse(text, service.partitions)
             .map_err(|_| MatrixError::invalid_param("invalid pagination token"))
     };
     let current = service.current_token();
     let from = match query.from.as_deref() {
         Some(text) => parse(text)?,
-        None if backwards => current.clone(),
-        None => SyncToken::new(
+        None if backwards => PageToken::live(current.clone()),
+        None => PageToken::live(SyncToken::new(
             vec![0; crate::sync_token::Stream::ALL.len() * service.partitions],
             service.partitions,
-        ),
+        )),
     };
     let to = query.to.as_deref().map(parse).transpose()?;
     // Who may read what is decided event by event (history visibility);
@@ -89,30 +89,50 @@ pub(crate) async fn messages(
         Some(partition) => partition,
         None => return Err(MatrixError::forbidden("You are not a member of this room")),
     };
+    let at = from.position(partition);
     let (events, end) = if backwards {
-        let lower = to.as_ref().map(|t| t.offset(partition)).unwrap_or(0);
-        let events = service
+        let lower = to
+            .as_ref()
+            .map(|t| t.position(partition))
+            .unwrap_or(i64::MIN);
+        let mut events = service
             .storage
-            .room_events(&room_id, lower, from.offset(partition), limit, true)
+            .room_page(&room_id, (lower, at), limit, true)
             .await?;
-        let end = (events.len() == limit as usize)
-            .then(|| events.last().map(|e| from.with(partition, e.offset)))
+        // Past the oldest event held: ask other servers for what precedes it.
+        let mut backfilled = false;
+        if events.len() < limit as usize && to.is_none() {
+            backfilled = backfill(&service, &room_id, limit).await?;
+            if backfilled {
+                events = service
+                    .storage
+                    .room_page(&room_id, (lower, at), limit, true)
+                    .await?;
+            }
+        }
+        let end = (events.len() == limit as usize || backfilled)
+            .then(|| events.last().map(|(place, _)| from.at(partition, *place)))
             .flatten();
         (events, end)
     } else {
         let upper = to
             .as_ref()
-            .map(|t| t.offset(partition))
-            .unwrap_or(current.offset(partition));
+            .map(|t| t.position(partition))
+            .unwrap_or(current.offset(partition).min(i64::MAX as u64) as i64);
         let events = service
             .storage
-            .room_events(&room_id, from.offset(partition), upper, limit, false)
+            .room_page(&room_id, (at, upper), limit, false)
             .await?;
         let end = (events.len() == limit as usize)
-            .then(|| events.last().map(|e| from.with(partition, e.offset + 1)))
+            .then(|| {
+                events
+                    .last()
+                    .map(|(place, _)| from.at(partition, place.saturating_add(1)))
+            })
             .flatten();
         (events, end)
     };
+    let events: Vec<EventRow> = events.into_iter().map(|(_, row)| row).collect();
     // The page keeps its length for the tokens; the filter thins it.
     let matching: Vec<&EventRow> = events
         .iter()
@@ -138,4 +158,95 @@ pub(crate) async fn messages(
         body["end"] = json!(end.to_string());
     }
     respond(body)
+}
+
+/// Asks other servers for the history before the oldest event this view
+/// holds of the room (if it lacks any), and waits until it is stored;
+/// whether any came. A failure is logged: the page ends where it is.
+async fn backfill(service: &SyncService, room_id: &str, limit: u32) -> MatrixResult<bool> {
+    let gaps = service.storage.history_gaps(room_id).await?;
+    if gaps.is_empty() {
+        return Ok(false);
+    }
+    let taken = match service
+        .federation
+        .backfill(ganglion_api::proto::federationapi::BackfillRequest {
+            room_id: room_id.to_owned(),
+            event_ids: gaps,
+            limit: limit.max(BACKFILL_AT_LEAST),
+        })
+        .await
+    {
+        Ok(taken) => taken,
+        Err(error) => {
+            tracing::info!(room_id, ?error, "backfill failed");
+            return Ok(false);
+        }
+    };
+    if let Some(position) = &taken.output_position {
+        service.wait_for(position).await;
+    }
+    Ok(taken.taken > 0)
+}
+
+/// Backfill asks for at least this many events: a page of ten should not
+/// cost a round trip per ten events.
+const BACKFILL_AT_LEAST: u32 = 50;
+
+/// Where a page starts or ends: a sync token (its room offset for the
+/// room's partition) or, in backfilled history (places below zero),
+/// `h{-place}~{sync token}`.
+struct PageToken {
+    sync: SyncToken,
+    history: Option<i64>,
+}
+
+impl PageToken {
+    fn live(sync: SyncToken) -> PageToken {
+        PageToken {
+            sync,
+            history: None,
+        }
+    }
+
+    fn parse(text: &str, partitions: usize) -> Result<PageToken, InvalidToken> {
+        let Some(rest) = text.strip_prefix('h') else {
+            return Ok(PageToken::live(SyncToken::parse(text, partitions)?));
+        };
+        let (place, sync) = rest.split_once('~').ok_or(InvalidToken)?;
+        let place: i64 = place.parse().map_err(|_| InvalidToken)?;
+        if place < 1 {
+            return Err(InvalidToken);
+        }
+        Ok(PageToken {
+            sync: SyncToken::parse(sync, partitions)?,
+            history: Some(-place),
+        })
+    }
+
+    /// The place in the room's partition.
+    fn position(&self, partition: u32) -> i64 {
+        self.history
+            .unwrap_or_else(|| self.sync.offset(partition).min(i64::MAX as u64) as i64)
+    }
+
+    /// This token moved to `place` in the room's partition.
+    fn at(&self, partition: u32, place: i64) -> PageToken {
+        match u64::try_from(place) {
+            Ok(offset) => PageToken::live(self.sync.with(partition, offset)),
+            Err(_) => PageToken {
+                sync: self.sync.clone(),
+                history: Some(place),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for PageToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.history {
+            Some(place) => write!(f, "h{}~{}", -place, self.sync),
+            None => write!(f, "{}", self.sync),
+        }
+    }
 }

@@ -153,11 +153,11 @@ fn padded<'a, 'b>(chunk: &'b [&'a str]) -> impl Iterator<Item = &'b &'a str> {
 /// parameter limits of SQLite and PostgreSQL).
 const ROOMS_PER_STATEMENT: usize = 200;
 
-const EVENT_COLUMNS: &str =
+pub(super) const EVENT_COLUMNS: &str =
     "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
      e.transaction_id, e.room_id, e.sender, e.history_visibility";
 
-fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
+pub(super) fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
         offset: row.try_get::<i64, _>(0)?.max(0) as u64,
         event_id: row.try_get(1)?,
@@ -553,19 +553,13 @@ impl Storage {
         limit: u32,
         backwards: bool,
     ) -> Result<Vec<EventRow>, StorageError> {
-        let order = if backwards { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.log_offset >= $2 AND e.log_offset < $3
-             ORDER BY e.log_offset {order} LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(room_id)
-            .bind(from.min(i64::MAX as u64) as i64)
-            .bind(to.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit))
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+        let bound = |at: u64| at.min(i64::MAX as u64) as i64;
+        Ok(self
+            .room_page(room_id, (bound(from), bound(to)), limit, backwards)
+            .await?
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect())
     }
 
     /// The room's members now: (user ID, membership, position).

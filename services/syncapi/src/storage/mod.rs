@@ -8,6 +8,7 @@ mod device_lists;
 mod ephemeral;
 mod events;
 mod filters;
+mod history;
 mod migrations;
 mod positions;
 mod sliding;
@@ -17,6 +18,7 @@ mod tests;
 pub(crate) use device_lists::MemberChange;
 pub(crate) use ephemeral::{At, PresenceRow};
 pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow};
+pub(crate) use history::HistoryEvent;
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use sliding::SlidingRoom;
 

@@ -430,3 +430,131 @@ async fn postgres_filters() {
     let (storage, _dir) = open(Some(url)).await;
     filters(storage).await;
 }
+
+/// A backfilled event of ROOM_A as the consumer would pass it.
+fn history<'a>(
+    offset: u64,
+    event_id: &'a str,
+    depth: i64,
+    json: &'a str,
+) -> super::HistoryEvent<'a> {
+    super::HistoryEvent {
+        partition: 0,
+        offset,
+        room_id: ROOM_A,
+        event_id,
+        event_type: "m.room.message",
+        state_key: None,
+        sender: BOB,
+        json,
+        depth,
+        history_visibility: "",
+        relates_to: None,
+    }
+}
+
+async fn backfilled_history(storage: Storage) {
+    // We joined through another server: the room's create event came as
+    // an outlier, our join is the oldest event of the timeline.
+    storage
+        .apply_outliers(
+            (0, 0),
+            ROOM_A,
+            &[(
+                "$create".into(),
+                "m.room.create".into(),
+                Some(String::new()),
+                BOB.into(),
+                r#"{"type":"m.room.create","prev_events":[]}"#.into(),
+            )],
+        )
+        .await
+        .expect("outlier");
+    storage
+        .apply_event(&NewEvent {
+            json: r#"{"type":"m.room.member","prev_events":["$m2"]}"#,
+            ..member(0, 1, ROOM_A, "$join", "join", None)
+        })
+        .await
+        .expect("join");
+    assert_eq!(
+        storage.history_gaps(ROOM_A).await.expect("gaps"),
+        vec!["$m2"]
+    );
+    let page = storage
+        .room_page(ROOM_A, (i64::MIN, i64::MAX), 10, true)
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 1, "outliers are no part of the timeline");
+
+    // History arrives in any order; it sits by depth below everything
+    // live, the outlier moves into it, redelivery changes nothing.
+    for (offset, id, depth, json) in [
+        (2, "$m2", 4, r#"{"prev_events":["$m1"]}"#),
+        (3, "$m1", 3, r#"{"prev_events":["$create"]}"#),
+        (4, "$m1b", 3, r#"{"prev_events":["$create"]}"#),
+        (
+            5,
+            "$create",
+            1,
+            r#"{"type":"m.room.create","prev_events":[]}"#,
+        ),
+        (
+            5,
+            "$create",
+            1,
+            r#"{"type":"m.room.create","prev_events":[]}"#,
+        ),
+    ] {
+        storage
+            .apply_history(&history(offset, id, depth, json))
+            .await
+            .expect("history");
+    }
+    let back = storage
+        .room_page(ROOM_A, (i64::MIN, i64::MAX), 10, true)
+        .await
+        .expect("page");
+    let ids: Vec<&str> = back.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["$join", "$m2", "$m1b", "$m1", "$create"]);
+    assert!(back.iter().skip(1).all(|(place, _)| *place < -1));
+    assert_eq!(back[1].1.history_visibility, "shared");
+    // Pages continue from a place, both ways.
+    let older = storage
+        .room_page(ROOM_A, (i64::MIN, back[2].0), 10, true)
+        .await
+        .expect("page");
+    assert_eq!(older.len(), 2);
+    let newer = storage
+        .room_page(ROOM_A, (back[3].0, i64::MAX), 10, false)
+        .await
+        .expect("page");
+    let ids: Vec<&str> = newer.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["$m1", "$m1b", "$m2", "$join"]);
+    // Live windows never see history.
+    assert_eq!(
+        event_ids(
+            &storage
+                .room_events(ROOM_A, 0, u64::MAX, 10, true)
+                .await
+                .expect("events")
+        ),
+        vec!["$join"]
+    );
+    // Nothing is missing any more: the room's history is complete.
+    assert!(storage.history_gaps(ROOM_A).await.expect("gaps").is_empty());
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
+}
+
+#[tokio::test]
+async fn sqlite_backfilled_history() {
+    let (storage, _dir) = open(None).await;
+    backfilled_history(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_backfilled_history() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage_history").await;
+    let (storage, _dir) = open(Some(url)).await;
+    backfilled_history(storage).await;
+}
