@@ -1044,6 +1044,54 @@ async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
     );
     assert_eq!(alices_membership.body["reason"], "may I?");
 
+    // She thinks better of it: the knock is rescinded through Synapse.
+    let rescind = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(rescind.status, 200, "{rescind:?}\n{}", logs());
+    let sync = alice.sync(None, 0, 10).await;
+    assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let membership = bob
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    encode(&room_id),
+                    encode(&alice.user_id)
+                ),
+                None,
+            )
+            .await;
+        if membership.body["membership"] == "leave" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{membership:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And knocks again.
+    let knock = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                encode(&room_id),
+                encode(&synapse.server_name)
+            ),
+            Some(json!({ "reason": "may I, after all?" })),
+        )
+        .await;
+    assert_eq!(knock.status, 200, "{knock:?}\n{}", logs());
+
     // Bob lets her in.
     let invite = bob
         .call(

@@ -337,6 +337,7 @@ impl FederationService {
                                 .map_err(|e| ApiError::Internal(e.to_string()))?,
                             membership: membership.to_owned(),
                             stripped_state_json,
+                            via_server: server.clone(),
                         })
                         .await?;
                     return Ok(fed_pb::JoinRoomResponse {

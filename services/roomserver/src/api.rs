@@ -313,18 +313,24 @@ impl RoomserverApi for RoomserverService {
         request: pb::QueryMembershipRequest,
     ) -> Result<pb::QueryMembershipResponse, ApiError> {
         if self.storage.room(&request.room_id).await?.is_none() {
-            let invited_by = self
+            let Some(remote) = self
                 .storage
-                .remote_inviter(&request.room_id, &request.user_id)
-                .await?;
+                .remote_membership(&request.room_id, &request.user_id)
+                .await?
+            else {
+                return Ok(pb::QueryMembershipResponse::default());
+            };
+            let invite = remote.membership == "invite";
+            // Invites recorded before knocks were have no server: the
+            // inviter's.
+            let via_server = Some(remote.via_server)
+                .filter(|via| !via.is_empty())
+                .or_else(|| ganglion_api::users::server_of(&remote.sender).map(str::to_owned));
             return Ok(pb::QueryMembershipResponse {
                 room_exists: false,
-                membership: if invited_by.is_some() {
-                    "invite".into()
-                } else {
-                    String::new()
-                },
-                invited_by,
+                invited_by: invite.then_some(remote.sender),
+                via_server,
+                membership: remote.membership,
             });
         }
         let membership = self
@@ -333,7 +339,7 @@ impl RoomserverApi for RoomserverService {
         Ok(pb::QueryMembershipResponse {
             room_exists: true,
             membership,
-            invited_by: None,
+            ..Default::default()
         })
     }
 
@@ -695,6 +701,7 @@ impl RoomserverApi for RoomserverService {
             )));
         }
         let leave = request.membership == "leave";
+        let announced_event = request.event_id.clone();
         let kind =
             topic_pb::roomserver_output::Kind::RemoteMembership(topic_pb::RemoteMembership {
                 room_id: request.room_id.clone(),
@@ -710,6 +717,15 @@ impl RoomserverApi for RoomserverService {
         if leave {
             self.storage
                 .forget_remote_invite(&request.room_id, &request.user_id)
+                .await?;
+        } else {
+            self.storage
+                .record_remote_knock(
+                    &request.room_id,
+                    &request.user_id,
+                    &announced_event,
+                    &request.via_server,
+                )
                 .await?;
         }
         Ok(announced)

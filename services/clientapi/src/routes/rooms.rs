@@ -343,7 +343,7 @@ impl ClientApi {
 
     /// A room ID, or the room an alias points to.
     /// Whether the roomserver holds the room, and, for a room it does not
-    /// hold, the server of whoever of another server invited `user_id`.
+    /// hold, the server `user_id`'s invite came from or knock went to.
     pub(crate) async fn room_here(
         &self,
         room_id: &str,
@@ -357,12 +357,7 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        let inviter_server = membership
-            .invited_by
-            .as_deref()
-            .and_then(|inviter| ruma::UserId::parse(inviter).ok())
-            .map(|inviter| inviter.server_name().to_string());
-        Ok((membership.room_exists, inviter_server))
+        Ok((membership.room_exists, membership.via_server))
     }
 
     /// A room ID, or an alias resolved here or by its server, with the
@@ -609,8 +604,9 @@ pub(crate) async fn leave(
 ) -> MatrixResult {
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let device = api.authenticate(&headers, &uri).await?;
-    // Rejecting another server's invite to a room we are not in: the leave
-    // goes through the inviter's server.
+    // Rejecting another server's invite to a room we are not in, or
+    // rescinding a knock on one: the leave goes through the inviter's
+    // server, or the server the knock went to.
     if let (false, Some(server)) = api.room_here(&room_id, &device.user_id).await? {
         let content = match reason_of(&body)? {
             Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),

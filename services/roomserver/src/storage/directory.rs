@@ -5,6 +5,13 @@ use sqlx::Row;
 
 use super::{Storage, StorageError};
 
+/// An invite or knock of one of our users in a room we are not in.
+pub(crate) struct RemoteMembership {
+    pub(crate) membership: String,
+    pub(crate) sender: String,
+    pub(crate) via_server: String,
+}
+
 impl Storage {
     /// Records an invite from another server to a room we are not in.
     pub(crate) async fn record_remote_invite(
@@ -14,21 +21,51 @@ impl Storage {
         event_id: &str,
         sender: &str,
     ) -> Result<(), StorageError> {
+        let via = ganglion_api::users::server_of(sender).unwrap_or_default();
+        self.record_remote_membership(room_id, user_id, (event_id, sender), ("invite", via))
+            .await
+    }
+
+    /// Records a knock of `user_id` on a room we are not in, sent
+    /// through `via`.
+    pub(crate) async fn record_remote_knock(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        event_id: &str,
+        via: &str,
+    ) -> Result<(), StorageError> {
+        self.record_remote_membership(room_id, user_id, (event_id, user_id), ("knock", via))
+            .await
+    }
+
+    async fn record_remote_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        (event_id, sender): (&str, &str),
+        (membership, via): (&str, &str),
+    ) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO remote_invites (room_id, user_id, event_id, sender) VALUES ($1, $2, $3, $4)
+            "INSERT INTO remote_invites (room_id, user_id, event_id, sender, membership, via_server)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (room_id, user_id) DO UPDATE
-             SET event_id = excluded.event_id, sender = excluded.sender",
+             SET event_id = excluded.event_id, sender = excluded.sender,
+                 membership = excluded.membership, via_server = excluded.via_server",
         )
         .bind(room_id)
         .bind(user_id)
         .bind(event_id)
         .bind(sender)
+        .bind(membership)
+        .bind(via)
         .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
-    /// Forgets an invite from another server (rejected).
+    /// Forgets an invite from another server or a knock (rejected,
+    /// rescinded).
     pub(crate) async fn forget_remote_invite(
         &self,
         room_id: &str,
@@ -42,19 +79,28 @@ impl Storage {
         Ok(())
     }
 
-    /// Who invited `user_id` to a room we are not in, if anyone did.
-    pub(crate) async fn remote_inviter(
+    /// The membership (invite or knock) `user_id` has in a room we are not
+    /// in, who sent it, and the server a leave goes through.
+    pub(crate) async fn remote_membership(
         &self,
         room_id: &str,
         user_id: &str,
-    ) -> Result<Option<String>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT sender FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+    ) -> Result<Option<RemoteMembership>, StorageError> {
+        let row = sqlx::query(
+            "SELECT membership, sender, via_server FROM remote_invites WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)
         .bind(user_id)
         .fetch_optional(&self.db.pool)
-        .await?)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(RemoteMembership {
+            membership: row.try_get(0)?,
+            sender: row.try_get(1)?,
+            via_server: row.try_get(2)?,
+        }))
     }
 
     pub(crate) async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {

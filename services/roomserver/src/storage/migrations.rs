@@ -127,4 +127,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Knocks of our users on rooms this server is not in, beside the
+    // invites: through which server, so rescinding one leaves through it.
+    Migration {
+        version: 5,
+        description: "knocks on rooms we are not in",
+        sql: "
+            ALTER TABLE remote_invites ADD COLUMN membership TEXT NOT NULL DEFAULT 'invite';
+            ALTER TABLE remote_invites ADD COLUMN via_server TEXT NOT NULL DEFAULT '';
+        ",
+    },
 ];
