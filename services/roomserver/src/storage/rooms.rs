@@ -519,13 +519,29 @@ impl RoomWriter {
                 event_nids.insert(row.try_get(0)?, row.try_get(1)?);
             }
         }
-        for pdu in state.values() {
+        // The state's types and keys interned many at a time.
+        let types: Vec<String> = state.keys().map(|(kind, _)| kind.clone()).collect();
+        let type_names: Vec<&str> = types.iter().map(String::as_str).collect();
+        let keys: Vec<&str> = state.keys().map(|(_, key)| key.as_str()).collect();
+        let type_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, true, &type_names)
+            .await?;
+        let key_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, false, &keys)
+            .await?;
+        for ((kind, key), pdu) in state {
             let event_nid = *event_nids.get(pdu.event_id.as_str()).ok_or_else(|| {
                 StorageError::Corrupt(format!("state event {} not stored", pdu.event_id))
             })?;
-            if let Some((kind, key)) = self.state_key_nids(pdu).await? {
-                nids.set(kind, key, event_nid);
-            }
+            let (Some(kind), Some(key)) = (type_nids.get(kind), key_nids.get(key.as_str())) else {
+                return Err(StorageError::Corrupt(format!(
+                    "state key of {} not interned",
+                    pdu.event_id
+                )));
+            };
+            nids.set(*kind, *key, event_nid);
         }
         Ok(nids)
     }

@@ -89,6 +89,9 @@ impl NidState {
     }
 }
 
+/// Names interned per statement (well under both engines' bind limits).
+const INTERNED_PER_STATEMENT: usize = 500;
+
 /// Cache entries learnt inside a transaction: remembered only once it commits.
 #[derive(Default)]
 pub(crate) struct Learnt {
@@ -354,6 +357,92 @@ impl Storage {
             learnt.keys.push((name.to_owned(), nid));
         }
         Ok(nid)
+    }
+
+    /// [`Storage::intern`] for many names at once (a join's thousands of
+    /// member keys): what the caches and this transaction do not know is
+    /// inserted and read back many to a statement.
+    pub(crate) async fn intern_many(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        learnt: &mut Learnt,
+        is_type: bool,
+        names: &[&str],
+    ) -> Result<HashMap<String, i64>, StorageError> {
+        let (cache, table, nid_column, name_column) = if is_type {
+            (
+                &self.caches.types,
+                "event_types",
+                "event_type_nid",
+                "event_type",
+            )
+        } else {
+            (
+                &self.caches.keys,
+                "event_state_keys",
+                "state_key_nid",
+                "state_key",
+            )
+        };
+        let mut found: HashMap<String, i64> = HashMap::with_capacity(names.len());
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            let cached = lock(cache);
+            for name in names {
+                match cached.by_name.get(*name) {
+                    Some(nid) => {
+                        found.insert((*name).to_owned(), *nid);
+                    }
+                    None => missing.push(name),
+                }
+            }
+        }
+        let list = if is_type {
+            &mut learnt.types
+        } else {
+            &mut learnt.keys
+        };
+        if !missing.is_empty() && !list.is_empty() {
+            let known: HashMap<&str, i64> =
+                list.iter().map(|(n, nid)| (n.as_str(), *nid)).collect();
+            missing.retain(|name| match known.get(name) {
+                Some(nid) => {
+                    found.insert((*name).to_owned(), *nid);
+                    false
+                }
+                None => true,
+            });
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(INTERNED_PER_STATEMENT) {
+            let insert = format!(
+                "INSERT INTO {table} ({name_column}) VALUES {} ON CONFLICT DO NOTHING",
+                ganglion_base::database::value_rows(1, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+            for name in chunk {
+                query = query.bind(*name);
+            }
+            query.execute(&mut **tx).await?;
+            let select = format!(
+                "SELECT {name_column}, {nid_column} FROM {table} WHERE {name_column} IN ({})",
+                (1..=chunk.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(select));
+            for name in chunk {
+                query = query.bind(*name);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let (name, nid): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                list.push((name.clone(), nid));
+                found.insert(name, nid);
+            }
+        }
+        Ok(found)
     }
 
     /// Stores `state` as a snapshot (sharing every unchanged block) inside
