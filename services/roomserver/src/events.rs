@@ -664,10 +664,8 @@ pub(crate) fn parse_received(
     if json.len() > MAX_PDU_BYTES {
         return Err(EventError::TooLarge);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| EventError::Invalid(e.to_string()))?;
     let mut object: CanonicalJsonObject =
-        serde_json::from_value(value).map_err(|e| EventError::Invalid(e.to_string()))?;
+        serde_json::from_slice(json).map_err(|e| EventError::Invalid(e.to_string()))?;
     object.remove("unsigned");
     ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(EventError::Invalid)?;
     let event_id = match rules.event_id_format {

@@ -56,6 +56,9 @@ struct Batch {
     /// The stored events a PDU's given state named (a join's thousands).
     state_read: HashMap<OwnedEventId, StoredEvent>,
     outputs: Vec<Vec<u8>>,
+    /// Outlier state events stored by this input: announced to the views
+    /// ahead of its other outputs.
+    announce: Vec<Arc<Pdu>>,
     /// Current-state rows to set or remove when the head moved.
     changes: BTreeMap<(String, String), Option<Arc<Pdu>>>,
     head_moved: bool,
@@ -116,6 +119,7 @@ impl RoomserverService {
             auth_read: HashMap::new(),
             state_read: HashMap::new(),
             outputs: Vec::new(),
+            announce: Vec::new(),
             changes: BTreeMap::new(),
             head_moved: false,
         };
@@ -179,6 +183,12 @@ impl RoomserverService {
                 })
                 .await?;
             head.head_version += 1;
+        }
+        if !batch.announce.is_empty() {
+            let announced: Vec<&Pdu> = batch.announce.iter().map(Arc::as_ref).collect();
+            let mut outputs = outputs::outlier_batches(&announced, &head.room_version);
+            outputs.append(&mut batch.outputs);
+            batch.outputs = outputs;
         }
         let event_ids: Vec<String> = outcomes.iter().map(|o| o.event_id.clone()).collect();
         let published = self.lock_published().clone();
@@ -533,6 +543,11 @@ impl RoomserverService {
                         state_after: Some(before),
                         soft_failed: false,
                         outlier: false,
+                        announced: batch
+                            .written
+                            .get(&pdu.event_id)
+                            .or_else(|| stored_before.get(&pdu.event_id))
+                            .is_some_and(|e| e.announced),
                     },
                 );
                 nid
@@ -642,7 +657,8 @@ impl RoomserverService {
             let outliers: Vec<&Pdu> = added
                 .iter()
                 .filter_map(|id| stored.get(*id))
-                .filter(|event| event.outlier)
+                // Announced when stored, or, stored before that was done, now.
+                .filter(|event| event.outlier && !event.announced)
                 .map(|event| event.pdu.as_ref())
                 .collect();
             batch
@@ -717,6 +733,10 @@ impl RoomserverService {
         let event_nid = writer
             .insert_event(pdu, &flags, state.map(|s| s.0), state.map(|s| s.1))
             .await?;
+        let announced = flags.announced(pdu);
+        if announced {
+            batch.announce.push(pdu.clone());
+        }
         let mut stored_pdu = (**pdu).clone();
         stored_pdu.rejected = rejected;
         batch.written.insert(
@@ -729,6 +749,7 @@ impl RoomserverService {
                 state_after: state.map(|s| s.1),
                 soft_failed,
                 outlier,
+                announced,
             },
         );
         Ok(event_nid)

@@ -137,4 +137,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE remote_invites ADD COLUMN via_server TEXT NOT NULL DEFAULT '';
         ",
     },
+    // Outlier state events are announced to the views when stored (a
+    // join's thousands, while the rest of the join is still being
+    // checked); those stored before, when they become current.
+    Migration {
+        version: 6,
+        description: "outliers announced when stored",
+        sql: "
+            ALTER TABLE events ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
+        ",
+    },
 ];

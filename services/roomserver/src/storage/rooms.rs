@@ -34,6 +34,8 @@ pub(crate) struct StoredEvent {
     pub(crate) state_after: Option<i64>,
     pub(crate) soft_failed: bool,
     pub(crate) outlier: bool,
+    /// An outlier state event announced to the views when it was stored.
+    pub(crate) announced: bool,
 }
 
 /// How an event is stored.
@@ -41,6 +43,14 @@ pub(crate) struct EventFlags {
     pub(crate) rejected: bool,
     pub(crate) soft_failed: bool,
     pub(crate) outlier: bool,
+}
+
+impl EventFlags {
+    /// Whether an event stored so is announced to the views as it is
+    /// stored: outlier state events, not rejected ones.
+    pub(crate) fn announced(&self, pdu: &Pdu) -> bool {
+        self.outlier && !self.rejected && pdu.state_key.is_some()
+    }
 }
 
 /// Where a room's head moves to.
@@ -72,7 +82,7 @@ impl CurrentStateChange {
     }
 }
 
-const EVENT_COLUMNS: &str = "event_nid, room_nid, event_id, json, state_before_nid, state_after_nid, rejected, soft_failed, outlier";
+const EVENT_COLUMNS: &str = "event_nid, room_nid, event_id, json, state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced";
 
 fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, StorageError> {
     let event_id: String = row.try_get(2)?;
@@ -88,6 +98,7 @@ fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, StorageError>
         state_after: row.try_get(5)?,
         soft_failed: row.try_get::<i64, _>(7)? != 0,
         outlier: row.try_get::<i64, _>(8)? != 0,
+        announced: row.try_get::<i64, _>(9)? != 0,
     })
 }
 
@@ -151,22 +162,58 @@ impl Storage {
         &self,
         ids: &[&str],
     ) -> Result<HashMap<OwnedEventId, StoredEvent>, StorageError> {
-        let mut found = HashMap::with_capacity(ids.len());
+        // Where each event stands, without its JSON: the events themselves
+        // come from the cache where it has them (a join's state was written
+        // just before), parsed from the database only where not.
+        let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(200) {
             let placeholders = (1..=chunk.len())
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let sql =
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({placeholders})");
+            let sql = format!(
+                "SELECT event_nid, room_nid, state_before_nid, state_after_nid, soft_failed, outlier,
+                        announced
+                 FROM events WHERE event_id IN ({placeholders})"
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);
             }
             for row in query.fetch_all(&self.db.pool).await? {
-                let stored = stored_from_row(&row)?;
-                found.insert(stored.pdu.event_id.clone(), stored);
+                rows.push((
+                    row.try_get::<i64, _>(0)?,
+                    row.try_get::<i64, _>(1)?,
+                    row.try_get::<Option<i64>, _>(2)?,
+                    row.try_get::<Option<i64>, _>(3)?,
+                    row.try_get::<i64, _>(4)? != 0,
+                    row.try_get::<i64, _>(5)? != 0,
+                    row.try_get::<i64, _>(6)? != 0,
+                ));
             }
+        }
+        let nids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+        let mut pdus = self.events_by_nid(&nids).await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for (event_nid, room_nid, state_before, state_after, soft_failed, outlier, announced) in
+            rows
+        {
+            let pdu = pdus
+                .remove(&event_nid)
+                .ok_or_else(|| StorageError::Corrupt(format!("event {event_nid}")))?;
+            found.insert(
+                pdu.event_id.clone(),
+                StoredEvent {
+                    event_nid,
+                    room_nid,
+                    pdu,
+                    state_before,
+                    state_after,
+                    soft_failed,
+                    outlier,
+                    announced,
+                },
+            );
         }
         Ok(found)
     }
@@ -556,8 +603,8 @@ impl RoomWriter {
     ) -> Result<i64, StorageError> {
         let event_nid: i64 = sqlx::query_scalar(
             "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json,
-                state_before_nid, state_after_nid, rejected, soft_failed, outlier)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING event_nid",
+                state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid",
         )
         .bind(pdu.event_id.as_str())
         .bind(self.room_nid)
@@ -570,6 +617,7 @@ impl RoomWriter {
         .bind(i64::from(flags.rejected))
         .bind(i64::from(flags.soft_failed))
         .bind(i64::from(flags.outlier))
+        .bind(i64::from(flags.announced(pdu)))
         .fetch_one(&mut *self.tx)
         .await?;
         if !flags.rejected {
