@@ -4,7 +4,6 @@
 //! shown under the history visibility it was sent under.
 
 use ganglion_integration_tests::client::{Client, Reply, encode, message_bodies};
-use ganglion_integration_tests::synapse::Synapse;
 use serde_json::{Value, json};
 
 /// `client` joins a room through `server`.
@@ -64,17 +63,8 @@ fn assert_history(events: &[Value], expected: &[String], logs: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_user_pages_back_through_a_synapse_rooms_history() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-hist").await;
     let bob = synapse.register("bob", "pw-bob-hist").await;
     let room_id = bob

@@ -15,6 +15,27 @@ pub(crate) async fn federating_monolith(dir: &std::path::Path) -> (Monolith, Str
     Monolith::federating(dir).await
 }
 
+/// A real Synapse and one of our monoliths, federating over loopback:
+/// (Synapse, ours, our server name, the folders they keep their data in).
+pub(crate) async fn with_synapse() -> (Synapse, Monolith, String, [tempfile::TempDir; 2]) {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let synapse = Synapse::start(dirs[0].path()).await;
+    let (ours, our_name) = federating_monolith(dirs[1].path()).await;
+    (synapse, ours, our_name, dirs)
+}
+
+/// Both servers' recent logs, for a failure's message.
+pub(crate) fn logs_with_synapse(synapse: &Synapse, ours: &Monolith) -> String {
+    format!(
+        "{}\n--- ours ---\n{}",
+        synapse.logs(),
+        ours.process.log_tail()
+    )
+}
+
 /// Two monoliths that federate with each other over loopback.
 pub(crate) struct GanglionPair {
     pub(crate) a: Monolith,
@@ -47,6 +68,61 @@ impl GanglionPair {
             self.b.process.log_tail()
         )
     }
+}
+
+/// A user's cross-signing master key and a self-signing key it signed.
+pub(crate) fn cross_signing_keys(user_id: &str) -> (Value, Value) {
+    use base64::Engine;
+    use ruma::signatures::Ed25519KeyPair;
+    let pair = || {
+        let der = Ed25519KeyPair::generate();
+        let probe = Ed25519KeyPair::from_der(&der, "probe".into()).expect("key");
+        let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
+        (
+            Ed25519KeyPair::from_der(&der, public.clone()).expect("key"),
+            public,
+        )
+    };
+    let (master, master_public) = pair();
+    let (_, self_signing_public) = pair();
+    let master_key = json!({
+        "user_id": user_id, "usage": ["master"],
+        "keys": { format!("ed25519:{master_public}"): master_public },
+    });
+    let mut self_signing: ruma::CanonicalJsonObject = serde_json::from_value(json!({
+        "user_id": user_id, "usage": ["self_signing"],
+        "keys": { format!("ed25519:{self_signing_public}"): self_signing_public },
+    }))
+    .expect("canonical");
+    ruma::signatures::sign_json(user_id, &master, &mut self_signing).expect("signed");
+    (
+        master_key,
+        serde_json::to_value(self_signing).expect("json"),
+    )
+}
+
+/// Uploads cross-signing keys with User-Interactive Auth by password.
+pub(crate) async fn upload_cross_signing_keys(
+    client: &Client,
+    password: &str,
+    master_key: &Value,
+    self_signing_key: &Value,
+) {
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let body = json!({ "master_key": master_key, "self_signing_key": self_signing_key });
+    let first = client.call(Method::POST, path, Some(body.clone())).await;
+    if first.status == 200 {
+        return;
+    }
+    assert_eq!(first.status, 401, "{first:?}");
+    let mut body = body;
+    body["auth"] = json!({
+        "type": "m.login.password", "session": first.body["session"],
+        "identifier": { "type": "m.id.user", "user": client.user_id },
+        "password": password,
+    });
+    let upload = client.call(Method::POST, path, Some(body)).await;
+    assert_eq!(upload.status, 200, "{upload:?}");
 }
 
 /// A client of a federation port (TLS, self-signed).
@@ -90,10 +166,7 @@ async fn upload_keys(client: &Client, with_one_time_key: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, our_name) = federating_monolith(dir.path()).await;
+    let (synapse, ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
     let our_federation = format!(
         "https://127.0.0.1:{}",
         our_name
@@ -284,6 +357,26 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
         "{query:?}"
     );
     assert_eq!(query.body["failures"], json!({}), "{query:?}");
+
+    // Bob's cross-signing keys come with his devices.
+    let (master_key, self_signing_key) = cross_signing_keys(&bob.user_id);
+    upload_cross_signing_keys(&bob, "pw-bob-fed", &master_key, &self_signing_key).await;
+    let query = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
+        )
+        .await;
+    assert_eq!(query.status, 200, "{query:?}");
+    assert_eq!(
+        query.body["master_keys"][&bob.user_id]["keys"], master_key["keys"],
+        "{query:?}"
+    );
+    assert_eq!(
+        query.body["self_signing_keys"][&bob.user_id]["keys"], self_signing_key["keys"],
+        "{query:?}"
+    );
     let claim = alice
         .call(
             Method::POST,

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use ganglion_integration_tests::client::{Client, encode, message_bodies};
-use ganglion_integration_tests::synapse::Synapse;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -59,6 +58,40 @@ pub(crate) async fn until_sync(
     }
 }
 
+/// Polls `client`'s view of `user_id`'s membership of `room_id` until it
+/// is `membership`.
+async fn until_membership(
+    client: &Client,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = client
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    encode(room_id),
+                    encode(user_id)
+                ),
+                None,
+            )
+            .await;
+        if state.body["membership"] == membership {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{state:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The room's ephemeral event of a type in a sync response.
 fn ephemeral<'a>(sync: &'a Value, room_id: &str, kind: &str) -> Option<&'a Value> {
     sync["rooms"]["join"][room_id]["ephemeral"]["events"]
@@ -87,17 +120,8 @@ async fn members(client: &Client, room_id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-rooms").await;
     let bob = synapse.register("bob", "pw-bob-rooms").await;
@@ -387,17 +411,8 @@ fn state_event(sync: &Value, room_id: &str, event_type: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-out").await;
     let bob = synapse.register("bob", "pw-bob-out").await;
@@ -566,10 +581,7 @@ async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
 /// gap its latest event leaves is filled (`get_missing_events`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let (synapse, mut ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-back").await;
     let bob = synapse.register("bob", "pw-bob-back").await;
@@ -629,17 +641,8 @@ async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
 /// user joins through us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_rejects_then_accepts_our_invite() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-inv").await;
     let bob = synapse.register("bob", "pw-bob-inv").await;
@@ -731,17 +734,8 @@ async fn a_synapse_user_rejects_then_accepts_our_invite() {
 /// through the inviter's server, though the room ID names none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_user_rejects_then_accepts_a_synapse_invite() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-acc").await;
     let bob = synapse.register("bob", "pw-bob-acc").await;
@@ -787,29 +781,7 @@ async fn our_user_rejects_then_accepts_a_synapse_invite() {
     assert_eq!(reject.status, 200, "{reject:?}\n{}", logs());
     let sync = alice.sync(None, 0, 10).await;
     assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let state = bob
-            .call(
-                Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                    encode(&room_id),
-                    encode(&alice.user_id)
-                ),
-                None,
-            )
-            .await;
-        if state.body["membership"] == "leave" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{state:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_membership(&bob, &room_id, &alice.user_id, "leave", logs).await;
     // Invited again, she joins.
     let again = bob
         .call(
@@ -843,17 +815,8 @@ async fn our_user_rejects_then_accepts_a_synapse_invite() {
 /// our side sees the knock; invited, they join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_knocks_on_our_room() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-knock").await;
     let bob = synapse.register("bob", "pw-bob-knock").await;
@@ -924,17 +887,8 @@ async fn a_synapse_user_knocks_on_our_room() {
 /// which his server countersigns; he joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, _our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let logs = || {
-        format!(
-            "{}\n--- ours ---\n{}",
-            synapse.logs(),
-            ours.process.log_tail()
-        )
-    };
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-theirknock").await;
     let bob = synapse.register("bob", "pw-bob-theirknock").await;
@@ -1055,29 +1009,7 @@ async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
     assert_eq!(rescind.status, 200, "{rescind:?}\n{}", logs());
     let sync = alice.sync(None, 0, 10).await;
     assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let membership = bob
-            .call(
-                Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                    encode(&room_id),
-                    encode(&alice.user_id)
-                ),
-                None,
-            )
-            .await;
-        if membership.body["membership"] == "leave" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{membership:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_membership(&bob, &room_id, &alice.user_id, "leave", logs).await;
     // And knocks again.
     let knock = alice
         .call(
@@ -1264,10 +1196,7 @@ async fn two_ganglions_federate() {
 /// once Synapse is back delivers everything sent meanwhile, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_synapse_is_down_our_queue_waits_then_delivers_in_order() {
-    let synapse_dir = tempfile::tempdir().expect("tempdir");
-    let mut synapse = Synapse::start(synapse_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let (mut synapse, ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-down").await;
     let bob = synapse.register("bob", "pw-bob-down").await;

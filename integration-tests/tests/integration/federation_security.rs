@@ -382,6 +382,42 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
     }
 
+    // Her cross-signing keys changed: alice is told again.
+    let mut since = alice.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = json!({
+        "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [],
+        "edus": [{ "edu_type": "m.signing_key_update", "content": {
+            "user_id": mallory,
+            "master_key": { "user_id": mallory, "usage": ["master"], "keys": { "ed25519:m": "m" } },
+        } }],
+    });
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t7c",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sync = alice.sync(Some(&since), 2_000, 1).await;
+        let changed = sync["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.contains(&json!(mallory)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+
     // Presence both ways.
     let body = json!({
         "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [],

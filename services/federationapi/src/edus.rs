@@ -2,8 +2,8 @@
 //! receipts of their users (never of ours or a third server's) go on
 //! `edu.typing`, `edu.receipt` and `edu.presence`, as our own users' do,
 //! for the syncapi;
-//! device list updates on `federation.device_list_updates`, for the
-//! keyserver; to-device messages for our users on `edu.to_device`, one
+//! device list and cross-signing key updates on
+//! `federation.device_list_updates`, for the keyserver; to-device messages for our users on `edu.to_device`, one
 //! record per recipient, `*` expanded to the recipient's devices.
 //! Typing notices and receipts count only from a server with a user
 //! joined to the room (and let in by its ACL).
@@ -132,6 +132,25 @@ pub(crate) fn records_of(origin: &str, edu: &Value, now: i64) -> Vec<Published> 
                 } else {
                     content["keys"].to_string().into_bytes()
                 },
+                signing_keys: false,
+            })]
+        }
+        // Cross-signing keys are asked of the user's server when needed,
+        // as device keys are: the change only tells our users to ask again.
+        Some("m.signing_key_update") => {
+            let Some(user_id) = content["user_id"].as_str() else {
+                return Vec::new();
+            };
+            if server_of(user_id) != Some(origin)
+                || !(content["master_key"].is_object() || content["self_signing_key"].is_object())
+            {
+                return Vec::new();
+            }
+            vec![Published::DeviceList(topic_pb::DeviceKeyChange {
+                version: PAYLOAD_VERSION,
+                user_id: user_id.to_owned(),
+                signing_keys: true,
+                ..Default::default()
             })]
         }
         Some("m.direct_to_device") => {
@@ -338,6 +357,28 @@ mod tests {
             ("$1", 5, "main")
         );
         assert!(records_of("them", &json!({ "edu_type": "m.presence" }), 0).is_empty());
+    }
+
+    #[test]
+    fn signing_key_updates_of_the_origins_users_only() {
+        let update = json!({ "edu_type": "m.signing_key_update", "content": {
+            "user_id": "@u:them",
+            "master_key": { "user_id": "@u:them", "usage": ["master"], "keys": { "ed25519:k": "k" } },
+        } });
+        let records = records_of("them", &update, 0);
+        let [Published::DeviceList(change)] = records.as_slice() else {
+            panic!("one change: {records:?}")
+        };
+        assert_eq!(change.user_id, "@u:them");
+        assert!(change.signing_keys);
+        assert!(change.device_id.is_empty());
+        assert!(
+            records_of("elsewhere", &update, 0).is_empty(),
+            "not its user"
+        );
+        let empty =
+            json!({ "edu_type": "m.signing_key_update", "content": { "user_id": "@u:them" } });
+        assert!(records_of("them", &empty, 0).is_empty(), "no keys");
     }
 
     #[test]

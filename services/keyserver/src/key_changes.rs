@@ -34,6 +34,7 @@ impl KeyServer {
                     stream_id: change.id,
                     deleted: keys.is_none(),
                     device_keys_json: keys.map(String::into_bytes).unwrap_or_default(),
+                    signing_keys: false,
                 },
             )
             .await?;

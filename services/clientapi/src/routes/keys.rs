@@ -207,10 +207,21 @@ pub(crate) async fn query(
             (user_id, Value::Object(devices))
         })
         .collect();
+    // Other servers' users' cross-signing keys come with their devices
+    // (ours have none: cross-signing keys are not uploaded here yet).
+    let mut master_keys = Map::new();
+    let mut self_signing_keys = Map::new();
     for (server, answer) in &answers {
         merge_remote(&mut device_keys, server, answer, "device_keys");
+        merge_remote(&mut master_keys, server, answer, "master_keys");
+        merge_remote(&mut self_signing_keys, server, answer, "self_signing_keys");
     }
-    respond(json!({ "device_keys": device_keys, "failures": failures }))
+    respond(json!({
+        "device_keys": device_keys,
+        "master_keys": master_keys,
+        "self_signing_keys": self_signing_keys,
+        "failures": failures,
+    }))
 }
 
 pub(crate) async fn claim(

@@ -89,6 +89,14 @@ impl NidState {
     }
 }
 
+/// One of the two name tables (event types, state keys) with its cache.
+struct NameTable<'a> {
+    cache: &'a Mutex<Names>,
+    table: &'static str,
+    nid_column: &'static str,
+    name_column: &'static str,
+}
+
 /// Names interned per statement (well under both engines' bind limits).
 const INTERNED_PER_STATEMENT: usize = 500;
 
@@ -166,35 +174,42 @@ impl Storage {
         type_nids: &[i64],
         key_nids: &[i64],
     ) -> Result<(HashMap<i64, String>, HashMap<i64, String>), StorageError> {
-        let types = self
-            .names_of(
-                &self.caches.types,
-                type_nids,
-                "event_types",
-                "event_type_nid",
-                "event_type",
-            )
-            .await?;
-        let keys = self
-            .names_of(
-                &self.caches.keys,
-                key_nids,
-                "event_state_keys",
-                "state_key_nid",
-                "state_key",
-            )
-            .await?;
+        let types = self.names_of(self.name_table(true), type_nids).await?;
+        let keys = self.names_of(self.name_table(false), key_nids).await?;
         Ok((types, keys))
+    }
+
+    /// The event types or state keys a name table holds, or holds
+    /// in this transaction, by name.
+    fn name_table(&self, is_type: bool) -> NameTable<'_> {
+        if is_type {
+            NameTable {
+                cache: &self.caches.types,
+                table: "event_types",
+                nid_column: "event_type_nid",
+                name_column: "event_type",
+            }
+        } else {
+            NameTable {
+                cache: &self.caches.keys,
+                table: "event_state_keys",
+                nid_column: "state_key_nid",
+                name_column: "state_key",
+            }
+        }
     }
 
     async fn names_of(
         &self,
-        cache: &Mutex<Names>,
+        names: NameTable<'_>,
         nids: &[i64],
-        table: &str,
-        nid_column: &str,
-        name_column: &str,
     ) -> Result<HashMap<i64, String>, StorageError> {
+        let NameTable {
+            cache,
+            table,
+            nid_column,
+            name_column,
+        } = names;
         let mut found = HashMap::with_capacity(nids.len());
         let mut missing = Vec::new();
         {
@@ -242,36 +257,23 @@ impl Storage {
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<(i64, i64)>, StorageError> {
-        let kind = self
-            .known_name(
-                &self.caches.types,
-                event_type,
-                "event_types",
-                "event_type_nid",
-                "event_type",
-            )
-            .await?;
-        let key = self
-            .known_name(
-                &self.caches.keys,
-                state_key,
-                "event_state_keys",
-                "state_key_nid",
-                "state_key",
-            )
-            .await?;
+        let kind = self.known_name(self.name_table(true), event_type).await?;
+        let key = self.known_name(self.name_table(false), state_key).await?;
         Ok(kind.zip(key))
     }
 
     #[cfg(test)]
     async fn known_name(
         &self,
-        cache: &Mutex<Names>,
+        names: NameTable<'_>,
         name: &str,
-        table: &str,
-        nid_column: &str,
-        name_column: &str,
     ) -> Result<Option<i64>, StorageError> {
+        let NameTable {
+            cache,
+            table,
+            nid_column,
+            name_column,
+        } = names;
         if let Some(nid) = lock(cache).by_name.get(name) {
             return Ok(Some(*nid));
         }
@@ -318,21 +320,12 @@ impl Storage {
         is_type: bool,
         name: &str,
     ) -> Result<i64, StorageError> {
-        let (cache, table, nid_column, name_column) = if is_type {
-            (
-                &self.caches.types,
-                "event_types",
-                "event_type_nid",
-                "event_type",
-            )
-        } else {
-            (
-                &self.caches.keys,
-                "event_state_keys",
-                "state_key_nid",
-                "state_key",
-            )
-        };
+        let NameTable {
+            cache,
+            table,
+            nid_column,
+            name_column,
+        } = self.name_table(is_type);
         if let Some(nid) = lock(cache).by_name.get(name) {
             return Ok(*nid);
         }
@@ -369,21 +362,12 @@ impl Storage {
         is_type: bool,
         names: &[&str],
     ) -> Result<HashMap<String, i64>, StorageError> {
-        let (cache, table, nid_column, name_column) = if is_type {
-            (
-                &self.caches.types,
-                "event_types",
-                "event_type_nid",
-                "event_type",
-            )
-        } else {
-            (
-                &self.caches.keys,
-                "event_state_keys",
-                "state_key_nid",
-                "state_key",
-            )
-        };
+        let NameTable {
+            cache,
+            table,
+            nid_column,
+            name_column,
+        } = self.name_table(is_type);
         let mut found: HashMap<String, i64> = HashMap::with_capacity(names.len());
         let mut missing: Vec<&str> = Vec::new();
         {
