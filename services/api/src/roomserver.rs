@@ -54,6 +54,54 @@ crate::grpc::service_api! {
 /// What callers hold: the service itself (monolith) or a [`RoomserverClient`].
 pub type RoomserverHandle = std::sync::Arc<dyn RoomserverApi>;
 
+/// The state events another server's user sees a room by before they are
+/// in it (invited, knocking), as the spec recommends.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// The room's current [`STRIPPED_STATE_TYPES`] events, and `member`'s
+/// membership event if named, stripped to type, state key, sender and
+/// content: one state lookup each, never the whole state (a large room's
+/// thousands of members).
+pub async fn stripped_state(
+    roomserver: &RoomserverHandle,
+    room_id: &str,
+    member: Option<&str>,
+) -> Result<Vec<serde_json::Value>, crate::ApiError> {
+    let keys = STRIPPED_STATE_TYPES
+        .iter()
+        .map(|kind| (*kind, ""))
+        .chain(member.map(|user| ("m.room.member", user)));
+    let mut stripped = Vec::new();
+    for (event_type, state_key) in keys {
+        let found = roomserver
+            .query_state_event(pb::QueryStateEventRequest {
+                room_id: room_id.to_owned(),
+                event_type: event_type.to_owned(),
+                state_key: state_key.to_owned(),
+            })
+            .await?;
+        let Some(event) = found
+            .event_json
+            .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        else {
+            continue;
+        };
+        stripped.push(serde_json::json!({
+            "type": event["type"], "state_key": event["state_key"],
+            "sender": event["sender"], "content": event["content"],
+        }));
+    }
+    Ok(stripped)
+}
+
 /// The body of `POST /publicRooms`, as the client and federation APIs
 /// both spell it.
 #[derive(serde::Deserialize, Default)]

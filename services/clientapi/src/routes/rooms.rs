@@ -702,18 +702,6 @@ pub(crate) async fn moderate(
     respond(json!({}))
 }
 
-/// The state an invitee of another server sees the room by: the events
-/// the spec recommends, stripped to type, state key, sender and content.
-const INVITE_STATE_TYPES: [&str; 7] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.canonical_alias",
-    "m.room.avatar",
-    "m.room.encryption",
-    "m.room.topic",
-];
-
 impl ClientApi {
     /// Invites a user of another server: the roomserver builds the invite,
     /// the federationapi has the invitee's server countersign it, and the
@@ -734,33 +722,13 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        let state = self
-            .roomserver
-            .query_state(pb::QueryStateRequest {
-                room_id: room_id.to_owned(),
-                event_id: String::new(),
-            })
-            .await
-            .map_err(MatrixError::from)?;
-        let stripped = state
-            .state_events_json
-            .iter()
-            .filter_map(|json| serde_json::from_slice::<Value>(json).ok())
-            .filter(|e| {
-                e["type"]
-                    .as_str()
-                    .is_some_and(|t| INVITE_STATE_TYPES.contains(&t))
-                    || (e["type"] == "m.room.member" && e["state_key"] == sender)
-            })
-            .map(|e| {
-                json!({
-                    "type": e["type"], "state_key": e["state_key"],
-                    "sender": e["sender"], "content": e["content"],
-                })
-                .to_string()
-                .into_bytes()
-            })
-            .collect();
+        let stripped =
+            ganglion_api::roomserver::stripped_state(&self.roomserver, room_id, Some(sender))
+                .await
+                .map_err(MatrixError::from)?
+                .iter()
+                .map(|event| event.to_string().into_bytes())
+                .collect();
         let invited = self
             .federation
             .invite(ganglion_api::proto::federationapi::InviteRequest {

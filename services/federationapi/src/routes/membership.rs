@@ -130,36 +130,9 @@ pub(crate) async fn send_knock(
     MatrixJson(pdu): MatrixJson<Value>,
 ) -> MatrixResult {
     take_membership(&service, &origin, (&room_id, &event_id), "knock", &pdu).await?;
-    let state = service
-        .roomserver
-        .query_state(pb::QueryStateRequest {
-            room_id,
-            event_id: String::new(),
-        })
+    let stripped = ganglion_api::roomserver::stripped_state(&service.roomserver, &room_id, None)
         .await
         .map_err(MatrixError::from)?;
-    let stripped: Vec<Value> = state
-        .state_events_json
-        .iter()
-        .filter_map(|json| serde_json::from_slice::<Value>(json).ok())
-        .filter(|e| {
-            matches!(
-                e["type"].as_str(),
-                Some(
-                    "m.room.create"
-                        | "m.room.join_rules"
-                        | "m.room.name"
-                        | "m.room.canonical_alias"
-                        | "m.room.avatar"
-                        | "m.room.encryption"
-                        | "m.room.topic"
-                )
-            )
-        })
-        .map(|e| {
-            json!({ "type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"] })
-        })
-        .collect();
     respond(json!({ "knock_room_state": stripped }))
 }
 
