@@ -22,7 +22,11 @@ async fn join_through(client: &Client, room_id: &str, server: &str) -> Reply {
 
 /// Every event `client` sees paging back through the room from now,
 /// `limit` at a time, newest first; and the token the last page ended at.
-async fn page_back(client: &Client, room_id: &str, limit: u32) -> (Vec<Value>, Option<String>) {
+pub(crate) async fn page_back(
+    client: &Client,
+    room_id: &str,
+    limit: u32,
+) -> (Vec<Value>, Option<String>) {
     let mut events = Vec::new();
     let mut from: Option<String> = None;
     let mut last_end = None;
@@ -42,7 +46,7 @@ async fn page_back(client: &Client, room_id: &str, limit: u32) -> (Vec<Value>, O
 
 /// Asserts the history `alice` paged back through: the messages newest
 /// first, each event once, ending with the room's creation.
-fn assert_history(events: &[Value], expected: &[String], logs: &str) {
+pub(crate) fn assert_history(events: &[Value], expected: &[String], logs: &str) {
     let bodies = message_bodies(&Value::from(events.to_vec()));
     let newest_first: Vec<String> = expected.iter().rev().cloned().collect();
     assert_eq!(bodies, newest_first, "{logs}");

@@ -316,6 +316,12 @@ async fn polylith_federates_with_synapse() {
     let theirs = bob
         .create_room(json!({ "preset": "public_chat", "name": "synapse side" }))
         .await;
+    let mut before = Vec::new();
+    for i in 0..3 {
+        let body = format!("before the polylith {i}");
+        bob.send_text(&theirs, &format!("b{i}"), &body).await;
+        before.push(body);
+    }
     let join = alice
         .call(
             reqwest::Method::POST,
@@ -339,6 +345,10 @@ async fn polylith_federates_with_synapse() {
         )
         .await;
     assert_eq!(name.body["name"], "synapse side", "{name:?}\n{}", logs());
+    // What came before the join is backfilled when paged back to (the
+    // syncapi process asks the federationapi process over gRPC).
+    let (history, _) = crate::federation_history::page_back(&alice, &theirs, 5).await;
+    crate::federation_history::assert_history(&history, &before, &logs());
     bob.send_text(&theirs, "s2", "in synapse's room").await;
     crate::federation_rooms::until_message(&alice, &theirs, "in synapse's room", logs).await;
     alice
