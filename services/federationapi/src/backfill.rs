@@ -160,24 +160,28 @@ impl FederationService {
         let mut position: Option<LogPosition> = None;
         let mut fetches = 0;
         while !pending.is_empty() {
-            let response = self
-                .roomserver
-                .input_pdus(pb::InputPdusRequest {
-                    room_id: room_id.to_owned(),
-                    room_version: version.to_owned(),
-                    pdus: pending
-                        .iter()
-                        .map(|pdu| pb::InputPdu {
-                            kind: pb::input_pdu::Kind::Old as i32,
-                            event_json: pdu.json_bytes(),
-                            ..Default::default()
-                        })
-                        .collect(),
+            let inputs = pending
+                .iter()
+                .map(|pdu| pb::InputPdu {
+                    kind: pb::input_pdu::Kind::Old as i32,
+                    event_json: pdu.json_bytes(),
+                    ..Default::default()
                 })
-                .await?;
-            taken += count_taken(&response, &mut position);
-            let stuck: HashSet<&str> = response
-                .outcomes
+                .collect();
+            let mut outcomes = Vec::new();
+            for pdus in pdus::input_records(inputs) {
+                let response = self
+                    .roomserver
+                    .input_pdus(pb::InputPdusRequest {
+                        room_id: room_id.to_owned(),
+                        room_version: version.to_owned(),
+                        pdus,
+                    })
+                    .await?;
+                taken += count_taken(&response, &mut position);
+                outcomes.extend(response.outcomes);
+            }
+            let stuck: HashSet<&str> = outcomes
                 .iter()
                 .filter(|o| {
                     matches!(

@@ -203,20 +203,21 @@ impl crate::FederationService {
         events: &[CheckedPdu],
     ) -> Result<(), ganglion_api::ApiError> {
         use ganglion_api::proto::roomserver as pb;
-        for chunk in events.chunks(OUTLIERS_PER_INPUT) {
+        let pdus = events
+            .iter()
+            .map(|e| pb::InputPdu {
+                kind: pb::input_pdu::Kind::Outlier as i32,
+                event_json: e.json_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        for pdus in input_records(pdus) {
             let stored = self
                 .roomserver
                 .input_pdus(pb::InputPdusRequest {
                     room_id: room_id.to_owned(),
                     room_version: room_version.to_owned(),
-                    pdus: chunk
-                        .iter()
-                        .map(|e| pb::InputPdu {
-                            kind: pb::input_pdu::Kind::Outlier as i32,
-                            event_json: e.json_bytes(),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    pdus,
                 })
                 .await?;
             for outcome in stored.outcomes.iter().filter(|o| o.outcome != "outlier") {
@@ -227,9 +228,37 @@ impl crate::FederationService {
     }
 }
 
-/// Outliers handed to the roomserver per input record (some 300 KB of a
+/// PDUs handed to the roomserver per input record (some 300 KB of a
 /// join's member events).
-const OUTLIERS_PER_INPUT: usize = 500;
+const PDUS_PER_INPUT: usize = 500;
+/// The most bytes of PDUs one input record carries, whatever their
+/// number (well under the log's record size limits; a PDU is at most
+/// 64 KiB).
+const INPUT_BYTES: usize = 512 * 1024;
+
+/// PDUs split, in order, into input records of at most [`PDUS_PER_INPUT`]
+/// events and [`INPUT_BYTES`] bytes.
+pub(crate) fn input_records(
+    pdus: Vec<ganglion_api::proto::roomserver::InputPdu>,
+) -> Vec<Vec<ganglion_api::proto::roomserver::InputPdu>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut bytes = 0;
+    for pdu in pdus {
+        if !record.is_empty()
+            && (record.len() == PDUS_PER_INPUT || bytes + pdu.event_json.len() > INPUT_BYTES)
+        {
+            records.push(std::mem::take(&mut record));
+            bytes = 0;
+        }
+        bytes += pdu.event_json.len();
+        record.push(pdu);
+    }
+    if !record.is_empty() {
+        records.push(record);
+    }
+    records
+}
 
 /// The answer for an event of ours the roomserver was to take (a join, an
 /// invite): its ID and output position when taken, else why not.
@@ -252,5 +281,40 @@ pub(crate) fn taken(
         None => Err(ganglion_api::ApiError::Internal(format!(
             "no outcome for the {what}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod input_records_tests {
+    use ganglion_api::proto::roomserver::InputPdu;
+
+    fn pdu(bytes: usize) -> InputPdu {
+        InputPdu {
+            event_json: vec![b'x'; bytes],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_are_bounded_by_count_and_bytes_in_order() {
+        let sizes: Vec<usize> = super::input_records((0..1_001).map(|_| pdu(10)).collect())
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![500, 500, 1]);
+        let big: Vec<InputPdu> = (0..20).map(|i| pdu(60_000 + i)).collect();
+        let records = super::input_records(big);
+        assert!(
+            records
+                .iter()
+                .all(|r| r.iter().map(|p| p.event_json.len()).sum::<usize>() <= 512 * 1024)
+        );
+        let order: Vec<usize> = records
+            .iter()
+            .flatten()
+            .map(|p| p.event_json.len())
+            .collect();
+        assert_eq!(order, (0..20).map(|i| 60_000 + i).collect::<Vec<_>>());
+        assert!(super::input_records(Vec::new()).is_empty());
     }
 }
