@@ -172,7 +172,7 @@ impl FederationService {
                 Err(error) => tracing::info!(origin, id, %error, "a state event was refused"),
             }
         }
-        self.input_outliers(room_id, version, &auth_order(fetched))
+        self.input_outliers(room_id, version, &auth_order(fetched), &HashSet::new())
             .await?;
         self.roomserver
             .input_pdus(pb::InputPdusRequest {
@@ -183,6 +183,7 @@ impl FederationService {
                     event_json: pdu.json_bytes(),
                     state_before: state_ids,
                     has_state_before: true,
+                    announce: false,
                 }],
             })
             .await

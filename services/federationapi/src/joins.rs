@@ -170,7 +170,9 @@ impl FederationService {
         }
         let checked_ms = started.elapsed().as_millis() as u64;
         let ordered = auth_order(events.into_values().collect());
-        self.input_outliers(&request.room_id, &version, &ordered)
+        // The state becomes current with the join: the views may store it
+        // while the rest is taken.
+        self.input_outliers(&request.room_id, &version, &ordered, &in_state)
             .await?;
         let outliers_ms = started.elapsed().as_millis() as u64;
         let response = self
@@ -183,6 +185,7 @@ impl FederationService {
                     event_json: join.json_bytes(),
                     state_before: state_ids,
                     has_state_before: true,
+                    announce: false,
                 }],
             })
             .await?;

@@ -195,12 +195,15 @@ impl crate::FederationService {
 
 impl crate::FederationService {
     /// Hands checked events to the roomserver as outliers, in chunks (each
-    /// chunk one input record), in the order given (auth order).
+    /// chunk one input record), in the order given (auth order); those in
+    /// `announce` (a join's state, about to become current) are announced
+    /// to the views as they are stored.
     pub(crate) async fn input_outliers(
         &self,
         room_id: &str,
         room_version: &str,
         events: &[CheckedPdu],
+        announce: &std::collections::HashSet<String>,
     ) -> Result<(), ganglion_api::ApiError> {
         use ganglion_api::proto::roomserver as pb;
         let pdus = events
@@ -208,6 +211,7 @@ impl crate::FederationService {
             .map(|e| pb::InputPdu {
                 kind: pb::input_pdu::Kind::Outlier as i32,
                 event_json: e.json_bytes(),
+                announce: announce.contains(&e.event_id),
                 ..Default::default()
             })
             .collect();

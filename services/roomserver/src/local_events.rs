@@ -278,6 +278,7 @@ impl RoomserverService {
             rejected: false,
             soft_failed: false,
             outlier: false,
+            announce: false,
         };
         let mut delta: StateDelta = Vec::new();
         if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {

@@ -66,9 +66,9 @@ pub(crate) fn new_room_event(
 /// log's record size limits).
 const OUTLIER_BATCH_BYTES: usize = 512 * 1024;
 
-/// State events known only as outliers, announced as they are stored (or,
-/// stored before that was done, when they become current): views need
-/// their content. As few records as the batch size allows.
+/// State events known only as outliers, announced as they are stored (a
+/// join's state) or when they become current: views need their content.
+/// As few records as the batch size allows.
 pub(crate) fn outlier_batches(pdus: &[&Pdu], room_version: &str) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let empty = || topic_pb::OutlierBatch {

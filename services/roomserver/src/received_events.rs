@@ -409,22 +409,23 @@ impl RoomserverService {
             });
         }
         if let Err(error) = events::authorise_by_auth_events(&head.rules, &pdu, &auth) {
-            self.store(
-                writer,
-                batch,
-                head,
-                &pdu,
-                kind == pb::input_pdu::Kind::Outlier,
-                true,
-                false,
-                None,
-            )
-            .await?;
+            let flags = EventFlags {
+                rejected: true,
+                soft_failed: false,
+                outlier: kind == pb::input_pdu::Kind::Outlier,
+                announce: false,
+            };
+            self.store(writer, batch, head, &pdu, flags, None).await?;
             return Ok(rejected(&event_id, error.to_string()));
         }
         if kind == pb::input_pdu::Kind::Outlier {
-            self.store(writer, batch, head, &pdu, true, false, false, None)
-                .await?;
+            let flags = EventFlags {
+                rejected: false,
+                soft_failed: false,
+                outlier: true,
+                announce: input.announce,
+            };
+            self.store(writer, batch, head, &pdu, flags, None).await?;
             return Ok(Outcome {
                 event_id,
                 outcome: "outlier",
@@ -501,17 +502,14 @@ impl RoomserverService {
             && let Err(error) = events::authorise_against_state(&head.rules, &state_before, &pdu)
         {
             let before = writer.snapshot(&mut nids_before).await?;
-            self.store(
-                writer,
-                batch,
-                head,
-                &pdu,
-                false,
-                true,
-                false,
-                Some((before, before)),
-            )
-            .await?;
+            let flags = EventFlags {
+                rejected: true,
+                soft_failed: false,
+                outlier: false,
+                announce: false,
+            };
+            self.store(writer, batch, head, &pdu, flags, Some((before, before)))
+                .await?;
             return Ok(rejected(&event_id, error.to_string()));
         }
 
@@ -553,17 +551,14 @@ impl RoomserverService {
                 nid
             }
             None => {
-                self.store(
-                    writer,
-                    batch,
-                    head,
-                    &pdu,
-                    false,
-                    false,
+                let flags = EventFlags {
+                    rejected: false,
                     soft_failed,
-                    Some((before, before)),
-                )
-                .await?
+                    outlier: false,
+                    announce: false,
+                };
+                self.store(writer, batch, head, &pdu, flags, Some((before, before)))
+                    .await?
             }
         };
         if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {
@@ -720,16 +715,9 @@ impl RoomserverService {
         batch: &mut Batch,
         head: &Head,
         pdu: &Arc<Pdu>,
-        outlier: bool,
-        rejected: bool,
-        soft_failed: bool,
+        flags: EventFlags,
         state: Option<(i64, i64)>,
     ) -> Result<i64, ProcessError> {
-        let flags = EventFlags {
-            rejected,
-            soft_failed,
-            outlier,
-        };
         let event_nid = writer
             .insert_event(pdu, &flags, state.map(|s| s.0), state.map(|s| s.1))
             .await?;
@@ -738,7 +726,7 @@ impl RoomserverService {
             batch.announce.push(pdu.clone());
         }
         let mut stored_pdu = (**pdu).clone();
-        stored_pdu.rejected = rejected;
+        stored_pdu.rejected = flags.rejected;
         batch.written.insert(
             pdu.event_id.clone(),
             StoredEvent {
@@ -747,8 +735,8 @@ impl RoomserverService {
                 pdu: Arc::new(stored_pdu),
                 state_before: state.map(|s| s.0),
                 state_after: state.map(|s| s.1),
-                soft_failed,
-                outlier,
+                soft_failed: flags.soft_failed,
+                outlier: flags.outlier,
                 announced,
             },
         );

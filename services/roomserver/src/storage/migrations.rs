@@ -137,9 +137,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE remote_invites ADD COLUMN via_server TEXT NOT NULL DEFAULT '';
         ",
     },
-    // Outlier state events are announced to the views when stored (a
-    // join's thousands, while the rest of the join is still being
-    // checked); those stored before, when they become current.
+    // A join's state (outliers) is announced to the views as it is stored,
+    // while the rest of the join is still being checked; other outliers,
+    // and those stored before, when they become current.
     Migration {
         version: 6,
         description: "outliers announced when stored",

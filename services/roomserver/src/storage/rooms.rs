@@ -43,13 +43,17 @@ pub(crate) struct EventFlags {
     pub(crate) rejected: bool,
     pub(crate) soft_failed: bool,
     pub(crate) outlier: bool,
+    /// Announce it to the views as it is stored (see
+    /// [`EventFlags::announced`]).
+    pub(crate) announce: bool,
 }
 
 impl EventFlags {
     /// Whether an event stored so is announced to the views as it is
-    /// stored: outlier state events, not rejected ones.
+    /// stored: outlier state events the input asked to announce (a join's
+    /// state), not rejected ones.
     pub(crate) fn announced(&self, pdu: &Pdu) -> bool {
-        self.outlier && !self.rejected && pdu.state_key.is_some()
+        self.outlier && self.announce && !self.rejected && pdu.state_key.is_some()
     }
 }
 

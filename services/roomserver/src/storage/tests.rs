@@ -59,6 +59,7 @@ const ACCEPTED: EventFlags = EventFlags {
     rejected: false,
     soft_failed: false,
     outlier: false,
+    announce: false,
 };
 
 /// Writes events the way the consumer does: state before and after each,

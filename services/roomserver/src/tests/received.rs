@@ -54,8 +54,7 @@ fn input(kind: pb::input_pdu::Kind, pdu: &Pdu) -> pb::InputPdu {
     pb::InputPdu {
         kind: kind as i32,
         event_json: pdu.json.as_bytes().to_vec(),
-        state_before: Vec::new(),
-        has_state_before: false,
+        ..Default::default()
     }
 }
 
@@ -120,8 +119,8 @@ async fn extremities(running: &Running, room_id: &str) -> Vec<String> {
     ids
 }
 
-/// Every new-event output so far: (event ID, historical).
-async fn outputs(running: &Running) -> Vec<(String, bool)> {
+/// Every record of `roomserver.output` so far, decoded.
+async fn all_outputs(running: &Running) -> Vec<topic_pb::RoomserverOutput> {
     let ends = running
         .log
         .end_offsets(&running.topics.roomserver_output)
@@ -139,12 +138,36 @@ async fn outputs(running: &Running) -> Vec<(String, bool)> {
             .await
             .expect("record in time")
             .expect("record");
-        let output: topic_pb::RoomserverOutput = decode(&record.payload).expect("decodes");
-        if let Some(topic_pb::roomserver_output::Kind::NewRoomEvent(event)) = output.kind {
-            seen.push((event.event_id, event.historical));
-        }
+        seen.push(decode(&record.payload).expect("decodes"));
     }
     seen
+}
+
+/// The events announced in outlier batches so far.
+async fn announced_outliers(running: &Running) -> Vec<String> {
+    all_outputs(running)
+        .await
+        .into_iter()
+        .filter_map(|output| match output.kind {
+            Some(topic_pb::roomserver_output::Kind::OutlierBatch(batch)) => Some(batch.event_ids),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Every new-event output so far: (event ID, historical).
+async fn outputs(running: &Running) -> Vec<(String, bool)> {
+    all_outputs(running)
+        .await
+        .into_iter()
+        .filter_map(|output| match output.kind {
+            Some(topic_pb::roomserver_output::Kind::NewRoomEvent(event)) => {
+                Some((event.event_id, event.historical))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -321,6 +344,26 @@ async fn a_received_dag_is_checked_resolved_and_announced() {
             &[&base],
             &state,
         );
+        // A join's state is announced as it is stored; other outliers
+        // only once they become current.
+        let joined_state = dag.event(
+            ALICE,
+            "m.room.name",
+            Some(""),
+            serde_json::json!({"name": "as the join saw it"}),
+            &[&base],
+            &state,
+        );
+        let announced = pb::InputPdu {
+            announce: true,
+            ..input(Outlier, &joined_state)
+        };
+        let outcomes = send(&running, &dag, version, vec![announced]).await;
+        assert_eq!(
+            outcomes[joined_state.event_id.as_str()],
+            "outlier",
+            "v{version}"
+        );
         let outcomes = send(&running, &dag, version, vec![input(Outlier, &old_topic)]).await;
         assert_eq!(
             outcomes[old_topic.event_id.as_str()],
@@ -350,6 +393,19 @@ async fn a_received_dag_is_checked_resolved_and_announced() {
         assert_eq!(
             outcomes[after_topic.event_id.as_str()],
             "accepted",
+            "v{version}"
+        );
+        let announced = announced_outliers(&running).await;
+        assert!(
+            announced.contains(&joined_state.event_id.to_string()),
+            "v{version}"
+        );
+        assert!(
+            !announced.contains(&old_topic.event_id.to_string()),
+            "v{version}"
+        );
+        assert!(
+            !announced.contains(&outlier.event_id.to_string()),
             "v{version}"
         );
 
