@@ -70,6 +70,19 @@ impl GanglionPair {
     }
 }
 
+/// `client`'s `/keys/query` for every device of `user_id`.
+async fn query_keys(client: &Client, user_id: &str) -> ganglion_integration_tests::client::Reply {
+    let query = client
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { user_id: [] } })),
+        )
+        .await;
+    assert_eq!(query.status, 200, "{query:?}");
+    query
+}
+
 /// A user's cross-signing master key and a self-signing key it signed.
 pub(crate) fn cross_signing_keys(user_id: &str) -> (Value, Value) {
     use base64::Engine;
@@ -329,28 +342,14 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
     // Device keys both ways, and a one-time key claimed across servers.
     upload_keys(&alice, false).await;
     upload_keys(&bob, true).await;
-    let query = bob
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/keys/query",
-            Some(json!({ "device_keys": { alice.user_id.clone(): [] } })),
-        )
-        .await;
-    assert_eq!(query.status, 200, "{query:?}");
+    let query = query_keys(&bob, &alice.user_id).await;
     assert_eq!(
         query.body["device_keys"][&alice.user_id][&alice.device_id]["keys"],
         device_keys(&alice)["keys"],
         "{query:?}\n{}",
         synapse.logs()
     );
-    let query = alice
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/keys/query",
-            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
-        )
-        .await;
-    assert_eq!(query.status, 200, "{query:?}");
+    let query = query_keys(&alice, &bob.user_id).await;
     assert_eq!(
         query.body["device_keys"][&bob.user_id][&bob.device_id]["keys"],
         device_keys(&bob)["keys"],
@@ -361,14 +360,7 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
     // Bob's cross-signing keys come with his devices.
     let (master_key, self_signing_key) = cross_signing_keys(&bob.user_id);
     upload_cross_signing_keys(&bob, "pw-bob-fed", &master_key, &self_signing_key).await;
-    let query = alice
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/keys/query",
-            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
-        )
-        .await;
-    assert_eq!(query.status, 200, "{query:?}");
+    let query = query_keys(&alice, &bob.user_id).await;
     assert_eq!(
         query.body["master_keys"][&bob.user_id]["keys"], master_key["keys"],
         "{query:?}"

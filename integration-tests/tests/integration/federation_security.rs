@@ -13,6 +13,29 @@ use serde_json::{Value, json};
 
 use crate::federation_rooms::until_message;
 
+/// Long-polls `client`'s `/sync` from `since` until `user_id` is in its
+/// `device_lists.changed`.
+async fn until_device_list_change(
+    client: &Client,
+    mut since: String,
+    user_id: &str,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sync = client.sync(Some(&since), 2_000, 1).await;
+        let changed = sync["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.contains(&json!(user_id)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -367,23 +390,10 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         )
         .await;
     assert_eq!(status, 200);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut since = before;
-    loop {
-        let sync = alice.sync(Some(&since), 2_000, 1).await;
-        let changed = sync["device_lists"]["changed"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if changed.contains(&json!(mallory)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
-    }
+    until_device_list_change(&alice, before, &mallory, logs).await;
 
     // Her cross-signing keys changed: alice is told again.
-    let mut since = alice.sync(None, 0, 1).await["next_batch"]
+    let since = alice.sync(None, 0, 1).await["next_batch"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -404,19 +414,7 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         )
         .await;
     assert_eq!(status, 200);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let sync = alice.sync(Some(&since), 2_000, 1).await;
-        let changed = sync["device_lists"]["changed"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if changed.contains(&json!(mallory)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{sync}\n{}", logs());
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
-    }
+    until_device_list_change(&alice, since, &mallory, logs).await;
 
     // Presence both ways.
     let body = json!({
