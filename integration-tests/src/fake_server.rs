@@ -476,6 +476,9 @@ impl FakeServer {
         }
         let mut depth = join["depth"].as_i64().unwrap_or(1);
         let mut pdus = Vec::new();
+        // Transaction IDs of this fill only: a server takes a repeated one
+        // as a retry and answers it without taking its PDUs.
+        let fill = now_ms();
         for i in 1..members {
             let user = format!("@member{i}:{}", self.server_name);
             depth += 1;
@@ -500,7 +503,7 @@ impl FakeServer {
                         base_url,
                         destination,
                         reqwest::Method::PUT,
-                        &format!("/_matrix/federation/v1/send/fill{i}"),
+                        &format!("/_matrix/federation/v1/send/fill{fill}-{i}"),
                         Some(body),
                     )
                     .await;
