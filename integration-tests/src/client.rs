@@ -146,6 +146,15 @@ impl Client {
         .await
     }
 
+    pub async fn leave(&self, room_id: &str) -> Reply {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", encode(room_id)),
+            Some(json!({})),
+        )
+        .await
+    }
+
     pub async fn send_text(&self, room_id: &str, txn_id: &str, body: &str) -> Reply {
         self.call(
             reqwest::Method::PUT,

@@ -27,6 +27,30 @@ pub fn ganglion_binary() -> PathBuf {
 /// A free loopback port, never the same twice in this test process: tests
 /// run in parallel, and a port released by one check could otherwise be
 /// handed to two servers (one would fail to bind while the other answered
+/// The settings of a server named `localhost:<federation port>` (a free
+/// port) that may reach servers on loopback with self-signed certificates
+/// (Synapse and the fake servers in the tests): (its name, the settings).
+pub fn federating_env() -> (String, Vec<(String, String)>) {
+    let federation_port = free_port();
+    let server_name = format!("localhost:{federation_port}");
+    let env = vec![
+        ("GANGLION_SERVER_NAME".to_owned(), server_name.clone()),
+        (
+            "GANGLION_FEDERATION__LISTEN".to_owned(),
+            format!("127.0.0.1:{federation_port}"),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+    ];
+    (server_name, env)
+}
+
 /// its health checks).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -193,25 +217,10 @@ impl Monolith {
     /// servers on loopback with self-signed certificates (Synapse and the
     /// fake server in the tests): (the monolith, its server name).
     pub async fn federating(dir: &Path) -> (Monolith, String) {
-        let federation_port = free_port();
-        let server_name = format!("localhost:{federation_port}");
+        let (server_name, federating) = federating_env();
         let mut env = Monolith::default_env(dir);
         env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
-        env.extend([
-            ("GANGLION_SERVER_NAME".to_owned(), server_name.clone()),
-            (
-                "GANGLION_FEDERATION__LISTEN".to_owned(),
-                format!("127.0.0.1:{federation_port}"),
-            ),
-            (
-                "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
-                "false".to_owned(),
-            ),
-            (
-                "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
-                r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
-            ),
-        ]);
+        env.extend(federating);
         (Monolith::start_with(dir, env).await, server_name)
     }
 

@@ -333,13 +333,7 @@ async fn room_options_state_aliases_and_leaving() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let left = bob
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&public)),
-            Some(json!({})),
-        )
-        .await;
+    let left = bob.leave(&public).await;
     assert_eq!(left.status, 200);
     let after = bob.sync(Some(&since), 0, 10).await;
     assert!(after["rooms"]["leave"][&public].is_object(), "{after}");

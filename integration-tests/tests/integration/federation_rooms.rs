@@ -380,13 +380,7 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
     }
 
     // Bob leaves: our side sees it.
-    let leave = bob
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let leave = bob.leave(&room_id).await;
     assert_eq!(leave.status, 200, "{leave:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while members(&alice, &room_id).await.contains(&bob.user_id) {
@@ -511,13 +505,7 @@ async fn our_user_joins_a_synapse_room_by_alias_and_messages_flow_both_ways() {
     );
 
     // Alice leaves their room: Synapse sees it.
-    let leave = alice
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let leave = alice.leave(&room_id).await;
     assert_eq!(leave.status, 200, "{leave:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while members(&bob, &room_id).await.contains(&alice.user_id) {
@@ -698,13 +686,7 @@ async fn a_synapse_user_rejects_then_accepts_our_invite() {
     until_sync(&bob, "the invite", invited, logs).await;
 
     // Bob rejects: his server asks ours to build the leave.
-    let reject = bob
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let reject = bob.leave(&room_id).await;
     assert_eq!(reject.status, 200, "{reject:?}\n{}", logs());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while bobs_membership().await != "leave" {
@@ -771,13 +753,7 @@ async fn our_user_rejects_then_accepts_a_synapse_invite() {
     .await;
     // Alice rejects: the leave goes through bob's server, and the room
     // leaves her invites.
-    let reject = alice
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let reject = alice.leave(&room_id).await;
     assert_eq!(reject.status, 200, "{reject:?}\n{}", logs());
     let sync = alice.sync(None, 0, 10).await;
     assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
@@ -999,13 +975,7 @@ async fn our_user_finds_knocks_on_and_joins_a_synapse_room() {
     assert_eq!(alices_membership.body["reason"], "may I?");
 
     // She thinks better of it: the knock is rescinded through Synapse.
-    let rescind = alice
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let rescind = alice.leave(&room_id).await;
     assert_eq!(rescind.status, 200, "{rescind:?}\n{}", logs());
     let sync = alice.sync(None, 0, 10).await;
     assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
@@ -1177,13 +1147,7 @@ async fn two_ganglions_federate() {
     until_message(&alice, &bobs_room, "in bob's room", logs).await;
 
     // Bob leaves alice's room: her side sees it.
-    let leave = bob
-        .call(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id)),
-            Some(json!({})),
-        )
-        .await;
+    let leave = bob.leave(&room_id).await;
     assert_eq!(leave.status, 200, "{leave:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while members(&alice, &room_id).await.contains(&bob.user_id) {

@@ -14,8 +14,16 @@ async fn federating(
     name: &str,
     extra: Vec<(String, String)>,
 ) -> (Polylith, String) {
-    let federation_port = ganglion_integration_tests::process::free_port();
-    let our_name = format!("localhost:{federation_port}");
+    let (our_name, mut env) = ganglion_integration_tests::process::federating_env();
+    env.extend(extra);
+    (
+        Polylith::start_with(dir, &database_urls(name).await, env).await,
+        our_name,
+    )
+}
+
+/// A scratch PostgreSQL database for each service of the polylith `name`.
+async fn database_urls(name: &str) -> Vec<(&'static str, String)> {
     let mut urls = Vec::new();
     for service in POLYLITH_SERVICES {
         urls.push((
@@ -23,34 +31,11 @@ async fn federating(
             ganglion_base::testing::scratch_postgres(&format!("poly_{name}_{service}")).await,
         ));
     }
-    let mut env = vec![
-        ("GANGLION_SERVER_NAME".to_owned(), our_name.clone()),
-        (
-            "GANGLION_FEDERATION__LISTEN".to_owned(),
-            format!("127.0.0.1:{federation_port}"),
-        ),
-        (
-            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
-            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
-        ),
-    ];
-    env.extend(extra);
-    (Polylith::start_with(dir, &urls, env).await, our_name)
+    urls
 }
 
 async fn start(dir: &std::path::Path, name: &str) -> Polylith {
-    let mut urls = Vec::new();
-    for service in POLYLITH_SERVICES {
-        urls.push((
-            service,
-            ganglion_base::testing::scratch_postgres(&format!("poly_{name}_{service}")).await,
-        ));
-    }
-    Polylith::start(dir, &urls).await
+    Polylith::start(dir, &database_urls(name).await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,13 @@ fn padded<'a, 'b>(chunk: &'b [&'a str]) -> impl Iterator<Item = &'b &'a str> {
 /// parameter limits of SQLite and PostgreSQL).
 const ROOMS_PER_STATEMENT: usize = 200;
 
+/// The head of an insert of a timeline event with every column (live
+/// events here, history in `history.rs`).
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
+                         sender, json, device_id, transaction_id, history_visibility,
+                         relates_to, rel_type)";
+
 pub(super) const EVENT_COLUMNS: &str =
     "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
      e.transaction_id, e.room_id, e.sender, e.history_visibility";
@@ -194,13 +201,11 @@ impl Storage {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| "shared".to_owned());
-        let inserted = sqlx::query(
-            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
-                                 sender, json, device_id, transaction_id, history_visibility,
-                                 relates_to, rel_type)
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INSERT_EVENT}
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (event_id) DO NOTHING",
-        )
+             ON CONFLICT (event_id) DO NOTHING"
+        )))
         .bind(i64::from(event.partition))
         .bind(event.offset as i64)
         .bind(event.room_id)

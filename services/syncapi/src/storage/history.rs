@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use sqlx::Row;
 
-use super::events::{EVENT_COLUMNS, OUTLIER_OFFSET, event_row};
+use super::events::{EVENT_COLUMNS, INSERT_EVENT, OUTLIER_OFFSET, event_row};
 use super::{EventRow, Storage, StorageError};
 use crate::sync_token::Stream;
 
@@ -69,16 +69,14 @@ impl Storage {
         } else {
             event.history_visibility
         };
-        sqlx::query(
-            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
-                                 sender, json, device_id, transaction_id, history_visibility,
-                                 relates_to, rel_type)
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INSERT_EVENT}
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '', $9, $10, $11)
              ON CONFLICT (event_id) DO UPDATE
              SET log_offset = excluded.log_offset, history_visibility = excluded.history_visibility,
                  relates_to = excluded.relates_to, rel_type = excluded.rel_type
-             WHERE events.log_offset = $12",
-        )
+             WHERE events.log_offset = $12"
+        )))
         .bind(i64::from(event.partition))
         .bind(position)
         .bind(event.room_id)
