@@ -56,8 +56,8 @@ struct Batch {
     /// The stored events a PDU's given state named (a join's thousands).
     state_read: HashMap<OwnedEventId, StoredEvent>,
     outputs: Vec<Vec<u8>>,
-    /// Outlier state events stored by this input: announced to the views
-    /// ahead of its other outputs.
+    /// Outlier state events this input asked to announce as they are
+    /// stored (a join's state): announced ahead of its other outputs.
     announce: Vec<Arc<Pdu>>,
     /// Current-state rows to set or remove when the head moved.
     changes: BTreeMap<(String, String), Option<Arc<Pdu>>>,
@@ -541,11 +541,8 @@ impl RoomserverService {
                         state_after: Some(before),
                         soft_failed: false,
                         outlier: false,
-                        announced: batch
-                            .written
-                            .get(&pdu.event_id)
-                            .or_else(|| stored_before.get(&pdu.event_id))
-                            .is_some_and(|e| e.announced),
+                        // Only outliers are announced as outliers.
+                        announced: false,
                     },
                 );
                 nid

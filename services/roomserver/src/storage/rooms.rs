@@ -571,8 +571,7 @@ impl RoomWriter {
             }
         }
         // The state's types and keys interned many at a time.
-        let types: Vec<String> = state.keys().map(|(kind, _)| kind.clone()).collect();
-        let type_names: Vec<&str> = types.iter().map(String::as_str).collect();
+        let type_names: Vec<&str> = state.keys().map(|(kind, _)| kind.as_str()).collect();
         let keys: Vec<&str> = state.keys().map(|(_, key)| key.as_str()).collect();
         let type_nids = self
             .storage
