@@ -146,6 +146,21 @@ impl Client {
         .await
     }
 
+    /// Joins a room (ID or alias) through another server, as a room this
+    /// server does not know is joined.
+    pub async fn join_via(&self, room: &str, server_name: &str) -> Reply {
+        self.call(
+            reqwest::Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                encode(room),
+                encode(server_name)
+            ),
+            Some(json!({})),
+        )
+        .await
+    }
+
     pub async fn leave(&self, room_id: &str) -> Reply {
         self.call(
             reqwest::Method::POST,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cross_signing;
 pub mod fake_server;
 pub mod process;
 pub mod synapse;

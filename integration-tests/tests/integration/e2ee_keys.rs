@@ -407,3 +407,181 @@ pub(crate) async fn device_lists(base_url: &str) {
     .await;
     assert_eq!(no_token.status, 401);
 }
+
+/// Cross-signing on one server: the first keys need no password, replacing
+/// them does (User-Interactive Auth); keys that do not check are refused
+/// with the spec's error and change nothing; signatures of one's devices
+/// and master key show to everyone, those of another user's master key
+/// only to their signer; those who share a room hear of the change.
+pub(crate) async fn cross_signing(base_url: &str) {
+    use ganglion_integration_tests::cross_signing::{self, CrossSigning, signed};
+    let alice = Client::register(base_url, "xs_alice", "pw-xs-alice").await;
+    let bob = Client::register(base_url, "xs_bob", "pw-xs-bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let (device, device_pair) = cross_signing::upload_device_keys(&alice).await;
+    let since = bob.sync_all(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let query = |client: &Client, user_id: &str| {
+        let (client, user_id) = (client.clone(), user_id.to_owned());
+        async move {
+            let reply = client
+                .call(
+                    Method::POST,
+                    "/_matrix/client/v3/keys/query",
+                    Some(json!({ "device_keys": { user_id: [] } })),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            reply.body
+        }
+    };
+
+    // Refused, storing nothing: a self-signing key without a master key,
+    // one the master key did not sign, a key that is not an object.
+    let keys = CrossSigning::new(&alice.user_id);
+    let other = CrossSigning::new(&alice.user_id);
+    let path = cross_signing::UPLOAD_PATH;
+    let refusals = [
+        (
+            json!({ "self_signing_key": keys.self_signing_key }),
+            "M_MISSING_PARAM",
+        ),
+        (
+            json!({ "master_key": keys.master_key, "self_signing_key": other.self_signing_key }),
+            "M_INVALID_SIGNATURE",
+        ),
+        (json!({ "master_key": "no" }), "M_BAD_JSON"),
+    ];
+    for (body, errcode) in refusals {
+        let reply = alice.call(Method::POST, path, Some(body)).await;
+        assert_eq!((reply.status, reply.errcode()), (400, errcode), "{reply:?}");
+    }
+    assert_eq!(
+        query(&alice, &alice.user_id).await["master_keys"],
+        json!({})
+    );
+
+    // The first keys: no password asked; the same again, neither.
+    for _ in 0..2 {
+        let reply = alice.call(Method::POST, path, Some(keys.body())).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let own = query(&alice, &alice.user_id).await;
+    assert_eq!(own["master_keys"][&alice.user_id], keys.master_key, "{own}");
+    assert_eq!(
+        own["self_signing_keys"][&alice.user_id],
+        keys.self_signing_key
+    );
+    assert_eq!(
+        own["user_signing_keys"][&alice.user_id],
+        keys.user_signing_key
+    );
+    let seen = query(&bob, &alice.user_id).await;
+    assert_eq!(
+        seen["master_keys"][&alice.user_id], keys.master_key,
+        "{seen}"
+    );
+    assert!(
+        seen["user_signing_keys"][&alice.user_id].is_null(),
+        "{seen}"
+    );
+    let (_, since) = sync_until(&bob, &since, |l| {
+        listed(l, "changed").contains(&alice.user_id)
+    })
+    .await;
+
+    // Signatures: her device by her self-signing key, her master key by
+    // her device, bob's master key by her user-signing key; a tampered
+    // one refused.
+    let bob_keys = CrossSigning::new(&bob.user_id);
+    let reply = bob.call(Method::POST, path, Some(bob_keys.body())).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let mut tampered = signed(&device, &alice.user_id, &keys.self_signing);
+    tampered["keys"][format!("curve25519:{}", alice.device_id)] = json!("other");
+    let failures = cross_signing::upload_signatures(
+        &alice,
+        &json!({ alice.user_id.clone(): { alice.device_id.clone(): tampered } }),
+    )
+    .await;
+    assert_eq!(
+        failures[&alice.user_id][&alice.device_id]["errcode"], "M_INVALID_PARAM",
+        "{failures}"
+    );
+    let failures = cross_signing::upload_signatures(
+        &alice,
+        &json!({
+            alice.user_id.clone(): {
+                alice.device_id.clone(): signed(&device, &alice.user_id, &keys.self_signing),
+                keys.master_public(): signed(&keys.master_key, &alice.user_id, &device_pair),
+            },
+            bob.user_id.clone(): {
+                bob_keys.master_public():
+                    signed(&bob_keys.master_key, &alice.user_id, &keys.user_signing),
+            },
+        }),
+    )
+    .await;
+    assert_eq!(failures, json!({}));
+    let ssk = format!("ed25519:{}", keys.self_signing_public());
+    let usk = format!("ed25519:{}", keys.user_signing_public());
+    let device_sig = format!("ed25519:{}", alice.device_id);
+    let seen = query(&bob, &alice.user_id).await;
+    assert!(
+        seen["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id][&ssk]
+            .is_string(),
+        "{seen}"
+    );
+    assert!(
+        seen["master_keys"][&alice.user_id]["signatures"][&alice.user_id][&device_sig].is_string(),
+        "{seen}"
+    );
+    let hers = query(&alice, &bob.user_id).await;
+    assert!(
+        hers["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk].is_string(),
+        "{hers}"
+    );
+    let his = query(&bob, &bob.user_id).await;
+    assert!(
+        his["master_keys"][&bob.user_id]["signatures"][&alice.user_id].is_null(),
+        "only the signer sees it: {his}"
+    );
+    sync_until(&bob, &since, |l| {
+        listed(l, "changed").contains(&alice.user_id)
+    })
+    .await;
+
+    // New keys need her password: asked for, a wrong one refused, then
+    // taken.
+    let renewed = CrossSigning::new(&alice.user_id);
+    let asked = alice.call(Method::POST, path, Some(renewed.body())).await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    assert_eq!(
+        asked.body["flows"][0]["stages"],
+        json!(["m.login.password"])
+    );
+    let mut wrong = renewed.body();
+    wrong["auth"] = json!({
+        "type": "m.login.password", "session": asked.body["session"],
+        "identifier": { "type": "m.id.user", "user": alice.user_id }, "password": "not-it",
+    });
+    let refused = alice.call(Method::POST, path, Some(wrong)).await;
+    assert_eq!(
+        (refused.status, refused.body["errcode"].as_str()),
+        (401, Some("M_FORBIDDEN")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        query(&bob, &alice.user_id).await["master_keys"][&alice.user_id]["keys"],
+        keys.master_key["keys"]
+    );
+    let taken = cross_signing::upload(&alice, "pw-xs-alice", &renewed.body()).await;
+    assert_eq!(taken.status, 200, "{taken:?}");
+    let seen = query(&bob, &alice.user_id).await;
+    assert_eq!(
+        seen["master_keys"][&alice.user_id], renewed.master_key,
+        "the old key's signatures went with it: {seen}"
+    );
+}

@@ -5,6 +5,7 @@
 //! signature are refused with 401 `M_UNAUTHORIZED`.
 
 use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::cross_signing::{self, CrossSigning};
 use ganglion_integration_tests::process::Monolith;
 use ganglion_integration_tests::synapse::Synapse;
 use reqwest::Method;
@@ -71,7 +72,10 @@ impl GanglionPair {
 }
 
 /// `client`'s `/keys/query` for every device of `user_id`.
-async fn query_keys(client: &Client, user_id: &str) -> ganglion_integration_tests::client::Reply {
+pub(crate) async fn query_keys(
+    client: &Client,
+    user_id: &str,
+) -> ganglion_integration_tests::client::Reply {
     let query = client
         .call(
             Method::POST,
@@ -81,61 +85,6 @@ async fn query_keys(client: &Client, user_id: &str) -> ganglion_integration_test
         .await;
     assert_eq!(query.status, 200, "{query:?}");
     query
-}
-
-/// A user's cross-signing master key and a self-signing key it signed.
-pub(crate) fn cross_signing_keys(user_id: &str) -> (Value, Value) {
-    use base64::Engine;
-    use ruma::signatures::Ed25519KeyPair;
-    let pair = || {
-        let der = Ed25519KeyPair::generate();
-        let probe = Ed25519KeyPair::from_der(&der, "probe".into()).expect("key");
-        let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
-        (
-            Ed25519KeyPair::from_der(&der, public.clone()).expect("key"),
-            public,
-        )
-    };
-    let (master, master_public) = pair();
-    let (_, self_signing_public) = pair();
-    let master_key = json!({
-        "user_id": user_id, "usage": ["master"],
-        "keys": { format!("ed25519:{master_public}"): master_public },
-    });
-    let mut self_signing: ruma::CanonicalJsonObject = serde_json::from_value(json!({
-        "user_id": user_id, "usage": ["self_signing"],
-        "keys": { format!("ed25519:{self_signing_public}"): self_signing_public },
-    }))
-    .expect("canonical");
-    ruma::signatures::sign_json(user_id, &master, &mut self_signing).expect("signed");
-    (
-        master_key,
-        serde_json::to_value(self_signing).expect("json"),
-    )
-}
-
-/// Uploads cross-signing keys with User-Interactive Auth by password.
-pub(crate) async fn upload_cross_signing_keys(
-    client: &Client,
-    password: &str,
-    master_key: &Value,
-    self_signing_key: &Value,
-) {
-    let path = "/_matrix/client/v3/keys/device_signing/upload";
-    let body = json!({ "master_key": master_key, "self_signing_key": self_signing_key });
-    let first = client.call(Method::POST, path, Some(body.clone())).await;
-    if first.status == 200 {
-        return;
-    }
-    assert_eq!(first.status, 401, "{first:?}");
-    let mut body = body;
-    body["auth"] = json!({
-        "type": "m.login.password", "session": first.body["session"],
-        "identifier": { "type": "m.id.user", "user": client.user_id },
-        "password": password,
-    });
-    let upload = client.call(Method::POST, path, Some(body)).await;
-    assert_eq!(upload.status, 200, "{upload:?}");
 }
 
 /// A client of a federation port (TLS, self-signed).
@@ -358,15 +307,20 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
     assert_eq!(query.body["failures"], json!({}), "{query:?}");
 
     // Bob's cross-signing keys come with his devices.
-    let (master_key, self_signing_key) = cross_signing_keys(&bob.user_id);
-    upload_cross_signing_keys(&bob, "pw-bob-fed", &master_key, &self_signing_key).await;
+    let bob_keys = CrossSigning::new(&bob.user_id);
+    let body = json!({
+        "master_key": bob_keys.master_key,
+        "self_signing_key": bob_keys.self_signing_key,
+    });
+    let uploaded = cross_signing::upload(&bob, "pw-bob-fed", &body).await;
+    assert_eq!(uploaded.status, 200, "{uploaded:?}");
     let query = query_keys(&alice, &bob.user_id).await;
     assert_eq!(
-        query.body["master_keys"][&bob.user_id]["keys"], master_key["keys"],
+        query.body["master_keys"][&bob.user_id]["keys"], bob_keys.master_key["keys"],
         "{query:?}"
     );
     assert_eq!(
-        query.body["self_signing_keys"][&bob.user_id]["keys"], self_signing_key["keys"],
+        query.body["self_signing_keys"][&bob.user_id]["keys"], bob_keys.self_signing_key["keys"],
         "{query:?}"
     );
     let claim = alice
@@ -471,4 +425,173 @@ async fn keys_aliases_and_device_keys_across_servers_with_synapse() {
         .expect("request");
     assert_eq!(forged_keys.status(), 401);
     drop(ours);
+}
+
+/// Polls `client`'s `/keys/query` of `user_id` until `wanted` holds.
+async fn until_keys(
+    client: &Client,
+    user_id: &str,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let query = query_keys(client, user_id).await;
+        if wanted(&query.body) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never saw {what}: {query:?}\n{}",
+            client.user_id,
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Long-polls `client`'s `/sync` from `since` until `user_id` is listed
+/// in `device_lists.changed`; the `next_batch` that listed them.
+async fn until_listed_changed(
+    client: &Client,
+    since: &str,
+    user_id: &str,
+    logs: impl Fn() -> String,
+) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut since = since.to_owned();
+    loop {
+        let body = client.sync_all(Some(&since), 3_000).await;
+        since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+        if body["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == user_id))
+        {
+            return since;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never heard that {user_id}'s keys changed\n{}",
+            client.user_id,
+            logs()
+        );
+    }
+}
+
+/// Our user's cross-signing keys on Synapse: Synapse's user, in a room
+/// with ours, sees them (our `/user/devices` and `/user/keys/query`), sees
+/// her device signed by her self-signing key once it is (an
+/// `m.device_list_update` with the new signature), and hears of her new
+/// keys when she replaces them (an `m.signing_key_update`, which Synapse
+/// lists in `device_lists.changed` and stores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_cross_signing_keys_reach_synapse() {
+    let (synapse, ours, our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    let logs = || crate::federation_queries::logs_with_synapse(&synapse, &ours);
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-xs").await;
+    let bob = synapse.register("bob", "pw-bob-xs").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob.join_via(&room_id, &our_name).await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    crate::federation_rooms::until_membership(&alice, &room_id, &bob.user_id, "join", logs).await;
+
+    let (device, _) = cross_signing::upload_device_keys(&alice).await;
+    let keys = CrossSigning::new(&alice.user_id);
+    let uploaded = cross_signing::upload(&alice, "pw-alice-xs", &keys.body()).await;
+    assert_eq!(uploaded.status, 200, "{uploaded:?}");
+    until_keys(
+        &bob,
+        &alice.user_id,
+        "her master and self-signing keys",
+        |body| {
+            body["master_keys"][&alice.user_id]["keys"] == keys.master_key["keys"]
+                && body["self_signing_keys"][&alice.user_id]["keys"]
+                    == keys.self_signing_key["keys"]
+                && body["device_keys"][&alice.user_id][&alice.device_id]["keys"] == device["keys"]
+        },
+        logs,
+    )
+    .await;
+
+    // Her device, signed by her self-signing key.
+    let failures = cross_signing::upload_signatures(
+        &alice,
+        &json!({ alice.user_id.clone(): {
+            alice.device_id.clone(): cross_signing::signed(&device, &alice.user_id, &keys.self_signing),
+        } }),
+    )
+    .await;
+    assert_eq!(failures, json!({}));
+    let ssk = format!("ed25519:{}", keys.self_signing_public());
+    until_keys(
+        &bob,
+        &alice.user_id,
+        "her device signed by her self-signing key",
+        |body| {
+            body["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]
+                [&ssk]
+                .is_string()
+        },
+        logs,
+    )
+    .await;
+
+    // New keys: Synapse hears of them unasked.
+    let since = bob.sync_all(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let renewed = CrossSigning::new(&alice.user_id);
+    let taken = cross_signing::upload(&alice, "pw-alice-xs", &renewed.body()).await;
+    assert_eq!(taken.status, 200, "{taken:?}");
+    until_listed_changed(&bob, &since, &alice.user_id, logs).await;
+    until_keys(
+        &bob,
+        &alice.user_id,
+        "her new master key",
+        |body| body["master_keys"][&alice.user_id]["keys"] == renewed.master_key["keys"],
+        logs,
+    )
+    .await;
+}
+
+/// The same between two of ours: a user of one server sees the other's
+/// user's cross-signing keys, and hears of new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_signing_keys_between_two_ganglions() {
+    let pair = GanglionPair::start().await;
+    let logs = || pair.logs();
+    let alice = Client::register(&pair.a.base_url, "alice", "pw-alice-xs2").await;
+    let bob = Client::register(&pair.b.base_url, "bob", "pw-bob-xs2").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = bob.join_via(&room_id, &pair.a_name).await;
+    assert_eq!(join.status, 200, "{join:?}\n{}", logs());
+    crate::federation_rooms::until_membership(&alice, &room_id, &bob.user_id, "join", logs).await;
+    let since = bob.sync_all(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let keys = CrossSigning::new(&alice.user_id);
+    let uploaded = cross_signing::upload(&alice, "pw-alice-xs2", &keys.body()).await;
+    assert_eq!(uploaded.status, 200, "{uploaded:?}");
+    let since = until_listed_changed(&bob, &since, &alice.user_id, logs).await;
+    let seen = query_keys(&bob, &alice.user_id).await;
+    assert_eq!(
+        seen.body["master_keys"][&alice.user_id], keys.master_key,
+        "{seen:?}"
+    );
+    assert!(
+        seen.body["user_signing_keys"][&alice.user_id].is_null(),
+        "{seen:?}"
+    );
+    let renewed = CrossSigning::new(&alice.user_id);
+    let taken = cross_signing::upload(&alice, "pw-alice-xs2", &renewed.body()).await;
+    assert_eq!(taken.status, 200, "{taken:?}");
+    until_listed_changed(&bob, &since, &alice.user_id, logs).await;
+    let seen = query_keys(&bob, &alice.user_id).await;
+    assert_eq!(
+        seen.body["master_keys"][&alice.user_id], renewed.master_key,
+        "{seen:?}"
+    );
 }

@@ -60,7 +60,7 @@ pub(crate) async fn until_sync(
 
 /// Polls `client`'s view of `user_id`'s membership of `room_id` until it
 /// is `membership`.
-async fn until_membership(
+pub(crate) async fn until_membership(
     client: &Client,
     room_id: &str,
     user_id: &str,
@@ -131,17 +131,7 @@ async fn a_synapse_user_joins_our_room_and_messages_flow_both_ways() {
     alice.send_text(&room_id, "t1", "before bob").await;
 
     // Bob joins through our server.
-    let join = bob
-        .call(
-            Method::POST,
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                encode(&room_id),
-                encode(&our_name)
-            ),
-            Some(json!({})),
-        )
-        .await;
+    let join = bob.join_via(&room_id, &our_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", logs());
     assert_eq!(join.body["room_id"], room_id.as_str());
     // Both servers now count both members.
@@ -574,17 +564,7 @@ async fn after_a_restart_we_catch_up_with_what_synapse_sent_meanwhile() {
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-back").await;
     let bob = synapse.register("bob", "pw-bob-back").await;
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let join = bob
-        .call(
-            Method::POST,
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                encode(&room_id),
-                encode(&our_name)
-            ),
-            Some(json!({})),
-        )
-        .await;
+    let join = bob.join_via(&room_id, &our_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", synapse.logs());
     bob.send_text(&room_id, "b0", "while up").await;
     until_message(&alice, &room_id, "while up", || synapse.logs()).await;
@@ -1165,17 +1145,7 @@ async fn while_synapse_is_down_our_queue_waits_then_delivers_in_order() {
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-down").await;
     let bob = synapse.register("bob", "pw-bob-down").await;
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let join = bob
-        .call(
-            Method::POST,
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                encode(&room_id),
-                encode(&our_name)
-            ),
-            Some(json!({})),
-        )
-        .await;
+    let join = bob.join_via(&room_id, &our_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", synapse.logs());
     alice.send_text(&room_id, "u0", "while up").await;
     until_message(&bob, &room_id, "while up", || synapse.logs()).await;

@@ -148,4 +148,5 @@ async fn e2ee_keys_upload_query_claim() {
     let server = Monolith::start(dir.path()).await;
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;
+    crate::e2ee_keys::cross_signing(&server.base_url).await;
 }

@@ -185,6 +185,7 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     // Keys: clientapi and syncapi reach the keyserver over gRPC.
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;
+    crate::e2ee_keys::cross_signing(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice
         .create_room(serde_json::json!({"preset": "public_chat"}))
@@ -279,17 +280,7 @@ async fn polylith_federates_with_synapse() {
     let alice = Client::register(&server.base_url, "alice", "pw-alice-poly").await;
     let bob = synapse.register("bob", "pw-bob-poly").await;
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let join = bob
-        .call(
-            reqwest::Method::POST,
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                encode(&room_id),
-                encode(&our_name)
-            ),
-            Some(json!({})),
-        )
-        .await;
+    let join = bob.join_via(&room_id, &our_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", logs());
     alice.send_text(&room_id, "p1", "from the polylith").await;
     crate::federation_rooms::until_message(&bob, &room_id, "from the polylith", logs).await;
@@ -307,17 +298,7 @@ async fn polylith_federates_with_synapse() {
         bob.send_text(&theirs, &format!("b{i}"), &body).await;
         before.push(body);
     }
-    let join = alice
-        .call(
-            reqwest::Method::POST,
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                encode(&theirs),
-                encode(&synapse.server_name)
-            ),
-            Some(json!({})),
-        )
-        .await;
+    let join = alice.join_via(&theirs, &synapse.server_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", logs());
     let name = alice
         .call(

@@ -19,6 +19,12 @@ pub enum ApiError {
     /// The request is malformed or names something invalid.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A signature the request carries does not verify.
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
+    /// Something the request needs is neither in it nor stored.
+    #[error("missing: {0}")]
+    MissingParam(String),
     /// Wrong credentials or an unknown access token.
     #[error("unknown or invalid access token")]
     UnknownToken,
@@ -55,6 +61,8 @@ impl ApiError {
             ApiError::NotFound(m) => (ErrorKind::NotFound, m.clone()),
             ApiError::Forbidden(m) => (ErrorKind::Forbidden, m.clone()),
             ApiError::InvalidInput(m) => (ErrorKind::InvalidInput, m.clone()),
+            ApiError::InvalidSignature(m) => (ErrorKind::InvalidSignature, m.clone()),
+            ApiError::MissingParam(m) => (ErrorKind::MissingParam, m.clone()),
             ApiError::UnknownToken => (ErrorKind::UnknownToken, String::new()),
             ApiError::UserInUse => (ErrorKind::UserInUse, String::new()),
             ApiError::RoomInUse => (ErrorKind::RoomInUse, String::new()),
@@ -76,6 +84,8 @@ impl ApiError {
             ErrorKind::NotFound => ApiError::NotFound(m),
             ErrorKind::Forbidden => ApiError::Forbidden(m),
             ErrorKind::InvalidInput => ApiError::InvalidInput(m),
+            ErrorKind::InvalidSignature => ApiError::InvalidSignature(m),
+            ErrorKind::MissingParam => ApiError::MissingParam(m),
             ErrorKind::UnknownToken => ApiError::UnknownToken,
             ErrorKind::UserInUse => ApiError::UserInUse,
             ErrorKind::RoomInUse => ApiError::RoomInUse,
@@ -105,6 +115,8 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Code::NotFound,
             ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
             ApiError::InvalidInput(_)
+            | ApiError::InvalidSignature(_)
+            | ApiError::MissingParam(_)
             | ApiError::TooLarge(_)
             | ApiError::UnsupportedRoomVersion(_) => tonic::Code::InvalidArgument,
             ApiError::UnknownToken => tonic::Code::Unauthenticated,
@@ -142,6 +154,10 @@ impl From<ApiError> for MatrixError {
             ApiError::NotFound(m) => MatrixError::not_found(m),
             ApiError::Forbidden(m) => MatrixError::forbidden(m),
             ApiError::InvalidInput(m) => MatrixError::invalid_param(m),
+            ApiError::InvalidSignature(m) => {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", m)
+            }
+            ApiError::MissingParam(m) => MatrixError::missing_param(m),
             ApiError::UnknownToken => MatrixError::unknown_token(),
             ApiError::UserInUse => MatrixError::new(
                 StatusCode::BAD_REQUEST,

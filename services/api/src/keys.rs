@@ -22,6 +22,10 @@ crate::grpc::service_api! {
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
         /// A user's devices and device list stream ID.
         fn user_devices(pb::UserDevicesRequest) -> pb::UserDevicesResponse;
+        /// Stores cross-signing keys (replacing needs reauthentication).
+        fn upload_signing_keys(pb::UploadSigningKeysRequest) -> pb::UploadSigningKeysResponse;
+        /// Stores cross-signing signatures; answers the refused ones.
+        fn upload_signatures(pb::UploadSignaturesRequest) -> pb::UploadSignaturesResponse;
     }
 }
 

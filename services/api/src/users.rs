@@ -16,6 +16,8 @@ crate::grpc::service_api! {
         fn localpart_available(pb::LocalpartAvailableRequest) -> pb::LocalpartAvailableResponse;
         /// Checks the password and creates a device with a new access token.
         fn login_with_password(pb::LoginRequest) -> pb::Session;
+        /// Checks a user's password; Forbidden when wrong.
+        fn check_password(pb::CheckPasswordRequest) -> pb::CheckPasswordResponse;
         /// Resolves an access token to its device; `UnknownToken` otherwise.
         fn authenticate(pb::AuthenticateRequest) -> pb::Device;
         fn logout(pb::LogoutRequest) -> pb::LogoutResponse;

@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use ganglion_api::ApiError;
 use ganglion_api::keys::KeysApi;
 use ganglion_api::proto::keyserver as pb;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::KeyServer;
+use crate::cross_signing::{MASTER, SELF_SIGNING, USER_SIGNING};
 use crate::storage::keys::{UploadError, UploadedKey};
 
 /// The most one-time or fallback keys one upload may carry.
@@ -100,12 +101,23 @@ impl KeysApi for KeyServer {
     }
 
     async fn query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, ApiError> {
+        let viewer = (!request.requester.is_empty()).then_some(request.requester.as_str());
         let mut response = pb::QueryResponse::default();
         for (user_id, devices) in request.users {
             let keys = self
-                .storage
-                .device_keys(&user_id, &devices.device_ids)
+                .devices_seen_by(&user_id, &devices.device_ids, viewer)
                 .await?;
+            for (usage, key) in self.signing_keys_seen_by(&user_id, viewer).await? {
+                let into = match usage.as_str() {
+                    MASTER => &mut response.master_keys,
+                    SELF_SIGNING => &mut response.self_signing_keys,
+                    USER_SIGNING if viewer == Some(user_id.as_str()) => {
+                        &mut response.user_signing_keys
+                    }
+                    _ => continue,
+                };
+                into.insert(user_id.clone(), key.to_string().into_bytes());
+            }
             response.device_keys.insert(
                 user_id,
                 pb::DeviceKeysJson {
@@ -115,6 +127,24 @@ impl KeysApi for KeyServer {
                         .collect(),
                 },
             );
+        }
+        if let Some(viewer) = viewer {
+            for user_id in &request.remote_users {
+                let mut by_key: Map<String, Value> = Map::new();
+                for one in self.storage.signatures_of(user_id, Some(viewer)).await? {
+                    if one.signer_user_id != viewer {
+                        continue;
+                    }
+                    by_key.entry(one.target_key_id).or_insert_with(|| json!({}))
+                        [one.signer_key_id.as_str()] = json!(one.signature);
+                }
+                if !by_key.is_empty() {
+                    response.remote_master_signatures.insert(
+                        user_id.clone(),
+                        Value::Object(by_key).to_string().into_bytes(),
+                    );
+                }
+            }
         }
         Ok(response)
     }
@@ -163,12 +193,37 @@ impl KeysApi for KeyServer {
     ) -> Result<pb::UserDevicesResponse, ApiError> {
         let stream_id = self.storage.device_list_stream(&request.user_id).await?;
         let devices = self
-            .storage
-            .device_keys(&request.user_id, &[])
+            .devices_seen_by(&request.user_id, &[], None)
             .await?
             .into_iter()
             .map(|(device, json)| (device, json.into_bytes()))
             .collect();
-        Ok(pb::UserDevicesResponse { stream_id, devices })
+        let signing = self.signing_keys_seen_by(&request.user_id, None).await?;
+        let json_of = |usage: &str| {
+            signing
+                .get(usage)
+                .map(|key| key.to_string().into_bytes())
+                .unwrap_or_default()
+        };
+        Ok(pb::UserDevicesResponse {
+            stream_id,
+            devices,
+            master_key_json: json_of(MASTER),
+            self_signing_key_json: json_of(SELF_SIGNING),
+        })
+    }
+
+    async fn upload_signing_keys(
+        &self,
+        request: pb::UploadSigningKeysRequest,
+    ) -> Result<pb::UploadSigningKeysResponse, ApiError> {
+        self.upload_signing_keys_of(request).await
+    }
+
+    async fn upload_signatures(
+        &self,
+        request: pb::UploadSignaturesRequest,
+    ) -> Result<pb::UploadSignaturesResponse, ApiError> {
+        self.upload_signatures_of(request).await
     }
 }

@@ -3,6 +3,8 @@
 //! `keyserver.key_changes` (keyed by user ID), and rows a crash left are
 //! published at start. The record carries the keys as stored when it is
 //! published, so the last record of a device always tells its latest keys.
+//! A row with an empty device ID tells of the user's cross-signing keys:
+//! its record carries their master and self-signing keys.
 
 use ganglion_api::ApiError;
 use ganglion_api::proto::topics as topic_pb;
@@ -17,12 +19,20 @@ impl KeyServer {
     pub(crate) async fn publish(&self, changes: &[PendingChange]) -> Result<(), ApiError> {
         let _one_at_a_time = self.publishing.lock().await;
         for change in changes {
-            let keys = self
-                .storage
-                .device_keys(&change.user_id, std::slice::from_ref(&change.device_id))
+            // An empty device ID: the user's cross-signing keys changed.
+            let signing_keys = change.device_id.is_empty();
+            let keys = if signing_keys {
+                Some(self.signing_key_update(&change.user_id).await?.to_string())
+            } else {
+                self.devices_seen_by(
+                    &change.user_id,
+                    std::slice::from_ref(&change.device_id),
+                    None,
+                )
                 .await?
                 .pop()
-                .map(|(_, json)| json);
+                .map(|(_, json)| json)
+            };
             produce(
                 &*self.log,
                 &self.topics.keyserver_key_changes,
@@ -34,7 +44,7 @@ impl KeyServer {
                     stream_id: change.id,
                     deleted: keys.is_none(),
                     device_keys_json: keys.map(String::into_bytes).unwrap_or_default(),
-                    signing_keys: false,
+                    signing_keys,
                 },
             )
             .await?;

@@ -1,7 +1,8 @@
 //! keyserver: end-to-end encryption keys of local devices.
 //!
 //! - Serves: the [`KeysApi`](ganglion_api::keys::KeysApi): upload, query
-//!   and claim of device identity keys, one-time keys and fallback keys,
+//!   and claim of device identity keys, one-time keys and fallback keys;
+//!   cross-signing keys and signatures (`cross_signing.rs`);
 //!   each device's one-time key counts (for `/sync`), and the removal of
 //!   logged-out devices' keys, in-process or over gRPC. clientapi serves
 //!   `/keys/upload`, `/keys/query` and `/keys/claim` with it; the syncapi
@@ -9,13 +10,15 @@
 //! - Consumes: `federation.device_list_updates` (`consumers/`): other
 //!   servers' users' device changes, passed on to `keyserver.key_changes`.
 //! - Produces: `keyserver.key_changes` (`key_changes.rs`): every change of a
-//!   device's identity keys, which feeds `device_lists` and `/keys/changes`.
+//!   device's identity keys or a user's cross-signing keys, which feeds
+//!   `device_lists`, `/keys/changes` and other servers' device lists.
 //! - Owns: its database (device keys, one-time keys, fallback keys, the
-//!   outbox of key changes).
+//!   cross-signing keys and signatures, the outbox of key changes).
 #![forbid(unsafe_code)]
 
 mod api;
 mod consumers;
+mod cross_signing;
 mod key_changes;
 mod storage;
 #[cfg(test)]

@@ -69,6 +69,23 @@ impl UserApi {
             access_token,
         })
     }
+
+    /// Forbidden unless `password` is the account's. An unknown account
+    /// costs the time a wrong password does, so accounts cannot be probed.
+    async fn verify_password(&self, localpart: &str, password: String) -> Result<(), ApiError> {
+        let wrong = || ApiError::Forbidden("Invalid username or password".into());
+        let Some(account) = self.storage.account(localpart).await? else {
+            let _ = self.passwords.hash(password).await;
+            return Err(wrong());
+        };
+        let Some(hash) = account.password_hash else {
+            return Err(wrong());
+        };
+        if !self.passwords.verify(password, hash).await? {
+            return Err(wrong());
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -128,20 +145,8 @@ impl UsersApi for UserApi {
         &self,
         request: pb::LoginRequest,
     ) -> Result<pb::Session, ApiError> {
-        let account = match self.storage.account(&request.localpart).await? {
-            Some(account) => account,
-            None => {
-                // Spend the same time as a wrong password so accounts cannot be probed.
-                let _ = self.passwords.hash(request.password).await;
-                return Err(ApiError::Forbidden("Invalid username or password".into()));
-            }
-        };
-        let Some(hash) = account.password_hash else {
-            return Err(ApiError::Forbidden("Invalid username or password".into()));
-        };
-        if !self.passwords.verify(request.password, hash).await? {
-            return Err(ApiError::Forbidden("Invalid username or password".into()));
-        }
+        self.verify_password(&request.localpart, request.password)
+            .await?;
         internal_events::LOGINS.inc();
         self.new_session(
             &request.localpart,
@@ -149,6 +154,15 @@ impl UsersApi for UserApi {
             request.initial_device_display_name,
         )
         .await
+    }
+
+    async fn check_password(
+        &self,
+        request: pb::CheckPasswordRequest,
+    ) -> Result<pb::CheckPasswordResponse, ApiError> {
+        self.verify_password(&request.localpart, request.password)
+            .await?;
+        Ok(pb::CheckPasswordResponse {})
     }
 
     async fn authenticate(&self, request: pb::AuthenticateRequest) -> Result<pb::Device, ApiError> {

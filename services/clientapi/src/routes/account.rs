@@ -1,4 +1,5 @@
-//! Registration (with the User-Interactive Auth shape), login, logout, whoami.
+//! Registration (User-Interactive Auth by `m.login.dummy`), login, logout,
+//! whoami.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,11 +11,11 @@ use axum::response::IntoResponse;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, json_response, parse_query, respond};
-use rand::Rng;
+use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::uia::{challenge, random_session};
 use crate::ClientApi;
 
 /// The client's address, for rate limiting.
@@ -55,24 +56,6 @@ pub(crate) struct AuthData {
 #[derive(Deserialize)]
 pub(crate) struct RegisterQuery {
     kind: Option<String>,
-}
-
-fn random_session() -> String {
-    let mut rng = rand::thread_rng();
-    (0..24)
-        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
-        .collect()
-}
-
-fn uia_challenge() -> axum::response::Response {
-    json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({
-            "flows": [{ "stages": ["m.login.dummy"] }],
-            "params": {},
-            "session": random_session(),
-        }),
-    )
 }
 
 fn invalid_username(message: &str) -> MatrixError {
@@ -125,7 +108,7 @@ pub(crate) async fn register(
                 "Unsupported auth stage",
             ));
         }
-        None => return Ok(uia_challenge()),
+        None => return Ok(challenge("m.login.dummy", None, None)),
     }
     let password = body.password.unwrap_or_default();
     if password.is_empty() {

@@ -1,5 +1,6 @@
 //! End-to-end encryption keys: `POST /keys/upload`, `/keys/query`,
-//! `/keys/claim`, kept by the keyserver. Keys of users on other servers
+//! `/keys/claim`, `/keys/device_signing/upload` and
+//! `/keys/signatures/upload`, kept by the keyserver. Keys of users on other servers
 //! are asked of their servers through the federationapi, every server at
 //! once; a server that does not answer in time is listed in `failures`.
 
@@ -172,12 +173,13 @@ pub(crate) async fn query(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    api.authenticate(&headers, &uri).await?;
+    let device = api.authenticate(&headers, &uri).await?;
     let body: QueryBody = parse_json(&body)?;
     if body.device_keys.len() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
     }
     let (local, remote) = local_users(&api.server_name, body.device_keys)?;
+    let remote_users: Vec<String> = remote.values().flat_map(|u| u.keys().cloned()).collect();
     let (answers, failures) = ask_remote_servers(
         &api,
         remote,
@@ -191,6 +193,8 @@ pub(crate) async fn query(
             .into_iter()
             .map(|(user_id, device_ids)| (user_id, pb::DeviceIds { device_ids }))
             .collect(),
+        requester: device.user_id.clone(),
+        remote_users,
     };
     let response = api.keys.query(request).await?;
     let mut device_keys: Map<String, Value> = response
@@ -207,21 +211,128 @@ pub(crate) async fn query(
             (user_id, Value::Object(devices))
         })
         .collect();
-    // Other servers' users' cross-signing keys come with their devices
-    // (ours have none: cross-signing keys are not uploaded here yet).
-    let mut master_keys = Map::new();
-    let mut self_signing_keys = Map::new();
+    let keys_of = |keys: std::collections::HashMap<String, Vec<u8>>| -> Map<String, Value> {
+        keys.into_iter()
+            .filter_map(|(user_id, json)| Some((user_id, serde_json::from_slice(&json).ok()?)))
+            .collect()
+    };
+    let mut master_keys = keys_of(response.master_keys);
+    let mut self_signing_keys = keys_of(response.self_signing_keys);
+    let user_signing_keys = keys_of(response.user_signing_keys);
+    // Other servers' users' cross-signing keys come with their devices.
     for (server, answer) in &answers {
         merge_remote(&mut device_keys, server, answer, "device_keys");
         merge_remote(&mut master_keys, server, answer, "master_keys");
         merge_remote(&mut self_signing_keys, server, answer, "self_signing_keys");
     }
+    // The requester's signatures of their master keys, kept here.
+    for (user_id, json) in response.remote_master_signatures {
+        let (Some(master), Ok(Value::Object(by_key))) = (
+            master_keys.get_mut(&user_id),
+            serde_json::from_slice::<Value>(&json),
+        ) else {
+            continue;
+        };
+        for (public, signatures) in by_key {
+            if master["keys"][format!("ed25519:{public}")] != public.as_str() {
+                continue;
+            }
+            for (key_id, signature) in signatures.as_object().into_iter().flatten() {
+                if !master["signatures"].is_object() {
+                    master["signatures"] = json!({});
+                }
+                if !master["signatures"][&device.user_id].is_object() {
+                    master["signatures"][&device.user_id] = json!({});
+                }
+                master["signatures"][&device.user_id][key_id] = signature.clone();
+            }
+        }
+    }
     respond(json!({
         "device_keys": device_keys,
         "master_keys": master_keys,
         "self_signing_keys": self_signing_keys,
+        "user_signing_keys": user_signing_keys,
         "failures": failures,
     }))
+}
+
+#[derive(Deserialize)]
+struct SigningKeysBody {
+    master_key: Option<Value>,
+    self_signing_key: Option<Value>,
+    user_signing_key: Option<Value>,
+    auth: Option<Value>,
+}
+
+/// `POST /keys/device_signing/upload`: the user's cross-signing keys.
+/// Setting up the first master key, or uploading the same keys again,
+/// needs nothing more; replacing keys needs the user's password.
+pub(crate) async fn upload_signing_keys(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let body: SigningKeysBody = parse_json(&body)?;
+    let json_of = |key: &Option<Value>| -> Result<Option<Vec<u8>>, MatrixError> {
+        match key {
+            None | Some(Value::Null) => Ok(None),
+            Some(key @ Value::Object(_)) => Ok(Some(key.to_string().into_bytes())),
+            Some(_) => Err(MatrixError::bad_json("a key must be an object")),
+        }
+    };
+    let mut request = pb::UploadSigningKeysRequest {
+        user_id: device.user_id.clone(),
+        master_key_json: json_of(&body.master_key)?,
+        self_signing_key_json: json_of(&body.self_signing_key)?,
+        user_signing_key_json: json_of(&body.user_signing_key)?,
+        reauthenticated: false,
+    };
+    // Authentication given is checked first, whether or not it is needed.
+    if body.auth.is_some() {
+        if let Err(response) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await
+        {
+            return Ok(response);
+        }
+        request.reauthenticated = true;
+    }
+    let answer = api.keys.upload_signing_keys(request).await?;
+    if answer.needs_reauthentication {
+        return Ok(super::uia::challenge("m.login.password", None, None));
+    }
+    respond(json!({}))
+}
+
+/// `POST /keys/signatures/upload`: signatures of the user's devices and
+/// keys, and of other users' master keys; each refused one is listed in
+/// `failures`.
+pub(crate) async fn upload_signatures(
+    State(api): State<Arc<ClientApi>>,
+    headers: HeaderMap,
+    uri: Uri,
+    MatrixBody(body): MatrixBody,
+) -> MatrixResult {
+    let device = api.authenticate(&headers, &uri).await?;
+    let signed: Map<String, Value> = parse_json(&body)?;
+    for user_id in signed.keys() {
+        if ruma::UserId::parse(user_id.as_str()).is_err() {
+            return Err(MatrixError::invalid_param(format!(
+                "invalid user ID {user_id}"
+            )));
+        }
+    }
+    let answer = api
+        .keys
+        .upload_signatures(pb::UploadSignaturesRequest {
+            user_id: device.user_id,
+            signed_json: Value::Object(signed).to_string().into_bytes(),
+        })
+        .await?;
+    let failures: Value =
+        serde_json::from_slice(&answer.failures_json).unwrap_or_else(|_| json!({}));
+    respond(json!({ "failures": failures }))
 }
 
 pub(crate) async fn claim(

@@ -14,6 +14,7 @@ mod room_state;
 mod rooms;
 mod send;
 mod to_device;
+mod uia;
 mod upgrade;
 
 use std::sync::Arc;
@@ -107,6 +108,14 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
             .route(&format!("{prefix}/keys/upload"), post(keys::upload))
             .route(&format!("{prefix}/keys/query"), post(keys::query))
             .route(&format!("{prefix}/keys/claim"), post(keys::claim))
+            .route(
+                &format!("{prefix}/keys/device_signing/upload"),
+                post(keys::upload_signing_keys),
+            )
+            .route(
+                &format!("{prefix}/keys/signatures/upload"),
+                post(keys::upload_signatures),
+            )
             .route(&format!("{prefix}/pushrules/"), get(push_rules::all))
             .route(&format!("{prefix}/pushrules"), get(push_rules::all))
             .route(

@@ -1,5 +1,5 @@
 //! `POST /user/keys/query` and `/user/keys/claim`: our users' device keys
-//! and one-time keys, for the servers of the users they talk to. Users of
+//! (with their master and self-signing keys) and one-time keys, for the servers of the users they talk to. Users of
 //! other servers are none of ours to answer for and are left out.
 
 use std::collections::BTreeMap;
@@ -58,7 +58,10 @@ pub(crate) async fn query(
         .collect();
     let answer = service
         .keys
-        .query(pb::QueryRequest { users })
+        .query(pb::QueryRequest {
+            users,
+            ..Default::default()
+        })
         .await
         .map_err(MatrixError::from)?;
     let device_keys: Map<String, Value> = answer
@@ -73,7 +76,16 @@ pub(crate) async fn query(
             (user, Value::Object(devices))
         })
         .collect();
-    respond(json!({ "device_keys": device_keys }))
+    let keys_of = |keys: std::collections::HashMap<String, Vec<u8>>| -> Map<String, Value> {
+        keys.into_iter()
+            .map(|(user, json)| (user, json_of(&json)))
+            .collect()
+    };
+    respond(json!({
+        "device_keys": device_keys,
+        "master_keys": keys_of(answer.master_keys),
+        "self_signing_keys": keys_of(answer.self_signing_keys),
+    }))
 }
 
 pub(crate) async fn claim(
@@ -137,5 +149,14 @@ pub(crate) async fn devices(
         .into_iter()
         .map(|(device_id, json)| json!({ "device_id": device_id, "keys": json_of(&json) }))
         .collect();
-    respond(json!({ "user_id": user_id, "stream_id": answer.stream_id, "devices": devices }))
+    let mut body = json!({ "user_id": user_id, "stream_id": answer.stream_id, "devices": devices });
+    for (field, json) in [
+        ("master_key", &answer.master_key_json),
+        ("self_signing_key", &answer.self_signing_key_json),
+    ] {
+        if !json.is_empty() {
+            body[field] = json_of(json);
+        }
+    }
+    respond(body)
 }

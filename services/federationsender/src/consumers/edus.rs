@@ -2,8 +2,9 @@
 //! read receipt goes, as an EDU, to every other server in the room.
 //! Private receipts stay here; so do other servers' users' EDUs.
 //! `keyserver.key_changes` and `edu.presence`: a local user's device
-//! change or presence goes, as an `m.device_list_update` or `m.presence`,
-//! to every server sharing a room with them.
+//! change, cross-signing keys or presence goes, as an
+//! `m.device_list_update`, `m.signing_key_update` or `m.presence`, to
+//! every server sharing a room with them.
 //! `edu.to_device`: a local user's message for a remote user's devices
 //! goes, as an `m.direct_to_device`, to that user's server.
 
@@ -101,6 +102,9 @@ impl EduConsumer {
         if server_of(&change.user_id) != Some(self.server_name.as_str()) {
             return Ok(());
         }
+        if change.signing_keys {
+            return self.signing_key_update(&change).await;
+        }
         let keys: Option<Value> = (!change.deleted)
             .then(|| serde_json::from_slice(&change.device_keys_json).ok())
             .flatten();
@@ -128,6 +132,30 @@ impl EduConsumer {
 }
 
 impl EduConsumer {
+    /// A local user's cross-signing keys changed: an
+    /// `m.signing_key_update` with them as they are now for every server
+    /// sharing a room with them.
+    async fn signing_key_update(
+        &self,
+        change: &topic_pb::DeviceKeyChange,
+    ) -> Result<(), HandleError> {
+        let content: Value = serde_json::from_slice(&change.device_keys_json)
+            .map_err(|e| HandleError::Permanent(format!("signing keys: {e}")))?;
+        if content["user_id"] != change.user_id.as_str() {
+            return Err(HandleError::Permanent(
+                "signing keys of another user".into(),
+            ));
+        }
+        let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+        let destinations = self
+            .storage
+            .queue_user_edu(&change.user_id, &edu.to_string(), &self.server_name)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        self.queues.announce(&destinations).await;
+        Ok(())
+    }
+
     /// A local user's presence changed: an `m.presence` for every server
     /// sharing a room with them.
     async fn presence(&self, record: &Record) -> Result<(), HandleError> {

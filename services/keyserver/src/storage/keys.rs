@@ -129,7 +129,7 @@ impl Storage {
     }
 
     /// An outbox row announcing that a device's keys changed.
-    async fn enqueue_change(
+    pub(super) async fn enqueue_change(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
         device_id: &str,
@@ -180,6 +180,17 @@ impl Storage {
                 .bind(&device_id)
                 .execute(&mut *tx)
                 .await?;
+            // What signed the device, and what the device signed.
+            sqlx::query(
+                "DELETE FROM cross_signing_signatures
+                 WHERE (target_user_id = $1 AND target_key_id = $2)
+                    OR (signer_user_id = $1 AND signer_key_id = $3)",
+            )
+            .bind(user_id)
+            .bind(&device_id)
+            .bind(format!("ed25519:{device_id}"))
+            .execute(&mut *tx)
+            .await?;
             changes.push(Self::enqueue_change(&mut tx, user_id, &device_id).await?);
         }
         for table in ["one_time_keys", "fallback_keys"] {

@@ -57,4 +57,34 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Cross-signing keys, one per usage ("master", "self_signing",
+    // "user_signing") and user, as uploaded; and the signatures uploaded
+    // since, kept apart from what they sign and added when it is read.
+    // The target key is a device ID or a master key's public key; the
+    // signer's key ID is "ed25519:<device ID or public key>". A change of
+    // the master or self-signing key goes through key_changes_outbox as
+    // a row with an empty device ID.
+    Migration {
+        version: 4,
+        description: "cross-signing keys and signatures",
+        sql: "
+            CREATE TABLE cross_signing_keys (
+                user_id TEXT NOT NULL,
+                usage TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                key_json TEXT NOT NULL,
+                PRIMARY KEY (user_id, usage)
+            );
+            CREATE TABLE cross_signing_signatures (
+                target_user_id TEXT NOT NULL,
+                target_key_id TEXT NOT NULL,
+                signer_user_id TEXT NOT NULL,
+                signer_key_id TEXT NOT NULL,
+                signature TEXT NOT NULL,
+                PRIMARY KEY (target_user_id, target_key_id, signer_user_id, signer_key_id)
+            );
+            CREATE INDEX cross_signing_signatures_by_signer
+                ON cross_signing_signatures (signer_user_id, target_user_id);
+        ",
+    },
 ];

@@ -1,5 +1,7 @@
-//! The keyserver's tables: device keys, one-time keys, fallback keys.
+//! The keyserver's tables: device keys, one-time keys, fallback keys,
+//! cross-signing keys and signatures.
 
+pub(crate) mod cross_signing;
 pub(crate) mod keys;
 mod migrations;
 
