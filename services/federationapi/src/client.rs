@@ -127,6 +127,22 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FederationError> {
+        let raw = self
+            .send_raw(destination, method, path_and_query, body)
+            .await?;
+        serde_json::from_slice(&raw)
+            .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
+    }
+
+    /// [`send`](Self::send), the successful answer's body left unparsed
+    /// (for answers too large to hold as a JSON tree: a join's state).
+    pub(crate) async fn send_raw(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<bytes::Bytes, FederationError> {
         let destination_name = OwnedServerName::try_from(destination)
             .map_err(|_| DiscoveryError::BadName(destination.to_owned()))?;
         let bytes = match body {
@@ -150,7 +166,7 @@ impl FederationClient {
         )
         .map_err(|e| FederationError::Signing(e.to_string()))?;
         let authorization = http::HeaderValue::from(&authorization);
-        self.exchange(
+        self.exchange_raw(
             destination,
             method,
             path_and_query,
@@ -197,6 +213,23 @@ impl FederationClient {
         body: Vec<u8>,
         authorization: Option<http::HeaderValue>,
     ) -> Result<Value, FederationError> {
+        let raw = self
+            .exchange_raw(destination, method, path_and_query, body, authorization)
+            .await?;
+        serde_json::from_slice(&raw)
+            .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
+    }
+
+    /// One request; a successful answer's body. An unsuccessful one is
+    /// [`FederationError::Remote`] with its JSON body.
+    async fn exchange_raw(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        authorization: Option<http::HeaderValue>,
+    ) -> Result<bytes::Bytes, FederationError> {
         let target = self.discovery.destination(destination).await?;
         if let Some(connect_to) = &target.connect_to {
             self.targets
@@ -231,16 +264,16 @@ impl FederationClient {
             ));
         }
         let bytes = response.bytes().await.map_err(failed)?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            FederationError::BadResponse(destination.to_owned(), format!("{status}, not JSON"))
-        })?;
         if !(200..300).contains(&status) {
+            let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                FederationError::BadResponse(destination.to_owned(), format!("{status}, not JSON"))
+            })?;
             return Err(FederationError::Remote {
                 server: destination.to_owned(),
                 status,
                 body: json,
             });
         }
-        Ok(json)
+        Ok(bytes)
     }
 }

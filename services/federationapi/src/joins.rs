@@ -73,6 +73,69 @@ pub(crate) fn auth_order(mut events: Vec<CheckedPdu>) -> Vec<CheckedPdu> {
     }
 }
 
+/// A `send_join` answer, its PDUs parsed straight from the answer's text
+/// into canonical JSON (a large room's state is never held as a JSON tree
+/// besides): the state first, then the auth chain's events that are not
+/// in it.
+struct SendJoinParsed {
+    /// The join as the resident server returned it, if it did.
+    event: Option<Value>,
+    state_len: usize,
+    pdus: Vec<Result<CanonicalJsonObject, pdus::PduError>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SendJoinAnswer<'a> {
+    #[serde(borrow, default)]
+    state: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    auth_chain: Vec<&'a serde_json::value::RawValue>,
+    event: Option<Value>,
+}
+
+fn parse_send_join(answer: &[u8]) -> Result<SendJoinParsed, String> {
+    let answer: SendJoinAnswer =
+        serde_json::from_slice(answer).map_err(|e| format!("not a send_join answer: {e}"))?;
+    let state_len = answer.state.len();
+    // The auth chain repeats much of the state: the same text again is
+    // neither parsed nor checked twice (an event sent twice in other
+    // forms is, and is kept once by its ID).
+    let mut seen: HashSet<&str> = answer.state.iter().map(|pdu| pdu.get()).collect();
+    let mut texts: Vec<&str> = answer.state.iter().map(|pdu| pdu.get()).collect();
+    texts.extend(
+        answer
+            .auth_chain
+            .iter()
+            .map(|pdu| pdu.get())
+            .filter(|pdu| seen.insert(pdu)),
+    );
+    // Parsed on two threads.
+    let (first, second) = texts.split_at(texts.len() / 2);
+    let parse = |part: &[&str]| -> Vec<_> {
+        part.iter()
+            .map(|pdu| pdus::canonical_from_str(pdu))
+            .collect()
+    };
+    let mut pdus = Vec::with_capacity(texts.len());
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| parse(second));
+        pdus.extend(parse(first));
+        match other.join() {
+            Ok(parsed) => pdus.extend(parsed),
+            Err(_) => pdus.extend(
+                second
+                    .iter()
+                    .map(|_| Err(pdus::PduError::Malformed("parsing failed".into()))),
+            ),
+        }
+    });
+    Ok(SendJoinParsed {
+        event: answer.event,
+        state_len,
+        pdus,
+    })
+}
+
 impl FederationService {
     pub(crate) async fn join_remote_room(
         &self,
@@ -106,10 +169,18 @@ impl FederationService {
             )
             .await?;
         let answered_ms = started.elapsed().as_millis() as u64;
+        let SendJoinParsed {
+            event: theirs,
+            state_len,
+            pdus,
+        } = tokio::task::spawn_blocking(move || parse_send_join(&answer))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing send_join: {e}")))?
+            .map_err(|e| ApiError::Unavailable(format!("{server}: send_join: {e}")))?;
         // The resident server may have countersigned the join (restricted
         // rooms): keep its copy when it is the same event.
-        let join = match answer.get("event") {
-            Some(theirs) => match pdus::check(&self.key_ring, &version, theirs).await {
+        let join = match theirs {
+            Some(theirs) => match pdus::check(&self.key_ring, &version, &theirs).await {
                 Ok(checked) if checked.event_id == event_id => checked,
                 _ => CheckedPdu {
                     event_id: event_id.clone(),
@@ -121,27 +192,7 @@ impl FederationService {
                 object,
             },
         };
-        // The state and the auth chain overlap: each event is kept once.
-        let mut answer = answer;
-        let listed = |list: &mut Value| match list.take() {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-        let state = listed(&mut answer["state"]);
-        let state_len = state.len();
-        let mut pdus = state;
-        // The auth chain repeats much of the state: a PDU seen already (the
-        // same hashes and signatures) is not checked twice.
-        let mut seen: HashSet<String> = pdus
-            .iter()
-            .map(|pdu| format!("{}{}", pdu["hashes"], pdu["signatures"]))
-            .collect();
-        pdus.extend(
-            listed(&mut answer["auth_chain"])
-                .into_iter()
-                .filter(|pdu| seen.insert(format!("{}{}", pdu["hashes"], pdu["signatures"]))),
-        );
-        let checked = pdus::check_many(&self.key_ring, &version, pdus)
+        let checked = pdus::check_many_parsed(&self.key_ring, &version, pdus)
             .await
             .map_err(|e| ApiError::Unavailable(format!("{server}: send_join: {e}")))?;
         let mut state_ids = Vec::new();
@@ -218,7 +269,7 @@ impl FederationService {
             ruma::room_version_rules::RoomVersionRules,
             String,
             CanonicalJsonObject,
-            Value,
+            bytes::Bytes,
         ),
         ApiError,
     > {
@@ -296,9 +347,10 @@ impl FederationService {
             encode(&event_id)
         );
         let body = serde_json::to_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // Left unparsed: a join's answer may hold a large room's state.
         let answer = self
             .client
-            .send(server, http::Method::PUT, &path, Some(&body))
+            .send_raw(server, http::Method::PUT, &path, Some(&body))
             .await?;
         Ok((version, rules, event_id, object, answer))
     }
@@ -323,6 +375,7 @@ impl FederationService {
                 .await
             {
                 Ok((_, _, event_id, object, answer)) => {
+                    let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
                     let stripped_state_json = answer["knock_room_state"]
                         .as_array()
                         .into_iter()

@@ -84,10 +84,26 @@ struct Prepared {
     keys: BTreeMap<String, BTreeMap<String, Base64>>,
 }
 
+/// A PDU as canonical JSON (floats and out-of-range integers are not).
+fn canonical(pdu: Value) -> Result<CanonicalJsonObject, PduError> {
+    serde_json::from_value(pdu).map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))
+}
+
+/// A PDU given as JSON text, parsed straight into canonical JSON.
+pub(crate) fn canonical_from_str(pdu: &str) -> Result<CanonicalJsonObject, PduError> {
+    serde_json::from_str(pdu).map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))
+}
+
 /// Parses a PDU and finds its signers' keys valid when it was sent.
 async fn prepare(key_ring: &KeyRing, pdu: Value) -> Result<Prepared, PduError> {
-    let object: CanonicalJsonObject = serde_json::from_value(pdu)
-        .map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))?;
+    prepare_object(key_ring, canonical(pdu)?).await
+}
+
+/// Finds a parsed PDU's signers' keys valid when it was sent.
+async fn prepare_object(
+    key_ring: &KeyRing,
+    object: CanonicalJsonObject,
+) -> Result<Prepared, PduError> {
     let at_ms = match object.get("origin_server_ts") {
         Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
         _ => return Err(PduError::Malformed("no origin_server_ts".into())),
@@ -135,11 +151,29 @@ pub(crate) async fn check_many(
     room_version: &str,
     pdus: Vec<Value>,
 ) -> Result<Vec<Result<CheckedPdu, PduError>>, PduError> {
+    check_many_parsed(
+        key_ring,
+        room_version,
+        pdus.into_iter().map(canonical).collect(),
+    )
+    .await
+}
+
+/// [`check_many`] for PDUs parsed already (those that did not parse stay
+/// refused, in their place).
+pub(crate) async fn check_many_parsed(
+    key_ring: &KeyRing,
+    room_version: &str,
+    pdus: Vec<Result<CanonicalJsonObject, PduError>>,
+) -> Result<Vec<Result<CheckedPdu, PduError>>, PduError> {
     let rules = rules_for(room_version)?;
     let started = std::time::Instant::now();
     let mut prepared = Vec::with_capacity(pdus.len());
     for pdu in pdus {
-        prepared.push(prepare(key_ring, pdu).await);
+        prepared.push(match pdu {
+            Ok(object) => prepare_object(key_ring, object).await,
+            Err(error) => Err(error),
+        });
     }
     let prepared_ms = started.elapsed().as_millis() as u64;
     let second = prepared.split_off(prepared.len() / 2);

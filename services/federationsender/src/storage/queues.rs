@@ -19,6 +19,9 @@ pub(crate) struct QueuedPdu {
     pub(crate) json: String,
 }
 
+/// Rows written (or removed) per statement.
+const ROWS_PER_STATEMENT: usize = 200;
+
 impl Storage {
     /// Applies an event's membership changes to the room's joined hosts
     /// and queues the event (when `pdu` is given: a local event) for every
@@ -35,27 +38,42 @@ impl Storage {
     ) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         let before = Self::room_hosts(&mut tx, room_id).await?;
-        for change in changes {
-            let Some(server) = server_of(&change.user_id) else {
-                continue;
-            };
-            if change.joined {
-                sqlx::query(
-                    "INSERT INTO joined_hosts (room_id, user_id, server_name) VALUES ($1, $2, $3)
-                     ON CONFLICT (room_id, user_id) DO NOTHING",
-                )
-                .bind(room_id)
-                .bind(&change.user_id)
-                .bind(server)
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query("DELETE FROM joined_hosts WHERE room_id = $1 AND user_id = $2")
-                    .bind(room_id)
-                    .bind(&change.user_id)
-                    .execute(&mut *tx)
-                    .await?;
+        // Many rows to a statement (a join brings the room's thousands of
+        // members): the leaves first, then the joins, which keeps each
+        // user's last change (a user joins after leaving, never leaves
+        // after joining, in one event's changes).
+        let (joins, leaves): (Vec<&MemberChange>, Vec<&MemberChange>) =
+            changes.iter().partition(|change| change.joined);
+        for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM joined_hosts WHERE room_id = $1 AND user_id IN ({})",
+                (2..chunk.len() + 2)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
+            for change in chunk {
+                query = query.bind(&change.user_id);
             }
+            query.execute(&mut *tx).await?;
+        }
+        let joins: Vec<(&str, &str)> = joins
+            .iter()
+            .filter_map(|change| Some((change.user_id.as_str(), server_of(&change.user_id)?)))
+            .collect();
+        for chunk in joins.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO joined_hosts (room_id, user_id, server_name)
+                 SELECT $1, v.column1, v.column2 FROM (VALUES {}) AS v WHERE true
+                 ON CONFLICT (room_id, user_id) DO NOTHING",
+                ganglion_base::database::value_rows(2, chunk.len(), 2)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
+            for (user_id, server) in chunk {
+                query = query.bind(*user_id).bind(*server);
+            }
+            query.execute(&mut *tx).await?;
         }
         let mut destinations = Vec::new();
         if let Some((event_id, json)) = pdu {
