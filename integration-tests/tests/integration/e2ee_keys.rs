@@ -427,15 +427,9 @@ pub(crate) async fn cross_signing(base_url: &str) {
     let query = |client: &Client, user_id: &str| {
         let (client, user_id) = (client.clone(), user_id.to_owned());
         async move {
-            let reply = client
-                .call(
-                    Method::POST,
-                    "/_matrix/client/v3/keys/query",
-                    Some(json!({ "device_keys": { user_id: [] } })),
-                )
-                .await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-            reply.body
+            crate::federation_queries::query_keys(&client, &user_id)
+                .await
+                .body
         }
     };
 

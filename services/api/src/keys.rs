@@ -31,3 +31,20 @@ crate::grpc::service_api! {
 
 /// What callers hold: the service itself (monolith) or a [`KeysClient`].
 pub type KeysHandle = std::sync::Arc<dyn KeysApi>;
+
+/// Adds `signer`'s signature with `key_id` to a signed JSON object's
+/// `signatures` (a key or device keys object), beside those it has.
+pub fn add_signature(
+    object: &mut serde_json::Value,
+    signer: &str,
+    key_id: &str,
+    signature: serde_json::Value,
+) {
+    if !object["signatures"].is_object() {
+        object["signatures"] = serde_json::json!({});
+    }
+    if !object["signatures"][signer].is_object() {
+        object["signatures"][signer] = serde_json::json!({});
+    }
+    object["signatures"][signer][key_id] = signature;
+}

@@ -130,8 +130,7 @@ impl FederationClient {
         let raw = self
             .send_raw(destination, method, path_and_query, body)
             .await?;
-        serde_json::from_slice(&raw)
-            .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
+        json_answer(destination, &raw)
     }
 
     /// [`send`](Self::send), the successful answer's body left unparsed
@@ -216,8 +215,7 @@ impl FederationClient {
         let raw = self
             .exchange_raw(destination, method, path_and_query, body, authorization)
             .await?;
-        serde_json::from_slice(&raw)
-            .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
+        json_answer(destination, &raw)
     }
 
     /// One request; a successful answer's body. An unsuccessful one is
@@ -276,4 +274,10 @@ impl FederationClient {
         }
         Ok(bytes)
     }
+}
+
+/// A successful answer's body as JSON.
+pub(crate) fn json_answer(destination: &str, raw: &[u8]) -> Result<Value, FederationError> {
+    serde_json::from_slice(raw)
+        .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
 }

@@ -120,14 +120,10 @@ fn parse_send_join(answer: &[u8]) -> Result<SendJoinParsed, String> {
     std::thread::scope(|scope| {
         let other = scope.spawn(|| parse(second));
         pdus.extend(parse(first));
-        match other.join() {
-            Ok(parsed) => pdus.extend(parsed),
-            Err(_) => pdus.extend(
-                second
-                    .iter()
-                    .map(|_| Err(pdus::PduError::Malformed("parsing failed".into()))),
-            ),
-        }
+        pdus.extend(other.join().unwrap_or_else(|_| {
+            let failed = || Err(pdus::PduError::Malformed("parsing failed".into()));
+            second.iter().map(|_| failed()).collect()
+        }));
     });
     Ok(SendJoinParsed {
         event: answer.event,
@@ -365,7 +361,7 @@ impl FederationService {
     ) -> Result<fed_pb::JoinRoomResponse, ApiError> {
         let mut last_error = ApiError::NotFound(format!("no server to {membership} through"));
         for server in request.servers.iter().filter(|s| **s != self.server_name) {
-            match self
+            let sent = self
                 .make_and_send(
                     server,
                     (&request.room_id, &request.user_id),
@@ -373,9 +369,12 @@ impl FederationService {
                     &request.content_json,
                 )
                 .await
-            {
-                Ok((_, _, event_id, object, answer)) => {
-                    let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
+                .and_then(|(_, _, event_id, object, answer)| {
+                    let answer = crate::client::json_answer(server, &answer)?;
+                    Ok((event_id, object, answer))
+                });
+            match sent {
+                Ok((event_id, object, answer)) => {
                     let stripped_state_json = answer["knock_room_state"]
                         .as_array()
                         .into_iter()

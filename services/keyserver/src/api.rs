@@ -104,10 +104,10 @@ impl KeysApi for KeyServer {
         let viewer = (!request.requester.is_empty()).then_some(request.requester.as_str());
         let mut response = pb::QueryResponse::default();
         for (user_id, devices) in request.users {
-            let keys = self
-                .devices_seen_by(&user_id, &devices.device_ids, viewer)
+            let seen = self
+                .keys_seen_by(&user_id, Some(&devices.device_ids), true, viewer)
                 .await?;
-            for (usage, key) in self.signing_keys_seen_by(&user_id, viewer).await? {
+            for (usage, key) in seen.signing {
                 let into = match usage.as_str() {
                     MASTER => &mut response.master_keys,
                     SELF_SIGNING => &mut response.self_signing_keys,
@@ -121,29 +121,36 @@ impl KeysApi for KeyServer {
             response.device_keys.insert(
                 user_id,
                 pb::DeviceKeysJson {
-                    devices: keys
+                    devices: seen
+                        .devices
                         .into_iter()
                         .map(|(device, json)| (device, json.into_bytes()))
                         .collect(),
                 },
             );
         }
-        if let Some(viewer) = viewer {
-            for user_id in &request.remote_users {
-                let mut by_key: Map<String, Value> = Map::new();
-                for one in self.storage.signatures_of(user_id, Some(viewer)).await? {
-                    if one.signer_user_id != viewer {
-                        continue;
-                    }
-                    by_key.entry(one.target_key_id).or_insert_with(|| json!({}))
-                        [one.signer_key_id.as_str()] = json!(one.signature);
+        // The viewer's signatures of other servers' users' master keys,
+        // all read at once.
+        if let Some(viewer) = viewer
+            && !request.remote_users.is_empty()
+        {
+            let mut by_user: std::collections::HashMap<String, Map<String, Value>> =
+                std::collections::HashMap::new();
+            for one in self.storage.signatures_by(viewer).await? {
+                if !request.remote_users.contains(&one.target_user_id) {
+                    continue;
                 }
-                if !by_key.is_empty() {
-                    response.remote_master_signatures.insert(
-                        user_id.clone(),
-                        Value::Object(by_key).to_string().into_bytes(),
-                    );
-                }
+                by_user
+                    .entry(one.target_user_id)
+                    .or_default()
+                    .entry(one.target_key_id)
+                    .or_insert_with(|| json!({}))[one.signer_key_id.as_str()] =
+                    json!(one.signature);
+            }
+            for (user_id, by_key) in by_user {
+                response
+                    .remote_master_signatures
+                    .insert(user_id, Value::Object(by_key).to_string().into_bytes());
             }
         }
         Ok(response)
@@ -192,13 +199,15 @@ impl KeysApi for KeyServer {
         request: pb::UserDevicesRequest,
     ) -> Result<pb::UserDevicesResponse, ApiError> {
         let stream_id = self.storage.device_list_stream(&request.user_id).await?;
-        let devices = self
-            .devices_seen_by(&request.user_id, &[], None)
-            .await?
+        let seen = self
+            .keys_seen_by(&request.user_id, Some(&[]), true, None)
+            .await?;
+        let devices = seen
+            .devices
             .into_iter()
             .map(|(device, json)| (device, json.into_bytes()))
             .collect();
-        let signing = self.signing_keys_seen_by(&request.user_id, None).await?;
+        let signing = seen.signing;
         let json_of = |usage: &str| {
             signing
                 .get(usage)

@@ -21,8 +21,17 @@ use ganglion_api::proto::keyserver as pb;
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use serde_json::{Map, Value, json};
 
+use ganglion_api::keys::add_signature;
+
 use crate::KeyServer;
 use crate::storage::cross_signing::{Signature, SigningKey};
+
+/// What is seen of a user's keys (see [`KeyServer::keys_seen_by`]).
+#[derive(Default)]
+pub(crate) struct SeenKeys {
+    pub(crate) devices: Vec<(String, String)>,
+    pub(crate) signing: BTreeMap<String, Value>,
+}
 
 pub(crate) const MASTER: &str = "master";
 pub(crate) const SELF_SIGNING: &str = "self_signing";
@@ -32,8 +41,10 @@ pub(crate) const USER_SIGNING: &str = "user_signing";
 const MAX_SIGNED_OBJECTS: usize = 1_000;
 
 /// A cross-signing key as uploaded, checked to be `user_id`'s, of
-/// `usage`, with one ed25519 key whose ID names it.
-fn checked_key(json: &[u8], user_id: &str, usage: &str) -> Result<SigningKey, ApiError> {
+/// `usage`, with one ed25519 key whose ID names it; as stored (its JSON
+/// written in one key order, so the same key is the same text) and
+/// parsed.
+fn checked_key(json: &[u8], user_id: &str, usage: &str) -> Result<(SigningKey, Value), ApiError> {
     let invalid = |why: &str| ApiError::InvalidInput(format!("{usage} key: {why}"));
     let value: Value = serde_json::from_slice(json).map_err(|_| invalid("not JSON"))?;
     if value["user_id"] != user_id {
@@ -59,10 +70,11 @@ fn checked_key(json: &[u8], user_id: &str, usage: &str) -> Result<SigningKey, Ap
     if decoded.map_or(true, |key| key.as_bytes().len() != 32) {
         return Err(invalid("its public key is not an ed25519 key in base64"));
     }
-    Ok(SigningKey {
+    let key = SigningKey {
         key_id: key_id.clone(),
         json: value.to_string(),
-    })
+    };
+    Ok((key, value))
 }
 
 /// The public key (or device ID) a key ID names.
@@ -121,26 +133,30 @@ fn same_but_signatures(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
+/// The signatures of one key (a device ID or a public key).
+fn signed<'a>(signatures: &'a [Signature], target: &str) -> Vec<&'a Signature> {
+    signatures
+        .iter()
+        .filter(|s| s.target_key_id == target)
+        .collect()
+}
+
 /// Adds signatures to a key object's `signatures`.
-pub(crate) fn with_signatures<'a>(
-    json: &str,
-    signatures: impl IntoIterator<Item = &'a Signature>,
-) -> Value {
+fn with_signatures<'a>(json: &str, signatures: impl IntoIterator<Item = &'a Signature>) -> Value {
     let mut value: Value = serde_json::from_str(json).unwrap_or_else(|_| json!({}));
     for one in signatures {
-        if !value["signatures"].is_object() {
-            value["signatures"] = json!({});
-        }
-        if !value["signatures"][&one.signer_user_id].is_object() {
-            value["signatures"][&one.signer_user_id] = json!({});
-        }
-        value["signatures"][&one.signer_user_id][&one.signer_key_id] = json!(one.signature);
+        add_signature(
+            &mut value,
+            &one.signer_user_id,
+            &one.signer_key_id,
+            json!(one.signature),
+        );
     }
     value
 }
 
-/// The signature of `target` in `object` made by `signer` with `key_id`,
-/// if the object carries it.
+/// The signature in `object` made by `signer` with `key_id`, if it
+/// carries one.
 fn signature_in(object: &Value, signer: &str, key_id: &str) -> Option<String> {
     object["signatures"][signer][key_id]
         .as_str()
@@ -152,63 +168,56 @@ fn failure(errcode: &str, error: &str) -> Value {
 }
 
 impl KeyServer {
-    /// A user's cross-signing keys by usage, each with its signatures by
-    /// the user themself and by `viewer`.
-    pub(crate) async fn signing_keys_seen_by(
+    /// What `viewer` (`None`: anyone) sees of a user's keys, each with its
+    /// signatures by the user and by the viewer (read once for both): the
+    /// identity keys of `devices` (every device when empty; none asked
+    /// when `None`) as (device ID, JSON), and, with `signing`, the
+    /// cross-signing keys by usage.
+    pub(crate) async fn keys_seen_by(
         &self,
         user_id: &str,
+        devices: Option<&[String]>,
+        signing: bool,
         viewer: Option<&str>,
-    ) -> Result<BTreeMap<String, Value>, ApiError> {
-        let keys = self.storage.signing_keys(user_id).await?;
-        if keys.is_empty() {
-            return Ok(BTreeMap::new());
+    ) -> Result<SeenKeys, ApiError> {
+        let device_keys = match devices {
+            Some(devices) => self.storage.device_keys(user_id, devices).await?,
+            None => Vec::new(),
+        };
+        let signing_keys = if signing {
+            self.storage.signing_keys(user_id).await?
+        } else {
+            BTreeMap::new()
+        };
+        if device_keys.is_empty() && signing_keys.is_empty() {
+            return Ok(SeenKeys::default());
         }
         let signatures = self.storage.signatures_of(user_id, viewer).await?;
-        Ok(keys
-            .into_iter()
-            .map(|(usage, key)| {
-                let public = name_of(&key.key_id).to_owned();
-                let own = signatures.iter().filter(|s| s.target_key_id == public);
-                (usage, with_signatures(&key.json, own))
-            })
-            .collect())
-    }
-
-    /// The identity keys of a user's devices (every one when `devices` is
-    /// empty), each with its signatures by the user and by `viewer`:
-    /// (device ID, JSON).
-    pub(crate) async fn devices_seen_by(
-        &self,
-        user_id: &str,
-        devices: &[String],
-        viewer: Option<&str>,
-    ) -> Result<Vec<(String, String)>, ApiError> {
-        let keys = self.storage.device_keys(user_id, devices).await?;
-        if keys.is_empty() {
-            return Ok(keys);
-        }
-        let signatures = self.storage.signatures_of(user_id, viewer).await?;
-        Ok(keys
-            .into_iter()
-            .map(|(device, json)| {
-                let own: Vec<&Signature> = signatures
-                    .iter()
-                    .filter(|s| s.target_key_id == device)
-                    .collect();
-                if own.is_empty() {
-                    (device, json)
-                } else {
-                    let merged = with_signatures(&json, own).to_string();
-                    (device, merged)
-                }
-            })
-            .collect())
+        let of = |target: &str| signed(&signatures, target);
+        Ok(SeenKeys {
+            devices: device_keys
+                .into_iter()
+                .map(|(device, json)| {
+                    let own = of(&device);
+                    if own.is_empty() {
+                        (device, json)
+                    } else {
+                        let merged = with_signatures(&json, own).to_string();
+                        (device, merged)
+                    }
+                })
+                .collect(),
+            signing: signing_keys
+                .into_iter()
+                .map(|(usage, key)| (usage, with_signatures(&key.json, of(name_of(&key.key_id)))))
+                .collect(),
+        })
     }
 
     /// The content of an `m.signing_key_update` for a local user: their
     /// master and self-signing keys as everyone sees them.
     pub(crate) async fn signing_key_update(&self, user_id: &str) -> Result<Value, ApiError> {
-        let keys = self.signing_keys_seen_by(user_id, None).await?;
+        let keys = self.keys_seen_by(user_id, None, true, None).await?.signing;
         let mut content = json!({ "user_id": user_id });
         for (usage, field) in [(MASTER, "master_key"), (SELF_SIGNING, "self_signing_key")] {
             if let Some(key) = keys.get(usage) {
@@ -223,7 +232,7 @@ impl KeyServer {
         request: pb::UploadSigningKeysRequest,
     ) -> Result<pb::UploadSigningKeysResponse, ApiError> {
         let user_id = request.user_id.as_str();
-        let mut given: BTreeMap<&str, SigningKey> = BTreeMap::new();
+        let mut given: BTreeMap<&str, (SigningKey, Value)> = BTreeMap::new();
         for (usage, json) in [
             (MASTER, &request.master_key_json),
             (SELF_SIGNING, &request.self_signing_key_json),
@@ -239,6 +248,7 @@ impl KeyServer {
         let stored = self.storage.signing_keys(user_id).await?;
         let master = given
             .get(MASTER)
+            .map(|(key, _)| key)
             .or_else(|| stored.get(MASTER))
             .ok_or_else(|| ApiError::MissingParam("no master key is available".into()))?
             .clone();
@@ -249,34 +259,27 @@ impl KeyServer {
             .into_iter()
             .map(|(device, _)| device)
             .collect();
-        for (usage, key) in &given {
+        for (usage, (key, value)) in &given {
             if devices.iter().any(|d| d == name_of(&key.key_id)) {
                 return Err(ApiError::Forbidden(format!(
                     "the {usage} key's ID is one of the user's device IDs"
                 )));
             }
-            if *usage != MASTER {
-                let value: Value = serde_json::from_str(&key.json).unwrap_or_default();
-                if !signed_with(&value, user_id, &master.key_id, name_of(&master.key_id)) {
-                    return Err(ApiError::InvalidSignature(format!(
-                        "the {usage} key is not signed by the master key"
-                    )));
-                }
+            if *usage != MASTER
+                && !signed_with(value, user_id, &master.key_id, name_of(&master.key_id))
+            {
+                return Err(ApiError::InvalidSignature(format!(
+                    "the {usage} key is not signed by the master key"
+                )));
             }
         }
         // Uploading the same keys again (a retry) changes nothing; setting
         // up the first master key needs no new authentication; replacing
         // keys does.
-        let same = |usage: &str, key: &SigningKey| {
-            stored.get(usage).is_some_and(|s| {
-                let a: Value = serde_json::from_str(&s.json).unwrap_or_default();
-                let b: Value = serde_json::from_str(&key.json).unwrap_or_default();
-                a == b
-            })
-        };
         let changed: BTreeMap<&str, SigningKey> = given
             .into_iter()
-            .filter(|(usage, key)| !same(usage, key))
+            .map(|(usage, (key, _))| (usage, key))
+            .filter(|(usage, key)| stored.get(*usage).is_none_or(|s| s.json != key.json))
             .collect();
         if changed.is_empty() {
             return Ok(pb::UploadSigningKeysResponse::default());

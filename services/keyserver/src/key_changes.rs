@@ -24,14 +24,12 @@ impl KeyServer {
             let keys = if signing_keys {
                 Some(self.signing_key_update(&change.user_id).await?.to_string())
             } else {
-                self.devices_seen_by(
-                    &change.user_id,
-                    std::slice::from_ref(&change.device_id),
-                    None,
-                )
-                .await?
-                .pop()
-                .map(|(_, json)| json)
+                let device = std::slice::from_ref(&change.device_id);
+                self.keys_seen_by(&change.user_id, Some(device), false, None)
+                    .await?
+                    .devices
+                    .pop()
+                    .map(|(_, json)| json)
             };
             produce(
                 &*self.log,

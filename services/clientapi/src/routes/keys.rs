@@ -1,14 +1,16 @@
 //! End-to-end encryption keys: `POST /keys/upload`, `/keys/query`,
 //! `/keys/claim`, `/keys/device_signing/upload` and
-//! `/keys/signatures/upload`, kept by the keyserver. Keys of users on other servers
-//! are asked of their servers through the federationapi, every server at
-//! once; a server that does not answer in time is listed in `failures`.
+//! `/keys/signatures/upload`, kept by the keyserver. Keys of users on
+//! other servers are asked of their servers through the federationapi,
+//! every server at once; a server that does not answer in time is listed
+//! in `failures`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
+use ganglion_api::keys::add_signature;
 use ganglion_api::proto::keyserver as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
@@ -238,13 +240,7 @@ pub(crate) async fn query(
                 continue;
             }
             for (key_id, signature) in signatures.as_object().into_iter().flatten() {
-                if !master["signatures"].is_object() {
-                    master["signatures"] = json!({});
-                }
-                if !master["signatures"][&device.user_id].is_object() {
-                    master["signatures"][&device.user_id] = json!({});
-                }
-                master["signatures"][&device.user_id][key_id] = signature.clone();
+                add_signature(master, &device.user_id, key_id, signature.clone());
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `POST /user/keys/query` and `/user/keys/claim`: our users' device keys
-//! (with their master and self-signing keys) and one-time keys, for the servers of the users they talk to. Users of
-//! other servers are none of ours to answer for and are left out.
+//! (with their master and self-signing keys) and one-time keys, for the
+//! servers of the users they talk to. Users of other servers are none of
+//! ours to answer for and are left out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -125,6 +125,30 @@ impl Storage {
             .collect())
     }
 
+    /// The signatures `signer` made of other users' keys.
+    pub(crate) async fn signatures_by(&self, signer: &str) -> Result<Vec<Signature>, StorageError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT target_user_id, target_key_id, signer_key_id, signature
+             FROM cross_signing_signatures
+             WHERE signer_user_id = $1 AND target_user_id <> $1",
+        )
+        .bind(signer)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(target_user_id, target_key_id, signer_key_id, signature)| Signature {
+                    target_user_id,
+                    target_key_id,
+                    signer_user_id: signer.to_owned(),
+                    signer_key_id,
+                    signature,
+                },
+            )
+            .collect())
+    }
+
     /// Stores signatures (one replaces the same signer key's earlier
     /// signature of the same key) in one transaction, with an outbox row
     /// for each (user, device ID) in `changed` (an empty device ID: the
