@@ -82,7 +82,13 @@ impl Process {
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut command = Command::new(ganglion_binary());
+        // A benchmark comparing two builds names the binary in `env`.
+        let binary = env
+            .iter()
+            .find(|(key, _)| key == "TEST_GANGLION_BIN")
+            .map(|(_, path)| PathBuf::from(path))
+            .unwrap_or_else(ganglion_binary);
+        let mut command = Command::new(binary);
         command
             .args(args)
             .stdin(Stdio::null())

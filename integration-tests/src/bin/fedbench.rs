@@ -11,13 +11,15 @@
 //! `ganglion`). With `--synapse` the remote room is a real Synapse's (the
 //! venv `scripts/test.sh` installs): its user creates it, the fake
 //! server's users join it (sent to Synapse 50 to a transaction), then ours
-//! joins through Synapse.
+//! joins through Synapse. `--repeat R` joins the Synapse room R times, each
+//! time from a new monolith; `--compare PATH` does each join a second time
+//! from a monolith of the binary at PATH (one slow fill, two builds).
 
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::{Client, encode};
 use ganglion_integration_tests::fake_server::FakeServer;
-use ganglion_integration_tests::process::{Monolith, rss_kib};
+use ganglion_integration_tests::process::{Monolith, federating_env, rss_kib};
 use ganglion_integration_tests::synapse::Synapse;
 use serde_json::json;
 
@@ -27,10 +29,16 @@ async fn main() -> anyhow::Result<()> {
     let mut sizes: Vec<usize> = Vec::new();
     let mut messages = 500_usize;
     let mut synapse_remote = false;
+    let mut repeat = 1_usize;
+    let mut compare: Option<String> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         if arg == "--synapse" {
             synapse_remote = true;
+        } else if arg == "--repeat" {
+            repeat = iter.next().and_then(|m| m.parse().ok()).unwrap_or(repeat);
+        } else if arg == "--compare" {
+            compare = iter.next().cloned();
         } else if arg == "--messages" {
             messages = iter.next().and_then(|m| m.parse().ok()).unwrap_or(messages);
         } else if let Ok(n) = arg.parse() {
@@ -90,12 +98,42 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             let built = started.elapsed();
+            println!(
+                "Synapse took the {members} joins in {:.1} s",
+                built.as_secs_f64()
+            );
             let took = join_and_report(&ours, &alice, &room_id, &synapse.server_name).await?;
             println!(
-                "join a Synapse room of {members} members: {:.0} ms (Synapse took the {members} joins in {:.1} s)",
+                "join a Synapse room of {members} members: {:.0} ms",
                 took.as_secs_f64() * 1000.0,
-                built.as_secs_f64(),
             );
+            let binaries: Vec<Option<&String>> = std::iter::once(None)
+                .chain(compare.iter().map(Some))
+                .collect();
+            for round in 0..repeat {
+                for binary in &binaries {
+                    if round == 0 && binary.is_none() {
+                        continue;
+                    }
+                    let dir = tempfile::tempdir()?;
+                    let (server_name, federating) = federating_env();
+                    let mut env = Monolith::default_env(dir.path());
+                    env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
+                    env.extend(federating);
+                    if let Some(binary) = binary {
+                        env.push(("TEST_GANGLION_BIN".into(), (*binary).clone()));
+                    }
+                    let other = Monolith::start_with(dir.path(), env).await;
+                    let user = Client::register(&other.base_url, "bench_alice", "pw").await;
+                    let took =
+                        join_and_report(&other, &user, &room_id, &synapse.server_name).await?;
+                    println!(
+                        "join a Synapse room of {members} members from {server_name} ({}): {:.0} ms",
+                        binary.map_or("this build", |b| b.as_str()),
+                        took.as_secs_f64() * 1000.0,
+                    );
+                }
+            }
         }
         return Ok(());
     }

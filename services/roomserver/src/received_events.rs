@@ -157,6 +157,7 @@ impl RoomserverService {
             }
             outcomes.push(outcome);
         }
+        self.insert_queued_outliers(&mut writer, &mut batch).await?;
         if batch.head_moved {
             let nids = match &mut head.nids {
                 Some(nids) => nids,
@@ -362,6 +363,9 @@ impl RoomserverService {
         (parsed, stored_before): (Parsed, &HashMap<OwnedEventId, StoredEvent>),
     ) -> Result<Outcome, ProcessError> {
         let kind = pb::input_pdu::Kind::try_from(input.kind).unwrap_or(pb::input_pdu::Kind::New);
+        if kind != pb::input_pdu::Kind::Outlier {
+            self.insert_queued_outliers(writer, batch).await?;
+        }
         let rejected = |event_id: &str, reason: String| Outcome {
             event_id: event_id.to_owned(),
             outcome: "rejected",
@@ -704,7 +708,23 @@ impl RoomserverService {
         )
     }
 
-    /// Writes a received event with its flags; returns its NID.
+    /// Inserts the outliers [`Self::store`] queued and gives them their
+    /// NIDs in the batch.
+    async fn insert_queued_outliers(
+        &self,
+        writer: &mut RoomWriter,
+        batch: &mut Batch,
+    ) -> Result<(), ProcessError> {
+        for (event_id, event_nid) in writer.insert_queued_outliers().await? {
+            if let Some(stored) = batch.written.get_mut(&event_id) {
+                stored.event_nid = event_nid;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a received event with its flags; returns its NID (0 for an
+    /// outlier, which has its NID once queued outliers are inserted).
     #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
@@ -715,21 +735,34 @@ impl RoomserverService {
         flags: EventFlags,
         state: Option<(i64, i64)>,
     ) -> Result<i64, ProcessError> {
-        let event_nid = writer
-            .insert_event(pdu, &flags, state.map(|s| s.0), state.map(|s| s.1))
-            .await?;
+        // Outliers wait to be inserted many to a statement: their NIDs are
+        // filled in before anything that is not an outlier is received.
+        let event_nid = if flags.outlier {
+            writer.queue_outlier(pdu, &flags);
+            0
+        } else {
+            writer
+                .insert_event(pdu, &flags, state.map(|s| s.0), state.map(|s| s.1))
+                .await?
+        };
         let announced = flags.announced(pdu);
         if announced {
             batch.announce.push(pdu.clone());
         }
-        let mut stored_pdu = (**pdu).clone();
-        stored_pdu.rejected = flags.rejected;
+        // Copied only to be marked rejected (a join stores thousands).
+        let stored_pdu = if flags.rejected == pdu.rejected {
+            pdu.clone()
+        } else {
+            let mut copy = (**pdu).clone();
+            copy.rejected = flags.rejected;
+            Arc::new(copy)
+        };
         batch.written.insert(
             pdu.event_id.clone(),
             StoredEvent {
                 event_nid,
                 room_nid: head.room_nid,
-                pdu: Arc::new(stored_pdu),
+                pdu: stored_pdu,
                 state_before: state.map(|s| s.0),
                 state_after: state.map(|s| s.1),
                 soft_failed: flags.soft_failed,

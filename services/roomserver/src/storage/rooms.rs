@@ -414,6 +414,7 @@ impl Storage {
             event_nids: Vec::new(),
             known_nids: HashMap::new(),
             redacted: Vec::new(),
+            queued_outliers: Vec::new(),
         })
     }
 }
@@ -431,7 +432,14 @@ pub(crate) struct RoomWriter {
     known_nids: HashMap<String, i64>,
     /// Events redacted, dropped from the cache once committed.
     redacted: Vec<String>,
+    /// Outliers not yet inserted (see [`RoomWriter::queue_outlier`]).
+    queued_outliers: Vec<(Arc<Pdu>, bool, bool)>,
 }
+
+/// Queued outliers inserted this many to a statement (seven placeholders
+/// each: SQLite looks parameters up by a linear search, so statements of
+/// thousands of placeholders cost more than they save).
+const OUTLIER_ROWS: usize = 100;
 
 impl RoomWriter {
     /// Remembers the NIDs of stored events read in this input, so
@@ -629,6 +637,73 @@ impl RoomWriter {
         Ok(event_nid)
     }
 
+    /// Queues an outlier to be inserted with others, many to a statement
+    /// (a join's state and auth chain are thousands). Its NID is known once
+    /// [`RoomWriter::insert_queued_outliers`] has run, which [`RoomWriter::commit`]
+    /// also does.
+    pub(crate) fn queue_outlier(&mut self, pdu: &Arc<Pdu>, flags: &EventFlags) {
+        debug_assert!(flags.outlier && !flags.soft_failed);
+        self.queued_outliers
+            .push((pdu.clone(), flags.rejected, flags.announced(pdu)));
+    }
+
+    /// Inserts the queued outliers; returns each one's NID.
+    pub(crate) async fn insert_queued_outliers(
+        &mut self,
+    ) -> Result<Vec<(OwnedEventId, i64)>, StorageError> {
+        let queued = std::mem::take(&mut self.queued_outliers);
+        let mut inserted = Vec::with_capacity(queued.len());
+        for chunk in queued.chunks(OUTLIER_ROWS) {
+            let mut rows = String::with_capacity(chunk.len() * 60);
+            for row in 0..chunk.len() {
+                let p = 2 + row * 7;
+                if row > 0 {
+                    rows.push(',');
+                }
+                rows.push_str(&format!(
+                    "(${}, $1, ${}, ${}, ${}, ${}, NULL, NULL, ${}, 0, 1, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                ));
+            }
+            let sql = format!(
+                "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json,
+                    state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
+                 VALUES {rows} RETURNING event_id, event_nid"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
+            for (pdu, rejected, announced) in chunk {
+                query = query
+                    .bind(pdu.event_id.as_str())
+                    .bind(pdu.kind.to_string())
+                    .bind(pdu.state_key.as_deref())
+                    .bind(pdu.depth)
+                    .bind(&*pdu.json)
+                    .bind(i64::from(*rejected))
+                    .bind(i64::from(*announced));
+            }
+            let mut nids: HashMap<String, i64> = HashMap::with_capacity(chunk.len());
+            for row in query.fetch_all(&mut *self.tx).await? {
+                nids.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+            for (pdu, rejected, _) in chunk {
+                let nid = *nids.get(pdu.event_id.as_str()).ok_or_else(|| {
+                    StorageError::Corrupt(format!("outlier {} not inserted", pdu.event_id))
+                })?;
+                if !rejected {
+                    self.event_nids.push((nid, pdu.clone()));
+                }
+                inserted.push((pdu.event_id.clone(), nid));
+            }
+        }
+        Ok(inserted)
+    }
+
     /// The state after a state event, known once the event has its NID.
     pub(crate) async fn set_state_after(
         &mut self,
@@ -770,6 +845,7 @@ impl RoomWriter {
         outputs: &[Vec<u8>],
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
+        self.insert_queued_outliers().await?;
         // One fixed statement per entry (usually one): a statement whose
         // text changes every time would defeat the prepared-statement cache.
         for seq in published {
