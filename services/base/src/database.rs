@@ -238,6 +238,32 @@ pub(crate) mod tests {
             .expect("select");
         assert_eq!(name, "a");
         assert!(db.ping().await);
+        // Many parameters, bound in order, in rows and in a list.
+        let names: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+        let rows = (1..=names.len())
+            .map(|n| format!("({})", param(db.engine, n)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO things (name) VALUES {rows}"
+        )));
+        for name in &names {
+            insert = insert.bind(name);
+        }
+        insert.execute(&db.pool).await.expect("insert many");
+        let wanted = &names[100..250];
+        let select = format!(
+            "SELECT name FROM things WHERE name IN ({}) ORDER BY id",
+            params(db.engine, wanted.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(select));
+        for name in wanted {
+            query = query.bind(name);
+        }
+        assert_eq!(
+            query.fetch_all(&db.pool).await.expect("select many"),
+            wanted
+        );
     }
 
     async fn refuses_newer_schema(db: &Database) {
@@ -288,6 +314,29 @@ pub(crate) mod tests {
         refuses_newer_schema(&db).await;
         db.close().await;
     }
+}
+
+/// The placeholder of a statement's `n`th parameter (from 1), for
+/// statements of many parameters, each bound once in the order they appear:
+/// `?` on SQLite, `$n` on PostgreSQL. sqlx looks up the name of every
+/// parameter of a SQLite statement, and SQLite finds a numbered parameter's
+/// name by a linear search, so hundreds of `$n` cost quadratic time; an
+/// anonymous `?` has no name to search for. Every placeholder of such a
+/// statement must come from here.
+pub fn param(engine: Engine, n: usize) -> String {
+    match engine {
+        Engine::Sqlite => "?".to_owned(),
+        Engine::Postgres => format!("${n}"),
+    }
+}
+
+/// `count` placeholders from the first parameter on, comma-separated (an
+/// `IN (…)` list; see [`param`]).
+pub fn params(engine: Engine, count: usize) -> String {
+    (1..=count)
+        .map(|n| param(engine, n))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `($first,…),(…)`: `rows` rows of `width` numbered placeholders from

@@ -171,10 +171,7 @@ impl Storage {
         // just before), parsed from the database only where not.
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(200) {
-            let placeholders = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let placeholders = ganglion_base::database::params(self.db.engine, chunk.len());
             let sql = format!(
                 "SELECT event_nid, room_nid, state_before_nid, state_after_nid, soft_failed, outlier,
                         announced
@@ -563,10 +560,8 @@ impl RoomWriter {
             if missing.is_empty() {
                 continue;
             }
-            let placeholders = (1..=missing.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let placeholders =
+                ganglion_base::database::params(self.storage.db.engine, missing.len());
             let sql = format!(
                 "SELECT event_id, event_nid FROM events WHERE event_id IN ({placeholders})"
             );
@@ -654,21 +649,24 @@ impl RoomWriter {
         let queued = std::mem::take(&mut self.queued_outliers);
         let mut inserted = Vec::with_capacity(queued.len());
         for chunk in queued.chunks(OUTLIER_ROWS) {
+            let engine = self.storage.db.engine;
             let mut rows = String::with_capacity(chunk.len() * 60);
             for row in 0..chunk.len() {
-                let p = 2 + row * 7;
+                let p = |column: usize| ganglion_base::database::param(engine, row * 7 + column);
                 if row > 0 {
                     rows.push(',');
                 }
+                // The room NID is ours, an integer, never user input.
                 rows.push_str(&format!(
-                    "(${}, $1, ${}, ${}, ${}, ${}, NULL, NULL, ${}, 0, 1, ${})",
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6
+                    "({}, {}, {}, {}, {}, {}, NULL, NULL, {}, 0, 1, {})",
+                    p(1),
+                    self.room_nid,
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7)
                 ));
             }
             let sql = format!(
@@ -676,7 +674,7 @@ impl RoomWriter {
                     state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
                  VALUES {rows} RETURNING event_id, event_nid"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (pdu, rejected, announced) in chunk {
                 query = query
                     .bind(pdu.event_id.as_str())

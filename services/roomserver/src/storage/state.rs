@@ -402,7 +402,10 @@ impl Storage {
         for chunk in missing.chunks(INTERNED_PER_STATEMENT) {
             let insert = format!(
                 "INSERT INTO {table} ({name_column}) VALUES {} ON CONFLICT DO NOTHING",
-                ganglion_base::database::value_rows(1, chunk.len(), 1)
+                (1..=chunk.len())
+                    .map(|n| format!("({})", ganglion_base::database::param(self.db.engine, n)))
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
             for name in chunk {
@@ -411,10 +414,7 @@ impl Storage {
             query.execute(&mut **tx).await?;
             let select = format!(
                 "SELECT {name_column}, {nid_column} FROM {table} WHERE {name_column} IN ({})",
-                (1..=chunk.len())
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                ganglion_base::database::params(self.db.engine, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(select));
             for name in chunk {
