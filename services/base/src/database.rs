@@ -240,10 +240,7 @@ pub(crate) mod tests {
         assert!(db.ping().await);
         // Many parameters, bound in order, in rows and in a list.
         let names: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
-        let rows = (1..=names.len())
-            .map(|n| format!("({})", param(db.engine, n)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let rows = value_rows(db.engine, 1, names.len(), 1);
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO things (name) VALUES {rows}"
         )));
@@ -254,7 +251,7 @@ pub(crate) mod tests {
         let wanted = &names[100..250];
         let select = format!(
             "SELECT name FROM things WHERE name IN ({}) ORDER BY id",
-            params(db.engine, wanted.len())
+            params(db.engine, 1, wanted.len())
         );
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(select));
         for name in wanted {
@@ -330,18 +327,19 @@ pub fn param(engine: Engine, n: usize) -> String {
     }
 }
 
-/// `count` placeholders from the first parameter on, comma-separated (an
+/// `count` placeholders from the `first` parameter on, comma-separated (an
 /// `IN (…)` list; see [`param`]).
-pub fn params(engine: Engine, count: usize) -> String {
-    (1..=count)
+pub fn params(engine: Engine, first: usize, count: usize) -> String {
+    (first..first + count)
         .map(|n| param(engine, n))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// `($first,…),(…)`: `rows` rows of `width` numbered placeholders from
-/// `$first` on, for a statement that writes many rows at once.
-pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
+/// `($first,…),(…)`: `rows` rows of `width` placeholders from the `first`
+/// parameter on (see [`param`]), for a statement that writes many rows at
+/// once.
+pub fn value_rows(engine: Engine, first: usize, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         if row > 0 {
@@ -352,7 +350,7 @@ pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
             if column > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("${}", first + row * width + column));
+            sql.push_str(&param(engine, first + row * width + column));
         }
         sql.push(')');
     }
@@ -361,9 +359,13 @@ pub fn value_rows(first: usize, rows: usize, width: usize) -> String {
 
 #[cfg(test)]
 mod value_rows_tests {
+    use super::Engine;
+
     #[test]
     fn numbered_rows() {
-        assert_eq!(super::value_rows(2, 2, 3), "($2,$3,$4),($5,$6,$7)");
-        assert_eq!(super::value_rows(1, 1, 1), "($1)");
+        let rows = super::value_rows;
+        assert_eq!(rows(Engine::Postgres, 2, 2, 3), "($2,$3,$4),($5,$6,$7)");
+        assert_eq!(rows(Engine::Postgres, 1, 1, 1), "($1)");
+        assert_eq!(rows(Engine::Sqlite, 2, 2, 2), "(?,?),(?,?)");
     }
 }

@@ -181,14 +181,16 @@ impl FederationClient {
         destination: &str,
         path_and_query: &str,
     ) -> Result<Value, FederationError> {
-        self.exchange(
-            destination,
-            http::Method::GET,
-            path_and_query,
-            Vec::new(),
-            None,
-        )
-        .await
+        let raw = self
+            .exchange_raw(
+                destination,
+                http::Method::GET,
+                path_and_query,
+                Vec::new(),
+                None,
+            )
+            .await?;
+        json_answer(destination, &raw)
     }
 
     /// An unauthenticated POST (notary key queries).
@@ -200,20 +202,8 @@ impl FederationClient {
     ) -> Result<Value, FederationError> {
         let bytes =
             serde_json::to_vec(body).map_err(|e| FederationError::Signing(e.to_string()))?;
-        self.exchange(destination, http::Method::POST, path_and_query, bytes, None)
-            .await
-    }
-
-    async fn exchange(
-        &self,
-        destination: &str,
-        method: http::Method,
-        path_and_query: &str,
-        body: Vec<u8>,
-        authorization: Option<http::HeaderValue>,
-    ) -> Result<Value, FederationError> {
         let raw = self
-            .exchange_raw(destination, method, path_and_query, body, authorization)
+            .exchange_raw(destination, http::Method::POST, path_and_query, bytes, None)
             .await?;
         json_answer(destination, &raw)
     }

@@ -44,13 +44,12 @@ impl Storage {
         // after joining, in one event's changes).
         let (joins, leaves): (Vec<&MemberChange>, Vec<&MemberChange>) =
             changes.iter().partition(|change| change.joined);
+        let engine = self.db.engine;
         for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM joined_hosts WHERE room_id = $1 AND user_id IN ({})",
-                (2..chunk.len() + 2)
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                "DELETE FROM joined_hosts WHERE room_id = {} AND user_id IN ({})",
+                ganglion_base::database::param(engine, 1),
+                ganglion_base::database::params(engine, 2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
             for change in chunk {
@@ -65,9 +64,10 @@ impl Storage {
         for chunk in joins.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO joined_hosts (room_id, user_id, server_name)
-                 SELECT $1, v.column1, v.column2 FROM (VALUES {}) AS v WHERE true
+                 SELECT {}, v.column1, v.column2 FROM (VALUES {}) AS v WHERE true
                  ON CONFLICT (room_id, user_id) DO NOTHING",
-                ganglion_base::database::value_rows(2, chunk.len(), 2)
+                ganglion_base::database::param(engine, 1),
+                ganglion_base::database::value_rows(engine, 2, chunk.len(), 2)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
             for (user_id, server) in chunk {

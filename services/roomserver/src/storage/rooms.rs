@@ -171,7 +171,7 @@ impl Storage {
         // just before), parsed from the database only where not.
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(200) {
-            let placeholders = ganglion_base::database::params(self.db.engine, chunk.len());
+            let placeholders = ganglion_base::database::params(self.db.engine, 1, chunk.len());
             let sql = format!(
                 "SELECT event_nid, room_nid, state_before_nid, state_after_nid, soft_failed, outlier,
                         announced
@@ -562,7 +562,7 @@ impl RoomWriter {
                 continue;
             }
             let placeholders =
-                ganglion_base::database::params(self.storage.db.engine, missing.len());
+                ganglion_base::database::params(self.storage.db.engine, 1, missing.len());
             let sql = format!(
                 "SELECT event_id, event_nid FROM events WHERE event_id IN ({placeholders})"
             );
@@ -746,15 +746,17 @@ impl RoomWriter {
             .iter()
             .filter_map(|change| change.event.as_ref().map(|event| (change, event)))
             .collect();
+        let engine = self.storage.db.engine;
         for chunk in set.chunks(100) {
             let sql = format!(
                 "INSERT INTO current_state (room_nid, event_type, state_key, event_nid, membership)
-                 SELECT $1, v.column1, v.column2, e.event_nid, v.column4
+                 SELECT {}, v.column1, v.column2, e.event_nid, v.column4
                  FROM (VALUES {}) AS v JOIN events e ON e.event_id = v.column3
                  WHERE true
                  ON CONFLICT (room_nid, event_type, state_key)
                  DO UPDATE SET event_nid = excluded.event_nid, membership = excluded.membership",
-                ganglion_base::database::value_rows(2, chunk.len(), 4)
+                ganglion_base::database::param(engine, 1),
+                ganglion_base::database::value_rows(engine, 2, chunk.len(), 4)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
             for (change, (event_id, membership)) in chunk {

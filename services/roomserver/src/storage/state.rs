@@ -402,10 +402,7 @@ impl Storage {
         for chunk in missing.chunks(INTERNED_PER_STATEMENT) {
             let insert = format!(
                 "INSERT INTO {table} ({name_column}) VALUES {} ON CONFLICT DO NOTHING",
-                (1..=chunk.len())
-                    .map(|n| format!("({})", ganglion_base::database::param(self.db.engine, n)))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                ganglion_base::database::value_rows(self.db.engine, 1, chunk.len(), 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
             for name in chunk {
@@ -414,7 +411,7 @@ impl Storage {
             query.execute(&mut **tx).await?;
             let select = format!(
                 "SELECT {name_column}, {nid_column} FROM {table} WHERE {name_column} IN ({})",
-                ganglion_base::database::params(self.db.engine, chunk.len())
+                ganglion_base::database::params(self.db.engine, 1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(select));
             for name in chunk {

@@ -92,6 +92,7 @@ const ROWS_PER_STATEMENT: usize = 100;
 /// `{head} VALUES (…), (…) {tail}` for `rows` (all of one width), many rows
 /// to a statement: a join's thousands of state rows in tens of statements.
 pub(crate) async fn insert_rows(
+    engine: ganglion_base::database::Engine,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     head: &str,
     tail: &str,
@@ -101,7 +102,7 @@ pub(crate) async fn insert_rows(
         let width = chunk.first().map_or(0, Vec::len);
         let sql = format!(
             "{head} VALUES {} {tail}",
-            ganglion_base::database::value_rows(1, chunk.len(), width)
+            ganglion_base::database::value_rows(engine, 1, chunk.len(), width)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
@@ -308,6 +309,7 @@ impl Storage {
                 })
                 .collect();
             insert_rows(
+                self.db.engine,
                 &mut tx,
                 "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)",
                 "ON CONFLICT DO NOTHING",
@@ -328,6 +330,7 @@ impl Storage {
                 })
                 .collect();
             insert_rows(
+                self.db.engine,
                 &mut tx,
                 "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
                 "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
@@ -371,6 +374,7 @@ impl Storage {
             })
             .collect();
         insert_rows(
+            self.db.engine,
             &mut tx,
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
                                  sender, json, device_id, transaction_id)",
