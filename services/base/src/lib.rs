@@ -10,6 +10,7 @@ pub mod http;
 pub mod keys;
 pub mod matrix_error;
 pub mod metrics;
+pub mod parallel;
 pub mod telemetry;
 pub mod testing;
 

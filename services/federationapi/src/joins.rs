@@ -132,22 +132,7 @@ fn parse_send_join(answer: &[u8]) -> Result<SendJoinParsed, String> {
             .map(|pdu| pdu.get())
             .filter(|pdu| seen.insert(pdu)),
     );
-    // Parsed on two threads.
-    let (first, second) = texts.split_at(texts.len() / 2);
-    let parse = |part: &[&str]| -> Vec<_> {
-        part.iter()
-            .map(|pdu| pdus::canonical_from_str(pdu))
-            .collect()
-    };
-    let mut pdus = Vec::with_capacity(texts.len());
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| parse(second));
-        pdus.extend(parse(first));
-        pdus.extend(other.join().unwrap_or_else(|_| {
-            let failed = || Err(pdus::PduError::Malformed("parsing failed".into()));
-            second.iter().map(|_| failed()).collect()
-        }));
-    });
+    let pdus = ganglion_base::parallel::map(&texts, |pdu| pdus::canonical_from_str(pdu));
     Ok(SendJoinParsed {
         event: answer.event,
         state_len,
@@ -196,6 +181,7 @@ impl FederationService {
             .await
             .map_err(|e| ApiError::Internal(format!("parsing send_join: {e}")))?
             .map_err(|e| ApiError::Unavailable(format!("{server}: send_join: {e}")))?;
+        let parsed_ms = started.elapsed().as_millis() as u64;
         // The resident server may have countersigned the join (restricted
         // rooms): keep its copy when it is the same event.
         let join = match theirs {
@@ -264,6 +250,7 @@ impl FederationService {
             room_id = %request.room_id,
             events = ordered.len(),
             answered_ms,
+            parsed_ms,
             checked_ms,
             outliers_ms,
             joined_ms = started.elapsed().as_millis() as u64,

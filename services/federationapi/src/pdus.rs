@@ -2,14 +2,22 @@
 //! the signatures of the servers that must have signed them, checked with
 //! keys valid when the event was sent. (The roomserver checks the content
 //! hash, redacting an event whose hash fails, and the auth rules.)
+//!
+//! The reference hash and the signatures cover the same bytes (the
+//! redacted event without `signatures` and `unsigned`), so each PDU is
+//! redacted and serialised once for both; a signer's key is decoded and
+//! decompressed once per batch, not once per event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use ruma::canonical_json::CanonicalJsonObject;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ruma::canonical_json::{CanonicalJsonObject, RedactingSerializer};
 use ruma::room_version_rules::{EventIdFormatVersion, RoomVersionRules};
 use ruma::serde::Base64;
+use ruma::serde::base64::{Standard, UrlSafe};
 use ruma::{CanonicalJsonValue, RoomVersionId};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::key_ring::KeyRing;
 
@@ -51,20 +59,56 @@ pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules, PduError> {
         .ok_or_else(|| PduError::RoomVersion(version.to_owned()))
 }
 
+/// The most bytes a PDU may have (its redacted form, for the reference
+/// hash).
+const MAX_PDU_BYTES: usize = 65_535;
+
+/// The top-level fields left out, after redaction, of the bytes that are
+/// hashed for the event ID and signed.
+const UNSIGNED_FIELDS: &[&str] = &["signatures", "unsigned"];
+
+/// The bytes of a PDU its reference hash and its signatures cover.
+fn signed_bytes(
+    object: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<String, PduError> {
+    let json = RedactingSerializer::new()
+        .rules(&rules.redaction)
+        .custom_redacted_root_fields(UNSIGNED_FIELDS)
+        .serialize(object)
+        .map_err(|e| PduError::Malformed(format!("cannot be redacted: {e}")))?;
+    if json.len() > MAX_PDU_BYTES {
+        return Err(PduError::Malformed("larger than a PDU may be".into()));
+    }
+    Ok(json)
+}
+
+/// The event ID of a PDU whose [`signed_bytes`] are `signed`.
+fn event_id_from(
+    object: &CanonicalJsonObject,
+    signed: &str,
+    rules: &RoomVersionRules,
+) -> Result<String, PduError> {
+    let hash = || -> [u8; 32] { Sha256::digest(signed.as_bytes()).into() };
+    Ok(match rules.event_id_format {
+        EventIdFormatVersion::V1 => match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => id.clone(),
+            _ => return Err(PduError::Malformed("no event_id".into())),
+        },
+        EventIdFormatVersion::V2 => format!("${}", Base64::<Standard, _>::new(hash()).encode()),
+        _ => format!("${}", Base64::<UrlSafe, _>::new(hash()).encode()),
+    })
+}
+
 /// The event ID of a PDU in a room of `rules`.
 pub(crate) fn event_id_of(
     object: &CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<String, PduError> {
     if rules.event_id_format == EventIdFormatVersion::V1 {
-        return match object.get("event_id") {
-            Some(CanonicalJsonValue::String(id)) => Ok(id.clone()),
-            _ => Err(PduError::Malformed("no event_id".into())),
-        };
+        return event_id_from(object, "", rules);
     }
-    ruma::signatures::reference_hash(object, rules)
-        .map(|hash| format!("${hash}"))
-        .map_err(|e| PduError::Malformed(e.to_string()))
+    event_id_from(object, &signed_bytes(object, rules)?, rules)
 }
 
 /// Parses a PDU as canonical JSON (floats and out-of-range integers are
@@ -75,13 +119,38 @@ pub(crate) async fn check(
     pdu: &Value,
 ) -> Result<CheckedPdu, PduError> {
     let rules = rules_for(room_version)?;
-    verify(prepare(key_ring, pdu.clone()).await?, &rules)
+    let object = canonical(pdu.clone())?;
+    verify(
+        prepare_object(key_ring, object, &mut DecodedKeys::default()).await?,
+        &rules,
+    )
 }
 
 /// A PDU parsed, with the keys of its signers, to be verified.
 struct Prepared {
     object: CanonicalJsonObject,
-    keys: BTreeMap<String, BTreeMap<String, Base64>>,
+    /// Server → key ID → the key (`None`: not a valid ed25519 key).
+    keys: BTreeMap<String, BTreeMap<String, Option<VerifyingKey>>>,
+}
+
+/// Signers' public keys decoded and decompressed, by their base64 text:
+/// once per batch of PDUs however many each key signed.
+#[derive(Default)]
+struct DecodedKeys(HashMap<String, Option<VerifyingKey>>);
+
+impl DecodedKeys {
+    /// The key `base64` encodes, `None` when it is not a point of the
+    /// curve; `Err` when it is not even 32 bytes of base64 (a key that
+    /// cannot be had).
+    fn get(&mut self, base64: &str) -> Result<Option<VerifyingKey>, ()> {
+        if let Some(key) = self.0.get(base64) {
+            return Ok(*key);
+        }
+        let bytes = Base64::<Standard, [u8; 32]>::parse(base64).map_err(|_| ())?;
+        let key = VerifyingKey::from_bytes(bytes.as_inner()).ok();
+        self.0.insert(base64.to_owned(), key);
+        Ok(key)
+    }
 }
 
 /// A PDU as canonical JSON (floats and out-of-range integers are not).
@@ -94,15 +163,11 @@ pub(crate) fn canonical_from_str(pdu: &str) -> Result<CanonicalJsonObject, PduEr
     serde_json::from_str(pdu).map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))
 }
 
-/// Parses a PDU and finds its signers' keys valid when it was sent.
-async fn prepare(key_ring: &KeyRing, pdu: Value) -> Result<Prepared, PduError> {
-    prepare_object(key_ring, canonical(pdu)?).await
-}
-
 /// Finds a parsed PDU's signers' keys valid when it was sent.
 async fn prepare_object(
     key_ring: &KeyRing,
     object: CanonicalJsonObject,
+    decoded: &mut DecodedKeys,
 ) -> Result<Prepared, PduError> {
     let at_ms = match object.get("origin_server_ts") {
         Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
@@ -111,7 +176,7 @@ async fn prepare_object(
     let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") else {
         return Err(PduError::Signature("unsigned".into()));
     };
-    let mut keys: BTreeMap<String, BTreeMap<String, Base64>> = BTreeMap::new();
+    let mut keys: BTreeMap<String, BTreeMap<String, Option<VerifyingKey>>> = BTreeMap::new();
     for (server, server_keys) in signatures {
         let CanonicalJsonValue::Object(server_keys) = server_keys else {
             continue;
@@ -121,9 +186,9 @@ async fn prepare_object(
             .keys_for(server, &key_ids, at_ms)
             .await
             .map_err(|e| PduError::Signature(e.to_string()))?;
-        let set: BTreeMap<String, Base64> = found
+        let set: BTreeMap<String, Option<VerifyingKey>> = found
             .into_iter()
-            .filter_map(|(id, key)| Some((id, Base64::parse(&key).ok()?)))
+            .filter_map(|(id, key)| Some((id, decoded.get(&key).ok()?)))
             .collect();
         if !set.is_empty() {
             keys.insert(server.clone(), set);
@@ -132,15 +197,67 @@ async fn prepare_object(
     Ok(Prepared { object, keys })
 }
 
-/// The event ID and signature check of a prepared PDU (CPU only).
+/// The event ID and signature check of a prepared PDU (CPU only): every
+/// server the spec requires (the sender's; the event ID's in rooms of
+/// versions 1 and 2; a restricted join's authorising server) must have
+/// signed it with a key we hold, and every signature by such a server with
+/// a key we hold must verify.
 fn verify(prepared: Prepared, rules: &RoomVersionRules) -> Result<CheckedPdu, PduError> {
-    let event_id = event_id_of(&prepared.object, rules)?;
-    ruma::signatures::verify_event(&prepared.keys, &prepared.object, rules)
-        .map_err(|e| PduError::Signature(e.to_string()))?;
-    Ok(CheckedPdu {
-        event_id,
-        object: prepared.object,
-    })
+    let Prepared { object, keys } = prepared;
+    let has_hash = matches!(
+        object.get("hashes"),
+        Some(CanonicalJsonValue::Object(hashes))
+            if matches!(hashes.get("sha256"), Some(CanonicalJsonValue::String(_)))
+    );
+    if !has_hash {
+        return Err(PduError::Malformed("no hashes.sha256".into()));
+    }
+    let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") else {
+        return Err(PduError::Signature("unsigned".into()));
+    };
+    let servers =
+        ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+            .map_err(|e| PduError::Signature(e.to_string()))?;
+    let signed = signed_bytes(&object, rules)?;
+    for server in &servers {
+        let server = server.as_str();
+        let Some(CanonicalJsonValue::Object(by_key)) = signatures.get(server) else {
+            return Err(PduError::Signature(format!("not signed by {server}")));
+        };
+        let held = keys.get(server);
+        let mut verified = false;
+        for (key_id, signature) in by_key {
+            let Some(key) = held.and_then(|held| held.get(key_id)) else {
+                continue;
+            };
+            if !key_id
+                .split_once(':')
+                .is_some_and(|(algorithm, name)| algorithm == "ed25519" && !name.is_empty())
+            {
+                continue;
+            }
+            let wrong = |why: &str| PduError::Signature(format!("{server}'s {key_id}: {why}"));
+            let CanonicalJsonValue::String(signature) = signature else {
+                return Err(wrong("the signature is not a string"));
+            };
+            let signature = Base64::<Standard, [u8; 64]>::parse(signature)
+                .map_err(|_| wrong("the signature is not 64 bytes of base64"))?;
+            let key = key.ok_or_else(|| wrong("the key is not an ed25519 key"))?;
+            key.verify(
+                signed.as_bytes(),
+                &Signature::from_bytes(signature.as_inner()),
+            )
+            .map_err(|_| wrong("the signature does not verify"))?;
+            verified = true;
+        }
+        if !verified {
+            return Err(PduError::Signature(format!(
+                "no signature by {server} with a key we hold"
+            )));
+        }
+    }
+    let event_id = event_id_from(&object, &signed, rules)?;
+    Ok(CheckedPdu { event_id, object })
 }
 
 /// [`check`] for many PDUs (a join's state and auth chain): keys are found
@@ -169,9 +286,10 @@ pub(crate) async fn check_many_parsed(
     let rules = rules_for(room_version)?;
     let started = std::time::Instant::now();
     let mut prepared = Vec::with_capacity(pdus.len());
+    let mut decoded = DecodedKeys::default();
     for pdu in pdus {
         prepared.push(match pdu {
-            Ok(object) => prepare_object(key_ring, object).await,
+            Ok(object) => prepare_object(key_ring, object, &mut decoded).await,
             Err(error) => Err(error),
         });
     }
@@ -354,5 +472,272 @@ mod input_records_tests {
             .collect();
         assert_eq!(order, (0..20).map(|i| 60_000 + i).collect::<Vec<_>>());
         assert!(super::input_records(Vec::new()).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use std::collections::BTreeMap;
+
+    use ed25519_dalek::VerifyingKey;
+    use ruma::CanonicalJsonValue;
+    use ruma::canonical_json::CanonicalJsonObject;
+    use ruma::room_version_rules::{EventIdFormatVersion, RoomVersionRules};
+    use ruma::serde::Base64;
+    use ruma::signatures::Ed25519KeyPair;
+    use serde_json::json;
+
+    use super::{Prepared, rules_for, verify};
+
+    struct Server {
+        name: &'static str,
+        pair: Ed25519KeyPair,
+    }
+
+    impl Server {
+        fn new(name: &'static str, version: &str) -> Self {
+            let der = Ed25519KeyPair::generate();
+            let pair = Ed25519KeyPair::from_der(&der, version.to_owned()).expect("key pair");
+            Server { name, pair }
+        }
+
+        fn key_id(&self) -> String {
+            format!("ed25519:{}", self.pair.version())
+        }
+
+        fn sign(&self, object: &mut CanonicalJsonObject, rules: &RoomVersionRules) {
+            ruma::signatures::sign_event(self.name, &self.pair, object, &rules.redaction)
+                .expect("signed");
+        }
+    }
+
+    /// Checks `object` with `held` keys both ways (ours and ruma's
+    /// `verify_event`), asserting they agree; whether it passed.
+    fn agree(object: &CanonicalJsonObject, held: &[&Server], rules: &RoomVersionRules) -> bool {
+        let mut ours = BTreeMap::new();
+        let mut theirs = BTreeMap::new();
+        for server in held {
+            let public = server.pair.public_key();
+            ours.entry(server.name.to_owned())
+                .or_insert_with(BTreeMap::new)
+                .insert(server.key_id(), VerifyingKey::from_bytes(&public).ok());
+            theirs
+                .entry(server.name.to_owned())
+                .or_insert_with(BTreeMap::new)
+                .insert(server.key_id(), Base64::new(public.to_vec()));
+        }
+        let checked = verify(
+            Prepared {
+                object: object.clone(),
+                keys: ours,
+            },
+            rules,
+        );
+        let expected = ruma::signatures::verify_event(&theirs, object, rules);
+        assert_eq!(
+            checked.is_ok(),
+            expected.is_ok(),
+            "ours {checked:?}, ruma's {expected:?}"
+        );
+        if let Ok(checked) = checked {
+            let event_id = if rules.event_id_format == EventIdFormatVersion::V1 {
+                object["event_id"].to_string().trim_matches('"').to_owned()
+            } else {
+                format!(
+                    "${}",
+                    ruma::signatures::reference_hash(object, rules).expect("hash")
+                )
+            };
+            assert_eq!(checked.event_id, event_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn event(
+        version: &str,
+        sender: &str,
+        kind: &str,
+        content: serde_json::Value,
+    ) -> CanonicalJsonObject {
+        let mut event = json!({
+            "room_id": "!room:a.example",
+            "sender": sender,
+            "origin_server_ts": 1_700_000_000_000_i64,
+            "type": kind,
+            "content": content,
+            "prev_events": [],
+            "auth_events": [],
+            "depth": 3,
+        });
+        if kind == "m.room.member" {
+            event["state_key"] = json!(sender);
+        }
+        if version == "1" {
+            event["event_id"] = json!("$abc:a.example");
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_value(event).expect("object");
+        ruma::signatures::add_content_hash_to_event(&mut object).expect("hashed");
+        object
+    }
+
+    fn by_server<'a>(
+        object: &'a mut CanonicalJsonObject,
+        server: &str,
+    ) -> &'a mut CanonicalJsonObject {
+        let Some(CanonicalJsonValue::Object(signatures)) = object.get_mut("signatures") else {
+            panic!("no signatures")
+        };
+        let Some(CanonicalJsonValue::Object(by_server)) = signatures.get_mut(server) else {
+            panic!("no signatures by {server}")
+        };
+        by_server
+    }
+
+    fn signature_of(
+        object: &CanonicalJsonObject,
+        server: &str,
+        key_id: &str,
+    ) -> CanonicalJsonValue {
+        by_server(&mut object.clone(), server)[key_id].clone()
+    }
+
+    fn set_signature(
+        object: &mut CanonicalJsonObject,
+        server: &str,
+        key_id: &str,
+        signature: CanonicalJsonValue,
+    ) {
+        by_server(object, server).insert(key_id.to_owned(), signature);
+    }
+
+    #[test]
+    fn signatures_are_checked_as_ruma_checks_them_in_every_version() {
+        let a = Server::new("a.example", "a1");
+        let a_other = Server::new("a.example", "a2");
+        let b = Server::new("b.example", "b1");
+        for version in ["1", "10", "11", "12"] {
+            let rules = rules_for(version).expect("rules");
+            let message = || {
+                event(
+                    version,
+                    "@alice:a.example",
+                    "m.room.message",
+                    json!({"body": "hi"}),
+                )
+            };
+
+            let mut valid = message();
+            a.sign(&mut valid, &rules);
+            assert!(agree(&valid, &[&a], &rules), "v{version}: a valid event");
+            assert!(
+                !agree(&valid, &[&b], &rules),
+                "v{version}: no key of the sender's server"
+            );
+            assert!(
+                !agree(&valid, &[&a_other], &rules),
+                "v{version}: a key it did not sign with"
+            );
+
+            let mut body_changed = valid.clone();
+            body_changed.insert(
+                "content".into(),
+                CanonicalJsonValue::Object(Default::default()),
+            );
+            assert!(
+                agree(&body_changed, &[&a], &rules),
+                "v{version}: content is not signed (its hash is the roomserver's)"
+            );
+
+            let mut forged = valid.clone();
+            forged.insert(
+                "origin_server_ts".into(),
+                CanonicalJsonValue::Integer(5_u32.into()),
+            );
+            assert!(
+                !agree(&forged, &[&a], &rules),
+                "v{version}: a forged timestamp"
+            );
+
+            let mut unsigned = valid.clone();
+            unsigned.insert(
+                "signatures".into(),
+                CanonicalJsonValue::Object(Default::default()),
+            );
+            assert!(
+                !agree(&unsigned, &[&a], &rules),
+                "v{version}: no signatures"
+            );
+
+            let mut elsewhere = message();
+            b.sign(&mut elsewhere, &rules);
+            assert!(
+                !agree(&elsewhere, &[&a, &b], &rules),
+                "v{version}: signed by another server"
+            );
+
+            let mut twice = message();
+            a.sign(&mut twice, &rules);
+            a_other.sign(&mut twice, &rules);
+            assert!(
+                agree(&twice, &[&a, &a_other], &rules),
+                "v{version}: two good keys"
+            );
+            let good = signature_of(&twice, "a.example", &a.key_id());
+            set_signature(&mut twice, "a.example", &a_other.key_id(), good);
+            assert!(
+                !agree(&twice, &[&a, &a_other], &rules),
+                "v{version}: one bad signature of two"
+            );
+            set_signature(
+                &mut twice,
+                "a.example",
+                &a_other.key_id(),
+                CanonicalJsonValue::String("not base64!".into()),
+            );
+            assert!(
+                !agree(&twice, &[&a, &a_other], &rules),
+                "v{version}: a signature not base64"
+            );
+            assert!(
+                agree(&twice, &[&a], &rules),
+                "v{version}: a signature by a key not held is ignored"
+            );
+
+            let mut no_hash = message();
+            no_hash.remove("hashes");
+            a.sign(&mut no_hash, &rules);
+            assert!(
+                !agree(&no_hash, &[&a], &rules),
+                "v{version}: no content hash"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restricted_join_needs_its_authorising_server() {
+        let a = Server::new("a.example", "a1");
+        let b = Server::new("b.example", "b1");
+        for version in ["10", "11", "12"] {
+            let rules = rules_for(version).expect("rules");
+            let mut join = event(
+                version,
+                "@alice:a.example",
+                "m.room.member",
+                json!({"membership": "join", "join_authorised_via_users_server": "@bob:b.example"}),
+            );
+            a.sign(&mut join, &rules);
+            assert!(
+                !agree(&join, &[&a, &b], &rules),
+                "v{version}: not countersigned"
+            );
+            b.sign(&mut join, &rules);
+            assert!(agree(&join, &[&a, &b], &rules), "v{version}: countersigned");
+            assert!(
+                !agree(&join, &[&a], &rules),
+                "v{version}: the authorising key not held"
+            );
+        }
     }
 }

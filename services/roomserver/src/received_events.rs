@@ -123,12 +123,11 @@ impl RoomserverService {
             changes: BTreeMap::new(),
             head_moved: false,
         };
-        // Every PDU parsed first, so one query tells which are stored.
-        let parsed: Vec<_> = pdus
-            .pdus
-            .iter()
-            .map(|pdu| events::parse_received(&pdu.event_json, &head.rules))
-            .collect();
+        // Every PDU parsed first (on every core), so one query tells which
+        // are stored.
+        let parsed = ganglion_base::parallel::map(&pdus.pdus, |pdu| {
+            events::parse_received(&pdu.event_json, &head.rules)
+        });
         let ids: Vec<&str> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok())

@@ -1,0 +1,47 @@
+//! CPU-bound work over many items (parsing or checking a large room's
+//! events) spread over the machine's cores, results in the items' order.
+
+/// Fewer items than this are worth no thread.
+const SERIAL_BELOW: usize = 64;
+
+/// `f` of every item, in order, on up to as many threads as the machine
+/// has cores (this one among them). Blocks until done: call it where
+/// blocking is allowed (a blocking task, or briefly from a worker whose
+/// work this is anyway).
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || items.len() < SERIAL_BELOW {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut chunks = items.chunks(chunk);
+        let here = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut all: Vec<R> = here.iter().map(f).collect();
+        for other in others {
+            match other.join() {
+                Ok(part) => all.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_item_is_mapped_once_in_order() {
+        for len in [0, 1, 63, 64, 65, 1_000, 1_001] {
+            let items: Vec<usize> = (0..len).collect();
+            assert_eq!(
+                super::map(&items, |i| i * 2),
+                (0..len).map(|i| i * 2).collect::<Vec<_>>()
+            );
+        }
+    }
+}
