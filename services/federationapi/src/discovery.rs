@@ -6,7 +6,8 @@
 //!
 //! The steps are plain functions over what was looked up ([`plan`],
 //! [`after_well_known`], [`after_srv`]), so they are tested without a
-//! network; [`Discovery`] does the lookups and caches the answers.
+//! network; [`Discovery`] does the lookups and caches the answers (tested
+//! on loopback against TLS well-known hosts and a DNS server).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -480,5 +481,206 @@ mod tests {
         assert!(ranges.allows("127.0.0.1".parse().expect("ip")));
         assert!(!ranges.allows("127.0.0.2".parse().expect("ip")));
         assert!(IpRanges::new(&["nonsense".to_owned()], &[]).is_err());
+    }
+
+    /// A DNS server on loopback UDP answering SRV queries from `records`
+    /// (name with its trailing dot → (priority, weight, port, target)),
+    /// NXDOMAIN for any other name: its address.
+    async fn dns_server(records: HashMap<String, Vec<(u16, u16, u16, String)>>) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind DNS");
+        let address = socket.local_addr().expect("DNS address");
+        tokio::spawn(async move {
+            let mut buf = [0_u8; 1500];
+            loop {
+                let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                if let Some(answer) = dns_answer(&buf[..len], &records) {
+                    let _ = socket.send_to(&answer, peer).await;
+                }
+            }
+        });
+        address
+    }
+
+    /// The answer to one DNS query (RFC 1035 wire format).
+    fn dns_answer(
+        query: &[u8],
+        records: &HashMap<String, Vec<(u16, u16, u16, String)>>,
+    ) -> Option<Vec<u8>> {
+        let mut at = 12;
+        let mut labels = Vec::new();
+        loop {
+            let len = usize::from(*query.get(at)?);
+            at += 1;
+            if len == 0 {
+                break;
+            }
+            labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_lowercase());
+            at += len;
+        }
+        let question_end = at + 4;
+        let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+        let name = format!("{}.", labels.join("."));
+        let found = records.get(&name).filter(|_| qtype == 33);
+        let mut answer = Vec::new();
+        answer.extend_from_slice(&query[..2]);
+        // A response, authoritative, recursion desired and available;
+        // NXDOMAIN when the name has no records.
+        let rd = query[2] & 1;
+        answer.extend_from_slice(&[0x84 | rd, if found.is_some() { 0x80 } else { 0x83 }]);
+        let count = found.map_or(0, Vec::len) as u16;
+        for n in [1_u16, count, 0, 0] {
+            answer.extend_from_slice(&n.to_be_bytes());
+        }
+        answer.extend_from_slice(query.get(12..question_end)?);
+        for (priority, weight, port, target) in found.into_iter().flatten() {
+            let mut target_name = Vec::new();
+            for label in target.trim_end_matches('.').split('.') {
+                target_name.push(label.len() as u8);
+                target_name.extend_from_slice(label.as_bytes());
+            }
+            target_name.push(0);
+            answer.extend_from_slice(&[0xC0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+            answer.extend_from_slice(&(6 + target_name.len() as u16).to_be_bytes());
+            for n in [*priority, *weight, *port] {
+                answer.extend_from_slice(&n.to_be_bytes());
+            }
+            answer.extend_from_slice(&target_name);
+        }
+        Some(answer)
+    }
+
+    /// An HTTPS server on loopback (a self-signed certificate for `host`)
+    /// serving `/.well-known/matrix/server` as `body`: its address.
+    async fn well_known_server(dir: &std::path::Path, host: &str, body: &str) -> SocketAddr {
+        let certified =
+            rcgen::generate_simple_self_signed(vec![host.to_owned()]).expect("certificate");
+        let (cert, key) = (
+            dir.join(format!("{host}.crt")),
+            dir.join(format!("{host}.key")),
+        );
+        std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+        std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+        let body = body.to_owned();
+        let router = axum::Router::new().route(
+            "/.well-known/matrix/server",
+            axum::routing::get(move || {
+                let body = body.clone();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind HTTPS");
+        let address = listener.local_addr().expect("HTTPS address");
+        tokio::spawn(async move {
+            let _ = ganglion_base::http::serve_tls(
+                listener,
+                router,
+                &cert,
+                &key,
+                std::future::pending(),
+            )
+            .await;
+        });
+        address
+    }
+
+    /// Discovery over the network: well-known files fetched over TLS from
+    /// their hosts, SRV records from a DNS server, in the spec's order.
+    #[tokio::test]
+    async fn discovery_follows_well_known_files_and_srv_records_over_the_network() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dns = dns_server(HashMap::from([
+            (
+                "_matrix-fed._tcp.delegated.test.".to_owned(),
+                vec![
+                    (20, 0, 9001, "backup.test.".to_owned()),
+                    (10, 5, 8443, "fed.delegated.test.".to_owned()),
+                ],
+            ),
+            (
+                "_matrix._tcp.legacy.test.".to_owned(),
+                vec![(10, 0, 7443, "old.legacy.test.".to_owned())],
+            ),
+            (
+                "_matrix-fed._tcp.own-srv.test.".to_owned(),
+                vec![(10, 0, 6443, "fed.own-srv.test.".to_owned())],
+            ),
+        ]))
+        .await;
+        let with_port = well_known_server(
+            dir.path(),
+            "ported.test",
+            r#"{"m.server": "matrix.ported.test:8449"}"#,
+        )
+        .await;
+        let to_srv = well_known_server(
+            dir.path(),
+            "example.test",
+            r#"{"m.server": "delegated.test"}"#,
+        )
+        .await;
+        let invalid = well_known_server(dir.path(), "own-srv.test", r#"{"m.server": 7}"#).await;
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .resolve("ported.test", with_port)
+            .resolve("example.test", to_srv)
+            .resolve("own-srv.test", invalid)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let discovery = Discovery::new(
+            IpRanges::new(&[], &[]).expect("ranges"),
+            client,
+            &[dns.to_string()],
+        );
+        let found = |name: &'static str| {
+            let discovery = &discovery;
+            async move { discovery.destination(name).await.expect(name) }
+        };
+        // A delegation with a port: used as it is.
+        assert_eq!(
+            found("ported.test").await,
+            done("matrix.ported.test", 8449, None, "matrix.ported.test:8449")
+        );
+        // A delegation without one: the delegated name's best SRV record.
+        assert_eq!(
+            found("example.test").await,
+            done(
+                "delegated.test",
+                8443,
+                Some("fed.delegated.test"),
+                "delegated.test"
+            )
+        );
+        // An invalid well-known file: the name's own SRV record.
+        assert_eq!(
+            found("own-srv.test").await,
+            done(
+                "own-srv.test",
+                6443,
+                Some("fed.own-srv.test"),
+                "own-srv.test"
+            )
+        );
+        // No well-known file (no such host): the deprecated SRV name, then
+        // port 8448.
+        assert_eq!(
+            found("legacy.test").await,
+            done("legacy.test", 7443, Some("old.legacy.test"), "legacy.test")
+        );
+        assert_eq!(
+            found("nothing.test").await,
+            done("nothing.test", 8448, None, "nothing.test")
+        );
+        // An explicit port needs no lookup at all.
+        assert_eq!(
+            found("nothing.test:1234").await,
+            done("nothing.test", 1234, None, "nothing.test:1234")
+        );
     }
 }
