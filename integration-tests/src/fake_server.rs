@@ -41,6 +41,9 @@ struct Held {
     missing: Vec<String>,
     /// Transactions received: (transaction ID, body).
     received: Vec<(String, Value)>,
+    /// Whether `/_matrix/key/v2/server` answers 404 (a server whose keys
+    /// cannot be had from it, only from a notary).
+    keys_withheld: bool,
 }
 
 #[derive(Clone)]
@@ -71,7 +74,12 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-async fn key_response(State(shared): State<Shared>) -> axum::Json<Value> {
+async fn key_response(
+    State(shared): State<Shared>,
+) -> Result<axum::Json<Value>, axum::http::StatusCode> {
+    if shared.held.lock().expect("held").keys_withheld {
+        return Err(axum::http::StatusCode::NOT_FOUND);
+    }
     let body = json!({
         "server_name": shared.server_name,
         "valid_until_ts": now_ms() + 3_600_000,
@@ -81,7 +89,7 @@ async fn key_response(State(shared): State<Shared>) -> axum::Json<Value> {
     let mut object: CanonicalJsonObject = serde_json::from_value(body).expect("object");
     ruma::signatures::sign_json(&shared.server_name, &shared.key.key_pair, &mut object)
         .expect("signed");
-    axum::Json(serde_json::to_value(object).expect("JSON"))
+    Ok(axum::Json(serde_json::to_value(object).expect("JSON")))
 }
 
 async fn take_transaction(
@@ -329,6 +337,12 @@ impl FakeServer {
                 .expect("client"),
             task,
         }
+    }
+
+    /// Whether this server answers for its own keys (`false`: 404, as a
+    /// server that is down would give none).
+    pub fn serve_keys(&self, serve: bool) {
+        self.held.lock().expect("held").keys_withheld = !serve;
     }
 
     /// The X-Matrix header of a request to `destination`.

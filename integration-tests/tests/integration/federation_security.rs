@@ -8,6 +8,7 @@
 
 use ganglion_integration_tests::client::{Client, encode, message_bodies};
 use ganglion_integration_tests::fake_server::FakeServer;
+use ganglion_integration_tests::process::Monolith;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -565,4 +566,79 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
         assert!(tokio::time::Instant::now() < deadline, "{}", logs());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// A server whose keys cannot be had from it is vouched for by the
+/// notary we trust: its requests to us are refused until the notary has
+/// its keys, then accepted with the keys the notary gives (signed by the
+/// server and countersigned by the notary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_a_trusted_notary_when_the_server_gives_none() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let fake = FakeServer::start(dirs[0].path()).await;
+    let (notary, notary_name) =
+        crate::federation_queries::federating_monolith(dirs[1].path()).await;
+    let (ours_name, mut env) = ganglion_integration_tests::process::federating_env();
+    let mut monolith_env = Monolith::default_env(dirs[2].path());
+    monolith_env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
+    env.push((
+        "GANGLION_FEDERATION__TRUSTED_KEY_SERVERS".to_owned(),
+        format!(r#"["{notary_name}"]"#),
+    ));
+    monolith_env.extend(env);
+    let ours = Monolith::start_with(dirs[2].path(), monolith_env).await;
+    let base_of = |name: &str| {
+        format!(
+            "https://127.0.0.1:{}",
+            name.rsplit_once(':').map(|(_, p)| p).unwrap_or_default()
+        )
+    };
+    let logs = || {
+        format!(
+            "{}\n--- notary ---\n{}",
+            ours.process.log_tail(),
+            notary.process.log_tail()
+        )
+    };
+    Client::register(&ours.base_url, "alice", "pw-alice-notary").await;
+    let profile = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        encode(&format!("@alice:{ours_name}"))
+    );
+    let ours_base = base_of(&ours_name);
+    let ask = || fake.request(&ours_base, &ours_name, reqwest::Method::GET, &profile, None);
+
+    // Neither we nor the notary can get the fake server's keys.
+    fake.serve_keys(false);
+    let (status, body) = ask().await;
+    assert_eq!(status, 401, "{body}\n{}", logs());
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+
+    // The notary learns them while the server gives them (checking a
+    // request the server signed), then the server gives none again.
+    fake.serve_keys(true);
+    let (status, body) = fake
+        .request(
+            &base_of(&notary_name),
+            &notary_name,
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/query/profile?user_id={}",
+                encode(&format!("@nobody:{notary_name}"))
+            ),
+            None,
+        )
+        .await;
+    assert_ne!(status, 401, "the notary fetched the keys itself: {body}");
+    fake.serve_keys(false);
+
+    // We still cannot fetch them from the server, and take them from the
+    // notary.
+    let (status, body) = ask().await;
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    assert!(body["displayname"].is_string(), "{body}");
 }
