@@ -65,7 +65,8 @@ pub async fn start(
     federation: FederationHandle,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
-    let db = Database::open_for_service(config, "federationsender", storage::MIGRATIONS).await?;
+    let db = Database::open_for_service_one_writer(config, "federationsender", storage::MIGRATIONS)
+        .await?;
     let storage = Storage { db: db.clone() };
     let topics = Topics::new(&config.log.topic_prefix);
     log.ensure_topic(&topics.roomserver_output, config.log.partitions)
