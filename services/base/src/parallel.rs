@@ -32,6 +32,36 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     })
 }
 
+/// [`map`] taking the items: `f` of every item, in order, on every core.
+pub fn map_owned<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || items.len() < SERIAL_BELOW {
+        return items.into_iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    // The later parts split off, the first stays here.
+    let mut parts = Vec::with_capacity(threads);
+    while items.len() > chunk {
+        parts.push(items.split_off(items.len() - chunk));
+    }
+    parts.reverse();
+    let f = &f;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut all: Vec<R> = items.into_iter().map(f).collect();
+        for other in others {
+            match other.join() {
+                Ok(part) => all.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,6 +71,11 @@ mod tests {
             assert_eq!(
                 super::map(&items, |i| i * 2),
                 (0..len).map(|i| i * 2).collect::<Vec<_>>()
+            );
+            let texts: Vec<String> = items.iter().map(usize::to_string).collect();
+            assert_eq!(
+                super::map_owned(texts, |t| t.parse::<usize>().unwrap_or(usize::MAX)),
+                items
             );
         }
     }

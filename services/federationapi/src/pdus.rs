@@ -261,8 +261,8 @@ fn verify(prepared: Prepared, rules: &RoomVersionRules) -> Result<CheckedPdu, Pd
 }
 
 /// [`check`] for many PDUs (a join's state and auth chain): keys are found
-/// in turn (the key ring caches them), then the hashes and signatures are
-/// checked on two threads. Results in the order given.
+/// in turn (the key ring caches them), then the event IDs and signatures
+/// are checked on every core. Results in the order given.
 pub(crate) async fn check_many(
     key_ring: &KeyRing,
     room_version: &str,
@@ -294,18 +294,11 @@ pub(crate) async fn check_many_parsed(
         });
     }
     let prepared_ms = started.elapsed().as_millis() as u64;
-    let second = prepared.split_off(prepared.len() / 2);
-    let run = |part: Vec<Result<Prepared, PduError>>, rules: RoomVersionRules| {
-        tokio::task::spawn_blocking(move || {
-            part.into_iter()
-                .map(|p| p.and_then(|p| verify(p, &rules)))
-                .collect::<Vec<_>>()
-        })
-    };
-    let (first, second) = tokio::join!(run(prepared, rules.clone()), run(second, rules));
-    let joined = |e: tokio::task::JoinError| PduError::Signature(format!("checking: {e}"));
-    let mut checked = first.map_err(joined)?;
-    checked.extend(second.map_err(joined)?);
+    let checked = tokio::task::spawn_blocking(move || {
+        ganglion_base::parallel::map_owned(prepared, |p| p.and_then(|p| verify(p, &rules)))
+    })
+    .await
+    .map_err(|e| PduError::Signature(format!("checking: {e}")))?;
     tracing::debug!(
         events = checked.len(),
         prepared_ms,
