@@ -9,30 +9,11 @@ const SERIAL_BELOW: usize = 64;
 /// blocking is allowed (a blocking task, or briefly from a worker whose
 /// work this is anyway).
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || items.len() < SERIAL_BELOW {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut chunks = items.chunks(chunk);
-        let here = chunks.next().unwrap_or_default();
-        let others: Vec<_> = chunks
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut all: Vec<R> = here.iter().map(f).collect();
-        for other in others {
-            match other.join() {
-                Ok(part) => all.extend(part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        all
-    })
+    map_owned(items.iter().collect(), f)
 }
 
-/// [`map`] taking the items: `f` of every item, in order, on every core.
+/// [`map`] taking the items: `f` of every item, in order, on every core
+/// (the first part on this thread).
 pub fn map_owned<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads < 2 || items.len() < SERIAL_BELOW {
