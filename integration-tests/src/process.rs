@@ -176,7 +176,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// A monolith with its own data directory and ports.
 pub struct Monolith {
     pub process: Process,
+    /// The client listener.
     pub base_url: String,
+    /// The operator listener (`/healthz`, `/readyz`, `/metrics`).
+    pub operator_url: String,
     pub env: Vec<(String, String)>,
     pub dir: PathBuf,
 }
@@ -200,6 +203,10 @@ impl Monolith {
             ),
             (
                 "GANGLION_FEDERATION__LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "GANGLION_OPERATOR__LISTEN".to_owned(),
                 format!("127.0.0.1:{}", free_port()),
             ),
             (
@@ -231,15 +238,17 @@ impl Monolith {
     }
 
     pub async fn start_with(dir: &Path, env: Vec<(String, String)>) -> Monolith {
-        let port = env
-            .iter()
-            .find(|(k, _)| k == "GANGLION_CLIENT__LISTEN")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let setting = |key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let base_url = format!("http://{}", setting("GANGLION_CLIENT__LISTEN"));
+        let operator_url = format!("http://{}", setting("GANGLION_OPERATOR__LISTEN"));
         let mut process = Process::spawn("monolith", &["monolith"], &env, dir);
-        let base_url = format!("http://{port}");
         wait_healthy(
-            &format!("{base_url}/healthz"),
+            &format!("{operator_url}/healthz"),
             &mut process,
             Duration::from_secs(30),
         )
@@ -247,6 +256,7 @@ impl Monolith {
         Monolith {
             process,
             base_url,
+            operator_url,
             env,
             dir: dir.to_owned(),
         }
@@ -262,7 +272,7 @@ impl Monolith {
         let env = self.env.clone();
         let mut process = Process::spawn("monolith", &["monolith"], &env, &self.dir);
         wait_healthy(
-            &format!("{}/healthz", self.base_url),
+            &format!("{}/healthz", self.operator_url),
             &mut process,
             Duration::from_secs(30),
         )
@@ -276,7 +286,7 @@ impl Monolith {
         let env = self.env.clone();
         let mut process = Process::spawn("monolith", &["monolith"], &env, &self.dir);
         wait_healthy(
-            &format!("{}/healthz", self.base_url),
+            &format!("{}/healthz", self.operator_url),
             &mut process,
             Duration::from_secs(30),
         )
@@ -292,9 +302,49 @@ pub struct Polylith {
     pub processes: Vec<Process>,
     env: Vec<(String, String)>,
     dir: PathBuf,
-    /// Extra replicas: (process name, listen address).
-    replicas: Vec<(String, String)>,
+    /// Extra replicas: (process name, their listeners).
+    replicas: Vec<(String, Listeners)>,
     _tansu: ganglion_log::testing::Tansu,
+}
+
+/// Where one polylith process listens (`host:port` each).
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    /// Internal gRPC (authenticated).
+    pub grpc: String,
+    /// Public HTTP routes, for the gateway.
+    pub http: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub operator: String,
+}
+
+impl Listeners {
+    fn fresh() -> Listeners {
+        let port = || format!("127.0.0.1:{}", free_port());
+        Listeners {
+            grpc: port(),
+            http: port(),
+            operator: port(),
+        }
+    }
+
+    fn env(&self, service: &str) -> Vec<(String, String)> {
+        let upper = service.to_uppercase();
+        vec![
+            (
+                format!("GANGLION_SERVICES__{upper}__LISTEN"),
+                self.grpc.clone(),
+            ),
+            (
+                format!("GANGLION_SERVICES__{upper}__HTTP_LISTEN"),
+                self.http.clone(),
+            ),
+            (
+                format!("GANGLION_SERVICES__{upper}__OPERATOR_LISTEN"),
+                self.operator.clone(),
+            ),
+        ]
+    }
 }
 
 /// The services the polylith test runs, in start order.
@@ -339,6 +389,10 @@ impl Polylith {
                 format!("127.0.0.1:{gateway_port}"),
             ),
             (
+                "GANGLION_OPERATOR__LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
                 "GANGLION_FEDERATION__LISTEN".to_owned(),
                 format!("127.0.0.1:{}", free_port()),
             ),
@@ -365,11 +419,7 @@ impl Polylith {
             "keyserver",
             "mediaapi",
         ] {
-            let upper = service.to_uppercase();
-            env.push((
-                format!("GANGLION_SERVICES__{upper}__LISTEN"),
-                format!("127.0.0.1:{}", free_port()),
-            ));
+            env.extend(Listeners::fresh().env(service));
         }
         env.extend(extra_env);
         for (service, url) in database_urls {
@@ -395,7 +445,7 @@ impl Polylith {
         }
         let mut gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
         wait_healthy(
-            &format!("{}/healthz", polylith.base_url),
+            &format!("{}/healthz", polylith.gateway_operator_url()),
             &mut gateway,
             Duration::from_secs(30),
         )
@@ -404,20 +454,43 @@ impl Polylith {
         polylith
     }
 
-    /// Where `service` listens (gRPC, its routes, health and metrics).
-    pub fn listen(&self, service: &str) -> String {
-        let key = format!("GANGLION_SERVICES__{}__LISTEN", service.to_uppercase());
-        self.env
+    /// The listeners of `service`'s first process.
+    pub fn listeners(&self, service: &str) -> Listeners {
+        let setting = |suffix: &str| {
+            let key = format!("GANGLION_SERVICES__{}__{suffix}", service.to_uppercase());
+            self.env
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        Listeners {
+            grpc: setting("LISTEN"),
+            http: setting("HTTP_LISTEN"),
+            operator: setting("OPERATOR_LISTEN"),
+        }
+    }
+
+    /// The gateway's operator listener.
+    pub fn gateway_operator_url(&self) -> String {
+        let listen = self
+            .env
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| k == "GANGLION_OPERATOR__LISTEN")
             .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!("http://{listen}")
+    }
+
+    /// The environment every process of this polylith is started with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     async fn spawn(&self, service: &str) -> Process {
         let mut process = Process::spawn(service, &[service], &self.env, &self.dir);
         wait_healthy(
-            &format!("http://{}/healthz", self.listen(service)),
+            &format!("http://{}/healthz", self.listeners(service).operator),
             &mut process,
             Duration::from_secs(30),
         )
@@ -445,30 +518,33 @@ impl Polylith {
             .count()
             + 1;
         let name = format!("{service}#{n}");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let key = format!("GANGLION_SERVICES__{}__LISTEN", service.to_uppercase());
+        let listeners = Listeners::fresh();
+        let own = listeners.env(service);
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
-            .filter(|(k, _)| *k != key && !extra_env.iter().any(|(extra, _)| extra == k))
+            .filter(|(k, _)| {
+                !own.iter().any(|(mine, _)| mine == k)
+                    && !extra_env.iter().any(|(extra, _)| extra == k)
+            })
             .cloned()
             .collect();
-        env.push((key, listen.clone()));
+        env.extend(own);
         env.extend(extra_env);
         let mut process = Process::spawn(&name, &[service], &env, &self.dir);
         wait_healthy(
-            &format!("http://{listen}/healthz"),
+            &format!("http://{}/healthz", listeners.operator),
             &mut process,
             Duration::from_secs(30),
         )
         .await;
         self.processes.push(process);
-        self.replicas.push((name.clone(), listen));
+        self.replicas.push((name.clone(), listeners));
         name
     }
 
-    /// Where a replica started by [`Polylith::add_replica`] listens.
-    pub fn replica_listen(&self, name: &str) -> String {
+    /// The listeners of a replica started by [`Polylith::add_replica`].
+    pub fn replica_listeners(&self, name: &str) -> Listeners {
         self.replicas
             .iter()
             .find(|(n, _)| n == name)

@@ -213,10 +213,10 @@ impl Deployment {
 
     fn metrics_urls(&self) -> Vec<String> {
         match self {
-            Deployment::Monolith(m) => vec![format!("{}/metrics", m.base_url)],
+            Deployment::Monolith(m) => vec![format!("{}/metrics", m.operator_url)],
             Deployment::Polylith(p) => POLYLITH_SERVICES
                 .iter()
-                .map(|service| format!("http://{}/metrics", p.listen(service)))
+                .map(|service| format!("http://{}/metrics", p.listeners(service).operator))
                 .collect(),
         }
     }

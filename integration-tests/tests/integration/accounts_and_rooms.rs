@@ -173,11 +173,16 @@ async fn accounts_login_logout_and_discovery() {
         assert_eq!(r.errcode(), "M_UNKNOWN_TOKEN");
     }
 
-    // The process endpoints.
-    let ready = http.get(url("/readyz")).send().await.expect("readyz");
+    // The process endpoints: on the operator listener, not the client's.
+    for path in ["/readyz", "/metrics", "/healthz"] {
+        let on_client_port = http.get(url(path)).send().await.expect(path);
+        assert_eq!(on_client_port.status(), 404, "{path} on the client port");
+    }
+    let operator = |path: &str| format!("{}{path}", server.operator_url);
+    let ready = http.get(operator("/readyz")).send().await.expect("readyz");
     assert_eq!(ready.status(), 200);
     let metrics = http
-        .get(url("/metrics"))
+        .get(operator("/metrics"))
         .send()
         .await
         .expect("metrics")

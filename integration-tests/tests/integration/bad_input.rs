@@ -249,3 +249,228 @@ async fn login_and_register_are_rate_limited() {
             .is_some_and(|ms| ms > 0)
     );
 }
+
+/// Types, state keys and content full of characters JSON must escape
+/// (quotes, backslashes, control characters), line and paragraph
+/// separators and characters outside the Basic Multilingual Plane: every
+/// event accepted is read back exactly through `/sync`, `/messages`,
+/// `/context` and `/event`. Once, such an event was answered 200 and then
+/// dropped by the syncapi. Run against the monolith and the polylith.
+pub(crate) async fn awkward_characters_round_trip(base: &str) {
+    use ganglion_integration_tests::client::encode;
+    let alice = Client::register(base, "awkward", "password-awkward").await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+    let since = alice.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let awkward = [
+        "quote\"d",
+        "back\\slash\\\\",
+        "ctl\u{1}\u{8}\u{b}\u{c}\u{1f}\u{7f}",
+        "tab\tnew\nline\rreturn",
+        "astral 😀𝄞\u{10ffff}",
+        "seps\u{2028}\u{2029}",
+        "sl/ash ?#&%25 +",
+        "\\u0000 written out",
+    ];
+    let mut sent: Vec<(String, serde_json::Value)> = Vec::new();
+    for (i, text) in awkward.iter().enumerate() {
+        let event_type = format!("org.example.{text}");
+        let content = json!({"body": text, *text: [text, {*text: text}]});
+        let reply = alice
+            .call(
+                Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/{}/t{i}",
+                    encode(&room_id),
+                    encode(&event_type)
+                ),
+                Some(content.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "send {text:?}: {reply:?}");
+        let event_id = reply.body["event_id"]
+            .as_str()
+            .expect("event_id")
+            .to_owned();
+        sent.push((event_id, json!({"type": event_type, "content": content})));
+        let state_content = json!({"v": text});
+        let reply = alice
+            .call(
+                Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/{}/{}",
+                    encode(&room_id),
+                    encode(&event_type),
+                    encode(text)
+                ),
+                Some(state_content.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "state {text:?}: {reply:?}");
+        let event_id = reply.body["event_id"]
+            .as_str()
+            .expect("event_id")
+            .to_owned();
+        sent.push((
+            event_id,
+            json!({"type": event_type, "state_key": text, "content": state_content}),
+        ));
+    }
+    let matches = |event: &serde_json::Value, expected: &serde_json::Value| {
+        event["type"] == expected["type"]
+            && event["content"] == expected["content"]
+            && (expected.get("state_key").is_none() || event["state_key"] == expected["state_key"])
+    };
+
+    // /sync: every event in the timeline, as sent.
+    let synced = alice.sync(Some(&since), 0, 100).await;
+    let timeline = synced["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (event_id, expected) in &sent {
+        let event = timeline
+            .iter()
+            .find(|e| e["event_id"] == event_id.as_str())
+            .unwrap_or_else(|| panic!("{expected} in /sync: {synced}"));
+        assert!(matches(event, expected), "/sync {event} vs {expected}");
+    }
+    // The state events are the room's state too.
+    let state = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state", encode(&room_id)),
+            None,
+        )
+        .await;
+    for (_, expected) in sent.iter().filter(|(_, e)| e.get("state_key").is_some()) {
+        assert!(
+            state
+                .body
+                .as_array()
+                .is_some_and(|all| all.iter().any(|e| matches(e, expected))),
+            "{expected} in /state"
+        );
+    }
+    // /messages, backwards from now.
+    let history = alice.messages(&room_id, None, "b", 100).await;
+    let chunk = history["chunk"].as_array().cloned().unwrap_or_default();
+    for (event_id, expected) in &sent {
+        let event = chunk
+            .iter()
+            .find(|e| e["event_id"] == event_id.as_str())
+            .unwrap_or_else(|| panic!("{expected} in /messages"));
+        assert!(matches(event, expected), "/messages {event} vs {expected}");
+    }
+    // /event and /context of each.
+    for (event_id, expected) in &sent {
+        let one = alice
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    encode(&room_id),
+                    encode(event_id)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(one.status, 200, "/event {expected}: {one:?}");
+        assert!(
+            matches(&one.body, expected),
+            "/event {} vs {expected}",
+            one.body
+        );
+        let context = alice
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/context/{}?limit=2",
+                    encode(&room_id),
+                    encode(event_id)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(context.status, 200, "/context {expected}: {context:?}");
+        assert!(
+            matches(&context.body["event"], expected),
+            "/context {} vs {expected}",
+            context.body["event"]
+        );
+    }
+
+    // What no view could hold is refused, not accepted and lost.
+    let long = "k".repeat(256);
+    let refused = [
+        (
+            format!("/state/m.example/{}", encode(&long)),
+            json!({}),
+            (413, "M_TOO_LARGE"),
+        ),
+        (
+            format!("/state/{}/k", encode(&long)),
+            json!({}),
+            (413, "M_TOO_LARGE"),
+        ),
+        (
+            format!("/send/{}/big", encode(&long)),
+            json!({}),
+            (413, "M_TOO_LARGE"),
+        ),
+    ];
+    for (path, body, expected) in refused {
+        let reply = alice
+            .call(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{}{path}", encode(&room_id)),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.errcode()),
+            expected,
+            "{path}: {reply:?}"
+        );
+    }
+    let nul = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/nul",
+                encode(&room_id)
+            ),
+            Some(json!({"body": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!(nul.status, 400, "U+0000 refused: {nul:?}");
+    let created = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(
+                json!({"initial_state": [{"type": "m.example", "state_key": long, "content": {}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (created.status, created.errcode()),
+        (413, "M_TOO_LARGE"),
+        "{created:?}"
+    );
+    let after = alice.sync(Some(&since), 0, 100).await;
+    let count = after["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_default();
+    assert_eq!(count, sent.len(), "nothing refused was stored");
+}
+
+#[tokio::test]
+async fn awkward_characters_round_trip_in_the_monolith() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    awkward_characters_round_trip(&server.base_url).await;
+}

@@ -141,8 +141,8 @@ async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
             expected[i].push(text);
         }
     }
-    let first_accepted = accepted_by(&server.listen("roomserver")).await;
-    let second_accepted = accepted_by(&server.replica_listen(&second)).await;
+    let first_accepted = accepted_by(&server.listeners("roomserver").operator).await;
+    let second_accepted = accepted_by(&server.replica_listeners(&second).operator).await;
     assert!(
         first_accepted > 0 && second_accepted > 0,
         "both replicas write: {first_accepted} and {second_accepted}\n{}",
@@ -210,7 +210,7 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
         200
     );
     let on_second = ganglion_integration_tests::client::Client {
-        base_url: format!("http://{}", server.replica_listen(&second)),
+        base_url: format!("http://{}", server.replica_listeners(&second).http),
         ..bob.clone()
     };
     // A long-poll may first wake for other news (presence the second
@@ -392,8 +392,8 @@ async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
         expected.push(text);
     }
     all_delivered(&server, &expected, "before the kill").await;
-    let first_sent = transactions_sent_by(&server.listen("federationsender")).await;
-    let second_sent = transactions_sent_by(&server.replica_listen(&second)).await;
+    let first_sent = transactions_sent_by(&server.listeners("federationsender").operator).await;
+    let second_sent = transactions_sent_by(&server.replica_listeners(&second).operator).await;
     assert!(
         first_sent > 0 && second_sent > 0,
         "both replicas deliver: {first_sent} and {second_sent}\n{}",
@@ -421,6 +421,136 @@ async fn transactions_sent_by(listen: &str) -> u64 {
         .unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("ganglion_federationsender_transactions_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The polylith's edges (issue: the gateway once forwarded
+/// `/_matrix/federation/%2e%2e/%2e%2e/<gRPC method>` into the
+/// federationapi's internal API): the gateway forwards only the paths the
+/// services export, no HTTP listener serves gRPC, and internal gRPC answers
+/// only callers holding the shared secret, which rotates without a restart
+/// or a refused call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_edges_are_closed_and_internal_calls_authenticated() {
+    use ganglion_api::proto::userapi::GetProfileRequest;
+    use ganglion_api::users::{UsersApi, UsersClient};
+    use ganglion_base::internal_auth::InternalSecret;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), "edges").await;
+    let alice = ganglion_integration_tests::client::Client::register(
+        &server.base_url,
+        "alice",
+        "password-alice",
+    )
+    .await;
+    let room_id = alice.create_room(serde_json::json!({})).await;
+    let http = reqwest::Client::new();
+
+    // Through the gateway: traversal and unexported paths never leave it.
+    let invite = "ganglion.federationapi.Federation/Invite";
+    for path in [
+        format!("/_matrix/federation/%2e%2e/%2e%2e/{invite}"),
+        format!("/_matrix/federation/../../{invite}"),
+        format!("/_matrix/client/v3/%2E%2E/%2E%2E/{invite}"),
+        format!("/_matrix/federation/v1/.%2e/.%2e/{invite}"),
+        format!("/{invite}"),
+        "/_matrix/client/v3/rooms//send/m.room.message/t".to_owned(),
+        "/_matrix/federation/v1/not-a-route".to_owned(),
+    ] {
+        let response = http
+            .post(format!("{}{path}", server.base_url))
+            .header("content-type", "application/grpc")
+            .body(vec![0_u8; 5])
+            .send()
+            .await
+            .expect("gateway answers");
+        assert_eq!(response.status(), 404, "{path}");
+        let body: serde_json::Value = response.json().await.expect("a Matrix error");
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{path}");
+    }
+    // The federationapi's and clientapi's HTTP listeners serve no gRPC.
+    for service in ["federationapi", "clientapi", "syncapi"] {
+        let listeners = server.listeners(service);
+        let response = http
+            .post(format!("http://{}/{invite}", listeners.http))
+            .header("content-type", "application/grpc")
+            .body(vec![0_u8; 5])
+            .send()
+            .await
+            .expect("http listener answers");
+        assert_eq!(response.status(), 404, "{service}'s HTTP listener");
+    }
+
+    // Internal gRPC: refused without the secret, and counted.
+    let userapi = server.listeners("userapi");
+    let grpc = format!("http://{}", userapi.grpc);
+    let secret_file = dir.path().join("data").join("internal.secret");
+    let original = std::fs::read_to_string(&secret_file).expect("the generated secret");
+    let original = original.trim().to_owned();
+    let ask = |secret: &str| {
+        let client = UsersClient::new(&grpc, InternalSecret::fixed(vec![secret.to_owned()]))
+            .expect("client");
+        let user_id = alice.user_id.clone();
+        async move { client.get_profile(GetProfileRequest { user_id }).await }
+    };
+    let refused_before = refused(&userapi.operator).await;
+    let error = ask("a-guess-of-the-secret-0000")
+        .await
+        .expect_err("refused");
+    assert!(error.to_string().contains("internal secret"), "{error}");
+    assert_eq!(refused(&userapi.operator).await, refused_before + 1);
+    ask(&original).await.expect("the secret opens the door");
+
+    // Rotation: the new secret is accepted beside the old, then sent, then
+    // the old one retired; the services keep talking throughout.
+    let new = "rotated-secret-0123456789abcdef";
+    let steps = [
+        format!("{original}\n{new}\n"),
+        format!("{new}\n{original}\n"),
+        format!("{new}\n"),
+    ];
+    for (i, contents) in steps.iter().enumerate() {
+        std::fs::write(&secret_file, contents).expect("rotate");
+        // As an operator does: every process takes a step before the next.
+        tokio::time::sleep(ganglion_base::internal_auth::RELOAD_INTERVAL * 2).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ask(new).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "step {i} taken up");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for attempt in 0..3 {
+            let reply = alice
+                .send_text(&room_id, &format!("r{i}-{attempt}"), "still talking")
+                .await;
+            assert_eq!(reply.status, 200, "step {i}: {}", server.logs());
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ask(&original).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old secret retired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Every accepted event is representable by every view here too.
+    crate::bad_input::awkward_characters_round_trip(&server.base_url).await;
+}
+
+/// Internal calls a process refused, from its metrics.
+async fn refused(operator: &str) -> u64 {
+    let text = reqwest::get(format!("http://{operator}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("ganglion_internal_calls_refused_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()

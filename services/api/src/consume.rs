@@ -1,6 +1,10 @@
 //! The consumer loop every service uses: take a record, handle it (one
 //! database transaction), commit its offset only after that, retry transient
-//! failures with backoff, skip (and count) records that can never succeed.
+//! failures with backoff. A record that can never be applied is never
+//! dropped silently: it goes to its topic's dead-letter topic
+//! (`<topic>.deadletter`) with the error, the consumer group and its
+//! position in headers, is counted and logged as an error, and only then is
+//! its offset committed so the partition moves on.
 //! Each record runs in a span continuing the producer's trace.
 
 use std::collections::HashMap;
@@ -21,9 +25,54 @@ pub enum HandleError {
     /// Worth retrying (database or network briefly unavailable).
     #[error("transient: {0}")]
     Transient(String),
-    /// Retrying cannot help (an undecodable record); it is skipped.
+    /// Retrying cannot help (an undecodable record, a value the database
+    /// can never store); it goes to the dead-letter topic.
     #[error("permanent: {0}")]
     Permanent(String),
+}
+
+impl HandleError {
+    /// Classifies a storage error by the database error in its chain: the
+    /// database refusing the data itself (a value too long to index, out of
+    /// range, against a constraint, not valid text) is permanent, anything
+    /// else (a lost connection, a lock, a full pool) is worth retrying.
+    pub fn storage<E: std::error::Error + 'static>(error: E) -> HandleError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut permanent = false;
+        while let Some(current) = cause {
+            if let Some(sqlx) = current.downcast_ref::<sqlx::Error>() {
+                permanent = ganglion_base::database::refuses_the_data(sqlx);
+                break;
+            }
+            cause = current.source();
+        }
+        let message = describe_chain(&error);
+        if permanent {
+            HandleError::Permanent(message)
+        } else {
+            HandleError::Transient(message)
+        }
+    }
+}
+
+/// An error and its causes, on one line.
+fn describe_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = current.source();
+    }
+    message
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.deadletter")
 }
 
 /// A topic consumer: one record in, one database transaction.
@@ -31,6 +80,14 @@ pub enum HandleError {
 pub trait RecordHandler: Send + Sync + 'static {
     /// Must be idempotent: a record may be delivered again after a crash.
     async fn handle(&self, record: &Record) -> Result<(), HandleError>;
+
+    /// Called once a record that could never be applied is on its
+    /// dead-letter topic: a view that keeps its position with its data
+    /// moves past the record here (so waiters for that position are not
+    /// held until they time out).
+    async fn dead_lettered(&self, _record: &Record) -> Result<(), HandleError> {
+        Ok(())
+    }
 }
 
 /// Where a consumer has got to, for lag metrics and readiness.
@@ -112,13 +169,14 @@ impl ReadinessCheck for ConsumerHandle {
     }
 }
 
-static SKIPPED: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
-    counter_vec(
-        "ganglion_consumer_skipped_records_total",
-        "Records skipped because handling them failed permanently",
-        &["group", "topic"],
-    )
-});
+static DEAD_LETTERS: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        counter_vec(
+            "ganglion_consumer_dead_letters_total",
+            "Records that could never be applied, sent to their dead-letter topic",
+            &["group", "topic"],
+        )
+    });
 
 /// Joins `group` on `topics` and runs `handler` on every record until
 /// `shutdown` turns true. Returns the handle for readiness and lag.
@@ -185,7 +243,7 @@ fn run(
                     continue;
                 }
             };
-            if !handle_with_retries(&group, &*handler, &record, &mut shutdown).await {
+            if !handle_with_retries(&*log, &group, &*handler, &record, &mut shutdown).await {
                 break;
             }
             commit_with_retries(&group, &mut *consumer, &record, &mut shutdown).await;
@@ -219,8 +277,10 @@ fn run(
     handle
 }
 
-/// Returns false when shutting down before the record was handled.
+/// Returns false when shutting down before the record was handled (or
+/// dead-lettered).
 async fn handle_with_retries(
+    log: &dyn Log,
     group: &str,
     handler: &dyn RecordHandler,
     record: &Record,
@@ -239,16 +299,94 @@ async fn handle_with_retries(
         match handler.handle(record).instrument(span.clone()).await {
             Ok(()) => return true,
             Err(HandleError::Permanent(error)) => {
-                let _guard = span.enter();
-                tracing::error!(%error, "skipping a record that cannot be handled");
-                SKIPPED
-                    .with_label_values(&[group, record.topic.as_str()])
-                    .inc();
+                if !dead_letter(log, group, record, &error, shutdown)
+                    .instrument(span.clone())
+                    .await
+                {
+                    return false;
+                }
+                if let Err(error) = handler.dead_lettered(record).instrument(span.clone()).await {
+                    let _guard = span.enter();
+                    tracing::warn!(%error, "could not move past a dead letter");
+                }
                 return true;
             }
             Err(HandleError::Transient(error)) => {
                 let _guard = span.enter();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Puts a record that can never be applied on its dead-letter topic, with
+/// the error; retried until the log takes it (or shutdown), so the record is
+/// never lost. Returns false when shutting down first.
+async fn dead_letter(
+    log: &dyn Log,
+    group: &str,
+    record: &Record,
+    error: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tracing::error!(
+        %error,
+        "a record cannot be applied: moving it to the dead-letter topic"
+    );
+    let topic = dead_letter_topic(&record.topic);
+    let mut headers = record.headers.clone();
+    headers.extend([
+        (
+            "ganglion-dead-letter-error".to_owned(),
+            error.as_bytes().to_vec(),
+        ),
+        (
+            "ganglion-dead-letter-group".to_owned(),
+            group.as_bytes().to_vec(),
+        ),
+        (
+            "ganglion-dead-letter-topic".to_owned(),
+            record.topic.as_bytes().to_vec(),
+        ),
+        (
+            "ganglion-dead-letter-partition".to_owned(),
+            record.partition.to_string().into_bytes(),
+        ),
+        (
+            "ganglion-dead-letter-offset".to_owned(),
+            record.offset.to_string().into_bytes(),
+        ),
+    ]);
+    let outgoing = ganglion_log::OutgoingRecord {
+        key: record.key.clone(),
+        headers,
+        payload: record.payload.clone(),
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let produced = match log.ensure_topic(&topic, 1).await {
+            Ok(()) => log.produce(&topic, outgoing.clone()).await,
+            Err(error) => Err(error),
+        };
+        match produced {
+            Ok(position) => {
+                DEAD_LETTERS
+                    .with_label_values(&[group, record.topic.as_str()])
+                    .inc();
+                tracing::error!(
+                    dead_letter_topic = %topic,
+                    dead_letter_offset = position.offset,
+                    "record moved to the dead-letter topic"
+                );
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "could not write a dead letter; retrying");
             }
         }
         tokio::select! {

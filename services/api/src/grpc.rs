@@ -3,14 +3,18 @@
 //! implementation over tonic. Trace context rides in the metadata; errors
 //! ride in the status details (see [`crate::error`]).
 
+use ganglion_base::internal_auth::{self, InternalSecret};
 use ganglion_base::metrics::GRPC_CALLS;
 use ganglion_base::telemetry;
 
 use crate::ApiError;
 
-/// A request carrying the current trace context.
-pub fn outgoing<T>(message: T) -> tonic::Request<T> {
+/// A request carrying the caller's internal secret and the current trace context.
+pub fn outgoing<T>(message: T, secret: &InternalSecret) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(secret.header().as_bytes()) {
+        request.metadata_mut().insert(internal_auth::HEADER, value);
+    }
     let mut headers = Vec::new();
     telemetry::inject_into_headers(&mut headers);
     for (key, value) in headers {
@@ -101,11 +105,19 @@ macro_rules! service_api {
         #[derive(Clone)]
         pub struct $Client {
             inner: $pb_client<tonic::transport::Channel>,
+            secret: ganglion_base::internal_auth::InternalSecret,
         }
 
         impl $Client {
-            pub fn new(address: &str) -> Result<Self, $crate::ApiError> {
-                Ok(Self { inner: <$pb_client<tonic::transport::Channel>>::new($crate::grpc::lazy_channel(address)?) })
+            /// A client of the service at `address`, authenticating with `secret`.
+            pub fn new(
+                address: &str,
+                secret: ganglion_base::internal_auth::InternalSecret,
+            ) -> Result<Self, $crate::ApiError> {
+                Ok(Self {
+                    inner: <$pb_client<tonic::transport::Channel>>::new($crate::grpc::lazy_channel(address)?),
+                    secret,
+                })
             }
         }
 
@@ -113,7 +125,7 @@ macro_rules! service_api {
         impl $Trait for $Client {
             $(
                 async fn $method(&self, request: $Req) -> Result<$Resp, $crate::ApiError> {
-                    let result = self.inner.clone().$method($crate::grpc::outgoing(request)).await;
+                    let result = self.inner.clone().$method($crate::grpc::outgoing(request, &self.secret)).await;
                     $crate::grpc::finish_client($api, stringify!($method), result)
                 }
             )*

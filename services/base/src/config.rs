@@ -35,8 +35,28 @@ pub struct Config {
     pub federation: FederationConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub operator: OperatorConfig,
+    pub internal: InternalConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// The operator listener of the monolith and the gateway: `/healthz`,
+/// `/readyz` and `/metrics`, never on the public client or federation port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    pub listen: SocketAddr,
+}
+
+/// How the polylith's services authenticate calls to each other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalConfig {
+    /// The shared secret file (one secret per line; the first is sent, any
+    /// is accepted; re-read when it changes). Unset:
+    /// `<data_dir>/internal.secret`, generated on first start.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// The client-server API (`/_matrix/client`).
@@ -69,6 +89,10 @@ pub struct ClientConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     pub listen: SocketAddr,
+    /// Inbound federation request bodies larger than this are refused with
+    /// 413 `M_TOO_LARGE`; room for a full transaction (50 PDUs of 64 KiB
+    /// and 100 EDUs).
+    pub max_body_bytes: usize,
     /// PEM certificate chain; a self-signed one is generated in `data_dir` when unset.
     pub tls_certificate_path: Option<PathBuf>,
     /// PEM private key matching `tls_certificate_path`.
@@ -180,12 +204,19 @@ pub struct ServiceConfig {
     pub database_url: Option<String>,
     /// Largest number of pooled database connections.
     pub database_max_connections: Option<u32>,
-    /// Polylith: where this service's process listens (gRPC, its HTTP routes,
-    /// `/healthz`, `/readyz`, `/metrics`).
+    /// Polylith: where this service serves its internal gRPC API (to the
+    /// other services only, each call authenticated).
     pub listen: Option<SocketAddr>,
     /// Polylith: how the other services reach this one, e.g. `http://10.0.0.5:7771`.
     /// Unset: `http://<listen>`.
     pub address: Option<String>,
+    /// Polylith: where this service serves its public HTTP routes to the
+    /// gateway (clientapi, syncapi and federationapi).
+    pub http_listen: Option<SocketAddr>,
+    /// Polylith: how the gateway reaches `http_listen`. Unset: `http://<http_listen>`.
+    pub http_address: Option<String>,
+    /// Polylith: where this service serves `/healthz`, `/readyz` and `/metrics`.
+    pub operator_listen: Option<SocketAddr>,
     /// Polylith: a name unique to this replica (consumer groups of views use it).
     /// Unset: derived from `listen`.
     pub replica_id: Option<String>,
@@ -205,6 +236,9 @@ impl Default for Config {
                         database_max_connections: None,
                         listen: Some(SocketAddr::from(([127, 0, 0, 1], port))),
                         address: None,
+                        http_listen: Some(SocketAddr::from(([127, 0, 0, 1], port + 100))),
+                        http_address: None,
+                        operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], port + 200))),
                         replica_id: None,
                     },
                 )
@@ -217,7 +251,17 @@ impl Default for Config {
             federation: FederationConfig::default(),
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
+            operator: OperatorConfig::default(),
+            internal: InternalConfig::default(),
             services,
+        }
+    }
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9008)),
         }
     }
 }
@@ -242,6 +286,7 @@ impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8448)),
+            max_body_bytes: 8 * 1024 * 1024,
             tls_certificate_path: None,
             tls_private_key_path: None,
             signing_key_path: None,
@@ -330,6 +375,11 @@ impl Config {
                 "client.max_body_bytes: must be at least 1024".to_owned(),
             ));
         }
+        if self.federation.max_body_bytes < 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "federation.max_body_bytes: must be at least 1048576".to_owned(),
+            ));
+        }
         if self.client.rate_limit_per_second.is_nan() || self.client.rate_limit_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "client.rate_limit_per_second: must be greater than 0".to_owned(),
@@ -368,6 +418,14 @@ impl Config {
         section
             .address
             .or_else(|| section.listen.map(|addr| format!("http://{addr}")))
+    }
+
+    /// How the gateway reaches `service`'s public HTTP routes.
+    pub fn service_http_address(&self, service: &str) -> Option<String> {
+        let section = self.service(service);
+        section
+            .http_address
+            .or_else(|| section.http_listen.map(|addr| format!("http://{addr}")))
     }
 
     /// Where the embedded log keeps its files.
@@ -421,10 +479,13 @@ const EXAMPLE_OPTIONAL: &str = "
 # embedded_dir = \"/var/lib/ganglion/log\"            # default: <data_dir>/log
 # [telemetry]
 # otlp_endpoint = \"http://127.0.0.1:4317\"            # OTLP/gRPC trace export
+# [internal]
+# secret_file = \"/etc/ganglion/internal.secret\"     # default: <data_dir>/internal.secret
 # [services.roomserver]                               # likewise for every service
 # database_url = \"postgres://ganglion@localhost/roomserver\"  # default: SQLite in data_dir
 # database_max_connections = 10
 # address = \"http://roomserver:7771\"                # default: http://<listen>
+# http_address = \"http://clientapi:7877\"            # default: http://<http_listen>
 # replica_id = \"syncapi-0\"                           # default: derived from listen
 ";
 
@@ -434,6 +495,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "server_name" => "The Matrix server name: the part after the colon in user IDs.",
         "data_dir" => "Databases, signing key, TLS certificate and embedded log live here.",
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
+        "secret_file" => "Internal gRPC secrets, one per line (first sent, any accepted).",
         "registration_enabled" => "Whether POST /register creates accounts.",
         "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",
         "rate_limit_per_second" => "Login/register attempts per client address per second.",
@@ -454,6 +516,8 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "log_format" => "pretty or json.",
         "log_filter" => "A tracing filter such as info or ganglion_roomserver=debug,info.",
         "listen" => "Address to listen on.",
+        "http_listen" => "Polylith: public HTTP routes, for the gateway.",
+        "operator_listen" => "Polylith: /healthz, /readyz and /metrics.",
         "verify_certificates" => "Whether remote servers' TLS certificates must be valid.",
         "ip_range_denylist" => "CIDR ranges outbound federation never connects to.",
         "ip_range_allowlist" => "CIDR ranges allowed despite the deny list.",

@@ -74,6 +74,38 @@ pub enum DatabaseError {
     Io(#[from] std::io::Error),
 }
 
+/// Whether the database refused an error's data itself, so the same
+/// statement can never succeed: PostgreSQL's data exceptions (class 22: a
+/// value too long, out of range, or text with a NUL byte), integrity
+/// violations other than a unique key another writer may have just taken
+/// (class 23), program limits (class 54: an index row too large); SQLite's
+/// TOOBIG, MISMATCH, RANGE and NOT NULL / CHECK constraints; and values the
+/// driver cannot encode. Everything else (connections, locks, timeouts, a
+/// full pool) may pass on a retry.
+pub fn refuses_the_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(database) => {
+            let Some(code) = database.code() else {
+                return false;
+            };
+            if database
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                let extended = code.parse::<u32>().unwrap_or(0);
+                let primary = extended & 0xff;
+                return matches!(primary, 18 | 20 | 25)
+                    || (primary == 19 && !matches!(extended, 1555 | 2067));
+            }
+            code.starts_with("22")
+                || code.starts_with("54")
+                || (code.starts_with("23") && code != "23505")
+        }
+        _ => false,
+    }
+}
+
 impl Database {
     /// Opens `url`, or the SQLite file `<data_dir>/<service>.db` when `url` is
     /// `None`, then brings the schema up to date with `migrations`.
@@ -297,6 +329,49 @@ pub(crate) mod tests {
         );
     }
 
+    /// Data the database refuses is told from trouble a retry may pass.
+    async fn classifies_refused_data(db: &Database) {
+        sqlx::query("CREATE TABLE keyed (name TEXT NOT NULL, CONSTRAINT keyed_name UNIQUE (name))")
+            .execute(&db.pool)
+            .await
+            .expect("create");
+        let insert = |name: Option<String>| {
+            let pool = db.pool.clone();
+            async move {
+                sqlx::query("INSERT INTO keyed (name) VALUES ($1)")
+                    .bind(name)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        insert(Some("a".into())).await.expect("insert");
+        let again = insert(Some("a".into())).await.expect_err("unique");
+        assert!(
+            !refuses_the_data(&again),
+            "a taken key may be a race: {again}"
+        );
+        let null = insert(None).await.expect_err("not null");
+        assert!(refuses_the_data(&null), "{null}");
+        if db.engine == Engine::Postgres {
+            // A value no index can hold, and text PostgreSQL cannot store.
+            let huge: String = {
+                use rand::Rng;
+                rand::thread_rng()
+                    .sample_iter(rand::distributions::Alphanumeric)
+                    .take(20_000)
+                    .map(char::from)
+                    .collect()
+            };
+            let too_big = insert(Some(huge)).await.expect_err("index row too large");
+            assert!(refuses_the_data(&too_big), "{too_big}");
+            let nul = insert(Some("a\u{0}b".into())).await.expect_err("NUL");
+            assert!(refuses_the_data(&nul), "{nul}");
+        }
+        let closed = sqlx::Error::PoolClosed;
+        assert!(!refuses_the_data(&closed));
+    }
+
     async fn refuses_newer_schema(db: &Database) {
         sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES (99, 'future')")
             .execute(&db.pool)
@@ -324,6 +399,7 @@ pub(crate) mod tests {
             .expect("open");
         assert_eq!(db.engine, Engine::Sqlite);
         roundtrip(&db).await;
+        classifies_refused_data(&db).await;
         // Re-running migrations is a no-op.
         db.migrate("test", MIGRATIONS).await.expect("idempotent");
         refuses_newer_schema(&db).await;
@@ -389,6 +465,7 @@ pub(crate) mod tests {
             .expect("open");
         assert_eq!(db.engine, Engine::Postgres);
         roundtrip(&db).await;
+        classifies_refused_data(&db).await;
         db.migrate("test", MIGRATIONS).await.expect("idempotent");
         refuses_newer_schema(&db).await;
         db.close().await;

@@ -113,6 +113,11 @@ pub fn percent_encode(text: &str) -> String {
 }
 
 fn percent_decode(text: &str) -> Option<String> {
+    String::from_utf8(percent_decode_bytes(text)?).ok()
+}
+
+/// The bytes a percent-encoded text stands for; `None` for a malformed escape.
+fn percent_decode_bytes(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -120,6 +125,9 @@ fn percent_decode(text: &str) -> Option<String> {
         match bytes[i] {
             b'%' => {
                 let hex = text.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
@@ -133,7 +141,7 @@ fn percent_decode(text: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// Parses a request body with the spec's two distinct errors.
@@ -174,13 +182,108 @@ async fn observe(service: &'static str, req: Request, next: Next) -> Response {
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = response.status();
     span.record("status", status.as_u16());
+    let method = method_label(&method);
     metrics::HTTP_REQUESTS
-        .with_label_values(&[service, method.as_str(), status.as_str()])
+        .with_label_values(&[service, method, status.as_str()])
         .inc();
     metrics::HTTP_DURATION
-        .with_label_values(&[service, method.as_str()])
+        .with_label_values(&[service, method])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request method as a metric label: the methods Matrix uses, and
+/// `other` for anything a client invents (which must not add a series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// A service's HTTP routes with their path patterns kept beside them, so
+/// the gateway forwards exactly the paths the service serves (its route
+/// table) and nothing else. Built without the service's state, so the table
+/// can be read without starting the service.
+pub struct Routes<S> {
+    router: Router<S>,
+    paths: Vec<String>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// Adds `path` (an axum pattern such as `/_matrix/client/v3/rooms/{room_id}/send`).
+    pub fn route(mut self, path: &str, method_router: axum::routing::MethodRouter<S>) -> Self {
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path.to_owned());
+        self
+    }
+
+    /// Adds every route of `other`.
+    pub fn merge(mut self, other: Routes<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// The path patterns, in the order they were added.
+    pub fn into_paths(self) -> Vec<String> {
+        self.paths
+    }
+
+    /// The router still waiting for its state (to add a layer first).
+    pub fn into_router(self) -> Router<S> {
+        self.router
+    }
+
+    /// The router, given the state its handlers take.
+    pub fn with_state(self, state: S) -> Router {
+        self.router.with_state(state)
+    }
+}
+
+/// Whether a request path may be routed at all: no dot segments (`.`,
+/// `..`, in any mix of literal and percent-encoded dots), no literal
+/// backslashes or control characters, no empty segments but a trailing one
+/// (an empty state key arrives as a trailing slash), and nothing that is
+/// not a valid percent-encoding. HTTP clients and proxies resolve dot
+/// segments (and URL parsers read a literal backslash as `/`), so a path with
+/// them could be routed as one thing and reach another. Encoded slashes,
+/// backslashes and other characters stay inside their segment (routes match
+/// the raw path; event types and state keys may hold any of them).
+pub fn is_routable_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if rest.bytes().any(|b| b == b'\\' || b.is_ascii_control()) {
+        return false;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    segments.iter().enumerate().all(|(i, segment)| {
+        if segment.is_empty() {
+            return i == last;
+        }
+        match percent_decode_bytes(segment) {
+            Some(decoded) => decoded != b"." && decoded != b"..",
+            None => false,
+        }
+    })
 }
 
 /// A JSON response with a status.
@@ -295,6 +398,42 @@ pub async fn serve_tls(
                     )
                     .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::is_routable_path;
+
+    #[test]
+    fn dot_segments_and_odd_paths_are_not_routable() {
+        for bad in [
+            "",
+            "no-slash",
+            "/_matrix/federation/../v1/version",
+            "/_matrix/federation/%2e%2e/%2E%2E/ganglion.federationapi.Federation/Invite",
+            "/_matrix/federation/.%2e/x",
+            "/_matrix/federation/%2e/x",
+            "/_matrix/./client",
+            "/_matrix//client/v3/sync",
+            "/_matrix/client\\v3",
+            "/_matrix/client\\..\\v3",
+            "/_matrix/client/v3/rooms/%zz",
+            "/_matrix/client/v3/rooms/%+1",
+        ] {
+            assert!(!is_routable_path(bad), "{bad:?}");
+        }
+        for good in [
+            "/",
+            "/_matrix/client/v3/sync",
+            "/_matrix/client/v3/rooms/!a%3Ab/state/m.room.name/",
+            "/_matrix/client/v3/rooms/!a%3Ab/state/m.widget/a%2Fb",
+            "/_matrix/client/v3/rooms/!a%3Ab/send/m.room.message/t...1",
+            "/_matrix/client/v3/pushrules/",
+            "/_matrix/client/v3/rooms/!a%3Ab/send/org.example.back%5Cslash%01/t",
+        ] {
+            assert!(is_routable_path(good), "{good:?}");
+        }
     }
 }
 

@@ -79,7 +79,7 @@ pub fn generate_signing_key(path: &Path) -> Result<(), KeyError> {
     write_private(path, line.as_bytes())
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

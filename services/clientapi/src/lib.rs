@@ -75,6 +75,12 @@ pub struct Peers {
     pub log: Arc<dyn Log>,
 }
 
+/// The path patterns of this service's HTTP routes: the gateway forwards
+/// exactly these to it.
+pub fn route_paths() -> Vec<String> {
+    routes::table().into_paths()
+}
+
 /// Opens the transaction database and builds the routes.
 pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError> {
     let Peers {

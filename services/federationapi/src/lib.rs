@@ -98,6 +98,12 @@ pub enum StartError {
     Log(#[from] ganglion_log::LogError),
 }
 
+/// The path patterns of this service's HTTP routes: the gateway forwards
+/// exactly these to it.
+pub fn route_paths() -> Vec<String> {
+    routes::table().into_paths()
+}
+
 /// Opens the database and builds the outbound client, signing as `key`.
 pub async fn start(
     config: &Config,

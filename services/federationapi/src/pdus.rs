@@ -8,6 +8,7 @@
 //! redacted and serialised once for both; a signer's key is decoded and
 //! decompressed once per batch, not once per event.
 
+use ganglion_base::limits::MAX_PDU_BYTES;
 use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -58,10 +59,6 @@ pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules, PduError> {
         .and_then(|id| id.rules())
         .ok_or_else(|| PduError::RoomVersion(version.to_owned()))
 }
-
-/// The most bytes a PDU may have (its redacted form, for the reference
-/// hash).
-const MAX_PDU_BYTES: usize = 65_535;
 
 /// The top-level fields left out, after redaction, of the bytes that are
 /// hashed for the event ID and signed.

@@ -13,6 +13,7 @@ use ganglion_api::sync::{SyncClient, SyncGrpc, SyncHandle};
 use ganglion_api::users::{UsersClient, UsersGrpc, UsersHandle};
 use ganglion_base::config::LogBackend;
 use ganglion_base::health::Health;
+use ganglion_base::internal_auth::InternalSecret;
 use ganglion_base::{Config, http};
 use ganglion_log::{EmbeddedLog, KafkaConfig, KafkaLog, Log};
 use tokio::net::TcpListener;
@@ -74,7 +75,8 @@ fn telemetry(
 }
 
 /// Every service in one process: the embedded log, SQLite, one listener for
-/// clients and one TLS listener for federation.
+/// clients, one TLS listener for federation and the operator listener
+/// (health and metrics). No internal gRPC is served.
 pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let _telemetry = telemetry(&config, "monolith")?;
@@ -94,6 +96,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         log.clone(),
         signing_key.clone(),
         "local".to_owned(),
+        InternalSecret::ephemeral(),
         shutdown.clone(),
     )
     .await?;
@@ -153,104 +156,168 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         clientapi.routes.merge(syncapi.routes),
         "client",
         config.client.max_body_bytes,
-    )
-    .merge(health.router());
+    );
     let federation_router = http::matrix_router(
         federationapi.routes,
         "federation",
-        config.client.max_body_bytes,
+        config.federation.max_body_bytes,
     );
 
-    let client_listener = TcpListener::bind(config.client.listen)
-        .await
-        .with_context(|| format!("binding {}", config.client.listen))?;
-    let federation_listener = TcpListener::bind(config.federation.listen)
-        .await
-        .with_context(|| format!("binding {}", config.federation.listen))?;
+    let client_listener = bind(config.client.listen).await?;
+    let federation_listener = bind(config.federation.listen).await?;
+    let operator_listener = bind(config.operator.listen).await?;
     tracing::info!(
         client = %client_listener.local_addr()?,
         federation = %federation_listener.local_addr()?,
+        operator = %operator_listener.local_addr()?,
         server_name = %config.server_name,
         startup_ms = started_at.elapsed().as_millis() as u64,
         "ganglion monolith serving"
     );
-    let federation_shutdown = {
-        let mut receiver = shutdown.clone();
-        async move {
-            let _ = receiver.wait_for(|stop| *stop).await;
-        }
-    };
-    let federation = tokio::spawn(async move {
-        http::serve_tls(
-            federation_listener,
-            federation_router,
-            &cert,
-            &key,
-            federation_shutdown,
-        )
-        .await
-    });
+    let federation = tokio::spawn(serve_tls_until(
+        federation_listener,
+        federation_router,
+        cert,
+        key,
+        shutdown.clone(),
+    ));
+    let operator = tokio::spawn(serve_until(
+        operator_listener,
+        health.router(),
+        shutdown.clone(),
+    ));
     http::serve(client_listener, client_router, shutdown_future).await?;
     federation.abort();
+    operator.abort();
     Ok(())
 }
 
-/// The polylith's HTTP edge.
-pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
-    let _telemetry = telemetry(&config, "gateway")?;
+async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))
+}
+
+/// Serves `router` on `listener` until `shutdown` says stop.
+async fn serve_until(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    http::serve(listener, router, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` says stop.
+async fn serve_tls_until(
+    listener: TcpListener,
+    router: Router,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    http::serve_tls(listener, router, &cert, &key, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// The services behind the gateway, each with the routes it exports.
+pub(crate) fn gateway_upstreams(
+    config: &Config,
+) -> anyhow::Result<Vec<ganglion_gateway::Upstream>> {
     let address = |service: &str| {
         config
-            .service_address(service)
-            .with_context(|| format!("services.{service}: no address"))
+            .service_http_address(service)
+            .with_context(|| format!("services.{service}: no http_listen or http_address"))
     };
-    let upstreams = ganglion_gateway::Upstreams {
-        clientapi: address("clientapi")?,
-        syncapi: address("syncapi")?,
-        federationapi: address("federationapi")?,
-    };
-    let (_shutdown, shutdown_future) = shutdown_signal();
-    let router = ganglion_gateway::router(upstreams).merge(Health::default().router());
-    let listener = TcpListener::bind(config.client.listen)
-        .await
-        .with_context(|| format!("binding {}", config.client.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "ganglion gateway serving");
+    Ok(vec![
+        ganglion_gateway::Upstream {
+            name: "clientapi",
+            base_url: address("clientapi")?,
+            paths: ganglion_clientapi::route_paths(),
+            max_body_bytes: config.client.max_body_bytes,
+        },
+        ganglion_gateway::Upstream {
+            name: "syncapi",
+            base_url: address("syncapi")?,
+            paths: ganglion_syncapi::route_paths(),
+            max_body_bytes: config.client.max_body_bytes,
+        },
+        ganglion_gateway::Upstream {
+            name: "federationapi",
+            base_url: address("federationapi")?,
+            paths: ganglion_federationapi::route_paths(),
+            max_body_bytes: config.federation.max_body_bytes,
+        },
+    ])
+}
+
+/// The polylith's HTTP edge: clients and remote servers on the client
+/// listener, health and metrics on the operator listener.
+pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
+    let _telemetry = telemetry(&config, "gateway")?;
+    let router = ganglion_gateway::router(gateway_upstreams(&config)?)?;
+    let (shutdown, shutdown_future) = shutdown_signal();
+    let listener = bind(config.client.listen).await?;
+    let operator_listener = bind(config.operator.listen).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        operator = %operator_listener.local_addr()?,
+        "ganglion gateway serving"
+    );
+    let operator = tokio::spawn(serve_until(
+        operator_listener,
+        Health::default().router(),
+        shutdown,
+    ));
     http::serve(listener, router, shutdown_future).await?;
+    operator.abort();
     Ok(())
 }
 
-fn keys_client(config: &Config) -> anyhow::Result<KeysHandle> {
+fn keys_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<KeysHandle> {
     let address = config
         .service_address("keyserver")
         .context("services.keyserver: no address")?;
-    Ok(Arc::new(KeysClient::new(&address)?))
+    Ok(Arc::new(KeysClient::new(&address, secret.clone())?))
 }
 
-fn federation_client(config: &Config) -> anyhow::Result<FederationHandle> {
+fn federation_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<FederationHandle> {
     let address = config
         .service_address("federationapi")
         .context("services.federationapi: no address")?;
-    Ok(Arc::new(FederationClient::new(&address)?))
+    Ok(Arc::new(FederationClient::new(&address, secret.clone())?))
 }
 
-fn users_client(config: &Config) -> anyhow::Result<UsersHandle> {
+fn users_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<UsersHandle> {
     let address = config
         .service_address("userapi")
         .context("services.userapi: no address")?;
-    Ok(Arc::new(UsersClient::new(&address)?))
+    Ok(Arc::new(UsersClient::new(&address, secret.clone())?))
 }
 
-/// One service in its own process: its gRPC API, its HTTP routes (if any),
-/// `/healthz`, `/readyz` and `/metrics`, all on the service's `listen` address.
+/// One service in its own process, on three listeners kept apart by trust:
+/// its internal gRPC API (`listen`, every call authenticated with the
+/// internal secret), its public HTTP routes for the gateway (`http_listen`,
+/// for the services that have any) and `/healthz`, `/readyz`, `/metrics`
+/// (`operator_listen`).
 pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Result<()> {
     let _telemetry = telemetry(&config, name)?;
     let section = config.service(name);
     let listen = section
         .listen
         .with_context(|| format!("services.{name}.listen is required"))?;
+    let operator_listen = section
+        .operator_listen
+        .with_context(|| format!("services.{name}.operator_listen is required"))?;
+    let secret = InternalSecret::load_or_generate(&config).context("the internal secret")?;
     let (shutdown, shutdown_future) = shutdown_signal();
     let mut health = Health::default();
     let mut grpc = tonic::service::Routes::default();
-    let mut http_routes = Router::new();
+    let mut http_routes: Option<Router> = None;
     match name {
         "userapi" => {
             let started = ganglion_userapi::start(&config, Some(open_log(&config, name)?)).await?;
@@ -270,9 +337,15 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             let reply_to = config
                 .service_address(name)
                 .context("services.roomserver: no address")?;
-            let started =
-                ganglion_roomserver::start(&config, log, signing_key, reply_to, shutdown.clone())
-                    .await?;
+            let started = ganglion_roomserver::start(
+                &config,
+                log,
+                signing_key,
+                reply_to,
+                secret.clone(),
+                shutdown.clone(),
+            )
+            .await?;
             health.extend(started.health);
             grpc = grpc.add_service(RoomserverGrpc::service(started.api));
         }
@@ -285,43 +358,45 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             let started = ganglion_syncapi::start(
                 &config,
                 log,
-                users_client(&config)?,
-                keys_client(&config)?,
-                federation_client(&config)?,
+                users_client(&config, &secret)?,
+                keys_client(&config, &secret)?,
+                federation_client(&config, &secret)?,
                 &replica,
                 shutdown.clone(),
             )
             .await?;
             health.extend(started.health);
             grpc = grpc.add_service(SyncGrpc::service(started.api));
-            http_routes = started.routes;
+            http_routes = Some(started.routes);
         }
         "clientapi" => {
             let rooms: RoomserverHandle = Arc::new(RoomserverClient::new(
                 &config
                     .service_address("roomserver")
                     .context("services.roomserver: no address")?,
+                secret.clone(),
             )?);
             let sync: SyncHandle = Arc::new(SyncClient::new(
                 &config
                     .service_address("syncapi")
                     .context("services.syncapi: no address")?,
+                secret.clone(),
             )?);
-            let federation = federation_client(&config)?;
+            let federation = federation_client(&config, &secret)?;
             let started = ganglion_clientapi::start(
                 &config,
                 ganglion_clientapi::Peers {
-                    users: users_client(&config)?,
+                    users: users_client(&config, &secret)?,
                     roomserver: rooms,
                     sync,
-                    keys: keys_client(&config)?,
+                    keys: keys_client(&config, &secret)?,
                     federation,
                     log: open_log(&config, name)?,
                 },
             )
             .await?;
             health.extend(started.health);
-            http_routes = started.routes;
+            http_routes = Some(started.routes);
         }
         "federationapi" => {
             let signing_key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
@@ -330,36 +405,40 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 &config
                     .service_address("roomserver")
                     .context("services.roomserver: no address")?,
+                secret.clone(),
             )?);
             let started = ganglion_federationapi::start(
                 &config,
                 signing_key,
                 ganglion_federationapi::Peers {
                     roomserver: rooms,
-                    keys: keys_client(&config)?,
-                    users: users_client(&config)?,
+                    keys: keys_client(&config, &secret)?,
+                    users: users_client(&config, &secret)?,
                 },
                 open_log(&config, name)?,
             )
             .await?;
             health.extend(started.health);
             grpc = grpc.add_service(FederationGrpc::service(started.api));
-            // The gateway forwards federation paths here over plain HTTP;
-            // remote servers come in on the TLS listener.
-            http_routes = started.routes.clone();
-            let router =
-                http::matrix_router(started.routes, "federation", config.client.max_body_bytes);
-            let listener = TcpListener::bind(config.federation.listen).await?;
-            let mut receiver = shutdown.clone();
-            tokio::spawn(async move {
-                let stop = async move {
-                    let _ = receiver.wait_for(|s| *s).await;
-                };
-                http::serve_tls(listener, router, &cert, &key, stop).await
-            });
+            // The gateway forwards federation paths to the HTTP listener;
+            // remote servers may also come in on the TLS listener.
+            http_routes = Some(started.routes.clone());
+            let router = http::matrix_router(
+                started.routes,
+                "federation",
+                config.federation.max_body_bytes,
+            );
+            let listener = bind(config.federation.listen).await?;
+            tokio::spawn(serve_tls_until(
+                listener,
+                router,
+                cert,
+                key,
+                shutdown.clone(),
+            ));
         }
         "federationsender" => {
-            let federation = federation_client(&config)?;
+            let federation = federation_client(&config, &secret)?;
             let started = ganglion_federationsender::start(
                 &config,
                 open_log(&config, name)?,
@@ -373,16 +452,63 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         _ => {}
     }
     // tonic's router brings a fallback of its own; ours (M_UNRECOGNIZED) replaces it.
-    let router = http::matrix_router(
-        grpc.into_axum_router().merge(http_routes),
+    let grpc_router = ganglion_base::internal_auth::require(
+        http::matrix_router(grpc.into_axum_router(), name, GRPC_MAX_MESSAGE_BYTES),
+        secret,
         name,
-        config.client.max_body_bytes,
-    )
-    .merge(health.router());
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(service = name, listen = %listener.local_addr()?, "ganglion service serving");
-    http::serve(listener, router, shutdown_future).await?;
+    );
+    let grpc_listener = bind(listen).await?;
+    let operator_listener = bind(operator_listen).await?;
+    let mut tasks = Vec::new();
+    if let Some(routes) = http_routes {
+        let http_listen = section
+            .http_listen
+            .with_context(|| format!("services.{name}.http_listen is required"))?;
+        let max_body_bytes = if name == "federationapi" {
+            config.federation.max_body_bytes
+        } else {
+            config.client.max_body_bytes
+        };
+        let router = http::matrix_router(routes, name, max_body_bytes);
+        let http_listener = bind(http_listen).await?;
+        tracing::info!(service = name, http = %http_listener.local_addr()?, "serving HTTP routes");
+        tasks.push(tokio::spawn(serve_until(
+            http_listener,
+            router,
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(
+        service = name,
+        grpc = %grpc_listener.local_addr()?,
+        operator = %operator_listener.local_addr()?,
+        "ganglion service serving"
+    );
+    tasks.push(tokio::spawn(serve_until(
+        operator_listener,
+        health.router(),
+        shutdown.clone(),
+    )));
+    http::serve(grpc_listener, grpc_router, shutdown_future).await?;
+    for task in tasks {
+        task.abort();
+    }
     Ok(())
+}
+
+/// The largest gRPC request a service takes (a join's outliers travel in
+/// one call).
+const GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    /// The services' route tables fit together: no path is exported twice
+    /// and every pattern is one the gateway's router takes.
+    #[test]
+    fn the_gateway_takes_every_exported_route() {
+        let config = ganglion_base::Config::default();
+        let upstreams = super::gateway_upstreams(&config).expect("upstreams");
+        assert!(upstreams.iter().all(|u| !u.paths.is_empty()));
+        let _router = ganglion_gateway::router(upstreams).expect("a router");
+    }
 }

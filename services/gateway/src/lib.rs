@@ -1,6 +1,12 @@
 //! gateway: the polylith's HTTP edge. Stateless and replicable: it routes
 //! each request to the service that owns its path, so clients and remote
 //! servers see one address. Routing only; no Matrix logic.
+//!
+//! It forwards only paths that match a route table a service exports (the
+//! same patterns the service's own router is built from), after refusing
+//! paths that a proxy could resolve into another path (dot segments and the
+//! like, see [`ganglion_base::http::is_routable_path`]). Everything else is
+//! 404 `M_UNRECOGNIZED` here and never reaches a service.
 #![forbid(unsafe_code)]
 
 use axum::Router;
@@ -8,94 +14,115 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use ganglion_base::MatrixError;
+use ganglion_base::http::is_routable_path;
 
-/// Where the gateway sends each family of paths (base URLs, `http://host:port`).
+/// One service behind the gateway: where it is and what it serves.
 #[derive(Debug, Clone)]
-pub struct Upstreams {
-    pub clientapi: String,
-    pub syncapi: String,
-    pub federationapi: String,
+pub struct Upstream {
+    /// A name for logs (`clientapi`, `syncapi`, `federationapi`).
+    pub name: &'static str,
+    /// Base URL of the service's HTTP listener, `http://host:port`.
+    pub base_url: String,
+    /// The path patterns it exports (its route table).
+    pub paths: Vec<String>,
+    /// Largest request body forwarded to it; larger ones are 413 `M_TOO_LARGE`.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Clone)]
-struct Gateway {
-    upstreams: Upstreams,
+struct Forward {
+    upstream: std::sync::Arc<Upstream>,
     client: reqwest::Client,
 }
 
-/// Paths served by the syncapi (the read side, presence, key changes).
-fn is_sync_path(path: &str) -> bool {
-    if path == "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync" {
-        return true;
-    }
-    let Some(rest) = path
-        .strip_prefix("/_matrix/client/v3/")
-        .or_else(|| path.strip_prefix("/_matrix/client/r0/"))
-        .or_else(|| path.strip_prefix("/_matrix/client/v1/"))
-    else {
-        return false;
-    };
-    let room_read = rest.strip_prefix("rooms/").is_some_and(|room| {
-        let mut parts = room.splitn(3, '/');
-        let _room_id = parts.next();
-        matches!(
-            parts.next(),
-            Some("messages" | "event" | "context" | "relations" | "threads" | "members")
-        )
-    });
-    let mut parts = rest.split('/');
-    let (first, _, third) = (parts.next(), parts.next(), parts.next());
-    let user_filter = first == Some("user") && third == Some("filter");
-    let presence = first == Some("presence") && third == Some("status");
-    rest == "sync" || rest == "keys/changes" || room_read || user_filter || presence
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Two services export the same path pattern, or one the router cannot take.
+    #[error("route {path} of {service}: {reason}")]
+    Route {
+        service: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
-/// The gateway's router: every path is proxied.
-pub fn router(upstreams: Upstreams) -> Router {
+/// The gateway's router: each exported path is proxied to its service,
+/// anything else is refused.
+pub fn router(upstreams: Vec<Upstream>) -> Result<Router, GatewayError> {
     let client = reqwest::Client::builder()
         .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
-    Router::new()
-        .fallback(proxy)
-        .with_state(Gateway { upstreams, client })
+    let mut router = Router::new();
+    let mut seen = std::collections::HashMap::new();
+    for upstream in upstreams {
+        let upstream = std::sync::Arc::new(upstream);
+        for path in &upstream.paths {
+            if let Some(owner) = seen.insert(path.clone(), upstream.name) {
+                return Err(GatewayError::Route {
+                    service: upstream.name,
+                    path: path.clone(),
+                    reason: format!("also exported by {owner}"),
+                });
+            }
+            let forward = Forward {
+                upstream: upstream.clone(),
+                client: client.clone(),
+            };
+            let route = any(proxy).with_state(forward);
+            router = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                router.clone().route(path, route)
+            }))
+            .map_err(|_| GatewayError::Route {
+                service: upstream.name,
+                path: path.clone(),
+                reason: "conflicts with another route".to_owned(),
+            })?;
+        }
+    }
+    Ok(router
+        .fallback(|| async { MatrixError::unrecognized() })
+        .layer(axum::middleware::from_fn(refuse_unroutable)))
 }
 
-async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
-    let path = request.uri().path();
-    let base = if is_sync_path(path) {
-        &gateway.upstreams.syncapi
-    } else if path.starts_with("/_matrix/federation") || path.starts_with("/_matrix/key") {
-        &gateway.upstreams.federationapi
-    } else {
-        &gateway.upstreams.clientapi
-    };
-    let url = format!(
-        "{base}{}",
-        request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
+/// Refuses paths that could mean another path once a client library or
+/// proxy normalises them, before any route is matched.
+async fn refuse_unroutable(request: Request, next: axum::middleware::Next) -> Response {
+    if !is_routable_path(request.uri().path()) {
+        tracing::warn!(path = %request.uri().path(), "refused an unroutable path");
+        return MatrixError::unrecognized().into_response();
+    }
+    next.run(request).await
+}
+
+async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
+    let upstream = &forward.upstream;
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path_and_query}", upstream.base_url);
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+    let body = match axum::body::to_bytes(body, upstream.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => return MatrixError::too_large("Request body too large").into_response(),
     };
-    let mut upstream = gateway.client.request(parts.method, &url).body(body);
+    let mut outgoing = forward.client.request(parts.method, &url).body(body);
     for (name, value) in &parts.headers {
         if !is_hop_by_hop(name) {
-            upstream = upstream.header(name, value);
+            outgoing = outgoing.header(name, value);
         }
     }
-    match upstream.send().await {
+    match outgoing.send().await {
         Ok(response) => {
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response.bytes().await.unwrap_or_default();
-            let mut out = Response::new(Body::from(bytes));
+            let mut out = Response::new(Body::from_stream(response.bytes_stream()));
             *out.status_mut() = status;
             for (name, value) in &headers {
                 if !is_hop_by_hop(name) {
@@ -105,7 +132,8 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             out
         }
         Err(error) => {
-            tracing::warn!(%url, %error, "upstream unavailable");
+            // The path only: a query may carry an access token.
+            tracing::warn!(upstream = upstream.name, path = %parts.uri.path(), %error, "upstream unavailable");
             let mut response =
                 MatrixError::unavailable("Upstream service unavailable").into_response();
             *response.status_mut() = StatusCode::BAD_GATEWAY;
@@ -130,36 +158,67 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn read_side_paths_go_to_syncapi() {
-        assert!(super::is_sync_path("/_matrix/client/v3/sync"));
-        assert!(super::is_sync_path(
-            "/_matrix/client/v3/rooms/!a:b/messages"
-        ));
-        assert!(super::is_sync_path("/_matrix/client/r0/user/@a:b/filter"));
-        assert!(super::is_sync_path(
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
-        ));
-        for read in ["event/$e", "context/$e", "relations/$e/m.thread", "threads"] {
-            assert!(super::is_sync_path(&format!(
-                "/_matrix/client/v1/rooms/!a:b/{read}"
-            )));
+    use super::*;
+
+    fn upstream(name: &'static str, paths: &[&str]) -> Upstream {
+        Upstream {
+            name,
+            base_url: "http://127.0.0.1:9".to_owned(),
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            max_body_bytes: 1024,
         }
-        assert!(!super::is_sync_path("/_matrix/client/v3/rooms/!a:b/state"));
-        assert!(!super::is_sync_path(
-            "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"
-        ));
-        assert!(!super::is_sync_path("/_matrix/client/v3/login"));
-        assert!(super::is_sync_path("/_matrix/client/v3/keys/changes"));
-        assert!(!super::is_sync_path("/_matrix/client/v3/keys/query"));
-        assert!(super::is_sync_path(
-            "/_matrix/client/v3/presence/@a:b/status"
-        ));
-        assert!(!super::is_sync_path(
-            "/_matrix/client/v3/user/@a:b/rooms/!r:b/tags/filter"
-        ));
-        assert!(!super::is_sync_path(
-            "/_matrix/client/v3/user/@a:b/account_data/m.direct"
-        ));
+    }
+
+    #[test]
+    fn a_path_exported_twice_is_an_error() {
+        let result = router(vec![
+            upstream("clientapi", &["/_matrix/client/v3/sync"]),
+            upstream("syncapi", &["/_matrix/client/v3/sync"]),
+        ]);
+        assert!(matches!(result, Err(GatewayError::Route { .. })));
+    }
+
+    #[tokio::test]
+    async fn unexported_and_traversal_paths_are_refused_without_forwarding() {
+        use tower::ServiceExt;
+        // The upstream address is a closed port: a forwarded request would
+        // answer 502, a refused one 404.
+        let router = router(vec![upstream(
+            "federationapi",
+            &["/_matrix/federation/v1/send/{txn_id}"],
+        )])
+        .expect("router");
+        for path in [
+            "/_matrix/federation/%2e%2e/%2e%2e/ganglion.federationapi.Federation/Invite",
+            "/_matrix/federation/v1/send/..",
+            "/_matrix/federation/v1/send/%2E",
+            "/_matrix/federation/v1/send//",
+            "/ganglion.federationapi.Federation/Invite",
+            "/_matrix/federation/v1/unknown",
+        ] {
+            let response = router
+                .clone()
+                .oneshot(
+                    Request::builder()
+                        .method("POST")
+                        .uri(path)
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("response");
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        let forwarded = router
+            .oneshot(
+                Request::builder()
+                    .method("PUT")
+                    .uri("/_matrix/federation/v1/send/t1")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(forwarded.status(), StatusCode::BAD_GATEWAY);
     }
 }

@@ -154,7 +154,7 @@ impl RoomserverService {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             match peers.get(reply_to) {
                 Some(client) => client.clone(),
-                None => match RoomserverClient::new(reply_to) {
+                None => match RoomserverClient::new(reply_to, self.internal_secret.clone()) {
                     Ok(client) => {
                         peers.insert(reply_to.to_owned(), client.clone());
                         client

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::roomserver::RoomserverApi;
 use ganglion_base::Config;
+use ganglion_base::internal_auth::InternalSecret;
 use ruma::canonical_json::CanonicalJsonObject;
 use ruma::signatures::Ed25519KeyPair;
 use tokio::sync::watch;
@@ -70,7 +71,15 @@ async fn start(
     let key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
     let (_stop, shutdown) = watch::channel(false);
     std::mem::forget(_stop);
-    let started = crate::start(&config, log, key, "local".into(), shutdown).await?;
+    let started = crate::start(
+        &config,
+        log,
+        key,
+        "local".into(),
+        InternalSecret::ephemeral(),
+        shutdown,
+    )
+    .await?;
     Ok(started.api)
 }
 

@@ -17,8 +17,7 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The largest PDU the spec allows, in bytes of canonical JSON.
-pub(crate) const MAX_PDU_BYTES: usize = 65_536;
+pub(crate) use ganglion_base::limits::MAX_PDU_BYTES;
 
 /// Why an event could not be built or was not allowed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +31,9 @@ pub(crate) enum EventError {
     /// The event is larger than 65 536 bytes.
     #[error("event too large")]
     TooLarge,
+    /// A field is over its limit (type, state key, IDs: 255 bytes).
+    #[error("{0}")]
+    FieldTooLarge(String),
     /// The auth rules reject the event.
     #[error("{0}")]
     Forbidden(String),
@@ -44,6 +46,7 @@ impl From<EventError> for ganglion_api::ApiError {
             EventError::UnsupportedRoomVersion(v) => ApiError::UnsupportedRoomVersion(v),
             EventError::Invalid(m) => ApiError::InvalidInput(m),
             EventError::TooLarge => ApiError::TooLarge("event exceeds 65536 bytes".into()),
+            EventError::FieldTooLarge(m) => ApiError::TooLarge(m),
             EventError::Forbidden(m) => ApiError::Forbidden(m),
         }
     }
@@ -274,6 +277,13 @@ fn seal(
         ruma::signatures::JsonError::PduTooLarge => EventError::TooLarge,
         other => EventError::Invalid(other.to_string()),
     })?;
+    // The limits every server checks on receipt hold for our own events
+    // too (a state key of 256 bytes is refused here, not stored).
+    ruma::state_res::check_pdu_format(&object, &rules.event_format)
+        .map_err(EventError::FieldTooLarge)?;
+    if ganglion_base::limits::holds_nul(&object) {
+        return Err(EventError::Invalid("an event may not hold U+0000".into()));
+    }
     let json = serde_json::to_string(&object).map_err(|e| EventError::Invalid(e.to_string()))?;
     if json.len() > MAX_PDU_BYTES {
         return Err(EventError::TooLarge);
@@ -668,6 +678,9 @@ pub(crate) fn parse_received(
         serde_json::from_slice(json).map_err(|e| EventError::Invalid(e.to_string()))?;
     object.remove("unsigned");
     ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(EventError::Invalid)?;
+    if ganglion_base::limits::holds_nul(&object) {
+        return Err(EventError::Invalid("an event may not hold U+0000".into()));
+    }
     let event_id = match rules.event_id_format {
         EventIdFormatVersion::V1 => match object.get("event_id") {
             Some(CanonicalJsonValue::String(id)) => id.clone(),

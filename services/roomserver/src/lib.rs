@@ -44,6 +44,7 @@ use ganglion_api::ApiError;
 use ganglion_api::roomserver::RoomserverClient;
 use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
+use ganglion_base::internal_auth::InternalSecret;
 use ganglion_base::keys::SigningKey;
 use ganglion_base::{Config, Database};
 use ganglion_log::Log;
@@ -64,6 +65,8 @@ pub struct RoomserverService {
     pending: Mutex<HashMap<String, oneshot::Sender<Result<consumers::input::Answer, ApiError>>>>,
     /// gRPC clients of other replicas, by address.
     peers: Mutex<HashMap<String, RoomserverClient>>,
+    /// What this replica presents when it calls another.
+    internal_secret: InternalSecret,
     /// Serialises outbox publishing so output order follows commit order.
     publish_lock: tokio::sync::Mutex<()>,
     /// Set when the outbox may hold outputs not yet in the log.
@@ -98,6 +101,7 @@ pub async fn start(
     log: Arc<dyn Log>,
     signing_key: Arc<SigningKey>,
     reply_to: String,
+    internal_secret: InternalSecret,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "roomserver", storage::MIGRATIONS).await?;
@@ -114,6 +118,7 @@ pub async fn start(
         reply_to,
         pending: Mutex::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
+        internal_secret,
         publish_lock: tokio::sync::Mutex::new(()),
         outbox_dirty: AtomicBool::new(true),
         published: Mutex::new(Vec::new()),

@@ -117,6 +117,12 @@ pub enum StartError {
     Log(#[from] ganglion_log::LogError),
 }
 
+/// The path patterns of this service's HTTP routes: the gateway forwards
+/// exactly these to it.
+pub fn route_paths() -> Vec<String> {
+    routes::table().into_paths()
+}
+
 /// Opens the database and starts consuming `roomserver.output` as replica `replica_id`.
 pub async fn start(
     config: &Config,

@@ -29,12 +29,18 @@ use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
+use ganglion_base::http::Routes;
 
 use crate::ClientApi;
 use crate::internal_events::READ_YOUR_WRITES_WAIT;
 
 pub(crate) fn router(api: Arc<ClientApi>) -> Router {
-    let mut router = Router::new()
+    table().with_state(api)
+}
+
+/// Every route this service serves (the gateway forwards exactly these).
+pub(crate) fn table() -> Routes<Arc<ClientApi>> {
+    let mut router = Routes::default()
         .route("/_matrix/client/versions", get(discovery::versions))
         .route("/.well-known/matrix/client", get(discovery::well_known));
     // Both the current and the legacy prefix, as clients still use r0.
@@ -214,7 +220,7 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
                 put(send::put_state).get(send::get_state),
             );
     }
-    router.with_state(api)
+    router
 }
 
 /// What a guest may do here (the spec's list, as far as this service serves

@@ -9,16 +9,15 @@ use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::limits::{self, MAX_PDU_BYTES};
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
 use crate::internal_events::ROOM_WRITES;
 
-/// The spec's limit on a whole event; content alone over it can never fit.
-const MAX_EVENT_BYTES: usize = 65_536;
-
 fn content(body: &Bytes) -> Result<Map<String, Value>, MatrixError> {
-    if body.len() > MAX_EVENT_BYTES {
+    // Content alone over the limit of a whole event can never fit.
+    if body.len() > MAX_PDU_BYTES {
         return Err(MatrixError::too_large("Event too large"));
     }
     let content = parse_json::<Map<String, Value>>(body)?;
@@ -121,9 +120,10 @@ impl ClientApi {
         template: pb::EventTemplate,
         txn_id: &str,
     ) -> MatrixResult<String> {
-        ruma::RoomId::parse(room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
-        if template.event_type.is_empty() || template.event_type.len() > 255 {
-            return Err(MatrixError::invalid_param("invalid event type"));
+        limits::room_id(room_id)?;
+        limits::event_type(&template.event_type)?;
+        if let Some(state_key) = &template.state_key {
+            limits::state_key(state_key)?;
         }
         let kind = if template.state_key.is_some() {
             "state"

@@ -12,11 +12,38 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post, put};
+use ganglion_base::http::Routes;
 
 use crate::FederationService;
 
 pub(crate) fn router(service: Arc<FederationService>) -> Router {
-    let authenticated = Router::new()
+    let (public, authenticated) = tables();
+    let authenticated =
+        authenticated
+            .into_router()
+            .route_layer(axum::middleware::from_fn_with_state(
+                service.clone(),
+                crate::auth::authenticate,
+            ));
+    public
+        .into_router()
+        .merge(authenticated)
+        .with_state(service)
+}
+
+/// Every route this service serves (the gateway forwards exactly these).
+pub(crate) fn table() -> Routes<Arc<FederationService>> {
+    let (public, authenticated) = tables();
+    public.merge(authenticated)
+}
+
+/// The key API and `/version`, open to anyone; and the federation API,
+/// which only servers proving their identity may call.
+fn tables() -> (
+    Routes<Arc<FederationService>>,
+    Routes<Arc<FederationService>>,
+) {
+    let authenticated = Routes::default()
         .route(
             "/_matrix/federation/v1/query/directory",
             get(query::directory),
@@ -93,17 +120,12 @@ pub(crate) fn router(service: Arc<FederationService>) -> Router {
         .route(
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             post(room_events::get_missing_events),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            service.clone(),
-            crate::auth::authenticate,
-        ));
-    Router::new()
+        );
+    let public = Routes::default()
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/key/v2/query", post(keys::query_many))
         .route("/_matrix/key/v2/query/{server_name}", get(keys::query_one))
-        .route("/_matrix/federation/v1/version", get(keys::version))
-        .merge(authenticated)
-        .with_state(service)
+        .route("/_matrix/federation/v1/version", get(keys::version));
+    (public, authenticated)
 }

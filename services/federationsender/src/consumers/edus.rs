@@ -87,7 +87,7 @@ impl RecordHandler for EduConsumer {
             .storage
             .queue_edu(&room_id, &edu.to_string(), &self.server_name)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         self.queues.announce(&destinations).await;
         Ok(())
     }
@@ -125,7 +125,7 @@ impl EduConsumer {
             .storage
             .queue_device_list_update(&change.user_id, change.stream_id, edu, &self.server_name)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         self.queues.announce(&destinations).await;
         Ok(())
     }
@@ -151,7 +151,7 @@ impl EduConsumer {
             .storage
             .queue_user_edu(&change.user_id, &edu.to_string(), &self.server_name)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         self.queues.announce(&destinations).await;
         Ok(())
     }
@@ -179,7 +179,7 @@ impl EduConsumer {
             .storage
             .queue_user_edu(&presence.user_id, &edu.to_string(), &self.server_name)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         self.queues.announce(&destinations).await;
         Ok(())
     }
@@ -232,7 +232,7 @@ impl EduConsumer {
         self.storage
             .queue_edu_to(&destination, &edu.to_string())
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         self.queues.announce(&[destination]).await;
         Ok(())
     }

@@ -74,7 +74,7 @@ impl RecordHandler for OutputConsumer {
                 &self.server_name,
             )
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         if !destinations.is_empty() {
             crate::internal_events::PDUS_QUEUED
                 .with_label_values::<&str>(&[])

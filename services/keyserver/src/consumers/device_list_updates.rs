@@ -35,7 +35,7 @@ impl RecordHandler for DeviceListUpdates {
             &change,
         )
         .await
-        .map_err(|e| HandleError::Transient(e.to_string()))?;
+        .map_err(HandleError::storage)?;
         Ok(())
     }
 }

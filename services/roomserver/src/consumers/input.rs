@@ -101,7 +101,7 @@ impl RecordHandler for InputConsumer {
             service
                 .publish_outbox()
                 .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
+                .map_err(HandleError::storage)?;
             service.outbox_dirty.store(false, Ordering::Release);
         }
         let (kind, processed) = match &input.kind {
@@ -151,7 +151,16 @@ impl RecordHandler for InputConsumer {
                 Err(error)
             }
             Err(ProcessError::Storage(error)) => {
-                return Err(HandleError::Transient(error.to_string()));
+                let failure = HandleError::storage(error);
+                if let HandleError::Permanent(reason) = &failure {
+                    // Nothing was written; the caller hears now rather than
+                    // timing out, and the input goes to the dead letters.
+                    let refused = ApiError::InvalidInput(format!("cannot be stored: {reason}"));
+                    service
+                        .deliver(&input.reply_to, &input.request_id, Err(refused))
+                        .await;
+                }
+                return Err(failure);
             }
         };
         service

@@ -38,9 +38,16 @@ async fn start() -> Running {
         Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
     let key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config).expect("key"));
     let (stop, shutdown) = watch::channel(false);
-    let started = crate::start(&config, log.clone(), key, "local".into(), shutdown)
-        .await
-        .expect("roomserver starts");
+    let started = crate::start(
+        &config,
+        log.clone(),
+        key,
+        "local".into(),
+        ganglion_base::internal_auth::InternalSecret::ephemeral(),
+        shutdown,
+    )
+    .await
+    .expect("roomserver starts");
     Running {
         service: started.api,
         log,

@@ -25,10 +25,6 @@ fn permanent(error: impl ToString) -> HandleError {
     HandleError::Permanent(error.to_string())
 }
 
-fn transient(error: impl ToString) -> HandleError {
-    HandleError::Transient(error.to_string())
-}
-
 #[async_trait]
 impl RecordHandler for StreamConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
@@ -41,13 +37,19 @@ impl RecordHandler for StreamConsumer {
         match self.stream {
             Stream::Typing => {
                 let edu: topic_pb::TypingEdu = decode(&record.payload).map_err(permanent)?;
-                storage.apply_typing(at, &edu).await.map_err(transient)?;
+                storage
+                    .apply_typing(at, &edu)
+                    .await
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 notifier.room_members(&edu.room_id);
             }
             Stream::Receipt => {
                 let edu: topic_pb::ReceiptEdu = decode(&record.payload).map_err(permanent)?;
-                storage.apply_receipt(at, &edu).await.map_err(transient)?;
+                storage
+                    .apply_receipt(at, &edu)
+                    .await
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 if edu.receipt_type == "m.read.private" {
                     notifier.wake_users([edu.user_id.as_str()]);
@@ -57,7 +59,10 @@ impl RecordHandler for StreamConsumer {
             }
             Stream::Presence => {
                 let edu: topic_pb::PresenceEdu = decode(&record.payload).map_err(permanent)?;
-                storage.apply_presence(at, &edu).await.map_err(transient)?;
+                storage
+                    .apply_presence(at, &edu)
+                    .await
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 notifier.co_members(&edu.user_id);
             }
@@ -69,7 +74,10 @@ impl RecordHandler for StreamConsumer {
                     // For another server: the federationsender's.
                     edu.messages.clear();
                 }
-                storage.apply_to_device(at, &edu).await.map_err(transient)?;
+                storage
+                    .apply_to_device(at, &edu)
+                    .await
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 notifier.wake_users([edu.recipient.as_str()]);
             }
@@ -79,7 +87,7 @@ impl RecordHandler for StreamConsumer {
                 storage
                     .apply_account_data(at, &update)
                     .await
-                    .map_err(transient)?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 notifier.wake_users([update.user_id.as_str()]);
             }
@@ -89,7 +97,7 @@ impl RecordHandler for StreamConsumer {
                 storage
                     .apply_key_change(at, &change)
                     .await
-                    .map_err(transient)?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(self.stream, record);
                 notifier.co_members(&change.user_id);
             }

@@ -1,6 +1,7 @@
 //! `roomserver.output`: store each event and its state change, then wake
 //! waiting `/sync` requests.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,18 +19,22 @@ pub(crate) struct OutputConsumer {
     pub(crate) service: Arc<SyncService>,
 }
 
+/// The fields the view indexes, borrowed from the event's JSON where they
+/// can be and owned where they cannot (a string with escapes: `"`, `\`,
+/// control characters, or characters written as `\u` escapes), so every
+/// event the roomserver accepted can be stored.
 #[derive(serde::Deserialize)]
 struct EventFields<'a> {
     #[serde(borrow)]
-    room_id: Option<&'a str>,
+    room_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    event_id: Option<&'a str>,
+    event_id: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow)]
-    event_type: &'a str,
+    event_type: Cow<'a, str>,
     #[serde(borrow)]
-    state_key: Option<&'a str>,
+    state_key: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    sender: &'a str,
+    sender: Cow<'a, str>,
     #[serde(default)]
     content: Content,
 }
@@ -65,7 +70,7 @@ impl OutputConsumer {
             .storage
             .local_members(room_id, server_name)
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         if membership == Some("invite")
             && let Some(invitee) = state_key
             && invitee.ends_with(&format!(":{server_name}"))
@@ -80,7 +85,7 @@ impl OutputConsumer {
                 .storage
                 .create_and_power_levels(room_id)
                 .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
+                .map_err(HandleError::storage)?;
             crate::notifications::power_levels_context(create.as_deref(), levels.as_deref())
         } else {
             None
@@ -104,7 +109,7 @@ impl RecordHandler for OutputConsumer {
                     .storage
                     .event(&redacted.redaction_event_id)
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 let json = with_redacted_because(json, redaction.as_ref());
                 self.service
                     .storage
@@ -115,7 +120,7 @@ impl RecordHandler for OutputConsumer {
                         &json,
                     )
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 return Ok(());
             }
@@ -147,7 +152,7 @@ impl RecordHandler for OutputConsumer {
                         ),
                     )
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 self.service.notifier.wake_users([invitee]);
                 return Ok(());
@@ -174,7 +179,7 @@ impl RecordHandler for OutputConsumer {
                         (membership, stripped.as_deref()),
                     )
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 self.service.notifier.wake_users([changed.user_id.as_str()]);
                 return Ok(());
@@ -190,9 +195,9 @@ impl RecordHandler for OutputConsumer {
                         .map_err(|e| HandleError::Permanent(e.to_string()))?;
                     events.push((
                         event_id.clone(),
-                        fields.event_type.to_owned(),
-                        fields.state_key.map(str::to_owned),
-                        fields.sender.to_owned(),
+                        fields.event_type.into_owned(),
+                        fields.state_key.map(Cow::into_owned),
+                        fields.sender.into_owned(),
                         json.to_owned(),
                     ));
                 }
@@ -200,7 +205,7 @@ impl RecordHandler for OutputConsumer {
                     .storage
                     .apply_outliers((record.partition, record.offset), &room_id, &events)
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 return Ok(());
             }
@@ -214,7 +219,7 @@ impl RecordHandler for OutputConsumer {
                         &forgotten.user_id,
                     )
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 self.service
                     .notifier
@@ -227,7 +232,7 @@ impl RecordHandler for OutputConsumer {
                     .storage
                     .advance_position(Stream::Room, record.partition, record.offset)
                     .await
-                    .map_err(|e| HandleError::Transient(e.to_string()))?;
+                    .map_err(HandleError::storage)?;
                 self.service.advance(Stream::Room, record);
                 return Ok(());
             }
@@ -236,15 +241,15 @@ impl RecordHandler for OutputConsumer {
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
         let fields: EventFields<'_> =
             serde_json::from_str(json).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        let room_id = match fields.room_id {
-            Some(room_id) => room_id.to_owned(),
+        let room_id = match &fields.room_id {
+            Some(room_id) => room_id.to_string(),
             // Version 12 create events carry no room_id: it is the record key.
             None => String::from_utf8(record.key.clone())
                 .map_err(|e| HandleError::Permanent(e.to_string()))?,
         };
-        let event_id = match fields.event_id {
+        let event_id = match &fields.event_id {
             // Room versions 1 and 2 carry the ID in the PDU.
-            Some(id) => id.to_owned(),
+            Some(id) => id.to_string(),
             None => new.event_id.clone(),
         };
         if event_id.is_empty() {
@@ -264,16 +269,16 @@ impl RecordHandler for OutputConsumer {
                     offset: record.offset,
                     room_id: &room_id,
                     event_id: &event_id,
-                    event_type: fields.event_type,
-                    state_key: fields.state_key,
-                    sender: fields.sender,
+                    event_type: &fields.event_type,
+                    state_key: fields.state_key.as_deref(),
+                    sender: &fields.sender,
                     json,
                     depth: new.depth,
                     history_visibility: &new.history_visibility_before,
                     relates_to,
                 })
                 .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
+                .map_err(HandleError::storage)?;
             self.service.advance(Stream::Room, record);
             return Ok(());
         }
@@ -282,16 +287,16 @@ impl RecordHandler for OutputConsumer {
             // room's state, outside every timeline.
             let event = (
                 event_id,
-                fields.event_type.to_owned(),
-                fields.state_key.map(str::to_owned),
-                fields.sender.to_owned(),
+                fields.event_type.into_owned(),
+                fields.state_key.map(Cow::into_owned),
+                fields.sender.into_owned(),
                 json.to_owned(),
             );
             self.service
                 .storage
                 .apply_outliers((record.partition, record.offset), &room_id, &[event])
                 .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
+                .map_err(HandleError::storage)?;
             self.service.advance(Stream::Room, record);
             return Ok(());
         }
@@ -313,7 +318,12 @@ impl RecordHandler for OutputConsumer {
             None
         };
         let notified = self
-            .notified(&room_id, json, fields.state_key, membership.as_deref())
+            .notified(
+                &room_id,
+                json,
+                fields.state_key.as_deref(),
+                membership.as_deref(),
+            )
             .await?;
         let thread_id = match &fields.content.relates_to {
             Some(RelatesTo {
@@ -329,9 +339,9 @@ impl RecordHandler for OutputConsumer {
                 offset: record.offset,
                 room_id: &room_id,
                 event_id: &event_id,
-                event_type: fields.event_type,
-                state_key: fields.state_key,
-                sender: fields.sender,
+                event_type: &fields.event_type,
+                state_key: fields.state_key.as_deref(),
+                sender: &fields.sender,
                 membership: membership.as_deref(),
                 json,
                 device_id: &new.device_id,
@@ -343,12 +353,23 @@ impl RecordHandler for OutputConsumer {
                 thread_id: &thread_id,
             })
             .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            .map_err(HandleError::storage)?;
         EVENTS_STORED.with_label_values::<&str>(&[]).inc();
         self.service.advance(Stream::Room, record);
+        self.service.notifier.room_event(
+            &room_id,
+            fields.state_key.as_deref().zip(membership.as_deref()),
+        );
+        Ok(())
+    }
+
+    async fn dead_lettered(&self, record: &Record) -> Result<(), HandleError> {
         self.service
-            .notifier
-            .room_event(&room_id, fields.state_key.zip(membership.as_deref()));
+            .storage
+            .advance_position(Stream::Room, record.partition, record.offset)
+            .await
+            .map_err(HandleError::storage)?;
+        self.service.advance(Stream::Room, record);
         Ok(())
     }
 }

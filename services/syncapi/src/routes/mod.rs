@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use ganglion_base::http::Routes;
 
 use crate::SyncService;
 
@@ -22,7 +23,12 @@ use crate::SyncService;
 const SLIDING_SYNC_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
 pub(crate) fn router(service: Arc<SyncService>) -> Router {
-    let mut router = Router::new()
+    table().with_state(service)
+}
+
+/// Every route this service serves (the gateway forwards exactly these).
+pub(crate) fn table() -> Routes<Arc<SyncService>> {
+    let mut router = Routes::default()
         .route("/_matrix/client/v3/sync", get(sync::sync))
         .route("/_matrix/client/r0/sync", get(sync::sync))
         .route(SLIDING_SYNC_PATH, post(sliding_sync::sliding_sync))
@@ -89,5 +95,5 @@ pub(crate) fn router(service: Arc<SyncService>) -> Router {
                 get(crate::presence::get_status).put(crate::presence::put_status),
             );
     }
-    router.with_state(service)
+    router
 }
