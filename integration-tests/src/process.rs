@@ -237,7 +237,13 @@ impl Monolith {
         (Monolith::start_with(dir, env).await, server_name)
     }
 
-    pub async fn start_with(dir: &Path, env: Vec<(String, String)>) -> Monolith {
+    pub async fn start_with(dir: &Path, mut env: Vec<(String, String)>) -> Monolith {
+        if !env.iter().any(|(k, _)| k == "GANGLION_OPERATOR__LISTEN") {
+            env.push((
+                "GANGLION_OPERATOR__LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+        }
         let setting = |key: &str| {
             env.iter()
                 .find(|(k, _)| k == key)

@@ -474,3 +474,173 @@ async fn awkward_characters_round_trip_in_the_monolith() {
     let server = Monolith::start(dir.path()).await;
     awkward_characters_round_trip(&server.base_url).await;
 }
+
+/// Identifiers outside the spec's grammar or over 255 bytes are refused at
+/// the edge with the spec's error, before anything is stored or sent to
+/// another server; a full user ID logs in when the server name has a port;
+/// an unsupported registration stage is answered with the flows again.
+#[tokio::test]
+async fn malformed_identifiers_are_refused_at_the_edge() {
+    use ganglion_integration_tests::client::encode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, server_name) = Monolith::federating(dir.path()).await;
+    assert!(server_name.contains(':'), "a server name with a port");
+    let base = &server.base_url;
+    let alice = Client::register(base, "alice", "password-alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let room = encode(&room_id);
+    let long = "x".repeat(256);
+    let refused = [
+        (
+            Method::POST,
+            "/_matrix/client/v3/join/!".to_owned(),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/_matrix/client/v3/join/%21%3Aexample.org".to_owned(),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/_matrix/client/v3/join/{}", encode("#room:exa mple.org")),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!(
+                "/_matrix/client/v3/join/{}?via=exa%20mple.org",
+                encode("!r:example.org")
+            ),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!(
+                "/_matrix/client/v3/join/{}?server_name=a.org:99999",
+                encode("!r:example.org")
+            ),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/_matrix/client/v3/rooms/!/leave".to_owned(),
+            json!({}),
+        ),
+        (
+            Method::PUT,
+            format!("/_matrix/client/v3/sendToDevice/m.test/{}", encode(&long)),
+            json!({"messages": {}}),
+        ),
+        (
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/m.test/t1".to_owned(),
+            json!({"messages": {alice.user_id.clone(): {long.clone(): {}}}}),
+        ),
+        (
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/m.test/t2".to_owned(),
+            json!({"messages": {"@:x": {"D": {}}}}),
+        ),
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/user/{}/account_data/{}",
+                encode(&alice.user_id),
+                encode(&long)
+            ),
+            json!({}),
+        ),
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/user/{}/rooms/{room}/tags/{}",
+                encode(&alice.user_id),
+                encode(&long)
+            ),
+            json!({}),
+        ),
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{}",
+                encode(&long)
+            ),
+            json!({"body": "x"}),
+        ),
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/rooms/!/typing/{}",
+                encode(&alice.user_id)
+            ),
+            json!({"typing": true}),
+        ),
+        (
+            Method::POST,
+            format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/not-an-event"),
+            json!({}),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let reply = alice.call(method, &path, Some(body)).await;
+        assert_eq!(
+            (reply.status, reply.errcode()),
+            (400, "M_INVALID_PARAM"),
+            "{path}: {reply:?}"
+        );
+    }
+    let http = reqwest::Client::new();
+    let login_url = format!("{base}/_matrix/client/v3/login");
+    let login = |body: serde_json::Value| {
+        request(
+            &http,
+            Method::POST,
+            &login_url,
+            None,
+            Some(body.to_string().into_bytes()),
+        )
+    };
+    let long_device = login(json!({"type": "m.login.password", "user": "alice",
+        "password": "password-alice", "device_id": long}))
+    .await;
+    assert_eq!(
+        (long_device.status, long_device.errcode()),
+        (400, "M_INVALID_PARAM")
+    );
+    // The full user ID, server name and port included.
+    let full = login(json!({"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": alice.user_id},
+        "password": "password-alice"}))
+    .await;
+    assert_eq!(full.status, 200, "{full:?}");
+    assert_eq!(full.body["user_id"], alice.user_id.as_str());
+
+    // An unsupported stage: 401 with the flows, the session and why.
+    let unsupported = request(
+        &http,
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/register"),
+        None,
+        Some(
+            json!({"username": "bob", "password": "password-bob",
+                   "auth": {"type": "m.login.magic", "session": "s1"}})
+            .to_string()
+            .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(unsupported.status, 401, "{unsupported:?}");
+    assert_eq!(unsupported.body["flows"][0]["stages"][0], "m.login.dummy");
+    assert_eq!(unsupported.body["session"], "s1");
+    assert_eq!(unsupported.errcode(), "M_UNRECOGNIZED");
+    let taken = request(
+        &http,
+        Method::GET,
+        &format!("{base}/_matrix/client/v3/register/available?username=bob"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(taken.body["available"], true, "nothing was registered");
+}

@@ -418,3 +418,119 @@ async fn commit_with_retries(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ganglion_log::{EmbeddedLog, OutgoingRecord};
+
+    /// Fails permanently on payloads starting with `poison`, transiently
+    /// on the first try of payloads starting with `flaky`.
+    struct Picky {
+        handled: Mutex<Vec<String>>,
+        moved_past: Mutex<Vec<u64>>,
+        flaked: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl RecordHandler for Picky {
+        async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+            let text = String::from_utf8_lossy(&record.payload).into_owned();
+            if text.starts_with("poison") {
+                return Err(HandleError::Permanent(format!("cannot apply {text}")));
+            }
+            if text.starts_with("flaky") {
+                let mut flaked = self.flaked.lock().expect("lock");
+                if !*flaked {
+                    *flaked = true;
+                    return Err(HandleError::Transient("try again".into()));
+                }
+            }
+            self.handled.lock().expect("lock").push(text);
+            Ok(())
+        }
+
+        async fn dead_lettered(&self, record: &Record) -> Result<(), HandleError> {
+            self.moved_past.lock().expect("lock").push(record.offset);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_can_never_be_applied_goes_to_the_dead_letters_and_the_partition_moves_on()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path()).expect("log"));
+        log.ensure_topic("things", 1).await.expect("topic");
+        for payload in ["one", "poison pill", "flaky two", "three"] {
+            log.produce(
+                "things",
+                OutgoingRecord {
+                    key: b"k".to_vec(),
+                    headers: vec![("traceparent".into(), b"t".to_vec())],
+                    payload: payload.as_bytes().to_vec(),
+                },
+            )
+            .await
+            .expect("produce");
+        }
+        let handler = Arc::new(Picky {
+            handled: Mutex::new(Vec::new()),
+            moved_past: Mutex::new(Vec::new()),
+            flaked: Mutex::new(false),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let before = DEAD_LETTERS.with_label_values(&["picky", "things"]).get();
+        spawn(log.clone(), "picky", &["things"], handler.clone(), shutdown)
+            .await
+            .expect("consumer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handler.handled.lock().expect("lock").len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the partition moved on"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(true);
+        assert_eq!(
+            *handler.handled.lock().expect("lock"),
+            ["one", "flaky two", "three"],
+            "a transient failure is retried, a permanent one skipped over"
+        );
+        assert_eq!(*handler.moved_past.lock().expect("lock"), [1]);
+        assert_eq!(
+            DEAD_LETTERS.with_label_values(&["picky", "things"]).get(),
+            before + 1
+        );
+
+        // The dead letter keeps the record whole, with why and where from.
+        let mut reader = log
+            .reader(&[(dead_letter_topic("things").as_str(), vec![0])])
+            .await
+            .expect("reader");
+        let letter = tokio::time::timeout(Duration::from_secs(5), reader.next())
+            .await
+            .expect("a dead letter")
+            .expect("record");
+        assert_eq!(letter.payload, b"poison pill");
+        assert_eq!(letter.key, b"k");
+        assert_eq!(letter.header("traceparent"), Some(&b"t"[..]));
+        assert_eq!(
+            letter.header("ganglion-dead-letter-error"),
+            Some(&b"cannot apply poison pill"[..])
+        );
+        assert_eq!(
+            letter.header("ganglion-dead-letter-group"),
+            Some(&b"picky"[..])
+        );
+        assert_eq!(
+            letter.header("ganglion-dead-letter-topic"),
+            Some(&b"things"[..])
+        );
+        assert_eq!(
+            letter.header("ganglion-dead-letter-offset"),
+            Some(&b"1"[..])
+        );
+    }
+}

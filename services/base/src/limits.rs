@@ -100,10 +100,31 @@ pub fn event_id(value: &str) -> Result<(), MatrixError> {
     Ok(())
 }
 
+/// A room alias by the spec's grammar, with a valid server name, at most
+/// [`MAX_ID_BYTES`]; else 400 `M_INVALID_PARAM`.
+pub fn room_alias(value: &str) -> Result<(), MatrixError> {
+    let server_ok = value
+        .split_once(':')
+        .is_some_and(|(_, server)| server_name(server).is_ok());
+    if value.len() > MAX_ID_BYTES || !server_ok || ruma::RoomAliasId::parse(value).is_err() {
+        return Err(MatrixError::invalid_param(format!(
+            "not a valid room alias: {}",
+            shortened(value)
+        )));
+    }
+    Ok(())
+}
+
 /// A server name by the spec's grammar (host, optional port); else 400
 /// `M_INVALID_PARAM`.
 pub fn server_name(value: &str) -> Result<(), MatrixError> {
-    if ruma::ServerName::parse(value).is_err() {
+    // A port, if any, is a TCP port (the host may be an IPv6 literal with
+    // colons of its own, inside brackets).
+    let bad_port = value
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+        .is_some_and(|(_, port)| port.parse::<u16>().map_or(true, |p| p == 0));
+    if bad_port || ruma::ServerName::parse(value).is_err() {
         return Err(MatrixError::invalid_param(format!(
             "not a valid server name: {}",
             shortened(value)
@@ -179,7 +200,21 @@ mod tests {
             serde_json::from_str(r#"{"a": {"b": ["x", "y\\u0000\u0001"]}}"#).expect("json");
         assert!(!holds_nul(&clean));
         assert!(server_name("example.org:8448").is_ok());
-        for bad in ["", "exa mple.org", "example.org:port", "[::1"] {
+        assert!(room_alias("#a:example.org").is_ok());
+        for bad in ["#a", "a:example.org", "#a:exa mple", "#a:b.org:0"] {
+            assert!(room_alias(bad).is_err(), "{bad}");
+        }
+        assert!(server_name("[::1]:8448").is_ok());
+        assert!(server_name("[::1]").is_ok());
+        for bad in [
+            "",
+            "exa mple.org",
+            "example.org:port",
+            "[::1",
+            "a.org:99999",
+            "a.org:0",
+            "a.org:",
+        ] {
             assert!(server_name(bad).is_err(), "{bad}");
         }
     }

@@ -31,9 +31,63 @@ pub(crate) enum Published {
     ToDevice(topic_pb::ToDeviceEdu),
 }
 
+impl Published {
+    /// Whether every identifier in it is one the spec allows (grammar and
+    /// the 255-byte limit): an EDU naming anything else is dropped here, so
+    /// no value a view cannot store reaches a topic.
+    fn well_formed(&self) -> bool {
+        use ganglion_base::limits;
+        let device = |id: &str| id == "*" || limits::opaque_id("device ID", id).is_ok();
+        match self {
+            Published::Typing(typing) => {
+                limits::room_id(&typing.room_id).is_ok() && limits::user_id(&typing.user_id).is_ok()
+            }
+            Published::Receipt(receipt) => {
+                limits::room_id(&receipt.room_id).is_ok()
+                    && limits::user_id(&receipt.user_id).is_ok()
+                    && limits::event_id(&receipt.event_id).is_ok()
+                    && (receipt.thread_id.is_empty()
+                        || limits::opaque_id("thread ID", &receipt.thread_id).is_ok())
+            }
+            Published::Presence(presence) => {
+                limits::user_id(&presence.user_id).is_ok()
+                    && presence
+                        .status_msg
+                        .as_ref()
+                        .is_none_or(|m| m.len() <= MAX_STATUS_MSG_BYTES)
+            }
+            Published::DeviceList(change) => {
+                limits::user_id(&change.user_id).is_ok()
+                    && (change.signing_keys || device(&change.device_id))
+            }
+            Published::ToDevice(message) => {
+                limits::user_id(&message.sender).is_ok()
+                    && limits::user_id(&message.recipient).is_ok()
+                    && limits::event_type(&message.event_type).is_ok()
+                    && message.messages.iter().all(|m| device(&m.device_id))
+            }
+        }
+    }
+}
+
+/// The longest presence status message taken from another server.
+const MAX_STATUS_MSG_BYTES: usize = 4096;
+
 /// The records an EDU from `origin` stands for (none for kinds not taken
-/// yet, or users not of `origin`).
+/// yet, users not of `origin`, or identifiers the spec does not allow).
 pub(crate) fn records_of(origin: &str, edu: &Value, now: i64) -> Vec<Published> {
+    let mut records = read_edu(origin, edu, now);
+    records.retain(|record| {
+        let ok = record.well_formed();
+        if !ok {
+            tracing::debug!(origin, "dropped an EDU naming a malformed identifier");
+        }
+        ok
+    });
+    records
+}
+
+fn read_edu(origin: &str, edu: &Value, now: i64) -> Vec<Published> {
     let content = &edu["content"];
     match edu["edu_type"].as_str() {
         Some("m.typing") => {
@@ -326,6 +380,40 @@ impl FederationService {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn edus_naming_malformed_or_oversized_identifiers_are_dropped() {
+        let long = "x".repeat(300);
+        let edus = [
+            json!({ "edu_type": "m.typing", "content": {
+                "room_id": "!", "user_id": "@u:them", "typing": true } }),
+            json!({ "edu_type": "m.typing", "content": {
+                "room_id": format!("!{long}:a"), "user_id": "@u:them", "typing": true } }),
+            json!({ "edu_type": "m.receipt", "content": { "!r:a": { "m.read": {
+                "@u:them": { "event_ids": ["$e"], "data": { "ts": 1, "thread_id": long } } } } } }),
+            json!({ "edu_type": "m.receipt", "content": { "!r:a": { "m.read": {
+                "@u:them": { "event_ids": ["not-an-event"], "data": { "ts": 1 } } } } } }),
+            json!({ "edu_type": "m.device_list_update", "content": {
+                "user_id": "@u:them", "device_id": long, "stream_id": 1 } }),
+            json!({ "edu_type": "m.presence", "content": { "push": [{
+                "user_id": "@u:them", "presence": "online", "status_msg": "m".repeat(5000) }] } }),
+            json!({ "edu_type": "m.direct_to_device", "content": {
+                "sender": "@u:them", "type": long, "message_id": "m",
+                "messages": { "@v:us": { "D": {} } } } }),
+            json!({ "edu_type": "m.direct_to_device", "content": {
+                "sender": "@u:them", "type": "m.x", "message_id": "m",
+                "messages": { "@v:us": { long.clone(): {} } } } }),
+            json!({ "edu_type": "m.direct_to_device", "content": {
+                "sender": "@u:them", "type": "m.x", "message_id": "m",
+                "messages": { "not a user": { "D": {} } } } }),
+        ];
+        for edu in edus {
+            assert_eq!(records_of("them", &edu, 1), Vec::new(), "{edu}");
+        }
+        let fine = json!({ "edu_type": "m.receipt", "content": { "!r:a": { "m.read": {
+            "@u:them": { "event_ids": ["$e"], "data": { "ts": 1, "thread_id": "$root" } } } } } });
+        assert_eq!(records_of("them", &fine, 1).len(), 1);
+    }
 
     #[test]
     fn typing_and_receipts_of_the_origins_users_only() {

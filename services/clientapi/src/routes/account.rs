@@ -12,6 +12,7 @@ use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
+use ganglion_base::limits;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -49,7 +50,6 @@ pub(crate) struct RegisterBody {
 pub(crate) struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
-    #[allow(dead_code)]
     session: Option<String>,
 }
 
@@ -101,14 +101,22 @@ pub(crate) async fn register(
     }
     match body.auth.as_ref().and_then(|a| a.kind.as_deref()) {
         Some("m.login.dummy") => {}
+        // The spec's 401 for a stage not offered: the flows again, with why.
         Some(_) => {
-            return Err(MatrixError::new(
-                StatusCode::UNAUTHORIZED,
-                "M_UNRECOGNIZED",
-                "Unsupported auth stage",
+            return Ok(challenge(
+                "m.login.dummy",
+                body.auth.as_ref().and_then(|a| a.session.as_deref()),
+                Some(MatrixError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "M_UNRECOGNIZED",
+                    "Unsupported auth stage",
+                )),
             ));
         }
         None => return Ok(challenge("m.login.dummy", None, None)),
+    }
+    if let Some(device_id) = &body.device_id {
+        limits::opaque_id("device_id", device_id)?;
     }
     let password = body.password.unwrap_or_default();
     if password.is_empty() {
@@ -248,8 +256,13 @@ pub(crate) async fn login(
     let password = body
         .password
         .ok_or_else(|| MatrixError::bad_json("password is required"))?;
+    if let Some(device_id) = &body.device_id {
+        limits::opaque_id("device_id", device_id)?;
+    }
+    // A localpart holds no colon, so the server name is everything after
+    // the first (it may carry a port).
     let localpart = match user.strip_prefix('@') {
-        Some(rest) => match rest.rsplit_once(':') {
+        Some(rest) => match rest.split_once(':') {
             Some((localpart, server)) if server == api.server_name => localpart.to_lowercase(),
             _ => return Err(MatrixError::forbidden("Invalid username or password")),
         },

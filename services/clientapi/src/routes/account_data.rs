@@ -37,9 +37,7 @@ impl ClientApi {
 }
 
 fn require_room_id(room_id: &str) -> Result<(), MatrixError> {
-    ruma::RoomId::parse(room_id)
-        .map(|_| ())
-        .map_err(|_| MatrixError::invalid_param("invalid room ID"))
+    ganglion_base::limits::room_id(room_id)
 }
 
 impl ClientApi {
@@ -50,6 +48,7 @@ impl ClientApi {
         data_type: &str,
         body: &[u8],
     ) -> MatrixResult {
+        ganglion_base::limits::opaque_id("account data type", data_type)?;
         if server_controlled(data_type) {
             return Err(MatrixError::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -174,9 +173,7 @@ async fn update_tag(
     content: Option<Map<String, Value>>,
 ) -> MatrixResult {
     require_room_id(&room_id)?;
-    if tag.is_empty() || tag.len() > 255 {
-        return Err(MatrixError::invalid_param("invalid tag"));
-    }
+    ganglion_base::limits::opaque_id("tag", &tag)?;
     if let Some(order) = content.as_ref().and_then(|c| c.get("order"))
         && !order.is_number()
     {

@@ -14,6 +14,7 @@ use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::limits;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -104,6 +105,7 @@ pub(crate) async fn typing(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let body: TypingBody = parse_json(&body)?;
+    limits::room_id(&room_id)?;
     if device.user_id != user_id {
         return Err(MatrixError::forbidden("You may only set your own typing"));
     }
@@ -140,7 +142,7 @@ pub(crate) async fn typing(
 
 /// A thread ID as receipts take it: `main` or an event ID.
 fn valid_thread_id(thread_id: &str) -> bool {
-    thread_id == "main" || ruma::EventId::parse(thread_id).is_ok()
+    thread_id == "main" || limits::event_id(thread_id).is_ok()
 }
 
 impl ClientApi {
@@ -154,9 +156,8 @@ impl ClientApi {
         event_id: &str,
         thread_id: Option<&str>,
     ) -> Result<ganglion_api::proto::common::LogPosition, MatrixError> {
-        if ruma::EventId::parse(event_id).is_err() {
-            return Err(MatrixError::invalid_param("invalid event ID"));
-        }
+        limits::room_id(room_id)?;
+        limits::event_id(event_id)?;
         let found = self
             .roomserver
             .query_events(rs_pb::QueryEventsRequest {

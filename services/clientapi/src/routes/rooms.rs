@@ -366,6 +366,9 @@ impl ClientApi {
         &self,
         room_id_or_alias: &str,
     ) -> MatrixResult<(String, Vec<String>)> {
+        if room_id_or_alias.starts_with('#') {
+            ganglion_base::limits::room_alias(room_id_or_alias)?;
+        }
         if let Ok(alias) = ruma::RoomAliasId::parse(room_id_or_alias)
             && alias.server_name() != self.server_name.as_str()
         {
@@ -400,8 +403,7 @@ impl ClientApi {
                 .room_id
                 .ok_or_else(|| MatrixError::not_found("Room alias not found"))
         } else {
-            ruma::RoomId::parse(room_id_or_alias)
-                .map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+            ganglion_base::limits::room_id(room_id_or_alias)?;
             Ok(room_id_or_alias.to_owned())
         }
     }
@@ -446,11 +448,13 @@ async fn own_membership(
 }
 
 /// The `server_name` and `via` parameters of a join, in order.
-fn via_servers(uri: &Uri) -> Vec<String> {
+fn via_servers(uri: &Uri) -> MatrixResult<Vec<String>> {
     let mut servers = ganglion_base::http::query_values(uri, "server_name");
     servers.extend(ganglion_base::http::query_values(uri, "via"));
-    servers.retain(|s| ruma::ServerName::parse(s).is_ok());
-    servers
+    for server in &servers {
+        ganglion_base::limits::server_name(server)?;
+    }
+    Ok(servers)
 }
 
 /// A room this server is not in, to join or knock on through another
@@ -469,7 +473,7 @@ async fn remote_room(
     String,
     Option<ganglion_api::proto::federationapi::JoinRoomRequest>,
 )> {
-    let mut servers = via_servers(uri);
+    let mut servers = via_servers(uri)?;
     let (room_id, alias_servers) = api.room_and_servers(room_id_or_alias).await?;
     let (room_exists, inviter_server) = api.room_here(&room_id, &device.user_id).await?;
     // A room we know but have left (no user of ours joined, others still
@@ -602,7 +606,7 @@ pub(crate) async fn leave(
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    ganglion_base::limits::room_id(&room_id)?;
     let device = api.authenticate(&headers, &uri).await?;
     // Rejecting another server's invite to a room we are not in, or
     // rescinding a knock on one: the leave goes through the inviter's

@@ -49,6 +49,7 @@ impl ClientApi {
         template: pb::EventTemplate,
         txn_id: &str,
     ) -> MatrixResult<String> {
+        limits::opaque_id("transaction ID", txn_id)?;
         let transactions_failed = |e| MatrixError::unknown(format!("transactions: {e}"));
         if let Some(event_id) = self
             .storage

@@ -14,6 +14,7 @@ use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::limits;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -34,9 +35,8 @@ pub(crate) async fn send_to_device(
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
     let body: SendToDeviceBody = parse_json(&body)?;
-    if event_type.is_empty() || event_type.len() > 255 {
-        return Err(MatrixError::invalid_param("invalid event type"));
-    }
+    limits::event_type(&event_type)?;
+    limits::opaque_id("transaction ID", &txn_id)?;
     let message_id = format!(
         "{:x}",
         Sha256::digest(format!("{}\n{}\n{txn_id}", device.user_id, device.device_id).as_bytes())
@@ -44,11 +44,15 @@ pub(crate) async fn send_to_device(
     // Check everything before publishing anything.
     let mut records = Vec::new();
     for (recipient, by_device) in body.messages {
+        limits::user_id(&recipient)?;
         let user = ruma::UserId::parse(recipient.as_str())
             .map_err(|_| MatrixError::invalid_param(format!("invalid user ID {recipient}")))?;
         let local = user.server_name().as_str() == api.server_name;
         let mut messages = Vec::new();
         for (device_id, content) in by_device {
+            if device_id != "*" {
+                limits::opaque_id("device ID", &device_id)?;
+            }
             super::require_canonical(&content)?;
             let content_json = Value::Object(content).to_string().into_bytes();
             if device_id == "*" && local {
