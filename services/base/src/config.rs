@@ -37,6 +37,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub operator: OperatorConfig,
     pub internal: InternalConfig,
+    pub caches: CachesConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -47,6 +48,32 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct OperatorConfig {
     pub listen: SocketAddr,
+}
+
+/// The most entries each in-memory cache keyed by outside data holds (a
+/// full cache starts over), so no stranger can grow a process without end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CachesConfig {
+    /// Other servers whose signing keys the federationapi keeps in memory.
+    pub server_keys: usize,
+    /// Other servers whose discovered address (well-known, SRV) is kept.
+    pub destinations: usize,
+    /// Event types and state keys the roomserver keeps interned in memory, each.
+    pub interned_names: usize,
+    /// Client addresses and accounts the rate limiter tracks, per limit.
+    pub rate_limited_clients: usize,
+}
+
+impl Default for CachesConfig {
+    fn default() -> Self {
+        CachesConfig {
+            server_keys: 10_000,
+            destinations: 10_000,
+            interned_names: 200_000,
+            rate_limited_clients: 100_000,
+        }
+    }
 }
 
 /// How the polylith's services authenticate calls to each other.
@@ -123,8 +150,10 @@ pub struct FederationConfig {
 
 /// The ranges outbound federation refuses unless allow-listed: loopback,
 /// private, shared, link-local, multicast, documentation and reserved
-/// networks (as Synapse's default blacklist).
-pub const DEFAULT_IP_RANGE_DENYLIST: [&str; 20] = [
+/// networks (as Synapse's default blacklist), and the IPv6 ranges that
+/// reach IPv4 addresses through a translator or tunnel (NAT64, 6to4,
+/// Teredo). IPv4 addresses mapped into IPv6 are judged as IPv4.
+pub const DEFAULT_IP_RANGE_DENYLIST: [&str; 26] = [
     "127.0.0.0/8",
     "10.0.0.0/8",
     "172.16.0.0/12",
@@ -141,6 +170,12 @@ pub const DEFAULT_IP_RANGE_DENYLIST: [&str; 20] = [
     "240.0.0.0/4",
     "0.0.0.0/8",
     "::1/128",
+    "::/128",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2002::/16",
     "fe80::/10",
     "fc00::/7",
     "2001:db8::/32",
@@ -253,6 +288,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             operator: OperatorConfig::default(),
             internal: InternalConfig::default(),
+            caches: CachesConfig::default(),
             services,
         }
     }
@@ -495,6 +531,10 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "server_name" => "The Matrix server name: the part after the colon in user IDs.",
         "data_dir" => "Databases, signing key, TLS certificate and embedded log live here.",
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
+        "server_keys" => "Other servers' signing keys kept in memory.",
+        "destinations" => "Other servers' discovered addresses kept in memory.",
+        "interned_names" => "Event types and state keys the roomserver keeps in memory, each.",
+        "rate_limited_clients" => "Clients and accounts each rate limit tracks.",
         "secret_file" => "Internal gRPC secrets, one per line (first sent, any accepted).",
         "registration_enabled" => "Whether POST /register creates accounts.",
         "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",

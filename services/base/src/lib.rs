@@ -3,6 +3,7 @@
 //! and the Matrix error plumbing of HTTP handlers.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod config;
 pub mod database;
 pub mod health;

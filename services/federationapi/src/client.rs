@@ -1,7 +1,7 @@
 //! Outbound federation requests: discovered destinations, TLS, and an
 //! `X-Matrix` signature on every authenticated request.
 
-use std::collections::HashMap;
+use ganglion_base::bounded::Bounded;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ pub(crate) struct FederationClient {
     discovery: Discovery,
     http: reqwest::Client,
     /// Shared with the resolver `http` connects through.
-    targets: Arc<Mutex<HashMap<String, String>>>,
+    targets: Arc<Mutex<Bounded<String, String>>>,
 }
 
 /// The longest a response body may be.
@@ -81,15 +81,16 @@ impl FederationClient {
             &federation.ip_range_denylist,
             &federation.ip_range_allowlist,
         )?;
-        let targets: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let targets = Arc::new(Mutex::new(Bounded::new(config.caches.destinations)));
         let resolver = AllowedAddresses {
             ranges: ranges.clone(),
             targets: targets.clone(),
         };
         let timeout = Duration::from_millis(federation.request_timeout_ms);
-        let client = |resolver: AllowedAddresses| {
+        let client = |resolver: AllowedAddresses, redirect: reqwest::redirect::Policy| {
             reqwest::Client::builder()
                 .dns_resolver(Arc::new(resolver))
+                .redirect(redirect)
                 .danger_accept_invalid_certs(!federation.verify_certificates)
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -100,17 +101,27 @@ impl FederationClient {
         };
         // Well-known files are fetched from the host itself, never from an
         // SRV target: a resolver of their own.
-        let well_known = client(AllowedAddresses {
-            ranges: ranges.clone(),
-            targets: Arc::default(),
-        })?;
+        // Only well-known files follow redirects (the spec asks it), each
+        // target checked as the first was.
+        let well_known = client(
+            AllowedAddresses {
+                ranges: ranges.clone(),
+                targets: Arc::new(Mutex::new(Bounded::new(1))),
+            },
+            crate::discovery::checked_redirects(ranges.clone()),
+        )?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|_| crate::StartError::ServerName(config.server_name.clone()))?;
         Ok(FederationClient {
             server_name,
             key,
-            discovery: Discovery::new(ranges, well_known, &federation.dns_nameservers),
-            http: client(resolver)?,
+            discovery: Discovery::new(
+                ranges,
+                well_known,
+                &federation.dns_nameservers,
+                config.caches.destinations,
+            ),
+            http: client(resolver, reqwest::redirect::Policy::none())?,
             targets,
         })
     }
@@ -242,16 +253,15 @@ impl FederationClient {
             |e: reqwest::Error| FederationError::Request(destination.to_owned(), e.to_string());
         let response = request.send().await.map_err(failed)?;
         let status = response.status().as_u16();
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
-        {
-            return Err(FederationError::BadResponse(
-                destination.to_owned(),
-                "response too large".into(),
-            ));
-        }
-        let bytes = response.bytes().await.map_err(failed)?;
+        let bytes = read_capped(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                CappedError::TooLarge => FederationError::BadResponse(
+                    destination.to_owned(),
+                    "response too large".into(),
+                ),
+                CappedError::Http(e) => failed(e),
+            })?;
         if !(200..300).contains(&status) {
             let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 FederationError::BadResponse(destination.to_owned(), format!("{status}, not JSON"))
@@ -264,6 +274,32 @@ impl FederationClient {
         }
         Ok(bytes)
     }
+}
+
+/// Why a body was not read whole.
+pub(crate) enum CappedError {
+    /// It is longer than allowed (said so, or found so while reading).
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// A response body of at most `limit` bytes, read chunk by chunk so a
+/// body that lies about (or omits) its length cannot grow past it.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, CappedError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CappedError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(CappedError::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(CappedError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// A successful answer's body as JSON.

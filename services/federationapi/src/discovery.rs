@@ -9,7 +9,7 @@
 //! network; [`Discovery`] does the lookups and caches the answers (tested
 //! on loopback against TLS well-known hosts and a DNS server).
 
-use std::collections::HashMap;
+use ganglion_base::bounded::Bounded;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -181,6 +181,34 @@ pub(crate) enum DiscoveryError {
     Denied(String),
 }
 
+/// The largest well-known file read (it holds one short name).
+const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+
+/// Redirects of a well-known fetch: at most five, over HTTPS, and never to
+/// an IP literal the ranges deny (a named host is checked by the resolver
+/// when connected to, as the first was).
+pub(crate) fn checked_redirects(ranges: IpRanges) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects");
+        }
+        let url = attempt.url();
+        if url.scheme() != "https" {
+            return attempt.error("redirected away from https");
+        }
+        let literal = url.host_str().and_then(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        });
+        if literal.is_some_and(|ip| !ranges.allows(ip)) {
+            return attempt.error("redirected to a denied address");
+        }
+        attempt.follow()
+    })
+}
+
 /// How long a discovered destination is used before it is looked up again.
 const CACHE_FOR: Duration = Duration::from_secs(3600);
 
@@ -190,7 +218,7 @@ pub(crate) struct Discovery {
     /// Fetches well-known files (connects only where `ranges` allow).
     well_known_client: reqwest::Client,
     srv: Option<hickory_resolver::TokioResolver>,
-    cache: Mutex<HashMap<String, (Destination, Instant)>>,
+    cache: Mutex<Bounded<String, (Destination, Instant)>>,
 }
 
 impl Discovery {
@@ -198,12 +226,13 @@ impl Discovery {
         ranges: IpRanges,
         well_known_client: reqwest::Client,
         nameservers: &[String],
+        cache_size: usize,
     ) -> Discovery {
         Discovery {
             ranges,
             well_known_client,
             srv: srv_resolver(nameservers),
-            cache: Mutex::default(),
+            cache: Mutex::new(Bounded::new(cache_size)),
         }
     }
 
@@ -219,7 +248,7 @@ impl Discovery {
             .get(server_name)
             && at.elapsed() < CACHE_FOR
         {
-            return Ok(destination.clone());
+            return Ok(destination);
         }
         if ruma::ServerName::parse(server_name).is_err() {
             return Err(DiscoveryError::BadName(server_name.to_owned()));
@@ -260,7 +289,10 @@ impl Discovery {
         if !response.status().is_success() {
             return None;
         }
-        let body: serde_json::Value = response.json().await.ok()?;
+        let bytes = crate::client::read_capped(response, MAX_WELL_KNOWN_BYTES)
+            .await
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let delegated = body.get("m.server")?.as_str()?;
         ruma::ServerName::parse(delegated).ok()?;
         Some(delegated.to_owned())
@@ -334,7 +366,7 @@ fn srv_resolver(nameservers: &[String]) -> Option<hickory_resolver::TokioResolve
 pub(crate) struct AllowedAddresses {
     pub(crate) ranges: IpRanges,
     /// host → SRV target, filled as destinations are discovered.
-    pub(crate) targets: Arc<Mutex<HashMap<String, String>>>,
+    pub(crate) targets: Arc<Mutex<Bounded<String, String>>>,
 }
 
 impl reqwest::dns::Resolve for AllowedAddresses {
@@ -345,7 +377,6 @@ impl reqwest::dns::Resolve for AllowedAddresses {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&host)
-            .cloned()
             .unwrap_or_else(|| host.clone());
         let ranges = self.ranges.clone();
         Box::pin(async move {
@@ -365,6 +396,7 @@ impl reqwest::dns::Resolve for AllowedAddresses {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn done(host: &str, port: u16, connect_to: Option<&str>, header: &str) -> Destination {
         Destination {
@@ -556,14 +588,6 @@ mod tests {
     /// An HTTPS server on loopback (a self-signed certificate for `host`)
     /// serving `/.well-known/matrix/server` as `body`: its address.
     async fn well_known_server(dir: &std::path::Path, host: &str, body: &str) -> SocketAddr {
-        let certified =
-            rcgen::generate_simple_self_signed(vec![host.to_owned()]).expect("certificate");
-        let (cert, key) = (
-            dir.join(format!("{host}.crt")),
-            dir.join(format!("{host}.key")),
-        );
-        std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
-        std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
         let body = body.to_owned();
         let router = axum::Router::new().route(
             "/.well-known/matrix/server",
@@ -572,6 +596,18 @@ mod tests {
                 async move { ([("content-type", "application/json")], body) }
             }),
         );
+        https_server(dir, host, router).await
+    }
+
+    async fn https_server(dir: &std::path::Path, host: &str, router: axum::Router) -> SocketAddr {
+        let certified =
+            rcgen::generate_simple_self_signed(vec![host.to_owned()]).expect("certificate");
+        let (cert, key) = (
+            dir.join(format!("{host}.crt")),
+            dir.join(format!("{host}.key")),
+        );
+        std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+        std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind HTTPS");
@@ -587,6 +623,84 @@ mod tests {
             .await;
         });
         address
+    }
+
+    /// A well-known file's redirect to an address the deny list holds is
+    /// not followed (the resolver never sees an IP literal); one to an
+    /// allowed address is. A file longer than allowed is not read whole,
+    /// whether it says its length or not.
+    #[tokio::test]
+    async fn well_known_redirects_are_checked_and_bodies_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = well_known_server(
+            dir.path(),
+            "127.0.0.1",
+            r#"{"m.server": "target.test:8448"}"#,
+        )
+        .await;
+        let location = format!(
+            "https://127.0.0.1:{}/.well-known/matrix/server",
+            target.port()
+        );
+        let redirector = https_server(
+            dir.path(),
+            "redirect.test",
+            axum::Router::new().route(
+                "/.well-known/matrix/server",
+                axum::routing::get(move || {
+                    let location = location.clone();
+                    async move { (axum::http::StatusCode::FOUND, [("location", location)]) }
+                }),
+            ),
+        )
+        .await;
+        let huge = format!(
+            r#"{{"m.server": "big.test", "pad": "{}"}}"#,
+            "x".repeat(100_000)
+        );
+        let sized = well_known_server(dir.path(), "sized.test", &huge).await;
+        let streamed = https_server(
+            dir.path(),
+            "streamed.test",
+            axum::Router::new().route(
+                "/.well-known/matrix/server",
+                axum::routing::get(move || {
+                    let huge = huge.clone();
+                    async move {
+                        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = huge
+                            .into_bytes()
+                            .chunks(1000)
+                            .map(|c| Ok(c.to_vec()))
+                            .collect();
+                        axum::body::Body::from_stream(futures::stream::iter(chunks))
+                    }
+                }),
+            ),
+        )
+        .await;
+        let discovery = |deny: &[&str]| {
+            let deny: Vec<String> = deny.iter().map(|d| (*d).to_owned()).collect();
+            let ranges = IpRanges::new(&deny, &[]).expect("ranges");
+            let client = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .redirect(checked_redirects(ranges.clone()))
+                .resolve("redirect.test", redirector)
+                .resolve("sized.test", sized)
+                .resolve("streamed.test", streamed)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client");
+            Discovery::new(ranges, client, &[], 100)
+        };
+        let denying = discovery(&["127.0.0.0/8"]);
+        assert_eq!(denying.well_known("redirect.test").await, None);
+        let allowing = discovery(&[]);
+        assert_eq!(
+            allowing.well_known("redirect.test").await.as_deref(),
+            Some("target.test:8448")
+        );
+        assert_eq!(allowing.well_known("sized.test").await, None);
+        assert_eq!(allowing.well_known("streamed.test").await, None);
     }
 
     /// Discovery over the network: well-known files fetched over TLS from
@@ -637,6 +751,7 @@ mod tests {
             IpRanges::new(&[], &[]).expect("ranges"),
             client,
             &[dns.to_string()],
+            100,
         );
         let found = |name: &'static str| {
             let discovery = &discovery;

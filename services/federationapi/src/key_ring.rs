@@ -38,8 +38,9 @@ pub(crate) struct KeyRing {
     own: OwnKey,
     /// Servers' keys as last read from the database, for a short while:
     /// a join checks thousands of events signed by the same few keys.
-    cache:
-        std::sync::Mutex<std::collections::HashMap<String, (Vec<StoredKey>, std::time::Instant)>>,
+    cache: std::sync::Mutex<
+        ganglion_base::bounded::Bounded<String, (Vec<StoredKey>, std::time::Instant)>,
+    >,
 }
 
 /// How long keys read from the database are used without reading again.
@@ -139,13 +140,14 @@ impl KeyRing {
         client: Arc<FederationClient>,
         notaries: Vec<String>,
         own: OwnKey,
+        cache_size: usize,
     ) -> KeyRing {
         KeyRing {
             storage,
             client,
             notaries,
             own,
-            cache: Default::default(),
+            cache: std::sync::Mutex::new(ganglion_base::bounded::Bounded::new(cache_size)),
         }
     }
 
@@ -158,7 +160,7 @@ impl KeyRing {
             .get(server)
             && at.elapsed() < CACHE_FOR
         {
-            return Ok(keys.clone());
+            return Ok(keys);
         }
         let keys = self.storage.server_keys(server).await?;
         self.cache

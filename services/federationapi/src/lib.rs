@@ -133,6 +133,7 @@ pub async fn start(
             key_id: format!("ed25519:{}", key.version),
             public_key: key.public_key_base64.clone(),
         },
+        config.caches.server_keys,
     );
     let service = Arc::new(FederationService {
         server_name: config.server_name.clone(),

@@ -110,7 +110,7 @@ pub async fn start(
         log.ensure_topic(topic, config.log.partitions).await?;
     }
     let service = Arc::new(RoomserverService {
-        storage: Storage::new(db.clone()),
+        storage: Storage::new(db.clone(), config.caches.interned_names),
         log: log.clone(),
         topics: topics.clone(),
         server_name: config.server_name.clone(),

@@ -31,10 +31,11 @@ pub(crate) struct Storage {
 }
 
 impl Storage {
-    pub(crate) fn new(db: Database) -> Storage {
+    /// `names_cached`: event types and state keys kept in memory, each.
+    pub(crate) fn new(db: Database, names_cached: usize) -> Storage {
         Storage {
             db,
-            caches: Arc::default(),
+            caches: Arc::new(state::Caches::new(names_cached)),
             events: Arc::new(Mutex::new(state::Bounded::new(200_000))),
         }
     }

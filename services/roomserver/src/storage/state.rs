@@ -10,42 +10,35 @@ use sqlx::{Any, Row, Transaction};
 use super::{Storage, StorageError};
 use crate::state_blocks::{self, StateEntries};
 
-/// A bounded map that starts over when full: crude, but the hot entries come
-/// straight back and nothing grows without limit.
-pub(crate) struct Bounded<K, V> {
-    map: HashMap<K, V>,
-    capacity: usize,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> Bounded<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Bounded {
-            map: HashMap::new(),
-            capacity,
-        }
-    }
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
-        self.map.get(key).cloned()
-    }
-    pub(crate) fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
-        self.map.retain(keep);
-    }
-    pub(crate) fn insert(&mut self, key: K, value: V) {
-        if self.map.len() >= self.capacity {
-            self.map.clear();
-        }
-        self.map.insert(key, value);
-    }
-}
+pub(crate) use ganglion_base::bounded::Bounded;
 
 /// A decoded block: (type NID, state key NID, event NID), sorted.
 type BlockEntries = Arc<Vec<(i64, i64, i64)>>;
 
-/// Names ↔ NIDs for event types and state keys.
-#[derive(Default)]
+/// Names ↔ NIDs for event types and state keys: bounded, as the names
+/// come from other servers' events.
 pub(crate) struct Names {
-    by_name: HashMap<String, i64>,
-    by_nid: HashMap<i64, String>,
+    by_name: Bounded<String, i64>,
+    by_nid: Bounded<i64, String>,
+}
+
+impl Names {
+    pub(crate) fn new(capacity: usize) -> Names {
+        Names {
+            by_name: Bounded::new(capacity),
+            by_nid: Bounded::new(capacity),
+        }
+    }
+
+    fn insert(&mut self, name: String, nid: i64) {
+        // The two directions stay in step: emptying one empties both.
+        if self.by_nid.insert(nid, name.clone()) | self.by_name.insert(name.clone(), nid) {
+            self.by_name.clear();
+            self.by_nid.clear();
+            self.by_nid.insert(nid, name.clone());
+            self.by_name.insert(name, nid);
+        }
+    }
 }
 
 /// What the roomserver's storage remembers between queries.
@@ -57,11 +50,11 @@ pub(crate) struct Caches {
     snapshots: Mutex<Bounded<i64, Arc<Vec<i64>>>>,
 }
 
-impl Default for Caches {
-    fn default() -> Self {
+impl Caches {
+    pub(crate) fn new(names_cached: usize) -> Self {
         Caches {
-            types: Mutex::default(),
-            keys: Mutex::default(),
+            types: Mutex::new(Names::new(names_cached)),
+            keys: Mutex::new(Names::new(names_cached)),
             blocks: Mutex::new(Bounded::new(100_000)),
             block_by_hash: Mutex::new(Bounded::new(100_000)),
             snapshots: Mutex::new(Bounded::new(10_000)),
@@ -215,7 +208,7 @@ impl Storage {
         {
             let names = lock(cache);
             for nid in nids {
-                match names.by_nid.get(nid) {
+                match names.by_nid.peek(nid) {
                     Some(name) => {
                         found.insert(*nid, name.clone());
                     }
@@ -242,8 +235,7 @@ impl Storage {
             for row in rows {
                 let nid: i64 = row.try_get(0)?;
                 let name: String = row.try_get(1)?;
-                names.by_name.insert(name.clone(), nid);
-                names.by_nid.insert(nid, name.clone());
+                names.insert(name.clone(), nid);
                 found.insert(nid, name);
             }
         }
@@ -275,7 +267,7 @@ impl Storage {
             name_column,
         } = names;
         if let Some(nid) = lock(cache).by_name.get(name) {
-            return Ok(Some(*nid));
+            return Ok(Some(nid));
         }
         let sql = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
         let nid: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -283,9 +275,7 @@ impl Storage {
             .fetch_optional(&self.db.pool)
             .await?;
         if let Some(nid) = nid {
-            let mut names = lock(cache);
-            names.by_name.insert(name.to_owned(), nid);
-            names.by_nid.insert(nid, name.to_owned());
+            lock(cache).insert(name.to_owned(), nid);
         }
         Ok(nid)
     }
@@ -295,15 +285,13 @@ impl Storage {
         {
             let mut names = lock(&self.caches.types);
             for (name, nid) in learnt.types {
-                names.by_nid.insert(nid, name.clone());
-                names.by_name.insert(name, nid);
+                names.insert(name, nid);
             }
         }
         {
             let mut names = lock(&self.caches.keys);
             for (name, nid) in learnt.keys {
-                names.by_nid.insert(nid, name.clone());
-                names.by_name.insert(name, nid);
+                names.insert(name, nid);
             }
         }
         let mut blocks = lock(&self.caches.block_by_hash);
@@ -327,7 +315,7 @@ impl Storage {
             name_column,
         } = self.name_table(is_type);
         if let Some(nid) = lock(cache).by_name.get(name) {
-            return Ok(*nid);
+            return Ok(nid);
         }
         let list = if is_type { &learnt.types } else { &learnt.keys };
         if let Some((_, nid)) = list.iter().find(|(n, _)| n == name) {
@@ -375,7 +363,7 @@ impl Storage {
             for name in names {
                 match cached.by_name.get(*name) {
                     Some(nid) => {
-                        found.insert((*name).to_owned(), *nid);
+                        found.insert((*name).to_owned(), nid);
                     }
                     None => missing.push(name),
                 }
@@ -517,5 +505,27 @@ impl Storage {
             row.try_get(2)?,
             row.try_get(3)?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod names_tests {
+    use super::Names;
+
+    /// Names from other servers' events never grow the cache past its
+    /// size, and both directions always agree.
+    #[test]
+    fn interned_names_stay_bounded_and_consistent() {
+        let mut names = Names::new(3);
+        for nid in 0..100 {
+            names.insert(format!("m.type.{nid}"), nid);
+            assert!(names.by_name.len() <= 3 && names.by_nid.len() <= 3);
+            assert_eq!(names.by_name.len(), names.by_nid.len());
+            assert_eq!(names.by_name.get(&format!("m.type.{nid}")), Some(nid));
+            assert_eq!(
+                names.by_nid.get(&nid).as_deref(),
+                Some(format!("m.type.{nid}").as_str())
+            );
+        }
     }
 }

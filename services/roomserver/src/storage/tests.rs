@@ -13,7 +13,7 @@ const VERSION: &str = "10";
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     let (db, dir) =
         ganglion_base::testing::open_scratch("roomserver", MIGRATIONS, database_url).await;
-    (Storage::new(db), dir)
+    (Storage::new(db, 1_000), dir)
 }
 
 /// A room built in memory the way the input consumer builds it: real,
@@ -189,7 +189,7 @@ async fn write_room(storage: &Storage) {
         Some((room.room_id.clone(), event_ids))
     );
     // A fresh storage (another replica) reads the same state.
-    let other = Storage::new(storage.db.clone());
+    let other = Storage::new(storage.db.clone(), 1_000);
     let (state, _) = other.load_state(row.snapshot_nid).await.expect("state");
     assert_eq!(ids(&state), ids(&room.tip.state));
 }
