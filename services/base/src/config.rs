@@ -31,6 +31,12 @@ pub struct Config {
     /// Where the monolith keeps its databases, signing key, TLS certificate
     /// and embedded log. Created on first run.
     pub data_dir: PathBuf,
+    /// `fsync`: a write acknowledged to a client is on disk first (the
+    /// embedded log flushes appends in groups, SQLite commits with
+    /// `synchronous=FULL`), so a power cut loses nothing acknowledged.
+    /// `os`: left to the operating system's page cache, faster on slow
+    /// disks; a power cut (not a process crash) may lose the last writes.
+    pub durability: Durability,
     pub client: ClientConfig,
     pub federation: FederationConfig,
     pub log: LogConfig,
@@ -182,6 +188,16 @@ pub const DEFAULT_IP_RANGE_DENYLIST: [&str; 26] = [
     "ff00::/8",
 ];
 
+/// How far an acknowledged write has gone (see [`Config::durability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Flushed to disk before it is acknowledged.
+    Fsync,
+    /// In the operating system's page cache when acknowledged.
+    Os,
+}
+
 /// Which log carries the topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -282,6 +298,7 @@ impl Default for Config {
         Config {
             server_name: "localhost".to_owned(),
             data_dir: PathBuf::from("./ganglion-data"),
+            durability: Durability::Fsync,
             client: ClientConfig::default(),
             federation: FederationConfig::default(),
             log: LogConfig::default(),
@@ -530,6 +547,9 @@ fn option_doc(line: &str) -> Option<&'static str> {
     Some(match key {
         "server_name" => "The Matrix server name: the part after the colon in user IDs.",
         "data_dir" => "Databases, signing key, TLS certificate and embedded log live here.",
+        "durability" => {
+            "fsync (on disk before acknowledged) or os (page cache; faster, a power cut may lose the last writes)."
+        }
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",

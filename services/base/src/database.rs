@@ -116,6 +116,27 @@ impl Database {
         max_connections: Option<u32>,
         migrations: &[Migration],
     ) -> Result<Database, DatabaseError> {
+        Self::open_with(
+            service,
+            url,
+            data_dir,
+            max_connections,
+            crate::config::Durability::Fsync,
+            migrations,
+        )
+        .await
+    }
+
+    /// [`Database::open`] with the durability of SQLite commits chosen
+    /// (PostgreSQL's is its own configuration).
+    pub async fn open_with(
+        service: &str,
+        url: Option<&str>,
+        data_dir: &Path,
+        max_connections: Option<u32>,
+        durability: crate::config::Durability,
+        migrations: &[Migration],
+    ) -> Result<Database, DatabaseError> {
         sqlx::any::install_default_drivers();
         let url = match url {
             Some(url) => url.to_owned(),
@@ -138,19 +159,26 @@ impl Database {
             Engine::Sqlite => {
                 let any = AnyConnectOptions::from_str(&url)?
                     .log_statements(tracing::log::LevelFilter::Trace);
-                // WAL with synchronous=NORMAL: a committed transaction survives a
-                // process crash (kill -9); only an OS crash can lose the last ones.
+                // WAL. synchronous=FULL flushes the WAL at each commit, so
+                // a committed transaction survives a power cut; NORMAL (the
+                // `os` durability) survives a process crash (kill -9), and
+                // an OS crash may lose the last commits.
                 // The Any driver takes no SQLite options, so each connection sets them.
+                let pragmas = match durability {
+                    crate::config::Durability::Fsync => {
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+                    }
+                    crate::config::Durability::Os => {
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+                    }
+                };
                 AnyPoolOptions::new()
                     .max_connections(max_connections.unwrap_or(4))
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            sqlx::raw_sql(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                                 PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
-                            )
-                            .execute(conn)
-                            .await?;
+                            sqlx::raw_sql(pragmas).execute(conn).await?;
                             Ok(())
                         })
                     })
@@ -214,11 +242,12 @@ impl Database {
         let max_connections = section
             .database_max_connections
             .or(sqlite_connections.filter(|_| sqlite));
-        Database::open(
+        Database::open_with(
             service,
             section.database_url.as_deref(),
             &config.data_dir,
             max_connections,
+            config.durability,
             migrations,
         )
         .await

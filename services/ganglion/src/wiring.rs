@@ -11,18 +11,24 @@ use ganglion_api::keys::{KeysClient, KeysGrpc, KeysHandle};
 use ganglion_api::roomserver::{RoomserverClient, RoomserverGrpc, RoomserverHandle};
 use ganglion_api::sync::{SyncClient, SyncGrpc, SyncHandle};
 use ganglion_api::users::{UsersClient, UsersGrpc, UsersHandle};
-use ganglion_base::config::LogBackend;
+use ganglion_base::config::{Durability, LogBackend};
 use ganglion_base::health::Health;
 use ganglion_base::internal_auth::InternalSecret;
 use ganglion_base::{Config, http};
-use ganglion_log::{EmbeddedLog, KafkaConfig, KafkaLog, Log};
+use ganglion_log::{EmbeddedConfig, EmbeddedLog, KafkaConfig, KafkaLog, Log};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Log>> {
     Ok(match config.log.backend {
         LogBackend::Embedded => Arc::new(
-            EmbeddedLog::open(config.embedded_log_dir()).context("opening the embedded log")?,
+            EmbeddedLog::open_with(
+                config.embedded_log_dir(),
+                EmbeddedConfig {
+                    fsync: config.durability == Durability::Fsync,
+                },
+            )
+            .context("opening the embedded log")?,
         ),
         LogBackend::Kafka => {
             let mut kafka = KafkaConfig::new(config.log.kafka_brokers.clone());

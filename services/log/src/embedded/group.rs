@@ -66,6 +66,28 @@ impl Group {
         })
     }
 
+    /// Lowers the committed offset of a partition to `end` if it is past
+    /// it, on disk too (so records appended after the cut are not skipped
+    /// after another restart); returns the offset it was.
+    pub(crate) fn clamp_committed(
+        &self,
+        topic: &str,
+        partition: u32,
+        end: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let mut journal = self.journal.lock();
+        let id = (topic.to_owned(), partition);
+        let was = {
+            let mut state = self.state.lock();
+            match state.committed.get_mut(&id) {
+                Some(committed) if *committed > end => std::mem::replace(committed, end),
+                _ => return Ok(None),
+            }
+        };
+        journal.append(&id, end)?;
+        Ok(Some(was))
+    }
+
     /// A receiver that sees every change of assignment.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

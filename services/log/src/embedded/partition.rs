@@ -141,6 +141,14 @@ impl<'a> Fields<'a> {
 pub(crate) struct PartitionFile {
     file: File,
     index: Mutex<Index>,
+    /// Taken by the one flush in progress: appenders that arrive meanwhile
+    /// wait for it, then find their record covered or flush together.
+    pub(crate) flushing: tokio::sync::Mutex<()>,
+    /// The record count found on disk when the file was opened. An offset
+    /// committed or stored past it was made before a crash that lost the
+    /// records it counted (a power cut without fsync), so it cannot be
+    /// trusted: the records now at those offsets are new.
+    pub(crate) opened_end: u64,
 }
 
 struct Index {
@@ -211,6 +219,8 @@ impl PartitionFile {
                     end: valid_end,
                     visible,
                 }),
+                flushing: tokio::sync::Mutex::new(()),
+                opened_end: visible,
             },
             truncated_bytes,
         })
@@ -245,6 +255,11 @@ impl PartitionFile {
     pub(crate) fn publish(&self, offset: u64) {
         let mut index = self.index.lock();
         index.visible = index.visible.max(offset + 1);
+    }
+
+    /// The offset the next appended record will get (visible or not).
+    pub(crate) fn appended(&self) -> u64 {
+        self.index.lock().positions.len() as u64
     }
 
     /// The offset the next record will get, as consumers see it.
