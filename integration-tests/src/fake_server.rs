@@ -67,7 +67,7 @@ impl Drop for FakeServer {
     }
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -323,6 +323,7 @@ impl FakeServer {
                 router,
                 &cert,
                 &private_key,
+                ganglion_base::http::ListenerLimits::INTERNAL,
                 std::future::pending(),
             )
             .await;

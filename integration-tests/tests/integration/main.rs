@@ -9,6 +9,7 @@ mod federation_history;
 mod federation_queries;
 mod federation_rooms;
 mod federation_security;
+mod listeners;
 mod matrix_sdk_sliding;
 mod monolith;
 mod polylith;

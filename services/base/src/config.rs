@@ -100,6 +100,15 @@ pub struct ClientConfig {
     pub listen: SocketAddr,
     /// Request bodies larger than this are refused with 413 `M_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// Open client connections at most (the monolith's or gateway's
+    /// listener; and each client-facing service's HTTP listener).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, or to send
+    /// another request on an idle connection, before it is closed.
+    pub header_read_timeout_ms: u64,
+    /// Long-polling `/sync` requests one user may hold open at once; more
+    /// are answered 429 `M_LIMIT_EXCEEDED`.
+    pub max_syncs_per_user: usize,
     /// Whether `POST /register` creates accounts.
     pub registration_enabled: bool,
     /// Whether `POST /register?kind=guest` creates guest accounts.
@@ -126,6 +135,10 @@ pub struct FederationConfig {
     /// 413 `M_TOO_LARGE`; room for a full transaction (50 PDUs of 64 KiB
     /// and 100 EDUs).
     pub max_body_bytes: usize,
+    /// Open connections from other servers at most.
+    pub max_connections: usize,
+    /// How long another server may take to send a request's headers.
+    pub header_read_timeout_ms: u64,
     /// PEM certificate chain; a self-signed one is generated in `data_dir` when unset.
     pub tls_certificate_path: Option<PathBuf>,
     /// PEM private key matching `tls_certificate_path`.
@@ -319,11 +332,34 @@ impl Default for OperatorConfig {
     }
 }
 
+impl ClientConfig {
+    /// The limits of a listener serving clients.
+    pub fn listener_limits(&self) -> crate::http::ListenerLimits {
+        crate::http::ListenerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+}
+
+impl FederationConfig {
+    /// The limits of a listener serving other servers.
+    pub fn listener_limits(&self) -> crate::http::ListenerLimits {
+        crate::http::ListenerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
             max_body_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            header_read_timeout_ms: 30_000,
+            max_syncs_per_user: 16,
             registration_enabled: true,
             guest_access_enabled: false,
             rate_limit_per_second: 0.5,
@@ -340,6 +376,8 @@ impl Default for FederationConfig {
         FederationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8448)),
             max_body_bytes: 8 * 1024 * 1024,
+            max_connections: 4_096,
+            header_read_timeout_ms: 30_000,
             tls_certificate_path: None,
             tls_private_key_path: None,
             signing_key_path: None,
@@ -551,6 +589,9 @@ fn option_doc(line: &str) -> Option<&'static str> {
             "fsync (on disk before acknowledged) or os (page cache; faster, a power cut may lose the last writes)."
         }
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
+        "max_connections" => "Open connections at most on this listener.",
+        "header_read_timeout_ms" => "How long a request's headers may take to arrive.",
+        "max_syncs_per_user" => "Long-polling /sync requests one user may hold open at once.",
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",
         "interned_names" => "Event types and state keys the roomserver keeps in memory, each.",

@@ -3,7 +3,6 @@
 //! body limits, request metrics and spans, and serving with a shutdown future.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
@@ -301,18 +300,34 @@ pub fn ok_json(body: serde_json::Value) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// What one listener takes from the world.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Open connections at most; further ones wait in the kernel's backlog
+    /// until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (HTTP/1),
+    /// including an idle kept-alive connection's next request, before the
+    /// connection is closed: a slow client cannot hold a connection open.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl ListenerLimits {
+    /// Limits for a listener only other Ganglion processes or operators use.
+    pub const INTERNAL: ListenerLimits = ListenerLimits {
+        max_connections: 1024,
+        header_read_timeout: std::time::Duration::from_secs(10),
+    };
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    accept_loop(listener, router, None, limits, shutdown).await
 }
 
 /// Convenience: a `Result` whose error renders as a Matrix error.
@@ -335,12 +350,14 @@ pub fn respond_with<T: serde::Serialize>(body: &T) -> MatrixResult {
     Ok(response)
 }
 
-/// Serves `router` over TLS on `listener` (the federation port) until `shutdown`.
+/// Serves `router` over TLS on `listener` (the federation port) within
+/// `limits` until `shutdown`.
 pub async fn serve_tls(
     listener: TcpListener,
     router: Router,
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
+    limits: ListenerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use rustls::pki_types::pem::PemObject;
@@ -362,42 +379,194 @@ pub async fn serve_tls(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    accept_loop(listener, router, Some(acceptor), limits, shutdown).await
+}
+
+/// Accepts connections while fewer than `limits.max_connections` are open,
+/// serves each (over TLS when an acceptor is given) with the header-read
+/// timeout, and on `shutdown` stops accepting and lets the open connections
+/// finish their requests.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let (closing, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "federation accept failed");
+                    tracing::warn!(%error, "accept failed");
                     continue;
                 }
             },
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => break,
         };
         // Answers go out as soon as written (Nagle's algorithm would hold
         // a response's last TLS record for the peer's delayed ACK).
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
         let router = router.clone();
+        let tls = tls.clone();
+        let mut closing = closing.subscribe();
         tokio::spawn(async move {
-            let Ok(Ok(tls_stream)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
-                    .await
-            else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
-            };
+            let _permit = permit;
             let service = hyper_util::service::TowerToHyperService::new(
                 router.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
             );
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(tls_stream),
-                        service,
-                    )
-                    .await;
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await
+                    else {
+                        tracing::debug!(%peer, "TLS handshake failed");
+                        return;
+                    };
+                    if let Some(io) =
+                        first_bytes_within(tls_stream, limits.header_read_timeout).await
+                    {
+                        serve_connection(io, service, limits, &mut closing).await;
+                    }
+                }
+                None => {
+                    if let Some(io) = first_bytes_within(stream, limits.header_read_timeout).await {
+                        serve_connection(io, service, limits, &mut closing).await;
+                    }
+                }
+            }
         });
+    }
+    let _ = closing.send(true);
+    Ok(())
+}
+
+/// The connection with its first bytes read, if the peer sends any within
+/// `timeout`. A connection that says nothing is closed: serving it would
+/// wait for its first bytes (to tell HTTP/1 from HTTP/2) with no timeout,
+/// holding a connection slot for ever.
+async fn first_bytes_within<I>(mut io: I, timeout: std::time::Duration) -> Option<Prefixed<I>>
+where
+    I: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut first = vec![0_u8; 4096];
+    match tokio::time::timeout(timeout, io.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {
+            first.truncate(n);
+            Some(Prefixed {
+                prefix: first,
+                at: 0,
+                io,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again
+/// first, then the rest of the connection.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: I,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    limits: ListenerLimits,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection =
+        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

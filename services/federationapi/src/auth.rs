@@ -40,11 +40,12 @@ pub(crate) async fn authenticate(
 
 async fn verified(service: &FederationService, request: Request) -> Result<Request, MatrixError> {
     let (mut parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, service.max_body_bytes)
-        .await
-        .map_err(|_| MatrixError::too_large("request body too large"))?;
+    // The header first: a request without one is not worth reading.
     let header = XMatrix::extract_from_http_headers(&parts.headers)
         .map_err(|e| unauthorized(format!("no valid X-Matrix authorization: {e}")))?;
+    let bytes = axum::body::to_bytes(body, service.max_body_bytes)
+        .await
+        .map_err(|_| MatrixError::too_large("Request body too large"))?;
     let own = service.client.server_name();
     if header.destination.as_deref().is_some_and(|d| d != own) {
         return Err(unauthorized("the request is for another server"));

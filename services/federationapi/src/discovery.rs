@@ -618,6 +618,7 @@ mod tests {
                 router,
                 &cert,
                 &key,
+                ganglion_base::http::ListenerLimits::INTERNAL,
                 std::future::pending(),
             )
             .await;

@@ -144,7 +144,7 @@ pub async fn start(
         roomserver: peers.roomserver,
         keys: peers.keys,
         users: peers.users,
-        max_body_bytes: config.client.max_body_bytes,
+        max_body_bytes: config.federation.max_body_bytes,
         log,
         topics,
     });

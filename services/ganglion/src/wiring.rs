@@ -185,14 +185,22 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         federation_router,
         cert,
         key,
+        config.federation.listener_limits(),
         shutdown.clone(),
     ));
     let operator = tokio::spawn(serve_until(
         operator_listener,
         health.router(),
+        http::ListenerLimits::INTERNAL,
         shutdown.clone(),
     ));
-    http::serve(client_listener, client_router, shutdown_future).await?;
+    http::serve(
+        client_listener,
+        client_router,
+        config.client.listener_limits(),
+        shutdown_future,
+    )
+    .await?;
     federation.abort();
     operator.abort();
     Ok(())
@@ -208,9 +216,10 @@ async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 async fn serve_until(
     listener: TcpListener,
     router: Router,
+    limits: http::ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    http::serve(listener, router, async move {
+    http::serve(listener, router, limits, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
     .await
@@ -222,9 +231,10 @@ async fn serve_tls_until(
     router: Router,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
+    limits: http::ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    http::serve_tls(listener, router, &cert, &key, async move {
+    http::serve_tls(listener, router, &cert, &key, limits, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     })
     .await
@@ -277,9 +287,16 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     let operator = tokio::spawn(serve_until(
         operator_listener,
         Health::default().router(),
+        http::ListenerLimits::INTERNAL,
         shutdown,
     ));
-    http::serve(listener, router, shutdown_future).await?;
+    http::serve(
+        listener,
+        router,
+        config.client.listener_limits(),
+        shutdown_future,
+    )
+    .await?;
     operator.abort();
     Ok(())
 }
@@ -440,6 +457,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 router,
                 cert,
                 key,
+                config.federation.listener_limits(),
                 shutdown.clone(),
             ));
         }
@@ -470,10 +488,16 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         let http_listen = section
             .http_listen
             .with_context(|| format!("services.{name}.http_listen is required"))?;
-        let max_body_bytes = if name == "federationapi" {
-            config.federation.max_body_bytes
+        let (max_body_bytes, limits) = if name == "federationapi" {
+            (
+                config.federation.max_body_bytes,
+                config.federation.listener_limits(),
+            )
         } else {
-            config.client.max_body_bytes
+            (
+                config.client.max_body_bytes,
+                config.client.listener_limits(),
+            )
         };
         let router = http::matrix_router(routes, name, max_body_bytes);
         let http_listener = bind(http_listen).await?;
@@ -481,6 +505,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         tasks.push(tokio::spawn(serve_until(
             http_listener,
             router,
+            limits,
             shutdown.clone(),
         )));
     }
@@ -493,9 +518,16 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     tasks.push(tokio::spawn(serve_until(
         operator_listener,
         health.router(),
+        http::ListenerLimits::INTERNAL,
         shutdown.clone(),
     )));
-    http::serve(grpc_listener, grpc_router, shutdown_future).await?;
+    http::serve(
+        grpc_listener,
+        grpc_router,
+        http::ListenerLimits::INTERNAL,
+        shutdown_future,
+    )
+    .await?;
     for task in tasks {
         task.abort();
     }

@@ -166,6 +166,7 @@ pub async fn start(
         presence: presence::Activity::new(
             Duration::from_millis(config.client.presence_unavailable_after_ms),
             Duration::from_millis(config.client.presence_offline_after_ms),
+            config.client.max_syncs_per_user,
         ),
     });
     // The view's positions are stored with its data, in one transaction per

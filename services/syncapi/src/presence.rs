@@ -28,6 +28,8 @@ pub(crate) struct Activity {
     seen: Mutex<HashMap<String, Seen>>,
     unavailable_after: Duration,
     offline_after: Duration,
+    /// Sync requests one user may hold open at once.
+    max_in_flight: u32,
 }
 
 struct Seen {
@@ -39,11 +41,16 @@ struct Seen {
 }
 
 impl Activity {
-    pub(crate) fn new(unavailable_after: Duration, offline_after: Duration) -> Self {
+    pub(crate) fn new(
+        unavailable_after: Duration,
+        offline_after: Duration,
+        max_in_flight: usize,
+    ) -> Self {
         Activity {
             seen: Mutex::default(),
             unavailable_after,
             offline_after,
+            max_in_flight: u32::try_from(max_in_flight).unwrap_or(u32::MAX).max(1),
         }
     }
 }
@@ -104,6 +111,10 @@ pub(crate) async fn syncing(
             in_flight: 0,
             presence: String::new(),
         });
+        // One user's requests, held open, must not hold the server.
+        if entry.in_flight >= service.presence.max_in_flight {
+            return Err(MatrixError::limit_exceeded(1_000));
+        }
         entry.in_flight += 1;
         entry.last = Instant::now();
         let known = entry.presence.clone();
