@@ -209,13 +209,10 @@ impl Monolith {
                 "GANGLION_OPERATOR__LISTEN".to_owned(),
                 format!("127.0.0.1:{}", free_port()),
             ),
+            // Rate limits are tested on their own (bad_input.rs).
             (
-                "GANGLION_CLIENT__RATE_LIMIT_PER_SECOND".to_owned(),
-                "1000".to_owned(),
-            ),
-            (
-                "GANGLION_CLIENT__RATE_LIMIT_BURST".to_owned(),
-                "1000".to_owned(),
+                "GANGLION_RATE_LIMITS__ENABLED".to_owned(),
+                "false".to_owned(),
             ),
             (
                 "GANGLION_TELEMETRY__LOG_FILTER".to_owned(),
@@ -402,13 +399,10 @@ impl Polylith {
                 "GANGLION_FEDERATION__LISTEN".to_owned(),
                 format!("127.0.0.1:{}", free_port()),
             ),
+            // Rate limits are tested on their own (bad_input.rs).
             (
-                "GANGLION_CLIENT__RATE_LIMIT_PER_SECOND".to_owned(),
-                "1000".to_owned(),
-            ),
-            (
-                "GANGLION_CLIENT__RATE_LIMIT_BURST".to_owned(),
-                "1000".to_owned(),
+                "GANGLION_RATE_LIMITS__ENABLED".to_owned(),
+                "false".to_owned(),
             ),
             (
                 "GANGLION_TELEMETRY__LOG_FILTER".to_owned(),

@@ -192,62 +192,114 @@ async fn bad_input_gets_the_spec_errors_and_changes_nothing() {
     assert_eq!(ids(&before), ids(&after));
 }
 
+/// Rate limits by family: a client address behind a trusted proxy is the
+/// one its `X-Forwarded-For` names (one client cannot lock everyone out);
+/// failed logins count per account from any address; messages per user.
 #[tokio::test]
-async fn login_and_register_are_rate_limited() {
+async fn rate_limits_apply_per_address_account_and_user() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = ganglion_integration_tests::process::free_port();
-    let env = vec![
-        (
-            "GANGLION_DATA_DIR".to_owned(),
-            dir.path().join("data").display().to_string(),
-        ),
-        (
-            "GANGLION_CLIENT__LISTEN".to_owned(),
-            format!("127.0.0.1:{port}"),
-        ),
-        (
-            "GANGLION_FEDERATION__LISTEN".to_owned(),
-            format!(
-                "127.0.0.1:{}",
-                ganglion_integration_tests::process::free_port()
-            ),
-        ),
-        (
-            "GANGLION_CLIENT__RATE_LIMIT_PER_SECOND".to_owned(),
-            "0.1".to_owned(),
-        ),
-        (
-            "GANGLION_CLIENT__RATE_LIMIT_BURST".to_owned(),
-            "3".to_owned(),
-        ),
-    ];
+    let mut env = Monolith::default_env(dir.path());
+    env.retain(|(k, _)| k != "GANGLION_RATE_LIMITS__ENABLED");
+    for (family, per_second, burst) in [
+        ("LOGIN_PER_ADDRESS", "0.01", "3"),
+        ("FAILED_LOGINS_PER_ACCOUNT", "0.01", "4"),
+        ("MESSAGES_PER_USER", "0.01", "5"),
+        ("REGISTRATION_PER_ADDRESS", "100", "100"),
+    ] {
+        env.push((
+            format!("GANGLION_RATE_LIMITS__{family}__PER_SECOND"),
+            per_second.to_owned(),
+        ));
+        env.push((
+            format!("GANGLION_RATE_LIMITS__{family}__BURST"),
+            burst.to_owned(),
+        ));
+    }
     let server = Monolith::start_with(dir.path(), env).await;
+    let alice = Client::register(&server.base_url, "alice", "password-alice").await;
+    let bob = Client::register(&server.base_url, "bob", "password-bob").await;
     let http = reqwest::Client::new();
     let url = format!("{}/_matrix/client/v3/login", server.base_url);
-    let body = json!({"type": "m.login.password", "user": "nobody", "password": "x"}).to_string();
+    let login = |from: &'static str, user: &'static str, password: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let response = http
+                .post(&url)
+                .header("x-forwarded-for", from)
+                .json(&json!({"type": "m.login.password", "user": user, "password": password}))
+                .send()
+                .await
+                .expect("login");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+
+    // One address exhausts its logins; another is not held back by it.
     let mut limited = None;
-    for _ in 0..6 {
-        let r = request(
-            &http,
-            Method::POST,
-            &url,
-            None,
-            Some(body.clone().into_bytes()),
-        )
-        .await;
-        if r.status == 429 {
-            limited = Some(r);
+    for _ in 0..4 {
+        let (status, body) = login("198.51.100.1", "nobody", "x").await;
+        if status == 429 {
+            limited = Some(body);
             break;
         }
-        assert_eq!(r.errcode(), "M_FORBIDDEN");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
     }
-    let limited = limited.expect("rate limited within 6 attempts");
-    assert_eq!(limited.errcode(), "M_LIMIT_EXCEEDED");
-    assert!(
-        limited.body["retry_after_ms"]
-            .as_u64()
-            .is_some_and(|ms| ms > 0)
+    let limited = limited.expect("limited within 4 attempts");
+    assert_eq!(limited["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(limited["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    let (status, body) = login("198.51.100.2", "alice", "password-alice").await;
+    assert_eq!(status, 200, "another client logs in: {body}");
+
+    // Wrong passwords for bob from many addresses: his account stops
+    // taking attempts, the right password included, from anywhere.
+    let addresses = [
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.3",
+        "203.0.113.4",
+        "203.0.113.5",
+    ];
+    let mut failures = 0;
+    for from in addresses {
+        let (status, _) = login(from, "bob", "wrong").await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 403);
+        failures += 1;
+    }
+    assert_eq!(failures, 4, "four failures allowed");
+    let (status, body) = login("203.0.113.9", "bob", "password-bob").await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED"))
     );
+    // Alice is not held back by bob's failures.
+    let (status, _) = login("203.0.113.9", "alice", "password-alice").await;
+    assert_eq!(status, 200);
+
+    // Messages per user: bob is limited, alice is not.
+    let room_id = bob.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(alice.join(&room_id).await.status, 200);
+    let mut sent = 0;
+    let limited = loop {
+        let reply = bob.send_text(&room_id, &format!("b{sent}"), "hi").await;
+        if reply.status != 200 {
+            break reply;
+        }
+        sent += 1;
+        assert!(sent <= 5, "bob is limited within his burst");
+    };
+    assert_eq!(
+        (limited.status, limited.errcode()),
+        (429, "M_LIMIT_EXCEEDED")
+    );
+    // A retried transaction is answered from the first attempt, limited or not.
+    assert_eq!(bob.send_text(&room_id, "b0", "hi").await.status, 200);
+    assert_eq!(alice.send_text(&room_id, "a0", "hello").await.status, 200);
 }
 
 /// Types, state keys and content full of characters JSON must escape

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// The service did not answer in time.
     #[error("timed out")]
     Timeout,
+    /// Too much asked too fast (a full queue): try again after this many
+    /// milliseconds.
+    #[error("limit exceeded: retry after {0} ms")]
+    LimitExceeded(u64),
     /// The service cannot be reached or is not ready (transient: retry).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::TooLarge(m) => (ErrorKind::TooLarge, m.clone()),
             ApiError::UnsupportedRoomVersion(m) => (ErrorKind::UnsupportedRoomVersion, m.clone()),
             ApiError::Timeout => (ErrorKind::Timeout, String::new()),
+            ApiError::LimitExceeded(ms) => (ErrorKind::LimitExceeded, ms.to_string()),
             ApiError::Unavailable(m) => (ErrorKind::Unavailable, m.clone()),
             ApiError::Internal(m) => (ErrorKind::Internal, m.clone()),
         };
@@ -92,6 +97,7 @@ impl ApiError {
             ErrorKind::TooLarge => ApiError::TooLarge(m),
             ErrorKind::UnsupportedRoomVersion => ApiError::UnsupportedRoomVersion(m),
             ErrorKind::Timeout => ApiError::Timeout,
+            ErrorKind::LimitExceeded => ApiError::LimitExceeded(m.parse().unwrap_or(1_000)),
             ErrorKind::Unavailable => ApiError::Unavailable(m),
             ErrorKind::Internal | ErrorKind::Conflict | ErrorKind::Unspecified => {
                 ApiError::Internal(m)
@@ -122,6 +128,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::UnknownToken => tonic::Code::Unauthenticated,
             ApiError::UserInUse | ApiError::RoomInUse => tonic::Code::AlreadyExists,
             ApiError::Timeout => tonic::Code::DeadlineExceeded,
+            ApiError::LimitExceeded(_) => tonic::Code::ResourceExhausted,
             ApiError::Unavailable(_) => tonic::Code::Unavailable,
             ApiError::Internal(_) => tonic::Code::Internal,
         };
@@ -176,6 +183,7 @@ impl From<ApiError> for MatrixError {
                 format!("Unsupported room version {v}"),
             ),
             ApiError::Timeout => MatrixError::unavailable("Timed out"),
+            ApiError::LimitExceeded(ms) => MatrixError::limit_exceeded(ms),
             ApiError::Unavailable(m) => MatrixError::unavailable(m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

@@ -44,6 +44,7 @@ pub struct Config {
     pub operator: OperatorConfig,
     pub internal: InternalConfig,
     pub caches: CachesConfig,
+    pub rate_limits: RateLimitsConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -82,6 +83,74 @@ impl Default for CachesConfig {
     }
 }
 
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Rate limits by family, as Synapse's `rc_*` settings. Exceeding one is
+/// 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Off only for tests and benchmarks.
+    pub enabled: bool,
+    /// Proxies (CIDR) whose `X-Forwarded-For` names the client: the
+    /// polylith's gateways, a load balancer. A request from anywhere else
+    /// counts against its connection's address.
+    pub trusted_proxies: Vec<String>,
+    pub login_per_address: RateLimit,
+    pub login_per_account: RateLimit,
+    /// Failed logins per account (checked before the password is).
+    pub failed_logins_per_account: RateLimit,
+    pub registration_per_address: RateLimit,
+    pub messages_per_user: RateLimit,
+    pub joins_per_user: RateLimit,
+    pub invites_per_user: RateLimit,
+    pub room_creation_per_user: RateLimit,
+    /// Password checks in User-Interactive Auth (changing keys, devices).
+    pub password_checks_per_user: RateLimit,
+}
+
+impl RateLimitsConfig {
+    /// Each family with its name.
+    pub fn families(&self) -> [(&'static str, RateLimit); 9] {
+        [
+            ("login_per_address", self.login_per_address),
+            ("login_per_account", self.login_per_account),
+            ("failed_logins_per_account", self.failed_logins_per_account),
+            ("registration_per_address", self.registration_per_address),
+            ("messages_per_user", self.messages_per_user),
+            ("joins_per_user", self.joins_per_user),
+            ("invites_per_user", self.invites_per_user),
+            ("room_creation_per_user", self.room_creation_per_user),
+            ("password_checks_per_user", self.password_checks_per_user),
+        ]
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        let limit = |per_second, burst| RateLimit { per_second, burst };
+        RateLimitsConfig {
+            enabled: true,
+            trusted_proxies: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            login_per_address: limit(0.5, 10),
+            login_per_account: limit(0.5, 10),
+            failed_logins_per_account: limit(0.1, 5),
+            registration_per_address: limit(0.2, 5),
+            messages_per_user: limit(10.0, 50),
+            joins_per_user: limit(0.5, 10),
+            invites_per_user: limit(0.3, 10),
+            room_creation_per_user: limit(0.2, 10),
+            password_checks_per_user: limit(0.2, 5),
+        }
+    }
+}
+
 /// How the polylith's services authenticate calls to each other.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -109,14 +178,15 @@ pub struct ClientConfig {
     /// Long-polling `/sync` requests one user may hold open at once; more
     /// are answered 429 `M_LIMIT_EXCEEDED`.
     pub max_syncs_per_user: usize,
+    /// Threads hashing passwords (each holds argon2's 19 MiB working set).
+    pub password_hashing_threads: usize,
+    /// Password checks waiting for a hashing thread at most; more are
+    /// answered 429 `M_LIMIT_EXCEEDED` at once.
+    pub password_hashing_queue: usize,
     /// Whether `POST /register` creates accounts.
     pub registration_enabled: bool,
     /// Whether `POST /register?kind=guest` creates guest accounts.
     pub guest_access_enabled: bool,
-    /// Sustained login/register attempts allowed per client address per second.
-    pub rate_limit_per_second: f64,
-    /// Attempts a client address may make in a burst before being limited.
-    pub rate_limit_burst: u32,
     /// How long a write waits for the sync service to reflect it before the
     /// client is answered anyway.
     pub read_your_writes_timeout_ms: u64,
@@ -319,6 +389,7 @@ impl Default for Config {
             operator: OperatorConfig::default(),
             internal: InternalConfig::default(),
             caches: CachesConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             services,
         }
     }
@@ -360,10 +431,10 @@ impl Default for ClientConfig {
             max_connections: 10_000,
             header_read_timeout_ms: 30_000,
             max_syncs_per_user: 16,
+            password_hashing_threads: 1,
+            password_hashing_queue: 32,
             registration_enabled: true,
             guest_access_enabled: false,
-            rate_limit_per_second: 0.5,
-            rate_limit_burst: 10,
             read_your_writes_timeout_ms: 5_000,
             presence_unavailable_after_ms: 60_000,
             presence_offline_after_ms: 300_000,
@@ -471,10 +542,19 @@ impl Config {
                 "federation.max_body_bytes: must be at least 1048576".to_owned(),
             ));
         }
-        if self.client.rate_limit_per_second.is_nan() || self.client.rate_limit_per_second <= 0.0 {
-            return Err(ConfigError::Invalid(
-                "client.rate_limit_per_second: must be greater than 0".to_owned(),
-            ));
+        for (name, limit) in self.rate_limits.families() {
+            if limit.per_second.is_nan() || limit.per_second <= 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.{name}.per_second: must be greater than 0"
+                )));
+            }
+        }
+        for proxy in &self.rate_limits.trusted_proxies {
+            if proxy.parse::<ipnet::IpNet>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.trusted_proxies: {proxy} is not CIDR"
+                )));
+            }
         }
         for name in self.services.keys() {
             if !SERVICES.contains(&name.as_str()) {
@@ -591,6 +671,8 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "max_body_bytes" => "Request bodies larger than this get 413 M_TOO_LARGE.",
         "max_connections" => "Open connections at most on this listener.",
         "header_read_timeout_ms" => "How long a request's headers may take to arrive.",
+        "password_hashing_threads" => "Threads hashing passwords (19 MiB each).",
+        "password_hashing_queue" => "Password checks waiting at most; more get 429.",
         "max_syncs_per_user" => "Long-polling /sync requests one user may hold open at once.",
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",
@@ -599,8 +681,10 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "secret_file" => "Internal gRPC secrets, one per line (first sent, any accepted).",
         "registration_enabled" => "Whether POST /register creates accounts.",
         "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",
-        "rate_limit_per_second" => "Login/register attempts per client address per second.",
-        "rate_limit_burst" => "Attempts allowed in a burst before M_LIMIT_EXCEEDED.",
+        "enabled" => "Whether rate limits apply (turn off only for tests and benchmarks).",
+        "trusted_proxies" => "Proxies (CIDR) whose X-Forwarded-For names the client.",
+        "per_second" => "Sustained requests per second.",
+        "burst" => "Requests allowed at once before M_LIMIT_EXCEEDED.",
         "presence_unavailable_after_ms" => "A user who stops syncing this long is unavailable.",
         "presence_offline_after_ms" => "A user who stops syncing this long is offline.",
         "read_your_writes_timeout_ms" => {

@@ -45,7 +45,9 @@ pub(crate) struct ClientApi {
     topics: Topics,
     typing_timers: routes::TypingTimers,
     storage: storage::Storage,
-    rate_limiter: rate_limit::RateLimiter,
+    rate_limits: rate_limit::RateLimits,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A started clientapi.
@@ -114,10 +116,16 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         topics,
         typing_timers: routes::TypingTimers::default(),
         storage: storage::Storage { db: db.clone() },
-        rate_limiter: rate_limit::RateLimiter::new(
-            config.client.rate_limit_per_second,
-            config.client.rate_limit_burst,
+        rate_limits: rate_limit::RateLimits::new(
+            &config.rate_limits,
+            config.caches.rate_limited_clients,
         ),
+        trusted_proxies: config
+            .rate_limits
+            .trusted_proxies
+            .iter()
+            .filter_map(|proxy| proxy.parse().ok())
+            .collect(),
     });
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {

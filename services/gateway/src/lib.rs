@@ -114,9 +114,26 @@ async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
     };
     let mut outgoing = forward.client.request(parts.method, &url).body(body);
     for (name, value) in &parts.headers {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) && name != "x-forwarded-for" {
             outgoing = outgoing.header(name, value);
         }
+    }
+    // The service behind sees the gateway as its peer: the address the
+    // gateway saw goes last in X-Forwarded-For, where a client cannot put
+    // it (the services trust the gateway's entry, not the client's).
+    if let Some(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        let forwarded = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(earlier) => format!("{earlier}, {}", peer.0.ip()),
+            None => peer.0.ip().to_string(),
+        };
+        outgoing = outgoing.header("x-forwarded-for", forwarded);
     }
     match outgoing.send().await {
         Ok(response) => {
@@ -166,6 +183,53 @@ mod tests {
             base_url: "http://127.0.0.1:9".to_owned(),
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             max_body_bytes: 1024,
+        }
+    }
+
+    /// The address the gateway saw goes last in `X-Forwarded-For`, after
+    /// whatever the client claimed.
+    #[tokio::test]
+    async fn the_peer_address_is_appended_to_x_forwarded_for() {
+        use tower::ServiceExt;
+        let echo = Router::new().route(
+            "/_matrix/client/v3/sync",
+            any(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, echo).await });
+        let router = router(vec![Upstream {
+            name: "syncapi",
+            base_url: format!("http://{address}"),
+            paths: vec!["/_matrix/client/v3/sync".to_owned()],
+            max_body_bytes: 1024,
+        }])
+        .expect("router");
+        for (claimed, expected) in [
+            (Some("10.1.1.1"), "10.1.1.1, 203.0.113.7"),
+            (None, "203.0.113.7"),
+        ] {
+            let mut request = Request::builder().uri("/_matrix/client/v3/sync");
+            if let Some(claimed) = claimed {
+                request = request.header("x-forwarded-for", claimed);
+            }
+            let mut request = request.body(Body::empty()).expect("request");
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from(([203, 0, 113, 7], 5555)),
+            ));
+            let response = router.clone().oneshot(request).await.expect("response");
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .expect("body");
+            assert_eq!(body, expected.as_bytes());
         }
     }
 

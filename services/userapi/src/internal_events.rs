@@ -24,3 +24,13 @@ pub(crate) static LOGINS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .with_label_values::<&str>(&[])
 });
+
+/// Password checks and hashes turned away because the hashing queue was full.
+pub(crate) static PASSWORD_QUEUE_FULL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter_vec(
+        "ganglion_userapi_password_queue_full_total",
+        "Password checks turned away with 429 because the hashing queue was full",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+});

@@ -74,7 +74,10 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
     }));
     let api = Arc::new(UserApi {
         storage: Storage { db },
-        passwords: passwords::Passwords::start()?,
+        passwords: passwords::Passwords::start(
+            config.client.password_hashing_threads,
+            config.client.password_hashing_queue,
+        )?,
         server_name: config.server_name.clone(),
         log,
         topics,

@@ -1,13 +1,15 @@
-//! Password hashing (argon2id) on one dedicated thread.
+//! Password hashing (argon2id) on a bounded pool of dedicated threads with
+//! a bounded queue.
 //!
 //! Each hash needs a 19 MiB working set. Allocated per hash, glibc's
 //! fragmentation kept most of them resident (174 MB after nine
-//! registrations); the hashing thread owns one buffer and reuses it, so the
-//! cost is 19 MiB once, and the async runtime is never blocked. Throughput is
-//! one hash at a time (~30 ms each here), which bounds logins and
-//! registrations per process, as rate limits do anyway.
+//! registrations); each hashing thread owns one buffer and reuses it, so the
+//! cost is 19 MiB a thread, and the async runtime is never blocked. A hash
+//! takes ~30 ms here. When the queue is full the request is answered 429
+//! `M_LIMIT_EXCEEDED` at once: one user sending passwords cannot make
+//! everyone else's login wait without end.
 
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -19,37 +21,61 @@ enum Job {
     Verify(String, String, oneshot::Sender<Result<bool, ApiError>>),
 }
 
-/// A handle on the hashing thread; the thread ends when the last handle drops.
+/// A handle on the hashing threads; they end when the last handle drops.
 pub(crate) struct Passwords {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
+/// How long a client turned away by a full queue is told to wait.
+const RETRY_AFTER_MS: u64 = 1_000;
+
 impl Passwords {
-    pub(crate) fn start() -> std::io::Result<Passwords> {
-        let (jobs, receiver) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("password-hashing".into())
-            .spawn(move || {
-                let mut memory = Memory { blocks: Vec::new() };
-                for job in receiver {
-                    match job {
-                        Job::Hash(password, reply) => {
-                            let _ = reply.send(memory.hash(&password));
-                        }
-                        Job::Verify(password, stored, reply) => {
-                            let _ = reply.send(memory.verify(&password, &stored));
+    /// `threads` hashing threads (at least one) taking jobs from a queue of
+    /// at most `queue` waiting ones.
+    pub(crate) fn start(threads: usize, queue: usize) -> std::io::Result<Passwords> {
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for n in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hashing-{n}"))
+                .spawn(move || {
+                    let mut memory = Memory { blocks: Vec::new() };
+                    loop {
+                        let job = {
+                            let receiver = receiver.lock().unwrap_or_else(|p| p.into_inner());
+                            receiver.recv()
+                        };
+                        match job {
+                            Ok(Job::Hash(password, reply)) => {
+                                let _ = reply.send(memory.hash(&password));
+                            }
+                            Ok(Job::Verify(password, stored, reply)) => {
+                                let _ = reply.send(memory.verify(&password, &stored));
+                            }
+                            Err(_) => return,
                         }
                     }
-                }
-            })?;
+                })?;
+        }
         Ok(Passwords { jobs })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), ApiError> {
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => {
+                crate::internal_events::PASSWORD_QUEUE_FULL.inc();
+                ApiError::LimitExceeded(RETRY_AFTER_MS)
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                ApiError::Internal("password hashing stopped".into())
+            }
+        })
     }
 
     pub(crate) async fn hash(&self, password: String) -> Result<String, ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Hash(password, reply))
-            .map_err(|_| ApiError::Internal("password hashing stopped".into()))?;
+        self.submit(Job::Hash(password, reply))?;
         answer
             .await
             .map_err(|_| ApiError::Internal("password hashing stopped".into()))?
@@ -57,9 +83,7 @@ impl Passwords {
 
     pub(crate) async fn verify(&self, password: String, stored: String) -> Result<bool, ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Verify(password, stored, reply))
-            .map_err(|_| ApiError::Internal("password hashing stopped".into()))?;
+        self.submit(Job::Verify(password, stored, reply))?;
         answer
             .await
             .map_err(|_| ApiError::Internal("password hashing stopped".into()))?
@@ -153,9 +177,35 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
+    /// A burst beyond the queue is turned away at once with a retry time,
+    /// and the hashes already queued still complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_answers_limit_exceeded() {
+        let passwords = std::sync::Arc::new(super::Passwords::start(1, 2).expect("threads"));
+        let attempts = (0..12).map(|_| {
+            let passwords = passwords.clone();
+            tokio::spawn(async move { passwords.hash("secret".into()).await })
+        });
+        let mut done = 0;
+        let mut limited = 0;
+        for attempt in attempts.collect::<Vec<_>>() {
+            match attempt.await.expect("task") {
+                Ok(_) => done += 1,
+                Err(ganglion_api::ApiError::LimitExceeded(ms)) => {
+                    assert!(ms > 0);
+                    limited += 1;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(limited > 0, "some are turned away");
+        assert!(done >= 2, "the queued ones complete: {done}");
+        assert_eq!(done + limited, 12);
+    }
+
     #[tokio::test]
     async fn hashes_verify_and_differ_by_salt() {
-        let passwords = super::Passwords::start().expect("thread");
+        let passwords = super::Passwords::start(1, 8).expect("thread");
         let first = passwords.hash("secret".into()).await.expect("hash");
         let second = passwords.hash("secret".into()).await.expect("hash");
         assert_ne!(first, second, "salted");

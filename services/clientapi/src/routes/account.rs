@@ -19,19 +19,30 @@ use serde_json::json;
 use super::uia::{challenge, random_session};
 use crate::ClientApi;
 
-/// The client's address, for rate limiting.
+/// The client's address, for rate limiting (through trusted proxies).
 pub(crate) struct ClientIp(IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<Arc<ClientApi>> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        api: &Arc<ClientApi>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
+        let forwarded_for = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(ClientIp(crate::rate_limit::client_address(
+            peer,
+            forwarded_for,
+            &api.trusted_proxies,
+        )))
     }
 }
 
@@ -68,7 +79,9 @@ pub(crate) async fn register(
     uri: Uri,
     MatrixJson(body): MatrixJson<RegisterBody>,
 ) -> MatrixResult {
-    api.rate_limiter.check(ip)?;
+    api.rate_limits
+        .registration_per_address
+        .check(&ip.to_string())?;
     let query: RegisterQuery = parse_query(&uri)?;
     match query.kind.as_deref() {
         None | Some("user") => {}
@@ -184,7 +197,9 @@ pub(crate) async fn available(
     ClientIp(ip): ClientIp,
     uri: Uri,
 ) -> MatrixResult {
-    api.rate_limiter.check(ip)?;
+    api.rate_limits
+        .registration_per_address
+        .check(&ip.to_string())?;
     let query: AvailableQuery = parse_query(&uri)?;
     let username = query
         .username
@@ -233,7 +248,7 @@ pub(crate) async fn login(
     ClientIp(ip): ClientIp,
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> MatrixResult {
-    api.rate_limiter.check(ip)?;
+    api.rate_limits.login_per_address.check(&ip.to_string())?;
     if body.kind != "m.login.password" {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
@@ -268,16 +283,28 @@ pub(crate) async fn login(
         },
         None => user.to_lowercase(),
     };
-    let session = api
+    // Per account, whatever address the attempts come from; failures count
+    // on their own, so guessing a password is slow even from many addresses.
+    api.rate_limits.login_per_account.check(&localpart)?;
+    api.rate_limits.failed_logins_per_account.peek(&localpart)?;
+    let session = match api
         .users
         .login_with_password(pb::LoginRequest {
-            localpart,
+            localpart: localpart.clone(),
             password,
             device_id: body.device_id,
             initial_device_display_name: body.initial_device_display_name,
         })
         .await
-        .map_err(MatrixError::from)?;
+    {
+        Ok(session) => session,
+        Err(error) => {
+            if matches!(error, ApiError::Forbidden(_)) {
+                let _ = api.rate_limits.failed_logins_per_account.check(&localpart);
+            }
+            return Err(error.into());
+        }
+    };
     respond(json!({
         "user_id": session.user_id,
         "access_token": session.access_token,

@@ -84,6 +84,9 @@ pub(crate) async fn create_room(
     MatrixJson(body): MatrixJson<CreateRoomBody>,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
+    api.rate_limits
+        .room_creation_per_user
+        .check(&device.user_id)?;
     let sender = device.user_id.as_str();
     let version = body
         .room_version
@@ -106,8 +109,10 @@ pub(crate) async fn create_room(
         None => "private_chat".to_owned(),
     };
     for invitee in &body.invite {
-        ruma::UserId::parse(invitee)
-            .map_err(|_| MatrixError::invalid_param("invalid user ID in invite"))?;
+        ganglion_base::limits::user_id(invitee)?;
+    }
+    for _ in &body.invite {
+        api.rate_limits.invites_per_user.check(&device.user_id)?;
     }
     for content in body
         .initial_state
@@ -559,6 +564,7 @@ pub(crate) async fn join(
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
+    api.rate_limits.joins_per_user.check(&device.user_id)?;
     let (room_id, remote) =
         remote_room(&api, &device, &room_id_or_alias, &uri, &body, "join").await?;
     if let Some(request) = remote {
@@ -584,6 +590,7 @@ pub(crate) async fn knock(
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
+    api.rate_limits.joins_per_user.check(&device.user_id)?;
     let (room_id, remote) =
         remote_room(&api, &device, &room_id_or_alias, &uri, &body, "knock").await?;
     if let Some(request) = remote {
@@ -652,9 +659,11 @@ pub(crate) async fn moderate(
     MatrixJson(body): MatrixJson<TargetBody>,
 ) -> MatrixResult {
     let device = api.authenticate(&headers, &uri).await?;
-    ruma::UserId::parse(&body.user_id)
-        .map_err(|_| MatrixError::invalid_param("invalid user_id"))?;
-    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    ganglion_base::limits::user_id(&body.user_id)?;
+    ganglion_base::limits::room_id(&room_id)?;
+    if action == "invite" {
+        api.rate_limits.invites_per_user.check(&device.user_id)?;
+    }
     let membership = match action.as_str() {
         "invite" => "invite",
         "ban" => "ban",

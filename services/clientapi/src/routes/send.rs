@@ -123,6 +123,7 @@ impl ClientApi {
     ) -> MatrixResult<String> {
         limits::room_id(room_id)?;
         limits::event_type(&template.event_type)?;
+        self.rate_limits.messages_per_user.check(&device.user_id)?;
         if let Some(state_key) = &template.state_key {
             limits::state_key(state_key)?;
         }

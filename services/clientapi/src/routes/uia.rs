@@ -111,6 +111,9 @@ pub(crate) async fn password(
     let Some(password) = auth.password.filter(|_| names_them) else {
         return Err(fail(MatrixError::forbidden("Invalid username or password")));
     };
+    if let Err(limited) = api.rate_limits.password_checks_per_user.check(user_id) {
+        return Err(axum::response::IntoResponse::into_response(limited));
+    }
     match api
         .users
         .check_password(pb::CheckPasswordRequest {
