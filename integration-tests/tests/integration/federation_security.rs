@@ -642,3 +642,155 @@ async fn keys_come_from_a_trusted_notary_when_the_server_gives_none() {
     assert_eq!(status, 200, "{body}\n{}", logs());
     assert!(body["displayname"].is_string(), "{body}");
 }
+
+/// A server that joins today reads what its users may see: events sent
+/// under `joined` history visibility before its user joined come redacted
+/// from `/event`, `/backfill` and `/get_missing_events`, and the state at
+/// them is refused; under `shared` history, and after the join, everything
+/// comes whole.
+#[tokio::test]
+async fn remote_servers_read_history_as_its_visibility_allows() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let base = format!(
+        "https://127.0.0.1:{}",
+        our_name
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or_default()
+    );
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-vis").await;
+    let room_id = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"}
+            }]
+        }))
+        .await;
+    let secret = alice.send_text(&room_id, "s1", "before you came").await;
+    assert_eq!(secret.status, 200);
+    let secret_id = secret.body["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned();
+
+    let mallory = format!("@mallory:{}", fake.server_name);
+    fake.join_room((&base, &our_name), &room_id, &mallory).await;
+    let after = alice.send_text(&room_id, "s2", "now you are here").await;
+    assert_eq!(after.status, 200);
+    let after_id = after.body["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned();
+
+    let get = |path: String| {
+        let fake = &fake;
+        let base = &base;
+        let our_name = &our_name;
+        async move { fake.request(base, our_name, Method::GET, &path, None).await }
+    };
+    // /event: the earlier message redacted, the later one whole.
+    let (status, answer) = get(format!(
+        "/_matrix/federation/v1/event/{}",
+        encode(&secret_id)
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][0]["content"], json!({}), "{answer}");
+    assert_eq!(answer["pdus"][0]["type"], "m.room.message");
+    let (status, answer) = get(format!(
+        "/_matrix/federation/v1/event/{}",
+        encode(&after_id)
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][0]["content"]["body"], "now you are here");
+
+    // /backfill from the latest: the same, event by event.
+    let (status, answer) = get(format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=20",
+        encode(&room_id),
+        encode(&after_id)
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let bodies: Vec<Value> = answer["pdus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pdu| pdu["type"] == "m.room.message")
+        .map(|pdu| pdu["content"].clone())
+        .collect();
+    assert!(bodies.contains(&json!({})), "{answer}");
+    assert!(
+        bodies.iter().any(|c| c["body"] == "now you are here"),
+        "{answer}"
+    );
+    assert!(
+        !bodies.iter().any(|c| c["body"] == "before you came"),
+        "{answer}"
+    );
+
+    // The state at the hidden event is refused; at the later one given.
+    let (status, _) = get(format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        encode(&room_id),
+        encode(&secret_id)
+    ))
+    .await;
+    assert_eq!(status, 403);
+    let (status, answer) = get(format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        encode(&room_id),
+        encode(&after_id)
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // /get_missing_events between the join and the latest hides nothing
+    // after the join, and redacts what came before.
+    let (status, answer) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::POST,
+            &format!(
+                "/_matrix/federation/v1/get_missing_events/{}",
+                encode(&room_id)
+            ),
+            Some(json!({"earliest_events": [], "latest_events": [after_id], "limit": 20})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .all(|e| e["content"] == json!({})),
+        "only the hidden message is before the latest: {answer}"
+    );
+
+    // Under shared history the same server reads it all.
+    let shared_room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let early = alice.send_text(&shared_room, "t1", "shared history").await;
+    let early_id = early.body["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned();
+    fake.join_room((&base, &our_name), &shared_room, &mallory)
+        .await;
+    let (status, answer) = get(format!(
+        "/_matrix/federation/v1/event/{}",
+        encode(&early_id)
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][0]["content"]["body"], "shared history");
+    drop(ours);
+}

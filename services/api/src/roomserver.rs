@@ -38,6 +38,8 @@ crate::grpc::service_api! {
         fn report(pb::ReportRequest) -> crate::proto::common::Empty;
         fn query_joined_rooms(pb::QueryJoinedRoomsRequest) -> pb::QueryJoinedRoomsResponse;
         fn query_may_send_state(pb::QueryMaySendStateRequest) -> pb::QueryMaySendStateResponse;
+        /// Which of the events a server may see (the rest it gets redacted).
+        fn query_server_visibility(pb::QueryServerVisibilityRequest) -> pb::QueryServerVisibilityResponse;
         fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse;
         /// An unsigned event for a remote user (make_join and friends).
         fn build_event(pb::BuildEventRequest) -> pb::BuildEventResponse;

@@ -740,6 +740,13 @@ impl RoomserverApi for RoomserverService {
         })
     }
 
+    async fn query_server_visibility(
+        &self,
+        request: pb::QueryServerVisibilityRequest,
+    ) -> Result<pb::QueryServerVisibilityResponse, ApiError> {
+        self.server_visibility(request).await
+    }
+
     async fn query_may_send_state(
         &self,
         request: pb::QueryMaySendStateRequest,

@@ -31,6 +31,7 @@ mod local_events;
 mod outputs;
 mod received_events;
 mod resolution;
+mod server_visibility;
 mod state_blocks;
 mod storage;
 #[cfg(test)]

@@ -3,7 +3,10 @@
 //! (`/event_auth`), history before given events (`/backfill`), and the
 //! events between what a server has and what it was sent
 //! (`/get_missing_events`). Only a server with a member joined to the room
-//! is answered.
+//! is answered, and each event by what that server may see of it: one
+//! sent under `invited` or `joined` history visibility before the server's
+//! users were invited or joined goes out redacted (so the room's graph
+//! stays whole), and the state at such an event is refused.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
@@ -63,6 +66,58 @@ impl FederationService {
             .collect())
     }
 
+    /// The events with those `origin` may not see redacted (as the room
+    /// version redacts), in their order.
+    async fn as_seen_by(
+        &self,
+        origin: &str,
+        room_id: &str,
+        events: Vec<(String, Value)>,
+    ) -> Result<Vec<Value>, MatrixError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let visible: HashSet<String> = self
+            .roomserver
+            .query_server_visibility(pb::QueryServerVisibilityRequest {
+                server_name: origin.to_owned(),
+                event_ids: events.iter().map(|(id, _)| id.clone()).collect(),
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .visible_event_ids
+            .into_iter()
+            .collect();
+        if events.iter().all(|(id, _)| visible.contains(id)) {
+            return Ok(events.into_iter().map(|(_, event)| event).collect());
+        }
+        let version = self
+            .roomserver
+            .query_room_version(pb::QueryRoomVersionRequest {
+                room_id: room_id.to_owned(),
+            })
+            .await
+            .map_err(MatrixError::from)?
+            .room_version;
+        let rules = ruma::RoomVersionId::try_from(version.as_str())
+            .ok()
+            .and_then(|v| v.rules())
+            .ok_or_else(|| MatrixError::unknown(format!("unknown room version {version}")))?;
+        events
+            .into_iter()
+            .map(|(id, event)| {
+                if visible.contains(&id) {
+                    return Ok(event);
+                }
+                let object: ruma::CanonicalJsonObject = serde_json::from_value(event)
+                    .map_err(|e| MatrixError::unknown(e.to_string()))?;
+                let redacted = ruma::canonical_json::redact(object, &rules.redaction, None)
+                    .map_err(|e| MatrixError::unknown(e.to_string()))?;
+                serde_json::to_value(redacted).map_err(|e| MatrixError::unknown(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Walks `prev_events` back from `from` (breadth first), taking at
     /// most `limit` events, never `stop_at` ones nor below `min_depth`.
     async fn walk_back(
@@ -73,7 +128,7 @@ impl FederationService {
         stop_at: &HashSet<String>,
         limit: usize,
         min_depth: i64,
-    ) -> Result<Vec<Value>, MatrixError> {
+    ) -> Result<Vec<(String, Value)>, MatrixError> {
         let mut seen: HashSet<String> = stop_at.clone();
         let mut out = Vec::new();
         let mut frontier: VecDeque<String> = VecDeque::new();
@@ -91,7 +146,7 @@ impl FederationService {
         }
         while !frontier.is_empty() && out.len() < limit {
             let batch: Vec<String> = frontier.drain(..frontier.len().min(limit)).collect();
-            for (_, event) in self.events_of_room(room_id, batch).await? {
+            for (id, event) in self.events_of_room(room_id, batch).await? {
                 if out.len() >= limit {
                     break;
                 }
@@ -103,7 +158,7 @@ impl FederationService {
                         .into_iter()
                         .filter(|id| seen.insert(id.clone())),
                 );
-                out.push(event);
+                out.push((id, event));
             }
         }
         Ok(out)
@@ -143,10 +198,13 @@ pub(crate) async fn event(
         .await?;
     let pdu: Value = serde_json::from_slice(&event.event_json)
         .map_err(|e| MatrixError::unknown(e.to_string()))?;
+    let pdus = service
+        .as_seen_by(&origin, &event.room_id, vec![(event.event_id, pdu)])
+        .await?;
     respond(json!({
         "origin": service.server_name,
         "origin_server_ts": now_ms(),
-        "pdus": [pdu],
+        "pdus": pdus,
     }))
 }
 
@@ -168,6 +226,27 @@ async fn state_at(
         .event_id
         .ok_or_else(|| MatrixError::missing_param("event_id is required"))?;
     service.require_server_in_room(room_id, origin).await?;
+    // The state at an event the server may not see would tell it what
+    // the event hides.
+    let visible = service
+        .roomserver
+        .query_server_visibility(pb::QueryServerVisibilityRequest {
+            server_name: origin.to_owned(),
+            event_ids: vec![event_id.clone()],
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .visible_event_ids;
+    if visible.is_empty() {
+        let known = service
+            .events_of_room(room_id, vec![event_id.clone()])
+            .await?;
+        return Err(if known.is_empty() {
+            MatrixError::not_found("Unknown event")
+        } else {
+            MatrixError::forbidden("The server may not see the room at that event")
+        });
+    }
     let state = service
         .roomserver
         .query_state(pb::QueryStateRequest {
@@ -259,9 +338,10 @@ pub(crate) async fn backfill(
         .unwrap_or(10)
         .clamp(1, MAX_EVENTS);
     service.require_server_in_room(&room_id, &origin).await?;
-    let pdus = service
+    let found = service
         .walk_back(&room_id, from, true, &HashSet::new(), limit, i64::MIN)
         .await?;
+    let pdus = service.as_seen_by(&origin, &room_id, found).await?;
     respond(json!({
         "origin": service.server_name,
         "origin_server_ts": now_ms(),
@@ -299,6 +379,7 @@ pub(crate) async fn get_missing_events(
         )
         .await?;
     // Oldest first, as the spec lists them.
-    events.sort_by_key(|e| e["depth"].as_i64().unwrap_or(0));
+    events.sort_by_key(|(_, e)| e["depth"].as_i64().unwrap_or(0));
+    let events = service.as_seen_by(&origin, &room_id, events).await?;
     respond(json!({ "events": events }))
 }
