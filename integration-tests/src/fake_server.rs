@@ -39,6 +39,8 @@ struct Held {
     events: HashMap<String, Value>,
     /// What `get_missing_events` answers with, oldest first.
     missing: Vec<String>,
+    /// How many times `get_missing_events` was asked.
+    missing_asked: usize,
     /// Transactions received: (transaction ID, body).
     received: Vec<(String, Value)>,
     /// Whether `/_matrix/key/v2/server` answers 404 (a server whose keys
@@ -103,7 +105,8 @@ async fn take_transaction(
 }
 
 async fn missing_events(State(shared): State<Shared>) -> axum::Json<Value> {
-    let held = shared.held.lock().expect("held");
+    let mut held = shared.held.lock().expect("held");
+    held.missing_asked += 1;
     let events: Vec<Value> = held
         .missing
         .iter()
@@ -626,6 +629,11 @@ impl FakeServer {
     }
 
     /// The transactions received so far.
+    /// How many times another server asked this one `get_missing_events`.
+    pub fn missing_events_asked(&self) -> usize {
+        self.held.lock().expect("held").missing_asked
+    }
+
     pub fn received(&self) -> Vec<(String, Value)> {
         self.held.lock().expect("held").received.clone()
     }

@@ -794,3 +794,101 @@ async fn remote_servers_read_history_as_its_visibility_allows() {
     assert_eq!(answer["pdus"][0]["content"]["body"], "shared history");
     drop(ours);
 }
+
+/// A server sends into rooms it is in: a PDU from a server with no user in
+/// the room is refused before anything is fetched or stored (its own
+/// user's join aside). Presence of a user who shares no room with us is
+/// dropped; once they join a room of ours it counts.
+#[tokio::test]
+async fn a_server_outside_a_room_cannot_send_into_it() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let base = format!(
+        "https://127.0.0.1:{}",
+        our_name
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or_default()
+    );
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-out").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mallory = format!("@mallory:{}", fake.server_name);
+    let version = "10";
+    let (event_id, pdu) = fake.sign_event(
+        version,
+        json!({
+            "type": "m.room.message",
+            "room_id": room_id,
+            "sender": mallory,
+            "content": { "msgtype": "m.text", "body": "let me in" },
+            "origin_server_ts": now_ms(),
+            "depth": 10,
+            "prev_events": ["$unknown"],
+            "auth_events": [],
+        }),
+    );
+    let presence = json!({ "edu_type": "m.presence", "content": { "push": [{
+        "user_id": mallory, "presence": "online", "last_active_ago": 1 }] } });
+    let (status, answer) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/outside",
+            Some(
+                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(),
+                         "pdus": [pdu], "edus": [presence] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["pdus"][&event_id]["error"], "the origin has no user in the room",
+        "{answer}"
+    );
+    assert_eq!(fake.missing_events_asked(), 0, "nothing was fetched for it");
+    let synced = alice.sync_all(None, 0).await;
+    let timeline = &synced["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert!(!message_bodies(timeline).contains(&"let me in".to_owned()));
+    let present = |sync: &Value| {
+        sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["sender"] == mallory.as_str())
+    };
+    assert!(!present(&synced), "presence of a stranger: {synced}");
+
+    // Mallory joins: now her server speaks for her.
+    fake.join_room((&base, &our_name), &room_id, &mallory).await;
+    let presence = json!({ "edu_type": "m.presence", "content": { "push": [{
+        "user_id": mallory, "presence": "online", "last_active_ago": 1 }] } });
+    let (status, _) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/inside",
+            Some(
+                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(),
+                         "pdus": [], "edus": [presence] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = synced["next_batch"].as_str().unwrap_or_default().to_owned();
+    loop {
+        let sync = alice.sync_all(Some(&since), 1_000).await;
+        if present(&sync) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence after joining"
+        );
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+}

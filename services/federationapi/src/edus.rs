@@ -263,8 +263,39 @@ impl FederationService {
         // Per room, once a transaction: may `origin` speak there (a user
         // of it joined, and the ACL letting it)?
         let mut may_speak: std::collections::HashMap<String, bool> = Default::default();
+        // Per user, once a transaction: is the user in a room with us?
+        let mut shares_room: std::collections::HashMap<String, bool> = Default::default();
         for edu in edus {
             for record in records_of(origin, edu, now) {
+                // Presence and device changes count only for users we share
+                // a room with: a stranger cannot fill our streams.
+                let about = match &record {
+                    Published::Presence(presence) => Some(&presence.user_id),
+                    Published::DeviceList(change) => Some(&change.user_id),
+                    _ => None,
+                };
+                if let Some(user_id) = about {
+                    let shared = match shares_room.get(user_id) {
+                        Some(shared) => *shared,
+                        None => {
+                            let shared = self
+                                .roomserver
+                                .query_joined_rooms(
+                                    ganglion_api::proto::roomserver::QueryJoinedRoomsRequest {
+                                        user_id: user_id.clone(),
+                                    },
+                                )
+                                .await
+                                .is_ok_and(|joined| !joined.room_ids.is_empty());
+                            shares_room.insert(user_id.clone(), shared);
+                            shared
+                        }
+                    };
+                    if !shared {
+                        tracing::debug!(origin, user_id, "an EDU about a user in no room with us");
+                        continue;
+                    }
+                }
                 let room_id = match &record {
                     Published::Typing(typing) => Some(&typing.room_id),
                     Published::Receipt(receipt) => Some(&receipt.room_id),

@@ -24,18 +24,47 @@ const MISSING_EVENTS_LIMIT: usize = 50;
 const MAX_STATE_EVENTS: usize = 5_000;
 
 impl FederationService {
-    /// Takes a new PDU `origin` sent, filling a gap before it if need be.
+    /// Takes a new PDU `origin` sent, filling a gap before it if need be
+    /// and the transaction's `budget` allows (else the PDU waits: its
+    /// missing events come with a later one, or by backfill).
     pub(crate) async fn input_filling_gaps(
         &self,
         origin: &str,
         room_id: &str,
         version: &str,
         pdu: &CheckedPdu,
+        budget: &mut crate::inbound::GapBudget,
     ) -> Result<pb::PduOutcome, ApiError> {
         let outcome = self.input_new_pdu(room_id, version.to_owned(), pdu).await?;
         if outcome.outcome != "missing_prev_events" {
             return Ok(outcome);
         }
+        let Some(time_left) = budget.take() else {
+            tracing::info!(
+                origin,
+                room_id,
+                "gap not filled: the transaction's budget is spent"
+            );
+            return Ok(outcome);
+        };
+        match tokio::time::timeout(time_left, self.fill_gap(origin, room_id, version, pdu)).await {
+            Ok(filled) => filled,
+            Err(_) => {
+                tracing::info!(origin, room_id, "gap filling ran out of time");
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Fetches what comes between our room and `pdu` (missing events,
+    /// else the state before it), then takes it.
+    async fn fill_gap(
+        &self,
+        origin: &str,
+        room_id: &str,
+        version: &str,
+        pdu: &CheckedPdu,
+    ) -> Result<pb::PduOutcome, ApiError> {
         if let Err(error) = self
             .fetch_missing_events(origin, room_id, version, pdu)
             .await

@@ -26,6 +26,7 @@ mod client;
 mod discovery;
 mod edus;
 mod gaps;
+mod inbound;
 mod invites;
 mod joins;
 mod key_ring;
@@ -65,6 +66,8 @@ pub struct FederationService {
     /// Where EDUs from other servers are published (`edu.*`).
     log: Arc<dyn ganglion_log::Log>,
     topics: Topics,
+    /// Inbound transactions one at a time per origin.
+    inbound: inbound::Origins,
 }
 
 /// The services the federationapi asks on behalf of remote servers.
@@ -147,6 +150,7 @@ pub async fn start(
         max_body_bytes: config.federation.max_body_bytes,
         log,
         topics,
+        inbound: inbound::Origins::new(),
     });
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {

@@ -118,7 +118,7 @@ pub(crate) async fn check(
     let rules = rules_for(room_version)?;
     let object = canonical(pdu.clone())?;
     verify(
-        prepare_object(key_ring, object, &mut DecodedKeys::default()).await?,
+        prepare_object(key_ring, object, &rules, &mut DecodedKeys::default()).await?,
         &rules,
     )
 }
@@ -160,12 +160,21 @@ pub(crate) fn canonical_from_str(pdu: &str) -> Result<CanonicalJsonObject, PduEr
     serde_json::from_str(pdu).map_err(|e| PduError::Malformed(format!("not canonical JSON: {e}")))
 }
 
-/// Finds a parsed PDU's signers' keys valid when it was sent.
+/// Finds the keys, valid when it was sent, of the servers that must have
+/// signed a parsed PDU. Other servers named in `signatures` are not asked
+/// for keys: a PDU cannot make us fetch keys from servers of its choosing.
 async fn prepare_object(
     key_ring: &KeyRing,
     object: CanonicalJsonObject,
+    rules: &RoomVersionRules,
     decoded: &mut DecodedKeys,
 ) -> Result<Prepared, PduError> {
+    let required: Vec<String> =
+        ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+            .map_err(|e| PduError::Signature(e.to_string()))?
+            .into_iter()
+            .map(|server| server.to_string())
+            .collect();
     let at_ms = match object.get("origin_server_ts") {
         Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
         _ => return Err(PduError::Malformed("no origin_server_ts".into())),
@@ -175,6 +184,9 @@ async fn prepare_object(
     };
     let mut keys: BTreeMap<String, BTreeMap<String, Option<VerifyingKey>>> = BTreeMap::new();
     for (server, server_keys) in signatures {
+        if !required.contains(server) {
+            continue;
+        }
         let CanonicalJsonValue::Object(server_keys) = server_keys else {
             continue;
         };
@@ -286,7 +298,7 @@ pub(crate) async fn check_many_parsed(
     let mut decoded = DecodedKeys::default();
     for pdu in pdus {
         prepared.push(match pdu {
-            Ok(object) => prepare_object(key_ring, object, &mut decoded).await,
+            Ok(object) => prepare_object(key_ring, object, &rules, &mut decoded).await,
             Err(error) => Err(error),
         });
     }

@@ -122,9 +122,79 @@ async fn stores_keys(database_url: Option<String>) {
     );
 }
 
+/// One replica at a time holds an origin's inbound lease; it expires,
+/// and its holder may renew it.
+async fn leases_origins(storage: &Storage) {
+    assert!(
+        storage
+            .lease_origin("o.example", "a", 1_000, 2_000)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        !storage
+            .lease_origin("o.example", "b", 1_500, 2_500)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        storage
+            .lease_origin("p.example", "b", 1_500, 2_500)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        storage
+            .lease_origin("o.example", "a", 1_600, 2_600)
+            .await
+            .expect("renew")
+    );
+    // Expired: another takes it.
+    assert!(
+        storage
+            .lease_origin("o.example", "b", 2_700, 3_700)
+            .await
+            .expect("lease")
+    );
+    // Released by its holder only.
+    storage
+        .release_origin("o.example", "a")
+        .await
+        .expect("release");
+    assert!(
+        !storage
+            .lease_origin("o.example", "a", 2_800, 3_800)
+            .await
+            .expect("lease")
+    );
+    storage
+        .release_origin("o.example", "b")
+        .await
+        .expect("release");
+    assert!(
+        storage
+            .lease_origin("o.example", "a", 2_900, 3_900)
+            .await
+            .expect("lease")
+    );
+}
+
 #[tokio::test]
 async fn sqlite_stores_keys() {
     stores_keys(None).await;
+}
+
+#[tokio::test]
+async fn leases_on_both_engines() {
+    for url in [
+        None,
+        Some(ganglion_base::testing::scratch_postgres("federationapi_leases").await),
+    ] {
+        let (db, _dir) =
+            ganglion_base::testing::open_scratch("federationapi", crate::storage::MIGRATIONS, url)
+                .await;
+        leases_origins(&Storage { db }).await;
+    }
 }
 
 #[tokio::test]

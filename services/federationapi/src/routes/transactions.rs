@@ -23,6 +23,11 @@ use crate::pdus;
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 
+/// Gaps before a transaction's PDUs filled at most, and the time all of
+/// that may take: one origin's events cannot make us fetch without end.
+const GAPS_PER_TRANSACTION: usize = 5;
+const GAP_TIME_PER_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Deserialize)]
 pub(crate) struct Transaction {
     origin: String,
@@ -51,23 +56,52 @@ pub(crate) async fn send(
     if let Some(answer) = service.storage.transaction_answer(&origin, &txn_id).await? {
         return respond(answer);
     }
+    let turn = service.origin_turn(&origin).await?;
+    let answer = take_transaction(&service, &origin, &txn_id, transaction).await;
+    service.end_turn(&origin, turn).await;
+    respond(answer?)
+}
+
+/// A transaction, in the origin's turn: its PDUs in order, then its EDUs.
+async fn take_transaction(
+    service: &FederationService,
+    origin: &str,
+    txn_id: &str,
+    transaction: Transaction,
+) -> Result<Value, MatrixError> {
+    // A retry may have been answered while this one waited for its turn.
+    if let Some(answer) = service.storage.transaction_answer(origin, txn_id).await? {
+        return Ok(answer);
+    }
     let mut results = Map::new();
-    // Each room's version and ACL verdict, asked once per transaction.
+    // Each room's version, ACL verdict and whether the origin is in it,
+    // asked once per transaction.
     let mut rooms = HashMap::new();
+    let mut budget = crate::inbound::GapBudget::new(GAPS_PER_TRANSACTION, GAP_TIME_PER_TRANSACTION);
     for pdu in &transaction.pdus {
-        let (event_id, result) = receive_pdu(&service, &origin, pdu, &mut rooms).await;
+        let (event_id, result) = receive_pdu(service, origin, pdu, &mut rooms, &mut budget).await;
         if let Some(event_id) = event_id {
             results.insert(event_id, result);
         }
     }
     // EDUs of kinds not taken are acknowledged all the same.
-    service.take_edus(&origin, &transaction.edus).await;
+    service.take_edus(origin, &transaction.edus).await;
     let answer = json!({ "pdus": results });
     service
         .storage
-        .remember_transaction(&origin, &txn_id, &answer)
+        .remember_transaction(origin, txn_id, &answer)
         .await?;
-    respond(answer)
+    Ok(answer)
+}
+
+/// Whether a PDU is `origin`'s own user's membership: a server joining
+/// (or knocking, or leaving) sends it before it is in the room.
+fn own_membership(pdu: &Value, origin: &str) -> bool {
+    pdu["type"] == "m.room.member"
+        && pdu["state_key"]
+            .as_str()
+            .and_then(ganglion_api::users::server_of)
+            == Some(origin)
 }
 
 /// One PDU of a transaction: its event ID (if it has one to report) and
@@ -76,7 +110,8 @@ async fn receive_pdu(
     service: &FederationService,
     origin: &str,
     pdu: &Value,
-    rooms: &mut HashMap<String, Option<(String, bool)>>,
+    rooms: &mut HashMap<String, Option<(String, bool, bool)>>,
+    budget: &mut crate::inbound::GapBudget,
 ) -> (Option<String>, Value) {
     let Some(room_id) = pdu["room_id"].as_str() else {
         return (None, json!({}));
@@ -94,6 +129,10 @@ async fn receive_pdu(
                 Ok(version) => Some((
                     version.room_version,
                     service.acl_allows(room_id, origin).await.unwrap_or(false),
+                    service
+                        .server_in_room(room_id, origin)
+                        .await
+                        .is_ok_and(|(_, joined)| joined),
                 )),
                 Err(_) => None,
             };
@@ -101,12 +140,27 @@ async fn receive_pdu(
             room
         }
     };
-    let Some((version, acl_allows)) = room else {
+    let Some((version, acl_allows, origin_in_room)) = room else {
         return (None, json!({}));
     };
-    // A new ACL counts from the next PDU on.
-    if pdu["type"] == "m.room.server_acl" {
+    // A new ACL, or a membership of the origin's, counts from the next
+    // PDU on.
+    if pdu["type"] == "m.room.server_acl" || own_membership(pdu, origin) {
         rooms.remove(room_id);
+    }
+    let event_id_of = || {
+        pdus::rules_for(&version).ok().and_then(|rules| {
+            serde_json::from_value(pdu.clone())
+                .ok()
+                .and_then(|object| pdus::event_id_of(&object, &rules).ok())
+        })
+    };
+    // A server sends into rooms it is in (or is joining).
+    if !origin_in_room && !own_membership(pdu, origin) {
+        return (
+            event_id_of(),
+            json!({ "error": "the origin has no user in the room" }),
+        );
     }
     if !acl_allows {
         let event_id = pdus::rules_for(&version).ok().and_then(|rules| {
@@ -131,7 +185,7 @@ async fn receive_pdu(
         }
     };
     let result = match service
-        .input_filling_gaps(origin, room_id, &version, &checked)
+        .input_filling_gaps(origin, room_id, &version, &checked, budget)
         .await
     {
         Ok(o) if matches!(o.outcome.as_str(), "accepted" | "duplicate" | "soft_failed") => {

@@ -39,4 +39,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Which replica is taking an origin's transaction now: one at a time
+    // per origin across every federationapi replica (a lease, so a
+    // replica that dies holding it lets go when it expires).
+    Migration {
+        version: 3,
+        description: "inbound transaction leases",
+        sql: "
+            CREATE TABLE inbound_origin_leases (
+                origin TEXT NOT NULL PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_ms BIGINT NOT NULL
+            );
+        ",
+    },
 ];

@@ -38,4 +38,44 @@ impl Storage {
         .await?;
         Ok(())
     }
+
+    /// Takes the lease on `origin`'s transactions for `holder` until
+    /// `expires_ms`, if no other holder has an unexpired one; whether it
+    /// was taken.
+    pub(crate) async fn lease_origin(
+        &self,
+        origin: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let taken = sqlx::query(
+            "INSERT INTO inbound_origin_leases (origin, holder, expires_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (origin) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+             WHERE inbound_origin_leases.expires_ms < $4
+                OR inbound_origin_leases.holder = excluded.holder",
+        )
+        .bind(origin)
+        .bind(holder)
+        .bind(expires_ms)
+        .bind(now_ms)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    /// Gives the lease back (if `holder` still has it).
+    pub(crate) async fn release_origin(
+        &self,
+        origin: &str,
+        holder: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM inbound_origin_leases WHERE origin = $1 AND holder = $2")
+            .bind(origin)
+            .bind(holder)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
 }
