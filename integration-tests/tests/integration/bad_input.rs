@@ -696,3 +696,45 @@ async fn malformed_identifiers_are_refused_at_the_edge() {
     .await;
     assert_eq!(taken.body["available"], true, "nothing was registered");
 }
+
+/// Retries of one transaction sent at the same moment make one event:
+/// each is answered with its event ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_a_transaction_send_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let alice = Client::register(&server.base_url, "alice", "password-alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let since = alice.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for round in 0..5 {
+        let txn = format!("same-{round}");
+        let retries: Vec<_> = (0..8)
+            .map(|_| {
+                let alice = alice.clone();
+                let room_id = room_id.clone();
+                let txn = txn.clone();
+                tokio::spawn(async move { alice.send_text(&room_id, &txn, "once").await })
+            })
+            .collect();
+        let mut event_ids = std::collections::HashSet::new();
+        for retry in retries {
+            let reply = retry.await.expect("task");
+            assert_eq!(reply.status, 200, "{reply:?}");
+            event_ids.insert(
+                reply.body["event_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(event_ids.len(), 1, "round {round}: {event_ids:?}");
+    }
+    let synced = alice.sync(Some(&since), 0, 100).await;
+    let sent = ganglion_integration_tests::client::message_bodies(
+        &synced["rooms"]["join"][&room_id]["timeline"]["events"],
+    );
+    assert_eq!(sent.len(), 5, "one event per transaction: {sent:?}");
+}

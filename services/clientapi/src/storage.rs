@@ -21,41 +21,114 @@ pub(crate) struct Storage {
 }
 
 impl Storage {
-    pub(crate) async fn transaction_event(
+    /// Claims a transaction ID for one send: `Claim::Ours` when this
+    /// request is the one to send (a new ID, or a claim abandoned before
+    /// `stale_before_ms`), else what the first request got.
+    pub(crate) async fn claim_transaction(
         &self,
         user_id: &str,
         device_id: &str,
         txn_id: &str,
-    ) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<Claim, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts)
+             VALUES ($1, $2, $3, '', $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .bind(now_ms)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Ours);
+        }
+        // A pending claim whose request died (a crash) is taken over.
+        let taken_over = sqlx::query(
+            "UPDATE transactions SET created_ts = $4
+             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3
+               AND event_id = '' AND created_ts < $5",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .bind(now_ms)
+        .bind(stale_before_ms)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        if taken_over == 1 {
+            return Ok(Claim::Ours);
+        }
+        let event_id: Option<String> = sqlx::query_scalar(
             "SELECT event_id FROM transactions WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
         )
         .bind(user_id)
         .bind(device_id)
         .bind(txn_id)
         .fetch_optional(&self.db.pool)
-        .await
+        .await?;
+        Ok(match event_id {
+            Some(event_id) if !event_id.is_empty() => Claim::Sent(event_id),
+            Some(_) => Claim::Pending,
+            // Released by a failed send between our two statements.
+            None => Claim::Released,
+        })
     }
 
-    pub(crate) async fn record_transaction(
+    /// Records the event a claimed transaction ID sent.
+    pub(crate) async fn complete_transaction(
         &self,
         user_id: &str,
         device_id: &str,
         txn_id: &str,
         event_id: &str,
-        now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "UPDATE transactions SET event_id = $4
+             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
         )
         .bind(user_id)
         .bind(device_id)
         .bind(txn_id)
         .bind(event_id)
-        .bind(now_ms)
         .execute(&self.db.pool)
         .await?;
         Ok(())
     }
+
+    /// Gives a claim back after a failed send, so a retry sends again.
+    pub(crate) async fn release_transaction(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM transactions
+             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Where a transaction ID stands for a request that wants to send with it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// This request sends.
+    Ours,
+    /// Sent already: the event it made.
+    Sent(String),
+    /// Another request is sending it now.
+    Pending,
+    /// Another request's send failed just now: claim again.
+    Released,
 }

@@ -39,9 +39,16 @@ fn event_template(
     )
 }
 
+/// How long a retry waits for the first request with its transaction ID.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A claim this old without an event was left by a request that died.
+const CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl ClientApi {
     /// Sends an event once per device and transaction ID: a retry gets the
-    /// first attempt's event ID.
+    /// first attempt's event ID, even while the first is still sending
+    /// (the ID is claimed before the send, so two concurrent retries
+    /// cannot both send).
     async fn send_once(
         &self,
         room_id: &str,
@@ -49,28 +56,49 @@ impl ClientApi {
         template: pb::EventTemplate,
         txn_id: &str,
     ) -> MatrixResult<String> {
+        use crate::storage::Claim;
         limits::opaque_id("transaction ID", txn_id)?;
         let transactions_failed = |e| MatrixError::unknown(format!("transactions: {e}"));
-        if let Some(event_id) = self
-            .storage
-            .transaction_event(&device.user_id, &device.device_id, txn_id)
-            .await
-            .map_err(transactions_failed)?
-        {
-            return Ok(event_id);
+        let (user_id, device_id) = (&device.user_id, &device.device_id);
+        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            let now: i64 = ruma::MilliSecondsSinceUnixEpoch::now().get().into();
+            let stale_before = now - CLAIM_STALE.as_millis() as i64;
+            match self
+                .storage
+                .claim_transaction(user_id, device_id, txn_id, now, stale_before)
+                .await
+                .map_err(transactions_failed)?
+            {
+                Claim::Sent(event_id) => return Ok(event_id),
+                Claim::Ours => break,
+                Claim::Pending | Claim::Released => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(MatrixError::limit_exceeded(1_000));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
         }
-        let event_id = self.send_event(room_id, device, template, txn_id).await?;
-        self.storage
-            .record_transaction(
-                &device.user_id,
-                &device.device_id,
-                txn_id,
-                &event_id,
-                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
-            )
-            .await
-            .map_err(transactions_failed)?;
-        Ok(event_id)
+        match self.send_event(room_id, device, template, txn_id).await {
+            Ok(event_id) => {
+                self.storage
+                    .complete_transaction(user_id, device_id, txn_id, &event_id)
+                    .await
+                    .map_err(transactions_failed)?;
+                Ok(event_id)
+            }
+            Err(error) => {
+                if let Err(release) = self
+                    .storage
+                    .release_transaction(user_id, device_id, txn_id)
+                    .await
+                {
+                    tracing::warn!(%release, "could not release a transaction ID (it goes stale)");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Every alias an `m.room.canonical_alias` event names must be valid

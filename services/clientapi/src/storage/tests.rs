@@ -12,75 +12,53 @@ async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
 }
 
 async fn transactions(storage: Storage) {
-    assert_eq!(
-        storage
-            .transaction_event(ALICE, "PHONE", "txn1")
-            .await
-            .expect("lookup"),
-        None
-    );
+    use super::Claim;
+    let claim = |user: &'static str, device: &'static str, txn: &'static str, now: i64| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .claim_transaction(user, device, txn, now, now - 120_000)
+                .await
+                .expect("claim")
+        }
+    };
+    // The first claims; a racing retry finds it pending, then sent.
+    assert_eq!(claim(ALICE, "PHONE", "txn1", 1_000).await, Claim::Ours);
+    assert_eq!(claim(ALICE, "PHONE", "txn1", 1_001).await, Claim::Pending);
     storage
-        .record_transaction(ALICE, "PHONE", "txn1", "$first", 1_000)
+        .complete_transaction(ALICE, "PHONE", "txn1", "$first")
         .await
-        .expect("record");
+        .expect("complete");
     assert_eq!(
-        storage
-            .transaction_event(ALICE, "PHONE", "txn1")
-            .await
-            .expect("lookup")
-            .as_deref(),
-        Some("$first")
+        claim(ALICE, "PHONE", "txn1", 2_000).await,
+        Claim::Sent("$first".into())
+    );
+    // A sent transaction is never released.
+    storage
+        .release_transaction(ALICE, "PHONE", "txn1")
+        .await
+        .expect("release");
+    assert_eq!(
+        claim(ALICE, "PHONE", "txn1", 2_000).await,
+        Claim::Sent("$first".into())
     );
 
-    // A racing retry that sent a second event does not replace the first.
+    // A failed send gives its claim back; a retry claims it again.
+    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_000).await, Claim::Ours);
     storage
-        .record_transaction(ALICE, "PHONE", "txn1", "$second", 2_000)
+        .release_transaction(ALICE, "PHONE", "txn2")
         .await
-        .expect("record again");
-    assert_eq!(
-        storage
-            .transaction_event(ALICE, "PHONE", "txn1")
-            .await
-            .expect("lookup")
-            .as_deref(),
-        Some("$first")
-    );
+        .expect("release");
+    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_001).await, Claim::Ours);
+    // A claim left by a request that died is taken over once stale.
+    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_002).await, Claim::Pending);
+    assert_eq!(claim(ALICE, "PHONE", "txn2", 200_000).await, Claim::Ours);
 
     // Transaction IDs are scoped to one device of one user.
-    for (user, device, txn) in [
-        (ALICE, "LAPTOP", "txn1"),
-        (BOB, "PHONE", "txn1"),
-        (ALICE, "PHONE", "txn2"),
-    ] {
+    for (user, device) in [(ALICE, "LAPTOP"), (BOB, "PHONE")] {
         assert_eq!(
-            storage
-                .transaction_event(user, device, txn)
-                .await
-                .expect("lookup"),
-            None,
-            "{user} {device} {txn}"
-        );
-    }
-    storage
-        .record_transaction(ALICE, "LAPTOP", "txn1", "$laptop", 3_000)
-        .await
-        .expect("record on another device");
-    storage
-        .record_transaction(BOB, "PHONE", "txn1", "$bob", 3_000)
-        .await
-        .expect("record for another user");
-    for (user, device, expected) in [
-        (ALICE, "PHONE", "$first"),
-        (ALICE, "LAPTOP", "$laptop"),
-        (BOB, "PHONE", "$bob"),
-    ] {
-        assert_eq!(
-            storage
-                .transaction_event(user, device, "txn1")
-                .await
-                .expect("lookup")
-                .as_deref(),
-            Some(expected),
+            claim(user, device, "txn1", 4_000).await,
+            Claim::Ours,
             "{user} {device}"
         );
     }
