@@ -530,3 +530,121 @@ async fn profiles_are_kept_and_carried_into_rooms() {
     assert_eq!(unset.status, 404, "{unset:?}");
     drop(server);
 }
+
+/// Registration by token: the one flow offered, tokens made with the
+/// operator command, checked at the validity endpoint, used up; and a
+/// server listening beyond loopback refuses to start with registration
+/// open to anyone unless told that is meant.
+#[tokio::test]
+async fn registration_tokens_and_the_open_registration_guard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.push((
+        "GANGLION_CLIENT__REGISTRATION_REQUIRES_TOKEN".to_owned(),
+        "true".to_owned(),
+    ));
+    let server = Monolith::start_with(dir.path(), env.clone()).await;
+    let http = reqwest::Client::new();
+    let register_url = format!("{}/_matrix/client/v3/register", server.base_url);
+    let register = |body: serde_json::Value| {
+        request(
+            &http,
+            Method::POST,
+            &register_url,
+            None,
+            Some(body.to_string().into_bytes()),
+        )
+    };
+    let first = register(json!({"username": "tess", "password": "password-tess"})).await;
+    assert_eq!(first.status, 401);
+    assert_eq!(
+        first.body["flows"],
+        json!([{"stages": ["m.login.registration_token"]}])
+    );
+    let session = first.body["session"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The dummy stage is not enough here.
+    let dummy = register(json!({"username": "tess", "password": "password-tess",
+        "auth": {"type": "m.login.dummy", "session": session}}))
+    .await;
+    assert_eq!((dummy.status, dummy.errcode()), (401, "M_UNRECOGNIZED"));
+
+    // An operator makes a one-use token.
+    let made = std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+        .args(["registration-token", "create", "--uses", "1"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("operator command");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    assert_eq!(token.len(), 16, "{token}");
+
+    let validity = |token: &str| {
+        let url = format!(
+            "{}/_matrix/client/v1/register/m.login.registration_token/validity?token={}",
+            server.base_url,
+            encode(token)
+        );
+        let http = http.clone();
+        async move { request(&http, Method::GET, &url, None, None).await }
+    };
+    assert_eq!(validity(&token).await.body["valid"], true);
+    assert_eq!(validity("not-a-token").await.body["valid"], false);
+
+    let wrong = register(json!({"username": "tess", "password": "password-tess",
+        "auth": {"type": "m.login.registration_token", "token": "not-a-token", "session": session}}))
+    .await;
+    assert_eq!((wrong.status, wrong.errcode()), (401, "M_FORBIDDEN"));
+    let done = register(json!({"username": "tess", "password": "password-tess",
+        "auth": {"type": "m.login.registration_token", "token": token, "session": session}}))
+    .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert!(done.body["access_token"].is_string());
+    // Used up.
+    assert_eq!(validity(&token).await.body["valid"], false);
+    let again = register(json!({"username": "tom", "password": "password-tom",
+        "auth": {"type": "m.login.registration_token", "token": token}}))
+    .await;
+    assert_eq!((again.status, again.errcode()), (401, "M_FORBIDDEN"));
+
+    // Open registration beyond loopback: refused at start-up, unless meant.
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    let mut open_env = Monolith::default_env(open_dir.path());
+    open_env.retain(|(k, _)| k != "GANGLION_CLIENT__LISTEN");
+    open_env.push((
+        "GANGLION_CLIENT__LISTEN".to_owned(),
+        format!(
+            "0.0.0.0:{}",
+            ganglion_integration_tests::process::free_port()
+        ),
+    ));
+    let refused =
+        std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+            .arg("check-config")
+            .envs(open_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("check-config");
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("registration"), "{why}");
+    open_env.push((
+        "GANGLION_CLIENT__ALLOW_OPEN_REGISTRATION".to_owned(),
+        "true".to_owned(),
+    ));
+    let meant = std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+        .arg("check-config")
+        .envs(open_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("check-config");
+    assert!(
+        meant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meant.stderr)
+    );
+}

@@ -14,6 +14,8 @@ crate::grpc::service_api! {
         /// Creates an account (and, unless `inhibit_login`, a device with a token).
         fn register(pb::RegisterRequest) -> pb::Session;
         fn localpart_available(pb::LocalpartAvailableRequest) -> pb::LocalpartAvailableResponse;
+        /// Whether a registration token may register an account now.
+        fn registration_token_valid(pb::RegistrationTokenRequest) -> pb::RegistrationTokenValidity;
         /// Checks the password and creates a device with a new access token.
         fn login_with_password(pb::LoginRequest) -> pb::Session;
         /// Checks a user's password; Forbidden when wrong.

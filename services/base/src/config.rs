@@ -185,6 +185,13 @@ pub struct ClientConfig {
     pub password_hashing_queue: usize,
     /// Whether `POST /register` creates accounts.
     pub registration_enabled: bool,
+    /// Whether registering takes a registration token
+    /// (`m.login.registration_token`; made with `ganglion registration-token`).
+    pub registration_requires_token: bool,
+    /// Registration without a token on a listener that is not loopback:
+    /// refused at start-up unless this says it is meant (anyone who can
+    /// reach the server could create accounts).
+    pub allow_open_registration: bool,
     /// Whether `POST /register?kind=guest` creates guest accounts.
     pub guest_access_enabled: bool,
     /// How long a write waits for the sync service to reflect it before the
@@ -434,6 +441,8 @@ impl Default for ClientConfig {
             password_hashing_threads: 1,
             password_hashing_queue: 32,
             registration_enabled: true,
+            registration_requires_token: false,
+            allow_open_registration: false,
             guest_access_enabled: false,
             read_your_writes_timeout_ms: 5_000,
             presence_unavailable_after_ms: 60_000,
@@ -536,6 +545,20 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "client.max_body_bytes: must be at least 1024".to_owned(),
             ));
+        }
+        let open_registration =
+            self.client.registration_enabled && !self.client.registration_requires_token;
+        if open_registration
+            && !self.client.listen.ip().is_loopback()
+            && !self.client.allow_open_registration
+        {
+            return Err(ConfigError::Invalid(format!(
+                "client.listen is {}, not loopback, and registration is open to anyone who \
+                 reaches it: set client.registration_requires_token = true (tokens from \
+                 `ganglion registration-token create`), client.registration_enabled = false, \
+                 or client.allow_open_registration = true if that is what you want",
+                self.client.listen
+            )));
         }
         if self.federation.max_body_bytes < 1024 * 1024 {
             return Err(ConfigError::Invalid(
@@ -680,6 +703,10 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "rate_limited_clients" => "Clients and accounts each rate limit tracks.",
         "secret_file" => "Internal gRPC secrets, one per line (first sent, any accepted).",
         "registration_enabled" => "Whether POST /register creates accounts.",
+        "registration_requires_token" => "Whether registering takes a registration token.",
+        "allow_open_registration" => {
+            "Allow registration without a token on a listener that is not loopback."
+        }
         "guest_access_enabled" => "Whether POST /register?kind=guest creates guest accounts.",
         "enabled" => "Whether rate limits apply (turn off only for tests and benchmarks).",
         "trusted_proxies" => "Proxies (CIDR) whose X-Forwarded-For names the client.",
@@ -762,6 +789,24 @@ mod tests {
             .map_err(describe_figment_error)
             .expect_err("bad value rejected");
         assert!(err.contains("log.partitions"), "{err}");
+    }
+
+    /// Open registration on a public listener is refused unless meant;
+    /// loopback (the zero-config monolith) stays easy.
+    #[test]
+    fn open_registration_on_a_public_listener_must_be_meant() {
+        let public = |change: fn(&mut ClientConfig)| {
+            let mut config = Config::default();
+            config.client.listen = SocketAddr::from(([0, 0, 0, 0], 8008));
+            change(&mut config.client);
+            config.validate()
+        };
+        assert!(Config::default().validate().is_ok());
+        let refused = public(|_| {}).expect_err("refused");
+        assert!(refused.to_string().contains("registration"), "{refused}");
+        assert!(public(|c| c.registration_requires_token = true).is_ok());
+        assert!(public(|c| c.registration_enabled = false).is_ok());
+        assert!(public(|c| c.allow_open_registration = true).is_ok());
     }
 
     #[test]

@@ -34,6 +34,8 @@ use ganglion_log::Log;
 pub(crate) struct ClientApi {
     server_name: String,
     registration_enabled: bool,
+    /// Registration takes `m.login.registration_token`, not `m.login.dummy`.
+    registration_requires_token: bool,
     guest_access_enabled: bool,
     read_your_writes_timeout: Duration,
     users: UsersHandle,
@@ -105,6 +107,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
     let api = Arc::new(ClientApi {
         server_name: config.server_name.clone(),
         registration_enabled: config.client.registration_enabled,
+        registration_requires_token: config.client.registration_requires_token,
         guest_access_enabled: config.client.guest_access_enabled,
         read_your_writes_timeout: Duration::from_millis(config.client.read_your_writes_timeout_ms),
         users,

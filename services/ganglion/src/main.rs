@@ -63,6 +63,31 @@ enum Command {
     },
     /// Loads and validates the configuration, then exits.
     CheckConfig,
+    /// Registration tokens (`m.login.registration_token`), for servers
+    /// whose registration requires one.
+    RegistrationToken {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Creates a token and prints it.
+    Create {
+        /// The token (default: 16 random letters and digits).
+        token: Option<String>,
+        /// How many accounts it may register (default: no limit).
+        #[arg(long)]
+        uses: Option<i64>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Lists every token with its uses and expiry.
+    List,
+    /// Deletes a token.
+    Delete { token: String },
 }
 
 /// mimalloc: a sync response builds and frees many small values across
@@ -118,6 +143,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin,
             password,
         } => operator::create_account(&config, &user, admin, password).await,
+        Command::RegistrationToken { action } => match action {
+            TokenAction::Create {
+                token,
+                uses,
+                expires_in_days,
+            } => operator::create_token(&config, token, uses, expires_in_days).await,
+            TokenAction::List => operator::list_tokens(&config).await,
+            TokenAction::Delete { token } => operator::delete_token(&config, &token).await,
+        },
         Command::Monolith => wiring::monolith(config).await,
         Command::Gateway => wiring::gateway(config).await,
         Command::Clientapi => wiring::service(config, "clientapi").await,

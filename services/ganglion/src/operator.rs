@@ -1,4 +1,4 @@
-//! Operator commands: keys and accounts.
+//! Operator commands: keys, accounts and registration tokens.
 
 use anyhow::{Context, bail};
 use ganglion_api::proto::userapi::RegisterRequest;
@@ -57,5 +57,46 @@ pub(crate) async fn create_account(
         session.user_id,
         if admin { " (admin)" } else { "" }
     );
+    Ok(())
+}
+
+pub(crate) async fn create_token(
+    config: &Config,
+    token: Option<String>,
+    uses: Option<i64>,
+    expires_in_days: Option<u32>,
+) -> anyhow::Result<()> {
+    if uses.is_some_and(|n| n < 1) {
+        bail!("--uses must be at least 1");
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let expiry_ms = expires_in_days.map(|days| now_ms + i64::from(days) * 86_400_000);
+    let userapi = ganglion_userapi::start(config, None).await?;
+    let token = userapi
+        .api
+        .create_registration_token(token.as_deref(), uses, expiry_ms)
+        .await?;
+    println!("{token}");
+    Ok(())
+}
+
+pub(crate) async fn list_tokens(config: &Config) -> anyhow::Result<()> {
+    let userapi = ganglion_userapi::start(config, None).await?;
+    for (token, allowed, used, expiry_ms) in userapi.api.registration_tokens().await? {
+        let allowed = allowed.map_or("unlimited".to_owned(), |n| n.to_string());
+        let expiry = expiry_ms.map_or("never".to_owned(), |ms| format!("{ms} ms since the epoch"));
+        println!("{token}\tused {used} of {allowed}\texpires {expiry}");
+    }
+    Ok(())
+}
+
+pub(crate) async fn delete_token(config: &Config, token: &str) -> anyhow::Result<()> {
+    let userapi = ganglion_userapi::start(config, None).await?;
+    if !userapi.api.delete_registration_token(token).await? {
+        bail!("no registration token {token}");
+    }
+    println!("deleted {token}");
     Ok(())
 }

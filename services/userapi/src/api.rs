@@ -40,6 +40,57 @@ fn new_device_id() -> String {
 }
 
 impl UserApi {
+    /// Operator: adds a registration token (16 random letters and digits
+    /// when none is given), usable `uses_allowed` times (without limit if
+    /// `None`) until `expiry_ms` (for ever if `None`); the token.
+    pub async fn create_registration_token(
+        &self,
+        token: Option<&str>,
+        uses_allowed: Option<i64>,
+        expiry_ms: Option<i64>,
+    ) -> Result<String, ApiError> {
+        let token = match token {
+            Some(token) => token.to_owned(),
+            None => {
+                use rand::Rng;
+                rand::thread_rng()
+                    .sample_iter(rand::distributions::Alphanumeric)
+                    .take(16)
+                    .map(char::from)
+                    .collect()
+            }
+        };
+        ganglion_base::limits::opaque_id("token", &token)
+            .map_err(|e| ApiError::InvalidInput(e.error))?;
+        match self
+            .storage
+            .create_registration_token(&token, uses_allowed, expiry_ms)
+            .await
+        {
+            Err(e) if e.is_unique_violation() => Err(ApiError::InvalidInput(format!(
+                "token {token} exists already"
+            ))),
+            other => {
+                other?;
+                Ok(token)
+            }
+        }
+    }
+
+    /// Operator: every registration token (token, uses allowed, used,
+    /// expiry in ms since the epoch).
+    #[allow(clippy::type_complexity)]
+    pub async fn registration_tokens(
+        &self,
+    ) -> Result<Vec<(String, Option<i64>, i64, Option<i64>)>, ApiError> {
+        Ok(self.storage.registration_tokens().await?)
+    }
+
+    /// Operator: removes a registration token; whether it existed.
+    pub async fn delete_registration_token(&self, token: &str) -> Result<bool, ApiError> {
+        Ok(self.storage.delete_registration_token(token).await?)
+    }
+
     pub(crate) fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
     }
@@ -106,6 +157,7 @@ impl UsersApi for UserApi {
                 password_hash.as_deref(),
                 (request.admin, request.guest),
                 ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+                request.registration_token.as_deref(),
             )
             .await
         {
@@ -128,6 +180,21 @@ impl UsersApi for UserApi {
             request.initial_device_display_name,
         )
         .await
+    }
+
+    async fn registration_token_valid(
+        &self,
+        request: pb::RegistrationTokenRequest,
+    ) -> Result<pb::RegistrationTokenValidity, ApiError> {
+        let valid = ganglion_base::limits::opaque_id("token", &request.token).is_ok()
+            && self
+                .storage
+                .registration_token_valid(
+                    &request.token,
+                    ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+                )
+                .await?;
+        Ok(pb::RegistrationTokenValidity { valid })
     }
 
     async fn localpart_available(

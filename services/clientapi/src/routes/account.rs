@@ -62,6 +62,8 @@ pub(crate) struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
     session: Option<String>,
+    /// For `m.login.registration_token`.
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,13 +114,52 @@ pub(crate) async fn register(
     if !available.available {
         return Err(ApiError::UserInUse.into());
     }
+    // One flow: a registration token where the operator asks for one,
+    // else the dummy stage.
+    let stage = if api.registration_requires_token {
+        "m.login.registration_token"
+    } else {
+        "m.login.dummy"
+    };
+    let session = body.auth.as_ref().and_then(|a| a.session.as_deref());
+    let mut registration_token = None;
     match body.auth.as_ref().and_then(|a| a.kind.as_deref()) {
-        Some("m.login.dummy") => {}
+        Some(kind) if kind == stage => {
+            if api.registration_requires_token {
+                let token = body.auth.as_ref().and_then(|a| a.token.clone());
+                let invalid = || {
+                    challenge(
+                        stage,
+                        session,
+                        Some(MatrixError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "M_FORBIDDEN",
+                            "Invalid registration token",
+                        )),
+                    )
+                };
+                let Some(token) = token else {
+                    return Ok(invalid());
+                };
+                let valid = api
+                    .users
+                    .registration_token_valid(pb::RegistrationTokenRequest {
+                        token: token.clone(),
+                    })
+                    .await
+                    .map_err(MatrixError::from)?
+                    .valid;
+                if !valid {
+                    return Ok(invalid());
+                }
+                registration_token = Some(token);
+            }
+        }
         // The spec's 401 for a stage not offered: the flows again, with why.
         Some(_) => {
             return Ok(challenge(
-                "m.login.dummy",
-                body.auth.as_ref().and_then(|a| a.session.as_deref()),
+                stage,
+                session,
                 Some(MatrixError::new(
                     StatusCode::UNAUTHORIZED,
                     "M_UNRECOGNIZED",
@@ -126,7 +167,7 @@ pub(crate) async fn register(
                 )),
             ));
         }
-        None => return Ok(challenge("m.login.dummy", None, None)),
+        None => return Ok(challenge(stage, None, None)),
     }
     if let Some(device_id) = &body.device_id {
         limits::opaque_id("device_id", device_id)?;
@@ -145,6 +186,7 @@ pub(crate) async fn register(
             inhibit_login: body.inhibit_login,
             admin: false,
             guest: false,
+            registration_token,
         })
         .await
         .map_err(MatrixError::from)?;
@@ -176,6 +218,7 @@ async fn register_guest(api: &ClientApi, body: RegisterBody) -> MatrixResult {
             inhibit_login: false,
             admin: false,
             guest: true,
+            registration_token: None,
         })
         .await
         .map_err(MatrixError::from)?;
@@ -376,4 +419,35 @@ pub(crate) async fn whoami(
     respond(
         json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": device.is_guest }),
     )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /v1/register/m.login.registration_token/validity`: whether a
+/// registration token may be used now (rate limited as registration is).
+pub(crate) async fn registration_token_validity(
+    State(api): State<Arc<ClientApi>>,
+    ClientIp(ip): ClientIp,
+    uri: Uri,
+) -> MatrixResult {
+    api.rate_limits
+        .registration_per_address
+        .check(&ip.to_string())?;
+    if !api.registration_enabled {
+        return Err(MatrixError::forbidden("Registration is disabled"));
+    }
+    let query: TokenQuery = parse_query(&uri)?;
+    let token = query
+        .token
+        .ok_or_else(|| MatrixError::missing_param("token is required"))?;
+    let valid = api
+        .users
+        .registration_token_valid(pb::RegistrationTokenRequest { token })
+        .await
+        .map_err(MatrixError::from)?
+        .valid;
+    respond(json!({ "valid": valid }))
 }

@@ -42,7 +42,11 @@ pub(crate) fn router(api: Arc<ClientApi>) -> Router {
 pub(crate) fn table() -> Routes<Arc<ClientApi>> {
     let mut router = Routes::default()
         .route("/_matrix/client/versions", get(discovery::versions))
-        .route("/.well-known/matrix/client", get(discovery::well_known));
+        .route("/.well-known/matrix/client", get(discovery::well_known))
+        .route(
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            get(account::registration_token_validity),
+        );
     // Both the current and the legacy prefix, as clients still use r0.
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         router = router

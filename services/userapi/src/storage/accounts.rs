@@ -21,7 +21,25 @@ impl Storage {
         password_hash: Option<&str>,
         (is_admin, is_guest): (bool, bool),
         now_ms: i64,
+        registration_token: Option<&str>,
     ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        // A token's use and the account it made commit together.
+        if let Some(token) = registration_token {
+            let used = sqlx::query(
+                "UPDATE registration_tokens SET completed = completed + 1
+                 WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
+                   AND (expiry_ms IS NULL OR expiry_ms > $2)",
+            )
+            .bind(token)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if used != 1 {
+                return Err(StorageError::TokenRefused);
+            }
+        }
         // As on Synapse, a new user's displayname is their localpart
         // (guests start without one).
         sqlx::query(
@@ -34,9 +52,84 @@ impl Storage {
         .bind(i64::from(is_guest))
         .bind(now_ms)
         .bind((!is_guest).then_some(localpart))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `token` may register an account now.
+    pub(crate) async fn registration_token_valid(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM registration_tokens
+             WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
+               AND (expiry_ms IS NULL OR expiry_ms > $2)",
+        )
+        .bind(token)
+        .bind(now_ms)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Adds a registration token.
+    pub(crate) async fn create_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ms: Option<i64>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO registration_tokens (token, uses_allowed, expiry_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_ms)
         .execute(&self.db.pool)
         .await?;
         Ok(())
+    }
+
+    /// Every registration token: (token, uses allowed, used, expiry).
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn registration_tokens(
+        &self,
+    ) -> Result<Vec<(String, Option<i64>, i64, Option<i64>)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT token, uses_allowed, completed, expiry_ms FROM registration_tokens ORDER BY token",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                use sqlx::Row;
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes a registration token; whether it existed.
+    pub(crate) async fn delete_registration_token(
+        &self,
+        token: &str,
+    ) -> Result<bool, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM registration_tokens WHERE token = $1")
+                .bind(token)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
     }
 
     /// An account's (displayname, avatar URL); None for no such account.

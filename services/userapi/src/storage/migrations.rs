@@ -55,4 +55,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE accounts ADD COLUMN avatar_url TEXT;
     ",
     },
+    // Registration tokens (`m.login.registration_token`), made by the
+    // operator: how often each may be used (NULL: without limit), how
+    // often it was, and until when (NULL: for ever).
+    Migration {
+        version: 5,
+        description: "registration tokens",
+        sql: "
+        CREATE TABLE registration_tokens (
+            token TEXT NOT NULL PRIMARY KEY,
+            uses_allowed BIGINT,
+            completed BIGINT NOT NULL DEFAULT 0,
+            expiry_ms BIGINT
+        );
+    ",
+    },
 ];

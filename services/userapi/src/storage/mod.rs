@@ -25,6 +25,9 @@ pub(crate) enum StorageError {
     /// The database reported an error.
     #[error("database")]
     Sqlx(#[from] sqlx::Error),
+    /// The registration token is unknown, used up or expired.
+    #[error("the registration token is not valid")]
+    TokenRefused,
 }
 
 impl StorageError {
@@ -38,6 +41,11 @@ impl StorageError {
 
 impl From<StorageError> for ganglion_api::ApiError {
     fn from(error: StorageError) -> Self {
-        ganglion_api::ApiError::Internal(format!("userapi storage: {error:?}"))
+        match error {
+            StorageError::TokenRefused => {
+                ganglion_api::ApiError::Forbidden("Invalid registration token".into())
+            }
+            other => ganglion_api::ApiError::Internal(format!("userapi storage: {other:?}")),
+        }
     }
 }
