@@ -318,6 +318,21 @@ pub struct LogConfig {
     pub partitions: u32,
     /// Embedded log: directory; defaults to `<data_dir>/log`.
     pub embedded_dir: Option<PathBuf>,
+    /// How clients reach the Kafka brokers: `plaintext`, `ssl`,
+    /// `sasl_plaintext` or `sasl_ssl`.
+    pub kafka_security_protocol: String,
+    /// PEM file of the certificate authorities the brokers' certificates
+    /// are checked against (`ssl`, `sasl_ssl`); the system's when unset.
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate and key, for brokers that ask for them.
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    pub kafka_ssl_key_location: Option<PathBuf>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (`sasl_*` protocols).
+    pub kafka_sasl_mechanism: String,
+    pub kafka_sasl_username: Option<String>,
+    /// A file holding the SASL password (never the password itself in the
+    /// configuration).
+    pub kafka_sasl_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,6 +425,54 @@ impl Default for OperatorConfig {
     }
 }
 
+impl LogConfig {
+    /// The librdkafka properties of the Kafka security settings (TLS,
+    /// SASL), the password read from its file.
+    pub fn kafka_properties(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut properties = vec![(
+            "security.protocol".to_owned(),
+            self.kafka_security_protocol.clone(),
+        )];
+        let path = |key: &str, value: &Option<PathBuf>| {
+            value
+                .as_ref()
+                .map(|p| (key.to_owned(), p.display().to_string()))
+        };
+        properties.extend(path("ssl.ca.location", &self.kafka_ssl_ca_location));
+        properties.extend(path(
+            "ssl.certificate.location",
+            &self.kafka_ssl_certificate_location,
+        ));
+        properties.extend(path("ssl.key.location", &self.kafka_ssl_key_location));
+        if self.kafka_security_protocol.starts_with("sasl_") {
+            let username = self.kafka_sasl_username.clone().ok_or_else(|| {
+                ConfigError::Invalid("log.kafka_sasl_username: required for SASL".to_owned())
+            })?;
+            let file = self.kafka_sasl_password_file.as_ref().ok_or_else(|| {
+                ConfigError::Invalid("log.kafka_sasl_password_file: required for SASL".to_owned())
+            })?;
+            let password = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "log.kafka_sasl_password_file: {}: {e}",
+                    file.display()
+                ))
+            })?;
+            properties.extend([
+                (
+                    "sasl.mechanism".to_owned(),
+                    self.kafka_sasl_mechanism.clone(),
+                ),
+                ("sasl.username".to_owned(), username),
+                (
+                    "sasl.password".to_owned(),
+                    password.trim_end_matches(['\n', '\r']).to_owned(),
+                ),
+            ]);
+        }
+        Ok(properties)
+    }
+}
+
 impl ClientConfig {
     /// The limits of a listener serving clients.
     pub fn listener_limits(&self) -> crate::http::ListenerLimits {
@@ -485,6 +548,13 @@ impl Default for LogConfig {
             topic_prefix: String::new(),
             partitions: 4,
             embedded_dir: None,
+            kafka_security_protocol: "plaintext".to_owned(),
+            kafka_ssl_ca_location: None,
+            kafka_ssl_certificate_location: None,
+            kafka_ssl_key_location: None,
+            kafka_sasl_mechanism: "SCRAM-SHA-512".to_owned(),
+            kafka_sasl_username: None,
+            kafka_sasl_password_file: None,
         }
     }
 }
@@ -535,6 +605,23 @@ impl Config {
                 "server_name: {:?} is not a valid Matrix server name",
                 self.server_name
             )));
+        }
+        if !matches!(
+            self.log.kafka_security_protocol.as_str(),
+            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+        ) {
+            return Err(ConfigError::Invalid(
+                "log.kafka_security_protocol: plaintext, ssl, sasl_plaintext or sasl_ssl"
+                    .to_owned(),
+            ));
+        }
+        if !matches!(
+            self.log.kafka_sasl_mechanism.as_str(),
+            "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+        ) {
+            return Err(ConfigError::Invalid(
+                "log.kafka_sasl_mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".to_owned(),
+            ));
         }
         if self.log.partitions == 0 || self.log.partitions > 1024 {
             return Err(ConfigError::Invalid(
@@ -671,6 +758,11 @@ const EXAMPLE_OPTIONAL: &str = "
 # signing_key_path = \"/etc/ganglion/signing.key\"   # generated in data_dir when unset
 # [log]
 # embedded_dir = \"/var/lib/ganglion/log\"            # default: <data_dir>/log
+# kafka_ssl_ca_location = \"/etc/ganglion/kafka-ca.pem\"   # ssl, sasl_ssl: the brokers' CA
+# kafka_ssl_certificate_location = \"/etc/ganglion/kafka-client.pem\"
+# kafka_ssl_key_location = \"/etc/ganglion/kafka-client.key\"
+# kafka_sasl_username = \"ganglion\"                  # sasl_plaintext, sasl_ssl
+# kafka_sasl_password_file = \"/etc/ganglion/kafka-password\"
 # [telemetry]
 # otlp_endpoint = \"http://127.0.0.1:4317\"            # OTLP/gRPC trace export
 # [internal]
@@ -724,6 +816,8 @@ fn option_doc(line: &str) -> Option<&'static str> {
             "Longest a Kafka fetch waits at the broker (idle polling bound)."
         }
         "topic_prefix" => "Prefix for topic and consumer group names.",
+        "kafka_security_protocol" => "plaintext, ssl, sasl_plaintext or sasl_ssl.",
+        "kafka_sasl_mechanism" => "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (sasl_* protocols).",
         "partitions" => "Partitions per topic: the most useful replicas of a writer service.",
         "log_format" => "pretty or json.",
         "log_filter" => "A tracing filter such as info or ganglion_roomserver=debug,info.",
@@ -807,6 +901,48 @@ mod tests {
         assert!(public(|c| c.registration_requires_token = true).is_ok());
         assert!(public(|c| c.registration_enabled = false).is_ok());
         assert!(public(|c| c.allow_open_registration = true).is_ok());
+    }
+
+    #[test]
+    fn kafka_security_settings_become_client_properties() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password = dir.path().join("kafka-password");
+        std::fs::write(&password, "s3cret\n").expect("write");
+        let mut log = LogConfig {
+            kafka_security_protocol: "sasl_ssl".into(),
+            kafka_ssl_ca_location: Some("/etc/ca.pem".into()),
+            kafka_sasl_username: Some("ganglion".into()),
+            kafka_sasl_password_file: Some(password),
+            ..LogConfig::default()
+        };
+        let properties = log.kafka_properties().expect("properties");
+        for (key, value) in [
+            ("security.protocol", "sasl_ssl"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "ganglion"),
+            ("sasl.password", "s3cret"),
+        ] {
+            assert!(
+                properties.contains(&(key.to_owned(), value.to_owned())),
+                "{key}: {properties:?}"
+            );
+        }
+        log.kafka_sasl_username = None;
+        assert!(log.kafka_properties().is_err(), "SASL needs a user");
+        let plain = LogConfig::default().kafka_properties().expect("properties");
+        assert_eq!(
+            plain,
+            [("security.protocol".to_owned(), "plaintext".to_owned())]
+        );
+        let bad = Config {
+            log: LogConfig {
+                kafka_security_protocol: "tls".into(),
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Log>> {
             kafka.client_id = format!("ganglion-{client_id}");
             kafka.replication_factor = config.log.kafka_replication_factor;
             kafka.fetch_wait_max_ms = config.log.kafka_fetch_wait_max_ms;
+            kafka.properties = config.log.kafka_properties()?;
             Arc::new(KafkaLog::new(kafka).context("connecting to Kafka")?)
         }
     })

@@ -408,3 +408,27 @@ pub(crate) fn to_u32(value: i32) -> Result<u32, LogError> {
 pub(crate) fn to_u64(value: i64) -> Result<u64, LogError> {
     u64::try_from(value).map_err(|_| LogError::Kafka(format!("negative offset {value}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{KafkaConfig, KafkaLog};
+
+    /// The clients take TLS and SASL settings (librdkafka is built with
+    /// TLS); nothing is reached at creation.
+    #[tokio::test]
+    async fn clients_take_tls_and_sasl_settings() {
+        for protocol in ["ssl", "sasl_ssl", "sasl_plaintext"] {
+            let mut config = KafkaConfig::new("127.0.0.1:1");
+            config.properties = vec![
+                ("security.protocol".into(), protocol.into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), "ganglion".into()),
+                ("sasl.password".into(), "secret".into()),
+            ];
+            assert!(KafkaLog::new(config).is_ok(), "{protocol}");
+        }
+        let mut unknown = KafkaConfig::new("127.0.0.1:1");
+        unknown.properties = vec![("security.protocol".into(), "carrier_pigeon".into())];
+        assert!(KafkaLog::new(unknown).is_err());
+    }
+}
