@@ -45,6 +45,7 @@ pub struct Config {
     pub internal: InternalConfig,
     pub caches: CachesConfig,
     pub rate_limits: RateLimitsConfig,
+    pub retention: RetentionConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -80,6 +81,37 @@ impl Default for CachesConfig {
             interned_names: 200_000,
             rate_limited_clients: 100_000,
         }
+    }
+}
+
+/// How long rows kept only to answer retries are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Client and federation transaction IDs (a retry after this long
+    /// sends again).
+    pub transaction_ids_hours: u64,
+    /// The roomserver's record of inputs it processed (a record of the
+    /// input topic redelivered after this long is processed again).
+    pub processed_inputs_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            transaction_ids_hours: 24,
+            processed_inputs_days: 7,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn transaction_ids(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.transaction_ids_hours * 3600)
+    }
+
+    pub fn processed_inputs(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.processed_inputs_days * 86_400)
     }
 }
 
@@ -412,6 +444,7 @@ impl Default for Config {
             internal: InternalConfig::default(),
             caches: CachesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            retention: RetentionConfig::default(),
             services,
         }
     }
@@ -789,6 +822,8 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "password_hashing_threads" => "Threads hashing passwords (19 MiB each).",
         "password_hashing_queue" => "Password checks waiting at most; more get 429.",
         "max_syncs_per_user" => "Long-polling /sync requests one user may hold open at once.",
+        "transaction_ids_hours" => "Client and federation transaction IDs are kept this long.",
+        "processed_inputs_days" => "The roomserver's record of processed inputs is kept this long.",
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",
         "interned_names" => "Event types and state keys the roomserver keeps in memory, each.",

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bounded;
+pub mod clock;
 pub mod config;
 pub mod database;
 pub mod health;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod matrix_error;
 pub mod metrics;
 pub mod parallel;
+pub mod pruning;
 pub mod telemetry;
 pub mod testing;
 

@@ -130,6 +130,20 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
             .filter_map(|proxy| proxy.parse().ok())
             .collect(),
     });
+    let storage = api.storage.clone();
+    let keep = config.retention.transaction_ids();
+    ganglion_base::pruning::spawn(
+        "client_transaction_ids",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .prune_transactions(ganglion_base::clock::ago_ms(keep))
+                    .await
+            }
+        },
+    );
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "clientapi",

@@ -100,6 +100,17 @@ impl Storage {
         Ok(())
     }
 
+    /// Forgets transaction IDs claimed before `before_ms`; how many.
+    pub(crate) async fn prune_transactions(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("DELETE FROM transactions WHERE created_ts < $1")
+                .bind(before_ms)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Gives a claim back after a failed send, so a retry sends again.
     pub(crate) async fn release_transaction(
         &self,

@@ -46,13 +46,7 @@ pub(crate) struct KeyRing {
 /// How long keys read from the database are used without reading again.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use ganglion_base::clock::now_ms;
 
 /// Whether a stored key could sign something at `at_ms`: a current key
 /// until its `valid_until_ts`, an old one until it expired.

@@ -138,6 +138,20 @@ pub async fn start(
         },
         config.caches.server_keys,
     );
+    let pruned = storage.clone();
+    let keep = config.retention.transaction_ids();
+    ganglion_base::pruning::spawn(
+        "federation_transaction_ids",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let storage = pruned.clone();
+            async move {
+                storage
+                    .prune_transactions(ganglion_base::clock::ago_ms(keep))
+                    .await
+            }
+        },
+    );
     let service = Arc::new(FederationService {
         server_name: config.server_name.clone(),
         key,

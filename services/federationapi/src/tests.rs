@@ -177,6 +177,22 @@ async fn leases_origins(storage: &Storage) {
             .await
             .expect("lease")
     );
+
+    // Old inbound transactions are forgotten, newer ones kept.
+    storage
+        .remember_transaction("o.example", "t1", &json!({"pdus": {}}))
+        .await
+        .expect("remember");
+    assert_eq!(storage.prune_transactions(0).await.expect("prune"), 0);
+    let later = crate::key_ring::now_ms() + 1;
+    assert_eq!(storage.prune_transactions(later).await.expect("prune"), 1);
+    assert!(
+        storage
+            .transaction_answer("o.example", "t1")
+            .await
+            .expect("answer")
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -36,12 +36,7 @@ const EDUS_PER_TRANSACTION: u32 = 100;
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use ganglion_base::clock::now_ms;
 
 /// How long to wait after `failures` failures in a row.
 pub(crate) fn backoff_ms(failures: i64) -> i64 {

@@ -149,7 +149,9 @@ async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
             out
         }
         Err(error) => {
-            // The path only: a query may carry an access token.
+            // The path only: a query may carry an access token (and so
+            // may the error's URL).
+            let error = error.without_url();
             tracing::warn!(upstream = upstream.name, path = %parts.uri.path(), %error, "upstream unavailable");
             let mut response =
                 MatrixError::unavailable("Upstream service unavailable").into_response();

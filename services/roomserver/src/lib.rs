@@ -128,6 +128,20 @@ pub async fn start(
     if let Err(error) = service.storage.fill_memberships().await {
         tracing::warn!(%error, "could not fill in memberships of older rows");
     }
+    let storage = service.storage.clone();
+    let keep = config.retention.processed_inputs();
+    ganglion_base::pruning::spawn(
+        "processed_inputs",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .prune_processed_inputs(ganglion_base::clock::ago_ms(keep))
+                    .await
+            }
+        },
+    );
     // Outputs a crash left unpublished go out now; if that fails, the flag
     // stays set and the next input retries before anything newer.
     match service.publish_outbox().await {

@@ -55,12 +55,7 @@ impl Activity {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use ganglion_base::clock::now_ms;
 
 /// Holds a user's sync "in flight" until dropped.
 pub(crate) struct Syncing {

@@ -53,9 +53,7 @@ impl TypingTimers {
     }
 }
 
-fn now_ms() -> i64 {
-    ruma::MilliSecondsSinceUnixEpoch::now().get().into()
-}
+use ganglion_base::clock::now_ms;
 
 impl ClientApi {
     /// `M_FORBIDDEN` unless `user_id` is joined to the room.

@@ -62,6 +62,12 @@ async fn transactions(storage: Storage) {
             "{user} {device}"
         );
     }
+
+    // Pruning forgets the old ones only.
+    let pruned = storage.prune_transactions(4_000).await.expect("prune");
+    assert_eq!(pruned, 1, "alice's txn1 on her phone, claimed at 1 000");
+    assert_eq!(claim(ALICE, "PHONE", "txn1", 5_000).await, Claim::Ours);
+    assert_eq!(claim(BOB, "PHONE", "txn1", 5_000).await, Claim::Pending);
 }
 
 #[tokio::test]

@@ -39,6 +39,17 @@ impl Storage {
         Ok(())
     }
 
+    /// Forgets transactions received before `before_ms`; how many.
+    pub(crate) async fn prune_transactions(&self, before_ms: i64) -> Result<u64, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM inbound_transactions WHERE received_ts < $1")
+                .bind(before_ms)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Takes the lease on `origin`'s transactions for `holder` until
     /// `expires_ms`, if no other holder has an unexpired one; whether it
     /// was taken.

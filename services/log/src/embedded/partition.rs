@@ -144,10 +144,12 @@ pub(crate) struct PartitionFile {
     /// Taken by the one flush in progress: appenders that arrive meanwhile
     /// wait for it, then find their record covered or flush together.
     pub(crate) flushing: tokio::sync::Mutex<()>,
-    /// The record count found on disk when the file was opened. An offset
-    /// committed or stored past it was made before a crash that lost the
-    /// records it counted (a power cut without fsync), so it cannot be
-    /// trusted: the records now at those offsets are new.
+    /// The record count found on disk when the log was opened, for a
+    /// partition that existed then (`u64::MAX` for one created since, which
+    /// no earlier offset can name). An offset committed or stored past it
+    /// was made before a crash that lost the records it counted (a power
+    /// cut without fsync), so it cannot be trusted: the records now at
+    /// those offsets are new.
     pub(crate) opened_end: u64,
 }
 
@@ -186,6 +188,7 @@ impl PartitionFile {
             .truncate(false)
             .open(path)?;
         let len = file.metadata()?.len();
+        let existed = len >= MAGIC_LEN;
         let (positions, valid_end) = if len < MAGIC_LEN {
             // New, or a crash before the magic was complete: nothing to keep.
             file.set_len(0)?;
@@ -220,7 +223,7 @@ impl PartitionFile {
                     visible,
                 }),
                 flushing: tokio::sync::Mutex::new(()),
-                opened_end: visible,
+                opened_end: if existed { visible } else { u64::MAX },
             },
             truncated_bytes,
         })

@@ -147,4 +147,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE events ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
         ",
     },
+    // When each input was processed, so the record can be pruned.
+    Migration {
+        version: 7,
+        description: "processed inputs timed",
+        sql: "
+            ALTER TABLE processed_inputs ADD COLUMN processed_ms BIGINT NOT NULL DEFAULT 0;
+        ",
+    },
 ];

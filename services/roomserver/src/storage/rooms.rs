@@ -317,6 +317,17 @@ impl Storage {
     /// Fills in the membership of current member events stored before the
     /// column existed (schema version 3), once: a marker row records that
     /// it ran, so later start-ups pay one lookup.
+    /// Forgets inputs processed before `before_ms`; how many.
+    pub(crate) async fn prune_processed_inputs(&self, before_ms: i64) -> Result<u64, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM processed_inputs WHERE processed_ms < $1")
+                .bind(before_ms)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     pub(crate) async fn fill_memberships(&self) -> Result<(), StorageError> {
         const DONE: &str = "current_state.membership";
         let done: Option<String> = sqlx::query_scalar("SELECT name FROM backfills WHERE name = $1")
@@ -856,11 +867,13 @@ impl RoomWriter {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO processed_inputs (request_id, room_id, event_ids) VALUES ($1, $2, $3)",
+            "INSERT INTO processed_inputs (request_id, room_id, event_ids, processed_ms)
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(request_id)
         .bind(&self.room_id)
         .bind(serde_json::to_string(event_ids).unwrap_or_default())
+        .bind(ganglion_base::clock::now_ms())
         .execute(&mut *self.tx)
         .await?;
         if let Some(alias) = alias {

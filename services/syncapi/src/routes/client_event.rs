@@ -95,12 +95,7 @@ pub(crate) fn to_raw(value: &Value) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+use ganglion_base::clock::now_ms;
 
 /// The client format of `row`; `with_room_id` for `/messages` (sync omits it);
 /// `device_id` adds `unsigned.transaction_id` for the device that sent it.
