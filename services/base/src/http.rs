@@ -645,3 +645,30 @@ mod tests {
         assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
     }
 }
+
+#[cfg(test)]
+mod path_properties {
+    use proptest::prelude::*;
+
+    use super::{is_routable_path, percent_decode_bytes};
+
+    proptest! {
+        /// A routable path has no segment that means `.` or `..` however
+        /// it is written, and no backslash or control character.
+        #[test]
+        fn a_routable_path_has_no_dot_segment(path in "(/([a-zA-Z0-9._~!$&'()*+,;=:@-]|%[0-9a-fA-F]{2}|%2[eE]|\\.){0,6}){0,6}/?") {
+            if is_routable_path(&path) {
+                for segment in path.trim_start_matches('/').split('/') {
+                    let decoded = percent_decode_bytes(segment).expect("decodes");
+                    prop_assert!(decoded != b"." && decoded != b"..", "{}", path);
+                }
+                prop_assert!(!path.contains('\\') && !path.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn any_text_is_judged_without_panic(path in ".{0,100}") {
+            let _ = is_routable_path(&path);
+        }
+    }
+}

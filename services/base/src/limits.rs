@@ -219,3 +219,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The checks judge any text without a panic, and nothing they
+        /// pass is over the limit.
+        #[test]
+        fn any_text_is_judged(text in ".{0,300}") {
+            for (passed, limit) in [
+                (event_type(&text).is_ok(), MAX_ID_BYTES),
+                (state_key(&text).is_ok(), MAX_ID_BYTES),
+                (opaque_id("x", &text).is_ok(), MAX_ID_BYTES),
+                (user_id(&text).is_ok(), MAX_ID_BYTES),
+                (room_id(&text).is_ok(), MAX_ID_BYTES),
+                (event_id(&text).is_ok(), MAX_ID_BYTES),
+                (room_alias(&text).is_ok(), MAX_ID_BYTES),
+                (server_name(&text).is_ok(), usize::MAX),
+            ] {
+                prop_assert!(!passed || text.len() <= limit);
+            }
+        }
+
+        #[test]
+        fn id_shaped_text_is_judged(text in "[@!$#][a-z0-9._=/-]{0,20}(:[a-z0-9.-]{0,20}(:[0-9]{0,6})?)?") {
+            let _ = (user_id(&text), room_id(&text), event_id(&text), room_alias(&text));
+        }
+    }
+}

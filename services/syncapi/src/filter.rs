@@ -393,3 +393,56 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::SyncFilter;
+
+    /// JSON values of any shape, a few levels deep.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("room".to_owned()),
+                        Just("timeline".to_owned()),
+                        Just("limit".to_owned()),
+                        Just("types".to_owned()),
+                        Just("not_senders".to_owned()),
+                        Just("lazy_load_members".to_owned()),
+                        Just("event_fields".to_owned()),
+                        Just("event_format".to_owned()),
+                        ".{0,10}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// A filter of any shape (inline in `filter=` or uploaded) is
+        /// taken or refused, never a panic.
+        #[test]
+        fn any_filter_is_taken_or_refused(value in json()) {
+            let _ = SyncFilter::parse(&value.to_string());
+        }
+
+        #[test]
+        fn any_text_is_taken_or_refused(text in ".{0,200}") {
+            let _ = SyncFilter::parse(&text);
+        }
+    }
+}

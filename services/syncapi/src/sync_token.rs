@@ -224,3 +224,39 @@ mod tests {
         assert!(!token.covers(&token.with_stream(Stream::ToDevice, 0, 4)));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{Stream, SyncToken};
+
+    proptest! {
+        /// Any text a client sends as a token is parsed or refused, never
+        /// a panic; one that parses prints back to itself.
+        #[test]
+        fn any_text_is_parsed_or_refused(text in ".{0,200}", partitions in 0_usize..9) {
+            if let Ok(token) = SyncToken::parse(&text, partitions) {
+                prop_assert_eq!(SyncToken::parse(&token.to_string(), partitions), Ok(token));
+            }
+        }
+
+        /// Tokens shaped like ours, with any digits and separators.
+        #[test]
+        fn token_shaped_text_is_parsed_or_refused(text in "s[0-9_.]{0,80}", partitions in 1_usize..5) {
+            let _ = SyncToken::parse(&text, partitions);
+        }
+
+        /// Every token we issue parses back to itself.
+        #[test]
+        fn issued_tokens_round_trip(
+            partitions in 1_usize..9,
+            seed in proptest::collection::vec(any::<u64>(), 64),
+        ) {
+            let offsets: Vec<u64> = seed.into_iter().take(Stream::ALL.len() * partitions).collect();
+            prop_assume!(offsets.len() == Stream::ALL.len() * partitions);
+            let token = SyncToken::new(offsets, partitions);
+            prop_assert_eq!(SyncToken::parse(&token.to_string(), partitions), Ok(token));
+        }
+    }
+}
