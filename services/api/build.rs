@@ -1,6 +1,8 @@
 //! Generates the gRPC and topic payload types from `proto/`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not when it was compiled: a compiled
+    // build script may be reused for a checkout in another directory.
+    let dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "common.proto",
         "userapi.proto",

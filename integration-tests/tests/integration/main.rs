@@ -12,6 +12,7 @@ mod federation_security;
 mod listeners;
 mod matrix_sdk_sliding;
 mod monolith;
+mod mutations;
 mod polylith;
 mod room_apis;
 mod sdk_scenarios;

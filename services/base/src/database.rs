@@ -74,6 +74,40 @@ pub enum DatabaseError {
     Io(#[from] std::io::Error),
 }
 
+/// A pooled connection that flushes its commits (see
+/// [`Database::flushed`]); [`FlushedConnection::release`] puts the view's
+/// setting back. Dropped without it (an error on the way), the connection
+/// is closed rather than reused, as it would still flush every commit.
+pub struct FlushedConnection {
+    connection: sqlx::pool::PoolConnection<sqlx::Any>,
+    engine: Engine,
+    restored: bool,
+}
+
+impl FlushedConnection {
+    /// The connection, to run statements on.
+    pub fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.connection
+    }
+
+    /// Puts the view's setting back and returns the connection to the pool.
+    pub async fn release(mut self) {
+        self.restored = self.engine != Engine::Sqlite
+            || sqlx::raw_sql("PRAGMA synchronous=NORMAL")
+                .execute(&mut *self.connection)
+                .await
+                .is_ok();
+    }
+}
+
+impl Drop for FlushedConnection {
+    fn drop(&mut self) {
+        if !self.restored {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
 /// Whether the database refused an error's data itself, so the same
 /// statement can never succeed: PostgreSQL's data exceptions (class 22: a
 /// value too long, out of range, or text with a NUL byte), integrity
@@ -207,7 +241,7 @@ impl Database {
         service: &str,
         migrations: &[Migration],
     ) -> Result<Database, DatabaseError> {
-        Database::open_section(config, service, migrations, None).await
+        Database::open_section(config, service, migrations, None, config.durability).await
     }
 
     /// [`open_for_service`](Self::open_for_service) for a service whose
@@ -223,7 +257,47 @@ impl Database {
         service: &str,
         migrations: &[Migration],
     ) -> Result<Database, DatabaseError> {
-        Database::open_section(config, service, migrations, Some(1)).await
+        Database::open_section(config, service, migrations, Some(1), config.durability).await
+    }
+
+    /// Opens a database whose last commits a power cut may lose without
+    /// losing anything acknowledged, so on SQLite its commits are not
+    /// flushed one by one (`synchronous=NORMAL`) whatever the durability:
+    /// a view that stores its log positions with its data in the same
+    /// transactions (the syncapi: it reads those records again from the
+    /// log), or rows that only spare work (the clientapi's transaction
+    /// IDs: a retry after a power cut may send again). Writes a client is
+    /// told of directly go through [`Database::flushed`].
+    pub async fn open_without_flush(
+        config: &crate::Config,
+        service: &str,
+        migrations: &[Migration],
+    ) -> Result<Database, DatabaseError> {
+        Database::open_section(
+            config,
+            service,
+            migrations,
+            None,
+            crate::config::Durability::Os,
+        )
+        .await
+    }
+
+    /// A connection whose commits are flushed to disk (SQLite
+    /// `synchronous=FULL` while it is held), for a view's few writes that
+    /// are not rebuilt from the log.
+    pub async fn flushed(&self) -> Result<FlushedConnection, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        if self.engine == Engine::Sqlite {
+            sqlx::raw_sql("PRAGMA synchronous=FULL")
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(FlushedConnection {
+            connection,
+            engine: self.engine,
+            restored: false,
+        })
     }
 
     /// Opens `service`'s database as its configuration section says, with
@@ -233,6 +307,7 @@ impl Database {
         service: &str,
         migrations: &[Migration],
         sqlite_connections: Option<u32>,
+        durability: crate::config::Durability,
     ) -> Result<Database, DatabaseError> {
         let section = config.service(service);
         let sqlite = section
@@ -247,7 +322,7 @@ impl Database {
             section.database_url.as_deref(),
             &config.data_dir,
             max_connections,
-            config.durability,
+            durability,
             migrations,
         )
         .await

@@ -152,8 +152,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     };
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    if json_holds_nul(&value) {
+        return Err(MatrixError::bad_json("Strings may not hold U+0000"));
+    }
     serde_json::from_value(value)
         .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))
+}
+
+/// Whether any key or string in a JSON value holds U+0000 (which nothing
+/// Matrix stores may hold, and PostgreSQL cannot).
+fn json_holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_holds_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || json_holds_nul(value)),
+        _ => false,
+    }
 }
 
 /// Turns a router into a Matrix one: unknown paths → 404 `M_UNRECOGNIZED`,
@@ -171,8 +187,20 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
         .layer(tower_http::cors::CorsLayer::very_permissive())
 }
 
+/// Whether a request's path or query holds an encoded U+0000, which no
+/// Matrix identifier or parameter may hold and PostgreSQL cannot store.
+fn holds_encoded_nul(uri: &axum::http::Uri) -> bool {
+    let raw = uri.path_and_query().map_or("", |p| p.as_str());
+    raw.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
 async fn observe(service: &'static str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
+    if holds_encoded_nul(req.uri()) {
+        return MatrixError::invalid_param("The request holds U+0000").into_response();
+    }
     let path = req.uri().path().to_owned();
     let span =
         tracing::info_span!("http", %method, path = %path, service, status = tracing::field::Empty);
@@ -643,6 +671,9 @@ mod tests {
         );
         assert!(parse_json::<Body>(br#"{"n": 3}"#).is_ok());
         assert_eq!(parse_json::<Body>(b"").unwrap_err().errcode, "M_BAD_JSON");
+        let nul = parse_json::<serde_json::Value>(br#"{"a": ["b\u0000"]}"#);
+        assert_eq!(nul.unwrap_err().errcode, "M_BAD_JSON");
+        assert!(parse_json::<serde_json::Value>(br#"{"a": ["b\\u0000"]}"#).is_ok());
     }
 }
 

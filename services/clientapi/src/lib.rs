@@ -95,7 +95,9 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         federation,
         log,
     } = peers;
-    let db = Database::open_for_service(config, "clientapi", storage::MIGRATIONS).await?;
+    // Transaction IDs only spare a retry its second send: not flushed one
+    // by one.
+    let db = Database::open_without_flush(config, "clientapi", storage::MIGRATIONS).await?;
     let topics = Topics::new(&config.log.topic_prefix);
     for topic in [
         &topics.edu_typing,

@@ -63,6 +63,9 @@ enum Command {
     },
     /// Loads and validates the configuration, then exits.
     CheckConfig,
+    /// Prints every route the gateway forwards, from the services' route
+    /// tables: one `service<TAB>pattern` line each.
+    Routes,
     /// Registration tokens (`m.login.registration_token`), for servers
     /// whose registration requires one.
     RegistrationToken {
@@ -135,6 +138,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenerateConfig => Ok(()),
         Command::CheckConfig => {
             println!("configuration ok (server_name {})", config.server_name);
+            Ok(())
+        }
+        Command::Routes => {
+            for upstream in wiring::gateway_upstreams(&config)? {
+                for path in &upstream.paths {
+                    println!("{}\t{path}", upstream.name);
+                }
+            }
             Ok(())
         }
         Command::GenerateKeys => operator::generate_keys(&config),

@@ -133,7 +133,9 @@ pub async fn start(
     replica_id: &str,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Started, StartError> {
-    let db = Database::open_for_service(config, "syncapi", storage::MIGRATIONS).await?;
+    // A view: its positions commit with its data, so a power cut that
+    // loses its last commits makes it read those records again.
+    let db = Database::open_without_flush(config, "syncapi", storage::MIGRATIONS).await?;
     let storage = Storage { db: db.clone() };
     let topics = Topics::new(&config.log.topic_prefix);
     for stream in Stream::ALL {

@@ -76,7 +76,7 @@ pub(crate) async fn get_alias(
                 alias: alias.clone(),
             })
             .await
-            .map_err(MatrixError::from)?;
+            .map_err(remote_alias_error)?;
         return match resolved.room_id {
             Some(room_id) => respond(json!({ "room_id": room_id, "servers": resolved.servers })),
             None => Err(MatrixError::not_found("Room alias not found")),
@@ -310,4 +310,16 @@ pub(crate) async fn post_public_rooms(
         body.filter.unwrap_or_default(),
     )
     .await
+}
+
+/// A failure to resolve another server's alias, for the client: an alias
+/// whose server cannot be asked does not resolve (404, as Synapse answers
+/// it), with nothing of our outbound request in the message.
+pub(crate) fn remote_alias_error(error: ganglion_api::ApiError) -> MatrixError {
+    match error {
+        ganglion_api::ApiError::Unavailable(_) | ganglion_api::ApiError::Timeout => {
+            MatrixError::not_found("Room alias not found: its server cannot be reached")
+        }
+        other => MatrixError::from(other),
+    }
 }

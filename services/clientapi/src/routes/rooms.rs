@@ -384,7 +384,7 @@ impl ClientApi {
                     alias: room_id_or_alias.to_owned(),
                 })
                 .await
-                .map_err(MatrixError::from)?;
+                .map_err(super::directory::remote_alias_error)?;
             let room_id = resolved
                 .room_id
                 .ok_or_else(|| MatrixError::not_found("Room alias not found"))?;

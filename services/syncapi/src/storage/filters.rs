@@ -1,18 +1,22 @@
 use super::{Storage, StorageError};
 
 impl Storage {
+    /// Stores a client's filter, flushed to disk before its ID is given
+    /// out: unlike the rest of this view it is not rebuilt from the log.
     pub(crate) async fn insert_filter(
         &self,
         user_id: &str,
         json: &str,
     ) -> Result<i64, StorageError> {
-        Ok(
+        let mut flushed = self.db.flushed().await?;
+        let id =
             sqlx::query_scalar("INSERT INTO filters (user_id, json) VALUES ($1, $2) RETURNING id")
                 .bind(user_id)
                 .bind(json)
-                .fetch_one(&self.db.pool)
-                .await?,
-        )
+                .fetch_one(flushed.connection())
+                .await?;
+        flushed.release().await;
+        Ok(id)
     }
 
     pub(crate) async fn filter(

@@ -1,0 +1,308 @@
+//! A request-mutation runner: every route of every listener (from the
+//! route tables the services export, as `ganglion routes` prints them),
+//! called with requests a hostile client would send — odd methods, bodies
+//! of the wrong shape, too deep, too large or not UTF-8, traversal and
+//! oversized paths, other users' tokens and none. No answer may be a 5xx,
+//! the server must keep serving, and requests without a valid token must
+//! change nothing. Bounded in time (`TEST_MUTATION_SECONDS`, 45 s by
+//! default; longer runs by setting it).
+
+use std::time::{Duration, Instant};
+
+use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::process::Monolith;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// The route patterns the binary exports: (service, pattern).
+fn routes(env: &[(String, String)]) -> Vec<(String, String)> {
+    let output = std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+        .arg("routes")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("ganglion routes");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(service, path)| (service.to_owned(), path.to_owned()))
+        .collect()
+}
+
+/// A pattern with its parameters filled in with real or plausible values.
+fn fill(pattern: &str, values: &[(&str, String)], rng: &mut impl Rng) -> String {
+    pattern
+        .split('/')
+        .map(|segment| {
+            let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+                return segment.to_owned();
+            };
+            match values.iter().find(|(key, _)| *key == name) {
+                Some((_, value)) if rng.gen_bool(0.8) => encode(value),
+                _ => ["x", "%00", "%2F", "%FF%FE", "!:", "@", "$", "%23a%3Ab"]
+                    .choose(rng)
+                    .copied()
+                    .unwrap_or("x")
+                    .to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Bodies a hostile client sends.
+fn bodies() -> Vec<Option<Vec<u8>>> {
+    let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(3_000), "}".repeat(3_000));
+    vec![
+        None,
+        Some(b"{}".to_vec()),
+        Some(b"[]".to_vec()),
+        Some(b"null".to_vec()),
+        Some(b"\"text\"".to_vec()),
+        Some(b"1e400".to_vec()),
+        Some(b"{not json".to_vec()),
+        Some(deep.into_bytes()),
+        Some(deep_object.into_bytes()),
+        Some(b"{\"body\": \"\xff\xfe\", \"msgtype\": \"m.text\"}".to_vec()),
+        Some(json!({"body": "x".repeat(200_000)}).to_string().into_bytes()),
+        Some(vec![b'x'; 2 * 1024 * 1024]),
+        Some(
+            json!({
+                "type": 7, "user_id": ["a"], "room_id": {}, "timeout": "soon",
+                "limit": -1, "membership": 3, "content": "none", "messages": [1],
+                "device_id": null, "password": 12, "auth": "x", "initial_state": {},
+                "filter": {"room": {"timeline": {"limit": "many"}}}, "invite": "bob",
+                "one_time_keys": [], "device_keys": 5, "presence": [], "typing": "yes"
+            })
+            .to_string()
+            .into_bytes(),
+        ),
+        Some(
+            json!({"displayname": "a\u{0}b", "body": "\u{0}", "msgtype": "m.text",
+                   "avatar_url": "mxc://x/\u{0}", "reason": "\u{0}", "tag": {"\u{0}": 1}})
+            .to_string()
+            .into_bytes(),
+        ),
+        Some(
+            json!({"limit": 9_007_199_254_740_993_u64, "timeout": 1e300, "depth": -9_007_199_254_740_993_i64})
+                .to_string()
+                .into_bytes(),
+        ),
+    ]
+}
+
+/// Suffixes that twist a path.
+const PATH_TWISTS: [&str; 7] = [
+    "",
+    "/..",
+    "/%2e%2e/%2e%2e/x",
+    "//",
+    "?limit=-1&from=%FF&dir=sideways&filter=%7B",
+    "?access_token=garbage&since=s99999999999999999999",
+    "?timeout=99999999999999999999&filter=%5B",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_survives_mutated_requests() {
+    let budget = Duration::from_secs(
+        std::env::var("TEST_MUTATION_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(45),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = server.base_url.clone();
+    let alice = Client::register(&base, "alice", "password-alice").await;
+    let bob = Client::register(&base, "bob", "password-bob").await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+    let sent = alice.send_text(&room_id, "m1", "hello").await;
+    let event_id = sent.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let values = [
+        ("room_id", room_id.clone()),
+        ("room_id_or_alias", room_id.clone()),
+        ("event_id", event_id.clone()),
+        ("user_id", alice.user_id.clone()),
+        ("event_type", "m.room.message".to_owned()),
+        ("state_key", String::new()),
+        ("alias", "#alias:localhost".to_owned()),
+        ("txn_id", "t-mutation".to_owned()),
+        ("receipt_type", "m.read".to_owned()),
+        ("data_type", "m.direct".to_owned()),
+        ("server_name", "localhost".to_owned()),
+    ];
+    let routes: Vec<(String, String)> = routes(&server.env)
+        .into_iter()
+        .filter(|(service, _)| service != "federationapi")
+        .collect();
+    assert!(routes.len() > 50, "the tables: {routes:?}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let bodies = bodies();
+    let methods = ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "BREW"];
+    let tokens: [Option<&str>; 4] = [
+        Some(alice.access_token.as_str()),
+        Some(bob.access_token.as_str()),
+        None,
+        Some("syt_garbage_token"),
+    ];
+
+    // What a user sees of the room, to show refused requests change nothing.
+    let snapshot = || {
+        let alice = alice.clone();
+        let room_id = room_id.clone();
+        async move {
+            let state = alice
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/_matrix/client/v3/rooms/{}/state", encode(&room_id)),
+                    None,
+                )
+                .await;
+            let joined = alice
+                .call(
+                    reqwest::Method::GET,
+                    "/_matrix/client/v3/joined_rooms",
+                    None,
+                )
+                .await;
+            let mut history = alice.messages(&room_id, None, "b", 100).await["chunk"].clone();
+            // An event's age grows; what it is does not.
+            for event in history.as_array_mut().into_iter().flatten() {
+                if let Some(event) = event.as_object_mut() {
+                    event.remove("unsigned");
+                }
+            }
+            (state.body, joined.body, history)
+        }
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let started = Instant::now();
+    let mut requests = 0;
+    let mut failures: Vec<String> = Vec::new();
+    // Phase 1 (a third of the time): requests without a valid token; the
+    // room must look the same after.
+    let before = snapshot().await;
+    let phase_one = budget / 3;
+    'unauthenticated: loop {
+        for (_, pattern) in &routes {
+            if started.elapsed() > phase_one {
+                break 'unauthenticated;
+            }
+            let token = [None, Some("syt_garbage_token")][rng.gen_range(0..2)];
+            let method = methods.choose(&mut rng).copied().unwrap_or("GET");
+            let body = bodies.choose(&mut rng).cloned().flatten();
+            let path = fill(pattern, &values, &mut rng)
+                + PATH_TWISTS.choose(&mut rng).copied().unwrap_or("");
+            if let Some(failure) = call(&http, &base, method, &path, token, body).await {
+                failures.push(failure);
+            }
+            requests += 1;
+        }
+    }
+    let after = snapshot().await;
+    // Registration and login need no token: they may add accounts, not
+    // change the room.
+    assert_eq!(
+        before, after,
+        "requests without a valid token changed the room"
+    );
+
+    // Phase 2: anything, with any token.
+    'any: loop {
+        let mut order: Vec<&(String, String)> = routes.iter().collect();
+        order.shuffle(&mut rng);
+        for (_, pattern) in order {
+            if started.elapsed() > budget {
+                break 'any;
+            }
+            let token = tokens.choose(&mut rng).copied().flatten();
+            let method = methods.choose(&mut rng).copied().unwrap_or("GET");
+            let body = bodies.choose(&mut rng).cloned().flatten();
+            let path = fill(pattern, &values, &mut rng)
+                + PATH_TWISTS.choose(&mut rng).copied().unwrap_or("");
+            if let Some(failure) = call(&http, &base, method, &path, token, body).await {
+                failures.push(failure);
+            }
+            requests += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // Still serving: healthy, and a user still talks.
+    let health = reqwest::get(format!("{}/healthz", server.operator_url))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    // (Alice's token may have been logged out by the runner.)
+    let carol = Client::register(&base, "carol", "password-carol").await;
+    let room = carol.create_room(json!({})).await;
+    assert_eq!(
+        carol.send_text(&room, "after", "still here").await.status,
+        200
+    );
+    eprintln!(
+        "mutation runner: {requests} requests over {} routes",
+        routes.len()
+    );
+}
+
+/// One request; a description if it was answered with a 5xx or not at all
+/// (tried twice when the connection fails: a pooled connection the server
+/// closed after a request whose body it did not read fails once).
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Option<String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
+    let size = body.as_ref().map_or(0, Vec::len);
+    let mut last_error = None;
+    for _ in 0..2 {
+        let mut request = http.request(method.clone(), format!("{base}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = &body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_server_error() => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                return Some(format!(
+                    "{method} {path} ({size} B body): {status} {}",
+                    text.chars().take(200).collect::<String>()
+                ));
+            }
+            Ok(_) => return None,
+            // A body over the limit may be cut off while it is still being
+            // sent (the answer, a 413, comes first): not a failure.
+            Err(_) if size > 1024 * 1024 => return None,
+            Err(error) => last_error = Some(error),
+        }
+    }
+    last_error.map(|error| format!("{method} {path} ({size} B body): {error}"))
+}
