@@ -37,6 +37,18 @@ async fn until_device_list_change(
     }
 }
 
+/// Where a federating test monolith named `localhost:<port>` takes
+/// federation requests.
+fn federation_url(our_name: &str) -> String {
+    format!(
+        "https://127.0.0.1:{}",
+        our_name
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or_default()
+    )
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -67,13 +79,7 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
     let fake = FakeServer::start(fake_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let base = format!(
-        "https://127.0.0.1:{}",
-        our_name
-            .rsplit_once(':')
-            .map(|(_, p)| p)
-            .unwrap_or_default()
-    );
+    let base = federation_url(&our_name);
     let logs = || ours.process.log_tail();
 
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-sec").await;
@@ -654,13 +660,7 @@ async fn remote_servers_read_history_as_its_visibility_allows() {
     let fake = FakeServer::start(fake_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let base = format!(
-        "https://127.0.0.1:{}",
-        our_name
-            .rsplit_once(':')
-            .map(|(_, p)| p)
-            .unwrap_or_default()
-    );
+    let base = federation_url(&our_name);
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-vis").await;
     let room_id = alice
         .create_room(json!({
@@ -805,13 +805,7 @@ async fn a_server_outside_a_room_cannot_send_into_it() {
     let fake = FakeServer::start(fake_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let base = format!(
-        "https://127.0.0.1:{}",
-        our_name
-            .rsplit_once(':')
-            .map(|(_, p)| p)
-            .unwrap_or_default()
-    );
+    let base = federation_url(&our_name);
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-out").await;
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
     let mallory = format!("@mallory:{}", fake.server_name);

@@ -150,7 +150,6 @@ async fn every_route_survives_mutated_requests() {
         .build()
         .expect("client");
     let bodies = bodies();
-    let methods = ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "BREW"];
     let tokens: [Option<&str>; 4] = [
         Some(alice.access_token.as_str()),
         Some(bob.access_token.as_str()),
@@ -202,13 +201,8 @@ async fn every_route_survives_mutated_requests() {
                 break 'unauthenticated;
             }
             let token = [None, Some("syt_garbage_token")][rng.gen_range(0..2)];
-            let method = methods.choose(&mut rng).copied().unwrap_or("GET");
-            let body = bodies.choose(&mut rng).cloned().flatten();
-            let path = fill(pattern, &values, &mut rng)
-                + PATH_TWISTS.choose(&mut rng).copied().unwrap_or("");
-            if let Some(failure) = call(&http, &base, method, &path, token, body).await {
-                failures.push(failure);
-            }
+            let request = mutated(pattern, &values, &bodies, &mut rng);
+            failures.extend(request.send(&http, &base, token).await);
             requests += 1;
         }
     }
@@ -229,13 +223,8 @@ async fn every_route_survives_mutated_requests() {
                 break 'any;
             }
             let token = tokens.choose(&mut rng).copied().flatten();
-            let method = methods.choose(&mut rng).copied().unwrap_or("GET");
-            let body = bodies.choose(&mut rng).cloned().flatten();
-            let path = fill(pattern, &values, &mut rng)
-                + PATH_TWISTS.choose(&mut rng).copied().unwrap_or("");
-            if let Some(failure) = call(&http, &base, method, &path, token, body).await {
-                failures.push(failure);
-            }
+            let request = mutated(pattern, &values, &bodies, &mut rng);
+            failures.extend(request.send(&http, &base, token).await);
             requests += 1;
         }
     }
@@ -262,6 +251,38 @@ async fn every_route_survives_mutated_requests() {
         "mutation runner: {requests} requests over {} routes",
         routes.len()
     );
+}
+
+/// A mutated request: a method, a path (from a pattern, maybe twisted) and
+/// a body, chosen at random.
+struct Mutated {
+    method: &'static str,
+    path: String,
+    body: Option<Vec<u8>>,
+}
+
+const METHODS: [&str; 7] = ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "BREW"];
+
+fn mutated(
+    pattern: &str,
+    values: &[(&str, String)],
+    bodies: &[Option<Vec<u8>>],
+    rng: &mut impl Rng,
+) -> Mutated {
+    let method = METHODS.choose(rng).copied().unwrap_or("GET");
+    let body = bodies.choose(rng).cloned().flatten();
+    let twist = PATH_TWISTS.choose(rng).copied().unwrap_or("");
+    Mutated {
+        method,
+        path: format!("{}{twist}", fill(pattern, values, rng)),
+        body,
+    }
+}
+
+impl Mutated {
+    async fn send(self, http: &reqwest::Client, base: &str, token: Option<&str>) -> Option<String> {
+        call(http, base, self.method, &self.path, token, self.body).await
+    }
 }
 
 /// One request; a description if it was answered with a 5xx or not at all

@@ -74,21 +74,6 @@ async fn polylith_conversation_and_syncapi_kill9() {
     crate::room_apis::relations_threads_and_bundles(&server.base_url).await;
 }
 
-/// How many events a roomserver replica has accepted, from its metrics.
-async fn accepted_by(listen: &str) -> u64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("ganglion_roomserver_events_total{outcome=\"accepted\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// Sends until the server answers 200, retrying with the same transaction
 /// ID as a client does; a retry must never double the message.
 async fn send_until_ok(
@@ -141,8 +126,16 @@ async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
             expected[i].push(text);
         }
     }
-    let first_accepted = accepted_by(&server.listeners("roomserver").operator).await;
-    let second_accepted = accepted_by(&server.replica_listeners(&second).operator).await;
+    let first_accepted = metric_total(
+        &server.listeners("roomserver").operator,
+        "ganglion_roomserver_events_total{outcome=\"accepted\"}",
+    )
+    .await;
+    let second_accepted = metric_total(
+        &server.replica_listeners(&second).operator,
+        "ganglion_roomserver_events_total{outcome=\"accepted\"}",
+    )
+    .await;
     assert!(
         first_accepted > 0 && second_accepted > 0,
         "both replicas write: {first_accepted} and {second_accepted}\n{}",
@@ -392,8 +385,16 @@ async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
         expected.push(text);
     }
     all_delivered(&server, &expected, "before the kill").await;
-    let first_sent = transactions_sent_by(&server.listeners("federationsender").operator).await;
-    let second_sent = transactions_sent_by(&server.replica_listeners(&second).operator).await;
+    let first_sent = metric_total(
+        &server.listeners("federationsender").operator,
+        "ganglion_federationsender_transactions_sent_total",
+    )
+    .await;
+    let second_sent = metric_total(
+        &server.replica_listeners(&second).operator,
+        "ganglion_federationsender_transactions_sent_total",
+    )
+    .await;
     assert!(
         first_sent > 0 && second_sent > 0,
         "both replicas deliver: {first_sent} and {second_sent}\n{}",
@@ -409,21 +410,6 @@ async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
         expected.push(text);
     }
     all_delivered(&server, &expected, "after the kill").await;
-}
-
-/// Transactions a federationsender replica delivered, from its metrics.
-async fn transactions_sent_by(listen: &str) -> u64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("ganglion_federationsender_transactions_sent_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// The polylith's edges (issue: the gateway once forwarded
@@ -496,12 +482,16 @@ async fn polylith_edges_are_closed_and_internal_calls_authenticated() {
         let user_id = alice.user_id.clone();
         async move { client.get_profile(GetProfileRequest { user_id }).await }
     };
-    let refused_before = refused(&userapi.operator).await;
+    let refused_before =
+        metric_total(&userapi.operator, "ganglion_internal_calls_refused_total").await;
     let error = ask("a-guess-of-the-secret-0000")
         .await
         .expect_err("refused");
     assert!(error.to_string().contains("internal secret"), "{error}");
-    assert_eq!(refused(&userapi.operator).await, refused_before + 1);
+    assert_eq!(
+        metric_total(&userapi.operator, "ganglion_internal_calls_refused_total").await,
+        refused_before + 1
+    );
     ask(&original).await.expect("the secret opens the door");
 
     // Rotation: the new secret is accepted beside the old, then sent, then
@@ -541,8 +531,9 @@ async fn polylith_edges_are_closed_and_internal_calls_authenticated() {
     crate::bad_input::awkward_characters_round_trip(&server.base_url).await;
 }
 
-/// Internal calls a process refused, from its metrics.
-async fn refused(operator: &str) -> u64 {
+/// The sum of a metric's series whose lines start with `prefix`, from a
+/// process's operator listener.
+async fn metric_total(operator: &str, prefix: &str) -> u64 {
     let text = reqwest::get(format!("http://{operator}/metrics"))
         .await
         .expect("metrics")
@@ -550,7 +541,7 @@ async fn refused(operator: &str) -> u64 {
         .await
         .unwrap_or_default();
     text.lines()
-        .filter(|l| l.starts_with("ganglion_internal_calls_refused_total"))
+        .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
