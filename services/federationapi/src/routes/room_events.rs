@@ -99,10 +99,8 @@ impl FederationService {
             .await
             .map_err(MatrixError::from)?
             .room_version;
-        let rules = ruma::RoomVersionId::try_from(version.as_str())
-            .ok()
-            .and_then(|v| v.rules())
-            .ok_or_else(|| MatrixError::unknown(format!("unknown room version {version}")))?;
+        let rules =
+            crate::pdus::rules_for(&version).map_err(|e| MatrixError::unknown(e.to_string()))?;
         events
             .into_iter()
             .map(|(id, event)| {
