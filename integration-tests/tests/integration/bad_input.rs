@@ -3,7 +3,7 @@
 use ganglion_integration_tests::client::{Client, request};
 use ganglion_integration_tests::process::Monolith;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn bad_input_gets_the_spec_errors_and_changes_nothing() {
@@ -737,4 +737,59 @@ async fn concurrent_retries_of_a_transaction_send_once() {
         &synced["rooms"]["join"][&room_id]["timeline"]["events"],
     );
     assert_eq!(sent.len(), 5, "one event per transaction: {sent:?}");
+}
+
+/// `/context` gives the room's state at the last event the user may see,
+/// never at one after it: a user who left does not learn the room's new
+/// name from the context of an event they saw.
+#[tokio::test]
+async fn context_state_stops_at_what_the_user_may_see() {
+    use ganglion_integration_tests::client::encode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let alice = Client::register(&server.base_url, "alice", "password-alice").await;
+    let bob = Client::register(&server.base_url, "bob", "password-bob").await;
+    let room_id = alice
+        .create_room(json!({"preset": "public_chat", "name": "Before"}))
+        .await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let seen = bob.send_text(&room_id, "b1", "I was here").await;
+    let seen_id = seen.body["event_id"].as_str().expect("event_id").to_owned();
+    assert_eq!(bob.leave(&room_id).await.status, 200);
+    let renamed = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                encode(&room_id)
+            ),
+            Some(json!({"name": "Secret"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200);
+    let context = bob
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=10",
+                encode(&room_id),
+                encode(&seen_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(context.status, 200, "{context:?}");
+    let names: Vec<&Value> = context.body["state"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.name")
+        .map(|e| &e["content"]["name"])
+        .collect();
+    assert_eq!(names, [&json!("Before")], "{}", context.body);
+    assert!(
+        !context.body.to_string().contains("Secret"),
+        "{}",
+        context.body
+    );
 }

@@ -75,8 +75,13 @@ pub(crate) async fn context(
     let event = render_visible(&service, &reader, &device, [&row], true).await?;
     let events_before = render_visible(&service, &reader, &device, &before, true).await?;
     let events_after = render_visible(&service, &reader, &device, &after, true).await?;
-    // The room's state at the last event returned.
-    let last = after.last().map(|e| e.offset).unwrap_or(row.offset);
+    // The room's state at the last event returned: the last one the user
+    // may see (a state at a later one would tell what they may not).
+    let last = after
+        .iter()
+        .rev()
+        .find(|e| reader.may_see(e))
+        .map_or(row.offset, |e| e.offset);
     let state: Vec<Value> = service
         .storage
         .state_at(&room_id, last + 1, None)
