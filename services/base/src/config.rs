@@ -94,6 +94,9 @@ pub struct RetentionConfig {
     /// The roomserver's record of inputs it processed (a record of the
     /// input topic redelivered after this long is processed again).
     pub processed_inputs_days: u64,
+    /// A destination that has failed this long without a success has its
+    /// queue dropped (it is still tried with what is sent from then on).
+    pub dead_destination_days: u64,
 }
 
 impl Default for RetentionConfig {
@@ -101,6 +104,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             transaction_ids_hours: 24,
             processed_inputs_days: 7,
+            dead_destination_days: 7,
         }
     }
 }
@@ -112,6 +116,10 @@ impl RetentionConfig {
 
     pub fn processed_inputs(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.processed_inputs_days * 86_400)
+    }
+
+    pub fn dead_destination(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.dead_destination_days * 86_400)
     }
 }
 
@@ -823,6 +831,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "password_hashing_queue" => "Password checks waiting at most; more get 429.",
         "max_syncs_per_user" => "Long-polling /sync requests one user may hold open at once.",
         "transaction_ids_hours" => "Client and federation transaction IDs are kept this long.",
+        "dead_destination_days" => "A destination failing this long has its queue dropped.",
         "processed_inputs_days" => "The roomserver's record of processed inputs is kept this long.",
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",

@@ -68,6 +68,20 @@ pub async fn start(
     let db = Database::open_for_service_one_writer(config, "federationsender", storage::MIGRATIONS)
         .await?;
     let storage = Storage { db: db.clone() };
+    let pruned = storage.clone();
+    let keep = config.retention.dead_destination();
+    ganglion_base::pruning::spawn(
+        "dead_destination_queues",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let storage = pruned.clone();
+            async move {
+                storage
+                    .prune_dead_destinations(ganglion_base::clock::ago_ms(keep))
+                    .await
+            }
+        },
+    );
     let topics = Topics::new(&config.log.topic_prefix);
     log.ensure_topic(&topics.roomserver_output, config.log.partitions)
         .await?;

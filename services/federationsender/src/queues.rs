@@ -358,7 +358,8 @@ impl Queues {
                 crate::internal_events::TRANSACTIONS_FAILED
                     .with_label_values::<&str>(&[])
                     .inc();
-                if let Err(error) = self.storage.failed(destination, now_ms() + delay).await {
+                let now = now_ms();
+                if let Err(error) = self.storage.failed(destination, now, now + delay).await {
                     tracing::warn!(destination, ?error, "federationsender: recording a failure");
                 }
             }

@@ -166,10 +166,16 @@ async fn queues_follow_membership(database_url: Option<String>) {
         .await
         .expect("release");
     // Failures count up; delivery clears them and the queue.
-    let until = storage.failed("them.example", 123).await.expect("failed");
+    let until = storage
+        .failed("them.example", 100, 123)
+        .await
+        .expect("failed");
     assert_eq!(until, 1);
     assert_eq!(
-        storage.failed("them.example", 456).await.expect("failed"),
+        storage
+            .failed("them.example", 100, 456)
+            .await
+            .expect("failed"),
         2
     );
     assert_eq!(
@@ -185,6 +191,33 @@ async fn queues_follow_membership(database_url: Option<String>) {
     assert_eq!(
         storage.retry_state("them.example").await.expect("state"),
         (0, 0)
+    );
+
+    // A destination failing since long ago has its queue dropped; one
+    // failing since recently keeps it.
+    storage
+        .failed("them.example", 1_000, 2_000)
+        .await
+        .expect("failed");
+    assert_eq!(
+        storage.prune_dead_destinations(1_000).await.expect("prune"),
+        0
+    );
+    assert_eq!(
+        storage.prune_dead_destinations(1_001).await.expect("prune"),
+        1
+    );
+    assert!(
+        storage
+            .queued("them.example", 50)
+            .await
+            .expect("queued")
+            .is_empty()
+    );
+    assert_eq!(
+        storage.retry_state("them.example").await.expect("state").0,
+        1,
+        "still tried"
     );
 }
 

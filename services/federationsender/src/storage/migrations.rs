@@ -65,4 +65,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Since when a destination has failed without a success between, so
+    // the queue of one that stays unreachable can be dropped (rows from
+    // before count from their next retry).
+    Migration {
+        version: 5,
+        description: "destinations failing since",
+        sql: "
+            ALTER TABLE destinations ADD COLUMN failing_since_ms BIGINT NOT NULL DEFAULT 0;
+            UPDATE destinations SET failing_since_ms = retry_at_ms;
+        ",
+    },
 ];

@@ -304,22 +304,48 @@ impl Storage {
         Ok(())
     }
 
-    /// Records a failed attempt; the number of failures in a row.
+    /// Records a failed attempt at `now_ms`; the number of failures in a row.
     pub(crate) async fn failed(
         &self,
         destination: &str,
+        now_ms: i64,
         retry_at_ms: i64,
     ) -> Result<i64, StorageError> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO destinations (server_name, failures, retry_at_ms) VALUES ($1, 1, $2)
+            "INSERT INTO destinations (server_name, failures, retry_at_ms, failing_since_ms)
+             VALUES ($1, 1, $2, $3)
              ON CONFLICT (server_name) DO UPDATE
              SET failures = destinations.failures + 1, retry_at_ms = excluded.retry_at_ms
              RETURNING failures",
         )
         .bind(destination)
         .bind(retry_at_ms)
+        .bind(now_ms)
         .fetch_one(&self.db.pool)
         .await?)
+    }
+
+    /// Drops the queues of destinations that have failed without a success
+    /// since before `before_ms` (their record stays, so they are still
+    /// tried, with what is sent from now on); how many queued items went.
+    pub(crate) async fn prune_dead_destinations(
+        &self,
+        before_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let mut dropped = 0;
+        for table in ["queued_pdus", "queued_edus"] {
+            dropped += sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE destination IN
+                 (SELECT server_name FROM destinations WHERE failing_since_ms < $1)"
+            )))
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(dropped)
     }
 
     /// A destination's failures in a row and when to try again (ms).
