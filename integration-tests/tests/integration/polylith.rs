@@ -34,7 +34,7 @@ async fn database_urls(name: &str) -> Vec<(&'static str, String)> {
     urls
 }
 
-async fn start(dir: &std::path::Path, name: &str) -> Polylith {
+pub(crate) async fn start(dir: &std::path::Path, name: &str) -> Polylith {
     Polylith::start(dir, &database_urls(name).await).await
 }
 

@@ -184,7 +184,36 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
         .layer(axum::middleware::from_fn(move |req, next| {
             observe(service, req, next)
         }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            read_declared_body(max_body_bytes, req, next)
+        }))
         .layer(tower_http::cors::CorsLayer::very_permissive())
+}
+
+/// Reads a body whose declared length is within the limit before the
+/// handler runs, whether the handler wants it or not. An answer sent
+/// while a body is still unread makes the server close the connection,
+/// and a client (the gateway, keeping connections to the services) that
+/// sends its next request on it gets an error instead of an answer.
+async fn read_declared_body(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > 0 && length <= limit => {
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, limit).await {
+                Ok(bytes) => {
+                    next.run(Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                }
+                Err(_) => MatrixError::not_json("Could not read the request body").into_response(),
+            }
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Whether a request's path or query holds an encoded U+0000, which no

@@ -12,7 +12,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use ganglion_base::MatrixError;
@@ -112,7 +112,10 @@ async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
         Ok(body) => body,
         Err(_) => return MatrixError::too_large("Request body too large").into_response(),
     };
-    let mut outgoing = forward.client.request(parts.method, &url).body(body);
+    let mut outgoing = forward
+        .client
+        .request(parts.method.clone(), &url)
+        .body(body);
     for (name, value) in &parts.headers {
         if !is_hop_by_hop(name) && name != "x-forwarded-for" {
             outgoing = outgoing.header(name, value);
@@ -135,7 +138,19 @@ async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
         };
         outgoing = outgoing.header("x-forwarded-for", forwarded);
     }
-    match outgoing.send().await {
+    // A kept-alive connection the service has just closed fails the
+    // request sent on it; an idempotent one is sent once more on a fresh
+    // connection (POSTs are not: the first may have been taken).
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    );
+    let again = idempotent.then(|| outgoing.try_clone()).flatten();
+    let sent = match (outgoing.send().await, again) {
+        (Err(error), Some(again)) if !error.is_timeout() => again.send().await,
+        (sent, _) => sent,
+    };
+    match sent {
         Ok(response) => {
             let status = response.status();
             let headers = response.headers().clone();
