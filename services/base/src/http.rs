@@ -152,24 +152,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     };
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-    if json_holds_nul(&value) {
+    if crate::limits::json_holds_nul(&value) {
         return Err(MatrixError::bad_json("Strings may not hold U+0000"));
     }
     serde_json::from_value(value)
         .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))
-}
-
-/// Whether any key or string in a JSON value holds U+0000 (which nothing
-/// Matrix stores may hold, and PostgreSQL cannot).
-fn json_holds_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(text) => text.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(json_holds_nul),
-        serde_json::Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| key.contains('\0') || json_holds_nul(value)),
-        _ => false,
-    }
 }
 
 /// Turns a router into a Matrix one: unknown paths → 404 `M_UNRECOGNIZED`,

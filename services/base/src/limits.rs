@@ -150,6 +150,18 @@ pub fn holds_nul(object: &ruma::CanonicalJsonObject) -> bool {
         .any(|(key, value)| key.contains('\0') || value_holds_nul(value))
 }
 
+/// [`holds_nul`] for a request's JSON before it is typed.
+pub fn json_holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_holds_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || json_holds_nul(value)),
+        _ => false,
+    }
+}
+
 /// At most 64 characters of `value`, for an error message.
 fn shortened(value: &str) -> String {
     let mut out: String = value.chars().take(64).collect();

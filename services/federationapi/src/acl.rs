@@ -42,6 +42,20 @@ impl FederationService {
         Ok(allows(acl.event_json.as_deref(), origin))
     }
 
+    /// The room's version, as the roomserver holds it.
+    pub(crate) async fn room_version(
+        &self,
+        room_id: &str,
+    ) -> Result<String, ganglion_api::ApiError> {
+        Ok(self
+            .roomserver
+            .query_room_version(ganglion_api::proto::roomserver::QueryRoomVersionRequest {
+                room_id: room_id.to_owned(),
+            })
+            .await?
+            .room_version)
+    }
+
     /// Whether the room exists here and `origin` has a user joined to it.
     pub(crate) async fn server_in_room(
         &self,

@@ -49,13 +49,7 @@ impl FederationService {
             return Err(ApiError::InvalidInput(format!("{bad} is not an event ID")));
         }
         let limit = request.limit.clamp(1, MAX_BACKFILL);
-        let version = self
-            .roomserver
-            .query_room_version(pb::QueryRoomVersionRequest {
-                room_id: request.room_id.clone(),
-            })
-            .await?
-            .room_version;
+        let version = self.room_version(&request.room_id).await?;
         let mut answer = fed_pb::BackfillResponse::default();
         for server in self
             .servers_by_members(&request.room_id)

@@ -147,13 +147,9 @@ async fn take_membership(
 ) -> Result<(), MatrixError> {
     service.require_acl(room_id, origin).await?;
     let version = service
-        .roomserver
-        .query_room_version(pb::QueryRoomVersionRequest {
-            room_id: room_id.to_owned(),
-        })
+        .room_version(room_id)
         .await
-        .map_err(MatrixError::from)?
-        .room_version;
+        .map_err(MatrixError::from)?;
     let checked = pdus::check(&service.key_ring, &version, pdu)
         .await
         .map_err(|e| MatrixError::bad_json(e.to_string()))?;

@@ -92,13 +92,9 @@ impl FederationService {
             return Ok(events.into_iter().map(|(_, event)| event).collect());
         }
         let version = self
-            .roomserver
-            .query_room_version(pb::QueryRoomVersionRequest {
-                room_id: room_id.to_owned(),
-            })
+            .room_version(room_id)
             .await
-            .map_err(MatrixError::from)?
-            .room_version;
+            .map_err(MatrixError::from)?;
         let rules =
             crate::pdus::rules_for(&version).map_err(|e| MatrixError::unknown(e.to_string()))?;
         events

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use ganglion_api::proto::roomserver as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
@@ -119,15 +118,9 @@ async fn receive_pdu(
     let room = match rooms.get(room_id) {
         Some(room) => room.clone(),
         None => {
-            let room = match service
-                .roomserver
-                .query_room_version(pb::QueryRoomVersionRequest {
-                    room_id: room_id.to_owned(),
-                })
-                .await
-            {
+            let room = match service.room_version(room_id).await {
                 Ok(version) => Some((
-                    version.room_version,
+                    version,
                     service.acl_allows(room_id, origin).await.unwrap_or(false),
                     service
                         .server_in_room(room_id, origin)
