@@ -886,3 +886,51 @@ async fn a_server_outside_a_room_cannot_send_into_it() {
         since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
     }
 }
+
+/// Requests naming an origin whose keys cannot be had (forged, or a server
+/// that is down) cost one outbound fetch of its keys, not one each: the
+/// origin is not asked again for a while, and every request is still
+/// refused with 401.
+#[tokio::test]
+async fn an_origin_without_keys_is_fetched_once_not_per_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let base = federation_url(&our_name);
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let fetches = |outcome: &'static str| {
+        let url = format!("{}/metrics", ours.operator_url);
+        async move {
+            let text = reqwest::get(url)
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .unwrap_or_default();
+            let series = format!("ganglion_server_key_fetches_total{{outcome=\"{outcome}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let (failed, skipped) = (fetches("failed").await, fetches("skipped").await);
+    let header = format!(
+        "X-Matrix origin=\"unreachable.invalid\",destination=\"{our_name}\",key=\"ed25519:a\",sig=\"AAAA\""
+    );
+    for _ in 0..10 {
+        let answer = http
+            .get(format!(
+                "{base}/_matrix/federation/v1/query/profile?user_id=%40alice%3A{}",
+                encode(&our_name)
+            ))
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 401);
+    }
+    assert_eq!(fetches("failed").await - failed, 1, "one fetch");
+    assert_eq!(fetches("skipped").await - skipped, 9, "then none");
+}

@@ -15,6 +15,7 @@ mod monolith;
 mod mutations;
 mod polylith;
 mod room_apis;
+mod room_behaviours;
 mod sdk_scenarios;
 mod sliding_sync;
 mod synapse_peer;

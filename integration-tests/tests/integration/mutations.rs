@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::fake_server::FakeServer;
 use ganglion_integration_tests::process::Monolith;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -129,6 +130,170 @@ async fn every_route_survives_mutated_requests_in_the_polylith() {
     let server = crate::polylith::start(dir.path(), "mutations").await;
     let operator = server.gateway_operator_url();
     mutate_every_route(&server.base_url, &operator, server.env(), budget(20)).await;
+}
+
+/// The federation listener, walked as a remote server would: requests
+/// unsigned, forged, signed for another server, and signed properly by a
+/// server that is in the room. No 5xx, and nothing a request without a
+/// valid signature sent changes the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_federation_route_survives_mutated_requests() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = Monolith::federating(dir.path()).await;
+    let port = our_name
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    let federation = format!("https://127.0.0.1:{port}");
+    let alice = Client::register(&ours.base_url, "alice", "password-alice").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mallory = format!("@mallory:{}", fake.server_name);
+    fake.join_room((&federation, &our_name), &room_id, &mallory)
+        .await;
+    let sent = alice.send_text(&room_id, "m1", "hello").await;
+    let event_id = sent.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let values = [
+        ("room_id", room_id.clone()),
+        ("event_id", event_id.clone()),
+        ("user_id", mallory.clone()),
+        ("txn_id", "t-mutation".to_owned()),
+        ("server_name", our_name.clone()),
+        ("key_id", "ed25519:a_x".to_owned()),
+    ];
+    let routes: Vec<String> = routes(&ours.env)
+        .into_iter()
+        .filter(|(service, _)| service == "federationapi")
+        .map(|(_, path)| path)
+        .collect();
+    assert!(routes.len() > 20, "the table: {routes:?}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let bodies = bodies();
+    let snapshot = || {
+        let alice = alice.clone();
+        let room_id = room_id.clone();
+        async move {
+            let state = alice
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/_matrix/client/v3/rooms/{}/state", encode(&room_id)),
+                    None,
+                )
+                .await;
+            let mut history = alice.messages(&room_id, None, "b", 100).await["chunk"].clone();
+            for event in history.as_array_mut().into_iter().flatten() {
+                if let Some(event) = event.as_object_mut() {
+                    event.remove("unsigned");
+                }
+            }
+            (state.body, history)
+        }
+    };
+    // The header a request gets: (kind, value); kinds 0 to 2 carry no
+    // valid signature.
+    let header = |kind: u8, request: &Mutated| -> Option<String> {
+        let content: Option<serde_json::Value> = request
+            .body
+            .as_deref()
+            .and_then(|body| serde_json::from_slice(body).ok())
+            .filter(|value: &serde_json::Value| {
+                serde_json::from_value::<ruma::CanonicalJsonValue>(value.clone()).is_ok()
+            });
+        match kind {
+            0 => None,
+            1 => Some("X-Matrix origin=\"evil.test\",key=\"ed25519:x\",sig=\"AAAA\"".to_owned()),
+            2 => Some(fake.authorization(
+                "elsewhere.test",
+                request.method,
+                &request.path,
+                content.as_ref(),
+            )),
+            _ => {
+                Some(fake.authorization(&our_name, request.method, &request.path, content.as_ref()))
+            }
+        }
+    };
+
+    let budget = budget(20);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let started = Instant::now();
+    let mut requests = 0;
+    let mut failures: Vec<String> = Vec::new();
+    let before = snapshot().await;
+    // Phase 1 (a third of the time): no valid signature, and the room must
+    // look the same after; phase 2: any header, signed ones too.
+    for (deadline, kinds) in [(budget / 3, 3), (budget, 6)] {
+        'phase: loop {
+            let mut order: Vec<&String> = routes.iter().collect();
+            order.shuffle(&mut rng);
+            for pattern in order {
+                if started.elapsed() > deadline {
+                    break 'phase;
+                }
+                let request = mutated(pattern, &values, &bodies, &mut rng);
+                let authorization = header(rng.gen_range(0..kinds), &request);
+                failures.extend(
+                    call(
+                        &http,
+                        &federation,
+                        request.method,
+                        &request.path,
+                        authorization.as_deref(),
+                        request.body,
+                    )
+                    .await,
+                );
+                requests += 1;
+            }
+        }
+        if kinds == 3 {
+            assert_eq!(
+                before,
+                snapshot().await,
+                "requests without a valid signature changed the room"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        ours.process.log_tail()
+    );
+    let health = reqwest::get(format!("{}/healthz", ours.operator_url))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        alice
+            .send_text(&room_id, "after", "still here")
+            .await
+            .status,
+        200
+    );
+    let (status, _) = fake
+        .request(
+            &federation,
+            &our_name,
+            reqwest::Method::GET,
+            &format!("/_matrix/federation/v1/event/{}", encode(&event_id)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the member server is still served");
+    eprintln!(
+        "federation mutation runner: {requests} requests over {} routes",
+        routes.len()
+    );
 }
 
 /// `TEST_MUTATION_SECONDS`, else `default` seconds.
@@ -310,7 +475,16 @@ fn mutated(
 
 impl Mutated {
     async fn send(self, http: &reqwest::Client, base: &str, token: Option<&str>) -> Option<String> {
-        call(http, base, self.method, &self.path, token, self.body).await
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        call(
+            http,
+            base,
+            self.method,
+            &self.path,
+            authorization.as_deref(),
+            self.body,
+        )
+        .await
     }
 }
 
@@ -322,7 +496,7 @@ async fn call(
     base: &str,
     method: &str,
     path: &str,
-    token: Option<&str>,
+    authorization: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Option<String> {
     let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
@@ -330,8 +504,8 @@ async fn call(
     let mut last_error = None;
     for _ in 0..2 {
         let mut request = http.request(method.clone(), format!("{base}{path}"));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         if let Some(body) = &body {
             request = request

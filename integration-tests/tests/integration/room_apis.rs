@@ -1194,20 +1194,107 @@ pub(crate) async fn guests_where_guest_access_allows(base_url: &str) {
             .status,
         200
     );
+    // Since v1.2 guests send any event type, and state too (their power
+    // level, not their being a guest, decides that).
     let other = put(
         &guest,
         &room_path(&room_id, "send/org.example.custom/g2"),
         json!({}),
     )
     .await;
-    assert_eq!(other.errcode(), "M_GUEST_ACCESS_FORBIDDEN");
+    assert_eq!(other.status, 200, "{other:?}");
     let state = put(
         &guest,
         &room_path(&room_id, "state/m.room.topic/"),
         json!({"topic": "x"}),
     )
     .await;
-    assert_eq!(state.errcode(), "M_GUEST_ACCESS_FORBIDDEN");
+    assert_eq!((state.status, state.errcode()), (403, "M_FORBIDDEN"));
+    // What the spec opens to guests, and what clients need beside it.
+    for path in [
+        "/_matrix/client/v3/sync?timeout=0",
+        "/_matrix/client/v3/capabilities",
+        "/_matrix/client/v3/joined_rooms",
+        &room_path(&room_id, "state"),
+        &room_path(&room_id, "messages?dir=b"),
+        &room_path(&room_id, "joined_members"),
+    ] {
+        let answer = get(&guest, path).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+    }
+    let filter = post(
+        &guest,
+        &format!("/_matrix/client/v3/user/{}/filter", guest.user_id),
+        json!({"room": {"timeline": {"limit": 5}}}),
+    )
+    .await;
+    assert_eq!(filter.status, 200, "{filter:?}");
+    let keys = post(
+        &guest,
+        "/_matrix/client/v3/keys/query",
+        json!({"device_keys": {alice.user_id.clone(): []}}),
+    )
+    .await;
+    assert_eq!(keys.status, 200, "{keys:?}");
+    let name = put(
+        &guest,
+        &format!("/_matrix/client/v3/profile/{}/displayname", guest.user_id),
+        json!({"displayname": "Visitor"}),
+    )
+    .await;
+    assert_eq!(name.status, 200, "{name:?}");
+    // And what only accounts may do.
+    let avatar = put(
+        &guest,
+        &format!("/_matrix/client/v3/profile/{}/avatar_url", guest.user_id),
+        json!({"avatar_url": "mxc://example.org/abc"}),
+    )
+    .await;
+    assert_eq!(avatar.errcode(), "M_GUEST_ACCESS_FORBIDDEN");
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.x",
+                guest.user_id
+            ),
+            json!({}),
+        ),
+        (
+            Method::GET,
+            "/_matrix/client/v3/pushrules/".to_owned(),
+            json!(null),
+        ),
+        (
+            Method::POST,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync".to_owned(),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload".to_owned(),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/_matrix/client/v3/logout/all".to_owned(),
+            json!({}),
+        ),
+    ] {
+        let answer = ganglion_integration_tests::client::request(
+            &http,
+            method.clone(),
+            &format!("{base_url}{path}"),
+            Some(&guest.access_token),
+            (!body.is_null()).then(|| body.to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.errcode()),
+            (403, "M_GUEST_ACCESS_FORBIDDEN"),
+            "{method} {path}: {answer:?}"
+        );
+    }
     assert_eq!(
         moderate(&guest, &room_id, "invite", &alice.user_id)
             .await

@@ -86,3 +86,62 @@ pub fn valid_localpart(localpart: &str) -> bool {
             |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
         )
 }
+
+/// A state whose handlers can tell who is asking: it holds the userapi.
+pub trait Authenticates: Send + Sync {
+    fn users(&self) -> &UsersHandle;
+}
+
+impl<T: Authenticates> Authenticates for std::sync::Arc<T> {
+    fn users(&self) -> &UsersHandle {
+        (**self).users()
+    }
+}
+
+/// The device behind a request's access token, for a route only full
+/// accounts may use: a guest's token gets 403 `M_GUEST_ACCESS_FORBIDDEN`,
+/// a missing or unknown one 401. Taking this (or [`UserOrGuest`]) as a
+/// handler's argument is how a route declares who may call it; it runs
+/// before the body is read.
+pub struct User(pub pb::Device);
+
+/// The device behind a request's access token, for a route the spec opens
+/// to guests too (its "Guest access" module, and what clients need beside
+/// it: filters, capabilities, presence).
+pub struct UserOrGuest(pub pb::Device);
+
+/// Resolves the token of a request's `parts`.
+async fn device_of<S: Authenticates>(
+    parts: &http::request::Parts,
+    state: &S,
+) -> Result<pb::Device, ganglion_base::MatrixError> {
+    authenticate(state.users(), &parts.headers, parts.uri.query()).await
+}
+
+impl<S: Authenticates> axum::extract::FromRequestParts<S> for User {
+    type Rejection = ganglion_base::MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let device = device_of(parts, state).await?;
+        if device.is_guest {
+            return Err(ganglion_base::MatrixError::guest_access_forbidden(
+                "Guests may not do this",
+            ));
+        }
+        Ok(User(device))
+    }
+}
+
+impl<S: Authenticates> axum::extract::FromRequestParts<S> for UserOrGuest {
+    type Rejection = ganglion_base::MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(UserOrGuest(device_of(parts, state).await?))
+    }
+}

@@ -171,10 +171,12 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
         .layer(axum::middleware::from_fn(move |req, next| {
             observe(service, req, next)
         }))
+        .layer(tower_http::cors::CorsLayer::very_permissive())
+        // Outermost, so that answers given before the router (CORS
+        // preflights) find the body read too.
         .layer(axum::middleware::from_fn(move |req, next| {
             read_declared_body(max_body_bytes, req, next)
         }))
-        .layer(tower_http::cors::CorsLayer::very_permissive())
 }
 
 /// Reads a body whose declared length is within the limit before the

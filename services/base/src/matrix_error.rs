@@ -70,6 +70,11 @@ impl MatrixError {
             "Unknown access token",
         )
     }
+    /// 403 `M_GUEST_ACCESS_FORBIDDEN`: a guest asked for what only
+    /// accounts may do.
+    pub fn guest_access_forbidden(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", error)
+    }
     pub fn too_large(error: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", error)
     }

@@ -38,11 +38,16 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// The request's `X-Matrix` authorization, or 401 `M_UNAUTHORIZED`.
+fn x_matrix_of(headers: &axum::http::HeaderMap) -> Result<XMatrix, MatrixError> {
+    XMatrix::extract_from_http_headers(headers)
+        .map_err(|e| unauthorized(format!("no valid X-Matrix authorization: {e}")))
+}
+
 async fn verified(service: &FederationService, request: Request) -> Result<Request, MatrixError> {
     let (mut parts, body) = request.into_parts();
     // The header first: a request without one is not worth reading.
-    let header = XMatrix::extract_from_http_headers(&parts.headers)
-        .map_err(|e| unauthorized(format!("no valid X-Matrix authorization: {e}")))?;
+    let header = x_matrix_of(&parts.headers)?;
     let bytes = axum::body::to_bytes(body, service.max_body_bytes)
         .await
         .map_err(|_| MatrixError::too_large("Request body too large"))?;
@@ -70,4 +75,56 @@ async fn verified(service: &FederationService, request: Request) -> Result<Reque
     tracing::Span::current().record("origin", origin.as_str());
     parts.extensions.insert(Origin(origin));
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// The `Authorization` header is the first thing a stranger's request
+/// reaches: any value gets a parsed header or 401, never a panic, and a
+/// well-formed header reads back as written.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(value: &[u8]) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        if let Ok(value) = axum::http::HeaderValue::from_bytes(value) {
+            headers.insert(axum::http::header::AUTHORIZATION, value);
+        }
+        headers
+    }
+
+    proptest! {
+        #[test]
+        fn any_authorization_is_parsed_or_refused_with_401(
+            value in prop_oneof![
+                any::<Vec<u8>>(),
+                "X-Matrix [ -~]{0,200}".prop_map(String::into_bytes),
+                "X-Matrix (origin|destination|key|sig)=(\"[^\"]{0,30}\"|[a-z:.0-9]{0,30})(,[a-z]{1,11}=\"?[ -~]{0,20}\"?){0,6}"
+                    .prop_map(String::into_bytes),
+            ]
+        ) {
+            if let Err(error) = x_matrix_of(&header(&value)) {
+                prop_assert_eq!(error.status, StatusCode::UNAUTHORIZED);
+                prop_assert_eq!(error.errcode, "M_UNAUTHORIZED");
+            }
+        }
+
+        #[test]
+        fn a_well_formed_header_reads_back(
+            origin in "[a-z]{1,10}\\.[a-z]{2,5}(:[1-9][0-9]{0,3})?",
+            destination in "[a-z]{1,10}\\.[a-z]{2,5}",
+            version in "[a-zA-Z0-9_]{1,10}",
+            sig in proptest::collection::vec(any::<u8>(), 64),
+        ) {
+            let value = format!(
+                "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"ed25519:{version}\",sig=\"{}\"",
+                Base64::<ruma::serde::base64::Standard, _>::new(sig.clone()).encode()
+            );
+            let parsed = x_matrix_of(&header(value.as_bytes())).expect("well-formed");
+            prop_assert_eq!(parsed.origin.as_str(), origin.as_str());
+            prop_assert_eq!(parsed.destination.as_ref().map(|d| d.as_str()), Some(destination.as_str()));
+            prop_assert_eq!(parsed.key.to_string(), format!("ed25519:{version}"));
+            prop_assert_eq!(parsed.sig.as_bytes(), sig.as_slice());
+        }
+    }
 }

@@ -292,10 +292,7 @@ impl Discovery {
         let bytes = crate::client::read_capped(response, MAX_WELL_KNOWN_BYTES)
             .await
             .ok()?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        let delegated = body.get("m.server")?.as_str()?;
-        ruma::ServerName::parse(delegated).ok()?;
-        Some(delegated.to_owned())
+        delegation_of(&bytes)
     }
 
     /// The best SRV record of `_matrix-fed._tcp.<name>`, else of the
@@ -320,6 +317,15 @@ impl Discovery {
         }
         None
     }
+}
+
+/// The server name a well-known answer delegates to: its `m.server`, if
+/// the answer is a JSON object and that is a valid server name.
+pub(crate) fn delegation_of(answer: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let delegated = body.get("m.server")?.as_str()?;
+    ruma::ServerName::parse(delegated).ok()?;
+    Some(delegated.to_owned())
 }
 
 fn srv_resolver(nameservers: &[String]) -> Option<hickory_resolver::TokioResolver> {
@@ -798,5 +804,76 @@ mod tests {
             found("nothing.test:1234").await,
             done("nothing.test", 1234, None, "nothing.test:1234")
         );
+    }
+}
+
+/// The answers discovery reads from outside (server names, well-known
+/// files) never panic it, and what it makes of them obeys the spec's steps.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Server names of every shape the grammar allows.
+    fn server_name() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,3}",
+            any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_string()),
+            any::<[u16; 8]>().prop_map(|s| format!("[{}]", std::net::Ipv6Addr::from(s))),
+        ];
+        (host, proptest::option::of(any::<u16>())).prop_map(|(host, port)| match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_name_is_planned_or_refused(name in any::<String>()) {
+            if let Some(Plan::Done(destination)) = plan(&name) {
+                prop_assert_eq!(destination.host_header, name);
+            }
+        }
+
+        #[test]
+        fn valid_names_follow_steps_one_and_two(name in server_name()) {
+            let (host, port) = split_host_port(&name).expect("a valid name splits");
+            match plan(&name).expect("a valid name has a plan") {
+                Plan::Done(destination) => {
+                    prop_assert!(is_ip_literal(&host) || port.is_some());
+                    prop_assert_eq!(destination.port, port.unwrap_or(DEFAULT_PORT));
+                    prop_assert_eq!(destination.host, host);
+                }
+                Plan::WellKnown { hostname } => {
+                    prop_assert!(!is_ip_literal(&host) && port.is_none());
+                    prop_assert_eq!(hostname, name);
+                }
+            }
+        }
+
+        #[test]
+        fn any_well_known_answer_is_a_server_name_or_none(answer in any::<Vec<u8>>()) {
+            if let Some(delegated) = delegation_of(&answer) {
+                prop_assert!(ruma::ServerName::parse(&delegated).is_ok());
+            }
+        }
+
+        #[test]
+        fn a_well_known_object_delegates_to_its_valid_name(
+            delegated in prop_oneof![server_name(), any::<String>()],
+            extra in any::<String>(),
+        ) {
+            let answer = serde_json::json!({ "m.server": delegated, "extra": extra });
+            let found = delegation_of(answer.to_string().as_bytes());
+            let valid = ruma::ServerName::parse(&delegated).is_ok();
+            prop_assert_eq!(found.is_some(), valid);
+            // Whatever the delegation, the destination is the delegated
+            // name's or, failing that, the host's own.
+            let hostname = "origin.test";
+            match after_well_known(hostname, found.as_deref()) {
+                Ok(destination) => prop_assert!(valid && destination.host_header == delegated),
+                Err(name) => prop_assert!(name == hostname || (valid && name == delegated)),
+            }
+        }
     }
 }

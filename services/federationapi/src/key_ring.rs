@@ -41,7 +41,25 @@ pub(crate) struct KeyRing {
     cache: std::sync::Mutex<
         ganglion_base::bounded::Bounded<String, (Vec<StoredKey>, std::time::Instant)>,
     >,
+    /// Servers whose own key endpoint failed lately, and when: not asked
+    /// again for [`RETRY_DIRECT_AFTER`], so requests naming an origin that
+    /// does not answer (forged ones, say) cost one outbound fetch, not one
+    /// each.
+    failed_direct: std::sync::Mutex<ganglion_base::bounded::Bounded<String, std::time::Instant>>,
 }
+
+static KEY_FETCHES: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(
+    || {
+        ganglion_base::metrics::counter_vec(
+            "ganglion_server_key_fetches_total",
+            "Fetches of other servers' signing keys from the servers themselves, by outcome (ok, failed, skipped: failed lately)",
+            &["outcome"],
+        )
+    },
+);
+
+/// How long a server whose key endpoint failed is not asked again.
+const RETRY_DIRECT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long keys read from the database are used without reading again.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -142,6 +160,7 @@ impl KeyRing {
             notaries,
             own,
             cache: std::sync::Mutex::new(ganglion_base::bounded::Bounded::new(cache_size)),
+            failed_direct: std::sync::Mutex::new(ganglion_base::bounded::Bounded::new(cache_size)),
         }
     }
 
@@ -196,7 +215,7 @@ impl KeyRing {
         if found.len() == key_ids.len() {
             return Ok(found);
         }
-        if let Err(error) = self.fetch_direct(server).await {
+        if let Err(error) = self.fetch_direct_unless_failed_lately(server).await {
             tracing::info!(server, %error, "fetching server keys directly failed");
         }
         let found = held(self.stored_keys(server).await?);
@@ -229,6 +248,39 @@ impl KeyRing {
             .await?
             .remove(key_id)
             .ok_or_else(|| KeyError::Missing(server.to_owned(), key_id.to_owned()))
+    }
+
+    /// [`Self::fetch_direct`] for a request that names `server` as its
+    /// origin: not again for a while after a failure. (A notary query,
+    /// from a server that trusts us, always asks.)
+    async fn fetch_direct_unless_failed_lately(&self, server: &str) -> Result<(), FederationError> {
+        let failed_lately = self
+            .failed_direct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .is_some_and(|at| at.elapsed() < RETRY_DIRECT_AFTER);
+        if failed_lately {
+            KEY_FETCHES.with_label_values(&["skipped"]).inc();
+            return Err(FederationError::Request(
+                server.to_owned(),
+                "failed lately; not asked again yet".into(),
+            ));
+        }
+        let fetched = self.fetch_direct(server).await;
+        let mut failed = self.failed_direct.lock().unwrap_or_else(|e| e.into_inner());
+        KEY_FETCHES
+            .with_label_values(&[if fetched.is_ok() { "ok" } else { "failed" }])
+            .inc();
+        match &fetched {
+            Ok(()) => {
+                failed.remove(server);
+            }
+            Err(_) => {
+                failed.insert(server.to_owned(), std::time::Instant::now());
+            }
+        }
+        fetched
     }
 
     async fn fetch_direct(&self, server: &str) -> Result<(), FederationError> {

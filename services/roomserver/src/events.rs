@@ -652,7 +652,7 @@ pub(crate) fn history_visibility(state: &StateMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn content_value(pdu: &Pdu) -> serde_json::Value {
+pub(crate) fn content_value(pdu: &Pdu) -> serde_json::Value {
     serde_json::from_str(pdu.content.get()).unwrap_or_default()
 }
 

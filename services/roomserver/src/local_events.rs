@@ -109,11 +109,15 @@ impl RoomserverService {
             )
             .await?;
         }
+        let written = Written {
+            new: &event_ids,
+            answer: &event_ids,
+        };
         self.finish_local(
             writer,
             head,
             input,
-            &event_ids,
+            written,
             new_room.alias.as_deref(),
             outputs,
         )
@@ -143,10 +147,17 @@ impl RoomserverService {
             let mut writer = self.storage.begin_room_write(&input.room_id, None).await?;
             let mut outputs = Vec::new();
             let mut event_ids = Vec::new();
+            // What the request is answered with: the new events, and for a
+            // state event that would change nothing, the one in place.
+            let mut answer_ids = Vec::new();
             for template in &new_events.templates {
+                if let Some(unchanged) = unchanged_state(&head, template) {
+                    answer_ids.push(unchanged);
+                    continue;
+                }
                 let pdu = self.build_on(&input.room_id, &head, template)?;
                 if let Some(redacts) = &pdu.redacts {
-                    self.check_redaction_power(&head, &pdu, redacts).await?;
+                    self.check_redaction(&head, &pdu, redacts).await?;
                 }
                 self.append_local(
                     &mut writer,
@@ -157,13 +168,18 @@ impl RoomserverService {
                     &mut event_ids,
                 )
                 .await?;
+                answer_ids.extend(event_ids.last().cloned());
             }
-            Ok::<_, ProcessError>((writer, outputs, event_ids))
+            Ok::<_, ProcessError>((writer, outputs, event_ids, answer_ids))
         }
         .await;
         match result {
-            Ok((writer, outputs, event_ids)) => {
-                self.finish_local(writer, head, input, &event_ids, None, outputs)
+            Ok((writer, outputs, event_ids, answer_ids)) => {
+                let written = Written {
+                    new: &event_ids,
+                    answer: &answer_ids,
+                };
+                self.finish_local(writer, head, input, written, None, outputs)
                     .await
             }
             // The head was advanced in memory only: drop it, the next input
@@ -211,14 +227,25 @@ impl RoomserverService {
         })
     }
 
-    /// Users may redact their own events; others' need the redact power.
-    async fn check_redaction_power(
+    /// A redaction names an event of its own room (400 otherwise, as an
+    /// event of another room is not the room's to redact). Users may redact
+    /// their own events; others' need the redact power.
+    async fn check_redaction(
         &self,
         head: &Head,
         redaction: &Pdu,
         redacts: &ruma::OwnedEventId,
     ) -> Result<(), ProcessError> {
         let stored = self.storage.events_by_id(&[redacts.as_str()]).await?;
+        if stored
+            .get(redacts)
+            .and_then(|s| s.pdu.room_id.as_ref())
+            .is_some_and(|room| Some(room) != redaction.room_id.as_ref())
+        {
+            return Err(
+                ApiError::InvalidInput("the event to redact is in another room".into()).into(),
+            );
+        }
         let target_sender = stored.get(redacts).map(|s| s.pdu.sender.clone());
         if target_sender.as_ref() == Some(&redaction.sender) {
             return Ok(());
@@ -374,7 +401,7 @@ impl RoomserverService {
         mut writer: RoomWriter,
         mut head: Head,
         input: &topic_pb::RoomserverInput,
-        event_ids: &[String],
+        written: Written<'_>,
         alias: Option<&str>,
         outputs: Vec<Vec<u8>>,
     ) -> Result<Processed, ProcessError> {
@@ -383,7 +410,7 @@ impl RoomserverService {
             slot => slot.insert(writer.nid_state(&head.state).await?),
         };
         let snapshot_nid = writer.snapshot(nids).await?;
-        let changes = current_state_changes(&head.state, event_ids);
+        let changes = current_state_changes(&head.state, written.new);
         writer
             .set_head(&HeadUpdate {
                 snapshot_nid,
@@ -394,7 +421,13 @@ impl RoomserverService {
             .await?;
         let published = self.lock_published().clone();
         let seqs = match writer
-            .commit(&input.request_id, event_ids, alias, &outputs, &published)
+            .commit(
+                &input.request_id,
+                written.answer,
+                alias,
+                &outputs,
+                &published,
+            )
             .await
         {
             Ok(seqs) => seqs,
@@ -412,12 +445,36 @@ impl RoomserverService {
         Ok(Processed {
             answer: Answer::Events(pb::InputResponse {
                 room_id: input.room_id.clone(),
-                event_ids: event_ids.to_vec(),
+                event_ids: written.answer.to_vec(),
                 output_position: None,
             }),
             outputs: seqs.into_iter().zip(outputs).collect(),
         })
     }
+}
+
+/// The events a local input wrote (`new`) and those it is answered with
+/// (`answer`: the new ones and, in their place, the state events a
+/// template would have repeated).
+struct Written<'a> {
+    new: &'a [String],
+    answer: &'a [String],
+}
+
+/// The state event in place when `template` would repeat it: same type,
+/// state key, sender and content. Setting state to what it is, or joining
+/// a room one has joined with the same profile, makes no new event.
+fn unchanged_state(head: &Head, template: &pb::EventTemplate) -> Option<String> {
+    let state_key = template.state_key.clone()?;
+    if template.redacts.is_some() {
+        return None;
+    }
+    let current = head.state.get(&(template.event_type.clone(), state_key))?;
+    if current.sender.as_str() != template.sender {
+        return None;
+    }
+    let content: serde_json::Value = serde_json::from_slice(&template.content_json).ok()?;
+    (content == events::content_value(current)).then(|| current.event_id.to_string())
 }
 
 /// The current-state rows to write after local events: each state event

@@ -31,6 +31,7 @@ mod internal_events;
 mod notifications;
 mod notifier;
 mod presence;
+mod pruning;
 mod routes;
 mod sliding;
 mod storage;
@@ -74,6 +75,12 @@ pub struct SyncService {
     notifier: notifier::Notifier,
     /// Users this process saw syncing, for presence by inactivity.
     presence: presence::Activity,
+}
+
+impl ganglion_api::users::Authenticates for SyncService {
+    fn users(&self) -> &UsersHandle {
+        &self.users
+    }
 }
 
 impl SyncService {
@@ -205,6 +212,30 @@ pub async fn start(
         );
     }
     presence::spawn_sweeper(service.clone(), shutdown);
+    let cursor = Arc::new(std::sync::Mutex::new(String::new()));
+    let pruned = service.clone();
+    ganglion_base::pruning::spawn(
+        "to_device_of_gone_devices",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let (service, cursor) = (pruned.clone(), cursor.clone());
+            async move {
+                let users = service.users.clone();
+                pruning::prune_gone_devices(&service.storage, &cursor, |user_id| {
+                    let users = users.clone();
+                    async move {
+                        users
+                            .list_devices(ganglion_api::proto::userapi::ListDevicesRequest {
+                                user_id,
+                            })
+                            .await
+                            .map(|r| r.device_ids)
+                    }
+                })
+                .await
+            }
+        },
+    );
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "syncapi",

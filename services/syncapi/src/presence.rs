@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, respond};
 use serde_json::{Value, json};
@@ -264,12 +264,10 @@ pub(crate) struct PresenceBody {
 /// `PUT /presence/{userId}/status`.
 pub(crate) async fn put_status(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: axum::body::Bytes,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     if device.user_id != user_id {
         return Err(MatrixError::forbidden("You may only set your own presence"));
     }
@@ -291,11 +289,9 @@ pub(crate) async fn put_status(
 /// room with them.
 pub(crate) async fn get_status(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     if !service
         .storage
         .share_a_room(&device.user_id, &user_id)

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
+use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
 use ganglion_base::limits;
@@ -396,10 +397,8 @@ async fn forget_device_keys(api: &ClientApi, user_id: &str, device_ids: Vec<Stri
 
 pub(crate) async fn logout_all(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.users
         .logout_all(pb::LogoutAllRequest {
             user_id: device.user_id.clone(),
@@ -410,12 +409,7 @@ pub(crate) async fn logout_all(
     respond(json!({}))
 }
 
-pub(crate) async fn whoami(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
+pub(crate) async fn whoami(UserOrGuest(device): UserOrGuest) -> MatrixResult {
     respond(
         json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": device.is_guest }),
     )

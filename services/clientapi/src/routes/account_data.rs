@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::userapi::{self as user_pb, Device};
+use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use serde_json::{Map, Value, json};
@@ -18,22 +18,14 @@ fn server_controlled(data_type: &str) -> bool {
     matches!(data_type, "m.fully_read" | "m.push_rules")
 }
 
-impl ClientApi {
-    /// The requester, who must be the user the path names.
-    async fn authenticate_as(
-        &self,
-        headers: &HeaderMap,
-        uri: &Uri,
-        user_id: &str,
-    ) -> Result<Device, MatrixError> {
-        let device = self.authenticate(headers, uri).await?;
-        if device.user_id != user_id {
-            return Err(MatrixError::forbidden(
-                "You may only use your own account data",
-            ));
-        }
-        Ok(device)
+/// The requester must be the user the path names.
+fn require_self(device: &Device, user_id: &str) -> Result<(), MatrixError> {
+    if device.user_id != user_id {
+        return Err(MatrixError::forbidden(
+            "You may only use your own account data",
+        ));
     }
+    Ok(())
 }
 
 fn require_room_id(room_id: &str) -> Result<(), MatrixError> {
@@ -96,33 +88,30 @@ impl ClientApi {
 
 pub(crate) async fn put_global(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, data_type)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     api.put_account_data(&device, "", &data_type, &body).await
 }
 
 pub(crate) async fn get_global(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, data_type)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     api.get_account_data(&user_id, "", &data_type).await
 }
 
 pub(crate) async fn put_room(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, room_id, data_type)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     require_room_id(&room_id)?;
     api.put_account_data(&device, &room_id, &data_type, &body)
         .await
@@ -130,11 +119,10 @@ pub(crate) async fn put_room(
 
 pub(crate) async fn get_room(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, room_id, data_type)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     require_room_id(&room_id)?;
     api.get_account_data(&user_id, &room_id, &data_type).await
 }
@@ -142,11 +130,10 @@ pub(crate) async fn get_room(
 /// `GET /user/{userId}/rooms/{roomId}/tags`.
 pub(crate) async fn get_tags(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, room_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     require_room_id(&room_id)?;
     let found = api
         .users
@@ -196,12 +183,11 @@ async fn update_tag(
 /// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`.
 pub(crate) async fn put_tag(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     let content: Map<String, Value> = parse_json(&body)?;
     update_tag(&api, &device, room_id, tag, Some(content)).await
 }
@@ -209,10 +195,9 @@ pub(crate) async fn put_tag(
 /// `DELETE /user/{userId}/rooms/{roomId}/tags/{tag}`.
 pub(crate) async fn delete_tag(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate_as(&headers, &uri, &user_id).await?;
+    require_self(&device, &user_id)?;
     update_tag(&api, &device, room_id, tag, None).await
 }

@@ -7,7 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use ganglion_api::ApiError;
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::userapi::Device;
 use ganglion_api::roomserver::{PublicRoomsBody, PublicRoomsFilter};
+use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -33,12 +35,10 @@ pub(crate) struct AliasBody {
 
 pub(crate) async fn put_alias(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(alias): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<AliasBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     local_alias(&api, &alias)?;
     ruma::RoomId::parse(&body.room_id)
         .map_err(|_| MatrixError::invalid_param("invalid room_id"))?;
@@ -95,31 +95,74 @@ pub(crate) async fn get_alias(
 
 pub(crate) async fn delete_alias(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(alias): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     local_alias(&api, &alias)?;
+    let room_id = api
+        .roomserver
+        .resolve_alias(pb::ResolveAliasRequest {
+            alias: alias.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .room_id;
     api.roomserver
         .remove_alias(pb::RemoveAliasRequest {
-            alias,
-            user_id: device.user_id,
+            alias: alias.clone(),
+            user_id: device.user_id.clone(),
         })
         .await
         .map_err(MatrixError::from)?;
+    if let Some(room_id) = room_id {
+        api.drop_from_canonical_alias(&room_id, &device, &alias)
+            .await;
+    }
     respond(json!({}))
+}
+
+impl ClientApi {
+    /// A deleted alias leaves the room's `m.room.canonical_alias` too, so
+    /// clients stop showing what no longer resolves. Sent as the user who
+    /// deleted it; if they may not, the event stays as it was (logged).
+    async fn drop_from_canonical_alias(&self, room_id: &str, device: &Device, alias: &str) {
+        let Ok(Some(Value::Object(mut content))) =
+            self.state_content(room_id, "m.room.canonical_alias").await
+        else {
+            return;
+        };
+        let mut changed = false;
+        if content.get("alias").and_then(Value::as_str) == Some(alias) {
+            content.remove("alias");
+            changed = true;
+        }
+        if let Some(Value::Array(alt)) = content.get_mut("alt_aliases") {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias));
+            changed |= alt.len() != before;
+        }
+        if !changed {
+            return;
+        }
+        let template = super::rooms::template(
+            "m.room.canonical_alias",
+            Some(""),
+            &device.user_id,
+            Value::Object(content),
+        );
+        if let Err(error) = self.send_event(room_id, device, template, "").await {
+            tracing::info!(room_id, %error, "the canonical alias keeps a deleted alias");
+        }
+    }
 }
 
 /// `GET /rooms/{roomId}/aliases`: for members, or anyone when the room's
 /// history is world-readable.
 pub(crate) async fn room_aliases(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.require_member_or_world_readable(&room_id, &device.user_id)
         .await?;
     let aliases = api
@@ -154,12 +197,10 @@ pub(crate) struct VisibilityBody {
 
 pub(crate) async fn put_visibility(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<VisibilityBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let public = match body.visibility.as_deref() {
         Some("public") => true,
@@ -273,7 +314,7 @@ pub(crate) async fn get_public_rooms(
         .as_deref()
         .is_some_and(|server| server != api.server_name)
     {
-        api.authenticate(&headers, &uri).await?;
+        ganglion_api::users::authenticate(&api.users, &headers, uri.query()).await?;
     }
     let limit = match query.limit.as_deref() {
         Some(limit) => Some(
@@ -294,11 +335,10 @@ pub(crate) async fn get_public_rooms(
 
 pub(crate) async fn post_public_rooms(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
+    UserOrGuest(_): UserOrGuest,
     uri: Uri,
     MatrixJson(body): MatrixJson<PublicRoomsBody>,
 ) -> MatrixResult {
-    api.authenticate(&headers, &uri).await?;
     let query: PublicRoomsQuery = parse_query(&uri)?;
     if let Some(refusal) = body.refusal() {
         return Err(MatrixError::invalid_param(refusal));

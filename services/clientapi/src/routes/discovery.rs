@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::http::{MatrixResult, respond};
 use serde_json::json;
 
@@ -28,12 +29,7 @@ pub(crate) async fn well_known(
     respond(json!({ "m.homeserver": { "base_url": base_url } }))
 }
 
-pub(crate) async fn capabilities(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    api.authenticate(&headers, &uri).await?;
+pub(crate) async fn capabilities(UserOrGuest(_): UserOrGuest) -> MatrixResult {
     let available: serde_json::Map<String, serde_json::Value> =
         (3..=12).map(|v| (v.to_string(), json!("stable"))).collect();
     respond(json!({

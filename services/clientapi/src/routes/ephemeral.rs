@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as rs_pb;
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use ganglion_base::limits;
@@ -96,12 +96,10 @@ pub(crate) struct TypingBody {
 /// `PUT /rooms/{roomId}/typing/{userId}`.
 pub(crate) async fn typing(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, user_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: TypingBody = parse_json(&body)?;
     limits::room_id(&room_id)?;
     if device.user_id != user_id {
@@ -228,12 +226,10 @@ pub(crate) struct ReceiptBody {
 /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
 pub(crate) async fn receipt(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, receipt_type, event_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: ReceiptBody = parse_json(&body)?;
     api.require_joined(&room_id, &device.user_id).await?;
     let position = api
@@ -262,12 +258,10 @@ pub(crate) struct ReadMarkersBody {
 /// `POST /rooms/{roomId}/read_markers`.
 pub(crate) async fn read_markers(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: ReadMarkersBody = parse_json(&body)?;
     api.require_joined(&room_id, &device.user_id).await?;
     let mut positions = Vec::new();

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::keys::add_signature;
 use ganglion_api::proto::keyserver as pb;
+use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use serde::Deserialize;
@@ -141,11 +141,9 @@ fn merge_remote(into: &mut Map<String, Value>, server: &str, answer: &Value, fie
 
 pub(crate) async fn upload(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    UserOrGuest(device): UserOrGuest,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: UploadBody = parse_json(&body)?;
     let to_bytes = |map: &Map<String, Value>| {
         if map.is_empty() {
@@ -171,11 +169,9 @@ pub(crate) async fn upload(
 
 pub(crate) async fn query(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    UserOrGuest(device): UserOrGuest,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: QueryBody = parse_json(&body)?;
     if body.device_keys.len() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
@@ -266,11 +262,9 @@ struct SigningKeysBody {
 /// needs nothing more; replacing keys needs the user's password.
 pub(crate) async fn upload_signing_keys(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: SigningKeysBody = parse_json(&body)?;
     let json_of = |key: &Option<Value>| -> Result<Option<Vec<u8>>, MatrixError> {
         match key {
@@ -306,11 +300,9 @@ pub(crate) async fn upload_signing_keys(
 /// `failures`.
 pub(crate) async fn upload_signatures(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let signed: Map<String, Value> = parse_json(&body)?;
     for user_id in signed.keys() {
         if ruma::UserId::parse(user_id.as_str()).is_err() {
@@ -333,11 +325,9 @@ pub(crate) async fn upload_signatures(
 
 pub(crate) async fn claim(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    UserOrGuest(_): UserOrGuest,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    api.authenticate(&headers, &uri).await?;
     let body: ClaimBody = parse_json(&body)?;
     let (local, remote) = local_users(&api.server_name, body.one_time_keys)?;
     if local.len() + remote.values().map(BTreeMap::len).sum::<usize>() > MAX_TARGETS {

@@ -21,13 +21,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, post, put};
 
 pub(crate) use ephemeral::TypingTimers;
 use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
-use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
 use ganglion_base::http::Routes;
 
@@ -227,46 +225,6 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
     router
 }
 
-/// What a guest may do here (the spec's list, as far as this service serves
-/// it): join and leave rooms, read their state and members, send messages,
-/// and the account basics. Sending state is refused by its handler (the
-/// same path reads it).
-fn guest_may(path: &str) -> bool {
-    let Some(rest) = path
-        .strip_prefix("/_matrix/client/v3/")
-        .or_else(|| path.strip_prefix("/_matrix/client/r0/"))
-    else {
-        return false;
-    };
-    if matches!(rest, "account/whoami" | "logout" | "publicRooms")
-        || rest.starts_with("join/")
-        || rest.starts_with("sendToDevice/")
-    {
-        return true;
-    }
-    let Some(room) = rest.strip_prefix("rooms/") else {
-        return false;
-    };
-    let mut parts = room.split('/');
-    let _room_id = parts.next();
-    matches!(
-        (parts.next(), parts.next()),
-        (
-            Some(
-                "join"
-                    | "leave"
-                    | "state"
-                    | "members"
-                    | "joined_members"
-                    | "typing"
-                    | "receipt"
-                    | "read_markers"
-            ),
-            _
-        ) | (Some("send"), Some("m.room.message"))
-    )
-}
-
 /// Event content must be canonical JSON: integers within ±(2^53 − 1), no
 /// floats; anything else is `M_BAD_JSON`.
 pub(crate) fn require_canonical(
@@ -277,23 +235,13 @@ pub(crate) fn require_canonical(
         .map_err(|e| MatrixError::bad_json(format!("content is not canonical JSON: {e}")))
 }
 
-impl ClientApi {
-    pub(crate) async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        uri: &Uri,
-    ) -> Result<Device, MatrixError> {
-        let device = ganglion_api::users::authenticate(&self.users, headers, uri.query()).await?;
-        if device.is_guest && !guest_may(uri.path()) {
-            return Err(MatrixError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "M_GUEST_ACCESS_FORBIDDEN",
-                "Guests may not do this",
-            ));
-        }
-        Ok(device)
+impl ganglion_api::users::Authenticates for ClientApi {
+    fn users(&self) -> &ganglion_api::users::UsersHandle {
+        &self.users
     }
+}
 
+impl ClientApi {
     /// Waits (bounded) until the syncapi has consumed `position`, so the
     /// client's next `/sync` shows what it was just told succeeded.
     pub(crate) async fn read_your_writes(&self, position: Option<LogPosition>) {

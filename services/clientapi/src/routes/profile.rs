@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi as user_pb;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use serde_json::{Map, Value, json};
@@ -118,12 +118,10 @@ pub(crate) async fn get_profile_field(
 
 pub(crate) async fn put_profile_field(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((user_id, field)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     if device.user_id != user_id {
         return Err(MatrixError::forbidden(
             "You may only change your own profile",
@@ -131,6 +129,12 @@ pub(crate) async fn put_profile_field(
     }
     if !FIELDS.contains(&field.as_str()) {
         return Err(MatrixError::invalid_param("No such profile field here"));
+    }
+    // The spec lets guests set a display name, nothing more.
+    if device.is_guest && field != "displayname" {
+        return Err(MatrixError::guest_access_forbidden(
+            "Guests may set only their display name",
+        ));
     }
     let body: Map<String, Value> = parse_json(&body)?;
     let value = match body.get(&field) {

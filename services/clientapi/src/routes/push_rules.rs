@@ -4,21 +4,17 @@
 //! counts; changing rules (PUT/DELETE) is not offered yet, and
 //! `m.push_rules` account data is server-controlled.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::extract::Path;
+use ganglion_api::proto::userapi::Device;
+use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, respond};
 use serde_json::{Value, json};
 
-use crate::ClientApi;
-
 /// The kinds of rule a ruleset holds, in the spec's order of evaluation.
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
-async fn ruleset(api: &ClientApi, headers: &HeaderMap, uri: &Uri) -> Result<Value, MatrixError> {
-    let device = api.authenticate(headers, uri).await?;
+fn ruleset(device: &Device) -> Result<Value, MatrixError> {
     let user_id = ruma::UserId::parse(&device.user_id)
         .map_err(|_| MatrixError::unknown("the device's user ID is invalid"))?;
     let mut rules = serde_json::to_value(ruma::push::Ruleset::server_default(&user_id))
@@ -32,36 +28,23 @@ async fn ruleset(api: &ClientApi, headers: &HeaderMap, uri: &Uri) -> Result<Valu
     Ok(rules)
 }
 
-pub(crate) async fn all(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    respond(json!({ "global": ruleset(&api, &headers, &uri).await? }))
+pub(crate) async fn all(User(device): User) -> MatrixResult {
+    respond(json!({ "global": ruleset(&device)? }))
 }
 
-pub(crate) async fn global(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> MatrixResult {
-    respond(ruleset(&api, &headers, &uri).await?)
+pub(crate) async fn global(User(device): User) -> MatrixResult {
+    respond(ruleset(&device)?)
 }
 
 /// One rule of the global ruleset.
-async fn rule(
-    api: &ClientApi,
-    headers: &HeaderMap,
-    uri: &Uri,
-    (scope, kind, rule_id): (&str, &str, &str),
-) -> Result<Value, MatrixError> {
+fn rule(device: &Device, (scope, kind, rule_id): (&str, &str, &str)) -> Result<Value, MatrixError> {
     if scope != "global" {
         return Err(MatrixError::invalid_param("the only scope is global"));
     }
     if !KINDS.contains(&kind) {
         return Err(MatrixError::invalid_param("unknown push rule kind"));
     }
-    let rules = ruleset(api, headers, uri).await?;
+    let rules = ruleset(device)?;
     rules[kind]
         .as_array()
         .into_iter()
@@ -72,30 +55,24 @@ async fn rule(
 }
 
 pub(crate) async fn one(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     Path((scope, kind, rule_id)): Path<(String, String, String)>,
 ) -> MatrixResult {
-    respond(rule(&api, &headers, &uri, (&scope, &kind, &rule_id)).await?)
+    respond(rule(&device, (&scope, &kind, &rule_id))?)
 }
 
 pub(crate) async fn enabled(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     Path((scope, kind, rule_id)): Path<(String, String, String)>,
 ) -> MatrixResult {
-    let rule = rule(&api, &headers, &uri, (&scope, &kind, &rule_id)).await?;
+    let rule = rule(&device, (&scope, &kind, &rule_id))?;
     respond(json!({ "enabled": rule["enabled"] }))
 }
 
 pub(crate) async fn actions(
-    State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     Path((scope, kind, rule_id)): Path<(String, String, String)>,
 ) -> MatrixResult {
-    let rule = rule(&api, &headers, &uri, (&scope, &kind, &rule_id)).await?;
+    let rule = rule(&device, (&scope, &kind, &rule_id))?;
     respond(json!({ "actions": rule["actions"] }))
 }

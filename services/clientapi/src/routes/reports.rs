@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
@@ -68,24 +68,20 @@ impl ClientApi {
 
 pub(crate) async fn report_event(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((room_id, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<ReportBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     ruma::EventId::parse(&event_id).map_err(|_| MatrixError::invalid_param("invalid event ID"))?;
     api.report(room_id, event_id, device.user_id, body).await
 }
 
 pub(crate) async fn report_room(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<ReportBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.report(room_id, String::new(), device.user_id, body)
         .await
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, respond};
 use serde_json::{Map, Value, json};
@@ -172,11 +172,9 @@ pub(crate) fn client_event(event_id: String, mut event: Value) -> Value {
 
 pub(crate) async fn state(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     respond(Value::Array(
         api.readable_state(&room_id, &device.user_id).await?,
     ))
@@ -184,11 +182,9 @@ pub(crate) async fn state(
 
 pub(crate) async fn joined_members(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let state = api.readable_state(&room_id, &device.user_id).await?;
     let mut joined = Map::new();
     for event in state {
@@ -211,10 +207,8 @@ pub(crate) async fn joined_members(
 
 pub(crate) async fn joined_rooms(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    UserOrGuest(device): UserOrGuest,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let rooms = api
         .roomserver
         .query_joined_rooms(pb::QueryJoinedRoomsRequest {

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
@@ -79,11 +80,9 @@ pub(crate) fn template(
 
 pub(crate) async fn create_room(
     State(api): State<Arc<ClientApi>>,
-    headers: HeaderMap,
-    uri: Uri,
+    User(device): User,
     MatrixJson(body): MatrixJson<CreateRoomBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.rate_limits
         .room_creation_per_user
         .check(&device.user_id)?;
@@ -558,12 +557,11 @@ async fn remote_room(
 /// this server is not in is joined through another server.
 pub(crate) async fn join(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id_or_alias): Path<String>,
-    headers: HeaderMap,
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.rate_limits.joins_per_user.check(&device.user_id)?;
     let (room_id, remote) =
         remote_room(&api, &device, &room_id_or_alias, &uri, &body, "join").await?;
@@ -577,6 +575,14 @@ pub(crate) async fn join(
         return respond(json!({ "room_id": room_id }));
     }
     let room_id = own_membership(&api, &device, &body, &room_id, "join").await?;
+    // Joining an upgraded room's successor: the user's tags and direct
+    // chats follow.
+    if let Ok(Some(create)) = api.state_content(&room_id, "m.room.create").await
+        && let Some(old_room) = create["predecessor"]["room_id"].as_str()
+    {
+        api.carry_into_successor(old_room, &room_id, &device.user_id)
+            .await;
+    }
     respond(json!({ "room_id": room_id }))
 }
 
@@ -584,12 +590,11 @@ pub(crate) async fn join(
 /// on through another server.
 pub(crate) async fn knock(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id_or_alias): Path<String>,
-    headers: HeaderMap,
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     api.rate_limits.joins_per_user.check(&device.user_id)?;
     let (room_id, remote) =
         remote_room(&api, &device, &room_id_or_alias, &uri, &body, "knock").await?;
@@ -608,13 +613,11 @@ pub(crate) async fn knock(
 
 pub(crate) async fn leave(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     ganglion_base::limits::room_id(&room_id)?;
-    let device = api.authenticate(&headers, &uri).await?;
     // Rejecting another server's invite to a room we are not in, or
     // rescinding a knock on one: the leave goes through the inviter's
     // server, or the server the knock went to.
@@ -653,12 +656,10 @@ pub(crate) struct TargetBody {
 /// kicks.
 pub(crate) async fn moderate(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((room_id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<TargetBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     ganglion_base::limits::user_id(&body.user_id)?;
     ganglion_base::limits::room_id(&room_id)?;
     if action == "invite" {
@@ -760,11 +761,9 @@ impl ClientApi {
 /// `POST /rooms/{roomId}/forget`: only once the user has left.
 pub(crate) async fn forget(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let forgotten = api
         .roomserver

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi::Device;
+use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use ganglion_base::limits::{self, MAX_PDU_BYTES};
@@ -142,7 +142,7 @@ impl ClientApi {
     }
 
     /// Sends one event for `device`; `txn_id` is echoed to that device.
-    async fn send_event(
+    pub(crate) async fn send_event(
         &self,
         room_id: &str,
         device: &Device,
@@ -184,12 +184,10 @@ impl ClientApi {
 
 pub(crate) async fn send(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let content = content(&body)?;
     let template = event_template(&device, &event_type, None, content);
     let event_id = api.send_once(&room_id, &device, template, &txn_id).await?;
@@ -198,21 +196,12 @@ pub(crate) async fn send(
 
 async fn put_state_inner(
     api: Arc<ClientApi>,
+    device: Device,
     room_id: String,
     event_type: String,
     state_key: String,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
-    if device.is_guest {
-        return Err(MatrixError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "M_GUEST_ACCESS_FORBIDDEN",
-            "Guests may not send state",
-        ));
-    }
     let content = content(&body)?;
     if event_type == "m.room.canonical_alias" {
         api.check_canonical_alias(&room_id, &content).await?;
@@ -235,22 +224,20 @@ async fn put_state_inner(
 
 pub(crate) async fn put_state(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    put_state_inner(api, room_id, event_type, state_key, headers, uri, body).await
+    put_state_inner(api, device, room_id, event_type, state_key, body).await
 }
 
 pub(crate) async fn put_state_empty_key(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_type)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    put_state_inner(api, room_id, event_type, String::new(), headers, uri, body).await
+    put_state_inner(api, device, room_id, event_type, String::new(), body).await
 }
 
 /// One state event's content, from the state the reader may see: the
@@ -258,13 +245,11 @@ pub(crate) async fn put_state_empty_key(
 /// they left for former members.
 async fn get_state_inner(
     api: Arc<ClientApi>,
+    device: Device,
     room_id: String,
     event_type: String,
     state_key: String,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     // Members (and anyone, in a world-readable room): one lookup.
     if api
         .require_member_or_world_readable(&room_id, &device.user_id)
@@ -296,32 +281,28 @@ async fn get_state_inner(
 
 pub(crate) async fn get_state(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    get_state_inner(api, room_id, event_type, state_key, headers, uri).await
+    get_state_inner(api, device, room_id, event_type, state_key).await
 }
 
 pub(crate) async fn get_state_empty_key(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_type)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    get_state_inner(api, room_id, event_type, String::new(), headers, uri).await
+    get_state_inner(api, device, room_id, event_type, String::new()).await
 }
 
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: idempotent per device
 /// and transaction ID, like a send.
 pub(crate) async fn redact(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     ruma::EventId::parse(&event_id).map_err(|_| MatrixError::invalid_param("invalid event ID"))?;
     let reason = super::rooms::reason_of(&body)?;
     let mut content = Map::new();

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
 use ganglion_base::limits;
@@ -28,12 +28,10 @@ pub(crate) struct SendToDeviceBody {
 
 pub(crate) async fn send_to_device(
     State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
     Path((event_type, txn_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let body: SendToDeviceBody = parse_json(&body)?;
     limits::event_type(&event_type)?;
     limits::opaque_id("transaction ID", &txn_id)?;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::proto::userapi as user_pb;
+use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde::Deserialize;
@@ -35,14 +36,16 @@ pub(crate) struct UpgradeBody {
 
 pub(crate) async fn upgrade(
     State(api): State<Arc<ClientApi>>,
+    User(device): User,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(body): MatrixJson<UpgradeBody>,
 ) -> MatrixResult {
-    let device = api.authenticate(&headers, &uri).await?;
     let user = device.user_id.as_str();
     let rules = room_version_rules(&body.new_version)?;
+    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    if !api.room_here(&room_id, user).await?.0 {
+        return Err(MatrixError::not_found("No such room"));
+    }
     let state = api.readable_state(&room_id, user).await?;
     let joined = state.iter().any(|e| {
         e["type"] == "m.room.member"
@@ -80,20 +83,9 @@ pub(crate) async fn upgrade(
     if let Some(federate) = old_create.get("m.federate") {
         creation_content.insert("m.federate".into(), federate.clone());
     }
-    // The upgrader needs to be able to send the copied state; the old power
-    // levels follow, with creators of version 12+ rooms left out of them.
-    let mut levels = find("m.room.power_levels").unwrap_or_else(|| json!({}));
     let privileged = rules.authorization.explicitly_privilege_room_creators;
-    match levels.get_mut("users").and_then(Value::as_object_mut) {
-        Some(users) if privileged => {
-            users.remove(user);
-        }
-        Some(users) => {
-            users.insert(user.to_owned(), json!(100));
-        }
-        None if !privileged => levels["users"] = json!({ user: 100 }),
-        None => {}
-    }
+    let (final_levels, working_levels) =
+        carried_power_levels(find("m.room.power_levels"), user, privileged);
     let mut initial_state = vec![
         template(
             "m.room.member",
@@ -101,7 +93,12 @@ pub(crate) async fn upgrade(
             user,
             json!({ "membership": "join" }),
         ),
-        template("m.room.power_levels", Some(""), user, levels),
+        template(
+            "m.room.power_levels",
+            Some(""),
+            user,
+            working_levels.clone(),
+        ),
     ];
     for kind in COPIED_STATE {
         if let Some(content) = find(kind)
@@ -109,6 +106,33 @@ pub(crate) async fn upgrade(
         {
             initial_state.push(template(kind, Some(""), user, content));
         }
+    }
+    // Those banned from the old room are banned from the new one.
+    for banned in state.iter().filter(|e| {
+        e["type"] == "m.room.member"
+            && e["content"]["membership"] == "ban"
+            && e["state_key"].as_str() != Some(user)
+    }) {
+        let mut content = json!({ "membership": "ban" });
+        if let Some(reason) = banned["content"].get("reason") {
+            content["reason"] = reason.clone();
+        }
+        initial_state.push(template(
+            "m.room.member",
+            banned["state_key"].as_str(),
+            user,
+            content,
+        ));
+    }
+    // The upgrader's level was raised to send all that: the old levels
+    // are restored last.
+    if final_levels != working_levels {
+        initial_state.push(template(
+            "m.room.power_levels",
+            Some(""),
+            user,
+            final_levels,
+        ));
     }
     let created = api
         .roomserver
@@ -233,5 +257,125 @@ pub(crate) async fn upgrade(
                 .map_err(MatrixError::from)?;
         }
     }
+    api.carry_into_successor(&room_id, &new_room, user).await;
     respond(json!({ "replacement_room": new_room }))
+}
+
+/// The power levels of the new room: (as the old room had them, as the
+/// room starts with them). The upgrader keeps their level, raised while
+/// the old state is copied to the highest level that state needs (and at
+/// least 100); creators of version 12+ rooms are left out, as they outrank
+/// every level.
+fn carried_power_levels(old: Option<Value>, user: &str, privileged: bool) -> (Value, Value) {
+    let mut levels = old.unwrap_or_else(|| json!({}));
+    if !levels.is_object() {
+        levels = json!({});
+    }
+    if privileged {
+        if let Some(users) = levels.get_mut("users").and_then(Value::as_object_mut) {
+            users.remove(user);
+        }
+        return (levels.clone(), levels);
+    }
+    let as_level = |v: &Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let mut needed = 100;
+    for key in [
+        "ban",
+        "kick",
+        "redact",
+        "invite",
+        "state_default",
+        "events_default",
+    ] {
+        if let Some(level) = levels.get(key).and_then(as_level) {
+            needed = needed.max(level);
+        }
+    }
+    for map in ["events", "users"] {
+        for level in levels
+            .get(map)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(as_level)
+        {
+            needed = needed.max(level);
+        }
+    }
+    let own = levels["users"].get(user).and_then(as_level);
+    let mut final_levels = levels.clone();
+    if !final_levels["users"].is_object() {
+        final_levels["users"] = json!({});
+    }
+    // An upgrader who had no entry keeps the 100 an upgrade has always
+    // given them.
+    final_levels["users"][user] = json!(own.unwrap_or(100).max(100));
+    let mut working = final_levels.clone();
+    working["users"][user] = json!(needed);
+    (final_levels, working)
+}
+
+impl ClientApi {
+    /// What a user kept about the old room goes with them to its
+    /// successor: its tags, and its place in `m.direct`. Done when the
+    /// user upgrades the room or joins its successor; a failure is logged.
+    pub(crate) async fn carry_into_successor(&self, old_room: &str, new_room: &str, user_id: &str) {
+        let read = |room_id: &str, data_type: &str| {
+            self.users.get_account_data(user_pb::GetAccountDataRequest {
+                user_id: user_id.to_owned(),
+                room_id: room_id.to_owned(),
+                data_type: data_type.to_owned(),
+            })
+        };
+        let mut writes = Vec::new();
+        if let Ok(found) = read(old_room, "m.tag").await
+            && let Some(tags) = found
+                .content_json
+                .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+            && tags["tags"].as_object().is_some_and(|t| !t.is_empty())
+        {
+            writes.push((new_room.to_owned(), "m.tag", tags));
+        }
+        if let Ok(found) = read("", "m.direct").await
+            && let Some(mut direct) = found
+                .content_json
+                .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        {
+            let mut changed = false;
+            for rooms in direct
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+                .filter_map(Value::as_array_mut)
+            {
+                if rooms.iter().any(|r| r == old_room) && !rooms.iter().any(|r| r == new_room) {
+                    rooms.push(json!(new_room));
+                    changed = true;
+                }
+            }
+            if changed {
+                writes.push((String::new(), "m.direct", direct));
+            }
+        }
+        for (room_id, data_type, content) in writes {
+            let written = self
+                .users
+                .set_account_data(user_pb::SetAccountDataRequest {
+                    user_id: user_id.to_owned(),
+                    room_id,
+                    data_type: data_type.to_owned(),
+                    content_json: content.to_string().into_bytes(),
+                })
+                .await;
+            match written {
+                Ok(written) => self.read_your_writes(written.position).await,
+                Err(error) => {
+                    tracing::info!(user_id, data_type, %error, "not carried to the new room");
+                }
+            }
+        }
+    }
 }

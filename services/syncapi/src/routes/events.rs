@@ -4,24 +4,23 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
-use crate::routes::relations::{reader_history, render_visible, visible_event};
+use crate::routes::relations::{reader_history, render_visible, require_reader, visible_event};
 use crate::storage::EventRow;
 use crate::visibility::Reader;
 
 pub(crate) async fn event(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let history = reader_history(&service, &room_id, &device.user_id).await?;
     let reader = Reader {
         user_id: &device.user_id,
@@ -39,11 +38,10 @@ struct ContextQuery {
 
 pub(crate) async fn context(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: ContextQuery = parse_query(&uri)?;
     let limit = query.limit.unwrap_or(10).min(100);
     let history = reader_history(&service, &room_id, &device.user_id).await?;
@@ -51,6 +49,7 @@ pub(crate) async fn context(
         user_id: &device.user_id,
         history: &history,
     };
+    require_reader(&service, &room_id, &reader).await?;
     let row = visible_event(&service, &reader, &room_id, &event_id).await?;
     let partition = service.storage.room_partition(&room_id).await?.unwrap_or(0);
     let before_count = limit / 2;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, respond};
 use serde_json::json;
@@ -12,12 +12,10 @@ use crate::SyncService;
 
 pub(crate) async fn create_filter(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     MatrixJson(filter): MatrixJson<serde_json::Map<String, serde_json::Value>>,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     if device.user_id != user_id {
         return Err(MatrixError::forbidden(
             "Cannot create filters for other users",
@@ -31,11 +29,9 @@ pub(crate) async fn create_filter(
 
 pub(crate) async fn get_filter(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((user_id, filter_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     if device.user_id != user_id {
         return Err(MatrixError::forbidden("Cannot read filters of other users"));
     }

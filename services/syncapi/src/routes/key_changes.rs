@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -25,10 +26,9 @@ pub(crate) struct KeyChangesQuery {
 
 pub(crate) async fn key_changes(
     State(service): State<Arc<SyncService>>,
-    headers: HeaderMap,
+    UserOrGuest(device): UserOrGuest,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: KeyChangesQuery = parse_query(&uri)?;
     let token = |name: &str, text: Option<String>| {
         let text = text.ok_or_else(|| MatrixError::missing_param(format!("{name} is required")))?;

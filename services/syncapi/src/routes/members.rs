@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -28,11 +29,10 @@ const MEMBERSHIPS: [&str; 5] = ["join", "invite", "knock", "leave", "ban"];
 
 pub(crate) async fn members(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: MembersQuery = parse_query(&uri)?;
     for filter in [&query.membership, &query.not_membership]
         .into_iter()

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, respond};
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::SyncService;
 use crate::filter::{MAX_FILTER_BYTES, event_matches, lazy};
 use crate::routes::client_event::client_event;
-use crate::routes::relations::{reader_history, render_visible};
+use crate::routes::relations::{reader_history, render_visible, require_reader};
 use crate::storage::EventRow;
 use crate::sync_token::{InvalidToken, SyncToken};
 use crate::visibility::Reader;
@@ -33,11 +34,10 @@ struct MessagesQuery {
 
 pub(crate) async fn messages(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: MessagesQuery = parse_query(&uri)?;
     let filter: RoomEventFilter = match query.filter.as_deref() {
         None | Some("") => RoomEventFilter::default(),
@@ -75,16 +75,7 @@ pub(crate) async fn messages(
         user_id: &device.user_id,
         history: &history,
     };
-    if matches!(reader.current(), None | Some("forgotten"))
-        && service
-            .storage
-            .current_history_visibility(&room_id)
-            .await?
-            .as_deref()
-            != Some("world_readable")
-    {
-        return Err(MatrixError::forbidden("You are not a member of this room"));
-    }
+    require_reader(&service, &room_id, &reader).await?;
     let partition = match service.storage.room_partition(&room_id).await? {
         Some(partition) => partition,
         None => return Err(MatrixError::forbidden("You are not a member of this room")),
@@ -100,19 +91,18 @@ pub(crate) async fn messages(
             .room_page(&room_id, (lower, at), limit, true)
             .await?;
         // Past the oldest event held: ask other servers for what precedes it.
-        let mut backfilled = false;
-        if events.len() < limit as usize && to.is_none() {
-            backfilled = backfill(&service, &room_id, limit).await?;
-            if backfilled {
-                events = service
-                    .storage
-                    .room_page(&room_id, (lower, at), limit, true)
-                    .await?;
-            }
+        if events.len() < limit as usize
+            && to.is_none()
+            && backfill(&service, &room_id, limit).await?
+        {
+            events = service
+                .storage
+                .room_page(&room_id, (lower, at), limit, true)
+                .await?;
         }
-        let end = (events.len() == limit as usize || backfilled)
-            .then(|| events.last().map(|(place, _)| from.at(partition, *place)))
-            .flatten();
+        // `end` whenever the page has events: there may be more before
+        // them (an empty page is the end of the history).
+        let end = events.last().map(|(place, _)| from.at(partition, *place));
         (events, end)
     } else {
         let upper = to
@@ -123,13 +113,10 @@ pub(crate) async fn messages(
             .storage
             .room_page(&room_id, (at, upper), limit, false)
             .await?;
-        let end = (events.len() == limit as usize)
-            .then(|| {
-                events
-                    .last()
-                    .map(|(place, _)| from.at(partition, place.saturating_add(1)))
-            })
-            .flatten();
+        // Forwards, too: more may come after the page.
+        let end = events
+            .last()
+            .map(|(place, _)| from.at(partition, place.saturating_add(1)));
         (events, end)
     };
     let events: Vec<EventRow> = events.into_iter().map(|(_, row)| row).collect();

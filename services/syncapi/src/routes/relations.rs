@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use ganglion_api::proto::userapi::Device;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond};
 use serde::Deserialize;
@@ -124,6 +125,27 @@ pub(crate) async fn visible_event(
         .ok_or_else(|| MatrixError::not_found("Event not found"))
 }
 
+/// 403 for a reader who is not and never was in the room (or forgot it),
+/// unless the room is world-readable: such a reader may read nothing of
+/// it, so whether an event exists is not theirs to learn either.
+pub(crate) async fn require_reader(
+    service: &SyncService,
+    room_id: &str,
+    reader: &Reader<'_>,
+) -> MatrixResult<()> {
+    if matches!(reader.current(), None | Some("forgotten"))
+        && service
+            .storage
+            .current_history_visibility(room_id)
+            .await?
+            .as_deref()
+            != Some("world_readable")
+    {
+        return Err(MatrixError::forbidden("You are not a member of this room"));
+    }
+    Ok(())
+}
+
 /// Puts a bundle into an event's `unsigned`.
 pub(crate) fn with_bundle(mut event: Value, bundle: Option<&Value>) -> Value {
     if let Some(bundle) = bundle {
@@ -166,14 +188,13 @@ fn position(service: &SyncService, token: &str, partition: u32) -> MatrixResult<
 
 async fn relations_inner(
     service: Arc<SyncService>,
+    device: Device,
     room_id: String,
     event_id: String,
     rel_type: Option<String>,
     event_type: Option<String>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: RelationsQuery = parse_query(&uri)?;
     let backwards = match query.dir.as_deref() {
         Some("b") | None => true,
@@ -261,26 +282,26 @@ async fn relations_inner(
 
 pub(crate) async fn relations(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    relations_inner(service, room_id, event_id, None, None, headers, uri).await
+    relations_inner(service, device, room_id, event_id, None, None, uri).await
 }
 
 pub(crate) async fn relations_of_type(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_id, rel_type)): Path<(String, String, String)>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
     relations_inner(
         service,
+        device,
         room_id,
         event_id,
         Some(rel_type),
         None,
-        headers,
         uri,
     )
     .await
@@ -288,17 +309,17 @@ pub(crate) async fn relations_of_type(
 
 pub(crate) async fn relations_of_type_and_event_type(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path((room_id, event_id, rel_type, event_type)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
     relations_inner(
         service,
+        device,
         room_id,
         event_id,
         Some(rel_type),
         Some(event_type),
-        headers,
         uri,
     )
     .await
@@ -314,11 +335,10 @@ struct ThreadsQuery {
 /// `GET /rooms/{roomId}/threads`: thread roots, latest reply first.
 pub(crate) async fn threads(
     State(service): State<Arc<SyncService>>,
+    UserOrGuest(device): UserOrGuest,
     Path(room_id): Path<String>,
-    headers: HeaderMap,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: ThreadsQuery = parse_query(&uri)?;
     let participated = match query.include.as_deref() {
         Some("all") | None => false,

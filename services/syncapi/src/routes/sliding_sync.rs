@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use ganglion_api::proto::userapi::Device;
+use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::MatrixResult;
 use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
@@ -46,12 +47,10 @@ fn unknown_pos() -> MatrixError {
 
 pub(crate) async fn sliding_sync(
     State(service): State<Arc<SyncService>>,
+    User(device): User,
     request: Request,
 ) -> MatrixResult {
     let (parts, body) = request.into_parts();
-    let device =
-        ganglion_api::users::authenticate(&service.users, &parts.headers, parts.uri.query())
-            .await?;
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| MatrixError::bad_json("request body too large or unreadable"))?;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use ganglion_api::proto::userapi::Device;
+use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, parse_query, respond_with};
 use serde::{Deserialize, Serialize};
@@ -72,10 +73,9 @@ pub(crate) fn filter_error(error: FilterError) -> MatrixError {
 
 pub(crate) async fn sync(
     State(service): State<Arc<SyncService>>,
-    headers: HeaderMap,
+    UserOrGuest(device): UserOrGuest,
     uri: Uri,
 ) -> MatrixResult {
-    let device = ganglion_api::users::authenticate(&service.users, &headers, uri.query()).await?;
     let query: SyncQuery = parse_query(&uri)?;
     let filter = resolve_filter(&service, &device.user_id, query.filter.as_deref()).await?;
     let since = match &query.since {

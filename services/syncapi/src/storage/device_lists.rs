@@ -41,6 +41,14 @@ impl Storage {
         .bind(i64_of(at.offset))
         .execute(&mut *tx)
         .await?;
+        // A deleted device never collects its to-device messages.
+        if change.deleted && !change.device_id.is_empty() {
+            sqlx::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2")
+                .bind(&change.user_id)
+                .bind(&change.device_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         Self::commit_at(tx, Stream::KeyChanges, at).await
     }
 

@@ -406,6 +406,58 @@ impl Storage {
         Self::commit_at(tx, Stream::ToDevice, at).await
     }
 
+    /// Up to `limit` users after `after` (in user ID order) with to-device
+    /// messages waiting, each with the highest row ID of theirs now: the
+    /// pruning's next batch.
+    pub(crate) async fn to_device_recipients(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT user_id, MAX(id) FROM to_device WHERE user_id > $1
+             GROUP BY user_id ORDER BY user_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Deletes `user_id`'s messages up to row `up_to` for every device not
+    /// in `live` (a device that is gone never collects them); answers how
+    /// many rows went. Rows after `up_to` arrived after `live` was read.
+    pub(crate) async fn drop_to_device_of_gone_devices(
+        &self,
+        user_id: &str,
+        live: &[String],
+        up_to: i64,
+    ) -> Result<u64, StorageError> {
+        let devices: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT device_id FROM to_device WHERE user_id = $1 AND id <= $2",
+        )
+        .bind(user_id)
+        .bind(up_to)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut dropped = 0;
+        for device_id in devices.iter().filter(|d| !live.contains(d)) {
+            dropped += sqlx::query(
+                "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND id <= $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(up_to)
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(dropped)
+    }
+
     /// Deletes what the device acknowledged (everything before `acked`),
     /// then reads what remains before `to`, oldest first, at most `limit`.
     pub(crate) async fn to_device_inbox(

@@ -558,3 +558,101 @@ async fn postgres_backfilled_history() {
     let (storage, _dir) = open(Some(url)).await;
     backfilled_history(storage).await;
 }
+
+/// To-device messages for devices that are gone: dropped when the device's
+/// keys go, and by the pruning for devices that never had keys or that a
+/// sender named after they went; live devices keep theirs.
+async fn to_device_of_gone_devices(storage: Storage) {
+    use super::At;
+    use ganglion_api::proto::topics as topic_pb;
+    let send = |offset: u64, recipient: &'static str, devices: &[&str]| topic_pb::ToDeviceEdu {
+        version: 1,
+        sender: BOB.into(),
+        recipient: recipient.into(),
+        event_type: "m.room_key_request".into(),
+        message_id: format!("m{offset}"),
+        messages: devices
+            .iter()
+            .map(|device_id| topic_pb::DeviceMessage {
+                device_id: (*device_id).into(),
+                content_json: b"{}".to_vec(),
+            })
+            .collect(),
+    };
+    let inbox = |device: &'static str| {
+        let storage = &storage;
+        async move {
+            storage
+                .to_device_inbox(ALICE, device, 0, u64::MAX, 100)
+                .await
+                .expect("inbox")
+                .len()
+        }
+    };
+    let at = |offset| At {
+        partition: 0,
+        offset,
+    };
+    storage
+        .apply_to_device(at(1), &send(1, ALICE, &["KEYED", "KEYLESS", "LIVE"]))
+        .await
+        .expect("to-device");
+    storage
+        .apply_to_device(at(2), &send(2, BOB, &["BOBS"]))
+        .await
+        .expect("to-device");
+    // KEYED is deleted with its keys.
+    let deleted = topic_pb::DeviceKeyChange {
+        version: 1,
+        user_id: ALICE.into(),
+        device_id: "KEYED".into(),
+        stream_id: 1,
+        deleted: true,
+        device_keys_json: Vec::new(),
+        signing_keys: false,
+    };
+    storage
+        .apply_key_change(at(1), &deleted)
+        .await
+        .expect("key change");
+    assert_eq!(inbox("KEYED").await, 0);
+    assert_eq!(inbox("KEYLESS").await, 1);
+    // The pruning: ALICE has only LIVE now; BOB's devices cannot be read
+    // this round, so his messages stay.
+    let cursor = std::sync::Mutex::new(String::new());
+    let pruned = crate::pruning::prune_gone_devices(&storage, &cursor, |user_id| async move {
+        if user_id == ALICE {
+            Ok(vec!["LIVE".to_owned()])
+        } else {
+            Err("userapi unreachable")
+        }
+    })
+    .await
+    .expect("prune");
+    assert_eq!(pruned, 1);
+    assert_eq!(inbox("KEYLESS").await, 0);
+    assert_eq!(inbox("LIVE").await, 1);
+    let bobs = storage
+        .to_device_inbox(BOB, "BOBS", 0, u64::MAX, 100)
+        .await
+        .expect("inbox");
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(
+        *cursor.lock().expect("cursor"),
+        "",
+        "one batch: starts over"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_to_device_of_gone_devices() {
+    let (storage, _dir) = open(None).await;
+    to_device_of_gone_devices(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_to_device_of_gone_devices() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage_to_device").await;
+    let (storage, _dir) = open(Some(url)).await;
+    to_device_of_gone_devices(storage).await;
+}
