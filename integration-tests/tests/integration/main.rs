@@ -19,5 +19,6 @@ mod room_behaviours;
 mod sdk_scenarios;
 mod sliding_sync;
 mod synapse_peer;
+mod sync_behaviours;
 mod sync_filters;
 mod tracing;

@@ -74,6 +74,16 @@ async fn room_behaviours_clients_rely_on() {
     .await;
     assert_ne!(changed.body["event_id"], topic.body["event_id"]);
 
+    // A transaction ID names one request to one room: the same ID in
+    // another room sends there.
+    let elsewhere = alice.create_room(json!({})).await;
+    let here = alice.send_text(&room, "same-txn", "here").await;
+    let there = alice.send_text(&elsewhere, "same-txn", "there").await;
+    assert_eq!((here.status, there.status), (200, 200));
+    assert_ne!(here.body["event_id"], there.body["event_id"]);
+    let retried = alice.send_text(&elsewhere, "same-txn", "there").await;
+    assert_eq!(retried.body["event_id"], there.body["event_id"]);
+
     // A redaction names an event of its own room.
     let other_room = alice.create_room(json!({})).await;
     let message = alice.send_text(&room, "m1", "hello").await;
@@ -137,6 +147,55 @@ async fn room_behaviours_clients_rely_on() {
         (context.status, context.errcode()),
         (403, "M_FORBIDDEN"),
         "{context:?}"
+    );
+
+    // Lazy-loaded members in `/context` and `/messages`: exactly those who
+    // sent the events returned.
+    let chatty = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&chatty).await.status, 200);
+    assert_eq!(eve.join(&chatty).await.status, 200);
+    eve.send_text(&chatty, "e1", "from eve").await;
+    for i in 0..3 {
+        bob.send_text(&chatty, &format!("b{i}"), &format!("from bob {i}"))
+            .await;
+    }
+    let last = alice.send_text(&chatty, "a1", "from alice").await;
+    let last_id = last.body["event_id"].as_str().unwrap_or_default();
+    let lazy = encode(&json!({"lazy_load_members": true}).to_string());
+    let members = |body: &Value| -> Vec<String> {
+        let mut members: Vec<String> = body["state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
+        members.sort();
+        members
+    };
+    let context = get(
+        &alice,
+        &room_path(
+            &chatty,
+            &format!("context/{}?limit=2&filter={lazy}", encode(last_id)),
+        ),
+    )
+    .await;
+    assert_eq!(context.status, 200, "{context:?}");
+    assert_eq!(
+        members(&context.body),
+        vec![alice.user_id.clone(), bob.user_id.clone()],
+        "{context:?}"
+    );
+    let page = get(
+        &alice,
+        &room_path(&chatty, &format!("messages?dir=b&limit=3&filter={lazy}")),
+    )
+    .await;
+    assert_eq!(
+        members(&page.body),
+        vec![alice.user_id.clone(), bob.user_id.clone()],
+        "{page:?}"
     );
 
     // `/messages` gives `end` while the page has events, either way; an

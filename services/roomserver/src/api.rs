@@ -215,18 +215,19 @@ impl RoomserverApi for RoomserverService {
         }
         validate_templates(&request.templates)?;
         let room_id = request.room_id.clone();
-        // A client retrying a send (same device, same transaction ID) names
-        // the same request: if the first attempt was processed after its
-        // caller gave up, the retry is answered with its events, not doubled.
+        // A client retrying a send (same device, same transaction ID, same
+        // room and endpoint) names the same request: if the first attempt
+        // was processed after its caller gave up, the retry is answered
+        // with its events, not doubled.
         let request_id = (!request.transaction_id.is_empty()).then(|| {
-            let sender = request
-                .templates
-                .first()
-                .map(|t| t.sender.as_str())
-                .unwrap_or_default();
+            let first = request.templates.first();
             format!(
-                "txn/{sender}/{}/{}",
-                request.device_id, request.transaction_id
+                "txn/{}/{}/{room_id}/{}/{}/{}",
+                first.map(|t| t.sender.as_str()).unwrap_or_default(),
+                request.device_id,
+                first.map(|t| t.event_type.as_str()).unwrap_or_default(),
+                first.and_then(|t| t.redacts.as_deref()).unwrap_or_default(),
+                request.transaction_id
             )
         });
         self.submit(

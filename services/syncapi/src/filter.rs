@@ -45,12 +45,14 @@ impl SyncFilter {
         if !value.is_object() {
             return Err(FilterError::Invalid("a filter is an object".into()));
         }
+        // Zero is taken (as Synapse takes it, and clients send it for a
+        // room list without timelines): an empty, limited timeline.
         if let Some(limit) = value.pointer("/room/timeline/limit")
             && !limit.is_null()
-            && limit.as_u64().is_none_or(|l| l == 0)
+            && limit.as_u64().is_none()
         {
             return Err(FilterError::Invalid(
-                "the timeline limit is a positive integer".into(),
+                "the timeline limit is a non-negative integer".into(),
             ));
         }
         let definition: FilterDefinition =
@@ -65,7 +67,6 @@ impl SyncFilter {
             .limit
             .map(|l| u64::from(l).min(u64::from(MAX_TIMELINE_LIMIT)) as u32)
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .max(1)
     }
 
     /// Whether a room is wanted at all (`room.rooms`, `room.not_rooms`).
@@ -80,6 +81,18 @@ impl SyncFilter {
 
     pub(crate) fn include_leave(&self) -> bool {
         self.definition.room.include_leave
+    }
+
+    /// Whether the timeline filter leaves events out by what they are
+    /// (types, senders, URLs): a timeline then reads further back to fill
+    /// its limit.
+    pub(crate) fn timeline_is_selective(&self) -> bool {
+        let f = &self.definition.room.timeline;
+        f.types.is_some()
+            || !f.not_types.is_empty()
+            || f.senders.is_some()
+            || !f.not_senders.is_empty()
+            || f.url_filter.is_some()
     }
 
     pub(crate) fn timeline_matches(&self, event: &EventRow) -> bool {
@@ -139,7 +152,17 @@ impl SyncFilter {
 
     pub(crate) fn shape(&self, client: Value, pdu_json: &str) -> Value {
         let event = match self.definition.event_format {
-            EventFormat::Federation => serde_json::from_str(pdu_json).unwrap_or(client),
+            // The PDU as it travels, with the ID it is known by (room
+            // versions 3 and later carry none).
+            EventFormat::Federation => match serde_json::from_str::<Value>(pdu_json) {
+                Ok(Value::Object(mut pdu)) => {
+                    if let Some(id) = client.get("event_id") {
+                        pdu.entry("event_id").or_insert_with(|| id.clone());
+                    }
+                    Value::Object(pdu)
+                }
+                _ => client,
+            },
             _ => client,
         };
         match &self.definition.event_fields {
@@ -186,6 +209,33 @@ fn room_kind_matches(filter: &RoomEventFilter, room_id: &str, event_type: &str) 
 }
 
 /// Whether a `RoomEventFilter` lets an event through.
+/// The `filter` query parameter of `/messages` and `/context`: a
+/// `RoomEventFilter` as JSON (none: everything).
+pub(crate) fn room_event_filter(
+    json: Option<&str>,
+) -> Result<RoomEventFilter, ganglion_base::MatrixError> {
+    match json {
+        None | Some("") => Ok(RoomEventFilter::default()),
+        Some(json) if json.len() > MAX_FILTER_BYTES => Err(
+            ganglion_base::MatrixError::invalid_param("filter is too large"),
+        ),
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| ganglion_base::MatrixError::invalid_param(format!("invalid filter: {e}"))),
+    }
+}
+
+/// The members whose membership a page of `events` needs with lazy
+/// loading: their senders, among `members` (the room's membership events
+/// at the page).
+pub(crate) fn members_for<'a>(events: &[&EventRow], members: &'a [EventRow]) -> Vec<&'a EventRow> {
+    let senders: std::collections::HashSet<&str> =
+        events.iter().map(|e| e.sender.as_str()).collect();
+    members
+        .iter()
+        .filter(|m| m.state_key.as_deref().is_some_and(|u| senders.contains(u)))
+        .collect()
+}
+
 pub(crate) fn event_matches(filter: &RoomEventFilter, event: &EventRow) -> bool {
     if filter
         .not_types
@@ -363,7 +413,11 @@ mod tests {
             filter(json!({"room": {"timeline": {"limit": 5000}}})).timeline_limit(),
             1000
         );
-        assert!(SyncFilter::from_value(json!({"room": {"timeline": {"limit": 0}}})).is_err());
+        assert!(SyncFilter::from_value(json!({"room": {"timeline": {"limit": -1}}})).is_err());
+        assert_eq!(
+            filter(json!({"room": {"timeline": {"limit": 0}}})).timeline_limit(),
+            0
+        );
         assert!(SyncFilter::from_value(json!({"room": {"timeline": {"limit": "ten"}}})).is_err());
         assert!(SyncFilter::from_value(json!([1])).is_err());
         assert_eq!(
@@ -388,8 +442,8 @@ mod tests {
         );
         let federation = filter(json!({"event_format": "federation"}));
         assert_eq!(
-            federation.shape(json!({"a": 1}), r#"{"depth": 3}"#),
-            json!({"depth": 3})
+            federation.shape(json!({"event_id": "$e"}), r#"{"depth": 3}"#),
+            json!({"depth": 3, "event_id": "$e"})
         );
     }
 }

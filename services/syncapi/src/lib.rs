@@ -28,6 +28,7 @@ mod consumers;
 mod device_lists;
 mod filter;
 mod internal_events;
+mod lazy_members;
 mod notifications;
 mod notifier;
 mod presence;
@@ -75,6 +76,8 @@ pub struct SyncService {
     notifier: notifier::Notifier,
     /// Users this process saw syncing, for presence by inactivity.
     presence: presence::Activity,
+    /// The membership events each device was sent (lazy-loading).
+    lazy_members: lazy_members::LazyMembers,
 }
 
 impl ganglion_api::users::Authenticates for SyncService {
@@ -177,6 +180,7 @@ pub async fn start(
             Duration::from_millis(config.client.presence_offline_after_ms),
             config.client.max_syncs_per_user,
         ),
+        lazy_members: Default::default(),
     });
     // The view's positions are stored with its data, in one transaction per
     // record, so it resumes exactly where it stopped: no consumer group.

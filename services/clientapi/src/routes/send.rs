@@ -60,13 +60,21 @@ impl ClientApi {
         limits::opaque_id("transaction ID", txn_id)?;
         let transactions_failed = |e| MatrixError::unknown(format!("transactions: {e}"));
         let (user_id, device_id) = (&device.user_id, &device.device_id);
+        // A transaction ID names one request to one endpoint: the same ID
+        // in another room, for another event type or another redaction is
+        // another request (as on Synapse, which keys on the path).
+        let scoped = format!(
+            "{room_id}\n{}\n{}\n{txn_id}",
+            template.event_type,
+            template.redacts.as_deref().unwrap_or_default()
+        );
         let deadline = std::time::Instant::now() + CLAIM_WAIT;
         loop {
             let now: i64 = ruma::MilliSecondsSinceUnixEpoch::now().get().into();
             let stale_before = now - CLAIM_STALE.as_millis() as i64;
             match self
                 .storage
-                .claim_transaction(user_id, device_id, txn_id, now, stale_before)
+                .claim_transaction(user_id, device_id, &scoped, now, stale_before)
                 .await
                 .map_err(transactions_failed)?
             {
@@ -83,7 +91,7 @@ impl ClientApi {
         match self.send_event(room_id, device, template, txn_id).await {
             Ok(event_id) => {
                 self.storage
-                    .complete_transaction(user_id, device_id, txn_id, &event_id)
+                    .complete_transaction(user_id, device_id, &scoped, &event_id)
                     .await
                     .map_err(transactions_failed)?;
                 Ok(event_id)
@@ -91,7 +99,7 @@ impl ClientApi {
             Err(error) => {
                 if let Err(release) = self
                     .storage
-                    .release_transaction(user_id, device_id, txn_id)
+                    .release_transaction(user_id, device_id, &scoped)
                     .await
                 {
                     tracing::warn!(%release, "could not release a transaction ID (it goes stale)");

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::SyncService;
+use crate::filter::{event_matches, lazy, members_for, room_event_filter};
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{reader_history, render_visible, require_reader, visible_event};
 use crate::storage::EventRow;
@@ -34,6 +35,9 @@ pub(crate) async fn event(
 #[derive(Deserialize, Default)]
 struct ContextQuery {
     limit: Option<u32>,
+    /// A `RoomEventFilter` as JSON: which events around the one asked
+    /// for, and lazy-loaded members.
+    filter: Option<String>,
 }
 
 pub(crate) async fn context(
@@ -44,6 +48,7 @@ pub(crate) async fn context(
 ) -> MatrixResult {
     let query: ContextQuery = parse_query(&uri)?;
     let limit = query.limit.unwrap_or(10).min(100);
+    let filter = room_event_filter(query.filter.as_deref())?;
     let history = reader_history(&service, &room_id, &device.user_id).await?;
     let reader = Reader {
         user_id: &device.user_id,
@@ -71,23 +76,39 @@ pub(crate) async fn context(
         partition,
         after.last().map(|e| e.offset + 1).unwrap_or(row.offset + 1),
     );
+    // The events around it that the filter and the history visibility
+    // let through (the tokens keep the pages' ends).
+    let shown = |rows: &[EventRow]| -> Vec<EventRow> {
+        rows.iter()
+            .filter(|e| event_matches(&filter, e) && reader.may_see(e))
+            .cloned()
+            .collect()
+    };
+    let (before, after) = (shown(&before), shown(&after));
     let event = render_visible(&service, &reader, &device, [&row], true).await?;
     let events_before = render_visible(&service, &reader, &device, &before, true).await?;
     let events_after = render_visible(&service, &reader, &device, &after, true).await?;
     // The room's state at the last event returned: the last one the user
-    // may see (a state at a later one would tell what they may not).
-    let last = after
-        .iter()
-        .rev()
-        .find(|e| reader.may_see(e))
-        .map_or(row.offset, |e| e.offset);
-    let state: Vec<Value> = service
-        .storage
-        .state_at(&room_id, last + 1, None)
-        .await?
-        .iter()
-        .map(|e| client_event(e, true, &device.device_id))
-        .collect();
+    // may see (a state at a later one would tell what they may not); with
+    // lazy-loading, of the members only those who sent what is returned.
+    let last = after.last().map_or(row.offset, |e| e.offset);
+    let state_rows = service.storage.state_at(&room_id, last + 1, None).await?;
+    let state: Vec<Value> = if lazy(&filter.lazy_load_options).is_some() {
+        let returned: Vec<&EventRow> = before.iter().chain([&row]).chain(after.iter()).collect();
+        let (members, others): (Vec<EventRow>, Vec<EventRow>) = state_rows
+            .into_iter()
+            .partition(|e| e.event_type == "m.room.member");
+        others
+            .iter()
+            .chain(members_for(&returned, &members))
+            .map(|e| client_event(e, true, &device.device_id))
+            .collect()
+    } else {
+        state_rows
+            .iter()
+            .map(|e| client_event(e, true, &device.device_id))
+            .collect()
+    };
     respond(json!({
         "event": event.into_iter().next().unwrap_or_default(),
         "events_before": events_before,

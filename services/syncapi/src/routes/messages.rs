@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::SyncService;
-use crate::filter::{MAX_FILTER_BYTES, event_matches, lazy};
+use crate::filter::{event_matches, lazy, members_for, room_event_filter};
 use crate::routes::client_event::client_event;
 use crate::routes::relations::{reader_history, render_visible, require_reader};
 use crate::storage::EventRow;
@@ -20,7 +20,6 @@ use crate::visibility::Reader;
 use ganglion_base::http::parse_query;
 use ruma::api::client::filter::RoomEventFilter;
 use serde_json::Value;
-use std::collections::HashSet;
 
 #[derive(Deserialize)]
 struct MessagesQuery {
@@ -39,14 +38,7 @@ pub(crate) async fn messages(
     uri: Uri,
 ) -> MatrixResult {
     let query: MessagesQuery = parse_query(&uri)?;
-    let filter: RoomEventFilter = match query.filter.as_deref() {
-        None | Some("") => RoomEventFilter::default(),
-        Some(json) if json.len() > MAX_FILTER_BYTES => {
-            return Err(MatrixError::invalid_param("filter is too large"));
-        }
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| MatrixError::invalid_param(format!("invalid filter: {e}")))?,
-    };
+    let filter: RoomEventFilter = room_event_filter(query.filter.as_deref())?;
     let backwards = match query.dir.as_deref() {
         Some("b") => true,
         Some("f") => false,
@@ -120,21 +112,21 @@ pub(crate) async fn messages(
         (events, end)
     };
     let events: Vec<EventRow> = events.into_iter().map(|(_, row)| row).collect();
-    // The page keeps its length for the tokens; the filter thins it.
-    let matching: Vec<&EventRow> = events
+    // The page keeps its length for the tokens; the filter and the history
+    // visibility thin it.
+    let shown: Vec<&EventRow> = events
         .iter()
-        .filter(|e| event_matches(&filter, e))
+        .filter(|e| event_matches(&filter, e) && reader.may_see(e))
         .collect();
-    let chunk = render_visible(&service, &reader, &device, matching.iter().copied(), true).await?;
+    let chunk = render_visible(&service, &reader, &device, shown.iter().copied(), true).await?;
     // Lazy-loading: the members who sent what the page shows.
     let state: Vec<Value> = if lazy(&filter.lazy_load_options).is_some() {
-        let senders: HashSet<&str> = matching.iter().map(|e| e.sender.as_str()).collect();
-        service
+        let members = service
             .storage
             .state_at(&room_id, u64::MAX, Some("m.room.member"))
-            .await?
-            .iter()
-            .filter(|e| e.state_key.as_deref().is_some_and(|u| senders.contains(u)))
+            .await?;
+        members_for(&shown, &members)
+            .into_iter()
             .map(|e| client_event(e, true, &device.device_id))
             .collect()
     } else {

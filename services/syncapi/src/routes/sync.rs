@@ -21,7 +21,7 @@ use crate::filter::{FilterError, SyncFilter};
 use crate::routes::client_event::{client_event, client_event_raw, to_raw};
 use crate::routes::relations::{bundle, with_bundle};
 use crate::routes::sync_streams;
-use crate::storage::{EventRow, Membership};
+use crate::storage::{EventRow, Membership, StateRef};
 use crate::sync_token::{Stream, SyncToken};
 use crate::visibility::Reader;
 
@@ -171,8 +171,10 @@ pub(crate) struct Chosen {
 }
 
 /// How many pages of a window `/sync` reads looking for events its filter
-/// lets through before it settles for fewer.
+/// and the history visibility let through before it settles for fewer.
 const MAX_FILTERED_PAGES: usize = 8;
+/// The page a selective timeline filter reads at a time.
+const FILTERED_PAGE: usize = 200;
 
 /// The latest events of a window that the filter lets through and the
 /// user may see (history visibility is checked unless the user is joined
@@ -194,8 +196,12 @@ pub(crate) async fn timeline(
     }))
 }
 
-/// Chooses a window's timeline events. `first_page`: the window's newest
-/// `limit + 1` events when already read (batched over rooms).
+/// Chooses a window's timeline events: the latest `limit` that the filter
+/// lets through and the user may see, with the room's current state always
+/// visible to a member (so one who rejoins a room of `joined` history sees
+/// who joined while they were away). `limited` when older such events
+/// (may) remain. `first_page`: the window's newest `limit + 1` events when
+/// already read (batched over rooms).
 pub(crate) async fn choose(
     service: &SyncService,
     device: &Device,
@@ -206,22 +212,70 @@ pub(crate) async fn choose(
     mut first_page: Option<Vec<EventRow>>,
 ) -> Result<Chosen, MatrixError> {
     let limit = filter.timeline_limit() as usize;
+    let page_size = if filter.timeline_is_selective() {
+        (limit + 1).max(FILTERED_PAGE)
+    } else {
+        limit + 1
+    };
     let mut events = Vec::new();
     let mut upper = to;
     let mut exhausted = false;
+    // Read when first needed: the user's membership history, and the
+    // room's current state.
+    let mut history: Option<Vec<(u64, String)>> = None;
+    let mut current_state: Option<HashSet<String>> = None;
     for _ in 0..MAX_FILTERED_PAGES {
         let page = match first_page.take() {
-            Some(page) => page.into_iter().filter(|e| e.offset >= from).collect(),
-            None => {
+            Some(page) if page.len() >= page_size || page.len() <= limit => {
+                page.into_iter().filter(|e| e.offset >= from).collect()
+            }
+            _ => {
                 service
                     .storage
-                    .room_events(room_id, from, upper, limit as u32 + 1, true)
+                    .room_events(room_id, from, upper, page_size as u32, true)
                     .await?
             }
         };
-        exhausted = page.len() <= limit;
+        exhausted = page.len() < page_size;
         upper = page.last().map(|e| e.offset).unwrap_or(from);
-        events.extend(page.into_iter().filter(|e| filter.timeline_matches(e)));
+        let mut matching: Vec<EventRow> = page
+            .into_iter()
+            .filter(|e| filter.timeline_matches(e))
+            .collect();
+        if history.is_none() && !Reader::sees_all(Some(membership), &matching) {
+            history = Some(
+                service
+                    .storage
+                    .membership_history(room_id, &device.user_id)
+                    .await?,
+            );
+        }
+        if let Some(history) = &history {
+            let reader = Reader {
+                user_id: &device.user_id,
+                history,
+            };
+            if matching.iter().any(|e| !reader.may_see(e)) && current_state.is_none() {
+                current_state = Some(if membership == "join" {
+                    service
+                        .storage
+                        .room_state_refs(&[room_id])
+                        .await?
+                        .remove(room_id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| r.event_id)
+                        .collect()
+                } else {
+                    HashSet::new()
+                });
+            }
+            let always = current_state.as_ref();
+            matching.retain(|e| {
+                reader.may_see(e) || always.is_some_and(|ids| ids.contains(&e.event_id))
+            });
+        }
+        events.extend(matching);
         if events.len() > limit || exhausted {
             break;
         }
@@ -229,25 +283,11 @@ pub(crate) async fn choose(
     let limited = events.len() > limit || !exhausted;
     events.truncate(limit);
     events.reverse();
-    let history = if Reader::sees_all(Some(membership), &events) {
-        vec![(0, membership.to_owned())]
-    } else {
-        let history = service
-            .storage
-            .membership_history(room_id, &device.user_id)
-            .await?;
-        let reader = Reader {
-            user_id: &device.user_id,
-            history: &history,
-        };
-        events.retain(|e| reader.may_see(e));
-        history
-    };
     Ok(Chosen {
         room_id: room_id.to_owned(),
         events,
         limited,
-        history,
+        history: history.unwrap_or_else(|| vec![(0, membership.to_owned())]),
     })
 }
 
@@ -352,6 +392,194 @@ fn room_state_for(
         .collect()
 }
 
+/// How a joined room's `state` is made.
+enum StateSection {
+    /// All the state at the timeline's start: an initial sync, a room
+    /// newly joined, or `full_state`. With the room's current-state
+    /// references when already read.
+    Whole(Option<Vec<StateRef>>),
+    /// The state changes in the gap before a limited timeline, from the
+    /// last sync's position.
+    Gap(u64),
+    /// A timeline that follows on from the last sync: no gap.
+    Continued,
+}
+
+/// A joined room's `state` (as event IDs, before the state filter) and
+/// `summary`. The state is as it stood at the timeline's start: all of it,
+/// or what changed in the gap. With lazy-loaded members only the members
+/// the timeline needs come with it (its senders, the heroes, the user on
+/// an initial sync), and, unless redundant members are asked for, not
+/// those the device was already sent.
+async fn joined_state(
+    service: &SyncService,
+    device: &Device,
+    filter: &SyncFilter,
+    room_id: &str,
+    timeline: &Chosen,
+    section: StateSection,
+    to: u64,
+) -> Result<(Vec<String>, Value), MatrixError> {
+    let user = device.user_id.as_str();
+    let start = timeline.events.first().map(|e| e.offset).unwrap_or(to);
+    let whole = matches!(section, StateSection::Whole(_));
+    let mut current_members: Option<Vec<(String, String, u64)>> = None;
+    let refs: Vec<StateRef> = match section {
+        StateSection::Whole(current) => {
+            let current = match current {
+                Some(current) => current,
+                None => service
+                    .storage
+                    .room_state_refs(&[room_id])
+                    .await?
+                    .remove(room_id)
+                    .unwrap_or_default(),
+            };
+            current_members = Some(members_of(&current));
+            // The current state is the state at the timeline's start but
+            // for the entries the timeline itself changed: those are taken
+            // as they stood before it. (Entries the filter kept out of the
+            // timeline, or the state a join brought along, stay current.)
+            let in_timeline: HashSet<&str> = timeline
+                .events
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect();
+            if current
+                .iter()
+                .any(|r| r.offset >= start && in_timeline.contains(r.event_id.as_str()))
+            {
+                let before: std::collections::HashMap<(String, String), StateRef> = service
+                    .storage
+                    .state_refs_at(room_id, start, None)
+                    .await?
+                    .into_iter()
+                    .map(|r| ((r.event_type.clone(), r.state_key.clone()), r))
+                    .collect();
+                current
+                    .into_iter()
+                    .filter_map(|r| {
+                        if r.offset >= start && in_timeline.contains(r.event_id.as_str()) {
+                            before.get(&(r.event_type, r.state_key)).cloned()
+                        } else {
+                            Some(r)
+                        }
+                    })
+                    .collect()
+            } else {
+                current
+            }
+        }
+        StateSection::Gap(from) => {
+            service
+                .storage
+                .state_refs_at(room_id, start, Some(from))
+                .await?
+        }
+        StateSection::Continued => Vec::new(),
+    };
+    // The summary, whenever the membership may have changed for the client.
+    let membership_moved = whole
+        || refs.iter().any(|r| r.event_type == "m.room.member")
+        || timeline
+            .events
+            .iter()
+            .any(|e| e.event_type == "m.room.member");
+    let summary = if membership_moved {
+        let members = match current_members {
+            Some(members) => members,
+            None => service.storage.members(room_id).await?,
+        };
+        let mut summary = crate::summary::summary(&members, user);
+        if summary["m.heroes"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+            && service.storage.room_is_named(room_id).await?
+        {
+            summary.as_object_mut().map(|s| s.remove("m.heroes"));
+        }
+        summary
+    } else {
+        json!({})
+    };
+    let lazy = filter.lazy_load_members();
+    let in_timeline: HashSet<&str> = timeline
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    // The members the timeline needs: who sent it, and who names the room.
+    let mut needed: HashSet<&str> = timeline.events.iter().map(|e| e.sender.as_str()).collect();
+    for hero in summary["m.heroes"].as_array().into_iter().flatten() {
+        needed.extend(hero.as_str());
+    }
+    let mut chosen: Vec<&StateRef> = refs
+        .iter()
+        .filter(|r| r.offset < to && !in_timeline.contains(r.event_id.as_str()))
+        .filter(|r| {
+            // Lazy-loading, the whole state keeps only the members needed;
+            // a gap's membership changes all come.
+            lazy.is_none()
+                || !whole
+                || r.event_type != "m.room.member"
+                || r.state_key == user
+                || needed.contains(r.state_key.as_str())
+        })
+        .collect();
+    let extra = if lazy.is_some() && !whole {
+        // Members whose membership comes anyway, in the state or the
+        // timeline.
+        let covered: HashSet<&str> = chosen
+            .iter()
+            .filter(|r| r.event_type == "m.room.member")
+            .map(|r| r.state_key.as_str())
+            .chain(
+                timeline
+                    .events
+                    .iter()
+                    .filter(|e| e.event_type == "m.room.member")
+                    .filter_map(|e| e.state_key.as_deref()),
+            )
+            .collect();
+        let missing: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|u| !covered.contains(u))
+            .collect();
+        service
+            .storage
+            .member_refs_at(room_id, start, &missing)
+            .await?
+    } else {
+        Vec::new()
+    };
+    chosen.extend(extra.iter());
+    let device_key = (user, device.device_id.as_str());
+    let ids = chosen
+        .into_iter()
+        .filter(|r| {
+            // Not sent again what the device holds (a whole state is what
+            // the client starts over from, so it comes in full).
+            whole
+                || lazy != Some(false)
+                || r.event_type != "m.room.member"
+                || !service
+                    .lazy_members
+                    .was_sent(device_key, room_id, &r.state_key, &r.event_id)
+        })
+        .map(|r| r.event_id.clone())
+        .collect();
+    Ok((ids, summary))
+}
+
+/// (member, membership, position) of each membership among state refs.
+fn members_of(refs: &[StateRef]) -> Vec<(String, String, u64)> {
+    refs.iter()
+        .filter(|r| r.event_type == "m.room.member")
+        .filter_map(|r| Some((r.state_key.clone(), r.membership.clone()?, r.offset)))
+        .collect()
+}
+
 async fn build(
     service: &SyncService,
     device: &Device,
@@ -364,6 +592,11 @@ async fn build(
     let mut leave = Map::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
+    if since.is_none() {
+        service
+            .lazy_members
+            .forget(&device.user_id, &device.device_id);
+    }
     let mut streams = sync_streams::collect(service, device, since, current, filter).await?;
     let mut counts =
         crate::notifications::count(service.storage.notifications_for(&device.user_id).await?);
@@ -439,14 +672,29 @@ async fn build(
         let changed_membership = since.is_some() && member_offset >= from;
         match membership.as_str() {
             "join" => {
-                let initial = since.is_none() || changed_membership || full_state;
+                // Joined since the last sync (not a join after a join, as a
+                // change of display name is): the room comes whole.
+                let newly_joined = changed_membership
+                    && service
+                        .storage
+                        .membership_history(&room_id, &device.user_id)
+                        .await?
+                        .iter()
+                        .rev()
+                        .find(|(offset, _)| *offset < from)
+                        .is_none_or(|(_, before)| before != "join");
+                let initial = since.is_none() || newly_joined || full_state;
                 // Nothing new in the room: no need to read its timeline.
                 if !initial && !active.contains(&room_id) && !streams.has_room_updates(&room_id) {
                     continue;
                 }
-                let window_start = if since.is_none() { 0 } else { from };
+                let window_start = if since.is_none() || newly_joined {
+                    0
+                } else {
+                    from
+                };
                 let first_page = prefetched.then(|| pages.remove(&room_id).unwrap_or_default());
-                let timeline = choose(
+                let mut timeline = choose(
                     service,
                     device,
                     &room_id,
@@ -456,6 +704,9 @@ async fn build(
                     first_page,
                 )
                 .await?;
+                // What happened before a newly joined room's timeline is
+                // new to the client too.
+                timeline.limited |= newly_joined;
                 let ephemeral = streams.ephemeral(&room_id);
                 let account_data = streams.room_account_data(&room_id);
                 if !initial
@@ -465,57 +716,19 @@ async fn build(
                 {
                     continue;
                 }
-                let (state_ids, initial_summary) = if initial {
-                    let refs = match state_refs.remove(&room_id) {
-                        Some(refs) => refs,
-                        None => service
-                            .storage
-                            .room_state_refs(&[room_id.as_str()])
-                            .await?
-                            .remove(&room_id)
-                            .unwrap_or_default(),
-                    };
-                    let choice = StateChoice::new(&timeline.events, filter, &device.user_id, to);
-                    let members: Vec<(String, String, u64)> = refs
-                        .iter()
-                        .filter(|r| r.event_type == "m.room.member")
-                        .filter_map(|r| {
-                            Some((r.state_key.clone(), r.membership.clone()?, r.offset))
-                        })
-                        .collect();
-                    let ids = refs
-                        .into_iter()
-                        .filter(|r| {
-                            choice.wants(&r.event_type, Some(&r.state_key), &r.event_id, r.offset)
-                        })
-                        .map(|r| r.event_id)
-                        .collect();
-                    (
-                        ids,
-                        Some(crate::summary::summary(&members, &device.user_id)),
-                    )
+                let section = if initial {
+                    StateSection::Whole(state_refs.remove(&room_id))
+                } else if timeline.limited {
+                    StateSection::Gap(from)
                 } else {
-                    (Vec::new(), None)
+                    StateSection::Continued
                 };
+                let (state_ids, summary) =
+                    joined_state(service, device, filter, &room_id, &timeline, section, to).await?;
                 let prev_batch = current.with(
                     partition,
                     timeline.events.first().map(|e| e.offset).unwrap_or(to),
                 );
-                // The summary, when it may have changed: on an initial sync
-                // (from the state just read), or when memberships are in
-                // the timeline.
-                let summary = match initial_summary {
-                    Some(summary) => summary,
-                    None if timeline
-                        .events
-                        .iter()
-                        .any(|e| e.event_type == "m.room.member") =>
-                    {
-                        let members = service.storage.members(&room_id).await?;
-                        crate::summary::summary(&members, &device.user_id)
-                    }
-                    None => json!({}),
-                };
                 let room_counts = counts.remove(&room_id).unwrap_or_default();
                 let unread = |(notifications, highlights): (u64, u64)| json!({ "notification_count": notifications, "highlight_count": highlights });
                 let room = JoinedRoom {
@@ -612,15 +825,32 @@ async fn build(
         .into_iter()
         .map(|e| (e.event_id.clone(), e))
         .collect();
+    let lazy = filter.lazy_load_members().is_some();
+    let device_key = (device.user_id.as_str(), device.device_id.as_str());
     for (((room_id, mut room), timeline), state_ids) in
         pending.into_iter().zip(rendered).zip(pending_state)
     {
         room.timeline.events = timeline.rendered;
-        room.state.events = state_ids
+        let state: Vec<EventRow> = state_ids
             .iter()
             .filter_map(|id| state_events.remove(id))
             .filter(|e| filter.state_matches(e))
-            .map(|e| render_event(&e, filter, None, &device.device_id))
+            .collect();
+        if lazy {
+            // The membership events the device now holds.
+            service.lazy_members.record(
+                device_key,
+                &room_id,
+                state
+                    .iter()
+                    .chain(&timeline.events)
+                    .filter(|e| e.event_type == "m.room.member")
+                    .filter_map(|e| Some((e.state_key.as_deref()?, e.event_id.as_str()))),
+            );
+        }
+        room.state.events = state
+            .iter()
+            .map(|e| render_event(e, filter, None, &device.device_id))
             .collect();
         join.insert(room_id, room);
     }

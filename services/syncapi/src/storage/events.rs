@@ -1,5 +1,6 @@
 use sqlx::Row;
 
+use super::ephemeral::i64_of;
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
 
@@ -128,6 +129,16 @@ pub(crate) struct StateRef {
     pub(crate) membership: Option<String>,
     /// Where the entry became current (in the room's partition).
     pub(crate) offset: u64,
+}
+
+fn state_ref(row: &sqlx::any::AnyRow) -> Result<StateRef, StorageError> {
+    Ok(StateRef {
+        event_type: row.try_get(0)?,
+        state_key: row.try_get(1)?,
+        event_id: row.try_get(2)?,
+        membership: row.try_get(3)?,
+        offset: row.try_get::<i64, _>(4)?.max(0) as u64,
+    })
 }
 
 /// A statement `{head} ($1, ..., $N) {tail}` with N = [`ROOMS_PER_STATEMENT`]
@@ -718,6 +729,83 @@ impl Storage {
             }
         }
         Ok(out)
+    }
+
+    /// The room's state entries as they stood just before `before`, as
+    /// references, ordered by when each became current; with `since`, only
+    /// those that became current at or after it (a gap's state changes).
+    pub(crate) async fn state_refs_at(
+        &self,
+        room_id: &str,
+        before: u64,
+        since: Option<u64>,
+    ) -> Result<Vec<StateRef>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT h.event_type, h.state_key, h.event_id, h.membership, h.log_offset
+             FROM state_history h
+             WHERE h.room_id = $1 AND h.log_offset < $2 AND h.log_offset >= $3
+               AND h.event_id IS NOT NULL
+               AND h.log_offset = (
+                 SELECT MAX(l.log_offset) FROM state_history l
+                 WHERE l.room_id = h.room_id AND l.event_type = h.event_type
+                   AND l.state_key = h.state_key AND l.log_offset < $2)
+             ORDER BY h.log_offset",
+        )
+        .bind(room_id)
+        .bind(i64_of(before))
+        .bind(i64_of(since.unwrap_or(0)))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(state_ref).collect()
+    }
+
+    /// The membership events of `users` as they stood just before `before`.
+    pub(crate) async fn member_refs_at(
+        &self,
+        room_id: &str,
+        before: u64,
+        users: &[&str],
+    ) -> Result<Vec<StateRef>, StorageError> {
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            let row = sqlx::query(
+                "SELECT event_type, state_key, event_id, membership, log_offset
+                 FROM state_history
+                 WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2
+                   AND log_offset < $3 AND event_id IS NOT NULL
+                 ORDER BY log_offset DESC LIMIT 1",
+            )
+            .bind(room_id)
+            .bind(*user)
+            .bind(i64_of(before))
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if let Some(row) = row {
+                out.push(state_ref(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the room has a name or a canonical alias now (a non-empty
+    /// one): a room without either is named by its heroes.
+    pub(crate) async fn room_is_named(&self, room_id: &str) -> Result<bool, StorageError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT e.json FROM current_state c JOIN events e ON e.event_id = c.event_id
+             WHERE c.room_id = $1 AND c.state_key = ''
+               AND c.event_type IN ('m.room.name', 'm.room.canonical_alias')",
+        )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows.iter().any(|json| {
+            let event: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            ["name", "alias"].iter().any(|field| {
+                event["content"][field]
+                    .as_str()
+                    .is_some_and(|value| !value.is_empty())
+            })
+        }))
     }
 
     /// Events by ID (those not stored are left out), in no given order.

@@ -17,7 +17,7 @@ mod tests;
 
 pub(crate) use device_lists::MemberChange;
 pub(crate) use ephemeral::{At, PresenceRow};
-pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow};
+pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow, StateRef};
 pub(crate) use history::HistoryEvent;
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use sliding::SlidingRoom;
