@@ -218,7 +218,7 @@ async fn room_options_state_aliases_and_leaving() {
     let sync = alice.sync(None, 0, 50).await;
     assert_eq!(
         state_event(&sync, &trusted, "m.room.create").map(|e| e["content"]["room_version"].clone()),
-        Some(json!("10"))
+        Some(json!("12"))
     );
     assert_eq!(
         state_event(&sync, &trusted, "m.room.join_rules")

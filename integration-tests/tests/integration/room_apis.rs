@@ -1310,13 +1310,8 @@ pub(crate) async fn guests_where_guest_access_allows(base_url: &str) {
         get(&guest, &room_path(&room_id, "members")).await.status,
         200
     );
-    // Guest access withdrawn: a guest who leaves cannot come back.
-    assert_eq!(
-        post(&guest, &room_path(&room_id, "leave"), json!({}))
-            .await
-            .status,
-        200
-    );
+    // Guest access withdrawn: the guests in the room leave it (the spec's
+    // MUST), and cannot come back.
     let withdraw = put(
         &alice,
         &room_path(&room_id, "state/m.room.guest_access/"),
@@ -1324,8 +1319,68 @@ pub(crate) async fn guests_where_guest_access_allows(base_url: &str) {
     )
     .await;
     assert_eq!(withdraw.status, 200);
+    assert_eq!(membership(&alice, &room_id, &guest.user_id).await, "leave");
     assert_eq!(
         guest.join(&room_id).await.errcode(),
         "M_GUEST_ACCESS_FORBIDDEN"
     );
+
+    // A guest becomes a full account by registering with their token:
+    // the same user ID, a password, and everything accounts may do.
+    let register = format!("{base_url}/_matrix/client/v3/register");
+    let body = json!({"username": guest.user_id.trim_start_matches('@').split(':').next(),
+                      "password": "pw-upgraded-guest", "guest_access_token": guest.access_token});
+    let challenge = ganglion_integration_tests::client::request(
+        &http,
+        Method::POST,
+        &register,
+        None,
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(challenge.status, 401, "{challenge:?}");
+    let mut body = body;
+    body["auth"] = json!({"type": "m.login.dummy", "session": challenge.body["session"]});
+    let upgraded = ganglion_integration_tests::client::request(
+        &http,
+        Method::POST,
+        &register,
+        None,
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(upgraded.status, 200, "{upgraded:?}");
+    assert_eq!(upgraded.body["user_id"], guest.user_id.as_str());
+    let member = Client {
+        access_token: upgraded.body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        ..guest.clone()
+    };
+    assert_eq!(
+        get(&member, "/_matrix/client/v3/account/whoami").await.body["is_guest"],
+        false
+    );
+    assert_eq!(
+        post(&member, "/_matrix/client/v3/createRoom", json!({}))
+            .await
+            .status,
+        200
+    );
+    // A full account's token is not a guest's.
+    let again = ganglion_integration_tests::client::request(
+        &http,
+        Method::POST,
+        &register,
+        None,
+        Some(
+            json!({"password": "pw-x-guest", "guest_access_token": member.access_token,
+                   "auth": {"type": "m.login.dummy"}})
+            .to_string()
+            .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(again.status, 403, "{again:?}");
 }

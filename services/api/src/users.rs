@@ -34,6 +34,8 @@ crate::grpc::service_api! {
         fn get_profile(pb::GetProfileRequest) -> pb::Profile;
         /// Sets or removes one field of a local user's profile.
         fn set_profile_field(pb::SetProfileFieldRequest) -> pb::Profile;
+        /// Which of the given local users are guests.
+        fn query_guests(pb::QueryGuestsRequest) -> pb::QueryGuestsResponse;
     }
 }
 

@@ -150,6 +150,27 @@ impl UsersApi for UserApi {
         } else {
             Some(self.passwords.hash(request.password).await?)
         };
+        if request.upgrade_guest {
+            let Some(hash) = password_hash.as_deref() else {
+                return Err(ApiError::InvalidInput("a password is required".into()));
+            };
+            self.storage
+                .upgrade_guest(
+                    &request.localpart,
+                    hash,
+                    ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+                    request.registration_token.as_deref(),
+                )
+                .await?;
+            tracing::info!(localpart = %request.localpart, "guest account upgraded");
+            return self
+                .new_session(
+                    &request.localpart,
+                    request.device_id,
+                    request.initial_device_display_name,
+                )
+                .await;
+        }
         match self
             .storage
             .insert_account(
@@ -269,6 +290,27 @@ impl UsersApi for UserApi {
             devices_removed: removed as u32,
             user_id: request.user_id,
             ..Default::default()
+        })
+    }
+
+    async fn query_guests(
+        &self,
+        request: pb::QueryGuestsRequest,
+    ) -> Result<pb::QueryGuestsResponse, ApiError> {
+        let ours: Vec<(&str, &str)> = request
+            .user_ids
+            .iter()
+            .take(10_000)
+            .filter_map(|u| Some((u.as_str(), self.local_part(u).ok()?)))
+            .collect();
+        let localparts: Vec<&str> = ours.iter().map(|(_, l)| *l).collect();
+        let guests = self.storage.guests_among(&localparts).await?;
+        Ok(pb::QueryGuestsResponse {
+            guests: ours
+                .into_iter()
+                .filter(|(_, l)| guests.iter().any(|g| g == l))
+                .map(|(u, _)| u.to_owned())
+                .collect(),
         })
     }
 

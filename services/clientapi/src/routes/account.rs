@@ -56,6 +56,8 @@ pub(crate) struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<AuthData>,
+    /// A guest's access token: the guest's account becomes a full one.
+    guest_access_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,26 +96,60 @@ pub(crate) async fn register(
     if !api.registration_enabled {
         return Err(MatrixError::forbidden("Registration is disabled"));
     }
-    let localpart = match body.username.as_deref() {
-        Some(name) => {
+    // A guest upgrading keeps their user ID: the username, if given, must
+    // be their localpart.
+    let guest = match body.guest_access_token.as_deref() {
+        Some(token) => {
+            let device = api
+                .users
+                .authenticate(pb::AuthenticateRequest {
+                    access_token: token.to_owned(),
+                })
+                .await
+                .map_err(MatrixError::from)?;
+            if !device.is_guest {
+                return Err(MatrixError::forbidden("Not a guest's access token"));
+            }
+            let localpart = device
+                .user_id
+                .strip_prefix('@')
+                .and_then(|u| u.split_once(':'))
+                .map(|(local, _)| local.to_owned())
+                .unwrap_or_default();
+            if body
+                .username
+                .as_deref()
+                .is_some_and(|name| name.to_lowercase() != localpart)
+            {
+                return Err(invalid_username("A guest upgrading keeps their username"));
+            }
+            Some(localpart)
+        }
+        None => None,
+    };
+    let localpart = match (&guest, body.username.as_deref()) {
+        (Some(localpart), _) => localpart.clone(),
+        (None, Some(name)) => {
             let name = name.to_lowercase();
             if !ganglion_api::users::valid_localpart(&name) {
                 return Err(invalid_username("The desired username is not valid"));
             }
             name
         }
-        None => format!("u{}", random_session().to_lowercase()),
+        (None, None) => format!("u{}", random_session().to_lowercase()),
     };
     // Check the name before asking for authentication, as clients expect.
-    let available = api
-        .users
-        .localpart_available(pb::LocalpartAvailableRequest {
-            localpart: localpart.clone(),
-        })
-        .await
-        .map_err(MatrixError::from)?;
-    if !available.available {
-        return Err(ApiError::UserInUse.into());
+    if guest.is_none() {
+        let available = api
+            .users
+            .localpart_available(pb::LocalpartAvailableRequest {
+                localpart: localpart.clone(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        if !available.available {
+            return Err(ApiError::UserInUse.into());
+        }
     }
     // One flow: a registration token where the operator asks for one,
     // else the dummy stage.
@@ -188,6 +224,7 @@ pub(crate) async fn register(
             admin: false,
             guest: false,
             registration_token,
+            upgrade_guest: guest.is_some(),
         })
         .await
         .map_err(MatrixError::from)?;
@@ -220,6 +257,7 @@ async fn register_guest(api: &ClientApi, body: RegisterBody) -> MatrixResult {
             admin: false,
             guest: true,
             registration_token: None,
+            upgrade_guest: false,
         })
         .await
         .map_err(MatrixError::from)?;

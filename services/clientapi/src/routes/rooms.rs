@@ -16,7 +16,7 @@ use crate::internal_events::ROOM_WRITES;
 
 /// The room version new rooms get unless the client asks for another: the
 /// one the specification currently recommends.
-pub(crate) const DEFAULT_ROOM_VERSION: &str = "10";
+pub(crate) const DEFAULT_ROOM_VERSION: &str = "12";
 
 #[derive(Deserialize)]
 pub(crate) struct CreateRoomBody {

@@ -58,6 +58,49 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes a guest account a full one with `password_hash`, using up
+    /// `registration_token` if given; `GuestOnly` when the localpart is
+    /// not a guest's.
+    pub(crate) async fn upgrade_guest(
+        &self,
+        localpart: &str,
+        password_hash: &str,
+        now_ms: i64,
+        registration_token: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        if let Some(token) = registration_token {
+            let used = sqlx::query(
+                "UPDATE registration_tokens SET completed = completed + 1
+                 WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
+                   AND (expiry_ms IS NULL OR expiry_ms > $2)",
+            )
+            .bind(token)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if used != 1 {
+                return Err(StorageError::TokenRefused);
+            }
+        }
+        let upgraded = sqlx::query(
+            "UPDATE accounts SET password_hash = $2, is_guest = 0,
+                    displayname = COALESCE(displayname, $1)
+             WHERE localpart = $1 AND is_guest = 1",
+        )
+        .bind(localpart)
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if upgraded != 1 {
+            return Err(StorageError::NotAGuest);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Whether `token` may register an account now.
     pub(crate) async fn registration_token_valid(
         &self,

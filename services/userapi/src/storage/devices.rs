@@ -96,4 +96,23 @@ impl Storage {
                 .await?,
         )
     }
+
+    /// Which of `localparts` are guest accounts.
+    pub(crate) async fn guests_among(
+        &self,
+        localparts: &[&str],
+    ) -> Result<Vec<String>, StorageError> {
+        let mut guests = Vec::new();
+        for localpart in localparts {
+            let guest: Option<i64> =
+                sqlx::query_scalar("SELECT is_guest FROM accounts WHERE localpart = $1")
+                    .bind(*localpart)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            if guest.is_some_and(|g| g != 0) {
+                guests.push((*localpart).to_owned());
+            }
+        }
+        Ok(guests)
+    }
 }

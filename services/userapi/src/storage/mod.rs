@@ -28,6 +28,9 @@ pub(crate) enum StorageError {
     /// The registration token is unknown, used up or expired.
     #[error("the registration token is not valid")]
     TokenRefused,
+    /// A guest upgrade named an account that is not a guest's.
+    #[error("not a guest account")]
+    NotAGuest,
 }
 
 impl StorageError {
@@ -45,6 +48,7 @@ impl From<StorageError> for ganglion_api::ApiError {
             StorageError::TokenRefused => {
                 ganglion_api::ApiError::Forbidden("Invalid registration token".into())
             }
+            StorageError::NotAGuest => ganglion_api::ApiError::UserInUse,
             other => ganglion_api::ApiError::Internal(format!("userapi storage: {other:?}")),
         }
     }
