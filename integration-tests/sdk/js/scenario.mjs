@@ -301,6 +301,22 @@ async function stepUnread({ alice, bob, roomId }) {
     say("  after bob's receipt the notification count is 0");
 }
 
+async function stepGappedSync({ alice, bob, roomId }) {
+    say("step: bob is away while alice renames the room, changes its topic and sends 30 messages");
+    bob.stop();
+    await ok(alice.client.setRoomTopic(roomId, "changed while away"), "topic");
+    await ok(alice.client.setRoomName(roomId, "Renamed"), "name");
+    let last;
+    for (let i = 0; i < 30; i++) last = (await ok(alice.client.sendTextMessage(roomId, `away ${i}`), "send")).event_id;
+    await bob.client.startClient({ initialSyncLimit: 10, pollTimeout: SYNC_TIMEOUT_MS });
+    await bob.waitFor(() => bob.room(roomId)?.findEventById(last), "alice's last message after the gap");
+    const room = bob.room(roomId);
+    check(room.name === "Renamed", `bob sees name ${JSON.stringify(room.name)}`);
+    check(topicOf(room) === "changed while away", `bob sees topic ${JSON.stringify(topicOf(room))}`);
+    check(room.getJoinedMemberCount() === 2, `bob sees ${room.getJoinedMemberCount()} joined`);
+    say(`  bob's room after the gap: name ${JSON.stringify(room.name)}, topic ${JSON.stringify(topicOf(room))}`);
+}
+
 async function stepLeave({ alice, bob, roomId }) {
     say("step 9: bob leaves; alice sees his membership leave, bob's room moves to leave");
     await ok(bob.client.leave(roomId), "leave");
@@ -328,7 +344,7 @@ async function main(baseUrl) {
             return 1;
         }
         const state = {};
-        for (const step of [stepMessages, stepTyping, stepReceipt, stepReadMarkers, stepAccountData, stepUnread, stepLeave]) {
+        for (const step of [stepMessages, stepTyping, stepReceipt, stepReadMarkers, stepAccountData, stepUnread, stepGappedSync, stepLeave]) {
             try {
                 await step(peers, state);
             } catch (err) {

@@ -375,6 +375,42 @@ async def step_unread(alice: Peer, bob: Peer, room_id: str, state: dict) -> None
     say("  after bob's receipt unread_notifications = 0")
 
 
+async def step_gapped_sync(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step: bob is away while alice renames the room, changes its topic and sends 30 messages")
+    if bob.sync_task is not None:
+        bob.sync_task.cancel()
+        await asyncio.gather(bob.sync_task, return_exceptions=True)
+        bob.sync_task = None
+    ok(
+        await alice.client.room_put_state(room_id, "m.room.topic", {"topic": "changed while away"}),
+        "topic",
+    )
+    ok(await alice.client.room_put_state(room_id, "m.room.name", {"name": "Renamed"}), "name")
+    for i in range(30):
+        ok(
+            await alice.client.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": f"away {i}"}
+            ),
+            "send",
+        )
+    response = ok(
+        await bob.client.sync(timeout=0, sync_filter={"room": {"timeline": {"limit": 10}}}),
+        "the gapped sync",
+    )
+    joined = response.rooms.join.get(room_id)
+    check(joined is not None, "the room is in the gapped sync")
+    check(joined.timeline.limited, "the timeline is limited")
+    room = bob.client.rooms[room_id]
+    check(room.topic == "changed while away", f"bob's room topic is {room.topic!r}")
+    check(room.name == "Renamed", f"bob's room name is {room.name!r}")
+    check(
+        alice.user_id in room.users and bob.user_id in room.users,
+        f"bob's room members: {sorted(room.users)}",
+    )
+    say(f"  bob's room after the gap: name {room.name!r}, topic {room.topic!r}, limited timeline")
+    bob.start_syncing()
+
+
 async def step_leave(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
     say("step 9: bob leaves; alice sees his membership leave, bob's sync lists the room as left")
     ok(await bob.client.room_leave(room_id), "leave")
@@ -408,6 +444,7 @@ async def main(homeserver: str) -> int:
             step_read_markers,
             step_account_data,
             step_unread,
+            step_gapped_sync,
             step_leave,
         ):
             try:

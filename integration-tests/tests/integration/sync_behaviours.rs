@@ -350,6 +350,74 @@ async fn newly_joined_rooms_private_history_and_filters() {
     let third = sync(&bob, &plain, Some(&next(&second))).await;
     assert!(third["rooms"]["join"].get(&room).is_none());
 
+    // Presence comes with sharing a room: the members of a room newly
+    // joined, and whoever newly joins one's room, once.
+    sync(&alice, &plain, None).await;
+    let senders = |body: &Value| -> Vec<String> {
+        body["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let first = sync(&carol, &plain, None).await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(carol.join(&room).await.status, 200);
+    let second = sync(&carol, &plain, Some(&next(&first))).await;
+    assert!(
+        senders(&second).contains(&alice.user_id),
+        "{}",
+        second["presence"]
+    );
+    let third = sync(&carol, &plain, Some(&next(&second))).await;
+    assert!(
+        !senders(&third).contains(&alice.user_id),
+        "once: {}",
+        third["presence"]
+    );
+    let before = sync(&alice, &plain, None).await;
+    assert_eq!(bob.join(&room).await.status, 200);
+    let after = sync(&alice, &plain, Some(&next(&before))).await;
+    assert!(
+        senders(&after).contains(&bob.user_id),
+        "{}",
+        after["presence"]
+    );
+
+    // An invite, then the room joined: in `join` with its timeline, and
+    // nothing left of the invite.
+    let first = sync(&bob, &plain, None).await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let invited = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&room)),
+            Some(json!({"user_id": bob.user_id})),
+        )
+        .await;
+    assert_eq!(invited.status, 200);
+    let second = sync(&bob, &plain, Some(&next(&first))).await;
+    let invite_state = &second["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(
+        invite_state
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id.as_str()
+                && e["content"]["membership"] == "invite"
+                && e["sender"] == alice.user_id.as_str()),
+        "{invite_state}"
+    );
+    assert_eq!(bob.join(&room).await.status, 200);
+    let third = sync(&bob, &plain, Some(&next(&second))).await;
+    assert!(
+        joined(&third, &room)["timeline"]["events"].is_array(),
+        "{third}"
+    );
+    assert!(third["rooms"]["invite"].get(&room).is_none(), "{third}");
+
     // Only messages, from before and after the join.
     let messages = json!({"room": {"timeline": {"types": ["m.room.message"], "limit": 10}, "state": {"types": []}}});
     let room = alice.create_room(json!({"preset": "public_chat"})).await;

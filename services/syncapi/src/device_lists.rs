@@ -23,6 +23,9 @@ use crate::sync_token::{Stream, SyncToken};
 pub(crate) struct DeviceLists {
     pub(crate) changed: BTreeSet<String>,
     pub(crate) left: BTreeSet<String>,
+    /// Those who started sharing a room with the user in the window (their
+    /// presence is news to the client too).
+    pub(crate) started_sharing: BTreeSet<String>,
 }
 
 impl DeviceLists {
@@ -103,6 +106,7 @@ pub(crate) fn settle(
     }
     for user in candidates.maybe_changed {
         if sharing.contains(&user) {
+            lists.started_sharing.insert(user.clone());
             lists.changed.insert(user);
         }
     }

@@ -622,6 +622,13 @@ async fn build(
         }
         None => Default::default(),
     };
+    // Whoever started sharing a room with the user (they joined one of the
+    // user's rooms, or the user joined theirs): their presence comes too,
+    // changed or not.
+    if !device_lists.started_sharing.is_empty() {
+        sync_streams::presence_of(&mut streams, service, &device_lists.started_sharing, filter)
+            .await?;
+    }
     // On an initial (or full-state) sync every joined room is sent: their
     // latest events and their state are read for all of them at once.
     let prefetched = since.is_none() || full_state;

@@ -203,6 +203,26 @@ pub(crate) async fn presence(
     Ok(())
 }
 
+/// The presence of `users` as it is now, for those not already in `out`.
+pub(crate) async fn presence_of(
+    out: &mut Streams,
+    service: &SyncService,
+    users: &std::collections::BTreeSet<String>,
+    filter: &SyncFilter,
+) -> Result<(), MatrixError> {
+    let now = now_ms();
+    for user in users {
+        let present = out.presence.iter().any(|e| e["sender"] == user.as_str());
+        if present || !filter.presence_matches(user) {
+            continue;
+        }
+        if let Some(row) = service.storage.presence(user).await? {
+            out.presence.push(presence_event(&row, now));
+        }
+    }
+    Ok(())
+}
+
 /// The device's to-device messages after `acked` (an offset of the user's
 /// partition, which the device acknowledged: those before it are deleted).
 pub(crate) async fn to_device(
