@@ -934,3 +934,116 @@ async fn an_origin_without_keys_is_fetched_once_not_per_request() {
     assert_eq!(fetches("failed").await - failed, 1, "one fetch");
     assert_eq!(fetches("skipped").await - skipped, 9, "then none");
 }
+
+/// A remote server that closes a room to guests (its user has the power
+/// to) makes our guests in the room leave it, as the spec requires of
+/// every server for its own guests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_revocation_of_guest_access_removes_our_guests() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (our_name, federating) = ganglion_integration_tests::process::federating_env();
+    let mut env = Monolith::default_env(dir.path());
+    env.retain(|(k, _)| k != "GANGLION_FEDERATION__LISTEN");
+    env.extend(federating);
+    env.push((
+        "GANGLION_CLIENT__GUEST_ACCESS_ENABLED".to_owned(),
+        "true".to_owned(),
+    ));
+    let ours = Monolith::start_with(dir.path(), env).await;
+    let base = federation_url(&our_name);
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-guests").await;
+    let mallory = format!("@mallory:{}", fake.server_name);
+    let room_id = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_version": "10",
+            "initial_state": [{"type": "m.room.guest_access", "state_key": "",
+                               "content": {"guest_access": "can_join"}}],
+            "power_level_content_override": {"users": {alice.user_id.clone(): 100, mallory.clone(): 100}},
+        }))
+        .await;
+    let registered = ganglion_integration_tests::client::request(
+        &reqwest::Client::new(),
+        Method::POST,
+        &format!("{}/_matrix/client/v3/register?kind=guest", ours.base_url),
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(registered.status, 200, "{registered:?}");
+    let guest = registered.body["user_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let guest_client = Client {
+        base_url: ours.base_url.clone(),
+        http: reqwest::Client::new(),
+        user_id: guest.clone(),
+        access_token: registered.body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        device_id: String::new(),
+    };
+    assert_eq!(guest_client.join(&room_id).await.status, 200);
+
+    let (version, join_id, join, joined) =
+        fake.join_room((&base, &our_name), &room_id, &mallory).await;
+    let state_id = |kind: &str| -> String {
+        joined["state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == kind)
+            .and_then(|e| {
+                let object: ruma::canonical_json::CanonicalJsonObject =
+                    serde_json::from_value(e.clone()).ok()?;
+                let rules = ruma::RoomVersionId::try_from(version.as_str())
+                    .ok()?
+                    .rules()?;
+                ruma::signatures::reference_hash(&object, &rules)
+                    .ok()
+                    .map(|h| format!("${h}"))
+            })
+            .unwrap_or_default()
+    };
+    let (_, revoke) = fake.sign_event(
+        &version,
+        json!({
+            "type": "m.room.guest_access", "state_key": "", "room_id": room_id,
+            "sender": mallory, "content": {"guest_access": "forbidden"},
+            "prev_events": [join_id],
+            "auth_events": [state_id("m.room.create"), state_id("m.room.power_levels"), join_id],
+            "depth": join["depth"].as_i64().unwrap_or(1) + 1,
+            "origin_server_ts": now_ms(),
+        }),
+    );
+    let (status, answer) = fake
+        .request(
+            &base,
+            &our_name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/revoke",
+            Some(json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": [revoke] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let member_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        encode(&room_id),
+        encode(&guest)
+    );
+    for _ in 0..100 {
+        let member = alice.call(Method::GET, &member_path, None).await;
+        if member.body["membership"] == "leave" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the guest is still in the room: {answer}\n{}",
+        ours.process.log_tail()
+    );
+}

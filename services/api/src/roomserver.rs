@@ -202,3 +202,77 @@ pub fn public_rooms_body(page: pb::PublicRoomsResponse) -> serde_json::Value {
     }
     body
 }
+
+/// Whether a state event closes its room to guests: an
+/// `m.room.guest_access` whose `guest_access` is not `can_join`.
+pub fn closes_to_guests(
+    event_type: &str,
+    state_key: Option<&str>,
+    content: &serde_json::Value,
+) -> bool {
+    event_type == "m.room.guest_access"
+        && state_key == Some("")
+        && content
+            .get("guest_access")
+            .and_then(serde_json::Value::as_str)
+            != Some("can_join")
+}
+
+/// The spec's MUST for guest access: once a room's guest access stops
+/// being `can_join`, the guests of `server_name` in it leave (each sends
+/// their own leave). Answers the log positions of the leaves written;
+/// failures are logged, as the change of guest access stands.
+pub async fn remove_guests(
+    roomserver: &RoomserverHandle,
+    users: &crate::users::UsersHandle,
+    room_id: &str,
+    server_name: &str,
+) -> Vec<crate::proto::common::LogPosition> {
+    let members = match roomserver
+        .query_joined_members(pb::QueryJoinedMembersRequest {
+            room_id: room_id.to_owned(),
+            server_name: server_name.to_owned(),
+            limit: 0,
+        })
+        .await
+    {
+        Ok(members) => members.user_ids,
+        Err(error) => {
+            tracing::warn!(room_id, %error, "guests not removed: members unknown");
+            return Vec::new();
+        }
+    };
+    let guests = match users
+        .query_guests(crate::proto::userapi::QueryGuestsRequest { user_ids: members })
+        .await
+    {
+        Ok(found) => found.guests,
+        Err(error) => {
+            tracing::warn!(room_id, %error, "guests not removed: guests unknown");
+            return Vec::new();
+        }
+    };
+    let mut positions = Vec::new();
+    for guest in guests {
+        let leave = pb::EventTemplate {
+            event_type: "m.room.member".into(),
+            state_key: Some(guest.clone()),
+            sender: guest.clone(),
+            content_json: br#"{"membership":"leave"}"#.to_vec(),
+            redacts: None,
+        };
+        match roomserver
+            .input(pb::InputRequest {
+                room_id: room_id.to_owned(),
+                templates: vec![leave],
+                device_id: String::new(),
+                transaction_id: String::new(),
+            })
+            .await
+        {
+            Ok(written) => positions.extend(written.output_position),
+            Err(error) => tracing::warn!(room_id, guest, %error, "a guest was not removed"),
+        }
+    }
+    positions
+}

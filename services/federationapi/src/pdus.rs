@@ -45,6 +45,20 @@ impl CheckedPdu {
         serde_json::to_vec(&self.object).unwrap_or_default()
     }
 
+    /// Whether the event closes its room to guests.
+    pub(crate) fn closes_to_guests(&self) -> bool {
+        let content = self
+            .object
+            .get("content")
+            .and_then(|c| serde_json::to_value(c).ok())
+            .unwrap_or_default();
+        ganglion_api::roomserver::closes_to_guests(
+            self.field("type").unwrap_or_default(),
+            self.field("state_key"),
+            &content,
+        )
+    }
+
     pub(crate) fn field(&self, name: &str) -> Option<&str> {
         match self.object.get(name) {
             Some(CanonicalJsonValue::String(s)) => Some(s),
@@ -339,11 +353,27 @@ impl crate::FederationService {
                 }],
             })
             .await?;
-        response
+        let outcome = response
             .outcomes
             .into_iter()
             .next()
-            .ok_or_else(|| ganglion_api::ApiError::Internal("no outcome for the PDU".into()))
+            .ok_or_else(|| ganglion_api::ApiError::Internal("no outcome for the PDU".into()))?;
+        // A remote server closed the room to guests: ours leave it.
+        if outcome.outcome == "accepted" && pdu.closes_to_guests() {
+            let (roomserver, users) = (self.roomserver.clone(), self.users.clone());
+            let (room_id, server_name) =
+                (room_id.to_owned(), self.client.server_name().to_string());
+            tokio::spawn(async move {
+                ganglion_api::roomserver::remove_guests(
+                    &roomserver,
+                    &users,
+                    &room_id,
+                    &server_name,
+                )
+                .await;
+            });
+        }
+        Ok(outcome)
     }
 }
 

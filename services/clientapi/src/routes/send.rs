@@ -219,9 +219,11 @@ async fn put_state_inner(
             "the state key of a member event is a user ID",
         ));
     }
-    let closes_to_guests = event_type == "m.room.guest_access"
-        && state_key.is_empty()
-        && content.get("guest_access").and_then(Value::as_str) != Some("can_join");
+    let closes_to_guests = ganglion_api::roomserver::closes_to_guests(
+        &event_type,
+        Some(&state_key),
+        &Value::Object(content.clone()),
+    );
     let event_id = api
         .send_event(
             &room_id,
@@ -231,64 +233,16 @@ async fn put_state_inner(
         )
         .await?;
     if closes_to_guests {
-        api.remove_guests(&room_id).await;
+        let removed = ganglion_api::roomserver::remove_guests(
+            &api.roomserver,
+            &api.users,
+            &room_id,
+            &api.server_name,
+        )
+        .await;
+        api.read_your_writes(removed.into_iter().next_back()).await;
     }
     respond(json!({ "event_id": event_id }))
-}
-
-impl ClientApi {
-    /// A room whose guest access no longer lets guests join loses its
-    /// guests (the spec's MUST): each of our guests in it leaves. Failures
-    /// are logged; the change of guest access stands.
-    async fn remove_guests(&self, room_id: &str) {
-        let members = match self
-            .roomserver
-            .query_joined_members(pb::QueryJoinedMembersRequest {
-                room_id: room_id.to_owned(),
-                server_name: self.server_name.clone(),
-                limit: 0,
-            })
-            .await
-        {
-            Ok(members) => members.user_ids,
-            Err(error) => {
-                tracing::warn!(room_id, %error, "guests not removed: members unknown");
-                return;
-            }
-        };
-        let guests = match self
-            .users
-            .query_guests(ganglion_api::proto::userapi::QueryGuestsRequest { user_ids: members })
-            .await
-        {
-            Ok(found) => found.guests,
-            Err(error) => {
-                tracing::warn!(room_id, %error, "guests not removed: guests unknown");
-                return;
-            }
-        };
-        for guest in guests {
-            let leave = super::rooms::template(
-                "m.room.member",
-                Some(&guest),
-                &guest,
-                json!({ "membership": "leave" }),
-            );
-            let left = self
-                .roomserver
-                .input(pb::InputRequest {
-                    room_id: room_id.to_owned(),
-                    templates: vec![leave],
-                    device_id: String::new(),
-                    transaction_id: String::new(),
-                })
-                .await;
-            match left {
-                Ok(written) => self.read_your_writes(written.output_position).await,
-                Err(error) => tracing::warn!(room_id, guest, %error, "a guest was not removed"),
-            }
-        }
-    }
 }
 
 pub(crate) async fn put_state(
