@@ -288,6 +288,35 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
             .any(|b| b.contains("forged") || b == "replayed" || b.starts_with("flood")),
         "{seen:?}"
     );
+    // One transaction fills a handful of gaps, not one per PDU: eight
+    // PDUs after eight events we never saw cost at most five
+    // get_missing_events, and the transaction is still answered.
+    fake.set_missing(Vec::new());
+    let asked_before = fake.missing_events_asked();
+    let gappy: Vec<Value> = (0..8)
+        .map(|i| {
+            fake.sign_event(
+                &version,
+                message(
+                    &room_id,
+                    &mallory,
+                    &format!("$never-seen-{i}"),
+                    &auth,
+                    depth + 20,
+                    &format!("gappy {i}"),
+                ),
+            )
+            .1
+        })
+        .collect();
+    let (status, answer) = send("t-gaps".into(), gappy).await;
+    assert_eq!(status, 200, "{answer}");
+    let asked = fake.missing_events_asked() - asked_before;
+    assert!(
+        (1..=5).contains(&asked),
+        "{asked} gaps filled in one transaction\n{}",
+        logs()
+    );
     // Typing counts only in rooms the origin is in: one notice for a room
     // of alice's that mallory's server is not in is dropped, the other
     // (same transaction, after it) shown.
