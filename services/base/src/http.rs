@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -75,6 +75,69 @@ impl<S: Send + Sync> FromRequest<S> for MatrixBody {
         }
         Ok(MatrixBody(Bytes::from(body)))
     }
+}
+
+/// A request as ruma's type for its endpoint: path arguments, query and
+/// body parsed and checked by the spec's own definitions. Bad input is the
+/// spec's error: a body that is not JSON `M_NOT_JSON`, JSON of the wrong
+/// shape `M_BAD_JSON`, an invalid identifier or query `M_INVALID_PARAM`;
+/// a body over the listener's limit `M_TOO_LARGE`.
+pub struct Ruma<T>(pub T);
+
+impl<S: Send + Sync, T: ruma::api::IncomingRequest> FromRequest<S> for Ruma<T> {
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use ruma::api::IncomingRequestExt;
+        let (mut parts, body) = req.into_parts();
+        let params = axum::extract::RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| MatrixError::invalid_param("malformed path"))?;
+        let args: Vec<String> = params.iter().map(|(_, value)| value.to_owned()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let MatrixBody(bytes) =
+            MatrixBody::from_request(Request::from_parts(parts.clone(), body), state).await?;
+        // A request without a body is one without fields in it.
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace)
+            && parts.method != axum::http::Method::GET
+        {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let request = axum::http::Request::from_parts(parts, bytes);
+        T::try_from_http_request(request, &args)
+            .map(Ruma)
+            .map_err(ruma_request_error)
+    }
+}
+
+fn ruma_request_error(error: ruma::api::error::FromHttpRequestError) -> MatrixError {
+    use ruma::api::error::{DeserializationError, FromHttpRequestError};
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(json))
+            if json.is_syntax() || json.is_eof() =>
+        {
+            MatrixError::not_json(json.to_string())
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Json(json)) => {
+            MatrixError::bad_json(json.to_string())
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Utf8(e)) => {
+            MatrixError::not_json(e.to_string())
+        }
+        FromHttpRequestError::MethodMismatch { .. } => MatrixError::method_not_allowed(),
+        other => MatrixError::invalid_param(other.to_string()),
+    }
+}
+
+/// Answers with ruma's response type for the endpoint.
+pub fn respond_ruma<R: ruma::api::OutgoingResponse>(response: R) -> MatrixResult {
+    use ruma::api::OutgoingResponseExt;
+    let response = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| MatrixError::unknown(format!("building the response: {e}")))?;
+    Ok(response.map(Body::from).into_response())
 }
 
 /// Parses a request's query string; a malformed one is 400 `M_INVALID_PARAM`.

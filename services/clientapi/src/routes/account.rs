@@ -12,8 +12,9 @@ use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
+use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
 use ganglion_base::limits;
+use ruma::api::client::account::whoami;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -447,10 +448,15 @@ pub(crate) async fn logout_all(
     respond(json!({}))
 }
 
-pub(crate) async fn whoami(UserOrGuest(device): UserOrGuest) -> MatrixResult {
-    respond(
-        json!({ "user_id": device.user_id, "device_id": device.device_id, "is_guest": device.is_guest }),
-    )
+pub(crate) async fn whoami(
+    UserOrGuest(device): UserOrGuest,
+    Ruma(_): Ruma<whoami::v3::Request>,
+) -> MatrixResult {
+    let user_id = ruma::OwnedUserId::try_from(device.user_id)
+        .map_err(|_| MatrixError::unknown("the device's user ID is invalid"))?;
+    let mut response = whoami::v3::Response::new(user_id, device.is_guest);
+    response.device_id = Some(device.device_id.into());
+    respond_ruma(response)
 }
 
 #[derive(Deserialize)]

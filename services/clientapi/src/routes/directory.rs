@@ -11,7 +11,8 @@ use ganglion_api::proto::userapi::Device;
 use ganglion_api::roomserver::{PublicRoomsBody, PublicRoomsFilter};
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, parse_query, respond};
+use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
+use ruma::api::client::room::aliases;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -161,8 +162,9 @@ impl ClientApi {
 pub(crate) async fn room_aliases(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(room_id): Path<String>,
+    Ruma(request): Ruma<aliases::v3::Request>,
 ) -> MatrixResult {
+    let room_id = request.room_id.to_string();
     api.require_member_or_world_readable(&room_id, &device.user_id)
         .await?;
     let aliases = api
@@ -170,8 +172,11 @@ pub(crate) async fn room_aliases(
         .room_aliases(pb::RoomAliasesRequest { room_id })
         .await
         .map_err(MatrixError::from)?
-        .aliases;
-    respond(json!({ "aliases": aliases }))
+        .aliases
+        .into_iter()
+        .filter_map(|alias| ruma::OwnedRoomAliasId::try_from(alias).ok())
+        .collect();
+    respond_ruma(aliases::v3::Response::new(aliases))
 }
 
 pub(crate) async fn get_visibility(

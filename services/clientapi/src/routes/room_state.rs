@@ -8,7 +8,8 @@ use axum::extract::{Path, State};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, respond};
+use ganglion_base::http::{MatrixResult, Ruma, respond, respond_ruma};
+use ruma::api::client::membership::joined_rooms;
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -208,6 +209,7 @@ pub(crate) async fn joined_members(
 pub(crate) async fn joined_rooms(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
 ) -> MatrixResult {
     let rooms = api
         .roomserver
@@ -216,6 +218,9 @@ pub(crate) async fn joined_rooms(
         })
         .await
         .map_err(MatrixError::from)?
-        .room_ids;
-    respond(json!({ "joined_rooms": rooms }))
+        .room_ids
+        .into_iter()
+        .filter_map(|room| ruma::OwnedRoomId::try_from(room).ok())
+        .collect();
+    respond_ruma(joined_rooms::v3::Response::new(rooms))
 }

@@ -7,7 +7,8 @@ use axum::http::{StatusCode, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, respond};
+use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, Ruma, respond, respond_ruma};
+use ruma::api::client::membership::forget_room;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -762,20 +763,19 @@ impl ClientApi {
 pub(crate) async fn forget(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(room_id): Path<String>,
+    Ruma(request): Ruma<forget_room::v3::Request>,
 ) -> MatrixResult {
-    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let forgotten = api
         .roomserver
         .forget_room(pb::ForgetRoomRequest {
-            room_id,
+            room_id: request.room_id.to_string(),
             user_id: device.user_id,
         })
         .await;
     match forgotten {
         Ok(response) => {
             api.read_your_writes(response.output_position).await;
-            respond(json!({}))
+            respond_ruma(forget_room::v3::Response::new())
         }
         Err(ganglion_api::ApiError::InvalidInput(message)) => Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
