@@ -84,6 +84,25 @@ async fn room_behaviours_clients_rely_on() {
     let retried = alice.send_text(&elsewhere, "same-txn", "there").await;
     assert_eq!(retried.body["event_id"], there.body["event_id"]);
 
+    // The directory: `visibility` defaults to public; anything but public
+    // or private is refused.
+    let listing = format!("/_matrix/client/v3/directory/list/room/{}", encode(&room));
+    assert_eq!(put(&alice, &listing, json!({})).await.status, 200);
+    assert_eq!(get(&alice, &listing).await.body["visibility"], "public");
+    assert_eq!(
+        put(&alice, &listing, json!({"visibility": "hidden"}))
+            .await
+            .errcode(),
+        "M_INVALID_PARAM"
+    );
+    assert_eq!(
+        put(&alice, &listing, json!({"visibility": "private"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&alice, &listing).await.body["visibility"], "private");
+
     // A redaction names an event of its own room.
     let other_room = alice.create_room(json!({})).await;
     let message = alice.send_text(&room, "m1", "hello").await;

@@ -126,6 +126,10 @@ fn ruma_request_error(error: ruma::api::error::FromHttpRequestError) -> MatrixEr
         FromHttpRequestError::Deserialization(DeserializationError::Utf8(e)) => {
             MatrixError::not_json(e.to_string())
         }
+        // One rule for identifiers over the spec's 255 bytes, as everywhere.
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(
+            ruma::IdParseError::MaximumLengthExceeded,
+        )) => MatrixError::too_large("an identifier is longer than 255 bytes"),
         FromHttpRequestError::MethodMismatch { .. } => MatrixError::method_not_allowed(),
         other => MatrixError::invalid_param(other.to_string()),
     }

@@ -12,7 +12,9 @@ use ganglion_api::roomserver::{PublicRoomsBody, PublicRoomsFilter};
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
-use ruma::api::client::room::aliases;
+use ruma::api::client::alias::{create_alias, get_alias};
+use ruma::api::client::directory::get_room_visibility;
+use ruma::api::client::room::{Visibility, aliases};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,30 +31,32 @@ fn local_alias(api: &ClientApi, alias: &str) -> MatrixResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-pub(crate) struct AliasBody {
-    room_id: String,
+/// The alias must be of this server to be managed here.
+fn require_local(api: &ClientApi, alias: &ruma::RoomAliasId) -> MatrixResult<()> {
+    if alias.server_name().as_str() != api.server_name {
+        return Err(MatrixError::invalid_param(
+            "aliases on other servers cannot be managed here",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) async fn put_alias(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(alias): Path<String>,
-    MatrixJson(body): MatrixJson<AliasBody>,
+    Ruma(request): Ruma<create_alias::v3::Request>,
 ) -> MatrixResult {
-    local_alias(&api, &alias)?;
-    ruma::RoomId::parse(&body.room_id)
-        .map_err(|_| MatrixError::invalid_param("invalid room_id"))?;
+    require_local(&api, &request.room_alias)?;
     match api
         .roomserver
         .set_alias(pb::SetAliasRequest {
-            alias,
-            room_id: body.room_id,
+            alias: request.room_alias.to_string(),
+            room_id: request.room_id.to_string(),
             user_id: device.user_id,
         })
         .await
     {
-        Ok(_) => respond(json!({})),
+        Ok(_) => respond_ruma(create_alias::v3::Response::new()),
         Err(ApiError::RoomInUse) => Err(MatrixError::new(
             StatusCode::CONFLICT,
             "M_UNKNOWN",
@@ -64,34 +68,40 @@ pub(crate) async fn put_alias(
 
 pub(crate) async fn get_alias(
     State(api): State<Arc<ClientApi>>,
-    Path(alias): Path<String>,
+    Ruma(request): Ruma<get_alias::v3::Request>,
 ) -> MatrixResult {
-    let parsed = ruma::RoomAliasId::parse(&alias)
-        .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
-    if parsed.server_name() != api.server_name.as_str() {
+    let alias = request.room_alias;
+    let resolved = if alias.server_name().as_str() != api.server_name.as_str() {
         // Another server's alias: that server says.
         let resolved = api
             .federation
             .query_directory(ganglion_api::proto::federationapi::QueryDirectoryRequest {
-                server_name: parsed.server_name().to_string(),
-                alias: alias.clone(),
+                server_name: alias.server_name().to_string(),
+                alias: alias.to_string(),
             })
             .await
             .map_err(remote_alias_error)?;
-        return match resolved.room_id {
-            Some(room_id) => respond(json!({ "room_id": room_id, "servers": resolved.servers })),
-            None => Err(MatrixError::not_found("Room alias not found")),
-        };
-    }
-    let resolved = api
-        .roomserver
-        .resolve_alias(pb::ResolveAliasRequest { alias })
-        .await
-        .map_err(MatrixError::from)?;
-    match resolved.room_id {
-        Some(room_id) => respond(json!({ "room_id": room_id, "servers": resolved.servers })),
-        None => Err(MatrixError::not_found("Room alias not found")),
-    }
+        (resolved.room_id, resolved.servers)
+    } else {
+        let resolved = api
+            .roomserver
+            .resolve_alias(pb::ResolveAliasRequest {
+                alias: alias.to_string(),
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        (resolved.room_id, resolved.servers)
+    };
+    let (Some(room_id), servers) = resolved else {
+        return Err(MatrixError::not_found("Room alias not found"));
+    };
+    let room_id = ruma::OwnedRoomId::try_from(room_id)
+        .map_err(|_| MatrixError::not_found("Room alias not found"))?;
+    let servers = servers
+        .into_iter()
+        .filter_map(|server| ruma::OwnedServerName::try_from(server).ok())
+        .collect();
+    respond_ruma(get_alias::v3::Response::new(room_id, servers))
 }
 
 pub(crate) async fn delete_alias(
@@ -181,18 +191,25 @@ pub(crate) async fn room_aliases(
 
 pub(crate) async fn get_visibility(
     State(api): State<Arc<ClientApi>>,
-    Path(room_id): Path<String>,
+    Ruma(request): Ruma<get_room_visibility::v3::Request>,
 ) -> MatrixResult {
-    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let visibility = api
         .roomserver
-        .get_visibility(pb::GetVisibilityRequest { room_id })
+        .get_visibility(pb::GetVisibilityRequest {
+            room_id: request.room_id.to_string(),
+        })
         .await
         .map_err(MatrixError::from)?;
     if !visibility.room_exists {
         return Err(MatrixError::not_found("Unknown room"));
     }
-    respond(json!({ "visibility": if visibility.public { "public" } else { "private" } }))
+    respond_ruma(get_room_visibility::v3::Response::new(
+        if visibility.public {
+            Visibility::Public
+        } else {
+            Visibility::Private
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -200,6 +217,8 @@ pub(crate) struct VisibilityBody {
     visibility: Option<String>,
 }
 
+/// `PUT /directory/list/room/{roomId}`. Not ruma's request type: the spec
+/// lets `visibility` default to `public`, which ruma's type requires.
 pub(crate) async fn put_visibility(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
@@ -208,8 +227,8 @@ pub(crate) async fn put_visibility(
 ) -> MatrixResult {
     ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
     let public = match body.visibility.as_deref() {
-        Some("public") => true,
-        Some("private") | None => false,
+        Some("public") | None => true,
+        Some("private") => false,
         Some(_) => {
             return Err(MatrixError::invalid_param(
                 "visibility must be public or private",
