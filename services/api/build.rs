@@ -18,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // The schema as protoc read it, for the wire-compatibility test.
+    config.file_descriptor_set_path(
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("ganglion_descriptors.bin"),
+    );
     tonic_prost_build::configure().compile_with_config(config, &paths, &[dir])?;
     Ok(())
 }

@@ -16,6 +16,11 @@ pub mod topics;
 pub mod users;
 
 pub use error::ApiError;
+
+/// The protobuf schema (`proto/*.proto`) as a `FileDescriptorSet`: what the
+/// wire-compatibility test compares with `proto/wire.lock`.
+pub const PROTO_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ganglion_descriptors.bin"));
 pub use grpc::{lazy_channel, outgoing};
 
 /// The generated protobuf types (`proto/*.proto`).
