@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
 use ganglion_api::ApiError;
 use ganglion_api::proto::userapi as pb;
 use ganglion_api::users::{User, UserOrGuest};
@@ -15,6 +14,7 @@ use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
 use ganglion_base::limits;
 use ruma::api::client::account::whoami;
+use ruma::api::client::session::{logout, logout_all};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -400,6 +400,7 @@ pub(crate) async fn logout(
     State(api): State<Arc<ClientApi>>,
     headers: HeaderMap,
     uri: Uri,
+    Ruma(_): Ruma<logout::v3::Request>,
 ) -> MatrixResult {
     // Logging out is the token's last lookup: an unknown token fails here.
     let token = ganglion_api::users::access_token(&headers, uri.query())
@@ -412,7 +413,7 @@ pub(crate) async fn logout(
         .await
         .map_err(MatrixError::from)?;
     forget_device_keys(&api, &removed.user_id, vec![removed.device_id]).await;
-    Ok(axum::Json(json!({})).into_response())
+    respond_ruma(logout::v3::Response::new())
 }
 
 /// A logged-out device's end-to-end keys go with it, and the users who
@@ -437,6 +438,7 @@ async fn forget_device_keys(api: &ClientApi, user_id: &str, device_ids: Vec<Stri
 pub(crate) async fn logout_all(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    Ruma(_): Ruma<logout_all::v3::Request>,
 ) -> MatrixResult {
     api.users
         .logout_all(pb::LogoutAllRequest {
@@ -445,7 +447,7 @@ pub(crate) async fn logout_all(
         .await
         .map_err(MatrixError::from)?;
     forget_device_keys(&api, &device.user_id, Vec::new()).await;
-    respond(json!({}))
+    respond_ruma(logout_all::v3::Response::new())
 }
 
 pub(crate) async fn whoami(

@@ -12,24 +12,13 @@ use ganglion_api::roomserver::{PublicRoomsBody, PublicRoomsFilter};
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
-use ruma::api::client::alias::{create_alias, get_alias};
+use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
 use ruma::api::client::directory::get_room_visibility;
 use ruma::api::client::room::{Visibility, aliases};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ClientApi;
-
-fn local_alias(api: &ClientApi, alias: &str) -> MatrixResult<()> {
-    let parsed = ruma::RoomAliasId::parse(alias)
-        .map_err(|_| MatrixError::invalid_param("invalid room alias"))?;
-    if parsed.server_name().as_str() != api.server_name {
-        return Err(MatrixError::invalid_param(
-            "aliases on other servers cannot be managed here",
-        ));
-    }
-    Ok(())
-}
 
 /// The alias must be of this server to be managed here.
 fn require_local(api: &ClientApi, alias: &ruma::RoomAliasId) -> MatrixResult<()> {
@@ -107,9 +96,10 @@ pub(crate) async fn get_alias(
 pub(crate) async fn delete_alias(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(alias): Path<String>,
+    Ruma(request): Ruma<delete_alias::v3::Request>,
 ) -> MatrixResult {
-    local_alias(&api, &alias)?;
+    require_local(&api, &request.room_alias)?;
+    let alias = request.room_alias.to_string();
     let room_id = api
         .roomserver
         .resolve_alias(pb::ResolveAliasRequest {
@@ -129,7 +119,7 @@ pub(crate) async fn delete_alias(
         api.drop_from_canonical_alias(&room_id, &device, &alias)
             .await;
     }
-    respond(json!({}))
+    respond_ruma(delete_alias::v3::Response::new())
 }
 
 impl ClientApi {

@@ -13,8 +13,9 @@ use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::topics::{PAYLOAD_VERSION, produce};
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
 use ganglion_base::limits;
+use ruma::api::client::read_marker::set_read_marker;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -245,34 +246,23 @@ pub(crate) async fn receipt(
     respond(json!({}))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct ReadMarkersBody {
-    #[serde(rename = "m.fully_read")]
-    fully_read: Option<String>,
-    #[serde(rename = "m.read")]
-    read: Option<String>,
-    #[serde(rename = "m.read.private")]
-    read_private: Option<String>,
-}
-
 /// `POST /rooms/{roomId}/read_markers`.
 pub(crate) async fn read_markers(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<set_read_marker::v3::Request>,
 ) -> MatrixResult {
-    let body: ReadMarkersBody = parse_json(&body)?;
+    let room_id = request.room_id.to_string();
     api.require_joined(&room_id, &device.user_id).await?;
     let mut positions = Vec::new();
     for (receipt_type, event_id) in [
-        ("m.fully_read", &body.fully_read),
-        ("m.read", &body.read),
-        ("m.read.private", &body.read_private),
+        ("m.fully_read", &request.fully_read),
+        ("m.read", &request.read_receipt),
+        ("m.read.private", &request.private_read_receipt),
     ] {
         if let Some(event_id) = event_id {
             positions.push(
-                api.mark(&device, &room_id, receipt_type, event_id, None)
+                api.mark(&device, &room_id, receipt_type, event_id.as_str(), None)
                     .await?,
             );
         }
@@ -280,5 +270,5 @@ pub(crate) async fn read_markers(
     for position in positions {
         api.read_your_writes(Some(position)).await;
     }
-    respond(json!({}))
+    respond_ruma(set_read_marker::v3::Response::new())
 }
