@@ -8,7 +8,8 @@ use axum::extract::{Path, State};
 use ganglion_api::proto::userapi::{self as user_pb, Device};
 use ganglion_api::users::User;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond};
+use ruma::api::client::tag::delete_tag;
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -196,8 +197,15 @@ pub(crate) async fn put_tag(
 pub(crate) async fn delete_tag(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+    Ruma(request): Ruma<delete_tag::v3::Request>,
 ) -> MatrixResult {
-    require_self(&device, &user_id)?;
-    update_tag(&api, &device, room_id, tag, None).await
+    require_self(&device, request.user_id.as_str())?;
+    update_tag(
+        &api,
+        &device,
+        request.room_id.to_string(),
+        request.tag.to_string(),
+        None,
+    )
+    .await
 }

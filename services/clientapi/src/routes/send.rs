@@ -8,8 +8,9 @@ use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi::Device;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
 use ganglion_base::limits::{self, MAX_PDU_BYTES};
+use ruma::api::client::redact::redact_event;
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -323,17 +324,23 @@ pub(crate) async fn get_state_empty_key(
 pub(crate) async fn redact(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<redact_event::v3::Request>,
 ) -> MatrixResult {
-    ruma::EventId::parse(&event_id).map_err(|_| MatrixError::invalid_param("invalid event ID"))?;
-    let reason = super::rooms::reason_of(&body)?;
     let mut content = Map::new();
-    if let Some(reason) = reason {
+    if let Some(reason) = request.reason {
         content.insert("reason".into(), json!(reason));
     }
     let mut template = event_template(&device, "m.room.redaction", None, content);
-    template.redacts = Some(event_id);
-    let redaction_id = api.send_once(&room_id, &device, template, &txn_id).await?;
-    respond(json!({ "event_id": redaction_id }))
+    template.redacts = Some(request.event_id.to_string());
+    let redaction_id = api
+        .send_once(
+            request.room_id.as_str(),
+            &device,
+            template,
+            request.txn_id.as_str(),
+        )
+        .await?;
+    let redaction_id = ruma::OwnedEventId::try_from(redaction_id)
+        .map_err(|_| MatrixError::unknown("the redaction's event ID is invalid"))?;
+    respond_ruma(redact_event::v3::Response::new(redaction_id))
 }
