@@ -378,33 +378,45 @@ async fn polylith_two_federationsenders_share_destinations_and_survive_kill9() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
+    // Messages until both replicas have delivered some (the consumer
+    // group gives the second its partitions once it has rebalanced, which
+    // under load may take a few seconds), at least ten.
     let mut expected = Vec::new();
-    for i in 0..10 {
+    let sent_by = async |listeners: String| {
+        metric_total(
+            &listeners,
+            "ganglion_federationsender_transactions_sent_total",
+        )
+        .await
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut i = 0;
+    loop {
         let text = format!("to all {i}");
         send_until_ok(&alice, &room_id, &format!("f{i}"), &text).await;
         expected.push(text);
+        i += 1;
+        if i < 10 {
+            continue;
+        }
+        all_delivered(&server, &expected, "before the kill").await;
+        let first_sent = sent_by(server.listeners("federationsender").operator).await;
+        let second_sent = sent_by(server.replica_listeners(&second).operator).await;
+        if first_sent > 0 && second_sent > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both replicas deliver: {first_sent} and {second_sent}\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    all_delivered(&server, &expected, "before the kill").await;
-    let first_sent = metric_total(
-        &server.listeners("federationsender").operator,
-        "ganglion_federationsender_transactions_sent_total",
-    )
-    .await;
-    let second_sent = metric_total(
-        &server.replica_listeners(&second).operator,
-        "ganglion_federationsender_transactions_sent_total",
-    )
-    .await;
-    assert!(
-        first_sent > 0 && second_sent > 0,
-        "both replicas deliver: {first_sent} and {second_sent}\n{}",
-        server.logs()
-    );
 
     // The second replica dies; the first delivers its destinations too,
     // each message once, in order.
     server.kill9(&second);
-    for i in 10..20 {
+    for i in i..i + 10 {
         let text = format!("to all {i}");
         send_until_ok(&alice, &room_id, &format!("f{i}"), &text).await;
         expected.push(text);
