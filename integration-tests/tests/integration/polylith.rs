@@ -558,3 +558,130 @@ async fn metric_total(operator: &str, prefix: &str) -> u64 {
         .map(|v| v as u64)
         .sum()
 }
+
+/// `ganglion rebuild syncapi --into <database>`: a syncapi database built
+/// afresh from the log answers `/sync`, `/messages`, `/context` and
+/// `/relations` exactly like the live one, for several users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_rebuilds_the_syncapi_from_the_log() {
+    use ganglion_integration_tests::client::{Client, encode};
+    use reqwest::Method;
+    use serde_json::{Value, json};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(dir.path(), "rebuild").await;
+    let (alice, bob, room_id) = first_conversation(&server.base_url, "").await;
+    let carol = Client::register(&server.base_url, "carol", "pw-carol-rb").await;
+    assert_eq!(carol.join(&room_id).await.status, 200);
+    let root = alice.send_text(&room_id, "root", "a thread root").await;
+    let root_id = root.body["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (i, client) in [&bob, &carol, &bob].into_iter().enumerate() {
+        let reply = client
+            .call(
+                Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}",
+                    encode(&room_id)
+                ),
+                Some(
+                    json!({"msgtype": "m.text", "body": format!("in thread {i}"),
+                    "m.relates_to": {"rel_type": "m.thread", "event_id": root_id}}),
+                ),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let other = bob.create_room(json!({"name": "bob's own"})).await;
+    bob.send_text(&other, "o1", "alone").await;
+
+    let url = ganglion_base::testing::scratch_postgres("poly_rebuild_syncapi2").await;
+    let rebuild =
+        tokio::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+            .args(["rebuild", "syncapi", "--into", &url])
+            .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(dir.path())
+            .output();
+    let rebuild = tokio::time::timeout(std::time::Duration::from_secs(120), rebuild)
+        .await
+        .expect("the rebuild ends")
+        .expect("the rebuild runs");
+    let said = String::from_utf8_lossy(&rebuild.stderr).to_string();
+    assert!(rebuild.status.success(), "{said}");
+    assert!(said.contains("caught up"), "{said}");
+    eprintln!("{}", said.lines().last().unwrap_or_default());
+
+    // The rebuilt database behind a syncapi of its own, asked directly.
+    let second = server
+        .add_replica_with(
+            "syncapi",
+            vec![("GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(), url)],
+        )
+        .await;
+    let original = format!("http://{}", server.listeners("syncapi").http);
+    let rebuilt = format!("http://{}", server.replica_listeners(&second).http);
+    // What may differ between two asks: ages, and presence's clock.
+    fn steady(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for volatile in ["age", "last_active_ago", "currently_active", "presence"] {
+                    map.remove(volatile);
+                }
+                map.values_mut().for_each(steady);
+            }
+            Value::Array(items) => items.iter_mut().for_each(steady),
+            _ => {}
+        }
+    }
+    let ask = async |base: &str, client: &Client, path: &str| {
+        let mut reply = ganglion_integration_tests::client::request(
+            &reqwest::Client::new(),
+            Method::GET,
+            &format!("{base}{path}"),
+            Some(&client.access_token),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        steady(&mut reply.body);
+        reply.body
+    };
+    let message_id = {
+        let page = alice.messages(&room_id, None, "b", 5).await;
+        page["chunk"][2]["event_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for client in [&alice, &bob, &carol] {
+        for path in [
+            "/_matrix/client/v3/sync?timeout=0".to_owned(),
+            format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                encode(&room_id)
+            ),
+            format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=50",
+                encode(&room_id)
+            ),
+            format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+                encode(&room_id),
+                encode(&message_id)
+            ),
+            format!(
+                "/_matrix/client/v1/rooms/{}/relations/{}",
+                encode(&room_id),
+                encode(&root_id)
+            ),
+        ] {
+            let (live, fresh) = (
+                ask(&original, client, &path).await,
+                ask(&rebuilt, client, &path).await,
+            );
+            assert_eq!(live, fresh, "{} {path}", client.user_id);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! Wiring only: no Matrix logic lives here.
 
 mod operator;
+mod rebuild;
 mod wiring;
 
 use std::path::PathBuf;
@@ -71,6 +72,18 @@ enum Command {
     RegistrationToken {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Builds a view's database afresh from the start of the log, beside
+    /// the live one, and exits once it has caught up with the log as it
+    /// stood when the rebuild started. Switching to it is the operator's
+    /// step (point the service's `database_url` at it).
+    Rebuild {
+        /// The view: `syncapi`.
+        service: String,
+        /// Where the new database goes: `postgres://…` (an empty database)
+        /// or `sqlite:<path>`.
+        #[arg(long)]
+        into: String,
     },
 }
 
@@ -163,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             TokenAction::List => operator::list_tokens(&config).await,
             TokenAction::Delete { token } => operator::delete_token(&config, &token).await,
         },
+        Command::Rebuild { service, into } => rebuild::rebuild(config, &service, &into).await,
         Command::Monolith => wiring::monolith(config).await,
         Command::Gateway => wiring::gateway(config).await,
         Command::Clientapi => wiring::service(config, "clientapi").await,

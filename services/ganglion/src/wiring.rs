@@ -19,7 +19,7 @@ use ganglion_log::{EmbeddedConfig, EmbeddedLog, KafkaConfig, KafkaLog, Log};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Log>> {
+pub(crate) fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Log>> {
     Ok(match config.log.backend {
         LogBackend::Embedded => Arc::new(
             EmbeddedLog::open_with(
@@ -74,7 +74,7 @@ fn shutdown_signal() -> (
     (receiver, future)
 }
 
-fn telemetry(
+pub(crate) fn telemetry(
     config: &Config,
     name: &str,
 ) -> anyhow::Result<ganglion_base::telemetry::TelemetryGuard> {
@@ -302,21 +302,27 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keys_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<KeysHandle> {
+pub(crate) fn keys_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<KeysHandle> {
     let address = config
         .service_address("keyserver")
         .context("services.keyserver: no address")?;
     Ok(Arc::new(KeysClient::new(&address, secret.clone())?))
 }
 
-fn federation_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<FederationHandle> {
+pub(crate) fn federation_client(
+    config: &Config,
+    secret: &InternalSecret,
+) -> anyhow::Result<FederationHandle> {
     let address = config
         .service_address("federationapi")
         .context("services.federationapi: no address")?;
     Ok(Arc::new(FederationClient::new(&address, secret.clone())?))
 }
 
-fn users_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<UsersHandle> {
+pub(crate) fn users_client(
+    config: &Config,
+    secret: &InternalSecret,
+) -> anyhow::Result<UsersHandle> {
     let address = config
         .service_address("userapi")
         .context("services.userapi: no address")?;

@@ -92,6 +92,26 @@ impl SyncService {
         SyncToken::new(self.positions.borrow().clone(), self.partitions)
     }
 
+    /// How far this view is: for every partition of every topic it reads,
+    /// (records consumed, records in the log now). A view is caught up with
+    /// a moment when each partition's consumed count reaches the log's end
+    /// as it stood then.
+    pub async fn progress(&self) -> Result<Vec<(u64, u64)>, ganglion_log::LogError> {
+        let positions = self.positions.borrow().clone();
+        let mut out = Vec::with_capacity(positions.len());
+        for (index, stream) in Stream::ALL.into_iter().enumerate() {
+            let ends = self.log.end_offsets(stream.topic(&self.topics)).await?;
+            for partition in 0..self.partitions {
+                let consumed = positions
+                    .get(index * self.partitions + partition)
+                    .copied()
+                    .unwrap_or(0);
+                out.push((consumed, ends.get(partition).copied().unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Marks a record of `stream` as consumed (after its transaction committed).
     fn advance(&self, stream: Stream, record: &ganglion_log::Record) {
         let Some(slot) = stream.slot(record.partition, self.partitions) else {
