@@ -23,6 +23,13 @@ pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> an
         anyhow::bail!("--into: a postgres:// URL or sqlite:<path>");
     }
     let _telemetry = telemetry(&config, "rebuild")?;
+    // A new SQLite file is created, not only opened.
+    let into = if into.starts_with("sqlite:") && !into.contains('?') {
+        format!("{into}?mode=rwc")
+    } else {
+        into.to_owned()
+    };
+    let into = into.as_str();
     config
         .services
         .entry(service.to_owned())
