@@ -16,6 +16,8 @@ use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
 use ganglion_base::limits;
 use ruma::api::client::read_marker::set_read_marker;
+use ruma::api::client::receipt::create_receipt;
+use ruma::events::receipt::ReceiptThread;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -219,31 +221,35 @@ impl ClientApi {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct ReceiptBody {
-    thread_id: Option<String>,
-}
-
 /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
 pub(crate) async fn receipt(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, receipt_type, event_id)): Path<(String, String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<create_receipt::v3::Request>,
 ) -> MatrixResult {
-    let body: ReceiptBody = parse_json(&body)?;
+    let room_id = request.room_id.to_string();
+    let thread_id = match &request.thread {
+        ReceiptThread::Unthreaded => None,
+        ReceiptThread::Main => Some("main"),
+        ReceiptThread::Thread(root) => Some(root.as_str()),
+        _ => {
+            return Err(MatrixError::invalid_param(
+                "thread_id is main or an event ID",
+            ));
+        }
+    };
     api.require_joined(&room_id, &device.user_id).await?;
     let position = api
         .mark(
             &device,
             &room_id,
-            &receipt_type,
-            &event_id,
-            body.thread_id.as_deref(),
+            request.receipt_type.as_str(),
+            request.event_id.as_str(),
+            thread_id,
         )
         .await?;
     api.read_your_writes(Some(position)).await;
-    respond(json!({}))
+    respond_ruma(create_receipt::v3::Response::new())
 }
 
 /// `POST /rooms/{roomId}/read_markers`.
