@@ -49,6 +49,24 @@ fn federation_url(our_name: &str) -> String {
     )
 }
 
+/// The ID of the state event of type `kind` in a `send_join` answer.
+fn state_event_id(joined: &Value, version: &str, kind: &str) -> String {
+    joined["state"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == kind)
+        .and_then(|e| {
+            let object: ruma::canonical_json::CanonicalJsonObject =
+                serde_json::from_value(e.clone()).ok()?;
+            let rules = ruma::RoomVersionId::try_from(version).ok()?.rules()?;
+            ruma::signatures::reference_hash(&object, &rules)
+                .ok()
+                .map(|h| format!("${h}"))
+        })
+        .unwrap_or_default()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -95,24 +113,7 @@ async fn a_remote_server_fills_gaps_and_cannot_forge() {
     );
     // Mallory's events name the create event, the power levels and her
     // join as auth events.
-    let state_id = |kind: &str| -> String {
-        joined["state"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["type"] == kind)
-            .and_then(|e| {
-                let object: ruma::canonical_json::CanonicalJsonObject =
-                    serde_json::from_value(e.clone()).ok()?;
-                let rules = ruma::RoomVersionId::try_from(version.as_str())
-                    .ok()?
-                    .rules()?;
-                ruma::signatures::reference_hash(&object, &rules)
-                    .ok()
-                    .map(|h| format!("${h}"))
-            })
-            .unwrap_or_default()
-    };
+    let state_id = |kind: &str| state_event_id(&joined, &version, kind);
     // From room version 12 the create event is implied, never listed.
     let mut auth = vec![state_id("m.room.power_levels"), join_id.clone()];
     if version != "12" {
@@ -1020,24 +1021,7 @@ async fn a_remote_revocation_of_guest_access_removes_our_guests() {
 
     let (version, join_id, join, joined) =
         fake.join_room((&base, &our_name), &room_id, &mallory).await;
-    let state_id = |kind: &str| -> String {
-        joined["state"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["type"] == kind)
-            .and_then(|e| {
-                let object: ruma::canonical_json::CanonicalJsonObject =
-                    serde_json::from_value(e.clone()).ok()?;
-                let rules = ruma::RoomVersionId::try_from(version.as_str())
-                    .ok()?
-                    .rules()?;
-                ruma::signatures::reference_hash(&object, &rules)
-                    .ok()
-                    .map(|h| format!("${h}"))
-            })
-            .unwrap_or_default()
-    };
+    let state_id = |kind: &str| state_event_id(&joined, &version, kind);
     let (_, revoke) = fake.sign_event(
         &version,
         json!({

@@ -13,6 +13,29 @@ pub(crate) struct Account {
     pub(crate) password_hash: Option<String>,
 }
 
+/// Uses up one registration of `token` in `tx` (so the use and the
+/// account it made commit together); `TokenRefused` when it cannot.
+async fn use_registration_token(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    token: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let used = sqlx::query(
+        "UPDATE registration_tokens SET completed = completed + 1
+         WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
+           AND (expiry_ms IS NULL OR expiry_ms > $2)",
+    )
+    .bind(token)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if used != 1 {
+        return Err(StorageError::TokenRefused);
+    }
+    Ok(())
+}
+
 impl Storage {
     /// Inserts an account; a taken localpart is a unique violation.
     pub(crate) async fn insert_account(
@@ -26,19 +49,7 @@ impl Storage {
         let mut tx = self.db.pool.begin().await?;
         // A token's use and the account it made commit together.
         if let Some(token) = registration_token {
-            let used = sqlx::query(
-                "UPDATE registration_tokens SET completed = completed + 1
-                 WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
-                   AND (expiry_ms IS NULL OR expiry_ms > $2)",
-            )
-            .bind(token)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if used != 1 {
-                return Err(StorageError::TokenRefused);
-            }
+            use_registration_token(&mut tx, token, now_ms).await?;
         }
         // As on Synapse, a new user's displayname is their localpart
         // (guests start without one).
@@ -70,19 +81,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         if let Some(token) = registration_token {
-            let used = sqlx::query(
-                "UPDATE registration_tokens SET completed = completed + 1
-                 WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
-                   AND (expiry_ms IS NULL OR expiry_ms > $2)",
-            )
-            .bind(token)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if used != 1 {
-                return Err(StorageError::TokenRefused);
-            }
+            use_registration_token(&mut tx, token, now_ms).await?;
         }
         let upgraded = sqlx::query(
             "UPDATE accounts SET password_hash = $2, is_guest = 0,
