@@ -14,7 +14,7 @@ use ganglion_integration_tests::fake_server::FakeServer;
 use ganglion_integration_tests::process::Monolith;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The route patterns the binary exports: (service, pattern).
 fn routes(env: &[(String, String)]) -> Vec<(String, String)> {
@@ -177,26 +177,7 @@ async fn every_federation_route_survives_mutated_requests() {
         .build()
         .expect("client");
     let bodies = bodies();
-    let snapshot = || {
-        let alice = alice.clone();
-        let room_id = room_id.clone();
-        async move {
-            let state = alice
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/_matrix/client/v3/rooms/{}/state", encode(&room_id)),
-                    None,
-                )
-                .await;
-            let mut history = alice.messages(&room_id, None, "b", 100).await["chunk"].clone();
-            for event in history.as_array_mut().into_iter().flatten() {
-                if let Some(event) = event.as_object_mut() {
-                    event.remove("unsigned");
-                }
-            }
-            (state.body, history)
-        }
-    };
+    let snapshot = || room_as_seen_by(&alice, &room_id);
     // The header a request gets: (kind, value); kinds 0 to 2 carry no
     // valid signature.
     let header = |kind: u8, request: &Mutated| -> Option<String> {
@@ -296,6 +277,33 @@ async fn every_federation_route_survives_mutated_requests() {
     );
 }
 
+/// What `client` sees of a room: its state, the client's joined rooms and
+/// the history (less each event's growing age): to show that refused
+/// requests changed nothing.
+async fn room_as_seen_by(client: &Client, room_id: &str) -> (Value, Value, Value) {
+    let state = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state", encode(room_id)),
+            None,
+        )
+        .await;
+    let joined = client
+        .call(
+            reqwest::Method::GET,
+            "/_matrix/client/v3/joined_rooms",
+            None,
+        )
+        .await;
+    let mut history = client.messages(room_id, None, "b", 100).await["chunk"].clone();
+    for event in history.as_array_mut().into_iter().flatten() {
+        if let Some(event) = event.as_object_mut() {
+            event.remove("unsigned");
+        }
+    }
+    (state.body, joined.body, history)
+}
+
 /// `TEST_MUTATION_SECONDS`, else `default` seconds.
 fn budget(default: u64) -> Duration {
     Duration::from_secs(
@@ -352,34 +360,7 @@ async fn mutate_every_route(
     ];
 
     // What a user sees of the room, to show refused requests change nothing.
-    let snapshot = || {
-        let alice = alice.clone();
-        let room_id = room_id.clone();
-        async move {
-            let state = alice
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/_matrix/client/v3/rooms/{}/state", encode(&room_id)),
-                    None,
-                )
-                .await;
-            let joined = alice
-                .call(
-                    reqwest::Method::GET,
-                    "/_matrix/client/v3/joined_rooms",
-                    None,
-                )
-                .await;
-            let mut history = alice.messages(&room_id, None, "b", 100).await["chunk"].clone();
-            // An event's age grows; what it is does not.
-            for event in history.as_array_mut().into_iter().flatten() {
-                if let Some(event) = event.as_object_mut() {
-                    event.remove("unsigned");
-                }
-            }
-            (state.body, joined.body, history)
-        }
-    };
+    let snapshot = || room_as_seen_by(&alice, &room_id);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
     let started = Instant::now();

@@ -1384,4 +1384,25 @@ pub(crate) async fn guests_where_guest_access_allows(base_url: &str) {
     )
     .await;
     assert_eq!(again.status, 403, "{again:?}");
+    // A token that is nobody's, or no string at all.
+    for token in [
+        json!("syt_not_a_token"),
+        json!(12),
+        json!("x".repeat(5_000)),
+    ] {
+        let refused = ganglion_integration_tests::client::request(
+            &http,
+            Method::POST,
+            &register,
+            None,
+            Some(
+                json!({"password": "pw-y-guest", "guest_access_token": token,
+                       "auth": {"type": "m.login.dummy"}})
+                .to_string()
+                .into_bytes(),
+            ),
+        )
+        .await;
+        assert!(matches!(refused.status, 400 | 401), "{token}: {refused:?}");
+    }
 }

@@ -206,6 +206,25 @@ async fn room_behaviours_clients_rely_on() {
         vec![alice.user_id.clone(), bob.user_id.clone()],
         "{context:?}"
     );
+    // A filter that is not one is refused.
+    for bad in [
+        encode("{not json"),
+        encode(&json!({"types": "m.room.message"}).to_string()),
+    ] {
+        let refused = get(
+            &alice,
+            &room_path(
+                &chatty,
+                &format!("context/{}?filter={bad}", encode(last_id)),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (refused.status, refused.errcode()),
+            (400, "M_INVALID_PARAM"),
+            "{refused:?}"
+        );
+    }
     let page = get(
         &alice,
         &room_path(&chatty, &format!("messages?dir=b&limit=3&filter={lazy}")),

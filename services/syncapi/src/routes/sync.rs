@@ -423,6 +423,11 @@ async fn joined_state(
     let user = device.user_id.as_str();
     let start = timeline.events.first().map(|e| e.offset).unwrap_or(to);
     let whole = matches!(section, StateSection::Whole(_));
+    let in_timeline: HashSet<&str> = timeline
+        .events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
     let mut current_members: Option<Vec<(String, String, u64)>> = None;
     let refs: Vec<StateRef> = match section {
         StateSection::Whole(current) => {
@@ -440,11 +445,6 @@ async fn joined_state(
             // for the entries the timeline itself changed: those are taken
             // as they stood before it. (Entries the filter kept out of the
             // timeline, or the state a join brought along, stay current.)
-            let in_timeline: HashSet<&str> = timeline
-                .events
-                .iter()
-                .map(|e| e.event_id.as_str())
-                .collect();
             if current
                 .iter()
                 .any(|r| r.offset >= start && in_timeline.contains(r.event_id.as_str()))
@@ -503,11 +503,6 @@ async fn joined_state(
         json!({})
     };
     let lazy = filter.lazy_load_members();
-    let in_timeline: HashSet<&str> = timeline
-        .events
-        .iter()
-        .map(|e| e.event_id.as_str())
-        .collect();
     // The members the timeline needs: who sent it, and who names the room.
     let mut needed: HashSet<&str> = timeline.events.iter().map(|e| e.sender.as_str()).collect();
     for hero in summary["m.heroes"].as_array().into_iter().flatten() {

@@ -13,13 +13,17 @@ pub(crate) struct Account {
     pub(crate) password_hash: Option<String>,
 }
 
-/// Uses up one registration of `token` in `tx` (so the use and the
-/// account it made commit together); `TokenRefused` when it cannot.
+/// Uses up one registration of `token`, if there is one, in `tx` (so the
+/// use and the account it made commit together); `TokenRefused` when it
+/// cannot.
 async fn use_registration_token(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    token: &str,
+    token: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    let Some(token) = token else {
+        return Ok(());
+    };
     let used = sqlx::query(
         "UPDATE registration_tokens SET completed = completed + 1
          WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
@@ -47,10 +51,7 @@ impl Storage {
         registration_token: Option<&str>,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        // A token's use and the account it made commit together.
-        if let Some(token) = registration_token {
-            use_registration_token(&mut tx, token, now_ms).await?;
-        }
+        use_registration_token(&mut tx, registration_token, now_ms).await?;
         // As on Synapse, a new user's displayname is their localpart
         // (guests start without one).
         sqlx::query(
@@ -70,7 +71,7 @@ impl Storage {
     }
 
     /// Makes a guest account a full one with `password_hash`, using up
-    /// `registration_token` if given; `GuestOnly` when the localpart is
+    /// `registration_token` if given; `NotAGuest` when the localpart is
     /// not a guest's.
     pub(crate) async fn upgrade_guest(
         &self,
@@ -80,9 +81,7 @@ impl Storage {
         registration_token: Option<&str>,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        if let Some(token) = registration_token {
-            use_registration_token(&mut tx, token, now_ms).await?;
-        }
+        use_registration_token(&mut tx, registration_token, now_ms).await?;
         let upgraded = sqlx::query(
             "UPDATE accounts SET password_hash = $2, is_guest = 0,
                     displayname = COALESCE(displayname, $1)

@@ -97,21 +97,24 @@ impl Storage {
         )
     }
 
-    /// Which of `localparts` are guest accounts.
+    /// Which of `localparts` are guest accounts (asked a hundred at a time).
     pub(crate) async fn guests_among(
         &self,
         localparts: &[&str],
     ) -> Result<Vec<String>, StorageError> {
         let mut guests = Vec::new();
-        for localpart in localparts {
-            let guest: Option<i64> =
-                sqlx::query_scalar("SELECT is_guest FROM accounts WHERE localpart = $1")
-                    .bind(*localpart)
-                    .fetch_optional(&self.db.pool)
-                    .await?;
-            if guest.is_some_and(|g| g != 0) {
-                guests.push((*localpart).to_owned());
+        for chunk in localparts.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT localpart FROM accounts WHERE is_guest <> 0 AND localpart IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for localpart in chunk {
+                query = query.bind(*localpart);
             }
+            let found: Vec<String> = query.fetch_all(&self.db.pool).await?;
+            guests.extend(found);
         }
         Ok(guests)
     }
