@@ -16,17 +16,17 @@ crate::grpc::service_api! {
         /// Asks a remote server for its users' device keys.
         fn query_keys(pb::RemoteRequest) -> pb::RemoteResponse;
         /// Claims one-time keys of a remote server's devices.
-        fn claim_keys(pb::RemoteRequest) -> pb::RemoteResponse;
+        fn claim_keys(pb::RemoteRequest) -> pb::RemoteResponse, once;
         /// Sends a transaction of PDUs and EDUs to a remote server.
         fn send_transaction(pb::SendTransactionRequest) -> pb::RemoteResponse;
         /// Joins a local user to a remote room.
-        fn join_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        fn join_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse, once;
         /// Invites a remote user (their server countersigns the invite).
-        fn invite(pb::InviteRequest) -> pb::JoinRoomResponse;
+        fn invite(pb::InviteRequest) -> pb::JoinRoomResponse, once;
         /// Rejects a remote invite to a room we are not in.
-        fn reject_invite(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        fn reject_invite(pb::JoinRoomRequest) -> pb::JoinRoomResponse, once;
         /// Knocks a local user on a remote room.
-        fn knock_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse;
+        fn knock_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse, once;
         /// Asks a remote server for its public rooms.
         fn query_public_rooms(pb::RemoteRequest) -> pb::RemoteResponse;
         /// Asks a remote user's server for their profile.

@@ -85,7 +85,44 @@ pub fn lazy_channel(address: &str) -> Result<tonic::transport::Channel, ApiError
     Ok(endpoint.connect_lazy())
 }
 
+/// How a failed call may be tried on another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Safe to send twice (a query, or a write keyed so a second is a no-op).
+    Idempotent,
+    /// Sent at most once, except when it certainly never left (no connection).
+    Once,
+}
+
+/// The retry of a method by its marker in [`service_api`]: `once` or none.
+pub fn retry_of(markers: &[&str]) -> Retry {
+    if markers.contains(&"once") {
+        Retry::Once
+    } else {
+        Retry::Idempotent
+    }
+}
+
+/// Whether a failed call should go to the next replica, and whether the
+/// replica it went to is to be taken as down. Errors our services return
+/// travel in the status details and are answers, not failures of the
+/// replica; a transport failure has none.
+pub fn replica_failed(status: &tonic::Status, retry: Retry) -> (bool, bool) {
+    use prost::Message;
+    let answered = crate::proto::common::ApiError::decode(status.details())
+        .is_ok_and(|wire| wire.kind != crate::proto::common::ErrorKind::Unspecified as i32);
+    if answered || status.code() != tonic::Code::Unavailable {
+        return (false, false);
+    }
+    // tonic reports a refused or failed connection as UNAVAILABLE with the
+    // connector's message; nothing was sent then.
+    let never_sent = status.message().to_ascii_lowercase().contains("connect");
+    (retry == Retry::Idempotent || never_sent, true)
+}
+
 /// Declares a service API: the trait, its tonic client and its tonic adapter.
+/// A method marked `once` is not sent to a second replica after a transport
+/// failure that may have come after the first replica took it.
 macro_rules! service_api {
     (
         $(#[$doc:meta])*
@@ -93,7 +130,7 @@ macro_rules! service_api {
         trait $Trait:ident;
         client $Client:ident = $pb_client:ident;
         adapter $Adapter:ident: $pb_trait:path, $pb_server:ident;
-        { $( $(#[$mdoc:meta])* fn $method:ident($Req:ty) -> $Resp:ty; )* }
+        { $( $(#[$mdoc:meta])* fn $method:ident($Req:ty) -> $Resp:ty $(, $once:ident)?; )* }
     ) => {
         $(#[$doc])*
         #[async_trait::async_trait]
@@ -101,23 +138,51 @@ macro_rules! service_api {
             $( $(#[$mdoc])* async fn $method(&self, request: $Req) -> Result<$Resp, $crate::ApiError>; )*
         }
 
-        /// The API reached over gRPC (the polylith).
+        /// The API reached over gRPC (the polylith): calls are spread over
+        /// the service's ready replicas, and go to the next one when a
+        /// replica cannot be reached.
         #[derive(Clone)]
         pub struct $Client {
-            inner: $pb_client<tonic::transport::Channel>,
+            replicas: std::sync::Arc<$crate::replicas::ReplicaSet>,
+            inner: Vec<$pb_client<tonic::transport::Channel>>,
             secret: ganglion_base::internal_auth::InternalSecret,
         }
 
         impl $Client {
-            /// A client of the service at `address`, authenticating with `secret`.
+            /// A client of the one service at `address`, authenticating with `secret`.
             pub fn new(
                 address: &str,
                 secret: ganglion_base::internal_auth::InternalSecret,
             ) -> Result<Self, $crate::ApiError> {
-                Ok(Self {
-                    inner: <$pb_client<tonic::transport::Channel>>::new($crate::grpc::lazy_channel(address)?),
-                    secret,
-                })
+                let replicas = $crate::replicas::ReplicaSet::new(
+                    $api,
+                    vec![ganglion_base::config::ReplicaConfig {
+                        address: address.to_owned(),
+                        ..Default::default()
+                    }],
+                );
+                Self::replicated(replicas, secret)
+            }
+
+            /// A client of every replica in `replicas`.
+            pub fn replicated(
+                replicas: std::sync::Arc<$crate::replicas::ReplicaSet>,
+                secret: ganglion_base::internal_auth::InternalSecret,
+            ) -> Result<Self, $crate::ApiError> {
+                let inner = (0..replicas.len())
+                    .filter_map(|i| replicas.get(i))
+                    .map(|replica| {
+                        $crate::grpc::lazy_channel(&replica.config.address)
+                            .map(<$pb_client<tonic::transport::Channel>>::new)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Self { replicas, inner, secret })
+            }
+
+            /// The client of one replica (calls that must reach a given one).
+            pub fn replica(&self, index: usize) -> Option<Self> {
+                let replica = self.replicas.get(index)?;
+                Self::new(&replica.config.address, self.secret.clone()).ok()
             }
         }
 
@@ -125,8 +190,33 @@ macro_rules! service_api {
         impl $Trait for $Client {
             $(
                 async fn $method(&self, request: $Req) -> Result<$Resp, $crate::ApiError> {
-                    let result = self.inner.clone().$method($crate::grpc::outgoing(request, &self.secret)).await;
-                    $crate::grpc::finish_client($api, stringify!($method), result)
+                    let retry = $crate::grpc::retry_of(&[$(stringify!($once))?]);
+                    let mut last = None;
+                    let order = self.replicas.spread();
+                    // Cloned only while another replica may still be tried.
+                    let mut request = Some(request);
+                    for (turn, &index) in order.iter().enumerate() {
+                        let Some(client) = self.inner.get(index) else { continue };
+                        let message = if turn + 1 == order.len() { request.take() } else { request.clone() };
+                        let Some(message) = message else { break };
+                        let result = client.clone().$method($crate::grpc::outgoing(message, &self.secret)).await;
+                        if let Err(status) = &result {
+                            let (next, down) = $crate::grpc::replica_failed(status, retry);
+                            if down {
+                                self.replicas.mark_down(index);
+                            }
+                            if next {
+                                last = Some(result);
+                                continue;
+                            }
+                        }
+                        return $crate::grpc::finish_client($api, stringify!($method), result);
+                    }
+                    $crate::grpc::finish_client(
+                        $api,
+                        stringify!($method),
+                        last.unwrap_or_else(|| Err(tonic::Status::unavailable("no replica"))),
+                    )
                 }
             )*
         }

@@ -15,7 +15,7 @@ crate::grpc::service_api! {
         fn upload(pb::UploadRequest) -> pb::KeyCounts;
         fn query(pb::QueryRequest) -> pb::QueryResponse;
         /// Takes one one-time key (else the fallback key) per device and algorithm.
-        fn claim(pb::ClaimRequest) -> pb::ClaimResponse;
+        fn claim(pb::ClaimRequest) -> pb::ClaimResponse, once;
         /// A device's one-time key counts and unused fallback algorithms.
         fn counts(pb::CountsRequest) -> pb::KeyCounts;
         /// Removes logged-out devices' keys, announcing each change.

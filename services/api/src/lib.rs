@@ -10,6 +10,7 @@ mod error;
 pub mod federation;
 pub(crate) mod grpc;
 pub mod keys;
+pub mod replicas;
 pub mod roomserver;
 pub mod sync;
 pub mod topics;

@@ -14,9 +14,9 @@ crate::grpc::service_api! {
     {
         /// Completes, authorises and persists events; answers with their IDs
         /// and the output position once they are in `roomserver.output`.
-        fn input(pb::InputRequest) -> pb::InputResponse;
+        fn input(pb::InputRequest) -> pb::InputResponse, once;
         /// Creates a room with its initial state.
-        fn create_room(pb::CreateRoomRequest) -> pb::InputResponse;
+        fn create_room(pb::CreateRoomRequest) -> pb::InputResponse, once;
         /// Between replicas: delivers the outcome of an input this replica accepted.
         fn deliver_outcome(pb::Outcome) -> crate::proto::common::Empty;
         fn query_room_version(pb::QueryRoomVersionRequest) -> pb::QueryRoomVersionResponse;
@@ -29,27 +29,27 @@ crate::grpc::service_api! {
         fn query_auth_chain(pb::QueryAuthChainRequest) -> pb::QueryAuthChainResponse;
         fn query_events(pb::QueryEventsRequest) -> pb::QueryEventsResponse;
         fn query_forward_extremities(pb::QueryForwardExtremitiesRequest) -> pb::QueryForwardExtremitiesResponse;
-        fn set_alias(pb::SetAliasRequest) -> crate::proto::common::Empty;
+        fn set_alias(pb::SetAliasRequest) -> crate::proto::common::Empty, once;
         fn remove_alias(pb::RemoveAliasRequest) -> crate::proto::common::Empty;
         fn room_aliases(pb::RoomAliasesRequest) -> pb::RoomAliasesResponse;
         fn set_visibility(pb::SetVisibilityRequest) -> crate::proto::common::Empty;
         fn get_visibility(pb::GetVisibilityRequest) -> pb::GetVisibilityResponse;
         fn public_rooms(pb::PublicRoomsRequest) -> pb::PublicRoomsResponse;
-        fn report(pb::ReportRequest) -> crate::proto::common::Empty;
+        fn report(pb::ReportRequest) -> crate::proto::common::Empty, once;
         fn query_joined_rooms(pb::QueryJoinedRoomsRequest) -> pb::QueryJoinedRoomsResponse;
         fn query_may_send_state(pb::QueryMaySendStateRequest) -> pb::QueryMaySendStateResponse;
         /// Which of the events a server may see (the rest it gets redacted).
         fn query_server_visibility(pb::QueryServerVisibilityRequest) -> pb::QueryServerVisibilityResponse;
-        fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse;
+        fn forget_room(pb::ForgetRoomRequest) -> pb::InputResponse, once;
         /// An unsigned event for a remote user (make_join and friends).
         fn build_event(pb::BuildEventRequest) -> pb::BuildEventResponse;
         /// The users joined to a room now.
         fn query_joined_members(pb::QueryJoinedMembersRequest) -> pb::QueryJoinedMembersResponse;
         /// An invite from another server to one of our users.
-        fn receive_invite(pb::ReceiveInviteRequest) -> pb::InputResponse;
+        fn receive_invite(pb::ReceiveInviteRequest) -> pb::InputResponse, once;
         /// One of our users rejected another server's invite, or knocked
         /// on a room through another server.
-        fn remote_membership(pb::RemoteMembershipRequest) -> pb::InputResponse;
+        fn remote_membership(pb::RemoteMembershipRequest) -> pb::InputResponse, once;
     }
 }
 

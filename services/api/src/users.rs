@@ -12,12 +12,12 @@ crate::grpc::service_api! {
     adapter UsersGrpc: pb::users_server::Users, UsersServer;
     {
         /// Creates an account (and, unless `inhibit_login`, a device with a token).
-        fn register(pb::RegisterRequest) -> pb::Session;
+        fn register(pb::RegisterRequest) -> pb::Session, once;
         fn localpart_available(pb::LocalpartAvailableRequest) -> pb::LocalpartAvailableResponse;
         /// Whether a registration token may register an account now.
         fn registration_token_valid(pb::RegistrationTokenRequest) -> pb::RegistrationTokenValidity;
         /// Checks the password and creates a device with a new access token.
-        fn login_with_password(pb::LoginRequest) -> pb::Session;
+        fn login_with_password(pb::LoginRequest) -> pb::Session, once;
         /// Checks a user's password; Forbidden when wrong.
         fn check_password(pb::CheckPasswordRequest) -> pb::CheckPasswordResponse;
         /// Resolves an access token to its device; `UnknownToken` otherwise.

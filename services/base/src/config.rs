@@ -71,6 +71,9 @@ pub struct CachesConfig {
     pub interned_names: usize,
     /// Client addresses and accounts the rate limiter tracks, per limit.
     pub rate_limited_clients: usize,
+    /// Access tokens whose user the gateway remembers, to route each user
+    /// to their syncapi replica.
+    pub gateway_tokens: usize,
 }
 
 impl Default for CachesConfig {
@@ -80,6 +83,7 @@ impl Default for CachesConfig {
             destinations: 10_000,
             interned_names: 200_000,
             rate_limited_clients: 100_000,
+            gateway_tokens: 100_000,
         }
     }
 }
@@ -416,6 +420,35 @@ pub struct ServiceConfig {
     /// Polylith: a name unique to this replica (consumer groups of views use it).
     /// Unset: derived from `listen`.
     pub replica_id: Option<String>,
+    /// Polylith: every replica of this service, as the other processes
+    /// reach them. Unset: the one at `address`/`http_address`. A replica
+    /// listed here takes calls (and, for the syncapi, users) only while its
+    /// `/readyz` answers 200, so replicas can be listed before they start.
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// One replica of a service, as the other processes reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaConfig {
+    /// A stable name (the pod of a StatefulSet, say); users are assigned to
+    /// syncapi replicas by it. Unset: `address`.
+    pub name: Option<String>,
+    /// Its internal gRPC API, e.g. `http://syncapi-0.syncapi:7772`.
+    pub address: String,
+    /// Its public HTTP routes (clientapi, syncapi, federationapi), for the gateway.
+    pub http_address: Option<String>,
+    /// Its operator listener (`/readyz`). Unset: taken as ready until a
+    /// call to it fails.
+    pub operator_address: Option<String>,
+}
+
+impl ReplicaConfig {
+    /// What users are assigned by: the same in every process reading the
+    /// same list.
+    pub fn key(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.address)
+    }
 }
 
 impl Default for Config {
@@ -436,6 +469,7 @@ impl Default for Config {
                         http_address: None,
                         operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], port + 200))),
                         replica_id: None,
+                        replicas: Vec::new(),
                     },
                 )
             })
@@ -716,6 +750,29 @@ impl Config {
             }
         }
         for (name, service) in &self.services {
+            let mut keys = std::collections::HashSet::new();
+            for replica in &service.replicas {
+                if !keys.insert(replica.key()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "services.{name}.replicas: {} is listed twice",
+                        replica.key()
+                    )));
+                }
+                for url in [
+                    Some(&replica.address),
+                    replica.http_address.as_ref(),
+                    replica.operator_address.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(ConfigError::Invalid(format!(
+                            "services.{name}.replicas: {url} is not an http:// or https:// URL"
+                        )));
+                    }
+                }
+            }
             if let Some(url) = &service.database_url
                 && !(url.starts_with("postgres://")
                     || url.starts_with("postgresql://")
@@ -740,6 +797,24 @@ impl Config {
         section
             .address
             .or_else(|| section.listen.map(|addr| format!("http://{addr}")))
+    }
+
+    /// Every replica of `service` as the other processes reach them: the
+    /// configured list, or the one replica of `address`/`http_address`.
+    pub fn service_replicas(&self, service: &str) -> Vec<ReplicaConfig> {
+        let section = self.service(service);
+        if !section.replicas.is_empty() {
+            return section.replicas;
+        }
+        let Some(address) = self.service_address(service) else {
+            return Vec::new();
+        };
+        vec![ReplicaConfig {
+            name: None,
+            address,
+            http_address: self.service_http_address(service),
+            operator_address: section.operator_listen.map(|addr| format!("http://{addr}")),
+        }]
     }
 
     /// How the gateway reaches `service`'s public HTTP routes.
@@ -814,6 +889,11 @@ const EXAMPLE_OPTIONAL: &str = "
 # address = \"http://roomserver:7771\"                # default: http://<listen>
 # http_address = \"http://clientapi:7877\"            # default: http://<http_listen>
 # replica_id = \"syncapi-0\"                           # default: derived from listen
+# [[services.syncapi.replicas]]                       # every replica, as callers reach them
+# name = \"syncapi-0\"                                 # users are placed by this name
+# address = \"http://syncapi-0.syncapi:7772\"
+# http_address = \"http://syncapi-0.syncapi:7872\"
+# operator_address = \"http://syncapi-0.syncapi:7972\" # its /readyz decides if it takes calls
 ";
 
 fn option_doc(line: &str) -> Option<&'static str> {
@@ -837,6 +917,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "destinations" => "Other servers' discovered addresses kept in memory.",
         "interned_names" => "Event types and state keys the roomserver keeps in memory, each.",
         "rate_limited_clients" => "Clients and accounts each rate limit tracks.",
+        "gateway_tokens" => "Access tokens whose user the gateway remembers (30 s each).",
         "secret_file" => "Internal gRPC secrets, one per line (first sent, any accepted).",
         "registration_enabled" => "Whether POST /register creates accounts.",
         "registration_requires_token" => "Whether registering takes a registration token.",
@@ -917,6 +998,45 @@ mod tests {
             .map_err(describe_figment_error)
             .expect_err("unknown key rejected");
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    /// Replicas are given in an environment variable as an inline list of
+    /// tables (how the polylith's containers are configured).
+    #[test]
+    fn replicas_from_an_environment_value() {
+        let value: figment::value::Value = r#"[{name="syncapi-0", address="http://a:7772", http_address="http://a:7872", operator_address="http://a:7972"}, {address="http://b:7772"}]"#
+            .parse()
+            .expect("infallible");
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default("services.syncapi.replicas", value))
+            .extract()
+            .expect("replicas parse");
+        config.validate().expect("valid");
+        let replicas = config.service_replicas("syncapi");
+        assert_eq!(replicas.len(), 2);
+        assert_eq!(replicas[0].key(), "syncapi-0");
+        assert_eq!(replicas[1].key(), "http://b:7772");
+        assert_eq!(
+            replicas[0].operator_address.as_deref(),
+            Some("http://a:7972")
+        );
+        // Without a list: the one replica of the service's own addresses.
+        let single = config.service_replicas("clientapi");
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].address, "http://127.0.0.1:7777");
+        assert_eq!(
+            single[0].operator_address.as_deref(),
+            Some("http://127.0.0.1:7977")
+        );
+        // The same replica twice is refused.
+        let twice: figment::value::Value = r#"[{address="http://b:1"}, {address="http://b:1"}]"#
+            .parse()
+            .expect("infallible");
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default("services.syncapi.replicas", twice))
+            .extract()
+            .expect("parses");
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -8,8 +8,9 @@ use anyhow::Context;
 use axum::Router;
 use ganglion_api::federation::{FederationClient, FederationGrpc, FederationHandle};
 use ganglion_api::keys::{KeysClient, KeysGrpc, KeysHandle};
+use ganglion_api::replicas::ReplicaSet;
 use ganglion_api::roomserver::{RoomserverClient, RoomserverGrpc, RoomserverHandle};
-use ganglion_api::sync::{SyncClient, SyncGrpc, SyncHandle};
+use ganglion_api::sync::{SyncGrpc, SyncHandle, SyncReplicas};
 use ganglion_api::users::{UsersClient, UsersGrpc, UsersHandle};
 use ganglion_base::config::{Durability, LogBackend};
 use ganglion_base::health::Health;
@@ -241,34 +242,59 @@ async fn serve_tls_until(
     .await
 }
 
+/// The replicas of `service` as this process reaches them, their
+/// readiness probed from now on.
+pub(crate) fn replicas(config: &Config, service: &'static str) -> anyhow::Result<Arc<ReplicaSet>> {
+    let listed = config.service_replicas(service);
+    anyhow::ensure!(
+        !listed.is_empty(),
+        "services.{service}: no address, listen or replicas"
+    );
+    let set = ReplicaSet::new(service, listed);
+    set.spawn_probes();
+    Ok(set)
+}
+
 /// The services behind the gateway, each with the routes it exports.
 pub(crate) fn gateway_upstreams(
     config: &Config,
 ) -> anyhow::Result<Vec<ganglion_gateway::Upstream>> {
-    let address = |service: &str| {
-        config
-            .service_http_address(service)
-            .with_context(|| format!("services.{service}: no http_listen or http_address"))
+    let upstream = |name: &'static str, routing, paths, max_body_bytes| -> anyhow::Result<_> {
+        let set = replicas(config, name)?;
+        for i in 0..set.len() {
+            anyhow::ensure!(
+                set.get(i).is_some_and(|r| r.config.http_address.is_some()),
+                "services.{name}: a replica without http_listen or http_address"
+            );
+        }
+        Ok(ganglion_gateway::Upstream {
+            name,
+            replicas: set,
+            routing,
+            paths,
+            max_body_bytes,
+        })
     };
+    use ganglion_gateway::Routing;
     Ok(vec![
-        ganglion_gateway::Upstream {
-            name: "clientapi",
-            base_url: address("clientapi")?,
-            paths: ganglion_clientapi::route_paths(),
-            max_body_bytes: config.client.max_body_bytes,
-        },
-        ganglion_gateway::Upstream {
-            name: "syncapi",
-            base_url: address("syncapi")?,
-            paths: ganglion_syncapi::route_paths(),
-            max_body_bytes: config.client.max_body_bytes,
-        },
-        ganglion_gateway::Upstream {
-            name: "federationapi",
-            base_url: address("federationapi")?,
-            paths: ganglion_federationapi::route_paths(),
-            max_body_bytes: config.federation.max_body_bytes,
-        },
+        upstream(
+            "clientapi",
+            Routing::Spread,
+            ganglion_clientapi::route_paths(),
+            config.client.max_body_bytes,
+        )?,
+        upstream(
+            "syncapi",
+            Routing::ByUser,
+            ganglion_syncapi::route_paths(),
+            config.client.max_body_bytes,
+        )?,
+        upstream(
+            "federationapi",
+            Routing::Spread,
+            ganglion_federationapi::route_paths(),
+            config.federation.max_body_bytes,
+        )?,
     ])
 }
 
@@ -276,7 +302,21 @@ pub(crate) fn gateway_upstreams(
 /// listener, health and metrics on the operator listener.
 pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     let _telemetry = telemetry(&config, "gateway")?;
-    let router = ganglion_gateway::router(gateway_upstreams(&config)?)?;
+    let secret = InternalSecret::load_or_generate(&config).context("the internal secret")?;
+    let upstreams = gateway_upstreams(&config)?;
+    let sets: Vec<Arc<ReplicaSet>> = upstreams.iter().map(|u| u.replicas.clone()).collect();
+    // Users are placed on the replicas found ready, so the first ones are
+    // not all sent to a replica that is still catching up.
+    for set in &sets {
+        set.wait_probed(std::time::Duration::from_secs(2)).await;
+    }
+    let tokens = ganglion_gateway::TokenUsers::new(
+        Some(users_client(&config, &secret)?),
+        config.caches.gateway_tokens,
+    );
+    let router = ganglion_gateway::router(upstreams, tokens)?;
+    let mut health = Health::default();
+    health.add(Arc::new(ganglion_gateway::UpstreamsReady(sets)));
     let (shutdown, shutdown_future) = shutdown_signal();
     let listener = bind(config.client.listen).await?;
     let operator_listener = bind(config.operator.listen).await?;
@@ -287,7 +327,7 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     );
     let operator = tokio::spawn(serve_until(
         operator_listener,
-        Health::default().router(),
+        health.router(),
         http::ListenerLimits::INTERNAL,
         shutdown,
     ));
@@ -303,30 +343,40 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
 }
 
 pub(crate) fn keys_client(config: &Config, secret: &InternalSecret) -> anyhow::Result<KeysHandle> {
-    let address = config
-        .service_address("keyserver")
-        .context("services.keyserver: no address")?;
-    Ok(Arc::new(KeysClient::new(&address, secret.clone())?))
+    Ok(Arc::new(KeysClient::replicated(
+        replicas(config, "keyserver")?,
+        secret.clone(),
+    )?))
 }
 
 pub(crate) fn federation_client(
     config: &Config,
     secret: &InternalSecret,
 ) -> anyhow::Result<FederationHandle> {
-    let address = config
-        .service_address("federationapi")
-        .context("services.federationapi: no address")?;
-    Ok(Arc::new(FederationClient::new(&address, secret.clone())?))
+    Ok(Arc::new(FederationClient::replicated(
+        replicas(config, "federationapi")?,
+        secret.clone(),
+    )?))
 }
 
 pub(crate) fn users_client(
     config: &Config,
     secret: &InternalSecret,
 ) -> anyhow::Result<UsersHandle> {
-    let address = config
-        .service_address("userapi")
-        .context("services.userapi: no address")?;
-    Ok(Arc::new(UsersClient::new(&address, secret.clone())?))
+    Ok(Arc::new(UsersClient::replicated(
+        replicas(config, "userapi")?,
+        secret.clone(),
+    )?))
+}
+
+pub(crate) fn roomserver_client(
+    config: &Config,
+    secret: &InternalSecret,
+) -> anyhow::Result<RoomserverHandle> {
+    Ok(Arc::new(RoomserverClient::replicated(
+        replicas(config, "roomserver")?,
+        secret.clone(),
+    )?))
 }
 
 /// One service in its own process, on three listeners kept apart by trust:
@@ -400,16 +450,10 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             http_routes = Some(started.routes);
         }
         "clientapi" => {
-            let rooms: RoomserverHandle = Arc::new(RoomserverClient::new(
-                &config
-                    .service_address("roomserver")
-                    .context("services.roomserver: no address")?,
-                secret.clone(),
-            )?);
-            let sync: SyncHandle = Arc::new(SyncClient::new(
-                &config
-                    .service_address("syncapi")
-                    .context("services.syncapi: no address")?,
+            let rooms = roomserver_client(&config, &secret)?;
+            // Read-your-writes waits on the replica that serves the user.
+            let sync: SyncHandle = Arc::new(SyncReplicas::new(
+                replicas(&config, "syncapi")?,
                 secret.clone(),
             )?);
             let federation = federation_client(&config, &secret)?;
@@ -431,12 +475,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         "federationapi" => {
             let signing_key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
             let (cert, key) = ganglion_base::keys::load_or_generate_tls(&config)?;
-            let rooms: RoomserverHandle = Arc::new(RoomserverClient::new(
-                &config
-                    .service_address("roomserver")
-                    .context("services.roomserver: no address")?,
-                secret.clone(),
-            )?);
+            let rooms = roomserver_client(&config, &secret)?;
             let started = ganglion_federationapi::start(
                 &config,
                 signing_key,
@@ -554,6 +593,8 @@ mod tests {
         let config = ganglion_base::Config::default();
         let upstreams = super::gateway_upstreams(&config).expect("upstreams");
         assert!(upstreams.iter().all(|u| !u.paths.is_empty()));
-        let _router = ganglion_gateway::router(upstreams).expect("a router");
+        let _router =
+            ganglion_gateway::router(upstreams, ganglion_gateway::TokenUsers::new(None, 10))
+                .expect("a router");
     }
 }

@@ -48,6 +48,13 @@ pub(crate) struct Connection {
     /// Each list's count as last answered.
     #[serde(default)]
     pub(crate) counts: BTreeMap<String, u64>,
+    /// Which connection this is, drawn at random when it starts and named
+    /// in every `pos`: row numbers are this database's own, so a `pos`
+    /// another syncapi replica issued must never read a state kept here
+    /// under the same number (the user moved, and back). 0: a connection
+    /// from before this field.
+    #[serde(default)]
+    pub(crate) nonce: u32,
 }
 
 /// A room as last sent on a connection.
@@ -311,10 +318,21 @@ pub(crate) fn direct_rooms(m_direct: Option<&str>) -> HashSet<String> {
         .unwrap_or_default()
 }
 
-/// A `pos`: the connection state's row and the log position answered.
-pub(crate) fn parse_pos(pos: &str) -> Option<(i64, &str)> {
+/// A `pos`: `<row>.<connection nonce>-<token>`, the connection state's
+/// row, the connection's [`Connection::nonce`] and the log position
+/// answered (`<row>-<token>` from before nonces: nonce 0).
+pub(crate) fn parse_pos(pos: &str) -> Option<(i64, u32, &str)> {
     let (id, token) = pos.split_once('-')?;
-    Some((id.parse().ok()?, token))
+    let (id, nonce) = match id.split_once('.') {
+        Some((id, nonce)) => (id, nonce.parse().ok()?),
+        None => (id, 0),
+    };
+    Some((id.parse().ok()?, nonce, token))
+}
+
+/// The `pos` of a connection state.
+pub(crate) fn make_pos(id: i64, nonce: u32, token: &str) -> String {
+    format!("{id}.{nonce}-{token}")
 }
 
 #[cfg(test)]
@@ -453,7 +471,11 @@ mod tests {
         ));
         assert_eq!(direct.len(), 3);
         assert!(direct_rooms(Some("not json")).is_empty());
-        assert_eq!(parse_pos("12-s1_2.3"), Some((12, "s1_2.3")));
+        assert_eq!(parse_pos("12-s1_2.3"), Some((12, 0, "s1_2.3")));
+        assert_eq!(parse_pos("12.77-s1_2.3"), Some((12, 77, "s1_2.3")));
+        assert_eq!(parse_pos(&make_pos(5, 9, "s1")), Some((5, 9, "s1")));
+        assert_eq!(parse_pos("12.x-s1"), None);
+        assert_eq!(parse_pos("12.99999999999-s1"), None);
         assert_eq!(parse_pos("x-s1"), None);
         assert_eq!(parse_pos("12"), None);
     }

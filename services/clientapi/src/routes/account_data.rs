@@ -60,7 +60,8 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        self.read_your_writes(written.position).await;
+        self.read_your_writes(&device.user_id, written.position)
+            .await;
         respond(json!({}))
     }
 
@@ -177,7 +178,8 @@ async fn update_tag(
         })
         .await
         .map_err(MatrixError::from)?;
-    api.read_your_writes(written.position).await;
+    api.read_your_writes(&device.user_id, written.position)
+        .await;
     respond(json!({}))
 }
 

@@ -135,7 +135,7 @@ pub(crate) async fn typing(
         api.typing_timers.lapse(&key, generation);
         api.publish_typing(&room_id, &user_id, false, 0).await?
     };
-    api.read_your_writes(Some(position)).await;
+    api.read_your_writes(&device.user_id, Some(position)).await;
     respond(json!({}))
 }
 
@@ -248,7 +248,7 @@ pub(crate) async fn receipt(
             thread_id,
         )
         .await?;
-    api.read_your_writes(Some(position)).await;
+    api.read_your_writes(&device.user_id, Some(position)).await;
     respond_ruma(create_receipt::v3::Response::new())
 }
 
@@ -274,7 +274,7 @@ pub(crate) async fn read_markers(
         }
     }
     for position in positions {
-        api.read_your_writes(Some(position)).await;
+        api.read_your_writes(&device.user_id, Some(position)).await;
     }
     respond_ruma(set_read_marker::v3::Response::new())
 }

@@ -242,9 +242,10 @@ impl ganglion_api::users::Authenticates for ClientApi {
 }
 
 impl ClientApi {
-    /// Waits (bounded) until the syncapi has consumed `position`, so the
-    /// client's next `/sync` shows what it was just told succeeded.
-    pub(crate) async fn read_your_writes(&self, position: Option<LogPosition>) {
+    /// Waits (bounded) until the syncapi replica that serves `user_id` has
+    /// consumed `position`, so the client's next `/sync` shows what it was
+    /// just told succeeded.
+    pub(crate) async fn read_your_writes(&self, user_id: &str, position: Option<LogPosition>) {
         let Some(position) = position else { return };
         let started = Instant::now();
         let reached = self
@@ -252,6 +253,7 @@ impl ClientApi {
             .wait_for_position(WaitForPositionRequest {
                 position: Some(position),
                 timeout_ms: self.read_your_writes_timeout.as_millis() as u64,
+                user_id: user_id.to_owned(),
             })
             .await
             .map(|r| r.reached)

@@ -220,7 +220,7 @@ impl ClientApi {
             }
         }
         for position in last.into_values() {
-            self.read_your_writes(Some(position)).await;
+            self.read_your_writes(user_id, Some(position)).await;
         }
     }
 }

@@ -268,7 +268,8 @@ pub(crate) async fn create_room(
         .with_label_values(&["create_room", if result.is_ok() { "ok" } else { "error" }])
         .inc();
     let response = result.map_err(MatrixError::from)?;
-    api.read_your_writes(response.output_position).await;
+    api.read_your_writes(&device.user_id, response.output_position)
+        .await;
     if publish {
         api.roomserver
             .set_visibility(pb::SetVisibilityRequest {
@@ -329,7 +330,8 @@ impl ClientApi {
             .with_label_values(&[membership, if result.is_ok() { "ok" } else { "error" }])
             .inc();
         let response = result.map_err(MatrixError::from)?;
-        self.read_your_writes(response.output_position).await;
+        self.read_your_writes(sender, response.output_position)
+            .await;
         Ok(response.event_ids.into_iter().next().unwrap_or_default())
     }
 
@@ -572,7 +574,8 @@ pub(crate) async fn join(
             .join_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(joined.output_position).await;
+        api.read_your_writes(&device.user_id, joined.output_position)
+            .await;
         return respond(json!({ "room_id": room_id }));
     }
     let room_id = own_membership(&api, &device, &body, &room_id, "join").await?;
@@ -605,7 +608,8 @@ pub(crate) async fn knock(
             .knock_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(knocked.output_position).await;
+        api.read_your_writes(&device.user_id, knocked.output_position)
+            .await;
         return respond(json!({ "room_id": room_id }));
     }
     let room_id = own_membership(&api, &device, &body, &room_id, "knock").await?;
@@ -631,13 +635,14 @@ pub(crate) async fn leave(
             .federation
             .reject_invite(ganglion_api::proto::federationapi::JoinRoomRequest {
                 room_id,
-                user_id: device.user_id,
+                user_id: device.user_id.clone(),
                 servers: vec![server],
                 content_json: content,
             })
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(rejected.output_position).await;
+        api.read_your_writes(&device.user_id, rejected.output_position)
+            .await;
         return respond(json!({}));
     }
     own_membership(&api, &device, &body, &room_id, "leave").await?;
@@ -754,7 +759,7 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        self.read_your_writes(invited.output_position).await;
+        self.read_your_writes(sender, invited.output_position).await;
         Ok(())
     }
 }
@@ -769,12 +774,13 @@ pub(crate) async fn forget(
         .roomserver
         .forget_room(pb::ForgetRoomRequest {
             room_id: request.room_id.to_string(),
-            user_id: device.user_id,
+            user_id: device.user_id.clone(),
         })
         .await;
     match forgotten {
         Ok(response) => {
-            api.read_your_writes(response.output_position).await;
+            api.read_your_writes(&device.user_id, response.output_position)
+                .await;
             respond_ruma(forget_room::v3::Response::new())
         }
         Err(ganglion_api::ApiError::InvalidInput(message)) => Err(MatrixError::new(

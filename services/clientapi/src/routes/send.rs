@@ -182,7 +182,8 @@ impl ClientApi {
             .with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }])
             .inc();
         let response = result.map_err(MatrixError::from)?;
-        self.read_your_writes(response.output_position).await;
+        self.read_your_writes(&device.user_id, response.output_position)
+            .await;
         response
             .event_ids
             .into_iter()
@@ -241,7 +242,8 @@ async fn put_state_inner(
             &api.server_name,
         )
         .await;
-        api.read_your_writes(removed.into_iter().next_back()).await;
+        api.read_your_writes(&device.user_id, removed.into_iter().next_back())
+            .await;
     }
     respond(json!({ "event_id": event_id }))
 }

@@ -98,7 +98,7 @@ pub(crate) async fn send_to_device(
         last.insert(position.partition, position);
     }
     for position in last.into_values() {
-        api.read_your_writes(Some(position)).await;
+        api.read_your_writes(&device.user_id, Some(position)).await;
     }
     respond(json!({}))
 }

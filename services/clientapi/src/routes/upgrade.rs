@@ -145,7 +145,8 @@ pub(crate) async fn upgrade(
         })
         .await
         .map_err(MatrixError::from)?;
-    api.read_your_writes(created.output_position).await;
+    api.read_your_writes(&device.user_id, created.output_position)
+        .await;
     let new_room = created.room_id;
 
     // The old room: a tombstone, then only moderators may speak or invite.
@@ -188,7 +189,8 @@ pub(crate) async fn upgrade(
         })
         .await
         .map_err(MatrixError::from)?;
-    api.read_your_writes(written.output_position).await;
+    api.read_your_writes(&device.user_id, written.output_position)
+        .await;
 
     // Aliases and the directory entry follow the room.
     let aliases = api
@@ -235,7 +237,8 @@ pub(crate) async fn upgrade(
             })
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(written.output_position).await;
+        api.read_your_writes(&device.user_id, written.output_position)
+            .await;
     }
     let public = api
         .roomserver
@@ -371,7 +374,7 @@ impl ClientApi {
                 })
                 .await;
             match written {
-                Ok(written) => self.read_your_writes(written.position).await,
+                Ok(written) => self.read_your_writes(user_id, written.position).await,
                 Err(error) => {
                     tracing::info!(user_id, data_type, %error, "not carried to the new room");
                 }

@@ -83,7 +83,7 @@ pub(crate) async fn sliding_sync(
     // The connection as of `pos`, or a new one.
     let (mut connection, since, state_id) = match &request.pos {
         Some(pos) => {
-            let (id, token) = sliding::parse_pos(pos).ok_or_else(unknown_pos)?;
+            let (id, nonce, token) = sliding::parse_pos(pos).ok_or_else(unknown_pos)?;
             let since = SyncToken::parse(token, service.partitions).map_err(|_| unknown_pos())?;
             let text = service
                 .storage
@@ -91,6 +91,11 @@ pub(crate) async fn sliding_sync(
                 .await?
                 .ok_or_else(unknown_pos)?;
             let connection: Connection = serde_json::from_str(&text).map_err(|_| unknown_pos())?;
+            // A state of another connection under the same row number (one
+            // this replica kept before the user was moved elsewhere and back).
+            if connection.nonce != nonce {
+                return Err(unknown_pos());
+            }
             // The client has this pos: the states before it are done with.
             service
                 .storage
@@ -100,7 +105,11 @@ pub(crate) async fn sliding_sync(
         }
         None => {
             service.storage.forget_connection_states(key, None).await?;
-            (Connection::default(), None, None)
+            let connection = Connection {
+                nonce: rand::random::<u32>().max(1),
+                ..Connection::default()
+            };
+            (connection, None, None)
         }
     };
     connection.take_request(&request);
@@ -150,7 +159,7 @@ pub(crate) async fn sliding_sync(
             // Read once per response, not per rebuild of a long-poll.
             e2ee(&service, &device, &mut response.extensions.e2ee).await;
         }
-        response.pos = format!("{id}-{current}");
+        response.pos = sliding::make_pos(id, connection.nonce, &current.to_string());
         response.txn_id = request.txn_id.clone();
         return into_http(response);
     }
