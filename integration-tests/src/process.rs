@@ -322,7 +322,8 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    fn fresh() -> Listeners {
+    /// Free ports for a process to come.
+    pub fn fresh() -> Listeners {
         let port = || format!("127.0.0.1:{}", free_port());
         Listeners {
             grpc: port(),
@@ -331,7 +332,17 @@ impl Listeners {
         }
     }
 
-    fn env(&self, service: &str) -> Vec<(String, String)> {
+    /// This process as an entry of `services.<name>.replicas` (an inline
+    /// TOML table, as the environment takes it).
+    pub fn replica_entry(&self, name: &str) -> String {
+        format!(
+            r#"{{name="{name}", address="http://{}", http_address="http://{}", operator_address="http://{}"}}"#,
+            self.grpc, self.http, self.operator
+        )
+    }
+
+    /// The settings that put `service` on these listeners.
+    pub fn env(&self, service: &str) -> Vec<(String, String)> {
         let upper = service.to_uppercase();
         vec![
             (
@@ -458,8 +469,10 @@ impl Polylith {
     pub fn listeners(&self, service: &str) -> Listeners {
         let setting = |suffix: &str| {
             let key = format!("GANGLION_SERVICES__{}__{suffix}", service.to_uppercase());
+            // The last setting wins, as it does for the process.
             self.env
                 .iter()
+                .rev()
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
@@ -511,6 +524,18 @@ impl Polylith {
         service: &str,
         extra_env: Vec<(String, String)>,
     ) -> String {
+        self.add_replica_at(service, Listeners::fresh(), extra_env)
+            .await
+    }
+
+    /// As [`Polylith::add_replica_with`], on listeners chosen beforehand
+    /// (a replica listed in the configuration, or one coming back).
+    pub async fn add_replica_at(
+        &mut self,
+        service: &str,
+        listeners: Listeners,
+        extra_env: Vec<(String, String)>,
+    ) -> String {
         let n = self
             .processes
             .iter()
@@ -518,7 +543,6 @@ impl Polylith {
             .count()
             + 1;
         let name = format!("{service}#{n}");
-        let listeners = Listeners::fresh();
         let own = listeners.env(service);
         let mut env: Vec<(String, String)> = self
             .env

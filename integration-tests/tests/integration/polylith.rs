@@ -685,3 +685,216 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
         }
     }
 }
+
+/// Which syncapi replica served one request: the one whose served-request
+/// count moved while `request` ran (requests here run one at a time).
+async fn served_by<F: std::future::Future<Output = T>, T>(
+    operators: &[String],
+    request: F,
+) -> (Option<usize>, T) {
+    const SERVED: &str = "ganglion_http_requests_total{service=\"syncapi\"";
+    let mut before = Vec::new();
+    for operator in operators {
+        before.push(metric_total(operator, SERVED).await);
+    }
+    let answer = request.await;
+    let mut moved = None;
+    for (i, operator) in operators.iter().enumerate() {
+        // A replica that is gone served nothing.
+        let now = match reqwest::get(format!("http://{operator}/metrics")).await {
+            Ok(_) => metric_total(operator, SERVED).await,
+            Err(_) => before[i],
+        };
+        if now > before[i] {
+            assert!(moved.is_none(), "two replicas served one request");
+            moved = Some(i);
+        }
+    }
+    (moved, answer)
+}
+
+/// Waits until the gateway sees `count` syncapi replicas ready.
+async fn until_ready_replicas(server: &Polylith, count: u64) {
+    let operator = server.gateway_operator_url();
+    let operator = operator.trim_start_matches("http://");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = metric_total(operator, "ganglion_replicas_ready{service=\"syncapi\"}").await;
+        if ready == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway sees {ready} syncapi replicas ready, not {count}\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Two syncapi replicas, each with its own database, share the users: the
+/// gateway sends each user to the replica rendezvous hashing names (the
+/// same in every process), and always the same one. When a replica is
+/// killed, its users move to the other and their next `/sync` with the old
+/// token is answered in full, while the other replica's users stay put; a
+/// sliding-sync connection that moved answers `M_UNKNOWN_POS` and starts
+/// again cleanly. When the replica comes back and has caught up, exactly
+/// its users move back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_syncapi_replicas_share_users_and_hand_them_over() {
+    use ganglion_integration_tests::client::Client;
+    use ganglion_integration_tests::process::Listeners;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["syncapi-1", "syncapi-2"];
+    let listeners = [Listeners::fresh(), Listeners::fresh()];
+    let mut env = listeners[0].env("syncapi");
+    env.push((
+        "GANGLION_SERVICES__SYNCAPI__REPLICAS".to_owned(),
+        format!(
+            "[{}, {}]",
+            listeners[0].replica_entry(names[0]),
+            listeners[1].replica_entry(names[1])
+        ),
+    ));
+    let mut server = Polylith::start_with(dir.path(), &database_urls("replicas").await, env).await;
+    let second_db = ganglion_base::testing::scratch_postgres("poly_replicas_syncapi2").await;
+    let second_env = vec![(
+        "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
+        second_db,
+    )];
+    let second = server
+        .add_replica_at("syncapi", listeners[1].clone(), second_env.clone())
+        .await;
+    until_ready_replicas(&server, 2).await;
+    let operators: Vec<String> = listeners.iter().map(|l| l.operator.clone()).collect();
+
+    // Users until each replica has three, placed as every process places them.
+    let owner = |user_id: &str| {
+        let weights: Vec<u64> = names
+            .iter()
+            .map(|n| ganglion_api::replicas::rendezvous(n, user_id))
+            .collect();
+        usize::from(weights[1] > weights[0])
+    };
+    let mut users: Vec<(Client, usize)> = Vec::new();
+    let mut counts = [0, 0];
+    for i in 0.. {
+        if counts.iter().all(|c| *c >= 3) {
+            break;
+        }
+        let client = Client::register(&server.base_url, &format!("rep{i}"), "pw-rep-123").await;
+        let home = owner(&client.user_id);
+        if counts[home] < 3 {
+            counts[home] += 1;
+            users.push((client, home));
+        }
+    }
+    let room_id = users[0]
+        .0
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    let mut since = Vec::new();
+    for (client, home) in &users {
+        if client.user_id != users[0].0.user_id {
+            assert_eq!(client.join(&room_id).await.status, 200);
+        }
+        for _ in 0..2 {
+            let (served, body) = served_by(&operators, client.sync(None, 0, 5)).await;
+            assert_eq!(served, Some(*home), "{} on its replica", client.user_id);
+            assert!(body["rooms"]["join"][&room_id].is_object(), "{body}");
+            if since.len() < users.len() {
+                since.push(body["next_batch"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    // A sliding-sync connection of a user of the second replica.
+    let (moved_user, _) = users
+        .iter()
+        .find(|(_, home)| *home == 1)
+        .expect("a user of #2");
+    let sliding_path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let list = serde_json::json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
+    let first = moved_user
+        .call(reqwest::Method::POST, sliding_path, Some(list.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let pos = first.body["pos"].as_str().expect("pos").to_owned();
+
+    // The second replica dies.
+    server.kill9(&second);
+    let sender = users
+        .iter()
+        .find(|(_, home)| *home == 0)
+        .expect("a user of #1");
+    assert_eq!(
+        sender
+            .0
+            .send_text(&room_id, "gone", "while #2 is gone")
+            .await
+            .status,
+        200
+    );
+    for ((client, home), since) in users.iter().zip(&since) {
+        let (served, body) = served_by(&operators, client.sync(Some(since), 10_000, 5)).await;
+        assert_eq!(
+            served,
+            Some(0),
+            "{} is served by the replica left",
+            client.user_id
+        );
+        let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+        assert!(
+            message_bodies(timeline).contains(&"while #2 is gone".to_owned()),
+            "{} (home {home}) misses the message: {body}",
+            client.user_id
+        );
+    }
+    // Read-your-writes for a moved user: its own message is in its next sync.
+    let before_send = moved_user.sync(None, 0, 1).await;
+    assert_eq!(
+        moved_user
+            .send_text(&room_id, "mine", "sent by a moved user")
+            .await
+            .status,
+        200
+    );
+    let body = moved_user
+        .sync(before_send["next_batch"].as_str(), 0, 5)
+        .await;
+    assert_eq!(
+        message_bodies(&body["rooms"]["join"][&room_id]["timeline"]["events"]),
+        vec!["sent by a moved user"],
+        "{body}"
+    );
+    // The moved sliding-sync connection starts again.
+    let again = moved_user
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "{sliding_path}?pos={}",
+                ganglion_integration_tests::client::encode(&pos)
+            ),
+            Some(list.clone()),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.errcode()),
+        (400, "M_UNKNOWN_POS"),
+        "{again:?}"
+    );
+    let fresh = moved_user
+        .call(reqwest::Method::POST, sliding_path, Some(list.clone()))
+        .await;
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    assert!(fresh.body["rooms"][&room_id].is_object(), "{fresh:?}");
+
+    // It comes back on its database, catches up, and takes its users back.
+    server
+        .add_replica_at("syncapi", listeners[1].clone(), second_env)
+        .await;
+    until_ready_replicas(&server, 2).await;
+    for (client, home) in &users {
+        let (served, _) = served_by(&operators, client.sync(None, 0, 1)).await;
+        assert_eq!(served, Some(*home), "{} is home again", client.user_id);
+    }
+}
