@@ -692,19 +692,31 @@ async fn served_by<F: std::future::Future<Output = T>, T>(
     operators: &[String],
     request: F,
 ) -> (Option<usize>, T) {
-    const SERVED: &str = "ganglion_http_requests_total{service=\"syncapi\"";
+    // A replica that is gone serves nothing: `None`.
+    async fn served(operator: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{operator}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .unwrap_or_default();
+        let total = text
+            .lines()
+            .filter(|l| l.starts_with("ganglion_http_requests_total{"))
+            .filter(|l| l.contains("service=\"syncapi\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum();
+        Some(total)
+    }
     let mut before = Vec::new();
     for operator in operators {
-        before.push(metric_total(operator, SERVED).await);
+        before.push(served(operator).await.unwrap_or(0));
     }
     let answer = request.await;
     let mut moved = None;
     for (i, operator) in operators.iter().enumerate() {
-        // A replica that is gone served nothing.
-        let now = match reqwest::get(format!("http://{operator}/metrics")).await {
-            Ok(_) => metric_total(operator, SERVED).await,
-            Err(_) => before[i],
-        };
+        let now = served(operator).await.unwrap_or(before[i]);
         if now > before[i] {
             assert!(moved.is_none(), "two replicas served one request");
             moved = Some(i);
