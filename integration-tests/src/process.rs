@@ -113,6 +113,26 @@ impl Process {
         }
     }
 
+    /// SIGTERM, then waits for the process to exit on its own (a graceful
+    /// drain); the exit status, or `None` if it was still running at
+    /// `timeout` (it is then killed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -307,6 +327,9 @@ pub struct Polylith {
     dir: PathBuf,
     /// Extra replicas: (process name, their listeners).
     replicas: Vec<(String, Listeners)>,
+    /// How each process was started: (name, arguments, environment,
+    /// operator address), to start it again the same way.
+    specs: Vec<(String, Vec<String>, Vec<(String, String)>, String)>,
     _tansu: ganglion_log::testing::Tansu,
 }
 
@@ -448,10 +471,17 @@ impl Polylith {
             env,
             dir: dir.to_owned(),
             replicas: Vec::new(),
+            specs: Vec::new(),
             _tansu: tansu,
         };
         for service in POLYLITH_SERVICES {
             let process = polylith.spawn(service).await;
+            polylith.specs.push((
+                service.to_owned(),
+                vec![service.to_owned()],
+                polylith.env.clone(),
+                polylith.listeners(service).operator,
+            ));
             polylith.processes.push(process);
         }
         let mut gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
@@ -461,8 +491,110 @@ impl Polylith {
             Duration::from_secs(30),
         )
         .await;
+        polylith.specs.push((
+            "gateway".to_owned(),
+            vec!["gateway".to_owned()],
+            polylith.env.clone(),
+            polylith
+                .gateway_operator_url()
+                .trim_start_matches("http://")
+                .to_owned(),
+        ));
         polylith.processes.push(gateway);
         polylith
+    }
+
+    /// Starts another gateway on a port of its own; its base URL.
+    pub async fn add_gateway(&mut self) -> String {
+        let port = free_port();
+        let operator = format!("127.0.0.1:{}", free_port());
+        let mut env = self.env.clone();
+        env.push((
+            "GANGLION_CLIENT__LISTEN".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ));
+        env.push(("GANGLION_OPERATOR__LISTEN".to_owned(), operator.clone()));
+        let name = format!(
+            "gateway#{}",
+            self.processes
+                .iter()
+                .filter(|p| p.name.starts_with("gateway"))
+                .count()
+                + 1
+        );
+        let mut process = Process::spawn(&name, &["gateway"], &env, &self.dir);
+        wait_healthy(
+            &format!("http://{operator}/healthz"),
+            &mut process,
+            Duration::from_secs(30),
+        )
+        .await;
+        self.specs
+            .push((name, vec!["gateway".to_owned()], env, operator));
+        self.processes.push(process);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Waits until every process answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        for (name, _, _, operator) in &self.specs {
+            loop {
+                if let Ok(answer) = client.get(format!("http://{operator}/readyz")).send().await
+                    && answer.status().is_success()
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} is not ready:\n{}",
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The names of the running processes, in start order.
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Replaces a process as a rolling upgrade does: SIGTERM, waits for it
+    /// to drain and exit (it must exit 0), starts it again the same way and
+    /// waits until it is ready (`/readyz`). How long it took.
+    pub async fn restart_gracefully(&mut self, name: &str) -> Duration {
+        let started = Instant::now();
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name == name)
+            .expect("the process runs");
+        let (_, args, env, operator) = self
+            .specs
+            .iter()
+            .find(|(n, ..)| n == name)
+            .cloned()
+            .expect("how it was started");
+        let status = self.processes[index]
+            .terminate(Duration::from_secs(40))
+            .await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} did not drain and exit cleanly ({status:?}):\n{}",
+            self.processes[index].log_tail()
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Process::spawn(name, &args, &env, &self.dir);
+        wait_healthy(
+            &format!("http://{operator}/readyz"),
+            &mut process,
+            Duration::from_secs(60),
+        )
+        .await;
+        self.processes[index] = process;
+        started.elapsed()
     }
 
     /// The listeners of `service`'s first process.
@@ -562,6 +694,12 @@ impl Polylith {
             Duration::from_secs(30),
         )
         .await;
+        self.specs.push((
+            name.clone(),
+            vec![service.to_owned()],
+            env,
+            listeners.operator.clone(),
+        ));
         self.processes.push(process);
         self.replicas.push((name.clone(), listeners));
         name

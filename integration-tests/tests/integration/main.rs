@@ -16,6 +16,7 @@ mod mutations;
 mod polylith;
 mod room_apis;
 mod room_behaviours;
+mod scaling;
 mod sdk_scenarios;
 mod sliding_sync;
 mod synapse_peer;

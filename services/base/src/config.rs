@@ -56,6 +56,11 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct OperatorConfig {
     pub listen: SocketAddr,
+    /// On SIGTERM, how long a process answers `/readyz` with 503 while
+    /// still serving, so that callers stop sending before it stops
+    /// listening. Unset: 2 000 ms for a polylith process, 0 for the
+    /// monolith. On Kubernetes: at least the time endpoints take to update.
+    pub drain_delay_ms: Option<u64>,
 }
 
 /// The most entries each in-memory cache keyed by outside data holds (a
@@ -496,6 +501,7 @@ impl Default for OperatorConfig {
     fn default() -> Self {
         OperatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9008)),
+            drain_delay_ms: None,
         }
     }
 }
@@ -881,6 +887,8 @@ const EXAMPLE_OPTIONAL: &str = "
 # kafka_sasl_password_file = \"/etc/ganglion/kafka-password\"
 # [telemetry]
 # otlp_endpoint = \"http://127.0.0.1:4317\"            # OTLP/gRPC trace export
+# [operator]
+# drain_delay_ms = 2000                               # default: 2000 polylith, 0 monolith
 # [internal]
 # secret_file = \"/etc/ganglion/internal.secret\"     # default: <data_dir>/internal.secret
 # [services.roomserver]                               # likewise for every service
@@ -947,6 +955,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "log_format" => "pretty or json.",
         "log_filter" => "A tracing filter such as info or ganglion_roomserver=debug,info.",
         "listen" => "Address to listen on.",
+        "drain_delay_ms" => "On SIGTERM, /readyz answers 503 this long before listeners close.",
         "http_listen" => "Polylith: public HTTP routes, for the gateway.",
         "operator_listen" => "Polylith: /healthz, /readyz and /metrics.",
         "verify_certificates" => "Whether remote servers' TLS certificates must be valid.",

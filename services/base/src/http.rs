@@ -291,6 +291,7 @@ async fn observe(service: &'static str, req: Request, next: Next) -> Response {
         tracing::info_span!("http", %method, path = %path, service, status = tracing::field::Empty);
     crate::telemetry::continue_from_http(&span, req.headers());
     let started = Instant::now();
+    let _in_flight = crate::shutdown::InFlight::enter();
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = response.status();
     span.record("status", status.as_u16());
@@ -495,10 +496,14 @@ pub async fn serve_tls(
     accept_loop(listener, router, Some(acceptor), limits, shutdown).await
 }
 
+/// How long a stopping process lets its open requests finish (within
+/// Kubernetes' default 30 s grace period); what is still open then is cut.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Accepts connections while fewer than `limits.max_connections` are open,
 /// serves each (over TLS when an acceptor is given) with the header-read
 /// timeout, and on `shutdown` stops accepting and lets the open connections
-/// finish their requests.
+/// finish their requests (at most [`DRAIN_TIMEOUT`]) before returning.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -562,6 +567,15 @@ async fn accept_loop(
         });
     }
     let _ = closing.send(true);
+    // Every connection holds a permit until it is done: all of them back
+    // means every request in flight has been answered.
+    let open = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(open))
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open after the drain timeout were cut");
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use ganglion_api::users::{UsersClient, UsersGrpc, UsersHandle};
 use ganglion_base::config::{Durability, LogBackend};
 use ganglion_base::health::Health;
 use ganglion_base::internal_auth::InternalSecret;
+use ganglion_base::shutdown::{Draining, Shutdown};
 use ganglion_base::{Config, http};
 use ganglion_log::{EmbeddedConfig, EmbeddedLog, KafkaConfig, KafkaLog, Log};
 use tokio::net::TcpListener;
@@ -42,37 +43,10 @@ pub(crate) fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<d
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM, and tells the consumers to stop.
-fn shutdown_signal() -> (
-    watch::Receiver<bool>,
-    impl Future<Output = ()> + Send + 'static,
-) {
-    let (sender, receiver) = watch::channel(false);
-    let mut waiter = receiver.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
-        }
-        tracing::info!("shutting down");
-        let _ = sender.send(true);
-    });
-    let future = async move {
-        let _ = waiter.wait_for(|stop| *stop).await;
-    };
-    (receiver, future)
+/// The drain delay of a process (see [`ganglion_base::shutdown`]).
+fn drain_delay(config: &Config, polylith: bool) -> std::time::Duration {
+    let default = if polylith { 2_000 } else { 0 };
+    std::time::Duration::from_millis(config.operator.drain_delay_ms.unwrap_or(default))
 }
 
 pub(crate) fn telemetry(
@@ -93,7 +67,8 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     let signing_key = Arc::new(ganglion_base::keys::load_or_generate_signing_key(&config)?);
     let (cert, key) = ganglion_base::keys::load_or_generate_tls(&config)?;
     let log = open_log(&config, "monolith")?;
-    let (shutdown, shutdown_future) = shutdown_signal();
+    let stopping = Shutdown::on_signal(drain_delay(&config, false));
+    let shutdown = stopping.consumers();
 
     let userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
     let users: UsersHandle = userapi.api.clone();
@@ -160,6 +135,8 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     health.extend(clientapi.health);
     health.extend(federationapi.health);
     health.extend(federationsender.health);
+    health.add(Arc::new(Draining(stopping.draining())));
+    stop_long_polls_when_draining(&stopping, syncapi.api.clone());
     let client_router = http::matrix_router(
         clientapi.routes.merge(syncapi.routes),
         "client",
@@ -188,24 +165,35 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         cert,
         key,
         config.federation.listener_limits(),
-        shutdown.clone(),
+        stopping.listeners(),
     ));
     let operator = tokio::spawn(serve_until(
         operator_listener,
         health.router(),
         http::ListenerLimits::INTERNAL,
-        shutdown.clone(),
+        stopping.listeners(),
     ));
     http::serve(
         client_listener,
         client_router,
         config.client.listener_limits(),
-        shutdown_future,
+        stopping.listeners_closing(),
     )
     .await?;
-    federation.abort();
-    operator.abort();
+    let _ = federation.await;
+    let _ = operator.await;
+    stopping.stop_consumers();
     Ok(())
+}
+
+/// Long-polls answer as soon as the process starts to drain.
+fn stop_long_polls_when_draining(stopping: &Shutdown, syncapi: Arc<ganglion_syncapi::SyncService>) {
+    let mut draining = stopping.draining();
+    tokio::spawn(async move {
+        if draining.wait_for(|d| *d).await.is_ok() {
+            syncapi.stop_long_polls();
+        }
+    });
 }
 
 async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
@@ -317,7 +305,8 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
     let router = ganglion_gateway::router(upstreams, tokens)?;
     let mut health = Health::default();
     health.add(Arc::new(ganglion_gateway::UpstreamsReady(sets)));
-    let (shutdown, shutdown_future) = shutdown_signal();
+    let stopping = Shutdown::on_signal(drain_delay(&config, true));
+    health.add(Arc::new(Draining(stopping.draining())));
     let listener = bind(config.client.listen).await?;
     let operator_listener = bind(config.operator.listen).await?;
     tracing::info!(
@@ -329,16 +318,16 @@ pub(crate) async fn gateway(config: Config) -> anyhow::Result<()> {
         operator_listener,
         health.router(),
         http::ListenerLimits::INTERNAL,
-        shutdown,
+        stopping.listeners(),
     ));
     http::serve(
         listener,
         router,
         config.client.listener_limits(),
-        shutdown_future,
+        stopping.listeners_closing(),
     )
     .await?;
-    operator.abort();
+    let _ = operator.await;
     Ok(())
 }
 
@@ -394,10 +383,13 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         .operator_listen
         .with_context(|| format!("services.{name}.operator_listen is required"))?;
     let secret = InternalSecret::load_or_generate(&config).context("the internal secret")?;
-    let (shutdown, shutdown_future) = shutdown_signal();
+    let stopping = Shutdown::on_signal(drain_delay(&config, true));
+    let shutdown = stopping.consumers();
     let mut health = Health::default();
+    health.add(Arc::new(Draining(stopping.draining())));
     let mut grpc = tonic::service::Routes::default();
     let mut http_routes: Option<Router> = None;
+    let mut tls_listener = None;
     match name {
         "userapi" => {
             let started = ganglion_userapi::start(&config, Some(open_log(&config, name)?)).await?;
@@ -446,6 +438,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             )
             .await?;
             health.extend(started.health);
+            stop_long_polls_when_draining(&stopping, started.api.clone());
             grpc = grpc.add_service(SyncGrpc::service(started.api));
             http_routes = Some(started.routes);
         }
@@ -498,14 +491,14 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 config.federation.max_body_bytes,
             );
             let listener = bind(config.federation.listen).await?;
-            tokio::spawn(serve_tls_until(
+            tls_listener = Some(tokio::spawn(serve_tls_until(
                 listener,
                 router,
                 cert,
                 key,
                 config.federation.listener_limits(),
-                shutdown.clone(),
-            ));
+                stopping.listeners(),
+            )));
         }
         "federationsender" => {
             let federation = federation_client(&config, &secret)?;
@@ -529,7 +522,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     );
     let grpc_listener = bind(listen).await?;
     let operator_listener = bind(operator_listen).await?;
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<_> = tls_listener.into_iter().collect();
     if let Some(routes) = http_routes {
         let http_listen = section
             .http_listen
@@ -552,7 +545,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             http_listener,
             router,
             limits,
-            shutdown.clone(),
+            stopping.listeners(),
         )));
     }
     tracing::info!(
@@ -565,18 +558,19 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
         operator_listener,
         health.router(),
         http::ListenerLimits::INTERNAL,
-        shutdown.clone(),
+        stopping.listeners(),
     )));
     http::serve(
         grpc_listener,
         grpc_router,
         http::ListenerLimits::INTERNAL,
-        shutdown_future,
+        stopping.listeners_closing(),
     )
     .await?;
     for task in tasks {
-        task.abort();
+        let _ = task.await;
     }
+    stopping.stop_consumers();
     Ok(())
 }
 

@@ -78,6 +78,9 @@ pub struct SyncService {
     presence: presence::Activity,
     /// The membership events each device was sent (lazy-loading).
     lazy_members: lazy_members::LazyMembers,
+    /// Turns true when the process is asked to stop: long-polls answer at
+    /// once instead of holding the drain.
+    closing: watch::Sender<bool>,
 }
 
 impl ganglion_api::users::Authenticates for SyncService {
@@ -87,6 +90,31 @@ impl ganglion_api::users::Authenticates for SyncService {
 }
 
 impl SyncService {
+    /// The process is stopping: every long-poll answers now, and new ones
+    /// do not wait.
+    pub fn stop_long_polls(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// Waits for news of the user `wake` watches until `deadline`: true
+    /// when there is some to look at, false at the deadline or when the
+    /// process is stopping (the long-poll then answers with what it has,
+    /// and the client's next request goes to a replica that stays).
+    pub(crate) async fn wait_for_news(
+        &self,
+        wake: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow() {
+            return false;
+        }
+        tokio::select! {
+            news = tokio::time::timeout_at(deadline, wake.changed()) => matches!(news, Ok(Ok(()))),
+            _ = closing.wait_for(|stop| *stop) => false,
+        }
+    }
+
     /// The position every response built now reflects.
     pub(crate) fn current_token(&self) -> SyncToken {
         SyncToken::new(self.positions.borrow().clone(), self.partitions)
@@ -201,6 +229,7 @@ pub async fn start(
             config.client.max_syncs_per_user,
         ),
         lazy_members: Default::default(),
+        closing: watch::channel(false).0,
     });
     // The view's positions are stored with its data, in one transaction per
     // record, so it resumes exactly where it stopped: no consumer group.

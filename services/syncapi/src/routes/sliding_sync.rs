@@ -145,7 +145,7 @@ pub(crate) async fn sliding_sync(
         if since.is_some() && !answer.has_updates && Instant::now() < deadline {
             // Nothing new yet: wait for this user's news, then look again;
             // at the deadline the answer built is still the one to give.
-            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, wake.changed()).await {
+            if service.wait_for_news(&mut wake, deadline).await {
                 continue;
             }
         }

@@ -108,7 +108,7 @@ pub(crate) async fn sync(
         )
         .await?;
         if !(since.is_none() || has_updates || Instant::now() >= deadline)
-            && let Ok(Ok(())) = tokio::time::timeout_at(deadline, wake.changed()).await
+            && service.wait_for_news(&mut wake, deadline).await
         {
             continue;
         }

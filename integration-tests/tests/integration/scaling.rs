@@ -1,0 +1,520 @@
+//! The polylith scaled out and operated: several replicas of each service,
+//! users handed between syncapi replicas, processes replaced one at a time
+//! under load (rolling restarts), and faults.
+
+use ganglion_integration_tests::client::{Client, message_bodies};
+use ganglion_integration_tests::process::{Listeners, POLYLITH_SERVICES, Polylith};
+use serde_json::{Value, json};
+
+use crate::polylith::{database_urls, metric_total};
+
+/// Which syncapi replica served one request: the one whose served-request
+/// count moved while `request` ran (requests here run one at a time).
+async fn served_by<F: std::future::Future<Output = T>, T>(
+    operators: &[String],
+    request: F,
+) -> (Option<usize>, T) {
+    // A replica that is gone serves nothing: `None`.
+    async fn served(operator: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{operator}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .unwrap_or_default();
+        let total = text
+            .lines()
+            .filter(|l| l.starts_with("ganglion_http_requests_total{"))
+            .filter(|l| l.contains("service=\"syncapi\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum();
+        Some(total)
+    }
+    let mut before = Vec::new();
+    for operator in operators {
+        before.push(served(operator).await.unwrap_or(0));
+    }
+    let answer = request.await;
+    let mut moved = None;
+    for (i, operator) in operators.iter().enumerate() {
+        let now = served(operator).await.unwrap_or(before[i]);
+        if now > before[i] {
+            assert!(moved.is_none(), "two replicas served one request");
+            moved = Some(i);
+        }
+    }
+    (moved, answer)
+}
+
+/// Waits until the gateway sees `count` syncapi replicas ready.
+async fn until_ready_replicas(server: &Polylith, count: u64) {
+    let operator = server.gateway_operator_url();
+    let operator = operator.trim_start_matches("http://");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = metric_total(operator, "ganglion_replicas_ready{service=\"syncapi\"}").await;
+        if ready == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway sees {ready} syncapi replicas ready, not {count}\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Two syncapi replicas, each with its own database, share the users: the
+/// gateway sends each user to the replica rendezvous hashing names (the
+/// same in every process), and always the same one. When a replica is
+/// killed, its users move to the other and their next `/sync` with the old
+/// token is answered in full, while the other replica's users stay put; a
+/// sliding-sync connection that moved answers `M_UNKNOWN_POS` and starts
+/// again cleanly. When the replica comes back and has caught up, exactly
+/// its users move back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_syncapi_replicas_share_users_and_hand_them_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["syncapi-1", "syncapi-2"];
+    let listeners = [Listeners::fresh(), Listeners::fresh()];
+    let mut env = listeners[0].env("syncapi");
+    env.push((
+        "GANGLION_SERVICES__SYNCAPI__REPLICAS".to_owned(),
+        format!(
+            "[{}, {}]",
+            listeners[0].replica_entry(names[0]),
+            listeners[1].replica_entry(names[1])
+        ),
+    ));
+    let mut server = Polylith::start_with(dir.path(), &database_urls("replicas").await, env).await;
+    let second_db = ganglion_base::testing::scratch_postgres("poly_replicas_syncapi2").await;
+    let second_env = vec![(
+        "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
+        second_db,
+    )];
+    let second = server
+        .add_replica_at("syncapi", listeners[1].clone(), second_env.clone())
+        .await;
+    until_ready_replicas(&server, 2).await;
+    let operators: Vec<String> = listeners.iter().map(|l| l.operator.clone()).collect();
+
+    // Users until each replica has three, placed as every process places them.
+    let owner = |user_id: &str| {
+        let weights: Vec<u64> = names
+            .iter()
+            .map(|n| ganglion_api::replicas::rendezvous(n, user_id))
+            .collect();
+        usize::from(weights[1] > weights[0])
+    };
+    let mut users: Vec<(Client, usize)> = Vec::new();
+    let mut counts = [0, 0];
+    for i in 0.. {
+        if counts.iter().all(|c| *c >= 3) {
+            break;
+        }
+        let client = Client::register(&server.base_url, &format!("rep{i}"), "pw-rep-123").await;
+        let home = owner(&client.user_id);
+        if counts[home] < 3 {
+            counts[home] += 1;
+            users.push((client, home));
+        }
+    }
+    let room_id = users[0]
+        .0
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    let mut since = Vec::new();
+    for (client, home) in &users {
+        if client.user_id != users[0].0.user_id {
+            assert_eq!(client.join(&room_id).await.status, 200);
+        }
+        for _ in 0..2 {
+            let (served, body) = served_by(&operators, client.sync(None, 0, 5)).await;
+            assert_eq!(served, Some(*home), "{} on its replica", client.user_id);
+            assert!(body["rooms"]["join"][&room_id].is_object(), "{body}");
+            if since.len() < users.len() {
+                since.push(body["next_batch"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    // A sliding-sync connection of a user of the second replica.
+    let (moved_user, _) = users
+        .iter()
+        .find(|(_, home)| *home == 1)
+        .expect("a user of #2");
+    let sliding_path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let list = serde_json::json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
+    let first = moved_user
+        .call(reqwest::Method::POST, sliding_path, Some(list.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let pos = first.body["pos"].as_str().expect("pos").to_owned();
+
+    // The second replica dies.
+    server.kill9(&second);
+    let sender = users
+        .iter()
+        .find(|(_, home)| *home == 0)
+        .expect("a user of #1");
+    assert_eq!(
+        sender
+            .0
+            .send_text(&room_id, "gone", "while #2 is gone")
+            .await
+            .status,
+        200
+    );
+    for ((client, home), since) in users.iter().zip(&since) {
+        let (served, body) = served_by(&operators, client.sync(Some(since), 10_000, 5)).await;
+        assert_eq!(
+            served,
+            Some(0),
+            "{} is served by the replica left",
+            client.user_id
+        );
+        let timeline = &body["rooms"]["join"][&room_id]["timeline"]["events"];
+        assert!(
+            message_bodies(timeline).contains(&"while #2 is gone".to_owned()),
+            "{} (home {home}) misses the message: {body}",
+            client.user_id
+        );
+    }
+    // Read-your-writes for a moved user: its own message is in its next sync.
+    let before_send = moved_user.sync(None, 0, 1).await;
+    assert_eq!(
+        moved_user
+            .send_text(&room_id, "mine", "sent by a moved user")
+            .await
+            .status,
+        200
+    );
+    let body = moved_user
+        .sync(before_send["next_batch"].as_str(), 0, 5)
+        .await;
+    assert_eq!(
+        message_bodies(&body["rooms"]["join"][&room_id]["timeline"]["events"]),
+        vec!["sent by a moved user"],
+        "{body}"
+    );
+    // The moved sliding-sync connection starts again.
+    let again = moved_user
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "{sliding_path}?pos={}",
+                ganglion_integration_tests::client::encode(&pos)
+            ),
+            Some(list.clone()),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.errcode()),
+        (400, "M_UNKNOWN_POS"),
+        "{again:?}"
+    );
+    let fresh = moved_user
+        .call(reqwest::Method::POST, sliding_path, Some(list.clone()))
+        .await;
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    assert!(fresh.body["rooms"][&room_id].is_object(), "{fresh:?}");
+
+    // It comes back on its database, catches up, and takes its users back.
+    server
+        .add_replica_at("syncapi", listeners[1].clone(), second_env)
+        .await;
+    until_ready_replicas(&server, 2).await;
+    for (client, home) in &users {
+        let (served, _) = served_by(&operators, client.sync(None, 0, 1)).await;
+        assert_eq!(served, Some(*home), "{} is home again", client.user_id);
+    }
+}
+
+/// A polylith with two replicas of every service, the second syncapi on a
+/// database of its own, and two gateways (as behind a load balancer).
+/// Every caller reaches both replicas of what it calls.
+async fn scaled(dir: &std::path::Path, name: &str) -> (Polylith, Vec<String>) {
+    let first: Vec<Listeners> = POLYLITH_SERVICES
+        .iter()
+        .map(|_| Listeners::fresh())
+        .collect();
+    let second: Vec<Listeners> = POLYLITH_SERVICES
+        .iter()
+        .map(|_| Listeners::fresh())
+        .collect();
+    let mut env = Vec::new();
+    for (i, service) in POLYLITH_SERVICES.iter().enumerate() {
+        env.extend(first[i].env(service));
+        env.push((
+            format!("GANGLION_SERVICES__{}__REPLICAS", service.to_uppercase()),
+            format!(
+                "[{}, {}]",
+                first[i].replica_entry(&format!("{service}-1")),
+                second[i].replica_entry(&format!("{service}-2"))
+            ),
+        ));
+    }
+    let mut server = Polylith::start_with(dir, &database_urls(name).await, env).await;
+    for (i, service) in POLYLITH_SERVICES.iter().enumerate() {
+        let own = match *service {
+            "syncapi" => vec![(
+                "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
+                ganglion_base::testing::scratch_postgres(&format!("poly_{name}_syncapi2")).await,
+            )],
+            // Its own port for servers that come in over TLS.
+            "federationapi" => vec![(
+                "GANGLION_FEDERATION__LISTEN".to_owned(),
+                format!(
+                    "127.0.0.1:{}",
+                    ganglion_integration_tests::process::free_port()
+                ),
+            )],
+            _ => Vec::new(),
+        };
+        server.add_replica_at(service, second[i].clone(), own).await;
+    }
+    let other_gateway = server.add_gateway().await;
+    server.wait_ready(std::time::Duration::from_secs(90)).await;
+    let gateways = vec![server.base_url.clone(), other_gateway];
+    (server, gateways)
+}
+
+/// A client as real ones behave behind a load balancer: a request that gets
+/// no answer, or 502/503/504, is sent again after a pause, through the next
+/// gateway. Every such retry is counted.
+#[derive(Clone)]
+struct Retrying {
+    client: Client,
+    gateways: Vec<String>,
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    retries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Retrying {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
+        use std::sync::atomic::Ordering;
+        let first = self.turn.fetch_add(1, Ordering::Relaxed);
+        for attempt in 0..200 {
+            let base = &self.gateways[(first + attempt) % self.gateways.len()];
+            let mut request = self
+                .client
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(&self.client.access_token)
+                .timeout(std::time::Duration::from_secs(60));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(answer) if ![502, 503, 504].contains(&answer.status().as_u16()) => {
+                    let status = answer.status();
+                    let body: Value = answer.json().await.unwrap_or(Value::Null);
+                    assert!(status.is_success(), "{method} {path}: {status} {body}");
+                    return body;
+                }
+                _ => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("{method} {path}: no answer after 200 tries");
+    }
+}
+
+/// Every process of a polylith with two replicas of each service is
+/// replaced one at a time (SIGTERM, drain, start again, ready) while
+/// clients send and sync. No request fails (clients retry through the other
+/// gateway, as behind a load balancer), every acknowledged message is in
+/// every member's `/sync` stream exactly once and in `/messages` exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polylith_rolling_restart_under_load_loses_and_doubles_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, gateways) = scaled(dir.path(), "rolling").await;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut people = Vec::new();
+    for i in 0..5 {
+        let client = Client::register(&gateways[i % 2], &format!("roll{i}"), "pw-roll-123").await;
+        people.push(Retrying {
+            client,
+            gateways: gateways.clone(),
+            turn: Arc::new(AtomicUsize::new(i)),
+            retries: retries.clone(),
+        });
+    }
+    let room_id = people[0]
+        .client
+        .create_room(json!({"preset": "public_chat"}))
+        .await;
+    for person in &people[1..] {
+        assert_eq!(person.client.join(&room_id).await.status, 200);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let filter = ganglion_integration_tests::client::encode(
+        &json!({"room": {"timeline": {"limit": 1000}}}).to_string(),
+    );
+
+    // Three senders, two readers.
+    let mut senders = Vec::new();
+    for (s, person) in people[..3].iter().enumerate() {
+        let (person, stop, room_id) = (person.clone(), stop.clone(), room_id.clone());
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("s{s}-{n}");
+                let answer = person
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{n}"),
+                        Some(&json!({"msgtype": "m.text", "body": body})),
+                    )
+                    .await;
+                let event_id = answer["event_id"].as_str().expect("an event ID").to_owned();
+                acked.push((event_id, body));
+                n += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            acked
+        }));
+    }
+    let mut readers = Vec::new();
+    for person in people[3..].iter().cloned() {
+        let initial = person
+            .call(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/sync?filter={filter}"),
+                None,
+            )
+            .await;
+        let (stop, room_id, filter) = (stop.clone(), room_id.clone(), filter.clone());
+        readers.push(tokio::spawn(async move {
+            let mut since = initial["next_batch"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // The senders may have started already.
+            let mut seen: Vec<String> = initial["rooms"]["join"][&room_id]["timeline"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|event| event["type"] == "m.room.message")
+                .map(|event| event["event_id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let mut gaps = 0;
+            let mut quiet_after_stop = 0;
+            loop {
+                let body = person
+                    .call(
+                        reqwest::Method::GET,
+                        &format!(
+                            "/_matrix/client/v3/sync?since={}&timeout=1000&filter={filter}",
+                            ganglion_integration_tests::client::encode(&since)
+                        ),
+                        None,
+                    )
+                    .await;
+                let timeline = &body["rooms"]["join"][&room_id]["timeline"];
+                if timeline["limited"] == json!(true) {
+                    gaps += 1;
+                }
+                let events = timeline["events"].as_array().cloned().unwrap_or_default();
+                for event in &events {
+                    if event["type"] == "m.room.message" {
+                        seen.push(event["event_id"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+                if stop.load(Ordering::Relaxed) {
+                    quiet_after_stop = if events.is_empty() {
+                        quiet_after_stop + 1
+                    } else {
+                        0
+                    };
+                    if quiet_after_stop >= 3 {
+                        return (seen, gaps);
+                    }
+                }
+            }
+        }));
+    }
+
+    // Replace every process, one at a time, each replica in turn.
+    let started = std::time::Instant::now();
+    let mut report = Vec::new();
+    for name in server.process_names() {
+        let took = server.restart_gracefully(&name).await;
+        report.push(format!("{name} {:.1}s", took.as_secs_f64()));
+    }
+    let rolled = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await.expect("a sender"));
+    }
+    let acked_ids: std::collections::HashSet<&str> =
+        acked.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        acked_ids.len(),
+        acked.len(),
+        "one event per acknowledged send"
+    );
+    println!(
+        "rolled {} processes in {:.1}s while {} messages were sent; {} client retries; {}",
+        report.len(),
+        rolled.as_secs_f64(),
+        acked.len(),
+        retries.load(Ordering::Relaxed),
+        report.join(", ")
+    );
+    assert!(acked.len() > 50, "the load ran throughout: {}", acked.len());
+
+    // Every member's sync stream holds each message exactly once.
+    for reader in readers {
+        let (seen, gaps) = reader.await.expect("a reader");
+        assert_eq!(gaps, 0, "a reader's timeline was limited");
+        for (event_id, body) in &acked {
+            let times = seen.iter().filter(|id| *id == event_id).count();
+            assert_eq!(
+                times, 1,
+                "{body} ({event_id}) seen {times} times by a reader"
+            );
+        }
+        assert_eq!(seen.len(), acked.len(), "nothing else, nothing twice");
+    }
+    // And `/messages` holds each exactly once, in the order each sender sent.
+    let history = people[4]
+        .call(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=1000"),
+            None,
+        )
+        .await;
+    let mut bodies = message_bodies(&history["chunk"]);
+    bodies.reverse();
+    for (_, body) in &acked {
+        assert_eq!(
+            bodies.iter().filter(|b| *b == body).count(),
+            1,
+            "{body} in /messages"
+        );
+    }
+    for s in 0..3 {
+        let mine: Vec<&String> = bodies
+            .iter()
+            .filter(|b| b.starts_with(&format!("s{s}-")))
+            .collect();
+        let numbers: Vec<u64> = mine
+            .iter()
+            .filter_map(|b| b.split('-').nth(1)?.parse().ok())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "sender {s} in order: {numbers:?}"
+        );
+    }
+}
