@@ -128,7 +128,7 @@ impl Shutdown {
 
     /// The listeners are closed: the consumers stop after their record.
     pub fn stop_consumers(&self) {
-        let _ = self.stop_consumers.send(true);
+        self.stop_consumers.send_replace(true);
     }
 }
 
