@@ -11,7 +11,9 @@ use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
+use ruma::api::client::profile::{get_profile, get_profile_field};
+use ruma::profile::ProfileFieldValue;
 use serde_json::{Map, Value, json};
 
 use super::rooms::template;
@@ -97,25 +99,34 @@ fn profile_map(profile: user_pb::Profile) -> Map<String, Value> {
 
 pub(crate) async fn get_profile(
     State(api): State<Arc<ClientApi>>,
-    Path(user_id): Path<String>,
+    Ruma(request): Ruma<get_profile::v3::Request>,
 ) -> MatrixResult {
-    respond(Value::Object(api.profile_of(&user_id, None).await?))
+    let profile = api.profile_of(request.user_id.as_str(), None).await?;
+    respond_ruma(profile.into_iter().collect::<get_profile::v3::Response>())
 }
 
 pub(crate) async fn get_profile_field(
     State(api): State<Arc<ClientApi>>,
-    Path((user_id, field)): Path<(String, String)>,
+    Ruma(request): Ruma<get_profile_field::v3::Request>,
 ) -> MatrixResult {
-    if !FIELDS.contains(&field.as_str()) {
+    let field = request.field.as_str();
+    if !FIELDS.contains(&field) {
         return Err(MatrixError::not_found("No such profile field"));
     }
-    let profile = api.profile_of(&user_id, Some(&field)).await?;
-    if !profile.contains_key(&field) {
+    let mut profile = api
+        .profile_of(request.user_id.as_str(), Some(field))
+        .await?;
+    let Some(value) = profile.remove(field) else {
         return Err(MatrixError::not_found("The profile field is not set"));
-    }
-    respond(Value::Object(profile))
+    };
+    let value = ProfileFieldValue::new(field, value)
+        .map_err(|e| MatrixError::unknown(format!("a stored profile field: {e}")))?;
+    respond_ruma(get_profile_field::v3::Response::new(value))
 }
 
+// Keeps its own body: ruma's type requires the field's value and an mxc://
+// URI, where a client clears a field with `null` or by leaving it out
+// (the spec marks `displayname` and `avatar_url` optional).
 pub(crate) async fn put_profile_field(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
