@@ -79,7 +79,7 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/join"),
-                post(rooms::join),
+                post(rooms::join_by_id),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/leave"),
@@ -98,8 +98,17 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 post(ephemeral::read_markers),
             )
             .route(
-                &format!("{prefix}/rooms/{{room_id}}/{{action}}"),
-                post(rooms::moderate),
+                &format!("{prefix}/rooms/{{room_id}}/invite"),
+                post(rooms::invite),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/kick"),
+                post(rooms::kick),
+            )
+            .route(&format!("{prefix}/rooms/{{room_id}}/ban"), post(rooms::ban))
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/unban"),
+                post(rooms::unban),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/typing/{{user_id}}"),
