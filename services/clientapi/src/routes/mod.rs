@@ -27,7 +27,7 @@ pub(crate) use ephemeral::TypingTimers;
 use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::Routes;
+use ganglion_base::http::{Routes, Ruma};
 
 use crate::ClientApi;
 use crate::internal_events::READ_YOUR_WRITES_WAIT;
@@ -232,6 +232,31 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             );
     }
     router
+}
+
+/// A route's own check of a request body's JSON, run before ruma parses it
+/// (see [`Checked`]).
+pub(crate) trait BodyCheck {
+    fn check(body: &serde_json::Value) -> Result<(), MatrixError>;
+}
+
+/// ruma's request for a route, with the route's [`BodyCheck`] first: for
+/// bad input that the route answers with another error than ruma's parsing
+/// would (an identifier in the body is `M_INVALID_PARAM`, not `M_BAD_JSON`).
+pub(crate) struct Checked<T, C>(pub T, pub std::marker::PhantomData<C>);
+
+impl<S, T, C> axum::extract::FromRequest<S> for Checked<T, C>
+where
+    S: Send + Sync,
+    T: ruma::api::IncomingRequest,
+    C: BodyCheck,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, MatrixError> {
+        let Ruma(request) = Ruma::<T>::from_request_checked(req, state, C::check).await?;
+        Ok(Checked(request, std::marker::PhantomData))
+    }
 }
 
 /// Event content must be canonical JSON: integers within ±(2^53 − 1), no

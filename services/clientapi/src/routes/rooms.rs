@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, Ruma, respond, respond_ruma};
+use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, respond, respond_ruma};
 use ruma::api::client::knock::knock_room;
 use ruma::api::client::membership::{
     ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, kick_user,
@@ -17,6 +16,7 @@ use ruma::api::client::membership::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::{BodyCheck, Checked};
 use crate::ClientApi;
 use crate::internal_events::ROOM_WRITES;
 
@@ -685,27 +685,18 @@ pub(crate) async fn leave(
     respond_ruma(leave_room::v3::Response::new())
 }
 
-/// ruma's request for invite, kick, ban or unban, with the target's user
-/// ID checked first: one outside the spec's grammar (or inside ruma's
-/// looser one, such as an empty localpart) is 400 `M_INVALID_PARAM`, where
-/// ruma's parsing of the body would answer `M_BAD_JSON`.
-pub(crate) struct Target<T>(T);
+/// The target of invite, kick, ban and unban, checked before ruma parses
+/// the body: a user ID outside the spec's grammar (or inside ruma's looser
+/// one, such as an empty localpart) is 400 `M_INVALID_PARAM`, where ruma's
+/// parsing would answer `M_BAD_JSON`.
+pub(crate) struct TargetUserId;
 
-impl<S: Send + Sync, T: ruma::api::IncomingRequest> FromRequest<S> for Target<T> {
-    type Rejection = MatrixError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        let MatrixBody(bytes) =
-            MatrixBody::from_request(Request::from_parts(parts.clone(), body), state).await?;
-        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&bytes)
-            && let Some(Value::String(user_id)) = body.get("user_id")
-        {
-            ganglion_base::limits::user_id(user_id)?;
+impl BodyCheck for TargetUserId {
+    fn check(body: &Value) -> MatrixResult<()> {
+        match &body["user_id"] {
+            Value::String(user_id) => ganglion_base::limits::user_id(user_id),
+            _ => Ok(()),
         }
-        let Ruma(request) =
-            Ruma::<T>::from_request(Request::from_parts(parts, Body::from(bytes)), state).await?;
-        Ok(Target(request))
     }
 }
 
@@ -713,7 +704,7 @@ impl<S: Send + Sync, T: ruma::api::IncomingRequest> FromRequest<S> for Target<T>
 pub(crate) async fn invite(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Target(request): Target<invite_user::v3::Request>,
+    Checked(request, _): Checked<invite_user::v3::Request, TargetUserId>,
 ) -> MatrixResult {
     let invite_user::v3::InvitationRecipient::UserId(recipient) = request.recipient else {
         return Err(MatrixError::bad_json("missing field `user_id`"));
@@ -734,7 +725,7 @@ pub(crate) async fn invite(
 pub(crate) async fn kick(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Target(request): Target<kick_user::v3::Request>,
+    Checked(request, _): Checked<kick_user::v3::Request, TargetUserId>,
 ) -> MatrixResult {
     moderate(
         &api,
@@ -752,7 +743,7 @@ pub(crate) async fn kick(
 pub(crate) async fn ban(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Target(request): Target<ban_user::v3::Request>,
+    Checked(request, _): Checked<ban_user::v3::Request, TargetUserId>,
 ) -> MatrixResult {
     moderate(
         &api,
@@ -770,7 +761,7 @@ pub(crate) async fn ban(
 pub(crate) async fn unban(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Target(request): Target<unban_user::v3::Request>,
+    Checked(request, _): Checked<unban_user::v3::Request, TargetUserId>,
 ) -> MatrixResult {
     moderate(
         &api,
