@@ -119,12 +119,20 @@ impl<T: ruma::api::IncomingRequest> Ruma<T> {
         } else {
             &bytes
         };
-        // A body that is not JSON is left to ruma to name (`M_NOT_JSON`).
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            if crate::limits::json_holds_nul(&value) {
-                return Err(MatrixError::bad_json("Strings may not hold U+0000"));
+        // The whole body is JSON (ruma's hand-written parsers of some
+        // endpoints would let trailing text pass), as `parse_json` says; a
+        // `GET`'s body is not read.
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(value) => {
+                if crate::limits::json_holds_nul(&value) {
+                    return Err(MatrixError::bad_json("Strings may not hold U+0000"));
+                }
+                check(&value)?;
             }
-            check(&value)?;
+            Err(e) if parts.method != axum::http::Method::GET => {
+                return Err(MatrixError::not_json(format!("Content not JSON: {e}")));
+            }
+            Err(_) => {}
         }
         let request = axum::http::Request::from_parts(parts, bytes);
         T::try_from_http_request(request, &args)
@@ -822,6 +830,7 @@ mod ruma_tests {
         assert_eq!(answer(room, "").await, (200, String::new()));
         assert_eq!(answer(room, r#"{"reason": "why"}"#).await.0, 200);
         assert_eq!(answer(room, "{nope").await, (400, "M_NOT_JSON".into()));
+        assert_eq!(answer(room, "{} {}").await, (400, "M_NOT_JSON".into()));
         assert_eq!(
             answer(room, r#"{"reason": 5}"#).await,
             (400, "M_BAD_JSON".into())
