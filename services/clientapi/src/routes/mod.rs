@@ -219,12 +219,12 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}"),
-                put(send::put_state_empty_key).get(send::get_state_empty_key),
+                put(send::put_state).get(send::get_state),
             )
             // An empty state key arrives as a trailing slash.
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/"),
-                put(send::put_state_empty_key).get(send::get_state_empty_key),
+                put(send::put_state).get(send::get_state),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"),
