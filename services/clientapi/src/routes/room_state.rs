@@ -2,9 +2,8 @@
 //! (`/members`, which takes a point in the timeline, is the syncapi's). Members read the current state; users who left read
 //! the state as it was when they left.
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use ganglion_api::proto::roomserver as pb;
