@@ -10,6 +10,9 @@ use serde_json::json;
 
 use crate::SyncService;
 
+// The filter routes keep their own types: a filter is stored and given
+// back as the client sent it, where ruma's `FilterDefinition` would parse it
+// and drop what it does not know.
 pub(crate) async fn create_filter(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
