@@ -119,9 +119,14 @@ impl<T: ruma::api::IncomingRequest> Ruma<T> {
         } else {
             &bytes
         };
-        // The whole body is JSON (ruma's hand-written parsers of some
-        // endpoints would let trailing text pass), as `parse_json` says; a
-        // `GET`'s body is not read.
+        // The whole body of a POST or PUT is JSON, as the spec requires of
+        // them and `parse_json` says (ruma's hand-written parsers of some
+        // endpoints would let trailing text pass, and endpoints without
+        // body fields would not look).
+        let must_be_json = matches!(
+            parts.method,
+            axum::http::Method::POST | axum::http::Method::PUT
+        );
         match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(value) => {
                 if crate::limits::json_holds_nul(&value) {
@@ -129,7 +134,7 @@ impl<T: ruma::api::IncomingRequest> Ruma<T> {
                 }
                 check(&value)?;
             }
-            Err(e) if parts.method != axum::http::Method::GET => {
+            Err(e) if must_be_json => {
                 return Err(MatrixError::not_json(format!("Content not JSON: {e}")));
             }
             Err(_) => {}
