@@ -70,6 +70,14 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 get(profile::get_profile),
             )
             .route(
+                &format!("{prefix}/profile/{{user_id}}/displayname"),
+                get(profile::get_displayname).put(profile::put_displayname),
+            )
+            .route(
+                &format!("{prefix}/profile/{{user_id}}/avatar_url"),
+                get(profile::get_avatar_url).put(profile::put_avatar_url),
+            )
+            .route(
                 &format!("{prefix}/profile/{{user_id}}/{{field}}"),
                 get(profile::get_profile_field).put(profile::put_profile_field),
             )
