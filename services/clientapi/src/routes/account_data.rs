@@ -12,7 +12,7 @@ use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, r
 use ruma::api::client::config::{
     get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
 };
-use ruma::api::client::tag::delete_tag;
+use ruma::api::client::tag::{delete_tag, get_tags};
 use ruma::serde::Raw;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -159,14 +159,15 @@ pub(crate) async fn get_room(
     )))
 }
 
-// Keeps its own answer: ruma's `TagInfo` has only `order`, and a tag's
-// other properties (the spec allows them) would be lost.
-/// `GET /user/{userId}/rooms/{roomId}/tags`.
+/// `GET /user/{userId}/rooms/{roomId}/tags`. Its answer is our own:
+/// ruma's `TagInfo` has only `order`, and a tag's other properties (the
+/// spec allows them) would be lost.
 pub(crate) async fn get_tags(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, room_id)): Path<(String, String)>,
+    Ruma(request): Ruma<get_tags::v3::Request>,
 ) -> MatrixResult {
+    let (user_id, room_id) = (request.user_id.to_string(), request.room_id.to_string());
     require_self(&device, &user_id)?;
     require_room_id(&room_id)?;
     let found = api
