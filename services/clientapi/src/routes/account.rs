@@ -13,8 +13,8 @@ use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
 use ganglion_base::limits;
-use ruma::api::client::account::whoami;
-use ruma::api::client::session::{logout, logout_all};
+use ruma::api::client::account::{get_username_availability, whoami};
+use ruma::api::client::session::{get_login_types, logout, logout_all};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -279,15 +279,23 @@ pub(crate) async fn available(
     State(api): State<Arc<ClientApi>>,
     ClientIp(ip): ClientIp,
     uri: Uri,
+    request: Result<Ruma<get_username_availability::v3::Request>, MatrixError>,
 ) -> MatrixResult {
     api.rate_limits
         .registration_per_address
         .check(&ip.to_string())?;
-    let query: AvailableQuery = parse_query(&uri)?;
-    let username = query
-        .username
-        .ok_or_else(|| MatrixError::missing_param("username is required"))?
-        .to_lowercase();
+    let request = match request {
+        Ok(Ruma(request)) => request,
+        // A username left out is the spec's M_MISSING_PARAM (ruma's query
+        // parsing would answer M_INVALID_PARAM).
+        Err(error) => {
+            parse_query::<AvailableQuery>(&uri)?
+                .username
+                .ok_or_else(|| MatrixError::missing_param("username is required"))?;
+            return Err(error);
+        }
+    };
+    let username = request.username.to_lowercase();
     if !ganglion_api::users::valid_localpart(&username) {
         return Err(invalid_username("The desired username is not valid"));
     }
@@ -301,11 +309,13 @@ pub(crate) async fn available(
     if !available.available {
         return Err(ApiError::UserInUse.into());
     }
-    respond(json!({ "available": true }))
+    respond_ruma(get_username_availability::v3::Response::new(true))
 }
 
-pub(crate) async fn login_flows() -> MatrixResult {
-    respond(json!({ "flows": [{ "type": "m.login.password" }] }))
+pub(crate) async fn login_flows(Ruma(_): Ruma<get_login_types::v3::Request>) -> MatrixResult {
+    respond_ruma(get_login_types::v3::Response::new(vec![
+        get_login_types::v3::LoginType::Password(Default::default()),
+    ]))
 }
 
 #[derive(Deserialize)]

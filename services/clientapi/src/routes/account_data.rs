@@ -8,8 +8,13 @@ use axum::extract::{Path, State};
 use ganglion_api::proto::userapi::{self as user_pb, Device};
 use ganglion_api::users::User;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond};
-use ruma::api::client::tag::delete_tag;
+use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
+use ruma::api::client::config::{
+    get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
+};
+use ruma::api::client::tag::{delete_tag, get_tags};
+use ruma::serde::Raw;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -39,8 +44,8 @@ impl ClientApi {
         device: &Device,
         room_id: &str,
         data_type: &str,
-        body: &[u8],
-    ) -> MatrixResult {
+        content: &RawValue,
+    ) -> MatrixResult<()> {
         ganglion_base::limits::opaque_id("account data type", data_type)?;
         if server_controlled(data_type) {
             return Err(MatrixError::new(
@@ -49,7 +54,9 @@ impl ClientApi {
                 "This account data is controlled by the server",
             ));
         }
-        let content: Map<String, Value> = parse_json(body)?;
+        // The content as the client sent it, a JSON object.
+        let content: Map<String, Value> = serde_json::from_str(content.get())
+            .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
         let written = self
             .users
             .set_account_data(user_pb::SetAccountDataRequest {
@@ -62,15 +69,16 @@ impl ClientApi {
             .map_err(MatrixError::from)?;
         self.read_your_writes(&device.user_id, written.position)
             .await;
-        respond(json!({}))
+        Ok(())
     }
 
+    /// The content as stored (a JSON object); 404 when there is none.
     async fn get_account_data(
         &self,
         user_id: &str,
         room_id: &str,
         data_type: &str,
-    ) -> MatrixResult {
+    ) -> MatrixResult<Box<RawValue>> {
         let found = self
             .users
             .get_account_data(user_pb::GetAccountDataRequest {
@@ -80,61 +88,87 @@ impl ClientApi {
             })
             .await
             .map_err(MatrixError::from)?;
-        let content = found
+        found
             .content_json
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
-            .ok_or_else(|| MatrixError::not_found("No account data of this type"))?;
-        respond(content)
+            .and_then(|content| serde_json::value::to_raw_value(&content).ok())
+            .ok_or_else(|| MatrixError::not_found("No account data of this type"))
     }
 }
 
 pub(crate) async fn put_global(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, data_type)): Path<(String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<set_global_account_data::v3::Request>,
 ) -> MatrixResult {
-    require_self(&device, &user_id)?;
-    api.put_account_data(&device, "", &data_type, &body).await
+    require_self(&device, request.user_id.as_str())?;
+    let data_type = request.event_type.to_string();
+    api.put_account_data(&device, "", &data_type, request.data.json())
+        .await?;
+    respond_ruma(set_global_account_data::v3::Response::new())
 }
 
 pub(crate) async fn get_global(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, data_type)): Path<(String, String)>,
+    Ruma(request): Ruma<get_global_account_data::v3::Request>,
 ) -> MatrixResult {
-    require_self(&device, &user_id)?;
-    api.get_account_data(&user_id, "", &data_type).await
+    require_self(&device, request.user_id.as_str())?;
+    let content = api
+        .get_account_data(
+            request.user_id.as_str(),
+            "",
+            &request.event_type.to_string(),
+        )
+        .await?;
+    respond_ruma(get_global_account_data::v3::Response::new(Raw::from_json(
+        content,
+    )))
 }
 
 pub(crate) async fn put_room(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<set_room_account_data::v3::Request>,
 ) -> MatrixResult {
-    require_self(&device, &user_id)?;
+    require_self(&device, request.user_id.as_str())?;
+    let room_id = request.room_id.to_string();
     require_room_id(&room_id)?;
-    api.put_account_data(&device, &room_id, &data_type, &body)
-        .await
+    let data_type = request.event_type.to_string();
+    api.put_account_data(&device, &room_id, &data_type, request.data.json())
+        .await?;
+    respond_ruma(set_room_account_data::v3::Response::new())
 }
 
 pub(crate) async fn get_room(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+    Ruma(request): Ruma<get_room_account_data::v3::Request>,
 ) -> MatrixResult {
-    require_self(&device, &user_id)?;
+    require_self(&device, request.user_id.as_str())?;
+    let room_id = request.room_id.to_string();
     require_room_id(&room_id)?;
-    api.get_account_data(&user_id, &room_id, &data_type).await
+    let content = api
+        .get_account_data(
+            request.user_id.as_str(),
+            &room_id,
+            &request.event_type.to_string(),
+        )
+        .await?;
+    respond_ruma(get_room_account_data::v3::Response::new(Raw::from_json(
+        content,
+    )))
 }
 
-/// `GET /user/{userId}/rooms/{roomId}/tags`.
+/// `GET /user/{userId}/rooms/{roomId}/tags`. Its answer is our own:
+/// ruma's `TagInfo` has only `order`, and a tag's other properties (the
+/// spec allows them) would be lost.
 pub(crate) async fn get_tags(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((user_id, room_id)): Path<(String, String)>,
+    Ruma(request): Ruma<get_tags::v3::Request>,
 ) -> MatrixResult {
+    let (user_id, room_id) = (request.user_id.to_string(), request.room_id.to_string());
     require_self(&device, &user_id)?;
     require_room_id(&room_id)?;
     let found = api
@@ -183,6 +217,8 @@ async fn update_tag(
     respond(json!({}))
 }
 
+// Keeps its own body: ruma's `TagInfo` keeps only `order`, and the spec
+// lets a tag carry other properties, which are stored as sent.
 /// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`.
 pub(crate) async fn put_tag(
     State(api): State<Arc<ClientApi>>,

@@ -13,7 +13,7 @@ use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, parse_query, respond, respond_ruma};
 use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
-use ruma::api::client::directory::get_room_visibility;
+use ruma::api::client::directory::{get_public_rooms, get_room_visibility};
 use ruma::api::client::room::{Visibility, aliases};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -236,10 +236,9 @@ pub(crate) async fn put_visibility(
     respond(json!({}))
 }
 
+/// The query of `POST /publicRooms`.
 #[derive(Deserialize, Default)]
 pub(crate) struct PublicRoomsQuery {
-    limit: Option<String>,
-    since: Option<String>,
     server: Option<String>,
 }
 
@@ -315,38 +314,34 @@ impl ClientApi {
     }
 }
 
+/// `GET /publicRooms`. Its answer is our own: another server's directory
+/// is passed on as that server sent it.
 pub(crate) async fn get_public_rooms(
     State(api): State<Arc<ClientApi>>,
     headers: HeaderMap,
     uri: Uri,
+    Ruma(request): Ruma<get_public_rooms::v3::Request>,
 ) -> MatrixResult {
-    let query: PublicRoomsQuery = parse_query(&uri)?;
+    let server = request.server.as_ref().map(|server| server.as_str());
     // Ours may be read by anyone; asking another server goes through us,
     // so only for our users (as on Synapse).
-    if query
-        .server
-        .as_deref()
-        .is_some_and(|server| server != api.server_name)
-    {
+    if server.is_some_and(|server| server != api.server_name) {
         ganglion_api::users::authenticate(&api.users, &headers, uri.query()).await?;
     }
-    let limit = match query.limit.as_deref() {
-        Some(limit) => Some(
-            limit
-                .parse::<u32>()
-                .map_err(|_| MatrixError::invalid_param("limit must be a non-negative integer"))?,
-        ),
-        None => None,
-    };
-    api.public_rooms_list(
-        query.server.as_deref(),
-        limit,
-        query.since,
-        PublicRoomsFilter::default(),
-    )
-    .await
+    let limit = request
+        .limit
+        .map(|limit| {
+            u32::try_from(u64::from(limit))
+                .map_err(|_| MatrixError::invalid_param("limit must be a non-negative integer"))
+        })
+        .transpose()?;
+    api.public_rooms_list(server, limit, request.since, PublicRoomsFilter::default())
+        .await
 }
 
+// Keeps its own body: ruma's filter reads an empty `room_types` list as no
+// filter at all, where the spec's "when not specified" (all rooms) and an
+// empty list differ here.
 pub(crate) async fn post_public_rooms(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(_): UserOrGuest,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use ganglion_api::users::UserOrGuest;
-use ganglion_base::http::{MatrixResult, respond};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, Ruma, respond, respond_ruma};
+use ruma::api::client::discovery::get_capabilities;
 use serde_json::json;
 
 use crate::ClientApi;
@@ -29,13 +31,57 @@ pub(crate) async fn well_known(
     respond(json!({ "m.homeserver": { "base_url": base_url } }))
 }
 
-pub(crate) async fn capabilities(UserOrGuest(_): UserOrGuest) -> MatrixResult {
-    let available: serde_json::Map<String, serde_json::Value> =
-        (3..=12).map(|v| (v.to_string(), json!("stable"))).collect();
-    respond(json!({
-        "capabilities": {
-            "m.room_versions": { "default": crate::routes::rooms::DEFAULT_ROOM_VERSION, "available": available },
-            "m.change_password": { "enabled": false },
-        }
-    }))
+pub(crate) async fn capabilities(
+    UserOrGuest(_): UserOrGuest,
+    Ruma(_): Ruma<get_capabilities::v3::Request>,
+) -> MatrixResult {
+    respond_ruma(our_capabilities()?)
+}
+
+/// The room versions (3 to 12, stable; the default as new rooms get it);
+/// no password changes.
+fn our_capabilities() -> MatrixResult<get_capabilities::v3::Response> {
+    use get_capabilities::v3::{
+        Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
+    };
+    let version = |v: &str| {
+        ruma::RoomVersionId::try_from(v)
+            .map_err(|e| MatrixError::unknown(format!("room version {v}: {e}")))
+    };
+    let available = (3..=12)
+        .map(|v| Ok((version(&v.to_string())?, RoomVersionStability::Stable)))
+        .collect::<MatrixResult<_>>()?;
+    let mut capabilities = Capabilities::new();
+    capabilities.room_versions = RoomVersionsCapability::new(
+        version(crate::routes::rooms::DEFAULT_ROOM_VERSION)?,
+        available,
+    );
+    capabilities.change_password = ChangePasswordCapability::new(false);
+    Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::api::OutgoingResponseExt;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn capabilities_are_as_they_were() {
+        let response = super::our_capabilities()
+            .expect("capabilities")
+            .try_into_http_response::<Vec<u8>>()
+            .expect("response");
+        let body: Value = serde_json::from_slice(response.body()).expect("json");
+        let available: serde_json::Map<String, Value> =
+            (3..=12).map(|v| (v.to_string(), json!("stable"))).collect();
+        assert_eq!(
+            body,
+            json!({
+                "capabilities": {
+                    "m.room_versions": { "default": "12", "available": available },
+                    "m.change_password": { "enabled": false },
+                }
+            })
+        );
+    }
 }

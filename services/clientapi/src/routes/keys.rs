@@ -13,38 +13,101 @@ use ganglion_api::keys::add_signature;
 use ganglion_api::proto::keyserver as pb;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond};
+use ganglion_base::http::{MatrixBody, MatrixResult, parse_json, respond, respond_ruma};
+use ruma::OneTimeKeyAlgorithm;
+use ruma::api::client::keys::{claim_keys, get_keys, upload_keys, upload_signatures};
+use ruma::serde::Raw;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::{BodyCheck, Checked};
 use crate::ClientApi;
 
 /// The most users (or devices) one query or claim may name.
 const MAX_TARGETS: usize = 1_000;
 
-#[derive(Deserialize)]
-struct UploadBody {
-    device_keys: Option<Map<String, Value>>,
-    #[serde(default)]
-    one_time_keys: Map<String, Value>,
-    #[serde(default)]
-    fallback_keys: Map<String, Value>,
+/// The user IDs a request names as the keys of an object (`field`'s, or
+/// the body's own when `field` is empty), checked before ruma parses the
+/// body: a malformed one is 400 `M_INVALID_PARAM`, where ruma's parsing
+/// would answer `M_BAD_JSON`.
+fn check_user_keys(body: &Value, field: &str) -> MatrixResult<()> {
+    let object = if field.is_empty() {
+        body.as_object()
+    } else {
+        body[field].as_object()
+    };
+    for user_id in object.into_iter().flat_map(Map::keys) {
+        if ruma::UserId::parse(user_id.as_str()).is_err() {
+            return Err(MatrixError::invalid_param(format!(
+                "invalid user ID {user_id}"
+            )));
+        }
+    }
+    Ok(())
 }
 
-#[derive(Deserialize)]
-struct QueryBody {
-    device_keys: BTreeMap<String, Vec<String>>,
-    timeout: Option<u64>,
+/// `/keys/query`'s users.
+pub(crate) struct QueriedUsers;
+
+impl BodyCheck for QueriedUsers {
+    fn check(body: &Value) -> MatrixResult<()> {
+        check_user_keys(body, "device_keys")
+    }
 }
 
-#[derive(Deserialize)]
-struct ClaimBody {
-    one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
-    timeout: Option<u64>,
+/// `/keys/claim`'s users.
+pub(crate) struct ClaimedUsers;
+
+impl BodyCheck for ClaimedUsers {
+    fn check(body: &Value) -> MatrixResult<()> {
+        check_user_keys(body, "one_time_keys")
+    }
 }
 
-fn counts_json(counts: &pb::KeyCounts) -> Value {
-    json!(counts.one_time_key_counts)
+/// `/keys/signatures/upload`'s users.
+pub(crate) struct SignedUsers;
+
+impl BodyCheck for SignedUsers {
+    fn check(body: &Value) -> MatrixResult<()> {
+        check_user_keys(body, "")
+    }
+}
+
+/// `/keys/upload`'s key IDs, `<algorithm>:<key ID>` both parts not empty,
+/// checked before ruma parses the body: the keyserver's 400
+/// `M_INVALID_PARAM` for any other, as before (ruma's parsing would answer
+/// `M_BAD_JSON`).
+pub(crate) struct UploadedKeyIds;
+
+impl BodyCheck for UploadedKeyIds {
+    fn check(body: &Value) -> MatrixResult<()> {
+        for field in ["one_time_keys", "fallback_keys"] {
+            for key_id in body[field].as_object().into_iter().flat_map(Map::keys) {
+                let (algorithm, id) = key_id.split_once(':').unwrap_or_default();
+                if algorithm.is_empty() || id.is_empty() {
+                    return Err(MatrixError::invalid_param(format!(
+                        "{field}: invalid key {key_id}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keys as the client sent them, each a JSON object or string (the
+/// keyserver checks which), as one JSON object; nothing when there are none.
+fn keys_json<K: ToString>(keys: BTreeMap<K, Raw<impl Sized>>) -> MatrixResult<Vec<u8>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut map = Map::new();
+    for (key_id, key) in keys {
+        let key: Value = serde_json::from_str(key.json().get())
+            .map_err(|e| MatrixError::bad_json(format!("a key: {e}")))?;
+        map.insert(key_id.to_string(), key);
+    }
+    Ok(Value::Object(map).to_string().into_bytes())
 }
 
 /// `failures` of a query or claim: server name → error.
@@ -142,14 +205,14 @@ fn merge_remote(into: &mut Map<String, Value>, server: &str, answer: &Value, fie
 pub(crate) async fn upload(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    MatrixBody(body): MatrixBody,
+    Checked(request, _): Checked<upload_keys::v3::Request, UploadedKeyIds>,
 ) -> MatrixResult {
-    let body: UploadBody = parse_json(&body)?;
-    let to_bytes = |map: &Map<String, Value>| {
-        if map.is_empty() {
-            Vec::new()
-        } else {
-            Value::Object(map.clone()).to_string().into_bytes()
+    let device_keys_json = match &request.device_keys {
+        None => None,
+        Some(keys) => {
+            let keys: Map<String, Value> = serde_json::from_str(keys.json().get())
+                .map_err(|e| MatrixError::bad_json(format!("device_keys: {e}")))?;
+            Some(Value::Object(keys).to_string().into_bytes())
         }
     };
     let counts = api
@@ -157,31 +220,50 @@ pub(crate) async fn upload(
         .upload(pb::UploadRequest {
             user_id: device.user_id.clone(),
             device_id: device.device_id.clone(),
-            device_keys_json: body
-                .device_keys
-                .map(|keys| Value::Object(keys).to_string().into_bytes()),
-            one_time_keys_json: to_bytes(&body.one_time_keys),
-            fallback_keys_json: to_bytes(&body.fallback_keys),
+            device_keys_json,
+            one_time_keys_json: keys_json(request.one_time_keys)?,
+            fallback_keys_json: keys_json(request.fallback_keys)?,
         })
         .await?;
-    respond(json!({ "one_time_key_counts": counts_json(&counts) }))
+    let counts = counts
+        .one_time_key_counts
+        .into_iter()
+        .map(|(algorithm, count)| {
+            (
+                OneTimeKeyAlgorithm::from(algorithm.as_str()),
+                ruma::UInt::new_saturating(count),
+            )
+        })
+        .collect();
+    respond_ruma(upload_keys::v3::Response::new(counts))
 }
 
+// Keeps its own answer: ruma's leaves out `failures` and the key maps when
+// they are empty, which we have always sent (clients and tests read
+// `failures` as an object).
 pub(crate) async fn query(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    MatrixBody(body): MatrixBody,
+    Checked(request, _): Checked<get_keys::v3::Request, QueriedUsers>,
 ) -> MatrixResult {
-    let body: QueryBody = parse_json(&body)?;
-    if body.device_keys.len() > MAX_TARGETS {
+    if request.device_keys.len() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
     }
-    let (local, remote) = local_users(&api.server_name, body.device_keys)?;
+    let timeout = request.timeout.map(|t| t.as_millis() as u64);
+    let device_keys = request
+        .device_keys
+        .into_iter()
+        .map(|(user_id, device_ids)| {
+            let device_ids = device_ids.into_iter().map(|d| d.to_string()).collect();
+            (user_id.to_string(), device_ids)
+        })
+        .collect::<BTreeMap<String, Vec<String>>>();
+    let (local, remote) = local_users(&api.server_name, device_keys)?;
     let remote_users: Vec<String> = remote.values().flat_map(|u| u.keys().cloned()).collect();
     let (answers, failures) = ask_remote_servers(
         &api,
         remote,
-        body.timeout,
+        timeout,
         false,
         |users| json!({ "device_keys": users }),
     )
@@ -257,6 +339,9 @@ struct SigningKeysBody {
     auth: Option<Value>,
 }
 
+// Keeps its own body: its `auth` goes to our user-interactive
+// authentication as sent, as for `/register` (ruma's type would parse it
+// into its own UIA types first).
 /// `POST /keys/device_signing/upload`: the user's cross-signing keys.
 /// Setting up the first master key, or uploading the same keys again,
 /// needs nothing more; replacing keys needs the user's password.
@@ -298,24 +383,22 @@ pub(crate) async fn upload_signing_keys(
 /// `POST /keys/signatures/upload`: signatures of the user's devices and
 /// keys, and of other users' master keys; each refused one is listed in
 /// `failures`.
+///
+/// Its answer is our own: ruma's leaves out `failures` when empty, which we
+/// have always sent as an object.
 pub(crate) async fn upload_signatures(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    MatrixBody(body): MatrixBody,
+    Checked(request, _): Checked<upload_signatures::v3::Request, SignedUsers>,
 ) -> MatrixResult {
-    let signed: Map<String, Value> = parse_json(&body)?;
-    for user_id in signed.keys() {
-        if ruma::UserId::parse(user_id.as_str()).is_err() {
-            return Err(MatrixError::invalid_param(format!(
-                "invalid user ID {user_id}"
-            )));
-        }
-    }
+    // Each user's signed keys as the client sent them.
+    let signed = serde_json::to_value(&request.signed_keys)
+        .map_err(|e| MatrixError::bad_json(format!("signed keys: {e}")))?;
     let answer = api
         .keys
         .upload_signatures(pb::UploadSignaturesRequest {
             user_id: device.user_id,
-            signed_json: Value::Object(signed).to_string().into_bytes(),
+            signed_json: signed.to_string().into_bytes(),
         })
         .await?;
     let failures: Value =
@@ -323,20 +406,33 @@ pub(crate) async fn upload_signatures(
     respond(json!({ "failures": failures }))
 }
 
+// Keeps its own answer, as `/keys/query` does (ruma's leaves out empty
+// `failures`).
 pub(crate) async fn claim(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(_): UserOrGuest,
-    MatrixBody(body): MatrixBody,
+    Checked(request, _): Checked<claim_keys::v3::Request, ClaimedUsers>,
 ) -> MatrixResult {
-    let body: ClaimBody = parse_json(&body)?;
-    let (local, remote) = local_users(&api.server_name, body.one_time_keys)?;
+    let timeout = request.timeout.map(|t| t.as_millis() as u64);
+    let one_time_keys = request
+        .one_time_keys
+        .into_iter()
+        .map(|(user_id, devices)| {
+            let devices = devices
+                .into_iter()
+                .map(|(device_id, algorithm)| (device_id.to_string(), algorithm.to_string()))
+                .collect();
+            (user_id.to_string(), devices)
+        })
+        .collect::<BTreeMap<String, BTreeMap<String, String>>>();
+    let (local, remote) = local_users(&api.server_name, one_time_keys)?;
     if local.len() + remote.values().map(BTreeMap::len).sum::<usize>() > MAX_TARGETS {
         return Err(MatrixError::invalid_param("too many users"));
     }
     let (answers, failures) = ask_remote_servers(
         &api,
         remote,
-        body.timeout,
+        timeout,
         true,
         |users| json!({ "one_time_keys": users }),
     )

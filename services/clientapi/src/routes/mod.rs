@@ -27,7 +27,7 @@ pub(crate) use ephemeral::TypingTimers;
 use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::Routes;
+use ganglion_base::http::{Routes, Ruma};
 
 use crate::ClientApi;
 use crate::internal_events::READ_YOUR_WRITES_WAIT;
@@ -70,6 +70,14 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 get(profile::get_profile),
             )
             .route(
+                &format!("{prefix}/profile/{{user_id}}/displayname"),
+                get(profile::get_displayname).put(profile::put_displayname),
+            )
+            .route(
+                &format!("{prefix}/profile/{{user_id}}/avatar_url"),
+                get(profile::get_avatar_url).put(profile::put_avatar_url),
+            )
+            .route(
                 &format!("{prefix}/profile/{{user_id}}/{{field}}"),
                 get(profile::get_profile_field).put(profile::put_profile_field),
             )
@@ -79,7 +87,7 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/join"),
-                post(rooms::join),
+                post(rooms::join_by_id),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/leave"),
@@ -98,8 +106,17 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 post(ephemeral::read_markers),
             )
             .route(
-                &format!("{prefix}/rooms/{{room_id}}/{{action}}"),
-                post(rooms::moderate),
+                &format!("{prefix}/rooms/{{room_id}}/invite"),
+                post(rooms::invite),
+            )
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/kick"),
+                post(rooms::kick),
+            )
+            .route(&format!("{prefix}/rooms/{{room_id}}/ban"), post(rooms::ban))
+            .route(
+                &format!("{prefix}/rooms/{{room_id}}/unban"),
+                post(rooms::unban),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/typing/{{user_id}}"),
@@ -210,12 +227,12 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}"),
-                put(send::put_state_empty_key).get(send::get_state_empty_key),
+                put(send::put_state).get(send::get_state),
             )
             // An empty state key arrives as a trailing slash.
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/"),
-                put(send::put_state_empty_key).get(send::get_state_empty_key),
+                put(send::put_state).get(send::get_state),
             )
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"),
@@ -223,6 +240,31 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             );
     }
     router
+}
+
+/// A route's own check of a request body's JSON, run before ruma parses it
+/// (see [`Checked`]).
+pub(crate) trait BodyCheck {
+    fn check(body: &serde_json::Value) -> Result<(), MatrixError>;
+}
+
+/// ruma's request for a route, with the route's [`BodyCheck`] first: for
+/// bad input that the route answers with another error than ruma's parsing
+/// would (an identifier in the body is `M_INVALID_PARAM`, not `M_BAD_JSON`).
+pub(crate) struct Checked<T, C>(pub T, pub std::marker::PhantomData<C>);
+
+impl<S, T, C> axum::extract::FromRequest<S> for Checked<T, C>
+where
+    S: Send + Sync,
+    T: ruma::api::IncomingRequest,
+    C: BodyCheck,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, MatrixError> {
+        let Ruma(request) = Ruma::<T>::from_request_checked(req, state, C::check).await?;
+        Ok(Checked(request, std::marker::PhantomData))
+    }
 }
 
 /// Event content must be canonical JSON: integers within ±(2^53 − 1), no

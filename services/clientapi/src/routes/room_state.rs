@@ -2,15 +2,18 @@
 //! (`/members`, which takes a point in the timeline, is the syncapi's). Members read the current state; users who left read
 //! the state as it was when they left.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, Ruma, respond, respond_ruma};
-use ruma::api::client::membership::joined_rooms;
-use serde_json::{Map, Value, json};
+use ganglion_base::http::{MatrixResult, Ruma, respond_ruma};
+use ruma::api::client::membership::{joined_members, joined_rooms};
+use ruma::api::client::state::get_state_events;
+use ruma::serde::Raw;
+use serde_json::{Value, json};
 
 use crate::ClientApi;
 
@@ -174,36 +177,44 @@ pub(crate) fn client_event(event_id: String, mut event: Value) -> Value {
 pub(crate) async fn state(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
+    Ruma(request): Ruma<get_state_events::v3::Request>,
 ) -> MatrixResult {
-    respond(Value::Array(
-        api.readable_state(&room_id, &device.user_id).await?,
-    ))
+    let state = api
+        .readable_state(request.room_id.as_str(), &device.user_id)
+        .await?
+        .iter()
+        .map(|event| {
+            serde_json::value::to_raw_value(event)
+                .map(Raw::from_json)
+                .map_err(|e| MatrixError::unknown(format!("a state event: {e}")))
+        })
+        .collect::<MatrixResult<_>>()?;
+    respond_ruma(get_state_events::v3::Response::new(state))
 }
 
 pub(crate) async fn joined_members(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
+    Ruma(request): Ruma<joined_members::v3::Request>,
 ) -> MatrixResult {
-    let state = api.readable_state(&room_id, &device.user_id).await?;
-    let mut joined = Map::new();
+    let state = api
+        .readable_state(request.room_id.as_str(), &device.user_id)
+        .await?;
+    let mut joined = BTreeMap::new();
     for event in state {
         if event["type"] == "m.room.member" && event["content"]["membership"] == "join" {
-            let user = event["state_key"].as_str().unwrap_or_default().to_owned();
-            let mut profile = Map::new();
-            for (field, key) in [
-                ("displayname", "display_name"),
-                ("avatar_url", "avatar_url"),
-            ] {
-                if let Some(value) = event["content"][field].as_str() {
-                    profile.insert(key.into(), json!(value));
-                }
-            }
-            joined.insert(user, Value::Object(profile));
+            let Ok(user) =
+                ruma::OwnedUserId::try_from(event["state_key"].as_str().unwrap_or_default())
+            else {
+                continue;
+            };
+            let mut member = joined_members::v3::RoomMember::new();
+            member.display_name = event["content"]["displayname"].as_str().map(str::to_owned);
+            member.avatar_url = event["content"]["avatar_url"].as_str().map(Into::into);
+            joined.insert(user, member);
         }
     }
-    respond(json!({ "joined": joined }))
+    respond_ruma(joined_members::v3::Response::new(joined))
 }
 
 pub(crate) async fn joined_rooms(

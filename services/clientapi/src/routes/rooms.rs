@@ -2,16 +2,21 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixJson, MatrixResult, Ruma, respond, respond_ruma};
-use ruma::api::client::membership::forget_room;
+use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, respond, respond_ruma};
+use ruma::api::client::knock::knock_room;
+use ruma::api::client::membership::{
+    ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, kick_user,
+    leave_room, unban_user,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::{BodyCheck, Checked};
 use crate::ClientApi;
 use crate::internal_events::ROOM_WRITES;
 
@@ -416,29 +421,14 @@ impl ClientApi {
     }
 }
 
-/// The optional body of join, leave and knock.
-#[derive(Deserialize, Default)]
-pub(crate) struct ReasonBody {
-    reason: Option<String>,
-}
-
-/// The optional `reason` of a possibly empty body.
-pub(crate) fn reason_of(body: &axum::body::Bytes) -> MatrixResult<Option<String>> {
-    if body.is_empty() {
-        return Ok(None);
-    }
-    Ok(ganglion_base::http::parse_json::<ReasonBody>(body)?.reason)
-}
-
 /// The user changes their own membership (join, knock, leave).
 async fn own_membership(
     api: &ClientApi,
     device: &ganglion_api::proto::userapi::Device,
-    body: &axum::body::Bytes,
+    reason: Option<&str>,
     room_id_or_alias: &str,
     membership: &str,
 ) -> MatrixResult<String> {
-    let reason = reason_of(body)?;
     let room_id = api.room_id_of(room_id_or_alias).await?;
     if device.is_guest && membership == "join" {
         api.require_guest_access(&room_id).await?;
@@ -448,7 +438,7 @@ async fn own_membership(
         &device.user_id,
         &device.user_id,
         membership,
-        reason.as_deref(),
+        reason,
     )
     .await?;
     Ok(room_id)
@@ -474,7 +464,7 @@ async fn remote_room(
     device: &ganglion_api::proto::userapi::Device,
     room_id_or_alias: &str,
     uri: &Uri,
-    body: &axum::body::Bytes,
+    reason: Option<&str>,
     membership: &str,
 ) -> MatrixResult<(
     String,
@@ -541,7 +531,7 @@ async fn remote_room(
         )));
     }
     let mut content = api.own_profile(&device.user_id).await;
-    if let Some(reason) = reason_of(body)? {
+    if let Some(reason) = reason {
         content.insert("reason".into(), json!(reason));
     }
     let content_json = Value::Object(content).to_string().into_bytes();
@@ -556,29 +546,28 @@ async fn remote_room(
     ))
 }
 
-/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room
-/// this server is not in is joined through another server.
-pub(crate) async fn join(
-    State(api): State<Arc<ClientApi>>,
-    UserOrGuest(device): UserOrGuest,
-    Path(room_id_or_alias): Path<String>,
-    uri: Uri,
-    MatrixBody(body): MatrixBody,
-) -> MatrixResult {
+/// A join of a room by ID or alias: a room this server is not in is joined
+/// through another server. The servers to try are the query's
+/// `server_name` and `via` values, in that order.
+async fn join_room(
+    api: &ClientApi,
+    device: &ganglion_api::proto::userapi::Device,
+    room_id_or_alias: &str,
+    uri: &Uri,
+    reason: Option<&str>,
+) -> MatrixResult<ruma::OwnedRoomId> {
     api.rate_limits.joins_per_user.check(&device.user_id)?;
-    let (room_id, remote) =
-        remote_room(&api, &device, &room_id_or_alias, &uri, &body, "join").await?;
+    let (room_id, remote) = remote_room(api, device, room_id_or_alias, uri, reason, "join").await?;
     if let Some(request) = remote {
         let joined = api
             .federation
             .join_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, joined.output_position)
-            .await;
-        return respond(json!({ "room_id": room_id }));
+        api.read_your_writes(&device.user_id, joined.output_position).await;
+        return owned_room_id(room_id);
     }
-    let room_id = own_membership(&api, &device, &body, &room_id, "join").await?;
+    let room_id = own_membership(api, device, reason, &room_id, "join").await?;
     // Joining an upgraded room's successor: the user's tags and direct
     // chats follow.
     if let Ok(Some(create)) = api.state_content(&room_id, "m.room.create").await
@@ -587,7 +576,51 @@ pub(crate) async fn join(
         api.carry_into_successor(old_room, &room_id, &device.user_id)
             .await;
     }
-    respond(json!({ "room_id": room_id }))
+    owned_room_id(room_id)
+}
+
+/// A room ID this server resolved or holds, as ruma's type.
+fn owned_room_id(room_id: String) -> MatrixResult<ruma::OwnedRoomId> {
+    ruma::OwnedRoomId::try_from(room_id)
+        .map_err(|e| MatrixError::unknown(format!("a resolved room ID: {e}")))
+}
+
+/// `POST /join/{roomIdOrAlias}`. The query's `server_name` and `via` are
+/// read from the URI (ruma's type keeps only one of the two).
+pub(crate) async fn join(
+    State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
+    uri: Uri,
+    Ruma(request): Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> MatrixResult {
+    let room_id = join_room(
+        &api,
+        &device,
+        request.room_id_or_alias.as_str(),
+        &uri,
+        request.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// `POST /rooms/{roomId}/join`; a `server_name` or `via` in the query is
+/// heeded as for `/join/{roomIdOrAlias}`.
+pub(crate) async fn join_by_id(
+    State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
+    uri: Uri,
+    Ruma(request): Ruma<join_room_by_id::v3::Request>,
+) -> MatrixResult {
+    let room_id = join_room(
+        &api,
+        &device,
+        request.room_id.as_str(),
+        &uri,
+        request.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(join_room_by_id::v3::Response::new(room_id))
 }
 
 /// `POST /knock/{roomIdOrAlias}`. A room this server is not in is knocked
@@ -595,39 +628,45 @@ pub(crate) async fn join(
 pub(crate) async fn knock(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(room_id_or_alias): Path<String>,
     uri: Uri,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<knock_room::v3::Request>,
 ) -> MatrixResult {
     api.rate_limits.joins_per_user.check(&device.user_id)?;
-    let (room_id, remote) =
-        remote_room(&api, &device, &room_id_or_alias, &uri, &body, "knock").await?;
+    let reason = request.reason.as_deref();
+    let (room_id, remote) = remote_room(
+        &api,
+        &device,
+        request.room_id_or_alias.as_str(),
+        &uri,
+        reason,
+        "knock",
+    )
+    .await?;
     if let Some(request) = remote {
         let knocked = api
             .federation
             .knock_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, knocked.output_position)
-            .await;
-        return respond(json!({ "room_id": room_id }));
+        api.read_your_writes(&device.user_id, knocked.output_position).await;
+        return respond_ruma(knock_room::v3::Response::new(owned_room_id(room_id)?));
     }
-    let room_id = own_membership(&api, &device, &body, &room_id, "knock").await?;
-    respond(json!({ "room_id": room_id }))
+    let room_id = own_membership(&api, &device, reason, &room_id, "knock").await?;
+    respond_ruma(knock_room::v3::Response::new(owned_room_id(room_id)?))
 }
 
 pub(crate) async fn leave(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<leave_room::v3::Request>,
 ) -> MatrixResult {
+    let room_id = request.room_id.to_string();
     ganglion_base::limits::room_id(&room_id)?;
     // Rejecting another server's invite to a room we are not in, or
     // rescinding a knock on one: the leave goes through the inviter's
     // server, or the server the knock went to.
     if let (false, Some(server)) = api.room_here(&room_id, &device.user_id).await? {
-        let content = match reason_of(&body)? {
+        let content = match &request.reason {
             Some(reason) => json!({ "reason": reason }).to_string().into_bytes(),
             None => Vec::new(),
         };
@@ -641,55 +680,139 @@ pub(crate) async fn leave(
             })
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, rejected.output_position)
-            .await;
-        return respond(json!({}));
+        api.read_your_writes(&device.user_id, rejected.output_position).await;
+        return respond_ruma(leave_room::v3::Response::new());
     }
-    own_membership(&api, &device, &body, &room_id, "leave").await?;
-    respond(json!({}))
+    own_membership(&api, &device, request.reason.as_deref(), &room_id, "leave").await?;
+    respond_ruma(leave_room::v3::Response::new())
 }
 
-/// The body of invite, kick, ban and unban.
-#[derive(Deserialize)]
-pub(crate) struct TargetBody {
-    user_id: String,
-    reason: Option<String>,
+/// The target of invite, kick, ban and unban, checked before ruma parses
+/// the body: a user ID outside the spec's grammar (or inside ruma's looser
+/// one, such as an empty localpart) is 400 `M_INVALID_PARAM`, where ruma's
+/// parsing would answer `M_BAD_JSON`.
+pub(crate) struct TargetUserId;
+
+impl BodyCheck for TargetUserId {
+    fn check(body: &Value) -> MatrixResult<()> {
+        match &body["user_id"] {
+            Value::String(user_id) => ganglion_base::limits::user_id(user_id),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// `POST /rooms/{roomId}/{invite,kick,ban,unban}`: one user changes
-/// another's membership; the auth rules decide, with two checks of the
-/// target's current membership so a kick never unbans and an unban never
-/// kicks.
-pub(crate) async fn moderate(
+/// `POST /rooms/{roomId}/invite`, by user ID.
+pub(crate) async fn invite(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((room_id, action)): Path<(String, String)>,
-    MatrixJson(body): MatrixJson<TargetBody>,
+    Checked(request, _): Checked<invite_user::v3::Request, TargetUserId>,
 ) -> MatrixResult {
-    ganglion_base::limits::user_id(&body.user_id)?;
-    ganglion_base::limits::room_id(&room_id)?;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = request.recipient else {
+        return Err(MatrixError::bad_json("missing field `user_id`"));
+    };
+    moderate(
+        &api,
+        &device,
+        &request.room_id,
+        "invite",
+        &recipient.user_id,
+        recipient.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(invite_user::v3::Response::new())
+}
+
+/// `POST /rooms/{roomId}/kick`.
+pub(crate) async fn kick(
+    State(api): State<Arc<ClientApi>>,
+    User(device): User,
+    Checked(request, _): Checked<kick_user::v3::Request, TargetUserId>,
+) -> MatrixResult {
+    moderate(
+        &api,
+        &device,
+        &request.room_id,
+        "kick",
+        &request.user_id,
+        request.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(kick_user::v3::Response::new())
+}
+
+/// `POST /rooms/{roomId}/ban`.
+pub(crate) async fn ban(
+    State(api): State<Arc<ClientApi>>,
+    User(device): User,
+    Checked(request, _): Checked<ban_user::v3::Request, TargetUserId>,
+) -> MatrixResult {
+    moderate(
+        &api,
+        &device,
+        &request.room_id,
+        "ban",
+        &request.user_id,
+        request.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(ban_user::v3::Response::new())
+}
+
+/// `POST /rooms/{roomId}/unban`.
+pub(crate) async fn unban(
+    State(api): State<Arc<ClientApi>>,
+    User(device): User,
+    Checked(request, _): Checked<unban_user::v3::Request, TargetUserId>,
+) -> MatrixResult {
+    moderate(
+        &api,
+        &device,
+        &request.room_id,
+        "unban",
+        &request.user_id,
+        request.reason.as_deref(),
+    )
+    .await?;
+    respond_ruma(unban_user::v3::Response::new())
+}
+
+/// Invite, kick, ban and unban: one user changes another's membership;
+/// the auth rules decide, with two checks of the target's current
+/// membership so a kick never unbans and an unban never kicks.
+async fn moderate(
+    api: &ClientApi,
+    device: &ganglion_api::proto::userapi::Device,
+    room_id: &ruma::RoomId,
+    action: &str,
+    target: &ruma::UserId,
+    reason: Option<&str>,
+) -> MatrixResult<()> {
+    let room_id = room_id.as_str();
+    let target = target.as_str();
+    ganglion_base::limits::user_id(target)?;
+    ganglion_base::limits::room_id(room_id)?;
     if action == "invite" {
         api.rate_limits.invites_per_user.check(&device.user_id)?;
     }
-    let membership = match action.as_str() {
+    let membership = match action {
         "invite" => "invite",
         "ban" => "ban",
-        "kick" | "unban" => "leave",
-        _ => return Err(MatrixError::unrecognized()),
+        _ => "leave",
     };
-    if matches!(action.as_str(), "kick" | "unban") {
+    if matches!(action, "kick" | "unban") {
         let current = api
             .roomserver
             .query_membership(pb::QueryMembershipRequest {
-                room_id: room_id.clone(),
-                user_id: body.user_id.clone(),
+                room_id: room_id.to_owned(),
+                user_id: target.to_owned(),
             })
             .await
             .map_err(MatrixError::from)?;
         if !current.room_exists {
             return Err(MatrixError::not_found("Unknown room"));
         }
-        let fits = match action.as_str() {
+        let fits = match action {
             "kick" => matches!(current.membership.as_str(), "join" | "invite" | "knock"),
             _ => current.membership == "ban",
         };
@@ -700,26 +823,20 @@ pub(crate) async fn moderate(
             )));
         }
     }
-    let remote = ruma::UserId::parse(&body.user_id)
+    let remote = ruma::UserId::parse(target)
         .is_ok_and(|user| user.server_name() != api.server_name.as_str());
     if membership == "invite" && remote {
         let mut content = json!({ "membership": "invite" });
-        if let Some(reason) = &body.reason {
+        if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
-        api.invite_remote(&room_id, &device.user_id, &body.user_id, content)
+        api.invite_remote(room_id, &device.user_id, target, content)
             .await?;
-        return respond(json!({}));
+        return Ok(());
     }
-    api.membership(
-        &room_id,
-        &device.user_id,
-        &body.user_id,
-        membership,
-        body.reason.as_deref(),
-    )
-    .await?;
-    respond(json!({}))
+    api.membership(room_id, &device.user_id, target, membership, reason)
+        .await?;
+    Ok(())
 }
 
 impl ClientApi {
@@ -770,6 +887,8 @@ pub(crate) async fn forget(
     User(device): User,
     Ruma(request): Ruma<forget_room::v3::Request>,
 ) -> MatrixResult {
+    // Ruma's grammar lets `!` through; ours does not.
+    ganglion_base::limits::room_id(request.room_id.as_str())?;
     let forgotten = api
         .roomserver
         .forget_room(pb::ForgetRoomRequest {

@@ -2,26 +2,30 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi::Device;
 use ganglion_api::users::{User, UserOrGuest};
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixBody, MatrixResult, Ruma, parse_json, respond, respond_ruma};
+use ganglion_base::http::{MatrixResult, Ruma, respond_ruma};
 use ganglion_base::limits::{self, MAX_PDU_BYTES};
+use ruma::api::client::message::send_message_event;
 use ruma::api::client::redact::redact_event;
+use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
 use crate::internal_events::ROOM_WRITES;
 
-fn content(body: &Bytes) -> Result<Map<String, Value>, MatrixError> {
+/// Event content as the client sent it (ruma keeps it raw): within the size
+/// of a whole event, canonical JSON.
+fn content(raw: &serde_json::value::RawValue) -> Result<Map<String, Value>, MatrixError> {
     // Content alone over the limit of a whole event can never fit.
-    if body.len() > MAX_PDU_BYTES {
+    if raw.get().len() > MAX_PDU_BYTES {
         return Err(MatrixError::too_large("Event too large"));
     }
-    let content = parse_json::<Map<String, Value>>(body)?;
+    let content: Map<String, Value> = serde_json::from_str(raw.get())
+        .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
     super::require_canonical(&content)?;
     Ok(content)
 }
@@ -195,24 +199,41 @@ impl ClientApi {
 pub(crate) async fn send(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<send_message_event::v3::Request>,
 ) -> MatrixResult {
-    let content = content(&body)?;
+    let content = content(request.body.json())?;
+    let event_type = request.event_type.to_string();
     let template = event_template(&device, &event_type, None, content);
-    let event_id = api.send_once(&room_id, &device, template, &txn_id).await?;
-    respond(json!({ "event_id": event_id }))
+    let event_id = api
+        .send_once(
+            request.room_id.as_str(),
+            &device,
+            template,
+            request.txn_id.as_str(),
+        )
+        .await?;
+    respond_ruma(send_message_event::v3::Response::new(owned_event_id(
+        event_id,
+    )?))
 }
 
-async fn put_state_inner(
-    api: Arc<ClientApi>,
-    device: Device,
-    room_id: String,
-    event_type: String,
-    state_key: String,
-    body: Bytes,
+/// An event ID the roomserver gave, as ruma's type.
+fn owned_event_id(event_id: String) -> MatrixResult<ruma::OwnedEventId> {
+    ruma::OwnedEventId::try_from(event_id)
+        .map_err(|_| MatrixError::unknown("the new event's ID is invalid"))
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`, the state key empty
+/// when left out (with or without the trailing slash).
+pub(crate) async fn put_state(
+    State(api): State<Arc<ClientApi>>,
+    UserOrGuest(device): UserOrGuest,
+    Ruma(request): Ruma<send_state_event::v3::Request>,
 ) -> MatrixResult {
-    let content = content(&body)?;
+    let room_id = request.room_id.to_string();
+    let event_type = request.event_type.to_string();
+    let state_key = request.state_key;
+    let content = content(request.body.json())?;
     if event_type == "m.room.canonical_alias" {
         api.check_canonical_alias(&room_id, &content).await?;
     }
@@ -245,37 +266,29 @@ async fn put_state_inner(
         api.read_your_writes(&device.user_id, removed.into_iter().next_back())
             .await;
     }
-    respond(json!({ "event_id": event_id }))
+    respond_ruma(send_state_event::v3::Response::new(owned_event_id(
+        event_id,
+    )?))
 }
 
-pub(crate) async fn put_state(
+/// `GET /rooms/{roomId}/state/{eventType}/{stateKey}` (the state key
+/// empty when left out): one state event's content, from the state the
+/// reader may see: the current state for members (or a world-readable
+/// room), the state when they left for former members. The content always,
+/// whatever `format` asks (as before: the whole event is not offered yet).
+pub(crate) async fn get_state(
     State(api): State<Arc<ClientApi>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_type, state_key)): Path<(String, String, String)>,
-    MatrixBody(body): MatrixBody,
+    Ruma(request): Ruma<get_state_event_for_key::v3::Request>,
 ) -> MatrixResult {
-    put_state_inner(api, device, room_id, event_type, state_key, body).await
-}
-
-pub(crate) async fn put_state_empty_key(
-    State(api): State<Arc<ClientApi>>,
-    UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_type)): Path<(String, String)>,
-    MatrixBody(body): MatrixBody,
-) -> MatrixResult {
-    put_state_inner(api, device, room_id, event_type, String::new(), body).await
-}
-
-/// One state event's content, from the state the reader may see: the
-/// current state for members (or a world-readable room), the state when
-/// they left for former members.
-async fn get_state_inner(
-    api: Arc<ClientApi>,
-    device: Device,
-    room_id: String,
-    event_type: String,
-    state_key: String,
-) -> MatrixResult {
+    let room_id = request.room_id.to_string();
+    let event_type = request.event_type.to_string();
+    let state_key = request.state_key;
+    let content = |event: &Value| -> MatrixResult {
+        let content = serde_json::value::to_raw_value(&event["content"])
+            .map_err(|e| MatrixError::unknown(format!("a stored event's content: {e}")))?;
+        respond_ruma(get_state_event_for_key::v3::Response::new(content))
+    };
     // Members (and anyone, in a world-readable room): one lookup.
     if api
         .require_member_or_world_readable(&room_id, &device.user_id)
@@ -294,7 +307,7 @@ async fn get_state_inner(
             .event_json
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-        return respond(event["content"].clone());
+        return content(&event);
     }
     // Former members: the state when they left.
     let state = api.readable_state(&room_id, &device.user_id).await?;
@@ -302,23 +315,7 @@ async fn get_state_inner(
         .into_iter()
         .find(|e| e["type"] == event_type.as_str() && e["state_key"] == state_key.as_str())
         .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    respond(event["content"].clone())
-}
-
-pub(crate) async fn get_state(
-    State(api): State<Arc<ClientApi>>,
-    UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_type, state_key)): Path<(String, String, String)>,
-) -> MatrixResult {
-    get_state_inner(api, device, room_id, event_type, state_key).await
-}
-
-pub(crate) async fn get_state_empty_key(
-    State(api): State<Arc<ClientApi>>,
-    UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_type)): Path<(String, String)>,
-) -> MatrixResult {
-    get_state_inner(api, device, room_id, event_type, String::new()).await
+    content(&event)
 }
 
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: idempotent per device
@@ -342,7 +339,7 @@ pub(crate) async fn redact(
             request.txn_id.as_str(),
         )
         .await?;
-    let redaction_id = ruma::OwnedEventId::try_from(redaction_id)
-        .map_err(|_| MatrixError::unknown("the redaction's event ID is invalid"))?;
-    respond_ruma(redact_event::v3::Response::new(redaction_id))
+    respond_ruma(redact_event::v3::Response::new(owned_event_id(
+        redaction_id,
+    )?))
 }

@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ganglion_api::proto::roomserver as pb;
 use ganglion_api::proto::userapi as user_pb;
 use ganglion_api::users::User;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, respond};
-use serde::Deserialize;
+use ganglion_base::http::{MatrixResult, respond_ruma};
+use ruma::api::client::room::upgrade_room;
 use serde_json::{Value, json};
 
 use super::rooms::{room_version_rules, template};
+use super::{BodyCheck, Checked};
 use crate::ClientApi;
 
 /// State copied into the replacement room (the spec's list, plus pins).
@@ -29,20 +30,29 @@ const COPIED_STATE: [&str; 9] = [
     "m.room.pinned_events",
 ];
 
-#[derive(Deserialize)]
-pub(crate) struct UpgradeBody {
-    new_version: String,
+/// The new version, checked before ruma parses the body: one this server
+/// does not support is 400 `M_UNSUPPORTED_ROOM_VERSION` however it is
+/// spelled (ruma's parsing would answer `M_BAD_JSON` for some).
+pub(crate) struct NewVersion;
+
+impl BodyCheck for NewVersion {
+    fn check(body: &Value) -> MatrixResult<()> {
+        match &body["new_version"] {
+            Value::String(version) => room_version_rules(version).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(crate) async fn upgrade(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(room_id): Path<String>,
-    MatrixJson(body): MatrixJson<UpgradeBody>,
+    Checked(request, _): Checked<upgrade_room::v3::Request, NewVersion>,
 ) -> MatrixResult {
     let user = device.user_id.as_str();
-    let rules = room_version_rules(&body.new_version)?;
-    ruma::RoomId::parse(&room_id).map_err(|_| MatrixError::invalid_param("invalid room ID"))?;
+    let new_version = request.new_version.to_string();
+    let rules = room_version_rules(&new_version)?;
+    let room_id = request.room_id.to_string();
     if !api.room_here(&room_id, user).await?.0 {
         return Err(MatrixError::not_found("No such room"));
     }
@@ -137,7 +147,7 @@ pub(crate) async fn upgrade(
     let created = api
         .roomserver
         .create_room(pb::CreateRoomRequest {
-            room_version: body.new_version.clone(),
+            room_version: new_version.clone(),
             creator: user.to_owned(),
             create_content_json: Value::Object(creation_content).to_string().into_bytes(),
             initial_state,
@@ -261,7 +271,9 @@ pub(crate) async fn upgrade(
         }
     }
     api.carry_into_successor(&room_id, &new_room, user).await;
-    respond(json!({ "replacement_room": new_room }))
+    let new_room = ruma::OwnedRoomId::try_from(new_room)
+        .map_err(|_| MatrixError::unknown("the new room's ID is invalid"))?;
+    respond_ruma(upgrade_room::v3::Response::new(new_room))
 }
 
 /// The power levels of the new room: (as the old room had them, as the

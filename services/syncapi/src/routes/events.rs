@@ -6,7 +6,10 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use ganglion_api::users::UserOrGuest;
-use ganglion_base::http::{MatrixResult, parse_query, respond};
+use ganglion_base::MatrixError;
+use ganglion_base::http::{MatrixResult, Ruma, parse_query, respond, respond_ruma};
+use ruma::api::client::room::get_room_event;
+use ruma::serde::Raw;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -20,8 +23,9 @@ use crate::visibility::Reader;
 pub(crate) async fn event(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_id)): Path<(String, String)>,
+    Ruma(request): Ruma<get_room_event::v3::Request>,
 ) -> MatrixResult {
+    let (room_id, event_id) = (request.room_id.to_string(), request.event_id.to_string());
     let history = reader_history(&service, &room_id, &device.user_id).await?;
     let reader = Reader {
         user_id: &device.user_id,
@@ -29,8 +33,14 @@ pub(crate) async fn event(
     };
     let row = visible_event(&service, &reader, &room_id, &event_id).await?;
     let mut rendered = render_visible(&service, &reader, &device, [&row], true).await?;
-    respond(rendered.pop().unwrap_or_default())
+    let event = serde_json::value::to_raw_value(&rendered.pop().unwrap_or_default())
+        .map_err(|e| MatrixError::unknown(format!("an event: {e}")))?;
+    respond_ruma(get_room_event::v3::Response::new(Raw::from_json(event)))
 }
+
+// `/context` keeps its own types: ruma's `filter` parameter refuses an
+// empty `filter=`, which we read as no filter, and its answer leaves out
+// an empty `state` or `events_before`, which we have always sent.
 
 #[derive(Deserialize, Default)]
 struct ContextQuery {

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixJson, MatrixResult, respond};
+use ganglion_base::http::{MatrixJson, MatrixResult, Ruma, respond};
+use ruma::api::client::filter::get_filter;
 use serde_json::json;
 
 use crate::SyncService;
 
+// A filter is stored and given back as the client sent it, where ruma's
+// `FilterDefinition` would parse it and drop what it does not know: this
+// route keeps its own body, and GET its own answer.
 pub(crate) async fn create_filter(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
@@ -27,11 +31,14 @@ pub(crate) async fn create_filter(
     respond(json!({ "filter_id": id.to_string() }))
 }
 
+/// `GET /user/{userId}/filter/{filterId}`: the filter as it was sent
+/// (our own answer, for the reason above).
 pub(crate) async fn get_filter(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path((user_id, filter_id)): Path<(String, String)>,
+    Ruma(request): Ruma<get_filter::v3::Request>,
 ) -> MatrixResult {
+    let (user_id, filter_id) = (request.user_id.to_string(), request.filter_id);
     if device.user_id != user_id {
         return Err(MatrixError::forbidden("Cannot read filters of other users"));
     }

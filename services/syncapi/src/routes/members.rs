@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::Uri;
+use axum::extract::State;
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, parse_query, respond};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ganglion_base::http::{MatrixResult, Ruma, respond_ruma};
+use ruma::api::client::membership::get_member_events;
+use ruma::serde::Raw;
 
 use crate::SyncService;
 use crate::routes::client_event::client_event;
@@ -18,27 +17,18 @@ use crate::routes::relations::reader_history;
 use crate::sync_token::SyncToken;
 use crate::visibility::Reader;
 
-#[derive(Deserialize, Default)]
-struct MembersQuery {
-    at: Option<String>,
-    membership: Option<String>,
-    not_membership: Option<String>,
-}
-
 const MEMBERSHIPS: [&str; 5] = ["join", "invite", "knock", "leave", "ban"];
 
 pub(crate) async fn members(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
-    uri: Uri,
+    Ruma(request): Ruma<get_member_events::v3::Request>,
 ) -> MatrixResult {
-    let query: MembersQuery = parse_query(&uri)?;
-    for filter in [&query.membership, &query.not_membership]
-        .into_iter()
-        .flatten()
-    {
-        if !MEMBERSHIPS.contains(&filter.as_str()) {
+    let room_id = request.room_id.to_string();
+    let membership = request.membership.as_ref().map(|m| m.as_str());
+    let not_membership = request.not_membership.as_ref().map(|m| m.as_str());
+    for filter in [membership, not_membership].into_iter().flatten() {
+        if !MEMBERSHIPS.contains(&filter) {
             return Err(MatrixError::invalid_param("unknown membership"));
         }
     }
@@ -59,7 +49,7 @@ pub(crate) async fn members(
     let (Some(partition), Some(now)) = (partition, now) else {
         return Err(MatrixError::forbidden("You are not in this room"));
     };
-    let mut position = match query.at.as_deref() {
+    let mut position = match request.at.as_deref() {
         Some(token) => SyncToken::parse(token, service.partitions)
             .map_err(|_| MatrixError::invalid_param("invalid at token"))?
             .offset(partition)
@@ -81,17 +71,21 @@ pub(crate) async fn members(
             }
         }
     }
-    let chunk: Vec<Value> = service
+    let chunk = service
         .storage
         .state_at(&room_id, position, Some("m.room.member"))
         .await?
         .iter()
         .map(|e| client_event(e, true, &device.device_id))
         .filter(|e| {
-            let membership = e["content"]["membership"].as_str().unwrap_or_default();
-            query.membership.as_deref().is_none_or(|m| m == membership)
-                && query.not_membership.as_deref() != Some(membership)
+            let membership_of = e["content"]["membership"].as_str().unwrap_or_default();
+            membership.is_none_or(|m| m == membership_of) && not_membership != Some(membership_of)
         })
-        .collect();
-    respond(json!({ "chunk": chunk }))
+        .map(|event| {
+            serde_json::value::to_raw_value(&event)
+                .map(Raw::from_json)
+                .map_err(|e| MatrixError::unknown(format!("a member event: {e}")))
+        })
+        .collect::<MatrixResult<_>>()?;
+    respond_ruma(get_member_events::v3::Response::new(chunk))
 }

@@ -31,6 +31,10 @@ struct MessagesQuery {
     filter: Option<String>,
 }
 
+// Keeps its own types: ruma's `filter` parameter refuses an empty
+// `filter=` (no filter here) and has no size limit, a missing `dir` would be
+// M_INVALID_PARAM rather than the spec's M_MISSING_PARAM, and its answer
+// leaves out an empty `state`, which we have always sent.
 pub(crate) async fn messages(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,

@@ -5,13 +5,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::Uri;
+use axum::extract::State;
 use ganglion_api::proto::userapi::Device;
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
-use ganglion_base::http::{MatrixResult, parse_query, respond};
-use serde::Deserialize;
+use ganglion_base::http::{MatrixResult, Ruma, respond_ruma};
+use ruma::api::Direction;
+use ruma::api::client::relations::{
+    get_relating_events, get_relating_events_with_rel_type,
+    get_relating_events_with_rel_type_and_event_type,
+};
+use ruma::api::client::threads::get_threads;
+use ruma::events::AnyMessageLikeEvent;
+use ruma::serde::Raw;
 use serde_json::{Value, json};
 
 use crate::SyncService;
@@ -164,13 +170,22 @@ pub(crate) async fn reader_history(
     Ok(service.storage.membership_history(room_id, user_id).await?)
 }
 
-#[derive(Deserialize, Default)]
-struct RelationsQuery {
+/// The page a relations request asks for (ruma's three request types
+/// share these parameters).
+struct RelationsPage {
     from: Option<String>,
     to: Option<String>,
-    limit: Option<u32>,
-    dir: Option<String>,
-    recurse: Option<bool>,
+    limit: Option<ruma::UInt>,
+    backwards: bool,
+    recurse: bool,
+}
+
+/// A page of relations, for each endpoint's response type.
+struct Relations {
+    chunk: Vec<Raw<AnyMessageLikeEvent>>,
+    next_batch: Option<String>,
+    prev_batch: Option<String>,
+    recursion_depth: Option<ruma::UInt>,
 }
 
 /// A position in a room's partition: a relations token (`r<offset>`) or a
@@ -189,19 +204,16 @@ fn position(service: &SyncService, token: &str, partition: u32) -> MatrixResult<
 async fn relations_inner(
     service: Arc<SyncService>,
     device: Device,
-    room_id: String,
-    event_id: String,
+    (room_id, event_id): (&ruma::RoomId, &ruma::EventId),
     rel_type: Option<String>,
     event_type: Option<String>,
-    uri: Uri,
-) -> MatrixResult {
-    let query: RelationsQuery = parse_query(&uri)?;
-    let backwards = match query.dir.as_deref() {
-        Some("b") | None => true,
-        Some("f") => false,
-        Some(_) => return Err(MatrixError::invalid_param("dir must be b or f")),
-    };
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    query: RelationsPage,
+) -> MatrixResult<Relations> {
+    let (room_id, event_id) = (room_id.to_string(), event_id.to_string());
+    let backwards = query.backwards;
+    let limit = query
+        .limit
+        .map_or(50, |limit| u64::from(limit).clamp(1, 1000) as u32);
     let history = reader_history(&service, &room_id, &device.user_id).await?;
     let reader = Reader {
         user_id: &device.user_id,
@@ -219,7 +231,7 @@ async fn relations_inner(
     } else {
         (from.unwrap_or(0), to.unwrap_or(u64::MAX))
     };
-    let recurse = query.recurse.unwrap_or(false);
+    let recurse = query.recurse;
     let mut rows: Vec<EventRow> = if recurse {
         // Relations of relations, a few levels deep, then one page of them.
         let mut all = Vec::new();
@@ -267,90 +279,113 @@ async fn relations_inner(
             .map(|e| if backwards { e.offset } else { e.offset + 1 })
     });
     let chunk = render_visible(&service, &reader, &device, &rows, true).await?;
-    let mut body = json!({ "chunk": chunk });
-    if let Some(Some(next)) = next {
-        body["next_batch"] = json!(format!("r{next}"));
-    }
-    if let Some(from) = &query.from {
-        body["prev_batch"] = json!(from);
-    }
-    if recurse {
-        body["recursion_depth"] = json!(MAX_RECURSION_DEPTH);
-    }
-    respond(body)
+    Ok(Relations {
+        chunk: raw_events(chunk)?,
+        next_batch: next.flatten().map(|next| format!("r{next}")),
+        prev_batch: query.from,
+        recursion_depth: recurse.then(|| ruma::UInt::from(MAX_RECURSION_DEPTH as u32)),
+    })
+}
+
+/// Rendered events as ruma's raw events.
+fn raw_events<T>(events: Vec<Value>) -> MatrixResult<Vec<Raw<T>>> {
+    events
+        .iter()
+        .map(|event| {
+            serde_json::value::to_raw_value(event)
+                .map(Raw::from_json)
+                .map_err(|e| MatrixError::unknown(format!("an event: {e}")))
+        })
+        .collect()
+}
+
+/// Fills one of ruma's three relations responses (the same fields).
+macro_rules! relations_response {
+    ($endpoint:ident, $relations:expr) => {{
+        let relations = $relations;
+        let mut response = $endpoint::v1::Response::new(relations.chunk);
+        response.next_batch = relations.next_batch;
+        response.prev_batch = relations.prev_batch;
+        response.recursion_depth = relations.recursion_depth;
+        respond_ruma(response)
+    }};
+}
+
+/// The page parameters of a relations request.
+macro_rules! relations_page {
+    ($request:expr) => {
+        RelationsPage {
+            from: $request.from.clone(),
+            to: $request.to.clone(),
+            limit: $request.limit,
+            backwards: $request.dir == Direction::Backward,
+            recurse: $request.recurse,
+        }
+    };
 }
 
 pub(crate) async fn relations(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_id)): Path<(String, String)>,
-    uri: Uri,
+    Ruma(request): Ruma<get_relating_events::v1::Request>,
 ) -> MatrixResult {
-    relations_inner(service, device, room_id, event_id, None, None, uri).await
+    let page = relations_page!(request);
+    let ids = (&*request.room_id, &*request.event_id);
+    relations_response!(
+        get_relating_events,
+        relations_inner(service, device, ids, None, None, page).await?
+    )
 }
 
 pub(crate) async fn relations_of_type(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_id, rel_type)): Path<(String, String, String)>,
-    uri: Uri,
+    Ruma(request): Ruma<get_relating_events_with_rel_type::v1::Request>,
 ) -> MatrixResult {
-    relations_inner(
-        service,
-        device,
-        room_id,
-        event_id,
-        Some(rel_type),
-        None,
-        uri,
+    let page = relations_page!(request);
+    let ids = (&*request.room_id, &*request.event_id);
+    let rel_type = Some(request.rel_type.to_string());
+    relations_response!(
+        get_relating_events_with_rel_type,
+        relations_inner(service, device, ids, rel_type, None, page).await?
     )
-    .await
 }
 
 pub(crate) async fn relations_of_type_and_event_type(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path((room_id, event_id, rel_type, event_type)): Path<(String, String, String, String)>,
-    uri: Uri,
+    Ruma(request): Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
 ) -> MatrixResult {
-    relations_inner(
-        service,
-        device,
-        room_id,
-        event_id,
-        Some(rel_type),
-        Some(event_type),
-        uri,
+    let page = relations_page!(request);
+    let ids = (&*request.room_id, &*request.event_id);
+    let rel_type = Some(request.rel_type.to_string());
+    let event_type = Some(request.event_type.to_string());
+    relations_response!(
+        get_relating_events_with_rel_type_and_event_type,
+        relations_inner(service, device, ids, rel_type, event_type, page).await?
     )
-    .await
-}
-
-#[derive(Deserialize, Default)]
-struct ThreadsQuery {
-    include: Option<String>,
-    from: Option<String>,
-    limit: Option<u32>,
 }
 
 /// `GET /rooms/{roomId}/threads`: thread roots, latest reply first.
 pub(crate) async fn threads(
     State(service): State<Arc<SyncService>>,
     UserOrGuest(device): UserOrGuest,
-    Path(room_id): Path<String>,
-    uri: Uri,
+    Ruma(request): Ruma<get_threads::v1::Request>,
 ) -> MatrixResult {
-    let query: ThreadsQuery = parse_query(&uri)?;
-    let participated = match query.include.as_deref() {
-        Some("all") | None => false,
-        Some("participated") => true,
-        Some(_) => {
+    let room_id = request.room_id.to_string();
+    let participated = match request.include.as_str() {
+        "all" => false,
+        "participated" => true,
+        _ => {
             return Err(MatrixError::invalid_param(
                 "include must be all or participated",
             ));
         }
     };
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let before = match query.from.as_deref() {
+    let limit = request
+        .limit
+        .map_or(50, |limit| u64::from(limit).clamp(1, 1000) as u32);
+    let before = match request.from.as_deref() {
         Some(token) => token
             .strip_prefix('t')
             .and_then(|o| o.parse::<u64>().ok())
@@ -381,9 +416,9 @@ pub(crate) async fn threads(
         true,
     )
     .await?;
-    let mut body = json!({ "chunk": chunk });
+    let mut response = get_threads::v1::Response::new(raw_events(chunk)?);
     if more && let Some((_, latest)) = page.last() {
-        body["next_batch"] = json!(format!("t{latest}"));
+        response.next_batch = Some(format!("t{latest}"));
     }
-    respond(body)
+    respond_ruma(response)
 }
