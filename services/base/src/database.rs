@@ -140,7 +140,63 @@ pub fn refuses_the_data(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A lock on one name, held across every process that shares the database
+/// (see [`Database::lock_name`]). Give it back with [`NameLock::release`];
+/// dropped without that (an error on the way), its connection is closed,
+/// which frees the lock too.
+pub struct NameLock {
+    held: Option<(sqlx::pool::PoolConnection<sqlx::Any>, i64)>,
+}
+
+impl NameLock {
+    pub async fn release(mut self) {
+        if let Some((mut connection, key)) = self.held.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut *connection)
+                .await;
+            if unlocked.is_err() {
+                connection.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        if let Some((connection, _)) = self.held.take() {
+            // Closing the session is what frees a lock nobody unlocked.
+            let mut connection = connection;
+            connection.close_on_drop();
+        }
+    }
+}
+
 impl Database {
+    /// Waits for, then holds, the lock on `name` among every process that
+    /// shares this database: writers that must not interleave (two
+    /// replicas publishing one user's outbox) take it around their work.
+    /// On PostgreSQL an advisory lock; an SQLite database belongs to one
+    /// process, whose own mutex is enough (this lock is then a no-op).
+    pub async fn lock_name(&self, name: &str) -> Result<NameLock, sqlx::Error> {
+        if self.engine != Engine::Postgres {
+            return Ok(NameLock { held: None });
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let mut first = [0_u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        let key = i64::from_be_bytes(first);
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *connection)
+            .await?;
+        Ok(NameLock {
+            held: Some((connection, key)),
+        })
+    }
+
     /// Opens `url`, or the SQLite file `<data_dir>/<service>.db` when `url` is
     /// `None`, then brings the schema up to date with `migrations`.
     pub async fn open(

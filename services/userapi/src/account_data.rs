@@ -22,14 +22,35 @@ impl UserApi {
     }
 
     /// Publishes an outbox row with the content as stored now, then
-    /// removes the row. One publisher at a time, so the last record of a
-    /// key always carries its latest content.
-    pub(crate) async fn publish(&self, pending: &Pending) -> Result<LogPosition, ApiError> {
+    /// removes the row; `None` when another replica published it first.
+    /// One publisher at a time per user, across every replica sharing the
+    /// database, so a user's records keep their order and the last record
+    /// of a key always carries its latest content.
+    pub(crate) async fn publish(&self, pending: &Pending) -> Result<Option<LogPosition>, ApiError> {
         let log = self
             .log
             .as_ref()
             .ok_or_else(|| ApiError::Unavailable("this process does not publish".into()))?;
         let _one_at_a_time = self.publishing.lock().await;
+        let lock = self
+            .storage
+            .db
+            .lock_name(&format!("userapi.account_data {}", pending.localpart))
+            .await
+            .map_err(ApiError::internal)?;
+        let published = self.publish_locked(log, pending).await;
+        lock.release().await;
+        published
+    }
+
+    async fn publish_locked(
+        &self,
+        log: &std::sync::Arc<dyn ganglion_log::Log>,
+        pending: &Pending,
+    ) -> Result<Option<LogPosition>, ApiError> {
+        if !self.storage.pending(pending.id).await? {
+            return Ok(None);
+        }
         let content = self
             .storage
             .account_data(&pending.localpart, &pending.room_id, &pending.data_type)
@@ -50,7 +71,7 @@ impl UserApi {
         )
         .await?;
         self.storage.published(pending.id).await?;
-        Ok(position)
+        Ok(Some(position))
     }
 
     /// Publishes what a crash left in the outbox.

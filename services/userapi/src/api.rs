@@ -393,9 +393,7 @@ impl UsersApi for UserApi {
                 data_type: request.data_type,
             })
             .await?;
-        Ok(pb::AccountDataWritten {
-            position: Some(position),
-        })
+        Ok(pb::AccountDataWritten { position })
     }
 
     async fn get_account_data(
@@ -439,9 +437,7 @@ impl UsersApi for UserApi {
                 data_type: "m.tag".to_owned(),
             })
             .await?;
-        Ok(pb::AccountDataWritten {
-            position: Some(position),
-        })
+        Ok(pb::AccountDataWritten { position })
     }
 }
 

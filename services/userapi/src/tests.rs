@@ -301,3 +301,80 @@ async fn postgres_account_data_and_tags() {
     let (started, _dir) = service(Some(url)).await;
     account_data_and_tags(&started).await;
 }
+
+/// Two replicas on one PostgreSQL database and one log: rows left in the
+/// outbox are published once between them, and writes racing on one key
+/// leave the key's latest content as its last record.
+#[tokio::test]
+async fn postgres_replicas_publish_the_outbox_once_and_in_order() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_replicas").await;
+    let (config, dir) = ganglion_base::testing::service_config("userapi", Some(url));
+    let log: std::sync::Arc<dyn ganglion_log::Log> =
+        std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
+    let one = crate::start(&config, Some(log.clone()))
+        .await
+        .expect("start");
+    let two = crate::start(&config, Some(log.clone()))
+        .await
+        .expect("start");
+    // Rows a crash left: written, never published.
+    for n in 0..20 {
+        one.api
+            .storage
+            .set_account_data("carol", "", &format!("m.left.{n}"), r#"{"n":1}"#)
+            .await
+            .expect("row");
+    }
+    let (a, b) = tokio::join!(one.api.publish_pending(), two.api.publish_pending());
+    a.expect("published");
+    b.expect("published");
+    // Racing writes of one key through both replicas.
+    let writes = (0..30).map(|n| {
+        let api: &dyn UsersApi = if n % 2 == 0 { &*one.api } else { &*two.api };
+        api.set_account_data(pb::SetAccountDataRequest {
+            user_id: "@carol:localhost".into(),
+            room_id: String::new(),
+            data_type: "m.raced".into(),
+            content_json: format!(r#"{{"n":{n}}}"#).into_bytes(),
+        })
+    });
+    for written in futures::future::join_all(writes).await {
+        written.expect("written");
+    }
+    let stored = one
+        .api
+        .storage
+        .account_data("carol", "", "m.raced")
+        .await
+        .expect("read")
+        .expect("stored");
+
+    let mut reader = log
+        .reader(&[(one.api.topics.userapi_account_data.as_str(), vec![])])
+        .await
+        .expect("reader");
+    let mut left = std::collections::BTreeMap::new();
+    let mut last_raced = None;
+    for _ in 0..50 {
+        let record = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
+            .await
+            .expect("a record in time")
+            .expect("record");
+        let update: ganglion_api::proto::topics::AccountDataUpdate =
+            ganglion_api::topics::decode(&record.payload).expect("decode");
+        if update.data_type == "m.raced" {
+            last_raced = Some(String::from_utf8(update.content_json).expect("utf8"));
+        } else {
+            *left.entry(update.data_type).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(left.len(), 20, "{left:?}");
+    assert!(left.values().all(|n| *n == 1), "published twice: {left:?}");
+    assert_eq!(last_raced.as_deref(), Some(stored.as_str()));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), reader.next())
+            .await
+            .is_err(),
+        "no record beyond one per write"
+    );
+}

@@ -564,7 +564,8 @@ async fn join_room(
             .join_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, joined.output_position).await;
+        api.read_your_writes(&device.user_id, joined.output_position)
+            .await;
         return owned_room_id(room_id);
     }
     let room_id = own_membership(api, device, reason, &room_id, "join").await?;
@@ -648,7 +649,8 @@ pub(crate) async fn knock(
             .knock_room(request)
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, knocked.output_position).await;
+        api.read_your_writes(&device.user_id, knocked.output_position)
+            .await;
         return respond_ruma(knock_room::v3::Response::new(owned_room_id(room_id)?));
     }
     let room_id = own_membership(&api, &device, reason, &room_id, "knock").await?;
@@ -680,7 +682,8 @@ pub(crate) async fn leave(
             })
             .await
             .map_err(MatrixError::from)?;
-        api.read_your_writes(&device.user_id, rejected.output_position).await;
+        api.read_your_writes(&device.user_id, rejected.output_position)
+            .await;
         return respond_ruma(leave_room::v3::Response::new());
     }
     own_membership(&api, &device, request.reason.as_deref(), &room_id, "leave").await?;

@@ -244,6 +244,17 @@ impl Storage {
             .collect())
     }
 
+    /// Whether an outbox row is still waiting (another replica may have
+    /// published it meanwhile).
+    pub(crate) async fn change_pending(&self, id: i64) -> Result<bool, StorageError> {
+        let row: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM key_changes_outbox WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     /// An outbox row is on the log.
     pub(crate) async fn change_published(&self, id: i64) -> Result<(), StorageError> {
         sqlx::query("DELETE FROM key_changes_outbox WHERE id = $1")

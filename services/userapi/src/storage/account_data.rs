@@ -137,6 +137,17 @@ impl Storage {
             .collect())
     }
 
+    /// Whether an outbox row is still waiting (another replica may have
+    /// published it meanwhile).
+    pub(crate) async fn pending(&self, id: i64) -> Result<bool, StorageError> {
+        let row: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM account_data_outbox WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     pub(crate) async fn published(&self, id: i64) -> Result<(), StorageError> {
         sqlx::query("DELETE FROM account_data_outbox WHERE id = $1")
             .bind(id)
