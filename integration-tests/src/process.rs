@@ -327,9 +327,8 @@ pub struct Polylith {
     dir: PathBuf,
     /// Extra replicas: (process name, their listeners).
     replicas: Vec<(String, Listeners)>,
-    /// How each process was started: (name, arguments, environment,
-    /// operator address), to start it again the same way.
-    specs: Vec<(String, Vec<String>, Vec<(String, String)>, String)>,
+    /// How each process was started, to start it again the same way.
+    specs: Vec<Spec>,
     _tansu: ganglion_log::testing::Tansu,
 }
 
@@ -382,6 +381,16 @@ impl Listeners {
             ),
         ]
     }
+}
+
+/// How a polylith process was started.
+#[derive(Clone)]
+struct Spec {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Its operator listener (`host:port`).
+    operator: String,
 }
 
 /// The services the polylith test runs, in start order.
@@ -476,12 +485,12 @@ impl Polylith {
         };
         for service in POLYLITH_SERVICES {
             let process = polylith.spawn(service).await;
-            polylith.specs.push((
-                service.to_owned(),
-                vec![service.to_owned()],
-                polylith.env.clone(),
-                polylith.listeners(service).operator,
-            ));
+            polylith.specs.push(Spec {
+                name: service.to_owned(),
+                args: vec![service.to_owned()],
+                env: polylith.env.clone(),
+                operator: polylith.listeners(service).operator,
+            });
             polylith.processes.push(process);
         }
         let mut gateway = Process::spawn("gateway", &["gateway"], &polylith.env, dir);
@@ -491,15 +500,15 @@ impl Polylith {
             Duration::from_secs(30),
         )
         .await;
-        polylith.specs.push((
-            "gateway".to_owned(),
-            vec!["gateway".to_owned()],
-            polylith.env.clone(),
-            polylith
+        polylith.specs.push(Spec {
+            name: "gateway".to_owned(),
+            args: vec!["gateway".to_owned()],
+            env: polylith.env.clone(),
+            operator: polylith
                 .gateway_operator_url()
                 .trim_start_matches("http://")
                 .to_owned(),
-        ));
+        });
         polylith.processes.push(gateway);
         polylith
     }
@@ -529,8 +538,12 @@ impl Polylith {
             Duration::from_secs(30),
         )
         .await;
-        self.specs
-            .push((name, vec!["gateway".to_owned()], env, operator));
+        self.specs.push(Spec {
+            name,
+            args: vec!["gateway".to_owned()],
+            env,
+            operator,
+        });
         self.processes.push(process);
         format!("http://127.0.0.1:{port}")
     }
@@ -539,7 +552,7 @@ impl Polylith {
     pub async fn wait_ready(&self, timeout: Duration) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
-        for (name, _, _, operator) in &self.specs {
+        for Spec { name, operator, .. } in &self.specs {
             loop {
                 if let Ok(answer) = client.get(format!("http://{operator}/readyz")).send().await
                     && answer.status().is_success()
@@ -566,27 +579,44 @@ impl Polylith {
     /// waits until it is ready (`/readyz`). How long it took.
     pub async fn restart_gracefully(&mut self, name: &str) -> Duration {
         let started = Instant::now();
+        self.stop_gracefully(name).await;
+        self.start_again(name).await;
+        started.elapsed()
+    }
+
+    /// SIGTERM, and waits for the process to drain and exit 0.
+    pub async fn stop_gracefully(&mut self, name: &str) {
+        let process = self
+            .processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("the process runs");
+        let status = process.terminate(Duration::from_secs(40)).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} did not drain and exit cleanly ({status:?}):\n{}",
+            process.log_tail()
+        );
+    }
+
+    /// Starts a stopped or killed process again as it was first started,
+    /// and waits until it is ready. How long that took.
+    pub async fn start_again(&mut self, name: &str) -> Duration {
+        let started = Instant::now();
         let index = self
             .processes
             .iter()
             .position(|p| p.name == name)
-            .expect("the process runs");
-        let (_, args, env, operator) = self
+            .expect("a process of that name");
+        let spec = self
             .specs
             .iter()
-            .find(|(n, ..)| n == name)
+            .find(|spec| spec.name == name)
             .cloned()
             .expect("how it was started");
-        let status = self.processes[index]
-            .terminate(Duration::from_secs(40))
-            .await;
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{name} did not drain and exit cleanly ({status:?}):\n{}",
-            self.processes[index].log_tail()
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut process = Process::spawn(name, &args, &env, &self.dir);
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        let operator = spec.operator;
+        let mut process = Process::spawn(name, &args, &spec.env, &self.dir);
         wait_healthy(
             &format!("http://{operator}/readyz"),
             &mut process,
@@ -694,12 +724,12 @@ impl Polylith {
             Duration::from_secs(30),
         )
         .await;
-        self.specs.push((
-            name.clone(),
-            vec![service.to_owned()],
+        self.specs.push(Spec {
+            name: name.clone(),
+            args: vec![service.to_owned()],
             env,
-            listeners.operator.clone(),
-        ));
+            operator: listeners.operator.clone(),
+        });
         self.processes.push(process);
         self.replicas.push((name.clone(), listeners));
         name

@@ -144,12 +144,12 @@ impl From<tonic::Status> for ApiError {
         {
             return ApiError::from_wire(wire);
         }
+        // No answer of the service's own: the call broke on the way (a
+        // replica killed mid-call resets its streams, whatever code the
+        // transport picks). Transient for whoever asked, never a 500.
         match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                ApiError::Unavailable(status.message().to_owned())
-            }
             tonic::Code::DeadlineExceeded => ApiError::Timeout,
-            _ => ApiError::Internal(status.message().to_owned()),
+            _ => ApiError::Unavailable(format!("{}: {}", status.code(), status.message())),
         }
     }
 }

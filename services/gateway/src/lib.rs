@@ -64,8 +64,11 @@ pub struct Upstream {
 /// entry only routes a request (the service behind authenticates it).
 pub struct TokenUsers {
     users: Option<UsersHandle>,
-    cache: std::sync::Mutex<Bounded<[u8; 32], (Option<String>, Instant)>>,
+    /// By the token's SHA-256: its user (`None`: unknown) and when asked.
+    cache: std::sync::Mutex<Bounded<[u8; 32], KnownToken>>,
 }
+
+type KnownToken = (Option<String>, Instant);
 
 /// How long a token's user is remembered.
 pub const TOKEN_TTL: Duration = Duration::from_secs(30);

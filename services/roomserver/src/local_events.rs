@@ -29,18 +29,39 @@ impl RoomserverService {
 
     /// An earlier delivery of the same input, answered again.
     async fn already_done(&self, request_id: &str) -> Result<Option<Processed>, ProcessError> {
+        let Some((room_id, event_ids)) = self.storage.processed_input(request_id).await? else {
+            return Ok(None);
+        };
+        let outputs = self.orphaned_outputs(&room_id).await?;
+        Ok(Some(Processed {
+            answer: Answer::Events(pb::InputResponse {
+                room_id,
+                event_ids,
+                output_position: None,
+            }),
+            outputs,
+        }))
+    }
+
+    /// The outputs of a room that a replica committed and then died before
+    /// publishing. An input is redelivered only when its processing was
+    /// not confirmed, so whoever processed it may have stopped between the
+    /// commit and the log: its outputs go out now, before anything newer of
+    /// the room, whichever replica owns the room now. (This replica's own
+    /// published but not yet cleared outputs are left out; any other
+    /// already published goes twice, which consumers take by event ID.)
+    pub(crate) async fn orphaned_outputs(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<(i64, Vec<u8>)>, ProcessError> {
+        let mine = self.lock_published().clone();
         Ok(self
             .storage
-            .processed_input(request_id)
+            .pending_outputs_of(room_id)
             .await?
-            .map(|(room_id, event_ids)| Processed {
-                answer: Answer::Events(pb::InputResponse {
-                    room_id,
-                    event_ids,
-                    output_position: None,
-                }),
-                outputs: Vec::new(),
-            }))
+            .into_iter()
+            .filter(|(seq, _)| !mine.contains(seq))
+            .collect())
     }
 
     pub(crate) async fn new_room(

@@ -70,7 +70,8 @@ impl RoomserverService {
         input: &topic_pb::RoomserverInput,
         pdus: &topic_pb::InputPdus,
     ) -> Result<Processed, ProcessError> {
-        if let Some((_, event_ids)) = self.storage.processed_input(&input.request_id).await? {
+        if let Some((room_id, event_ids)) = self.storage.processed_input(&input.request_id).await? {
+            let outputs = self.orphaned_outputs(&room_id).await?;
             return Ok(Processed {
                 answer: Answer::Pdus(pb::InputPdusResponse {
                     outcomes: event_ids
@@ -83,7 +84,7 @@ impl RoomserverService {
                         .collect(),
                     output_position: None,
                 }),
-                outputs: Vec::new(),
+                outputs,
             });
         }
         let (_, rules) = events::rules_for(&pdus.room_version)?;

@@ -48,6 +48,21 @@ impl Storage {
             .collect()
     }
 
+    /// A room's outputs still in the outbox, oldest first.
+    pub(crate) async fn pending_outputs_of(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        let rows =
+            sqlx::query("SELECT seq, payload FROM output_outbox WHERE room_id = $1 ORDER BY seq")
+                .bind(room_id)
+                .fetch_all(&self.db.pool)
+                .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     /// Clears one published output.
     pub(crate) async fn delete_output(&self, seq: i64) -> Result<(), StorageError> {
         sqlx::query("DELETE FROM output_outbox WHERE seq = $1")

@@ -517,3 +517,80 @@ async fn a_received_dag_is_checked_resolved_and_announced() {
         );
     }
 }
+
+/// A replica that committed an input and died before its outputs reached
+/// the log leaves them in the outbox; whoever processes the redelivered
+/// input (the partition's next owner) publishes them before answering, so
+/// nothing newer of the room overtakes them and nothing waits for a restart.
+#[tokio::test]
+async fn a_redelivered_input_publishes_the_outputs_its_first_processing_left() {
+    const LOCAL_ALICE: &str = "@alice:localhost";
+    let running = start().await;
+    let created = running
+        .service
+        .create_room(pb::CreateRoomRequest {
+            room_version: "10".into(),
+            creator: LOCAL_ALICE.into(),
+            create_content_json: b"{}".to_vec(),
+            initial_state: vec![pb::EventTemplate {
+                event_type: "m.room.member".into(),
+                state_key: Some(LOCAL_ALICE.into()),
+                sender: LOCAL_ALICE.into(),
+                content_json: br#"{"membership":"join"}"#.to_vec(),
+                redacts: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("room");
+    let input = topic_pb::RoomserverInput {
+        version: ganglion_api::topics::PAYLOAD_VERSION,
+        request_id: "txn/one".into(),
+        reply_to: "local".into(),
+        room_id: created.room_id.clone(),
+        kind: None,
+    };
+    let message = topic_pb::NewLocalEvents {
+        templates: vec![pb::EventTemplate {
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: LOCAL_ALICE.into(),
+            content_json: br#"{"body":"left behind","msgtype":"m.text"}"#.to_vec(),
+            redacts: None,
+        }],
+        device_id: "D".into(),
+        transaction_id: "t1".into(),
+    };
+    // Committed, then "died": its outputs were never produced.
+    let first = running
+        .service
+        .new_local_events(&input, &message)
+        .await
+        .unwrap_or_else(|_| panic!("processed"));
+    assert_eq!(first.outputs.len(), 1);
+    // The redelivery answers the same event and carries the output to publish.
+    let again = running
+        .service
+        .new_local_events(&input, &message)
+        .await
+        .unwrap_or_else(|_| panic!("processed again"));
+    let crate::consumers::input::Answer::Events(answer) = &again.answer else {
+        panic!("events answered");
+    };
+    let crate::consumers::input::Answer::Events(first_answer) = &first.answer else {
+        panic!("events answered");
+    };
+    assert_eq!(answer.event_ids, first_answer.event_ids);
+    assert_eq!(
+        again
+            .outputs
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect::<Vec<_>>(),
+        first
+            .outputs
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect::<Vec<_>>()
+    );
+}
