@@ -41,6 +41,8 @@ struct Held {
     missing: Vec<String>,
     /// How many times `get_missing_events` was asked.
     missing_asked: usize,
+    /// How long `get_missing_events` takes to answer (a slow server).
+    missing_delay: std::time::Duration,
     /// Transactions received: (transaction ID, body).
     received: Vec<(String, Value)>,
     /// Whether `/_matrix/key/v2/server` answers 404 (a server whose keys
@@ -105,8 +107,13 @@ async fn take_transaction(
 }
 
 async fn missing_events(State(shared): State<Shared>) -> axum::Json<Value> {
-    let mut held = shared.held.lock().expect("held");
-    held.missing_asked += 1;
+    let delay = {
+        let mut held = shared.held.lock().expect("held");
+        held.missing_asked += 1;
+        held.missing_delay
+    };
+    tokio::time::sleep(delay).await;
+    let held = shared.held.lock().expect("held");
     let events: Vec<Value> = held
         .missing
         .iter()
@@ -611,6 +618,11 @@ impl FakeServer {
             .events
             .insert(event_id.clone(), pdu.clone());
         (event_id, pdu)
+    }
+
+    /// How long `get_missing_events` takes to answer from now on.
+    pub fn set_missing_delay(&self, delay: std::time::Duration) {
+        self.held.lock().expect("held").missing_delay = delay;
     }
 
     /// What `get_missing_events` answers with from now on (held events).

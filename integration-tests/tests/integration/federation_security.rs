@@ -1060,3 +1060,83 @@ async fn a_remote_revocation_of_guest_access_removes_our_guests() {
         ours.process.log_tail()
     );
 }
+
+/// Transactions from one origin are taken one at a time: while a slow one
+/// waits on the origin's own `get_missing_events`, a second transaction
+/// from the same origin, sent meanwhile, is answered only after it (its
+/// events are not taken out of order past the first's), and both land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_origin_s_transactions_are_taken_one_at_a_time() {
+    let fake_dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeServer::start(fake_dir.path()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
+    let base = federation_url(&our_name);
+    let logs = || ours.process.log_tail();
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-sec").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mallory = format!("@mallory:{}", fake.server_name);
+    let (version, join_id, join, joined) =
+        fake.join_room((&base, &our_name), &room_id, &mallory).await;
+    let state_id = |kind: &str| state_event_id(&joined, &version, kind);
+    let mut auth = vec![state_id("m.room.power_levels"), join_id.clone()];
+    if version != "12" {
+        auth.insert(0, state_id("m.room.create"));
+    }
+    let depth = join["depth"].as_i64().unwrap_or(1);
+    let send = |txn: &'static str, pdus: Vec<Value>| {
+        let fake = &fake;
+        let base = base.clone();
+        let our_name = our_name.clone();
+        async move {
+            let body =
+                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
+            let answer = fake
+                .request(
+                    &base,
+                    &our_name,
+                    Method::PUT,
+                    &format!("/_matrix/federation/v1/send/{txn}"),
+                    Some(body),
+                )
+                .await;
+            (answer, std::time::Instant::now())
+        }
+    };
+    // The slow one: its event follows one we have not seen, which the
+    // origin takes 1.5 s to hand over.
+    let (gap, _) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &join_id, &auth, depth + 1, "gap"),
+    );
+    let (after_gap, slow_pdu) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &gap, &auth, depth + 2, "after the gap"),
+    );
+    fake.set_missing(vec![gap]);
+    fake.set_missing_delay(std::time::Duration::from_millis(1500));
+    // The quick one: follows the join, needs nothing.
+    let (quick, quick_pdu) = fake.sign_event(
+        &version,
+        message(&room_id, &mallory, &join_id, &auth, depth + 1, "quick"),
+    );
+    let slow = send("slow", vec![slow_pdu]);
+    let quick_sent = async {
+        // Sent once the slow one is surely being taken.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        send("quick", vec![quick_pdu]).await
+    };
+    let (((slow_status, slow_answer), slow_done), ((quick_status, quick_answer), quick_done)) =
+        tokio::join!(slow, quick_sent);
+    assert_eq!(slow_status, 200, "{slow_answer}\n{}", logs());
+    assert_eq!(quick_status, 200, "{quick_answer}\n{}", logs());
+    assert_eq!(slow_answer["pdus"][&after_gap], json!({}), "{slow_answer}");
+    assert_eq!(quick_answer["pdus"][&quick], json!({}), "{quick_answer}");
+    assert!(
+        quick_done >= slow_done,
+        "the second transaction was answered {:?} before the first",
+        slow_done - quick_done
+    );
+    until_message(&alice, &room_id, "quick", logs).await;
+    until_message(&alice, &room_id, "after the gap", logs).await;
+}

@@ -56,6 +56,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A failed database call of `service`: `Unavailable` (a retry may
+    /// work) when the database was busy or out of reach, else `Internal`.
+    pub fn database(service: &str, error: &sqlx::Error) -> Self {
+        if ganglion_base::database::is_transient(error) {
+            ApiError::Unavailable(format!("{service} database: {error}"))
+        } else {
+            ApiError::Internal(format!("{service} storage: {error:?}"))
+        }
+    }
+
     pub fn internal(error: impl std::fmt::Display) -> Self {
         ApiError::Internal(error.to_string())
     }

@@ -140,6 +140,32 @@ pub fn refuses_the_data(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a database error says the database is out of reach or busy for
+/// a while (no connection free in time, a connection lost), not that the
+/// request was wrong: the caller should retry, so it is a 503, never a 500.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// The Matrix error a client gets for a failed database call of `service`:
+/// 503 when [`is_transient`], else a 500 (logged; the details stay here).
+pub fn matrix_error(service: &str, error: &sqlx::Error) -> crate::MatrixError {
+    if is_transient(error) {
+        tracing::warn!(service, %error, "database busy or out of reach");
+        crate::MatrixError::unavailable("The database is busy; try again")
+    } else {
+        tracing::error!(service, ?error, "database error");
+        crate::MatrixError::unknown("Internal server error")
+    }
+}
+
 /// A lock on one name, held across every process that shares the database
 /// (see [`Database::lock_name`]). Give it back with [`NameLock::release`];
 /// dropped without that (an error on the way), its connection is closed,

@@ -63,7 +63,8 @@ impl ClientApi {
     ) -> MatrixResult<String> {
         use crate::storage::Claim;
         limits::opaque_id("transaction ID", txn_id)?;
-        let transactions_failed = |e| MatrixError::unknown(format!("transactions: {e}"));
+        let transactions_failed =
+            |e: sqlx::Error| ganglion_base::database::matrix_error("clientapi", &e);
         let (user_id, device_id) = (&device.user_id, &device.device_id);
         // A transaction ID names one request to one endpoint: the same ID
         // in another room, for another event type or another redaction is

@@ -23,14 +23,13 @@ pub(crate) enum StorageError {
 }
 
 impl From<StorageError> for ganglion_api::ApiError {
-    fn from(error: StorageError) -> Self {
-        ganglion_api::ApiError::Internal(format!("federationapi storage: {error:?}"))
+    fn from(StorageError::Sqlx(error): StorageError) -> Self {
+        ganglion_api::ApiError::database("federationapi", &error)
     }
 }
 
 impl From<StorageError> for ganglion_base::MatrixError {
-    fn from(error: StorageError) -> Self {
-        tracing::error!(?error, "federationapi storage");
-        ganglion_base::MatrixError::unknown("Internal server error")
+    fn from(StorageError::Sqlx(error): StorageError) -> Self {
+        ganglion_base::database::matrix_error("federationapi", &error)
     }
 }

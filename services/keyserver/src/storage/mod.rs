@@ -22,7 +22,7 @@ pub(crate) enum StorageError {
 }
 
 impl From<StorageError> for ganglion_api::ApiError {
-    fn from(error: StorageError) -> Self {
-        ganglion_api::ApiError::Internal(format!("keyserver storage: {error:?}"))
+    fn from(StorageError::Sqlx(error): StorageError) -> Self {
+        ganglion_api::ApiError::database("keyserver", &error)
     }
 }

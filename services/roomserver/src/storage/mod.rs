@@ -60,6 +60,9 @@ impl StorageError {
 
 impl From<StorageError> for ganglion_api::ApiError {
     fn from(error: StorageError) -> Self {
-        ganglion_api::ApiError::Internal(format!("roomserver storage: {error:?}"))
+        match error {
+            StorageError::Sqlx(error) => ganglion_api::ApiError::database("roomserver", &error),
+            corrupt => ganglion_api::ApiError::Internal(format!("roomserver storage: {corrupt:?}")),
+        }
     }
 }

@@ -38,8 +38,7 @@ pub(crate) enum StorageError {
 }
 
 impl From<StorageError> for ganglion_base::MatrixError {
-    fn from(error: StorageError) -> Self {
-        tracing::error!(?error, "syncapi storage");
-        ganglion_base::MatrixError::unknown("Internal server error")
+    fn from(StorageError::Sqlx(error): StorageError) -> Self {
+        ganglion_base::database::matrix_error("syncapi", &error)
     }
 }

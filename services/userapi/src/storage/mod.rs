@@ -49,7 +49,7 @@ impl From<StorageError> for ganglion_api::ApiError {
                 ganglion_api::ApiError::Forbidden("Invalid registration token".into())
             }
             StorageError::NotAGuest => ganglion_api::ApiError::UserInUse,
-            other => ganglion_api::ApiError::Internal(format!("userapi storage: {other:?}")),
+            StorageError::Sqlx(error) => ganglion_api::ApiError::database("userapi", &error),
         }
     }
 }
