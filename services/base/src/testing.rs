@@ -10,14 +10,18 @@ pub fn postgres_server() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-/// Creates an empty database `ganglion_t_<name>_<pid>` and returns its URL.
+/// Creates an empty database `ganglion_t_<name>_<pid>_<n>` and returns its URL.
 pub async fn scratch_postgres(name: &str) -> String {
     sqlx::any::install_default_drivers();
     let server = postgres_server();
     let admin = AnyPool::connect(&format!("{server}/postgres"))
         .await
         .expect("PostgreSQL must be reachable (the test command starts it)");
-    let db: String = format!("ganglion_t_{name}_{}", std::process::id())
+    // Numbered within the process too: two tests asking for the same name
+    // must not drop each other's database.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db: String = format!("ganglion_t_{name}_{}_{n}", std::process::id())
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
