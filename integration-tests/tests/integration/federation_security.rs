@@ -91,53 +91,100 @@ fn message(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_server_fills_gaps_and_cannot_forge() {
+/// Mallory, of a fake server, joined (make_join, send_join) to a public
+/// room Alice made on our monolith; what her events need to follow.
+struct MalloryJoined {
+    fake: FakeServer,
+    ours: Monolith,
+    our_name: String,
+    base: String,
+    alice: Client,
+    room_id: String,
+    mallory: String,
+    version: String,
+    join_id: String,
+    /// What her events name as auth events: the create event (before room
+    /// version 12, where it is implied), the power levels and her join.
+    auth: Vec<String>,
+    /// Her join's depth.
+    depth: i64,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn mallory_joins() -> MalloryJoined {
     let fake_dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeServer::start(fake_dir.path()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
     let base = federation_url(&our_name);
-    let logs = || ours.process.log_tail();
-
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-sec").await;
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
     let mallory = format!("@mallory:{}", fake.server_name);
-
-    // Mallory joins through make_join and send_join.
     let (version, join_id, join, joined) =
         fake.join_room((&base, &our_name), &room_id, &mallory).await;
     assert!(
         joined["state"].as_array().is_some_and(|s| s.len() >= 5),
         "{joined}"
     );
-    // Mallory's events name the create event, the power levels and her
-    // join as auth events.
     let state_id = |kind: &str| state_event_id(&joined, &version, kind);
-    // From room version 12 the create event is implied, never listed.
     let mut auth = vec![state_id("m.room.power_levels"), join_id.clone()];
     if version != "12" {
         auth.insert(0, state_id("m.room.create"));
     }
     let depth = join["depth"].as_i64().unwrap_or(1);
+    MalloryJoined {
+        fake,
+        ours,
+        our_name,
+        base,
+        alice,
+        room_id,
+        mallory,
+        version,
+        join_id,
+        auth,
+        depth,
+        _dirs: (fake_dir, dir),
+    }
+}
 
-    let send = |txn: String, pdus: Vec<Value>| {
-        let fake = &fake;
-        let base = base.clone();
-        let our_name = our_name.clone();
-        async move {
-            let body =
-                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
-            fake.request(
-                &base,
-                &our_name,
-                Method::PUT,
-                &format!("/_matrix/federation/v1/send/{txn}"),
-                Some(body),
-            )
-            .await
-        }
-    };
+/// A transaction of `pdus` from the fake server to ours.
+async fn send_transaction(
+    fake: &FakeServer,
+    (base, our_name): (&str, &str),
+    txn: String,
+    pdus: Vec<Value>,
+) -> (u16, Value) {
+    let body = json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
+    fake.request(
+        base,
+        our_name,
+        Method::PUT,
+        &format!("/_matrix/federation/v1/send/{txn}"),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_server_fills_gaps_and_cannot_forge() {
+    let MalloryJoined {
+        fake,
+        ours,
+        our_name,
+        base,
+        alice,
+        room_id,
+        mallory,
+        version,
+        join_id,
+        auth,
+        depth,
+        _dirs,
+    } = mallory_joins().await;
+    let logs = || ours.process.log_tail();
+    let send =
+        |txn: String, pdus: Vec<Value>| send_transaction(&fake, (&base, &our_name), txn, pdus);
 
     // A message, then three more of which only the last is sent: the
     // first two are fetched with get_missing_events.
@@ -1067,41 +1114,24 @@ async fn a_remote_revocation_of_guest_access_removes_our_guests() {
 /// events are not taken out of order past the first's), and both land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_origin_s_transactions_are_taken_one_at_a_time() {
-    let fake_dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeServer::start(fake_dir.path()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, our_name) = crate::federation_queries::federating_monolith(dir.path()).await;
-    let base = federation_url(&our_name);
+    let MalloryJoined {
+        fake,
+        ours,
+        our_name,
+        base,
+        alice,
+        room_id,
+        mallory,
+        version,
+        join_id,
+        auth,
+        depth,
+        _dirs,
+    } = mallory_joins().await;
     let logs = || ours.process.log_tail();
-    let alice = Client::register(&ours.base_url, "alice", "pw-alice-sec").await;
-    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let mallory = format!("@mallory:{}", fake.server_name);
-    let (version, join_id, join, joined) =
-        fake.join_room((&base, &our_name), &room_id, &mallory).await;
-    let state_id = |kind: &str| state_event_id(&joined, &version, kind);
-    let mut auth = vec![state_id("m.room.power_levels"), join_id.clone()];
-    if version != "12" {
-        auth.insert(0, state_id("m.room.create"));
-    }
-    let depth = join["depth"].as_i64().unwrap_or(1);
     let send = |txn: &'static str, pdus: Vec<Value>| {
-        let fake = &fake;
-        let base = base.clone();
-        let our_name = our_name.clone();
-        async move {
-            let body =
-                json!({ "origin": fake.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
-            let answer = fake
-                .request(
-                    &base,
-                    &our_name,
-                    Method::PUT,
-                    &format!("/_matrix/federation/v1/send/{txn}"),
-                    Some(body),
-                )
-                .await;
-            (answer, std::time::Instant::now())
-        }
+        let sent = send_transaction(&fake, (&base, &our_name), txn.to_owned(), pdus);
+        async move { (sent.await, std::time::Instant::now()) }
     };
     // The slow one: its event follows one we have not seen, which the
     // origin takes 1.5 s to hand over.

@@ -546,17 +546,27 @@ async fn polylith_edges_are_closed_and_internal_calls_authenticated() {
 /// The sum of a metric's series whose lines start with `prefix`, from a
 /// process's operator listener.
 pub(crate) async fn metric_total(operator: &str, prefix: &str) -> u64 {
-    let text = reqwest::get(format!("http://{operator}/metrics"))
+    metric_sum(operator, |line| line.starts_with(prefix))
         .await
         .expect("metrics")
+}
+
+/// The sum of the metric lines of a process that `wanted` holds for;
+/// `None` when the process does not answer.
+pub(crate) async fn metric_sum(operator: &str, wanted: impl Fn(&str) -> bool) -> Option<u64> {
+    let text = reqwest::get(format!("http://{operator}/metrics"))
+        .await
+        .ok()?
         .text()
         .await
         .unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    Some(
+        text.lines()
+            .filter(|l| wanted(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum(),
+    )
 }
 
 /// `ganglion rebuild syncapi --into <database>`: a syncapi database built

@@ -6,7 +6,7 @@ use ganglion_integration_tests::client::{Client, message_bodies};
 use ganglion_integration_tests::process::{Listeners, POLYLITH_SERVICES, Polylith};
 use serde_json::{Value, json};
 
-use crate::polylith::{database_urls, metric_total};
+use crate::polylith::{database_urls, metric_sum, metric_total};
 
 /// The tests here run a score of processes each: one at a time, so that
 /// two of them do not share the machine's cores (they still run beside the
@@ -21,20 +21,11 @@ async fn served_by<F: std::future::Future<Output = T>, T>(
 ) -> (Option<usize>, T) {
     // A replica that is gone serves nothing: `None`.
     async fn served(operator: &str) -> Option<u64> {
-        let text = reqwest::get(format!("http://{operator}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .unwrap_or_default();
-        let total = text
-            .lines()
-            .filter(|l| l.starts_with("ganglion_http_requests_total{"))
-            .filter(|l| l.contains("service=\"syncapi\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum();
-        Some(total)
+        metric_sum(operator, |line| {
+            line.starts_with("ganglion_http_requests_total{")
+                && line.contains("service=\"syncapi\"")
+        })
+        .await
     }
     let mut before = Vec::new();
     for operator in operators {
