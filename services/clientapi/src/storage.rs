@@ -79,6 +79,28 @@ impl Storage {
         })
     }
 
+    /// The request holding a claim is still at work: its claim is not
+    /// stale (see [`Storage::claim_transaction`]).
+    pub(crate) async fn refresh_claim(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE transactions SET created_ts = $4
+             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .bind(now_ms)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records the event a claimed transaction ID sent.
     pub(crate) async fn complete_transaction(
         &self,

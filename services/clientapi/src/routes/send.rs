@@ -46,10 +46,38 @@ fn event_template(
 
 /// How long a retry waits for the first request with its transaction ID.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// A claim this old without an event was left by a request that died.
-const CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often the request holding a claim says it is still at work.
+const CLAIM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A claim not renewed for this long was left by a request that died (a
+/// crashed or killed process): a retry takes it over and sends.
+const CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a retry looks again at a claim another request holds.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl ClientApi {
+    /// Runs `send` while renewing its claim every [`CLAIM_HEARTBEAT`], so
+    /// that only a claim whose request died goes stale.
+    async fn while_claimed<T>(
+        &self,
+        (user_id, device_id, txn_id): (&str, &str, &str),
+        send: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut send = std::pin::pin!(send);
+        let mut heartbeat = tokio::time::interval(CLAIM_HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut send => return done,
+                _ = heartbeat.tick() => {
+                    let now: i64 = ruma::MilliSecondsSinceUnixEpoch::now().get().into();
+                    if let Err(error) = self.storage.refresh_claim(user_id, device_id, txn_id, now).await {
+                        tracing::warn!(%error, "could not renew a transaction claim");
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends an event once per device and transaction ID: a retry gets the
     /// first attempt's event ID, even while the first is still sending
     /// (the ID is claimed before the send, so two concurrent retries
@@ -90,11 +118,15 @@ impl ClientApi {
                     if std::time::Instant::now() >= deadline {
                         return Err(MatrixError::limit_exceeded(1_000));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    tokio::time::sleep(CLAIM_POLL).await;
                 }
             }
         }
-        match self.send_event(room_id, device, template, txn_id).await {
+        let sending = self.send_event(room_id, device, template, txn_id);
+        match self
+            .while_claimed((user_id, device_id, &scoped), sending)
+            .await
+        {
             Ok(event_id) => {
                 self.storage
                     .complete_transaction(user_id, device_id, &scoped, &event_id)
