@@ -569,6 +569,11 @@ impl Polylith {
         }
     }
 
+    /// The Kafka broker (tansu) every process talks to.
+    pub fn broker(&self) -> &ganglion_log::testing::Tansu {
+        &self._tansu
+    }
+
     /// The names of the running processes, in start order.
     pub fn process_names(&self) -> Vec<String> {
         self.processes.iter().map(|p| p.name.clone()).collect()

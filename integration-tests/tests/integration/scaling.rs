@@ -825,3 +825,34 @@ async fn monolith_kill9_under_load_loses_and_doubles_nothing() {
     );
     assert_one_chain(&roomserver_db, &room_id).await;
 }
+
+/// The Kafka broker stops answering for 8 s (frozen, as behind a network
+/// partition; its data kept) while clients send and sync through a
+/// polylith with two replicas of every service. Sends wait or are retried;
+/// afterwards nothing acknowledged is lost or doubled and the room is one
+/// chain. Prints the longest gap between acknowledged sends (a send whose
+/// event was stored just before the outage is answered when its
+/// read-your-writes wait gives up, 5 s in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polylith_broker_outage_under_load_loses_and_doubles_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, gateways, roomserver_db) = scaled(dir.path(), "outage").await;
+    let load = Load::start(&gateways, "outage").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let frozen = std::time::Instant::now();
+    server.broker().freeze(true);
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    server.broker().freeze(false);
+    let pause = load
+        .pause_after(frozen, std::time::Duration::from_secs(20))
+        .await;
+    println!(
+        "broker out for 8 s: sends paused {:.1}s in all",
+        pause.as_secs_f64()
+    );
+    let room_id = load.room_id.clone();
+    let acked = load.finish().await;
+    assert!(acked.len() > 30, "the load ran throughout: {}", acked.len());
+    assert_one_chain(&roomserver_db, &room_id).await;
+}
