@@ -510,6 +510,20 @@ impl Load {
             .unwrap_or_default()
     }
 
+    /// [`Load::finish`], then checks that more than `at_least` messages
+    /// were acknowledged and that the room is one chain in the roomserver's
+    /// database at `roomserver_db`.
+    async fn finish_in(self, roomserver_db: &str, at_least: usize) {
+        let room_id = self.room_id.clone();
+        let acked = self.finish().await;
+        assert!(
+            acked.len() > at_least,
+            "the load ran throughout: {}",
+            acked.len()
+        );
+        assert_one_chain(roomserver_db, &room_id).await;
+    }
+
     /// Stops the load and checks what every member saw: each acknowledged
     /// message exactly once in every reader's `/sync` stream and in
     /// `/messages`, each sender's in its order. The messages acknowledged.
@@ -643,10 +657,7 @@ async fn polylith_rolling_restart_under_load_loses_and_doubles_nothing() {
         started.elapsed().as_secs_f64(),
         report.join(", ")
     );
-    let room_id = load.room_id.clone();
-    let acked = load.finish().await;
-    assert!(acked.len() > 50, "the load ran throughout: {}", acked.len());
-    assert_one_chain(&roomserver_db, &room_id).await;
+    load.finish_in(&roomserver_db, 50).await;
 }
 
 /// One replica of each kind of process is killed with SIGKILL in turn
@@ -679,10 +690,7 @@ async fn polylith_kill9_of_each_kind_under_load_loses_and_doubles_nothing() {
         ));
     }
     println!("{}", report.join("; "));
-    let room_id = load.room_id.clone();
-    let acked = load.finish().await;
-    assert!(acked.len() > 50, "the load ran throughout: {}", acked.len());
-    assert_one_chain(&roomserver_db, &room_id).await;
+    load.finish_in(&roomserver_db, 50).await;
 }
 
 /// Roomserver replicas come and go while one room is hammered: a third
@@ -725,9 +733,7 @@ async fn polylith_roomserver_replicas_come_and_go_under_load() {
         load.pause_after(at, settle).await.as_secs_f64()
     ));
     println!("roomserver replicas: {}", report.join(", "));
-    let room_id = load.room_id.clone();
-    load.finish().await;
-    assert_one_chain(&roomserver_db, &room_id).await;
+    load.finish_in(&roomserver_db, 0).await;
 }
 
 /// Blue/green upgrade of the syncapi view: a second syncapi (green) on a
@@ -816,14 +822,11 @@ async fn monolith_kill9_under_load_loses_and_doubles_nothing() {
         ));
     }
     println!("monolith kill -9: {}", report.join("; "));
-    let room_id = load.room_id.clone();
-    let acked = load.finish().await;
-    assert!(acked.len() > 30, "the load ran throughout: {}", acked.len());
     let roomserver_db = format!(
         "sqlite:{}",
         dir.path().join("data").join("roomserver.db").display()
     );
-    assert_one_chain(&roomserver_db, &room_id).await;
+    load.finish_in(&roomserver_db, 30).await;
 }
 
 /// The Kafka broker stops answering for 8 s (frozen, as behind a network
@@ -851,8 +854,5 @@ async fn polylith_broker_outage_under_load_loses_and_doubles_nothing() {
         "broker out for 8 s: sends paused {:.1}s in all",
         pause.as_secs_f64()
     );
-    let room_id = load.room_id.clone();
-    let acked = load.finish().await;
-    assert!(acked.len() > 30, "the load ran throughout: {}", acked.len());
-    assert_one_chain(&roomserver_db, &room_id).await;
+    load.finish_in(&roomserver_db, 30).await;
 }

@@ -166,48 +166,26 @@ impl ReplicaSet {
             return;
         };
         let set = Arc::downgrade(self);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let client = probe_client(Duration::from_secs(2));
         runtime.spawn(async move {
             loop {
-                let Some(replicas) = set.upgrade() else { return };
-                let probes = replicas.replicas.iter().enumerate().filter_map(|(i, r)| {
-                    let url = format!("{}/readyz", r.config.operator_address.as_ref()?);
-                    let client = client.clone();
-                    Some(async move {
-                        let ready = matches!(client.get(url).send().await, Ok(answer) if answer.status().is_success());
-                        (i, ready)
-                    })
-                });
-                for (i, ready) in futures::future::join_all(probes).await {
-                    replicas.set_ready(i, ready);
-                }
+                let Some(replicas) = set.upgrade() else {
+                    return;
+                };
+                replicas.probe(&client).await;
                 drop(replicas);
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
         });
     }
 
-    /// Waits until every replica has been probed once, at most `timeout`,
-    /// so a process that has just started does not send its first users
-    /// to replicas it has not asked about yet.
-    pub async fn wait_probed(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
+    /// Asks every replica with an operator address for its `/readyz` once,
+    /// at once, and records the answers.
+    async fn probe(&self, client: &reqwest::Client) {
         let probes = self.replicas.iter().enumerate().filter_map(|(i, r)| {
             let url = format!("{}/readyz", r.config.operator_address.as_ref()?);
-            let client = client.clone();
             Some(async move {
-                let ready = matches!(
-                    tokio::time::timeout_at(deadline, client.get(url).send()).await,
-                    Ok(Ok(answer)) if answer.status().is_success()
-                );
+                let ready = matches!(client.get(url).send().await, Ok(answer) if answer.status().is_success());
                 (i, ready)
             })
         });
@@ -215,6 +193,22 @@ impl ReplicaSet {
             self.set_ready(i, ready);
         }
     }
+
+    /// Waits until every replica has been probed once, at most `timeout`,
+    /// so a process that has just started does not send its first users
+    /// to replicas it has not asked about yet.
+    pub async fn wait_probed(&self, timeout: Duration) {
+        self.probe(&probe_client(timeout)).await;
+    }
+}
+
+/// The client readiness probes go out with: no redirects, `timeout` each.
+fn probe_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
 }
 
 /// The rendezvous weight of `replica` for `user`: FNV-1a over both, then a
