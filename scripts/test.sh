@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine of the project's kind: installs
 # what the tests need (cmake and libcurl headers for rdkafka, the tansu Kafka
-# broker, the matrix-nio and matrix-js-sdk client SDKs, a Synapse to federate
-# with), starts PostgreSQL if it is stopped, builds the binary the integration
-# tests run, then runs every test.
+# broker and moto for its durable storage, the matrix-nio and matrix-js-sdk
+# client SDKs, a Synapse to federate with), starts PostgreSQL if it is
+# stopped, builds the binary the integration tests run, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,9 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
   for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
 fi
+
+# moto: the S3 server a durable test broker (tansu on S3) keeps its data in.
+python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check 'moto[server]'
 
 # The client SDKs the end-to-end tests drive: matrix-nio in a venv,
 # matrix-js-sdk from its lock file.

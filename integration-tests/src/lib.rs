@@ -5,5 +5,6 @@
 pub mod client;
 pub mod cross_signing;
 pub mod fake_server;
+pub mod postgres;
 pub mod process;
 pub mod synapse;

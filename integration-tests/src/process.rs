@@ -417,6 +417,17 @@ impl Polylith {
         extra_env: Vec<(String, String)>,
     ) -> Polylith {
         let tansu = ganglion_log::testing::Tansu::start().await;
+        Self::start_on_broker(dir, database_urls, extra_env, tansu).await
+    }
+
+    /// As [`Polylith::start_with`], on a broker started beforehand (e.g. a
+    /// durable one, to restart).
+    pub async fn start_on_broker(
+        dir: &Path,
+        database_urls: &[(&str, String)],
+        extra_env: Vec<(String, String)>,
+        tansu: ganglion_log::testing::Tansu,
+    ) -> Polylith {
         let gateway_port = free_port();
         let mut env = vec![
             (
@@ -572,6 +583,11 @@ impl Polylith {
     /// The Kafka broker (tansu) every process talks to.
     pub fn broker(&self) -> &ganglion_log::testing::Tansu {
         &self._tansu
+    }
+
+    /// The Kafka broker, to restart.
+    pub fn broker_mut(&mut self) -> &mut ganglion_log::testing::Tansu {
+        &mut self._tansu
     }
 
     /// The names of the running processes, in start order.

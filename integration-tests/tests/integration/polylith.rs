@@ -24,11 +24,17 @@ async fn federating(
 
 /// A scratch PostgreSQL database for each service of the polylith `name`.
 pub(crate) async fn database_urls(name: &str) -> Vec<(&'static str, String)> {
+    database_urls_on(&ganglion_base::testing::postgres_server(), name).await
+}
+
+/// As [`database_urls`], on PostgreSQL server `server`.
+pub(crate) async fn database_urls_on(server: &str, name: &str) -> Vec<(&'static str, String)> {
     let mut urls = Vec::new();
     for service in POLYLITH_SERVICES {
         urls.push((
             service,
-            ganglion_base::testing::scratch_postgres(&format!("poly_{name}_{service}")).await,
+            ganglion_base::testing::scratch_postgres_on(server, &format!("poly_{name}_{service}"))
+                .await,
         ));
     }
     urls
@@ -579,7 +585,8 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
     use serde_json::{Value, json};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = start(dir.path(), "rebuild").await;
+    let urls = database_urls("rebuild").await;
+    let mut server = Polylith::start(dir.path(), &urls).await;
     let (alice, bob, room_id) = first_conversation(&server.base_url, "").await;
     let carol = Client::register(&server.base_url, "carol", "pw-carol-rb").await;
     assert_eq!(carol.join(&room_id).await.status, 200);
@@ -694,4 +701,51 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
             assert_eq!(live, fresh, "{} {path}", client.user_id);
         }
     }
+
+    // The federationsender's joined hosts, rebuilt likewise, equal the
+    // live ones; a federationsender switched to them is ready.
+    let into = ganglion_base::testing::scratch_postgres("poly_rebuild_fs2").await;
+    let rebuild =
+        tokio::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+            .args(["rebuild", "federationsender", "--into", &into])
+            .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(dir.path())
+            .output();
+    let rebuild = tokio::time::timeout(std::time::Duration::from_secs(120), rebuild)
+        .await
+        .expect("the rebuild ends")
+        .expect("the rebuild runs");
+    let said = String::from_utf8_lossy(&rebuild.stderr).to_string();
+    assert!(rebuild.status.success(), "{said}");
+    assert!(said.contains("caught up"), "{said}");
+    let live_db = urls
+        .iter()
+        .find(|(service, _)| *service == "federationsender")
+        .map(|(_, url)| url.clone())
+        .expect("its database");
+    let joined = async |url: &str| -> Vec<(String, String, String)> {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+        sqlx::query_as(
+            "SELECT room_id, user_id, server_name FROM joined_hosts ORDER BY room_id, user_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("joined hosts")
+    };
+    let live = joined(&live_db).await;
+    assert!(live.len() >= 4, "{live:?}");
+    assert_eq!(joined(&into).await, live);
+    server
+        .add_replica_with(
+            "federationsender",
+            vec![(
+                "GANGLION_SERVICES__FEDERATIONSENDER__DATABASE_URL".to_owned(),
+                into,
+            )],
+        )
+        .await;
+    server
+        .wait_ready(std::time::Duration::from_secs(60))
+        .await;
 }

@@ -6,7 +6,7 @@ use ganglion_integration_tests::client::{Client, message_bodies};
 use ganglion_integration_tests::process::{Listeners, POLYLITH_SERVICES, Polylith};
 use serde_json::{Value, json};
 
-use crate::polylith::{database_urls, metric_sum, metric_total};
+use crate::polylith::{database_urls, database_urls_on, metric_sum, metric_total};
 
 /// The tests here run a score of processes each: one at a time, so that
 /// two of them do not share the machine's cores (they still run beside the
@@ -233,6 +233,23 @@ async fn polylith_syncapi_replicas_share_users_and_hand_them_over() {
 /// Every caller reaches both replicas of what it calls. Also the
 /// roomserver's database, to check rooms in it.
 async fn scaled(dir: &std::path::Path, name: &str) -> (Polylith, Vec<String>, String) {
+    scaled_on(
+        dir,
+        name,
+        &ganglion_base::testing::postgres_server(),
+        ganglion_log::testing::Tansu::start().await,
+    )
+    .await
+}
+
+/// As [`scaled`], every database on PostgreSQL server `postgres`, the log
+/// on `broker`.
+async fn scaled_on(
+    dir: &std::path::Path,
+    name: &str,
+    postgres: &str,
+    broker: ganglion_log::testing::Tansu,
+) -> (Polylith, Vec<String>, String) {
     let first: Vec<Listeners> = POLYLITH_SERVICES
         .iter()
         .map(|_| Listeners::fresh())
@@ -253,19 +270,19 @@ async fn scaled(dir: &std::path::Path, name: &str) -> (Polylith, Vec<String>, St
             ),
         ));
     }
-    let urls = database_urls(name).await;
+    let urls = database_urls_on(postgres, name).await;
     let roomserver_db = urls
         .iter()
         .find(|(service, _)| *service == "roomserver")
         .map(|(_, url)| url.clone())
         .expect("a roomserver database");
-    let mut server = Polylith::start_with(dir, &urls, env).await;
+    let mut server = Polylith::start_on_broker(dir, &urls, env, broker).await;
     for (i, service) in POLYLITH_SERVICES.iter().enumerate() {
         server
             .add_replica_at(
                 service,
                 second[i].clone(),
-                own_settings(service, name).await,
+                own_settings(service, name, postgres).await,
             )
             .await;
     }
@@ -276,11 +293,12 @@ async fn scaled(dir: &std::path::Path, name: &str) -> (Polylith, Vec<String>, St
 }
 
 /// What a further replica of `service` needs of its own.
-async fn own_settings(service: &str, name: &str) -> Vec<(String, String)> {
+async fn own_settings(service: &str, name: &str, postgres: &str) -> Vec<(String, String)> {
     match service {
         "syncapi" => vec![(
             "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
-            ganglion_base::testing::scratch_postgres(&format!("poly_{name}_syncapi2")).await,
+            ganglion_base::testing::scratch_postgres_on(postgres, &format!("poly_{name}_syncapi2"))
+                .await,
         )],
         // Its own port for servers that come in over TLS.
         "federationapi" => vec![(
@@ -508,6 +526,12 @@ impl Load {
             .map(|w| w[1] - w[0])
             .max()
             .unwrap_or_default()
+    }
+
+    /// How long after `from` the first send was acknowledged.
+    fn first_ack_after(&self, from: std::time::Instant) -> Option<std::time::Duration> {
+        let acks = self.acks.lock().expect("acks");
+        acks.iter().filter(|t| **t >= from).min().map(|t| *t - from)
     }
 
     /// [`Load::finish`], then checks that more than `at_least` messages
@@ -853,6 +877,89 @@ async fn polylith_broker_outage_under_load_loses_and_doubles_nothing() {
     println!(
         "broker out for 8 s: sends paused {:.1}s in all",
         pause.as_secs_f64()
+    );
+    load.finish_in(&roomserver_db, 30).await;
+}
+
+/// PostgreSQL (every service's database) stopped for 10 s while clients
+/// send and sync through the scaled polylith, then started again: requests
+/// in between are answered 503 and retried as real clients do; afterwards
+/// nothing acknowledged is lost or doubled and the room is one chain.
+/// Prints how long sends paused and how long recovery took after the
+/// server was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polylith_postgres_outage_under_load_loses_and_doubles_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let postgres = ganglion_integration_tests::postgres::OwnPostgres::start();
+    let (server, gateways, roomserver_db) = scaled_on(
+        dir.path(),
+        "pgdown",
+        &postgres.server(),
+        ganglion_log::testing::Tansu::start().await,
+    )
+    .await;
+    let load = Load::start(&gateways, "pgdown").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let stopped = std::time::Instant::now();
+    postgres.stop();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    postgres.start_again();
+    let back = std::time::Instant::now();
+    let pause = load
+        .pause_after(stopped, std::time::Duration::from_secs(30))
+        .await;
+    let recovery = load
+        .first_ack_after(back)
+        .expect("sends acknowledged once PostgreSQL was back");
+    println!(
+        "PostgreSQL stopped for {:.1} s: longest gap between acknowledged sends {:.1} s; the first send after it was back acknowledged in {:.1} s",
+        (back - stopped).as_secs_f64(),
+        pause.as_secs_f64(),
+        recovery.as_secs_f64()
+    );
+    load.finish_in(&roomserver_db, 30).await;
+    drop(server);
+}
+
+/// The Kafka broker stopped (SIGINT, as an operator restarts it) and
+/// started again 2 s later with its data (tansu on durable storage) while
+/// clients send and sync through the scaled polylith: producers and
+/// consumers reconnect on their own; nothing acknowledged is lost or
+/// doubled and the room is one chain. Prints the longest gap between
+/// acknowledged sends and how long after the restart the first send was
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polylith_broker_restart_under_load_loses_and_doubles_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, gateways, roomserver_db) = scaled_on(
+        dir.path(),
+        "brokerrestart",
+        &ganglion_base::testing::postgres_server(),
+        ganglion_log::testing::Tansu::start_durable().await,
+    )
+    .await;
+    let load = Load::start(&gateways, "brokerrestart").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let stopped = std::time::Instant::now();
+    server.broker_mut().stop();
+    // Under tansu's 6 s group session timeout: tansu 0.6 never hands the
+    // partitions of an expired member on (see the log's conformance suite).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    server.broker_mut().restart().await;
+    let back = std::time::Instant::now();
+    let pause = load
+        .pause_after(stopped, std::time::Duration::from_secs(30))
+        .await;
+    let recovery = load
+        .first_ack_after(back)
+        .expect("sends acknowledged once the broker was back");
+    println!(
+        "broker restarted after {:.1} s down: longest gap between acknowledged sends {:.1} s; the first send after it was back acknowledged in {:.1} s",
+        (back - stopped).as_secs_f64(),
+        pause.as_secs_f64(),
+        recovery.as_secs_f64()
     );
     load.finish_in(&roomserver_db, 30).await;
 }

@@ -12,8 +12,12 @@ pub fn postgres_server() -> String {
 
 /// Creates an empty database `ganglion_t_<name>_<pid>_<n>` and returns its URL.
 pub async fn scratch_postgres(name: &str) -> String {
+    scratch_postgres_on(&postgres_server(), name).await
+}
+
+/// As [`scratch_postgres`], on `server` (`postgres://user@host:port`).
+pub async fn scratch_postgres_on(server: &str, name: &str) -> String {
     sqlx::any::install_default_drivers();
-    let server = postgres_server();
     let admin = AnyPool::connect(&format!("{server}/postgres"))
         .await
         .expect("PostgreSQL must be reachable (the test command starts it)");

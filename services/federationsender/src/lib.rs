@@ -19,7 +19,12 @@
 //!   whose partitions spread destinations over the replicas
 //!   (`consumers/destinations.rs`); a lease in the database keeps each
 //!   destination to one replica at a time.
-//! - Owns: its database (joined hosts, per-destination queues, retry state).
+//! - Owns: its database (joined hosts, per-destination queues, retry
+//!   state). The joined hosts are a view of `roomserver.output`, stored
+//!   with the position of each partition they reflect; [`rebuild`] builds
+//!   them afresh into another database, and a federationsender started on
+//!   such a database first applies the records its consumer group handled
+//!   elsewhere since ([`catch_up`]).
 //!
 #![forbid(unsafe_code)]
 
@@ -130,13 +135,15 @@ pub async fn start(
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
+    let group = format!("{}federationsender", config.log.topic_prefix);
+    catch_up(&log, &storage, &group, &topics.roomserver_output, config).await?;
     let consumer = ganglion_api::consume::spawn(
         log.clone(),
-        &format!("{}federationsender", config.log.topic_prefix),
+        &group,
         &[topics.roomserver_output.as_str()],
         Arc::new(consumers::roomserver_output::OutputConsumer {
             storage: storage.clone(),
-            queues: queues.clone(),
+            queues: Some(queues.clone()),
             server_name: config.server_name.clone(),
         }),
         shutdown.clone(),
@@ -171,4 +178,142 @@ pub async fn start(
     health.add(edus);
     health.add(delivery);
     Ok(Started { health })
+}
+
+/// Brings the joined hosts up to the consumer group's committed offsets
+/// where the database stands behind them: a database rebuilt beside the
+/// live one and switched to later misses what the group handled in
+/// between. Those records were delivered from the old database, so they
+/// only update the joined hosts. A database the group never moved past
+/// (the usual case) reads nothing.
+async fn catch_up(
+    log: &Arc<dyn Log>,
+    storage: &Storage,
+    group: &str,
+    topic: &str,
+    config: &Config,
+) -> Result<(), StartError> {
+    let stored = storage
+        .output_positions()
+        .await
+        .map_err(|e| StartError::Storage(format!("{e:?}")))?;
+    let committed = log.committed_offsets(group, topic).await?;
+    let mut from = Vec::with_capacity(committed.len());
+    let mut to = Vec::with_capacity(committed.len());
+    for (partition, committed) in committed.iter().enumerate() {
+        let stored = stored
+            .iter()
+            .find(|(p, _)| *p as usize == partition)
+            .map(|(_, next)| *next);
+        match (stored, *committed) {
+            (Some(stored), Some(committed)) if stored < committed => {
+                from.push(stored);
+                to.push(committed);
+            }
+            _ => {
+                let at = committed.unwrap_or(0);
+                from.push(at);
+                to.push(at);
+            }
+        }
+    }
+    let behind: u64 = from.iter().zip(&to).map(|(f, t)| t - f).sum();
+    if behind == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        records = behind,
+        "the joined hosts stand behind the consumer group: applying what it handled elsewhere"
+    );
+    let (done, _) = watch::channel(Vec::new());
+    consumers::roomserver_output::replay(
+        log.clone(),
+        topic,
+        consumers::roomserver_output::OutputConsumer {
+            storage: storage.clone(),
+            queues: None,
+            server_name: config.server_name.clone(),
+        },
+        &from,
+        &to,
+        &done,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A rebuild of the joined hosts under way (see [`rebuild`]).
+pub struct Rebuild {
+    done: watch::Receiver<Vec<u64>>,
+    targets: Vec<u64>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl Rebuild {
+    /// For each partition of `roomserver.output`: (records applied, the
+    /// log's end when the rebuild began).
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        let done = self.done.borrow();
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(partition, target)| (done.get(partition).copied().unwrap_or(0), *target))
+            .collect()
+    }
+
+    /// Waits for the rebuild to end: every partition applied up to its
+    /// target and the positions stored.
+    pub async fn finish(self) -> Result<(), StartError> {
+        self.task
+            .await
+            .map_err(|e| StartError::Storage(format!("the rebuild stopped: {e}")))?
+    }
+}
+
+/// `ganglion rebuild federationsender`: builds the joined hosts into the
+/// database `config` names (a fresh one beside the live one, or one an
+/// interrupted rebuild left, which resumes at its stored positions) from
+/// `roomserver.output`, up to the log's end as it stands now. Nothing is
+/// queued: history was delivered when it was new. Once switched to, the
+/// federationsender applies what the log gained since ([`catch_up`]).
+pub async fn rebuild(config: &Config, log: Arc<dyn Log>) -> Result<Rebuild, StartError> {
+    let db = Database::open_for_service_one_writer(config, "federationsender", storage::MIGRATIONS)
+        .await?;
+    let storage = Storage { db };
+    let topic = Topics::new(&config.log.topic_prefix).roomserver_output;
+    log.ensure_topic(&topic, config.log.partitions).await?;
+    let targets = log.end_offsets(&topic).await?;
+    let stored = storage
+        .output_positions()
+        .await
+        .map_err(|e| StartError::Storage(format!("{e:?}")))?;
+    let from: Vec<u64> = (0..targets.len())
+        .map(|partition| {
+            stored
+                .iter()
+                .find(|(p, _)| *p as usize == partition)
+                .map_or(0, |(_, next)| *next)
+        })
+        .collect();
+    let (done, watching) = watch::channel(from.clone());
+    let applying = consumers::roomserver_output::OutputConsumer {
+        storage: storage.clone(),
+        queues: None,
+        server_name: config.server_name.clone(),
+    };
+    let to = targets.clone();
+    let task = tokio::spawn(async move {
+        consumers::roomserver_output::replay(log, &topic, applying, &from, &to, &done).await?;
+        // Records that changed no membership stored no position: the
+        // view stands at the targets now, whatever they held.
+        storage
+            .advance_positions(&to)
+            .await
+            .map_err(|e| StartError::Storage(format!("{e:?}")))
+    });
+    Ok(Rebuild {
+        done: watching,
+        targets,
+        task,
+    })
 }

@@ -28,6 +28,7 @@ async fn queues_follow_membership(database_url: Option<String>) {
     // Our user creates the room: nobody else to send to.
     let sent = storage
         .apply_event(
+            None,
             "!r",
             &[join("@a:ours.example")],
             Some(("$1", "{\"n\":1}")),
@@ -35,26 +36,31 @@ async fn queues_follow_membership(database_url: Option<String>) {
             own,
         )
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     assert!(sent.is_empty());
     // A remote join (not ours to send), then our message goes to them.
     storage
-        .apply_event("!r", &[join("@b:them.example")], None, None, own)
+        .apply_event(None, "!r", &[join("@b:them.example")], None, None, own)
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     let sent = storage
-        .apply_event("!r", &[], Some(("$2", "{\"n\":2}")), None, own)
+        .apply_event(None, "!r", &[], Some(("$2", "{\"n\":2}")), None, own)
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     assert_eq!(sent, ["them.example"]);
     // Redelivered: queued once.
     storage
-        .apply_event("!r", &[], Some(("$2", "{\"n\":2}")), None, own)
+        .apply_event(None, "!r", &[], Some(("$2", "{\"n\":2}")), None, own)
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     // An invite reaches the invitee's server though it is not in the room.
     let sent = storage
         .apply_event(
+            None,
             "!r",
             &[leave("@c:third.example")],
             Some(("$3", "{\"n\":3}")),
@@ -62,11 +68,13 @@ async fn queues_follow_membership(database_url: Option<String>) {
             own,
         )
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     assert_eq!(sent, ["them.example", "third.example"]);
     // A kick reaches the kicked user's server, then nothing more does.
     let sent = storage
         .apply_event(
+            None,
             "!r",
             &[leave("@b:them.example")],
             Some(("$4", "{\"n\":4}")),
@@ -74,12 +82,14 @@ async fn queues_follow_membership(database_url: Option<String>) {
             own,
         )
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     assert_eq!(sent, ["them.example"]);
     let sent = storage
-        .apply_event("!r", &[], Some(("$5", "{\"n\":5}")), None, own)
+        .apply_event(None, "!r", &[], Some(("$5", "{\"n\":5}")), None, own)
         .await
-        .expect("apply");
+        .expect("apply")
+        .expect("applied");
     assert!(sent.is_empty());
 
     let queued = storage.queued("them.example", 50).await.expect("queued");
@@ -221,6 +231,59 @@ async fn queues_follow_membership(database_url: Option<String>) {
     );
 }
 
+/// A record is applied once, whichever replica (or rebuild) comes to it:
+/// its place in the log is stored with the joined hosts.
+async fn records_are_applied_once(database_url: Option<String>) {
+    let (db, _dir) = ganglion_base::testing::open_scratch(
+        "federationsender",
+        crate::storage::MIGRATIONS,
+        database_url,
+    )
+    .await;
+    let storage = Storage { db };
+    let own = "ours.example";
+    let apply = |at: (u32, u64), user: &'static str| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .apply_event(Some(at), "!r", &[join(user)], Some(("$e", "{}")), None, own)
+                .await
+                .expect("apply")
+        }
+    };
+    assert!(apply((0, 5), "@b:them.example").await.is_some());
+    assert!(apply((0, 5), "@c:third.example").await.is_none(), "again");
+    assert!(apply((0, 3), "@c:third.example").await.is_none(), "earlier");
+    assert!(apply((1, 0), "@c:third.example").await.is_some(), "elsewhere");
+    let mut hosts = storage.joined_hosts("!r").await.expect("hosts");
+    hosts.sort();
+    assert_eq!(hosts, ["third.example", "them.example"]);
+    let mut positions = storage.output_positions().await.expect("positions");
+    positions.sort();
+    assert_eq!(positions, [(0, 6), (1, 1)]);
+    // Positions only move forward.
+    storage
+        .advance_positions(&[2, 9, 4])
+        .await
+        .expect("advance");
+    let mut positions = storage.output_positions().await.expect("positions");
+    positions.sort();
+    assert_eq!(positions, [(0, 6), (1, 9), (2, 4)]);
+}
+
+#[tokio::test]
+async fn sqlite_records_are_applied_once() {
+    records_are_applied_once(None).await;
+}
+
+#[tokio::test]
+async fn postgres_records_are_applied_once() {
+    records_are_applied_once(Some(
+        ganglion_base::testing::scratch_postgres("federationsender").await,
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn sqlite_queues_follow_membership() {
     queues_follow_membership(None).await;
@@ -272,4 +335,171 @@ fn to_device_messages_of_local_senders_go_to_the_recipients_server() {
     // Not ours to send: a remote sender, or a local recipient.
     assert!(to_device_edu("ours", &message("@s:theirs", "@r:other")).is_none());
     assert!(to_device_edu("ours", &message("@s:ours", "@r:ours")).is_none());
+}
+
+/// A `roomserver.output` record: `user` takes `membership` in `room`.
+fn membership_record(room: &str, user: &str, membership: &str, n: usize) -> ganglion_log::OutgoingRecord {
+    use ganglion_api::proto::topics as topic_pb;
+    let pdu = serde_json::json!({
+        "room_id": room,
+        "sender": user,
+        "type": "m.room.member",
+        "state_key": user,
+        "content": {"membership": membership},
+    });
+    let output = topic_pb::RoomserverOutput {
+        version: 1,
+        kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+            topic_pb::NewRoomEvent {
+                event_json: pdu.to_string().into_bytes(),
+                event_id: format!("$m{n}"),
+                state_added: vec![topic_pb::StateEntry {
+                    event_type: "m.room.member".into(),
+                    state_key: user.into(),
+                    event_id: format!("$m{n}"),
+                    membership: membership.into(),
+                }],
+                ..Default::default()
+            },
+        )),
+    };
+    ganglion_log::OutgoingRecord {
+        key: room.as_bytes().to_vec(),
+        headers: Vec::new(),
+        payload: ganglion_api::topics::encode(&output),
+    }
+}
+
+/// Produces `count` membership changes over eight rooms (`first` a
+/// multiple of three): two remote users join, then the first of them leaves.
+async fn produce_memberships(log: &dyn ganglion_log::Log, topic: &str, first: usize, count: usize) {
+    for n in first..first + count {
+        let (who, membership) = if n % 3 == 2 { (n - 2, "leave") } else { (n, "join") };
+        let room = format!("!r{}:ours.example", who % 8);
+        let user = format!("@u{who}:s{}.example", who % 5);
+        log.produce(topic, membership_record(&room, &user, membership, n))
+            .await
+            .expect("produce");
+    }
+}
+
+/// Waits until `group` has committed every record of `topic`.
+async fn until_consumed(log: &dyn ganglion_log::Log, group: &str, topic: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ends = log.end_offsets(topic).await.expect("ends");
+        let committed = log.committed_offsets(group, topic).await.expect("committed");
+        if ends
+            .iter()
+            .zip(&committed)
+            .all(|(end, committed)| *end == 0 || *committed == Some(*end))
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{committed:?} of {ends:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `ganglion rebuild federationsender`: the joined hosts rebuilt into a
+/// second database equal the live ones; switched to after the live group
+/// went on, the rebuilt database first applies what the group handled in
+/// between, and then stands where the group stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
+    use std::sync::Arc;
+
+    use crate::consumers::roomserver_output::OutputConsumer;
+    use ganglion_api::topics::Topics;
+    use ganglion_base::Database;
+    use ganglion_log::Log;
+
+    let log_dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn Log> = Arc::new(ganglion_log::EmbeddedLog::open(log_dir.path()).expect("log"));
+    let (live_config, _live_dir) = ganglion_base::testing::service_config("federationsender", None);
+    let (rebuilt_config, _rebuilt_dir) =
+        ganglion_base::testing::service_config("federationsender", None);
+    let topic = Topics::new(&live_config.log.topic_prefix).roomserver_output;
+    let group = format!("{}federationsender", live_config.log.topic_prefix);
+    log.ensure_topic(&topic, live_config.log.partitions)
+        .await
+        .expect("topic");
+    produce_memberships(log.as_ref(), &topic, 0, 300).await;
+
+    let open = |config: &ganglion_base::Config| {
+        let config = config.clone();
+        async move {
+            Storage {
+                db: Database::open_for_service_one_writer(
+                    &config,
+                    "federationsender",
+                    crate::storage::MIGRATIONS,
+                )
+                .await
+                .expect("database"),
+            }
+        }
+    };
+    let live = open(&live_config).await;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let _consumer = ganglion_api::consume::spawn(
+        log.clone(),
+        &group,
+        &[topic.as_str()],
+        Arc::new(OutputConsumer {
+            storage: live.clone(),
+            queues: None,
+            server_name: "ours.example".into(),
+        }),
+        shutdown,
+    )
+    .await
+    .expect("consumer");
+    until_consumed(log.as_ref(), &group, &topic).await;
+
+    let rebuild = crate::rebuild(&rebuilt_config, log.clone())
+        .await
+        .expect("rebuild");
+    let progress = rebuild.progress();
+    assert_eq!(
+        progress.iter().map(|(_, end)| end).sum::<u64>(),
+        300,
+        "the log's end when it began: {progress:?}"
+    );
+    rebuild.finish().await.expect("rebuilt");
+    let rebuilt = open(&rebuilt_config).await;
+    let members = live.joined_members().await.expect("members");
+    assert_eq!(members.len(), 100, "every user of the 200 who joined and did not leave");
+    assert_eq!(rebuilt.joined_members().await.expect("members"), members);
+    let mut positions = rebuilt.output_positions().await.expect("positions");
+    positions.sort();
+    let ends = log.end_offsets(&topic).await.expect("ends");
+    assert_eq!(
+        positions.iter().map(|(_, next)| *next).collect::<Vec<_>>(),
+        ends
+    );
+    assert!(
+        rebuilt.queued("s1.example", 50).await.expect("queued").is_empty(),
+        "history is not delivered again"
+    );
+
+    // The live group goes on while the operator prepares the switch.
+    produce_memberships(log.as_ref(), &topic, 300, 90).await;
+    until_consumed(log.as_ref(), &group, &topic).await;
+    assert_ne!(rebuilt.joined_members().await.expect("members"), live.joined_members().await.expect("members"));
+
+    crate::catch_up(&log, &rebuilt, &group, &topic, &rebuilt_config)
+        .await
+        .expect("caught up");
+    assert_eq!(
+        rebuilt.joined_members().await.expect("members"),
+        live.joined_members().await.expect("members")
+    );
+    // Nothing left to apply: a second start reads nothing.
+    let committed = log.committed_offsets(&group, &topic).await.expect("committed");
+    let mut positions = rebuilt.output_positions().await.expect("positions");
+    positions.sort();
+    for (partition, next) in positions {
+        assert_eq!(committed[partition as usize], Some(next), "partition {partition}");
+    }
 }

@@ -78,7 +78,7 @@ enum Command {
     /// stood when the rebuild started. Switching to it is the operator's
     /// step (point the service's `database_url` at it).
     Rebuild {
-        /// The view: `syncapi`.
+        /// The view: `syncapi`, or `federationsender` (its joined hosts).
         service: String,
         /// Where the new database goes: `postgres://…` (an empty database)
         /// or `sqlite:<path>`.

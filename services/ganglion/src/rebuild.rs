@@ -9,15 +9,17 @@ use tokio::sync::watch;
 use crate::wiring::{federation_client, keys_client, open_log, telemetry, users_client};
 
 /// `ganglion rebuild <view> --into <database>`: a fresh copy of a view's
-/// database, consumed from the start of the log (or from where an
-/// interrupted rebuild of the same database stopped), with progress on
-/// stderr: a bar with rate and time left on a terminal, a line every five
-/// seconds otherwise. It ends once every partition is consumed up to the
-/// log's end as it stood when the rebuild began.
+/// database (the syncapi's, or the federationsender's joined hosts),
+/// consumed from the start of the log (or from where an interrupted
+/// rebuild of the same database stopped), with progress on stderr. It ends
+/// once every partition is consumed up to the log's end as it stood when
+/// the rebuild began; switching to the new database is the operator's.
 pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    if service != "syncapi" {
-        anyhow::bail!("rebuild knows these views: syncapi (not {service})");
+    if !VIEWS.contains(&service) {
+        anyhow::bail!(
+            "rebuild knows these views: {} (not {service})",
+            VIEWS.join(", ")
+        );
     }
     if !(into.starts_with("postgres://") || into.starts_with("sqlite:")) {
         anyhow::bail!("--into: a postgres:// URL or sqlite:<path>");
@@ -35,11 +37,17 @@ pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> an
         .entry(service.to_owned())
         .or_default()
         .database_url = Some(into.to_owned());
+    let log = open_log(&config, &format!("rebuild-{service}"))?;
+    if service == "federationsender" {
+        let rebuild = ganglion_federationsender::rebuild(&config, log).await?;
+        show_progress(service, into, || async { Ok(rebuild.progress()) }).await?;
+        return Ok(rebuild.finish().await?);
+    }
     let secret = InternalSecret::load_or_generate(&config).context("the internal secret")?;
     let (stop, shutdown) = watch::channel(false);
     let started = ganglion_syncapi::start(
         &config,
-        open_log(&config, "rebuild-syncapi")?,
+        log,
         users_client(&config, &secret)?,
         keys_client(&config, &secret)?,
         federation_client(&config, &secret)?,
@@ -48,18 +56,31 @@ pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> an
     )
     .await?;
     let view = started.api;
-    let targets: Vec<u64> = view
-        .progress()
-        .await?
-        .into_iter()
-        .map(|(_, end)| end)
-        .collect();
+    show_progress(service, into, || async { Ok(view.progress().await?) }).await?;
+    let _ = stop.send(true);
+    Ok(())
+}
+
+/// The views `rebuild` knows.
+const VIEWS: [&str; 2] = ["syncapi", "federationsender"];
+
+/// Polls `progress` (per partition: records consumed, the log's end) until
+/// every partition reaches the end it had at the first poll, on stderr: a
+/// bar with rate and time left on a terminal, a line every five seconds
+/// (and a structured log event) otherwise.
+async fn show_progress<F, Fut>(service: &str, into: &str, progress: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<(u64, u64)>>>,
+{
+    use std::io::IsTerminal;
+    let targets: Vec<u64> = progress().await?.into_iter().map(|(_, end)| end).collect();
     let total: u64 = targets.iter().sum();
     let began = std::time::Instant::now();
     let terminal = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
     loop {
-        let (done, caught_up) = reached(&view.progress().await?, &targets);
+        let (done, caught_up) = reached(&progress().await?, &targets);
         let seconds = began.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / seconds;
         let left = if rate > 0.0 {
@@ -74,7 +95,7 @@ pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> an
             eprintln!(
                 "rebuild of {service}: caught up, {done} records in {seconds:.1} s ({rate:.0} records/s), into {into}"
             );
-            break;
+            return Ok(());
         }
         if terminal {
             let width = 30;
@@ -97,8 +118,6 @@ pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> an
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    let _ = stop.send(true);
-    Ok(())
 }
 
 /// Records consumed towards `targets` (each partition counted up to its

@@ -295,6 +295,17 @@ impl Log for EmbeddedLog {
             .map(|partition| partition.high_watermark())
             .collect())
     }
+
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Option<u64>>, LogError> {
+        let topic = self.topic(topic)?;
+        Ok(self
+            .group(group)?
+            .committed(&topic.name, topic.partition_count()))
+    }
 }
 
 /// Returns once the record at `offset` is on disk and visible. One flush

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
@@ -314,6 +314,48 @@ impl Log for KafkaLog {
                     to_u64(high)
                 })
                 .collect()
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Option<u64>>, LogError> {
+        let partitions = self.end_offsets(topic).await?.len();
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..partitions {
+            let partition = i32::try_from(partition)
+                .map_err(|_| LogError::Kafka(format!("partition {partition} out of range")))?;
+            wanted.add_partition(topic, partition);
+        }
+        // A consumer that never subscribes asks the group's coordinator
+        // (OffsetFetch) without joining the group.
+        let asking: BaseConsumer = client_config(&self.config, |config| {
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "false");
+        })
+        .create()
+        .map_err(kafka_error)?;
+        let timeout = self.request_timeout();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let found = asking
+                .committed_offsets(wanted, timeout)
+                .map_err(kafka_error)?;
+            let mut offsets = vec![None; partitions];
+            for element in found.elements_for_topic(&topic) {
+                if let (Ok(partition), Offset::Offset(offset)) =
+                    (usize::try_from(element.partition()), element.offset())
+                    && let (Some(slot), Ok(offset)) = (offsets.get_mut(partition), to_u64(offset))
+                {
+                    *slot = Some(offset);
+                }
+            }
+            Ok(offsets)
         })
         .await
         .map_err(|_| LogError::Closed)?

@@ -108,6 +108,14 @@ pub trait Log: Send + Sync + 'static {
     /// For each partition of `topic`, the offset the next record will get
     /// (the high watermark). Used for lag metrics and readiness.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError>;
+
+    /// For each partition of `topic`, the offset consumer group `group`
+    /// resumes at (`None` where it committed nothing), without joining it.
+    /// A view that keeps its positions in its own database compares them
+    /// with these to find the records a group handled while the view was
+    /// elsewhere (a database rebuilt beside the live one).
+    async fn committed_offsets(&self, group: &str, topic: &str)
+    -> Result<Vec<Option<u64>>, LogError>;
 }
 
 /// One member of a consumer group.

@@ -10,70 +10,59 @@ use std::time::{Duration, Instant};
 /// How long tansu may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A tansu broker with in-memory storage, stopped (SIGINT) when dropped.
+/// A tansu broker, stopped (SIGINT) when dropped: in memory, or durable
+/// (its data in an S3 bucket served by moto, which outlives the broker's
+/// restarts).
 pub struct Tansu {
     child: Child,
     pub port: u16,
     /// tansu's output: kept when a test fails, removed otherwise.
     log_path: PathBuf,
+    /// The S3 server of a durable broker.
+    moto: Option<Moto>,
 }
 
 impl Tansu {
     /// Starts a broker on a free port.
     pub async fn start() -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free local port")
-            .port();
-        Tansu::start_on(port).await
+        Tansu::start_on(free_port()).await
     }
 
     /// Starts a broker on `port` (e.g. to replace a stopped one).
     pub async fn start_on(port: u16) -> Tansu {
-        let binary = find_tansu().unwrap_or_else(|| {
-            panic!(
-                "`tansu` is not installed (not on PATH, not in ~/.cargo/bin): these tests need a \
-                 real broker. The test command installs it; by hand: `cargo install --locked \
-                 tansu@0.6.0 --no-default-features --features dynostore`."
-            )
-        });
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log_path =
-            std::env::temp_dir().join(format!("tansu-{}-{port}.log", std::process::id()));
-        let log = std::fs::File::create(&log_path).expect("tansu log file");
-        let mut child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("tansu log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-        let deadline = Instant::now() + START_DEADLINE;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "tansu exited ({status}) before listening; its log is at {}",
-                    log_path.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on port {port} within {START_DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (child, log_path) = spawn_tansu(port, None).await;
         Tansu {
             child,
             port,
             log_path,
+            moto: None,
         }
+    }
+
+    /// Starts a broker on a free port whose topics, records and committed
+    /// offsets survive [`Tansu::restart`]: tansu's S3 storage on a moto
+    /// server of its own (moto is a Python package the test command
+    /// provides).
+    pub async fn start_durable() -> Tansu {
+        let moto = Moto::start().await;
+        let port = free_port();
+        let (child, log_path) = spawn_tansu(port, Some(&moto)).await;
+        Tansu {
+            child,
+            port,
+            log_path,
+            moto: Some(moto),
+        }
+    }
+
+    /// Stops the broker as an operator does (SIGINT) and starts it again on
+    /// the same port with the same storage. Only a durable broker keeps
+    /// its data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let (child, log_path) = spawn_tansu(self.port, self.moto.as_ref()).await;
+        self.child = child;
+        self.log_path = log_path;
     }
 
     /// The bootstrap address for clients.
@@ -92,7 +81,7 @@ impl Tansu {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Stops the broker (its in-memory data is gone).
+    /// Stops the broker (SIGINT). An in-memory broker's data is gone.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return; // already stopped (and reaped: its pid may be reused)
@@ -120,6 +109,157 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// Starts tansu on `port`, storing in memory or, given `moto`, in its
+/// bucket; returns once it listens.
+async fn spawn_tansu(port: u16, moto: Option<&Moto>) -> (Child, PathBuf) {
+    let binary = find_tansu().unwrap_or_else(|| {
+        panic!(
+            "`tansu` is not installed (not on PATH, not in ~/.cargo/bin): these tests need a \
+             real broker. The test command installs it; by hand: `cargo install --locked \
+             tansu@0.6.0 --no-default-features --features dynostore`."
+        )
+    });
+    let url = format!("tcp://127.0.0.1:{port}");
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let log_path = std::env::temp_dir().join(format!(
+        "tansu-{}-{port}-{}.log",
+        std::process::id(),
+        STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let log = std::fs::File::create(&log_path).expect("tansu log file");
+    let mut command = Command::new(&binary);
+    command.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ]);
+    match moto {
+        None => {
+            command.args(["--storage-engine", "memory://tansu/"]);
+        }
+        Some(moto) => {
+            // object_store reads these; without credentials it would ask a
+            // cloud metadata service.
+            command
+                .args(["--storage-engine", &format!("s3://{}/", Moto::BUCKET)])
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL", moto.endpoint())
+                .env("AWS_ALLOW_HTTP", "true");
+        }
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("tansu log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
+    let deadline = Instant::now() + START_DEADLINE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tansu exited ({status}) before listening; its log is at {}",
+                log_path.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on port {port} within {START_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A broker that lost the port to another one exits (with status 0)
+    // after binding failed: it must still be running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "tansu exited ({status}) right after starting; its log is at {}",
+            log_path.display()
+        );
+    }
+    (child, log_path)
+}
+
+/// An S3 server (moto) on a free port with tansu's bucket, killed when
+/// dropped (its data lives in its memory).
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    const BUCKET: &str = "tansu";
+
+    async fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (the test command installs moto)");
+        let mut moto = Moto { child, port };
+        let deadline = Instant::now() + START_DEADLINE;
+        // Creating the bucket is also the wait for the server: tansu does
+        // not create it.
+        loop {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto exited ({status}): is the Python package moto[server] installed?");
+            }
+            if moto.create_bucket().is_ok() {
+                return moto;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto did not answer on port {port} within {START_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `PUT /<bucket>` (moto takes unsigned requests).
+    fn create_bucket(&self) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Moto::BUCKET,
+            self.port
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(answer.lines().next().unwrap_or_default().to_owned()))
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

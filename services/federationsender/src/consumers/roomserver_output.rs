@@ -2,16 +2,23 @@
 //! every new event a local user sent is queued for the servers in the room
 //! (before and after it, so a leave or kick still reaches the one who
 //! left, and an invite its invitee's server). Events from other servers
-//! are their origin's to send. One database transaction per record; the
-//! offset is committed after it.
+//! are their origin's to send. One database transaction per record, which
+//! also stores the record's position: a record applied before (by this
+//! replica, another one, or a rebuild) changes nothing. The group's offset
+//! is committed after it.
+//!
+//! Replayed ([`replay`]), the records only build the joined hosts: what
+//! they would queue was delivered when they were new.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ganglion_api::consume::{HandleError, RecordHandler};
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::topics::decode;
-use ganglion_log::Record;
+use ganglion_log::{Log, LogError, Record};
+use tokio::sync::watch;
 use serde_json::Value;
 
 use crate::queues::Queues;
@@ -20,7 +27,8 @@ use ganglion_api::users::server_of;
 
 pub(crate) struct OutputConsumer {
     pub(crate) storage: Storage,
-    pub(crate) queues: Arc<Queues>,
+    /// `None` when replaying: the joined hosts only, nothing queued.
+    pub(crate) queues: Option<Arc<Queues>>,
     pub(crate) server_name: String,
 }
 
@@ -59,7 +67,7 @@ impl RecordHandler for OutputConsumer {
                 }),
         );
         let sender = pdu["sender"].as_str().unwrap_or_default();
-        let local = server_of(sender) == Some(self.server_name.as_str());
+        let local = self.queues.is_some() && server_of(sender) == Some(self.server_name.as_str());
         let json = String::from_utf8_lossy(&new.event_json);
         let target_server = (pdu["type"] == "m.room.member")
             .then(|| pdu["state_key"].as_str().and_then(server_of))
@@ -67,6 +75,7 @@ impl RecordHandler for OutputConsumer {
         let destinations = self
             .storage
             .apply_event(
+                Some((record.partition, record.offset)),
                 room_id,
                 &changes,
                 local.then_some((new.event_id.as_str(), json.as_ref())),
@@ -75,12 +84,63 @@ impl RecordHandler for OutputConsumer {
             )
             .await
             .map_err(HandleError::storage)?;
-        if !destinations.is_empty() {
+        if let (Some(destinations), Some(queues)) = (destinations, &self.queues)
+            && !destinations.is_empty()
+        {
             crate::internal_events::PDUS_QUEUED
                 .with_label_values::<&str>(&[])
                 .inc_by(destinations.len() as u64);
-            self.queues.announce(&destinations).await;
+            queues.announce(&destinations).await;
         }
         Ok(())
     }
+}
+
+/// Applies the membership changes of `roomserver.output` to the joined
+/// hosts, from each partition's `from` up to its `to` (records past `to`
+/// are left alone), queueing nothing. `done` follows the records read per
+/// partition. Transient failures are retried; a record that can never be
+/// applied is skipped (the live consumer dead-lettered it).
+pub(crate) async fn replay(
+    log: Arc<dyn Log>,
+    topic: &str,
+    applying: OutputConsumer,
+    from: &[u64],
+    to: &[u64],
+    done: &watch::Sender<Vec<u64>>,
+) -> Result<(), LogError> {
+    done.send_replace(from.to_vec());
+    let left = |done: &[u64]| done.iter().zip(to).any(|(done, to)| done < to);
+    if !left(from) {
+        return Ok(());
+    }
+    let mut reader = log.reader(&[(topic, from.to_vec())]).await?;
+    while left(&done.borrow()) {
+        let record = reader.next().await?;
+        let partition = record.partition as usize;
+        if to.get(partition).is_none_or(|to| record.offset >= *to) {
+            continue;
+        }
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match applying.handle(&record).await {
+                Ok(()) => break,
+                Err(HandleError::Permanent(error)) => {
+                    tracing::warn!(%error, partition, offset = record.offset, "replay: a record skipped");
+                    break;
+                }
+                Err(HandleError::Transient(error)) => {
+                    tracing::warn!(%error, ?wait, "replay: retrying a record");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        done.send_modify(|done| {
+            if let Some(slot) = done.get_mut(partition) {
+                *slot = (*slot).max(record.offset + 1);
+            }
+        });
+    }
+    Ok(())
 }

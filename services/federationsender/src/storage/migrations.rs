@@ -76,4 +76,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             UPDATE destinations SET failing_since_ms = retry_at_ms;
         ",
     },
+    // How far into each partition of `roomserver.output` the joined hosts
+    // are applied, written with them: a redelivered record changes nothing,
+    // and a database rebuilt from the log knows where it stands.
+    Migration {
+        version: 6,
+        description: "roomserver.output positions",
+        sql: "
+            CREATE TABLE output_positions (
+                partition_id BIGINT PRIMARY KEY,
+                next_offset BIGINT NOT NULL
+            );
+        ",
+    },
 ];

@@ -28,15 +28,26 @@ impl Storage {
     /// server in the room before or after it, and `also`, but `own`. One
     /// transaction; a redelivered event is queued once. Returns the
     /// destinations it was queued for.
+    ///
+    /// `at` is the record's place in `roomserver.output` (partition,
+    /// offset), stored in the same transaction: a record at or before the
+    /// partition's stored position was applied already and changes nothing
+    /// (`None`), whichever replica or rebuild applied it.
     pub(crate) async fn apply_event(
         &self,
+        at: Option<(u32, u64)>,
         room_id: &str,
         changes: &[MemberChange],
         pdu: Option<(&str, &str)>,
         also: Option<&str>,
         own: &str,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<Option<Vec<String>>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
+        if let Some((partition, offset)) = at
+            && !Self::advance_position(&mut tx, partition, offset.saturating_add(1)).await?
+        {
+            return Ok(None);
+        }
         let before = Self::room_hosts(&mut tx, room_id).await?;
         // Many rows to a statement (a join brings the room's thousands of
         // members): the leaves first, then the joins, which keeps each
@@ -96,7 +107,76 @@ impl Storage {
             }
         }
         tx.commit().await?;
-        Ok(destinations)
+        Ok(Some(destinations))
+    }
+
+    /// Moves a partition's stored position forward to `next` (the offset
+    /// of the next record to apply); false if it was there already. The
+    /// first statement of a transaction: on PostgreSQL it locks the
+    /// partition's row, so a second replica applying the same record waits
+    /// for the first and then finds it applied.
+    async fn advance_position(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        partition: u32,
+        next: u64,
+    ) -> Result<bool, StorageError> {
+        let next = i64::try_from(next).unwrap_or(i64::MAX);
+        let moved = sqlx::query(
+            "INSERT INTO output_positions (partition_id, next_offset) VALUES ($1, $2)
+             ON CONFLICT (partition_id) DO UPDATE SET next_offset = excluded.next_offset
+             WHERE output_positions.next_offset < excluded.next_offset",
+        )
+        .bind(i64::from(partition))
+        .bind(next)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(moved > 0)
+    }
+
+    /// Each partition's stored position: the offset of the next record to
+    /// apply, by partition (absent where no record was applied).
+    pub(crate) async fn output_positions(&self) -> Result<Vec<(u32, u64)>, StorageError> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT partition_id, next_offset FROM output_positions")
+                .fetch_all(&self.db.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(partition, next)| {
+                Some((u32::try_from(partition).ok()?, u64::try_from(next).ok()?))
+            })
+            .collect())
+    }
+
+    /// The servers with a member joined to `room_id`.
+    pub(crate) async fn joined_hosts(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let hosts = Self::room_hosts(&mut tx, room_id).await?;
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    /// Every joined member of every room, as (room, user), sorted: the
+    /// whole joined-hosts view, to compare a rebuilt view with its original.
+    pub(crate) async fn joined_members(&self) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT room_id, user_id FROM joined_hosts ORDER BY room_id, user_id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?)
+    }
+
+    /// Moves each partition's stored position forward to at least the
+    /// given one (records before it hold nothing left to apply).
+    pub(crate) async fn advance_positions(&self, nexts: &[u64]) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        for (partition, next) in nexts.iter().enumerate() {
+            let partition = u32::try_from(partition).unwrap_or(u32::MAX);
+            Self::advance_position(&mut tx, partition, *next).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Queues an EDU of `room_id` for every other server in the room.

@@ -88,6 +88,14 @@ impl Group {
         Ok(Some(was))
     }
 
+    /// The offset each of a topic's `partitions` resumes at, if committed.
+    pub(crate) fn committed(&self, topic: &str, partitions: u32) -> Vec<Option<u64>> {
+        let state = self.state.lock();
+        (0..partitions)
+            .map(|partition| state.committed.get(&(topic.to_owned(), partition)).copied())
+            .collect()
+    }
+
     /// A receiver that sees every change of assignment.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

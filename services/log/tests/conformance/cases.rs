@@ -426,3 +426,43 @@ pub async fn a_reader_starts_at_given_offsets(fixture: &mut Fixture) {
     all_partitions.sort();
     assert_eq!(all_partitions, vec![(topic.clone(), 0), (topic.clone(), 1)]);
 }
+
+/// A group's committed offsets can be read without joining it: `None` where
+/// it committed nothing, the next offset where it did, for any group name.
+pub async fn committed_offsets_are_read_without_joining(fixture: &mut Fixture) {
+    let topic = fixture.name("committed");
+    let group = fixture.name("group");
+    let log = fixture.log();
+    log.ensure_topic(&topic, 2).await.unwrap();
+    for i in 0..4 {
+        log.produce(&topic, record("!room:example.org", i.to_string()))
+            .await
+            .unwrap();
+    }
+    let partition = partition_for_key(b"!room:example.org", 2) as usize;
+    assert_eq!(
+        log.committed_offsets(&group, &topic).await.unwrap(),
+        vec![None, None]
+    );
+    {
+        let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+        for _ in 0..3 {
+            let received = next(&mut consumer).await;
+            consumer.commit(&received).await.unwrap();
+        }
+    }
+    let mut expected = vec![None, None];
+    expected[partition] = Some(3);
+    assert_eq!(log.committed_offsets(&group, &topic).await.unwrap(), expected);
+    // Asking did not join: a member of the group still gets every partition
+    // at once, and resumes where the group stopped.
+    let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+    assert_eq!(payload(&next(&mut consumer).await), "3");
+    assert!(
+        log.committed_offsets(&fixture.name("other"), &topic)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+}

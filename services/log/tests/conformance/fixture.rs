@@ -49,7 +49,15 @@ impl Fixture {
     }
 
     pub async fn kafka() -> Fixture {
-        let broker = Tansu::start().await;
+        Fixture::kafka_on(Tansu::start().await)
+    }
+
+    /// On a broker whose data survives its restarts.
+    pub async fn kafka_durable() -> Fixture {
+        Fixture::kafka_on(Tansu::start_durable().await)
+    }
+
+    fn kafka_on(broker: Tansu) -> Fixture {
         let config = KafkaConfig {
             client_id: "ganglion-log-conformance".to_owned(),
             replication_factor: 1,
@@ -94,9 +102,7 @@ impl Fixture {
         let Backend::Kafka { broker, .. } = &mut self.backend else {
             panic!("only the Kafka log has a broker");
         };
-        let port = broker.port;
-        broker.stop();
-        *broker = Tansu::start_on(port).await;
+        broker.restart().await;
     }
 
     /// Freezes (`true`) or thaws the Kafka broker: while frozen it accepts

@@ -41,6 +41,7 @@ conformance!(
     a_waiting_consumer_wakes_on_append,
     end_offsets_are_high_watermarks,
     a_reader_starts_at_given_offsets,
+    committed_offsets_are_read_without_joining,
 );
 
 /// What only the Kafka log has to survive: its broker going away.
@@ -104,6 +105,55 @@ mod kafka_only {
         }
         produce_eventually(&*log, &topic, "after").await;
         assert_eq!(log.end_offsets(&topic).await.unwrap(), vec![1]);
+    }
+
+    /// A broker restarted with its data (as a real Kafka keeps it): the
+    /// records, the group's committed offsets and the log's producer and
+    /// consumer all carry on; nothing is lost, nothing read twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_broker_restart_keeps_records_and_offsets() {
+        crate::fixture::run(through_durable_restart()).await;
+    }
+
+    async fn through_durable_restart() {
+        let mut fixture = Fixture::kafka_durable().await;
+        let log = fixture.log();
+        let topic = fixture.name("durable");
+        let group = fixture.name("group");
+        log.ensure_topic(&topic, 1).await.unwrap();
+        for text in ["one", "two", "three"] {
+            log.produce(&topic, record(text)).await.unwrap();
+        }
+        let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+        for text in ["one", "two"] {
+            let received = next(&mut consumer).await;
+            assert_eq!(received.payload, text.as_bytes());
+            consumer.commit(&received).await.unwrap();
+        }
+        let waiting = tokio::spawn(async move {
+            let received = consumer.next().await;
+            (consumer, received)
+        });
+        let (mut consumer, received) = tokio::time::timeout(DEADLINE, waiting)
+            .await
+            .expect("the third record")
+            .unwrap();
+        assert_eq!(received.unwrap().payload, b"three");
+
+        fixture.restart_broker().await;
+        produce_eventually(&*log, &topic, "four").await;
+        assert_eq!(
+            log.committed_offsets(&group, &topic).await.unwrap(),
+            vec![Some(2)],
+            "the committed offset survived"
+        );
+        let received = next(&mut consumer).await;
+        assert_eq!(received.payload, b"four", "nothing read twice");
+        drop(consumer);
+        // A new member resumes at the group's offset: what the first read
+        // but never committed comes again.
+        let mut again = log.consumer(&group, &[&topic]).await.unwrap();
+        assert_eq!(next(&mut again).await.payload, b"three".to_vec());
     }
 
     /// A consumer waiting while its broker stalls keeps waiting (retrying

@@ -1,0 +1,471 @@
+//! Scale-out benchmarks of the polylith. Prints:
+//! - `scalebench catchup [records] [rooms]` (defaults 1 000 000 and 100):
+//!   a log of `records` room events (real rooms and members made through
+//!   the API, then messages appended to `roomserver.output` directly, as
+//!   the roomserver would), then a new syncapi replica on an empty
+//!   database: records/s while it catches up, and the time until it is
+//!   ready (serves users).
+//! - `scalebench gateway [seconds]` (default 10): the latency the gateway
+//!   adds (p50/p99 of one `GET /account/whoami` at a time, through the
+//!   gateway minus straight to a clientapi), and requests/s through the
+//!   gateway with one and then two clientapi replicas (64 clients asking
+//!   at once).
+//! - `scalebench roomserver [seconds] [rooms]` (defaults 20 and 100): one
+//!   sender per room sending as fast as it is answered; events/s with one
+//!   roomserver replica, then with two (and how many input records each
+//!   replica handled), and the sends' latency (p99) and longest pause while
+//!   the second replica is added and when it is killed (`kill -9`).
+//!
+//! `TEST_GANGLION_BIN` may point at a release build of `ganglion`; the
+//! polylith needs tansu and PostgreSQL, as the test command provides.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ganglion_integration_tests::client::Client;
+use ganglion_integration_tests::process::{Listeners, POLYLITH_SERVICES, Polylith};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("catchup") => {
+            let records = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            let rooms = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
+            catchup(records, rooms).await
+        }
+        Some("gateway") => {
+            let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+            gateway(Duration::from_secs(seconds)).await
+        }
+        Some("roomserver") => {
+            let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+            let rooms = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
+            roomserver(Duration::from_secs(seconds), rooms).await
+        }
+        _ => anyhow::bail!(
+            "scalebench catchup [records] [rooms] | gateway [seconds] | roomserver [seconds] [rooms]"
+        ),
+    }
+}
+
+async fn database_urls(name: &str) -> Vec<(&'static str, String)> {
+    let mut urls = Vec::new();
+    for service in POLYLITH_SERVICES {
+        urls.push((
+            service,
+            ganglion_base::testing::scratch_postgres(&format!("scalebench_{name}_{service}")).await,
+        ));
+    }
+    urls
+}
+
+fn setting<'a>(server: &'a Polylith, name: &str) -> Option<&'a str> {
+    server
+        .env()
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Polylith::start(dir.path(), &database_urls("catchup").await).await;
+    let alice = Client::register(&server.base_url, "alice", "pw-alice-bench").await;
+    let bob = Client::register(&server.base_url, "bob", "pw-bob-bench").await;
+    let mut room_ids = Vec::with_capacity(rooms);
+    for _ in 0..rooms {
+        let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+        anyhow::ensure!(bob.join(&room_id).await.status == 200, "join");
+        room_ids.push(room_id);
+    }
+
+    let brokers = setting(&server, "GANGLION_LOG__KAFKA_BROKERS")
+        .ok_or_else(|| anyhow::anyhow!("no brokers"))?
+        .to_owned();
+    let prefix = setting(&server, "GANGLION_LOG__TOPIC_PREFIX").unwrap_or_default();
+    let topic = ganglion_api::topics::Topics::new(prefix).roomserver_output;
+    let log = ganglion_log::KafkaLog::new(ganglion_log::KafkaConfig::new(brokers))?;
+    let log: &dyn ganglion_log::Log = &log;
+    let before: u64 = log.end_offsets(&topic).await?.iter().sum();
+    let generating = Instant::now();
+    let appended = futures::stream::iter(0..records.saturating_sub(before as usize))
+        .map(|n| {
+            let room_id = &room_ids[n % rooms];
+            let sender = if n % 2 == 0 { &alice } else { &bob };
+            let record = message_record(room_id, &sender.user_id, n);
+            async move { log.produce(&topic, record).await }
+        })
+        .buffered(2_000)
+        .filter(|produced| std::future::ready(produced.is_ok()))
+        .count()
+        .await;
+    let total: u64 = log.end_offsets(&topic).await?.iter().sum();
+    println!(
+        "log: {total} records in {topic} ({before} from the API, {appended} appended at {:.0}/s) over {rooms} rooms",
+        appended as f64 / generating.elapsed().as_secs_f64()
+    );
+
+    let fresh = ganglion_base::testing::scratch_postgres("scalebench_catchup_syncapi2").await;
+    let started = Instant::now();
+    let name = server
+        .add_replica_with(
+            "syncapi",
+            vec![(
+                "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
+                fresh,
+            )],
+        )
+        .await;
+    let healthy = started.elapsed();
+    let ready = format!(
+        "http://{}/readyz",
+        server.replica_listeners(&name).operator
+    );
+    let http = reqwest::Client::new();
+    loop {
+        if http
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|answer| answer.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let serving = started.elapsed();
+    println!("new syncapi replica on an empty database:");
+    println!(
+        "  up (healthy)               {:>8.1} s",
+        healthy.as_secs_f64()
+    );
+    println!(
+        "  caught up and ready        {:>8.1} s",
+        serving.as_secs_f64()
+    );
+    println!(
+        "  catch-up rate              {:>8.0} records/s",
+        total as f64 / serving.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A message as the roomserver announces it (the views do not check
+/// hashes or signatures: the roomserver did).
+fn message_record(room_id: &str, sender: &str, n: usize) -> ganglion_log::OutgoingRecord {
+    use ganglion_api::proto::topics as topic_pb;
+    let event_id = format!("$bench{n}");
+    let pdu = json!({
+        "room_id": room_id,
+        "sender": sender,
+        "type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": format!("message {n}")},
+        "origin_server_ts": 1_800_000_000_000u64 + n as u64,
+        "depth": 100 + n,
+        "prev_events": [format!("$bench{}", n.saturating_sub(1))],
+        "auth_events": [],
+        "hashes": {"sha256": "x"},
+        "signatures": {},
+    });
+    let output = topic_pb::RoomserverOutput {
+        version: 1,
+        kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+            topic_pb::NewRoomEvent {
+                event_json: pdu.to_string().into_bytes(),
+                room_version: "10".into(),
+                depth: 100 + n as i64,
+                event_id: event_id.clone(),
+                forward_extremities: vec![event_id],
+                ..Default::default()
+            },
+        )),
+    };
+    ganglion_log::OutgoingRecord {
+        key: room_id.as_bytes().to_vec(),
+        headers: Vec::new(),
+        payload: ganglion_api::topics::encode(&output),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn gateway(seconds: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = Listeners::fresh();
+    let second = Listeners::fresh();
+    let mut env = first.env("clientapi");
+    env.push((
+        "GANGLION_SERVICES__CLIENTAPI__REPLICAS".to_owned(),
+        format!(
+            "[{}, {}]",
+            first.replica_entry("clientapi-1"),
+            second.replica_entry("clientapi-2")
+        ),
+    ));
+    let mut server =
+        Polylith::start_with(dir.path(), &database_urls("gateway").await, env).await;
+    let user = Client::register(&server.base_url, "walker", "pw-walker-bench").await;
+    let path = "/_matrix/client/v3/account/whoami";
+    let direct = format!("http://{}{path}", first.http);
+    let through = format!("{}{path}", server.base_url);
+    let http = reqwest::Client::new();
+    let token = user.access_token.clone();
+    let one = move |url: String| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            let started = Instant::now();
+            let answer = http.get(&url).bearer_auth(&token).send().await;
+            let ok = match answer {
+                Ok(answer) => answer.status().is_success() && answer.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (ok, started.elapsed())
+        }
+    };
+    // Warm both paths (connections, the gateway's token cache).
+    for _ in 0..200 {
+        one(direct.clone()).await;
+        one(through.clone()).await;
+    }
+    let (mut straight, mut gatewayed) = (Vec::new(), Vec::new());
+    for _ in 0..2_000 {
+        let (ok, took) = one(direct.clone()).await;
+        anyhow::ensure!(ok, "straight to the clientapi");
+        straight.push(took);
+        let (ok, took) = one(through.clone()).await;
+        anyhow::ensure!(ok, "through the gateway");
+        gatewayed.push(took);
+    }
+    straight.sort();
+    gatewayed.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("GET {path}, one at a time (n=2000):");
+    println!(
+        "  straight to a clientapi    p50 {:>6.3} ms  p99 {:>6.3} ms",
+        ms(percentile(&straight, 0.5)),
+        ms(percentile(&straight, 0.99))
+    );
+    println!(
+        "  through the gateway        p50 {:>6.3} ms  p99 {:>6.3} ms",
+        ms(percentile(&gatewayed, 0.5)),
+        ms(percentile(&gatewayed, 0.99))
+    );
+    println!(
+        "  the gateway adds           p50 {:>6.3} ms",
+        ms(percentile(&gatewayed, 0.5)) - ms(percentile(&straight, 0.5))
+    );
+
+    let rate = async |label: &str| -> anyhow::Result<()> {
+        let done = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..64 {
+            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            let ask = one.clone();
+            let url = through.clone();
+            workers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (ok, _) = ask(url.clone()).await;
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(seconds).await;
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await?;
+        }
+        println!(
+            "  {label:<26} {:>8.0} requests/s ({} failed)",
+            done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+            failed.load(Ordering::Relaxed)
+        );
+        Ok(())
+    };
+    println!("GET {path} through the gateway, 64 clients at once:");
+    rate("one clientapi replica").await?;
+    server
+        .add_replica_at("clientapi", second, Vec::new())
+        .await;
+    server.wait_ready(Duration::from_secs(60)).await;
+    // The gateway's probes see the new replica within half a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rate("two clientapi replicas").await?;
+    Ok(())
+}
+
+/// Sends answered, as (when it was sent, how long it took to answer).
+type Acks = Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>;
+
+async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = Listeners::fresh();
+    let second = Listeners::fresh();
+    let mut env = first.env("roomserver");
+    env.push((
+        "GANGLION_SERVICES__ROOMSERVER__REPLICAS".to_owned(),
+        format!(
+            "[{}, {}]",
+            first.replica_entry("roomserver-1"),
+            second.replica_entry("roomserver-2")
+        ),
+    ));
+    let mut server =
+        Polylith::start_with(dir.path(), &database_urls("roomserver").await, env).await;
+    let mut senders = Vec::with_capacity(rooms);
+    for i in 0..rooms {
+        let client = Client::register(&server.base_url, &format!("s{i}"), "pw-sender-bench").await;
+        let room_id = client.create_room(json!({"preset": "private_chat"})).await;
+        senders.push((client, room_id));
+    }
+    let acks: Acks = Arc::default();
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (i, (client, room_id)) in senders.into_iter().enumerate() {
+        let (acks, failed, stop) = (acks.clone(), failed.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let reply = client
+                    .send_text(&room_id, &format!("t{i}-{n}"), &format!("m{n}"))
+                    .await;
+                if reply.status == 200 {
+                    acks.lock().expect("acks").push((sent, sent.elapsed()));
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+            }
+        }));
+    }
+    let rate = |from: Instant, to: Instant| {
+        let acks = acks.lock().expect("acks");
+        let count = acks
+            .iter()
+            .filter(|(sent, took)| *sent + *took >= from && *sent + *took < to)
+            .count();
+        count as f64 / (to - from).as_secs_f64()
+    };
+    let input_records = async |operator: &str| -> f64 {
+        let Ok(answer) = reqwest::get(format!("http://{operator}/metrics")).await else {
+            return 0.0;
+        };
+        let text = answer.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| {
+                line.starts_with("ganglion_consumer_records_total")
+                    && line.contains("topic=\"roomserver.input\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+
+    // Warm up, then one replica.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let one_from = Instant::now();
+    tokio::time::sleep(window).await;
+    let one = rate(one_from, Instant::now());
+
+    let added = Instant::now();
+    let name = server.add_replica_at("roomserver", second.clone(), Vec::new()).await;
+    server.wait_ready(Duration::from_secs(60)).await;
+    let after_add = added.elapsed();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let two_from = Instant::now();
+    let before = (
+        input_records(&first.operator).await,
+        input_records(&second.operator).await,
+    );
+    tokio::time::sleep(window).await;
+    let after = (
+        input_records(&first.operator).await,
+        input_records(&second.operator).await,
+    );
+    let two = rate(two_from, Instant::now());
+
+    let killed = Instant::now();
+    server.kill9(&name);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+
+    let around = |from: Instant, span: Duration| {
+        let acks = acks.lock().expect("acks");
+        let mut latencies: Vec<Duration> = acks
+            .iter()
+            .filter(|(sent, _)| *sent >= from && *sent < from + span)
+            .map(|(_, took)| *took)
+            .collect();
+        latencies.sort();
+        let mut answered: Vec<Instant> = acks
+            .iter()
+            .map(|(sent, took)| *sent + *took)
+            .filter(|at| *at >= from && *at < from + span)
+            .collect();
+        answered.push(from);
+        answered.push(from + span);
+        answered.sort();
+        let gap = answered
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        (
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            gap,
+        )
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("{rooms} rooms, one sender each, sending as fast as answered:");
+    println!("  one roomserver replica     {one:>8.0} events/s");
+    println!("  two roomserver replicas    {two:>8.0} events/s");
+    let (first_share, second_share) = (after.0 - before.0, after.1 - before.1);
+    let all = (first_share + second_share).max(1.0);
+    println!(
+        "  input records handled      replica 1 {:.0}%, replica 2 {:.0}% ({} records in the window)",
+        first_share / all * 100.0,
+        second_share / all * 100.0,
+        all
+    );
+    let (p50, p99, gap) = around(added, after_add + Duration::from_secs(8));
+    println!(
+        "  while adding replica 2     send p50 {:>6.1} ms, p99 {:>7.1} ms, longest pause {:>6.0} ms",
+        ms(p50),
+        ms(p99),
+        ms(gap)
+    );
+    let (p50, p99, gap) = around(killed, Duration::from_secs(20));
+    println!(
+        "  kill -9 of replica 2       send p50 {:>6.1} ms, p99 {:>7.1} ms, longest pause {:>6.0} ms",
+        ms(p50),
+        ms(p99),
+        ms(gap)
+    );
+    println!(
+        "  sends answered with an error: {}",
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
