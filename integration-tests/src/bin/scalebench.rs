@@ -33,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("catchup") => {
-            let records = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            let records = args
+                .get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1_000_000);
             let rooms = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
             catchup(records, rooms).await
         }
@@ -91,19 +94,20 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     let log = ganglion_log::KafkaLog::new(ganglion_log::KafkaConfig::new(brokers))?;
     let log: &dyn ganglion_log::Log = &log;
     let before: u64 = log.end_offsets(&topic).await?.iter().sum();
+    let topic = topic.as_str();
     let generating = Instant::now();
     let appended = futures::stream::iter(0..records.saturating_sub(before as usize))
         .map(|n| {
-            let room_id = &room_ids[n % rooms];
+            let room_id = room_ids[n % rooms].as_str();
             let sender = if n % 2 == 0 { &alice } else { &bob };
             let record = message_record(room_id, &sender.user_id, n);
-            async move { log.produce(&topic, record).await }
+            async move { log.produce(topic, record).await }
         })
         .buffered(2_000)
         .filter(|produced| std::future::ready(produced.is_ok()))
         .count()
         .await;
-    let total: u64 = log.end_offsets(&topic).await?.iter().sum();
+    let total: u64 = log.end_offsets(topic).await?.iter().sum();
     println!(
         "log: {total} records in {topic} ({before} from the API, {appended} appended at {:.0}/s) over {rooms} rooms",
         appended as f64 / generating.elapsed().as_secs_f64()
@@ -114,17 +118,11 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     let name = server
         .add_replica_with(
             "syncapi",
-            vec![(
-                "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
-                fresh,
-            )],
+            vec![("GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(), fresh)],
         )
         .await;
     let healthy = started.elapsed();
-    let ready = format!(
-        "http://{}/readyz",
-        server.replica_listeners(&name).operator
-    );
+    let ready = format!("http://{}/readyz", server.replica_listeners(&name).operator);
     let http = reqwest::Client::new();
     loop {
         if http
@@ -211,8 +209,7 @@ async fn gateway(seconds: Duration) -> anyhow::Result<()> {
             second.replica_entry("clientapi-2")
         ),
     ));
-    let mut server =
-        Polylith::start_with(dir.path(), &database_urls("gateway").await, env).await;
+    let mut server = Polylith::start_with(dir.path(), &database_urls("gateway").await, env).await;
     let user = Client::register(&server.base_url, "walker", "pw-walker-bench").await;
     let path = "/_matrix/client/v3/account/whoami";
     let direct = format!("http://{}{path}", first.http);
@@ -300,9 +297,7 @@ async fn gateway(seconds: Duration) -> anyhow::Result<()> {
     };
     println!("GET {path} through the gateway, 64 clients at once:");
     rate("one clientapi replica").await?;
-    server
-        .add_replica_at("clientapi", second, Vec::new())
-        .await;
+    server.add_replica_at("clientapi", second, Vec::new()).await;
     server.wait_ready(Duration::from_secs(60)).await;
     // The gateway's probes see the new replica within half a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -386,7 +381,9 @@ async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
     let one = rate(one_from, Instant::now());
 
     let added = Instant::now();
-    let name = server.add_replica_at("roomserver", second.clone(), Vec::new()).await;
+    let name = server
+        .add_replica_at("roomserver", second.clone(), Vec::new())
+        .await;
     server.wait_ready(Duration::from_secs(60)).await;
     let after_add = added.elapsed();
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -745,7 +745,5 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
             )],
         )
         .await;
-    server
-        .wait_ready(std::time::Duration::from_secs(60))
-        .await;
+    server.wait_ready(std::time::Duration::from_secs(60)).await;
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ganglion_base::health::ReadinessCheck;
@@ -120,9 +120,38 @@ pub struct ConsumerHandle {
     log: Arc<dyn Log>,
     progress: Arc<ConsumerProgress>,
     assignment: Arc<Mutex<Vec<(String, u32)>>>,
+    /// The topics' end offsets as last asked, and when: probes of
+    /// `/readyz` from every caller share one ask a second (and wait for
+    /// one under way rather than asking again).
+    ends: tokio::sync::Mutex<Option<(Instant, Vec<Vec<u64>>)>>,
 }
 
+/// How long end offsets asked of the log serve readiness checks.
+const ENDS_FRESH_FOR: Duration = Duration::from_secs(1);
+
 impl ConsumerHandle {
+    /// Each topic's end offsets (in `topics` order), asked at most once a
+    /// [`ENDS_FRESH_FOR`].
+    async fn end_offsets(&self) -> Result<Vec<Vec<u64>>, String> {
+        let mut cached = self.ends.lock().await;
+        if let Some((asked, ends)) = &*cached
+            && asked.elapsed() < ENDS_FRESH_FOR
+        {
+            return Ok(ends.clone());
+        }
+        let mut ends = Vec::with_capacity(self.topics.len());
+        for topic in &self.topics {
+            ends.push(
+                self.log
+                    .end_offsets(topic)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        *cached = Some((Instant::now(), ends.clone()));
+        Ok(ends)
+    }
+
     /// Records not yet consumed, per assigned (topic, partition).
     pub async fn lag(&self) -> Result<Vec<(String, u32, u64)>, String> {
         let assignment = self
@@ -131,12 +160,7 @@ impl ConsumerHandle {
             .map(|a| a.clone())
             .unwrap_or_default();
         let mut out = Vec::new();
-        for topic in &self.topics {
-            let ends = self
-                .log
-                .end_offsets(topic)
-                .await
-                .map_err(|e| e.to_string())?;
+        for (topic, ends) in self.topics.iter().zip(self.end_offsets().await?) {
             for (partition, end) in ends.iter().enumerate() {
                 let partition = partition as u32;
                 if !assignment
@@ -223,6 +247,7 @@ fn run(
         log: log.clone(),
         progress: progress.clone(),
         assignment: assignment.clone(),
+        ends: tokio::sync::Mutex::new(None),
     });
     let group = group.to_owned();
     let mut lag_shutdown = shutdown.clone();

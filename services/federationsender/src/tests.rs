@@ -254,10 +254,13 @@ async fn records_are_applied_once(database_url: Option<String>) {
     assert!(apply((0, 5), "@b:them.example").await.is_some());
     assert!(apply((0, 5), "@c:third.example").await.is_none(), "again");
     assert!(apply((0, 3), "@c:third.example").await.is_none(), "earlier");
-    assert!(apply((1, 0), "@c:third.example").await.is_some(), "elsewhere");
+    assert!(
+        apply((1, 0), "@c:third.example").await.is_some(),
+        "elsewhere"
+    );
     let mut hosts = storage.joined_hosts("!r").await.expect("hosts");
     hosts.sort();
-    assert_eq!(hosts, ["third.example", "them.example"]);
+    assert_eq!(hosts, ["them.example", "third.example"]);
     let mut positions = storage.output_positions().await.expect("positions");
     positions.sort();
     assert_eq!(positions, [(0, 6), (1, 1)]);
@@ -338,7 +341,12 @@ fn to_device_messages_of_local_senders_go_to_the_recipients_server() {
 }
 
 /// A `roomserver.output` record: `user` takes `membership` in `room`.
-fn membership_record(room: &str, user: &str, membership: &str, n: usize) -> ganglion_log::OutgoingRecord {
+fn membership_record(
+    room: &str,
+    user: &str,
+    membership: &str,
+    n: usize,
+) -> ganglion_log::OutgoingRecord {
     use ganglion_api::proto::topics as topic_pb;
     let pdu = serde_json::json!({
         "room_id": room,
@@ -374,7 +382,11 @@ fn membership_record(room: &str, user: &str, membership: &str, n: usize) -> gang
 /// multiple of three): two remote users join, then the first of them leaves.
 async fn produce_memberships(log: &dyn ganglion_log::Log, topic: &str, first: usize, count: usize) {
     for n in first..first + count {
-        let (who, membership) = if n % 3 == 2 { (n - 2, "leave") } else { (n, "join") };
+        let (who, membership) = if n % 3 == 2 {
+            (n - 2, "leave")
+        } else {
+            (n, "join")
+        };
         let room = format!("!r{}:ours.example", who % 8);
         let user = format!("@u{who}:s{}.example", who % 5);
         log.produce(topic, membership_record(&room, &user, membership, n))
@@ -388,7 +400,10 @@ async fn until_consumed(log: &dyn ganglion_log::Log, group: &str, topic: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let ends = log.end_offsets(topic).await.expect("ends");
-        let committed = log.committed_offsets(group, topic).await.expect("committed");
+        let committed = log
+            .committed_offsets(group, topic)
+            .await
+            .expect("committed");
         if ends
             .iter()
             .zip(&committed)
@@ -396,7 +411,10 @@ async fn until_consumed(log: &dyn ganglion_log::Log, group: &str, topic: &str) {
         {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{committed:?} of {ends:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{committed:?} of {ends:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -469,7 +487,11 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
     rebuild.finish().await.expect("rebuilt");
     let rebuilt = open(&rebuilt_config).await;
     let members = live.joined_members().await.expect("members");
-    assert_eq!(members.len(), 100, "every user of the 200 who joined and did not leave");
+    assert_eq!(
+        members.len(),
+        100,
+        "every user of the 200 who joined and did not leave"
+    );
     assert_eq!(rebuilt.joined_members().await.expect("members"), members);
     let mut positions = rebuilt.output_positions().await.expect("positions");
     positions.sort();
@@ -479,14 +501,21 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
         ends
     );
     assert!(
-        rebuilt.queued("s1.example", 50).await.expect("queued").is_empty(),
+        rebuilt
+            .queued("s1.example", 50)
+            .await
+            .expect("queued")
+            .is_empty(),
         "history is not delivered again"
     );
 
     // The live group goes on while the operator prepares the switch.
     produce_memberships(log.as_ref(), &topic, 300, 90).await;
     until_consumed(log.as_ref(), &group, &topic).await;
-    assert_ne!(rebuilt.joined_members().await.expect("members"), live.joined_members().await.expect("members"));
+    assert_ne!(
+        rebuilt.joined_members().await.expect("members"),
+        live.joined_members().await.expect("members")
+    );
 
     crate::catch_up(&log, &rebuilt, &group, &topic, &rebuilt_config)
         .await
@@ -496,10 +525,17 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
         live.joined_members().await.expect("members")
     );
     // Nothing left to apply: a second start reads nothing.
-    let committed = log.committed_offsets(&group, &topic).await.expect("committed");
+    let committed = log
+        .committed_offsets(&group, &topic)
+        .await
+        .expect("committed");
     let mut positions = rebuilt.output_positions().await.expect("positions");
     positions.sort();
     for (partition, next) in positions {
-        assert_eq!(committed[partition as usize], Some(next), "partition {partition}");
+        assert_eq!(
+            committed[partition as usize],
+            Some(next),
+            "partition {partition}"
+        );
     }
 }

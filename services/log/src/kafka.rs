@@ -305,15 +305,27 @@ impl Log for KafkaLog {
             }
             let mut partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
             partitions.sort_unstable();
-            partitions
-                .into_iter()
-                .map(|partition| {
-                    let (_, high) = client
-                        .fetch_watermarks(&topic, partition, timeout)
-                        .map_err(kafka_error)?;
-                    to_u64(high)
-                })
-                .collect()
+            // One request per partition, all at once: a slow broker costs
+            // one round trip, not one per partition.
+            std::thread::scope(|scope| {
+                let asking: Vec<_> = partitions
+                    .into_iter()
+                    .map(|partition| {
+                        let topic = topic.as_str();
+                        scope.spawn(move || client.fetch_watermarks(topic, partition, timeout))
+                    })
+                    .collect();
+                asking
+                    .into_iter()
+                    .map(|answer| {
+                        let (_, high) = answer
+                            .join()
+                            .map_err(|_| LogError::Kafka("a watermark request panicked".into()))?
+                            .map_err(kafka_error)?;
+                        to_u64(high)
+                    })
+                    .collect()
+            })
         })
         .await
         .map_err(|_| LogError::Closed)?

@@ -114,8 +114,11 @@ pub trait Log: Send + Sync + 'static {
     /// A view that keeps its positions in its own database compares them
     /// with these to find the records a group handled while the view was
     /// elsewhere (a database rebuilt beside the live one).
-    async fn committed_offsets(&self, group: &str, topic: &str)
-    -> Result<Vec<Option<u64>>, LogError>;
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Option<u64>>, LogError>;
 }
 
 /// One member of a consumer group.

@@ -206,7 +206,14 @@ impl Moto {
     async fn start() -> Moto {
         let port = free_port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -251,7 +258,9 @@ impl Moto {
         if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
             Ok(())
         } else {
-            Err(std::io::Error::other(answer.lines().next().unwrap_or_default().to_owned()))
+            Err(std::io::Error::other(
+                answer.lines().next().unwrap_or_default().to_owned(),
+            ))
         }
     }
 }

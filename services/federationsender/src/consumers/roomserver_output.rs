@@ -18,8 +18,8 @@ use ganglion_api::consume::{HandleError, RecordHandler};
 use ganglion_api::proto::topics as topic_pb;
 use ganglion_api::topics::decode;
 use ganglion_log::{Log, LogError, Record};
-use tokio::sync::watch;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::queues::Queues;
 use crate::storage::{MemberChange, Storage};

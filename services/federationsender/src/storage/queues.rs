@@ -150,6 +150,7 @@ impl Storage {
     }
 
     /// The servers with a member joined to `room_id`.
+    #[cfg(test)]
     pub(crate) async fn joined_hosts(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         let hosts = Self::room_hosts(&mut tx, room_id).await?;
@@ -159,12 +160,13 @@ impl Storage {
 
     /// Every joined member of every room, as (room, user), sorted: the
     /// whole joined-hosts view, to compare a rebuilt view with its original.
+    #[cfg(test)]
     pub(crate) async fn joined_members(&self) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT room_id, user_id FROM joined_hosts ORDER BY room_id, user_id",
+        Ok(
+            sqlx::query_as("SELECT room_id, user_id FROM joined_hosts ORDER BY room_id, user_id")
+                .fetch_all(&self.db.pool)
+                .await?,
         )
-        .fetch_all(&self.db.pool)
-        .await?)
     }
 
     /// Moves each partition's stored position forward to at least the

@@ -453,7 +453,10 @@ pub async fn committed_offsets_are_read_without_joining(fixture: &mut Fixture) {
     }
     let mut expected = vec![None, None];
     expected[partition] = Some(3);
-    assert_eq!(log.committed_offsets(&group, &topic).await.unwrap(), expected);
+    assert_eq!(
+        log.committed_offsets(&group, &topic).await.unwrap(),
+        expected
+    );
     // Asking did not join: a member of the group still gets every partition
     // at once, and resumes where the group stopped.
     let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
