@@ -317,8 +317,9 @@ def check_render(name: str, docs: list[dict], c: Checks, ganglion: str, options:
     # NetworkPolicies cover every process.
     check_policies(docs, pods, c, mode)
 
-    # The Ingress reaches every route the gateway forwards.
+    # The Ingress reaches every route the gateway forwards; only public ports face outside.
     check_ingress(docs, c, mode, routes)
+    check_public_services(docs, c, mode)
 
     c.check(config["log"]["partitions"] == expected["partitions"], f"log.partitions = {expected['partitions']}")
     if mode == "polylith":
@@ -438,6 +439,19 @@ def check_policies(docs: list[dict], pods: list[dict], c: Checks, mode: str):
                     )
                 c.check(ok, f"{name}: only Ganglion processes reach its gRPC port", str(peers))
             c.check(ports <= {"grpc", "http", "operator"}, f"{name}: policy names its own ports only", str(ports))
+
+
+def check_public_services(docs: list[dict], c: Checks, mode: str):
+    """Only ClusterIP Services carry operator ports; a Service that may face
+    the outside carries public ports alone."""
+    for service in by_kind(docs, "Service"):
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        kind = service["spec"].get("type", "ClusterIP")
+        if kind != "ClusterIP":
+            public = {"http"} if mode == "polylith" else {"http", "federation"}
+            c.check(ports <= public, f"Service {service['metadata']['name']} ({kind}): public ports only", str(ports))
+            component = service["spec"]["selector"]["app.kubernetes.io/component"]
+            c.check(component in ("gateway", "monolith"), f"Service {service['metadata']['name']} ({kind}) fronts the {component}")
 
 
 def check_ingress(docs: list[dict], c: Checks, mode: str, routes: list[str]):
@@ -594,6 +608,10 @@ def check_monolith(docs, config, components, c: Checks):
     c.check(claims == ["data"] and mounts.get("data") == config["data_dir"], "monolith: data_dir on a volume claim")
     c.check(not by_kind(docs, "HorizontalPodAutoscaler"), "monolith: no autoscaler")
     c.check(not by_kind(docs, "Job"), "monolith with supplied keys: no key Job")
+    c.check(
+        any(s["spec"].get("type") == "LoadBalancer" for s in by_kind(docs, "Service")),
+        "monolith: its public Service is rendered",
+    )
 
 
 def container_port(workload: dict, name: str) -> int | None:
