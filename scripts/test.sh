@@ -46,4 +46,7 @@ synapse=integration-tests/synapse
 "$synapse/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$synapse/requirements.txt"
 
 cargo build -p ganglion
+# The Helm chart: linted, rendered, checked against the Kubernetes schemas
+# and against the binary's options.
+scripts/check-helm.sh
 cargo test --workspace -- --test-threads 2
