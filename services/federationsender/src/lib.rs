@@ -135,7 +135,7 @@ pub async fn start(
     ] {
         log.ensure_topic(topic, config.log.partitions).await?;
     }
-    let group = format!("{}federationsender", config.log.topic_prefix);
+    let group = output_group(config);
     catch_up(&log, &storage, &group, &topics.roomserver_output, config).await?;
     let consumer = ganglion_api::consume::spawn(
         log.clone(),
@@ -178,6 +178,12 @@ pub async fn start(
     health.add(edus);
     health.add(delivery);
     Ok(Started { health })
+}
+
+/// The consumer group of `roomserver.output`, whose committed offsets say
+/// how far delivery has gone.
+fn output_group(config: &Config) -> String {
+    format!("{}federationsender", config.log.topic_prefix)
 }
 
 /// Brings the joined hosts up to the consumer group's committed offsets
@@ -250,8 +256,8 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
-    /// For each partition of `roomserver.output`: (records applied, the
-    /// log's end when the rebuild began).
+    /// For each partition of `roomserver.output`: (records applied, where
+    /// the live federationsenders stood when the rebuild began).
     pub fn progress(&self) -> Vec<(u64, u64)> {
         let done = self.done.borrow();
         self.targets
@@ -273,16 +279,24 @@ impl Rebuild {
 /// `ganglion rebuild federationsender`: builds the joined hosts into the
 /// database `config` names (a fresh one beside the live one, or one an
 /// interrupted rebuild left, which resumes at its stored positions) from
-/// `roomserver.output`, up to the log's end as it stands now. Nothing is
-/// queued: history was delivered when it was new. Once switched to, the
-/// federationsender applies what the log gained since ([`catch_up`]).
+/// `roomserver.output`, up to where the live federationsenders' consumer
+/// group stands now. Nothing is queued: what the group has handled was
+/// delivered from the live database. Stopping there (not at the log's end)
+/// keeps the rebuilt view behind the group whenever it is switched to, so
+/// [`catch_up`] applies what the group handled since and the group itself
+/// delivers the rest: no event is left undelivered, none is sent twice.
 pub async fn rebuild(config: &Config, log: Arc<dyn Log>) -> Result<Rebuild, StartError> {
     let db = Database::open_for_service_one_writer(config, "federationsender", storage::MIGRATIONS)
         .await?;
     let storage = Storage { db };
     let topic = Topics::new(&config.log.topic_prefix).roomserver_output;
     log.ensure_topic(&topic, config.log.partitions).await?;
-    let targets = log.end_offsets(&topic).await?;
+    let targets: Vec<u64> = log
+        .committed_offsets(&output_group(config), &topic)
+        .await?
+        .into_iter()
+        .map(|committed| committed.unwrap_or(0))
+        .collect();
     let stored = storage
         .output_positions()
         .await

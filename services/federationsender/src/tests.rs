@@ -482,7 +482,7 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
     assert_eq!(
         progress.iter().map(|(_, end)| end).sum::<u64>(),
         300,
-        "the log's end when it began: {progress:?}"
+        "where the live group stood when it began: {progress:?}"
     );
     rebuild.finish().await.expect("rebuilt");
     let rebuilt = open(&rebuilt_config).await;

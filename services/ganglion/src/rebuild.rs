@@ -13,7 +13,8 @@ use crate::wiring::{federation_client, keys_client, open_log, telemetry, users_c
 /// consumed from the start of the log (or from where an interrupted
 /// rebuild of the same database stopped), with progress on stderr. It ends
 /// once every partition is consumed up to the log's end as it stood when
-/// the rebuild began; switching to the new database is the operator's.
+/// the rebuild began (for the federationsender: up to where its live
+/// consumer group stood); switching to the new database is the operator's.
 pub(crate) async fn rebuild(mut config: Config, service: &str, into: &str) -> anyhow::Result<()> {
     if !VIEWS.contains(&service) {
         anyhow::bail!(
