@@ -575,6 +575,25 @@ pub(crate) async fn metric_sum(operator: &str, wanted: impl Fn(&str) -> bool) ->
     )
 }
 
+/// Runs `ganglion rebuild <view> --into <into>` with the polylith's
+/// settings; checks it caught up and prints its last line.
+async fn rebuild(server: &Polylith, dir: &std::path::Path, view: &str, into: &str) {
+    let rebuild =
+        tokio::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+            .args(["rebuild", view, "--into", into])
+            .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(dir)
+            .output();
+    let rebuild = tokio::time::timeout(std::time::Duration::from_secs(120), rebuild)
+        .await
+        .expect("the rebuild ends")
+        .expect("the rebuild runs");
+    let said = String::from_utf8_lossy(&rebuild.stderr).to_string();
+    assert!(rebuild.status.success(), "{said}");
+    assert!(said.contains("caught up"), "{said}");
+    eprintln!("{}", said.lines().last().unwrap_or_default());
+}
+
 /// `ganglion rebuild syncapi --into <database>`: a syncapi database built
 /// afresh from the log answers `/sync`, `/messages`, `/context` and
 /// `/relations` exactly like the live one, for several users.
@@ -615,20 +634,7 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
     bob.send_text(&other, "o1", "alone").await;
 
     let url = ganglion_base::testing::scratch_postgres("poly_rebuild_syncapi2").await;
-    let rebuild =
-        tokio::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
-            .args(["rebuild", "syncapi", "--into", &url])
-            .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(dir.path())
-            .output();
-    let rebuild = tokio::time::timeout(std::time::Duration::from_secs(120), rebuild)
-        .await
-        .expect("the rebuild ends")
-        .expect("the rebuild runs");
-    let said = String::from_utf8_lossy(&rebuild.stderr).to_string();
-    assert!(rebuild.status.success(), "{said}");
-    assert!(said.contains("caught up"), "{said}");
-    eprintln!("{}", said.lines().last().unwrap_or_default());
+    rebuild(&server, dir.path(), "syncapi", &url).await;
 
     // The rebuilt database behind a syncapi of its own, asked directly.
     let second = server
@@ -705,19 +711,7 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
     // The federationsender's joined hosts, rebuilt likewise, equal the
     // live ones; a federationsender switched to them is ready.
     let into = ganglion_base::testing::scratch_postgres("poly_rebuild_fs2").await;
-    let rebuild =
-        tokio::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
-            .args(["rebuild", "federationsender", "--into", &into])
-            .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(dir.path())
-            .output();
-    let rebuild = tokio::time::timeout(std::time::Duration::from_secs(120), rebuild)
-        .await
-        .expect("the rebuild ends")
-        .expect("the rebuild runs");
-    let said = String::from_utf8_lossy(&rebuild.stderr).to_string();
-    assert!(rebuild.status.success(), "{said}");
-    assert!(said.contains("caught up"), "{said}");
+    rebuild(&server, dir.path(), "federationsender", &into).await;
     let live_db = urls
         .iter()
         .find(|(service, _)| *service == "federationsender")

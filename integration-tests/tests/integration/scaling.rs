@@ -528,10 +528,31 @@ impl Load {
             .unwrap_or_default()
     }
 
-    /// How long after `from` the first send was acknowledged.
-    fn first_ack_after(&self, from: std::time::Instant) -> Option<std::time::Duration> {
-        let acks = self.acks.lock().expect("acks");
-        acks.iter().filter(|t| **t >= from).min().map(|t| *t - from)
+    /// Once `what`, stopped at `stopped`, is back (now): prints how long it
+    /// was down, the longest gap between acknowledged sends and how soon
+    /// after its return the first send was acknowledged, then
+    /// [`Load::finish_in`].
+    async fn after_outage(self, what: &str, stopped: std::time::Instant, roomserver_db: &str) {
+        let back = std::time::Instant::now();
+        let pause = self
+            .pause_after(stopped, std::time::Duration::from_secs(30))
+            .await;
+        let recovery = self
+            .acks
+            .lock()
+            .expect("acks")
+            .iter()
+            .filter(|t| **t >= back)
+            .min()
+            .map(|t| *t - back)
+            .unwrap_or_else(|| panic!("no send acknowledged once {what} was back"));
+        println!(
+            "{what} down for {:.1} s: longest gap between acknowledged sends {:.1} s; the first send after it was back acknowledged in {:.1} s",
+            (back - stopped).as_secs_f64(),
+            pause.as_secs_f64(),
+            recovery.as_secs_f64()
+        );
+        self.finish_in(roomserver_db, 30).await;
     }
 
     /// [`Load::finish`], then checks that more than `at_least` messages
@@ -905,20 +926,8 @@ async fn polylith_postgres_outage_under_load_loses_and_doubles_nothing() {
     postgres.stop();
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     postgres.start_again();
-    let back = std::time::Instant::now();
-    let pause = load
-        .pause_after(stopped, std::time::Duration::from_secs(30))
+    load.after_outage("PostgreSQL", stopped, &roomserver_db)
         .await;
-    let recovery = load
-        .first_ack_after(back)
-        .expect("sends acknowledged once PostgreSQL was back");
-    println!(
-        "PostgreSQL stopped for {:.1} s: longest gap between acknowledged sends {:.1} s; the first send after it was back acknowledged in {:.1} s",
-        (back - stopped).as_secs_f64(),
-        pause.as_secs_f64(),
-        recovery.as_secs_f64()
-    );
-    load.finish_in(&roomserver_db, 30).await;
     drop(server);
 }
 
@@ -948,18 +957,6 @@ async fn polylith_broker_restart_under_load_loses_and_doubles_nothing() {
     // partitions of an expired member on (see the log's conformance suite).
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     server.broker_mut().restart().await;
-    let back = std::time::Instant::now();
-    let pause = load
-        .pause_after(stopped, std::time::Duration::from_secs(30))
+    load.after_outage("the Kafka broker", stopped, &roomserver_db)
         .await;
-    let recovery = load
-        .first_ack_after(back)
-        .expect("sends acknowledged once the broker was back");
-    println!(
-        "broker restarted after {:.1} s down: longest gap between acknowledged sends {:.1} s; the first send after it was back acknowledged in {:.1} s",
-        (back - stopped).as_secs_f64(),
-        pause.as_secs_f64(),
-        recovery.as_secs_f64()
-    );
-    load.finish_in(&roomserver_db, 30).await;
 }

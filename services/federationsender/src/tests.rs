@@ -16,14 +16,19 @@ fn leave(user: &str) -> MemberChange {
     }
 }
 
-async fn queues_follow_membership(database_url: Option<String>) {
-    let (db, _dir) = ganglion_base::testing::open_scratch(
+/// A storage on a fresh database (SQLite, or PostgreSQL at `database_url`).
+async fn scratch(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
+    let (db, dir) = ganglion_base::testing::open_scratch(
         "federationsender",
         crate::storage::MIGRATIONS,
         database_url,
     )
     .await;
-    let storage = Storage { db };
+    (Storage { db }, dir)
+}
+
+async fn queues_follow_membership(database_url: Option<String>) {
+    let (storage, _dir) = scratch(database_url).await;
     let own = "ours.example";
     // Our user creates the room: nobody else to send to.
     let sent = storage
@@ -234,13 +239,7 @@ async fn queues_follow_membership(database_url: Option<String>) {
 /// A record is applied once, whichever replica (or rebuild) comes to it:
 /// its place in the log is stored with the joined hosts.
 async fn records_are_applied_once(database_url: Option<String>) {
-    let (db, _dir) = ganglion_base::testing::open_scratch(
-        "federationsender",
-        crate::storage::MIGRATIONS,
-        database_url,
-    )
-    .await;
-    let storage = Storage { db };
+    let (storage, _dir) = scratch(database_url).await;
     let own = "ours.example";
     let apply = |at: (u32, u64), user: &'static str| {
         let storage = storage.clone();
