@@ -425,7 +425,7 @@ async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
         senders.push((client, room_id));
     }
     let acks: Acks = Arc::default();
-    let failed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let failed: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for (i, (client, room_id)) in senders.into_iter().enumerate() {
@@ -444,10 +444,13 @@ async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
                         acks.lock().expect("acks").push((sent, sent.elapsed()));
                         break;
                     }
-                    failed
-                        .lock()
-                        .expect("failed")
-                        .push(format!("{} {}", reply.status, reply.body["errcode"]));
+                    failed.lock().expect("failed").push((
+                        Instant::now(),
+                        format!(
+                            "{} {} {}",
+                            reply.status, reply.body["errcode"], reply.body["error"]
+                        ),
+                    ));
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -565,10 +568,22 @@ async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
         ms(p99),
         ms(gap)
     );
-    let mut errors = std::collections::BTreeMap::<String, usize>::new();
-    for error in failed.lock().expect("failed").iter() {
-        *errors.entry(error.clone()).or_default() += 1;
+    let mut errors = std::collections::BTreeMap::<(&str, String), usize>::new();
+    for (at, error) in failed.lock().expect("failed").iter() {
+        let phase = if *at < added {
+            "one replica"
+        } else if *at < two_from {
+            "adding replica 2"
+        } else if *at < killed {
+            "two replicas"
+        } else {
+            "after kill -9"
+        };
+        *errors.entry((phase, error.clone())).or_default() += 1;
     }
-    println!("  tries answered with an error (then retried): {errors:?}");
+    println!("  tries answered with an error, then retried as a client does:");
+    for ((phase, error), count) in &errors {
+        println!("    {phase}: {count} x {error}");
+    }
     Ok(())
 }
