@@ -864,6 +864,110 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `docs/configuration.md`: every option with its default, its
+    /// environment variable and what it does, from the same defaults and
+    /// descriptions as [`Config::example_toml`] (a test keeps the file in
+    /// step).
+    pub fn reference_markdown() -> String {
+        let defaults = Config::default();
+        let body = toml::to_string_pretty(&defaults).unwrap_or_default();
+        let mut out = String::from(
+            "# Configuration\n\n\
+             Generated from the configuration structs (`services/base/src/config.rs`);\n\
+             `ganglion generate-config` prints the same as a commented TOML file. A test\n\
+             fails when this file is out of date: regenerate it with\n\
+             `UPDATE_DOCS=1 cargo test -p ganglion-base configuration_reference`.\n\n\
+             Options come from built-in defaults, then the TOML file given with\n\
+             `--config`, then the environment: `GANGLION_<SECTION>__<KEY>` (`__`\n\
+             between nesting levels). Lists and tables in the environment are inline\n\
+             TOML, e.g. `GANGLION_SERVICES__SYNCAPI__REPLICAS='[{name=\"syncapi-0\", ...}]'`.\n",
+        );
+        let mut section: Vec<String> = Vec::new();
+        let mut shown_services = false;
+        let mut skipping = false;
+        for line in body.lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.split('.').map(str::to_owned).collect();
+                skipping = false;
+                if section.first().map(String::as_str) == Some("services") {
+                    if shown_services {
+                        skipping = true;
+                        continue;
+                    }
+                    shown_services = true;
+                    skipping = false;
+                    section = vec!["services".to_owned(), "<name>".to_owned()];
+                    out.push_str(&format!(
+                        "\n## `[services.<name>]`\n\nOne section per service: {}.\n\n",
+                        SERVICES.map(|s| format!("`{s}`")).join(", ")
+                    ));
+                } else {
+                    out.push_str(&format!("\n## `[{name}]`\n\n"));
+                }
+                out.push_str("| option | default | environment | meaning |\n|---|---|---|---|\n");
+                continue;
+            }
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if skipping {
+                continue;
+            }
+            if section.is_empty() && !out.contains("## Top level") {
+                out.push_str(
+                    "\n## Top level\n\n| option | default | environment | meaning |\n|---|---|---|---|\n",
+                );
+            }
+            let mut env = String::from("GANGLION_");
+            for part in section.iter().chain(std::iter::once(&key.to_owned())) {
+                if env.len() > "GANGLION_".len() {
+                    env.push_str("__");
+                }
+                env.push_str(&part.to_uppercase());
+            }
+            let shown = if section.first().map(String::as_str) == Some("services")
+                && key.ends_with("listen")
+            {
+                "per service, below".to_owned()
+            } else {
+                format!("`{}`", value.replace('|', "\\|"))
+            };
+            out.push_str(&format!(
+                "| `{key}` | {shown} | `{env}` | {} |\n",
+                option_doc(line).unwrap_or("").replace('|', "\\|")
+            ));
+        }
+        out.push_str(
+            "\nEach service's listeners by default:\n\n\
+             | service | `listen` (gRPC) | `http_listen` | `operator_listen` |\n|---|---|---|---|\n",
+        );
+        let address = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        for service in SERVICES {
+            let config = defaults.service(service);
+            out.push_str(&format!(
+                "| {service} | `{}` | `{}` | `{}` |\n",
+                address(config.listen),
+                address(config.http_listen),
+                address(config.operator_listen)
+            ));
+        }
+        out.push_str(
+            "\n## Options with no default\n\nThese take effect only when set:\n\n```toml\n",
+        );
+        out.push_str(
+            EXAMPLE_OPTIONAL
+                .trim_start_matches("\n# Options with no default (uncomment to set):\n"),
+        );
+        out.push_str("```\n");
+        out
+    }
+}
+
 const EXAMPLE_HEADER: &str = "\
 # Ganglion configuration. Every option is shown at its default.
 # Any option can also be set from the environment: GANGLION_<SECTION>__<KEY>,
@@ -965,6 +1069,7 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "dns_nameservers" => "DNS servers (ip:port) for SRV lookups; the system's when empty.",
         "request_timeout_ms" => "How long one outbound federation request may take.",
         "sender_lease_ms" => "How long a federationsender replica holds a destination unrenewed.",
+        "replicas" => "Every replica of the service, as its callers reach them (see below).",
         _ => return None,
     })
 }
@@ -985,6 +1090,30 @@ fn describe_figment_error(error: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `docs/configuration.md` is what [`Config::reference_markdown`]
+    /// makes of today's options.
+    #[test]
+    fn configuration_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/configuration.md");
+        let made = Config::reference_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &made).expect("write docs/configuration.md");
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == made,
+            "docs/configuration.md is out of date: run UPDATE_DOCS=1 cargo test -p ganglion-base configuration_reference"
+        );
+        for needed in [
+            "GANGLION_CLIENT__LISTEN",
+            "GANGLION_SERVICES__<NAME>__REPLICAS",
+            "GANGLION_LOG__PARTITIONS",
+        ] {
+            assert!(made.contains(needed), "{needed}");
+        }
+    }
 
     #[test]
     fn example_config_parses_back_to_the_defaults() {
