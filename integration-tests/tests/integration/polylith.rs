@@ -741,3 +741,93 @@ async fn polylith_rebuilds_the_syncapi_from_the_log() {
         .await;
     server.wait_ready(std::time::Duration::from_secs(60)).await;
 }
+
+/// The Grafana dashboards (`deploy/grafana/*.json`) and the alert rules
+/// (`deploy/prometheus/alerts.yml`) ask only for metrics a running polylith
+/// exports: after a conversation and an event queued for a server that
+/// does not exist, every `ganglion_*` series they name is on some
+/// process's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_query_exported_metrics() {
+    use ganglion_integration_tests::client::encode;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut queries = String::new();
+    for entry in std::fs::read_dir(root.join("deploy/grafana")).expect("deploy/grafana") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let board: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+                    .expect("a dashboard is JSON");
+            for panel in board["panels"].as_array().expect("panels") {
+                for target in panel["targets"].as_array().expect("targets") {
+                    queries.push_str(target["expr"].as_str().expect("expr"));
+                    queries.push('\n');
+                }
+            }
+        }
+    }
+    queries.push_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("alerts"),
+    );
+    let mut wanted: Vec<String> = queries
+        .match_indices("ganglion_")
+        .map(|(at, _)| {
+            queries[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        })
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.len() >= 15, "{wanted:?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), "dashboards").await;
+    let (alice, bob, room_id) = first_conversation(&server.base_url, "").await;
+    bob.sync(None, 0, 10).await;
+    // Banning a user of a server that does not exist queues the ban for
+    // that server: a destination with a queue.
+    let banned = alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/ban", encode(&room_id)),
+            Some(serde_json::json!({"user_id": "@nobody:unreachable.invalid"})),
+        )
+        .await;
+    assert_eq!(banned.status, 200, "{banned:?}");
+    let mut urls: Vec<String> = POLYLITH_SERVICES
+        .iter()
+        .map(|service| format!("http://{}/metrics", server.listeners(service).operator))
+        .collect();
+    urls.push(format!("{}/metrics", server.gateway_operator_url()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut exported = std::collections::HashSet::new();
+        for url in &urls {
+            let text = reqwest::get(url)
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let name: String = line
+                    .chars()
+                    .take_while(|c| *c != '{' && *c != ' ')
+                    .collect();
+                exported.insert(name);
+            }
+        }
+        let missing: Vec<&String> = wanted.iter().filter(|w| !exported.contains(*w)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queried but not exported: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

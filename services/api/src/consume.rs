@@ -249,6 +249,11 @@ fn run(
         assignment: assignment.clone(),
         ends: tokio::sync::Mutex::new(None),
     });
+    // Every series a dashboard or alert asks for exists from the start, at 0.
+    for topic in topics {
+        CONSUMED_RECORDS.with_label_values(&[group, *topic]);
+        DEAD_LETTERS.with_label_values(&[group, *topic]);
+    }
     let group = group.to_owned();
     let mut lag_shutdown = shutdown.clone();
     tokio::spawn(async move {

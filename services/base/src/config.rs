@@ -946,7 +946,8 @@ impl Config {
             "\nEach service's listeners by default:\n\n\
              | service | `listen` (gRPC) | `http_listen` | `operator_listen` |\n|---|---|---|---|\n",
         );
-        let address = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let address =
+            |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         for service in SERVICES {
             let config = defaults.service(service);
             out.push_str(&format!(
@@ -1095,8 +1096,8 @@ mod tests {
     /// makes of today's options.
     #[test]
     fn configuration_reference_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../docs/configuration.md");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
         let made = Config::reference_markdown();
         if std::env::var_os("UPDATE_DOCS").is_some() {
             std::fs::write(&path, &made).expect("write docs/configuration.md");

@@ -417,14 +417,21 @@ impl Database {
         service: &str,
         migrations: &[Migration],
     ) -> Result<(), DatabaseError> {
+        // Replicas starting together on one empty PostgreSQL database take
+        // turns: every step runs in a transaction that first takes this
+        // database's migration lock (released at commit), and looks again
+        // at what is applied once it holds it.
+        let mut tx = self.pool.begin().await?;
+        self.lock_migrations(&mut tx).await?;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS ganglion_schema (
                 version BIGINT PRIMARY KEY,
                 description TEXT NOT NULL
             )",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ganglion_schema")
             .fetch_one(&self.pool)
             .await?;
@@ -439,6 +446,15 @@ impl Database {
         }
         for migration in migrations.iter().filter(|m| m.version > current) {
             let mut tx = self.pool.begin().await?;
+            self.lock_migrations(&mut tx).await?;
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM ganglion_schema WHERE version = $1")
+                    .bind(migration.version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if applied.is_some() {
+                continue;
+            }
             let sql = migration.sql_for(self.engine);
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *tx)
@@ -450,6 +466,21 @@ impl Database {
                 .await?;
             tx.commit().await?;
             tracing::info!(service, version = migration.version, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Takes the database's migration lock until `tx` ends (PostgreSQL;
+    /// SQLite has one writer at a time anyway).
+    async fn lock_migrations(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), sqlx::Error> {
+        if self.engine == Engine::Postgres {
+            // A fixed key: advisory locks belong to one database.
+            sqlx::query("SELECT pg_advisory_xact_lock(716147001)")
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
@@ -640,6 +671,46 @@ pub(crate) mod tests {
             .expect("reopen");
         assert_eq!(db.pool.options().get_max_connections(), 3);
         db.close().await;
+    }
+
+    /// Replicas starting together on one empty PostgreSQL database all
+    /// open it: the migrations run once, in turn (they raced before and
+    /// one replica failed on a duplicate table).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_replicas_migrate_one_database_together() {
+        const MANY: &[Migration] = &[
+            Migration {
+                version: 1,
+                description: "things",
+                sql: "CREATE TABLE things (id {serial}, name TEXT NOT NULL)",
+            },
+            Migration {
+                version: 2,
+                description: "more",
+                sql: "CREATE TABLE more_things (id {serial}); CREATE INDEX more_by_id ON more_things (id)",
+            },
+        ];
+        for round in 0..3 {
+            let url = crate::testing::scratch_postgres(&format!("base_race{round}")).await;
+            let opening: Vec<_> = (0..6)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let dir = tempfile::tempdir().expect("tempdir");
+                        Database::open("test", Some(&url), dir.path(), Some(2), MANY).await
+                    })
+                })
+                .collect();
+            for opened in opening {
+                let db = opened.await.expect("task").expect("every replica opens");
+                let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ganglion_schema")
+                    .fetch_one(&db.pool)
+                    .await
+                    .expect("count");
+                assert_eq!(versions, 2);
+                db.close().await;
+            }
+        }
     }
 
     #[tokio::test]

@@ -271,6 +271,8 @@ fn generate(path: &Path) -> Result<(), KeyError> {
 /// Serves `router` (a service's gRPC API) only to callers with an accepted
 /// secret; others get `UNAUTHENTICATED` and are counted.
 pub fn require(router: Router, secret: InternalSecret, service: &'static str) -> Router {
+    // Exported at 0 from the start, for dashboards and alerts.
+    REFUSED.with_label_values(&[service]);
     router.layer(axum::middleware::from_fn(
         move |request: Request, next: Next| {
             let secret = secret.clone();

@@ -28,6 +28,7 @@ where
     Fut: Future<Output = Result<u64, E>> + Send,
     E: std::fmt::Display,
 {
+    PRUNED.with_label_values(&[what]);
     tokio::spawn(async move {
         loop {
             match prune().await {

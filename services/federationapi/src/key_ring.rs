@@ -154,6 +154,9 @@ impl KeyRing {
         own: OwnKey,
         cache_size: usize,
     ) -> KeyRing {
+        for outcome in ["ok", "failed", "skipped"] {
+            KEY_FETCHES.with_label_values(&[outcome]);
+        }
         KeyRing {
             storage,
             client,

@@ -2,8 +2,8 @@
 
 use std::sync::LazyLock;
 
-use ganglion_base::metrics::counter_vec;
-use prometheus::IntCounterVec;
+use ganglion_base::metrics::{counter_vec, gauge_vec};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
 /// Transactions a destination took.
 pub(crate) static TRANSACTIONS_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -31,3 +31,20 @@ pub(crate) static PDUS_QUEUED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &[],
     )
 });
+
+/// PDUs waiting per destination, as its sender last looked (a destination
+/// leaves the metric when its sender stops).
+pub(crate) static QUEUED_PDUS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "ganglion_federationsender_queued_pdus",
+        "PDUs waiting for a destination, as the replica delivering there last counted",
+        &["destination"],
+    )
+});
+
+/// Makes every series of this service exist from the start, at 0.
+pub(crate) fn export() {
+    for counter in [&TRANSACTIONS_SENT, &TRANSACTIONS_FAILED, &PDUS_QUEUED] {
+        counter.with_label_values::<&str>(&[]);
+    }
+}

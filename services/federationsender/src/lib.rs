@@ -72,6 +72,7 @@ pub async fn start(
 ) -> Result<Started, StartError> {
     let db = Database::open_for_service_one_writer(config, "federationsender", storage::MIGRATIONS)
         .await?;
+    internal_events::export();
     let storage = Storage { db: db.clone() };
     let pruned = storage.clone();
     let keep = config.retention.dead_destination();

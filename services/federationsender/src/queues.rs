@@ -257,6 +257,16 @@ impl Queues {
                     continue;
                 }
             };
+            let depth = if batch.len() < PDUS_PER_TRANSACTION as usize {
+                Ok(batch.len() as i64)
+            } else {
+                self.storage.queue_depth(&destination).await
+            };
+            if let Ok(depth) = depth {
+                crate::internal_events::QUEUED_PDUS
+                    .with_label_values(&[destination.as_str()])
+                    .set(depth);
+            }
             if !batch.is_empty() || !edus.is_empty() {
                 self.send_batch(&destination, failures, batch, edus).await;
                 continue;
@@ -286,6 +296,7 @@ impl Queues {
         }
         sender.holding.store(false, Ordering::SeqCst);
         self.release(&destination).await;
+        let _ = crate::internal_events::QUEUED_PDUS.remove_label_values(&[destination.as_str()]);
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         if senders
             .get(&destination)

@@ -146,11 +146,15 @@ impl Log for KafkaLog {
                     "a topic needs between 1 and 2^31 - 1 partitions",
                 )
             })?;
+        // The log is the record every view is rebuilt from: kept forever,
+        // whatever the broker's default retention (7 days on Apache Kafka).
         let new_topic = NewTopic::new(
             topic,
             partitions,
             TopicReplication::Fixed(self.config.replication_factor),
-        );
+        )
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1");
         let options = AdminOptions::new()
             .request_timeout(Some(self.request_timeout()))
             .operation_timeout(Some(self.request_timeout()));

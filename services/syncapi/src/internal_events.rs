@@ -13,3 +13,12 @@ pub(crate) static EVENTS_STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &[],
     )
 });
+
+/// Long-polling `/sync` requests woken by news (one per waiting user).
+pub(crate) static SYNC_WAKEUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "ganglion_syncapi_wakeups_total",
+        "Waiting /sync requests woken because something new concerns their user",
+        &[],
+    )
+});

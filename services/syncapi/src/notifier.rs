@@ -50,11 +50,16 @@ impl Notifier {
 
     pub(crate) fn wake_users<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
         let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut woken = 0;
         for user in users {
             if let Some(sender) = waiting.get(user) {
                 sender.send_modify(|n| *n = n.wrapping_add(1));
+                woken += sender.receiver_count() as u64;
             }
         }
+        crate::internal_events::SYNC_WAKEUPS
+            .with_label_values::<&str>(&[])
+            .inc_by(woken);
     }
 
     /// Wakes the room's joined members (and `also`, the target of a

@@ -61,6 +61,7 @@ pub enum StartError {
 /// unpublished, and returns the service. Without a log (operator
 /// commands), account data cannot be written.
 pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started, StartError> {
+    internal_events::export();
     let db = Database::open_for_service(config, "userapi", storage::MIGRATIONS).await?;
     let topics = Topics::new(&config.log.topic_prefix);
     if let Some(log) = &log {

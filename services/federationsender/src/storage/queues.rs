@@ -169,6 +169,16 @@ impl Storage {
         )
     }
 
+    /// How many PDUs wait for `destination`.
+    pub(crate) async fn queue_depth(&self, destination: &str) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM queued_pdus WHERE destination = $1")
+                .bind(destination)
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
+    }
+
     /// Moves each partition's stored position forward to at least the
     /// given one (records before it hold nothing left to apply).
     pub(crate) async fn advance_positions(&self, nexts: &[u64]) -> Result<(), StorageError> {
