@@ -272,7 +272,12 @@ def check_compose(binary, label, config, schema, base_env, defaults):
         effective = settings(env_all)
         listening[name] = (personality, effective)
         # The health check probes this process's own operator listener.
-        test = " ".join(map(str, (service.get("healthcheck") or {}).get("test", [])))
+        raw_test = (service.get("healthcheck") or {}).get("test", [])
+        test = " ".join(map(str, raw_test))
+        # podman's Docker-compatible API splits a CMD-form check's arguments
+        # at spaces (`bash -c "a b"` becomes `bash -c a b`: always passing).
+        if raw_test and raw_test[0] == "CMD" and any(" " in str(a) for a in raw_test[1:]):
+            fail(where, "a CMD-form health check with spaces in an argument: write it CMD-SHELL")
         probed = re.search(r"/dev/tcp/127\.0\.0\.1/(\d+)", test)
         expected = operator_port(personality, effective, defaults)
         if not probed:
