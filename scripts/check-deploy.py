@@ -319,6 +319,22 @@ def check_compose(binary, label, config, schema, base_env, defaults):
                 fail(f"{label} service {name}", f"services.roomserver.address {address} is not this container")
         if personality == "syncapi" and get(effective, "services", "syncapi", "replica_id") is None:
             fail(f"{label} service {name}", "a syncapi without replica_id (its consumer groups would be shared)")
+    # PostgreSQL has room for every pool (each process opens up to
+    # database_max_connections, default 10), with some to spare for
+    # operator commands run beside them.
+    pools = sum(
+        get(e, "services", p, "database_max_connections", default=10)
+        for p, e in listening.values()
+        if str(get(e, "services", p, "database_url", default="")).startswith("postgres")
+    )
+    for name, service in services.items():
+        if "postgres" not in str(service.get("image", "")) and name != "postgres":
+            continue
+        command = " ".join(map(str, service.get("command") or []))
+        match = re.search(r"max_connections=(\d+)", command)
+        limit = int(match.group(1)) if match else 100
+        if pools + 10 > limit:
+            fail(f"{label} service {name}", f"max_connections {limit}: the pools need {pools} (+10 to spare)")
     # Each syncapi replica has a database of its own.
     urls = [get(e, "services", "syncapi", "database_url")
             for p, e in listening.values() if p == "syncapi"]
