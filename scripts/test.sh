@@ -2,8 +2,11 @@
 # The whole test suite, on a fresh machine of the project's kind: installs
 # what the tests need (cmake and libcurl headers for rdkafka, the tansu Kafka
 # broker and moto for its durable storage, the matrix-nio and matrix-js-sdk
-# client SDKs, a Synapse to federate with), starts PostgreSQL if it is
-# stopped, builds the binary the integration tests run, then runs every test.
+# client SDKs, a Synapse to federate with; podman, debootstrap and
+# docker-compose for the deployment checks, the helm binary and
+# kubernetes-validate for the chart's), starts PostgreSQL if it is stopped,
+# builds the binary the integration tests run, checks the deployment files,
+# then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,4 +52,10 @@ cargo build -p ganglion
 # The Helm chart: linted, rendered, checked against the Kubernetes schemas
 # and against the binary's options.
 scripts/check-helm.sh
+# Deployment files: every option against the binary, Compose offline, systemd units.
+scripts/check-deploy.sh target/debug/ganglion
+# The container image from the binary just built: register, send and sync through it.
+scripts/check-image.sh target/debug/ganglion
+# Both Compose files on podman (stand-ins for Kafka and PostgreSQL), about a minute.
+scripts/check-compose.sh target/debug/ganglion
 cargo test --workspace -- --test-threads 2

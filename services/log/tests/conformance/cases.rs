@@ -1,5 +1,5 @@
 //! The semantics every producer and consumer of the log relies on
-//! (DESIGN.md §2), one function per promise, each run against both logs.
+//! (docs/architecture.md, "The log"), one function per promise, each run against both logs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
