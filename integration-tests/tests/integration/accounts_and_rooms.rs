@@ -648,3 +648,96 @@ async fn registration_tokens_and_the_open_registration_guard() {
         String::from_utf8_lossy(&meant.stderr)
     );
 }
+
+/// Discovery an operator configures: `/.well-known/matrix/server` delegates
+/// federation to `federation.well_known_server` (404 `M_NOT_FOUND` when
+/// unset, so other servers use the server name itself), and
+/// `/.well-known/matrix/client` announces `client.public_base_url`. And
+/// `ganglion create-account` takes its password from `GANGLION_PASSWORD`
+/// (which the configuration loader leaves alone: it is not an option).
+#[tokio::test]
+async fn operators_configure_discovery_and_create_accounts() {
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = Monolith::start(dir.path()).await;
+    let server_well_known = format!("{}/.well-known/matrix/server", plain.base_url);
+    let unset = request(&http, Method::GET, &server_well_known, None, None).await;
+    assert_eq!((unset.status, unset.errcode()), (404, "M_NOT_FOUND"));
+    let client = request(
+        &http,
+        Method::GET,
+        &format!("{}/.well-known/matrix/client", plain.base_url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        client.body["m.homeserver"]["base_url"],
+        plain.base_url.as_str(),
+        "the request's own host when unset"
+    );
+    drop(plain);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.push((
+        "GANGLION_FEDERATION__WELL_KNOWN_SERVER".to_owned(),
+        "matrix.example.org:443".to_owned(),
+    ));
+    env.push((
+        "GANGLION_CLIENT__PUBLIC_BASE_URL".to_owned(),
+        "https://matrix.example.org".to_owned(),
+    ));
+    let server = Monolith::start_with(dir.path(), env.clone()).await;
+    let delegated = request(
+        &http,
+        Method::GET,
+        &format!("{}/.well-known/matrix/server", server.base_url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(delegated.status, 200);
+    assert_eq!(
+        delegated.body,
+        json!({"m.server": "matrix.example.org:443"})
+    );
+    let client = request(
+        &http,
+        Method::GET,
+        &format!("{}/.well-known/matrix/client", server.base_url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        client.body["m.homeserver"]["base_url"],
+        "https://matrix.example.org"
+    );
+
+    let made = std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+        .args(["create-account", "carol"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("GANGLION_PASSWORD", "password-of-carol")
+        .output()
+        .expect("operator command");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let login = request(
+        &http,
+        Method::POST,
+        &format!("{}/_matrix/client/v3/login", server.base_url),
+        None,
+        Some(
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"},
+                "password": "password-of-carol"})
+            .to_string()
+            .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{login:?}");
+}

@@ -250,6 +250,10 @@ pub struct ClientConfig {
     pub presence_unavailable_after_ms: u64,
     /// A user who stops syncing for this long becomes offline.
     pub presence_offline_after_ms: u64,
+    /// The URL clients reach this server at, as `/.well-known/matrix/client`
+    /// announces it (e.g. `https://matrix.example.org`); when unset, the
+    /// request's own `Host` over `http`.
+    pub public_base_url: Option<String>,
 }
 
 /// The federation API (`/_matrix/federation`, `/_matrix/key`), served over TLS.
@@ -271,6 +275,10 @@ pub struct FederationConfig {
     pub tls_private_key_path: Option<PathBuf>,
     /// Ed25519 signing key; generated in `data_dir` when unset.
     pub signing_key_path: Option<PathBuf>,
+    /// Where other servers reach this one (`host[:port]`), as
+    /// `/.well-known/matrix/server` delegates to it (e.g.
+    /// `matrix.example.org:443` behind an ingress); not served when unset.
+    pub well_known_server: Option<String>,
     /// Whether remote servers must present a certificate valid for their
     /// name (turn off only for test networks of self-signed servers).
     pub verify_certificates: bool,
@@ -591,6 +599,7 @@ impl Default for ClientConfig {
             read_your_writes_timeout_ms: 5_000,
             presence_unavailable_after_ms: 60_000,
             presence_offline_after_ms: 300_000,
+            public_base_url: None,
         }
     }
 }
@@ -602,6 +611,7 @@ impl Default for FederationConfig {
             max_body_bytes: 8 * 1024 * 1024,
             max_connections: 4_096,
             header_read_timeout_ms: 30_000,
+            well_known_server: None,
             tls_certificate_path: None,
             tls_private_key_path: None,
             signing_key_path: None,
@@ -658,6 +668,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `GANGLION_*` variables that are not options (after the prefix, lower
+/// case): `create-account`'s password.
+pub const NOT_OPTIONS: [&str; 1] = ["password"];
+
 impl Config {
     /// Defaults, then `file` if given, then `GANGLION_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -671,7 +685,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("GANGLION_").split("__"));
+        figment = figment.merge(
+            Env::prefixed("GANGLION_")
+                // Not options: read by commands themselves.
+                .ignore(&NOT_OPTIONS)
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
@@ -979,7 +998,10 @@ const EXAMPLE_HEADER: &str = "\
 
 const EXAMPLE_OPTIONAL: &str = "
 # Options with no default (uncomment to set):
+# [client]
+# public_base_url = \"https://matrix.example.org\"     # /.well-known/matrix/client; default: http://<Host>
 # [federation]
+# well_known_server = \"matrix.example.org:443\"      # /.well-known/matrix/server; not served when unset
 # tls_certificate_path = \"/etc/ganglion/tls.crt\"   # self-signed in data_dir when unset
 # tls_private_key_path = \"/etc/ganglion/tls.key\"
 # signing_key_path = \"/etc/ganglion/signing.key\"   # generated in data_dir when unset

@@ -33,6 +33,10 @@ use ganglion_log::Log;
 /// What the clientapi's handlers share.
 pub(crate) struct ClientApi {
     server_name: String,
+    /// `client.public_base_url`, for `/.well-known/matrix/client`.
+    public_base_url: Option<String>,
+    /// `federation.well_known_server`, for `/.well-known/matrix/server`.
+    well_known_server: Option<String>,
     registration_enabled: bool,
     /// Registration takes `m.login.registration_token`, not `m.login.dummy`.
     registration_requires_token: bool,
@@ -108,6 +112,8 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
     }
     let api = Arc::new(ClientApi {
         server_name: config.server_name.clone(),
+        public_base_url: config.client.public_base_url.clone(),
+        well_known_server: config.federation.well_known_server.clone(),
         registration_enabled: config.client.registration_enabled,
         registration_requires_token: config.client.registration_requires_token,
         guest_access_enabled: config.client.guest_access_enabled,

@@ -24,11 +24,26 @@ pub(crate) async fn well_known(
     State(api): State<Arc<ClientApi>>,
     headers: HeaderMap,
 ) -> MatrixResult {
-    let base_url = match headers.get("host").and_then(|h| h.to_str().ok()) {
-        Some(host) => format!("http://{host}"),
-        None => format!("https://{}", api.server_name),
+    let base_url = match (
+        &api.public_base_url,
+        headers.get("host").and_then(|h| h.to_str().ok()),
+    ) {
+        (Some(configured), _) => configured.clone(),
+        (None, Some(host)) => format!("http://{host}"),
+        (None, None) => format!("https://{}", api.server_name),
     };
     respond(json!({ "m.homeserver": { "base_url": base_url } }))
+}
+
+/// `GET /.well-known/matrix/server`: where other servers should send
+/// federation requests, when the operator delegates
+/// (`federation.well_known_server`); 404 `M_NOT_FOUND` otherwise, which
+/// tells them to use the server name itself (then SRV records).
+pub(crate) async fn well_known_server(State(api): State<Arc<ClientApi>>) -> MatrixResult {
+    match &api.well_known_server {
+        Some(server) => respond(json!({ "m.server": server })),
+        None => Err(MatrixError::not_found("No delegation is configured")),
+    }
 }
 
 pub(crate) async fn capabilities(

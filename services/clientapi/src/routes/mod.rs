@@ -42,6 +42,10 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
         .route("/_matrix/client/versions", get(discovery::versions))
         .route("/.well-known/matrix/client", get(discovery::well_known))
         .route(
+            "/.well-known/matrix/server",
+            get(discovery::well_known_server),
+        )
+        .route(
             "/_matrix/client/v1/register/m.login.registration_token/validity",
             get(account::registration_token_validity),
         );
