@@ -27,21 +27,13 @@ import yaml
 RELEASE = "t"
 NAMESPACE = "ganglion"
 FULLNAME = f"{RELEASE}-ganglion"
-SERVICES = [
-    "userapi",
-    "roomserver",
-    "syncapi",
-    "keyserver",
-    "federationapi",
-    "federationsender",
-    "mediaapi",
-    "clientapi",
-]
+# The services, as `ganglion generate-config` lists them (set in main()).
+SERVICES: list[str] = []
 STATELESS = ["gateway", "clientapi", "userapi", "keyserver", "federationapi", "mediaapi"]
 WRITERS = ["roomserver", "federationsender"]
 WITH_HTTP = ["clientapi", "syncapi", "federationapi", "mediaapi"]
 WITH_SIGNING_KEY = ["roomserver", "federationapi", "monolith"]
-PERSONALITIES = set(SERVICES) | {"gateway", "monolith"}
+PERSONALITIES: set[str] = set()
 
 # What each values file must give: replicas per service (an int for a fixed
 # count, (min, max) for an autoscaled one) and the syncapi's storage.
@@ -653,7 +645,7 @@ def check_job(docs: list[dict], c: Checks):
 
 
 def main() -> int:
-    global RELEASE, NAMESPACE, FULLNAME
+    global RELEASE, NAMESPACE, FULLNAME, SERVICES, PERSONALITIES
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rendered", required=True, help="directory of <values name>.yaml renders")
     parser.add_argument("--ganglion", required=True)
@@ -666,6 +658,11 @@ def main() -> int:
     FULLNAME = f"{RELEASE}-ganglion"
 
     options = option_paths(args.ganglion)
+    SERVICES = list(tomllib.loads(run([args.ganglion, "generate-config"]).stdout).get("services", {}))
+    PERSONALITIES = set(SERVICES) | {"gateway", "monolith"}
+    if not SERVICES:
+        print("ganglion generate-config lists no services", file=sys.stderr)
+        return 1
     routes = run([args.ganglion, "routes"]).stdout.split("\n")
     routes = [line.split("\t")[1] for line in routes if "\t" in line]
     if not options or not routes:

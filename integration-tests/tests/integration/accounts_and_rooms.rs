@@ -658,19 +658,14 @@ async fn registration_tokens_and_the_open_registration_guard() {
 #[tokio::test]
 async fn operators_configure_discovery_and_create_accounts() {
     let http = reqwest::Client::new();
+    let get = async |base_url: &str, path: &str| {
+        request(&http, Method::GET, &format!("{base_url}{path}"), None, None).await
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let plain = Monolith::start(dir.path()).await;
-    let server_well_known = format!("{}/.well-known/matrix/server", plain.base_url);
-    let unset = request(&http, Method::GET, &server_well_known, None, None).await;
+    let unset = get(&plain.base_url, "/.well-known/matrix/server").await;
     assert_eq!((unset.status, unset.errcode()), (404, "M_NOT_FOUND"));
-    let client = request(
-        &http,
-        Method::GET,
-        &format!("{}/.well-known/matrix/client", plain.base_url),
-        None,
-        None,
-    )
-    .await;
+    let client = get(&plain.base_url, "/.well-known/matrix/client").await;
     assert_eq!(
         client.body["m.homeserver"]["base_url"],
         plain.base_url.as_str(),
@@ -689,27 +684,13 @@ async fn operators_configure_discovery_and_create_accounts() {
         "https://matrix.example.org".to_owned(),
     ));
     let server = Monolith::start_with(dir.path(), env.clone()).await;
-    let delegated = request(
-        &http,
-        Method::GET,
-        &format!("{}/.well-known/matrix/server", server.base_url),
-        None,
-        None,
-    )
-    .await;
+    let delegated = get(&server.base_url, "/.well-known/matrix/server").await;
     assert_eq!(delegated.status, 200);
     assert_eq!(
         delegated.body,
         json!({"m.server": "matrix.example.org:443"})
     );
-    let client = request(
-        &http,
-        Method::GET,
-        &format!("{}/.well-known/matrix/client", server.base_url),
-        None,
-        None,
-    )
-    .await;
+    let client = get(&server.base_url, "/.well-known/matrix/client").await;
     assert_eq!(
         client.body["m.homeserver"]["base_url"],
         "https://matrix.example.org"

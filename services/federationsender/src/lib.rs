@@ -200,18 +200,11 @@ async fn catch_up(
     topic: &str,
     config: &Config,
 ) -> Result<(), StartError> {
-    let stored = storage
-        .output_positions()
-        .await
-        .map_err(|e| StartError::Storage(format!("{e:?}")))?;
     let committed = log.committed_offsets(group, topic).await?;
+    let stored = stored_positions(storage, committed.len()).await?;
     let mut from = Vec::with_capacity(committed.len());
     let mut to = Vec::with_capacity(committed.len());
-    for (partition, committed) in committed.iter().enumerate() {
-        let stored = stored
-            .iter()
-            .find(|(p, _)| *p as usize == partition)
-            .map(|(_, next)| *next);
+    for (stored, committed) in stored.into_iter().zip(&committed) {
         match (stored, *committed) {
             (Some(stored), Some(committed)) if stored < committed => {
                 from.push(stored);
@@ -247,6 +240,25 @@ async fn catch_up(
     )
     .await?;
     Ok(())
+}
+
+/// The stored position of each of `partitions` partitions (`None` where
+/// nothing was applied).
+async fn stored_positions(
+    storage: &Storage,
+    partitions: usize,
+) -> Result<Vec<Option<u64>>, StartError> {
+    let mut positions = vec![None; partitions];
+    for (partition, next) in storage
+        .output_positions()
+        .await
+        .map_err(|e| StartError::Storage(format!("{e:?}")))?
+    {
+        if let Some(slot) = positions.get_mut(partition as usize) {
+            *slot = Some(next);
+        }
+    }
+    Ok(positions)
 }
 
 /// A rebuild of the joined hosts under way (see [`rebuild`]).
@@ -298,17 +310,10 @@ pub async fn rebuild(config: &Config, log: Arc<dyn Log>) -> Result<Rebuild, Star
         .into_iter()
         .map(|committed| committed.unwrap_or(0))
         .collect();
-    let stored = storage
-        .output_positions()
-        .await
-        .map_err(|e| StartError::Storage(format!("{e:?}")))?;
-    let from: Vec<u64> = (0..targets.len())
-        .map(|partition| {
-            stored
-                .iter()
-                .find(|(p, _)| *p as usize == partition)
-                .map_or(0, |(_, next)| *next)
-        })
+    let from: Vec<u64> = stored_positions(&storage, targets.len())
+        .await?
+        .into_iter()
+        .map(|next| next.unwrap_or(0))
         .collect();
     let (done, watching) = watch::channel(from.clone());
     let applying = consumers::roomserver_output::OutputConsumer {

@@ -309,27 +309,29 @@ impl Log for KafkaLog {
             }
             let mut partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
             partitions.sort_unstable();
-            // One request per partition, all at once: a slow broker costs
-            // one round trip, not one per partition.
-            std::thread::scope(|scope| {
-                let asking: Vec<_> = partitions
-                    .into_iter()
-                    .map(|partition| {
-                        let topic = topic.as_str();
-                        scope.spawn(move || client.fetch_watermarks(topic, partition, timeout))
-                    })
-                    .collect();
-                asking
-                    .into_iter()
-                    .map(|answer| {
+            // One request per partition, up to 16 at once: a slow broker
+            // costs a round trip per 16 partitions, not one per partition.
+            let mut ends = Vec::with_capacity(partitions.len());
+            for group in partitions.chunks(16) {
+                std::thread::scope(|scope| -> Result<(), LogError> {
+                    let asking: Vec<_> = group
+                        .iter()
+                        .map(|&partition| {
+                            let topic = topic.as_str();
+                            scope.spawn(move || client.fetch_watermarks(topic, partition, timeout))
+                        })
+                        .collect();
+                    for answer in asking {
                         let (_, high) = answer
                             .join()
                             .map_err(|_| LogError::Kafka("a watermark request panicked".into()))?
                             .map_err(kafka_error)?;
-                        to_u64(high)
-                    })
-                    .collect()
-            })
+                        ends.push(to_u64(high)?);
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(ends)
         })
         .await
         .map_err(|_| LogError::Closed)?
