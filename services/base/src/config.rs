@@ -706,6 +706,24 @@ impl Config {
                 self.server_name
             )));
         }
+        // Other servers treat an invalid delegation as a failed discovery:
+        // refuse it here rather than break federation.
+        if let Some(server) = &self.federation.well_known_server
+            && crate::limits::server_name(server).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "federation.well_known_server: {server:?} is not a server name (host[:port])"
+            )));
+        }
+        if let Some(url) = &self.client.public_base_url
+            && (!(url.starts_with("https://") || url.starts_with("http://"))
+                || url.len() <= "https://".len()
+                || url.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "client.public_base_url: {url:?} is not an http(s) URL"
+            )));
+        }
         if !matches!(
             self.log.kafka_security_protocol.as_str(),
             "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
@@ -1135,6 +1153,36 @@ mod tests {
             "GANGLION_LOG__PARTITIONS",
         ] {
             assert!(made.contains(needed), "{needed}");
+        }
+    }
+
+    /// What discovery announces must be usable: an invalid delegation
+    /// would make other servers fail to find this one.
+    #[test]
+    fn discovery_settings_are_checked() {
+        let check = |server: Option<&str>, url: Option<&str>| {
+            let mut config = Config::default();
+            config.federation.well_known_server = server.map(str::to_owned);
+            config.client.public_base_url = url.map(str::to_owned);
+            config.validate().is_ok()
+        };
+        assert!(check(None, None));
+        assert!(check(
+            Some("matrix.example.org:443"),
+            Some("https://matrix.example.org")
+        ));
+        assert!(check(Some("[::1]:8448"), Some("http://127.0.0.1:8008")));
+        for bad in [
+            "https://matrix.example.org",
+            "host:0",
+            "host:99999",
+            "",
+            "a b",
+        ] {
+            assert!(!check(Some(bad), None), "{bad}");
+        }
+        for bad in ["matrix.example.org", "ftp://x", "https://", "https://a b"] {
+            assert!(!check(None, Some(bad)), "{bad}");
         }
     }
 
