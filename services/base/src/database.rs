@@ -144,14 +144,20 @@ pub fn refuses_the_data(error: &sqlx::Error) -> bool {
 /// a while (no connection free in time, a connection lost), not that the
 /// request was wrong: the caller should retry, so it is a 503, never a 500.
 pub fn is_transient(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL shutting down or starting up (57P01 ends the open
+        // sessions on `pg_ctl stop -m fast`, 57P03 refuses new ones) and
+        // connection exceptions (class 08) pass with time.
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// The Matrix error a client gets for a failed database call of `service`:
