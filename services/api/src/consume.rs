@@ -1,11 +1,14 @@
-//! The consumer loop every service uses: take a record, handle it (one
-//! database transaction), commit its offset only after that, retry transient
-//! failures with backoff. A record that can never be applied is never
+//! The consumer loop every service uses: take a record and whatever else
+//! has already arrived (up to [`MAX_BATCH`]), handle them (one database
+//! transaction per record, or per batch where the handler takes batches),
+//! commit the offsets only after that (one commit per batch), retry
+//! transient failures with backoff. A record that can never be applied is never
 //! dropped silently: it goes to its topic's dead-letter topic
 //! (`<topic>.deadletter`) with the error, the consumer group and its
 //! position in headers, is counted and logged as an error, and only then is
 //! its offset committed so the partition moves on.
-//! Each record runs in a span continuing the producer's trace.
+//! Each record runs in a span continuing the producer's trace (a batch, in
+//! one span continuing its first record's).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,11 +78,34 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.deadletter")
 }
 
-/// A topic consumer: one record in, one database transaction.
+/// The most records a consumer takes at once: what has arrived while the
+/// last batch was handled, so a consumer that keeps up handles one record
+/// at a time and one that is behind catches up in large transactions.
+pub const MAX_BATCH: usize = 512;
+
+/// A topic consumer: one record in, one database transaction (or a batch
+/// of records in one, for handlers that say so).
 #[async_trait]
 pub trait RecordHandler: Send + Sync + 'static {
     /// Must be idempotent: a record may be delivered again after a crash.
     async fn handle(&self, record: &Record) -> Result<(), HandleError>;
+
+    /// Whether [`handle_batch`](RecordHandler::handle_batch) applies a
+    /// batch as one unit.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+
+    /// Applies `records` (in log order within each partition) all or
+    /// nothing, for a handler that [takes batches](RecordHandler::takes_batches).
+    /// A permanent error makes the consumer handle the batch's records one
+    /// by one, so only the record at fault goes to the dead letters.
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        for record in records {
+            self.handle(record).await?;
+        }
+        Ok(())
+    }
 
     /// Called once a record that could never be applied is on its
     /// dead-letter topic: a view that keeps its position with its data
@@ -262,10 +288,7 @@ fn run(
                 record = consumer.next() => record,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            if let Ok(mut a) = assignment.lock() {
-                *a = consumer.assignment();
-            }
-            let record = match record {
+            let first = match record {
                 Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(%group, %error, "consumer error; retrying");
@@ -273,14 +296,31 @@ fn run(
                     continue;
                 }
             };
-            if !handle_with_retries(&*log, &group, &*handler, &record, &mut shutdown).await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match consumer.try_next().await {
+                    Ok(Some(record)) => batch.push(record),
+                    // An error shows again at the next `next`.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if let Ok(mut a) = assignment.lock() {
+                *a = consumer.assignment();
+            }
+            let handled = handle_all(&*log, &group, &*handler, &batch, &mut shutdown).await;
+            let done = &batch[..handled];
+            commit_with_retries(&group, &mut *consumer, done, &mut shutdown).await;
+            for record in done {
+                progress.record(record);
+            }
+            for record in done {
+                CONSUMED_RECORDS
+                    .with_label_values(&[group.as_str(), record.topic.as_str()])
+                    .inc();
+            }
+            if handled < batch.len() {
                 break;
             }
-            commit_with_retries(&group, &mut *consumer, &record, &mut shutdown).await;
-            progress.record(&record);
-            CONSUMED_RECORDS
-                .with_label_values(&[group.as_str(), record.topic.as_str()])
-                .inc();
         }
         tracing::debug!(%group, "consumer stopped");
     });
@@ -305,6 +345,71 @@ fn run(
         }
     });
     handle
+}
+
+/// Handles `batch`: as one unit where the handler takes batches (falling
+/// back to one record at a time when that fails for good), else record by
+/// record. Returns how many records, from the first, were handled (or
+/// dead-lettered): fewer than all only when shutting down.
+async fn handle_all(
+    log: &dyn Log,
+    group: &str,
+    handler: &dyn RecordHandler,
+    batch: &[Record],
+    shutdown: &mut watch::Receiver<bool>,
+) -> usize {
+    if batch.len() > 1 && handler.takes_batches() {
+        match handle_batch_with_retries(group, handler, batch, shutdown).await {
+            Some(true) => return batch.len(),
+            Some(false) => {}
+            None => return 0,
+        }
+    }
+    for (handled, record) in batch.iter().enumerate() {
+        if !handle_with_retries(log, group, handler, record, shutdown).await {
+            return handled;
+        }
+    }
+    batch.len()
+}
+
+/// Applies a batch as one unit, retrying transient failures: `Some(true)`
+/// once applied, `Some(false)` when it failed for good (its records are
+/// then handled one at a time), `None` when shutting down first.
+async fn handle_batch_with_retries(
+    group: &str,
+    handler: &dyn RecordHandler,
+    batch: &[Record],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    let first = batch.first()?;
+    let span = tracing::info_span!(
+        "consume_batch",
+        group,
+        topic = %first.topic,
+        records = batch.len(),
+    );
+    telemetry::continue_from_headers(&span, &first.headers);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match handler.handle_batch(batch).instrument(span.clone()).await {
+            Ok(()) => return Some(true),
+            Err(HandleError::Permanent(error)) => {
+                let _guard = span.enter();
+                tracing::info!(%error, "a batch failed for good; applying its records one by one");
+                return Some(false);
+            }
+            Err(HandleError::Transient(error)) => {
+                let _guard = span.enter();
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling a batch failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Returns false when shutting down before the record was handled (or
@@ -427,15 +532,24 @@ async fn dead_letter(
     }
 }
 
+/// Commits the last of `records` in each partition, in one request.
 async fn commit_with_retries(
     group: &str,
     consumer: &mut dyn Consumer,
-    record: &Record,
+    records: &[Record],
     shutdown: &mut watch::Receiver<bool>,
 ) {
+    let mut lasts: HashMap<(&str, u32), &Record> = HashMap::new();
+    for record in records {
+        lasts.insert((record.topic.as_str(), record.partition), record);
+    }
+    if lasts.is_empty() {
+        return;
+    }
+    let lasts: Vec<&Record> = lasts.into_values().collect();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match consumer.commit(record).await {
+        match consumer.commit_all(&lasts).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(group, %error, "commit failed; retrying");
@@ -561,6 +675,107 @@ mod tests {
         assert_eq!(
             letter.header("ganglion-dead-letter-offset"),
             Some(&b"1"[..])
+        );
+    }
+
+    /// Takes batches: a batch holding a `poison` record fails for good,
+    /// one holding a `flaky` record fails once for a while.
+    #[derive(Default)]
+    struct Batcher {
+        applied: Mutex<Vec<String>>,
+        batch_sizes: Mutex<Vec<usize>>,
+        flaked: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl RecordHandler for Batcher {
+        async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+            let text = String::from_utf8_lossy(&record.payload).into_owned();
+            if text.starts_with("poison") {
+                return Err(HandleError::Permanent(format!("cannot apply {text}")));
+            }
+            self.applied.lock().expect("lock").push(text);
+            Ok(())
+        }
+
+        fn takes_batches(&self) -> bool {
+            true
+        }
+
+        async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+            let texts: Vec<String> = records
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+                .collect();
+            if texts.iter().any(|t| t.starts_with("poison")) {
+                return Err(HandleError::Permanent("a poisoned batch".into()));
+            }
+            if texts.iter().any(|t| t.starts_with("flaky")) {
+                let mut flaked = self.flaked.lock().expect("lock");
+                if !*flaked {
+                    *flaked = true;
+                    return Err(HandleError::Transient("try again".into()));
+                }
+            }
+            self.batch_sizes.lock().expect("lock").push(records.len());
+            self.applied.lock().expect("lock").extend(texts);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_applied_in_batches_and_a_poisoned_batch_record_by_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path()).expect("log"));
+        log.ensure_topic("backlog", 1).await.expect("topic");
+        let mut sent = Vec::new();
+        for n in 0..(MAX_BATCH + 100) {
+            let text = match n {
+                10 => "flaky 10".to_owned(),
+                600 => "poison 600".to_owned(),
+                n => format!("record {n}"),
+            };
+            log.produce(
+                "backlog",
+                OutgoingRecord {
+                    key: b"k".to_vec(),
+                    headers: Vec::new(),
+                    payload: text.as_bytes().to_vec(),
+                },
+            )
+            .await
+            .expect("produce");
+            if !text.starts_with("poison") {
+                sent.push(text);
+            }
+        }
+        let handler = Arc::new(Batcher::default());
+        let (stop, shutdown) = watch::channel(false);
+        let consumer = spawn(log.clone(), "batcher", &["backlog"], handler.clone(), shutdown)
+            .await
+            .expect("consumer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handler.applied.lock().expect("lock").len() < sent.len() {
+            assert!(std::time::Instant::now() < deadline, "the backlog was applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Committed once the batch is applied.
+        while consumer.progress.next_offset("backlog", 0) < (MAX_BATCH + 100) as u64 {
+            assert!(std::time::Instant::now() < deadline, "the backlog was committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(true);
+        assert_eq!(
+            *handler.applied.lock().expect("lock"),
+            sent,
+            "every record once, in order, the poisoned one left out"
+        );
+        let sizes = handler.batch_sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.first(), Some(&MAX_BATCH), "the first batch is full");
+        assert!(sizes.iter().all(|size| *size <= MAX_BATCH));
+        assert_eq!(
+            log.committed_offsets("batcher", "backlog").await.expect("offsets"),
+            [Some((MAX_BATCH + 100) as u64)]
         );
     }
 }

@@ -128,9 +128,24 @@ pub trait Consumer: Send {
     /// this member. Records of one partition arrive in offset order.
     async fn next(&mut self) -> Result<Record, LogError>;
 
+    /// The next record if one is at hand now, without waiting: after
+    /// [`next`](Consumer::next), a consumer takes what else has arrived
+    /// and applies it as one batch.
+    async fn try_next(&mut self) -> Result<Option<Record>, LogError>;
+
     /// Commits `record`: after a restart or a rebalance the group resumes at
     /// the record after it. Call only once the record's effects are durable.
     async fn commit(&mut self, record: &Record) -> Result<(), LogError>;
+
+    /// Commits each of `records` (at most one per partition, as
+    /// [`commit`](Consumer::commit) does), in one request where the log
+    /// allows it.
+    async fn commit_all(&mut self, records: &[&Record]) -> Result<(), LogError> {
+        for record in records {
+            self.commit(record).await?;
+        }
+        Ok(())
+    }
 
     /// The (topic, partition) pairs currently assigned to this member.
     fn assignment(&self) -> Vec<(String, u32)>;

@@ -142,12 +142,20 @@ impl SyncService {
 
     /// Marks a record of `stream` as consumed (after its transaction committed).
     fn advance(&self, stream: Stream, record: &ganglion_log::Record) {
-        let Some(slot) = stream.slot(record.partition, self.partitions) else {
-            return;
-        };
+        self.advance_all(stream, std::slice::from_ref(record));
+    }
+
+    /// Marks records of `stream` as consumed (after their transaction
+    /// committed), waking position waiters once.
+    fn advance_all(&self, stream: Stream, records: &[ganglion_log::Record]) {
         self.positions.send_modify(|positions| {
-            if let Some(next) = positions.get_mut(slot) {
-                *next = (*next).max(record.offset + 1);
+            for record in records {
+                if let Some(next) = stream
+                    .slot(record.partition, self.partitions)
+                    .and_then(|slot| positions.get_mut(slot))
+                {
+                    *next = (*next).max(record.offset + 1);
+                }
             }
         });
     }
@@ -231,8 +239,9 @@ pub async fn start(
         lazy_members: Default::default(),
         closing: watch::channel(false).0,
     });
-    // The view's positions are stored with its data, in one transaction per
-    // record, so it resumes exactly where it stopped: no consumer group.
+    // The view's positions are stored with its data, in the transaction of
+    // each record (or batch of records), so it resumes exactly where it
+    // stopped: no consumer group.
     // One reader per topic, so a busy room stream never delays typing.
     let mut consumers = Vec::new();
     for (index, stream) in Stream::ALL.into_iter().enumerate() {

@@ -186,6 +186,17 @@ impl Consumer for EmbeddedConsumer {
         }
     }
 
+    async fn try_next(&mut self) -> Result<Option<Record>, LogError> {
+        if let Some(group_changed) = &mut self.group_changed {
+            let version = *group_changed.borrow_and_update();
+            if self.synced_version != Some(version) {
+                self.synced_version = Some(version);
+                self.sync_assignment();
+            }
+        }
+        self.read_next()
+    }
+
     async fn commit(&mut self, record: &Record) -> Result<(), LogError> {
         let Some(group) = &self.group else {
             return Ok(());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use parking_lot::Mutex;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
@@ -68,18 +69,37 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    async fn try_next(&mut self) -> Result<Option<Record>, LogError> {
+        let consumer = self.consumer()?;
+        // `recv` is cancel safe: polled once, it takes a message only when
+        // one is already fetched.
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => Ok(Some(to_record(&message)?)),
+            Some(Err(error)) if is_permanent(&error) => Err(kafka_error(error)),
+            // A transient error: `next` waits it out.
+            Some(Err(_)) | None => Ok(None),
+        }
+    }
+
     async fn commit(&mut self, record: &Record) -> Result<(), LogError> {
-        if !self.in_group {
+        self.commit_all(&[record]).await
+    }
+
+    async fn commit_all(&mut self, records: &[&Record]) -> Result<(), LogError> {
+        if !self.in_group || records.is_empty() {
             return Ok(());
         }
-        let partition = i32::try_from(record.partition)
-            .map_err(|_| LogError::Kafka(format!("partition {} out of range", record.partition)))?;
-        let next = i64::try_from(record.offset.saturating_add(1))
-            .map_err(|_| LogError::Kafka(format!("offset {} out of range", record.offset)))?;
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&record.topic, partition, Offset::Offset(next))
-            .map_err(kafka_error)?;
+        for record in records {
+            let partition = i32::try_from(record.partition).map_err(|_| {
+                LogError::Kafka(format!("partition {} out of range", record.partition))
+            })?;
+            let next = i64::try_from(record.offset.saturating_add(1))
+                .map_err(|_| LogError::Kafka(format!("offset {} out of range", record.offset)))?;
+            offsets
+                .add_partition_offset(&record.topic, partition, Offset::Offset(next))
+                .map_err(kafka_error)?;
+        }
         let offsets = Arc::new(offsets);
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;

@@ -469,3 +469,65 @@ pub async fn committed_offsets_are_read_without_joining(fixture: &mut Fixture) {
             .all(Option::is_none)
     );
 }
+
+/// After `next`, `try_next` hands over what has already arrived without
+/// waiting (and says so when nothing has); one `commit_all` of the last
+/// record of each partition counts for the group as separate commits would.
+pub async fn batches_are_taken_and_committed_together(fixture: &mut Fixture) {
+    let topic = fixture.name("batch");
+    let group = fixture.name("group");
+    let keys = ["!a:example.org", "!b:example.org", "!c:example.org"];
+    let log = fixture.log();
+    log.ensure_topic(&topic, 4).await.unwrap();
+    let mut sent = BTreeSet::new();
+    for i in 0..30 {
+        let key = keys[i % keys.len()];
+        let text = format!("{key}/{i}");
+        log.produce(&topic, record(key, &text)).await.unwrap();
+        sent.insert(text);
+    }
+    let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+    let mut taken = vec![next(&mut consumer).await];
+    let deadline = std::time::Instant::now() + DEADLINE;
+    // A broker hands records over as its fetches arrive: keep taking
+    // until all are here.
+    while taken.len() < sent.len() {
+        assert!(std::time::Instant::now() < deadline, "try_next stalled");
+        match consumer.try_next().await.unwrap() {
+            Some(record) => taken.push(record),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let started = std::time::Instant::now();
+    assert!(consumer.try_next().await.unwrap().is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "try_next waited for a record"
+    );
+    let got: BTreeSet<String> = taken.iter().map(payload).collect();
+    assert_eq!(got, sent);
+    // Per partition, in order.
+    let mut last: HashMap<u32, &Record> = HashMap::new();
+    for record in &taken {
+        if let Some(before) = last.insert(record.partition, record) {
+            assert!(before.offset < record.offset);
+        }
+    }
+    let lasts: Vec<&Record> = last.values().copied().collect();
+    assert!(lasts.len() > 1, "the keys spread over partitions");
+    consumer.commit_all(&lasts).await.unwrap();
+    drop(consumer);
+    let committed = log.committed_offsets(&group, &topic).await.unwrap();
+    for record in &lasts {
+        assert_eq!(
+            committed[record.partition as usize],
+            Some(record.offset + 1),
+            "partition {}",
+            record.partition
+        );
+    }
+    // The group resumes after the batch.
+    log.produce(&topic, record(keys[0], "after")).await.unwrap();
+    let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
+    assert_eq!(payload(&next(&mut consumer).await), "after");
+}

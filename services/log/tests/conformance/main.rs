@@ -42,6 +42,7 @@ conformance!(
     end_offsets_are_high_watermarks,
     a_reader_starts_at_given_offsets,
     committed_offsets_are_read_without_joining,
+    batches_are_taken_and_committed_together,
 );
 
 /// What only the Kafka log has to survive: its broker going away.

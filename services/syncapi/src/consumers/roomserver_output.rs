@@ -1,5 +1,5 @@
-//! `roomserver.output`: store each event and its state change, then wake
-//! waiting `/sync` requests.
+//! `roomserver.output`: store each event and its state change, a batch of
+//! records per transaction, then wake waiting `/sync` requests.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use ganglion_log::Record;
 
 use crate::SyncService;
 use crate::internal_events::EVENTS_STORED;
-use crate::storage::{EventRow, HistoryEvent, NewEvent};
+use crate::storage::{Batch, EventRow, HistoryEvent, NewEvent};
 use crate::sync_token::Stream;
 
 pub(crate) struct OutputConsumer {
@@ -59,15 +59,14 @@ impl OutputConsumer {
     /// the target of an invite.
     async fn notified(
         &self,
+        batch: &mut Batch,
         room_id: &str,
         json: &str,
         state_key: Option<&str>,
         membership: Option<&str>,
     ) -> Result<crate::notifications::Notified, HandleError> {
         let server_name = &self.service.server_name;
-        let (mut members, joined) = self
-            .service
-            .storage
+        let (mut members, joined) = batch
             .local_members(room_id, server_name)
             .await
             .map_err(HandleError::storage)?;
@@ -80,9 +79,7 @@ impl OutputConsumer {
         }
         // Only an intentional mention of the room asks who may notify it.
         let power_levels = if json.contains("\"m.mentions\"") {
-            let (create, levels) = self
-                .service
-                .storage
+            let (create, levels) = batch
                 .create_and_power_levels(room_id)
                 .await
                 .map_err(HandleError::storage)?;
@@ -94,9 +91,22 @@ impl OutputConsumer {
     }
 }
 
-#[async_trait]
-impl RecordHandler for OutputConsumer {
-    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+/// Whom to wake once a record's transaction commits.
+enum Wake {
+    Nobody,
+    /// The room's members, and the user whose membership changed (user,
+    /// membership).
+    Room {
+        room_id: String,
+        membership: Option<(String, String)>,
+    },
+    /// One user (an invite, a knock, a forgotten room).
+    User(String),
+}
+
+impl OutputConsumer {
+    /// Adds one record's changes to `batch`.
+    async fn apply(&self, batch: &mut Batch, record: &Record) -> Result<Wake, HandleError> {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         let new = match output.kind {
@@ -104,25 +114,16 @@ impl RecordHandler for OutputConsumer {
             Some(topic_pb::roomserver_output::Kind::RedactedEvent(redacted)) => {
                 let json = std::str::from_utf8(&redacted.redacted_json)
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                let redaction = self
-                    .service
-                    .storage
+                let redaction = batch
                     .event(&redacted.redaction_event_id)
                     .await
                     .map_err(HandleError::storage)?;
                 let json = with_redacted_because(json, redaction.as_ref());
-                self.service
-                    .storage
-                    .apply_redaction(
-                        record.partition,
-                        record.offset,
-                        &redacted.redacted_event_id,
-                        &json,
-                    )
+                batch
+                    .apply_redaction(&redacted.redacted_event_id, &json)
                     .await
                     .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                return Ok(());
+                return Ok(Wake::Nobody);
             }
             Some(topic_pb::roomserver_output::Kind::InviteReceived(invite)) => {
                 let json = std::str::from_utf8(&invite.event_json)
@@ -139,8 +140,7 @@ impl RecordHandler for OutputConsumer {
                     .iter()
                     .filter_map(|e| serde_json::from_slice(e).ok())
                     .collect();
-                self.service
-                    .storage
+                batch
                     .apply_remote_membership(
                         (record.partition, record.offset),
                         (&invite.room_id, &invite.event_id),
@@ -153,9 +153,7 @@ impl RecordHandler for OutputConsumer {
                     )
                     .await
                     .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                self.service.notifier.wake_users([invitee]);
-                return Ok(());
+                return Ok(Wake::User(invitee.to_owned()));
             }
             Some(topic_pb::roomserver_output::Kind::RemoteMembership(changed)) => {
                 let json = std::str::from_utf8(&changed.event_json)
@@ -169,8 +167,7 @@ impl RecordHandler for OutputConsumer {
                     serde_json::Value::from(events).to_string()
                 });
                 let membership = if stripped.is_some() { "knock" } else { "leave" };
-                self.service
-                    .storage
+                batch
                     .apply_remote_membership(
                         (record.partition, record.offset),
                         (&changed.room_id, &changed.event_id),
@@ -180,15 +177,13 @@ impl RecordHandler for OutputConsumer {
                     )
                     .await
                     .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                self.service.notifier.wake_users([changed.user_id.as_str()]);
-                return Ok(());
+                return Ok(Wake::User(changed.user_id));
             }
-            Some(topic_pb::roomserver_output::Kind::OutlierBatch(batch)) => {
+            Some(topic_pb::roomserver_output::Kind::OutlierBatch(outliers)) => {
                 let room_id = String::from_utf8(record.key.clone())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                let mut events = Vec::with_capacity(batch.event_ids.len());
-                for (event_id, json) in batch.event_ids.iter().zip(&batch.events_json) {
+                let mut events = Vec::with_capacity(outliers.event_ids.len());
+                for (event_id, json) in outliers.event_ids.iter().zip(&outliers.events_json) {
                     let json = std::str::from_utf8(json)
                         .map_err(|e| HandleError::Permanent(e.to_string()))?;
                     let fields: EventFields<'_> = serde_json::from_str(json)
@@ -201,41 +196,21 @@ impl RecordHandler for OutputConsumer {
                         json.to_owned(),
                     ));
                 }
-                self.service
-                    .storage
-                    .apply_outliers((record.partition, record.offset), &room_id, &events)
+                batch
+                    .apply_outliers(record.partition, &room_id, &events)
                     .await
                     .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                return Ok(());
+                return Ok(Wake::Nobody);
             }
             Some(topic_pb::roomserver_output::Kind::RoomForgotten(forgotten)) => {
-                self.service
-                    .storage
-                    .apply_forget(
-                        record.partition,
-                        record.offset,
-                        &forgotten.room_id,
-                        &forgotten.user_id,
-                    )
+                batch
+                    .apply_forget(record.offset, &forgotten.room_id, &forgotten.user_id)
                     .await
                     .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                self.service
-                    .notifier
-                    .wake_users([forgotten.user_id.as_str()]);
-                return Ok(());
+                return Ok(Wake::User(forgotten.user_id));
             }
             // Kinds this version does not know: nothing to store.
-            _ => {
-                self.service
-                    .storage
-                    .advance_position(Stream::Room, record.partition, record.offset)
-                    .await
-                    .map_err(HandleError::storage)?;
-                self.service.advance(Stream::Room, record);
-                return Ok(());
-            }
+            _ => return Ok(Wake::Nobody),
         };
         let json = std::str::from_utf8(&new.event_json)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
@@ -262,11 +237,9 @@ impl RecordHandler for OutputConsumer {
             .and_then(|r| Some((r.event_id.as_deref()?, r.rel_type.as_deref()?)));
         if new.historical {
             // Backfilled: older than anything live, new to no one.
-            self.service
-                .storage
+            batch
                 .apply_history(&HistoryEvent {
                     partition: record.partition,
-                    offset: record.offset,
                     room_id: &room_id,
                     event_id: &event_id,
                     event_type: &fields.event_type,
@@ -279,8 +252,7 @@ impl RecordHandler for OutputConsumer {
                 })
                 .await
                 .map_err(HandleError::storage)?;
-            self.service.advance(Stream::Room, record);
-            return Ok(());
+            return Ok(Wake::Nobody);
         }
         if new.outlier {
             // State another server's room brought along: kept to show the
@@ -292,13 +264,11 @@ impl RecordHandler for OutputConsumer {
                 fields.sender.into_owned(),
                 json.to_owned(),
             );
-            self.service
-                .storage
-                .apply_outliers((record.partition, record.offset), &room_id, &[event])
+            batch
+                .apply_outliers(record.partition, &room_id, &[event])
                 .await
                 .map_err(HandleError::storage)?;
-            self.service.advance(Stream::Room, record);
-            return Ok(());
+            return Ok(Wake::Nobody);
         }
         let entries = |list: &[topic_pb::StateEntry]| {
             list.iter()
@@ -319,6 +289,7 @@ impl RecordHandler for OutputConsumer {
         };
         let notified = self
             .notified(
+                batch,
                 &room_id,
                 json,
                 fields.state_key.as_deref(),
@@ -332,8 +303,7 @@ impl RecordHandler for OutputConsumer {
             }) if kind == "m.thread" => root.clone(),
             _ => "main".to_owned(),
         };
-        self.service
-            .storage
+        batch
             .apply_event(&NewEvent {
                 partition: record.partition,
                 offset: record.offset,
@@ -355,11 +325,52 @@ impl RecordHandler for OutputConsumer {
             .await
             .map_err(HandleError::storage)?;
         EVENTS_STORED.with_label_values::<&str>(&[]).inc();
-        self.service.advance(Stream::Room, record);
-        self.service.notifier.room_event(
-            &room_id,
-            fields.state_key.as_deref().zip(membership.as_deref()),
-        );
+        Ok(Wake::Room {
+            membership: fields.state_key.map(Cow::into_owned).zip(membership),
+            room_id,
+        })
+    }
+}
+
+/// Records are applied in batches, one transaction each: a view catching
+/// up commits hundreds of records at once, one that keeps up one at a time.
+#[async_trait]
+impl RecordHandler for OutputConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        self.handle_batch(std::slice::from_ref(record)).await
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let mut batch = self
+            .service
+            .storage
+            .batch()
+            .await
+            .map_err(HandleError::storage)?;
+        let mut wakes = Vec::with_capacity(records.len());
+        for record in records {
+            wakes.push(self.apply(&mut batch, record).await?);
+            batch.consumed(Stream::Room, record.partition, record.offset);
+        }
+        batch.commit().await.map_err(HandleError::storage)?;
+        self.service.advance_all(Stream::Room, records);
+        for wake in wakes {
+            match wake {
+                Wake::Nobody => {}
+                Wake::Room {
+                    room_id,
+                    membership,
+                } => self.service.notifier.room_event(
+                    &room_id,
+                    membership.as_ref().map(|(user, m)| (user.as_str(), m.as_str())),
+                ),
+                Wake::User(user_id) => self.service.notifier.wake_users([user_id.as_str()]),
+            }
+        }
         Ok(())
     }
 

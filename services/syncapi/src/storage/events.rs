@@ -1,8 +1,7 @@
 use sqlx::Row;
 
 use super::ephemeral::i64_of;
-use super::{Storage, StorageError};
-use crate::sync_token::Stream;
+use super::{Batch, Storage, StorageError};
 
 /// An event as consumed from `roomserver.output`.
 pub(crate) struct NewEvent<'a> {
@@ -94,7 +93,7 @@ const ROWS_PER_STATEMENT: usize = 100;
 /// to a statement: a join's thousands of state rows in tens of statements.
 pub(crate) async fn insert_rows(
     engine: ganglion_base::database::Engine,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     head: &str,
     tail: &str,
     rows: &[Vec<Bound<'_>>],
@@ -114,7 +113,7 @@ pub(crate) async fn insert_rows(
                 };
             }
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -191,11 +190,12 @@ pub(super) fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error
     })
 }
 
-impl Storage {
-    /// Stores an event, applies its state change and advances the consumed
-    /// position, in one transaction. A redelivered event changes nothing.
-    pub(crate) async fn apply_event(&self, event: &NewEvent<'_>) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
+impl Batch {
+    /// Stores an event and applies its state change. A redelivered event
+    /// changes nothing.
+    pub(crate) async fn apply_event(&mut self, event: &NewEvent<'_>) -> Result<(), StorageError> {
+        let engine = self.engine;
+        let tx = &mut *self.tx;
         // The visibility in force when the event was sent: the room's, as
         // this view holds it before the event is applied.
         let visibility_json: Option<String> = sqlx::query_scalar(
@@ -320,8 +320,8 @@ impl Storage {
                 })
                 .collect();
             insert_rows(
-                self.db.engine,
-                &mut tx,
+                engine,
+                tx,
                 "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)",
                 "ON CONFLICT DO NOTHING",
                 &history,
@@ -341,8 +341,8 @@ impl Storage {
                 })
                 .collect();
             insert_rows(
-                self.db.engine,
-                &mut tx,
+                engine,
+                tx,
                 "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
                 "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
                  SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
@@ -350,22 +350,18 @@ impl Storage {
             )
             .await?;
         }
-        Self::store_position(&mut tx, Stream::Room, event.partition, event.offset).await?;
-        tx.commit().await?;
         Ok(())
     }
 
     /// Stores state events known only as outliers, at the position
-    /// [`OUTLIER_OFFSET`] that no timeline window reaches, and advances the
-    /// consumed position, in one transaction. Each event: (event ID, type,
-    /// state key, sender, JSON).
+    /// [`OUTLIER_OFFSET`] that no timeline window reaches. Each event:
+    /// (event ID, type, state key, sender, JSON).
     pub(crate) async fn apply_outliers(
-        &self,
-        (partition, offset): (u32, u64),
+        &mut self,
+        partition: u32,
         room_id: &str,
         events: &[(String, String, Option<String>, String, String)],
     ) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
         // Many rows to a statement; a repeated ID is skipped (DO NOTHING).
         let rows: Vec<Vec<Bound>> = events
             .iter()
@@ -385,33 +381,30 @@ impl Storage {
             })
             .collect();
         insert_rows(
-            self.db.engine,
-            &mut tx,
+            self.engine,
+            &mut self.tx,
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
                                  sender, json, device_id, transaction_id)",
             "ON CONFLICT (event_id) DO NOTHING",
             &rows,
         )
         .await?;
-        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
-        tx.commit().await?;
         Ok(())
     }
 
     /// A membership of one of our users in a room we are not in (another
     /// server's invite, or a knock, with the stripped state it came with;
     /// a rejection, without): the event (outside every timeline) becomes
-    /// the user's membership, and the position advances, in one
-    /// transaction.
+    /// the user's membership.
     pub(crate) async fn apply_remote_membership(
-        &self,
+        &mut self,
         (partition, offset): (u32, u64),
         (room_id, event_id): (&str, &str),
         (invitee, sender): (&str, &str),
         json: &str,
         (membership, invite_state_json): (&str, Option<&str>),
     ) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
+        let tx = &mut *self.tx;
         sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
                                  sender, json, device_id, transaction_id)
@@ -472,11 +465,103 @@ impl Storage {
                     .await?;
             }
         }
-        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
-        tx.commit().await?;
         Ok(())
     }
 
+    /// Replaces the stored copy of a redacted event.
+    pub(crate) async fn apply_redaction(
+        &mut self,
+        event_id: &str,
+        redacted_json: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE events SET json = $1, relates_to = NULL, rel_type = NULL WHERE event_id = $2",
+        )
+        .bind(redacted_json)
+        .bind(event_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a user forgot a room (a membership of `forgotten` in
+    /// their history, until they are a member again).
+    pub(crate) async fn apply_forget(
+        &mut self,
+        offset: u64,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO forgotten_rooms (room_id, user_id, log_offset)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(offset as i64)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The JSON of the room's current `m.room.create` and
+    /// `m.room.power_levels` events, if held.
+    pub(crate) async fn create_and_power_levels(
+        &mut self,
+        room_id: &str,
+    ) -> Result<(Option<String>, Option<String>), StorageError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.event_type, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = $1 AND s.state_key = ''
+               AND s.event_type IN ('m.room.create', 'm.room.power_levels')",
+        )
+        .bind(room_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let of = |event_type: &str| {
+            rows.iter()
+                .find(|(t, _)| t == event_type)
+                .map(|(_, json)| json.clone())
+        };
+        Ok((of("m.room.create"), of("m.room.power_levels")))
+    }
+
+    /// One event by ID.
+    pub(crate) async fn event(&mut self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.as_ref().map(event_row).transpose()?)
+    }
+
+    /// The room's joined members of this server, and how many members
+    /// are joined in all.
+    pub(crate) async fn local_members(
+        &mut self,
+        room_id: &str,
+        server_name: &str,
+    ) -> Result<(Vec<String>, usize), StorageError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT state_key FROM current_state
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
+        )
+        .bind(room_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let joined = rows.len();
+        let suffix = format!(":{server_name}");
+        let local = rows
+            .into_iter()
+            .map(|(user_id,)| user_id)
+            .filter(|user_id| user_id.ends_with(&suffix))
+            .collect();
+        Ok((local, joined))
+    }
+}
+
+impl Storage {
     /// The stripped state another server sent with its invite of `user_id`.
     pub(crate) async fn invite_state(
         &self,
@@ -492,51 +577,6 @@ impl Storage {
         .await?)
     }
 
-    /// Replaces the stored copy of a redacted event and advances the
-    /// consumed position, in one transaction.
-    pub(crate) async fn apply_redaction(
-        &self,
-        partition: u32,
-        offset: u64,
-        event_id: &str,
-        redacted_json: &str,
-    ) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            "UPDATE events SET json = $1, relates_to = NULL, rel_type = NULL WHERE event_id = $2",
-        )
-        .bind(redacted_json)
-        .bind(event_id)
-        .execute(&mut *tx)
-        .await?;
-        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records that a user forgot a room (a membership of `forgotten` in
-    /// their history, until they are a member again).
-    pub(crate) async fn apply_forget(
-        &self,
-        partition: u32,
-        offset: u64,
-        room_id: &str,
-        user_id: &str,
-    ) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO forgotten_rooms (room_id, user_id, log_offset)
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .bind(offset as i64)
-        .execute(&mut *tx)
-        .await?;
-        Self::store_position(&mut tx, Stream::Room, partition, offset).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 
     /// The user's rooms, with the membership event's position and the
     /// room's partition of `roomserver.output`.
@@ -866,38 +906,6 @@ impl Storage {
             }))
     }
 
-    /// The JSON of the room's current `m.room.create` and
-    /// `m.room.power_levels` events, if held.
-    pub(crate) async fn create_and_power_levels(
-        &self,
-        room_id: &str,
-    ) -> Result<(Option<String>, Option<String>), StorageError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT s.event_type, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
-             WHERE s.room_id = $1 AND s.state_key = ''
-               AND s.event_type IN ('m.room.create', 'm.room.power_levels')",
-        )
-        .bind(room_id)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let of = |event_type: &str| {
-            rows.iter()
-                .find(|(t, _)| t == event_type)
-                .map(|(_, json)| json.clone())
-        };
-        Ok((of("m.room.create"), of("m.room.power_levels")))
-    }
-
-    /// One event by ID.
-    pub(crate) async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.as_ref().map(event_row).transpose()?)
-    }
-
     /// A user's memberships of a room over time: (offset of the event that
     /// set it, membership), oldest first.
     pub(crate) async fn membership_history(
@@ -1061,30 +1069,6 @@ pub(crate) struct NotificationRow {
 }
 
 impl Storage {
-    /// The room's joined members of this server, and how many members
-    /// are joined in all.
-    pub(crate) async fn local_members(
-        &self,
-        room_id: &str,
-        server_name: &str,
-    ) -> Result<(Vec<String>, usize), StorageError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT state_key FROM current_state
-             WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
-        )
-        .bind(room_id)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let joined = rows.len();
-        let suffix = format!(":{server_name}");
-        let local = rows
-            .into_iter()
-            .map(|(user_id,)| user_id)
-            .filter(|user_id| user_id.ends_with(&suffix))
-            .collect();
-        Ok((local, joined))
-    }
-
     /// The user's unread notifications, in every room.
     pub(crate) async fn notifications_for(
         &self,

@@ -11,8 +11,7 @@ use std::collections::HashSet;
 use sqlx::Row;
 
 use super::events::{EVENT_COLUMNS, INSERT_EVENT, OUTLIER_OFFSET, event_row};
-use super::{EventRow, Storage, StorageError};
-use crate::sync_token::Stream;
+use super::{Batch, EventRow, Storage, StorageError};
 
 /// The lowest position history takes.
 const HISTORY_BASE: i64 = -(1 << 62);
@@ -35,7 +34,6 @@ const MAX_GAPS: usize = 20;
 /// A backfilled event as the consumer hands it over.
 pub(crate) struct HistoryEvent<'a> {
     pub(crate) partition: u32,
-    pub(crate) offset: u64,
     pub(crate) room_id: &'a str,
     pub(crate) event_id: &'a str,
     pub(crate) event_type: &'a str,
@@ -48,12 +46,14 @@ pub(crate) struct HistoryEvent<'a> {
     pub(crate) relates_to: Option<(&'a str, &'a str)>,
 }
 
-impl Storage {
+impl Batch {
     /// Stores a backfilled event at its place in history (an outlier of
-    /// the same ID moves there; an event already in the timeline stays)
-    /// and advances the consumed position, in one transaction.
-    pub(crate) async fn apply_history(&self, event: &HistoryEvent<'_>) -> Result<(), StorageError> {
-        let mut tx = self.db.pool.begin().await?;
+    /// the same ID moves there; an event already in the timeline stays).
+    pub(crate) async fn apply_history(
+        &mut self,
+        event: &HistoryEvent<'_>,
+    ) -> Result<(), StorageError> {
+        let tx = &mut *self.tx;
         let band = depth_band(event.depth);
         let taken: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM events WHERE room_id = $1 AND log_offset >= $2 AND log_offset < $3",
@@ -91,11 +91,11 @@ impl Storage {
         .bind(OUTLIER_OFFSET)
         .execute(&mut *tx)
         .await?;
-        Self::store_position(&mut tx, Stream::Room, event.partition, event.offset).await?;
-        tx.commit().await?;
         Ok(())
     }
+}
 
+impl Storage {
     /// A page of a room's timeline between two places (`from` inclusive,
     /// `to` exclusive; history below zero, outliers left out), with each
     /// event's place.

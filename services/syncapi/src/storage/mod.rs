@@ -4,6 +4,7 @@
 //! presence, to-device, account data), who changed device keys last when,
 //! the log positions consumed per stream, and filters.
 
+mod batch;
 mod device_lists;
 mod ephemeral;
 mod events;
@@ -15,6 +16,7 @@ mod sliding;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use batch::Batch;
 pub(crate) use device_lists::MemberChange;
 pub(crate) use ephemeral::{At, PresenceRow};
 pub(crate) use events::{EventRow, Membership, NewEvent, NotificationRow, StateRef};

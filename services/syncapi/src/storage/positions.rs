@@ -22,7 +22,7 @@ impl Storage {
 
     /// Records that everything up to and including `offset` was consumed.
     pub(crate) async fn store_position(
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        conn: &mut sqlx::AnyConnection,
         stream: Stream,
         partition: u32,
         offset: u64,
@@ -35,7 +35,7 @@ impl Storage {
         .bind(stream.name())
         .bind(i64::from(partition))
         .bind(offset as i64 + 1)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }

@@ -1,7 +1,42 @@
 //! The syncapi's tables against both database engines: one body per
 //! behaviour, run once on SQLite and once on a scratch PostgreSQL database.
 
-use super::{EventRow, MIGRATIONS, NewEvent, Storage};
+use super::{EventRow, HistoryEvent, MIGRATIONS, NewEvent, Storage, StorageError};
+use crate::sync_token::Stream;
+
+/// Each record's changes in a batch of its own, as the consumer applies
+/// a record that arrives alone.
+impl Storage {
+    async fn apply_event(&self, event: &NewEvent<'_>) -> Result<(), StorageError> {
+        let mut batch = self.batch().await?;
+        batch.apply_event(event).await?;
+        batch.consumed(Stream::Room, event.partition, event.offset);
+        batch.commit().await
+    }
+
+    async fn apply_outliers(
+        &self,
+        (partition, offset): (u32, u64),
+        room_id: &str,
+        events: &[(String, String, Option<String>, String, String)],
+    ) -> Result<(), StorageError> {
+        let mut batch = self.batch().await?;
+        batch.apply_outliers(partition, room_id, events).await?;
+        batch.consumed(Stream::Room, partition, offset);
+        batch.commit().await
+    }
+
+    async fn apply_history(
+        &self,
+        offset: u64,
+        event: &HistoryEvent<'_>,
+    ) -> Result<(), StorageError> {
+        let mut batch = self.batch().await?;
+        batch.apply_history(event).await?;
+        batch.consumed(Stream::Room, event.partition, offset);
+        batch.commit().await
+    }
+}
 
 const ALICE: &str = "@alice:example.org";
 const BOB: &str = "@bob:example.org";
@@ -432,15 +467,9 @@ async fn postgres_filters() {
 }
 
 /// A backfilled event of ROOM_A as the consumer would pass it.
-fn history<'a>(
-    offset: u64,
-    event_id: &'a str,
-    depth: i64,
-    json: &'a str,
-) -> super::HistoryEvent<'a> {
-    super::HistoryEvent {
+fn history<'a>(event_id: &'a str, depth: i64, json: &'a str) -> HistoryEvent<'a> {
+    HistoryEvent {
         partition: 0,
-        offset,
         room_id: ROOM_A,
         event_id,
         event_type: "m.room.message",
@@ -507,7 +536,7 @@ async fn backfilled_history(storage: Storage) {
         ),
     ] {
         storage
-            .apply_history(&history(offset, id, depth, json))
+            .apply_history(offset, &history(id, depth, json))
             .await
             .expect("history");
     }
