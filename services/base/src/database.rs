@@ -150,14 +150,26 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        // PostgreSQL shutting down or starting up (57P01 ends the open
-        // sessions on `pg_ctl stop -m fast`, 57P03 refuses new ones) and
-        // connection exceptions (class 08) pass with time.
-        sqlx::Error::Database(error) => error
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| transient_code(&code)),
         _ => false,
     }
+}
+
+/// Whether an engine's error code says "try again": SQLite's result codes
+/// are numbers (busy or locked: another connection holds the file),
+/// PostgreSQL's SQLSTATEs five characters.
+fn transient_code(code: &str) -> bool {
+    if let Ok(result) = code.parse::<u32>() {
+        // The primary code is the low byte of an extended one
+        // (SQLITE_BUSY_SNAPSHOT is 517).
+        return matches!(result & 0xff, 5 | 6);
+    }
+    // Connection exceptions (class 08); the server shutting down or
+    // starting up (57P01 ends the open sessions on `pg_ctl stop -m fast`,
+    // 57P03 refuses new ones); too many connections (53300); a
+    // serialization failure or a deadlock, which the transaction's retry
+    // resolves (40001, 40P01).
+    code.starts_with("08") || code.starts_with("57P") || matches!(code, "53300" | "40001" | "40P01")
 }
 
 /// The Matrix error a client gets for a failed database call of `service`:
@@ -593,6 +605,71 @@ pub(crate) mod tests {
         }
         let closed = sqlx::Error::PoolClosed;
         assert!(!refuses_the_data(&closed));
+    }
+
+    /// A database error raised with `code` by the engine itself.
+    async fn raised(db: &Database, code: &str) -> sqlx::Error {
+        let sql = format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'raised by the test' USING ERRCODE = '{code}'; END $$"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .expect_err("raised")
+    }
+
+    #[tokio::test]
+    async fn postgres_errors_that_pass_with_time_are_transient() {
+        let url = crate::testing::scratch_postgres("base_transient").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open("test", Some(&url), dir.path(), None, MIGRATIONS)
+            .await
+            .expect("open");
+        for code in ["57P01", "57P03", "08006", "08001", "53300", "40001", "40P01"] {
+            let error = raised(&db, code).await;
+            assert!(is_transient(&error), "{code}: {error}");
+        }
+        for code in ["23505", "22001", "42601", "XX000"] {
+            let error = raised(&db, code).await;
+            assert!(!is_transient(&error), "{code}: {error}");
+        }
+    }
+
+    /// Another process holding SQLite's write lock past the busy timeout
+    /// is a wait, not a fault.
+    #[tokio::test]
+    async fn sqlite_busy_is_transient() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open("test", None, dir.path(), None, MIGRATIONS)
+            .await
+            .expect("open");
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        let mut holder = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .expect("take the write lock");
+        let mut other = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut other)
+            .await
+            .expect("no waiting");
+        let busy = sqlx::query("INSERT INTO things (name) VALUES ('b')")
+            .execute(&mut other)
+            .await
+            .expect_err("busy");
+        assert!(is_transient(&busy), "{busy}");
+        let refused = sqlx::query("INSERT INTO nowhere (name) VALUES ('b')")
+            .execute(&mut other)
+            .await
+            .expect_err("no such table");
+        assert!(!is_transient(&refused), "{refused}");
+        sqlx::query("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .expect("release");
+        db.close().await;
     }
 
     async fn refuses_newer_schema(db: &Database) {

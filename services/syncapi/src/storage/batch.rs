@@ -1,14 +1,17 @@
 //! One write transaction over consumed `roomserver.output` records: each
 //! `apply_*` (in `events.rs` and `history.rs`) adds a record's changes,
-//! [`Batch::consumed`] notes the record, and [`Batch::commit`] stores the
-//! positions reached with the data. A consumer that is behind applies
-//! hundreds of records per commit; reads made through the batch see what
-//! its earlier records wrote.
+//! [`Batch::consumed`] notes the record, and [`Batch::commit`] writes what
+//! the batch gathered (room bumps, notifications, the positions reached)
+//! and commits. A consumer that is behind applies hundreds of records per
+//! commit; reads made through the batch see what its earlier records
+//! wrote, and what it remembers of a room (history visibility, joined
+//! members) is forgotten when a record changes that state.
 
 use std::collections::HashMap;
 
 use ganglion_base::database::Engine;
 
+use super::events::{Bound, insert_rows};
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
 
@@ -17,6 +20,24 @@ pub(crate) struct Batch {
     pub(super) engine: Engine,
     /// The last offset consumed per stream and partition.
     consumed: HashMap<(Stream, u32), u64>,
+    /// Per room, the history visibility in force.
+    pub(super) visibility: HashMap<String, String>,
+    /// Per room, its joined members of this server and how many members
+    /// are joined in all.
+    pub(super) members: HashMap<String, (Vec<String>, usize)>,
+    /// Per room, the last event of the batch that moves it up sliding
+    /// sync lists.
+    pub(super) bumps: HashMap<String, String>,
+    pub(super) notifications: Vec<NotificationToStore>,
+}
+
+/// A notification of an event to a user, written at commit.
+pub(super) struct NotificationToStore {
+    pub(super) user_id: String,
+    pub(super) room_id: String,
+    pub(super) offset: i64,
+    pub(super) thread_id: String,
+    pub(super) highlight: i64,
 }
 
 impl Storage {
@@ -26,6 +47,10 @@ impl Storage {
             tx: self.db.pool.begin().await?,
             engine: self.db.engine,
             consumed: HashMap::new(),
+            visibility: HashMap::new(),
+            members: HashMap::new(),
+            bumps: HashMap::new(),
+            notifications: Vec::new(),
         })
     }
 }
@@ -37,9 +62,41 @@ impl Batch {
         *last = (*last).max(offset);
     }
 
-    /// Stores the positions reached and commits: all of the batch, or
-    /// (on error) none of it.
+    /// Writes what the batch gathered, stores the positions reached and
+    /// commits: all of the batch, or (on error) none of it.
     pub(crate) async fn commit(mut self) -> Result<(), StorageError> {
+        for (room_id, event_id) in &self.bumps {
+            sqlx::query(
+                "INSERT INTO room_bumps (room_id, bump)
+                 SELECT room_id, id FROM events WHERE event_id = $1 AND room_id = $2
+                 ON CONFLICT (room_id) DO UPDATE SET bump = excluded.bump",
+            )
+            .bind(event_id)
+            .bind(room_id)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let notifications: Vec<Vec<Bound<'_>>> = self
+            .notifications
+            .iter()
+            .map(|n| {
+                vec![
+                    Bound::Text(Some(&n.user_id)),
+                    Bound::Text(Some(&n.room_id)),
+                    Bound::Int(n.offset),
+                    Bound::Text(Some(&n.thread_id)),
+                    Bound::Int(n.highlight),
+                ]
+            })
+            .collect();
+        insert_rows(
+            self.engine,
+            &mut self.tx,
+            "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)",
+            "ON CONFLICT DO NOTHING",
+            &notifications,
+        )
+        .await?;
         for ((stream, partition), offset) in &self.consumed {
             Storage::store_position(&mut self.tx, *stream, *partition, *offset).await?;
         }

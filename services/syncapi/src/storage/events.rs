@@ -1,6 +1,7 @@
 use sqlx::Row;
 
 use super::ephemeral::i64_of;
+use super::batch::NotificationToStore;
 use super::{Batch, Storage, StorageError};
 
 /// An event as consumed from `roomserver.output`.
@@ -194,25 +195,21 @@ impl Batch {
     /// Stores an event and applies its state change. A redelivered event
     /// changes nothing.
     pub(crate) async fn apply_event(&mut self, event: &NewEvent<'_>) -> Result<(), StorageError> {
-        let engine = self.engine;
-        let tx = &mut *self.tx;
         // The visibility in force when the event was sent: the room's, as
         // this view holds it before the event is applied.
-        let visibility_json: Option<String> = sqlx::query_scalar(
-            "SELECT e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
-             WHERE s.room_id = $1 AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''",
-        )
-        .bind(event.room_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let history_visibility = visibility_json
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-            .and_then(|e| {
-                e["content"]["history_visibility"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".to_owned());
+        let history_visibility = match self.visibility.get(event.room_id) {
+            Some(visibility) => visibility.clone(),
+            None => {
+                let visibility = Storage::history_visibility_in(&mut *self.tx, event.room_id)
+                    .await?
+                    .unwrap_or_else(|| "shared".to_owned());
+                self.visibility
+                    .insert(event.room_id.to_owned(), visibility.clone());
+                visibility
+            }
+        };
+        let engine = self.engine;
+        let tx = &mut *self.tx;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{INSERT_EVENT}
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
@@ -237,27 +234,32 @@ impl Batch {
             == 1;
         if inserted {
             if BUMP_TYPES.contains(&event.event_type) {
-                sqlx::query(
-                    "INSERT INTO room_bumps (room_id, bump)
-                     SELECT room_id, id FROM events WHERE event_id = $1
-                     ON CONFLICT (room_id) DO UPDATE SET bump = excluded.bump",
-                )
-                .bind(event.event_id)
-                .execute(&mut *tx)
-                .await?;
+                self.bumps
+                    .insert(event.room_id.to_owned(), event.event_id.to_owned());
             }
             for (user_id, highlight) in event.notified {
-                sqlx::query(
-                    "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(user_id)
-                .bind(event.room_id)
-                .bind(event.offset as i64)
-                .bind(event.thread_id)
-                .bind(i64::from(*highlight))
-                .execute(&mut *tx)
-                .await?;
+                self.notifications.push(NotificationToStore {
+                    user_id: user_id.clone(),
+                    room_id: event.room_id.to_owned(),
+                    offset: event.offset as i64,
+                    thread_id: event.thread_id.to_owned(),
+                    highlight: i64::from(*highlight),
+                });
+            }
+            // What the batch remembers of the room's state goes with a
+            // change of it.
+            let changes = |wanted: &str| {
+                event
+                    .state_removed
+                    .iter()
+                    .chain(&event.state_added)
+                    .any(|(event_type, _, _, _)| event_type == wanted)
+            };
+            if changes("m.room.history_visibility") {
+                self.visibility.remove(event.room_id);
+            }
+            if changes("m.room.member") {
+                self.members.remove(event.room_id);
             }
             for (event_type, state_key, event_id, _) in &event.state_removed {
                 // A removal that no addition replaces is recorded as such.
@@ -404,6 +406,7 @@ impl Batch {
         json: &str,
         (membership, invite_state_json): (&str, Option<&str>),
     ) -> Result<(), StorageError> {
+        self.members.remove(room_id);
         let tx = &mut *self.tx;
         sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
@@ -526,14 +529,9 @@ impl Batch {
         Ok((of("m.room.create"), of("m.room.power_levels")))
     }
 
-    /// One event by ID.
+    /// One event by ID, as the batch left it.
     pub(crate) async fn event(&mut self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event_id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        Ok(row.as_ref().map(event_row).transpose()?)
+        Storage::event_in(&mut self.tx, event_id).await
     }
 
     /// The room's joined members of this server, and how many members
@@ -543,6 +541,9 @@ impl Batch {
         room_id: &str,
         server_name: &str,
     ) -> Result<(Vec<String>, usize), StorageError> {
+        if let Some(members) = self.members.get(room_id) {
+            return Ok(members.clone());
+        }
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT state_key FROM current_state
              WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
@@ -552,16 +553,36 @@ impl Batch {
         .await?;
         let joined = rows.len();
         let suffix = format!(":{server_name}");
-        let local = rows
+        let local: Vec<String> = rows
             .into_iter()
             .map(|(user_id,)| user_id)
             .filter(|user_id| user_id.ends_with(&suffix))
             .collect();
+        self.members
+            .insert(room_id.to_owned(), (local.clone(), joined));
         Ok((local, joined))
     }
 }
 
 impl Storage {
+    /// One event by ID.
+    pub(crate) async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
+        let mut connection = self.db.pool.acquire().await?;
+        Self::event_in(&mut connection, event_id).await
+    }
+
+    async fn event_in(
+        connection: &mut sqlx::AnyConnection,
+        event_id: &str,
+    ) -> Result<Option<EventRow>, StorageError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event_id)
+            .fetch_optional(connection)
+            .await?;
+        Ok(row.as_ref().map(event_row).transpose()?)
+    }
+
     /// The stripped state another server sent with its invite of `user_id`.
     pub(crate) async fn invite_state(
         &self,
