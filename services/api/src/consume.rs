@@ -751,17 +751,29 @@ mod tests {
         }
         let handler = Arc::new(Batcher::default());
         let (stop, shutdown) = watch::channel(false);
-        let consumer = spawn(log.clone(), "batcher", &["backlog"], handler.clone(), shutdown)
-            .await
-            .expect("consumer");
+        let consumer = spawn(
+            log.clone(),
+            "batcher",
+            &["backlog"],
+            handler.clone(),
+            shutdown,
+        )
+        .await
+        .expect("consumer");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while handler.applied.lock().expect("lock").len() < sent.len() {
-            assert!(std::time::Instant::now() < deadline, "the backlog was applied");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backlog was applied"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Committed once the batch is applied.
         while consumer.progress.next_offset("backlog", 0) < (MAX_BATCH + 100) as u64 {
-            assert!(std::time::Instant::now() < deadline, "the backlog was committed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backlog was committed"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = stop.send(true);
@@ -774,7 +786,9 @@ mod tests {
         assert_eq!(sizes.first(), Some(&MAX_BATCH), "the first batch is full");
         assert!(sizes.iter().all(|size| *size <= MAX_BATCH));
         assert_eq!(
-            log.committed_offsets("batcher", "backlog").await.expect("offsets"),
+            log.committed_offsets("batcher", "backlog")
+                .await
+                .expect("offsets"),
             [Some((MAX_BATCH + 100) as u64)]
         );
     }

@@ -150,20 +150,26 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(error) => error.code().is_some_and(|code| transient_code(&code)),
+        sqlx::Error::Database(error) => {
+            if let Some(error) = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                transient_sqlstate(error.code())
+            } else if let Some(error) = error.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // The primary code is the low byte of an extended one
+                // (SQLITE_BUSY_SNAPSHOT is 517): busy or locked, another
+                // connection holds the file.
+                sqlx::error::DatabaseError::code(error)
+                    .and_then(|code| code.parse::<u32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+            } else {
+                false
+            }
+        }
         _ => false,
     }
 }
 
-/// Whether an engine's error code says "try again": SQLite's result codes
-/// are numbers (busy or locked: another connection holds the file),
-/// PostgreSQL's SQLSTATEs five characters.
-fn transient_code(code: &str) -> bool {
-    if let Ok(result) = code.parse::<u32>() {
-        // The primary code is the low byte of an extended one
-        // (SQLITE_BUSY_SNAPSHOT is 517).
-        return matches!(result & 0xff, 5 | 6);
-    }
+/// Whether a PostgreSQL SQLSTATE says "try again".
+fn transient_sqlstate(code: &str) -> bool {
     // Connection exceptions (class 08); the server shutting down or
     // starting up (57P01 ends the open sessions on `pg_ctl stop -m fast`,
     // 57P03 refuses new ones); too many connections (53300); a
@@ -625,7 +631,9 @@ pub(crate) mod tests {
         let db = Database::open("test", Some(&url), dir.path(), None, MIGRATIONS)
             .await
             .expect("open");
-        for code in ["57P01", "57P03", "08006", "08001", "53300", "40001", "40P01"] {
+        for code in [
+            "57P01", "57P03", "08006", "08001", "53300", "40001", "40P01",
+        ] {
             let error = raised(&db, code).await;
             assert!(is_transient(&error), "{code}: {error}");
         }

@@ -366,7 +366,9 @@ impl RecordHandler for OutputConsumer {
                     membership,
                 } => self.service.notifier.room_event(
                     &room_id,
-                    membership.as_ref().map(|(user, m)| (user.as_str(), m.as_str())),
+                    membership
+                        .as_ref()
+                        .map(|(user, m)| (user.as_str(), m.as_str())),
                 ),
                 Wake::User(user_id) => self.service.notifier.wake_users([user_id.as_str()]),
             }

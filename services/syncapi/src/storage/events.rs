@@ -1,7 +1,7 @@
 use sqlx::Row;
 
-use super::ephemeral::i64_of;
 use super::batch::NotificationToStore;
+use super::ephemeral::i64_of;
 use super::{Batch, Storage, StorageError};
 
 /// An event as consumed from `roomserver.output`.
@@ -597,7 +597,6 @@ impl Storage {
         .fetch_optional(&self.db.pool)
         .await?)
     }
-
 
     /// The user's rooms, with the membership event's position and the
     /// room's partition of `roomserver.output`.
