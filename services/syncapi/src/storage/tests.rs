@@ -685,3 +685,118 @@ async fn postgres_to_device_of_gone_devices() {
     let (storage, _dir) = open(Some(url)).await;
     to_device_of_gone_devices(storage).await;
 }
+
+/// Many records in one transaction: what the batch remembers of a room
+/// (members, history visibility) follows the state its own records
+/// change, notifications and bumps are written at commit, and the
+/// positions reached are stored with the data; a batch dropped before it
+/// commits leaves nothing.
+async fn one_batch_of_many_records(storage: Storage) {
+    let mut batch = storage.batch().await.expect("batch");
+    let create = state(0, 1, ROOM_A, "$create", "m.room.create", "", "{}");
+    batch.apply_event(&create).await.expect("create");
+    batch.consumed(Stream::Room, 0, 1);
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        (Vec::new(), 0)
+    );
+    batch
+        .apply_event(&member(0, 2, ROOM_A, "$join", "join", None))
+        .await
+        .expect("join");
+    batch.consumed(Stream::Room, 0, 2);
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        (vec![ALICE.to_owned()], 1),
+        "a join in the batch is seen by the batch"
+    );
+    batch
+        .apply_event(&event(0, 3, ROOM_A, "$before", "m.room.message", None, "{}"))
+        .await
+        .expect("message");
+    batch
+        .apply_event(&state(
+            0,
+            4,
+            ROOM_A,
+            "$visibility",
+            "m.room.history_visibility",
+            "",
+            r#"{"content":{"history_visibility":"joined"}}"#,
+        ))
+        .await
+        .expect("visibility");
+    let notified = [(BOB.to_owned(), true)];
+    batch
+        .apply_event(&NewEvent {
+            notified: &notified,
+            ..event(0, 5, ROOM_A, "$after", "m.room.message", None, "{}")
+        })
+        .await
+        .expect("message");
+    batch.consumed(Stream::Room, 0, 5);
+    batch.consumed(Stream::Room, 0, 3);
+    batch.commit().await.expect("commit");
+
+    let visibility = |id: &str| {
+        let storage = storage.clone();
+        let id = id.to_owned();
+        async move {
+            storage
+                .event(&id)
+                .await
+                .expect("event")
+                .expect("stored")
+                .history_visibility
+        }
+    };
+    assert_eq!(visibility("$before").await, "shared");
+    assert_eq!(
+        visibility("$after").await,
+        "joined",
+        "a visibility change in the batch applies to the events after it"
+    );
+    let notifications = storage.notifications_for(BOB).await.expect("notifications");
+    assert_eq!(notifications.len(), 1);
+    assert!(notifications[0].highlight);
+    let rooms = storage.sliding_rooms(ALICE).await.expect("rooms");
+    let after: i64 = sqlx::query_scalar("SELECT id FROM events WHERE event_id = '$after'")
+        .fetch_one(&storage.db.pool)
+        .await
+        .expect("row");
+    assert_eq!(
+        rooms[0].bump_stamp, after as u64,
+        "the batch's last message bumps the room"
+    );
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
+
+    // Dropped before commit: nothing of it stays.
+    let mut batch = storage.batch().await.expect("batch");
+    batch
+        .apply_event(&event(0, 6, ROOM_A, "$lost", "m.room.message", None, "{}"))
+        .await
+        .expect("message");
+    batch.consumed(Stream::Room, 0, 6);
+    drop(batch);
+    assert!(storage.event("$lost").await.expect("event").is_none());
+    assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
+}
+
+#[tokio::test]
+async fn sqlite_one_batch_of_many_records() {
+    let (storage, _dir) = open(None).await;
+    one_batch_of_many_records(storage).await;
+}
+
+#[tokio::test]
+async fn postgres_one_batch_of_many_records() {
+    let url = ganglion_base::testing::scratch_postgres("sync_storage_batch").await;
+    let (storage, _dir) = open(Some(url)).await;
+    one_batch_of_many_records(storage).await;
+}
