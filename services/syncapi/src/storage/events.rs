@@ -200,7 +200,7 @@ impl Batch {
         let history_visibility = match self.visibility.get(event.room_id) {
             Some(visibility) => visibility.clone(),
             None => {
-                let visibility = Storage::history_visibility_in(&mut *self.tx, event.room_id)
+                let visibility = Storage::history_visibility_in(&mut self.tx, event.room_id)
                     .await?
                     .unwrap_or_else(|| "shared".to_owned());
                 self.visibility

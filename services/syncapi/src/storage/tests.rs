@@ -717,7 +717,15 @@ async fn one_batch_of_many_records(storage: Storage) {
         "a join in the batch is seen by the batch"
     );
     batch
-        .apply_event(&event(0, 3, ROOM_A, "$before", "m.room.message", None, "{}"))
+        .apply_event(&event(
+            0,
+            3,
+            ROOM_A,
+            "$before",
+            "m.room.message",
+            None,
+            "{}",
+        ))
         .await
         .expect("message");
     batch
