@@ -304,16 +304,24 @@ fn run(
                     Ok(None) | Err(_) => break,
                 }
             }
+            let assigned = consumer.assignment();
+            // Taking records may have run a rebalance: a partition taken
+            // away meanwhile is another member's now, from our last commit,
+            // so its records are left to it (a room is written by one
+            // member at a time).
+            batch.retain(|record| {
+                assigned.iter().any(|(topic, partition)| {
+                    *topic == record.topic && *partition == record.partition
+                })
+            });
             if let Ok(mut a) = assignment.lock() {
-                *a = consumer.assignment();
+                *a = assigned;
             }
             let handled = handle_all(&*log, &group, &*handler, &batch, &mut shutdown).await;
             let done = &batch[..handled];
             commit_with_retries(&group, &mut *consumer, done, &mut shutdown).await;
             for record in done {
                 progress.record(record);
-            }
-            for record in done {
                 CONSUMED_RECORDS
                     .with_label_values(&[group.as_str(), record.topic.as_str()])
                     .inc();
