@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use ganglion_base::database::Engine;
 
-use super::events::{Bound, insert_rows};
+use super::events::{BUMP_TYPES, Bound, insert_rows};
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
 
@@ -25,19 +25,71 @@ pub(crate) struct Batch {
     /// Per room, its joined members of this server and how many members
     /// are joined in all.
     pub(super) members: HashMap<String, (Vec<String>, usize)>,
-    /// Per room, the last event of the batch that moves it up sliding
-    /// sync lists.
-    pub(super) bumps: HashMap<String, String>,
-    pub(super) notifications: Vec<NotificationToStore>,
+    pub(super) at_commit: AtCommit,
+    /// Timeline events without a state change, written many to a
+    /// statement before anything else touches the events table.
+    pub(super) pending: Vec<PendingEvent>,
 }
 
-/// A notification of an event to a user, written at commit.
-pub(super) struct NotificationToStore {
-    pub(super) user_id: String,
+/// A timeline event waiting to be written (see [`Batch::flush`]).
+pub(super) struct PendingEvent {
+    pub(super) partition: u32,
+    pub(super) offset: u64,
     pub(super) room_id: String,
-    pub(super) offset: i64,
+    pub(super) event_id: String,
+    pub(super) event_type: String,
+    pub(super) state_key: Option<String>,
+    pub(super) sender: String,
+    pub(super) json: String,
+    pub(super) device_id: String,
+    pub(super) transaction_id: String,
+    pub(super) history_visibility: String,
+    pub(super) relates_to: Option<(String, String)>,
+    pub(super) notified: Vec<(String, bool)>,
     pub(super) thread_id: String,
-    pub(super) highlight: i64,
+}
+
+/// What the batch's new timeline events bring, written at commit.
+#[derive(Default)]
+pub(super) struct AtCommit {
+    /// Per room, the last event of the batch that moves it up sliding
+    /// sync lists.
+    bumps: HashMap<String, String>,
+    notifications: Vec<NotificationToStore>,
+}
+
+/// A notification of an event to a user.
+struct NotificationToStore {
+    user_id: String,
+    room_id: String,
+    offset: i64,
+    thread_id: String,
+    highlight: i64,
+}
+
+impl AtCommit {
+    /// Notes a newly stored timeline event: a bump of its room and its
+    /// notifications.
+    pub(super) fn stored(
+        &mut self,
+        (room_id, event_id, event_type): (&str, &str, &str),
+        offset: u64,
+        thread_id: &str,
+        notified: &[(String, bool)],
+    ) {
+        if BUMP_TYPES.contains(&event_type) {
+            self.bumps.insert(room_id.to_owned(), event_id.to_owned());
+        }
+        for (user_id, highlight) in notified {
+            self.notifications.push(NotificationToStore {
+                user_id: user_id.clone(),
+                room_id: room_id.to_owned(),
+                offset: offset as i64,
+                thread_id: thread_id.to_owned(),
+                highlight: i64::from(*highlight),
+            });
+        }
+    }
 }
 
 impl Storage {
@@ -49,8 +101,8 @@ impl Storage {
             consumed: HashMap::new(),
             visibility: HashMap::new(),
             members: HashMap::new(),
-            bumps: HashMap::new(),
-            notifications: Vec::new(),
+            at_commit: AtCommit::default(),
+            pending: Vec::new(),
         })
     }
 }
@@ -65,7 +117,8 @@ impl Batch {
     /// Writes what the batch gathered, stores the positions reached and
     /// commits: all of the batch, or (on error) none of it.
     pub(crate) async fn commit(mut self) -> Result<(), StorageError> {
-        for (room_id, event_id) in &self.bumps {
+        self.flush().await?;
+        for (room_id, event_id) in &self.at_commit.bumps {
             sqlx::query(
                 "INSERT INTO room_bumps (room_id, bump)
                  SELECT room_id, id FROM events WHERE event_id = $1 AND room_id = $2
@@ -77,6 +130,7 @@ impl Batch {
             .await?;
         }
         let notifications: Vec<Vec<Bound<'_>>> = self
+            .at_commit
             .notifications
             .iter()
             .map(|n| {

@@ -1,6 +1,6 @@
 use sqlx::Row;
 
-use super::batch::NotificationToStore;
+use super::batch::PendingEvent;
 use super::ephemeral::i64_of;
 use super::{Batch, Storage, StorageError};
 
@@ -208,6 +208,34 @@ impl Batch {
                 visibility
             }
         };
+        if event.state_removed.is_empty() && event.state_added.is_empty() {
+            // No state change: nothing later in the batch reads it before
+            // the batch writes it with others in one statement.
+            self.pending.push(PendingEvent {
+                partition: event.partition,
+                offset: event.offset,
+                room_id: event.room_id.to_owned(),
+                event_id: event.event_id.to_owned(),
+                event_type: event.event_type.to_owned(),
+                state_key: event.state_key.map(str::to_owned),
+                sender: event.sender.to_owned(),
+                json: event.json.to_owned(),
+                device_id: event.device_id.to_owned(),
+                transaction_id: event.transaction_id.to_owned(),
+                history_visibility,
+                relates_to: event
+                    .relates_to
+                    .map(|(parent, kind)| (parent.to_owned(), kind.to_owned())),
+                notified: event.notified.to_vec(),
+                thread_id: event.thread_id.to_owned(),
+            });
+            if self.pending.len() >= ROWS_PER_STATEMENT {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        // Events keep their log order in the table.
+        self.flush().await?;
         let engine = self.engine;
         let tx = &mut *self.tx;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -233,19 +261,12 @@ impl Batch {
         .rows_affected()
             == 1;
         if inserted {
-            if BUMP_TYPES.contains(&event.event_type) {
-                self.bumps
-                    .insert(event.room_id.to_owned(), event.event_id.to_owned());
-            }
-            for (user_id, highlight) in event.notified {
-                self.notifications.push(NotificationToStore {
-                    user_id: user_id.clone(),
-                    room_id: event.room_id.to_owned(),
-                    offset: event.offset as i64,
-                    thread_id: event.thread_id.to_owned(),
-                    highlight: i64::from(*highlight),
-                });
-            }
+            self.at_commit.stored(
+                (event.room_id, event.event_id, event.event_type),
+                event.offset,
+                event.thread_id,
+                event.notified,
+            );
             // What the batch remembers of the room's state goes with a
             // change of it.
             let changes = |wanted: &str| {
@@ -355,6 +376,49 @@ impl Batch {
         Ok(())
     }
 
+    /// Writes the events waiting to be stored, many to a statement (a
+    /// redelivered one is skipped, as alone).
+    pub(super) async fn flush(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let sql = format!(
+            "{INSERT_EVENT} VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            ganglion_base::database::value_rows(self.engine, 1, pending.len(), 13)
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for event in &pending {
+            query = query
+                .bind(i64::from(event.partition))
+                .bind(event.offset as i64)
+                .bind(&event.room_id)
+                .bind(&event.event_id)
+                .bind(&event.event_type)
+                .bind(&event.state_key)
+                .bind(&event.sender)
+                .bind(&event.json)
+                .bind(&event.device_id)
+                .bind(&event.transaction_id)
+                .bind(&event.history_visibility)
+                .bind(event.relates_to.as_ref().map(|(parent, _)| parent))
+                .bind(event.relates_to.as_ref().map(|(_, kind)| kind));
+        }
+        let mut inserted: std::collections::HashSet<String> =
+            query.fetch_all(&mut *self.tx).await?.into_iter().collect();
+        for event in &pending {
+            if inserted.remove(&event.event_id) {
+                self.at_commit.stored(
+                    (&event.room_id, &event.event_id, &event.event_type),
+                    event.offset,
+                    &event.thread_id,
+                    &event.notified,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Stores state events known only as outliers, at the position
     /// [`OUTLIER_OFFSET`] that no timeline window reaches. Each event:
     /// (event ID, type, state key, sender, JSON).
@@ -364,6 +428,7 @@ impl Batch {
         room_id: &str,
         events: &[(String, String, Option<String>, String, String)],
     ) -> Result<(), StorageError> {
+        self.flush().await?;
         // Many rows to a statement; a repeated ID is skipped (DO NOTHING).
         let rows: Vec<Vec<Bound>> = events
             .iter()
@@ -406,6 +471,7 @@ impl Batch {
         json: &str,
         (membership, invite_state_json): (&str, Option<&str>),
     ) -> Result<(), StorageError> {
+        self.flush().await?;
         self.members.remove(room_id);
         let tx = &mut *self.tx;
         sqlx::query(
@@ -477,6 +543,7 @@ impl Batch {
         event_id: &str,
         redacted_json: &str,
     ) -> Result<(), StorageError> {
+        self.flush().await?;
         sqlx::query(
             "UPDATE events SET json = $1, relates_to = NULL, rel_type = NULL WHERE event_id = $2",
         )
@@ -495,6 +562,7 @@ impl Batch {
         room_id: &str,
         user_id: &str,
     ) -> Result<(), StorageError> {
+        self.flush().await?;
         sqlx::query(
             "INSERT INTO forgotten_rooms (room_id, user_id, log_offset)
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -531,6 +599,7 @@ impl Batch {
 
     /// One event by ID, as the batch left it.
     pub(crate) async fn event(&mut self, event_id: &str) -> Result<Option<EventRow>, StorageError> {
+        self.flush().await?;
         Storage::event_in(&mut self.tx, event_id).await
     }
 

@@ -53,6 +53,7 @@ impl Batch {
         &mut self,
         event: &HistoryEvent<'_>,
     ) -> Result<(), StorageError> {
+        self.flush().await?;
         let tx = &mut *self.tx;
         let band = depth_band(event.depth);
         let taken: i64 = sqlx::query_scalar(

@@ -784,6 +784,28 @@ async fn one_batch_of_many_records(storage: Storage) {
     );
     assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
 
+    // Redelivered, even twice in one batch: nothing changes.
+    let mut batch = storage.batch().await.expect("batch");
+    for _ in 0..2 {
+        batch
+            .apply_event(&NewEvent {
+                notified: &notified,
+                ..event(0, 5, ROOM_A, "$after", "m.room.message", None, "{}")
+            })
+            .await
+            .expect("message");
+    }
+    batch.consumed(Stream::Room, 0, 5);
+    batch.commit().await.expect("commit");
+    assert_eq!(
+        storage
+            .notifications_for(BOB)
+            .await
+            .expect("notifications")
+            .len(),
+        1
+    );
+
     // Dropped before commit: nothing of it stays.
     let mut batch = storage.batch().await.expect("batch");
     batch
