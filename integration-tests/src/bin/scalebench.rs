@@ -4,7 +4,8 @@
 //!   the API, then messages appended to `roomserver.output` directly, as
 //!   the roomserver would), then a new syncapi replica on an empty
 //!   database: records/s while it catches up, and the time until it is
-//!   ready (serves users). With `embedded` last: the monolith's log
+//!   ready (serves users), after the rate at which a bare reader reads the
+//!   same records from the broker. With `embedded` last: the monolith's log
 //!   instead, and `ganglion rebuild syncapi` into a new SQLite database
 //!   timed (the monolith stopped, as a rebuild on the embedded log needs).
 //! - `scalebench gateway [seconds]` (default 10): the latency the gateway
@@ -134,47 +135,10 @@ async fn append_messages(
     Ok(total)
 }
 
-async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut server = Polylith::start(dir.path(), &database_urls("catchup").await).await;
-    let rooms = make_rooms(&server.base_url, rooms).await?;
-    let brokers = setting(&server, "GANGLION_LOG__KAFKA_BROKERS")
-        .ok_or_else(|| anyhow::anyhow!("no brokers"))?
-        .to_owned();
-    let prefix = setting(&server, "GANGLION_LOG__TOPIC_PREFIX").unwrap_or_default();
-    let topic = ganglion_api::topics::Topics::new(prefix).roomserver_output;
-    let log = ganglion_log::KafkaLog::new(ganglion_log::KafkaConfig::new(brokers))?;
-    let total = append_messages(&log, &topic, &rooms, records, 2_000).await?;
-
-    let fresh = ganglion_base::testing::scratch_postgres("scalebench_catchup_syncapi2").await;
-    let started = Instant::now();
-    let name = server
-        .add_replica_with(
-            "syncapi",
-            vec![("GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(), fresh)],
-        )
-        .await;
-    let healthy = started.elapsed();
-    let ready = format!("http://{}/readyz", server.replica_listeners(&name).operator);
-    let http = reqwest::Client::new();
-    loop {
-        if http
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|answer| answer.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let serving = started.elapsed();
-    // Readiness counts from the log's end offsets, which tansu reports low
-    // after large batches: the records the replica consumed decide.
-    let metrics = format!(
-        "http://{}/metrics",
-        server.replica_listeners(&name).operator
-    );
+/// Waits until the process at `operator` has consumed `total` records of
+/// `topic` (its `ganglion_consumer_records_total`).
+async fn consumed_all(http: &reqwest::Client, operator: &str, topic: &str, total: u64) {
+    let metrics = format!("http://{operator}/metrics");
     loop {
         let text = match http.get(&metrics).send().await {
             Ok(answer) => answer.text().await.unwrap_or_default(),
@@ -189,10 +153,89 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         if consumed >= total as f64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads the whole topic with a bare reader (nothing applied) and prints
+/// the rate: what the broker alone allows a catching-up view.
+async fn read_alone(log: &dyn ganglion_log::Log, topic: &str, total: u64) -> anyhow::Result<()> {
+    let partitions = log.end_offsets(topic).await?.len();
+    let mut reader = log.reader(&[(topic, vec![0; partitions])]).await?;
+    let started = Instant::now();
+    let mut read = 0_u64;
+    while read < total {
+        tokio::time::timeout(Duration::from_secs(30), reader.next()).await??;
+        read += 1;
+        while reader.try_next().await?.is_some() {
+            read += 1;
+        }
+    }
+    println!(
+        "the log alone: a bare reader read {read} records in {:.1} s ({:.0} records/s)",
+        started.elapsed().as_secs_f64(),
+        read as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Polylith::start(dir.path(), &database_urls("catchup").await).await;
+    let rooms = make_rooms(&server.base_url, rooms).await?;
+    let brokers = setting(&server, "GANGLION_LOG__KAFKA_BROKERS")
+        .ok_or_else(|| anyhow::anyhow!("no brokers"))?
+        .to_owned();
+    let prefix = setting(&server, "GANGLION_LOG__TOPIC_PREFIX").unwrap_or_default();
+    let topic = ganglion_api::topics::Topics::new(prefix).roomserver_output;
+    let log = ganglion_log::KafkaLog::new(ganglion_log::KafkaConfig::new(brokers))?;
+    let total = append_messages(&log, &topic, &rooms, records, 2_000).await?;
+    read_alone(&log, &topic, total).await?;
+    // The live services take the appended records in first, so the new
+    // replica's rate is its own, not a share of the machine.
+    let settling = Instant::now();
+    let http = reqwest::Client::new();
+    for service in ["syncapi", "federationsender"] {
+        consumed_all(&http, &server.listeners(service).operator, &topic, total).await;
+    }
+    println!(
+        "the live syncapi and federationsender took the records in after {:.1} s more",
+        settling.elapsed().as_secs_f64()
+    );
+
+    let fresh = ganglion_base::testing::scratch_postgres("scalebench_catchup_syncapi2").await;
+    let started = Instant::now();
+    let name = server
+        .add_replica_with(
+            "syncapi",
+            vec![("GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(), fresh)],
+        )
+        .await;
+    let healthy = started.elapsed();
+    let ready = format!("http://{}/readyz", server.replica_listeners(&name).operator);
+    loop {
+        if http
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|answer| answer.status().is_success())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let serving = started.elapsed();
+    // Readiness counts from the log's end offsets, which tansu reports low
+    // after large batches: the records the replica consumed decide.
+    consumed_all(
+        &http,
+        &server.replica_listeners(&name).operator,
+        &topic,
+        total,
+    )
+    .await;
     let consumed = started.elapsed();
     println!("new syncapi replica on an empty database:");
     println!(
@@ -228,7 +271,9 @@ async fn catchup_embedded(records: usize, rooms: usize) -> anyhow::Result<()> {
         let log = ganglion_log::EmbeddedLog::open(dir.path().join("data").join("log"))?;
         append_messages(&log, &topic, &rooms, records, 256).await?;
     }
-    let into = format!("sqlite:{}", dir.path().join("rebuilt.db").display());
+    // A fresh SQLite file, or the PostgreSQL database `SCALEBENCH_INTO` names.
+    let into = std::env::var("SCALEBENCH_INTO")
+        .unwrap_or_else(|_| format!("sqlite:{}", dir.path().join("rebuilt.db").display()));
     let started = Instant::now();
     let binary = std::fs::canonicalize(ganglion_integration_tests::process::ganglion_binary())?;
     let rebuild = tokio::process::Command::new(binary)

@@ -240,6 +240,14 @@ static DEAD_LETTERS: std::sync::LazyLock<prometheus::IntCounterVec> =
         )
     });
 
+static BATCHES: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    counter_vec(
+        "ganglion_consumer_batches_total",
+        "Batches of records taken at once (records / batches: the mean batch)",
+        &["group", "topic"],
+    )
+});
+
 /// Joins `group` on `topics` and runs `handler` on every record until
 /// `shutdown` turns true. Returns the handle for readiness and lag.
 pub async fn spawn(
@@ -291,6 +299,7 @@ fn run(
     for topic in topics {
         CONSUMED_RECORDS.with_label_values(&[group, *topic]);
         DEAD_LETTERS.with_label_values(&[group, *topic]);
+        BATCHES.with_label_values(&[group, *topic]);
     }
     let group = group.to_owned();
     let mut lag_shutdown = shutdown.clone();
@@ -337,6 +346,11 @@ fn run(
             });
             if let Ok(mut a) = assignment.lock() {
                 *a = assigned;
+            }
+            if let Some(first) = batch.first() {
+                BATCHES
+                    .with_label_values(&[group.as_str(), first.topic.as_str()])
+                    .inc();
             }
             let handled = handle_all(&*log, &group, &*handler, &batch, &mut shutdown).await;
             let done = &batch[..handled];
