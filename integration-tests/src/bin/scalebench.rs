@@ -135,26 +135,26 @@ async fn append_messages(
     Ok(total)
 }
 
+/// The records of `topic` the process at `operator` has consumed (its
+/// `ganglion_consumer_records_total`; 0 while it does not answer).
+async fn consumed_records(http: &reqwest::Client, operator: &str, topic: &str) -> f64 {
+    let Ok(answer) = http.get(format!("http://{operator}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = answer.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("ganglion_consumer_records_total")
+                && line.contains(&format!("topic=\"{topic}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Waits until the process at `operator` has consumed `total` records of
-/// `topic` (its `ganglion_consumer_records_total`).
+/// `topic`.
 async fn consumed_all(http: &reqwest::Client, operator: &str, topic: &str, total: u64) {
-    let metrics = format!("http://{operator}/metrics");
-    loop {
-        let text = match http.get(&metrics).send().await {
-            Ok(answer) => answer.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let consumed: f64 = text
-            .lines()
-            .filter(|line| {
-                line.starts_with("ganglion_consumer_records_total")
-                    && line.contains(&format!("topic=\"{topic}\""))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if consumed >= total as f64 {
-            return;
-        }
+    while consumed_records(http, operator, topic).await < total as f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -513,18 +513,9 @@ async fn roomserver(window: Duration, rooms: usize) -> anyhow::Result<()> {
             .count();
         count as f64 / (to - from).as_secs_f64()
     };
+    let http = reqwest::Client::new();
     let input_records = async |operator: &str| -> f64 {
-        let Ok(answer) = reqwest::get(format!("http://{operator}/metrics")).await else {
-            return 0.0;
-        };
-        let text = answer.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|line| {
-                line.starts_with("ganglion_consumer_records_total")
-                    && line.contains("topic=\"roomserver.input\"")
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        consumed_records(&http, operator, "roomserver.input").await
     };
 
     // Warm up, then one replica.
