@@ -447,12 +447,21 @@ async fn handle_batch_with_retries(
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling a batch failed; retrying");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return None,
+        if !back_off(&mut backoff, shutdown).await {
+            return None;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Waits `backoff`, then doubles it (up to 5 s); false when shutting down
+/// first.
+async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.wait_for(|stop| *stop) => return false,
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
 }
 
 /// Returns false when shutting down before the record was handled (or
@@ -494,11 +503,9 @@ async fn handle_with_retries(
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+        if !back_off(&mut backoff, shutdown).await {
+            return false;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -567,11 +574,9 @@ async fn dead_letter(
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "could not write a dead letter; retrying");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+        if !back_off(&mut backoff, shutdown).await {
+            return false;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

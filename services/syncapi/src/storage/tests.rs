@@ -43,6 +43,25 @@ const BOB: &str = "@bob:example.org";
 const ROOM_A: &str = "!a:example.org";
 const ROOM_B: &str = "!b:example.org";
 
+/// Two tests of one body: `$sqlite` on SQLite, `$postgres` on a scratch
+/// PostgreSQL database named after `$scratch`.
+macro_rules! on_both_engines {
+    ($body:ident, $sqlite:ident, $postgres:ident, $scratch:literal) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let (storage, _dir) = open(None).await;
+            $body(storage).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let url = ganglion_base::testing::scratch_postgres($scratch).await;
+            let (storage, _dir) = open(Some(url)).await;
+            $body(storage).await;
+        }
+    };
+}
+
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     let (db, dir) = ganglion_base::testing::open_scratch("syncapi", MIGRATIONS, database_url).await;
     (Storage { db }, dir)
@@ -427,44 +446,26 @@ async fn filters(storage: Storage) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_events_and_state() {
-    let (storage, _dir) = open(None).await;
-    events_and_state(storage).await;
-}
+on_both_engines!(
+    events_and_state,
+    sqlite_events_and_state,
+    postgres_events_and_state,
+    "sync_storage"
+);
 
-#[tokio::test]
-async fn postgres_events_and_state() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage").await;
-    let (storage, _dir) = open(Some(url)).await;
-    events_and_state(storage).await;
-}
+on_both_engines!(
+    redelivery_changes_nothing,
+    sqlite_redelivery_changes_nothing,
+    postgres_redelivery_changes_nothing,
+    "sync_storage_redelivery"
+);
 
-#[tokio::test]
-async fn sqlite_redelivery_changes_nothing() {
-    let (storage, _dir) = open(None).await;
-    redelivery_changes_nothing(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_redelivery_changes_nothing() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage_redelivery").await;
-    let (storage, _dir) = open(Some(url)).await;
-    redelivery_changes_nothing(storage).await;
-}
-
-#[tokio::test]
-async fn sqlite_filters() {
-    let (storage, _dir) = open(None).await;
-    filters(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_filters() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage_filters").await;
-    let (storage, _dir) = open(Some(url)).await;
-    filters(storage).await;
-}
+on_both_engines!(
+    filters,
+    sqlite_filters,
+    postgres_filters,
+    "sync_storage_filters"
+);
 
 /// A backfilled event of ROOM_A as the consumer would pass it.
 fn history<'a>(event_id: &'a str, depth: i64, json: &'a str) -> HistoryEvent<'a> {
@@ -575,18 +576,12 @@ async fn backfilled_history(storage: Storage) {
     assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
 }
 
-#[tokio::test]
-async fn sqlite_backfilled_history() {
-    let (storage, _dir) = open(None).await;
-    backfilled_history(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_backfilled_history() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage_history").await;
-    let (storage, _dir) = open(Some(url)).await;
-    backfilled_history(storage).await;
-}
+on_both_engines!(
+    backfilled_history,
+    sqlite_backfilled_history,
+    postgres_backfilled_history,
+    "sync_storage_history"
+);
 
 /// To-device messages for devices that are gone: dropped when the device's
 /// keys go, and by the pruning for devices that never had keys or that a
@@ -673,18 +668,12 @@ async fn to_device_of_gone_devices(storage: Storage) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_to_device_of_gone_devices() {
-    let (storage, _dir) = open(None).await;
-    to_device_of_gone_devices(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_to_device_of_gone_devices() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage_to_device").await;
-    let (storage, _dir) = open(Some(url)).await;
-    to_device_of_gone_devices(storage).await;
-}
+on_both_engines!(
+    to_device_of_gone_devices,
+    sqlite_to_device_of_gone_devices,
+    postgres_to_device_of_gone_devices,
+    "sync_storage_to_device"
+);
 
 /// Many records in one transaction: what the batch remembers of a room
 /// (members, history visibility) follows the state its own records
@@ -818,15 +807,9 @@ async fn one_batch_of_many_records(storage: Storage) {
     assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
 }
 
-#[tokio::test]
-async fn sqlite_one_batch_of_many_records() {
-    let (storage, _dir) = open(None).await;
-    one_batch_of_many_records(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_one_batch_of_many_records() {
-    let url = ganglion_base::testing::scratch_postgres("sync_storage_batch").await;
-    let (storage, _dir) = open(Some(url)).await;
-    one_batch_of_many_records(storage).await;
-}
+on_both_engines!(
+    one_batch_of_many_records,
+    sqlite_one_batch_of_many_records,
+    postgres_one_batch_of_many_records,
+    "sync_storage_batch"
+);
