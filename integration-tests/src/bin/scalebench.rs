@@ -138,15 +138,17 @@ async fn append_messages(
 /// The records of `topic` the process at `operator` has consumed (its
 /// `ganglion_consumer_records_total`; 0 while it does not answer).
 async fn consumed_records(http: &reqwest::Client, operator: &str, topic: &str) -> f64 {
+    metric_sum(http, operator, "ganglion_consumer_records_total", topic).await
+}
+
+/// The sum of `metric`'s samples for `topic` at the process at `operator`.
+async fn metric_sum(http: &reqwest::Client, operator: &str, metric: &str, topic: &str) -> f64 {
     let Ok(answer) = http.get(format!("http://{operator}/metrics")).send().await else {
         return 0.0;
     };
     let text = answer.text().await.unwrap_or_default();
     text.lines()
-        .filter(|line| {
-            line.starts_with("ganglion_consumer_records_total")
-                && line.contains(&format!("topic=\"{topic}\""))
-        })
+        .filter(|line| line.starts_with(metric) && line.contains(&format!("topic=\"{topic}\"")))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -237,6 +239,8 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     )
     .await;
     let consumed = started.elapsed();
+    let operator = server.replica_listeners(&name).operator;
+    let batches = metric_sum(&http, &operator, "ganglion_consumer_batches_total", &topic).await;
     println!("new syncapi replica on an empty database:");
     println!(
         "  up (healthy)               {:>8.1} s",
@@ -253,6 +257,10 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     println!(
         "  catch-up rate              {:>8.0} records/s",
         total as f64 / consumed.as_secs_f64()
+    );
+    println!(
+        "  mean batch                 {:>8.0} records ({batches} batches)",
+        total as f64 / batches.max(1.0)
     );
     Ok(())
 }

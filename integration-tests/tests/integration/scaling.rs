@@ -368,6 +368,10 @@ struct Load {
     people: Vec<Retrying>,
     room_id: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set once every sender has had its last answer: only then do the
+    /// readers start counting quiet syncs, so a send acknowledged late is
+    /// still awaited.
+    sent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     retries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// When each acknowledged send was answered.
     acks: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
@@ -403,6 +407,7 @@ impl Load {
             assert_eq!(person.client.join(&room_id).await.status, 200);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let filter = ganglion_integration_tests::client::encode(
             &json!({"room": {"timeline": {"limit": 1000}}}).to_string(),
@@ -442,7 +447,7 @@ impl Load {
                     None,
                 )
                 .await;
-            let (stop, room_id, filter) = (stop.clone(), room_id.clone(), filter.clone());
+            let (sent, room_id, filter) = (sent.clone(), room_id.clone(), filter.clone());
             readers.push(tokio::spawn(async move {
                 let mut since = initial["next_batch"]
                     .as_str()
@@ -458,7 +463,7 @@ impl Load {
                         .map(|event| event["event_id"].as_str().unwrap_or_default().to_owned())
                         .collect();
                 let mut gaps = 0;
-                let mut quiet_after_stop = 0;
+                let mut quiet_after_sent = 0;
                 loop {
                     let body = person
                         .call(
@@ -481,13 +486,13 @@ impl Load {
                         }
                     }
                     since = body["next_batch"].as_str().unwrap_or_default().to_owned();
-                    if stop.load(Ordering::Relaxed) {
-                        quiet_after_stop = if events.is_empty() {
-                            quiet_after_stop + 1
+                    if sent.load(Ordering::Relaxed) {
+                        quiet_after_sent = if events.is_empty() {
+                            quiet_after_sent + 1
                         } else {
                             0
                         };
-                        if quiet_after_stop >= 3 {
+                        if quiet_after_sent >= 3 {
                             return (seen, gaps);
                         }
                     }
@@ -498,6 +503,7 @@ impl Load {
             people,
             room_id,
             stop,
+            sent,
             retries,
             acks,
             senders,
@@ -579,6 +585,7 @@ impl Load {
         for sender in self.senders {
             acked.extend(sender.await.expect("a sender"));
         }
+        self.sent.store(true, Ordering::Relaxed);
         let ids: std::collections::HashSet<&str> =
             acked.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids.len(), acked.len(), "one event per acknowledged send");
