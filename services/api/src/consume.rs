@@ -855,4 +855,133 @@ mod tests {
             [Some(700)]
         );
     }
+
+    /// A member that lets a second member join its group while it is taking
+    /// a batch (at its `join_at`th `try_next`), so the rebalance lands in
+    /// the middle of the gathering.
+    struct JoinsMidBatch {
+        inner: Box<dyn Consumer>,
+        log: Arc<dyn Log>,
+        tries: usize,
+        join_at: usize,
+        joined: Arc<tokio::sync::Mutex<Option<Box<dyn Consumer>>>>,
+    }
+
+    #[async_trait]
+    impl Consumer for JoinsMidBatch {
+        async fn next(&mut self) -> Result<Record, ganglion_log::LogError> {
+            self.inner.next().await
+        }
+
+        async fn try_next(&mut self) -> Result<Option<Record>, ganglion_log::LogError> {
+            self.tries += 1;
+            if self.tries == self.join_at {
+                let second = self.log.consumer("movers", &["moving"]).await?;
+                *self.joined.lock().await = Some(second);
+            }
+            self.inner.try_next().await
+        }
+
+        async fn commit(&mut self, record: &Record) -> Result<(), ganglion_log::LogError> {
+            self.inner.commit(record).await
+        }
+
+        fn assignment(&self) -> Vec<(String, u32)> {
+            self.inner.assignment()
+        }
+    }
+
+    #[tokio::test]
+    async fn records_of_a_partition_taken_away_while_gathering_are_left_to_its_new_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path()).expect("log"));
+        log.ensure_topic("moving", 2).await.expect("topic");
+        // Ten records in each partition.
+        let mut per_partition: [Vec<String>; 2] = Default::default();
+        let mut n = 0;
+        while per_partition.iter().any(|texts| texts.len() < 10) {
+            let key = format!("room {n}");
+            let partition = ganglion_log::partition_for_key(key.as_bytes(), 2) as usize;
+            n += 1;
+            if per_partition[partition].len() == 10 {
+                continue;
+            }
+            let text = format!("p{partition} #{}", per_partition[partition].len());
+            log.produce(
+                "moving",
+                OutgoingRecord {
+                    key: key.into_bytes(),
+                    headers: Vec::new(),
+                    payload: text.clone().into_bytes(),
+                },
+            )
+            .await
+            .expect("produce");
+            per_partition[partition].push(text);
+        }
+        let joined = Arc::new(tokio::sync::Mutex::new(None));
+        let first = JoinsMidBatch {
+            inner: log.consumer("movers", &["moving"]).await.expect("consumer"),
+            log: log.clone(),
+            tries: 0,
+            // Both partitions are read in turn, so by then the batch holds
+            // records of each.
+            join_at: 6,
+            joined: joined.clone(),
+        };
+        let handler = Arc::new(Batcher::default());
+        let (stop, shutdown) = watch::channel(false);
+        let handle = run(
+            log.clone(),
+            "movers",
+            &["moving"],
+            Box::new(first),
+            handler.clone(),
+            shutdown,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut second = loop {
+            if let Some(second) = joined.lock().await.take() {
+                break second;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second member joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The second member gets one partition from its start (nothing of it
+        // was committed): every record of it once.
+        let mut moved = Vec::new();
+        while moved.len() < 10 {
+            let record = tokio::time::timeout(Duration::from_secs(10), second.next())
+                .await
+                .expect("the moved partition's records")
+                .expect("a record");
+            moved.push(record);
+        }
+        let partition = moved[0].partition as usize;
+        assert!(moved.iter().all(|r| r.partition as usize == partition));
+        let texts: Vec<String> = moved
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect();
+        assert_eq!(texts, per_partition[partition]);
+        // The first member applied its own partition, and nothing of the
+        // one taken away, though its first batch had held some of it.
+        let kept = 1 - partition;
+        while handle.progress.next_offset("moving", kept as u32) < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kept partition applied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(true);
+        assert_eq!(*handler.applied.lock().expect("lock"), per_partition[kept]);
+        assert_eq!(
+            *handle.assignment.lock().expect("lock"),
+            vec![("moving".to_owned(), kept as u32)]
+        );
+    }
 }
