@@ -273,6 +273,112 @@ async fn records_are_applied_once(database_url: Option<String>) {
     assert_eq!(positions, [(0, 6), (1, 9), (2, 4)]);
 }
 
+/// A batch of records in one transaction behaves as the records one by
+/// one: a room's servers as each event leaves them (a join in the middle
+/// of the batch reaches the events after it, a kick still reaches the one
+/// kicked), each destination's queue in log order, a record repeated in
+/// the batch or applied before changes nothing.
+async fn a_batch_applies_as_its_records_one_by_one(database_url: Option<String>) {
+    let (storage, _dir) = scratch(database_url).await;
+    let own = "ours.example";
+    let event = |at: (u32, u64), room: &str, changes: Vec<MemberChange>, n: Option<u32>| {
+        crate::storage::OutputEvent {
+            at: Some(at),
+            room_id: room.to_owned(),
+            changes,
+            pdu: n.map(|n| (format!("${n}"), format!("{{\"n\":{n}}}"))),
+            also: None,
+        }
+    };
+    // Applied before the batch: a remote member in room one.
+    storage
+        .apply_event(
+            Some((0, 0)),
+            "!one",
+            &[join("@b:them.example")],
+            None,
+            None,
+            own,
+        )
+        .await
+        .expect("apply")
+        .expect("applied");
+    let batch = vec![
+        event((0, 0), "!one", vec![join("@x:never.example")], Some(100)),
+        event((0, 1), "!one", vec![join("@a:ours.example")], Some(1)),
+        event((1, 0), "!two", vec![join("@a:ours.example")], Some(2)),
+        event((1, 1), "!two", vec![join("@c:third.example")], None),
+        event((1, 2), "!two", vec![], Some(3)),
+        event((0, 2), "!one", vec![], Some(4)),
+        event((0, 2), "!one", vec![], Some(4)),
+        event((0, 3), "!one", vec![leave("@b:them.example")], Some(5)),
+        event((0, 4), "!one", vec![], Some(6)),
+        event((1, 3), "!two", vec![], Some(7)),
+    ];
+    let outcomes = storage.apply_events(&batch, own).await.expect("batch");
+    let expected: Vec<Option<Vec<&str>>> = vec![
+        None,
+        Some(vec!["them.example"]),
+        Some(vec![]),
+        Some(vec![]),
+        Some(vec!["third.example"]),
+        Some(vec!["them.example"]),
+        None,
+        Some(vec!["them.example"]),
+        Some(vec![]),
+        Some(vec!["third.example"]),
+    ];
+    assert_eq!(
+        outcomes,
+        expected
+            .into_iter()
+            .map(|o| o.map(|d| d.into_iter().map(str::to_owned).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    );
+    let ids = |queued: Vec<crate::storage::QueuedPdu>| -> Vec<String> {
+        queued.into_iter().map(|q| q.json).collect()
+    };
+    assert_eq!(
+        ids(storage.queued("them.example", 50).await.expect("queued")),
+        ["{\"n\":1}", "{\"n\":4}", "{\"n\":5}"]
+    );
+    assert_eq!(
+        ids(storage.queued("third.example", 50).await.expect("queued")),
+        ["{\"n\":3}", "{\"n\":7}"]
+    );
+    assert!(
+        storage
+            .queued("never.example", 50)
+            .await
+            .expect("queued")
+            .is_empty()
+    );
+    let mut positions = storage.output_positions().await.expect("positions");
+    positions.sort();
+    assert_eq!(positions, [(0, 5), (1, 4)]);
+    // The same batch again (a redelivery after a crash): nothing changes.
+    let again = storage.apply_events(&batch, own).await.expect("again");
+    assert!(again.iter().all(Option::is_none));
+    assert_eq!(storage.queue_depth("them.example").await.expect("depth"), 3);
+    assert_eq!(
+        storage.joined_hosts("!one").await.expect("hosts"),
+        ["ours.example"]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_applies_as_its_records_one_by_one() {
+    a_batch_applies_as_its_records_one_by_one(None).await;
+}
+
+#[tokio::test]
+async fn postgres_a_batch_applies_as_its_records_one_by_one() {
+    a_batch_applies_as_its_records_one_by_one(Some(
+        ganglion_base::testing::scratch_postgres("federationsender").await,
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn sqlite_records_are_applied_once() {
     records_are_applied_once(None).await;

@@ -2,10 +2,11 @@
 //! every new event a local user sent is queued for the servers in the room
 //! (before and after it, so a leave or kick still reaches the one who
 //! left, and an invite its invitee's server). Events from other servers
-//! are their origin's to send. One database transaction per record, which
-//! also stores the record's position: a record applied before (by this
-//! replica, another one, or a rebuild) changes nothing. The group's offset
-//! is committed after it.
+//! are their origin's to send. One database transaction per batch of
+//! records (one record when the consumer keeps up), which also stores
+//! their positions: a record applied before (by this replica, another one,
+//! or a rebuild) changes nothing. The group's offsets are committed after
+//! it.
 //!
 //! Replayed ([`replay`]), the records only build the joined hosts: what
 //! they would queue was delivered when they were new.
@@ -22,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::queues::Queues;
-use crate::storage::{MemberChange, Storage};
+use crate::storage::{MemberChange, OutputEvent, Storage};
 use ganglion_api::users::server_of;
 
 pub(crate) struct OutputConsumer {
@@ -32,21 +33,22 @@ pub(crate) struct OutputConsumer {
     pub(crate) server_name: String,
 }
 
-#[async_trait]
-impl RecordHandler for OutputConsumer {
-    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+impl OutputConsumer {
+    /// What a record asks of the joined hosts and queues; `None` for a
+    /// record that asks nothing (not a new event, historical, an outlier).
+    fn read(&self, record: &Record) -> Result<Option<OutputEvent>, HandleError> {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         let Some(topic_pb::roomserver_output::Kind::NewRoomEvent(new)) = output.kind else {
-            return Ok(());
+            return Ok(None);
         };
         if new.historical || new.outlier {
-            return Ok(());
+            return Ok(None);
         }
         let pdu: Value = serde_json::from_slice(&new.event_json)
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
         let Some(room_id) = pdu["room_id"].as_str() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut changes: Vec<MemberChange> = new
             .state_removed
@@ -68,30 +70,64 @@ impl RecordHandler for OutputConsumer {
         );
         let sender = pdu["sender"].as_str().unwrap_or_default();
         let local = self.queues.is_some() && server_of(sender) == Some(self.server_name.as_str());
-        let json = String::from_utf8_lossy(&new.event_json);
-        let target_server = (pdu["type"] == "m.room.member")
+        let also = (pdu["type"] == "m.room.member")
             .then(|| pdu["state_key"].as_str().and_then(server_of))
-            .flatten();
-        let destinations = self
+            .flatten()
+            .map(str::to_owned);
+        Ok(Some(OutputEvent {
+            at: Some((record.partition, record.offset)),
+            room_id: room_id.to_owned(),
+            changes,
+            pdu: local.then(|| {
+                (
+                    new.event_id.clone(),
+                    String::from_utf8_lossy(&new.event_json).into_owned(),
+                )
+            }),
+            also,
+        }))
+    }
+}
+
+/// A consumer that keeps up applies one record at a time; one that has
+/// fallen behind (or a new replica) applies what has arrived in one
+/// transaction, reading each room's servers once.
+#[async_trait]
+impl RecordHandler for OutputConsumer {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        self.handle_batch(std::slice::from_ref(record)).await
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            events.extend(self.read(record)?);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let applied = self
             .storage
-            .apply_event(
-                Some((record.partition, record.offset)),
-                room_id,
-                &changes,
-                local.then_some((new.event_id.as_str(), json.as_ref())),
-                target_server,
-                &self.server_name,
-            )
+            .apply_events(&events, &self.server_name)
             .await
             .map_err(HandleError::storage)?;
-        if let (Some(destinations), Some(queues)) = (destinations, &self.queues)
-            && !destinations.is_empty()
-        {
-            crate::internal_events::PDUS_QUEUED
-                .with_label_values::<&str>(&[])
-                .inc_by(destinations.len() as u64);
-            queues.announce(&destinations).await;
+        let Some(queues) = &self.queues else {
+            return Ok(());
+        };
+        let mut destinations: Vec<String> = applied.into_iter().flatten().flatten().collect();
+        if destinations.is_empty() {
+            return Ok(());
         }
+        crate::internal_events::PDUS_QUEUED
+            .with_label_values::<&str>(&[])
+            .inc_by(destinations.len() as u64);
+        destinations.sort();
+        destinations.dedup();
+        queues.announce(&destinations).await;
         Ok(())
     }
 }

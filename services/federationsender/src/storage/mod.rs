@@ -6,7 +6,7 @@ mod migrations;
 mod queues;
 
 pub(crate) use migrations::MIGRATIONS;
-pub(crate) use queues::{MemberChange, QueuedPdu};
+pub(crate) use queues::{MemberChange, OutputEvent, QueuedPdu};
 
 use ganglion_base::Database;
 

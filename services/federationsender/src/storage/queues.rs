@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use ganglion_api::users::server_of;
@@ -22,17 +24,24 @@ pub(crate) struct QueuedPdu {
 /// Rows written (or removed) per statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// An event of `roomserver.output`, as the joined hosts and the queues
+/// take it.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputEvent {
+    /// The record's place in `roomserver.output` (partition, offset).
+    pub(crate) at: Option<(u32, u64)>,
+    pub(crate) room_id: String,
+    pub(crate) changes: Vec<MemberChange>,
+    /// (event ID, JSON) of a local event, to queue.
+    pub(crate) pdu: Option<(String, String)>,
+    /// A server to queue it for though it is not in the room (an invitee's).
+    pub(crate) also: Option<String>,
+}
+
 impl Storage {
-    /// Applies an event's membership changes to the room's joined hosts
-    /// and queues the event (when `pdu` is given: a local event) for every
-    /// server in the room before or after it, and `also`, but `own`. One
-    /// transaction; a redelivered event is queued once. Returns the
-    /// destinations it was queued for.
-    ///
-    /// `at` is the record's place in `roomserver.output` (partition,
-    /// offset), stored in the same transaction: a record at or before the
-    /// partition's stored position was applied already and changes nothing
-    /// (`None`), whichever replica or rebuild applied it.
+    /// Applies one event (see [`Storage::apply_events`]). Returns the
+    /// destinations it was queued for, `None` if it was applied before.
+    #[cfg(test)]
     pub(crate) async fn apply_event(
         &self,
         at: Option<(u32, u64)>,
@@ -42,20 +51,124 @@ impl Storage {
         also: Option<&str>,
         own: &str,
     ) -> Result<Option<Vec<String>>, StorageError> {
+        let event = OutputEvent {
+            at,
+            room_id: room_id.to_owned(),
+            changes: changes.to_vec(),
+            pdu: pdu.map(|(id, json)| (id.to_owned(), json.to_owned())),
+            also: also.map(str::to_owned),
+        };
+        Ok(self.apply_events(&[event], own).await?.pop().flatten())
+    }
+
+    /// Applies events in log order, in one transaction: each one's
+    /// membership changes go to its room's joined hosts, and a local event
+    /// (`pdu`) is queued for every server in the room before or after it,
+    /// and `also`, but `own`. A redelivered event is queued once. Returns,
+    /// per event, the destinations it was queued for.
+    ///
+    /// An event's `at` is stored with it: an event at or before its
+    /// partition's stored position was applied already and changes nothing
+    /// (`None`), whichever replica or rebuild applied it. The positions are
+    /// locked first, so a second replica applying the same records waits
+    /// for the first and then finds them applied.
+    pub(crate) async fn apply_events(
+        &self,
+        events: &[OutputEvent],
+        own: &str,
+    ) -> Result<Vec<Option<Vec<String>>>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        if let Some((partition, offset)) = at
-            && !Self::advance_position(&mut tx, partition, offset.saturating_add(1)).await?
-        {
-            return Ok(None);
+        // Locked in one order, so two replicas cannot wait on each other.
+        let mut partitions: Vec<u32> = events.iter().filter_map(|e| Some(e.at?.0)).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut positions: HashMap<u32, (u64, u64)> = HashMap::new();
+        for partition in partitions {
+            let stored = Self::lock_position(&mut tx, partition).await?;
+            positions.insert(partition, (stored, stored));
         }
-        let before = Self::room_hosts(&mut tx, room_id).await?;
-        // Many rows to a statement (a join brings the room's thousands of
-        // members): the leaves first, then the joins, which keeps each
-        // user's last change (a user joins after leaving, never leaves
-        // after joining, in one event's changes).
+        let engine = self.db.engine;
+        // Each room's servers as the batch has left them.
+        let mut hosts: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut queued: Vec<(String, &str, &str)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some((partition, offset)) = event.at
+                && let Some((_, next)) = positions.get_mut(&partition)
+            {
+                if offset < *next {
+                    outcomes.push(None);
+                    continue;
+                }
+                *next = offset + 1;
+            }
+            let room_id = event.room_id.as_str();
+            let before = match hosts.get(room_id) {
+                Some(known) => known.clone(),
+                None => Self::room_hosts(&mut tx, room_id).await?,
+            };
+            let after = if event.changes.is_empty() {
+                before.clone()
+            } else {
+                Self::change_members(&mut tx, engine, room_id, &event.changes).await?;
+                Self::room_hosts(&mut tx, room_id).await?
+            };
+            let mut destinations = Vec::new();
+            if let Some((event_id, json)) = &event.pdu {
+                let mut all: Vec<String> =
+                    before.into_iter().chain(after.iter().cloned()).collect();
+                all.extend(event.also.clone());
+                all.sort();
+                all.dedup();
+                all.retain(|d| d != own);
+                for destination in &all {
+                    queued.push((destination.clone(), event_id, json));
+                }
+                destinations = all;
+            }
+            hosts.insert(room_id, after);
+            outcomes.push(Some(destinations));
+        }
+        // Three values a row; in log order, which is each destination's
+        // sending order.
+        for chunk in queued.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO queued_pdus (destination, event_id, pdu_json) VALUES {}
+                 ON CONFLICT (destination, event_id) DO NOTHING",
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (destination, event_id, json) in chunk {
+                query = query.bind(destination).bind(*event_id).bind(*json);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (partition, (stored, next)) in positions {
+            if next > stored {
+                sqlx::query("UPDATE output_positions SET next_offset = $1 WHERE partition_id = $2")
+                    .bind(i64::try_from(next).unwrap_or(i64::MAX))
+                    .bind(i64::from(partition))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Removes the users who left `room_id` and adds those who joined, many
+    /// rows to a statement (a join brings the room's thousands of members):
+    /// the leaves first, then the joins, which keeps each user's last
+    /// change (a user joins after leaving, never leaves after joining, in
+    /// one event's changes).
+    async fn change_members(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        engine: ganglion_base::database::Engine,
+        room_id: &str,
+        changes: &[MemberChange],
+    ) -> Result<(), StorageError> {
         let (joins, leaves): (Vec<&MemberChange>, Vec<&MemberChange>) =
             changes.iter().partition(|change| change.joined);
-        let engine = self.db.engine;
         for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "DELETE FROM joined_hosts WHERE room_id = {} AND user_id IN ({})",
@@ -66,7 +179,7 @@ impl Storage {
             for change in chunk {
                 query = query.bind(&change.user_id);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
         let joins: Vec<(&str, &str)> = joins
             .iter()
@@ -84,30 +197,28 @@ impl Storage {
             for (user_id, server) in chunk {
                 query = query.bind(*user_id).bind(*server);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
-        let mut destinations = Vec::new();
-        if let Some((event_id, json)) = pdu {
-            let after = Self::room_hosts(&mut tx, room_id).await?;
-            let mut all: Vec<String> = before.into_iter().chain(after).collect();
-            all.extend(also.map(str::to_owned));
-            all.sort();
-            all.dedup();
-            for destination in all.into_iter().filter(|d| d != own) {
-                sqlx::query(
-                    "INSERT INTO queued_pdus (destination, event_id, pdu_json) VALUES ($1, $2, $3)
-                     ON CONFLICT (destination, event_id) DO NOTHING",
-                )
-                .bind(&destination)
-                .bind(event_id)
-                .bind(json)
-                .execute(&mut *tx)
-                .await?;
-                destinations.push(destination);
-            }
-        }
-        tx.commit().await?;
-        Ok(Some(destinations))
+        Ok(())
+    }
+
+    /// Locks a partition's stored position (its row, made if missing) for
+    /// the rest of the transaction and returns it: the offset of the next
+    /// record to apply.
+    async fn lock_position(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        partition: u32,
+    ) -> Result<u64, StorageError> {
+        // An update that changes nothing, for the row lock.
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO output_positions (partition_id, next_offset) VALUES ($1, 0)
+             ON CONFLICT (partition_id) DO UPDATE SET next_offset = output_positions.next_offset
+             RETURNING next_offset",
+        )
+        .bind(i64::from(partition))
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(u64::try_from(stored).unwrap_or(0))
     }
 
     /// Moves a partition's stored position forward to `next` (the offset
