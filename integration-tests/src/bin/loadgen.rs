@@ -1,17 +1,23 @@
-//! Load generator: starts a monolith or a polylith, has N clients send into
-//! one room while a listener long-polls `/sync`, and prints accepted
-//! events/s, send→sync delivery latency (p50/p99), start-up time and
-//! resident memory (summed over the polylith's processes).
+//! Load generator: starts a monolith, a polylith or a real Synapse, has N
+//! clients send into one room while a listener long-polls `/sync`, and
+//! prints accepted events/s, send→sync delivery latency (p50/p99), start-up
+//! time and resident memory (summed over the polylith's processes).
 //!
-//! `loadgen [monolith|polylith] [clients] [messages_per_client]`
-//! (`TEST_GANGLION_BIN` may point at a release build of `ganglion`; the
-//! polylith needs tansu and PostgreSQL, as the test command provides).
+//! `loadgen [monolith|polylith|synapse|versus] [clients] [messages_per_client]`
+//!
+//! `versus` runs the same scenario against Synapse and then the monolith,
+//! one after the other on the same machine, and prints both and the ratio.
+//! Synapse (the test suite's: SQLite, rate limits lifted, TLS on loopback)
+//! comes from the venv `scripts/test.sh` installs. `TEST_GANGLION_BIN` may
+//! point at a release build of `ganglion`; the polylith needs tansu and
+//! PostgreSQL, as the test command provides.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::Client;
 use ganglion_integration_tests::process::{Monolith, POLYLITH_SERVICES, Polylith, rss_kib};
+use ganglion_integration_tests::synapse::Synapse;
 use serde_json::json;
 
 #[tokio::main]
@@ -23,10 +29,38 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "monolith".to_owned());
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
     let per_client: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
-    let dir = tempfile::tempdir()?;
+    if mode == "versus" {
+        let synapse = run("synapse", clients, per_client).await?;
+        let ganglion = run("monolith", clients, per_client).await?;
+        println!("Ganglion's monolith against Synapse, the same scenario on this machine:");
+        println!(
+            "  throughput                 {:>8.1} x Synapse's ({:.0} against {:.0} events/s)",
+            ganglion.throughput / synapse.throughput,
+            ganglion.throughput,
+            synapse.throughput
+        );
+        println!(
+            "  send->sync latency p50     {:>8.1} x lower ({:.2} against {:.2} ms)",
+            synapse.p50_ms / ganglion.p50_ms,
+            ganglion.p50_ms,
+            synapse.p50_ms
+        );
+        return Ok(());
+    }
+    run(&mode, clients, per_client).await?;
+    Ok(())
+}
 
+/// What one run measured.
+struct Figures {
+    throughput: f64,
+    p50_ms: f64,
+}
+
+async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
     let started = Instant::now();
-    let server = match mode.as_str() {
+    let server = match mode {
         "monolith" => Deployment::Monolith(Monolith::start(dir.path()).await),
         "polylith" => {
             let mut urls = Vec::new();
@@ -38,17 +72,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Deployment::Polylith(Polylith::start(dir.path(), &urls).await)
         }
-        other => anyhow::bail!("unknown mode {other}: monolith or polylith"),
+        "synapse" => Deployment::Synapse(Synapse::start(&dir.path().join("synapse")).await),
+        other => anyhow::bail!("unknown mode {other}: monolith, polylith, synapse or versus"),
     };
     let startup = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = server.rss_kib();
 
-    let owner = Client::register(server.base_url(), "owner", "pw").await;
+    let owner = server.register("owner").await;
     let room_id = owner.create_room(json!({"preset": "public_chat"})).await;
     let mut senders = Vec::new();
     for i in 0..clients {
-        let client = Client::register(server.base_url(), &format!("sender{i}"), "pw").await;
+        let client = server.register(&format!("sender{i}")).await;
         anyhow::ensure!(client.join(&room_id).await.status == 200, "join failed");
         senders.push(client);
     }
@@ -149,6 +184,12 @@ async fn main() -> anyhow::Result<()> {
     for url in server.metrics_urls() {
         metrics.push_str(&reqwest::get(url).await?.text().await?);
     }
+    if metrics.is_empty() {
+        return Ok(Figures {
+            throughput: sent_at.len() as f64 / send_elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+        });
+    }
     let mean = |name: &str, filter: &str| -> Option<f64> {
         let find = |suffix: &str| {
             metrics
@@ -186,19 +227,24 @@ async fn main() -> anyhow::Result<()> {
             println!("  mean {label:<22} {ms:>7.3} ms");
         }
     }
-    Ok(())
+    Ok(Figures {
+        throughput: sent_at.len() as f64 / send_elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+    })
 }
 
 enum Deployment {
     Monolith(Monolith),
     Polylith(Polylith),
+    Synapse(Synapse),
 }
 
 impl Deployment {
-    fn base_url(&self) -> &str {
+    async fn register(&self, localpart: &str) -> Client {
         match self {
-            Deployment::Monolith(m) => &m.base_url,
-            Deployment::Polylith(p) => &p.base_url,
+            Deployment::Monolith(m) => Client::register(&m.base_url, localpart, "pw").await,
+            Deployment::Polylith(p) => Client::register(&p.base_url, localpart, "pw").await,
+            Deployment::Synapse(s) => s.register(localpart, "pw").await,
         }
     }
 
@@ -207,6 +253,7 @@ impl Deployment {
         let pids: Vec<u32> = match self {
             Deployment::Monolith(m) => m.process.pid().into_iter().collect(),
             Deployment::Polylith(p) => p.processes.iter().filter_map(|p| p.pid()).collect(),
+            Deployment::Synapse(s) => s.pid().into_iter().collect(),
         };
         pids.into_iter().filter_map(rss_kib).sum()
     }
@@ -218,6 +265,8 @@ impl Deployment {
                 .iter()
                 .map(|service| format!("http://{}/metrics", p.listeners(service).operator))
                 .collect(),
+            // Synapse's metrics listener is not configured.
+            Deployment::Synapse(_) => Vec::new(),
         }
     }
 }

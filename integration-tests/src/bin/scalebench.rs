@@ -195,12 +195,14 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     let log = ganglion_log::KafkaLog::new(ganglion_log::KafkaConfig::new(brokers))?;
     // The live consumers of the topic stop first, so the new replica's rate
     // is its own, not a share of the machine's two cores.
+    let http = reqwest::Client::new();
+    let sender = server.listeners("federationsender").operator;
+    let sender_had = consumed_records(&http, &sender, &topic).await;
     for service in ["syncapi", "federationsender"] {
         server.stop_gracefully(service).await;
     }
     let total = append_messages(&log, &topic, &rooms, records, 2_000).await?;
     read_alone(&log, &topic, total).await?;
-    let http = reqwest::Client::new();
 
     let fresh = ganglion_base::testing::scratch_postgres("scalebench_catchup_syncapi2").await;
     let started = Instant::now();
@@ -256,6 +258,20 @@ async fn catchup(records: usize, rooms: usize) -> anyhow::Result<()> {
     println!(
         "  mean batch                 {:>8.0} records ({batches} batches)",
         total as f64 / batches.max(1.0)
+    );
+    // The federationsender comes back to the records appended while it was
+    // away (its joined hosts and queues, from its group's offsets).
+    let behind = total - sender_had as u64;
+    let started = Instant::now();
+    server.start_again("federationsender").await;
+    consumed_all(&http, &sender, &topic, behind).await;
+    let took = started.elapsed();
+    let batches = metric_sum(&http, &sender, "ganglion_consumer_batches_total", &topic).await;
+    println!(
+        "the federationsender, back after {behind} records: {:.1} s, {:.0} records/s, mean batch {:.0} records",
+        took.as_secs_f64(),
+        behind as f64 / took.as_secs_f64(),
+        behind as f64 / batches.max(1.0)
     );
     Ok(())
 }
