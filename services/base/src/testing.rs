@@ -167,7 +167,7 @@ mod tests {
         .fetch_all(&admin)
         .await
         .expect("databases");
-        assert_eq!(left, [mine.clone()]);
+        assert_eq!(left, std::slice::from_ref(&mine));
         sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {mine}")))
             .execute(&admin)
             .await
