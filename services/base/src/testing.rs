@@ -51,11 +51,12 @@ pub async fn scratch_postgres_on(server: &str, name: &str) -> String {
 /// no longer runs. A database still in use by a live process is left
 /// alone; one that cannot be dropped is left for the next sweep.
 async fn drop_left_behind(admin: &AnyPool) {
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'ganglion_t_%'")
-            .fetch_all(admin)
-            .await
-            .unwrap_or_default();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'ganglion_t_%'",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap_or_default();
     for name in names {
         if scratch_owner(&name).is_some_and(|pid| !process_runs(pid)) {
             let _ = sqlx::raw_sql(AssertSqlSafe(format!(
