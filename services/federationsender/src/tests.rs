@@ -315,25 +315,14 @@ async fn a_batch_applies_as_its_records_one_by_one(database_url: Option<String>)
         event((0, 4), "!one", vec![], Some(6)),
         event((1, 3), "!two", vec![], Some(7)),
     ];
-    let outcomes = storage.apply_events(&batch, own).await.expect("batch");
-    let expected: Vec<Option<Vec<&str>>> = vec![
-        None,
-        Some(vec!["them.example"]),
-        Some(vec![]),
-        Some(vec![]),
-        Some(vec!["third.example"]),
-        Some(vec!["them.example"]),
-        None,
-        Some(vec!["them.example"]),
-        Some(vec![]),
-        Some(vec!["third.example"]),
-    ];
+    let applied = storage.apply_events(&batch, own).await.expect("batch");
     assert_eq!(
-        outcomes,
-        expected
-            .into_iter()
-            .map(|o| o.map(|d| d.into_iter().map(str::to_owned).collect::<Vec<_>>()))
-            .collect::<Vec<_>>()
+        applied,
+        crate::storage::Applied {
+            applied: vec![false, true, true, true, true, true, false, true, true, true],
+            destinations: vec!["them.example".to_owned(), "third.example".to_owned()],
+            queued: 5,
+        }
     );
     let ids = |queued: Vec<crate::storage::QueuedPdu>| -> Vec<String> {
         queued.into_iter().map(|q| q.json).collect()
@@ -358,12 +347,59 @@ async fn a_batch_applies_as_its_records_one_by_one(database_url: Option<String>)
     assert_eq!(positions, [(0, 5), (1, 4)]);
     // The same batch again (a redelivery after a crash): nothing changes.
     let again = storage.apply_events(&batch, own).await.expect("again");
-    assert!(again.iter().all(Option::is_none));
+    assert!(again.applied.iter().all(|applied| !applied));
+    assert!(again.destinations.is_empty());
     assert_eq!(storage.queue_depth("them.example").await.expect("depth"), 3);
     assert_eq!(
         storage.joined_hosts("!one").await.expect("hosts"),
         ["ours.example"]
     );
+}
+
+/// A batch that queues more PDUs than it keeps in memory writes them as
+/// it goes, each destination's in log order.
+async fn a_large_batch_queues_in_order(database_url: Option<String>) {
+    let (storage, _dir) = scratch(database_url).await;
+    let own = "ours.example";
+    let servers: Vec<String> = (0..50).map(|n| format!("s{n}.example")).collect();
+    let mut batch = vec![crate::storage::OutputEvent {
+        at: Some((0, 0)),
+        room_id: "!big".to_owned(),
+        changes: servers.iter().map(|s| join(&format!("@u:{s}"))).collect(),
+        pdu: None,
+        also: None,
+    }];
+    for n in 1..=100u64 {
+        batch.push(crate::storage::OutputEvent {
+            at: Some((0, n)),
+            room_id: "!big".to_owned(),
+            changes: Vec::new(),
+            pdu: Some((format!("${n}"), n.to_string())),
+            also: None,
+        });
+    }
+    let applied = storage.apply_events(&batch, own).await.expect("batch");
+    assert_eq!(applied.queued, 5_000);
+    assert_eq!(applied.destinations.len(), 50);
+    for server in [&servers[0], &servers[49]] {
+        let queued = storage.queued(server, 500).await.expect("queued");
+        let order: Vec<String> = queued.into_iter().map(|q| q.json).collect();
+        let expected: Vec<String> = (1..=100).map(|n: u64| n.to_string()).collect();
+        assert_eq!(order, expected);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_a_large_batch_queues_in_order() {
+    a_large_batch_queues_in_order(None).await;
+}
+
+#[tokio::test]
+async fn postgres_a_large_batch_queues_in_order() {
+    a_large_batch_queues_in_order(Some(
+        ganglion_base::testing::scratch_postgres("federationsender").await,
+    ))
+    .await;
 }
 
 #[tokio::test]

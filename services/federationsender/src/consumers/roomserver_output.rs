@@ -118,16 +118,13 @@ impl RecordHandler for OutputConsumer {
         let Some(queues) = &self.queues else {
             return Ok(());
         };
-        let mut destinations: Vec<String> = applied.into_iter().flatten().flatten().collect();
-        if destinations.is_empty() {
+        if applied.destinations.is_empty() {
             return Ok(());
         }
         crate::internal_events::PDUS_QUEUED
             .with_label_values::<&str>(&[])
-            .inc_by(destinations.len() as u64);
-        destinations.sort();
-        destinations.dedup();
-        queues.announce(&destinations).await;
+            .inc_by(applied.queued);
+        queues.announce(&applied.destinations).await;
         Ok(())
     }
 }

@@ -6,6 +6,8 @@ mod migrations;
 mod queues;
 
 pub(crate) use migrations::MIGRATIONS;
+#[cfg(test)]
+pub(crate) use queues::Applied;
 pub(crate) use queues::{MemberChange, OutputEvent, QueuedPdu};
 
 use ganglion_base::Database;

@@ -24,6 +24,21 @@ pub(crate) struct QueuedPdu {
 /// Rows written (or removed) per statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// The most queued PDUs a batch holds before writing them: a batch of
+/// thousands of events in a room of thousands of servers stays small.
+const QUEUED_IN_MEMORY: usize = 4_096;
+
+/// What [`Storage::apply_events`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Per event: false if it had been applied before.
+    pub(crate) applied: Vec<bool>,
+    /// Every server something was queued for, sorted.
+    pub(crate) destinations: Vec<String>,
+    /// PDUs queued, one per event and destination.
+    pub(crate) queued: u64,
+}
+
 /// An event of `roomserver.output`, as the joined hosts and the queues
 /// take it.
 #[derive(Debug, Clone)]
@@ -58,25 +73,27 @@ impl Storage {
             pdu: pdu.map(|(id, json)| (id.to_owned(), json.to_owned())),
             also: also.map(str::to_owned),
         };
-        Ok(self.apply_events(&[event], own).await?.pop().flatten())
+        let applied = self.apply_events(&[event], own).await?;
+        Ok(applied.applied[0].then_some(applied.destinations))
     }
 
     /// Applies events in log order, in one transaction: each one's
     /// membership changes go to its room's joined hosts, and a local event
     /// (`pdu`) is queued for every server in the room before or after it,
-    /// and `also`, but `own`. A redelivered event is queued once. Returns,
-    /// per event, the destinations it was queued for.
+    /// and `also`, but `own`. A redelivered event is queued once. Returns
+    /// which events were applied and every destination something was
+    /// queued for: memory follows the servers, not events times servers.
     ///
     /// An event's `at` is stored with it: an event at or before its
-    /// partition's stored position was applied already and changes nothing
-    /// (`None`), whichever replica or rebuild applied it. The positions are
+    /// partition's stored position was applied already and changes nothing,
+    /// whichever replica or rebuild applied it. The positions are
     /// locked first, so a second replica applying the same records waits
     /// for the first and then finds them applied.
     pub(crate) async fn apply_events(
         &self,
         events: &[OutputEvent],
         own: &str,
-    ) -> Result<Vec<Option<Vec<String>>>, StorageError> {
+    ) -> Result<Applied, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         // Locked in one order, so two replicas cannot wait on each other.
         let mut partitions: Vec<u32> = events.iter().filter_map(|e| Some(e.at?.0)).collect();
@@ -91,13 +108,15 @@ impl Storage {
         // Each room's servers as the batch has left them.
         let mut hosts: HashMap<&str, Vec<String>> = HashMap::new();
         let mut queued: Vec<(String, &str, &str)> = Vec::new();
-        let mut outcomes = Vec::with_capacity(events.len());
+        let mut applied = Vec::with_capacity(events.len());
+        let mut destinations = std::collections::BTreeSet::new();
+        let mut queued_count = 0;
         for event in events {
             if let Some((partition, offset)) = event.at
                 && let Some((_, next)) = positions.get_mut(&partition)
             {
                 if offset < *next {
-                    outcomes.push(None);
+                    applied.push(false);
                     continue;
                 }
                 *next = offset + 1;
@@ -113,7 +132,6 @@ impl Storage {
                 Self::change_members(&mut tx, engine, room_id, &event.changes).await?;
                 Self::room_hosts(&mut tx, room_id).await?
             };
-            let mut destinations = Vec::new();
             if let Some((event_id, json)) = &event.pdu {
                 let mut all: Vec<String> =
                     before.into_iter().chain(after.iter().cloned()).collect();
@@ -121,28 +139,20 @@ impl Storage {
                 all.sort();
                 all.dedup();
                 all.retain(|d| d != own);
-                for destination in &all {
+                for destination in all {
                     queued.push((destination.clone(), event_id, json));
+                    destinations.insert(destination);
+                    queued_count += 1;
                 }
-                destinations = all;
+                if queued.len() >= QUEUED_IN_MEMORY {
+                    Self::queue_pdus(&mut tx, engine, &queued).await?;
+                    queued.clear();
+                }
             }
             hosts.insert(room_id, after);
-            outcomes.push(Some(destinations));
+            applied.push(true);
         }
-        // Three values a row; in log order, which is each destination's
-        // sending order.
-        for chunk in queued.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO queued_pdus (destination, event_id, pdu_json) VALUES {}
-                 ON CONFLICT (destination, event_id) DO NOTHING",
-                ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (destination, event_id, json) in chunk {
-                query = query.bind(destination).bind(*event_id).bind(*json);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        Self::queue_pdus(&mut tx, engine, &queued).await?;
         for (partition, (stored, next)) in positions {
             if next > stored {
                 sqlx::query("UPDATE output_positions SET next_offset = $1 WHERE partition_id = $2")
@@ -153,7 +163,33 @@ impl Storage {
             }
         }
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(Applied {
+            applied,
+            destinations: destinations.into_iter().collect(),
+            queued: queued_count,
+        })
+    }
+
+    /// Queues PDUs as (destination, event ID, JSON), three values a row, in
+    /// the order given: each destination's sending order.
+    async fn queue_pdus(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        engine: ganglion_base::database::Engine,
+        queued: &[(String, &str, &str)],
+    ) -> Result<(), StorageError> {
+        for chunk in queued.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO queued_pdus (destination, event_id, pdu_json) VALUES {}
+                 ON CONFLICT (destination, event_id) DO NOTHING",
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (destination, event_id, json) in chunk {
+                query = query.bind(destination).bind(*event_id).bind(*json);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Removes the users who left `room_id` and adds those who joined, many
