@@ -132,7 +132,8 @@ impl RecordHandler for OutputConsumer {
 /// Applies the membership changes of `roomserver.output` to the joined
 /// hosts, from each partition's `from` up to its `to` (records past `to`
 /// are left alone), queueing nothing. `done` follows the records read per
-/// partition. Transient failures are retried; a record that can never be
+/// partition. What has arrived is applied in batches, one transaction
+/// each. Transient failures are retried; a record that can never be
 /// applied is skipped (the live consumer dead-lettered it).
 pub(crate) async fn replay(
     log: Arc<dyn Log>,
@@ -148,32 +149,56 @@ pub(crate) async fn replay(
         return Ok(());
     }
     let mut reader = log.reader(&[(topic, from.to_vec())]).await?;
+    let wanted = |record: &Record| {
+        to.get(record.partition as usize)
+            .is_some_and(|to| record.offset < *to)
+    };
     while left(&done.borrow()) {
-        let record = reader.next().await?;
-        let partition = record.partition as usize;
-        if to.get(partition).is_none_or(|to| record.offset >= *to) {
-            continue;
-        }
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match applying.handle(&record).await {
-                Ok(()) => break,
-                Err(HandleError::Permanent(error)) => {
-                    tracing::warn!(%error, partition, offset = record.offset, "replay: a record skipped");
-                    break;
-                }
-                Err(HandleError::Transient(error)) => {
-                    tracing::warn!(%error, ?wait, "replay: retrying a record");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+        // What has arrived, up to a consumer's batch, in one transaction.
+        let mut batch = vec![reader.next().await?];
+        while batch.len() < ganglion_api::consume::MAX_BATCH {
+            match reader.try_next().await? {
+                Some(record) => batch.push(record),
+                None => break,
             }
         }
+        batch.retain(wanted);
+        if batch.is_empty() {
+            continue;
+        }
+        apply_replayed(&applying, &batch).await;
         done.send_modify(|done| {
-            if let Some(slot) = done.get_mut(partition) {
-                *slot = (*slot).max(record.offset + 1);
+            for record in &batch {
+                if let Some(slot) = done.get_mut(record.partition as usize) {
+                    *slot = (*slot).max(record.offset + 1);
+                }
             }
         });
     }
     Ok(())
+}
+
+/// Applies replayed records as one batch, retrying transient failures; a
+/// batch that can never be applied is applied record by record, skipping
+/// the record at fault (the live consumer dead-lettered it).
+async fn apply_replayed(applying: &OutputConsumer, batch: &[Record]) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match applying.handle_batch(batch).await {
+            Ok(()) => return,
+            Err(HandleError::Permanent(_)) if batch.len() > 1 => break,
+            Err(HandleError::Permanent(error)) => {
+                tracing::warn!(%error, "replay: a record skipped");
+                return;
+            }
+            Err(HandleError::Transient(error)) => {
+                tracing::warn!(%error, ?wait, "replay: retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for record in batch {
+        Box::pin(apply_replayed(applying, std::slice::from_ref(record))).await;
+    }
 }
