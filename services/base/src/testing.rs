@@ -33,18 +33,23 @@ pub async fn scratch_postgres_on(server: &str, name: &str) -> String {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
+    create_afresh(&admin, &db).await;
+    admin.close().await;
+    format!("{server}/{db}")
+}
+
+/// Drops database `db` if it exists and creates it empty.
+async fn create_afresh(admin: &AnyPool, db: &str) {
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
-    .execute(&admin)
+    .execute(admin)
     .await
     .expect("drop scratch database");
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&admin)
+        .execute(admin)
         .await
         .expect("create scratch database");
-    admin.close().await;
-    format!("{server}/{db}")
 }
 
 /// Drops every scratch database whose process (the `<pid>` in its name)
@@ -152,14 +157,7 @@ mod tests {
         let gone = "ganglion_t_sweep_99999999_0";
         let mine = format!("ganglion_t_sweep_{}_9999", std::process::id());
         for db in [gone, mine.as_str()] {
-            sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
-                .execute(&admin)
-                .await
-                .expect("drop");
-            sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&admin)
-                .await
-                .expect("create");
+            create_afresh(&admin, db).await;
         }
         drop_left_behind(&admin).await;
         let left: Vec<String> = sqlx::query_scalar(

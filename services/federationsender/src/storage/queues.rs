@@ -122,26 +122,28 @@ impl Storage {
                 *next = offset + 1;
             }
             let room_id = event.room_id.as_str();
-            let before = match hosts.get(room_id) {
-                Some(known) => known.clone(),
+            let before = match hosts.remove(room_id) {
+                Some(known) => known,
                 None => Self::room_hosts(&mut tx, room_id).await?,
             };
-            let after = if event.changes.is_empty() {
-                before.clone()
+            // Read again only when the event changed who is in the room.
+            let changed = if event.changes.is_empty() {
+                None
             } else {
                 Self::change_members(&mut tx, engine, room_id, &event.changes).await?;
-                Self::room_hosts(&mut tx, room_id).await?
+                Some(Self::room_hosts(&mut tx, room_id).await?)
             };
             if let Some((event_id, json)) = &event.pdu {
-                let mut all: Vec<String> =
-                    before.into_iter().chain(after.iter().cloned()).collect();
-                all.extend(event.also.clone());
+                let mut all: Vec<&String> = before.iter().chain(changed.iter().flatten()).collect();
+                all.extend(event.also.as_ref());
                 all.sort();
                 all.dedup();
-                all.retain(|d| d != own);
+                all.retain(|d| *d != own);
                 for destination in all {
                     queued.push((destination.clone(), event_id, json));
-                    destinations.insert(destination);
+                    if !destinations.contains(destination) {
+                        destinations.insert(destination.clone());
+                    }
                     queued_count += 1;
                 }
                 if queued.len() >= QUEUED_IN_MEMORY {
@@ -149,6 +151,7 @@ impl Storage {
                     queued.clear();
                 }
             }
+            let after = changed.unwrap_or(before);
             hosts.insert(room_id, after);
             applied.push(true);
         }
