@@ -1,9 +1,18 @@
 //! Load generator: starts a monolith, a polylith or a real Synapse, has N
-//! clients send into one room while a listener long-polls `/sync`, and
-//! prints accepted events/s, send→sync delivery latency (p50/p99), start-up
-//! time and resident memory (summed over the polylith's processes).
+//! clients send into each of R rooms while a listener long-polls `/sync`,
+//! and prints accepted events/s, send→sync delivery latency (p50/p99),
+//! CPU time per accepted message, start-up time and resident memory
+//! (summed over the polylith's processes).
 //!
-//! `loadgen [monolith|polylith|synapse|versus] [clients] [messages_per_client]`
+//! `loadgen [monolith|polylith|synapse|versus] [clients] [messages_per_client] [rooms]`
+//!
+//! `loadgen create [clients] [rooms_per_client] [monolith|synapse]` instead
+//! has each client create rooms one after another, sending three messages
+//! into each, and prints rooms/s and the latency of `createRoom`.
+//!
+//! `loadgen capacity [clients] [messages_per_client] [rooms]` shows what the
+//! load generator itself drives: the same senders against a server in this
+//! process that answers every send at once.
 //!
 //! `versus` runs the same scenario against Synapse and then the monolith,
 //! one after the other on the same machine, and prints both and the ratio.
@@ -16,7 +25,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::Client;
-use ganglion_integration_tests::process::{Monolith, POLYLITH_SERVICES, Polylith, rss_kib};
+use ganglion_integration_tests::process::{
+    Monolith, POLYLITH_SERVICES, Polylith, cpu_seconds, rss_kib,
+};
 use ganglion_integration_tests::synapse::Synapse;
 use serde_json::json;
 
@@ -29,9 +40,17 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "monolith".to_owned());
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
     let per_client: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let rooms: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
+    if mode == "capacity" {
+        return capacity(clients, per_client, rooms).await;
+    }
+    if mode == "create" {
+        let target = args.get(4).map_or("monolith", String::as_str);
+        return create_rooms(target, clients, per_client).await;
+    }
     if mode == "versus" {
-        let synapse = run("synapse", clients, per_client).await?;
-        let ganglion = run("monolith", clients, per_client).await?;
+        let synapse = run("synapse", clients, per_client, rooms).await?;
+        let ganglion = run("monolith", clients, per_client, rooms).await?;
         println!("Ganglion's monolith against Synapse, the same scenario on this machine:");
         println!(
             "  throughput                 {:>8.1} x Synapse's ({:.0} against {:.0} events/s)",
@@ -45,9 +64,166 @@ async fn main() -> anyhow::Result<()> {
             ganglion.p50_ms,
             synapse.p50_ms
         );
+        println!(
+            "  CPU per accepted message   {:>8.1} x less ({:.3} against {:.3} ms)",
+            synapse.cpu_ms_per_message / ganglion.cpu_ms_per_message,
+            ganglion.cpu_ms_per_message,
+            synapse.cpu_ms_per_message
+        );
         return Ok(());
     }
-    run(&mode, clients, per_client).await?;
+    run(&mode, clients, per_client, rooms).await?;
+    Ok(())
+}
+
+/// Every sender sends `per_client` messages into every room, one after
+/// another per (sender, room) and all pairs at once. Returns when each
+/// accepted message was sent, and how long sending took.
+async fn drive(
+    senders: &[Client],
+    room_ids: &[String],
+    per_client: usize,
+) -> anyhow::Result<(HashMap<String, Instant>, Duration)> {
+    let load_started = Instant::now();
+    let mut tasks = Vec::new();
+    for (r, room) in room_ids.iter().enumerate() {
+        for (i, client) in senders.iter().enumerate() {
+            let room = room.clone();
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sent = Vec::with_capacity(per_client);
+                for n in 0..per_client {
+                    let text = format!("m{r}-{i}-{n}");
+                    let at = Instant::now();
+                    let reply = client.send_text(&room, &format!("t{r}-{n}"), &text).await;
+                    if reply.status == 200 {
+                        sent.push((text, at));
+                    }
+                }
+                sent
+            }));
+        }
+    }
+    let mut sent_at = HashMap::new();
+    for task in tasks {
+        for (text, at) in task.await? {
+            sent_at.insert(text, at);
+        }
+    }
+    Ok((sent_at, load_started.elapsed()))
+}
+
+/// What the load generator itself can drive: the same senders against a
+/// server that answers every send at once, in this process, on a runtime
+/// of its own (it shares the machine's cores with the senders, as a real
+/// server under test does).
+async fn capacity(clients: usize, per_client: usize, rooms: usize) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let app = axum::Router::new().route(
+                "/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}",
+                axum::routing::put(|| async { axum::Json(json!({"event_id": "$answered"})) }),
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await.expect("serves");
+        });
+    });
+    let senders: Vec<Client> = (0..clients)
+        .map(|i| Client {
+            base_url: format!("http://{address}"),
+            http: reqwest::Client::new(),
+            user_id: format!("@sender{i}:capacity"),
+            access_token: format!("token{i}"),
+            device_id: format!("DEVICE{i}"),
+        })
+        .collect();
+    let room_ids: Vec<String> = (0..rooms).map(|r| format!("!room{r}:capacity")).collect();
+    let cpu_before = cpu_seconds(std::process::id()).unwrap_or_default();
+    let (sent, elapsed) = drive(&senders, &room_ids, per_client).await?;
+    let cpu = cpu_seconds(std::process::id()).unwrap_or_default() - cpu_before;
+    println!(
+        "capacity: {clients} clients x {per_client} messages into each of {rooms} rooms, against a server that answers at once"
+    );
+    println!(
+        "  sends answered             {:>8.0} /s ({} in {:.2} s; {:.1} CPU-s, load generator and null server together)",
+        sent.len() as f64 / elapsed.as_secs_f64(),
+        sent.len(),
+        elapsed.as_secs_f64(),
+        cpu
+    );
+    drop(server);
+    Ok(())
+}
+
+/// Room creation: each client creates `per_client` rooms one after another
+/// (a private chat, as a direct message starts) and sends three messages
+/// into each.
+async fn create_rooms(target: &str, clients: usize, per_client: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = match target {
+        "monolith" => Deployment::Monolith(Monolith::start(dir.path()).await),
+        "synapse" => Deployment::Synapse(Synapse::start(&dir.path().join("synapse")).await),
+        other => anyhow::bail!("unknown target {other}: monolith or synapse"),
+    };
+    let mut creators = Vec::with_capacity(clients);
+    for i in 0..clients {
+        creators.push(server.register(&format!("creator{i}")).await);
+    }
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for creator in creators {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for n in 0..per_client {
+                let at = Instant::now();
+                let room_id = creator
+                    .create_room(json!({"preset": "private_chat", "name": format!("room {n}")}))
+                    .await;
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                for m in 0..3 {
+                    let reply = creator
+                        .send_text(&room_id, &format!("c{n}-{m}"), &format!("message {m}"))
+                        .await;
+                    assert_eq!(reply.status, 200, "send: {reply:?}");
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_seconds = server.cpu_seconds() - cpu_before;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let rooms = latencies.len();
+    println!("{target}: {clients} clients x {per_client} rooms, three messages each");
+    println!(
+        "  rooms created              {:>8.1} rooms/s ({rooms} in {elapsed:.2} s)",
+        rooms as f64 / elapsed
+    );
+    println!("  createRoom latency p50     {:>8.2} ms", pct(0.50));
+    println!("  createRoom latency p99     {:>8.2} ms", pct(0.99));
+    println!(
+        "  CPU per room (and its 3 messages) {:>8.2} ms",
+        cpu_seconds * 1000.0 / rooms.max(1) as f64
+    );
     Ok(())
 }
 
@@ -55,9 +231,15 @@ async fn main() -> anyhow::Result<()> {
 struct Figures {
     throughput: f64,
     p50_ms: f64,
+    cpu_ms_per_message: f64,
 }
 
-async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Figures> {
+async fn run(
+    mode: &str,
+    clients: usize,
+    per_client: usize,
+    rooms: usize,
+) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let server = match mode {
@@ -80,11 +262,16 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
     let idle_rss = server.rss_kib();
 
     let owner = server.register("owner").await;
-    let room_id = owner.create_room(json!({"preset": "public_chat"})).await;
+    let mut room_ids = Vec::with_capacity(rooms);
+    for _ in 0..rooms {
+        room_ids.push(owner.create_room(json!({"preset": "public_chat"})).await);
+    }
     let mut senders = Vec::new();
     for i in 0..clients {
         let client = server.register(&format!("sender{i}")).await;
-        anyhow::ensure!(client.join(&room_id).await.status == 200, "join failed");
+        for room_id in &room_ids {
+            anyhow::ensure!(client.join(room_id).await.status == 200, "join failed");
+        }
         senders.push(client);
     }
     let registered_rss = server.rss_kib();
@@ -94,20 +281,21 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
         .unwrap_or_default()
         .to_owned();
 
-    let total = clients * per_client;
-    let room = room_id.clone();
+    let total = clients * per_client * rooms;
     let watcher = tokio::spawn(async move {
         let mut seen: HashMap<String, Instant> = HashMap::new();
         while seen.len() < total {
             let body = listener.sync(Some(&since), 30_000, 1000).await;
             let now = Instant::now();
-            for event in body["rooms"]["join"][&room]["timeline"]["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                if let Some(text) = event["content"]["body"].as_str() {
-                    seen.entry(text.to_owned()).or_insert(now);
+            for room in body["rooms"]["join"].as_object().into_iter().flatten() {
+                for event in room.1["timeline"]["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(text) = event["content"]["body"].as_str() {
+                        seen.entry(text.to_owned()).or_insert(now);
+                    }
                 }
             }
             since = body["next_batch"].as_str().unwrap_or_default().to_owned();
@@ -115,31 +303,12 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
         seen
     });
 
-    let load_started = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, client) in senders.into_iter().enumerate() {
-        let room = room_id.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut sent = Vec::with_capacity(per_client);
-            for n in 0..per_client {
-                let text = format!("m{i}-{n}");
-                let at = Instant::now();
-                let reply = client.send_text(&room, &format!("t{n}"), &text).await;
-                if reply.status == 200 {
-                    sent.push((text, at));
-                }
-            }
-            sent
-        }));
-    }
-    let mut sent_at = HashMap::new();
-    for task in tasks {
-        for (text, at) in task.await? {
-            sent_at.insert(text, at);
-        }
-    }
-    let send_elapsed = load_started.elapsed();
+    let cpu_before = server.cpu_seconds();
+    let (sent_at, send_elapsed) = drive(&senders, &room_ids, per_client).await?;
     let seen = tokio::time::timeout(Duration::from_secs(120), watcher).await??;
+    // Everything the server did for the messages: accepting, storing and
+    // delivering them to the listener.
+    let cpu_seconds = server.cpu_seconds() - cpu_before;
     let busy_rss = server.rss_kib();
     let mut latencies: Vec<f64> = sent_at
         .iter()
@@ -155,7 +324,12 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
             .copied()
             .unwrap_or(f64::NAN)
     };
-    println!("{mode}: {clients} clients x {per_client} messages into one room");
+    let cpu_ms_per_message = cpu_seconds * 1000.0 / sent_at.len().max(1) as f64;
+    if rooms == 1 {
+        println!("{mode}: {clients} clients x {per_client} messages into one room");
+    } else {
+        println!("{mode}: {clients} clients x {per_client} messages into each of {rooms} rooms");
+    }
     println!(
         "  start-up to healthy        {:>8.1} ms",
         startup.as_secs_f64() * 1000.0
@@ -179,6 +353,10 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
     );
     println!("  send->sync latency p50     {:>8.2} ms", pct(0.50));
     println!("  send->sync latency p99     {:>8.2} ms", pct(0.99));
+    println!(
+        "  CPU per accepted message   {:>8.3} ms ({:.2} s for the load, all processes)",
+        cpu_ms_per_message, cpu_seconds
+    );
     // The server's own view: mean time per stage, from /metrics.
     let mut metrics = String::new();
     for url in server.metrics_urls() {
@@ -188,6 +366,7 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
         return Ok(Figures {
             throughput: sent_at.len() as f64 / send_elapsed.as_secs_f64(),
             p50_ms: pct(0.50),
+            cpu_ms_per_message,
         });
     }
     let mean = |name: &str, filter: &str| -> Option<f64> {
@@ -230,6 +409,7 @@ async fn run(mode: &str, clients: usize, per_client: usize) -> anyhow::Result<Fi
     Ok(Figures {
         throughput: sent_at.len() as f64 / send_elapsed.as_secs_f64(),
         p50_ms: pct(0.50),
+        cpu_ms_per_message,
     })
 }
 
@@ -248,14 +428,23 @@ impl Deployment {
         }
     }
 
-    /// Resident memory of every process of the deployment, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let pids: Vec<u32> = match self {
+    fn pids(&self) -> Vec<u32> {
+        match self {
             Deployment::Monolith(m) => m.process.pid().into_iter().collect(),
             Deployment::Polylith(p) => p.processes.iter().filter_map(|p| p.pid()).collect(),
             Deployment::Synapse(s) => s.pid().into_iter().collect(),
-        };
-        pids.into_iter().filter_map(rss_kib).sum()
+        }
+    }
+
+    /// Resident memory of every process of the deployment, in KiB.
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().filter_map(rss_kib).sum()
+    }
+
+    /// CPU time (user and system, every thread) the deployment's processes
+    /// have used so far.
+    fn cpu_seconds(&self) -> f64 {
+        self.pids().into_iter().filter_map(cpu_seconds).sum()
     }
 
     fn metrics_urls(&self) -> Vec<String> {

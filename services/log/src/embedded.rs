@@ -242,6 +242,38 @@ impl Log for EmbeddedLog {
         Ok(Position { partition, offset })
     }
 
+    async fn produce_many(
+        &self,
+        topic: &str,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        let topic = self.topic(topic)?;
+        let fsync = self.shared.config.fsync;
+        let mut positions = Vec::with_capacity(records.len());
+        // The last offset appended to each partition: one flush covers all.
+        let mut last: HashMap<u32, u64> = HashMap::new();
+        for record in &records {
+            let partition = partition_for_key(&record.key, topic.partition_count());
+            let frame = encode(record, now_ms())?;
+            let file = topic
+                .partitions
+                .get(partition as usize)
+                .ok_or_else(|| LogError::UnknownTopic(topic.name.clone()))?;
+            let offset = file.append(&frame, !fsync)?;
+            last.insert(partition, offset);
+            positions.push(Position { partition, offset });
+        }
+        if fsync {
+            for (partition, offset) in last {
+                make_durable(&topic.partitions[partition as usize], offset).await?;
+            }
+        }
+        topic
+            .appended
+            .send_modify(|version| *version = version.wrapping_add(1));
+        Ok(positions)
+    }
+
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError> {
         let mut subscribed: Vec<Arc<Topic>> = Vec::new();
         for name in topics {

@@ -216,6 +216,81 @@ impl Log for KafkaLog {
         }
     }
 
+    async fn produce_many(
+        &self,
+        topic: &str,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        if records.len() < 2 {
+            let mut positions = Vec::with_capacity(1);
+            for record in records {
+                positions.push(self.produce(topic, record).await?);
+            }
+            return Ok(positions);
+        }
+        // All enqueued at once, in order (the idempotent producer keeps a
+        // partition's order across its retries), and awaited together: one
+        // broker round trip rather than one per record. A failure is
+        // returned rather than retried with a new producer here, where
+        // retries of several records could cross; the caller produces them
+        // again one at a time.
+        let producer = self.producer();
+        let queue_timeout = Duration::from_millis(self.config.delivery_timeout_ms.into());
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            let headers = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |headers, (name, value)| {
+                    headers.insert(Header {
+                        key: name,
+                        value: Some(value.as_slice()),
+                    })
+                },
+            );
+            let mut outgoing = FutureRecord::to(topic)
+                .key(record.key.as_slice())
+                .payload(record.payload.as_slice())
+                .headers(headers);
+            // Each record is enqueued before the next, whatever a full
+            // queue makes it wait.
+            let started = std::time::Instant::now();
+            let delivery = loop {
+                match producer.send_result(outgoing) {
+                    Ok(delivery) => break delivery,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if started.elapsed() < queue_timeout =>
+                    {
+                        outgoing = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => return Err(produce_error(topic, record, error)),
+                }
+            };
+            pending.push(delivery);
+        }
+        let mut positions = Vec::with_capacity(pending.len());
+        for (delivery, record) in pending.into_iter().zip(&records) {
+            match delivery.await {
+                Ok(Ok(delivery)) => positions.push(Position {
+                    partition: to_u32(delivery.partition)?,
+                    offset: to_u64(delivery.offset)?,
+                }),
+                Ok(Err((error, _))) => {
+                    if needs_new_producer(&producer, &error) {
+                        self.replace_producer(producer.clone())?;
+                    }
+                    return Err(produce_error(topic, record, error));
+                }
+                Err(_) => {
+                    return Err(LogError::Kafka(format!(
+                        "producing to {topic}: the producer was replaced before delivery"
+                    )));
+                }
+            }
+        }
+        Ok(positions)
+    }
+
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError> {
         let consumer: StreamConsumer = client_config(&self.config, |config| {
             config

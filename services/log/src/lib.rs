@@ -93,6 +93,24 @@ pub trait Log: Send + Sync + 'static {
     /// by the implementation's standard (on disk / acknowledged by the brokers).
     async fn produce(&self, topic: &str, record: OutgoingRecord) -> Result<Position, LogError>;
 
+    /// Appends records in the order given (records of one partition keep
+    /// it) and returns where each was written, once all are durable. An
+    /// error may leave any prefix of each partition's records written: the
+    /// caller produces them again, and consumers take a record twice.
+    /// Implementations make the records durable together (one flush, one
+    /// broker round trip) where they can.
+    async fn produce_many(
+        &self,
+        topic: &str,
+        records: Vec<OutgoingRecord>,
+    ) -> Result<Vec<Position>, LogError> {
+        let mut positions = Vec::with_capacity(records.len());
+        for record in records {
+            positions.push(self.produce(topic, record).await?);
+        }
+        Ok(positions)
+    }
+
     /// Joins consumer group `group` for `topics`. Members of one group share
     /// the partitions; a group with no committed offset starts at offset 0.
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, LogError>;

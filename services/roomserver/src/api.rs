@@ -126,7 +126,7 @@ impl RoomserverService {
         }
     }
 
-    fn lock_pending(
+    pub(crate) fn lock_pending(
         &self,
     ) -> std::sync::MutexGuard<
         '_,

@@ -16,7 +16,7 @@ use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
 use crate::head::{Head, StateDelta, extremities_after};
 use crate::outputs::{self, OutputContext};
 use crate::storage::{
-    CurrentStateChange, EventFlags, HeadUpdate, NidState, RoomWriter, StorageError,
+    CurrentStateChange, EventFlags, HeadUpdate, NidState, ProcessedInput, RoomWriter, StorageError,
 };
 
 impl RoomserverService {
@@ -80,12 +80,8 @@ impl RoomserverService {
         {
             return Err(ApiError::RoomInUse.into());
         }
+        let create = checked_create(new_room)?;
         let (_, rules) = events::rules_for(&new_room.room_version)?;
-        let (create, redacted) = events::parse_received(&new_room.create_event_json, &rules)?;
-        if redacted {
-            return Err(ApiError::InvalidInput("create event hash mismatch".into()).into());
-        }
-        events::check_create(&rules, &create)?;
         let mut head = Head {
             room_nid: 0,
             room_version: new_room.room_version.clone(),
@@ -108,7 +104,6 @@ impl RoomserverService {
         };
         let mut outputs = Vec::new();
         let mut event_ids = Vec::new();
-        let create = Arc::new(create);
         self.append_local(
             &mut writer,
             &mut head,
@@ -203,10 +198,274 @@ impl RoomserverService {
                 self.finish_local(writer, head, input, written, None, outputs)
                     .await
             }
+            // A redelivered input meets a head that has moved on (its sender
+            // may have left since): it is answered as first processed.
+            Err(ProcessError::Rejected(error)) => {
+                match self.already_done(&input.request_id).await? {
+                    Some(done) => Ok(done),
+                    None => Err(ProcessError::Rejected(error)),
+                }
+            }
             // The head was advanced in memory only: drop it, the next input
             // reloads it from the database.
             Err(error) => Err(error),
         }
+    }
+
+    /// Inputs that may be written together (see [`groupable`]), grouped by
+    /// room with each room's in log order, written in one transaction: what
+    /// each input alone would have written, with one head update per room
+    /// and one commit. An input refused before it wrote anything (not
+    /// allowed, unknown room, a room ID or alias taken) changes nothing and
+    /// is answered so; the others go ahead, each built on the head the ones
+    /// before it left. An input refused after it wrote (a later event of a
+    /// new room's initial state) fails the group with
+    /// [`ProcessError::Rejected`]: its inputs are then taken one at a time.
+    /// Answers come in the order of the groups' inputs, one after the other.
+    pub(crate) async fn new_local_events_group(
+        &self,
+        groups: &[(&str, Vec<Grouped<'_>>)],
+    ) -> Result<GroupProcessed, ProcessError> {
+        let mut writer: Option<RoomWriter> = None;
+        let mut heads = Vec::with_capacity(groups.len());
+        let mut outputs = Vec::new();
+        // The input (its index among all) and room of each output.
+        let mut owners: Vec<(usize, &str)> = Vec::new();
+        let mut answers: Vec<Result<Vec<String>, ApiError>> = Vec::new();
+        let mut processed = Vec::new();
+        // Aliases the group's new rooms took.
+        let mut aliases: Vec<&str> = Vec::new();
+        for (room_id, inputs) in groups {
+            let mut head: Option<Head> = None;
+            // Whether the writer is on this room yet.
+            let mut on_room = false;
+            let mut written = Vec::new();
+            for (input, kind) in inputs {
+                let index = answers.len();
+                let before = outputs.len();
+                let mut event_ids = Vec::new();
+                match kind {
+                    GroupedKind::NewRoom(new_room) => {
+                        let taken = head.is_some()
+                            || self.storage.room(room_id).await?.is_some()
+                            || match &new_room.alias {
+                                Some(alias) => {
+                                    aliases.contains(&alias.as_str())
+                                        || self.storage.resolve_alias(alias).await?.is_some()
+                                }
+                                None => false,
+                            };
+                        if taken {
+                            answers.push(Err(ApiError::RoomInUse));
+                            continue;
+                        }
+                        let create = match checked_create(new_room) {
+                            Ok(create) => create,
+                            Err(error) => {
+                                answers.push(Err(error));
+                                continue;
+                            }
+                        };
+                        let writer = match &mut writer {
+                            Some(writer) => {
+                                writer
+                                    .switch_room(room_id, Some(&new_room.room_version))
+                                    .await?;
+                                writer
+                            }
+                            slot => slot.insert(
+                                self.storage
+                                    .begin_room_write(room_id, Some(&new_room.room_version))
+                                    .await?,
+                            ),
+                        };
+                        on_room = true;
+                        let (_, rules) = events::rules_for(&new_room.room_version)?;
+                        let new_head = head.insert(Head {
+                            room_nid: writer.room_nid,
+                            room_version: new_room.room_version.clone(),
+                            rules,
+                            head_version: 0,
+                            state: StateMap::new(),
+                            nids: Some(NidState::default()),
+                            extremities: Vec::new(),
+                            depth: 0,
+                        });
+                        let context = OutputContext {
+                            room_version: &new_room.room_version,
+                            device_id: "",
+                            transaction_id: "",
+                        };
+                        self.append_local(
+                            writer,
+                            new_head,
+                            create,
+                            &context,
+                            &mut outputs,
+                            &mut event_ids,
+                        )
+                        .await?;
+                        for template in &new_room.initial_state {
+                            // Refused after the create event was written:
+                            // the whole group is taken again one by one.
+                            let pdu = self.build_on(room_id, new_head, template)?;
+                            self.append_local(
+                                writer,
+                                new_head,
+                                pdu,
+                                &context,
+                                &mut outputs,
+                                &mut event_ids,
+                            )
+                            .await?;
+                        }
+                        if let Some(alias) = &new_room.alias {
+                            writer.add_alias(alias).await?;
+                            aliases.push(alias);
+                        }
+                        written.extend(event_ids.iter().cloned());
+                        answers.push(Ok(event_ids.clone()));
+                    }
+                    GroupedKind::Events(new_events) => {
+                        let current = match &mut head {
+                            Some(head) => head,
+                            slot => {
+                                let Some(room) = self.storage.room(room_id).await? else {
+                                    answers.push(Err(ApiError::NotFound("unknown room".into())));
+                                    continue;
+                                };
+                                slot.insert(self.take_head(&room).await?)
+                            }
+                        };
+                        let writer = match &mut writer {
+                            Some(writer) => {
+                                if !on_room {
+                                    writer.switch_room(room_id, None).await?;
+                                }
+                                writer
+                            }
+                            slot => {
+                                slot.insert(self.storage.begin_room_write(room_id, None).await?)
+                            }
+                        };
+                        on_room = true;
+                        let room_version = current.room_version.clone();
+                        let context = OutputContext {
+                            room_version: &room_version,
+                            device_id: &new_events.device_id,
+                            transaction_id: &new_events.transaction_id,
+                        };
+                        let mut answer_ids = Vec::new();
+                        let mut refused = None;
+                        for template in &new_events.templates {
+                            if let Some(unchanged) = unchanged_state(current, template) {
+                                answer_ids.push(unchanged);
+                                continue;
+                            }
+                            let pdu = match self.build_on(room_id, current, template) {
+                                Ok(pdu) => pdu,
+                                // Refused before this input wrote anything:
+                                // answered, and the group goes on.
+                                Err(ProcessError::Rejected(error)) if event_ids.is_empty() => {
+                                    refused = Some(error);
+                                    break;
+                                }
+                                Err(error) => return Err(error),
+                            };
+                            // A storage failure fails the group: the heads,
+                            // advanced in memory only, are dropped and
+                            // reloaded by the next inputs.
+                            self.append_local(
+                                writer,
+                                current,
+                                pdu,
+                                &context,
+                                &mut outputs,
+                                &mut event_ids,
+                            )
+                            .await?;
+                            answer_ids.extend(event_ids.last().cloned());
+                        }
+                        if let Some(error) = refused {
+                            answers.push(Err(error));
+                            continue;
+                        }
+                        written.extend(event_ids.iter().cloned());
+                        answers.push(Ok(answer_ids));
+                    }
+                }
+                owners.extend(std::iter::repeat_n(
+                    (index, *room_id),
+                    outputs.len() - before,
+                ));
+                processed.push((*room_id, input.request_id.as_str(), index));
+            }
+            let Some(mut head) = head else {
+                continue;
+            };
+            if !written.is_empty()
+                && let Some(writer) = &mut writer
+            {
+                let nids = match &mut head.nids {
+                    Some(nids) => nids,
+                    slot => slot.insert(writer.nid_state(&head.state).await?),
+                };
+                let snapshot_nid = writer.snapshot(nids).await?;
+                let changes = current_state_changes(&head.state, &written);
+                writer
+                    .set_head(&HeadUpdate {
+                        snapshot_nid,
+                        depth: head.depth,
+                        extremities: head.extremity_ids(),
+                        changes,
+                    })
+                    .await?;
+                head.head_version += 1;
+            }
+            heads.push(head);
+        }
+        let Some(writer) = writer.filter(|_| !processed.is_empty()) else {
+            // Every input refused: nothing to write. (A new room's head is
+            // only kept once its room is committed.)
+            for head in heads.into_iter().filter(|head| head.head_version > 0) {
+                self.put_head(head);
+            }
+            return Ok(GroupProcessed {
+                answers,
+                outputs: Vec::new(),
+            });
+        };
+        let recorded: Vec<ProcessedInput<'_>> = processed
+            .iter()
+            .map(|(room_id, request_id, index)| ProcessedInput {
+                room_id,
+                request_id,
+                event_ids: answers[*index].as_deref().unwrap_or_default(),
+            })
+            .collect();
+        let queued: Vec<(&str, &[u8])> = owners
+            .iter()
+            .zip(&outputs)
+            .map(|((_, room_id), payload)| (*room_id, payload.as_slice()))
+            .collect();
+        let published = self.lock_published().clone();
+        let seqs = writer.commit_many(&recorded, &queued, &published).await?;
+        self.lock_published().retain(|seq| !published.contains(seq));
+        for head in heads {
+            self.put_head(head);
+        }
+        let outputs = owners
+            .into_iter()
+            .zip(seqs)
+            .zip(outputs)
+            .map(|(((owner, room_id), seq), payload)| GroupOutput {
+                input: owner,
+                room_id: room_id.to_owned(),
+                seq,
+                payload,
+            })
+            .collect();
+        Ok(GroupProcessed { answers, outputs })
     }
 
     /// A user who has left (or was banned from) a room forgets it: views
@@ -472,6 +731,64 @@ impl RoomserverService {
             outputs: seqs.into_iter().zip(outputs).collect(),
         })
     }
+}
+
+/// An input of a group and what it asks for.
+pub(crate) type Grouped<'a> = (&'a topic_pb::RoomserverInput, GroupedKind<'a>);
+
+/// What an input of a group asks for.
+#[derive(Clone, Copy)]
+pub(crate) enum GroupedKind<'a> {
+    NewRoom(&'a topic_pb::NewRoom),
+    Events(&'a topic_pb::NewLocalEvents),
+}
+
+/// What a group of local inputs came to: each input's event IDs (or why
+/// it was refused), in order, and the outputs to publish, in order.
+pub(crate) struct GroupProcessed {
+    pub(crate) answers: Vec<Result<Vec<String>, ApiError>>,
+    pub(crate) outputs: Vec<GroupOutput>,
+}
+
+/// An output of a group: the input (its index) it belongs to, its room,
+/// and its outbox seq.
+pub(crate) struct GroupOutput {
+    pub(crate) input: usize,
+    pub(crate) room_id: String,
+    pub(crate) seq: i64,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// What an input asks for when it may be written in a group with others:
+/// a new room, or local events other than redactions (which look up their
+/// target outside the transaction, where the group's own uncommitted
+/// writes are not seen).
+pub(crate) fn groupable(input: &topic_pb::RoomserverInput) -> Option<GroupedKind<'_>> {
+    match &input.kind {
+        Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
+            Some(GroupedKind::NewRoom(new_room))
+        }
+        Some(topic_pb::roomserver_input::Kind::NewLocalEvents(new_events))
+            if !new_events.templates.is_empty()
+                && new_events.templates.iter().all(|template| {
+                    template.redacts.is_none() && template.event_type != "m.room.redaction"
+                }) =>
+        {
+            Some(GroupedKind::Events(new_events))
+        }
+        _ => None,
+    }
+}
+
+/// A new room's create event, parsed and checked.
+fn checked_create(new_room: &topic_pb::NewRoom) -> Result<Arc<Pdu>, ApiError> {
+    let (_, rules) = events::rules_for(&new_room.room_version)?;
+    let (create, redacted) = events::parse_received(&new_room.create_event_json, &rules)?;
+    if redacted {
+        return Err(ApiError::InvalidInput("create event hash mismatch".into()));
+    }
+    events::check_create(&rules, &create)?;
+    Ok(Arc::new(create))
 }
 
 /// The events a local input wrote (`new`) and those it is answered with

@@ -531,3 +531,56 @@ pub async fn batches_are_taken_and_committed_together(fixture: &mut Fixture) {
     let mut consumer = log.consumer(&group, &[&topic]).await.unwrap();
     assert_eq!(payload(&next(&mut consumer).await), "after");
 }
+
+/// Records produced together land as if produced one by one: each key's
+/// records on its partition in the order given, each at the position
+/// returned, with its headers.
+pub async fn records_produced_together_keep_their_order_and_positions(fixture: &mut Fixture) {
+    let log = fixture.log();
+    let topic = fixture.name("many");
+    log.ensure_topic(&topic, 4).await.unwrap();
+    let keys = ["!a:example.org", "!b:example.org", "!c:example.org"];
+    // A first record alone, so positions do not all start at zero.
+    log.produce(&topic, record(keys[0], "alone")).await.unwrap();
+    let mut batch = Vec::new();
+    for i in 0..40 {
+        let key = keys[i % keys.len()];
+        let mut outgoing = record(key, format!("{key}/{i}"));
+        outgoing.headers = vec![("n".to_owned(), i.to_string().into_bytes())];
+        batch.push(outgoing);
+    }
+    let texts: Vec<String> = batch
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    let positions = log.produce_many(&topic, batch).await.unwrap();
+    assert_eq!(positions.len(), texts.len());
+    // Each key's positions grow in the order given, on the key's partition.
+    let mut last: HashMap<u32, u64> = HashMap::new();
+    for (text, position) in texts.iter().zip(&positions) {
+        let key = text.split_once('/').unwrap().0;
+        assert_eq!(position.partition, partition_for_key(key.as_bytes(), 4));
+        if let Some(before) = last.insert(position.partition, position.offset) {
+            assert!(position.offset > before, "{text} after the one before it");
+        }
+    }
+    assert!(
+        log.produce_many(&topic, Vec::new())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing to produce is no error"
+    );
+
+    let mut reader = log.reader(&[(&topic, vec![0; 4])]).await.unwrap();
+    let mut found: HashMap<String, Record> = HashMap::new();
+    for _ in 0..=texts.len() {
+        let received = next(&mut reader).await;
+        found.insert(payload(&received), received);
+    }
+    for (i, (text, position)) in texts.iter().zip(&positions).enumerate() {
+        let received = &found[text];
+        assert_eq!(&received.position(), position, "{text}");
+        assert_eq!(received.header("n"), Some(i.to_string().as_bytes()));
+    }
+}

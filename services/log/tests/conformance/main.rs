@@ -43,6 +43,7 @@ conformance!(
     a_reader_starts_at_given_offsets,
     committed_offsets_are_read_without_joining,
     batches_are_taken_and_committed_together,
+    records_produced_together_keep_their_order_and_positions,
 );
 
 /// What only the Kafka log has to survive: its broker going away.

@@ -17,6 +17,7 @@ use crate::RoomserverService;
 use crate::events::EventError;
 use crate::head::HeadError;
 use crate::internal_events::{EVENTS, INPUT_DURATION};
+use crate::local_events::{GroupOutput, Grouped, GroupedKind, groupable};
 use crate::storage::StorageError;
 
 pub(crate) struct InputConsumer {
@@ -94,9 +95,69 @@ impl RecordHandler for InputConsumer {
         let started = Instant::now();
         let input: topic_pb::RoomserverInput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        self.publish_outbox_if_dirty().await?;
+        self.handle_input(&input, started).await
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    /// Inputs that piled up while the last were handled: runs of new
+    /// rooms and local events are written as one group (one transaction, one
+    /// flush of the log for their outputs), each room's in its order;
+    /// anything else is handled on its own, after what was pending before
+    /// it. A group that fails for good (or meets an input already
+    /// processed) makes the consumer take the records one at a time, which
+    /// answers every input as a single one would.
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let started = Instant::now();
+        let inputs = records
+            .iter()
+            .map(|record| decode::<topic_pb::RoomserverInput>(&record.payload))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        self.publish_outbox_if_dirty().await?;
+        let grouped: Vec<&str> = inputs
+            .iter()
+            .filter(|input| groupable(input).is_some())
+            .map(|input| input.request_id.as_str())
+            .collect();
+        let done = self
+            .service
+            .storage
+            .processed_among(&grouped)
+            .await
+            .map_err(HandleError::storage)?;
+        if !done.is_empty() {
+            return Err(HandleError::Permanent(
+                "a batch with redelivered inputs is taken one at a time".into(),
+            ));
+        }
+        // The pending group: each room's inputs, rooms in order of appearance.
+        let mut groups: Vec<(&str, Vec<Grouped<'_>>)> = Vec::new();
+        for input in &inputs {
+            match groupable(input) {
+                Some(kind) => match groups.iter_mut().find(|(room, _)| *room == input.room_id) {
+                    Some((_, group)) => group.push((input, kind)),
+                    None => groups.push((&input.room_id, vec![(input, kind)])),
+                },
+                None => {
+                    self.handle_group(std::mem::take(&mut groups), started)
+                        .await?;
+                    self.handle_input(input, started).await?;
+                }
+            }
+        }
+        self.handle_group(groups, started).await
+    }
+}
+
+impl InputConsumer {
+    /// Outputs committed but not yet confirmed in the log (a crash or a
+    /// failed produce) go out before anything newer.
+    async fn publish_outbox_if_dirty(&self) -> Result<(), HandleError> {
         let service = &self.service;
-        // Outputs committed but not yet confirmed in the log (a crash or a
-        // failed produce) go out before anything newer.
         if service.outbox_dirty.load(Ordering::Acquire) {
             service
                 .publish_outbox()
@@ -104,6 +165,94 @@ impl RecordHandler for InputConsumer {
                 .map_err(HandleError::storage)?;
             service.outbox_dirty.store(false, Ordering::Release);
         }
+        Ok(())
+    }
+
+    /// Writes a group, publishes its outputs together and answers each
+    /// input.
+    async fn handle_group(
+        &self,
+        groups: Vec<(&str, Vec<Grouped<'_>>)>,
+        started: Instant,
+    ) -> Result<(), HandleError> {
+        let inputs: Vec<&topic_pb::RoomserverInput> = groups
+            .iter()
+            .flat_map(|(_, group)| group.iter().map(|(input, _)| *input))
+            .collect();
+        match inputs.as_slice() {
+            [] => return Ok(()),
+            [input] => return self.handle_input(input, started).await,
+            _ => {}
+        }
+        let service = &self.service;
+        let processed = match service.new_local_events_group(&groups).await {
+            Ok(processed) => processed,
+            Err(ProcessError::Rejected(error)) => {
+                return Err(HandleError::Permanent(format!("group refused: {error}")));
+            }
+            Err(ProcessError::Storage(error)) if error.is_unique_violation() => {
+                return Err(HandleError::Permanent(
+                    "a group met an input already processed".into(),
+                ));
+            }
+            Err(ProcessError::Storage(error)) => return Err(HandleError::storage(error)),
+        };
+        let mut positions = vec![None; inputs.len()];
+        if !processed.outputs.is_empty() {
+            let owners: Vec<usize> = processed.outputs.iter().map(|o| o.input).collect();
+            let published = match service.publish_many(processed.outputs).await {
+                Ok(published) => published,
+                Err(error) => {
+                    // Committed, not published: the retry publishes the
+                    // outbox and answers as for redeliveries.
+                    service.outbox_dirty.store(true, Ordering::Release);
+                    return Err(HandleError::Transient(error.to_string()));
+                }
+            };
+            for (owner, position) in owners.into_iter().zip(published) {
+                positions[owner] = Some(service.position(position));
+            }
+        }
+        let mut deliveries = Vec::with_capacity(inputs.len());
+        for ((input, answer), position) in inputs.iter().zip(processed.answers).zip(positions) {
+            let outcome = match answer {
+                Ok(event_ids) => {
+                    EVENTS
+                        .with_label_values(&["accepted"])
+                        .inc_by(event_ids.len() as u64);
+                    Ok(Answer::Events(pb::InputResponse {
+                        room_id: input.room_id.clone(),
+                        event_ids,
+                        output_position: position,
+                    }))
+                }
+                Err(error) => {
+                    EVENTS.with_label_values(&["rejected"]).inc();
+                    tracing::info!(room_id = %input.room_id, %error, "input rejected");
+                    Err(error)
+                }
+            };
+            deliveries.push(service.deliver(&input.reply_to, &input.request_id, outcome));
+        }
+        futures::future::join_all(deliveries).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        for (_, kind) in groups.iter().flat_map(|(_, group)| group) {
+            let label = match kind {
+                GroupedKind::NewRoom(_) => "new_room",
+                GroupedKind::Events(_) => "new_events",
+            };
+            INPUT_DURATION.with_label_values(&[label]).observe(elapsed);
+        }
+        Ok(())
+    }
+
+    /// Handles one input on its own.
+    async fn handle_input(
+        &self,
+        input: &topic_pb::RoomserverInput,
+        started: Instant,
+    ) -> Result<(), HandleError> {
+        let service = &self.service;
         let (kind, processed) = match &input.kind {
             Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
                 ("new_room", service.new_room(&input, new_room).await)
@@ -174,6 +323,34 @@ impl RecordHandler for InputConsumer {
 }
 
 impl RoomserverService {
+    /// Publishes the outputs of a group just committed, together (one flush
+    /// or broker round trip); they are cleared from the outbox by the next
+    /// write. Returns each output's position.
+    async fn publish_many(&self, outputs: Vec<GroupOutput>) -> Result<Vec<Position>, PublishError> {
+        let _guard = self.publish_lock.lock().await;
+        let mut headers = Vec::new();
+        ganglion_base::telemetry::inject_into_headers(&mut headers);
+        let (seqs, records): (Vec<i64>, Vec<OutgoingRecord>) = outputs
+            .into_iter()
+            .map(|output| {
+                (
+                    output.seq,
+                    OutgoingRecord {
+                        key: output.room_id.into_bytes(),
+                        headers: headers.clone(),
+                        payload: output.payload,
+                    },
+                )
+            })
+            .unzip();
+        let positions = self
+            .log
+            .produce_many(&self.topics.roomserver_output, records)
+            .await?;
+        self.lock_published().extend(seqs);
+        Ok(positions)
+    }
+
     /// Publishes the outputs of a batch just committed; they are cleared
     /// from the outbox by the next write. Returns the last position.
     async fn publish(

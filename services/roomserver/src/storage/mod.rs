@@ -12,7 +12,7 @@ mod tests;
 
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use rooms::{
-    CurrentStateChange, EventFlags, HeadUpdate, RoomRow, RoomWriter, StoredEvent,
+    CurrentStateChange, EventFlags, HeadUpdate, ProcessedInput, RoomRow, RoomWriter, StoredEvent,
 };
 pub(crate) use state::NidState;
 

@@ -32,6 +32,26 @@ impl Storage {
         })
     }
 
+    /// Which of `request_ids` were processed already (redelivered inputs).
+    pub(crate) async fn processed_among(
+        &self,
+        request_ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        let mut done = std::collections::HashSet::new();
+        for chunk in request_ids.chunks(500) {
+            let sql = format!(
+                "SELECT request_id FROM processed_inputs WHERE request_id IN ({})",
+                ganglion_base::database::params(self.db.engine, 1, chunk.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            done.extend(query.fetch_all(&self.db.pool).await?);
+        }
+        Ok(done)
+    }
+
     /// Output records still to publish, oldest first.
     pub(crate) async fn pending_outputs(&self) -> Result<Vec<OutboxRecord>, StorageError> {
         let rows = sqlx::query("SELECT seq, room_id, payload FROM output_outbox ORDER BY seq")

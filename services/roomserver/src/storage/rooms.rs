@@ -57,6 +57,13 @@ impl EventFlags {
     }
 }
 
+/// An input recorded as processed, with the event IDs it is answered with.
+pub(crate) struct ProcessedInput<'a> {
+    pub(crate) room_id: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) event_ids: &'a [String],
+}
+
 /// Where a room's head moves to.
 pub(crate) struct HeadUpdate {
     pub(crate) snapshot_nid: i64,
@@ -390,6 +397,31 @@ impl Storage {
         Ok(state)
     }
 
+    /// The NID of a room about to be written in `tx`, creating the room
+    /// first when `new_room_version` is set.
+    async fn room_nid_for_writing(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        room_id: &str,
+        new_room_version: Option<&str>,
+    ) -> Result<i64, StorageError> {
+        if let Some(version) = new_room_version {
+            sqlx::query(
+                "INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)
+                 ON CONFLICT (room_id) DO NOTHING",
+            )
+            .bind(room_id)
+            .bind(version)
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("no room {room_id}")))
+    }
+
     /// Opens the transaction that writes one input to a room, creating the
     /// room first when `new_room_version` is set.
     pub(crate) async fn begin_room_write(
@@ -398,21 +430,9 @@ impl Storage {
         new_room_version: Option<&str>,
     ) -> Result<RoomWriter, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        if let Some(version) = new_room_version {
-            sqlx::query(
-                "INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)
-                 ON CONFLICT (room_id) DO NOTHING",
-            )
-            .bind(room_id)
-            .bind(version)
-            .execute(&mut *tx)
+        let room_nid = self
+            .room_nid_for_writing(&mut tx, room_id, new_room_version)
             .await?;
-        }
-        let room_nid: i64 = sqlx::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StorageError::Corrupt(format!("no room {room_id}")))?;
         Ok(RoomWriter {
             storage: self.clone(),
             tx,
@@ -449,6 +469,9 @@ pub(crate) struct RoomWriter {
 /// each): a hundred round trips for a join of 10 000, each statement well
 /// under either engine's parameter limit.
 const OUTLIER_ROWS: usize = 100;
+
+/// Processed inputs recorded this many to a statement (four parameters each).
+const PROCESSED_ROWS: usize = 200;
 
 impl RoomWriter {
     /// Remembers the NIDs of stored events read in this input, so
@@ -857,6 +880,59 @@ impl RoomWriter {
         outputs: &[Vec<u8>],
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
+        if let Some(alias) = alias {
+            self.add_alias(alias).await?;
+        }
+        let room_id = self.room_id.clone();
+        let processed = [ProcessedInput {
+            room_id: &room_id,
+            request_id,
+            event_ids,
+        }];
+        let outputs: Vec<(&str, &[u8])> = outputs
+            .iter()
+            .map(|payload| (room_id.as_str(), payload.as_slice()))
+            .collect();
+        self.commit_many(&processed, &outputs, published).await
+    }
+
+    /// Moves on to writing another room in the same transaction (a group
+    /// of inputs of several rooms), creating it first when
+    /// `new_room_version` is set.
+    pub(crate) async fn switch_room(
+        &mut self,
+        room_id: &str,
+        new_room_version: Option<&str>,
+    ) -> Result<(), StorageError> {
+        // Queued outliers are inserted under the room they were queued for.
+        self.insert_queued_outliers().await?;
+        self.room_nid = self
+            .storage
+            .room_nid_for_writing(&mut self.tx, room_id, new_room_version)
+            .await?;
+        room_id.clone_into(&mut self.room_id);
+        Ok(())
+    }
+
+    /// Adds an alias of the room being written.
+    pub(crate) async fn add_alias(&mut self, alias: &str) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
+            .bind(alias)
+            .bind(&self.room_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// [`commit`](Self::commit) for several inputs written in this
+    /// transaction (a group), each recorded as processed with the event IDs
+    /// it is answered with; `outputs` are (room ID, payload).
+    pub(crate) async fn commit_many(
+        mut self,
+        processed: &[ProcessedInput<'_>],
+        outputs: &[(&str, &[u8])],
+        published: &[i64],
+    ) -> Result<Vec<i64>, StorageError> {
         self.insert_queued_outliers().await?;
         // One fixed statement per entry (usually one): a statement whose
         // text changes every time would defeat the prepared-statement cache.
@@ -866,30 +942,31 @@ impl RoomWriter {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO processed_inputs (request_id, room_id, event_ids, processed_ms)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(request_id)
-        .bind(&self.room_id)
-        .bind(serde_json::to_string(event_ids).unwrap_or_default())
-        .bind(ganglion_base::clock::now_ms())
-        .execute(&mut *self.tx)
-        .await?;
-        if let Some(alias) = alias {
-            sqlx::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
-                .bind(alias)
-                .bind(&self.room_id)
-                .execute(&mut *self.tx)
-                .await?;
+        let now = ganglion_base::clock::now_ms();
+        let engine = self.storage.db.engine;
+        for chunk in processed.chunks(PROCESSED_ROWS) {
+            let sql = format!(
+                "INSERT INTO processed_inputs (request_id, room_id, event_ids, processed_ms)
+                 VALUES {}",
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for input in chunk {
+                query = query
+                    .bind(input.request_id)
+                    .bind(input.room_id)
+                    .bind(serde_json::to_string(input.event_ids).unwrap_or_default())
+                    .bind(now);
+            }
+            query.execute(&mut *self.tx).await?;
         }
         let mut seqs = Vec::with_capacity(outputs.len());
-        for payload in outputs {
+        for (room_id, payload) in outputs {
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO output_outbox (room_id, payload) VALUES ($1, $2) RETURNING seq",
             )
-            .bind(&self.room_id)
-            .bind(payload.as_slice())
+            .bind(*room_id)
+            .bind(*payload)
             .fetch_one(&mut *self.tx)
             .await?;
             seqs.push(seq);

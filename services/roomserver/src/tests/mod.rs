@@ -3,6 +3,7 @@
 //! DAGs for real (`received.rs`: SQLite, the embedded log).
 
 mod dag;
+mod group;
 mod received;
 
 use std::sync::Arc;

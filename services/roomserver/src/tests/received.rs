@@ -19,15 +19,15 @@ use super::{ALICE, BOB, CAROL, Dag, after};
 use crate::RoomserverService;
 use crate::events::Pdu;
 
-struct Running {
-    service: Arc<RoomserverService>,
+pub(super) struct Running {
+    pub(super) service: Arc<RoomserverService>,
     log: Arc<dyn Log>,
     topics: Topics,
     _stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
-async fn start() -> Running {
+pub(super) async fn start() -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         server_name: "localhost".into(),
@@ -87,7 +87,10 @@ async fn send(
         .collect()
 }
 
-async fn current_state(running: &Running, room_id: &str) -> HashMap<(String, String), String> {
+pub(super) async fn current_state(
+    running: &Running,
+    room_id: &str,
+) -> HashMap<(String, String), String> {
     let state = running
         .service
         .query_state(pb::QueryStateRequest {
@@ -127,7 +130,7 @@ async fn extremities(running: &Running, room_id: &str) -> Vec<String> {
 }
 
 /// Every record of `roomserver.output` so far, decoded.
-async fn all_outputs(running: &Running) -> Vec<topic_pb::RoomserverOutput> {
+pub(super) async fn all_outputs(running: &Running) -> Vec<topic_pb::RoomserverOutput> {
     let ends = running
         .log
         .end_offsets(&running.topics.roomserver_output)
