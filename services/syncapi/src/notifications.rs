@@ -12,7 +12,7 @@ use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UInt};
 use serde_json::Value;
 
-use crate::storage::NotificationRow;
+use crate::storage::NotificationCount;
 
 /// An event that notifies a user: (user, highlight).
 pub(crate) type Notified = Vec<(String, bool)>;
@@ -86,14 +86,14 @@ pub(crate) struct Counts {
     pub(crate) threads: HashMap<String, (u64, u64)>,
 }
 
-/// Counts per room from a user's unread notification rows.
-pub(crate) fn count(rows: Vec<NotificationRow>) -> HashMap<String, Counts> {
+/// Counts per room from a user's unread notifications per room and thread.
+pub(crate) fn count(rows: Vec<NotificationCount>) -> HashMap<String, Counts> {
     let mut rooms: HashMap<String, Counts> = HashMap::new();
     for row in rows {
         let counts = rooms.entry(row.room_id).or_default();
         let add = |slot: &mut (u64, u64)| {
-            slot.0 += 1;
-            slot.1 += u64::from(row.highlight);
+            slot.0 += row.notifications;
+            slot.1 += row.highlights;
         };
         add(&mut counts.total);
         if row.thread_id == "main" {
@@ -195,16 +195,17 @@ mod count_tests {
 
     #[test]
     fn counts_per_room_and_thread() {
-        let row = |room: &str, thread: &str, highlight: bool| NotificationRow {
-            room_id: room.to_owned(),
-            thread_id: thread.to_owned(),
-            highlight,
-        };
+        let row =
+            |room: &str, thread: &str, notifications: u64, highlights: u64| NotificationCount {
+                room_id: room.to_owned(),
+                thread_id: thread.to_owned(),
+                notifications,
+                highlights,
+            };
         let counts = count(vec![
-            row("!a", "main", false),
-            row("!a", "main", true),
-            row("!a", "$root", true),
-            row("!b", "main", false),
+            row("!a", "main", 2, 1),
+            row("!a", "$root", 1, 1),
+            row("!b", "main", 1, 0),
         ]);
         let a = &counts["!a"];
         assert_eq!((a.total, a.main), ((3, 2), (2, 1)));

@@ -473,6 +473,11 @@ const OUTLIER_ROWS: usize = 100;
 /// Processed inputs recorded this many to a statement (four parameters each).
 const PROCESSED_ROWS: usize = 200;
 
+/// Outputs queued in the outbox this many to a statement (two parameters
+/// each), and published ones cleared this many to a statement.
+const OUTBOX_ROWS: usize = 64;
+const CLEARED_ROWS: usize = 16;
+
 impl RoomWriter {
     /// Remembers the NIDs of stored events read in this input, so
     /// [`RoomWriter::nid_state`] need not look them up again.
@@ -934,16 +939,21 @@ impl RoomWriter {
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
         self.insert_queued_outliers().await?;
-        // One fixed statement per entry (usually one): a statement whose
-        // text changes every time would defeat the prepared-statement cache.
-        for seq in published {
-            sqlx::query("DELETE FROM output_outbox WHERE seq = $1")
-                .bind(seq)
-                .execute(&mut *self.tx)
-                .await?;
+        let engine = self.storage.db.engine;
+        // Many to a statement of one fixed text (a short chunk repeats its
+        // last seq), so the prepared-statement cache keeps serving it.
+        for chunk in published.chunks(CLEARED_ROWS) {
+            let sql = format!(
+                "DELETE FROM output_outbox WHERE seq IN ({})",
+                ganglion_base::database::params(engine, 1, CLEARED_ROWS)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for n in 0..CLEARED_ROWS {
+                query = query.bind(chunk[n.min(chunk.len() - 1)]);
+            }
+            query.execute(&mut *self.tx).await?;
         }
         let now = ganglion_base::clock::now_ms();
-        let engine = self.storage.db.engine;
         for chunk in processed.chunks(PROCESSED_ROWS) {
             let sql = format!(
                 "INSERT INTO processed_inputs (request_id, room_id, event_ids, processed_ms)
@@ -961,15 +971,23 @@ impl RoomWriter {
             query.execute(&mut *self.tx).await?;
         }
         let mut seqs = Vec::with_capacity(outputs.len());
-        for (room_id, payload) in outputs {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO output_outbox (room_id, payload) VALUES ($1, $2) RETURNING seq",
-            )
-            .bind(*room_id)
-            .bind(*payload)
-            .fetch_one(&mut *self.tx)
-            .await?;
-            seqs.push(seq);
+        for chunk in outputs.chunks(OUTBOX_ROWS) {
+            let sql = format!(
+                "INSERT INTO output_outbox (room_id, payload) VALUES {} RETURNING seq",
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 2)
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+            for (room_id, payload) in chunk {
+                query = query.bind(*room_id).bind(*payload);
+            }
+            // Both engines number the rows in the order of the values; the
+            // rows returned need not come in that order.
+            let mut written = query.fetch_all(&mut *self.tx).await?;
+            if written.len() != chunk.len() {
+                return Err(StorageError::Corrupt("outbox rows not all written".into()));
+            }
+            written.sort_unstable();
+            seqs.extend(written);
         }
         self.tx.commit().await?;
         self.storage.remember(self.learnt);

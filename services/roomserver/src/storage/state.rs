@@ -321,17 +321,24 @@ impl Storage {
         if let Some((_, nid)) = list.iter().find(|(n, _)| n == name) {
             return Ok(*nid);
         }
-        let insert =
-            format!("INSERT INTO {table} ({name_column}) VALUES ($1) ON CONFLICT DO NOTHING");
-        sqlx::query(sqlx::AssertSqlSafe(insert))
+        let insert = format!(
+            "INSERT INTO {table} ({name_column}) VALUES ($1) ON CONFLICT DO NOTHING
+             RETURNING {nid_column}"
+        );
+        let inserted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert))
             .bind(name)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        let select = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
-        let nid: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
-            .bind(name)
-            .fetch_one(&mut **tx)
-            .await?;
+        let nid: i64 = match inserted {
+            Some(nid) => nid,
+            None => {
+                let select = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+                    .bind(name)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
         if is_type {
             learnt.types.push((name.to_owned(), nid));
         } else {
@@ -446,18 +453,25 @@ impl Storage {
             let nid = match cached {
                 Some(nid) => nid,
                 None => {
-                    sqlx::query(
-                        "INSERT INTO state_blocks (hash, entries) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    // A new block answers with its NID as it is written;
+                    // one stored before is looked up.
+                    let inserted: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO state_blocks (hash, entries) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING block_nid",
                     )
                     .bind(hash.as_slice())
                     .bind(block.as_slice())
-                    .execute(&mut **tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
-                    let nid: i64 =
-                        sqlx::query_scalar("SELECT block_nid FROM state_blocks WHERE hash = $1")
-                            .bind(hash.as_slice())
-                            .fetch_one(&mut **tx)
-                            .await?;
+                    let nid: i64 = match inserted {
+                        Some(nid) => nid,
+                        None => {
+                            sqlx::query_scalar("SELECT block_nid FROM state_blocks WHERE hash = $1")
+                                .bind(hash.as_slice())
+                                .fetch_one(&mut **tx)
+                                .await?
+                        }
+                    };
                     learnt.blocks.push((hash, nid));
                     nid
                 }
@@ -466,22 +480,25 @@ impl Storage {
         }
         let list = state_blocks::encode_nids(&block_nids);
         let hash = state_blocks::hash(&list);
-        let created = sqlx::query(
+        let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO state_snapshots (hash, block_nids, entry_count) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING RETURNING snapshot_nid",
         )
         .bind(hash.as_slice())
         .bind(list.as_slice())
         .bind(state.entries.len() as i64)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let nid: i64 =
-            sqlx::query_scalar("SELECT snapshot_nid FROM state_snapshots WHERE hash = $1")
-                .bind(hash.as_slice())
-                .fetch_one(&mut **tx)
-                .await?;
+        .fetch_optional(&mut **tx)
+        .await?;
+        let created = inserted.is_some();
+        let nid: i64 = match inserted {
+            Some(nid) => nid,
+            None => {
+                sqlx::query_scalar("SELECT snapshot_nid FROM state_snapshots WHERE hash = $1")
+                    .bind(hash.as_slice())
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
         if created {
             learnt.snapshots.push((nid, state.entries.clone()));
         }

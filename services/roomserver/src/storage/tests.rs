@@ -383,6 +383,99 @@ async fn directory_tables(storage: &Storage) {
     );
 }
 
+/// A group's transaction writes several rooms (creating one), records
+/// every input with its room, queues its outputs in order, more than one
+/// statement takes, and the next write clears the published ones.
+async fn a_group_writes_several_rooms_at_once(storage: &Storage) {
+    let (first, first_create) = Room::create("!group-one:example.org");
+    let (second, second_create) = Room::create("!group-two:example.org");
+    let mut writer = storage
+        .begin_room_write(&first.room_id, Some(VERSION))
+        .await
+        .expect("begin");
+    writer
+        .insert_event(&first_create, &ACCEPTED, Some(0), None)
+        .await
+        .expect("first create");
+    writer
+        .switch_room(&second.room_id, Some(VERSION))
+        .await
+        .expect("second room");
+    writer
+        .insert_event(&second_create, &ACCEPTED, Some(0), None)
+        .await
+        .expect("second create");
+    let first_ids = vec![first_create.event_id.to_string()];
+    let second_ids = vec![second_create.event_id.to_string()];
+    let processed = [
+        super::ProcessedInput {
+            room_id: &first.room_id,
+            request_id: "group/one",
+            event_ids: &first_ids,
+        },
+        super::ProcessedInput {
+            room_id: &second.room_id,
+            request_id: "group/two",
+            event_ids: &second_ids,
+        },
+    ];
+    // 150 outputs: three statements' worth, alternating rooms.
+    let payloads: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|n| {
+            let room = if n % 2 == 0 { &first } else { &second };
+            (room.room_id.clone(), format!("output {n}").into_bytes())
+        })
+        .collect();
+    let outputs: Vec<(&str, &[u8])> = payloads
+        .iter()
+        .map(|(room, payload)| (room.as_str(), payload.as_slice()))
+        .collect();
+    let seqs = writer
+        .commit_many(&processed, &outputs, &[])
+        .await
+        .expect("commit");
+    assert_eq!(seqs.len(), 150);
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs follow the outputs"
+    );
+    for room in [&first, &second] {
+        assert!(storage.room(&room.room_id).await.expect("room").is_some());
+        let queued = storage
+            .pending_outputs_of(&room.room_id)
+            .await
+            .expect("outbox");
+        let expected: Vec<(i64, Vec<u8>)> = seqs
+            .iter()
+            .zip(&payloads)
+            .filter(|(_, (r, _))| *r == room.room_id)
+            .map(|(seq, (_, payload))| (*seq, payload.clone()))
+            .collect();
+        assert_eq!(queued, expected, "each output under its seq, in order");
+    }
+    assert_eq!(
+        storage.processed_input("group/two").await.expect("lookup"),
+        Some((second.room_id.clone(), second_ids.clone()))
+    );
+    // The next write clears 40 published outputs (three statements' worth).
+    let writer = storage
+        .begin_room_write(&first.room_id, None)
+        .await
+        .expect("begin");
+    writer
+        .commit("group/three", &[], None, &[], &seqs[..40])
+        .await
+        .expect("commit");
+    let left = storage.pending_outputs().await.expect("outbox");
+    assert_eq!(
+        left.iter()
+            .map(|o| o.seq)
+            .filter(|seq| seqs.contains(seq))
+            .collect::<Vec<_>>(),
+        seqs[40..].to_vec()
+    );
+}
+
 #[tokio::test]
 async fn sqlite_storage() {
     let (storage, _dir) = open(None).await;
@@ -390,6 +483,7 @@ async fn sqlite_storage() {
     directory_tables(&storage).await;
     big_room_shares_blocks(&storage).await;
     rolled_back_write_leaves_nothing(&storage).await;
+    a_group_writes_several_rooms_at_once(&storage).await;
 }
 
 #[tokio::test]
@@ -400,4 +494,5 @@ async fn postgres_storage() {
     directory_tables(&storage).await;
     big_room_shares_blocks(&storage).await;
     rolled_back_write_leaves_nothing(&storage).await;
+    a_group_writes_several_rooms_at_once(&storage).await;
 }

@@ -1149,33 +1149,40 @@ impl Storage {
     }
 }
 
-/// A notification the user has not read yet.
+/// A user's unread notifications in one room and thread: how many, and
+/// how many of them highlight.
 #[derive(Debug, Clone)]
-pub(crate) struct NotificationRow {
+pub(crate) struct NotificationCount {
     pub(crate) room_id: String,
     pub(crate) thread_id: String,
-    pub(crate) highlight: bool,
+    pub(crate) notifications: u64,
+    pub(crate) highlights: u64,
 }
 
 impl Storage {
-    /// The user's unread notifications, in every room.
+    /// The user's unread notifications, counted per room and thread by the
+    /// database: a row per room and thread, however many are unread.
     pub(crate) async fn notifications_for(
         &self,
         user_id: &str,
-    ) -> Result<Vec<NotificationRow>, StorageError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT room_id, thread_id, highlight FROM notifications WHERE user_id = $1",
+    ) -> Result<Vec<NotificationCount>, StorageError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT room_id, thread_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT)
+             FROM notifications WHERE user_id = $1 GROUP BY room_id, thread_id",
         )
         .bind(user_id)
         .fetch_all(&self.db.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(room_id, thread_id, highlight)| NotificationRow {
-                room_id,
-                thread_id,
-                highlight: highlight != 0,
-            })
+            .map(
+                |(room_id, thread_id, notifications, highlights)| NotificationCount {
+                    room_id,
+                    thread_id,
+                    notifications: notifications.max(0) as u64,
+                    highlights: highlights.max(0) as u64,
+                },
+            )
             .collect())
     }
 }
