@@ -255,17 +255,17 @@ impl InputConsumer {
         let service = &self.service;
         let (kind, processed) = match &input.kind {
             Some(topic_pb::roomserver_input::Kind::NewRoom(new_room)) => {
-                ("new_room", service.new_room(&input, new_room).await)
+                ("new_room", service.new_room(input, new_room).await)
             }
             Some(topic_pb::roomserver_input::Kind::NewLocalEvents(new_events)) => (
                 "new_events",
-                service.new_local_events(&input, new_events).await,
+                service.new_local_events(input, new_events).await,
             ),
             Some(topic_pb::roomserver_input::Kind::InputPdus(pdus)) => {
-                ("pdus", service.input_pdus_record(&input, pdus).await)
+                ("pdus", service.input_pdus_record(input, pdus).await)
             }
             Some(topic_pb::roomserver_input::Kind::ForgetRoom(forget)) => {
-                ("forget", service.forget_room_record(&input, forget).await)
+                ("forget", service.forget_room_record(input, forget).await)
             }
             None => (
                 "empty",
