@@ -206,12 +206,7 @@ async fn create_rooms(target: &str, clients: usize, per_client: usize) -> anyhow
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_seconds = server.cpu_seconds() - cpu_before;
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     let rooms = latencies.len();
     println!("{target}: {clients} clients x {per_client} rooms, three messages each");
     println!(
@@ -225,6 +220,14 @@ async fn create_rooms(target: &str, clients: usize, per_client: usize) -> anyhow
         cpu_seconds * 1000.0 / rooms.max(1) as f64
     );
     Ok(())
+}
+
+/// The `p` quantile (0 to 1) of sorted samples; NaN without any.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// What one run measured.
@@ -318,12 +321,7 @@ async fn run(
         })
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     let cpu_ms_per_message = cpu_seconds * 1000.0 / sent_at.len().max(1) as f64;
     if rooms == 1 {
         println!("{mode}: {clients} clients x {per_client} messages into one room");

@@ -178,19 +178,7 @@ impl Log for KafkaLog {
         let mut retried = false;
         loop {
             let producer = self.producer();
-            let headers = record.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(record.headers.len()),
-                |headers, (name, value)| {
-                    headers.insert(Header {
-                        key: name,
-                        value: Some(value.as_slice()),
-                    })
-                },
-            );
-            let outgoing = FutureRecord::to(topic)
-                .key(record.key.as_slice())
-                .payload(record.payload.as_slice())
-                .headers(headers);
+            let outgoing = future_record(topic, &record);
             let queue_timeout = Duration::from_millis(self.config.delivery_timeout_ms.into());
             match producer.send(outgoing, Timeout::After(queue_timeout)).await {
                 Ok(delivery) => {
@@ -238,19 +226,7 @@ impl Log for KafkaLog {
         let queue_timeout = Duration::from_millis(self.config.delivery_timeout_ms.into());
         let mut pending = Vec::with_capacity(records.len());
         for record in &records {
-            let headers = record.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(record.headers.len()),
-                |headers, (name, value)| {
-                    headers.insert(Header {
-                        key: name,
-                        value: Some(value.as_slice()),
-                    })
-                },
-            );
-            let mut outgoing = FutureRecord::to(topic)
-                .key(record.key.as_slice())
-                .payload(record.payload.as_slice())
-                .headers(headers);
+            let mut outgoing = future_record(topic, record);
             // Each record is enqueued before the next, whatever a full
             // queue makes it wait.
             let started = std::time::Instant::now();
@@ -499,6 +475,23 @@ fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
 /// epoch and the broker keeps answering "unknown producer ID", so records
 /// time out forever; a new producer starts clean. If the brokers are merely
 /// unreachable, a new producer costs nothing more than the old one.
+/// A record as the producer takes it, its headers included.
+fn future_record<'a>(topic: &'a str, record: &'a OutgoingRecord) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = record.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(record.headers.len()),
+        |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            })
+        },
+    );
+    FutureRecord::to(topic)
+        .key(record.key.as_slice())
+        .payload(record.payload.as_slice())
+        .headers(headers)
+}
+
 fn needs_new_producer(producer: &FutureProducer, error: &KafkaError) -> bool {
     producer.client().fatal_error().is_some()
         || matches!(

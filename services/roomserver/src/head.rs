@@ -26,6 +26,21 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// The head of a room with nothing in it yet (one being created, or
+    /// joined from another server).
+    pub(crate) fn empty(room_nid: i64, room_version: &str, rules: RoomVersionRules) -> Head {
+        Head {
+            room_nid,
+            room_version: room_version.to_owned(),
+            rules,
+            head_version: 0,
+            state: StateMap::new(),
+            nids: Some(NidState::default()),
+            extremities: Vec::new(),
+            depth: 0,
+        }
+    }
+
     pub(crate) fn extremity_ids(&self) -> Vec<String> {
         self.extremities
             .iter()

@@ -16,7 +16,7 @@ use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
 use crate::head::{Head, StateDelta, extremities_after};
 use crate::outputs::{self, OutputContext};
 use crate::storage::{
-    CurrentStateChange, EventFlags, HeadUpdate, NidState, ProcessedInput, RoomWriter, StorageError,
+    CurrentStateChange, EventFlags, HeadUpdate, ProcessedInput, RoomWriter, StorageError,
 };
 
 impl RoomserverService {
@@ -82,16 +82,7 @@ impl RoomserverService {
         }
         let create = checked_create(new_room)?;
         let (_, rules) = events::rules_for(&new_room.room_version)?;
-        let mut head = Head {
-            room_nid: 0,
-            room_version: new_room.room_version.clone(),
-            rules,
-            head_version: 0,
-            state: StateMap::new(),
-            nids: Some(NidState::default()),
-            extremities: Vec::new(),
-            depth: 0,
-        };
+        let mut head = Head::empty(0, &new_room.room_version, rules);
         let mut writer = self
             .storage
             .begin_room_write(&input.room_id, Some(&new_room.room_version))
@@ -281,16 +272,11 @@ impl RoomserverService {
                         };
                         on_room = true;
                         let (_, rules) = events::rules_for(&new_room.room_version)?;
-                        let new_head = head.insert(Head {
-                            room_nid: writer.room_nid,
-                            room_version: new_room.room_version.clone(),
+                        let new_head = head.insert(Head::empty(
+                            writer.room_nid,
+                            &new_room.room_version,
                             rules,
-                            head_version: 0,
-                            state: StateMap::new(),
-                            nids: Some(NidState::default()),
-                            extremities: Vec::new(),
-                            depth: 0,
-                        });
+                        ));
                         let context = OutputContext {
                             room_version: &new_room.room_version,
                             device_id: "",
@@ -406,20 +392,7 @@ impl RoomserverService {
             if !written.is_empty()
                 && let Some(writer) = &mut writer
             {
-                let nids = match &mut head.nids {
-                    Some(nids) => nids,
-                    slot => slot.insert(writer.nid_state(&head.state).await?),
-                };
-                let snapshot_nid = writer.snapshot(nids).await?;
-                let changes = current_state_changes(&head.state, &written);
-                writer
-                    .set_head(&HeadUpdate {
-                        snapshot_nid,
-                        depth: head.depth,
-                        extremities: head.extremity_ids(),
-                        changes,
-                    })
-                    .await?;
+                write_head(writer, &mut head, &written).await?;
                 head.head_version += 1;
             }
             heads.push(head);
@@ -685,20 +658,7 @@ impl RoomserverService {
         alias: Option<&str>,
         outputs: Vec<Vec<u8>>,
     ) -> Result<Processed, ProcessError> {
-        let nids = match &mut head.nids {
-            Some(nids) => nids,
-            slot => slot.insert(writer.nid_state(&head.state).await?),
-        };
-        let snapshot_nid = writer.snapshot(nids).await?;
-        let changes = current_state_changes(&head.state, written.new);
-        writer
-            .set_head(&HeadUpdate {
-                snapshot_nid,
-                depth: head.depth,
-                extremities: head.extremity_ids(),
-                changes,
-            })
-            .await?;
+        write_head(&mut writer, &mut head, written.new).await?;
         let published = self.lock_published().clone();
         let seqs = match writer
             .commit(
@@ -797,6 +757,31 @@ fn checked_create(new_room: &topic_pb::NewRoom) -> Result<Arc<Pdu>, ApiError> {
 struct Written<'a> {
     new: &'a [String],
     answer: &'a [String],
+}
+
+/// Moves the stored head to the in-memory one after local events
+/// (`written`): its state as a snapshot, its current-state rows,
+/// extremities and depth.
+async fn write_head(
+    writer: &mut RoomWriter,
+    head: &mut Head,
+    written: &[String],
+) -> Result<(), ProcessError> {
+    let nids = match &mut head.nids {
+        Some(nids) => nids,
+        slot => slot.insert(writer.nid_state(&head.state).await?),
+    };
+    let snapshot_nid = writer.snapshot(nids).await?;
+    let changes = current_state_changes(&head.state, written);
+    writer
+        .set_head(&HeadUpdate {
+            snapshot_nid,
+            depth: head.depth,
+            extremities: head.extremity_ids(),
+            changes,
+        })
+        .await?;
+    Ok(())
 }
 
 /// The state event in place when `template` would repeat it: same type,

@@ -104,16 +104,7 @@ impl RoomserverService {
             .await?;
         let mut head = match &room {
             Some(room) => self.take_head(room).await?,
-            None => Head {
-                room_nid: writer.room_nid,
-                room_version: pdus.room_version.clone(),
-                rules,
-                head_version: 0,
-                state: StateMap::new(),
-                nids: Some(NidState::default()),
-                extremities: Vec::new(),
-                depth: 0,
-            },
+            None => Head::empty(writer.room_nid, &pdus.room_version, rules),
         };
         let mut batch = Batch {
             written: HashMap::new(),
