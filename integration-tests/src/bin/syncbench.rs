@@ -142,8 +142,13 @@ async fn main() -> anyhow::Result<()> {
         timed_syncs(&alice, Some(&since), 50).await,
     );
 
-    // Wake-up latency with idle long-polls held open by other users.
-    let idle_users = (idle / 20).max(1);
+    // Wake-up latency with idle long-polls held open by other users, each
+    // holding as many as the server lets one user hold.
+    let per_user = ganglion_base::Config::default()
+        .client
+        .max_syncs_per_user
+        .max(1);
+    let idle_users = idle.div_ceil(per_user).max(1);
     let mut idlers = Vec::new();
     for i in 0..idle_users {
         idlers.push(Client::register(&base, &format!("idle{i}"), "pw").await);
