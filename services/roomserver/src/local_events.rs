@@ -88,34 +88,18 @@ impl RoomserverService {
             .begin_room_write(&input.room_id, Some(&new_room.room_version))
             .await?;
         head.room_nid = writer.room_nid;
-        let context = OutputContext {
-            room_version: &new_room.room_version,
-            device_id: "",
-            transaction_id: "",
-        };
         let mut outputs = Vec::new();
         let mut event_ids = Vec::new();
-        self.append_local(
+        self.append_new_room(
+            &input.room_id,
             &mut writer,
             &mut head,
             create,
-            &context,
+            new_room,
             &mut outputs,
             &mut event_ids,
         )
         .await?;
-        for template in &new_room.initial_state {
-            let pdu = self.build_on(&input.room_id, &head, template)?;
-            self.append_local(
-                &mut writer,
-                &mut head,
-                pdu,
-                &context,
-                &mut outputs,
-                &mut event_ids,
-            )
-            .await?;
-        }
         let written = Written {
             new: &event_ids,
             answer: &event_ids,
@@ -277,34 +261,18 @@ impl RoomserverService {
                             &new_room.room_version,
                             rules,
                         ));
-                        let context = OutputContext {
-                            room_version: &new_room.room_version,
-                            device_id: "",
-                            transaction_id: "",
-                        };
-                        self.append_local(
+                        // Initial state refused after the create event was
+                        // written fails the group: it is taken again one by one.
+                        self.append_new_room(
+                            room_id,
                             writer,
                             new_head,
                             create,
-                            &context,
+                            new_room,
                             &mut outputs,
                             &mut event_ids,
                         )
                         .await?;
-                        for template in &new_room.initial_state {
-                            // Refused after the create event was written:
-                            // the whole group is taken again one by one.
-                            let pdu = self.build_on(room_id, new_head, template)?;
-                            self.append_local(
-                                writer,
-                                new_head,
-                                pdu,
-                                &context,
-                                &mut outputs,
-                                &mut event_ids,
-                            )
-                            .await?;
-                        }
                         if let Some(alias) = &new_room.alias {
                             writer.add_alias(alias).await?;
                             aliases.push(alias);
@@ -536,6 +504,34 @@ impl RoomserverService {
             &self.signer(),
         )?;
         Ok(Arc::new(pdu))
+    }
+
+    /// Writes a new room's create event and its initial state, each built
+    /// on the head the ones before it left.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_new_room(
+        &self,
+        room_id: &str,
+        writer: &mut RoomWriter,
+        head: &mut Head,
+        create: Arc<Pdu>,
+        new_room: &topic_pb::NewRoom,
+        outputs: &mut Vec<Vec<u8>>,
+        event_ids: &mut Vec<String>,
+    ) -> Result<(), ProcessError> {
+        let context = OutputContext {
+            room_version: &new_room.room_version,
+            device_id: "",
+            transaction_id: "",
+        };
+        self.append_local(writer, head, create, &context, outputs, event_ids)
+            .await?;
+        for template in &new_room.initial_state {
+            let pdu = self.build_on(room_id, head, template)?;
+            self.append_local(writer, head, pdu, &context, outputs, event_ids)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Writes a locally built event on top of the head and advances it.

@@ -55,13 +55,18 @@ fn record(room_id: &str, request_id: &str, templates: Vec<pb::EventTemplate>) ->
             },
         )),
     };
+    as_record(&input)
+}
+
+/// An input as the consumer receives it.
+fn as_record(input: &topic_pb::RoomserverInput) -> Record {
     Record {
         topic: "roomserver.input".into(),
         partition: 0,
         offset: 0,
-        key: room_id.as_bytes().to_vec(),
+        key: input.room_id.as_bytes().to_vec(),
         headers: Vec::new(),
-        payload: encode(&input),
+        payload: encode(input),
         timestamp_ms: 0,
     }
 }
@@ -436,16 +441,7 @@ fn new_room_record(
             },
         )),
     };
-    let record = Record {
-        topic: "roomserver.input".into(),
-        partition: 0,
-        offset: 0,
-        key: room_id.as_bytes().to_vec(),
-        headers: Vec::new(),
-        payload: encode(&input),
-        timestamp_ms: 0,
-    };
-    (room_id.to_string(), record)
+    (room_id.to_string(), as_record(&input))
 }
 
 /// New rooms join a group like other inputs: each created with its
