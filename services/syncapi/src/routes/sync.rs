@@ -396,8 +396,9 @@ fn room_state_for(
 enum StateSection {
     /// All the state at the timeline's start: an initial sync, a room
     /// newly joined, or `full_state`. With the room's current-state
-    /// references when already read.
-    Whole(Option<Vec<StateRef>>),
+    /// references when already read, and the state as it stood before the
+    /// timeline when read already (for many rooms at once).
+    Whole(Option<Vec<StateRef>>, Option<Vec<StateRef>>),
     /// The state changes in the gap before a limited timeline, from the
     /// last sync's position.
     Gap(u64),
@@ -422,7 +423,7 @@ async fn joined_state(
 ) -> Result<(Vec<String>, Value), MatrixError> {
     let user = device.user_id.as_str();
     let start = timeline.events.first().map(|e| e.offset).unwrap_or(to);
-    let whole = matches!(section, StateSection::Whole(_));
+    let whole = matches!(section, StateSection::Whole(..));
     let in_timeline: HashSet<&str> = timeline
         .events
         .iter()
@@ -430,7 +431,7 @@ async fn joined_state(
         .collect();
     let mut current_members: Option<Vec<(String, String, u64)>> = None;
     let refs: Vec<StateRef> = match section {
-        StateSection::Whole(current) => {
+        StateSection::Whole(current, before_timeline) => {
             let current = match current {
                 Some(current) => current,
                 None => service
@@ -449,10 +450,11 @@ async fn joined_state(
                 .iter()
                 .any(|r| r.offset >= start && in_timeline.contains(r.event_id.as_str()))
             {
-                let before: std::collections::HashMap<(String, String), StateRef> = service
-                    .storage
-                    .state_refs_at(room_id, start, None)
-                    .await?
+                let before_timeline = match before_timeline {
+                    Some(refs) => refs,
+                    None => service.storage.state_refs_at(room_id, start, None).await?,
+                };
+                let before: std::collections::HashMap<(String, String), StateRef> = before_timeline
                     .into_iter()
                     .map(|r| ((r.event_type.clone(), r.state_key.clone()), r))
                     .collect();
@@ -648,6 +650,54 @@ async fn build(
     } else {
         Default::default()
     };
+    // An initial sync chooses every joined room's timeline first, so that
+    // the state as it stood before each timeline (needed where a timeline
+    // holds state events, as a new room's does) is read for all rooms at
+    // once rather than one room at a time.
+    let mut prechosen: std::collections::HashMap<String, Chosen> = Default::default();
+    let mut before_timelines: std::collections::HashMap<String, Vec<StateRef>> = Default::default();
+    if since.is_none() {
+        let mut wanted: Vec<(String, u64)> = Vec::new();
+        for m in &memberships {
+            let to = current.offset(m.partition);
+            if m.membership != "join" || m.offset >= to || !filter.room_wanted(&m.room_id) {
+                continue;
+            }
+            let first_page = Some(pages.remove(&m.room_id).unwrap_or_default());
+            let timeline = choose(
+                service,
+                device,
+                &m.room_id,
+                (0, to),
+                filter,
+                &m.membership,
+                first_page,
+            )
+            .await?;
+            let start = timeline.events.first().map(|e| e.offset).unwrap_or(to);
+            let in_timeline: HashSet<&str> = timeline
+                .events
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect();
+            if state_refs.get(&m.room_id).is_some_and(|refs| {
+                refs.iter()
+                    .any(|r| r.offset >= start && in_timeline.contains(r.event_id.as_str()))
+            }) {
+                wanted.push((m.room_id.clone(), start));
+            }
+            prechosen.insert(m.room_id.clone(), timeline);
+        }
+        let wanted: Vec<(&str, u64)> = wanted
+            .iter()
+            .map(|(room_id, start)| (room_id.as_str(), *start))
+            .collect();
+        before_timelines = service.storage.state_refs_before(&wanted).await?;
+        // A room with nothing before its timeline has an empty state there.
+        for (room_id, _) in &wanted {
+            before_timelines.entry((*room_id).to_owned()).or_default();
+        }
+    }
     // Joined rooms built but for their timelines' rendering, which reads
     // the bundled aggregations of all of them at once.
     let mut pending: Vec<(String, JoinedRoom)> = Vec::new();
@@ -695,17 +745,23 @@ async fn build(
                 } else {
                     from
                 };
-                let first_page = prefetched.then(|| pages.remove(&room_id).unwrap_or_default());
-                let mut timeline = choose(
-                    service,
-                    device,
-                    &room_id,
-                    (window_start, to),
-                    filter,
-                    &membership,
-                    first_page,
-                )
-                .await?;
+                let mut timeline = match prechosen.remove(&room_id) {
+                    Some(timeline) => timeline,
+                    None => {
+                        let first_page =
+                            prefetched.then(|| pages.remove(&room_id).unwrap_or_default());
+                        choose(
+                            service,
+                            device,
+                            &room_id,
+                            (window_start, to),
+                            filter,
+                            &membership,
+                            first_page,
+                        )
+                        .await?
+                    }
+                };
                 // What happened before a newly joined room's timeline is
                 // new to the client too.
                 timeline.limited |= newly_joined;
@@ -719,7 +775,10 @@ async fn build(
                     continue;
                 }
                 let section = if initial {
-                    StateSection::Whole(state_refs.remove(&room_id))
+                    StateSection::Whole(
+                        state_refs.remove(&room_id),
+                        before_timelines.remove(&room_id),
+                    )
                 } else if timeline.limited {
                     StateSection::Gap(from)
                 } else {

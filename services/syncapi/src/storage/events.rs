@@ -888,6 +888,54 @@ impl Storage {
         rows.iter().map(state_ref).collect()
     }
 
+    /// [`state_refs_at`](Self::state_refs_at) without `since`, for many
+    /// rooms at once (an initial `/sync`): each room's state entries as they
+    /// stood just before its own position, ordered by when each became
+    /// current.
+    pub(crate) async fn state_refs_before(
+        &self,
+        rooms: &[(&str, u64)],
+    ) -> Result<std::collections::HashMap<String, Vec<StateRef>>, StorageError> {
+        let mut out: std::collections::HashMap<String, Vec<StateRef>> = Default::default();
+        for chunk in rooms.chunks(ROOMS_PER_STATEMENT) {
+            // A fixed number of (room, position) rows, a short chunk
+            // repeating its last, so the statement's text never changes.
+            let rows = (0..ROOMS_PER_STATEMENT)
+                .map(|i| format!("(${}, CAST(${} AS BIGINT))", 2 * i + 1, 2 * i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT DISTINCT h.room_id, h.event_type, h.state_key, h.event_id, h.membership,
+                        h.log_offset
+                 FROM (VALUES {rows}) AS w
+                 JOIN state_history h ON h.room_id = w.column1
+                 WHERE h.log_offset < w.column2 AND h.event_id IS NOT NULL
+                   AND h.log_offset = (
+                     SELECT MAX(l.log_offset) FROM state_history l
+                     WHERE l.room_id = h.room_id AND l.event_type = h.event_type
+                       AND l.state_key = h.state_key AND l.log_offset < w.column2)
+                 ORDER BY h.log_offset"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let last = chunk.last().copied().unwrap_or(("", 0));
+            for n in 0..ROOMS_PER_STATEMENT {
+                let (room_id, before) = chunk.get(n).copied().unwrap_or(last);
+                query = query.bind(room_id).bind(i64_of(before));
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let room_id: String = row.try_get(0)?;
+                out.entry(room_id).or_default().push(StateRef {
+                    event_type: row.try_get(1)?,
+                    state_key: row.try_get(2)?,
+                    event_id: row.try_get(3)?,
+                    membership: row.try_get(4)?,
+                    offset: row.try_get::<i64, _>(5)?.max(0) as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The membership events of `users` as they stood just before `before`.
     pub(crate) async fn member_refs_at(
         &self,

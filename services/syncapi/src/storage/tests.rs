@@ -453,6 +453,81 @@ on_both_engines!(
     "sync_storage"
 );
 
+/// The state before many rooms' timelines, read at once, is what reading
+/// each room alone gives: entries as they stood before each room's own
+/// position, ordered by when they became current; nothing for a room with
+/// nothing before, or one unknown.
+async fn state_before_many_rooms(storage: Storage) {
+    timeline(&storage).await;
+    let cases: Vec<(&str, u64)> = vec![
+        (ROOM_A, 10),
+        (ROOM_A, 12),
+        (ROOM_A, 14),
+        (ROOM_A, 100),
+        (ROOM_B, 6),
+        (ROOM_B, 100),
+        ("!unknown:example.org", 100),
+    ];
+    let refs = |refs: &[crate::storage::StateRef]| -> Vec<(String, String, String, u64)> {
+        refs.iter()
+            .map(|r| {
+                (
+                    r.event_type.clone(),
+                    r.state_key.clone(),
+                    r.event_id.clone(),
+                    r.offset,
+                )
+            })
+            .collect()
+    };
+    for (room_id, before) in &cases {
+        // One room per read, and then with a room of each kind beside it.
+        let alone = storage
+            .state_refs_at(room_id, *before, None)
+            .await
+            .expect("one room");
+        let other = if *room_id == ROOM_A { ROOM_B } else { ROOM_A };
+        let together = storage
+            .state_refs_before(&[(room_id, *before), (other, 100)])
+            .await
+            .expect("many rooms");
+        assert_eq!(
+            refs(together.get(*room_id).map_or(&[][..], Vec::as_slice)),
+            refs(&alone),
+            "{room_id} before {before}"
+        );
+    }
+    assert_eq!(
+        refs(&storage.state_refs_at(ROOM_A, 12, None).await.expect("refs")),
+        vec![
+            (
+                "m.room.create".into(),
+                String::new(),
+                "$create_a".into(),
+                10
+            ),
+            ("m.room.member".into(), ALICE.into(), "$join_a".into(), 11),
+        ]
+    );
+    // More rooms than one statement takes.
+    let many: Vec<String> = (0..450).map(|n| format!("!r{n}:example.org")).collect();
+    let mut wanted: Vec<(&str, u64)> = many.iter().map(|r| (r.as_str(), 100)).collect();
+    wanted.push((ROOM_B, 100));
+    let read = storage
+        .state_refs_before(&wanted)
+        .await
+        .expect("many rooms");
+    assert_eq!(read.len(), 1, "only the known room has state");
+    assert_eq!(read[ROOM_B].len(), 2);
+}
+
+on_both_engines!(
+    state_before_many_rooms,
+    sqlite_state_before_many_rooms,
+    postgres_state_before_many_rooms,
+    "sync_storage_state_before"
+);
+
 on_both_engines!(
     redelivery_changes_nothing,
     sqlite_redelivery_changes_nothing,
