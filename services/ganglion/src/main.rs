@@ -111,6 +111,11 @@ enum TokenAction {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long an exiting process waits for blocking work still running once
+/// everything else has stopped (the drain takes at most 2 s + 20 s of a
+/// 30 s grace period).
+const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> std::process::ExitCode {
     // No transparent huge pages: mimalloc asks for them on its segments,
     // and each first touch of one then zeroes 2 MiB. Joining a room of
@@ -131,7 +136,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Everything acknowledged is durable by now. Blocking work still
+    // running (a Kafka client leaving its group, a metadata request to a
+    // broker that is itself stopping) gets a few seconds rather than
+    // holding the exit past the orchestrator's grace period.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ganglion: {error:#}");
