@@ -141,6 +141,20 @@ fn state_ref(row: &sqlx::any::AnyRow) -> Result<StateRef, StorageError> {
     })
 }
 
+/// A row of (room ID, then the columns [`state_ref`] reads).
+fn room_state_ref(row: &sqlx::any::AnyRow) -> Result<(String, StateRef), StorageError> {
+    Ok((
+        row.try_get(0)?,
+        StateRef {
+            event_type: row.try_get(1)?,
+            state_key: row.try_get(2)?,
+            event_id: row.try_get(3)?,
+            membership: row.try_get(4)?,
+            offset: row.try_get::<i64, _>(5)?.max(0) as u64,
+        },
+    ))
+}
+
 /// A statement `{head} ($1, ..., $N) {tail}` with N = [`ROOMS_PER_STATEMENT`]
 /// placeholders whatever the batch's size (see [`padded`]), so its text
 /// never changes and the statement cache keeps it.
@@ -847,14 +861,8 @@ impl Storage {
                 query = query.bind(*room_id);
             }
             for row in query.fetch_all(&self.db.pool).await? {
-                let room_id: String = row.try_get(0)?;
-                out.entry(room_id).or_default().push(StateRef {
-                    event_type: row.try_get(1)?,
-                    state_key: row.try_get(2)?,
-                    event_id: row.try_get(3)?,
-                    membership: row.try_get(4)?,
-                    offset: row.try_get::<i64, _>(5)?.max(0) as u64,
-                });
+                let (room_id, state) = room_state_ref(&row)?;
+                out.entry(room_id).or_default().push(state);
             }
         }
         Ok(out)
@@ -923,14 +931,8 @@ impl Storage {
                 query = query.bind(room_id).bind(i64_of(before));
             }
             for row in query.fetch_all(&self.db.pool).await? {
-                let room_id: String = row.try_get(0)?;
-                out.entry(room_id).or_default().push(StateRef {
-                    event_type: row.try_get(1)?,
-                    state_key: row.try_get(2)?,
-                    event_id: row.try_get(3)?,
-                    membership: row.try_get(4)?,
-                    offset: row.try_get::<i64, _>(5)?.max(0) as u64,
-                });
+                let (room_id, state) = room_state_ref(&row)?;
+                out.entry(room_id).or_default().push(state);
             }
         }
         Ok(out)
