@@ -546,6 +546,34 @@ pub(crate) async fn presence_and_quiet_long_polls(base_url: &str) {
         "woke early: {waited:?} {body}"
     );
     assert_eq!(body["rooms"]["join"], json!({}));
+    // With nothing new, `full_state` still answers at once with the
+    // state of every joined room; a zero timeout answers at once too.
+    for (query, rooms) in [("timeout=10000&full_state=true", 1), ("timeout=0", 0)] {
+        let started = Instant::now();
+        let reply = bob
+            .call(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?since={since}&{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{query}");
+        let joined = reply.body["rooms"]["join"]
+            .as_object()
+            .map_or(0, |j| j.len());
+        assert_eq!(joined, rooms, "{query}: {}", reply.body);
+        if rooms == 1 {
+            let state = &reply.body["rooms"]["join"][&room_id]["state"]["events"];
+            assert!(
+                state
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|e| e["type"] == "m.room.create")),
+                "{}",
+                reply.body
+            );
+        }
+    }
     let reply = bob
         .call(Method::GET, "/_matrix/client/v3/sync?since=garbage", None)
         .await;

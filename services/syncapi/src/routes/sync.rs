@@ -98,6 +98,19 @@ pub(crate) async fn sync(
     loop {
         wake.borrow_and_update();
         let current = service.current_token();
+        // Nothing has been consumed past the client's token (the usual
+        // long-poll, right after the previous response): a response built
+        // now could hold nothing, so it is built only once there is news
+        // or the wait is over.
+        if let Some(since) = &since
+            && !query.full_state
+            && since.covers(&current)
+            && Instant::now() < deadline
+            && service.wait_for_news(&mut wake, deadline).await
+        {
+            continue;
+        }
+        let current = service.current_token();
         let (body, has_updates) = build(
             &service,
             &device,
