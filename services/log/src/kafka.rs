@@ -460,8 +460,10 @@ fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
             // CRC-32 of the key, empty key included: the same partition as
             // the embedded log picks (`crate::partition_for_key`).
             .set("partitioner", "consistent")
-            // Each hop of an event through the services waits for this.
-            .set("linger.ms", "1")
+            // No wait for more records: each hop of an event through the
+            // services would wait for it. Records that arrive while a
+            // request is in flight still go out together.
+            .set("linger.ms", "0")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string());
     })
     .create()

@@ -145,6 +145,13 @@ impl SyncToken {
             .unwrap_or(0)
     }
 
+    /// Whether any partition of `stream` is further on in `self` than in
+    /// `since`: nothing of the stream falls between the two otherwise.
+    pub(crate) fn moved_past(&self, since: &SyncToken, stream: Stream) -> bool {
+        (0..self.partitions as u32)
+            .any(|p| self.stream_offset(stream, p) > since.stream_offset(stream, p))
+    }
+
     /// The same token with one room partition's offset replaced.
     pub(crate) fn with(&self, partition: u32, offset: u64) -> SyncToken {
         self.with_stream(Stream::Room, partition, offset)

@@ -28,6 +28,9 @@ pub(crate) struct Storage {
     caches: Arc<state::Caches>,
     /// Events by NID (state events mostly: they are read again and again).
     events: Arc<Mutex<state::Bounded<i64, Arc<Pdu>>>>,
+    /// Room NIDs by room ID, as read from committed rows: a room keeps its
+    /// NID for good, so a writer needs no statement to find it.
+    room_nids: Arc<Mutex<state::Bounded<String, i64>>>,
 }
 
 impl Storage {
@@ -37,6 +40,7 @@ impl Storage {
             db,
             caches: Arc::new(state::Caches::new(names_cached)),
             events: Arc::new(Mutex::new(state::Bounded::new(200_000))),
+            room_nids: Arc::new(Mutex::new(state::Bounded::new(100_000))),
         }
     }
 }

@@ -123,13 +123,20 @@ impl Storage {
         .fetch_optional(&self.db.pool)
         .await?;
         Ok(match row {
-            Some(row) => Some(RoomRow {
-                room_nid: row.try_get(0)?,
-                room_version: row.try_get(1)?,
-                depth: row.try_get(2)?,
-                snapshot_nid: row.try_get(3)?,
-                head_version: row.try_get(4)?,
-            }),
+            Some(row) => {
+                let room = RoomRow {
+                    room_nid: row.try_get(0)?,
+                    room_version: row.try_get(1)?,
+                    depth: row.try_get(2)?,
+                    snapshot_nid: row.try_get(3)?,
+                    head_version: row.try_get(4)?,
+                };
+                self.room_nids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(room_id.to_owned(), room.room_nid);
+                Some(room)
+            }
             None => None,
         })
     }
@@ -414,7 +421,16 @@ impl Storage {
             .bind(version)
             .execute(&mut **tx)
             .await?;
+        } else if let Some(nid) = self
+            .room_nids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room_id)
+        {
+            return Ok(nid);
         }
+        // Not cached here: a room made earlier in this transaction may yet
+        // be rolled back with it.
         sqlx::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
             .bind(room_id)
             .fetch_optional(&mut **tx)

@@ -61,6 +61,13 @@ fn in_window(since: Option<&SyncToken>, current: &SyncToken, stream: Stream, at:
         && since.is_none_or(|s| at.offset >= s.stream_offset(stream, at.partition))
 }
 
+/// Whether `stream` may hold anything for the window: always on an
+/// initial sync; on an incremental one only if the stream moved since the
+/// token (each reader would otherwise read rows only to cut them all).
+fn moved(since: Option<&SyncToken>, current: &SyncToken, stream: Stream) -> bool {
+    since.is_none_or(|since| current.moved_past(since, stream))
+}
+
 /// The lowest offset of `stream` in `since` (rows read from it are then
 /// cut exactly by [`in_window`]).
 fn lowest(since: Option<&SyncToken>, stream: Stream) -> u64 {
@@ -77,8 +84,12 @@ pub(crate) async fn collect(
 ) -> Result<Streams, MatrixError> {
     let mut out = Streams::default();
     ephemeral(&mut out, service, &device.user_id, since, current, filter).await?;
-    account_data(&mut out, service, &device.user_id, since, current, filter).await?;
-    presence(&mut out, service, &device.user_id, since, current, filter).await?;
+    if moved(since, current, Stream::AccountData) {
+        account_data(&mut out, service, &device.user_id, since, current, filter).await?;
+    }
+    if moved(since, current, Stream::Presence) {
+        presence(&mut out, service, &device.user_id, since, current, filter).await?;
+    }
     let acked = since
         .map(|s| s.stream_offset(Stream::ToDevice, own_partition(service, &device.user_id)))
         .unwrap_or(0);
@@ -101,6 +112,9 @@ pub(crate) async fn ephemeral(
     current: &SyncToken,
     filter: &SyncFilter,
 ) -> Result<(), MatrixError> {
+    if !moved(since, current, Stream::Typing) {
+        return receipts(out, service, user_id, since, current, filter).await;
+    }
     for room in service
         .storage
         .typing_for(user_id, lowest(since, Stream::Typing), now_ms())
@@ -119,7 +133,22 @@ pub(crate) async fn ephemeral(
             }));
         }
     }
+    receipts(out, service, user_id, since, current, filter).await
+}
 
+/// Receipts in the user's rooms: those in the window, or every one on an
+/// initial sync.
+async fn receipts(
+    out: &mut Streams,
+    service: &SyncService,
+    user_id: &str,
+    since: Option<&SyncToken>,
+    current: &SyncToken,
+    filter: &SyncFilter,
+) -> Result<(), MatrixError> {
+    if !moved(since, current, Stream::Receipt) {
+        return Ok(());
+    }
     let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
     for receipt in service
         .storage
