@@ -315,6 +315,23 @@ pub(crate) async fn aliases_directory_redactions_reports_upgrades(base_url: &str
         .nth(1)
         .unwrap_or_default()
         .to_owned();
+    // Rooms created at once by one user with the same request are all
+    // made, each its own (version 12 names a room after its create event).
+    let at_once = futures::future::join_all(
+        (0..8).map(|_| post(&alice, "/_matrix/client/v3/createRoom", json!({}))),
+    )
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for reply in &at_once {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        ids.insert(
+            reply.body["room_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 8, "{at_once:?}");
     let room_id = alice
         .create_room(json!({"preset": "public_chat", "name": "Garden party", "topic": "roses"}))
         .await;

@@ -236,6 +236,25 @@ fn now() -> MilliSecondsSinceUnixEpoch {
     MilliSecondsSinceUnixEpoch::now()
 }
 
+/// A timestamp for a create event, later than every one this process gave
+/// before. Where the room ID is the create event's hash (room version 12),
+/// two rooms created by one user with the same content in the same
+/// millisecond (a client creating rooms at once, taken in one group) would
+/// otherwise get the same event, and the second would be refused as a room
+/// already in use.
+fn create_ts() -> MilliSecondsSinceUnixEpoch {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = u64::from(now().get());
+    let previous = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    let ts = now.max(previous + 1);
+    MilliSecondsSinceUnixEpoch(ruma::UInt::new(ts).unwrap_or(ruma::UInt::MAX))
+}
+
 fn parse_user(sender: &str) -> Result<OwnedUserId, EventError> {
     UserId::parse(sender).map_err(|e| EventError::Invalid(format!("sender: {e}")))
 }
@@ -365,7 +384,7 @@ pub(crate) fn build_create_event(
         "depth".into(),
         CanonicalJsonValue::Integer(ruma::Int::from(1_u8)),
     );
-    object.insert("origin_server_ts".into(), ts_value(now()));
+    object.insert("origin_server_ts".into(), ts_value(create_ts()));
     object.insert("prev_events".into(), CanonicalJsonValue::Array(vec![]));
     object.insert("auth_events".into(), CanonicalJsonValue::Array(vec![]));
     if rules.event_format.require_room_create_room_id {
@@ -726,6 +745,16 @@ mod tests {
     use crate::tests::{ALICE, Dag};
 
     const BOB: &str = "@bob:example.org";
+
+    #[test]
+    fn rooms_created_at_once_by_one_user_get_different_ids() {
+        // Version 12 names the room after its create event: the same
+        // creator and content in the same millisecond must still differ.
+        let ids: std::collections::HashSet<String> = (0..50)
+            .map(|_| Dag::empty("12", "!r:example.org").0.room_id)
+            .collect();
+        assert_eq!(ids.len(), 50);
+    }
 
     #[test]
     fn creator_joins_and_others_cannot_speak_uninvited() {

@@ -142,14 +142,19 @@ pub(crate) async fn between(
     let mut candidates = candidates(user_id, &rooms, &changes, |partition, offset| {
         in_window(Stream::Room, At { partition, offset })
     });
-    let key_changed: Vec<String> = service
-        .storage
-        .key_changes_for(user_id, since.lowest(Stream::KeyChanges))
-        .await?
-        .into_iter()
-        .filter(|(_, at)| in_window(Stream::KeyChanges, *at))
-        .map(|(user, _)| user)
-        .collect();
+    // Only a stream that moved past the token can hold changes for it.
+    let key_changed: Vec<String> = if current.moved_past(since, Stream::KeyChanges) {
+        service
+            .storage
+            .key_changes_for(user_id, since.lowest(Stream::KeyChanges))
+            .await?
+            .into_iter()
+            .filter(|(_, at)| in_window(Stream::KeyChanges, *at))
+            .map(|(user, _)| user)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for room_id in std::mem::take(&mut candidates.rooms_joined) {
         candidates
             .maybe_changed
