@@ -202,7 +202,7 @@ pub async fn start(
     // A view: its positions commit with its data, so a power cut that
     // loses its last commits makes it read those records again.
     let db = Database::open_without_flush(config, "syncapi", storage::MIGRATIONS).await?;
-    let storage = Storage { db: db.clone() };
+    let storage = Storage::new(db.clone());
     let topics = Topics::new(&config.log.topic_prefix);
     for stream in Stream::ALL {
         log.ensure_topic(stream.topic(&topics), config.log.partitions)

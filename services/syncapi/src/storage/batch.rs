@@ -5,7 +5,8 @@
 //! and commits. A consumer that is behind applies hundreds of records per
 //! commit; reads made through the batch see what its earlier records
 //! wrote, and what it remembers of a room (history visibility, joined
-//! members) is forgotten when a record changes that state.
+//! members) is forgotten when a record changes that state. What it knows
+//! at a successful commit is kept for the next batch ([`RoomCache`]).
 
 use std::collections::HashMap;
 
@@ -15,8 +16,27 @@ use super::events::{BUMP_TYPES, Bound, insert_rows};
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
 
+/// Per room, what batches know of its current state, as committed: its
+/// history visibility and its joined members. The `roomserver.output`
+/// consumer is the only writer of current state, so what a committed batch
+/// knew stays true until a later batch changes it; a batch that fails
+/// leaves this as it was.
+#[derive(Default)]
+pub(crate) struct RoomCache {
+    visibility: ganglion_base::bounded::Bounded<String, String>,
+    members: ganglion_base::bounded::Bounded<String, (Vec<String>, usize)>,
+}
+
 pub(crate) struct Batch {
     pub(super) tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The committed knowledge this batch started from and updates when it
+    /// commits.
+    shared: std::sync::Arc<std::sync::Mutex<RoomCache>>,
+    /// Rooms whose history visibility, and rooms whose joined members,
+    /// this batch changed: what was known of them before is forgotten at
+    /// commit.
+    pub(super) changed_visibility: std::collections::HashSet<String>,
+    pub(super) changed_members: std::collections::HashSet<String>,
     pub(super) engine: Engine,
     /// The last offset consumed per stream and partition.
     consumed: HashMap<(Stream, u32), u64>,
@@ -97,6 +117,9 @@ impl Storage {
     pub(crate) async fn batch(&self) -> Result<Batch, StorageError> {
         Ok(Batch {
             tx: self.db.pool.begin().await?,
+            shared: self.rooms.clone(),
+            changed_visibility: Default::default(),
+            changed_members: Default::default(),
             engine: self.db.engine,
             consumed: HashMap::new(),
             visibility: HashMap::new(),
@@ -108,6 +131,34 @@ impl Storage {
 }
 
 impl Batch {
+    fn shared(&self) -> std::sync::MutexGuard<'_, RoomCache> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room's history visibility as a committed batch knew it, unless
+    /// this batch changed it.
+    pub(super) fn known_visibility(&self, room_id: &str) -> Option<String> {
+        if self.changed_visibility.contains(room_id) {
+            return None;
+        }
+        self.shared().visibility.get(room_id)
+    }
+
+    /// The room's joined members as a committed batch knew them, unless
+    /// this batch changed them.
+    pub(super) fn known_members(&self, room_id: &str) -> Option<(Vec<String>, usize)> {
+        if self.changed_members.contains(room_id) {
+            return None;
+        }
+        self.shared().members.get(room_id)
+    }
+
+    /// Notes that the batch changed the room's members.
+    pub(super) fn members_changed(&mut self, room_id: &str) {
+        self.members.remove(room_id);
+        self.changed_members.insert(room_id.to_owned());
+    }
+
     /// Notes that the record at `offset` is part of this batch.
     pub(crate) fn consumed(&mut self, stream: Stream, partition: u32, offset: u64) {
         let last = self.consumed.entry((stream, partition)).or_insert(offset);
@@ -155,6 +206,19 @@ impl Batch {
             Storage::store_position(&mut self.tx, *stream, *partition, *offset).await?;
         }
         self.tx.commit().await?;
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for room_id in &self.changed_visibility {
+            shared.visibility.remove(room_id);
+        }
+        for room_id in &self.changed_members {
+            shared.members.remove(room_id);
+        }
+        for (room_id, visibility) in self.visibility.drain() {
+            shared.visibility.insert(room_id, visibility);
+        }
+        for (room_id, members) in self.members.drain() {
+            shared.members.insert(room_id, members);
+        }
         Ok(())
     }
 }

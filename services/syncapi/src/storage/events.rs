@@ -214,9 +214,12 @@ impl Batch {
         let history_visibility = match self.visibility.get(event.room_id) {
             Some(visibility) => visibility.clone(),
             None => {
-                let visibility = Storage::history_visibility_in(&mut self.tx, event.room_id)
-                    .await?
-                    .unwrap_or_else(|| "shared".to_owned());
+                let visibility = match self.known_visibility(event.room_id) {
+                    Some(known) => known,
+                    None => Storage::history_visibility_in(&mut self.tx, event.room_id)
+                        .await?
+                        .unwrap_or_else(|| "shared".to_owned()),
+                };
                 self.visibility
                     .insert(event.room_id.to_owned(), visibility.clone());
                 visibility
@@ -290,11 +293,14 @@ impl Batch {
                     .chain(&event.state_added)
                     .any(|(event_type, _, _, _)| event_type == wanted)
             };
+            // (The fields, not `members_changed`: `tx` borrows the batch.)
             if changes("m.room.history_visibility") {
                 self.visibility.remove(event.room_id);
+                self.changed_visibility.insert(event.room_id.to_owned());
             }
             if changes("m.room.member") {
                 self.members.remove(event.room_id);
+                self.changed_members.insert(event.room_id.to_owned());
             }
             for (event_type, state_key, event_id, _) in &event.state_removed {
                 // A removal that no addition replaces is recorded as such.
@@ -486,7 +492,7 @@ impl Batch {
         (membership, invite_state_json): (&str, Option<&str>),
     ) -> Result<(), StorageError> {
         self.flush().await?;
-        self.members.remove(room_id);
+        self.members_changed(room_id);
         let tx = &mut *self.tx;
         sqlx::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
@@ -626,6 +632,10 @@ impl Batch {
     ) -> Result<(Vec<String>, usize), StorageError> {
         if let Some(members) = self.members.get(room_id) {
             return Ok(members.clone());
+        }
+        if let Some(members) = self.known_members(room_id) {
+            self.members.insert(room_id.to_owned(), members.clone());
+            return Ok(members);
         }
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT state_key FROM current_state

@@ -29,6 +29,18 @@ use ganglion_base::Database;
 #[derive(Clone)]
 pub(crate) struct Storage {
     pub(crate) db: Database,
+    /// What committed batches left known of rooms' state, for the next
+    /// batch to start from (see [`batch::RoomCache`]).
+    rooms: std::sync::Arc<std::sync::Mutex<batch::RoomCache>>,
+}
+
+impl Storage {
+    pub(crate) fn new(db: Database) -> Storage {
+        Storage {
+            db,
+            rooms: Default::default(),
+        }
+    }
 }
 
 /// A storage failure.

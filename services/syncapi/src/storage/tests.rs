@@ -64,7 +64,7 @@ macro_rules! on_both_engines {
 
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     let (db, dir) = ganglion_base::testing::open_scratch("syncapi", MIGRATIONS, database_url).await;
-    (Storage { db }, dir)
+    (Storage::new(db), dir)
 }
 
 fn entry(event_type: &str, state_key: &str, event_id: &str) -> (String, String, String, String) {
@@ -883,6 +883,66 @@ async fn one_batch_of_many_records(storage: Storage) {
     drop(batch);
     assert!(storage.event("$lost").await.expect("event").is_none());
     assert_eq!(sorted_positions(&storage).await, vec![(0, 6)]);
+
+    // A batch starts from what committed batches knew of a room, and
+    // never from what a dropped one learned.
+    let members = |members: &[&str]| {
+        (
+            members.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            members.len(),
+        )
+    };
+    let leave = member(0, 6, ROOM_A, "$leave", "leave", Some("$join"));
+    let mut batch = storage.batch().await.expect("batch");
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        members(&[ALICE])
+    );
+    batch.apply_event(&leave).await.expect("leave");
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        members(&[]),
+        "the batch sees its own leave"
+    );
+    drop(batch);
+    let mut batch = storage.batch().await.expect("batch");
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        members(&[ALICE]),
+        "a dropped batch's leave is forgotten"
+    );
+    batch.apply_event(&leave).await.expect("leave");
+    batch.consumed(Stream::Room, 0, 6);
+    batch.commit().await.expect("commit");
+    let mut batch = storage.batch().await.expect("batch");
+    assert_eq!(
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members"),
+        members(&[]),
+        "the next batch sees a committed leave"
+    );
+    batch
+        .apply_event(&event(0, 7, ROOM_A, "$later", "m.room.message", None, "{}"))
+        .await
+        .expect("message");
+    batch.consumed(Stream::Room, 0, 7);
+    batch.commit().await.expect("commit");
+    assert_eq!(
+        visibility("$later").await,
+        "joined",
+        "the visibility a committed batch changed holds for later batches"
+    );
 }
 
 on_both_engines!(
