@@ -205,14 +205,21 @@ impl Batch {
         for ((stream, partition), offset) in &self.consumed {
             Storage::store_position(&mut self.tx, *stream, *partition, *offset).await?;
         }
+        // What the batch changed is forgotten before the commit: a commit
+        // that reports a failure may still have happened (a connection
+        // lost after COMMIT was sent), and the records taken again would
+        // then change nothing, so nothing would correct it later.
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            for room_id in &self.changed_visibility {
+                shared.visibility.remove(room_id);
+            }
+            for room_id in &self.changed_members {
+                shared.members.remove(room_id);
+            }
+        }
         self.tx.commit().await?;
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for room_id in &self.changed_visibility {
-            shared.visibility.remove(room_id);
-        }
-        for room_id in &self.changed_members {
-            shared.members.remove(room_id);
-        }
         for (room_id, visibility) in self.visibility.drain() {
             shared.visibility.insert(room_id, visibility);
         }
