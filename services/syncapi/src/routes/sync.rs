@@ -97,7 +97,7 @@ pub(crate) async fn sync(
     }
     loop {
         wake.borrow_and_update();
-        let current = service.current_token();
+        let mut current = service.current_token();
         // Nothing has been consumed past the client's token (the usual
         // long-poll, right after the previous response): a response built
         // now could hold nothing, so it is built only once there is news
@@ -106,11 +106,12 @@ pub(crate) async fn sync(
             && !query.full_state
             && since.covers(&current)
             && Instant::now() < deadline
-            && service.wait_for_news(&mut wake, deadline).await
         {
-            continue;
+            if service.wait_for_news(&mut wake, deadline).await {
+                continue;
+            }
+            current = service.current_token();
         }
-        let current = service.current_token();
         let (body, has_updates) = build(
             &service,
             &device,

@@ -112,40 +112,26 @@ pub(crate) async fn ephemeral(
     current: &SyncToken,
     filter: &SyncFilter,
 ) -> Result<(), MatrixError> {
-    if !moved(since, current, Stream::Typing) {
-        return receipts(out, service, user_id, since, current, filter).await;
-    }
-    for room in service
-        .storage
-        .typing_for(user_id, lowest(since, Stream::Typing), now_ms())
-        .await?
-    {
-        let wanted = if since.is_some() {
-            in_window(since, current, Stream::Typing, room.changed)
-        } else {
-            // An initial sync shows who types now.
-            !room.users.is_empty()
-        };
-        if wanted && filter.ephemeral_matches(&room.room_id, "m.typing") {
-            out.ephemeral.entry(room.room_id).or_default().push(json!({
-                "type": "m.typing",
-                "content": { "user_ids": room.users },
-            }));
+    if moved(since, current, Stream::Typing) {
+        for room in service
+            .storage
+            .typing_for(user_id, lowest(since, Stream::Typing), now_ms())
+            .await?
+        {
+            let wanted = if since.is_some() {
+                in_window(since, current, Stream::Typing, room.changed)
+            } else {
+                // An initial sync shows who types now.
+                !room.users.is_empty()
+            };
+            if wanted && filter.ephemeral_matches(&room.room_id, "m.typing") {
+                out.ephemeral.entry(room.room_id).or_default().push(json!({
+                    "type": "m.typing",
+                    "content": { "user_ids": room.users },
+                }));
+            }
         }
     }
-    receipts(out, service, user_id, since, current, filter).await
-}
-
-/// Receipts in the user's rooms: those in the window, or every one on an
-/// initial sync.
-async fn receipts(
-    out: &mut Streams,
-    service: &SyncService,
-    user_id: &str,
-    since: Option<&SyncToken>,
-    current: &SyncToken,
-    filter: &SyncFilter,
-) -> Result<(), MatrixError> {
     if !moved(since, current, Stream::Receipt) {
         return Ok(());
     }

@@ -1,7 +1,7 @@
 //! The syncapi's tables against both database engines: one body per
 //! behaviour, run once on SQLite and once on a scratch PostgreSQL database.
 
-use super::{EventRow, HistoryEvent, MIGRATIONS, NewEvent, Storage, StorageError};
+use super::{Batch, EventRow, HistoryEvent, MIGRATIONS, NewEvent, Storage, StorageError};
 use crate::sync_token::Stream;
 
 /// Each record's changes in a batch of its own, as the consumer applies
@@ -892,31 +892,25 @@ async fn one_batch_of_many_records(storage: Storage) {
             members.len(),
         )
     };
+    async fn members_of(batch: &mut Batch) -> (Vec<String>, usize) {
+        batch
+            .local_members(ROOM_A, "example.org")
+            .await
+            .expect("members")
+    }
     let leave = member(0, 6, ROOM_A, "$leave", "leave", Some("$join"));
     let mut batch = storage.batch().await.expect("batch");
-    assert_eq!(
-        batch
-            .local_members(ROOM_A, "example.org")
-            .await
-            .expect("members"),
-        members(&[ALICE])
-    );
+    assert_eq!(members_of(&mut batch).await, members(&[ALICE]));
     batch.apply_event(&leave).await.expect("leave");
     assert_eq!(
-        batch
-            .local_members(ROOM_A, "example.org")
-            .await
-            .expect("members"),
+        members_of(&mut batch).await,
         members(&[]),
         "the batch sees its own leave"
     );
     drop(batch);
     let mut batch = storage.batch().await.expect("batch");
     assert_eq!(
-        batch
-            .local_members(ROOM_A, "example.org")
-            .await
-            .expect("members"),
+        members_of(&mut batch).await,
         members(&[ALICE]),
         "a dropped batch's leave is forgotten"
     );
@@ -925,10 +919,7 @@ async fn one_batch_of_many_records(storage: Storage) {
     batch.commit().await.expect("commit");
     let mut batch = storage.batch().await.expect("batch");
     assert_eq!(
-        batch
-            .local_members(ROOM_A, "example.org")
-            .await
-            .expect("members"),
+        members_of(&mut batch).await,
         members(&[]),
         "the next batch sees a committed leave"
     );
