@@ -55,12 +55,18 @@ impl Synapse {
     /// Configures a Synapse in `dir` (config, keys, SQLite database, logs)
     /// and starts it; returns once its client API answers.
     pub async fn start(dir: &Path) -> Synapse {
+        Synapse::start_with(dir, json!({})).await
+    }
+
+    /// [`Synapse::start`] with `overrides`' top-level keys replacing those
+    /// of the configuration (for example `{"federation": {...}}`).
+    pub async fn start_with(dir: &Path, overrides: Value) -> Synapse {
         let python = python();
         let port = free_port();
         let server_name = format!("localhost:{port}");
         let base_url = format!("https://localhost:{port}");
         std::fs::create_dir_all(dir).expect("synapse dir");
-        let config = write_config(dir, port, &server_name);
+        let config = write_config(dir, port, &server_name, overrides);
 
         let stdout = std::fs::File::create(dir.join("stdout.log")).expect("stdout log");
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
@@ -142,6 +148,22 @@ impl Synapse {
         out
     }
 
+    /// Waits (up to `within`) until Synapse's log has a line containing
+    /// `needle`; false if it never came.
+    pub async fn until_logged(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default();
+            if text.contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts it again (after [`Synapse::stop`]) on the same name, port,
     /// keys and database; returns once its client API answers.
     pub async fn restart(&mut self) {
@@ -219,7 +241,7 @@ fn path_string(path: &Path) -> String {
 /// Writes the certificate, signing key, log config and homeserver config
 /// into `dir`; returns the homeserver config's path. The configs are JSON,
 /// which YAML reads as it is.
-fn write_config(dir: &Path, port: u16, server_name: &str) -> PathBuf {
+fn write_config(dir: &Path, port: u16, server_name: &str, overrides: Value) -> PathBuf {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("self-signed certificate");
     let cert_path = dir.join("tls.crt");
@@ -302,6 +324,12 @@ fn write_config(dir: &Path, port: u16, server_name: &str) -> PathBuf {
         "allow_public_rooms_over_federation": true,
         // Without rules Synapse refuses every room directory publication.
         "room_list_publication_rules": [{"action": "allow"}],
+        // A transaction that could not be delivered (its destination was
+        // down) is tried again within a second or so, not after 4, 16 and
+        // then 60 seconds: a test restarting a server waits for seconds,
+        // not minutes. After ten tries the destination is marked down and
+        // caught up with once it is heard from again.
+        "federation": {"max_long_retry_delay": "1s"},
     });
     let rate_limits = json!({
         "rc_message": high,
@@ -333,6 +361,9 @@ fn write_config(dir: &Path, port: u16, server_name: &str) -> PathBuf {
     });
     if let (Some(config), Value::Object(rate_limits)) = (config.as_object_mut(), rate_limits) {
         config.extend(rate_limits);
+    }
+    if let (Some(config), Value::Object(overrides)) = (config.as_object_mut(), overrides) {
+        config.extend(overrides);
     }
     let config_path = dir.join("homeserver.yaml");
     write_json(&config_path, &config);

@@ -19,11 +19,19 @@ pub(crate) async fn federating_monolith(dir: &std::path::Path) -> (Monolith, Str
 /// A real Synapse and one of our monoliths, federating over loopback:
 /// (Synapse, ours, our server name, the folders they keep their data in).
 pub(crate) async fn with_synapse() -> (Synapse, Monolith, String, [tempfile::TempDir; 2]) {
+    with_synapse_configured(json!({})).await
+}
+
+/// [`with_synapse`] with Synapse's configuration changed by `overrides`
+/// (see [`Synapse::start_with`]).
+pub(crate) async fn with_synapse_configured(
+    overrides: Value,
+) -> (Synapse, Monolith, String, [tempfile::TempDir; 2]) {
     let dirs = [
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     ];
-    let synapse = Synapse::start(dirs[0].path()).await;
+    let synapse = Synapse::start_with(dirs[0].path(), overrides).await;
     let (ours, our_name) = federating_monolith(dirs[1].path()).await;
     (synapse, ours, our_name, dirs)
 }

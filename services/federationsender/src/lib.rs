@@ -142,11 +142,11 @@ pub async fn start(
         log.clone(),
         &group,
         &[topics.roomserver_output.as_str()],
-        Arc::new(consumers::roomserver_output::OutputConsumer {
-            storage: storage.clone(),
-            queues: Some(queues.clone()),
-            server_name: config.server_name.clone(),
-        }),
+        Arc::new(consumers::roomserver_output::OutputConsumer::new(
+            storage.clone(),
+            Some(queues.clone()),
+            config.server_name.clone(),
+        )),
         shutdown.clone(),
     )
     .await?;
@@ -229,11 +229,11 @@ async fn catch_up(
     consumers::roomserver_output::replay(
         log.clone(),
         topic,
-        consumers::roomserver_output::OutputConsumer {
-            storage: storage.clone(),
-            queues: None,
-            server_name: config.server_name.clone(),
-        },
+        consumers::roomserver_output::OutputConsumer::new(
+            storage.clone(),
+            None,
+            config.server_name.clone(),
+        ),
         &from,
         &to,
         &done,
@@ -316,11 +316,11 @@ pub async fn rebuild(config: &Config, log: Arc<dyn Log>) -> Result<Rebuild, Star
         .map(|next| next.unwrap_or(0))
         .collect();
     let (done, watching) = watch::channel(from.clone());
-    let applying = consumers::roomserver_output::OutputConsumer {
-        storage: storage.clone(),
-        queues: None,
-        server_name: config.server_name.clone(),
-    };
+    let applying = consumers::roomserver_output::OutputConsumer::new(
+        storage.clone(),
+        None,
+        config.server_name.clone(),
+    );
     let to = targets.clone();
     let task = tokio::spawn(async move {
         consumers::roomserver_output::replay(log, &topic, applying, &from, &to, &done).await?;

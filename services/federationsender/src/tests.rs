@@ -605,11 +605,11 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
         log.clone(),
         &group,
         &[topic.as_str()],
-        Arc::new(OutputConsumer {
-            storage: live.clone(),
-            queues: None,
-            server_name: "ours.example".into(),
-        }),
+        Arc::new(OutputConsumer::new(
+            live.clone(),
+            None,
+            "ours.example".into(),
+        )),
         shutdown,
     )
     .await
@@ -679,4 +679,111 @@ async fn a_rebuilt_view_equals_the_live_one_and_catches_up_when_switched_to() {
             "partition {partition}"
         );
     }
+}
+
+/// Whether events that change no membership would queue anything: only a
+/// local event of a room where another server is joined does.
+#[tokio::test]
+async fn only_local_events_of_rooms_with_other_servers_queue() {
+    let (storage, _dir) = scratch(None).await;
+    let own = "ours.example";
+    storage
+        .apply_event(
+            Some((0, 0)),
+            "!mixed",
+            &[join("@a:ours.example"), join("@b:them.example")],
+            None,
+            None,
+            own,
+        )
+        .await
+        .expect("apply");
+    storage
+        .apply_event(
+            Some((0, 1)),
+            "!ours",
+            &[join("@a:ours.example")],
+            None,
+            None,
+            own,
+        )
+        .await
+        .expect("apply");
+    let event = |room: &str, local: bool| crate::storage::OutputEvent {
+        at: Some((0, 9)),
+        room_id: room.to_owned(),
+        changes: Vec::new(),
+        pdu: local.then(|| ("$e".to_owned(), "{}".to_owned())),
+        also: None,
+    };
+    let nothing = |events: Vec<crate::storage::OutputEvent>| {
+        let storage = storage.clone();
+        async move { storage.queues_nothing(&events, own).await.expect("read") }
+    };
+    assert!(nothing(vec![event("!ours", true), event("!unknown", true)]).await);
+    assert!(
+        nothing(vec![event("!mixed", false)]).await,
+        "theirs to send"
+    );
+    assert!(!nothing(vec![event("!ours", true), event("!mixed", true)]).await);
+}
+
+/// Records that change nothing here take no transaction; their positions
+/// are stored once a partition has taken a thousand of them, so a restart
+/// takes at most that many again (to no effect).
+#[tokio::test]
+async fn records_without_effect_store_their_position_now_and_then() {
+    use crate::consumers::roomserver_output::OutputConsumer;
+    use ganglion_api::consume::RecordHandler;
+    use ganglion_api::proto::topics as topic_pb;
+
+    let (storage, _dir) = scratch(None).await;
+    let consumer = OutputConsumer::new(storage.clone(), None, "ours.example".into());
+    let message = |offset: u64| {
+        let output = topic_pb::RoomserverOutput {
+            version: 1,
+            kind: Some(topic_pb::roomserver_output::Kind::NewRoomEvent(
+                topic_pb::NewRoomEvent {
+                    event_json: serde_json::json!({
+                        "room_id": "!r:ours.example",
+                        "sender": "@a:ours.example",
+                        "type": "m.room.message",
+                        "content": {"body": "hi"},
+                    })
+                    .to_string()
+                    .into_bytes(),
+                    event_id: format!("$m{offset}"),
+                    ..Default::default()
+                },
+            )),
+        };
+        ganglion_log::Record {
+            topic: "roomserver.output".into(),
+            partition: 0,
+            offset,
+            key: Vec::new(),
+            headers: Vec::new(),
+            payload: ganglion_api::topics::encode(&output),
+            timestamp_ms: 0,
+        }
+    };
+    let records: Vec<_> = (0..2_500).map(message).collect();
+    for batch in records[..999].chunks(100) {
+        consumer.handle_batch(batch).await.expect("handled");
+    }
+    assert!(
+        storage
+            .output_positions()
+            .await
+            .expect("positions")
+            .is_empty()
+    );
+    for batch in records[999..].chunks(100) {
+        consumer.handle_batch(batch).await.expect("handled");
+    }
+    // Stored after the thousandth record and the two thousandth.
+    assert_eq!(
+        storage.output_positions().await.expect("positions"),
+        [(0, 2_000)]
+    );
 }

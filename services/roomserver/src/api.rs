@@ -493,7 +493,7 @@ impl RoomserverApi for RoomserverService {
             .await?
             .ok_or_else(|| ApiError::NotFound("unknown room".into()))?;
         Ok(pb::QueryForwardExtremitiesResponse {
-            event_ids: self.storage.forward_extremities(room.room_nid).await?,
+            event_ids: self.storage.forward_extremities(&room).await?,
             depth: room.depth,
         })
     }
@@ -588,7 +588,7 @@ impl RoomserverApi for RoomserverService {
         } else {
             self.storage.load_state(room.snapshot_nid).await?.0
         };
-        let extremity_ids = self.storage.forward_extremities(room.room_nid).await?;
+        let extremity_ids = self.storage.forward_extremities(&room).await?;
         let ids: Vec<&str> = extremity_ids.iter().map(String::as_str).collect();
         let extremities: Vec<_> = self
             .storage

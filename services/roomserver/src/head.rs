@@ -85,7 +85,7 @@ impl RoomserverService {
             let (state, nids) = self.storage.load_state(room.snapshot_nid).await?;
             (state, Some(nids))
         };
-        let ids = self.storage.forward_extremities(room.room_nid).await?;
+        let ids = self.storage.forward_extremities(room).await?;
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let stored = self.storage.events_by_id(&refs).await?;
         let mut extremities: Vec<Arc<Pdu>> = stored.into_values().map(|s| s.pdu).collect();

@@ -563,7 +563,7 @@ impl RoomserverService {
                 .await?;
             nids.set(kind, key, event_nid);
             let after = writer.snapshot(nids).await?;
-            writer.set_state_after(event_nid, after).await?;
+            writer.set_state_after(event_nid, after);
             let state_key = (
                 pdu.kind.to_string(),
                 pdu.state_key.clone().unwrap_or_default(),

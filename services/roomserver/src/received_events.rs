@@ -556,7 +556,7 @@ impl RoomserverService {
         if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {
             nids_after.set(kind, key, event_nid);
             let after = writer.snapshot(&mut nids_after).await?;
-            writer.set_state_after(event_nid, after).await?;
+            writer.set_state_after(event_nid, after);
             if let Some(stored) = batch.written.get_mut(&pdu.event_id) {
                 stored.state_after = Some(after);
             }

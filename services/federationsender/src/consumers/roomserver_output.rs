@@ -31,11 +31,28 @@ pub(crate) struct OutputConsumer {
     /// `None` when replaying: the joined hosts only, nothing queued.
     pub(crate) queues: Option<Arc<Queues>>,
     pub(crate) server_name: String,
+    /// Per partition, the records taken without effect since its position
+    /// was last stored, and the offset after the last of them.
+    pub(crate) unstored: std::sync::Mutex<std::collections::HashMap<u32, (u64, u64)>>,
 }
+
+/// How many records without effect a partition takes before its position
+/// is stored anyway: what a restart applies again (to no effect) stays
+/// this short.
+const UNSTORED_RECORDS: u64 = 1_000;
 
 impl OutputConsumer {
     /// What a record asks of the joined hosts and queues; `None` for a
     /// record that asks nothing (not a new event, historical, an outlier).
+    pub(crate) fn new(storage: Storage, queues: Option<Arc<Queues>>, server_name: String) -> Self {
+        OutputConsumer {
+            storage,
+            queues,
+            server_name,
+            unstored: Default::default(),
+        }
+    }
+
     fn read(&self, record: &Record) -> Result<Option<OutputEvent>, HandleError> {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
@@ -110,6 +127,23 @@ impl RecordHandler for OutputConsumer {
         if events.is_empty() {
             return Ok(());
         }
+        // Events that change no membership and that nothing is queued for
+        // (a room of our users only, or events of other servers) change
+        // nothing here: no transaction, no lock, and their positions are
+        // stored only now and then. Taken again after a restart they
+        // change nothing again, as the joined hosts they read are those
+        // the records before them left.
+        if events
+            .iter()
+            .all(|e| e.changes.is_empty() && e.also.is_none())
+            && self
+                .storage
+                .queues_nothing(&events, &self.server_name)
+                .await
+                .map_err(HandleError::storage)?
+        {
+            return self.taken_without_effect(records).await;
+        }
         let applied = self
             .storage
             .apply_events(&events, &self.server_name)
@@ -125,6 +159,34 @@ impl RecordHandler for OutputConsumer {
             .with_label_values::<&str>(&[])
             .inc_by(applied.queued);
         queues.announce(&applied.destinations).await;
+        Ok(())
+    }
+}
+
+impl OutputConsumer {
+    /// Counts records taken without effect, storing a partition's position
+    /// once it has taken [`UNSTORED_RECORDS`] of them.
+    async fn taken_without_effect(&self, records: &[Record]) -> Result<(), HandleError> {
+        let due: Vec<(u32, u64)> = {
+            let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            for record in records {
+                let (count, next) = unstored.entry(record.partition).or_insert((0, 0));
+                *count += 1;
+                *next = (*next).max(record.offset + 1);
+                if *count >= UNSTORED_RECORDS {
+                    due.push((record.partition, *next));
+                    *count = 0;
+                }
+            }
+            due
+        };
+        for (partition, next) in due {
+            self.storage
+                .store_position(partition, next)
+                .await
+                .map_err(HandleError::storage)?;
+        }
         Ok(())
     }
 }

@@ -284,6 +284,48 @@ impl Storage {
         Ok(moved > 0)
     }
 
+    /// Whether applying `events` (none changing membership) would queue
+    /// nothing: none is a local event of a room with another server in it.
+    /// Read outside any transaction, from what is committed.
+    pub(crate) async fn queues_nothing(
+        &self,
+        events: &[OutputEvent],
+        own: &str,
+    ) -> Result<bool, StorageError> {
+        let mut rooms: Vec<&str> = events
+            .iter()
+            .filter(|e| e.pdu.is_some())
+            .map(|e| e.room_id.as_str())
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room_id in rooms {
+            let other: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM joined_hosts WHERE room_id = $1 AND server_name <> $2 LIMIT 1",
+            )
+            .bind(room_id)
+            .bind(own)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if other.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Moves a partition's stored position forward to `next`, alone.
+    pub(crate) async fn store_position(
+        &self,
+        partition: u32,
+        next: u64,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        Self::advance_position(&mut tx, partition, next).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Each partition's stored position: the offset of the next record to
     /// apply, by partition (absent where no record was applied).
     pub(crate) async fn output_positions(&self) -> Result<Vec<(u32, u64)>, StorageError> {

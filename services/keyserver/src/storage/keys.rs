@@ -271,29 +271,30 @@ impl Storage {
         user_id: &str,
         device_id: &str,
     ) -> Result<(BTreeMap<String, u64>, Vec<String>), StorageError> {
-        let counts: Vec<(String, i64)> = sqlx::query_as(
+        // One statement for both (asked on every `/sync`): one-time key
+        // counts, then unused fallback keys marked with a count of -1.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT algorithm, COUNT(*) FROM one_time_keys
-             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+             UNION ALL
+             SELECT algorithm, -1 FROM fallback_keys
+             WHERE user_id = $1 AND device_id = $2 AND used = 0",
         )
         .bind(user_id)
         .bind(device_id)
         .fetch_all(&self.db.pool)
         .await?;
-        let unused: Vec<String> = sqlx::query_scalar(
-            "SELECT algorithm FROM fallback_keys
-             WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok((
-            counts
-                .into_iter()
-                .map(|(algorithm, n)| (algorithm, n.max(0) as u64))
-                .collect(),
-            unused,
-        ))
+        let mut counts = BTreeMap::new();
+        let mut unused = Vec::new();
+        for (algorithm, n) in rows {
+            if n < 0 {
+                unused.push(algorithm);
+            } else {
+                counts.insert(algorithm, n as u64);
+            }
+        }
+        unused.sort();
+        Ok((counts, unused))
     }
 
     /// The identity keys of a user's devices (all of them when `devices`

@@ -155,4 +155,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE processed_inputs ADD COLUMN processed_ms BIGINT NOT NULL DEFAULT 0;
         ",
     },
+    // A room's forward extremities beside its head in one row (a JSON
+    // array of event IDs), written in the statement that moves the head.
+    // A room not written since keeps NULL here and its extremities in
+    // `forward_extremities` until its next write.
+    Migration {
+        version: 8,
+        description: "forward extremities in the room's row",
+        sql: "
+            ALTER TABLE rooms ADD COLUMN extremities TEXT;
+        ",
+    },
 ];

@@ -21,6 +21,10 @@ pub(crate) struct RoomRow {
     /// Grows with every write that moves the room's head; a replica's cached
     /// head is valid only at the version it was cached at.
     pub(crate) head_version: i64,
+    /// The forward extremities as a JSON array of event IDs (`None`: in
+    /// the `forward_extremities` table, for a room not written since they
+    /// moved here); read with [`Storage::forward_extremities`].
+    pub(crate) extremities: Option<String>,
 }
 
 /// An event as stored, with what the roomserver decided about it.
@@ -116,7 +120,7 @@ fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, StorageError>
 impl Storage {
     pub(crate) async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StorageError> {
         let row = sqlx::query(
-            "SELECT room_nid, room_version, depth, state_snapshot_nid, head_version
+            "SELECT room_nid, room_version, depth, state_snapshot_nid, head_version, extremities
              FROM rooms WHERE room_id = $1",
         )
         .bind(room_id)
@@ -130,6 +134,7 @@ impl Storage {
                     depth: row.try_get(2)?,
                     snapshot_nid: row.try_get(3)?,
                     head_version: row.try_get(4)?,
+                    extremities: row.try_get(5)?,
                 };
                 self.room_nids
                     .lock()
@@ -163,14 +168,22 @@ impl Storage {
         Ok(found)
     }
 
+    /// The room's forward extremities, sorted.
     pub(crate) async fn forward_extremities(
         &self,
-        room_nid: i64,
+        room: &RoomRow,
     ) -> Result<Vec<String>, StorageError> {
+        if let Some(json) = &room.extremities {
+            let mut ids: Vec<String> = serde_json::from_str(json).map_err(|_| {
+                StorageError::Corrupt(format!("extremities of room {}", room.room_nid))
+            })?;
+            ids.sort_unstable();
+            return Ok(ids);
+        }
         Ok(sqlx::query_scalar(
             "SELECT event_id FROM forward_extremities WHERE room_nid = $1 ORDER BY event_id",
         )
-        .bind(room_nid)
+        .bind(room.room_nid)
         .fetch_all(&self.db.pool)
         .await?)
     }
@@ -459,6 +472,7 @@ impl Storage {
             known_nids: HashMap::new(),
             redacted: Vec::new(),
             queued_outliers: Vec::new(),
+            states_after: Vec::new(),
         })
     }
 }
@@ -479,7 +493,14 @@ pub(crate) struct RoomWriter {
     /// Outliers not yet inserted, with whether each is rejected and
     /// announced (see [`RoomWriter::queue_outlier`]).
     queued_outliers: Vec<(Arc<Pdu>, bool, bool)>,
+    /// (event NID, snapshot NID) of state events whose state after is
+    /// written at commit (see [`RoomWriter::set_state_after`]).
+    states_after: Vec<(i64, i64)>,
 }
+
+/// States after state events set this many to a statement (two parameters
+/// each): a new room's initial state is a handful.
+const STATE_AFTER_ROWS: usize = 16;
 
 /// Queued outliers inserted this many to a statement (seven parameters
 /// each): a hundred round trips for a join of 10 000, each statement well
@@ -758,17 +779,36 @@ impl RoomWriter {
         Ok(inserted)
     }
 
-    /// The state after a state event, known once the event has its NID.
-    pub(crate) async fn set_state_after(
-        &mut self,
-        event_nid: i64,
-        state_after: i64,
-    ) -> Result<(), StorageError> {
-        sqlx::query("UPDATE events SET state_after_nid = $1 WHERE event_nid = $2")
-            .bind(state_after)
-            .bind(event_nid)
-            .execute(&mut *self.tx)
-            .await?;
+    /// The state after a state event, known once the event has its NID;
+    /// written with the others at commit, many to a statement. Nothing
+    /// reads the column before: a later event of this transaction takes
+    /// the state from memory, and readers outside it see it committed.
+    pub(crate) fn set_state_after(&mut self, event_nid: i64, state_after: i64) {
+        self.states_after.push((event_nid, state_after));
+    }
+
+    /// Writes the states after set since the last time.
+    async fn write_states_after(&mut self) -> Result<(), StorageError> {
+        let engine = self.storage.db.engine;
+        let states_after = std::mem::take(&mut self.states_after);
+        for chunk in states_after.chunks(STATE_AFTER_ROWS) {
+            let sql = format!(
+                "UPDATE events SET state_after_nid = v.column2
+                 FROM (VALUES {}) AS v WHERE events.event_nid = v.column1",
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 2)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (event_nid, state_after) in chunk {
+                query = query.bind(*event_nid).bind(*state_after);
+            }
+            let updated = query.execute(&mut *self.tx).await?.rows_affected();
+            if updated != chunk.len() as u64 {
+                return Err(StorageError::Corrupt(format!(
+                    "{updated} of {} states after written",
+                    chunk.len()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -839,23 +879,16 @@ impl RoomWriter {
                 }
             }
         }
-        sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
-            .bind(self.room_nid)
-            .execute(&mut *self.tx)
-            .await?;
-        for event_id in &head.extremities {
-            sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
-                .bind(self.room_nid)
-                .bind(event_id)
-                .execute(&mut *self.tx)
-                .await?;
-        }
+        let extremities = serde_json::to_string(&head.extremities)
+            .map_err(|e| StorageError::Corrupt(format!("extremities: {e}")))?;
         sqlx::query(
-            "UPDATE rooms SET depth = $1, state_snapshot_nid = $2, head_version = head_version + 1
-             WHERE room_nid = $3",
+            "UPDATE rooms SET depth = $1, state_snapshot_nid = $2, extremities = $3,
+                head_version = head_version + 1
+             WHERE room_nid = $4",
         )
         .bind(head.depth)
         .bind(head.snapshot_nid)
+        .bind(extremities)
         .bind(self.room_nid)
         .execute(&mut *self.tx)
         .await?;
@@ -955,6 +988,7 @@ impl RoomWriter {
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
         self.insert_queued_outliers().await?;
+        self.write_states_after().await?;
         let engine = self.storage.db.engine;
         // Many to a statement of one fixed text (a short chunk repeats its
         // last seq), so the prepared-statement cache keeps serving it.

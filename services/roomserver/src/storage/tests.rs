@@ -94,7 +94,7 @@ async fn write_room(storage: &Storage) {
                     .expect("insert");
                 nids.set(kind, key, nid);
                 let after = writer.snapshot(&mut nids).await.expect("snapshot");
-                writer.set_state_after(nid, after).await.expect("after");
+                writer.set_state_after(nid, after);
                 afters.push(after);
             }
             None => {
@@ -151,11 +151,32 @@ async fn write_room(storage: &Storage) {
     assert_eq!(ids(&state), ids(&room.tip.state));
     assert_eq!(loaded.entries, nids.entries);
     assert_eq!(
-        storage
-            .forward_extremities(row.room_nid)
-            .await
-            .expect("ext"),
+        storage.forward_extremities(&row).await.expect("ext"),
         vec![message.event_id.to_string()]
+    );
+    // A room last written before the extremities moved into its row reads
+    // them from the table they were in.
+    sqlx::query("UPDATE rooms SET extremities = NULL WHERE room_nid = $1")
+        .bind(row.room_nid)
+        .execute(&storage.db.pool)
+        .await
+        .expect("clear");
+    for id in ["$b:example.org", "$a:example.org"] {
+        sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
+            .bind(row.room_nid)
+            .bind(id)
+            .execute(&storage.db.pool)
+            .await
+            .expect("legacy row");
+    }
+    let legacy = storage
+        .room(&room.room_id)
+        .await
+        .expect("room")
+        .expect("exists");
+    assert_eq!(
+        storage.forward_extremities(&legacy).await.expect("ext"),
+        vec!["$a:example.org".to_owned(), "$b:example.org".to_owned()]
     );
     // The state before the name event lacks the name; the state at
     // each event reads back by event.
@@ -163,6 +184,9 @@ async fn write_room(storage: &Storage) {
         .events_by_id(&[name.event_id.as_str(), message.event_id.as_str()])
         .await
         .expect("events");
+    // The states after, written together at commit.
+    assert_eq!(stored[&name.event_id].state_after, Some(afters[2]));
+    assert_eq!(stored[&message.event_id].state_after, Some(afters[3]));
     let before_name = stored[&name.event_id].state_before.expect("has state");
     let (state, _) = storage.load_state(before_name).await.expect("state");
     assert_eq!(state.len(), 2);

@@ -614,17 +614,15 @@ async fn build(
     let per_thread = filter.definition.room.timeline.unread_thread_notifications;
     // On an incremental sync, the joined rooms with events since the token
     // (from the lowest offset over partitions; each room is then cut to
-    // its own window), read in one query instead of one per room.
-    let active: std::collections::HashSet<String> = match since {
-        Some(since) if !full_state => {
-            service
-                .storage
-                .joined_rooms_with_events_since(&device.user_id, since.lowest(Stream::Room))
-                .await?
-        }
-        _ => Default::default(),
+    // its own window), read with the memberships instead of one per room.
+    let events_from = match since {
+        Some(since) if !full_state => Some(since.lowest(Stream::Room)),
+        _ => None,
     };
-    let memberships = service.storage.memberships(&device.user_id).await?;
+    let (memberships, active) = service
+        .storage
+        .memberships_with_activity(&device.user_id, events_from)
+        .await?;
     // An initial sync has no device lists: the client fetches every list.
     let device_lists = match since {
         Some(since) => {

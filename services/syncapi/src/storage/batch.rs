@@ -46,9 +46,12 @@ pub(crate) struct Batch {
     /// are joined in all.
     pub(super) members: HashMap<String, (Vec<String>, usize)>,
     pub(super) at_commit: AtCommit,
-    /// Timeline events without a state change, written many to a
-    /// statement before anything else touches the events table.
+    /// Timeline events and their state changes, written many to a
+    /// statement before anything else touches the events table, and
+    /// before current state is read when one of them changes it.
     pub(super) pending: Vec<PendingEvent>,
+    /// Whether a pending event changes state.
+    pub(super) state_pending: bool,
 }
 
 /// A timeline event waiting to be written (see [`Batch::flush`]).
@@ -67,6 +70,16 @@ pub(super) struct PendingEvent {
     pub(super) relates_to: Option<(String, String)>,
     pub(super) notified: Vec<(String, bool)>,
     pub(super) thread_id: String,
+    pub(super) state: Option<PendingState>,
+}
+
+/// A pending event's state change.
+pub(super) struct PendingState {
+    /// (type, state key, event ID) entries it removes.
+    pub(super) removed: Vec<(String, String, String)>,
+    /// (type, state key, event ID, membership) entries it sets, one per
+    /// (type, state key).
+    pub(super) added: Vec<(String, String, String, Option<String>)>,
 }
 
 /// What the batch's new timeline events bring, written at commit.
@@ -126,6 +139,7 @@ impl Storage {
             members: HashMap::new(),
             at_commit: AtCommit::default(),
             pending: Vec::new(),
+            state_pending: false,
         })
     }
 }
@@ -157,6 +171,14 @@ impl Batch {
     pub(super) fn members_changed(&mut self, room_id: &str) {
         self.members.remove(room_id);
         self.changed_members.insert(room_id.to_owned());
+    }
+
+    /// Forgets what the batch knows of the room's state: read again when
+    /// next needed, and not kept past the commit.
+    pub(super) fn forget_room(&mut self, room_id: &str) {
+        self.members_changed(room_id);
+        self.visibility.remove(room_id);
+        self.changed_visibility.insert(room_id.to_owned());
     }
 
     /// Notes that the record at `offset` is part of this batch.

@@ -1,6 +1,6 @@
 use sqlx::Row;
 
-use super::batch::PendingEvent;
+use super::batch::{PendingEvent, PendingState};
 use super::ephemeral::i64_of;
 use super::{Batch, Storage, StorageError};
 
@@ -79,6 +79,32 @@ pub(crate) struct EventRow {
 /// Where outlier state events are stored: below every timeline window
 /// (windows start at offset 0).
 pub(crate) const OUTLIER_OFFSET: i64 = -1;
+
+/// What a batch's state changes leave of one current state entry, in
+/// the order they came: set to an event, removed, or left as stored
+/// unless it is one of the events removed.
+enum CurrentEntry<'a> {
+    Set {
+        event_id: &'a str,
+        membership: Option<&'a str>,
+        offset: i64,
+    },
+    Removed,
+    Unchanged(Vec<&'a str>),
+}
+
+impl<'a> CurrentEntry<'a> {
+    /// A removal of the entry if it is `event_id`.
+    fn remove(&mut self, event_id: &'a str) {
+        match self {
+            CurrentEntry::Set {
+                event_id: current, ..
+            } if *current == event_id => *self = CurrentEntry::Removed,
+            CurrentEntry::Set { .. } | CurrentEntry::Removed => {}
+            CurrentEntry::Unchanged(removed) => removed.push(event_id),
+        }
+    }
+}
 
 /// A value bound into a many-row insert.
 pub(crate) enum Bound<'a> {
@@ -206,8 +232,9 @@ pub(super) fn event_row(row: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error
 }
 
 impl Batch {
-    /// Stores an event and applies its state change. A redelivered event
-    /// changes nothing.
+    /// Stores an event and applies its state change, both written with the
+    /// batch's other pending events (see [`Batch::flush`]). A redelivered
+    /// event changes nothing.
     pub(crate) async fn apply_event(&mut self, event: &NewEvent<'_>) -> Result<(), StorageError> {
         // The visibility in force when the event was sent: the room's, as
         // this view holds it before the event is applied.
@@ -216,193 +243,138 @@ impl Batch {
             None => {
                 let visibility = match self.known_visibility(event.room_id) {
                     Some(known) => known,
-                    None => Storage::history_visibility_in(&mut self.tx, event.room_id)
-                        .await?
-                        .unwrap_or_else(|| "shared".to_owned()),
+                    None => {
+                        self.flush_state().await?;
+                        Storage::history_visibility_in(&mut self.tx, event.room_id)
+                            .await?
+                            .unwrap_or_else(|| "shared".to_owned())
+                    }
                 };
                 self.visibility
                     .insert(event.room_id.to_owned(), visibility.clone());
                 visibility
             }
         };
-        if event.state_removed.is_empty() && event.state_added.is_empty() {
-            // No state change: nothing later in the batch reads it before
-            // the batch writes it with others in one statement.
-            self.pending.push(PendingEvent {
-                partition: event.partition,
-                offset: event.offset,
-                room_id: event.room_id.to_owned(),
-                event_id: event.event_id.to_owned(),
-                event_type: event.event_type.to_owned(),
-                state_key: event.state_key.map(str::to_owned),
-                sender: event.sender.to_owned(),
-                json: event.json.to_owned(),
-                device_id: event.device_id.to_owned(),
-                transaction_id: event.transaction_id.to_owned(),
-                history_visibility,
-                relates_to: event
-                    .relates_to
-                    .map(|(parent, kind)| (parent.to_owned(), kind.to_owned())),
-                notified: event.notified.to_vec(),
-                thread_id: event.thread_id.to_owned(),
-            });
-            if self.pending.len() >= ROWS_PER_STATEMENT {
-                self.flush().await?;
-            }
-            return Ok(());
-        }
-        // Events keep their log order in the table.
-        self.flush().await?;
-        let engine = self.engine;
-        let tx = &mut *self.tx;
-        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{INSERT_EVENT}
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (event_id) DO NOTHING"
-        )))
-        .bind(i64::from(event.partition))
-        .bind(event.offset as i64)
-        .bind(event.room_id)
-        .bind(event.event_id)
-        .bind(event.event_type)
-        .bind(event.state_key)
-        .bind(event.sender)
-        .bind(event.json)
-        .bind(event.device_id)
-        .bind(event.transaction_id)
-        .bind(&history_visibility)
-        .bind(event.relates_to.map(|(parent, _)| parent))
-        .bind(event.relates_to.map(|(_, kind)| kind))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            self.at_commit.stored(
-                (event.room_id, event.event_id, event.event_type),
-                event.offset,
-                event.thread_id,
-                event.notified,
-            );
-            // What the batch remembers of the room's state goes with a
-            // change of it.
-            let changes = |wanted: &str| {
-                event
-                    .state_removed
-                    .iter()
-                    .chain(&event.state_added)
-                    .any(|(event_type, _, _, _)| event_type == wanted)
-            };
-            // (The fields, not `members_changed`: `tx` borrows the batch.)
-            if changes("m.room.history_visibility") {
-                self.visibility.remove(event.room_id);
-                self.changed_visibility.insert(event.room_id.to_owned());
-            }
-            if changes("m.room.member") {
-                self.members.remove(event.room_id);
-                self.changed_members.insert(event.room_id.to_owned());
-            }
-            for (event_type, state_key, event_id, _) in &event.state_removed {
-                // A removal that no addition replaces is recorded as such.
-                if !event
-                    .state_added
-                    .iter()
-                    .any(|(t, k, _, _)| t == event_type && k == state_key)
-                {
-                    sqlx::query(
-                        "INSERT INTO state_history (room_id, event_type, state_key, log_offset)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(event.room_id)
-                    .bind(event_type)
-                    .bind(state_key)
-                    .bind(event.offset as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                sqlx::query(
-                    "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND event_id = $4",
-                )
-                .bind(event.room_id)
-                .bind(event_type)
-                .bind(state_key)
-                .bind(event_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            // One row per (type, state key): a statement may not upsert a
-            // row twice.
-            let mut added = std::collections::HashMap::new();
-            for (event_type, state_key, event_id, entry_membership) in &event.state_added {
-                // An entry state resolution brought back carries its own
-                // membership; older producers left it out for the event's own.
-                let membership = if !entry_membership.is_empty() {
-                    Some(entry_membership.as_str())
-                } else if event_id == event.event_id {
-                    event.membership
-                } else {
-                    None
-                };
-                added.insert(
-                    (event_type.as_str(), state_key.as_str()),
-                    (event_id.as_str(), membership),
-                );
-            }
-            let offset = event.offset as i64;
-            let history: Vec<Vec<Bound>> = added
-                .iter()
-                .map(|((event_type, state_key), (event_id, membership))| {
-                    vec![
-                        Bound::Text(Some(event.room_id)),
-                        Bound::Text(Some(event_type)),
-                        Bound::Text(Some(state_key)),
-                        Bound::Int(offset),
-                        Bound::Text(Some(event_id)),
-                        Bound::Text(*membership),
-                    ]
-                })
-                .collect();
-            insert_rows(
-                engine,
-                tx,
-                "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)",
-                "ON CONFLICT DO NOTHING",
-                &history,
-            )
-            .await?;
-            let current: Vec<Vec<Bound>> = added
-                .iter()
-                .map(|((event_type, state_key), (event_id, membership))| {
-                    vec![
-                        Bound::Text(Some(event.room_id)),
-                        Bound::Text(Some(event_type)),
-                        Bound::Text(Some(state_key)),
-                        Bound::Text(Some(event_id)),
-                        Bound::Text(*membership),
-                        Bound::Int(offset),
-                    ]
-                })
-                .collect();
-            insert_rows(
-                engine,
-                tx,
-                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
-                "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
-                 SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
-                &current,
-            )
-            .await?;
+        let state = if event.state_removed.is_empty() && event.state_added.is_empty() {
+            None
+        } else {
+            Some(self.state_change(event))
+        };
+        self.pending.push(PendingEvent {
+            partition: event.partition,
+            offset: event.offset,
+            room_id: event.room_id.to_owned(),
+            event_id: event.event_id.to_owned(),
+            event_type: event.event_type.to_owned(),
+            state_key: event.state_key.map(str::to_owned),
+            sender: event.sender.to_owned(),
+            json: event.json.to_owned(),
+            device_id: event.device_id.to_owned(),
+            transaction_id: event.transaction_id.to_owned(),
+            history_visibility,
+            relates_to: event
+                .relates_to
+                .map(|(parent, kind)| (parent.to_owned(), kind.to_owned())),
+            notified: event.notified.to_vec(),
+            thread_id: event.thread_id.to_owned(),
+            state,
+        });
+        if self.pending.len() >= ROWS_PER_STATEMENT {
+            self.flush().await?;
         }
         Ok(())
     }
 
-    /// Writes the events waiting to be stored, many to a statement (a
-    /// redelivered one is skipped, as alone).
+    /// What a state event changes, and what the batch then knows of its
+    /// room: its own history visibility is known from its content, the
+    /// joined members are read again when next needed.
+    fn state_change(&mut self, event: &NewEvent<'_>) -> PendingState {
+        let changes = |wanted: &str| {
+            event
+                .state_removed
+                .iter()
+                .chain(&event.state_added)
+                .any(|(event_type, _, _, _)| event_type == wanted)
+        };
+        if changes("m.room.history_visibility") {
+            self.changed_visibility.insert(event.room_id.to_owned());
+            let own = event.state_added.iter().any(|(t, k, id, _)| {
+                t == "m.room.history_visibility" && k.is_empty() && id == event.event_id
+            });
+            if own {
+                // As a read of current state would find it once stored.
+                let visibility = serde_json::from_str::<serde_json::Value>(event.json)
+                    .ok()
+                    .and_then(|e| {
+                        e["content"]["history_visibility"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "shared".to_owned());
+                self.visibility.insert(event.room_id.to_owned(), visibility);
+            } else {
+                self.visibility.remove(event.room_id);
+            }
+        }
+        if changes("m.room.member") {
+            self.members_changed(event.room_id);
+        }
+        // One entry per (type, state key): an event adds each once.
+        let mut added: Vec<(String, String, String, Option<String>)> = Vec::new();
+        for (event_type, state_key, event_id, entry_membership) in &event.state_added {
+            // An entry state resolution brought back carries its own
+            // membership; older producers left it out for the event's own.
+            let membership = if !entry_membership.is_empty() {
+                Some(entry_membership.clone())
+            } else if event_id == event.event_id {
+                event.membership.map(str::to_owned)
+            } else {
+                None
+            };
+            let entry = (
+                event_type.clone(),
+                state_key.clone(),
+                event_id.clone(),
+                membership,
+            );
+            match added
+                .iter_mut()
+                .find(|(t, k, _, _)| t == event_type && k == state_key)
+            {
+                Some(slot) => *slot = entry,
+                None => added.push(entry),
+            }
+        }
+        let removed = event
+            .state_removed
+            .iter()
+            .map(|(event_type, state_key, event_id, _)| {
+                (event_type.clone(), state_key.clone(), event_id.clone())
+            })
+            .collect();
+        self.state_pending = true;
+        PendingState { removed, added }
+    }
+
+    /// [`Batch::flush`] when a pending event changes state: before reading
+    /// current state in the batch.
+    pub(super) async fn flush_state(&mut self) -> Result<(), StorageError> {
+        if self.state_pending {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the events waiting to be stored, many to a statement, then
+    /// the state changes of those newly stored (a redelivered one is
+    /// skipped, as alone): their history rows many to a statement, and
+    /// current state as the changes leave it, one upsert for all.
     pub(super) async fn flush(&mut self) -> Result<(), StorageError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        self.state_pending = false;
         let sql = format!(
             "{INSERT_EVENT} VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             ganglion_base::database::value_rows(self.engine, 1, pending.len(), 13)
@@ -426,8 +398,14 @@ impl Batch {
         }
         let mut inserted: std::collections::HashSet<String> =
             query.fetch_all(&mut *self.tx).await?.into_iter().collect();
+        let mut history: Vec<Vec<Bound>> = Vec::new();
+        // Per (room, type, state key), what the changes leave in order.
+        let mut current: std::collections::HashMap<(&str, &str, &str), CurrentEntry> =
+            std::collections::HashMap::new();
+        let mut order: Vec<(&str, &str, &str)> = Vec::new();
         for event in &pending {
-            if inserted.remove(&event.event_id) {
+            let stored = inserted.remove(&event.event_id);
+            if stored {
                 self.at_commit.stored(
                     (&event.room_id, &event.event_id, &event.event_type),
                     event.offset,
@@ -435,7 +413,122 @@ impl Batch {
                     &event.notified,
                 );
             }
+            let Some(state) = &event.state else {
+                continue;
+            };
+            if !stored {
+                // Taken before: what the batch assumed it changed is read
+                // again from what is stored.
+                self.forget_room(&event.room_id);
+                continue;
+            }
+            let offset = event.offset as i64;
+            let room_id = event.room_id.as_str();
+            for (event_type, state_key, event_id) in &state.removed {
+                let key = (room_id, event_type.as_str(), state_key.as_str());
+                // A removal that no addition replaces is recorded as such.
+                if !state
+                    .added
+                    .iter()
+                    .any(|(t, k, _, _)| t == event_type && k == state_key)
+                {
+                    history.push(vec![
+                        Bound::Text(Some(room_id)),
+                        Bound::Text(Some(event_type)),
+                        Bound::Text(Some(state_key)),
+                        Bound::Int(offset),
+                        Bound::Text(None),
+                        Bound::Text(None),
+                    ]);
+                }
+                let entry = current.entry(key).or_insert_with(|| {
+                    order.push(key);
+                    CurrentEntry::Unchanged(Vec::new())
+                });
+                entry.remove(event_id);
+            }
+            for (event_type, state_key, event_id, membership) in &state.added {
+                let key = (room_id, event_type.as_str(), state_key.as_str());
+                history.push(vec![
+                    Bound::Text(Some(room_id)),
+                    Bound::Text(Some(event_type)),
+                    Bound::Text(Some(state_key)),
+                    Bound::Int(offset),
+                    Bound::Text(Some(event_id)),
+                    Bound::Text(membership.as_deref()),
+                ]);
+                if !current.contains_key(&key) {
+                    order.push(key);
+                }
+                current.insert(
+                    key,
+                    CurrentEntry::Set {
+                        event_id,
+                        membership: membership.as_deref(),
+                        offset,
+                    },
+                );
+            }
         }
+        let engine = self.engine;
+        insert_rows(
+            engine,
+            &mut self.tx,
+            "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)",
+            "ON CONFLICT DO NOTHING",
+            &history,
+        )
+        .await?;
+        let mut upserts: Vec<Vec<Bound>> = Vec::new();
+        for key in &order {
+            let (room_id, event_type, state_key) = *key;
+            match &current[key] {
+                CurrentEntry::Set {
+                    event_id,
+                    membership,
+                    offset,
+                } => upserts.push(vec![
+                    Bound::Text(Some(room_id)),
+                    Bound::Text(Some(event_type)),
+                    Bound::Text(Some(state_key)),
+                    Bound::Text(Some(event_id)),
+                    Bound::Text(*membership),
+                    Bound::Int(*offset),
+                ]),
+                CurrentEntry::Removed => {
+                    sqlx::query(
+                        "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+                    )
+                    .bind(room_id)
+                    .bind(event_type)
+                    .bind(state_key)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                CurrentEntry::Unchanged(removed) => {
+                    for event_id in removed {
+                        sqlx::query(
+                            "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND event_id = $4",
+                        )
+                        .bind(room_id)
+                        .bind(event_type)
+                        .bind(state_key)
+                        .bind(*event_id)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        insert_rows(
+            engine,
+            &mut self.tx,
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
+            "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
+             SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
+            &upserts,
+        )
+        .await?;
         Ok(())
     }
 
@@ -601,6 +694,7 @@ impl Batch {
         &mut self,
         room_id: &str,
     ) -> Result<(Option<String>, Option<String>), StorageError> {
+        self.flush_state().await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT s.event_type, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = $1 AND s.state_key = ''
@@ -637,6 +731,7 @@ impl Batch {
             self.members.insert(room_id.to_owned(), members.clone());
             return Ok(members);
         }
+        self.flush_state().await?;
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT state_key FROM current_state
              WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
@@ -694,15 +789,41 @@ impl Storage {
     /// The user's rooms, with the membership event's position and the
     /// room's partition of `roomserver.output`.
     pub(crate) async fn memberships(&self, user_id: &str) -> Result<Vec<Membership>, StorageError> {
+        Ok(self.memberships_with_activity(user_id, None).await?.0)
+    }
+
+    /// [`Storage::memberships`], and with `events_from`, the rooms the user
+    /// is joined to that have events at or after that offset: what an
+    /// incremental `/sync` reads first, in one statement.
+    pub(crate) async fn memberships_with_activity(
+        &self,
+        user_id: &str,
+        events_from: Option<u64>,
+    ) -> Result<(Vec<Membership>, std::collections::HashSet<String>), StorageError> {
+        let from = events_from.map_or(-1, |from| from.min(i64::MAX as u64) as i64);
         let rows = sqlx::query(
-            "SELECT s.room_id, s.membership, s.log_offset, e.log_partition
+            "SELECT s.room_id, s.membership, s.log_offset, e.log_partition,
+                CASE WHEN $2 < 0 OR s.membership <> 'join' THEN 0
+                     WHEN EXISTS (SELECT 1 FROM events x
+                                  WHERE x.room_id = s.room_id AND x.log_offset >= $2) THEN 1
+                     ELSE 0 END
              FROM current_state s JOIN events e ON e.event_id = s.event_id
              WHERE s.state_key = $1 AND s.event_type = 'm.room.member' AND s.membership IS NOT NULL",
         )
         .bind(user_id)
+        .bind(from)
         .fetch_all(&self.db.pool)
         .await?;
-        Ok(rows.iter().map(membership_row).collect::<Result<_, _>>()?)
+        let mut active = std::collections::HashSet::new();
+        let mut memberships = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let membership = membership_row(row)?;
+            if row.try_get::<i64, _>(4)? != 0 {
+                active.insert(membership.room_id.clone());
+            }
+            memberships.push(membership);
+        }
+        Ok((memberships, active))
     }
 
     /// The room's partition of `roomserver.output`, if any of its events was
@@ -1244,25 +1365,5 @@ impl Storage {
                 },
             )
             .collect())
-    }
-}
-
-impl Storage {
-    /// The rooms `user_id` is joined to that have events at or after `from`.
-    pub(crate) async fn joined_rooms_with_events_since(
-        &self,
-        user_id: &str,
-        from: u64,
-    ) -> Result<std::collections::HashSet<String>, StorageError> {
-        let rooms: Vec<String> = sqlx::query_scalar(
-            "SELECT s.room_id FROM current_state s
-             WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
-               AND EXISTS (SELECT 1 FROM events e WHERE e.room_id = s.room_id AND e.log_offset >= $2)",
-        )
-        .bind(user_id)
-        .bind(from.min(i64::MAX as u64) as i64)
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok(rooms.into_iter().collect())
     }
 }

@@ -246,6 +246,25 @@ async fn events_and_state(storage: Storage) {
         ]
     );
     assert_eq!(sorted_memberships(&storage, BOB).await, vec![]);
+    // The joined rooms with events at or after an offset come with the
+    // memberships: room B (joined, events at 5 and 6), never room A (left).
+    let active = |from: Option<u64>| {
+        let storage = storage.clone();
+        async move {
+            let (memberships, active) = storage
+                .memberships_with_activity(ALICE, from)
+                .await
+                .expect("memberships");
+            assert_eq!(memberships.len(), 2);
+            let mut active: Vec<String> = active.into_iter().collect();
+            active.sort();
+            active
+        }
+    };
+    assert_eq!(active(Some(0)).await, [ROOM_B]);
+    assert_eq!(active(Some(6)).await, [ROOM_B]);
+    assert_eq!(active(Some(7)).await, Vec::<String>::new());
+    assert_eq!(active(None).await, Vec::<String>::new());
     assert_eq!(
         storage.room_partition(ROOM_A).await.expect("partition"),
         Some(1)
@@ -941,4 +960,167 @@ on_both_engines!(
     sqlite_one_batch_of_many_records,
     postgres_one_batch_of_many_records,
     "sync_storage_batch"
+);
+
+/// The state changes of a batch's events are written together when the
+/// batch flushes; what they leave is what applying them one by one, in
+/// order, would leave: a replaced entry holds the later event, an entry
+/// set and then removed in the batch is gone, one removed in a later batch
+/// too, and a redelivered event changes nothing even when its change
+/// would go back in time.
+async fn state_changes_of_a_batch_land_together(storage: Storage) {
+    fn with<'a>(
+        ev: NewEvent<'a>,
+        removed: &[(&str, &str, &str)],
+        added: &[(&str, &str, &str)],
+    ) -> NewEvent<'a> {
+        NewEvent {
+            state_removed: removed.iter().map(|(t, k, id)| entry(t, k, id)).collect(),
+            state_added: added.iter().map(|(t, k, id)| entry(t, k, id)).collect(),
+            ..ev
+        }
+    }
+    let mut batch = storage.batch().await.expect("batch");
+    let events = [
+        state(0, 1, ROOM_B, "$create", "m.room.create", "", "{}"),
+        state(0, 2, ROOM_B, "$name1", "m.room.name", "", "{}"),
+        with(
+            event(0, 3, ROOM_B, "$name2", "m.room.name", Some(""), "{}"),
+            &[("m.room.name", "", "$name1")],
+            &[("m.room.name", "", "$name2")],
+        ),
+        state(0, 4, ROOM_B, "$topic", "m.room.topic", "", "{}"),
+        // Resolution drops the topic and brings nothing in its place.
+        with(
+            event(0, 5, ROOM_B, "$drop", "m.room.avatar", Some("x"), "{}"),
+            &[("m.room.topic", "", "$topic")],
+            &[],
+        ),
+        state(0, 6, ROOM_B, "$avatar", "m.room.avatar", "", "{}"),
+        with(
+            event(0, 7, ROOM_B, "$unset", "m.room.join_rules", Some("y"), "{}"),
+            &[("m.room.avatar", "", "$avatar")],
+            &[],
+        ),
+        state(
+            0,
+            8,
+            ROOM_B,
+            "$hidden",
+            "m.room.history_visibility",
+            "",
+            r#"{"content":{"history_visibility":"invited"}}"#,
+        ),
+        event(0, 9, ROOM_B, "$m1", "m.room.message", None, "{}"),
+        // A visibility without a valid value counts as `shared`.
+        state(
+            0,
+            10,
+            ROOM_B,
+            "$open",
+            "m.room.history_visibility",
+            "",
+            r#"{"content":{}}"#,
+        ),
+        event(0, 11, ROOM_B, "$m2", "m.room.message", None, "{}"),
+    ];
+    for ev in &events {
+        batch.apply_event(ev).await.expect("apply");
+        batch.consumed(Stream::Room, 0, ev.offset);
+    }
+    batch.commit().await.expect("commit");
+
+    let current = |storage: Storage| async move {
+        let mut ids: Vec<String> = storage
+            .room_state(ROOM_B)
+            .await
+            .expect("state")
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        current(storage.clone()).await,
+        ["$create", "$name2", "$open"],
+        "current state after the batch"
+    );
+    let history: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, state_key, log_offset, event_id FROM state_history
+         WHERE room_id = $1 ORDER BY log_offset, event_type",
+    )
+    .bind(ROOM_B)
+    .fetch_all(&storage.db.pool)
+    .await
+    .expect("history");
+    let row = |t: &str, offset: i64, id: Option<&str>| {
+        (t.to_owned(), String::new(), offset, id.map(str::to_owned))
+    };
+    assert_eq!(
+        history,
+        [
+            row("m.room.create", 1, Some("$create")),
+            row("m.room.name", 2, Some("$name1")),
+            row("m.room.name", 3, Some("$name2")),
+            row("m.room.topic", 4, Some("$topic")),
+            row("m.room.topic", 5, None),
+            row("m.room.avatar", 6, Some("$avatar")),
+            row("m.room.avatar", 7, None),
+            row("m.room.history_visibility", 8, Some("$hidden")),
+            row("m.room.history_visibility", 10, Some("$open")),
+        ]
+    );
+    let visibility = |id: &'static str| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .event(id)
+                .await
+                .expect("event")
+                .expect("stored")
+                .history_visibility
+        }
+    };
+    assert_eq!(visibility("$m1").await, "invited");
+    assert_eq!(visibility("$m2").await, "shared");
+
+    // Redelivered: the first name comes again, which changes nothing;
+    // then the name is removed.
+    let mut batch = storage.batch().await.expect("batch");
+    batch
+        .apply_event(&state(0, 2, ROOM_B, "$name1", "m.room.name", "", "{}"))
+        .await
+        .expect("again");
+    batch
+        .apply_event(&event(0, 12, ROOM_B, "$m3", "m.room.message", None, "{}"))
+        .await
+        .expect("message");
+    batch.consumed(Stream::Room, 0, 12);
+    batch.commit().await.expect("commit");
+    assert_eq!(
+        current(storage.clone()).await,
+        ["$create", "$name2", "$open"],
+        "a redelivered event changes nothing"
+    );
+    assert_eq!(visibility("$m3").await, "shared");
+    let mut batch = storage.batch().await.expect("batch");
+    batch
+        .apply_event(&with(
+            event(0, 13, ROOM_B, "$unname", "m.room.avatar", Some("z"), "{}"),
+            &[("m.room.name", "", "$name2")],
+            &[],
+        ))
+        .await
+        .expect("removal");
+    batch.consumed(Stream::Room, 0, 13);
+    batch.commit().await.expect("commit");
+    assert_eq!(current(storage.clone()).await, ["$create", "$open"]);
+}
+
+on_both_engines!(
+    state_changes_of_a_batch_land_together,
+    sqlite_state_changes_of_a_batch_land_together,
+    postgres_state_changes_of_a_batch_land_together,
+    "sync_storage_state_batch"
 );
