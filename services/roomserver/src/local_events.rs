@@ -507,7 +507,10 @@ impl RoomserverService {
     }
 
     /// Writes a new room's create event and its initial state, each built
-    /// on the head the ones before it left.
+    /// on the head the ones before it left: built one after another in
+    /// memory, then written together (the events in one statement, their
+    /// states' blocks and snapshots in one or two more, and their states
+    /// set at commit), not event by event.
     #[allow(clippy::too_many_arguments)]
     async fn append_new_room(
         &self,
@@ -524,12 +527,70 @@ impl RoomserverService {
             device_id: "",
             transaction_id: "",
         };
-        self.append_local(writer, head, create, &context, outputs, event_ids)
-            .await?;
-        for template in &new_room.initial_state {
-            let pdu = self.build_on(room_id, head, template)?;
-            self.append_local(writer, head, pdu, &context, outputs, event_ids)
-                .await?;
+        let mut pdus: Vec<Arc<Pdu>> = Vec::with_capacity(new_room.initial_state.len() + 1);
+        let mut built: Vec<(StateDelta, Vec<String>, Vec<String>)> =
+            Vec::with_capacity(new_room.initial_state.len() + 1);
+        let mut templates = new_room.initial_state.iter();
+        let mut next = Some(create);
+        while let Some(pdu) = next {
+            let prev_extremities = head.extremity_ids();
+            let mut delta: StateDelta = Vec::new();
+            if let Some(state_key) = &pdu.state_key {
+                let key = (pdu.kind.to_string(), state_key.clone());
+                let replaced = head.state.insert(key.clone(), pdu.clone());
+                delta.push((key, Some(pdu.clone()), replaced));
+            }
+            head.extremities = extremities_after(&head.extremities, &pdu);
+            head.depth = head.depth.max(pdu.depth);
+            built.push((delta, prev_extremities, head.extremity_ids()));
+            pdus.push(pdu);
+            next = match templates.next() {
+                Some(template) => Some(self.build_on(room_id, head, template)?),
+                None => None,
+            };
+        }
+        let flags = EventFlags {
+            rejected: false,
+            soft_failed: false,
+            outlier: false,
+            announce: false,
+        };
+        let event_nids = writer.insert_new_events(&pdus, &flags).await?;
+        let keys = writer.state_key_nids_of(&pdus).await?;
+        // The state before each event, and after the last.
+        let mut state = match head.nids.take() {
+            Some(nids) => nids,
+            None => writer.nid_state(&head.state).await?,
+        };
+        let mut states = Vec::with_capacity(pdus.len() + 1);
+        states.push(state.clone());
+        for (key, event_nid) in keys.iter().zip(&event_nids) {
+            if let Some((kind, key)) = key {
+                state.set(*kind, *key, *event_nid);
+            }
+            states.push(state.clone());
+        }
+        writer.snapshots(&mut states).await?;
+        for (i, event_nid) in event_nids.iter().enumerate() {
+            let (Some(before), Some(after)) = (states[i].snapshot_nid, states[i + 1].snapshot_nid)
+            else {
+                return Err(ProcessError::Storage(StorageError::Corrupt(
+                    "a new room's state not written".into(),
+                )));
+            };
+            writer.set_states(*event_nid, before, after);
+        }
+        head.nids = states.pop();
+        for (pdu, (delta, prev_extremities, extremities)) in pdus.iter().zip(&built) {
+            outputs.push(outputs::new_room_event(
+                pdu,
+                &context,
+                delta,
+                prev_extremities,
+                extremities,
+                None,
+            ));
+            event_ids.push(pdu.event_id.to_string());
         }
         Ok(())
     }

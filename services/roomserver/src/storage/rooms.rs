@@ -493,17 +493,18 @@ pub(crate) struct RoomWriter {
     /// Outliers not yet inserted, with whether each is rejected and
     /// announced (see [`RoomWriter::queue_outlier`]).
     queued_outliers: Vec<(Arc<Pdu>, bool, bool)>,
-    /// (event NID, snapshot NID) of state events whose state after is
-    /// written at commit (see [`RoomWriter::set_state_after`]).
-    states_after: Vec<(i64, i64)>,
+    /// (event NID, state before if it is to be written too, state after)
+    /// of events whose states are written at commit (see
+    /// [`RoomWriter::set_state_after`]).
+    states_after: Vec<(i64, Option<i64>, i64)>,
 }
 
-/// States after state events set this many to a statement (two parameters
-/// each): a new room's initial state is a handful.
+/// Events' states set this many to a statement (three parameters each): a
+/// new room's initial state is a handful.
 const STATE_AFTER_ROWS: usize = 16;
 
-/// Queued outliers inserted this many to a statement (seven parameters
-/// each): a hundred round trips for a join of 10 000, each statement well
+/// Events inserted this many to a statement (nine parameters each): a
+/// hundred round trips for a join's 10 000 outliers, each statement well
 /// under either engine's parameter limit.
 const OUTLIER_ROWS: usize = 100;
 
@@ -724,18 +725,64 @@ impl RoomWriter {
         &mut self,
     ) -> Result<Vec<(OwnedEventId, i64)>, StorageError> {
         let queued = std::mem::take(&mut self.queued_outliers);
-        let mut inserted = Vec::with_capacity(queued.len());
-        for chunk in queued.chunks(OUTLIER_ROWS) {
+        let rows: Vec<(&Arc<Pdu>, [i64; 4])> = queued
+            .iter()
+            .map(|(pdu, rejected, announced)| {
+                (pdu, [i64::from(*rejected), 0, 1, i64::from(*announced)])
+            })
+            .collect();
+        let nids = self.insert_event_rows(&rows).await?;
+        Ok(queued
+            .iter()
+            .zip(nids)
+            .map(|((pdu, _, _), nid)| (pdu.event_id.clone(), nid))
+            .collect())
+    }
+
+    /// Stores events (accepted, in the timeline) whose states are not known
+    /// yet, many to a statement; returns their NIDs in order. Their states
+    /// are given later ([`RoomWriter::set_states`]).
+    pub(crate) async fn insert_new_events(
+        &mut self,
+        pdus: &[Arc<Pdu>],
+        flags: &EventFlags,
+    ) -> Result<Vec<i64>, StorageError> {
+        let rows: Vec<(&Arc<Pdu>, [i64; 4])> = pdus
+            .iter()
+            .map(|pdu| {
+                (
+                    pdu,
+                    [
+                        i64::from(flags.rejected),
+                        i64::from(flags.soft_failed),
+                        i64::from(flags.outlier),
+                        i64::from(flags.announced(pdu)),
+                    ],
+                )
+            })
+            .collect();
+        self.insert_event_rows(&rows).await
+    }
+
+    /// Inserts events without states, each with its (rejected, soft failed,
+    /// outlier, announced) flags, [`OUTLIER_ROWS`] to a statement; returns
+    /// their NIDs in order.
+    async fn insert_event_rows(
+        &mut self,
+        rows: &[(&Arc<Pdu>, [i64; 4])],
+    ) -> Result<Vec<i64>, StorageError> {
+        let mut inserted = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(OUTLIER_ROWS) {
             let engine = self.storage.db.engine;
-            let mut rows = String::with_capacity(chunk.len() * 60);
+            let mut values = String::with_capacity(chunk.len() * 60);
             for row in 0..chunk.len() {
-                let p = |column: usize| ganglion_base::database::param(engine, row * 7 + column);
+                let p = |column: usize| ganglion_base::database::param(engine, row * 9 + column);
                 if row > 0 {
-                    rows.push(',');
+                    values.push(',');
                 }
                 // The room NID is ours, an integer, never user input.
-                rows.push_str(&format!(
-                    "({}, {}, {}, {}, {}, {}, NULL, NULL, {}, 0, 1, {})",
+                values.push_str(&format!(
+                    "({}, {}, {}, {}, {}, {}, NULL, NULL, {}, {}, {}, {})",
                     p(1),
                     self.room_nid,
                     p(2),
@@ -743,40 +790,101 @@ impl RoomWriter {
                     p(4),
                     p(5),
                     p(6),
-                    p(7)
+                    p(7),
+                    p(8),
+                    p(9)
                 ));
             }
             let sql = format!(
                 "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json,
                     state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
-                 VALUES {rows} RETURNING event_id, event_nid"
+                 VALUES {values} RETURNING event_id, event_nid"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (pdu, rejected, announced) in chunk {
+            for (pdu, [rejected, soft_failed, outlier, announced]) in chunk {
                 query = query
                     .bind(pdu.event_id.as_str())
                     .bind(pdu.kind.to_string())
                     .bind(pdu.state_key.as_deref())
                     .bind(pdu.depth)
                     .bind(&*pdu.json)
-                    .bind(i64::from(*rejected))
-                    .bind(i64::from(*announced));
+                    .bind(*rejected)
+                    .bind(*soft_failed)
+                    .bind(*outlier)
+                    .bind(*announced);
             }
             let mut nids: HashMap<String, i64> = HashMap::with_capacity(chunk.len());
             for row in query.fetch_all(&mut *self.tx).await? {
                 nids.insert(row.try_get(0)?, row.try_get(1)?);
             }
-            for (pdu, rejected, _) in chunk {
+            for (pdu, [rejected, ..]) in chunk {
                 let nid = *nids.get(pdu.event_id.as_str()).ok_or_else(|| {
-                    StorageError::Corrupt(format!("outlier {} not inserted", pdu.event_id))
+                    StorageError::Corrupt(format!("event {} not inserted", pdu.event_id))
                 })?;
-                if !rejected {
-                    self.event_nids.push((nid, pdu.clone()));
+                if *rejected == 0 {
+                    self.event_nids.push((nid, (*pdu).clone()));
                 }
-                inserted.push((pdu.event_id.clone(), nid));
+                inserted.push(nid);
             }
         }
         Ok(inserted)
+    }
+
+    /// The (type NID, state key NID) of each state event of `pdus` (`None`
+    /// for other events), interned many at a time.
+    pub(crate) async fn state_key_nids_of(
+        &mut self,
+        pdus: &[Arc<Pdu>],
+    ) -> Result<Vec<Option<(i64, i64)>>, StorageError> {
+        let kinds: Vec<String> = pdus.iter().map(|pdu| pdu.kind.to_string()).collect();
+        let type_names: Vec<&str> = pdus
+            .iter()
+            .zip(&kinds)
+            .filter(|(pdu, _)| pdu.state_key.is_some())
+            .map(|(_, kind)| kind.as_str())
+            .collect();
+        let keys: Vec<&str> = pdus
+            .iter()
+            .filter_map(|pdu| pdu.state_key.as_deref())
+            .collect();
+        let type_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, true, &type_names)
+            .await?;
+        let key_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, false, &keys)
+            .await?;
+        pdus.iter()
+            .zip(&kinds)
+            .map(|(pdu, kind)| {
+                let Some(key) = &pdu.state_key else {
+                    return Ok(None);
+                };
+                match (type_nids.get(kind), key_nids.get(key.as_str())) {
+                    (Some(kind), Some(key)) => Ok(Some((*kind, *key))),
+                    _ => Err(StorageError::Corrupt(format!(
+                        "state key of {} not interned",
+                        pdu.event_id
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// Stores states as snapshots, many to a statement, setting each one's
+    /// NID (see [`Storage::write_snapshots`]).
+    pub(crate) async fn snapshots(&mut self, states: &mut [NidState]) -> Result<(), StorageError> {
+        self.storage
+            .write_snapshots(&mut self.tx, &mut self.learnt, states)
+            .await
+    }
+
+    /// The states before and after an event stored by
+    /// [`RoomWriter::insert_new_events`], written at commit.
+    pub(crate) fn set_states(&mut self, event_nid: i64, state_before: i64, state_after: i64) {
+        self.states_after
+            .push((event_nid, Some(state_before), state_after));
     }
 
     /// The state after a state event, known once the event has its NID;
@@ -784,7 +892,7 @@ impl RoomWriter {
     /// reads the column before: a later event of this transaction takes
     /// the state from memory, and readers outside it see it committed.
     pub(crate) fn set_state_after(&mut self, event_nid: i64, state_after: i64) {
-        self.states_after.push((event_nid, state_after));
+        self.states_after.push((event_nid, None, state_after));
     }
 
     /// Writes the states after set since the last time.
@@ -793,13 +901,17 @@ impl RoomWriter {
         let states_after = std::mem::take(&mut self.states_after);
         for chunk in states_after.chunks(STATE_AFTER_ROWS) {
             let sql = format!(
-                "UPDATE events SET state_after_nid = v.column2
+                "UPDATE events SET state_before_nid = COALESCE(v.column2, events.state_before_nid),
+                    state_after_nid = v.column3
                  FROM (VALUES {}) AS v WHERE events.event_nid = v.column1",
-                ganglion_base::database::value_rows(engine, 1, chunk.len(), 2)
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (event_nid, state_after) in chunk {
-                query = query.bind(*event_nid).bind(*state_after);
+            for (event_nid, state_before, state_after) in chunk {
+                query = query
+                    .bind(*event_nid)
+                    .bind(*state_before)
+                    .bind(*state_after);
             }
             let updated = query.execute(&mut *self.tx).await?.rows_affected();
             if updated != chunk.len() as u64 {

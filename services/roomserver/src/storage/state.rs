@@ -90,6 +90,9 @@ struct NameTable<'a> {
     name_column: &'static str,
 }
 
+/// Blocks or snapshots written per statement (three values a row).
+const HASHED_ROWS: usize = 100;
+
 /// Names interned per statement (well under both engines' bind limits).
 const INTERNED_PER_STATEMENT: usize = 500;
 
@@ -429,81 +432,186 @@ impl Storage {
         learnt: &mut Learnt,
         state: &mut NidState,
     ) -> Result<i64, StorageError> {
-        if let Some(nid) = state.snapshot_nid {
-            return Ok(nid);
-        }
-        if state.entries.is_empty() {
-            state.snapshot_nid = Some(0);
-            return Ok(0);
-        }
-        let mut block_nids = Vec::new();
-        for block in state_blocks::split(&state.entries) {
-            if block.is_empty() {
-                block_nids.push(0);
+        self.write_snapshots(tx, learnt, std::slice::from_mut(state))
+            .await?;
+        state
+            .snapshot_nid
+            .ok_or_else(|| StorageError::Corrupt("a snapshot not written".into()))
+    }
+
+    /// Stores each of `states` as a snapshot (sharing every unchanged
+    /// block) inside `tx` and sets its NID; equal blocks and snapshots are
+    /// reused. The new blocks, then the new snapshots, are written many to a
+    /// statement: a new room's initial state is a snapshot per event.
+    pub(crate) async fn write_snapshots(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        learnt: &mut Learnt,
+        states: &mut [NidState],
+    ) -> Result<(), StorageError> {
+        // Per state to write: its index and its blocks as (hash, bytes),
+        // `None` for an empty block.
+        type Blocks = Vec<Option<(Vec<u8>, Vec<u8>)>>;
+        let mut pending: Vec<(usize, Blocks)> = Vec::new();
+        for (i, state) in states.iter_mut().enumerate() {
+            if state.snapshot_nid.is_some() {
                 continue;
             }
-            let hash = state_blocks::hash(&block);
-            let cached = lock(&self.caches.block_by_hash).get(&hash).or_else(|| {
-                learnt
-                    .blocks
-                    .iter()
-                    .find(|(h, _)| *h == hash)
-                    .map(|(_, n)| *n)
-            });
-            let nid = match cached {
-                Some(nid) => nid,
-                None => {
-                    // A new block answers with its NID as it is written;
-                    // one stored before is looked up.
-                    let inserted: Option<i64> = sqlx::query_scalar(
-                        "INSERT INTO state_blocks (hash, entries) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING RETURNING block_nid",
-                    )
-                    .bind(hash.as_slice())
-                    .bind(block.as_slice())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    let nid: i64 = match inserted {
-                        Some(nid) => nid,
-                        None => {
-                            sqlx::query_scalar("SELECT block_nid FROM state_blocks WHERE hash = $1")
-                                .bind(hash.as_slice())
-                                .fetch_one(&mut **tx)
-                                .await?
-                        }
-                    };
-                    learnt.blocks.push((hash, nid));
-                    nid
-                }
-            };
-            block_nids.push(nid);
-        }
-        let list = state_blocks::encode_nids(&block_nids);
-        let hash = state_blocks::hash(&list);
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO state_snapshots (hash, block_nids, entry_count) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING RETURNING snapshot_nid",
-        )
-        .bind(hash.as_slice())
-        .bind(list.as_slice())
-        .bind(state.entries.len() as i64)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let created = inserted.is_some();
-        let nid: i64 = match inserted {
-            Some(nid) => nid,
-            None => {
-                sqlx::query_scalar("SELECT snapshot_nid FROM state_snapshots WHERE hash = $1")
-                    .bind(hash.as_slice())
-                    .fetch_one(&mut **tx)
-                    .await?
+            if state.entries.is_empty() {
+                state.snapshot_nid = Some(0);
+                continue;
             }
-        };
-        if created {
-            learnt.snapshots.push((nid, state.entries.clone()));
+            let blocks = state_blocks::split(&state.entries)
+                .into_iter()
+                .map(|block| (!block.is_empty()).then(|| (state_blocks::hash(&block), block)))
+                .collect();
+            pending.push((i, blocks));
         }
-        state.snapshot_nid = Some(nid);
-        Ok(nid)
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Each block's NID: cached, learnt in this transaction, or written.
+        let mut block_nids: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut new_blocks: Vec<(&[u8], &[u8], i64)> = Vec::new();
+        {
+            let cache = lock(&self.caches.block_by_hash);
+            for (hash, bytes) in pending
+                .iter()
+                .flat_map(|(_, blocks)| blocks.iter().flatten())
+            {
+                if block_nids.contains_key(hash)
+                    || new_blocks.iter().any(|(h, _, _)| *h == hash.as_slice())
+                {
+                    continue;
+                }
+                let known = cache.get(hash).or_else(|| {
+                    learnt
+                        .blocks
+                        .iter()
+                        .find(|(h, _)| h == hash)
+                        .map(|(_, n)| *n)
+                });
+                match known {
+                    Some(nid) => {
+                        block_nids.insert(hash.clone(), nid);
+                    }
+                    None => new_blocks.push((hash.as_slice(), bytes.as_slice(), 0)),
+                }
+            }
+        }
+        let written = self
+            .insert_hashed(
+                tx,
+                "state_blocks",
+                "block_nid",
+                &["hash", "entries"],
+                &new_blocks,
+            )
+            .await?;
+        for (hash, (nid, _)) in written {
+            learnt.blocks.push((hash.clone(), nid));
+            block_nids.insert(hash, nid);
+        }
+        // Each snapshot: its list of block NIDs, by the list's hash.
+        let mut lists: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::with_capacity(pending.len());
+        for (i, blocks) in &pending {
+            let mut nids = Vec::with_capacity(blocks.len());
+            for block in blocks {
+                nids.push(match block {
+                    Some((hash, _)) => *block_nids
+                        .get(hash)
+                        .ok_or_else(|| StorageError::Corrupt("a state block not written".into()))?,
+                    None => 0,
+                });
+            }
+            let list = state_blocks::encode_nids(&nids);
+            lists.push((*i, state_blocks::hash(&list), list));
+        }
+        let mut rows: Vec<(&[u8], &[u8], i64)> = Vec::with_capacity(lists.len());
+        for (i, hash, list) in &lists {
+            if !rows.iter().any(|(h, _, _)| *h == hash.as_slice()) {
+                rows.push((
+                    hash.as_slice(),
+                    list.as_slice(),
+                    states[*i].entries.len() as i64,
+                ));
+            }
+        }
+        let snapshots = self
+            .insert_hashed(
+                tx,
+                "state_snapshots",
+                "snapshot_nid",
+                &["hash", "block_nids", "entry_count"],
+                &rows,
+            )
+            .await?;
+        for (i, hash, _) in &lists {
+            let (nid, created) = *snapshots
+                .get(hash)
+                .ok_or_else(|| StorageError::Corrupt("a snapshot not written".into()))?;
+            let state = &mut states[*i];
+            if created && !learnt.snapshots.iter().any(|(n, _)| *n == nid) {
+                learnt.snapshots.push((nid, state.entries.clone()));
+            }
+            state.snapshot_nid = Some(nid);
+        }
+        Ok(())
+    }
+
+    /// Inserts rows named by a content hash (`columns`: the hash, the
+    /// bytes and, for a third column, the number), many to a statement.
+    /// Returns each row's NID by hash, and whether this wrote it: a row
+    /// stored before keeps its NID.
+    async fn insert_hashed(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        table: &str,
+        nid_column: &str,
+        columns: &[&str],
+        rows: &[(&[u8], &[u8], i64)],
+    ) -> Result<HashMap<Vec<u8>, (i64, bool)>, StorageError> {
+        let engine = self.db.engine;
+        let width = columns.len();
+        let mut nids: HashMap<Vec<u8>, (i64, bool)> = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(HASHED_ROWS) {
+            // The table and column names are ours, never input.
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES {} ON CONFLICT DO NOTHING RETURNING hash, {nid_column}",
+                columns.join(", "),
+                ganglion_base::database::value_rows(engine, 1, chunk.len(), width)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (hash, bytes, number) in chunk {
+                query = query.bind(*hash).bind(*bytes);
+                if width > 2 {
+                    query = query.bind(*number);
+                }
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                nids.insert(row.try_get(0)?, (row.try_get(1)?, true));
+            }
+            let stored: Vec<&[u8]> = chunk
+                .iter()
+                .map(|(hash, _, _)| *hash)
+                .filter(|hash| !nids.contains_key(*hash))
+                .collect();
+            if stored.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT hash, {nid_column} FROM {table} WHERE hash IN ({})",
+                ganglion_base::database::params(engine, 1, stored.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for hash in &stored {
+                query = query.bind(*hash);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                nids.insert(row.try_get(0)?, (row.try_get(1)?, false));
+            }
+        }
+        Ok(nids)
     }
 
     /// Bytes and rows the state tables hold (for the benchmark).

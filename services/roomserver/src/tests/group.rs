@@ -532,6 +532,32 @@ async fn new_rooms_are_created_in_a_group_and_a_taken_alias_is_refused() {
         state.get(&("m.room.name".to_owned(), String::new())),
         Some(&created[2])
     );
+    // The new room's events, written together, each hold the state before
+    // it (the events before it) and after it (those and itself).
+    let storage = &running.service.storage;
+    let refs: Vec<&str> = created.iter().map(String::as_str).collect();
+    let stored = storage.events_by_id(&refs).await.expect("stored");
+    let ids_at = |snapshot: Option<i64>| async move {
+        let (state, _) = storage
+            .load_state(snapshot.expect("a state"))
+            .await
+            .expect("state");
+        let mut ids: Vec<String> = state.values().map(|e| e.event_id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    for (k, id) in created.iter().enumerate() {
+        let event = stored
+            .values()
+            .find(|e| e.pdu.event_id.as_str() == id)
+            .expect("stored event");
+        let mut before: Vec<String> = created[..k].to_vec();
+        before.sort();
+        let mut after: Vec<String> = created[..=k].to_vec();
+        after.sort();
+        assert_eq!(ids_at(event.state_before).await, before, "before {id}");
+        assert_eq!(ids_at(event.state_after).await, after, "after {id}");
+    }
 }
 
 /// A new room whose initial state is refused after its create event was
