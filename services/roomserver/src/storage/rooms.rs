@@ -654,14 +654,7 @@ impl RoomWriter {
         // The state's types and keys interned many at a time.
         let type_names: Vec<&str> = state.keys().map(|(kind, _)| kind.as_str()).collect();
         let keys: Vec<&str> = state.keys().map(|(_, key)| key.as_str()).collect();
-        let type_nids = self
-            .storage
-            .intern_many(&mut self.tx, &mut self.learnt, true, &type_names)
-            .await?;
-        let key_nids = self
-            .storage
-            .intern_many(&mut self.tx, &mut self.learnt, false, &keys)
-            .await?;
+        let (type_nids, key_nids) = self.intern_names(&type_names, &keys).await?;
         for ((kind, key), pdu) in state {
             let event_nid = *event_nids.get(pdu.event_id.as_str()).ok_or_else(|| {
                 StorageError::Corrupt(format!("state event {} not stored", pdu.event_id))
@@ -847,14 +840,7 @@ impl RoomWriter {
             .iter()
             .filter_map(|pdu| pdu.state_key.as_deref())
             .collect();
-        let type_nids = self
-            .storage
-            .intern_many(&mut self.tx, &mut self.learnt, true, &type_names)
-            .await?;
-        let key_nids = self
-            .storage
-            .intern_many(&mut self.tx, &mut self.learnt, false, &keys)
-            .await?;
+        let (type_nids, key_nids) = self.intern_names(&type_names, &keys).await?;
         pdus.iter()
             .zip(&kinds)
             .map(|(pdu, kind)| {
@@ -870,6 +856,24 @@ impl RoomWriter {
                 }
             })
             .collect()
+    }
+
+    /// Event types and state keys interned, many at a time: (NIDs of the
+    /// types, NIDs of the keys) by name.
+    async fn intern_names(
+        &mut self,
+        types: &[&str],
+        keys: &[&str],
+    ) -> Result<(HashMap<String, i64>, HashMap<String, i64>), StorageError> {
+        let type_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, true, types)
+            .await?;
+        let key_nids = self
+            .storage
+            .intern_many(&mut self.tx, &mut self.learnt, false, keys)
+            .await?;
+        Ok((type_nids, key_nids))
     }
 
     /// Stores states as snapshots, many to a statement, setting each one's
