@@ -319,8 +319,12 @@ impl Batch {
         if changes("m.room.member") {
             self.members_changed(event.room_id);
         }
-        // One entry per (type, state key): an event adds each once.
+        // One entry per (type, state key): an event adds each once (the
+        // last one given wins). Indexed, as a resolved state can bring
+        // thousands.
         let mut added: Vec<(String, String, String, Option<String>)> = Vec::new();
+        let mut index: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::new();
         for (event_type, state_key, event_id, entry_membership) in &event.state_added {
             // An entry state resolution brought back carries its own
             // membership; older producers left it out for the event's own.
@@ -337,12 +341,12 @@ impl Batch {
                 event_id.clone(),
                 membership,
             );
-            match added
-                .iter_mut()
-                .find(|(t, k, _, _)| t == event_type && k == state_key)
-            {
-                Some(slot) => *slot = entry,
-                None => added.push(entry),
+            match index.get(&(event_type.as_str(), state_key.as_str())) {
+                Some(&slot) => added[slot] = entry,
+                None => {
+                    index.insert((event_type, state_key), added.len());
+                    added.push(entry);
+                }
             }
         }
         let removed = event
@@ -424,14 +428,15 @@ impl Batch {
             }
             let offset = event.offset as i64;
             let room_id = event.room_id.as_str();
+            let replaced: std::collections::HashSet<(&str, &str)> = state
+                .added
+                .iter()
+                .map(|(t, k, _, _)| (t.as_str(), k.as_str()))
+                .collect();
             for (event_type, state_key, event_id) in &state.removed {
                 let key = (room_id, event_type.as_str(), state_key.as_str());
                 // A removal that no addition replaces is recorded as such.
-                if !state
-                    .added
-                    .iter()
-                    .any(|(t, k, _, _)| t == event_type && k == state_key)
-                {
+                if !replaced.contains(&(event_type.as_str(), state_key.as_str())) {
                     history.push(vec![
                         Bound::Text(Some(room_id)),
                         Bound::Text(Some(event_type)),

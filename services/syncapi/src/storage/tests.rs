@@ -1116,6 +1116,56 @@ async fn state_changes_of_a_batch_land_together(storage: Storage) {
     batch.consumed(Stream::Room, 0, 13);
     batch.commit().await.expect("commit");
     assert_eq!(current(storage.clone()).await, ["$create", "$open"]);
+
+    // A resolved state brings thousands of entries in one event (given
+    // twice over, the later one of each winning): written many to a
+    // statement, each entry once.
+    let members: Vec<(String, String)> = (0..3_000)
+        .map(|n| (format!("@m{n}:example.org"), format!("$m{n}")))
+        .collect();
+    let mut big = with(
+        event(
+            0,
+            14,
+            ROOM_B,
+            "$resolved",
+            "m.room.member",
+            Some("@m0:example.org"),
+            "{}",
+        ),
+        &[],
+        &[],
+    );
+    for round in 0..2 {
+        for (user, event_id) in &members {
+            big.state_added.push((
+                "m.room.member".into(),
+                user.clone(),
+                if round == 0 {
+                    "$stale".into()
+                } else {
+                    event_id.clone()
+                },
+                "join".into(),
+            ));
+        }
+    }
+    let mut batch = storage.batch().await.expect("batch");
+    batch.apply_event(&big).await.expect("resolved state");
+    batch.consumed(Stream::Room, 0, 14);
+    batch.commit().await.expect("commit");
+    let joined: Vec<(String, String)> = sqlx::query_as(
+        "SELECT state_key, event_id FROM current_state
+         WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'
+         ORDER BY state_key",
+    )
+    .bind(ROOM_B)
+    .fetch_all(&storage.db.pool)
+    .await
+    .expect("members");
+    let mut expected = members.clone();
+    expected.sort();
+    assert_eq!(joined, expected);
 }
 
 on_both_engines!(
