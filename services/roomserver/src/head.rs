@@ -47,6 +47,22 @@ impl Head {
             .map(|p| p.event_id.to_string())
             .collect()
     }
+
+    /// Moves the head past a locally built `pdu` (its state, for a state
+    /// event; the extremities; the depth). Returns the state it changed and
+    /// the extremities before it.
+    pub(crate) fn advance(&mut self, pdu: &Arc<Pdu>) -> (StateDelta, Vec<String>) {
+        let prev_extremities = self.extremity_ids();
+        let mut delta: StateDelta = Vec::new();
+        if let Some(state_key) = &pdu.state_key {
+            let key = (pdu.kind.to_string(), state_key.clone());
+            let replaced = self.state.insert(key.clone(), pdu.clone());
+            delta.push((key, Some(pdu.clone()), replaced));
+        }
+        self.extremities = extremities_after(&self.extremities, pdu);
+        self.depth = self.depth.max(pdu.depth);
+        (delta, prev_extremities)
+    }
 }
 
 /// How many rooms' heads a replica keeps in memory.

@@ -13,7 +13,7 @@ use crate::RoomserverService;
 use crate::api::parse_object;
 use crate::consumers::input::{Answer, ProcessError, Processed};
 use crate::events::{self, Pdu, RoomView, Signer, StateMap, Template};
-use crate::head::{Head, StateDelta, extremities_after};
+use crate::head::{Head, StateDelta};
 use crate::outputs::{self, OutputContext};
 use crate::storage::{
     CurrentStateChange, EventFlags, HeadUpdate, ProcessedInput, RoomWriter, StorageError,
@@ -527,21 +527,18 @@ impl RoomserverService {
             device_id: "",
             transaction_id: "",
         };
+        // The state before the first event, as NIDs.
+        let mut state = match head.nids.take() {
+            Some(nids) => nids,
+            None => writer.nid_state(&head.state).await?,
+        };
         let mut pdus: Vec<Arc<Pdu>> = Vec::with_capacity(new_room.initial_state.len() + 1);
         let mut built: Vec<(StateDelta, Vec<String>, Vec<String>)> =
             Vec::with_capacity(new_room.initial_state.len() + 1);
         let mut templates = new_room.initial_state.iter();
         let mut next = Some(create);
         while let Some(pdu) = next {
-            let prev_extremities = head.extremity_ids();
-            let mut delta: StateDelta = Vec::new();
-            if let Some(state_key) = &pdu.state_key {
-                let key = (pdu.kind.to_string(), state_key.clone());
-                let replaced = head.state.insert(key.clone(), pdu.clone());
-                delta.push((key, Some(pdu.clone()), replaced));
-            }
-            head.extremities = extremities_after(&head.extremities, &pdu);
-            head.depth = head.depth.max(pdu.depth);
+            let (delta, prev_extremities) = head.advance(&pdu);
             built.push((delta, prev_extremities, head.extremity_ids()));
             pdus.push(pdu);
             next = match templates.next() {
@@ -558,10 +555,6 @@ impl RoomserverService {
         let event_nids = writer.insert_new_events(&pdus, &flags).await?;
         let keys = writer.state_key_nids_of(&pdus).await?;
         // The state before each event, and after the last.
-        let mut state = match head.nids.take() {
-            Some(nids) => nids,
-            None => writer.nid_state(&head.state).await?,
-        };
         let mut states = Vec::with_capacity(pdus.len() + 1);
         states.push(state.clone());
         for (key, event_nid) in keys.iter().zip(&event_nids) {
@@ -605,7 +598,6 @@ impl RoomserverService {
         outputs: &mut Vec<Vec<u8>>,
         event_ids: &mut Vec<String>,
     ) -> Result<(), ProcessError> {
-        let prev_extremities = head.extremity_ids();
         let nids = match &mut head.nids {
             Some(nids) => nids,
             slot => slot.insert(writer.nid_state(&head.state).await?),
@@ -617,7 +609,6 @@ impl RoomserverService {
             outlier: false,
             announce: false,
         };
-        let mut delta: StateDelta = Vec::new();
         if let Some((kind, key)) = writer.state_key_nids(&pdu).await? {
             let event_nid = writer
                 .insert_event(&pdu, &flags, Some(before), None)
@@ -625,19 +616,12 @@ impl RoomserverService {
             nids.set(kind, key, event_nid);
             let after = writer.snapshot(nids).await?;
             writer.set_state_after(event_nid, after);
-            let state_key = (
-                pdu.kind.to_string(),
-                pdu.state_key.clone().unwrap_or_default(),
-            );
-            let replaced = head.state.insert(state_key.clone(), pdu.clone());
-            delta.push((state_key, Some(pdu.clone()), replaced));
         } else {
             writer
                 .insert_event(&pdu, &flags, Some(before), Some(before))
                 .await?;
         }
-        head.extremities = extremities_after(&head.extremities, &pdu);
-        head.depth = head.depth.max(pdu.depth);
+        let (delta, prev_extremities) = head.advance(&pdu);
         outputs.push(outputs::new_room_event(
             &pdu,
             context,

@@ -472,7 +472,7 @@ impl Storage {
             known_nids: HashMap::new(),
             redacted: Vec::new(),
             queued_outliers: Vec::new(),
-            states_after: Vec::new(),
+            states: Vec::new(),
         })
     }
 }
@@ -496,12 +496,12 @@ pub(crate) struct RoomWriter {
     /// (event NID, state before if it is to be written too, state after)
     /// of events whose states are written at commit (see
     /// [`RoomWriter::set_state_after`]).
-    states_after: Vec<(i64, Option<i64>, i64)>,
+    states: Vec<(i64, Option<i64>, i64)>,
 }
 
 /// Events' states set this many to a statement (three parameters each): a
 /// new room's initial state is a handful.
-const STATE_AFTER_ROWS: usize = 16;
+const STATE_ROWS: usize = 16;
 
 /// Events inserted this many to a statement (nine parameters each): a
 /// hundred round trips for a join's 10 000 outliers, each statement well
@@ -887,7 +887,7 @@ impl RoomWriter {
     /// The states before and after an event stored by
     /// [`RoomWriter::insert_new_events`], written at commit.
     pub(crate) fn set_states(&mut self, event_nid: i64, state_before: i64, state_after: i64) {
-        self.states_after
+        self.states
             .push((event_nid, Some(state_before), state_after));
     }
 
@@ -896,14 +896,14 @@ impl RoomWriter {
     /// reads the column before: a later event of this transaction takes
     /// the state from memory, and readers outside it see it committed.
     pub(crate) fn set_state_after(&mut self, event_nid: i64, state_after: i64) {
-        self.states_after.push((event_nid, None, state_after));
+        self.states.push((event_nid, None, state_after));
     }
 
-    /// Writes the states after set since the last time.
-    async fn write_states_after(&mut self) -> Result<(), StorageError> {
+    /// Writes the events' states set since the last time.
+    async fn write_states(&mut self) -> Result<(), StorageError> {
         let engine = self.storage.db.engine;
-        let states_after = std::mem::take(&mut self.states_after);
-        for chunk in states_after.chunks(STATE_AFTER_ROWS) {
+        let states = std::mem::take(&mut self.states);
+        for chunk in states.chunks(STATE_ROWS) {
             let sql = format!(
                 "UPDATE events SET state_before_nid = COALESCE(v.column2, events.state_before_nid),
                     state_after_nid = v.column3
@@ -920,7 +920,7 @@ impl RoomWriter {
             let updated = query.execute(&mut *self.tx).await?.rows_affected();
             if updated != chunk.len() as u64 {
                 return Err(StorageError::Corrupt(format!(
-                    "{updated} of {} states after written",
+                    "the states of {updated} of {} events written",
                     chunk.len()
                 )));
             }
@@ -1104,7 +1104,7 @@ impl RoomWriter {
         published: &[i64],
     ) -> Result<Vec<i64>, StorageError> {
         self.insert_queued_outliers().await?;
-        self.write_states_after().await?;
+        self.write_states().await?;
         let engine = self.storage.db.engine;
         // Many to a statement of one fixed text (a short chunk repeats its
         // last seq), so the prepared-statement cache keeps serving it.
