@@ -7,8 +7,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions};
+
+use crate::sql::{self, Pool, PoolConnection};
 
 /// Which engine a pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ impl Migration {
 /// A service's database.
 #[derive(Debug, Clone)]
 pub struct Database {
-    pub pool: AnyPool,
+    pub pool: Pool,
     pub engine: Engine,
 }
 
@@ -79,24 +81,19 @@ pub enum DatabaseError {
 /// setting back. Dropped without it (an error on the way), the connection
 /// is closed rather than reused, as it would still flush every commit.
 pub struct FlushedConnection {
-    connection: sqlx::pool::PoolConnection<sqlx::Any>,
-    engine: Engine,
+    connection: PoolConnection,
     restored: bool,
 }
 
 impl FlushedConnection {
     /// The connection, to run statements on.
-    pub fn connection(&mut self) -> &mut sqlx::AnyConnection {
+    pub fn connection(&mut self) -> &mut sql::Connection {
         &mut self.connection
     }
 
     /// Puts the view's setting back and returns the connection to the pool.
     pub async fn release(mut self) {
-        self.restored = self.engine != Engine::Sqlite
-            || sqlx::raw_sql("PRAGMA synchronous=NORMAL")
-                .execute(&mut *self.connection)
-                .await
-                .is_ok();
+        self.restored = self.connection.restore_flushed().await.is_ok();
     }
 }
 
@@ -123,9 +120,10 @@ pub fn refuses_the_data(error: &sqlx::Error) -> bool {
             let Some(code) = database.code() else {
                 return false;
             };
-            if database
-                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-                .is_some()
+            if database.try_downcast_ref::<sql::SqliteError>().is_some()
+                || database
+                    .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                    .is_some()
             {
                 let extended = code.parse::<u32>().unwrap_or(0);
                 let primary = extended & 0xff;
@@ -153,6 +151,8 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(error) => {
             if let Some(error) = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 transient_sqlstate(error.code())
+            } else if let Some(error) = error.try_downcast_ref::<sql::SqliteError>() {
+                matches!(error.extended_code() & 0xff, 5 | 6)
             } else if let Some(error) = error.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 // The primary code is the low byte of an extended one
                 // (SQLITE_BUSY_SNAPSHOT is 517): busy or locked, another
@@ -195,13 +195,13 @@ pub fn matrix_error(service: &str, error: &sqlx::Error) -> crate::MatrixError {
 /// dropped without that (an error on the way), its connection is closed,
 /// which frees the lock too.
 pub struct NameLock {
-    held: Option<(sqlx::pool::PoolConnection<sqlx::Any>, i64)>,
+    held: Option<(PoolConnection, i64)>,
 }
 
 impl NameLock {
     pub async fn release(mut self) {
         if let Some((mut connection, key)) = self.held.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            let unlocked = sql::query("SELECT pg_advisory_unlock($1)")
                 .bind(key)
                 .execute(&mut *connection)
                 .await;
@@ -238,7 +238,7 @@ impl Database {
         first.copy_from_slice(&digest[..8]);
         let key = i64::from_be_bytes(first);
         let mut connection = self.pool.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        sql::query("SELECT pg_advisory_lock($1)")
             .bind(key)
             .execute(&mut *connection)
             .await?;
@@ -297,8 +297,6 @@ impl Database {
         };
         let pool = match engine {
             Engine::Sqlite => {
-                let any = AnyConnectOptions::from_str(&url)?
-                    .log_statements(tracing::log::LevelFilter::Trace);
                 // WAL. synchronous=FULL flushes the WAL at each commit, so
                 // a committed transaction survives a power cut; NORMAL (the
                 // `os` durability) survives a process crash (kill -9), and
@@ -314,25 +312,22 @@ impl Database {
                          PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
                     }
                 };
-                AnyPoolOptions::new()
-                    .max_connections(max_connections.unwrap_or(4))
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            sqlx::raw_sql(pragmas).execute(conn).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(any)
-                    .await?
+                let mut options = sql::SqliteOptions::from_url(&url)?;
+                options.pragmas = pragmas.to_owned();
+                options.flushed = durability == crate::config::Durability::Fsync;
+                options.max_connections = max_connections.unwrap_or(4);
+                Pool::sqlite(options).await?
             }
             Engine::Postgres => {
                 let any = AnyConnectOptions::from_str(&url)?
                     .log_statements(tracing::log::LevelFilter::Trace);
-                AnyPoolOptions::new()
-                    .max_connections(max_connections.unwrap_or(10))
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(any)
-                    .await?
+                Pool::from_any(
+                    AnyPoolOptions::new()
+                        .max_connections(max_connections.unwrap_or(10))
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_with(any)
+                        .await?,
+                )
             }
         };
         let db = Database { pool, engine };
@@ -394,14 +389,9 @@ impl Database {
     /// are not rebuilt from the log.
     pub async fn flushed(&self) -> Result<FlushedConnection, sqlx::Error> {
         let mut connection = self.pool.acquire().await?;
-        if self.engine == Engine::Sqlite {
-            sqlx::raw_sql("PRAGMA synchronous=FULL")
-                .execute(&mut *connection)
-                .await?;
-        }
+        connection.set_flushed(true).await?;
         Ok(FlushedConnection {
             connection,
-            engine: self.engine,
             restored: false,
         })
     }
@@ -447,7 +437,7 @@ impl Database {
         // at what is applied once it holds it.
         let mut tx = self.pool.begin().await?;
         self.lock_migrations(&mut tx).await?;
-        sqlx::raw_sql(
+        sql::raw_sql(
             "CREATE TABLE IF NOT EXISTS ganglion_schema (
                 version BIGINT PRIMARY KEY,
                 description TEXT NOT NULL
@@ -456,7 +446,7 @@ impl Database {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ganglion_schema")
+        let current: Option<i64> = sql::query_scalar("SELECT MAX(version) FROM ganglion_schema")
             .fetch_one(&self.pool)
             .await?;
         let current = current.unwrap_or(0);
@@ -472,7 +462,7 @@ impl Database {
             let mut tx = self.pool.begin().await?;
             self.lock_migrations(&mut tx).await?;
             let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM ganglion_schema WHERE version = $1")
+                sql::query_scalar("SELECT version FROM ganglion_schema WHERE version = $1")
                     .bind(migration.version)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -480,10 +470,10 @@ impl Database {
                 continue;
             }
             let sql = migration.sql_for(self.engine);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            sql::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES ($1, $2)")
+            sql::query("INSERT INTO ganglion_schema (version, description) VALUES ($1, $2)")
                 .bind(migration.version)
                 .bind(migration.description)
                 .execute(&mut *tx)
@@ -496,13 +486,10 @@ impl Database {
 
     /// Takes the database's migration lock until `tx` ends (PostgreSQL;
     /// SQLite has one writer at a time anyway).
-    async fn lock_migrations(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    ) -> Result<(), sqlx::Error> {
+    async fn lock_migrations(&self, tx: &mut sql::Transaction) -> Result<(), sqlx::Error> {
         if self.engine == Engine::Postgres {
             // A fixed key: advisory locks belong to one database.
-            sqlx::query("SELECT pg_advisory_xact_lock(716147001)")
+            sql::query("SELECT pg_advisory_xact_lock(716147001)")
                 .execute(&mut **tx)
                 .await?;
         }
@@ -511,7 +498,7 @@ impl Database {
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
-        sqlx::query_scalar::<_, i64>("SELECT 1")
+        sql::query_scalar::<i64>("SELECT 1")
             .fetch_one(&self.pool)
             .await
             .is_ok()
@@ -533,12 +520,12 @@ pub(crate) mod tests {
     }];
 
     async fn roundtrip(db: &Database) {
-        sqlx::query("INSERT INTO things (name) VALUES ($1)")
+        sql::query("INSERT INTO things (name) VALUES ($1)")
             .bind("a")
             .execute(&db.pool)
             .await
             .expect("insert");
-        let name: String = sqlx::query_scalar("SELECT name FROM things WHERE id = $1")
+        let name: String = sql::query_scalar("SELECT name FROM things WHERE id = $1")
             .bind(1_i64)
             .fetch_one(&db.pool)
             .await
@@ -548,7 +535,7 @@ pub(crate) mod tests {
         // Many parameters, bound in order, in rows and in a list.
         let names: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
         let rows = value_rows(db.engine, 1, names.len(), 1);
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut insert = sql::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO things (name) VALUES {rows}"
         )));
         for name in &names {
@@ -560,7 +547,7 @@ pub(crate) mod tests {
             "SELECT name FROM things WHERE name IN ({}) ORDER BY id",
             params(db.engine, 1, wanted.len())
         );
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(select));
+        let mut query = sql::query_scalar::<String>(sqlx::AssertSqlSafe(select));
         for name in wanted {
             query = query.bind(name);
         }
@@ -572,14 +559,14 @@ pub(crate) mod tests {
 
     /// Data the database refuses is told from trouble a retry may pass.
     async fn classifies_refused_data(db: &Database) {
-        sqlx::query("CREATE TABLE keyed (name TEXT NOT NULL, CONSTRAINT keyed_name UNIQUE (name))")
+        sql::query("CREATE TABLE keyed (name TEXT NOT NULL, CONSTRAINT keyed_name UNIQUE (name))")
             .execute(&db.pool)
             .await
             .expect("create");
         let insert = |name: Option<String>| {
             let pool = db.pool.clone();
             async move {
-                sqlx::query("INSERT INTO keyed (name) VALUES ($1)")
+                sql::query("INSERT INTO keyed (name) VALUES ($1)")
                     .bind(name)
                     .execute(&pool)
                     .await
@@ -618,7 +605,7 @@ pub(crate) mod tests {
         let sql = format!(
             "DO $$ BEGIN RAISE EXCEPTION 'raised by the test' USING ERRCODE = '{code}'; END $$"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sql::query(sqlx::AssertSqlSafe(sql))
             .execute(&db.pool)
             .await
             .expect_err("raised")
@@ -658,21 +645,23 @@ pub(crate) mod tests {
             .execute(&mut holder)
             .await
             .expect("take the write lock");
-        let mut other = sqlx::AnyConnection::connect(&url).await.expect("connect");
-        sqlx::query("PRAGMA busy_timeout = 0")
+        let mut other = db.pool.acquire().await.expect("acquire");
+        sql::raw_sql("PRAGMA busy_timeout = 0")
             .execute(&mut other)
             .await
             .expect("no waiting");
-        let busy = sqlx::query("INSERT INTO things (name) VALUES ('b')")
+        let busy = sql::query("INSERT INTO things (name) VALUES ('b')")
             .execute(&mut other)
             .await
             .expect_err("busy");
         assert!(is_transient(&busy), "{busy}");
-        let refused = sqlx::query("INSERT INTO nowhere (name) VALUES ('b')")
+        let refused = sql::query("INSERT INTO nowhere (name) VALUES ('b')")
             .execute(&mut other)
             .await
             .expect_err("no such table");
         assert!(!is_transient(&refused), "{refused}");
+        other.close_on_drop();
+        drop(other);
         sqlx::query("ROLLBACK")
             .execute(&mut holder)
             .await
@@ -681,7 +670,7 @@ pub(crate) mod tests {
     }
 
     async fn refuses_newer_schema(db: &Database) {
-        sqlx::query("INSERT INTO ganglion_schema (version, description) VALUES (99, 'future')")
+        sql::query("INSERT INTO ganglion_schema (version, description) VALUES (99, 'future')")
             .execute(&db.pool)
             .await
             .expect("insert");
@@ -728,13 +717,13 @@ pub(crate) mod tests {
         let db = Database::open_for_service_one_writer(&config, "test", MIGRATIONS)
             .await
             .expect("open");
-        assert_eq!(db.pool.options().get_max_connections(), 1);
+        assert_eq!(db.pool.max_connections(), 1);
         let writers = (0..4).map(|w| {
             let db = db.clone();
             tokio::spawn(async move {
                 for i in 0..50 {
                     let mut tx = db.pool.begin().await.expect("begin");
-                    sqlx::query("INSERT INTO things (name) VALUES ($1)")
+                    sql::query("INSERT INTO things (name) VALUES ($1)")
                         .bind(format!("w{w}-{i}"))
                         .execute(&mut *tx)
                         .await
@@ -746,7 +735,7 @@ pub(crate) mod tests {
         for writer in writers.collect::<Vec<_>>() {
             writer.await.expect("writer");
         }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things")
+        let count: i64 = sql::query_scalar("SELECT COUNT(*) FROM things")
             .fetch_one(&db.pool)
             .await
             .expect("count");
@@ -760,7 +749,7 @@ pub(crate) mod tests {
         let db = Database::open_for_service_one_writer(&config, "test", MIGRATIONS)
             .await
             .expect("reopen");
-        assert_eq!(db.pool.options().get_max_connections(), 3);
+        assert_eq!(db.pool.max_connections(), 3);
         db.close().await;
     }
 
@@ -794,7 +783,7 @@ pub(crate) mod tests {
                 .collect();
             for opened in opening {
                 let db = opened.await.expect("task").expect("every replica opens");
-                let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ganglion_schema")
+                let versions: i64 = sql::query_scalar("SELECT COUNT(*) FROM ganglion_schema")
                     .fetch_one(&db.pool)
                     .await
                     .expect("count");

@@ -1,5 +1,3 @@
-use sqlx::Row;
-
 use super::{Storage, StorageError};
 
 /// A remote server's signing key as stored.
@@ -26,7 +24,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         for key in keys {
-            sqlx::query(
+            ganglion_base::sql::query(
                 "INSERT INTO server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (server_name, key_id) DO UPDATE
@@ -41,7 +39,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO server_key_responses (server_name, response_json, valid_until_ts)
              VALUES ($1, $2, $3)
              ON CONFLICT (server_name) DO UPDATE
@@ -62,7 +60,7 @@ impl Storage {
         &self,
         server_name: &str,
     ) -> Result<Vec<StoredKey>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT key_id, public_key, valid_until_ts, expired_ts FROM server_keys
              WHERE server_name = $1 ORDER BY key_id",
         )
@@ -87,7 +85,7 @@ impl Storage {
         &self,
         server_name: &str,
     ) -> Result<Option<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as(
+        Ok(ganglion_base::sql::query_as(
             "SELECT response_json, valid_until_ts FROM server_key_responses WHERE server_name = $1",
         )
         .bind(server_name)

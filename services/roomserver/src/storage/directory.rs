@@ -1,8 +1,6 @@
 //! Aliases, the published-room list and reports: room metadata that is not
 //! room state.
 
-use sqlx::Row;
-
 use super::{Storage, StorageError};
 
 /// An invite or knock of one of our users in a room we are not in.
@@ -46,7 +44,7 @@ impl Storage {
         (event_id, sender): (&str, &str),
         (membership, via): (&str, &str),
     ) -> Result<(), StorageError> {
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO remote_invites (room_id, user_id, event_id, sender, membership, via_server)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (room_id, user_id) DO UPDATE
@@ -71,7 +69,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
+        ganglion_base::sql::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
             .bind(room_id)
             .bind(user_id)
             .execute(&self.db.pool)
@@ -86,7 +84,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<RemoteMembership>, StorageError> {
-        let row = sqlx::query(
+        let row = ganglion_base::sql::query(
             "SELECT membership, sender, via_server FROM remote_invites WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)
@@ -105,7 +103,7 @@ impl Storage {
 
     pub(crate) async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
         Ok(
-            sqlx::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
+            ganglion_base::sql::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
                 .bind(alias)
                 .fetch_optional(&self.db.pool)
                 .await?,
@@ -117,10 +115,11 @@ impl Storage {
         &self,
         alias: &str,
     ) -> Result<Option<(String, String)>, StorageError> {
-        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
-            .bind(alias)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            ganglion_base::sql::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+                .bind(alias)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(match row {
             Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
             None => None,
@@ -134,7 +133,7 @@ impl Storage {
         room_id: &str,
         creator: &str,
     ) -> Result<bool, StorageError> {
-        let inserted = sqlx::query(
+        let inserted = ganglion_base::sql::query(
             "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)
              ON CONFLICT (alias) DO NOTHING",
         )
@@ -148,21 +147,23 @@ impl Storage {
     }
 
     pub(crate) async fn remove_alias(&self, alias: &str) -> Result<bool, StorageError> {
-        Ok(sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
-            .bind(alias)
-            .execute(&self.db.pool)
-            .await?
-            .rows_affected()
-            == 1)
+        Ok(
+            ganglion_base::sql::query("DELETE FROM room_aliases WHERE alias = $1")
+                .bind(alias)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
     }
 
     pub(crate) async fn aliases_of(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
-                .bind(room_id)
-                .fetch_all(&self.db.pool)
-                .await?,
+        Ok(ganglion_base::sql::query_scalar(
+            "SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias",
         )
+        .bind(room_id)
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 
     pub(crate) async fn set_published(
@@ -171,12 +172,14 @@ impl Storage {
         public: bool,
     ) -> Result<(), StorageError> {
         if public {
-            sqlx::query("INSERT INTO published_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(room_id)
-                .execute(&self.db.pool)
-                .await?;
+            ganglion_base::sql::query(
+                "INSERT INTO published_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(room_id)
+            .execute(&self.db.pool)
+            .await?;
         } else {
-            sqlx::query("DELETE FROM published_rooms WHERE room_id = $1")
+            ganglion_base::sql::query("DELETE FROM published_rooms WHERE room_id = $1")
                 .bind(room_id)
                 .execute(&self.db.pool)
                 .await?;
@@ -185,7 +188,7 @@ impl Storage {
     }
 
     pub(crate) async fn is_published(&self, room_id: &str) -> Result<bool, StorageError> {
-        Ok(sqlx::query_scalar::<_, String>(
+        Ok(ganglion_base::sql::query_scalar::<String>(
             "SELECT room_id FROM published_rooms WHERE room_id = $1",
         )
         .bind(room_id)
@@ -196,7 +199,7 @@ impl Storage {
 
     /// Published rooms with their joined member counts, most members first.
     pub(crate) async fn published_rooms(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT p.room_id,
                     (SELECT COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
                      WHERE r.room_id = p.room_id AND s.event_type = 'm.room.member'
@@ -218,7 +221,7 @@ impl Storage {
     ) -> Result<Vec<(String, String, String)>, StorageError> {
         let mut out = Vec::new();
         for kind in types {
-            let rows = sqlx::query(
+            let rows = ganglion_base::sql::query(
                 "SELECT s.state_key, e.json FROM current_state s
                  JOIN rooms r ON r.room_nid = s.room_nid
                  JOIN events e ON e.event_nid = s.event_nid
@@ -241,7 +244,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(sqlx::query_scalar(
+        Ok(ganglion_base::sql::query_scalar(
             "SELECT s.membership FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = $2",
         )
@@ -260,7 +263,7 @@ impl Storage {
         server_name: &str,
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(
+        Ok(ganglion_base::sql::query_scalar(
             "SELECT s.state_key FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'
                AND ($2 = '' OR s.state_key LIKE '%:' || $2)
@@ -279,7 +282,7 @@ impl Storage {
 
     /// Rooms whose current state has the user joined.
     pub(crate) async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(
+        Ok(ganglion_base::sql::query_scalar(
             "SELECT r.room_id FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
              ORDER BY r.room_id",
@@ -298,7 +301,7 @@ impl Storage {
         score: Option<i64>,
         received_ts: i64,
     ) -> Result<(), StorageError> {
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO reports (room_id, event_id, reporter, reason, score, received_ts)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -318,7 +321,7 @@ impl Storage {
     pub(crate) async fn reports(
         &self,
     ) -> Result<Vec<(String, Option<String>, String, String)>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT room_id, event_id, reporter, reason FROM reports ORDER BY report_id DESC",
         )
         .fetch_all(&self.db.pool)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use sqlx::{Any, Row, Transaction};
+use ganglion_base::sql::Transaction;
 
 use super::{Storage, StorageError};
 use crate::state_blocks::{self, StateEntries};
@@ -120,7 +120,7 @@ impl Storage {
         let blocks = match cached {
             Some(blocks) => blocks,
             None => {
-                let bytes: Vec<u8> = sqlx::query_scalar(
+                let bytes: Vec<u8> = ganglion_base::sql::query_scalar(
                     "SELECT block_nids FROM state_snapshots WHERE snapshot_nid = $1",
                 )
                 .bind(snapshot_nid)
@@ -143,12 +143,13 @@ impl Storage {
             let entries = match cached {
                 Some(entries) => entries,
                 None => {
-                    let bytes: Vec<u8> =
-                        sqlx::query_scalar("SELECT entries FROM state_blocks WHERE block_nid = $1")
-                            .bind(block_nid)
-                            .fetch_optional(&self.db.pool)
-                            .await?
-                            .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?;
+                    let bytes: Vec<u8> = ganglion_base::sql::query_scalar(
+                        "SELECT entries FROM state_blocks WHERE block_nid = $1",
+                    )
+                    .bind(block_nid)
+                    .fetch_optional(&self.db.pool)
+                    .await?
+                    .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?;
                     let entries = Arc::new(
                         state_blocks::decode_entries(&bytes)
                             .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?,
@@ -231,7 +232,7 @@ impl Storage {
             let sql = format!(
                 "SELECT {nid_column}, {name_column} FROM {table} WHERE {nid_column} IN ({list})"
             );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
                 .fetch_all(&self.db.pool)
                 .await?;
             let mut names = lock(cache);
@@ -273,7 +274,7 @@ impl Storage {
             return Ok(Some(nid));
         }
         let sql = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
-        let nid: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let nid: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&self.db.pool)
             .await?;
@@ -306,7 +307,7 @@ impl Storage {
     /// Interns an event type or state key inside `tx`.
     pub(crate) async fn intern(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         learnt: &mut Learnt,
         is_type: bool,
         name: &str,
@@ -328,7 +329,7 @@ impl Storage {
             "INSERT INTO {table} ({name_column}) VALUES ($1) ON CONFLICT DO NOTHING
              RETURNING {nid_column}"
         );
-        let inserted: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert))
+        let inserted: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(insert))
             .bind(name)
             .fetch_optional(&mut **tx)
             .await?;
@@ -336,7 +337,7 @@ impl Storage {
             Some(nid) => nid,
             None => {
                 let select = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+                ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(select))
                     .bind(name)
                     .fetch_one(&mut **tx)
                     .await?
@@ -355,7 +356,7 @@ impl Storage {
     /// inserted and read back many to a statement.
     pub(crate) async fn intern_many(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         learnt: &mut Learnt,
         is_type: bool,
         names: &[&str],
@@ -402,7 +403,7 @@ impl Storage {
                 "INSERT INTO {table} ({name_column}) VALUES {} ON CONFLICT DO NOTHING",
                 ganglion_base::database::value_rows(self.db.engine, 1, chunk.len(), 1)
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(insert));
             for name in chunk {
                 query = query.bind(*name);
             }
@@ -411,7 +412,7 @@ impl Storage {
                 "SELECT {name_column}, {nid_column} FROM {table} WHERE {name_column} IN ({})",
                 ganglion_base::database::params(self.db.engine, 1, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(select));
+            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(select));
             for name in chunk {
                 query = query.bind(*name);
             }
@@ -428,7 +429,7 @@ impl Storage {
     /// `tx` and returns its NID; an equal snapshot is reused.
     pub(crate) async fn write_snapshot(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         learnt: &mut Learnt,
         state: &mut NidState,
     ) -> Result<i64, StorageError> {
@@ -445,7 +446,7 @@ impl Storage {
     /// statement: a new room's initial state is a snapshot per event.
     pub(crate) async fn write_snapshots(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         learnt: &mut Learnt,
         states: &mut [NidState],
     ) -> Result<(), StorageError> {
@@ -565,7 +566,7 @@ impl Storage {
     /// stored before keeps its NID.
     async fn insert_hashed(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         table: &str,
         nid_column: &str,
         columns: &[&str],
@@ -581,7 +582,7 @@ impl Storage {
                 columns.join(", "),
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), width)
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
             for (hash, bytes, number) in chunk {
                 query = query.bind(*hash).bind(*bytes);
                 if width > 2 {
@@ -603,7 +604,7 @@ impl Storage {
                 "SELECT hash, {nid_column} FROM {table} WHERE hash IN ({})",
                 ganglion_base::database::params(engine, 1, stored.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
             for hash in &stored {
                 query = query.bind(*hash);
             }
@@ -616,7 +617,7 @@ impl Storage {
 
     /// Bytes and rows the state tables hold (for the benchmark).
     pub(crate) async fn state_storage_size(&self) -> Result<(i64, i64, i64, i64), StorageError> {
-        let row = sqlx::query(
+        let row = ganglion_base::sql::query(
             "SELECT (SELECT COUNT(*) FROM state_blocks),
                     (SELECT COALESCE(SUM(LENGTH(entries) + LENGTH(hash)), 0) FROM state_blocks),
                     (SELECT COUNT(*) FROM state_snapshots),

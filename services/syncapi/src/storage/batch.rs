@@ -28,7 +28,7 @@ pub(crate) struct RoomCache {
 }
 
 pub(crate) struct Batch {
-    pub(super) tx: sqlx::Transaction<'static, sqlx::Any>,
+    pub(super) tx: ganglion_base::sql::Transaction,
     /// The committed knowledge this batch started from and updates when it
     /// commits.
     shared: std::sync::Arc<std::sync::Mutex<RoomCache>>,
@@ -192,7 +192,7 @@ impl Batch {
     pub(crate) async fn commit(mut self) -> Result<(), StorageError> {
         self.flush().await?;
         for (room_id, event_id) in &self.at_commit.bumps {
-            sqlx::query(
+            ganglion_base::sql::query(
                 "INSERT INTO room_bumps (room_id, bump)
                  SELECT room_id, id FROM events WHERE event_id = $1 AND room_id = $2
                  ON CONFLICT (room_id) DO UPDATE SET bump = excluded.bump",

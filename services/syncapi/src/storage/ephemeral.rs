@@ -4,7 +4,6 @@
 //! nothing.
 
 use ganglion_api::proto::topics as topic_pb;
-use sqlx::Row;
 
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
@@ -18,7 +17,7 @@ pub(crate) struct At {
 
 impl At {
     pub(super) fn from_row(
-        row: &sqlx::any::AnyRow,
+        row: &ganglion_base::sql::Row,
         partition: usize,
         offset: usize,
     ) -> Result<At, sqlx::Error> {
@@ -97,7 +96,7 @@ pub(super) fn i64_of(value: u64) -> i64 {
 impl Storage {
     /// Stores the record's position and commits its transaction.
     pub(super) async fn commit_at(
-        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        mut tx: ganglion_base::sql::Transaction,
         stream: Stream,
         at: At,
     ) -> Result<(), StorageError> {
@@ -113,7 +112,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         if edu.typing {
-            sqlx::query(
+            ganglion_base::sql::query(
                 "INSERT INTO typing (room_id, user_id, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (room_id, user_id) DO UPDATE SET expires_at = excluded.expires_at",
             )
@@ -123,13 +122,13 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         } else {
-            sqlx::query("DELETE FROM typing WHERE room_id = $1 AND user_id = $2")
+            ganglion_base::sql::query("DELETE FROM typing WHERE room_id = $1 AND user_id = $2")
                 .bind(&edu.room_id)
                 .bind(&edu.user_id)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO typing_changes (room_id, log_partition, log_offset) VALUES ($1, $2, $3)
              ON CONFLICT (room_id) DO UPDATE
              SET log_partition = excluded.log_partition, log_offset = excluded.log_offset",
@@ -157,7 +156,7 @@ impl Storage {
              WHERE c.room_id IN ({JOINED}) AND c.log_offset >= $3
              ORDER BY c.room_id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(now_ms)
             .bind(i64_of(since_offset))
@@ -190,7 +189,7 @@ impl Storage {
         edu: &topic_pb::ReceiptEdu,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let offsets: Vec<(String, i64)> = sqlx::query_as(
+        let offsets: Vec<(String, i64)> = ganglion_base::sql::query_as(
             "SELECT e.event_id, e.log_offset FROM events e WHERE e.event_id = $1
              UNION ALL
              SELECT e.event_id, e.log_offset FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -221,7 +220,7 @@ impl Storage {
                     "DELETE FROM notifications
                      WHERE user_id = $1 AND room_id = $2 AND log_offset <= $3{thread_clause}"
                 );
-                let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql))
+                let mut delete = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
                     .bind(&edu.user_id)
                     .bind(&edu.room_id)
                     .bind(*read_up_to);
@@ -230,7 +229,7 @@ impl Storage {
                 }
                 delete.execute(&mut *tx).await?;
             }
-            sqlx::query(
+            ganglion_base::sql::query(
                 "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts,
                                        log_partition, log_offset)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -266,7 +265,7 @@ impl Storage {
              WHERE room_id IN ({JOINED}) AND log_offset >= $2
                AND (receipt_type <> 'm.read.private' OR user_id = $1)"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(i64_of(since_offset))
             .fetch_all(&self.db.pool)
@@ -292,7 +291,7 @@ impl Storage {
         edu: &topic_pb::PresenceEdu,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO presence (user_id, presence, status_msg, last_active_ts, currently_active,
                                    log_partition, log_offset, automatic)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -319,7 +318,7 @@ impl Storage {
         &self,
         user_id: &str,
     ) -> Result<Option<PresenceRow>, StorageError> {
-        let row = sqlx::query(
+        let row = ganglion_base::sql::query(
             "SELECT user_id, presence, status_msg, last_active_ts, currently_active,
                     log_partition, log_offset, automatic
              FROM presence WHERE user_id = $1",
@@ -347,7 +346,7 @@ impl Storage {
              WHERE log_offset >= $2 AND {}",
             self_or_co_member("user_id")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(i64_of(since_offset))
             .fetch_all(&self.db.pool)
@@ -368,7 +367,7 @@ impl Storage {
              WHERE event_type = 'm.room.member' AND state_key = $2 AND membership = 'join'
                AND room_id IN ({JOINED}) LIMIT 1"
         );
-        let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let found: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(a)
             .bind(b)
             .fetch_optional(&self.db.pool)
@@ -386,7 +385,7 @@ impl Storage {
         let mut tx = self.db.pool.begin().await?;
         for message in &edu.messages {
             let content = String::from_utf8_lossy(&message.content_json);
-            sqlx::query(
+            ganglion_base::sql::query(
                 "INSERT INTO to_device (user_id, device_id, message_id, sender, event_type, content,
                                         log_partition, log_offset)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -414,7 +413,7 @@ impl Storage {
         after: &str,
         limit: u32,
     ) -> Result<Vec<(String, i64)>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT user_id, MAX(id) FROM to_device WHERE user_id > $1
              GROUP BY user_id ORDER BY user_id LIMIT $2",
         )
@@ -436,7 +435,7 @@ impl Storage {
         live: &[String],
         up_to: i64,
     ) -> Result<u64, StorageError> {
-        let devices: Vec<String> = sqlx::query_scalar(
+        let devices: Vec<String> = ganglion_base::sql::query_scalar(
             "SELECT DISTINCT device_id FROM to_device WHERE user_id = $1 AND id <= $2",
         )
         .bind(user_id)
@@ -445,7 +444,7 @@ impl Storage {
         .await?;
         let mut dropped = 0;
         for device_id in devices.iter().filter(|d| !live.contains(d)) {
-            dropped += sqlx::query(
+            dropped += ganglion_base::sql::query(
                 "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND id <= $3",
             )
             .bind(user_id)
@@ -469,7 +468,7 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<ToDeviceRow>, StorageError> {
         if acked > 0 {
-            sqlx::query(
+            ganglion_base::sql::query(
                 "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND log_offset < $3",
             )
             .bind(user_id)
@@ -478,7 +477,7 @@ impl Storage {
             .execute(&self.db.pool)
             .await?;
         }
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT sender, event_type, content, log_offset FROM to_device
              WHERE user_id = $1 AND device_id = $2 AND log_offset >= $3 AND log_offset < $4
              ORDER BY log_offset, id LIMIT $5",
@@ -508,7 +507,7 @@ impl Storage {
         update: &topic_pb::AccountDataUpdate,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO account_data (user_id, room_id, data_type, content, log_partition, log_offset)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (user_id, room_id, data_type) DO UPDATE
@@ -533,7 +532,7 @@ impl Storage {
         from: u64,
         to: u64,
     ) -> Result<Vec<AccountDataRow>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT room_id, data_type, content FROM account_data
              WHERE user_id = $1 AND log_offset >= $2 AND log_offset < $3",
         )
@@ -554,7 +553,7 @@ impl Storage {
     }
 }
 
-fn presence_row(row: &sqlx::any::AnyRow) -> Result<PresenceRow, sqlx::Error> {
+fn presence_row(row: &ganglion_base::sql::Row) -> Result<PresenceRow, sqlx::Error> {
     Ok(PresenceRow {
         user_id: row.try_get(0)?,
         presence: row.try_get(1)?,

@@ -8,8 +8,6 @@
 
 use std::collections::HashSet;
 
-use sqlx::Row;
-
 use super::events::{EVENT_COLUMNS, INSERT_EVENT, OUTLIER_OFFSET, event_row};
 use super::{Batch, EventRow, Storage, StorageError};
 
@@ -56,7 +54,7 @@ impl Batch {
         self.flush().await?;
         let tx = &mut *self.tx;
         let band = depth_band(event.depth);
-        let taken: i64 = sqlx::query_scalar(
+        let taken: i64 = ganglion_base::sql::query_scalar(
             "SELECT COUNT(*) FROM events WHERE room_id = $1 AND log_offset >= $2 AND log_offset < $3",
         )
         .bind(event.room_id)
@@ -70,7 +68,7 @@ impl Batch {
         } else {
             event.history_visibility
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        ganglion_base::sql::query(sqlx::AssertSqlSafe(format!(
             "{INSERT_EVENT}
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '', $9, $10, $11)
              ON CONFLICT (event_id) DO UPDATE
@@ -113,7 +111,7 @@ impl Storage {
              WHERE e.room_id = $1 AND e.log_offset >= $2 AND e.log_offset < $3 AND e.log_offset <> $4
              ORDER BY e.log_offset {order} LIMIT $5"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id)
             .bind(from)
             .bind(to)
@@ -131,7 +129,7 @@ impl Storage {
     /// lacks: where its history would continue (none: it starts at the
     /// room's creation, or with nothing missing).
     pub(crate) async fn history_gaps(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT event_id, json FROM events WHERE room_id = $1 AND log_offset <> $2
              ORDER BY log_offset ASC LIMIT $3",
         )
@@ -169,8 +167,8 @@ impl Storage {
             "SELECT event_id FROM events WHERE log_offset <> $1 AND event_id IN ({})",
             placeholders.join(", ")
         );
-        let mut query =
-            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(OUTLIER_OFFSET);
+        let mut query = ganglion_base::sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql))
+            .bind(OUTLIER_OFFSET);
         for id in &wanted {
             query = query.bind(id);
         }

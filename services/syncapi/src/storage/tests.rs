@@ -860,10 +860,11 @@ async fn one_batch_of_many_records(storage: Storage) {
         (1, 1)
     );
     let rooms = storage.sliding_rooms(ALICE).await.expect("rooms");
-    let after: i64 = sqlx::query_scalar("SELECT id FROM events WHERE event_id = '$after'")
-        .fetch_one(&storage.db.pool)
-        .await
-        .expect("row");
+    let after: i64 =
+        ganglion_base::sql::query_scalar("SELECT id FROM events WHERE event_id = '$after'")
+            .fetch_one(&storage.db.pool)
+            .await
+            .expect("row");
     assert_eq!(
         rooms[0].bump_stamp, after as u64,
         "the batch's last message bumps the room"
@@ -1046,7 +1047,7 @@ async fn state_changes_of_a_batch_land_together(storage: Storage) {
         ["$create", "$name2", "$open"],
         "current state after the batch"
     );
-    let history: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+    let history: Vec<(String, String, i64, Option<String>)> = ganglion_base::sql::query_as(
         "SELECT event_type, state_key, log_offset, event_id FROM state_history
          WHERE room_id = $1 ORDER BY log_offset, event_type",
     )
@@ -1154,7 +1155,7 @@ async fn state_changes_of_a_batch_land_together(storage: Storage) {
     batch.apply_event(&big).await.expect("resolved state");
     batch.consumed(Stream::Room, 0, 14);
     batch.commit().await.expect("commit");
-    let joined: Vec<(String, String)> = sqlx::query_as(
+    let joined: Vec<(String, String)> = ganglion_base::sql::query_as(
         "SELECT state_key, event_id FROM current_state
          WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'
          ORDER BY state_key",

@@ -1,5 +1,3 @@
-use sqlx::Row;
-
 use super::{Storage, StorageError};
 
 /// A profile field.
@@ -17,14 +15,14 @@ pub(crate) struct Account {
 /// use and the account it made commit together); `TokenRefused` when it
 /// cannot.
 async fn use_registration_token(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut ganglion_base::sql::Transaction,
     token: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StorageError> {
     let Some(token) = token else {
         return Ok(());
     };
-    let used = sqlx::query(
+    let used = ganglion_base::sql::query(
         "UPDATE registration_tokens SET completed = completed + 1
          WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
            AND (expiry_ms IS NULL OR expiry_ms > $2)",
@@ -54,7 +52,7 @@ impl Storage {
         use_registration_token(&mut tx, registration_token, now_ms).await?;
         // As on Synapse, a new user's displayname is their localpart
         // (guests start without one).
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO accounts (localpart, password_hash, is_admin, is_guest, created_ts, displayname)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -82,7 +80,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         use_registration_token(&mut tx, registration_token, now_ms).await?;
-        let upgraded = sqlx::query(
+        let upgraded = ganglion_base::sql::query(
             "UPDATE accounts SET password_hash = $2, is_guest = 0,
                     displayname = COALESCE(displayname, $1)
              WHERE localpart = $1 AND is_guest = 1",
@@ -105,7 +103,7 @@ impl Storage {
         token: &str,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let found: Option<i64> = sqlx::query_scalar(
+        let found: Option<i64> = ganglion_base::sql::query_scalar(
             "SELECT 1 FROM registration_tokens
              WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
                AND (expiry_ms IS NULL OR expiry_ms > $2)",
@@ -124,7 +122,7 @@ impl Storage {
         uses_allowed: Option<i64>,
         expiry_ms: Option<i64>,
     ) -> Result<(), StorageError> {
-        sqlx::query(
+        ganglion_base::sql::query(
             "INSERT INTO registration_tokens (token, uses_allowed, expiry_ms) VALUES ($1, $2, $3)",
         )
         .bind(token)
@@ -140,14 +138,13 @@ impl Storage {
     pub(crate) async fn registration_tokens(
         &self,
     ) -> Result<Vec<(String, Option<i64>, i64, Option<i64>)>, StorageError> {
-        let rows = sqlx::query(
+        let rows = ganglion_base::sql::query(
             "SELECT token, uses_allowed, completed, expiry_ms FROM registration_tokens ORDER BY token",
         )
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                use sqlx::Row;
                 Ok((
                     row.try_get(0)?,
                     row.try_get(1)?,
@@ -164,7 +161,7 @@ impl Storage {
         token: &str,
     ) -> Result<bool, StorageError> {
         Ok(
-            sqlx::query("DELETE FROM registration_tokens WHERE token = $1")
+            ganglion_base::sql::query("DELETE FROM registration_tokens WHERE token = $1")
                 .bind(token)
                 .execute(&self.db.pool)
                 .await?
@@ -179,10 +176,12 @@ impl Storage {
         &self,
         localpart: &str,
     ) -> Result<Option<(Option<String>, Option<String>)>, StorageError> {
-        let row = sqlx::query("SELECT displayname, avatar_url FROM accounts WHERE localpart = $1")
-            .bind(localpart)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row = ganglion_base::sql::query(
+            "SELECT displayname, avatar_url FROM accounts WHERE localpart = $1",
+        )
+        .bind(localpart)
+        .fetch_optional(&self.db.pool)
+        .await?;
         Ok(match row {
             Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
             None => None,
@@ -203,7 +202,7 @@ impl Storage {
             }
             ProfileField::AvatarUrl => "UPDATE accounts SET avatar_url = $1 WHERE localpart = $2",
         };
-        let done = sqlx::query(sql)
+        let done = ganglion_base::sql::query(sql)
             .bind(value)
             .bind(localpart)
             .execute(&self.db.pool)
@@ -212,10 +211,11 @@ impl Storage {
     }
 
     pub(crate) async fn account(&self, localpart: &str) -> Result<Option<Account>, StorageError> {
-        let row = sqlx::query("SELECT password_hash FROM accounts WHERE localpart = $1")
-            .bind(localpart)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            ganglion_base::sql::query("SELECT password_hash FROM accounts WHERE localpart = $1")
+                .bind(localpart)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(match row {
             Some(row) => Some(Account {
                 password_hash: row.try_get(0)?,
