@@ -8,7 +8,7 @@
 //! members) is forgotten when a record changes that state. What it knows
 //! at a successful commit is kept for the next batch ([`RoomCache`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ganglion_base::database::Engine;
 
@@ -216,12 +216,46 @@ impl Batch {
                 ]
             })
             .collect();
-        insert_rows(
+        // Counted as they land: a notification given again (a record
+        // delivered twice) is not inserted, so not counted twice.
+        let inserted = insert_rows(
             self.engine,
             &mut self.tx,
             "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)",
-            "ON CONFLICT DO NOTHING",
+            "ON CONFLICT DO NOTHING RETURNING user_id, room_id, thread_id, highlight",
             &notifications,
+        )
+        .await?;
+        let mut counts: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+        for row in &inserted {
+            let key = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let highlight: i64 = row.try_get(3)?;
+            let count = counts.entry(key).or_default();
+            count.0 += 1;
+            count.1 += highlight;
+        }
+        let counts: Vec<Vec<Bound<'_>>> = counts
+            .iter()
+            .map(
+                |((user_id, room_id, thread_id), (notifications, highlights))| {
+                    vec![
+                        Bound::Text(Some(user_id)),
+                        Bound::Text(Some(room_id)),
+                        Bound::Text(Some(thread_id)),
+                        Bound::Int(*notifications),
+                        Bound::Int(*highlights),
+                    ]
+                },
+            )
+            .collect();
+        insert_rows(
+            self.engine,
+            &mut self.tx,
+            "INSERT INTO notification_counts (user_id, room_id, thread_id, notifications, highlights)",
+            "ON CONFLICT (user_id, room_id, thread_id) DO UPDATE
+             SET notifications = notification_counts.notifications + excluded.notifications,
+                 highlights = notification_counts.highlights + excluded.highlights",
+            &counts,
         )
         .await?;
         for ((stream, partition), offset) in &self.consumed {

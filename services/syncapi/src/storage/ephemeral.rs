@@ -228,6 +228,27 @@ impl Storage {
                     delete = delete.bind(&edu.thread_id);
                 }
                 delete.execute(&mut *tx).await?;
+                // The room's counts again, from what is left unread (little:
+                // the receipt just read the rest).
+                ganglion_base::sql::query(
+                    "DELETE FROM notification_counts WHERE user_id = $1 AND room_id = $2",
+                )
+                .bind(&edu.user_id)
+                .bind(&edu.room_id)
+                .execute(&mut *tx)
+                .await?;
+                ganglion_base::sql::query(
+                    "INSERT INTO notification_counts
+                         (user_id, room_id, thread_id, notifications, highlights)
+                     SELECT user_id, room_id, thread_id, COUNT(*),
+                            CAST(COALESCE(SUM(highlight), 0) AS BIGINT)
+                     FROM notifications WHERE user_id = $1 AND room_id = $2
+                     GROUP BY user_id, room_id, thread_id",
+                )
+                .bind(&edu.user_id)
+                .bind(&edu.room_id)
+                .execute(&mut *tx)
+                .await?;
             }
             ganglion_base::sql::query(
                 "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts,

@@ -116,13 +116,15 @@ const ROWS_PER_STATEMENT: usize = 100;
 
 /// `{head} VALUES (…), (…) {tail}` for `rows` (all of one width), many rows
 /// to a statement: a join's thousands of state rows in tens of statements.
+/// The rows a `RETURNING` in `tail` gives back, if any.
 pub(crate) async fn insert_rows(
     engine: ganglion_base::database::Engine,
     conn: &mut ganglion_base::sql::Connection,
     head: &str,
     tail: &str,
     rows: &[Vec<Bound<'_>>],
-) -> Result<(), StorageError> {
+) -> Result<Vec<ganglion_base::sql::Row>, StorageError> {
+    let mut returned = Vec::new();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let width = chunk.first().map_or(0, Vec::len);
         let sql = format!(
@@ -138,9 +140,9 @@ pub(crate) async fn insert_rows(
                 };
             }
         }
-        query.execute(&mut *conn).await?;
+        returned.extend(query.fetch_all(&mut *conn).await?);
     }
-    Ok(())
+    Ok(returned)
 }
 
 /// A current state entry without its event: enough to decide whether the
@@ -1355,8 +1357,8 @@ impl Storage {
         user_id: &str,
     ) -> Result<Vec<NotificationCount>, StorageError> {
         let rows: Vec<(String, String, i64, i64)> = ganglion_base::sql::query_as(
-            "SELECT room_id, thread_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT)
-             FROM notifications WHERE user_id = $1 GROUP BY room_id, thread_id",
+            "SELECT room_id, thread_id, notifications, highlights
+             FROM notification_counts WHERE user_id = $1 AND notifications > 0",
         )
         .bind(user_id)
         .fetch_all(&self.db.pool)

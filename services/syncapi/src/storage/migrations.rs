@@ -208,4 +208,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Unread notification counts per user, room and thread, kept as rows
+    // are added and read: `/sync` counted every unread row instead, a cost
+    // that grew with every message the reader had not read.
+    Migration {
+        version: 7,
+        description: "notification counts",
+        sql: "
+            CREATE TABLE notification_counts (
+                user_id TEXT NOT NULL,
+                room_id TEXT NOT NULL,
+                thread_id TEXT NOT NULL,
+                notifications BIGINT NOT NULL,
+                highlights BIGINT NOT NULL,
+                PRIMARY KEY (user_id, room_id, thread_id)
+            );
+            INSERT INTO notification_counts (user_id, room_id, thread_id, notifications, highlights)
+            SELECT user_id, room_id, thread_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT)
+            FROM notifications GROUP BY user_id, room_id, thread_id;
+        ",
+    },
 ];

@@ -1175,3 +1175,63 @@ on_both_engines!(
     postgres_state_changes_of_a_batch_land_together,
     "sync_storage_state_batch"
 );
+
+/// A database from before the notification counts (schema version 6)
+/// gets them from the unread rows it has, per user, room and thread.
+async fn notification_counts_from_unread_rows(database_url: Option<String>) {
+    let before: Vec<_> = MIGRATIONS
+        .iter()
+        .copied()
+        .filter(|m| m.version <= 6)
+        .collect();
+    let (db, _dir) = ganglion_base::testing::open_scratch("syncapi", &before, database_url).await;
+    for (user, room, offset, thread, highlight) in [
+        (BOB, ROOM_A, 1, "", 0),
+        (BOB, ROOM_A, 2, "", 1),
+        (BOB, ROOM_A, 3, "$thread", 0),
+        (BOB, ROOM_B, 4, "", 0),
+        (ALICE, ROOM_A, 5, "", 1),
+    ] {
+        ganglion_base::sql::query(
+            "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user)
+        .bind(room)
+        .bind(offset)
+        .bind(thread)
+        .bind(highlight)
+        .execute(&db.pool)
+        .await
+        .expect("insert");
+    }
+    db.migrate("syncapi", MIGRATIONS).await.expect("migrate");
+    let storage = Storage::new(db);
+    let mut counts: Vec<_> = storage
+        .notifications_for(BOB)
+        .await
+        .expect("counts")
+        .into_iter()
+        .map(|c| (c.room_id, c.thread_id, c.notifications, c.highlights))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            (ROOM_A.to_owned(), String::new(), 2, 1),
+            (ROOM_A.to_owned(), "$thread".to_owned(), 1, 0),
+            (ROOM_B.to_owned(), String::new(), 1, 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_notification_counts_from_unread_rows() {
+    notification_counts_from_unread_rows(None).await;
+}
+
+#[tokio::test]
+async fn postgres_notification_counts_from_unread_rows() {
+    let url = ganglion_base::testing::scratch_postgres("syncapi_counts").await;
+    notification_counts_from_unread_rows(Some(url)).await;
+}
