@@ -589,15 +589,20 @@ impl Pool {
     }
 
     /// A connection for one statement on the pool. When every connection
-    /// is taken, one more is opened for it and closed after: the holders
-    /// may be transactions waiting for the write turn of a task that needs
-    /// this very statement to finish, and a reader must never wait for a
-    /// writer.
-    async fn statement_connection(&self) -> Result<Connection, sqlx::Error> {
+    /// is taken and the statement only reads (`SELECT`), one more is opened
+    /// for it and closed after: the holders may be transactions waiting for
+    /// the write turn of a task that needs this very read to finish, and a
+    /// reader must never wait for a writer. A read runs without a pause, so
+    /// these are at most one a thread; a write waits its turn like the rest
+    /// (it would hold an extra connection while it waits).
+    async fn statement_connection(&self, sql: &str) -> Result<Connection, sqlx::Error> {
         let PoolInner::Sqlite(pool) = &self.0 else {
             return self.connection().await;
         };
-        if pool.closed.load(Ordering::Acquire) || pool.permits.available_permits() > 0 {
+        if pool.closed.load(Ordering::Acquire)
+            || pool.permits.available_permits() > 0
+            || !reads_only(sql)
+        {
             return self.connection().await;
         }
         Ok(Connection(ConnInner::Sqlite(SqliteConn {
@@ -1014,7 +1019,7 @@ impl Query {
             Exec::Pool(pool) => match &pool.0 {
                 PoolInner::Any(any) => self.run_any(any, want).await,
                 PoolInner::Sqlite(_) => {
-                    let mut conn = pool.statement_connection().await?;
+                    let mut conn = pool.statement_connection(self.sql.as_str()).await?;
                     self.run_sqlite(&mut conn, want).await
                 }
             },
@@ -1078,7 +1083,7 @@ impl Query {
         tracing::trace!(target: "ganglion_sql", sql, "statement");
         // A statement that writes waits for this database's write turn
         // first (held to the end of the transaction, if one is open).
-        if sqlite.write.is_none() {
+        if sqlite.write.is_none() && !reads_only(sql) {
             let writes = {
                 let db = sqlite.conn.as_ref().expect("a connection in use");
                 let statement = db.prepare_cached(sql).map_err(sqlite_error)?;
@@ -1097,6 +1102,14 @@ impl Query {
         }
         outcome
     }
+}
+
+/// Whether `sql` is a plain `SELECT`, which never writes: it skips the
+/// look at the prepared statement that tells other statements apart.
+fn reads_only(sql: &str) -> bool {
+    sql.trim_start()
+        .get(..6)
+        .is_some_and(|word| word.eq_ignore_ascii_case("select"))
 }
 
 /// Prepares (from the connection's cache), binds and runs one statement.
@@ -1232,7 +1245,7 @@ impl RawSql {
             Exec::Pool(pool) => match &pool.0 {
                 PoolInner::Any(pool) => any(self.0).execute(pool).await?,
                 PoolInner::Sqlite(_) => {
-                    let mut conn = pool.statement_connection().await?;
+                    let mut conn = pool.connection().await?;
                     return raw_sqlite(&mut conn, self.0.as_str()).await;
                 }
             },

@@ -16,6 +16,14 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+/// Whether an OpenTelemetry layer is installed (some process of this
+/// binary exports spans): trace context is read and passed on only then.
+static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn tracing_on() -> bool {
+    TRACING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Keeps the tracer provider alive; flushes spans when dropped.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
@@ -38,9 +46,11 @@ pub enum TelemetryError {
     Exporter(String),
 }
 
-/// Installs the global subscriber. Spans always get OpenTelemetry contexts
-/// (so trace IDs propagate even when nothing is exported); they are exported
-/// when `otlp_endpoint` is set.
+/// Installs the global subscriber. With `otlp_endpoint` set, spans get
+/// OpenTelemetry contexts, continue the trace a request or record names and
+/// pass it on, and are exported. Without it no OpenTelemetry layer is
+/// installed: a span costs what the log filter lets through, nothing more,
+/// and trace context is neither read nor passed on.
 pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|e| TelemetryError::Filter(e.to_string()))?;
@@ -58,10 +68,14 @@ pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, T
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
+    let exporting = config.otlp_endpoint.is_some();
+    if exporting {
+        TRACING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let provider = builder.build();
     let tracer = provider.tracer("ganglion");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = exporting.then(|| tracing_opentelemetry::layer().with_tracer(tracer));
     let fmt = match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -99,12 +113,18 @@ impl Extractor for HeaderListExtractor<'_> {
 
 /// Adds the current span's `traceparent` (and `tracestate`) to record headers.
 pub fn inject_into_headers(headers: &mut Vec<(String, Vec<u8>)>) {
+    if !tracing_on() {
+        return;
+    }
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderListInjector(headers));
 }
 
 /// Makes `span` a child of the trace named in record headers, if any.
 pub fn continue_from_headers(span: &tracing::Span, headers: &[(String, Vec<u8>)]) {
+    if !tracing_on() {
+        return;
+    }
     let map = headers
         .iter()
         .filter_map(|(k, v)| std::str::from_utf8(v).ok().map(|v| (k.as_str(), v)))
@@ -139,12 +159,18 @@ impl Extractor for HttpExtractor<'_> {
 
 /// Adds the current span's trace context to HTTP/gRPC headers.
 pub fn inject_into_http(headers: &mut http::HeaderMap) {
+    if !tracing_on() {
+        return;
+    }
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut HttpInjector(headers));
 }
 
 /// Makes `span` a child of the trace named in HTTP/gRPC headers, if any.
 pub fn continue_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !tracing_on() {
+        return;
+    }
     let cx = TraceContextPropagator::new().extract(&HttpExtractor(headers));
     let _ = span.set_parent(cx);
 }
