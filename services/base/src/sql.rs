@@ -279,17 +279,6 @@ impl Row {
             RowInner::Any(row) => sqlx::Row::try_get(row, index),
         }
     }
-
-    /// [`Row::try_get`] for a column that must be there and of that type.
-    ///
-    /// # Panics
-    /// When it is not.
-    pub fn get<T: Decode, I: ColumnIndex>(&self, index: I) -> T {
-        match self.try_get(index) {
-            Ok(value) => value,
-            Err(error) => panic!("column {index:?}: {error}"),
-        }
-    }
 }
 
 /// A whole row as a Rust value (tuples of columns, in order).
@@ -319,16 +308,11 @@ tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueryResult {
     rows_affected: u64,
-    last_insert_id: Option<i64>,
 }
 
 impl QueryResult {
     pub fn rows_affected(&self) -> u64 {
         self.rows_affected
-    }
-
-    pub fn last_insert_id(&self) -> Option<i64> {
-        self.last_insert_id
     }
 }
 
@@ -543,14 +527,6 @@ impl Pool {
         match &self.0 {
             PoolInner::Any(pool) => pool.options().get_max_connections(),
             PoolInner::Sqlite(pool) => pool.max_connections,
-        }
-    }
-
-    /// The sqlx pool underneath, on PostgreSQL.
-    pub fn any(&self) -> Option<&AnyPool> {
-        match &self.0 {
-            PoolInner::Any(pool) => Some(pool),
-            PoolInner::Sqlite(_) => None,
         }
     }
 
@@ -1053,7 +1029,6 @@ impl Query {
                 let done = query.execute(on).await?;
                 Outcome::Done(QueryResult {
                     rows_affected: done.rows_affected(),
-                    last_insert_id: done.last_insert_id(),
                 })
             }
             Want::One => Outcome::Rows(
@@ -1143,7 +1118,6 @@ fn step(
         let changed = statement.raw_execute().map_err(sqlite_error)?;
         return Ok(Outcome::Done(QueryResult {
             rows_affected: changed as u64,
-            last_insert_id: Some(db.last_insert_rowid()),
         }));
     }
     let width = statement.column_count();
@@ -1171,7 +1145,6 @@ fn step(
     if want == Want::Nothing {
         return Ok(Outcome::Done(QueryResult {
             rows_affected: db.changes(),
-            last_insert_id: Some(db.last_insert_rowid()),
         }));
     }
     Ok(Outcome::Rows(out))
@@ -1264,7 +1237,6 @@ impl RawSql {
         };
         Ok(QueryResult {
             rows_affected: done.rows_affected(),
-            last_insert_id: None,
         })
     }
 }
@@ -1288,7 +1260,6 @@ async fn raw_sqlite(conn: &mut Connection, sql: &str) -> Result<QueryResult, sql
     result?;
     Ok(QueryResult {
         rows_affected: changed,
-        last_insert_id: None,
     })
 }
 

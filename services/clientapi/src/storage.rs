@@ -1,6 +1,7 @@
 //! The clientapi's only table: transaction IDs already used, so a retried
 //! `PUT /send/{txnId}` returns the first event instead of sending twice.
 
+use ganglion_base::sql;
 use ganglion_base::{Database, Migration};
 
 #[cfg(test)]
@@ -32,7 +33,7 @@ impl Storage {
         now_ms: i64,
         stale_before_ms: i64,
     ) -> Result<Claim, sqlx::Error> {
-        let inserted = ganglion_base::sql::query(
+        let inserted = sql::query(
             "INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts)
              VALUES ($1, $2, $3, '', $4) ON CONFLICT DO NOTHING",
         )
@@ -47,7 +48,7 @@ impl Storage {
             return Ok(Claim::Ours);
         }
         // A pending claim whose request died (a crash) is taken over.
-        let taken_over = ganglion_base::sql::query(
+        let taken_over = sql::query(
             "UPDATE transactions SET created_ts = $4
              WHERE user_id = $1 AND device_id = $2 AND txn_id = $3
                AND event_id = '' AND created_ts < $5",
@@ -63,7 +64,7 @@ impl Storage {
         if taken_over == 1 {
             return Ok(Claim::Ours);
         }
-        let event_id: Option<String> = ganglion_base::sql::query_scalar(
+        let event_id: Option<String> = sql::query_scalar(
             "SELECT event_id FROM transactions WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
         )
         .bind(user_id)
@@ -88,7 +89,7 @@ impl Storage {
         txn_id: &str,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        ganglion_base::sql::query(
+        sql::query(
             "UPDATE transactions SET created_ts = $4
              WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
         )
@@ -109,7 +110,7 @@ impl Storage {
         txn_id: &str,
         event_id: &str,
     ) -> Result<(), sqlx::Error> {
-        ganglion_base::sql::query(
+        sql::query(
             "UPDATE transactions SET event_id = $4
              WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
         )
@@ -124,13 +125,11 @@ impl Storage {
 
     /// Forgets transaction IDs claimed before `before_ms`; how many.
     pub(crate) async fn prune_transactions(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
-        Ok(
-            ganglion_base::sql::query("DELETE FROM transactions WHERE created_ts < $1")
-                .bind(before_ms)
-                .execute(&self.db.pool)
-                .await?
-                .rows_affected(),
-        )
+        Ok(sql::query("DELETE FROM transactions WHERE created_ts < $1")
+            .bind(before_ms)
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Gives a claim back after a failed send, so a retry sends again.
@@ -140,7 +139,7 @@ impl Storage {
         device_id: &str,
         txn_id: &str,
     ) -> Result<(), sqlx::Error> {
-        ganglion_base::sql::query(
+        sql::query(
             "DELETE FROM transactions
              WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
         )

@@ -1,4 +1,5 @@
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 /// A remote server's signing key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         for key in keys {
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (server_name, key_id) DO UPDATE
@@ -39,7 +40,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         }
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO server_key_responses (server_name, response_json, valid_until_ts)
              VALUES ($1, $2, $3)
              ON CONFLICT (server_name) DO UPDATE
@@ -60,7 +61,7 @@ impl Storage {
         &self,
         server_name: &str,
     ) -> Result<Vec<StoredKey>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT key_id, public_key, valid_until_ts, expired_ts FROM server_keys
              WHERE server_name = $1 ORDER BY key_id",
         )
@@ -85,7 +86,7 @@ impl Storage {
         &self,
         server_name: &str,
     ) -> Result<Option<(String, i64)>, StorageError> {
-        Ok(ganglion_base::sql::query_as(
+        Ok(sql::query_as(
             "SELECT response_json, valid_until_ts FROM server_key_responses WHERE server_name = $1",
         )
         .bind(server_name)

@@ -1,3 +1,4 @@
+use ganglion_base::sql;
 use serde_json::Value;
 
 use super::{Storage, StorageError};
@@ -9,7 +10,7 @@ impl Storage {
         origin: &str,
         txn_id: &str,
     ) -> Result<Option<Value>, StorageError> {
-        let answer: Option<String> = ganglion_base::sql::query_scalar(
+        let answer: Option<String> = sql::query_scalar(
             "SELECT answer_json FROM inbound_transactions WHERE origin = $1 AND txn_id = $2",
         )
         .bind(origin)
@@ -26,7 +27,7 @@ impl Storage {
         txn_id: &str,
         answer: &Value,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO inbound_transactions (origin, txn_id, answer_json, received_ts)
              VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING",
         )
@@ -42,7 +43,7 @@ impl Storage {
     /// Forgets transactions received before `before_ms`; how many.
     pub(crate) async fn prune_transactions(&self, before_ms: i64) -> Result<u64, StorageError> {
         Ok(
-            ganglion_base::sql::query("DELETE FROM inbound_transactions WHERE received_ts < $1")
+            sql::query("DELETE FROM inbound_transactions WHERE received_ts < $1")
                 .bind(before_ms)
                 .execute(&self.db.pool)
                 .await?
@@ -60,7 +61,7 @@ impl Storage {
         now_ms: i64,
         expires_ms: i64,
     ) -> Result<bool, StorageError> {
-        let taken = ganglion_base::sql::query(
+        let taken = sql::query(
             "INSERT INTO inbound_origin_leases (origin, holder, expires_ms) VALUES ($1, $2, $3)
              ON CONFLICT (origin) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
              WHERE inbound_origin_leases.expires_ms < $4
@@ -82,13 +83,11 @@ impl Storage {
         origin: &str,
         holder: &str,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
-            "DELETE FROM inbound_origin_leases WHERE origin = $1 AND holder = $2",
-        )
-        .bind(origin)
-        .bind(holder)
-        .execute(&self.db.pool)
-        .await?;
+        sql::query("DELETE FROM inbound_origin_leases WHERE origin = $1 AND holder = $2")
+            .bind(origin)
+            .bind(holder)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 }

@@ -1,3 +1,4 @@
+use ganglion_base::sql;
 use std::collections::HashMap;
 
 use ganglion_api::users::server_of;
@@ -156,13 +157,11 @@ impl Storage {
         Self::queue_pdus(&mut tx, engine, &queued).await?;
         for (partition, (stored, next)) in positions {
             if next > stored {
-                ganglion_base::sql::query(
-                    "UPDATE output_positions SET next_offset = $1 WHERE partition_id = $2",
-                )
-                .bind(i64::try_from(next).unwrap_or(i64::MAX))
-                .bind(i64::from(partition))
-                .execute(&mut *tx)
-                .await?;
+                sql::query("UPDATE output_positions SET next_offset = $1 WHERE partition_id = $2")
+                    .bind(i64::try_from(next).unwrap_or(i64::MAX))
+                    .bind(i64::from(partition))
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -176,7 +175,7 @@ impl Storage {
     /// Queues PDUs as (destination, event ID, JSON), three values a row, in
     /// the order given: each destination's sending order.
     async fn queue_pdus(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         engine: ganglion_base::database::Engine,
         queued: &[(String, &str, &str)],
     ) -> Result<(), StorageError> {
@@ -186,7 +185,7 @@ impl Storage {
                  ON CONFLICT (destination, event_id) DO NOTHING",
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for (destination, event_id, json) in chunk {
                 query = query.bind(destination).bind(*event_id).bind(*json);
             }
@@ -201,7 +200,7 @@ impl Storage {
     /// change (a user joins after leaving, never leaves after joining, in
     /// one event's changes).
     async fn change_members(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         engine: ganglion_base::database::Engine,
         room_id: &str,
         changes: &[MemberChange],
@@ -214,7 +213,7 @@ impl Storage {
                 ganglion_base::database::param(engine, 1),
                 ganglion_base::database::params(engine, 2, chunk.len())
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
             for change in chunk {
                 query = query.bind(&change.user_id);
             }
@@ -232,7 +231,7 @@ impl Storage {
                 ganglion_base::database::param(engine, 1),
                 ganglion_base::database::value_rows(engine, 2, chunk.len(), 2)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
             for (user_id, server) in chunk {
                 query = query.bind(*user_id).bind(*server);
             }
@@ -244,12 +243,9 @@ impl Storage {
     /// Locks a partition's stored position (its row, made if missing) for
     /// the rest of the transaction and returns it: the offset of the next
     /// record to apply.
-    async fn lock_position(
-        tx: &mut ganglion_base::sql::Transaction,
-        partition: u32,
-    ) -> Result<u64, StorageError> {
+    async fn lock_position(tx: &mut sql::Transaction, partition: u32) -> Result<u64, StorageError> {
         // An update that changes nothing, for the row lock.
-        let stored: i64 = ganglion_base::sql::query_scalar(
+        let stored: i64 = sql::query_scalar(
             "INSERT INTO output_positions (partition_id, next_offset) VALUES ($1, 0)
              ON CONFLICT (partition_id) DO UPDATE SET next_offset = output_positions.next_offset
              RETURNING next_offset",
@@ -266,12 +262,12 @@ impl Storage {
     /// partition's row, so a second replica applying the same record waits
     /// for the first and then finds it applied.
     async fn advance_position(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         partition: u32,
         next: u64,
     ) -> Result<bool, StorageError> {
         let next = i64::try_from(next).unwrap_or(i64::MAX);
-        let moved = ganglion_base::sql::query(
+        let moved = sql::query(
             "INSERT INTO output_positions (partition_id, next_offset) VALUES ($1, $2)
              ON CONFLICT (partition_id) DO UPDATE SET next_offset = excluded.next_offset
              WHERE output_positions.next_offset < excluded.next_offset",
@@ -300,7 +296,7 @@ impl Storage {
         rooms.sort_unstable();
         rooms.dedup();
         for room_id in rooms {
-            let other: Option<i64> = ganglion_base::sql::query_scalar(
+            let other: Option<i64> = sql::query_scalar(
                 "SELECT 1 FROM joined_hosts WHERE room_id = $1 AND server_name <> $2 LIMIT 1",
             )
             .bind(room_id)
@@ -330,7 +326,7 @@ impl Storage {
     /// apply, by partition (absent where no record was applied).
     pub(crate) async fn output_positions(&self) -> Result<Vec<(u32, u64)>, StorageError> {
         let rows: Vec<(i64, i64)> =
-            ganglion_base::sql::query_as("SELECT partition_id, next_offset FROM output_positions")
+            sql::query_as("SELECT partition_id, next_offset FROM output_positions")
                 .fetch_all(&self.db.pool)
                 .await?;
         Ok(rows
@@ -354,21 +350,21 @@ impl Storage {
     /// whole joined-hosts view, to compare a rebuilt view with its original.
     #[cfg(test)]
     pub(crate) async fn joined_members(&self) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(ganglion_base::sql::query_as(
-            "SELECT room_id, user_id FROM joined_hosts ORDER BY room_id, user_id",
+        Ok(
+            sql::query_as("SELECT room_id, user_id FROM joined_hosts ORDER BY room_id, user_id")
+                .fetch_all(&self.db.pool)
+                .await?,
         )
-        .fetch_all(&self.db.pool)
-        .await?)
     }
 
     /// How many PDUs wait for `destination`.
     pub(crate) async fn queue_depth(&self, destination: &str) -> Result<i64, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
-            "SELECT COUNT(*) FROM queued_pdus WHERE destination = $1",
+        Ok(
+            sql::query_scalar("SELECT COUNT(*) FROM queued_pdus WHERE destination = $1")
+                .bind(destination)
+                .fetch_one(&self.db.pool)
+                .await?,
         )
-        .bind(destination)
-        .fetch_one(&self.db.pool)
-        .await?)
     }
 
     /// Moves each partition's stored position forward to at least the
@@ -410,12 +406,11 @@ impl Storage {
         own: &str,
     ) -> Result<Vec<String>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let previous: Option<i64> = ganglion_base::sql::query_scalar(
-            "SELECT stream_id FROM device_list_sent WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let previous: Option<i64> =
+            sql::query_scalar("SELECT stream_id FROM device_list_sent WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if previous.is_some_and(|p| p >= stream_id) {
             // Delivered again: already queued.
             tx.commit().await?;
@@ -423,7 +418,7 @@ impl Storage {
         }
         let hosts = Self::co_hosts(&mut tx, user_id, own).await?;
         Self::insert_edus(&mut tx, &hosts, &edu(previous)).await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO device_list_sent (user_id, stream_id) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
         )
@@ -464,42 +459,40 @@ impl Storage {
 
     /// The servers with a member joined to the room.
     async fn room_hosts(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         room_id: &str,
     ) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
-            "SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1",
+        Ok(
+            sql::query_scalar("SELECT DISTINCT server_name FROM joined_hosts WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_all(&mut **tx)
+                .await?,
         )
-        .bind(room_id)
-        .fetch_all(&mut **tx)
-        .await?)
     }
 
     /// One EDU queued for each of `destinations`.
     async fn insert_edus(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         destinations: &[String],
         edu_json: &str,
     ) -> Result<(), StorageError> {
         for destination in destinations {
-            ganglion_base::sql::query(
-                "INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)",
-            )
-            .bind(destination)
-            .bind(edu_json)
-            .execute(&mut **tx)
-            .await?;
+            sql::query("INSERT INTO queued_edus (destination, edu_json) VALUES ($1, $2)")
+                .bind(destination)
+                .bind(edu_json)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
 
     /// The servers (but `own`) in the rooms `user_id` is joined to.
     async fn co_hosts(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         user_id: &str,
         own: &str,
     ) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT DISTINCT server_name FROM joined_hosts
              WHERE server_name <> $2
                AND room_id IN (SELECT room_id FROM joined_hosts WHERE user_id = $1)",
@@ -544,7 +537,7 @@ impl Storage {
         destination: &str,
         limit: u32,
     ) -> Result<Vec<QueuedPdu>, StorageError> {
-        let rows = ganglion_base::sql::query(sql)
+        let rows = sql::query(sql)
             .bind(destination)
             .bind(i64::from(limit))
             .fetch_all(&self.db.pool)
@@ -570,24 +563,20 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         if let Some(up_to) = pdus_up_to {
-            ganglion_base::sql::query(
-                "DELETE FROM queued_pdus WHERE destination = $1 AND id <= $2",
-            )
-            .bind(destination)
-            .bind(up_to)
-            .execute(&mut *tx)
-            .await?;
+            sql::query("DELETE FROM queued_pdus WHERE destination = $1 AND id <= $2")
+                .bind(destination)
+                .bind(up_to)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(up_to) = edus_up_to {
-            ganglion_base::sql::query(
-                "DELETE FROM queued_edus WHERE destination = $1 AND id <= $2",
-            )
-            .bind(destination)
-            .bind(up_to)
-            .execute(&mut *tx)
-            .await?;
+            sql::query("DELETE FROM queued_edus WHERE destination = $1 AND id <= $2")
+                .bind(destination)
+                .bind(up_to)
+                .execute(&mut *tx)
+                .await?;
         }
-        ganglion_base::sql::query("DELETE FROM destinations WHERE server_name = $1")
+        sql::query("DELETE FROM destinations WHERE server_name = $1")
             .bind(destination)
             .execute(&mut *tx)
             .await?;
@@ -602,7 +591,7 @@ impl Storage {
         now_ms: i64,
         retry_at_ms: i64,
     ) -> Result<i64, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "INSERT INTO destinations (server_name, failures, retry_at_ms, failing_since_ms)
              VALUES ($1, 1, $2, $3)
              ON CONFLICT (server_name) DO UPDATE
@@ -626,7 +615,7 @@ impl Storage {
         let mut tx = self.db.pool.begin().await?;
         let mut dropped = 0;
         for table in ["queued_pdus", "queued_edus"] {
-            dropped += ganglion_base::sql::query(sqlx::AssertSqlSafe(format!(
+            dropped += sql::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE destination IN
                  (SELECT server_name FROM destinations WHERE failing_since_ms < $1)"
             )))
@@ -641,13 +630,13 @@ impl Storage {
 
     /// A destination's failures in a row and when to try again (ms).
     pub(crate) async fn retry_state(&self, destination: &str) -> Result<(i64, i64), StorageError> {
-        Ok(ganglion_base::sql::query_as(
-            "SELECT failures, retry_at_ms FROM destinations WHERE server_name = $1",
+        Ok(
+            sql::query_as("SELECT failures, retry_at_ms FROM destinations WHERE server_name = $1")
+                .bind(destination)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .unwrap_or((0, 0)),
         )
-        .bind(destination)
-        .fetch_optional(&self.db.pool)
-        .await?
-        .unwrap_or((0, 0)))
     }
 
     /// Takes (or renews) the lease on delivering to `destination` for
@@ -660,7 +649,7 @@ impl Storage {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, StorageError> {
-        let done = ganglion_base::sql::query(
+        let done = sql::query(
             "INSERT INTO destination_leases (server_name, owner, expires_at_ms) VALUES ($1, $2, $3)
              ON CONFLICT (server_name) DO UPDATE
              SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms
@@ -682,13 +671,11 @@ impl Storage {
         destination: &str,
         owner: &str,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
-            "DELETE FROM destination_leases WHERE server_name = $1 AND owner = $2",
-        )
-        .bind(destination)
-        .bind(owner)
-        .execute(&self.db.pool)
-        .await?;
+        sql::query("DELETE FROM destination_leases WHERE server_name = $1 AND owner = $2")
+            .bind(destination)
+            .bind(owner)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
@@ -698,7 +685,7 @@ impl Storage {
         &self,
         now_ms: i64,
     ) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT destination FROM (
                  SELECT destination FROM queued_pdus UNION SELECT destination FROM queued_edus
              ) AS waiting

@@ -1,6 +1,7 @@
 //! Cross-signing keys (one per user and usage) and the signatures uploaded
 //! for keys, kept apart from what they sign.
 
+use ganglion_base::sql;
 use std::collections::BTreeMap;
 
 use super::keys::PendingChange;
@@ -31,7 +32,7 @@ impl Storage {
         &self,
         user_id: &str,
     ) -> Result<BTreeMap<String, SigningKey>, StorageError> {
-        let rows: Vec<(String, String, String)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, String, String)> = sql::query_as(
             "SELECT usage, key_id, key_json FROM cross_signing_keys WHERE user_id = $1",
         )
         .bind(user_id)
@@ -55,7 +56,7 @@ impl Storage {
     ) -> Result<Option<PendingChange>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         for (usage, key) in keys {
-            let replaced: Option<String> = ganglion_base::sql::query_scalar(
+            let replaced: Option<String> = sql::query_scalar(
                 "SELECT key_id FROM cross_signing_keys WHERE user_id = $1 AND usage = $2",
             )
             .bind(user_id)
@@ -63,7 +64,7 @@ impl Storage {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(replaced) = replaced.filter(|old| *old != key.key_id) {
-                ganglion_base::sql::query(
+                sql::query(
                     "DELETE FROM cross_signing_signatures
                      WHERE signer_user_id = $1 AND signer_key_id = $2",
                 )
@@ -72,7 +73,7 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO cross_signing_keys (user_id, usage, key_id, key_json)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (user_id, usage)
@@ -101,7 +102,7 @@ impl Storage {
         target_user_id: &str,
         viewer: Option<&str>,
     ) -> Result<Vec<Signature>, StorageError> {
-        let rows: Vec<(String, String, String, String)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, String, String, String)> = sql::query_as(
             "SELECT target_key_id, signer_user_id, signer_key_id, signature
              FROM cross_signing_signatures
              WHERE target_user_id = $1 AND (signer_user_id = $1 OR signer_user_id = $2)
@@ -127,7 +128,7 @@ impl Storage {
 
     /// The signatures `signer` made of other users' keys.
     pub(crate) async fn signatures_by(&self, signer: &str) -> Result<Vec<Signature>, StorageError> {
-        let rows: Vec<(String, String, String, String)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, String, String, String)> = sql::query_as(
             "SELECT target_user_id, target_key_id, signer_key_id, signature
              FROM cross_signing_signatures
              WHERE signer_user_id = $1 AND target_user_id <> $1",
@@ -160,7 +161,7 @@ impl Storage {
     ) -> Result<Vec<PendingChange>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         for one in signatures {
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO cross_signing_signatures
                  (target_user_id, target_key_id, signer_user_id, signer_key_id, signature)
                  VALUES ($1, $2, $3, $4, $5)

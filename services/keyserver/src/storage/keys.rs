@@ -1,3 +1,4 @@
+use ganglion_base::sql;
 use std::collections::BTreeMap;
 
 use super::{Storage, StorageError};
@@ -56,7 +57,7 @@ impl Storage {
         let mut tx = self.db.pool.begin().await?;
         let mut change = None;
         if let Some(json) = device_keys {
-            let stored: Option<String> = ganglion_base::sql::query_scalar(
+            let stored: Option<String> = sql::query_scalar(
                 "SELECT key_json FROM device_keys WHERE user_id = $1 AND device_id = $2",
             )
             .bind(user_id)
@@ -66,7 +67,7 @@ impl Storage {
             // The same keys again (clients re-upload them) change nothing
             // anyone needs to hear of.
             if !stored.is_some_and(|stored| same_json(&stored, json)) {
-                ganglion_base::sql::query(
+                sql::query(
                     "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
                      ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
                 )
@@ -79,7 +80,7 @@ impl Storage {
             }
         }
         for (key_id, algorithm, json) in one_time_keys {
-            let existing: Option<String> = ganglion_base::sql::query_scalar(
+            let existing: Option<String> = sql::query_scalar(
                 "SELECT key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3",
             )
             .bind(user_id)
@@ -91,7 +92,7 @@ impl Storage {
                 Some(stored) if same_json(&stored, json) => {}
                 Some(_) => return Err(UploadError::Conflict(key_id.clone())),
                 None => {
-                    ganglion_base::sql::query(
+                    sql::query(
                         "INSERT INTO one_time_keys (user_id, device_id, key_id, algorithm, key_json)
                          VALUES ($1, $2, $3, $4, $5)",
                     )
@@ -107,7 +108,7 @@ impl Storage {
         }
         for (key_id, algorithm, json) in fallback_keys {
             // The same key again keeps its `used` mark; another replaces it.
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)
                  VALUES ($1, $2, $3, $4, $5, 0)
                  ON CONFLICT (user_id, device_id, algorithm) DO UPDATE
@@ -128,18 +129,18 @@ impl Storage {
 
     /// An outbox row announcing that a device's keys changed.
     pub(super) async fn enqueue_change(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         user_id: &str,
         device_id: &str,
     ) -> Result<PendingChange, sqlx::Error> {
-        let id: i64 = ganglion_base::sql::query_scalar(
+        let id: i64 = sql::query_scalar(
             "INSERT INTO key_changes_outbox (user_id, device_id) VALUES ($1, $2) RETURNING id",
         )
         .bind(user_id)
         .bind(device_id)
         .fetch_one(&mut **tx)
         .await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO device_list_streams (user_id, stream_id) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id",
         )
@@ -163,26 +164,23 @@ impl Storage {
         devices: Option<&[String]>,
     ) -> Result<Vec<PendingChange>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let known: Vec<String> = ganglion_base::sql::query_scalar(
-            "SELECT device_id FROM device_keys WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let known: Vec<String> =
+            sql::query_scalar("SELECT device_id FROM device_keys WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut changes = Vec::new();
         for device_id in known {
             if devices.is_some_and(|devices| !devices.contains(&device_id)) {
                 continue;
             }
-            ganglion_base::sql::query(
-                "DELETE FROM device_keys WHERE user_id = $1 AND device_id = $2",
-            )
-            .bind(user_id)
-            .bind(&device_id)
-            .execute(&mut *tx)
-            .await?;
+            sql::query("DELETE FROM device_keys WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(&device_id)
+                .execute(&mut *tx)
+                .await?;
             // What signed the device, and what the device signed.
-            ganglion_base::sql::query(
+            sql::query(
                 "DELETE FROM cross_signing_signatures
                  WHERE (target_user_id = $1 AND target_key_id = $2)
                     OR (signer_user_id = $1 AND signer_key_id = $3)",
@@ -200,7 +198,7 @@ impl Storage {
             match devices {
                 Some(devices) => {
                     for device_id in devices {
-                        ganglion_base::sql::query(sqlx::AssertSqlSafe(sql.clone()))
+                        sql::query(sqlx::AssertSqlSafe(sql.clone()))
                             .bind(user_id)
                             .bind(device_id)
                             .execute(&mut *tx)
@@ -208,7 +206,7 @@ impl Storage {
                     }
                 }
                 None => {
-                    ganglion_base::sql::query(sqlx::AssertSqlSafe(every))
+                    sql::query(sqlx::AssertSqlSafe(every))
                         .bind(user_id)
                         .execute(&mut *tx)
                         .await?;
@@ -221,22 +219,20 @@ impl Storage {
 
     /// A user's latest device list stream ID (0 when none changed yet).
     pub(crate) async fn device_list_stream(&self, user_id: &str) -> Result<i64, StorageError> {
-        let id: Option<i64> = ganglion_base::sql::query_scalar(
-            "SELECT stream_id FROM device_list_streams WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let id: Option<i64> =
+            sql::query_scalar("SELECT stream_id FROM device_list_streams WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(id.unwrap_or(0))
     }
 
     /// Outbox rows, oldest first.
     pub(crate) async fn pending_changes(&self) -> Result<Vec<PendingChange>, StorageError> {
-        let rows: Vec<(i64, String, String)> = ganglion_base::sql::query_as(
-            "SELECT id, user_id, device_id FROM key_changes_outbox ORDER BY id",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows: Vec<(i64, String, String)> =
+            sql::query_as("SELECT id, user_id, device_id FROM key_changes_outbox ORDER BY id")
+                .fetch_all(&self.db.pool)
+                .await?;
         Ok(rows
             .into_iter()
             .map(|(id, user_id, device_id)| PendingChange {
@@ -250,17 +246,16 @@ impl Storage {
     /// Whether an outbox row is still waiting (another replica may have
     /// published it meanwhile).
     pub(crate) async fn change_pending(&self, id: i64) -> Result<bool, StorageError> {
-        let row: Option<i64> =
-            ganglion_base::sql::query_scalar("SELECT id FROM key_changes_outbox WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db.pool)
-                .await?;
+        let row: Option<i64> = sql::query_scalar("SELECT id FROM key_changes_outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(row.is_some())
     }
 
     /// An outbox row is on the log.
     pub(crate) async fn change_published(&self, id: i64) -> Result<(), StorageError> {
-        ganglion_base::sql::query("DELETE FROM key_changes_outbox WHERE id = $1")
+        sql::query("DELETE FROM key_changes_outbox WHERE id = $1")
             .bind(id)
             .execute(&self.db.pool)
             .await?;
@@ -276,7 +271,7 @@ impl Storage {
     ) -> Result<(BTreeMap<String, u64>, Vec<String>), StorageError> {
         // One statement for both (asked on every `/sync`): one-time key
         // counts, then unused fallback keys marked with a count of -1.
-        let rows: Vec<(String, i64)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, i64)> = sql::query_as(
             "SELECT algorithm, COUNT(*) FROM one_time_keys
              WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
              UNION ALL
@@ -307,7 +302,7 @@ impl Storage {
         user_id: &str,
         devices: &[String],
     ) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT device_id, key_json FROM device_keys WHERE user_id = $1 ORDER BY device_id",
         )
         .bind(user_id)
@@ -334,7 +329,7 @@ impl Storage {
     ) -> Result<Option<(String, String)>, StorageError> {
         // A concurrent claim may take the key chosen: choose again.
         for _ in 0..3 {
-            let candidate: Option<String> = ganglion_base::sql::query_scalar(
+            let candidate: Option<String> = sql::query_scalar(
                 "SELECT key_id FROM one_time_keys
                  WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
                  ORDER BY key_id LIMIT 1",
@@ -347,7 +342,7 @@ impl Storage {
             let Some(key_id) = candidate else {
                 break;
             };
-            let taken: Option<String> = ganglion_base::sql::query_scalar(
+            let taken: Option<String> = sql::query_scalar(
                 "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3
                  RETURNING key_json",
             )
@@ -360,7 +355,7 @@ impl Storage {
                 return Ok(Some((key_id, json)));
             }
         }
-        let fallback = ganglion_base::sql::query(
+        let fallback = sql::query(
             "UPDATE fallback_keys SET used = 1
              WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
              RETURNING key_id, key_json",

@@ -2,6 +2,7 @@
 //! room state.
 
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 /// An invite or knock of one of our users in a room we are not in.
 pub(crate) struct RemoteMembership {
@@ -44,7 +45,7 @@ impl Storage {
         (event_id, sender): (&str, &str),
         (membership, via): (&str, &str),
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO remote_invites (room_id, user_id, event_id, sender, membership, via_server)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (room_id, user_id) DO UPDATE
@@ -69,7 +70,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
+        sql::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
             .bind(room_id)
             .bind(user_id)
             .execute(&self.db.pool)
@@ -84,7 +85,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<RemoteMembership>, StorageError> {
-        let row = ganglion_base::sql::query(
+        let row = sql::query(
             "SELECT membership, sender, via_server FROM remote_invites WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)
@@ -103,7 +104,7 @@ impl Storage {
 
     pub(crate) async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
         Ok(
-            ganglion_base::sql::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
+            sql::query_scalar("SELECT room_id FROM room_aliases WHERE alias = $1")
                 .bind(alias)
                 .fetch_optional(&self.db.pool)
                 .await?,
@@ -115,11 +116,10 @@ impl Storage {
         &self,
         alias: &str,
     ) -> Result<Option<(String, String)>, StorageError> {
-        let row =
-            ganglion_base::sql::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
-                .bind(alias)
-                .fetch_optional(&self.db.pool)
-                .await?;
+        let row = sql::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(match row {
             Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
             None => None,
@@ -133,7 +133,7 @@ impl Storage {
         room_id: &str,
         creator: &str,
     ) -> Result<bool, StorageError> {
-        let inserted = ganglion_base::sql::query(
+        let inserted = sql::query(
             "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)
              ON CONFLICT (alias) DO NOTHING",
         )
@@ -147,23 +147,21 @@ impl Storage {
     }
 
     pub(crate) async fn remove_alias(&self, alias: &str) -> Result<bool, StorageError> {
-        Ok(
-            ganglion_base::sql::query("DELETE FROM room_aliases WHERE alias = $1")
-                .bind(alias)
-                .execute(&self.db.pool)
-                .await?
-                .rows_affected()
-                == 1,
-        )
+        Ok(sql::query("DELETE FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected()
+            == 1)
     }
 
     pub(crate) async fn aliases_of(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
-            "SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias",
+        Ok(
+            sql::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+                .bind(room_id)
+                .fetch_all(&self.db.pool)
+                .await?,
         )
-        .bind(room_id)
-        .fetch_all(&self.db.pool)
-        .await?)
     }
 
     pub(crate) async fn set_published(
@@ -172,14 +170,12 @@ impl Storage {
         public: bool,
     ) -> Result<(), StorageError> {
         if public {
-            ganglion_base::sql::query(
-                "INSERT INTO published_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(room_id)
-            .execute(&self.db.pool)
-            .await?;
+            sql::query("INSERT INTO published_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(room_id)
+                .execute(&self.db.pool)
+                .await?;
         } else {
-            ganglion_base::sql::query("DELETE FROM published_rooms WHERE room_id = $1")
+            sql::query("DELETE FROM published_rooms WHERE room_id = $1")
                 .bind(room_id)
                 .execute(&self.db.pool)
                 .await?;
@@ -188,18 +184,18 @@ impl Storage {
     }
 
     pub(crate) async fn is_published(&self, room_id: &str) -> Result<bool, StorageError> {
-        Ok(ganglion_base::sql::query_scalar::<String>(
-            "SELECT room_id FROM published_rooms WHERE room_id = $1",
+        Ok(
+            sql::query_scalar::<String>("SELECT room_id FROM published_rooms WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .is_some(),
         )
-        .bind(room_id)
-        .fetch_optional(&self.db.pool)
-        .await?
-        .is_some())
     }
 
     /// Published rooms with their joined member counts, most members first.
     pub(crate) async fn published_rooms(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT p.room_id,
                     (SELECT COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
                      WHERE r.room_id = p.room_id AND s.event_type = 'm.room.member'
@@ -221,7 +217,7 @@ impl Storage {
     ) -> Result<Vec<(String, String, String)>, StorageError> {
         let mut out = Vec::new();
         for kind in types {
-            let rows = ganglion_base::sql::query(
+            let rows = sql::query(
                 "SELECT s.state_key, e.json FROM current_state s
                  JOIN rooms r ON r.room_nid = s.room_nid
                  JOIN events e ON e.event_nid = s.event_nid
@@ -244,7 +240,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT s.membership FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.state_key = $2",
         )
@@ -263,7 +259,7 @@ impl Storage {
         server_name: &str,
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT s.state_key FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'
                AND ($2 = '' OR s.state_key LIKE '%:' || $2)
@@ -282,7 +278,7 @@ impl Storage {
 
     /// Rooms whose current state has the user joined.
     pub(crate) async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT r.room_id FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
              ORDER BY r.room_id",
@@ -301,7 +297,7 @@ impl Storage {
         score: Option<i64>,
         received_ts: i64,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO reports (room_id, event_id, reporter, reason, score, received_ts)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -321,7 +317,7 @@ impl Storage {
     pub(crate) async fn reports(
         &self,
     ) -> Result<Vec<(String, Option<String>, String, String)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT room_id, event_id, reporter, reason FROM reports ORDER BY report_id DESC",
         )
         .fetch_all(&self.db.pool)

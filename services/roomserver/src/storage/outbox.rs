@@ -1,4 +1,5 @@
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 /// An output record committed with its events but not yet confirmed in the log.
 pub(crate) struct OutboxRecord {
@@ -13,12 +14,11 @@ impl Storage {
         &self,
         request_id: &str,
     ) -> Result<Option<(String, Vec<String>)>, StorageError> {
-        let row = ganglion_base::sql::query(
-            "SELECT room_id, event_ids FROM processed_inputs WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row =
+            sql::query("SELECT room_id, event_ids FROM processed_inputs WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(match row {
             Some(row) => {
                 let ids: String = row.try_get(1)?;
@@ -42,7 +42,7 @@ impl Storage {
                 "SELECT request_id FROM processed_inputs WHERE request_id IN ({})",
                 ganglion_base::database::params(self.db.engine, 1, chunk.len())
             );
-            let mut query = ganglion_base::sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);
             }
@@ -53,11 +53,9 @@ impl Storage {
 
     /// Output records still to publish, oldest first.
     pub(crate) async fn pending_outputs(&self) -> Result<Vec<OutboxRecord>, StorageError> {
-        let rows = ganglion_base::sql::query(
-            "SELECT seq, room_id, payload FROM output_outbox ORDER BY seq",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows = sql::query("SELECT seq, room_id, payload FROM output_outbox ORDER BY seq")
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.into_iter()
             .map(|row| {
                 Ok(OutboxRecord {
@@ -74,12 +72,11 @@ impl Storage {
         &self,
         room_id: &str,
     ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
-        let rows = ganglion_base::sql::query(
-            "SELECT seq, payload FROM output_outbox WHERE room_id = $1 ORDER BY seq",
-        )
-        .bind(room_id)
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows =
+            sql::query("SELECT seq, payload FROM output_outbox WHERE room_id = $1 ORDER BY seq")
+                .bind(room_id)
+                .fetch_all(&self.db.pool)
+                .await?;
         rows.into_iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
@@ -87,7 +84,7 @@ impl Storage {
 
     /// Clears one published output.
     pub(crate) async fn delete_output(&self, seq: i64) -> Result<(), StorageError> {
-        ganglion_base::sql::query("DELETE FROM output_outbox WHERE seq = $1")
+        sql::query("DELETE FROM output_outbox WHERE seq = $1")
             .bind(seq)
             .execute(&self.db.pool)
             .await?;

@@ -2,6 +2,7 @@
 //! extremities and current state; written one input at a time through a
 //! [`RoomWriter`] transaction.
 
+use ganglion_base::sql;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -99,7 +100,7 @@ impl CurrentStateChange {
 
 const EVENT_COLUMNS: &str = "event_nid, room_nid, event_id, json, state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced";
 
-fn stored_from_row(row: &ganglion_base::sql::Row) -> Result<StoredEvent, StorageError> {
+fn stored_from_row(row: &sql::Row) -> Result<StoredEvent, StorageError> {
     let event_id: String = row.try_get(2)?;
     let json: String = row.try_get(3)?;
     let mut pdu =
@@ -119,7 +120,7 @@ fn stored_from_row(row: &ganglion_base::sql::Row) -> Result<StoredEvent, Storage
 
 impl Storage {
     pub(crate) async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StorageError> {
-        let row = ganglion_base::sql::query(
+        let row = sql::query(
             "SELECT room_nid, room_version, depth, state_snapshot_nid, head_version, extremities
              FROM rooms WHERE room_id = $1",
         )
@@ -156,12 +157,11 @@ impl Storage {
         nids.dedup();
         let mut found = HashMap::new();
         for nid in nids {
-            if let Some(room_id) = ganglion_base::sql::query_scalar::<String>(
-                "SELECT room_id FROM rooms WHERE room_nid = $1",
-            )
-            .bind(nid)
-            .fetch_optional(&self.db.pool)
-            .await?
+            if let Some(room_id) =
+                sql::query_scalar::<String>("SELECT room_id FROM rooms WHERE room_nid = $1")
+                    .bind(nid)
+                    .fetch_optional(&self.db.pool)
+                    .await?
             {
                 found.insert(nid, room_id);
             }
@@ -181,7 +181,7 @@ impl Storage {
             ids.sort_unstable();
             return Ok(ids);
         }
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT event_id FROM forward_extremities WHERE room_nid = $1 ORDER BY event_id",
         )
         .bind(room.room_nid)
@@ -205,7 +205,7 @@ impl Storage {
                         announced
                  FROM events WHERE event_id IN ({placeholders})"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);
             }
@@ -273,7 +273,7 @@ impl Storage {
                 .join(",");
             // NIDs are integers we produced, never user input.
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_nid IN ({list})");
-            let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+            let rows = sql::query(sqlx::AssertSqlSafe(sql))
                 .fetch_all(&self.db.pool)
                 .await?;
             let mut cache = self.lock_event_cache();
@@ -330,7 +330,7 @@ impl Storage {
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT e.json FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
              JOIN events e ON e.event_nid = s.event_nid
              WHERE r.room_id = $1 AND s.event_type = $2 AND s.state_key = $3",
@@ -348,7 +348,7 @@ impl Storage {
     /// Forgets inputs processed before `before_ms`; how many.
     pub(crate) async fn prune_processed_inputs(&self, before_ms: i64) -> Result<u64, StorageError> {
         Ok(
-            ganglion_base::sql::query("DELETE FROM processed_inputs WHERE processed_ms < $1")
+            sql::query("DELETE FROM processed_inputs WHERE processed_ms < $1")
                 .bind(before_ms)
                 .execute(&self.db.pool)
                 .await?
@@ -358,15 +358,14 @@ impl Storage {
 
     pub(crate) async fn fill_memberships(&self) -> Result<(), StorageError> {
         const DONE: &str = "current_state.membership";
-        let done: Option<String> =
-            ganglion_base::sql::query_scalar("SELECT name FROM backfills WHERE name = $1")
-                .bind(DONE)
-                .fetch_optional(&self.db.pool)
-                .await?;
+        let done: Option<String> = sql::query_scalar("SELECT name FROM backfills WHERE name = $1")
+            .bind(DONE)
+            .fetch_optional(&self.db.pool)
+            .await?;
         if done.is_some() {
             return Ok(());
         }
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT s.room_nid, s.state_key, e.event_id, e.json FROM current_state s
              JOIN events e ON e.event_nid = s.event_nid
              WHERE s.event_type = 'm.room.member' AND s.membership IS NULL",
@@ -378,7 +377,7 @@ impl Storage {
             let json: String = row.try_get(3)?;
             let pdu =
                 Pdu::from_json(&event_id, &json).map_err(|_| StorageError::Corrupt(event_id))?;
-            ganglion_base::sql::query(
+            sql::query(
                 "UPDATE current_state SET membership = $1
                  WHERE room_nid = $2 AND event_type = 'm.room.member' AND state_key = $3",
             )
@@ -388,12 +387,10 @@ impl Storage {
             .execute(&self.db.pool)
             .await?;
         }
-        ganglion_base::sql::query(
-            "INSERT INTO backfills (name) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .bind(DONE)
-        .execute(&self.db.pool)
-        .await?;
+        sql::query("INSERT INTO backfills (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(DONE)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
@@ -403,7 +400,7 @@ impl Storage {
         &self,
         room_nid: i64,
     ) -> Result<StateMap, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT s.event_type, s.state_key, e.event_id, e.json FROM current_state s
              JOIN events e ON e.event_nid = s.event_nid WHERE s.room_nid = $1",
         )
@@ -430,7 +427,7 @@ impl Storage {
         new_room_version: Option<&str>,
     ) -> Result<i64, StorageError> {
         if let Some(version) = new_room_version {
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO rooms (room_id, room_version, depth) VALUES ($1, $2, 0)
                  ON CONFLICT (room_id) DO NOTHING",
             )
@@ -448,7 +445,7 @@ impl Storage {
         }
         // Not cached here: a room made earlier in this transaction may yet
         // be rolled back with it.
-        ganglion_base::sql::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
+        sql::query_scalar("SELECT room_nid FROM rooms WHERE room_id = $1")
             .bind(room_id)
             .fetch_optional(&mut **tx)
             .await?
@@ -647,7 +644,7 @@ impl RoomWriter {
             let sql = format!(
                 "SELECT event_id, event_nid FROM events WHERE event_id IN ({placeholders})"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for id in &missing {
                 query = query.bind(*id);
             }
@@ -682,7 +679,7 @@ impl RoomWriter {
         state_before: Option<i64>,
         state_after: Option<i64>,
     ) -> Result<i64, StorageError> {
-        let event_nid: i64 = ganglion_base::sql::query_scalar(
+        let event_nid: i64 = sql::query_scalar(
             "INSERT INTO events (event_id, room_nid, event_type, state_key, depth, json,
                 state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid",
@@ -797,7 +794,7 @@ impl RoomWriter {
                     state_before_nid, state_after_nid, rejected, soft_failed, outlier, announced)
                  VALUES {values} RETURNING event_id, event_nid"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for (pdu, [rejected, soft_failed, outlier, announced]) in chunk {
                 query = query
                     .bind(pdu.event_id.as_str())
@@ -914,7 +911,7 @@ impl RoomWriter {
                  FROM (VALUES {}) AS v WHERE events.event_nid = v.column1",
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), 3)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for (event_nid, state_before, state_after) in chunk {
                 query = query
                     .bind(*event_nid)
@@ -940,7 +937,7 @@ impl RoomWriter {
         state_before: i64,
         state_after: i64,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "UPDATE events SET outlier = 0, state_before_nid = $1, state_after_nid = $2
              WHERE event_nid = $3",
         )
@@ -973,7 +970,7 @@ impl RoomWriter {
                 ganglion_base::database::param(engine, 1),
                 ganglion_base::database::value_rows(engine, 2, chunk.len(), 4)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(self.room_nid);
             for (change, (event_id, membership)) in chunk {
                 query = query
                     .bind(&change.kind)
@@ -987,7 +984,7 @@ impl RoomWriter {
             match &change.event {
                 Some(_) => {}
                 None => {
-                    ganglion_base::sql::query(
+                    sql::query(
                         "DELETE FROM current_state
                          WHERE room_nid = $1 AND event_type = $2 AND state_key = $3",
                     )
@@ -1001,7 +998,7 @@ impl RoomWriter {
         }
         let extremities = serde_json::to_string(&head.extremities)
             .map_err(|e| StorageError::Corrupt(format!("extremities: {e}")))?;
-        ganglion_base::sql::query(
+        sql::query(
             "UPDATE rooms SET depth = $1, state_snapshot_nid = $2, extremities = $3,
                 head_version = head_version + 1
              WHERE room_nid = $4",
@@ -1023,7 +1020,7 @@ impl RoomWriter {
         redacts: &str,
         redacted_json: Option<&str>,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO redactions (redaction_event_id, redacts_event_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
         )
@@ -1032,14 +1029,12 @@ impl RoomWriter {
         .execute(&mut *self.tx)
         .await?;
         if let Some(json) = redacted_json {
-            ganglion_base::sql::query(
-                "UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3",
-            )
-            .bind(json)
-            .bind(redaction_event_id)
-            .bind(redacts)
-            .execute(&mut *self.tx)
-            .await?;
+            sql::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
+                .bind(json)
+                .bind(redaction_event_id)
+                .bind(redacts)
+                .execute(&mut *self.tx)
+                .await?;
             self.redacted.push(redacts.to_owned());
         }
         Ok(())
@@ -1092,7 +1087,7 @@ impl RoomWriter {
 
     /// Adds an alias of the room being written.
     pub(crate) async fn add_alias(&mut self, alias: &str) -> Result<(), StorageError> {
-        ganglion_base::sql::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
+        sql::query("INSERT INTO room_aliases (alias, room_id) VALUES ($1, $2)")
             .bind(alias)
             .bind(&self.room_id)
             .execute(&mut *self.tx)
@@ -1119,7 +1114,7 @@ impl RoomWriter {
                 "DELETE FROM output_outbox WHERE seq IN ({})",
                 ganglion_base::database::params(engine, 1, CLEARED_ROWS)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for n in 0..CLEARED_ROWS {
                 query = query.bind(chunk[n.min(chunk.len() - 1)]);
             }
@@ -1132,7 +1127,7 @@ impl RoomWriter {
                  VALUES {}",
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), 4)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for input in chunk {
                 query = query
                     .bind(input.request_id)
@@ -1148,7 +1143,7 @@ impl RoomWriter {
                 "INSERT INTO output_outbox (room_id, payload) VALUES {} RETURNING seq",
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), 2)
             );
-            let mut query = ganglion_base::sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql));
             for (room_id, payload) in chunk {
                 query = query.bind(*room_id).bind(*payload);
             }

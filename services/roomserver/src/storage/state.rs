@@ -2,6 +2,7 @@
 //! content-addressed blocks (see `state_blocks.rs`), and the caches that make
 //! reading them cheap (blocks and snapshots never change once written).
 
+use ganglion_base::sql;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -120,7 +121,7 @@ impl Storage {
         let blocks = match cached {
             Some(blocks) => blocks,
             None => {
-                let bytes: Vec<u8> = ganglion_base::sql::query_scalar(
+                let bytes: Vec<u8> = sql::query_scalar(
                     "SELECT block_nids FROM state_snapshots WHERE snapshot_nid = $1",
                 )
                 .bind(snapshot_nid)
@@ -143,13 +144,12 @@ impl Storage {
             let entries = match cached {
                 Some(entries) => entries,
                 None => {
-                    let bytes: Vec<u8> = ganglion_base::sql::query_scalar(
-                        "SELECT entries FROM state_blocks WHERE block_nid = $1",
-                    )
-                    .bind(block_nid)
-                    .fetch_optional(&self.db.pool)
-                    .await?
-                    .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?;
+                    let bytes: Vec<u8> =
+                        sql::query_scalar("SELECT entries FROM state_blocks WHERE block_nid = $1")
+                            .bind(block_nid)
+                            .fetch_optional(&self.db.pool)
+                            .await?
+                            .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?;
                     let entries = Arc::new(
                         state_blocks::decode_entries(&bytes)
                             .ok_or_else(|| StorageError::Corrupt(format!("block {block_nid}")))?,
@@ -232,7 +232,7 @@ impl Storage {
             let sql = format!(
                 "SELECT {nid_column}, {name_column} FROM {table} WHERE {nid_column} IN ({list})"
             );
-            let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+            let rows = sql::query(sqlx::AssertSqlSafe(sql))
                 .fetch_all(&self.db.pool)
                 .await?;
             let mut names = lock(cache);
@@ -274,7 +274,7 @@ impl Storage {
             return Ok(Some(nid));
         }
         let sql = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
-        let nid: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql))
+        let nid: Option<i64> = sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&self.db.pool)
             .await?;
@@ -329,7 +329,7 @@ impl Storage {
             "INSERT INTO {table} ({name_column}) VALUES ($1) ON CONFLICT DO NOTHING
              RETURNING {nid_column}"
         );
-        let inserted: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(insert))
+        let inserted: Option<i64> = sql::query_scalar(sqlx::AssertSqlSafe(insert))
             .bind(name)
             .fetch_optional(&mut **tx)
             .await?;
@@ -337,7 +337,7 @@ impl Storage {
             Some(nid) => nid,
             None => {
                 let select = format!("SELECT {nid_column} FROM {table} WHERE {name_column} = $1");
-                ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(select))
+                sql::query_scalar(sqlx::AssertSqlSafe(select))
                     .bind(name)
                     .fetch_one(&mut **tx)
                     .await?
@@ -403,7 +403,7 @@ impl Storage {
                 "INSERT INTO {table} ({name_column}) VALUES {} ON CONFLICT DO NOTHING",
                 ganglion_base::database::value_rows(self.db.engine, 1, chunk.len(), 1)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(insert));
+            let mut query = sql::query(sqlx::AssertSqlSafe(insert));
             for name in chunk {
                 query = query.bind(*name);
             }
@@ -412,7 +412,7 @@ impl Storage {
                 "SELECT {name_column}, {nid_column} FROM {table} WHERE {name_column} IN ({})",
                 ganglion_base::database::params(self.db.engine, 1, chunk.len())
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(select));
+            let mut query = sql::query(sqlx::AssertSqlSafe(select));
             for name in chunk {
                 query = query.bind(*name);
             }
@@ -582,7 +582,7 @@ impl Storage {
                 columns.join(", "),
                 ganglion_base::database::value_rows(engine, 1, chunk.len(), width)
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for (hash, bytes, number) in chunk {
                 query = query.bind(*hash).bind(*bytes);
                 if width > 2 {
@@ -604,7 +604,7 @@ impl Storage {
                 "SELECT hash, {nid_column} FROM {table} WHERE hash IN ({})",
                 ganglion_base::database::params(engine, 1, stored.len())
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for hash in &stored {
                 query = query.bind(*hash);
             }
@@ -617,7 +617,7 @@ impl Storage {
 
     /// Bytes and rows the state tables hold (for the benchmark).
     pub(crate) async fn state_storage_size(&self) -> Result<(i64, i64, i64, i64), StorageError> {
-        let row = ganglion_base::sql::query(
+        let row = sql::query(
             "SELECT (SELECT COUNT(*) FROM state_blocks),
                     (SELECT COALESCE(SUM(LENGTH(entries) + LENGTH(hash)), 0) FROM state_blocks),
                     (SELECT COUNT(*) FROM state_snapshots),

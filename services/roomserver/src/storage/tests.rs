@@ -1,6 +1,7 @@
 //! The roomserver's tables against both database engines: one body per
 //! behaviour, run once on SQLite and once on a scratch PostgreSQL database.
 
+use ganglion_base::sql;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -156,20 +157,18 @@ async fn write_room(storage: &Storage) {
     );
     // A room last written before the extremities moved into its row reads
     // them from the table they were in.
-    ganglion_base::sql::query("UPDATE rooms SET extremities = NULL WHERE room_nid = $1")
+    sql::query("UPDATE rooms SET extremities = NULL WHERE room_nid = $1")
         .bind(row.room_nid)
         .execute(&storage.db.pool)
         .await
         .expect("clear");
     for id in ["$b:example.org", "$a:example.org"] {
-        ganglion_base::sql::query(
-            "INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)",
-        )
-        .bind(row.room_nid)
-        .bind(id)
-        .execute(&storage.db.pool)
-        .await
-        .expect("legacy row");
+        sql::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
+            .bind(row.room_nid)
+            .bind(id)
+            .execute(&storage.db.pool)
+            .await
+            .expect("legacy row");
     }
     let legacy = storage
         .room(&room.room_id)

@@ -8,6 +8,7 @@
 //! members) is forgotten when a record changes that state. What it knows
 //! at a successful commit is kept for the next batch ([`RoomCache`]).
 
+use ganglion_base::sql;
 use std::collections::{BTreeMap, HashMap};
 
 use ganglion_base::database::Engine;
@@ -28,7 +29,7 @@ pub(crate) struct RoomCache {
 }
 
 pub(crate) struct Batch {
-    pub(super) tx: ganglion_base::sql::Transaction,
+    pub(super) tx: sql::Transaction,
     /// The committed knowledge this batch started from and updates when it
     /// commits.
     shared: std::sync::Arc<std::sync::Mutex<RoomCache>>,
@@ -192,7 +193,7 @@ impl Batch {
     pub(crate) async fn commit(mut self) -> Result<(), StorageError> {
         self.flush().await?;
         for (room_id, event_id) in &self.at_commit.bumps {
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO room_bumps (room_id, bump)
                  SELECT room_id, id FROM events WHERE event_id = $1 AND room_id = $2
                  ON CONFLICT (room_id) DO UPDATE SET bump = excluded.bump",

@@ -3,6 +3,7 @@
 //! end sharing a room.
 
 use ganglion_api::proto::topics as topic_pb;
+use ganglion_base::sql;
 
 use super::ephemeral::{JOINED, i64_of, self_or_co_member};
 use super::{At, Storage, StorageError};
@@ -29,7 +30,7 @@ impl Storage {
         change: &topic_pb::DeviceKeyChange,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO device_key_changes (user_id, log_partition, log_offset)
              VALUES ($1, $2, $3)
              ON CONFLICT (user_id) DO UPDATE
@@ -42,13 +43,11 @@ impl Storage {
         .await?;
         // A deleted device never collects its to-device messages.
         if change.deleted && !change.device_id.is_empty() {
-            ganglion_base::sql::query(
-                "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2",
-            )
-            .bind(&change.user_id)
-            .bind(&change.device_id)
-            .execute(&mut *tx)
-            .await?;
+            sql::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2")
+                .bind(&change.user_id)
+                .bind(&change.device_id)
+                .execute(&mut *tx)
+                .await?;
         }
         Self::commit_at(tx, Stream::KeyChanges, at).await
     }
@@ -66,7 +65,7 @@ impl Storage {
              WHERE log_offset >= $2 AND {}",
             self_or_co_member("user_id")
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(i64_of(since_offset))
             .fetch_all(&self.db.pool)
@@ -84,7 +83,7 @@ impl Storage {
         user_id: &str,
         since_offset: u64,
     ) -> Result<Vec<MemberChange>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT h.room_id, h.state_key, h.membership, h.log_offset FROM state_history h
              WHERE h.event_type = 'm.room.member' AND h.log_offset >= $2
                AND h.room_id IN (SELECT room_id FROM current_state
@@ -117,7 +116,7 @@ impl Storage {
             "SELECT DISTINCT state_key FROM current_state
              WHERE event_type = 'm.room.member' AND membership = 'join' AND room_id IN ({JOINED})"
         );
-        let users: Vec<String> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql))
+        let users: Vec<String> = sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .fetch_all(&self.db.pool)
             .await?;

@@ -4,6 +4,7 @@
 //! nothing.
 
 use ganglion_api::proto::topics as topic_pb;
+use ganglion_base::sql;
 
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
@@ -17,7 +18,7 @@ pub(crate) struct At {
 
 impl At {
     pub(super) fn from_row(
-        row: &ganglion_base::sql::Row,
+        row: &sql::Row,
         partition: usize,
         offset: usize,
     ) -> Result<At, sqlx::Error> {
@@ -96,7 +97,7 @@ pub(super) fn i64_of(value: u64) -> i64 {
 impl Storage {
     /// Stores the record's position and commits its transaction.
     pub(super) async fn commit_at(
-        mut tx: ganglion_base::sql::Transaction,
+        mut tx: sql::Transaction,
         stream: Stream,
         at: At,
     ) -> Result<(), StorageError> {
@@ -112,7 +113,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         if edu.typing {
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO typing (room_id, user_id, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (room_id, user_id) DO UPDATE SET expires_at = excluded.expires_at",
             )
@@ -122,13 +123,13 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         } else {
-            ganglion_base::sql::query("DELETE FROM typing WHERE room_id = $1 AND user_id = $2")
+            sql::query("DELETE FROM typing WHERE room_id = $1 AND user_id = $2")
                 .bind(&edu.room_id)
                 .bind(&edu.user_id)
                 .execute(&mut *tx)
                 .await?;
         }
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO typing_changes (room_id, log_partition, log_offset) VALUES ($1, $2, $3)
              ON CONFLICT (room_id) DO UPDATE
              SET log_partition = excluded.log_partition, log_offset = excluded.log_offset",
@@ -156,7 +157,7 @@ impl Storage {
              WHERE c.room_id IN ({JOINED}) AND c.log_offset >= $3
              ORDER BY c.room_id"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(now_ms)
             .bind(i64_of(since_offset))
@@ -189,7 +190,7 @@ impl Storage {
         edu: &topic_pb::ReceiptEdu,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let offsets: Vec<(String, i64)> = ganglion_base::sql::query_as(
+        let offsets: Vec<(String, i64)> = sql::query_as(
             "SELECT e.event_id, e.log_offset FROM events e WHERE e.event_id = $1
              UNION ALL
              SELECT e.event_id, e.log_offset FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -220,7 +221,7 @@ impl Storage {
                     "DELETE FROM notifications
                      WHERE user_id = $1 AND room_id = $2 AND log_offset <= $3{thread_clause}"
                 );
-                let mut delete = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+                let mut delete = sql::query(sqlx::AssertSqlSafe(sql))
                     .bind(&edu.user_id)
                     .bind(&edu.room_id)
                     .bind(*read_up_to);
@@ -230,14 +231,12 @@ impl Storage {
                 delete.execute(&mut *tx).await?;
                 // The room's counts again, from what is left unread (little:
                 // the receipt just read the rest).
-                ganglion_base::sql::query(
-                    "DELETE FROM notification_counts WHERE user_id = $1 AND room_id = $2",
-                )
-                .bind(&edu.user_id)
-                .bind(&edu.room_id)
-                .execute(&mut *tx)
-                .await?;
-                ganglion_base::sql::query(
+                sql::query("DELETE FROM notification_counts WHERE user_id = $1 AND room_id = $2")
+                    .bind(&edu.user_id)
+                    .bind(&edu.room_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sql::query(
                     "INSERT INTO notification_counts
                          (user_id, room_id, thread_id, notifications, highlights)
                      SELECT user_id, room_id, thread_id, COUNT(*),
@@ -250,7 +249,7 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts,
                                        log_partition, log_offset)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -286,7 +285,7 @@ impl Storage {
              WHERE room_id IN ({JOINED}) AND log_offset >= $2
                AND (receipt_type <> 'm.read.private' OR user_id = $1)"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(i64_of(since_offset))
             .fetch_all(&self.db.pool)
@@ -312,7 +311,7 @@ impl Storage {
         edu: &topic_pb::PresenceEdu,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO presence (user_id, presence, status_msg, last_active_ts, currently_active,
                                    log_partition, log_offset, automatic)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -339,7 +338,7 @@ impl Storage {
         &self,
         user_id: &str,
     ) -> Result<Option<PresenceRow>, StorageError> {
-        let row = ganglion_base::sql::query(
+        let row = sql::query(
             "SELECT user_id, presence, status_msg, last_active_ts, currently_active,
                     log_partition, log_offset, automatic
              FROM presence WHERE user_id = $1",
@@ -367,7 +366,7 @@ impl Storage {
              WHERE log_offset >= $2 AND {}",
             self_or_co_member("user_id")
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(i64_of(since_offset))
             .fetch_all(&self.db.pool)
@@ -388,7 +387,7 @@ impl Storage {
              WHERE event_type = 'm.room.member' AND state_key = $2 AND membership = 'join'
                AND room_id IN ({JOINED}) LIMIT 1"
         );
-        let found: Option<i64> = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql))
+        let found: Option<i64> = sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(a)
             .bind(b)
             .fetch_optional(&self.db.pool)
@@ -406,7 +405,7 @@ impl Storage {
         let mut tx = self.db.pool.begin().await?;
         for message in &edu.messages {
             let content = String::from_utf8_lossy(&message.content_json);
-            ganglion_base::sql::query(
+            sql::query(
                 "INSERT INTO to_device (user_id, device_id, message_id, sender, event_type, content,
                                         log_partition, log_offset)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -434,7 +433,7 @@ impl Storage {
         after: &str,
         limit: u32,
     ) -> Result<Vec<(String, i64)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT user_id, MAX(id) FROM to_device WHERE user_id > $1
              GROUP BY user_id ORDER BY user_id LIMIT $2",
         )
@@ -456,7 +455,7 @@ impl Storage {
         live: &[String],
         up_to: i64,
     ) -> Result<u64, StorageError> {
-        let devices: Vec<String> = ganglion_base::sql::query_scalar(
+        let devices: Vec<String> = sql::query_scalar(
             "SELECT DISTINCT device_id FROM to_device WHERE user_id = $1 AND id <= $2",
         )
         .bind(user_id)
@@ -465,7 +464,7 @@ impl Storage {
         .await?;
         let mut dropped = 0;
         for device_id in devices.iter().filter(|d| !live.contains(d)) {
-            dropped += ganglion_base::sql::query(
+            dropped += sql::query(
                 "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND id <= $3",
             )
             .bind(user_id)
@@ -489,7 +488,7 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<ToDeviceRow>, StorageError> {
         if acked > 0 {
-            ganglion_base::sql::query(
+            sql::query(
                 "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND log_offset < $3",
             )
             .bind(user_id)
@@ -498,7 +497,7 @@ impl Storage {
             .execute(&self.db.pool)
             .await?;
         }
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT sender, event_type, content, log_offset FROM to_device
              WHERE user_id = $1 AND device_id = $2 AND log_offset >= $3 AND log_offset < $4
              ORDER BY log_offset, id LIMIT $5",
@@ -528,7 +527,7 @@ impl Storage {
         update: &topic_pb::AccountDataUpdate,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO account_data (user_id, room_id, data_type, content, log_partition, log_offset)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (user_id, room_id, data_type) DO UPDATE
@@ -553,7 +552,7 @@ impl Storage {
         from: u64,
         to: u64,
     ) -> Result<Vec<AccountDataRow>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT room_id, data_type, content FROM account_data
              WHERE user_id = $1 AND log_offset >= $2 AND log_offset < $3",
         )
@@ -574,7 +573,7 @@ impl Storage {
     }
 }
 
-fn presence_row(row: &ganglion_base::sql::Row) -> Result<PresenceRow, sqlx::Error> {
+fn presence_row(row: &sql::Row) -> Result<PresenceRow, sqlx::Error> {
     Ok(PresenceRow {
         user_id: row.try_get(0)?,
         presence: row.try_get(1)?,

@@ -1,6 +1,7 @@
 use super::batch::{PendingEvent, PendingState};
 use super::ephemeral::i64_of;
 use super::{Batch, Storage, StorageError};
+use ganglion_base::sql;
 
 /// An event as consumed from `roomserver.output`.
 pub(crate) struct NewEvent<'a> {
@@ -37,7 +38,7 @@ pub(crate) struct Membership {
     pub(crate) partition: u32,
 }
 
-fn membership_row(row: &ganglion_base::sql::Row) -> Result<Membership, sqlx::Error> {
+fn membership_row(row: &sql::Row) -> Result<Membership, sqlx::Error> {
     Ok(Membership {
         room_id: row.try_get(0)?,
         membership: row.try_get(1)?,
@@ -119,11 +120,11 @@ const ROWS_PER_STATEMENT: usize = 100;
 /// The rows a `RETURNING` in `tail` gives back, if any.
 pub(crate) async fn insert_rows(
     engine: ganglion_base::database::Engine,
-    conn: &mut ganglion_base::sql::Connection,
+    conn: &mut sql::Connection,
     head: &str,
     tail: &str,
     rows: &[Vec<Bound<'_>>],
-) -> Result<Vec<ganglion_base::sql::Row>, StorageError> {
+) -> Result<Vec<sql::Row>, StorageError> {
     let mut returned = Vec::new();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let width = chunk.first().map_or(0, Vec::len);
@@ -131,7 +132,7 @@ pub(crate) async fn insert_rows(
             "{head} VALUES {} {tail}",
             ganglion_base::database::value_rows(engine, 1, chunk.len(), width)
         );
-        let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             for value in row {
                 query = match value {
@@ -157,7 +158,7 @@ pub(crate) struct StateRef {
     pub(crate) offset: u64,
 }
 
-fn state_ref(row: &ganglion_base::sql::Row) -> Result<StateRef, StorageError> {
+fn state_ref(row: &sql::Row) -> Result<StateRef, StorageError> {
     Ok(StateRef {
         event_type: row.try_get(0)?,
         state_key: row.try_get(1)?,
@@ -168,7 +169,7 @@ fn state_ref(row: &ganglion_base::sql::Row) -> Result<StateRef, StorageError> {
 }
 
 /// A row of (room ID, then the columns [`state_ref`] reads).
-fn room_state_ref(row: &ganglion_base::sql::Row) -> Result<(String, StateRef), StorageError> {
+fn room_state_ref(row: &sql::Row) -> Result<(String, StateRef), StorageError> {
     Ok((
         row.try_get(0)?,
         StateRef {
@@ -216,7 +217,7 @@ pub(super) const EVENT_COLUMNS: &str =
     "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
      e.transaction_id, e.room_id, e.sender, e.history_visibility";
 
-pub(super) fn event_row(row: &ganglion_base::sql::Row) -> Result<EventRow, sqlx::Error> {
+pub(super) fn event_row(row: &sql::Row) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
         offset: row.try_get::<i64, _>(0)?.max(0) as u64,
         event_id: row.try_get(1)?,
@@ -383,7 +384,7 @@ impl Batch {
             "{INSERT_EVENT} VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             ganglion_base::database::value_rows(self.engine, 1, pending.len(), 13)
         );
-        let mut query = ganglion_base::sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql));
+        let mut query = sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql));
         for event in &pending {
             query = query
                 .bind(i64::from(event.partition))
@@ -501,7 +502,7 @@ impl Batch {
                     Bound::Int(*offset),
                 ]),
                 CurrentEntry::Removed => {
-                    ganglion_base::sql::query(
+                    sql::query(
                         "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
                     )
                     .bind(room_id)
@@ -512,7 +513,7 @@ impl Batch {
                 }
                 CurrentEntry::Unchanged(removed) => {
                     for event_id in removed {
-                        ganglion_base::sql::query(
+                        sql::query(
                             "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3 AND event_id = $4",
                         )
                         .bind(room_id)
@@ -592,7 +593,7 @@ impl Batch {
         self.flush().await?;
         self.members_changed(room_id);
         let tx = &mut *self.tx;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type, state_key,
                                  sender, json, device_id, transaction_id)
              VALUES ($1, $2, $3, $4, 'm.room.member', $5, $6, $7, '', '')
@@ -607,7 +608,7 @@ impl Batch {
         .bind(json)
         .execute(&mut *tx)
         .await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
              VALUES ($1, 'm.room.member', $2, $3, $5, $4)
              ON CONFLICT (room_id, event_type, state_key) DO UPDATE
@@ -621,7 +622,7 @@ impl Batch {
         .bind(membership)
         .execute(&mut *tx)
         .await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO state_history (room_id, event_type, state_key, log_offset, event_id, membership)
              VALUES ($1, 'm.room.member', $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -634,7 +635,7 @@ impl Batch {
         .await?;
         match invite_state_json {
             Some(state) => {
-                ganglion_base::sql::query(
+                sql::query(
                     "INSERT INTO invite_state (room_id, user_id, events_json) VALUES ($1, $2, $3)
                      ON CONFLICT (room_id, user_id) DO UPDATE SET events_json = excluded.events_json",
                 )
@@ -645,13 +646,11 @@ impl Batch {
                 .await?;
             }
             None => {
-                ganglion_base::sql::query(
-                    "DELETE FROM invite_state WHERE room_id = $1 AND user_id = $2",
-                )
-                .bind(room_id)
-                .bind(invitee)
-                .execute(&mut *tx)
-                .await?;
+                sql::query("DELETE FROM invite_state WHERE room_id = $1 AND user_id = $2")
+                    .bind(room_id)
+                    .bind(invitee)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         Ok(())
@@ -664,7 +663,7 @@ impl Batch {
         redacted_json: &str,
     ) -> Result<(), StorageError> {
         self.flush().await?;
-        ganglion_base::sql::query(
+        sql::query(
             "UPDATE events SET json = $1, relates_to = NULL, rel_type = NULL WHERE event_id = $2",
         )
         .bind(redacted_json)
@@ -683,7 +682,7 @@ impl Batch {
         user_id: &str,
     ) -> Result<(), StorageError> {
         self.flush().await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO forgotten_rooms (room_id, user_id, log_offset)
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
@@ -702,7 +701,7 @@ impl Batch {
         room_id: &str,
     ) -> Result<(Option<String>, Option<String>), StorageError> {
         self.flush_state().await?;
-        let rows: Vec<(String, String)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, String)> = sql::query_as(
             "SELECT s.event_type, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = $1 AND s.state_key = ''
                AND s.event_type IN ('m.room.create', 'm.room.power_levels')",
@@ -739,7 +738,7 @@ impl Batch {
             return Ok(members);
         }
         self.flush_state().await?;
-        let rows: Vec<(String,)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String,)> = sql::query_as(
             "SELECT state_key FROM current_state
              WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
         )
@@ -767,11 +766,11 @@ impl Storage {
     }
 
     async fn event_in(
-        connection: &mut ganglion_base::sql::Connection,
+        connection: &mut sql::Connection,
         event_id: &str,
     ) -> Result<Option<EventRow>, StorageError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1");
-        let row = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let row = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(event_id)
             .fetch_optional(connection)
             .await?;
@@ -784,7 +783,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT events_json FROM invite_state WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)
@@ -808,7 +807,7 @@ impl Storage {
         events_from: Option<u64>,
     ) -> Result<(Vec<Membership>, std::collections::HashSet<String>), StorageError> {
         let from = events_from.map_or(-1, |from| from.min(i64::MAX as u64) as i64);
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT s.room_id, s.membership, s.log_offset, e.log_partition,
                 CASE WHEN $2 < 0 OR s.membership <> 'join' THEN 0
                      WHEN EXISTS (SELECT 1 FROM events x
@@ -836,12 +835,11 @@ impl Storage {
     /// The room's partition of `roomserver.output`, if any of its events was
     /// seen (sync reads it with the membership instead).
     pub(crate) async fn room_partition(&self, room_id: &str) -> Result<Option<u32>, StorageError> {
-        let partition: Option<i64> = ganglion_base::sql::query_scalar(
-            "SELECT log_partition FROM events WHERE room_id = $1 LIMIT 1",
-        )
-        .bind(room_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let partition: Option<i64> =
+            sql::query_scalar("SELECT log_partition FROM events WHERE room_id = $1 LIMIT 1")
+                .bind(room_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(partition.map(|p| p.max(0) as u32))
     }
 
@@ -869,7 +867,7 @@ impl Storage {
         &self,
         room_id: &str,
     ) -> Result<Vec<(String, String, u64)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT state_key, membership, log_offset FROM current_state
              WHERE room_id = $1 AND event_type = 'm.room.member' AND membership IS NOT NULL",
         )
@@ -922,7 +920,7 @@ impl Storage {
                 })
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ");
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for (room_id, below) in chunk {
                 query = query
                     .bind(*room_id)
@@ -963,7 +961,7 @@ impl Storage {
                  JOIN events e ON e.event_id = s.event_id
                  WHERE s.room_id IN ({placeholders}) ORDER BY e.log_offset"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for room_id in chunk {
                 query = query.bind(*room_id);
             }
@@ -991,7 +989,7 @@ impl Storage {
     ) -> Result<std::collections::HashMap<String, Vec<StateRef>>, StorageError> {
         let mut out: std::collections::HashMap<String, Vec<StateRef>> = Default::default();
         for chunk in rooms.chunks(ROOMS_PER_STATEMENT) {
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(fixed_in_list(
+            let mut query = sql::query(sqlx::AssertSqlSafe(fixed_in_list(
                 "SELECT room_id, event_type, state_key, event_id, membership, log_offset
                  FROM current_state WHERE room_id IN",
                 "ORDER BY log_offset",
@@ -1016,7 +1014,7 @@ impl Storage {
         before: u64,
         since: Option<u64>,
     ) -> Result<Vec<StateRef>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT h.event_type, h.state_key, h.event_id, h.membership, h.log_offset
              FROM state_history h
              WHERE h.room_id = $1 AND h.log_offset < $2 AND h.log_offset >= $3
@@ -1063,7 +1061,7 @@ impl Storage {
                        AND l.state_key = h.state_key AND l.log_offset < w.column2)
                  ORDER BY h.log_offset"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             let last = chunk.last().copied().unwrap_or(("", 0));
             for n in 0..ROOMS_PER_STATEMENT {
                 let (room_id, before) = chunk.get(n).copied().unwrap_or(last);
@@ -1086,7 +1084,7 @@ impl Storage {
     ) -> Result<Vec<StateRef>, StorageError> {
         let mut out = Vec::with_capacity(users.len());
         for user in users {
-            let row = ganglion_base::sql::query(
+            let row = sql::query(
                 "SELECT event_type, state_key, event_id, membership, log_offset
                  FROM state_history
                  WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2
@@ -1108,7 +1106,7 @@ impl Storage {
     /// Whether the room has a name or a canonical alias now (a non-empty
     /// one): a room without either is named by its heroes.
     pub(crate) async fn room_is_named(&self, room_id: &str) -> Result<bool, StorageError> {
-        let rows: Vec<String> = ganglion_base::sql::query_scalar(
+        let rows: Vec<String> = sql::query_scalar(
             "SELECT e.json FROM current_state c JOIN events e ON e.event_id = c.event_id
              WHERE c.room_id = $1 AND c.state_key = ''
                AND c.event_type IN ('m.room.name', 'm.room.canonical_alias')",
@@ -1131,8 +1129,7 @@ impl Storage {
         let mut out = Vec::with_capacity(ids.len());
         let columns = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN");
         for chunk in ids.chunks(ROOMS_PER_STATEMENT) {
-            let mut query =
-                ganglion_base::sql::query(sqlx::AssertSqlSafe(fixed_in_list(&columns, "")));
+            let mut query = sql::query(sqlx::AssertSqlSafe(fixed_in_list(&columns, "")));
             for id in padded(chunk) {
                 query = query.bind(*id);
             }
@@ -1149,7 +1146,7 @@ impl Storage {
             "SELECT {EVENT_COLUMNS} FROM current_state s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = $1 ORDER BY e.log_offset"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id)
             .fetch_all(&self.db.pool)
             .await?;
@@ -1166,10 +1163,10 @@ impl Storage {
     }
 
     async fn history_visibility_in(
-        connection: &mut ganglion_base::sql::Connection,
+        connection: &mut sql::Connection,
         room_id: &str,
     ) -> Result<Option<String>, StorageError> {
-        let json: Option<String> = ganglion_base::sql::query_scalar(
+        let json: Option<String> = sql::query_scalar(
             "SELECT e.json FROM current_state s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = $1 AND s.event_type = 'm.room.history_visibility' AND s.state_key = ''",
         )
@@ -1192,7 +1189,7 @@ impl Storage {
         room_id: &str,
         user_id: &str,
     ) -> Result<Vec<(u64, String)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT log_offset, membership FROM state_history
              WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2
                AND membership IS NOT NULL
@@ -1227,7 +1224,7 @@ impl Storage {
                    AND l.state_key = h.state_key AND l.log_offset < $2)
              ORDER BY e.log_offset"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id)
             .bind(offset.min(i64::MAX as u64) as i64)
             .bind(event_type.unwrap_or_default())
@@ -1252,7 +1249,7 @@ impl Storage {
                 "SELECT {EVENT_COLUMNS}, e.relates_to, e.rel_type FROM events e
                  WHERE e.relates_to IN ({placeholders}) ORDER BY e.log_offset"
             );
-            let mut query = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query(sqlx::AssertSqlSafe(sql));
             for parent in chunk {
                 query = query.bind(*parent);
             }
@@ -1282,7 +1279,7 @@ impl Storage {
                AND e.log_offset >= $4 AND e.log_offset < $5
              ORDER BY e.log_offset {order} LIMIT $6"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(parent)
             .bind(rel_type.unwrap_or_default())
             .bind(event_type.unwrap_or_default())
@@ -1314,7 +1311,7 @@ impl Storage {
                   AND r.sender = $3))
              ORDER BY t.latest DESC LIMIT $4"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id)
             .bind(before.min(i64::MAX as u64) as i64)
             .bind(participant.unwrap_or_default())
@@ -1330,7 +1327,7 @@ impl Storage {
 impl Storage {
     /// Every (room, user) joined, as consumed: the notifier's starting point.
     pub(crate) async fn all_joined(&self) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(ganglion_base::sql::query_as(
+        Ok(sql::query_as(
             "SELECT room_id, state_key FROM current_state
              WHERE event_type = 'm.room.member' AND membership = 'join'",
         )
@@ -1356,7 +1353,7 @@ impl Storage {
         &self,
         user_id: &str,
     ) -> Result<Vec<NotificationCount>, StorageError> {
-        let rows: Vec<(String, String, i64, i64)> = ganglion_base::sql::query_as(
+        let rows: Vec<(String, String, i64, i64)> = sql::query_as(
             "SELECT room_id, thread_id, notifications, highlights
              FROM notification_counts WHERE user_id = $1 AND notifications > 0",
         )

@@ -6,6 +6,7 @@
 //! place is computed from what the log brings in the order it brings it,
 //! so a view rebuilt from the log puts them in the same place.
 
+use ganglion_base::sql;
 use std::collections::HashSet;
 
 use super::events::{EVENT_COLUMNS, INSERT_EVENT, OUTLIER_OFFSET, event_row};
@@ -54,7 +55,7 @@ impl Batch {
         self.flush().await?;
         let tx = &mut *self.tx;
         let band = depth_band(event.depth);
-        let taken: i64 = ganglion_base::sql::query_scalar(
+        let taken: i64 = sql::query_scalar(
             "SELECT COUNT(*) FROM events WHERE room_id = $1 AND log_offset >= $2 AND log_offset < $3",
         )
         .bind(event.room_id)
@@ -68,7 +69,7 @@ impl Batch {
         } else {
             event.history_visibility
         };
-        ganglion_base::sql::query(sqlx::AssertSqlSafe(format!(
+        sql::query(sqlx::AssertSqlSafe(format!(
             "{INSERT_EVENT}
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '', $9, $10, $11)
              ON CONFLICT (event_id) DO UPDATE
@@ -111,7 +112,7 @@ impl Storage {
              WHERE e.room_id = $1 AND e.log_offset >= $2 AND e.log_offset < $3 AND e.log_offset <> $4
              ORDER BY e.log_offset {order} LIMIT $5"
         );
-        let rows = ganglion_base::sql::query(sqlx::AssertSqlSafe(sql))
+        let rows = sql::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id)
             .bind(from)
             .bind(to)
@@ -129,7 +130,7 @@ impl Storage {
     /// lacks: where its history would continue (none: it starts at the
     /// room's creation, or with nothing missing).
     pub(crate) async fn history_gaps(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT event_id, json FROM events WHERE room_id = $1 AND log_offset <> $2
              ORDER BY log_offset ASC LIMIT $3",
         )
@@ -167,8 +168,7 @@ impl Storage {
             "SELECT event_id FROM events WHERE log_offset <> $1 AND event_id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = ganglion_base::sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql))
-            .bind(OUTLIER_OFFSET);
+        let mut query = sql::query_scalar::<String>(sqlx::AssertSqlSafe(sql)).bind(OUTLIER_OFFSET);
         for id in &wanted {
             query = query.bind(id);
         }

@@ -3,6 +3,7 @@
 
 use super::{Storage, StorageError};
 use crate::sync_token::Stream;
+use ganglion_base::sql;
 
 impl Storage {
     /// Advances the consumed position past a record with nothing to store.
@@ -20,12 +21,12 @@ impl Storage {
 
     /// Records that everything up to and including `offset` was consumed.
     pub(crate) async fn store_position(
-        conn: &mut ganglion_base::sql::Connection,
+        conn: &mut sql::Connection,
         stream: Stream,
         partition: u32,
         offset: u64,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO stream_positions (stream, log_partition, next_offset) VALUES ($1, $2, $3)
              ON CONFLICT (stream, log_partition) DO UPDATE SET next_offset = excluded.next_offset
              WHERE stream_positions.next_offset < excluded.next_offset",
@@ -40,11 +41,9 @@ impl Storage {
 
     /// The next offset to consume, per stream and partition, as stored.
     pub(crate) async fn positions(&self) -> Result<Vec<(Stream, u32, u64)>, StorageError> {
-        let rows = ganglion_base::sql::query(
-            "SELECT stream, log_partition, next_offset FROM stream_positions",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows = sql::query("SELECT stream, log_partition, next_offset FROM stream_positions")
+            .fetch_all(&self.db.pool)
+            .await?;
         let mut positions = Vec::with_capacity(rows.len());
         for row in &rows {
             let name: String = row.try_get(0)?;

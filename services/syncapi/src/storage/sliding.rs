@@ -3,6 +3,7 @@
 //! per-connection state, one immutable row per answered `pos`.
 
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 /// A room of the user's, as the lists see it.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ impl Storage {
         &self,
         user_id: &str,
     ) -> Result<Vec<SlidingRoom>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT s.room_id, s.membership, s.log_offset, e.log_partition, e.id, b.bump,
                     EXISTS (SELECT 1 FROM current_state x
                             WHERE x.room_id = s.room_id AND x.event_type = 'm.room.encryption'),
@@ -74,7 +75,7 @@ impl Storage {
         room_id: &str,
         data_type: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
         )
         .bind(user_id)
@@ -90,7 +91,7 @@ impl Storage {
         (user_id, device_id, conn_id): (&str, &str, &str),
         pos_id: i64,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT state FROM sliding_connections
              WHERE id = $1 AND user_id = $2 AND device_id = $3 AND conn_id = $4",
         )
@@ -109,7 +110,7 @@ impl Storage {
         (user_id, device_id, conn_id): (&str, &str, &str),
         before: Option<i64>,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "DELETE FROM sliding_connections
              WHERE user_id = $1 AND device_id = $2 AND conn_id = $3 AND id < $4",
         )
@@ -128,7 +129,7 @@ impl Storage {
         (user_id, device_id, conn_id): (&str, &str, &str),
         state: &str,
     ) -> Result<i64, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "INSERT INTO sliding_connections (user_id, device_id, conn_id, state)
              VALUES ($1, $2, $3, $4) RETURNING id",
         )

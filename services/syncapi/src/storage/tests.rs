@@ -3,6 +3,7 @@
 
 use super::{Batch, EventRow, HistoryEvent, MIGRATIONS, NewEvent, Storage, StorageError};
 use crate::sync_token::Stream;
+use ganglion_base::sql;
 
 /// Each record's changes in a batch of its own, as the consumer applies
 /// a record that arrives alone.
@@ -860,11 +861,10 @@ async fn one_batch_of_many_records(storage: Storage) {
         (1, 1)
     );
     let rooms = storage.sliding_rooms(ALICE).await.expect("rooms");
-    let after: i64 =
-        ganglion_base::sql::query_scalar("SELECT id FROM events WHERE event_id = '$after'")
-            .fetch_one(&storage.db.pool)
-            .await
-            .expect("row");
+    let after: i64 = sql::query_scalar("SELECT id FROM events WHERE event_id = '$after'")
+        .fetch_one(&storage.db.pool)
+        .await
+        .expect("row");
     assert_eq!(
         rooms[0].bump_stamp, after as u64,
         "the batch's last message bumps the room"
@@ -1047,7 +1047,7 @@ async fn state_changes_of_a_batch_land_together(storage: Storage) {
         ["$create", "$name2", "$open"],
         "current state after the batch"
     );
-    let history: Vec<(String, String, i64, Option<String>)> = ganglion_base::sql::query_as(
+    let history: Vec<(String, String, i64, Option<String>)> = sql::query_as(
         "SELECT event_type, state_key, log_offset, event_id FROM state_history
          WHERE room_id = $1 ORDER BY log_offset, event_type",
     )
@@ -1155,7 +1155,7 @@ async fn state_changes_of_a_batch_land_together(storage: Storage) {
     batch.apply_event(&big).await.expect("resolved state");
     batch.consumed(Stream::Room, 0, 14);
     batch.commit().await.expect("commit");
-    let joined: Vec<(String, String)> = ganglion_base::sql::query_as(
+    let joined: Vec<(String, String)> = sql::query_as(
         "SELECT state_key, event_id FROM current_state
          WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'
          ORDER BY state_key",
@@ -1192,7 +1192,7 @@ async fn notification_counts_from_unread_rows(database_url: Option<String>) {
         (BOB, ROOM_B, 4, "", 0),
         (ALICE, ROOM_A, 5, "", 1),
     ] {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)
              VALUES ($1, $2, $3, $4, $5)",
         )

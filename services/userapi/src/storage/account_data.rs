@@ -1,3 +1,4 @@
+use ganglion_base::sql;
 use serde_json::{Map, Value};
 
 use super::{Storage, StorageError};
@@ -29,13 +30,13 @@ impl Storage {
     }
 
     async fn write_account_data(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         localpart: &str,
         room_id: &str,
         data_type: &str,
         content: &str,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO account_data (localpart, room_id, data_type, content) VALUES ($1, $2, $3, $4)
              ON CONFLICT (localpart, room_id, data_type) DO UPDATE SET content = excluded.content",
         )
@@ -49,12 +50,12 @@ impl Storage {
     }
 
     async fn enqueue(
-        tx: &mut ganglion_base::sql::Transaction,
+        tx: &mut sql::Transaction,
         localpart: &str,
         room_id: &str,
         data_type: &str,
     ) -> Result<i64, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "INSERT INTO account_data_outbox (localpart, room_id, data_type) VALUES ($1, $2, $3)
              RETURNING id",
         )
@@ -75,7 +76,7 @@ impl Storage {
         content: Option<Value>,
     ) -> Result<i64, StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        let current: Option<String> = ganglion_base::sql::query_scalar(
+        let current: Option<String> = sql::query_scalar(
             "SELECT content FROM account_data
              WHERE localpart = $1 AND room_id = $2 AND data_type = 'm.tag'",
         )
@@ -108,7 +109,7 @@ impl Storage {
         room_id: &str,
         data_type: &str,
     ) -> Result<Option<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT content FROM account_data
              WHERE localpart = $1 AND room_id = $2 AND data_type = $3",
         )
@@ -121,7 +122,7 @@ impl Storage {
 
     /// Outbox rows, oldest first.
     pub(crate) async fn pending_account_data(&self) -> Result<Vec<Pending>, StorageError> {
-        let rows: Vec<(i64, String, String, String)> = ganglion_base::sql::query_as(
+        let rows: Vec<(i64, String, String, String)> = sql::query_as(
             "SELECT id, localpart, room_id, data_type FROM account_data_outbox ORDER BY id",
         )
         .fetch_all(&self.db.pool)
@@ -141,7 +142,7 @@ impl Storage {
     /// published it meanwhile).
     pub(crate) async fn pending(&self, id: i64) -> Result<bool, StorageError> {
         let row: Option<i64> =
-            ganglion_base::sql::query_scalar("SELECT id FROM account_data_outbox WHERE id = $1")
+            sql::query_scalar("SELECT id FROM account_data_outbox WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.db.pool)
                 .await?;
@@ -149,7 +150,7 @@ impl Storage {
     }
 
     pub(crate) async fn published(&self, id: i64) -> Result<(), StorageError> {
-        ganglion_base::sql::query("DELETE FROM account_data_outbox WHERE id = $1")
+        sql::query("DELETE FROM account_data_outbox WHERE id = $1")
             .bind(id)
             .execute(&self.db.pool)
             .await?;

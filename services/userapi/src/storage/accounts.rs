@@ -1,4 +1,5 @@
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 /// A profile field.
 #[derive(Clone, Copy, Debug)]
@@ -15,14 +16,14 @@ pub(crate) struct Account {
 /// use and the account it made commit together); `TokenRefused` when it
 /// cannot.
 async fn use_registration_token(
-    tx: &mut ganglion_base::sql::Transaction,
+    tx: &mut sql::Transaction,
     token: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StorageError> {
     let Some(token) = token else {
         return Ok(());
     };
-    let used = ganglion_base::sql::query(
+    let used = sql::query(
         "UPDATE registration_tokens SET completed = completed + 1
          WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
            AND (expiry_ms IS NULL OR expiry_ms > $2)",
@@ -52,7 +53,7 @@ impl Storage {
         use_registration_token(&mut tx, registration_token, now_ms).await?;
         // As on Synapse, a new user's displayname is their localpart
         // (guests start without one).
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO accounts (localpart, password_hash, is_admin, is_guest, created_ts, displayname)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -80,7 +81,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
         use_registration_token(&mut tx, registration_token, now_ms).await?;
-        let upgraded = ganglion_base::sql::query(
+        let upgraded = sql::query(
             "UPDATE accounts SET password_hash = $2, is_guest = 0,
                     displayname = COALESCE(displayname, $1)
              WHERE localpart = $1 AND is_guest = 1",
@@ -103,7 +104,7 @@ impl Storage {
         token: &str,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
-        let found: Option<i64> = ganglion_base::sql::query_scalar(
+        let found: Option<i64> = sql::query_scalar(
             "SELECT 1 FROM registration_tokens
              WHERE token = $1 AND (uses_allowed IS NULL OR completed < uses_allowed)
                AND (expiry_ms IS NULL OR expiry_ms > $2)",
@@ -122,7 +123,7 @@ impl Storage {
         uses_allowed: Option<i64>,
         expiry_ms: Option<i64>,
     ) -> Result<(), StorageError> {
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO registration_tokens (token, uses_allowed, expiry_ms) VALUES ($1, $2, $3)",
         )
         .bind(token)
@@ -138,7 +139,7 @@ impl Storage {
     pub(crate) async fn registration_tokens(
         &self,
     ) -> Result<Vec<(String, Option<i64>, i64, Option<i64>)>, StorageError> {
-        let rows = ganglion_base::sql::query(
+        let rows = sql::query(
             "SELECT token, uses_allowed, completed, expiry_ms FROM registration_tokens ORDER BY token",
         )
         .fetch_all(&self.db.pool)
@@ -161,7 +162,7 @@ impl Storage {
         token: &str,
     ) -> Result<bool, StorageError> {
         Ok(
-            ganglion_base::sql::query("DELETE FROM registration_tokens WHERE token = $1")
+            sql::query("DELETE FROM registration_tokens WHERE token = $1")
                 .bind(token)
                 .execute(&self.db.pool)
                 .await?
@@ -176,12 +177,10 @@ impl Storage {
         &self,
         localpart: &str,
     ) -> Result<Option<(Option<String>, Option<String>)>, StorageError> {
-        let row = ganglion_base::sql::query(
-            "SELECT displayname, avatar_url FROM accounts WHERE localpart = $1",
-        )
-        .bind(localpart)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let row = sql::query("SELECT displayname, avatar_url FROM accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(match row {
             Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
             None => None,
@@ -202,7 +201,7 @@ impl Storage {
             }
             ProfileField::AvatarUrl => "UPDATE accounts SET avatar_url = $1 WHERE localpart = $2",
         };
-        let done = ganglion_base::sql::query(sql)
+        let done = sql::query(sql)
             .bind(value)
             .bind(localpart)
             .execute(&self.db.pool)
@@ -211,11 +210,10 @@ impl Storage {
     }
 
     pub(crate) async fn account(&self, localpart: &str) -> Result<Option<Account>, StorageError> {
-        let row =
-            ganglion_base::sql::query("SELECT password_hash FROM accounts WHERE localpart = $1")
-                .bind(localpart)
-                .fetch_optional(&self.db.pool)
-                .await?;
+        let row = sql::query("SELECT password_hash FROM accounts WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(&self.db.pool)
+            .await?;
         Ok(match row {
             Some(row) => Some(Account {
                 password_hash: row.try_get(0)?,

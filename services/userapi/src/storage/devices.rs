@@ -1,4 +1,5 @@
 use super::{Storage, StorageError};
+use ganglion_base::sql;
 
 pub(crate) struct DeviceRow {
     pub(crate) localpart: String,
@@ -19,12 +20,12 @@ impl Storage {
         now_ms: i64,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        ganglion_base::sql::query("DELETE FROM devices WHERE localpart = $1 AND device_id = $2")
+        sql::query("DELETE FROM devices WHERE localpart = $1 AND device_id = $2")
             .bind(localpart)
             .bind(device_id)
             .execute(&mut *tx)
             .await?;
-        ganglion_base::sql::query(
+        sql::query(
             "INSERT INTO devices (localpart, device_id, display_name, token_hash, created_ts)
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -43,7 +44,7 @@ impl Storage {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<DeviceRow>, StorageError> {
-        let row = ganglion_base::sql::query(
+        let row = sql::query(
             "SELECT d.localpart, d.device_id, a.is_admin, a.is_guest FROM devices d
              JOIN accounts a ON a.localpart = d.localpart WHERE d.token_hash = $1",
         )
@@ -67,7 +68,7 @@ impl Storage {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<(String, String)>, StorageError> {
-        Ok(ganglion_base::sql::query_as(
+        Ok(sql::query_as(
             "DELETE FROM devices WHERE token_hash = $1 RETURNING localpart, device_id",
         )
         .bind(token_hash)
@@ -76,7 +77,7 @@ impl Storage {
     }
 
     pub(crate) async fn delete_all_devices(&self, localpart: &str) -> Result<u64, StorageError> {
-        let result = ganglion_base::sql::query("DELETE FROM devices WHERE localpart = $1")
+        let result = sql::query("DELETE FROM devices WHERE localpart = $1")
             .bind(localpart)
             .execute(&self.db.pool)
             .await?;
@@ -87,12 +88,12 @@ impl Storage {
 impl Storage {
     /// The IDs of an account's devices.
     pub(crate) async fn device_ids(&self, localpart: &str) -> Result<Vec<String>, StorageError> {
-        Ok(ganglion_base::sql::query_scalar(
-            "SELECT device_id FROM devices WHERE localpart = $1 ORDER BY id",
+        Ok(
+            sql::query_scalar("SELECT device_id FROM devices WHERE localpart = $1 ORDER BY id")
+                .bind(localpart)
+                .fetch_all(&self.db.pool)
+                .await?,
         )
-        .bind(localpart)
-        .fetch_all(&self.db.pool)
-        .await?)
     }
 
     /// Which of `localparts` are guest accounts (asked a hundred at a time).
@@ -107,7 +108,7 @@ impl Storage {
                 "SELECT localpart FROM accounts WHERE is_guest <> 0 AND localpart IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = ganglion_base::sql::query_scalar(sqlx::AssertSqlSafe(sql));
+            let mut query = sql::query_scalar(sqlx::AssertSqlSafe(sql));
             for localpart in chunk {
                 query = query.bind(*localpart);
             }
