@@ -149,12 +149,12 @@ impl Synapse {
     }
 
     /// Waits (up to `within`) until Synapse's log has a line containing
-    /// `needle`; false if it never came.
-    pub async fn until_logged(&self, needle: &str, within: Duration) -> bool {
+    /// one of `needles`; false if none came.
+    pub async fn until_logged(&self, needles: &[&str], within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
             let text = std::fs::read_to_string(self.dir.join("homeserver.log")).unwrap_or_default();
-            if text.contains(needle) {
+            if needles.iter().any(|needle| text.contains(needle)) {
                 return true;
             }
             if Instant::now() > deadline {
