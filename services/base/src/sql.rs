@@ -683,6 +683,40 @@ struct SqliteConn {
     discard: bool,
 }
 
+impl SqliteConn {
+    fn db(&self) -> &rusqlite::Connection {
+        self.conn.as_ref().expect("a connection in use")
+    }
+
+    /// Runs `work` on the connection: in this database's write turn when
+    /// it `writes` (held to the end of the transaction, if one is open),
+    /// under [`in_place`] when it is a write that commits by itself and
+    /// flushes.
+    async fn run<T>(
+        &mut self,
+        writes: bool,
+        work: impl FnOnce(&rusqlite::Connection) -> T,
+    ) -> Result<T, sqlx::Error> {
+        if writes && self.write.is_none() {
+            self.write = Some(self.pool.write_turn().await?);
+        }
+        let db = self.db();
+        let flush = self.flushed && self.write.is_some() && db.is_autocommit();
+        let done = in_place(flush, || work(db));
+        if self.db().is_autocommit() {
+            self.write = None;
+        }
+        Ok(done)
+    }
+
+    /// Ends the open transaction with `COMMIT` or `ROLLBACK`; dropping the
+    /// connection after rolls back what a failed commit left.
+    fn end(self, statement: &str) -> Result<(), sqlx::Error> {
+        let flush = statement == "COMMIT" && self.flushed && self.write.is_some();
+        in_place(flush, || self.db().execute_batch(statement)).map_err(sqlite_error)
+    }
+}
+
 impl Drop for SqliteConn {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -753,18 +787,7 @@ impl Transaction {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         match std::mem::replace(&mut self.conn.0, ConnInner::Detached) {
             ConnInner::AnyTx(tx) => tx.commit().await,
-            ConnInner::Sqlite(conn) => {
-                let flush = conn.flushed && conn.write.is_some();
-                let result = in_place(flush, || {
-                    conn.conn
-                        .as_ref()
-                        .expect("a connection in use")
-                        .execute_batch("COMMIT")
-                });
-                // Dropping the connection rolls back what a failed commit left.
-                drop(conn);
-                result.map_err(sqlite_error)
-            }
+            ConnInner::Sqlite(conn) => conn.end("COMMIT"),
             ConnInner::AnyConn(_) | ConnInner::Detached => Ok(()),
         }
     }
@@ -773,15 +796,7 @@ impl Transaction {
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
         match std::mem::replace(&mut self.conn.0, ConnInner::Detached) {
             ConnInner::AnyTx(tx) => tx.rollback().await,
-            ConnInner::Sqlite(conn) => {
-                let result = conn
-                    .conn
-                    .as_ref()
-                    .expect("a connection in use")
-                    .execute_batch("ROLLBACK");
-                drop(conn);
-                result.map_err(sqlite_error)
-            }
+            ConnInner::Sqlite(conn) => conn.end("ROLLBACK"),
             ConnInner::AnyConn(_) | ConnInner::Detached => Ok(()),
         }
     }
@@ -814,12 +829,7 @@ impl Connection {
 
     fn sqlite_batch(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         match &mut self.0 {
-            ConnInner::Sqlite(conn) => conn
-                .conn
-                .as_ref()
-                .expect("a connection in use")
-                .execute_batch(sql)
-                .map_err(sqlite_error),
+            ConnInner::Sqlite(conn) => conn.db().execute_batch(sql).map_err(sqlite_error),
             _ => Ok(()),
         }
     }
@@ -1056,26 +1066,18 @@ impl Query {
         };
         let sql = self.sql.as_str();
         tracing::trace!(target: "ganglion_sql", sql, "statement");
-        // A statement that writes waits for this database's write turn
-        // first (held to the end of the transaction, if one is open).
-        if sqlite.write.is_none() && !reads_only(sql) {
-            let writes = {
-                let db = sqlite.conn.as_ref().expect("a connection in use");
-                let statement = db.prepare_cached(sql).map_err(sqlite_error)?;
-                !statement.readonly()
-            };
-            if writes {
-                sqlite.write = Some(sqlite.pool.write_turn().await?);
-            }
-        }
-        let db = sqlite.conn.as_ref().expect("a connection in use");
-        // A write outside a transaction commits by itself.
-        let flush = sqlite.flushed && sqlite.write.is_some() && db.is_autocommit();
-        let outcome = in_place(flush, || step(db, sql, &self.args, want));
-        if db.is_autocommit() {
-            sqlite.write = None;
-        }
-        outcome
+        // Whether it writes, from SQLite itself unless it is a plain
+        // SELECT or the write turn is held already.
+        let writes = sqlite.write.is_none()
+            && !reads_only(sql)
+            && !sqlite
+                .db()
+                .prepare_cached(sql)
+                .map_err(sqlite_error)?
+                .readonly();
+        sqlite
+            .run(writes, |db| step(db, sql, &self.args, want))
+            .await?
     }
 }
 
@@ -1247,17 +1249,10 @@ async fn raw_sqlite(conn: &mut Connection, sql: &str) -> Result<QueryResult, sql
     let ConnInner::Sqlite(sqlite) = &mut conn.0 else {
         return Err(sqlx::Error::PoolClosed);
     };
-    if sqlite.write.is_none() {
-        sqlite.write = Some(sqlite.pool.write_turn().await?);
-    }
-    let db = sqlite.conn.as_ref().expect("a connection in use");
-    let flush = sqlite.flushed && db.is_autocommit();
-    let result = in_place(flush, || db.execute_batch(sql)).map_err(sqlite_error);
-    let changed = db.changes();
-    if db.is_autocommit() {
-        sqlite.write = None;
-    }
-    result?;
+    let (result, changed) = sqlite
+        .run(true, |db| (db.execute_batch(sql), db.changes()))
+        .await?;
+    result.map_err(sqlite_error)?;
     Ok(QueryResult {
         rows_affected: changed,
     })
