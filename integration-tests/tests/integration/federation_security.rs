@@ -1170,3 +1170,124 @@ async fn one_origin_s_transactions_are_taken_one_at_a_time() {
     until_message(&alice, &room_id, "quick", logs).await;
     until_message(&alice, &room_id, "after the gap", logs).await;
 }
+
+/// Killed while it takes an origin's transaction, we hold that origin up
+/// for a few seconds after the restart, not until its sender gives up (a
+/// lease left behind by the dead process expires soon), and a transaction
+/// whose sender hung up gives its turn back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_is_not_held_up_by_a_transaction_that_never_ended() {
+    use std::time::Duration;
+    let MalloryJoined {
+        fake,
+        mut ours,
+        our_name,
+        base,
+        alice,
+        room_id,
+        mallory,
+        version,
+        join_id,
+        auth,
+        depth,
+        _dirs,
+    } = mallory_joins().await;
+    // Each slow transaction's event follows one we have not seen, which
+    // the origin never hands over in time.
+    fake.set_missing_delay(Duration::from_secs(120));
+    let slow = |n: i64| {
+        let (gap, _) = fake.sign_event(
+            &version,
+            message(
+                &room_id,
+                &mallory,
+                &join_id,
+                &auth,
+                depth + n,
+                &format!("gap {n}"),
+            ),
+        );
+        let (_, pdu) = fake.sign_event(
+            &version,
+            message(
+                &room_id,
+                &mallory,
+                &gap,
+                &auth,
+                depth + n + 1,
+                &format!("after gap {n}"),
+            ),
+        );
+        (gap, pdu)
+    };
+
+    // The sender hangs up on a slow transaction: the next one is taken.
+    let (gap, pdu) = slow(1);
+    fake.set_missing(vec![gap]);
+    let hung_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        send_transaction(&fake, (&base, &our_name), "hung-up".to_owned(), vec![pdu]),
+    )
+    .await;
+    assert!(
+        hung_up.is_err(),
+        "the slow transaction was answered: {hung_up:?}"
+    );
+    let (quick, quick_pdu) = fake.sign_event(
+        &version,
+        message(
+            &room_id,
+            &mallory,
+            &join_id,
+            &auth,
+            depth + 1,
+            "after a hang-up",
+        ),
+    );
+    let (status, answer) = send_transaction(
+        &fake,
+        (&base, &our_name),
+        "quick-1".to_owned(),
+        vec![quick_pdu],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}\n{}", ours.process.log_tail());
+    assert_eq!(answer["pdus"][&quick], json!({}), "{answer}");
+
+    // We die in the middle of a slow one: after the restart the origin's
+    // next transaction is taken, not refused as busy.
+    let (gap, pdu) = slow(3);
+    fake.set_missing(vec![gap]);
+    tokio::select! {
+        sent = send_transaction(&fake, (&base, &our_name), "killed".to_owned(), vec![pdu]) => {
+            panic!("the slow transaction was answered: {sent:?}");
+        }
+        // Killed in the same poll, so the request is not polled again.
+        () = tokio::time::sleep(Duration::from_millis(500)) => ours.process.kill9(),
+    }
+    ours.restart().await;
+    let (quick, quick_pdu) = fake.sign_event(
+        &version,
+        message(
+            &room_id,
+            &mallory,
+            &join_id,
+            &auth,
+            depth + 1,
+            "after a restart",
+        ),
+    );
+    let (status, answer) = send_transaction(
+        &fake,
+        (&base, &our_name),
+        "quick-2".to_owned(),
+        vec![quick_pdu],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}\n{}", ours.process.log_tail());
+    assert_eq!(answer["pdus"][&quick], json!({}), "{answer}");
+    until_message(&alice, &room_id, "after a restart", || {
+        ours.process.log_tail()
+    })
+    .await;
+}

@@ -3,6 +3,10 @@
 //! the spec expects a server to send them: a server cannot make us work
 //! on many of its transactions at once. Each transaction also gets a
 //! budget for filling gaps before its PDUs.
+//!
+//! A lease is short and renewed while its transaction is taken, so a
+//! replica that dies holding one (killed mid-transaction) keeps its origin
+//! waiting a few seconds, not until the sender gives up and backs off.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +16,12 @@ use ganglion_base::MatrixError;
 
 use crate::FederationService;
 use crate::key_ring::now_ms;
+use crate::storage::Storage;
 
-/// How long a replica holds an origin's lease without finishing.
-const LEASE_MS: i64 = 120_000;
+/// How long an origin's lease lasts unless its holder renews it.
+const LEASE: Duration = Duration::from_secs(10);
+/// How often a holder renews its lease while its transaction is taken.
+const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// How long a transaction waits for the one before it (the sender's
 /// request times out about then, and it sends the same again).
 const WAIT_FOR_TURN: Duration = Duration::from_secs(30);
@@ -26,9 +33,16 @@ pub(crate) struct Origins {
     queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// An origin's turn, held while its transaction is taken.
+/// An origin's turn, held while its transaction is taken: this replica's
+/// place in the origin's queue and the lease, renewed until the turn ends.
+/// Dropped without [`Turn::end`] (the request was cancelled), it still
+/// gives the lease back before the next in the queue goes.
 pub(crate) struct Turn {
-    _queue: tokio::sync::OwnedMutexGuard<()>,
+    origin: String,
+    holder: String,
+    storage: Storage,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    queue: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Origins {
@@ -63,14 +77,20 @@ impl FederationService {
         let queue = tokio::time::timeout_at(deadline.into(), queue.lock_owned())
             .await
             .map_err(|_| busy())?;
+        let holder = &self.inbound.replica;
         loop {
-            let now = now_ms();
-            if self
-                .storage
-                .lease_origin(origin, &self.inbound.replica, now, now + LEASE_MS)
-                .await?
-            {
-                return Ok(Turn { _queue: queue });
+            if lease(&self.storage, origin, holder).await? {
+                return Ok(Turn {
+                    origin: origin.to_owned(),
+                    holder: holder.clone(),
+                    storage: self.storage.clone(),
+                    renewal: Some(tokio::spawn(renew(
+                        self.storage.clone(),
+                        origin.to_owned(),
+                        holder.clone(),
+                    ))),
+                    queue: Some(queue),
+                });
             }
             if Instant::now() >= deadline {
                 return Err(busy());
@@ -78,17 +98,81 @@ impl FederationService {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
 
-    /// Ends `origin`'s turn on every replica.
-    pub(crate) async fn end_turn(&self, origin: &str, turn: Turn) {
-        if let Err(error) = self
-            .storage
-            .release_origin(origin, &self.inbound.replica)
-            .await
-        {
-            tracing::warn!(origin, %error, "could not release an origin's lease (it expires)");
+/// Takes or renews `holder`'s lease on `origin`.
+async fn lease(
+    storage: &Storage,
+    origin: &str,
+    holder: &str,
+) -> Result<bool, crate::storage::StorageError> {
+    let now = now_ms();
+    storage
+        .lease_origin(origin, holder, now, now + LEASE.as_millis() as i64)
+        .await
+}
+
+/// Renews the lease until aborted.
+async fn renew(storage: Storage, origin: String, holder: String) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match lease(&storage, &origin, &holder).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    origin,
+                    "an inbound origin's lease expired while its transaction was taken"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(origin, %error, "could not renew an inbound origin's lease")
+            }
         }
-        drop(turn);
+    }
+}
+
+impl Turn {
+    /// Ends the turn: the lease is given back, then the next in the queue goes.
+    pub(crate) async fn end(mut self) {
+        if let (Some(renewal), Some(queue)) = (self.renewal.take(), self.queue.take()) {
+            give_back(&self.storage, &self.origin, &self.holder, renewal).await;
+            drop(queue);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (Some(renewal), Some(queue)) = (self.renewal.take(), self.queue.take()) else {
+            return;
+        };
+        let (storage, origin, holder) = (
+            self.storage.clone(),
+            self.origin.clone(),
+            self.holder.clone(),
+        );
+        // Without a runtime (shutting down) the lease simply expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                give_back(&storage, &origin, &holder, renewal).await;
+                drop(queue);
+            });
+        }
+    }
+}
+
+/// Stops the renewal (waiting for it, so it cannot take the lease again),
+/// then releases the lease.
+async fn give_back(
+    storage: &Storage,
+    origin: &str,
+    holder: &str,
+    renewal: tokio::task::JoinHandle<()>,
+) {
+    renewal.abort();
+    let _ = renewal.await;
+    if let Err(error) = storage.release_origin(origin, holder).await {
+        tracing::warn!(origin, %error, "could not release an inbound origin's lease (it expires)");
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) async fn send(
     }
     let turn = service.origin_turn(&origin).await?;
     let answer = take_transaction(&service, &origin, &txn_id, transaction).await;
-    service.end_turn(&origin, turn).await;
+    turn.end().await;
     respond(answer?)
 }
 
