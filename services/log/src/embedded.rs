@@ -50,6 +50,13 @@ pub struct EmbeddedConfig {
     /// survives a crash of the process, and a flush costs milliseconds on
     /// most disks; turn it on when the host itself may lose power.
     pub fsync: bool,
+    /// Topics whose records are never flushed one by one, even with `fsync`
+    /// on: requests whose producer awaits their outcome (`roomserver.input`).
+    /// A power cut that loses one loses a request nobody was answered; what
+    /// its processing wrote is flushed where it is kept. Their consumers'
+    /// offsets are lowered to what survived, so records appended after are
+    /// not skipped.
+    pub unflushed_topics: Vec<String>,
 }
 
 /// The embedded log. Cloning is cheap and shares the same open log.
@@ -74,6 +81,8 @@ pub(crate) struct Shared {
 pub(crate) struct Topic {
     name: String,
     partitions: Vec<Arc<PartitionFile>>,
+    /// Whether each append is flushed before it is acknowledged and visible.
+    flushed: bool,
     /// Bumped after every append, to wake the topic's waiting consumers.
     appended: watch::Sender<u64>,
 }
@@ -82,6 +91,13 @@ impl Topic {
     fn partition_count(&self) -> u32 {
         // Partition counts come from a u32 (`ensure_topic`, the metadata file).
         self.partitions.len() as u32
+    }
+}
+
+impl EmbeddedConfig {
+    /// Whether appends to `topic` are flushed one by one.
+    fn flushes(&self, topic: &str) -> bool {
+        self.fsync && !self.unflushed_topics.iter().any(|t| t == topic)
     }
 }
 
@@ -129,7 +145,8 @@ impl EmbeddedLog {
                     format!("{} holds no partition count", meta.display()),
                 )
             })?;
-            let topic = open_topic(&entry.path(), &name, partitions, config.fsync)?;
+            let flushed = config.flushes(&name);
+            let topic = open_topic(&entry.path(), &name, partitions, config.fsync, flushed)?;
             topics.insert(name, Arc::new(topic));
         }
         Ok(EmbeddedLog {
@@ -207,7 +224,8 @@ impl Log for EmbeddedLog {
         let fsync = self.shared.config.fsync;
         let dir = self.shared.dir.join("topics").join(topic);
         std::fs::create_dir_all(&dir)?;
-        let opened = open_topic(&dir, topic, partitions, fsync)?;
+        let flushed = self.shared.config.flushes(topic);
+        let opened = open_topic(&dir, topic, partitions, fsync, flushed)?;
         // The partition count goes last: a topic is complete once it exists.
         write_atomically(
             &dir.join("partitions"),
@@ -229,7 +247,7 @@ impl Log for EmbeddedLog {
             .partitions
             .get(partition as usize)
             .ok_or_else(|| LogError::UnknownTopic(topic.name.clone()))?;
-        let fsync = self.shared.config.fsync;
+        let fsync = topic.flushed;
         // Writing to the page cache is a memory copy; handing it to a blocking
         // thread would cost more than it saves. Only the flush goes there.
         let offset = file.append(&frame, !fsync)?;
@@ -248,7 +266,7 @@ impl Log for EmbeddedLog {
         records: Vec<OutgoingRecord>,
     ) -> Result<Vec<Position>, LogError> {
         let topic = self.topic(topic)?;
-        let fsync = self.shared.config.fsync;
+        let fsync = topic.flushed;
         let mut positions = Vec::with_capacity(records.len());
         // The last offset appended to each partition: one flush covers all.
         let mut last: HashMap<u32, u64> = HashMap::new();
@@ -357,7 +375,15 @@ async fn make_durable(file: &Arc<PartitionFile>, offset: u64) -> Result<(), LogE
     Ok(())
 }
 
-fn open_topic(dir: &Path, name: &str, partitions: u32, fsync: bool) -> Result<Topic, LogError> {
+/// Opens a topic's partitions; `fsync` flushes its files' creation and
+/// repairs, `flushed` each append.
+fn open_topic(
+    dir: &Path,
+    name: &str,
+    partitions: u32,
+    fsync: bool,
+    flushed: bool,
+) -> Result<Topic, LogError> {
     let mut files = Vec::new();
     for partition in 0..partitions {
         let path = dir.join(format!("{partition}.log"));
@@ -378,6 +404,7 @@ fn open_topic(dir: &Path, name: &str, partitions: u32, fsync: bool) -> Result<To
     Ok(Topic {
         name: name.to_owned(),
         partitions: files,
+        flushed,
         appended: watch::Sender::new(0),
     })
 }
@@ -568,7 +595,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fsync_mode_flushes_concurrent_sends_together() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open_with(dir.path(), EmbeddedConfig { fsync: true }).unwrap();
+        let log = EmbeddedLog::open_with(
+            dir.path(),
+            EmbeddedConfig {
+                fsync: true,
+                ..EmbeddedConfig::default()
+            },
+        )
+        .unwrap();
         log.ensure_topic("t", 1).await.unwrap();
         let sends = (0..64).map(|i| {
             let log = log.clone();
@@ -596,10 +630,45 @@ mod tests {
         }
     }
 
+    /// With fsync on, a topic named unflushed is written without a flush
+    /// per append (its records are visible at once, the file is never
+    /// synced for them) while the others still are.
+    #[tokio::test]
+    async fn unflushed_topics_skip_the_flush_in_fsync_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            fsync: true,
+            unflushed_topics: vec!["requests".to_owned()],
+        };
+        assert!(config.flushes("t"));
+        assert!(!config.flushes("requests"));
+        let log = EmbeddedLog::open_with(dir.path(), config.clone()).unwrap();
+        log.ensure_topic("requests", 1).await.unwrap();
+        log.ensure_topic("t", 1).await.unwrap();
+        assert!(!log.topic("requests").unwrap().flushed);
+        assert!(log.topic("t").unwrap().flushed);
+        let position = log
+            .produce("requests", OutgoingRecord::default())
+            .await
+            .unwrap();
+        assert_eq!(log.end_offsets("requests").await.unwrap(), vec![1]);
+        let mut consumer = log.consumer("g", &["requests"]).await.unwrap();
+        assert_eq!(consumer.next().await.unwrap().offset, position.offset);
+        drop(consumer);
+        drop(log);
+        // Reopened, the topic is still the unflushed kind.
+        let log = EmbeddedLog::open_with(dir.path(), config).unwrap();
+        assert!(!log.topic("requests").unwrap().flushed);
+        assert!(log.topic("t").unwrap().flushed);
+    }
+
     #[tokio::test]
     async fn fsync_mode_delivers_and_persists() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EmbeddedConfig { fsync: true };
+        let config = EmbeddedConfig {
+            fsync: true,
+            ..EmbeddedConfig::default()
+        };
         {
             let log = EmbeddedLog::open_with(dir.path(), config.clone()).unwrap();
             log.ensure_topic("t", 2).await.unwrap();
