@@ -1220,6 +1220,19 @@ async fn an_origin_is_not_held_up_by_a_transaction_that_never_ended() {
         );
         (gap, pdu)
     };
+    // A transaction whose event follows the join is taken and answered.
+    let taken_at_once = |txn: &'static str, body: &'static str| {
+        let (event_id, pdu) = fake.sign_event(
+            &version,
+            message(&room_id, &mallory, &join_id, &auth, depth + 1, body),
+        );
+        let sent = send_transaction(&fake, (&base, &our_name), txn.to_owned(), vec![pdu]);
+        async move {
+            let (status, answer) = sent.await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["pdus"][&event_id], json!({}), "{answer}");
+        }
+    };
 
     // The sender hangs up on a slow transaction: the next one is taken.
     let (gap, pdu) = slow(1);
@@ -1233,26 +1246,7 @@ async fn an_origin_is_not_held_up_by_a_transaction_that_never_ended() {
         hung_up.is_err(),
         "the slow transaction was answered: {hung_up:?}"
     );
-    let (quick, quick_pdu) = fake.sign_event(
-        &version,
-        message(
-            &room_id,
-            &mallory,
-            &join_id,
-            &auth,
-            depth + 1,
-            "after a hang-up",
-        ),
-    );
-    let (status, answer) = send_transaction(
-        &fake,
-        (&base, &our_name),
-        "quick-1".to_owned(),
-        vec![quick_pdu],
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}\n{}", ours.process.log_tail());
-    assert_eq!(answer["pdus"][&quick], json!({}), "{answer}");
+    taken_at_once("quick-1", "after a hang-up").await;
 
     // We die in the middle of a slow one: after the restart the origin's
     // next transaction is taken, not refused as busy.
@@ -1266,26 +1260,7 @@ async fn an_origin_is_not_held_up_by_a_transaction_that_never_ended() {
         () = tokio::time::sleep(Duration::from_millis(500)) => ours.process.kill9(),
     }
     ours.restart().await;
-    let (quick, quick_pdu) = fake.sign_event(
-        &version,
-        message(
-            &room_id,
-            &mallory,
-            &join_id,
-            &auth,
-            depth + 1,
-            "after a restart",
-        ),
-    );
-    let (status, answer) = send_transaction(
-        &fake,
-        (&base, &our_name),
-        "quick-2".to_owned(),
-        vec![quick_pdu],
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}\n{}", ours.process.log_tail());
-    assert_eq!(answer["pdus"][&quick], json!({}), "{answer}");
+    taken_at_once("quick-2", "after a restart").await;
     until_message(&alice, &room_id, "after a restart", || {
         ours.process.log_tail()
     })
