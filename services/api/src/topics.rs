@@ -67,6 +67,14 @@ impl Topics {
             &self.federationsender_destinations,
         ]
     }
+
+    /// Topics of requests whose every producer awaits the outcome (the
+    /// roomserver API's `submit`), so a record need not be on disk before
+    /// it is taken: a power cut that loses one loses a request nobody was
+    /// answered, and its consumer flushes what it makes of it.
+    pub fn awaited_requests(&self) -> Vec<String> {
+        vec![self.roomserver_input.clone()]
+    }
 }
 
 pub fn encode<M: Message>(message: &M) -> Vec<u8> {

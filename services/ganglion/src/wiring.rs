@@ -28,12 +28,8 @@ pub(crate) fn open_log(config: &Config, client_id: &str) -> anyhow::Result<Arc<d
                 config.embedded_log_dir(),
                 EmbeddedConfig {
                     fsync: config.durability == Durability::Fsync,
-                    // Every input record's producer awaits its outcome, and
-                    // the roomserver flushes what it makes of it.
-                    unflushed_topics: vec![
-                        ganglion_api::topics::Topics::new(&config.log.topic_prefix)
-                            .roomserver_input,
-                    ],
+                    unflushed_topics: ganglion_api::topics::Topics::new(&config.log.topic_prefix)
+                        .awaited_requests(),
                 },
             )
             .context("opening the embedded log")?,
