@@ -1,8 +1,6 @@
 -- One database per Ganglion service, and one per syncapi replica (each
 -- replica is a view built from the log into its own database). Run once by
 -- the postgres image, on its first start with an empty data volume.
--- The mediaapi does not use its database yet; it is made now so that a
--- later version finds it.
 CREATE DATABASE ganglion_userapi;
 CREATE DATABASE ganglion_keyserver;
 CREATE DATABASE ganglion_roomserver;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What must hold in the chart's rendered manifests, for each values file in
-helm/ganglion/ci/, and the values the chart must refuse to render.
+helm/ganglion/ci/ and for the media stores of MEDIA_VARIANTS, and the values
+the chart must refuse to render.
 
 Run by scripts/check-helm.sh after `helm template` (one file per values file
 in --rendered) and kubernetes-validate. Needs the `ganglion` binary: option
@@ -35,14 +36,23 @@ WITH_HTTP = ["clientapi", "syncapi", "federationapi", "mediaapi"]
 WITH_SIGNING_KEY = ["roomserver", "federationapi", "monolith"]
 PERSONALITIES: set[str] = set()
 
+# The media store a render must give (see check_media): "pvc" with the
+# claim's access mode and `claim` if an existing one is named (None: the
+# chart's own `<fullname>-media`), or "s3" with its bucket and the Secret
+# (name, key) of its secret key; both with the limits the configuration
+# carries.
+MEDIA_DEFAULT_LIMITS = {"max_upload_bytes": 52428800, "user_quota_bytes": 0}
+
 # What each values file must give: replicas per service (an int for a fixed
-# count, (min, max) for an autoscaled one) and the syncapi's storage.
+# count, (min, max) for an autoscaled one), the syncapi's storage and the
+# media store.
 EXPECTED = {
     "polylith-small-values": {
         "mode": "polylith",
         "replicas": {name: 1 for name in STATELESS + WRITERS + ["syncapi"]},
         "syncapi_database": "postgres",
         "partitions": 4,
+        "media": {"store": "pvc", "access": "ReadWriteOnce", "claim": None, **MEDIA_DEFAULT_LIMITS},
     },
     "polylith-scaled-values": {
         "mode": "polylith",
@@ -52,16 +62,64 @@ EXPECTED = {
             "userapi": 3,
             "keyserver": 2,
             "federationapi": (2, 6),
-            "mediaapi": 2,
+            "mediaapi": (2, 6),
             "roomserver": 4,
             "federationsender": (2, 8),
             "syncapi": 3,
         },
         "syncapi_database": "sqlite",
         "partitions": 8,
+        "media": {
+            "store": "s3",
+            "bucket": "ganglion-media",
+            "region": "eu-west-1",
+            "endpoint": "https://s3.eu-west-1.amazonaws.com",
+            "prefix": "media/",
+            "allow_http": False,
+            "access_key_id": "AKIAEXAMPLEEXAMPLE01",
+            "secret": ("ganglion-media-s3", "AWS_SECRET_ACCESS_KEY"),
+            "max_upload_bytes": 104857600,
+            "user_quota_bytes": 10737418240,
+        },
     },
-    "monolith-values": {"mode": "monolith", "replicas": {"monolith": 1}, "partitions": 4},
+    "monolith-values": {
+        "mode": "monolith",
+        "replicas": {"monolith": 1},
+        "partitions": 4,
+        "media": {"store": "pvc", **MEDIA_DEFAULT_LIMITS},
+    },
 }
+
+# Media stores beside those of the values files: (values file, --set
+# arguments, the media store the render must give). These renders are
+# checked by check_media and `ganglion check-config` (not linted or
+# validated against the schemas: they differ from their file in media
+# values only).
+MEDIA_VARIANTS = [
+    (
+        "polylith-scaled-values",
+        ["media.store=pvc", "media.pvc.accessMode=ReadWriteMany", "media.pvc.existingClaim=media-nfs"],
+        {"store": "pvc", "access": "ReadWriteMany", "claim": "media-nfs", "max_upload_bytes": 104857600, "user_quota_bytes": 10737418240},
+    ),
+    (
+        "polylith-small-values",
+        ["media.pvc.accessMode=ReadWriteMany", "services.mediaapi.replicas=3"],
+        {"store": "pvc", "access": "ReadWriteMany", "claim": None, **MEDIA_DEFAULT_LIMITS},
+    ),
+    (
+        "polylith-small-values",
+        ["media.store=s3", "media.s3.bucket=media", "media.s3.endpoint=http://minio:9000", "media.s3.allowHttp=true"],
+        {"store": "s3", "bucket": "media", "region": "us-east-1", "endpoint": "http://minio:9000", "prefix": None,
+         "allow_http": True, "access_key_id": None, "secret": None, **MEDIA_DEFAULT_LIMITS},
+    ),
+    (
+        "monolith-values",
+        ["media.store=s3", "media.s3.bucket=solo-media", "media.s3.accessKeyId=AKIAEXAMPLE",
+         "media.s3.secretAccessKeySecret.name=solo-s3", "media.s3.secretAccessKeySecret.key=secret"],
+        {"store": "s3", "bucket": "solo-media", "region": "us-east-1", "endpoint": None, "prefix": None,
+         "allow_http": False, "access_key_id": "AKIAEXAMPLE", "secret": ("solo-s3", "secret"), **MEDIA_DEFAULT_LIMITS},
+    ),
+]
 
 # Values the chart must refuse: (values file, --set arguments, words the
 # error must contain).
@@ -92,6 +150,31 @@ REFUSED = [
     ("polylith-small-values", ["services.syncapi.database=mysql"], "must be postgres or sqlite"),
     ("monolith-values", ["keys.signingKey="], "keys.internalSecret is given without keys.signingKey"),
     ("polylith-small-values", ["mode=cluster"], "mode must be polylith or monolith"),
+    # Media: one volume that one node at a time may mount cannot serve
+    # several mediaapi pods; an s3 store needs its bucket and whole
+    # credentials.
+    (
+        "polylith-small-values",
+        ["services.mediaapi.replicas=2"],
+        "media.store is pvc and the mediaapi may run more than one pod (services.mediaapi.replicas is 2), but media.pvc.accessMode is ReadWriteOnce",
+    ),
+    (
+        "polylith-small-values",
+        ["services.mediaapi.autoscaling.enabled=true"],
+        "(services.mediaapi.autoscaling is enabled, up to 4 replicas), but media.pvc.accessMode is ReadWriteOnce",
+    ),
+    (
+        "polylith-scaled-values",
+        ["media.store=pvc", "media.pvc.accessMode=ReadWriteOncePod"],
+        "but media.pvc.accessMode is ReadWriteOncePod: every mediaapi pod mounts the one media volume",
+    ),
+    ("polylith-scaled-values", ["media.s3.bucket="], "media.s3.bucket is required when media.store is s3"),
+    ("monolith-values", ["media.store=s3"], "media.s3.bucket is required when media.store is s3"),
+    ("polylith-scaled-values", ["media.s3.accessKeyId="], "media.s3.accessKeyId and media.s3.secretAccessKeySecret.name go together"),
+    ("polylith-scaled-values", ["media.s3.secretAccessKeySecret.key="], "media.s3.secretAccessKeySecret.key is required"),
+    ("polylith-small-values", ["media.store=fs"], "media.store must be pvc or s3"),
+    ("polylith-small-values", ["media.pvc.accessMode=RWX"], "media.pvc.accessMode must be ReadWriteOnce, ReadWriteOncePod or ReadWriteMany"),
+    ("polylith-small-values", ["media.maxUploadBytes=0"], "media.maxUploadBytes must be greater than 0"),
 ]
 
 
@@ -314,6 +397,7 @@ def check_render(name: str, docs: list[dict], c: Checks, ganglion: str, options:
     check_public_services(docs, c, mode)
 
     c.check(config["log"]["partitions"] == expected["partitions"], f"log.partitions = {expected['partitions']}")
+    check_media(docs, config, components, hpas, c, mode, expected["media"])
     if mode == "polylith":
         check_polylith(docs, config, components, hpas, c, expected)
     else:
@@ -582,6 +666,171 @@ def check_polylith(docs, config, components, hpas, c: Checks, expected):
         c.check(workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 25, f"{name}: time to drain on SIGTERM")
 
 
+def check_media(docs, config, components, hpas, c: Checks, mode: str, want: dict, label: str = "media"):
+    """The process that keeps media (the mediaapi, or the monolith) has the
+    store of `want` in its environment: a directory on a writable volume (a
+    claim every mediaapi pod mounts; the monolith's own volume), or an S3
+    bucket with its secret key in a file from a read-only Secret volume. No
+    other process has a media store; every process reads the upload limit
+    (the gateway's body limit for media)."""
+    keeper_name = "mediaapi" if mode == "polylith" else "monolith"
+    keeper = components.get(keeper_name)
+    if not c.check(keeper is not None, f"{label}: the {keeper_name} is rendered"):
+        return
+    section = config.get("media", {})
+    c.check(
+        section.get("max_upload_bytes") == want["max_upload_bytes"] and section.get("user_quota_bytes") == want["user_quota_bytes"],
+        f"{label}: max_upload_bytes {want['max_upload_bytes']} and user_quota_bytes {want['user_quota_bytes']} in the configuration every process reads",
+        str(section),
+    )
+    spec = keeper["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {v["name"]: v.get("value") for v in container["env"] if v["name"].startswith("GANGLION_MEDIA__")}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = container["volumeMounts"]
+    claims = {p["metadata"]["name"]: p for p in by_kind(docs, "PersistentVolumeClaim")}
+    c.check(
+        container["securityContext"].get("readOnlyRootFilesystem") is True,
+        f"{label}: the {keeper_name}'s root file system stays read-only",
+    )
+    for name, workload in components.items():
+        if workload is keeper:
+            continue
+        other = workload["spec"]["template"]["spec"]
+        names = [v["name"] for v in other["containers"][0]["env"] if v["name"].startswith("GANGLION_MEDIA__")]
+        c.check(not names, f"{label}: {name} has no media store", str(names))
+        c.check(
+            not any("persistentVolumeClaim" in v for v in other["volumes"]),
+            f"{label}: {name} mounts no volume claim",
+        )
+    strategy = keeper["spec"].get("strategy", {}).get("type")
+
+    if want["store"] == "pvc":
+        path = env.get("GANGLION_MEDIA__PATH")
+        c.check(env.get("GANGLION_MEDIA__STORE") == "fs" and bool(path), f"{label}: the fs store at GANGLION_MEDIA__PATH", str(env))
+        c.check(not any(k.startswith("GANGLION_MEDIA__S3__") for k in env), f"{label}: no S3 settings with the pvc store", str(env))
+        if not path:
+            return
+        # The mount that holds the path: the deepest one at it or above it.
+        holder = max(
+            (m for m in mounts if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")),
+            key=lambda m: len(m["mountPath"]),
+            default=None,
+        )
+        c.check(
+            holder is not None and not holder.get("readOnly", False),
+            f"{label}: media.path {path} is on a writable mount",
+            str(holder),
+        )
+        if holder is None:
+            return
+        if mode == "polylith":
+            claim = volumes.get(holder["name"], {}).get("persistentVolumeClaim", {}).get("claimName")
+            want_claim = want["claim"] or f"{FULLNAME}-media"
+            c.check(
+                holder["mountPath"] == path and claim == want_claim,
+                f"{label}: the mediaapi mounts the claim {want_claim} at media.path",
+                f"{holder['mountPath']}: {claim}",
+            )
+            made = claims.get(want_claim)
+            if want["claim"]:
+                c.check(made is None and not claims, f"{label}: an existing claim is used, none made", str(sorted(claims)))
+            else:
+                c.check(
+                    made is not None and made["spec"]["accessModes"] == [want["access"]],
+                    f"{label}: the chart makes the claim {want_claim} ({want['access']})",
+                    str(made and made["spec"]),
+                )
+                c.check(
+                    made is not None and made["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+                    f"{label}: helm uninstall keeps the media claim",
+                )
+            shared = want["access"] == "ReadWriteMany"
+            c.check(
+                strategy == ("RollingUpdate" if shared else "Recreate"),
+                f"{label}: the mediaapi rolls with {'RollingUpdate (a shared volume)' if shared else 'Recreate (the volume attaches to one node at a time)'}",
+                str(strategy),
+            )
+            if not shared:
+                hpa = hpas.get(keeper["metadata"]["name"])
+                c.check(
+                    keeper["spec"].get("replicas") == 1 and (hpa is None or hpa["spec"]["maxReplicas"] <= 1),
+                    f"{label}: one mediaapi pod on a {want['access']} volume",
+                )
+        else:
+            templates = [t["metadata"]["name"] for t in keeper["spec"].get("volumeClaimTemplates", [])]
+            c.check(
+                holder["name"] in templates and path.startswith(config["data_dir"].rstrip("/") + "/"),
+                f"{label}: the monolith's media under data_dir, on its volume claim",
+                f"{path} on {holder['name']}",
+            )
+    else:
+        c.check(
+            env.get("GANGLION_MEDIA__STORE") == "s3" and env.get("GANGLION_MEDIA__S3__BUCKET") == want["bucket"],
+            f"{label}: the S3 store, bucket {want['bucket']}",
+            str(env),
+        )
+        for option, key in (("region", "REGION"), ("endpoint", "ENDPOINT"), ("prefix", "PREFIX"), ("access_key_id", "ACCESS_KEY_ID")):
+            c.check(
+                env.get(f"GANGLION_MEDIA__S3__{key}") == want[option],
+                f"{label}: media.s3.{option} is {want[option]!r}",
+                str(env.get(f"GANGLION_MEDIA__S3__{key}")),
+            )
+        c.check(
+            env.get("GANGLION_MEDIA__S3__ALLOW_HTTP") == ("true" if want["allow_http"] else "false"),
+            f"{label}: media.s3.allow_http is {want['allow_http']}",
+        )
+        c.check("GANGLION_MEDIA__PATH" not in env and not claims, f"{label}: no media volume with the s3 store", str(sorted(claims)))
+        secret_file = env.get("GANGLION_MEDIA__S3__SECRET_ACCESS_KEY_FILE")
+        secret_volumes = [
+            v for v in spec["volumes"]
+            if want["secret"] and v.get("secret", {}).get("secretName") == want["secret"][0]
+        ]
+        if want["secret"]:
+            name, key = want["secret"]
+            mount = secret_file and next((m for m in mounts if m["mountPath"] == os.path.dirname(secret_file)), None)
+            c.check(
+                bool(mount) and mount.get("readOnly") is True,
+                f"{label}: the secret key's directory is a read-only mount",
+                f"{secret_file}: {mount}",
+            )
+            volume = volumes.get(mount["name"], {}) if mount else {}
+            items = volume.get("secret", {}).get("items", [])
+            c.check(
+                volume.get("secret", {}).get("secretName") == name
+                and items == [{"key": key, "path": os.path.basename(secret_file)}],
+                f"{label}: GANGLION_MEDIA__S3__SECRET_ACCESS_KEY_FILE is key {key} of Secret {name}",
+                str(volume),
+            )
+        else:
+            c.check(secret_file is None and not secret_volumes, f"{label}: no secret key file without credentials")
+        if mode == "polylith":
+            c.check(strategy == "RollingUpdate", f"{label}: the mediaapi rolls pod by pod (a bucket is shared)", str(strategy))
+
+
+def check_media_variants(helm: str, chart: str, c: Checks, ganglion: str):
+    for values, settings, want in MEDIA_VARIANTS:
+        label = f"media of {values} with {' '.join(settings)}"
+        command = [helm, "template", RELEASE, chart, "-n", NAMESPACE, "-f", f"{chart}/ci/{values}.yaml"]
+        for setting in settings:
+            command += ["--set", setting]
+        result = run(command)
+        if not c.check(result.returncode == 0, f"{label}: renders", result.stderr.strip()[-300:]):
+            continue
+        docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        toml_text, config = config_of(docs)
+        components = {component(w): w for w in workloads(docs)}
+        hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(docs, "HorizontalPodAutoscaler")}
+        mode = EXPECTED[values]["mode"]
+        check_media(docs, config, components, hpas, c, mode, want, label)
+        keeper = components.get("mediaapi" if mode == "polylith" else "monolith")
+        if keeper is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                config_file = Path(tmp) / "ganglion.toml"
+                config_file.write_text(toml_text)
+                check_process_config(keeper, docs, config_file, c, ganglion)
+
+
 def check_monolith(docs, config, components, c: Checks):
     monolith = components.get("monolith")
     c.check(len(components) == 1 and monolith is not None, "monolith: one workload")
@@ -663,14 +912,20 @@ def main() -> int:
     if not SERVICES:
         print("ganglion generate-config lists no services", file=sys.stderr)
         return 1
-    routes = run([args.ganglion, "routes"]).stdout.split("\n")
-    routes = [line.split("\t")[1] for line in routes if "\t" in line]
+    upstreams = [line.split("\t")[:2] for line in run([args.ganglion, "routes"]).stdout.split("\n") if "\t" in line]
+    routes = [path for _, path in upstreams]
     if not options or not routes:
         print("ganglion generate-config or routes printed nothing", file=sys.stderr)
         return 1
     print(f"{len(options)} options from `ganglion generate-config`, {len(routes)} routes from `ganglion routes`")
 
     c = Checks()
+    media_routes = [path for upstream, path in upstreams if upstream == "mediaapi"]
+    c.check(
+        all(any(p.startswith(prefix) for p in media_routes) for prefix in ("/_matrix/media/", "/_matrix/client/v1/media/")),
+        "the gateway forwards the media routes to the mediaapi (`ganglion routes`)",
+        str(media_routes),
+    )
     rendered = sorted(Path(args.rendered).glob("*.yaml"))
     c.check({p.stem for p in rendered} == set(EXPECTED), "a render for every values file", str([p.stem for p in rendered]))
     for path in rendered:
@@ -686,6 +941,9 @@ def main() -> int:
             endpoint = monitor["spec"]["endpoints"][0]
             c.check(endpoint["port"] == "operator" and endpoint["path"] == "/metrics", "ServiceMonitor scrapes /metrics on the operator port")
         print(f"  {c.passed - before[0]} checks passed, {len(c.failures) - before[1]} failed")
+    before = (c.passed, len(c.failures))
+    check_media_variants(args.helm, args.chart, c, args.ganglion)
+    print(f"media variants: {c.passed - before[0]} checks passed, {len(c.failures) - before[1]} failed")
     before = (c.passed, len(c.failures))
     check_refused(args.helm, args.chart, c)
     print(f"refused values: {c.passed - before[0]} checks passed, {len(c.failures) - before[1]} failed")

@@ -417,13 +417,14 @@ struct Spec {
 }
 
 /// The services the polylith test runs, in start order.
-pub const POLYLITH_SERVICES: [&str; 7] = [
+pub const POLYLITH_SERVICES: [&str; 8] = [
     "userapi",
     "keyserver",
     "roomserver",
     "syncapi",
     "federationapi",
     "federationsender",
+    "mediaapi",
     "clientapi",
 ];
 

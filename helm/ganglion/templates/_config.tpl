@@ -18,6 +18,8 @@ kafkaClientKey: /etc/ganglion/kafka/client/tls.key
 kafkaSaslPassword: /etc/ganglion/kafka/sasl/password
 federationTlsCertificate: /etc/ganglion/federation-tls/tls.crt
 federationTlsKey: /etc/ganglion/federation-tls/tls.key
+media: /var/lib/ganglion/media
+mediaS3SecretAccessKey: /etc/ganglion/media-s3/secret-access-key
 {{- end -}}
 
 {{- define "ganglion.configDict" -}}
@@ -27,6 +29,8 @@ federationTlsKey: /etc/ganglion/federation-tls/tls.key
 {{- $managed := dict "server_name" (include "ganglion.serverName" .) "data_dir" $paths.data -}}
 {{- $federation := dict "signing_key_path" $paths.signingKey -}}
 {{- $log := dict "partitions" (int .Values.kafka.partitions) -}}
+{{- $_ := include "ganglion.media" . -}}
+{{- $_ := set $managed "media" (dict "max_upload_bytes" (int64 .Values.media.maxUploadBytes) "user_quota_bytes" (int64 .Values.media.userQuotaBytes)) -}}
 {{- if eq (include "ganglion.mode" .) "monolith" -}}
 {{- $ports := fromJson (include "ganglion.monolithPorts" .) -}}
 {{- $_ := set $managed "client" (dict "listen" (printf "%s:%d" $host (int $ports.http))) -}}

@@ -166,6 +166,56 @@ replicas than there are partitions. (dict "root" $ "name" "roomserver")
 {{- end -}}
 {{- end -}}
 
+{{/*
+The media store, checked (JSON): store (pvc or s3); for pvc in the polylith
+claim (the PersistentVolumeClaim of the mediaapi pods), create (the chart
+makes it) and shared (ReadWriteMany: pods on several nodes at once).
+Rendering fails on a store that cannot work: more than one mediaapi pod on a
+volume only one node may mount, an s3 store without a bucket, half the
+credentials.
+*/}}
+{{- define "ganglion.media" -}}
+{{- $root := . -}}
+{{- $media := .Values.media -}}
+{{- if not (has $media.store (list "pvc" "s3")) -}}
+{{- fail (printf "media.store must be pvc or s3, not %q" $media.store) -}}
+{{- end -}}
+{{- if lt (float64 $media.maxUploadBytes) 1.0 -}}
+{{- fail "media.maxUploadBytes must be greater than 0" -}}
+{{- end -}}
+{{- $info := dict "store" $media.store -}}
+{{- if eq $media.store "s3" -}}
+{{- $s3 := $media.s3 -}}
+{{- $_ := required "media.s3.bucket is required when media.store is s3: the bucket every mediaapi replica keeps media in" $s3.bucket -}}
+{{- if ne (not $s3.accessKeyId) (not $s3.secretAccessKeySecret.name) -}}
+{{- fail "media.s3.accessKeyId and media.s3.secretAccessKeySecret.name go together: give both, or neither" -}}
+{{- end -}}
+{{- if $s3.secretAccessKeySecret.name -}}
+{{- $_ := required "media.s3.secretAccessKeySecret.key is required with its name" $s3.secretAccessKeySecret.key -}}
+{{- end -}}
+{{- else if eq (include "ganglion.mode" $root) "polylith" -}}
+{{- $pvc := $media.pvc -}}
+{{- if not (has $pvc.accessMode (list "ReadWriteOnce" "ReadWriteOncePod" "ReadWriteMany")) -}}
+{{- fail (printf "media.pvc.accessMode must be ReadWriteOnce, ReadWriteOncePod or ReadWriteMany, not %q" $pvc.accessMode) -}}
+{{- end -}}
+{{- $shared := eq $pvc.accessMode "ReadWriteMany" -}}
+{{- $mediaapi := $root.Values.services.mediaapi -}}
+{{- $pods := printf "services.mediaapi.replicas is %d" (int $mediaapi.replicas) -}}
+{{- $several := gt (int $mediaapi.replicas) 1 -}}
+{{- if $mediaapi.autoscaling.enabled -}}
+{{- $pods = printf "services.mediaapi.autoscaling is enabled, up to %d replicas" (int $mediaapi.autoscaling.maxReplicas) -}}
+{{- $several = gt (int $mediaapi.autoscaling.maxReplicas) 1 -}}
+{{- end -}}
+{{- if and $several (not $shared) -}}
+{{- fail (printf "media.store is pvc and the mediaapi may run more than one pod (%s), but media.pvc.accessMode is %s: every mediaapi pod mounts the one media volume, which needs media.pvc.accessMode ReadWriteMany (NFS, CephFS, EFS...). Or use media.store s3, or one mediaapi replica without autoscaling." $pods $pvc.accessMode) -}}
+{{- end -}}
+{{- $_ := set $info "claim" (default (printf "%s-media" (include "ganglion.fullname" $root)) $pvc.existingClaim) -}}
+{{- $_ := set $info "create" (not $pvc.existingClaim) -}}
+{{- $_ := set $info "shared" $shared -}}
+{{- end -}}
+{{- toJson $info -}}
+{{- end -}}
+
 {{/* The Secret holding signing.key and internal.secret. */}}
 {{- define "ganglion.keysSecretName" -}}
 {{- if .Values.keys.existingSecret -}}

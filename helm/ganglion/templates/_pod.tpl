@@ -12,6 +12,11 @@ The pod template of every Ganglion process:
 {{- $monolith := eq $name "monolith" -}}
 {{- $ports := dict -}}
 {{- $info := dict -}}
+{{- /* The process that keeps media, and where. */ -}}
+{{- $media := dict -}}
+{{- if has $name (list "mediaapi" "monolith") -}}
+{{- $media = fromJson (include "ganglion.media" $root) -}}
+{{- end -}}
 {{- if $monolith -}}
 {{- $ports = fromJson (include "ganglion.monolithPorts" $root) -}}
 {{- $info = dict "signingKey" true -}}
@@ -103,6 +108,13 @@ spec:
         {{- if and $monolith $root.Values.monolith.federationTlsSecret }}
         - {name: federation-tls, mountPath: /etc/ganglion/federation-tls, readOnly: true}
         {{- end }}
+        {{- if $media.claim }}
+        # The blob store of every mediaapi replica (media.path).
+        - {name: media, mountPath: {{ $paths.media }}}
+        {{- end }}
+        {{- if and (eq (toString $media.store) "s3") $root.Values.media.s3.secretAccessKeySecret.name }}
+        - {name: media-s3, mountPath: {{ dir $paths.mediaS3SecretAccessKey }}, readOnly: true}
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -110,7 +122,8 @@ spec:
     {{- if not .dataClaim }}
     # This process keeps nothing of its own here: its database is
     # PostgreSQL and its log Kafka (only the federation listener's
-    # self-signed certificate is generated here).
+    # self-signed certificate is generated here; the mediaapi's files are on
+    # a volume claim of their own, or in a bucket).
     - name: data
       emptyDir: {}
     {{- end }}
@@ -163,6 +176,18 @@ spec:
         secretName: {{ $root.Values.monolith.federationTlsSecret }}
         defaultMode: 0440
     {{- end }}
+    {{- if $media.claim }}
+    - name: media
+      persistentVolumeClaim:
+        claimName: {{ $media.claim }}
+    {{- end }}
+    {{- if and (eq (toString $media.store) "s3") $root.Values.media.s3.secretAccessKeySecret.name }}
+    - name: media-s3
+      secret:
+        secretName: {{ $root.Values.media.s3.secretAccessKeySecret.name }}
+        defaultMode: 0440
+        items: [{key: {{ $root.Values.media.s3.secretAccessKeySecret.key | quote }}, path: {{ base $paths.mediaS3SecretAccessKey }}}]
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -193,6 +218,7 @@ variable as one); helpers have other names.
   value: {{ printf "http://%s:%d" (ternary "[$(POD_IP)]" "$(POD_IP)" $root.Values.network.ipv6) (int (get (fromYaml (include "ganglion.catalog" $root)) "roomserver").ports.grpc) | quote }}
 {{- end }}
 {{- include "ganglion.databaseEnv" . }}
+{{- include "ganglion.mediaEnv" . }}
 {{- with $values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -237,4 +263,50 @@ its own volume.
 {{- fail (printf "services.%s needs a database shared by its replicas: set postgresql.host, or services.%s.databaseUrlSecret" $name $name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The media store of the process that keeps media (the mediaapi, or the
+monolith): a directory on its volume (GANGLION_MEDIA__PATH: the volume claim
+`media` in the polylith, the data volume in the monolith), or the S3 bucket,
+its secret key in a file mounted from a Secret.
+*/}}
+{{- define "ganglion.mediaEnv" -}}
+{{- $root := .root -}}
+{{- if has .name (list "mediaapi" "monolith") -}}
+{{- $paths := fromYaml (include "ganglion.paths" $root) -}}
+{{- $media := fromJson (include "ganglion.media" $root) -}}
+{{- if eq $media.store "pvc" }}
+- name: GANGLION_MEDIA__STORE
+  value: fs
+- name: GANGLION_MEDIA__PATH
+  value: {{ $paths.media | quote }}
+{{- else }}
+{{- $s3 := $root.Values.media.s3 }}
+- name: GANGLION_MEDIA__STORE
+  value: s3
+- name: GANGLION_MEDIA__S3__BUCKET
+  value: {{ $s3.bucket | quote }}
+- name: GANGLION_MEDIA__S3__REGION
+  value: {{ $s3.region | quote }}
+{{- with $s3.endpoint }}
+- name: GANGLION_MEDIA__S3__ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s3.prefix }}
+- name: GANGLION_MEDIA__S3__PREFIX
+  value: {{ . | quote }}
+{{- end }}
+- name: GANGLION_MEDIA__S3__ALLOW_HTTP
+  value: {{ ternary "true" "false" (eq (toString $s3.allowHttp) "true") | quote }}
+{{- with $s3.accessKeyId }}
+- name: GANGLION_MEDIA__S3__ACCESS_KEY_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- if $s3.secretAccessKeySecret.name }}
+- name: GANGLION_MEDIA__S3__SECRET_ACCESS_KEY_FILE
+  value: {{ $paths.mediaS3SecretAccessKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}

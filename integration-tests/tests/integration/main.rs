@@ -11,6 +11,7 @@ mod federation_rooms;
 mod federation_security;
 mod listeners;
 mod matrix_sdk_sliding;
+mod media;
 mod monolith;
 mod mutations;
 mod polylith;

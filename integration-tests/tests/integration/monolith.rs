@@ -80,6 +80,24 @@ async fn bad_room_input_changes_nothing() {
     crate::room_apis::bad_room_input_changes_nothing(&server.base_url).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_uploads_downloads_and_their_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.extend(crate::media::limits_env());
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::media::uploads_downloads_and_their_limits(&server.base_url, "").await;
+    // The blob store holds each distinct content once, and nothing is left
+    // half written.
+    let media = dir.path().join("data/media");
+    assert_eq!(
+        std::fs::read_dir(media.join("staging"))
+            .expect("staging")
+            .count(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn guests_where_guest_access_allows() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -102,6 +102,45 @@ async fn send_until_ok(
     }
 }
 
+/// The mediaapi as two stateless replicas sharing one database and one
+/// blob store behind the gateway: uploads (streamed through the gateway)
+/// and downloads spread over both, and a download waiting on one replica
+/// gets the bytes uploaded through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_media_through_two_replicas() {
+    use ganglion_integration_tests::process::Listeners;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listeners = [Listeners::fresh(), Listeners::fresh()];
+    let mut env = listeners[0].env("mediaapi");
+    env.push((
+        "GANGLION_SERVICES__MEDIAAPI__REPLICAS".to_owned(),
+        format!(
+            "[{}, {}]",
+            listeners[0].replica_entry("mediaapi-1"),
+            listeners[1].replica_entry("mediaapi-2")
+        ),
+    ));
+    env.extend(crate::media::limits_env());
+    let mut server = Polylith::start_with(dir.path(), &database_urls("media").await, env).await;
+    server
+        .add_replica_at("mediaapi", listeners[1].clone(), Vec::new())
+        .await;
+    crate::scaling::until_ready_replicas(&server, "mediaapi", 2).await;
+    crate::media::uploads_downloads_and_their_limits(&server.base_url, "").await;
+    for replica in &listeners {
+        let served = metric_total(
+            &replica.operator,
+            "ganglion_http_requests_total{method=\"GET\",service=\"mediaapi\"",
+        )
+        .await;
+        assert!(
+            served > 0,
+            "each replica served downloads\n{}",
+            server.logs()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");

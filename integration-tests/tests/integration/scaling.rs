@@ -43,19 +43,23 @@ async fn served_by<F: std::future::Future<Output = T>, T>(
     (moved, answer)
 }
 
-/// Waits until the gateway sees `count` syncapi replicas ready.
-async fn until_ready_replicas(server: &Polylith, count: u64) {
+/// Waits until the gateway sees `count` replicas of `service` ready.
+pub(crate) async fn until_ready_replicas(server: &Polylith, service: &str, count: u64) {
     let operator = server.gateway_operator_url();
     let operator = operator.trim_start_matches("http://");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let ready = metric_total(operator, "ganglion_replicas_ready{service=\"syncapi\"}").await;
+        let ready = metric_total(
+            operator,
+            &format!("ganglion_replicas_ready{{service=\"{service}\"}}"),
+        )
+        .await;
         if ready == count {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the gateway sees {ready} syncapi replicas ready, not {count}\n{}",
+            "the gateway sees {ready} {service} replicas ready, not {count}\n{}",
             server.logs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -94,7 +98,7 @@ async fn polylith_syncapi_replicas_share_users_and_hand_them_over() {
     let second = server
         .add_replica_at("syncapi", listeners[1].clone(), second_env.clone())
         .await;
-    until_ready_replicas(&server, 2).await;
+    until_ready_replicas(&server, "syncapi", 2).await;
     let operators: Vec<String> = listeners.iter().map(|l| l.operator.clone()).collect();
 
     // Users until each replica has three, placed as every process places them.
@@ -221,7 +225,7 @@ async fn polylith_syncapi_replicas_share_users_and_hand_them_over() {
     server
         .add_replica_at("syncapi", listeners[1].clone(), second_env)
         .await;
-    until_ready_replicas(&server, 2).await;
+    until_ready_replicas(&server, "syncapi", 2).await;
     for (client, home) in &users {
         let (served, _) = served_by(&operators, client.sync(None, 0, 1)).await;
         assert_eq!(served, Some(*home), "{} is home again", client.user_id);
@@ -853,12 +857,12 @@ async fn polylith_blue_green_syncapi_switch_is_invisible_to_clients() {
             )],
         )
         .await;
-    until_ready_replicas(&server, 2).await;
+    until_ready_replicas(&server, "syncapi", 2).await;
     let caught_up = started.elapsed();
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     // Blue retires; everybody is on green from here on.
     server.stop_gracefully("syncapi").await;
-    until_ready_replicas(&server, 1).await;
+    until_ready_replicas(&server, "syncapi", 1).await;
     let operators = [blue.operator.clone(), green.operator.clone()];
     for person in &load.people {
         let (served, _) = served_by(&operators, person.client.sync(None, 0, 1)).await;

@@ -46,6 +46,7 @@ pub struct Config {
     pub caches: CachesConfig,
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
+    pub media: MediaConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -129,6 +130,96 @@ impl RetentionConfig {
 
     pub fn dead_destination(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.dead_destination_days * 86_400)
+    }
+}
+
+/// The media repository (`/_matrix/media`, `/_matrix/client/v1/media`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where blobs are kept: `fs` (a directory, `path`) or `s3` (a bucket
+    /// of an S3-compatible store, `s3`). Replicas of the mediaapi share it.
+    pub store: MediaStoreKind,
+    /// The `fs` store's directory. Unset: `<data_dir>/media`.
+    pub path: Option<PathBuf>,
+    pub s3: S3Config,
+    /// Uploads larger than this are refused with 413 `M_TOO_LARGE`
+    /// (announced to clients as `m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// Bytes of media one user may have uploaded in all; an upload past it
+    /// is refused with 403 `M_RESOURCE_LIMIT_EXCEEDED`. 0: no quota.
+    pub user_quota_bytes: u64,
+    /// IDs made with `POST /media/v1/create` and not yet uploaded that one
+    /// user may hold; more are refused with 429 `M_LIMIT_EXCEEDED`.
+    pub max_pending_uploads: u32,
+    /// How long an ID made with `POST /media/v1/create` waits for its
+    /// upload before it expires.
+    pub pending_upload_expiry_ms: u64,
+    /// The longest a download waits for media that is not uploaded yet
+    /// (the client's `timeout_ms` is capped at this).
+    pub max_download_wait_ms: u64,
+    /// The unauthenticated (deprecated) `/_matrix/media/v3/download` and
+    /// `/thumbnail` serve only media created before this moment (ms since
+    /// the epoch), as servers do since authenticated media became the
+    /// default; unset: they serve nothing.
+    pub unauthenticated_before_ms: Option<u64>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            store: MediaStoreKind::Fs,
+            path: None,
+            s3: S3Config::default(),
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: 0,
+            max_pending_uploads: 5,
+            pending_upload_expiry_ms: 24 * 3600 * 1000,
+            max_download_wait_ms: 60_000,
+            unauthenticated_before_ms: None,
+        }
+    }
+}
+
+/// Which blob store the mediaapi uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStoreKind {
+    Fs,
+    S3,
+}
+
+/// An S3-compatible bucket (AWS, MinIO, Ceph, Garage…).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// The service's URL (e.g. `https://s3.eu-west-1.amazonaws.com` or a
+    /// MinIO address); unset: AWS by `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    /// A file holding the secret access key (not the key itself, so the
+    /// configuration can be shown).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Keys are stored under this prefix (e.g. `media/`).
+    pub prefix: String,
+    /// Whether a plain `http://` endpoint is allowed (a store on the same
+    /// host or network).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key_file: None,
+            prefix: String::new(),
+            allow_http: false,
+        }
     }
 }
 
@@ -500,6 +591,7 @@ impl Default for Config {
             caches: CachesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
+            media: MediaConfig::default(),
             services,
         }
     }
@@ -784,6 +876,16 @@ impl Config {
                 )));
             }
         }
+        if self.media.store == MediaStoreKind::S3 && self.media.s3.bucket.is_empty() {
+            return Err(ConfigError::Invalid(
+                "media.s3.bucket: required when media.store = \"s3\"".to_owned(),
+            ));
+        }
+        if self.media.max_upload_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "media.max_upload_bytes: must be greater than 0".to_owned(),
+            ));
+        }
         for name in self.services.keys() {
             if !SERVICES.contains(&name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
@@ -869,6 +971,14 @@ impl Config {
     }
 
     /// Where the embedded log keeps its files.
+    /// The `fs` media store's directory.
+    pub fn media_dir(&self) -> PathBuf {
+        self.media
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("media"))
+    }
+
     pub fn embedded_log_dir(&self) -> PathBuf {
         self.log
             .embedded_dir
@@ -1036,6 +1146,13 @@ const EXAMPLE_OPTIONAL: &str = "
 # drain_delay_ms = 2000                               # default: 2000 polylith, 0 monolith
 # [internal]
 # secret_file = \"/etc/ganglion/internal.secret\"     # default: <data_dir>/internal.secret
+# [media]
+# path = \"/var/lib/ganglion/media\"                 # the fs store; default: <data_dir>/media
+# unauthenticated_before_ms = 1725148800000          # legacy /media/v3/download serves older media only
+# [media.s3]
+# endpoint = \"https://s3.eu-west-1.amazonaws.com\"  # default: AWS by region
+# access_key_id = \"AKIA...\"
+# secret_access_key_file = \"/etc/ganglion/s3.secret\"
 # [services.roomserver]                               # likewise for every service
 # database_url = \"postgres://ganglion@localhost/roomserver\"  # default: SQLite in data_dir
 # database_max_connections = 10
@@ -1111,6 +1228,18 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "request_timeout_ms" => "How long one outbound federation request may take.",
         "sender_lease_ms" => "How long a federationsender replica holds a destination unrenewed.",
         "replicas" => "Every replica of the service, as its callers reach them (see below).",
+        "store" => "Where media blobs live: fs (media.path) or s3 (media.s3).",
+        "max_upload_bytes" => "Uploads larger than this get 413 M_TOO_LARGE (m.upload.size).",
+        "user_quota_bytes" => {
+            "Media bytes one user may upload in all (403 M_RESOURCE_LIMIT_EXCEEDED past it); 0: none."
+        }
+        "max_pending_uploads" => "IDs from POST /media/v1/create one user may hold unfilled.",
+        "pending_upload_expiry_ms" => "How long an ID from /create waits for its upload.",
+        "max_download_wait_ms" => "The longest a download waits for media not uploaded yet.",
+        "bucket" => "The S3 bucket of media blobs.",
+        "region" => "The S3 region.",
+        "prefix" => "Prefix of every media object's key in the bucket.",
+        "allow_http" => "Whether a plain http:// S3 endpoint is allowed.",
         _ => return None,
     })
 }

@@ -280,6 +280,41 @@ pub fn matrix_router(router: Router, service: &'static str, max_body_bytes: usiz
         }))
 }
 
+/// As [`matrix_router`], for routes that read their bodies as streams
+/// (media uploads of any size): no body is read ahead and no limit applies
+/// here; each handler enforces its own as the bytes arrive.
+pub fn streaming_router(router: Router, service: &'static str) -> Router {
+    router
+        .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
+        .fallback(|| async { MatrixError::unrecognized() })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(move |req, next| {
+            observe(service, req, next)
+        }))
+        .layer(tower_http::cors::CorsLayer::very_permissive())
+}
+
+/// One listener for two routers: requests whose path `other_serves` go to
+/// `other` (e.g. the media routes, which stream their bodies), the rest to
+/// `main`, each with its own layers and limits.
+pub fn split_by_path(main: Router, other_serves: fn(&str) -> bool, other: Router) -> Router {
+    main.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let other = other.clone();
+            async move {
+                if other_serves(req.uri().path()) {
+                    match tower::ServiceExt::oneshot(other, req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                } else {
+                    next.run(req).await
+                }
+            }
+        },
+    ))
+}
+
 /// Reads a body whose declared length is within the limit before the
 /// handler runs, whether the handler wants it or not. An answer sent
 /// while a body is still unread makes the server close the connection,

@@ -65,13 +65,7 @@ pub fn generate_signing_key(path: &Path) -> Result<(), KeyError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let pkcs8 = Ed25519KeyPair::generate();
-    let version: String = {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        (0..6)
-            .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
-            .collect()
-    };
+    let version = crate::random::alphanumeric(6);
     let line = format!(
         "ed25519 a_{version} {}\n",
         base64::engine::general_purpose::STANDARD.encode(pkcs8.as_slice())

@@ -16,6 +16,7 @@ pub mod matrix_error;
 pub mod metrics;
 pub mod parallel;
 pub mod pruning;
+pub mod random;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;

@@ -116,6 +116,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
+    let mediaapi = ganglion_mediaapi::start(&config, users.clone()).await?;
     let clientapi = ganglion_clientapi::start(
         &config,
         ganglion_clientapi::Peers {
@@ -137,12 +138,18 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     health.extend(clientapi.health);
     health.extend(federationapi.health);
     health.extend(federationsender.health);
+    health.extend(mediaapi.health);
     health.add(Arc::new(Draining(stopping.draining())));
     stop_long_polls_when_draining(&stopping, syncapi.api.clone());
-    let client_router = http::matrix_router(
-        clientapi.routes.merge(syncapi.routes),
-        "client",
-        config.client.max_body_bytes,
+    // Media streams its bodies, past the client API's body limit.
+    let client_router = http::split_by_path(
+        http::matrix_router(
+            clientapi.routes.merge(syncapi.routes),
+            "client",
+            config.client.max_body_bytes,
+        ),
+        ganglion_mediaapi::serves,
+        http::streaming_router(mediaapi.routes, "mediaapi"),
     );
     let federation_router = http::matrix_router(
         federationapi.routes,
@@ -263,6 +270,7 @@ pub(crate) fn gateway_upstreams(
             routing,
             paths,
             max_body_bytes,
+            streams_bodies: name == "mediaapi",
         })
     };
     use ganglion_gateway::Routing;
@@ -284,6 +292,12 @@ pub(crate) fn gateway_upstreams(
             Routing::Spread,
             ganglion_federationapi::route_paths(),
             config.federation.max_body_bytes,
+        )?,
+        upstream(
+            "mediaapi",
+            Routing::Spread,
+            ganglion_mediaapi::route_paths(),
+            usize::try_from(config.media.max_upload_bytes).unwrap_or(usize::MAX),
         )?,
     ])
 }
@@ -391,6 +405,8 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     health.add(Arc::new(Draining(stopping.draining())));
     let mut grpc = tonic::service::Routes::default();
     let mut http_routes: Option<Router> = None;
+    // The mediaapi's routes stream their bodies (no limit read ahead).
+    let streams_bodies = name == "mediaapi";
     let mut tls_listener = None;
     match name {
         "userapi" => {
@@ -513,8 +529,13 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             .await?;
             health.extend(started.health);
         }
-        // Its work arrives with a later issue; the process already serves health.
-        _ => {}
+        "mediaapi" => {
+            let started =
+                ganglion_mediaapi::start(&config, users_client(&config, &secret)?).await?;
+            health.extend(started.health);
+            http_routes = Some(started.routes);
+        }
+        _ => anyhow::bail!("unknown service {name}"),
     }
     // tonic's router brings a fallback of its own; ours (M_UNRECOGNIZED) replaces it.
     let grpc_router = ganglion_base::internal_auth::require(
@@ -540,7 +561,11 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
                 config.client.listener_limits(),
             )
         };
-        let router = http::matrix_router(routes, name, max_body_bytes);
+        let router = if streams_bodies {
+            http::streaming_router(routes, name)
+        } else {
+            http::matrix_router(routes, name, max_body_bytes)
+        };
         let http_listener = bind(http_listen).await?;
         tracing::info!(service = name, http = %http_listener.local_addr()?, "serving HTTP routes");
         tasks.push(tokio::spawn(serve_until(

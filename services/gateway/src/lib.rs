@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +57,10 @@ pub struct Upstream {
     pub paths: Vec<String>,
     /// Largest request body forwarded to it; larger ones are 413 `M_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// Request bodies go through as they arrive instead of being read
+    /// whole first (media uploads); such a request is sent to one replica
+    /// only, as its body cannot be sent twice.
+    pub streams_bodies: bool,
 }
 
 /// Which user an access token belongs to, as far as routing needs to know:
@@ -249,6 +253,9 @@ async fn replicas_for(forward: &Forward, parts: &axum::http::request::Parts) -> 
 async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
     let upstream = &forward.upstream;
     let (parts, body) = request.into_parts();
+    if upstream.streams_bodies && matches!(parts.method, Method::POST | Method::PUT) {
+        return proxy_streaming(&forward, parts, body).await;
+    }
     let body = match axum::body::to_bytes(body, upstream.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => return MatrixError::too_large("Request body too large").into_response(),
@@ -306,6 +313,66 @@ async fn proxy(State(forward): State<Forward>, request: Request) -> Response {
     unavailable(upstream.name)
 }
 
+/// Forwards a request whose body streams through (bounded by the
+/// upstream's limit as it passes) to the first replica in order.
+async fn proxy_streaming(
+    forward: &Forward,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Response {
+    let upstream = &forward.upstream;
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = upstream.max_body_bytes as u64;
+    if declared.is_some_and(|length| length > limit) {
+        return MatrixError::too_large("Request body too large").into_response();
+    }
+    let Some((index, base_url)) = replicas_for(forward, &parts)
+        .await
+        .into_iter()
+        .find_map(|i| {
+            let url = upstream.replicas.get(i)?.config.http_address.clone()?;
+            Some((i, url))
+        })
+    else {
+        return unavailable(upstream.name);
+    };
+    let mut passed = 0_u64;
+    let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let overflow = overflowed.clone();
+    let bounded = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        passed += chunk.len() as u64;
+        if passed > limit {
+            overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("request body too large"));
+        }
+        Ok(chunk)
+    });
+    let body = reqwest::Body::wrap_stream(bounded);
+    match send(forward, &base_url, &parts, body).await {
+        Ok(response) => {
+            FORWARDED.with_label_values(&[upstream.name, "ok"]).inc();
+            response
+        }
+        // The body went past the limit here (a length not declared).
+        Err(_) if overflowed.load(std::sync::atomic::Ordering::Relaxed) => {
+            MatrixError::too_large("Request body too large").into_response()
+        }
+        Err(error) => {
+            let error = error.without_url();
+            tracing::warn!(upstream = upstream.name, path = %parts.uri.path(), %error, "upstream failed");
+            if error.is_connect() {
+                upstream.replicas.mark_down(index);
+            }
+            unavailable(upstream.name)
+        }
+    }
+}
+
 fn unavailable(name: &'static str) -> Response {
     FORWARDED.with_label_values(&[name, "unavailable"]).inc();
     let mut response = MatrixError::unavailable("Upstream service unavailable").into_response();
@@ -330,7 +397,7 @@ async fn send(
     forward: &Forward,
     base_url: &str,
     parts: &axum::http::request::Parts,
-    body: Bytes,
+    body: impl Into<reqwest::Body>,
 ) -> Result<Response, reqwest::Error> {
     let path_and_query = parts
         .uri
@@ -369,8 +436,10 @@ async fn send(
     let headers = response.headers().clone();
     let mut out = Response::new(Body::from_stream(response.bytes_stream()));
     *out.status_mut() = status;
+    // The length goes through with the answer (a download's progress),
+    // unlike a request's, which is sent anew.
     for (name, value) in &headers {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) || name == axum::http::header::CONTENT_LENGTH {
             out.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -415,6 +484,7 @@ mod tests {
             routing: Routing::Spread,
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             max_body_bytes: 1024,
+            streams_bodies: false,
         }
     }
 
@@ -469,6 +539,7 @@ mod tests {
                 routing: Routing::ByUser,
                 paths: vec!["/_matrix/client/v3/sync".to_owned()],
                 max_body_bytes: 1024,
+                streams_bodies: false,
             }],
             tokens(),
         )
@@ -517,6 +588,7 @@ mod tests {
                 routing: Routing::Spread,
                 paths: vec!["/_matrix/client/v3/sync".to_owned()],
                 max_body_bytes: 1024,
+                streams_bodies: false,
             }],
             tokens(),
         )

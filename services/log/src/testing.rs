@@ -1,5 +1,7 @@
 //! Test support: a real Kafka-protocol broker (tansu) on a local port, for
-//! the log's conformance suite and the end-to-end tests of the polylith.
+//! the log's conformance suite and the end-to-end tests of the polylith,
+//! and a real S3-compatible server (moto), for the durable broker and the
+//! media store.
 //! Everything here panics on failure, as test fixtures do.
 
 use std::net::{TcpListener, TcpStream};
@@ -44,7 +46,7 @@ impl Tansu {
     /// server of its own (moto is a Python package the test command
     /// provides).
     pub async fn start_durable() -> Tansu {
-        let moto = Moto::start().await;
+        let moto = Moto::start(Moto::TANSU_BUCKET).await;
         let port = free_port();
         let (child, log_path) = spawn_tansu(port, Some(&moto)).await;
         Tansu {
@@ -153,7 +155,7 @@ async fn spawn_tansu(port: u16, moto: Option<&Moto>) -> (Child, PathBuf) {
             // object_store reads these; without credentials it would ask a
             // cloud metadata service.
             command
-                .args(["--storage-engine", &format!("s3://{}/", Moto::BUCKET)])
+                .args(["--storage-engine", &format!("s3://{}/", Moto::TANSU_BUCKET)])
                 .env("AWS_ACCESS_KEY_ID", "test")
                 .env("AWS_SECRET_ACCESS_KEY", "test")
                 .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -193,17 +195,20 @@ async fn spawn_tansu(port: u16, moto: Option<&Moto>) -> (Child, PathBuf) {
     (child, log_path)
 }
 
-/// An S3 server (moto) on a free port with tansu's bucket, killed when
-/// dropped (its data lives in its memory).
-struct Moto {
+/// An S3 server (moto) on a free port with one bucket, killed when
+/// dropped (its data lives in its memory). It takes any credentials.
+pub struct Moto {
     child: Child,
-    port: u16,
+    pub port: u16,
+    bucket: String,
 }
 
 impl Moto {
-    const BUCKET: &str = "tansu";
+    /// The bucket of a durable tansu.
+    const TANSU_BUCKET: &str = "tansu";
 
-    async fn start() -> Moto {
+    /// Starts moto with an empty bucket named `bucket`.
+    pub async fn start(bucket: &str) -> Moto {
         let port = free_port();
         let child = Command::new("python3")
             .args([
@@ -219,7 +224,11 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m moto.server (the test command installs moto)");
-        let mut moto = Moto { child, port };
+        let mut moto = Moto {
+            child,
+            port,
+            bucket: bucket.to_owned(),
+        };
         let deadline = Instant::now() + START_DEADLINE;
         // Creating the bucket is also the wait for the server: tansu does
         // not create it.
@@ -238,7 +247,8 @@ impl Moto {
         }
     }
 
-    fn endpoint(&self) -> String {
+    /// Its URL (plain HTTP on loopback).
+    pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -250,8 +260,7 @@ impl Moto {
         write!(
             stream,
             "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            Moto::BUCKET,
-            self.port
+            self.bucket, self.port
         )?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer)?;

@@ -1,4 +1,123 @@
-//! mediaapi: see docs/architecture.md for what it will own. It has no work in this
-//! build yet: `ganglion mediaapi` runs its process shell (health and metrics)
-//! so deployments can already place it.
+//! mediaapi: the media repository.
+//!
+//! - Serves: uploads (`POST /_matrix/media/v3/upload`, `POST
+//!   /_matrix/media/v1/create` and the upload to a created ID, `PUT
+//!   /_matrix/media/v3/upload/{serverName}/{mediaId}`), authenticated
+//!   downloads (`/_matrix/client/v1/media/download/…`), the media
+//!   `config`, and the deprecated unauthenticated downloads for media from
+//!   before the configured freeze (`routes/`). Bodies stream: an upload
+//!   goes to the store as it arrives, a download leaves it the same way.
+//! - Owns: its database (what each MXC URI holds: blob, type, name,
+//!   uploader; IDs waiting for an upload, `storage/`) and its blob store
+//!   (`store/`: a directory, or an S3-compatible bucket), both shared by
+//!   its replicas, which keep nothing of their own.
+//! - Rules about content (which types are shown inline, file names,
+//!   the headers of every media answer) live in `content.rs`.
+//!
+//! Every path it serves starts with one of [`PATH_PREFIXES`], which is how
+//! the monolith's listener and the gateway hand requests to it.
 #![forbid(unsafe_code)]
+
+mod content;
+mod routes;
+mod storage;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use ganglion_api::users::UsersHandle;
+use ganglion_base::config::MediaConfig;
+use ganglion_base::health::{DatabaseReady, Health};
+use ganglion_base::{Config, Database, DatabaseError};
+
+use storage::Storage;
+use store::BlobStore;
+
+/// The path prefixes of everything the mediaapi serves.
+pub const PATH_PREFIXES: &[&str] = &["/_matrix/media/", "/_matrix/client/v1/media/"];
+
+/// Whether `path` is the mediaapi's.
+pub fn serves(path: &str) -> bool {
+    PATH_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
+}
+
+/// The media service.
+pub struct MediaApi {
+    storage: Storage,
+    store: Arc<dyn BlobStore>,
+    users: UsersHandle,
+    server_name: String,
+    config: MediaConfig,
+    /// Bumped whenever this process gives a created ID its bytes, so
+    /// downloads waiting for it here answer at once (other replicas'
+    /// uploads are seen by polling the database).
+    filled: tokio::sync::watch::Sender<u64>,
+}
+
+impl ganglion_api::users::Authenticates for MediaApi {
+    fn users(&self) -> &UsersHandle {
+        &self.users
+    }
+}
+
+/// A started mediaapi.
+pub struct Started {
+    pub api: Arc<MediaApi>,
+    /// Its routes, ready to serve with
+    /// [`ganglion_base::http::streaming_router`] (bodies are not read ahead).
+    pub routes: Router,
+    pub health: Health,
+}
+
+/// Why the mediaapi could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("the media store: {0}")]
+    Store(String),
+}
+
+/// The path patterns of this service's HTTP routes: the gateway forwards
+/// exactly these to it.
+pub fn route_paths() -> Vec<String> {
+    routes::table().into_paths()
+}
+
+/// How often created IDs whose upload never came are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Opens the database and the blob store.
+pub async fn start(config: &Config, users: UsersHandle) -> Result<Started, StartError> {
+    let db = Database::open_for_service(config, "mediaapi", storage::MIGRATIONS).await?;
+    let store = store::open(config).map_err(|e| StartError::Store(e.to_string()))?;
+    let mut health = Health::default();
+    health.add(Arc::new(DatabaseReady {
+        service: "mediaapi",
+        db: db.clone(),
+    }));
+    let api = Arc::new(MediaApi {
+        storage: Storage { db },
+        store,
+        users,
+        server_name: config.server_name.clone(),
+        config: config.media.clone(),
+        filled: tokio::sync::watch::Sender::new(0),
+    });
+    let sweeper = api.clone();
+    ganglion_base::pruning::spawn("expired_media_ids", SWEEP_EVERY, move || {
+        let api = sweeper.clone();
+        async move {
+            api.storage
+                .sweep_expired(ganglion_base::clock::now_ms())
+                .await
+        }
+    });
+    Ok(Started {
+        routes: routes::router(api.clone()),
+        api,
+        health,
+    })
+}

@@ -9,7 +9,6 @@ use axum::response::Response;
 use ganglion_api::proto::userapi as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::json_response;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -17,10 +16,7 @@ use crate::ClientApi;
 
 /// A new UIA session ID (also a random name where one is needed).
 pub(crate) fn random_session() -> String {
-    let mut rng = rand::thread_rng();
-    (0..24)
-        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
-        .collect()
+    ganglion_base::random::alphanumeric(24)
 }
 
 /// The 401 that asks for `stage`, with the error of a failed attempt.

@@ -1,0 +1,500 @@
+//! The media repository as clients use it: uploads (whole, and to an ID
+//! made first), authenticated downloads with the headers that keep media
+//! from running as a page, the limits and their errors, and the frozen
+//! unauthenticated endpoints. Run against any deployment started with
+//! [`limits_env`].
+
+use std::time::Duration;
+
+use ganglion_integration_tests::client::Client;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// The largest upload the scenario's server takes.
+pub(crate) const MAX_UPLOAD: usize = 1024 * 1024;
+/// Its per-user quota.
+pub(crate) const QUOTA: usize = 2 * MAX_UPLOAD + MAX_UPLOAD / 2;
+/// IDs from `/create` one user may hold.
+pub(crate) const MAX_PENDING: usize = 3;
+
+/// The media limits [`uploads_downloads_and_their_limits`] expects.
+pub(crate) fn limits_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "GANGLION_MEDIA__MAX_UPLOAD_BYTES".to_owned(),
+            MAX_UPLOAD.to_string(),
+        ),
+        (
+            "GANGLION_MEDIA__USER_QUOTA_BYTES".to_owned(),
+            QUOTA.to_string(),
+        ),
+        (
+            "GANGLION_MEDIA__MAX_PENDING_UPLOADS".to_owned(),
+            MAX_PENDING.to_string(),
+        ),
+    ]
+}
+
+/// A 1×1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0,
+    0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// An answer: status, headers, bytes (and the body as JSON when it is).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Answer {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+
+    pub(crate) fn errcode(&self) -> String {
+        self.json()["errcode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let response = request
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("request sent");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        bytes: response.bytes().await.expect("body").to_vec(),
+    }
+}
+
+/// `POST /_matrix/media/v3/upload` with `bytes` as `content_type`.
+pub(crate) async fn upload(
+    client: &Client,
+    bytes: Vec<u8>,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+) -> Answer {
+    let mut url = format!("{}/_matrix/media/v3/upload", client.base_url);
+    if let Some(name) = filename {
+        url.push_str(&format!("?filename={}", urlencode(name)));
+    }
+    let mut request = client
+        .http
+        .post(url)
+        .bearer_auth(&client.access_token)
+        .body(bytes);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    answer(request).await
+}
+
+fn urlencode(text: &str) -> String {
+    ganglion_integration_tests::client::encode(text)
+}
+
+/// The media ID of an `mxc://` URI.
+pub(crate) fn media_id(mxc: &str) -> String {
+    mxc.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// `GET` of `path` under the base URL, with the client's token (or none).
+async fn get(client: &Client, path: &str, authenticated: bool) -> Answer {
+    let mut request = client.http.get(format!("{}{path}", client.base_url));
+    if authenticated {
+        request = request.bearer_auth(&client.access_token);
+    }
+    answer(request).await
+}
+
+/// The authenticated download of `mxc`, with `rest` appended (a file
+/// name, a query).
+pub(crate) async fn download(client: &Client, mxc: &str, rest: &str) -> Answer {
+    let server_and_id = mxc.trim_start_matches("mxc://");
+    get(
+        client,
+        &format!("/_matrix/client/v1/media/download/{server_and_id}{rest}"),
+        true,
+    )
+    .await
+}
+
+/// Every media answer says: not a page, not sniffed, embeddable elsewhere.
+fn assert_secured(answer: &Answer) {
+    assert!(
+        answer
+            .header("content-security-policy")
+            .starts_with("sandbox;"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.header("x-content-type-options"), "nosniff");
+    assert_eq!(
+        answer.header("cross-origin-resource-policy"),
+        "cross-origin"
+    );
+}
+
+pub(crate) async fn uploads_downloads_and_their_limits(base_url: &str, tag: &str) {
+    let alice = Client::register(base_url, &format!("media_alice{tag}"), "pw-alice-1").await;
+    let bob = Client::register(base_url, &format!("media_bob{tag}"), "pw-bob-1").await;
+    let server_name = alice
+        .user_id
+        .split(':')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+
+    // What may be uploaded; only with a token.
+    let config = get(&alice, "/_matrix/client/v1/media/config", true).await;
+    assert_eq!(config.status, 200, "{config:?}");
+    assert_eq!(config.json()["m.upload.size"], MAX_UPLOAD);
+    let anonymous = get(&alice, "/_matrix/client/v1/media/config", false).await;
+    assert_eq!(
+        (anonymous.status, anonymous.errcode().as_str()),
+        (401, "M_MISSING_TOKEN")
+    );
+    let legacy_config = get(&alice, "/_matrix/media/v3/config", true).await;
+    assert_eq!(legacy_config.json()["m.upload.size"], MAX_UPLOAD);
+
+    // An image: its bytes back, inline, under its name, secured.
+    let uploaded = upload(&alice, PNG.to_vec(), Some("image/png"), Some("cat.png")).await;
+    assert_eq!(uploaded.status, 200, "{uploaded:?}");
+    assert_secured(&uploaded);
+    let mxc = uploaded.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(mxc.starts_with(&format!("mxc://{server_name}/")), "{mxc}");
+    let id = media_id(&mxc);
+    assert!(
+        id.len() >= 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "{id}"
+    );
+    let read = download(&bob, &mxc, "").await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.bytes, PNG);
+    assert_eq!(read.header("content-type"), "image/png");
+    assert_eq!(read.header("content-length"), PNG.len().to_string());
+    assert_eq!(
+        read.header("content-disposition"),
+        "inline; filename=\"cat.png\"; filename*=utf-8''cat.png"
+    );
+    assert_secured(&read);
+    // The file name in the path is the one given.
+    let renamed = download(&bob, &mxc, "/kitten%20%C3%A9.png").await;
+    assert_eq!(renamed.status, 200);
+    assert_eq!(
+        renamed.header("content-disposition"),
+        "inline; filename*=utf-8''kitten%20%C3%A9.png"
+    );
+    // HEAD answers as GET does, without the bytes.
+    let head = answer(
+        bob.http
+            .head(format!(
+                "{}/_matrix/client/v1/media/download/{}",
+                base_url,
+                mxc.trim_start_matches("mxc://")
+            ))
+            .bearer_auth(&bob.access_token),
+    )
+    .await;
+    assert_eq!((head.status, head.bytes.len()), (200, 0));
+    // Without a token, nothing.
+    let anonymous = get(
+        &bob,
+        &format!(
+            "/_matrix/client/v1/media/download/{}",
+            mxc.trim_start_matches("mxc://")
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (anonymous.status, anonymous.errcode().as_str()),
+        (401, "M_MISSING_TOKEN")
+    );
+
+    // What could run as a page is an attachment, whatever it claims.
+    let html = b"<html><script>alert(document.cookie)</script></html>".to_vec();
+    for (declared, name) in [
+        (Some("text/html"), "page.html"),
+        (Some("image/svg+xml"), "x.svg"),
+        (Some("image/png"), "fake.png"),
+        (None, "anything"),
+    ] {
+        let up = upload(&alice, html.clone(), declared, Some(name)).await;
+        assert_eq!(up.status, 200, "{up:?}");
+        let mxc = up.json()["content_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let read = download(&bob, &mxc, "").await;
+        assert_eq!(read.status, 200);
+        assert_eq!(read.bytes, html);
+        assert_eq!(
+            read.header("content-type"),
+            declared.unwrap_or("application/octet-stream"),
+            "{declared:?}"
+        );
+        assert!(
+            read.header("content-disposition").starts_with("attachment"),
+            "{declared:?}: {:?}",
+            read.header("content-disposition")
+        );
+        assert_secured(&read);
+    }
+    // A file name cannot break out of its header.
+    let sneaky = upload(
+        &alice,
+        b"x".to_vec(),
+        Some("text/plain"),
+        Some("a\r\nSet-Cookie: x=1"),
+    )
+    .await;
+    let mxc_sneaky = sneaky.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let read = download(&bob, &mxc_sneaky, "").await;
+    assert_eq!(read.status, 200);
+    assert!(read.headers.get("set-cookie").is_none());
+    assert_eq!(
+        read.header("content-disposition"),
+        "inline; filename=\"aSet-Cookie: x=1\"; filename*=utf-8''aSet-Cookie%3A%20x%3D1"
+    );
+
+    // The same bytes twice are two media, each served.
+    let again = upload(&bob, PNG.to_vec(), Some("image/png"), None).await;
+    let mxc_again = again.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_ne!(mxc_again, mxc);
+    let read = download(&alice, &mxc_again, "").await;
+    assert_eq!((read.status, read.bytes.as_slice()), (200, PNG));
+    assert_eq!(read.header("content-disposition"), "inline");
+
+    // Unknown, malformed and remote IDs name nothing here.
+    for path in [
+        format!("{server_name}/NoSuchMediaIdHere"),
+        format!("{server_name}/bad.id"),
+        format!("{server_name}/a%20b"),
+        format!("not..a..server/{id}"),
+    ] {
+        let read = get(
+            &bob,
+            &format!("/_matrix/client/v1/media/download/{path}"),
+            true,
+        )
+        .await;
+        assert_eq!(
+            (read.status, read.errcode().as_str()),
+            (404, "M_NOT_FOUND"),
+            "{path}"
+        );
+        assert_secured(&read);
+    }
+
+    // The deprecated unauthenticated download is frozen: nothing uploaded
+    // since is served there.
+    for path in [
+        format!(
+            "/_matrix/media/v3/download/{}",
+            mxc.trim_start_matches("mxc://")
+        ),
+        format!(
+            "/_matrix/media/r0/download/{}/cat.png",
+            mxc.trim_start_matches("mxc://")
+        ),
+    ] {
+        let frozen = get(&bob, &path, false).await;
+        assert_eq!(
+            (frozen.status, frozen.errcode().as_str()),
+            (404, "M_NOT_FOUND"),
+            "{path}"
+        );
+    }
+
+    // Too large: refused by its declared length, or as it streams.
+    let too_large = upload(
+        &alice,
+        vec![7; MAX_UPLOAD + 1],
+        Some("application/octet-stream"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (too_large.status, too_large.errcode().as_str()),
+        (413, "M_TOO_LARGE")
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..17).map(|_| Ok(vec![1_u8; MAX_UPLOAD / 16])).collect();
+    let streamed = answer(
+        alice
+            .http
+            .post(format!("{base_url}/_matrix/media/v3/upload"))
+            .bearer_auth(&alice.access_token)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+    )
+    .await;
+    assert_eq!(
+        (streamed.status, streamed.errcode().as_str()),
+        (413, "M_TOO_LARGE"),
+        "{streamed:?}"
+    );
+    // Exactly the limit is taken.
+    let at_limit = upload(&alice, vec![3; MAX_UPLOAD], None, None).await;
+    assert_eq!(at_limit.status, 200, "{at_limit:?}");
+
+    // The quota: a user's uploads add up; past it, 403 M_RESOURCE_LIMIT_EXCEEDED.
+    let carol = Client::register(base_url, &format!("media_carol{tag}"), "pw-carol-1").await;
+    for i in 0..2 {
+        let up = upload(&carol, vec![i; MAX_UPLOAD], None, None).await;
+        assert_eq!(up.status, 200, "upload {i}: {up:?}");
+    }
+    let over = upload(&carol, vec![9; MAX_UPLOAD], None, None).await;
+    assert_eq!(
+        (over.status, over.errcode().as_str()),
+        (403, "M_RESOURCE_LIMIT_EXCEEDED"),
+        "{over:?}"
+    );
+    let fits = upload(&carol, vec![9; MAX_UPLOAD / 4], None, None).await;
+    assert_eq!(
+        fits.status, 200,
+        "what is left of the quota is taken: {fits:?}"
+    );
+
+    asynchronous_uploads(&alice, &bob, &server_name).await;
+}
+
+/// `POST /create`, then the bytes with `PUT`: who may, how often, and a
+/// download that waits for them.
+async fn asynchronous_uploads(alice: &Client, bob: &Client, server_name: &str) {
+    let base_url = &alice.base_url;
+    let create = || async {
+        answer(
+            alice
+                .http
+                .post(format!("{base_url}/_matrix/media/v1/create"))
+                .bearer_auth(&alice.access_token)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await
+    };
+    let put = |client: &Client, target: String, bytes: Vec<u8>| {
+        let request = client
+            .http
+            .put(format!(
+                "{base_url}/_matrix/media/v3/upload/{target}?filename=later.png"
+            ))
+            .bearer_auth(&client.access_token)
+            .header("content-type", "image/png")
+            .body(bytes);
+        answer(request)
+    };
+    let created = create().await;
+    assert_eq!(created.status, 200, "{created:?}");
+    let mxc = created.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let expires = created.json()["unused_expires_at"]
+        .as_i64()
+        .unwrap_or_default();
+    let now = ganglion_integration_tests::fake_server::now_ms();
+    assert!(expires > now + 3_600_000, "expires {expires}, now {now}");
+    let target = mxc.trim_start_matches("mxc://").to_owned();
+
+    // Not there yet: a short wait ends 504 M_NOT_YET_UPLOADED.
+    let early = download(bob, &mxc, "?timeout_ms=200").await;
+    assert_eq!(
+        (early.status, early.errcode().as_str()),
+        (504, "M_NOT_YET_UPLOADED")
+    );
+
+    // Only its creator may fill it.
+    let stranger = put(bob, target.clone(), PNG.to_vec()).await;
+    assert_eq!(
+        (stranger.status, stranger.errcode().as_str()),
+        (403, "M_FORBIDDEN")
+    );
+
+    // A download waiting for it gets it as soon as it is uploaded.
+    let waiting = {
+        let (bob, mxc) = (bob.clone(), mxc.clone());
+        tokio::spawn(async move { download(&bob, &mxc, "?timeout_ms=15000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let filled = put(alice, target.clone(), PNG.to_vec()).await;
+    assert_eq!(filled.status, 200, "{filled:?}");
+    assert_eq!(filled.json(), serde_json::json!({}));
+    let waited = waiting.await.expect("the waiting download");
+    assert_eq!(
+        (waited.status, waited.bytes.as_slice()),
+        (200, PNG),
+        "{waited:?}"
+    );
+    assert_eq!(
+        waited.header("content-disposition"),
+        "inline; filename=\"later.png\"; filename*=utf-8''later.png"
+    );
+
+    // Once only.
+    let twice = put(alice, target.clone(), PNG.to_vec()).await;
+    assert_eq!(
+        (twice.status, twice.errcode().as_str()),
+        (409, "M_CANNOT_OVERWRITE_MEDIA")
+    );
+    // IDs never created, and other servers' IDs: not found.
+    for other in [
+        format!("{server_name}/NeverCreatedHere"),
+        "elsewhere.example/abcdef".to_owned(),
+    ] {
+        let unknown = put(alice, other.clone(), PNG.to_vec()).await;
+        assert_eq!(
+            (unknown.status, unknown.errcode().as_str()),
+            (404, "M_NOT_FOUND"),
+            "{other}"
+        );
+    }
+
+    // A bounded number of IDs waiting at once; the next is 429 with when
+    // to try again.
+    for i in 0..MAX_PENDING {
+        let made = create().await;
+        assert_eq!(made.status, 200, "pending {i}: {made:?}");
+    }
+    let refused = create().await;
+    assert_eq!(
+        (refused.status, refused.errcode().as_str()),
+        (429, "M_LIMIT_EXCEEDED"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.json()["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+}

@@ -1,0 +1,28 @@
+use ganglion_base::Migration;
+
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "media metadata",
+    sql: "
+        -- One row per MXC URI this server knows: local uploads (and IDs
+        -- made by /create that wait for theirs). A row's bytes are the
+        -- blob named by sha256 in the blob store.
+        CREATE TABLE media (
+            origin TEXT NOT NULL,          -- the server name in the MXC URI
+            media_id TEXT NOT NULL,
+            user_id TEXT,                  -- who uploaded (or created) it
+            content_type TEXT,             -- as the uploader declared it
+            sniffed_type TEXT,             -- as its first bytes show it
+            upload_name TEXT,
+            size BIGINT,                   -- NULL until uploaded
+            sha256 TEXT,                   -- NULL until uploaded
+            created_ts BIGINT NOT NULL,
+            uploaded_ts BIGINT,            -- NULL: created, not uploaded yet
+            expires_ts BIGINT,             -- a created ID's upload deadline
+            quarantined BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (origin, media_id)
+        );
+        CREATE INDEX media_by_user ON media (user_id, created_ts);
+        CREATE INDEX media_by_sha256 ON media (sha256);
+    ",
+}];

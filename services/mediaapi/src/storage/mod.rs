@@ -1,0 +1,269 @@
+//! The mediaapi's tables: what each MXC URI holds (its blob, type, name,
+//! uploader) and the IDs waiting for an upload.
+
+mod migrations;
+
+pub(crate) use migrations::MIGRATIONS;
+
+use ganglion_base::{Database, sql};
+
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) db: Database,
+}
+
+/// One MXC URI's row.
+#[derive(Debug, Clone)]
+pub(crate) struct Media {
+    pub(crate) user_id: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) sniffed_type: Option<String>,
+    pub(crate) upload_name: Option<String>,
+    pub(crate) size: Option<i64>,
+    pub(crate) sha256: Option<String>,
+    pub(crate) created_ts: i64,
+    /// `None`: created with `/create` and not uploaded yet.
+    pub(crate) uploaded_ts: Option<i64>,
+    pub(crate) expires_ts: Option<i64>,
+    pub(crate) quarantined: bool,
+}
+
+/// What an upload stores about its bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Upload<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) content_type: Option<&'a str>,
+    pub(crate) sniffed_type: Option<&'a str>,
+    pub(crate) upload_name: Option<&'a str>,
+    pub(crate) size: u64,
+    pub(crate) sha256: &'a str,
+}
+
+/// Why an ID could not be created.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CreateError {
+    /// The user holds the most IDs waiting for uploads; the earliest of
+    /// them expires in this many milliseconds.
+    #[error("too many pending uploads")]
+    TooMany { retry_after_ms: u64 },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why bytes could not go to a created ID.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FillError {
+    /// No such ID, or it expired.
+    #[error("unknown media ID")]
+    Unknown,
+    /// Another user created it.
+    #[error("created by another user")]
+    NotYours,
+    /// It holds its bytes already.
+    #[error("already uploaded")]
+    Uploaded,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One row by its MXC URI, in the order [`media_of`] reads.
+const SELECT_MEDIA: &str = "SELECT user_id, content_type, sniffed_type, upload_name, size, sha256, \
+                            created_ts, uploaded_ts, expires_ts, quarantined \
+                            FROM media WHERE origin = $1 AND media_id = $2";
+
+fn media_of(row: &sql::Row) -> Result<Media, sqlx::Error> {
+    Ok(Media {
+        user_id: row.try_get(0)?,
+        content_type: row.try_get(1)?,
+        sniffed_type: row.try_get(2)?,
+        upload_name: row.try_get(3)?,
+        size: row.try_get(4)?,
+        sha256: row.try_get(5)?,
+        created_ts: row.try_get(6)?,
+        uploaded_ts: row.try_get(7)?,
+        expires_ts: row.try_get(8)?,
+        quarantined: row.try_get::<i64, _>(9)? != 0,
+    })
+}
+
+impl Storage {
+    /// The row of `mxc://origin/media_id`.
+    pub(crate) async fn media(
+        &self,
+        origin: &str,
+        media_id: &str,
+    ) -> Result<Option<Media>, sqlx::Error> {
+        let row = sql::query(SELECT_MEDIA)
+            .bind(origin)
+            .bind(media_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(media_of).transpose()
+    }
+
+    /// Records an upload's bytes under a new ID.
+    pub(crate) async fn insert_uploaded(
+        &self,
+        origin: &str,
+        media_id: &str,
+        upload: &Upload<'_>,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sql::query(
+            "INSERT INTO media (origin, media_id, user_id, content_type, sniffed_type, upload_name,
+                                size, sha256, created_ts, uploaded_ts, quarantined)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0)",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(upload.user_id)
+        .bind(upload.content_type)
+        .bind(upload.sniffed_type)
+        .bind(upload.upload_name)
+        .bind(upload.size as i64)
+        .bind(upload.sha256)
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Makes an ID that waits for its upload until `expires_ts`, unless the
+    /// user already holds `max_pending` unexpired ones.
+    pub(crate) async fn create_pending(
+        &self,
+        (origin, media_id): (&str, &str),
+        user_id: &str,
+        (now, expires_ts): (i64, i64),
+        max_pending: u32,
+    ) -> Result<(), CreateError> {
+        let mut tx = self.db.pool.begin().await?;
+        // Expired IDs of this user go now (the rest at the next sweep).
+        sql::query(
+            "DELETE FROM media WHERE user_id = $1 AND uploaded_ts IS NULL AND expires_ts <= $2",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (pending, earliest): (i64, Option<i64>) = {
+            let row = sql::query(
+                "SELECT COUNT(*), MIN(expires_ts) FROM media
+                 WHERE user_id = $1 AND uploaded_ts IS NULL",
+            )
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            (row.try_get(0)?, row.try_get(1)?)
+        };
+        if pending >= i64::from(max_pending) {
+            let retry_after_ms = earliest.map_or(1_000, |at| (at - now).max(1) as u64);
+            return Err(CreateError::TooMany { retry_after_ms });
+        }
+        sql::query(
+            "INSERT INTO media (origin, media_id, user_id, created_ts, expires_ts, quarantined)
+             VALUES ($1, $2, $3, $4, $5, 0)",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_ts)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `user_id` may upload to the created ID now (checked before
+    /// the bytes are read, and again by [`Storage::fill_pending`]).
+    pub(crate) async fn may_fill(
+        &self,
+        (origin, media_id): (&str, &str),
+        user_id: &str,
+        now: i64,
+    ) -> Result<(), FillError> {
+        match self.media(origin, media_id).await? {
+            None => Err(FillError::Unknown),
+            Some(media) => fill_check(&media, user_id, now),
+        }
+    }
+
+    /// Gives a created ID its bytes.
+    pub(crate) async fn fill_pending(
+        &self,
+        (origin, media_id): (&str, &str),
+        upload: &Upload<'_>,
+        now: i64,
+    ) -> Result<(), FillError> {
+        let mut tx = self.db.pool.begin().await?;
+        let row = sql::query(SELECT_MEDIA)
+            .bind(origin)
+            .bind(media_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let media = row
+            .as_ref()
+            .map(media_of)
+            .transpose()?
+            .ok_or(FillError::Unknown)?;
+        fill_check(&media, upload.user_id, now)?;
+        let updated = sql::query(
+            "UPDATE media SET content_type = $3, sniffed_type = $4, upload_name = $5, size = $6,
+                              sha256 = $7, uploaded_ts = $8, expires_ts = NULL
+             WHERE origin = $1 AND media_id = $2 AND uploaded_ts IS NULL",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(upload.content_type)
+        .bind(upload.sniffed_type)
+        .bind(upload.upload_name)
+        .bind(upload.size as i64)
+        .bind(upload.sha256)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(FillError::Uploaded);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Bytes of media `user_id` has uploaded, in all.
+    pub(crate) async fn usage(&self, user_id: &str) -> Result<u64, sqlx::Error> {
+        // PostgreSQL sums BIGINTs as NUMERIC: cast back.
+        let used: i64 = sql::query_scalar(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media
+             WHERE user_id = $1 AND uploaded_ts IS NOT NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(used.max(0) as u64)
+    }
+
+    /// Removes created IDs whose upload deadline passed; how many.
+    pub(crate) async fn sweep_expired(&self, now: i64) -> Result<u64, sqlx::Error> {
+        Ok(
+            sql::query("DELETE FROM media WHERE uploaded_ts IS NULL AND expires_ts <= $1")
+                .bind(now)
+                .execute(&self.db.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+}
+
+fn fill_check(media: &Media, user_id: &str, now: i64) -> Result<(), FillError> {
+    if media.uploaded_ts.is_some() {
+        return Err(FillError::Uploaded);
+    }
+    if media.expires_ts.is_some_and(|at| at <= now) {
+        return Err(FillError::Unknown);
+    }
+    if media.user_id.as_deref() != Some(user_id) {
+        return Err(FillError::NotYours);
+    }
+    Ok(())
+}
