@@ -589,14 +589,14 @@ impl Polylith {
         let deadline = Instant::now() + timeout;
         for Spec { name, operator, .. } in &self.specs {
             loop {
-                if let Ok(answer) = client.get(format!("http://{operator}/readyz")).send().await
-                    && answer.status().is_success()
-                {
-                    break;
-                }
+                let said = match client.get(format!("http://{operator}/readyz")).send().await {
+                    Ok(answer) if answer.status().is_success() => break,
+                    Ok(answer) => answer.text().await.unwrap_or_default(),
+                    Err(error) => error.to_string(),
+                };
                 assert!(
                     Instant::now() < deadline,
-                    "{name} is not ready:\n{}",
+                    "{name} is not ready ({said}):\n{}",
                     self.logs()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -498,3 +498,361 @@ async fn asynchronous_uploads(alice: &Client, bob: &Client, server_name: &str) {
             .is_some_and(|ms| ms > 0)
     );
 }
+
+/// Runs `ganglion media <args>` with `env`; its output.
+pub(crate) fn operator(env: &[(String, String)], args: &[&str]) -> String {
+    let done = std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+        .arg("media")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("operator command");
+    assert!(
+        done.status.success(),
+        "ganglion media {args:?}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    String::from_utf8_lossy(&done.stdout).trim().to_owned()
+}
+
+/// Blob files in a filesystem store.
+pub(crate) fn blob_files(store: &std::path::Path) -> usize {
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() { count(&path) } else { 1 }
+                })
+                .sum()
+        })
+    }
+    count(&store.join("blobs"))
+}
+
+/// Operators quarantine, release and delete media by MXC URI and by
+/// uploader; a deleted medium's file goes once no other media holds the
+/// same bytes.
+pub(crate) async fn operators_quarantine_and_delete(
+    base_url: &str,
+    env: &[(String, String)],
+    store: &std::path::Path,
+) {
+    let dave = Client::register(base_url, "media_dave", "pw-dave-1").await;
+    let erin = Client::register(base_url, "media_erin", "pw-erin-1").await;
+    let mxc_of = |answer: Answer| {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.json()["content_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let files_before = blob_files(store);
+    let shared = b"the same bytes, twice".to_vec();
+    let dave_shared = mxc_of(upload(&dave, shared.clone(), Some("text/plain"), None).await);
+    let erin_shared = mxc_of(upload(&erin, shared, Some("text/plain"), None).await);
+    let dave_own = mxc_of(upload(&dave, b"dave's own".to_vec(), Some("text/plain"), None).await);
+    assert_eq!(
+        blob_files(store),
+        files_before + 2,
+        "identical bytes are stored once"
+    );
+
+    // Quarantined: served to nobody; released: served again.
+    assert_eq!(operator(env, &["quarantine", &dave_own]), "quarantined 1");
+    let hidden = download(&erin, &dave_own, "").await;
+    assert_eq!(
+        (hidden.status, hidden.errcode().as_str()),
+        (404, "M_NOT_FOUND")
+    );
+    assert_eq!(operator(env, &["unquarantine", &dave_own]), "released 1");
+    assert_eq!(download(&erin, &dave_own, "").await.status, 200);
+
+    // Everything dave uploaded, quarantined then deleted: erin's copy of
+    // the shared bytes stays, with its file.
+    assert_eq!(
+        operator(env, &["quarantine", "--user", &dave.user_id]),
+        "quarantined 2"
+    );
+    assert_eq!(download(&erin, &dave_shared, "").await.status, 404);
+    assert_eq!(download(&dave, &erin_shared, "").await.status, 200);
+    assert_eq!(
+        operator(env, &["delete", "--user", &dave.user_id]),
+        "deleted 2 media and 1 files"
+    );
+    assert_eq!(blob_files(store), files_before + 1);
+    assert_eq!(download(&dave, &erin_shared, "").await.status, 200);
+    assert_eq!(
+        operator(env, &["delete", &erin_shared]),
+        "deleted 1 media and 1 files"
+    );
+    assert_eq!(blob_files(store), files_before);
+    let gone = download(&dave, &erin_shared, "").await;
+    assert_eq!((gone.status, gone.errcode().as_str()), (404, "M_NOT_FOUND"));
+    // Nothing left to act on is no error; a malformed target is.
+    assert_eq!(
+        operator(env, &["delete", &erin_shared]),
+        "deleted 0 media and 0 files"
+    );
+    let refused =
+        std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+            .args(["media", "delete", "https://example.org/x"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("operator command");
+    assert!(!refused.status.success());
+}
+
+/// `image` encoded as `format`.
+fn encoded(image: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    if format == image::ImageFormat::Gif {
+        // The fastest colour quantising: a debug build takes seconds at
+        // the default.
+        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
+        encoder
+            .encode_frame(image::Frame::new(image.to_rgba8()))
+            .expect("gif");
+    } else {
+        image.write_to(&mut out, format).expect("encode");
+    }
+    out.into_inner()
+}
+
+fn picture(width: u32, height: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 200, 255])
+    }))
+}
+
+/// An animated GIF of `frames` frames.
+fn animated_gif(width: u32, height: u32, frames: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
+        encoder
+            .encode_frames((0..frames).map(|i| {
+                let buffer = image::RgbaImage::from_fn(width, height, |x, _| {
+                    image::Rgba([((x + i * 40) % 256) as u8, 0, 0, 255])
+                });
+                image::Frame::from_parts(buffer, 0, 0, image::Delay::from_numer_denom_ms(100, 1))
+            }))
+            .expect("gif");
+    }
+    out.into_inner()
+}
+
+fn decoded_size(bytes: &[u8]) -> (u32, u32) {
+    let image = image::load_from_memory(bytes).expect("an image");
+    (image.width(), image.height())
+}
+
+/// The thumbnail of `mxc` with `query`.
+pub(crate) async fn thumbnail(client: &Client, mxc: &str, query: &str) -> Answer {
+    get(
+        client,
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}?{query}",
+            mxc.trim_start_matches("mxc://")
+        ),
+        true,
+    )
+    .await
+}
+
+/// Thumbnails of every format, by both methods, animated when asked, the
+/// original when it is small already, and the refusals.
+pub(crate) async fn thumbnails_of_every_format(base_url: &str, tag: &str) {
+    let frank = Client::register(base_url, &format!("media_frank{tag}"), "pw-frank-1").await;
+    let mxc_of = |answer: Answer| {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.json()["content_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let photo = picture(1000, 500);
+    for (format, content_type, thumbnail_type) in [
+        (image::ImageFormat::Png, "image/png", "image/png"),
+        (image::ImageFormat::Jpeg, "image/jpeg", "image/jpeg"),
+        (image::ImageFormat::Gif, "image/gif", "image/png"),
+        (image::ImageFormat::WebP, "image/webp", "image/png"),
+    ] {
+        let image = if format == image::ImageFormat::Jpeg {
+            image::DynamicImage::ImageRgb8(photo.to_rgb8())
+        } else {
+            photo.clone()
+        };
+        let mxc = mxc_of(upload(&frank, encoded(&image, format), Some(content_type), None).await);
+        let scaled = thumbnail(&frank, &mxc, "width=320&height=240&method=scale").await;
+        assert_eq!(scaled.status, 200, "{content_type}: {scaled:?}");
+        assert_eq!(
+            scaled.header("content-type"),
+            thumbnail_type,
+            "{content_type}"
+        );
+        assert_eq!(
+            scaled.header("content-disposition"),
+            format!(
+                "inline; filename=\"thumbnail.{0}\"; filename*=utf-8''thumbnail.{0}",
+                thumbnail_type.trim_start_matches("image/")
+            )
+        );
+        assert_secured(&scaled);
+        assert_eq!(decoded_size(&scaled.bytes), (320, 160), "{content_type}");
+        // A size between the kept ones: the next larger, never smaller.
+        let between = thumbnail(&frank, &mxc, "width=300&height=100&method=scale").await;
+        assert_eq!(decoded_size(&between.bytes), (320, 160), "{content_type}");
+        let cropped = thumbnail(&frank, &mxc, "width=90&height=90&method=crop").await;
+        assert_eq!(cropped.status, 200, "{content_type}: {cropped:?}");
+        assert_eq!(decoded_size(&cropped.bytes), (96, 96), "{content_type}");
+        // Scale is the default method.
+        let default = thumbnail(&frank, &mxc, "width=640&height=480").await;
+        assert_eq!(decoded_size(&default.bytes), (640, 320), "{content_type}");
+    }
+
+    // Larger than any kept size: made to measure, never enlarged.
+    let large = mxc_of(
+        upload(
+            &frank,
+            encoded(&picture(1600, 1200), image::ImageFormat::Png),
+            Some("image/png"),
+            None,
+        )
+        .await,
+    );
+    let big = thumbnail(&frank, &large, "width=1200&height=1000&method=scale").await;
+    assert_eq!(decoded_size(&big.bytes), (1200, 900));
+    // Smaller than asked: the original itself.
+    let icon_bytes = encoded(&picture(20, 20), image::ImageFormat::Png);
+    let icon = mxc_of(upload(&frank, icon_bytes.clone(), Some("image/png"), None).await);
+    let same = thumbnail(&frank, &icon, "width=96&height=96&method=crop").await;
+    assert_eq!(
+        (same.status, same.bytes.as_slice()),
+        (200, icon_bytes.as_slice())
+    );
+    assert_eq!(same.header("content-type"), "image/png");
+
+    // An animated GIF stays animated when asked, and is still otherwise.
+    let gif = mxc_of(upload(&frank, animated_gif(400, 300, 3), Some("image/gif"), None).await);
+    let animated = thumbnail(&frank, &gif, "width=320&height=240&animated=true").await;
+    assert_eq!(animated.header("content-type"), "image/gif");
+    let frames = image::AnimationDecoder::into_frames(
+        image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&animated.bytes)).expect("gif"),
+    )
+    .collect_frames()
+    .expect("frames");
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0].buffer().dimensions(), (320, 240));
+    let still = thumbnail(&frank, &gif, "width=320&height=240&animated=false").await;
+    assert_eq!(still.header("content-type"), "image/png");
+
+    // What cannot be thumbnailed, and requests that make no sense.
+    let text = mxc_of(upload(&frank, b"just text".to_vec(), Some("text/plain"), None).await);
+    let refused = thumbnail(&frank, &text, "width=96&height=96").await;
+    assert_eq!(
+        (refused.status, refused.errcode().as_str()),
+        (400, "M_UNKNOWN")
+    );
+    let photo_mxc = mxc_of(
+        upload(
+            &frank,
+            encoded(&picture(500, 500), image::ImageFormat::Png),
+            Some("image/png"),
+            None,
+        )
+        .await,
+    );
+    for (query, errcode) in [
+        ("height=96", "M_MISSING_PARAM"),
+        ("width=96", "M_MISSING_PARAM"),
+        ("width=0&height=96", "M_INVALID_PARAM"),
+        ("width=-5&height=96", "M_INVALID_PARAM"),
+        ("width=96&height=96&method=zoom", "M_INVALID_PARAM"),
+    ] {
+        let bad = thumbnail(&frank, &photo_mxc, query).await;
+        assert_eq!(
+            (bad.status, bad.errcode().as_str()),
+            (400, errcode),
+            "{query}"
+        );
+    }
+    // A decompression bomb: a small PNG that claims 40 000 × 40 000
+    // pixels is refused before it is decoded.
+    let mut bomb = encoded(&picture(40_000, 1), image::ImageFormat::Png);
+    bomb[20..24].copy_from_slice(&40_000_u32.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let bomb_mxc = mxc_of(upload(&frank, bomb, Some("image/png"), None).await);
+    let refused = thumbnail(&frank, &bomb_mxc, "width=96&height=96").await;
+    assert_eq!(
+        (refused.status, refused.errcode().as_str()),
+        (413, "M_TOO_LARGE")
+    );
+    // Frozen like downloads.
+    let frozen = get(
+        &frank,
+        &format!(
+            "/_matrix/media/v3/thumbnail/{}?width=96&height=96",
+            photo_mxc.trim_start_matches("mxc://")
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (frozen.status, frozen.errcode().as_str()),
+        (404, "M_NOT_FOUND")
+    );
+    let anonymous = get(
+        &frank,
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width=96&height=96",
+            photo_mxc.trim_start_matches("mxc://")
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+}
+
+/// An image's configured thumbnails are made once, when it is uploaded,
+/// and kept (a filesystem store, to count its files).
+pub(crate) async fn thumbnails_are_made_at_upload_and_kept(
+    base_url: &str,
+    store: &std::path::Path,
+) {
+    let grace = Client::register(base_url, "media_grace", "pw-grace-1").await;
+    let before = blob_files(store);
+    let up = upload(
+        &grace,
+        encoded(&picture(1002, 498), image::ImageFormat::Png),
+        Some("image/png"),
+        None,
+    )
+    .await;
+    assert_eq!(up.status, 200, "{up:?}");
+    let mxc = up.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The original and the five default sizes (bytes no other test
+    // uploads: the store keeps identical bytes once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while blob_files(store) < before + 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} files",
+            blob_files(store) - before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for query in [
+        "width=32&height=32&method=crop",
+        "width=800&height=600",
+        "width=100&height=50",
+    ] {
+        assert_eq!(thumbnail(&grace, &mxc, query).await.status, 200, "{query}");
+    }
+    assert_eq!(blob_files(store), before + 6, "served from what was kept");
+}

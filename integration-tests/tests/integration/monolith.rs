@@ -85,10 +85,9 @@ async fn media_uploads_downloads_and_their_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = Monolith::default_env(dir.path());
     env.extend(crate::media::limits_env());
-    let server = Monolith::start_with(dir.path(), env).await;
+    let server = Monolith::start_with(dir.path(), env.clone()).await;
     crate::media::uploads_downloads_and_their_limits(&server.base_url, "").await;
-    // The blob store holds each distinct content once, and nothing is left
-    // half written.
+    // Nothing is left half written.
     let media = dir.path().join("data/media");
     assert_eq!(
         std::fs::read_dir(media.join("staging"))
@@ -96,6 +95,9 @@ async fn media_uploads_downloads_and_their_limits() {
             .count(),
         0
     );
+    crate::media::operators_quarantine_and_delete(&server.base_url, &env, &media).await;
+    crate::media::thumbnails_of_every_format(&server.base_url, "").await;
+    crate::media::thumbnails_are_made_at_upload_and_kept(&server.base_url, &media).await;
 }
 
 #[tokio::test]

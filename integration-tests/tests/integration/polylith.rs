@@ -127,6 +127,7 @@ async fn polylith_media_through_two_replicas() {
         .await;
     crate::scaling::until_ready_replicas(&server, "mediaapi", 2).await;
     crate::media::uploads_downloads_and_their_limits(&server.base_url, "").await;
+    crate::media::thumbnails_of_every_format(&server.base_url, "").await;
     for replica in &listeners {
         let served = metric_total(
             &replica.operator,

@@ -263,6 +263,15 @@ async fn scaled_on(
         .map(|_| Listeners::fresh())
         .collect();
     let mut env = Vec::new();
+    if broker.is_durable() {
+        // A durable tansu reads every fetch from S3 (moto): at the usual
+        // 2 ms wait, the consumers' polling alone keeps both cores busy
+        // and readiness probes time out.
+        env.push((
+            "GANGLION_LOG__KAFKA_FETCH_WAIT_MAX_MS".to_owned(),
+            "50".to_owned(),
+        ));
+    }
     for (i, service) in POLYLITH_SERVICES.iter().enumerate() {
         env.extend(first[i].env(service));
         env.push((

@@ -158,6 +158,15 @@ pub struct MediaConfig {
     /// The longest a download waits for media that is not uploaded yet
     /// (the client's `timeout_ms` is capped at this).
     pub max_download_wait_ms: u64,
+    /// Thumbnails made when an image is uploaded and kept, as
+    /// `WIDTHxHEIGHT crop|scale`; a request is met by the smallest at
+    /// least as large (a larger one is made on the spot, not kept).
+    pub thumbnail_sizes: Vec<String>,
+    /// Images with more pixels than this are not thumbnailed (413
+    /// `M_TOO_LARGE`), checked before they are decoded.
+    pub max_thumbnail_pixels: u64,
+    /// Thumbnails made at once (each on a thread of its own).
+    pub thumbnail_workers: usize,
     /// The unauthenticated (deprecated) `/_matrix/media/v3/download` and
     /// `/thumbnail` serve only media created before this moment (ms since
     /// the epoch), as servers do since authenticated media became the
@@ -176,8 +185,36 @@ impl Default for MediaConfig {
             max_pending_uploads: 5,
             pending_upload_expiry_ms: 24 * 3600 * 1000,
             max_download_wait_ms: 60_000,
+            thumbnail_sizes: [
+                "32x32 crop",
+                "96x96 crop",
+                "320x240 scale",
+                "640x480 scale",
+                "800x600 scale",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            max_thumbnail_pixels: 33_554_432,
+            thumbnail_workers: 2,
             unauthenticated_before_ms: None,
         }
+    }
+}
+
+impl MediaConfig {
+    /// `WIDTHxHEIGHT crop|scale` as (width, height, crop?), both sides
+    /// from 1 to 10 000.
+    pub fn parse_thumbnail_size(size: &str) -> Option<(u32, u32, bool)> {
+        let (dimensions, method) = size.trim().split_once(' ')?;
+        let (width, height) = dimensions.split_once('x')?;
+        let (width, height): (u32, u32) = (width.parse().ok()?, height.parse().ok()?);
+        let crop = match method.trim() {
+            "crop" => true,
+            "scale" => false,
+            _ => return None,
+        };
+        ((1..=10_000).contains(&width) && (1..=10_000).contains(&height))
+            .then_some((width, height, crop))
     }
 }
 
@@ -881,6 +918,18 @@ impl Config {
                 "media.s3.bucket: required when media.store = \"s3\"".to_owned(),
             ));
         }
+        for size in &self.media.thumbnail_sizes {
+            if MediaConfig::parse_thumbnail_size(size).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "media.thumbnail_sizes: {size:?} is not WIDTHxHEIGHT crop|scale"
+                )));
+            }
+        }
+        if self.media.thumbnail_workers == 0 {
+            return Err(ConfigError::Invalid(
+                "media.thumbnail_workers: must be at least 1".to_owned(),
+            ));
+        }
         if self.media.max_upload_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "media.max_upload_bytes: must be greater than 0".to_owned(),
@@ -1237,6 +1286,9 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "pending_upload_expiry_ms" => "How long an ID from /create waits for its upload.",
         "max_download_wait_ms" => "The longest a download waits for media not uploaded yet.",
         "bucket" => "The S3 bucket of media blobs.",
+        "thumbnail_sizes" => "Thumbnails made at upload and kept (WIDTHxHEIGHT crop|scale).",
+        "max_thumbnail_pixels" => "Images with more pixels are not thumbnailed (413 M_TOO_LARGE).",
+        "thumbnail_workers" => "Thumbnails made at once, each on a thread of its own.",
         "region" => "The S3 region.",
         "prefix" => "Prefix of every media object's key in the bucket.",
         "allow_http" => "Whether a plain http:// S3 endpoint is allowed.",

@@ -292,6 +292,79 @@ pub fn streaming_router(router: Router, service: &'static str) -> Router {
             observe(service, req, next)
         }))
         .layer(tower_http::cors::CorsLayer::very_permissive())
+        .layer(axum::middleware::from_fn(drain_unread_body))
+}
+
+/// How much of a request's body is read and dropped after an answer given
+/// before the handler read it all ([`drain_unread_body`]).
+pub const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+
+type DataStream = axum::body::BodyDataStream;
+
+/// Middleware for routes that stream bodies: whatever the handler left
+/// unread of the request's body (an upload refused for its size, its token,
+/// its method) is read and dropped, up to [`DRAIN_LIMIT`], before the
+/// answer goes out. A server that answers and closes with the client's
+/// bytes still unread resets the connection, and the client (or the
+/// gateway, on behalf of one) sees an error instead of the answer.
+pub async fn drain_unread_body(req: Request, next: Next) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = req.into_parts();
+    let source: std::sync::Arc<tokio::sync::Mutex<DataStream>> =
+        std::sync::Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let handed = futures::stream::unfold(source.clone(), |source| async move {
+        let next = source.lock().await.next().await;
+        next.map(|item| (item, source))
+    });
+    let response = next
+        .run(Request::from_parts(parts, Body::from_stream(handed)))
+        .await;
+    let mut rest = source.lock().await;
+    let mut drained = 0_u64;
+    while drained <= DRAIN_LIMIT
+        && let Some(Ok(chunk)) = rest.next().await
+    {
+        drained += chunk.len() as u64;
+    }
+    response
+}
+
+/// Why [`limited_body`] ended its stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// A request body's bytes, at most `limit` of them: past it the stream
+/// ends with an error that [`is_body_too_large`] recognises (the rest is
+/// left for [`drain_unread_body`]).
+pub fn limited_body(
+    body: Body,
+    limit: u64,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    use futures::StreamExt;
+    let mut passed = 0_u64;
+    let mut over = false;
+    body.into_data_stream()
+        .map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            passed += chunk.len() as u64;
+            if passed > limit {
+                return Err(std::io::Error::other(BodyTooLarge(limit)));
+            }
+            Ok(chunk)
+        })
+        .take_while(move |item| {
+            let stop = over;
+            over = over || item.is_err();
+            futures::future::ready(!stop)
+        })
+}
+
+/// Whether a body's error is [`limited_body`]'s limit.
+pub fn is_body_too_large(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<BodyTooLarge>())
 }
 
 /// One listener for two routers: requests whose path `other_serves` go to

@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Media: quarantine (kept, served to nobody), release or delete (the
+    /// file too, once no other media holds the same bytes), by MXC URI
+    /// or by uploader. Run with the mediaapi's configuration.
+    Media {
+        #[command(subcommand)]
+        action: MediaAction,
+    },
     /// Builds a view's database afresh from the start of the log, beside
     /// the live one, and exits once it has caught up with the log as it
     /// stood when the rebuild started. Switching to it is the operator's
@@ -85,6 +92,25 @@ enum Command {
         #[arg(long)]
         into: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MediaAction {
+    /// Serves the media to nobody (404) and keeps it.
+    Quarantine(MediaTargetArgs),
+    /// Serves quarantined media again.
+    Unquarantine(MediaTargetArgs),
+    /// Deletes the media for good.
+    Delete(MediaTargetArgs),
+}
+
+#[derive(clap::Args)]
+struct MediaTargetArgs {
+    /// One medium: `mxc://server/mediaId`.
+    mxc: Option<String>,
+    /// Everything this user uploaded.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             TokenAction::List => operator::list_tokens(&config).await,
             TokenAction::Delete { token } => operator::delete_token(&config, &token).await,
         },
+        Command::Media { action } => operator::media(&config, action).await,
         Command::Rebuild { service, into } => rebuild::rebuild(config, &service, &into).await,
         Command::Monolith => wiring::monolith(config).await,
         Command::Gateway => wiring::gateway(config).await,

@@ -1,4 +1,4 @@
-//! Operator commands: keys, accounts and registration tokens.
+//! Operator commands: keys, accounts, registration tokens and media.
 
 use anyhow::{Context, bail};
 use ganglion_api::proto::userapi::RegisterRequest;
@@ -98,5 +98,30 @@ pub(crate) async fn delete_token(config: &Config, token: &str) -> anyhow::Result
         bail!("no registration token {token}");
     }
     println!("deleted {token}");
+    Ok(())
+}
+
+pub(crate) async fn media(config: &Config, action: crate::MediaAction) -> anyhow::Result<()> {
+    use crate::MediaAction;
+    use ganglion_mediaapi::operator::{MediaAdmin, Target};
+    let args = match &action {
+        MediaAction::Quarantine(args)
+        | MediaAction::Unquarantine(args)
+        | MediaAction::Delete(args) => args,
+    };
+    let target = Target::parse(args.mxc.as_deref(), args.user.as_deref())?;
+    let admin = MediaAdmin::open(config).await?;
+    match action {
+        MediaAction::Quarantine(_) => {
+            println!("quarantined {}", admin.quarantine(&target, true).await?);
+        }
+        MediaAction::Unquarantine(_) => {
+            println!("released {}", admin.quarantine(&target, false).await?);
+        }
+        MediaAction::Delete(_) => {
+            let (media, blobs) = admin.delete(&target).await?;
+            println!("deleted {media} media and {blobs} files");
+        }
+    }
     Ok(())
 }

@@ -197,7 +197,10 @@ pub fn router(upstreams: Vec<Upstream>, tokens: Arc<TokenUsers>) -> Result<Route
     }
     Ok(router
         .fallback(|| async { MatrixError::unrecognized() })
-        .layer(axum::middleware::from_fn(refuse_unroutable)))
+        .layer(axum::middleware::from_fn(refuse_unroutable))
+        .layer(axum::middleware::from_fn(
+            ganglion_base::http::drain_unread_body,
+        )))
 }
 
 /// Ready while every service has a ready replica.
@@ -340,18 +343,18 @@ async fn proxy_streaming(
     else {
         return unavailable(upstream.name);
     };
-    let mut passed = 0_u64;
     let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let overflow = overflowed.clone();
-    let bounded = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        passed += chunk.len() as u64;
-        if passed > limit {
-            overflow.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(std::io::Error::other("request body too large"));
-        }
-        Ok(chunk)
-    });
+    let bounded = futures::StreamExt::inspect(
+        ganglion_base::http::limited_body(body, limit),
+        move |item| {
+            if let Err(error) = item
+                && ganglion_base::http::is_body_too_large(error)
+            {
+                overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    );
     let body = reqwest::Body::wrap_stream(bounded);
     match send(forward, &base_url, &parts, body).await {
         Ok(response) => {

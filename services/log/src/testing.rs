@@ -57,6 +57,11 @@ impl Tansu {
         }
     }
 
+    /// Whether its data outlives it (kept in moto's S3).
+    pub fn is_durable(&self) -> bool {
+        self.moto.is_some()
+    }
+
     /// Stops the broker as an operator does (SIGINT) and starts it again on
     /// the same port with the same storage. Only a durable broker keeps
     /// its data.

@@ -4,13 +4,17 @@
 //!   /_matrix/media/v1/create` and the upload to a created ID, `PUT
 //!   /_matrix/media/v3/upload/{serverName}/{mediaId}`), authenticated
 //!   downloads (`/_matrix/client/v1/media/download/…`), the media
-//!   `config`, and the deprecated unauthenticated downloads for media from
-//!   before the configured freeze (`routes/`). Bodies stream: an upload
+//!   `config`, thumbnails (made in `thumbnail.rs`: the configured sizes at
+//!   upload, off the async runtime, kept in the store), and the deprecated
+//!   unauthenticated downloads and thumbnails for media from before the
+//!   configured freeze (`routes/`). Bodies stream: an upload
 //!   goes to the store as it arrives, a download leaves it the same way.
 //! - Owns: its database (what each MXC URI holds: blob, type, name,
 //!   uploader; IDs waiting for an upload, `storage/`) and its blob store
 //!   (`store/`: a directory, or an S3-compatible bucket), both shared by
 //!   its replicas, which keep nothing of their own.
+//! - Operators quarantine and delete media by MXC URI or uploader
+//!   (`operator.rs`, the `ganglion media` commands).
 //! - Rules about content (which types are shown inline, file names,
 //!   the headers of every media answer) live in `content.rs`.
 //!
@@ -19,9 +23,11 @@
 #![forbid(unsafe_code)]
 
 mod content;
+pub mod operator;
 mod routes;
 mod storage;
 mod store;
+mod thumbnail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +56,10 @@ pub struct MediaApi {
     users: UsersHandle,
     server_name: String,
     config: MediaConfig,
+    /// The thumbnails made at upload and kept.
+    thumbnail_sizes: Vec<thumbnail::Size>,
+    /// Turns to make thumbnails (`media.thumbnail_workers`).
+    thumbnailing: tokio::sync::Semaphore,
     /// Bumped whenever this process gives a created ID its bytes, so
     /// downloads waiting for it here answer at once (other replicas'
     /// uploads are seen by polling the database).
@@ -86,6 +96,29 @@ pub fn route_paths() -> Vec<String> {
     routes::table().into_paths()
 }
 
+/// The configured thumbnail sizes (checked when the configuration loads).
+fn thumbnail_sizes(config: &MediaConfig) -> Vec<thumbnail::Size> {
+    config
+        .thumbnail_sizes
+        .iter()
+        .filter_map(|size| MediaConfig::parse_thumbnail_size(size))
+        .map(|(width, height, crop)| thumbnail::Size {
+            width,
+            height,
+            method: if crop {
+                thumbnail::Method::Crop
+            } else {
+                thumbnail::Method::Scale
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+fn default_thumbnail_sizes() -> Vec<thumbnail::Size> {
+    thumbnail_sizes(&MediaConfig::default())
+}
+
 /// How often created IDs whose upload never came are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -104,6 +137,8 @@ pub async fn start(config: &Config, users: UsersHandle) -> Result<Started, Start
         users,
         server_name: config.server_name.clone(),
         config: config.media.clone(),
+        thumbnail_sizes: thumbnail_sizes(&config.media),
+        thumbnailing: tokio::sync::Semaphore::new(config.media.thumbnail_workers),
         filled: tokio::sync::watch::Sender::new(0),
     });
     let sweeper = api.clone();

@@ -13,7 +13,7 @@ use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, query_values};
 
-use super::{MediaPath, database_error, not_found, store_error};
+use super::{Access, MediaPath, database_error, not_found, store_error};
 use crate::MediaApi;
 use crate::content;
 use crate::storage::Media;
@@ -25,16 +25,6 @@ const DEFAULT_WAIT: Duration = Duration::from_millis(20_000);
 /// How often a waiting download looks again (an upload through another
 /// replica is seen this way; one through this process wakes it at once).
 const WAIT_POLL: Duration = Duration::from_millis(500);
-
-/// Which media a download endpoint serves.
-#[derive(Clone, Copy)]
-enum Access {
-    /// The authenticated endpoints: all of it.
-    Authenticated,
-    /// The deprecated unauthenticated ones: media created before this
-    /// moment (none when unset).
-    Unauthenticated(Option<u64>),
-}
 
 impl MediaApi {
     /// How long this request may wait for an upload to arrive.
@@ -80,7 +70,14 @@ impl MediaApi {
         }
     }
 
-    async fn serve(&self, path: MediaPath, uri: &Uri, access: Access) -> MatrixResult {
+    /// The row of the local media a path names, once uploaded, if this
+    /// endpoint serves it.
+    pub(crate) async fn local_media(
+        &self,
+        path: &MediaPath,
+        uri: &Uri,
+        access: Access,
+    ) -> Result<Media, MatrixError> {
         // Media of other servers comes over federation (not yet: their
         // media is not found here).
         if path.server_name != self.server_name {
@@ -92,6 +89,11 @@ impl MediaApi {
         {
             return Err(not_found());
         }
+        Ok(media)
+    }
+
+    async fn serve(&self, path: MediaPath, uri: &Uri, access: Access) -> MatrixResult {
+        let media = self.local_media(&path, uri, access).await?;
         let hash = media
             .sha256
             .as_deref()

@@ -3,6 +3,7 @@
 
 mod config;
 mod download;
+mod thumbnail;
 mod upload;
 
 use std::sync::Arc;
@@ -44,6 +45,10 @@ pub(crate) fn table() -> Routes<Arc<MediaApi>> {
             "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
             get(download::download),
         )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+            get(thumbnail::thumbnail),
+        )
         .route("/_matrix/client/v1/media/config", get(config::config));
     // The legacy prefix too: older clients still upload with r0.
     for prefix in ["/_matrix/media/v3", "/_matrix/media/r0"] {
@@ -57,6 +62,10 @@ pub(crate) fn table() -> Routes<Arc<MediaApi>> {
             .route(
                 &format!("{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
                 get(download::legacy_download),
+            )
+            .route(
+                &format!("{prefix}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(thumbnail::legacy_thumbnail),
             );
     }
     routes
@@ -70,6 +79,16 @@ pub(crate) struct MediaPath {
     pub(crate) server_name: String,
     pub(crate) media_id: String,
     pub(crate) file_name: Option<String>,
+}
+
+/// Which media an endpoint serves.
+#[derive(Clone, Copy)]
+pub(crate) enum Access {
+    /// The authenticated endpoints: all of it.
+    Authenticated,
+    /// The deprecated unauthenticated ones: media created before this
+    /// moment (none when unset).
+    Unauthenticated(Option<u64>),
 }
 
 /// The longest media ID taken.

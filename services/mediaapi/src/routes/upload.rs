@@ -98,16 +98,16 @@ impl MediaApi {
         let upload_name = query_values(&parts.uri, "filename")
             .first()
             .and_then(|name| content::file_name(name));
-        let bytes = body
-            .into_data_stream()
-            .map(|chunk| chunk.map_err(std::io::Error::other))
-            .boxed();
+        let bytes = ganglion_base::http::limited_body(body, allowance.bytes).boxed();
         let stored = self
             .store
             .put(bytes, allowance.bytes)
             .await
             .map_err(|error| match error {
                 StoreError::TooLarge(_) => allowance.exceeded(),
+                StoreError::Body(error) if ganglion_base::http::is_body_too_large(&error) => {
+                    allowance.exceeded()
+                }
                 StoreError::Body(error) => {
                     tracing::debug!(%error, "an upload was cut short");
                     MatrixError::new(
@@ -156,7 +156,9 @@ pub(crate) async fn upload(
         .await
         .map_err(database_error)?;
     tracing::info!(media_id, size = received.stored.size, "media uploaded");
-    Ok(ok_json(json!({ "content_uri": api.mxc(&media_id) })))
+    let content_uri = api.mxc(&media_id);
+    api.pregenerate(media_id, received.sniffed_type, received.stored.hash);
+    Ok(ok_json(json!({ "content_uri": content_uri })))
 }
 
 /// `POST /_matrix/media/v1/create`: an ID whose bytes come later, within
@@ -233,5 +235,6 @@ pub(crate) async fn upload_to(
         .await
         .map_err(fill_error)?;
     api.filled.send_modify(|n| *n += 1);
+    api.pregenerate(path.media_id, received.sniffed_type, received.stored.hash);
     Ok(ok_json(json!({})))
 }

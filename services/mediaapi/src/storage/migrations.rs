@@ -1,9 +1,10 @@
 use ganglion_base::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "media metadata",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "media metadata",
+        sql: "
         -- One row per MXC URI this server knows: local uploads (and IDs
         -- made by /create that wait for theirs). A row's bytes are the
         -- blob named by sha256 in the blob store.
@@ -25,4 +26,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         CREATE INDEX media_by_user ON media (user_id, created_ts);
         CREATE INDEX media_by_sha256 ON media (sha256);
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "thumbnails",
+        sql: "
+        -- The thumbnails kept, by their media and size; bytes in the blob
+        -- store like the media's own.
+        CREATE TABLE thumbnails (
+            origin TEXT NOT NULL,
+            media_id TEXT NOT NULL,
+            width BIGINT NOT NULL,
+            height BIGINT NOT NULL,
+            method TEXT NOT NULL,
+            animated BIGINT NOT NULL,
+            content_type TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            PRIMARY KEY (origin, media_id, width, height, method, animated)
+        );
+        CREATE INDEX thumbnails_by_sha256 ON thumbnails (sha256);
+    ",
+    },
+];

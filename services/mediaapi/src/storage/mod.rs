@@ -255,6 +255,174 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// A kept thumbnail: (content type, blob hash).
+    pub(crate) async fn thumbnail(
+        &self,
+        (origin, media_id): (&str, &str),
+        (size, animated): (crate::thumbnail::Size, bool),
+    ) -> Result<Option<(String, String)>, sqlx::Error> {
+        let row = sql::query(
+            "SELECT content_type, sha256 FROM thumbnails
+             WHERE origin = $1 AND media_id = $2 AND width = $3 AND height = $4
+               AND method = $5 AND animated = $6",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(i64::from(size.width))
+        .bind(i64::from(size.height))
+        .bind(size.method.as_str())
+        .bind(i64::from(animated))
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
+    /// Keeps a thumbnail (the first made of a size stays).
+    pub(crate) async fn insert_thumbnail(
+        &self,
+        (origin, media_id): (&str, &str),
+        (size, animated): (crate::thumbnail::Size, bool),
+        content_type: &str,
+        bytes: u64,
+        sha256: &str,
+    ) -> Result<(), sqlx::Error> {
+        sql::query(
+            "INSERT INTO thumbnails (origin, media_id, width, height, method, animated,
+                                     content_type, size, sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(i64::from(size.width))
+        .bind(i64::from(size.height))
+        .bind(size.method.as_str())
+        .bind(i64::from(animated))
+        .bind(content_type)
+        .bind(bytes as i64)
+        .bind(sha256)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What a deletion removed: rows, and the blobs they named.
+pub(crate) struct Deleted {
+    pub(crate) rows: u64,
+    pub(crate) blobs: Vec<String>,
+}
+
+impl Storage {
+    /// Quarantines (`on`) or releases media; how many rows changed.
+    pub(crate) async fn set_quarantined(
+        &self,
+        target: &crate::operator::Target,
+        on: bool,
+    ) -> Result<u64, sqlx::Error> {
+        use crate::operator::Target;
+        let flag = i64::from(on);
+        let done = match target {
+            Target::Media { origin, media_id } => {
+                sql::query("UPDATE media SET quarantined = $3 WHERE origin = $1 AND media_id = $2")
+                    .bind(origin.as_str())
+                    .bind(media_id.as_str())
+                    .bind(flag)
+                    .execute(&self.db.pool)
+                    .await?
+            }
+            Target::User(user_id) => {
+                sql::query("UPDATE media SET quarantined = $2 WHERE user_id = $1")
+                    .bind(user_id.as_str())
+                    .bind(flag)
+                    .execute(&self.db.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes media rows; the blob hashes they named.
+    pub(crate) async fn delete(
+        &self,
+        target: &crate::operator::Target,
+    ) -> Result<Deleted, sqlx::Error> {
+        use crate::operator::Target;
+        let mut tx = self.db.pool.begin().await?;
+        let (blobs, done) = match target {
+            Target::Media { origin, media_id } => {
+                let blobs: Vec<Option<String>> = sql::query_scalar(
+                    "SELECT sha256 FROM media WHERE origin = $1 AND media_id = $2
+                     UNION ALL
+                     SELECT sha256 FROM thumbnails WHERE origin = $1 AND media_id = $2",
+                )
+                .bind(origin.as_str())
+                .bind(media_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                sql::query("DELETE FROM thumbnails WHERE origin = $1 AND media_id = $2")
+                    .bind(origin.as_str())
+                    .bind(media_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sql::query("DELETE FROM media WHERE origin = $1 AND media_id = $2")
+                    .bind(origin.as_str())
+                    .bind(media_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                (blobs, done)
+            }
+            Target::User(user_id) => {
+                let blobs: Vec<Option<String>> = sql::query_scalar(
+                    "SELECT sha256 FROM media WHERE user_id = $1
+                     UNION ALL
+                     SELECT t.sha256 FROM thumbnails t JOIN media m
+                       ON t.origin = m.origin AND t.media_id = m.media_id
+                     WHERE m.user_id = $1",
+                )
+                .bind(user_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                sql::query(
+                    "DELETE FROM thumbnails WHERE EXISTS (
+                         SELECT 1 FROM media m WHERE m.user_id = $1
+                           AND m.origin = thumbnails.origin AND m.media_id = thumbnails.media_id)",
+                )
+                .bind(user_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let done = sql::query("DELETE FROM media WHERE user_id = $1")
+                    .bind(user_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                (blobs, done)
+            }
+        };
+        tx.commit().await?;
+        let mut blobs: Vec<String> = blobs.into_iter().flatten().collect();
+        blobs.sort();
+        blobs.dedup();
+        Ok(Deleted {
+            rows: done.rows_affected(),
+            blobs,
+        })
+    }
+
+    /// Whether any media still holds the blob `sha256`.
+    pub(crate) async fn blob_in_use(&self, sha256: &str) -> Result<bool, sqlx::Error> {
+        Ok(sql::query_scalar::<i64>(
+            "SELECT (SELECT COUNT(*) FROM media WHERE sha256 = $1)
+                      + (SELECT COUNT(*) FROM thumbnails WHERE sha256 = $1)",
+        )
+        .bind(sha256)
+        .fetch_one(&self.db.pool)
+        .await?
+            > 0)
+    }
+}
+
 fn fill_check(media: &Media, user_id: &str, now: i64) -> Result<(), FillError> {
     if media.uploaded_ts.is_some() {
         return Err(FillError::Uploaded);
