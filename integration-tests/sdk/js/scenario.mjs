@@ -13,6 +13,7 @@
 // status is 1 with a list of every failed step.
 
 import { randomBytes } from "node:crypto";
+import { deflateSync } from "node:zlib";
 import { isDeepStrictEqual } from "node:util";
 import * as sdk from "matrix-js-sdk";
 
@@ -222,6 +223,78 @@ async function stepMessages({ alice, bob, roomId }, state) {
     say(`  bob received ${JSON.stringify(bodies)} in order (${eventIds.join(", ")})`);
 }
 
+/** CRC-32 (IEEE), for PNG chunks. */
+function crc32(bytes) {
+    let crc = 0xffffffff;
+    for (const byte of bytes) {
+        crc ^= byte;
+        for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
+    }
+    return (crc ^ 0xffffffff) >>> 0;
+}
+
+/** An RGB PNG of a colour gradient, made without an imaging library. */
+function png(width, height) {
+    const chunk = (kind, data) => {
+        const body = Buffer.concat([Buffer.from(kind, "ascii"), data]);
+        const length = Buffer.alloc(4);
+        length.writeUInt32BE(data.length);
+        const crc = Buffer.alloc(4);
+        crc.writeUInt32BE(crc32(body));
+        return Buffer.concat([length, body, crc]);
+    };
+    const rows = [];
+    for (let y = 0; y < height; y++) {
+        const row = Buffer.alloc(1 + width * 3);
+        for (let x = 0; x < width; x++) row.set([x % 256, y % 256, 90], 1 + x * 3);
+        rows.push(row);
+    }
+    const header = Buffer.alloc(13);
+    header.writeUInt32BE(width, 0);
+    header.writeUInt32BE(height, 4);
+    header.set([8, 2, 0, 0, 0], 8);
+    return Buffer.concat([
+        Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+        chunk("IHDR", header),
+        chunk("IDAT", deflateSync(Buffer.concat(rows))),
+        chunk("IEND", Buffer.alloc(0)),
+    ]);
+}
+
+async function stepMedia({ alice, bob, roomId }) {
+    say("step: alice uploads a picture and sends it as m.image; bob downloads it and its thumbnail");
+    const picture = png(400, 200);
+    const uploaded = await ok(alice.client.uploadContent(picture, { type: "image/png", name: "gradient.png" }), "upload");
+    const mxc = uploaded.content_uri;
+    check(typeof mxc === "string" && mxc.startsWith("mxc://"), `upload returned ${JSON.stringify(uploaded)}`);
+    const content = {
+        msgtype: "m.image",
+        body: "gradient.png",
+        url: mxc,
+        info: { mimetype: "image/png", size: picture.length, w: 400, h: 200 },
+    };
+    const sent = await ok(alice.client.sendMessage(roomId, content), "send m.image");
+    const event = await bob.waitFor(() => bob.room(roomId)?.findEventById(sent.event_id), "the m.image in bob's timeline");
+    check(event.getContent().url === mxc, `bob's image event names ${event.getContent().url}`);
+    // Authenticated media: the SDK builds the URLs, the token goes in a header.
+    const headers = { Authorization: `Bearer ${bob.client.getAccessToken()}` };
+    const downloadUrl = bob.client.mxcUrlToHttp(mxc, undefined, undefined, undefined, false, true, true);
+    check(downloadUrl?.includes("/_matrix/client/v1/media/download/"), `download URL ${downloadUrl}`);
+    const download = await fetch(downloadUrl, { headers });
+    check(download.status === 200, `download answered ${download.status}`);
+    check(download.headers.get("content-type") === "image/png", `downloaded as ${download.headers.get("content-type")}`);
+    const bytes = Buffer.from(await download.arrayBuffer());
+    check(bytes.equals(picture), "the downloaded bytes differ from the upload");
+    const thumbnailUrl = bob.client.mxcUrlToHttp(mxc, 96, 96, "crop", false, true, true);
+    const thumbnail = await fetch(thumbnailUrl, { headers });
+    check(thumbnail.status === 200, `thumbnail answered ${thumbnail.status}`);
+    check(thumbnail.headers.get("content-type") === "image/png", `thumbnail is ${thumbnail.headers.get("content-type")}`);
+    const small = Buffer.from(await thumbnail.arrayBuffer());
+    const size = [small.readUInt32BE(16), small.readUInt32BE(20)];
+    check(isDeepStrictEqual(size, [96, 96]), `thumbnail is ${size.join("x")}`);
+    say(`  bob downloaded ${bytes.length} bytes of ${mxc} and a 96x96 thumbnail`);
+}
+
 function typingUsers(peer, roomId) {
     return peer.room(roomId).getMembers().filter((m) => m.typing).map((m) => m.userId);
 }
@@ -357,7 +430,7 @@ async function main(baseUrl) {
             return 1;
         }
         const state = {};
-        for (const step of [stepMessages, stepTyping, stepReceipt, stepReadMarkers, stepAccountData, stepUnread, stepGappedSync, stepLeave]) {
+        for (const step of [stepMessages, stepTyping, stepReceipt, stepReadMarkers, stepAccountData, stepUnread, stepGappedSync, stepMedia, stepLeave]) {
             try {
                 await step(peers, state);
             } catch (err) {

@@ -16,21 +16,27 @@ with a list of every failed step.
 import asyncio
 import json
 import secrets
+import struct
 import sys
 import time
+import zlib
 from urllib.parse import quote
 
 from nio import (
     AsyncClient,
     AsyncClientConfig,
     ErrorResponse,
+    DownloadError,
     RoomMemberEvent,
+    RoomMessageImage,
     RoomMessageText,
+    ThumbnailError,
+    UploadResponse,
     SyncError,
     SyncResponse,
     UnknownAccountDataEvent,
 )
-from nio.api import ReceiptType
+from nio.api import ReceiptType, ResizingMethod
 
 WAIT_S = 10.0  # deadline for any one condition to appear in a client's state
 OVERALL_S = 60.0  # deadline for the whole scenario
@@ -79,6 +85,7 @@ class Peer:
         self.synced = asyncio.Condition()
         self.sync_errors: list[str] = []
         self.messages: list[tuple[str, str, str]] = []  # (room, event id, body)
+        self.images: list[tuple[str, str, str]] = []  # (room, event id, mxc url)
         self.member_events: list[tuple[str, str, str]] = []  # (room, user, membership)
         self.global_account_data: dict[str, dict] = {}
         self.left_rooms: set[str] = set()
@@ -87,6 +94,7 @@ class Peer:
         self.client.add_response_callback(self._on_sync, SyncResponse)
         self.client.add_response_callback(self._on_sync_error, SyncError)
         self.client.add_event_callback(self._on_message, RoomMessageText)
+        self.client.add_event_callback(self._on_image, RoomMessageImage)
         self.client.add_event_callback(self._on_member, RoomMemberEvent)
         self.client.add_global_account_data_callback(
             self._on_global_account_data, UnknownAccountDataEvent
@@ -106,6 +114,9 @@ class Peer:
 
     def _on_message(self, room, event: RoomMessageText) -> None:
         self.messages.append((room.room_id, event.event_id, event.body))
+
+    def _on_image(self, room, event: RoomMessageImage) -> None:
+        self.images.append((room.room_id, event.event_id, event.url))
 
     def _on_member(self, room, event: RoomMemberEvent) -> None:
         self.member_events.append((room.room_id, event.state_key, event.membership))
@@ -280,6 +291,71 @@ async def step_messages(alice: Peer, bob: Peer, room_id: str, state: dict) -> No
     say(f"  bob received {bodies} in order ({', '.join(event_ids)})")
 
 
+def png(width: int, height: int) -> bytes:
+    """An RGB PNG of a colour gradient, made without an imaging library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x % 256, y % 256, 90))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    check(data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG")
+    return struct.unpack(">II", data[16:24])
+
+
+async def step_media(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step: alice uploads a picture and sends it as m.image; bob downloads it and its thumbnail")
+    picture = png(400, 200)
+    uploaded, _ = await alice.client.upload(
+        lambda _status, _filenames: picture,
+        content_type="image/png",
+        filename="gradient.png",
+        filesize=len(picture),
+    )
+    check(isinstance(uploaded, UploadResponse), f"upload failed: {uploaded}")
+    mxc = uploaded.content_uri
+    check(mxc.startswith("mxc://"), f"upload returned {mxc!r}")
+    content = {
+        "msgtype": "m.image",
+        "body": "gradient.png",
+        "url": mxc,
+        "info": {"mimetype": "image/png", "size": len(picture), "w": 400, "h": 200},
+    }
+    sent = ok(
+        await alice.client.room_send(room_id, "m.room.message", content),
+        "send m.image",
+    )
+    url = await bob.wait_for(
+        lambda: next((u for (r, e, u) in bob.images if r == room_id and e == sent.event_id), None),
+        "the m.image in bob's timeline callbacks",
+    )
+    check(url == mxc, f"bob's image event names {url!r}, not {mxc!r}")
+    downloaded = await bob.client.download(mxc=mxc)
+    check(not isinstance(downloaded, DownloadError), f"download failed: {downloaded}")
+    check(downloaded.body == picture, "the downloaded bytes differ from the upload")
+    check(downloaded.content_type == "image/png", f"downloaded as {downloaded.content_type}")
+    check(downloaded.filename == "gradient.png", f"downloaded as file {downloaded.filename!r}")
+    server_name, media_id = mxc[len("mxc://"):].split("/", 1)
+    thumbnail = await bob.client.thumbnail(server_name, media_id, 96, 96, ResizingMethod.crop)
+    check(not isinstance(thumbnail, ThumbnailError), f"thumbnail failed: {thumbnail}")
+    check(thumbnail.content_type == "image/png", f"thumbnail is {thumbnail.content_type}")
+    check(png_size(thumbnail.body) == (96, 96), f"thumbnail is {png_size(thumbnail.body)}")
+    say(f"  bob downloaded {len(downloaded.body)} bytes of {mxc} and a 96x96 thumbnail")
+
+
 async def step_typing(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
     say("step 4: alice types (timeout 30 s), then stops; bob's room typing users follow")
     ok(await alice.client.room_typing(room_id, True, 30_000), "typing on")
@@ -445,6 +521,7 @@ async def main(homeserver: str) -> int:
             step_account_data,
             step_unread,
             step_gapped_sync,
+            step_media,
             step_leave,
         ):
             try:
