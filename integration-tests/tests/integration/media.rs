@@ -856,3 +856,50 @@ pub(crate) async fn thumbnails_are_made_at_upload_and_kept(
     }
     assert_eq!(blob_files(store), before + 6, "served from what was kept");
 }
+
+/// With a freeze moment configured, media from before it is still served
+/// by the deprecated unauthenticated endpoints (download, with a file
+/// name, thumbnail); without a token the authenticated ones still refuse.
+pub(crate) async fn media_from_before_the_freeze_stays_public(base_url: &str) {
+    let hank = Client::register(base_url, "media_hank", "pw-hank-1").await;
+    let up = upload(
+        &hank,
+        encoded(&picture(300, 200), image::ImageFormat::Png),
+        Some("image/png"),
+        Some("old.png"),
+    )
+    .await;
+    assert_eq!(up.status, 200, "{up:?}");
+    let mxc = up.json()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let id = mxc.trim_start_matches("mxc://");
+    let read = get(&hank, &format!("/_matrix/media/v3/download/{id}"), false).await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.header("content-type"), "image/png");
+    assert_secured(&read);
+    let named = get(
+        &hank,
+        &format!("/_matrix/media/r0/download/{id}/renamed.png"),
+        false,
+    )
+    .await;
+    assert_eq!(named.status, 200);
+    assert!(named.header("content-disposition").contains("renamed.png"));
+    let small = get(
+        &hank,
+        &format!("/_matrix/media/v3/thumbnail/{id}?width=96&height=96&method=crop"),
+        false,
+    )
+    .await;
+    assert_eq!(small.status, 200, "{small:?}");
+    assert_eq!(decoded_size(&small.bytes), (96, 96));
+    let anonymous = get(
+        &hank,
+        &format!("/_matrix/client/v1/media/download/{id}"),
+        false,
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+}

@@ -100,6 +100,19 @@ async fn media_uploads_downloads_and_their_limits() {
     crate::media::thumbnails_are_made_at_upload_and_kept(&server.base_url, &media).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_from_before_the_freeze_stays_public() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    // A freeze moment still to come: everything uploaded now is older.
+    env.push((
+        "GANGLION_MEDIA__UNAUTHENTICATED_BEFORE_MS".to_owned(),
+        "4102444800000".to_owned(),
+    ));
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::media::media_from_before_the_freeze_stays_public(&server.base_url).await;
+}
+
 #[tokio::test]
 async fn guests_where_guest_access_allows() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -83,6 +83,11 @@ impl MediaApi {
         if path.server_name != self.server_name {
             return Err(not_found());
         }
+        // Nothing is served unauthenticated without a freeze moment: no
+        // need to look (or wait).
+        if let Access::Unauthenticated(None) = access {
+            return Err(not_found());
+        }
         let media = self.uploaded(&path.media_id, self.wait_for(uri)).await?;
         if let Access::Unauthenticated(before) = access
             && before.is_none_or(|before| (media.created_ts as u64) >= before)

@@ -116,18 +116,24 @@ impl MediaApi {
         Ok(Some(Bytes::from(bytes)))
     }
 
-    /// Makes a thumbnail off the async runtime, a bounded number at once.
-    pub(crate) async fn make_thumbnail(
+    /// A turn to thumbnail: held from reading the original to the last
+    /// thumbnail made of it, so at most `media.thumbnail_workers` originals
+    /// and their decoded pixels are in memory at once.
+    async fn thumbnail_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, MatrixError> {
+        self.thumbnailing
+            .acquire()
+            .await
+            .map_err(|_| MatrixError::unknown("shutting down"))
+    }
+
+    /// Makes a thumbnail off the async runtime (the caller holds a
+    /// [`MediaApi::thumbnail_turn`]).
+    async fn make_thumbnail(
         &self,
         original: Bytes,
         size: Size,
         animated: bool,
     ) -> Result<Option<Thumbnail>, MatrixError> {
-        let _turn = self
-            .thumbnailing
-            .acquire()
-            .await
-            .map_err(|_| MatrixError::unknown("shutting down"))?;
         let max_pixels = self.config.max_thumbnail_pixels;
         tokio::task::spawn_blocking(move || thumbnail::make(&original, size, animated, max_pixels))
             .await
@@ -148,6 +154,9 @@ impl MediaApi {
         }
         let api = self.clone();
         tokio::spawn(async move {
+            let Ok(_turn) = api.thumbnail_turn().await else {
+                return;
+            };
             let Ok(Some(original)) = api.read_blob(&hash).await else {
                 return;
             };
@@ -231,6 +240,7 @@ impl MediaApi {
             .as_deref()
             .and_then(BlobHash::parse)
             .ok_or_else(super::not_found)?;
+        let _turn = self.thumbnail_turn().await?;
         let original = self.read_blob(&hash).await?.ok_or_else(super::not_found)?;
         let made = match configured {
             Some(size) => {
