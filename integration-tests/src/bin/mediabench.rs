@@ -47,7 +47,8 @@ fn rss_mb(pid: u32) -> f64 {
     rss_kib(pid).unwrap_or(0) as f64 / 1024.0
 }
 
-async fn upload(server: &Server, body: reqwest::Body, content_type: &str) -> String {
+async fn upload(server: &Server, body: reqwest::Body, length: usize, content_type: &str) -> String {
+    // Declared even when streamed: Synapse refuses uploads without it.
     let response = server
         .client
         .http
@@ -57,6 +58,7 @@ async fn upload(server: &Server, body: reqwest::Body, content_type: &str) -> Str
         ))
         .bearer_auth(&server.client.access_token)
         .header("content-type", content_type)
+        .header("content-length", length)
         .body(body)
         .timeout(Duration::from_secs(600))
         .send()
@@ -138,7 +140,7 @@ async fn measure(server: &Server, photo: &[u8], ganglion: bool) -> Figures {
     let mut small = Vec::new();
     for i in 0..10 {
         let body = vec![i as u8; MB];
-        small.push(upload(server, body.into(), "application/octet-stream").await);
+        small.push(upload(server, body.into(), MB, "application/octet-stream").await);
     }
     figures.upload_1mb = 10.0 / started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -162,7 +164,13 @@ async fn measure(server: &Server, photo: &[u8], ganglion: bool) -> Figures {
         }
     });
     let started = Instant::now();
-    let big = upload(server, streamed(100 * MB), "application/octet-stream").await;
+    let big = upload(
+        server,
+        streamed(100 * MB),
+        100 * MB,
+        "application/octet-stream",
+    )
+    .await;
     figures.upload_100mb = 100.0 / started.elapsed().as_secs_f64();
     let _ = peak_tx.send(0.0);
     figures.rss_peak_upload_mb = watcher.await.unwrap_or(0.0);
@@ -172,7 +180,7 @@ async fn measure(server: &Server, photo: &[u8], ganglion: bool) -> Figures {
 
     // A 12-megapixel photo: upload until its first thumbnail is served.
     let started = Instant::now();
-    let mxc = upload(server, photo.to_vec().into(), "image/jpeg").await;
+    let mxc = upload(server, photo.to_vec().into(), photo.len(), "image/jpeg").await;
     assert!(
         fetch(
             server,
@@ -223,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
     let theirs = measure(&synapse_side, &photo, false).await;
     drop(synapse);
 
+    std::fs::create_dir_all(dir.path().join("ganglion"))?;
     let mut env = Monolith::default_env(&dir.path().join("ganglion"));
     env.push((
         "GANGLION_MEDIA__MAX_UPLOAD_BYTES".to_owned(),
