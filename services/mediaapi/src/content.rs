@@ -176,6 +176,26 @@ pub(crate) fn disposition(inline: bool, name: Option<&str>) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("attachment"))
 }
 
+/// A media answer: its bytes with their type, length and disposition (the
+/// headers of [`secure`] are added to every answer by the router).
+pub(crate) fn answer(
+    body: axum::body::Body,
+    length: u64,
+    content_type: &str,
+    disposition: HeaderValue,
+) -> axum::response::Response {
+    let mut response = axum::response::Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::CONTENT_DISPOSITION, disposition);
+    response
+}
+
 /// The headers every media answer carries, errors included: nothing served
 /// here runs as a page of this origin (a sandbox without scripts), the
 /// browser keeps to the declared type, and other origins' pages may embed

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::response::Response;
+use axum::http::{StatusCode, Uri};
 use ganglion_api::users::UserOrGuest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, query_values};
@@ -127,19 +126,12 @@ impl MediaApi {
             .as_deref()
             .and_then(content::file_name)
             .or(media.upload_name.clone());
-        let mut response = Response::new(Body::from_stream(blob.bytes));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.size));
-        headers.insert(
-            header::CONTENT_DISPOSITION,
+        Ok(content::answer(
+            Body::from_stream(blob.bytes),
+            blob.size,
+            &content_type,
             content::disposition(inline, name.as_deref()),
-        );
-        Ok(response)
+        ))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use ganglion_api::users::UserOrGuest;
@@ -84,20 +84,15 @@ fn thumbnail_error(error: ThumbnailError) -> MatrixError {
     }
 }
 
+/// A thumbnail's answer: always inline, named for its type.
 fn image_response(bytes: Body, length: u64, content_type: &str) -> Response {
     let extension = content_type.rsplit('/').next().unwrap_or("png");
-    let mut response = Response::new(bytes);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("image/png")),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    headers.insert(
-        header::CONTENT_DISPOSITION,
+    crate::content::answer(
+        bytes,
+        length,
+        content_type,
         crate::content::disposition(true, Some(&format!("thumbnail.{extension}"))),
-    );
-    response
+    )
 }
 
 impl MediaApi {
