@@ -32,8 +32,36 @@ struct HostedRoom {
     depth: i64,
 }
 
+/// What the fake server answers for one of its media IDs.
+#[derive(Clone, Debug)]
+pub enum FakeMedia {
+    /// A federation media answer holding these bytes, with this type and
+    /// `Content-Disposition`.
+    File {
+        content_type: String,
+        disposition: String,
+        bytes: Vec<u8>,
+    },
+    /// A federation media answer whose file part points to this URL.
+    Location(String),
+    /// The federation media API unknown (404 `M_UNRECOGNIZED`); the
+    /// deprecated download answers with these bytes and type.
+    LegacyOnly {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
+    /// This status and JSON body.
+    Error(u16, Value),
+    /// A 200 answer that is not what the federation media API answers.
+    Garbage(String, Vec<u8>),
+}
+
 #[derive(Default)]
 struct Held {
+    /// Media by ID, served from the federation media API and `/cdn/{id}`.
+    media: HashMap<String, FakeMedia>,
+    /// Media requests received: (path and query, `Authorization`).
+    media_requests: Vec<(String, Option<String>)>,
     rooms: HashMap<String, HostedRoom>,
     /// Events by ID, served from `/event` and `get_missing_events`.
     events: HashMap<String, Value>,
@@ -316,6 +344,15 @@ impl FakeServer {
             )
             .route("/_matrix/federation/v1/event/{event_id}", get(event))
             .route(
+                "/_matrix/federation/v1/media/download/{media_id}",
+                get(federation_media),
+            )
+            .route(
+                "/_matrix/media/v3/download/{server_name}/{media_id}",
+                get(legacy_media),
+            )
+            .route("/cdn/{media_id}", get(cdn_media))
+            .route(
                 "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
                 get(make_join),
             )
@@ -348,6 +385,21 @@ impl FakeServer {
                 .expect("client"),
             task,
         }
+    }
+
+    /// Serves `media` as `media_id` from now on.
+    pub fn hold_media(&self, media_id: &str, media: FakeMedia) {
+        self.held
+            .lock()
+            .expect("held")
+            .media
+            .insert(media_id.to_owned(), media);
+    }
+
+    /// The media requests received so far: (path and query,
+    /// `Authorization` header).
+    pub fn media_requests(&self) -> Vec<(String, Option<String>)> {
+        self.held.lock().expect("held").media_requests.clone()
     }
 
     /// Whether this server answers for its own keys (`false`: 404, as a
@@ -648,5 +700,160 @@ impl FakeServer {
 
     pub fn received(&self) -> Vec<(String, Value)> {
         self.held.lock().expect("held").received.clone()
+    }
+}
+
+fn record_media_request(shared: &Shared, uri: &axum::http::Uri, headers: &axum::http::HeaderMap) {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    shared
+        .held
+        .lock()
+        .expect("held")
+        .media_requests
+        .push((path, authorization));
+}
+
+fn json_error(status: u16, body: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::from_u16(status).expect("status"),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// `GET /_matrix/federation/v1/media/download/{mediaId}`, as the test set
+/// it up (any signature taken: the test checks the recorded header).
+async fn federation_media(
+    State(shared): State<Shared>,
+    UrlPath(media_id): UrlPath<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    record_media_request(&shared, &uri, &headers);
+    let media = shared
+        .held
+        .lock()
+        .expect("held")
+        .media
+        .get(&media_id)
+        .cloned();
+    let boundary = "fake0boundary1";
+    let multipart = |part_headers: String, bytes: &[u8]| {
+        let mut body = format!(
+            "\r\n--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\n{part_headers}\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        (
+            [(
+                "content-type",
+                format!("multipart/mixed; boundary={boundary}"),
+            )],
+            body,
+        )
+            .into_response()
+    };
+    match media {
+        None => json_error(
+            404,
+            json!({"errcode": "M_NOT_FOUND", "error": "no such media"}),
+        ),
+        Some(FakeMedia::File {
+            content_type,
+            disposition,
+            bytes,
+        }) => multipart(
+            format!("Content-Type: {content_type}\r\nContent-Disposition: {disposition}\r\n"),
+            &bytes,
+        ),
+        Some(FakeMedia::Location(url)) => multipart(format!("Location: {url}\r\n"), b""),
+        Some(FakeMedia::LegacyOnly { .. }) => json_error(
+            404,
+            json!({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}),
+        ),
+        Some(FakeMedia::Error(status, body)) => json_error(status, body),
+        Some(FakeMedia::Garbage(content_type, body)) => {
+            ([("content-type", content_type)], body).into_response()
+        }
+    }
+}
+
+/// The deprecated `GET /_matrix/media/v3/download/{serverName}/{mediaId}`.
+async fn legacy_media(
+    State(shared): State<Shared>,
+    UrlPath((_server, media_id)): UrlPath<(String, String)>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    record_media_request(&shared, &uri, &headers);
+    let media = shared
+        .held
+        .lock()
+        .expect("held")
+        .media
+        .get(&media_id)
+        .cloned();
+    match media {
+        Some(FakeMedia::LegacyOnly {
+            content_type,
+            bytes,
+        }) => (
+            [
+                ("content-type", content_type),
+                (
+                    "content-disposition",
+                    "inline; filename=\"legacy.bin\"".to_owned(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        _ => json_error(
+            404,
+            json!({"errcode": "M_NOT_FOUND", "error": "no such media"}),
+        ),
+    }
+}
+
+/// A plain download (what a `Location` points to), unauthenticated.
+async fn cdn_media(
+    State(shared): State<Shared>,
+    UrlPath(media_id): UrlPath<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    record_media_request(&shared, &uri, &headers);
+    let media = shared
+        .held
+        .lock()
+        .expect("held")
+        .media
+        .get(&media_id)
+        .cloned();
+    match media {
+        Some(FakeMedia::File {
+            content_type,
+            disposition,
+            bytes,
+        }) => (
+            [
+                ("content-type", content_type),
+                ("content-disposition", disposition),
+            ],
+            bytes,
+        )
+            .into_response(),
+        _ => json_error(404, json!({"errcode": "M_NOT_FOUND"})),
     }
 }

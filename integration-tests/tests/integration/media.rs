@@ -295,12 +295,14 @@ pub(crate) async fn uploads_downloads_and_their_limits(base_url: &str, tag: &str
     assert_eq!((read.status, read.bytes.as_slice()), (200, PNG));
     assert_eq!(read.header("content-disposition"), "inline");
 
-    // Unknown, malformed and remote IDs name nothing here.
+    // Unknown and malformed IDs, and names that are not server names,
+    // name nothing (other servers' media is fetched: federation_media.rs).
     for path in [
         format!("{server_name}/NoSuchMediaIdHere"),
         format!("{server_name}/bad.id"),
         format!("{server_name}/a%20b"),
-        format!("not..a..server/{id}"),
+        format!("bad!server/{id}"),
+        format!("example.org:0/{id}"),
     ] {
         let read = get(
             &bob,

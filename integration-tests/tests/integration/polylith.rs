@@ -121,6 +121,21 @@ async fn polylith_media_through_two_replicas() {
         ),
     ));
     env.extend(crate::media::limits_env());
+    // Federation with a fake server on loopback (its TLS self-signed).
+    env.extend([
+        (
+            "GANGLION_SERVER_NAME".to_owned(),
+            "polylith.test".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__VERIFY_CERTIFICATES".to_owned(),
+            "false".to_owned(),
+        ),
+        (
+            "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+            r#"["127.0.0.1/32", "::1/128"]"#.to_owned(),
+        ),
+    ]);
     let mut server = Polylith::start_with(dir.path(), &database_urls("media").await, env).await;
     server
         .add_replica_at("mediaapi", listeners[1].clone(), Vec::new())
@@ -128,6 +143,10 @@ async fn polylith_media_through_two_replicas() {
     crate::scaling::until_ready_replicas(&server, "mediaapi", 2).await;
     crate::media::uploads_downloads_and_their_limits(&server.base_url, "").await;
     crate::media::thumbnails_of_every_format(&server.base_url, "").await;
+    crate::federation_media::media_crosses_the_gateway(&server.base_url, "polylith.test", || {
+        server.logs()
+    })
+    .await;
     for replica in &listeners {
         let served = metric_total(
             &replica.operator,

@@ -33,6 +33,11 @@ crate::grpc::service_api! {
         fn query_profile(pb::QueryProfileRequest) -> pb::RemoteResponse;
         /// Fetches and takes history of a room from servers in it.
         fn backfill(pb::BackfillRequest) -> pb::BackfillResponse;
+        /// Signs a federation media request of this server's (for the
+        /// mediaapi, which does not hold the key).
+        fn sign_request(pb::SignRequestRequest) -> pb::SignRequestResponse;
+        /// Checks another server's signed request; its origin or refusal.
+        fn authenticate_request(pb::AuthenticateRequestRequest) -> pb::AuthenticateRequestResponse;
     }
 }
 

@@ -172,6 +172,15 @@ pub struct MediaConfig {
     /// the epoch), as servers do since authenticated media became the
     /// default; unset: they serve nothing.
     pub unauthenticated_before_ms: Option<u64>,
+    /// Whether `/preview_url` fetches pages users link to (off by default,
+    /// as in Synapse: the server then reaches any public address users
+    /// name). Fetches go through the outbound deny list
+    /// (`federation.ip_range_*`), checked after DNS and on each redirect.
+    pub url_previews: bool,
+    /// The most of a page read for its preview (the rest is not read).
+    pub url_preview_max_bytes: u64,
+    /// How long fetching a page (or its image) for a preview may take.
+    pub url_preview_timeout_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -197,6 +206,9 @@ impl Default for MediaConfig {
             max_thumbnail_pixels: 33_554_432,
             thumbnail_workers: 2,
             unauthenticated_before_ms: None,
+            url_previews: false,
+            url_preview_max_bytes: 1024 * 1024,
+            url_preview_timeout_ms: 10_000,
         }
     }
 }
@@ -925,6 +937,12 @@ impl Config {
                 )));
             }
         }
+        if self.media.url_preview_max_bytes == 0 || self.media.url_preview_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "media.url_preview_max_bytes and media.url_preview_timeout_ms: must be at least 1"
+                    .to_owned(),
+            ));
+        }
         if self.media.thumbnail_workers == 0 {
             return Err(ConfigError::Invalid(
                 "media.thumbnail_workers: must be at least 1".to_owned(),
@@ -1292,6 +1310,9 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "region" => "The S3 region.",
         "prefix" => "Prefix of every media object's key in the bucket.",
         "allow_http" => "Whether a plain http:// S3 endpoint is allowed.",
+        "url_previews" => "Whether /preview_url fetches linked pages (through the deny list).",
+        "url_preview_max_bytes" => "The most of a page read for its preview.",
+        "url_preview_timeout_ms" => "How long fetching a page or its image for a preview may take.",
         _ => return None,
     })
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::FederationService;
 use ganglion_base::http::percent_encode as encode;
+use ganglion_outbound::Signer;
 
 impl FederationService {
     /// Forwards a JSON body to `server`'s `path`; its JSON answer.
@@ -164,4 +165,61 @@ impl FederationApi for FederationService {
         self.forward(request, "/_matrix/federation/v1/publicRooms")
             .await
     }
+
+    async fn sign_request(
+        &self,
+        request: pb::SignRequestRequest,
+    ) -> Result<pb::SignRequestResponse, ApiError> {
+        // The key signs only what other services need it for.
+        if request.method != "GET" || !request.uri.starts_with(SIGNED_FOR_OTHERS) {
+            return Err(ApiError::Forbidden(
+                "only GETs of the federation media API are signed for other services".into(),
+            ));
+        }
+        let destination = ruma::ServerName::parse(&request.destination)
+            .map_err(|_| ApiError::InvalidInput("not a server name".into()))?;
+        let authorization = self
+            .signer
+            .authorization(&destination, &http::Method::GET, &request.uri, &[])
+            .await
+            .map_err(ApiError::Internal)?;
+        Ok(pb::SignRequestResponse {
+            authorization: authorization
+                .to_str()
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .to_owned(),
+        })
+    }
+
+    async fn authenticate_request(
+        &self,
+        request: pb::AuthenticateRequestRequest,
+    ) -> Result<pb::AuthenticateRequestResponse, ApiError> {
+        let refused = |refusal: String| pb::AuthenticateRequestResponse {
+            origin: None,
+            refusal,
+        };
+        let (Ok(method), Ok(uri)) = (
+            http::Method::from_bytes(request.method.as_bytes()),
+            request.uri.parse::<http::Uri>(),
+        ) else {
+            return Ok(refused("malformed request".into()));
+        };
+        let mut headers = http::HeaderMap::new();
+        if let Ok(value) = http::HeaderValue::from_str(&request.authorization) {
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(
+            match crate::auth::origin_of(self, &method, &uri, &headers, &request.content).await {
+                Ok(origin) => pb::AuthenticateRequestResponse {
+                    origin: Some(origin),
+                    refusal: String::new(),
+                },
+                Err(error) => refused(error.error),
+            },
+        )
+    }
 }
+
+/// What the federationapi signs when another service asks.
+const SIGNED_FOR_OTHERS: &str = "/_matrix/federation/v1/media/";

@@ -380,7 +380,7 @@ impl FederationService {
                 )
                 .await
                 .and_then(|(_, _, event_id, object, answer)| {
-                    let answer = crate::client::json_answer(server, &answer)?;
+                    let answer = ganglion_outbound::json_answer(server, &answer)?;
                     Ok((event_id, object, answer))
                 });
             match sent {

@@ -11,9 +11,9 @@ use ruma::canonical_json::CanonicalJsonObject;
 use ruma::serde::Base64;
 use serde_json::{Value, json};
 
-use crate::client::{FederationClient, FederationError};
 use crate::storage::server_keys::StoredKey;
 use crate::storage::{Storage, StorageError};
+use ganglion_outbound::{FederationClient, FederationError};
 
 /// Why no usable key was found.
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,6 @@ mod acl;
 mod api;
 mod auth;
 mod backfill;
-mod client;
-mod discovery;
 mod edus;
 mod gaps;
 mod inbound;
@@ -47,7 +45,7 @@ use ganglion_base::health::{DatabaseReady, Health};
 use ganglion_base::keys::SigningKey;
 use ganglion_base::{Config, Database, DatabaseError};
 
-use client::FederationClient;
+use ganglion_outbound::{FederationClient, KeySigner};
 use key_ring::{KeyRing, OwnKey};
 use storage::Storage;
 
@@ -56,6 +54,8 @@ use storage::Storage;
 pub struct FederationService {
     server_name: String,
     key: Arc<SigningKey>,
+    /// Signs with `key` (also for other services: `sign_request`).
+    signer: Arc<KeySigner>,
     client: Arc<FederationClient>,
     key_ring: KeyRing,
     storage: Storage,
@@ -91,12 +91,8 @@ pub struct Started {
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    #[error("federation.ip_range_*: {0}")]
-    Ranges(#[from] discovery::BadRange),
-    #[error("the outbound HTTP client: {0}")]
-    Http(String),
-    #[error("server_name {0} is not a valid server name")]
-    ServerName(String),
+    #[error(transparent)]
+    Outbound(#[from] ganglion_outbound::BuildError),
     #[error("log")]
     Log(#[from] ganglion_log::LogError),
 }
@@ -126,7 +122,13 @@ pub async fn start(
         log.ensure_topic(topic, config.log.partitions).await?;
     }
     let storage = Storage { db: db.clone() };
-    let client = Arc::new(FederationClient::new(config, key.clone())?);
+    let server_name = ruma::OwnedServerName::try_from(config.server_name.as_str())
+        .map_err(|_| ganglion_outbound::BuildError::ServerName(config.server_name.clone()))?;
+    let signer = Arc::new(KeySigner {
+        server_name,
+        key: key.clone(),
+    });
+    let client = Arc::new(FederationClient::new(config, signer.clone())?);
     let key_ring = KeyRing::new(
         storage.clone(),
         client.clone(),
@@ -155,6 +157,7 @@ pub async fn start(
     let service = Arc::new(FederationService {
         server_name: config.server_name.clone(),
         key,
+        signer,
         client,
         key_ring,
         storage,

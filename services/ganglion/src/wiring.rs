@@ -116,7 +116,7 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    let mediaapi = ganglion_mediaapi::start(&config, users.clone()).await?;
+    let mediaapi = ganglion_mediaapi::start(&config, users.clone(), federation.clone()).await?;
     let clientapi = ganglion_clientapi::start(
         &config,
         ganglion_clientapi::Peers {
@@ -149,12 +149,18 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
             config.client.max_body_bytes,
         ),
         ganglion_mediaapi::serves,
-        http::streaming_router(mediaapi.routes, "mediaapi"),
+        http::streaming_router(mediaapi.routes.clone(), "mediaapi"),
     );
-    let federation_router = http::matrix_router(
-        federationapi.routes,
-        "federation",
-        config.federation.max_body_bytes,
+    // Other servers fetch media here too (the federation media API, and
+    // the deprecated downloads for servers without it).
+    let federation_router = http::split_by_path(
+        http::matrix_router(
+            federationapi.routes,
+            "federation",
+            config.federation.max_body_bytes,
+        ),
+        ganglion_mediaapi::serves,
+        http::streaming_router(mediaapi.routes.clone(), "mediaapi"),
     );
 
     let client_listener = bind(config.client.listen).await?;
@@ -530,8 +536,12 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             health.extend(started.health);
         }
         "mediaapi" => {
-            let started =
-                ganglion_mediaapi::start(&config, users_client(&config, &secret)?).await?;
+            let started = ganglion_mediaapi::start(
+                &config,
+                users_client(&config, &secret)?,
+                federation_client(&config, &secret)?,
+            )
+            .await?;
             health.extend(started.health);
             http_routes = Some(started.routes);
         }

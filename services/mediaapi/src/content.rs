@@ -52,7 +52,13 @@ const MAX_FIELD_BYTES: usize = 255;
 /// The uploader's `Content-Type`, if it is one (`type/subtype` with
 /// optional parameters, printable ASCII); the type and subtype lowercased.
 pub(crate) fn declared_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?.trim();
+    type_of(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)
+}
+
+/// A `Content-Type` value as [`declared_type`] takes it (another server's
+/// too), or `None`.
+pub(crate) fn type_of(value: &str) -> Option<String> {
+    let value = value.trim();
     if value.is_empty() || value.len() > MAX_FIELD_BYTES {
         return None;
     }
@@ -137,6 +143,55 @@ fn same_family(declared: &str, sniffed: &str) -> bool {
 
 /// A file name as a client gave it, made harmless: no control characters,
 /// no path separators, at most 255 bytes; nothing left: none.
+/// The file name another server's `Content-Disposition` gives, cleaned as
+/// [`file_name`]: its `filename*` (RFC 8187, UTF-8) when there is one,
+/// else its `filename`.
+pub(crate) fn file_name_in_disposition(value: &str) -> Option<String> {
+    let mut plain = None;
+    let mut extended = None;
+    for param in value.split(';').skip(1) {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "filename*" => {
+                let Some((charset, rest)) = value.split_once('\'') else {
+                    continue;
+                };
+                let Some((_language, encoded)) = rest.split_once('\'') else {
+                    continue;
+                };
+                if charset.eq_ignore_ascii_case("utf-8")
+                    && let Some(decoded) = percent_decode(encoded)
+                {
+                    extended = Some(decoded);
+                }
+            }
+            "filename" => plain = Some(value.trim_matches('"').replace("\\\"", "\"")),
+            _ => {}
+        }
+    }
+    extended.or(plain).as_deref().and_then(file_name)
+}
+
+fn percent_decode(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 pub(crate) fn file_name(name: &str) -> Option<String> {
     let mut cleaned = String::with_capacity(name.len().min(MAX_FIELD_BYTES));
     for c in name.chars() {
@@ -229,6 +284,37 @@ mod tests {
     }
 
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+    /// Another server's `Content-Disposition`: `filename*` before
+    /// `filename`, cleaned like an uploader's name.
+    #[test]
+    fn other_servers_file_names_are_read_and_cleaned() {
+        let name = file_name_in_disposition;
+        assert_eq!(
+            name("inline; filename=\"a.png\"; filename*=utf-8''gr%C3%BC%C3%9Fe.png").as_deref(),
+            Some("grüße.png")
+        );
+        assert_eq!(
+            name("attachment; filename=plain.txt").as_deref(),
+            Some("plain.txt")
+        );
+        assert_eq!(
+            name("attachment; FILENAME=\"q\\\"d.txt\"").as_deref(),
+            Some("q\"d.txt")
+        );
+        assert_eq!(
+            name("attachment; filename=\"../../etc/passwd\"").as_deref(),
+            Some("....etcpasswd")
+        );
+        // Undecodable or other charsets: the plain name, else none.
+        assert_eq!(name("inline; filename*=utf-8''%ZZ").as_deref(), None);
+        assert_eq!(
+            name("inline; filename*=iso-8859-1''a.txt; filename=b.txt").as_deref(),
+            Some("b.txt")
+        );
+        assert_eq!(name("inline").as_deref(), None);
+        assert_eq!(name("").as_deref(), None);
+    }
 
     #[test]
     fn declared_types_are_checked() {

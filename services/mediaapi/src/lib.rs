@@ -13,6 +13,13 @@
 //!   uploader; IDs waiting for an upload, `storage/`) and its blob store
 //!   (`store/`: a directory, or an S3-compatible bucket), both shared by
 //!   its replicas, which keep nothing of their own.
+//! - Other servers' media: fetched over the federation media API when a
+//!   local user asks for it, and kept (`remote.rs`); this server's media
+//!   served to other servers the same way (`routes/federation.rs`, both
+//!   framed by `multipart.rs`). Signatures are made and checked by the
+//!   federationapi, which holds the key.
+//! - URL previews (`preview/`): pages fetched through the outbound guard,
+//!   their OpenGraph properties and image kept for a day.
 //! - Operators quarantine and delete media by MXC URI or uploader
 //!   (`operator.rs`, the `ganglion media` commands).
 //! - Rules about content (which types are shown inline, file names,
@@ -23,7 +30,11 @@
 #![forbid(unsafe_code)]
 
 mod content;
+mod multipart;
+mod one_at_a_time;
 pub mod operator;
+mod preview;
+mod remote;
 mod routes;
 mod storage;
 mod store;
@@ -33,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use ganglion_api::federation::FederationHandle;
 use ganglion_api::users::UsersHandle;
 use ganglion_base::config::MediaConfig;
 use ganglion_base::health::{DatabaseReady, Health};
@@ -42,7 +54,11 @@ use storage::Storage;
 use store::BlobStore;
 
 /// The path prefixes of everything the mediaapi serves.
-pub const PATH_PREFIXES: &[&str] = &["/_matrix/media/", "/_matrix/client/v1/media/"];
+pub const PATH_PREFIXES: &[&str] = &[
+    "/_matrix/media/",
+    "/_matrix/client/v1/media/",
+    "/_matrix/federation/v1/media/",
+];
 
 /// Whether `path` is the mediaapi's.
 pub fn serves(path: &str) -> bool {
@@ -54,6 +70,15 @@ pub struct MediaApi {
     storage: Storage,
     store: Arc<dyn BlobStore>,
     users: UsersHandle,
+    /// Checks other servers' signatures and signs for this service.
+    federation: FederationHandle,
+    /// Other servers' media, fetched (`remote.rs`).
+    remote: remote::Remote,
+    /// URL previews (`preview/`).
+    previews: preview::Previews,
+    /// Itself, for work that outlives a request (thumbnails made after
+    /// the answer).
+    this: std::sync::Weak<MediaApi>,
     server_name: String,
     config: MediaConfig,
     /// The thumbnails made at upload and kept.
@@ -88,6 +113,8 @@ pub enum StartError {
     Database(#[from] DatabaseError),
     #[error("the media store: {0}")]
     Store(String),
+    #[error(transparent)]
+    Outbound(#[from] ganglion_outbound::BuildError),
 }
 
 /// The path patterns of this service's HTTP routes: the gateway forwards
@@ -123,7 +150,11 @@ fn default_thumbnail_sizes() -> Vec<thumbnail::Size> {
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Opens the database and the blob store.
-pub async fn start(config: &Config, users: UsersHandle) -> Result<Started, StartError> {
+pub async fn start(
+    config: &Config,
+    users: UsersHandle,
+    federation: FederationHandle,
+) -> Result<Started, StartError> {
     let db = Database::open_for_service(config, "mediaapi", storage::MIGRATIONS).await?;
     let store = store::open(config).map_err(|e| StartError::Store(e.to_string()))?;
     let mut health = Health::default();
@@ -131,10 +162,16 @@ pub async fn start(config: &Config, users: UsersHandle) -> Result<Started, Start
         service: "mediaapi",
         db: db.clone(),
     }));
-    let api = Arc::new(MediaApi {
+    let remote = remote::Remote::new(config, federation.clone())?;
+    let previews = preview::Previews::new(config)?;
+    let api = Arc::new_cyclic(|this| MediaApi {
         storage: Storage { db },
         store,
         users,
+        federation,
+        remote,
+        previews,
+        this: this.clone(),
         server_name: config.server_name.clone(),
         config: config.media.clone(),
         thumbnail_sizes: thumbnail_sizes(&config.media),

@@ -72,6 +72,16 @@ pub(crate) fn can_thumbnail(sniffed: Option<&str>) -> bool {
     )
 }
 
+/// An image's width and height, read from its first bytes (the header of
+/// the formats thumbnails are made of), if they tell.
+pub(crate) fn dimensions(head: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(head))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
 /// The size of a thumbnail of a `width`×`height` image in `size`: `None`
 /// when the image is no larger than the box (it is its own thumbnail).
 fn target(width: u32, height: u32, size: Size) -> Option<(u32, u32)> {

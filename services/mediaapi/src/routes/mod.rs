@@ -3,7 +3,8 @@
 
 mod config;
 mod download;
-mod thumbnail;
+mod federation;
+pub(crate) mod thumbnail;
 mod upload;
 
 use std::sync::Arc;
@@ -49,12 +50,28 @@ pub(crate) fn table() -> Routes<Arc<MediaApi>> {
             "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
             get(thumbnail::thumbnail),
         )
-        .route("/_matrix/client/v1/media/config", get(config::config));
+        .route("/_matrix/client/v1/media/config", get(config::config))
+        .route(
+            "/_matrix/client/v1/media/preview_url",
+            get(crate::preview::preview_url),
+        )
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(federation::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(federation::thumbnail),
+        );
     // The legacy prefix too: older clients still upload with r0.
     for prefix in ["/_matrix/media/v3", "/_matrix/media/r0"] {
         routes = routes
             .route(&format!("{prefix}/upload"), post(upload::upload))
             .route(&format!("{prefix}/config"), get(config::legacy_config))
+            .route(
+                &format!("{prefix}/preview_url"),
+                get(crate::preview::preview_url),
+            )
             .route(
                 &format!("{prefix}/download/{{server_name}}/{{media_id}}"),
                 get(download::legacy_download),
@@ -94,7 +111,7 @@ pub(crate) enum Access {
 /// The longest media ID taken.
 const MAX_MEDIA_ID: usize = 255;
 
-fn valid_media_id(id: &str) -> bool {
+pub(crate) fn valid_media_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_MEDIA_ID
         && id
@@ -131,11 +148,11 @@ pub(crate) fn not_found() -> MatrixError {
     MatrixError::not_found("Media not found")
 }
 
-fn database_error(error: sqlx::Error) -> MatrixError {
+pub(crate) fn database_error(error: sqlx::Error) -> MatrixError {
     ganglion_base::database::matrix_error("mediaapi", &error)
 }
 
-fn store_error(error: crate::store::StoreError) -> MatrixError {
+pub(crate) fn store_error(error: crate::store::StoreError) -> MatrixError {
     tracing::error!(%error, "the media store failed");
     MatrixError::unknown("The media store failed")
 }
@@ -150,7 +167,7 @@ fn quota_exceeded() -> MatrixError {
 }
 
 /// A new media ID: 24 random letters and digits.
-fn new_media_id() -> String {
+pub(crate) fn new_media_id() -> String {
     ganglion_base::random::alphanumeric(24)
 }
 

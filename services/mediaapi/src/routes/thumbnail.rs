@@ -23,7 +23,7 @@ use crate::store::BlobHash;
 use crate::thumbnail::{self, Method, Size, Thumbnail, ThumbnailError};
 
 /// What a thumbnail request asks for.
-struct Asked {
+pub(crate) struct Asked {
     size: Size,
     animated: bool,
 }
@@ -41,7 +41,7 @@ fn dimension(uri: &Uri, name: &str) -> Result<u32, MatrixError> {
     }
 }
 
-fn asked(uri: &Uri) -> Result<Asked, MatrixError> {
+pub(crate) fn asked(uri: &Uri) -> Result<Asked, MatrixError> {
     let width = dimension(uri, "width")?;
     let height = dimension(uri, "height")?;
     let method = match query_values(uri, "method").into_iter().next() {
@@ -139,7 +139,8 @@ impl MediaApi {
     /// Makes and keeps the configured thumbnails of a new image (after
     /// its upload is answered).
     pub(crate) fn pregenerate(
-        self: &Arc<Self>,
+        &self,
+        origin: String,
         media_id: String,
         sniffed: Option<&str>,
         hash: BlobHash,
@@ -147,7 +148,9 @@ impl MediaApi {
         if !thumbnail::can_thumbnail(sniffed) || self.thumbnail_sizes.is_empty() {
             return;
         }
-        let api = self.clone();
+        let Some(api) = self.this.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
             let Ok(_turn) = api.thumbnail_turn().await else {
                 return;
@@ -157,7 +160,7 @@ impl MediaApi {
             };
             for size in api.thumbnail_sizes.clone() {
                 if let Err(error) = api
-                    .keep_thumbnail(&media_id, original.clone(), size, false)
+                    .keep_thumbnail((&origin, &media_id), original.clone(), size, false)
                     .await
                 {
                     tracing::debug!(media_id, ?error, "no thumbnail made");
@@ -171,7 +174,7 @@ impl MediaApi {
     /// its own thumbnail at that size.
     async fn keep_thumbnail(
         &self,
-        media_id: &str,
+        (origin, media_id): (&str, &str),
         original: Bytes,
         size: Size,
         animated: bool,
@@ -194,7 +197,7 @@ impl MediaApi {
             .map_err(store_error)?;
         self.storage
             .insert_thumbnail(
-                (&self.server_name, media_id),
+                (origin, media_id),
                 (size, animated),
                 made.content_type,
                 stored.size,
@@ -207,7 +210,21 @@ impl MediaApi {
 
     async fn serve_thumbnail(&self, path: MediaPath, uri: &Uri, access: Access) -> MatrixResult {
         let asked = asked(uri)?;
-        let media: Media = self.local_media(&path, uri, access).await?;
+        let media: Media = self.media_of(&path, uri, access).await?;
+        let (bytes, length, content_type) = self
+            .thumbnail_of((&path.server_name, &path.media_id), &media, asked)
+            .await?;
+        Ok(image_response(bytes, length, &content_type))
+    }
+
+    /// The thumbnail `asked` of `media` (which holds its bytes): kept, made
+    /// and kept, or made to measure; its bytes, length and type.
+    pub(crate) async fn thumbnail_of(
+        &self,
+        (origin, media_id): (&str, &str),
+        media: &Media,
+        asked: Asked,
+    ) -> Result<(Body, u64, String), MatrixError> {
         let sniffed = media.sniffed_type.as_deref();
         if !thumbnail::can_thumbnail(sniffed) {
             return Err(thumbnail_error(ThumbnailError::Unsupported));
@@ -218,17 +235,13 @@ impl MediaApi {
         if let Some(size) = configured
             && let Some((content_type, sha256)) = self
                 .storage
-                .thumbnail((&self.server_name, &path.media_id), (size, animated))
+                .thumbnail((origin, media_id), (size, animated))
                 .await
                 .map_err(database_error)?
             && let Some(hash) = BlobHash::parse(&sha256)
             && let Some(blob) = self.store.get(&hash).await.map_err(store_error)?
         {
-            return Ok(image_response(
-                Body::from_stream(blob.bytes),
-                blob.size,
-                &content_type,
-            ));
+            return Ok((Body::from_stream(blob.bytes), blob.size, content_type));
         }
         let hash = media
             .sha256
@@ -239,7 +252,7 @@ impl MediaApi {
         let original = self.read_blob(&hash).await?.ok_or_else(super::not_found)?;
         let made = match configured {
             Some(size) => {
-                self.keep_thumbnail(&path.media_id, original.clone(), size, animated)
+                self.keep_thumbnail((origin, media_id), original.clone(), size, animated)
                     .await?
             }
             None => {
@@ -250,15 +263,15 @@ impl MediaApi {
         Ok(match made {
             Some(made) => {
                 let length = made.bytes.len() as u64;
-                image_response(Body::from(made.bytes), length, made.content_type)
+                (Body::from(made.bytes), length, made.content_type.to_owned())
             }
             // Smaller than asked: the original, as the image it is.
             None => {
                 let length = original.len() as u64;
-                image_response(
+                (
                     Body::from(original),
                     length,
-                    sniffed.unwrap_or("application/octet-stream"),
+                    sniffed.unwrap_or("application/octet-stream").to_owned(),
                 )
             }
         })

@@ -47,7 +47,7 @@ struct Received {
 impl Received {
     fn upload<'a>(&'a self, user_id: &'a str) -> Upload<'a> {
         Upload {
-            user_id,
+            user_id: Some(user_id),
             content_type: self.content_type.as_deref(),
             sniffed_type: self.sniffed_type,
             upload_name: self.upload_name.as_deref(),
@@ -157,7 +157,12 @@ pub(crate) async fn upload(
         .map_err(database_error)?;
     tracing::info!(media_id, size = received.stored.size, "media uploaded");
     let content_uri = api.mxc(&media_id);
-    api.pregenerate(media_id, received.sniffed_type, received.stored.hash);
+    api.pregenerate(
+        api.server_name.clone(),
+        media_id,
+        received.sniffed_type,
+        received.stored.hash,
+    );
     Ok(ok_json(json!({ "content_uri": content_uri })))
 }
 
@@ -235,6 +240,11 @@ pub(crate) async fn upload_to(
         .await
         .map_err(fill_error)?;
     api.filled.send_modify(|n| *n += 1);
-    api.pregenerate(path.media_id, received.sniffed_type, received.stored.hash);
+    api.pregenerate(
+        path.server_name,
+        path.media_id,
+        received.sniffed_type,
+        received.stored.hash,
+    );
     Ok(ok_json(json!({})))
 }

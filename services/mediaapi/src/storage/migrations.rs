@@ -48,4 +48,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX thumbnails_by_sha256 ON thumbnails (sha256);
     ",
     },
+    Migration {
+        version: 3,
+        description: "url previews",
+        sql: "
+        -- URL previews kept for a while: the OpenGraph object, as JSON.
+        CREATE TABLE url_previews (
+            url TEXT NOT NULL PRIMARY KEY,
+            preview TEXT NOT NULL,
+            fetched_ts BIGINT NOT NULL,
+            expires_ts BIGINT NOT NULL
+        );
+        CREATE INDEX url_previews_by_expiry ON url_previews (expires_ts);
+    ",
+    },
 ];

@@ -31,7 +31,8 @@ pub(crate) struct Media {
 /// What an upload stores about its bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Upload<'a> {
-    pub(crate) user_id: &'a str,
+    /// Who uploaded it (`None`: another server's media, fetched).
+    pub(crate) user_id: Option<&'a str>,
     pub(crate) content_type: Option<&'a str>,
     pub(crate) sniffed_type: Option<&'a str>,
     pub(crate) upload_name: Option<&'a str>,
@@ -65,6 +66,16 @@ pub(crate) enum FillError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
+
+const INSERT_MEDIA: &str =
+    "INSERT INTO media (origin, media_id, user_id, content_type, sniffed_type, upload_name,
+                        size, sha256, created_ts, uploaded_ts, quarantined)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0)";
+const INSERT_FETCHED: &str =
+    "INSERT INTO media (origin, media_id, user_id, content_type, sniffed_type, upload_name,
+                        size, sha256, created_ts, uploaded_ts, quarantined)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0)
+     ON CONFLICT DO NOTHING";
 
 /// One row by its MXC URI, in the order [`media_of`] reads.
 const SELECT_MEDIA: &str = "SELECT user_id, content_type, sniffed_type, upload_name, size, sha256, \
@@ -109,22 +120,43 @@ impl Storage {
         upload: &Upload<'_>,
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        sql::query(
-            "INSERT INTO media (origin, media_id, user_id, content_type, sniffed_type, upload_name,
-                                size, sha256, created_ts, uploaded_ts, quarantined)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 0)",
-        )
-        .bind(origin)
-        .bind(media_id)
-        .bind(upload.user_id)
-        .bind(upload.content_type)
-        .bind(upload.sniffed_type)
-        .bind(upload.upload_name)
-        .bind(upload.size as i64)
-        .bind(upload.sha256)
-        .bind(now)
-        .execute(&self.db.pool)
-        .await?;
+        self.insert(INSERT_MEDIA, origin, media_id, upload, now)
+            .await
+    }
+
+    /// Records another server's media fetched here (a replica that
+    /// fetched it at the same time keeps its row).
+    pub(crate) async fn insert_fetched(
+        &self,
+        origin: &str,
+        media_id: &str,
+        upload: &Upload<'_>,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        self.insert(INSERT_FETCHED, origin, media_id, upload, now)
+            .await
+    }
+
+    async fn insert(
+        &self,
+        statement: &'static str,
+        origin: &str,
+        media_id: &str,
+        upload: &Upload<'_>,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sql::query(statement)
+            .bind(origin)
+            .bind(media_id)
+            .bind(upload.user_id)
+            .bind(upload.content_type)
+            .bind(upload.sniffed_type)
+            .bind(upload.upload_name)
+            .bind(upload.size as i64)
+            .bind(upload.sha256)
+            .bind(now)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
@@ -207,7 +239,7 @@ impl Storage {
             .map(media_of)
             .transpose()?
             .ok_or(FillError::Unknown)?;
-        fill_check(&media, upload.user_id, now)?;
+        fill_check(&media, upload.user_id.unwrap_or_default(), now)?;
         let updated = sql::query(
             "UPDATE media SET content_type = $3, sniffed_type = $4, upload_name = $5, size = $6,
                               sha256 = $7, uploaded_ts = $8, expires_ts = NULL
@@ -306,6 +338,52 @@ impl Storage {
         .execute(&self.db.pool)
         .await?;
         Ok(())
+    }
+}
+
+impl Storage {
+    /// The kept preview of `url`, unless it expired by `now`.
+    pub(crate) async fn preview(
+        &self,
+        url: &str,
+        now: i64,
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let preview: Option<String> = sql::query_scalar(
+            "SELECT preview FROM url_previews WHERE url = $1 AND expires_ts > $2",
+        )
+        .bind(url)
+        .bind(now)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(preview.and_then(|p| serde_json::from_str(&p).ok()))
+    }
+
+    /// Keeps the preview of `url` until `expires_ts` (replacing an older
+    /// one), and drops previews expired by `now`.
+    pub(crate) async fn keep_preview(
+        &self,
+        url: &str,
+        preview: &serde_json::Value,
+        now: i64,
+        expires_ts: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        sql::query("DELETE FROM url_previews WHERE expires_ts <= $1 OR url = $2")
+            .bind(now)
+            .bind(url)
+            .execute(&mut *tx)
+            .await?;
+        sql::query(
+            "INSERT INTO url_previews (url, preview, fetched_ts, expires_ts) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(url)
+        .bind(preview.to_string())
+        .bind(now)
+        .bind(expires_ts)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 }
 

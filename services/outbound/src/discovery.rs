@@ -138,7 +138,7 @@ pub(crate) fn after_srv(name: &str, srv: Option<(String, u16)>) -> Destination {
 
 /// The address ranges outbound federation may not connect to.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IpRanges {
+pub struct IpRanges {
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
 }
@@ -149,7 +149,7 @@ pub(crate) struct IpRanges {
 pub struct BadRange(String);
 
 impl IpRanges {
-    pub(crate) fn new(deny: &[String], allow: &[String]) -> Result<IpRanges, BadRange> {
+    pub fn new(deny: &[String], allow: &[String]) -> Result<IpRanges, BadRange> {
         let parse = |ranges: &[String]| {
             ranges
                 .iter()
@@ -162,7 +162,7 @@ impl IpRanges {
         })
     }
 
-    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+    pub fn allows(&self, ip: IpAddr) -> bool {
         // An IPv4 address mapped into IPv6 is judged as the IPv4 one.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -174,7 +174,7 @@ impl IpRanges {
 
 /// Why a server could not be reached.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DiscoveryError {
+pub enum DiscoveryError {
     #[error("not a server name: {0}")]
     BadName(String),
     #[error("{0} resolves to no address federation may connect to")]
@@ -187,14 +187,24 @@ const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
 /// Redirects of a well-known fetch: at most five, over HTTPS, and never to
 /// an IP literal the ranges deny (a named host is checked by the resolver
 /// when connected to, as the first was).
-pub(crate) fn checked_redirects(ranges: IpRanges) -> reqwest::redirect::Policy {
+pub fn checked_redirects(ranges: IpRanges) -> reqwest::redirect::Policy {
+    checked_redirects_for(ranges, &["https"])
+}
+
+/// Redirects at most five, to URLs of these `schemes` only, and never to
+/// an IP literal the ranges deny (a named host is checked by the resolver
+/// when connected to, as the first was).
+pub fn checked_redirects_for(
+    ranges: IpRanges,
+    schemes: &'static [&'static str],
+) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= 5 {
             return attempt.error("too many redirects");
         }
         let url = attempt.url();
-        if url.scheme() != "https" {
-            return attempt.error("redirected away from https");
+        if !schemes.contains(&url.scheme()) {
+            return attempt.error("redirected to another scheme");
         }
         let literal = url.host_str().and_then(|host| {
             host.trim_start_matches('[')
@@ -203,7 +213,8 @@ pub(crate) fn checked_redirects(ranges: IpRanges) -> reqwest::redirect::Policy {
                 .ok()
         });
         if literal.is_some_and(|ip| !ranges.allows(ip)) {
-            return attempt.error("redirected to a denied address");
+            let denied = DiscoveryError::Denied(url.to_string());
+            return attempt.error(denied);
         }
         attempt.follow()
     })
@@ -289,7 +300,7 @@ impl Discovery {
         if !response.status().is_success() {
             return None;
         }
-        let bytes = crate::client::read_capped(response, MAX_WELL_KNOWN_BYTES)
+        let bytes = crate::read_capped(response, MAX_WELL_KNOWN_BYTES)
             .await
             .ok()?;
         delegation_of(&bytes)

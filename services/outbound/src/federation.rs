@@ -1,21 +1,68 @@
-//! Outbound federation requests: discovered destinations, TLS, and an
-//! `X-Matrix` signature on every authenticated request.
+//! Requests to other servers as this one: discovered destinations, TLS,
+//! and an `X-Matrix` signature on every authenticated request.
 
 use ganglion_base::bounded::Bounded;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ganglion_api::ApiError;
+use async_trait::async_trait;
 use ganglion_base::keys::SigningKey;
-use ruma::OwnedServerName;
 use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+use ruma::{OwnedServerName, ServerName};
 use serde_json::Value;
 
 use crate::discovery::{AllowedAddresses, Discovery, DiscoveryError, IpRanges};
+use crate::{BuildError, CappedError, read_capped};
+
+/// Signs this server's requests: the `Authorization: X-Matrix` header for
+/// a request to `destination` with this method, URI and body.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    async fn authorization(
+        &self,
+        destination: &ServerName,
+        method: &http::Method,
+        uri: &str,
+        body: &[u8],
+    ) -> Result<http::HeaderValue, String>;
+}
+
+/// Signs with the server's own key (the services that hold it).
+pub struct KeySigner {
+    pub server_name: OwnedServerName,
+    pub key: Arc<SigningKey>,
+}
+
+#[async_trait]
+impl Signer for KeySigner {
+    async fn authorization(
+        &self,
+        destination: &ServerName,
+        method: &http::Method,
+        uri: &str,
+        body: &[u8],
+    ) -> Result<http::HeaderValue, String> {
+        let request = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let authorization = XMatrix::sign_http_request(
+            &request,
+            XMatrixSigningInput::new(
+                self.server_name.clone(),
+                destination.to_owned(),
+                &self.key.key_pair,
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(http::HeaderValue::from(&authorization))
+    }
+}
 
 /// Why an outbound request failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FederationError {
+pub enum FederationError {
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
     /// Connecting, TLS, or the response did not arrive in time.
@@ -38,7 +85,7 @@ pub(crate) enum FederationError {
 
 impl FederationError {
     /// The remote server's Matrix error code, if it answered with one.
-    pub(crate) fn errcode(&self) -> Option<&str> {
+    pub fn errcode(&self) -> Option<&str> {
         match self {
             FederationError::Remote { body, .. } => body["errcode"].as_str(),
             _ => None,
@@ -46,8 +93,9 @@ impl FederationError {
     }
 }
 
-impl From<FederationError> for ApiError {
+impl From<FederationError> for ganglion_api::ApiError {
     fn from(error: FederationError) -> Self {
+        use ganglion_api::ApiError;
         match &error {
             FederationError::Remote { status: 404, .. } => ApiError::NotFound(error.to_string()),
             FederationError::Discovery(DiscoveryError::BadName(_)) => {
@@ -59,9 +107,9 @@ impl From<FederationError> for ApiError {
 }
 
 /// Sends requests to other servers as this one.
-pub(crate) struct FederationClient {
+pub struct FederationClient {
     server_name: OwnedServerName,
-    key: Arc<SigningKey>,
+    signer: Arc<dyn Signer>,
     discovery: Discovery,
     http: reqwest::Client,
     /// Shared with the resolver `http` connects through.
@@ -72,10 +120,11 @@ pub(crate) struct FederationClient {
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl FederationClient {
-    pub(crate) fn new(
+    /// A client for `config`'s federation settings, signing with `signer`.
+    pub fn new(
         config: &ganglion_base::Config,
-        key: Arc<SigningKey>,
-    ) -> Result<FederationClient, crate::StartError> {
+        signer: Arc<dyn Signer>,
+    ) -> Result<FederationClient, BuildError> {
         let federation = &config.federation;
         let ranges = IpRanges::new(
             &federation.ip_range_denylist,
@@ -97,7 +146,7 @@ impl FederationClient {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .user_agent(concat!("Ganglion/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| crate::StartError::Http(e.to_string()))
+                .map_err(|e| BuildError::Http(e.to_string()))
         };
         // Well-known files are fetched from the host itself, never from an
         // SRV target: a resolver of their own.
@@ -111,10 +160,10 @@ impl FederationClient {
             crate::discovery::checked_redirects(ranges.clone()),
         )?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
-            .map_err(|_| crate::StartError::ServerName(config.server_name.clone()))?;
+            .map_err(|_| BuildError::ServerName(config.server_name.clone()))?;
         Ok(FederationClient {
             server_name,
-            key,
+            signer,
             discovery: Discovery::new(
                 ranges,
                 well_known,
@@ -126,12 +175,12 @@ impl FederationClient {
         })
     }
 
-    pub(crate) fn server_name(&self) -> &ruma::ServerName {
+    pub fn server_name(&self) -> &ruma::ServerName {
         &self.server_name
     }
 
     /// An `X-Matrix`-signed request to `destination`; the JSON answer.
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         destination: &str,
         method: http::Method,
@@ -146,7 +195,7 @@ impl FederationClient {
 
     /// [`send`](Self::send), the successful answer's body left unparsed
     /// (for answers too large to hold as a JSON tree: a join's state).
-    pub(crate) async fn send_raw(
+    pub async fn send_raw(
         &self,
         destination: &str,
         method: http::Method,
@@ -161,21 +210,11 @@ impl FederationClient {
             }
             None => Vec::new(),
         };
-        let request = http::Request::builder()
-            .method(method.clone())
-            .uri(path_and_query)
-            .body(bytes.as_slice())
-            .map_err(|e| FederationError::Signing(e.to_string()))?;
-        let authorization = XMatrix::sign_http_request(
-            &request,
-            XMatrixSigningInput::new(
-                self.server_name.clone(),
-                destination_name,
-                &self.key.key_pair,
-            ),
-        )
-        .map_err(|e| FederationError::Signing(e.to_string()))?;
-        let authorization = http::HeaderValue::from(&authorization);
+        let authorization = self
+            .signer
+            .authorization(&destination_name, &method, path_and_query, &bytes)
+            .await
+            .map_err(FederationError::Signing)?;
         self.exchange_raw(
             destination,
             method,
@@ -187,7 +226,7 @@ impl FederationClient {
     }
 
     /// An unauthenticated GET (the key API).
-    pub(crate) async fn get_unsigned(
+    pub async fn get_unsigned(
         &self,
         destination: &str,
         path_and_query: &str,
@@ -205,7 +244,7 @@ impl FederationClient {
     }
 
     /// An unauthenticated POST (notary key queries).
-    pub(crate) async fn post_unsigned(
+    pub async fn post_unsigned(
         &self,
         destination: &str,
         path_and_query: &str,
@@ -229,6 +268,78 @@ impl FederationClient {
         body: Vec<u8>,
         authorization: Option<http::HeaderValue>,
     ) -> Result<bytes::Bytes, FederationError> {
+        let response = self
+            .respond(
+                destination,
+                method,
+                path_and_query,
+                body,
+                authorization,
+                None,
+            )
+            .await?;
+        read_capped(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| capped_error(destination, e))
+    }
+
+    /// A signed GET whose successful answer is left unread, to stream
+    /// (media), with its own `timeout` for the whole exchange.
+    pub async fn get_stream(
+        &self,
+        destination: &str,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FederationError> {
+        let destination_name = OwnedServerName::try_from(destination)
+            .map_err(|_| DiscoveryError::BadName(destination.to_owned()))?;
+        let authorization = self
+            .signer
+            .authorization(&destination_name, &http::Method::GET, path_and_query, &[])
+            .await
+            .map_err(FederationError::Signing)?;
+        self.respond(
+            destination,
+            http::Method::GET,
+            path_and_query,
+            Vec::new(),
+            Some(authorization),
+            Some(timeout),
+        )
+        .await
+    }
+
+    /// An unauthenticated GET whose successful answer is left unread (the
+    /// deprecated media download, for servers without the federation one).
+    pub async fn get_unsigned_stream(
+        &self,
+        destination: &str,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FederationError> {
+        self.respond(
+            destination,
+            http::Method::GET,
+            path_and_query,
+            Vec::new(),
+            None,
+            Some(timeout),
+        )
+        .await
+    }
+
+    /// One request to `destination`; a successful (2xx) answer with its
+    /// body unread. An unsuccessful one is [`FederationError::Remote`] with
+    /// its JSON body (`null` when it has none).
+    async fn respond(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        authorization: Option<http::HeaderValue>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FederationError> {
         let target = self.discovery.destination(destination).await?;
         if let Some(connect_to) = &target.connect_to {
             self.targets
@@ -241,6 +352,9 @@ impl FederationClient {
             .http
             .request(method, &url)
             .header(http::header::HOST, &target.host_header);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(authorization) = authorization {
             request = request.header(http::header::AUTHORIZATION, authorization);
         }
@@ -249,61 +363,39 @@ impl FederationClient {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let failed =
-            |e: reqwest::Error| FederationError::Request(destination.to_owned(), e.to_string());
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status().as_u16();
-        let bytes = read_capped(response, MAX_RESPONSE_BYTES)
+        let response = request
+            .send()
             .await
-            .map_err(|e| match e {
-                CappedError::TooLarge => FederationError::BadResponse(
-                    destination.to_owned(),
-                    "response too large".into(),
-                ),
-                CappedError::Http(e) => failed(e),
-            })?;
-        if !(200..300).contains(&status) {
-            let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                FederationError::BadResponse(destination.to_owned(), format!("{status}, not JSON"))
-            })?;
-            return Err(FederationError::Remote {
-                server: destination.to_owned(),
-                status,
-                body: json,
-            });
+            .map_err(|e| FederationError::Request(destination.to_owned(), e.to_string()))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(response);
         }
-        Ok(bytes)
+        let bytes = read_capped(response, MAX_ERROR_BYTES)
+            .await
+            .map_err(|e| capped_error(destination, e))?;
+        Err(FederationError::Remote {
+            server: destination.to_owned(),
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
     }
 }
 
-/// Why a body was not read whole.
-pub(crate) enum CappedError {
-    /// It is longer than allowed (said so, or found so while reading).
-    TooLarge,
-    Http(reqwest::Error),
-}
+/// The longest error body read.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
-/// A response body of at most `limit` bytes, read chunk by chunk so a
-/// body that lies about (or omits) its length cannot grow past it.
-pub(crate) async fn read_capped(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<bytes::Bytes, CappedError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(CappedError::TooLarge);
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(CappedError::Http)? {
-        if body.len() + chunk.len() > limit {
-            return Err(CappedError::TooLarge);
+fn capped_error(destination: &str, error: CappedError) -> FederationError {
+    match error {
+        CappedError::TooLarge => {
+            FederationError::BadResponse(destination.to_owned(), "response too large".into())
         }
-        body.extend_from_slice(&chunk);
+        CappedError::Http(e) => FederationError::Request(destination.to_owned(), e.to_string()),
     }
-    Ok(body.freeze())
 }
 
 /// A successful answer's body as JSON.
-pub(crate) fn json_answer(destination: &str, raw: &[u8]) -> Result<Value, FederationError> {
+pub fn json_answer(destination: &str, raw: &[u8]) -> Result<Value, FederationError> {
     serde_json::from_slice(raw)
         .map_err(|_| FederationError::BadResponse(destination.to_owned(), "not JSON".into()))
 }
