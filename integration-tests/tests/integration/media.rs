@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ganglion_integration_tests::client::Client;
 use reqwest::header::HeaderMap;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The largest upload the scenario's server takes.
 pub(crate) const MAX_UPLOAD: usize = 1024 * 1024;
@@ -597,13 +597,80 @@ pub(crate) async fn operators_quarantine_and_delete(
         operator(env, &["delete", &erin_shared]),
         "deleted 0 media and 0 files"
     );
-    let refused =
-        std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
-            .args(["media", "delete", "https://example.org/x"])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("operator command");
-    assert!(!refused.status.success());
+    for bad in [
+        &["delete", "https://example.org/x"][..],
+        &["delete", "--room", "not-a-room"],
+        &[
+            "delete",
+            "--room",
+            "!r:example.org",
+            "--user",
+            "@a:example.org",
+        ],
+    ] {
+        let refused =
+            std::process::Command::new(ganglion_integration_tests::process::ganglion_binary())
+                .arg("media")
+                .args(bad)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .expect("operator command");
+        assert!(!refused.status.success(), "{bad:?}");
+    }
+
+    // By room: what its events name (a message's picture and thumbnail,
+    // the room's avatar), and nothing else.
+    let room_id = dave.create_room(json!({"preset": "public_chat"})).await;
+    let bytes = |what: &str| format!("{what} of {room_id}").into_bytes();
+    let picture = mxc_of(upload(&dave, bytes("picture"), Some("image/png"), None).await);
+    let small = mxc_of(upload(&dave, bytes("thumbnail"), Some("image/png"), None).await);
+    let avatar = mxc_of(upload(&dave, bytes("avatar"), Some("image/png"), None).await);
+    let elsewhere =
+        mxc_of(upload(&erin, b"not in the room".to_vec(), Some("text/plain"), None).await);
+    let sent = dave
+        .call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/img1",
+                urlencode(&room_id)
+            ),
+            Some(json!({
+                "msgtype": "m.image", "body": "a picture", "url": picture,
+                "info": {"mimetype": "image/png", "thumbnail_url": small}
+            })),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    let set = dave
+        .call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.avatar/",
+                urlencode(&room_id)
+            ),
+            Some(json!({"url": avatar})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{set:?}");
+    assert_eq!(
+        operator(env, &["quarantine", "--room", &room_id]),
+        "quarantined 3"
+    );
+    for mxc in [&picture, &small, &avatar] {
+        assert_eq!(download(&erin, mxc, "").await.status, 404, "{mxc}");
+    }
+    assert_eq!(download(&erin, &elsewhere, "").await.status, 200);
+    assert_eq!(
+        operator(env, &["unquarantine", "--room", &room_id]),
+        "released 3"
+    );
+    assert_eq!(download(&erin, &picture, "").await.status, 200);
+    assert_eq!(
+        operator(env, &["delete", "--room", &room_id]),
+        "deleted 3 media and 3 files"
+    );
+    assert_eq!(download(&erin, &avatar, "").await.status, 404);
+    assert_eq!(download(&erin, &elsewhere, "").await.status, 200);
 }
 
 /// `image` encoded as `format`.
@@ -748,6 +815,31 @@ pub(crate) async fn thumbnails_of_every_format(base_url: &str, tag: &str) {
     assert_eq!(frames.len(), 3);
     assert_eq!(frames[0].buffer().dimensions(), (320, 240));
     let still = thumbnail(&frank, &gif, "width=320&height=240&animated=false").await;
+    assert_eq!(still.header("content-type"), "image/png");
+    // So does an animated WebP (as a GIF, the animation this server writes).
+    let webp = mxc_of(
+        upload(
+            &frank,
+            include_bytes!("../../../services/mediaapi/src/fixtures/animated.webp").to_vec(),
+            Some("image/webp"),
+            None,
+        )
+        .await,
+    );
+    let animated = thumbnail(
+        &frank,
+        &webp,
+        "width=32&height=32&method=crop&animated=true",
+    )
+    .await;
+    assert_eq!(animated.header("content-type"), "image/gif", "{animated:?}");
+    let frames = image::AnimationDecoder::into_frames(
+        image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&animated.bytes)).expect("gif"),
+    )
+    .collect_frames()
+    .expect("frames");
+    assert_eq!(frames.len(), 3);
+    let still = thumbnail(&frank, &webp, "width=32&height=32&method=crop").await;
     assert_eq!(still.header("content-type"), "image/png");
 
     // What cannot be thumbnailed, and requests that make no sense.

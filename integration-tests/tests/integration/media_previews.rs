@@ -268,3 +268,63 @@ async fn the_deny_list_and_the_switch_hold() {
     let body: Value = answer.json();
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
 }
+
+/// Uploads (and `/create`s) and new previews count against a per-user
+/// rate limit: past it, 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`;
+/// another user is not held up, and a kept preview costs nothing.
+#[tokio::test]
+async fn uploads_and_previews_are_rate_limited_per_user() {
+    let site = website(Default::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = monolith_env(dir.path(), true, true);
+    env.retain(|(k, _)| k != "GANGLION_RATE_LIMITS__ENABLED");
+    env.extend(
+        [
+            ("GANGLION_RATE_LIMITS__ENABLED", "true"),
+            (
+                "GANGLION_RATE_LIMITS__MEDIA_UPLOADS_PER_USER__PER_SECOND",
+                "0.01",
+            ),
+            ("GANGLION_RATE_LIMITS__MEDIA_UPLOADS_PER_USER__BURST", "2"),
+            (
+                "GANGLION_RATE_LIMITS__URL_PREVIEWS_PER_USER__PER_SECOND",
+                "0.01",
+            ),
+            ("GANGLION_RATE_LIMITS__URL_PREVIEWS_PER_USER__BURST", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let ours = Monolith::start_with(dir.path(), env).await;
+    let alice = Client::register(&ours.base_url, "alice", "pw-alice-limited").await;
+    let bob = Client::register(&ours.base_url, "bob", "pw-bob-limited").await;
+    for _ in 0..2 {
+        let taken = crate::media::upload(&alice, b"x".to_vec(), Some("text/plain"), None).await;
+        assert_eq!(taken.status, 200, "{taken:?}");
+    }
+    let limited = crate::media::upload(&alice, b"x".to_vec(), Some("text/plain"), None).await;
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert_eq!(limited.errcode(), "M_LIMIT_EXCEEDED");
+    assert!(
+        limited.json()["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    let create = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/media/v1/create",
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(create.status, 429, "{create:?}");
+    let others = crate::media::upload(&bob, b"x".to_vec(), Some("text/plain"), None).await;
+    assert_eq!(others.status, 200, "{others:?}");
+
+    let first = preview(&alice, &format!("{site}/plain"), false).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let kept = preview(&alice, &format!("{site}/plain"), false).await;
+    assert_eq!(kept.status, 200, "a kept preview is free: {kept:?}");
+    let new = preview(&alice, &format!("{site}/article"), false).await;
+    assert_eq!(new.status, 429, "{new:?}");
+    assert_eq!(new.errcode(), "M_LIMIT_EXCEEDED");
+}

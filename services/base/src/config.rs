@@ -302,11 +302,15 @@ pub struct RateLimitsConfig {
     pub room_creation_per_user: RateLimit,
     /// Password checks in User-Interactive Auth (changing keys, devices).
     pub password_checks_per_user: RateLimit,
+    /// Media uploads and `/create`s (the mediaapi).
+    pub media_uploads_per_user: RateLimit,
+    /// URL previews made (the mediaapi; kept previews are free).
+    pub url_previews_per_user: RateLimit,
 }
 
 impl RateLimitsConfig {
     /// Each family with its name.
-    pub fn families(&self) -> [(&'static str, RateLimit); 9] {
+    pub fn families(&self) -> [(&'static str, RateLimit); 11] {
         [
             ("login_per_address", self.login_per_address),
             ("login_per_account", self.login_per_account),
@@ -317,6 +321,8 @@ impl RateLimitsConfig {
             ("invites_per_user", self.invites_per_user),
             ("room_creation_per_user", self.room_creation_per_user),
             ("password_checks_per_user", self.password_checks_per_user),
+            ("media_uploads_per_user", self.media_uploads_per_user),
+            ("url_previews_per_user", self.url_previews_per_user),
         ]
     }
 }
@@ -336,6 +342,8 @@ impl Default for RateLimitsConfig {
             invites_per_user: limit(0.3, 10),
             room_creation_per_user: limit(0.2, 10),
             password_checks_per_user: limit(0.2, 5),
+            media_uploads_per_user: limit(10.0, 50),
+            url_previews_per_user: limit(1.0, 20),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod parallel;
 pub mod pruning;
 pub mod random;
+pub mod rate_limit;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;

@@ -1,67 +1,14 @@
 //! Rate limits, in families as Synapse's `rc_*` settings: per client
 //! address (login, registration), per account (logins, failed logins), and
 //! per user (messages, joins, invites, room creation, password checks in
-//! User-Interactive Auth). Each is a token bucket per key; the keys are held
-//! in a bounded map. Exceeding one is 429 `M_LIMIT_EXCEEDED` with
+//! User-Interactive Auth). Each is a token bucket per key
+//! ([`RateLimiter`]); exceeding one is 429 `M_LIMIT_EXCEEDED` with
 //! `retry_after_ms`.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Instant;
 
-use ganglion_base::MatrixError;
-use ganglion_base::bounded::Bounded;
 use ganglion_base::config::{RateLimit, RateLimitsConfig};
-
-/// One family: a token bucket per key.
-pub(crate) struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    enabled: bool,
-    buckets: Mutex<Bounded<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(limit: &RateLimit, enabled: bool, keys: usize) -> Self {
-        RateLimiter {
-            per_second: limit.per_second,
-            burst: f64::from(limit.burst.max(1)),
-            enabled,
-            buckets: Mutex::new(Bounded::new(keys)),
-        }
-    }
-
-    /// Takes one token for `key`, or says when one will be available.
-    pub(crate) fn check(&self, key: &str) -> Result<(), MatrixError> {
-        self.take(key, true)
-    }
-
-    /// Whether `key` has a token left, without taking it (for limits on
-    /// failures, taken only once an attempt failed).
-    pub(crate) fn peek(&self, key: &str) -> Result<(), MatrixError> {
-        self.take(key, false)
-    }
-
-    fn take(&self, key: &str, consume: bool) -> Result<(), MatrixError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.peek(key).copied().unwrap_or((self.burst, now));
-        let tokens =
-            (tokens + now.duration_since(last).as_secs_f64() * self.per_second).min(self.burst);
-        if tokens >= 1.0 {
-            let left = if consume { tokens - 1.0 } else { tokens };
-            buckets.insert(key.to_owned(), (left, now));
-            Ok(())
-        } else {
-            buckets.insert(key.to_owned(), (tokens, now));
-            let wait_ms = ((1.0 - tokens) / self.per_second * 1000.0).ceil() as u64;
-            Err(MatrixError::limit_exceeded(wait_ms.max(1)))
-        }
-    }
-}
+pub(crate) use ganglion_base::rate_limit::RateLimiter;
 
 /// Every family this service enforces.
 pub(crate) struct RateLimits {
@@ -125,31 +72,6 @@ pub(crate) fn client_address(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limit(per_second: f64, burst: u32) -> RateLimit {
-        RateLimit { per_second, burst }
-    }
-
-    #[test]
-    fn burst_then_limited_with_retry_after() {
-        let limiter = RateLimiter::new(&limit(0.5, 3), true, 100);
-        for _ in 0..3 {
-            assert!(limiter.check("127.0.0.1").is_ok());
-        }
-        let error = limiter.check("127.0.0.1").expect_err("limited");
-        assert_eq!(error.errcode, "M_LIMIT_EXCEEDED");
-        assert!(error.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 2000));
-        assert!(limiter.check("10.0.0.1").is_ok(), "other keys unaffected");
-        // Peeking takes nothing.
-        let failures = RateLimiter::new(&limit(0.1, 2), true, 100);
-        for _ in 0..5 {
-            assert!(failures.peek("@a:x").is_ok());
-        }
-        let disabled = RateLimiter::new(&limit(0.1, 1), false, 100);
-        for _ in 0..5 {
-            assert!(disabled.check("k").is_ok());
-        }
-    }
 
     #[test]
     fn the_forwarded_address_counts_only_behind_a_trusted_proxy() {

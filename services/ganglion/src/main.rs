@@ -74,8 +74,10 @@ enum Command {
         action: TokenAction,
     },
     /// Media: quarantine (kept, served to nobody), release or delete (the
-    /// file too, once no other media holds the same bytes), by MXC URI
-    /// or by uploader. Run with the mediaapi's configuration.
+    /// file too, once no other media holds the same bytes), by MXC URI,
+    /// by uploader, or by room (the media its events name, as a syncapi
+    /// database holds them; encrypted events' media cannot be seen). Run
+    /// with the mediaapi's configuration (and a syncapi's, for --room).
     Media {
         #[command(subcommand)]
         action: MediaAction,
@@ -111,6 +113,9 @@ struct MediaTargetArgs {
     /// Everything this user uploaded.
     #[arg(long)]
     user: Option<String>,
+    /// Every medium this room's events name (ours and other servers').
+    #[arg(long)]
+    room: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -109,19 +109,39 @@ pub(crate) async fn media(config: &Config, action: crate::MediaAction) -> anyhow
         | MediaAction::Unquarantine(args)
         | MediaAction::Delete(args) => args,
     };
-    let target = Target::parse(args.mxc.as_deref(), args.user.as_deref())?;
+    let targets = match &args.room {
+        Some(room_id) => {
+            anyhow::ensure!(
+                args.mxc.is_none() && args.user.is_none(),
+                "give one mxc:// URI, --user or --room"
+            );
+            ganglion_base::limits::room_id(room_id)
+                .map_err(|_| anyhow::anyhow!("{room_id} is not a room ID"))?;
+            ganglion_syncapi::operator::media_in_room(config, room_id)
+                .await?
+                .iter()
+                .filter_map(|uri| Target::parse(Some(uri), None).ok())
+                .collect()
+        }
+        None => vec![Target::parse(args.mxc.as_deref(), args.user.as_deref())?],
+    };
     let admin = MediaAdmin::open(config).await?;
+    let (mut media, mut blobs) = (0, 0);
+    for target in &targets {
+        match action {
+            MediaAction::Quarantine(_) => media += admin.quarantine(target, true).await?,
+            MediaAction::Unquarantine(_) => media += admin.quarantine(target, false).await?,
+            MediaAction::Delete(_) => {
+                let (rows, files) = admin.delete(target).await?;
+                media += rows;
+                blobs += files;
+            }
+        }
+    }
     match action {
-        MediaAction::Quarantine(_) => {
-            println!("quarantined {}", admin.quarantine(&target, true).await?);
-        }
-        MediaAction::Unquarantine(_) => {
-            println!("released {}", admin.quarantine(&target, false).await?);
-        }
-        MediaAction::Delete(_) => {
-            let (media, blobs) = admin.delete(&target).await?;
-            println!("deleted {media} media and {blobs} files");
-        }
+        MediaAction::Quarantine(_) => println!("quarantined {media}"),
+        MediaAction::Unquarantine(_) => println!("released {media}"),
+        MediaAction::Delete(_) => println!("deleted {media} media and {blobs} files"),
     }
     Ok(())
 }

@@ -262,7 +262,13 @@ pub(crate) fn replicas(config: &Config, service: &'static str) -> anyhow::Result
 pub(crate) fn gateway_upstreams(
     config: &Config,
 ) -> anyhow::Result<Vec<ganglion_gateway::Upstream>> {
-    let upstream = |name: &'static str, routing, paths, max_body_bytes| -> anyhow::Result<_> {
+    // How an upstream's bodies go: read whole up to a limit, or streamed
+    // (the mediaapi's, bounded by the largest upload).
+    enum Bodies {
+        Whole(usize),
+        Streamed(usize),
+    }
+    let upstream = |name: &'static str, routing, paths, bodies: Bodies| -> anyhow::Result<_> {
         let set = replicas(config, name)?;
         for i in 0..set.len() {
             anyhow::ensure!(
@@ -275,8 +281,10 @@ pub(crate) fn gateway_upstreams(
             replicas: set,
             routing,
             paths,
-            max_body_bytes,
-            streams_bodies: name == "mediaapi",
+            max_body_bytes: match bodies {
+                Bodies::Whole(limit) | Bodies::Streamed(limit) => limit,
+            },
+            streams_bodies: matches!(bodies, Bodies::Streamed(_)),
         })
     };
     use ganglion_gateway::Routing;
@@ -285,25 +293,25 @@ pub(crate) fn gateway_upstreams(
             "clientapi",
             Routing::Spread,
             ganglion_clientapi::route_paths(),
-            config.client.max_body_bytes,
+            Bodies::Whole(config.client.max_body_bytes),
         )?,
         upstream(
             "syncapi",
             Routing::ByUser,
             ganglion_syncapi::route_paths(),
-            config.client.max_body_bytes,
+            Bodies::Whole(config.client.max_body_bytes),
         )?,
         upstream(
             "federationapi",
             Routing::Spread,
             ganglion_federationapi::route_paths(),
-            config.federation.max_body_bytes,
+            Bodies::Whole(config.federation.max_body_bytes),
         )?,
         upstream(
             "mediaapi",
             Routing::Spread,
             ganglion_mediaapi::route_paths(),
-            usize::try_from(config.media.max_upload_bytes).unwrap_or(usize::MAX),
+            Bodies::Streamed(usize::try_from(config.media.max_upload_bytes).unwrap_or(usize::MAX)),
         )?,
     ])
 }
@@ -411,8 +419,9 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     health.add(Arc::new(Draining(stopping.draining())));
     let mut grpc = tonic::service::Routes::default();
     let mut http_routes: Option<Router> = None;
-    // The mediaapi's routes stream their bodies (no limit read ahead).
-    let streams_bodies = name == "mediaapi";
+    // Whether the routes stream their bodies (no limit read ahead): the
+    // mediaapi's.
+    let mut streams_bodies = false;
     let mut tls_listener = None;
     match name {
         "userapi" => {
@@ -544,6 +553,7 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
             .await?;
             health.extend(started.health);
             http_routes = Some(started.routes);
+            streams_bodies = true;
         }
         _ => anyhow::bail!("unknown service {name}"),
     }

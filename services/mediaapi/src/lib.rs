@@ -76,6 +76,10 @@ pub struct MediaApi {
     remote: remote::Remote,
     /// URL previews (`preview/`).
     previews: preview::Previews,
+    /// Uploads and `/create`s per user (`rate_limits.media_uploads_per_user`).
+    uploads_limit: ganglion_base::rate_limit::RateLimiter,
+    /// Previews made per user (`rate_limits.url_previews_per_user`).
+    previews_limit: ganglion_base::rate_limit::RateLimiter,
     /// Itself, for work that outlives a request (thumbnails made after
     /// the answer).
     this: std::sync::Weak<MediaApi>,
@@ -171,6 +175,16 @@ pub async fn start(
         federation,
         remote,
         previews,
+        uploads_limit: ganglion_base::rate_limit::RateLimiter::new(
+            &config.rate_limits.media_uploads_per_user,
+            config.rate_limits.enabled,
+            config.caches.rate_limited_clients,
+        ),
+        previews_limit: ganglion_base::rate_limit::RateLimiter::new(
+            &config.rate_limits.url_previews_per_user,
+            config.rate_limits.enabled,
+            config.caches.rate_limited_clients,
+        ),
         this: this.clone(),
         server_name: config.server_name.clone(),
         config: config.media.clone(),

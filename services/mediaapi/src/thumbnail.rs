@@ -10,7 +10,7 @@
 use std::io::Cursor;
 
 use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
-use image::{AnimationDecoder, DynamicImage, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 /// How a thumbnail meets its box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,8 +138,8 @@ pub(crate) fn make(
         limits.max_alloc = Some(max_pixels.saturating_mul(16));
         limits
     };
-    if animated && format == ImageFormat::Gif {
-        return animated_gif(bytes, limits(), size, (tw, th), max_pixels).map(Some);
+    if animated && let Some(frames) = frames_of(bytes, format, limits())? {
+        return animated_gif(frames, size, (tw, th), max_pixels).map(Some);
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits());
@@ -185,19 +185,45 @@ fn resize(image: &DynamicImage, method: Method, tw: u32, th: u32) -> DynamicImag
     }
 }
 
-/// An animated GIF's frames made smaller, as an animated GIF.
-fn animated_gif(
+/// The frames of an animated image (a GIF, or a WebP that is animated),
+/// with the size of each; `None` for a still one.
+fn frames_of(
     bytes: &[u8],
+    format: ImageFormat,
     limits: Limits,
+) -> Result<Option<(image::Frames<'_>, u64)>, ThumbnailError> {
+    use image::{AnimationDecoder, ImageDecoder};
+    let broken = |e: image::ImageError| ThumbnailError::Broken(e.to_string());
+    Ok(match format {
+        ImageFormat::Gif => {
+            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(broken)?;
+            decoder.set_limits(limits).map_err(broken)?;
+            let (width, height) = decoder.dimensions();
+            Some((decoder.into_frames(), u64::from(width) * u64::from(height)))
+        }
+        ImageFormat::WebP => {
+            let mut decoder =
+                image::codecs::webp::WebPDecoder::new(Cursor::new(bytes)).map_err(broken)?;
+            if !decoder.has_animation() {
+                return Ok(None);
+            }
+            decoder.set_limits(limits).map_err(broken)?;
+            let (width, height) = decoder.dimensions();
+            Some((decoder.into_frames(), u64::from(width) * u64::from(height)))
+        }
+        _ => None,
+    })
+}
+
+/// An animation's frames made smaller, as an animated GIF (the animated
+/// format this build writes).
+fn animated_gif(
+    (frames, frame_pixels): (image::Frames<'_>, u64),
     size: Size,
     (tw, th): (u32, u32),
     max_pixels: u64,
 ) -> Result<Thumbnail, ThumbnailError> {
     let broken = |e: image::ImageError| ThumbnailError::Broken(e.to_string());
-    let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(broken)?;
-    image::ImageDecoder::set_limits(&mut decoder, limits).map_err(broken)?;
-    let (width, height) = image::ImageDecoder::dimensions(&decoder);
-    let frame_pixels = u64::from(width) * u64::from(height);
     let mut out = Cursor::new(Vec::new());
     {
         // Speed 10 of 30: quantising each frame's colours at the slowest
@@ -205,7 +231,7 @@ fn animated_gif(
         let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
         encoder.set_repeat(Repeat::Infinite).map_err(broken)?;
         let mut decoded_pixels = 0_u64;
-        for frame in decoder.into_frames() {
+        for frame in frames {
             let frame = frame.map_err(broken)?;
             decoded_pixels += frame_pixels;
             // Every frame is a whole canvas: the frames together are held
@@ -234,6 +260,7 @@ fn animated_gif(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::AnimationDecoder;
 
     fn encoded(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
@@ -353,6 +380,40 @@ mod tests {
             .expect("still")
             .expect("smaller");
         assert_eq!(still.content_type, "image/png");
+    }
+
+    /// An animated WebP (made by another encoder: Pillow's) stays animated
+    /// when asked, as a GIF; a still WebP asked animated is still.
+    #[test]
+    fn animated_webps_stay_animated_when_asked() {
+        let bytes = include_bytes!("fixtures/animated.webp");
+        let small = Size {
+            width: 32,
+            height: 24,
+            method: Method::Scale,
+        };
+        let animated = make(bytes, small, true, 50_000_000)
+            .expect("animated")
+            .expect("smaller");
+        assert_eq!(animated.content_type, "image/gif");
+        let decoder = GifDecoder::new(Cursor::new(&animated.bytes)).expect("a gif");
+        let frames = decoder.into_frames().collect_frames().expect("frames");
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].buffer().dimensions(), (32, 24));
+        let still = make(bytes, small, false, 50_000_000)
+            .expect("still")
+            .expect("smaller");
+        assert_eq!(still.content_type, "image/png");
+        let webp = encoded(&picture(64, 48), ImageFormat::WebP);
+        let still = make(&webp, small, true, 50_000_000)
+            .expect("still")
+            .expect("smaller");
+        assert_eq!(still.content_type, "image/png");
+        // Frames past the pixel bound together are refused.
+        assert!(matches!(
+            make(bytes, small, true, 64 * 48 / 2),
+            Err(ThumbnailError::TooLarge)
+        ));
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!   and sits below every live position (`storage/history.rs`).
 //! - Owns: its copy of timelines and current state, the ephemeral streams,
 //!   consumed positions, filters.
+//! - Operators: the media a room's events name, for `ganglion media …
+//!   --room` (`operator.rs`).
 //!
 //! Sync tokens are log positions (`sync_token.rs`), valid on any replica;
 //! `notifier.rs` wakes a long-polling request only for its own user's news.
@@ -31,6 +33,7 @@ mod internal_events;
 mod lazy_members;
 mod notifications;
 mod notifier;
+pub mod operator;
 mod presence;
 mod pruning;
 mod routes;

@@ -138,8 +138,9 @@ fn essence_of(response: &reqwest::Response) -> String {
 }
 
 impl MediaApi {
-    /// The preview of `url`: kept, or made now.
-    async fn preview(&self, url: &url::Url) -> Result<Value, MatrixError> {
+    /// The preview of `url`: kept, or made now (counted against `user_id`'s
+    /// rate limit).
+    async fn preview(&self, url: &url::Url, user_id: &str) -> Result<Value, MatrixError> {
         let key = url.as_str();
         let now = ganglion_base::clock::now_ms();
         if let Some(kept) = self
@@ -161,6 +162,7 @@ impl MediaApi {
                 {
                     return Ok(kept);
                 }
+                self.previews_limit.check(user_id)?;
                 let preview = self.make_preview(url).await?;
                 self.storage
                     .keep_preview(key, &preview, now, now + KEEP_FOR_MS)
@@ -277,14 +279,14 @@ impl MediaApi {
 /// `matrix:image:size` and `og:image` an MXC URI when it has an image.
 pub(crate) async fn preview_url(
     State(api): State<Arc<MediaApi>>,
-    User(_device): User,
+    User(device): User,
     uri: Uri,
 ) -> MatrixResult {
     if !api.config.url_previews {
         return Err(MatrixError::unrecognized());
     }
     let url = asked_url(&uri)?;
-    let preview = api.preview(&url).await?;
+    let preview = api.preview(&url, &device.user_id).await?;
     // Numbers are numbers in the answer (the spec's `matrix:image:size`,
     // and OpenGraph's dimensions as clients read them).
     let mut answer = serde_json::Map::new();

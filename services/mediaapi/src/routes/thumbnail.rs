@@ -229,8 +229,9 @@ impl MediaApi {
         if !thumbnail::can_thumbnail(sniffed) {
             return Err(thumbnail_error(ThumbnailError::Unsupported));
         }
-        // Only a GIF is kept animated.
-        let animated = asked.animated && sniffed == Some("image/gif");
+        // Only a GIF or a WebP can be animated (a still WebP asked
+        // animated is made still, and kept as such).
+        let animated = asked.animated && matches!(sniffed, Some("image/gif" | "image/webp"));
         let configured = configured_for(&self.thumbnail_sizes, asked.size);
         if let Some(size) = configured
             && let Some((content_type, sha256)) = self

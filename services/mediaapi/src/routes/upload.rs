@@ -144,6 +144,7 @@ pub(crate) async fn upload(
     User(device): User,
     request: Request,
 ) -> MatrixResult {
+    api.uploads_limit.check(&device.user_id)?;
     let received = api.receive(&device.user_id, request).await?;
     let media_id = new_media_id();
     api.storage
@@ -173,6 +174,7 @@ pub(crate) async fn create(
     User(device): User,
     request: Request,
 ) -> MatrixResult {
+    api.uploads_limit.check(&device.user_id)?;
     // The body says nothing (`{}` at most); read so the connection stays
     // usable, within a small bound.
     let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
