@@ -148,10 +148,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
-    // No transparent huge pages: mimalloc asks for them on its segments,
-    // and each first touch of one then zeroes 2 MiB. Joining a room of
-    // 10 000 members spent a fifth of its CPU in the kernel's page zeroing
-    // and ended 50 MiB larger (fedbench).
+    // No transparent huge pages: each first touch of one zeroes 2 MiB.
+    // Joining a room of 10 000 members spent a fifth of its CPU in the
+    // kernel's page zeroing and ended 50 MiB larger (fedbench). mimalloc is
+    // built not to ask for them (`no_thp`: its first arena, made before
+    // `main`, held two of them, 4 MiB of the idle monolith's 31.7 MB); this
+    // keeps the kernel from using them where they are on by default.
     #[cfg(target_os = "linux")]
     if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("ganglion: cannot disable transparent huge pages: {error}");
