@@ -3,6 +3,7 @@
 mod accounts_and_rooms;
 mod bad_input;
 mod conversation;
+mod devices;
 mod e2ee_keys;
 mod ephemeral;
 mod federation_history;

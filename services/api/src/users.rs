@@ -25,6 +25,12 @@ crate::grpc::service_api! {
         fn logout(pb::LogoutRequest) -> pb::LogoutResponse;
         fn logout_all(pb::LogoutAllRequest) -> pb::LogoutResponse;
         fn list_devices(pb::ListDevicesRequest) -> pb::ListDevicesResponse;
+        /// A user's devices with their names and last-seen details.
+        fn get_devices(pb::GetDevicesRequest) -> pb::GetDevicesResponse;
+        /// Renames one of a user's devices.
+        fn rename_device(pb::RenameDeviceRequest) -> pb::RenameDeviceResponse;
+        /// Deletes devices of a user, and their access tokens.
+        fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
         /// Stores account data and publishes it on `userapi.account_data`.
         fn set_account_data(pb::SetAccountDataRequest) -> pb::AccountDataWritten;
         fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;
@@ -64,16 +70,33 @@ pub fn access_token(headers: &http::HeaderMap, query: Option<&str>) -> Option<St
 }
 
 /// Resolves a request's access token to its device, with the spec's errors.
+/// `peer` (the connection's address) with the request's `X-Forwarded-For`
+/// and `User-Agent` tell the userapi where the device was last seen.
 pub async fn authenticate(
     users: &UsersHandle,
     headers: &http::HeaderMap,
     query: Option<&str>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<pb::Device, ganglion_base::MatrixError> {
     let token =
         access_token(headers, query).ok_or_else(ganglion_base::MatrixError::missing_token)?;
+    let header = |name: http::header::HeaderName, most: usize| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= most)
+            .unwrap_or_default()
+            .to_owned()
+    };
     users
         .authenticate(pb::AuthenticateRequest {
             access_token: token,
+            peer_ip: peer.map(|p| p.to_string()).unwrap_or_default(),
+            forwarded_for: header(
+                http::header::HeaderName::from_static("x-forwarded-for"),
+                1024,
+            ),
+            user_agent: header(http::header::USER_AGENT, 512),
         })
         .await
         .map_err(ganglion_base::MatrixError::from)
@@ -117,7 +140,11 @@ async fn device_of<S: Authenticates>(
     parts: &http::request::Parts,
     state: &S,
 ) -> Result<pb::Device, ganglion_base::MatrixError> {
-    authenticate(state.users(), &parts.headers, parts.uri.query()).await
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    authenticate(state.users(), &parts.headers, parts.uri.query(), peer).await
 }
 
 impl<S: Authenticates> axum::extract::FromRequestParts<S> for User {

@@ -1009,3 +1009,67 @@ mod path_properties {
         }
     }
 }
+
+/// The address a request came from: the connection's peer, or, when the
+/// peer is a trusted proxy (the gateway, a load balancer), the nearest
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(forwarded_for) = forwarded_for else {
+        return peer;
+    };
+    let mut nearest = peer;
+    for hop in forwarded_for.rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            // A hop we cannot read: trust nothing beyond it.
+            return nearest;
+        };
+        nearest = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    nearest
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+    use std::net::IpAddr;
+
+    #[test]
+    fn the_forwarded_address_counts_only_behind_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().expect("net")];
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // A client talking to us directly cannot pick its address.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), Some("198.51.100.1"), &trusted),
+            ip("203.0.113.9")
+        );
+        // Behind the gateway: the client's address, not the gateway's.
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("198.51.100.1"), &trusted),
+            ip("198.51.100.1")
+        );
+        // A client's own forged entries sit left of what the proxy added.
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("10.9.9.9, 198.51.100.1"), &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("nonsense"), &trusted),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), None, &trusted),
+            ip("127.0.0.1")
+        );
+    }
+}

@@ -104,6 +104,7 @@ impl TokenUsers {
         let user = match users
             .authenticate(ganglion_api::proto::userapi::AuthenticateRequest {
                 access_token: token.to_owned(),
+                ..Default::default()
             })
             .await
         {

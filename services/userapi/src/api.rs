@@ -259,6 +259,19 @@ impl UsersApi for UserApi {
             .device_by_token(&token_hash(&request.access_token))
             .await?
             .ok_or(ApiError::UnknownToken)?;
+        if let Ok(peer) = request.peer_ip.parse::<std::net::IpAddr>() {
+            let forwarded = Some(request.forwarded_for.as_str()).filter(|f| !f.is_empty());
+            let ip = ganglion_base::http::client_address(peer, forwarded, &self.trusted_proxies);
+            self.last_seen.note(
+                &device.localpart,
+                &device.device_id,
+                crate::last_seen::Seen {
+                    ip: ip.to_string(),
+                    user_agent: Some(request.user_agent).filter(|ua| !ua.is_empty()),
+                    ts: ganglion_base::clock::now_ms(),
+                },
+            );
+        }
         Ok(pb::Device {
             user_id: self.user_id(&device.localpart),
             device_id: device.device_id,
@@ -321,6 +334,66 @@ impl UsersApi for UserApi {
         let localpart = self.local_part(&request.user_id)?;
         Ok(pb::ListDevicesResponse {
             device_ids: self.storage.device_ids(localpart).await?,
+        })
+    }
+
+    async fn get_devices(
+        &self,
+        request: pb::GetDevicesRequest,
+    ) -> Result<pb::GetDevicesResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let only = Some(request.device_id.as_str()).filter(|d| !d.is_empty());
+        let devices = self.storage.devices(localpart, only).await?;
+        Ok(pb::GetDevicesResponse {
+            devices: devices
+                .into_iter()
+                .map(|device| {
+                    // A sighting not written yet is the latest.
+                    let seen = self
+                        .last_seen
+                        .pending(localpart, &device.device_id)
+                        .or(device.last_seen);
+                    pb::DeviceInfo {
+                        device_id: device.device_id,
+                        display_name: device.display_name,
+                        last_seen_ip: seen.as_ref().map(|s| s.ip.clone()),
+                        last_seen_ts: seen.as_ref().map(|s| s.ts),
+                        last_seen_user_agent: seen.and_then(|s| s.user_agent),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    async fn rename_device(
+        &self,
+        request: pb::RenameDeviceRequest,
+    ) -> Result<pb::RenameDeviceResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        if !self
+            .storage
+            .rename_device(
+                localpart,
+                &request.device_id,
+                request.display_name.as_deref(),
+            )
+            .await?
+        {
+            return Err(ApiError::NotFound("no such device".into()));
+        }
+        Ok(pb::RenameDeviceResponse {})
+    }
+
+    async fn delete_devices(
+        &self,
+        request: pb::DeleteDevicesRequest,
+    ) -> Result<pb::DeleteDevicesResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        Ok(pb::DeleteDevicesResponse {
+            deleted: self
+                .storage
+                .delete_devices(localpart, &request.device_ids)
+                .await?,
         })
     }
 

@@ -11,6 +11,7 @@
 mod account_data;
 mod api;
 mod internal_events;
+mod last_seen;
 mod passwords;
 mod storage;
 #[cfg(test)]
@@ -36,6 +37,10 @@ pub struct UserApi {
     topics: Topics,
     /// Serialises publishing account data (see `account_data.rs`).
     publishing: tokio::sync::Mutex<()>,
+    /// Devices' sightings not written yet (`last_seen.rs`).
+    last_seen: Arc<last_seen::LastSeen>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A started userapi.
@@ -83,7 +88,15 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
         log,
         topics,
         publishing: tokio::sync::Mutex::new(()),
+        last_seen: Arc::default(),
+        trusted_proxies: config
+            .rate_limits
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
     });
+    last_seen::LastSeen::spawn_flusher(api.last_seen.clone(), api.storage.clone());
     let published = if api.log.is_some() {
         api.publish_pending().await.map_err(StartError::Publish)?
     } else {

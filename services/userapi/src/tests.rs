@@ -35,6 +35,7 @@ async fn accounts_and_tokens(api: &dyn UsersApi) {
     let device = api
         .authenticate(pb::AuthenticateRequest {
             access_token: session.access_token.clone(),
+            ..Default::default()
         })
         .await
         .expect("token valid");
@@ -67,7 +68,8 @@ async fn accounts_and_tokens(api: &dyn UsersApi) {
     .expect("logout");
     assert_eq!(
         api.authenticate(pb::AuthenticateRequest {
-            access_token: session.access_token
+            access_token: session.access_token,
+            ..Default::default()
         })
         .await,
         Err(ApiError::UnknownToken)
@@ -81,7 +83,8 @@ async fn accounts_and_tokens(api: &dyn UsersApi) {
     assert_eq!(removed.devices_removed, 1);
     assert_eq!(
         api.authenticate(pb::AuthenticateRequest {
-            access_token: second.access_token
+            access_token: second.access_token,
+            ..Default::default()
         })
         .await,
         Err(ApiError::UnknownToken)
@@ -377,4 +380,99 @@ async fn postgres_replicas_publish_the_outbox_once_and_in_order() {
             .is_err(),
         "no record beyond one per write"
     );
+}
+
+/// Devices on each engine: listed with their last sighting (noted on
+/// authentication, behind trusted proxies, written by the flush and read
+/// back), renamed, deleted with their tokens.
+async fn devices(started: &crate::Started) {
+    let api = &*started.api;
+    let session = api
+        .register(pb::RegisterRequest {
+            localpart: "dora".into(),
+            password: "secret".into(),
+            initial_device_display_name: Some("laptop".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let user_id = session.user_id.clone();
+    let list = |device_id: &str| {
+        api.get_devices(pb::GetDevicesRequest {
+            user_id: user_id.clone(),
+            device_id: device_id.to_owned(),
+        })
+    };
+    let before = list("").await.expect("devices");
+    assert_eq!(before.devices.len(), 1);
+    assert_eq!(before.devices[0].display_name.as_deref(), Some("laptop"));
+    assert_eq!(before.devices[0].last_seen_ts, None);
+    // Seen through a trusted proxy (loopback): the client's address.
+    api.authenticate(pb::AuthenticateRequest {
+        access_token: session.access_token.clone(),
+        peer_ip: "127.0.0.1".into(),
+        forwarded_for: "10.9.9.9, 203.0.113.7".into(),
+        user_agent: "Agent/2".into(),
+    })
+    .await
+    .expect("authenticated");
+    let noted = list(&session.device_id).await.expect("device");
+    assert_eq!(noted.devices[0].last_seen_ip.as_deref(), Some("203.0.113.7"));
+    assert_eq!(noted.devices[0].last_seen_user_agent.as_deref(), Some("Agent/2"));
+    api.last_seen.flush(&api.storage).await;
+    let written = list(&session.device_id).await.expect("device");
+    assert_eq!(written.devices, noted.devices);
+    // Renamed; unknown devices are not found.
+    api.rename_device(pb::RenameDeviceRequest {
+        user_id: user_id.clone(),
+        device_id: session.device_id.clone(),
+        display_name: Some("desk".into()),
+    })
+    .await
+    .expect("renamed");
+    assert_eq!(
+        list("").await.expect("devices").devices[0].display_name.as_deref(),
+        Some("desk")
+    );
+    assert!(matches!(
+        api.rename_device(pb::RenameDeviceRequest {
+            user_id: user_id.clone(),
+            device_id: "NOPE".into(),
+            display_name: None,
+        })
+        .await,
+        Err(ApiError::NotFound(_))
+    ));
+    assert!(list("NOPE").await.expect("none").devices.is_empty());
+    // Deleted: those that existed are named, the token stops working.
+    let deleted = api
+        .delete_devices(pb::DeleteDevicesRequest {
+            user_id: user_id.clone(),
+            device_ids: vec![session.device_id.clone(), "NOPE".into()],
+        })
+        .await
+        .expect("deleted");
+    assert_eq!(deleted.deleted, vec![session.device_id.clone()]);
+    assert_eq!(
+        api.authenticate(pb::AuthenticateRequest {
+            access_token: session.access_token.clone(),
+            ..Default::default()
+        })
+        .await,
+        Err(ApiError::UnknownToken)
+    );
+    assert!(list("").await.expect("devices").devices.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_devices() {
+    let (started, _dir) = service(None).await;
+    devices(&started).await;
+}
+
+#[tokio::test]
+async fn postgres_devices() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_devices").await;
+    let (started, _dir) = service(Some(url)).await;
+    devices(&started).await;
 }

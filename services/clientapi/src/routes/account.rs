@@ -40,7 +40,7 @@ impl FromRequestParts<Arc<ClientApi>> for ClientIp {
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
-        Ok(ClientIp(crate::rate_limit::client_address(
+        Ok(ClientIp(ganglion_base::http::client_address(
             peer,
             forwarded_for,
             &api.trusted_proxies,
@@ -105,6 +105,7 @@ pub(crate) async fn register(
                 .users
                 .authenticate(pb::AuthenticateRequest {
                     access_token: token.to_owned(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(MatrixError::from)?;
@@ -429,7 +430,7 @@ pub(crate) async fn logout(
 /// A logged-out device's end-to-end keys go with it, and the users who
 /// share a room with its owner hear of the change. The device is already
 /// gone, so a keyserver that cannot be reached is logged, not answered.
-async fn forget_device_keys(api: &ClientApi, user_id: &str, device_ids: Vec<String>) {
+pub(crate) async fn forget_device_keys(api: &ClientApi, user_id: &str, device_ids: Vec<String>) {
     let all_devices = device_ids.is_empty();
     let request = ganglion_api::proto::keyserver::DeleteDevicesRequest {
         user_id: user_id.to_owned(),

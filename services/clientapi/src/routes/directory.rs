@@ -326,7 +326,7 @@ pub(crate) async fn get_public_rooms(
     // Ours may be read by anyone; asking another server goes through us,
     // so only for our users (as on Synapse).
     if server.is_some_and(|server| server != api.server_name) {
-        ganglion_api::users::authenticate(&api.users, &headers, uri.query()).await?;
+        ganglion_api::users::authenticate(&api.users, &headers, uri.query(), None).await?;
     }
     let limit = request
         .limit

@@ -3,6 +3,7 @@
 
 mod account;
 mod account_data;
+mod devices;
 mod directory;
 mod discovery;
 mod ephemeral;
@@ -64,6 +65,17 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             .route(&format!("{prefix}/logout"), post(account::logout))
             .route(&format!("{prefix}/logout/all"), post(account::logout_all))
             .route(&format!("{prefix}/account/whoami"), get(account::whoami))
+            .route(&format!("{prefix}/devices"), get(devices::list))
+            .route(
+                &format!("{prefix}/devices/{{device_id}}"),
+                get(devices::get)
+                    .put(devices::rename)
+                    .delete(devices::delete),
+            )
+            .route(
+                &format!("{prefix}/delete_devices"),
+                post(devices::delete_many),
+            )
             .route(
                 &format!("{prefix}/capabilities"),
                 get(discovery::capabilities),

@@ -118,3 +118,107 @@ impl Storage {
         Ok(guests)
     }
 }
+
+/// A device as its owner lists it.
+pub(crate) struct DeviceInfo {
+    pub(crate) device_id: String,
+    pub(crate) display_name: Option<String>,
+    pub(crate) last_seen: Option<crate::last_seen::Seen>,
+}
+
+impl Storage {
+    /// An account's devices (or the one named), oldest first.
+    pub(crate) async fn devices(
+        &self,
+        localpart: &str,
+        device_id: Option<&str>,
+    ) -> Result<Vec<DeviceInfo>, StorageError> {
+        let rows = sql::query(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent
+             FROM devices WHERE localpart = $1 AND ($2 IS NULL OR device_id = $2) ORDER BY id",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let ts: Option<i64> = row.try_get(2)?;
+                let ip: Option<String> = row.try_get(3)?;
+                Ok(DeviceInfo {
+                    device_id: row.try_get(0)?,
+                    display_name: row.try_get(1)?,
+                    last_seen: match (ts, ip) {
+                        (Some(ts), Some(ip)) => Some(crate::last_seen::Seen {
+                            ip,
+                            user_agent: row.try_get(4)?,
+                            ts,
+                        }),
+                        _ => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Renames a device; whether it exists.
+    pub(crate) async fn rename_device(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        let done = sql::query(
+            "UPDATE devices SET display_name = $3 WHERE localpart = $1 AND device_id = $2",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .bind(display_name)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes devices (their tokens with them); the IDs that existed.
+    pub(crate) async fn delete_devices(
+        &self,
+        localpart: &str,
+        device_ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let mut deleted = Vec::new();
+        for device_id in device_ids {
+            let done = sql::query("DELETE FROM devices WHERE localpart = $1 AND device_id = $2")
+                .bind(localpart)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() > 0 {
+                deleted.push(device_id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Writes a device's last sighting (nothing if it is gone).
+    pub(crate) async fn set_last_seen(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        seen: &crate::last_seen::Seen,
+    ) -> Result<(), StorageError> {
+        sql::query(
+            "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4, last_seen_user_agent = $5
+             WHERE localpart = $1 AND device_id = $2",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .bind(seen.ts)
+        .bind(seen.ip.as_str())
+        .bind(seen.user_agent.as_deref())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+}

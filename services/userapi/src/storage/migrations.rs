@@ -70,4 +70,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 6,
+        description: "devices' last sighting",
+        sql: "
+        ALTER TABLE devices ADD COLUMN last_seen_ts BIGINT;
+        ALTER TABLE devices ADD COLUMN last_seen_ip TEXT;
+        ALTER TABLE devices ADD COLUMN last_seen_user_agent TEXT;
+    ",
+    },
 ];

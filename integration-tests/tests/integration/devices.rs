@@ -1,0 +1,266 @@
+//! A user's devices, as the client-server API's "Device management"
+//! section says: listed with their names and last sighting, renamed, and
+//! deleted behind User-Interactive Auth; a deleted device's token stops
+//! working, its keys go, and those who share a room hear of it.
+
+use ganglion_integration_tests::client::{Client, encode};
+use ganglion_integration_tests::process::Monolith;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Logs `user` in again: a new device.
+async fn login(base_url: &str, user: &str, password: &str, agent: &str) -> Client {
+    let http = reqwest::Client::builder()
+        .user_agent(agent)
+        .build()
+        .expect("client");
+    let reply: Value = http
+        .post(format!("{base_url}/_matrix/client/v3/login"))
+        .json(&json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+            "initial_device_display_name": "second phone"
+        }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login json");
+    Client {
+        base_url: base_url.to_owned(),
+        http,
+        user_id: reply["user_id"].as_str().expect("user_id").to_owned(),
+        access_token: reply["access_token"].as_str().expect("token").to_owned(),
+        device_id: reply["device_id"].as_str().expect("device_id").to_owned(),
+    }
+}
+
+fn password_auth(user_id: &str, password: &str, session: &Value) -> Value {
+    json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user_id},
+        "password": password,
+        "session": session
+    })
+}
+
+#[tokio::test]
+async fn devices_are_listed_renamed_and_deleted_behind_auth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let logs = || server.process.log_tail();
+    let alice = Client::register(base, "alice", "pw-alice-devices").await;
+    let phone = login(base, "alice", "pw-alice-devices", "PhoneApp/1.0").await;
+    let bob = Client::register(base, "bob", "pw-bob-devices").await;
+
+    // Listed with the last sighting (the phone has made a request).
+    let _ = phone
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    let listed = alice
+        .call(Method::GET, "/_matrix/client/v3/devices", None)
+        .await;
+    assert_eq!(listed.status, 200, "{listed:?}\n{}", logs());
+    let devices = listed.body["devices"].as_array().expect("devices").clone();
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    let phone_entry = devices
+        .iter()
+        .find(|d| d["device_id"] == phone.device_id.as_str())
+        .expect("the phone");
+    assert_eq!(phone_entry["display_name"], "second phone");
+    assert_eq!(phone_entry["last_seen_ip"], "127.0.0.1", "{phone_entry}");
+    assert!(phone_entry["last_seen_ts"].as_i64().is_some_and(|t| t > 0));
+    assert_eq!(phone_entry["last_seen_user_agent"], "PhoneApp/1.0");
+    // One device; someone else's or no one's is not found.
+    let path = |id: &str| format!("/_matrix/client/v3/devices/{}", encode(id));
+    let one = alice.call(Method::GET, &path(&phone.device_id), None).await;
+    assert_eq!(
+        (one.status, one.body["device_id"].clone()),
+        (200, json!(phone.device_id))
+    );
+    for other in [bob.device_id.as_str(), "NOSUCHDEVICE"] {
+        let missing = alice.call(Method::GET, &path(other), None).await;
+        assert_eq!(
+            (missing.status, missing.body["errcode"].clone()),
+            (404, json!("M_NOT_FOUND")),
+            "{other}"
+        );
+        let rename = alice
+            .call(
+                Method::PUT,
+                &path(other),
+                Some(json!({"display_name": "x"})),
+            )
+            .await;
+        assert_eq!(rename.status, 404, "{other}: {rename:?}");
+    }
+
+    // Renamed; a body without a name changes nothing.
+    let renamed = alice
+        .call(
+            Method::PUT,
+            &path(&phone.device_id),
+            Some(json!({"display_name": "Alice's phone"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let kept = alice
+        .call(Method::PUT, &path(&phone.device_id), Some(json!({})))
+        .await;
+    assert_eq!(kept.status, 200);
+    let one = alice.call(Method::GET, &path(&phone.device_id), None).await;
+    assert_eq!(one.body["display_name"], "Alice's phone");
+    let bad = alice
+        .call(
+            Method::PUT,
+            &path(&phone.device_id),
+            Some(json!({"display_name": 7})),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+
+    // The phone has keys, and bob shares a room with alice.
+    let keys = phone
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(json!({"device_keys": {
+                "user_id": phone.user_id, "device_id": phone.device_id,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                "keys": {format!("curve25519:{}", phone.device_id): "key"},
+                "signatures": {}
+            }})),
+        )
+        .await;
+    assert_eq!(keys.status, 200, "{keys:?}");
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let since = bob.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("batch")
+        .to_owned();
+
+    // Deleting asks for the password: the challenge, then a wrong one.
+    let asked = alice
+        .call(Method::DELETE, &path(&phone.device_id), Some(json!({})))
+        .await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    assert_eq!(
+        asked.body["flows"][0]["stages"],
+        json!(["m.login.password"])
+    );
+    let session = asked.body["session"].clone();
+    assert!(session.is_string());
+    let wrong = alice
+        .call(
+            Method::DELETE,
+            &path(&phone.device_id),
+            Some(json!({"auth": password_auth(&alice.user_id, "wrong", &session)})),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.body["errcode"].clone()),
+        (401, json!("M_FORBIDDEN")),
+        "{wrong:?}"
+    );
+    // Bob's password does not delete alice's device.
+    let borrowed = alice
+        .call(
+            Method::DELETE,
+            &path(&phone.device_id),
+            Some(json!({"auth": password_auth(&bob.user_id, "pw-bob-devices", &session)})),
+        )
+        .await;
+    assert_eq!(borrowed.status, 401, "{borrowed:?}");
+    let deleted = alice
+        .call(
+            Method::DELETE,
+            &path(&phone.device_id),
+            Some(json!({"auth": password_auth(&alice.user_id, "pw-alice-devices", &session)})),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{deleted:?}\n{}", logs());
+    // Its token is gone, and so is it and its keys.
+    let gone = phone
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(
+        (gone.status, gone.body["errcode"].clone()),
+        (401, json!("M_UNKNOWN_TOKEN"))
+    );
+    let listed = alice
+        .call(Method::GET, "/_matrix/client/v3/devices", None)
+        .await;
+    assert_eq!(listed.body["devices"].as_array().map(Vec::len), Some(1));
+    let queried = bob
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {alice.user_id.clone(): []}})),
+        )
+        .await;
+    assert!(
+        queried.body["device_keys"][&alice.user_id]
+            .get(&phone.device_id)
+            .is_none(),
+        "{queried:?}"
+    );
+    // Bob hears that alice's devices changed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sync = bob.sync(Some(&since), 1000, 1).await;
+        let changed = sync["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.contains(&json!(alice.user_id)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sync}");
+    }
+
+    // Several at once; unknown IDs are passed over, the auth as above.
+    let third = login(base, "alice", "pw-alice-devices", "Tablet").await;
+    let asked = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/delete_devices",
+            Some(json!({"devices": [third.device_id, "UNKNOWN"]})),
+        )
+        .await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    let session = asked.body["session"].clone();
+    let done = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/delete_devices",
+            Some(json!({
+                "devices": [third.device_id, "UNKNOWN"],
+                "auth": password_auth(&alice.user_id, "pw-alice-devices", &session)
+            })),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    let gone = third
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(gone.status, 401);
+    let malformed = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/delete_devices",
+            Some(json!({"devices": "all"})),
+        )
+        .await;
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    // Without a token: 401 everywhere.
+    let anonymous = reqwest::Client::new()
+        .get(format!("{base}/_matrix/client/v3/devices"))
+        .send()
+        .await
+        .expect("anonymous");
+    assert_eq!(anonymous.status(), 401);
+}
