@@ -264,3 +264,169 @@ async fn devices_are_listed_renamed_and_deleted_behind_auth() {
         .expect("anonymous");
     assert_eq!(anonymous.status(), 401);
 }
+
+/// `POST /account/password` behind User-Interactive Auth: other devices
+/// logged out unless asked not to, the asking device kept, the old
+/// password refused; and the `/account/3pid` family of a server without
+/// identity servers, with `/capabilities` telling both.
+#[tokio::test]
+async fn passwords_change_and_third_party_identifiers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let alice = Client::register(base, "carol", "pw-carol-1").await;
+    let other = login(base, "carol", "pw-carol-1", "Other").await;
+    let change = |body: Value| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .call(
+                    Method::POST,
+                    "/_matrix/client/v3/account/password",
+                    Some(body),
+                )
+                .await
+        }
+    };
+    let asked = change(json!({"new_password": "pw-carol-2"})).await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    let session = asked.body["session"].clone();
+    let wrong = change(json!({
+        "new_password": "pw-carol-2",
+        "auth": password_auth(&alice.user_id, "nope", &session)
+    }))
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.body["errcode"].clone()),
+        (401, json!("M_FORBIDDEN"))
+    );
+    let missing =
+        change(json!({"auth": password_auth(&alice.user_id, "pw-carol-1", &session)})).await;
+    assert_eq!(
+        (missing.status, missing.body["errcode"].clone()),
+        (400, json!("M_MISSING_PARAM"))
+    );
+    let changed = change(json!({
+        "new_password": "pw-carol-2",
+        "auth": password_auth(&alice.user_id, "pw-carol-1", &session)
+    }))
+    .await;
+    assert_eq!(
+        changed.status,
+        200,
+        "{changed:?}\n{}",
+        server.process.log_tail()
+    );
+    // The asking device stays; the other is logged out.
+    let me = alice
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(me.status, 200);
+    let out = other
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(
+        (out.status, out.body["errcode"].clone()),
+        (401, json!("M_UNKNOWN_TOKEN"))
+    );
+    // The old password no longer logs in; the new one does.
+    let old = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "user": "carol", "password": "pw-carol-1"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(old.status(), 403);
+    let third = login(base, "carol", "pw-carol-2", "Third").await;
+    // logout_devices false keeps the others.
+    let asked = change(json!({"new_password": "pw-carol-3"})).await;
+    let kept = change(json!({
+        "new_password": "pw-carol-3",
+        "logout_devices": false,
+        "auth": password_auth(&alice.user_id, "pw-carol-2", &asked.body["session"])
+    }))
+    .await;
+    assert_eq!(kept.status, 200, "{kept:?}");
+    let still = third
+        .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(still.status, 200);
+
+    // No third-party identifiers here, none to be had.
+    let listed = alice
+        .call(Method::GET, "/_matrix/client/v3/account/3pid", None)
+        .await;
+    assert_eq!(
+        (listed.status, listed.body.clone()),
+        (200, json!({"threepids": []}))
+    );
+    let token_request =
+        json!({"client_secret": "s3cret", "email": "c@example.org", "send_attempt": 1});
+    for path in [
+        "/_matrix/client/v3/account/3pid/email/requestToken",
+        "/_matrix/client/v3/register/email/requestToken",
+    ] {
+        let refused = alice
+            .call(Method::POST, path, Some(token_request.clone()))
+            .await;
+        assert_eq!(
+            (refused.status, refused.body["errcode"].clone()),
+            (403, json!("M_THREEPID_DENIED")),
+            "{path}"
+        );
+    }
+    let reset = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/password/email/requestToken",
+            Some(token_request),
+        )
+        .await;
+    assert_eq!(
+        (reset.status, reset.body["errcode"].clone()),
+        (400, json!("M_THREEPID_NOT_FOUND"))
+    );
+    let add = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/3pid/add",
+            Some(json!({"client_secret": "s", "sid": "x"})),
+        )
+        .await;
+    assert_eq!(add.status, 401, "UIA first: {add:?}");
+    let add = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/3pid/add",
+            Some(json!({
+                "client_secret": "s", "sid": "x",
+                "auth": password_auth(&alice.user_id, "pw-carol-3", &add.body["session"])
+            })),
+        )
+        .await;
+    assert_eq!(
+        (add.status, add.body["errcode"].clone()),
+        (400, json!("M_THREEPID_AUTH_FAILED"))
+    );
+    let removed = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/3pid/delete",
+            Some(json!({"medium": "email", "address": "c@example.org"})),
+        )
+        .await;
+    assert_eq!(
+        removed.body["id_server_unbind_result"], "no-support",
+        "{removed:?}"
+    );
+    let capabilities = alice
+        .call(Method::GET, "/_matrix/client/v3/capabilities", None)
+        .await;
+    let capabilities = &capabilities.body["capabilities"];
+    assert_ne!(
+        capabilities["m.change_password"]["enabled"],
+        json!(false),
+        "{capabilities}"
+    );
+    assert_eq!(capabilities["m.3pid_changes"]["enabled"], json!(false));
+}

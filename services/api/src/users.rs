@@ -31,6 +31,8 @@ crate::grpc::service_api! {
         fn rename_device(pb::RenameDeviceRequest) -> pb::RenameDeviceResponse;
         /// Deletes devices of a user, and their access tokens.
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
+        /// Sets a user's password, logging out their other devices if asked.
+        fn set_password(pb::SetPasswordRequest) -> pb::SetPasswordResponse;
         /// Stores account data and publishes it on `userapi.account_data`.
         fn set_account_data(pb::SetAccountDataRequest) -> pb::AccountDataWritten;
         fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;

@@ -397,6 +397,29 @@ impl UsersApi for UserApi {
         })
     }
 
+    async fn set_password(
+        &self,
+        request: pb::SetPasswordRequest,
+    ) -> Result<pb::SetPasswordResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        if request.new_password.is_empty() {
+            return Err(ApiError::InvalidInput("a password is required".into()));
+        }
+        let hash = self.passwords.hash(request.new_password).await?;
+        let logged_out = self
+            .storage
+            .set_password(
+                localpart,
+                &hash,
+                request
+                    .logout_devices
+                    .then_some(request.keep_device_id.as_str()),
+            )
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+        Ok(pb::SetPasswordResponse { logged_out })
+    }
+
     async fn get_profile(&self, request: pb::GetProfileRequest) -> Result<pb::Profile, ApiError> {
         let localpart = self.local_part(&request.user_id)?;
         let (displayname, avatar_url) = self

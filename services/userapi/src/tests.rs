@@ -417,8 +417,14 @@ async fn devices(started: &crate::Started) {
     .await
     .expect("authenticated");
     let noted = list(&session.device_id).await.expect("device");
-    assert_eq!(noted.devices[0].last_seen_ip.as_deref(), Some("203.0.113.7"));
-    assert_eq!(noted.devices[0].last_seen_user_agent.as_deref(), Some("Agent/2"));
+    assert_eq!(
+        noted.devices[0].last_seen_ip.as_deref(),
+        Some("203.0.113.7")
+    );
+    assert_eq!(
+        noted.devices[0].last_seen_user_agent.as_deref(),
+        Some("Agent/2")
+    );
     api.last_seen.flush(&api.storage).await;
     let written = list(&session.device_id).await.expect("device");
     assert_eq!(written.devices, noted.devices);
@@ -431,7 +437,9 @@ async fn devices(started: &crate::Started) {
     .await
     .expect("renamed");
     assert_eq!(
-        list("").await.expect("devices").devices[0].display_name.as_deref(),
+        list("").await.expect("devices").devices[0]
+            .display_name
+            .as_deref(),
         Some("desk")
     );
     assert!(matches!(
@@ -444,6 +452,39 @@ async fn devices(started: &crate::Started) {
         Err(ApiError::NotFound(_))
     ));
     assert!(list("NOPE").await.expect("none").devices.is_empty());
+    // A new password logs out every other device when asked.
+    let second = api
+        .login_with_password(pb::LoginRequest {
+            localpart: "dora".into(),
+            password: "secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("login");
+    let changed = api
+        .set_password(pb::SetPasswordRequest {
+            user_id: user_id.clone(),
+            new_password: "new secret".into(),
+            logout_devices: true,
+            keep_device_id: session.device_id.clone(),
+        })
+        .await
+        .expect("changed");
+    assert_eq!(changed.logged_out, vec![second.device_id.clone()]);
+    assert!(matches!(
+        api.check_password(pb::CheckPasswordRequest {
+            localpart: "dora".into(),
+            password: "secret".into(),
+        })
+        .await,
+        Err(ApiError::Forbidden(_))
+    ));
+    api.check_password(pb::CheckPasswordRequest {
+        localpart: "dora".into(),
+        password: "new secret".into(),
+    })
+    .await
+    .expect("the new password");
     // Deleted: those that existed are named, the token stops working.
     let deleted = api
         .delete_devices(pb::DeleteDevicesRequest {

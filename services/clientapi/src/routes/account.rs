@@ -502,3 +502,42 @@ pub(crate) async fn registration_token_validity(
         .valid;
     respond(json!({ "valid": valid }))
 }
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    new_password: Option<String>,
+    logout_devices: Option<bool>,
+    auth: Option<serde_json::Value>,
+}
+
+/// `POST /account/password` (User-Interactive Auth): the new password;
+/// unless `logout_devices` is false, every other device is logged out
+/// (its keys removed, as on logout). The device asking stays.
+pub(crate) async fn change_password(
+    State(api): State<Arc<ClientApi>>,
+    User(device): User,
+    ganglion_base::http::MatrixBody(body): ganglion_base::http::MatrixBody,
+) -> MatrixResult {
+    let body: PasswordChange = ganglion_base::http::parse_json(&body)?;
+    if let Err(challenge) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await {
+        return Ok(challenge);
+    }
+    let new_password = body
+        .new_password
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| MatrixError::missing_param("new_password is required"))?;
+    let changed = api
+        .users
+        .set_password(pb::SetPasswordRequest {
+            user_id: device.user_id.clone(),
+            new_password,
+            logout_devices: body.logout_devices.unwrap_or(true),
+            keep_device_id: device.device_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    if !changed.logged_out.is_empty() {
+        forget_device_keys(&api, &device.user_id, changed.logged_out).await;
+    }
+    respond(serde_json::json!({}))
+}

@@ -54,7 +54,8 @@ pub(crate) async fn capabilities(
 }
 
 /// The room versions (3 to 12, stable; the default as new rooms get it);
-/// no password changes.
+/// password changes (`/account/password`) but no third-party identifier
+/// changes (there are none: `threepid.rs`).
 fn our_capabilities() -> MatrixResult<get_capabilities::v3::Response> {
     use get_capabilities::v3::{
         Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
@@ -71,7 +72,9 @@ fn our_capabilities() -> MatrixResult<get_capabilities::v3::Response> {
         version(crate::routes::rooms::DEFAULT_ROOM_VERSION)?,
         available,
     );
-    capabilities.change_password = ChangePasswordCapability::new(false);
+    capabilities.change_password = ChangePasswordCapability::new(true);
+    capabilities.thirdparty_id_changes =
+        get_capabilities::v3::ThirdPartyIdChangesCapability::new(false);
     Ok(get_capabilities::v3::Response::new(capabilities))
 }
 
@@ -94,7 +97,8 @@ mod tests {
             json!({
                 "capabilities": {
                     "m.room_versions": { "default": "12", "available": available },
-                    "m.change_password": { "enabled": false },
+                    // Password changes are on: the default, left out.
+                    "m.3pid_changes": { "enabled": false },
                 }
             })
         );

@@ -14,6 +14,7 @@ mod reports;
 mod room_state;
 mod rooms;
 mod send;
+mod threepid;
 mod to_device;
 mod uia;
 mod upgrade;
@@ -75,6 +76,45 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             .route(
                 &format!("{prefix}/delete_devices"),
                 post(devices::delete_many),
+            )
+            .route(
+                &format!("{prefix}/account/password"),
+                post(account::change_password),
+            )
+            .route(&format!("{prefix}/account/3pid"), get(threepid::list))
+            .route(
+                &format!("{prefix}/account/3pid/email/requestToken"),
+                post(threepid::request_token),
+            )
+            .route(
+                &format!("{prefix}/account/3pid/msisdn/requestToken"),
+                post(threepid::request_token),
+            )
+            .route(
+                &format!("{prefix}/register/email/requestToken"),
+                post(threepid::request_token),
+            )
+            .route(
+                &format!("{prefix}/register/msisdn/requestToken"),
+                post(threepid::request_token),
+            )
+            .route(
+                &format!("{prefix}/account/password/email/requestToken"),
+                post(threepid::password_reset_token),
+            )
+            .route(
+                &format!("{prefix}/account/password/msisdn/requestToken"),
+                post(threepid::password_reset_token),
+            )
+            .route(&format!("{prefix}/account/3pid/add"), post(threepid::add))
+            .route(&format!("{prefix}/account/3pid/bind"), post(threepid::bind))
+            .route(
+                &format!("{prefix}/account/3pid/delete"),
+                post(threepid::remove),
+            )
+            .route(
+                &format!("{prefix}/account/3pid/unbind"),
+                post(threepid::remove),
             )
             .route(
                 &format!("{prefix}/capabilities"),

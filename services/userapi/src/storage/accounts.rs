@@ -222,3 +222,36 @@ impl Storage {
         })
     }
 }
+
+impl Storage {
+    /// Sets an account's password hash and, with `logout_except`, deletes
+    /// every device but that one, in one transaction: the devices deleted.
+    pub(crate) async fn set_password(
+        &self,
+        localpart: &str,
+        password_hash: &str,
+        logout_except: Option<&str>,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let done = sql::query("UPDATE accounts SET password_hash = $2 WHERE localpart = $1")
+            .bind(localpart)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let mut logged_out = Vec::new();
+        if let Some(keep) = logout_except {
+            logged_out = sql::query_scalar(
+                "DELETE FROM devices WHERE localpart = $1 AND device_id <> $2 RETURNING device_id",
+            )
+            .bind(localpart)
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(logged_out))
+    }
+}
