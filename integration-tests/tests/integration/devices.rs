@@ -430,3 +430,106 @@ async fn passwords_change_and_third_party_identifiers_are_refused() {
     );
     assert_eq!(capabilities["m.3pid_changes"]["enabled"], json!(false));
 }
+
+/// `POST /account/deactivate` behind User-Interactive Auth: the user
+/// leaves their rooms, every device and token goes, logins are refused
+/// with `M_USER_DEACTIVATED`, the ID stays taken, and `erase` clears the
+/// profile.
+#[tokio::test]
+async fn deactivated_accounts_leave_and_stay_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let dan = Client::register(base, "dan", "pw-dan-1").await;
+    let other = login(base, "dan", "pw-dan-1", "Other").await;
+    let eve = Client::register(base, "eve", "pw-eve-1").await;
+    let named = dan
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                encode(&dan.user_id)
+            ),
+            Some(json!({"displayname": "Dan the Man"})),
+        )
+        .await;
+    assert_eq!(named.status, 200, "{named:?}");
+    let room_id = eve.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(dan.join(&room_id).await.status, 200);
+
+    let asked = dan
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            Some(json!({"erase": true})),
+        )
+        .await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    let done = dan
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            Some(json!({
+                "erase": true,
+                "auth": password_auth(&dan.user_id, "pw-dan-1", &asked.body["session"])
+            })),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{done:?}\n{}", server.process.log_tail());
+    assert_eq!(done.body["id_server_unbind_result"], "no-support");
+    // Every token is gone.
+    for client in [&dan, &other] {
+        let gone = client
+            .call(Method::GET, "/_matrix/client/v3/account/whoami", None)
+            .await;
+        assert_eq!(gone.status, 401, "{gone:?}");
+    }
+    // Logins are refused as deactivated, the ID stays taken.
+    let refused = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "user": "dan", "password": "pw-dan-1"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["errcode"], "M_USER_DEACTIVATED", "{body}");
+    let available = reqwest::Client::new()
+        .get(format!(
+            "{base}/_matrix/client/v3/register/available?username=dan"
+        ))
+        .send()
+        .await
+        .expect("available");
+    assert_eq!(available.status(), 400);
+    // The room sees them leave; the profile is erased.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let members = eve
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/joined_members",
+                    encode(&room_id)
+                ),
+                None,
+            )
+            .await;
+        if members.body["joined"].get(&dan.user_id).is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{members:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let profile = eve
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/profile/{}", encode(&dan.user_id)),
+            None,
+        )
+        .await;
+    assert!(
+        profile.body.get("displayname").is_none_or(Value::is_null),
+        "{profile:?}"
+    );
+}

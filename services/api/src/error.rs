@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The user ID is taken.
     #[error("user ID already taken")]
     UserInUse,
+    /// The account was deactivated.
+    #[error("the account is deactivated")]
+    UserDeactivated,
     /// The room alias is taken.
     #[error("room alias already taken")]
     RoomInUse,
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::MissingParam(m) => (ErrorKind::MissingParam, m.clone()),
             ApiError::UnknownToken => (ErrorKind::UnknownToken, String::new()),
             ApiError::UserInUse => (ErrorKind::UserInUse, String::new()),
+            ApiError::UserDeactivated => (ErrorKind::UserDeactivated, String::new()),
             ApiError::RoomInUse => (ErrorKind::RoomInUse, String::new()),
             ApiError::TooLarge(m) => (ErrorKind::TooLarge, m.clone()),
             ApiError::UnsupportedRoomVersion(m) => (ErrorKind::UnsupportedRoomVersion, m.clone()),
@@ -103,6 +107,7 @@ impl ApiError {
             ErrorKind::MissingParam => ApiError::MissingParam(m),
             ErrorKind::UnknownToken => ApiError::UnknownToken,
             ErrorKind::UserInUse => ApiError::UserInUse,
+            ErrorKind::UserDeactivated => ApiError::UserDeactivated,
             ErrorKind::RoomInUse => ApiError::RoomInUse,
             ErrorKind::TooLarge => ApiError::TooLarge(m),
             ErrorKind::UnsupportedRoomVersion => ApiError::UnsupportedRoomVersion(m),
@@ -136,6 +141,7 @@ impl From<ApiError> for tonic::Status {
             | ApiError::TooLarge(_)
             | ApiError::UnsupportedRoomVersion(_) => tonic::Code::InvalidArgument,
             ApiError::UnknownToken => tonic::Code::Unauthenticated,
+            ApiError::UserDeactivated => tonic::Code::PermissionDenied,
             ApiError::UserInUse | ApiError::RoomInUse => tonic::Code::AlreadyExists,
             ApiError::Timeout => tonic::Code::DeadlineExceeded,
             ApiError::LimitExceeded(_) => tonic::Code::ResourceExhausted,
@@ -181,6 +187,11 @@ impl From<ApiError> for MatrixError {
                 "M_USER_IN_USE",
                 "User ID already taken",
             ),
+            ApiError::UserDeactivated => MatrixError::new(
+                StatusCode::FORBIDDEN,
+                "M_USER_DEACTIVATED",
+                "This account has been deactivated",
+            ),
             ApiError::RoomInUse => MatrixError::new(
                 StatusCode::BAD_REQUEST,
                 "M_ROOM_IN_USE",
@@ -215,6 +226,7 @@ mod tests {
             ApiError::InvalidInput("x".into()),
             ApiError::UnknownToken,
             ApiError::UserInUse,
+            ApiError::UserDeactivated,
             ApiError::RoomInUse,
             ApiError::TooLarge("big".into()),
             ApiError::UnsupportedRoomVersion("99".into()),

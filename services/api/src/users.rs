@@ -33,6 +33,8 @@ crate::grpc::service_api! {
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
         /// Sets a user's password, logging out their other devices if asked.
         fn set_password(pb::SetPasswordRequest) -> pb::SetPasswordResponse;
+        /// Deactivates an account (and erases its profile if asked).
+        fn deactivate(pb::DeactivateRequest) -> pb::DeactivateResponse, once;
         /// Stores account data and publishes it on `userapi.account_data`.
         fn set_account_data(pb::SetAccountDataRequest) -> pb::AccountDataWritten;
         fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;

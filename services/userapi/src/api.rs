@@ -129,6 +129,9 @@ impl UserApi {
             let _ = self.passwords.hash(password).await;
             return Err(wrong());
         };
+        if account.deactivated {
+            return Err(ApiError::UserDeactivated);
+        }
         let Some(hash) = account.password_hash else {
             return Err(wrong());
         };
@@ -418,6 +421,19 @@ impl UsersApi for UserApi {
             .await?
             .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
         Ok(pb::SetPasswordResponse { logged_out })
+    }
+
+    async fn deactivate(
+        &self,
+        request: pb::DeactivateRequest,
+    ) -> Result<pb::DeactivateResponse, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let logged_out = self
+            .storage
+            .deactivate(localpart, request.erase)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+        Ok(pb::DeactivateResponse { logged_out })
     }
 
     async fn get_profile(&self, request: pb::GetProfileRequest) -> Result<pb::Profile, ApiError> {

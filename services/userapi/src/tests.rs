@@ -517,3 +517,69 @@ async fn postgres_devices() {
     let (started, _dir) = service(Some(url)).await;
     devices(&started).await;
 }
+
+/// Deactivation on each engine: devices and password gone, logins and
+/// password checks refused as deactivated, the profile erased if asked.
+async fn deactivation(started: &crate::Started) {
+    let api = &*started.api;
+    let session = api
+        .register(pb::RegisterRequest {
+            localpart: "gone".into(),
+            password: "secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let done = api
+        .deactivate(pb::DeactivateRequest {
+            user_id: session.user_id.clone(),
+            erase: true,
+        })
+        .await
+        .expect("deactivated");
+    assert_eq!(done.logged_out, vec![session.device_id.clone()]);
+    let login = api
+        .login_with_password(pb::LoginRequest {
+            localpart: "gone".into(),
+            password: "secret".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(login, Err(ApiError::UserDeactivated));
+    let profile = api
+        .get_profile(pb::GetProfileRequest {
+            user_id: session.user_id.clone(),
+        })
+        .await
+        .expect("profile");
+    assert_eq!(profile.displayname, None);
+    let again = api
+        .register(pb::RegisterRequest {
+            localpart: "gone".into(),
+            password: "other".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(again, Err(ApiError::UserInUse));
+    assert!(matches!(
+        api.deactivate(pb::DeactivateRequest {
+            user_id: "@nobody:localhost".into(),
+            erase: false,
+        })
+        .await,
+        Err(ApiError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_deactivation() {
+    let (started, _dir) = service(None).await;
+    deactivation(&started).await;
+}
+
+#[tokio::test]
+async fn postgres_deactivation() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_deactivation").await;
+    let (started, _dir) = service(Some(url)).await;
+    deactivation(&started).await;
+}

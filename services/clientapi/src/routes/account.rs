@@ -541,3 +541,50 @@ pub(crate) async fn change_password(
     }
     respond(serde_json::json!({}))
 }
+
+#[derive(Deserialize)]
+struct Deactivation {
+    auth: Option<serde_json::Value>,
+    #[serde(default)]
+    erase: bool,
+}
+
+/// `POST /account/deactivate` (User-Interactive Auth): the account is
+/// closed for good (its password and devices go, their keys with them,
+/// logins are refused with 403 `M_USER_DEACTIVATED`, the user ID stays
+/// taken), the user leaves every room, and with `erase` the profile is
+/// cleared. No identity server was asked to unbind anything.
+pub(crate) async fn deactivate(
+    State(api): State<Arc<ClientApi>>,
+    User(device): User,
+    ganglion_base::http::MatrixBody(body): ganglion_base::http::MatrixBody,
+) -> MatrixResult {
+    let body: Deactivation = ganglion_base::http::parse_json(&body)?;
+    if let Err(challenge) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await {
+        return Ok(challenge);
+    }
+    let rooms = api
+        .roomserver
+        .query_joined_rooms(ganglion_api::proto::roomserver::QueryJoinedRoomsRequest {
+            user_id: device.user_id.clone(),
+        })
+        .await
+        .map_err(MatrixError::from)?
+        .room_ids;
+    api.users
+        .deactivate(pb::DeactivateRequest {
+            user_id: device.user_id.clone(),
+            erase: body.erase,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    forget_device_keys(&api, &device.user_id, Vec::new()).await;
+    for room_id in rooms {
+        if let Err(error) =
+            super::rooms::own_membership(&api, &device, None, &room_id, "leave").await
+        {
+            tracing::warn!(room_id, ?error, "a deactivated user did not leave a room");
+        }
+    }
+    respond(json!({ "id_server_unbind_result": "no-support" }))
+}

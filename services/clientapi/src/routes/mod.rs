@@ -81,6 +81,10 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 &format!("{prefix}/account/password"),
                 post(account::change_password),
             )
+            .route(
+                &format!("{prefix}/account/deactivate"),
+                post(account::deactivate),
+            )
             .route(&format!("{prefix}/account/3pid"), get(threepid::list))
             .route(
                 &format!("{prefix}/account/3pid/email/requestToken"),

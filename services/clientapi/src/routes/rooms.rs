@@ -422,7 +422,7 @@ impl ClientApi {
 }
 
 /// The user changes their own membership (join, knock, leave).
-async fn own_membership(
+pub(crate) async fn own_membership(
     api: &ClientApi,
     device: &ganglion_api::proto::userapi::Device,
     reason: Option<&str>,

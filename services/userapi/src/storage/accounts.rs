@@ -10,6 +10,7 @@ pub(crate) enum ProfileField {
 
 pub(crate) struct Account {
     pub(crate) password_hash: Option<String>,
+    pub(crate) deactivated: bool,
 }
 
 /// Uses up one registration of `token`, if there is one, in `tx` (so the
@@ -210,13 +211,15 @@ impl Storage {
     }
 
     pub(crate) async fn account(&self, localpart: &str) -> Result<Option<Account>, StorageError> {
-        let row = sql::query("SELECT password_hash FROM accounts WHERE localpart = $1")
-            .bind(localpart)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let row =
+            sql::query("SELECT password_hash, deactivated FROM accounts WHERE localpart = $1")
+                .bind(localpart)
+                .fetch_optional(&self.db.pool)
+                .await?;
         Ok(match row {
             Some(row) => Some(Account {
                 password_hash: row.try_get(0)?,
+                deactivated: row.try_get::<i64, _>(1)? != 0,
             }),
             None => None,
         })
@@ -251,6 +254,42 @@ impl Storage {
             .fetch_all(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
+        Ok(Some(logged_out))
+    }
+}
+
+impl Storage {
+    /// Deactivates an account: no password, no devices (the IDs deleted),
+    /// and with `erase` no profile. `None` for no such account.
+    pub(crate) async fn deactivate(
+        &self,
+        localpart: &str,
+        erase: bool,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        let done = sql::query(
+            "UPDATE accounts SET deactivated = 1, password_hash = NULL WHERE localpart = $1",
+        )
+        .bind(localpart)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        if erase {
+            sql::query(
+                "UPDATE accounts SET displayname = NULL, avatar_url = NULL WHERE localpart = $1",
+            )
+            .bind(localpart)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let logged_out: Vec<String> =
+            sql::query_scalar("DELETE FROM devices WHERE localpart = $1 RETURNING device_id")
+                .bind(localpart)
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(Some(logged_out))
     }

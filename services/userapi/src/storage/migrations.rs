@@ -79,4 +79,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE devices ADD COLUMN last_seen_user_agent TEXT;
     ",
     },
+    Migration {
+        version: 7,
+        description: "deactivated accounts",
+        sql: "ALTER TABLE accounts ADD COLUMN deactivated BIGINT NOT NULL DEFAULT 0;",
+    },
 ];
