@@ -533,3 +533,105 @@ async fn deactivated_accounts_leave_and_stay_closed() {
         "{profile:?}"
     );
 }
+
+/// User-Interactive Auth sessions: given out by this server, each for one
+/// operation of one account; a retried registration in its session
+/// answers with the user it made; what the first request said stands.
+#[tokio::test]
+async fn auth_sessions_hold_to_their_operation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    let base = &server.base_url;
+    let http = reqwest::Client::new();
+    let register = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/_matrix/client/v3/register");
+        async move {
+            let response = http.post(url).json(&body).send().await.expect("register");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // The first request names the user; the one that completes does not.
+    let (status, asked) = register(json!({"username": "fay", "password": "pw-fay-1"})).await;
+    assert_eq!(status, 401, "{asked}");
+    let session = asked["session"].clone();
+    let completing = json!({
+        "password": "pw-fay-1",
+        "auth": {"type": "m.login.dummy", "session": session}
+    });
+    let (status, first) = register(completing.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first["user_id"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("@fay:")),
+        "{first}"
+    );
+    // Its answer lost, the client retries: the same user, logged in again.
+    let (status, again) = register(completing).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], first["user_id"]);
+    assert!(again["access_token"].is_string());
+    assert_ne!(again["access_token"], first["access_token"]);
+    // A session this server never gave out.
+    let (status, unknown) = register(json!({
+        "username": "gus", "password": "pw-gus-1",
+        "auth": {"type": "m.login.dummy", "session": "madeup"}
+    }))
+    .await;
+    assert_eq!(
+        (status, unknown["errcode"].clone()),
+        (400, json!("M_UNKNOWN")),
+        "{unknown}"
+    );
+
+    // A session given for one operation does not serve another.
+    let fay = Client::register(base, "hal", "pw-hal-1").await;
+    let other = login(base, "hal", "pw-hal-1", "Other").await;
+    let asked = fay
+        .call(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", encode(&other.device_id)),
+            Some(json!({})),
+        )
+        .await;
+    let session = asked.body["session"].clone();
+    let moved = fay
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(json!({
+                "new_password": "pw-hal-2",
+                "auth": password_auth(&fay.user_id, "pw-hal-1", &session)
+            })),
+        )
+        .await;
+    assert_eq!(
+        (moved.status, moved.body["errcode"].clone()),
+        (403, json!("M_FORBIDDEN")),
+        "{moved:?}"
+    );
+    // Nor another account's.
+    let ivy = Client::register(base, "ivy", "pw-ivy-1").await;
+    let borrowed = ivy
+        .call(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", encode(&other.device_id)),
+            Some(json!({"auth": password_auth(&ivy.user_id, "pw-ivy-1", &session)})),
+        )
+        .await;
+    assert_eq!(borrowed.status, 403, "{borrowed:?}");
+    // In its own operation it completes.
+    let done = fay
+        .call(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", encode(&other.device_id)),
+            Some(json!({"auth": password_auth(&fay.user_id, "pw-hal-1", &session)})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{done:?}");
+}

@@ -644,17 +644,29 @@ impl Load {
             }
             assert_eq!(seen.len(), acked.len(), "nothing else, nothing twice");
         }
-        let history = self.people[4]
-            .call(
-                reqwest::Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
-                    self.room_id
-                ),
-                None,
-            )
-            .await;
-        let mut bodies = message_bodies(&history["chunk"]);
+        // The whole history, page by page back to the room's creation (a
+        // fast machine sends more than one page's worth while it rolls).
+        let mut bodies = Vec::new();
+        let mut from = String::new();
+        loop {
+            let history = self.people[4]
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000{from}",
+                        self.room_id
+                    ),
+                    None,
+                )
+                .await;
+            bodies.extend(message_bodies(&history["chunk"]));
+            match history["end"].as_str() {
+                Some(end) if !history["chunk"].as_array().is_none_or(Vec::is_empty) => {
+                    from = format!("&from={}", ganglion_integration_tests::client::encode(end));
+                }
+                _ => break,
+            }
+        }
         bodies.reverse();
         for (_, body) in &acked {
             assert_eq!(

@@ -152,6 +152,15 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
             }
         },
     );
+    let storage = api.storage.clone();
+    ganglion_base::pruning::spawn("uia_sessions", ganglion_base::pruning::EVERY, move || {
+        let storage = storage.clone();
+        async move {
+            storage
+                .prune_uia_sessions(ganglion_base::clock::ago_ms(routes::uia::SESSION_LIFETIME))
+                .await
+        }
+    });
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "clientapi",

@@ -18,7 +18,7 @@ use ruma::api::client::session::{get_login_types, logout, logout_all};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::uia::{challenge, random_session};
+use super::uia::{challenge_in, random_session};
 use crate::ClientApi;
 
 /// The client's address, for rate limiting (through trusted proxies).
@@ -97,6 +97,28 @@ pub(crate) async fn register(
     if !api.registration_enabled {
         return Err(MatrixError::forbidden("Registration is disabled"));
     }
+    // The session the request continues, if it names one: a retry of a
+    // registration that went through answers with the same user, and
+    // what the first request said stands where a later one is silent.
+    let operation = super::uia::Operation {
+        method: "POST",
+        path: uri.path(),
+        user_id: "",
+        params: json!({ "username": body.username }),
+    };
+    let session = body.auth.as_ref().and_then(|a| a.session.clone());
+    let mut body = body;
+    if let Some(session) = &session {
+        let found = super::uia::resume(&api, session, &operation).await?;
+        if let Some(user_id) = found.registered_user_id {
+            return registered_again(&api, user_id, body).await;
+        }
+        if body.username.is_none() {
+            let first: serde_json::Value = serde_json::from_str(&found.params).unwrap_or_default();
+            body.username = first["username"].as_str().map(str::to_owned);
+        }
+    }
+    let session = session.as_deref();
     // A guest upgrading keeps their user ID: the username, if given, must
     // be their localpart.
     let guest = match body.guest_access_token.as_deref() {
@@ -160,16 +182,17 @@ pub(crate) async fn register(
     } else {
         "m.login.dummy"
     };
-    let session = body.auth.as_ref().and_then(|a| a.session.as_deref());
     let mut registration_token = None;
     match body.auth.as_ref().and_then(|a| a.kind.as_deref()) {
         Some(kind) if kind == stage => {
             if api.registration_requires_token {
                 let token = body.auth.as_ref().and_then(|a| a.token.clone());
                 let invalid = || {
-                    challenge(
+                    challenge_in(
+                        &api,
                         stage,
                         session,
+                        &operation,
                         Some(MatrixError::new(
                             StatusCode::UNAUTHORIZED,
                             "M_FORBIDDEN",
@@ -178,7 +201,7 @@ pub(crate) async fn register(
                     )
                 };
                 let Some(token) = token else {
-                    return Ok(invalid());
+                    return Ok(invalid().await);
                 };
                 let valid = api
                     .users
@@ -189,24 +212,27 @@ pub(crate) async fn register(
                     .map_err(MatrixError::from)?
                     .valid;
                 if !valid {
-                    return Ok(invalid());
+                    return Ok(invalid().await);
                 }
                 registration_token = Some(token);
             }
         }
         // The spec's 401 for a stage not offered: the flows again, with why.
         Some(_) => {
-            return Ok(challenge(
+            return Ok(challenge_in(
+                &api,
                 stage,
                 session,
+                &operation,
                 Some(MatrixError::new(
                     StatusCode::UNAUTHORIZED,
                     "M_UNRECOGNIZED",
                     "Unsupported auth stage",
                 )),
-            ));
+            )
+            .await);
         }
-        None => return Ok(challenge(stage, None, None)),
+        None => return Ok(challenge_in(&api, stage, session, &operation, None).await),
     }
     if let Some(device_id) = &body.device_id {
         limits::opaque_id("device_id", device_id)?;
@@ -215,7 +241,8 @@ pub(crate) async fn register(
     if password.is_empty() {
         return Err(MatrixError::missing_param("password is required"));
     }
-    let session = api
+    let session_id = session.map(str::to_owned);
+    let registered = api
         .users
         .register(pb::RegisterRequest {
             localpart,
@@ -230,12 +257,52 @@ pub(crate) async fn register(
         })
         .await
         .map_err(MatrixError::from)?;
-    let mut response = json!({ "user_id": session.user_id, "home_server": api.server_name });
+    if let Some(uia_session) = session_id
+        && let Err(error) = api
+            .storage
+            .set_uia_registered(&uia_session, &registered.user_id)
+            .await
+    {
+        tracing::warn!(%error, "a registration's session does not remember it");
+    }
+    let mut response = json!({ "user_id": registered.user_id, "home_server": api.server_name });
     if !body.inhibit_login {
-        response["access_token"] = json!(session.access_token);
-        response["device_id"] = json!(session.device_id);
+        response["access_token"] = json!(registered.access_token);
+        response["device_id"] = json!(registered.device_id);
     }
     respond(response)
+}
+
+/// A retried registration that went through in its session: the same
+/// user, logged in again with the password given (unless `inhibit_login`).
+async fn registered_again(api: &ClientApi, user_id: String, body: RegisterBody) -> MatrixResult {
+    if body.inhibit_login {
+        return respond(json!({ "user_id": user_id, "home_server": api.server_name }));
+    }
+    let localpart = user_id
+        .strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(localpart, _)| localpart.to_owned())
+        .unwrap_or_default();
+    let password = body
+        .password
+        .ok_or_else(|| MatrixError::missing_param("password is required"))?;
+    let session = api
+        .users
+        .login_with_password(pb::LoginRequest {
+            localpart,
+            password,
+            device_id: body.device_id,
+            initial_device_display_name: body.initial_device_display_name,
+        })
+        .await
+        .map_err(MatrixError::from)?;
+    respond(json!({
+        "user_id": session.user_id,
+        "access_token": session.access_token,
+        "device_id": session.device_id,
+        "home_server": api.server_name,
+    }))
 }
 
 /// `POST /register?kind=guest`: an account with a generated name and no
@@ -516,10 +583,18 @@ struct PasswordChange {
 pub(crate) async fn change_password(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    uri: Uri,
     ganglion_base::http::MatrixBody(body): ganglion_base::http::MatrixBody,
 ) -> MatrixResult {
     let body: PasswordChange = ganglion_base::http::parse_json(&body)?;
-    if let Err(challenge) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await {
+    if let Err(challenge) = super::uia::password(
+        &api,
+        &device.user_id,
+        ("POST", uri.path()),
+        body.auth.as_ref(),
+    )
+    .await
+    {
         return Ok(challenge);
     }
     let new_password = body
@@ -557,10 +632,18 @@ struct Deactivation {
 pub(crate) async fn deactivate(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    uri: Uri,
     ganglion_base::http::MatrixBody(body): ganglion_base::http::MatrixBody,
 ) -> MatrixResult {
     let body: Deactivation = ganglion_base::http::parse_json(&body)?;
-    if let Err(challenge) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await {
+    if let Err(challenge) = super::uia::password(
+        &api,
+        &device.user_id,
+        ("POST", uri.path()),
+        body.auth.as_ref(),
+    )
+    .await
+    {
         return Ok(challenge);
     }
     let rooms = api

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::Uri;
 use ganglion_api::proto::userapi as pb;
 use ganglion_api::users::User;
 use ganglion_base::MatrixError;
@@ -146,10 +147,11 @@ struct DeleteMany {
 async fn delete_after_auth(
     api: &ClientApi,
     user_id: &str,
+    operation: (&str, &str),
     device_ids: Vec<String>,
     auth: Option<&Value>,
 ) -> MatrixResult {
-    if let Err(challenge) = super::uia::password(api, user_id, auth).await {
+    if let Err(challenge) = super::uia::password(api, user_id, operation, auth).await {
         return Ok(challenge);
     }
     let deleted = api
@@ -172,13 +174,21 @@ pub(crate) async fn delete(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
     Path(device_id): Path<String>,
+    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let body: Delete = parse_json(&body)?;
     if device_id.is_empty() || device_id.len() > MAX_FIELD {
         return Err(no_such_device());
     }
-    delete_after_auth(&api, &device.user_id, vec![device_id], body.auth.as_ref()).await
+    delete_after_auth(
+        &api,
+        &device.user_id,
+        ("DELETE", uri.path()),
+        vec![device_id],
+        body.auth.as_ref(),
+    )
+    .await
 }
 
 /// `POST /delete_devices` (User-Interactive Auth): devices that do not
@@ -186,6 +196,7 @@ pub(crate) async fn delete(
 pub(crate) async fn delete_many(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let body: DeleteMany = parse_json(&body)?;
@@ -194,5 +205,12 @@ pub(crate) async fn delete_many(
             "devices: at most 1000 device IDs",
         ));
     }
-    delete_after_auth(&api, &device.user_id, body.devices, body.auth.as_ref()).await
+    delete_after_auth(
+        &api,
+        &device.user_id,
+        ("POST", uri.path()),
+        body.devices,
+        body.auth.as_ref(),
+    )
+    .await
 }

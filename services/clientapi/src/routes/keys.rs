@@ -348,6 +348,7 @@ struct SigningKeysBody {
 pub(crate) async fn upload_signing_keys(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    uri: axum::http::Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let body: SigningKeysBody = parse_json(&body)?;
@@ -367,7 +368,13 @@ pub(crate) async fn upload_signing_keys(
     };
     // Authentication given is checked first, whether or not it is needed.
     if body.auth.is_some() {
-        if let Err(response) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await
+        if let Err(response) = super::uia::password(
+            &api,
+            &device.user_id,
+            ("POST", uri.path()),
+            body.auth.as_ref(),
+        )
+        .await
         {
             return Ok(response);
         }
@@ -375,7 +382,15 @@ pub(crate) async fn upload_signing_keys(
     }
     let answer = api.keys.upload_signing_keys(request).await?;
     if answer.needs_reauthentication {
-        return Ok(super::uia::challenge("m.login.password", None, None));
+        let operation = super::uia::Operation {
+            method: "POST",
+            path: uri.path(),
+            user_id: &device.user_id,
+            params: json!({}),
+        };
+        return Ok(
+            super::uia::challenge_in(&api, "m.login.password", None, &operation, None).await,
+        );
     }
     respond(json!({}))
 }

@@ -16,7 +16,7 @@ mod rooms;
 mod send;
 mod threepid;
 mod to_device;
-mod uia;
+pub(crate) mod uia;
 mod upgrade;
 
 use std::sync::Arc;

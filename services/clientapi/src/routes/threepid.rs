@@ -60,10 +60,18 @@ struct Add {
 pub(crate) async fn add(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    uri: axum::http::Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let body: Add = parse_json(&body)?;
-    if let Err(challenge) = super::uia::password(&api, &device.user_id, body.auth.as_ref()).await {
+    if let Err(challenge) = super::uia::password(
+        &api,
+        &device.user_id,
+        ("POST", uri.path()),
+        body.auth.as_ref(),
+    )
+    .await
+    {
         return Ok(challenge);
     }
     if body.client_secret.is_none() || body.sid.is_none() {
