@@ -668,24 +668,40 @@ async fn malformed_identifiers_are_refused_at_the_edge() {
     assert_eq!(full.status, 200, "{full:?}");
     assert_eq!(full.body["user_id"], alice.user_id.as_str());
 
-    // An unsupported stage: 401 with the flows, the session and why.
-    let unsupported = request(
-        &http,
-        Method::POST,
-        &format!("{base}/_matrix/client/v3/register"),
-        None,
-        Some(
-            json!({"username": "bob", "password": "password-bob",
-                   "auth": {"type": "m.login.magic", "session": "s1"}})
-            .to_string()
-            .into_bytes(),
-        ),
-    )
+    // An unsupported stage: 401 with the flows, the session and why (in a
+    // session this server gave out: one it never did is 400 M_UNKNOWN).
+    let register = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/_matrix/client/v3/register");
+        async move {
+            request(
+                &http,
+                Method::POST,
+                &url,
+                None,
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let asked = register(json!({"username": "bob", "password": "password-bob"})).await;
+    assert_eq!(asked.status, 401, "{asked:?}");
+    let session = asked.body["session"].clone();
+    let unsupported = register(json!({"username": "bob", "password": "password-bob",
+                   "auth": {"type": "m.login.magic", "session": session}}))
     .await;
     assert_eq!(unsupported.status, 401, "{unsupported:?}");
     assert_eq!(unsupported.body["flows"][0]["stages"][0], "m.login.dummy");
-    assert_eq!(unsupported.body["session"], "s1");
+    assert_eq!(unsupported.body["session"], session);
     assert_eq!(unsupported.errcode(), "M_UNRECOGNIZED");
+    let made_up = register(json!({"username": "bob", "password": "password-bob",
+                   "auth": {"type": "m.login.dummy", "session": "s1"}}))
+    .await;
+    assert_eq!(
+        (made_up.status, made_up.errcode()),
+        (400, "M_UNKNOWN"),
+        "{made_up:?}"
+    );
     let taken = request(
         &http,
         Method::GET,
