@@ -136,6 +136,19 @@ async fn devices_are_listed_renamed_and_deleted_behind_auth() {
         )
         .await;
     assert_eq!(keys.status, 200, "{keys:?}");
+    // Others see its name with its keys.
+    let named = bob
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {alice.user_id.clone(): []}})),
+        )
+        .await;
+    assert_eq!(
+        named.body["device_keys"][&alice.user_id][&phone.device_id]["unsigned"]["device_display_name"],
+        "Alice's phone",
+        "{named:?}"
+    );
     let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
     assert_eq!(bob.join(&room_id).await.status, 200);
     let since = bob.sync(None, 0, 1).await["next_batch"]

@@ -291,6 +291,7 @@ pub(crate) async fn query(
             (user_id, Value::Object(devices))
         })
         .collect();
+    name_local_devices(&api, &mut device_keys).await;
     let keys_of = |keys: std::collections::HashMap<String, Vec<u8>>| -> Map<String, Value> {
         keys.into_iter()
             .filter_map(|(user_id, json)| Some((user_id, serde_json::from_slice(&json).ok()?)))
@@ -342,6 +343,49 @@ struct SigningKeysBody {
 // Keeps its own body: its `auth` goes to our user-interactive
 // authentication as sent, as for `/register` (ruma's type would parse it
 // into its own UIA types first).
+/// Our users' devices in a `/keys/query` answer get the names their owners
+/// gave them (`unsigned.device_display_name`, as the spec's
+/// `DeviceInformation` has it); other servers' do not carry ours.
+async fn name_local_devices(api: &ClientApi, device_keys: &mut Map<String, Value>) {
+    let suffix = format!(":{}", api.server_name);
+    let local: Vec<String> = device_keys
+        .keys()
+        .filter(|user_id| user_id.ends_with(&suffix))
+        .cloned()
+        .collect();
+    let named = futures::future::join_all(local.into_iter().map(|user_id| async move {
+        let devices = api
+            .users
+            .get_devices(ganglion_api::proto::userapi::GetDevicesRequest {
+                user_id: user_id.clone(),
+                device_id: String::new(),
+            })
+            .await;
+        (user_id, devices)
+    }))
+    .await;
+    for (user_id, devices) in named {
+        let Ok(devices) = devices else {
+            continue;
+        };
+        let Some(Value::Object(keys)) = device_keys.get_mut(&user_id) else {
+            continue;
+        };
+        for device in devices.devices {
+            if let (Some(name), Some(Value::Object(key))) =
+                (device.display_name, keys.get_mut(&device.device_id))
+            {
+                let unsigned = key
+                    .entry("unsigned")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(unsigned) = unsigned {
+                    unsigned.insert("device_display_name".into(), Value::String(name));
+                }
+            }
+        }
+    }
+}
+
 /// `POST /keys/device_signing/upload`: the user's cross-signing keys.
 /// Setting up the first master key, or uploading the same keys again,
 /// needs nothing more; replacing keys needs the user's password.
