@@ -309,6 +309,14 @@ pub struct RateLimitsConfig {
 }
 
 impl RateLimitsConfig {
+    /// `trusted_proxies` as ranges (checked when the configuration loads).
+    pub fn trusted_proxy_ranges(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|proxy| proxy.parse().ok())
+            .collect()
+    }
+
     /// Each family with its name.
     pub fn families(&self) -> [(&'static str, RateLimit); 11] {
         [

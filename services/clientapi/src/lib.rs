@@ -131,12 +131,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
             &config.rate_limits,
             config.caches.rate_limited_clients,
         ),
-        trusted_proxies: config
-            .rate_limits
-            .trusted_proxies
-            .iter()
-            .filter_map(|proxy| proxy.parse().ok())
-            .collect(),
+        trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
     });
     let storage = api.storage.clone();
     let keep = config.retention.transaction_ids();

@@ -76,6 +76,9 @@ pub struct MediaApi {
     remote: remote::Remote,
     /// URL previews (`preview/`).
     previews: preview::Previews,
+    /// Reaches URLs other than servers' federation APIs (a `Location` a
+    /// federation answer gives, a page to preview) through the deny list.
+    guarded: ganglion_outbound::GuardedClient,
     /// Uploads and `/create`s per user (`rate_limits.media_uploads_per_user`).
     uploads_limit: ganglion_base::rate_limit::RateLimiter,
     /// Previews made per user (`rate_limits.url_previews_per_user`).
@@ -167,7 +170,8 @@ pub async fn start(
         db: db.clone(),
     }));
     let remote = remote::Remote::new(config, federation.clone())?;
-    let previews = preview::Previews::new(config)?;
+    let previews = preview::Previews::new(config);
+    let guarded = ganglion_outbound::GuardedClient::new(config)?;
     let api = Arc::new_cyclic(|this| MediaApi {
         storage: Storage { db },
         store,
@@ -175,6 +179,7 @@ pub async fn start(
         federation,
         remote,
         previews,
+        guarded,
         uploads_limit: ganglion_base::rate_limit::RateLimiter::new(
             &config.rate_limits.media_uploads_per_user,
             config.rate_limits.enabled,

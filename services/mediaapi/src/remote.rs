@@ -17,7 +17,7 @@ use ganglion_api::federation::FederationHandle;
 use ganglion_api::proto::federationapi as pb;
 use ganglion_base::MatrixError;
 use ganglion_base::http::percent_encode;
-use ganglion_outbound::{FederationClient, FederationError, GuardedClient, Signer};
+use ganglion_outbound::{FederationClient, FederationError, Signer};
 
 use crate::MediaApi;
 use crate::content;
@@ -60,8 +60,6 @@ impl Signer for SignedByFederationApi {
 /// What the mediaapi needs to reach other servers.
 pub(crate) struct Remote {
     federation: FederationClient,
-    /// For a `Location` a federation answer points to.
-    guarded: GuardedClient,
     /// Fetches under way in this process, by MXC URI: a second request
     /// for the same media waits for the first.
     fetching: OneAtATime,
@@ -75,7 +73,6 @@ impl Remote {
     ) -> Result<Remote, ganglion_outbound::BuildError> {
         Ok(Remote {
             federation: FederationClient::new(config, Arc::new(SignedByFederationApi(federation)))?,
-            guarded: GuardedClient::new(config, TRANSFER_TIME)?,
             fetching: OneAtATime::default(),
             turns: tokio::sync::Semaphore::new(FETCHES),
         })
@@ -290,9 +287,8 @@ impl MediaApi {
             .map_err(|e| unreachable(origin, e))?;
         if let Some(location) = multipart::header(&part.headers, "location") {
             let response = self
-                .remote
                 .guarded
-                .get(location)
+                .get(location, TRANSFER_TIME)
                 .await
                 .map_err(|e| unreachable(origin, e))?;
             if !response.status().is_success() {

@@ -79,10 +79,7 @@ pub enum GuardedError {
 }
 
 impl GuardedClient {
-    pub fn new(
-        config: &ganglion_base::Config,
-        timeout: std::time::Duration,
-    ) -> Result<GuardedClient, BuildError> {
+    pub fn new(config: &ganglion_base::Config) -> Result<GuardedClient, BuildError> {
         let federation = &config.federation;
         let ranges = IpRanges::new(
             &federation.ip_range_denylist,
@@ -100,16 +97,20 @@ impl GuardedClient {
                 &["https", "http"],
             ))
             .danger_accept_invalid_certs(!federation.verify_certificates)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+            .connect_timeout(std::time::Duration::from_secs(10))
             .user_agent(concat!("Ganglion/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
         Ok(GuardedClient { http, ranges })
     }
 
-    /// A GET of `url`; the answer, whatever its status, its body unread.
-    pub async fn get(&self, url: &str) -> Result<reqwest::Response, GuardedError> {
+    /// A GET of `url` that may take `timeout` in all (its body too); the
+    /// answer, whatever its status, its body unread.
+    pub async fn get(
+        &self,
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response, GuardedError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| GuardedError::BadUrl(url.to_owned()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(GuardedError::BadUrl(url.to_owned()));
@@ -123,6 +124,6 @@ impl GuardedClient {
         if literal.is_some_and(|ip| !self.ranges.allows(ip)) {
             return Err(GuardedError::Denied(url.to_owned()));
         }
-        Ok(self.http.get(parsed).send().await?)
+        Ok(self.http.get(parsed).timeout(timeout).send().await?)
     }
 }

@@ -89,12 +89,7 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
         topics,
         publishing: tokio::sync::Mutex::new(()),
         last_seen: Arc::default(),
-        trusted_proxies: config
-            .rate_limits
-            .trusted_proxies
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
+        trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
     });
     last_seen::LastSeen::spawn_flusher(api.last_seen.clone(), api.storage.clone());
     let published = if api.log.is_some() {

@@ -108,26 +108,32 @@ pub(crate) async fn rename(
     {
         return Err(MatrixError::invalid_param("display_name is too long"));
     }
-    let exists = api
-        .users
-        .get_devices(pb::GetDevicesRequest {
-            user_id: device.user_id.clone(),
-            device_id: device_id.clone(),
-        })
-        .await
-        .map_err(MatrixError::from)?;
-    if exists.devices.is_empty() {
-        return Err(no_such_device());
-    }
-    if let Some(display_name) = body.display_name {
-        api.users
-            .rename_device(pb::RenameDeviceRequest {
-                user_id: device.user_id,
-                device_id,
-                display_name: Some(display_name),
-            })
-            .await
-            .map_err(MatrixError::from)?;
+    match body.display_name {
+        // Renamed: the userapi answers NotFound for no such device.
+        Some(display_name) => {
+            api.users
+                .rename_device(pb::RenameDeviceRequest {
+                    user_id: device.user_id,
+                    device_id,
+                    display_name: Some(display_name),
+                })
+                .await
+                .map_err(MatrixError::from)?;
+        }
+        // Nothing to change, but the device must be the user's.
+        None => {
+            let found = api
+                .users
+                .get_devices(pb::GetDevicesRequest {
+                    user_id: device.user_id,
+                    device_id,
+                })
+                .await
+                .map_err(MatrixError::from)?;
+            if found.devices.is_empty() {
+                return Err(no_such_device());
+            }
+        }
     }
     Ok(ok_json(json!({})))
 }

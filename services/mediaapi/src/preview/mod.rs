@@ -20,7 +20,7 @@ use futures::StreamExt;
 use ganglion_api::users::User;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{MatrixResult, ok_json, query_values};
-use ganglion_outbound::{GuardedClient, GuardedError};
+use ganglion_outbound::GuardedError;
 use serde_json::{Value, json};
 
 use crate::MediaApi;
@@ -37,22 +37,18 @@ const MAX_URL: usize = 2048;
 
 /// What previews need beyond the media service's own.
 pub(crate) struct Previews {
-    guarded: GuardedClient,
     /// URLs being fetched here: a second request for one waits.
     fetching: OneAtATime,
+    /// The longest a page (or its image) may take.
+    timeout: Duration,
 }
 
 impl Previews {
-    pub(crate) fn new(
-        config: &ganglion_base::Config,
-    ) -> Result<Previews, ganglion_outbound::BuildError> {
-        Ok(Previews {
-            guarded: GuardedClient::new(
-                config,
-                Duration::from_millis(config.media.url_preview_timeout_ms),
-            )?,
+    pub(crate) fn new(config: &ganglion_base::Config) -> Previews {
+        Previews {
             fetching: OneAtATime::default(),
-        })
+            timeout: Duration::from_millis(config.media.url_preview_timeout_ms),
+        }
     }
 }
 
@@ -175,9 +171,8 @@ impl MediaApi {
 
     async fn make_preview(&self, url: &url::Url) -> Result<Value, MatrixError> {
         let response = self
-            .previews
             .guarded
-            .get(url.as_str())
+            .get(url.as_str(), self.previews.timeout)
             .await
             .map_err(guarded_error)?;
         if !response.status().is_success() {
@@ -199,7 +194,7 @@ impl MediaApi {
         let mut og = html::open_graph(&page, &base);
         if let Some(image) = og.remove("og:image") {
             // A preview without its image is still a preview.
-            match self.previews.guarded.get(&image).await {
+            match self.guarded.get(&image, self.previews.timeout).await {
                 Ok(response)
                     if response.status().is_success()
                         && essence_of(&response).starts_with("image/") =>

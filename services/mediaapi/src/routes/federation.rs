@@ -23,7 +23,7 @@ use crate::multipart;
 
 /// The server that signed a request (its `X-Matrix` signature checked
 /// through the federationapi); else 401 `M_UNAUTHORIZED`.
-pub(crate) struct Origin(#[allow(dead_code, reason = "kept for logs")] pub(crate) String);
+pub(crate) struct Origin;
 
 impl FromRequestParts<Arc<MediaApi>> for Origin {
     type Rejection = MatrixError;
@@ -57,8 +57,8 @@ impl FromRequestParts<Arc<MediaApi>> for Origin {
             .map_err(MatrixError::from)?;
         match checked.origin {
             Some(origin) => {
-                tracing::Span::current().record("origin", origin.as_str());
-                Ok(Origin(origin))
+                tracing::debug!(origin, "federation media request");
+                Ok(Origin)
             }
             None => Err(unauthorized(checked.refusal)),
         }
