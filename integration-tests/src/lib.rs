@@ -7,4 +7,5 @@ pub mod cross_signing;
 pub mod fake_server;
 pub mod postgres;
 pub mod process;
+pub mod push_gateway;
 pub mod synapse;

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Logs `user` in again: a new device.
-async fn login(base_url: &str, user: &str, password: &str, agent: &str) -> Client {
+pub(crate) async fn login(base_url: &str, user: &str, password: &str, agent: &str) -> Client {
     let http = reqwest::Client::builder()
         .user_agent(agent)
         .build()

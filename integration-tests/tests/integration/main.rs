@@ -18,6 +18,7 @@ mod media_previews;
 mod monolith;
 mod mutations;
 mod polylith;
+mod push;
 mod room_apis;
 mod room_behaviours;
 mod scaling;

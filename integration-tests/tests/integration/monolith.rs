@@ -144,6 +144,26 @@ async fn typing_receipts_markers_account_data_presence() {
 }
 
 #[tokio::test]
+async fn push_rules_and_the_counts_they_decide() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::push::push_rules_api(&server.base_url).await;
+    crate::push::counts_follow_each_users_rules(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn pushers_and_what_reaches_a_push_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.push((
+        "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+        r#"["127.0.0.1/32"]"#.to_owned(),
+    ));
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::push::pushers_and_delivery(&server.base_url).await;
+}
+
+#[tokio::test]
 async fn to_device_once_across_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Monolith::start(dir.path()).await;

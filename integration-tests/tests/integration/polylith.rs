@@ -240,6 +240,8 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     crate::ephemeral::typing_receipts_and_markers(&server.base_url).await;
     // Simplified sliding sync through the gateway, its extensions fed over Kafka.
     crate::sliding_sync::extensions(&server.base_url).await;
+    // Push rules: changed in the userapi over gRPC, seen through Kafka.
+    crate::push::push_rules_api(&server.base_url).await;
     // Keys: clientapi and syncapi reach the keyserver over gRPC.
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;

@@ -40,6 +40,12 @@ crate::grpc::service_api! {
         fn get_account_data(pb::GetAccountDataRequest) -> pb::GetAccountDataResponse;
         /// Adds or removes one tag of a room's `m.tag`, atomically.
         fn update_tag(pb::UpdateTagRequest) -> pb::AccountDataWritten;
+        /// Changes one of a user's push rules, atomically.
+        fn update_push_rule(pb::UpdatePushRuleRequest) -> pb::AccountDataWritten, once;
+        /// A user's pushers.
+        fn get_pushers(pb::GetPushersRequest) -> pb::GetPushersResponse;
+        /// Creates, updates or removes a pusher.
+        fn set_pusher(pb::SetPusherRequest) -> crate::proto::common::Empty;
         /// A local user's displayname and avatar URL.
         fn get_profile(pb::GetProfileRequest) -> pb::Profile;
         /// Sets or removes one field of a local user's profile.
@@ -47,6 +53,51 @@ crate::grpc::service_api! {
         /// Which of the given local users are guests.
         fn query_guests(pb::QueryGuestsRequest) -> pb::QueryGuestsResponse;
     }
+}
+
+/// What is wrong with a pusher to create or update, if anything: the
+/// push API's limits (app ID 1 to 64 characters, pushkey 1 to 512 bytes),
+/// `http` the only kind, and `data.url` an http(s) URL whose path is the
+/// push gateway API's `/_matrix/push/v1/notify`.
+pub fn pusher_problem(pusher: &pb::PusherInfo) -> Option<String> {
+    if pusher.app_id.is_empty() || pusher.app_id.chars().count() > 64 {
+        return Some("app_id is 1 to 64 characters".into());
+    }
+    if pusher.pushkey.is_empty() || pusher.pushkey.len() > 512 {
+        return Some("pushkey is 1 to 512 bytes".into());
+    }
+    if pusher.kind != "http" {
+        return Some(format!("unsupported pusher kind {:?}", pusher.kind));
+    }
+    for (name, value) in [
+        ("app_display_name", &pusher.app_display_name),
+        ("device_display_name", &pusher.device_display_name),
+        ("lang", &pusher.lang),
+    ] {
+        if value.len() > 1024 {
+            return Some(format!("{name} is too long"));
+        }
+    }
+    if pusher.data_json.len() > 64 * 1024 {
+        return Some("data is too large".into());
+    }
+    let data: serde_json::Value = match serde_json::from_slice(&pusher.data_json) {
+        Ok(data @ serde_json::Value::Object(_)) => data,
+        _ => return Some("data is a JSON object".into()),
+    };
+    let Some(url) = data["url"].as_str() else {
+        return Some("an http pusher's data has a url".into());
+    };
+    match reqwest::Url::parse(url) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.path() == "/_matrix/push/v1/notify" => {}
+        _ => {
+            return Some("data.url is an http(s) URL with the path /_matrix/push/v1/notify".into());
+        }
+    }
+    None
 }
 
 /// The server of a user ID (or of an alias, or a room ID that names

@@ -47,6 +47,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
     pub media: MediaConfig,
+    pub push: PushConfig,
     /// One entry per service: its database and, in the polylith, its address.
     pub services: BTreeMap<String, ServiceConfig>,
 }
@@ -130,6 +131,40 @@ impl RetentionConfig {
 
     pub fn dead_destination(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.dead_destination_days * 86_400)
+    }
+}
+
+/// Push notifications to push gateways (the userapi's pushers). Gateway
+/// URLs are reached only at addresses `federation.ip_range_denylist` and
+/// `federation.ip_range_allowlist` allow, as for every URL users give.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Events that reached the log longer ago than this update who is in
+    /// each room but push nothing (so a consumer far behind, or a rebuild
+    /// replaying the log, pushes nothing stale).
+    pub max_event_age_ms: u64,
+    /// How long a push gateway may take to answer.
+    pub request_timeout_ms: u64,
+    /// A notification not delivered by then (its gateway failing) is given up.
+    pub max_notification_age_ms: u64,
+    /// The longest wait between attempts at a failing gateway (the wait
+    /// starts at a second and doubles).
+    pub max_backoff_ms: u64,
+    /// How long a userapi replica holds a pusher it sends for; another
+    /// takes it over after that if the first stopped.
+    pub lease_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_event_age_ms: 15 * 60 * 1000,
+            request_timeout_ms: 10_000,
+            max_notification_age_ms: 24 * 3600 * 1000,
+            max_backoff_ms: 10 * 60 * 1000,
+            lease_ms: 30_000,
+        }
     }
 }
 
@@ -657,6 +692,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
             services,
         }
     }

@@ -16,6 +16,7 @@ pub mod matrix_error;
 pub mod metrics;
 pub mod parallel;
 pub mod pruning;
+pub mod push_rules;
 pub mod random;
 pub mod rate_limit;
 pub mod shutdown;

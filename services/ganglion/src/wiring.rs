@@ -72,7 +72,10 @@ pub(crate) async fn monolith(config: Config) -> anyhow::Result<()> {
     let stopping = Shutdown::on_signal(drain_delay(&config, false));
     let shutdown = stopping.consumers();
 
-    let userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
+    let mut userapi = ganglion_userapi::start(&config, Some(log.clone())).await?;
+    userapi
+        .run_push(&config, log.clone(), shutdown.clone())
+        .await?;
     let users: UsersHandle = userapi.api.clone();
     let keyserver = ganglion_keyserver::start(&config, log.clone(), shutdown.clone()).await?;
     let keys: KeysHandle = keyserver.api.clone();
@@ -425,7 +428,9 @@ pub(crate) async fn service(config: Config, name: &'static str) -> anyhow::Resul
     let mut tls_listener = None;
     match name {
         "userapi" => {
-            let started = ganglion_userapi::start(&config, Some(open_log(&config, name)?)).await?;
+            let log = open_log(&config, name)?;
+            let mut started = ganglion_userapi::start(&config, Some(log.clone())).await?;
+            started.run_push(&config, log, shutdown.clone()).await?;
             health.extend(started.health);
             grpc = grpc.add_service(UsersGrpc::service(started.api));
         }

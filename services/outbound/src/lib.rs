@@ -111,6 +111,30 @@ impl GuardedClient {
         url: &str,
         timeout: std::time::Duration,
     ) -> Result<reqwest::Response, GuardedError> {
+        let parsed = self.allowed(url)?;
+        Ok(self.http.get(parsed).timeout(timeout).send().await?)
+    }
+
+    /// A POST of `body` as JSON to `url` (a push gateway), as [`get`](Self::get).
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response, GuardedError> {
+        let parsed = self.allowed(url)?;
+        Ok(self
+            .http
+            .post(parsed)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .timeout(timeout)
+            .send()
+            .await?)
+    }
+
+    /// The URL, if it is http(s) and not an IP literal the ranges deny.
+    fn allowed(&self, url: &str) -> Result<reqwest::Url, GuardedError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| GuardedError::BadUrl(url.to_owned()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(GuardedError::BadUrl(url.to_owned()));
@@ -124,6 +148,6 @@ impl GuardedClient {
         if literal.is_some_and(|ip| !self.ranges.allows(ip)) {
             return Err(GuardedError::Denied(url.to_owned()));
         }
-        Ok(self.http.get(parsed).timeout(timeout).send().await?)
+        Ok(parsed)
     }
 }

@@ -81,6 +81,8 @@ pub struct SyncService {
     presence: presence::Activity,
     /// The membership events each device was sent (lazy-loading).
     lazy_members: lazy_members::LazyMembers,
+    /// The push rules users changed, for notification counts.
+    push_rules: notifications::RulesCache,
     /// Turns true when the process is asked to stop: long-polls answer at
     /// once instead of holding the drain.
     closing: watch::Sender<bool>,
@@ -240,6 +242,7 @@ pub async fn start(
             config.client.max_syncs_per_user,
         ),
         lazy_members: Default::default(),
+        push_rules: Default::default(),
         closing: watch::channel(false).0,
     });
     // The view's positions are stored with its data, in the transaction of

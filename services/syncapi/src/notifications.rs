@@ -1,80 +1,100 @@
 //! Notification and highlight counts. Each consumed event is run through
-//! the push rules of every local member it may notify (the spec's default
-//! ruleset until the push rules API exists); the ones that notify are
-//! stored per user, and a receipt removes what it covers. A response
-//! counts what is left, per room and, when asked, per thread.
+//! the push rules of every local member it may notify (their
+//! `m.push_rules` account data on top of the server's defaults); the ones
+//! that notify are stored per user, and a receipt removes what it covers.
+//! A response counts what is left, per room and, when asked, per thread.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent};
-use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
-use ruma::serde::Raw;
-use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UInt};
-use serde_json::Value;
+use ganglion_base::push_rules;
+use ruma::push::Ruleset;
 
-use crate::storage::NotificationCount;
+use crate::storage::{NotificationCount, Storage, StorageError};
 
 /// An event that notifies a user: (user, highlight).
 pub(crate) type Notified = Vec<(String, bool)>;
 
-/// The room's power levels as push rules see them (who may notify
-/// `@room`), from its `m.room.create` and `m.room.power_levels` events:
-/// the room version decides the rules, and from v12 the creators' power.
-pub(crate) fn power_levels_context(
-    create_json: Option<&str>,
-    power_levels_json: Option<&str>,
-) -> Option<PushConditionPowerLevelsCtx> {
-    let create: Value = serde_json::from_str(create_json?).ok()?;
-    let version = create["content"]["room_version"].as_str().unwrap_or("1");
-    let rules = RoomVersionId::try_from(version).ok()?.rules()?;
-    let mut creators = vec![OwnedUserId::try_from(create["sender"].as_str()?).ok()?];
-    creators.extend(
-        create["content"]["additional_creators"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|user| OwnedUserId::try_from(user.as_str()?).ok()),
-    );
-    let content: Option<RoomPowerLevelsEventContent> = power_levels_json
-        .and_then(|json| serde_json::from_str::<Value>(json).ok())
-        .and_then(|event| serde_json::from_value(event["content"].clone()).ok());
-    let levels = RoomPowerLevels::new(content.into(), &rules.authorization, creators);
-    Some(levels.into())
+/// The most users whose changed rules are kept in memory; past it the
+/// cache starts again (rules are read back from the database as needed).
+const CACHED_RULESETS: usize = 4096;
+/// The most users remembered as keeping the server's defaults.
+const CACHED_USERS: usize = 100_000;
+
+/// The push rules users changed, as this syncapi consumed them: read from
+/// its database when first needed, forgotten when a change is consumed.
+/// Users on the server's defaults are remembered as such, without a
+/// ruleset, so memory grows with the users who changed a rule.
+#[derive(Default)]
+pub(crate) struct RulesCache {
+    inner: Mutex<CachedRules>,
 }
 
-/// Who among `members` (local users) the event notifies, and whether it
-/// highlights them. The spec's current default rules match intentional
-/// mentions (`m.mentions`), not display names, so none is looked up;
-/// `power_levels` decides whether the sender may mention `@room`.
-pub(crate) async fn evaluate(
-    event_json: &str,
-    room_id: &str,
-    member_count: usize,
-    members: &[String],
-    power_levels: Option<PushConditionPowerLevelsCtx>,
-) -> Notified {
-    let (Ok(room_id), Ok(raw)) = (
-        OwnedRoomId::try_from(room_id),
-        serde_json::from_str::<Raw<Value>>(event_json),
-    ) else {
-        return Vec::new();
-    };
-    let count = UInt::try_from(member_count as u64).unwrap_or_default();
-    let mut notified = Vec::new();
-    for user_id in members {
-        let Ok(user) = OwnedUserId::try_from(user_id.as_str()) else {
-            continue;
+#[derive(Default)]
+struct CachedRules {
+    /// A user's changed rules, or `None`: the server's defaults.
+    users: HashMap<String, Option<Arc<Ruleset>>>,
+    rulesets: usize,
+    /// Bumped by every change consumed, so a read that raced one is not
+    /// kept.
+    generation: u64,
+}
+
+impl RulesCache {
+    /// The changed rules of those of `users` who changed any.
+    pub(crate) async fn custom(
+        &self,
+        storage: &Storage,
+        users: &[String],
+    ) -> Result<HashMap<String, Arc<Ruleset>>, StorageError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        let generation = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            for user in users {
+                match inner.users.get(user) {
+                    Some(Some(rules)) => {
+                        found.insert(user.clone(), rules.clone());
+                    }
+                    Some(None) => {}
+                    None => missing.push(user),
+                }
+            }
+            inner.generation
         };
-        let rules = Ruleset::server_default(&user);
-        let mut context =
-            PushConditionRoomCtx::new(room_id.clone(), count, user.clone(), String::new());
-        context.power_levels = power_levels.clone();
-        let actions = rules.get_actions(&raw, &context).await;
-        if actions.iter().any(|a| a.should_notify()) {
-            notified.push((user_id.clone(), actions.iter().any(|a| a.is_highlight())));
+        for user in missing {
+            let stored = storage
+                .account_data_of(user, "", push_rules::ACCOUNT_DATA_TYPE)
+                .await?;
+            let rules = stored.and_then(|json| {
+                let user_id = ruma::UserId::parse(user).ok()?;
+                Some(Arc::new(push_rules::effective(&user_id, Some(&json))))
+            });
+            if let Some(rules) = &rules {
+                found.insert(user.clone(), rules.clone());
+            }
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.generation != generation {
+                continue;
+            }
+            if inner.users.len() >= CACHED_USERS || inner.rulesets >= CACHED_RULESETS {
+                inner.users.clear();
+                inner.rulesets = 0;
+            }
+            inner.rulesets += usize::from(rules.is_some());
+            inner.users.insert(user.clone(), rules);
+        }
+        Ok(found)
+    }
+
+    /// A user's rules changed: read them again when next needed.
+    pub(crate) fn forget(&self, user_id: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.generation += 1;
+        if let Some(Some(_)) = inner.users.remove(user_id) {
+            inner.rulesets -= 1;
         }
     }
-    notified
 }
 
 /// Counts for one room: (notifications, highlights) overall, in the main
@@ -103,90 +123,6 @@ pub(crate) fn count(rows: Vec<NotificationCount>) -> HashMap<String, Counts> {
         }
     }
     rooms
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn default_rules_notify_and_highlight() {
-        let members = vec!["@alice:hs".to_owned(), "@bob:hs".to_owned()];
-        let message = |body: &str, mentions: &[&str]| {
-            serde_json::json!({
-                "type": "m.room.message", "sender": "@alice:hs", "room_id": "!r:hs",
-                "event_id": "$e", "origin_server_ts": 1,
-                "content": {"msgtype": "m.text", "body": body,
-                            "m.mentions": {"user_ids": mentions}},
-            })
-            .to_string()
-        };
-        // A message in a busy room notifies everyone but its sender.
-        assert_eq!(
-            evaluate(&message("hello", &[]), "!r:hs", 3, &members, None).await,
-            vec![("@bob:hs".to_owned(), false)]
-        );
-        // An intentional mention highlights.
-        assert_eq!(
-            evaluate(
-                &message("hi Bob, look", &["@bob:hs"]),
-                "!r:hs",
-                3,
-                &members,
-                None
-            )
-            .await,
-            vec![("@bob:hs".to_owned(), true)]
-        );
-        // Notices do not notify.
-        let notice = serde_json::json!({
-            "type": "m.room.message", "sender": "@alice:hs", "room_id": "!r:hs",
-            "event_id": "$n", "origin_server_ts": 1,
-            "content": {"msgtype": "m.notice", "body": "bot says"},
-        })
-        .to_string();
-        assert_eq!(evaluate(&notice, "!r:hs", 3, &members, None).await, vec![]);
-    }
-
-    #[tokio::test]
-    async fn room_mentions_need_the_power_to_notify_the_room() {
-        let members = vec!["@bob:hs".to_owned()];
-        let create = |version: &str| {
-            serde_json::json!({"type": "m.room.create", "sender": "@alice:hs", "state_key": "",
-                               "content": {"room_version": version}})
-            .to_string()
-        };
-        let levels = serde_json::json!({"type": "m.room.power_levels", "state_key": "",
-            "content": {"users": {"@alice:hs": 100}, "users_default": 0}})
-        .to_string();
-        let mention = |sender: &str| {
-            serde_json::json!({
-                "type": "m.room.message", "sender": sender, "room_id": "!r:hs",
-                "event_id": "$m", "origin_server_ts": 1,
-                "content": {"msgtype": "m.text", "body": "everyone!", "m.mentions": {"room": true}},
-            })
-            .to_string()
-        };
-        let context = power_levels_context(Some(&create("10")), Some(&levels));
-        assert!(context.is_some());
-        // The room's admin may: a highlight. Someone at level 0 may not.
-        assert_eq!(
-            evaluate(&mention("@alice:hs"), "!r:hs", 3, &members, context.clone()).await,
-            vec![("@bob:hs".to_owned(), true)]
-        );
-        let others = vec!["@alice:hs".to_owned()];
-        assert_eq!(
-            evaluate(&mention("@carol:hs"), "!r:hs", 3, &others, context).await,
-            vec![("@alice:hs".to_owned(), false)]
-        );
-        // In v12 the creator may, without a power levels event.
-        let v12 = power_levels_context(Some(&create("12")), None);
-        assert_eq!(
-            evaluate(&mention("@alice:hs"), "!r:hs", 3, &members, v12).await,
-            vec![("@bob:hs".to_owned(), true)]
-        );
-        assert!(power_levels_context(None, Some(&levels)).is_none());
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,40 @@ impl UserApi {
             .ok_or_else(|| ApiError::InvalidInput("not a local user".into()))
     }
 
+    /// Rewrites one piece of a local user's account data from its current
+    /// content and publishes it. One change at a time per process, and on
+    /// PostgreSQL per user across the replicas sharing the database, so no
+    /// change is lost to another made at the same moment.
+    pub(crate) async fn modify_account_data(
+        &self,
+        localpart: &str,
+        (room_id, data_type): (&str, &str),
+        change: impl FnOnce(Option<String>) -> Result<String, ApiError>,
+    ) -> Result<Option<LogPosition>, ApiError> {
+        let id = {
+            let _one_at_a_time = self.modifying.lock().await;
+            let lock = self
+                .storage
+                .db
+                .lock_name(&format!("userapi.modify {localpart}"))
+                .await
+                .map_err(ApiError::internal)?;
+            let id = self
+                .storage
+                .modify_account_data((localpart, room_id, data_type), change)
+                .await;
+            lock.release().await;
+            id?
+        };
+        self.publish(&Pending {
+            id,
+            localpart: localpart.to_owned(),
+            room_id: room_id.to_owned(),
+            data_type: data_type.to_owned(),
+        })
+        .await
+    }
+
     /// Publishes an outbox row with the content as stored now, then
     /// removes the row; `None` when another replica published it first.
     /// One publisher at a time per user, across every replica sharing the

@@ -40,6 +40,15 @@ fn new_device_id() -> String {
 }
 
 impl UserApi {
+    /// The pushers of the user's devices that are gone go with them.
+    async fn drop_pushers_of_gone_devices(&self, user_id: &str) -> Result<(), ApiError> {
+        let localpart = self.local_part(user_id)?;
+        self.storage
+            .delete_pushers_of_gone_devices(user_id, localpart)
+            .await?;
+        Ok(())
+    }
+
     /// Operator: adds a registration token (16 random letters and digits
     /// when none is given), usable `uses_allowed` times (without limit if
     /// `None`) until `expiry_ms` (for ever if `None`); the token.
@@ -289,9 +298,11 @@ impl UsersApi for UserApi {
             .delete_device_by_token(&token_hash(&request.access_token))
             .await?
             .ok_or(ApiError::UnknownToken)?;
+        let user_id = self.user_id(&localpart);
+        self.drop_pushers_of_gone_devices(&user_id).await?;
         Ok(pb::LogoutResponse {
             devices_removed: 1,
-            user_id: self.user_id(&localpart),
+            user_id,
             device_id,
         })
     }
@@ -302,6 +313,7 @@ impl UsersApi for UserApi {
     ) -> Result<pb::LogoutResponse, ApiError> {
         let localpart = self.local_part(&request.user_id)?;
         let removed = self.storage.delete_all_devices(localpart).await?;
+        self.drop_pushers_of_gone_devices(&request.user_id).await?;
         Ok(pb::LogoutResponse {
             devices_removed: removed as u32,
             user_id: request.user_id,
@@ -392,12 +404,12 @@ impl UsersApi for UserApi {
         request: pb::DeleteDevicesRequest,
     ) -> Result<pb::DeleteDevicesResponse, ApiError> {
         let localpart = self.local_part(&request.user_id)?;
-        Ok(pb::DeleteDevicesResponse {
-            deleted: self
-                .storage
-                .delete_devices(localpart, &request.device_ids)
-                .await?,
-        })
+        let deleted = self
+            .storage
+            .delete_devices(localpart, &request.device_ids)
+            .await?;
+        self.drop_pushers_of_gone_devices(&request.user_id).await?;
+        Ok(pb::DeleteDevicesResponse { deleted })
     }
 
     async fn set_password(
@@ -420,6 +432,7 @@ impl UsersApi for UserApi {
             )
             .await?
             .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+        self.drop_pushers_of_gone_devices(&request.user_id).await?;
         Ok(pb::SetPasswordResponse { logged_out })
     }
 
@@ -433,6 +446,7 @@ impl UsersApi for UserApi {
             .deactivate(localpart, request.erase)
             .await?
             .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+        self.drop_pushers_of_gone_devices(&request.user_id).await?;
         Ok(pb::DeactivateResponse { logged_out })
     }
 
@@ -537,19 +551,123 @@ impl UsersApi for UserApi {
             ),
             None => None,
         };
-        let id = self
-            .storage
-            .update_tag(localpart, &request.room_id, &request.tag, content)
-            .await?;
+        let tag = request.tag;
         let position = self
-            .publish(&Pending {
-                id,
-                localpart: localpart.to_owned(),
-                room_id: request.room_id,
-                data_type: "m.tag".to_owned(),
+            .modify_account_data(localpart, (&request.room_id, "m.tag"), |current| {
+                let mut tags: serde_json::Map<String, serde_json::Value> = current
+                    .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                    .and_then(|v| {
+                        v.get("tags")
+                            .and_then(serde_json::Value::as_object)
+                            .cloned()
+                    })
+                    .unwrap_or_default();
+                match content {
+                    Some(content) => tags.insert(tag, content),
+                    None => tags.remove(&tag),
+                };
+                Ok(serde_json::json!({ "tags": tags }).to_string())
             })
             .await?;
         Ok(pb::AccountDataWritten { position })
+    }
+
+    async fn update_push_rule(
+        &self,
+        request: pb::UpdatePushRuleRequest,
+    ) -> Result<pb::AccountDataWritten, ApiError> {
+        use ganglion_base::push_rules::{self, Change, ChangeError};
+        use pb::update_push_rule_request::Change as Wire;
+        let localpart = self.local_part(&request.user_id)?;
+        let user_id = ruma::UserId::parse(&request.user_id)
+            .map_err(|_| ApiError::InvalidInput("invalid user ID".into()))?;
+        let json = |bytes: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .map_err(|e| ApiError::InvalidInput(format!("invalid JSON: {e}")))
+        };
+        let change = match request.change {
+            Some(Wire::Put(put)) => Change::Put {
+                body: json(&put.rule_json)?,
+                before: put.before,
+                after: put.after,
+            },
+            Some(Wire::Delete(_)) => Change::Delete,
+            Some(Wire::Enabled(enabled)) => Change::Enabled(enabled),
+            Some(Wire::ActionsJson(actions)) => Change::Actions(json(&actions)?),
+            None => return Err(ApiError::MissingParam("no change".into())),
+        };
+        let refused = |error: ChangeError| match error {
+            ChangeError::NotFound(m) => ApiError::NotFound(m),
+            ChangeError::Invalid(m) => ApiError::InvalidInput(m),
+        };
+        push_rules::check(&request.kind, &request.rule_id, &change).map_err(refused)?;
+        let position = self
+            .modify_account_data(localpart, ("", push_rules::ACCOUNT_DATA_TYPE), |current| {
+                let mut rules = push_rules::effective(&user_id, current.as_deref());
+                push_rules::apply(&mut rules, &request.kind, &request.rule_id, &change)
+                    .map_err(refused)?;
+                Ok(push_rules::content(&rules).to_string())
+            })
+            .await?;
+        Ok(pb::AccountDataWritten { position })
+    }
+
+    async fn get_pushers(
+        &self,
+        request: pb::GetPushersRequest,
+    ) -> Result<pb::GetPushersResponse, ApiError> {
+        self.local_part(&request.user_id)?;
+        let pushers = self.storage.pushers_of(&request.user_id).await?;
+        Ok(pb::GetPushersResponse {
+            pushers: pushers
+                .into_iter()
+                .map(|p| pb::PusherInfo {
+                    app_id: p.app_id,
+                    pushkey: p.pushkey,
+                    kind: p.kind,
+                    app_display_name: p.app_display_name,
+                    device_display_name: p.device_display_name,
+                    profile_tag: p.profile_tag,
+                    lang: p.lang,
+                    data_json: p.data.into_bytes(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn set_pusher(
+        &self,
+        request: pb::SetPusherRequest,
+    ) -> Result<ganglion_api::proto::common::Empty, ApiError> {
+        self.local_part(&request.user_id)?;
+        let info = request
+            .pusher
+            .ok_or_else(|| ApiError::MissingParam("pusher".into()))?;
+        if request.remove {
+            self.storage
+                .delete_pusher(&request.user_id, &info.app_id, &info.pushkey)
+                .await?;
+            return Ok(Default::default());
+        }
+        if let Some(problem) = ganglion_api::users::pusher_problem(&info) {
+            return Err(ApiError::InvalidInput(problem));
+        }
+        let pusher = crate::storage::Pusher {
+            id: 0,
+            user_id: request.user_id,
+            device_id: request.device_id,
+            app_id: info.app_id,
+            pushkey: info.pushkey,
+            kind: info.kind,
+            app_display_name: info.app_display_name,
+            device_display_name: info.device_display_name,
+            profile_tag: info.profile_tag,
+            lang: info.lang,
+            data: object_json(&info.data_json)?,
+            pushkey_ts: ganglion_base::clock::now_ms() / 1000,
+        };
+        self.storage.set_pusher(&pusher, request.append).await?;
+        Ok(Default::default())
     }
 }
 

@@ -35,9 +35,46 @@ pub(crate) static PASSWORD_QUEUE_FULL: LazyLock<IntCounter> = LazyLock::new(|| {
     .with_label_values::<&str>(&[])
 });
 
+/// Notifications a push gateway took.
+pub(crate) static PUSHES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter_vec(
+        "ganglion_userapi_pushes_sent_total",
+        "Notifications a push gateway accepted",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+});
+
+/// Attempts at a push gateway that failed (to be retried).
+pub(crate) static PUSHES_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter_vec(
+        "ganglion_userapi_push_attempts_failed_total",
+        "Requests to push gateways that failed and will be retried",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+});
+
+/// Notifications given up (too old, or refused by their gateway).
+pub(crate) static PUSHES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter_vec(
+        "ganglion_userapi_pushes_dropped_total",
+        "Notifications given up: refused by their gateway, or undelivered for too long",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+});
+
 /// Makes every series of this service exist from the start, at 0.
 pub(crate) fn export() {
-    for counter in [&ACCOUNTS_CREATED, &LOGINS, &PASSWORD_QUEUE_FULL] {
+    for counter in [
+        &ACCOUNTS_CREATED,
+        &LOGINS,
+        &PASSWORD_QUEUE_FULL,
+        &PUSHES_SENT,
+        &PUSHES_FAILED,
+        &PUSHES_DROPPED,
+    ] {
         LazyLock::force(counter);
     }
 }

@@ -1,11 +1,13 @@
 //! userapi: accounts, devices, access tokens and account data.
 //!
 //! - Serves: the [`UsersApi`](ganglion_api::users::UsersApi) (login, token
-//!   lookup, registration, logout, devices, account data and tags),
-//!   in-process or over gRPC.
-//! - Consumes: nothing yet (push rules over `roomserver.output` come later).
+//!   lookup, registration, logout, devices, account data and tags, push
+//!   rules and pushers), in-process or over gRPC.
+//! - Consumes: `roomserver.output`, in one group whose replicas split the
+//!   rooms, to push notifications to push gateways (`push/`).
 //! - Produces: `userapi.account_data` (`account_data.rs`); `userapi.profile` later.
-//! - Owns: its database (accounts, devices, account data).
+//! - Owns: its database (accounts, devices, account data, pushers and
+//!   their queue, the push view of rooms).
 #![forbid(unsafe_code)]
 
 mod account_data;
@@ -13,6 +15,7 @@ mod api;
 mod internal_events;
 mod last_seen;
 mod passwords;
+mod push;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -37,6 +40,9 @@ pub struct UserApi {
     topics: Topics,
     /// Serialises publishing account data (see `account_data.rs`).
     publishing: tokio::sync::Mutex<()>,
+    /// Serialises changes made from the current content (tags, push
+    /// rules; see `account_data.rs`).
+    modifying: tokio::sync::Mutex<()>,
     /// Devices' sightings not written yet (`last_seen.rs`).
     last_seen: Arc<last_seen::LastSeen>,
     /// Proxies whose `X-Forwarded-For` names the client.
@@ -60,6 +66,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("publishing account data left from before: {0}")]
     Publish(ganglion_api::ApiError),
+    #[error("the push gateway client: {0}")]
+    Push(String),
 }
 
 /// Opens the database (migrating it), publishes account data a crash left
@@ -88,6 +96,7 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
         log,
         topics,
         publishing: tokio::sync::Mutex::new(()),
+        modifying: tokio::sync::Mutex::new(()),
         last_seen: Arc::default(),
         trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
     });
@@ -101,4 +110,57 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
         tracing::info!(published, "published account data left from before");
     }
     Ok(Started { api, health })
+}
+
+impl Started {
+    /// Joins the push group on `roomserver.output` and sends what it
+    /// queues to push gateways, until `shutdown` turns true. Not for
+    /// operator commands.
+    pub async fn run_push(
+        &mut self,
+        config: &Config,
+        log: Arc<dyn Log>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), StartError> {
+        log.ensure_topic(&self.api.topics.roomserver_output, config.log.partitions)
+            .await?;
+        let client = ganglion_outbound::GuardedClient::new(config)
+            .map_err(|e| StartError::Push(e.to_string()))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        let listen = config
+            .service("userapi")
+            .listen
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "monolith".to_owned());
+        let push = &config.push;
+        let millis = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+        let delivery = push::delivery::Delivery::new(
+            self.api.storage.clone(),
+            client,
+            push::delivery::Settings {
+                owner: format!("{host}/{listen}/{}", config.data_dir.display()),
+                lease_ms: millis(push.lease_ms),
+                request_timeout: std::time::Duration::from_millis(push.request_timeout_ms),
+                max_notification_age_ms: millis(push.max_notification_age_ms),
+                max_backoff_ms: millis(push.max_backoff_ms),
+            },
+        );
+        tokio::spawn(delivery.clone().run(shutdown.clone()));
+        let consumer = ganglion_api::consume::spawn(
+            log,
+            &format!("{}userapi-push", config.log.topic_prefix),
+            &[self.api.topics.roomserver_output.as_str()],
+            Arc::new(push::PushConsumer {
+                api: self.api.clone(),
+                delivery,
+                max_event_age_ms: millis(push.max_event_age_ms),
+            }),
+            shutdown,
+        )
+        .await?;
+        self.health.add(consumer);
+        Ok(())
+    }
 }

@@ -305,6 +305,113 @@ async fn postgres_account_data_and_tags() {
     account_data_and_tags(&started).await;
 }
 
+/// Push rule changes: made on the rules as they are, none lost to another
+/// made at the same time (here by `apis`, replicas on one database), and
+/// refused with NotFound or InvalidInput as the push rules API asks.
+async fn push_rule_changes(apis: &[&dyn UsersApi]) {
+    use pb::update_push_rule_request::Change;
+    let register = apis[0]
+        .register(pb::RegisterRequest {
+            localpart: "pusher".into(),
+            password: "secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let user_id = register.user_id;
+    let change = |kind: &str, rule_id: &str, change: Change| pb::UpdatePushRuleRequest {
+        user_id: user_id.clone(),
+        kind: kind.into(),
+        rule_id: rule_id.into(),
+        change: Some(change),
+    };
+    let put = |pattern: &str| {
+        Change::Put(pb::PutPushRule {
+            rule_json: serde_json::json!({"pattern": pattern, "actions": ["notify"]})
+                .to_string()
+                .into_bytes(),
+            before: None,
+            after: None,
+        })
+    };
+    let writes = (0..20).map(|n| {
+        let api = apis[n % apis.len()];
+        let request = change("content", &format!("word{n}"), put(&format!("word{n}")));
+        async move { api.update_push_rule(request).await }
+    });
+    for written in futures::future::join_all(writes).await {
+        written.expect("change");
+    }
+    let stored = apis[0]
+        .get_account_data(pb::GetAccountDataRequest {
+            user_id: user_id.clone(),
+            room_id: String::new(),
+            data_type: "m.push_rules".into(),
+        })
+        .await
+        .expect("get")
+        .content_json
+        .expect("stored");
+    let user = ruma::UserId::parse(&user_id).expect("user ID");
+    let rules = ganglion_base::push_rules::effective(
+        &user,
+        Some(std::str::from_utf8(&stored).expect("utf8")),
+    );
+    let words = rules
+        .content
+        .iter()
+        .filter(|rule| rule.rule_id.starts_with("word"))
+        .count();
+    assert_eq!(words, 20, "every change kept");
+    assert!(matches!(
+        apis[0]
+            .update_push_rule(change("room", "!nope:localhost", Change::Enabled(false)))
+            .await,
+        Err(ApiError::NotFound(_))
+    ));
+    assert!(matches!(
+        apis[0]
+            .update_push_rule(change("content", ".mine", put("x")))
+            .await,
+        Err(ApiError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        apis[0]
+            .update_push_rule(change(
+                "override",
+                ".m.rule.master",
+                Change::Delete(Default::default())
+            ))
+            .await,
+        Err(ApiError::InvalidInput(_))
+    ));
+    let mut other = change("content", "word1", Change::Enabled(false));
+    other.user_id = "@someone:elsewhere".into();
+    assert!(matches!(
+        apis[0].update_push_rule(other).await,
+        Err(ApiError::InvalidInput(_))
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_push_rule_changes() {
+    let (started, _dir) = service(None).await;
+    push_rule_changes(&[started.api.as_ref()]).await;
+}
+
+#[tokio::test]
+async fn postgres_replicas_push_rule_changes() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_push_rules").await;
+    let (config, dir) = ganglion_base::testing::service_config("userapi", Some(url));
+    let log: std::sync::Arc<dyn ganglion_log::Log> =
+        std::sync::Arc::new(ganglion_log::EmbeddedLog::open(dir.path().join("log")).expect("log"));
+    let one = crate::start(&config, Some(log.clone()))
+        .await
+        .expect("start");
+    let two = crate::start(&config, Some(log)).await.expect("start");
+    push_rule_changes(&[one.api.as_ref(), two.api.as_ref()]).await;
+}
+
 /// Two replicas on one PostgreSQL database and one log: rows left in the
 /// outbox are published once between them, and writes racing on one key
 /// leave the key's latest content as its last record.

@@ -21,7 +21,7 @@ use crate::ClientApi;
 
 /// Account data only the server writes.
 fn server_controlled(data_type: &str) -> bool {
-    matches!(data_type, "m.fully_read" | "m.push_rules")
+    data_type == "m.fully_read" || data_type == ganglion_base::push_rules::ACCOUNT_DATA_TYPE
 }
 
 /// The requester must be the user the path names.
@@ -114,13 +114,15 @@ pub(crate) async fn get_global(
     Ruma(request): Ruma<get_global_account_data::v3::Request>,
 ) -> MatrixResult {
     require_self(&device, request.user_id.as_str())?;
-    let content = api
-        .get_account_data(
-            request.user_id.as_str(),
-            "",
-            &request.event_type.to_string(),
-        )
-        .await?;
+    let data_type = request.event_type.to_string();
+    // The push rules are the server's defaults until the user changes one.
+    let content = if data_type == ganglion_base::push_rules::ACCOUNT_DATA_TYPE {
+        serde_json::value::to_raw_value(&api.push_rules_content(&device).await?)
+            .map_err(|_| MatrixError::unknown("serializing push rules"))?
+    } else {
+        api.get_account_data(request.user_id.as_str(), "", &data_type)
+            .await?
+    };
     respond_ruma(get_global_account_data::v3::Response::new(Raw::from_json(
         content,
     )))

@@ -10,6 +10,7 @@ mod ephemeral;
 mod keys;
 mod profile;
 mod push_rules;
+mod pushers;
 mod reports;
 mod room_state;
 mod rooms;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 
 pub(crate) use ephemeral::TypingTimers;
 use ganglion_api::proto::common::LogPosition;
@@ -201,6 +202,8 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 &format!("{prefix}/keys/signatures/upload"),
                 post(keys::upload_signatures),
             )
+            .route(&format!("{prefix}/pushers"), get(pushers::get))
+            .route(&format!("{prefix}/pushers/set"), post(pushers::set))
             .route(&format!("{prefix}/pushrules/"), get(push_rules::all))
             .route(&format!("{prefix}/pushrules"), get(push_rules::all))
             .route(
@@ -209,15 +212,21 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             )
             .route(
                 &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}"),
-                get(push_rules::one),
+                get(push_rules::one)
+                    .put(push_rules::put)
+                    .delete(push_rules::delete),
             )
             .route(
                 &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/enabled"),
-                get(push_rules::enabled),
+                get(push_rules::enabled).put(push_rules::set_enabled),
             )
             .route(
                 &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/actions"),
-                get(push_rules::actions),
+                get(push_rules::actions).put(push_rules::set_actions),
+            )
+            .route(
+                &format!("{prefix}/pushrules/{{scope}}/{{kind}}/{{rule_id}}/{{attribute}}"),
+                any(push_rules::unknown_attribute),
             )
             .route(
                 &format!("{prefix}/user/{{user_id}}/account_data/{{data_type}}"),

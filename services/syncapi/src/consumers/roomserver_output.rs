@@ -83,11 +83,29 @@ impl OutputConsumer {
                 .create_and_power_levels(room_id)
                 .await
                 .map_err(HandleError::storage)?;
-            crate::notifications::power_levels_context(create.as_deref(), levels.as_deref())
+            ganglion_base::push_rules::power_levels_context(create.as_deref(), levels.as_deref())
         } else {
             None
         };
-        Ok(crate::notifications::evaluate(json, room_id, joined, &members, power_levels).await)
+        let custom = self
+            .service
+            .push_rules
+            .custom(&self.service.storage, &members)
+            .await
+            .map_err(HandleError::storage)?;
+        let notified = ganglion_base::push_rules::evaluate(
+            json,
+            room_id,
+            joined,
+            &members,
+            &custom,
+            power_levels,
+        )
+        .await;
+        Ok(notified
+            .into_iter()
+            .map(|notification| (notification.user_id, notification.highlight))
+            .collect())
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use ganglion_api::proto::userapi::Device;
 use ganglion_base::MatrixError;
+use ganglion_base::push_rules;
 use serde_json::{Map, Value, json};
 
 use crate::SyncService;
@@ -177,8 +178,16 @@ pub(crate) async fn account_data(
         .map(|s| s.stream_offset(Stream::AccountData, own_partition))
         .unwrap_or(0);
     let to = current.stream_offset(Stream::AccountData, own_partition);
+    let mut push_rules_sent = false;
     for row in service.storage.account_data_for(user_id, from, to).await? {
-        let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
+        let content: Value =
+            if row.room_id.is_empty() && row.data_type == push_rules::ACCOUNT_DATA_TYPE {
+                // As stored, on top of this version's default rules.
+                push_rules_sent = true;
+                push_rules_content(user_id, Some(&row.content))
+            } else {
+                serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}))
+            };
         let event = json!({ "type": row.data_type, "content": content });
         if row.room_id.is_empty() {
             if filter.account_data_matches(&row.data_type) {
@@ -191,7 +200,25 @@ pub(crate) async fn account_data(
                 .push(event);
         }
     }
+    // A first sync carries the user's push rules, the server's defaults
+    // until they change one.
+    if since.is_none()
+        && !push_rules_sent
+        && filter.account_data_matches(push_rules::ACCOUNT_DATA_TYPE)
+    {
+        out.account_data.push(json!({
+            "type": push_rules::ACCOUNT_DATA_TYPE,
+            "content": push_rules_content(user_id, None),
+        }));
+    }
     Ok(())
+}
+
+fn push_rules_content(user_id: &str, stored: Option<&str>) -> Value {
+    match ruma::UserId::parse(user_id) {
+        Ok(user_id) => push_rules::content(&push_rules::effective(&user_id, stored)),
+        Err(_) => json!({}),
+    }
 }
 
 /// Presence changes of the users the user shares a room with.

@@ -1,5 +1,4 @@
 use ganglion_base::sql;
-use serde_json::{Map, Value};
 
 use super::{Storage, StorageError};
 
@@ -66,40 +65,29 @@ impl Storage {
         .await?)
     }
 
-    /// Adds (`Some`) or removes (`None`) one tag of a room's `m.tag`, in
-    /// one transaction with its outbox row.
-    pub(crate) async fn update_tag(
+    /// Rewrites one piece of account data from its current content (if
+    /// any), in one transaction with its outbox row; `change` may refuse.
+    /// Callers serialise changes (see `UserApi::modify_account_data`).
+    pub(crate) async fn modify_account_data<E: From<StorageError>>(
         &self,
-        localpart: &str,
-        room_id: &str,
-        tag: &str,
-        content: Option<Value>,
-    ) -> Result<i64, StorageError> {
-        let mut tx = self.db.pool.begin().await?;
+        (localpart, room_id, data_type): (&str, &str, &str),
+        change: impl FnOnce(Option<String>) -> Result<String, E>,
+    ) -> Result<i64, E> {
+        let mut tx = self.db.pool.begin().await.map_err(StorageError::from)?;
         let current: Option<String> = sql::query_scalar(
             "SELECT content FROM account_data
-             WHERE localpart = $1 AND room_id = $2 AND data_type = 'm.tag'",
+             WHERE localpart = $1 AND room_id = $2 AND data_type = $3",
         )
         .bind(localpart)
         .bind(room_id)
+        .bind(data_type)
         .fetch_optional(&mut *tx)
-        .await?;
-        let mut tags: Map<String, Value> = current
-            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-            .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
-            .unwrap_or_default();
-        match content {
-            Some(content) => {
-                tags.insert(tag.to_owned(), content);
-            }
-            None => {
-                tags.remove(tag);
-            }
-        }
-        let content = serde_json::json!({ "tags": tags }).to_string();
-        Self::write_account_data(&mut tx, localpart, room_id, "m.tag", &content).await?;
-        let id = Self::enqueue(&mut tx, localpart, room_id, "m.tag").await?;
-        tx.commit().await?;
+        .await
+        .map_err(StorageError::from)?;
+        let content = change(current)?;
+        Self::write_account_data(&mut tx, localpart, room_id, data_type, &content).await?;
+        let id = Self::enqueue(&mut tx, localpart, room_id, data_type).await?;
+        tx.commit().await.map_err(StorageError::from)?;
         Ok(id)
     }
 

@@ -84,4 +84,59 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "deactivated accounts",
         sql: "ALTER TABLE accounts ADD COLUMN deactivated BIGINT NOT NULL DEFAULT 0;",
     },
+    // Pushers (one per user, app and pushkey; gone with the device that
+    // set them) with their delivery state, the notifications waiting for
+    // them, and the push view of `roomserver.output`: who is in each room,
+    // and the room's create, power levels and name as push needs them.
+    Migration {
+        version: 8,
+        description: "pushers, their queue and the push view of rooms",
+        sql: "
+        CREATE TABLE pushers (
+            id {serial},
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            pushkey TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app_display_name TEXT NOT NULL,
+            device_display_name TEXT NOT NULL,
+            profile_tag TEXT,
+            lang TEXT NOT NULL,
+            data TEXT NOT NULL,
+            pushkey_ts BIGINT NOT NULL,
+            failing_since BIGINT,
+            last_error TEXT,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            next_attempt_ms BIGINT NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX pushers_of_user ON pushers (user_id, app_id, pushkey);
+        CREATE INDEX pushers_by_key ON pushers (app_id, pushkey);
+        CREATE TABLE push_queue (
+            id {serial},
+            pusher_id BIGINT NOT NULL,
+            event_id TEXT NOT NULL,
+            notification TEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        );
+        CREATE UNIQUE INDEX push_queue_once ON push_queue (pusher_id, event_id);
+        CREATE TABLE push_members (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            membership TEXT NOT NULL,
+            displayname TEXT,
+            PRIMARY KEY (room_id, user_id)
+        );
+        CREATE INDEX push_members_joined ON push_members (room_id, membership);
+        CREATE TABLE push_rooms (
+            room_id TEXT NOT NULL PRIMARY KEY,
+            create_event TEXT,
+            power_levels_event TEXT,
+            name TEXT,
+            canonical_alias TEXT
+        );
+    ",
+    },
 ];

@@ -5,10 +5,12 @@ mod account_data;
 mod accounts;
 mod devices;
 mod migrations;
+mod pushers;
 
 pub(crate) use account_data::Pending;
 pub(crate) use accounts::ProfileField;
 pub(crate) use migrations::MIGRATIONS;
+pub(crate) use pushers::{Pusher, Queued, RoomField};
 
 use ganglion_base::Database;
 
