@@ -161,6 +161,30 @@ async fn polylith_media_through_two_replicas() {
     }
 }
 
+/// The userapi as two replicas sharing one database: pushers set through
+/// either, and the push consumer group split between them; every push
+/// goes out once, with retries and rejections as in the monolith.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polylith_pushes_from_two_userapis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = vec![(
+        "GANGLION_FEDERATION__IP_RANGE_ALLOWLIST".to_owned(),
+        r#"["127.0.0.1/32"]"#.to_owned(),
+    )];
+    let mut server = Polylith::start_with(dir.path(), &database_urls("push").await, env).await;
+    let second = server.add_replica("userapi").await;
+    let accepted = crate::push::pushers_and_delivery(&server.base_url).await;
+    // Each taken notification was sent by one replica or the other.
+    let mut sent = 0;
+    for operator in [
+        server.listeners("userapi").operator,
+        server.replica_listeners(&second).operator,
+    ] {
+        sent += metric_total(&operator, "ganglion_userapi_pushes_sent_total").await;
+    }
+    assert_eq!(sent as usize, accepted, "{}", server.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polylith_two_roomservers_share_rooms_and_survive_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");

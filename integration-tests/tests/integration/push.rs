@@ -61,7 +61,7 @@ pub(crate) async fn push_rules_api(base_url: &str) {
     let first = alice.sync_all(None, 0).await;
     let synced = synced_rules(&first).expect("m.push_rules in a first sync");
     assert_eq!(ids(&synced, "override")[0], ".m.rule.master", "{synced}");
-    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
 
     // A new override rule: enabled, not a default, first after the master.
     let beer = json!({
@@ -497,8 +497,9 @@ async fn until_pushed(
 /// the default rules and their own, in which format, with which tweaks;
 /// retries when the gateway fails, pushers removed when it rejects their
 /// pushkey, with their device, or by another user taking their pushkey.
-/// The server must be allowed to reach loopback.
-pub(crate) async fn pushers_and_delivery(base_url: &str) {
+/// The server must be allowed to reach loopback. Answers how many
+/// notifications the gateway took.
+pub(crate) async fn pushers_and_delivery(base_url: &str) -> usize {
     let gateway = ganglion_integration_tests::push_gateway::PushGateway::start().await;
     let url = gateway.url.clone();
     let alice = Client::register(base_url, "pd_alice", "pw-alice-pd").await;
@@ -526,7 +527,7 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) {
     };
     let without = |key: &str| {
         let mut body = good.clone();
-        body.as_object_mut().unwrap().remove(key);
+        body.as_object_mut().expect("an object").remove(key);
         body
     };
     let cases: Vec<(Value, u16, &str)> = vec![
@@ -759,4 +760,16 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) {
     let left: Vec<Value> = pushers(&dave).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["pushkey"], "dave-key");
+
+    // No event was pushed to a pushkey twice.
+    let accepted = gateway.accepted();
+    let mut seen = std::collections::HashSet::new();
+    for notification in &accepted {
+        let key = (
+            notification["event_id"].to_string(),
+            notification["devices"][0]["pushkey"].to_string(),
+        );
+        assert!(seen.insert(key.clone()), "pushed twice: {key:?}");
+    }
+    accepted.len()
 }
