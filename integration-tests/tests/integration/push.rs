@@ -773,3 +773,120 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) -> usize {
     }
     accepted.len()
 }
+
+/// `GET /notifications`: what notified the user, newest first, read or
+/// not as receipts say, with the actions that notified, in pages.
+pub(crate) async fn notifications_list(base_url: &str) {
+    let alice = Client::register(base_url, "nl_alice", "pw-alice-nl").await;
+    let bob = Client::register(base_url, "nl_bob", "pw-bob-nl").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room_id).await.status, 200);
+    let room = encode(&room_id);
+    let first = event_id(&alice.send_text(&room_id, "n1", "one").await);
+    let second = event_id(
+        &alice
+            .call(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n2"),
+                Some(json!({"msgtype": "m.text", "body": "two, bob",
+                            "m.mentions": {"user_ids": [bob.user_id]}})),
+            )
+            .await,
+    );
+    let third = event_id(&alice.send_text(&room_id, "n3", "three").await);
+    let list = |query: String| {
+        let bob = bob.clone();
+        async move {
+            bob.call(
+                Method::GET,
+                &format!("/_matrix/client/v3/notifications{query}"),
+                None,
+            )
+            .await
+        }
+    };
+    let all = list(String::new()).await;
+    assert_eq!(all.status, 200, "{all:?}");
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.body["notifications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                n["event"]["event_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ids(&all), [third.clone(), second.clone(), first.clone()]);
+    let notifications = all.body["notifications"].as_array().expect("notifications");
+    for notification in notifications {
+        assert_eq!(notification["read"], false);
+        assert_eq!(notification["room_id"], room_id.as_str());
+        assert!(notification["ts"].as_i64().is_some_and(|ts| ts > 0));
+        assert_eq!(notification["actions"][0], "notify");
+        assert_eq!(notification["event"]["room_id"], room_id.as_str());
+    }
+    assert_eq!(notifications[1]["event"]["content"]["body"], "two, bob");
+    assert!(
+        notifications[1]["actions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!({"set_tweak": "highlight", "value": true}))),
+        "{}",
+        notifications[1]
+    );
+    assert!(all.body.get("next_token").is_none(), "{:?}", all.body);
+    // Highlights only.
+    assert_eq!(ids(&list("?only=highlight".into()).await), [second.clone()]);
+    // In pages.
+    let page = list("?limit=2".into()).await;
+    assert_eq!(ids(&page), [third.clone(), second.clone()]);
+    let next = page.body["next_token"]
+        .as_str()
+        .expect("next_token")
+        .to_owned();
+    let rest = list(format!("?limit=2&from={}", encode(&next))).await;
+    assert_eq!(ids(&rest), [first.clone()]);
+    assert!(rest.body.get("next_token").is_none());
+    // A receipt reads what it covers; the counts agree.
+    let receipt = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
+                encode(&second)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(receipt.status, 200, "{receipt:?}");
+    let read: Vec<bool> = list(String::new()).await.body["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| n["read"].as_bool().unwrap_or_default())
+        .collect();
+    assert_eq!(read, [false, true, true]);
+    assert_eq!(
+        unread(&bob.sync_all(None, 0).await, &room_id),
+        json!({"notification_count": 1, "highlight_count": 0})
+    );
+    // Errors.
+    assert_error(
+        &list("?from=nonsense".into()).await,
+        400,
+        "M_INVALID_PARAM",
+        "bad from",
+    );
+    let anonymous = ganglion_integration_tests::client::request(
+        &bob.http,
+        Method::GET,
+        &format!("{base_url}/_matrix/client/v3/notifications"),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&anonymous, 401, "M_MISSING_TOKEN", "no token");
+}

@@ -630,6 +630,56 @@ pub(crate) mod tests {
         }
     }
 
+    /// Transactions that read what they then rewrite, side by side with
+    /// other writers: none is refused as a stale snapshot, none loses
+    /// another's change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_read_then_write_transactions_take_turns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open("test", None, dir.path(), Some(4), MIGRATIONS)
+            .await
+            .expect("open");
+        sql::query("INSERT INTO things (name) VALUES ('0')")
+            .execute(&db.pool)
+            .await
+            .expect("seed");
+        let counters = (0..20).map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.pool.begin_write().await.expect("begin");
+                let n: String = sql::query_scalar("SELECT name FROM things WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .expect("read");
+                tokio::task::yield_now().await;
+                let next = (n.parse::<i64>().expect("number") + 1).to_string();
+                sql::query("UPDATE things SET name = $1 WHERE id = 1")
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("write");
+                tx.commit().await.expect("commit");
+            })
+        });
+        let others = (0..20).map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                sql::query("INSERT INTO things (name) VALUES ('x')")
+                    .execute(&db.pool)
+                    .await
+                    .expect("insert");
+            })
+        });
+        for task in counters.chain(others).collect::<Vec<_>>() {
+            task.await.expect("task");
+        }
+        let n: String = sql::query_scalar("SELECT name FROM things WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("read");
+        assert_eq!(n, "20");
+    }
+
     /// Another process holding SQLite's write lock past the busy timeout
     /// is a wait, not a fault.
     #[tokio::test]
@@ -722,7 +772,7 @@ pub(crate) mod tests {
             let db = db.clone();
             tokio::spawn(async move {
                 for i in 0..50 {
-                    let mut tx = db.pool.begin().await.expect("begin");
+                    let mut tx = db.pool.begin_write().await.expect("begin");
                     sql::query("INSERT INTO things (name) VALUES ($1)")
                         .bind(format!("w{w}-{i}"))
                         .execute(&mut *tx)

@@ -363,6 +363,18 @@ pub async fn evaluate(
     notified
 }
 
+impl Notification {
+    /// The actions that notified, as the API shows them: `notify` and
+    /// each tweak.
+    pub fn actions(&self) -> Value {
+        let mut actions = vec![json!("notify")];
+        for (name, value) in &self.tweaks {
+            actions.push(json!({ "set_tweak": name, "value": value }));
+        }
+        Value::Array(actions)
+    }
+}
+
 /// The tweaks actions set: name → value (a highlight without a value is
 /// true).
 fn tweaks(actions: &[Action]) -> Map<String, Value> {

@@ -605,6 +605,26 @@ impl Pool {
         }
     }
 
+    /// Starts a transaction that reads what it then rewrites: on SQLite
+    /// it takes this database's write turn and SQLite's write lock first
+    /// (`BEGIN IMMEDIATE`), so no other writer commits between its read and
+    /// its write (which SQLite would refuse as a stale snapshot). On
+    /// PostgreSQL, as [`begin`](Self::begin): callers there serialise with
+    /// a lock of their own where it matters.
+    pub async fn begin_write(&self) -> Result<Transaction, sqlx::Error> {
+        match &self.0 {
+            PoolInner::Any(_) => self.begin().await,
+            PoolInner::Sqlite(pool) => {
+                let mut conn = self.connection().await?;
+                if let ConnInner::Sqlite(sqlite) = &mut conn.0 {
+                    sqlite.write = Some(pool.write_turn().await?);
+                }
+                conn.sqlite_batch("BEGIN IMMEDIATE")?;
+                Ok(Transaction { conn })
+            }
+        }
+    }
+
     /// Closes the pool: connections in use close when given back.
     pub async fn close(&self) {
         match &self.0 {

@@ -304,6 +304,22 @@ pub async fn start(
             }
         },
     );
+    let pruned = service.clone();
+    ganglion_base::pruning::spawn(
+        "read_notifications",
+        ganglion_base::pruning::EVERY,
+        move || {
+            let service = pruned.clone();
+            async move {
+                service
+                    .storage
+                    .prune_read_notifications(ganglion_base::clock::ago_ms(
+                        routes::NOTIFICATIONS_KEPT,
+                    ))
+                    .await
+            }
+        },
+    );
     let mut health = Health::default();
     health.add(Arc::new(DatabaseReady {
         service: "syncapi",

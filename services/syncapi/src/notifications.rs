@@ -12,8 +12,8 @@ use ruma::push::Ruleset;
 
 use crate::storage::{NotificationCount, Storage, StorageError};
 
-/// An event that notifies a user: (user, highlight).
-pub(crate) type Notified = Vec<(String, bool)>;
+/// Whom an event notifies, and how.
+pub(crate) type Notified = Vec<push_rules::Notification>;
 
 /// The most users whose changed rules are kept in memory; past it the
 /// cache starts again (rules are read back from the database as needed).

@@ -93,7 +93,7 @@ impl OutputConsumer {
             .custom(&self.service.storage, &members)
             .await
             .map_err(HandleError::storage)?;
-        let notified = ganglion_base::push_rules::evaluate(
+        Ok(ganglion_base::push_rules::evaluate(
             json,
             room_id,
             joined,
@@ -101,11 +101,7 @@ impl OutputConsumer {
             &custom,
             power_levels,
         )
-        .await;
-        Ok(notified
-            .into_iter()
-            .map(|notification| (notification.user_id, notification.highlight))
-            .collect())
+        .await)
     }
 }
 

@@ -6,6 +6,7 @@ mod filter;
 mod key_changes;
 mod members;
 mod messages;
+mod notifications;
 mod relations;
 mod sliding_sync;
 mod sync;
@@ -18,6 +19,10 @@ use axum::routing::{get, post};
 use ganglion_base::http::Routes;
 
 use crate::SyncService;
+
+/// How long read notifications stay listed by `/notifications`.
+pub(crate) const NOTIFICATIONS_KEPT: std::time::Duration =
+    std::time::Duration::from_secs(30 * 86_400);
 
 /// Simplified sliding sync's endpoint (MSC4186, unstable prefix).
 const SLIDING_SYNC_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -85,6 +90,10 @@ pub(crate) fn table() -> Routes<Arc<SyncService>> {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/members"),
                 get(members::members),
+            )
+            .route(
+                &format!("{prefix}/notifications"),
+                get(notifications::notifications),
             )
             .route(
                 &format!("{prefix}/keys/changes"),

@@ -69,7 +69,7 @@ pub(super) struct PendingEvent {
     pub(super) transaction_id: String,
     pub(super) history_visibility: String,
     pub(super) relates_to: Option<(String, String)>,
-    pub(super) notified: Vec<(String, bool)>,
+    pub(super) notified: Vec<ganglion_base::push_rules::Notification>,
     pub(super) thread_id: String,
     pub(super) state: Option<PendingState>,
 }
@@ -99,6 +99,8 @@ struct NotificationToStore {
     offset: i64,
     thread_id: String,
     highlight: i64,
+    /// The actions of the rule that matched (JSON), for `/notifications`.
+    actions: String,
 }
 
 impl AtCommit {
@@ -109,18 +111,19 @@ impl AtCommit {
         (room_id, event_id, event_type): (&str, &str, &str),
         offset: u64,
         thread_id: &str,
-        notified: &[(String, bool)],
+        notified: &[ganglion_base::push_rules::Notification],
     ) {
         if BUMP_TYPES.contains(&event_type) {
             self.bumps.insert(room_id.to_owned(), event_id.to_owned());
         }
-        for (user_id, highlight) in notified {
+        for notification in notified {
             self.notifications.push(NotificationToStore {
-                user_id: user_id.clone(),
+                user_id: notification.user_id.clone(),
                 room_id: room_id.to_owned(),
                 offset: offset as i64,
                 thread_id: thread_id.to_owned(),
-                highlight: i64::from(*highlight),
+                highlight: i64::from(notification.highlight),
+                actions: notification.actions().to_string(),
             });
         }
     }
@@ -203,6 +206,7 @@ impl Batch {
             .execute(&mut *self.tx)
             .await?;
         }
+        let now = ganglion_base::clock::now_ms();
         let notifications: Vec<Vec<Bound<'_>>> = self
             .at_commit
             .notifications
@@ -214,6 +218,8 @@ impl Batch {
                     Bound::Int(n.offset),
                     Bound::Text(Some(&n.thread_id)),
                     Bound::Int(n.highlight),
+                    Bound::Int(now),
+                    Bound::Text(Some(&n.actions)),
                 ]
             })
             .collect();
@@ -222,7 +228,7 @@ impl Batch {
         let inserted = insert_rows(
             self.engine,
             &mut self.tx,
-            "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight)",
+            "INSERT INTO notifications (user_id, room_id, log_offset, thread_id, highlight, ts, actions)",
             "ON CONFLICT DO NOTHING RETURNING user_id, room_id, thread_id, highlight",
             &notifications,
         )

@@ -218,19 +218,20 @@ impl Storage {
                     " AND thread_id = $4"
                 };
                 let sql = format!(
-                    "DELETE FROM notifications
-                     WHERE user_id = $1 AND room_id = $2 AND log_offset <= $3{thread_clause}"
+                    "UPDATE notifications SET unread = 0
+                     WHERE user_id = $1 AND room_id = $2 AND log_offset <= $3
+                       AND unread = 1{thread_clause}"
                 );
-                let mut delete = sql::query(sqlx::AssertSqlSafe(sql))
+                let mut mark = sql::query(sqlx::AssertSqlSafe(sql))
                     .bind(&edu.user_id)
                     .bind(&edu.room_id)
                     .bind(*read_up_to);
                 if !edu.thread_id.is_empty() {
-                    delete = delete.bind(&edu.thread_id);
+                    mark = mark.bind(&edu.thread_id);
                 }
-                delete.execute(&mut *tx).await?;
+                mark.execute(&mut *tx).await?;
                 // The room's counts again, from what is left unread (little:
-                // the receipt just read the rest).
+                // the receipt just read the rest; an index finds it).
                 sql::query("DELETE FROM notification_counts WHERE user_id = $1 AND room_id = $2")
                     .bind(&edu.user_id)
                     .bind(&edu.room_id)
@@ -241,7 +242,7 @@ impl Storage {
                          (user_id, room_id, thread_id, notifications, highlights)
                      SELECT user_id, room_id, thread_id, COUNT(*),
                             CAST(COALESCE(SUM(highlight), 0) AS BIGINT)
-                     FROM notifications WHERE user_id = $1 AND room_id = $2
+                     FROM notifications WHERE user_id = $1 AND room_id = $2 AND unread = 1
                      GROUP BY user_id, room_id, thread_id",
                 )
                 .bind(&edu.user_id)

@@ -22,8 +22,8 @@ pub(crate) struct NewEvent<'a> {
     pub(crate) state_removed: Vec<(String, String, String, String)>,
     /// (type, state key, event ID, membership or empty).
     pub(crate) state_added: Vec<(String, String, String, String)>,
-    /// The local users the event notifies: (user, highlight).
-    pub(crate) notified: &'a [(String, bool)],
+    /// The local users the event notifies, and how.
+    pub(crate) notified: &'a [ganglion_base::push_rules::Notification],
     /// Its thread root, or `main`.
     pub(crate) thread_id: &'a str,
 }
@@ -1336,6 +1336,19 @@ impl Storage {
     }
 }
 
+/// A notification as `/notifications` lists it.
+#[derive(Debug)]
+pub(crate) struct NotifiedEvent {
+    pub(crate) event: EventRow,
+    /// The actions that notified (JSON), when recorded.
+    pub(crate) actions: Option<String>,
+    pub(crate) unread: bool,
+    pub(crate) ts: i64,
+}
+
+/// Where a page of `/notifications` starts: below this (ts, offset, room).
+pub(crate) type NotificationsFrom = (i64, i64, String);
+
 /// A user's unread notifications in one room and thread: how many, and
 /// how many of them highlight.
 #[derive(Debug, Clone)]
@@ -1347,6 +1360,65 @@ pub(crate) struct NotificationCount {
 }
 
 impl Storage {
+    /// A page of the user's notifications, newest first, below `from`;
+    /// with `only_highlights`, only those that highlighted.
+    pub(crate) async fn notified_events(
+        &self,
+        user_id: &str,
+        from: Option<&NotificationsFrom>,
+        limit: u32,
+        only_highlights: bool,
+    ) -> Result<Vec<NotifiedEvent>, StorageError> {
+        let highlight = if only_highlights {
+            " AND n.highlight = 1"
+        } else {
+            ""
+        };
+        let below = if from.is_some() {
+            " AND (n.ts < $3 OR (n.ts = $3 AND (n.log_offset < $4
+                  OR (n.log_offset = $4 AND n.room_id < $5))))"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, n.actions, n.unread, n.ts FROM notifications n
+             JOIN events e ON e.room_id = n.room_id AND e.log_offset = n.log_offset
+             WHERE n.user_id = $1{highlight}{below}
+             ORDER BY n.ts DESC, n.log_offset DESC, n.room_id DESC LIMIT $2"
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(i64::from(limit));
+        if let Some((ts, offset, room_id)) = from {
+            query = query.bind(*ts).bind(*offset).bind(room_id.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotifiedEvent {
+                    event: event_row(row)?,
+                    actions: row.try_get(10)?,
+                    unread: row.try_get::<i64, _>(11)? != 0,
+                    ts: row.try_get(12)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StorageError::from)
+    }
+
+    /// Drops read notifications made before `before_ms` (`/notifications`
+    /// shows a month); answers how many went.
+    pub(crate) async fn prune_read_notifications(
+        &self,
+        before_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let done = sql::query("DELETE FROM notifications WHERE unread = 0 AND ts < $1")
+            .bind(before_ms)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The user's unread notifications, counted per room and thread by the
     /// database: a row per room and thread, however many are unread.
     pub(crate) async fn notifications_for(

@@ -228,4 +228,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             FROM notifications GROUP BY user_id, room_id, thread_id;
         ",
     },
+    // Notifications stay once read, for `GET /notifications`: marked read
+    // by receipts (rows before this were unread: read ones were deleted),
+    // with when they were made and the actions that made them.
+    Migration {
+        version: 8,
+        description: "notifications kept for /notifications",
+        sql: "
+            ALTER TABLE notifications ADD COLUMN unread BIGINT NOT NULL DEFAULT 1;
+            ALTER TABLE notifications ADD COLUMN ts BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE notifications ADD COLUMN actions TEXT;
+            CREATE INDEX notifications_by_time ON notifications (user_id, ts);
+            CREATE INDEX notifications_unread ON notifications (user_id, room_id, unread, log_offset);
+        ",
+    },
 ];

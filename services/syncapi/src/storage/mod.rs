@@ -19,7 +19,9 @@ mod tests;
 pub(crate) use batch::Batch;
 pub(crate) use device_lists::MemberChange;
 pub(crate) use ephemeral::{At, PresenceRow};
-pub(crate) use events::{EventRow, Membership, NewEvent, NotificationCount, StateRef};
+pub(crate) use events::{
+    EventRow, Membership, NewEvent, NotificationCount, NotificationsFrom, StateRef,
+};
 pub(crate) use history::HistoryEvent;
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use sliding::SlidingRoom;

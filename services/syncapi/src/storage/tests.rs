@@ -824,7 +824,11 @@ async fn one_batch_of_many_records(storage: Storage) {
         ))
         .await
         .expect("visibility");
-    let notified = [(BOB.to_owned(), true)];
+    let notified = [ganglion_base::push_rules::Notification {
+        user_id: BOB.to_owned(),
+        highlight: true,
+        tweaks: serde_json::Map::new(),
+    }];
     batch
         .apply_event(&NewEvent {
             notified: &notified,

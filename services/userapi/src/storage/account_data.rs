@@ -73,7 +73,12 @@ impl Storage {
         (localpart, room_id, data_type): (&str, &str, &str),
         change: impl FnOnce(Option<String>) -> Result<String, E>,
     ) -> Result<i64, E> {
-        let mut tx = self.db.pool.begin().await.map_err(StorageError::from)?;
+        let mut tx = self
+            .db
+            .pool
+            .begin_write()
+            .await
+            .map_err(StorageError::from)?;
         let current: Option<String> = sql::query_scalar(
             "SELECT content FROM account_data
              WHERE localpart = $1 AND room_id = $2 AND data_type = $3",
