@@ -469,6 +469,16 @@ async fn deactivated_accounts_leave_and_stay_closed() {
     assert_eq!(named.status, 200, "{named:?}");
     let room_id = eve.create_room(json!({"preset": "public_chat"})).await;
     assert_eq!(dan.join(&room_id).await.status, 200);
+    // An invite still pending when Dan goes.
+    let invited_to = eve.create_room(json!({"preset": "private_chat"})).await;
+    let invite = eve
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&invited_to)),
+            Some(json!({"user_id": dan.user_id})),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}");
 
     let asked = dan
         .call(
@@ -545,6 +555,19 @@ async fn deactivated_accounts_leave_and_stay_closed() {
         profile.body.get("displayname").is_none_or(Value::is_null),
         "{profile:?}"
     );
+    // The pending invite was rejected.
+    let member = eve
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                encode(&invited_to),
+                encode(&dan.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(member.body["membership"], "leave", "{member:?}");
 }
 
 /// User-Interactive Auth sessions: given out by this server, each for one

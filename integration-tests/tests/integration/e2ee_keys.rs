@@ -319,6 +319,32 @@ pub(crate) async fn device_lists(base_url: &str) {
         "{quiet}"
     );
 
+    // Bob renames his device: alice hears of it, and sees the new name.
+    let renamed = bob
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/devices/{}",
+                ganglion_integration_tests::client::encode(&bob.device_id)
+            ),
+            Some(json!({ "display_name": "Bob's new name" })),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let (_, t2) = sync_until(&alice, &t2, |l| listed(l, "changed").contains(&bob.user_id)).await;
+    let query = alice
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { bob.user_id.clone(): [] } })),
+        )
+        .await;
+    assert_eq!(
+        query.body["device_keys"][&bob.user_id][&bob.device_id]["unsigned"]["device_display_name"],
+        "Bob's new name",
+        "{query:?}"
+    );
+
     // Bob's second device uploads keys, then logs out: its keys go, and
     // alice hears of it.
     let bob2 = log_in(base_url, &bob, "pw-dl-bob").await;

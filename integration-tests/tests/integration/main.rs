@@ -23,6 +23,7 @@ mod room_apis;
 mod room_behaviours;
 mod scaling;
 mod sdk_scenarios;
+mod sessions;
 mod sliding_sync;
 mod synapse_peer;
 mod sync_behaviours;

@@ -839,7 +839,7 @@ pub(crate) async fn notifications_list(base_url: &str) {
     );
     assert!(all.body.get("next_token").is_none(), "{:?}", all.body);
     // Highlights only.
-    assert_eq!(ids(&list("?only=highlight".into()).await), [second.clone()]);
+    assert_eq!(ids(&list("?only=highlight".into()).await), [second.as_str()]);
     // In pages.
     let page = list("?limit=2".into()).await;
     assert_eq!(ids(&page), [third.clone(), second.clone()]);
@@ -848,7 +848,7 @@ pub(crate) async fn notifications_list(base_url: &str) {
         .expect("next_token")
         .to_owned();
     let rest = list(format!("?limit=2&from={}", encode(&next))).await;
-    assert_eq!(ids(&rest), [first.clone()]);
+    assert_eq!(ids(&rest), [first.as_str()]);
     assert!(rest.body.get("next_token").is_none());
     // A receipt reads what it covers; the counts agree.
     let receipt = bob

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// The user ID is taken.
     #[error("user ID already taken")]
     UserInUse,
+    /// The access token expired: a refresh token renews it (the client
+    /// is logged out softly).
+    #[error("the access token expired")]
+    TokenExpired,
     /// The account was deactivated.
     #[error("the account is deactivated")]
     UserDeactivated,
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::InvalidSignature(m) => (ErrorKind::InvalidSignature, m.clone()),
             ApiError::MissingParam(m) => (ErrorKind::MissingParam, m.clone()),
             ApiError::UnknownToken => (ErrorKind::UnknownToken, String::new()),
+            ApiError::TokenExpired => (ErrorKind::TokenExpired, String::new()),
             ApiError::UserInUse => (ErrorKind::UserInUse, String::new()),
             ApiError::UserDeactivated => (ErrorKind::UserDeactivated, String::new()),
             ApiError::RoomInUse => (ErrorKind::RoomInUse, String::new()),
@@ -106,6 +111,7 @@ impl ApiError {
             ErrorKind::InvalidSignature => ApiError::InvalidSignature(m),
             ErrorKind::MissingParam => ApiError::MissingParam(m),
             ErrorKind::UnknownToken => ApiError::UnknownToken,
+            ErrorKind::TokenExpired => ApiError::TokenExpired,
             ErrorKind::UserInUse => ApiError::UserInUse,
             ErrorKind::UserDeactivated => ApiError::UserDeactivated,
             ErrorKind::RoomInUse => ApiError::RoomInUse,
@@ -140,7 +146,7 @@ impl From<ApiError> for tonic::Status {
             | ApiError::MissingParam(_)
             | ApiError::TooLarge(_)
             | ApiError::UnsupportedRoomVersion(_) => tonic::Code::InvalidArgument,
-            ApiError::UnknownToken => tonic::Code::Unauthenticated,
+            ApiError::UnknownToken | ApiError::TokenExpired => tonic::Code::Unauthenticated,
             ApiError::UserDeactivated => tonic::Code::PermissionDenied,
             ApiError::UserInUse | ApiError::RoomInUse => tonic::Code::AlreadyExists,
             ApiError::Timeout => tonic::Code::DeadlineExceeded,
@@ -182,6 +188,7 @@ impl From<ApiError> for MatrixError {
             }
             ApiError::MissingParam(m) => MatrixError::missing_param(m),
             ApiError::UnknownToken => MatrixError::unknown_token(),
+            ApiError::TokenExpired => MatrixError::soft_logout(),
             ApiError::UserInUse => MatrixError::new(
                 StatusCode::BAD_REQUEST,
                 "M_USER_IN_USE",
@@ -225,6 +232,7 @@ mod tests {
             ApiError::Forbidden("auth".into()),
             ApiError::InvalidInput("x".into()),
             ApiError::UnknownToken,
+            ApiError::TokenExpired,
             ApiError::UserInUse,
             ApiError::UserDeactivated,
             ApiError::RoomInUse,

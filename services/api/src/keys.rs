@@ -20,6 +20,8 @@ crate::grpc::service_api! {
         fn counts(pb::CountsRequest) -> pb::KeyCounts;
         /// Removes logged-out devices' keys, announcing each change.
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
+        /// Announces a renamed device (one with identity keys).
+        fn device_changed(pb::DeviceChangedRequest) -> pb::DeviceChangedResponse;
         /// A user's devices and device list stream ID.
         fn user_devices(pb::UserDevicesRequest) -> pb::UserDevicesResponse;
         /// Stores cross-signing keys (replacing needs reauthentication).

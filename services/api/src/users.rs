@@ -18,6 +18,16 @@ crate::grpc::service_api! {
         fn registration_token_valid(pb::RegistrationTokenRequest) -> pb::RegistrationTokenValidity;
         /// Checks the password and creates a device with a new access token.
         fn login_with_password(pb::LoginRequest) -> pb::Session, once;
+        /// Logs in with a login token (used up).
+        fn login_with_token(pb::LoginWithTokenRequest) -> pb::Session, once;
+        /// A single-use login token for the user.
+        fn create_login_token(pb::CreateLoginTokenRequest) -> pb::LoginToken, once;
+        /// A new device for an account whose user proved who they are otherwise.
+        fn new_session(pb::NewSessionRequest) -> pb::Session, once;
+        /// New tokens for a refresh token.
+        fn refresh(pb::RefreshRequest) -> pb::Session, once;
+        /// A password's hash.
+        fn hash_password(pb::HashPasswordRequest) -> pb::HashPasswordResponse;
         /// Checks a user's password; Forbidden when wrong.
         fn check_password(pb::CheckPasswordRequest) -> pb::CheckPasswordResponse;
         /// Resolves an access token to its device; `UnknownToken` otherwise.

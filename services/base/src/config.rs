@@ -445,6 +445,16 @@ pub struct ClientConfig {
     /// announces it (e.g. `https://matrix.example.org`); when unset, the
     /// request's own `Host` over `http`.
     pub public_base_url: Option<String>,
+    /// How long an access token lasts when the client asked for a refresh
+    /// token (`refresh_token: true` at login or registration); tokens of
+    /// clients that did not ask never expire.
+    pub refreshable_access_token_lifetime_ms: u64,
+    /// Whether a logged-in device may get a login token for another
+    /// (`POST /login/get_token`, `m.login.token`), after entering its
+    /// password again; off by default, as in Synapse.
+    pub login_via_existing_session: bool,
+    /// How long such a login token stays usable.
+    pub login_token_lifetime_ms: u64,
 }
 
 /// The federation API (`/_matrix/federation`, `/_matrix/key`), served over TLS.
@@ -793,6 +803,9 @@ impl Default for ClientConfig {
             presence_unavailable_after_ms: 60_000,
             presence_offline_after_ms: 300_000,
             public_base_url: None,
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            login_via_existing_session: false,
+            login_token_lifetime_ms: 2 * 60 * 1000,
         }
     }
 }

@@ -13,6 +13,9 @@ pub struct MatrixError {
     pub error: String,
     /// For `M_LIMIT_EXCEEDED`: when the client may try again.
     pub retry_after_ms: Option<u64>,
+    /// For `M_UNKNOWN_TOKEN`: the client may refresh its token or log in
+    /// again without losing its data (`soft_logout: true`).
+    pub soft_logout: bool,
 }
 
 impl MatrixError {
@@ -22,6 +25,7 @@ impl MatrixError {
             errcode,
             error: error.into(),
             retry_after_ms: None,
+            soft_logout: false,
         }
     }
     pub fn not_json(error: impl Into<String>) -> Self {
@@ -70,6 +74,17 @@ impl MatrixError {
             "Unknown access token",
         )
     }
+    /// 401 `M_UNKNOWN_TOKEN` with `soft_logout`: the access token expired.
+    pub fn soft_logout() -> Self {
+        MatrixError {
+            soft_logout: true,
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "M_UNKNOWN_TOKEN",
+                "The access token expired",
+            )
+        }
+    }
     /// 403 `M_GUEST_ACCESS_FORBIDDEN`: a guest asked for what only
     /// accounts may do.
     pub fn guest_access_forbidden(error: impl Into<String>) -> Self {
@@ -115,6 +130,9 @@ impl IntoResponse for MatrixError {
         let mut body = json!({ "errcode": self.errcode, "error": self.error });
         if let Some(ms) = self.retry_after_ms {
             body["retry_after_ms"] = json!(ms);
+        }
+        if self.soft_logout {
+            body["soft_logout"] = json!(true);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(ms) = self.retry_after_ms {

@@ -41,6 +41,10 @@ pub(crate) struct ClientApi {
     /// Registration takes `m.login.registration_token`, not `m.login.dummy`.
     registration_requires_token: bool,
     guest_access_enabled: bool,
+    /// `POST /login/get_token` and `m.login.token` are offered, with
+    /// tokens lasting `login_token_lifetime_ms`.
+    login_via_existing_session: bool,
+    login_token_lifetime_ms: i64,
     read_your_writes_timeout: Duration,
     users: UsersHandle,
     roomserver: RoomserverHandle,
@@ -117,6 +121,9 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         registration_enabled: config.client.registration_enabled,
         registration_requires_token: config.client.registration_requires_token,
         guest_access_enabled: config.client.guest_access_enabled,
+        login_via_existing_session: config.client.login_via_existing_session,
+        login_token_lifetime_ms: i64::try_from(config.client.login_token_lifetime_ms)
+            .unwrap_or(i64::MAX),
         read_your_writes_timeout: Duration::from_millis(config.client.read_your_writes_timeout_ms),
         users,
         roomserver,

@@ -283,6 +283,7 @@ impl FederationService {
                                 .query_joined_rooms(
                                     ganglion_api::proto::roomserver::QueryJoinedRoomsRequest {
                                         user_id: user_id.clone(),
+                                        ..Default::default()
                                     },
                                 )
                                 .await

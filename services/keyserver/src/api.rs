@@ -194,6 +194,21 @@ impl KeysApi for KeyServer {
         })
     }
 
+    async fn device_changed(
+        &self,
+        request: pb::DeviceChangedRequest,
+    ) -> Result<pb::DeviceChangedResponse, ApiError> {
+        let change = self
+            .storage
+            .device_changed(&request.user_id, &request.device_id)
+            .await?;
+        let announced = change.is_some();
+        if let Some(change) = change {
+            self.publish(&[change]).await?;
+        }
+        Ok(pb::DeviceChangedResponse { announced })
+    }
+
     async fn user_devices(
         &self,
         request: pb::UserDevicesRequest,

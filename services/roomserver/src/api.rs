@@ -736,9 +736,22 @@ impl RoomserverApi for RoomserverService {
         &self,
         request: pb::QueryJoinedRoomsRequest,
     ) -> Result<pb::QueryJoinedRoomsResponse, ApiError> {
-        Ok(pb::QueryJoinedRoomsResponse {
-            room_ids: self.storage.joined_rooms(&request.user_id).await?,
-        })
+        if request.memberships.is_empty() {
+            return Ok(pb::QueryJoinedRoomsResponse {
+                room_ids: self.storage.joined_rooms(&request.user_id).await?,
+            });
+        }
+        let mut room_ids = Vec::new();
+        for membership in &request.memberships {
+            room_ids.extend(
+                self.storage
+                    .rooms_with_membership(&request.user_id, membership)
+                    .await?,
+            );
+        }
+        room_ids.sort();
+        room_ids.dedup();
+        Ok(pb::QueryJoinedRoomsResponse { room_ids })
     }
 
     async fn query_server_visibility(

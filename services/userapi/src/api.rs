@@ -104,30 +104,52 @@ impl UserApi {
         format!("@{localpart}:{}", self.server_name)
     }
 
-    async fn new_session(
+    async fn open_session(
         &self,
         localpart: &str,
-        device_id: Option<String>,
-        display_name: Option<String>,
+        (device_id, display_name): (Option<String>, Option<String>),
+        refreshable: bool,
     ) -> Result<pb::Session, ApiError> {
         let device_id = device_id
             .filter(|d| !d.is_empty())
             .unwrap_or_else(new_device_id);
         let access_token = new_access_token();
+        let now = ganglion_base::clock::now_ms();
+        let refresh_token = refreshable.then(new_access_token);
+        let refresh_hash = refresh_token.as_deref().map(token_hash);
+        let expires_ms = now + self.access_token_lifetime_ms;
         self.storage
             .upsert_device(
                 localpart,
                 &device_id,
                 display_name.as_deref(),
-                &token_hash(&access_token),
-                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+                crate::storage::Tokens {
+                    access_hash: &token_hash(&access_token),
+                    refresh: refresh_hash.as_deref().map(|hash| (hash, expires_ms)),
+                },
+                now,
             )
             .await?;
         Ok(pb::Session {
             user_id: self.user_id(localpart),
             device_id,
             access_token,
+            expires_in_ms: if refreshable {
+                self.access_token_lifetime_ms
+            } else {
+                0
+            },
+            refresh_token: refresh_token.unwrap_or_default(),
         })
+    }
+
+    /// An account that exists and may log in.
+    async fn active_account(&self, localpart: &str) -> Result<(), ApiError> {
+        match self.storage.account(localpart).await? {
+            Some(account) if account.deactivated => Err(ApiError::UserDeactivated),
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotFound("no such user".into())),
+        }
     }
 
     /// Forbidden unless `password` is the account's. An unknown account
@@ -157,10 +179,15 @@ impl UsersApi for UserApi {
         if !ganglion_api::users::valid_localpart(&request.localpart) {
             return Err(ApiError::InvalidInput("invalid username".into()));
         }
-        let password_hash = if request.password.is_empty() {
-            None
-        } else {
+        let password_hash = if !request.password.is_empty() {
             Some(self.passwords.hash(request.password).await?)
+        } else {
+            // A hash HashPassword made (argon2 in PHC form), or none.
+            match request.password_hash {
+                Some(hash) if hash.starts_with("$argon2") && hash.len() < 512 => Some(hash),
+                Some(_) => return Err(ApiError::InvalidInput("not a password hash".into())),
+                None => None,
+            }
         };
         if request.upgrade_guest {
             let Some(hash) = password_hash.as_deref() else {
@@ -176,10 +203,10 @@ impl UsersApi for UserApi {
                 .await?;
             tracing::info!(localpart = %request.localpart, "guest account upgraded");
             return self
-                .new_session(
+                .open_session(
                     &request.localpart,
-                    request.device_id,
-                    request.initial_device_display_name,
+                    (request.device_id, request.initial_device_display_name),
+                    request.refresh_token,
                 )
                 .await;
         }
@@ -203,14 +230,13 @@ impl UsersApi for UserApi {
         if request.inhibit_login {
             return Ok(pb::Session {
                 user_id: self.user_id(&request.localpart),
-                device_id: String::new(),
-                access_token: String::new(),
+                ..Default::default()
             });
         }
-        self.new_session(
+        self.open_session(
             &request.localpart,
-            request.device_id,
-            request.initial_device_display_name,
+            (request.device_id, request.initial_device_display_name),
+            request.refresh_token,
         )
         .await
     }
@@ -248,12 +274,100 @@ impl UsersApi for UserApi {
         self.verify_password(&request.localpart, request.password)
             .await?;
         internal_events::LOGINS.inc();
-        self.new_session(
+        self.open_session(
             &request.localpart,
-            request.device_id,
-            request.initial_device_display_name,
+            (request.device_id, request.initial_device_display_name),
+            request.refresh_token,
         )
         .await
+    }
+
+    async fn login_with_token(
+        &self,
+        request: pb::LoginWithTokenRequest,
+    ) -> Result<pb::Session, ApiError> {
+        let refused = || ApiError::Forbidden("Invalid or expired login token".into());
+        if request.token.is_empty() || request.token.len() > 255 {
+            return Err(refused());
+        }
+        let localpart = self
+            .storage
+            .take_login_token(&token_hash(&request.token), ganglion_base::clock::now_ms())
+            .await?
+            .ok_or_else(refused)?;
+        self.active_account(&localpart).await?;
+        internal_events::LOGINS.inc();
+        self.open_session(
+            &localpart,
+            (request.device_id, request.initial_device_display_name),
+            request.refresh_token,
+        )
+        .await
+    }
+
+    async fn create_login_token(
+        &self,
+        request: pb::CreateLoginTokenRequest,
+    ) -> Result<pb::LoginToken, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        self.active_account(localpart).await?;
+        let lifetime = request.lifetime_ms.clamp(1, 3_600_000);
+        let token = new_access_token();
+        let now = ganglion_base::clock::now_ms();
+        self.storage
+            .add_login_token(&token_hash(&token), localpart, (now, now + lifetime))
+            .await?;
+        Ok(pb::LoginToken {
+            token,
+            expires_in_ms: lifetime,
+        })
+    }
+
+    async fn new_session(&self, request: pb::NewSessionRequest) -> Result<pb::Session, ApiError> {
+        self.active_account(&request.localpart).await?;
+        self.open_session(
+            &request.localpart,
+            (request.device_id, request.initial_device_display_name),
+            request.refresh_token,
+        )
+        .await
+    }
+
+    async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::Session, ApiError> {
+        if request.refresh_token.is_empty() {
+            return Err(ApiError::UnknownToken);
+        }
+        let access_token = new_access_token();
+        let refresh_token = new_access_token();
+        let expires = ganglion_base::clock::now_ms() + self.access_token_lifetime_ms;
+        let (localpart, device_id) = self
+            .storage
+            .refresh(
+                &token_hash(&request.refresh_token),
+                &token_hash(&access_token),
+                (&token_hash(&refresh_token), expires),
+            )
+            .await?
+            .ok_or(ApiError::UnknownToken)?;
+        Ok(pb::Session {
+            user_id: self.user_id(&localpart),
+            device_id,
+            access_token,
+            refresh_token,
+            expires_in_ms: self.access_token_lifetime_ms,
+        })
+    }
+
+    async fn hash_password(
+        &self,
+        request: pb::HashPasswordRequest,
+    ) -> Result<pb::HashPasswordResponse, ApiError> {
+        if request.password.is_empty() {
+            return Err(ApiError::InvalidInput("a password is required".into()));
+        }
+        Ok(pb::HashPasswordResponse {
+            hash: self.passwords.hash(request.password).await?,
+        })
     }
 
     async fn check_password(
@@ -266,11 +380,21 @@ impl UsersApi for UserApi {
     }
 
     async fn authenticate(&self, request: pb::AuthenticateRequest) -> Result<pb::Device, ApiError> {
+        let hash = token_hash(&request.access_token);
         let device = self
             .storage
-            .device_by_token(&token_hash(&request.access_token))
+            .device_by_token(&hash)
             .await?
             .ok_or(ApiError::UnknownToken)?;
+        if device
+            .access_expires_ms
+            .is_some_and(|expires| expires <= ganglion_base::clock::now_ms())
+        {
+            return Err(ApiError::TokenExpired);
+        }
+        if device.previous_refresh {
+            self.storage.forget_previous_refresh(&hash).await?;
+        }
         if let Ok(peer) = request.peer_ip.parse::<std::net::IpAddr>() {
             let forwarded = Some(request.forwarded_for.as_str()).filter(|f| !f.is_empty());
             let ip = ganglion_base::http::client_address(peer, forwarded, &self.trusted_proxies);

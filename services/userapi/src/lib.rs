@@ -47,6 +47,8 @@ pub struct UserApi {
     last_seen: Arc<last_seen::LastSeen>,
     /// Proxies whose `X-Forwarded-For` names the client.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a refreshable access token lasts.
+    access_token_lifetime_ms: i64,
 }
 
 /// A started userapi.
@@ -99,6 +101,8 @@ pub async fn start(config: &Config, log: Option<Arc<dyn Log>>) -> Result<Started
         modifying: tokio::sync::Mutex::new(()),
         last_seen: Arc::default(),
         trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
+        access_token_lifetime_ms: i64::try_from(config.client.refreshable_access_token_lifetime_ms)
+            .unwrap_or(i64::MAX),
     });
     last_seen::LastSeen::spawn_flusher(api.last_seen.clone(), api.storage.clone());
     let published = if api.log.is_some() {

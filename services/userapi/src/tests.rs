@@ -305,6 +305,102 @@ async fn postgres_account_data_and_tags() {
     account_data_and_tags(&started).await;
 }
 
+/// Login tokens (once, then refused) and refresh tokens (new tokens, the
+/// refresh token before usable until the new access token is, expired
+/// access tokens refused as expired), on both engines.
+async fn login_and_refresh_tokens(api: &dyn UsersApi) {
+    let registered = api
+        .register(pb::RegisterRequest {
+            localpart: "tokens".into(),
+            password: "secret".into(),
+            refresh_token: true,
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    assert!(!registered.refresh_token.is_empty());
+    assert!(registered.expires_in_ms > 0);
+    let given = api
+        .create_login_token(pb::CreateLoginTokenRequest {
+            user_id: registered.user_id.clone(),
+            lifetime_ms: 60_000,
+        })
+        .await
+        .expect("login token");
+    let login = |token: String| pb::LoginWithTokenRequest {
+        token,
+        ..Default::default()
+    };
+    let other = api
+        .login_with_token(login(given.token.clone()))
+        .await
+        .expect("login with the token");
+    assert_eq!(other.user_id, registered.user_id);
+    assert!(other.refresh_token.is_empty(), "not asked for");
+    assert!(matches!(
+        api.login_with_token(login(given.token)).await,
+        Err(ApiError::Forbidden(_))
+    ));
+    let expired = api
+        .create_login_token(pb::CreateLoginTokenRequest {
+            user_id: registered.user_id.clone(),
+            lifetime_ms: 1,
+        })
+        .await
+        .expect("login token");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(matches!(
+        api.login_with_token(login(expired.token)).await,
+        Err(ApiError::Forbidden(_))
+    ));
+
+    let authenticate = |access_token: &str| pb::AuthenticateRequest {
+        access_token: access_token.to_owned(),
+        ..Default::default()
+    };
+    let refresh = |token: &str| pb::RefreshRequest {
+        refresh_token: token.to_owned(),
+    };
+    let second = api
+        .refresh(refresh(&registered.refresh_token))
+        .await
+        .expect("refresh");
+    assert_eq!(second.device_id, registered.device_id);
+    let third = api
+        .refresh(refresh(&registered.refresh_token))
+        .await
+        .expect("the first again, the second access token unused");
+    api.authenticate(authenticate(&third.access_token))
+        .await
+        .expect("the latest access token");
+    for used in [&registered.refresh_token, &second.refresh_token] {
+        assert_eq!(
+            api.refresh(refresh(used)).await,
+            Err(ApiError::UnknownToken)
+        );
+    }
+    assert_eq!(
+        api.authenticate(authenticate(&second.access_token)).await,
+        Err(ApiError::UnknownToken)
+    );
+    api.refresh(refresh(&third.refresh_token))
+        .await
+        .expect("the latest refresh token");
+}
+
+#[tokio::test]
+async fn sqlite_login_and_refresh_tokens() {
+    let (started, _dir) = service(None).await;
+    login_and_refresh_tokens(started.api.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_login_and_refresh_tokens() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_tokens").await;
+    let (started, _dir) = service(Some(url)).await;
+    login_and_refresh_tokens(started.api.as_ref()).await;
+}
+
 /// Push rule changes: made on the rules as they are, none lost to another
 /// made at the same time (here by `apis`, replicas on one database), and
 /// refused with NotFound or InvalidInput as the push rules API asks.

@@ -54,8 +54,9 @@ pub(crate) struct RegisterBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
-    #[serde(default)]
-    inhibit_login: bool,
+    inhibit_login: Option<bool>,
+    /// The client can refresh its access token, which then expires.
+    refresh_token: Option<bool>,
     auth: Option<AuthData>,
     /// A guest's access token: the guest's account becomes a full one.
     guest_access_token: Option<String>,
@@ -99,26 +100,54 @@ pub(crate) async fn register(
     }
     // The session the request continues, if it names one: a retry of a
     // registration that went through answers with the same user, and
-    // what the first request said stands where a later one is silent.
-    let operation = super::uia::Operation {
+    // what the first request said (its password as a hash) stands where a
+    // later one is silent.
+    let mut operation = super::uia::Operation {
         method: "POST",
         path: uri.path(),
         user_id: "",
-        params: json!({ "username": body.username }),
+        params: json!({
+            "username": body.username,
+            "device_id": body.device_id,
+            "initial_device_display_name": body.initial_device_display_name,
+            "inhibit_login": body.inhibit_login,
+            "refresh_token": body.refresh_token,
+        }),
     };
     let session = body.auth.as_ref().and_then(|a| a.session.clone());
     let mut body = body;
+    let mut password_hash = None;
     if let Some(session) = &session {
         let found = super::uia::resume(&api, session, &operation).await?;
+        let first: serde_json::Value = serde_json::from_str(&found.params).unwrap_or_default();
+        let remembered = |key: &str| first[key].as_str().map(str::to_owned);
+        body.username = body.username.or_else(|| remembered("username"));
+        body.device_id = body.device_id.or_else(|| remembered("device_id"));
+        body.initial_device_display_name = body
+            .initial_device_display_name
+            .or_else(|| remembered("initial_device_display_name"));
+        body.inhibit_login = body.inhibit_login.or(first["inhibit_login"].as_bool());
+        body.refresh_token = body.refresh_token.or(first["refresh_token"].as_bool());
+        password_hash = remembered("password_hash");
         if let Some(user_id) = found.registered_user_id {
             return registered_again(&api, user_id, body).await;
         }
-        if body.username.is_none() {
-            let first: serde_json::Value = serde_json::from_str(&found.params).unwrap_or_default();
-            body.username = first["username"].as_str().map(str::to_owned);
-        }
     }
     let session = session.as_deref();
+    // A session given out now remembers the password, as a hash.
+    if session.is_none()
+        && let Some(password) = body.password.clone().filter(|p| !p.is_empty())
+        && body.auth.as_ref().and_then(|a| a.kind.as_deref()).is_none()
+    {
+        let hash = api
+            .users
+            .hash_password(pb::HashPasswordRequest { password })
+            .await
+            .map_err(MatrixError::from)?
+            .hash;
+        operation.params["password_hash"] = json!(hash);
+    }
+    let inhibit_login = body.inhibit_login.unwrap_or(false);
     // A guest upgrading keeps their user ID: the username, if given, must
     // be their localpart.
     let guest = match body.guest_access_token.as_deref() {
@@ -238,7 +267,7 @@ pub(crate) async fn register(
         limits::opaque_id("device_id", device_id)?;
     }
     let password = body.password.unwrap_or_default();
-    if password.is_empty() {
+    if password.is_empty() && password_hash.is_none() {
         return Err(MatrixError::missing_param("password is required"));
     }
     let session_id = session.map(str::to_owned);
@@ -246,14 +275,16 @@ pub(crate) async fn register(
         .users
         .register(pb::RegisterRequest {
             localpart,
+            password_hash: password.is_empty().then_some(password_hash).flatten(),
             password,
             device_id: body.device_id,
             initial_device_display_name: body.initial_device_display_name,
-            inhibit_login: body.inhibit_login,
+            inhibit_login,
             admin: false,
             guest: false,
             registration_token,
             upgrade_guest: guest.is_some(),
+            refresh_token: body.refresh_token.unwrap_or(false),
         })
         .await
         .map_err(MatrixError::from)?;
@@ -265,18 +296,17 @@ pub(crate) async fn register(
     {
         tracing::warn!(%error, "a registration's session does not remember it");
     }
-    let mut response = json!({ "user_id": registered.user_id, "home_server": api.server_name });
-    if !body.inhibit_login {
-        response["access_token"] = json!(registered.access_token);
-        response["device_id"] = json!(registered.device_id);
+    if inhibit_login {
+        return respond(json!({ "user_id": registered.user_id, "home_server": api.server_name }));
     }
-    respond(response)
+    respond(super::tokens::session_json(&registered, &api.server_name))
 }
 
 /// A retried registration that went through in its session: the same
-/// user, logged in again with the password given (unless `inhibit_login`).
+/// user, on a new device (unless `inhibit_login`); the session proves who
+/// they are, so no password is needed again.
 async fn registered_again(api: &ClientApi, user_id: String, body: RegisterBody) -> MatrixResult {
-    if body.inhibit_login {
+    if body.inhibit_login.unwrap_or(false) {
         return respond(json!({ "user_id": user_id, "home_server": api.server_name }));
     }
     let localpart = user_id
@@ -284,25 +314,17 @@ async fn registered_again(api: &ClientApi, user_id: String, body: RegisterBody) 
         .and_then(|rest| rest.split_once(':'))
         .map(|(localpart, _)| localpart.to_owned())
         .unwrap_or_default();
-    let password = body
-        .password
-        .ok_or_else(|| MatrixError::missing_param("password is required"))?;
     let session = api
         .users
-        .login_with_password(pb::LoginRequest {
+        .new_session(pb::NewSessionRequest {
             localpart,
-            password,
             device_id: body.device_id,
             initial_device_display_name: body.initial_device_display_name,
+            refresh_token: body.refresh_token.unwrap_or(false),
         })
         .await
         .map_err(MatrixError::from)?;
-    respond(json!({
-        "user_id": session.user_id,
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-        "home_server": api.server_name,
-    }))
+    respond(super::tokens::session_json(&session, &api.server_name))
 }
 
 /// `POST /register?kind=guest`: an account with a generated name and no
@@ -327,15 +349,12 @@ async fn register_guest(api: &ClientApi, body: RegisterBody) -> MatrixResult {
             guest: true,
             registration_token: None,
             upgrade_guest: false,
+            refresh_token: body.refresh_token.unwrap_or(false),
+            password_hash: None,
         })
         .await
         .map_err(MatrixError::from)?;
-    respond(json!({
-        "user_id": session.user_id,
-        "home_server": api.server_name,
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-    }))
+    respond(super::tokens::session_json(&session, &api.server_name))
 }
 
 #[derive(Deserialize)]
@@ -380,10 +399,20 @@ pub(crate) async fn available(
     respond_ruma(get_username_availability::v3::Response::new(true))
 }
 
-pub(crate) async fn login_flows(Ruma(_): Ruma<get_login_types::v3::Request>) -> MatrixResult {
-    respond_ruma(get_login_types::v3::Response::new(vec![
-        get_login_types::v3::LoginType::Password(Default::default()),
-    ]))
+/// The password, and login tokens when they are allowed (`m.login.token`,
+/// which `POST /login/get_token` gives out).
+pub(crate) async fn login_flows(
+    State(api): State<Arc<ClientApi>>,
+    Ruma(_): Ruma<get_login_types::v3::Request>,
+) -> MatrixResult {
+    use get_login_types::v3::{LoginType, TokenLoginType};
+    let mut flows = vec![LoginType::Password(Default::default())];
+    if api.login_via_existing_session {
+        let mut token = TokenLoginType::new();
+        token.get_login_token = true;
+        flows.push(LoginType::Token(token));
+    }
+    respond_ruma(get_login_types::v3::Response::new(flows))
 }
 
 #[derive(Deserialize)]
@@ -393,8 +422,13 @@ pub(crate) struct LoginBody {
     identifier: Option<Identifier>,
     user: Option<String>,
     password: Option<String>,
+    /// For `m.login.token`.
+    token: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// The client can refresh its access token, which then expires.
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -410,6 +444,25 @@ pub(crate) async fn login(
     MatrixJson(body): MatrixJson<LoginBody>,
 ) -> MatrixResult {
     api.rate_limits.login_per_address.check(&ip.to_string())?;
+    if let Some(device_id) = &body.device_id {
+        limits::opaque_id("device_id", device_id)?;
+    }
+    if body.kind == "m.login.token" && api.login_via_existing_session {
+        let token = body
+            .token
+            .ok_or_else(|| MatrixError::bad_json("token is required"))?;
+        let session = api
+            .users
+            .login_with_token(pb::LoginWithTokenRequest {
+                token,
+                device_id: body.device_id,
+                initial_device_display_name: body.initial_device_display_name,
+                refresh_token: body.refresh_token,
+            })
+            .await
+            .map_err(MatrixError::from)?;
+        return respond(super::tokens::session_json(&session, &api.server_name));
+    }
     if body.kind != "m.login.password" {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
@@ -432,9 +485,6 @@ pub(crate) async fn login(
     let password = body
         .password
         .ok_or_else(|| MatrixError::bad_json("password is required"))?;
-    if let Some(device_id) = &body.device_id {
-        limits::opaque_id("device_id", device_id)?;
-    }
     // A localpart holds no colon, so the server name is everything after
     // the first (it may carry a port).
     let localpart = match user.strip_prefix('@') {
@@ -455,6 +505,7 @@ pub(crate) async fn login(
             password,
             device_id: body.device_id,
             initial_device_display_name: body.initial_device_display_name,
+            refresh_token: body.refresh_token,
         })
         .await
     {
@@ -466,12 +517,7 @@ pub(crate) async fn login(
             return Err(error.into());
         }
     };
-    respond(json!({
-        "user_id": session.user_id,
-        "access_token": session.access_token,
-        "device_id": session.device_id,
-        "home_server": api.server_name,
-    }))
+    respond(super::tokens::session_json(&session, &api.server_name))
 }
 
 pub(crate) async fn logout(
@@ -627,8 +673,8 @@ struct Deactivation {
 /// `POST /account/deactivate` (User-Interactive Auth): the account is
 /// closed for good (its password and devices go, their keys with them,
 /// logins are refused with 403 `M_USER_DEACTIVATED`, the user ID stays
-/// taken), the user leaves every room, and with `erase` the profile is
-/// cleared. No identity server was asked to unbind anything.
+/// taken), the user leaves every room (rejecting invites, withdrawing
+/// knocks), and with `erase` the profile is cleared. No identity server was asked to unbind anything.
 pub(crate) async fn deactivate(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
@@ -646,10 +692,13 @@ pub(crate) async fn deactivate(
     {
         return Ok(challenge);
     }
+    // Every room it is in, has been invited to or knocked on: left,
+    // invites rejected, knocks withdrawn.
     let rooms = api
         .roomserver
         .query_joined_rooms(ganglion_api::proto::roomserver::QueryJoinedRoomsRequest {
             user_id: device.user_id.clone(),
+            memberships: ["join", "invite", "knock"].map(str::to_owned).to_vec(),
         })
         .await
         .map_err(MatrixError::from)?

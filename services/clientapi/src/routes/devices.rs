@@ -113,12 +113,23 @@ pub(crate) async fn rename(
         Some(display_name) => {
             api.users
                 .rename_device(pb::RenameDeviceRequest {
-                    user_id: device.user_id,
-                    device_id,
+                    user_id: device.user_id.clone(),
+                    device_id: device_id.clone(),
                     display_name: Some(display_name),
                 })
                 .await
                 .map_err(MatrixError::from)?;
+            // Those who share a room hear of it, and fetch the new name.
+            if let Err(error) = api
+                .keys
+                .device_changed(ganglion_api::proto::keyserver::DeviceChangedRequest {
+                    user_id: device.user_id,
+                    device_id,
+                })
+                .await
+            {
+                tracing::warn!(%error, "a renamed device was not announced");
+            }
         }
         // Nothing to change, but the device must be the user's.
         None => {

@@ -47,16 +47,18 @@ pub(crate) async fn well_known_server(State(api): State<Arc<ClientApi>>) -> Matr
 }
 
 pub(crate) async fn capabilities(
+    State(api): State<Arc<ClientApi>>,
     UserOrGuest(_): UserOrGuest,
     Ruma(_): Ruma<get_capabilities::v3::Request>,
 ) -> MatrixResult {
-    respond_ruma(our_capabilities()?)
+    respond_ruma(our_capabilities(api.login_via_existing_session)?)
 }
 
 /// The room versions (3 to 12, stable; the default as new rooms get it);
 /// password changes (`/account/password`) but no third-party identifier
-/// changes (there are none: `threepid.rs`).
-fn our_capabilities() -> MatrixResult<get_capabilities::v3::Response> {
+/// changes (there are none: `threepid.rs`); login tokens for another
+/// device when the operator allows them.
+fn our_capabilities(login_tokens: bool) -> MatrixResult<get_capabilities::v3::Response> {
     use get_capabilities::v3::{
         Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
     };
@@ -75,6 +77,7 @@ fn our_capabilities() -> MatrixResult<get_capabilities::v3::Response> {
     capabilities.change_password = ChangePasswordCapability::new(true);
     capabilities.thirdparty_id_changes =
         get_capabilities::v3::ThirdPartyIdChangesCapability::new(false);
+    capabilities.get_login_token = get_capabilities::v3::GetLoginTokenCapability::new(login_tokens);
     Ok(get_capabilities::v3::Response::new(capabilities))
 }
 
@@ -85,7 +88,7 @@ mod tests {
 
     #[test]
     fn capabilities_are_as_they_were() {
-        let response = super::our_capabilities()
+        let response = super::our_capabilities(false)
             .expect("capabilities")
             .try_into_http_response::<Vec<u8>>()
             .expect("response");

@@ -17,6 +17,7 @@ mod rooms;
 mod send;
 mod threepid;
 mod to_device;
+mod tokens;
 pub(crate) mod uia;
 mod upgrade;
 
@@ -51,6 +52,10 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
         .route(
             "/_matrix/client/v1/register/m.login.registration_token/validity",
             get(account::registration_token_validity),
+        )
+        .route(
+            "/_matrix/client/v1/login/get_token",
+            post(tokens::get_token),
         );
     // Both the current and the legacy prefix, as clients still use r0.
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
@@ -64,6 +69,7 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 &format!("{prefix}/login"),
                 get(account::login_flows).post(account::login),
             )
+            .route(&format!("{prefix}/refresh"), post(tokens::refresh))
             .route(&format!("{prefix}/logout"), post(account::logout))
             .route(&format!("{prefix}/logout/all"), post(account::logout_all))
             .route(&format!("{prefix}/account/whoami"), get(account::whoami))

@@ -273,6 +273,7 @@ impl ClientApi {
             .roomserver
             .query_joined_rooms(pb::QueryJoinedRoomsRequest {
                 user_id: user_id.to_owned(),
+                ..Default::default()
             })
             .await
         {

@@ -226,6 +226,7 @@ pub(crate) async fn joined_rooms(
         .roomserver
         .query_joined_rooms(pb::QueryJoinedRoomsRequest {
             user_id: device.user_id,
+            ..Default::default()
         })
         .await
         .map_err(MatrixError::from)?

@@ -155,6 +155,29 @@ impl Storage {
         })
     }
 
+    /// An outbox row announcing a device that changed otherwise than in
+    /// its keys, if it has identity keys.
+    pub(crate) async fn device_changed(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Option<PendingChange>, StorageError> {
+        let mut tx = self.db.pool.begin_write().await?;
+        let known: Option<String> = sql::query_scalar(
+            "SELECT device_id FROM device_keys WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let change = Self::enqueue_change(&mut tx, user_id, device_id).await?;
+        tx.commit().await?;
+        Ok(Some(change))
+    }
+
     /// Removes devices' identity, one-time and fallback keys (every device
     /// of the user when `devices` is `None`), with an outbox row for each
     /// device that had identity keys.

@@ -288,6 +288,32 @@ impl Storage {
         .await?)
     }
 
+    /// The rooms where the user's membership is `membership`, with the
+    /// invites and knocks on rooms this server is not in.
+    pub(crate) async fn rooms_with_membership(
+        &self,
+        user_id: &str,
+        membership: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut rooms: Vec<String> = sql::query_scalar(
+            "SELECT r.room_id FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE s.event_type = 'm.room.member' AND s.state_key = $1 AND s.membership = $2",
+        )
+        .bind(user_id)
+        .bind(membership)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let remote: Vec<String> = sql::query_scalar(
+            "SELECT room_id FROM remote_invites WHERE user_id = $1 AND membership = $2",
+        )
+        .bind(user_id)
+        .bind(membership)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rooms.extend(remote);
+        Ok(rooms)
+    }
+
     pub(crate) async fn add_report(
         &self,
         room_id: &str,

@@ -6,6 +6,18 @@ pub(crate) struct DeviceRow {
     pub(crate) device_id: String,
     pub(crate) is_admin: bool,
     pub(crate) is_guest: bool,
+    /// When the access token expires (a refreshable one).
+    pub(crate) access_expires_ms: Option<i64>,
+    /// Whether the refresh token before the latest is still usable (the
+    /// latest access token not used yet).
+    pub(crate) previous_refresh: bool,
+}
+
+/// A device's tokens as stored: the access token's hash, and for a
+/// refreshable one its refresh token's hash and when it expires.
+pub(crate) struct Tokens<'a> {
+    pub(crate) access_hash: &'a [u8],
+    pub(crate) refresh: Option<(&'a [u8], i64)>,
 }
 
 impl Storage {
@@ -16,7 +28,7 @@ impl Storage {
         localpart: &str,
         device_id: &str,
         display_name: Option<&str>,
-        token_hash: &[u8],
+        tokens: Tokens<'_>,
         now_ms: i64,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
@@ -26,14 +38,17 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         sql::query(
-            "INSERT INTO devices (localpart, device_id, display_name, token_hash, created_ts)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO devices (localpart, device_id, display_name, token_hash, created_ts,
+                                  refresh_hash, access_expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(localpart)
         .bind(device_id)
         .bind(display_name)
-        .bind(token_hash)
+        .bind(tokens.access_hash)
         .bind(now_ms)
+        .bind(tokens.refresh.map(|(hash, _)| hash))
+        .bind(tokens.refresh.map(|(_, expires)| expires))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -45,8 +60,9 @@ impl Storage {
         token_hash: &[u8],
     ) -> Result<Option<DeviceRow>, StorageError> {
         let row = sql::query(
-            "SELECT d.localpart, d.device_id, a.is_admin, a.is_guest FROM devices d
-             JOIN accounts a ON a.localpart = d.localpart WHERE d.token_hash = $1",
+            "SELECT d.localpart, d.device_id, a.is_admin, a.is_guest, d.access_expires_ms,
+                    CAST(CASE WHEN d.previous_refresh_hash IS NULL THEN 0 ELSE 1 END AS BIGINT)
+             FROM devices d JOIN accounts a ON a.localpart = d.localpart WHERE d.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.db.pool)
@@ -57,9 +73,110 @@ impl Storage {
                 device_id: row.try_get(1)?,
                 is_admin: row.try_get::<i64, _>(2)? != 0,
                 is_guest: row.try_get::<i64, _>(3)? != 0,
+                access_expires_ms: row.try_get(4)?,
+                previous_refresh: row.try_get::<i64, _>(5)? != 0,
             }),
             None => None,
         })
+    }
+
+    /// The latest access token was used: the refresh token before the
+    /// latest is no longer usable.
+    pub(crate) async fn forget_previous_refresh(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<(), StorageError> {
+        sql::query("UPDATE devices SET previous_refresh_hash = NULL WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Swaps a refresh token (the latest, or the one before while the
+    /// latest access token is unused) for new tokens: (localpart, device
+    /// ID), or `None` when it is no device's.
+    pub(crate) async fn refresh(
+        &self,
+        refresh_hash: &[u8],
+        new_access_hash: &[u8],
+        (new_refresh_hash, expires_ms): (&[u8], i64),
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let mut tx = self.db.pool.begin_write().await?;
+        let found: Option<(String, String, i64)> = sql::query_as(
+            "SELECT localpart, device_id,
+                    CAST(CASE WHEN refresh_hash = $1 THEN 1 ELSE 0 END AS BIGINT)
+             FROM devices WHERE refresh_hash = $1 OR previous_refresh_hash = $1",
+        )
+        .bind(refresh_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((localpart, device_id, latest)) = found else {
+            return Ok(None);
+        };
+        // Refreshing with the latest makes it the one before; with the
+        // one before, that stays.
+        let previous = if latest == 1 {
+            "previous_refresh_hash = refresh_hash, "
+        } else {
+            ""
+        };
+        sql::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE devices SET {previous}refresh_hash = $1, token_hash = $2,
+                 access_expires_ms = $3
+             WHERE localpart = $4 AND device_id = $5"
+        )))
+        .bind(new_refresh_hash)
+        .bind(new_access_hash)
+        .bind(expires_ms)
+        .bind(&localpart)
+        .bind(&device_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((localpart, device_id)))
+    }
+
+    /// Stores a login token's hash for a user until `expires_ms`, dropping
+    /// the expired ones.
+    pub(crate) async fn add_login_token(
+        &self,
+        token_hash: &[u8],
+        localpart: &str,
+        (now_ms, expires_ms): (i64, i64),
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.pool.begin().await?;
+        sql::query("DELETE FROM login_tokens WHERE expires_ms <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sql::query(
+            "INSERT INTO login_tokens (token_hash, localpart, expires_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash)
+        .bind(localpart)
+        .bind(expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Uses up a login token: its user, if it was one and had not expired.
+    pub(crate) async fn take_login_token(
+        &self,
+        token_hash: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<String>, StorageError> {
+        let taken: Option<(String, i64)> = sql::query_as(
+            "DELETE FROM login_tokens WHERE token_hash = $1 RETURNING localpart, expires_ms",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(taken
+            .filter(|(_, expires_ms)| *expires_ms > now_ms)
+            .map(|(localpart, _)| localpart))
     }
 
     /// Removes the device holding this token; returns how many were removed.

@@ -139,4 +139,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    // Refresh tokens (a device's access token then expires; the refresh
+    // token before the latest stays usable until the new access token is
+    // used) and single-use login tokens (`m.login.token`).
+    Migration {
+        version: 9,
+        description: "refresh tokens and login tokens",
+        sql: "
+        ALTER TABLE devices ADD COLUMN access_expires_ms BIGINT;
+        ALTER TABLE devices ADD COLUMN refresh_hash {bytes};
+        ALTER TABLE devices ADD COLUMN previous_refresh_hash {bytes};
+        CREATE INDEX devices_by_refresh ON devices (refresh_hash);
+        CREATE INDEX devices_by_previous_refresh ON devices (previous_refresh_hash);
+        CREATE TABLE login_tokens (
+            token_hash {bytes} NOT NULL PRIMARY KEY,
+            localpart TEXT NOT NULL,
+            expires_ms BIGINT NOT NULL
+        );
+    ",
+    },
 ];

@@ -9,6 +9,7 @@ mod pushers;
 
 pub(crate) use account_data::Pending;
 pub(crate) use accounts::ProfileField;
+pub(crate) use devices::Tokens;
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use pushers::{Pusher, Queued, RoomField};
 
