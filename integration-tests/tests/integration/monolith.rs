@@ -150,6 +150,7 @@ async fn push_rules_and_the_counts_they_decide() {
     crate::push::push_rules_api(&server.base_url).await;
     crate::push::counts_follow_each_users_rules(&server.base_url).await;
     crate::push::notifications_list(&server.base_url).await;
+    crate::push::ignoring_users(&server.base_url).await;
 }
 
 #[tokio::test]

@@ -709,6 +709,31 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) -> usize {
         "two failures, then the push"
     );
 
+    // Carol ignores Alice: not pushed for her while she does (pushes go
+    // out in order, so the one after shows the one before never will).
+    let ignore = |users: Value| {
+        let carol = carol.clone();
+        async move {
+            carol
+                .call(
+                    Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                        encode(&carol.user_id)
+                    ),
+                    Some(json!({ "ignored_users": users })),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(ignore(json!({ alice.user_id.clone(): {} })).await, 200);
+    let unheard = event_id(&alice.send_text(&room_id, "p4i", "while ignored").await);
+    assert_eq!(ignore(json!({})).await, 200);
+    let heard = event_id(&alice.send_text(&room_id, "p4h", "heard again").await);
+    until_pushed(&gateway, "carol-key", &heard).await;
+    assert!(pushed(&gateway.accepted(), "carol-key", &unheard).is_empty());
+
     // A pushkey the gateway rejects loses its pusher.
     gateway.reject("carol-key");
     let rejected = event_id(&alice.send_text(&room_id, "p5", "rejected").await);
@@ -839,7 +864,10 @@ pub(crate) async fn notifications_list(base_url: &str) {
     );
     assert!(all.body.get("next_token").is_none(), "{:?}", all.body);
     // Highlights only.
-    assert_eq!(ids(&list("?only=highlight".into()).await), [second.as_str()]);
+    assert_eq!(
+        ids(&list("?only=highlight".into()).await),
+        [second.as_str()]
+    );
     // In pages.
     let page = list("?limit=2".into()).await;
     assert_eq!(ids(&page), [third.clone(), second.clone()]);
@@ -889,4 +917,139 @@ pub(crate) async fn notifications_list(base_url: &str) {
     )
     .await;
     assert_error(&anonymous, 401, "M_MISSING_TOKEN", "no token");
+}
+
+fn timeline_bodies(sync: &Value, room_id: &str) -> Vec<String> {
+    sync["rooms"]["join"][room_id]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Ignoring users (`m.ignored_user_list`): what they send but state leaves
+/// the ignorer's `/sync`, `/messages`, `/context` and `/event`, never
+/// notifies them, and their invites are not shown; un-ignored, their new
+/// events come through again.
+pub(crate) async fn ignoring_users(base_url: &str) {
+    let alice = Client::register(base_url, "ig_alice", "pw-alice-ig").await;
+    let bob = Client::register(base_url, "ig_bob", "pw-bob-ig").await;
+    let carol = Client::register(base_url, "ig_carol", "pw-carol-ig").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    for user in [&bob, &carol] {
+        assert_eq!(user.join(&room_id).await.status, 200);
+    }
+    let ignore = |users: Value| {
+        let carol = carol.clone();
+        async move {
+            carol
+                .call(
+                    Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                        encode(&carol.user_id)
+                    ),
+                    Some(json!({ "ignored_users": users })),
+                )
+                .await
+        }
+    };
+    assert_eq!(ignore(json!({ bob.user_id.clone(): {} })).await.status, 200);
+    let from_bob = event_id(&bob.send_text(&room_id, "i1", "from bob").await);
+    let from_alice = event_id(&alice.send_text(&room_id, "i2", "from alice").await);
+    let room = encode(&room_id);
+    let renamed = bob
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+                encode(&bob.user_id)
+            ),
+            Some(json!({"membership": "join", "displayname": "Bobby Tables"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+
+    let first = carol.sync_all(None, 0).await;
+    assert_eq!(timeline_bodies(&first, &room_id), ["from alice"]);
+    let timeline = first["rooms"]["join"][&room_id]["timeline"]["events"].to_string();
+    assert!(timeline.contains("Bobby Tables"), "state stays: {timeline}");
+    assert_eq!(
+        unread(&first, &room_id),
+        json!({"notification_count": 1, "highlight_count": 0}),
+        "Bob's message does not notify Carol"
+    );
+    // /messages, /context and /event hide it too.
+    let messages = carol
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            None,
+        )
+        .await;
+    let bodies = ganglion_integration_tests::client::message_bodies(&messages.body["chunk"]);
+    assert!(bodies.contains(&"from alice".to_owned()), "{bodies:?}");
+    assert!(!bodies.contains(&"from bob".to_owned()), "{bodies:?}");
+    assert!(messages.body["chunk"].to_string().contains("Bobby Tables"));
+    let context = carol
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/context/{}?limit=10",
+                encode(&from_alice)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(context.status, 200, "{context:?}");
+    assert!(
+        !context.body.to_string().contains("from bob"),
+        "{context:?}"
+    );
+    let hidden = carol
+        .call(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/event/{}",
+                encode(&from_bob)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(hidden.status, 404, "{hidden:?}");
+    // Alice, who ignores nobody, sees it all.
+    assert_eq!(
+        timeline_bodies(&alice.sync_all(None, 0).await, &room_id),
+        ["from bob", "from alice"]
+    );
+
+    // An invite from Bob is not shown to Carol.
+    let bobs_room = bob.create_room(json!({"preset": "private_chat"})).await;
+    let invite = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", encode(&bobs_room)),
+            Some(json!({"user_id": carol.user_id})),
+        )
+        .await;
+    assert_eq!(invite.status, 200, "{invite:?}");
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let later = carol.sync_all(Some(&since), 0).await;
+    assert!(
+        later["rooms"]["invite"].get(&bobs_room).is_none(),
+        "{later}"
+    );
+    assert!(
+        carol.sync_all(None, 0).await["rooms"]["invite"]
+            .get(&bobs_room)
+            .is_none()
+    );
+
+    // Un-ignored: Bob's new messages come through again.
+    assert_eq!(ignore(json!({})).await.status, 200);
+    let since = later["next_batch"].as_str().expect("next_batch").to_owned();
+    assert_eq!(bob.send_text(&room_id, "i3", "bob again").await.status, 200);
+    let again = carol.sync_all(Some(&since), 0).await;
+    assert_eq!(timeline_bodies(&again, &room_id), ["bob again"]);
 }

@@ -25,10 +25,37 @@ pub(crate) enum FilterError {
     Invalid(String),
 }
 
-/// A filter definition as the server applies it.
+/// A filter definition as the server applies it, with the users the
+/// reader ignores.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SyncFilter {
     pub(crate) definition: FilterDefinition,
+    /// The reader's ignored users: their events but state leave
+    /// timelines, and their invites are not shown.
+    pub(crate) ignored: Ignored,
+}
+
+/// The users a reader ignores (`m.ignored_user_list`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ignored(Option<std::sync::Arc<std::collections::HashSet<String>>>);
+
+impl Ignored {
+    pub(crate) fn new(users: Option<std::sync::Arc<std::collections::HashSet<String>>>) -> Self {
+        Ignored(users)
+    }
+
+    /// Whether the event is hidden: not state, and sent by an ignored user.
+    pub(crate) fn hides(&self, event: &EventRow) -> bool {
+        event.state_key.is_none() && self.ignores(&event.sender)
+    }
+
+    pub(crate) fn ignores(&self, user_id: &str) -> bool {
+        self.0.as_ref().is_some_and(|users| users.contains(user_id))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|users| users.is_empty())
+    }
 }
 
 impl SyncFilter {
@@ -57,7 +84,10 @@ impl SyncFilter {
         }
         let definition: FilterDefinition =
             serde_json::from_value(value).map_err(|e| FilterError::Invalid(e.to_string()))?;
-        Ok(SyncFilter { definition })
+        Ok(SyncFilter {
+            definition,
+            ignored: Ignored::default(),
+        })
     }
 
     pub(crate) fn timeline_limit(&self) -> u32 {
@@ -93,10 +123,11 @@ impl SyncFilter {
             || f.senders.is_some()
             || !f.not_senders.is_empty()
             || f.url_filter.is_some()
+            || !self.ignored.is_empty()
     }
 
     pub(crate) fn timeline_matches(&self, event: &EventRow) -> bool {
-        event_matches(&self.definition.room.timeline, event)
+        !self.ignored.hides(event) && event_matches(&self.definition.room.timeline, event)
     }
 
     pub(crate) fn state_matches(&self, event: &EventRow) -> bool {

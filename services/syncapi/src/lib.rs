@@ -41,6 +41,7 @@ mod sliding;
 mod storage;
 mod summary;
 mod sync_token;
+mod user_settings;
 mod visibility;
 
 use std::sync::Arc;
@@ -82,7 +83,9 @@ pub struct SyncService {
     /// The membership events each device was sent (lazy-loading).
     lazy_members: lazy_members::LazyMembers,
     /// The push rules users changed, for notification counts.
-    push_rules: notifications::RulesCache,
+    push_rules: user_settings::SettingCache<ruma::push::Ruleset>,
+    /// The users each user ignores.
+    ignored_users: user_settings::SettingCache<std::collections::HashSet<String>>,
     /// Turns true when the process is asked to stop: long-polls answer at
     /// once instead of holding the drain.
     closing: watch::Sender<bool>,
@@ -95,6 +98,16 @@ impl ganglion_api::users::Authenticates for SyncService {
 }
 
 impl SyncService {
+    /// The users `user_id` ignores, as this syncapi last consumed them.
+    pub(crate) async fn ignored(
+        &self,
+        user_id: &str,
+    ) -> Result<filter::Ignored, ganglion_base::MatrixError> {
+        Ok(filter::Ignored::new(
+            self.ignored_users.of_user(&self.storage, user_id).await?,
+        ))
+    }
+
     /// The process is stopping: every long-poll answers now, and new ones
     /// do not wait.
     pub fn stop_long_polls(&self) {
@@ -242,7 +255,8 @@ pub async fn start(
             config.client.max_syncs_per_user,
         ),
         lazy_members: Default::default(),
-        push_rules: Default::default(),
+        push_rules: user_settings::push_rules(),
+        ignored_users: user_settings::ignored_users(),
         closing: watch::channel(false).0,
     });
     // The view's positions are stored with its data, in the transaction of

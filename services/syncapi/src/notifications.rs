@@ -5,97 +5,13 @@
 //! A response counts what is left, per room and, when asked, per thread.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use ganglion_base::push_rules;
-use ruma::push::Ruleset;
 
-use crate::storage::{NotificationCount, Storage, StorageError};
+use crate::storage::NotificationCount;
 
 /// Whom an event notifies, and how.
 pub(crate) type Notified = Vec<push_rules::Notification>;
-
-/// The most users whose changed rules are kept in memory; past it the
-/// cache starts again (rules are read back from the database as needed).
-const CACHED_RULESETS: usize = 4096;
-/// The most users remembered as keeping the server's defaults.
-const CACHED_USERS: usize = 100_000;
-
-/// The push rules users changed, as this syncapi consumed them: read from
-/// its database when first needed, forgotten when a change is consumed.
-/// Users on the server's defaults are remembered as such, without a
-/// ruleset, so memory grows with the users who changed a rule.
-#[derive(Default)]
-pub(crate) struct RulesCache {
-    inner: Mutex<CachedRules>,
-}
-
-#[derive(Default)]
-struct CachedRules {
-    /// A user's changed rules, or `None`: the server's defaults.
-    users: HashMap<String, Option<Arc<Ruleset>>>,
-    rulesets: usize,
-    /// Bumped by every change consumed, so a read that raced one is not
-    /// kept.
-    generation: u64,
-}
-
-impl RulesCache {
-    /// The changed rules of those of `users` who changed any.
-    pub(crate) async fn custom(
-        &self,
-        storage: &Storage,
-        users: &[String],
-    ) -> Result<HashMap<String, Arc<Ruleset>>, StorageError> {
-        let mut found = HashMap::new();
-        let mut missing = Vec::new();
-        let generation = {
-            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            for user in users {
-                match inner.users.get(user) {
-                    Some(Some(rules)) => {
-                        found.insert(user.clone(), rules.clone());
-                    }
-                    Some(None) => {}
-                    None => missing.push(user),
-                }
-            }
-            inner.generation
-        };
-        for user in missing {
-            let stored = storage
-                .account_data_of(user, "", push_rules::ACCOUNT_DATA_TYPE)
-                .await?;
-            let rules = stored.and_then(|json| {
-                let user_id = ruma::UserId::parse(user).ok()?;
-                Some(Arc::new(push_rules::effective(&user_id, Some(&json))))
-            });
-            if let Some(rules) = &rules {
-                found.insert(user.clone(), rules.clone());
-            }
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if inner.generation != generation {
-                continue;
-            }
-            if inner.users.len() >= CACHED_USERS || inner.rulesets >= CACHED_RULESETS {
-                inner.users.clear();
-                inner.rulesets = 0;
-            }
-            inner.rulesets += usize::from(rules.is_some());
-            inner.users.insert(user.clone(), rules);
-        }
-        Ok(found)
-    }
-
-    /// A user's rules changed: read them again when next needed.
-    pub(crate) fn forget(&self, user_id: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.generation += 1;
-        if let Some(Some(_)) = inner.users.remove(user_id) {
-            inner.rulesets -= 1;
-        }
-    }
-}
 
 /// Counts for one room: (notifications, highlights) overall, in the main
 /// timeline, and per thread.

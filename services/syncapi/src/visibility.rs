@@ -3,6 +3,7 @@
 //! membership then and now. Pure; the caller loads the user's membership
 //! history of the room.
 
+use crate::filter::Ignored;
 use crate::storage::EventRow;
 
 /// One user reading one room.
@@ -10,6 +11,8 @@ pub(crate) struct Reader<'a> {
     pub(crate) user_id: &'a str,
     /// (offset of the event that set it, membership), oldest first.
     pub(crate) history: &'a [(u64, String)],
+    /// The users they ignore: what those sent but state is not shown.
+    pub(crate) ignored: Ignored,
 }
 
 impl Reader<'_> {
@@ -36,6 +39,9 @@ impl Reader<'_> {
     /// - `invited`: also what was sent while they were invited;
     /// - `joined`: nothing more.
     pub(crate) fn may_see(&self, event: &EventRow) -> bool {
+        if self.ignored.hides(event) {
+            return false;
+        }
         // A forgotten room keeps only what anyone may read.
         if self.current() == Some("forgotten") {
             return event.history_visibility == "world_readable";
@@ -96,6 +102,7 @@ mod tests {
         let reader = Reader {
             user_id: "@bob:x",
             history: &bob,
+            ignored: Default::default(),
         };
         // While joined: every visibility.
         for visibility in ["joined", "invited", "shared", "world_readable"] {
@@ -122,6 +129,7 @@ mod tests {
         let reader = Reader {
             user_id: "@carol:x",
             history: &carol,
+            ignored: Default::default(),
         };
         assert!(reader.may_see(&event(5, "shared")));
         assert!(!reader.may_see(&event(5, "joined")));
@@ -132,6 +140,7 @@ mod tests {
         let reader = Reader {
             user_id: "@eve:x",
             history: &[],
+            ignored: Default::default(),
         };
         assert!(!reader.may_see(&event(5, "shared")));
         assert!(reader.may_see(&event(5, "world_readable")));
@@ -145,10 +154,26 @@ mod tests {
         let reader = Reader {
             user_id: "@bob:x",
             history: &forgot,
+            ignored: Default::default(),
         };
         assert!(!reader.may_see(&event(25, "joined")));
         assert!(!reader.may_see(&event(25, "shared")));
         assert!(reader.may_see(&event(25, "world_readable")));
+
+        // Carol ignores Alice: her messages are hidden, her state is not.
+        let ignored = Ignored::new(Some(std::sync::Arc::new(
+            ["@a:x".to_owned()].into_iter().collect(),
+        )));
+        let reader = Reader {
+            user_id: "@carol:x",
+            history: &carol,
+            ignored,
+        };
+        assert!(!reader.may_see(&event(25, "shared")));
+        let mut topic = event(25, "shared");
+        topic.event_type = "m.room.topic".into();
+        topic.state_key = Some(String::new());
+        assert!(reader.may_see(&topic));
     }
 
     #[test]

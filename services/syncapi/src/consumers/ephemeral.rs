@@ -88,10 +88,14 @@ impl RecordHandler for StreamConsumer {
                     .apply_account_data(at, &update)
                     .await
                     .map_err(HandleError::storage)?;
-                if update.room_id.is_empty()
-                    && update.data_type == ganglion_base::push_rules::ACCOUNT_DATA_TYPE
-                {
-                    self.service.push_rules.forget(&update.user_id);
+                if update.room_id.is_empty() {
+                    let service = &self.service;
+                    service
+                        .push_rules
+                        .consumed(&update.user_id, &update.data_type);
+                    service
+                        .ignored_users
+                        .consumed(&update.user_id, &update.data_type);
                 }
                 self.service.advance(self.stream, record);
                 notifier.wake_users([update.user_id.as_str()]);

@@ -56,11 +56,11 @@ struct RelatesTo {
 
 impl OutputConsumer {
     /// The local users the event notifies: the room's joined members and
-    /// the target of an invite.
+    /// the target of an invite, but those who ignore its sender.
     async fn notified(
         &self,
         batch: &mut Batch,
-        room_id: &str,
+        (room_id, sender): (&str, &str),
         json: &str,
         state_key: Option<&str>,
         membership: Option<&str>,
@@ -77,6 +77,13 @@ impl OutputConsumer {
         {
             members.push(invitee.to_owned());
         }
+        let ignoring = self
+            .service
+            .ignored_users
+            .of(&self.service.storage, &members)
+            .await
+            .map_err(HandleError::storage)?;
+        members.retain(|member| !ignoring.get(member).is_some_and(|i| i.contains(sender)));
         // Only an intentional mention of the room asks who may notify it.
         let power_levels = if json.contains("\"m.mentions\"") {
             let (create, levels) = batch
@@ -90,7 +97,7 @@ impl OutputConsumer {
         let custom = self
             .service
             .push_rules
-            .custom(&self.service.storage, &members)
+            .of(&self.service.storage, &members)
             .await
             .map_err(HandleError::storage)?;
         Ok(ganglion_base::push_rules::evaluate(
@@ -304,7 +311,7 @@ impl OutputConsumer {
         let notified = self
             .notified(
                 batch,
-                &room_id,
+                (&room_id, &fields.sender),
                 json,
                 fields.state_key.as_deref(),
                 membership.as_deref(),

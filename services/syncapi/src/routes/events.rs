@@ -30,6 +30,7 @@ pub(crate) async fn event(
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: service.ignored(&device.user_id).await?,
     };
     let row = visible_event(&service, &reader, &room_id, &event_id).await?;
     let mut rendered = render_visible(&service, &reader, &device, [&row], true).await?;
@@ -63,6 +64,7 @@ pub(crate) async fn context(
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: service.ignored(&device.user_id).await?,
     };
     require_reader(&service, &room_id, &reader).await?;
     let row = visible_event(&service, &reader, &room_id, &event_id).await?;

@@ -33,9 +33,11 @@ pub(crate) async fn members(
         }
     }
     let history = reader_history(&service, &room_id, &device.user_id).await?;
+    // Membership is state: shown whoever sent it.
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: Default::default(),
     };
     let partition = service.storage.room_partition(&room_id).await?;
     let now = partition.map(|p| {

@@ -70,6 +70,7 @@ pub(crate) async fn messages(
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: service.ignored(&device.user_id).await?,
     };
     require_reader(&service, &room_id, &reader).await?;
     let partition = match service.storage.room_partition(&room_id).await? {

@@ -218,6 +218,7 @@ async fn relations_inner(
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: service.ignored(&device.user_id).await?,
     };
     let parent = visible_event(&service, &reader, &room_id, &event_id).await?;
     let partition = service.storage.room_partition(&room_id).await?.unwrap_or(0);
@@ -396,6 +397,7 @@ pub(crate) async fn threads(
     let reader = Reader {
         user_id: &device.user_id,
         history: &history,
+        ignored: service.ignored(&device.user_id).await?,
     };
     let roots = service
         .storage

@@ -359,7 +359,7 @@ async fn build(
             .get(&room_id)
             .map(|s| s.offset)
             .unwrap_or(0);
-        let filter = limit_filter(10)?;
+        let filter = limit_filter(service, &device.user_id, 10).await?;
         let timeline = timeline(
             service,
             device,
@@ -413,10 +413,17 @@ fn unread((notifications, highlights): (u64, u64)) -> UnreadNotificationsCount {
     counts
 }
 
-/// A filter that only limits the timeline.
-fn limit_filter(limit: u64) -> Result<SyncFilter, MatrixError> {
-    SyncFilter::from_value(json!({ "room": { "timeline": { "limit": limit } } }))
-        .map_err(|e| MatrixError::invalid_param(e.to_string()))
+/// A filter that only limits the timeline (and hides what the user's
+/// ignored users sent).
+async fn limit_filter(
+    service: &SyncService,
+    user_id: &str,
+    limit: u64,
+) -> Result<SyncFilter, MatrixError> {
+    let mut filter = SyncFilter::from_value(json!({ "room": { "timeline": { "limit": limit } } }))
+        .map_err(|e| MatrixError::invalid_param(e.to_string()))?;
+    filter.ignored = service.ignored(user_id).await?;
+    Ok(filter)
 }
 
 /// A joined room's entry: its timeline in the window, the state asked for
@@ -440,7 +447,7 @@ async fn joined_room(
             device,
             &room.room_id,
             (from, to),
-            &limit_filter(config.timeline_limit)?,
+            &limit_filter(service, user_id, config.timeline_limit).await?,
             "join",
         )
         .await?;

@@ -48,6 +48,16 @@ pub(crate) async fn resolve_filter(
     user_id: &str,
     filter: Option<&str>,
 ) -> Result<SyncFilter, MatrixError> {
+    let mut filter = resolve_definition(service, user_id, filter).await?;
+    filter.ignored = service.ignored(user_id).await?;
+    Ok(filter)
+}
+
+async fn resolve_definition(
+    service: &SyncService,
+    user_id: &str,
+    filter: Option<&str>,
+) -> Result<SyncFilter, MatrixError> {
     match filter {
         None | Some("") => Ok(SyncFilter::default()),
         Some(inline) if inline.trim_start().starts_with('{') => {
@@ -268,6 +278,7 @@ pub(crate) async fn choose(
             let reader = Reader {
                 user_id: &device.user_id,
                 history,
+                ignored: filter.ignored.clone(),
             };
             if matching.iter().any(|e| !reader.may_see(e)) && current_state.is_none() {
                 current_state = Some(if membership == "join" {
@@ -321,6 +332,7 @@ pub(crate) async fn render(
                 Reader {
                     user_id: &device.user_id,
                     history: &c.history,
+                    ignored: filter.ignored.clone(),
                 },
             )
         })
@@ -880,6 +892,16 @@ async fn build(
             }
             "invite" if since.is_none() || changed_membership => {
                 let stripped = stripped_state(service, &room_id, &device.user_id).await?;
+                // Invites from ignored users are not shown.
+                let inviter = stripped.iter().find(|e| {
+                    e["type"] == "m.room.member" && e["state_key"] == device.user_id.as_str()
+                });
+                if inviter
+                    .and_then(|e| e["sender"].as_str())
+                    .is_some_and(|sender| filter.ignored.ignores(sender))
+                {
+                    continue;
+                }
                 invite.insert(room_id, json!({ "invite_state": { "events": stripped } }));
             }
             "knock" if since.is_none() || changed_membership => {

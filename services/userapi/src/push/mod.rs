@@ -188,10 +188,23 @@ impl PushConsumer {
         users.sort();
         users.dedup();
         let mut custom = HashMap::new();
+        let mut ignoring = Vec::new();
         for user in &users {
             let Ok(localpart) = self.api.local_part(user) else {
                 continue;
             };
+            // Those who ignore the sender are never pushed for them.
+            let ignored = storage
+                .account_data(localpart, "", "m.ignored_user_list")
+                .await
+                .map_err(HandleError::storage)?;
+            if ignored
+                .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+                .is_some_and(|list| list["ignored_users"].get(&fields.sender).is_some())
+            {
+                ignoring.push(user.clone());
+                continue;
+            }
             let stored = storage
                 .account_data(localpart, "", push_rules::ACCOUNT_DATA_TYPE)
                 .await
@@ -203,6 +216,7 @@ impl PushConsumer {
                 );
             }
         }
+        users.retain(|user| !ignoring.contains(user));
         let [create, power_levels, room_name, room_alias] = Storage::room_fields(tx, room_id)
             .await
             .map_err(HandleError::storage)?;
