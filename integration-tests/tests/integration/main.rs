@@ -29,3 +29,4 @@ mod synapse_peer;
 mod sync_behaviours;
 mod sync_filters;
 mod tracing;
+mod user_directory;

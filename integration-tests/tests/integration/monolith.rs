@@ -154,6 +154,13 @@ async fn push_rules_and_the_counts_they_decide() {
 }
 
 #[tokio::test]
+async fn user_directory_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::user_directory::user_directory(&server.base_url).await;
+}
+
+#[tokio::test]
 async fn pushers_and_what_reaches_a_push_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = Monolith::default_env(dir.path());

@@ -267,6 +267,7 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     // Push rules: changed in the userapi over gRPC, seen through Kafka.
     crate::push::push_rules_api(&server.base_url).await;
     crate::push::notifications_list(&server.base_url).await;
+    crate::user_directory::user_directory(&server.base_url).await;
     // Keys: clientapi and syncapi reach the keyserver over gRPC.
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;

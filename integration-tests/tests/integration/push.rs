@@ -830,8 +830,6 @@ pub(crate) async fn notifications_list(base_url: &str) {
             .await
         }
     };
-    let all = list(String::new()).await;
-    assert_eq!(all.status, 200, "{all:?}");
     let ids = |reply: &Reply| -> Vec<String> {
         reply.body["notifications"]
             .as_array()
@@ -844,6 +842,16 @@ pub(crate) async fn notifications_list(base_url: &str) {
                     .to_owned()
             })
             .collect()
+    };
+    // Bob's syncapi may be behind Alice's writes (the polylith): wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let all = loop {
+        let all = list(String::new()).await;
+        assert_eq!(all.status, 200, "{all:?}");
+        if ids(&all).len() >= 3 || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(ids(&all), [third.clone(), second.clone(), first.clone()]);
     let notifications = all.body["notifications"].as_array().expect("notifications");

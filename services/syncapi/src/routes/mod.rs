@@ -11,6 +11,7 @@ mod relations;
 mod sliding_sync;
 mod sync;
 mod sync_streams;
+mod user_directory;
 
 use std::sync::Arc;
 
@@ -90,6 +91,10 @@ pub(crate) fn table() -> Routes<Arc<SyncService>> {
             .route(
                 &format!("{prefix}/rooms/{{room_id}}/members"),
                 get(members::members),
+            )
+            .route(
+                &format!("{prefix}/user_directory/search"),
+                post(user_directory::search),
             )
             .route(
                 &format!("{prefix}/notifications"),

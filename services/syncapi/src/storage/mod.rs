@@ -6,6 +6,7 @@
 
 mod batch;
 mod device_lists;
+mod directory;
 mod ephemeral;
 mod events;
 mod filters;
