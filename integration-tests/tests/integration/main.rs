@@ -11,6 +11,7 @@ mod federation_media;
 mod federation_queries;
 mod federation_rooms;
 mod federation_security;
+mod key_backup;
 mod listeners;
 mod matrix_sdk_sliding;
 mod media;

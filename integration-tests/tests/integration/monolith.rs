@@ -154,6 +154,13 @@ async fn push_rules_and_the_counts_they_decide() {
 }
 
 #[tokio::test]
+async fn key_backups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::key_backup::key_backups(&server.base_url).await;
+}
+
+#[tokio::test]
 async fn user_directory_search() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Monolith::start(dir.path()).await;

@@ -272,6 +272,7 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;
     crate::e2ee_keys::cross_signing(&server.base_url).await;
+    crate::key_backup::key_backups(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice
         .create_room(serde_json::json!({"preset": "public_chat"}))

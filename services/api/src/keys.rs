@@ -22,6 +22,20 @@ crate::grpc::service_api! {
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
         /// Announces a renamed device (one with identity keys).
         fn device_changed(pb::DeviceChangedRequest) -> pb::DeviceChangedResponse;
+        /// Creates a key backup version.
+        fn create_backup_version(pb::CreateBackupVersionRequest) -> pb::BackupVersion, once;
+        /// A key backup version (the latest when none is named).
+        fn get_backup_version(pb::GetBackupVersionRequest) -> pb::BackupVersion;
+        /// Changes a key backup version's auth data.
+        fn update_backup_version(pb::UpdateBackupVersionRequest) -> crate::proto::common::Empty;
+        /// Deletes a key backup version and its keys.
+        fn delete_backup_version(pb::BackupVersionRef) -> crate::proto::common::Empty;
+        /// Stores room keys in the current backup version.
+        fn put_backup_keys(pb::PutBackupKeysRequest) -> pb::BackupKeysResult;
+        /// Room keys of a backup version.
+        fn get_backup_keys(pb::BackupKeysRef) -> pb::GetBackupKeysResponse;
+        /// Deletes room keys of a backup version.
+        fn delete_backup_keys(pb::BackupKeysRef) -> pb::BackupKeysResult;
         /// A user's devices and device list stream ID.
         fn user_devices(pb::UserDevicesRequest) -> pb::UserDevicesResponse;
         /// Stores cross-signing keys (replacing needs reauthentication).
@@ -49,4 +63,21 @@ pub fn add_signature(
         object["signatures"][signer] = serde_json::json!({});
     }
     object["signatures"][signer][key_id] = signature;
+}
+
+/// A room key in a server-side backup (`KeyBackupData`): what the server
+/// compares keys by, and the encrypted `session_data` it keeps as given.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct KeyBackupData {
+    pub first_message_index: u64,
+    pub forwarded_count: u64,
+    pub is_verified: bool,
+    pub session_data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl KeyBackupData {
+    /// Parses a key as a client sent it; why not, when it is not one.
+    pub fn parse(json: &[u8]) -> Result<KeyBackupData, String> {
+        serde_json::from_slice(json).map_err(|e| e.to_string())
+    }
 }

@@ -250,4 +250,152 @@ impl KeysApi for KeyServer {
     ) -> Result<pb::UploadSignaturesResponse, ApiError> {
         self.upload_signatures_of(request).await
     }
+
+    async fn create_backup_version(
+        &self,
+        request: pb::CreateBackupVersionRequest,
+    ) -> Result<pb::BackupVersion, ApiError> {
+        crate::backups::check_version_body(&request.algorithm, &request.auth_data_json)?;
+        let auth_data = String::from_utf8_lossy(&request.auth_data_json);
+        let version = self
+            .storage
+            .create_backup_version(&request.user_id, &request.algorithm, &auth_data)
+            .await?;
+        Ok(pb::BackupVersion {
+            version: version.to_string(),
+            algorithm: request.algorithm,
+            auth_data_json: request.auth_data_json,
+            count: 0,
+            etag: "0".into(),
+        })
+    }
+
+    async fn get_backup_version(
+        &self,
+        request: pb::GetBackupVersionRequest,
+    ) -> Result<pb::BackupVersion, ApiError> {
+        let version = match request.version.as_deref() {
+            Some(text) => Some(crate::backups::version_number(text)?),
+            None => None,
+        };
+        let found = self
+            .storage
+            .backup_version(&request.user_id, version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Unknown backup version".into()))?;
+        Ok(crate::backups::version_pb(found))
+    }
+
+    async fn update_backup_version(
+        &self,
+        request: pb::UpdateBackupVersionRequest,
+    ) -> Result<ganglion_api::proto::common::Empty, ApiError> {
+        crate::backups::check_version_body(&request.algorithm, &request.auth_data_json)?;
+        let version = crate::backups::version_number(&request.version)?;
+        let current = self
+            .storage
+            .backup_version(&request.user_id, Some(version))
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Unknown backup version".into()))?;
+        if current.algorithm != request.algorithm {
+            return Err(ApiError::InvalidInput("Algorithm does not match".into()));
+        }
+        let auth_data = String::from_utf8_lossy(&request.auth_data_json);
+        if !self
+            .storage
+            .update_backup_version(&request.user_id, version, &auth_data)
+            .await?
+        {
+            return Err(ApiError::NotFound("Unknown backup version".into()));
+        }
+        Ok(Default::default())
+    }
+
+    async fn delete_backup_version(
+        &self,
+        request: pb::BackupVersionRef,
+    ) -> Result<ganglion_api::proto::common::Empty, ApiError> {
+        let version = crate::backups::version_number(&request.version)?;
+        self.storage
+            .delete_backup_version(&request.user_id, version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Unknown backup version".into()))?;
+        Ok(Default::default())
+    }
+
+    async fn put_backup_keys(
+        &self,
+        request: pb::PutBackupKeysRequest,
+    ) -> Result<pb::BackupKeysResult, ApiError> {
+        let version = crate::backups::version_number(&request.version)?;
+        let keys = request
+            .keys
+            .iter()
+            .map(crate::backups::room_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        use crate::storage::backups::Stored;
+        match self
+            .storage
+            .put_backup_keys(&request.user_id, version, &keys)
+            .await?
+        {
+            Stored::Done { count, etag } => Ok(pb::BackupKeysResult {
+                count,
+                etag: etag.to_string(),
+                current_version: None,
+            }),
+            Stored::NotCurrent(current) => Ok(pb::BackupKeysResult {
+                current_version: Some(current.to_string()),
+                ..Default::default()
+            }),
+            Stored::NoBackup => Err(ApiError::NotFound("Unknown backup version".into())),
+        }
+    }
+
+    async fn get_backup_keys(
+        &self,
+        request: pb::BackupKeysRef,
+    ) -> Result<pb::GetBackupKeysResponse, ApiError> {
+        let version = crate::backups::version_number(&request.version)?;
+        if self
+            .storage
+            .backup_version(&request.user_id, Some(version))
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::NotFound("Unknown backup version".into()));
+        }
+        let keys = self
+            .storage
+            .backup_keys(
+                &request.user_id,
+                version,
+                (request.room_id.as_deref(), request.session_id.as_deref()),
+            )
+            .await?;
+        Ok(pb::GetBackupKeysResponse {
+            keys: keys.into_iter().map(crate::backups::key_pb).collect(),
+        })
+    }
+
+    async fn delete_backup_keys(
+        &self,
+        request: pb::BackupKeysRef,
+    ) -> Result<pb::BackupKeysResult, ApiError> {
+        let version = crate::backups::version_number(&request.version)?;
+        let (count, etag) = self
+            .storage
+            .delete_backup_keys(
+                &request.user_id,
+                version,
+                (request.room_id.as_deref(), request.session_id.as_deref()),
+            )
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Unknown backup version".into()))?;
+        Ok(pb::BackupKeysResult {
+            count,
+            etag: etag.to_string(),
+            current_version: None,
+        })
+    }
 }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod backups;
 mod consumers;
 mod cross_signing;
 mod key_changes;

@@ -12,6 +12,7 @@ mod profile;
 mod push_rules;
 mod pushers;
 mod reports;
+mod room_keys;
 mod room_state;
 mod rooms;
 mod send;
@@ -207,6 +208,34 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
             .route(
                 &format!("{prefix}/keys/signatures/upload"),
                 post(keys::upload_signatures),
+            )
+            .route(
+                &format!("{prefix}/room_keys/version"),
+                post(room_keys::create_version).get(room_keys::latest_version),
+            )
+            .route(
+                &format!("{prefix}/room_keys/version/{{version}}"),
+                get(room_keys::version)
+                    .put(room_keys::update_version)
+                    .delete(room_keys::delete_version),
+            )
+            .route(
+                &format!("{prefix}/room_keys/keys"),
+                put(room_keys::put_all)
+                    .get(room_keys::get_all)
+                    .delete(room_keys::delete_all),
+            )
+            .route(
+                &format!("{prefix}/room_keys/keys/{{room_id}}"),
+                put(room_keys::put_room)
+                    .get(room_keys::get_room)
+                    .delete(room_keys::delete_room),
+            )
+            .route(
+                &format!("{prefix}/room_keys/keys/{{room_id}}/{{session_id}}"),
+                put(room_keys::put_session)
+                    .get(room_keys::get_session)
+                    .delete(room_keys::delete_session),
             )
             .route(&format!("{prefix}/pushers"), get(pushers::get))
             .route(&format!("{prefix}/pushers/set"), post(pushers::set))

@@ -87,4 +87,34 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 ON cross_signing_signatures (signer_user_id, target_user_id);
         ",
     },
+    // Server-side key backups: each user's versions (numbers that only
+    // grow: a deleted version stays, marked, so its number is not given
+    // again), with an etag bumped by every change of its keys, and the
+    // keys, one per room and session.
+    Migration {
+        version: 5,
+        description: "key backups",
+        sql: "
+            CREATE TABLE backup_versions (
+                user_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                algorithm TEXT NOT NULL,
+                auth_data TEXT NOT NULL,
+                etag BIGINT NOT NULL DEFAULT 0,
+                deleted BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (user_id, version)
+            );
+            CREATE TABLE backup_keys (
+                user_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                room_id TEXT NOT NULL,
+                session_id TEXT NOT NULL,
+                first_message_index BIGINT NOT NULL,
+                forwarded_count BIGINT NOT NULL,
+                is_verified BIGINT NOT NULL,
+                session_data TEXT NOT NULL,
+                PRIMARY KEY (user_id, version, room_id, session_id)
+            );
+        ",
+    },
 ];

@@ -1,6 +1,7 @@
 //! The keyserver's tables: device keys, one-time keys, fallback keys,
-//! cross-signing keys and signatures.
+//! cross-signing keys and signatures, key backups.
 
+pub(crate) mod backups;
 pub(crate) mod cross_signing;
 pub(crate) mod keys;
 mod migrations;
