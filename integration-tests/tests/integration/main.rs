@@ -24,6 +24,7 @@ mod room_apis;
 mod room_behaviours;
 mod scaling;
 mod sdk_scenarios;
+mod search;
 mod sessions;
 mod sliding_sync;
 mod synapse_peer;

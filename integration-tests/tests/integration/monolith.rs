@@ -154,6 +154,26 @@ async fn push_rules_and_the_counts_they_decide() {
 }
 
 #[tokio::test]
+async fn full_text_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::search::full_text_search(&server.base_url).await;
+}
+
+/// The same with the syncapi's database on PostgreSQL (its tsvector index).
+#[tokio::test]
+async fn full_text_search_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = Monolith::default_env(dir.path());
+    env.push((
+        "GANGLION_SERVICES__SYNCAPI__DATABASE_URL".to_owned(),
+        ganglion_base::testing::scratch_postgres("monolith_search").await,
+    ));
+    let server = Monolith::start_with(dir.path(), env).await;
+    crate::search::full_text_search(&server.base_url).await;
+}
+
+#[tokio::test]
 async fn key_backups() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Monolith::start(dir.path()).await;

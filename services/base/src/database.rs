@@ -34,13 +34,29 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// The SQL for `engine`, tokens replaced.
+    /// The SQL for `engine`, tokens replaced. A line that begins with
+    /// `--sqlite:` or `--postgres:` is kept (without its prefix) for that
+    /// engine only: for what the engines write differently (full-text
+    /// search).
     pub fn sql_for(&self, engine: Engine) -> String {
-        let (serial, bytes) = match engine {
-            Engine::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
-            Engine::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+        let (serial, bytes, mine, theirs) = match engine {
+            Engine::Sqlite => (
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "BLOB",
+                "--sqlite:",
+                "--postgres:",
+            ),
+            Engine::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA", "--postgres:", "--sqlite:"),
         };
         self.sql
+            .lines()
+            .filter(|line| !line.trim_start().starts_with(theirs))
+            .map(|line| match line.trim_start().strip_prefix(mine) {
+                Some(own) => own,
+                None => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
             .replace("{serial}", serial)
             .replace("{bytes}", bytes)
     }

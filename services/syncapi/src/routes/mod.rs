@@ -8,6 +8,7 @@ mod members;
 mod messages;
 mod notifications;
 mod relations;
+mod search;
 mod sliding_sync;
 mod sync;
 mod sync_streams;
@@ -92,6 +93,7 @@ pub(crate) fn table() -> Routes<Arc<SyncService>> {
                 &format!("{prefix}/rooms/{{room_id}}/members"),
                 get(members::members),
             )
+            .route(&format!("{prefix}/search"), post(search::search))
             .route(
                 &format!("{prefix}/user_directory/search"),
                 post(user_directory::search),

@@ -403,6 +403,18 @@ impl Batch {
         }
         let mut inserted: std::collections::HashSet<String> =
             query.fetch_all(&mut *self.tx).await?.into_iter().collect();
+        // Full-text search takes the text of what was newly stored.
+        for event in pending.iter().filter(|e| inserted.contains(&e.event_id)) {
+            if let Some((key, text)) = super::search::searchable(&event.event_type, &event.json) {
+                super::search::index(
+                    &mut self.tx,
+                    self.engine,
+                    (&event.event_id, &event.room_id, key),
+                    &text,
+                )
+                .await?;
+            }
+        }
         let mut history: Vec<Vec<Bound>> = Vec::new();
         // Per (room, type, state key), what the changes leave in order.
         let mut current: std::collections::HashMap<(&str, &str, &str), CurrentEntry> =
@@ -670,6 +682,8 @@ impl Batch {
         .bind(event_id)
         .execute(&mut *self.tx)
         .await?;
+        // A redacted event's text is no longer searchable.
+        super::search::forget(&mut self.tx, self.engine, event_id).await?;
         Ok(())
     }
 

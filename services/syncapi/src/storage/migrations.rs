@@ -242,4 +242,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX notifications_unread ON notifications (user_id, room_id, unread, log_offset);
         ",
     },
+    // Full-text search of messages' bodies and rooms' names and topics:
+    // SQLite's FTS5 (its rowid the event's id) and PostgreSQL's tsvector,
+    // filled from what is already stored.
+    Migration {
+        version: 9,
+        description: "full-text search",
+        sql: "
+--sqlite:CREATE VIRTUAL TABLE event_search USING fts5(text, key UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
+--sqlite:INSERT INTO event_search (rowid, text, key) SELECT id, json_extract(json, '$.content.body'), 'content.body' FROM events WHERE event_type = 'm.room.message' AND log_offset >= 0 AND json_valid(json) AND json_type(json, '$.content.body') = 'text';
+--sqlite:INSERT INTO event_search (rowid, text, key) SELECT id, json_extract(json, '$.content.name'), 'content.name' FROM events WHERE event_type = 'm.room.name' AND log_offset >= 0 AND json_valid(json) AND json_type(json, '$.content.name') = 'text';
+--sqlite:INSERT INTO event_search (rowid, text, key) SELECT id, json_extract(json, '$.content.topic'), 'content.topic' FROM events WHERE event_type = 'm.room.topic' AND log_offset >= 0 AND json_valid(json) AND json_type(json, '$.content.topic') = 'text';
+--postgres:CREATE TABLE event_search (event_id TEXT NOT NULL PRIMARY KEY, key TEXT NOT NULL, vector TSVECTOR NOT NULL);
+--postgres:CREATE INDEX event_search_fts ON event_search USING GIN (vector);
+--postgres:INSERT INTO event_search (event_id, key, vector) SELECT event_id, 'content.body', to_tsvector('simple', j->'content'->>'body') FROM (SELECT event_id, CASE WHEN strpos(json, '\\u') > 0 THEN NULL ELSE json::jsonb END AS j FROM events WHERE event_type = 'm.room.message' AND log_offset >= 0) found WHERE jsonb_typeof(j->'content'->'body') = 'string';
+--postgres:INSERT INTO event_search (event_id, key, vector) SELECT event_id, 'content.name', to_tsvector('simple', j->'content'->>'name') FROM (SELECT event_id, CASE WHEN strpos(json, '\\u') > 0 THEN NULL ELSE json::jsonb END AS j FROM events WHERE event_type = 'm.room.name' AND log_offset >= 0) found WHERE jsonb_typeof(j->'content'->'name') = 'string';
+--postgres:INSERT INTO event_search (event_id, key, vector) SELECT event_id, 'content.topic', to_tsvector('simple', j->'content'->>'topic') FROM (SELECT event_id, CASE WHEN strpos(json, '\\u') > 0 THEN NULL ELSE json::jsonb END AS j FROM events WHERE event_type = 'm.room.topic' AND log_offset >= 0) found WHERE jsonb_typeof(j->'content'->'topic') = 'string';
+        ",
+    },
 ];

@@ -13,6 +13,7 @@ mod filters;
 mod history;
 mod migrations;
 mod positions;
+pub(crate) mod search;
 mod sliding;
 #[cfg(test)]
 mod tests;
