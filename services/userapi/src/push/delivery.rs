@@ -113,23 +113,44 @@ impl Delivery {
     }
 
     /// Sends a leased pusher's notifications in order, until one fails.
+    /// Those done with leave the queue together at the end of the turn (a
+    /// crash in between sends them again: gateways drop a repeated event
+    /// ID, as the push gateway API asks of them).
     async fn send_for(&self, id: i64) -> Result<(), crate::storage::StorageError> {
         let Some((pusher, failing)) = self.storage.pusher(id).await? else {
             return Ok(());
         };
+        let mut done = Vec::new();
+        let sent = self.send_queued(&pusher, &failing, &mut done).await;
+        self.storage.dequeue(&done).await?;
+        sent
+    }
+
+    async fn send_queued(
+        &self,
+        pusher: &Pusher,
+        failing: &crate::storage::Failing,
+        done: &mut Vec<i64>,
+    ) -> Result<(), crate::storage::StorageError> {
+        let id = pusher.id;
+        // Whether a success has a failure to clear.
+        let mut was_failing = failing.attempts > 0 || failing.since_ms.is_some();
         for queued in self.storage.queued(id, NOTIFICATIONS_PER_TURN).await? {
             let now = ganglion_base::clock::now_ms();
             if now - queued.created_ms > self.settings.max_notification_age_ms {
                 PUSHES_DROPPED.inc();
                 tracing::warn!(pusher = id, event_id = %queued.event_id, "push given up: too old");
-                self.storage.dequeue(queued.id).await?;
+                done.push(queued.id);
                 continue;
             }
-            match self.send(&pusher, &queued).await {
+            match self.send(pusher, &queued).await {
                 Outcome::Sent { rejected } => {
                     PUSHES_SENT.inc();
-                    self.storage.dequeue(queued.id).await?;
-                    self.storage.pusher_succeeded(id).await?;
+                    done.push(queued.id);
+                    if was_failing {
+                        self.storage.pusher_succeeded(id).await?;
+                        was_failing = false;
+                    }
                     if rejected {
                         tracing::info!(pusher = id, app_id = %pusher.app_id, "pushkey rejected by its gateway: pusher removed");
                         self.storage
@@ -142,8 +163,9 @@ impl Delivery {
                     // The gateway will never take this one: not retried.
                     PUSHES_DROPPED.inc();
                     tracing::warn!(pusher = id, %error, "push refused by its gateway");
-                    self.storage.dequeue(queued.id).await?;
+                    done.push(queued.id);
                     self.storage.pusher_failed(id, &error, now, 0).await?;
+                    was_failing = true;
                 }
                 Outcome::Failed(error) => {
                     PUSHES_FAILED.inc();

@@ -187,33 +187,33 @@ impl PushConsumer {
         let mut users: Vec<String> = pushers.iter().map(|p| p.user_id.clone()).collect();
         users.sort();
         users.dedup();
+        // Their push rules and whom they ignore, in one read.
+        let localparts: Vec<&str> = users
+            .iter()
+            .filter_map(|user| self.api.local_part(user).ok())
+            .collect();
+        let settings = storage
+            .global_account_data_of(
+                tx,
+                &localparts,
+                &[push_rules::ACCOUNT_DATA_TYPE, "m.ignored_user_list"],
+            )
+            .await
+            .map_err(HandleError::storage)?;
         let mut custom = HashMap::new();
         let mut ignoring = Vec::new();
-        for user in &users {
-            let Ok(localpart) = self.api.local_part(user) else {
-                continue;
-            };
-            // Those who ignore the sender are never pushed for them.
-            let ignored = storage
-                .account_data(localpart, "", "m.ignored_user_list")
-                .await
-                .map_err(HandleError::storage)?;
-            if ignored
-                .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-                .is_some_and(|list| list["ignored_users"].get(&fields.sender).is_some())
-            {
-                ignoring.push(user.clone());
-                continue;
-            }
-            let stored = storage
-                .account_data(localpart, "", push_rules::ACCOUNT_DATA_TYPE)
-                .await
-                .map_err(HandleError::storage)?;
-            if let (Some(stored), Ok(user_id)) = (stored, ruma::UserId::parse(user)) {
-                custom.insert(
-                    user.clone(),
-                    Arc::new(push_rules::effective(&user_id, Some(&stored))),
-                );
+        for (localpart, data_type, content) in settings {
+            let user = self.api.user_id(&localpart);
+            if data_type == "m.ignored_user_list" {
+                // Those who ignore the sender are never pushed for them.
+                if serde_json::from_str::<Value>(&content)
+                    .is_ok_and(|list| list["ignored_users"].get(&fields.sender).is_some())
+                {
+                    ignoring.push(user);
+                }
+            } else if let Ok(user_id) = ruma::UserId::parse(&user) {
+                let rules = push_rules::effective(&user_id, Some(&content));
+                custom.insert(user, Arc::new(rules));
             }
         }
         users.retain(|user| !ignoring.contains(user));

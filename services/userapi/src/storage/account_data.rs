@@ -96,6 +96,45 @@ impl Storage {
         Ok(id)
     }
 
+    /// Some types of the global account data of some users, in the
+    /// consumer's transaction: (localpart, type, content).
+    pub(crate) async fn global_account_data_of(
+        &self,
+        tx: &mut sql::Transaction,
+        localparts: &[&str],
+        data_types: &[&str],
+    ) -> Result<Vec<(String, String, String)>, StorageError> {
+        if localparts.is_empty() || data_types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut found = Vec::new();
+        // A statement's parameters are limited: a thousand users at a time.
+        for chunk in localparts.chunks(1_000) {
+            let statement = format!(
+                "SELECT localpart, data_type, content FROM account_data
+                 WHERE room_id = '' AND data_type IN ({}) AND localpart IN ({})",
+                list(1, data_types.len()),
+                list(1 + data_types.len(), chunk.len()),
+            );
+            let mut query = sql::query_as(sqlx::AssertSqlSafe(statement));
+            for data_type in data_types {
+                query = query.bind(*data_type);
+            }
+            for localpart in chunk {
+                query = query.bind(*localpart);
+            }
+            let rows: Vec<(String, String, String)> = query.fetch_all(&mut **tx).await?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     pub(crate) async fn account_data(
         &self,
         localpart: &str,

@@ -11,7 +11,7 @@ pub(crate) use account_data::Pending;
 pub(crate) use accounts::ProfileField;
 pub(crate) use devices::Tokens;
 pub(crate) use migrations::MIGRATIONS;
-pub(crate) use pushers::{Pusher, Queued, RoomField};
+pub(crate) use pushers::{Failing, Pusher, Queued, RoomField};
 
 use ganglion_base::Database;
 

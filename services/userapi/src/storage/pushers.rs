@@ -434,12 +434,19 @@ impl Storage {
             .map_err(StorageError::from)
     }
 
-    /// A notification is done with (sent, or given up on).
-    pub(crate) async fn dequeue(&self, id: i64) -> Result<(), StorageError> {
-        sql::query("DELETE FROM push_queue WHERE id = $1")
-            .bind(id)
-            .execute(&self.db.pool)
-            .await?;
+    /// Notifications done with (sent, or given up on).
+    pub(crate) async fn dequeue(&self, ids: &[i64]) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.pool.begin().await?;
+        for id in ids {
+            sql::query("DELETE FROM push_queue WHERE id = $1")
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
