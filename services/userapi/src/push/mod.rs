@@ -35,50 +35,59 @@ pub(crate) struct PushConsumer {
 #[async_trait]
 impl RecordHandler for PushConsumer {
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
-        let output: topic_pb::RoomserverOutput =
-            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        use topic_pb::roomserver_output::Kind;
-        let storage = &self.api.storage;
-        let mut tx = storage
+        self.handle_batch(std::slice::from_ref(record)).await
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    /// A batch of records in one transaction (one commit for many events
+    /// of a busy room), then delivery woken once.
+    async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let mut tx = self
+            .api
+            .storage
             .db
             .pool
             .begin()
             .await
             .map_err(HandleError::storage)?;
         let mut queued = false;
-        match output.kind {
-            Some(Kind::NewRoomEvent(event)) => {
-                let fresh =
-                    ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
-                queued = self.new_event(&mut tx, &event, fresh).await?;
-            }
-            Some(Kind::OutlierBatch(batch)) => {
-                for json in &batch.events_json {
-                    apply_state_event(&mut tx, json).await?;
-                }
-            }
-            Some(Kind::InviteReceived(invite)) => {
-                // An invite over federation to a room we are not in.
-                let fresh =
-                    ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
-                if fresh {
-                    queued = self
-                        .push_event(
-                            &mut tx,
-                            &invite.room_id,
-                            &invite.event_id,
-                            &invite.event_json,
-                        )
-                        .await?;
-                }
-            }
-            _ => {}
+        for record in records {
+            queued |= self.apply(&mut tx, record).await?;
         }
         tx.commit().await.map_err(HandleError::storage)?;
         if queued {
             self.delivery.wake();
         }
         Ok(())
+    }
+}
+
+impl PushConsumer {
+    /// One record: the view updated, what it notifies queued (true if
+    /// anything was).
+    async fn apply(&self, tx: &mut sql::Transaction, record: &Record) -> Result<bool, HandleError> {
+        let output: topic_pb::RoomserverOutput =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        use topic_pb::roomserver_output::Kind;
+        let fresh = ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
+        Ok(match output.kind {
+            Some(Kind::NewRoomEvent(event)) => self.new_event(tx, &event, fresh).await?,
+            Some(Kind::OutlierBatch(batch)) => {
+                for json in &batch.events_json {
+                    apply_state_event(tx, json).await?;
+                }
+                false
+            }
+            // An invite over federation to a room we are not in.
+            Some(Kind::InviteReceived(invite)) if fresh => {
+                self.push_event(tx, &invite.room_id, &invite.event_id, &invite.event_json)
+                    .await?
+            }
+            _ => false,
+        })
     }
 }
 

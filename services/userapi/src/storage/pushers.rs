@@ -377,7 +377,11 @@ impl Storage {
         .bind(limit)
         .fetch_all(&self.db.pool)
         .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut claimed = Vec::new();
+        let mut tx = self.db.pool.begin_write().await?;
         for id in candidates {
             // Taken only if still free: two replicas never both win.
             let done = sql::query(
@@ -388,12 +392,13 @@ impl Storage {
             .bind(lease_until)
             .bind(id)
             .bind(now_ms)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
                 claimed.push(id);
             }
         }
+        tx.commit().await?;
         Ok(claimed)
     }
 
