@@ -53,9 +53,15 @@ impl RecordHandler for PushConsumer {
             .begin()
             .await
             .map_err(HandleError::storage)?;
+        // Without a pusher anywhere there is nothing to push: the batch
+        // only keeps the view (the common case of a server without
+        // phones, asked once a batch rather than once an event).
+        let any_pushers = Storage::any_pushers(&mut tx)
+            .await
+            .map_err(HandleError::storage)?;
         let mut queued = false;
         for record in records {
-            queued |= self.apply(&mut tx, record).await?;
+            queued |= self.apply(&mut tx, record, any_pushers).await?;
         }
         tx.commit().await.map_err(HandleError::storage)?;
         if queued {
@@ -68,11 +74,17 @@ impl RecordHandler for PushConsumer {
 impl PushConsumer {
     /// One record: the view updated, what it notifies queued (true if
     /// anything was).
-    async fn apply(&self, tx: &mut sql::Transaction, record: &Record) -> Result<bool, HandleError> {
+    async fn apply(
+        &self,
+        tx: &mut sql::Transaction,
+        record: &Record,
+        any_pushers: bool,
+    ) -> Result<bool, HandleError> {
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         use topic_pb::roomserver_output::Kind;
-        let fresh = ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
+        let fresh = any_pushers
+            && ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
         Ok(match output.kind {
             Some(Kind::NewRoomEvent(event)) => self.new_event(tx, &event, fresh).await?,
             Some(Kind::OutlierBatch(batch)) => {

@@ -205,6 +205,14 @@ impl Storage {
         Ok(Some((pusher_of(&row)?, failing)))
     }
 
+    /// Whether any user has a pusher.
+    pub(crate) async fn any_pushers(tx: &mut sql::Transaction) -> Result<bool, StorageError> {
+        let found: Option<i64> = sql::query_scalar("SELECT id FROM pushers LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The pushers of the room's joined members (local users with pushers).
     pub(crate) async fn pushers_in_room(
         &self,
