@@ -421,6 +421,21 @@ pub(crate) async fn counts_follow_each_users_rules(base_url: &str) {
     );
 }
 
+/// Sets the users `client` ignores (`m.ignored_user_list`); the status.
+async fn set_ignored(client: &Client, users: Value) -> u16 {
+    client
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                encode(&client.user_id)
+            ),
+            Some(json!({ "ignored_users": users })),
+        )
+        .await
+        .status
+}
+
 /// Sets a pusher of `client` at `gateway`; `format` as the pusher's data
 /// gives it.
 async fn set_pusher(client: &Client, url: &str, pushkey: &str, format: Option<&str>) -> Reply {
@@ -711,25 +726,12 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) -> usize {
 
     // Carol ignores Alice: not pushed for her while she does (pushes go
     // out in order, so the one after shows the one before never will).
-    let ignore = |users: Value| {
-        let carol = carol.clone();
-        async move {
-            carol
-                .call(
-                    Method::PUT,
-                    &format!(
-                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
-                        encode(&carol.user_id)
-                    ),
-                    Some(json!({ "ignored_users": users })),
-                )
-                .await
-                .status
-        }
-    };
-    assert_eq!(ignore(json!({ alice.user_id.clone(): {} })).await, 200);
+    assert_eq!(
+        set_ignored(&carol, json!({ alice.user_id.clone(): {} })).await,
+        200
+    );
     let unheard = event_id(&alice.send_text(&room_id, "p4i", "while ignored").await);
-    assert_eq!(ignore(json!({})).await, 200);
+    assert_eq!(set_ignored(&carol, json!({})).await, 200);
     let heard = event_id(&alice.send_text(&room_id, "p4h", "heard again").await);
     until_pushed(&gateway, "carol-key", &heard).await;
     assert!(pushed(&gateway.accepted(), "carol-key", &unheard).is_empty());
@@ -948,22 +950,10 @@ pub(crate) async fn ignoring_users(base_url: &str) {
     for user in [&bob, &carol] {
         assert_eq!(user.join(&room_id).await.status, 200);
     }
-    let ignore = |users: Value| {
-        let carol = carol.clone();
-        async move {
-            carol
-                .call(
-                    Method::PUT,
-                    &format!(
-                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
-                        encode(&carol.user_id)
-                    ),
-                    Some(json!({ "ignored_users": users })),
-                )
-                .await
-        }
-    };
-    assert_eq!(ignore(json!({ bob.user_id.clone(): {} })).await.status, 200);
+    assert_eq!(
+        set_ignored(&carol, json!({ bob.user_id.clone(): {} })).await,
+        200
+    );
     let from_bob = event_id(&bob.send_text(&room_id, "i1", "from bob").await);
     let from_alice = event_id(&alice.send_text(&room_id, "i2", "from alice").await);
     let room = encode(&room_id);
@@ -1055,7 +1045,7 @@ pub(crate) async fn ignoring_users(base_url: &str) {
     );
 
     // Un-ignored: Bob's new messages come through again.
-    assert_eq!(ignore(json!({})).await.status, 200);
+    assert_eq!(set_ignored(&carol, json!({})).await, 200);
     let since = later["next_batch"].as_str().expect("next_batch").to_owned();
     assert_eq!(bob.send_text(&room_id, "i3", "bob again").await.status, 200);
     let again = carol.sync_all(Some(&since), 0).await;

@@ -99,8 +99,9 @@ struct NotificationToStore {
     offset: i64,
     thread_id: String,
     highlight: i64,
-    /// The actions of the rule that matched (JSON), for `/notifications`.
-    actions: String,
+    /// The actions of the rule that matched (JSON), for `/notifications`;
+    /// `None` for a plain `notify`.
+    actions: Option<String>,
 }
 
 impl AtCommit {
@@ -123,7 +124,9 @@ impl AtCommit {
                 offset: offset as i64,
                 thread_id: thread_id.to_owned(),
                 highlight: i64::from(notification.highlight),
-                actions: notification.actions().to_string(),
+                // Plain `notify` (most) is left out: read back as such.
+                actions: (!notification.tweaks.is_empty())
+                    .then(|| notification.actions().to_string()),
             });
         }
     }
@@ -219,7 +222,7 @@ impl Batch {
                     Bound::Text(Some(&n.thread_id)),
                     Bound::Int(n.highlight),
                     Bound::Int(now),
-                    Bound::Text(Some(&n.actions)),
+                    Bound::Text(n.actions.as_deref()),
                 ]
             })
             .collect();

@@ -19,12 +19,33 @@ pub(crate) const KEYS: [(&str, &str); 3] = [
 /// The longest text indexed of one event.
 const MAX_TEXT: usize = 64 * 1024;
 
+/// The fields of an event the index reads, borrowed where they can be
+/// (one parse of the event's JSON, no tree: this runs for every message).
+#[derive(serde::Deserialize)]
+struct Indexed<'a> {
+    #[serde(borrow, default)]
+    content: IndexedContent<'a>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct IndexedContent<'a> {
+    #[serde(borrow, default)]
+    body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// The key and text of an event worth indexing.
 pub(crate) fn searchable(event_type: &str, json: &str) -> Option<(&'static str, String)> {
     let (key, _) = KEYS.iter().find(|(_, t)| *t == event_type)?;
-    let field = key.strip_prefix("content.")?;
-    let event: serde_json::Value = serde_json::from_str(json).ok()?;
-    let text = event["content"][field].as_str()?;
+    let event: Indexed<'_> = serde_json::from_str(json).ok()?;
+    let text = match *key {
+        "content.body" => event.content.body,
+        "content.name" => event.content.name,
+        _ => event.content.topic,
+    }?;
     let mut end = text.len().min(MAX_TEXT);
     while !text.is_char_boundary(end) {
         end -= 1;
