@@ -406,13 +406,8 @@ impl Batch {
         // Full-text search takes the text of what was newly stored.
         for event in pending.iter().filter(|e| inserted.contains(&e.event_id)) {
             if let Some((key, text)) = super::search::searchable(&event.event_type, &event.json) {
-                super::search::index(
-                    &mut self.tx,
-                    self.engine,
-                    (&event.event_id, &event.room_id, key),
-                    &text,
-                )
-                .await?;
+                super::search::index(&mut self.tx, self.engine, (&event.event_id, key), &text)
+                    .await?;
             }
         }
         let mut history: Vec<Vec<Bound>> = Vec::new();

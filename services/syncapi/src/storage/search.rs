@@ -56,7 +56,7 @@ pub(crate) fn searchable(event_type: &str, json: &str) -> Option<(&'static str, 
 pub(crate) async fn index(
     tx: &mut sql::Transaction,
     engine: Engine,
-    (event_id, _room_id, key): (&str, &str, &str),
+    (event_id, key): (&str, &str),
     text: &str,
 ) -> Result<(), StorageError> {
     let statement = match engine {
