@@ -3,6 +3,7 @@
 mod accounts_and_rooms;
 mod bad_input;
 mod conversation;
+mod dehydrated_devices;
 mod devices;
 mod e2ee_keys;
 mod ephemeral;
@@ -27,6 +28,7 @@ mod sdk_scenarios;
 mod search;
 mod sessions;
 mod sliding_sync;
+mod spaces;
 mod synapse_peer;
 mod sync_behaviours;
 mod sync_filters;

@@ -188,6 +188,20 @@ async fn user_directory_search() {
 }
 
 #[tokio::test]
+async fn dehydrated_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::dehydrated_devices::dehydrated_devices(&server.base_url).await;
+}
+
+#[tokio::test]
+async fn space_hierarchy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Monolith::start(dir.path()).await;
+    crate::spaces::space_hierarchy(&server.base_url).await;
+}
+
+#[tokio::test]
 async fn pushers_and_what_reaches_a_push_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = Monolith::default_env(dir.path());

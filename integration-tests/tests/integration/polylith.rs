@@ -268,10 +268,14 @@ async fn polylith_ephemeral_streams_and_tokens_across_syncapis() {
     crate::push::push_rules_api(&server.base_url).await;
     crate::push::notifications_list(&server.base_url).await;
     crate::user_directory::user_directory(&server.base_url).await;
+    // Spaces: the clientapi walks, the roomserver summarises over gRPC.
+    crate::spaces::space_hierarchy(&server.base_url).await;
     // Keys: clientapi and syncapi reach the keyserver over gRPC.
     crate::e2ee_keys::upload_query_claim(&server.base_url).await;
     crate::e2ee_keys::device_lists(&server.base_url).await;
     crate::e2ee_keys::cross_signing(&server.base_url).await;
+    // Dehydrated devices: userapi, keyserver and syncapi over gRPC.
+    crate::dehydrated_devices::dehydrated_devices(&server.base_url).await;
     crate::key_backup::key_backups(&server.base_url).await;
     let (alice, bob, since) = crate::ephemeral::to_device_once(&server.base_url).await;
     let room_id = alice

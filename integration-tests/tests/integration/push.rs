@@ -1043,6 +1043,20 @@ pub(crate) async fn ignoring_users(base_url: &str) {
             .get(&bobs_room)
             .is_none()
     );
+    // Nor in sliding sync: not in a list, not counted.
+    let sliding = carol
+        .call(
+            Method::POST,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(json!({"lists": {"all": {"ranges": [[0, 20]], "timeline_limit": 1}}})),
+        )
+        .await;
+    assert_eq!(sliding.status, 200, "{sliding:?}");
+    assert!(
+        sliding.body["rooms"].get(&bobs_room).is_none(),
+        "{sliding:?}"
+    );
+    assert_eq!(sliding.body["lists"]["all"]["count"], 1, "{sliding:?}");
 
     // Un-ignored: Bob's new messages come through again.
     assert_eq!(set_ignored(&carol, json!({})).await, 200);

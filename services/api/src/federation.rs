@@ -29,6 +29,8 @@ crate::grpc::service_api! {
         fn knock_room(pb::JoinRoomRequest) -> pb::JoinRoomResponse, once;
         /// Asks a remote server for its public rooms.
         fn query_public_rooms(pb::RemoteRequest) -> pb::RemoteResponse;
+        /// A remote space's hierarchy (`GET /hierarchy/{roomId}`).
+        fn query_hierarchy(pb::QueryHierarchyRequest) -> pb::RemoteResponse;
         /// Asks a remote user's server for their profile.
         fn query_profile(pb::QueryProfileRequest) -> pb::RemoteResponse;
         /// Fetches and takes history of a room from servers in it.

@@ -12,6 +12,7 @@ pub(crate) mod grpc;
 pub mod keys;
 pub mod replicas;
 pub mod roomserver;
+pub mod spaces;
 pub mod sync;
 pub mod topics;
 pub mod users;

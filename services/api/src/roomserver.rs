@@ -50,6 +50,8 @@ crate::grpc::service_api! {
         /// One of our users rejected another server's invite, or knocked
         /// on a room through another server.
         fn remote_membership(pb::RemoteMembershipRequest) -> pb::InputResponse, once;
+        /// Rooms as a space hierarchy shows them, with who may see them.
+        fn query_room_summaries(pb::QueryRoomSummariesRequest) -> pb::QueryRoomSummariesResponse;
     }
 }
 
@@ -165,31 +167,7 @@ pub fn public_rooms_request(
 /// `total_room_count_estimate`).
 pub fn public_rooms_body(page: pb::PublicRoomsResponse) -> serde_json::Value {
     use serde_json::json;
-    let chunk: Vec<serde_json::Value> = page
-        .chunk
-        .into_iter()
-        .map(|room| {
-            let mut entry = json!({
-                "room_id": room.room_id,
-                "num_joined_members": room.num_joined_members,
-                "world_readable": room.world_readable,
-                "guest_can_join": room.guest_can_join,
-                "join_rule": room.join_rule,
-            });
-            for (key, value) in [
-                ("name", room.name),
-                ("topic", room.topic),
-                ("canonical_alias", room.canonical_alias),
-                ("avatar_url", room.avatar_url),
-                ("room_type", room.room_type),
-            ] {
-                if let Some(value) = value {
-                    entry[key] = json!(value);
-                }
-            }
-            entry
-        })
-        .collect();
+    let chunk: Vec<serde_json::Value> = page.chunk.into_iter().map(public_room_json).collect();
     let mut body = json!({
         "chunk": chunk,
         "total_room_count_estimate": page.total_room_count_estimate,
@@ -201,6 +179,30 @@ pub fn public_rooms_body(page: pb::PublicRoomsResponse) -> serde_json::Value {
         body["prev_batch"] = json!(page.prev_batch);
     }
     body
+}
+
+/// One room as the public room directory and the space hierarchy spell it
+/// (the spec's `PublicRoomsChunk`).
+pub fn public_room_json(room: pb::PublicRoom) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "room_id": room.room_id,
+        "num_joined_members": room.num_joined_members,
+        "world_readable": room.world_readable,
+        "guest_can_join": room.guest_can_join,
+        "join_rule": room.join_rule,
+    });
+    for (key, value) in [
+        ("name", room.name),
+        ("topic", room.topic),
+        ("canonical_alias", room.canonical_alias),
+        ("avatar_url", room.avatar_url),
+        ("room_type", room.room_type),
+    ] {
+        if let Some(value) = value {
+            entry[key] = serde_json::json!(value);
+        }
+    }
+    entry
 }
 
 /// Whether a state event closes its room to guests: an

@@ -41,6 +41,10 @@ crate::grpc::service_api! {
         fn rename_device(pb::RenameDeviceRequest) -> pb::RenameDeviceResponse;
         /// Deletes devices of a user, and their access tokens.
         fn delete_devices(pb::DeleteDevicesRequest) -> pb::DeleteDevicesResponse;
+        /// Sets, reads and deletes a user's dehydrated device (MSC3814).
+        fn put_dehydrated_device(pb::PutDehydratedDeviceRequest) -> pb::DehydratedDevice;
+        fn get_dehydrated_device(pb::GetDehydratedDeviceRequest) -> pb::DehydratedDevice;
+        fn delete_dehydrated_device(pb::GetDehydratedDeviceRequest) -> pb::DehydratedDevice;
         /// Sets a user's password, logging out their other devices if asked.
         fn set_password(pb::SetPasswordRequest) -> pb::SetPasswordResponse;
         /// Deactivates an account (and erases its profile if asked).

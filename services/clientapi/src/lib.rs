@@ -58,6 +58,8 @@ pub(crate) struct ClientApi {
     rate_limits: rate_limit::RateLimits,
     /// Proxies whose `X-Forwarded-For` names the client.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Other servers' answers about their spaces (`routes/spaces.rs`).
+    remote_spaces: routes::RemoteSpaces,
 }
 
 /// A started clientapi.
@@ -139,6 +141,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
             config.caches.rate_limited_clients,
         ),
         trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
+        remote_spaces: routes::remote_spaces(),
     });
     let storage = api.storage.clone();
     let keep = config.retention.transaction_ids();

@@ -166,6 +166,44 @@ impl FederationApi for FederationService {
             .await
     }
 
+    async fn query_hierarchy(
+        &self,
+        request: pb::QueryHierarchyRequest,
+    ) -> Result<pb::RemoteResponse, ApiError> {
+        ganglion_base::limits::room_id(&request.room_id)
+            .map_err(|e| ApiError::InvalidInput(e.error))?;
+        let path = format!(
+            "/_matrix/federation/v1/hierarchy/{}?suggested_only={}",
+            encode(&request.room_id),
+            request.suggested_only
+        );
+        let mut last = ApiError::NotFound("no server to ask about the room".into());
+        let ours = self.client.server_name().to_string();
+        for server in request
+            .server_names
+            .iter()
+            .filter(|server| **server != ours)
+            .take(MAX_HIERARCHY_SERVERS)
+        {
+            match self
+                .client
+                .send(server, http::Method::GET, &path, None)
+                .await
+            {
+                // An answer about another room is no answer.
+                Ok(answer) if answer["room"]["room_id"] == request.room_id.as_str() => {
+                    return Ok(pb::RemoteResponse {
+                        body_json: serde_json::to_vec(&answer)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    });
+                }
+                Ok(_) => last = ApiError::NotFound(format!("{server} answered about another room")),
+                Err(error) => last = error.into(),
+            }
+        }
+        Err(last)
+    }
+
     async fn sign_request(
         &self,
         request: pb::SignRequestRequest,
@@ -220,6 +258,9 @@ impl FederationApi for FederationService {
         )
     }
 }
+
+/// The most of a child's `via` servers one hierarchy lookup tries.
+const MAX_HIERARCHY_SERVERS: usize = 3;
 
 /// What the federationapi signs when another service asks.
 const SIGNED_FOR_OTHERS: &str = "/_matrix/federation/v1/media/";

@@ -542,6 +542,13 @@ impl RoomserverApi for RoomserverService {
         self.public_rooms_page(request).await
     }
 
+    async fn query_room_summaries(
+        &self,
+        request: pb::QueryRoomSummariesRequest,
+    ) -> Result<pb::QueryRoomSummariesResponse, ApiError> {
+        self.room_summaries(request).await
+    }
+
     async fn report(&self, request: pb::ReportRequest) -> Result<Empty, ApiError> {
         self.report_for(request).await?;
         Ok(Empty {})

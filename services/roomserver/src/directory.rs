@@ -3,12 +3,25 @@
 
 use ganglion_api::ApiError;
 use ganglion_api::proto::roomserver as pb;
+use ganglion_api::spaces;
 
 use crate::RoomserverService;
 use crate::events::{self, Pdu, StateMap};
 
 /// The most rooms one page of the public list holds.
 const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
+
+/// The state a room's directory entry is made of.
+const DESCRIBING_TYPES: [&str; 8] = [
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.join_rules",
+    "m.room.create",
+];
 
 impl RoomserverService {
     /// The room's current state of the types that decide permissions.
@@ -217,55 +230,113 @@ impl RoomserverService {
 
     /// A room as the directory shows it.
     async fn describe(&self, room_id: &str, joined: i64) -> Result<pb::PublicRoom, ApiError> {
-        let mut room = pb::PublicRoom {
-            room_id: room_id.to_owned(),
-            num_joined_members: joined.max(0) as u64,
-            join_rule: "invite".into(),
-            ..Default::default()
-        };
-        let types = [
-            "m.room.name",
-            "m.room.topic",
-            "m.room.canonical_alias",
-            "m.room.avatar",
-            "m.room.history_visibility",
-            "m.room.guest_access",
-            "m.room.join_rules",
-            "m.room.create",
-        ];
-        for (kind, key, json) in self.storage.state_events_of_types(room_id, &types).await? {
-            if !key.is_empty() {
-                continue;
-            }
-            let event: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-            let content = &event["content"];
-            let text = |field: &str| {
-                content[field]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-            };
-            match kind.as_str() {
-                "m.room.name" => room.name = text("name"),
-                "m.room.topic" => room.topic = text("topic"),
-                "m.room.canonical_alias" => room.canonical_alias = text("alias"),
-                "m.room.avatar" => room.avatar_url = text("url"),
-                "m.room.history_visibility" => {
-                    room.world_readable = content["history_visibility"] == "world_readable"
-                }
-                "m.room.guest_access" => {
-                    room.guest_can_join = content["guest_access"] == "can_join"
-                }
-                "m.room.join_rules" => {
-                    room.join_rule = text("join_rule").unwrap_or_else(|| "invite".into())
-                }
-                "m.room.create" => room.room_type = text("type"),
-                _ => {}
-            }
-        }
-        Ok(room)
+        let state = self
+            .storage
+            .state_events_of_types(room_id, &DESCRIBING_TYPES)
+            .await?;
+        Ok(describe_state(room_id, joined, &state))
     }
 
+    /// Rooms as a space hierarchy shows them to a user or a server (see
+    /// `QueryRoomSummaries`): rooms this server is not in are not known.
+    pub(crate) async fn room_summaries(
+        &self,
+        request: pb::QueryRoomSummariesRequest,
+    ) -> Result<pb::QueryRoomSummariesResponse, ApiError> {
+        if request.room_ids.len() > spaces::MAX_SUMMARIES {
+            return Err(ApiError::InvalidInput(format!(
+                "at most {} rooms at once",
+                spaces::MAX_SUMMARIES
+            )));
+        }
+        if request.user_id.is_empty() == request.server_name.is_empty() {
+            return Err(ApiError::InvalidInput(
+                "a summary is for a user or for a server".into(),
+            ));
+        }
+        let mut rooms = Vec::with_capacity(request.room_ids.len());
+        for room_id in &request.room_ids {
+            rooms.push(self.room_summary(room_id, &request).await?);
+        }
+        Ok(pb::QueryRoomSummariesResponse { rooms })
+    }
+
+    async fn room_summary(
+        &self,
+        room_id: &str,
+        request: &pb::QueryRoomSummariesRequest,
+    ) -> Result<pb::RoomSummary, ApiError> {
+        let mut summary = pb::RoomSummary {
+            room_id: room_id.to_owned(),
+            ..Default::default()
+        };
+        if ganglion_base::limits::room_id(room_id).is_err()
+            || !self
+                .storage
+                .server_has_member(room_id, &self.server_name, &["join"])
+                .await?
+        {
+            return Ok(summary);
+        }
+        summary.known = true;
+        let mut types = DESCRIBING_TYPES.to_vec();
+        types.push("m.space.child");
+        let state = self.storage.state_events_of_types(room_id, &types).await?;
+        let joined = self.storage.joined_count(room_id).await?;
+        let room = describe_state(room_id, joined, &state);
+        let join_rules = state
+            .iter()
+            .find(|(kind, key, _)| kind == "m.room.join_rules" && key.is_empty())
+            .and_then(|(_, _, json)| serde_json::from_str::<serde_json::Value>(json).ok());
+        summary.allowed_room_ids = join_rules
+            .map(|event| spaces::allowed_rooms(&event["content"]))
+            .unwrap_or_default();
+        if room.room_type.as_deref() == Some(spaces::SPACE) {
+            summary.children_state = children_state(&state, request.suggested_only);
+        }
+        summary.accessible = spaces::open_to_all(&room.join_rule, room.world_readable)
+            || self
+                .may_reach(room_id, request, &["join", "invite"])
+                .await?
+            || self
+                .reaches_allowed_rooms(&summary.allowed_room_ids, request)
+                .await?;
+        summary.room = Some(room);
+        Ok(summary)
+    }
+
+    /// Whether the asking user has one of `memberships` in the room, or the
+    /// asking server has a user who does.
+    async fn may_reach(
+        &self,
+        room_id: &str,
+        request: &pb::QueryRoomSummariesRequest,
+        memberships: &[&str],
+    ) -> Result<bool, ApiError> {
+        Ok(if request.user_id.is_empty() {
+            self.storage
+                .server_has_member(room_id, &request.server_name, memberships)
+                .await?
+        } else {
+            let membership = self.current_membership(room_id, &request.user_id).await?;
+            memberships.contains(&membership.as_str())
+        })
+    }
+
+    /// Whether the asker is joined to one of the rooms a restricted join
+    /// rule lets members of in.
+    async fn reaches_allowed_rooms(
+        &self,
+        allowed: &[String],
+        request: &pb::QueryRoomSummariesRequest,
+    ) -> Result<bool, ApiError> {
+        for room_id in allowed {
+            if self.may_reach(room_id, request, &["join"]).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
     pub(crate) async fn report_for(&self, request: pb::ReportRequest) -> Result<(), ApiError> {
         let room = self
             .storage
@@ -294,4 +365,76 @@ impl RoomserverService {
             .await?;
         Ok(())
     }
+}
+
+/// A room's directory entry from its state events (type, state key, JSON).
+fn describe_state(
+    room_id: &str,
+    joined: i64,
+    state: &[(String, String, String)],
+) -> pb::PublicRoom {
+    let mut room = pb::PublicRoom {
+        room_id: room_id.to_owned(),
+        num_joined_members: joined.max(0) as u64,
+        join_rule: "invite".into(),
+        ..Default::default()
+    };
+    for (kind, key, json) in state {
+        if !key.is_empty() {
+            continue;
+        }
+        let event: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let content = &event["content"];
+        let text = |field: &str| {
+            content[field]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        match kind.as_str() {
+            "m.room.name" => room.name = text("name"),
+            "m.room.topic" => room.topic = text("topic"),
+            "m.room.canonical_alias" => room.canonical_alias = text("alias"),
+            "m.room.avatar" => room.avatar_url = text("url"),
+            "m.room.history_visibility" => {
+                room.world_readable = content["history_visibility"] == "world_readable"
+            }
+            "m.room.guest_access" => room.guest_can_join = content["guest_access"] == "can_join",
+            "m.room.join_rules" => {
+                room.join_rule = text("join_rule").unwrap_or_else(|| "invite".into())
+            }
+            "m.room.create" => room.room_type = text("type"),
+            _ => {}
+        }
+    }
+    room
+}
+
+/// A space's valid child events, stripped, in the spec's order, at most
+/// [`spaces::MAX_CHILDREN`] (suggested ones only if asked).
+fn children_state(state: &[(String, String, String)], suggested_only: bool) -> Vec<Vec<u8>> {
+    let mut children: Vec<(spaces::Child, serde_json::Value)> = state
+        .iter()
+        .filter(|(kind, _, _)| kind == "m.space.child")
+        .filter_map(|(_, key, json)| {
+            let event: serde_json::Value = serde_json::from_str(json).ok()?;
+            let ts = event["origin_server_ts"].as_i64()?;
+            let child = spaces::Child::of_event(key, &event["content"], ts)?;
+            (child.suggested || !suggested_only).then_some((child, event))
+        })
+        .collect();
+    children.sort_by(|(a, _), (b, _)| spaces::child_order(a, b));
+    children
+        .into_iter()
+        .take(spaces::MAX_CHILDREN)
+        .filter_map(|(child, event)| {
+            let stripped = spaces::stripped_child(
+                &child.room_id,
+                event["sender"].as_str()?,
+                &event["content"],
+                child.origin_server_ts,
+            );
+            serde_json::to_vec(&stripped).ok()
+        })
+        .collect()
 }

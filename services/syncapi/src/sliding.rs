@@ -349,6 +349,7 @@ mod tests {
             bump_stamp: bump,
             encrypted: false,
             room_type: None,
+            membership_sender: "@someone:x".into(),
         }
     }
 

@@ -536,6 +536,77 @@ impl UsersApi for UserApi {
         Ok(pb::DeleteDevicesResponse { deleted })
     }
 
+    async fn put_dehydrated_device(
+        &self,
+        request: pb::PutDehydratedDeviceRequest,
+    ) -> Result<pb::DehydratedDevice, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let data = std::str::from_utf8(&request.device_data_json)
+            .ok()
+            .filter(|data| {
+                serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| v.is_object())
+            })
+            .ok_or_else(|| ApiError::InvalidInput("device_data must be a JSON object".into()))?;
+        // Nobody holds a token for a dehydrated device: a random one's hash.
+        let unusable = token_hash(&new_access_token());
+        let replaced = self
+            .storage
+            .put_dehydrated_device(
+                localpart,
+                (&request.device_id, request.display_name.as_deref()),
+                data,
+                &unusable,
+                ganglion_base::clock::now_ms(),
+            )
+            .await?
+            .ok_or_else(|| {
+                ApiError::InvalidInput("device_id names one of the user's devices".into())
+            })?;
+        self.drop_pushers_of_gone_devices(&request.user_id).await?;
+        Ok(pb::DehydratedDevice {
+            device_id: request.device_id,
+            device_data_json: request.device_data_json,
+            replaced_device_id: replaced.unwrap_or_default(),
+        })
+    }
+
+    async fn get_dehydrated_device(
+        &self,
+        request: pb::GetDehydratedDeviceRequest,
+    ) -> Result<pb::DehydratedDevice, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let (device_id, data) = self
+            .storage
+            .dehydrated_device(localpart)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no dehydrated device".into()))?;
+        Ok(pb::DehydratedDevice {
+            device_id,
+            device_data_json: data.into_bytes(),
+            replaced_device_id: String::new(),
+        })
+    }
+
+    async fn delete_dehydrated_device(
+        &self,
+        request: pb::GetDehydratedDeviceRequest,
+    ) -> Result<pb::DehydratedDevice, ApiError> {
+        let localpart = self.local_part(&request.user_id)?;
+        let (device_id, _) = self
+            .storage
+            .dehydrated_device(localpart)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no dehydrated device".into()))?;
+        self.storage
+            .delete_devices(localpart, std::slice::from_ref(&device_id))
+            .await?;
+        Ok(pb::DehydratedDevice {
+            device_id,
+            device_data_json: Vec::new(),
+            replaced_device_id: String::new(),
+        })
+    }
+
     async fn set_password(
         &self,
         request: pb::SetPasswordRequest,

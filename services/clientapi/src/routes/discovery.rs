@@ -16,7 +16,10 @@ pub(crate) async fn versions() -> MatrixResult {
     respond(json!({
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"],
         // Simplified sliding sync (MSC4186), served by the syncapi.
-        "unstable_features": { "org.matrix.simplified_msc3575": true }
+        "unstable_features": {
+            "org.matrix.simplified_msc3575": true,
+            "org.matrix.msc3814": true
+        }
     }))
 }
 

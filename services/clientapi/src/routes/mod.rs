@@ -3,6 +3,7 @@
 
 mod account;
 mod account_data;
+mod dehydrated;
 mod devices;
 mod directory;
 mod discovery;
@@ -16,6 +17,7 @@ mod room_keys;
 mod room_state;
 mod rooms;
 mod send;
+mod spaces;
 mod threepid;
 mod to_device;
 mod tokens;
@@ -33,6 +35,7 @@ use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{Routes, Ruma};
+pub(crate) use spaces::{RemoteSpaces, remote_spaces};
 
 use crate::ClientApi;
 use crate::internal_events::READ_YOUR_WRITES_WAIT;
@@ -57,6 +60,16 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
         .route(
             "/_matrix/client/v1/login/get_token",
             post(tokens::get_token),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/hierarchy",
+            get(spaces::hierarchy),
+        )
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
+            put(dehydrated::put)
+                .get(dehydrated::get)
+                .delete(dehydrated::delete),
         );
     // Both the current and the legacy prefix, as clients still use r0.
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {

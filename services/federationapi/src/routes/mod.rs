@@ -5,6 +5,7 @@ mod keys;
 mod membership;
 mod query;
 mod room_events;
+mod spaces;
 mod transactions;
 mod user_keys;
 
@@ -52,6 +53,10 @@ fn tables() -> (
         .route(
             "/_matrix/federation/v1/publicRooms",
             get(query::public_rooms_get).post(query::public_rooms_post),
+        )
+        .route(
+            "/_matrix/federation/v1/hierarchy/{room_id}",
+            get(spaces::hierarchy),
         )
         .route(
             "/_matrix/federation/v1/user/keys/query",

@@ -215,23 +215,61 @@ impl Storage {
         room_id: &str,
         types: &[&str],
     ) -> Result<Vec<(String, String, String)>, StorageError> {
-        let mut out = Vec::new();
-        for kind in types {
-            let rows = sql::query(
-                "SELECT s.state_key, e.json FROM current_state s
-                 JOIN rooms r ON r.room_nid = s.room_nid
-                 JOIN events e ON e.event_nid = s.event_nid
-                 WHERE r.room_id = $1 AND s.event_type = $2",
-            )
-            .bind(room_id)
-            .bind(*kind)
-            .fetch_all(&self.db.pool)
-            .await?;
-            for row in rows {
-                out.push(((*kind).to_owned(), row.try_get(0)?, row.try_get(1)?));
-            }
+        if types.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let placeholders = ganglion_base::database::params(self.db.engine, 2, types.len());
+        let sql = format!(
+            "SELECT s.event_type, s.state_key, e.json FROM current_state s
+             JOIN rooms r ON r.room_nid = s.room_nid
+             JOIN events e ON e.event_nid = s.event_nid
+             WHERE r.room_id = $1 AND s.event_type IN ({placeholders})"
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(room_id);
+        for kind in types {
+            query = query.bind(*kind);
+        }
+        query
+            .fetch_all(&self.db.pool)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    /// How many users are joined to a room now.
+    pub(crate) async fn joined_count(&self, room_id: &str) -> Result<i64, StorageError> {
+        Ok(sql::query_scalar(
+            "SELECT COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'",
+        )
+        .bind(room_id)
+        .fetch_one(&self.db.pool)
+        .await?)
+    }
+
+    /// Whether any user of `server_name` has one of `memberships` in the
+    /// room's current state (server names hold no LIKE wildcards).
+    pub(crate) async fn server_has_member(
+        &self,
+        room_id: &str,
+        server_name: &str,
+        memberships: &[&str],
+    ) -> Result<bool, StorageError> {
+        let placeholders = ganglion_base::database::params(self.db.engine, 3, memberships.len());
+        let sql = format!(
+            "SELECT 1 FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE r.room_id = $1 AND s.event_type = 'm.room.member'
+               AND s.state_key LIKE '%:' || $2 AND s.membership IN ({placeholders})
+             LIMIT 1"
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(server_name);
+        for membership in memberships {
+            query = query.bind(*membership);
+        }
+        Ok(query.fetch_optional(&self.db.pool).await?.is_some())
     }
 
     /// A user's membership in a room's current state.

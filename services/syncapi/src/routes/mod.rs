@@ -1,6 +1,7 @@
 //! The HTTP routes the syncapi serves (behind the gateway in the polylith).
 
 mod client_event;
+mod dehydrated_device;
 mod events;
 mod filter;
 mod key_changes;
@@ -39,6 +40,10 @@ pub(crate) fn table() -> Routes<Arc<SyncService>> {
         .route("/_matrix/client/v3/sync", get(sync::sync))
         .route("/_matrix/client/r0/sync", get(sync::sync))
         .route(SLIDING_SYNC_PATH, post(sliding_sync::sliding_sync))
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{device_id}/events",
+            post(dehydrated_device::events),
+        )
         .route(
             "/_matrix/client/v3/rooms/{room_id}/messages",
             get(messages::messages),

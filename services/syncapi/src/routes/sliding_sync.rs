@@ -203,13 +203,16 @@ async fn build(
     let mut connection = previous.clone();
     let mut response = v5::Response::new(String::new());
 
-    // Every room of the user's that this response's position covers.
+    // Every room of the user's that this response's position covers, but
+    // invites from users they ignore.
+    let ignored = service.ignored(user_id).await?;
     let rooms: Vec<SlidingRoom> = service
         .storage
         .sliding_rooms(user_id)
         .await?
         .into_iter()
         .filter(|r| r.member_offset < current.offset(r.partition))
+        .filter(|r| !(r.membership == "invite" && ignored.ignores(&r.membership_sender)))
         .collect();
     let by_id: HashMap<&str, &SlidingRoom> =
         rooms.iter().map(|r| (r.room_id.as_str(), r)).collect();

@@ -291,17 +291,18 @@ pub(crate) async fn to_device(
     {
         out.to_device_next = Some((own_partition, last.offset + 1));
     }
-    out.to_device = messages
-        .into_iter()
-        .map(|m| {
-            json!({
-                "sender": m.sender,
-                "type": m.event_type,
-                "content": serde_json::from_str::<Value>(&m.content).unwrap_or_else(|_| json!({})),
-            })
-        })
-        .collect();
+    out.to_device = messages.into_iter().map(to_device_event).collect();
     Ok(())
+}
+
+/// A to-device message as `/sync` (and a dehydrated device's batches)
+/// show it.
+pub(crate) fn to_device_event(message: crate::storage::ToDeviceRow) -> Value {
+    json!({
+        "sender": message.sender,
+        "type": message.event_type,
+        "content": serde_json::from_str::<Value>(&message.content).unwrap_or_else(|_| json!({})),
+    })
 }
 
 /// The device's one-time key counts and unused fallback key algorithms,

@@ -94,6 +94,16 @@ pub(super) fn i64_of(value: u64) -> i64 {
     value.min(i64::MAX as u64) as i64
 }
 
+/// A `to_device` row read as (sender, event_type, content, log_offset).
+fn to_device_row(row: &sql::Row) -> Result<ToDeviceRow, StorageError> {
+    Ok(ToDeviceRow {
+        sender: row.try_get(0)?,
+        event_type: row.try_get(1)?,
+        content: row.try_get(2)?,
+        offset: row.try_get::<i64, _>(3)?.max(0) as u64,
+    })
+}
+
 impl Storage {
     /// Stores the record's position and commits its transaction.
     pub(super) async fn commit_at(
@@ -510,16 +520,31 @@ impl Storage {
         .bind(i64::from(limit))
         .fetch_all(&self.db.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ToDeviceRow {
-                    sender: row.try_get(0)?,
-                    event_type: row.try_get(1)?,
-                    content: row.try_get(2)?,
-                    offset: row.try_get::<i64, _>(3)?.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(to_device_row).collect()
+    }
+
+    /// A device's to-device messages after log offset `after`, oldest
+    /// first, at most `limit`, without deleting any (a dehydrated device's,
+    /// read by the login rehydrating it, which may start over).
+    pub(crate) async fn to_device_after(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ToDeviceRow>, StorageError> {
+        let rows = sql::query(
+            "SELECT sender, event_type, content, log_offset FROM to_device
+             WHERE user_id = $1 AND device_id = $2 AND log_offset > $3
+             ORDER BY log_offset, id LIMIT $4",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(after.map_or(-1, i64_of))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(to_device_row).collect()
     }
 
     pub(crate) async fn apply_account_data(

@@ -20,7 +20,7 @@ mod tests;
 
 pub(crate) use batch::Batch;
 pub(crate) use device_lists::MemberChange;
-pub(crate) use ephemeral::{At, PresenceRow};
+pub(crate) use ephemeral::{At, PresenceRow, ToDeviceRow};
 pub(crate) use events::{
     EventRow, Membership, NewEvent, NotificationCount, NotificationsFrom, StateRef,
 };

@@ -19,6 +19,8 @@ pub(crate) struct SlidingRoom {
     pub(crate) encrypted: bool,
     /// `m.room.create`'s `content.type`, if any.
     pub(crate) room_type: Option<String>,
+    /// Who sent the user's membership (the inviter of an invite).
+    pub(crate) membership_sender: String,
 }
 
 impl Storage {
@@ -31,7 +33,7 @@ impl Storage {
             "SELECT s.room_id, s.membership, s.log_offset, e.log_partition, e.id, b.bump,
                     EXISTS (SELECT 1 FROM current_state x
                             WHERE x.room_id = s.room_id AND x.event_type = 'm.room.encryption'),
-                    ce.json
+                    ce.json, e.sender
              FROM current_state s
              JOIN events e ON e.event_id = s.event_id
              LEFT JOIN room_bumps b ON b.room_id = s.room_id
@@ -63,6 +65,7 @@ impl Storage {
                     bump_stamp: bump.max(member_row),
                     encrypted,
                     room_type,
+                    membership_sender: row.try_get(8)?,
                 })
             })
             .collect()

@@ -55,6 +55,74 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes `device_id` the user's dehydrated device with `data`, deleting
+    /// the one before (answered, even when it had the same ID). `None`,
+    /// and nothing changed, when `device_id` is one of the user's ordinary
+    /// devices.
+    pub(crate) async fn put_dehydrated_device(
+        &self,
+        localpart: &str,
+        device: (&str, Option<&str>),
+        data: &str,
+        token_hash: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Option<String>>, StorageError> {
+        let (device_id, display_name) = device;
+        let mut tx = self.db.pool.begin_write().await?;
+        let ordinary: Option<i64> = sql::query_scalar(
+            "SELECT id FROM devices
+             WHERE localpart = $1 AND device_id = $2 AND dehydrated_data IS NULL",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ordinary.is_some() {
+            return Ok(None);
+        }
+        let previous: Option<String> = sql::query_scalar(
+            "SELECT device_id FROM devices WHERE localpart = $1 AND dehydrated_data IS NOT NULL",
+        )
+        .bind(localpart)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sql::query("DELETE FROM devices WHERE localpart = $1 AND dehydrated_data IS NOT NULL")
+            .bind(localpart)
+            .execute(&mut *tx)
+            .await?;
+        sql::query(
+            "INSERT INTO devices (localpart, device_id, display_name, token_hash, created_ts,
+                                  dehydrated_data)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(localpart)
+        .bind(device_id)
+        .bind(display_name)
+        .bind(token_hash)
+        .bind(now_ms)
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(previous))
+    }
+
+    /// The user's dehydrated device: its ID and data.
+    pub(crate) async fn dehydrated_device(
+        &self,
+        localpart: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let row = sql::query(
+            "SELECT device_id, dehydrated_data FROM devices
+             WHERE localpart = $1 AND dehydrated_data IS NOT NULL",
+        )
+        .bind(localpart)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
     pub(crate) async fn device_by_token(
         &self,
         token_hash: &[u8],

@@ -158,4 +158,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 10,
+        description: "dehydrated devices",
+        // A device with dehydrated data is its user's dehydrated device
+        // (MSC3814); it has no access token anyone knows.
+        sql: "ALTER TABLE devices ADD COLUMN dehydrated_data TEXT;",
+    },
 ];
