@@ -49,6 +49,9 @@ synapse=integration-tests/synapse
 "$synapse/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$synapse/requirements.txt"
 
 cargo build -p ganglion
+# The end-to-end encryption scenario's driver (matrix-rust-sdk with its
+# crypto): a package of its own, built into the same target folder.
+cargo build --manifest-path integration-tests/sdk/rust/Cargo.toml --target-dir target
 # The Helm chart: linted, rendered, checked against the Kubernetes schemas
 # and against the binary's options.
 scripts/check-helm.sh

@@ -517,8 +517,16 @@ pub(crate) async fn cross_signing(base_url: &str) {
     // her device, bob's master key by her user-signing key; a tampered
     // one refused.
     let bob_keys = CrossSigning::new(&bob.user_id);
+    let alice_since = alice.sync_all(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let reply = bob.call(Method::POST, path, Some(bob_keys.body())).await;
     assert_eq!(reply.status, 200, "{reply:?}");
+    let (_, alice_since) = sync_until(&alice, &alice_since, |l| {
+        listed(l, "changed").contains(&bob.user_id)
+    })
+    .await;
     let mut tampered = signed(&device, &alice.user_id, &keys.self_signing);
     tampered["keys"][format!("curve25519:{}", alice.device_id)] = json!("other");
     let failures = cross_signing::upload_signatures(
@@ -570,6 +578,12 @@ pub(crate) async fn cross_signing(base_url: &str) {
     );
     sync_until(&bob, &since, |l| {
         listed(l, "changed").contains(&alice.user_id)
+    })
+    .await;
+    // Her signature of Bob's master key is news to her devices (they fetch
+    // his keys again, her signature with them).
+    sync_until(&alice, &alice_since, |l| {
+        listed(l, "changed").contains(&bob.user_id)
     })
     .await;
 

@@ -1,7 +1,9 @@
 //! Real client SDKs as drivers: matrix-nio (Python) and matrix-js-sdk
 //! (Node) each run one two-user conversation against a fresh monolith and
-//! check what their own sync state shows (`integration-tests/sdk/`).
-//! `scripts/test.sh` installs both; a missing install fails the test.
+//! check what their own sync state shows; matrix-rust-sdk runs the
+//! end-to-end encryption scenario, across federation with Synapse too
+//! (`integration-tests/sdk/`). `scripts/test.sh` installs and builds them;
+//! a missing one fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,4 +62,54 @@ async fn matrix_js_sdk_scenario() {
         js.join("node_modules/matrix-js-sdk"),
     )
     .await;
+}
+
+/// The encryption scenario's driver (`integration-tests/sdk/rust`), as
+/// `scripts/test.sh` builds it; `E2EE_SCENARIO_BIN` names another.
+fn e2ee_driver() -> PathBuf {
+    std::env::var_os("E2EE_SCENARIO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/e2ee-scenario")
+        })
+}
+
+/// matrix-rust-sdk with its crypto: two users with two devices each set up
+/// cross-signing, verify their devices and each other, talk encrypted; a
+/// third device restores the room keys from the key backup (recovery) and
+/// reads the history; a Synapse user joins, is verified and talks too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_encryption_scenario_with_synapse() {
+    let driver = e2ee_driver();
+    assert!(
+        driver.exists(),
+        "{} is missing: run scripts/test.sh (it builds the driver)",
+        driver.display()
+    );
+    let (synapse, ours, _our_name, _dirs) = crate::federation_queries::with_synapse().await;
+    for (user, password) in [("alice", "pw-alice-e2ee"), ("bob", "pw-bob-e2ee")] {
+        ganglion_integration_tests::client::Client::register(&ours.base_url, user, password).await;
+    }
+    synapse.register("sam", "pw-sam-e2ee").await;
+    let run = tokio::process::Command::new(&driver)
+        .arg(&ours.base_url)
+        .arg(format!("https://127.0.0.1:{}", synapse.port))
+        .arg("sam")
+        .arg("pw-sam-e2ee")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the scenario finishes within 300 s")
+        .expect("the scenario starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the encryption scenario failed ({}):\n{stdout}\n{stderr}\n{}",
+        output.status,
+        crate::federation_queries::logs_with_synapse(&synapse, &ours)
+    );
 }

@@ -187,6 +187,7 @@ fn read_edu(origin: &str, edu: &Value, now: i64) -> Vec<Published> {
                     content["keys"].to_string().into_bytes()
                 },
                 signing_keys: false,
+                seen_by: String::new(),
             })]
         }
         // Cross-signing keys are asked of the user's server when needed,

@@ -327,6 +327,9 @@ impl KeyServer {
         let mut failures: Map<String, Value> = Map::new();
         let mut accepted: Vec<Signature> = Vec::new();
         let mut changed: Vec<(String, String)> = Vec::new();
+        // Other users whose master keys the signer signed: the signer's
+        // clients hear of them (and fetch their keys, signature and all).
+        let mut signed_others: Vec<String> = Vec::new();
         for (target_user, objects) in &body {
             let Some(objects) = objects.as_object() else {
                 failures.insert(
@@ -349,6 +352,9 @@ impl KeyServer {
                         {
                             changed.push(change);
                         }
+                        if target_user != signer && !signed_others.contains(target_user) {
+                            signed_others.push(target_user.clone());
+                        }
                         accepted.push(signature);
                     }
                     Err(error) => {
@@ -360,7 +366,10 @@ impl KeyServer {
             }
         }
         if !accepted.is_empty() {
-            let changes = self.storage.store_signatures(&accepted, &changed).await?;
+            let changes = self
+                .storage
+                .store_signatures(&accepted, &changed, (signer, &signed_others))
+                .await?;
             self.publish(&changes).await?;
         }
         Ok(pb::UploadSignaturesResponse {
@@ -448,7 +457,7 @@ impl KeyServer {
     }
 
     /// A signature of another user's master key by the signer's
-    /// user-signing key. Nobody else hears of it: it is the signer's.
+    /// user-signing key. Only the signer hears of it: it is theirs.
     async fn others_signature(
         &self,
         signer: &str,

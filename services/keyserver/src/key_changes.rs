@@ -38,9 +38,12 @@ impl KeyServer {
         if !self.storage.change_pending(change.id).await? {
             return Ok(());
         }
-        // An empty device ID: the user's cross-signing keys changed.
+        // An empty device ID: the user's cross-signing keys changed (or,
+        // seen by one user only, that user's signature of them).
         let signing_keys = change.device_id.is_empty();
-        let keys = if signing_keys {
+        let keys = if !change.seen_by.is_empty() {
+            Some(String::new())
+        } else if signing_keys {
             Some(self.signing_key_update(&change.user_id).await?.to_string())
         } else {
             let device = std::slice::from_ref(&change.device_id);
@@ -62,6 +65,7 @@ impl KeyServer {
                 deleted: keys.is_none(),
                 device_keys_json: keys.map(String::into_bytes).unwrap_or_default(),
                 signing_keys,
+                seen_by: change.seen_by.clone(),
             },
         )
         .await?;

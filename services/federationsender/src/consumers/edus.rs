@@ -99,7 +99,10 @@ impl EduConsumer {
     async fn device_list_update(&self, record: &Record) -> Result<(), HandleError> {
         let change: topic_pb::DeviceKeyChange =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
-        if server_of(&change.user_id) != Some(self.server_name.as_str()) {
+        // Another server's user, or a change only a local signer sees.
+        if server_of(&change.user_id) != Some(self.server_name.as_str())
+            || !change.seen_by.is_empty()
+        {
             return Ok(());
         }
         if change.signing_keys {

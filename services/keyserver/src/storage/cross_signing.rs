@@ -158,6 +158,7 @@ impl Storage {
         &self,
         signatures: &[Signature],
         changed: &[(String, String)],
+        (signer, signed_others): (&str, &[String]),
     ) -> Result<Vec<PendingChange>, StorageError> {
         let mut tx = self.db.pool.begin().await?;
         for one in signatures {
@@ -179,6 +180,9 @@ impl Storage {
         let mut changes = Vec::new();
         for (user_id, device_id) in changed {
             changes.push(Self::enqueue_change(&mut tx, user_id, device_id).await?);
+        }
+        for user_id in signed_others {
+            changes.push(Self::enqueue_signer_change(&mut tx, user_id, signer).await?);
         }
         tx.commit().await?;
         Ok(changes)

@@ -13,6 +13,9 @@ pub(crate) struct PendingChange {
     pub(crate) id: i64,
     pub(crate) user_id: String,
     pub(crate) device_id: String,
+    /// The one user who hears of it (see `DeviceKeyChange.seen_by`); empty
+    /// for a change everyone sharing a room hears of.
+    pub(crate) seen_by: String,
 }
 
 /// Why an upload was refused.
@@ -152,6 +155,30 @@ impl Storage {
             id,
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
+            seen_by: String::new(),
+        })
+    }
+
+    /// An outbox row telling `signer` alone that their signature of
+    /// `user_id`'s master key changed (no device list stream moves).
+    pub(super) async fn enqueue_signer_change(
+        tx: &mut sql::Transaction,
+        user_id: &str,
+        signer: &str,
+    ) -> Result<PendingChange, sqlx::Error> {
+        let id: i64 = sql::query_scalar(
+            "INSERT INTO key_changes_outbox (user_id, device_id, seen_by) VALUES ($1, '', $2)
+             RETURNING id",
+        )
+        .bind(user_id)
+        .bind(signer)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(PendingChange {
+            id,
+            user_id: user_id.to_owned(),
+            device_id: String::new(),
+            seen_by: signer.to_owned(),
         })
     }
 
@@ -252,16 +279,18 @@ impl Storage {
 
     /// Outbox rows, oldest first.
     pub(crate) async fn pending_changes(&self) -> Result<Vec<PendingChange>, StorageError> {
-        let rows: Vec<(i64, String, String)> =
-            sql::query_as("SELECT id, user_id, device_id FROM key_changes_outbox ORDER BY id")
-                .fetch_all(&self.db.pool)
-                .await?;
+        let rows: Vec<(i64, String, String, String)> = sql::query_as(
+            "SELECT id, user_id, device_id, seen_by FROM key_changes_outbox ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, user_id, device_id)| PendingChange {
+            .map(|(id, user_id, device_id, seen_by)| PendingChange {
                 id,
                 user_id,
                 device_id,
+                seen_by,
             })
             .collect())
     }

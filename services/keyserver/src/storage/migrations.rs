@@ -117,4 +117,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // A signature of another user's master key is announced to its
+    // signer alone (`DeviceKeyChange.seen_by`).
+    Migration {
+        version: 6,
+        description: "key changes seen by one user",
+        sql: "ALTER TABLE key_changes_outbox ADD COLUMN seen_by TEXT NOT NULL DEFAULT '';",
+    },
 ];

@@ -30,17 +30,33 @@ impl Storage {
         change: &topic_pb::DeviceKeyChange,
     ) -> Result<(), StorageError> {
         let mut tx = self.db.pool.begin().await?;
-        sql::query(
-            "INSERT INTO device_key_changes (user_id, log_partition, log_offset)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (user_id) DO UPDATE
-             SET log_partition = excluded.log_partition, log_offset = excluded.log_offset",
-        )
-        .bind(&change.user_id)
-        .bind(i64::from(at.partition))
-        .bind(i64_of(at.offset))
-        .execute(&mut *tx)
-        .await?;
+        if change.seen_by.is_empty() {
+            sql::query(
+                "INSERT INTO device_key_changes (user_id, log_partition, log_offset)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id) DO UPDATE
+                 SET log_partition = excluded.log_partition, log_offset = excluded.log_offset",
+            )
+            .bind(&change.user_id)
+            .bind(i64::from(at.partition))
+            .bind(i64_of(at.offset))
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            // The viewer's own signature of the user's keys: theirs alone.
+            sql::query(
+                "INSERT INTO private_key_changes (viewer, user_id, log_partition, log_offset)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (viewer, user_id) DO UPDATE
+                 SET log_partition = excluded.log_partition, log_offset = excluded.log_offset",
+            )
+            .bind(&change.seen_by)
+            .bind(&change.user_id)
+            .bind(i64::from(at.partition))
+            .bind(i64_of(at.offset))
+            .execute(&mut *tx)
+            .await?;
+        }
         // A deleted device never collects its to-device messages.
         if change.deleted && !change.device_id.is_empty() {
             sql::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2")
@@ -54,7 +70,7 @@ impl Storage {
 
     /// Users whose device keys last changed at or after `since_offset` (a
     /// lower bound over partitions) and who are `user_id` or share a joined
-    /// room with them.
+    /// room with them, and those whose keys `user_id` signed since.
     pub(crate) async fn key_changes_for(
         &self,
         user_id: &str,
@@ -62,7 +78,10 @@ impl Storage {
     ) -> Result<Vec<(String, At)>, StorageError> {
         let sql = format!(
             "SELECT user_id, log_partition, log_offset FROM device_key_changes
-             WHERE log_offset >= $2 AND {}",
+             WHERE log_offset >= $2 AND {}
+             UNION ALL
+             SELECT user_id, log_partition, log_offset FROM private_key_changes
+             WHERE viewer = $1 AND log_offset >= $2",
             self_or_co_member("user_id")
         );
         let rows = sql::query(sqlx::AssertSqlSafe(sql))

@@ -260,4 +260,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 --postgres:INSERT INTO event_search (event_id, key, vector) SELECT event_id, 'content.topic', to_tsvector('simple', j->'content'->>'topic') FROM (SELECT event_id, CASE WHEN strpos(json, '\\u') > 0 THEN NULL ELSE json::jsonb END AS j FROM events WHERE event_type = 'm.room.topic' AND log_offset >= 0) found WHERE jsonb_typeof(j->'content'->'topic') = 'string';
         ",
     },
+    // Key changes one user alone hears of: their signature of another
+    // user's master key (`DeviceKeyChange.seen_by`).
+    Migration {
+        version: 10,
+        description: "key changes seen by one user",
+        sql: "
+            CREATE TABLE private_key_changes (
+                viewer TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                log_partition BIGINT NOT NULL,
+                log_offset BIGINT NOT NULL,
+                PRIMARY KEY (viewer, user_id)
+            );
+        ",
+    },
 ];

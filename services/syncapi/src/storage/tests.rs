@@ -729,6 +729,7 @@ async fn to_device_of_gone_devices(storage: Storage) {
         deleted: true,
         device_keys_json: Vec::new(),
         signing_keys: false,
+        seen_by: String::new(),
     };
     storage
         .apply_key_change(at(1), &deleted)
@@ -762,6 +763,60 @@ async fn to_device_of_gone_devices(storage: Storage) {
         "one batch: starts over"
     );
 }
+
+/// A signature of another user's keys is news to its signer alone: Alice
+/// (who shares no room with Bob) hears that Bob's keys changed, Bob does
+/// not; an ordinary change of Bob's keys reaches Bob.
+async fn key_changes_seen_by_one_user(storage: Storage) {
+    use super::At;
+    use ganglion_api::proto::topics as topic_pb;
+    let at = |offset| At {
+        partition: 0,
+        offset,
+    };
+    let signed = topic_pb::DeviceKeyChange {
+        version: 1,
+        user_id: BOB.into(),
+        signing_keys: true,
+        seen_by: ALICE.into(),
+        ..Default::default()
+    };
+    storage
+        .apply_key_change(at(3), &signed)
+        .await
+        .expect("signature");
+    let users = |viewer: &'static str, since: u64| {
+        let storage = &storage;
+        async move {
+            storage
+                .key_changes_for(viewer, since)
+                .await
+                .expect("changes")
+                .into_iter()
+                .map(|(user, at)| (user, at.offset))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(users(ALICE, 0).await, [(BOB.to_owned(), 3)]);
+    assert_eq!(users(ALICE, 4).await, []);
+    assert_eq!(users(BOB, 0).await, []);
+    let own = topic_pb::DeviceKeyChange {
+        version: 1,
+        user_id: BOB.into(),
+        device_id: "BOBS".into(),
+        ..Default::default()
+    };
+    storage.apply_key_change(at(5), &own).await.expect("own");
+    assert_eq!(users(BOB, 0).await, [(BOB.to_owned(), 5)]);
+    assert_eq!(users(ALICE, 0).await, [(BOB.to_owned(), 3)]);
+}
+
+on_both_engines!(
+    key_changes_seen_by_one_user,
+    sqlite_key_changes_seen_by_one_user,
+    postgres_key_changes_seen_by_one_user,
+    "sync_storage_private_key_changes"
+);
 
 on_both_engines!(
     to_device_of_gone_devices,
