@@ -5,11 +5,12 @@ Usage: scenario.py <homeserver base URL>, e.g. http://127.0.0.1:18008
 
 Every assertion reads what nio's own sync machinery made of the server's
 responses (MatrixRoom objects, invited rooms, event and account-data
-callbacks, parsed SyncResponse objects), not raw HTTP. Encryption stays off:
-the server has no keys endpoints yet.
+callbacks, parsed SyncResponse objects, its device calls), not raw HTTP,
+but where nio has no call (search, the user directory, password change).
+Encryption stays off: the Rust scenario covers it.
 
 Steps 1-2 set up the room every later step needs, so a failure there stops the
-run; steps 3-9 each run even if an earlier one failed, and the exit status is 1
+run; steps 3-14 each run even if an earlier one failed, and the exit status is 1
 with a list of every failed step.
 """
 
@@ -165,6 +166,12 @@ class Peer:
 
     async def raw(self, method: str, path: str, body: dict | None = None) -> dict:
         """A request nio has no method for, sent through the client's own session."""
+        status, answer = await self.raw_status(method, path, body)
+        check(status == 200, f"{method} {path} -> {status} {answer}")
+        return answer
+
+    async def raw_status(self, method: str, path: str, body: dict | None = None):
+        """Like raw(), answering (status, JSON body) whatever the status."""
         response = await self.client.send(
             method,
             "/_matrix/client/v3" + path,
@@ -174,9 +181,15 @@ class Peer:
                 "Content-Type": "application/json",
             },
         )
-        text = await response.text()
-        check(response.status == 200, f"{method} {path} -> {response.status} {text}")
-        return json.loads(text)
+        return response.status, json.loads(await response.text())
+
+    def password_auth(self, session: str) -> dict:
+        return {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": self.user_id},
+            "password": self.password,
+            "session": session,
+        }
 
     async def close(self) -> None:
         if self.sync_task is not None:
@@ -488,7 +501,7 @@ async def step_gapped_sync(alice: Peer, bob: Peer, room_id: str, state: dict) ->
 
 
 async def step_leave(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
-    say("step 9: bob leaves; alice sees his membership leave, bob's sync lists the room as left")
+    say("step 14: bob leaves; alice sees his membership leave, bob's sync lists the room as left")
     ok(await bob.client.room_leave(room_id), "leave")
     await alice.wait_for(
         lambda: (room_id, bob.user_id, "leave") in alice.member_events
@@ -498,6 +511,98 @@ async def step_leave(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
     say(f"  alice got bob's m.room.member leave; members now {list(alice.room(room_id).users)}")
     await bob.wait_for(lambda: room_id in bob.left_rooms, "the room under rooms.leave")
     say("  bob's sync response lists the room under rooms.leave")
+
+
+async def step_devices(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step 10: alice logs in a second device, renames it, deletes it with her password (UIA)")
+    second = Peer(alice.client.homeserver, alice.user_id, alice.password)
+    try:
+        await second.login()
+        second_id = second.client.device_id
+        listed = ok(await alice.client.devices(), "devices")
+        ids = [device.id for device in listed.devices]
+        check(second_id in ids and alice.client.device_id in ids, f"devices {ids}")
+        ok(
+            await alice.client.update_device(second_id, {"display_name": "nio second"}),
+            "update_device",
+        )
+        renamed = ok(await alice.client.devices(), "devices")
+        names = {device.id: device.display_name for device in renamed.devices}
+        check(names.get(second_id) == "nio second", f"device names {names}")
+        # Without auth nio gets the UIA challenge; with the password it deletes.
+        challenge = await alice.client.delete_devices([second_id])
+        session = getattr(challenge, "session", None)
+        check(bool(session), f"delete_devices without auth: {challenge!r}")
+        ok(
+            await alice.client.delete_devices([second_id], alice.password_auth(session)),
+            "delete_devices with the password",
+        )
+        after = ok(await alice.client.devices(), "devices")
+        check(second_id not in [d.id for d in after.devices], "the deleted device is still listed")
+        whoami = await second.client.whoami()
+        check(isinstance(whoami, ErrorResponse), f"the deleted device's token still works: {whoami!r}")
+        say(f"  listed {len(ids)} devices, renamed and deleted {second_id}; its token is refused")
+    finally:
+        await second.close()
+
+
+async def step_search(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step 11: bob finds alice's message by a word of it (server-side search)")
+    word = "needle" + secrets.token_hex(3)
+    body = f"a {word} in the haystack"
+    await send_text(alice, room_id, body)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        answer = await bob.raw(
+            "POST", "/search", {"search_categories": {"room_events": {"search_term": word}}}
+        )
+        results = answer["search_categories"]["room_events"]["results"]
+        bodies = [r["result"]["content"].get("body") for r in results]
+        if body in bodies:
+            say(f"  bob's search for {word} found {len(bodies)} result(s)")
+            return
+        check(time.monotonic() < deadline, f"search for {word} found {bodies}")
+        await asyncio.sleep(0.2)
+
+
+async def step_directory(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step 12: alice finds bob in the user directory by his display name")
+    name = "Bob " + secrets.token_hex(3)
+    ok(await bob.client.set_displayname(name), "set_displayname")
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        answer = await alice.raw(
+            "POST", "/user_directory/search", {"search_term": name.split(" ")[1]}
+        )
+        hits = [r for r in answer["results"] if r["user_id"] == bob.user_id]
+        if hits:
+            check(hits[0].get("display_name") == name, f"directory shows {hits[0]}")
+            say(f"  found {bob.user_id} as {name!r} (limited {answer['limited']})")
+            return
+        check(time.monotonic() < deadline, f"directory search found {answer['results']}")
+        await asyncio.sleep(0.2)
+
+
+async def step_password(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
+    say("step 13: bob changes his password (UIA); the old one stops working, the new one logs in")
+    new_password = bob.password + " changed"
+    request = {"new_password": new_password, "logout_devices": True}
+    status, challenge = await bob.raw_status("POST", "/account/password", request)
+    check(status == 401 and challenge.get("session"), f"no UIA challenge: {status} {challenge}")
+    await bob.raw(
+        "POST", "/account/password", {**request, "auth": bob.password_auth(challenge["session"])}
+    )
+    probe = AsyncClient(bob.client.homeserver, bob.user_id, config=client_config())
+    try:
+        refused = await probe.login(bob.password, "nio-probe")
+        check(isinstance(refused, ErrorResponse), "the old password still logs in")
+        check(refused.status_code == "M_FORBIDDEN", f"old password: {refused.status_code}")
+        ok(await probe.login(new_password, "nio-probe"), "login with the new password")
+    finally:
+        await probe.close()
+    ok(await bob.client.whoami(), "whoami on the device that changed it")
+    bob.password = new_password
+    say("  the old password is refused with M_FORBIDDEN, the new one logs in, this device stays")
 
 
 async def main(homeserver: str) -> int:
@@ -522,6 +627,10 @@ async def main(homeserver: str) -> int:
             step_unread,
             step_gapped_sync,
             step_media,
+            step_devices,
+            step_search,
+            step_directory,
+            step_password,
             step_leave,
         ):
             try:

@@ -27,12 +27,10 @@ fn device_json(device: pb::DeviceInfo) -> Value {
     if let Some(name) = device.display_name {
         out.insert("display_name".into(), json!(name));
     }
-    if let Some(ip) = device.last_seen_ip {
-        out.insert("last_seen_ip".into(), json!(ip));
-    }
-    if let Some(ts) = device.last_seen_ts {
-        out.insert("last_seen_ts".into(), json!(ts));
-    }
+    // Null until the device is first seen, as Synapse answers (some
+    // clients, matrix-nio among them, require the keys).
+    out.insert("last_seen_ip".into(), json!(device.last_seen_ip));
+    out.insert("last_seen_ts".into(), json!(device.last_seen_ts));
     if let Some(agent) = device.last_seen_user_agent {
         // Synapse's name for it, which clients show.
         out.insert("last_seen_user_agent".into(), json!(agent));
