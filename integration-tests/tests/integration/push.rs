@@ -713,12 +713,50 @@ pub(crate) async fn pushers_and_delivery(base_url: &str) -> usize {
         .count();
     let counts = unread(&carol.sync_all(None, 0).await, &room_id);
     assert_eq!(counts["notification_count"], carols, "{counts}");
+    // Each push carries her badge: what she was pushed for and has not
+    // read, one more each time.
+    let to_carol = until_pushed(&gateway, "carol-key", &quiet).await;
+    assert_eq!(to_carol["counts"]["unread"], carols, "{to_carol}");
+    // She reads the room: her phone hears of the new badge alone (no
+    // event), and the next push counts from there.
+    let receipt = carol
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
+                encode(&quiet)
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(receipt.status, 200, "{receipt:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let badge = loop {
+        let accepted = gateway.accepted();
+        if let Some(found) = accepted
+            .iter()
+            .find(|n| n["devices"][0]["pushkey"] == "carol-key" && n.get("event_id").is_none())
+        {
+            break found.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no badge push: {accepted:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(badge["counts"], json!({"unread": 0}), "{badge}");
+    assert!(badge.get("room_id").is_none(), "{badge}");
 
     // A failing gateway is tried again until it takes the notification.
     gateway.fail_next(2, 503);
     let before = gateway.requests();
     let retried = event_id(&alice.send_text(&room_id, "p4", "after a failure").await);
-    until_pushed(&gateway, "carol-key", &retried).await;
+    let to_carol = until_pushed(&gateway, "carol-key", &retried).await;
+    assert_eq!(
+        to_carol["counts"]["unread"], 1,
+        "counted from her receipt on"
+    );
     assert!(
         gateway.requests() >= before + 3,
         "two failures, then the push"

@@ -126,8 +126,12 @@ impl Started {
         log: Arc<dyn Log>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), StartError> {
-        log.ensure_topic(&self.api.topics.roomserver_output, config.log.partitions)
-            .await?;
+        for topic in [
+            &self.api.topics.roomserver_output,
+            &self.api.topics.edu_receipt,
+        ] {
+            log.ensure_topic(topic, config.log.partitions).await?;
+        }
         let client = ganglion_outbound::GuardedClient::new(config)
             .map_err(|e| StartError::Push(e.to_string()))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -155,7 +159,10 @@ impl Started {
         let consumer = ganglion_api::consume::spawn(
             log,
             &format!("{}userapi-push", config.log.topic_prefix),
-            &[self.api.topics.roomserver_output.as_str()],
+            &[
+                self.api.topics.roomserver_output.as_str(),
+                self.api.topics.edu_receipt.as_str(),
+            ],
             Arc::new(push::PushConsumer {
                 api: self.api.clone(),
                 delivery,

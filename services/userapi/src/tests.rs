@@ -786,3 +786,71 @@ async fn postgres_deactivation() {
     let (started, _dir) = service(Some(url)).await;
     deactivation(&started).await;
 }
+
+/// Push badges: each notification adds one to what a member has unread in
+/// the room; a read receipt clears the room (changing the badge once); a
+/// member who leaves has nothing unread there.
+async fn push_badges(started: &crate::Started) {
+    use crate::storage::Storage;
+    let storage = &started.api.storage;
+    let mut tx = storage.db.pool.begin().await.expect("begin");
+    for room in ["!a:hs", "!b:hs"] {
+        Storage::set_membership(&mut tx, room, "@u:hs", "join", None)
+            .await
+            .expect("member");
+    }
+    assert_eq!(
+        Storage::add_unread(&mut tx, "!a:hs", "@u:hs")
+            .await
+            .expect("add"),
+        1
+    );
+    assert_eq!(
+        Storage::add_unread(&mut tx, "!a:hs", "@u:hs")
+            .await
+            .expect("add"),
+        2
+    );
+    assert_eq!(
+        Storage::add_unread(&mut tx, "!b:hs", "@u:hs")
+            .await
+            .expect("add"),
+        3
+    );
+    assert_eq!(
+        Storage::mark_read(&mut tx, "!a:hs", "@u:hs")
+            .await
+            .expect("read"),
+        Some(1)
+    );
+    assert_eq!(
+        Storage::mark_read(&mut tx, "!a:hs", "@u:hs")
+            .await
+            .expect("read"),
+        None,
+        "nothing unread: no new badge"
+    );
+    Storage::set_membership(&mut tx, "!b:hs", "@u:hs", "leave", None)
+        .await
+        .expect("leave");
+    assert_eq!(
+        Storage::add_unread(&mut tx, "!a:hs", "@u:hs")
+            .await
+            .expect("add"),
+        1
+    );
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn sqlite_push_badges() {
+    let (started, _dir) = service(None).await;
+    push_badges(&started).await;
+}
+
+#[tokio::test]
+async fn postgres_push_badges() {
+    let url = ganglion_base::testing::scratch_postgres("userapi_badges").await;
+    let (started, _dir) = service(Some(url)).await;
+    push_badges(&started).await;
+}

@@ -3,8 +3,11 @@
 //! each room (who is in it; its create, power levels, name and alias), runs
 //! every new event through the push rules of the members with pushers
 //! (the rules the syncapi counts notifications with), and queues what
-//! notifies them for their pushers; `delivery` sends the queue to the push
-//! gateways.
+//! notifies them for their pushers, each push with the user's badge
+//! (`counts.unread`: what they were pushed for and have not read). It reads
+//! `edu.receipt` too: a user's read receipt clears the room's unread
+//! notifications and sends their pushers the new badge alone.
+//! `delivery` sends the queue to the push gateways.
 
 pub(crate) mod delivery;
 
@@ -80,11 +83,14 @@ impl PushConsumer {
         record: &Record,
         any_pushers: bool,
     ) -> Result<bool, HandleError> {
+        let fresh = any_pushers
+            && ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
+        if record.topic == self.api.topics.edu_receipt {
+            return self.receipt(tx, record, fresh).await;
+        }
         let output: topic_pb::RoomserverOutput =
             decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         use topic_pb::roomserver_output::Kind;
-        let fresh = any_pushers
-            && ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
         Ok(match output.kind {
             Some(Kind::NewRoomEvent(event)) => self.new_event(tx, &event, fresh).await?,
             Some(Kind::OutlierBatch(batch)) => {
@@ -100,6 +106,54 @@ impl PushConsumer {
             }
             _ => false,
         })
+    }
+}
+
+impl PushConsumer {
+    /// A read receipt of one of our users (`m.read` or `m.read.private`,
+    /// not of a thread): what was unread in the room is read, and their
+    /// pushers get the new badge (a push with counts only) if it changed.
+    async fn receipt(
+        &self,
+        tx: &mut sql::Transaction,
+        record: &Record,
+        fresh: bool,
+    ) -> Result<bool, HandleError> {
+        let receipt: topic_pb::ReceiptEdu =
+            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let read = matches!(receipt.receipt_type.as_str(), "m.read" | "m.read.private")
+            && matches!(receipt.thread_id.as_str(), "" | "main");
+        if !read || self.api.local_part(&receipt.user_id).is_err() {
+            return Ok(false);
+        }
+        let Some(unread) = Storage::mark_read(tx, &receipt.room_id, &receipt.user_id)
+            .await
+            .map_err(HandleError::storage)?
+        else {
+            return Ok(false);
+        };
+        if !fresh {
+            return Ok(false);
+        }
+        let pushers = self
+            .api
+            .storage
+            .pushers_of_in(tx, &receipt.user_id)
+            .await
+            .map_err(HandleError::storage)?;
+        // Keyed by the receipt, so a replayed record queues nothing twice.
+        let key = format!("badge {} {}", receipt.room_id, receipt.event_id);
+        let body = json!({
+            "notification": {"counts": {"unread": unread}},
+            "tweaks": {},
+        });
+        let now = ganglion_base::clock::now_ms();
+        for pusher in &pushers {
+            Storage::enqueue_push(tx, pusher.id, &key, &body.to_string(), now)
+                .await
+                .map_err(HandleError::storage)?;
+        }
+        Ok(!pushers.is_empty())
     }
 }
 
@@ -265,8 +319,12 @@ impl PushConsumer {
         let now = ganglion_base::clock::now_ms();
         let mut queued = false;
         for notification in &notified {
+            let unread = Storage::add_unread(tx, room_id, &notification.user_id)
+                .await
+                .map_err(HandleError::storage)?;
             for pusher in pushers.iter().filter(|p| p.user_id == notification.user_id) {
-                let body = notification_body(pusher, &fields, room_id, &room, notification);
+                let mut body = notification_body(pusher, &fields, room_id, &room, notification);
+                body["notification"]["counts"] = json!({ "unread": unread });
                 Storage::enqueue_push(tx, pusher.id, event_id, &body.to_string(), now)
                     .await
                     .map_err(HandleError::storage)?;

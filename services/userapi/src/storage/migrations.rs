@@ -165,4 +165,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // (MSC3814); it has no access token anyone knows.
         sql: "ALTER TABLE devices ADD COLUMN dehydrated_data TEXT;",
     },
+    Migration {
+        version: 11,
+        description: "unread notifications for push badges",
+        // What each member with a pusher was pushed for and has not read
+        // (a read receipt of theirs in the room clears it): the badge
+        // (`counts.unread`) every push carries.
+        sql: "
+        ALTER TABLE push_members ADD COLUMN unread BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX push_members_unread ON push_members (user_id, unread);
+    ",
+    },
 ];

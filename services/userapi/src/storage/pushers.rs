@@ -257,11 +257,14 @@ impl Storage {
         membership: &str,
         displayname: Option<&str>,
     ) -> Result<(), StorageError> {
+        // A member who leaves has nothing unread there any more.
         sql::query(
             "INSERT INTO push_members (room_id, user_id, membership, displayname)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (room_id, user_id) DO UPDATE
-             SET membership = excluded.membership, displayname = excluded.displayname",
+             SET membership = excluded.membership, displayname = excluded.displayname,
+                 unread = CASE WHEN excluded.membership = 'join' THEN push_members.unread
+                               ELSE 0 END",
         )
         .bind(room_id)
         .bind(user_id)
@@ -270,6 +273,56 @@ impl Storage {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// One more unread notification for the user in the room; answers the
+    /// user's unread notifications in every room (the push badge).
+    pub(crate) async fn add_unread(
+        tx: &mut sql::Transaction,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<i64, StorageError> {
+        sql::query(
+            "UPDATE push_members SET unread = unread + 1 WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+        Self::unread_total(tx, user_id).await
+    }
+
+    /// The user read the room (a read receipt): its unread notifications
+    /// are cleared; answers the badge after, or `None` if nothing was
+    /// unread there (nothing changed).
+    pub(crate) async fn mark_read(
+        tx: &mut sql::Transaction,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<i64>, StorageError> {
+        let cleared = sql::query(
+            "UPDATE push_members SET unread = 0
+             WHERE room_id = $1 AND user_id = $2 AND unread > 0",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if cleared == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Self::unread_total(tx, user_id).await?))
+    }
+
+    async fn unread_total(tx: &mut sql::Transaction, user_id: &str) -> Result<i64, StorageError> {
+        Ok(sql::query_scalar(
+            "SELECT CAST(COALESCE(SUM(unread), 0) AS BIGINT) FROM push_members
+             WHERE user_id = $1 AND unread > 0",
+        )
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await?)
     }
 
     /// How many users are joined to the room.
