@@ -48,6 +48,21 @@ impl RecordHandler for PushConsumer {
     /// A batch of records in one transaction (one commit for many events
     /// of a busy room), then delivery woken once.
     async fn handle_batch(&self, records: &[Record]) -> Result<(), HandleError> {
+        let inputs = records
+            .iter()
+            .map(|record| Ok((record.timestamp_ms, self.decode_input(record)?)))
+            .collect::<Result<Vec<_>, HandleError>>()?;
+        // Without a pusher anywhere there is nothing to push: a batch that
+        // changes no state (messages, the busy case) and reads no receipt
+        // then touches nothing, and takes no transaction.
+        if !inputs.iter().any(|(_, input)| input.may_change_the_view()) {
+            let any_pushers = Storage::any_pushers(&self.api.storage.db.pool)
+                .await
+                .map_err(HandleError::storage)?;
+            if !any_pushers {
+                return Ok(());
+            }
+        }
         let mut tx = self
             .api
             .storage
@@ -56,15 +71,15 @@ impl RecordHandler for PushConsumer {
             .begin()
             .await
             .map_err(HandleError::storage)?;
-        // Without a pusher anywhere there is nothing to push: the batch
-        // only keeps the view (the common case of a server without
-        // phones, asked once a batch rather than once an event).
-        let any_pushers = Storage::any_pushers(&mut tx)
+        // Asked once a batch rather than once an event.
+        let any_pushers = Storage::any_pushers(&mut *tx)
             .await
             .map_err(HandleError::storage)?;
         let mut queued = false;
-        for record in records {
-            queued |= self.apply(&mut tx, record, any_pushers).await?;
+        for (timestamp_ms, input) in &inputs {
+            let fresh = any_pushers
+                && ganglion_base::clock::now_ms() - timestamp_ms <= self.max_event_age_ms;
+            queued |= self.apply(&mut tx, input, fresh).await?;
         }
         tx.commit().await.map_err(HandleError::storage)?;
         if queued {
@@ -74,25 +89,56 @@ impl RecordHandler for PushConsumer {
     }
 }
 
+/// A record of either topic the consumer reads, decoded once.
+enum Input {
+    Output(topic_pb::RoomserverOutput),
+    Receipt(topic_pb::ReceiptEdu),
+}
+
+impl Input {
+    /// Whether it may change what the push view or the badges hold (a
+    /// receipt, a state change, an outlier batch); a plain message does
+    /// not.
+    fn may_change_the_view(&self) -> bool {
+        use topic_pb::roomserver_output::Kind;
+        match self {
+            Input::Receipt(_) => true,
+            Input::Output(output) => match &output.kind {
+                Some(Kind::NewRoomEvent(event)) => {
+                    !event.state_added.is_empty() || !event.state_removed.is_empty()
+                }
+                Some(Kind::OutlierBatch(_)) => true,
+                _ => false,
+            },
+        }
+    }
+}
+
 impl PushConsumer {
-    /// One record: the view updated, what it notifies queued (true if
-    /// anything was).
+    fn decode_input(&self, record: &Record) -> Result<Input, HandleError> {
+        let permanent = |e: ganglion_api::ApiError| HandleError::Permanent(e.to_string());
+        Ok(if record.topic == self.api.topics.edu_receipt {
+            Input::Receipt(decode(&record.payload).map_err(permanent)?)
+        } else {
+            Input::Output(decode(&record.payload).map_err(permanent)?)
+        })
+    }
+
+    /// One record: the view updated, what it notifies queued when `fresh`
+    /// (true if anything was).
     async fn apply(
         &self,
         tx: &mut sql::Transaction,
-        record: &Record,
-        any_pushers: bool,
+        input: &Input,
+        fresh: bool,
     ) -> Result<bool, HandleError> {
-        let fresh = any_pushers
-            && ganglion_base::clock::now_ms() - record.timestamp_ms <= self.max_event_age_ms;
-        if record.topic == self.api.topics.edu_receipt {
-            return self.receipt(tx, record, fresh).await;
-        }
-        let output: topic_pb::RoomserverOutput =
-            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
+        let output = match input {
+            Input::Receipt(receipt) => return self.receipt(tx, receipt, fresh).await,
+            Input::Output(output) => output,
+        };
         use topic_pb::roomserver_output::Kind;
-        Ok(match output.kind {
-            Some(Kind::NewRoomEvent(event)) => self.new_event(tx, &event, fresh).await?,
+        Ok(match &output.kind {
+            Some(Kind::NewRoomEvent(event)) => self.new_event(tx, event, fresh).await?,
             Some(Kind::OutlierBatch(batch)) => {
                 for json in &batch.events_json {
                     apply_state_event(tx, json).await?;
@@ -116,11 +162,9 @@ impl PushConsumer {
     async fn receipt(
         &self,
         tx: &mut sql::Transaction,
-        record: &Record,
+        receipt: &topic_pb::ReceiptEdu,
         fresh: bool,
     ) -> Result<bool, HandleError> {
-        let receipt: topic_pb::ReceiptEdu =
-            decode(&record.payload).map_err(|e| HandleError::Permanent(e.to_string()))?;
         let read = matches!(receipt.receipt_type.as_str(), "m.read" | "m.read.private")
             && matches!(receipt.thread_id.as_str(), "" | "main");
         if !read || self.api.local_part(&receipt.user_id).is_err() {
@@ -135,10 +179,7 @@ impl PushConsumer {
         if !fresh {
             return Ok(false);
         }
-        let pushers = self
-            .api
-            .storage
-            .pushers_of_in(tx, &receipt.user_id)
+        let pushers = Storage::pushers_of_on(&mut **tx, &receipt.user_id)
             .await
             .map_err(HandleError::storage)?;
         // Keyed by the receipt, so a replayed record queues nothing twice.
@@ -250,8 +291,7 @@ impl PushConsumer {
             && !pushers.iter().any(|p| p.user_id == invitee)
         {
             pushers.extend(
-                storage
-                    .pushers_of_in(tx, invitee)
+                Storage::pushers_of_on(&mut **tx, invitee)
                     .await
                     .map_err(HandleError::storage)?,
             );

@@ -177,11 +177,20 @@ impl Storage {
 
     /// A user's pushers, oldest first.
     pub(crate) async fn pushers_of(&self, user_id: &str) -> Result<Vec<Pusher>, StorageError> {
+        Self::pushers_of_on(&self.db.pool, user_id).await
+    }
+
+    /// A user's pushers, oldest first, read on the pool or in a
+    /// transaction (the push consumer's).
+    pub(crate) async fn pushers_of_on<'e>(
+        on: impl Into<sql::Exec<'e>>,
+        user_id: &str,
+    ) -> Result<Vec<Pusher>, StorageError> {
         let rows = sql::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY id"
         )))
         .bind(user_id)
-        .fetch_all(&self.db.pool)
+        .fetch_all(on)
         .await?;
         Ok(rows.iter().map(pusher_of).collect::<Result<_, _>>()?)
     }
@@ -206,9 +215,11 @@ impl Storage {
     }
 
     /// Whether any user has a pusher.
-    pub(crate) async fn any_pushers(tx: &mut sql::Transaction) -> Result<bool, StorageError> {
+    pub(crate) async fn any_pushers<'e>(
+        on: impl Into<sql::Exec<'e>>,
+    ) -> Result<bool, StorageError> {
         let found: Option<i64> = sql::query_scalar("SELECT id FROM pushers LIMIT 1")
-            .fetch_optional(&mut **tx)
+            .fetch_optional(on)
             .await?;
         Ok(found.is_some())
     }
@@ -229,21 +240,6 @@ impl Storage {
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY p.id"
         )))
         .bind(room_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        Ok(rows.iter().map(pusher_of).collect::<Result<_, _>>()?)
-    }
-
-    /// A local user's pushers, in the consumer's transaction (for an invite).
-    pub(crate) async fn pushers_of_in(
-        &self,
-        tx: &mut sql::Transaction,
-        user_id: &str,
-    ) -> Result<Vec<Pusher>, StorageError> {
-        let rows = sql::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY id"
-        )))
-        .bind(user_id)
         .fetch_all(&mut **tx)
         .await?;
         Ok(rows.iter().map(pusher_of).collect::<Result<_, _>>()?)
