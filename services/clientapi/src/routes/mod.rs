@@ -72,6 +72,13 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                 .delete(dehydrated::delete),
         );
     // Both the current and the legacy prefix, as clients still use r0.
+    // Backed-up keys of every room, one room or one session: one handler
+    // each for PUT, GET and DELETE, the scope taken from the path.
+    let room_keys = || {
+        put(room_keys::put)
+            .get(room_keys::get)
+            .delete(room_keys::delete)
+    };
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         router = router
             .route(&format!("{prefix}/register"), post(account::register))
@@ -232,23 +239,11 @@ pub(crate) fn table() -> Routes<Arc<ClientApi>> {
                     .put(room_keys::update_version)
                     .delete(room_keys::delete_version),
             )
-            .route(
-                &format!("{prefix}/room_keys/keys"),
-                put(room_keys::put_all)
-                    .get(room_keys::get_all)
-                    .delete(room_keys::delete_all),
-            )
-            .route(
-                &format!("{prefix}/room_keys/keys/{{room_id}}"),
-                put(room_keys::put_room)
-                    .get(room_keys::get_room)
-                    .delete(room_keys::delete_room),
-            )
+            .route(&format!("{prefix}/room_keys/keys"), room_keys())
+            .route(&format!("{prefix}/room_keys/keys/{{room_id}}"), room_keys())
             .route(
                 &format!("{prefix}/room_keys/keys/{{room_id}}/{{session_id}}"),
-                put(room_keys::put_session)
-                    .get(room_keys::get_session)
-                    .delete(room_keys::delete_session),
+                room_keys(),
             )
             .route(&format!("{prefix}/pushers"), get(pushers::get))
             .route(&format!("{prefix}/pushers/set"), post(pushers::set))

@@ -138,10 +138,16 @@ fn required_version(uri: &Uri) -> Result<String, MatrixError> {
         .ok_or_else(|| MatrixError::missing_param("version is required"))
 }
 
-/// Where keys go or come from: every room, one room, one session.
-struct Scope {
+/// Where keys go or come from: every room, one room, one session (the
+/// path's parameters, none for every room).
+#[derive(Deserialize, Default)]
+pub(crate) struct Scope {
     room_id: Option<String>,
     session_id: Option<String>,
+}
+
+fn scope_of(path: Option<Path<Scope>>) -> Scope {
+    path.map(|Path(scope)| scope).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -193,54 +199,61 @@ async fn put_keys(
     respond(json!({ "etag": stored.etag, "count": stored.count }))
 }
 
-/// `PUT /room_keys/keys`.
-pub(crate) async fn put_all(
+/// `PUT /room_keys/keys[/{roomId}[/{sessionId}]]`: every room's keys,
+/// one room's, or one session's.
+pub(crate) async fn put(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
+    path: Option<Path<Scope>>,
     uri: Uri,
     MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
     let version = required_version(&uri)?;
-    let body: AllBody = parse_json(&body)?;
-    let mut keys = Vec::new();
-    for (room_id, room) in body.rooms {
-        for (session_id, data) in room.sessions {
-            keys.push(backup_key(&room_id, &session_id, data)?);
+    let room_keys = |room_id: &str, room: RoomBody| {
+        room.sessions
+            .into_iter()
+            .map(|(session_id, data)| backup_key(room_id, &session_id, data))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let keys = match scope_of(path) {
+        Scope {
+            room_id: Some(room_id),
+            session_id: Some(session_id),
+        } => vec![backup_key(&room_id, &session_id, parse_json(&body)?)?],
+        Scope {
+            room_id: Some(room_id),
+            session_id: None,
+        } => room_keys(&room_id, parse_json(&body)?)?,
+        Scope { room_id: None, .. } => {
+            let body: AllBody = parse_json(&body)?;
+            let mut keys = Vec::new();
+            for (room_id, room) in body.rooms {
+                keys.extend(room_keys(&room_id, room)?);
+            }
+            keys
         }
-    }
+    };
     put_keys(&api, device.user_id, version, keys).await
 }
 
-/// `PUT /room_keys/keys/{roomId}`.
-pub(crate) async fn put_room(
+/// `GET /room_keys/keys[/{roomId}[/{sessionId}]]`.
+pub(crate) async fn get(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path(room_id): Path<String>,
+    path: Option<Path<Scope>>,
     uri: Uri,
-    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let version = required_version(&uri)?;
-    let body: RoomBody = parse_json(&body)?;
-    let keys = body
-        .sessions
-        .into_iter()
-        .map(|(session_id, data)| backup_key(&room_id, &session_id, data))
-        .collect::<Result<Vec<_>, _>>()?;
-    put_keys(&api, device.user_id, version, keys).await
+    get_keys(&api, device.user_id, &uri, scope_of(path)).await
 }
 
-/// `PUT /room_keys/keys/{roomId}/{sessionId}`.
-pub(crate) async fn put_session(
+/// `DELETE /room_keys/keys[/{roomId}[/{sessionId}]]`.
+pub(crate) async fn delete(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
-    Path((room_id, session_id)): Path<(String, String)>,
+    path: Option<Path<Scope>>,
     uri: Uri,
-    MatrixBody(body): MatrixBody,
 ) -> MatrixResult {
-    let version = required_version(&uri)?;
-    let data: Value = parse_json(&body)?;
-    let key = backup_key(&room_id, &session_id, data)?;
-    put_keys(&api, device.user_id, version, vec![key]).await
+    delete_keys(&api, device.user_id, &uri, scope_of(path)).await
 }
 
 async fn get_keys(api: &ClientApi, user_id: String, uri: &Uri, scope: Scope) -> MatrixResult {
@@ -295,80 +308,4 @@ async fn delete_keys(api: &ClientApi, user_id: String, uri: &Uri, scope: Scope) 
         .await
         .map_err(MatrixError::from)?;
     respond(json!({ "etag": done.etag, "count": done.count }))
-}
-
-pub(crate) async fn get_all(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: None,
-        session_id: None,
-    };
-    get_keys(&api, device.user_id, &uri, scope).await
-}
-
-pub(crate) async fn get_room(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    Path(room_id): Path<String>,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: Some(room_id),
-        session_id: None,
-    };
-    get_keys(&api, device.user_id, &uri, scope).await
-}
-
-pub(crate) async fn get_session(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    Path((room_id, session_id)): Path<(String, String)>,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: Some(room_id),
-        session_id: Some(session_id),
-    };
-    get_keys(&api, device.user_id, &uri, scope).await
-}
-
-pub(crate) async fn delete_all(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: None,
-        session_id: None,
-    };
-    delete_keys(&api, device.user_id, &uri, scope).await
-}
-
-pub(crate) async fn delete_room(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    Path(room_id): Path<String>,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: Some(room_id),
-        session_id: None,
-    };
-    delete_keys(&api, device.user_id, &uri, scope).await
-}
-
-pub(crate) async fn delete_session(
-    State(api): State<Arc<ClientApi>>,
-    User(device): User,
-    Path((room_id, session_id)): Path<(String, String)>,
-    uri: Uri,
-) -> MatrixResult {
-    let scope = Scope {
-        room_id: Some(room_id),
-        session_id: Some(session_id),
-    };
-    delete_keys(&api, device.user_id, &uri, scope).await
 }
