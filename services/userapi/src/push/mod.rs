@@ -52,17 +52,6 @@ impl RecordHandler for PushConsumer {
             .iter()
             .map(|record| Ok((record.timestamp_ms, self.decode_input(record)?)))
             .collect::<Result<Vec<_>, HandleError>>()?;
-        // Without a pusher anywhere there is nothing to push: a batch that
-        // changes no state (messages, the busy case) and reads no receipt
-        // then touches nothing, and takes no transaction.
-        if !inputs.iter().any(|(_, input)| input.may_change_the_view()) {
-            let any_pushers = Storage::any_pushers(&self.api.storage.db.pool)
-                .await
-                .map_err(HandleError::storage)?;
-            if !any_pushers {
-                return Ok(());
-            }
-        }
         let mut tx = self
             .api
             .storage
@@ -71,7 +60,9 @@ impl RecordHandler for PushConsumer {
             .begin()
             .await
             .map_err(HandleError::storage)?;
-        // Asked once a batch rather than once an event.
+        // Without a pusher anywhere there is nothing to push: the batch
+        // only keeps the view (the common case of a server without
+        // phones, asked once a batch rather than once an event).
         let any_pushers = Storage::any_pushers(&mut *tx)
             .await
             .map_err(HandleError::storage)?;
@@ -93,25 +84,6 @@ impl RecordHandler for PushConsumer {
 enum Input {
     Output(topic_pb::RoomserverOutput),
     Receipt(topic_pb::ReceiptEdu),
-}
-
-impl Input {
-    /// Whether it may change what the push view or the badges hold (a
-    /// receipt, a state change, an outlier batch); a plain message does
-    /// not.
-    fn may_change_the_view(&self) -> bool {
-        use topic_pb::roomserver_output::Kind;
-        match self {
-            Input::Receipt(_) => true,
-            Input::Output(output) => match &output.kind {
-                Some(Kind::NewRoomEvent(event)) => {
-                    !event.state_added.is_empty() || !event.state_removed.is_empty()
-                }
-                Some(Kind::OutlierBatch(_)) => true,
-                _ => false,
-            },
-        }
-    }
 }
 
 impl PushConsumer {
