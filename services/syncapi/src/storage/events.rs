@@ -403,8 +403,14 @@ impl Batch {
         }
         let mut inserted: std::collections::HashSet<String> =
             query.fetch_all(&mut *self.tx).await?.into_iter().collect();
-        // Full-text search takes the text of what was newly stored.
+        // Full-text search takes the text of what was newly stored, once
+        // (a record redelivered after a crash may come twice in a batch:
+        // indexed twice, the second would break the batch for good).
+        let mut indexed = std::collections::HashSet::new();
         for event in pending.iter().filter(|e| inserted.contains(&e.event_id)) {
+            if !indexed.insert(event.event_id.as_str()) {
+                continue;
+            }
             if let Some((key, text)) = super::search::searchable(&event.event_type, &event.json) {
                 super::search::index(&mut self.tx, self.engine, (&event.event_id, key), &text)
                     .await?;

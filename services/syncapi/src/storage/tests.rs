@@ -825,6 +825,39 @@ on_both_engines!(
     "sync_storage_to_device"
 );
 
+/// A record redelivered after a crash can come twice in one batch: the
+/// message is stored once, indexed for search once, and the batch commits
+/// (indexing it twice broke the batch for good, and the view stopped).
+async fn a_message_twice_in_one_batch(storage: Storage) {
+    let mut batch = storage.batch().await.expect("batch");
+    batch
+        .apply_event(&state(0, 1, ROOM_A, "$create", "m.room.create", "", "{}"))
+        .await
+        .expect("create");
+    batch
+        .apply_event(&member(0, 2, ROOM_A, "$join", "join", None))
+        .await
+        .expect("join");
+    let json = r#"{"type":"m.room.message","content":{"msgtype":"m.text","body":"twice told"}}"#;
+    let message = event(0, 3, ROOM_A, "$twice", "m.room.message", None, json);
+    batch.apply_event(&message).await.expect("first");
+    batch.apply_event(&message).await.expect("again");
+    batch.consumed(Stream::Room, 0, 4);
+    batch.commit().await.expect("the batch commits");
+    let hits = storage
+        .search(ALICE, &["twice".to_owned()], &["content.body"], 10)
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+}
+
+on_both_engines!(
+    a_message_twice_in_one_batch,
+    sqlite_a_message_twice_in_one_batch,
+    postgres_a_message_twice_in_one_batch,
+    "sync_storage_twice"
+);
+
 /// Many records in one transaction: what the batch remembers of a room
 /// (members, history visibility) follows the state its own records
 /// change, notifications and bumps are written at commit, and the
