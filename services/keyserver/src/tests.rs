@@ -628,16 +628,28 @@ async fn cross_signing(started: &crate::Started) {
         .reader(&[(started.api.topics.keyserver_key_changes.as_str(), vec![])])
         .await
         .expect("reader");
+    // The user's own changes (one partition, in order), and apart, on the
+    // remote user's partition, the one the user's signature of their
+    // master key makes: for the user's device lists alone.
     let mut changes = Vec::new();
-    while changes.len() < 6 {
+    let mut seen_by_signer = Vec::new();
+    while changes.len() < 6 || seen_by_signer.is_empty() {
         let record = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
             .await
             .expect("record in time")
             .expect("record");
         let change: ganglion_api::proto::topics::DeviceKeyChange =
             ganglion_api::topics::decode(&record.payload).expect("decode");
-        changes.push(change);
+        if change.seen_by.is_empty() {
+            changes.push(change);
+        } else {
+            seen_by_signer.push(change);
+        }
     }
+    assert_eq!(seen_by_signer.len(), 1);
+    assert_eq!(seen_by_signer[0].user_id, "@r:elsewhere");
+    assert_eq!(seen_by_signer[0].seen_by, user);
+    assert!(seen_by_signer[0].signing_keys && seen_by_signer[0].device_keys_json.is_empty());
     let mut seen: Vec<(&str, bool)> = changes
         .iter()
         .map(|c| (c.device_id.as_str(), c.signing_keys))
