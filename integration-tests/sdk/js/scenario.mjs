@@ -467,39 +467,43 @@ async function stepDevices({ alice }) {
     say(`  listed ${ids.length} devices, renamed and deleted ${secondId}; its token is refused`);
 }
 
+// Calls `fetch()` until `found(answer)` holds; fails with the last answer
+// once WAIT_MS has passed.
+async function pollUntil(fetch, found, what) {
+    const deadline = Date.now() + WAIT_MS;
+    for (;;) {
+        const answer = await fetch();
+        if (found(answer)) return answer;
+        check(Date.now() < deadline, `${what} found ${JSON.stringify(answer)}`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+}
+
 async function stepSearch({ alice, bob, roomId }) {
     say("step 11: bob finds alice's message by a word of it (server-side search)");
     const word = `needle${randomBytes(3).toString("hex")}`;
     await ok(alice.client.sendTextMessage(roomId, `a ${word} in the haystack`), "send");
-    const deadline = Date.now() + WAIT_MS;
-    for (;;) {
-        const response = await ok(bob.client.searchRoomEvents({ term: word }), "searchRoomEvents");
-        const hits = response.results.map((r) => r.context.getEvent().getContent().body);
-        if (hits.includes(`a ${word} in the haystack`)) {
-            say(`  bob's search for ${word} found ${hits.length} result(s), count ${response.count}`);
-            return;
-        }
-        check(Date.now() < deadline, `search for ${word} found ${JSON.stringify(hits)}`);
-        await new Promise((resolve) => setTimeout(resolve, 200));
-    }
+    const hits = await pollUntil(
+        async () => (await ok(bob.client.searchRoomEvents({ term: word }), "searchRoomEvents")).results
+            .map((r) => r.context.getEvent().getContent().body),
+        (hits) => hits.includes(`a ${word} in the haystack`),
+        `search for ${word}`,
+    );
+    say(`  bob's search for ${word} found ${hits.length} result(s)`);
 }
 
 async function stepDirectory({ alice, bob }) {
     say("step 12: alice finds bob in the user directory by his display name");
     const name = `Bob ${randomBytes(3).toString("hex")}`;
     await ok(bob.client.setDisplayName(name), "setDisplayName");
-    const deadline = Date.now() + WAIT_MS;
-    for (;;) {
-        const response = await ok(alice.client.searchUserDirectory({ term: name.split(" ")[1] }), "searchUserDirectory");
-        const hit = response.results.find((r) => r.user_id === bob.userId);
-        if (hit) {
-            check(hit.display_name === name, `directory shows ${JSON.stringify(hit.display_name)}`);
-            say(`  found ${hit.user_id} as ${JSON.stringify(hit.display_name)} (limited ${response.limited})`);
-            return;
-        }
-        check(Date.now() < deadline, `directory search found ${JSON.stringify(response.results)}`);
-        await new Promise((resolve) => setTimeout(resolve, 200));
-    }
+    const response = await pollUntil(
+        () => ok(alice.client.searchUserDirectory({ term: name.split(" ")[1] }), "searchUserDirectory"),
+        (response) => response.results.some((r) => r.user_id === bob.userId),
+        "directory search",
+    );
+    const hit = response.results.find((r) => r.user_id === bob.userId);
+    check(hit.display_name === name, `directory shows ${JSON.stringify(hit.display_name)}`);
+    say(`  found ${hit.user_id} as ${JSON.stringify(hit.display_name)} (limited ${response.limited})`);
 }
 
 async function stepPassword({ bob }) {

@@ -284,6 +284,18 @@ async def setup(homeserver: str) -> tuple[Peer, Peer, str]:
     return alice, bob, room_id
 
 
+async def poll_until(fetch, found, what: str):
+    """Calls `fetch()` until `found(answer)` holds; fails with the last
+    answer once WAIT_S has passed."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        answer = await fetch()
+        if found(answer):
+            return answer
+        check(time.monotonic() < deadline, f"{what} found {answer}")
+        await asyncio.sleep(0.2)
+
+
 async def send_text(peer: Peer, room_id: str, body: str) -> str:
     content = {"msgtype": "m.text", "body": body}
     response = ok(await peer.client.room_send(room_id, "m.room.message", content), "send")
@@ -551,36 +563,29 @@ async def step_search(alice: Peer, bob: Peer, room_id: str, state: dict) -> None
     word = "needle" + secrets.token_hex(3)
     body = f"a {word} in the haystack"
     await send_text(alice, room_id, body)
-    deadline = time.monotonic() + WAIT_S
-    while True:
+    async def fetch():
         answer = await bob.raw(
             "POST", "/search", {"search_categories": {"room_events": {"search_term": word}}}
         )
         results = answer["search_categories"]["room_events"]["results"]
-        bodies = [r["result"]["content"].get("body") for r in results]
-        if body in bodies:
-            say(f"  bob's search for {word} found {len(bodies)} result(s)")
-            return
-        check(time.monotonic() < deadline, f"search for {word} found {bodies}")
-        await asyncio.sleep(0.2)
+        return [r["result"]["content"].get("body") for r in results]
+
+    bodies = await poll_until(fetch, lambda bodies: body in bodies, f"search for {word}")
+    say(f"  bob's search for {word} found {len(bodies)} result(s)")
 
 
 async def step_directory(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:
     say("step 12: alice finds bob in the user directory by his display name")
     name = "Bob " + secrets.token_hex(3)
     ok(await bob.client.set_displayname(name), "set_displayname")
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        answer = await alice.raw(
-            "POST", "/user_directory/search", {"search_term": name.split(" ")[1]}
-        )
-        hits = [r for r in answer["results"] if r["user_id"] == bob.user_id]
-        if hits:
-            check(hits[0].get("display_name") == name, f"directory shows {hits[0]}")
-            say(f"  found {bob.user_id} as {name!r} (limited {answer['limited']})")
-            return
-        check(time.monotonic() < deadline, f"directory search found {answer['results']}")
-        await asyncio.sleep(0.2)
+    answer = await poll_until(
+        lambda: alice.raw("POST", "/user_directory/search", {"search_term": name.split(" ")[1]}),
+        lambda answer: any(r["user_id"] == bob.user_id for r in answer["results"]),
+        "directory search",
+    )
+    hit = next(r for r in answer["results"] if r["user_id"] == bob.user_id)
+    check(hit.get("display_name") == name, f"directory shows {hit}")
+    say(f"  found {bob.user_id} as {name!r} (limited {answer['limited']})")
 
 
 async def step_password(alice: Peer, bob: Peer, room_id: str, state: dict) -> None:

@@ -5,6 +5,7 @@
 //! (`integration-tests/sdk/`). `scripts/test.sh` installs and builds them;
 //! a missing one fails the test.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -25,24 +26,43 @@ async fn run_scenario(program: PathBuf, script: PathBuf, installed: PathBuf) {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Monolith::start(dir.path()).await;
-    let run = tokio::process::Command::new(&program)
-        .arg(&script)
-        .arg(&server.base_url)
+    let what = script.display().to_string();
+    run_driver(
+        &program,
+        &[script.as_os_str(), OsStr::new(&server.base_url)],
+        Duration::from_secs(120),
+        &what,
+        String::new,
+    )
+    .await;
+}
+
+/// Runs one driver program with its arguments; prints what it printed and
+/// fails with its output and `more_logs()` unless it exits 0 within `limit`.
+async fn run_driver(
+    program: &Path,
+    args: &[&OsStr],
+    limit: Duration,
+    what: &str,
+    more_logs: impl FnOnce() -> String,
+) {
+    let run = tokio::process::Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
+    let output = tokio::time::timeout(limit, run)
         .await
-        .expect("the scenario finishes within 120 s")
-        .expect("the scenario starts");
+        .unwrap_or_else(|_| panic!("{what} finishes within {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(
         output.status.success(),
-        "{} failed ({}):\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
+        "{what} failed ({}):\n{stdout}\n{stderr}\n{}",
+        output.status,
+        more_logs()
     );
 }
 
@@ -91,25 +111,18 @@ async fn matrix_rust_sdk_encryption_scenario_with_synapse() {
         ganglion_integration_tests::client::Client::register(&ours.base_url, user, password).await;
     }
     synapse.register("sam", "pw-sam-e2ee").await;
-    let run = tokio::process::Command::new(&driver)
-        .arg(&ours.base_url)
-        .arg(format!("https://127.0.0.1:{}", synapse.port))
-        .arg("sam")
-        .arg("pw-sam-e2ee")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .expect("the scenario finishes within 300 s")
-        .expect("the scenario starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "the encryption scenario failed ({}):\n{stdout}\n{stderr}\n{}",
-        output.status,
-        crate::federation_queries::logs_with_synapse(&synapse, &ours)
-    );
+    let synapse_url = format!("https://127.0.0.1:{}", synapse.port);
+    run_driver(
+        &driver,
+        &[
+            OsStr::new(&ours.base_url),
+            OsStr::new(&synapse_url),
+            OsStr::new("sam"),
+            OsStr::new("pw-sam-e2ee"),
+        ],
+        Duration::from_secs(300),
+        "the encryption scenario",
+        || crate::federation_queries::logs_with_synapse(&synapse, &ours),
+    )
+    .await;
 }
