@@ -391,22 +391,15 @@ async fn our_hierarchy_answers_other_servers() {
     let logs = || ours.process.log_tail();
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-fedspace").await;
     let via = json!([our_name]);
-    let space = create_space(&alice, "Space", "public_chat").await;
-    let public = alice
-        .create_room(json!({"preset": "public_chat", "name": "Open"}))
-        .await;
-    let private = alice
-        .create_room(json!({"preset": "private_chat", "name": "Closed"}))
-        .await;
+    let (space, public, private) = space_of_two(&alice, &our_name, "Open").await;
     let restricted = create_restricted(&alice, "Restricted", &space).await;
     add_child(
         &alice,
         &space,
         &public,
-        json!({"via": via, "suggested": true}),
+        json!({"via": via, "order": "1", "suggested": true}),
     )
     .await;
-    add_child(&alice, &space, &private, json!({"via": via})).await;
     add_child(&alice, &space, &restricted, json!({"via": via})).await;
     add_child(
         &alice,
@@ -445,7 +438,7 @@ async fn our_hierarchy_answers_other_servers() {
         .filter_map(|c| c["room_id"].as_str())
         .collect();
     assert_eq!(children, [public.as_str()], "{body}");
-    assert_eq!(body["children"][0]["name"], "Open");
+    assert_eq!(body["children"][0]["name"], "Open room");
     let mut inaccessible: Vec<&str> = body["inaccessible_children"]
         .as_array()
         .expect("present")
