@@ -254,89 +254,79 @@ impl RoomserverService {
                 "a summary is for a user or for a server".into(),
             ));
         }
-        let mut rooms = Vec::with_capacity(request.room_ids.len());
-        for room_id in &request.room_ids {
-            rooms.push(self.room_summary(room_id, &request).await?);
-        }
-        Ok(pb::QueryRoomSummariesResponse { rooms })
-    }
-
-    async fn room_summary(
-        &self,
-        room_id: &str,
-        request: &pb::QueryRoomSummariesRequest,
-    ) -> Result<pb::RoomSummary, ApiError> {
-        let mut summary = pb::RoomSummary {
-            room_id: room_id.to_owned(),
-            ..Default::default()
-        };
-        if ganglion_base::limits::room_id(room_id).is_err()
-            || !self
-                .storage
-                .server_has_member(room_id, &self.server_name, &["join"])
-                .await?
-        {
-            return Ok(summary);
-        }
-        summary.known = true;
+        let valid: Vec<&str> = request
+            .room_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|room_id| ganglion_base::limits::room_id(room_id).is_ok())
+            .collect();
         let mut types = DESCRIBING_TYPES.to_vec();
         types.push("m.space.child");
-        let state = self.storage.state_events_of_types(room_id, &types).await?;
-        let joined = self.storage.joined_count(room_id).await?;
-        let room = describe_state(room_id, joined, &state);
-        let join_rules = state
-            .iter()
-            .find(|(kind, key, _)| kind == "m.room.join_rules" && key.is_empty())
-            .and_then(|(_, _, json)| serde_json::from_str::<serde_json::Value>(json).ok());
-        summary.allowed_room_ids = join_rules
-            .map(|event| spaces::allowed_rooms(&event["content"]))
-            .unwrap_or_default();
-        if room.room_type.as_deref() == Some(spaces::SPACE) {
-            summary.children_state = children_state(&state, request.suggested_only);
+        let mut overviews = self
+            .storage
+            .room_overviews(&valid, &self.server_name, &types)
+            .await?;
+        let mut summaries: Vec<pb::RoomSummary> = Vec::with_capacity(request.room_ids.len());
+        for room_id in &request.room_ids {
+            let mut summary = pb::RoomSummary {
+                room_id: room_id.clone(),
+                ..Default::default()
+            };
+            if let Some(overview) = overviews.remove(room_id) {
+                summary.known = true;
+                let room = describe_state(room_id, overview.joined, &overview.state);
+                let join_rules = overview
+                    .state
+                    .iter()
+                    .find(|(kind, key, _)| kind == "m.room.join_rules" && key.is_empty())
+                    .and_then(|(_, _, json)| serde_json::from_str::<serde_json::Value>(json).ok());
+                summary.allowed_room_ids = join_rules
+                    .map(|event| spaces::allowed_rooms(&event["content"]))
+                    .unwrap_or_default();
+                if room.room_type.as_deref() == Some(spaces::SPACE) {
+                    summary.children_state =
+                        children_state(&overview.state, request.suggested_only);
+                }
+                summary.accessible = spaces::open_to_all(&room.join_rule, room.world_readable);
+                summary.room = Some(room);
+            }
+            summaries.push(summary);
         }
-        summary.accessible = spaces::open_to_all(&room.join_rule, room.world_readable)
-            || self
-                .may_reach(room_id, request, &["join", "invite"])
-                .await?
-            || self
-                .reaches_allowed_rooms(&summary.allowed_room_ids, request)
-                .await?;
-        summary.room = Some(room);
-        Ok(summary)
-    }
-
-    /// Whether the asking user has one of `memberships` in the room, or the
-    /// asking server has a user who does.
-    async fn may_reach(
-        &self,
-        room_id: &str,
-        request: &pb::QueryRoomSummariesRequest,
-        memberships: &[&str],
-    ) -> Result<bool, ApiError> {
-        Ok(if request.user_id.is_empty() {
+        // Who may see the rest: the asker's memberships in those rooms and
+        // in the rooms their join rules let members of in, read at once.
+        let mut asked: Vec<&str> = Vec::new();
+        for summary in summaries.iter().filter(|s| s.known && !s.accessible) {
+            asked.push(&summary.room_id);
+            asked.extend(summary.allowed_room_ids.iter().map(String::as_str));
+        }
+        asked.sort_unstable();
+        asked.dedup();
+        let held = if asked.is_empty() {
+            Vec::new()
+        } else if request.user_id.is_empty() {
             self.storage
-                .server_has_member(room_id, &request.server_name, memberships)
+                .memberships_of_server(&asked, &request.server_name, &["join", "invite"])
                 .await?
         } else {
-            let membership = self.current_membership(room_id, &request.user_id).await?;
-            memberships.contains(&membership.as_str())
-        })
+            self.storage
+                .memberships_of_user(&asked, &request.user_id)
+                .await?
+        };
+        let holds = |room_id: &str, memberships: &[&str]| {
+            held.iter().any(|(room, membership)| {
+                room == room_id && memberships.contains(&membership.as_str())
+            })
+        };
+        for summary in summaries.iter_mut().filter(|s| s.known && !s.accessible) {
+            summary.accessible = holds(&summary.room_id, &["join", "invite"])
+                || summary
+                    .allowed_room_ids
+                    .iter()
+                    .any(|room_id| holds(room_id, &["join"]));
+        }
+        Ok(pb::QueryRoomSummariesResponse { rooms: summaries })
     }
 
-    /// Whether the asker is joined to one of the rooms a restricted join
-    /// rule lets members of in.
-    async fn reaches_allowed_rooms(
-        &self,
-        allowed: &[String],
-        request: &pb::QueryRoomSummariesRequest,
-    ) -> Result<bool, ApiError> {
-        for room_id in allowed {
-            if self.may_reach(room_id, request, &["join"]).await? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
     pub(crate) async fn report_for(&self, request: pb::ReportRequest) -> Result<(), ApiError> {
         let room = self
             .storage

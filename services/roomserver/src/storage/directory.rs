@@ -1,8 +1,18 @@
 //! Aliases, the published-room list and reports: room metadata that is not
 //! room state.
 
+use std::collections::HashMap;
+
 use super::{Storage, StorageError};
 use ganglion_base::sql;
+
+/// A room as a space hierarchy page reads it: current state events of the
+/// asked types (type, state key, JSON) and the joined member count.
+#[derive(Default)]
+pub(crate) struct RoomOverview {
+    pub(crate) state: Vec<(String, String, String)>,
+    pub(crate) joined: i64,
+}
 
 /// An invite or knock of one of our users in a room we are not in.
 pub(crate) struct RemoteMembership {
@@ -237,39 +247,127 @@ impl Storage {
             .collect()
     }
 
-    /// How many users are joined to a room now.
-    pub(crate) async fn joined_count(&self, room_id: &str) -> Result<i64, StorageError> {
-        Ok(sql::query_scalar(
-            "SELECT COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
-             WHERE r.room_id = $1 AND s.event_type = 'm.room.member' AND s.membership = 'join'",
-        )
-        .bind(room_id)
-        .fetch_one(&self.db.pool)
-        .await?)
+    /// What a page of a space hierarchy shows of the given rooms, in one
+    /// statement each: the rooms `our_server` is joined to, their current
+    /// state events of `types` (type, state key, JSON) and joined counts.
+    pub(crate) async fn room_overviews(
+        &self,
+        room_ids: &[&str],
+        our_server: &str,
+        types: &[&str],
+    ) -> Result<HashMap<String, RoomOverview>, StorageError> {
+        let known = self
+            .memberships_of_server(room_ids, our_server, &["join"])
+            .await?;
+        let mut overviews: HashMap<String, RoomOverview> = known
+            .into_iter()
+            .map(|(room_id, _)| (room_id, RoomOverview::default()))
+            .collect();
+        if overviews.is_empty() || types.is_empty() {
+            return Ok(overviews);
+        }
+        let rooms: Vec<&str> = overviews.keys().map(String::as_str).collect();
+        let engine = self.db.engine;
+        let sql = format!(
+            "SELECT r.room_id, s.event_type, s.state_key, e.json FROM current_state s
+             JOIN rooms r ON r.room_nid = s.room_nid
+             JOIN events e ON e.event_nid = s.event_nid
+             WHERE r.room_id IN ({}) AND s.event_type IN ({})",
+            ganglion_base::database::params(engine, 1, rooms.len()),
+            ganglion_base::database::params(engine, 1 + rooms.len(), types.len()),
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql));
+        for value in rooms.iter().chain(types) {
+            query = query.bind(*value);
+        }
+        let state = query.fetch_all(&self.db.pool).await?;
+        let sql = format!(
+            "SELECT r.room_id, COUNT(*) FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE r.room_id IN ({}) AND s.event_type = 'm.room.member'
+               AND s.membership = 'join'
+             GROUP BY r.room_id",
+            ganglion_base::database::params(engine, 1, rooms.len()),
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql));
+        for room_id in &rooms {
+            query = query.bind(*room_id);
+        }
+        let counts = query.fetch_all(&self.db.pool).await?;
+        for row in state {
+            let room_id: String = row.try_get(0)?;
+            if let Some(overview) = overviews.get_mut(&room_id) {
+                overview
+                    .state
+                    .push((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
+            }
+        }
+        for row in counts {
+            let room_id: String = row.try_get(0)?;
+            if let Some(overview) = overviews.get_mut(&room_id) {
+                overview.joined = row.try_get(1)?;
+            }
+        }
+        Ok(overviews)
     }
 
-    /// Whether any user of `server_name` has one of `memberships` in the
-    /// room's current state (server names hold no LIKE wildcards).
-    pub(crate) async fn server_has_member(
+    /// The memberships among `memberships` that users of `server_name` hold
+    /// in each of the rooms (server names hold no LIKE wildcards).
+    pub(crate) async fn memberships_of_server(
         &self,
-        room_id: &str,
+        room_ids: &[&str],
         server_name: &str,
         memberships: &[&str],
-    ) -> Result<bool, StorageError> {
-        let placeholders = ganglion_base::database::params(self.db.engine, 3, memberships.len());
-        let sql = format!(
-            "SELECT 1 FROM current_state s JOIN rooms r ON r.room_nid = s.room_nid
-             WHERE r.room_id = $1 AND s.event_type = 'm.room.member'
-               AND s.state_key LIKE '%:' || $2 AND s.membership IN ({placeholders})
-             LIMIT 1"
-        );
-        let mut query = sql::query(sqlx::AssertSqlSafe(sql))
-            .bind(room_id)
-            .bind(server_name);
-        for membership in memberships {
-            query = query.bind(*membership);
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        if room_ids.is_empty() || memberships.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(query.fetch_optional(&self.db.pool).await?.is_some())
+        let engine = self.db.engine;
+        let sql = format!(
+            "SELECT DISTINCT r.room_id, s.membership FROM current_state s
+             JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE s.event_type = 'm.room.member' AND s.state_key LIKE '%:' || $1
+               AND r.room_id IN ({}) AND s.membership IN ({})",
+            ganglion_base::database::params(engine, 2, room_ids.len()),
+            ganglion_base::database::params(engine, 2 + room_ids.len(), memberships.len()),
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(server_name);
+        for value in room_ids.iter().chain(memberships) {
+            query = query.bind(*value);
+        }
+        query
+            .fetch_all(&self.db.pool)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// A user's memberships in each of the rooms that has one.
+    pub(crate) async fn memberships_of_user(
+        &self,
+        room_ids: &[&str],
+        user_id: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        if room_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT r.room_id, s.membership FROM current_state s
+             JOIN rooms r ON r.room_nid = s.room_nid
+             WHERE s.event_type = 'm.room.member' AND s.state_key = $1
+               AND s.membership IS NOT NULL AND r.room_id IN ({})",
+            ganglion_base::database::params(self.db.engine, 2, room_ids.len()),
+        );
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+        for room_id in room_ids {
+            query = query.bind(*room_id);
+        }
+        query
+            .fetch_all(&self.db.pool)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
     }
 
     /// A user's membership in a room's current state.
