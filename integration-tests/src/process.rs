@@ -429,6 +429,11 @@ pub const POLYLITH_SERVICES: [&str; 8] = [
 ];
 
 impl Polylith {
+    /// The test broker's process ID.
+    pub fn broker_pid(&self) -> u32 {
+        self._tansu.pid()
+    }
+
     /// `database_urls` gives each service of [`POLYLITH_SERVICES`] its database.
     pub async fn start(dir: &Path, database_urls: &[(&str, String)]) -> Polylith {
         Self::start_with(dir, database_urls, Vec::new()).await

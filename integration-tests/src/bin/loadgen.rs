@@ -307,11 +307,13 @@ async fn run(
     });
 
     let cpu_before = server.cpu_seconds();
+    let parts_before = server.cpu_by_part();
     let (sent_at, send_elapsed) = drive(&senders, &room_ids, per_client).await?;
     let seen = tokio::time::timeout(Duration::from_secs(120), watcher).await??;
     // Everything the server did for the messages: accepting, storing and
     // delivering them to the listener.
     let cpu_seconds = server.cpu_seconds() - cpu_before;
+    let parts_after = server.cpu_by_part();
     let busy_rss = server.rss_kib();
     let mut latencies: Vec<f64> = sent_at
         .iter()
@@ -355,6 +357,17 @@ async fn run(
         "  CPU per accepted message   {:>8.3} ms ({:.2} s for the load, all processes)",
         cpu_ms_per_message, cpu_seconds
     );
+    // Where the polylith's CPU went, the broker and PostgreSQL included.
+    for (name, after) in &parts_after {
+        let before = parts_before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, b)| *b);
+        println!(
+            "    CPU per message, {name:<17} {:>7.3} ms",
+            (after - before) * 1000.0 / sent_at.len().max(1) as f64
+        );
+    }
     // The server's own view: mean time per stage, from /metrics.
     let mut metrics = String::new();
     for url in server.metrics_urls() {
@@ -443,6 +456,40 @@ impl Deployment {
     /// have used so far.
     fn cpu_seconds(&self) -> f64 {
         self.pids().into_iter().filter_map(cpu_seconds).sum()
+    }
+
+    /// For the polylith, CPU seconds used so far by each of its processes,
+    /// by the test broker and by PostgreSQL's processes (all of them: the
+    /// figures are read before and after a load); nothing otherwise.
+    fn cpu_by_part(&self) -> Vec<(String, f64)> {
+        let Deployment::Polylith(p) = self else {
+            return Vec::new();
+        };
+        let mut parts: Vec<(String, f64)> = Vec::new();
+        for process in &p.processes {
+            let cpu = process.pid().and_then(cpu_seconds).unwrap_or_default();
+            match parts.iter_mut().find(|(name, _)| *name == process.name) {
+                Some((_, sum)) => *sum += cpu,
+                None => parts.push((process.name.clone(), cpu)),
+            }
+        }
+        parts.push((
+            "tansu".into(),
+            cpu_seconds(p.broker_pid()).unwrap_or_default(),
+        ));
+        let postgres: f64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "postgres")
+            })
+            .filter_map(cpu_seconds)
+            .sum();
+        parts.push(("postgresql".into(), postgres));
+        parts
     }
 
     fn metrics_urls(&self) -> Vec<String> {

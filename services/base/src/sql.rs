@@ -466,6 +466,8 @@ struct SqlitePool {
     path: PathBuf,
     flags: rusqlite::OpenFlags,
     pragmas: String,
+    /// For a file written to: who copies its log back.
+    checkpointer: Option<Arc<Checkpointer>>,
     flushed: bool,
     idle: Mutex<Vec<rusqlite::Connection>>,
     permits: Arc<Semaphore>,
@@ -475,6 +477,138 @@ struct SqlitePool {
 }
 
 static MEMORY_DATABASES: AtomicU64 = AtomicU64::new(0);
+
+/// The write-ahead log's size, in pages, past which a commit asks for a
+/// checkpoint (SQLite's own default for the checkpoint it would otherwise
+/// run inside that commit).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// How often the checkpointer looks unasked (a quiet database's last
+/// commits, writes outside a transaction).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Past this many pages a writer checkpoints itself after its commit, should
+/// the checkpointer have fallen far behind (or have no thread).
+const CHECKPOINT_PAGES_INLINE: i32 = 10_000;
+
+thread_local! {
+    /// The log's size after this thread's last commit, as SQLite's
+    /// write-ahead log hook reported it.
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Copies a database's write-ahead log back into its file, on a thread and
+/// connection of its own. SQLite otherwise checkpoints inside the commit
+/// that finds the log past 1 000 pages: every few hundred transactions one
+/// writer (a consumer on an event's path to `/sync`) spent milliseconds
+/// writing and flushing pages that were not its own, and everyone waiting
+/// on it waited too. Here that commit only asks, and the thread runs a
+/// passive checkpoint, which waits for nobody and holds up no reader or
+/// writer; it flushes as the pool's `synchronous` says.
+#[derive(Default)]
+struct Checkpointer {
+    /// (a commit asked for a checkpoint, the pool is closed or gone)
+    state: Mutex<(bool, bool)>,
+    wake: std::sync::Condvar,
+    /// Whether the thread runs (if not, writers checkpoint themselves).
+    running: AtomicBool,
+    /// Checkpoints the thread ran, and writers after their commits.
+    by_thread: AtomicU64,
+    by_writers: AtomicU64,
+}
+
+impl Checkpointer {
+    /// Starts the thread for `pool`'s file; it ends once the pool is
+    /// closed or dropped.
+    fn spawn(pool: &SqlitePool) {
+        let Some(me) = pool.checkpointer.clone() else {
+            return;
+        };
+        let (path, flags) = (pool.path.clone(), pool.flags);
+        let pragmas = pool.pragmas.clone();
+        let thread = me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let me = thread;
+                let mut conn: Option<rusqlite::Connection> = None;
+                loop {
+                    {
+                        let state = lock(&me.state);
+                        let (mut state, _) = me
+                            .wake
+                            .wait_timeout_while(state, CHECKPOINT_EVERY, |(asked, gone)| {
+                                !*asked && !*gone
+                            })
+                            .unwrap_or_else(|p| p.into_inner());
+                        if state.1 {
+                            return;
+                        }
+                        state.0 = false;
+                    }
+                    if conn.is_none() {
+                        conn = rusqlite::Connection::open_with_flags(&path, flags)
+                            .and_then(|c| c.execute_batch(&pragmas).map(|()| c))
+                            .ok();
+                    }
+                    let Some(open) = &conn else { continue };
+                    match open.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Ok(()) => {
+                            me.by_thread.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "checkpoint failed; trying again");
+                            conn = None;
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => me.running.store(true, Ordering::Release),
+            Err(error) => {
+                tracing::warn!(%error, "no checkpointer thread: writers checkpoint themselves");
+            }
+        }
+    }
+
+    /// After a commit on `conn`: asks for a checkpoint once the log has
+    /// grown past [`CHECKPOINT_PAGES`]; checkpoints in place past
+    /// [`CHECKPOINT_PAGES_INLINE`] or when no thread runs.
+    fn after_commit(&self, conn: &rusqlite::Connection) {
+        let pages = WAL_PAGES.with(|p| p.replace(0));
+        if pages < CHECKPOINT_PAGES {
+            return;
+        }
+        let running = self.running.load(Ordering::Acquire);
+        if running {
+            lock(&self.state).0 = true;
+            self.wake.notify_one();
+        }
+        if !running || pages >= CHECKPOINT_PAGES_INLINE {
+            self.by_writers.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+
+    /// Ends the thread (its connection closes with it).
+    fn stop(&self) {
+        lock(&self.state).1 = true;
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for SqlitePool {
+    fn drop(&mut self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
+    }
+}
 
 impl Pool {
     /// A pool over sqlx's `Any` driver (PostgreSQL).
@@ -506,10 +640,18 @@ impl Pool {
         } else {
             options.path
         };
+        // A file written to gets its write-ahead log copied back by a
+        // thread of its own (see `Checkpointer`).
+        let checkpointed = !options.read_only && !flags.contains(OpenFlags::SQLITE_OPEN_MEMORY);
+        let mut pragmas = options.pragmas;
+        if checkpointed {
+            pragmas.push_str(" PRAGMA journal_size_limit=67108864;");
+        }
         let pool = Arc::new(SqlitePool {
             path,
             flags,
-            pragmas: options.pragmas,
+            pragmas,
+            checkpointer: checkpointed.then(Arc::default),
             flushed: options.flushed,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(options.max_connections.max(1) as usize)),
@@ -519,6 +661,9 @@ impl Pool {
         });
         let first = pool.open()?;
         lock(&pool.idle).push(first);
+        if checkpointed {
+            Checkpointer::spawn(&pool);
+        }
         Ok(Pool(PoolInner::Sqlite(pool)))
     }
 
@@ -631,6 +776,9 @@ impl Pool {
             PoolInner::Any(pool) => pool.close().await,
             PoolInner::Sqlite(pool) => {
                 pool.closed.store(true, Ordering::Release);
+                if let Some(checkpointer) = &pool.checkpointer {
+                    checkpointer.stop();
+                }
                 pool.permits.close();
                 lock(&pool.idle).clear();
             }
@@ -669,6 +817,10 @@ impl SqlitePool {
         conn.set_prepared_statement_cache_capacity(256);
         if !self.pragmas.is_empty() {
             conn.execute_batch(&self.pragmas).map_err(sqlite_error)?;
+        }
+        if self.checkpointer.is_some() {
+            // Replaces SQLite's checkpoint inside commits.
+            conn.wal_hook(Some(note_wal_pages));
         }
         Ok(conn)
     }
@@ -733,7 +885,16 @@ impl SqliteConn {
     /// connection after rolls back what a failed commit left.
     fn end(self, statement: &str) -> Result<(), sqlx::Error> {
         let flush = statement == "COMMIT" && self.flushed && self.write.is_some();
-        in_place(flush, || self.db().execute_batch(statement)).map_err(sqlite_error)
+        in_place(flush, || {
+            self.db().execute_batch(statement)?;
+            if statement == "COMMIT"
+                && let Some(checkpointer) = &self.pool.checkpointer
+            {
+                checkpointer.after_commit(self.db());
+            }
+            Ok(())
+        })
+        .map_err(sqlite_error)
     }
 }
 

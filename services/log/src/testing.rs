@@ -73,6 +73,11 @@ impl Tansu {
     }
 
     /// The bootstrap address for clients.
+    /// The broker's process ID, to read what it costs.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -239,6 +239,54 @@ async fn sqlite_writers_take_turns_and_readers_do_not_wait() {
     assert_eq!(count, 8 * 25 + 1);
 }
 
+/// Commits leave the write-ahead log to the checkpointer thread: once the
+/// log passes 1 000 pages its pages reach the database file soon after,
+/// with nothing lost, and writers go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_is_checkpointed_by_its_own_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sqlite(&dir).await;
+    let file = dir.path().join("test.db");
+    let before = std::fs::metadata(&file).expect("file").len();
+    let blob = vec![7u8; 4000];
+    for batch in 0..30 {
+        let mut tx = db.pool.begin().await.expect("begin");
+        for row in 0..40 {
+            query("INSERT INTO things (name, data) VALUES ($1, $2)")
+                .bind(format!("{batch}-{row}"))
+                .bind(blob.clone())
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).expect("file").len() < before + 4_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not copied back: {} bytes",
+            std::fs::metadata(&file).expect("file").len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (count, bytes): (i64, i64) = {
+        let row = query("SELECT COUNT(*), SUM(LENGTH(data)) FROM things")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        (row.try_get(0).expect("count"), row.try_get(1).expect("sum"))
+    };
+    assert_eq!((count, bytes), (1200, 1200 * 4000));
+    let PoolInner::Sqlite(pool) = &db.pool.0 else {
+        panic!("an SQLite pool")
+    };
+    let checkpointer = pool.checkpointer.as_ref().expect("a checkpointer");
+    assert!(checkpointer.by_thread.load(Ordering::Relaxed) >= 1);
+    assert_eq!(checkpointer.by_writers.load(Ordering::Relaxed), 0);
+    db.pool.close().await;
+}
+
 /// The URL forms the configuration accepts, and the ones it refuses.
 #[test]
 fn sqlite_urls() {
