@@ -133,9 +133,36 @@ pub trait RecordHandler: Send + Sync + 'static {
 pub struct ConsumerProgress {
     /// (topic, partition) → next offset to consume.
     next: Mutex<HashMap<(String, u32), u64>>,
+    /// Since when the record or batch at hand has failed (transiently, so
+    /// it is being retried), and its last error.
+    retrying: Mutex<Option<(Instant, String)>>,
 }
 
 impl ConsumerProgress {
+    /// The record or batch at hand failed again (transiently).
+    fn failed(&self, group: &str, topic: &str, error: &str) {
+        RETRIES.with_label_values(&[group, topic]).inc();
+        let mut retrying = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        let since = retrying
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        *retrying = Some((since, error.to_owned()));
+    }
+
+    /// The record or batch at hand is done with.
+    fn settled(&self) {
+        *self.retrying.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// How long the record or batch at hand has been retried, and why.
+    pub fn retrying(&self) -> Option<(Duration, String)> {
+        self.retrying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(since, error)| (since.elapsed(), error.clone()))
+    }
+
     fn record(&self, record: &Record) {
         if let Ok(mut next) = self.next.lock() {
             next.insert((record.topic.clone(), record.partition), record.offset + 1);
@@ -222,6 +249,14 @@ impl ReadinessCheck for ConsumerHandle {
         format!("consumer_{}", self.group)
     }
     async fn check(&self) -> Result<(), String> {
+        if let Some((for_how_long, error)) = self.progress.retrying()
+            && for_how_long >= STUCK_AFTER
+        {
+            return Err(format!(
+                "retrying the same records for {} s: {error}",
+                for_how_long.as_secs()
+            ));
+        }
         let lag = self.lag().await?;
         let behind: u64 = lag.iter().map(|(_, _, l)| l).sum();
         if behind > 1000 {
@@ -239,6 +274,20 @@ static DEAD_LETTERS: std::sync::LazyLock<prometheus::IntCounterVec> =
             &["group", "topic"],
         )
     });
+
+/// How long a consumer may retry the same records before `/readyz` says
+/// so: an error that never clears (a full disk, a bug that keeps failing
+/// one transaction) stops the view behind it, and lag alone would show it
+/// only once 1 000 records had piled up.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+static RETRIES: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    counter_vec(
+        "ganglion_consumer_retries_total",
+        "Transient failures of a record or batch, each retried after a backoff",
+        &["group", "topic"],
+    )
+});
 
 static BATCHES: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
     counter_vec(
@@ -298,6 +347,7 @@ fn run(
     // Every series a dashboard or alert asks for exists from the start, at 0.
     for topic in topics {
         CONSUMED_RECORDS.with_label_values(&[group, *topic]);
+        RETRIES.with_label_values(&[group, *topic]);
         DEAD_LETTERS.with_label_values(&[group, *topic]);
         BATCHES.with_label_values(&[group, *topic]);
     }
@@ -352,7 +402,8 @@ fn run(
                     .with_label_values(&[group.as_str(), first.topic.as_str()])
                     .inc();
             }
-            let handled = handle_all(&*log, &group, &*handler, &batch, &mut shutdown).await;
+            let handled =
+                handle_all(&*log, &group, &*handler, &progress, &batch, &mut shutdown).await;
             let done = &batch[..handled];
             commit_with_retries(&group, &mut *consumer, done, &mut shutdown).await;
             for record in done {
@@ -398,18 +449,19 @@ async fn handle_all(
     log: &dyn Log,
     group: &str,
     handler: &dyn RecordHandler,
+    progress: &ConsumerProgress,
     batch: &[Record],
     shutdown: &mut watch::Receiver<bool>,
 ) -> usize {
     if batch.len() > 1 && handler.takes_batches() {
-        match handle_batch_with_retries(group, handler, batch, shutdown).await {
+        match handle_batch_with_retries(group, handler, progress, batch, shutdown).await {
             Some(true) => return batch.len(),
             Some(false) => {}
             None => return 0,
         }
     }
     for (handled, record) in batch.iter().enumerate() {
-        if !handle_with_retries(log, group, handler, record, shutdown).await {
+        if !handle_with_retries(log, group, handler, progress, record, shutdown).await {
             return handled;
         }
     }
@@ -422,6 +474,7 @@ async fn handle_all(
 async fn handle_batch_with_retries(
     group: &str,
     handler: &dyn RecordHandler,
+    progress: &ConsumerProgress,
     batch: &[Record],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<bool> {
@@ -436,13 +489,17 @@ async fn handle_batch_with_retries(
     let mut backoff = Duration::from_millis(50);
     loop {
         match handler.handle_batch(batch).instrument(span.clone()).await {
-            Ok(()) => return Some(true),
+            Ok(()) => {
+                progress.settled();
+                return Some(true);
+            }
             Err(HandleError::Permanent(error)) => {
                 let _guard = span.enter();
                 tracing::info!(%error, "a batch failed for good; applying its records one by one");
                 return Some(false);
             }
             Err(HandleError::Transient(error)) => {
+                progress.failed(group, &first.topic, &error);
                 let _guard = span.enter();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling a batch failed; retrying");
             }
@@ -470,6 +527,7 @@ async fn handle_with_retries(
     log: &dyn Log,
     group: &str,
     handler: &dyn RecordHandler,
+    progress: &ConsumerProgress,
     record: &Record,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -484,8 +542,12 @@ async fn handle_with_retries(
     let mut backoff = Duration::from_millis(50);
     loop {
         match handler.handle(record).instrument(span.clone()).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                progress.settled();
+                return true;
+            }
             Err(HandleError::Permanent(error)) => {
+                progress.settled();
                 if !dead_letter(log, group, record, &error, shutdown)
                     .instrument(span.clone())
                     .await
@@ -499,6 +561,7 @@ async fn handle_with_retries(
                 return true;
             }
             Err(HandleError::Transient(error)) => {
+                progress.failed(group, &record.topic, &error);
                 let _guard = span.enter();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "handling failed; retrying");
             }
@@ -769,6 +832,83 @@ mod tests {
             self.applied.lock().expect("lock").extend(texts);
             Ok(())
         }
+    }
+
+    /// Fails every record transiently until `release` is set.
+    struct Stubborn {
+        release: std::sync::atomic::AtomicBool,
+        handled: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl RecordHandler for Stubborn {
+        async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+            if !self.release.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(HandleError::Transient("the disk is full".into()));
+            }
+            let text = String::from_utf8_lossy(&record.payload).into_owned();
+            self.handled.lock().expect("lock").push(text);
+            Ok(())
+        }
+    }
+
+    /// A record retried again and again is counted and shown (how long,
+    /// and the error) to readiness; once it goes through, nothing is.
+    #[tokio::test]
+    async fn a_record_retried_again_and_again_is_counted_and_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path()).expect("log"));
+        log.ensure_topic("stuck", 1).await.expect("topic");
+        log.produce(
+            "stuck",
+            OutgoingRecord {
+                key: b"k".to_vec(),
+                headers: Vec::new(),
+                payload: b"one".to_vec(),
+            },
+        )
+        .await
+        .expect("produce");
+        let handler = Arc::new(Stubborn {
+            release: std::sync::atomic::AtomicBool::new(false),
+            handled: Mutex::new(Vec::new()),
+        });
+        let (_stop, shutdown) = watch::channel(false);
+        let handle = spawn(
+            log.clone(),
+            "stubborn",
+            &["stuck"],
+            handler.clone(),
+            shutdown,
+        )
+        .await
+        .expect("consumer");
+        let retries = || RETRIES.with_label_values(&["stubborn", "stuck"]).get();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while retries() < 3 {
+            assert!(std::time::Instant::now() < deadline, "not retried");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (for_how_long, error) = handle.progress.retrying().expect("shown as retrying");
+        assert!(error.contains("the disk is full"), "{error}");
+        assert!(
+            for_how_long >= Duration::from_millis(100),
+            "{for_how_long:?}"
+        );
+        assert!(for_how_long < STUCK_AFTER);
+        assert_eq!(
+            handle.check().await,
+            Ok(()),
+            "ready until it has been stuck a while"
+        );
+        handler
+            .release
+            .store(true, std::sync::atomic::Ordering::Release);
+        while handler.handled.lock().expect("lock").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never went through");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(handle.progress.retrying().is_none());
     }
 
     #[tokio::test]
