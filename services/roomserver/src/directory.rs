@@ -7,6 +7,7 @@ use ganglion_api::spaces;
 
 use crate::RoomserverService;
 use crate::events::{self, Pdu, StateMap};
+use crate::storage::Member;
 
 /// The most rooms one page of the public list holds.
 const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
@@ -301,17 +302,15 @@ impl RoomserverService {
         }
         asked.sort_unstable();
         asked.dedup();
-        let held = if asked.is_empty() {
-            Vec::new()
-        } else if request.user_id.is_empty() {
-            self.storage
-                .memberships_of_server(&asked, &request.server_name, &["join", "invite"])
-                .await?
+        let who = if request.user_id.is_empty() {
+            Member::OfServer(&request.server_name)
         } else {
-            self.storage
-                .memberships_of_user(&asked, &request.user_id)
-                .await?
+            Member::User(&request.user_id)
         };
+        let held = self
+            .storage
+            .memberships_in(&asked, who, &["join", "invite"])
+            .await?;
         let holds = |room_id: &str, memberships: &[&str]| {
             held.iter().any(|(room, membership)| {
                 room == room_id && memberships.contains(&membership.as_str())

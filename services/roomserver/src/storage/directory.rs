@@ -6,6 +6,14 @@ use std::collections::HashMap;
 use super::{Storage, StorageError};
 use ganglion_base::sql;
 
+/// Whose memberships [`Storage::memberships_in`] reads.
+#[derive(Clone, Copy)]
+pub(crate) enum Member<'a> {
+    User(&'a str),
+    /// Any user of this server.
+    OfServer(&'a str),
+}
+
 /// A room as a space hierarchy page reads it: current state events of the
 /// asked types (type, state key, JSON) and the joined member count.
 #[derive(Default)]
@@ -257,7 +265,7 @@ impl Storage {
         types: &[&str],
     ) -> Result<HashMap<String, RoomOverview>, StorageError> {
         let known = self
-            .memberships_of_server(room_ids, our_server, &["join"])
+            .memberships_in(room_ids, Member::OfServer(our_server), &["join"])
             .await?;
         let mut overviews: HashMap<String, RoomOverview> = known
             .into_iter()
@@ -310,57 +318,34 @@ impl Storage {
         Ok(overviews)
     }
 
-    /// The memberships among `memberships` that users of `server_name` hold
-    /// in each of the rooms (server names hold no LIKE wildcards).
-    pub(crate) async fn memberships_of_server(
+    /// The memberships among `memberships` that `who` holds in each of the
+    /// rooms (each pair once).
+    pub(crate) async fn memberships_in(
         &self,
         room_ids: &[&str],
-        server_name: &str,
+        who: Member<'_>,
         memberships: &[&str],
     ) -> Result<Vec<(String, String)>, StorageError> {
         if room_ids.is_empty() || memberships.is_empty() {
             return Ok(Vec::new());
         }
+        let (condition, value) = match who {
+            Member::User(user_id) => ("s.state_key = $1", user_id),
+            // Server names hold no LIKE wildcards.
+            Member::OfServer(server_name) => ("s.state_key LIKE '%:' || $1", server_name),
+        };
         let engine = self.db.engine;
         let sql = format!(
             "SELECT DISTINCT r.room_id, s.membership FROM current_state s
              JOIN rooms r ON r.room_nid = s.room_nid
-             WHERE s.event_type = 'm.room.member' AND s.state_key LIKE '%:' || $1
+             WHERE s.event_type = 'm.room.member' AND {condition}
                AND r.room_id IN ({}) AND s.membership IN ({})",
             ganglion_base::database::params(engine, 2, room_ids.len()),
             ganglion_base::database::params(engine, 2 + room_ids.len(), memberships.len()),
         );
-        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(server_name);
+        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(value);
         for value in room_ids.iter().chain(memberships) {
             query = query.bind(*value);
-        }
-        query
-            .fetch_all(&self.db.pool)
-            .await?
-            .into_iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
-    }
-
-    /// A user's memberships in each of the rooms that has one.
-    pub(crate) async fn memberships_of_user(
-        &self,
-        room_ids: &[&str],
-        user_id: &str,
-    ) -> Result<Vec<(String, String)>, StorageError> {
-        if room_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT r.room_id, s.membership FROM current_state s
-             JOIN rooms r ON r.room_nid = s.room_nid
-             WHERE s.event_type = 'm.room.member' AND s.state_key = $1
-               AND s.membership IS NOT NULL AND r.room_id IN ({})",
-            ganglion_base::database::params(self.db.engine, 2, room_ids.len()),
-        );
-        let mut query = sql::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
-        for room_id in room_ids {
-            query = query.bind(*room_id);
         }
         query
             .fetch_all(&self.db.pool)

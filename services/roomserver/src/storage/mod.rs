@@ -10,6 +10,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use directory::Member;
 pub(crate) use migrations::MIGRATIONS;
 pub(crate) use rooms::{
     CurrentStateChange, EventFlags, HeadUpdate, ProcessedInput, RoomRow, RoomWriter, StoredEvent,
