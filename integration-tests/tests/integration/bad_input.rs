@@ -194,7 +194,8 @@ async fn bad_input_gets_the_spec_errors_and_changes_nothing() {
 
 /// Rate limits by family: a client address behind a trusted proxy is the
 /// one its `X-Forwarded-For` names (one client cannot lock everyone out);
-/// failed logins count per account from any address; messages per user.
+/// failed logins count per account from any address; messages and space
+/// hierarchy pages per user.
 #[tokio::test]
 async fn rate_limits_apply_per_address_account_and_user() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -204,6 +205,7 @@ async fn rate_limits_apply_per_address_account_and_user() {
         ("LOGIN_PER_ADDRESS", "0.01", "3"),
         ("FAILED_LOGINS_PER_ACCOUNT", "0.01", "4"),
         ("MESSAGES_PER_USER", "0.01", "5"),
+        ("HIERARCHY_PER_USER", "0.01", "3"),
         ("REGISTRATION_PER_ADDRESS", "100", "100"),
     ] {
         env.push((
@@ -300,6 +302,25 @@ async fn rate_limits_apply_per_address_account_and_user() {
     // A retried transaction is answered from the first attempt, limited or not.
     assert_eq!(bob.send_text(&room_id, "b0", "hi").await.status, 200);
     assert_eq!(alice.send_text(&room_id, "a0", "hello").await.status, 200);
+
+    // Space hierarchy pages per user: bob is limited after three, alice is not.
+    let path = format!(
+        "/_matrix/client/v1/rooms/{}/hierarchy",
+        ganglion_integration_tests::client::encode(&room_id)
+    );
+    for _ in 0..3 {
+        let reply = bob.call(Method::GET, &path, None).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let reply = bob.call(Method::GET, &path, None).await;
+    assert_eq!((reply.status, reply.errcode()), (429, "M_LIMIT_EXCEEDED"));
+    assert!(
+        reply.body["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    let reply = alice.call(Method::GET, &path, None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
 }
 
 /// Types, state keys and content full of characters JSON must escape

@@ -341,6 +341,8 @@ pub struct RateLimitsConfig {
     pub media_uploads_per_user: RateLimit,
     /// URL previews made (the mediaapi; kept previews are free).
     pub url_previews_per_user: RateLimit,
+    /// Pages of a space hierarchy (each may ask other servers).
+    pub hierarchy_per_user: RateLimit,
 }
 
 impl RateLimitsConfig {
@@ -353,7 +355,7 @@ impl RateLimitsConfig {
     }
 
     /// Each family with its name.
-    pub fn families(&self) -> [(&'static str, RateLimit); 11] {
+    pub fn families(&self) -> [(&'static str, RateLimit); 12] {
         [
             ("login_per_address", self.login_per_address),
             ("login_per_account", self.login_per_account),
@@ -366,6 +368,7 @@ impl RateLimitsConfig {
             ("password_checks_per_user", self.password_checks_per_user),
             ("media_uploads_per_user", self.media_uploads_per_user),
             ("url_previews_per_user", self.url_previews_per_user),
+            ("hierarchy_per_user", self.hierarchy_per_user),
         ]
     }
 }
@@ -387,6 +390,7 @@ impl Default for RateLimitsConfig {
             password_checks_per_user: limit(0.2, 5),
             media_uploads_per_user: limit(10.0, 50),
             url_previews_per_user: limit(1.0, 20),
+            hierarchy_per_user: limit(5.0, 10),
         }
     }
 }

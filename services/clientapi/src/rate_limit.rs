@@ -1,7 +1,7 @@
 //! Rate limits, in families as Synapse's `rc_*` settings: per client
 //! address (login, registration), per account (logins, failed logins), and
 //! per user (messages, joins, invites, room creation, password checks in
-//! User-Interactive Auth). Each is a token bucket per key
+//! User-Interactive Auth, space hierarchy pages). Each is a token bucket per key
 //! ([`RateLimiter`]); exceeding one is 429 `M_LIMIT_EXCEEDED` with
 //! `retry_after_ms`.
 
@@ -19,6 +19,7 @@ pub(crate) struct RateLimits {
     pub(crate) invites_per_user: RateLimiter,
     pub(crate) room_creation_per_user: RateLimiter,
     pub(crate) password_checks_per_user: RateLimiter,
+    pub(crate) hierarchy_per_user: RateLimiter,
 }
 
 impl RateLimits {
@@ -34,6 +35,7 @@ impl RateLimits {
             invites_per_user: family(&config.invites_per_user),
             room_creation_per_user: family(&config.room_creation_per_user),
             password_checks_per_user: family(&config.password_checks_per_user),
+            hierarchy_per_user: family(&config.hierarchy_per_user),
         }
     }
 }

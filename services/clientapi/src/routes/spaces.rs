@@ -141,6 +141,8 @@ pub(crate) async fn hierarchy(
     Path(room_id): Path<String>,
     uri: Uri,
 ) -> MatrixResult {
+    // Rate-limited (the spec says so): a page may ask other servers.
+    api.rate_limits.hierarchy_per_user.check(&device.user_id)?;
     let query: HierarchyQuery = parse_query(&uri)?;
     limits::room_id(&room_id)?;
     let limit = match query.limit.as_deref() {
