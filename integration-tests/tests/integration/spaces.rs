@@ -341,19 +341,44 @@ async fn space_hierarchy_across_federation_with_synapse() {
     let alice = Client::register(&ours.base_url, "alice", "pw-alice-spaces").await;
     let sam = synapse.register("sam", "pw-sam-spaces").await;
 
-    // Synapse's space: a public room and an invite-only one, neither with
-    // anyone of ours in them.
+    // Synapse's space: a public room, an invite-only one and two public
+    // spaces with a room each, none with anyone of ours in them (the two
+    // sub-spaces are asked about together).
     let (their_space, their_room, _) = space_of_two(&sam, &synapse.server_name, "Their").await;
+    let mut subs = Vec::new();
+    for (name, order) in [("A", "3"), ("B", "4")] {
+        let sub = create_space(&sam, &format!("Sub {name}"), "public_chat").await;
+        let room = sam
+            .create_room(json!({"preset": "public_chat", "name": format!("{name} room")}))
+            .await;
+        add_child(&sam, &sub, &room, json!({"via": [synapse.server_name]})).await;
+        add_child(
+            &sam,
+            &their_space,
+            &sub,
+            json!({"via": [synapse.server_name], "order": order}),
+        )
+        .await;
+        subs.push((sub, room));
+    }
     let join = alice.join_via(&their_space, &synapse.server_name).await;
     assert_eq!(join.status, 200, "{join:?}\n{}", logs());
     let reply = until_rooms_or_logs(
         &alice,
         &their_space,
         "",
-        &[&their_space, &their_room],
+        &[
+            &their_space,
+            &their_room,
+            &subs[0].0,
+            &subs[0].1,
+            &subs[1].0,
+            &subs[1].1,
+        ],
         &logs,
     )
     .await;
+    assert_eq!(reply.body["rooms"][5]["name"], "B room", "{reply:?}");
     let room = &reply.body["rooms"][1];
     assert_eq!(room["name"], "Their room", "{reply:?}");
     assert_eq!(room["join_rule"], "public");

@@ -135,6 +135,37 @@ impl Token {
     }
 }
 
+/// Asks the `via` servers about a space (through the federationapi) and
+/// keeps an answer of a sane size in the cache.
+async fn fetch_remote(
+    api: &ClientApi,
+    room_id: &str,
+    via: &[String],
+    suggested_only: bool,
+) -> Option<Arc<RemoteSpace>> {
+    let answer = api
+        .federation
+        .query_hierarchy(QueryHierarchyRequest {
+            server_names: via.to_vec(),
+            room_id: room_id.to_owned(),
+            suggested_only,
+        })
+        .await
+        .inspect_err(|error| tracing::debug!(room_id, %error, "no remote hierarchy"))
+        .ok()?;
+    let value: Value = serde_json::from_slice(&answer.body_json).ok()?;
+    let space = Arc::new(RemoteSpace::from_answer(room_id, &value)?);
+    if answer.body_json.len() <= REMOTE_CACHE_MAX_BYTES
+        && let Ok(mut cache) = api.remote_spaces.lock()
+    {
+        cache.insert(
+            (room_id.to_owned(), suggested_only),
+            (Instant::now(), space.clone()),
+        );
+    }
+    Some(space)
+}
+
 pub(crate) async fn hierarchy(
     State(api): State<Arc<ClientApi>>,
     User(device): User,
@@ -184,6 +215,7 @@ pub(crate) async fn hierarchy(
         remote: HashMap::new(),
         inaccessible: HashSet::new(),
         remote_lookups: 0,
+        fetched: HashMap::new(),
         memberships: None,
     };
     let root = walk.local_summaries(std::slice::from_ref(&room_id)).await?;
@@ -220,6 +252,8 @@ struct Walk<'a> {
     /// Rooms other servers said nobody here can reach.
     inaccessible: HashSet<String>,
     remote_lookups: usize,
+    /// Answers asked for ahead of the walk (see `prefetch_remote`).
+    fetched: HashMap<String, Arc<RemoteSpace>>,
     /// The rooms the user is joined to and invited to, once needed.
     memberships: Option<(HashSet<String>, HashSet<String>)>,
 }
@@ -268,6 +302,7 @@ impl Walk<'_> {
                 if !unasked.is_empty() {
                     self.local_summaries(&unasked).await?;
                 }
+                self.prefetch_remote(&children).await;
                 for child in children.into_iter().rev() {
                     if !seen.contains(&child.room_id) {
                         stack.push((child.room_id, depth + 1, child.via));
@@ -340,41 +375,14 @@ impl Walk<'_> {
     /// Another server's answer about a space, from the cache or asked of
     /// the child event's `via` servers; its children are kept for the walk.
     async fn ask_remote(&mut self, room_id: &str, via: &[String]) -> Option<Arc<RemoteSpace>> {
-        let key = (room_id.to_owned(), self.suggested_only);
-        let cached = self
-            .api
-            .remote_spaces
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&key))
-            .filter(|(at, _)| at.elapsed() < REMOTE_TTL)
-            .map(|(_, space)| space);
-        let space = match cached {
+        let space = match self.cached_remote(room_id) {
             Some(space) => space,
             None => {
                 if via.is_empty() || self.remote_lookups >= MAX_REMOTE_LOOKUPS {
                     return None;
                 }
                 self.remote_lookups += 1;
-                let answer = self
-                    .api
-                    .federation
-                    .query_hierarchy(QueryHierarchyRequest {
-                        server_names: via.to_vec(),
-                        room_id: room_id.to_owned(),
-                        suggested_only: self.suggested_only,
-                    })
-                    .await
-                    .inspect_err(|error| tracing::debug!(room_id, %error, "no remote hierarchy"))
-                    .ok()?;
-                let value: Value = serde_json::from_slice(&answer.body_json).ok()?;
-                let space = Arc::new(RemoteSpace::from_answer(room_id, &value)?);
-                if answer.body_json.len() <= REMOTE_CACHE_MAX_BYTES
-                    && let Ok(mut cache) = self.api.remote_spaces.lock()
-                {
-                    cache.insert(key, (Instant::now(), space.clone()));
-                }
-                space
+                fetch_remote(self.api, room_id, via, self.suggested_only).await?
             }
         };
         for child in &space.children {
@@ -385,6 +393,69 @@ impl Walk<'_> {
         self.inaccessible.extend(space.inaccessible.iter().cloned());
         self.remote.insert(room_id.to_owned(), space.room.clone());
         Some(space)
+    }
+
+    /// A space's answer another server gave this walk or in the last
+    /// [`REMOTE_TTL`].
+    fn cached_remote(&self, room_id: &str) -> Option<Arc<RemoteSpace>> {
+        if let Some(space) = self.fetched.get(room_id) {
+            return Some(space.clone());
+        }
+        let key = (room_id.to_owned(), self.suggested_only);
+        self.api
+            .remote_spaces
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key))
+            .filter(|(at, _)| at.elapsed() < REMOTE_TTL)
+            .map(|(_, space)| space)
+    }
+
+    /// Asks other servers about the children of a space the walk is about
+    /// to enter that only they can tell of, all at once rather than one by
+    /// one as the walk reaches them, within the walk's lookups.
+    async fn prefetch_remote(&mut self, children: &[spaces::Child]) {
+        let wanted: Vec<&spaces::Child> = children
+            .iter()
+            .filter(|child| !child.via.is_empty())
+            .filter(|child| {
+                !self
+                    .local
+                    .get(&child.room_id)
+                    .is_some_and(|local| local.known)
+            })
+            .filter(|child| !self.inaccessible.contains(&child.room_id))
+            .filter(|child| {
+                // A room a parent's answer described is asked about only
+                // if it is a space (for its own children).
+                self.remote.get(&child.room_id).is_none_or(spaces::is_space)
+            })
+            .filter(|child| self.cached_remote(&child.room_id).is_none())
+            .take(MAX_REMOTE_LOOKUPS.saturating_sub(self.remote_lookups))
+            .collect();
+        if wanted.len() < 2 {
+            return;
+        }
+        self.remote_lookups += wanted.len();
+        let suggested_only = self.suggested_only;
+        let answers = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|child| fetch_remote(self.api, &child.room_id, &child.via, suggested_only)),
+        )
+        .await;
+        for (child, answer) in wanted.iter().zip(answers) {
+            match answer {
+                Some(space) => {
+                    self.fetched.insert(child.room_id.clone(), space);
+                }
+                // As when the walk asks itself: nobody could tell of it,
+                // so it is left out.
+                None => {
+                    self.inaccessible.insert(child.room_id.clone());
+                }
+            }
+        }
     }
 
     /// Whether the user may see a room only other servers are in: anyone
