@@ -263,7 +263,7 @@ impl RoomserverService {
             .collect();
         let mut types = DESCRIBING_TYPES.to_vec();
         types.push("m.space.child");
-        let mut overviews = self
+        let overviews = self
             .storage
             .room_overviews(&valid, &self.server_name, &types)
             .await?;
@@ -273,7 +273,8 @@ impl RoomserverService {
                 room_id: room_id.clone(),
                 ..Default::default()
             };
-            if let Some(overview) = overviews.remove(room_id) {
+            // Read, not taken: a room asked twice is described twice.
+            if let Some(overview) = overviews.get(room_id) {
                 summary.known = true;
                 let room = describe_state(room_id, overview.joined, &overview.state);
                 let join_rules = overview
