@@ -99,11 +99,13 @@ impl Default for CachesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Client and federation transaction IDs (a retry after this long
-    /// sends again).
+    /// Federation transaction IDs (a remote's retry after this long is
+    /// taken again).
     pub transaction_ids_hours: u64,
     /// The roomserver's record of inputs it processed (a record of the
-    /// input topic redelivered after this long is processed again).
+    /// input topic redelivered after this long is processed again); it
+    /// also answers a client's retried send with the event its first
+    /// attempt made (a retry after this long sends again).
     pub processed_inputs_days: u64,
     /// A destination that has failed this long without a success has its
     /// queue dropped (it is still tried with what is sent from then on).
@@ -1316,9 +1318,11 @@ fn option_doc(line: &str) -> Option<&'static str> {
         "password_hashing_threads" => "Threads hashing passwords (19 MiB each).",
         "password_hashing_queue" => "Password checks waiting at most; more get 429.",
         "max_syncs_per_user" => "Long-polling /sync requests one user may hold open at once.",
-        "transaction_ids_hours" => "Client and federation transaction IDs are kept this long.",
+        "transaction_ids_hours" => "Federation transaction IDs are kept this long.",
         "dead_destination_days" => "A destination failing this long has its queue dropped.",
-        "processed_inputs_days" => "The roomserver's record of processed inputs is kept this long.",
+        "processed_inputs_days" => {
+            "The roomserver's record of processed inputs (and of clients' sends by transaction ID) is kept this long."
+        }
         "server_keys" => "Other servers' signing keys kept in memory.",
         "destinations" => "Other servers' discovered addresses kept in memory.",
         "interned_names" => "Event types and state keys the roomserver keeps in memory, each.",

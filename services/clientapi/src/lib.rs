@@ -144,20 +144,6 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         remote_spaces: routes::remote_spaces(),
     });
     let storage = api.storage.clone();
-    let keep = config.retention.transaction_ids();
-    ganglion_base::pruning::spawn(
-        "client_transaction_ids",
-        ganglion_base::pruning::EVERY,
-        move || {
-            let storage = storage.clone();
-            async move {
-                storage
-                    .prune_transactions(ganglion_base::clock::ago_ms(keep))
-                    .await
-            }
-        },
-    );
-    let storage = api.storage.clone();
     ganglion_base::pruning::spawn("uia_sessions", ganglion_base::pruning::EVERY, move || {
         let storage = storage.clone();
         async move {

@@ -1,6 +1,6 @@
-//! The clientapi's tables: transaction IDs already used, so a retried
-//! `PUT /send/{txnId}` returns the first event instead of sending twice;
-//! and User-Interactive Auth sessions, shared by its replicas.
+//! The clientapi's table: User-Interactive Auth sessions, shared by its
+//! replicas. (A retried `PUT /send/{txnId}` is answered by the roomserver,
+//! which records each request with the events it wrote.)
 
 use ganglion_base::sql;
 use ganglion_base::{Database, Migration};
@@ -37,6 +37,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX uia_sessions_by_age ON uia_sessions (created_ts);
     ",
     },
+    // Retried sends are recognised by the roomserver (its processed
+    // inputs, written in the transaction that writes the events).
+    Migration {
+        version: 3,
+        description: "transaction ids kept by the roomserver",
+        sql: "DROP TABLE transactions",
+    },
 ];
 
 /// A User-Interactive Auth session.
@@ -52,137 +59,6 @@ pub(crate) struct UiaSession {
 #[derive(Clone)]
 pub(crate) struct Storage {
     pub(crate) db: Database,
-}
-
-impl Storage {
-    /// Claims a transaction ID for one send: `Claim::Ours` when this
-    /// request is the one to send (a new ID, or a claim abandoned before
-    /// `stale_before_ms`), else what the first request got.
-    pub(crate) async fn claim_transaction(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-        now_ms: i64,
-        stale_before_ms: i64,
-    ) -> Result<Claim, sqlx::Error> {
-        let inserted = sql::query(
-            "INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts)
-             VALUES ($1, $2, $3, '', $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(now_ms)
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Claim::Ours);
-        }
-        // A pending claim whose request died (a crash) is taken over.
-        let taken_over = sql::query(
-            "UPDATE transactions SET created_ts = $4
-             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3
-               AND event_id = '' AND created_ts < $5",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(now_ms)
-        .bind(stale_before_ms)
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
-        if taken_over == 1 {
-            return Ok(Claim::Ours);
-        }
-        let event_id: Option<String> = sql::query_scalar(
-            "SELECT event_id FROM transactions WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(match event_id {
-            Some(event_id) if !event_id.is_empty() => Claim::Sent(event_id),
-            Some(_) => Claim::Pending,
-            // Released by a failed send between our two statements.
-            None => Claim::Released,
-        })
-    }
-
-    /// The request holding a claim is still at work: its claim is not
-    /// stale (see [`Storage::claim_transaction`]).
-    pub(crate) async fn refresh_claim(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-        now_ms: i64,
-    ) -> Result<(), sqlx::Error> {
-        sql::query(
-            "UPDATE transactions SET created_ts = $4
-             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(now_ms)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records the event a claimed transaction ID sent.
-    pub(crate) async fn complete_transaction(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-        event_id: &str,
-    ) -> Result<(), sqlx::Error> {
-        sql::query(
-            "UPDATE transactions SET event_id = $4
-             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(event_id)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Forgets transaction IDs claimed before `before_ms`; how many.
-    pub(crate) async fn prune_transactions(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
-        Ok(sql::query("DELETE FROM transactions WHERE created_ts < $1")
-            .bind(before_ms)
-            .execute(&self.db.pool)
-            .await?
-            .rows_affected())
-    }
-
-    /// Gives a claim back after a failed send, so a retry sends again.
-    pub(crate) async fn release_transaction(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> Result<(), sqlx::Error> {
-        sql::query(
-            "DELETE FROM transactions
-             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND event_id = ''",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
 }
 
 impl Storage {
@@ -255,17 +131,4 @@ impl Storage {
             .await?
             .rows_affected())
     }
-}
-
-/// Where a transaction ID stands for a request that wants to send with it.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Claim {
-    /// This request sends.
-    Ours,
-    /// Sent already: the event it made.
-    Sent(String),
-    /// Another request is sending it now.
-    Pending,
-    /// Another request's send failed just now: claim again.
-    Released,
 }

@@ -23,6 +23,11 @@ use crate::events::{self, Signer, random_id};
 /// How long a caller waits for its input to be processed.
 const INPUT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a caller of an input is answered.
+pub(crate) type Outcome = Result<Answer, ApiError>;
+/// A caller waiting for an input's outcome.
+pub(crate) type Waiter = oneshot::Sender<Outcome>;
+
 pub(crate) fn parse_object(bytes: &[u8]) -> Result<CanonicalJsonObject, ApiError> {
     if bytes.is_empty() {
         return Ok(CanonicalJsonObject::new());
@@ -90,8 +95,7 @@ impl RoomserverService {
         kind: topic_pb::roomserver_input::Kind,
     ) -> Result<Answer, ApiError> {
         let request_id = request_id.unwrap_or_else(|| random_id(24));
-        let (sender, receiver) = oneshot::channel();
-        self.lock_pending().insert(request_id.clone(), sender);
+        let receiver = self.await_outcome(&request_id);
         let record = topic_pb::RoomserverInput {
             version: PAYLOAD_VERSION,
             request_id: request_id.clone(),
@@ -113,14 +117,16 @@ impl RoomserverService {
             )
             .await;
         if let Err(error) = produced {
-            self.lock_pending().remove(&request_id);
+            drop(receiver);
+            self.forget_closed_waiters(&request_id);
             return Err(ApiError::Unavailable(format!("roomserver.input: {error}")));
         }
-        match tokio::time::timeout(INPUT_TIMEOUT, receiver).await {
+        let waited = tokio::time::timeout(INPUT_TIMEOUT, receiver).await;
+        match waited {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ApiError::Internal("outcome dropped".into())),
             Err(_) => {
-                self.lock_pending().remove(&request_id);
+                self.forget_closed_waiters(&request_id);
                 Err(ApiError::Timeout)
             }
         }
@@ -128,13 +134,45 @@ impl RoomserverService {
 
     pub(crate) fn lock_pending(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, oneshot::Sender<Result<Answer, ApiError>>>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<Waiter>>> {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits, beside any other caller already waiting, for the outcome of
+    /// the input `request_id`.
+    pub(crate) fn await_outcome(&self, request_id: &str) -> oneshot::Receiver<Outcome> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock_pending()
+            .entry(request_id.to_owned())
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    /// Drops the waiters of `request_id` that stopped waiting (timed out,
+    /// or their input was never appended).
+    fn forget_closed_waiters(&self, request_id: &str) {
+        let mut pending = self.lock_pending();
+        if let Some(waiters) = pending.get_mut(request_id) {
+            waiters.retain(|waiter| !waiter.is_closed());
+            if waiters.is_empty() {
+                pending.remove(request_id);
+            }
+        }
+    }
+
+    /// Answers every caller here waiting for `request_id`: retries of one
+    /// transaction are one request, and the first outcome answers them all
+    /// (later deliveries of the same request find no one waiting).
+    fn answer_waiters(&self, request_id: &str, outcome: Outcome) {
+        let Some(waiters) = self.lock_pending().remove(request_id) else {
+            return;
+        };
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
     }
 
     /// Hands an outcome to the waiting caller, here or on the accepting replica.
@@ -145,9 +183,7 @@ impl RoomserverService {
         outcome: Result<Answer, ApiError>,
     ) {
         if reply_to == self.reply_to {
-            if let Some(sender) = self.lock_pending().remove(request_id) {
-                let _ = sender.send(outcome);
-            }
+            self.answer_waiters(request_id, outcome);
             return;
         }
         let client = {
@@ -289,9 +325,7 @@ impl RoomserverApi for RoomserverService {
             Some(pb::outcome::Result::Rejected(error)) => Err(ApiError::from_wire_error(error)),
             None => Err(ApiError::Internal("empty outcome".into())),
         };
-        if let Some(sender) = self.lock_pending().remove(&request.request_id) {
-            let _ = sender.send(outcome);
-        }
+        self.answer_waiters(&request.request_id, outcome);
         Ok(Empty {})
     }
 

@@ -41,7 +41,6 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use ganglion_api::ApiError;
 use ganglion_api::roomserver::RoomserverClient;
 use ganglion_api::topics::Topics;
 use ganglion_base::health::{DatabaseReady, Health};
@@ -49,7 +48,7 @@ use ganglion_base::internal_auth::InternalSecret;
 use ganglion_base::keys::SigningKey;
 use ganglion_base::{Config, Database};
 use ganglion_log::Log;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use storage::Storage;
 
@@ -62,8 +61,10 @@ pub struct RoomserverService {
     signing_key: Arc<SigningKey>,
     /// How other replicas reach this one to deliver outcomes ("local" in a monolith).
     reply_to: String,
-    /// Callers waiting for the outcome of an input this replica accepted.
-    pending: Mutex<HashMap<String, oneshot::Sender<Result<consumers::input::Answer, ApiError>>>>,
+    /// Callers waiting for the outcome of an input this replica accepted,
+    /// by request ID: several when a client's retries of one transaction
+    /// arrive together (each is answered with the first's outcome).
+    pending: Mutex<HashMap<String, Vec<api::Waiter>>>,
     /// gRPC clients of other replicas, by address.
     peers: Mutex<HashMap<String, RoomserverClient>>,
     /// What this replica presents when it calls another.

@@ -44,44 +44,14 @@ fn event_template(
     )
 }
 
-/// How long a retry waits for the first request with its transaction ID.
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How often the request holding a claim says it is still at work.
-const CLAIM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
-/// A claim not renewed for this long was left by a request that died (a
-/// crashed or killed process): a retry takes it over and sends.
-const CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often a retry looks again at a claim another request holds.
-const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
 impl ClientApi {
-    /// Runs `send` while renewing its claim every [`CLAIM_HEARTBEAT`], so
-    /// that only a claim whose request died goes stale.
-    async fn while_claimed<T>(
-        &self,
-        (user_id, device_id, txn_id): (&str, &str, &str),
-        send: impl std::future::Future<Output = T>,
-    ) -> T {
-        let mut send = std::pin::pin!(send);
-        let mut heartbeat = tokio::time::interval(CLAIM_HEARTBEAT);
-        heartbeat.tick().await;
-        loop {
-            tokio::select! {
-                done = &mut send => return done,
-                _ = heartbeat.tick() => {
-                    let now: i64 = ruma::MilliSecondsSinceUnixEpoch::now().get().into();
-                    if let Err(error) = self.storage.refresh_claim(user_id, device_id, txn_id, now).await {
-                        tracing::warn!(%error, "could not renew a transaction claim");
-                    }
-                }
-            }
-        }
-    }
-
     /// Sends an event once per device and transaction ID: a retry gets the
-    /// first attempt's event ID, even while the first is still sending
-    /// (the ID is claimed before the send, so two concurrent retries
-    /// cannot both send).
+    /// first attempt's event ID, even while the first is still sending.
+    /// The roomserver keeps that promise: it records each input's request
+    /// (sender, device, room, event type, redacted event and transaction
+    /// ID, the path a transaction ID is scoped to, as on Synapse) in the
+    /// transaction that writes its events, answers a retry with what the
+    /// first made, and answers retries in flight together.
     async fn send_once(
         &self,
         room_id: &str,
@@ -89,62 +59,8 @@ impl ClientApi {
         template: pb::EventTemplate,
         txn_id: &str,
     ) -> MatrixResult<String> {
-        use crate::storage::Claim;
         limits::opaque_id("transaction ID", txn_id)?;
-        let transactions_failed =
-            |e: sqlx::Error| ganglion_base::database::matrix_error("clientapi", &e);
-        let (user_id, device_id) = (&device.user_id, &device.device_id);
-        // A transaction ID names one request to one endpoint: the same ID
-        // in another room, for another event type or another redaction is
-        // another request (as on Synapse, which keys on the path).
-        let scoped = format!(
-            "{room_id}\n{}\n{}\n{txn_id}",
-            template.event_type,
-            template.redacts.as_deref().unwrap_or_default()
-        );
-        let deadline = std::time::Instant::now() + CLAIM_WAIT;
-        loop {
-            let now: i64 = ruma::MilliSecondsSinceUnixEpoch::now().get().into();
-            let stale_before = now - CLAIM_STALE.as_millis() as i64;
-            match self
-                .storage
-                .claim_transaction(user_id, device_id, &scoped, now, stale_before)
-                .await
-                .map_err(transactions_failed)?
-            {
-                Claim::Sent(event_id) => return Ok(event_id),
-                Claim::Ours => break,
-                Claim::Pending | Claim::Released => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(MatrixError::limit_exceeded(1_000));
-                    }
-                    tokio::time::sleep(CLAIM_POLL).await;
-                }
-            }
-        }
-        let sending = self.send_event(room_id, device, template, txn_id);
-        match self
-            .while_claimed((user_id, device_id, &scoped), sending)
-            .await
-        {
-            Ok(event_id) => {
-                self.storage
-                    .complete_transaction(user_id, device_id, &scoped, &event_id)
-                    .await
-                    .map_err(transactions_failed)?;
-                Ok(event_id)
-            }
-            Err(error) => {
-                if let Err(release) = self
-                    .storage
-                    .release_transaction(user_id, device_id, &scoped)
-                    .await
-                {
-                    tracing::warn!(%release, "could not release a transaction ID (it goes stale)");
-                }
-                Err(error)
-            }
-        }
+        self.send_event(room_id, device, template, txn_id).await
     }
 
     /// Every alias an `m.room.canonical_alias` event names must be valid

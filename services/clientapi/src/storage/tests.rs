@@ -1,87 +1,13 @@
-//! The transaction and User-Interactive Auth session tables against both
-//! database engines.
+//! The User-Interactive Auth session table against both database engines.
 
 use super::{MIGRATIONS, Storage};
 
 const ALICE: &str = "@alice:example.org";
-const BOB: &str = "@bob:example.org";
 
 async fn open(database_url: Option<String>) -> (Storage, tempfile::TempDir) {
     let (db, dir) =
         ganglion_base::testing::open_scratch("clientapi", MIGRATIONS, database_url).await;
     (Storage { db }, dir)
-}
-
-async fn transactions(storage: Storage) {
-    use super::Claim;
-    let claim = |user: &'static str, device: &'static str, txn: &'static str, now: i64| {
-        let storage = storage.clone();
-        async move {
-            storage
-                .claim_transaction(user, device, txn, now, now - 120_000)
-                .await
-                .expect("claim")
-        }
-    };
-    // The first claims; a racing retry finds it pending, then sent.
-    assert_eq!(claim(ALICE, "PHONE", "txn1", 1_000).await, Claim::Ours);
-    assert_eq!(claim(ALICE, "PHONE", "txn1", 1_001).await, Claim::Pending);
-    storage
-        .complete_transaction(ALICE, "PHONE", "txn1", "$first")
-        .await
-        .expect("complete");
-    assert_eq!(
-        claim(ALICE, "PHONE", "txn1", 2_000).await,
-        Claim::Sent("$first".into())
-    );
-    // A sent transaction is never released.
-    storage
-        .release_transaction(ALICE, "PHONE", "txn1")
-        .await
-        .expect("release");
-    assert_eq!(
-        claim(ALICE, "PHONE", "txn1", 2_000).await,
-        Claim::Sent("$first".into())
-    );
-
-    // A failed send gives its claim back; a retry claims it again.
-    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_000).await, Claim::Ours);
-    storage
-        .release_transaction(ALICE, "PHONE", "txn2")
-        .await
-        .expect("release");
-    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_001).await, Claim::Ours);
-    // A claim left by a request that died is taken over once stale.
-    assert_eq!(claim(ALICE, "PHONE", "txn2", 3_002).await, Claim::Pending);
-    assert_eq!(claim(ALICE, "PHONE", "txn2", 200_000).await, Claim::Ours);
-
-    // Transaction IDs are scoped to one device of one user.
-    for (user, device) in [(ALICE, "LAPTOP"), (BOB, "PHONE")] {
-        assert_eq!(
-            claim(user, device, "txn1", 4_000).await,
-            Claim::Ours,
-            "{user} {device}"
-        );
-    }
-
-    // Pruning forgets the old ones only.
-    let pruned = storage.prune_transactions(4_000).await.expect("prune");
-    assert_eq!(pruned, 1, "alice's txn1 on her phone, claimed at 1 000");
-    assert_eq!(claim(ALICE, "PHONE", "txn1", 5_000).await, Claim::Ours);
-    assert_eq!(claim(BOB, "PHONE", "txn1", 5_000).await, Claim::Pending);
-}
-
-#[tokio::test]
-async fn sqlite_transactions() {
-    let (storage, _dir) = open(None).await;
-    transactions(storage).await;
-}
-
-#[tokio::test]
-async fn postgres_transactions() {
-    let url = ganglion_base::testing::scratch_postgres("client_storage").await;
-    let (storage, _dir) = open(Some(url)).await;
-    transactions(storage).await;
 }
 
 /// User-Interactive Auth sessions: kept as given, read back only while

@@ -58,6 +58,7 @@ impl From<HeadError> for ProcessError {
 }
 
 /// What the caller of an input is told.
+#[derive(Clone)]
 pub(crate) enum Answer {
     Events(pb::InputResponse),
     Pdus(pb::InputPdusResponse),
@@ -132,6 +133,14 @@ impl RecordHandler for InputConsumer {
         if !done.is_empty() {
             return Err(HandleError::Permanent(
                 "a batch with redelivered inputs is taken one at a time".into(),
+            ));
+        }
+        // A client's retries of one transaction, appended together: the
+        // first is processed, the others answered with what it made.
+        let mut distinct = std::collections::HashSet::with_capacity(grouped.len());
+        if !grouped.iter().all(|id| distinct.insert(*id)) {
+            return Err(HandleError::Permanent(
+                "a batch with retried inputs is taken one at a time".into(),
             ));
         }
         // The pending group: each room's inputs, rooms in order of appearance.

@@ -112,14 +112,7 @@ fn expect_answers(
 ) -> Vec<oneshot::Receiver<Result<Answer, ApiError>>> {
     request_ids
         .iter()
-        .map(|id| {
-            let (sender, receiver) = oneshot::channel();
-            running
-                .service
-                .lock_pending()
-                .insert((*id).to_owned(), sender);
-            receiver
-        })
+        .map(|id| running.service.await_outcome(id))
         .collect()
 }
 
@@ -316,6 +309,64 @@ async fn a_group_answers_refuses_and_chains_each_input_as_alone() {
     let last = room_events(&running, &room_id).await;
     assert_eq!(last.last().map(|(id, _)| id), next_answer.event_ids.first());
     assert_eq!(last.last().expect("last").1, vec![previous]);
+}
+
+/// A client's retries of one transaction, appended together before the
+/// first was processed: the batch is taken one at a time, one event is
+/// made, and every caller waiting here for that request (the first and
+/// each retry) is answered with it.
+#[tokio::test]
+async fn retries_of_one_request_in_a_batch_make_one_event_and_answer_every_caller() {
+    let running = start().await;
+    let consumer = InputConsumer {
+        service: running.service.clone(),
+    };
+    let room_id = room(&running, &consumer).await;
+    let before = room_events(&running, &room_id).await.len();
+    let batch = vec![
+        record(&room_id, "r/1", vec![message(BOB, "once")]),
+        record(&room_id, "r/2", vec![message(ALICE, "other")]),
+        record(&room_id, "r/1", vec![message(BOB, "once")]),
+        record(&room_id, "r/1", vec![message(BOB, "once")]),
+    ];
+    // The first attempt and two retries wait for "r/1".
+    let receivers = expect_answers(&running, &["r/1", "r/1", "r/1", "r/2"]);
+    let grouped = consumer.handle_batch(&batch).await;
+    assert!(
+        matches!(grouped, Err(HandleError::Permanent(_))),
+        "a batch holding one request twice is taken one at a time"
+    );
+    for record in &batch {
+        consumer.handle(record).await.expect("handled alone");
+    }
+    let answers = answered(receivers).await;
+    let event_ids: Vec<Vec<String>> = answers
+        .iter()
+        .map(|answer| answer.as_ref().expect("accepted").event_ids.clone())
+        .collect();
+    assert_eq!(event_ids[0], event_ids[1], "a retry gets the first's event");
+    assert_eq!(event_ids[0], event_ids[2], "so does the next retry");
+    assert_ne!(
+        event_ids[0], event_ids[3],
+        "another request is another event"
+    );
+    assert!(
+        answers[1]
+            .as_ref()
+            .expect("accepted")
+            .output_position
+            .is_some(),
+        "callers waiting with the first get its position to wait for"
+    );
+    assert_eq!(
+        room_events(&running, &room_id).await.len(),
+        before + 2,
+        "two events made for four inputs"
+    );
+    assert!(
+        running.service.lock_pending().is_empty(),
+        "no caller left waiting"
+    );
 }
 
 /// Rooms interleaved in one batch each keep their order, and an input that
