@@ -183,10 +183,22 @@ pub async fn wait_healthy(url: &str, process: &mut Process, timeout: Duration) {
 
 /// Resident memory of a process in KiB (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's resident memory in KiB (Linux): its
+/// heap and stacks, without the pages of its binary and libraries, which
+/// are clean, shared with the page cache, and vary with the binary's code
+/// layout from build to build.
+pub fn anonymous_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::Client;
 use ganglion_integration_tests::process::{
-    Monolith, POLYLITH_SERVICES, Polylith, cpu_seconds, rss_kib,
+    Monolith, POLYLITH_SERVICES, Polylith, anonymous_rss_kib, cpu_seconds, rss_kib,
 };
 use ganglion_integration_tests::synapse::Synapse;
 use serde_json::json;
@@ -263,6 +263,7 @@ async fn run(
     let startup = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = server.rss_kib();
+    let idle_anonymous = server.anonymous_rss_kib();
 
     let owner = server.register("owner").await;
     let mut room_ids = Vec::with_capacity(rooms);
@@ -335,8 +336,9 @@ async fn run(
         startup.as_secs_f64() * 1000.0
     );
     println!(
-        "  idle RSS                   {:>8.1} MB",
-        idle_rss as f64 / 1024.0
+        "  idle RSS                   {:>8.1} MB (anonymous {:.1} MB)",
+        idle_rss as f64 / 1024.0,
+        idle_anonymous as f64 / 1024.0
     );
     println!(
         "  RSS after registrations    {:>8.1} MB",
@@ -450,6 +452,11 @@ impl Deployment {
     /// Resident memory of every process of the deployment, in KiB.
     fn rss_kib(&self) -> u64 {
         self.pids().into_iter().filter_map(rss_kib).sum()
+    }
+
+    /// The anonymous part of that memory (heap and stacks), in KiB.
+    fn anonymous_rss_kib(&self) -> u64 {
+        self.pids().into_iter().filter_map(anonymous_rss_kib).sum()
     }
 
     /// CPU time (user and system, every thread) the deployment's processes

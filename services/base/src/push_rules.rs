@@ -304,6 +304,22 @@ pub fn power_levels_context(
     Some(levels.into())
 }
 
+/// The server's default rules for `user` (they name the user), kept for
+/// the last few hundred users (a few KiB each): every event is run through
+/// the rules of each local member, and most have only the defaults.
+fn server_default(user: &UserId) -> Arc<Ruleset> {
+    static DEFAULTS: std::sync::LazyLock<
+        std::sync::Mutex<crate::bounded::Bounded<OwnedUserId, Arc<Ruleset>>>,
+    > = std::sync::LazyLock::new(|| std::sync::Mutex::new(crate::bounded::Bounded::new(512)));
+    let mut defaults = DEFAULTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rules) = defaults.get(user) {
+        return rules;
+    }
+    let rules = Arc::new(Ruleset::server_default(user));
+    defaults.insert(user.to_owned(), rules.clone());
+    rules
+}
+
 /// What an event does for one user it notifies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -344,8 +360,8 @@ pub async fn evaluate(
         let rules = match custom.get(user_id) {
             Some(rules) => rules.as_ref(),
             None => {
-                default = Ruleset::server_default(&user);
-                &default
+                default = server_default(&user);
+                default.as_ref()
             }
         };
         let mut context =
