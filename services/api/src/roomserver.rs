@@ -135,6 +135,30 @@ impl PublicRoomsBody {
     }
 }
 
+/// The request ID of a client's send with a transaction ID: one request
+/// per sender, device, room, event type, redacted event and transaction
+/// ID (the path a transaction ID is scoped to). The roomserver records it
+/// with the events it wrote and answers a retry with them; a JSON array,
+/// so no two sends name one request whatever their parts hold.
+pub fn transaction_request_id(
+    sender: &str,
+    device_id: &str,
+    room_id: &str,
+    event_type: &str,
+    redacts: Option<&str>,
+    txn_id: &str,
+) -> String {
+    let parts = [
+        sender,
+        device_id,
+        room_id,
+        event_type,
+        redacts.unwrap_or_default(),
+        txn_id,
+    ];
+    format!("txn/{}", serde_json::Value::from(parts.as_slice()))
+}
+
 /// A request for a page of the public room directory from the client or
 /// federation API's parameters.
 pub fn public_rooms_request(
@@ -277,4 +301,29 @@ pub async fn remove_guests(
         }
     }
     positions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transaction_request_id;
+
+    /// Sends to different paths never name one request, whatever their
+    /// parts hold (event types and transaction IDs may hold `/` and more).
+    #[test]
+    fn transaction_request_ids_are_unambiguous() {
+        let id = |event_type: &str, redacts: Option<&str>, txn: &str| {
+            transaction_request_id("@a:x", "DEV", "!r:x", event_type, redacts, txn)
+        };
+        assert_ne!(id("x", None, "y//z"), id("x//y", None, "z"));
+        assert_ne!(id("x\",\"y", None, "z"), id("x", None, "y\",\"z"));
+        assert_ne!(
+            id("m.room.redaction", Some("$e"), "t"),
+            id("m.room.redaction", None, "t")
+        );
+        assert_eq!(id("x", None, "t"), id("x", None, "t"));
+        assert_ne!(
+            transaction_request_id("@a:x", "D/E", "!r:x", "x", None, "t"),
+            transaction_request_id("@a:x", "D", "!r:x", "E/x", None, "t")
+        );
+    }
 }

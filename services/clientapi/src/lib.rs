@@ -60,6 +60,9 @@ pub(crate) struct ClientApi {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Other servers' answers about their spaces (`routes/spaces.rs`).
     remote_spaces: routes::RemoteSpaces,
+    /// This replica's recent sends by transaction request ID, with the
+    /// event each made (see `routes::send`).
+    sent: routes::RecentSends,
 }
 
 /// A started clientapi.
@@ -142,6 +145,7 @@ pub async fn start(config: &Config, peers: Peers) -> Result<Started, StartError>
         ),
         trusted_proxies: config.rate_limits.trusted_proxy_ranges(),
         remote_spaces: routes::remote_spaces(),
+        sent: Default::default(),
     });
     let storage = api.storage.clone();
     ganglion_base::pruning::spawn("uia_sessions", ganglion_base::pruning::EVERY, move || {

@@ -257,13 +257,13 @@ impl RoomserverApi for RoomserverService {
         // with its events, not doubled.
         let request_id = (!request.transaction_id.is_empty()).then(|| {
             let first = request.templates.first();
-            format!(
-                "txn/{}/{}/{room_id}/{}/{}/{}",
+            ganglion_api::roomserver::transaction_request_id(
                 first.map(|t| t.sender.as_str()).unwrap_or_default(),
-                request.device_id,
+                &request.device_id,
+                &room_id,
                 first.map(|t| t.event_type.as_str()).unwrap_or_default(),
-                first.and_then(|t| t.redacts.as_deref()).unwrap_or_default(),
-                request.transaction_id
+                first.and_then(|t| t.redacts.as_deref()),
+                &request.transaction_id,
             )
         });
         self.submit(

@@ -35,6 +35,7 @@ use ganglion_api::proto::common::LogPosition;
 use ganglion_api::proto::syncapi::WaitForPositionRequest;
 use ganglion_base::MatrixError;
 use ganglion_base::http::{Routes, Ruma};
+pub(crate) use send::RecentSends;
 pub(crate) use spaces::{RemoteSpaces, remote_spaces};
 
 use crate::ClientApi;

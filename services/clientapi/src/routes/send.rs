@@ -44,14 +44,34 @@ fn event_template(
     )
 }
 
+/// The events this replica's recent sends made, by transaction request
+/// ID (the last few thousand, in memory): a retry it answered before is
+/// answered again at once, rate limit or not, as on Synapse, whose
+/// transaction cache is in memory too. A retry this replica has not seen
+/// goes to the roomserver, which knows every request.
+pub(crate) struct RecentSends(std::sync::Mutex<ganglion_base::bounded::Bounded<String, String>>);
+
+impl Default for RecentSends {
+    fn default() -> Self {
+        RecentSends(std::sync::Mutex::new(ganglion_base::bounded::Bounded::new(
+            4_096,
+        )))
+    }
+}
+
+impl RecentSends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ganglion_base::bounded::Bounded<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl ClientApi {
     /// Sends an event once per device and transaction ID: a retry gets the
     /// first attempt's event ID, even while the first is still sending.
     /// The roomserver keeps that promise: it records each input's request
-    /// (sender, device, room, event type, redacted event and transaction
-    /// ID, the path a transaction ID is scoped to, as on Synapse) in the
-    /// transaction that writes its events, answers a retry with what the
-    /// first made, and answers retries in flight together.
+    /// ([`transaction_request_id`](ganglion_api::roomserver::transaction_request_id))
+    /// in the transaction that writes its events, answers a retry with
+    /// what the first made, and answers retries in flight together.
     async fn send_once(
         &self,
         room_id: &str,
@@ -60,7 +80,20 @@ impl ClientApi {
         txn_id: &str,
     ) -> MatrixResult<String> {
         limits::opaque_id("transaction ID", txn_id)?;
-        self.send_event(room_id, device, template, txn_id).await
+        let request_id = ganglion_api::roomserver::transaction_request_id(
+            &device.user_id,
+            &device.device_id,
+            room_id,
+            &template.event_type,
+            template.redacts.as_deref(),
+            txn_id,
+        );
+        if let Some(event_id) = self.sent.lock().get(&request_id) {
+            return Ok(event_id);
+        }
+        let event_id = self.send_event(room_id, device, template, txn_id).await?;
+        self.sent.lock().insert(request_id, event_id.clone());
+        Ok(event_id)
     }
 
     /// Every alias an `m.room.canonical_alias` event names must be valid
