@@ -121,6 +121,9 @@ impl RoomserverService {
             self.forget_closed_waiters(&request_id);
             return Err(ApiError::Unavailable(format!("roomserver.input: {error}")));
         }
+        // Awaited in its own statement: the timed-out receiver is dropped
+        // here, so `forget_closed_waiters` below sees it closed (a
+        // temporary in the `match` would live through the match).
         let waited = tokio::time::timeout(INPUT_TIMEOUT, receiver).await;
         match waited {
             Ok(Ok(outcome)) => outcome,
