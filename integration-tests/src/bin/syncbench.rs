@@ -12,8 +12,11 @@
 use std::time::{Duration, Instant};
 
 use ganglion_integration_tests::client::{Client, encode};
-use ganglion_integration_tests::process::{Monolith, rss_kib};
+use ganglion_integration_tests::process::{Monolith, cpu_seconds, rss_kib};
 use serde_json::{Value, json};
+
+/// How many initial syncs are timed.
+const INITIAL_SYNCS: usize = 10;
 
 const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
@@ -78,9 +81,16 @@ async fn main() -> anyhow::Result<()> {
     );
 
     sync_raw(&alice, None, 0).await;
+    let pid = server.process.pid().expect("the monolith runs");
+    let cpu_before = cpu_seconds(pid).unwrap_or_default();
     summary(
         &format!("initial sync, {rooms} rooms"),
-        timed_syncs(&alice, None, 10).await,
+        timed_syncs(&alice, None, INITIAL_SYNCS).await,
+    );
+    // The server's CPU time is steadier than wall time on a shared machine.
+    println!(
+        "  server CPU per initial sync: {:.1} ms",
+        (cpu_seconds(pid).unwrap_or_default() - cpu_before) * 1000.0 / INITIAL_SYNCS as f64
     );
     let since = next_batch(&sync_raw(&alice, None, 0).await);
     summary(

@@ -74,6 +74,37 @@ async fn parameters_and_values(db: &Database) {
     assert_eq!(count, 2);
 }
 
+/// A statement with many parameters (an `IN` list, whose argument order
+/// SQLite's side remembers per statement text), named out of order and
+/// more than once, binds each to its argument, the first time and again.
+async fn many_parameters(db: &Database) {
+    // `$40, $39 … $1`, then `$1` and `$40` once more.
+    let n = 40;
+    let list: Vec<String> = (1..=n).rev().map(|i| format!("${i}")).collect();
+    let sql = format!("SELECT {}, $1 + 1000, $40 + 1000", list.join(", "));
+    for round in 0..3_i64 {
+        let mut statement = query(sqlx::AssertSqlSafe(sql.clone()));
+        for i in 1..=n {
+            statement = statement.bind(i64::from(i) * 10 + round);
+        }
+        let row = statement.fetch_one(&db.pool).await.expect("select");
+        for (column, i) in (1..=n).rev().enumerate() {
+            assert_eq!(
+                row.try_get::<i64, _>(column).expect("column"),
+                i64::from(i) * 10 + round
+            );
+        }
+        assert_eq!(row.try_get::<i64, _>(40).expect("$1 again"), 1010 + round);
+        assert_eq!(row.try_get::<i64, _>(41).expect("$40 again"), 1400 + round);
+    }
+    // Too few arguments for the statement is an error, not a panic.
+    let mut short = query(sqlx::AssertSqlSafe(sql));
+    for i in 1..n {
+        short = short.bind(i64::from(i));
+    }
+    assert!(short.fetch_one(&db.pool).await.is_err());
+}
+
 /// Reading a column that is not there, or as the wrong type, is an
 /// error, never a panic; so is a missing row or a missing argument.
 async fn misreads_are_errors(db: &Database) {
@@ -189,7 +220,12 @@ macro_rules! both_engines {
     )*};
 }
 
-both_engines!(parameters_and_values, misreads_are_errors, transactions);
+both_engines!(
+    parameters_and_values,
+    many_parameters,
+    misreads_are_errors,
+    transactions
+);
 
 /// Writers take turns without SQLite's busy waits: many tasks, each
 /// reading then writing in its own transaction, all land; a reader is

@@ -86,6 +86,7 @@ enum CurrentEntry<'a> {
     Set {
         event_id: &'a str,
         membership: Option<&'a str>,
+        partition: i64,
         offset: i64,
     },
     Removed,
@@ -484,6 +485,7 @@ impl Batch {
                     CurrentEntry::Set {
                         event_id,
                         membership: membership.as_deref(),
+                        partition: i64::from(event.partition),
                         offset,
                     },
                 );
@@ -505,6 +507,7 @@ impl Batch {
                 CurrentEntry::Set {
                     event_id,
                     membership,
+                    partition,
                     offset,
                 } => upserts.push(vec![
                     Bound::Text(Some(room_id)),
@@ -512,6 +515,7 @@ impl Batch {
                     Bound::Text(Some(state_key)),
                     Bound::Text(Some(event_id)),
                     Bound::Text(*membership),
+                    Bound::Int(*partition),
                     Bound::Int(*offset),
                 ]),
                 CurrentEntry::Removed => {
@@ -542,9 +546,10 @@ impl Batch {
         insert_rows(
             engine,
             &mut self.tx,
-            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)",
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_partition, log_offset)",
             "ON CONFLICT (room_id, event_type, state_key) DO UPDATE
-             SET event_id = excluded.event_id, membership = excluded.membership, log_offset = excluded.log_offset",
+             SET event_id = excluded.event_id, membership = excluded.membership,
+                 log_partition = excluded.log_partition, log_offset = excluded.log_offset",
             &upserts,
         )
         .await?;
@@ -622,17 +627,18 @@ impl Batch {
         .execute(&mut *tx)
         .await?;
         sql::query(
-            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
-             VALUES ($1, 'm.room.member', $2, $3, $5, $4)
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset, log_partition)
+             VALUES ($1, 'm.room.member', $2, $3, $5, $4, $6)
              ON CONFLICT (room_id, event_type, state_key) DO UPDATE
              SET event_id = excluded.event_id, membership = excluded.membership,
-                 log_offset = excluded.log_offset",
+                 log_offset = excluded.log_offset, log_partition = excluded.log_partition",
         )
         .bind(room_id)
         .bind(invitee)
         .bind(event_id)
         .bind(offset as i64)
         .bind(membership)
+        .bind(i64::from(partition))
         .execute(&mut *tx)
         .await?;
         sql::query(
@@ -823,13 +829,14 @@ impl Storage {
     ) -> Result<(Vec<Membership>, std::collections::HashSet<String>), StorageError> {
         let from = events_from.map_or(-1, |from| from.min(i64::MAX as u64) as i64);
         let rows = sql::query(
-            "SELECT s.room_id, s.membership, s.log_offset, e.log_partition,
+            "SELECT s.room_id, s.membership, s.log_offset, s.log_partition,
                 CASE WHEN $2 < 0 OR s.membership <> 'join' THEN 0
                      WHEN EXISTS (SELECT 1 FROM events x
                                   WHERE x.room_id = s.room_id AND x.log_offset >= $2) THEN 1
                      ELSE 0 END
-             FROM current_state s JOIN events e ON e.event_id = s.event_id
-             WHERE s.state_key = $1 AND s.event_type = 'm.room.member' AND s.membership IS NOT NULL",
+             FROM current_state s
+             WHERE s.state_key = $1 AND s.event_type = 'm.room.member' AND s.membership IS NOT NULL
+               AND s.log_partition IS NOT NULL",
         )
         .bind(user_id)
         .bind(from)

@@ -275,4 +275,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    // Each current state entry's partition beside its position, so that a
+    // user's memberships are read without a lookup of each membership
+    // event (a tenth of an initial `/sync` of 1 000 rooms). Filled from the
+    // events table; an entry whose event is not stored stays NULL and is
+    // left out of memberships, as the join that read it before did.
+    Migration {
+        version: 11,
+        description: "partitions of current state",
+        sql: "
+            ALTER TABLE current_state ADD COLUMN log_partition BIGINT;
+            UPDATE current_state SET log_partition =
+                (SELECT e.log_partition FROM events e WHERE e.event_id = current_state.event_id);
+        ",
+    },
 ];

@@ -266,6 +266,18 @@ async fn events_and_state(storage: Storage) {
     assert_eq!(active(Some(6)).await, [ROOM_B]);
     assert_eq!(active(Some(7)).await, Vec::<String>::new());
     assert_eq!(active(None).await, Vec::<String>::new());
+    // Each membership with its room's partition (room A's events are in
+    // partition 1, room B's in 0).
+    let (memberships, _) = storage
+        .memberships_with_activity(ALICE, None)
+        .await
+        .expect("memberships");
+    let mut partitions: Vec<(String, u32)> = memberships
+        .into_iter()
+        .map(|m| (m.room_id, m.partition))
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, [(ROOM_A.to_owned(), 1), (ROOM_B.to_owned(), 0)]);
     assert_eq!(
         storage.room_partition(ROOM_A).await.expect("partition"),
         Some(1)
@@ -1326,4 +1338,78 @@ async fn sqlite_notification_counts_from_unread_rows() {
 async fn postgres_notification_counts_from_unread_rows() {
     let url = ganglion_base::testing::scratch_postgres("syncapi_counts").await;
     notification_counts_from_unread_rows(Some(url)).await;
+}
+
+/// A database from before current state kept its partitions (schema
+/// version 10) gets each entry's partition from its event; an entry whose
+/// event is not stored is left out of memberships, as before.
+async fn current_state_partitions_from_events(database_url: Option<String>) {
+    let before: Vec<_> = MIGRATIONS
+        .iter()
+        .copied()
+        .filter(|m| m.version <= 10)
+        .collect();
+    let (db, _dir) = ganglion_base::testing::open_scratch("syncapi", &before, database_url).await;
+    for (partition, offset, room, event_id) in [(2, 7, ROOM_A, "$in_a"), (5, 3, ROOM_B, "$in_b")] {
+        sql::query(
+            "INSERT INTO events (log_partition, log_offset, room_id, event_id, event_type,
+                                 state_key, sender, json, device_id, transaction_id)
+             VALUES ($1, $2, $3, $4, 'm.room.member', $5, $5, '{}', '', '')",
+        )
+        .bind(partition)
+        .bind(offset)
+        .bind(room)
+        .bind(event_id)
+        .bind(BOB)
+        .execute(&db.pool)
+        .await
+        .expect("insert event");
+    }
+    for (room, event_id, membership, offset) in [
+        (ROOM_A, "$in_a", "join", 7_i64),
+        (ROOM_B, "$in_b", "invite", 3),
+        ("!c:example.org", "$not_stored", "join", 9),
+    ] {
+        sql::query(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, log_offset)
+             VALUES ($1, 'm.room.member', $2, $3, $4, $5)",
+        )
+        .bind(room)
+        .bind(BOB)
+        .bind(event_id)
+        .bind(membership)
+        .bind(offset)
+        .execute(&db.pool)
+        .await
+        .expect("insert state");
+    }
+    db.migrate("syncapi", MIGRATIONS).await.expect("migrate");
+    let storage = Storage::new(db);
+    let (memberships, _) = storage
+        .memberships_with_activity(BOB, None)
+        .await
+        .expect("memberships");
+    let mut found: Vec<(String, String, u64, u32)> = memberships
+        .into_iter()
+        .map(|m| (m.room_id, m.membership, m.offset, m.partition))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (ROOM_A.to_owned(), "join".to_owned(), 7, 2),
+            (ROOM_B.to_owned(), "invite".to_owned(), 3, 5),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_current_state_partitions_from_events() {
+    current_state_partitions_from_events(None).await;
+}
+
+#[tokio::test]
+async fn postgres_current_state_partitions_from_events() {
+    let url = ganglion_base::testing::scratch_postgres("syncapi_state_partitions").await;
+    current_state_partitions_from_events(Some(url)).await;
 }
