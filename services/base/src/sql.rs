@@ -156,6 +156,12 @@ fn bind_any<'q>(
 /// A value a column can be read as.
 pub trait Decode: Sized + for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> {
     fn from_sqlite(value: &Value) -> Result<Self, BoxError>;
+
+    /// [`from_sqlite`](Decode::from_sqlite) from a value the row gives
+    /// up: text and bytes move rather than copy.
+    fn from_sqlite_owned(value: Value) -> Result<Self, BoxError> {
+        Self::from_sqlite(&value)
+    }
 }
 
 fn wrong_type(wanted: &str, value: &Value) -> BoxError {
@@ -206,6 +212,13 @@ impl Decode for String {
             other => Err(wrong_type("text", other)),
         }
     }
+
+    fn from_sqlite_owned(value: Value) -> Result<Self, BoxError> {
+        match value {
+            Value::Text(v) => Ok(v),
+            other => Err(wrong_type("text", &other)),
+        }
+    }
 }
 
 impl Decode for Vec<u8> {
@@ -216,6 +229,14 @@ impl Decode for Vec<u8> {
             other => Err(wrong_type("bytes", other)),
         }
     }
+
+    fn from_sqlite_owned(value: Value) -> Result<Self, BoxError> {
+        match value {
+            Value::Blob(v) => Ok(v),
+            Value::Text(v) => Ok(v.into_bytes()),
+            other => Err(wrong_type("bytes", &other)),
+        }
+    }
 }
 
 impl<T: Decode> Decode for Option<T> {
@@ -223,6 +244,13 @@ impl<T: Decode> Decode for Option<T> {
         match value {
             Value::Null => Ok(None),
             other => T::from_sqlite(other).map(Some),
+        }
+    }
+
+    fn from_sqlite_owned(value: Value) -> Result<Self, BoxError> {
+        match value {
+            Value::Null => Ok(None),
+            other => T::from_sqlite_owned(other).map(Some),
         }
     }
 }
@@ -272,6 +300,23 @@ impl Row {
             RowInner::Sqlite { columns, values } => {
                 let position = index.position(columns)?;
                 T::from_sqlite(&values[position]).map_err(|source| sqlx::Error::ColumnDecode {
+                    index: format!("{index:?}"),
+                    source,
+                })
+            }
+            RowInner::Any(row) => sqlx::Row::try_get(row, index),
+        }
+    }
+
+    /// [`try_get`](Row::try_get), moving the column's text or bytes out
+    /// of the row rather than copying them (a row of large JSON read once):
+    /// the column reads as NULL afterwards.
+    pub fn take<T: Decode, I: ColumnIndex>(&mut self, index: I) -> Result<T, sqlx::Error> {
+        match &mut self.0 {
+            RowInner::Sqlite { columns, values } => {
+                let position = index.position(columns)?;
+                let value = std::mem::replace(&mut values[position], Value::Null);
+                T::from_sqlite_owned(value).map_err(|source| sqlx::Error::ColumnDecode {
                     index: format!("{index:?}"),
                     source,
                 })

@@ -218,18 +218,20 @@ pub(super) const EVENT_COLUMNS: &str =
     "e.log_offset, e.event_id, e.event_type, e.state_key, e.json, e.device_id,
      e.transaction_id, e.room_id, e.sender, e.history_visibility";
 
-pub(super) fn event_row(row: &sql::Row) -> Result<EventRow, sqlx::Error> {
+/// The event in a row's first columns ([`EVENT_COLUMNS`]), its text moved
+/// out of the row (a `/sync` reads thousands of events' JSON).
+pub(super) fn event_row(row: &mut sql::Row) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
         offset: row.try_get::<i64, _>(0)?.max(0) as u64,
-        event_id: row.try_get(1)?,
-        event_type: row.try_get(2)?,
-        state_key: row.try_get(3)?,
-        json: row.try_get(4)?,
-        device_id: row.try_get(5)?,
-        transaction_id: row.try_get(6)?,
-        room_id: row.try_get(7)?,
-        sender: row.try_get(8)?,
-        history_visibility: row.try_get(9)?,
+        event_id: row.take(1)?,
+        event_type: row.take(2)?,
+        state_key: row.take(3)?,
+        json: row.take(4)?,
+        device_id: row.take(5)?,
+        transaction_id: row.take(6)?,
+        room_id: row.take(7)?,
+        sender: row.take(8)?,
+        history_visibility: row.take(9)?,
     })
 }
 
@@ -795,7 +797,7 @@ impl Storage {
             .bind(event_id)
             .fetch_optional(connection)
             .await?;
-        Ok(row.as_ref().map(event_row).transpose()?)
+        Ok(row.map(|mut row| event_row(&mut row)).transpose()?)
     }
 
     /// The stripped state another server sent with its invite of `user_id`.
@@ -949,8 +951,8 @@ impl Storage {
                     .bind((*below).min(i64::MAX as u64) as i64)
                     .bind(i64::from(limit));
             }
-            for row in query.fetch_all(&self.db.pool).await? {
-                let event = event_row(&row)?;
+            for mut row in query.fetch_all(&self.db.pool).await? {
+                let event = event_row(&mut row)?;
                 out.entry(event.room_id.clone()).or_default().push(event);
             }
         }
@@ -987,8 +989,8 @@ impl Storage {
             for room_id in chunk {
                 query = query.bind(*room_id);
             }
-            for row in query.fetch_all(&self.db.pool).await? {
-                let event = event_row(&row)?;
+            for mut row in query.fetch_all(&self.db.pool).await? {
+                let event = event_row(&mut row)?;
                 let membership: Option<String> = row.try_get(10)?;
                 let (state, members) = out.entry(event.room_id.clone()).or_default();
                 if event.event_type == "m.room.member"
@@ -1155,8 +1157,8 @@ impl Storage {
             for id in padded(chunk) {
                 query = query.bind(*id);
             }
-            for row in query.fetch_all(&self.db.pool).await? {
-                out.push(event_row(&row)?);
+            for mut row in query.fetch_all(&self.db.pool).await? {
+                out.push(event_row(&mut row)?);
             }
         }
         Ok(out)
@@ -1172,7 +1174,10 @@ impl Storage {
             .bind(room_id)
             .fetch_all(&self.db.pool)
             .await?;
-        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|mut row| event_row(&mut row))
+            .collect::<Result<_, _>>()?)
     }
 
     /// The room's current `m.room.history_visibility`, if it has one.
@@ -1252,7 +1257,10 @@ impl Storage {
             .bind(event_type.unwrap_or_default())
             .fetch_all(&self.db.pool)
             .await?;
-        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|mut row| event_row(&mut row))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Events relating to any of `parents`, oldest first, with their
@@ -1275,8 +1283,8 @@ impl Storage {
             for parent in chunk {
                 query = query.bind(*parent);
             }
-            for row in query.fetch_all(&self.db.pool).await? {
-                out.push((row.try_get(10)?, row.try_get(11)?, event_row(&row)?));
+            for mut row in query.fetch_all(&self.db.pool).await? {
+                out.push((row.try_get(10)?, row.try_get(11)?, event_row(&mut row)?));
             }
         }
         Ok(out)
@@ -1310,7 +1318,10 @@ impl Storage {
             .bind(i64::from(limit))
             .fetch_all(&self.db.pool)
             .await?;
-        Ok(rows.iter().map(event_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|mut row| event_row(&mut row))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Thread roots of a room, most recently replied to first, whose latest
@@ -1340,8 +1351,13 @@ impl Storage {
             .bind(i64::from(limit))
             .fetch_all(&self.db.pool)
             .await?;
-        rows.iter()
-            .map(|row| Ok((event_row(row)?, row.try_get::<i64, _>(10)?.max(0) as u64)))
+        rows.into_iter()
+            .map(|mut row| {
+                Ok((
+                    event_row(&mut row)?,
+                    row.try_get::<i64, _>(10)?.max(0) as u64,
+                ))
+            })
             .collect()
     }
 }
@@ -1415,10 +1431,10 @@ impl Storage {
             query = query.bind(*ts).bind(*offset).bind(room_id.as_str());
         }
         let rows = query.fetch_all(&self.db.pool).await?;
-        rows.iter()
-            .map(|row| {
+        rows.into_iter()
+            .map(|mut row| {
                 Ok(NotifiedEvent {
-                    event: event_row(row)?,
+                    event: event_row(&mut row)?,
                     actions: row.try_get(10)?,
                     unread: row.try_get::<i64, _>(11)? != 0,
                     ts: row.try_get(12)?,

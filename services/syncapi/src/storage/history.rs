@@ -120,8 +120,8 @@ impl Storage {
             .bind(i64::from(limit))
             .fetch_all(&self.db.pool)
             .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get::<i64, _>(0)?, event_row(row)?)))
+        rows.into_iter()
+            .map(|mut row| Ok((row.try_get::<i64, _>(0)?, event_row(&mut row)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StorageError::from)
     }

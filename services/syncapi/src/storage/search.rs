@@ -168,10 +168,10 @@ impl Storage {
             .bind(key(2))
             .fetch_all(&self.db.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
+        rows.into_iter()
+            .map(|mut row| {
                 Ok(Hit {
-                    event: event_row(row)?,
+                    event: event_row(&mut row)?,
                     rank: row.try_get::<f64, _>(10)?,
                 })
             })
