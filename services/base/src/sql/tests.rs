@@ -74,9 +74,9 @@ async fn parameters_and_values(db: &Database) {
     assert_eq!(count, 2);
 }
 
-/// A statement with many parameters (an `IN` list, whose argument order
-/// SQLite's side remembers per statement text), named out of order and
-/// more than once, binds each to its argument, the first time and again.
+/// A statement with many parameters (as an `IN` list has; their argument
+/// order is remembered per statement text), named out of order and more
+/// than once, binds each to its argument, the first time and again.
 async fn many_parameters(db: &Database) {
     // `$40, $39 … $1`, then `$1` and `$40` once more.
     let n = 40;
